@@ -1,0 +1,51 @@
+import { eq } from "drizzle-orm";
+import { isUniqueViolation } from "../db/errors.ts";
+import type { Db } from "../db/index.ts";
+import { accounts } from "../db/schema.ts";
+import { ApiError } from "../http/errors.ts";
+
+/** Compared against when the username is unknown, so a wrong username costs the same time as a wrong password. */
+let decoyHash: Promise<string> | undefined;
+
+/** Accounts: creation and password checks. Passwords are hashed with argon2id (Bun.password). */
+export class AccountService {
+  constructor(private readonly db: Db) {}
+
+  /** Creates an account; `conflict` when the username is taken. */
+  async register(username: string, password: string): Promise<{ userId: string }> {
+    const passwordHash = await Bun.password.hash(password, { algorithm: "argon2id" });
+    try {
+      const [row] = await this.db
+        .insert(accounts)
+        .values({ username, passwordHash })
+        .returning({ id: accounts.id });
+      return { userId: row.id };
+    } catch (error) {
+      if (isUniqueViolation(error)) throw new ApiError("conflict", "username is taken");
+      throw error;
+    }
+  }
+
+  /** The account's id when the password matches, else `unauthorized` (same answer for an unknown username). */
+  async verifyPassword(username: string, password: string): Promise<string> {
+    const [row] = await this.db
+      .select({ id: accounts.id, passwordHash: accounts.passwordHash })
+      .from(accounts)
+      .where(eq(accounts.username, username));
+    decoyHash ??= Bun.password.hash("clearbox-decoy-password", { algorithm: "argon2id" });
+    const ok = await Bun.password.verify(password, row?.passwordHash ?? (await decoyHash));
+    if (!row || !ok) throw new ApiError("unauthorized", "wrong username or password");
+    return row.id;
+  }
+
+  /** The account's id when `password` is the password of `userId` (re-checks before sensitive actions). */
+  async checkPasswordOf(userId: string, password: string): Promise<void> {
+    const [row] = await this.db
+      .select({ passwordHash: accounts.passwordHash })
+      .from(accounts)
+      .where(eq(accounts.id, userId));
+    if (!row || !(await Bun.password.verify(password, row.passwordHash))) {
+      throw new ApiError("unauthorized", "wrong password");
+    }
+  }
+}

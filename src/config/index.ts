@@ -1,0 +1,163 @@
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { hostname } from "node:os";
+import { join, resolve } from "node:path";
+import { type Static, Type as T } from "@sinclair/typebox";
+import { Value } from "@sinclair/typebox/value";
+
+/** What each environment variable must look like; `description` is what the start-up error tells the operator. */
+const EnvSchema = T.Object({
+  NODE_ENV: T.Union([T.Literal("development"), T.Literal("production"), T.Literal("test")], {
+    default: "development",
+    description: "one of development, production, test",
+  }),
+  PORT: T.Integer({ minimum: 0, maximum: 65535, default: 8080, description: "a TCP port, 0-65535" }),
+  ADMIN_PORT: T.Integer({ minimum: 0, maximum: 65535, default: 9090, description: "a TCP port, 0-65535" }),
+  ADMIN_HOST: T.String({ minLength: 1, default: "127.0.0.1", description: "an interface address" }),
+  ADMIN_TOKEN: T.Optional(
+    T.String({ minLength: 16, description: "a bearer token of at least 16 characters" }),
+  ),
+  DATA_DIR: T.String({ minLength: 1, default: "./data", description: "a directory path" }),
+  DATABASE_URL: T.Optional(
+    T.String({ pattern: "^postgres(ql)?://", description: "a postgres:// or postgresql:// URL" }),
+  ),
+  REDIS_URL: T.Optional(T.String({ pattern: "^rediss?://", description: "a redis:// or rediss:// URL" })),
+  AMQP_URL: T.Optional(T.String({ pattern: "^amqps?://", description: "an amqp:// or amqps:// URL" })),
+  MONGODB_URL: T.Optional(
+    T.String({ pattern: "^mongodb(\\+srv)?://", description: "a mongodb:// or mongodb+srv:// URL" }),
+  ),
+  JWT_SECRET: T.Optional(T.String({ minLength: 32, description: "a secret of at least 32 characters" })),
+  NODE_ID: T.Optional(
+    T.String({ pattern: "^[A-Za-z0-9_.:-]{1,64}$", description: "1-64 of [A-Za-z0-9_.:-]" }),
+  ),
+  RETENTION_DAYS: T.Integer({ minimum: 1, maximum: 3650, default: 30, description: "whole days, 1-3650" }),
+  ACCESS_TOKEN_TTL_SECONDS: T.Integer({
+    minimum: 30,
+    maximum: 86400,
+    default: 900,
+    description: "seconds, 30-86400",
+  }),
+  REFRESH_TOKEN_TTL_DAYS: T.Integer({
+    minimum: 1,
+    maximum: 365,
+    default: 30,
+    description: "whole days, 1-365",
+  }),
+  LOG_LEVEL: T.Union(
+    ["fatal", "error", "warn", "info", "debug", "trace", "silent"].map((l) => T.Literal(l)),
+    { default: "info", description: "one of fatal, error, warn, info, debug, trace, silent" },
+  ),
+});
+
+type Env = Static<typeof EnvSchema>;
+
+/** Validated, resolved configuration of one ClearBox node. */
+export interface Config {
+  env: Env["NODE_ENV"];
+  port: number;
+  adminPort: number;
+  adminHost: string;
+  adminToken?: string;
+  dataDir: string;
+  databaseUrl?: string;
+  redisUrl?: string;
+  amqpUrl?: string;
+  mongodbUrl?: string;
+  jwtSecret: string;
+  nodeId: string;
+  retentionDays: number;
+  accessTokenTtlSeconds: number;
+  refreshTokenTtlDays: number;
+  logLevel: Env["LOG_LEVEL"];
+}
+
+/** A configuration problem an operator must fix; the message names the variable and what it expects. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+const INTEGER_VARS = new Set([
+  "PORT",
+  "ADMIN_PORT",
+  "RETENTION_DAYS",
+  "ACCESS_TOKEN_TTL_SECONDS",
+  "REFRESH_TOKEN_TTL_DAYS",
+]);
+
+const SECRET_VARS = new Set([
+  "ADMIN_TOKEN",
+  "JWT_SECRET",
+  "DATABASE_URL",
+  "REDIS_URL",
+  "AMQP_URL",
+  "MONGODB_URL",
+]);
+
+/** Reads only the variables we know, turns numeric ones into numbers, and drops empty strings as unset. */
+function pickEnv(source: Record<string, string | undefined>): Record<string, unknown> {
+  const picked: Record<string, unknown> = {};
+  for (const key of Object.keys(EnvSchema.properties)) {
+    const raw = source[key];
+    if (raw === undefined || raw === "") continue;
+    picked[key] = INTEGER_VARS.has(key) && /^-?\d+$/.test(raw.trim()) ? Number(raw.trim()) : raw;
+  }
+  return picked;
+}
+
+/**
+ * Validates the environment once at start-up. Throws ConfigError naming every bad variable.
+ * In development and test, a missing JWT secret is generated once and kept in DATA_DIR.
+ */
+export function loadConfig(source: Record<string, string | undefined> = process.env): Config {
+  const candidate = Value.Default(EnvSchema, pickEnv(source));
+  const problems = new Map<string, string>();
+  for (const e of Value.Errors(EnvSchema, candidate)) {
+    const variable = e.path.replace(/^\//, "") || "environment";
+    if (problems.has(variable)) continue;
+    const schema = EnvSchema.properties[variable as keyof Env] as { description?: string } | undefined;
+    const shown = SECRET_VARS.has(variable) ? "a value that does not fit" : JSON.stringify(e.value);
+    problems.set(variable, `${variable}: expected ${schema?.description ?? e.message}, got ${shown}`);
+  }
+  if (problems.size > 0) {
+    throw new ConfigError(`invalid configuration:\n  ${[...problems.values()].join("\n  ")}`);
+  }
+  const env = candidate as Env;
+  const dataDir = resolve(env.DATA_DIR);
+  if (env.NODE_ENV === "production") {
+    const missing = [
+      !env.JWT_SECRET && "JWT_SECRET (a secret of at least 32 characters)",
+      !env.ADMIN_TOKEN && "ADMIN_TOKEN (a bearer token of at least 16 characters)",
+    ].filter(Boolean);
+    if (missing.length > 0) {
+      throw new ConfigError(`NODE_ENV=production requires ${missing.join(" and ")}`);
+    }
+  }
+  return {
+    env: env.NODE_ENV,
+    port: env.PORT,
+    adminPort: env.ADMIN_PORT,
+    adminHost: env.ADMIN_HOST,
+    adminToken: env.ADMIN_TOKEN,
+    dataDir,
+    databaseUrl: env.DATABASE_URL,
+    redisUrl: env.REDIS_URL,
+    amqpUrl: env.AMQP_URL,
+    mongodbUrl: env.MONGODB_URL,
+    jwtSecret: env.JWT_SECRET ?? developmentSecret(dataDir),
+    nodeId: env.NODE_ID ?? `${hostname()}-${env.PORT}`,
+    retentionDays: env.RETENTION_DAYS,
+    accessTokenTtlSeconds: env.ACCESS_TOKEN_TTL_SECONDS,
+    refreshTokenTtlDays: env.REFRESH_TOKEN_TTL_DAYS,
+    logLevel: env.LOG_LEVEL,
+  };
+}
+
+/** The embedded default's signing secret: generated on first start, then read back so tokens survive restarts. */
+function developmentSecret(dataDir: string): string {
+  const file = join(dataDir, "jwt-secret");
+  if (existsSync(file)) return readFileSync(file, "utf8").trim();
+  mkdirSync(dataDir, { recursive: true });
+  const secret = randomBytes(48).toString("base64url");
+  writeFileSync(file, secret, { mode: 0o600 });
+  return secret;
+}

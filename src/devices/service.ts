@@ -1,0 +1,102 @@
+import { and, asc, eq, sql } from "drizzle-orm";
+import type { Db } from "../db/index.ts";
+import { accounts, devices } from "../db/schema.ts";
+import { ApiError } from "../http/errors.ts";
+
+/** libsignal's ProtocolAddress takes device ids 1-127. */
+export const MAX_DEVICE_ID = 127;
+
+export interface DeviceInfo {
+  deviceId: number;
+  name: string | null;
+  createdAt: number;
+  lastSeen: number;
+}
+
+/** Called after a device is removed, so other stores (keys, queues, sockets) can let go of it. */
+export type DeviceRemovedListener = (userId: string, deviceId: number) => Promise<void> | void;
+
+/** Devices of an account: allocation of ids, listing, removal, and token revocation by generation. */
+export class DeviceService {
+  private readonly removedListeners: DeviceRemovedListener[] = [];
+
+  constructor(private readonly db: Db) {}
+
+  /** Registers a listener run after every device removal. */
+  onRemoved(listener: DeviceRemovedListener): void {
+    this.removedListeners.push(listener);
+  }
+
+  /** Creates a device with the smallest free id; `conflict` when all 127 are taken. */
+  async create(userId: string, registrationId: number, name: string | null): Promise<number> {
+    return this.db.transaction(async (tx) => {
+      // Serialises concurrent logins of one account so two devices never pick the same free id.
+      await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId)).for("update");
+      const taken = await tx
+        .select({ deviceId: devices.deviceId })
+        .from(devices)
+        .where(eq(devices.userId, userId))
+        .orderBy(asc(devices.deviceId));
+      let deviceId = 1;
+      for (const row of taken) {
+        if (row.deviceId !== deviceId) break;
+        deviceId++;
+      }
+      if (deviceId > MAX_DEVICE_ID) {
+        throw new ApiError("conflict", `an account can have at most ${MAX_DEVICE_ID} devices`);
+      }
+      await tx.insert(devices).values({ userId, deviceId, registrationId, name });
+      return deviceId;
+    });
+  }
+
+  /** The device's current token generation, or undefined when it does not exist. */
+  async tokenGeneration(userId: string, deviceId: number): Promise<number | undefined> {
+    const [row] = await this.db
+      .select({ generation: devices.tokenGeneration })
+      .from(devices)
+      .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)));
+    return row?.generation;
+  }
+
+  /** Marks the device as seen now. */
+  async touch(userId: string, deviceId: number): Promise<void> {
+    await this.db
+      .update(devices)
+      .set({ lastSeen: sql`now()` })
+      .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)));
+  }
+
+  /** Invalidates every access token issued to the device so far. */
+  async revokeTokens(userId: string, deviceId: number): Promise<void> {
+    await this.db
+      .update(devices)
+      .set({ tokenGeneration: sql`${devices.tokenGeneration} + 1` })
+      .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)));
+  }
+
+  /** The account's devices, oldest id first. */
+  async list(userId: string): Promise<DeviceInfo[]> {
+    const rows = await this.db
+      .select()
+      .from(devices)
+      .where(eq(devices.userId, userId))
+      .orderBy(asc(devices.deviceId));
+    return rows.map((r) => ({
+      deviceId: r.deviceId,
+      name: r.name,
+      createdAt: r.createdAt.getTime(),
+      lastSeen: r.lastSeen.getTime(),
+    }));
+  }
+
+  /** Removes the device and, by cascade, its refresh tokens; `not_found` when there is no such device. */
+  async remove(userId: string, deviceId: number): Promise<void> {
+    const removed = await this.db
+      .delete(devices)
+      .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)))
+      .returning({ deviceId: devices.deviceId });
+    if (removed.length === 0) throw new ApiError("not_found", `device ${deviceId} does not exist`);
+    for (const listener of this.removedListeners) await listener(userId, deviceId);
+  }
+}

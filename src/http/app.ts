@@ -1,0 +1,96 @@
+import { Elysia } from "elysia";
+import { accountRoutes } from "../accounts/index.ts";
+import type { AccountService } from "../accounts/service.ts";
+import { deviceRoutes } from "../devices/index.ts";
+import type { DeviceService } from "../devices/service.ts";
+import type { Logger } from "../observability/logger.ts";
+import type { Metrics } from "../observability/metrics.ts";
+import { sessionRoutes } from "../sessions/index.ts";
+import type { SessionService } from "../sessions/service.ts";
+import { ApiError } from "./errors.ts";
+
+/** A backing service that must answer for the node to be ready. */
+export interface ReadinessCheck {
+  name: string;
+  check(): Promise<void>;
+}
+
+/** Everything the public HTTP app needs, built once per node at start-up. */
+export interface AppDeps {
+  accounts: AccountService;
+  devices: DeviceService;
+  sessions: SessionService;
+  logger: Logger;
+  metrics: Metrics;
+  readiness: ReadinessCheck[];
+}
+
+/** Turns a TypeBox validation failure into one short line: where and what, never the whole schema. */
+function describeValidation(error: unknown): string {
+  const first = (error as { all?: { path?: string; message?: string; summary?: string }[] }).all?.[0];
+  if (!first) return "request does not match the schema";
+  const where = first.path ? first.path.replace(/^\//, "").replaceAll("/", ".") : "";
+  const what = first.summary ?? first.message ?? "is not valid";
+  return where ? `${where}: ${what}` : what;
+}
+
+/** The public listener's Elysia app: protocol routes, protocol errors, request metrics. */
+export function createApp(deps: AppDeps) {
+  const { logger, metrics } = deps;
+  const started = new WeakMap<Request, number>();
+  return new Elysia({ name: "clearbox.public", normalize: false })
+    .onRequest(({ request }) => {
+      started.set(request, performance.now());
+    })
+    .onAfterResponse({ as: "global" }, ({ request, route, set }) => {
+      const begin = started.get(request);
+      const label = { method: request.method, route: route || "unmatched" };
+      const status = Number(set.status ?? 200);
+      const seconds = begin === undefined ? 0 : (performance.now() - begin) / 1000;
+      metrics.httpRequests.inc({ ...label, status: String(status) });
+      metrics.httpDuration.observe(label, seconds);
+      // The route pattern, never the URL: query strings may carry a token (?token= on WebSocket upgrades).
+      logger.debug({ ...label, status, ms: Math.round(seconds * 1000) }, "request");
+    })
+    .onError({ as: "global" }, ({ code, error, set, request }) => {
+      let failure: ApiError;
+      if (error instanceof ApiError) failure = error;
+      else if (code === "VALIDATION") failure = new ApiError("invalid", describeValidation(error));
+      else if (code === "PARSE") failure = new ApiError("invalid", "body is not valid JSON");
+      else if (code === "NOT_FOUND") failure = new ApiError("not_found", "no such route");
+      else if (code === "INVALID_COOKIE_SIGNATURE") failure = new ApiError("invalid", "bad cookie");
+      else {
+        logger.error(
+          { err: error, method: request.method, path: new URL(request.url).pathname },
+          "unhandled",
+        );
+        failure = new ApiError("internal", "internal error");
+      }
+      set.status = failure.status;
+      if (failure.retryAfterSeconds !== undefined)
+        set.headers["retry-after"] = String(failure.retryAfterSeconds);
+      return failure.toBody();
+    })
+    .get("/healthz", () => ({ status: "ok" }))
+    .get("/readyz", async ({ set }) => {
+      const results = await Promise.all(
+        deps.readiness.map(async ({ name, check }) => {
+          try {
+            await check();
+            return [name, "ok"] as const;
+          } catch (error) {
+            logger.warn({ err: error, service: name }, "readiness check failed");
+            return [name, "unavailable"] as const;
+          }
+        }),
+      );
+      const ready = results.every(([, state]) => state === "ok");
+      if (!ready) set.status = 503;
+      return { status: ready ? "ok" : "unavailable", services: Object.fromEntries(results) };
+    })
+    .use(accountRoutes(deps.accounts))
+    .use(sessionRoutes(deps.sessions))
+    .use(deviceRoutes(deps.devices, deps.sessions));
+}
+
+export type App = ReturnType<typeof createApp>;

@@ -1,0 +1,94 @@
+import type { AnyElysia } from "elysia";
+import { AccountService } from "./accounts/service.ts";
+import { createAdminApp } from "./admin/app.ts";
+import type { Config } from "./config/index.ts";
+import { type Database, openDatabase } from "./db/index.ts";
+import { DeviceService } from "./devices/service.ts";
+import { createApp } from "./http/app.ts";
+import { createLogger, type Logger } from "./observability/logger.ts";
+import { Metrics } from "./observability/metrics.ts";
+import { SessionService } from "./sessions/service.ts";
+import { TokenIssuer } from "./sessions/tokens.ts";
+
+/** A running ClearBox node: its listeners, its stores, and how to stop it. */
+export interface ClearBoxNode {
+  config: Config;
+  database: Database;
+  logger: Logger;
+  metrics: Metrics;
+  /** Base URL of the public listener, e.g. http://127.0.0.1:8080. */
+  url: string;
+  /** Base URL of the admin listener. */
+  adminUrl: string;
+  stop(): Promise<void>;
+}
+
+/** Options tests use to embed a node: no process metrics, in-memory PGlite, captured logs. */
+export interface NodeOptions {
+  /** `null` keeps PGlite in memory (tests); default is config.dataDir. */
+  pgliteDir?: string | null;
+  logger?: Logger;
+  processMetrics?: boolean;
+  /** Listen on this host (default 0.0.0.0 for the public listener). */
+  hostname?: string;
+}
+
+/** Builds every component of one node from its configuration and starts both listeners. */
+export async function createNode(config: Config, options: NodeOptions = {}): Promise<ClearBoxNode> {
+  const started = performance.now();
+  const logger = options.logger ?? createLogger({ level: config.logLevel, nodeId: config.nodeId });
+  const metrics = new Metrics(config.nodeId, { processMetrics: options.processMetrics });
+  const database = await openDatabase({
+    databaseUrl: config.databaseUrl,
+    dataDir: options.pgliteDir === undefined ? config.dataDir : options.pgliteDir,
+  });
+  const { db } = database;
+  const accounts = new AccountService(db);
+  const devices = new DeviceService(db);
+  const tokens = new TokenIssuer(config.jwtSecret, config.accessTokenTtlSeconds);
+  const sessions = new SessionService(db, accounts, devices, tokens, config.refreshTokenTtlDays);
+
+  const app = createApp({
+    accounts,
+    devices,
+    sessions,
+    logger,
+    metrics,
+    readiness: [{ name: database.kind, check: () => database.ping() }],
+  }).listen({ port: config.port, hostname: options.hostname ?? "0.0.0.0", maxRequestBodySize: 1 << 20 });
+  const adminRoutes: AnyElysia[] = [];
+  const admin = createAdminApp({
+    adminToken: config.adminToken,
+    metrics,
+    logger,
+    routes: adminRoutes,
+  }).listen({
+    port: config.adminPort,
+    hostname: config.adminHost,
+  });
+  const url = `http://127.0.0.1:${app.server?.port}`;
+  const adminUrl = `http://${config.adminHost}:${admin.server?.port}`;
+  logger.info(
+    {
+      url,
+      adminUrl,
+      database: database.kind,
+      startupMs: Math.round(performance.now() - started),
+    },
+    "clearbox node started",
+  );
+  return {
+    config,
+    database,
+    logger,
+    metrics,
+    url,
+    adminUrl,
+    async stop() {
+      await app.stop(true);
+      await admin.stop(true);
+      await database.close();
+      logger.info("clearbox node stopped");
+    },
+  };
+}

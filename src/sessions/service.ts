@@ -1,0 +1,113 @@
+import { and, eq, isNull } from "drizzle-orm";
+import type { AccountService } from "../accounts/service.ts";
+import type { Db } from "../db/index.ts";
+import { refreshTokens } from "../db/schema.ts";
+import type { DeviceService } from "../devices/service.ts";
+import { ApiError } from "../http/errors.ts";
+import { type AccessClaims, TokenIssuer } from "./tokens.ts";
+
+/** What a successful login or refresh returns (protocol.md, POST /v1/sessions). */
+export interface SessionTokens {
+  userId: string;
+  deviceId: number;
+  accessToken: string;
+  refreshToken: string;
+  expiresIn: number;
+}
+
+/** The authenticated caller of a request. */
+export interface Principal {
+  userId: string;
+  deviceId: number;
+}
+
+/** Login, refresh with rotation and reuse detection, and authentication of access tokens. */
+export class SessionService {
+  constructor(
+    private readonly db: Db,
+    private readonly accounts: AccountService,
+    private readonly devices: DeviceService,
+    private readonly tokens: TokenIssuer,
+    private readonly refreshTtlDays: number,
+  ) {}
+
+  /** Checks the password, then reuses `deviceId` or creates a new device, and issues tokens for it. */
+  async login(input: {
+    username: string;
+    password: string;
+    deviceId?: number;
+    registrationId?: number;
+    deviceName?: string;
+  }): Promise<SessionTokens> {
+    const userId = await this.accounts.verifyPassword(input.username, input.password);
+    let deviceId = input.deviceId;
+    if (deviceId === undefined) {
+      if (input.registrationId === undefined) {
+        throw new ApiError("invalid", "registrationId is required to create a new device");
+      }
+      deviceId = await this.devices.create(userId, input.registrationId, input.deviceName ?? null);
+    } else if ((await this.devices.tokenGeneration(userId, deviceId)) === undefined) {
+      throw new ApiError("not_found", `device ${deviceId} does not exist`);
+    }
+    await this.devices.touch(userId, deviceId);
+    return this.issue(userId, deviceId);
+  }
+
+  /**
+   * Spends a refresh token and issues a new pair. A token presented a second time means it was
+   * copied: every token of that device is revoked and the caller must log in again.
+   */
+  async refresh(refreshToken: string): Promise<SessionTokens> {
+    const hash = TokenIssuer.hashRefreshToken(refreshToken);
+    const [spent] = await this.db
+      .update(refreshTokens)
+      .set({ spentAt: new Date() })
+      .where(and(eq(refreshTokens.tokenHash, hash), isNull(refreshTokens.spentAt)))
+      .returning();
+    if (!spent) {
+      const [reused] = await this.db.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, hash));
+      if (reused) await this.revokeDevice(reused.userId, reused.deviceId);
+      throw new ApiError("unauthorized", "refresh token is not valid");
+    }
+    if (spent.expiresAt.getTime() <= Date.now()) {
+      throw new ApiError("unauthorized", "refresh token has expired");
+    }
+    return this.issue(spent.userId, spent.deviceId);
+  }
+
+  /** The principal named by a valid access token whose device still exists and was not revoked. */
+  async authenticate(accessToken: string): Promise<Principal> {
+    const claims: AccessClaims | undefined = await this.tokens.verify(accessToken);
+    if (!claims) throw new ApiError("unauthorized", "access token is missing, malformed or expired");
+    const generation = await this.devices.tokenGeneration(claims.userId, claims.deviceId);
+    if (generation !== claims.generation) throw new ApiError("unauthorized", "access token was revoked");
+    return { userId: claims.userId, deviceId: claims.deviceId };
+  }
+
+  /** Revokes every access and refresh token of the device. */
+  async revokeDevice(userId: string, deviceId: number): Promise<void> {
+    await this.db
+      .delete(refreshTokens)
+      .where(and(eq(refreshTokens.userId, userId), eq(refreshTokens.deviceId, deviceId)));
+    await this.devices.revokeTokens(userId, deviceId);
+  }
+
+  private async issue(userId: string, deviceId: number): Promise<SessionTokens> {
+    const generation = await this.devices.tokenGeneration(userId, deviceId);
+    if (generation === undefined) throw new ApiError("not_found", `device ${deviceId} does not exist`);
+    const { token, hash } = TokenIssuer.mintRefreshToken();
+    await this.db.insert(refreshTokens).values({
+      tokenHash: hash,
+      userId,
+      deviceId,
+      expiresAt: new Date(Date.now() + this.refreshTtlDays * 86_400_000),
+    });
+    return {
+      userId,
+      deviceId,
+      accessToken: await this.tokens.sign({ userId, deviceId, generation }),
+      refreshToken: token,
+      expiresIn: this.tokens.accessTtlSeconds,
+    };
+  }
+}

@@ -1,0 +1,63 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import { loadConfig } from "../../src/config/index.ts";
+import { type ClearBoxNode, createNode } from "../../src/node.ts";
+import { createLogger } from "../../src/observability/logger.ts";
+import { createTestDatabase, type TestDatabase } from "./postgres.ts";
+
+/** The stores a suite can run against: the embedded default and a real PostgreSQL server. */
+export const BACKENDS = ["pglite", "postgres"] as const;
+export type Backend = (typeof BACKENDS)[number];
+
+export const ADMIN_TOKEN = "test-admin-token-0123456789";
+
+/** A node started for a test, with its captured log lines and a way to tear everything down. */
+export interface TestNode extends ClearBoxNode {
+  logs: string[];
+  dataDir: string;
+  teardown(): Promise<void>;
+}
+
+/**
+ * Starts a node on random ports. `pglite` keeps its data in a fresh temporary DATA_DIR (or `dataDir`
+ * when given, to test restarts); `postgres` gets a database of its own, dropped on teardown.
+ */
+export async function startTestNode(
+  backend: Backend,
+  options: { env?: Record<string, string>; dataDir?: string; keepData?: boolean } = {},
+): Promise<TestNode> {
+  const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "clearbox-test-"));
+  let database: TestDatabase | undefined;
+  if (backend === "postgres") database = await createTestDatabase();
+  const config = loadConfig({
+    NODE_ENV: "test",
+    PORT: "0",
+    ADMIN_PORT: "0",
+    ADMIN_TOKEN,
+    DATA_DIR: dataDir,
+    LOG_LEVEL: "debug",
+    JWT_SECRET: "test-jwt-secret-that-is-long-enough-0123456789",
+    ...(database ? { DATABASE_URL: database.url } : {}),
+    ...options.env,
+  });
+  const logs: string[] = [];
+  const destination = new Writable({
+    write(chunk, _encoding, done) {
+      logs.push(String(chunk));
+      done();
+    },
+  });
+  const logger = createLogger({ level: config.logLevel, nodeId: config.nodeId, destination });
+  const node = await createNode(config, { logger, hostname: "127.0.0.1" });
+  return Object.assign(node, {
+    logs,
+    dataDir,
+    async teardown() {
+      await node.stop();
+      await database?.drop();
+      if (!options.keepData) rmSync(dataDir, { recursive: true, force: true });
+    },
+  });
+}
