@@ -22,6 +22,11 @@ const EnvSchema = T.Object({
     T.String({ pattern: "^postgres(ql)?://", description: "a postgres:// or postgresql:// URL" }),
   ),
   REDIS_URL: T.Optional(T.String({ pattern: "^rediss?://", description: "a redis:// or rediss:// URL" })),
+  REDIS_PREFIX: T.String({
+    pattern: "^[A-Za-z0-9_.:-]{0,32}$",
+    default: "cb:",
+    description: "0-32 of [A-Za-z0-9_.:-], prepended to every Redis key",
+  }),
   AMQP_URL: T.Optional(T.String({ pattern: "^amqps?://", description: "an amqp:// or amqps:// URL" })),
   MONGODB_URL: T.Optional(
     T.String({ pattern: "^mongodb(\\+srv)?://", description: "a mongodb:// or mongodb+srv:// URL" }),
@@ -61,6 +66,7 @@ export interface Config {
   dataDir: string;
   databaseUrl?: string;
   redisUrl?: string;
+  redisPrefix: string;
   amqpUrl?: string;
   mongodbUrl?: string;
   jwtSecret: string;
@@ -141,6 +147,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     dataDir,
     databaseUrl: env.DATABASE_URL,
     redisUrl: env.REDIS_URL,
+    redisPrefix: env.REDIS_PREFIX,
     amqpUrl: env.AMQP_URL,
     mongodbUrl: env.MONGODB_URL,
     jwtSecret: env.JWT_SECRET ?? developmentSecret(dataDir),
