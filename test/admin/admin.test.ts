@@ -1,0 +1,84 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { api, registerAndLogin } from "../support/http.ts";
+import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
+
+describe("admin listener", () => {
+  let node: TestNode;
+
+  beforeAll(async () => {
+    node = await startTestNode("pglite");
+  });
+  afterAll(() => node?.teardown());
+
+  test("refuses a missing or wrong bearer token with 401, on known and unknown paths", async () => {
+    const admin = api(node.adminUrl);
+    for (const token of [undefined, "wrong-token-0123456789", `${ADMIN_TOKEN}x`]) {
+      for (const path of ["/metrics", "/admin/v1/does-not-exist"]) {
+        const res = await admin.get(path, token);
+        expect({ path, token, status: res.status }).toEqual({ path, token, status: 401 });
+        expect(res.body.error.code).toBe("unauthorized");
+      }
+    }
+  });
+
+  test("serves Prometheus metrics with request counts and latencies to the admin token", async () => {
+    await api(node.url).get("/healthz");
+    const res = await fetch(`${node.adminUrl}/metrics`, {
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toContain("text/plain");
+    const text = await res.text();
+    expect(text).toMatch(/clearbox_http_requests_total\{method="GET",route="\/healthz",status="200"/);
+    expect(text).toContain("clearbox_http_request_duration_seconds_bucket");
+  });
+
+  test("admin routes are not served on the public port", async () => {
+    for (const path of ["/metrics", "/admin/v1/cluster"]) {
+      const res = await api(node.url).get(path, ADMIN_TOKEN);
+      expect(res.status).toBe(404);
+    }
+  });
+
+  test("listens on the loopback address by default", () => {
+    expect(new URL(node.adminUrl).hostname).toBe("127.0.0.1");
+  });
+});
+
+describe("admin listener without ADMIN_TOKEN", () => {
+  let node: TestNode;
+
+  beforeAll(async () => {
+    node = await startTestNode("pglite", { env: { ADMIN_TOKEN: "" } });
+  });
+  afterAll(() => node?.teardown());
+
+  test("refuses every call, whatever token is sent", async () => {
+    for (const token of [undefined, ADMIN_TOKEN, "anything-at-all-123"]) {
+      const res = await api(node.adminUrl).get("/metrics", token);
+      expect(res.status).toBe(401);
+      expect(res.body.error.message).toContain("ADMIN_TOKEN is not set");
+    }
+  });
+
+  test("logs of a whole session flow hold no password, access token or refresh token", async () => {
+    const client = api(node.url);
+    const me = await registerAndLogin(client, "a-very-secret-password");
+    await client.post("/v1/sessions", { username: me.username, password: "a-wrong-password-here" });
+    const refreshed = await client.post("/v1/sessions/refresh", { refreshToken: me.refreshToken });
+    await client.post("/v1/sessions/refresh", { refreshToken: me.refreshToken });
+    await client.get("/v1/devices", refreshed.body.accessToken);
+    const logs = node.logs.join("");
+    expect(logs).toContain('"msg":"request"');
+    for (const secret of [
+      "a-very-secret-password",
+      "a-wrong-password-here",
+      me.accessToken,
+      me.refreshToken,
+      refreshed.body.accessToken,
+      refreshed.body.refreshToken,
+    ]) {
+      expect(logs).not.toContain(secret);
+    }
+  });
+});

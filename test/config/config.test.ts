@@ -1,0 +1,92 @@
+import { describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ConfigError, loadConfig } from "../../src/config/index.ts";
+
+function tempDir() {
+  return mkdtempSync(join(tmpdir(), "clearbox-config-"));
+}
+
+describe("configuration", () => {
+  test("defaults follow protocol.md when nothing is set", () => {
+    const dir = tempDir();
+    const config = loadConfig({ DATA_DIR: dir });
+    expect(config).toMatchObject({
+      env: "development",
+      port: 8080,
+      adminPort: 9090,
+      adminHost: "127.0.0.1",
+      retentionDays: 30,
+      accessTokenTtlSeconds: 900,
+      redisPrefix: "cb:",
+    });
+    expect(config.databaseUrl).toBeUndefined();
+    expect(config.adminToken).toBeUndefined();
+    rmSync(dir, { recursive: true });
+  });
+
+  test("the development JWT secret is generated once into DATA_DIR and reused", () => {
+    const dir = tempDir();
+    const first = loadConfig({ DATA_DIR: dir });
+    expect(first.jwtSecret.length).toBeGreaterThanOrEqual(32);
+    expect(readFileSync(join(dir, "jwt-secret"), "utf8")).toBe(first.jwtSecret);
+    expect(loadConfig({ DATA_DIR: dir }).jwtSecret).toBe(first.jwtSecret);
+    rmSync(dir, { recursive: true });
+  });
+
+  test("production refuses to start without JWT_SECRET and ADMIN_TOKEN and generates no secret", () => {
+    const dir = tempDir();
+    expect(() => loadConfig({ NODE_ENV: "production", DATA_DIR: dir })).toThrow(
+      /NODE_ENV=production requires JWT_SECRET .* and ADMIN_TOKEN/,
+    );
+    expect(existsSync(join(dir, "jwt-secret"))).toBe(false);
+    rmSync(dir, { recursive: true });
+  });
+
+  test("production starts with both secrets set", () => {
+    const config = loadConfig({
+      NODE_ENV: "production",
+      JWT_SECRET: "s".repeat(40),
+      ADMIN_TOKEN: "a".repeat(20),
+      DATA_DIR: "/nonexistent/never-written",
+    });
+    expect(config.jwtSecret).toBe("s".repeat(40));
+  });
+
+  test.each([
+    ["PORT", "http", "PORT: expected a TCP port"],
+    ["PORT", "70000", "PORT: expected a TCP port"],
+    ["DATABASE_URL", "mysql://localhost/db", "DATABASE_URL: expected a postgres:// or postgresql:// URL"],
+    ["REDIS_URL", "localhost:6379", "REDIS_URL: expected a redis:// or rediss:// URL"],
+    ["AMQP_URL", "http://x", "AMQP_URL: expected an amqp:// or amqps:// URL"],
+    ["MONGODB_URL", "postgres://x", "MONGODB_URL: expected a mongodb:// or mongodb+srv:// URL"],
+    ["RETENTION_DAYS", "0", "RETENTION_DAYS: expected whole days, 1-3650"],
+    ["RETENTION_DAYS", "2.5", "RETENTION_DAYS: expected whole days"],
+    ["JWT_SECRET", "short", "JWT_SECRET: expected a secret of at least 32 characters"],
+    ["ADMIN_TOKEN", "short", "ADMIN_TOKEN: expected a bearer token of at least 16 characters"],
+    ["NODE_ENV", "staging", "NODE_ENV: expected one of development, production, test"],
+    ["LOG_LEVEL", "loud", "LOG_LEVEL: expected one of fatal"],
+    ["NODE_ID", "has space", "NODE_ID: expected 1-64 of"],
+  ])("%s=%s is refused with a message naming the variable", (name, value, message) => {
+    expect(() =>
+      loadConfig({ DATA_DIR: "/tmp/clearbox-config-unused", JWT_SECRET: "x".repeat(32), [name]: value }),
+    ).toThrow(message);
+  });
+
+  test("secrets in a refused value are not echoed back", () => {
+    try {
+      loadConfig({ JWT_SECRET: "my-secret", DATA_DIR: "/tmp/x" });
+      throw new Error("should have thrown");
+    } catch (error) {
+      expect(error).toBeInstanceOf(ConfigError);
+      expect(String(error)).not.toContain("my-secret");
+    }
+  });
+
+  test("every bad variable is reported at once", () => {
+    expect(() =>
+      loadConfig({ PORT: "x", ADMIN_PORT: "y", DATA_DIR: "/tmp/x", JWT_SECRET: "x".repeat(32) }),
+    ).toThrow(/PORT: .*\n.*ADMIN_PORT: /s);
+  });
+});

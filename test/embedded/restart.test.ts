@@ -1,0 +1,94 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { api } from "../support/http.ts";
+
+const ROOT = resolve(import.meta.dir, "../..");
+
+/** Starts `src/main.ts` (what `npm start` runs) as its own process and waits for its "started" log line. */
+async function startServer(dataDir: string) {
+  const begin = performance.now();
+  const proc = Bun.spawn([process.execPath, "run", "src/main.ts"], {
+    cwd: ROOT,
+    env: {
+      ...process.env,
+      DATA_DIR: dataDir,
+      PORT: "0",
+      ADMIN_PORT: "0",
+      NODE_ENV: "development",
+      LOG_LEVEL: "info",
+    },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const reader = proc.stdout.getReader();
+  let buffered = "";
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffered += new TextDecoder().decode(value);
+    const line = buffered.split("\n").find((l) => l.includes('"clearbox node started"'));
+    if (line) {
+      reader.releaseLock();
+      const url = JSON.parse(line).url as string;
+      // Keep draining stdout so the child never blocks on a full pipe.
+      void proc.stdout.pipeTo(new WritableStream());
+      const health = await fetch(`${url}/healthz`);
+      return { proc, url, health, startupMs: performance.now() - begin };
+    }
+  }
+  proc.kill();
+  throw new Error(`server did not start: ${buffered}${await new Response(proc.stderr).text()}`);
+}
+
+describe("embedded default (no DATABASE_URL)", () => {
+  const dataDir = mkdtempSync(join(tmpdir(), "clearbox-embedded-"));
+  afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
+
+  test("starts with no services, answers /healthz, and keeps accounts across a restart", async () => {
+    const first = await startServer(dataDir);
+    expect(first.health.status).toBe(200);
+    expect(first.startupMs).toBeLessThan(20_000);
+    const client = api(first.url);
+    expect(
+      (await client.post("/v1/accounts", { username: "persistent", password: "password123" })).status,
+    ).toBe(201);
+    first.proc.kill("SIGTERM");
+    expect(await first.proc.exited).toBe(0);
+
+    const second = await startServer(dataDir);
+    try {
+      const again = api(second.url);
+      const login = await again.post("/v1/sessions", {
+        username: "persistent",
+        password: "password123",
+        registrationId: 1,
+      });
+      expect(login.status).toBe(201);
+      // The generated JWT secret persisted too: the token is accepted after the restart.
+      expect((await again.get("/v1/devices", login.body.accessToken)).status).toBe(200);
+      expect(
+        (await again.post("/v1/accounts", { username: "persistent", password: "password123" })).status,
+      ).toBe(409);
+    } finally {
+      second.proc.kill("SIGTERM");
+      await second.proc.exited;
+    }
+  });
+
+  test("a wrong configuration value stops the process with a message naming the variable", async () => {
+    const proc = Bun.spawn([process.execPath, "run", "src/main.ts"], {
+      cwd: ROOT,
+      env: { ...process.env, DATA_DIR: dataDir, PORT: "eighty", RETENTION_DAYS: "0" },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const code = await proc.exited;
+    const stderr = await new Response(proc.stderr).text();
+    expect(code).toBe(78);
+    expect(stderr).toContain("PORT: expected a TCP port, 0-65535");
+    expect(stderr).toContain("RETENTION_DAYS: expected whole days, 1-3650");
+  });
+});
