@@ -1,0 +1,66 @@
+import type { Frame, Transport } from "./Transport.ts";
+
+interface Batch {
+  frames: Frame[];
+  promise: Promise<void>;
+  resolve: () => void;
+  reject: (error: unknown) => void;
+}
+
+/** Most frames in one transfer; a larger burst is split into several transfers. */
+const MAX_FRAMES_PER_TRANSFER = 512;
+
+/**
+ * Collects frames per destination node during one turn of the event loop and sends each node one
+ * transfer: many envelopes to one node cost one broker round trip (Discord's Manifold idea).
+ * Frames to the same node leave in the order they were queued.
+ */
+export class Outbox {
+  private readonly batches = new Map<string, Batch>();
+  private scheduled = false;
+
+  constructor(private readonly transport: Transport) {}
+
+  /** Queues a frame; resolves when its transfer is confirmed, rejects with the transfer's error. */
+  send(nodeId: string, frame: Frame): Promise<void> {
+    let batch = this.batches.get(nodeId);
+    if (!batch) {
+      batch = this.newBatch();
+      this.batches.set(nodeId, batch);
+      if (!this.scheduled) {
+        this.scheduled = true;
+        queueMicrotask(this.flush);
+      }
+    }
+    batch.frames.push(frame);
+    const promise = batch.promise;
+    if (batch.frames.length >= MAX_FRAMES_PER_TRANSFER) {
+      this.batches.delete(nodeId);
+      this.transmit(nodeId, batch);
+    }
+    return promise;
+  }
+
+  private newBatch(): Batch {
+    let resolve!: () => void;
+    let reject!: (error: unknown) => void;
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    // A sender may not wait on the promise; an unobserved rejection must not crash the process.
+    promise.catch(() => undefined);
+    return { frames: [], promise, resolve, reject };
+  }
+
+  private readonly flush = (): void => {
+    this.scheduled = false;
+    const batches = [...this.batches];
+    this.batches.clear();
+    for (const [nodeId, batch] of batches) this.transmit(nodeId, batch);
+  };
+
+  private transmit(nodeId: string, batch: Batch): void {
+    this.transport.send(nodeId, batch.frames).then(batch.resolve, batch.reject);
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * Ports the actors need from the edges. `src/` implements them with the real stores and the
+ * gateway and hands them to the actor factories at start-up; `actors/` never imports `src/`.
+ */
+
+/** Time source, injectable so tests can drive idle timeouts and timestamps. */
+export interface Clock {
+  now(): number;
+}
+
+/** The wall clock. */
+export const systemClock: Clock = { now: () => Date.now() };
+
+/** One ciphertext addressed to one recipient device, as the durable log keeps it. */
+export interface StoredEnvelope {
+  /** The sender's message id (UUID); with the sender device it makes a send idempotent. */
+  id: string;
+  senderUser: string;
+  senderDevice: number;
+  recipientUser: string;
+  recipientDevice: number;
+  /** The group it was fanned out for, or null for a 1:1 send. */
+  groupId: string | null;
+  /** Acceptance time, Unix ms. */
+  ts: number;
+  /** libsignal ciphertext type (2 whisper, 3 prekey, 7 sender key). */
+  type: number;
+  /** The ciphertext; never logged. */
+  body: Uint8Array;
+}
+
+/**
+ * The part of the durable envelope log the actors use (group commit happens behind `append`).
+ * Shaped so `src/messaging`'s EnvelopeLog satisfies it as is.
+ */
+export interface EnvelopeLog {
+  /** Appends durably; per envelope, whether it was new (false: an idempotent re-send). */
+  append(envelopes: StoredEnvelope[]): Promise<boolean[]>;
+  /** Accepted, not acked envelopes of a user, oldest first: what a new owner rebuilds its pending set from. */
+  undelivered(
+    recipientUser: string,
+    options?: { device?: number; state?: "pending" | "queued"; limit?: number },
+  ): Promise<StoredEnvelope[]>;
+  markQueued(recipientUser: string, recipientDevice: number, ids: string[]): Promise<void>;
+  ack(recipientUser: string, recipientDevice: number, ids: string[]): Promise<number>;
+}
+
+/** Per-device durable offline queue (RabbitMQ in production). */
+export interface OfflineQueue {
+  /** Resolves once the broker confirmed every envelope. */
+  flush(userId: string, deviceId: number, envelopes: readonly StoredEnvelope[]): Promise<void>;
+  /** Deletes a device's queue (device removal, erasure). */
+  purge(userId: string, deviceId: number): Promise<void>;
+}
+
+/** Reaches a device's socket through the gateway node that holds it. */
+export interface DeviceSockets {
+  /** Pushes envelopes to a connected device; false when the socket is gone. */
+  push(
+    gatewayNode: string,
+    userId: string,
+    deviceId: number,
+    envelopes: readonly StoredEnvelope[],
+  ): Promise<boolean>;
+  /** Closes every socket of a user (erasure), wherever they are. */
+  closeAll(userId: string, reason: string): Promise<void>;
+}
+
+/** Presence store (Redis in production): online state and last-seen for watchers. */
+export interface Presence {
+  setOnline(userId: string, online: boolean, at: number): Promise<void>;
+}
+
+/** Group membership as stored by the edges (PostgreSQL), read when a group actor activates. */
+export interface GroupDirectory {
+  members(groupId: string): Promise<string[]>;
+}

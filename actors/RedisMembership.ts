@@ -1,0 +1,207 @@
+import { Redis } from "ioredis";
+import { errorSummary, type Logger, silentLogger } from "./Logger.ts";
+import {
+  type MemberInfo,
+  type MemberStats,
+  type MemberStatus,
+  type Membership,
+  type MembershipListener,
+  viewSignature,
+} from "./Membership.ts";
+
+/** Options for {@link RedisMembership}. */
+export interface RedisMembershipOptions {
+  nodeId: string;
+  /** A Redis URL (the membership owns and closes its connections) or a client to share (left open). */
+  redis: string | Redis;
+  /** Key and channel prefix, e.g. `clearbox:cluster`; tests use a random one per run. */
+  prefix: string;
+  /** How often this node refreshes its key and re-reads the view. Default 1000 ms. */
+  heartbeatMs?: number;
+  /** Key lifetime: a node silent this long is dead. Default 3× heartbeat. */
+  ttlMs?: number;
+  logger?: Logger;
+}
+
+/**
+ * Membership in Redis: each node keeps `<prefix>:member:<id>` alive with a TTL (PX), registers in
+ * the `<prefix>:nodes` set, and announces joins, leaves and status changes on `<prefix>:events`.
+ * Everyone re-reads the view on each heartbeat and on each announcement, so an announced change
+ * propagates in one round trip and a crash after at most TTL + one heartbeat.
+ */
+export class RedisMembership implements Membership {
+  readonly self: string;
+  private readonly redis: Redis;
+  private readonly ownsRedis: boolean;
+  private subscriber: Redis | undefined;
+  private readonly prefix: string;
+  private readonly heartbeatMs: number;
+  private readonly ttlMs: number;
+  private readonly logger: Logger;
+  private readonly listeners = new Set<MembershipListener>();
+  private info: MemberInfo | undefined;
+  private stats: () => MemberStats = () => ({ actors: 0, connections: 0 });
+  private view: MemberInfo[] = [];
+  private dead: string[] = [];
+  private signature = "";
+  private timer: ReturnType<typeof setInterval> | undefined;
+  private refreshSeq = 0;
+  private appliedSeq = 0;
+  private closed = false;
+
+  constructor(options: RedisMembershipOptions) {
+    if (!options.nodeId) throw new Error('RedisMembership requires options "nodeId"');
+    if (!options.prefix) throw new Error('RedisMembership requires options "prefix"');
+    this.self = options.nodeId;
+    this.prefix = options.prefix;
+    this.heartbeatMs = options.heartbeatMs ?? 1000;
+    this.ttlMs = options.ttlMs ?? this.heartbeatMs * 3;
+    if (this.ttlMs <= this.heartbeatMs) {
+      throw new Error(
+        `RedisMembership requires ttlMs (${this.ttlMs}) above heartbeatMs (${this.heartbeatMs})`,
+      );
+    }
+    this.logger = options.logger ?? silentLogger;
+    if (typeof options.redis === "string") {
+      this.redis = new Redis(options.redis, { lazyConnect: false, maxRetriesPerRequest: 2 });
+      this.ownsRedis = true;
+    } else {
+      this.redis = options.redis;
+      this.ownsRedis = false;
+    }
+  }
+
+  private memberKey(nodeId: string): string {
+    return `${this.prefix}:member:${nodeId}`;
+  }
+
+  private get nodesKey(): string {
+    return `${this.prefix}:nodes`;
+  }
+
+  private get channel(): string {
+    return `${this.prefix}:events`;
+  }
+
+  async join(info: { address: string; status?: MemberStatus }, stats: () => MemberStats): Promise<void> {
+    this.stats = stats;
+    this.info = {
+      nodeId: this.self,
+      address: info.address,
+      status: info.status ?? "up",
+      actors: 0,
+      connections: 0,
+      startedAt: Date.now(),
+    };
+    await this.beat();
+    this.subscriber = this.redis.duplicate();
+    this.subscriber.on("message", () => void this.refresh().catch(this.logFailure));
+    this.subscriber.on("error", this.logFailure);
+    await this.subscriber.subscribe(this.channel);
+    await this.redis.publish(this.channel, `join ${this.self}`);
+    await this.refresh();
+    this.timer = setInterval(() => void this.tick(), this.heartbeatMs);
+  }
+
+  async setStatus(status: MemberStatus): Promise<void> {
+    if (!this.info || this.info.status === status) return;
+    this.info.status = status;
+    await this.beat();
+    await this.redis.publish(this.channel, `status ${this.self} ${status}`);
+    await this.refresh();
+  }
+
+  members(): readonly MemberInfo[] {
+    return this.view;
+  }
+
+  deadNodes(): readonly string[] {
+    return this.dead;
+  }
+
+  async forget(nodeId: string): Promise<void> {
+    await this.redis.srem(this.nodesKey, nodeId);
+  }
+
+  async refresh(): Promise<void> {
+    if (this.closed) return;
+    const seq = ++this.refreshSeq;
+    const ids = await this.redis.smembers(this.nodesKey);
+    const values = ids.length > 0 ? await this.redis.mget(...ids.map((id) => this.memberKey(id))) : [];
+    // An older read finishing after a newer one must not roll the view back.
+    if (seq < this.appliedSeq || this.closed) return;
+    this.appliedSeq = seq;
+    const view: MemberInfo[] = [];
+    const dead: string[] = [];
+    ids.forEach((id, i) => {
+      const raw = values[i];
+      if (id === this.self && this.info) view.push(this.selfInfo());
+      else if (raw) view.push(JSON.parse(raw) as MemberInfo);
+      else dead.push(id);
+    });
+    view.sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
+    this.view = view;
+    this.dead = dead;
+    const signature = viewSignature(view, dead);
+    if (signature === this.signature) return;
+    this.signature = signature;
+    for (const listener of this.listeners) listener(view);
+  }
+
+  onChange(listener: MembershipListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  async leave(options?: { forget?: boolean }): Promise<void> {
+    if (this.closed) return;
+    this.stopTimer();
+    const tx = this.redis.multi().del(this.memberKey(this.self));
+    if (options?.forget) tx.srem(this.nodesKey, this.self);
+    await tx.exec();
+    await this.redis.publish(this.channel, `leave ${this.self}`);
+    this.closed = true;
+    await this.subscriber?.quit().catch(() => undefined);
+    if (this.ownsRedis) await this.redis.quit().catch(() => undefined);
+  }
+
+  async abort(): Promise<void> {
+    this.stopTimer();
+    this.closed = true;
+    this.subscriber?.disconnect();
+    if (this.ownsRedis) this.redis.disconnect();
+  }
+
+  private stopTimer(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private selfInfo(): MemberInfo {
+    return { ...(this.info as MemberInfo), ...this.stats() };
+  }
+
+  private async beat(): Promise<void> {
+    const info = this.selfInfo();
+    await this.redis
+      .multi()
+      .set(this.memberKey(this.self), JSON.stringify(info), "PX", this.ttlMs)
+      .sadd(this.nodesKey, this.self)
+      .exec();
+  }
+
+  private async tick(): Promise<void> {
+    if (this.closed) return;
+    try {
+      await this.beat();
+      await this.refresh();
+    } catch (error) {
+      this.logFailure(error);
+    }
+  }
+
+  private readonly logFailure = (error: unknown): void => {
+    if (!this.closed)
+      this.logger.warn({ err: errorSummary(error), nodeId: this.self }, "membership refresh failed");
+  };
+}
