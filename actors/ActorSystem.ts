@@ -257,7 +257,8 @@ export class ActorSystem implements ActorRefs, ActorHost {
 
   /** Members, their counts and the ring, for `GET /admin/v1/cluster`. */
   clusterView(): ClusterView {
-    const nodes = this.members.map((member) =>
+    // The membership's latest read carries fresh heartbeat counts; `this.members` only tracks changes.
+    const nodes = this.membership.members().map((member) =>
       member.nodeId === this.nodeId
         ? {
             nodeId: this.nodeId,
