@@ -83,7 +83,11 @@ export class TestCluster {
   private readonly nodeIds = new Set<string>();
 
   /** Starts an in-process node with its own Redis and RabbitMQ connections. */
-  async node(nodeId: string, wrap?: (transport: Transport) => Transport): Promise<ActorSystem> {
+  async node(
+    nodeId: string,
+    wrap?: (transport: Transport) => Transport,
+    recorder?: (key: string, node: string) => ActorBehavior,
+  ): Promise<ActorSystem> {
     this.nodeIds.add(nodeId);
     const amqp = new AmqpTransport({ nodeId, url: AMQP_URL, prefix: this.prefix });
     const system = createActorNode({
@@ -96,7 +100,7 @@ export class TestCluster {
       idleTimeoutMs: 0,
       transport: wrap ? wrap(amqp) : amqp,
     });
-    system.register("rec", (_id, key) => this.recorder(key, nodeId));
+    system.register("rec", (_id, key) => (recorder ?? this.recorder.bind(this))(key, nodeId));
     await system.start();
     this.nodes.set(nodeId, system);
     return system;

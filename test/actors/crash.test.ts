@@ -1,0 +1,105 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { Redis } from "ioredis";
+import type { ActorBehavior, ActorSystem } from "../../actors/index.ts";
+import { AMQP_URL, HEARTBEAT_MS, Load, REDIS_URL, TestCluster, TTL_MS, until } from "./clusterHarness.ts";
+
+const KEYS = Array.from({ length: 90 }, (_, i) => `rec:c${i}`);
+const FIXTURE = new URL("./fixtures/recordingNode.ts", import.meta.url).pathname;
+
+/** Reads a child's stdout until it prints `ready`. */
+async function ready(stream: ReadableStream<Uint8Array>): Promise<void> {
+  const reader = stream.getReader();
+  let text = "";
+  while (!text.includes("ready")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`node process exited before it was ready: ${text}`);
+    text += new TextDecoder().decode(value);
+  }
+  reader.releaseLock();
+}
+
+// The owner runs in a separate process (test/actors/fixtures/recordingNode.ts) and is killed
+// with SIGKILL: no handoff, no goodbye, its RabbitMQ connection simply drops.
+describe("kill -9 of an actor's owner", () => {
+  const cluster = new TestCluster();
+  const redis = new Redis(REDIS_URL);
+  const processedKey = `${cluster.prefix}:processed`;
+  const redisRecorder = (key: string, node: string): ActorBehavior => ({
+    async receive(message: unknown) {
+      await redis.rpush(processedKey, `${key}|${(message as { seq: number }).seq}|${node}`);
+      return node;
+    },
+  });
+  let child: ReturnType<typeof Bun.spawn> | undefined;
+
+  afterAll(async () => {
+    child?.kill(9);
+    await cluster.cleanup();
+    await redis.quit();
+  });
+
+  test("the actor reactivates on the new owner within 3× the heartbeat TTL and no accepted message is lost", async () => {
+    const a: ActorSystem = await cluster.node("node-a", undefined, redisRecorder);
+    const b: ActorSystem = await cluster.node("node-b", undefined, redisRecorder);
+    cluster.track("node-v");
+    child = Bun.spawn([process.execPath, "run", FIXTURE], {
+      env: {
+        ...process.env,
+        NODE_ID: "node-v",
+        PREFIX: cluster.prefix,
+        REDIS_URL,
+        AMQP_URL,
+        HEARTBEAT_MS: String(HEARTBEAT_MS),
+        TTL_MS: String(TTL_MS),
+      },
+      stdout: "pipe",
+      stderr: "inherit",
+    });
+    await ready(child.stdout as ReadableStream<Uint8Array>);
+    await cluster.converged(["node-a", "node-b", "node-v"]);
+
+    const victimKeys = KEYS.filter((key) => a.ownerOf(key) === "node-v");
+    expect(victimKeys.length).toBeGreaterThan(5);
+    const load = new Load([a, b], victimKeys, 10);
+    const processedBy = async (node: string) =>
+      (await redis.lrange(processedKey, 0, -1)).filter((entry) => entry.endsWith(`|${node}`)).length;
+    await until(async () => (await processedBy("node-v")) >= 300, 10_000, "the victim to process messages");
+
+    child.kill(9);
+    const killedAt = Date.now();
+    await until(
+      () => victimKeys.every((key) => cluster.whereActive(key).length === 1),
+      3 * TTL_MS + 2000,
+      "every moved actor to reactivate",
+    );
+    const reactivatedAfter = Date.now() - killedAt;
+    const mark = load.accepted.size;
+    await until(() => load.accepted.size > mark + 1000, 10_000, "load on the new owners");
+    await load.stop();
+
+    const processedSeqs = async () =>
+      new Set((await redis.lrange(processedKey, 0, -1)).map((entry) => Number(entry.split("|")[1])));
+    await until(
+      async () => {
+        const seen = await processedSeqs();
+        return [...load.accepted].every((seq) => seen.has(seq));
+      },
+      15_000,
+      "every accepted message to be processed somewhere",
+    );
+    const seen = await processedSeqs();
+    expect([...load.accepted].filter((seq) => !seen.has(seq))).toEqual([]);
+    expect(load.refused).toEqual([]);
+    console.log(
+      `reactivated ${reactivatedAfter} ms after kill -9 (limit ${3 * TTL_MS}); ${load.accepted.size} accepted, none lost`,
+    );
+    expect(reactivatedAfter).toBeLessThanOrEqual(3 * TTL_MS);
+    for (const key of victimKeys) expect(cluster.whereActive(key)).toEqual([a.ownerOf(key)]);
+    // The survivor that adopted the dead node's inbox emptied it, deleted it and forgot the node.
+    await until(
+      async () => !(await redis.smembers(`${cluster.prefix}:cluster:nodes`)).includes("node-v"),
+      10_000,
+      "the dead node to be forgotten",
+    );
+  }, 60_000);
+});
