@@ -123,6 +123,8 @@ export class ActorSystem implements ActorRefs, ActorHost {
   private readonly logger: Logger;
   private readonly onFailure: ActorSystemOptions["onFailure"];
   private readonly kinds = new Map<string, ActorFactory>();
+  /** Kinds whose key names the node they live on (`<kind>:<nodeId>`); the ring never moves them. */
+  private readonly pinnedKinds = new Set<string>();
   private readonly actors = new Map<string, ActorType>();
   private readonly asks = new Map<string, PendingAsk>();
   private readonly askPrefix = randomUUID();
@@ -172,6 +174,25 @@ export class ActorSystem implements ActorRefs, ActorHost {
     if (kind.includes(":")) throw new Error(`actor kind must not contain ":" (got ${kind})`);
     this.kinds.set(kind, factory);
     return this;
+  }
+
+  /**
+   * Registers a pinned kind: `<kind>:<nodeId>` lives on node `nodeId` and is never handed off, so
+   * other nodes can address a node itself (e.g. the gateway holding a device's socket). Sending to
+   * a node that is not a live member fails with UnknownNodeError instead of waiting for it.
+   */
+  registerPinned(kind: string, factory: ActorFactory): this {
+    this.register(kind, factory);
+    this.pinnedKinds.add(kind);
+    return this;
+  }
+
+  /** The node a pinned key names, or undefined for ring-placed keys. */
+  private pinnedNode(key: string): string | undefined {
+    if (this.pinnedKinds.size === 0) return undefined;
+    const colon = key.indexOf(":");
+    if (colon < 0 || !this.pinnedKinds.has(key.slice(0, colon))) return undefined;
+    return key.slice(colon + 1);
   }
 
   /** Opens this node's inbox, joins the membership, and waits for the first ring. */
@@ -232,7 +253,7 @@ export class ActorSystem implements ActorRefs, ActorHost {
 
   /** The node that owns `key` on this node's current ring. */
   ownerOf(key: string): string {
-    return this.ring.ownerOf(key) ?? this.nodeId;
+    return this.pinnedNode(key) ?? this.ring.ownerOf(key) ?? this.nodeId;
   }
 
   /** True when an activation of `key` lives on this node (even if it is passivating). */
@@ -359,11 +380,14 @@ export class ActorSystem implements ActorRefs, ActorHost {
     }
     const owner = this.ownerOf(envelope.key);
     if (owner === this.nodeId) return this.deliverLocal(envelope);
+    if (this.pinnedNode(envelope.key) !== undefined && !this.members.some((m) => m.nodeId === owner)) {
+      return Promise.reject(new UnknownNodeError(owner));
+    }
     return this.forward(owner, envelope);
   }
 
   private deliverLocal(envelope: Envelope): Promise<void> {
-    if (this.gate.mustHold(envelope.key)) {
+    if (this.pinnedNode(envelope.key) === undefined && this.gate.mustHold(envelope.key)) {
       return new Promise((resolve, reject) => {
         this.gate.hold({
           key: envelope.key,
@@ -615,7 +639,9 @@ export class ActorSystem implements ActorRefs, ActorHost {
 
   /** Passivates the actors that moved away, then tells every peer it may activate what it gained. */
   private async handOff(next: Ring, alive: ReadonlySet<string>): Promise<void> {
-    const moving = [...this.actors.values()].filter((actor) => next.ownerOf(actor.key) !== this.nodeId);
+    const moving = [...this.actors.values()].filter(
+      (actor) => this.pinnedNode(actor.key) === undefined && next.ownerOf(actor.key) !== this.nodeId,
+    );
     await Promise.all(moving.map((actor) => actor.passivate("handoff")));
     const keysByOwner = new Map<string, string[]>();
     for (const actor of moving) {

@@ -1,55 +1,53 @@
 import type { ActorBehavior, ActorContext } from "./Actor.ts";
 import { ActorError } from "./ActorError.ts";
-import type { GroupDirectory } from "./Ports.ts";
-import type { DeliverMessage, EraseMessage } from "./UserActor.ts";
+import type { Clock, EnvelopeLog, GroupDirectory, StoredEnvelope } from "./Ports.ts";
+import type { DeliverGroupMessage, EraseMessage } from "./UserActor.ts";
 
-/** A group send: one sender-key ciphertext to fan out to every other member. */
+/** A group send: one sender-key ciphertext to fan out to every other member device. */
 export interface GroupSendMessage {
   type: "send";
   id: string;
   from: { user: string; device: number };
-  ts: number;
   ciphertext: { type: number; body: string };
 }
 
-/** The group's member list changed (the full new list). */
+/** The group's membership changed; the next send reads it afresh. */
 export interface GroupMembershipMessage {
   type: "membership";
-  members: string[];
 }
 
 /** Everything a group actor handles. */
 export type GroupMessage = GroupSendMessage | GroupMembershipMessage | EraseMessage;
 
 /** Answer to a group send. */
-export type GroupSendResult = { ok: true; recipients: number } | { ok: false; code: "not_member" };
+export type GroupSendResult =
+  | { ok: true; ts: number; recipients: number }
+  | { ok: false; code: "not_member" | "unknown_recipient" };
 
 /** Ports a group actor uses. */
 export interface GroupActorPorts {
   directory: GroupDirectory;
+  log: EnvelopeLog;
+  clock: Clock;
 }
 
 /**
- * The actor of one group: authorises the sender and fans one ciphertext out to the member user
- * actors with `tellMany`, which sends one transfer per owning node, not one per member.
+ * The actor of one group: authorises the sender, logs one envelope per member device (group
+ * commit) before answering, then fans out to the member user actors with `tellMany`, which sends
+ * one transfer per owning node, not one per member. Sends of a group are serialised here, so
+ * every member sees them in the order they were accepted.
  */
 export class GroupActor implements ActorBehavior<GroupMessage, unknown> {
-  private members = new Set<string>();
-
   constructor(
     readonly groupId: string,
     private readonly ports: GroupActorPorts,
   ) {}
 
-  async onActivate(): Promise<void> {
-    this.members = new Set(await this.ports.directory.members(this.groupId));
-  }
-
   async receive(message: GroupMessage, ctx: ActorContext): Promise<unknown> {
     switch (message.type) {
       case "membership":
-        this.members = new Set(message.members);
-        return { members: this.members.size };
+        // Membership is read from the directory on every send, so a change needs no state here.
+        return { ok: true };
       case "erase":
         ctx.stop("erased");
         return { erased: true };
@@ -61,21 +59,46 @@ export class GroupActor implements ActorBehavior<GroupMessage, unknown> {
   }
 
   private async send(message: GroupSendMessage, ctx: ActorContext): Promise<GroupSendResult> {
-    if (!this.members.has(message.from.user)) return { ok: false, code: "not_member" };
-    const recipients = [...this.members].filter((user) => user !== message.from.user);
-    const deliver: DeliverMessage = {
-      type: "deliver",
+    const members = await this.ports.directory.recipients(this.groupId);
+    if (!members) return { ok: false, code: "unknown_recipient" };
+    if (!members.has(message.from.user)) return { ok: false, code: "not_member" };
+    const ts = this.ports.clock.now();
+    const template: DeliverGroupMessage["envelope"] = {
       id: message.id,
-      from: message.from,
-      group: this.groupId,
-      ts: message.ts,
-      ciphertexts: [message.ciphertext],
+      senderUser: message.from.user,
+      senderDevice: message.from.device,
+      groupId: this.groupId,
+      ts,
+      type: message.ciphertext.type,
+      body: message.ciphertext.body,
     };
-    await ctx.system.tellMany(
-      recipients.map((user) => `user:${user}`),
-      deliver,
-    );
-    return { ok: true, recipients: recipients.length };
+    const envelopes: StoredEnvelope[] = [];
+    for (const [userId, devices] of members) {
+      for (const deviceId of devices) {
+        if (userId === message.from.user && deviceId === message.from.device) continue;
+        envelopes.push({ ...template, recipientUser: userId, recipientDevice: deviceId });
+      }
+    }
+    const fresh = await this.ports.log.append(envelopes);
+    const devices: Record<string, number[]> = {};
+    envelopes.forEach((envelope, i) => {
+      if (!fresh[i]) return;
+      const list = devices[envelope.recipientUser];
+      if (list) list.push(envelope.recipientDevice);
+      else devices[envelope.recipientUser] = [envelope.recipientDevice];
+    });
+    const users = Object.keys(devices);
+    if (users.length > 0) {
+      const deliver: DeliverGroupMessage = { type: "deliver.group", envelope: template, devices };
+      // Durable already: a user actor that misses this rebuilds from the log when it next activates.
+      await ctx.system
+        .tellMany(
+          users.map((user) => `user:${user}`),
+          deliver,
+        )
+        .catch(() => {});
+    }
+    return { ok: true, ts, recipients: envelopes.length };
   }
 }
 

@@ -25,8 +25,8 @@ export interface StoredEnvelope {
   ts: number;
   /** libsignal ciphertext type (2 whisper, 3 prekey, 7 sender key). */
   type: number;
-  /** The ciphertext; never logged. */
-  body: Uint8Array;
+  /** The ciphertext in standard base64, as on the wire; never logged. */
+  body: string;
 }
 
 /**
@@ -50,28 +50,28 @@ export interface OfflineQueue {
   /** Resolves once the broker confirmed every envelope. */
   flush(userId: string, deviceId: number, envelopes: readonly StoredEnvelope[]): Promise<void>;
   /** Deletes a device's queue (device removal, erasure). */
-  purge(userId: string, deviceId: number): Promise<void>;
+  purge(userId: string, deviceId: number): Promise<unknown>;
+}
+
+/** One open socket of a device: the gateway node holding it and that node's id for the connection. */
+export interface SocketRef {
+  deviceId: number;
+  nodeId: string;
+  connectionId: string;
 }
 
 /** Reaches a device's socket through the gateway node that holds it. */
 export interface DeviceSockets {
-  /** Pushes envelopes to a connected device; false when the socket is gone. */
-  push(
-    gatewayNode: string,
-    userId: string,
-    deviceId: number,
-    envelopes: readonly StoredEnvelope[],
-  ): Promise<boolean>;
+  /** Pushes envelopes, oldest first, to one connection; false when that socket is gone. */
+  push(socket: SocketRef, userId: string, envelopes: readonly StoredEnvelope[]): Promise<boolean>;
   /** Closes every socket of a user (erasure), wherever they are. */
-  closeAll(userId: string, reason: string): Promise<void>;
+  closeAll(userId: string, code: number, reason: string): Promise<void>;
+  /** The user's open sockets, from the presence leases: what a new activation starts from. */
+  open(userId: string): Promise<SocketRef[]>;
 }
 
-/** Presence store (Redis in production): online state and last-seen for watchers. */
-export interface Presence {
-  setOnline(userId: string, online: boolean, at: number): Promise<void>;
-}
-
-/** Group membership as stored by the edges (PostgreSQL), read when a group actor activates. */
+/** Group membership and member devices as stored by the edges (PostgreSQL). */
 export interface GroupDirectory {
-  members(groupId: string): Promise<string[]>;
+  /** Each member's device ids, or undefined when the group does not exist. */
+  recipients(groupId: string): Promise<Map<string, number[]> | undefined>;
 }

@@ -1,44 +1,56 @@
 import type { ActorBehavior, ActorContext } from "./Actor.ts";
 import { ActorError } from "./ActorError.ts";
-import type { Clock, DeviceSockets, EnvelopeLog, OfflineQueue, Presence } from "./Ports.ts";
+import type { DeviceSockets, EnvelopeLog, OfflineQueue, SocketRef, StoredEnvelope } from "./Ports.ts";
 
-/** A ciphertext as it travels between actors (JSON): body in base64. */
-export interface WireCiphertext {
-  /** Recipient device; omitted for a group (sender-key) ciphertext that goes to every device. */
-  deviceId?: number;
-  type: number;
-  body: string;
-}
-
-/** Hand a message to the recipient user's actor; it answers once the message is durable. */
+/** Envelopes already durable in the log, for this user's devices. */
 export interface DeliverMessage {
   type: "deliver";
-  id: string;
-  from: { user: string; device: number };
-  group?: string;
-  ts: number;
-  ciphertexts: WireCiphertext[];
+  envelopes: StoredEnvelope[];
 }
 
-/** A device's socket opened on `gatewayNode`. */
+/** One group ciphertext for many users: each user actor takes its own devices from `devices`. */
+export interface DeliverGroupMessage {
+  type: "deliver.group";
+  envelope: Omit<StoredEnvelope, "recipientUser" | "recipientDevice">;
+  /** userId → the devices this envelope was logged for. */
+  devices: Record<string, number[]>;
+}
+
+/** A device's socket opened: hold live envelopes until its offline queue is drained. */
 export interface DeviceConnectMessage {
   type: "device.connect";
   deviceId: number;
   gatewayNode: string;
+  connectionId: string;
 }
 
-/** A device's socket on `gatewayNode` closed. */
+/** The device drained its offline queue: deliver live from now on. */
+export interface DeviceDrainedMessage {
+  type: "device.drained";
+  deviceId: number;
+  gatewayNode: string;
+  connectionId: string;
+}
+
+/** A device's socket closed. */
 export interface DeviceDisconnectMessage {
   type: "device.disconnect";
   deviceId: number;
   gatewayNode: string;
+  connectionId: string;
 }
 
-/** A device acknowledged envelopes. */
+/** A device acknowledged envelopes (already recorded in the log by the gateway). */
 export interface DeviceAckMessage {
   type: "ack";
   deviceId: number;
   ids: string[];
+}
+
+/** A device was removed from the account: forget it and drop its queue. */
+export interface DeviceRemovedMessage {
+  type: "device.removed";
+  deviceId: number;
 }
 
 /** Erasure: close every socket of the user and stop the actor. */
@@ -50,9 +62,12 @@ export interface EraseMessage {
 /** Everything a user actor handles. */
 export type UserMessage =
   | DeliverMessage
+  | DeliverGroupMessage
   | DeviceConnectMessage
+  | DeviceDrainedMessage
   | DeviceDisconnectMessage
   | DeviceAckMessage
+  | DeviceRemovedMessage
   | EraseMessage;
 
 /** Ports a user actor uses; `src/` provides them. */
@@ -60,57 +75,147 @@ export interface UserActorPorts {
   log: EnvelopeLog;
   offline: OfflineQueue;
   sockets: DeviceSockets;
-  presence: Presence;
-  clock: Clock;
+}
+
+/** Close code for sockets of an erased account. */
+export const ERASED_CLOSE_CODE = 4410;
+
+interface Connected extends SocketRef {
+  /** False while the device drains its offline queue: live envelopes wait. */
+  live: boolean;
 }
 
 /**
- * The actor of one user: knows which gateway node holds each online device's socket.
- * Delivery (log append, push, pending set, offline flush) arrives with the messaging issue.
+ * The actor of one user. Holds, per device, the envelopes accepted for it and not yet acked:
+ * pushes them to the device's socket (on whichever node holds it), and flushes them to the
+ * device's offline queue when it is not connected. The log stays the source of truth: a new
+ * activation rebuilds this state from it and from the presence leases.
  */
 export class UserActor implements ActorBehavior<UserMessage, unknown> {
-  /** deviceId → gateway node holding its socket. */
-  readonly devices = new Map<number, string>();
+  /** deviceId → its open socket. */
+  readonly devices = new Map<number, Connected>();
+  /** deviceId → unacked envelopes by id, in acceptance order. */
+  private readonly pending = new Map<number, Map<string, StoredEnvelope>>();
 
   constructor(
     readonly userId: string,
     private readonly ports: UserActorPorts,
   ) {}
 
+  async onActivate(): Promise<void> {
+    for (const socket of await this.ports.sockets.open(this.userId)) {
+      this.devices.set(socket.deviceId, { ...socket, live: true });
+    }
+    const undelivered = await this.ports.log.undelivered(this.userId, { state: "pending" });
+    const touched = this.hold(undelivered);
+    for (const deviceId of touched.keys())
+      await this.dispatch(deviceId, [...(this.pending.get(deviceId)?.values() ?? [])]);
+  }
+
   async receive(message: UserMessage, ctx: ActorContext): Promise<unknown> {
     switch (message.type) {
+      case "deliver":
+        return this.deliver(message.envelopes);
+      case "deliver.group": {
+        const devices = message.devices[this.userId] ?? [];
+        return this.deliver(
+          devices.map((recipientDevice) => ({
+            ...message.envelope,
+            recipientUser: this.userId,
+            recipientDevice,
+          })),
+        );
+      }
       case "device.connect":
-        return this.connect(message);
-      case "device.disconnect":
-        return this.disconnect(message);
+        this.devices.set(message.deviceId, {
+          deviceId: message.deviceId,
+          nodeId: message.gatewayNode,
+          connectionId: message.connectionId,
+          live: false,
+        });
+        return { devices: this.devices.size };
+      case "device.drained": {
+        const device = this.devices.get(message.deviceId);
+        if (device?.connectionId !== message.connectionId) return { live: false };
+        device.live = true;
+        await this.dispatch(message.deviceId, [...(this.pending.get(message.deviceId)?.values() ?? [])]);
+        return { live: true };
+      }
+      case "device.disconnect": {
+        // A reconnect may have overtaken this disconnect: only forget the socket it names.
+        if (this.devices.get(message.deviceId)?.connectionId !== message.connectionId) return { flushed: 0 };
+        this.devices.delete(message.deviceId);
+        return { flushed: await this.flush(message.deviceId) };
+      }
+      case "ack": {
+        const pending = this.pending.get(message.deviceId);
+        for (const id of message.ids) pending?.delete(id);
+        if (pending?.size === 0) this.pending.delete(message.deviceId);
+        return { pending: pending?.size ?? 0 };
+      }
+      case "device.removed":
+        this.devices.delete(message.deviceId);
+        this.pending.delete(message.deviceId);
+        await this.ports.offline.purge(this.userId, message.deviceId);
+        return { removed: true };
       case "erase":
-        await this.ports.sockets.closeAll(this.userId, "erased");
+        await this.ports.sockets.closeAll(this.userId, ERASED_CLOSE_CODE, "account erased");
+        this.devices.clear();
+        this.pending.clear();
         ctx.stop("erased");
         return { erased: true };
-      case "deliver":
-      case "ack":
-        throw new ActorError(
-          "not_implemented",
-          `user actor ${message.type} arrives with the messaging issue`,
-        );
       default:
         throw new ActorError("invalid", "unknown user actor message");
     }
   }
 
-  private async connect(message: DeviceConnectMessage): Promise<{ online: number }> {
-    const wasOffline = this.devices.size === 0;
-    this.devices.set(message.deviceId, message.gatewayNode);
-    if (wasOffline) await this.ports.presence.setOnline(this.userId, true, this.ports.clock.now());
-    return { online: this.devices.size };
+  /** Adds envelopes to the pending sets, skipping ids already held; returns the new ones per device. */
+  private hold(envelopes: readonly StoredEnvelope[]): Map<number, StoredEnvelope[]> {
+    const added = new Map<number, StoredEnvelope[]>();
+    for (const envelope of envelopes) {
+      let pending = this.pending.get(envelope.recipientDevice);
+      if (!pending) this.pending.set(envelope.recipientDevice, (pending = new Map()));
+      if (pending.has(envelope.id)) continue;
+      pending.set(envelope.id, envelope);
+      const list = added.get(envelope.recipientDevice);
+      if (list) list.push(envelope);
+      else added.set(envelope.recipientDevice, [envelope]);
+    }
+    return added;
   }
 
-  private async disconnect(message: DeviceDisconnectMessage): Promise<{ online: number }> {
-    // A reconnect elsewhere may have overtaken this disconnect: only forget the socket it names.
-    if (this.devices.get(message.deviceId) === message.gatewayNode) this.devices.delete(message.deviceId);
-    if (this.devices.size === 0)
-      await this.ports.presence.setOnline(this.userId, false, this.ports.clock.now());
-    return { online: this.devices.size };
+  private async deliver(envelopes: readonly StoredEnvelope[]): Promise<{ devices: number }> {
+    const added = this.hold(envelopes);
+    for (const [deviceId, fresh] of added) await this.dispatch(deviceId, fresh);
+    return { devices: added.size };
+  }
+
+  /** Live device: push. Draining: hold. Not connected (or its socket vanished): flush to its queue. */
+  private async dispatch(deviceId: number, envelopes: StoredEnvelope[]): Promise<void> {
+    if (envelopes.length === 0) return;
+    const device = this.devices.get(deviceId);
+    if (device && !device.live) return;
+    if (device) {
+      const pushed = await this.ports.sockets.push(device, this.userId, envelopes).catch(() => false);
+      if (pushed) return;
+      if (this.devices.get(deviceId) === device) this.devices.delete(deviceId);
+    }
+    await this.flush(deviceId);
+  }
+
+  /** Moves a device's unacked envelopes to its durable offline queue; returns how many. */
+  private async flush(deviceId: number): Promise<number> {
+    const pending = this.pending.get(deviceId);
+    if (!pending || pending.size === 0) return 0;
+    const envelopes = [...pending.values()];
+    await this.ports.offline.flush(this.userId, deviceId, envelopes);
+    await this.ports.log.markQueued(
+      this.userId,
+      deviceId,
+      envelopes.map((e) => e.id),
+    );
+    this.pending.delete(deviceId);
+    return envelopes.length;
   }
 }
 

@@ -47,7 +47,7 @@ export type {
   EnvelopeLog,
   GroupDirectory,
   OfflineQueue,
-  Presence,
+  SocketRef,
   StoredEnvelope,
 } from "./Ports.ts";
 export { systemClock } from "./Ports.ts";
@@ -55,14 +55,17 @@ export { RedisMembership, type RedisMembershipOptions } from "./RedisMembership.
 export { DEFAULT_VNODES, Ring } from "./Ring.ts";
 export type { Frame, FrameHandler, Transport } from "./Transport.ts";
 export {
+  type DeliverGroupMessage,
   type DeliverMessage,
   type DeviceAckMessage,
   type DeviceConnectMessage,
   type DeviceDisconnectMessage,
+  type DeviceDrainedMessage,
+  type DeviceRemovedMessage,
+  ERASED_CLOSE_CODE,
   type EraseMessage,
   UserActor,
   type UserActorPorts,
   type UserMessage,
   userActorFactory,
-  type WireCiphertext,
 } from "./UserActor.ts";
