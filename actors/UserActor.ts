@@ -174,7 +174,10 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     const added = new Map<number, StoredEnvelope[]>();
     for (const envelope of envelopes) {
       let pending = this.pending.get(envelope.recipientDevice);
-      if (!pending) this.pending.set(envelope.recipientDevice, (pending = new Map()));
+      if (!pending) {
+        pending = new Map();
+        this.pending.set(envelope.recipientDevice, pending);
+      }
       if (pending.has(envelope.id)) continue;
       pending.set(envelope.id, envelope);
       const list = added.get(envelope.recipientDevice);
