@@ -77,6 +77,9 @@ export interface UserActorPorts {
   sockets: DeviceSockets;
 }
 
+/** How many queued envelope ids an activation remembers to avoid queueing a racing deliver twice. */
+const RECENTLY_QUEUED = 4096;
+
 /** Close code for sockets of an erased account. */
 export const ERASED_CLOSE_CODE = 4410;
 
@@ -96,6 +99,11 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   readonly devices = new Map<number, Connected>();
   /** deviceId → unacked envelopes by id, in acceptance order. */
   private readonly pending = new Map<number, Map<string, StoredEnvelope>>();
+  /**
+   * Envelopes this activation already handed to an offline queue (`<device>/<id>`, bounded): a
+   * deliver that raced the activation's read of the log must not queue them twice.
+   */
+  private readonly queued = new Set<string>();
 
   constructor(
     readonly userId: string,
@@ -178,7 +186,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         pending = new Map();
         this.pending.set(envelope.recipientDevice, pending);
       }
-      if (pending.has(envelope.id)) continue;
+      if (pending.has(envelope.id) || this.queued.has(`${envelope.recipientDevice}/${envelope.id}`)) continue;
       pending.set(envelope.id, envelope);
       const list = added.get(envelope.recipientDevice);
       if (list) list.push(envelope);
@@ -218,6 +226,12 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       envelopes.map((e) => e.id),
     );
     this.pending.delete(deviceId);
+    for (const e of envelopes) this.queued.add(`${deviceId}/${e.id}`);
+    // Sets iterate in insertion order: drop the oldest beyond the bound.
+    for (const key of this.queued) {
+      if (this.queued.size <= RECENTLY_QUEUED) break;
+      this.queued.delete(key);
+    }
     return envelopes.length;
   }
 }
