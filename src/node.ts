@@ -1,12 +1,15 @@
 import type { AnyElysia } from "elysia";
+import Redis from "ioredis";
 import { AccountService } from "./accounts/service.ts";
 import { createAdminApp } from "./admin/app.ts";
 import type { Config } from "./config/index.ts";
 import { type Database, openDatabase } from "./db/index.ts";
 import { DeviceService } from "./devices/service.ts";
-import { createApp } from "./http/app.ts";
+import { createApp, type ReadinessCheck } from "./http/app.ts";
+import { KeyService } from "./keys/service.ts";
 import { createLogger, type Logger } from "./observability/logger.ts";
 import { Metrics } from "./observability/metrics.ts";
+import { MemoryRateLimiter, type RateLimiter, RedisRateLimiter } from "./ratelimit/index.ts";
 import { SessionService } from "./sessions/service.ts";
 import { TokenIssuer } from "./sessions/tokens.ts";
 
@@ -16,6 +19,9 @@ export interface ClearBoxNode {
   database: Database;
   logger: Logger;
   metrics: Metrics;
+  /** The node's Redis connection when REDIS_URL is set (rate limits; presence and ring reuse it). */
+  redis?: Redis;
+  rateLimiter: RateLimiter;
   /** Base URL of the public listener, e.g. http://127.0.0.1:8080. */
   url: string;
   /** Base URL of the admin listener. */
@@ -47,14 +53,34 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   const devices = new DeviceService(db);
   const tokens = new TokenIssuer(config.jwtSecret, config.accessTokenTtlSeconds);
   const sessions = new SessionService(db, accounts, devices, tokens, config.refreshTokenTtlDays);
+  const readiness: ReadinessCheck[] = [{ name: database.kind, check: () => database.ping() }];
+  let redis: Redis | undefined;
+  if (config.redisUrl) {
+    redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 2 });
+    redis.on("error", (err) => logger.warn({ err }, "redis connection error"));
+    try {
+      await redis.connect();
+    } catch (error) {
+      redis.disconnect();
+      await database.close();
+      throw error;
+    }
+    const client = redis;
+    readiness.push({ name: "redis", check: async () => void (await client.ping()) });
+  }
+  const rateLimiter: RateLimiter = redis
+    ? new RedisRateLimiter(redis, config.redisPrefix)
+    : new MemoryRateLimiter();
+  const keys = new KeyService(db, rateLimiter);
 
   const app = createApp({
     accounts,
     devices,
     sessions,
+    keys,
     logger,
     metrics,
-    readiness: [{ name: database.kind, check: () => database.ping() }],
+    readiness,
   }).listen({ port: config.port, hostname: options.hostname ?? "0.0.0.0", maxRequestBodySize: 1 << 20 });
   const adminRoutes: AnyElysia[] = [];
   const admin = createAdminApp({
@@ -82,11 +108,14 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     database,
     logger,
     metrics,
+    redis,
+    rateLimiter,
     url,
     adminUrl,
     async stop() {
       await app.stop(true);
       await admin.stop(true);
+      await redis?.quit();
       await database.close();
       logger.info("clearbox node stopped");
     },

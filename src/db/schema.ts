@@ -1,4 +1,15 @@
-import { foreignKey, index, integer, pgTable, primaryKey, text, timestamp, uuid } from "drizzle-orm/pg-core";
+import {
+  type AnyPgColumn,
+  customType,
+  foreignKey,
+  index,
+  integer,
+  pgTable,
+  primaryKey,
+  text,
+  timestamp,
+  uuid,
+} from "drizzle-orm/pg-core";
 
 /** One person's account. The password is only ever stored as an argon2id hash. */
 export const accounts = pgTable("accounts", {
@@ -44,4 +55,80 @@ export const refreshTokens = pgTable(
     }).onDelete("cascade"),
     index("refresh_tokens_device_idx").on(t.userId, t.deviceId),
   ],
+);
+
+/** PostgreSQL bytea as a Uint8Array on both drivers (postgres-js hands back a Buffer, PGlite a Uint8Array). */
+const bytea = customType<{ data: Uint8Array; driverData: Uint8Array }>({
+  dataType: () => "bytea",
+  fromDriver: (value) => new Uint8Array(value.buffer, value.byteOffset, value.byteLength),
+});
+
+/** Columns every key table shares: the owning device, removed with it. */
+const deviceColumns = () => ({
+  userId: uuid("user_id").notNull(),
+  deviceId: integer("device_id").notNull(),
+});
+
+const ownedByDevice = (t: { userId: AnyPgColumn; deviceId: AnyPgColumn }) =>
+  foreignKey({
+    columns: [t.userId, t.deviceId],
+    foreignColumns: [devices.userId, devices.deviceId],
+  }).onDelete("cascade");
+
+/** A device's Signal identity public key (33 bytes, type 0x05); every other key of the device is signed by it. */
+export const identityKeys = pgTable(
+  "identity_keys",
+  {
+    ...deviceColumns(),
+    publicKey: bytea("public_key").notNull(),
+    updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.userId, t.deviceId] }), ownedByDevice(t)],
+);
+
+/** The device's current signed EC prekey (one per device, replaced on upload). */
+export const signedPreKeys = pgTable(
+  "signed_pre_keys",
+  {
+    ...deviceColumns(),
+    keyId: integer("key_id").notNull(),
+    publicKey: bytea("public_key").notNull(),
+    signature: bytea("signature").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.userId, t.deviceId] }), ownedByDevice(t)],
+);
+
+/** The device's last-resort Kyber1024 key: handed out whenever its one-time Kyber keys are gone. */
+export const kyberLastResortKeys = pgTable(
+  "kyber_last_resort_keys",
+  {
+    ...deviceColumns(),
+    keyId: integer("key_id").notNull(),
+    publicKey: bytea("public_key").notNull(),
+    signature: bytea("signature").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.userId, t.deviceId] }), ownedByDevice(t)],
+);
+
+/** One-time EC prekeys; each is deleted as it is handed out, so no two fetchers get the same one. */
+export const oneTimePreKeys = pgTable(
+  "one_time_pre_keys",
+  {
+    ...deviceColumns(),
+    keyId: integer("key_id").notNull(),
+    publicKey: bytea("public_key").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.userId, t.deviceId, t.keyId] }), ownedByDevice(t)],
+);
+
+/** One-time signed Kyber1024 prekeys; consumed like one-time EC prekeys. */
+export const oneTimeKyberPreKeys = pgTable(
+  "one_time_kyber_pre_keys",
+  {
+    ...deviceColumns(),
+    keyId: integer("key_id").notNull(),
+    publicKey: bytea("public_key").notNull(),
+    signature: bytea("signature").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.userId, t.deviceId, t.keyId] }), ownedByDevice(t)],
 );

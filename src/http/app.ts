@@ -3,6 +3,8 @@ import { accountRoutes } from "../accounts/index.ts";
 import type { AccountService } from "../accounts/service.ts";
 import { deviceRoutes } from "../devices/index.ts";
 import type { DeviceService } from "../devices/service.ts";
+import { keyRoutes } from "../keys/index.ts";
+import type { KeyService } from "../keys/service.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import { sessionRoutes } from "../sessions/index.ts";
@@ -20,6 +22,7 @@ export interface AppDeps {
   accounts: AccountService;
   devices: DeviceService;
   sessions: SessionService;
+  keys: KeyService;
   logger: Logger;
   metrics: Metrics;
   readiness: ReadinessCheck[];
@@ -90,7 +93,8 @@ export function createApp(deps: AppDeps) {
     })
     .use(accountRoutes(deps.accounts))
     .use(sessionRoutes(deps.sessions))
-    .use(deviceRoutes(deps.devices, deps.sessions));
+    .use(deviceRoutes(deps.devices, deps.sessions))
+    .use(keyRoutes(deps.keys, deps.sessions));
 }
 
 export type App = ReturnType<typeof createApp>;

@@ -1,0 +1,338 @@
+import { KEMPublicKey, PublicKey } from "@signalapp/libsignal-client";
+import { and, asc, count, eq, sql } from "drizzle-orm";
+import type { AnyPgColumn } from "drizzle-orm/pg-core";
+import type { Db } from "../db/index.ts";
+import {
+  accounts,
+  devices,
+  identityKeys,
+  kyberLastResortKeys,
+  oneTimeKyberPreKeys,
+  oneTimePreKeys,
+  signedPreKeys,
+} from "../db/schema.ts";
+import { ApiError } from "../http/errors.ts";
+import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
+import type { Principal } from "../sessions/service.ts";
+import type { KeysModel } from "./model.ts";
+
+/** Serialized sizes, type byte included: Curve25519 (0x05) and Kyber1024 (0x08) public keys, XEd25519 signatures. */
+export const EC_PUBLIC_KEY_BYTES = 33;
+export const KYBER_PUBLIC_KEY_BYTES = 1569;
+export const SIGNATURE_BYTES = 64;
+const EC_KEY_TYPE = 0x05;
+const KYBER_KEY_TYPE = 0x08;
+
+const TEN_MINUTES = 10 * 60_000;
+
+/**
+ * Bundle fetch budgets. A real client fetches a given user's bundle when it first talks to them or
+ * sees a new device of theirs: a handful of times a day. 20 per 10 minutes per requesting device and
+ * target (Signal-Server allows 6) leaves room for retries; draining someone's one-time keys or walking
+ * the directory hits one of the two limits within seconds.
+ */
+export const KEY_FETCH_LIMITS = {
+  perTarget: { name: "keys.target", limit: 20, windowMs: TEN_MINUTES },
+  perRequester: { name: "keys.requester", limit: 600, windowMs: TEN_MINUTES },
+} satisfies Record<string, RateLimitRule>;
+
+interface SignedKey {
+  keyId: number;
+  publicKey: Uint8Array;
+  signature: Uint8Array;
+}
+
+/** An upload after decoding and every check: what gets stored. */
+interface CheckedUpload {
+  identityKey: Uint8Array;
+  signedPreKey: SignedKey;
+  kyberPreKey: SignedKey;
+  preKeys?: { keyId: number; publicKey: Uint8Array }[];
+  kyberPreKeys?: SignedKey[];
+}
+
+const toBase64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64");
+
+function decode(value: string, field: string, bytes: number, typeByte?: number): Uint8Array {
+  const decoded = new Uint8Array(Buffer.from(value, "base64"));
+  // Buffer ignores junk; re-encoding tells a canonical base64 string from one it silently repaired.
+  if (toBase64(decoded) !== value) throw new ApiError("invalid", `${field}: not canonical base64`);
+  if (decoded.length !== bytes) throw new ApiError("invalid", `${field}: must be ${bytes} bytes`);
+  if (typeByte !== undefined && decoded[0] !== typeByte) {
+    throw new ApiError("invalid", `${field}: wrong key type byte`);
+  }
+  return decoded;
+}
+
+function uniqueIds(keys: { keyId: number }[] | undefined, field: string): void {
+  if (keys && new Set(keys.map((k) => k.keyId)).size !== keys.length) {
+    throw new ApiError("invalid", `${field}: key ids must be distinct`);
+  }
+}
+
+/** Parses with libsignal so only keys a client can actually use are stored. */
+function parseEc(bytes: Uint8Array, field: string): PublicKey {
+  try {
+    return PublicKey.deserialize(bytes as Uint8Array<ArrayBuffer>);
+  } catch {
+    throw new ApiError("invalid", `${field}: not a valid EC public key`);
+  }
+}
+
+function checkKyber(bytes: Uint8Array, field: string): void {
+  try {
+    KEMPublicKey.deserialize(bytes as Uint8Array<ArrayBuffer>);
+  } catch {
+    throw new ApiError("invalid", `${field}: not a valid Kyber public key`);
+  }
+}
+
+function verify(identity: PublicKey, key: SignedKey, field: string): void {
+  if (!identity.verify(key.publicKey as Uint8Array<ArrayBuffer>, key.signature as Uint8Array<ArrayBuffer>)) {
+    throw new ApiError("bad_signature", `${field}: signature does not verify against identityKey`);
+  }
+}
+
+/** Decodes, size-checks and signature-checks an upload; throws before anything is stored. */
+export function checkUpload(body: KeysModel.Upload): CheckedUpload {
+  uniqueIds(body.preKeys, "preKeys");
+  uniqueIds(body.kyberPreKeys, "kyberPreKeys");
+  const ecSigned = (k: KeysModel.Upload["signedPreKey"], field: string): SignedKey => ({
+    keyId: k.keyId,
+    publicKey: decode(k.publicKey, `${field}.publicKey`, EC_PUBLIC_KEY_BYTES, EC_KEY_TYPE),
+    signature: decode(k.signature, `${field}.signature`, SIGNATURE_BYTES),
+  });
+  const kyberSigned = (k: KeysModel.Upload["kyberPreKey"], field: string): SignedKey => ({
+    keyId: k.keyId,
+    publicKey: decode(k.publicKey, `${field}.publicKey`, KYBER_PUBLIC_KEY_BYTES, KYBER_KEY_TYPE),
+    signature: decode(k.signature, `${field}.signature`, SIGNATURE_BYTES),
+  });
+  const upload: CheckedUpload = {
+    identityKey: decode(body.identityKey, "identityKey", EC_PUBLIC_KEY_BYTES, EC_KEY_TYPE),
+    signedPreKey: ecSigned(body.signedPreKey, "signedPreKey"),
+    kyberPreKey: kyberSigned(body.kyberPreKey, "kyberPreKey"),
+    preKeys: body.preKeys?.map((k, i) => ({
+      keyId: k.keyId,
+      publicKey: decode(k.publicKey, `preKeys.${i}.publicKey`, EC_PUBLIC_KEY_BYTES, EC_KEY_TYPE),
+    })),
+    kyberPreKeys: body.kyberPreKeys?.map((k, i) => kyberSigned(k, `kyberPreKeys.${i}`)),
+  };
+  // Everything is well-formed; now check it is real key material, then the signatures.
+  const identity = parseEc(upload.identityKey, "identityKey");
+  parseEc(upload.signedPreKey.publicKey, "signedPreKey.publicKey");
+  for (const [i, k] of (upload.preKeys ?? []).entries()) parseEc(k.publicKey, `preKeys.${i}.publicKey`);
+  checkKyber(upload.kyberPreKey.publicKey, "kyberPreKey.publicKey");
+  const kyberOneTime = upload.kyberPreKeys ?? [];
+  for (const [i, k] of kyberOneTime.entries()) checkKyber(k.publicKey, `kyberPreKeys.${i}.publicKey`);
+  verify(identity, upload.signedPreKey, "signedPreKey");
+  verify(identity, upload.kyberPreKey, "kyberPreKey");
+  for (const [i, k] of kyberOneTime.entries()) verify(identity, k, `kyberPreKeys.${i}`);
+  return upload;
+}
+
+/** The Signal key directory: devices publish signed keys, other users fetch one bundle per device. */
+export class KeyService {
+  constructor(
+    private readonly db: Db,
+    private readonly limiter: RateLimiter,
+    private readonly limits: typeof KEY_FETCH_LIMITS = KEY_FETCH_LIMITS,
+  ) {}
+
+  /**
+   * Stores the caller's keys. The signed prekey and last-resort Kyber key replace the current ones;
+   * a list of one-time keys, when given, replaces that kind's remaining one-time keys (as Signal-Server
+   * does). A new identity key discards every one-time key signed by or issued under the old one.
+   */
+  async upload(principal: Principal, body: KeysModel.Upload): Promise<void> {
+    const keys = checkUpload(body);
+    const { userId, deviceId } = principal;
+    const owner = { userId, deviceId };
+    await this.db.transaction(async (tx) => {
+      // Serialises concurrent uploads of one device; the device may have been removed since the token was issued.
+      const [device] = await tx
+        .select({ deviceId: devices.deviceId })
+        .from(devices)
+        .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)))
+        .for("update");
+      if (!device) throw new ApiError("unauthorized", "device no longer exists");
+      const ofDevice = (table: { userId: AnyPgColumn; deviceId: AnyPgColumn }) =>
+        and(eq(table.userId, userId), eq(table.deviceId, deviceId));
+
+      const [current] = await tx
+        .select({ publicKey: identityKeys.publicKey })
+        .from(identityKeys)
+        .where(ofDevice(identityKeys));
+      const identityChanged = current && !Buffer.from(current.publicKey).equals(keys.identityKey);
+      if (identityChanged || keys.preKeys) await tx.delete(oneTimePreKeys).where(ofDevice(oneTimePreKeys));
+      if (identityChanged || keys.kyberPreKeys) {
+        await tx.delete(oneTimeKyberPreKeys).where(ofDevice(oneTimeKyberPreKeys));
+      }
+      await tx
+        .insert(identityKeys)
+        .values({ ...owner, publicKey: keys.identityKey })
+        .onConflictDoUpdate({
+          target: [identityKeys.userId, identityKeys.deviceId],
+          set: { publicKey: keys.identityKey, updatedAt: sql`now()` },
+        });
+      for (const table of [signedPreKeys, kyberLastResortKeys]) {
+        const key = table === signedPreKeys ? keys.signedPreKey : keys.kyberPreKey;
+        await tx
+          .insert(table)
+          .values({ ...owner, ...key })
+          .onConflictDoUpdate({ target: [table.userId, table.deviceId], set: key });
+      }
+      if (keys.preKeys?.length) {
+        await tx.insert(oneTimePreKeys).values(keys.preKeys.map((k) => ({ ...owner, ...k })));
+      }
+      if (keys.kyberPreKeys?.length) {
+        await tx.insert(oneTimeKyberPreKeys).values(keys.kyberPreKeys.map((k) => ({ ...owner, ...k })));
+      }
+    });
+  }
+
+  /** How many one-time keys of each kind the caller's device has left. */
+  async count(principal: Principal): Promise<{ preKeys: number; kyberPreKeys: number }> {
+    const { userId, deviceId } = principal;
+    const [[ec], [kyber]] = await Promise.all([
+      this.db
+        .select({ n: count() })
+        .from(oneTimePreKeys)
+        .where(and(eq(oneTimePreKeys.userId, userId), eq(oneTimePreKeys.deviceId, deviceId))),
+      this.db
+        .select({ n: count() })
+        .from(oneTimeKyberPreKeys)
+        .where(and(eq(oneTimeKyberPreKeys.userId, userId), eq(oneTimeKyberPreKeys.deviceId, deviceId))),
+    ]);
+    return { preKeys: ec.n, kyberPreKeys: kyber.n };
+  }
+
+  /**
+   * One prekey bundle per device of `userId` that has published keys. Each call consumes one one-time
+   * EC key and one one-time Kyber key per device (the last-resort Kyber key when none are left).
+   * Rate-limited per requesting device, per target and overall.
+   */
+  async fetchBundle(requester: Principal, userId: string): Promise<KeysModel.Bundle> {
+    const who = `${requester.userId}.${requester.deviceId}`;
+    await this.spend(this.limits.perTarget, `${who}:${userId}`);
+    await this.spend(this.limits.perRequester, who);
+
+    const rows = await this.db
+      .select({
+        deviceId: devices.deviceId,
+        registrationId: devices.registrationId,
+        identityKey: identityKeys.publicKey,
+        signedKeyId: signedPreKeys.keyId,
+        signedPublicKey: signedPreKeys.publicKey,
+        signedSignature: signedPreKeys.signature,
+        kyberKeyId: kyberLastResortKeys.keyId,
+        kyberPublicKey: kyberLastResortKeys.publicKey,
+        kyberSignature: kyberLastResortKeys.signature,
+      })
+      .from(devices)
+      .innerJoin(
+        identityKeys,
+        and(eq(identityKeys.userId, devices.userId), eq(identityKeys.deviceId, devices.deviceId)),
+      )
+      .innerJoin(
+        signedPreKeys,
+        and(eq(signedPreKeys.userId, devices.userId), eq(signedPreKeys.deviceId, devices.deviceId)),
+      )
+      .innerJoin(
+        kyberLastResortKeys,
+        and(
+          eq(kyberLastResortKeys.userId, devices.userId),
+          eq(kyberLastResortKeys.deviceId, devices.deviceId),
+        ),
+      )
+      .where(eq(devices.userId, userId))
+      .orderBy(asc(devices.deviceId));
+    if (rows.length === 0) {
+      const [account] = await this.db
+        .select({ id: accounts.id })
+        .from(accounts)
+        .where(eq(accounts.id, userId));
+      if (!account) throw new ApiError("not_found", "no such user");
+    }
+
+    const bundles = await Promise.all(
+      rows.map(async (row) => {
+        const [preKey, kyberOneTime] = await Promise.all([
+          this.takePreKey(userId, row.deviceId),
+          this.takeKyberPreKey(userId, row.deviceId),
+        ]);
+        const kyber = kyberOneTime ?? {
+          keyId: row.kyberKeyId,
+          publicKey: row.kyberPublicKey,
+          signature: row.kyberSignature,
+        };
+        return {
+          deviceId: row.deviceId,
+          registrationId: row.registrationId,
+          identityKey: toBase64(row.identityKey),
+          signedPreKey: {
+            keyId: row.signedKeyId,
+            publicKey: toBase64(row.signedPublicKey),
+            signature: toBase64(row.signedSignature),
+          },
+          kyberPreKey: {
+            keyId: kyber.keyId,
+            publicKey: toBase64(kyber.publicKey),
+            signature: toBase64(kyber.signature),
+          },
+          preKey: preKey ? { keyId: preKey.keyId, publicKey: toBase64(preKey.publicKey) } : null,
+        };
+      }),
+    );
+    return { userId, devices: bundles };
+  }
+
+  private async spend(rule: RateLimitRule, key: string): Promise<void> {
+    const decision = await this.limiter.hit(rule, key);
+    if (!decision.allowed) {
+      throw new ApiError("rate_limited", "too many key fetches, retry later", {
+        retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
+      });
+    }
+  }
+
+  /**
+   * Deletes and returns one one-time EC key. The row is picked with FOR UPDATE SKIP LOCKED, so
+   * concurrent fetchers each take a different key instead of waiting for, then losing, the same one.
+   */
+  private async takePreKey(userId: string, deviceId: number) {
+    const ofDevice = and(eq(oneTimePreKeys.userId, userId), eq(oneTimePreKeys.deviceId, deviceId));
+    const pick = this.db
+      .select({ keyId: oneTimePreKeys.keyId })
+      .from(oneTimePreKeys)
+      .where(ofDevice)
+      .orderBy(asc(oneTimePreKeys.keyId))
+      .limit(1)
+      .for("update", { skipLocked: true });
+    const [taken] = await this.db
+      .delete(oneTimePreKeys)
+      .where(and(ofDevice, sql`${oneTimePreKeys.keyId} = (${pick})`))
+      .returning({ keyId: oneTimePreKeys.keyId, publicKey: oneTimePreKeys.publicKey });
+    return taken;
+  }
+
+  /** Deletes and returns one one-time Kyber key, as takePreKey does for EC keys. */
+  private async takeKyberPreKey(userId: string, deviceId: number) {
+    const ofDevice = and(eq(oneTimeKyberPreKeys.userId, userId), eq(oneTimeKyberPreKeys.deviceId, deviceId));
+    const pick = this.db
+      .select({ keyId: oneTimeKyberPreKeys.keyId })
+      .from(oneTimeKyberPreKeys)
+      .where(ofDevice)
+      .orderBy(asc(oneTimeKyberPreKeys.keyId))
+      .limit(1)
+      .for("update", { skipLocked: true });
+    const [taken] = await this.db
+      .delete(oneTimeKyberPreKeys)
+      .where(and(ofDevice, sql`${oneTimeKyberPreKeys.keyId} = (${pick})`))
+      .returning({
+        keyId: oneTimeKyberPreKeys.keyId,
+        publicKey: oneTimeKyberPreKeys.publicKey,
+        signature: oneTimeKyberPreKeys.signature,
+      });
+    return taken;
+  }
+}

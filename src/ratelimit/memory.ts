@@ -1,0 +1,36 @@
+import type { RateLimitDecision, RateLimiter, RateLimitRule } from "./index.ts";
+
+/** Hard cap on tracked keys, so a flood of distinct keys cannot grow memory without bound. */
+const MAX_KEYS = 100_000;
+
+/** The embedded default: counters in this process, right for a single node. */
+export class MemoryRateLimiter implements RateLimiter {
+  private readonly windows = new Map<string, { count: number; resetAt: number }>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  async hit(rule: RateLimitRule, key: string): Promise<RateLimitDecision> {
+    const now = this.now();
+    const id = `${rule.name}:${key}`;
+    let window = this.windows.get(id);
+    if (!window || window.resetAt <= now) {
+      if (this.windows.size >= MAX_KEYS) this.sweep(now);
+      window = { count: 0, resetAt: now + rule.windowMs };
+      this.windows.set(id, window);
+    }
+    window.count++;
+    if (window.count <= rule.limit) return { allowed: true };
+    return { allowed: false, retryAfterMs: window.resetAt - now };
+  }
+
+  /** Drops expired windows; if every window is live, drops the oldest half rather than grow. */
+  private sweep(now: number): void {
+    for (const [id, window] of this.windows) if (window.resetAt <= now) this.windows.delete(id);
+    if (this.windows.size < MAX_KEYS) return;
+    let drop = this.windows.size / 2;
+    for (const id of this.windows.keys()) {
+      if (drop-- <= 0) break;
+      this.windows.delete(id);
+    }
+  }
+}

@@ -1,0 +1,29 @@
+import type { Redis } from "ioredis";
+import type { RateLimitDecision, RateLimiter, RateLimitRule } from "./index.ts";
+
+/** INCR and, on the window's first hit, PEXPIRE, in one atomic step; returns [count, ms left]. */
+const HIT_SCRIPT = `
+local count = redis.call("INCR", KEYS[1])
+if count == 1 then redis.call("PEXPIRE", KEYS[1], ARGV[1]) end
+local ttl = redis.call("PTTL", KEYS[1])
+if ttl < 0 then redis.call("PEXPIRE", KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {count, ttl}`;
+
+/** Counters in Redis, shared by every node of a cluster. Keys: `<prefix>rl:<rule>:<key>`. */
+export class RedisRateLimiter implements RateLimiter {
+  constructor(
+    private readonly redis: Redis,
+    private readonly prefix: string,
+  ) {}
+
+  async hit(rule: RateLimitRule, key: string): Promise<RateLimitDecision> {
+    const [count, ttl] = (await this.redis.eval(
+      HIT_SCRIPT,
+      1,
+      `${this.prefix}rl:${rule.name}:${key}`,
+      rule.windowMs,
+    )) as [number, number];
+    if (count <= rule.limit) return { allowed: true };
+    return { allowed: false, retryAfterMs: ttl };
+  }
+}
