@@ -1,0 +1,305 @@
+import {
+  CiphertextMessageType,
+  KEMPublicKey,
+  PreKeyBundle,
+  PreKeySignalMessage,
+  ProtocolAddress,
+  PublicKey,
+  processPreKeyBundle,
+  processSenderKeyDistributionMessage,
+  SenderKeyDistributionMessage,
+  SignalMessage,
+  signalDecrypt,
+  signalDecryptPreKey,
+  signalEncrypt,
+  groupDecrypt as signalGroupDecrypt,
+  groupEncrypt as signalGroupEncrypt,
+} from "@signalapp/libsignal-client";
+import { ClearBoxHttp, type DeviceBundle, type SessionTokens } from "./http.ts";
+import {
+  currentSignedKeys,
+  generateFullUpload,
+  generateKyberPreKeys,
+  generatePreKeys,
+  ONE_TIME_KEY_BATCH,
+} from "./keys.ts";
+import { ClearBoxSocket, type OutgoingMessage } from "./socket.ts";
+import { AccountStore } from "./store.ts";
+
+type Bytes = Uint8Array<ArrayBuffer>;
+const fromBase64 = (value: string): Bytes => new Uint8Array(Buffer.from(value, "base64"));
+const toBase64 = (value: Uint8Array) => Buffer.from(value).toString("base64");
+const encoder = new TextEncoder();
+const asBytes = (message: Uint8Array | string): Bytes =>
+  typeof message === "string" ? encoder.encode(message) : new Uint8Array(message);
+
+/** Replenish one-time keys when fewer than this many of a kind remain on the server. */
+export const REPLENISH_THRESHOLD = 20;
+
+export interface ClearBoxClientOptions {
+  /** Base URL of a ClearBox node, e.g. http://127.0.0.1:8080; defaults to the one saved in the store. */
+  serverUrl?: string;
+  /** The account's SQLite file; `:memory:` for a throwaway client. */
+  storePath: string;
+}
+
+/** A received ciphertext: who sent it and libsignal's envelope (type 2, 3 or 7, base64 body). */
+export interface IncomingEnvelope {
+  from: { user: string; device: number };
+  envelope: { type: number; body: string };
+}
+
+/**
+ * A ClearBox account on one device: HTTP API, Signal-protocol state persisted in `storePath`, and
+ * 1:1 and sender-key encryption. Reopening the same store resumes the account and its sessions.
+ */
+export class ClearBoxClient {
+  readonly http: ClearBoxHttp;
+
+  private constructor(
+    readonly store: AccountStore,
+    readonly serverUrl: string,
+  ) {
+    this.http = new ClearBoxHttp(serverUrl, {
+      tokens: () => store.get<SessionTokens>("tokens"),
+      setTokens: (tokens) => store.set("tokens", tokens),
+    });
+  }
+
+  /** Opens (or creates) the account store; the server URL is remembered in it. */
+  static open(options: ClearBoxClientOptions): ClearBoxClient {
+    const store = new AccountStore(options.storePath);
+    const serverUrl = options.serverUrl ?? store.get<string>("serverUrl");
+    if (!serverUrl) {
+      store.close();
+      throw new Error("no server URL given and none saved in the store");
+    }
+    store.set("serverUrl", serverUrl);
+    return new ClearBoxClient(store, serverUrl);
+  }
+
+  get userId(): string {
+    return this.account().userId;
+  }
+
+  get deviceId(): number {
+    return this.account().deviceId;
+  }
+
+  get username(): string | undefined {
+    return this.store.get<string>("username");
+  }
+
+  /** Creates the account, logs this device in and uploads its keys. */
+  async register(username: string, password: string, deviceName?: string): Promise<void> {
+    await this.http.register(username, password);
+    await this.login(username, password, deviceName);
+  }
+
+  /**
+   * Logs in: as the device saved in this store when it belongs to `username`, else as a new device
+   * with a fresh identity. Uploads keys if this device has not yet done so.
+   */
+  async login(username: string, password: string, deviceName?: string): Promise<void> {
+    const { registrationId } = this.store.identity.ensureIdentity();
+    const known =
+      this.store.get<string>("username") === username ? this.store.get<number>("deviceId") : undefined;
+    const tokens = await this.http.login({
+      username,
+      password,
+      ...(known === undefined ? { registrationId, deviceName } : { deviceId: known }),
+    });
+    this.store.set("username", username);
+    this.store.set("userId", tokens.userId);
+    this.store.set("deviceId", tokens.deviceId);
+    if (!this.store.get<boolean>("keysUploaded")) await this.bootstrapKeys();
+  }
+
+  /** Uploads identity, a signed prekey, a last-resort Kyber key and 100 one-time keys of each kind. */
+  async bootstrapKeys(oneTime = ONE_TIME_KEY_BATCH): Promise<void> {
+    const { identity } = this.store.identity.ensureIdentity();
+    await this.http.uploadKeys(await generateFullUpload(this.store, identity, oneTime));
+    this.store.set("keysUploaded", true);
+  }
+
+  /**
+   * Tops up one-time keys when the server holds fewer than `threshold` of a kind: a fresh batch of
+   * that kind replaces what is left. Returns which kinds were uploaded.
+   */
+  async replenishKeys(threshold = REPLENISH_THRESHOLD): Promise<{ preKeys: boolean; kyberPreKeys: boolean }> {
+    const counts = await this.http.keyCount();
+    const low = { preKeys: counts.preKeys < threshold, kyberPreKeys: counts.kyberPreKeys < threshold };
+    if (!low.preKeys && !low.kyberPreKeys) return low;
+    const { identity } = this.store.identity.ensureIdentity();
+    const signed = await currentSignedKeys(this.store);
+    if (!signed) throw new Error("no signed keys in the store: bootstrap first");
+    await this.http.uploadKeys({
+      identityKey: toBase64(identity.publicKey.serialize()),
+      ...signed,
+      ...(low.preKeys ? { preKeys: await generatePreKeys(this.store, ONE_TIME_KEY_BATCH) } : {}),
+      ...(low.kyberPreKeys
+        ? { kyberPreKeys: await generateKyberPreKeys(this.store, identity, ONE_TIME_KEY_BATCH) }
+        : {}),
+    });
+    return low;
+  }
+
+  /**
+   * Encrypts one message for every device of `userId` (this device excluded): existing sessions are
+   * reused; with none, or with `refreshDevices`, the user's bundles are fetched and new sessions started.
+   */
+  async encrypt(
+    userId: string,
+    message: Uint8Array | string,
+    options: { refreshDevices?: boolean } = {},
+  ): Promise<OutgoingMessage[]> {
+    const self = this.address();
+    let deviceIds = this.store.sessions.deviceIds(userId);
+    if (deviceIds.length === 0 || options.refreshDevices) {
+      const bundle = await this.http.fetchBundle(userId);
+      for (const device of bundle.devices) {
+        if (userId === this.userId && device.deviceId === this.deviceId) continue;
+        await this.startSession(userId, device);
+      }
+      deviceIds = bundle.devices.map((d) => d.deviceId);
+      for (const stale of this.store.sessions.deviceIds(userId)) {
+        if (!deviceIds.includes(stale)) this.store.sessions.remove(userId, stale);
+      }
+    }
+    const plaintext = asBytes(message);
+    const out: OutgoingMessage[] = [];
+    for (const deviceId of deviceIds) {
+      if (userId === this.userId && deviceId === this.deviceId) continue;
+      const ciphertext = await signalEncrypt(
+        plaintext,
+        ProtocolAddress.new(userId, deviceId),
+        self,
+        this.store.sessions,
+        this.store.identity,
+      );
+      out.push({ deviceId, type: ciphertext.type(), body: toBase64(ciphertext.serialize()) });
+    }
+    return out;
+  }
+
+  /** Decrypts a 1:1 message (type 3 starts a session, type 2 continues one). */
+  async decrypt({ from, envelope }: IncomingEnvelope): Promise<Uint8Array> {
+    const sender = ProtocolAddress.new(from.user, from.device);
+    const body = fromBase64(envelope.body);
+    const { sessions, identity, preKeys, signedPreKeys, kyberPreKeys } = this.store;
+    if (envelope.type === CiphertextMessageType.PreKey) {
+      return signalDecryptPreKey(
+        PreKeySignalMessage.deserialize(body),
+        sender,
+        this.address(),
+        sessions,
+        identity,
+        preKeys,
+        signedPreKeys,
+        kyberPreKeys,
+      );
+    }
+    if (envelope.type === CiphertextMessageType.Whisper) {
+      return signalDecrypt(SignalMessage.deserialize(body), sender, this.address(), sessions, identity);
+    }
+    if (envelope.type === CiphertextMessageType.SenderKey) return this.groupDecrypt(from, envelope.body);
+    throw new Error(`unsupported envelope type ${envelope.type}`);
+  }
+
+  /** Decrypts and decodes a UTF-8 text message. */
+  async decryptText(incoming: IncomingEnvelope): Promise<string> {
+    return new TextDecoder().decode(await this.decrypt(incoming));
+  }
+
+  /**
+   * This device's sender key for `distributionId` (a UUID per group), as a distribution message to
+   * send 1:1 to every member device before the first group message.
+   */
+  async groupDistribution(distributionId: string): Promise<Uint8Array> {
+    const message = await SenderKeyDistributionMessage.create(
+      this.address(),
+      distributionId,
+      this.store.senderKeys,
+    );
+    return message.serialize();
+  }
+
+  /** Stores a member device's sender key received in a distribution message. */
+  async processGroupDistribution(
+    from: { user: string; device: number },
+    distribution: Uint8Array,
+  ): Promise<void> {
+    await processSenderKeyDistributionMessage(
+      ProtocolAddress.new(from.user, from.device),
+      SenderKeyDistributionMessage.deserialize(new Uint8Array(distribution)),
+      this.store.senderKeys,
+    );
+  }
+
+  /** One sender-key ciphertext (type 7) that every member device holding our sender key can read. */
+  async groupEncrypt(
+    distributionId: string,
+    message: Uint8Array | string,
+  ): Promise<{ type: number; body: string }> {
+    const ciphertext = await signalGroupEncrypt(
+      this.address(),
+      distributionId,
+      this.store.senderKeys,
+      asBytes(message),
+    );
+    return { type: ciphertext.type(), body: toBase64(ciphertext.serialize()) };
+  }
+
+  async groupDecrypt(from: { user: string; device: number }, body: string): Promise<Uint8Array> {
+    return signalGroupDecrypt(
+      ProtocolAddress.new(from.user, from.device),
+      this.store.senderKeys,
+      fromBase64(body),
+    );
+  }
+
+  /** Opens this device's WebSocket (the messaging gateway). */
+  async connect(): Promise<ClearBoxSocket> {
+    return ClearBoxSocket.connect(this.serverUrl, await this.http.accessToken());
+  }
+
+  /** Closes the store; the client cannot be used afterwards. */
+  close(): void {
+    this.store.close();
+  }
+
+  private async startSession(userId: string, device: DeviceBundle): Promise<void> {
+    const bundle = PreKeyBundle.new(
+      device.registrationId,
+      device.deviceId,
+      device.preKey?.keyId ?? null,
+      device.preKey ? PublicKey.deserialize(fromBase64(device.preKey.publicKey)) : null,
+      device.signedPreKey.keyId,
+      PublicKey.deserialize(fromBase64(device.signedPreKey.publicKey)),
+      fromBase64(device.signedPreKey.signature),
+      PublicKey.deserialize(fromBase64(device.identityKey)),
+      device.kyberPreKey.keyId,
+      KEMPublicKey.deserialize(fromBase64(device.kyberPreKey.publicKey)),
+      fromBase64(device.kyberPreKey.signature),
+    );
+    // libsignal checks both signatures against the identity key before starting the session.
+    await processPreKeyBundle(
+      bundle,
+      ProtocolAddress.new(userId, device.deviceId),
+      this.address(),
+      this.store.sessions,
+      this.store.identity,
+    );
+  }
+
+  private address(): ProtocolAddress {
+    return ProtocolAddress.new(this.userId, this.deviceId);
+  }
+
+  private account(): { userId: string; deviceId: number } {
+    const userId = this.store.get<string>("userId");
+    const deviceId = this.store.get<number>("deviceId");
+    if (!userId || deviceId === undefined) throw new Error("not logged in");
+    return { userId, deviceId };
+  }
+}

@@ -1,0 +1,16 @@
+export {
+  ClearBoxClient,
+  type ClearBoxClientOptions,
+  type IncomingEnvelope,
+  REPLENISH_THRESHOLD,
+} from "./client.ts";
+export * from "./http.ts";
+export {
+  generateFullUpload,
+  generateKyberPreKeys,
+  generatePreKeys,
+  generateSignedPreKey,
+  ONE_TIME_KEY_BATCH,
+} from "./keys.ts";
+export * from "./socket.ts";
+export { AccountStore } from "./store.ts";

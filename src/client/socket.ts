@@ -1,0 +1,166 @@
+/** Frames of `GET /v1/ws` (protocol.md), client to server. */
+export type ClientFrame =
+  | { type: "send"; id: string; to: { user: string }; messages: OutgoingMessage[] }
+  | { type: "send"; id: string; to: { group: string }; message: { type: number; body: string } }
+  | { type: "ack"; ids: string[] }
+  | { type: "presence.watch"; users: string[] }
+  | { type: "ping" };
+
+/** One ciphertext for one recipient device; `type` is libsignal's message type (2, 3 or 7). */
+export interface OutgoingMessage {
+  deviceId: number;
+  type: number;
+  body: string;
+}
+
+export interface AcceptedFrame {
+  type: "accepted";
+  id: string;
+  ts: number;
+}
+export interface RejectedFrame {
+  type: "rejected";
+  id: string;
+  code: string;
+  missing?: number[];
+  extra?: number[];
+}
+export interface MessageFrame {
+  type: "message";
+  id: string;
+  from: { user: string; device: number };
+  group?: string;
+  ts: number;
+  envelope: { type: number; body: string };
+}
+export interface PresenceFrame {
+  type: "presence";
+  user: string;
+  online: boolean;
+  lastSeen: number;
+}
+export interface ErrorFrame {
+  type: "error";
+  code: string;
+  message: string;
+}
+export interface PongFrame {
+  type: "pong";
+}
+
+/** Frames of `GET /v1/ws`, server to client. */
+export type ServerFrame =
+  | AcceptedFrame
+  | RejectedFrame
+  | MessageFrame
+  | PresenceFrame
+  | ErrorFrame
+  | PongFrame;
+
+type Handlers = { [K in ServerFrame["type"]]: ((frame: Extract<ServerFrame, { type: K }>) => void)[] } & {
+  close: ((code: number, reason: string) => void)[];
+};
+
+/**
+ * A typed wrapper of one device's WebSocket: sends the protocol's frames, dispatches its events,
+ * and pairs each `send` with its `accepted`/`rejected` answer. Written against protocol.md before
+ * the server's gateway exists.
+ */
+export class ClearBoxSocket {
+  private readonly handlers: Handlers = {
+    accepted: [],
+    rejected: [],
+    message: [],
+    presence: [],
+    error: [],
+    pong: [],
+    close: [],
+  };
+  private readonly pending = new Map<string, (answer: AcceptedFrame | RejectedFrame) => void>();
+
+  private constructor(private readonly socket: WebSocket) {
+    socket.addEventListener("message", (event) => this.dispatch(String(event.data)));
+    socket.addEventListener("close", (event) => {
+      for (const handler of this.handlers.close) handler(event.code, event.reason);
+    });
+  }
+
+  /** Opens `/v1/ws` on `baseUrl` with the bearer token in the Authorization header. */
+  static connect(baseUrl: string, accessToken: string): Promise<ClearBoxSocket> {
+    const url = new URL("/v1/ws", baseUrl);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    const socket = new WebSocket(url, { headers: { authorization: `Bearer ${accessToken}` } });
+    return new Promise((resolve, reject) => {
+      socket.addEventListener("open", () => resolve(new ClearBoxSocket(socket)), { once: true });
+      socket.addEventListener("error", () => reject(new Error(`cannot open ${url.origin}/v1/ws`)), {
+        once: true,
+      });
+    });
+  }
+
+  on<K extends keyof Handlers>(type: K, handler: Handlers[K][number]): () => void {
+    const list = this.handlers[type] as Handlers[K][number][];
+    list.push(handler);
+    return () => void list.splice(list.indexOf(handler), 1);
+  }
+
+  send(frame: ClientFrame): void {
+    this.socket.send(JSON.stringify(frame));
+  }
+
+  /** Sends one 1:1 message (a ciphertext per device) and resolves with the server's answer. */
+  sendToUser(
+    id: string,
+    userId: string,
+    messages: OutgoingMessage[],
+  ): Promise<AcceptedFrame | RejectedFrame> {
+    return this.answered(id, { type: "send", id, to: { user: userId }, messages });
+  }
+
+  /** Sends one sender-key ciphertext to a group and resolves with the server's answer. */
+  sendToGroup(
+    id: string,
+    groupId: string,
+    message: { type: number; body: string },
+  ): Promise<AcceptedFrame | RejectedFrame> {
+    return this.answered(id, { type: "send", id, to: { group: groupId }, message });
+  }
+
+  ack(ids: string[]): void {
+    this.send({ type: "ack", ids });
+  }
+
+  watchPresence(users: string[]): void {
+    this.send({ type: "presence.watch", users });
+  }
+
+  ping(): void {
+    this.send({ type: "ping" });
+  }
+
+  close(code = 1000): void {
+    this.socket.close(code);
+  }
+
+  private answered(id: string, frame: ClientFrame): Promise<AcceptedFrame | RejectedFrame> {
+    return new Promise((resolve) => {
+      this.pending.set(id, resolve);
+      this.send(frame);
+    });
+  }
+
+  private dispatch(data: string): void {
+    let frame: ServerFrame;
+    try {
+      frame = JSON.parse(data) as ServerFrame;
+    } catch {
+      return;
+    }
+    if (frame.type === "accepted" || frame.type === "rejected") {
+      this.pending.get(frame.id)?.(frame);
+      this.pending.delete(frame.id);
+    }
+    const list = this.handlers[frame.type] as ((f: ServerFrame) => void)[] | undefined;
+    for (const handler of list ?? []) handler(frame);
+  }
+}
