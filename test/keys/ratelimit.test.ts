@@ -1,0 +1,105 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import Redis from "ioredis";
+import { MemoryRateLimiter, type RateLimiter, RedisRateLimiter } from "../../src/ratelimit/index.ts";
+import { api, registerAndLogin } from "../support/http.ts";
+import { startTestNode, type TestNode } from "../support/node.ts";
+import { deleteRedisPrefix, TEST_REDIS_URL, uniqueRedisPrefix } from "../support/redis.ts";
+import { validUpload } from "./fixtures.ts";
+
+const prefix = uniqueRedisPrefix();
+let redis: Redis;
+
+beforeAll(() => {
+  redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 2 });
+});
+afterAll(async () => {
+  redis?.disconnect();
+  await deleteRedisPrefix(prefix);
+});
+
+const limiters: [string, () => RateLimiter][] = [
+  ["memory", () => new MemoryRateLimiter()],
+  ["redis", () => new RedisRateLimiter(redis, prefix)],
+];
+
+describe.each(limiters)("%s rate limiter", (_kind, make) => {
+  test("allows `limit` hits per key, then refuses with the time left in the window", async () => {
+    const limiter = make();
+    const rule = { name: `t${Math.random()}`, limit: 3, windowMs: 60_000 };
+    for (let i = 0; i < 3; i++) expect(await limiter.hit(rule, "a")).toEqual({ allowed: true });
+    const refused = await limiter.hit(rule, "a");
+    expect(refused.allowed).toBe(false);
+    if (!refused.allowed) {
+      expect(refused.retryAfterMs).toBeGreaterThan(50_000);
+      expect(refused.retryAfterMs).toBeLessThanOrEqual(60_000);
+    }
+    // Another key, or the same key under another rule, has a budget of its own.
+    expect(await limiter.hit(rule, "b")).toEqual({ allowed: true });
+    expect(await limiter.hit({ ...rule, name: `${rule.name}-other` }, "a")).toEqual({ allowed: true });
+  });
+
+  test("a new window starts once the old one has passed", async () => {
+    const limiter = make();
+    const rule = { name: `t${Math.random()}`, limit: 1, windowMs: 150 };
+    expect((await limiter.hit(rule, "a")).allowed).toBe(true);
+    expect((await limiter.hit(rule, "a")).allowed).toBe(false);
+    await Bun.sleep(200);
+    expect((await limiter.hit(rule, "a")).allowed).toBe(true);
+  });
+
+  test("of 50 concurrent hits under a limit of 20, exactly 20 are allowed", async () => {
+    const limiter = make();
+    const rule = { name: `t${Math.random()}`, limit: 20, windowMs: 60_000 };
+    const decisions = await Promise.all(Array.from({ length: 50 }, () => limiter.hit(rule, "a")));
+    expect(decisions.filter((d) => d.allowed)).toHaveLength(20);
+  });
+});
+
+test("Redis limiter keys carry REDIS_PREFIX and expire with their window", async () => {
+  const limiter = new RedisRateLimiter(redis, prefix);
+  await limiter.hit({ name: "ttl", limit: 5, windowMs: 30_000 }, "k");
+  const ttl = await redis.pttl(`${prefix}rl:ttl:k`);
+  expect(ttl).toBeGreaterThan(25_000);
+  expect(ttl).toBeLessThanOrEqual(30_000);
+});
+
+describe("a node with REDIS_URL", () => {
+  let node: TestNode;
+  const nodePrefix = uniqueRedisPrefix();
+
+  beforeAll(async () => {
+    // A clustered node (Redis set) also needs its node-to-node transport, RabbitMQ.
+    const AMQP_URL = process.env.TEST_AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672";
+    node = await startTestNode("pglite", {
+      env: { REDIS_URL: TEST_REDIS_URL, REDIS_PREFIX: nodePrefix, AMQP_URL },
+    });
+  });
+  afterAll(async () => {
+    await node?.teardown();
+    await deleteRedisPrefix(nodePrefix);
+  });
+
+  test("reports Redis in /readyz and counts key fetches in Redis, refusing the 21st with 429", async () => {
+    const client = api(node.url);
+    const ready = await client.get("/readyz");
+    expect(ready.status).toBe(200);
+    expect(ready.body.services.redis).toBe("ok");
+    expect(node.rateLimiter).toBeInstanceOf(RedisRateLimiter);
+
+    const target = await registerAndLogin(client);
+    expect((await client.put("/v1/keys", (await validUpload(1)).upload, target.accessToken)).status).toBe(
+      204,
+    );
+    const reader = await registerAndLogin(client);
+    for (let i = 0; i < 20; i++) {
+      expect((await client.get(`/v1/keys/${target.userId}`, reader.accessToken)).status).toBe(200);
+    }
+    const refused = await client.get(`/v1/keys/${target.userId}`, reader.accessToken);
+    expect(refused.status).toBe(429);
+    expect(Number(refused.headers.get("retry-after"))).toBeGreaterThan(0);
+    const counter = await redis.get(
+      `${nodePrefix}rl:keys.target:${reader.userId}.${reader.deviceId}:${target.userId}`,
+    );
+    expect(Number(counter)).toBe(21);
+  });
+});
