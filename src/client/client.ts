@@ -55,6 +55,8 @@ export interface IncomingEnvelope {
  */
 export class ClearBoxClient {
   readonly http: ClearBoxHttp;
+  /** Tail of the queue that runs protocol operations one at a time (see `serialized`). */
+  private tail: Promise<unknown> = Promise.resolve();
 
   private constructor(
     readonly store: AccountStore,
@@ -148,10 +150,18 @@ export class ClearBoxClient {
    * Encrypts one message for every device of `userId` (this device excluded): existing sessions are
    * reused; with none, or with `refreshDevices`, the user's bundles are fetched and new sessions started.
    */
-  async encrypt(
+  encrypt(
     userId: string,
     message: Uint8Array | string,
     options: { refreshDevices?: boolean } = {},
+  ): Promise<OutgoingMessage[]> {
+    return this.serialized(() => this.encryptNow(userId, message, options));
+  }
+
+  private async encryptNow(
+    userId: string,
+    message: Uint8Array | string,
+    options: { refreshDevices?: boolean },
   ): Promise<OutgoingMessage[]> {
     const self = this.address();
     let deviceIds = this.store.sessions.deviceIds(userId);
@@ -183,7 +193,11 @@ export class ClearBoxClient {
   }
 
   /** Decrypts a 1:1 message (type 3 starts a session, type 2 continues one). */
-  async decrypt({ from, envelope }: IncomingEnvelope): Promise<Uint8Array> {
+  decrypt(incoming: IncomingEnvelope): Promise<Uint8Array> {
+    return this.serialized(() => this.decryptNow(incoming));
+  }
+
+  private async decryptNow({ from, envelope }: IncomingEnvelope): Promise<Uint8Array> {
     const sender = ProtocolAddress.new(from.user, from.device);
     const body = fromBase64(envelope.body);
     const { sessions, identity, preKeys, signedPreKeys, kyberPreKeys } = this.store;
@@ -202,7 +216,7 @@ export class ClearBoxClient {
     if (envelope.type === CiphertextMessageType.Whisper) {
       return signalDecrypt(SignalMessage.deserialize(body), sender, this.address(), sessions, identity);
     }
-    if (envelope.type === CiphertextMessageType.SenderKey) return this.groupDecrypt(from, envelope.body);
+    if (envelope.type === CiphertextMessageType.SenderKey) return this.groupDecryptNow(from, envelope.body);
     throw new Error(`unsupported envelope type ${envelope.type}`);
   }
 
@@ -215,47 +229,64 @@ export class ClearBoxClient {
    * This device's sender key for `distributionId` (a UUID per group), as a distribution message to
    * send 1:1 to every member device before the first group message.
    */
-  async groupDistribution(distributionId: string): Promise<Uint8Array> {
-    const message = await SenderKeyDistributionMessage.create(
-      this.address(),
-      distributionId,
-      this.store.senderKeys,
-    );
-    return message.serialize();
+  groupDistribution(distributionId: string): Promise<Uint8Array> {
+    return this.serialized(async () => {
+      const message = await SenderKeyDistributionMessage.create(
+        this.address(),
+        distributionId,
+        this.store.senderKeys,
+      );
+      return message.serialize();
+    });
   }
 
   /** Stores a member device's sender key received in a distribution message. */
-  async processGroupDistribution(
-    from: { user: string; device: number },
-    distribution: Uint8Array,
-  ): Promise<void> {
-    await processSenderKeyDistributionMessage(
-      ProtocolAddress.new(from.user, from.device),
-      SenderKeyDistributionMessage.deserialize(new Uint8Array(distribution)),
-      this.store.senderKeys,
+  processGroupDistribution(from: { user: string; device: number }, distribution: Uint8Array): Promise<void> {
+    return this.serialized(() =>
+      processSenderKeyDistributionMessage(
+        ProtocolAddress.new(from.user, from.device),
+        SenderKeyDistributionMessage.deserialize(new Uint8Array(distribution)),
+        this.store.senderKeys,
+      ),
     );
   }
 
   /** One sender-key ciphertext (type 7) that every member device holding our sender key can read. */
-  async groupEncrypt(
+  groupEncrypt(
     distributionId: string,
     message: Uint8Array | string,
   ): Promise<{ type: number; body: string }> {
-    const ciphertext = await signalGroupEncrypt(
-      this.address(),
-      distributionId,
-      this.store.senderKeys,
-      asBytes(message),
-    );
-    return { type: ciphertext.type(), body: toBase64(ciphertext.serialize()) };
+    return this.serialized(async () => {
+      const ciphertext = await signalGroupEncrypt(
+        this.address(),
+        distributionId,
+        this.store.senderKeys,
+        asBytes(message),
+      );
+      return { type: ciphertext.type(), body: toBase64(ciphertext.serialize()) };
+    });
   }
 
-  async groupDecrypt(from: { user: string; device: number }, body: string): Promise<Uint8Array> {
+  groupDecrypt(from: { user: string; device: number }, body: string): Promise<Uint8Array> {
+    return this.serialized(() => this.groupDecryptNow(from, body));
+  }
+
+  private groupDecryptNow(from: { user: string; device: number }, body: string): Promise<Uint8Array> {
     return signalGroupDecrypt(
       ProtocolAddress.new(from.user, from.device),
       this.store.senderKeys,
       fromBase64(body),
     );
+  }
+
+  /**
+   * Runs protocol operations one after another: libsignal reads a session, awaits, then writes it
+   * back, so two interleaved operations on one session would lose a ratchet step.
+   */
+  private serialized<T>(operation: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(operation);
+    this.tail = result.catch(() => undefined);
+    return result;
   }
 
   /** Opens this device's WebSocket (the messaging gateway). */
