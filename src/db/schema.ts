@@ -1,11 +1,13 @@
 import {
   type AnyPgColumn,
+  bigint,
   customType,
   foreignKey,
   index,
   integer,
   pgTable,
   primaryKey,
+  smallint,
   text,
   timestamp,
   uuid,
@@ -131,4 +133,54 @@ export const oneTimeKyberPreKeys = pgTable(
     signature: bytea("signature").notNull(),
   },
   (t) => [primaryKey({ columns: [t.userId, t.deviceId, t.keyId] }), ownedByDevice(t)],
+);
+
+/** A group chat; its members and admins are in group_members. */
+export const groups = pgTable("groups", {
+  id: uuid("id").primaryKey().defaultRandom(),
+  name: text("name").notNull(),
+  createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+});
+
+/** Membership of a group, with the member's role; leaves with the account or the group. */
+export const groupMembers = pgTable(
+  "group_members",
+  {
+    groupId: uuid("group_id")
+      .notNull()
+      .references(() => groups.id, { onDelete: "cascade" }),
+    userId: uuid("user_id")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
+    role: text("role", { enum: ["admin", "member"] }).notNull(),
+    addedAt: timestamp("added_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.groupId, t.userId] }), index("group_members_user_idx").on(t.userId)],
+);
+
+/**
+ * The durable envelope log: one row per recipient device, written before the sender hears
+ * `accepted`. Acked rows keep only metadata (body null) until retention removes them.
+ */
+export const envelopes = pgTable(
+  "envelopes",
+  {
+    seq: bigint("seq", { mode: "number" }).generatedAlwaysAsIdentity(),
+    id: uuid("id").notNull(),
+    senderUser: uuid("sender_user").notNull(),
+    senderDevice: integer("sender_device").notNull(),
+    recipientUser: uuid("recipient_user").notNull(),
+    recipientDevice: integer("recipient_device").notNull(),
+    groupId: uuid("group_id"),
+    ts: bigint("ts", { mode: "number" }).notNull(),
+    type: smallint("type").notNull(),
+    body: bytea("body"),
+    state: text("state", { enum: ["pending", "queued", "acked"] }).notNull(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.senderUser, t.senderDevice, t.id, t.recipientUser, t.recipientDevice] }),
+    index("envelopes_recipient_idx").on(t.recipientUser, t.recipientDevice, t.seq),
+    index("envelopes_sender_idx").on(t.senderUser),
+    index("envelopes_ts_idx").on(t.ts),
+  ],
 );

@@ -1,0 +1,65 @@
+interface Waiting<T, R> {
+  items: T[];
+  resolve: (results: R[]) => void;
+  reject: (error: unknown) => void;
+}
+
+/**
+ * Group commit: callers submit small batches; while one write is in flight the next ones gather,
+ * and are written together as soon as it completes. One write at a time keeps acceptance order
+ * equal to commit order, which is what per-sender ordering relies on.
+ */
+export class GroupCommit<T, R> {
+  private waiting: Waiting<T, R>[] = [];
+  private waitingItems = 0;
+  private writing = false;
+
+  constructor(
+    private readonly write: (items: T[]) => Promise<R[]>,
+    private readonly maxBatch = 1000,
+  ) {}
+
+  /** Resolves with one result per item once the write that carried them has committed. */
+  submit(items: T[]): Promise<R[]> {
+    if (items.length === 0) return Promise.resolve([]);
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ items, resolve, reject });
+      this.waitingItems += items.length;
+      if (!this.writing) void this.drain();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    this.writing = true;
+    while (this.waiting.length > 0) {
+      const batch: Waiting<T, R>[] = [];
+      let count = 0;
+      // Whole submissions only: a caller's items commit together or not at all.
+      while (
+        this.waiting.length > 0 &&
+        (count === 0 || count + this.waiting[0].items.length <= this.maxBatch)
+      ) {
+        const next = this.waiting.shift() as Waiting<T, R>;
+        batch.push(next);
+        count += next.items.length;
+      }
+      this.waitingItems -= count;
+      try {
+        const results = await this.write(batch.flatMap((w) => w.items));
+        let offset = 0;
+        for (const w of batch) {
+          w.resolve(results.slice(offset, offset + w.items.length));
+          offset += w.items.length;
+        }
+      } catch (error) {
+        for (const w of batch) w.reject(error);
+      }
+    }
+    this.writing = false;
+  }
+
+  /** Items waiting for the next write (for metrics). */
+  get backlog(): number {
+    return this.waitingItems;
+  }
+}

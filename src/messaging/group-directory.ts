@@ -1,0 +1,31 @@
+import { eq } from "drizzle-orm";
+import type { GroupDirectory } from "../../actors/index.ts";
+import type { Db } from "../db/index.ts";
+import { devices, groupMembers, groups } from "../db/schema.ts";
+
+/** Group members and their devices, read from PostgreSQL for every group send. */
+export class PostgresGroupDirectory implements GroupDirectory {
+  constructor(private readonly db: Db) {}
+
+  async recipients(groupId: string): Promise<Map<string, number[]> | undefined> {
+    const rows = await this.db
+      .select({ userId: groupMembers.userId, deviceId: devices.deviceId })
+      .from(groupMembers)
+      .leftJoin(devices, eq(devices.userId, groupMembers.userId))
+      .where(eq(groupMembers.groupId, groupId));
+    if (rows.length === 0) {
+      const [group] = await this.db.select({ id: groups.id }).from(groups).where(eq(groups.id, groupId));
+      return group ? new Map() : undefined;
+    }
+    const members = new Map<string, number[]>();
+    for (const { userId, deviceId } of rows) {
+      let list = members.get(userId);
+      if (!list) {
+        list = [];
+        members.set(userId, list);
+      }
+      if (deviceId !== null) list.push(deviceId);
+    }
+    return members;
+  }
+}

@@ -1,0 +1,60 @@
+import type { StoredEnvelope } from "./envelope.ts";
+import type { EnvelopeLog } from "./envelope-log.ts";
+import type { OfflineQueue, QueueDrain } from "./offline-queue.ts";
+
+/**
+ * The embedded default's offline queue: the envelopes stay in the (PGlite) envelope log, marked
+ * `queued`, and a drain reads them back in acceptance order. Acks go to the log as for live delivery.
+ */
+export class LogOfflineQueue implements OfflineQueue {
+  readonly kind = "embedded";
+
+  constructor(private readonly log: EnvelopeLog) {}
+
+  async flush(userId: string, deviceId: number, envelopes: readonly StoredEnvelope[]): Promise<void> {
+    await this.log.markQueued(
+      userId,
+      deviceId,
+      envelopes.map((e) => e.id),
+    );
+  }
+
+  async drain(userId: string, deviceId: number): Promise<QueueDrain> {
+    const handedOut = new Set<string>();
+    return {
+      next: async (max) => {
+        const queued = await this.log.undelivered(userId, {
+          device: deviceId,
+          state: "queued",
+          limit: max + handedOut.size,
+        });
+        const fresh = queued.filter((e) => !handedOut.has(e.id)).slice(0, max);
+        for (const e of fresh) handedOut.add(e.id);
+        return fresh;
+      },
+      ack: async (ids) => {
+        await this.log.ack(userId, deviceId, ids);
+        for (const id of ids) handedOut.delete(id);
+      },
+      release: async () => handedOut.clear(),
+    };
+  }
+
+  async depth(userId: string, deviceId: number): Promise<number> {
+    return (await this.log.undelivered(userId, { device: deviceId, state: "queued" })).length;
+  }
+
+  async purge(userId: string, deviceId: number): Promise<number> {
+    const queued = await this.log.undelivered(userId, { device: deviceId, state: "queued" });
+    await this.log.ack(
+      userId,
+      deviceId,
+      queued.map((e) => e.id),
+    );
+    return queued.length;
+  }
+
+  async ping(): Promise<void> {}
+
+  async close(): Promise<void> {}
+}

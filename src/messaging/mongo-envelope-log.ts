@@ -1,0 +1,185 @@
+import { type Collection, MongoBulkWriteError, MongoClient, type Db as MongoDb } from "mongodb";
+import type { StoredEnvelope } from "./envelope.ts";
+import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState } from "./envelope-log.ts";
+import { GroupCommit } from "./group-commit.ts";
+
+interface EnvelopeDoc {
+  _id: string;
+  seq: number;
+  id: string;
+  senderUser: string;
+  senderDevice: number;
+  recipientUser: string;
+  recipientDevice: number;
+  groupId: string | null;
+  ts: number;
+  /** Date twin of `ts` for the TTL index that enforces retention. */
+  acceptedAt: Date;
+  type: number;
+  body: Buffer | null;
+  state: EnvelopeState | "acked";
+}
+
+/** The envelope log in MongoDB (official driver): journaled writes, a TTL index for retention. */
+export class MongoEnvelopeLog implements EnvelopeLog {
+  readonly kind = "mongodb";
+  private readonly commit: GroupCommit<StoredEnvelope, boolean>;
+
+  private constructor(
+    private readonly client: MongoClient,
+    private readonly envelopes: Collection<EnvelopeDoc>,
+    private readonly counters: Collection<{ _id: string; value: number }>,
+  ) {
+    this.commit = new GroupCommit((batch) => this.insert(batch));
+  }
+
+  /** Connects, and creates the indexes (TTL = retention) when missing. */
+  static async open(
+    url: string,
+    options: { retentionDays: number; database?: string },
+  ): Promise<MongoEnvelopeLog> {
+    // promoteBuffers: ciphertexts come back as Buffers rather than BSON Binary.
+    const client = await MongoClient.connect(url, {
+      writeConcern: { w: "majority", journal: true },
+      promoteBuffers: true,
+    });
+    const db: MongoDb = client.db(options.database);
+    const envelopes = db.collection<EnvelopeDoc>("envelopes");
+    await envelopes.createIndexes([
+      { key: { recipientUser: 1, recipientDevice: 1, seq: 1 } },
+      { key: { senderUser: 1 } },
+      { key: { acceptedAt: 1 }, expireAfterSeconds: options.retentionDays * 86_400, name: "retention" },
+    ]);
+    return new MongoEnvelopeLog(client, envelopes, db.collection("counters"));
+  }
+
+  append(batch: StoredEnvelope[]): Promise<boolean[]> {
+    return this.commit.submit(batch);
+  }
+
+  private async insert(batch: StoredEnvelope[]): Promise<boolean[]> {
+    // Reserve a block of sequence numbers so order across nodes follows commit order of the reservation.
+    const counter = await this.counters.findOneAndUpdate(
+      { _id: "envelopes" },
+      { $inc: { value: batch.length } },
+      { upsert: true, returnDocument: "after" },
+    );
+    const first = (counter?.value ?? batch.length) - batch.length;
+    const docs: EnvelopeDoc[] = batch.map((e, i) => ({
+      _id: `${e.senderUser}/${e.senderDevice}/${e.id}/${e.recipientUser}/${e.recipientDevice}`,
+      seq: first + i,
+      id: e.id,
+      senderUser: e.senderUser,
+      senderDevice: e.senderDevice,
+      recipientUser: e.recipientUser,
+      recipientDevice: e.recipientDevice,
+      groupId: e.groupId,
+      ts: e.ts,
+      acceptedAt: new Date(e.ts),
+      type: e.type,
+      body: Buffer.from(e.body, "base64"),
+      state: "pending",
+    }));
+    const results = batch.map(() => true);
+    try {
+      await this.envelopes.insertMany(docs, { ordered: false });
+    } catch (error) {
+      if (!(error instanceof MongoBulkWriteError)) throw error;
+      const writeErrors = Array.isArray(error.writeErrors) ? error.writeErrors : [error.writeErrors];
+      for (const writeError of writeErrors) {
+        if (writeError.code !== 11000) throw error;
+        results[writeError.index] = false;
+      }
+    }
+    return results;
+  }
+
+  async undelivered(
+    recipientUser: string,
+    options: { device?: number; state?: EnvelopeState; limit?: number } = {},
+  ): Promise<StoredEnvelope[]> {
+    const docs = await this.envelopes
+      .find({
+        recipientUser,
+        ...(options.device === undefined ? {} : { recipientDevice: options.device }),
+        state: options.state ?? { $in: ["pending", "queued"] },
+      })
+      .sort({ seq: 1 })
+      .limit(options.limit ?? 10_000)
+      .toArray();
+    return docs.map((d) => ({
+      id: d.id,
+      senderUser: d.senderUser,
+      senderDevice: d.senderDevice,
+      recipientUser: d.recipientUser,
+      recipientDevice: d.recipientDevice,
+      groupId: d.groupId,
+      ts: d.ts,
+      type: d.type,
+      body: d.body ? d.body.toString("base64") : "",
+    }));
+  }
+
+  async markQueued(recipientUser: string, recipientDevice: number, ids: string[]): Promise<void> {
+    if (ids.length === 0) return;
+    await this.envelopes.updateMany(
+      { recipientUser, recipientDevice, id: { $in: ids }, state: "pending" },
+      { $set: { state: "queued" } },
+    );
+  }
+
+  async ack(recipientUser: string, recipientDevice: number, ids: string[]): Promise<number> {
+    if (ids.length === 0) return 0;
+    const result = await this.envelopes.updateMany(
+      { recipientUser, recipientDevice, id: { $in: ids }, state: { $ne: "acked" } },
+      { $set: { state: "acked", body: null } },
+    );
+    return result.modifiedCount;
+  }
+
+  async metadataOf(userId: string, limit = 100_000): Promise<EnvelopeMetadata[]> {
+    const docs = await this.envelopes
+      .find({ $or: [{ senderUser: userId }, { recipientUser: userId }] }, { projection: { body: 0 } })
+      .sort({ seq: 1 })
+      .limit(limit)
+      .toArray();
+    return docs.map(
+      ({ id, senderUser, senderDevice, recipientUser, recipientDevice, groupId, ts, state }) => ({
+        id,
+        senderUser,
+        senderDevice,
+        recipientUser,
+        recipientDevice,
+        groupId,
+        ts,
+        state,
+      }),
+    );
+  }
+
+  async eraseUser(userId: string): Promise<number> {
+    const result = await this.envelopes.deleteMany({
+      $or: [{ senderUser: userId }, { recipientUser: userId }],
+    });
+    return result.deletedCount;
+  }
+
+  async eraseDevice(userId: string, deviceId: number): Promise<number> {
+    const result = await this.envelopes.deleteMany({ recipientUser: userId, recipientDevice: deviceId });
+    return result.deletedCount;
+  }
+
+  async purgeBefore(before: number): Promise<number> {
+    const result = await this.envelopes.deleteMany({ ts: { $lt: before } });
+    return result.deletedCount;
+  }
+
+  /** Resolves when the server answers (readiness). */
+  async ping(): Promise<void> {
+    await this.client.db("admin").command({ ping: 1 });
+  }
+
+  async close(): Promise<void> {
+    await this.client.close();
+  }
+}

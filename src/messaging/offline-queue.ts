@@ -1,0 +1,30 @@
+import type { StoredEnvelope } from "./envelope.ts";
+
+/** Envelopes taken from a device's offline queue, held until the device acks them. */
+export interface QueueDrain {
+  /** The next envelopes in queue order (at most `max`); empty once the queue is drained. */
+  next(max: number): Promise<StoredEnvelope[]>;
+  /** The device has these: remove them from the queue for good. */
+  ack(ids: string[]): Promise<void>;
+  /** Ends the drain; envelopes taken but not acked go back to the queue, in order. */
+  release(): Promise<void>;
+}
+
+/**
+ * A durable per-device queue for envelopes whose device was offline (protocol: delivered on
+ * reconnect, oldest first). RabbitMQ in production; the envelope log itself in the embedded default.
+ */
+export interface OfflineQueue {
+  readonly kind: string;
+  /** Appends in order; resolves once the envelopes are durable (publisher confirms). */
+  flush(userId: string, deviceId: number, envelopes: readonly StoredEnvelope[]): Promise<void>;
+  /** Starts taking envelopes from the device's queue; one drain per device at a time. */
+  drain(userId: string, deviceId: number): Promise<QueueDrain>;
+  /** Messages waiting in the device's queue. */
+  depth(userId: string, deviceId: number): Promise<number>;
+  /** Deletes the device's queue and what it holds (device removal, erasure); returns how many were dropped. */
+  purge(userId: string, deviceId: number): Promise<number>;
+  /** Resolves when the backing broker answers (readiness). */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
