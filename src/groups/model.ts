@@ -1,0 +1,30 @@
+import { t } from "elysia";
+
+/** Largest group: the fan-out benchmark's 10,000 members. */
+export const MAX_GROUP_MEMBERS = 10_000;
+
+export namespace GroupModel {
+  const userId = t.String({ format: "uuid" });
+
+  export const create = t.Object(
+    {
+      name: t.String({ minLength: 1, maxLength: 128 }),
+      members: t.Array(userId, { maxItems: MAX_GROUP_MEMBERS - 1, uniqueItems: true }),
+    },
+    { additionalProperties: false },
+  );
+
+  export const created = t.Object({ groupId: t.String() });
+
+  export const groupParams = t.Object({ groupId: t.String({ format: "uuid" }) });
+  export const memberParams = t.Object({ groupId: t.String({ format: "uuid" }), userId });
+
+  export const addMember = t.Object({ userId }, { additionalProperties: false });
+
+  export const group = t.Object({
+    groupId: t.String(),
+    name: t.String(),
+    members: t.Array(t.String()),
+    admins: t.Array(t.String()),
+  });
+}
