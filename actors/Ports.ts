@@ -62,7 +62,11 @@ export interface SocketRef {
 
 /** Reaches a device's socket through the gateway node that holds it. */
 export interface DeviceSockets {
-  /** Pushes envelopes, oldest first, to one connection; false when that socket is gone. */
+  /**
+   * Pushes envelopes, oldest first, to one connection. False when the socket is known to be gone
+   * (its node is not a member). A remote gateway that no longer holds the socket answers later with
+   * a `device.disconnect` for that connection, so a slow node delays delivery but never loses it.
+   */
   push(socket: SocketRef, userId: string, envelopes: readonly StoredEnvelope[]): Promise<boolean>;
   /** Closes every socket of a user (erasure), wherever they are. */
   closeAll(userId: string, code: number, reason: string): Promise<void>;

@@ -1,6 +1,6 @@
 import type { ActorBehavior, ActorContext } from "./Actor.ts";
 import { ActorError } from "./ActorError.ts";
-import type { DeviceSockets, EnvelopeLog, OfflineQueue, SocketRef, StoredEnvelope } from "./Ports.ts";
+import type { Clock, DeviceSockets, EnvelopeLog, OfflineQueue, SocketRef, StoredEnvelope } from "./Ports.ts";
 
 /** Envelopes already durable in the log, for this user's devices. */
 export interface DeliverMessage {
@@ -75,10 +75,18 @@ export interface UserActorPorts {
   log: EnvelopeLog;
   offline: OfflineQueue;
   sockets: DeviceSockets;
+  clock: Clock;
+  /**
+   * How long after activation a deliver is taken as a wake-up and the envelopes are read from the
+   * log instead: while rings converge after a crash, a sender may still route an envelope to the
+   * dead owner's queue while its later ones already come here, and only the log has them in order.
+   * About three membership TTLs.
+   */
+  recoveryMs: number;
 }
 
-/** How many queued envelope ids an activation remembers to avoid queueing a racing deliver twice. */
-const RECENTLY_QUEUED = 4096;
+/** How many finished envelope ids an activation remembers, to ignore late or repeated delivers. */
+const RECENTLY_DONE = 4096;
 
 /** Close code for sockets of an erased account. */
 export const ERASED_CLOSE_CODE = 4410;
@@ -100,10 +108,12 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   /** deviceId → unacked envelopes by id, in acceptance order. */
   private readonly pending = new Map<number, Map<string, StoredEnvelope>>();
   /**
-   * Envelopes this activation already handed to an offline queue (`<device>/<id>`, bounded): a
-   * deliver that raced the activation's read of the log must not queue them twice.
+   * Envelopes this activation already pushed and saw acked, or handed to an offline queue
+   * (`<device>/<id>`, bounded): a late or repeated deliver must not send them again.
    */
-  private readonly queued = new Set<string>();
+  private readonly done = new Set<string>();
+  /** Until then (clock ms), delivers are wake-ups and the log is read; see UserActorPorts.recoveryMs. */
+  private recoveringUntil = 0;
 
   constructor(
     readonly userId: string,
@@ -111,6 +121,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   ) {}
 
   async onActivate(): Promise<void> {
+    this.recoveringUntil = this.ports.clock.now() + this.ports.recoveryMs;
     for (const socket of await this.ports.sockets.open(this.userId)) {
       this.devices.set(socket.deviceId, { ...socket, live: true });
     }
@@ -157,7 +168,9 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       }
       case "ack": {
         const pending = this.pending.get(message.deviceId);
-        for (const id of message.ids) pending?.delete(id);
+        for (const id of message.ids) {
+          if (pending?.delete(id)) this.remember(message.deviceId, id);
+        }
         if (pending?.size === 0) this.pending.delete(message.deviceId);
         return { pending: pending?.size ?? 0 };
       }
@@ -186,7 +199,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         pending = new Map();
         this.pending.set(envelope.recipientDevice, pending);
       }
-      if (pending.has(envelope.id) || this.queued.has(`${envelope.recipientDevice}/${envelope.id}`)) continue;
+      if (pending.has(envelope.id) || this.done.has(`${envelope.recipientDevice}/${envelope.id}`)) continue;
       pending.set(envelope.id, envelope);
       const list = added.get(envelope.recipientDevice);
       if (list) list.push(envelope);
@@ -196,6 +209,15 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   }
 
   private async deliver(envelopes: readonly StoredEnvelope[]): Promise<{ devices: number }> {
+    if (this.ports.clock.now() < this.recoveringUntil) {
+      // Recovering: take the log's order (acceptance order) rather than the order messages arrive in.
+      const devices = new Set(envelopes.map((e) => e.recipientDevice));
+      const fromLog: StoredEnvelope[] = [];
+      for (const device of devices) {
+        fromLog.push(...(await this.ports.log.undelivered(this.userId, { device, state: "pending" })));
+      }
+      envelopes = fromLog;
+    }
     const added = this.hold(envelopes);
     for (const [deviceId, fresh] of added) await this.dispatch(deviceId, fresh);
     return { devices: added.size };
@@ -226,13 +248,18 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       envelopes.map((e) => e.id),
     );
     this.pending.delete(deviceId);
-    for (const e of envelopes) this.queued.add(`${deviceId}/${e.id}`);
-    // Sets iterate in insertion order: drop the oldest beyond the bound.
-    for (const key of this.queued) {
-      if (this.queued.size <= RECENTLY_QUEUED) break;
-      this.queued.delete(key);
-    }
+    for (const e of envelopes) this.remember(deviceId, e.id);
     return envelopes.length;
+  }
+
+  /** Records an envelope as done for this activation, forgetting the oldest beyond the bound. */
+  private remember(deviceId: number, id: string): void {
+    this.done.add(`${deviceId}/${id}`);
+    // Sets iterate in insertion order: the first entries are the oldest.
+    for (const key of this.done) {
+      if (this.done.size <= RECENTLY_DONE) break;
+      this.done.delete(key);
+    }
   }
 }
 
