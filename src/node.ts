@@ -2,11 +2,15 @@ import type { AnyElysia } from "elysia";
 import Redis from "ioredis";
 import { AccountService } from "./accounts/service.ts";
 import { createAdminApp } from "./admin/app.ts";
+import { clusterAdminRoutes } from "./cluster/index.ts";
 import type { Config } from "./config/index.ts";
 import { type Database, openDatabase } from "./db/index.ts";
 import { DeviceService } from "./devices/service.ts";
+import { CloseCode } from "./gateway/connection.ts";
+import { GroupService } from "./groups/service.ts";
 import { createApp, type ReadinessCheck } from "./http/app.ts";
 import { KeyService } from "./keys/service.ts";
+import { createMessaging, type Messaging, userKey } from "./messaging/index.ts";
 import { createLogger, type Logger } from "./observability/logger.ts";
 import { Metrics } from "./observability/metrics.ts";
 import { MemoryRateLimiter, type RateLimiter, RedisRateLimiter } from "./ratelimit/index.ts";
@@ -22,11 +26,15 @@ export interface ClearBoxNode {
   /** The node's Redis connection when REDIS_URL is set (rate limits; presence and ring reuse it). */
   redis?: Redis;
   rateLimiter: RateLimiter;
+  /** Stores, actors and the WebSocket gateway. */
+  messaging: Messaging;
   /** Base URL of the public listener, e.g. http://127.0.0.1:8080. */
   url: string;
   /** Base URL of the admin listener. */
   adminUrl: string;
   stop(): Promise<void>;
+  /** Crash simulation for tests: drops sockets and listeners, no handoff, no offline flush. */
+  abort(): Promise<void>;
 }
 
 /** Options tests use to embed a node: no process metrics, in-memory PGlite, captured logs. */
@@ -72,17 +80,34 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     ? new RedisRateLimiter(redis, config.redisPrefix)
     : new MemoryRateLimiter();
   const keys = new KeyService(db, rateLimiter);
+  const groups = new GroupService(db);
+  const messaging = await createMessaging({
+    config,
+    db,
+    redis,
+    sessions,
+    logger,
+    address: `${options.hostname ?? "0.0.0.0"}:${config.port}`,
+  });
+  readiness.push(...messaging.readiness);
+  devices.onRemoved(async (userId, deviceId) => {
+    await messaging.actors.ask(userKey(userId), { type: "device.removed", deviceId });
+    await messaging.log.eraseDevice(userId, deviceId);
+    await messaging.closeSockets(userId, deviceId, CloseCode.deviceRemoved, "device removed");
+  });
 
   const app = createApp({
     accounts,
     devices,
     sessions,
     keys,
+    groups,
+    gateway: messaging.gateway,
     logger,
     metrics,
     readiness,
   }).listen({ port: config.port, hostname: options.hostname ?? "0.0.0.0", maxRequestBodySize: 1 << 20 });
-  const adminRoutes: AnyElysia[] = [];
+  const adminRoutes: AnyElysia[] = [clusterAdminRoutes(messaging.actors)];
   const admin = createAdminApp({
     adminToken: config.adminToken,
     metrics,
@@ -110,14 +135,26 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     metrics,
     redis,
     rateLimiter,
+    messaging,
     url,
     adminUrl,
     async stop() {
+      // Sockets first, so every device's unacked envelopes reach its offline queue before the stores close.
+      await messaging.gateway.stop();
       await app.stop(true);
       await admin.stop(true);
+      await messaging.stop();
       await redis?.quit();
       await database.close();
       logger.info("clearbox node stopped");
+    },
+    async abort() {
+      await messaging.abort();
+      await app.stop(true);
+      await admin.stop(true);
+      redis?.disconnect();
+      await database.close().catch(() => {});
+      logger.warn("clearbox node aborted");
     },
   };
 }

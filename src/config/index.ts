@@ -48,6 +48,24 @@ const EnvSchema = T.Object({
     default: 30,
     description: "whole days, 1-365",
   }),
+  CLUSTER_HEARTBEAT_MS: T.Integer({
+    minimum: 50,
+    maximum: 60_000,
+    default: 1000,
+    description: "milliseconds between ring heartbeats, 50-60000 (a node is dropped after 3 missed)",
+  }),
+  DEVICE_RATE_LIMIT: T.Integer({
+    minimum: 1,
+    maximum: 1_000_000,
+    default: 100,
+    description: "WebSocket frames a device may send per second, 1-1000000 (bursts of twice that)",
+  }),
+  PRESENCE_LEASE_SECONDS: T.Integer({
+    minimum: 2,
+    maximum: 3600,
+    default: 60,
+    description: "seconds a connected device stays online without renewal, 2-3600",
+  }),
   LOG_LEVEL: T.Union(
     ["fatal", "error", "warn", "info", "debug", "trace", "silent"].map((l) => T.Literal(l)),
     { default: "info", description: "one of fatal, error, warn, info, debug, trace, silent" },
@@ -75,6 +93,9 @@ export interface Config {
   accessTokenTtlSeconds: number;
   refreshTokenTtlDays: number;
   logLevel: Env["LOG_LEVEL"];
+  clusterHeartbeatMs: number;
+  deviceRateLimit: number;
+  presenceLeaseSeconds: number;
 }
 
 /** A configuration problem an operator must fix; the message names the variable and what it expects. */
@@ -83,6 +104,9 @@ export class ConfigError extends Error {
 }
 
 const INTEGER_VARS = new Set([
+  "CLUSTER_HEARTBEAT_MS",
+  "DEVICE_RATE_LIMIT",
+  "PRESENCE_LEASE_SECONDS",
   "PORT",
   "ADMIN_PORT",
   "RETENTION_DAYS",
@@ -156,6 +180,9 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     accessTokenTtlSeconds: env.ACCESS_TOKEN_TTL_SECONDS,
     refreshTokenTtlDays: env.REFRESH_TOKEN_TTL_DAYS,
     logLevel: env.LOG_LEVEL,
+    clusterHeartbeatMs: env.CLUSTER_HEARTBEAT_MS,
+    deviceRateLimit: env.DEVICE_RATE_LIMIT,
+    presenceLeaseSeconds: env.PRESENCE_LEASE_SECONDS,
   };
 }
 

@@ -3,6 +3,9 @@ import { accountRoutes } from "../accounts/index.ts";
 import type { AccountService } from "../accounts/service.ts";
 import { deviceRoutes } from "../devices/index.ts";
 import type { DeviceService } from "../devices/service.ts";
+import type { Gateway } from "../gateway/index.ts";
+import { groupRoutes } from "../groups/index.ts";
+import type { GroupService } from "../groups/service.ts";
 import { keyRoutes } from "../keys/index.ts";
 import type { KeyService } from "../keys/service.ts";
 import type { Logger } from "../observability/logger.ts";
@@ -23,6 +26,8 @@ export interface AppDeps {
   devices: DeviceService;
   sessions: SessionService;
   keys: KeyService;
+  groups: GroupService;
+  gateway: Gateway;
   logger: Logger;
   metrics: Metrics;
   readiness: ReadinessCheck[];
@@ -41,7 +46,20 @@ function describeValidation(error: unknown): string {
 export function createApp(deps: AppDeps) {
   const { logger, metrics } = deps;
   const started = new WeakMap<Request, number>();
-  return new Elysia({ name: "clearbox.public", normalize: false })
+  return new Elysia({
+    name: "clearbox.public",
+    normalize: false,
+    websocket: {
+      // Above the protocol's 256 KiB so the gateway can answer an oversized frame with `too_large`;
+      // beyond this Bun closes the socket (1009).
+      maxPayloadLength: 1024 * 1024,
+      // A reader this far behind is disconnected; what it has not acked goes to its offline queue.
+      backpressureLimit: 4 * 1024 * 1024,
+      closeOnBackpressureLimit: true,
+      idleTimeout: 120,
+      sendPings: true,
+    },
+  })
     .onRequest(({ request }) => {
       started.set(request, performance.now());
     })
@@ -94,7 +112,9 @@ export function createApp(deps: AppDeps) {
     .use(accountRoutes(deps.accounts))
     .use(sessionRoutes(deps.sessions))
     .use(deviceRoutes(deps.devices, deps.sessions))
-    .use(keyRoutes(deps.keys, deps.sessions));
+    .use(keyRoutes(deps.keys, deps.sessions))
+    .use(groupRoutes(deps.groups, deps.sessions))
+    .use(deps.gateway.routes());
 }
 
 export type App = ReturnType<typeof createApp>;

@@ -26,11 +26,18 @@ export interface TestNode extends ClearBoxNode {
  */
 export async function startTestNode(
   backend: Backend,
-  options: { env?: Record<string, string>; dataDir?: string; keepData?: boolean } = {},
-): Promise<TestNode> {
+  options: {
+    env?: Record<string, string>;
+    dataDir?: string;
+    keepData?: boolean;
+    /** Reuse this database (a restart); the caller drops it. */
+    database?: TestDatabase;
+  } = {},
+): Promise<TestNode & { testDatabase?: TestDatabase }> {
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "clearbox-test-"));
-  let database: TestDatabase | undefined;
-  if (backend === "postgres") database = await createTestDatabase();
+  let database: TestDatabase | undefined = options.database;
+  const ownsDatabase = backend === "postgres" && !database;
+  if (ownsDatabase) database = await createTestDatabase();
   const config = loadConfig({
     NODE_ENV: "test",
     PORT: "0",
@@ -54,9 +61,16 @@ export async function startTestNode(
   return Object.assign(node, {
     logs,
     dataDir,
+    testDatabase: database,
     async teardown() {
+      // RabbitMQ outlives the test: delete the device queues this node's accounts may have made.
+      if (node.messaging.offline.kind === "rabbitmq") {
+        const { devices } = await import("../../src/db/schema.ts");
+        const rows = await node.database.db.select().from(devices);
+        await Promise.all(rows.map((d) => node.messaging.offline.purge(d.userId, d.deviceId).catch(() => 0)));
+      }
       await node.stop();
-      await database?.drop();
+      if (ownsDatabase) await database?.drop();
       if (!options.keepData) rmSync(dataDir, { recursive: true, force: true });
     },
   });

@@ -1,0 +1,66 @@
+import type { ServerWebSocket } from "bun";
+import type { StoredEnvelope } from "../messaging/envelope.ts";
+import { messageFrame } from "../messaging/envelope.ts";
+import type { QueueDrain } from "../messaging/offline-queue.ts";
+import type { Principal } from "../sessions/service.ts";
+import type { TokenBucket } from "./token-bucket.ts";
+
+/** Close codes the gateway uses besides the standard ones. */
+export const CloseCode = {
+  /** Another socket for the same device replaced this one (protocol.md). */
+  replaced: 4409,
+  /** The account was erased. */
+  erased: 4410,
+  /** The device was removed from its account. */
+  deviceRemoved: 4404,
+  /** The node is shutting down; reconnect (possibly elsewhere). */
+  goingAway: 1001,
+} as const;
+
+/** One device's socket on this node. */
+export class DeviceConnection {
+  /** `draining`: the offline queue is being delivered, live envelopes wait in the user actor. */
+  state: "opening" | "draining" | "live" | "closed" = "opening";
+  /** Frames that must be handled in arrival order (sends) run one after another on this chain. */
+  chain: Promise<void> = Promise.resolve();
+  drain: QueueDrain | undefined;
+  readonly watching = new Set<string>();
+
+  constructor(
+    readonly ws: ServerWebSocket<unknown>,
+    readonly principal: Principal,
+    readonly bucket: TokenBucket,
+    /** Unique per socket, so a late close of a replaced socket is not taken for the new one's. */
+    readonly connectionId: string,
+  ) {}
+
+  /** A method, not a field test: the state changes across awaits (the socket may close meanwhile). */
+  isClosed(): boolean {
+    return this.state === "closed";
+  }
+
+  get key(): string {
+    return `${this.principal.userId}.${this.principal.deviceId}`;
+  }
+
+  /** Sends one server frame; false when the socket is closed. */
+  send(frame: object): boolean {
+    if (this.state === "closed") return false;
+    return this.ws.send(JSON.stringify(frame)) !== 0;
+  }
+
+  /** Delivers envelopes, oldest first, in one corked write. */
+  deliver(envelopes: readonly StoredEnvelope[]): boolean {
+    if (this.state === "closed") return false;
+    let ok = true;
+    this.ws.cork(() => {
+      for (const envelope of envelopes) ok = this.ws.send(JSON.stringify(messageFrame(envelope))) !== 0 && ok;
+    });
+    return ok;
+  }
+
+  close(code: number, reason: string): void {
+    if (this.state === "closed") return;
+    this.ws.close(code, reason);
+  }
+}

@@ -1,0 +1,134 @@
+import { eq } from "drizzle-orm";
+import type { ActorRefs } from "../../actors/index.ts";
+import type { Db } from "../db/index.ts";
+import { accounts, devices } from "../db/schema.ts";
+import type { DirectSend, GroupSend, RejectCode } from "../gateway/frames.ts";
+import type { Principal } from "../sessions/service.ts";
+import type { StoredEnvelope } from "./envelope.ts";
+import type { EnvelopeLog } from "./envelope-log.ts";
+
+/** What the sender hears about one send (protocol.md, `accepted` / `rejected`). */
+export type SendOutcome =
+  | { type: "accepted"; id: string; ts: number }
+  | { type: "rejected"; id: string; code: RejectCode; missing?: number[]; extra?: number[] };
+
+/** A group actor's answer to a send. */
+export type GroupSendReply =
+  | { ok: true; ts: number; recipients: number }
+  | { ok: false; code: "not_member" | "unknown_recipient" };
+
+/** The actor key of a user or group. */
+export const userKey = (userId: string) => `user:${userId}`;
+export const groupKey = (groupId: string) => `group:${groupId}`;
+
+/**
+ * Sends, acks and device connections, between the gateway and the actors. A 1:1 envelope is
+ * appended to the durable log (group commit) before its sender hears `accepted`; only then is it
+ * handed to the recipient's user actor for delivery.
+ */
+export class MessagingService {
+  constructor(
+    private readonly db: Db,
+    private readonly log: EnvelopeLog,
+    private readonly actors: ActorRefs,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** The recipient's current device ids, or undefined when there is no such user. */
+  private async devicesOf(userId: string): Promise<number[] | undefined> {
+    const rows = await this.db
+      .select({ deviceId: devices.deviceId })
+      .from(devices)
+      .where(eq(devices.userId, userId));
+    if (rows.length > 0) return rows.map((r) => r.deviceId);
+    const [account] = await this.db.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId));
+    return account ? [] : undefined;
+  }
+
+  /** A 1:1 send: the device list must name exactly the recipient's devices (less the sending one). */
+  async sendDirect(from: Principal, frame: DirectSend): Promise<SendOutcome> {
+    const named = frame.messages.map((m) => m.deviceId);
+    if (new Set(named).size !== named.length) {
+      return { type: "rejected", id: frame.id, code: "invalid" };
+    }
+    const current = await this.devicesOf(frame.to.user);
+    if (current === undefined) return { type: "rejected", id: frame.id, code: "unknown_recipient" };
+    const expected = new Set(
+      frame.to.user === from.userId ? current.filter((d) => d !== from.deviceId) : current,
+    );
+    const missing = [...expected].filter((d) => !named.includes(d)).sort((a, b) => a - b);
+    const extra = named.filter((d) => !expected.has(d)).sort((a, b) => a - b);
+    if (missing.length > 0 || extra.length > 0) {
+      return { type: "rejected", id: frame.id, code: "mismatched_devices", missing, extra };
+    }
+    const ts = this.now();
+    const envelopes: StoredEnvelope[] = frame.messages.map((m) => ({
+      id: frame.id,
+      senderUser: from.userId,
+      senderDevice: from.deviceId,
+      recipientUser: frame.to.user,
+      recipientDevice: m.deviceId,
+      groupId: null,
+      ts,
+      type: m.type,
+      body: m.body,
+    }));
+    const fresh = await this.log.append(envelopes);
+    const toDeliver = envelopes.filter((_, i) => fresh[i]);
+    // Durable now: a failure to reach the actor is recovered from the log, so it does not un-accept.
+    if (toDeliver.length > 0) {
+      await this.actors
+        .tell(userKey(frame.to.user), { type: "deliver", envelopes: toDeliver })
+        .catch(() => {});
+    }
+    return { type: "accepted", id: frame.id, ts };
+  }
+
+  /** A group send: the group's actor authorises the sender and fans the ciphertext out. */
+  async sendGroup(from: Principal, frame: GroupSend): Promise<SendOutcome> {
+    const reply = await this.actors.ask<GroupSendReply>(groupKey(frame.to.group), {
+      type: "send",
+      id: frame.id,
+      from: { user: from.userId, device: from.deviceId },
+      ciphertext: frame.message,
+    });
+    if (!reply.ok) return { type: "rejected", id: frame.id, code: reply.code };
+    return { type: "accepted", id: frame.id, ts: reply.ts };
+  }
+
+  /** A device's socket opened on `gatewayNode`: its user actor holds live envelopes until it has drained its queue. */
+  async deviceConnected(device: Principal, gatewayNode: string, connectionId: string): Promise<void> {
+    await this.actors.ask(userKey(device.userId), {
+      type: "device.connect",
+      deviceId: device.deviceId,
+      gatewayNode,
+      connectionId,
+    });
+  }
+
+  /** The device drained its offline queue: live delivery starts. */
+  async deviceDrained(device: Principal, gatewayNode: string, connectionId: string): Promise<void> {
+    await this.actors.ask(userKey(device.userId), {
+      type: "device.drained",
+      deviceId: device.deviceId,
+      gatewayNode,
+      connectionId,
+    });
+  }
+
+  /** The device's socket on `gatewayNode` closed: what it has not acked goes to its offline queue. */
+  async deviceDisconnected(device: Principal, gatewayNode: string, connectionId: string): Promise<void> {
+    await this.actors.ask(userKey(device.userId), {
+      type: "device.disconnect",
+      deviceId: device.deviceId,
+      gatewayNode,
+      connectionId,
+    });
+  }
+
+  /** The device has these envelopes: the log forgets their ciphertext and the actor stops redelivering. */
+  async ack(device: Principal, ids: string[]): Promise<void> {
+    await this.log.ack(device.userId, device.deviceId, ids);
+    await this.actors.tell(userKey(device.userId), { type: "ack", deviceId: device.deviceId, ids });
+  }
+}

@@ -1,0 +1,170 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomUUID } from "node:crypto";
+import { type Api, api, registerAndLogin } from "../support/http.ts";
+import { startTestNode, type TestNode } from "../support/node.ts";
+import { TestSocket } from "../support/ws.ts";
+
+const b64 = (text: string) => Buffer.from(text).toString("base64");
+
+describe("WebSocket gateway against bad input", () => {
+  let node: TestNode;
+  let client: Api;
+
+  beforeAll(async () => {
+    node = await startTestNode("pglite", { env: { DEVICE_RATE_LIMIT: "50" } });
+    client = api(node.url);
+  });
+  afterAll(() => node?.teardown());
+
+  /** Still usable: a ping gets its pong. */
+  async function expectUsable(socket: TestSocket) {
+    socket.send({ type: "ping" });
+    expect((await socket.next((f) => f.type === "pong")).type).toBe("pong");
+  }
+
+  test("the upgrade is refused with 401 for a missing, wrong or revoked token", async () => {
+    for (const token of [undefined, "not-a-token"]) {
+      const res = await fetch(`${node.url}/v1/ws`, {
+        headers: {
+          upgrade: "websocket",
+          connection: "Upgrade",
+          "sec-websocket-version": "13",
+          "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+          ...(token ? { authorization: `Bearer ${token}` } : {}),
+        },
+      });
+      expect(res.status).toBe(401);
+      expect(((await res.json()) as { error: { code: string } }).error.code).toBe("unauthorized");
+    }
+    await expect(TestSocket.open(node.url, "garbage")).rejects.toThrow("refused");
+  });
+
+  test("a token in ?token= is accepted for browsers", async () => {
+    const me = await registerAndLogin(client);
+    const socket = await TestSocket.open(node.url, me.accessToken, { viaQuery: true });
+    await expectUsable(socket);
+    await socket.close();
+  });
+
+  test("malformed frames get an error or a rejection and the socket stays usable", async () => {
+    const me = await registerAndLogin(client);
+    const socket = await TestSocket.open(node.url, me.accessToken);
+    const cases: [unknown, string][] = [
+      ["not json at all", "error"],
+      ["[1,2,3]", "error"],
+      ['"a string"', "error"],
+      ["null", "error"],
+      [{ type: "no-such-type" }, "error"],
+      [{ type: "ack" }, "error"],
+      [{ type: "ack", ids: ["not-a-uuid"] }, "error"],
+      [{ type: "ack", ids: [] }, "error"],
+      [{ type: "presence.watch", users: "everyone" }, "error"],
+      [{ type: "ping", extra: true }, "error"],
+      [{ type: "send" }, "error"],
+      [{ type: "send", id: randomUUID(), to: { user: "bob" }, messages: [] }, "rejected"],
+      [
+        {
+          type: "send",
+          id: randomUUID(),
+          to: { user: randomUUID() },
+          messages: [{ deviceId: 0, type: 3, body: b64("x") }],
+        },
+        "rejected",
+      ],
+      [
+        {
+          type: "send",
+          id: randomUUID(),
+          to: { user: randomUUID() },
+          messages: [{ deviceId: 1, type: 9, body: b64("x") }],
+        },
+        "rejected",
+      ],
+      [
+        {
+          type: "send",
+          id: randomUUID(),
+          to: { user: randomUUID() },
+          messages: [{ deviceId: 1, type: 3, body: "%%%not base64" }],
+        },
+        "rejected",
+      ],
+      [
+        { type: "send", id: randomUUID(), to: { group: randomUUID() }, message: { type: 3, body: b64("x") } },
+        "rejected",
+      ],
+      [
+        { type: "send", id: randomUUID(), to: { user: randomUUID(), group: randomUUID() }, messages: [] },
+        "rejected",
+      ],
+    ];
+    for (const [frame, expected] of cases) {
+      socket.send(frame);
+      const reply = await socket.next((f) => f.type === "error" || f.type === "rejected");
+      expect({ frame, type: reply.type }).toEqual({ frame, type: expected });
+      expect(reply.code).toBe("invalid");
+      if (expected === "rejected") expect(reply.id).toBe((frame as { id: string }).id);
+    }
+    await expectUsable(socket);
+    await socket.close();
+  });
+
+  test("a duplicate device id in one send is rejected as invalid and stores nothing", async () => {
+    const me = await registerAndLogin(client);
+    const bob = await registerAndLogin(client);
+    const socket = await TestSocket.open(node.url, me.accessToken);
+    const id = randomUUID();
+    const message = { deviceId: 1, type: 3, body: b64("x") };
+    socket.send({ type: "send", id, to: { user: bob.userId }, messages: [message, message] });
+    expect(await socket.reply(id)).toMatchObject({ type: "rejected", code: "invalid" });
+    expect(await node.messaging.log.metadataOf(bob.userId)).toEqual([]);
+    await socket.close();
+  });
+
+  test("a frame over 256 KiB is refused with too_large and the socket stays usable", async () => {
+    const me = await registerAndLogin(client);
+    const bob = await registerAndLogin(client);
+    const socket = await TestSocket.open(node.url, me.accessToken);
+    const id = randomUUID();
+    const body = Buffer.alloc(300 * 1024, 7).toString("base64");
+    socket.send({ type: "send", id, to: { user: bob.userId }, messages: [{ deviceId: 1, type: 3, body }] });
+    const reply = await socket.next((f) => f.type === "error");
+    expect(reply.code).toBe("too_large");
+    await expectUsable(socket);
+    expect(await node.messaging.log.metadataOf(bob.userId)).toEqual([]);
+    await socket.close();
+  });
+
+  test("a flood of frames is rate-limited and the node keeps serving others", async () => {
+    const me = await registerAndLogin(client);
+    const other = await registerAndLogin(client);
+    const flooder = await TestSocket.open(node.url, me.accessToken);
+    for (let i = 0; i < 500; i++) flooder.send({ type: "ping" });
+    const limited = await flooder.next((f) => f.type === "error" && f.code === "rate_limited");
+    expect(limited.message).toContain("slow down");
+    const bystander = await TestSocket.open(node.url, other.accessToken);
+    await expectUsable(bystander);
+    expect((await fetch(`${node.url}/healthz`)).status).toBe(200);
+    await Promise.all([flooder.close(), bystander.close()]);
+  });
+
+  test("a flood of sends gets rate_limited rejections naming each refused id", async () => {
+    const me = await registerAndLogin(client);
+    const bob = await registerAndLogin(client);
+    const socket = await TestSocket.open(node.url, me.accessToken);
+    const ids = Array.from({ length: 300 }, () => randomUUID());
+    for (const id of ids) {
+      socket.send({
+        type: "send",
+        id,
+        to: { user: bob.userId },
+        messages: [{ deviceId: 1, type: 3, body: b64("x") }],
+      });
+    }
+    const replies = await Promise.all(ids.map((id) => socket.reply(id, 15_000)));
+    const limited = replies.filter((r) => r.type === "rejected" && r.code === "rate_limited");
+    expect(limited.length).toBeGreaterThan(0);
+    expect(replies.filter((r) => r.type === "accepted").length).toBeGreaterThan(0);
+    await socket.close();
+  });
+});

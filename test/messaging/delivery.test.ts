@@ -1,0 +1,275 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomUUID } from "node:crypto";
+import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
+import { type Api, api, registerAndLogin } from "../support/http.ts";
+import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
+import { TestSocket } from "../support/ws.ts";
+
+const b64 = (text: string) => Buffer.from(text).toString("base64");
+
+describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
+  let node: TestNode;
+  let client: Api;
+  const prefix = runPrefix();
+  const backend: Backend = stack === "embedded" ? "pglite" : "postgres";
+
+  beforeAll(async () => {
+    node = await startTestNode(backend, { env: stackEnv(stack, prefix) });
+    client = api(node.url);
+  });
+  afterAll(() => node?.teardown());
+
+  /** An account with `devices` logged-in devices. */
+  async function user(devices = 1) {
+    const first = await registerAndLogin(client);
+    const sessions = [first];
+    for (let i = 1; i < devices; i++) {
+      const more = await client.post("/v1/sessions", {
+        username: first.username,
+        password: first.password,
+        registrationId: 100 + i,
+      });
+      sessions.push({ ...first, ...more.body });
+    }
+    return { userId: first.userId, sessions };
+  }
+
+  const connect = (token: string) => TestSocket.open(node.url, token);
+
+  test("a send to every device of an online user is accepted and reaches each device once", async () => {
+    const alice = await user();
+    const bob = await user(2);
+    const [b1, b2] = await Promise.all(bob.sessions.map((s) => connect(s.accessToken)));
+    const a = await connect(alice.sessions[0].accessToken);
+    const id = randomUUID();
+    a.send({
+      type: "send",
+      id,
+      to: { user: bob.userId },
+      messages: [
+        { deviceId: 1, type: 3, body: b64("for device 1") },
+        { deviceId: 2, type: 3, body: b64("for device 2") },
+      ],
+    });
+    const accepted = await a.reply(id);
+    expect(accepted).toMatchObject({ type: "accepted", id });
+    expect(typeof accepted.ts).toBe("number");
+    const [m1] = await b1.messages(1);
+    const [m2] = await b2.messages(1);
+    expect(m1).toEqual({
+      type: "message",
+      id,
+      from: { user: alice.userId, device: 1 },
+      ts: accepted.ts,
+      envelope: { type: 3, body: b64("for device 1") },
+    });
+    expect(m2.envelope.body).toBe(b64("for device 2"));
+    b1.send({ type: "ack", ids: [id] });
+    b2.send({ type: "ack", ids: [id] });
+    await Bun.sleep(200);
+    expect(b1.pendingMessages()).toHaveLength(0);
+    await Promise.all([a.close(), b1.close(), b2.close()]);
+  });
+
+  test("a device list that does not match the recipient's devices is rejected with missing and extra", async () => {
+    const alice = await user();
+    const bob = await user(2);
+    const a = await connect(alice.sessions[0].accessToken);
+    const id = randomUUID();
+    a.send({
+      type: "send",
+      id,
+      to: { user: bob.userId },
+      messages: [
+        { deviceId: 1, type: 3, body: b64("x") },
+        { deviceId: 5, type: 3, body: b64("x") },
+      ],
+    });
+    expect(await a.reply(id)).toEqual({
+      type: "rejected",
+      id,
+      code: "mismatched_devices",
+      missing: [2],
+      extra: [5],
+    });
+    await a.close();
+  });
+
+  test("a send to a user that does not exist is rejected as unknown_recipient", async () => {
+    const alice = await user();
+    const a = await connect(alice.sessions[0].accessToken);
+    const id = randomUUID();
+    a.send({
+      type: "send",
+      id,
+      to: { user: randomUUID() },
+      messages: [{ deviceId: 1, type: 3, body: b64("x") }],
+    });
+    expect(await a.reply(id)).toMatchObject({ type: "rejected", id, code: "unknown_recipient" });
+    await a.close();
+  });
+
+  test("re-sending the same id is accepted again and delivered once", async () => {
+    const alice = await user();
+    const bob = await user();
+    const b = await connect(bob.sessions[0].accessToken);
+    const a = await connect(alice.sessions[0].accessToken);
+    const id = randomUUID();
+    const frame = {
+      type: "send",
+      id,
+      to: { user: bob.userId },
+      messages: [{ deviceId: 1, type: 3, body: b64("once") }],
+    };
+    a.send(frame);
+    expect((await a.reply(id)).type).toBe("accepted");
+    a.send(frame);
+    expect((await a.reply(id)).type).toBe("accepted");
+    const [m] = await b.messages(1);
+    expect(m.id).toBe(id);
+    await Bun.sleep(300);
+    expect(b.pendingMessages()).toHaveLength(0);
+    await Promise.all([a.close(), b.close()]);
+  });
+
+  test("messages for an offline device wait and arrive in order on reconnect, then live ones follow", async () => {
+    const alice = await user();
+    const bob = await user();
+    const a = await connect(alice.sessions[0].accessToken);
+    const ids: string[] = [];
+    for (let i = 0; i < 30; i++) {
+      const id = randomUUID();
+      ids.push(id);
+      a.send({
+        type: "send",
+        id,
+        to: { user: bob.userId },
+        messages: [{ deviceId: 1, type: 3, body: b64(`m${i}`) }],
+      });
+    }
+    for (const id of ids) expect((await a.reply(id)).type).toBe("accepted");
+    const b = await connect(bob.sessions[0].accessToken);
+    const queued = await b.messages(30);
+    expect(queued.map((m) => m.id)).toEqual(ids);
+    const live = randomUUID();
+    a.send({
+      type: "send",
+      id: live,
+      to: { user: bob.userId },
+      messages: [{ deviceId: 1, type: 3, body: b64("live") }],
+    });
+    const [next] = await b.messages(1);
+    expect(next.id).toBe(live);
+    b.send({ type: "ack", ids: [...ids, live] });
+    await Bun.sleep(300);
+    await b.close();
+    const again = await connect(bob.sessions[0].accessToken);
+    await Bun.sleep(500);
+    expect(again.pendingMessages()).toHaveLength(0);
+    await Promise.all([a.close(), again.close()]);
+  });
+
+  test("what a device did not ack before disconnecting is delivered again on reconnect", async () => {
+    const alice = await user();
+    const bob = await user();
+    const b = await connect(bob.sessions[0].accessToken);
+    const a = await connect(alice.sessions[0].accessToken);
+    const ids = [randomUUID(), randomUUID(), randomUUID()];
+    for (const id of ids) {
+      a.send({
+        type: "send",
+        id,
+        to: { user: bob.userId },
+        messages: [{ deviceId: 1, type: 3, body: b64(id) }],
+      });
+      await a.reply(id);
+    }
+    const got = await b.messages(3);
+    expect(got.map((m) => m.id)).toEqual(ids);
+    b.send({ type: "ack", ids: [ids[0]] });
+    await Bun.sleep(200);
+    await b.close();
+    const again = await connect(bob.sessions[0].accessToken);
+    const redelivered = await again.messages(2);
+    expect(redelivered.map((m) => m.id)).toEqual(ids.slice(1));
+    await Promise.all([a.close(), again.close()]);
+  });
+
+  test("a send to one's own other devices names them without the sending device", async () => {
+    const alice = await user(2);
+    const [d1, d2] = await Promise.all(alice.sessions.map((s) => connect(s.accessToken)));
+    const id = randomUUID();
+    d1.send({
+      type: "send",
+      id,
+      to: { user: alice.userId },
+      messages: [{ deviceId: 2, type: 3, body: b64("sync") }],
+    });
+    expect((await d1.reply(id)).type).toBe("accepted");
+    const [m] = await d2.messages(1);
+    expect(m.from).toEqual({ user: alice.userId, device: 1 });
+    await Promise.all([d1.close(), d2.close()]);
+  });
+
+  test("a second socket for the same device closes the first with 4409, and the new one gets messages", async () => {
+    const alice = await user();
+    const bob = await user();
+    const first = await connect(bob.sessions[0].accessToken);
+    const second = await connect(bob.sessions[0].accessToken);
+    expect((await first.whenClosed()).code).toBe(4409);
+    const a = await connect(alice.sessions[0].accessToken);
+    const id = randomUUID();
+    a.send({
+      type: "send",
+      id,
+      to: { user: bob.userId },
+      messages: [{ deviceId: 1, type: 3, body: b64("x") }],
+    });
+    await a.reply(id);
+    expect((await second.messages(1))[0].id).toBe(id);
+    await Promise.all([a.close(), second.close()]);
+  });
+
+  test("presence watchers hear a user come online and go offline with lastSeen", async () => {
+    const alice = await user();
+    const bob = await user();
+    const a = await connect(alice.sessions[0].accessToken);
+    a.send({ type: "presence.watch", users: [bob.userId] });
+    const initial = await a.next((f) => f.type === "presence" && f.user === bob.userId);
+    expect(initial.online).toBe(false);
+    const b = await connect(bob.sessions[0].accessToken);
+    expect((await a.next((f) => f.type === "presence" && f.user === bob.userId)).online).toBe(true);
+    const before = Date.now();
+    await b.close();
+    const offline = await a.next((f) => f.type === "presence" && f.user === bob.userId && f.online === false);
+    expect(offline.lastSeen).toBeGreaterThanOrEqual(before - 1000);
+    await a.close();
+  });
+
+  test("removing a device closes its socket with 4404 and drops what was queued for it", async () => {
+    const alice = await user();
+    const bob = await user(2);
+    const a = await connect(alice.sessions[0].accessToken);
+    const id = randomUUID();
+    a.send({
+      type: "send",
+      id,
+      to: { user: bob.userId },
+      messages: [
+        { deviceId: 1, type: 3, body: b64("one") },
+        { deviceId: 2, type: 3, body: b64("two") },
+      ],
+    });
+    expect((await a.reply(id)).type).toBe("accepted");
+    await Bun.sleep(200);
+    expect(await node.messaging.offline.depth(bob.userId, 2)).toBe(1);
+    const second = await connect(bob.sessions[1].accessToken);
+    await second.messages(1);
+    expect((await client.delete("/v1/devices/2", bob.sessions[0].accessToken)).status).toBe(204);
+    expect((await second.whenClosed()).code).toBe(4404);
+    expect(await node.messaging.offline.depth(bob.userId, 2)).toBe(0);
+    const left = await node.messaging.log.metadataOf(bob.userId);
+    expect(left.map((m) => m.recipientDevice)).toEqual([1]);
+    await a.close();
+  });
+});

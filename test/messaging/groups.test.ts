@@ -1,0 +1,204 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomUUID } from "node:crypto";
+import { sql } from "drizzle-orm";
+import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
+import { type Api, api, registerAndLogin } from "../support/http.ts";
+import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
+import { TestSocket } from "../support/ws.ts";
+
+const b64 = (text: string) => Buffer.from(text).toString("base64");
+
+describe("group routes", () => {
+  let node: TestNode;
+  let client: Api;
+
+  beforeAll(async () => {
+    node = await startTestNode("pglite");
+    client = api(node.url);
+  });
+  afterAll(() => node?.teardown());
+
+  test("the creator is admin and member; members see the group, others get 403", async () => {
+    const alice = await registerAndLogin(client);
+    const bob = await registerAndLogin(client);
+    const eve = await registerAndLogin(client);
+    const created = await client.post(
+      "/v1/groups",
+      { name: "team", members: [bob.userId] },
+      alice.accessToken,
+    );
+    expect(created.status).toBe(201);
+    const { groupId } = created.body;
+    const seen = await client.get(`/v1/groups/${groupId}`, bob.accessToken);
+    expect(seen.status).toBe(200);
+    expect(seen.body).toEqual({
+      groupId,
+      name: "team",
+      members: [alice.userId, bob.userId].sort(),
+      admins: [alice.userId],
+    });
+    expect(seen.body.members.sort()).toEqual([alice.userId, bob.userId].sort());
+    expect((await client.get(`/v1/groups/${groupId}`, eve.accessToken)).status).toBe(403);
+    expect((await client.get(`/v1/groups/${randomUUID()}`, eve.accessToken)).status).toBe(404);
+  });
+
+  test("only admins add members; anyone may leave; admins may remove others", async () => {
+    const alice = await registerAndLogin(client);
+    const bob = await registerAndLogin(client);
+    const carol = await registerAndLogin(client);
+    const { groupId } = (
+      await client.post("/v1/groups", { name: "g", members: [bob.userId] }, alice.accessToken)
+    ).body;
+    expect(
+      (await client.post(`/v1/groups/${groupId}/members`, { userId: carol.userId }, bob.accessToken)).status,
+    ).toBe(403);
+    expect(
+      (await client.post(`/v1/groups/${groupId}/members`, { userId: carol.userId }, alice.accessToken))
+        .status,
+    ).toBe(204);
+    expect(
+      (await client.delete(`/v1/groups/${groupId}/members/${alice.userId}`, bob.accessToken)).status,
+    ).toBe(403);
+    expect((await client.delete(`/v1/groups/${groupId}/members/${bob.userId}`, bob.accessToken)).status).toBe(
+      204,
+    );
+    expect(
+      (await client.delete(`/v1/groups/${groupId}/members/${carol.userId}`, alice.accessToken)).status,
+    ).toBe(204);
+    const left = await client.get(`/v1/groups/${groupId}`, alice.accessToken);
+    expect(left.body.members).toEqual([alice.userId]);
+  });
+
+  test("unknown members are 404 and malformed bodies 400, and neither creates anything", async () => {
+    const alice = await registerAndLogin(client);
+    const count = async () =>
+      (
+        (await node.database.db.execute(
+          sql`select (select count(*) from groups)::int as g, (select count(*) from group_members)::int as m`,
+        )) as any
+      ).rows?.[0];
+    const before = await count();
+    expect(
+      (await client.post("/v1/groups", { name: "x", members: [randomUUID()] }, alice.accessToken)).status,
+    ).toBe(404);
+    for (const body of [
+      {},
+      { name: "", members: [] },
+      { name: "x", members: ["nope"] },
+      { name: "x", members: [], extra: 1 },
+      { name: 5, members: [] },
+    ]) {
+      const res = await client.post("/v1/groups", body, alice.accessToken);
+      expect({ body, status: res.status }).toEqual({ body, status: 400 });
+      expect(res.body.error.code).toBe("invalid");
+    }
+    expect((await client.post("/v1/groups", { name: "x", members: [] })).status).toBe(401);
+    expect(await count()).toEqual(before);
+  });
+});
+
+describe.each(STACKS)("group delivery on the %s stack", (stack) => {
+  let node: TestNode;
+  let client: Api;
+  const prefix = runPrefix();
+  const backend: Backend = stack === "embedded" ? "pglite" : "postgres";
+
+  beforeAll(async () => {
+    node = await startTestNode(backend, { env: stackEnv(stack, prefix) });
+    client = api(node.url);
+  });
+  afterAll(() => node?.teardown());
+
+  test("one send to a group of 50 reaches every other member device exactly once", async () => {
+    const members = await Promise.all(Array.from({ length: 50 }, () => registerAndLogin(client)));
+    const [sender, ...others] = members;
+    // The sender's second device must get the message too: only the sending device is skipped.
+    const senderSecond = (
+      await client.post("/v1/sessions", {
+        username: sender.username,
+        password: sender.password,
+        registrationId: 2,
+      })
+    ).body;
+    const { groupId } = (
+      await client.post(
+        "/v1/groups",
+        { name: "fifty", members: others.map((m) => m.userId) },
+        sender.accessToken,
+      )
+    ).body;
+    const sockets = await Promise.all(
+      [...others.map((m) => m.accessToken), senderSecond.accessToken].map((t) =>
+        TestSocket.open(node.url, t),
+      ),
+    );
+    const senderSocket = await TestSocket.open(node.url, sender.accessToken);
+    const id = randomUUID();
+    senderSocket.send({
+      type: "send",
+      id,
+      to: { group: groupId },
+      message: { type: 7, body: b64("sender key ciphertext") },
+    });
+    const reply = await senderSocket.reply(id);
+    expect(reply.type).toBe("accepted");
+    const received = await Promise.all(sockets.map((s) => s.messages(1)));
+    for (const [m] of received) {
+      expect(m).toMatchObject({
+        id,
+        group: groupId,
+        from: { user: sender.userId, device: 1 },
+        envelope: { type: 7 },
+      });
+    }
+    await Bun.sleep(300);
+    expect(sockets.every((s) => s.pendingMessages().length === 0)).toBe(true);
+    expect(senderSocket.pendingMessages()).toHaveLength(0);
+    // Re-sending the same id is accepted and delivers nothing new.
+    senderSocket.send({
+      type: "send",
+      id,
+      to: { group: groupId },
+      message: { type: 7, body: b64("sender key ciphertext") },
+    });
+    expect((await senderSocket.reply(id)).type).toBe("accepted");
+    await Bun.sleep(300);
+    expect(sockets.every((s) => s.pendingMessages().length === 0)).toBe(true);
+    await Promise.all([...sockets, senderSocket].map((s) => s.close()));
+  });
+
+  test("a non-member's send is rejected as not_member and an unknown group as unknown_recipient", async () => {
+    const alice = await registerAndLogin(client);
+    const eve = await registerAndLogin(client);
+    const { groupId } = (await client.post("/v1/groups", { name: "closed", members: [] }, alice.accessToken))
+      .body;
+    const socket = await TestSocket.open(node.url, eve.accessToken);
+    const id = randomUUID();
+    socket.send({ type: "send", id, to: { group: groupId }, message: { type: 7, body: b64("x") } });
+    expect(await socket.reply(id)).toMatchObject({ type: "rejected", id, code: "not_member" });
+    const other = randomUUID();
+    socket.send({
+      type: "send",
+      id: other,
+      to: { group: randomUUID() },
+      message: { type: 7, body: b64("x") },
+    });
+    expect(await socket.reply(other)).toMatchObject({ type: "rejected", code: "unknown_recipient" });
+    await socket.close();
+  });
+
+  test("offline members get the group message on reconnect", async () => {
+    const alice = await registerAndLogin(client);
+    const bob = await registerAndLogin(client);
+    const { groupId } = (
+      await client.post("/v1/groups", { name: "later", members: [bob.userId] }, alice.accessToken)
+    ).body;
+    const a = await TestSocket.open(node.url, alice.accessToken);
+    const id = randomUUID();
+    a.send({ type: "send", id, to: { group: groupId }, message: { type: 7, body: b64("while away") } });
+    expect((await a.reply(id)).type).toBe("accepted");
+    const b = await TestSocket.open(node.url, bob.accessToken);
+    expect((await b.messages(1))[0]).toMatchObject({ id, group: groupId });
+    await Promise.all([a.close(), b.close()]);
+  });
+});

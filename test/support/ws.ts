@@ -1,0 +1,128 @@
+/** A server frame as tests look at it. */
+export type Frame = Record<string, any> & { type: string };
+
+/**
+ * A WebSocket test client: collects every frame, lets a test wait for the next frame matching a
+ * predicate, and records how the socket closed.
+ */
+export class TestSocket {
+  readonly frames: Frame[] = [];
+  closed: { code: number; reason: string } | undefined;
+  private readonly waiters: { match: (f: Frame) => boolean; resolve: (f: Frame) => void; from: number }[] =
+    [];
+  private readonly closeWaiters: ((c: { code: number; reason: string }) => void)[] = [];
+
+  private constructor(readonly ws: WebSocket) {
+    ws.addEventListener("message", (event) => {
+      const frame = JSON.parse(String(event.data)) as Frame;
+      this.frames.push(frame);
+      for (const waiter of [...this.waiters]) {
+        if (waiter.match(frame)) {
+          this.waiters.splice(this.waiters.indexOf(waiter), 1);
+          waiter.resolve(frame);
+        }
+      }
+    });
+    ws.addEventListener("close", (event) => {
+      this.closed = { code: event.code, reason: event.reason };
+      for (const w of this.closeWaiters.splice(0)) w(this.closed);
+    });
+  }
+
+  /** Opens `/v1/ws` with a bearer token; rejects with the HTTP status when the upgrade is refused. */
+  static open(
+    baseUrl: string,
+    token: string | undefined,
+    options: { viaQuery?: boolean } = {},
+  ): Promise<TestSocket> {
+    const url = new URL("/v1/ws", baseUrl.replace(/^http/, "ws"));
+    if (token && options.viaQuery) url.searchParams.set("token", token);
+    const headers = token && !options.viaQuery ? { authorization: `Bearer ${token}` } : undefined;
+    const ws = new WebSocket(url.toString(), headers ? ({ headers } as unknown as string[]) : undefined);
+    const socket = new TestSocket(ws);
+    return new Promise((resolve, reject) => {
+      ws.addEventListener("open", () => resolve(socket), { once: true });
+      ws.addEventListener("error", () => reject(new Error("websocket upgrade refused")), { once: true });
+    });
+  }
+
+  send(frame: unknown): void {
+    this.ws.send(typeof frame === "string" ? frame : JSON.stringify(frame));
+  }
+
+  /** The first frame (already received or coming) that matches, within `timeoutMs`. */
+  next(match: (f: Frame) => boolean, timeoutMs = 5000, what = "a matching frame"): Promise<Frame> {
+    const seen = this.frames.find(match);
+    if (seen) {
+      this.frames.splice(this.frames.indexOf(seen), 1);
+      return Promise.resolve(seen);
+    }
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiters.splice(this.waiters.indexOf(waiter), 1);
+        reject(
+          new Error(
+            `timed out after ${timeoutMs} ms waiting for ${what}; got ${JSON.stringify(this.frames.slice(-5))}`,
+          ),
+        );
+      }, timeoutMs);
+      const waiter = {
+        match,
+        from: this.frames.length,
+        resolve: (f: Frame) => {
+          clearTimeout(timer);
+          this.frames.splice(this.frames.indexOf(f), 1);
+          resolve(f);
+        },
+      };
+      this.waiters.push(waiter);
+    });
+  }
+
+  /** The reply to the send with this id (`accepted` or `rejected`). */
+  reply(id: string, timeoutMs = 5000): Promise<Frame> {
+    return this.next(
+      (f) => (f.type === "accepted" || f.type === "rejected") && f.id === id,
+      timeoutMs,
+      `reply to ${id}`,
+    );
+  }
+
+  /** Waits until `count` message frames have arrived (and takes them), oldest first. */
+  async messages(count: number, timeoutMs = 10_000): Promise<Frame[]> {
+    const out: Frame[] = [];
+    const deadline = Date.now() + timeoutMs;
+    while (out.length < count) {
+      out.push(
+        await this.next(
+          (f) => f.type === "message",
+          Math.max(1, deadline - Date.now()),
+          `message ${out.length + 1} of ${count}`,
+        ),
+      );
+    }
+    return out;
+  }
+
+  /** Message frames received so far and not yet taken. */
+  pendingMessages(): Frame[] {
+    return this.frames.filter((f) => f.type === "message");
+  }
+
+  /** Resolves with the close code and reason. */
+  whenClosed(timeoutMs = 5000): Promise<{ code: number; reason: string }> {
+    if (this.closed) return Promise.resolve(this.closed);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("socket did not close")), timeoutMs);
+      this.closeWaiters.push((c) => {
+        clearTimeout(timer);
+        resolve(c);
+      });
+    });
+  }
+
+  close(): Promise<{ code: number; reason: string }> {
+    this.ws.close(1000, "done");
+    return this.whenClosed();
+  }
+}
