@@ -42,6 +42,13 @@ export interface DeviceInfo {
   lastSeen: number;
 }
 
+export interface GroupInfo {
+  groupId: string;
+  name: string;
+  members: string[];
+  admins: string[];
+}
+
 /** A refusal from the server: its HTTP status and protocol error code. */
 export class ClearBoxApiError extends Error {
   override name = "ClearBoxApiError";
@@ -131,6 +138,26 @@ export class ClearBoxHttp {
   /** One prekey bundle per device of `userId`; consumes one-time keys on the server. */
   async fetchBundle(userId: string): Promise<UserBundle> {
     return this.authed("GET", `/v1/keys/${encodeURIComponent(userId)}`);
+  }
+
+  /** Creates a group with this account as its admin. */
+  async createGroup(input: { name: string; members: string[] }): Promise<{ groupId: string }> {
+    return this.authed("POST", "/v1/groups", input);
+  }
+
+  async group(groupId: string): Promise<GroupInfo> {
+    return this.authed("GET", `/v1/groups/${encodeURIComponent(groupId)}`);
+  }
+
+  async addGroupMember(groupId: string, userId: string): Promise<void> {
+    await this.authed("POST", `/v1/groups/${encodeURIComponent(groupId)}/members`, { userId });
+  }
+
+  async removeGroupMember(groupId: string, userId: string): Promise<void> {
+    await this.authed(
+      "DELETE",
+      `/v1/groups/${encodeURIComponent(groupId)}/members/${encodeURIComponent(userId)}`,
+    );
   }
 
   private adopt(tokens: SessionTokens): void {
