@@ -5,6 +5,7 @@ import {
   foreignKey,
   index,
   integer,
+  jsonb,
   pgTable,
   primaryKey,
   smallint,
@@ -184,3 +185,56 @@ export const envelopes = pgTable(
     index("envelopes_ts_idx").on(t.ts),
   ],
 );
+
+/**
+ * The audit log: append-only and hash-chained (hash = SHA-256 of prev_hash and the row's canonical
+ * content). Subjects and actors are pseudonyms (HMAC of the user id under a per-subject key kept in
+ * audit_subject_keys); a trigger refuses UPDATE and DELETE (see drizzle/0004_audit_append_only.sql).
+ */
+export const auditLog = pgTable(
+  "audit_log",
+  {
+    seq: bigint("seq", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    at: timestamp("at", { withTimezone: true, mode: "string" }).notNull(),
+    action: text("action").notNull(),
+    /** Pseudonym of the acting user, or `admin` / `system`. */
+    actor: text("actor").notNull(),
+    /** Pseudonym of the person the entry is about, if any. */
+    subject: text("subject"),
+    /** What happened, without personal data (counts, ids of non-personal objects). */
+    details: jsonb("details").$type<Record<string, unknown>>().notNull(),
+    prevHash: text("prev_hash").notNull(),
+    hash: text("hash").notNull(),
+  },
+  (t) => [index("audit_log_subject_idx").on(t.subject), index("audit_log_at_idx").on(t.at)],
+);
+
+/** Per-subject pseudonym keys, kept apart from the log; erasure deletes the key, anonymising old entries. */
+export const auditSubjectKeys = pgTable("audit_subject_keys", {
+  userId: uuid("user_id").primaryKey(),
+  key: bytea("key").notNull(),
+  createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+});
+
+/** Erasure jobs (GDPR Art. 17): durable, resumable, with the signed receipt when done. */
+export const erasures = pgTable("erasures", {
+  id: uuid("id").primaryKey(),
+  /** The user being erased; cleared when the job is done so the job row names nobody. */
+  userId: uuid("user_id"),
+  /** The subject's audit pseudonym, computed before the key is destroyed. */
+  subject: text("subject").notNull(),
+  requestedBy: text("requested_by", { enum: ["self", "admin"] }).notNull(),
+  status: text("status", { enum: ["pending", "done"] }).notNull(),
+  /** Per store: what was removed and how many, filled in as each step completes. */
+  steps: jsonb("steps").$type<Record<string, { removed: number; what: string }>>().notNull(),
+  receipt: jsonb("receipt").$type<Record<string, unknown>>(),
+  createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+  completedAt: timestamp("completed_at", { withTimezone: true }),
+});
+
+/** Server-wide secrets shared by every node (e.g. the Ed25519 key that signs erasure receipts). */
+export const serverSecrets = pgTable("server_secrets", {
+  name: text("name").primaryKey(),
+  value: bytea("value").notNull(),
+  createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+});
