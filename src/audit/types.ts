@@ -1,0 +1,40 @@
+/** Who did something: a user (pseudonymised when written), the admin RPC, or the server itself. */
+export type AuditActor = { user: string } | "admin" | "system";
+
+/** One thing worth recording: logins, key uploads, group changes, exports, erasures, admin calls. */
+export interface AuditEvent {
+  /** Dotted name, e.g. `session.login`, `keys.upload`, `group.member.add`, `erasure.done`, `admin.call`. */
+  action: string;
+  actor: AuditActor;
+  /** The user the entry is about (pseudonymised when written). */
+  subject?: string;
+  /** Facts without personal data: counts, group ids, routes, erasure ids. Never usernames, tokens, bodies. */
+  details?: Record<string, unknown>;
+}
+
+/** A stored entry as the admin RPC and exports show it. */
+export interface AuditEntry {
+  seq: number;
+  at: string;
+  action: string;
+  actor: string;
+  subject: string | null;
+  details: Record<string, unknown>;
+  prevHash: string;
+  hash: string;
+}
+
+/**
+ * The audit trail port the rest of the server writes to (implemented in src/audit/ on the
+ * audit_log and audit_subject_keys tables).
+ */
+export interface AuditTrail {
+  /** Appends one entry to the hash chain. */
+  record(event: AuditEvent): Promise<void>;
+  /** The user's pseudonym: HMAC-SHA256 of the id under the user's own key (created on first use). */
+  pseudonym(userId: string): Promise<string>;
+  /** Destroys the user's pseudonym key (erasure): their entries stay, and can no longer be linked to them. Returns keys removed. */
+  forgetSubject(userId: string): Promise<number>;
+  /** Entries whose subject or actor is this user's pseudonym; none once the key is destroyed. */
+  entriesAbout(userId: string): Promise<AuditEntry[]>;
+}
