@@ -127,6 +127,35 @@ export class AmqpOfflineQueue implements OfflineQueue {
     }
   }
 
+  async dropFrom(userId: string, deviceId: number, senderUser: string): Promise<number> {
+    const name = this.queueName(userId, deviceId);
+    const channel = await this.connection.createConfirmChannel();
+    // A queue that does not exist closes the channel with 404: nothing to drop.
+    channel.on("error", () => {});
+    try {
+      const { messageCount } = await channel.checkQueue(name);
+      const taken: GetMessage[] = [];
+      let dropped = 0;
+      // One pass over what is there now: keep others' messages by re-publishing them behind, in order.
+      for (let i = 0; i < messageCount; i++) {
+        const message = await channel.get(name, { noAck: false });
+        if (message === false) break;
+        taken.push(message);
+        if (decode(message.content).senderUser === senderUser) dropped++;
+        else channel.sendToQueue(name, message.content, { ...message.properties, persistent: true });
+      }
+      // Only once the kept copies are confirmed do the originals go.
+      await channel.waitForConfirms();
+      for (const message of taken) channel.ack(message);
+      await channel.close();
+      return dropped;
+    } catch (error) {
+      await channel.close().catch(() => {});
+      if ((error as { code?: unknown }).code === 404) return 0;
+      throw error;
+    }
+  }
+
   async ping(): Promise<void> {
     const channel = await this.connection.createChannel();
     await channel.close();

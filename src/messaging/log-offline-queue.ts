@@ -54,6 +54,14 @@ export class LogOfflineQueue implements OfflineQueue {
     return queued.length;
   }
 
+  async dropFrom(userId: string, deviceId: number, senderUser: string): Promise<number> {
+    // The queue is the log: what the sender's erasure left in it is exactly what to remove.
+    const queued = await this.log.undelivered(userId, { device: deviceId, state: "queued" });
+    const fromSender = queued.filter((e) => e.senderUser === senderUser).map((e) => e.id);
+    await this.log.ack(userId, deviceId, fromSender);
+    return fromSender.length;
+  }
+
   async ping(): Promise<void> {}
 
   async close(): Promise<void> {}

@@ -24,6 +24,11 @@ export interface OfflineQueue {
   depth(userId: string, deviceId: number): Promise<number>;
   /** Deletes the device's queue and what it holds (device removal, erasure); returns how many were dropped. */
   purge(userId: string, deviceId: number): Promise<number>;
+  /**
+   * Removes the envelopes from `senderUser` waiting in one device's queue, keeping the rest in
+   * order (erasure of the sender); returns how many were removed.
+   */
+  dropFrom(userId: string, deviceId: number, senderUser: string): Promise<number>;
   /** Resolves when the backing broker answers (readiness). */
   ping(): Promise<void>;
   close(): Promise<void>;

@@ -17,4 +17,6 @@ export type RateLimitDecision = { allowed: true } | { allowed: false; retryAfter
  */
 export interface RateLimiter {
   hit(rule: RateLimitRule, key: string): Promise<RateLimitDecision>;
+  /** Drops every counter whose key contains `fragment` (erasure of a user); returns how many. */
+  forget(fragment: string): Promise<number>;
 }

@@ -23,6 +23,14 @@ export class MemoryRateLimiter implements RateLimiter {
     return { allowed: false, retryAfterMs: window.resetAt - now };
   }
 
+  async forget(fragment: string): Promise<number> {
+    let removed = 0;
+    for (const id of this.windows.keys()) {
+      if (id.includes(fragment) && this.windows.delete(id)) removed++;
+    }
+    return removed;
+  }
+
   /** Drops expired windows; if every window is live, drops the oldest half rather than grow. */
   private sweep(now: number): void {
     for (const [id, window] of this.windows) if (window.resetAt <= now) this.windows.delete(id);

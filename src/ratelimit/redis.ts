@@ -1,4 +1,5 @@
 import type { Redis } from "ioredis";
+import { deleteMatching, globLiteral } from "../redis/delete-matching.ts";
 import type { RateLimitDecision, RateLimiter, RateLimitRule } from "./index.ts";
 
 /** INCR and, on the window's first hit, PEXPIRE, in one atomic step; returns [count, ms left]. */
@@ -25,5 +26,9 @@ export class RedisRateLimiter implements RateLimiter {
     )) as [number, number];
     if (count <= rule.limit) return { allowed: true };
     return { allowed: false, retryAfterMs: ttl };
+  }
+
+  forget(fragment: string): Promise<number> {
+    return deleteMatching(this.redis, `${globLiteral(this.prefix)}rl:*${globLiteral(fragment)}*`);
   }
 }
