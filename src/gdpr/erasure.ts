@@ -1,0 +1,330 @@
+import { randomUUID } from "node:crypto";
+import { and, count, eq, inArray, isNull, sql } from "drizzle-orm";
+import type Redis from "ioredis";
+import type { ActorSystem } from "../../actors/index.ts";
+import type { AuditTrail } from "../audit/types.ts";
+import type { Db } from "../db/index.ts";
+import { accounts, devices, envelopes, erasures, groupMembers, groups, refreshTokens } from "../db/schema.ts";
+import { ApiError } from "../http/errors.ts";
+import type { EnvelopeLog } from "../messaging/envelope-log.ts";
+import type { OfflineQueue } from "../messaging/offline-queue.ts";
+import type { Presence } from "../messaging/presence.ts";
+import { userKey } from "../messaging/service.ts";
+import type { Logger } from "../observability/logger.ts";
+import type { RateLimiter } from "../ratelimit/index.ts";
+import { deleteMatching, globLiteral } from "../redis/delete-matching.ts";
+import type { ReceiptSigner, SignedReceipt } from "./receipts.ts";
+
+/** What one step removed, as the receipt states it. */
+export interface StepResult {
+  removed: number;
+  what: string;
+}
+
+/** What the job must remember between steps (a crash may come between them); never in the receipt. */
+interface Plan {
+  devices: number[];
+  /** Other users' devices whose offline queues hold envelopes from the erased user. */
+  queuedAt: { userId: string; deviceId: number }[];
+}
+
+type Steps = Record<string, StepResult> & { plan?: StepResult & Plan };
+
+/** The stores erasure reaches, in order. Account first: its deletion ends every token of the user. */
+const STEPS = ["postgres", "history", "live", "offline_queues", "others_queues", "redis", "audit"] as const;
+type StepName = (typeof STEPS)[number];
+
+export interface ErasureDeps {
+  db: Db;
+  log: EnvelopeLog;
+  offline: OfflineQueue;
+  presence: Presence;
+  actors: ActorSystem;
+  audit: AuditTrail;
+  signer: ReceiptSigner;
+  rateLimiter: RateLimiter;
+  redis?: Redis;
+  redisPrefix: string;
+  logger: Logger;
+  /** Tests: called after each completed step; a throw stops the job there, as a crash would. */
+  afterStep?: (step: string) => void;
+}
+
+/** The view of a job that `GET /v1/erasures/:id` serves. */
+export interface ErasureStatus {
+  erasureId: string;
+  status: "pending" | "done";
+  receipt?: SignedReceipt;
+}
+
+/**
+ * Erasure (GDPR Art. 17) as a durable job: a row in `erasures` records each completed step, so a
+ * job interrupted by a crash resumes where it stopped (every step is idempotent), and a finished
+ * one carries a signed receipt of what each store removed.
+ */
+export class ErasureService {
+  private readonly running = new Map<string, Promise<void>>();
+  private stopped = false;
+
+  constructor(private readonly deps: ErasureDeps) {}
+
+  /** Starts (or returns the pending) erasure of a user; `not_found` when there is no such account. */
+  async start(userId: string, requestedBy: "self" | "admin"): Promise<string> {
+    const { db, audit } = this.deps;
+    const [pending] = await db
+      .select({ id: erasures.id })
+      .from(erasures)
+      .where(and(eq(erasures.userId, userId), eq(erasures.status, "pending")));
+    if (pending) return pending.id;
+    const [account] = await db.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId));
+    if (!account) throw new ApiError("not_found", "no such user");
+    const id = randomUUID();
+    const subject = await audit.pseudonym(userId);
+    await db.insert(erasures).values({ id, userId, subject, requestedBy, status: "pending", steps: {} });
+    await audit.record({
+      action: "erasure.requested",
+      actor: requestedBy === "self" ? { user: userId } : "admin",
+      subject: userId,
+      details: { erasureId: id },
+    });
+    this.launch(id);
+    return id;
+  }
+
+  /** Resumes every unfinished job (called at start-up: a node may have died mid-way). */
+  async resumePending(): Promise<number> {
+    const rows = await this.deps.db
+      .select({ id: erasures.id })
+      .from(erasures)
+      .where(eq(erasures.status, "pending"));
+    for (const row of rows) this.launch(row.id);
+    return rows.length;
+  }
+
+  async status(erasureId: string): Promise<ErasureStatus | undefined> {
+    const [row] = await this.deps.db.select().from(erasures).where(eq(erasures.id, erasureId));
+    if (!row) return undefined;
+    return {
+      erasureId: row.id,
+      status: row.status,
+      ...(row.receipt ? { receipt: row.receipt as unknown as SignedReceipt } : {}),
+    };
+  }
+
+  /** Resolves when the job (if running here) has finished or stopped. */
+  async settled(erasureId: string): Promise<void> {
+    await this.running.get(erasureId);
+  }
+
+  /** Stops retrying (node shutdown); unfinished jobs resume on the next start. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await Promise.allSettled(this.running.values());
+  }
+
+  private launch(id: string): void {
+    if (this.running.has(id)) return;
+    const job = this.runWithRetries(id).finally(() => this.running.delete(id));
+    this.running.set(id, job);
+  }
+
+  private async runWithRetries(id: string): Promise<void> {
+    for (let attempt = 0; !this.stopped; attempt++) {
+      try {
+        await this.run(id);
+        return;
+      } catch (error) {
+        this.deps.logger.error({ err: error, erasureId: id, attempt }, "erasure step failed; will retry");
+        if (error instanceof SimulatedCrash) return;
+        await Bun.sleep(Math.min(60_000, 1000 * 2 ** attempt));
+      }
+    }
+  }
+
+  /** Runs the job's remaining steps; running a finished job again changes nothing. */
+  async run(id: string): Promise<void> {
+    const { db, logger } = this.deps;
+    const [job] = await db.select().from(erasures).where(eq(erasures.id, id));
+    if (!job || job.status === "done") return;
+    const steps = job.steps as Steps;
+    const userId = job.userId as string;
+    if (!steps.plan) {
+      const plan = await this.plan(userId);
+      await this.saveStep(id, "plan", { removed: 0, what: "plan", ...plan });
+      steps.plan = { removed: 0, what: "plan", ...plan };
+      this.deps.afterStep?.("plan");
+    }
+    for (const step of STEPS) {
+      if (steps[step]) continue;
+      const result = await this.step(step, userId, job.subject, steps.plan);
+      await this.saveStep(id, step, result);
+      steps[step] = result;
+      logger.info({ erasureId: id, step, removed: result.removed }, "erasure step done");
+      this.deps.afterStep?.(step);
+    }
+    const completedAt = new Date();
+    const stores: Record<string, StepResult> = {};
+    for (const step of STEPS) stores[step] = { removed: steps[step].removed, what: steps[step].what };
+    const receipt = this.deps.signer.sign({
+      erasureId: id,
+      subject: job.subject,
+      requestedAt: job.createdAt.toISOString(),
+      completedAt: completedAt.toISOString(),
+      stores,
+    });
+    // The finished job names nobody: the user id and the plan (other users' ids) go.
+    await db
+      .update(erasures)
+      .set({
+        status: "done",
+        userId: null,
+        steps: stores,
+        receipt: receipt as unknown as Record<string, unknown>,
+        completedAt,
+      })
+      .where(and(eq(erasures.id, id), eq(erasures.status, "pending")));
+    logger.info({ erasureId: id }, "erasure done");
+  }
+
+  /** Records a finished step unless another runner recorded it first (first result wins). */
+  private async saveStep(id: string, step: string, result: StepResult) {
+    await this.deps.db
+      .update(erasures)
+      .set({ steps: sql`${erasures.steps} || ${JSON.stringify({ [step]: result })}::jsonb` })
+      .where(and(eq(erasures.id, id), sql`not (${erasures.steps} ? ${step})`));
+  }
+
+  private async plan(userId: string): Promise<Plan> {
+    const { db } = this.deps;
+    const own = await db
+      .select({ deviceId: devices.deviceId })
+      .from(devices)
+      .where(eq(devices.userId, userId));
+    const queuedAt = await db
+      .selectDistinct({ userId: envelopes.recipientUser, deviceId: envelopes.recipientDevice })
+      .from(envelopes)
+      .where(and(eq(envelopes.senderUser, userId), eq(envelopes.state, "queued")));
+    return {
+      devices: own.map((d) => d.deviceId),
+      queuedAt: queuedAt.filter((q) => q.userId !== userId),
+    };
+  }
+
+  private async step(step: StepName, userId: string, subject: string, plan: Plan): Promise<StepResult> {
+    switch (step) {
+      case "postgres":
+        return this.erasePostgres(userId);
+      case "history": {
+        const removed = await this.deps.log.eraseUser(userId);
+        return { removed, what: `envelopes sent by or to the user in the ${this.deps.log.kind} history` };
+      }
+      case "live": {
+        const sockets = (await this.deps.presence.sockets(userId)).length;
+        // The actor closes the user's sockets (4410) wherever they are, then stops.
+        await this.deps.actors.ask(userKey(userId), { type: "erase", erasureId: subject });
+        await this.deps.actors.stopActor(userKey(userId), "erased");
+        return { removed: sockets, what: "open sockets closed, user actor stopped" };
+      }
+      case "offline_queues": {
+        let removed = 0;
+        for (const deviceId of plan.devices) removed += await this.deps.offline.purge(userId, deviceId);
+        return {
+          removed,
+          what: `messages in the user's ${this.deps.offline.kind} offline queues, queues deleted`,
+        };
+      }
+      case "others_queues": {
+        let removed = 0;
+        for (const { userId: owner, deviceId } of plan.queuedAt) {
+          removed += await this.deps.offline.dropFrom(owner, deviceId, userId);
+        }
+        return { removed, what: "messages from the user waiting in other users' offline queues" };
+      }
+      case "redis": {
+        const { redis, redisPrefix, presence, rateLimiter } = this.deps;
+        let removed = 0;
+        if (redis)
+          removed += await deleteMatching(redis, `${globLiteral(redisPrefix)}*${globLiteral(userId)}*`);
+        else removed += (await presence.eraseUser(userId)) + (await rateLimiter.forget(userId));
+        return {
+          removed,
+          what: redis
+            ? "Redis keys naming the user (presence, rate limits)"
+            : "in-memory presence and rate limits",
+        };
+      }
+      case "audit": {
+        await this.deps.audit.record({
+          action: "erasure.completed",
+          actor: "system",
+          subject: userId,
+          details: {},
+        });
+        const removed = await this.deps.audit.forgetSubject(userId);
+        return {
+          removed,
+          what: "audit pseudonym key destroyed: the user's audit entries can no longer be linked to them",
+        };
+      }
+    }
+  }
+
+  private async erasePostgres(userId: string): Promise<StepResult> {
+    const { db } = this.deps;
+    return db.transaction(async (tx) => {
+      const [{ n: deviceCount }] = await tx
+        .select({ n: count() })
+        .from(devices)
+        .where(eq(devices.userId, userId));
+      const [{ n: tokenCount }] = await tx
+        .select({ n: count() })
+        .from(refreshTokens)
+        .where(eq(refreshTokens.userId, userId));
+      const memberships = await tx
+        .select({ groupId: groupMembers.groupId })
+        .from(groupMembers)
+        .where(eq(groupMembers.userId, userId));
+      const keyRows = await tx.execute(sql`
+        select (select count(*) from identity_keys where user_id = ${userId})
+             + (select count(*) from signed_pre_keys where user_id = ${userId})
+             + (select count(*) from kyber_last_resort_keys where user_id = ${userId})
+             + (select count(*) from one_time_pre_keys where user_id = ${userId})
+             + (select count(*) from one_time_kyber_pre_keys where user_id = ${userId}) as n`);
+      const keyCount = Number(
+        ((keyRows as unknown as { rows?: { n: unknown }[] }).rows ??
+          (keyRows as unknown as { n: unknown }[]))[0]?.n ?? 0,
+      );
+      // Devices, keys, refresh tokens and memberships (admin roles included) go by cascade.
+      const deleted = await tx.delete(accounts).where(eq(accounts.id, userId)).returning({ id: accounts.id });
+      // Groups the user was the last member of are left with nobody: remove them too.
+      const groupIds = memberships.map((m) => m.groupId);
+      let emptyGroups = 0;
+      if (groupIds.length > 0) {
+        const orphaned = await tx
+          .select({ id: groups.id })
+          .from(groups)
+          .leftJoin(groupMembers, eq(groupMembers.groupId, groups.id))
+          .where(and(inArray(groups.id, groupIds), isNull(groupMembers.userId)));
+        if (orphaned.length > 0) {
+          await tx.delete(groups).where(
+            inArray(
+              groups.id,
+              orphaned.map((g) => g.id),
+            ),
+          );
+          emptyGroups = orphaned.length;
+        }
+      }
+      const removed = deleted.length + deviceCount + tokenCount + keyCount + memberships.length + emptyGroups;
+      return {
+        removed,
+        what: `account (${deleted.length}), devices (${deviceCount}), public keys (${keyCount}), refresh tokens (${tokenCount}), group memberships and roles (${memberships.length}), emptied groups (${emptyGroups})`,
+      };
+    });
+  }
+}
+
+/** Thrown by a test's afterStep hook to stop a job as a crash would (no retry in this process). */
+export class SimulatedCrash extends Error {
+  override name = "SimulatedCrash";
+}

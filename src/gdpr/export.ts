@@ -1,0 +1,144 @@
+import { asc, eq } from "drizzle-orm";
+import type { AuditTrail } from "../audit/types.ts";
+import type { Config } from "../config/index.ts";
+import type { Db } from "../db/index.ts";
+import {
+  accounts,
+  devices,
+  groupMembers,
+  groups,
+  identityKeys,
+  kyberLastResortKeys,
+  oneTimeKyberPreKeys,
+  oneTimePreKeys,
+  signedPreKeys,
+} from "../db/schema.ts";
+import { ApiError } from "../http/errors.ts";
+import type { EnvelopeLog } from "../messaging/envelope-log.ts";
+import type { Presence } from "../messaging/presence.ts";
+
+const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64");
+
+/** The Art. 15 information that goes with every export: why, how long, who else sees it. */
+export function processingInformation(config: Config) {
+  return {
+    controller:
+      "the organisation operating this ClearBox server (see its record of processing, GET /admin/v1/ropa)",
+    purposes: [
+      "delivering your end-to-end-encrypted messages to the devices of the people you write to (contract, Art. 6(1)(b))",
+      "keeping your account, devices and public keys so others can start encrypted sessions with you",
+      "showing your online status and last-seen time to people who watch it",
+      "security and accountability: a pseudonymised, tamper-evident audit log (Art. 6(1)(c) and (f))",
+    ],
+    retention: {
+      undeliveredMessagesDays: config.retentionDays,
+      messageMetadataDays: config.retentionDays,
+      accountAndKeys: "until you delete your account (DELETE /v1/me) or a device",
+      presence: "while connected, then the last-seen time until erasure",
+      auditLog: "pseudonymised entries; unlinkable from you once your account is erased",
+    },
+    recipients:
+      "none: the server shares nothing with third parties; message contents are end-to-end encrypted and unreadable to the server",
+    source: "you and your devices",
+    automatedDecisionMaking: "none",
+    rights:
+      "access and portability (this export), erasure (DELETE /v1/me), rectification, restriction and objection (contact the operator), complaint to a supervisory authority",
+  };
+}
+
+/** Builds the machine-readable archive of everything held about one user (GDPR Art. 15 and 20). */
+export class ExportService {
+  constructor(
+    private readonly deps: {
+      db: Db;
+      log: EnvelopeLog;
+      presence: Presence;
+      audit: AuditTrail;
+      config: Config;
+    },
+  ) {}
+
+  async export(userId: string, requestedBy: "self" | "admin") {
+    const { db, log, presence, audit, config } = this.deps;
+    const [account] = await db
+      .select({ userId: accounts.id, username: accounts.username, createdAt: accounts.createdAt })
+      .from(accounts)
+      .where(eq(accounts.id, userId));
+    if (!account) throw new ApiError("not_found", "no such user");
+    const deviceRows = await db
+      .select()
+      .from(devices)
+      .where(eq(devices.userId, userId))
+      .orderBy(asc(devices.deviceId));
+    const keys = await Promise.all(
+      deviceRows.map(async (d) => {
+        const where = (table: typeof identityKeys | typeof signedPreKeys | typeof kyberLastResortKeys) =>
+          eq(table.userId, userId);
+        const byDevice = <T extends { deviceId: number }>(rows: T[]) =>
+          rows.filter((r) => r.deviceId === d.deviceId);
+        const [identity] = byDevice(await db.select().from(identityKeys).where(where(identityKeys)));
+        const [signed] = byDevice(await db.select().from(signedPreKeys).where(where(signedPreKeys)));
+        const [lastResort] = byDevice(
+          await db.select().from(kyberLastResortKeys).where(where(kyberLastResortKeys)),
+        );
+        const preKeys = byDevice(
+          await db.select().from(oneTimePreKeys).where(eq(oneTimePreKeys.userId, userId)),
+        );
+        const kyberKeys = byDevice(
+          await db.select().from(oneTimeKyberPreKeys).where(eq(oneTimeKyberPreKeys.userId, userId)),
+        );
+        return {
+          deviceId: d.deviceId,
+          identityKey: identity ? b64(identity.publicKey) : null,
+          signedPreKey: signed ? { keyId: signed.keyId, publicKey: b64(signed.publicKey) } : null,
+          kyberLastResortKey: lastResort
+            ? { keyId: lastResort.keyId, publicKey: b64(lastResort.publicKey) }
+            : null,
+          oneTimePreKeys: preKeys.length,
+          oneTimeKyberPreKeys: kyberKeys.length,
+        };
+      }),
+    );
+    const memberships = await db
+      .select({
+        groupId: groups.id,
+        name: groups.name,
+        role: groupMembers.role,
+        addedAt: groupMembers.addedAt,
+      })
+      .from(groupMembers)
+      .innerJoin(groups, eq(groups.id, groupMembers.groupId))
+      .where(eq(groupMembers.userId, userId));
+    const [state] = await presence.states([userId]);
+    const archive = {
+      format: "clearbox-export/1",
+      generatedAt: new Date().toISOString(),
+      account: { ...account, createdAt: account.createdAt.toISOString() },
+      devices: deviceRows.map((d) => ({
+        deviceId: d.deviceId,
+        name: d.name,
+        registrationId: d.registrationId,
+        createdAt: d.createdAt.toISOString(),
+        lastSeen: d.lastSeen.toISOString(),
+      })),
+      publicKeys: keys,
+      groups: memberships.map((m) => ({ ...m, addedAt: m.addedAt.toISOString() })),
+      messages: {
+        note: "metadata of envelopes sent by or to you; contents are end-to-end encrypted and kept only until delivered",
+        metadata: await log.metadataOf(userId),
+        // Ciphertexts still waiting for one of your devices (the server cannot read them).
+        queued: await log.undelivered(userId),
+      },
+      presence: state ?? { user: userId, online: false, lastSeen: 0 },
+      audit: await audit.entriesAbout(userId),
+      processing: processingInformation(config),
+    };
+    await audit.record({
+      action: "export",
+      actor: requestedBy === "self" ? { user: userId } : "admin",
+      subject: userId,
+      details: { devices: deviceRows.length, groups: memberships.length },
+    });
+    return archive;
+  }
+}

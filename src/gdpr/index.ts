@@ -1,0 +1,67 @@
+import { Elysia, t } from "elysia";
+import { AccountModel } from "../accounts/model.ts";
+import type { AccountService } from "../accounts/service.ts";
+import { authPlugin } from "../http/auth.ts";
+import { ApiError } from "../http/errors.ts";
+import type { SessionService } from "../sessions/service.ts";
+import type { ErasureService } from "./erasure.ts";
+import type { ExportService } from "./export.ts";
+import type { ReceiptSigner } from "./receipts.ts";
+
+const Uuid = t.String({ format: "uuid" });
+
+/** The public GDPR routes: export, erasure of oneself, erasure status and the receipt signing key. */
+export function gdprRoutes(deps: {
+  sessions: SessionService;
+  accounts: AccountService;
+  erasures: ErasureService;
+  exports: ExportService;
+  signer: ReceiptSigner;
+}) {
+  return new Elysia({ name: "clearbox.gdpr", normalize: false })
+    .use(authPlugin(deps.sessions))
+    .get("/v1/me/export", ({ principal }) => deps.exports.export(principal.userId, "self"), { auth: true })
+    .delete(
+      "/v1/me",
+      async ({ principal, body, set }) => {
+        // Re-checking the password: a stolen access token alone cannot erase an account.
+        await deps.accounts.checkPasswordOf(principal.userId, body.password);
+        const erasureId = await deps.erasures.start(principal.userId, "self");
+        set.status = 202;
+        return { erasureId };
+      },
+      { auth: true, body: t.Object({ password: AccountModel.password }, { additionalProperties: false }) },
+    )
+    .get("/v1/erasures/signing-key", () => ({
+      algorithm: "Ed25519",
+      format: "spki-der-base64",
+      publicKey: deps.signer.publicKeyDer,
+    }))
+    .get(
+      "/v1/erasures/:erasureId",
+      async ({ params }) => {
+        const status = await deps.erasures.status(params.erasureId);
+        if (!status) throw new ApiError("not_found", "no such erasure");
+        return status;
+      },
+      { params: t.Object({ erasureId: Uuid }) },
+    );
+}
+
+/** The admin twins: erase or export any user. */
+export function gdprAdminRoutes(deps: { erasures: ErasureService; exports: ExportService }) {
+  const params = t.Object({ userId: Uuid });
+  return new Elysia({ name: "clearbox.gdpr.admin" })
+    .post(
+      "/admin/v1/users/:userId/erase",
+      async ({ params, set }) => {
+        const erasureId = await deps.erasures.start(params.userId, "admin");
+        set.status = 202;
+        return { erasureId };
+      },
+      { params },
+    )
+    .get("/admin/v1/users/:userId/export", ({ params }) => deps.exports.export(params.userId, "admin"), {
+      params,
+    });
+}
