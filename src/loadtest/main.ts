@@ -1,0 +1,31 @@
+/**
+ * `npm run loadtest -- <scenario> [options]`: the load-test harness. Prints a table of the run on
+ * stdout (and with `--json` one JSON object as the last line); exits 1 when a message was lost or
+ * duplicated, 2 on bad options.
+ */
+import { parseOptions, USAGE } from "./options.ts";
+import { jsonSummary, textReport } from "./report.ts";
+import { runLoadtest } from "./run.ts";
+
+async function main(): Promise<number> {
+  let options: ReturnType<typeof parseOptions>;
+  try {
+    options = parseOptions(process.argv.slice(2));
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    console.error(`loadtest: ${message}\n\n${USAGE}`);
+    return 2;
+  }
+  const run = await runLoadtest(options);
+  const summary = jsonSummary(run);
+  console.log(textReport(run));
+  if (options.json) console.log(JSON.stringify(summary));
+  return summary.lost === 0 && summary.duplicated === 0 && summary.corrupted === 0 ? 0 : 1;
+}
+
+try {
+  process.exit(await main());
+} catch (error) {
+  console.error(`loadtest failed: ${error instanceof Error ? error.stack : String(error)}`);
+  process.exit(1);
+}

@@ -1,0 +1,162 @@
+import { parseArgs } from "node:util";
+
+export const SCENARIOS = ["smoke", "one-to-one", "offline", "fanout", "connections", "cluster"] as const;
+export type ScenarioName = (typeof SCENARIOS)[number];
+
+/** Which stores a spawned node uses: the embedded default, or PostgreSQL + Redis + RabbitMQ. */
+export type Stack = "embedded" | "services";
+
+/** Everything a run needs, after defaults for its scenario are filled in. */
+export interface LoadtestOptions {
+  scenario: ScenarioName;
+  /** Base URLs of running nodes; empty means the harness spawns its own. */
+  urls: string[];
+  stack: Stack;
+  /** Nodes to spawn (the cluster scenario uses 3). */
+  nodes: number;
+  adminUrl?: string;
+  adminToken?: string;
+  /** Virtual users (one device each); 1:1 pairs them up as sender → recipient. */
+  users: number;
+  /** Messages to send in total (1:1, offline, smoke); the run also stops after `durationS`. */
+  messages: number;
+  durationS: number;
+  /** Messages per second for the whole run, or flat out (`undefined`); "half" = half the flat-out peak. */
+  rate?: number | "half";
+  /** Unanswered sends each sender keeps in flight when flat out. */
+  window: number;
+  /** Payload bytes per message (before base64). */
+  size: number;
+  groupSizes: number[];
+  groupMessages: number;
+  connections: number;
+  e2ee: boolean;
+  json: boolean;
+  baseline: boolean;
+  /** Account creations in flight at once (each costs the server an argon2id hash). */
+  concurrency: number;
+  drainTimeoutS: number;
+  progress: boolean;
+}
+
+/** An option that does not make sense, with a message saying what to pass instead. */
+export class OptionsError extends Error {
+  override name = "OptionsError";
+}
+
+const DEFAULTS: Record<ScenarioName, Partial<LoadtestOptions>> = {
+  smoke: { users: 4, messages: 300, durationS: 10, window: 8, baseline: false },
+  "one-to-one": { users: 200, messages: 2_000_000, durationS: 10, window: 16, rate: "half", baseline: true },
+  offline: { users: 100, messages: 20_000, durationS: 60, window: 32, baseline: false },
+  fanout: { users: 0, groupSizes: [100, 1000], groupMessages: 20, baseline: true },
+  connections: { connections: 2000, users: 0, baseline: true },
+  cluster: { users: 200, messages: 2_000_000, durationS: 10, window: 16, nodes: 3, stack: "services" },
+};
+
+export const USAGE = `usage: npm run loadtest -- <scenario> [options]
+scenarios: ${SCENARIOS.join(", ")}
+  --url <base-url>[,<base-url>...]  running node(s) to test; omitted → the harness spawns its own
+  --spawn                           spawn nodes even if --url is given (ignored)
+  --stack embedded|services         spawned nodes: PGlite (default) or PostgreSQL+Redis+RabbitMQ
+  --nodes <n>                       nodes to spawn (cluster: 3)
+  --admin-url <url> --admin-token <t>  read RSS/CPU of a remote node from /metrics
+  --users <n>                       virtual users (1:1 pairs them: n/2 senders)
+  --messages <n>  --duration <s>    stop sending after n messages or s seconds
+  --rate <msgs/s>|half|max          fixed rate; half = half of a flat-out run's peak (1:1 default)
+  --window <n>                      sends in flight per sender when flat out
+  --size <bytes>                    payload size
+  --group-sizes 100,1000,10000      fan-out group sizes  --group-messages <n>
+  --connections <n>                 idle connections for the connection storm
+  --e2ee                            real Signal sessions (1:1 and smoke) instead of plain payloads
+  --baseline / --no-baseline        also measure the raw Bun relay in the same run
+  --concurrency <n>                 account creations in flight
+  --drain-timeout <s>               how long to wait for deliveries after sending stops
+  --json                            last stdout line: one JSON object with the results
+  --no-progress                     no live progress line on stderr`;
+
+function int(name: string, raw: string | undefined, fallback: number, min = 0): number {
+  if (raw === undefined) return fallback;
+  const value = Number(raw);
+  if (!Number.isFinite(value) || value < min)
+    throw new OptionsError(`--${name} expects a number ≥ ${min}, got ${raw}`);
+  return Math.floor(value);
+}
+
+/** Parses `argv` (without the runtime and script) into options, filling in the scenario's defaults. */
+export function parseOptions(argv: string[]): LoadtestOptions {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    allowNegative: true,
+    options: {
+      url: { type: "string" },
+      spawn: { type: "boolean" },
+      stack: { type: "string" },
+      nodes: { type: "string" },
+      "admin-url": { type: "string" },
+      "admin-token": { type: "string" },
+      users: { type: "string" },
+      messages: { type: "string" },
+      duration: { type: "string" },
+      rate: { type: "string" },
+      window: { type: "string" },
+      size: { type: "string" },
+      "group-sizes": { type: "string" },
+      "group-messages": { type: "string" },
+      connections: { type: "string" },
+      e2ee: { type: "boolean" },
+      json: { type: "boolean" },
+      baseline: { type: "boolean" },
+      concurrency: { type: "string" },
+      "drain-timeout": { type: "string" },
+      progress: { type: "boolean" },
+    },
+  });
+  const scenario = positionals[0] as ScenarioName | undefined;
+  if (!scenario || !SCENARIOS.includes(scenario)) {
+    throw new OptionsError(`expected a scenario (${SCENARIOS.join(", ")}), got ${scenario ?? "none"}`);
+  }
+  const d = DEFAULTS[scenario];
+  const stack = (values.stack ?? d.stack ?? "embedded") as Stack;
+  if (stack !== "embedded" && stack !== "services") {
+    throw new OptionsError(`--stack expects embedded or services, got ${values.stack}`);
+  }
+  let rate: LoadtestOptions["rate"] = d.rate;
+  if (values.rate === "half") rate = "half";
+  else if (values.rate === "max") rate = undefined;
+  else if (values.rate !== undefined) rate = int("rate", values.rate, 0, 1);
+  const urls = values.spawn ? [] : (values.url ?? "").split(",").filter(Boolean);
+  for (const url of urls) {
+    if (!/^https?:\/\//.test(url)) throw new OptionsError(`--url expects http(s)://host:port, got ${url}`);
+  }
+  const groupSizes = (values["group-sizes"] ?? (d.groupSizes ?? [100]).join(","))
+    .split(",")
+    .map((s) => int("group-sizes", s, 0, 2));
+  const users = int("users", values.users, d.users ?? 4, 0);
+  if (scenario !== "fanout" && scenario !== "connections" && users < 2) {
+    throw new OptionsError("--users must be at least 2 (a sender and a recipient)");
+  }
+  return {
+    scenario,
+    urls,
+    stack,
+    nodes: int("nodes", values.nodes, d.nodes ?? 1, 1),
+    adminUrl: values["admin-url"],
+    adminToken: values["admin-token"],
+    users,
+    messages: int("messages", values.messages, d.messages ?? 1000, 1),
+    durationS: int("duration", values.duration, d.durationS ?? 10, 1),
+    rate,
+    window: int("window", values.window, d.window ?? 16, 1),
+    size: int("size", values.size, 64, 1),
+    groupSizes,
+    groupMessages: int("group-messages", values["group-messages"], d.groupMessages ?? 20, 1),
+    connections: int("connections", values.connections, d.connections ?? 1000, 1),
+    e2ee: values.e2ee ?? false,
+    json: values.json ?? false,
+    baseline: values.baseline ?? d.baseline ?? false,
+    concurrency: int("concurrency", values.concurrency, 8, 1),
+    drainTimeoutS: int("drain-timeout", values["drain-timeout"], 15, 1),
+    progress: values.progress ?? true,
+  };
+}

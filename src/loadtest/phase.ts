@@ -1,0 +1,159 @@
+import { drive, type LoadPlan, settle } from "./load.ts";
+import type { LoadtestOptions } from "./options.ts";
+import { inPool } from "./pool.ts";
+import type { ResourceSampler, ResourceSummary } from "./process-stats.ts";
+import { selfCpu } from "./process-stats.ts";
+import type { Progress } from "./progress.ts";
+import type { LoadSocket } from "./socket.ts";
+import type { Target, VirtualDevice } from "./targets.ts";
+import { type PhaseCounts, Tracker } from "./tracker.ts";
+
+/** A server under test in this run: ClearBox (one or more nodes) or the raw relay. */
+export interface System {
+  name: "clearbox" | "relay";
+  target: Target;
+  sampler: ResourceSampler;
+}
+
+/** What a scenario gets: options, the progress line, and the system it measures. */
+export interface ScenarioContext {
+  options: LoadtestOptions;
+  progress: Progress;
+  system: System;
+}
+
+/** The measured outcome of one phase of a scenario against one system. */
+export interface PhaseResult extends PhaseCounts {
+  phase: string;
+  system: "clearbox" | "relay";
+  /** Fixed rate asked for (msgs/s), absent when flat out. */
+  rate?: number;
+  sendingS: number;
+  /** Deliveries per second, first send to last delivery. */
+  msgsPerSec: number;
+  acceptedPerSec: number;
+  server?: ResourceSummary;
+  harnessCpuPercent: number;
+  /** Scenario-specific figures (connections, bytes per connection, drain time...). */
+  extra?: Record<string, number>;
+}
+
+const k = (n: number) => (n >= 10_000 ? `${(n / 1000).toFixed(1)}k` : String(n));
+
+/** A progress status for a tracker. */
+export function trackerStatus(t: Tracker, sampler?: ResourceSampler): () => string {
+  let lastDelivered = 0;
+  let lastAt = performance.now();
+  return () => {
+    const now = performance.now();
+    const rate = ((t.delivered - lastDelivered) / (now - lastAt)) * 1000;
+    lastDelivered = t.delivered;
+    lastAt = now;
+    void sampler;
+    return `sent ${k(t.sent)} accepted ${k(t.accepted)} delivered ${k(t.delivered)} (${k(Math.round(rate))}/s) dup ${t.duplicated} p99 ${t.deliverLatency.at(99)} ms`;
+  };
+}
+
+/** Opens sockets for `devices` with bounded concurrency, showing progress. */
+export async function connectAll(
+  ctx: ScenarioContext,
+  devices: VirtualDevice[],
+  what: string,
+  open: (d: VirtualDevice) => Promise<LoadSocket>,
+  concurrency = 64,
+): Promise<LoadSocket[]> {
+  let done = 0;
+  ctx.progress.start(`${ctx.system.name} connect ${what}`, () => `${done}/${devices.length} open`);
+  try {
+    return await inPool(
+      devices.length,
+      concurrency,
+      (i) => open(devices[i] as VirtualDevice),
+      (n) => {
+        done = n;
+      },
+    );
+  } finally {
+    ctx.progress.stop();
+  }
+}
+
+/** Creates users with the progress line showing how many are done. */
+export async function makeUsers(ctx: ScenarioContext, count: number, e2ee = false): Promise<VirtualDevice[]> {
+  let done = 0;
+  const t0 = performance.now();
+  ctx.progress.start(`${ctx.system.name} accounts`, () => `${done}/${count} users created`);
+  try {
+    return await ctx.system.target.createUsers(
+      count,
+      (n) => {
+        done = n;
+      },
+      e2ee,
+    );
+  } finally {
+    ctx.progress.stop();
+    ctx.progress.note(
+      `${ctx.system.name}: ${count} users ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+    );
+  }
+}
+
+/**
+ * Runs one measured phase: fresh tracker on `sockets`, resource sampling, the load `plan` (minus
+ * its tracker), then waits for every accepted message to be delivered (or the drain timeout).
+ */
+export async function measure(
+  ctx: ScenarioContext,
+  phase: string,
+  sockets: LoadSocket[],
+  plan: Omit<LoadPlan, "tracker">,
+): Promise<PhaseResult> {
+  const tracker = new Tracker();
+  for (const s of sockets) s.tracker = tracker;
+  await ctx.system.sampler.start();
+  const cpu = selfCpu();
+  ctx.progress.start(`${ctx.system.name} ${phase}`, trackerStatus(tracker));
+  let sendingMs = 0;
+  try {
+    ({ sendingMs } = await drive({ ...plan, tracker }));
+    await settle(tracker, ctx.options.drainTimeoutS * 1000);
+  } finally {
+    ctx.progress.stop();
+  }
+  const harnessCpuPercent = cpu();
+  const server = await ctx.system.sampler.finish();
+  return summarise(ctx, phase, tracker, sendingMs, server, harnessCpuPercent, plan.rate);
+}
+
+/** Turns a finished tracker into a phase result. */
+export function summarise(
+  ctx: ScenarioContext,
+  phase: string,
+  tracker: Tracker,
+  sendingMs: number,
+  server: ResourceSummary | undefined,
+  harnessCpuPercent: number,
+  rate?: number,
+): PhaseResult {
+  const counts = tracker.counts();
+  const spanS = (tracker.lastDeliveryAt - tracker.firstSendAt) / 1000;
+  const acceptSpanS = (tracker.lastAcceptAt - tracker.firstSendAt) / 1000;
+  const result: PhaseResult = {
+    phase,
+    system: ctx.system.name,
+    ...(rate === undefined ? {} : { rate }),
+    ...counts,
+    sendingS: Math.round(sendingMs) / 1000,
+    msgsPerSec: spanS > 0 ? Math.round(counts.delivered / spanS) : 0,
+    acceptedPerSec: acceptSpanS > 0 ? Math.round(counts.accepted / acceptSpanS) : 0,
+    ...(server ? { server } : {}),
+    harnessCpuPercent,
+  };
+  ctx.progress.note(
+    `${ctx.system.name} ${phase}: sent ${counts.sent} accepted ${counts.accepted} delivered ${counts.delivered} ` +
+      `lost ${counts.lost} dup ${counts.duplicated} → ${result.msgsPerSec} msgs/s, ` +
+      `p99 delivered ${counts.latencyMs.delivered.p99} ms`,
+  );
+  return result;
+}

@@ -1,0 +1,121 @@
+import { cpus, loadavg } from "node:os";
+import type { LoadtestOptions, ScenarioName } from "./options.ts";
+import type { PhaseResult, ScenarioContext, System } from "./phase.ts";
+import { metricsProbe, procProbe, ResourceSampler } from "./process-stats.ts";
+import { Progress } from "./progress.ts";
+import { connections } from "./scenarios/connections.ts";
+import { fanout } from "./scenarios/fanout.ts";
+import { offline } from "./scenarios/offline.ts";
+import { oneToOne } from "./scenarios/one-to-one.ts";
+import { prepareStack, type SpawnedServer, spawnNode, spawnRelay } from "./servers.ts";
+import { clearboxTarget, relayTarget } from "./targets.ts";
+
+type Scenario = (ctx: ScenarioContext) => Promise<PhaseResult[]>;
+
+const SCENARIOS: Record<ScenarioName, Scenario> = {
+  smoke: oneToOne,
+  "one-to-one": oneToOne,
+  offline,
+  fanout,
+  connections,
+  cluster: oneToOne,
+};
+
+/** The relay has no offline queue, so the offline backlog has no ceiling to compare with. */
+const HAS_BASELINE: Record<ScenarioName, boolean> = {
+  smoke: true,
+  "one-to-one": true,
+  offline: false,
+  fanout: true,
+  connections: true,
+  cluster: true,
+};
+
+/** Everything a run measured, ready for the report. */
+export interface RunResult {
+  scenario: ScenarioName;
+  /** What was measured: spawned nodes on the embedded or services stack, or URLs given. */
+  servers: { stack: string; nodes: number; urls: string[]; spawned: boolean };
+  phases: PhaseResult[];
+  baseline: PhaseResult[];
+  /** Log lines at warn level or above from spawned servers. */
+  serverProblems: string[];
+  machine: { cpus: number; loadavg: number[]; bun: string };
+  startedAt: string;
+  durationS: number;
+}
+
+/** Runs one scenario: the relay baseline first (when asked), then ClearBox; stops what it started. */
+export async function runLoadtest(options: LoadtestOptions): Promise<RunResult> {
+  const started = performance.now();
+  const startedAt = new Date().toISOString();
+  const loadBefore = loadavg();
+  const progress = new Progress(options.progress);
+  const scenario = SCENARIOS[options.scenario];
+  const serverProblems: string[] = [];
+
+  let baseline: PhaseResult[] = [];
+  if (options.baseline && HAS_BASELINE[options.scenario]) {
+    const relay = await spawnRelay();
+    try {
+      const system: System = {
+        name: "relay",
+        target: relayTarget(relay.url),
+        sampler: new ResourceSampler([procProbe(relay.pid)]),
+      };
+      baseline = await scenario({ options, progress, system });
+    } finally {
+      await relay.stop();
+      serverProblems.push(...relay.problems);
+    }
+  }
+
+  const spawned: SpawnedServer[] = [];
+  let cleanup = async () => {};
+  let urls = options.urls;
+  let phases: PhaseResult[] = [];
+  try {
+    let sampler: ResourceSampler;
+    if (urls.length === 0) {
+      const stack = await prepareStack(options.stack);
+      cleanup = stack.cleanup;
+      progress.note(`starting ${options.nodes} ClearBox node(s) on the ${options.stack} stack`);
+      for (let i = 0; i < options.nodes; i++) spawned.push(await spawnNode(stack.env, i));
+      urls = spawned.map((s) => s.url);
+      sampler = new ResourceSampler(spawned.map((s) => procProbe(s.pid)));
+      // Nodes of a cluster must see each other in the ring before users arrive.
+      if (options.nodes > 1) await Bun.sleep(3000);
+    } else {
+      const probes =
+        options.adminUrl && options.adminToken ? [metricsProbe(options.adminUrl, options.adminToken)] : [];
+      sampler = new ResourceSampler(probes);
+    }
+    const system: System = { name: "clearbox", target: clearboxTarget(urls, options.concurrency), sampler };
+    phases = await scenario({ options, progress, system });
+  } finally {
+    for (const s of spawned) {
+      await s.stop();
+      serverProblems.push(...s.problems);
+    }
+    await cleanup();
+  }
+  return {
+    scenario: options.scenario,
+    servers: {
+      stack: spawned.length > 0 ? options.stack : "given",
+      nodes: urls.length,
+      urls,
+      spawned: spawned.length > 0,
+    },
+    phases,
+    baseline,
+    serverProblems,
+    machine: {
+      cpus: cpus().length,
+      loadavg: loadBefore.map((l) => Math.round(l * 100) / 100),
+      bun: Bun.version,
+    },
+    startedAt,
+    durationS: Math.round(performance.now() - started) / 1000,
+  };
+}

@@ -1,0 +1,168 @@
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import postgres from "postgres";
+import type { Stack } from "./options.ts";
+
+const REPO_ROOT = resolve(import.meta.dir, "../..");
+const START_TIMEOUT_MS = 60_000;
+
+/** A server process the harness started: where it listens, its pid, and the warnings it logged. */
+export interface SpawnedServer {
+  pid: number;
+  url: string;
+  adminUrl?: string;
+  adminToken?: string;
+  /** Log lines at warn level or above (pino levels ≥ 40), for the report. */
+  problems: string[];
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `bun run <script>` and waits for the JSON log line whose `msg` is `readyMsg`; keeps
+ * reading its output afterwards, so the child never blocks on a full pipe.
+ */
+async function spawnProcess(
+  script: string,
+  env: Record<string, string>,
+  readyMsg: string,
+  onExit?: () => Promise<void>,
+) {
+  const child = Bun.spawn([process.execPath, "run", script], {
+    cwd: REPO_ROOT,
+    env: { ...process.env, ...env },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const problems: string[] = [];
+  let ready: (line: Record<string, unknown>) => void = () => {};
+  const started = new Promise<Record<string, unknown>>((res) => {
+    ready = res;
+  });
+  const read = async (stream: ReadableStream<Uint8Array>) => {
+    const decoder = new TextDecoder();
+    let buffered = "";
+    for await (const chunk of stream) {
+      buffered += decoder.decode(chunk, { stream: true });
+      let newline = buffered.indexOf("\n");
+      while (newline >= 0) {
+        const line = buffered.slice(0, newline);
+        buffered = buffered.slice(newline + 1);
+        newline = buffered.indexOf("\n");
+        let parsed: Record<string, unknown> | undefined;
+        try {
+          parsed = JSON.parse(line);
+        } catch {}
+        if (parsed?.msg === readyMsg) ready(parsed);
+        else if (!parsed || (typeof parsed.level === "number" && parsed.level >= 40)) {
+          if (problems.length < 50 && line.trim()) problems.push(line.slice(0, 400));
+        }
+      }
+    }
+  };
+  void read(child.stdout);
+  void read(child.stderr);
+  const timeout = new Promise<never>((_, reject) =>
+    setTimeout(
+      () =>
+        reject(new Error(`${script} did not start within ${START_TIMEOUT_MS} ms: ${problems.join("\n")}`)),
+      START_TIMEOUT_MS,
+    ).unref(),
+  );
+  const exited = child.exited.then((code) => {
+    throw new Error(`${script} exited with ${code} before it was ready: ${problems.join("\n")}`);
+  });
+  const line = await Promise.race([started, timeout, exited]);
+  return {
+    line,
+    pid: child.pid,
+    problems,
+    async stop() {
+      child.kill("SIGTERM");
+      const killer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+      await child.exited;
+      clearTimeout(killer);
+      await onExit?.();
+    },
+  };
+}
+
+/** Starts the raw relay baseline. */
+export async function spawnRelay(): Promise<SpawnedServer> {
+  const p = await spawnProcess("src/loadtest/relay.ts", { PORT: "0" }, "relay started");
+  return { pid: p.pid, url: String(p.line.url), problems: p.problems, stop: p.stop };
+}
+
+const POSTGRES_URL = process.env.LOADTEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
+const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
+const AMQP_URL = process.env.AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672";
+
+/** Shared settings of the nodes of one run: stores, and a prefix that keeps the run's keys and queues apart. */
+export interface ClusterEnv {
+  env: Record<string, string>;
+  cleanup(): Promise<void>;
+}
+
+/** Creates the run's PostgreSQL database (services stack) and picks a Redis/RabbitMQ prefix. */
+export async function prepareStack(stack: Stack): Promise<ClusterEnv> {
+  if (stack === "embedded") return { env: {}, cleanup: async () => {} };
+  const name = `cb_load_${randomBytes(5).toString("hex")}`;
+  const admin = postgres(POSTGRES_URL, { max: 1, onnotice: () => {} });
+  try {
+    await admin.unsafe(`create database ${name}`);
+  } finally {
+    await admin.end();
+  }
+  const url = new URL(POSTGRES_URL);
+  url.pathname = `/${name}`;
+  return {
+    env: {
+      DATABASE_URL: url.toString(),
+      REDIS_URL,
+      AMQP_URL,
+      REDIS_PREFIX: `${name}:`,
+    },
+    async cleanup() {
+      const sql = postgres(POSTGRES_URL, { max: 1, onnotice: () => {} });
+      try {
+        await sql.unsafe(`drop database if exists ${name} with (force)`);
+      } finally {
+        await sql.end();
+      }
+    },
+  };
+}
+
+/**
+ * Starts one ClearBox node (`src/main.ts`) on a free loopback port with its own DATA_DIR, the
+ * device rate limit lifted for load, and an admin token so its `/metrics` can be read.
+ */
+export async function spawnNode(shared: Record<string, string>, index: number): Promise<SpawnedServer> {
+  const dataDir = mkdtempSync(join(tmpdir(), "clearbox-load-"));
+  const adminToken = randomBytes(18).toString("hex");
+  const p = await spawnProcess(
+    "src/main.ts",
+    {
+      NODE_ENV: "development",
+      PORT: "0",
+      ADMIN_PORT: "0",
+      ADMIN_TOKEN: adminToken,
+      DATA_DIR: dataDir,
+      LOG_LEVEL: "info",
+      DEVICE_RATE_LIMIT: "1000000",
+      NODE_ID: `load-${index}-${randomBytes(3).toString("hex")}`,
+      ...shared,
+    },
+    "clearbox node started",
+    async () => rmSync(dataDir, { recursive: true, force: true }),
+  );
+  return {
+    pid: p.pid,
+    url: String(p.line.url),
+    adminUrl: typeof p.line.adminUrl === "string" ? p.line.adminUrl : undefined,
+    adminToken,
+    problems: p.problems,
+    stop: p.stop,
+  };
+}

@@ -1,0 +1,161 @@
+import type { Target, VirtualDevice } from "./targets.ts";
+import type { Tracker } from "./tracker.ts";
+
+/** Acks gathered before one `ack` frame goes out (the protocol allows 1000). */
+const ACK_BATCH = 500;
+const ACK_DELAY_MS = 5;
+const OPEN_TIMEOUT_MS = 15_000;
+
+/** A server frame as the harness reads it. */
+interface Frame {
+  type: string;
+  id?: string;
+  code?: string;
+  from?: { user: string; device: number };
+  envelope?: { type: number; body: string };
+}
+
+/**
+ * One virtual device's WebSocket: reports accepted/rejected/delivered to the current phase's
+ * tracker, dedupes deliveries by id (counting duplicates), and acks what it received in batches.
+ */
+export class LoadSocket {
+  tracker: Tracker | undefined;
+  /** Sends not yet answered on this socket (the flat-out window). */
+  inFlight = 0;
+  /** Called after each answer to a send, so a flat-out sender can send the next one. */
+  onAnswer: (() => void) | undefined;
+  /** Decrypts and checks a delivery when the run uses real Signal sessions. */
+  verify: ((frame: Frame) => Promise<boolean>) | undefined;
+  closed = false;
+  private readonly seen = new Set<string>();
+  private acks: string[] = [];
+  private ackTimer: ReturnType<typeof setTimeout> | undefined;
+
+  private constructor(
+    readonly device: VirtualDevice,
+    private readonly ws: WebSocket,
+  ) {
+    ws.addEventListener("message", (event) => this.receive(String(event.data)));
+    ws.addEventListener("close", () => {
+      this.closed = true;
+    });
+  }
+
+  /** Opens the device's socket; rejects when the upgrade is refused or takes too long. */
+  static open(target: Target, device: VirtualDevice, tracker?: Tracker): Promise<LoadSocket> {
+    const { url, headers } = target.socket(device);
+    const ws = new WebSocket(url, headers ? ({ headers } as unknown as string[]) : undefined);
+    const socket = new LoadSocket(device, ws);
+    socket.tracker = tracker;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        ws.close();
+        reject(
+          new Error(`socket for ${device.userId}.${device.deviceId} did not open in ${OPEN_TIMEOUT_MS} ms`),
+        );
+      }, OPEN_TIMEOUT_MS);
+      ws.addEventListener(
+        "open",
+        () => {
+          clearTimeout(timer);
+          resolve(socket);
+        },
+        { once: true },
+      );
+      ws.addEventListener(
+        "error",
+        () => {
+          clearTimeout(timer);
+          reject(new Error(`socket for ${device.userId}.${device.deviceId} refused`));
+        },
+        { once: true },
+      );
+    });
+  }
+
+  /** Sends a `send` frame already serialised; the caller told the tracker. */
+  send(text: string): void {
+    this.inFlight++;
+    this.ws.send(text);
+  }
+
+  /** Ids this device has received (deduped). */
+  get received(): number {
+    return this.seen.size;
+  }
+
+  private receive(text: string) {
+    const frame = JSON.parse(text) as Frame;
+    const tracker = this.tracker;
+    switch (frame.type) {
+      case "accepted":
+        this.inFlight--;
+        if (frame.id) tracker?.acceptedOne(frame.id);
+        this.onAnswer?.();
+        break;
+      case "rejected":
+        this.inFlight--;
+        if (frame.id) tracker?.rejectedOne(frame.id, frame.code ?? "unknown");
+        this.onAnswer?.();
+        break;
+      case "message": {
+        const id = frame.id as string;
+        this.ack(id);
+        if (this.seen.has(id)) {
+          tracker?.duplicateOne();
+          return;
+        }
+        this.seen.add(id);
+        if (tracker?.deliveredOne(id) && this.verify) {
+          void this.verify(frame).then((ok) => {
+            if (!ok) tracker.corrupted++;
+          });
+        }
+        break;
+      }
+      case "error":
+        // An `internal` error means a send was not accepted: it counts as answered, not as lost.
+        if (frame.code === "internal") {
+          this.inFlight--;
+          this.onAnswer?.();
+        }
+        tracker?.errorOne();
+        break;
+    }
+  }
+
+  private ack(id: string) {
+    this.acks.push(id);
+    if (this.acks.length >= ACK_BATCH) this.flushAcks();
+    else this.ackTimer ??= setTimeout(() => this.flushAcks(), ACK_DELAY_MS);
+  }
+
+  private flushAcks() {
+    if (this.ackTimer) clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
+    if (this.acks.length === 0 || this.closed) return;
+    this.ws.send(JSON.stringify({ type: "ack", ids: this.acks }));
+    this.acks = [];
+  }
+
+  /** Flushes pending acks and closes; resolves when the socket is closed. */
+  close(): Promise<void> {
+    this.flushAcks();
+    if (this.closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, 3000);
+      this.ws.addEventListener(
+        "close",
+        () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        { once: true },
+      );
+      this.ws.close(1000, "done");
+    });
+  }
+}
+
+export type { Frame as DeliveredFrame };
