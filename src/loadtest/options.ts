@@ -36,6 +36,13 @@ export interface LoadtestOptions {
   /** Account creations in flight at once (each costs the server an argon2id hash). */
   concurrency: number;
   drainTimeoutS: number;
+  /**
+   * Pause after connecting (and warming up) before measuring: a user actor reads the log on every
+   * deliver for 9 heartbeats after it activates (crash recovery), which is not the steady state.
+   */
+  settleS: number;
+  /** Milliseconds a device gathers received ids before acking them in one frame. */
+  ackDelayMs: number;
   progress: boolean;
 }
 
@@ -45,9 +52,9 @@ export class OptionsError extends Error {
 }
 
 const DEFAULTS: Record<ScenarioName, Partial<LoadtestOptions>> = {
-  smoke: { users: 4, messages: 300, durationS: 10, window: 8, baseline: false },
+  smoke: { users: 4, messages: 300, durationS: 10, window: 8, baseline: false, settleS: 0 },
   "one-to-one": { users: 200, messages: 2_000_000, durationS: 10, window: 16, rate: "half", baseline: true },
-  offline: { users: 100, messages: 20_000, durationS: 60, window: 32, baseline: false },
+  offline: { users: 100, messages: 20_000, durationS: 60, window: 32, baseline: false, settleS: 0 },
   fanout: { users: 0, groupSizes: [100, 1000], groupMessages: 20, baseline: true },
   connections: { connections: 2000, users: 0, baseline: true },
   cluster: { users: 200, messages: 2_000_000, durationS: 10, window: 16, nodes: 3, stack: "services" },
@@ -71,6 +78,8 @@ scenarios: ${SCENARIOS.join(", ")}
   --baseline / --no-baseline        also measure the raw Bun relay in the same run
   --concurrency <n>                 account creations in flight
   --drain-timeout <s>               how long to wait for deliveries after sending stops
+  --ack-delay <ms>                  how long a device gathers ids before one ack frame (default 5)
+  --settle <s>                      pause between warm-up and measuring (actors' recovery window)
   --json                            last stdout line: one JSON object with the results
   --no-progress                     no live progress line on stderr`;
 
@@ -109,6 +118,8 @@ export function parseOptions(argv: string[]): LoadtestOptions {
       baseline: { type: "boolean" },
       concurrency: { type: "string" },
       "drain-timeout": { type: "string" },
+      settle: { type: "string" },
+      "ack-delay": { type: "string" },
       progress: { type: "boolean" },
     },
   });
@@ -157,6 +168,8 @@ export function parseOptions(argv: string[]): LoadtestOptions {
     baseline: values.baseline ?? d.baseline ?? false,
     concurrency: int("concurrency", values.concurrency, 8, 1),
     drainTimeoutS: int("drain-timeout", values["drain-timeout"], 15, 1),
+    settleS: int("settle", values.settle, d.settleS ?? 10, 0),
+    ackDelayMs: int("ack-delay", values["ack-delay"], 5, 0),
     progress: values.progress ?? true,
   };
 }

@@ -157,3 +157,13 @@ export function summarise(
   );
   return result;
 }
+
+/** Waits `options.settleS` after warm-up, so measurement starts in the steady state. */
+export async function settleDown(ctx: ScenarioContext): Promise<void> {
+  const seconds = ctx.options.settleS;
+  if (seconds <= 0 || ctx.system.name === "relay") return;
+  ctx.progress.note(
+    `${ctx.system.name}: waiting ${seconds} s for the actors' post-activation recovery window`,
+  );
+  await Bun.sleep(seconds * 1000);
+}

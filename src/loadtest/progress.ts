@@ -18,6 +18,8 @@ export class Progress {
       else process.stderr.write(`${line}\n`);
     };
     this.timer = setInterval(show, this.tty ? 1000 : 3000);
+    // A first line at once, so even a phase shorter than the interval shows up.
+    queueMicrotask(show);
   }
 
   stop(): void {

@@ -8,6 +8,7 @@ import { fanout } from "./scenarios/fanout.ts";
 import { offline } from "./scenarios/offline.ts";
 import { oneToOne } from "./scenarios/one-to-one.ts";
 import { prepareStack, type SpawnedServer, spawnNode, spawnRelay } from "./servers.ts";
+import { LoadSocket } from "./socket.ts";
 import { clearboxTarget, relayTarget } from "./targets.ts";
 
 type Scenario = (ctx: ScenarioContext) => Promise<PhaseResult[]>;
@@ -51,6 +52,7 @@ export async function runLoadtest(options: LoadtestOptions): Promise<RunResult> 
   const startedAt = new Date().toISOString();
   const loadBefore = loadavg();
   const progress = new Progress(options.progress);
+  LoadSocket.ackDelayMs = options.ackDelayMs;
   const scenario = SCENARIOS[options.scenario];
   const serverProblems: string[] = [];
 

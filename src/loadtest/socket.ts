@@ -3,7 +3,6 @@ import type { Tracker } from "./tracker.ts";
 
 /** Acks gathered before one `ack` frame goes out (the protocol allows 1000). */
 const ACK_BATCH = 500;
-const ACK_DELAY_MS = 5;
 const OPEN_TIMEOUT_MS = 15_000;
 
 /** A server frame as the harness reads it. */
@@ -20,7 +19,7 @@ interface Frame {
  * tracker, dedupes deliveries by id (counting duplicates), and acks what it received in batches.
  */
 export class LoadSocket {
-  tracker: Tracker | undefined;
+  private current: Tracker | undefined;
   /** Sends not yet answered on this socket (the flat-out window). */
   inFlight = 0;
   /** Called after each answer to a send, so a flat-out sender can send the next one. */
@@ -41,6 +40,9 @@ export class LoadSocket {
       this.closed = true;
     });
   }
+
+  /** How long received ids gather before one `ack` frame carries them (`--ack-delay`). */
+  static ackDelayMs = 5;
 
   /** Opens the device's socket; rejects when the upgrade is refused or takes too long. */
   static open(target: Target, device: VirtualDevice, tracker?: Tracker): Promise<LoadSocket> {
@@ -74,6 +76,16 @@ export class LoadSocket {
     });
   }
 
+  /** The phase this socket reports to; a new phase starts a fresh dedupe set (ids never repeat across phases). */
+  get tracker(): Tracker | undefined {
+    return this.current;
+  }
+
+  set tracker(next: Tracker | undefined) {
+    if (next !== this.current) this.seen.clear();
+    this.current = next;
+  }
+
   /** Sends a `send` frame already serialised; the caller told the tracker. */
   send(text: string): void {
     this.inFlight++;
@@ -87,7 +99,7 @@ export class LoadSocket {
 
   private receive(text: string) {
     const frame = JSON.parse(text) as Frame;
-    const tracker = this.tracker;
+    const tracker = this.current;
     switch (frame.type) {
       case "accepted":
         this.inFlight--;
@@ -128,7 +140,7 @@ export class LoadSocket {
   private ack(id: string) {
     this.acks.push(id);
     if (this.acks.length >= ACK_BATCH) this.flushAcks();
-    else this.ackTimer ??= setTimeout(() => this.flushAcks(), ACK_DELAY_MS);
+    else this.ackTimer ??= setTimeout(() => this.flushAcks(), LoadSocket.ackDelayMs);
   }
 
   private flushAcks() {

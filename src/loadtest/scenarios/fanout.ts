@@ -5,6 +5,7 @@ import {
   makeUsers,
   type PhaseResult,
   type ScenarioContext,
+  settleDown,
   summarise,
   trackerStatus,
 } from "../phase.ts";
@@ -35,6 +36,7 @@ async function fanoutOnce(ctx: ScenarioContext, size: number): Promise<PhaseResu
   const groupId = await system.target.createGroup(owner, members);
   const sockets = await connectAll(ctx, users, `${size} members`, (d) => LoadSocket.open(system.target, d));
   const sender = sockets[0] as LoadSocket;
+  await settleDown(ctx);
   const body = plainBody(options.size);
   const tracker = new Tracker();
   for (const s of sockets) s.tracker = tracker;

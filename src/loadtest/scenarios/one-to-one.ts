@@ -1,5 +1,12 @@
 import { directFrame, plainBody, type Route } from "../load.ts";
-import { connectAll, makeUsers, measure, type PhaseResult, type ScenarioContext } from "../phase.ts";
+import {
+  connectAll,
+  makeUsers,
+  measure,
+  type PhaseResult,
+  type ScenarioContext,
+  settleDown,
+} from "../phase.ts";
 import { LoadSocket } from "../socket.ts";
 import type { VirtualDevice } from "../targets.ts";
 
@@ -62,6 +69,7 @@ export async function oneToOne(ctx: ScenarioContext): Promise<PhaseResult[]> {
         durationMs: 30_000,
       }),
     );
+    await settleDown(ctx);
     if (options.rate === "half" || options.rate === undefined) {
       const peak = await measure(ctx, "flat-out", sockets, { ...base, maxMessages: options.messages });
       results.push(peak);

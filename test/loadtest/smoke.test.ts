@@ -1,0 +1,57 @@
+import { expect, test } from "bun:test";
+import { resolve } from "node:path";
+
+const ROOT = resolve(import.meta.dir, "../..");
+
+/** Runs the harness CLI as a user would; returns its exit code and output. */
+async function loadtest(args: string[]) {
+  const child = Bun.spawn([process.execPath, "run", "src/loadtest/main.ts", ...args], {
+    cwd: ROOT,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(child.stdout).text(),
+    new Response(child.stderr).text(),
+    child.exited,
+  ]);
+  return { code, stdout, stderr };
+}
+
+test("the smoke scenario against a node it spawns loses nothing, duplicates nothing, and ends with one JSON line", async () => {
+  const run = await loadtest(["smoke", "--json", "--users", "4", "--messages", "300"]);
+  expect(run.stderr).toContain("[clearbox"); // the live progress line
+  expect(run.code).toBe(0);
+  const last = run.stdout.trim().split("\n").at(-1) ?? "";
+  const summary = JSON.parse(last);
+  for (const key of [
+    "scenario",
+    "sent",
+    "accepted",
+    "delivered",
+    "lost",
+    "duplicated",
+    "msgsPerSec",
+    "latencyMs",
+  ]) {
+    expect(summary).toHaveProperty(key);
+  }
+  expect(Object.keys(summary.latencyMs)).toEqual(["p50", "p90", "p99", "max"]);
+  expect(summary.scenario).toBe("smoke");
+  expect(summary.sent).toBeGreaterThanOrEqual(300);
+  expect(summary.accepted).toBe(summary.sent);
+  expect(summary.delivered).toBe(summary.sent);
+  expect(summary.lost).toBe(0);
+  expect(summary.duplicated).toBe(0);
+  expect(summary.msgsPerSec).toBeGreaterThan(0);
+  expect(summary.latencyMs.p99).toBeGreaterThan(0);
+  expect(summary.latencyMs.max).toBeGreaterThanOrEqual(summary.latencyMs.p99);
+  // The harness started the node itself, so it read the server's memory from /proc.
+  expect(summary.server.rssMb).toBeGreaterThan(0);
+}, 60_000);
+
+test("an unknown scenario is refused with the usage and exit code 2", async () => {
+  const run = await loadtest(["nonsense"]);
+  expect(run.code).toBe(2);
+  expect(run.stderr).toContain("usage: npm run loadtest");
+});
