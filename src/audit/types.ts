@@ -37,4 +37,6 @@ export interface AuditTrail {
   forgetSubject(userId: string): Promise<number>;
   /** Entries whose subject or actor is this user's pseudonym; none once the key is destroyed. */
   entriesAbout(userId: string): Promise<AuditEntry[]>;
+  /** Appends several entries in order in one transaction (optional: callers fall back to `record`). */
+  recordAll?(events: AuditEvent[]): Promise<void>;
 }

@@ -36,6 +36,24 @@ const EnvSchema = T.Object({
     T.String({ pattern: "^[A-Za-z0-9_.:-]{1,64}$", description: "1-64 of [A-Za-z0-9_.:-]" }),
   ),
   RETENTION_DAYS: T.Integer({ minimum: 1, maximum: 3650, default: 30, description: "whole days, 1-3650" }),
+  AUDIT_RETENTION_DAYS: T.Integer({
+    minimum: 1,
+    maximum: 3650,
+    default: 365,
+    description: "whole days audit entries are kept, 1-3650",
+  }),
+  RETENTION_INTERVAL_SECONDS: T.Integer({
+    minimum: 1,
+    maximum: 86400,
+    default: 3600,
+    description: "seconds between retention runs, 1-86400",
+  }),
+  CONTROLLER_NAME: T.Optional(
+    T.String({ minLength: 1, maxLength: 200, description: "the data controller's name, 1-200 characters" }),
+  ),
+  DPO_CONTACT: T.Optional(
+    T.String({ minLength: 1, maxLength: 200, description: "the DPO's contact, 1-200 characters" }),
+  ),
   ACCESS_TOKEN_TTL_SECONDS: T.Integer({
     minimum: 30,
     maximum: 86400,
@@ -90,6 +108,10 @@ export interface Config {
   jwtSecret: string;
   nodeId: string;
   retentionDays: number;
+  auditRetentionDays: number;
+  retentionIntervalSeconds: number;
+  controllerName?: string;
+  dpoContact?: string;
   accessTokenTtlSeconds: number;
   refreshTokenTtlDays: number;
   logLevel: Env["LOG_LEVEL"];
@@ -110,6 +132,8 @@ const INTEGER_VARS = new Set([
   "PORT",
   "ADMIN_PORT",
   "RETENTION_DAYS",
+  "AUDIT_RETENTION_DAYS",
+  "RETENTION_INTERVAL_SECONDS",
   "ACCESS_TOKEN_TTL_SECONDS",
   "REFRESH_TOKEN_TTL_DAYS",
 ]);
@@ -177,6 +201,10 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     jwtSecret: env.JWT_SECRET ?? developmentSecret(dataDir),
     nodeId: env.NODE_ID ?? `${hostname()}-${env.PORT}`,
     retentionDays: env.RETENTION_DAYS,
+    auditRetentionDays: env.AUDIT_RETENTION_DAYS,
+    retentionIntervalSeconds: env.RETENTION_INTERVAL_SECONDS,
+    controllerName: env.CONTROLLER_NAME,
+    dpoContact: env.DPO_CONTACT,
     accessTokenTtlSeconds: env.ACCESS_TOKEN_TTL_SECONDS,
     refreshTokenTtlDays: env.REFRESH_TOKEN_TTL_DAYS,
     logLevel: env.LOG_LEVEL,

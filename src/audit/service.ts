@@ -1,0 +1,323 @@
+import { createHmac, randomBytes } from "node:crypto";
+import { and, asc, desc, eq, gt, gte, inArray, lt, lte, or, type SQL, sql } from "drizzle-orm";
+import type { Db } from "../db/index.ts";
+import { auditLog, auditSubjectKeys } from "../db/schema.ts";
+import { ApiError } from "../http/errors.ts";
+import { type ChainContent, chainHash, GENESIS_HASH } from "./chain.ts";
+import type { AuditEntry, AuditEvent, AuditTrail } from "./types.ts";
+
+/** pg_advisory_xact_lock key of the audit chain: every append and prune on every node takes it. */
+const CHAIN_LOCK = 0x636c_6175_6474; // "claudt", any constant shared by all nodes
+const PAGE = 1000;
+/** Rows per multi-row insert (7 parameters each, far below PostgreSQL's 65535). */
+const INSERT_CHUNK = 500;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+/** Detail keys that would carry credentials or content; callers must never send them. */
+const FORBIDDEN_DETAILS = /^(password|token|accesstoken|refreshtoken|authorization|username|body|envelope)$/i;
+
+/** `at` exactly as it was hashed: UTC ISO-8601 with milliseconds. */
+const atIso = sql<string>`to_char(${auditLog.at} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+
+const entryColumns = {
+  seq: auditLog.seq,
+  at: atIso,
+  action: auditLog.action,
+  actor: auditLog.actor,
+  subject: auditLog.subject,
+  details: auditLog.details,
+  prevHash: auditLog.prevHash,
+  hash: auditLog.hash,
+};
+
+/** What `verify()` found. */
+export interface AuditVerification {
+  ok: boolean;
+  /** Entries whose link was checked (up to and including the broken one). */
+  entries: number;
+  /** seq of the first entry whose prevHash or hash does not match. */
+  brokenAt?: number;
+}
+
+/** What one retention pass removed from the head of the chain. */
+export interface AuditPruneResult {
+  removed: number;
+  lastRemovedSeq?: number;
+  lastRemovedHash?: string;
+}
+
+/** Filters of the admin listing. */
+export interface AuditQuery {
+  /** A user id; matched against the pseudonym of subject and actor. */
+  subject?: string;
+  since?: Date;
+  /** Only entries with a greater seq (paging). */
+  after?: number;
+  limit: number;
+}
+
+function assertUserId(userId: string): string {
+  if (!UUID.test(userId)) throw new ApiError("invalid", "a user id must be a UUID");
+  return userId.toLowerCase();
+}
+
+function pseudonymOf(key: Uint8Array, userId: string): string {
+  return createHmac("sha256", key).update(userId).digest("hex").slice(0, 32);
+}
+
+/** Plain JSON only (what jsonb gives back), and never a credential or a body. */
+function cleanDetails(details: Record<string, unknown> | undefined): Record<string, unknown> {
+  const clean = JSON.parse(JSON.stringify(details ?? {})) as Record<string, unknown>;
+  const walk = (value: unknown) => {
+    if (value === null || typeof value !== "object") return;
+    for (const [k, v] of Object.entries(value)) {
+      if (FORBIDDEN_DETAILS.test(k)) throw new Error(`audit details must not carry "${k}"`);
+      walk(v);
+    }
+  };
+  walk(clean);
+  return clean;
+}
+
+/**
+ * The audit trail on PostgreSQL/PGlite: one hash chain in `audit_log`, appended under a
+ * transaction-scoped advisory lock so nodes sharing the database never fork it; pseudonym keys in
+ * `audit_subject_keys`, destroyed by erasure.
+ */
+export class PostgresAuditTrail implements AuditTrail {
+  constructor(
+    private readonly db: Db,
+    private readonly clock: () => Date = () => new Date(),
+  ) {}
+
+  async record(event: AuditEvent): Promise<void> {
+    await this.recordAll([event]);
+  }
+
+  /** Appends several entries in one transaction, in order (e.g. every member of a new group). */
+  async recordAll(events: AuditEvent[]): Promise<void> {
+    if (events.length === 0) return;
+    const users = events.flatMap((e) => [
+      ...(typeof e.actor === "string" ? [] : [e.actor.user]),
+      ...(e.subject === undefined ? [] : [e.subject]),
+    ]);
+    const pseudonyms = await this.pseudonyms(users);
+    const contents = events.map((e) => ({
+      action: e.action,
+      actor: typeof e.actor === "string" ? e.actor : (pseudonyms.get(e.actor.user) as string),
+      subject: e.subject === undefined ? null : (pseudonyms.get(e.subject) as string),
+      details: cleanDetails(e.details),
+    }));
+    await this.db.transaction((tx) => this.append(tx, contents));
+  }
+
+  async pseudonym(userId: string): Promise<string> {
+    return (await this.pseudonyms([userId])).get(userId) as string;
+  }
+
+  /** Pseudonyms keyed by the ids as given; keys are created on first use. */
+  private async pseudonyms(userIds: string[]): Promise<Map<string, string>> {
+    const ids = [...new Set(userIds.map(assertUserId))];
+    const keys = new Map<string, Uint8Array>();
+    for (let i = 0; i < ids.length; i += INSERT_CHUNK) {
+      const chunk = ids.slice(i, i + INSERT_CHUNK);
+      await this.db
+        .insert(auditSubjectKeys)
+        .values(chunk.map((userId) => ({ userId, key: randomBytes(32) })))
+        .onConflictDoNothing();
+      const rows = await this.db
+        .select({ userId: auditSubjectKeys.userId, key: auditSubjectKeys.key })
+        .from(auditSubjectKeys)
+        .where(inArray(auditSubjectKeys.userId, chunk));
+      for (const row of rows) keys.set(row.userId, row.key);
+    }
+    // Erased between the insert and the read: try again, so the new pseudonym links to nothing old.
+    const lost = ids.filter((id) => !keys.has(id));
+    const retried = lost.length > 0 ? await this.pseudonyms(lost) : new Map<string, string>();
+    return new Map(
+      userIds.map((given) => {
+        const id = given.toLowerCase();
+        const key = keys.get(id);
+        return [given, key ? pseudonymOf(key, id) : (retried.get(id) as string)];
+      }),
+    );
+  }
+
+  async forgetSubject(userId: string): Promise<number> {
+    const id = assertUserId(userId);
+    const removed = await this.db
+      .delete(auditSubjectKeys)
+      .where(eq(auditSubjectKeys.userId, id))
+      .returning({ userId: auditSubjectKeys.userId });
+    return removed.length;
+  }
+
+  async entriesAbout(userId: string): Promise<AuditEntry[]> {
+    const entries: AuditEntry[] = [];
+    for (let after = 0; ; ) {
+      const page = await this.list({ subject: userId, after, limit: PAGE });
+      entries.push(...page);
+      if (page.length < PAGE) return entries;
+      after = page[page.length - 1].seq;
+    }
+  }
+
+  /** Entries in seq order; a subject without a pseudonym key (never seen, or erased) has none. */
+  async list(query: AuditQuery): Promise<AuditEntry[]> {
+    const where: SQL[] = [];
+    if (query.subject !== undefined) {
+      const id = assertUserId(query.subject);
+      const key = await this.keyOf(id);
+      if (!key) return [];
+      const pseudonym = pseudonymOf(key, id);
+      where.push(or(eq(auditLog.subject, pseudonym), eq(auditLog.actor, pseudonym)) as SQL);
+    }
+    if (query.since) where.push(gte(auditLog.at, query.since.toISOString()));
+    if (query.after !== undefined) where.push(gt(auditLog.seq, query.after));
+    const rows = await this.db
+      .select(entryColumns)
+      .from(auditLog)
+      .where(and(...where))
+      .orderBy(asc(auditLog.seq))
+      .limit(query.limit);
+    return rows;
+  }
+
+  /**
+   * Walks the chain in seq order, a page at a time, recomputing every hash. The first remaining
+   * entry's prevHash is the anchor: the genesis hash, or the last hash removed by retention, which
+   * an `audit.pruned` entry must name.
+   */
+  async verify(): Promise<AuditVerification> {
+    for (let attempt = 0; ; attempt++) {
+      const result = await this.walk();
+      // A prune that ran during the walk makes the next page look detached; walk again.
+      if (result.ok || attempt >= 2 || !(await this.prunedPast(result.lastGood))) return result.verification;
+    }
+  }
+
+  /**
+   * Removes the entries older than `before` from the head of the chain (never a gap in the
+   * middle), in the retention transaction the append-only trigger lets through, and appends an
+   * `audit.pruned` entry naming the last removed hash: the new anchor.
+   */
+  async prune(before: Date): Promise<AuditPruneResult> {
+    const cutoff = before.toISOString();
+    return this.db.transaction(async (tx) => {
+      await this.lock(tx);
+      const [firstKept] = await tx
+        .select({ seq: auditLog.seq })
+        .from(auditLog)
+        .where(gte(auditLog.at, cutoff))
+        .orderBy(asc(auditLog.seq))
+        .limit(1);
+      const head = firstKept ? lt(auditLog.seq, firstKept.seq) : lt(auditLog.at, cutoff);
+      const [last] = await tx
+        .select({ seq: auditLog.seq, hash: auditLog.hash })
+        .from(auditLog)
+        .where(head)
+        .orderBy(desc(auditLog.seq))
+        .limit(1);
+      if (!last) return { removed: 0 };
+      await tx.execute(
+        sql`select set_config('clearbox.audit_prune', 'on', true), set_config('clearbox.audit_prune_before', ${cutoff}, true)`,
+      );
+      const removed = await tx
+        .delete(auditLog)
+        .where(lte(auditLog.seq, last.seq))
+        .returning({ seq: auditLog.seq });
+      const result = { removed: removed.length, lastRemovedSeq: last.seq, lastRemovedHash: last.hash };
+      // When everything was removed, the pruned hash itself is what the new entry links to.
+      await this.append(
+        tx,
+        [{ action: "audit.pruned", actor: "system", subject: null, details: { ...result, before: cutoff } }],
+        last.hash,
+      );
+      return result;
+    });
+  }
+
+  private async keyOf(userId: string): Promise<Uint8Array | undefined> {
+    const [row] = await this.db
+      .select({ key: auditSubjectKeys.key })
+      .from(auditSubjectKeys)
+      .where(eq(auditSubjectKeys.userId, userId));
+    return row?.key;
+  }
+
+  private async lock(tx: Db): Promise<void> {
+    await tx.execute(sql`select pg_advisory_xact_lock(${sql.raw(String(CHAIN_LOCK))})`);
+  }
+
+  /** Appends under the chain lock; `at` never goes backwards, so retention always cuts a prefix. */
+  private async append(tx: Db, contents: Omit<ChainContent, "at">[], anchor = GENESIS_HASH): Promise<void> {
+    await this.lock(tx);
+    const [last] = await tx
+      .select({ hash: auditLog.hash, at: atIso })
+      .from(auditLog)
+      .orderBy(desc(auditLog.seq))
+      .limit(1);
+    const now = this.clock().toISOString();
+    const at = last && last.at > now ? last.at : now;
+    let prevHash = last?.hash ?? anchor;
+    const rows = contents.map((content) => {
+      const hash = chainHash(prevHash, { ...content, at });
+      const row = { ...content, at, prevHash, hash };
+      prevHash = hash;
+      return row;
+    });
+    // One statement per chunk: identity values follow the VALUES order, so seq order is chain order.
+    for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
+      await tx.insert(auditLog).values(rows.slice(i, i + INSERT_CHUNK));
+    }
+  }
+
+  private async walk(): Promise<{ ok: boolean; lastGood: number; verification: AuditVerification }> {
+    let checked = 0;
+    let lastGood = 0;
+    let expected: string | undefined;
+    for (;;) {
+      const page = await this.db
+        .select(entryColumns)
+        .from(auditLog)
+        .where(gt(auditLog.seq, lastGood))
+        .orderBy(asc(auditLog.seq))
+        .limit(PAGE);
+      for (const row of page) {
+        checked++;
+        if (expected === undefined) {
+          expected = row.prevHash;
+          if (expected !== GENESIS_HASH && !(await this.anchorExplained(expected))) {
+            return { ok: false, lastGood, verification: { ok: false, entries: checked, brokenAt: row.seq } };
+          }
+        }
+        if (row.prevHash !== expected || chainHash(row.prevHash, row) !== row.hash) {
+          return { ok: false, lastGood, verification: { ok: false, entries: checked, brokenAt: row.seq } };
+        }
+        expected = row.hash;
+        lastGood = row.seq;
+      }
+      if (page.length < PAGE) return { ok: true, lastGood, verification: { ok: true, entries: checked } };
+    }
+  }
+
+  private async anchorExplained(anchor: string): Promise<boolean> {
+    const [row] = await this.db
+      .select({ seq: auditLog.seq })
+      .from(auditLog)
+      .where(
+        and(eq(auditLog.action, "audit.pruned"), sql`${auditLog.details}->>'lastRemovedHash' = ${anchor}`),
+      )
+      .limit(1);
+    return row !== undefined;
+  }
+
+  /** Whether retention removed the entry the walk last accepted (so a break may be a moving head). */
+  private async prunedPast(lastGood: number): Promise<boolean> {
+    if (lastGood === 0) return false;
+    const [row] = await this.db
+      .select({ seq: auditLog.seq })
+      .from(auditLog)
+      .where(eq(auditLog.seq, lastGood));
+    return row === undefined;
+  }
+}
