@@ -1,0 +1,186 @@
+import type { Config } from "../config/index.ts";
+
+/** The configuration the record of processing is generated from. */
+export type RopaConfig = Pick<
+  Config,
+  | "databaseUrl"
+  | "redisUrl"
+  | "amqpUrl"
+  | "mongodbUrl"
+  | "adminHost"
+  | "retentionDays"
+  | "auditRetentionDays"
+  | "refreshTokenTtlDays"
+  | "accessTokenTtlSeconds"
+  | "presenceLeaseSeconds"
+  | "retentionIntervalSeconds"
+  | "controllerName"
+  | "dpoContact"
+>;
+
+/** One category of personal data: what it is, why, where it lives and how long. */
+export interface RopaCategory {
+  category: string;
+  data: string[];
+  purpose: string;
+  legalBasis: string;
+  stores: string[];
+  retention: { days: number | null; rule: string };
+}
+
+/** A GDPR Art. 30(1) record of processing activities, as JSON. */
+export interface Ropa {
+  record: string;
+  generatedAt: string;
+  controller: { name: string; dpoContact: string };
+  purposes: string[];
+  dataSubjects: string[];
+  categories: RopaCategory[];
+  recipients: string[];
+  processors: { kind: string; role: string }[];
+  internationalTransfers: string;
+  securityMeasures: string[];
+}
+
+const UNSET = (variable: string) => `not configured (set ${variable})`;
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
+
+/** Generates the record from the running configuration: its stores, periods and admin binding. */
+export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
+  const database = config.databaseUrl ? "PostgreSQL" : "PGlite (embedded PostgreSQL)";
+  const history = config.mongodbUrl ? "MongoDB" : database;
+  const queues = config.amqpUrl ? "RabbitMQ" : `${database} (embedded queue)`;
+  const presence = config.redisUrl ? "Redis" : "node memory";
+  const days = config.retentionDays;
+  const processors = [
+    {
+      kind: database,
+      role: "accounts, devices, public keys, groups, refresh tokens, audit log, erasure jobs",
+    },
+  ];
+  if (config.mongodbUrl) processors.push({ kind: "MongoDB", role: "envelope history" });
+  else processors[0].role += ", envelope history";
+  if (config.amqpUrl) processors.push({ kind: "RabbitMQ", role: "offline envelope queues" });
+  if (config.redisUrl)
+    processors.push({ kind: "Redis", role: "presence, cluster ring, rate-limit counters" });
+  const contract = "Art. 6(1)(b): performance of the messaging service the user signed up for";
+  const categories: RopaCategory[] = [
+    {
+      category: "accounts",
+      data: ["user id", "username", "argon2id password hash", "creation time"],
+      purpose: "authenticate users",
+      legalBasis: contract,
+      stores: [database],
+      retention: { days: null, rule: "until the account is erased (DELETE /v1/me or admin erasure)" },
+    },
+    {
+      category: "devices",
+      data: [
+        "device id",
+        "registration id",
+        "device name",
+        "creation and last-seen time",
+        "refresh-token hashes",
+      ],
+      purpose: "route messages to each device and keep it signed in",
+      legalBasis: contract,
+      stores: [database],
+      retention: {
+        days: config.refreshTokenTtlDays,
+        rule: `devices until removed or the account is erased; refresh tokens expire after ${config.refreshTokenTtlDays} days and are deleted by the retention job, access tokens live ${config.accessTokenTtlSeconds} s and are not stored`,
+      },
+    },
+    {
+      category: "public keys",
+      data: ["identity key", "signed prekey", "Kyber last-resort key", "one-time EC and Kyber prekeys"],
+      purpose: "let other users start end-to-end-encrypted sessions",
+      legalBasis: contract,
+      stores: [database],
+      retention: {
+        days: null,
+        rule: "replaced on upload; one-time keys deleted when handed out; all removed with the device or account",
+      },
+    },
+    {
+      category: "groups",
+      data: ["group id", "group name", "member user ids and roles"],
+      purpose: "fan group messages out to members",
+      legalBasis: contract,
+      stores: [database],
+      retention: { days: null, rule: "membership until the member leaves, is removed or is erased" },
+    },
+    {
+      category: "envelope metadata and ciphertext",
+      data: ["sender and recipient user and device ids", "group id", "timestamp", "end-to-end ciphertext"],
+      purpose: "deliver messages, including to offline devices",
+      legalBasis: contract,
+      stores: [...new Set([history, queues])],
+      retention: {
+        days,
+        rule: `ciphertext dropped when the recipient device acknowledges it; metadata and undelivered envelopes removed after ${days} days (history purge${config.mongodbUrl ? " and MongoDB TTL index" : ""}${config.amqpUrl ? ", RabbitMQ x-message-ttl and x-expires" : ""})`,
+      },
+    },
+    {
+      category: "presence",
+      data: ["which devices are connected, and to which node", "last-seen time"],
+      purpose: "show contacts whether a user is online, and route to live sockets",
+      legalBasis: contract,
+      stores: [presence],
+      retention: {
+        days: null,
+        rule: `connection leases expire ${config.presenceLeaseSeconds * 2} s after the last renewal; last-seen kept until the account is erased`,
+      },
+    },
+    {
+      category: "audit",
+      data: [
+        "pseudonymised user (HMAC under a per-user key, destroyed on erasure)",
+        "action",
+        "time",
+        "non-personal details (device ids, counts, group ids, admin routes and statuses)",
+      ],
+      purpose:
+        "security and accountability of logins, key changes, group changes, exports, erasures and admin calls",
+      legalBasis: "Art. 6(1)(c) and (f) with Art. 5(2) and 32: accountability and security of processing",
+      stores: [database],
+      retention: {
+        days: config.auditRetentionDays,
+        rule: `entries older than ${config.auditRetentionDays} days are removed from the head of the hash chain; entries about an erased user become anonymous at once`,
+      },
+    },
+  ];
+  const admin = LOOPBACK.test(config.adminHost)
+    ? `admin RPC on a separate listener bound to loopback (${config.adminHost}), bearer token compared in constant time`
+    : `admin RPC on a separate listener bound to ${config.adminHost} (not loopback), bearer token compared in constant time`;
+  return {
+    record: "GDPR Art. 30(1) record of processing activities",
+    generatedAt: now.toISOString(),
+    controller: {
+      name: config.controllerName ?? UNSET("CONTROLLER_NAME"),
+      dpoContact: config.dpoContact ?? UNSET("DPO_CONTACT"),
+    },
+    purposes: [
+      "provide end-to-end-encrypted 1:1 and group messaging",
+      "authenticate users and their devices",
+      "distribute public keys for end-to-end encryption",
+      "show presence to contacts",
+      "keep a pseudonymised audit trail for security and accountability",
+      "answer data-subject requests (export, erasure)",
+    ],
+    dataSubjects: ["registered users of this server"],
+    categories,
+    recipients: [],
+    processors,
+    internationalTransfers: "none by the server; processors are wherever the operator runs them",
+    securityMeasures: [
+      "end-to-end encryption (Signal protocol): the server stores and routes ciphertext only",
+      "passwords hashed with argon2id",
+      "TLS terminated at the load balancer",
+      "audit subjects pseudonymised, keys kept apart from the log and destroyed on erasure",
+      "audit log hash-chained (SHA-256), UPDATE/DELETE/TRUNCATE refused by the database",
+      admin,
+      `retention job every ${config.retentionIntervalSeconds} s on every node`,
+      "logs carry no passwords, tokens or message bodies",
+    ],
+  };
+}

@@ -1,0 +1,64 @@
+import { Elysia, t } from "elysia";
+import { ApiError } from "../http/errors.ts";
+import type { Ropa } from "./ropa.ts";
+import type { AuditQuery, PostgresAuditTrail } from "./service.ts";
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const DEFAULT_LIMIT = 100;
+const MAX_LIMIT = 1000;
+
+/** A positive integer within bounds, or `invalid` naming the parameter. */
+function integer(value: string, name: string, min: number, max: number): number {
+  if (!/^\d{1,16}$/.test(value)) throw new ApiError("invalid", `${name}: expected an integer`);
+  const n = Number(value);
+  if (n < min || n > max) throw new ApiError("invalid", `${name}: expected ${min}-${max}`);
+  return n;
+}
+
+/** `since` as Unix milliseconds (protocol.md's times) or an ISO-8601 timestamp. */
+function instant(value: string): Date {
+  const at = /^\d{1,15}$/.test(value)
+    ? new Date(Number(value))
+    : /^\d{4}-\d{2}-\d{2}(T[\d:.]+(Z|[+-]\d{2}:?\d{2})?)?$/.test(value)
+      ? new Date(value)
+      : new Date(Number.NaN);
+  if (Number.isNaN(at.getTime())) {
+    throw new ApiError("invalid", "since: expected Unix milliseconds or an ISO-8601 timestamp");
+  }
+  return at;
+}
+
+/** Parses the listing's query string; every bad value is `invalid` before anything is read. */
+export function parseAuditQuery(query: Record<string, string | undefined>): AuditQuery {
+  const parsed: AuditQuery = { limit: DEFAULT_LIMIT };
+  if (query.subject !== undefined) {
+    if (!UUID.test(query.subject)) throw new ApiError("invalid", "subject: expected a user id (UUID)");
+    parsed.subject = query.subject;
+  }
+  if (query.since !== undefined) parsed.since = instant(query.since);
+  if (query.after !== undefined) parsed.after = integer(query.after, "after", 0, Number.MAX_SAFE_INTEGER);
+  if (query.limit !== undefined) parsed.limit = integer(query.limit, "limit", 1, MAX_LIMIT);
+  return parsed;
+}
+
+/**
+ * Admin routes for the audit trail and the Art. 30 record: `GET /admin/v1/audit`,
+ * `GET /admin/v1/audit/verify`, `GET /admin/v1/ropa`. Mounted inside the admin listener, which
+ * authenticates and audits every call.
+ */
+export function auditAdminRoutes(deps: { audit: PostgresAuditTrail; ropa: () => Ropa }) {
+  const optional = t.Optional(t.String());
+  return new Elysia({ name: "clearbox.audit-admin" })
+    .get(
+      "/admin/v1/audit",
+      async ({ query }) => {
+        const parsed = parseAuditQuery(query);
+        const entries = await deps.audit.list(parsed);
+        const next = entries.length === parsed.limit ? entries[entries.length - 1].seq : undefined;
+        return { entries, ...(next === undefined ? {} : { nextAfter: next }) };
+      },
+      { query: t.Object({ subject: optional, since: optional, after: optional, limit: optional }) },
+    )
+    .get("/admin/v1/audit/verify", () => deps.audit.verify())
+    .get("/admin/v1/ropa", () => deps.ropa());
+}
