@@ -1,0 +1,103 @@
+import { lt } from "drizzle-orm";
+import type { AuditPruneResult } from "../audit/service.ts";
+import type { Db } from "../db/index.ts";
+import { refreshTokens } from "../db/schema.ts";
+import type { EnvelopeLog } from "../messaging/envelope-log.ts";
+import type { Logger } from "../observability/logger.ts";
+
+const DAY_MS = 86_400_000;
+/** The first run comes this soon after start-up (or one interval, if shorter), so restarts never skip it. */
+const FIRST_RUN_MAX_MS = 60_000;
+
+/** What one retention pass removed, per store. */
+export interface RetentionReport {
+  envelopes: number;
+  refreshTokens: number;
+  auditEntries: number;
+  cutoffs: { envelopes: string; refreshTokens: string; audit: string };
+  ms: number;
+}
+
+export interface RetentionDeps {
+  db: Db;
+  log: Pick<EnvelopeLog, "purgeBefore">;
+  audit: { prune(before: Date): Promise<AuditPruneResult> };
+  retentionDays: number;
+  auditRetentionDays: number;
+  intervalMs: number;
+  logger: Logger;
+  clock?: () => number;
+}
+
+/**
+ * Storage limitation (GDPR Art. 5(1)(e)) on one node: every interval, removes envelopes older than
+ * RETENTION_DAYS, expired refresh tokens, and audit entries older than AUDIT_RETENTION_DAYS.
+ * Every step is a plain conditional delete (the audit prune is serialised by the chain lock),
+ * so several nodes running it at once only split the work. RabbitMQ and MongoDB expire on their
+ * own (x-message-ttl / x-expires, TTL index).
+ */
+export class RetentionJob {
+  private timer?: ReturnType<typeof setTimeout>;
+  private running?: Promise<RetentionReport | undefined>;
+  private stopped = false;
+  private readonly clock: () => number;
+
+  constructor(private readonly deps: RetentionDeps) {
+    this.clock = deps.clock ?? Date.now;
+  }
+
+  /** Schedules the first run shortly after start-up, then one per interval. */
+  start(): void {
+    this.stopped = false;
+    this.schedule(Math.min(this.deps.intervalMs, FIRST_RUN_MAX_MS));
+  }
+
+  /** Cancels the schedule and waits for a run in progress. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    await this.running;
+  }
+
+  /** One pass over every store; logs one structured line with what it removed. */
+  async runOnce(): Promise<RetentionReport> {
+    const started = performance.now();
+    const now = this.clock();
+    const envelopesBefore = now - this.deps.retentionDays * DAY_MS;
+    const auditBefore = new Date(now - this.deps.auditRetentionDays * DAY_MS);
+    const envelopes = await this.deps.log.purgeBefore(envelopesBefore);
+    // Spent tokens stay until they expire: presenting one again is how a copied token is detected.
+    const tokens = await this.deps.db
+      .delete(refreshTokens)
+      .where(lt(refreshTokens.expiresAt, new Date(now)))
+      .returning({ tokenHash: refreshTokens.tokenHash });
+    const audit = await this.deps.audit.prune(auditBefore);
+    const report: RetentionReport = {
+      envelopes,
+      refreshTokens: tokens.length,
+      auditEntries: audit.removed,
+      cutoffs: {
+        envelopes: new Date(envelopesBefore).toISOString(),
+        refreshTokens: new Date(now).toISOString(),
+        audit: auditBefore.toISOString(),
+      },
+      ms: Math.round(performance.now() - started),
+    };
+    this.deps.logger.info({ retention: report }, "retention run");
+    return report;
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(async () => {
+      this.running = this.runOnce().catch((err) => {
+        this.deps.logger.error({ err }, "retention run failed");
+        return undefined;
+      });
+      await this.running;
+      this.running = undefined;
+      this.schedule(this.deps.intervalMs);
+    }, delayMs);
+    this.timer.unref?.();
+  }
+}
