@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { type AnyElysia, Elysia } from "elysia";
+import type { AuditEvent, AuditTrail } from "../audit/types.ts";
 import { bearerToken } from "../http/auth.ts";
 import { ApiError } from "../http/errors.ts";
 import type { Logger } from "../observability/logger.ts";
@@ -21,9 +22,22 @@ export function createAdminApp(deps: {
   metrics: Metrics;
   logger: Logger;
   routes?: AnyElysia[];
+  /** Records `admin.call` (method, route pattern, status) for every call and `admin.refused` for bad tokens. */
+  audit?: AuditTrail;
 }) {
+  const refused = new WeakSet<Request>();
+  // Route patterns and statuses only: never the URL (it may hold a user id), a body or a token.
+  const audit = async (event: AuditEvent) => {
+    try {
+      await deps.audit?.record(event);
+    } catch (err) {
+      deps.logger.error({ err, action: event.action }, "audit write failed");
+    }
+  };
+  const call = (method: string, route: string | undefined, status: number) =>
+    audit({ action: "admin.call", actor: "admin", details: { method, route: route || "unmatched", status } });
   const app = new Elysia({ name: "clearbox.admin" })
-    .onError(({ code, error, set }) => {
+    .onError(async ({ code, error, set, request, route }) => {
       let failure: ApiError;
       if (error instanceof ApiError) failure = error;
       else if (code === "VALIDATION") failure = new ApiError("invalid", "request does not match the schema");
@@ -34,17 +48,34 @@ export function createAdminApp(deps: {
         failure = new ApiError("internal", "internal error");
       }
       set.status = failure.status;
+      if (!refused.has(request)) await call(request.method, route, failure.status);
       return failure.toBody();
     })
     // onRequest, not onBeforeHandle, so unknown paths are refused too and reveal nothing without a token.
-    .onRequest(({ request }) => {
+    .onRequest(async ({ request }) => {
       const token = bearerToken(request.headers.get("authorization") ?? undefined);
+      const reason = !deps.adminToken
+        ? "admin_disabled"
+        : !token
+          ? "missing_token"
+          : !tokenMatches(token, deps.adminToken)
+            ? "wrong_token"
+            : undefined;
+      if (!reason) return;
+      refused.add(request);
+      // Who was refused is unknown, so the server itself is the actor.
+      await audit({
+        action: "admin.refused",
+        actor: "system",
+        details: { method: request.method, reason, status: 401 },
+      });
       if (!deps.adminToken)
         throw new ApiError("unauthorized", "admin RPC is disabled: ADMIN_TOKEN is not set");
-      if (!token || !tokenMatches(token, deps.adminToken)) {
-        deps.logger.warn({ path: new URL(request.url).pathname }, "admin call refused: bad token");
-        throw new ApiError("unauthorized", "missing or wrong admin token");
-      }
+      deps.logger.warn({ path: new URL(request.url).pathname }, "admin call refused: bad token");
+      throw new ApiError("unauthorized", "missing or wrong admin token");
+    })
+    .onAfterHandle({ as: "global" }, async ({ request, route, set }) => {
+      await call(request.method, route, typeof set.status === "number" ? set.status : 200);
     })
     .get("/metrics", async ({ set }) => {
       set.headers["content-type"] = deps.metrics.registry.contentType;

@@ -1,4 +1,5 @@
 import { and, asc, eq, sql } from "drizzle-orm";
+import type { AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
 import { accounts, devices } from "../db/schema.ts";
 import { ApiError } from "../http/errors.ts";
@@ -20,7 +21,10 @@ export type DeviceRemovedListener = (userId: string, deviceId: number) => Promis
 export class DeviceService {
   private readonly removedListeners: DeviceRemovedListener[] = [];
 
-  constructor(private readonly db: Db) {}
+  constructor(
+    private readonly db: Db,
+    private readonly audit?: AuditTrail,
+  ) {}
 
   /** Registers a listener run after every device removal. */
   onRemoved(listener: DeviceRemovedListener): void {
@@ -98,5 +102,11 @@ export class DeviceService {
       .returning({ deviceId: devices.deviceId });
     if (removed.length === 0) throw new ApiError("not_found", `device ${deviceId} does not exist`);
     for (const listener of this.removedListeners) await listener(userId, deviceId);
+    await this.audit?.record({
+      action: "device.remove",
+      actor: { user: userId },
+      subject: userId,
+      details: { deviceId },
+    });
   }
 }

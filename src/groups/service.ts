@@ -1,4 +1,5 @@
 import { and, asc, count, eq, inArray } from "drizzle-orm";
+import type { AuditEvent, AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
 import { accounts, groupMembers, groups } from "../db/schema.ts";
 import { ApiError } from "../http/errors.ts";
@@ -18,11 +19,20 @@ export type GroupChangedListener = (groupId: string) => Promise<void> | void;
 export class GroupService {
   private readonly changedListeners: GroupChangedListener[] = [];
 
-  constructor(private readonly db: Db) {}
+  constructor(
+    private readonly db: Db,
+    private readonly audit?: AuditTrail,
+  ) {}
 
   /** Registers a listener run after every membership change. */
   onChanged(listener: GroupChangedListener): void {
     this.changedListeners.push(listener);
+  }
+
+  /** Audits membership changes in one append when the trail can batch (a new group may have 10,000 members). */
+  private async audited(events: AuditEvent[]) {
+    if (this.audit?.recordAll) await this.audit.recordAll(events);
+    else for (const event of events) await this.audit?.record(event);
   }
 
   private async changed(groupId: string) {
@@ -46,7 +56,7 @@ export class GroupService {
   async create(creator: string, name: string, members: string[]): Promise<string> {
     const others = [...new Set(members.filter((m) => m !== creator))];
     await this.assertUsersExist(others);
-    return this.db.transaction(async (tx) => {
+    const groupId = await this.db.transaction(async (tx) => {
       const [group] = await tx.insert(groups).values({ name }).returning({ id: groups.id });
       await tx
         .insert(groupMembers)
@@ -56,6 +66,17 @@ export class GroupService {
         ]);
       return group.id;
     });
+    const actor = { user: creator };
+    await this.audited([
+      { action: "group.create", actor, subject: creator, details: { groupId } },
+      ...others.map((member) => ({
+        action: "group.member.add",
+        actor,
+        subject: member,
+        details: { groupId },
+      })),
+    ]);
+    return groupId;
   }
 
   /** The group as a member sees it; `not_found` when it does not exist, `forbidden` for non-members. */
@@ -109,7 +130,11 @@ export class GroupService {
       .values({ groupId, userId, role: "member" })
       .onConflictDoNothing()
       .returning({ userId: groupMembers.userId });
-    if (added.length > 0) await this.changed(groupId);
+    if (added.length === 0) return;
+    await this.audited([
+      { action: "group.member.add", actor: { user: caller }, subject: userId, details: { groupId } },
+    ]);
+    await this.changed(groupId);
   }
 
   /** Removes a member; admins may remove anyone, anyone may leave. */
@@ -123,6 +148,9 @@ export class GroupService {
       .where(and(eq(groupMembers.groupId, groupId), eq(groupMembers.userId, userId)))
       .returning({ userId: groupMembers.userId });
     if (removed.length === 0) throw new ApiError("not_found", "not a member of this group");
+    await this.audited([
+      { action: "group.member.remove", actor: { user: caller }, subject: userId, details: { groupId } },
+    ]);
     await this.changed(groupId);
   }
 }

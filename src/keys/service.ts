@@ -1,6 +1,7 @@
 import { KEMPublicKey, PublicKey } from "@signalapp/libsignal-client";
 import { and, asc, count, eq, sql } from "drizzle-orm";
 import type { AnyPgColumn } from "drizzle-orm/pg-core";
+import type { AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
 import {
   accounts,
@@ -136,6 +137,7 @@ export class KeyService {
     private readonly db: Db,
     private readonly limiter: RateLimiter,
     private readonly limits: typeof KEY_FETCH_LIMITS = KEY_FETCH_LIMITS,
+    private readonly audit?: AuditTrail,
   ) {}
 
   /**
@@ -187,6 +189,12 @@ export class KeyService {
       if (keys.kyberPreKeys?.length) {
         await tx.insert(oneTimeKyberPreKeys).values(keys.kyberPreKeys.map((k) => ({ ...owner, ...k })));
       }
+    });
+    await this.audit?.record({
+      action: "keys.upload",
+      actor: { user: userId },
+      subject: userId,
+      details: { deviceId, preKeys: keys.preKeys?.length ?? 0, kyberPreKeys: keys.kyberPreKeys?.length ?? 0 },
     });
   }
 

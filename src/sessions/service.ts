@@ -1,5 +1,6 @@
 import { and, eq, isNull } from "drizzle-orm";
 import type { AccountService } from "../accounts/service.ts";
+import type { AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
 import { refreshTokens } from "../db/schema.ts";
 import type { DeviceService } from "../devices/service.ts";
@@ -29,6 +30,7 @@ export class SessionService {
     private readonly devices: DeviceService,
     private readonly tokens: TokenIssuer,
     private readonly refreshTtlDays: number,
+    private readonly audit?: AuditTrail,
   ) {}
 
   /** Checks the password, then reuses `deviceId` or creates a new device, and issues tokens for it. */
@@ -50,7 +52,14 @@ export class SessionService {
       throw new ApiError("not_found", `device ${deviceId} does not exist`);
     }
     await this.devices.touch(userId, deviceId);
-    return this.issue(userId, deviceId);
+    const tokens = await this.issue(userId, deviceId);
+    await this.audit?.record({
+      action: "session.login",
+      actor: { user: userId },
+      subject: userId,
+      details: { deviceId, newDevice: input.deviceId === undefined },
+    });
+    return tokens;
   }
 
   /**
