@@ -2,18 +2,23 @@ import type { AnyElysia } from "elysia";
 import Redis from "ioredis";
 import { AccountService } from "./accounts/service.ts";
 import { createAdminApp } from "./admin/app.ts";
+import { auditAdminRoutes, buildRopa } from "./audit/index.ts";
+import { PostgresAuditTrail } from "./audit/service.ts";
+import type { AuditTrail } from "./audit/types.ts";
 import { clusterAdminRoutes } from "./cluster/index.ts";
 import type { Config } from "./config/index.ts";
 import { type Database, openDatabase } from "./db/index.ts";
 import { DeviceService } from "./devices/service.ts";
 import { CloseCode } from "./gateway/connection.ts";
+import { createGdpr, type Gdpr } from "./gdpr/index.ts";
 import { GroupService } from "./groups/service.ts";
 import { createApp, type ReadinessCheck } from "./http/app.ts";
-import { KeyService } from "./keys/service.ts";
+import { KEY_FETCH_LIMITS, KeyService } from "./keys/service.ts";
 import { createMessaging, type Messaging, userKey } from "./messaging/index.ts";
 import { createLogger, type Logger } from "./observability/logger.ts";
 import { Metrics } from "./observability/metrics.ts";
 import { MemoryRateLimiter, type RateLimiter, RedisRateLimiter } from "./ratelimit/index.ts";
+import { RetentionJob } from "./retention/index.ts";
 import { SessionService } from "./sessions/service.ts";
 import { TokenIssuer } from "./sessions/tokens.ts";
 
@@ -28,6 +33,12 @@ export interface ClearBoxNode {
   rateLimiter: RateLimiter;
   /** Stores, actors and the WebSocket gateway. */
   messaging: Messaging;
+  /** The hash-chained, pseudonymised audit trail. */
+  audit: AuditTrail;
+  /** Erasure, export and receipt signing. */
+  gdpr: Gdpr;
+  /** Storage limitation: the periodic retention job (src/retention). */
+  retention: RetentionJob;
   /** Base URL of the public listener, e.g. http://127.0.0.1:8080. */
   url: string;
   /** Base URL of the admin listener. */
@@ -45,6 +56,8 @@ export interface NodeOptions {
   processMetrics?: boolean;
   /** Listen on this host (default 0.0.0.0 for the public listener). */
   hostname?: string;
+  /** Tests: called after each erasure step; a throw stops the job there, as a crash would. */
+  afterErasureStep?: (step: string) => void;
 }
 
 /** Builds every component of one node from its configuration and starts both listeners. */
@@ -57,10 +70,11 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     dataDir: options.pgliteDir === undefined ? config.dataDir : options.pgliteDir,
   });
   const { db } = database;
+  const audit = new PostgresAuditTrail(db);
   const accounts = new AccountService(db);
-  const devices = new DeviceService(db);
+  const devices = new DeviceService(db, audit);
   const tokens = new TokenIssuer(config.jwtSecret, config.accessTokenTtlSeconds);
-  const sessions = new SessionService(db, accounts, devices, tokens, config.refreshTokenTtlDays);
+  const sessions = new SessionService(db, accounts, devices, tokens, config.refreshTokenTtlDays, audit);
   const readiness: ReadinessCheck[] = [{ name: database.kind, check: () => database.ping() }];
   let redis: Redis | undefined;
   if (config.redisUrl) {
@@ -79,8 +93,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   const rateLimiter: RateLimiter = redis
     ? new RedisRateLimiter(redis, config.redisPrefix)
     : new MemoryRateLimiter();
-  const keys = new KeyService(db, rateLimiter);
-  const groups = new GroupService(db);
+  const keys = new KeyService(db, rateLimiter, KEY_FETCH_LIMITS, audit);
+  const groups = new GroupService(db, audit);
   const messaging = await createMessaging({
     config,
     db,
@@ -90,6 +104,22 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     address: `${options.hostname ?? "0.0.0.0"}:${config.port}`,
   });
   readiness.push(...messaging.readiness);
+  const gdpr = await createGdpr({
+    db,
+    log: messaging.log,
+    offline: messaging.offline,
+    presence: messaging.presence,
+    actors: messaging.actors,
+    audit,
+    rateLimiter,
+    redis,
+    redisPrefix: config.redisPrefix,
+    logger,
+    config,
+    sessions,
+    accounts,
+    afterStep: options.afterErasureStep,
+  });
   devices.onRemoved(async (userId, deviceId) => {
     await messaging.actors.ask(userKey(userId), { type: "device.removed", deviceId });
     await messaging.log.eraseDevice(userId, deviceId);
@@ -103,20 +133,36 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     keys,
     groups,
     gateway: messaging.gateway,
+    gdpr: gdpr.routes,
     logger,
     metrics,
     readiness,
   }).listen({ port: config.port, hostname: options.hostname ?? "0.0.0.0", maxRequestBodySize: 1 << 20 });
-  const adminRoutes: AnyElysia[] = [clusterAdminRoutes(messaging.actors)];
+  const adminRoutes: AnyElysia[] = [
+    clusterAdminRoutes(messaging.actors),
+    gdpr.adminRoutes,
+    auditAdminRoutes({ audit, ropa: () => buildRopa(config) }),
+  ];
   const admin = createAdminApp({
     adminToken: config.adminToken,
     metrics,
     logger,
     routes: adminRoutes,
+    audit,
   }).listen({
     port: config.adminPort,
     hostname: config.adminHost,
   });
+  const retention = new RetentionJob({
+    db,
+    log: messaging.log,
+    audit,
+    retentionDays: config.retentionDays,
+    auditRetentionDays: config.auditRetentionDays,
+    intervalMs: config.retentionIntervalSeconds * 1000,
+    logger,
+  });
+  retention.start();
   const url = `http://127.0.0.1:${app.server?.port}`;
   const adminUrl = `http://${config.adminHost}:${admin.server?.port}`;
   logger.info(
@@ -136,19 +182,26 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     redis,
     rateLimiter,
     messaging,
+    audit,
+    gdpr,
+    retention,
     url,
     adminUrl,
     async stop() {
+      await retention.stop();
       // Sockets first, so every device's unacked envelopes reach its offline queue before the stores close.
       await messaging.gateway.stop();
       await app.stop(true);
       await admin.stop(true);
+      await gdpr.stop();
       await messaging.stop();
       await redis?.quit();
       await database.close();
       logger.info("clearbox node stopped");
     },
     async abort() {
+      await retention.stop();
+      await gdpr.stop();
       await messaging.abort();
       await app.stop(true);
       await admin.stop(true);

@@ -1,12 +1,13 @@
 import { Elysia, t } from "elysia";
 import { AccountModel } from "../accounts/model.ts";
 import type { AccountService } from "../accounts/service.ts";
+import type { Config } from "../config/index.ts";
 import { authPlugin } from "../http/auth.ts";
 import { ApiError } from "../http/errors.ts";
 import type { SessionService } from "../sessions/service.ts";
-import type { ErasureService } from "./erasure.ts";
-import type { ExportService } from "./export.ts";
-import type { ReceiptSigner } from "./receipts.ts";
+import { type ErasureDeps, ErasureService } from "./erasure.ts";
+import { ExportService } from "./export.ts";
+import { ReceiptSigner } from "./receipts.ts";
 
 const Uuid = t.String({ format: "uuid" });
 
@@ -64,4 +65,33 @@ export function gdprAdminRoutes(deps: { erasures: ErasureService; exports: Expor
     .get("/admin/v1/users/:userId/export", ({ params }) => deps.exports.export(params.userId, "admin"), {
       params,
     });
+}
+
+/** The GDPR services of one node, and their routes. */
+export interface Gdpr {
+  erasures: ErasureService;
+  exports: ExportService;
+  signer: ReceiptSigner;
+  routes: ReturnType<typeof gdprRoutes>;
+  adminRoutes: ReturnType<typeof gdprAdminRoutes>;
+  stop(): Promise<void>;
+}
+
+/** Builds erasure, export and receipt signing, and resumes erasures a crash left unfinished. */
+export async function createGdpr(
+  deps: Omit<ErasureDeps, "signer"> & { config: Config; sessions: SessionService; accounts: AccountService },
+): Promise<Gdpr> {
+  const signer = await ReceiptSigner.load(deps.db);
+  const erasures = new ErasureService({ ...deps, signer });
+  const exports = new ExportService({ ...deps });
+  const resumed = await erasures.resumePending();
+  if (resumed > 0) deps.logger.info({ resumed }, "resuming unfinished erasures");
+  return {
+    erasures,
+    exports,
+    signer,
+    routes: gdprRoutes({ sessions: deps.sessions, accounts: deps.accounts, erasures, exports, signer }),
+    adminRoutes: gdprAdminRoutes({ erasures, exports }),
+    stop: () => erasures.stop(),
+  };
 }

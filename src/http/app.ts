@@ -1,4 +1,4 @@
-import { Elysia } from "elysia";
+import { type AnyElysia, Elysia } from "elysia";
 import { accountRoutes } from "../accounts/index.ts";
 import type { AccountService } from "../accounts/service.ts";
 import { deviceRoutes } from "../devices/index.ts";
@@ -28,6 +28,8 @@ export interface AppDeps {
   keys: KeyService;
   groups: GroupService;
   gateway: Gateway;
+  /** The GDPR routes (export, erasure, receipts), built with their services in src/gdpr. */
+  gdpr: AnyElysia;
   logger: Logger;
   metrics: Metrics;
   readiness: ReadinessCheck[];
@@ -114,7 +116,8 @@ export function createApp(deps: AppDeps) {
     .use(deviceRoutes(deps.devices, deps.sessions))
     .use(keyRoutes(deps.keys, deps.sessions))
     .use(groupRoutes(deps.groups, deps.sessions))
-    .use(deps.gateway.routes());
+    .use(deps.gateway.routes())
+    .use(deps.gdpr);
 }
 
 export type App = ReturnType<typeof createApp>;

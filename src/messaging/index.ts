@@ -99,7 +99,9 @@ export async function createMessaging(deps: {
   const closeSockets = async (userId: string, deviceId: number | undefined, code: number, reason: string) => {
     const nodes = new Set([config.nodeId, ...(await presence.sockets(userId)).map((s) => s.nodeId)]);
     await Promise.all(
-      [...nodes].map((nodeId) => link.send(nodeId, { type: "close", userId, deviceId, code, reason }).catch(() => false)),
+      [...nodes].map((nodeId) =>
+        link.send(nodeId, { type: "close", userId, deviceId, code, reason }).catch(() => false),
+      ),
     );
   };
   const sockets: DeviceSockets = {

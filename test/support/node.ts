@@ -32,6 +32,8 @@ export async function startTestNode(
     keepData?: boolean;
     /** Reuse this database (a restart); the caller drops it. */
     database?: TestDatabase;
+    /** Called after each erasure step; a throw stops the job there, as a crash would. */
+    afterErasureStep?: (step: string) => void;
   } = {},
 ): Promise<TestNode & { testDatabase?: TestDatabase }> {
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "clearbox-test-"));
@@ -57,7 +59,11 @@ export async function startTestNode(
     },
   });
   const logger = createLogger({ level: config.logLevel, nodeId: config.nodeId, destination });
-  const node = await createNode(config, { logger, hostname: "127.0.0.1" });
+  const node = await createNode(config, {
+    logger,
+    hostname: "127.0.0.1",
+    afterErasureStep: options.afterErasureStep,
+  });
   return Object.assign(node, {
     logs,
     dataDir,
