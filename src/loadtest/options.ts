@@ -43,6 +43,8 @@ export interface LoadtestOptions {
   settleS: number;
   /** Milliseconds a device gathers received ids before acking them in one frame. */
   ackDelayMs: number;
+  /** Directory for CPU profiles of spawned nodes (`bun --cpu-prof`), written when they stop. */
+  profileDir?: string;
   progress: boolean;
 }
 
@@ -79,6 +81,7 @@ scenarios: ${SCENARIOS.join(", ")}
   --concurrency <n>                 account creations in flight
   --drain-timeout <s>               how long to wait for deliveries after sending stops
   --ack-delay <ms>                  how long a device gathers ids before one ack frame (default 5)
+  --profile <dir>                   spawned nodes run under bun --cpu-prof, profiles go to <dir>
   --settle <s>                      pause between warm-up and measuring (actors' recovery window)
   --json                            last stdout line: one JSON object with the results
   --no-progress                     no live progress line on stderr`;
@@ -120,6 +123,7 @@ export function parseOptions(argv: string[]): LoadtestOptions {
       "drain-timeout": { type: "string" },
       settle: { type: "string" },
       "ack-delay": { type: "string" },
+      profile: { type: "string" },
       progress: { type: "boolean" },
     },
   });
@@ -170,6 +174,7 @@ export function parseOptions(argv: string[]): LoadtestOptions {
     drainTimeoutS: int("drain-timeout", values["drain-timeout"], 15, 1),
     settleS: int("settle", values.settle, d.settleS ?? 10, 0),
     ackDelayMs: int("ack-delay", values["ack-delay"], 5, 0),
+    profileDir: values.profile,
     progress: values.progress ?? true,
   };
 }

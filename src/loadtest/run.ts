@@ -82,7 +82,7 @@ export async function runLoadtest(options: LoadtestOptions): Promise<RunResult> 
       const stack = await prepareStack(options.stack);
       cleanup = stack.cleanup;
       progress.note(`starting ${options.nodes} ClearBox node(s) on the ${options.stack} stack`);
-      for (let i = 0; i < options.nodes; i++) spawned.push(await spawnNode(stack.env, i));
+      for (let i = 0; i < options.nodes; i++) spawned.push(await spawnNode(stack.env, i, options.profileDir));
       urls = spawned.map((s) => s.url);
       sampler = new ResourceSampler(spawned.map((s) => procProbe(s.pid)));
       // Nodes of a cluster must see each other in the ring before users arrive.

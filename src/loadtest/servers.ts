@@ -28,8 +28,9 @@ async function spawnProcess(
   env: Record<string, string>,
   readyMsg: string,
   onExit?: () => Promise<void>,
+  runtimeFlags: string[] = [],
 ) {
-  const child = Bun.spawn([process.execPath, "run", script], {
+  const child = Bun.spawn([process.execPath, ...runtimeFlags, "run", script], {
     cwd: REPO_ROOT,
     env: { ...process.env, ...env },
     stdout: "pipe",
@@ -138,7 +139,11 @@ export async function prepareStack(stack: Stack): Promise<ClusterEnv> {
  * Starts one ClearBox node (`src/main.ts`) on a free loopback port with its own DATA_DIR, the
  * device rate limit lifted for load, and an admin token so its `/metrics` can be read.
  */
-export async function spawnNode(shared: Record<string, string>, index: number): Promise<SpawnedServer> {
+export async function spawnNode(
+  shared: Record<string, string>,
+  index: number,
+  profileDir?: string,
+): Promise<SpawnedServer> {
   const dataDir = mkdtempSync(join(tmpdir(), "clearbox-load-"));
   const adminToken = randomBytes(18).toString("hex");
   const p = await spawnProcess(
@@ -156,6 +161,8 @@ export async function spawnNode(shared: Record<string, string>, index: number): 
     },
     "clearbox node started",
     async () => rmSync(dataDir, { recursive: true, force: true }),
+    // `--profile <dir>`: Bun's sampling profiler, written (also as markdown) when the node exits.
+    profileDir ? ["--cpu-prof", "--cpu-prof-md", `--cpu-prof-dir=${profileDir}`] : [],
   );
   return {
     pid: p.pid,
