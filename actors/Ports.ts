@@ -68,6 +68,11 @@ export interface DeviceSockets {
    * a `device.disconnect` for that connection, so a slow node delays delivery but never loses it.
    */
   push(socket: SocketRef, userId: string, envelopes: readonly StoredEnvelope[]): Promise<boolean>;
+  /**
+   * Where a socket stands, asked by a new activation: `live` (its offline queue is drained: push),
+   * `pending` (still opening or draining: it will announce itself), `gone` (closed, or no answer).
+   */
+  status(socket: SocketRef, userId: string): Promise<"live" | "pending" | "gone">;
   /** Closes every socket of a user (erasure), wherever they are. */
   closeAll(userId: string, code: number, reason: string): Promise<void>;
   /** The user's open sockets, from the presence leases: what a new activation starts from. */

@@ -122,8 +122,10 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
 
   async onActivate(): Promise<void> {
     this.recoveringUntil = this.ports.clock.now() + this.ports.recoveryMs;
+    // A socket still draining its offline queue must not get live envelopes ahead of queued ones.
     for (const socket of await this.ports.sockets.open(this.userId)) {
-      this.devices.set(socket.deviceId, { ...socket, live: true });
+      const status = await this.ports.sockets.status(socket, this.userId).catch(() => "gone" as const);
+      if (status !== "gone") this.devices.set(socket.deviceId, { ...socket, live: status === "live" });
     }
     const undelivered = await this.ports.log.undelivered(this.userId, { state: "pending" });
     const touched = this.hold(undelivered);
@@ -146,6 +148,10 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         );
       }
       case "device.connect":
+        // Already known from this activation's start (same socket): keep what it knows.
+        if (this.devices.get(message.deviceId)?.connectionId === message.connectionId) {
+          return { devices: this.devices.size };
+        }
         this.devices.set(message.deviceId, {
           deviceId: message.deviceId,
           nodeId: message.gatewayNode,
@@ -156,6 +162,8 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       case "device.drained": {
         const device = this.devices.get(message.deviceId);
         if (device?.connectionId !== message.connectionId) return { live: false };
+        // Pushed already (the activation found it live): pushing the pending set again would repeat it.
+        if (device.live) return { live: true };
         device.live = true;
         await this.dispatch(message.deviceId, [...(this.pending.get(message.deviceId)?.values() ?? [])]);
         return { live: true };

@@ -19,7 +19,7 @@ import {
   firstProblem,
   MAX_FRAME_BYTES,
 } from "./frames.ts";
-import type { GatewayCommand, NodeLink } from "./node-link.ts";
+import type { GatewayCommand, NodeLink, SocketStatus } from "./node-link.ts";
 import { TokenBucket } from "./token-bucket.ts";
 
 export interface GatewayOptions {
@@ -312,8 +312,19 @@ export class Gateway {
     }
   }
 
-  /** Handles a command from an actor (this node's or another's); false when no such socket is open here. */
-  handle(command: GatewayCommand): boolean {
+  /** Where one of this node's sockets stands. */
+  status(userId: string, deviceId: number, connectionId: string): SocketStatus {
+    const conn = this.sockets.get(`${userId}.${deviceId}`);
+    if (!conn || conn.connectionId !== connectionId || conn.isClosed()) return "gone";
+    return conn.state === "live" ? "live" : "pending";
+  }
+
+  /**
+   * Handles a command from an actor (this node's or another's): for push and close, whether a
+   * socket here took it; for status, the socket's status.
+   */
+  handle(command: GatewayCommand): boolean | SocketStatus {
+    if (command.type === "status") return this.status(command.userId, command.deviceId, command.connectionId);
     if (command.type === "push") {
       const pushed = this.push(command.userId, command.deviceId, command.connectionId, command.envelopes);
       if (!pushed) {

@@ -10,7 +10,7 @@ import {
 import type { Config } from "../config/index.ts";
 import type { Db } from "../db/index.ts";
 import { Gateway } from "../gateway/index.ts";
-import type { GatewayCommand, NodeLink } from "../gateway/node-link.ts";
+import type { GatewayCommand, NodeLink, SocketStatus } from "../gateway/node-link.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { SessionService } from "../sessions/service.ts";
 import { AmqpOfflineQueue } from "./amqp-offline-queue.ts";
@@ -87,7 +87,7 @@ export async function createMessaging(deps: {
   });
   const link: NodeLink = {
     async send(nodeId: string, command: GatewayCommand) {
-      if (nodeId === config.nodeId) return gateway?.handle(command) ?? false;
+      if (nodeId === config.nodeId) return gateway?.handle(command) === true;
       // A tell, not an ask: the transport is durable, and a socket found missing there is reported
       // back to its user actor as a disconnect. A slow node then delays delivery instead of failing it.
       return actors.tell(`${GATEWAY_KIND}:${nodeId}`, command).then(
@@ -113,14 +113,21 @@ export async function createMessaging(deps: {
         connectionId: socket.connectionId,
         envelopes: [...envelopes],
       }),
-    async closeAll(userId, code, reason) {
-      const nodes = new Set([config.nodeId, ...(await presence.sockets(userId)).map((s) => s.nodeId)]);
-      await Promise.all(
-        [...nodes].map((nodeId) =>
-          link.send(nodeId, { type: "close", userId, code, reason }).catch(() => false),
-        ),
-      );
+    async status(socket, userId) {
+      if (socket.nodeId === config.nodeId) {
+        return gateway?.status(userId, socket.deviceId, socket.connectionId) ?? "gone";
+      }
+      const command = {
+        type: "status" as const,
+        userId,
+        deviceId: socket.deviceId,
+        connectionId: socket.connectionId,
+      };
+      return actors
+        .ask<SocketStatus>(`${GATEWAY_KIND}:${socket.nodeId}`, command, { timeoutMs: 3000 })
+        .catch(() => "gone" as const);
     },
+    closeAll: (userId, code, reason) => closeSockets(userId, undefined, code, reason),
     open: async (userId) =>
       (await presence.sockets(userId)).map(({ deviceId, nodeId, connectionId }) => ({
         deviceId,

@@ -272,4 +272,54 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     expect(left.map((m) => m.recipientDevice)).toEqual([1]);
     await a.close();
   });
+
+  test("a send racing the recipient's reconnect arrives once, after what was queued for it", async () => {
+    const alice = await user();
+    const a = await connect(alice.sessions[0].accessToken);
+    for (let round = 0; round < 5; round++) {
+      const bob = await user();
+      const queued = randomUUID();
+      a.send({
+        type: "send",
+        id: queued,
+        to: { user: bob.userId },
+        messages: [{ deviceId: 1, type: 3, body: b64("queued") }],
+      });
+      expect((await a.reply(queued)).type).toBe("accepted");
+      // The live one is sent the moment the socket opens, while the gateway still brings it online.
+      const opening = connect(bob.sessions[0].accessToken);
+      const live = randomUUID();
+      const b = await opening;
+      a.send({
+        type: "send",
+        id: live,
+        to: { user: bob.userId },
+        messages: [{ deviceId: 1, type: 3, body: b64("live") }],
+      });
+      expect((await a.reply(live)).type).toBe("accepted");
+      expect((await b.messages(2)).map((m) => m.id)).toEqual([queued, live]);
+      await Bun.sleep(150);
+      expect(b.pendingMessages()).toEqual([]);
+      await b.close();
+    }
+    // A first message to a user whose actor is not yet active, sent as their socket opens:
+    // the activation must not push it and then push it again when the device finishes draining.
+    for (let round = 0; round < 10; round++) {
+      const bob = await user();
+      const b = await connect(bob.sessions[0].accessToken);
+      const first = randomUUID();
+      a.send({
+        type: "send",
+        id: first,
+        to: { user: bob.userId },
+        messages: [{ deviceId: 1, type: 3, body: b64("first") }],
+      });
+      expect((await a.reply(first)).type).toBe("accepted");
+      expect((await b.messages(1))[0].id).toBe(first);
+      await Bun.sleep(150);
+      expect(b.pendingMessages()).toEqual([]);
+      await b.close();
+    }
+    await a.close();
+  });
 });
