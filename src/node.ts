@@ -120,7 +120,9 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     accounts,
     afterStep: options.afterErasureStep,
   });
+  devices.onAdded((userId) => messaging.service.devicesChanged(userId));
   devices.onRemoved(async (userId, deviceId) => {
+    messaging.service.devicesChanged(userId);
     await messaging.actors.ask(userKey(userId), { type: "device.removed", deviceId });
     await messaging.log.eraseDevice(userId, deviceId);
     await messaging.closeSockets(userId, deviceId, CloseCode.deviceRemoved, "device removed");

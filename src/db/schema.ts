@@ -1,3 +1,4 @@
+import { sql } from "drizzle-orm";
 import {
   type AnyPgColumn,
   bigint,
@@ -180,7 +181,12 @@ export const envelopes = pgTable(
   },
   (t) => [
     primaryKey({ columns: [t.senderUser, t.senderDevice, t.id, t.recipientUser, t.recipientDevice] }),
-    index("envelopes_recipient_idx").on(t.recipientUser, t.recipientDevice, t.seq),
+    // Unacked envelopes only: acked rows (metadata kept until retention) must not slow delivery reads.
+    index("envelopes_recipient_idx")
+      .on(t.recipientUser, t.recipientDevice, t.seq)
+      .where(sql`${t.state} <> 'acked'`),
+    // Acks and markQueued name envelopes by recipient device and id.
+    index("envelopes_recipient_id_idx").on(t.recipientUser, t.recipientDevice, t.id),
     index("envelopes_sender_idx").on(t.senderUser),
     index("envelopes_ts_idx").on(t.ts),
   ],

@@ -20,11 +20,17 @@ export type DeviceRemovedListener = (userId: string, deviceId: number) => Promis
 /** Devices of an account: allocation of ids, listing, removal, and token revocation by generation. */
 export class DeviceService {
   private readonly removedListeners: DeviceRemovedListener[] = [];
+  private readonly addedListeners: ((userId: string, deviceId: number) => void)[] = [];
 
   constructor(
     private readonly db: Db,
     private readonly audit?: AuditTrail,
   ) {}
+
+  /** Registers a listener run after every new device. */
+  onAdded(listener: (userId: string, deviceId: number) => void): void {
+    this.addedListeners.push(listener);
+  }
 
   /** Registers a listener run after every device removal. */
   onRemoved(listener: DeviceRemovedListener): void {
@@ -33,25 +39,30 @@ export class DeviceService {
 
   /** Creates a device with the smallest free id; `conflict` when all 127 are taken. */
   async create(userId: string, registrationId: number, name: string | null): Promise<number> {
-    return this.db.transaction(async (tx) => {
-      // Serialises concurrent logins of one account so two devices never pick the same free id.
-      await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId)).for("update");
-      const taken = await tx
-        .select({ deviceId: devices.deviceId })
-        .from(devices)
-        .where(eq(devices.userId, userId))
-        .orderBy(asc(devices.deviceId));
-      let deviceId = 1;
-      for (const row of taken) {
-        if (row.deviceId !== deviceId) break;
-        deviceId++;
-      }
-      if (deviceId > MAX_DEVICE_ID) {
-        throw new ApiError("conflict", `an account can have at most ${MAX_DEVICE_ID} devices`);
-      }
-      await tx.insert(devices).values({ userId, deviceId, registrationId, name });
-      return deviceId;
-    });
+    return this.db
+      .transaction(async (tx) => {
+        // Serialises concurrent logins of one account so two devices never pick the same free id.
+        await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId)).for("update");
+        const taken = await tx
+          .select({ deviceId: devices.deviceId })
+          .from(devices)
+          .where(eq(devices.userId, userId))
+          .orderBy(asc(devices.deviceId));
+        let deviceId = 1;
+        for (const row of taken) {
+          if (row.deviceId !== deviceId) break;
+          deviceId++;
+        }
+        if (deviceId > MAX_DEVICE_ID) {
+          throw new ApiError("conflict", `an account can have at most ${MAX_DEVICE_ID} devices`);
+        }
+        await tx.insert(devices).values({ userId, deviceId, registrationId, name });
+        return deviceId;
+      })
+      .then((deviceId) => {
+        for (const listener of this.addedListeners) listener(userId, deviceId);
+        return deviceId;
+      });
   }
 
   /** The device's current token generation, or undefined when it does not exist. */

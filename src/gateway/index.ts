@@ -6,7 +6,7 @@ import { ApiError } from "../http/errors.ts";
 import type { StoredEnvelope } from "../messaging/envelope.ts";
 import type { OfflineQueue } from "../messaging/offline-queue.ts";
 import type { DeviceSocketRef, Presence, PresenceState } from "../messaging/presence.ts";
-import type { MessagingService, SendOutcome } from "../messaging/service.ts";
+import type { MessagingService, SubmittedSend } from "../messaging/service.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { Principal, SessionService } from "../sessions/service.ts";
 import { CloseCode, DeviceConnection } from "./connection.ts";
@@ -221,27 +221,35 @@ export class Gateway {
 
   private send(conn: DeviceConnection, frame: unknown, id: string | undefined) {
     const { messaging, logger } = this.options;
-    let run: () => Promise<SendOutcome>;
-    if (checkDirectSend.Check(frame)) run = () => messaging.sendDirect(conn.principal, frame);
-    else if (checkGroupSend.Check(frame)) run = () => messaging.sendGroup(conn.principal, frame);
-    else {
+    let submit: () => Promise<SubmittedSend>;
+    if (checkDirectSend.Check(frame)) submit = () => messaging.submitDirect(conn.principal, frame);
+    else if (checkGroupSend.Check(frame)) {
+      submit = async () => ({ outcome: messaging.sendGroup(conn.principal, frame) });
+    } else {
       const to = (frame as { to?: { group?: unknown } }).to;
       const check = to && typeof to === "object" && "group" in to ? checkGroupSend : checkDirectSend;
       const problem = firstProblem(check, frame);
       if (id === undefined) return this.invalid(conn, problem);
       return void conn.send({ type: "rejected", id, code: "invalid", message: problem });
     }
-    // Sends of one device are handled one after another, so they are accepted in the order sent.
+    const failed = (error: unknown) => {
+      logger.error({ err: error, user: conn.principal.userId }, "send failed");
+      conn.send({
+        type: "error",
+        code: "internal",
+        message: `message ${id} was not accepted; send it again`,
+      });
+    };
+    // A device's sends are checked and queued for commit one after another, so they are accepted
+    // in the order sent; the chain waits for the queueing, not for the commit. A group send waits
+    // for its answer (its group actor orders it against other members' sends).
     conn.chain = conn.chain.then(async () => {
       try {
-        conn.send(await run());
+        const { outcome } = await submit();
+        const reply = outcome.then((answer) => void conn.send(answer), failed);
+        if (checkGroupSend.Check(frame)) await reply;
       } catch (error) {
-        logger.error({ err: error, user: conn.principal.userId }, "send failed");
-        conn.send({
-          type: "error",
-          code: "internal",
-          message: `message ${id} was not accepted; send it again`,
-        });
+        failed(error);
       }
     });
   }

@@ -1,4 +1,4 @@
-import { and, asc, eq, inArray, isNotNull, lt, or } from "drizzle-orm";
+import { and, asc, eq, inArray, lt, or, sql } from "drizzle-orm";
 import type { Db } from "../db/index.ts";
 import { envelopes } from "../db/schema.ts";
 import type { StoredEnvelope } from "./envelope.ts";
@@ -16,13 +16,26 @@ function identity(e: {
   return `${e.senderUser}/${e.senderDevice}/${e.id}/${e.recipientUser}/${e.recipientDevice}`;
 }
 
-/** The envelope log in PostgreSQL or PGlite (drizzle), appending with group commit. */
+interface AckRequest {
+  recipientUser: string;
+  recipientDevice: number;
+  ids: string[];
+}
+
+/** A PostgreSQL array literal of values that need no quoting (UUIDs, integers). */
+function arrayLiteral(values: readonly (string | number)[]): string {
+  return `{${values.join(",")}}`;
+}
+
+/** The envelope log in PostgreSQL or PGlite (drizzle), appending and acking with group commit. */
 export class PostgresEnvelopeLog implements EnvelopeLog {
   readonly kind = "postgres";
   private readonly commit: GroupCommit<StoredEnvelope, boolean>;
+  private readonly acks: GroupCommit<AckRequest, number>;
 
   constructor(private readonly db: Db) {
     this.commit = new GroupCommit((batch) => this.insert(batch));
+    this.acks = new GroupCommit((batch) => this.ackBatch(batch));
   }
 
   append(batch: StoredEnvelope[]): Promise<boolean[]> {
@@ -100,19 +113,46 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
 
   async ack(recipientUser: string, recipientDevice: number, ids: string[]): Promise<number> {
     if (ids.length === 0) return 0;
-    const acked = await this.db
-      .update(envelopes)
-      .set({ state: "acked", body: null })
-      .where(
-        and(
-          eq(envelopes.recipientUser, recipientUser),
-          eq(envelopes.recipientDevice, recipientDevice),
-          inArray(envelopes.id, ids),
-          isNotNull(envelopes.body),
-        ),
-      )
-      .returning({ id: envelopes.id });
-    return acked.length;
+    const [acked] = await this.acks.submit([{ recipientUser, recipientDevice, ids }]);
+    return acked;
+  }
+
+  /** Every ack waiting for the database in one UPDATE: one commit instead of one per ack frame. */
+  private async ackBatch(batch: AckRequest[]): Promise<number[]> {
+    const users: string[] = [];
+    const devices: number[] = [];
+    const ids: string[] = [];
+    for (const request of batch) {
+      for (const id of request.ids) {
+        users.push(request.recipientUser);
+        devices.push(request.recipientDevice);
+        ids.push(id);
+      }
+    }
+    const result = await this.db.execute(sql`
+      update envelopes as e set state = 'acked', body = null
+      from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[])
+        as a(recipient_user, recipient_device, id)
+      where e.recipient_user = a.recipient_user and e.recipient_device = a.recipient_device
+        and e.id = a.id and e.body is not null
+      returning e.recipient_user, e.recipient_device, e.id`);
+    const rows = ((result as unknown as { rows?: unknown[] }).rows ?? (result as unknown as unknown[])) as {
+      recipient_user: string;
+      recipient_device: number;
+      id: string;
+    }[];
+    const acked = new Map<string, number>();
+    for (const row of rows) {
+      const key = `${row.recipient_user}/${row.recipient_device}`;
+      acked.set(key, (acked.get(key) ?? 0) + 1);
+    }
+    // Two requests for one device in a batch share its count: give it to the first, once.
+    return batch.map((request) => {
+      const key = `${request.recipientUser}/${request.recipientDevice}`;
+      const count = acked.get(key) ?? 0;
+      acked.delete(key);
+      return count;
+    });
   }
 
   async metadataOf(userId: string, limit = 100_000): Promise<EnvelopeMetadata[]> {

@@ -12,6 +12,15 @@ export type SendOutcome =
   | { type: "accepted"; id: string; ts: number }
   | { type: "rejected"; id: string; code: RejectCode; missing?: number[]; extra?: number[] };
 
+/** A send whose checks are done and whose envelopes are queued for the next group commit. */
+export interface SubmittedSend {
+  /** Settles once the envelopes are durable (or the send was refused). */
+  outcome: Promise<SendOutcome>;
+}
+
+/** How long a user's device list may be reused for the device-set check, across nodes. */
+const DEVICE_LIST_TTL_MS = 1000;
+
 /** A group actor's answer to a send. */
 export type GroupSendReply =
   | { ok: true; ts: number; recipients: number }
@@ -27,6 +36,9 @@ export const groupKey = (groupId: string) => `group:${groupId}`;
  * handed to the recipient's user actor for delivery.
  */
 export class MessagingService {
+  /** userId → device ids (undefined: no such user), read at `at`. Bounded: cleared when it grows past 50k. */
+  private readonly deviceLists = new Map<string, { devices: number[] | undefined; at: number }>();
+
   constructor(
     private readonly db: Db,
     private readonly log: EnvelopeLog,
@@ -34,8 +46,26 @@ export class MessagingService {
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** The recipient's current device ids, or undefined when there is no such user. */
+  /** Forgets a user's cached device list (a device of theirs was added or removed on this node). */
+  devicesChanged(userId: string): void {
+    this.deviceLists.delete(userId);
+  }
+
+  /**
+   * The recipient's current device ids, or undefined when there is no such user. Cached for a
+   * second: a device added on another node may be missed for that long (the sender then learns of
+   * it with its next send's `mismatched_devices`); changes on this node are seen at once.
+   */
   private async devicesOf(userId: string): Promise<number[] | undefined> {
+    const cached = this.deviceLists.get(userId);
+    if (cached && this.now() - cached.at < DEVICE_LIST_TTL_MS) return cached.devices;
+    const devices = await this.readDevices(userId);
+    if (this.deviceLists.size > 50_000) this.deviceLists.clear();
+    this.deviceLists.set(userId, { devices, at: this.now() });
+    return devices;
+  }
+
+  private async readDevices(userId: string): Promise<number[] | undefined> {
     const rows = await this.db
       .select({ deviceId: devices.deviceId })
       .from(devices)
@@ -47,20 +77,28 @@ export class MessagingService {
 
   /** A 1:1 send: the device list must name exactly the recipient's devices (less the sending one). */
   async sendDirect(from: Principal, frame: DirectSend): Promise<SendOutcome> {
+    return (await this.submitDirect(from, frame)).outcome;
+  }
+
+  /**
+   * Checks a 1:1 send and queues its envelopes for the next group commit, resolving as soon as they
+   * are queued: a device's next send can be checked while this one commits. Commits happen in
+   * submission order, so `accepted` and the hand-off to the actor keep the order of the sends.
+   */
+  async submitDirect(from: Principal, frame: DirectSend): Promise<SubmittedSend> {
+    const reject = (rejection: Omit<Extract<SendOutcome, { type: "rejected" }>, "type" | "id">) => ({
+      outcome: Promise.resolve<SendOutcome>({ type: "rejected", id: frame.id, ...rejection }),
+    });
     const named = frame.messages.map((m) => m.deviceId);
-    if (new Set(named).size !== named.length) {
-      return { type: "rejected", id: frame.id, code: "invalid" };
-    }
+    if (new Set(named).size !== named.length) return reject({ code: "invalid" });
     const current = await this.devicesOf(frame.to.user);
-    if (current === undefined) return { type: "rejected", id: frame.id, code: "unknown_recipient" };
+    if (current === undefined) return reject({ code: "unknown_recipient" });
     const expected = new Set(
       frame.to.user === from.userId ? current.filter((d) => d !== from.deviceId) : current,
     );
     const missing = [...expected].filter((d) => !named.includes(d)).sort((a, b) => a - b);
     const extra = named.filter((d) => !expected.has(d)).sort((a, b) => a - b);
-    if (missing.length > 0 || extra.length > 0) {
-      return { type: "rejected", id: frame.id, code: "mismatched_devices", missing, extra };
-    }
+    if (missing.length > 0 || extra.length > 0) return reject({ code: "mismatched_devices", missing, extra });
     const ts = this.now();
     const envelopes: StoredEnvelope[] = frame.messages.map((m) => ({
       id: frame.id,
@@ -73,15 +111,15 @@ export class MessagingService {
       type: m.type,
       body: m.body,
     }));
-    const fresh = await this.log.append(envelopes);
-    const toDeliver = envelopes.filter((_, i) => fresh[i]);
-    // Durable now: a failure to reach the actor is recovered from the log, so it does not un-accept.
-    if (toDeliver.length > 0) {
-      await this.actors
-        .tell(userKey(frame.to.user), { type: "deliver", envelopes: toDeliver })
-        .catch(() => {});
-    }
-    return { type: "accepted", id: frame.id, ts };
+    const outcome = this.log.append(envelopes).then((fresh): SendOutcome => {
+      const toDeliver = envelopes.filter((_, i) => fresh[i]);
+      // Durable now: a failure to reach the actor is recovered from the log, so it does not un-accept.
+      if (toDeliver.length > 0) {
+        this.actors.tell(userKey(frame.to.user), { type: "deliver", envelopes: toDeliver }).catch(() => {});
+      }
+      return { type: "accepted", id: frame.id, ts };
+    });
+    return { outcome };
   }
 
   /** A group send: the group's actor authorises the sender and fans the ciphertext out. */
