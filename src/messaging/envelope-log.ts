@@ -1,3 +1,4 @@
+import type { EnvelopeLog as ActorEnvelopeLog } from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 
 /** Where an undelivered envelope is: waiting in the log for a live device, or copied to the device's offline queue. */
@@ -20,22 +21,13 @@ export interface EnvelopeMetadata {
  * and stays until the recipient device acks it (then only metadata remains) or retention ends.
  * One conformance suite (test/messaging/envelope-log.conformance.ts) runs against every implementation.
  */
-export interface EnvelopeLog {
+export interface EnvelopeLog extends ActorEnvelopeLog {
   readonly kind: string;
-  /**
-   * Appends durably. Envelopes already stored (same sender device, id and recipient device) are
-   * left as they are; the result says, per input envelope, whether it was new.
-   */
-  append(envelopes: StoredEnvelope[]): Promise<boolean[]>;
   /** Unacked envelopes of a user (one device or all), oldest first, in acceptance order. */
   undelivered(
     recipientUser: string,
     options?: { device?: number; state?: EnvelopeState; limit?: number },
   ): Promise<StoredEnvelope[]>;
-  /** Records that these envelopes were copied to the device's offline queue. */
-  markQueued(recipientUser: string, recipientDevice: number, ids: string[]): Promise<void>;
-  /** The device has the envelopes: their ciphertext is dropped; returns how many were newly acked. */
-  ack(recipientUser: string, recipientDevice: number, ids: string[]): Promise<number>;
   /** Metadata of envelopes sent by or to the user (export). */
   metadataOf(userId: string, limit?: number): Promise<EnvelopeMetadata[]>;
   /** Removes every envelope sent by or to the user; returns how many (erasure). */

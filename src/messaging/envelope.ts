@@ -1,20 +1,7 @@
-/** One ciphertext addressed to one recipient device, as the stores keep it. */
-export interface StoredEnvelope {
-  /** The sender's message id (UUID); with the sender device it makes the send idempotent. */
-  id: string;
-  senderUser: string;
-  senderDevice: number;
-  recipientUser: string;
-  recipientDevice: number;
-  /** Set for a group send: the group the ciphertext was fanned out for. */
-  groupId: string | null;
-  /** Acceptance time, Unix ms. */
-  ts: number;
-  /** libsignal ciphertext message type (2 whisper, 3 prekey, 7 sender key). */
-  type: number;
-  /** The ciphertext, standard base64 as on the wire; the server cannot read it. Decoded only by the stores. */
-  body: string;
-}
+import type { StoredEnvelope } from "../../actors/index.ts";
+
+/** One ciphertext addressed to one recipient device; the actors' port defines it, the stores keep it. */
+export type { StoredEnvelope };
 
 /** The frame a device receives for an envelope (protocol.md, server → client `message`). */
 export function messageFrame(envelope: StoredEnvelope) {
