@@ -115,7 +115,30 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
     await Promise.all([aliceSocket.close(), bobSocket.close()]);
   });
 
+  test("a presence watcher on one node hears a user connect and disconnect on another", async () => {
+    const alice = await registerAndLogin(api(a.url));
+    const bob = await registerAndLogin(api(a.url));
+    const watcher = await TestSocket.open(a.url, alice.accessToken);
+    watcher.send({ type: "presence.watch", users: [bob.userId] });
+    expect((await watcher.next((f) => f.type === "presence" && f.user === bob.userId)).online).toBe(false);
+    const bobSocket = await TestSocket.open(b.url, bob.accessToken);
+    expect((await watcher.next((f) => f.type === "presence" && f.online === true)).user).toBe(bob.userId);
+    await bobSocket.close();
+    const offline = await watcher.next((f) => f.type === "presence" && f.online === false);
+    expect(offline.lastSeen).toBeGreaterThan(0);
+    await watcher.close();
+  });
+
   test("kill -9 of the recipient's actor owner during 1,000 sends: every accepted message arrives once, in order", async () => {
+    // Carol is connected to the node about to die: watchers must see her go offline when her lease runs out.
+    const carol = await registerAndLogin(api(a.url));
+    await TestSocket.open(victim.url, carol.accessToken);
+    const carolWatcher = await TestSocket.open(a.url, (await registerAndLogin(api(a.url))).accessToken);
+    carolWatcher.send({ type: "presence.watch", users: [carol.userId] });
+    expect((await carolWatcher.next((f) => f.type === "presence" && f.user === carol.userId)).online).toBe(
+      true,
+    );
+
     const alice = await registerAndLogin(api(a.url));
     const bob = await userOwnedBy(victim.nodeId);
     const bobSocket = await TestSocket.open(b.url, bob.accessToken);
@@ -174,10 +197,22 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
     expect(missing).toEqual([]);
     // In order as the client sees it: first arrivals follow acceptance order.
     expect(order.filter((id) => accepted.includes(id))).toEqual(accepted);
+    // Every node drops the dead one from its ring within a few heartbeats (TTL = 3 × 250 ms here).
+    const ringDeadline = Date.now() + 5000;
+    while (a.messaging.actors.ownerOf(`user:${bob.userId}`) === victim.nodeId && Date.now() < ringDeadline) {
+      await Bun.sleep(50);
+    }
     expect(a.messaging.actors.ownerOf(`user:${bob.userId}`)).not.toBe(victim.nodeId);
     console.log(
       `kill -9 run: 1000 accepted, ${seen.size} distinct delivered, ${duplicatesOnWire} duplicates on the wire`,
     );
+    // The dead node never said goodbye: Carol's lease (3 s in tests) expires and her watcher hears it.
+    const gone = await carolWatcher.next(
+      (f) => f.type === "presence" && f.user === carol.userId && f.online === false,
+      15_000,
+    );
+    expect(gone.lastSeen).toBeGreaterThan(0);
+    await carolWatcher.close();
     await Promise.all([aliceSocket.close(), bobSocket.close()]);
   });
 });
