@@ -57,6 +57,8 @@ export class Gateway {
   private readonly byWs = new WeakMap<ServerWebSocket<unknown>, DeviceConnection>();
   private readonly watchers = new Map<string, Set<DeviceConnection>>();
   private readonly lastPresence = new Map<string, string>();
+  /** Disconnect bookkeeping still running (presence, offline flush), awaited by stop(). */
+  private readonly closing = new Set<Promise<void>>();
   private readonly unsubscribe: () => void;
   private readonly renewTimer: ReturnType<typeof setInterval>;
   private readonly rate: { perSecond: number; burst: number };
@@ -298,7 +300,7 @@ export class Gateway {
     for (const user of conn.watching) this.watchers.get(user)?.delete(conn);
     const { presence, messaging, nodeId, logger } = this.options;
     // After whatever the connection was doing: its envelopes in flight must reach the actor first.
-    void conn.chain.then(async () => {
+    const bookkeeping = conn.chain.then(async () => {
       try {
         await conn.drain?.release();
         await presence.disconnected(this.ref(conn));
@@ -307,6 +309,8 @@ export class Gateway {
         logger.error({ err: error, user: conn.principal.userId }, "disconnect bookkeeping failed");
       }
     });
+    this.closing.add(bookkeeping);
+    void bookkeeping.finally(() => this.closing.delete(bookkeeping));
   }
 
   /** Renews presence leases of every local socket, and re-reads watched users (a crashed node's leases expire). */
@@ -372,7 +376,11 @@ export class Gateway {
     clearInterval(this.renewTimer);
     this.unsubscribe();
     for (const conn of this.sockets.values()) conn.close(CloseCode.goingAway, "server shutting down");
-    await Promise.all([...this.sockets.values()].map((c) => c.chain));
+    // Close events arrive on later turns: wait for them (bounded), then for each socket's bookkeeping,
+    // so unacked envelopes reach the offline queues before the stores close.
+    const deadline = Date.now() + 5000;
+    while (this.sockets.size > 0 && Date.now() < deadline) await Bun.sleep(10);
+    await Promise.all(this.closing);
   }
 }
 
