@@ -74,7 +74,6 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   const accounts = new AccountService(db);
   const devices = new DeviceService(db, audit);
   const tokens = new TokenIssuer(config.jwtSecret, config.accessTokenTtlSeconds);
-  const sessions = new SessionService(db, accounts, devices, tokens, config.refreshTokenTtlDays, audit);
   const readiness: ReadinessCheck[] = [{ name: database.kind, check: () => database.ping() }];
   let redis: Redis | undefined;
   if (config.redisUrl) {
@@ -93,6 +92,15 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   const rateLimiter: RateLimiter = redis
     ? new RedisRateLimiter(redis, config.redisPrefix)
     : new MemoryRateLimiter();
+  const sessions = new SessionService(
+    db,
+    accounts,
+    devices,
+    tokens,
+    config.refreshTokenTtlDays,
+    audit,
+    rateLimiter,
+  );
   const keys = new KeyService(db, rateLimiter, KEY_FETCH_LIMITS, audit);
   const groups = new GroupService(db, audit);
   const messaging = await createMessaging({

@@ -13,6 +13,7 @@ import { userKey } from "../messaging/service.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { RateLimiter } from "../ratelimit/index.ts";
 import { deleteMatching, globLiteral } from "../redis/delete-matching.ts";
+import { LOGIN_FAILURES } from "../sessions/service.ts";
 import type { ReceiptSigner, SignedReceipt } from "./receipts.ts";
 
 /** What one step removed, as the receipt states it. */
@@ -24,6 +25,8 @@ export interface StepResult {
 /** What the job must remember between steps (a crash may come between them); never in the receipt. */
 interface Plan {
   devices: number[];
+  /** Needed after the account is gone: login-failure counters are keyed by username. */
+  username: string | null;
   /** Other users' devices whose offline queues hold envelopes from the erased user. */
   queuedAt: { userId: string; deviceId: number }[];
 }
@@ -204,8 +207,13 @@ export class ErasureService {
       .selectDistinct({ userId: envelopes.recipientUser, deviceId: envelopes.recipientDevice })
       .from(envelopes)
       .where(and(eq(envelopes.senderUser, userId), eq(envelopes.state, "queued")));
+    const [account] = await db
+      .select({ username: accounts.username })
+      .from(accounts)
+      .where(eq(accounts.id, userId));
     return {
       devices: own.map((d) => d.deviceId),
+      username: account?.username ?? null,
       queuedAt: queuedAt.filter((q) => q.userId !== userId),
     };
   }
@@ -246,6 +254,7 @@ export class ErasureService {
         if (redis)
           removed += await deleteMatching(redis, `${globLiteral(redisPrefix)}*${globLiteral(userId)}*`);
         else removed += (await presence.eraseUser(userId)) + (await rateLimiter.forget(userId));
+        if (plan.username) removed += await rateLimiter.reset(LOGIN_FAILURES, plan.username);
         return {
           removed,
           what: redis

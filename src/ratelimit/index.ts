@@ -17,6 +17,10 @@ export type RateLimitDecision = { allowed: true } | { allowed: false; retryAfter
  */
 export interface RateLimiter {
   hit(rule: RateLimitRule, key: string): Promise<RateLimitDecision>;
+  /** Drops one key's counter (erasure of the person it names); returns how many were dropped. */
+  reset(rule: RateLimitRule, key: string): Promise<number>;
+  /** Whether the next hit would be allowed, without counting one. */
+  peek(rule: RateLimitRule, key: string): Promise<RateLimitDecision>;
   /** Drops every counter whose key contains `fragment` (erasure of a user); returns how many. */
   forget(fragment: string): Promise<number>;
 }

@@ -23,6 +23,17 @@ export class MemoryRateLimiter implements RateLimiter {
     return { allowed: false, retryAfterMs: window.resetAt - now };
   }
 
+  async reset(rule: RateLimitRule, key: string): Promise<number> {
+    return this.windows.delete(`${rule.name}:${key}`) ? 1 : 0;
+  }
+
+  async peek(rule: RateLimitRule, key: string): Promise<RateLimitDecision> {
+    const now = this.now();
+    const window = this.windows.get(`${rule.name}:${key}`);
+    if (!window || window.resetAt <= now || window.count < rule.limit) return { allowed: true };
+    return { allowed: false, retryAfterMs: window.resetAt - now };
+  }
+
   async forget(fragment: string): Promise<number> {
     let removed = 0;
     for (const id of this.windows.keys()) {

@@ -28,6 +28,20 @@ export class RedisRateLimiter implements RateLimiter {
     return { allowed: false, retryAfterMs: ttl };
   }
 
+  reset(rule: RateLimitRule, key: string): Promise<number> {
+    return this.redis.del(`${this.prefix}rl:${rule.name}:${key}`);
+  }
+
+  async peek(rule: RateLimitRule, key: string): Promise<RateLimitDecision> {
+    const id = `${this.prefix}rl:${rule.name}:${key}`;
+    const [[, count], [, ttl]] = (await this.redis.multi().get(id).pttl(id).exec()) as [
+      [unknown, string | null],
+      [unknown, number],
+    ];
+    if (count === null || Number(count) < rule.limit || ttl <= 0) return { allowed: true };
+    return { allowed: false, retryAfterMs: ttl };
+  }
+
   forget(fragment: string): Promise<number> {
     return deleteMatching(this.redis, `${globLiteral(this.prefix)}rl:*${globLiteral(fragment)}*`);
   }

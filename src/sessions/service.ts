@@ -5,7 +5,11 @@ import type { Db } from "../db/index.ts";
 import { refreshTokens } from "../db/schema.ts";
 import type { DeviceService } from "../devices/service.ts";
 import { ApiError } from "../http/errors.ts";
+import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
 import { type AccessClaims, TokenIssuer } from "./tokens.ts";
+
+/** Wrong passwords allowed per username before logins to it are refused for the rest of the window. */
+export const LOGIN_FAILURES: RateLimitRule = { name: "login-failures", limit: 10, windowMs: 15 * 60_000 };
 
 /** What a successful login or refresh returns (protocol.md, POST /v1/sessions). */
 export interface SessionTokens {
@@ -31,6 +35,7 @@ export class SessionService {
     private readonly tokens: TokenIssuer,
     private readonly refreshTtlDays: number,
     private readonly audit?: AuditTrail,
+    private readonly limiter?: RateLimiter,
   ) {}
 
   /** Checks the password, then reuses `deviceId` or creates a new device, and issues tokens for it. */
@@ -41,7 +46,22 @@ export class SessionService {
     registrationId?: number;
     deviceName?: string;
   }): Promise<SessionTokens> {
-    const userId = await this.accounts.verifyPassword(input.username, input.password);
+    // Password guessing: after 10 wrong passwords for a username, that username waits out the window.
+    const blocked = await this.limiter?.peek(LOGIN_FAILURES, input.username);
+    if (blocked && !blocked.allowed) {
+      throw new ApiError("rate_limited", "too many failed logins for this account, retry later", {
+        retryAfterSeconds: Math.max(1, Math.ceil(blocked.retryAfterMs / 1000)),
+      });
+    }
+    let userId: string;
+    try {
+      userId = await this.accounts.verifyPassword(input.username, input.password);
+    } catch (error) {
+      if (error instanceof ApiError && error.code === "unauthorized") {
+        await this.limiter?.hit(LOGIN_FAILURES, input.username);
+      }
+      throw error;
+    }
     let deviceId = input.deviceId;
     if (deviceId === undefined) {
       if (input.registrationId === undefined) {

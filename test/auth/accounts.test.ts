@@ -147,4 +147,32 @@ describe.each(BACKENDS)("accounts and sessions on %s", (backend) => {
     expect(row.passwordHash.startsWith("$argon2id$")).toBe(true);
     expect(row.passwordHash).not.toContain(me.password);
   });
+
+  test("after 10 wrong passwords an account's logins are refused with 429 for the window; others are not", async () => {
+    const me = await registerAndLogin(client);
+    const other = await registerAndLogin(client);
+    for (let i = 0; i < 10; i++) {
+      const wrong = await client.post("/v1/sessions", {
+        username: me.username,
+        password: `guess number ${i}`,
+      });
+      expect(wrong.status).toBe(401);
+    }
+    const blocked = await client.post("/v1/sessions", {
+      username: me.username,
+      password: me.password,
+      deviceId: 1,
+    });
+    expect(blocked.status).toBe(429);
+    expect(blocked.body.error.code).toBe("rate_limited");
+    expect(Number(blocked.headers.get("retry-after"))).toBeGreaterThan(60);
+    const fine = await client.post("/v1/sessions", {
+      username: other.username,
+      password: other.password,
+      deviceId: 1,
+    });
+    expect(fine.status).toBe(201);
+    // Existing sessions of the account keep working: only password logins wait.
+    expect((await client.post("/v1/sessions/refresh", { refreshToken: me.refreshToken })).status).toBe(201);
+  });
 });

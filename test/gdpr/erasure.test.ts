@@ -144,6 +144,11 @@ describe.each(STACKS)("erasure on the %s stack", (stack) => {
     await liveVictim.messages(1);
     await victim.client.http.accessToken();
 
+    // A wrong password leaves a login-failure counter keyed by username: erasure must remove it too.
+    expect(
+      (await http.post("/v1/sessions", { username: victim.username, password: "wrong guess 1" })).status,
+    ).toBe(401);
+
     // The victim erases themselves; their socket is closed with 4410.
     const token = (await victim.client.http.accessToken()) as string;
     const refused = await http.call("DELETE", "/v1/me", { token, body: { password: "not my password" } });
@@ -180,7 +185,7 @@ describe.each(STACKS)("erasure on the %s stack", (stack) => {
       const keys = await redis.keys(`${prefix}:*`);
       const values = await Promise.all(keys.map(async (k) => `${k} ${JSON.stringify(await redis.dump(k))}`));
       await redis.quit();
-      expect(keys.some((k) => k.includes(victim.userId))).toBe(false);
+      expect(keys.some((k) => k.includes(victim.userId) || k.includes(victim.username))).toBe(false);
       expect(values.join("\n")).not.toContain(victim.userId);
       // RabbitMQ: the victim's device queue is gone; the friend's queue holds no message from them.
       expect(await node.messaging.offline.depth(victim.userId, 1)).toBe(0);

@@ -47,6 +47,29 @@ describe.each(limiters)("%s rate limiter", (_kind, make) => {
     expect((await limiter.hit(rule, "a")).allowed).toBe(true);
   });
 
+  test("peek answers like the next hit would, without counting", async () => {
+    const limiter = make();
+    const rule = { name: `t${Math.random()}`, limit: 2, windowMs: 60_000 };
+    for (let i = 0; i < 5; i++) expect(await limiter.peek(rule, "a")).toEqual({ allowed: true });
+    await limiter.hit(rule, "a");
+    expect(await limiter.peek(rule, "a")).toEqual({ allowed: true });
+    await limiter.hit(rule, "a");
+    const blocked = await limiter.peek(rule, "a");
+    expect(blocked.allowed).toBe(false);
+    if (!blocked.allowed) expect(blocked.retryAfterMs).toBeGreaterThan(50_000);
+    expect(await limiter.peek(rule, "b")).toEqual({ allowed: true });
+  });
+
+  test("forget drops every counter whose key names the fragment, and only those", async () => {
+    const limiter = make();
+    const rule = { name: `t${Math.random()}`, limit: 1, windowMs: 60_000 };
+    await limiter.hit(rule, "device-of-user-X");
+    await limiter.hit(rule, "user-Y");
+    expect(await limiter.forget("user-X")).toBe(1);
+    expect((await limiter.hit(rule, "device-of-user-X")).allowed).toBe(true);
+    expect((await limiter.hit(rule, "user-Y")).allowed).toBe(false);
+  });
+
   test("of 50 concurrent hits under a limit of 20, exactly 20 are allowed", async () => {
     const limiter = make();
     const rule = { name: `t${Math.random()}`, limit: 20, windowMs: 60_000 };
