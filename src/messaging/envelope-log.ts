@@ -4,17 +4,8 @@ import type { StoredEnvelope } from "./envelope.ts";
 /** Where an undelivered envelope is: waiting in the log for a live device, or copied to the device's offline queue. */
 export type EnvelopeState = "pending" | "queued";
 
-/** Metadata of an envelope, without its ciphertext (export, audits). */
-export interface EnvelopeMetadata {
-  id: string;
-  senderUser: string;
-  senderDevice: number;
-  recipientUser: string;
-  recipientDevice: number;
-  groupId: string | null;
-  ts: number;
-  state: EnvelopeState | "acked";
-}
+/** Metadata of an envelope, without its ciphertext or type (export, audits). */
+export type EnvelopeMetadata = Omit<StoredEnvelope, "type" | "body"> & { state: EnvelopeState | "acked" };
 
 /**
  * The durable envelope log: every accepted envelope is here before its sender hears `accepted`,
