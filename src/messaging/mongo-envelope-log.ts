@@ -3,19 +3,12 @@ import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState } from "./envelope-log.ts";
 import { GroupCommit } from "./group-commit.ts";
 
-interface EnvelopeDoc {
+/** A stored envelope as MongoDB keeps it: binary ciphertext (null once acked), order and state. */
+interface EnvelopeDoc extends Omit<StoredEnvelope, "body"> {
   _id: string;
   seq: number;
-  id: string;
-  senderUser: string;
-  senderDevice: number;
-  recipientUser: string;
-  recipientDevice: number;
-  groupId: string | null;
-  ts: number;
   /** Date twin of `ts` for the TTL index that enforces retention. */
   acceptedAt: Date;
-  type: number;
   body: Buffer | null;
   state: EnvelopeState | "acked";
 }
