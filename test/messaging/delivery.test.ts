@@ -7,6 +7,16 @@ import { TestSocket } from "../support/ws.ts";
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
 
+/** A 1:1 send frame: one prekey-type ciphertext (here plain text in base64) per named device. */
+function direct(id: string, to: string, bodies: Record<number, string>) {
+  const messages = Object.entries(bodies).map(([deviceId, text]) => ({
+    deviceId: Number(deviceId),
+    type: 3,
+    body: b64(text),
+  }));
+  return { type: "send", id, to: { user: to }, messages };
+}
+
 describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
   let node: TestNode;
   let client: Api;
@@ -42,15 +52,7 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     const [b1, b2] = await Promise.all(bob.sessions.map((s) => connect(s.accessToken)));
     const a = await connect(alice.sessions[0].accessToken);
     const id = randomUUID();
-    a.send({
-      type: "send",
-      id,
-      to: { user: bob.userId },
-      messages: [
-        { deviceId: 1, type: 3, body: b64("for device 1") },
-        { deviceId: 2, type: 3, body: b64("for device 2") },
-      ],
-    });
+    a.send(direct(id, bob.userId, { 1: "for device 1", 2: "for device 2" }));
     const accepted = await a.reply(id);
     expect(accepted).toMatchObject({ type: "accepted", id });
     expect(typeof accepted.ts).toBe("number");
@@ -76,15 +78,7 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     const bob = await user(2);
     const a = await connect(alice.sessions[0].accessToken);
     const id = randomUUID();
-    a.send({
-      type: "send",
-      id,
-      to: { user: bob.userId },
-      messages: [
-        { deviceId: 1, type: 3, body: b64("x") },
-        { deviceId: 5, type: 3, body: b64("x") },
-      ],
-    });
+    a.send(direct(id, bob.userId, { 1: "x", 5: "x" }));
     expect(await a.reply(id)).toEqual({
       type: "rejected",
       id,
@@ -115,12 +109,7 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     const b = await connect(bob.sessions[0].accessToken);
     const a = await connect(alice.sessions[0].accessToken);
     const id = randomUUID();
-    const frame = {
-      type: "send",
-      id,
-      to: { user: bob.userId },
-      messages: [{ deviceId: 1, type: 3, body: b64("once") }],
-    };
+    const frame = direct(id, bob.userId, { 1: "once" });
     a.send(frame);
     expect((await a.reply(id)).type).toBe("accepted");
     a.send(frame);
@@ -140,24 +129,14 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     for (let i = 0; i < 30; i++) {
       const id = randomUUID();
       ids.push(id);
-      a.send({
-        type: "send",
-        id,
-        to: { user: bob.userId },
-        messages: [{ deviceId: 1, type: 3, body: b64(`m${i}`) }],
-      });
+      a.send(direct(id, bob.userId, { 1: `m${i}` }));
     }
     for (const id of ids) expect((await a.reply(id)).type).toBe("accepted");
     const b = await connect(bob.sessions[0].accessToken);
     const queued = await b.messages(30);
     expect(queued.map((m) => m.id)).toEqual(ids);
     const live = randomUUID();
-    a.send({
-      type: "send",
-      id: live,
-      to: { user: bob.userId },
-      messages: [{ deviceId: 1, type: 3, body: b64("live") }],
-    });
+    a.send(direct(live, bob.userId, { 1: "live" }));
     const [next] = await b.messages(1);
     expect(next.id).toBe(live);
     b.send({ type: "ack", ids: [...ids, live] });
@@ -176,12 +155,7 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     const a = await connect(alice.sessions[0].accessToken);
     const ids = [randomUUID(), randomUUID(), randomUUID()];
     for (const id of ids) {
-      a.send({
-        type: "send",
-        id,
-        to: { user: bob.userId },
-        messages: [{ deviceId: 1, type: 3, body: b64(id) }],
-      });
+      a.send(direct(id, bob.userId, { 1: id }));
       await a.reply(id);
     }
     const got = await b.messages(3);
@@ -199,12 +173,7 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     const alice = await user(2);
     const [d1, d2] = await Promise.all(alice.sessions.map((s) => connect(s.accessToken)));
     const id = randomUUID();
-    d1.send({
-      type: "send",
-      id,
-      to: { user: alice.userId },
-      messages: [{ deviceId: 2, type: 3, body: b64("sync") }],
-    });
+    d1.send(direct(id, alice.userId, { 2: "sync" }));
     expect((await d1.reply(id)).type).toBe("accepted");
     const [m] = await d2.messages(1);
     expect(m.from).toEqual({ user: alice.userId, device: 1 });
@@ -219,12 +188,7 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     expect((await first.whenClosed()).code).toBe(4409);
     const a = await connect(alice.sessions[0].accessToken);
     const id = randomUUID();
-    a.send({
-      type: "send",
-      id,
-      to: { user: bob.userId },
-      messages: [{ deviceId: 1, type: 3, body: b64("x") }],
-    });
+    a.send(direct(id, bob.userId, { 1: "x" }));
     await a.reply(id);
     expect((await second.messages(1))[0].id).toBe(id);
     await Promise.all([a.close(), second.close()]);
@@ -251,15 +215,7 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     const bob = await user(2);
     const a = await connect(alice.sessions[0].accessToken);
     const id = randomUUID();
-    a.send({
-      type: "send",
-      id,
-      to: { user: bob.userId },
-      messages: [
-        { deviceId: 1, type: 3, body: b64("one") },
-        { deviceId: 2, type: 3, body: b64("two") },
-      ],
-    });
+    a.send(direct(id, bob.userId, { 1: "one", 2: "two" }));
     expect((await a.reply(id)).type).toBe("accepted");
     await Bun.sleep(200);
     expect(await node.messaging.offline.depth(bob.userId, 2)).toBe(1);
@@ -279,23 +235,13 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     for (let round = 0; round < 5; round++) {
       const bob = await user();
       const queued = randomUUID();
-      a.send({
-        type: "send",
-        id: queued,
-        to: { user: bob.userId },
-        messages: [{ deviceId: 1, type: 3, body: b64("queued") }],
-      });
+      a.send(direct(queued, bob.userId, { 1: "queued" }));
       expect((await a.reply(queued)).type).toBe("accepted");
       // The live one is sent the moment the socket opens, while the gateway still brings it online.
       const opening = connect(bob.sessions[0].accessToken);
       const live = randomUUID();
       const b = await opening;
-      a.send({
-        type: "send",
-        id: live,
-        to: { user: bob.userId },
-        messages: [{ deviceId: 1, type: 3, body: b64("live") }],
-      });
+      a.send(direct(live, bob.userId, { 1: "live" }));
       expect((await a.reply(live)).type).toBe("accepted");
       expect((await b.messages(2)).map((m) => m.id)).toEqual([queued, live]);
       await Bun.sleep(150);
@@ -308,12 +254,7 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
       const bob = await user();
       const b = await connect(bob.sessions[0].accessToken);
       const first = randomUUID();
-      a.send({
-        type: "send",
-        id: first,
-        to: { user: bob.userId },
-        messages: [{ deviceId: 1, type: 3, body: b64("first") }],
-      });
+      a.send(direct(first, bob.userId, { 1: "first" }));
       expect((await a.reply(first)).type).toBe("accepted");
       expect((await b.messages(1))[0].id).toBe(first);
       await Bun.sleep(150);
