@@ -71,7 +71,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   });
   const { db } = database;
   const audit = new PostgresAuditTrail(db);
-  const accounts = new AccountService(db);
+  const accounts = new AccountService(db, config.passwordHash);
   const devices = new DeviceService(db, audit);
   const tokens = new TokenIssuer(config.jwtSecret, config.accessTokenTtlSeconds);
   const readiness: ReadinessCheck[] = [{ name: database.kind, check: () => database.ping() }];

@@ -4,16 +4,29 @@ import type { Db } from "../db/index.ts";
 import { accounts } from "../db/schema.ts";
 import { ApiError } from "../http/errors.ts";
 
-/** Compared against when the username is unknown, so a wrong username costs the same time as a wrong password. */
-let decoyHash: Promise<string> | undefined;
+/** argon2id cost of new hashes (KiB, passes); verification reads the cost stored in each hash. */
+export interface PasswordHashCost {
+  memoryCost: number;
+  timeCost: number;
+}
 
 /** Accounts: creation and password checks. Passwords are hashed with argon2id (Bun.password). */
 export class AccountService {
-  constructor(private readonly db: Db) {}
+  /** Compared against when the username is unknown, so a wrong username costs the same time as a wrong password. */
+  private decoyHash: Promise<string> | undefined;
+
+  constructor(
+    private readonly db: Db,
+    private readonly cost: PasswordHashCost = { memoryCost: 65_536, timeCost: 2 },
+  ) {}
+
+  private hash(password: string): Promise<string> {
+    return Bun.password.hash(password, { algorithm: "argon2id", ...this.cost });
+  }
 
   /** Creates an account; `conflict` when the username is taken. */
   async register(username: string, password: string): Promise<{ userId: string }> {
-    const passwordHash = await Bun.password.hash(password, { algorithm: "argon2id" });
+    const passwordHash = await this.hash(password);
     try {
       const [row] = await this.db
         .insert(accounts)
@@ -32,8 +45,8 @@ export class AccountService {
       .select({ id: accounts.id, passwordHash: accounts.passwordHash })
       .from(accounts)
       .where(eq(accounts.username, username));
-    decoyHash ??= Bun.password.hash("clearbox-decoy-password", { algorithm: "argon2id" });
-    const ok = await Bun.password.verify(password, row?.passwordHash ?? (await decoyHash));
+    this.decoyHash ??= this.hash("clearbox-decoy-password");
+    const ok = await Bun.password.verify(password, row?.passwordHash ?? (await this.decoyHash));
     if (!row || !ok) throw new ApiError("unauthorized", "wrong username or password");
     return row.id;
   }

@@ -84,6 +84,18 @@ const EnvSchema = T.Object({
     default: 60,
     description: "seconds a connected device stays online without renewal, 2-3600",
   }),
+  PASSWORD_HASH_MEMORY_KIB: T.Integer({
+    minimum: 64,
+    maximum: 4_194_304,
+    default: 65_536,
+    description: "argon2id memory cost in KiB, 64-4194304 (production: at least 19456)",
+  }),
+  PASSWORD_HASH_TIME_COST: T.Integer({
+    minimum: 1,
+    maximum: 100,
+    default: 2,
+    description: "argon2id passes, 1-100 (production: at least 2)",
+  }),
   LOG_LEVEL: T.Union(
     ["fatal", "error", "warn", "info", "debug", "trace", "silent"].map((l) => T.Literal(l)),
     { default: "info", description: "one of fatal, error, warn, info, debug, trace, silent" },
@@ -118,6 +130,8 @@ export interface Config {
   clusterHeartbeatMs: number;
   deviceRateLimit: number;
   presenceLeaseSeconds: number;
+  /** argon2id cost for new password hashes; a stored hash carries its own, so changing it never locks anyone out. */
+  passwordHash: { memoryCost: number; timeCost: number };
 }
 
 /** A configuration problem an operator must fix; the message names the variable and what it expects. */
@@ -136,6 +150,8 @@ const INTEGER_VARS = new Set([
   "RETENTION_INTERVAL_SECONDS",
   "ACCESS_TOKEN_TTL_SECONDS",
   "REFRESH_TOKEN_TTL_DAYS",
+  "PASSWORD_HASH_MEMORY_KIB",
+  "PASSWORD_HASH_TIME_COST",
 ]);
 
 const SECRET_VARS = new Set([
@@ -181,6 +197,9 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     const missing = [
       !env.JWT_SECRET && "JWT_SECRET (a secret of at least 32 characters)",
       !env.ADMIN_TOKEN && "ADMIN_TOKEN (a bearer token of at least 16 characters)",
+      // OWASP's floor for argon2id (m=19 MiB, t=2); lower costs are for tests and load tests.
+      env.PASSWORD_HASH_MEMORY_KIB < 19_456 && "PASSWORD_HASH_MEMORY_KIB of at least 19456",
+      env.PASSWORD_HASH_TIME_COST < 2 && "PASSWORD_HASH_TIME_COST of at least 2",
     ].filter(Boolean);
     if (missing.length > 0) {
       throw new ConfigError(`NODE_ENV=production requires ${missing.join(" and ")}`);
@@ -211,6 +230,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     clusterHeartbeatMs: env.CLUSTER_HEARTBEAT_MS,
     deviceRateLimit: env.DEVICE_RATE_LIMIT,
     presenceLeaseSeconds: env.PRESENCE_LEASE_SECONDS,
+    passwordHash: { memoryCost: env.PASSWORD_HASH_MEMORY_KIB, timeCost: env.PASSWORD_HASH_TIME_COST },
   };
 }
 

@@ -145,6 +145,8 @@ describe.each(BACKENDS)("accounts and sessions on %s", (backend) => {
     const { eq } = await import("drizzle-orm");
     const [row] = await node.database.db.select().from(accounts).where(eq(accounts.id, me.userId));
     expect(row.passwordHash.startsWith("$argon2id$")).toBe(true);
+    // The cost comes from PASSWORD_HASH_* (test nodes use a low one, see test/support/node.ts).
+    expect(row.passwordHash).toContain("$m=1024,t=1,");
     expect(row.passwordHash).not.toContain(me.password);
   });
 

@@ -52,6 +52,24 @@ describe("configuration", () => {
       DATA_DIR: "/nonexistent/never-written",
     });
     expect(config.jwtSecret).toBe("s".repeat(40));
+    expect(config.passwordHash).toEqual({ memoryCost: 65_536, timeCost: 2 });
+  });
+
+  test("production refuses an argon2id cost below OWASP's floor; development takes it", () => {
+    const env = {
+      JWT_SECRET: "s".repeat(40),
+      ADMIN_TOKEN: "a".repeat(20),
+      DATA_DIR: "/nonexistent/never-written",
+      PASSWORD_HASH_MEMORY_KIB: "1024",
+      PASSWORD_HASH_TIME_COST: "1",
+    };
+    expect(() => loadConfig({ ...env, NODE_ENV: "production" })).toThrow(
+      /requires PASSWORD_HASH_MEMORY_KIB of at least 19456 and PASSWORD_HASH_TIME_COST of at least 2/,
+    );
+    expect(loadConfig({ ...env, NODE_ENV: "development" }).passwordHash).toEqual({
+      memoryCost: 1024,
+      timeCost: 1,
+    });
   });
 
   test.each([
@@ -68,6 +86,8 @@ describe("configuration", () => {
     ["NODE_ENV", "staging", "NODE_ENV: expected one of development, production, test"],
     ["LOG_LEVEL", "loud", "LOG_LEVEL: expected one of fatal"],
     ["NODE_ID", "has space", "NODE_ID: expected 1-64 of"],
+    ["PASSWORD_HASH_MEMORY_KIB", "8", "PASSWORD_HASH_MEMORY_KIB: expected argon2id memory cost in KiB"],
+    ["PASSWORD_HASH_TIME_COST", "0", "PASSWORD_HASH_TIME_COST: expected argon2id passes, 1-100"],
   ])("%s=%s is refused with a message naming the variable", (name, value, message) => {
     expect(() =>
       loadConfig({ DATA_DIR: "/tmp/clearbox-config-unused", JWT_SECRET: "x".repeat(32), [name]: value }),

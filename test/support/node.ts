@@ -48,6 +48,9 @@ export async function startTestNode(
     DATA_DIR: dataDir,
     LOG_LEVEL: "debug",
     JWT_SECRET: "test-jwt-secret-that-is-long-enough-0123456789",
+    // Suites make hundreds of accounts; the default argon2id cost (64 MiB) only slows them down.
+    PASSWORD_HASH_MEMORY_KIB: "1024",
+    PASSWORD_HASH_TIME_COST: "1",
     ...(database ? { DATABASE_URL: database.url } : {}),
     ...options.env,
   });
