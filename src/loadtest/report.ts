@@ -25,6 +25,8 @@ export interface JsonSummary {
   servers: RunResult["servers"];
   machine: RunResult["machine"];
   serverProblems: number;
+  /** The first few warning/error lines the servers logged. */
+  firstServerProblems?: string[];
   startedAt: string;
   durationS: number;
 }
@@ -82,6 +84,7 @@ export function jsonSummary(run: RunResult): JsonSummary {
     servers: run.servers,
     machine: run.machine,
     serverProblems: run.serverProblems.length,
+    ...(run.serverProblems.length > 0 ? { firstServerProblems: run.serverProblems.slice(0, 5) } : {}),
     startedAt: run.startedAt,
     durationS: run.durationS,
   };

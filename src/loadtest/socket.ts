@@ -27,6 +27,8 @@ export class LoadSocket {
   /** Decrypts and checks a delivery when the run uses real Signal sessions. */
   verify: ((frame: Frame) => Promise<boolean>) | undefined;
   closed = false;
+  /** The close code and reason the server gave, when it closed the socket. */
+  closedWith: string | undefined;
   private readonly seen = new Set<string>();
   private acks: string[] = [];
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
@@ -36,8 +38,9 @@ export class LoadSocket {
     private readonly ws: WebSocket,
   ) {
     ws.addEventListener("message", (event) => this.receive(String(event.data)));
-    ws.addEventListener("close", () => {
+    ws.addEventListener("close", (event) => {
       this.closed = true;
+      this.closedWith = `${event.code}${event.reason ? ` ${event.reason}` : ""}`;
     });
   }
 

@@ -63,10 +63,15 @@ export async function connections(ctx: ScenarioContext): Promise<PhaseResult[]> 
   await Bun.sleep(SETTLE_MS);
   const rssAfter = await system.sampler.rssNow();
   const stillOpen = sockets.filter((s) => !s.closed).length;
+  const closedWith: Record<string, number> = {};
+  for (const s of sockets) {
+    if (s.closedWith) closedWith[s.closedWith] = (closedWith[s.closedWith] ?? 0) + 1;
+  }
   const server = await system.sampler.finish();
   const result = summarise(ctx, `${n} idle`, new Tracker(), rampMs, server, cpu());
   result.extra = {
     connections: stillOpen,
+    closedDuringRun: n - stillOpen,
     rampPerSec: Math.round(n / (rampMs / 1000)),
     rssBeforeMb: Math.round((rssBefore / 1048576) * 10) / 10,
     rssAfterMb: Math.round((rssAfter / 1048576) * 10) / 10,
@@ -75,6 +80,7 @@ export async function connections(ctx: ScenarioContext): Promise<PhaseResult[]> 
   progress.note(
     `${system.name}: ${stillOpen}/${n} open, ${result.extra.bytesPerConnection ?? "?"} bytes of server RSS each`,
   );
+  if (stillOpen < n) progress.note(`${system.name}: closed during the run: ${JSON.stringify(closedWith)}`);
   await inPool(sockets.length, 256, (i) => (sockets[i] as LoadSocket).close());
   return [result];
 }

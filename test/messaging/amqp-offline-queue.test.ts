@@ -1,0 +1,72 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomUUID } from "node:crypto";
+import { AmqpOfflineQueue } from "../../src/messaging/amqp-offline-queue.ts";
+import type { StoredEnvelope } from "../../src/messaging/envelope.ts";
+import { AMQP_URL, runPrefix } from "../support/cluster-env.ts";
+
+/** More than RabbitMQ's default channel_max (2047) on one connection. */
+const DEVICES = 2100;
+
+function envelope(recipientUser: string, n: number): StoredEnvelope {
+  return {
+    id: randomUUID(),
+    senderUser: randomUUID(),
+    senderDevice: 1,
+    recipientUser,
+    recipientDevice: 1,
+    groupId: null,
+    ts: Date.now() + n,
+    type: 3,
+    body: Buffer.from(`ciphertext ${n}`).toString("base64"),
+  };
+}
+
+describe("RabbitMQ offline queue drains", () => {
+  let queue: AmqpOfflineQueue;
+  const users = Array.from({ length: DEVICES }, () => randomUUID());
+
+  beforeAll(async () => {
+    queue = await AmqpOfflineQueue.open(AMQP_URL, { prefix: runPrefix(), retentionDays: 1 });
+  });
+
+  afterAll(async () => {
+    for (let i = 0; i < users.length; i += 200) {
+      await Promise.all(users.slice(i, i + 200).map((u) => queue.purge(u, 1)));
+    }
+    await queue.close();
+  });
+
+  test(`${DEVICES} devices reconnecting at once to empty queues give their channels back at once`, async () => {
+    const drains = await Promise.all(users.map((u) => queue.drain(u, 1)));
+    const batches = await Promise.all(drains.map((d) => d.next(100)));
+    expect(batches.every((b) => b.length === 0)).toBe(true);
+    // Each drain that found its queue empty gave its channel back without waiting for release().
+    expect(queue.channelsInUse).toBe(0);
+    expect(await queue.depth(users[0] as string, 1)).toBe(0);
+    await Promise.all(drains.map((d) => d.release()));
+  });
+
+  test(`${DEVICES} devices holding unacked backlogs at once spill onto more connections; acks remove, release returns`, async () => {
+    for (let i = 0; i < users.length; i += 300) {
+      await Promise.all(
+        users.slice(i, i + 300).map((u) => queue.flush(u, 1, [envelope(u, 1), envelope(u, 2)])),
+      );
+    }
+    const drains = await Promise.all(users.map((u) => queue.drain(u, 1)));
+    const batches = await Promise.all(drains.map((d) => d.next(100)));
+    expect(batches.map((b) => b.length)).toEqual(users.map(() => 2));
+    expect(queue.channelsInUse).toBe(DEVICES);
+    expect(queue.connectionCount).toBeGreaterThan(1);
+    // Every device but the first acks only its first message, then goes away: the second goes back.
+    const [first, ...rest] = drains;
+    await first?.ack((batches[0] ?? []).map((e) => e.id));
+    await Promise.all(rest.map((d, i) => d.ack([(batches[i + 1] ?? [])[0]?.id as string])));
+    await Promise.all(drains.map((d) => d.release()));
+    expect(queue.channelsInUse).toBe(0);
+    expect(await queue.depth(users[0] as string, 1)).toBe(0);
+    const again = await queue.drain(users[1] as string, 1);
+    const left = await again.next(100);
+    expect(left.map((e) => e.id)).toEqual([(batches[1] ?? [])[1]?.id as string]);
+    await again.release();
+  }, 60_000);
+});
