@@ -58,7 +58,7 @@ const DEFAULTS: Record<ScenarioName, Partial<LoadtestOptions>> = {
   "one-to-one": { users: 200, messages: 2_000_000, durationS: 10, window: 16, rate: "half", baseline: true },
   offline: { users: 100, messages: 20_000, durationS: 60, window: 32, baseline: false, settleS: 0 },
   fanout: { users: 0, groupSizes: [100, 1000], groupMessages: 20, baseline: true },
-  connections: { connections: 2000, users: 0, baseline: true },
+  connections: { connections: 2000, users: 0, baseline: true, settleS: 3 },
   cluster: { users: 200, messages: 2_000_000, durationS: 10, window: 16, nodes: 3, stack: "services" },
 };
 
@@ -82,7 +82,8 @@ scenarios: ${SCENARIOS.join(", ")}
   --drain-timeout <s>               how long to wait for deliveries after sending stops
   --ack-delay <ms>                  how long a device gathers ids before one ack frame (default 5)
   --profile <dir>                   spawned nodes run under bun --cpu-prof, profiles go to <dir>
-  --settle <s>                      pause between warm-up and measuring (actors' recovery window)
+  --settle <s>                      pause between warm-up and measuring (actors' recovery window);
+                                    connections: how long the sockets stay open before RSS is read
   --json                            last stdout line: one JSON object with the results
   --no-progress                     no live progress line on stderr`;
 

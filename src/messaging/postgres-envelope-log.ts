@@ -22,7 +22,18 @@ interface AckRequest {
   ids: string[];
 }
 
-/** A PostgreSQL array literal of values that need no quoting (UUIDs, integers). */
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+
+/** Rows of `db.execute`: postgres-js returns an array, PGlite an object with `rows`. */
+function rowsOf<T>(result: unknown): T[] {
+  return ((result as { rows?: T[] }).rows ?? (result as T[])) as T[];
+}
+
+/**
+ * A PostgreSQL array literal of values that need no quoting (UUIDs, integers, NULL, base64 in
+ * double quotes): callers only pass values validated as such.
+ */
 function arrayLiteral(values: readonly (string | number)[]): string {
   return `{${values.join(",")}}`;
 }
@@ -42,18 +53,42 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     return this.commit.submit(batch);
   }
 
+  /**
+   * One INSERT … SELECT FROM unnest(arrays): ten parameters whatever the batch size, so a group
+   * send to 10,000 member devices stays one statement (one row of values per parameter would pass
+   * PostgreSQL's 65,535-parameter limit at about 6,500 rows) and parses once.
+   */
   private async insert(batch: StoredEnvelope[]): Promise<boolean[]> {
-    const inserted = await this.db
-      .insert(envelopes)
-      .values(batch.map((e) => ({ ...e, body: Buffer.from(e.body, "base64"), state: "pending" as const })))
-      .onConflictDoNothing()
-      .returning({
-        id: envelopes.id,
-        senderUser: envelopes.senderUser,
-        senderDevice: envelopes.senderDevice,
-        recipientUser: envelopes.recipientUser,
-        recipientDevice: envelopes.recipientDevice,
-      });
+    // The gateway validated these; checked again because they are spliced into array literals.
+    for (const e of batch) {
+      if (!BASE64.test(e.body) || !UUID.test(e.id)) throw new Error("envelope id or body is malformed");
+    }
+    const result = await this.db.execute(sql`
+      insert into envelopes
+        (id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body, state)
+      select id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type,
+        decode(body, 'base64'), 'pending'
+      from unnest(
+        ${arrayLiteral(batch.map((e) => e.id))}::uuid[],
+        ${arrayLiteral(batch.map((e) => e.senderUser))}::uuid[],
+        ${arrayLiteral(batch.map((e) => e.senderDevice))}::int[],
+        ${arrayLiteral(batch.map((e) => e.recipientUser))}::uuid[],
+        ${arrayLiteral(batch.map((e) => e.recipientDevice))}::int[],
+        ${arrayLiteral(batch.map((e) => e.groupId ?? "NULL"))}::uuid[],
+        ${arrayLiteral(batch.map((e) => e.ts))}::bigint[],
+        ${arrayLiteral(batch.map((e) => e.type))}::smallint[],
+        ${arrayLiteral(batch.map((e) => `"${e.body}"`))}::text[]
+      ) as v(id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body)
+      on conflict do nothing
+      returning id, sender_user as "senderUser", sender_device as "senderDevice",
+        recipient_user as "recipientUser", recipient_device as "recipientDevice"`);
+    const inserted = rowsOf<{
+      id: string;
+      senderUser: string;
+      senderDevice: number;
+      recipientUser: string;
+      recipientDevice: number;
+    }>(result);
     const fresh = new Set(inserted.map(identity));
     // The same envelope twice in one batch: only its first occurrence is new.
     const seen = new Set<string>();
@@ -136,11 +171,7 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       where e.recipient_user = a.recipient_user and e.recipient_device = a.recipient_device
         and e.id = a.id and e.body is not null
       returning e.recipient_user, e.recipient_device, e.id`);
-    const rows = ((result as unknown as { rows?: unknown[] }).rows ?? (result as unknown as unknown[])) as {
-      recipient_user: string;
-      recipient_device: number;
-      id: string;
-    }[];
+    const rows = rowsOf<{ recipient_user: string; recipient_device: number; id: string }>(result);
     const acked = new Map<string, number>();
     for (const row of rows) {
       const key = `${row.recipient_user}/${row.recipient_device}`;

@@ -56,6 +56,21 @@ export function describeEnvelopeLog(name: string, open: () => Promise<LogUnderTe
       expect(await log.undelivered(first.recipientUser)).toHaveLength(2);
     });
 
+    test("a group send to 10,000 member devices is one append: all new, in order, and idempotent", async () => {
+      const message = envelope({ groupId: randomUUID(), type: 7 });
+      const members = Array.from({ length: 10_000 }, (_, i) => ({
+        ...message,
+        recipientUser: randomUUID(),
+        recipientDevice: 1 + (i % 127),
+      }));
+      const fresh = await log.append(members);
+      expect(fresh.every((f) => f)).toBe(true);
+      expect(fresh).toHaveLength(10_000);
+      const last = members[9_999] as StoredEnvelope;
+      expect(await log.undelivered(last.recipientUser)).toEqual([last]);
+      expect((await log.append(members.slice(0, 3))).some((f) => f)).toBe(false);
+    }, 30_000);
+
     test("concurrent appends from many callers all commit and keep each caller's order", async () => {
       const recipientUser = randomUUID();
       const senders = Array.from({ length: 20 }, () => randomUUID());

@@ -60,7 +60,8 @@ export async function connections(ctx: ScenarioContext): Promise<PhaseResult[]> 
     progress.stop();
   }
   const rampMs = performance.now() - rampStart;
-  await Bun.sleep(SETTLE_MS);
+  // `--settle`: how long the sockets stay open before RSS is read (long enough to profile the server).
+  await Bun.sleep(options.settleS * 1000);
   const rssAfter = await system.sampler.rssNow();
   const stillOpen = sockets.filter((s) => !s.closed).length;
   const closedWith: Record<string, number> = {};
