@@ -81,7 +81,12 @@ async function spawnProcess(
     problems,
     async stop() {
       child.kill("SIGTERM");
-      const killer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+      // A profiled node writes its profile on exit: give it time to finish a graceful stop.
+      const graceMs = runtimeFlags.length > 0 ? 120_000 : 10_000;
+      const killer = setTimeout(() => {
+        problems.push(`${script} did not stop within ${graceMs / 1000} s of SIGTERM; killed`);
+        child.kill("SIGKILL");
+      }, graceMs);
       await child.exited;
       clearTimeout(killer);
       await onExit?.();
