@@ -24,6 +24,8 @@ export class DeviceConnection {
   /** Frames that must be handled in arrival order (sends) run one after another on this chain. */
   chain: Promise<void> = Promise.resolve();
   drain: QueueDrain | undefined;
+  /** Acks on their way to the log and the user actor; the disconnect waits for them. */
+  readonly acking = new Set<Promise<void>>();
   readonly watching = new Set<string>();
 
   constructor(

@@ -201,8 +201,11 @@ export class Gateway {
         this.send(conn, frame, typeof id === "string" ? id : undefined);
         break;
       case "ack":
-        if (checkAck.Check(frame)) void this.ack(conn, frame.ids);
-        else this.invalid(conn, firstProblem(checkAck, frame));
+        if (checkAck.Check(frame)) {
+          const acking = this.ack(conn, frame.ids);
+          conn.acking.add(acking);
+          void acking.finally(() => conn.acking.delete(acking));
+        } else this.invalid(conn, firstProblem(checkAck, frame));
         break;
       case "presence.watch":
         if (checkPresenceWatch.Check(frame)) void this.watch(conn, frame.users);
@@ -300,7 +303,9 @@ export class Gateway {
     for (const user of conn.watching) this.watchers.get(user)?.delete(conn);
     const { presence, messaging, nodeId, logger } = this.options;
     // After whatever the connection was doing: its envelopes in flight must reach the actor first.
-    const bookkeeping = conn.chain.then(async () => {
+    // Acks sent just before the close go first: otherwise the actor would flush those envelopes
+    // to the offline queue and the device would get them again on its next connection.
+    const bookkeeping = Promise.all([conn.chain, ...conn.acking]).then(async () => {
       try {
         await conn.drain?.release();
         await presence.disconnected(this.ref(conn));

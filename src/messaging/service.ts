@@ -166,7 +166,9 @@ export class MessagingService {
 
   /** The device has these envelopes: the log forgets their ciphertext and the actor stops redelivering. */
   async ack(device: Principal, ids: string[]): Promise<void> {
-    await this.log.ack(device.userId, device.deviceId, ids);
-    await this.actors.tell(userKey(device.userId), { type: "ack", deviceId: device.deviceId, ids });
+    // The actor first: a reconnect that overtakes the log's commit must not be pushed these again.
+    // Should the log's write then fail, they stay pending there and come back once (clients dedupe).
+    const told = this.actors.tell(userKey(device.userId), { type: "ack", deviceId: device.deviceId, ids });
+    await Promise.all([this.log.ack(device.userId, device.deviceId, ids), told]);
   }
 }

@@ -169,6 +169,31 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     await Promise.all([a.close(), again.close()]);
   });
 
+  test("acks sent just before closing count: nothing acked comes back on the next connection", async () => {
+    const alice = await user();
+    const bob = await user();
+    const b = await connect(bob.sessions[0].accessToken);
+    const a = await connect(alice.sessions[0].accessToken);
+    // Past the actor's post-activation recovery window (9 heartbeats of 250 ms here), in which
+    // every deliver re-reads the log and an ack can trail the deliveries queued before it.
+    await Bun.sleep(2500);
+    const ids = Array.from({ length: 20 }, () => randomUUID());
+    for (const id of ids) a.send(direct(id, bob.userId, { 1: id }));
+    for (const id of ids) await a.reply(id);
+    expect((await b.messages(20)).map((m) => m.id)).toEqual(ids);
+    // The ack and the close leave together, as a client that acks on its way out does.
+    b.send({ type: "ack", ids });
+    await b.close();
+    const again = await connect(bob.sessions[0].accessToken);
+    // Queued envelopes are delivered before live ones: if any acked one came back, it would be first.
+    const later = randomUUID();
+    a.send(direct(later, bob.userId, { 1: "after the reconnect" }));
+    await a.reply(later);
+    const [first] = await again.messages(1);
+    expect(first?.id).toBe(later);
+    await Promise.all([a.close(), again.close()]);
+  });
+
   test("a send to one's own other devices names them without the sending device", async () => {
     const alice = await user(2);
     const [d1, d2] = await Promise.all(alice.sessions.map((s) => connect(s.accessToken)));
