@@ -5,6 +5,9 @@ import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState } from "./envelope-log.ts";
 import { GroupCommit } from "./group-commit.ts";
 
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+
 /** Identity of a stored envelope: sender device, message id and recipient device. */
 function identity(e: {
   senderUser: string;
@@ -16,14 +19,28 @@ function identity(e: {
   return `${e.senderUser}/${e.senderDevice}/${e.id}/${e.recipientUser}/${e.recipientDevice}`;
 }
 
+/** Envelopes of one recipient device named by id (an ack, or a flush to the offline queue). */
 interface AckRequest {
   recipientUser: string;
   recipientDevice: number;
   ids: string[];
 }
 
-const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
-const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+/** Parallel arrays (one entry per id) for an UPDATE … FROM unnest(…). */
+function flatten(batch: readonly AckRequest[]) {
+  const users: string[] = [];
+  const devices: number[] = [];
+  const ids: string[] = [];
+  for (const request of batch) {
+    for (const id of request.ids) {
+      if (!UUID.test(id)) throw new Error("envelope id is malformed");
+      users.push(request.recipientUser);
+      devices.push(request.recipientDevice);
+      ids.push(id);
+    }
+  }
+  return { users, devices, ids };
+}
 
 /** Rows of `db.execute`: postgres-js returns an array, PGlite an object with `rows`. */
 function rowsOf<T>(result: unknown): T[] {
@@ -43,10 +60,12 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
   readonly kind = "postgres";
   private readonly commit: GroupCommit<StoredEnvelope, boolean>;
   private readonly acks: GroupCommit<AckRequest, number>;
+  private readonly queued: GroupCommit<AckRequest, undefined>;
 
   constructor(private readonly db: Db) {
     this.commit = new GroupCommit((batch) => this.insert(batch));
     this.acks = new GroupCommit((batch) => this.ackBatch(batch));
+    this.queued = new GroupCommit((batch) => this.queuedBatch(batch));
   }
 
   append(batch: StoredEnvelope[]): Promise<boolean[]> {
@@ -133,17 +152,23 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
 
   async markQueued(recipientUser: string, recipientDevice: number, ids: string[]): Promise<void> {
     if (ids.length === 0) return;
-    await this.db
-      .update(envelopes)
-      .set({ state: "queued" })
-      .where(
-        and(
-          eq(envelopes.recipientUser, recipientUser),
-          eq(envelopes.recipientDevice, recipientDevice),
-          inArray(envelopes.id, ids),
-          eq(envelopes.state, "pending"),
-        ),
-      );
+    await this.queued.submit([{ recipientUser, recipientDevice, ids }]);
+  }
+
+  /**
+   * Every device flushed to its offline queue meanwhile, in one UPDATE: when thousands of sockets
+   * close at once (a node restart, a network blip), one statement per device would queue behind
+   * the pool for longer than the disconnects may take.
+   */
+  private async queuedBatch(batch: AckRequest[]): Promise<undefined[]> {
+    const { users, devices, ids } = flatten(batch);
+    await this.db.execute(sql`
+      update envelopes as e set state = 'queued'
+      from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[])
+        as q(recipient_user, recipient_device, id)
+      where e.recipient_user = q.recipient_user and e.recipient_device = q.recipient_device
+        and e.id = q.id and e.state = 'pending'`);
+    return batch.map(() => undefined);
   }
 
   async ack(recipientUser: string, recipientDevice: number, ids: string[]): Promise<number> {
@@ -154,16 +179,7 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
 
   /** Every ack waiting for the database in one UPDATE: one commit instead of one per ack frame. */
   private async ackBatch(batch: AckRequest[]): Promise<number[]> {
-    const users: string[] = [];
-    const devices: number[] = [];
-    const ids: string[] = [];
-    for (const request of batch) {
-      for (const id of request.ids) {
-        users.push(request.recipientUser);
-        devices.push(request.recipientDevice);
-        ids.push(id);
-      }
-    }
+    const { users, devices, ids } = flatten(batch);
     const result = await this.db.execute(sql`
       update envelopes as e set state = 'acked', body = null
       from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[])

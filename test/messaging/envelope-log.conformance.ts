@@ -107,6 +107,32 @@ export function describeEnvelopeLog(name: string, open: () => Promise<LogUnderTe
       expect(await log.undelivered(recipientUser, { limit: 1 })).toHaveLength(1);
     });
 
+    test("many devices marked queued at once each get exactly their envelopes queued; acked ones stay acked", async () => {
+      const recipients = Array.from({ length: 50 }, () => randomUUID());
+      const held = recipients.map((recipientUser) => [
+        envelope({ recipientUser }),
+        envelope({ recipientUser }),
+        envelope({ recipientUser }),
+      ]);
+      await log.append(held.flat());
+      // The first of each is acked, the second flushed to the offline queue, the third left pending.
+      await Promise.all(held.map(([a]) => log.ack(a?.recipientUser as string, 1, [a?.id as string])));
+      await Promise.all(
+        held.map(([a, b]) =>
+          log.markQueued(b?.recipientUser as string, 1, [a?.id as string, b?.id as string]),
+        ),
+      );
+      for (const [a, b, c] of held) {
+        const user = a?.recipientUser as string;
+        expect((await log.undelivered(user, { state: "queued" })).map((e) => e.id)).toEqual([
+          b?.id as string,
+        ]);
+        expect((await log.undelivered(user, { state: "pending" })).map((e) => e.id)).toEqual([
+          c?.id as string,
+        ]);
+      }
+    });
+
     test("ack drops the ciphertext, removes the envelope from undelivered, and counts only new acks", async () => {
       const e = envelope();
       await log.append([e]);
