@@ -44,6 +44,10 @@ export function vsRelay(phase: PhaseResult, baseline: PhaseResult[]): Record<str
     deliveredP99: ratio(phase.latencyMs.delivered.p99, relay.latencyMs.delivered.p99),
     allDeliveredP99: ratio(phase.latencyMs.allDelivered.p99, relay.latencyMs.allDelivered.p99),
     bytesPerConnection: ratio(phase.extra?.bytesPerConnection, relay.extra?.bytesPerConnection),
+    marginalBytesPerConnection: ratio(
+      phase.extra?.marginalBytesPerConnection,
+      relay.extra?.marginalBytesPerConnection,
+    ),
   };
   return Object.fromEntries(
     Object.entries(out).filter(([, v]) => v !== undefined && Number.isFinite(v)),

@@ -12,7 +12,8 @@ const SETTLE_MS = 3000;
 
 /**
  * Connection storm: ramp to N idle sockets (one user — and so one user actor — per socket unless
- * `--users` is smaller), then memory per connection = (RSS with N − RSS with 0) / N.
+ * `--users` is smaller), then memory per connection = (RSS with N − RSS with 0) / N, and the
+ * marginal figure = (RSS with N − RSS with N/2) / (N/2).
  */
 export async function connections(ctx: ScenarioContext): Promise<PhaseResult[]> {
   const { options, system, progress } = ctx;
@@ -46,22 +47,36 @@ export async function connections(ctx: ScenarioContext): Promise<PhaseResult[]> 
   let open = 0;
   const rampStart = performance.now();
   progress.start(`${system.name} ramp`, () => `${open}/${n} connections`);
-  let sockets: LoadSocket[] = [];
+  const sockets: LoadSocket[] = [];
+  // Two halves: the second half's RSS growth is the marginal cost of a connection, without the
+  // allocator's high-water mark from the first half's set-up churn (upgrades, queries, channels).
+  const half = Math.floor(n / 2);
+  let rssHalf = 0;
+  let rampMs = 0;
   try {
-    sockets = await inPool(
-      n,
-      128,
-      (i) => LoadSocket.open(system.target, devices[i] as (typeof devices)[number]),
-      (d) => {
-        open = d;
-      },
-    );
+    for (const [from, to] of [
+      [0, half],
+      [half, n],
+    ] as const) {
+      const started = performance.now();
+      sockets.push(
+        ...(await inPool(
+          to - from,
+          128,
+          (i) => LoadSocket.open(system.target, devices[from + i] as (typeof devices)[number]),
+          (d) => {
+            open = from + d;
+          },
+        )),
+      );
+      rampMs += performance.now() - started;
+      // `--settle`: how long the sockets stay open before RSS is read (long enough to profile the server).
+      await Bun.sleep(options.settleS * 1000);
+      if (from === 0) rssHalf = await system.sampler.rssNow();
+    }
   } finally {
     progress.stop();
   }
-  const rampMs = performance.now() - rampStart;
-  // `--settle`: how long the sockets stay open before RSS is read (long enough to profile the server).
-  await Bun.sleep(options.settleS * 1000);
   const rssAfter = await system.sampler.rssNow();
   const stillOpen = sockets.filter((s) => !s.closed).length;
   const closedWith: Record<string, number> = {};
@@ -76,10 +91,16 @@ export async function connections(ctx: ScenarioContext): Promise<PhaseResult[]> 
     rampPerSec: Math.round(n / (rampMs / 1000)),
     rssBeforeMb: Math.round((rssBefore / 1048576) * 10) / 10,
     rssAfterMb: Math.round((rssAfter / 1048576) * 10) / 10,
-    ...(rssBefore > 0 ? { bytesPerConnection: Math.round((rssAfter - rssBefore) / n) } : {}),
+    ...(rssBefore > 0
+      ? {
+          bytesPerConnection: Math.round((rssAfter - rssBefore) / n),
+          marginalBytesPerConnection: Math.round((rssAfter - rssHalf) / (n - half)),
+        }
+      : {}),
   };
   progress.note(
-    `${system.name}: ${stillOpen}/${n} open, ${result.extra.bytesPerConnection ?? "?"} bytes of server RSS each`,
+    `${system.name}: ${stillOpen}/${n} open, ${result.extra.bytesPerConnection ?? "?"} bytes of server RSS each ` +
+      `(${result.extra.marginalBytesPerConnection ?? "?"} for each of the second half)`,
   );
   if (stillOpen < n) progress.note(`${system.name}: closed during the run: ${JSON.stringify(closedWith)}`);
   await inPool(sockets.length, 256, (i) => (sockets[i] as LoadSocket).close());
