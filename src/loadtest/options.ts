@@ -59,7 +59,15 @@ const DEFAULTS: Record<ScenarioName, Partial<LoadtestOptions>> = {
   offline: { users: 100, messages: 20_000, durationS: 60, window: 32, baseline: false, settleS: 0 },
   fanout: { users: 0, groupSizes: [100, 1000], groupMessages: 20, baseline: true },
   connections: { connections: 2000, users: 0, baseline: true, settleS: 3 },
-  cluster: { users: 200, messages: 2_000_000, durationS: 10, window: 16, nodes: 3, stack: "services" },
+  cluster: {
+    users: 200,
+    messages: 2_000_000,
+    durationS: 10,
+    window: 16,
+    rate: "half",
+    nodes: 3,
+    stack: "services",
+  },
 };
 
 export const USAGE = `usage: npm run loadtest -- <scenario> [options]
