@@ -45,7 +45,6 @@ export async function connections(ctx: ScenarioContext): Promise<PhaseResult[]> 
   const rssBefore = await system.sampler.rssNow();
   const cpu = selfCpu();
   let open = 0;
-  const rampStart = performance.now();
   progress.start(`${system.name} ramp`, () => `${open}/${n} connections`);
   const sockets: LoadSocket[] = [];
   // Two halves: the second half's RSS growth is the marginal cost of a connection, without the
