@@ -130,6 +130,7 @@ export async function prepareStack(stack: Stack): Promise<ClusterEnv> {
       REDIS_PREFIX: `${name}:`,
     },
     async cleanup() {
+      await deleteRunQueues(url.toString(), name);
       const sql = postgres(POSTGRES_URL, { max: 1, onnotice: () => {} });
       try {
         await sql.unsafe(`drop database if exists ${name} with (force)`);
@@ -138,6 +139,35 @@ export async function prepareStack(stack: Stack): Promise<ClusterEnv> {
       }
     },
   };
+}
+
+/**
+ * Deletes the RabbitMQ queues a run made (queue names start with the run's prefix): one offline
+ * queue per device that was ever flushed to, read from the run's database before it is dropped,
+ * and the nodes' inboxes. Left alone they would stay for the retention period (x-expires) and a
+ * few runs pile up tens of thousands of queues on the broker, which slows the next runs.
+ */
+async function deleteRunQueues(databaseUrl: string, prefix: string): Promise<void> {
+  const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} });
+  let names: string[];
+  try {
+    const devices = await sql<{ user_id: string; device_id: number }[]>`select user_id, device_id from devices`;
+    names = devices.map((d) => `${prefix}.dev.${d.user_id}.${d.device_id}`);
+  } finally {
+    await sql.end();
+  }
+  const { connect } = await import("amqplib");
+  const connection = await connect(AMQP_URL);
+  try {
+    const channel = await connection.createChannel();
+    // Deleting a queue that does not exist is not an error in RabbitMQ (queue.delete is idempotent).
+    for (let i = 0; i < names.length; i += 500) {
+      await Promise.all(names.slice(i, i + 500).map((q) => channel.deleteQueue(q)));
+    }
+    await channel.close();
+  } finally {
+    await connection.close();
+  }
 }
 
 /**
