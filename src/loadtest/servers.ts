@@ -151,7 +151,9 @@ async function deleteRunQueues(databaseUrl: string, prefix: string): Promise<voi
   const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} });
   let names: string[];
   try {
-    const devices = await sql<{ user_id: string; device_id: number }[]>`select user_id, device_id from devices`;
+    const devices = await sql<
+      { user_id: string; device_id: number }[]
+    >`select user_id, device_id from devices`;
     names = devices.map((d) => `${prefix}.dev.${d.user_id}.${d.device_id}`);
   } finally {
     await sql.end();
