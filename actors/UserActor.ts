@@ -59,8 +59,27 @@ export interface EraseMessage {
   erasureId: string;
 }
 
+/**
+ * Sent by the actor to itself: flush the offline devices' envelopes gathered meanwhile. It queues
+ * behind the delivers already in the mailbox, so a burst for an offline device costs one broker
+ * confirm and one log update instead of one per message.
+ */
+export interface FlushDueMessage {
+  type: "flush.due";
+}
+
+/**
+ * Sent by the actor to itself while it recovers: read the log once for every device that got
+ * delivers meanwhile, instead of once per deliver.
+ */
+export interface RecoveryReadMessage {
+  type: "recovery.read";
+}
+
 /** Everything a user actor handles. */
 export type UserMessage =
+  | FlushDueMessage
+  | RecoveryReadMessage
   | DeliverMessage
   | DeliverGroupMessage
   | DeviceConnectMessage
@@ -114,13 +133,19 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   private readonly done = new Set<string>();
   /** Until then (clock ms), delivers are wake-ups and the log is read; see UserActorPorts.recoveryMs. */
   private recoveringUntil = 0;
+  /** Devices with envelopes to flush to their offline queue when `flush.due` comes round. */
+  private readonly flushDue = new Set<number>();
+  private flushScheduled = false;
+  /** Devices whose delivers arrived during recovery, read from the log at `recovery.read`. */
+  private readonly recoveryDue = new Set<number>();
+  private recoveryScheduled = false;
 
   constructor(
     readonly userId: string,
     private readonly ports: UserActorPorts,
   ) {}
 
-  async onActivate(): Promise<void> {
+  async onActivate(ctx: ActorContext): Promise<void> {
     this.recoveringUntil = this.ports.clock.now() + this.ports.recoveryMs;
     // A socket still draining its offline queue must not get live envelopes ahead of queued ones.
     for (const socket of await this.ports.sockets.open(this.userId)) {
@@ -130,13 +155,13 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     const undelivered = await this.ports.log.undelivered(this.userId, { state: "pending" });
     const touched = this.hold(undelivered);
     for (const deviceId of touched.keys())
-      await this.dispatch(deviceId, [...(this.pending.get(deviceId)?.values() ?? [])]);
+      await this.dispatch(deviceId, [...(this.pending.get(deviceId)?.values() ?? [])], ctx);
   }
 
   async receive(message: UserMessage, ctx: ActorContext): Promise<unknown> {
     switch (message.type) {
       case "deliver":
-        return this.deliver(message.envelopes);
+        return this.deliver(message.envelopes, ctx);
       case "deliver.group": {
         const devices = message.devices[this.userId] ?? [];
         return this.deliver(
@@ -145,7 +170,30 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
             recipientUser: this.userId,
             recipientDevice,
           })),
+          ctx,
         );
+      }
+      case "recovery.read": {
+        this.recoveryScheduled = false;
+        const devices = [...this.recoveryDue];
+        this.recoveryDue.clear();
+        const fromLog: StoredEnvelope[] = [];
+        for (const device of devices) {
+          fromLog.push(...(await this.ports.log.undelivered(this.userId, { device, state: "pending" })));
+        }
+        const added = this.hold(fromLog);
+        for (const [deviceId, fresh] of added) await this.dispatch(deviceId, fresh, ctx);
+        return { devices: added.size };
+      }
+      case "flush.due": {
+        this.flushScheduled = false;
+        let flushed = 0;
+        for (const deviceId of [...this.flushDue]) {
+          this.flushDue.delete(deviceId);
+          // Connected meanwhile: its pending envelopes are pushed once it has drained its queue.
+          if (!this.devices.has(deviceId)) flushed += await this.flush(deviceId);
+        }
+        return { flushed };
       }
       case "device.connect":
         // Already known from this activation's start (same socket): keep what it knows.
@@ -165,7 +213,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         // Pushed already (the activation found it live): pushing the pending set again would repeat it.
         if (device.live) return { live: true };
         device.live = true;
-        await this.dispatch(message.deviceId, [...(this.pending.get(message.deviceId)?.values() ?? [])]);
+        await this.dispatch(message.deviceId, [...(this.pending.get(message.deviceId)?.values() ?? [])], ctx);
         return { live: true };
       }
       case "device.disconnect": {
@@ -216,23 +264,34 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     return added;
   }
 
-  private async deliver(envelopes: readonly StoredEnvelope[]): Promise<{ devices: number }> {
+  private async deliver(
+    envelopes: readonly StoredEnvelope[],
+    ctx: ActorContext,
+  ): Promise<{ devices: number }> {
     if (this.ports.clock.now() < this.recoveringUntil) {
-      // Recovering: take the log's order (acceptance order) rather than the order messages arrive in.
-      const devices = new Set(envelopes.map((e) => e.recipientDevice));
-      const fromLog: StoredEnvelope[] = [];
-      for (const device of devices) {
-        fromLog.push(...(await this.ports.log.undelivered(this.userId, { device, state: "pending" })));
+      // Recovering: take the log's order (acceptance order) rather than the order messages arrive
+      // in. The read waits behind the delivers already in the mailbox, so a burst costs one read.
+      for (const envelope of envelopes) this.recoveryDue.add(envelope.recipientDevice);
+      if (!this.recoveryScheduled) {
+        this.recoveryScheduled = true;
+        const read: RecoveryReadMessage = { type: "recovery.read" };
+        // Not awaited (see dispatch); refused: the envelopes stay pending for the next activation.
+        void ctx.system.tell(ctx.key, read).catch(() => {
+          this.recoveryScheduled = false;
+        });
       }
-      envelopes = fromLog;
+      return { devices: 0 };
     }
     const added = this.hold(envelopes);
-    for (const [deviceId, fresh] of added) await this.dispatch(deviceId, fresh);
+    for (const [deviceId, fresh] of added) await this.dispatch(deviceId, fresh, ctx);
     return { devices: added.size };
   }
 
-  /** Live device: push. Draining: hold. Not connected (or its socket vanished): flush to its queue. */
-  private async dispatch(deviceId: number, envelopes: StoredEnvelope[]): Promise<void> {
+  /**
+   * Live device: push. Draining: hold. Not connected (or its socket vanished): flush to its queue,
+   * after the delivers already waiting in the mailbox (`flush.due`). They are in the log meanwhile.
+   */
+  private async dispatch(deviceId: number, envelopes: StoredEnvelope[], ctx: ActorContext): Promise<void> {
     if (envelopes.length === 0) return;
     const device = this.devices.get(deviceId);
     if (device && !device.live) return;
@@ -241,7 +300,16 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       if (pushed) return;
       if (this.devices.get(deviceId) === device) this.devices.delete(deviceId);
     }
-    await this.flush(deviceId);
+    this.flushDue.add(deviceId);
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    const due: FlushDueMessage = { type: "flush.due" };
+    // Not awaited: during a handoff the gate holds this actor's own messages until it has stopped.
+    // Refused (the node is stopping): the envelopes stay pending in the log, and the next
+    // activation, wherever it is, rebuilds and flushes them.
+    void ctx.system.tell(ctx.key, due).catch(() => {
+      this.flushScheduled = false;
+    });
   }
 
   /** Moves a device's unacked envelopes to its durable offline queue; returns how many. */

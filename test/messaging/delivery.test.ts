@@ -148,6 +148,29 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     await Promise.all([a.close(), again.close()]);
   });
 
+  test("a burst for an offline device reaches its offline queue whole, and arrives in order", async () => {
+    const alice = await user();
+    const bob = await user();
+    const a = await connect(alice.sessions[0].accessToken);
+    // Bob's actor starts with the first of these, so they arrive during its recovery window and
+    // are flushed in batches behind the delivers waiting in its mailbox.
+    const ids = Array.from({ length: 150 }, () => randomUUID());
+    for (const [i, id] of ids.entries()) a.send(direct(id, bob.userId, { 1: `burst ${i}` }));
+    for (const id of ids) expect((await a.reply(id)).type).toBe("accepted");
+    const deadline = Date.now() + 10_000;
+    while ((await node.messaging.offline.depth(bob.userId, 1)) < ids.length && Date.now() < deadline) {
+      await Bun.sleep(50);
+    }
+    expect(await node.messaging.offline.depth(bob.userId, 1)).toBe(ids.length);
+    const b = await connect(bob.sessions[0].accessToken);
+    const got = await b.messages(ids.length);
+    expect(got.map((m) => m.id)).toEqual(ids);
+    expect(got.map((m) => Buffer.from(m.envelope.body, "base64").toString())).toEqual(
+      ids.map((_, i) => `burst ${i}`),
+    );
+    await Promise.all([a.close(), b.close()]);
+  });
+
   test("what a device did not ack before disconnecting is delivered again on reconnect", async () => {
     const alice = await user();
     const bob = await user();
