@@ -29,13 +29,48 @@ export function directFrame(id: string, to: string, deviceId: number, body: stri
   return JSON.stringify({ type: "send", id, to: { user: to }, messages: [{ deviceId, type, body }] });
 }
 
-/** Sends one message on `route`, telling the tracker first. */
+/** Per route, the last frame being built asynchronously (Signal encryption, `--e2ee`). */
+const building = new WeakMap<Route, Promise<unknown>>();
+
+/**
+ * Sends one message on `route`, telling the tracker first. A frame built asynchronously (real
+ * Signal encryption) takes its window slot at once, and a sender's frames are built one after
+ * another: a session's ratchet must advance in order, and the window must bound what is queued.
+ * A frame that cannot be built counts as rejected (`encrypt_failed`), not as lost.
+ */
 function fire(route: Route, tracker: Tracker, at?: number) {
   const id = randomUUID();
   tracker.sentOne(id, route.expected, at);
-  const frame = route.frame(id);
-  if (typeof frame === "string") route.sender.send(frame);
-  else void frame.then((f) => route.sender.send(f));
+  const sender = route.sender;
+  const previous = building.get(route);
+  if (!previous) {
+    const frame = route.frame(id);
+    if (typeof frame === "string") return sender.send(frame);
+    sender.inFlight++;
+    return void track(route, tracker, id, frame);
+  }
+  sender.inFlight++;
+  track(
+    route,
+    tracker,
+    id,
+    previous.then(() => route.frame(id)),
+  );
+}
+
+function track(route: Route, tracker: Tracker, id: string, frame: Promise<string>) {
+  const sent = frame.then(
+    (text) => route.sender.send(text, true),
+    () => {
+      route.sender.inFlight--;
+      tracker.rejectedOne(id, "encrypt_failed");
+      route.sender.onAnswer?.();
+    },
+  );
+  building.set(route, sent);
+  void sent.then(() => {
+    if (building.get(route) === sent) building.delete(route);
+  });
 }
 
 /**

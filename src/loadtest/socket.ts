@@ -89,9 +89,9 @@ export class LoadSocket {
     this.current = next;
   }
 
-  /** Sends a `send` frame already serialised; the caller told the tracker. */
-  send(text: string): void {
-    this.inFlight++;
+  /** Sends a `send` frame already serialised; the caller told the tracker (and may have taken the window slot). */
+  send(text: string, slotTaken = false): void {
+    if (!slotTaken) this.inFlight++;
     this.ws.send(text);
   }
 
