@@ -19,6 +19,9 @@ export interface SubmittedSend {
 }
 
 /** How long a user's device list may be reused for the device-set check, across nodes. */
+/** A cached device list is used as is this long... */
+const DEVICE_LIST_FRESH_MS = 500;
+/** ...and until this age it is still used while a re-read runs in the background; older, a send waits for the read. */
 const DEVICE_LIST_TTL_MS = 1000;
 
 /** A group actor's answer to a send. */
@@ -38,6 +41,10 @@ export const groupKey = (groupId: string) => `group:${groupId}`;
 export class MessagingService {
   /** userId → device ids (undefined: no such user), read at `at`. Bounded: cleared when it grows past 50k. */
   private readonly deviceLists = new Map<string, { devices: number[] | undefined; at: number }>();
+  /** Device-list reads in flight, so a user's concurrent sends share one query. */
+  private readonly readingDevices = new Map<string, Promise<number[] | undefined>>();
+  /** Bumped by every device change here: a read that started before one is not cached. */
+  private deviceChanges = 0;
 
   constructor(
     private readonly db: Db,
@@ -49,20 +56,48 @@ export class MessagingService {
   /** Forgets a user's cached device list (a device of theirs was added or removed on this node). */
   devicesChanged(userId: string): void {
     this.deviceLists.delete(userId);
+    this.readingDevices.delete(userId);
+    this.deviceChanges++;
   }
 
   /**
-   * The recipient's current device ids, or undefined when there is no such user. Cached for a
-   * second: a device added on another node may be missed for that long (the sender then learns of
-   * it with its next send's `mismatched_devices`); changes on this node are seen at once.
+   * The recipient's current device ids, or undefined when there is no such user. Cached for at most
+   * a second: a device added on another node may be missed for that long (the sender then learns
+   * of it with its next send's `mismatched_devices`); changes on this node are seen at once. Past
+   * half a second the list is re-read in the background while sends go on using it: a send that
+   * waited for the re-read was most of the 1:1 p99 at a fixed 8,500/s (76 ms accepted; 35 ms with
+   * the lists never re-read).
    */
   private async devicesOf(userId: string): Promise<number[] | undefined> {
     const cached = this.deviceLists.get(userId);
-    if (cached && this.now() - cached.at < DEVICE_LIST_TTL_MS) return cached.devices;
-    const devices = await this.readDevices(userId);
-    if (this.deviceLists.size > 50_000) this.deviceLists.clear();
-    this.deviceLists.set(userId, { devices, at: this.now() });
-    return devices;
+    const age = cached ? this.now() - cached.at : Number.POSITIVE_INFINITY;
+    if (cached && age < DEVICE_LIST_FRESH_MS) return cached.devices;
+    if (cached && age < DEVICE_LIST_TTL_MS) {
+      void this.rereadDevices(userId).catch(() => {});
+      return cached.devices;
+    }
+    return this.rereadDevices(userId);
+  }
+
+  private rereadDevices(userId: string): Promise<number[] | undefined> {
+    let reading = this.readingDevices.get(userId);
+    if (!reading) {
+      const changesBefore = this.deviceChanges;
+      const read: Promise<number[] | undefined> = this.readDevices(userId)
+        .then((devices) => {
+          if (this.deviceChanges === changesBefore) {
+            if (this.deviceLists.size > 50_000) this.deviceLists.clear();
+            this.deviceLists.set(userId, { devices, at: this.now() });
+          }
+          return devices;
+        })
+        .finally(() => {
+          if (this.readingDevices.get(userId) === read) this.readingDevices.delete(userId);
+        });
+      this.readingDevices.set(userId, read);
+      reading = read;
+    }
+    return reading;
   }
 
   private async readDevices(userId: string): Promise<number[] | undefined> {

@@ -89,6 +89,31 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     await a.close();
   });
 
+  test("a device the recipient adds is required at once, though the sender's last send cached the list", async () => {
+    const alice = await user();
+    const bob = await user();
+    const a = await connect(alice.sessions[0].accessToken);
+    const first = randomUUID();
+    a.send(direct(first, bob.userId, { 1: "one device" }));
+    expect((await a.reply(first)).type).toBe("accepted");
+    const more = await client.post("/v1/sessions", {
+      username: bob.sessions[0].username,
+      password: bob.sessions[0].password,
+      registrationId: 77,
+    });
+    expect(more.body.deviceId).toBe(2);
+    const second = randomUUID();
+    a.send(direct(second, bob.userId, { 1: "still one device?" }));
+    expect(await a.reply(second)).toEqual({
+      type: "rejected",
+      id: second,
+      code: "mismatched_devices",
+      missing: [2],
+      extra: [],
+    });
+    await a.close();
+  });
+
   test("a send to a user that does not exist is rejected as unknown_recipient", async () => {
     const alice = await user();
     const a = await connect(alice.sessions[0].accessToken);
