@@ -131,6 +131,7 @@ export async function prepareStack(stack: Stack): Promise<ClusterEnv> {
     },
     async cleanup() {
       await deleteRunQueues(url.toString(), name);
+      await deleteRunKeys(`${name}:`);
       const sql = postgres(POSTGRES_URL, { max: 1, onnotice: () => {} });
       try {
         await sql.unsafe(`drop database if exists ${name} with (force)`);
@@ -169,6 +170,23 @@ async function deleteRunQueues(databaseUrl: string, prefix: string): Promise<voi
     await channel.close();
   } finally {
     await connection.close();
+  }
+}
+
+/** Deletes the run's Redis keys (last-seen times keep no TTL: ROPA keeps them until erasure). */
+async function deleteRunKeys(prefix: string): Promise<void> {
+  const { default: Redis } = await import("ioredis");
+  const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 2 });
+  try {
+    await redis.connect();
+    let cursor = "0";
+    do {
+      const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
+      cursor = next;
+      if (keys.length > 0) await redis.unlink(...keys);
+    } while (cursor !== "0");
+  } finally {
+    redis.disconnect();
   }
 }
 
