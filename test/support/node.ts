@@ -7,6 +7,22 @@ import { type ClearBoxNode, createNode } from "../../src/node.ts";
 import { createLogger } from "../../src/observability/logger.ts";
 import { createTestDatabase, type TestDatabase } from "./postgres.ts";
 
+/** Deletes every Redis key under `prefix` (SCAN + UNLINK). */
+async function deleteKeys(url: string, prefix: string): Promise<void> {
+  const { default: Redis } = await import("ioredis");
+  const redis = new Redis(url, { maxRetriesPerRequest: 2 });
+  try {
+    let cursor = "0";
+    do {
+      const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
+      cursor = next;
+      if (keys.length > 0) await redis.unlink(...keys);
+    } while (cursor !== "0");
+  } finally {
+    redis.disconnect();
+  }
+}
+
 /** The stores a suite can run against: the embedded default and a real PostgreSQL server. */
 export const BACKENDS = ["pglite", "postgres"] as const;
 export type Backend = (typeof BACKENDS)[number];
@@ -79,6 +95,11 @@ export async function startTestNode(
         await Promise.all(rows.map((d) => node.messaging.offline.purge(d.userId, d.deviceId).catch(() => 0)));
       }
       await node.stop();
+      // Redis keys outlive the node too (last-seen times have no TTL): delete this run's prefix
+      // (only a test prefix, never the default `cb:` of a server that may share this Redis).
+      if (config.redisUrl && config.redisPrefix.startsWith("cbt")) {
+        await deleteKeys(config.redisUrl, config.redisPrefix);
+      }
       if (ownsDatabase) await database?.drop();
       if (!options.keepData) rmSync(dataDir, { recursive: true, force: true });
     },
