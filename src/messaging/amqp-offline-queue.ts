@@ -249,12 +249,16 @@ export class AmqpOfflineQueue implements OfflineQueue {
     };
   }
 
+  /** Messages waiting in the device's queue; 0 when it has none (the queue is not created to count it). */
   async depth(userId: string, deviceId: number): Promise<number> {
     const channel = await this.connection.createChannel();
+    // A queue that does not exist answers 404 and closes the channel.
+    channel.on("error", () => {});
     try {
-      const name = this.queueName(userId, deviceId);
-      await this.declare(channel, name);
-      return (await channel.checkQueue(name)).messageCount;
+      return (await channel.checkQueue(this.queueName(userId, deviceId))).messageCount;
+    } catch (error) {
+      if ((error as { code?: unknown }).code === 404) return 0;
+      throw error;
     } finally {
       await channel.close().catch(() => {});
     }
