@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import postgres from "postgres";
+import { deleteMatching, globLiteral } from "../redis/delete-matching.ts";
 import type { Stack } from "./options.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "../..");
@@ -179,12 +180,7 @@ async function deleteRunKeys(prefix: string): Promise<void> {
   const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 2 });
   try {
     await redis.connect();
-    let cursor = "0";
-    do {
-      const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
-      cursor = next;
-      if (keys.length > 0) await redis.unlink(...keys);
-    } while (cursor !== "0");
+    await deleteMatching(redis, `${globLiteral(prefix)}*`);
   } finally {
     redis.disconnect();
   }

@@ -5,6 +5,7 @@ import { Writable } from "node:stream";
 import { loadConfig } from "../../src/config/index.ts";
 import { type ClearBoxNode, createNode } from "../../src/node.ts";
 import { createLogger } from "../../src/observability/logger.ts";
+import { deleteMatching, globLiteral } from "../../src/redis/delete-matching.ts";
 import { createTestDatabase, type TestDatabase } from "./postgres.ts";
 
 /** Deletes every Redis key under `prefix` (SCAN + UNLINK). */
@@ -12,12 +13,7 @@ async function deleteKeys(url: string, prefix: string): Promise<void> {
   const { default: Redis } = await import("ioredis");
   const redis = new Redis(url, { maxRetriesPerRequest: 2 });
   try {
-    let cursor = "0";
-    do {
-      const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
-      cursor = next;
-      if (keys.length > 0) await redis.unlink(...keys);
-    } while (cursor !== "0");
+    await deleteMatching(redis, `${globLiteral(prefix)}*`);
   } finally {
     redis.disconnect();
   }
