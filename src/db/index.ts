@@ -15,6 +15,11 @@ export { schema };
 /** The drizzle handle every store uses; the same type whether PostgreSQL or PGlite is underneath. */
 export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
 
+/** Rows of `db.execute(sql…)`: postgres-js returns an array, PGlite an object with `rows`. */
+export function rowsOf<T>(result: unknown): T[] {
+  return ((result as { rows?: T[] }).rows ?? (result as T[])) as T[];
+}
+
 /** An open database with its migrations applied. */
 export interface Database {
   db: Db;

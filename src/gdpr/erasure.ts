@@ -3,7 +3,7 @@ import { and, count, eq, inArray, isNull, sql } from "drizzle-orm";
 import type Redis from "ioredis";
 import type { ActorSystem } from "../../actors/index.ts";
 import type { AuditTrail } from "../audit/types.ts";
-import type { Db } from "../db/index.ts";
+import { type Db, rowsOf } from "../db/index.ts";
 import { accounts, devices, envelopes, erasures, groupMembers, groups, refreshTokens } from "../db/schema.ts";
 import { ApiError } from "../http/errors.ts";
 import type { EnvelopeLog } from "../messaging/envelope-log.ts";
@@ -299,10 +299,7 @@ export class ErasureService {
              + (select count(*) from kyber_last_resort_keys where user_id = ${userId})
              + (select count(*) from one_time_pre_keys where user_id = ${userId})
              + (select count(*) from one_time_kyber_pre_keys where user_id = ${userId}) as n`);
-      const keyCount = Number(
-        ((keyRows as unknown as { rows?: { n: unknown }[] }).rows ??
-          (keyRows as unknown as { n: unknown }[]))[0]?.n ?? 0,
-      );
+      const keyCount = Number(rowsOf<{ n: unknown }>(keyRows)[0]?.n ?? 0);
       // Devices, keys, refresh tokens and memberships (admin roles included) go by cascade.
       const deleted = await tx.delete(accounts).where(eq(accounts.id, userId)).returning({ id: accounts.id });
       // Groups the user was the last member of are left with nobody: remove them too.

@@ -1,5 +1,5 @@
 import { and, asc, eq, inArray, lt, or, sql } from "drizzle-orm";
-import type { Db } from "../db/index.ts";
+import { type Db, rowsOf } from "../db/index.ts";
 import { envelopes } from "../db/schema.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState } from "./envelope-log.ts";
@@ -40,11 +40,6 @@ function flatten(batch: readonly AckRequest[]) {
     }
   }
   return { users, devices, ids };
-}
-
-/** Rows of `db.execute`: postgres-js returns an array, PGlite an object with `rows`. */
-function rowsOf<T>(result: unknown): T[] {
-  return ((result as { rows?: T[] }).rows ?? (result as T[])) as T[];
 }
 
 /**
