@@ -135,10 +135,10 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   private recoveringUntil = 0;
   /** Devices with envelopes to flush to their offline queue when `flush.due` comes round. */
   private readonly flushDue = new Set<number>();
-  private flushScheduled = false;
   /** Devices whose delivers arrived during recovery, read from the log at `recovery.read`. */
   private readonly recoveryDue = new Set<number>();
-  private recoveryScheduled = false;
+  /** Messages this actor has told itself and not yet handled (at most one of each). */
+  private readonly selfTold = new Set<(FlushDueMessage | RecoveryReadMessage)["type"]>();
 
   constructor(
     readonly userId: string,
@@ -174,19 +174,17 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         );
       }
       case "recovery.read": {
-        this.recoveryScheduled = false;
+        this.selfTold.delete(message.type);
         const devices = [...this.recoveryDue];
         this.recoveryDue.clear();
         const fromLog: StoredEnvelope[] = [];
         for (const device of devices) {
           fromLog.push(...(await this.ports.log.undelivered(this.userId, { device, state: "pending" })));
         }
-        const added = this.hold(fromLog);
-        for (const [deviceId, fresh] of added) await this.dispatch(deviceId, fresh, ctx);
-        return { devices: added.size };
+        return this.take(fromLog, ctx);
       }
       case "flush.due": {
-        this.flushScheduled = false;
+        this.selfTold.delete(message.type);
         let flushed = 0;
         for (const deviceId of [...this.flushDue]) {
           this.flushDue.delete(deviceId);
@@ -272,16 +270,14 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       // Recovering: take the log's order (acceptance order) rather than the order messages arrive
       // in. The read waits behind the delivers already in the mailbox, so a burst costs one read.
       for (const envelope of envelopes) this.recoveryDue.add(envelope.recipientDevice);
-      if (!this.recoveryScheduled) {
-        this.recoveryScheduled = true;
-        const read: RecoveryReadMessage = { type: "recovery.read" };
-        // Not awaited (see dispatch); refused: the envelopes stay pending for the next activation.
-        void ctx.system.tell(ctx.key, read).catch(() => {
-          this.recoveryScheduled = false;
-        });
-      }
+      this.tellSelf({ type: "recovery.read" }, ctx);
       return { devices: 0 };
     }
+    return this.take(envelopes, ctx);
+  }
+
+  /** Holds the envelopes not seen yet and dispatches them per device; returns how many devices got some. */
+  private async take(envelopes: readonly StoredEnvelope[], ctx: ActorContext): Promise<{ devices: number }> {
     const added = this.hold(envelopes);
     for (const [deviceId, fresh] of added) await this.dispatch(deviceId, fresh, ctx);
     return { devices: added.size };
@@ -301,15 +297,19 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       if (this.devices.get(deviceId) === device) this.devices.delete(deviceId);
     }
     this.flushDue.add(deviceId);
-    if (this.flushScheduled) return;
-    this.flushScheduled = true;
-    const due: FlushDueMessage = { type: "flush.due" };
-    // Not awaited: during a handoff the gate holds this actor's own messages until it has stopped.
-    // Refused (the node is stopping): the envelopes stay pending in the log, and the next
-    // activation, wherever it is, rebuilds and flushes them.
-    void ctx.system.tell(ctx.key, due).catch(() => {
-      this.flushScheduled = false;
-    });
+    this.tellSelf({ type: "flush.due" }, ctx);
+  }
+
+  /**
+   * Queues `message` behind what is already in this actor's mailbox, unless it is queued already.
+   * Not awaited: during a handoff the gate holds an actor's own messages until it has stopped.
+   * Refused (the node is stopping): the envelopes stay pending in the log, and the next
+   * activation, wherever it is, rebuilds them.
+   */
+  private tellSelf(message: FlushDueMessage | RecoveryReadMessage, ctx: ActorContext): void {
+    if (this.selfTold.has(message.type)) return;
+    this.selfTold.add(message.type);
+    void ctx.system.tell(ctx.key, message).catch(() => this.selfTold.delete(message.type));
   }
 
   /** Moves a device's unacked envelopes to its durable offline queue; returns how many. */
