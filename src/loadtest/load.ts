@@ -41,21 +41,11 @@ const building = new WeakMap<Route, Promise<unknown>>();
 function fire(route: Route, tracker: Tracker, at?: number) {
   const id = randomUUID();
   tracker.sentOne(id, route.expected, at);
-  const sender = route.sender;
   const previous = building.get(route);
-  if (!previous) {
-    const frame = route.frame(id);
-    if (typeof frame === "string") return sender.send(frame);
-    sender.inFlight++;
-    return void track(route, tracker, id, frame);
-  }
-  sender.inFlight++;
-  track(
-    route,
-    tracker,
-    id,
-    previous.then(() => route.frame(id)),
-  );
+  const frame = previous ? previous.then(() => route.frame(id)) : route.frame(id);
+  if (typeof frame === "string") return route.sender.send(frame);
+  route.sender.inFlight++;
+  track(route, tracker, id, frame);
 }
 
 function track(route: Route, tracker: Tracker, id: string, frame: Promise<string>) {
