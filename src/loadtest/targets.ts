@@ -59,6 +59,16 @@ interface Session {
 
 const newUsername = () => `lt_${randomBytes(8).toString("hex")}`;
 
+/** Logs `username` in on `url` as a new device (the i-th the harness makes). */
+async function login(url: string, username: string, i: number): Promise<VirtualDevice> {
+  const s = await post<Session>(url, "/v1/sessions", {
+    username,
+    password: PASSWORD,
+    registrationId: 1 + (i % 16000),
+  });
+  return { userId: s.userId, deviceId: s.deviceId, url, token: s.accessToken };
+}
+
 /** A running ClearBox deployment (one or several nodes). Accounts are made through the public API. */
 export function clearboxTarget(urls: string[], concurrency: number): Target {
   const pick = (i: number) => urls[i % urls.length] as string;
@@ -85,12 +95,7 @@ export function clearboxTarget(urls: string[], concurrency: number): Target {
             };
           }
           await post(url, "/v1/accounts", { username, password: PASSWORD });
-          const s = await post<Session>(url, "/v1/sessions", {
-            username,
-            password: PASSWORD,
-            registrationId: 1 + (i % 16000),
-          });
-          return { userId: s.userId, deviceId: s.deviceId, url, token: s.accessToken };
+          return login(url, username, i);
         },
         onProgress,
       );
@@ -102,21 +107,7 @@ export function clearboxTarget(urls: string[], concurrency: number): Target {
         await post(pick(i), "/v1/accounts", { username, password: PASSWORD });
         return username;
       });
-      return inPool(
-        count,
-        concurrency,
-        async (i) => {
-          const url = pick(i);
-          const username = names[i % accounts] as string;
-          const s = await post<Session>(url, "/v1/sessions", {
-            username,
-            password: PASSWORD,
-            registrationId: 1 + (i % 16000),
-          });
-          return { userId: s.userId, deviceId: s.deviceId, url, token: s.accessToken };
-        },
-        onProgress,
-      );
+      return inPool(count, concurrency, (i) => login(pick(i), names[i % accounts] as string, i), onProgress);
     },
     async createGroup(owner, members) {
       const { groupId } = await post<{ groupId: string }>(
