@@ -17,6 +17,7 @@ RUN mkdir -p /data && chown bun:bun /data
 USER bun
 VOLUME ["/data"]
 EXPOSE 8080 9090
+# Liveness over loopback: https when TLS_CERT_FILE is set (the certificate names the public host, not 127.0.0.1).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s \
-  CMD bun -e "fetch('http://127.0.0.1:8080/healthz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"
+  CMD bun -e "fetch((process.env.TLS_CERT_FILE ? 'https' : 'http') + '://127.0.0.1:' + (process.env.PORT || 8080) + '/healthz', { tls: { rejectUnauthorized: false } }).then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"
 CMD ["bun", "run", "src/main.ts"]

@@ -13,6 +13,7 @@ import { CloseCode } from "./gateway/connection.ts";
 import { createGdpr, type Gdpr } from "./gdpr/index.ts";
 import { GroupService } from "./groups/service.ts";
 import { createApp, type ReadinessCheck } from "./http/app.ts";
+import { listenerTls, listenerUrl } from "./http/listener.ts";
 import { KEY_FETCH_LIMITS, KeyService } from "./keys/service.ts";
 import { createMessaging, type Messaging, userKey } from "./messaging/index.ts";
 import { createLogger, type Logger } from "./observability/logger.ts";
@@ -39,7 +40,7 @@ export interface ClearBoxNode {
   gdpr: Gdpr;
   /** Storage limitation: the periodic retention job (src/retention). */
   retention: RetentionJob;
-  /** Base URL of the public listener, e.g. http://127.0.0.1:8080. */
+  /** Base URL a local client reaches the public listener at, e.g. http://127.0.0.1:8080 (https with TLS). */
   url: string;
   /** Base URL of the admin listener. */
   adminUrl: string;
@@ -54,8 +55,6 @@ export interface NodeOptions {
   pgliteDir?: string | null;
   logger?: Logger;
   processMetrics?: boolean;
-  /** Listen on this host (default 0.0.0.0 for the public listener). */
-  hostname?: string;
   /** Tests: called after each erasure step; a throw stops the job there, as a crash would. */
   afterErasureStep?: (step: string) => void;
 }
@@ -109,7 +108,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     redis,
     sessions,
     logger,
-    address: `${options.hostname ?? "0.0.0.0"}:${config.port}`,
+    address: `${config.publicHost}:${config.port}`,
   });
   readiness.push(...messaging.readiness);
   const gdpr = await createGdpr({
@@ -147,7 +146,12 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     logger,
     metrics,
     readiness,
-  }).listen({ port: config.port, hostname: options.hostname ?? "0.0.0.0", maxRequestBodySize: 1 << 20 });
+  }).listen({
+    port: config.port,
+    hostname: config.publicHost,
+    maxRequestBodySize: 1 << 20,
+    tls: listenerTls(config.tls),
+  });
   const adminRoutes: AnyElysia[] = [
     clusterAdminRoutes(messaging.actors),
     gdpr.adminRoutes,
@@ -162,6 +166,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   }).listen({
     port: config.adminPort,
     hostname: config.adminHost,
+    tls: listenerTls(config.adminTls),
   });
   const retention = new RetentionJob({
     db,
@@ -173,10 +178,16 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     logger,
   });
   retention.start();
-  const url = `http://127.0.0.1:${app.server?.port}`;
-  const adminUrl = `http://${config.adminHost}:${admin.server?.port}`;
+  const url = listenerUrl(config.publicHost, Number(app.server?.port), Boolean(config.tls));
+  const adminUrl = listenerUrl(config.adminHost, Number(admin.server?.port), Boolean(config.adminTls));
   logger.info(
     {
+      // What each listener is bound to, as the operator configured it (0.0.0.0 = every interface).
+      listening: {
+        public: `${config.publicHost}:${app.server?.port}`,
+        admin: `${config.adminHost}:${admin.server?.port}`,
+      },
+      tls: { public: Boolean(config.tls), admin: Boolean(config.adminTls) },
       url,
       adminUrl,
       database: database.kind,

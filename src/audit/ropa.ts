@@ -8,6 +8,7 @@ export type RopaConfig = Pick<
   | "amqpUrl"
   | "mongodbUrl"
   | "adminHost"
+  | "tls"
   | "retentionDays"
   | "auditRetentionDays"
   | "refreshTokenTtlDays"
@@ -175,7 +176,9 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
     securityMeasures: [
       "end-to-end encryption (Signal protocol): the server stores and routes ciphertext only",
       "passwords hashed with argon2id",
-      "TLS terminated at the load balancer",
+      config.tls
+        ? "TLS 1.3 only on the public listener (native)"
+        : "TLS 1.3 terminated by the reverse proxy in front of the public listener, which speaks plain HTTP (deploy/nginx)",
       "audit subjects pseudonymised, keys kept apart from the log and destroyed on erasure",
       "audit log hash-chained (SHA-256), UPDATE/DELETE/TRUNCATE refused by the database",
       admin,

@@ -4,6 +4,9 @@ import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { type Static, Type as T } from "@sinclair/typebox";
 import { Value } from "@sinclair/typebox/value";
+import { type TlsFiles, tlsFiles, tlsProblems } from "./tls.ts";
+
+export type { TlsFiles };
 
 /** What each environment variable must look like; `description` is what the start-up error tells the operator. */
 const EnvSchema = T.Object({
@@ -12,11 +15,16 @@ const EnvSchema = T.Object({
     description: "one of development, production, test",
   }),
   PORT: T.Integer({ minimum: 0, maximum: 65535, default: 8080, description: "a TCP port, 0-65535" }),
+  PUBLIC_HOST: T.String({ minLength: 1, default: "0.0.0.0", description: "an interface address" }),
   ADMIN_PORT: T.Integer({ minimum: 0, maximum: 65535, default: 9090, description: "a TCP port, 0-65535" }),
   ADMIN_HOST: T.String({ minLength: 1, default: "127.0.0.1", description: "an interface address" }),
   ADMIN_TOKEN: T.Optional(
     T.String({ minLength: 16, description: "a bearer token of at least 16 characters" }),
   ),
+  TLS_CERT_FILE: T.Optional(T.String({ minLength: 1, description: "a PEM certificate chain file" })),
+  TLS_KEY_FILE: T.Optional(T.String({ minLength: 1, description: "a PEM private key file" })),
+  ADMIN_TLS_CERT_FILE: T.Optional(T.String({ minLength: 1, description: "a PEM certificate chain file" })),
+  ADMIN_TLS_KEY_FILE: T.Optional(T.String({ minLength: 1, description: "a PEM private key file" })),
   DATA_DIR: T.String({ minLength: 1, default: "./data", description: "a directory path" }),
   DATABASE_URL: T.Optional(
     T.String({ pattern: "^postgres(ql)?://", description: "a postgres:// or postgresql:// URL" }),
@@ -108,9 +116,15 @@ type Env = Static<typeof EnvSchema>;
 export interface Config {
   env: Env["NODE_ENV"];
   port: number;
+  /** Interface the public listener binds (PUBLIC_HOST). */
+  publicHost: string;
+  /** Set: the public listener serves HTTPS/WSS, TLS 1.3 only. */
+  tls?: TlsFiles;
   adminPort: number;
   adminHost: string;
   adminToken?: string;
+  /** Set: the admin listener serves HTTPS, TLS 1.3 only. */
+  adminTls?: TlsFiles;
   dataDir: string;
   databaseUrl?: string;
   redisUrl?: string;
@@ -188,6 +202,9 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     const shown = SECRET_VARS.has(variable) ? "a value that does not fit" : JSON.stringify(e.value);
     problems.set(variable, `${variable}: expected ${schema?.description ?? e.message}, got ${shown}`);
   }
+  for (const [variable, problem] of tlsProblems(candidate as Record<string, unknown>)) {
+    if (!problems.has(variable)) problems.set(variable, problem);
+  }
   if (problems.size > 0) {
     throw new ConfigError(`invalid configuration:\n  ${[...problems.values()].join("\n  ")}`);
   }
@@ -208,9 +225,12 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   return {
     env: env.NODE_ENV,
     port: env.PORT,
+    publicHost: env.PUBLIC_HOST,
+    tls: tlsFiles(env.TLS_CERT_FILE, env.TLS_KEY_FILE),
     adminPort: env.ADMIN_PORT,
     adminHost: env.ADMIN_HOST,
     adminToken: env.ADMIN_TOKEN,
+    adminTls: tlsFiles(env.ADMIN_TLS_CERT_FILE, env.ADMIN_TLS_KEY_FILE),
     dataDir,
     databaseUrl: env.DATABASE_URL,
     redisUrl: env.REDIS_URL,

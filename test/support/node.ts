@@ -55,6 +55,7 @@ export async function startTestNode(
   const config = loadConfig({
     NODE_ENV: "test",
     PORT: "0",
+    PUBLIC_HOST: "127.0.0.1",
     ADMIN_PORT: "0",
     ADMIN_TOKEN,
     DATA_DIR: dataDir,
@@ -76,7 +77,6 @@ export async function startTestNode(
   const logger = createLogger({ level: config.logLevel, nodeId: config.nodeId, destination });
   const node = await createNode(config, {
     logger,
-    hostname: "127.0.0.1",
     afterErasureStep: options.afterErasureStep,
   });
   return Object.assign(node, {
