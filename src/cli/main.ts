@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { ClearBoxApiError, ClearBoxClient } from "../client/index.ts";
 
@@ -17,6 +18,8 @@ options:
   --server <url>             ClearBox node (default: the one saved in the store, else http://127.0.0.1:8080)
   --store <path>             this account's key store (default: ./clearbox.db)
   --device-name <name>       name of a newly created device
+  --ca <file>                PEM CA certificate(s) to trust for an https server, instead of the
+                             system's (or NODE_EXTRA_CA_CERTS=<file> to add to the system's)
   password: $CLEARBOX_PASSWORD, else asked on the terminal`;
 
 function password(): string {
@@ -35,6 +38,7 @@ async function main(argv: string[]): Promise<number> {
       server: { type: "string" },
       store: { type: "string", default: "./clearbox.db" },
       "device-name": { type: "string" },
+      ca: { type: "string" },
       replenish: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -45,11 +49,12 @@ async function main(argv: string[]): Promise<number> {
     return command || values.help ? 0 : 2;
   }
   const storePath = values.store as string;
+  const ca = values.ca ? readFileSync(values.ca, "utf8") : undefined;
   let client: ClearBoxClient;
   try {
-    client = ClearBoxClient.open({ storePath, serverUrl: values.server });
+    client = ClearBoxClient.open({ storePath, serverUrl: values.server, ca });
   } catch {
-    client = ClearBoxClient.open({ storePath, serverUrl: "http://127.0.0.1:8080" });
+    client = ClearBoxClient.open({ storePath, serverUrl: "http://127.0.0.1:8080", ca });
   }
   try {
     switch (command) {

@@ -41,6 +41,12 @@ export interface ClearBoxClientOptions {
   serverUrl?: string;
   /** The account's SQLite file; `:memory:` for a throwaway client. */
   storePath: string;
+  /**
+   * PEM CA certificate(s) to trust for an https server instead of the system's, for a server whose
+   * certificate comes from a private CA. Not saved in the store. (NODE_EXTRA_CA_CERTS=<file> adds
+   * to the system's CAs for the whole process instead.)
+   */
+  ca?: string;
 }
 
 /** A received ciphertext: who sent it and libsignal's envelope (type 2, 3 or 7, base64 body). */
@@ -61,11 +67,16 @@ export class ClearBoxClient {
   private constructor(
     readonly store: AccountStore,
     readonly serverUrl: string,
+    private readonly ca?: string,
   ) {
-    this.http = new ClearBoxHttp(serverUrl, {
-      tokens: () => store.get<SessionTokens>("tokens"),
-      setTokens: (tokens) => store.set("tokens", tokens),
-    });
+    this.http = new ClearBoxHttp(
+      serverUrl,
+      {
+        tokens: () => store.get<SessionTokens>("tokens"),
+        setTokens: (tokens) => store.set("tokens", tokens),
+      },
+      ca,
+    );
   }
 
   /** Opens (or creates) the account store; the server URL is remembered in it. */
@@ -77,7 +88,7 @@ export class ClearBoxClient {
       throw new Error("no server URL given and none saved in the store");
     }
     store.set("serverUrl", serverUrl);
-    return new ClearBoxClient(store, serverUrl);
+    return new ClearBoxClient(store, serverUrl, options.ca);
   }
 
   get userId(): string {
@@ -291,7 +302,7 @@ export class ClearBoxClient {
 
   /** Opens this device's WebSocket (the messaging gateway). */
   async connect(): Promise<ClearBoxSocket> {
-    return ClearBoxSocket.connect(this.serverUrl, await this.http.accessToken());
+    return ClearBoxSocket.connect(this.serverUrl, await this.http.accessToken(), this.ca);
   }
 
   /** Closes the store; the client cannot be used afterwards. */

@@ -81,6 +81,8 @@ export class ClearBoxHttp {
   constructor(
     readonly baseUrl: string,
     private readonly holder: TokenHolder,
+    /** PEM CA certificates to trust for an https server instead of the system's (a private CA). */
+    private readonly ca?: string,
   ) {}
 
   async register(username: string, password: string): Promise<{ userId: string }> {
@@ -188,6 +190,7 @@ export class ClearBoxHttp {
       method,
       headers,
       body: options.body === undefined ? undefined : JSON.stringify(options.body),
+      ...(this.ca ? { tls: { ca: this.ca } } : {}),
     });
     const text = await res.text();
     let parsed: unknown;

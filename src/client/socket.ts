@@ -85,11 +85,17 @@ export class ClearBoxSocket {
     });
   }
 
-  /** Opens `/v1/ws` on `baseUrl` with the bearer token in the Authorization header. */
-  static connect(baseUrl: string, accessToken: string): Promise<ClearBoxSocket> {
+  /**
+   * Opens `/v1/ws` on `baseUrl` (wss for an https URL) with the bearer token in the Authorization
+   * header; `ca` (PEM) replaces the system's trusted CAs, for a server with a private CA.
+   */
+  static connect(baseUrl: string, accessToken: string, ca?: string): Promise<ClearBoxSocket> {
     const url = new URL("/v1/ws", baseUrl);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-    const socket = new WebSocket(url, { headers: { authorization: `Bearer ${accessToken}` } });
+    const socket = new WebSocket(url, {
+      headers: { authorization: `Bearer ${accessToken}` },
+      ...(ca ? { tls: { ca } } : {}),
+    });
     return new Promise((resolve, reject) => {
       socket.addEventListener("open", () => resolve(new ClearBoxSocket(socket)), { once: true });
       socket.addEventListener("error", () => reject(new Error(`cannot open ${url.origin}/v1/ws`)), {
