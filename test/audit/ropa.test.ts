@@ -89,7 +89,10 @@ describe("record of processing built from a clustered configuration", () => {
     expect(ropa.categories.find((c) => c.category === "presence")?.stores).toEqual(["Redis"]);
     expect(ropa.securityMeasures.join("\n")).toContain("bound to 0.0.0.0 (not loopback)");
     expect(ropa.securityMeasures.join("\n")).toContain("terminated by the reverse proxy");
-    const native = buildRopa({ ...config, tls: { certFile: "/etc/cb/cert.pem", keyFile: "/etc/cb/key.pem" } });
+    const native = buildRopa({
+      ...config,
+      tls: { certFile: "/etc/cb/cert.pem", keyFile: "/etc/cb/key.pem" },
+    });
     expect(native.securityMeasures).toContain("TLS 1.3 only on the public listener (native)");
   });
 });
