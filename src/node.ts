@@ -1,5 +1,5 @@
-import type { AnyElysia } from "elysia";
 import Redis from "ioredis";
+import { type ActorSystem, createActorNode, groupActorFactory, userActorFactory } from "../actors/index.ts";
 import { AccountService } from "./accounts/service.ts";
 import { createAdminApp } from "./admin/app.ts";
 import { auditAdminRoutes, buildRopa } from "./audit/index.ts";
@@ -9,15 +9,21 @@ import { clusterAdminRoutes } from "./cluster/index.ts";
 import type { Config } from "./config/index.ts";
 import { type Database, openDatabase } from "./db/index.ts";
 import { DeviceService } from "./devices/service.ts";
-import { CloseCode } from "./gateway/connection.ts";
+import { GATEWAY_KIND, Gateway, NodeLink, SocketRegistry } from "./gateway/index.ts";
 import { createGdpr, type Gdpr } from "./gdpr/index.ts";
 import { GroupService } from "./groups/service.ts";
 import { createApp, type ReadinessCheck } from "./http/app.ts";
 import { listenerTls, listenerUrl } from "./http/listener.ts";
 import { KEY_FETCH_LIMITS, KeyService } from "./keys/service.ts";
-import { createMessaging, type Messaging, userKey } from "./messaging/index.ts";
+import type { EnvelopeLog } from "./messaging/envelope-log.ts";
+import { PostgresGroupDirectory } from "./messaging/group-directory.ts";
+import type { OfflineQueue } from "./messaging/offline-queue.ts";
+import type { Presence } from "./messaging/presence.ts";
+import { MessagingService } from "./messaging/service.ts";
+import { clusterPrefix, openMessagingStores } from "./messaging/stores.ts";
 import { createLogger, type Logger } from "./observability/logger.ts";
 import { Metrics } from "./observability/metrics.ts";
+import { CloseCode } from "./protocol/index.ts";
 import { MemoryRateLimiter, type RateLimiter, RedisRateLimiter } from "./ratelimit/index.ts";
 import { RetentionJob } from "./retention/index.ts";
 import { SessionService } from "./sessions/service.ts";
@@ -32,8 +38,17 @@ export interface ClearBoxNode {
   /** The node's Redis connection when REDIS_URL is set (rate limits; presence and ring reuse it). */
   redis?: Redis;
   rateLimiter: RateLimiter;
-  /** Stores, actors and the WebSocket gateway. */
-  messaging: Messaging;
+  /** The durable envelope log (PostgreSQL/PGlite or MongoDB). */
+  log: EnvelopeLog;
+  /** Per-device offline queues (RabbitMQ, or the log in the embedded default). */
+  offline: OfflineQueue;
+  presence: Presence;
+  /** This node of the actor system (user, group and pinned gateway actors). */
+  actors: ActorSystem;
+  /** Sends, acks and device connections, between the gateway and the actors. */
+  messaging: MessagingService;
+  /** The WebSocket gateway of this node. */
+  gateway: Gateway;
   /** The hash-chained, pseudonymised audit trail. */
   audit: AuditTrail;
   /** Erasure, export and receipt signing. */
@@ -59,20 +74,31 @@ export interface NodeOptions {
   afterErasureStep?: (step: string) => void;
 }
 
-/** Builds every component of one node from its configuration and starts both listeners. */
+/**
+ * The composition root: builds every component of one node from its configuration, in this order,
+ * and starts it. docs/ARCHITECTURE.md walks the same order.
+ *
+ * 1. stores — database (PostgreSQL or PGlite, migrated), Redis, the messaging stores (envelope log,
+ *    offline queue, presence), rate limiter, audit trail;
+ * 2. actor system — this node's member of the ring (Redis + RabbitMQ, or in memory), not started;
+ * 3. services — accounts, devices, sessions, keys, groups, messaging, GDPR, retention;
+ * 4. gateway — this node's socket registry, the node link that reaches sockets on any node, and the
+ *    WebSocket gateway; the actor kinds are registered with their ports (user actors push through
+ *    the node link, group actors read the group directory);
+ * 5. routes — the public app (HTTP + `/v1/ws`) and the admin app;
+ * 6. start — the actor system joins the ring, both listeners open, erasures resume, retention runs.
+ */
 export async function createNode(config: Config, options: NodeOptions = {}): Promise<ClearBoxNode> {
   const started = performance.now();
   const logger = options.logger ?? createLogger({ level: config.logLevel, nodeId: config.nodeId });
   const metrics = new Metrics(config.nodeId, { processMetrics: options.processMetrics });
+
+  // 1. Stores.
   const database = await openDatabase({
     databaseUrl: config.databaseUrl,
     dataDir: options.pgliteDir === undefined ? config.dataDir : options.pgliteDir,
   });
   const { db } = database;
-  const audit = new PostgresAuditTrail(db);
-  const accounts = new AccountService(db, config.passwordHash);
-  const devices = new DeviceService(db, audit);
-  const tokens = new TokenIssuer(config.jwtSecret, config.accessTokenTtlSeconds);
   const readiness: ReadinessCheck[] = [{ name: database.kind, check: () => database.ping() }];
   let redis: Redis | undefined;
   if (config.redisUrl) {
@@ -88,9 +114,32 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     const client = redis;
     readiness.push({ name: "redis", check: async () => void (await client.ping()) });
   }
+  const stores = await openMessagingStores(config, db, redis);
+  readiness.push(...stores.readiness);
+  const { log, offline, presence } = stores;
   const rateLimiter: RateLimiter = redis
     ? new RedisRateLimiter(redis, config.redisPrefix)
     : new MemoryRateLimiter();
+  const audit = new PostgresAuditTrail(db);
+
+  // 2. Actor system (kinds are registered in step 4, before it starts).
+  let gateway: Gateway | undefined;
+  const actors = createActorNode({
+    nodeId: config.nodeId,
+    address: `${config.publicHost}:${config.port}`,
+    redisUrl: redis ? config.redisUrl : undefined,
+    amqpUrl: config.amqpUrl,
+    prefix: clusterPrefix(config),
+    heartbeatMs: config.clusterHeartbeatMs,
+    ttlMs: config.clusterHeartbeatMs * 3,
+    connections: () => gateway?.connections ?? 0,
+    logger,
+  });
+
+  // 3. Services.
+  const accounts = new AccountService(db, config.passwordHash);
+  const devices = new DeviceService(db, audit);
+  const tokens = new TokenIssuer(config.jwtSecret, config.accessTokenTtlSeconds);
   const sessions = new SessionService(
     db,
     accounts,
@@ -102,21 +151,14 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   );
   const keys = new KeyService(db, rateLimiter, KEY_FETCH_LIMITS, audit);
   const groups = new GroupService(db, audit);
-  const messaging = await createMessaging({
-    config,
-    db,
-    redis,
-    sessions,
-    logger,
-    address: `${config.publicHost}:${config.port}`,
-  });
-  readiness.push(...messaging.readiness);
+  const messaging = new MessagingService(db, log, actors);
   const gdpr = await createGdpr({
     db,
-    log: messaging.log,
-    offline: messaging.offline,
-    presence: messaging.presence,
-    actors: messaging.actors,
+    log,
+    offline,
+    presence,
+    live: messaging,
+    logins: sessions,
     audit,
     rateLimiter,
     redis,
@@ -127,56 +169,89 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     accounts,
     afterStep: options.afterErasureStep,
   });
-  devices.onAdded((userId) => messaging.service.devicesChanged(userId));
-  devices.onRemoved(async (userId, deviceId) => {
-    messaging.service.devicesChanged(userId);
-    await messaging.actors.ask(userKey(userId), { type: "device.removed", deviceId });
-    await messaging.log.eraseDevice(userId, deviceId);
-    await messaging.closeSockets(userId, deviceId, CloseCode.deviceRemoved, "device removed");
-  });
-
-  const app = createApp({
-    accounts,
-    devices,
-    sessions,
-    keys,
-    groups,
-    gateway: messaging.gateway,
-    gdpr: gdpr.routes,
-    logger,
-    metrics,
-    readiness,
-  }).listen({
-    port: config.port,
-    hostname: config.publicHost,
-    maxRequestBodySize: 1 << 20,
-    tls: listenerTls(config.tls),
-  });
-  const adminRoutes: AnyElysia[] = [
-    clusterAdminRoutes(messaging.actors),
-    gdpr.adminRoutes,
-    auditAdminRoutes({ audit, ropa: () => buildRopa(config) }),
-  ];
-  const admin = createAdminApp({
-    adminToken: config.adminToken,
-    metrics,
-    logger,
-    routes: adminRoutes,
-    audit,
-  }).listen({
-    port: config.adminPort,
-    hostname: config.adminHost,
-    tls: listenerTls(config.adminTls),
-  });
   const retention = new RetentionJob({
     db,
-    log: messaging.log,
+    log,
     audit,
     retentionDays: config.retentionDays,
     auditRetentionDays: config.auditRetentionDays,
     intervalMs: config.retentionIntervalSeconds * 1000,
     logger,
   });
+
+  // 4. Gateway, and the actor kinds with their ports.
+  const registry = new SocketRegistry();
+  const link = new NodeLink({
+    nodeId: config.nodeId,
+    actors,
+    registry,
+    presence,
+    onVanished: (device, connectionId) => messaging.deviceDisconnected(device, config.nodeId, connectionId),
+    logger,
+  });
+  gateway = new Gateway({
+    nodeId: config.nodeId,
+    sessions,
+    messaging,
+    offline,
+    presence,
+    logger,
+    registry,
+    link,
+    rateLimit: { perSecond: config.deviceRateLimit, burst: config.deviceRateLimit * 2 },
+    presenceLeaseMs: config.presenceLeaseSeconds * 1000,
+  });
+  const clock = { now: Date.now };
+  actors
+    .register(
+      "user",
+      userActorFactory({ log, offline, sockets: link, clock, recoveryMs: config.clusterHeartbeatMs * 9 }),
+    )
+    .register("group", groupActorFactory({ directory: new PostgresGroupDirectory(db), log, clock }))
+    .registerPinned(GATEWAY_KIND, link.actorFactory);
+  devices.onAdded((userId) => messaging.devicesChanged(userId));
+  devices.onRemoved(async (userId, deviceId) => {
+    await messaging.deviceRemoved(userId, deviceId);
+    await log.eraseDevice(userId, deviceId);
+    await link.close({ userId, deviceId }, CloseCode.deviceRemoved, "device removed");
+  });
+
+  // 5. Routes.
+  const app = createApp({
+    accounts,
+    devices,
+    sessions,
+    keys,
+    groups,
+    gateway,
+    gdpr: gdpr.routes,
+    logger,
+    metrics,
+    readiness,
+  });
+  const admin = createAdminApp({
+    adminToken: config.adminToken,
+    metrics,
+    logger,
+    routes: [
+      clusterAdminRoutes(actors),
+      gdpr.adminRoutes,
+      auditAdminRoutes({ audit, ropa: () => buildRopa(config) }),
+    ],
+    audit,
+  });
+
+  // 6. Start.
+  await actors.start();
+  app.listen({
+    port: config.port,
+    hostname: config.publicHost,
+    maxRequestBodySize: 1 << 20,
+    tls: listenerTls(config.tls),
+    websocket: gateway.websocket,
+  });
+  admin.listen({ port: config.adminPort, hostname: config.adminHost, tls: listenerTls(config.adminTls) });
+  await gdpr.start();
   retention.start();
   const url = listenerUrl(config.publicHost, Number(app.server?.port), Boolean(config.tls));
   const adminUrl = listenerUrl(config.adminHost, Number(admin.server?.port), Boolean(config.adminTls));
@@ -195,6 +270,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     },
     "clearbox node started",
   );
+
+  const openGateway = gateway;
   return {
     config,
     database,
@@ -202,7 +279,12 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     metrics,
     redis,
     rateLimiter,
+    log,
+    offline,
+    presence,
+    actors,
     messaging,
+    gateway: openGateway,
     audit,
     gdpr,
     retention,
@@ -211,11 +293,12 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     async stop() {
       await retention.stop();
       // Sockets first, so every device's unacked envelopes reach its offline queue before the stores close.
-      await messaging.gateway.stop();
+      await openGateway.stop();
       await app.stop(true);
       await admin.stop(true);
       await gdpr.stop();
-      await messaging.stop();
+      await actors.stop();
+      await stores.close();
       await redis?.quit();
       await database.close();
       logger.info("clearbox node stopped");
@@ -223,7 +306,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     async abort() {
       await retention.stop();
       await gdpr.stop();
-      await messaging.abort();
+      await actors.abort();
+      await stores.close();
       await app.stop(true);
       await admin.stop(true);
       redis?.disconnect();

@@ -2,7 +2,7 @@ import { eq } from "drizzle-orm";
 import { isUniqueViolation } from "../db/errors.ts";
 import type { Db } from "../db/index.ts";
 import { accounts } from "../db/schema.ts";
-import { ApiError } from "../http/errors.ts";
+import { DomainError } from "../errors/index.ts";
 
 /** argon2id cost of new hashes (KiB, passes); verification reads the cost stored in each hash. */
 export interface PasswordHashCost {
@@ -34,7 +34,7 @@ export class AccountService {
         .returning({ id: accounts.id });
       return { userId: row.id };
     } catch (error) {
-      if (isUniqueViolation(error)) throw new ApiError("conflict", "username is taken");
+      if (isUniqueViolation(error)) throw new DomainError("conflict", "username is taken");
       throw error;
     }
   }
@@ -47,7 +47,7 @@ export class AccountService {
       .where(eq(accounts.username, username));
     this.decoyHash ??= this.hash("clearbox-decoy-password");
     const ok = await Bun.password.verify(password, row?.passwordHash ?? (await this.decoyHash));
-    if (!row || !ok) throw new ApiError("unauthorized", "wrong username or password");
+    if (!row || !ok) throw new DomainError("unauthorized", "wrong username or password");
     return row.id;
   }
 
@@ -58,7 +58,7 @@ export class AccountService {
       .from(accounts)
       .where(eq(accounts.id, userId));
     if (!row || !(await Bun.password.verify(password, row.passwordHash))) {
-      throw new ApiError("unauthorized", "wrong password");
+      throw new DomainError("unauthorized", "wrong password");
     }
   }
 }

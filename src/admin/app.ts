@@ -1,10 +1,10 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { type AnyElysia, Elysia } from "elysia";
 import type { AuditEvent, AuditTrail } from "../audit/types.ts";
-import { bearerToken } from "../http/auth.ts";
-import { ApiError } from "../http/errors.ts";
+import { DomainError, errorReply, frameworkRefusal } from "../http/errors.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { Metrics } from "../observability/metrics.ts";
+import { bearerToken } from "../sessions/auth.ts";
 
 /** Compares tokens in constant time (hashing first so the lengths are equal too). */
 function tokenMatches(given: string, expected: string): boolean {
@@ -38,18 +38,16 @@ export function createAdminApp(deps: {
     audit({ action: "admin.call", actor: "admin", details: { method, route: route || "unmatched", status } });
   const app = new Elysia({ name: "clearbox.admin" })
     .onError(async ({ code, error, set, request, route }) => {
-      let failure: ApiError;
-      if (error instanceof ApiError) failure = error;
-      else if (code === "VALIDATION") failure = new ApiError("invalid", "request does not match the schema");
-      else if (code === "PARSE") failure = new ApiError("invalid", "body is not valid JSON");
-      else if (code === "NOT_FOUND") failure = new ApiError("not_found", "no such route");
-      else {
+      let failure = frameworkRefusal(code, error);
+      if (!failure) {
         deps.logger.error({ err: error }, "admin call failed");
-        failure = new ApiError("internal", "internal error");
+        failure = new DomainError("internal", "internal error");
       }
-      set.status = failure.status;
-      if (!refused.has(request)) await call(request.method, route, failure.status);
-      return failure.toBody();
+      const reply = errorReply(failure);
+      set.status = reply.status;
+      Object.assign(set.headers, reply.headers);
+      if (!refused.has(request)) await call(request.method, route, reply.status);
+      return reply.body;
     })
     // onRequest, not onBeforeHandle, so unknown paths are refused too and reveal nothing without a token.
     .onRequest(async ({ request }) => {
@@ -70,9 +68,9 @@ export function createAdminApp(deps: {
         details: { method: request.method, reason, status: 401 },
       });
       if (!deps.adminToken)
-        throw new ApiError("unauthorized", "admin RPC is disabled: ADMIN_TOKEN is not set");
+        throw new DomainError("unauthorized", "admin RPC is disabled: ADMIN_TOKEN is not set");
       deps.logger.warn({ path: new URL(request.url).pathname }, "admin call refused: bad token");
-      throw new ApiError("unauthorized", "missing or wrong admin token");
+      throw new DomainError("unauthorized", "missing or wrong admin token");
     })
     .onAfterHandle({ as: "global" }, async ({ request, route, set }) => {
       await call(request.method, route, typeof set.status === "number" ? set.status : 200);

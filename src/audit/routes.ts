@@ -1,5 +1,5 @@
 import { Elysia, t } from "elysia";
-import { ApiError } from "../http/errors.ts";
+import { DomainError } from "../errors/index.ts";
 import type { Ropa } from "./ropa.ts";
 import type { AuditQuery, PostgresAuditTrail } from "./service.ts";
 
@@ -9,9 +9,9 @@ const MAX_LIMIT = 1000;
 
 /** A positive integer within bounds, or `invalid` naming the parameter. */
 function integer(value: string, name: string, min: number, max: number): number {
-  if (!/^\d{1,16}$/.test(value)) throw new ApiError("invalid", `${name}: expected an integer`);
+  if (!/^\d{1,16}$/.test(value)) throw new DomainError("invalid", `${name}: expected an integer`);
   const n = Number(value);
-  if (n < min || n > max) throw new ApiError("invalid", `${name}: expected ${min}-${max}`);
+  if (n < min || n > max) throw new DomainError("invalid", `${name}: expected ${min}-${max}`);
   return n;
 }
 
@@ -23,7 +23,7 @@ function instant(value: string): Date {
       ? new Date(value)
       : new Date(Number.NaN);
   if (Number.isNaN(at.getTime())) {
-    throw new ApiError("invalid", "since: expected Unix milliseconds or an ISO-8601 timestamp");
+    throw new DomainError("invalid", "since: expected Unix milliseconds or an ISO-8601 timestamp");
   }
   return at;
 }
@@ -32,7 +32,7 @@ function instant(value: string): Date {
 export function parseAuditQuery(query: Record<string, string | undefined>): AuditQuery {
   const parsed: AuditQuery = { limit: DEFAULT_LIMIT };
   if (query.subject !== undefined) {
-    if (!UUID.test(query.subject)) throw new ApiError("invalid", "subject: expected a user id (UUID)");
+    if (!UUID.test(query.subject)) throw new DomainError("invalid", "subject: expected a user id (UUID)");
     parsed.subject = query.subject;
   }
   if (query.since !== undefined) parsed.since = instant(query.since);

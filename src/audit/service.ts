@@ -2,7 +2,7 @@ import { createHmac, randomBytes } from "node:crypto";
 import { and, asc, desc, eq, gt, gte, inArray, lt, lte, or, type SQL, sql } from "drizzle-orm";
 import type { Db } from "../db/index.ts";
 import { auditLog, auditSubjectKeys } from "../db/schema.ts";
-import { ApiError } from "../http/errors.ts";
+import { DomainError } from "../errors/index.ts";
 import { type ChainContent, chainHash, GENESIS_HASH } from "./chain.ts";
 import type { AuditEntry, AuditEvent, AuditTrail } from "./types.ts";
 
@@ -56,7 +56,7 @@ export interface AuditQuery {
 }
 
 function assertUserId(userId: string): string {
-  if (!UUID.test(userId)) throw new ApiError("invalid", "a user id must be a UUID");
+  if (!UUID.test(userId)) throw new DomainError("invalid", "a user id must be a UUID");
   return userId.toLowerCase();
 }
 

@@ -1,6 +1,6 @@
 import { Elysia, t } from "elysia";
 import { type ClusterView, UnknownNodeError } from "../../actors/index.ts";
-import { ApiError } from "../http/errors.ts";
+import { DomainError } from "../errors/index.ts";
 
 /** What the cluster admin routes need from the actor system (an `ActorSystem` satisfies it). */
 export interface ClusterAdmin {
@@ -25,7 +25,7 @@ export function clusterAdminRoutes(system: ClusterAdmin) {
           draining.catch(() => undefined);
         } catch (error) {
           if (error instanceof UnknownNodeError) {
-            throw new ApiError("not_found", `node ${params.nodeId} is not a cluster member`);
+            throw new DomainError("not_found", `node ${params.nodeId} is not a cluster member`);
           }
           throw error;
         }

@@ -1,5 +1,5 @@
 import { t } from "elysia";
-import { MAX_DEVICE_ID } from "./service.ts";
+import { MAX_DEVICE_ID } from "../protocol/ids.ts";
 
 export namespace DeviceModel {
   export const params = t.Object({ deviceId: t.Integer({ minimum: 1, maximum: MAX_DEVICE_ID }) });

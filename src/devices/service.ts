@@ -2,10 +2,8 @@ import { and, asc, eq, sql } from "drizzle-orm";
 import type { AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
 import { accounts, devices } from "../db/schema.ts";
-import { ApiError } from "../http/errors.ts";
-
-/** libsignal's ProtocolAddress takes device ids 1-127. */
-export const MAX_DEVICE_ID = 127;
+import { DomainError } from "../errors/index.ts";
+import { MAX_DEVICE_ID } from "../protocol/ids.ts";
 
 export interface DeviceInfo {
   deviceId: number;
@@ -54,7 +52,7 @@ export class DeviceService {
           deviceId++;
         }
         if (deviceId > MAX_DEVICE_ID) {
-          throw new ApiError("conflict", `an account can have at most ${MAX_DEVICE_ID} devices`);
+          throw new DomainError("conflict", `an account can have at most ${MAX_DEVICE_ID} devices`);
         }
         await tx.insert(devices).values({ userId, deviceId, registrationId, name });
         return deviceId;
@@ -111,7 +109,7 @@ export class DeviceService {
       .delete(devices)
       .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)))
       .returning({ deviceId: devices.deviceId });
-    if (removed.length === 0) throw new ApiError("not_found", `device ${deviceId} does not exist`);
+    if (removed.length === 0) throw new DomainError("not_found", `device ${deviceId} does not exist`);
     for (const listener of this.removedListeners) await listener(userId, deviceId);
     await this.audit?.record({
       action: "device.remove",

@@ -1,21 +1,17 @@
 import type { ServerWebSocket } from "bun";
 import type { StoredEnvelope } from "../messaging/envelope.ts";
-import { messageFrame } from "../messaging/envelope.ts";
 import type { QueueDrain } from "../messaging/offline-queue.ts";
+import { messageFrame, type ServerFrame } from "../protocol/index.ts";
 import type { Principal } from "../sessions/service.ts";
 import type { TokenBucket } from "./token-bucket.ts";
 
-/** Close codes the gateway uses besides the standard ones. */
-export const CloseCode = {
-  /** Another socket for the same device replaced this one (protocol.md). */
-  replaced: 4409,
-  /** The account was erased. */
-  erased: 4410,
-  /** The device was removed from its account. */
-  deviceRemoved: 4404,
-  /** The node is shutting down; reconnect (possibly elsewhere). */
-  goingAway: 1001,
-} as const;
+/** What the gateway keeps on a Bun socket (`ws.data`): who it is, set at the upgrade. */
+export interface SocketData {
+  principal: Principal;
+}
+
+/** The Bun socket type the gateway serves. */
+export type DeviceSocket = ServerWebSocket<SocketData>;
 
 /** One device's socket on this node. */
 export class DeviceConnection {
@@ -29,7 +25,7 @@ export class DeviceConnection {
   readonly watching = new Set<string>();
 
   constructor(
-    readonly ws: ServerWebSocket<unknown>,
+    readonly ws: DeviceSocket,
     readonly principal: Principal,
     readonly bucket: TokenBucket,
     /** Unique per socket, so a late close of a replaced socket is not taken for the new one's. */
@@ -46,7 +42,7 @@ export class DeviceConnection {
   }
 
   /** Sends one server frame; false when the socket is closed. */
-  send(frame: object): boolean {
+  send(frame: ServerFrame): boolean {
     if (this.state === "closed") return false;
     return this.ws.send(JSON.stringify(frame)) !== 0;
   }

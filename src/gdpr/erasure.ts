@@ -1,19 +1,16 @@
 import { randomUUID } from "node:crypto";
 import { and, count, eq, inArray, isNull, sql } from "drizzle-orm";
 import type Redis from "ioredis";
-import type { ActorSystem } from "../../actors/index.ts";
 import type { AuditTrail } from "../audit/types.ts";
 import { type Db, rowsOf } from "../db/index.ts";
-import { accounts, devices, envelopes, erasures, groupMembers, groups, refreshTokens } from "../db/schema.ts";
-import { ApiError } from "../http/errors.ts";
+import { accounts, devices, erasures, groupMembers, groups, refreshTokens } from "../db/schema.ts";
+import { DomainError } from "../errors/index.ts";
 import type { EnvelopeLog } from "../messaging/envelope-log.ts";
 import type { OfflineQueue } from "../messaging/offline-queue.ts";
 import type { Presence } from "../messaging/presence.ts";
-import { userKey } from "../messaging/service.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { RateLimiter } from "../ratelimit/index.ts";
 import { deleteMatching, globLiteral } from "../redis/delete-matching.ts";
-import { LOGIN_FAILURES } from "../sessions/service.ts";
 import type { ReceiptSigner, SignedReceipt } from "./receipts.ts";
 
 /** What one step removed, as the receipt states it. */
@@ -37,12 +34,24 @@ type Steps = Record<string, StepResult> & { plan?: StepResult & Plan };
 const STEPS = ["postgres", "history", "live", "offline_queues", "others_queues", "redis", "audit"] as const;
 type StepName = (typeof STEPS)[number];
 
+/** The live side of erasure: the user's actor and sockets, wherever the ring placed them. */
+export interface LiveErasure {
+  /** Closes every socket of the user (4410) on every node and stops the user's actor. */
+  eraseUser(userId: string, erasureId: string): Promise<void>;
+}
+
+/** What erasure needs to forget failed-login counters, which are keyed by username. */
+export interface LoginThrottle {
+  forgetFailedLogins(username: string): Promise<number>;
+}
+
 export interface ErasureDeps {
   db: Db;
   log: EnvelopeLog;
   offline: OfflineQueue;
   presence: Presence;
-  actors: ActorSystem;
+  live: LiveErasure;
+  logins: LoginThrottle;
   audit: AuditTrail;
   signer: ReceiptSigner;
   rateLimiter: RateLimiter;
@@ -80,7 +89,7 @@ export class ErasureService {
       .where(and(eq(erasures.userId, userId), eq(erasures.status, "pending")));
     if (pending) return pending.id;
     const [account] = await db.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId));
-    if (!account) throw new ApiError("not_found", "no such user");
+    if (!account) throw new DomainError("not_found", "no such user");
     const id = randomUUID();
     const subject = await audit.pseudonym(userId);
     await db.insert(erasures).values({ id, userId, subject, requestedBy, status: "pending", steps: {} });
@@ -203,10 +212,7 @@ export class ErasureService {
       .select({ deviceId: devices.deviceId })
       .from(devices)
       .where(eq(devices.userId, userId));
-    const queuedAt = await db
-      .selectDistinct({ userId: envelopes.recipientUser, deviceId: envelopes.recipientDevice })
-      .from(envelopes)
-      .where(and(eq(envelopes.senderUser, userId), eq(envelopes.state, "queued")));
+    const queuedAt = await this.deps.log.queuedRecipientsOf(userId);
     const [account] = await db
       .select({ username: accounts.username })
       .from(accounts)
@@ -214,7 +220,7 @@ export class ErasureService {
     return {
       devices: own.map((d) => d.deviceId),
       username: account?.username ?? null,
-      queuedAt: queuedAt.filter((q) => q.userId !== userId),
+      queuedAt,
     };
   }
 
@@ -229,8 +235,7 @@ export class ErasureService {
       case "live": {
         const sockets = (await this.deps.presence.sockets(userId)).length;
         // The actor closes the user's sockets (4410) wherever they are, then stops.
-        await this.deps.actors.ask(userKey(userId), { type: "erase", erasureId: subject });
-        await this.deps.actors.stopActor(userKey(userId), "erased");
+        await this.deps.live.eraseUser(userId, subject);
         return { removed: sockets, what: "open sockets closed, user actor stopped" };
       }
       case "offline_queues": {
@@ -254,7 +259,7 @@ export class ErasureService {
         if (redis)
           removed += await deleteMatching(redis, `${globLiteral(redisPrefix)}*${globLiteral(userId)}*`);
         else removed += (await presence.eraseUser(userId)) + (await rateLimiter.forget(userId));
-        if (plan.username) removed += await rateLimiter.reset(LOGIN_FAILURES, plan.username);
+        if (plan.username) removed += await this.deps.logins.forgetFailedLogins(plan.username);
         return {
           removed,
           what: redis

@@ -13,7 +13,7 @@ import {
   oneTimePreKeys,
   signedPreKeys,
 } from "../db/schema.ts";
-import { ApiError } from "../http/errors.ts";
+import { DomainError } from "../errors/index.ts";
 import type { EnvelopeLog } from "../messaging/envelope-log.ts";
 import type { Presence } from "../messaging/presence.ts";
 
@@ -64,7 +64,7 @@ export class ExportService {
       .select({ userId: accounts.id, username: accounts.username, createdAt: accounts.createdAt })
       .from(accounts)
       .where(eq(accounts.id, userId));
-    if (!account) throw new ApiError("not_found", "no such user");
+    if (!account) throw new DomainError("not_found", "no such user");
     const deviceRows = await db
       .select()
       .from(devices)

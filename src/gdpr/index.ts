@@ -2,8 +2,8 @@ import { Elysia, t } from "elysia";
 import { AccountModel } from "../accounts/model.ts";
 import type { AccountService } from "../accounts/service.ts";
 import type { Config } from "../config/index.ts";
-import { authPlugin } from "../http/auth.ts";
-import { ApiError } from "../http/errors.ts";
+import { DomainError } from "../errors/index.ts";
+import { authPlugin } from "../sessions/auth.ts";
 import type { SessionService } from "../sessions/service.ts";
 import { type ErasureDeps, ErasureService } from "./erasure.ts";
 import { ExportService } from "./export.ts";
@@ -42,7 +42,7 @@ export function gdprRoutes(deps: {
       "/v1/erasures/:erasureId",
       async ({ params }) => {
         const status = await deps.erasures.status(params.erasureId);
-        if (!status) throw new ApiError("not_found", "no such erasure");
+        if (!status) throw new DomainError("not_found", "no such erasure");
         return status;
       },
       { params: t.Object({ erasureId: Uuid }) },
@@ -74,24 +74,29 @@ export interface Gdpr {
   signer: ReceiptSigner;
   routes: ReturnType<typeof gdprRoutes>;
   adminRoutes: ReturnType<typeof gdprAdminRoutes>;
+  /** Resumes the erasures a crash left unfinished; returns how many. */
+  start(): Promise<number>;
   stop(): Promise<void>;
 }
 
-/** Builds erasure, export and receipt signing, and resumes erasures a crash left unfinished. */
+/** Builds erasure, export and receipt signing (the signing key is loaded or created once). */
 export async function createGdpr(
   deps: Omit<ErasureDeps, "signer"> & { config: Config; sessions: SessionService; accounts: AccountService },
 ): Promise<Gdpr> {
   const signer = await ReceiptSigner.load(deps.db);
   const erasures = new ErasureService({ ...deps, signer });
   const exports = new ExportService({ ...deps });
-  const resumed = await erasures.resumePending();
-  if (resumed > 0) deps.logger.info({ resumed }, "resuming unfinished erasures");
   return {
     erasures,
     exports,
     signer,
     routes: gdprRoutes({ sessions: deps.sessions, accounts: deps.accounts, erasures, exports, signer }),
     adminRoutes: gdprAdminRoutes({ erasures, exports }),
+    async start() {
+      const resumed = await erasures.resumePending();
+      if (resumed > 0) deps.logger.info({ resumed }, "resuming unfinished erasures");
+      return resumed;
+    },
     stop: () => erasures.stop(),
   };
 }

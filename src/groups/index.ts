@@ -1,5 +1,5 @@
 import { Elysia } from "elysia";
-import { authPlugin } from "../http/auth.ts";
+import { authPlugin } from "../sessions/auth.ts";
 import type { SessionService } from "../sessions/service.ts";
 import { GroupModel } from "./model.ts";
 import type { GroupService } from "./service.ts";

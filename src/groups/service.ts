@@ -2,7 +2,7 @@ import { and, asc, count, eq, inArray } from "drizzle-orm";
 import type { AuditEvent, AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
 import { accounts, groupMembers, groups } from "../db/schema.ts";
-import { ApiError } from "../http/errors.ts";
+import { DomainError } from "../errors/index.ts";
 import { MAX_GROUP_MEMBERS } from "./model.ts";
 
 export interface GroupInfo {
@@ -12,31 +12,17 @@ export interface GroupInfo {
   admins: string[];
 }
 
-/** Told after a group's membership changed, so its live actor reloads it. */
-export type GroupChangedListener = (groupId: string) => Promise<void> | void;
-
 /** Groups: creation, membership and admin roles, kept in PostgreSQL. */
 export class GroupService {
-  private readonly changedListeners: GroupChangedListener[] = [];
-
   constructor(
     private readonly db: Db,
     private readonly audit?: AuditTrail,
   ) {}
 
-  /** Registers a listener run after every membership change. */
-  onChanged(listener: GroupChangedListener): void {
-    this.changedListeners.push(listener);
-  }
-
   /** Audits membership changes in one append when the trail can batch (a new group may have 10,000 members). */
   private async audited(events: AuditEvent[]) {
     if (this.audit?.recordAll) await this.audit.recordAll(events);
     else for (const event of events) await this.audit?.record(event);
-  }
-
-  private async changed(groupId: string) {
-    for (const listener of this.changedListeners) await listener(groupId);
   }
 
   private async assertUsersExist(userIds: string[]) {
@@ -48,7 +34,7 @@ export class GroupService {
     if (found.length !== userIds.length) {
       const known = new Set(found.map((r) => r.id));
       const missing = userIds.filter((id) => !known.has(id));
-      throw new ApiError("not_found", `no such user: ${missing.slice(0, 5).join(", ")}`);
+      throw new DomainError("not_found", `no such user: ${missing.slice(0, 5).join(", ")}`);
     }
   }
 
@@ -82,10 +68,10 @@ export class GroupService {
   /** The group as a member sees it; `not_found` when it does not exist, `forbidden` for non-members. */
   async get(groupId: string, caller: string): Promise<GroupInfo> {
     const [group] = await this.db.select().from(groups).where(eq(groups.id, groupId));
-    if (!group) throw new ApiError("not_found", "no such group");
+    if (!group) throw new DomainError("not_found", "no such group");
     const rows = await this.membersOf(groupId);
     if (!rows.some((r) => r.userId === caller))
-      throw new ApiError("forbidden", "you are not a member of this group");
+      throw new DomainError("forbidden", "you are not a member of this group");
     return {
       groupId,
       name: group.name,
@@ -105,7 +91,7 @@ export class GroupService {
 
   private async roleOf(groupId: string, userId: string) {
     const [group] = await this.db.select({ id: groups.id }).from(groups).where(eq(groups.id, groupId));
-    if (!group) throw new ApiError("not_found", "no such group");
+    if (!group) throw new DomainError("not_found", "no such group");
     const [row] = await this.db
       .select({ role: groupMembers.role })
       .from(groupMembers)
@@ -116,7 +102,7 @@ export class GroupService {
   /** Adds a member; only admins may. Adding a current member changes nothing. */
   async addMember(groupId: string, caller: string, userId: string): Promise<void> {
     if ((await this.roleOf(groupId, caller)) !== "admin") {
-      throw new ApiError("forbidden", "only a group admin can add members");
+      throw new DomainError("forbidden", "only a group admin can add members");
     }
     await this.assertUsersExist([userId]);
     const [{ n }] = await this.db
@@ -124,7 +110,7 @@ export class GroupService {
       .from(groupMembers)
       .where(eq(groupMembers.groupId, groupId));
     if (n >= MAX_GROUP_MEMBERS)
-      throw new ApiError("conflict", `a group has at most ${MAX_GROUP_MEMBERS} members`);
+      throw new DomainError("conflict", `a group has at most ${MAX_GROUP_MEMBERS} members`);
     const added = await this.db
       .insert(groupMembers)
       .values({ groupId, userId, role: "member" })
@@ -134,23 +120,21 @@ export class GroupService {
     await this.audited([
       { action: "group.member.add", actor: { user: caller }, subject: userId, details: { groupId } },
     ]);
-    await this.changed(groupId);
   }
 
   /** Removes a member; admins may remove anyone, anyone may leave. */
   async removeMember(groupId: string, caller: string, userId: string): Promise<void> {
     const callerRole = await this.roleOf(groupId, caller);
     if (caller !== userId && callerRole !== "admin") {
-      throw new ApiError("forbidden", "only a group admin can remove other members");
+      throw new DomainError("forbidden", "only a group admin can remove other members");
     }
     const removed = await this.db
       .delete(groupMembers)
       .where(and(eq(groupMembers.groupId, groupId), eq(groupMembers.userId, userId)))
       .returning({ userId: groupMembers.userId });
-    if (removed.length === 0) throw new ApiError("not_found", "not a member of this group");
+    if (removed.length === 0) throw new DomainError("not_found", "not a member of this group");
     await this.audited([
       { action: "group.member.remove", actor: { user: caller }, subject: userId, details: { groupId } },
     ]);
-    await this.changed(groupId);
   }
 }

@@ -12,7 +12,7 @@ import type { Logger } from "../observability/logger.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import { sessionRoutes } from "../sessions/index.ts";
 import type { SessionService } from "../sessions/service.ts";
-import { ApiError } from "./errors.ts";
+import { DomainError, errorReply, frameworkRefusal } from "./errors.ts";
 
 /** A backing service that must answer for the node to be ready. */
 export interface ReadinessCheck {
@@ -48,20 +48,7 @@ function describeValidation(error: unknown): string {
 export function createApp(deps: AppDeps) {
   const { logger, metrics } = deps;
   const started = new WeakMap<Request, number>();
-  return new Elysia({
-    name: "clearbox.public",
-    normalize: false,
-    websocket: {
-      // Above the protocol's 256 KiB so the gateway can answer an oversized frame with `too_large`;
-      // beyond this Bun closes the socket (1009).
-      maxPayloadLength: 1024 * 1024,
-      // A reader this far behind is disconnected; what it has not acked goes to its offline queue.
-      backpressureLimit: 4 * 1024 * 1024,
-      closeOnBackpressureLimit: true,
-      idleTimeout: 120,
-      sendPings: true,
-    },
-  })
+  return new Elysia({ name: "clearbox.public", normalize: false })
     .onRequest(({ request }) => {
       started.set(request, performance.now());
     })
@@ -76,23 +63,18 @@ export function createApp(deps: AppDeps) {
       logger.debug({ ...label, status, ms: Math.round(seconds * 1000) }, "request");
     })
     .onError({ as: "global" }, ({ code, error, set, request }) => {
-      let failure: ApiError;
-      if (error instanceof ApiError) failure = error;
-      else if (code === "VALIDATION") failure = new ApiError("invalid", describeValidation(error));
-      else if (code === "PARSE") failure = new ApiError("invalid", "body is not valid JSON");
-      else if (code === "NOT_FOUND") failure = new ApiError("not_found", "no such route");
-      else if (code === "INVALID_COOKIE_SIGNATURE") failure = new ApiError("invalid", "bad cookie");
-      else {
+      let failure = frameworkRefusal(code, error, describeValidation);
+      if (!failure) {
         logger.error(
           { err: error, method: request.method, path: new URL(request.url).pathname },
           "unhandled",
         );
-        failure = new ApiError("internal", "internal error");
+        failure = new DomainError("internal", "internal error");
       }
-      set.status = failure.status;
-      if (failure.retryAfterSeconds !== undefined)
-        set.headers["retry-after"] = String(failure.retryAfterSeconds);
-      return failure.toBody();
+      const reply = errorReply(failure);
+      set.status = reply.status;
+      Object.assign(set.headers, reply.headers);
+      return reply.body;
     })
     .get("/healthz", () => ({ status: "ok" }))
     .get("/readyz", async ({ set }) => {

@@ -1,48 +1,40 @@
-/** The protocol's stable error codes (protocol.md, Errors). */
-export type ErrorCode =
-  | "invalid"
-  | "unauthorized"
-  | "forbidden"
-  | "not_found"
-  | "conflict"
-  | "too_large"
-  | "bad_signature"
-  | "rate_limited"
-  | "internal"
-  | "unavailable";
+import { DomainError } from "../errors/index.ts";
+import { ERROR_STATUS, type ErrorBody } from "../protocol/errors.ts";
 
-const STATUS: Record<ErrorCode, number> = {
-  invalid: 400,
-  unauthorized: 401,
-  forbidden: 403,
-  not_found: 404,
-  conflict: 409,
-  too_large: 413,
-  bad_signature: 422,
-  rate_limited: 429,
-  internal: 500,
-  unavailable: 503,
-};
+/** An HTTP error reply: status, protocol body and headers (`Retry-After` for `rate_limited`). */
+export interface ErrorReply {
+  status: number;
+  body: ErrorBody;
+  headers: Record<string, string>;
+}
 
-/** An error whose code and message may be shown to the client as they are. */
-export class ApiError extends Error {
-  override name = "ApiError";
-  readonly status: number;
+/** The one mapping from a domain refusal to its HTTP reply (docs/PROTOCOL.md, Errors). */
+export function errorReply(error: DomainError): ErrorReply {
+  const headers: Record<string, string> = {};
+  if (error.retryAfterSeconds !== undefined) headers["retry-after"] = String(error.retryAfterSeconds);
+  return {
+    status: ERROR_STATUS[error.code],
+    body: { error: { code: error.code, message: error.message } },
+    headers,
+  };
+}
 
-  constructor(
-    readonly code: ErrorCode,
-    message: string,
-    options?: { cause?: unknown; retryAfterSeconds?: number },
-  ) {
-    super(message, options);
-    this.status = STATUS[code];
-    this.retryAfterSeconds = options?.retryAfterSeconds;
-  }
+export { DomainError };
 
-  readonly retryAfterSeconds?: number;
-
-  /** The protocol's error body. */
-  toBody() {
-    return { error: { code: this.code, message: this.message } };
-  }
+/**
+ * The domain refusal for an error Elysia raised before or around a handler (its `onError` code),
+ * or undefined when the error is unexpected (the caller logs it and answers `internal`).
+ * `describeValidation` turns a TypeBox failure into one line; the rejected value is never echoed.
+ */
+export function frameworkRefusal(
+  code: unknown,
+  error: unknown,
+  describeValidation: (error: unknown) => string = () => "request does not match the schema",
+): DomainError | undefined {
+  if (error instanceof DomainError) return error;
+  if (code === "VALIDATION") return new DomainError("invalid", describeValidation(error));
+  if (code === "PARSE") return new DomainError("invalid", "body is not valid JSON");
+  if (code === "NOT_FOUND") return new DomainError("not_found", "no such route");
+  if (code === "INVALID_COOKIE_SIGNATURE") return new DomainError("invalid", "bad cookie");
+  return undefined;
 }

@@ -12,7 +12,7 @@ import {
   oneTimePreKeys,
   signedPreKeys,
 } from "../db/schema.ts";
-import { ApiError } from "../http/errors.ts";
+import { DomainError } from "../errors/index.ts";
 import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
 import type { Principal } from "../sessions/service.ts";
 import type { KeysModel } from "./model.ts";
@@ -57,17 +57,17 @@ const toBase64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64");
 function decode(value: string, field: string, bytes: number, typeByte?: number): Uint8Array {
   const decoded = new Uint8Array(Buffer.from(value, "base64"));
   // Buffer ignores junk; re-encoding tells a canonical base64 string from one it silently repaired.
-  if (toBase64(decoded) !== value) throw new ApiError("invalid", `${field}: not canonical base64`);
-  if (decoded.length !== bytes) throw new ApiError("invalid", `${field}: must be ${bytes} bytes`);
+  if (toBase64(decoded) !== value) throw new DomainError("invalid", `${field}: not canonical base64`);
+  if (decoded.length !== bytes) throw new DomainError("invalid", `${field}: must be ${bytes} bytes`);
   if (typeByte !== undefined && decoded[0] !== typeByte) {
-    throw new ApiError("invalid", `${field}: wrong key type byte`);
+    throw new DomainError("invalid", `${field}: wrong key type byte`);
   }
   return decoded;
 }
 
 function uniqueIds(keys: { keyId: number }[] | undefined, field: string): void {
   if (keys && new Set(keys.map((k) => k.keyId)).size !== keys.length) {
-    throw new ApiError("invalid", `${field}: key ids must be distinct`);
+    throw new DomainError("invalid", `${field}: key ids must be distinct`);
   }
 }
 
@@ -76,7 +76,7 @@ function parseEc(bytes: Uint8Array, field: string): PublicKey {
   try {
     return PublicKey.deserialize(bytes as Uint8Array<ArrayBuffer>);
   } catch {
-    throw new ApiError("invalid", `${field}: not a valid EC public key`);
+    throw new DomainError("invalid", `${field}: not a valid EC public key`);
   }
 }
 
@@ -84,13 +84,13 @@ function checkKyber(bytes: Uint8Array, field: string): void {
   try {
     KEMPublicKey.deserialize(bytes as Uint8Array<ArrayBuffer>);
   } catch {
-    throw new ApiError("invalid", `${field}: not a valid Kyber public key`);
+    throw new DomainError("invalid", `${field}: not a valid Kyber public key`);
   }
 }
 
 function verify(identity: PublicKey, key: SignedKey, field: string): void {
   if (!identity.verify(key.publicKey as Uint8Array<ArrayBuffer>, key.signature as Uint8Array<ArrayBuffer>)) {
-    throw new ApiError("bad_signature", `${field}: signature does not verify against identityKey`);
+    throw new DomainError("bad_signature", `${field}: signature does not verify against identityKey`);
   }
 }
 
@@ -156,7 +156,7 @@ export class KeyService {
         .from(devices)
         .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)))
         .for("update");
-      if (!device) throw new ApiError("unauthorized", "device no longer exists");
+      if (!device) throw new DomainError("unauthorized", "device no longer exists");
       const ofDevice = (table: { userId: AnyPgColumn; deviceId: AnyPgColumn }) =>
         and(eq(table.userId, userId), eq(table.deviceId, deviceId));
 
@@ -259,7 +259,7 @@ export class KeyService {
         .select({ id: accounts.id })
         .from(accounts)
         .where(eq(accounts.id, userId));
-      if (!account) throw new ApiError("not_found", "no such user");
+      if (!account) throw new DomainError("not_found", "no such user");
     }
 
     const bundles = await Promise.all(
@@ -297,7 +297,7 @@ export class KeyService {
   private async spend(rule: RateLimitRule, key: string): Promise<void> {
     const decision = await this.limiter.hit(rule, key);
     if (!decision.allowed) {
-      throw new ApiError("rate_limited", "too many key fetches, retry later", {
+      throw new DomainError("rate_limited", "too many key fetches, retry later", {
         retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
       });
     }

@@ -21,6 +21,11 @@ export interface EnvelopeLog extends ActorEnvelopeLog {
   ): Promise<StoredEnvelope[]>;
   /** Metadata of envelopes sent by or to the user (export). */
   metadataOf(userId: string, limit?: number): Promise<EnvelopeMetadata[]>;
+  /**
+   * Other users' devices holding envelopes from `senderUser` in their offline queues (state
+   * `queued`): where erasure must look besides the sender's own stores.
+   */
+  queuedRecipientsOf(senderUser: string): Promise<{ userId: string; deviceId: number }[]>;
   /** Removes every envelope sent by or to the user; returns how many (erasure). */
   eraseUser(userId: string): Promise<number>;
   /** Removes every envelope addressed to one device (device removal). */

@@ -150,6 +150,16 @@ export class MongoEnvelopeLog implements EnvelopeLog {
     );
   }
 
+  async queuedRecipientsOf(senderUser: string): Promise<{ userId: string; deviceId: number }[]> {
+    const groups = await this.envelopes
+      .aggregate<{ _id: { userId: string; deviceId: number } }>([
+        { $match: { senderUser, state: "queued", recipientUser: { $ne: senderUser } } },
+        { $group: { _id: { userId: "$recipientUser", deviceId: "$recipientDevice" } } },
+      ])
+      .toArray();
+    return groups.map((group) => group._id);
+  }
+
   async eraseUser(userId: string): Promise<number> {
     const result = await this.envelopes.deleteMany({
       $or: [{ senderUser: userId }, { recipientUser: userId }],

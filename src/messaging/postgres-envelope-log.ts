@@ -216,6 +216,14 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     return rows;
   }
 
+  async queuedRecipientsOf(senderUser: string): Promise<{ userId: string; deviceId: number }[]> {
+    const rows = await this.db
+      .selectDistinct({ userId: envelopes.recipientUser, deviceId: envelopes.recipientDevice })
+      .from(envelopes)
+      .where(and(eq(envelopes.senderUser, senderUser), eq(envelopes.state, "queued")));
+    return rows.filter((row) => row.userId !== senderUser);
+  }
+
   async eraseUser(userId: string): Promise<number> {
     const removed = await this.db
       .delete(envelopes)

@@ -1,16 +1,14 @@
 import { eq } from "drizzle-orm";
-import type { ActorRefs } from "../../actors/index.ts";
+import type { ActorRefs, GroupSendResult } from "../../actors/index.ts";
 import type { Db } from "../db/index.ts";
 import { accounts, devices } from "../db/schema.ts";
-import type { DirectSend, GroupSend, RejectCode } from "../gateway/frames.ts";
+import type { AcceptedFrame, DirectSend, GroupSend, RejectedFrame } from "../protocol/index.ts";
 import type { Principal } from "../sessions/service.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog } from "./envelope-log.ts";
 
-/** What the sender hears about one send (protocol.md, `accepted` / `rejected`). */
-export type SendOutcome =
-  | { type: "accepted"; id: string; ts: number }
-  | { type: "rejected"; id: string; code: RejectCode; missing?: number[]; extra?: number[] };
+/** What the sender hears about one send (docs/PROTOCOL.md, `accepted` / `rejected`). */
+export type SendOutcome = AcceptedFrame | RejectedFrame;
 
 /** A send whose checks are done and whose envelopes are queued for the next group commit. */
 export interface SubmittedSend {
@@ -18,16 +16,10 @@ export interface SubmittedSend {
   outcome: Promise<SendOutcome>;
 }
 
-/** How long a user's device list may be reused for the device-set check, across nodes. */
 /** A cached device list is used as is this long... */
 const DEVICE_LIST_FRESH_MS = 500;
 /** ...and until this age it is still used while a re-read runs in the background; older, a send waits for the read. */
 const DEVICE_LIST_TTL_MS = 1000;
-
-/** A group actor's answer to a send. */
-export type GroupSendReply =
-  | { ok: true; ts: number; recipients: number }
-  | { ok: false; code: "not_member" | "unknown_recipient" };
 
 /** The actor key of a user or group. */
 export const userKey = (userId: string) => `user:${userId}`;
@@ -110,13 +102,9 @@ export class MessagingService {
     return account ? [] : undefined;
   }
 
-  /** A 1:1 send: the device list must name exactly the recipient's devices (less the sending one). */
-  async sendDirect(from: Principal, frame: DirectSend): Promise<SendOutcome> {
-    return (await this.submitDirect(from, frame)).outcome;
-  }
-
   /**
-   * Checks a 1:1 send and queues its envelopes for the next group commit, resolving as soon as they
+   * Checks a 1:1 send (the device list must name exactly the recipient's devices, less the sending
+   * one) and queues its envelopes for the next group commit, resolving as soon as they
    * are queued: a device's next send can be checked while this one commits. Commits happen in
    * submission order, so `accepted` and the hand-off to the actor keep the order of the sends.
    */
@@ -159,7 +147,7 @@ export class MessagingService {
 
   /** A group send: the group's actor authorises the sender and fans the ciphertext out. */
   async sendGroup(from: Principal, frame: GroupSend): Promise<SendOutcome> {
-    const reply = await this.actors.ask<GroupSendReply>(groupKey(frame.to.group), {
+    const reply = await this.actors.ask<GroupSendResult>(groupKey(frame.to.group), {
       type: "send",
       id: frame.id,
       from: { user: from.userId, device: from.deviceId },
@@ -197,6 +185,21 @@ export class MessagingService {
       gatewayNode,
       connectionId,
     });
+  }
+
+  /** A device was removed from its account: its user actor forgets it and drops its offline queue. */
+  async deviceRemoved(userId: string, deviceId: number): Promise<void> {
+    this.devicesChanged(userId);
+    await this.actors.ask(userKey(userId), { type: "device.removed", deviceId });
+  }
+
+  /**
+   * Erasure's live step: the user's actor, wherever the ring placed it, closes every socket of the
+   * user (4410) and stops.
+   */
+  async eraseUser(userId: string, erasureId: string): Promise<void> {
+    await this.actors.ask(userKey(userId), { type: "erase", erasureId });
+    await this.actors.stopActor(userKey(userId), "erased");
   }
 
   /** The device has these envelopes: the log forgets their ciphertext and the actor stops redelivering. */

@@ -1,16 +1,15 @@
-import { Type } from "@sinclair/typebox";
 import { type Static, t } from "elysia";
 import { AccountModel } from "../accounts/model.ts";
-import { MAX_DEVICE_ID } from "../devices/service.ts";
+import { DeviceId, RegistrationId } from "../protocol/ids.ts";
 
 export namespace SessionModel {
   export const login = t.Object(
     {
       username: AccountModel.username,
       password: AccountModel.password,
-      // TypeBox's own Integer: Elysia's t.Integer would also accept "7" in a JSON body.
-      deviceId: t.Optional(Type.Integer({ minimum: 1, maximum: MAX_DEVICE_ID })),
-      registrationId: t.Optional(Type.Integer({ minimum: 1, maximum: 16380 })),
+      // TypeBox's own Integer (src/protocol): Elysia's t.Integer would also accept "7" in a JSON body.
+      deviceId: t.Optional(DeviceId),
+      registrationId: t.Optional(RegistrationId),
       deviceName: t.Optional(t.String({ minLength: 1, maxLength: 64 })),
     },
     { additionalProperties: false },

@@ -3,8 +3,7 @@ import type { AccountService } from "../accounts/service.ts";
 import type { AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
 import { refreshTokens } from "../db/schema.ts";
-import type { DeviceService } from "../devices/service.ts";
-import { ApiError } from "../http/errors.ts";
+import { DomainError } from "../errors/index.ts";
 import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
 import { type AccessClaims, TokenIssuer } from "./tokens.ts";
 
@@ -20,6 +19,21 @@ export interface SessionTokens {
   expiresIn: number;
 }
 
+/**
+ * What sessions need of the device registry (`DeviceService` provides it): declared here so that
+ * sessions never import the devices feature, whose routes import sessions' auth.
+ */
+export interface SessionDevices {
+  /** Creates a device with the smallest free id (1-127); `conflict` when none is left. */
+  create(userId: string, registrationId: number, name: string | null): Promise<number>;
+  /** The device's token generation, or undefined when it does not exist. */
+  tokenGeneration(userId: string, deviceId: number): Promise<number | undefined>;
+  /** Marks the device as seen now. */
+  touch(userId: string, deviceId: number): Promise<void>;
+  /** Invalidates every access token issued to the device so far. */
+  revokeTokens(userId: string, deviceId: number): Promise<void>;
+}
+
 /** The authenticated caller of a request. */
 export interface Principal {
   userId: string;
@@ -31,7 +45,7 @@ export class SessionService {
   constructor(
     private readonly db: Db,
     private readonly accounts: AccountService,
-    private readonly devices: DeviceService,
+    private readonly devices: SessionDevices,
     private readonly tokens: TokenIssuer,
     private readonly refreshTtlDays: number,
     private readonly audit?: AuditTrail,
@@ -49,7 +63,7 @@ export class SessionService {
     // Password guessing: after 10 wrong passwords for a username, that username waits out the window.
     const blocked = await this.limiter?.peek(LOGIN_FAILURES, input.username);
     if (blocked && !blocked.allowed) {
-      throw new ApiError("rate_limited", "too many failed logins for this account, retry later", {
+      throw new DomainError("rate_limited", "too many failed logins for this account, retry later", {
         retryAfterSeconds: Math.max(1, Math.ceil(blocked.retryAfterMs / 1000)),
       });
     }
@@ -57,7 +71,7 @@ export class SessionService {
     try {
       userId = await this.accounts.verifyPassword(input.username, input.password);
     } catch (error) {
-      if (error instanceof ApiError && error.code === "unauthorized") {
+      if (error instanceof DomainError && error.code === "unauthorized") {
         await this.limiter?.hit(LOGIN_FAILURES, input.username);
       }
       throw error;
@@ -65,11 +79,11 @@ export class SessionService {
     let deviceId = input.deviceId;
     if (deviceId === undefined) {
       if (input.registrationId === undefined) {
-        throw new ApiError("invalid", "registrationId is required to create a new device");
+        throw new DomainError("invalid", "registrationId is required to create a new device");
       }
       deviceId = await this.devices.create(userId, input.registrationId, input.deviceName ?? null);
     } else if ((await this.devices.tokenGeneration(userId, deviceId)) === undefined) {
-      throw new ApiError("not_found", `device ${deviceId} does not exist`);
+      throw new DomainError("not_found", `device ${deviceId} does not exist`);
     }
     await this.devices.touch(userId, deviceId);
     const tokens = await this.issue(userId, deviceId);
@@ -96,10 +110,10 @@ export class SessionService {
     if (!spent) {
       const [reused] = await this.db.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, hash));
       if (reused) await this.revokeDevice(reused.userId, reused.deviceId);
-      throw new ApiError("unauthorized", "refresh token is not valid");
+      throw new DomainError("unauthorized", "refresh token is not valid");
     }
     if (spent.expiresAt.getTime() <= Date.now()) {
-      throw new ApiError("unauthorized", "refresh token has expired");
+      throw new DomainError("unauthorized", "refresh token has expired");
     }
     return this.issue(spent.userId, spent.deviceId);
   }
@@ -107,10 +121,15 @@ export class SessionService {
   /** The principal named by a valid access token whose device still exists and was not revoked. */
   async authenticate(accessToken: string): Promise<Principal> {
     const claims: AccessClaims | undefined = await this.tokens.verify(accessToken);
-    if (!claims) throw new ApiError("unauthorized", "access token is missing, malformed or expired");
+    if (!claims) throw new DomainError("unauthorized", "access token is missing, malformed or expired");
     const generation = await this.devices.tokenGeneration(claims.userId, claims.deviceId);
-    if (generation !== claims.generation) throw new ApiError("unauthorized", "access token was revoked");
+    if (generation !== claims.generation) throw new DomainError("unauthorized", "access token was revoked");
     return { userId: claims.userId, deviceId: claims.deviceId };
+  }
+
+  /** Forgets the failed-login counter of a username (erasure of its owner); returns how many counters went. */
+  async forgetFailedLogins(username: string): Promise<number> {
+    return (await this.limiter?.reset(LOGIN_FAILURES, username)) ?? 0;
   }
 
   /** Revokes every access and refresh token of the device. */
@@ -123,7 +142,7 @@ export class SessionService {
 
   private async issue(userId: string, deviceId: number): Promise<SessionTokens> {
     const generation = await this.devices.tokenGeneration(userId, deviceId);
-    if (generation === undefined) throw new ApiError("not_found", `device ${deviceId} does not exist`);
+    if (generation === undefined) throw new DomainError("not_found", `device ${deviceId} does not exist`);
     const { token, hash } = TokenIssuer.mintRefreshToken();
     await this.db.insert(refreshTokens).values({
       tokenHash: hash,

@@ -10,7 +10,7 @@ import {
   TransportHub,
 } from "../../actors/index.ts";
 import { clusterAdminRoutes } from "../../src/cluster/index.ts";
-import { ApiError } from "../../src/http/errors.ts";
+import { DomainError, errorReply } from "../../src/http/errors.ts";
 
 // Two nodes sharing in-memory hubs: the routes are what is under test, not the services.
 describe("cluster admin routes", () => {
@@ -36,9 +36,10 @@ describe("cluster admin routes", () => {
     // The same error mapping the admin listener applies.
     app = new Elysia()
       .onError(({ error, set }) => {
-        if (error instanceof ApiError) {
-          set.status = error.status;
-          return { error: { code: error.code, message: error.message } };
+        if (error instanceof DomainError) {
+          const reply = errorReply(error);
+          set.status = reply.status;
+          return reply.body;
         }
       })
       .use(clusterAdminRoutes(nodes[0])) as unknown as Elysia;

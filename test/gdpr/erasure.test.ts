@@ -178,7 +178,7 @@ describe.each(STACKS)("erasure on the %s stack", (stack) => {
     const dump = await databaseDump(node);
     expect(dump).not.toContain(victim.userId);
     expect(dump).not.toContain(victim.username);
-    expect(await node.messaging.log.metadataOf(victim.userId)).toEqual([]);
+    expect(await node.log.metadataOf(victim.userId)).toEqual([]);
     // Redis: no key names the user.
     if (stack === "services") {
       const redis = new Redis(REDIS_URL);
@@ -188,7 +188,7 @@ describe.each(STACKS)("erasure on the %s stack", (stack) => {
       expect(keys.some((k) => k.includes(victim.userId) || k.includes(victim.username))).toBe(false);
       expect(values.join("\n")).not.toContain(victim.userId);
       // RabbitMQ: the victim's device queue is gone; the friend's queue holds no message from them.
-      expect(await node.messaging.offline.depth(victim.userId, 1)).toBe(0);
+      expect(await node.offline.depth(victim.userId, 1)).toBe(0);
     }
     expect(
       receipt.payload.stores.others_queues.removed + (stack === "embedded" ? 1 : 0),

@@ -117,7 +117,7 @@ describe("WebSocket gateway against bad input", () => {
     const message = { deviceId: 1, type: 3, body: b64("x") };
     socket.send({ type: "send", id, to: { user: bob.userId }, messages: [message, message] });
     expect(await socket.reply(id)).toMatchObject({ type: "rejected", code: "invalid" });
-    expect(await node.messaging.log.metadataOf(bob.userId)).toEqual([]);
+    expect(await node.log.metadataOf(bob.userId)).toEqual([]);
     await socket.close();
   });
 
@@ -131,7 +131,7 @@ describe("WebSocket gateway against bad input", () => {
     const reply = await socket.next((f) => f.type === "error");
     expect(reply.code).toBe("too_large");
     await expectUsable(socket);
-    expect(await node.messaging.log.metadataOf(bob.userId)).toEqual([]);
+    expect(await node.log.metadataOf(bob.userId)).toEqual([]);
     await socket.close();
   });
 

@@ -67,7 +67,7 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
     b = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "node-b" } });
     victim = await spawnNode({ ...env, DATABASE_URL: database.url, ADMIN_TOKEN });
     const until = Date.now() + 10_000;
-    while (a.messaging.actors.ringMembers().length < 3 || b.messaging.actors.ringMembers().length < 3) {
+    while (a.actors.ringMembers().length < 3 || b.actors.ringMembers().length < 3) {
       if (Date.now() > until) throw new Error("the three nodes never saw each other");
       await Bun.sleep(50);
     }
@@ -83,7 +83,7 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
   async function userOwnedBy(nodeId: string) {
     for (let i = 0; i < 60; i++) {
       const candidate = await registerAndLogin(api(a.url));
-      if (a.messaging.actors.ownerOf(`user:${candidate.userId}`) === nodeId) return candidate;
+      if (a.actors.ownerOf(`user:${candidate.userId}`) === nodeId) return candidate;
     }
     throw new Error(`no user landed on ${nodeId}`);
   }
@@ -199,10 +199,10 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
     expect(order.filter((id) => accepted.includes(id))).toEqual(accepted);
     // Every node drops the dead one from its ring within a few heartbeats (TTL = 3 × 250 ms here).
     const ringDeadline = Date.now() + 5000;
-    while (a.messaging.actors.ownerOf(`user:${bob.userId}`) === victim.nodeId && Date.now() < ringDeadline) {
+    while (a.actors.ownerOf(`user:${bob.userId}`) === victim.nodeId && Date.now() < ringDeadline) {
       await Bun.sleep(50);
     }
-    expect(a.messaging.actors.ownerOf(`user:${bob.userId}`)).not.toBe(victim.nodeId);
+    expect(a.actors.ownerOf(`user:${bob.userId}`)).not.toBe(victim.nodeId);
     console.log(
       `kill -9 run: 1000 accepted, ${seen.size} distinct delivered, ${duplicatesOnWire} duplicates on the wire`,
     );

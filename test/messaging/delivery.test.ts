@@ -183,10 +183,10 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     for (const [i, id] of ids.entries()) a.send(direct(id, bob.userId, { 1: `burst ${i}` }));
     for (const id of ids) expect((await a.reply(id)).type).toBe("accepted");
     const deadline = Date.now() + 10_000;
-    while ((await node.messaging.offline.depth(bob.userId, 1)) < ids.length && Date.now() < deadline) {
+    while ((await node.offline.depth(bob.userId, 1)) < ids.length && Date.now() < deadline) {
       await Bun.sleep(50);
     }
-    expect(await node.messaging.offline.depth(bob.userId, 1)).toBe(ids.length);
+    expect(await node.offline.depth(bob.userId, 1)).toBe(ids.length);
     const b = await connect(bob.sessions[0].accessToken);
     const got = await b.messages(ids.length);
     expect(got.map((m) => m.id)).toEqual(ids);
@@ -291,13 +291,13 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     a.send(direct(id, bob.userId, { 1: "one", 2: "two" }));
     expect((await a.reply(id)).type).toBe("accepted");
     await Bun.sleep(200);
-    expect(await node.messaging.offline.depth(bob.userId, 2)).toBe(1);
+    expect(await node.offline.depth(bob.userId, 2)).toBe(1);
     const second = await connect(bob.sessions[1].accessToken);
     await second.messages(1);
     expect((await client.delete("/v1/devices/2", bob.sessions[0].accessToken)).status).toBe(204);
     expect((await second.whenClosed()).code).toBe(4404);
-    expect(await node.messaging.offline.depth(bob.userId, 2)).toBe(0);
-    const left = await node.messaging.log.metadataOf(bob.userId);
+    expect(await node.offline.depth(bob.userId, 2)).toBe(0);
+    const left = await node.log.metadataOf(bob.userId);
     expect(left.map((m) => m.recipientDevice)).toEqual([1]);
     await a.close();
   });

@@ -52,7 +52,7 @@ describe.each(BACKENDS)("retention on %s", (backend) => {
     const now = Date.now();
     const old = envelope(alice.userId, bob.userId, now - 11 * DAY);
     const fresh = envelope(alice.userId, bob.userId, now - 9 * DAY);
-    await node.messaging.log.append([old, fresh]);
+    await node.log.append([old, fresh]);
     const hash = (token: string) => createHash("sha256").update(token).digest("hex");
     await db.insert(refreshTokens).values([
       { tokenHash: hash("expired"), userId: bob.userId, deviceId: 1, expiresAt: new Date(now - 1000) },
@@ -72,7 +72,7 @@ describe.each(BACKENDS)("retention on %s", (backend) => {
       new Date(Date.parse(report.cutoffs.refreshTokens) - 10 * DAY).toISOString(),
     );
 
-    expect((await node.messaging.log.undelivered(bob.userId)).map((e) => e.id)).toEqual([fresh.id]);
+    expect((await node.log.undelivered(bob.userId)).map((e) => e.id)).toEqual([fresh.id]);
     expect(await countOf(db, sql`select count(*)::int from refresh_tokens`)).toBe(tokensBefore - 1);
     // A live refresh token still works; the spent one is kept for reuse detection until it expires.
     expect((await client.post("/v1/sessions/refresh", { refreshToken: alice.refreshToken })).status).toBe(
@@ -107,7 +107,7 @@ describe.each(BACKENDS)("retention on %s", (backend) => {
     const db = node.database.db;
     const carol = await registerAndLogin(client);
     const now = Date.now();
-    await node.messaging.log.append(
+    await node.log.append(
       Array.from({ length: 20 }, (_, i) => envelope(carol.userId, carol.userId, now - 20 * DAY - i)),
     );
     const jobs = Array.from(
@@ -115,7 +115,7 @@ describe.each(BACKENDS)("retention on %s", (backend) => {
       () =>
         new RetentionJob({
           db,
-          log: node.messaging.log,
+          log: node.log,
           audit: new PostgresAuditTrail(db),
           retentionDays: 10,
           auditRetentionDays: 100,
@@ -126,7 +126,7 @@ describe.each(BACKENDS)("retention on %s", (backend) => {
     const reports = await Promise.all([...jobs.map((j) => j.runOnce()), node.retention.runOnce()]);
     expect(reports.reduce((n, r) => n + r.envelopes, 0)).toBe(20);
     expect(reports.every((r) => r.auditEntries === 0)).toBe(true);
-    expect(await node.messaging.log.undelivered(carol.userId)).toEqual([]);
+    expect(await node.log.undelivered(carol.userId)).toEqual([]);
     expect((await node.audit.entriesAbout(carol.userId)).map((e) => e.action)).toEqual(["session.login"]);
     expect(await new PostgresAuditTrail(db).verify()).toMatchObject({ ok: true });
   });

@@ -85,10 +85,10 @@ export async function startTestNode(
     testDatabase: database,
     async teardown() {
       // RabbitMQ outlives the test: delete the device queues this node's accounts may have made.
-      if (node.messaging.offline.kind === "rabbitmq") {
+      if (node.offline.kind === "rabbitmq") {
         const { devices } = await import("../../src/db/schema.ts");
         const rows = await node.database.db.select().from(devices);
-        await Promise.all(rows.map((d) => node.messaging.offline.purge(d.userId, d.deviceId).catch(() => 0)));
+        await Promise.all(rows.map((d) => node.offline.purge(d.userId, d.deviceId).catch(() => 0)));
       }
       await node.stop();
       // Redis keys outlive the node too (last-seen times have no TTL): delete this run's prefix

@@ -1,6 +1,6 @@
 import { Elysia } from "elysia";
-import type { Principal, SessionService } from "../sessions/service.ts";
-import { ApiError } from "./errors.ts";
+import { DomainError } from "../errors/index.ts";
+import type { Principal, SessionService } from "./service.ts";
 
 /** The bearer token of a request: `Authorization: Bearer <t>`, or `?token=<t>` for browser WebSockets. */
 export function bearerToken(authorization: string | undefined, queryToken?: string): string | undefined {
@@ -8,13 +8,16 @@ export function bearerToken(authorization: string | undefined, queryToken?: stri
   return match?.[1] ?? queryToken;
 }
 
-/** Adds the `auth` route option: the route runs only for a valid access token and receives `principal`. */
+/**
+ * Adds the `auth` route option to a feature's routes: the route runs only for a valid access token
+ * and receives `principal`; otherwise `unauthorized` (401).
+ */
 export function authPlugin(sessions: SessionService) {
   return new Elysia({ name: "clearbox.auth" }).macro({
     auth: {
       async resolve({ headers }): Promise<{ principal: Principal }> {
         const token = bearerToken(headers.authorization);
-        if (!token) throw new ApiError("unauthorized", "missing bearer token");
+        if (!token) throw new DomainError("unauthorized", "missing bearer token");
         return { principal: await sessions.authenticate(token) };
       },
     },

@@ -1,0 +1,123 @@
+import type { MessagingService, SubmittedSend } from "../messaging/service.ts";
+import type { Logger } from "../observability/logger.ts";
+import {
+  checkAck,
+  checkDirectSend,
+  checkGroupSend,
+  checkPing,
+  checkPresenceWatch,
+  firstProblem,
+  MAX_FRAME_BYTES,
+} from "../protocol/index.ts";
+import type { DeviceConnection } from "./connection.ts";
+import type { PresenceWatchers } from "./presence-watch.ts";
+
+/**
+ * The frame side of the gateway: one client frame in, checked against the protocol's schemas
+ * (docs/PROTOCOL.md), the device's token bucket and the 256 KiB limit, then dispatched. Sends go to
+ * the messaging service in arrival order; a malformed frame gets an `error` and the socket stays.
+ */
+export class FrameHandler {
+  constructor(
+    private readonly deps: { messaging: MessagingService; watchers: PresenceWatchers; logger: Logger },
+  ) {}
+
+  /** Handles one frame of an open connection. */
+  handle(conn: DeviceConnection, message: string | Buffer): void {
+    if (typeof message !== "string") {
+      this.invalid(conn, "frames are JSON text");
+      return;
+    }
+    if (message.length > MAX_FRAME_BYTES || Buffer.byteLength(message) > MAX_FRAME_BYTES) {
+      conn.send({ type: "error", code: "too_large", message: `frames are at most ${MAX_FRAME_BYTES} bytes` });
+      return;
+    }
+    let frame: unknown;
+    try {
+      frame = JSON.parse(message);
+    } catch {
+      this.invalid(conn, "frame is not valid JSON");
+      return;
+    }
+    const type = (frame as { type?: unknown } | null)?.type;
+    const id = (frame as { id?: unknown } | null)?.id;
+    if (!conn.bucket.take()) {
+      if (type === "send" && typeof id === "string")
+        conn.send({ type: "rejected", id, code: "rate_limited" });
+      else conn.send({ type: "error", code: "rate_limited", message: "too many frames; slow down" });
+      return;
+    }
+    switch (type) {
+      case "send":
+        this.send(conn, frame, typeof id === "string" ? id : undefined);
+        break;
+      case "ack":
+        if (checkAck.Check(frame)) this.ack(conn, frame.ids);
+        else this.invalid(conn, firstProblem(checkAck, frame));
+        break;
+      case "presence.watch":
+        if (checkPresenceWatch.Check(frame)) void this.deps.watchers.watch(conn, frame.users);
+        else this.invalid(conn, firstProblem(checkPresenceWatch, frame));
+        break;
+      case "ping":
+        if (checkPing.Check(frame)) conn.send({ type: "pong" });
+        else this.invalid(conn, firstProblem(checkPing, frame));
+        break;
+      default:
+        this.invalid(conn, "unknown frame type");
+    }
+  }
+
+  private invalid(conn: DeviceConnection, message: string): void {
+    conn.send({ type: "error", code: "invalid", message });
+  }
+
+  private send(conn: DeviceConnection, frame: unknown, id: string | undefined): void {
+    const { messaging, logger } = this.deps;
+    let submit: () => Promise<SubmittedSend>;
+    const isGroup = checkGroupSend.Check(frame);
+    if (checkDirectSend.Check(frame)) submit = () => messaging.submitDirect(conn.principal, frame);
+    else if (isGroup) submit = async () => ({ outcome: messaging.sendGroup(conn.principal, frame) });
+    else {
+      const to = (frame as { to?: { group?: unknown } }).to;
+      const check = to && typeof to === "object" && "group" in to ? checkGroupSend : checkDirectSend;
+      const problem = firstProblem(check, frame);
+      if (id === undefined) this.invalid(conn, problem);
+      else conn.send({ type: "rejected", id, code: "invalid", message: problem });
+      return;
+    }
+    const failed = (error: unknown) => {
+      logger.error({ err: error, user: conn.principal.userId }, "send failed");
+      conn.send({
+        type: "error",
+        code: "internal",
+        message: `message ${id} was not accepted; send it again`,
+      });
+    };
+    // A device's sends are checked and queued for commit one after another, so they are accepted
+    // in the order sent; the chain waits for the queueing, not for the commit. A group send waits
+    // for its answer (its group actor orders it against other members' sends).
+    conn.chain = conn.chain.then(async () => {
+      try {
+        const { outcome } = await submit();
+        const reply = outcome.then((answer) => void conn.send(answer), failed);
+        if (isGroup) await reply;
+      } catch (error) {
+        failed(error);
+      }
+    });
+  }
+
+  private ack(conn: DeviceConnection, ids: string[]): void {
+    const acking = (async () => {
+      try {
+        await conn.drain?.ack(ids);
+        await this.deps.messaging.ack(conn.principal, ids);
+      } catch (error) {
+        this.deps.logger.error({ err: error, user: conn.principal.userId }, "ack failed");
+      }
+    })();
+    conn.acking.add(acking);
+    void acking.finally(() => conn.acking.delete(acking));
+  }
+}

@@ -1,0 +1,231 @@
+import { randomUUID } from "node:crypto";
+import type { WebSocketHandler } from "bun";
+import { Elysia } from "elysia";
+import { DomainError } from "../errors/index.ts";
+import type { OfflineQueue } from "../messaging/offline-queue.ts";
+import type { DeviceSocketRef, Presence } from "../messaging/presence.ts";
+import type { MessagingService } from "../messaging/service.ts";
+import type { Logger } from "../observability/logger.ts";
+import { CloseCode } from "../protocol/index.ts";
+import { bearerToken } from "../sessions/auth.ts";
+import type { SessionService } from "../sessions/service.ts";
+import { DeviceConnection, type DeviceSocket, type SocketData } from "./connection.ts";
+import { FrameHandler } from "./frame-handler.ts";
+import type { NodeLink } from "./node-link.ts";
+import { PresenceWatchers } from "./presence-watch.ts";
+import type { SocketRegistry } from "./socket-registry.ts";
+import { TokenBucket } from "./token-bucket.ts";
+
+export interface GatewayOptions {
+  nodeId: string;
+  sessions: SessionService;
+  messaging: MessagingService;
+  offline: OfflineQueue;
+  presence: Presence;
+  logger: Logger;
+  /** This node's sockets. */
+  registry: SocketRegistry;
+  /** Reaches other nodes' gateways (to replace a device's socket held elsewhere). */
+  link: NodeLink;
+  /** Frames a device may send per second, and how many it may save up. */
+  rateLimit?: { perSecond: number; burst: number };
+  /** How long a socket's presence lease lasts without renewal (ms). */
+  presenceLeaseMs?: number;
+}
+
+/** Envelopes taken from the offline queue per read while a device drains it. */
+const DRAIN_CHUNK = 256;
+
+/**
+ * The WebSocket gateway of `GET /v1/ws`: authenticates the upgrade, keeps one socket per device,
+ * brings a device online (presence lease, replacing its socket elsewhere, offline queue drained
+ * before live delivery) and does the bookkeeping when it closes. Frames are handled by
+ * `FrameHandler`; pushes from the actors land in the `SocketRegistry`.
+ *
+ * The socket events come from Bun's own `websocket` handler (`websocket` below), which the node
+ * passes to `listen`: Elysia's WebSocket wrapper would parse every frame as JSON before we could
+ * check its size.
+ */
+export class Gateway {
+  private readonly byWs = new WeakMap<DeviceSocket, DeviceConnection>();
+  private readonly frames: FrameHandler;
+  private readonly watchers: PresenceWatchers;
+  /** Disconnect bookkeeping still running (presence, offline flush), awaited by stop(). */
+  private readonly closing = new Set<Promise<void>>();
+  private readonly unsubscribe: () => void;
+  private readonly renewTimer: ReturnType<typeof setInterval>;
+  private readonly rate: { perSecond: number; burst: number };
+
+  constructor(private readonly options: GatewayOptions) {
+    this.rate = options.rateLimit ?? { perSecond: 100, burst: 200 };
+    this.watchers = new PresenceWatchers(options.presence);
+    this.frames = new FrameHandler({
+      messaging: options.messaging,
+      watchers: this.watchers,
+      logger: options.logger,
+    });
+    this.unsubscribe = options.presence.subscribe((state) => this.watchers.changed(state));
+    const leaseMs = options.presenceLeaseMs ?? 60_000;
+    this.renewTimer = setInterval(() => void this.renew(), Math.max(100, Math.floor(leaseMs / 3)));
+    this.renewTimer.unref?.();
+  }
+
+  /** Open sockets on this node. */
+  get connections(): number {
+    return this.options.registry.size;
+  }
+
+  /**
+   * Bun's WebSocket handler and limits for the public listener (`Bun.serve({ websocket })`). The
+   * payload limit is above the protocol's 256 KiB so the gateway can answer an oversized frame
+   * with `too_large`; beyond it Bun closes the socket (1009).
+   */
+  readonly websocket: WebSocketHandler<SocketData> = {
+    maxPayloadLength: 1024 * 1024,
+    // A reader this far behind is disconnected; what it has not acked goes to its offline queue.
+    backpressureLimit: 4 * 1024 * 1024,
+    closeOnBackpressureLimit: true,
+    idleTimeout: 120,
+    sendPings: true,
+    open: (ws) => this.open(ws),
+    message: (ws, message) => {
+      const conn = this.byWs.get(ws);
+      if (conn && !conn.isClosed()) this.frames.handle(conn, message);
+    },
+    close: (ws) => this.closed(ws),
+  };
+
+  /**
+   * The Elysia plugin serving `GET /v1/ws`: authenticates before the upgrade (401 otherwise), then
+   * hands the socket to Bun, whose events reach `websocket`.
+   */
+  routes() {
+    const { sessions } = this.options;
+    return new Elysia({ name: "clearbox.gateway" }).get(
+      "/v1/ws",
+      async ({ request, server, headers, query }) => {
+        const token = bearerToken(
+          headers.authorization,
+          typeof query.token === "string" ? query.token : undefined,
+        );
+        if (!token) throw new DomainError("unauthorized", "missing bearer token");
+        const data: SocketData = { principal: await sessions.authenticate(token) };
+        if (!server?.upgrade(request, { data }))
+          throw new DomainError("invalid", "expected a WebSocket upgrade request");
+        return undefined;
+      },
+    );
+  }
+
+  private open(ws: DeviceSocket) {
+    const conn = new DeviceConnection(
+      ws,
+      ws.data.principal,
+      new TokenBucket(this.rate.perSecond, this.rate.burst),
+      randomUUID(),
+    );
+    this.byWs.set(ws, conn);
+    this.options.registry
+      .add(conn)
+      ?.close(CloseCode.replaced, "replaced by a newer connection of this device");
+    conn.chain = conn.chain
+      .then(() => this.bringOnline(conn))
+      .catch((error) => {
+        this.options.logger.error(
+          { err: error, user: conn.principal.userId },
+          "could not bring a device online",
+        );
+        conn.close(1011, "internal error");
+      });
+  }
+
+  private ref(conn: DeviceConnection): DeviceSocketRef {
+    return {
+      userId: conn.principal.userId,
+      deviceId: conn.principal.deviceId,
+      nodeId: this.options.nodeId,
+      connectionId: conn.connectionId,
+    };
+  }
+
+  /** Presence, replacing a socket of the same device on another node, offline queue, then live. */
+  private async bringOnline(conn: DeviceConnection): Promise<void> {
+    const { presence, messaging, offline, nodeId, link } = this.options;
+    const { principal } = conn;
+    await presence.connected([this.ref(conn)]);
+    for (const other of await presence.sockets(principal.userId)) {
+      if (other.deviceId !== principal.deviceId || other.connectionId === conn.connectionId) continue;
+      if (other.nodeId === nodeId) continue;
+      await link
+        .send(other.nodeId, {
+          type: "close",
+          userId: other.userId,
+          deviceId: other.deviceId,
+          connectionId: other.connectionId,
+          code: CloseCode.replaced,
+          reason: "replaced by a newer connection of this device",
+        })
+        .catch(() => false);
+    }
+    if (conn.isClosed()) return;
+    await messaging.deviceConnected(principal, nodeId, conn.connectionId);
+    if (conn.isClosed()) return;
+    conn.state = "draining";
+    conn.drain = await offline.drain(principal.userId, principal.deviceId);
+    for (;;) {
+      if (conn.isClosed()) return;
+      const batch = await conn.drain.next(DRAIN_CHUNK);
+      if (batch.length === 0) break;
+      conn.deliver(batch);
+    }
+    if (conn.isClosed()) return;
+    await messaging.deviceDrained(principal, nodeId, conn.connectionId);
+    if (!conn.isClosed()) conn.state = "live";
+  }
+
+  private closed(ws: DeviceSocket) {
+    const conn = this.byWs.get(ws);
+    if (!conn) return;
+    conn.state = "closed";
+    this.options.registry.remove(conn);
+    this.watchers.unwatch(conn);
+    const { presence, messaging, nodeId, logger } = this.options;
+    // After whatever the connection was doing: its envelopes in flight must reach the actor first.
+    // Acks sent just before the close go first: otherwise the actor would flush those envelopes
+    // to the offline queue and the device would get them again on its next connection.
+    const bookkeeping = Promise.all([conn.chain, ...conn.acking]).then(async () => {
+      try {
+        await conn.drain?.release();
+        await presence.disconnected(this.ref(conn));
+        await messaging.deviceDisconnected(conn.principal, nodeId, conn.connectionId);
+      } catch (error) {
+        logger.error({ err: error, user: conn.principal.userId }, "disconnect bookkeeping failed");
+      }
+    });
+    this.closing.add(bookkeeping);
+    void bookkeeping.finally(() => this.closing.delete(bookkeeping));
+  }
+
+  /** Renews presence leases of every local socket, and re-reads watched users (a crashed node's leases expire). */
+  private async renew() {
+    try {
+      await this.options.presence.connected([...this.options.registry.values()].map((c) => this.ref(c)));
+      await this.watchers.refresh();
+    } catch (error) {
+      this.options.logger.warn({ err: error }, "presence renewal failed");
+    }
+  }
+
+  /** Closes every socket (shutdown): clients reconnect, possibly to another node. */
+  async stop(): Promise<void> {
+    clearInterval(this.renewTimer);
+    this.unsubscribe();
+    const { registry } = this.options;
+    for (const conn of registry.values()) conn.close(CloseCode.goingAway, "server shutting down");
+    // Close events arrive on later turns: wait for them (bounded), then for each socket's bookkeeping,
+    // so unacked envelopes reach the offline queues before the stores close.
+    const deadline = Date.now() + 5000;
+    while (registry.size > 0 && Date.now() < deadline) await Bun.sleep(10);
+    await Promise.all(this.closing);
+  }
+}

@@ -1,0 +1,62 @@
+import type Redis from "ioredis";
+import type { Config } from "../config/index.ts";
+import type { Db } from "../db/index.ts";
+import { AmqpOfflineQueue } from "./amqp-offline-queue.ts";
+import type { EnvelopeLog } from "./envelope-log.ts";
+import { LogOfflineQueue } from "./log-offline-queue.ts";
+import { MemoryPresence } from "./memory-presence.ts";
+import { MongoEnvelopeLog } from "./mongo-envelope-log.ts";
+import type { OfflineQueue } from "./offline-queue.ts";
+import { PostgresEnvelopeLog } from "./postgres-envelope-log.ts";
+import type { Presence } from "./presence.ts";
+import { RedisPresence } from "./redis-presence.ts";
+
+/** The messaging stores of one node, chosen by configuration. */
+export interface MessagingStores {
+  log: EnvelopeLog;
+  offline: OfflineQueue;
+  presence: Presence;
+  /** Backing services the node is ready only with (RabbitMQ, MongoDB), beside the database and Redis. */
+  readiness: { name: string; check(): Promise<void> }[];
+  /** Closes presence, the offline queue and the log, in that order. */
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the envelope log (MongoDB when `MONGODB_URL` is set, else the node's PostgreSQL/PGlite),
+ * the offline queue (RabbitMQ when `AMQP_URL` is set, else the log itself) and presence (Redis when
+ * the node has a Redis connection, else in memory).
+ */
+export async function openMessagingStores(config: Config, db: Db, redis?: Redis): Promise<MessagingStores> {
+  const prefix = clusterPrefix(config);
+  const mongo = config.mongodbUrl
+    ? await MongoEnvelopeLog.open(config.mongodbUrl, { retentionDays: config.retentionDays })
+    : undefined;
+  const log: EnvelopeLog = mongo ?? new PostgresEnvelopeLog(db);
+  const offline: OfflineQueue = config.amqpUrl
+    ? await AmqpOfflineQueue.open(config.amqpUrl, { prefix, retentionDays: config.retentionDays })
+    : new LogOfflineQueue(log);
+  const leaseMs = config.presenceLeaseSeconds * 1000;
+  const presence: Presence = redis
+    ? new RedisPresence(redis, config.redisPrefix, leaseMs)
+    : new MemoryPresence(leaseMs);
+  return {
+    log,
+    offline,
+    presence,
+    readiness: [
+      ...(config.amqpUrl ? [{ name: "rabbitmq", check: () => offline.ping() }] : []),
+      ...(mongo ? [{ name: "mongodb", check: () => mongo.ping() }] : []),
+    ],
+    async close() {
+      await presence.close();
+      await offline.close();
+      await log.close();
+    },
+  };
+}
+
+/** The prefix of this node's RabbitMQ queues and cluster keys, from `REDIS_PREFIX` without its trailing separator. */
+export function clusterPrefix(config: Config): string {
+  return config.redisPrefix.replace(/[:.]+$/, "") || "clearbox";
+}

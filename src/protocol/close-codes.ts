@@ -1,0 +1,19 @@
+/**
+ * WebSocket close codes of `GET /v1/ws` (docs/PROTOCOL.md). 1001 and 1009 are RFC 6455's; the
+ * 4xxx codes are ClearBox's, in the range RFC 6455 §7.4.2 leaves to applications, echoing the
+ * HTTP status of the same meaning.
+ */
+export const CloseCode = {
+  /** The node is shutting down; reconnect (possibly to another node). */
+  goingAway: 1001,
+  /** A frame over 1 MiB: Bun closes the socket. */
+  messageTooBig: 1009,
+  /** The device was removed from its account. */
+  deviceRemoved: 4404,
+  /** Another socket for the same device replaced this one. */
+  replaced: 4409,
+  /** The account was erased. */
+  erased: 4410,
+} as const;
+
+export type CloseCodeValue = (typeof CloseCode)[keyof typeof CloseCode];

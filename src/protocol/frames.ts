@@ -1,0 +1,176 @@
+import { type Static, Type as T } from "@sinclair/typebox";
+import { TypeCompiler } from "@sinclair/typebox/compiler";
+import { Base64, DeviceId, Uuid } from "./ids.ts";
+
+/** Largest text frame a client may send, in bytes (UTF-8). Larger frames get `error too_large`. */
+export const MAX_FRAME_BYTES = 256 * 1024;
+
+// ---- client → server -------------------------------------------------------------------------
+
+// The length bound keeps one ciphertext under the frame limit.
+const Ciphertext = Base64({ maxLength: MAX_FRAME_BYTES });
+
+/** A 1:1 send: one ciphertext per recipient device (libsignal type 2 whisper or 3 prekey). */
+export const DirectSend = T.Object(
+  {
+    type: T.Literal("send"),
+    id: Uuid,
+    to: T.Object({ user: Uuid }, { additionalProperties: false }),
+    messages: T.Array(
+      T.Object(
+        { deviceId: DeviceId, type: T.Union([T.Literal(2), T.Literal(3)]), body: Ciphertext },
+        { additionalProperties: false },
+      ),
+      { minItems: 1, maxItems: 127 },
+    ),
+  },
+  { additionalProperties: false },
+);
+export type DirectSend = Static<typeof DirectSend>;
+
+/** One ciphertext for one recipient device, as a 1:1 send lists them. */
+export type OutgoingMessage = DirectSend["messages"][number];
+
+/** A group send: one sender-key ciphertext (libsignal type 7), fanned out by the server. */
+export const GroupSend = T.Object(
+  {
+    type: T.Literal("send"),
+    id: Uuid,
+    to: T.Object({ group: Uuid }, { additionalProperties: false }),
+    message: T.Object({ type: T.Literal(7), body: Ciphertext }, { additionalProperties: false }),
+  },
+  { additionalProperties: false },
+);
+export type GroupSend = Static<typeof GroupSend>;
+
+/** The device has stored these messages; the server may forget them. */
+export const Ack = T.Object(
+  { type: T.Literal("ack"), ids: T.Array(Uuid, { minItems: 1, maxItems: 1000 }) },
+  { additionalProperties: false },
+);
+export type Ack = Static<typeof Ack>;
+
+/** Replaces the socket's watch list; answered at once with each user's current state. */
+export const PresenceWatch = T.Object(
+  { type: T.Literal("presence.watch"), users: T.Array(Uuid, { maxItems: 1000 }) },
+  { additionalProperties: false },
+);
+export type PresenceWatch = Static<typeof PresenceWatch>;
+
+export const Ping = T.Object({ type: T.Literal("ping") }, { additionalProperties: false });
+export type Ping = Static<typeof Ping>;
+
+/** Every frame a client may send. */
+export type ClientFrame = DirectSend | GroupSend | Ack | PresenceWatch | Ping;
+
+/** Compiled checks of the client frames (compiled once, at import). */
+export const checkDirectSend = TypeCompiler.Compile(DirectSend);
+export const checkGroupSend = TypeCompiler.Compile(GroupSend);
+export const checkAck = TypeCompiler.Compile(Ack);
+export const checkPresenceWatch = TypeCompiler.Compile(PresenceWatch);
+export const checkPing = TypeCompiler.Compile(Ping);
+
+/** The first validation problem of a value, as one short line (`path: message`) for the client. */
+export function firstProblem(
+  check: { Errors(value: unknown): Iterable<{ path: string; message: string }> },
+  value: unknown,
+): string {
+  for (const error of check.Errors(value)) {
+    const where = error.path.replace(/^\//, "").replaceAll("/", ".");
+    return where ? `${where}: ${error.message}` : error.message;
+  }
+  return "frame does not match the protocol";
+}
+
+// ---- server → client -------------------------------------------------------------------------
+
+/** Why a well-formed send was refused. */
+export type RejectCode =
+  | "mismatched_devices"
+  | "not_member"
+  | "unknown_recipient"
+  | "rate_limited"
+  | "too_large"
+  | "invalid";
+
+/** Codes of `error` frames: the frame was malformed or refused, or the send failed and may be retried. */
+export type ErrorFrameCode = "invalid" | "too_large" | "rate_limited" | "internal";
+
+/** The send is durable: it will be delivered. `ts` is the acceptance time (Unix ms). */
+export interface AcceptedFrame {
+  type: "accepted";
+  id: string;
+  ts: number;
+}
+
+/** The send was refused; `missing`/`extra` list device ids for `mismatched_devices`. */
+export interface RejectedFrame {
+  type: "rejected";
+  id: string;
+  code: RejectCode;
+  missing?: number[];
+  extra?: number[];
+  /** For `invalid`: which field is wrong. */
+  message?: string;
+}
+
+/** A message for this device; redelivered with the same `id` until acked. */
+export interface MessageFrame {
+  type: "message";
+  id: string;
+  from: { user: string; device: number };
+  group?: string;
+  ts: number;
+  envelope: { type: number; body: string };
+}
+
+/** A watched user's presence; `lastSeen` is the last time any of their devices was connected (Unix ms, 0: never). */
+export interface PresenceFrame {
+  type: "presence";
+  user: string;
+  online: boolean;
+  lastSeen: number;
+}
+
+/** A frame was malformed or refused; the socket stays open. */
+export interface ErrorFrame {
+  type: "error";
+  code: ErrorFrameCode;
+  message: string;
+}
+
+export interface PongFrame {
+  type: "pong";
+}
+
+/** Every frame the server sends. */
+export type ServerFrame =
+  | AcceptedFrame
+  | RejectedFrame
+  | MessageFrame
+  | PresenceFrame
+  | ErrorFrame
+  | PongFrame;
+
+/** What `messageFrame` needs of a stored envelope (the actors' `StoredEnvelope` has these fields). */
+export interface EnvelopeFields {
+  id: string;
+  senderUser: string;
+  senderDevice: number;
+  groupId: string | null;
+  ts: number;
+  type: number;
+  body: string;
+}
+
+/** The `message` frame a device receives for one stored envelope. */
+export function messageFrame(envelope: EnvelopeFields): MessageFrame {
+  return {
+    type: "message",
+    id: envelope.id,
+    from: { user: envelope.senderUser, device: envelope.senderDevice },
+    ...(envelope.groupId ? { group: envelope.groupId } : {}),
+    ts: envelope.ts,
+    envelope: { type: envelope.type, body: envelope.body },
+  };
+}

@@ -1,0 +1,30 @@
+import { Type as T } from "@sinclair/typebox";
+
+/**
+ * A UUID as the protocol writes ids (users, groups, messages, erasures). A pattern rather than
+ * `format: "uuid"`, so a check does not depend on a format registered elsewhere.
+ */
+export const Uuid = T.String({
+  pattern: "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+});
+
+/** libsignal's `ProtocolAddress` takes device ids 1-127, so an account has at most 127 devices. */
+export const MAX_DEVICE_ID = 127;
+
+/** A device id within an account. */
+export const DeviceId = T.Integer({ minimum: 1, maximum: MAX_DEVICE_ID });
+
+/** libsignal registration ids are 14-bit and never 0 (`KeyHelper.generateRegistrationId`: 1-16380). */
+export const RegistrationId = T.Integer({ minimum: 1, maximum: 16380 });
+
+/**
+ * Standard base64 with padding (RFC 4648 §4), as every binary value on the wire is written;
+ * `maxLength` in characters.
+ */
+export function Base64(options: { minLength?: number; maxLength: number }) {
+  return T.String({
+    pattern: "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+    minLength: options.minLength ?? 4,
+    maxLength: options.maxLength,
+  });
+}
