@@ -47,7 +47,7 @@ describe.skipIf(!nginx)("deploy/nginx/clearbox.conf in front of two ClearBox nod
     a = await startTestNode("postgres", { database, env: { ...env, NODE_ID: `${prefix}-a` } });
     b = await startTestNode("postgres", { database, env: { ...env, NODE_ID: `${prefix}-b` } });
     await until(
-      () => a.messaging.actors.ringMembers().length === 2 && b.messaging.actors.ringMembers().length === 2,
+      () => a.actors.ringMembers().length === 2 && b.actors.ringMembers().length === 2,
       10_000,
       "the two nodes to see each other",
     );
@@ -84,19 +84,15 @@ describe.skipIf(!nginx)("deploy/nginx/clearbox.conf in front of two ClearBox nod
     try {
       await alice.register(uniqueUsername("alice"), password);
       await bob.register(uniqueUsername("bob"), password);
-      expect(a.messaging.gateway.connections + b.messaging.gateway.connections).toBe(0);
+      expect(a.gateway.connections + b.gateway.connections).toBe(0);
       const aliceSocket = await alice.connect();
       sockets.push(aliceSocket);
-      await until(
-        () => a.messaging.gateway.connections + b.messaging.gateway.connections === 1,
-        5000,
-        "alice",
-      );
+      await until(() => a.gateway.connections + b.gateway.connections === 1, 5000, "alice");
       // least_conn sends the second WebSocket to the node without one.
       const bobSocket = await bob.connect();
       sockets.push(bobSocket);
-      await until(() => a.messaging.gateway.connections + b.messaging.gateway.connections === 2, 5000, "bob");
-      expect([a.messaging.gateway.connections, b.messaging.gateway.connections]).toEqual([1, 1]);
+      await until(() => a.gateway.connections + b.gateway.connections === 2, 5000, "bob");
+      expect([a.gateway.connections, b.gateway.connections]).toEqual([1, 1]);
 
       const toBob = new Promise<string>((resolve, reject) => {
         bobSocket.on("message", (frame) => {
@@ -160,7 +156,7 @@ describe.skipIf(!nginx)("deploy/nginx/clearbox.conf in front of two ClearBox nod
     try {
       await carol.register(uniqueUsername("carol"), password);
       const socket = await carol.connect();
-      expect(a.messaging.gateway.connections).toBeGreaterThanOrEqual(1);
+      expect(a.gateway.connections).toBeGreaterThanOrEqual(1);
       socket.close();
     } finally {
       carol.close();
