@@ -6,7 +6,7 @@ export {
   type ActorRefs,
   type ActorStatus,
   type PassivationReason,
-} from "./Actor.ts";
+} from "./actor.ts";
 export {
   ActorError,
   ActorStoppedError,
@@ -17,16 +17,16 @@ export {
   UnknownActorKindError,
   UnknownNodeError,
   UnroutableError,
-} from "./ActorError.ts";
+} from "./actor-error.ts";
 export {
   ActorSystem,
   type ActorSystemOptions,
   type ActorSystemStats,
   type ClusterNodeView,
   type ClusterView,
-} from "./ActorSystem.ts";
-export { AmqpTransport, type AmqpTransportOptions } from "./AmqpTransport.ts";
-export { type ActorNodeOptions, createActorNode } from "./createActorNode.ts";
+} from "./actor-system.ts";
+export { AmqpTransport, type AmqpTransportOptions } from "./amqp-transport.ts";
+export { type ActorNodeOptions, createActorNode } from "./create-actor-node.ts";
 export {
   GroupActor,
   type GroupActorPorts,
@@ -35,12 +35,12 @@ export {
   type GroupSendMessage,
   type GroupSendResult,
   groupActorFactory,
-} from "./GroupActor.ts";
-export { InMemoryMembership, MembershipHub } from "./InMemoryMembership.ts";
-export { InMemoryTransport, TransportHub } from "./InMemoryTransport.ts";
-export { type Logger, silentLogger } from "./Logger.ts";
-export { Mailbox } from "./Mailbox.ts";
-export type { MemberInfo, MemberStats, MemberStatus, Membership, MembershipListener } from "./Membership.ts";
+} from "./group-actor.ts";
+export { InMemoryMembership, MembershipHub } from "./in-memory-membership.ts";
+export { InMemoryTransport, TransportHub } from "./in-memory-transport.ts";
+export { type Logger, silentLogger } from "./logger.ts";
+export { Mailbox } from "./mailbox.ts";
+export type { MemberInfo, MemberStats, MemberStatus, Membership, MembershipListener } from "./membership.ts";
 export type {
   Clock,
   DeviceSockets,
@@ -49,11 +49,11 @@ export type {
   OfflineQueue,
   SocketRef,
   StoredEnvelope,
-} from "./Ports.ts";
-export { systemClock } from "./Ports.ts";
-export { RedisMembership, type RedisMembershipOptions } from "./RedisMembership.ts";
-export { DEFAULT_VNODES, Ring } from "./Ring.ts";
-export type { Frame, FrameHandler, Transport } from "./Transport.ts";
+} from "./ports.ts";
+export { systemClock } from "./ports.ts";
+export { RedisMembership, type RedisMembershipOptions } from "./redis-membership.ts";
+export { DEFAULT_VNODES, Ring } from "./ring.ts";
+export type { Frame, FrameHandler, Transport } from "./transport.ts";
 export {
   type DeliverGroupMessage,
   type DeliverMessage,
@@ -68,4 +68,4 @@ export {
   type UserActorPorts,
   type UserMessage,
   userActorFactory,
-} from "./UserActor.ts";
+} from "./user-actor.ts";

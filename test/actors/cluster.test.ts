@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { ActorSystem } from "../../actors/index.ts";
-import { CountingTransport, Load, TestCluster, until } from "./clusterHarness.ts";
+import { CountingTransport, Load, TestCluster, until } from "./cluster-harness.ts";
 
 /** Keys spread over the ring; enough that every node owns several. */
 const KEYS = Array.from({ length: 60 }, (_, i) => `rec:k${i}`);

@@ -1,10 +1,10 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { Redis } from "ioredis";
 import type { ActorBehavior, ActorSystem } from "../../actors/index.ts";
-import { AMQP_URL, HEARTBEAT_MS, Load, REDIS_URL, TestCluster, TTL_MS, until } from "./clusterHarness.ts";
+import { AMQP_URL, HEARTBEAT_MS, Load, REDIS_URL, TestCluster, TTL_MS, until } from "./cluster-harness.ts";
 
 const KEYS = Array.from({ length: 90 }, (_, i) => `rec:c${i}`);
-const FIXTURE = new URL("./fixtures/recordingNode.ts", import.meta.url).pathname;
+const FIXTURE = new URL("./fixtures/recording-node.ts", import.meta.url).pathname;
 
 /** Reads a child's stdout until it prints `ready`. */
 async function ready(stream: ReadableStream<Uint8Array>): Promise<void> {
@@ -18,7 +18,7 @@ async function ready(stream: ReadableStream<Uint8Array>): Promise<void> {
   reader.releaseLock();
 }
 
-// The owner runs in a separate process (test/actors/fixtures/recordingNode.ts) and is killed
+// The owner runs in a separate process (test/actors/fixtures/recording-node.ts) and is killed
 // with SIGKILL: no handoff, no goodbye, its RabbitMQ connection simply drops.
 describe("kill -9 of an actor's owner", () => {
   const cluster = new TestCluster();

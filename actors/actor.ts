@@ -1,5 +1,5 @@
-import { ActorStoppedError } from "./ActorError.ts";
-import { Mailbox } from "./Mailbox.ts";
+import { ActorStoppedError } from "./actor-error.ts";
+import { Mailbox } from "./mailbox.ts";
 
 /** Lifecycle: activating → active → passivating|stopping → stopped. Only `active`/`activating` take mail. */
 export type ActorStatus = "activating" | "active" | "passivating" | "stopping" | "stopped";

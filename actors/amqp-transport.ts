@@ -1,7 +1,7 @@
 import { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage, connect } from "amqplib";
-import { UnroutableError } from "./ActorError.ts";
-import { errorSummary, type Logger, silentLogger } from "./Logger.ts";
-import type { Frame, FrameHandler, Transport } from "./Transport.ts";
+import { UnroutableError } from "./actor-error.ts";
+import { errorSummary, type Logger, silentLogger } from "./logger.ts";
+import type { Frame, FrameHandler, Transport } from "./transport.ts";
 
 /** Options for {@link AmqpTransport}. */
 export interface AmqpTransportOptions {

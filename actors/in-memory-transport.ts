@@ -1,5 +1,5 @@
-import { UnroutableError } from "./ActorError.ts";
-import type { Frame, FrameHandler, Transport } from "./Transport.ts";
+import { UnroutableError } from "./actor-error.ts";
+import type { Frame, FrameHandler, Transport } from "./transport.ts";
 
 interface Inbox {
   ready: Frame[][];

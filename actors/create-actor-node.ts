@@ -1,10 +1,10 @@
-import { ActorSystem, type ActorSystemOptions } from "./ActorSystem.ts";
-import { AmqpTransport } from "./AmqpTransport.ts";
-import { InMemoryMembership } from "./InMemoryMembership.ts";
-import { InMemoryTransport } from "./InMemoryTransport.ts";
-import type { Membership } from "./Membership.ts";
-import { RedisMembership } from "./RedisMembership.ts";
-import type { Transport } from "./Transport.ts";
+import { ActorSystem, type ActorSystemOptions } from "./actor-system.ts";
+import { AmqpTransport } from "./amqp-transport.ts";
+import { InMemoryMembership } from "./in-memory-membership.ts";
+import { InMemoryTransport } from "./in-memory-transport.ts";
+import type { Membership } from "./membership.ts";
+import { RedisMembership } from "./redis-membership.ts";
+import type { Transport } from "./transport.ts";
 
 /** Options for {@link createActorNode}: the system's options plus where the cluster services are. */
 export interface ActorNodeOptions extends Omit<ActorSystemOptions, "membership" | "transport"> {

@@ -1,4 +1,4 @@
-import type { Frame, Transport } from "./Transport.ts";
+import type { Frame, Transport } from "./transport.ts";
 
 interface Batch {
   frames: Frame[];

@@ -1,7 +1,7 @@
-import type { ActorBehavior, ActorContext } from "./Actor.ts";
-import { ActorError } from "./ActorError.ts";
-import type { Clock, EnvelopeLog, GroupDirectory, StoredEnvelope } from "./Ports.ts";
-import type { DeliverGroupMessage, EraseMessage } from "./UserActor.ts";
+import type { ActorBehavior, ActorContext } from "./actor.ts";
+import { ActorError } from "./actor-error.ts";
+import type { Clock, EnvelopeLog, GroupDirectory, StoredEnvelope } from "./ports.ts";
+import type { DeliverGroupMessage, EraseMessage } from "./user-actor.ts";
 
 /** A group send: one sender-key ciphertext to fan out to every other member device. */
 export interface GroupSendMessage {

@@ -1,4 +1,4 @@
-import type { MemberInfo, MemberStats, MemberStatus, Membership, MembershipListener } from "./Membership.ts";
+import type { MemberInfo, MemberStats, MemberStatus, Membership, MembershipListener } from "./membership.ts";
 
 interface HubEntry {
   info: MemberInfo;

@@ -1,5 +1,5 @@
 import { Redis } from "ioredis";
-import { errorSummary, type Logger, silentLogger } from "./Logger.ts";
+import { errorSummary, type Logger, silentLogger } from "./logger.ts";
 import {
   type MemberInfo,
   type MemberStats,
@@ -7,7 +7,7 @@ import {
   type Membership,
   type MembershipListener,
   viewSignature,
-} from "./Membership.ts";
+} from "./membership.ts";
 
 /** Options for {@link RedisMembership}. */
 export interface RedisMembershipOptions {

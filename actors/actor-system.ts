@@ -6,7 +6,7 @@ import {
   type ActorRefs,
   type Actor as ActorType,
   type DeliveryDone,
-} from "./Actor.ts";
+} from "./actor.ts";
 import {
   AskTimeoutError,
   MailboxFullError,
@@ -15,14 +15,14 @@ import {
   UnknownActorKindError,
   UnknownNodeError,
   UnroutableError,
-} from "./ActorError.ts";
-import { HandoffGate } from "./HandoffGate.ts";
-import { errorSummary, type Logger, silentLogger } from "./Logger.ts";
-import type { MemberInfo, Membership } from "./Membership.ts";
-import { Outbox } from "./Outbox.ts";
-import { type Clock, systemClock } from "./Ports.ts";
-import { DEFAULT_VNODES, Ring } from "./Ring.ts";
-import type { EnvelopeFrame, Frame, HandoffFrame, ReplyFrame, ReplyTo, Transport } from "./Transport.ts";
+} from "./actor-error.ts";
+import { HandoffGate } from "./handoff-gate.ts";
+import { errorSummary, type Logger, silentLogger } from "./logger.ts";
+import type { MemberInfo, Membership } from "./membership.ts";
+import { Outbox } from "./outbox.ts";
+import { type Clock, systemClock } from "./ports.ts";
+import { DEFAULT_VNODES, Ring } from "./ring.ts";
+import type { EnvelopeFrame, Frame, HandoffFrame, ReplyFrame, ReplyTo, Transport } from "./transport.ts";
 
 /** Options for {@link ActorSystem}; `createActorNode` fills them from URLs. */
 export interface ActorSystemOptions {

@@ -1,6 +1,6 @@
-import type { ActorBehavior, ActorContext } from "./Actor.ts";
-import { ActorError } from "./ActorError.ts";
-import type { Clock, DeviceSockets, EnvelopeLog, OfflineQueue, SocketRef, StoredEnvelope } from "./Ports.ts";
+import type { ActorBehavior, ActorContext } from "./actor.ts";
+import { ActorError } from "./actor-error.ts";
+import type { Clock, DeviceSockets, EnvelopeLog, OfflineQueue, SocketRef, StoredEnvelope } from "./ports.ts";
 
 /** Envelopes already durable in the log, for this user's devices. */
 export interface DeliverMessage {

@@ -1,4 +1,4 @@
-import type { Ring } from "./Ring.ts";
+import type { Ring } from "./ring.ts";
 
 /** A message held on its new owner until the previous owner confirms it has let go of the actor. */
 export interface HeldEnvelope {
