@@ -1,5 +1,6 @@
 import type { ActorBehavior, ActorContext } from "./actor.ts";
 import { ActorError } from "./actor-error.ts";
+import { userKey } from "./keys.ts";
 import type { Clock, EnvelopeLog, GroupDirectory, StoredEnvelope } from "./ports.ts";
 import type { DeliverGroupMessage, EraseMessage } from "./user-actor.ts";
 
@@ -19,7 +20,7 @@ export interface GroupMembershipMessage {
 /** Everything a group actor handles. */
 export type GroupMessage = GroupSendMessage | GroupMembershipMessage | EraseMessage;
 
-/** Answer to a group send. */
+/** What `ask(groupKey(id), GroupSendMessage)` answers; `src/messaging` maps it to `accepted`/`rejected`. */
 export type GroupSendResult =
   | { ok: true; ts: number; recipients: number }
   | { ok: false; code: "not_member" | "unknown_recipient" };
@@ -91,12 +92,7 @@ export class GroupActor implements ActorBehavior<GroupMessage, unknown> {
     if (users.length > 0) {
       const deliver: DeliverGroupMessage = { type: "deliver.group", envelope: template, devices };
       // Durable already: a user actor that misses this rebuilds from the log when it next activates.
-      await ctx.system
-        .tellMany(
-          users.map((user) => `user:${user}`),
-          deliver,
-        )
-        .catch(() => {});
+      await ctx.system.tellMany(users.map(userKey), deliver).catch(() => {});
     }
     return { ok: true, ts, recipients: envelopes.length };
   }

@@ -38,6 +38,7 @@ export {
 } from "./group-actor.ts";
 export { InMemoryMembership, MembershipHub } from "./in-memory-membership.ts";
 export { InMemoryTransport, TransportHub } from "./in-memory-transport.ts";
+export { GROUP_KIND, groupKey, USER_KIND, userKey } from "./keys.ts";
 export { type Logger, silentLogger } from "./logger.ts";
 export { Mailbox } from "./mailbox.ts";
 export type { MemberInfo, MemberStats, MemberStatus, Membership, MembershipListener } from "./membership.ts";
