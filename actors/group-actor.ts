@@ -12,13 +12,8 @@ export interface GroupSendMessage {
   ciphertext: { type: number; body: string };
 }
 
-/** The group's membership changed; the next send reads it afresh. */
-export interface GroupMembershipMessage {
-  type: "membership";
-}
-
 /** Everything a group actor handles. */
-export type GroupMessage = GroupSendMessage | GroupMembershipMessage | EraseMessage;
+export type GroupMessage = GroupSendMessage | EraseMessage;
 
 /** What `ask(groupKey(id), GroupSendMessage)` answers; `src/messaging` maps it to `accepted`/`rejected`. */
 export type GroupSendResult =
@@ -46,9 +41,6 @@ export class GroupActor implements ActorBehavior<GroupMessage, unknown> {
 
   async receive(message: GroupMessage, ctx: ActorContext): Promise<unknown> {
     switch (message.type) {
-      case "membership":
-        // Membership is read from the directory on every send, so a change needs no state here.
-        return { ok: true };
       case "erase":
         ctx.stop("erased");
         return { erased: true };
@@ -60,6 +52,7 @@ export class GroupActor implements ActorBehavior<GroupMessage, unknown> {
   }
 
   private async send(message: GroupSendMessage, ctx: ActorContext): Promise<GroupSendResult> {
+    // Read on every send, so a membership change needs no message to this actor.
     const members = await this.ports.directory.recipients(this.groupId);
     if (!members) return { ok: false, code: "unknown_recipient" };
     if (!members.has(message.from.user)) return { ok: false, code: "not_member" };

@@ -30,7 +30,6 @@ export { type ActorNodeOptions, createActorNode } from "./create-actor-node.ts";
 export {
   GroupActor,
   type GroupActorPorts,
-  type GroupMembershipMessage,
   type GroupMessage,
   type GroupSendMessage,
   type GroupSendResult,
