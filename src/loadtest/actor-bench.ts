@@ -1,10 +1,10 @@
-// Actor runtime benchmark: `npm run bench:actors` (bun run actors/bench.ts).
+// Actor runtime benchmark: `npm run bench:actors` (bun run src/loadtest/actor-bench.ts).
 // Cross-node figures need Redis and RabbitMQ (REDIS_URL / AMQP_URL, local defaults); they are
 // skipped with a note when unreachable. Figures go to docs/BENCHMARKS.md by hand.
 import { randomUUID } from "node:crypto";
 import { connect } from "amqplib";
 import { Redis } from "ioredis";
-import { type ActorSystem, createActorNode, MailboxFullError, Ring } from "./index.ts";
+import { type ActorSystem, createActorNode, MailboxFullError, Ring } from "../../actors/index.ts";
 
 const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const AMQP_URL = process.env.AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672";
