@@ -90,7 +90,9 @@ export interface NodeOptions {
  */
 export async function createNode(config: Config, options: NodeOptions = {}): Promise<ClearBoxNode> {
   const started = performance.now();
-  const logger = options.logger ?? createLogger({ level: config.logLevel, nodeId: config.nodeId });
+  const logger =
+    options.logger ??
+    createLogger({ level: config.logLevel, nodeId: config.nodeId, format: config.logFormat });
   const metrics = new Metrics(config.nodeId, { processMetrics: options.processMetrics });
 
   // 1. Stores.

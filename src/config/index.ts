@@ -104,6 +104,10 @@ const EnvSchema = T.Object({
     default: 2,
     description: "argon2id passes, 1-100 (production: at least 2)",
   }),
+  LOG_FORMAT: T.Union([T.Literal("json"), T.Literal("ecs")], {
+    default: "json",
+    description: "json (pino) or ecs (Elastic Common Schema)",
+  }),
   LOG_LEVEL: T.Union(
     ["fatal", "error", "warn", "info", "debug", "trace", "silent"].map((l) => T.Literal(l)),
     { default: "info", description: "one of fatal, error, warn, info, debug, trace, silent" },
@@ -141,6 +145,7 @@ export interface Config {
   accessTokenTtlSeconds: number;
   refreshTokenTtlDays: number;
   logLevel: Env["LOG_LEVEL"];
+  logFormat: Env["LOG_FORMAT"];
   clusterHeartbeatMs: number;
   deviceRateLimit: number;
   presenceLeaseSeconds: number;
@@ -247,6 +252,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     accessTokenTtlSeconds: env.ACCESS_TOKEN_TTL_SECONDS,
     refreshTokenTtlDays: env.REFRESH_TOKEN_TTL_DAYS,
     logLevel: env.LOG_LEVEL,
+    logFormat: env.LOG_FORMAT,
     clusterHeartbeatMs: env.CLUSTER_HEARTBEAT_MS,
     deviceRateLimit: env.DEVICE_RATE_LIMIT,
     presenceLeaseSeconds: env.PRESENCE_LEASE_SECONDS,

@@ -74,7 +74,12 @@ export async function startTestNode(
       done();
     },
   });
-  const logger = createLogger({ level: config.logLevel, nodeId: config.nodeId, destination });
+  const logger = createLogger({
+    level: config.logLevel,
+    nodeId: config.nodeId,
+    format: config.logFormat,
+    destination,
+  });
   const node = await createNode(config, {
     logger,
     afterErasureStep: options.afterErasureStep,
