@@ -62,6 +62,19 @@ describe("docker-compose.yml", () => {
     expect(two.redisUrl).toBe(one.redisUrl as string);
     expect(two.redisPrefix).toBe(one.redisPrefix);
     expect(configs.map((c) => c.nodeId)).toEqual(NODES);
+    expect(loadConfig(nodeEnv("clearbox-1", { ...secrets, LOG_FORMAT: "ecs" })).logFormat).toBe("ecs");
+  });
+
+  test("deploy/filebeat/filebeat.yml keeps the events of exactly the compose nodes' containers", () => {
+    const filebeat = Bun.YAML.parse(readFileSync(resolve(ROOT, "deploy/filebeat/filebeat.yml"), "utf8")) as {
+      "filebeat.inputs": { parsers: Record<string, unknown>[]; processors: Record<string, any>[] }[];
+    };
+    const [input] = filebeat["filebeat.inputs"];
+    expect(input.parsers.map((p) => Object.keys(p)[0])).toEqual(["container", "ndjson"]);
+    const drop = input.processors.find((p) => p.drop_event)?.drop_event;
+    const pattern = new RegExp(drop.when.not.regexp["container.labels.com_docker_compose_service"]);
+    const kept = Object.keys(compose.services).filter((name) => pattern.test(name));
+    expect(kept).toEqual(NODES);
   });
 
   test("refuses to interpolate without the production secrets", () => {
