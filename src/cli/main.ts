@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { ClearBoxClient, ClearBoxDomainError } from "../client/index.ts";
+import { ClearBoxClient, ClearBoxApiError } from "../client/index.ts";
 
 const USAGE = `ClearBox CLI
 
@@ -152,7 +152,7 @@ main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (error) => {
     const message =
-      error instanceof ClearBoxDomainError ? `${error.code}: ${error.message}` : (error as Error).message;
+      error instanceof ClearBoxApiError ? `${error.code}: ${error.message}` : (error as Error).message;
     console.error(`error: ${message}`);
     process.exit(1);
   },

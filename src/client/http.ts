@@ -50,8 +50,8 @@ export interface GroupInfo {
 }
 
 /** A refusal from the server: its HTTP status and protocol error code. */
-export class ClearBoxDomainError extends Error {
-  override name = "ClearBoxDomainError";
+export class ClearBoxApiError extends Error {
+  override name = "ClearBoxApiError";
   constructor(
     readonly status: number,
     readonly code: string,
@@ -105,7 +105,7 @@ export class ClearBoxHttp {
   /** Spends the stored refresh token for a new pair. */
   async refresh(): Promise<SessionTokens> {
     const current = this.holder.tokens();
-    if (!current) throw new ClearBoxDomainError(401, "unauthorized", "not logged in");
+    if (!current) throw new ClearBoxApiError(401, "unauthorized", "not logged in");
     const tokens = await this.request<SessionTokens>("POST", "/v1/sessions/refresh", {
       body: { refreshToken: current.refreshToken },
     });
@@ -116,7 +116,7 @@ export class ClearBoxHttp {
   /** A valid access token, refreshed first when it is about to expire (e.g. after a restart). */
   async accessToken(): Promise<string> {
     const current = this.holder.tokens();
-    if (!current) throw new ClearBoxDomainError(401, "unauthorized", "not logged in");
+    if (!current) throw new ClearBoxApiError(401, "unauthorized", "not logged in");
     if (Date.now() + REFRESH_MARGIN_MS >= this.accessExpiresAt) return (await this.refresh()).accessToken;
     return current.accessToken;
   }
@@ -171,7 +171,7 @@ export class ClearBoxHttp {
     try {
       return await this.request<T>(method, path, { body, token: await this.accessToken() });
     } catch (error) {
-      if (!(error instanceof ClearBoxDomainError) || error.status !== 401) throw error;
+      if (!(error instanceof ClearBoxApiError) || error.status !== 401) throw error;
       // The token may have been revoked or the clock skewed: one refresh, one retry.
       const { accessToken } = await this.refresh();
       return this.request<T>(method, path, { body, token: accessToken });
@@ -202,7 +202,7 @@ export class ClearBoxHttp {
     if (!res.ok) {
       const error = (parsed as { error?: { code?: string; message?: string } } | undefined)?.error;
       const retryAfter = res.headers.get("retry-after");
-      throw new ClearBoxDomainError(
+      throw new ClearBoxApiError(
         res.status,
         error?.code ?? "unknown",
         error?.message ?? `HTTP ${res.status}`,
