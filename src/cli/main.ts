@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { ClearBoxClient, ClearBoxApiError } from "../client/index.ts";
+import { ClearBoxApiError, ClearBoxClient } from "../client/index.ts";
 
 const USAGE = `ClearBox CLI
 

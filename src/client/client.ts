@@ -15,6 +15,7 @@ import {
   groupDecrypt as signalGroupDecrypt,
   groupEncrypt as signalGroupEncrypt,
 } from "@signalapp/libsignal-client";
+import type { GroupSend } from "../protocol/index.ts";
 import { ClearBoxHttp, type DeviceBundle, type SessionTokens } from "./http.ts";
 import {
   currentSignedKeys,
@@ -198,7 +199,12 @@ export class ClearBoxClient {
         this.store.sessions,
         this.store.identity,
       );
-      out.push({ deviceId, type: ciphertext.type(), body: toBase64(ciphertext.serialize()) });
+      const type = ciphertext.type();
+      // signalEncrypt yields a Whisper message, or a PreKey message while the session is new.
+      if (type !== CiphertextMessageType.Whisper && type !== CiphertextMessageType.PreKey) {
+        throw new Error(`libsignal produced an unexpected 1:1 message type ${type}`);
+      }
+      out.push({ deviceId, type, body: toBase64(ciphertext.serialize()) });
     }
     return out;
   }
@@ -263,10 +269,7 @@ export class ClearBoxClient {
   }
 
   /** One sender-key ciphertext (type 7) that every member device holding our sender key can read. */
-  groupEncrypt(
-    distributionId: string,
-    message: Uint8Array | string,
-  ): Promise<{ type: number; body: string }> {
+  groupEncrypt(distributionId: string, message: Uint8Array | string): Promise<GroupSend["message"]> {
     return this.serialized(async () => {
       const ciphertext = await signalGroupEncrypt(
         this.address(),
@@ -274,7 +277,10 @@ export class ClearBoxClient {
         this.store.senderKeys,
         asBytes(message),
       );
-      return { type: ciphertext.type(), body: toBase64(ciphertext.serialize()) };
+      if (ciphertext.type() !== CiphertextMessageType.SenderKey) {
+        throw new Error(`libsignal produced an unexpected group message type ${ciphertext.type()}`);
+      }
+      return { type: CiphertextMessageType.SenderKey, body: toBase64(ciphertext.serialize()) };
     });
   }
 

@@ -1,53 +1,30 @@
-/** Wire types of the HTTP API (protocol.md), as the client sees them. */
-export interface SessionTokens {
-  userId: string;
-  deviceId: number;
-  accessToken: string;
-  refreshToken: string;
-  expiresIn: number;
-}
+import { treaty } from "@elysiajs/eden";
+import type { App } from "../http/app.ts";
 
-export interface SignedKeyJson {
-  keyId: number;
-  publicKey: string;
-  signature: string;
-}
+/**
+ * The typed HTTP API of a ClearBox node: Elysia's Eden treaty over the server's exported app type,
+ * so request and reply shapes come from the routes' own schemas instead of copies kept by hand.
+ */
+type Api = ReturnType<typeof treaty<App>>;
 
-export interface KeyUpload {
-  identityKey: string;
-  signedPreKey: SignedKeyJson;
-  kyberPreKey: SignedKeyJson;
-  preKeys?: { keyId: number; publicKey: string }[];
-  kyberPreKeys?: SignedKeyJson[];
-}
+/** What a successful call of an Eden method resolves to. */
+type DataOf<Call extends (...args: never[]) => Promise<{ data: unknown }>> = NonNullable<
+  Awaited<ReturnType<Call>>["data"]
+>;
 
-export interface DeviceBundle {
-  deviceId: number;
-  registrationId: number;
-  identityKey: string;
-  signedPreKey: SignedKeyJson;
-  kyberPreKey: SignedKeyJson;
-  preKey: { keyId: number; publicKey: string } | null;
-}
-
-export interface UserBundle {
-  userId: string;
-  devices: DeviceBundle[];
-}
-
-export interface DeviceInfo {
-  deviceId: number;
-  name: string | null;
-  createdAt: number;
-  lastSeen: number;
-}
-
-export interface GroupInfo {
-  groupId: string;
-  name: string;
-  members: string[];
-  admins: string[];
-}
+/** The tokens of a login or refresh (`POST /v1/sessions`). */
+export type SessionTokens = DataOf<Api["v1"]["sessions"]["post"]>;
+/** A key upload (`PUT /v1/keys`). */
+export type KeyUpload = Parameters<Api["v1"]["keys"]["put"]>[0];
+/** A signed prekey as uploaded and served (EC signed prekey or Kyber key). */
+export type SignedKeyJson = KeyUpload["signedPreKey"];
+/** Every device's prekey bundle of one user (`GET /v1/keys/:userId`). */
+export type UserBundle = DataOf<ReturnType<Api["v1"]["keys"]>["get"]>;
+export type DeviceBundle = UserBundle["devices"][number];
+/** One device of the account (`GET /v1/devices`). */
+export type DeviceInfo = DataOf<Api["v1"]["devices"]["get"]>["devices"][number];
+/** A group as a member sees it (`GET /v1/groups/:groupId`). */
+export type GroupInfo = DataOf<ReturnType<Api["v1"]["groups"]>["get"]>;
 
 /** A refusal from the server: its HTTP status and protocol error code. */
 export class ClearBoxApiError extends Error {
@@ -71,22 +48,52 @@ export interface TokenHolder {
 /** Refresh the access token this long before it expires. */
 const REFRESH_MARGIN_MS = 30_000;
 
+/** What every Eden call resolves to, reduced to what `unwrap` reads. */
+interface EdenReply<T> {
+  data: T | null;
+  error: { status: unknown; value: unknown } | null;
+  response: Response;
+}
+
+/** The reply's data, or the server's refusal as a `ClearBoxApiError`. */
+async function unwrap<T>(call: Promise<EdenReply<T>>): Promise<NonNullable<T>> {
+  const { data, error, response } = await call;
+  if (error) {
+    const body = (error.value as { error?: { code?: string; message?: string } } | null)?.error;
+    const retryAfter = response.headers.get("retry-after");
+    throw new ClearBoxApiError(
+      response.status,
+      body?.code ?? "unknown",
+      body?.message ?? `HTTP ${response.status}`,
+      retryAfter ? Number(retryAfter) : undefined,
+    );
+  }
+  return data as NonNullable<T>;
+}
+
 /**
  * Typed client of the ClearBox HTTP API. Bearer calls refresh the access token shortly before it
  * expires, and once more on a 401, persisting each rotated refresh token through `holder`.
  */
 export class ClearBoxHttp {
   private accessExpiresAt = 0;
+  private readonly api: Api;
 
   constructor(
     readonly baseUrl: string,
     private readonly holder: TokenHolder,
     /** PEM CA certificates to trust for an https server instead of the system's (a private CA). */
-    private readonly ca?: string,
-  ) {}
+    ca?: string,
+  ) {
+    this.api = treaty<App>(baseUrl, {
+      // Bun's fetch takes the CA to trust as `tls.ca`.
+      fetcher: ca ? (((url, init) => fetch(url, { ...init, tls: { ca } })) as typeof fetch) : undefined,
+      parseDate: false,
+    });
+  }
 
   async register(username: string, password: string): Promise<{ userId: string }> {
-    return this.request("POST", "/v1/accounts", { body: { username, password } });
+    return unwrap(this.api.v1.accounts.post({ username, password }));
   }
 
   /** Logs in; without `deviceId` a new device is created for `registrationId`. Stores the tokens. */
@@ -97,7 +104,7 @@ export class ClearBoxHttp {
     registrationId?: number;
     deviceName?: string;
   }): Promise<SessionTokens> {
-    const tokens = await this.request<SessionTokens>("POST", "/v1/sessions", { body: input });
+    const tokens = await unwrap(this.api.v1.sessions.post(input));
     this.adopt(tokens);
     return tokens;
   }
@@ -106,9 +113,7 @@ export class ClearBoxHttp {
   async refresh(): Promise<SessionTokens> {
     const current = this.holder.tokens();
     if (!current) throw new ClearBoxApiError(401, "unauthorized", "not logged in");
-    const tokens = await this.request<SessionTokens>("POST", "/v1/sessions/refresh", {
-      body: { refreshToken: current.refreshToken },
-    });
+    const tokens = await unwrap(this.api.v1.sessions.refresh.post({ refreshToken: current.refreshToken }));
     this.adopt(tokens);
     return tokens;
   }
@@ -122,43 +127,42 @@ export class ClearBoxHttp {
   }
 
   async devices(): Promise<DeviceInfo[]> {
-    return (await this.authed<{ devices: DeviceInfo[] }>("GET", "/v1/devices")).devices;
+    return (await this.authed((headers) => this.api.v1.devices.get({ headers }))).devices;
   }
 
   async removeDevice(deviceId: number): Promise<void> {
-    await this.authed("DELETE", `/v1/devices/${deviceId}`);
+    await this.authed((headers) => this.api.v1.devices({ deviceId }).delete(undefined, { headers }));
   }
 
   async uploadKeys(upload: KeyUpload): Promise<void> {
-    await this.authed("PUT", "/v1/keys", upload);
+    await this.authed((headers) => this.api.v1.keys.put(upload, { headers }));
   }
 
   async keyCount(): Promise<{ preKeys: number; kyberPreKeys: number }> {
-    return this.authed("GET", "/v1/keys/count");
+    return this.authed((headers) => this.api.v1.keys.count.get({ headers }));
   }
 
   /** One prekey bundle per device of `userId`; consumes one-time keys on the server. */
   async fetchBundle(userId: string): Promise<UserBundle> {
-    return this.authed("GET", `/v1/keys/${encodeURIComponent(userId)}`);
+    return this.authed((headers) => this.api.v1.keys({ userId }).get({ headers }));
   }
 
   /** Creates a group with this account as its admin. */
   async createGroup(input: { name: string; members: string[] }): Promise<{ groupId: string }> {
-    return this.authed("POST", "/v1/groups", input);
+    return this.authed((headers) => this.api.v1.groups.post(input, { headers }));
   }
 
   async group(groupId: string): Promise<GroupInfo> {
-    return this.authed("GET", `/v1/groups/${encodeURIComponent(groupId)}`);
+    return this.authed((headers) => this.api.v1.groups({ groupId }).get({ headers }));
   }
 
   async addGroupMember(groupId: string, userId: string): Promise<void> {
-    await this.authed("POST", `/v1/groups/${encodeURIComponent(groupId)}/members`, { userId });
+    await this.authed((headers) => this.api.v1.groups({ groupId }).members.post({ userId }, { headers }));
   }
 
   async removeGroupMember(groupId: string, userId: string): Promise<void> {
-    await this.authed(
-      "DELETE",
-      `/v1/groups/${encodeURIComponent(groupId)}/members/${encodeURIComponent(userId)}`,
+    await this.authed((headers) =>
+      this.api.v1.groups({ groupId }).members({ userId }).delete(undefined, { headers }),
     );
   }
 
@@ -167,48 +171,15 @@ export class ClearBoxHttp {
     this.holder.setTokens(tokens);
   }
 
-  private async authed<T>(method: string, path: string, body?: unknown): Promise<T> {
+  /** Runs a bearer call; on a 401 (revoked token, skewed clock) refreshes once and retries. */
+  private async authed<T>(call: (headers: { authorization: string }) => Promise<EdenReply<T>>) {
+    const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
     try {
-      return await this.request<T>(method, path, { body, token: await this.accessToken() });
+      return await unwrap(call(bearer(await this.accessToken())));
     } catch (error) {
       if (!(error instanceof ClearBoxApiError) || error.status !== 401) throw error;
-      // The token may have been revoked or the clock skewed: one refresh, one retry.
       const { accessToken } = await this.refresh();
-      return this.request<T>(method, path, { body, token: accessToken });
+      return unwrap(call(bearer(accessToken)));
     }
-  }
-
-  private async request<T>(
-    method: string,
-    path: string,
-    options: { body?: unknown; token?: string } = {},
-  ): Promise<T> {
-    const headers: Record<string, string> = {};
-    if (options.token) headers.authorization = `Bearer ${options.token}`;
-    if (options.body !== undefined) headers["content-type"] = "application/json";
-    const res = await fetch(new URL(path, this.baseUrl), {
-      method,
-      headers,
-      body: options.body === undefined ? undefined : JSON.stringify(options.body),
-      ...(this.ca ? { tls: { ca: this.ca } } : {}),
-    });
-    const text = await res.text();
-    let parsed: unknown;
-    try {
-      parsed = text ? JSON.parse(text) : undefined;
-    } catch {
-      parsed = undefined;
-    }
-    if (!res.ok) {
-      const error = (parsed as { error?: { code?: string; message?: string } } | undefined)?.error;
-      const retryAfter = res.headers.get("retry-after");
-      throw new ClearBoxApiError(
-        res.status,
-        error?.code ?? "unknown",
-        error?.message ?? `HTTP ${res.status}`,
-        retryAfter ? Number(retryAfter) : undefined,
-      );
-    }
-    return parsed as T;
   }
 }

@@ -1,61 +1,23 @@
-/** Frames of `GET /v1/ws` (protocol.md), client to server. */
-export type ClientFrame =
-  | { type: "send"; id: string; to: { user: string }; messages: OutgoingMessage[] }
-  | { type: "send"; id: string; to: { group: string }; message: { type: number; body: string } }
-  | { type: "ack"; ids: string[] }
-  | { type: "presence.watch"; users: string[] }
-  | { type: "ping" };
+import type {
+  AcceptedFrame,
+  ClientFrame,
+  GroupSend,
+  OutgoingMessage,
+  RejectedFrame,
+  ServerFrame,
+} from "../protocol/index.ts";
 
-/** One ciphertext for one recipient device; `type` is libsignal's message type (2, 3 or 7). */
-export interface OutgoingMessage {
-  deviceId: number;
-  type: number;
-  body: string;
-}
-
-export interface AcceptedFrame {
-  type: "accepted";
-  id: string;
-  ts: number;
-}
-export interface RejectedFrame {
-  type: "rejected";
-  id: string;
-  code: string;
-  missing?: number[];
-  extra?: number[];
-}
-export interface MessageFrame {
-  type: "message";
-  id: string;
-  from: { user: string; device: number };
-  group?: string;
-  ts: number;
-  envelope: { type: number; body: string };
-}
-export interface PresenceFrame {
-  type: "presence";
-  user: string;
-  online: boolean;
-  lastSeen: number;
-}
-export interface ErrorFrame {
-  type: "error";
-  code: string;
-  message: string;
-}
-export interface PongFrame {
-  type: "pong";
-}
-
-/** Frames of `GET /v1/ws`, server to client. */
-export type ServerFrame =
-  | AcceptedFrame
-  | RejectedFrame
-  | MessageFrame
-  | PresenceFrame
-  | ErrorFrame
-  | PongFrame;
+export type {
+  AcceptedFrame,
+  ClientFrame,
+  ErrorFrame,
+  MessageFrame,
+  OutgoingMessage,
+  PongFrame,
+  PresenceFrame,
+  RejectedFrame,
+  ServerFrame,
+} from "../protocol/index.ts";
 
 type Handlers = { [K in ServerFrame["type"]]: ((frame: Extract<ServerFrame, { type: K }>) => void)[] } & {
   close: ((code: number, reason: string) => void)[];
@@ -63,8 +25,8 @@ type Handlers = { [K in ServerFrame["type"]]: ((frame: Extract<ServerFrame, { ty
 
 /**
  * A typed wrapper of one device's WebSocket: sends the protocol's frames, dispatches its events,
- * and pairs each `send` with its `accepted`/`rejected` answer. Written against protocol.md before
- * the server's gateway exists.
+ * and pairs each `send` with its `accepted`/`rejected` answer. The frame types are the server's own
+ * (src/protocol).
  */
 export class ClearBoxSocket {
   private readonly handlers: Handlers = {
@@ -127,7 +89,7 @@ export class ClearBoxSocket {
   sendToGroup(
     id: string,
     groupId: string,
-    message: { type: number; body: string },
+    message: GroupSend["message"],
   ): Promise<AcceptedFrame | RejectedFrame> {
     return this.answered(id, { type: "send", id, to: { group: groupId }, message });
   }

@@ -1,9 +1,10 @@
-import { type AnyElysia, Elysia } from "elysia";
+import { Elysia } from "elysia";
 import { accountRoutes } from "../accounts/index.ts";
 import type { AccountService } from "../accounts/service.ts";
 import { deviceRoutes } from "../devices/index.ts";
 import type { DeviceService } from "../devices/service.ts";
 import type { Gateway } from "../gateway/index.ts";
+import type { gdprRoutes } from "../gdpr/index.ts";
 import { groupRoutes } from "../groups/index.ts";
 import type { GroupService } from "../groups/service.ts";
 import { keyRoutes } from "../keys/index.ts";
@@ -13,6 +14,8 @@ import type { Metrics } from "../observability/metrics.ts";
 import { sessionRoutes } from "../sessions/index.ts";
 import type { SessionService } from "../sessions/service.ts";
 import { DomainError, errorReply, frameworkRefusal } from "./errors.ts";
+
+type GdprRoutes = ReturnType<typeof gdprRoutes>;
 
 /** A backing service that must answer for the node to be ready. */
 export interface ReadinessCheck {
@@ -29,7 +32,7 @@ export interface AppDeps {
   groups: GroupService;
   gateway: Gateway;
   /** The GDPR routes (export, erasure, receipts), built with their services in src/gdpr. */
-  gdpr: AnyElysia;
+  gdpr: GdprRoutes;
   logger: Logger;
   metrics: Metrics;
   readiness: ReadinessCheck[];

@@ -1,3 +1,4 @@
+import type { ServerFrame } from "../protocol/index.ts";
 import type { Target, VirtualDevice } from "./targets.ts";
 import type { Tracker } from "./tracker.ts";
 
@@ -5,14 +6,7 @@ import type { Tracker } from "./tracker.ts";
 const ACK_BATCH = 500;
 const OPEN_TIMEOUT_MS = 15_000;
 
-/** A server frame as the harness reads it. */
-interface Frame {
-  type: string;
-  id?: string;
-  code?: string;
-  from?: { user: string; device: number };
-  envelope?: { type: number; body: string };
-}
+type MessageFrame = Extract<ServerFrame, { type: "message" }>;
 
 /**
  * One virtual device's WebSocket: reports accepted/rejected/delivered to the current phase's
@@ -25,7 +19,7 @@ export class LoadSocket {
   /** Called after each answer to a send, so a flat-out sender can send the next one. */
   onAnswer: (() => void) | undefined;
   /** Decrypts and checks a delivery when the run uses real Signal sessions. */
-  verify: ((frame: Frame) => Promise<boolean>) | undefined;
+  verify: ((frame: MessageFrame) => Promise<boolean>) | undefined;
   closed = false;
   /** The close code and reason the server gave, when it closed the socket. */
   closedWith: string | undefined;
@@ -101,21 +95,21 @@ export class LoadSocket {
   }
 
   private receive(text: string) {
-    const frame = JSON.parse(text) as Frame;
+    const frame = JSON.parse(text) as ServerFrame;
     const tracker = this.current;
     switch (frame.type) {
       case "accepted":
         this.inFlight--;
-        if (frame.id) tracker?.acceptedOne(frame.id);
+        tracker?.acceptedOne(frame.id);
         this.onAnswer?.();
         break;
       case "rejected":
         this.inFlight--;
-        if (frame.id) tracker?.rejectedOne(frame.id, frame.code ?? "unknown");
+        tracker?.rejectedOne(frame.id, frame.code);
         this.onAnswer?.();
         break;
       case "message": {
-        const id = frame.id as string;
+        const { id } = frame;
         this.ack(id);
         if (this.seen.has(id)) {
           tracker?.duplicateOne();
@@ -172,5 +166,3 @@ export class LoadSocket {
     });
   }
 }
-
-export type { Frame as DeliveredFrame };
