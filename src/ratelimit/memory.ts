@@ -1,4 +1,4 @@
-import type { RateLimitDecision, RateLimiter, RateLimitRule } from "./index.ts";
+import type { RateLimitDecision, RateLimiter, RateLimitRule } from "./types.ts";
 
 /** Hard cap on tracked keys, so a flood of distinct keys cannot grow memory without bound. */
 const MAX_KEYS = 100_000;

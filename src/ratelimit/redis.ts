@@ -1,6 +1,6 @@
 import type { Redis } from "ioredis";
 import { deleteMatching, globLiteral } from "../redis/delete-matching.ts";
-import type { RateLimitDecision, RateLimiter, RateLimitRule } from "./index.ts";
+import type { RateLimitDecision, RateLimiter, RateLimitRule } from "./types.ts";
 
 /** INCR and, on the window's first hit, PEXPIRE, in one atomic step; returns [count, ms left]. */
 const HIT_SCRIPT = `

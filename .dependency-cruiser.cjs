@@ -1,0 +1,72 @@
+/**
+ * The import rules of docs/ARCHITECTURE.md, checked by `npm run depcheck` (in .ci/run).
+ * @type {import('dependency-cruiser').IConfiguration}
+ */
+module.exports = {
+  forbidden: [
+    {
+      name: "no-module-cycles",
+      severity: "error",
+      comment: "No module imports itself through others.",
+      from: {},
+      to: { circular: true },
+    },
+    {
+      name: "no-folder-cycles",
+      severity: "error",
+      comment: "No folder of src/ or actors/ imports itself through other folders (one hop per concern).",
+      scope: "folder",
+      from: { path: "^(src|actors)/" },
+      to: { circular: true },
+    },
+    {
+      name: "actors-import-nothing-from-src",
+      severity: "error",
+      comment: "actors/ declares the ports it needs; src/ implements them (docs/ACTORS.md).",
+      from: { path: "^actors/" },
+      to: { path: "^src/" },
+    },
+    {
+      name: "protocol-is-a-leaf",
+      severity: "error",
+      comment: "The wire contract imports nothing of the project: clients and server share it.",
+      from: { path: "^src/protocol/" },
+      to: { path: "^(src|actors)/", pathNot: "^src/protocol/" },
+    },
+    {
+      name: "features-do-not-import-the-edges",
+      severity: "error",
+      comment:
+        "Features throw DomainError and export services and models; only the edges (http, admin, gateway) and the composition root know HTTP and sockets.",
+      from: { path: "^src/", pathNot: "^src/(http|admin|gateway|node\\.ts|main\\.ts|loadtest|cli|client)" },
+      to: { path: "^src/(http|admin|gateway)/|^src/node\\.ts$|^src/main\\.ts$" },
+    },
+    {
+      name: "clients-stay-clients",
+      severity: "error",
+      comment:
+        "The SDK, CLI and load harness run without the server: they import the protocol, each other and server types only (the harness also cleans up its Redis keys).",
+      from: { path: "^src/(client|cli|loadtest)/" },
+      to: {
+        path: "^(src|actors)/",
+        pathNot: "^src/(client|cli|loadtest|protocol)/|^src/redis/",
+        dependencyTypesNot: ["type-only"],
+      },
+    },
+    {
+      name: "no-unresolvable",
+      severity: "error",
+      comment: "Every import resolves to a file or an installed package.",
+      from: {},
+      to: { couldNotResolve: true },
+    },
+  ],
+  options: {
+    doNotFollow: { path: "node_modules" },
+    includeOnly: "^(src|actors|test)/",
+    parser: "swc",
+    tsPreCompilationDeps: true,
+    tsConfig: { fileName: "tsconfig.json" },
+    enhancedResolveOptions: { extensions: [".ts", ".js"] },
+  },
+};

@@ -1,0 +1,23 @@
+/** A budget: at most `limit` hits per `windowMs` for one key. `name` keeps budgets apart in storage. */
+export interface RateLimitRule {
+  name: string;
+  limit: number;
+  windowMs: number;
+}
+
+/** The answer to one hit: allowed, or refused with the time until the window resets. */
+export type RateLimitDecision = { allowed: true } | { allowed: false; retryAfterMs: number };
+
+/**
+ * Fixed-window rate limiting. Each `hit` counts, refused ones included, so a client that keeps
+ * hammering stays refused until the window ends.
+ */
+export interface RateLimiter {
+  hit(rule: RateLimitRule, key: string): Promise<RateLimitDecision>;
+  /** Drops one key's counter (erasure of the person it names); returns how many were dropped. */
+  reset(rule: RateLimitRule, key: string): Promise<number>;
+  /** Whether the next hit would be allowed, without counting one. */
+  peek(rule: RateLimitRule, key: string): Promise<RateLimitDecision>;
+  /** Drops every counter whose key contains `fragment` (erasure of a user); returns how many. */
+  forget(fragment: string): Promise<number>;
+}
