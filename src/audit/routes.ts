@@ -15,7 +15,7 @@ function integer(value: string, name: string, min: number, max: number): number 
   return n;
 }
 
-/** `since` as Unix milliseconds (protocol.md's times) or an ISO-8601 timestamp. */
+/** `since` as Unix milliseconds (docs/PROTOCOL.md's times) or an ISO-8601 timestamp. */
 function instant(value: string): Date {
   const at = /^\d{1,15}$/.test(value)
     ? new Date(Number(value))

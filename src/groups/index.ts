@@ -4,7 +4,7 @@ import type { SessionService } from "../sessions/service.ts";
 import { GroupModel } from "./model.ts";
 import type { GroupService } from "./service.ts";
 
-/** The /v1/groups routes of protocol.md. */
+/** The /v1/groups routes of docs/PROTOCOL.md. */
 export function groupRoutes(groups: GroupService, sessions: SessionService) {
   return new Elysia({ name: "clearbox.groups", normalize: false })
     .use(authPlugin(sessions))

@@ -4,7 +4,7 @@ import type { SessionService } from "../sessions/service.ts";
 import { KeysModel } from "./model.ts";
 import type { KeyService } from "./service.ts";
 
-/** PUT /v1/keys, GET /v1/keys/count and GET /v1/keys/:userId (protocol.md). */
+/** PUT /v1/keys, GET /v1/keys/count and GET /v1/keys/:userId (docs/PROTOCOL.md). */
 export function keyRoutes(keys: KeyService, sessions: SessionService) {
   return new Elysia({ name: "clearbox.keys", normalize: false })
     .use(authPlugin(sessions))

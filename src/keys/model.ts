@@ -1,7 +1,7 @@
 import { Type } from "@sinclair/typebox";
 import { type Static, t } from "elysia";
 
-/** Most one-time keys of each kind in one upload (protocol.md). */
+/** Most one-time keys of each kind in one upload (docs/PROTOCOL.md). */
 export const MAX_KEYS_PER_UPLOAD = 100;
 
 /** Key ids are 24-bit, as Signal clients generate them. */

@@ -1,5 +1,5 @@
 /**
- * The ceiling: the smallest Bun WebSocket relay that speaks enough of protocol.md for the harness.
+ * The ceiling: the smallest Bun WebSocket relay that speaks enough of docs/PROTOCOL.md for the harness.
  * No auth, no persistence, no actors: a `send` is parsed, forwarded as a `message` frame to the
  * recipient's socket (or each group member's) and answered `accepted`. Run as its own process
  * (`bun run src/loadtest/relay.ts`, `PORT`, default 0) so it is measured like a ClearBox node.

@@ -1,4 +1,4 @@
-/** What a watcher is told about a user (protocol.md, server → client `presence`). */
+/** What a watcher is told about a user (docs/PROTOCOL.md, server → client `presence`). */
 export interface PresenceState {
   user: string;
   online: boolean;

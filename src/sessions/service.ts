@@ -10,7 +10,7 @@ import { type AccessClaims, TokenIssuer } from "./tokens.ts";
 /** Wrong passwords allowed per username before logins to it are refused for the rest of the window. */
 export const LOGIN_FAILURES: RateLimitRule = { name: "login-failures", limit: 10, windowMs: 15 * 60_000 };
 
-/** What a successful login or refresh returns (protocol.md, POST /v1/sessions). */
+/** What a successful login or refresh returns (docs/PROTOCOL.md, POST /v1/sessions). */
 export interface SessionTokens {
   userId: string;
   deviceId: number;

@@ -9,7 +9,7 @@ function tempDir() {
 }
 
 describe("configuration", () => {
-  test("defaults follow protocol.md when nothing is set", () => {
+  test("defaults follow docs/PROTOCOL.md when nothing is set", () => {
     const dir = tempDir();
     const config = loadConfig({ DATA_DIR: dir });
     expect(config).toMatchObject({
