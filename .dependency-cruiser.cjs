@@ -45,11 +45,23 @@ module.exports = {
       name: "clients-stay-clients",
       severity: "error",
       comment:
-        "The SDK, CLI and load harness run without the server: they import the protocol, each other and server types only (the harness also cleans up its Redis keys).",
-      from: { path: "^src/(client|cli|loadtest)/" },
+        "The SDK and CLI run without the server: they import the protocol, each other and server types only.",
+      from: { path: "^src/(client|cli)/" },
       to: {
         path: "^(src|actors)/",
-        pathNot: "^src/(client|cli|loadtest|protocol)/|^src/redis/",
+        pathNot: "^src/(client|cli|protocol)/",
+        dependencyTypesNot: ["type-only"],
+      },
+    },
+    {
+      name: "harness-stays-a-client",
+      severity: "error",
+      comment:
+        "The load harness drives servers from outside: besides the SDK it may use the actor system (its micro-benchmark) and clean up its Redis keys.",
+      from: { path: "^src/loadtest/" },
+      to: {
+        path: "^(src|actors)/",
+        pathNot: "^src/(client|loadtest|protocol|redis)/|^actors/",
         dependencyTypesNot: ["type-only"],
       },
     },
