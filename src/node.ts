@@ -1,5 +1,12 @@
 import Redis from "ioredis";
-import { type ActorSystem, createActorNode, groupActorFactory, userActorFactory } from "../actors/index.ts";
+import {
+  type ActorSystem,
+  createActorNode,
+  GROUP_KIND,
+  groupActorFactory,
+  USER_KIND,
+  userActorFactory,
+} from "../actors/index.ts";
 import { AccountService } from "./accounts/service.ts";
 import { createAdminApp } from "./admin/app.ts";
 import { auditAdminRoutes, buildRopa } from "./audit/index.ts";
@@ -206,10 +213,10 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   const clock = { now: Date.now };
   actors
     .register(
-      "user",
+      USER_KIND,
       userActorFactory({ log, offline, sockets: link, clock, recoveryMs: config.clusterHeartbeatMs * 9 }),
     )
-    .register("group", groupActorFactory({ directory: new PostgresGroupDirectory(db), log, clock }))
+    .register(GROUP_KIND, groupActorFactory({ directory: new PostgresGroupDirectory(db), log, clock }))
     .registerPinned(GATEWAY_KIND, link.actorFactory);
   devices.onAdded((userId) => messaging.devicesChanged(userId));
   devices.onRemoved(async (userId, deviceId) => {

@@ -1,5 +1,5 @@
 import { eq } from "drizzle-orm";
-import type { ActorRefs, GroupSendResult } from "../../actors/index.ts";
+import { type ActorRefs, type GroupSendResult, groupKey, userKey } from "../../actors/index.ts";
 import type { Db } from "../db/index.ts";
 import { accounts, devices } from "../db/schema.ts";
 import type { AcceptedFrame, DirectSend, GroupSend, RejectedFrame } from "../protocol/index.ts";
@@ -20,10 +20,6 @@ export interface SubmittedSend {
 const DEVICE_LIST_FRESH_MS = 500;
 /** ...and until this age it is still used while a re-read runs in the background; older, a send waits for the read. */
 const DEVICE_LIST_TTL_MS = 1000;
-
-/** The actor key of a user or group. */
-export const userKey = (userId: string) => `user:${userId}`;
-export const groupKey = (groupId: string) => `group:${groupId}`;
 
 /**
  * Sends, acks and device connections, between the gateway and the actors. A 1:1 envelope is
