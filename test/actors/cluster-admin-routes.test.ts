@@ -74,6 +74,25 @@ describe("cluster admin routes", () => {
     expect(nodes[0].ringMembers()).toEqual(["node-a"]);
   });
 
+  test("?wait=true for another node is 400 invalid and drains nothing", async () => {
+    const before = nodes[0].ringMembers();
+    const response = await app.handle(
+      new Request("http://localhost/admin/v1/nodes/node-b/drain?wait=true", { method: "POST" }),
+    );
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as { error: { code: string } }).error.code).toBe("invalid");
+    expect(nodes[0].ringMembers()).toEqual(before);
+  });
+
+  test("?wait=maybe is refused by validation and drains nothing", async () => {
+    const response = await app.handle(
+      new Request("http://localhost/admin/v1/nodes/node-a/drain?wait=maybe", { method: "POST" }),
+    );
+    // This bare app leaves validation to Elysia (422); the admin listener maps it to 400 invalid.
+    expect(response.status).toBe(422);
+    expect(nodes[0].ringMembers()).toContain("node-a");
+  });
+
   test("draining an unknown node is 404 not_found", async () => {
     const response = await app.handle(
       new Request("http://localhost/admin/v1/nodes/nope/drain", { method: "POST" }),
