@@ -123,7 +123,12 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     const client = redis;
     readiness.push({ name: "redis", check: async () => void (await client.ping()) });
   }
-  const stores = await openMessagingStores(config, db, redis);
+  const stores = await openMessagingStores(
+    config,
+    database,
+    redis,
+    options.pgliteDir === undefined ? config.dataDir : options.pgliteDir,
+  );
   readiness.push(...stores.readiness);
   const { log, offline, presence } = stores;
   const rateLimiter: RateLimiter = redis

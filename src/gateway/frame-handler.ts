@@ -111,8 +111,9 @@ export class FrameHandler {
   private ack(conn: DeviceConnection, ids: string[]): void {
     const acking = (async () => {
       try {
-        await conn.drain?.ack(ids);
-        await this.deps.messaging.ack(conn.principal, ids);
+        // The user actor is told at once (messaging.ack tells it before any write): a reconnect that
+        // overtakes the queue's or the log's commit must not be pushed what was acked here.
+        await Promise.all([this.deps.messaging.ack(conn.principal, ids), conn.drain?.ack(ids)]);
       } catch (error) {
         this.deps.logger.error({ err: error, user: conn.principal.userId }, "ack failed");
       }

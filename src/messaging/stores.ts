@@ -1,3 +1,4 @@
+import { join } from "node:path";
 import type Redis from "ioredis";
 import type { Config } from "../config/index.ts";
 import type { Db } from "../db/index.ts";
@@ -10,6 +11,7 @@ import type { OfflineQueue } from "./offline-queue.ts";
 import { PostgresEnvelopeLog } from "./postgres-envelope-log.ts";
 import type { Presence } from "./presence.ts";
 import { RedisPresence } from "./redis-presence.ts";
+import { SqliteEnvelopeLog } from "./sqlite-envelope-log.ts";
 
 /** The messaging stores of one node, chosen by configuration. */
 export interface MessagingStores {
@@ -23,16 +25,27 @@ export interface MessagingStores {
 }
 
 /**
- * Opens the envelope log (MongoDB when `MONGODB_URL` is set, else the node's PostgreSQL/PGlite),
- * the offline queue (RabbitMQ when `AMQP_URL` is set, else the log itself) and presence (Redis when
- * the node has a Redis connection, else in memory).
+ * Opens the envelope log (MongoDB when `MONGODB_URL` is set; else the node's PostgreSQL, or on the
+ * embedded default SQLite in `DATA_DIR/envelopes.db`), the offline queue (RabbitMQ when `AMQP_URL`
+ * is set, else the log itself) and presence (Redis when the node has a Redis connection, else in
+ * memory). `embeddedDir` is where the embedded log lives: a directory, or `null` for a temporary
+ * one (tests that keep PGlite in memory).
  */
-export async function openMessagingStores(config: Config, db: Db, redis?: Redis): Promise<MessagingStores> {
+export async function openMessagingStores(
+  config: Config,
+  database: { db: Db; kind: "postgres" | "pglite" },
+  redis?: Redis,
+  embeddedDir: string | null = config.dataDir,
+): Promise<MessagingStores> {
   const prefix = clusterPrefix(config);
   const mongo = config.mongodbUrl
     ? await MongoEnvelopeLog.open(config.mongodbUrl, { retentionDays: config.retentionDays })
     : undefined;
-  const log: EnvelopeLog = mongo ?? new PostgresEnvelopeLog(db);
+  const log: EnvelopeLog =
+    mongo ??
+    (database.kind === "pglite"
+      ? await SqliteEnvelopeLog.open(embeddedDir === null ? null : join(embeddedDir, "envelopes.db"))
+      : new PostgresEnvelopeLog(database.db));
   const offline: OfflineQueue = config.amqpUrl
     ? await AmqpOfflineQueue.open(config.amqpUrl, { prefix, retentionDays: config.retentionDays })
     : new LogOfflineQueue(log);

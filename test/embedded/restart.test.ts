@@ -2,13 +2,16 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { installedPgliteVersion, templateVersion } from "../../src/db/pglite-template.ts";
 import { api } from "../support/http.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
 
-/** Starts `src/main.ts` (what `npm start` runs) as its own process and waits for its "started" log line. */
+/**
+ * Starts `src/main.ts` (what `npm start` runs) as its own process and waits for its "started" log
+ * line. Start-up time is a benchmark figure (docs/BENCHMARKS.md), not asserted here.
+ */
 async function startServer(dataDir: string) {
-  const begin = performance.now();
   const proc = Bun.spawn([process.execPath, "run", "src/main.ts"], {
     cwd: ROOT,
     env: {
@@ -36,7 +39,7 @@ async function startServer(dataDir: string) {
       // Keep draining stdout so the child never blocks on a full pipe.
       void proc.stdout.pipeTo(new WritableStream());
       const health = await fetch(`${url}/healthz`);
-      return { proc, url, health, startupMs: performance.now() - begin };
+      return { proc, url, health };
     }
   }
   proc.kill();
@@ -50,7 +53,6 @@ describe("embedded default (no DATABASE_URL)", () => {
   test("starts with no services, answers /healthz, and keeps accounts across a restart", async () => {
     const first = await startServer(dataDir);
     expect(first.health.status).toBe(200);
-    expect(first.startupMs).toBeLessThan(20_000);
     const client = api(first.url);
     expect(
       (await client.post("/v1/accounts", { username: "persistent", password: "password123" })).status,
@@ -90,5 +92,12 @@ describe("embedded default (no DATABASE_URL)", () => {
     expect(code).toBe(78);
     expect(stderr).toContain("PORT: expected a TCP port, 0-65535");
     expect(stderr).toContain("RETENTION_DAYS: expected whole days, 1-3650");
+  });
+});
+
+describe("the pre-initialised PGlite data directory", () => {
+  test("was made with the installed PGlite version (else fresh data dirs fall back to a slow initdb)", () => {
+    // After upgrading @electric-sql/pglite, rebuild it: npm run db:template.
+    expect(templateVersion()).toBe(installedPgliteVersion());
   });
 });

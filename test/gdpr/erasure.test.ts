@@ -1,9 +1,12 @@
+import { Database } from "bun:sqlite";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
+import { existsSync, readFileSync } from "node:fs";
 import { sql } from "drizzle-orm";
 import { Redis } from "ioredis";
 import { ClearBoxClient } from "../../src/client/index.ts";
 import { type SignedReceipt, verifyReceipt } from "../../src/gdpr/receipts.ts";
+import { SqliteEnvelopeLog } from "../../src/messaging/sqlite-envelope-log.ts";
 import { REDIS_URL, runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, uniqueUsername } from "../support/http.ts";
 import { ADMIN_TOKEN, type Backend, startTestNode, type TestNode } from "../support/node.ts";
@@ -29,6 +32,38 @@ async function databaseDump(node: TestNode): Promise<string> {
         dump += "\n";
       }
     }
+  }
+  return dump;
+}
+
+/**
+ * The embedded default's envelope log (SQLite, beside PGlite): every row of every table, and the raw
+ * bytes of its file and write-ahead log (secure_delete and the checkpoint after an erasure must
+ * leave no copy of a removed row behind). Empty on the services stack (the log is in PostgreSQL).
+ */
+function embeddedLogDump(node: TestNode): string {
+  if (!(node.log instanceof SqliteEnvelopeLog)) return "";
+  const path = node.log.path;
+  const db = new Database(path, { readonly: true });
+  let dump = "";
+  try {
+    const tables = db
+      .query<{ name: string }, []>("select name from sqlite_master where type = 'table'")
+      .all();
+    expect(tables.map((t) => t.name)).toContain("envelopes");
+    for (const { name } of tables) {
+      for (const row of db.query<Record<string, unknown>, []>(`select * from "${name}"`).all()) {
+        for (const value of Object.values(row)) {
+          dump += value instanceof Uint8Array ? Buffer.from(value).toString("latin1") : JSON.stringify(value);
+          dump += "\n";
+        }
+      }
+    }
+  } finally {
+    db.close();
+  }
+  for (const file of [path, `${path}-wal`]) {
+    if (existsSync(file)) dump += readFileSync(file).toString("latin1");
   }
   return dump;
 }
@@ -149,6 +184,9 @@ describe.each(STACKS)("erasure on the %s stack", (stack) => {
       (await http.post("/v1/sessions", { username: victim.username, password: "wrong guess 1" })).status,
     ).toBe(401);
 
+    // The embedded log holds the victim's envelopes now, so the sweep below can see a leftover.
+    if (stack === "embedded") expect(embeddedLogDump(node)).toContain(victim.userId);
+
     // The victim erases themselves; their socket is closed with 4410.
     const token = (await victim.client.http.accessToken()) as string;
     const refused = await http.call("DELETE", "/v1/me", { token, body: { password: "not my password" } });
@@ -174,11 +212,13 @@ describe.each(STACKS)("erasure on the %s stack", (stack) => {
     expect(receipt.payload.stores.live.removed).toBe(1);
     expect(JSON.stringify(receipt)).not.toContain(victim.userId);
 
-    // Sweep PostgreSQL (every table, history included): neither the id nor the username remains.
+    // Sweep PostgreSQL/PGlite (every table, history included): neither the id nor the username remains.
     const dump = await databaseDump(node);
     expect(dump).not.toContain(victim.userId);
     expect(dump).not.toContain(victim.username);
     expect(await node.log.metadataOf(victim.userId)).toEqual([]);
+    // The embedded default's SQLite log: no row, and no byte of its files, names the victim.
+    expect(embeddedLogDump(node)).not.toContain(victim.userId);
     // Redis: no key names the user.
     if (stack === "services") {
       const redis = new Redis(REDIS_URL);

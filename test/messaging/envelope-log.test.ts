@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { openDatabase } from "../../src/db/index.ts";
 import { MongoEnvelopeLog } from "../../src/messaging/mongo-envelope-log.ts";
 import { PostgresEnvelopeLog } from "../../src/messaging/postgres-envelope-log.ts";
+import { SqliteEnvelopeLog } from "../../src/messaging/sqlite-envelope-log.ts";
 import { createTestDatabase } from "../support/postgres.ts";
 import { describeEnvelopeLog } from "./envelope-log.conformance.ts";
 
@@ -40,3 +41,8 @@ if (mongoUrl) {
     };
   });
 }
+
+describeEnvelopeLog("SQLite (embedded)", async () => {
+  const log = await SqliteEnvelopeLog.open(null);
+  return { log, dispose: () => log.close() };
+});

@@ -1,0 +1,216 @@
+import { Database, type Statement } from "bun:sqlite";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { StoredEnvelope } from "./envelope.ts";
+import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState } from "./envelope-log.ts";
+import { GroupCommit } from "./group-commit.ts";
+import type { LogWorkerReply, LogWorkerRequest, LogWrite } from "./sqlite-log-protocol.ts";
+
+interface EnvelopeRow {
+  seq: number;
+  id: string;
+  sender_user: string;
+  sender_device: number;
+  recipient_user: string;
+  recipient_device: number;
+  group_id: string | null;
+  ts: number;
+  type: number;
+  body: Uint8Array | null;
+  state: EnvelopeState | "acked";
+}
+
+function toEnvelope(r: EnvelopeRow): StoredEnvelope {
+  return {
+    id: r.id,
+    senderUser: r.sender_user,
+    senderDevice: r.sender_device,
+    recipientUser: r.recipient_user,
+    recipientDevice: r.recipient_device,
+    groupId: r.group_id,
+    ts: r.ts,
+    type: r.type,
+    body: r.body ? Buffer.from(r.body).toString("base64") : "",
+  };
+}
+
+const COLUMNS =
+  "seq, id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body, state";
+
+/**
+ * The embedded default's envelope log: SQLite (`bun:sqlite`) in WAL mode with `synchronous=FULL`,
+ * so an appended envelope is fsynced before its sender hears `accepted`.
+ *
+ * Writes go to a writer thread (sqlite-log-worker.ts) through one group commit: appends, acks and
+ * `queued` marks gathered while a transaction is in flight are committed together, one fsync for
+ * all of them, and the fsync never blocks this event loop. Reads run here on a second connection
+ * (WAL readers do not wait for the writer) and see every write whose promise has resolved.
+ * Chosen over PGlite for the hot path because PGlite runs its WebAssembly on the server's event loop
+ * (docs/BENCHMARKS.md, "Embedded engine").
+ */
+export class SqliteEnvelopeLog implements EnvelopeLog {
+  readonly kind = "sqlite";
+  private readonly writes: GroupCommit<LogWrite, unknown>;
+  private readonly pending = new Map<number, { resolve(r: unknown[]): void; reject(e: Error): void }>();
+  private nextSeq = 0;
+  private failure: Error | undefined;
+  private reader!: Database;
+  private readonly statements = new Map<string, Statement<EnvelopeRow>>();
+
+  private constructor(
+    private readonly worker: Worker,
+    readonly path: string,
+    private readonly temporaryDir: string | undefined,
+  ) {
+    this.writes = new GroupCommit((ops) => this.request({ kind: "write", seq: 0, ops }));
+    worker.onmessage = (event: MessageEvent<LogWorkerReply>) => {
+      const reply = event.data;
+      const waiter = this.pending.get(reply.seq);
+      if (!waiter) return;
+      this.pending.delete(reply.seq);
+      if (reply.ok) waiter.resolve(reply.results);
+      else waiter.reject(new Error(`envelope log: ${reply.error}`));
+    };
+    worker.onerror = (event) => {
+      this.failure = new Error(`envelope log writer stopped: ${event.message}`);
+      for (const waiter of this.pending.values()) waiter.reject(this.failure);
+      this.pending.clear();
+    };
+  }
+
+  /**
+   * Opens (creating and migrating) the log at `path`, e.g. `DATA_DIR/envelopes.db`; `null` keeps
+   * it in a temporary directory removed on close (tests).
+   */
+  static async open(path: string | null): Promise<SqliteEnvelopeLog> {
+    const temporaryDir = path === null ? mkdtempSync(join(tmpdir(), "clearbox-log-")) : undefined;
+    const file = path ?? join(temporaryDir as string, "envelopes.db");
+    const worker = new Worker(new URL("./sqlite-log-worker.ts", import.meta.url).href);
+    const log = new SqliteEnvelopeLog(worker, file, temporaryDir);
+    try {
+      await log.request({ kind: "open", seq: 0, path: file });
+      log.reader = new Database(file, { strict: true });
+      log.reader.run("pragma busy_timeout = 5000");
+      log.reader.run("pragma query_only = true");
+    } catch (error) {
+      worker.terminate();
+      if (temporaryDir) rmSync(temporaryDir, { recursive: true, force: true });
+      throw error;
+    }
+    return log;
+  }
+
+  private request(message: LogWorkerRequest): Promise<unknown[]> {
+    if (this.failure) return Promise.reject(this.failure);
+    const seq = ++this.nextSeq;
+    return new Promise((resolve, reject) => {
+      this.pending.set(seq, { resolve, reject });
+      this.worker.postMessage({ ...message, seq });
+    });
+  }
+
+  private async writeOne<R>(op: LogWrite): Promise<R> {
+    const [result] = await this.writes.submit([op]);
+    return result as R;
+  }
+
+  private statement(key: string, sql: string): Statement<EnvelopeRow> {
+    let statement = this.statements.get(key);
+    if (!statement) {
+      statement = this.reader.prepare<EnvelopeRow, never>(sql) as unknown as Statement<EnvelopeRow>;
+      this.statements.set(key, statement);
+    }
+    return statement;
+  }
+
+  append(batch: StoredEnvelope[]): Promise<boolean[]> {
+    if (batch.length === 0) return Promise.resolve([]);
+    return this.writeOne<boolean[]>({ op: "append", envelopes: batch });
+  }
+
+  async undelivered(
+    recipientUser: string,
+    options: { device?: number; state?: EnvelopeState; limit?: number } = {},
+  ): Promise<StoredEnvelope[]> {
+    const byDevice = options.device !== undefined;
+    const byState = options.state !== undefined;
+    // `state <> 'acked'` in every variant: SQLite uses the partial index only when the query repeats its condition.
+    const statement = this.statement(
+      `undelivered:${byDevice}:${byState}`,
+      `select ${COLUMNS} from envelopes
+       where recipient_user = ? ${byDevice ? "and recipient_device = ?" : ""}
+         and state <> 'acked' ${byState ? "and state = ?" : ""}
+       order by seq limit ?`,
+    );
+    const params: (string | number)[] = [recipientUser];
+    if (byDevice) params.push(options.device as number);
+    if (byState) params.push(options.state as string);
+    params.push(options.limit ?? 10_000);
+    return statement.all(...params).map(toEnvelope);
+  }
+
+  markQueued(recipientUser: string, recipientDevice: number, ids: string[]): Promise<void> {
+    if (ids.length === 0) return Promise.resolve();
+    return this.writeOne<void>({ op: "queued", recipientUser, recipientDevice, ids });
+  }
+
+  ack(recipientUser: string, recipientDevice: number, ids: string[]): Promise<number> {
+    if (ids.length === 0) return Promise.resolve(0);
+    return this.writeOne<number>({ op: "ack", recipientUser, recipientDevice, ids });
+  }
+
+  async metadataOf(userId: string, limit = 100_000): Promise<EnvelopeMetadata[]> {
+    const rows = this.statement(
+      "metadata",
+      `select ${COLUMNS} from envelopes where sender_user = ? or recipient_user = ? order by seq limit ?`,
+    ).all(userId, userId, limit);
+    return rows.map((r) => ({
+      id: r.id,
+      senderUser: r.sender_user,
+      senderDevice: r.sender_device,
+      recipientUser: r.recipient_user,
+      recipientDevice: r.recipient_device,
+      groupId: r.group_id,
+      ts: r.ts,
+      state: r.state,
+    }));
+  }
+
+  async queuedRecipientsOf(senderUser: string): Promise<{ userId: string; deviceId: number }[]> {
+    const rows = this.statement(
+      "queued-recipients",
+      `select distinct recipient_user, recipient_device from envelopes
+       where sender_user = ? and state = 'queued'`,
+    ).all(senderUser);
+    return rows
+      .filter((r) => r.recipient_user !== senderUser)
+      .map((r) => ({ userId: r.recipient_user, deviceId: r.recipient_device }));
+  }
+
+  eraseUser(userId: string): Promise<number> {
+    return this.writeOne<number>({ op: "eraseUser", userId });
+  }
+
+  eraseDevice(userId: string, deviceId: number): Promise<number> {
+    return this.writeOne<number>({ op: "eraseDevice", userId, deviceId });
+  }
+
+  purgeBefore(before: number): Promise<number> {
+    return this.writeOne<number>({ op: "purgeBefore", before });
+  }
+
+  /** Items waiting for the next transaction (for metrics). */
+  get backlog(): number {
+    return this.writes.backlog;
+  }
+
+  async close(): Promise<void> {
+    for (const statement of this.statements.values()) statement.finalize();
+    this.statements.clear();
+    this.reader?.close();
+    if (!this.failure) await this.request({ kind: "close", seq: 0 }).catch(() => undefined);
+    this.worker.terminate();
+    if (this.temporaryDir) rmSync(this.temporaryDir, { recursive: true, force: true });
+  }
+}

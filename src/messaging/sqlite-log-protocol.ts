@@ -1,0 +1,21 @@
+import type { StoredEnvelope } from "./envelope.ts";
+
+/** One write the embedded log's writer thread applies; a batch of them is one transaction. */
+export type LogWrite =
+  | { op: "append"; envelopes: StoredEnvelope[] }
+  | { op: "ack"; recipientUser: string; recipientDevice: number; ids: string[] }
+  | { op: "queued"; recipientUser: string; recipientDevice: number; ids: string[] }
+  | { op: "eraseUser"; userId: string }
+  | { op: "eraseDevice"; userId: string; deviceId: number }
+  | { op: "purgeBefore"; before: number };
+
+/** Messages from the server's thread to the writer (sqlite-log-worker.ts). */
+export type LogWorkerRequest =
+  | { kind: "open"; seq: number; path: string }
+  | { kind: "write"; seq: number; ops: LogWrite[] }
+  | { kind: "close"; seq: number };
+
+/** The writer's answer to one request: one result per write, in order, or why the transaction failed. */
+export type LogWorkerReply =
+  | { seq: number; ok: true; results: unknown[] }
+  | { seq: number; ok: false; error: string };

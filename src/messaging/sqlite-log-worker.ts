@@ -1,0 +1,110 @@
+/**
+ * The embedded envelope log's writer thread (a Bun Worker started by SqliteEnvelopeLog): owns the
+ * one write connection, applies the migrations, and commits each batch of writes in one
+ * transaction. SQLite's commit with `synchronous=FULL` waits for fsync; doing it here keeps that
+ * wait off the server's event loop, which meanwhile gathers the next batch (group commit).
+ */
+import { Database } from "bun:sqlite";
+import { resolve } from "node:path";
+import { drizzle } from "drizzle-orm/bun-sqlite";
+import { migrate } from "drizzle-orm/bun-sqlite/migrator";
+import type { LogWorkerReply, LogWorkerRequest, LogWrite } from "./sqlite-log-protocol.ts";
+
+declare const self: Worker;
+
+const MIGRATIONS = resolve(import.meta.dir, "../../drizzle-sqlite");
+
+let db: Database | undefined;
+let write: ((ops: LogWrite[]) => unknown[]) | undefined;
+
+/** Opens the file, sets durability and secure deletion, migrates, and prepares the statements. */
+function open(path: string): void {
+  db = new Database(path, { create: true, strict: true });
+  db.run("pragma journal_mode = wal");
+  // FULL: a commit returns only after the WAL is fsynced, so `accepted` means on disk.
+  db.run("pragma synchronous = full");
+  // Acked ciphertext and erased rows are overwritten, not just unlinked (GDPR erasure).
+  db.run("pragma secure_delete = on");
+  db.run("pragma busy_timeout = 5000");
+  migrate(drizzle({ client: db }), { migrationsFolder: MIGRATIONS });
+  const insert = db.prepare(
+    `insert into envelopes (id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body, state)
+     values (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending') on conflict do nothing`,
+  );
+  const ack = db.prepare(
+    `update envelopes set state = 'acked', body = null
+     where recipient_user = ? and recipient_device = ? and id = ? and body is not null`,
+  );
+  const queued = db.prepare(
+    `update envelopes set state = 'queued'
+     where recipient_user = ? and recipient_device = ? and id = ? and state = 'pending'`,
+  );
+  const eraseUser = db.prepare("delete from envelopes where sender_user = ? or recipient_user = ?");
+  const eraseDevice = db.prepare("delete from envelopes where recipient_user = ? and recipient_device = ?");
+  const purgeBefore = db.prepare("delete from envelopes where ts < ?");
+  const handle = (op: LogWrite): unknown => {
+    switch (op.op) {
+      case "append":
+        return op.envelopes.map(
+          (e) =>
+            insert.run(
+              e.id,
+              e.senderUser,
+              e.senderDevice,
+              e.recipientUser,
+              e.recipientDevice,
+              e.groupId,
+              e.ts,
+              e.type,
+              Buffer.from(e.body, "base64"),
+            ).changes === 1,
+        );
+      case "ack": {
+        let count = 0;
+        for (const id of op.ids) count += ack.run(op.recipientUser, op.recipientDevice, id).changes;
+        return count;
+      }
+      case "queued":
+        for (const id of op.ids) queued.run(op.recipientUser, op.recipientDevice, id);
+        return undefined;
+      case "eraseUser":
+        return eraseUser.run(op.userId, op.userId).changes;
+      case "eraseDevice":
+        return eraseDevice.run(op.userId, op.deviceId).changes;
+      case "purgeBefore":
+        return purgeBefore.run(op.before).changes;
+    }
+  };
+  const batch = db.transaction((ops: LogWrite[]) => ops.map(handle));
+  write = (ops) => {
+    const results = batch(ops);
+    // Erasure: move the WAL's copies of the removed pages into the file and empty it (best effort:
+    // a reader in the middle of a query lets the checkpoint finish only partly).
+    if (ops.some((op) => op.op === "eraseUser" || op.op === "eraseDevice")) {
+      db?.run("pragma wal_checkpoint(truncate)");
+    }
+    return results;
+  };
+}
+
+self.onmessage = (event: MessageEvent<LogWorkerRequest>) => {
+  const request = event.data;
+  let reply: LogWorkerReply;
+  try {
+    if (request.kind === "open") {
+      open(request.path);
+      reply = { seq: request.seq, ok: true, results: [] };
+    } else if (request.kind === "close") {
+      db?.close();
+      db = undefined;
+      write = undefined;
+      reply = { seq: request.seq, ok: true, results: [] };
+    } else {
+      if (!write) throw new Error("envelope log is not open");
+      reply = { seq: request.seq, ok: true, results: write(request.ops) };
+    }
+  } catch (error) {
+    reply = { seq: request.seq, ok: false, error: error instanceof Error ? error.message : String(error) };
+  }
+  self.postMessage(reply);
+};

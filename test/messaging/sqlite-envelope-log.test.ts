@@ -1,0 +1,72 @@
+import { Database } from "bun:sqlite";
+import { afterAll, describe, expect, test } from "bun:test";
+import { randomUUID } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { SqliteEnvelopeLog } from "../../src/messaging/sqlite-envelope-log.ts";
+
+// The behaviour every log shares is in envelope-log.conformance.ts; these are the embedded file's own.
+describe("the embedded SQLite envelope log", () => {
+  const dir = mkdtempSync(join(tmpdir(), "clearbox-sqlite-log-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  const envelope = (recipientUser: string) => ({
+    id: randomUUID(),
+    senderUser: randomUUID(),
+    senderDevice: 1,
+    recipientUser,
+    recipientDevice: 1,
+    groupId: null,
+    ts: Date.now(),
+    type: 1,
+    body: Buffer.from("ciphertext").toString("base64"),
+  });
+
+  test("an append has committed when it resolves: another connection sees it, and it outlives a reopen", async () => {
+    const path = join(dir, "durable.db");
+    const recipient = randomUUID();
+    const log = await SqliteEnvelopeLog.open(path);
+    const first = envelope(recipient);
+    expect(await log.append([first])).toEqual([true]);
+    const other = new Database(path, { readonly: true });
+    const seen = other.query("select id from envelopes where recipient_user = ?").all(recipient);
+    other.close();
+    expect(seen).toEqual([{ id: first.id }]);
+    await log.close();
+
+    const reopened = await SqliteEnvelopeLog.open(path);
+    expect((await reopened.undelivered(recipient)).map((e) => e.id)).toEqual([first.id]);
+    // The autoincrement sequence continues: a later append sorts after the earlier one.
+    const second = envelope(recipient);
+    await reopened.append([second]);
+    expect((await reopened.undelivered(recipient)).map((e) => e.id)).toEqual([first.id, second.id]);
+    await reopened.close();
+  });
+
+  test("appends, acks and queued marks submitted together all commit, each with its own result", async () => {
+    const log = await SqliteEnvelopeLog.open(join(dir, "batched.db"));
+    const recipient = randomUUID();
+    const [a, b, c] = [envelope(recipient), envelope(recipient), envelope(recipient)];
+    await log.append([a, b]);
+    const [appended, acked, queued] = await Promise.all([
+      log.append([c]),
+      log.ack(recipient, 1, [a.id, randomUUID()]),
+      log.markQueued(recipient, 1, [b.id]),
+    ]);
+    expect(appended).toEqual([true]);
+    expect(acked).toBe(1);
+    expect(queued).toBeUndefined();
+    expect((await log.undelivered(recipient, { state: "queued" })).map((e) => e.id)).toEqual([b.id]);
+    expect((await log.undelivered(recipient, { state: "pending" })).map((e) => e.id)).toEqual([c.id]);
+    await log.close();
+  });
+
+  test("a file that is not a database fails to open, saying so", async () => {
+    const path = join(dir, "not-a-database.db");
+    await Bun.write(path, "this is not SQLite ".repeat(100));
+    await expect(SqliteEnvelopeLog.open(path)).rejects.toThrow(
+      /envelope log: .*(not a database|file is not)/,
+    );
+  });
+});
