@@ -2,6 +2,7 @@ import { join } from "node:path";
 import type Redis from "ioredis";
 import type { Config } from "../config/index.ts";
 import type { Db } from "../db/index.ts";
+import { adoptPgliteLog } from "./adopt-pglite-log.ts";
 import { AmqpOfflineQueue } from "./amqp-offline-queue.ts";
 import type { EnvelopeLog } from "./envelope-log.ts";
 import { LogOfflineQueue } from "./log-offline-queue.ts";
@@ -41,11 +42,13 @@ export async function openMessagingStores(
   const mongo = config.mongodbUrl
     ? await MongoEnvelopeLog.open(config.mongodbUrl, { retentionDays: config.retentionDays })
     : undefined;
-  const log: EnvelopeLog =
-    mongo ??
-    (database.kind === "pglite"
-      ? await SqliteEnvelopeLog.open(embeddedDir === null ? null : join(embeddedDir, "envelopes.db"))
-      : new PostgresEnvelopeLog(database.db));
+  let log: EnvelopeLog;
+  if (mongo) log = mongo;
+  else if (database.kind === "pglite") {
+    log = await SqliteEnvelopeLog.open(embeddedDir === null ? null : join(embeddedDir, "envelopes.db"));
+    // A data directory from before the log moved to SQLite: bring its undelivered envelopes along.
+    await adoptPgliteLog(database.db, log);
+  } else log = new PostgresEnvelopeLog(database.db);
   const offline: OfflineQueue = config.amqpUrl
     ? await AmqpOfflineQueue.open(config.amqpUrl, { prefix, retentionDays: config.retentionDays })
     : new LogOfflineQueue(log);

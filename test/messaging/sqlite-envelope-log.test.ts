@@ -4,6 +4,9 @@ import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { openDatabase } from "../../src/db/index.ts";
+import { adoptPgliteLog } from "../../src/messaging/adopt-pglite-log.ts";
+import { PostgresEnvelopeLog } from "../../src/messaging/postgres-envelope-log.ts";
 import { SqliteEnvelopeLog } from "../../src/messaging/sqlite-envelope-log.ts";
 
 // The behaviour every log shares is in envelope-log.conformance.ts; these are the embedded file's own.
@@ -68,5 +71,44 @@ describe("the embedded SQLite envelope log", () => {
     await expect(SqliteEnvelopeLog.open(path)).rejects.toThrow(
       /envelope log: .*(not a database|file is not)/,
     );
+  });
+});
+
+describe("an embedded data directory from before the log moved to SQLite", () => {
+  test("has its PGlite envelopes moved into the SQLite log with their states, in order, and removed from PGlite", async () => {
+    const database = await openDatabase({ dataDir: null });
+    const old = new PostgresEnvelopeLog(database.db);
+    const log = await SqliteEnvelopeLog.open(null);
+    try {
+      const recipient = randomUUID();
+      const rows = Array.from({ length: 7 }, (_, i) => ({
+        id: randomUUID(),
+        senderUser: randomUUID(),
+        senderDevice: 1,
+        recipientUser: recipient,
+        recipientDevice: 1,
+        groupId: null,
+        ts: 1000 + i,
+        type: 3,
+        body: Buffer.from(`old ${i}`).toString("base64"),
+      }));
+      await old.append(rows);
+      await old.markQueued(recipient, 1, [rows[1]?.id as string, rows[2]?.id as string]);
+      await old.ack(recipient, 1, [rows[3]?.id as string]);
+
+      expect(await adoptPgliteLog(database.db, log)).toBe(7);
+      const pending = await log.undelivered(recipient, { state: "pending" });
+      const queued = await log.undelivered(recipient, { state: "queued" });
+      expect(pending.map((e) => e.id)).toEqual([0, 4, 5, 6].map((i) => rows[i]?.id));
+      expect(queued.map((e) => e.id)).toEqual([1, 2].map((i) => rows[i]?.id));
+      expect(pending[0]).toEqual(rows[0] as (typeof pending)[0]);
+      expect((await log.metadataOf(recipient)).find((m) => m.id === rows[3]?.id)?.state).toBe("acked");
+      expect(await old.metadataOf(recipient)).toEqual([]);
+      // Nothing left to move: a second start moves nothing.
+      expect(await adoptPgliteLog(database.db, log)).toBe(0);
+    } finally {
+      await log.close();
+      await database.close();
+    }
   });
 });
