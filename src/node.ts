@@ -30,6 +30,7 @@ import { MessagingService } from "./messaging/service.ts";
 import { clusterPrefix, openMessagingStores } from "./messaging/stores.ts";
 import { createLogger, type Logger } from "./observability/logger.ts";
 import { Metrics } from "./observability/metrics.ts";
+import { OidcService, oidcAdminRoutes, RelyingParty } from "./oidc/index.ts";
 import { CloseCode } from "./protocol/index.ts";
 import { MemoryRateLimiter, type RateLimiter, RedisRateLimiter } from "./ratelimit/index.ts";
 import { RetentionJob } from "./retention/index.ts";
@@ -151,7 +152,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   });
 
   // 3. Services.
-  const accounts = new AccountService(db, config.passwordHash);
+  const accounts = new AccountService(db, config.passwordHash, config.registration !== "oidc-only");
   const devices = new DeviceService(db, audit);
   const tokens = new TokenIssuer(config.jwtSecret, config.accessTokenTtlSeconds);
   const sessions = new SessionService(
@@ -163,6 +164,21 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     audit,
     rateLimiter,
   );
+  // Deprovisioning closes sockets through the node link, built with the gateway in step 4.
+  let deviceSockets: NodeLink | undefined;
+  const oidc = config.oidc
+    ? new OidcService({
+        db,
+        rp: new RelyingParty(config.oidc, logger),
+        sessions,
+        devices,
+        audit,
+        secret: config.jwtSecret,
+        logger,
+        closeSockets: async (userId, deviceId) =>
+          deviceSockets?.close({ userId, deviceId }, CloseCode.revoked, "signed out"),
+      })
+    : undefined;
   const keys = new KeyService(db, rateLimiter, KEY_FETCH_LIMITS, audit);
   const groups = new GroupService(db, audit);
   const messaging = new MessagingService(db, log, actors);
@@ -181,6 +197,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     config,
     sessions,
     accounts,
+    oidc,
     afterStep: options.afterErasureStep,
   });
   const retention = new RetentionJob({
@@ -203,6 +220,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     onVanished: (device, connectionId) => messaging.deviceDisconnected(device, config.nodeId, connectionId),
     logger,
   });
+  deviceSockets = link;
   gateway = new Gateway({
     nodeId: config.nodeId,
     sessions,
@@ -239,6 +257,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     groups,
     gateway,
     gdpr: gdpr.routes,
+    oidc,
     logger,
     metrics,
     readiness,
@@ -251,6 +270,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       clusterAdminRoutes(actors),
       gdpr.adminRoutes,
       auditAdminRoutes({ audit, ropa: () => buildRopa(config) }),
+      ...(oidc ? [oidcAdminRoutes(oidc)] : []),
     ],
     audit,
   });

@@ -10,7 +10,14 @@ export interface PasswordHashCost {
   timeCost: number;
 }
 
-/** Accounts: creation and password checks. Passwords are hashed with argon2id (Bun.password). */
+/** The refusal of every password operation when REGISTRATION=oidc-only. */
+export const PASSWORDS_DISABLED =
+  "passwords are disabled on this server: sign in with the organisation's identity provider (GET /v1/oidc/authorize, or POST /v1/oidc/device)";
+
+/**
+ * Accounts: creation and password checks. Passwords are hashed with argon2id (Bun.password).
+ * Accounts provisioned by the identity provider have no password hash, and no password matches them.
+ */
 export class AccountService {
   /** Compared against when the username is unknown, so a wrong username costs the same time as a wrong password. */
   private decoyHash: Promise<string> | undefined;
@@ -18,7 +25,13 @@ export class AccountService {
   constructor(
     private readonly db: Db,
     private readonly cost: PasswordHashCost = { memoryCost: 65_536, timeCost: 2 },
+    /** false (REGISTRATION=oidc-only): every password operation is refused with `forbidden`. */
+    private readonly passwordsEnabled = true,
   ) {}
+
+  private requirePasswords(): void {
+    if (!this.passwordsEnabled) throw new DomainError("forbidden", PASSWORDS_DISABLED);
+  }
 
   private hash(password: string): Promise<string> {
     return Bun.password.hash(password, { algorithm: "argon2id", ...this.cost });
@@ -26,6 +39,7 @@ export class AccountService {
 
   /** Creates an account; `conflict` when the username is taken. */
   async register(username: string, password: string): Promise<{ userId: string }> {
+    this.requirePasswords();
     const passwordHash = await this.hash(password);
     try {
       const [row] = await this.db
@@ -41,24 +55,42 @@ export class AccountService {
 
   /** The account's id when the password matches, else `unauthorized` (same answer for an unknown username). */
   async verifyPassword(username: string, password: string): Promise<string> {
+    this.requirePasswords();
     const [row] = await this.db
       .select({ id: accounts.id, passwordHash: accounts.passwordHash })
       .from(accounts)
       .where(eq(accounts.username, username));
     this.decoyHash ??= this.hash("clearbox-decoy-password");
+    // A password-less (identity provider) account is checked against the decoy too: same time, never a match.
     const ok = await Bun.password.verify(password, row?.passwordHash ?? (await this.decoyHash));
-    if (!row || !ok) throw new DomainError("unauthorized", "wrong username or password");
+    if (!row?.passwordHash || !ok) throw new DomainError("unauthorized", "wrong username or password");
     return row.id;
   }
 
   /** The account's id when `password` is the password of `userId` (re-checks before sensitive actions). */
   async checkPasswordOf(userId: string, password: string): Promise<void> {
+    this.requirePasswords();
     const [row] = await this.db
       .select({ passwordHash: accounts.passwordHash })
       .from(accounts)
       .where(eq(accounts.id, userId));
-    if (!row || !(await Bun.password.verify(password, row.passwordHash))) {
+    if (row && !row.passwordHash) {
+      throw new DomainError(
+        "forbidden",
+        "this account signs in with the identity provider and has no password",
+      );
+    }
+    if (!row?.passwordHash || !(await Bun.password.verify(password, row.passwordHash))) {
       throw new DomainError("unauthorized", "wrong password");
     }
+  }
+
+  /** True when the account has a password (false: it signs in with the identity provider only). */
+  async hasPassword(userId: string): Promise<boolean> {
+    const [row] = await this.db
+      .select({ passwordHash: accounts.passwordHash })
+      .from(accounts)
+      .where(eq(accounts.id, userId));
+    return Boolean(row?.passwordHash);
   }
 }

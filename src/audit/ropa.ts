@@ -17,6 +17,8 @@ export type RopaConfig = Pick<
   | "retentionIntervalSeconds"
   | "controllerName"
   | "dpoContact"
+  | "oidc"
+  | "registration"
 >;
 
 /** One category of personal data: what it is, why, where it lives and how long. */
@@ -27,6 +29,8 @@ export interface RopaCategory {
   legalBasis: string;
   stores: string[];
   retention: { days: number | null; rule: string };
+  /** Where the data comes from when not from the data subject (Art. 14(2)(f)). */
+  source?: string;
 }
 
 /** A GDPR Art. 30(1) record of processing activities, as JSON. */
@@ -150,6 +154,26 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
       },
     },
   ];
+  if (config.oidc) {
+    categories.push({
+      category: "identity provider links",
+      data: [
+        "issuer and subject identifier (iss, sub) of the user at the identity provider",
+        "link and last sign-in time",
+        `username taken from the ${config.oidc.usernameClaim} claim at the first sign-in`,
+        "one-time sign-in codes (hashed, 60 s)",
+      ],
+      purpose:
+        "sign users in with the organisation's identity provider, and sign them out when it ends their access",
+      legalBasis: contract,
+      stores: [database],
+      retention: {
+        days: null,
+        rule: "the link until the account is erased; sign-in codes until spent or expired (60 s); back-channel logout token ids (no personal data) for 5 minutes",
+      },
+      source: `the identity provider ${config.oidc.issuer} (OpenID Connect ID tokens and back-channel logout tokens)`,
+    });
+  }
   const admin = LOOPBACK.test(config.adminHost)
     ? `admin RPC on a separate listener bound to loopback (${config.adminHost}), bearer token compared in constant time`
     : `admin RPC on a separate listener bound to ${config.adminHost} (not loopback), bearer token compared in constant time`;
@@ -168,14 +192,20 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
       "keep a pseudonymised audit trail for security and accountability",
       "answer data-subject requests (export, erasure)",
     ],
-    dataSubjects: ["registered users of this server"],
+    dataSubjects: [
+      config.registration === "oidc-only"
+        ? "members of the organisation's identity provider who signed in to this server (password registration disabled)"
+        : "registered users of this server",
+    ],
     categories,
     recipients: [],
     processors,
     internationalTransfers: "none by the server; processors are wherever the operator runs them",
     securityMeasures: [
       "end-to-end encryption (Signal protocol): the server stores and routes ciphertext only",
-      "passwords hashed with argon2id",
+      config.registration === "oidc-only"
+        ? "no passwords: users sign in with the organisation's identity provider (OpenID Connect, PKCE, signed ID tokens)"
+        : "passwords hashed with argon2id",
       config.tls
         ? "TLS 1.3 only on the public listener (native)"
         : "TLS 1.3 terminated by the reverse proxy in front of the public listener, which speaks plain HTTP (deploy/nginx)",

@@ -4,9 +4,19 @@ import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { type Static, Type as T } from "@sinclair/typebox";
 import { Value } from "@sinclair/typebox/value";
+import { type OidcConfig, type OidcEnv, resolveOidc } from "./oidc.ts";
 import { type TlsFiles, tlsFiles, tlsProblems } from "./tls.ts";
 
-export type { TlsFiles };
+export type { OidcConfig, TlsFiles };
+
+/**
+ * Who may create accounts. `open`: anyone, with a password (and, when OIDC_ISSUER is set, by
+ * signing in with the identity provider). `oidc-only`: passwords are disabled entirely: accounts
+ * come only from the identity provider, and password registration, login, change and checks are
+ * refused. (The abuse issue's `invite` and `closed` modes extend this list.)
+ */
+export const REGISTRATION_MODES = ["open", "oidc-only"] as const;
+export type RegistrationMode = (typeof REGISTRATION_MODES)[number];
 
 /** What each environment variable must look like; `description` is what the start-up error tells the operator. */
 const EnvSchema = T.Object({
@@ -104,6 +114,37 @@ const EnvSchema = T.Object({
     default: 2,
     description: "argon2id passes, 1-100 (production: at least 2)",
   }),
+  REGISTRATION: T.Union(
+    REGISTRATION_MODES.map((m) => T.Literal(m)),
+    { default: "open", description: `one of ${REGISTRATION_MODES.join(", ")}` },
+  ),
+  OIDC_ISSUER: T.Optional(T.String({ minLength: 1, description: "the identity provider's issuer URL" })),
+  OIDC_CLIENT_ID: T.Optional(
+    T.String({ minLength: 1, maxLength: 255, description: "ClearBox's client id at the provider" }),
+  ),
+  OIDC_CLIENT_SECRET: T.Optional(
+    T.String({ minLength: 1, maxLength: 1024, description: "the client secret the provider issued" }),
+  ),
+  OIDC_PRIVATE_KEY_FILE: T.Optional(
+    T.String({ minLength: 1, description: "a PEM private key file for private_key_jwt" }),
+  ),
+  OIDC_PRIVATE_KEY_ID: T.Optional(
+    T.String({ minLength: 1, maxLength: 255, description: "the key id (kid) the provider knows the key by" }),
+  ),
+  OIDC_SCOPES: T.String({
+    minLength: 1,
+    default: "openid profile",
+    description: "space-separated scopes including openid",
+  }),
+  OIDC_USERNAME_CLAIM: T.String({
+    pattern: "^\\S{1,255}$",
+    default: "preferred_username",
+    description: "an ID token claim name, e.g. preferred_username",
+  }),
+  OIDC_REDIRECT_URI: T.Optional(T.String({ minLength: 1, description: "<public URL>/v1/oidc/callback" })),
+  OIDC_CLIENT_REDIRECT_URIS: T.Optional(
+    T.String({ minLength: 1, description: "comma-separated URIs a browser may return to" }),
+  ),
   LOG_FORMAT: T.Union([T.Literal("json"), T.Literal("ecs")], {
     default: "json",
     description: "json (pino) or ecs (Elastic Common Schema)",
@@ -151,6 +192,10 @@ export interface Config {
   presenceLeaseSeconds: number;
   /** argon2id cost for new password hashes; a stored hash carries its own, so changing it never locks anyone out. */
   passwordHash: { memoryCost: number; timeCost: number };
+  /** Who may create accounts, and whether passwords are accepted at all (REGISTRATION). */
+  registration: RegistrationMode;
+  /** Set: sign-in with the organisation's OpenID Connect provider (OIDC_* variables). */
+  oidc?: OidcConfig;
 }
 
 /** A configuration problem an operator must fix; the message names the variable and what it expects. */
@@ -180,6 +225,7 @@ const SECRET_VARS = new Set([
   "REDIS_URL",
   "AMQP_URL",
   "MONGODB_URL",
+  "OIDC_CLIENT_SECRET",
 ]);
 
 /** Reads only the variables we know, turns numeric ones into numbers, and drops empty strings as unset. */
@@ -208,6 +254,11 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     problems.set(variable, `${variable}: expected ${schema?.description ?? e.message}, got ${shown}`);
   }
   for (const [variable, problem] of tlsProblems(candidate as Record<string, unknown>)) {
+    if (!problems.has(variable)) problems.set(variable, problem);
+  }
+  const { problems: oidcProblems, oidc } =
+    problems.size === 0 ? resolveOidc(candidate as OidcEnv) : { problems: [], oidc: undefined };
+  for (const [variable, problem] of oidcProblems) {
     if (!problems.has(variable)) problems.set(variable, problem);
   }
   if (problems.size > 0) {
@@ -257,6 +308,8 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     deviceRateLimit: env.DEVICE_RATE_LIMIT,
     presenceLeaseSeconds: env.PRESENCE_LEASE_SECONDS,
     passwordHash: { memoryCost: env.PASSWORD_HASH_MEMORY_KIB, timeCost: env.PASSWORD_HASH_TIME_COST },
+    registration: env.REGISTRATION,
+    oidc,
   };
 }
 

@@ -12,14 +12,18 @@ import {
   smallint,
   text,
   timestamp,
+  uniqueIndex,
   uuid,
 } from "drizzle-orm/pg-core";
 
-/** One person's account. The password is only ever stored as an argon2id hash. */
+/**
+ * One person's account. The password is only ever stored as an argon2id hash; accounts provisioned
+ * by the identity provider have none (null), and no password ever matches them.
+ */
 export const accounts = pgTable("accounts", {
   id: uuid("id").primaryKey().defaultRandom(),
   username: text("username").notNull().unique(),
-  passwordHash: text("password_hash").notNull(),
+  passwordHash: text("password_hash"),
   createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
 });
 
@@ -244,3 +248,56 @@ export const serverSecrets = pgTable("server_secrets", {
   value: bytea("value").notNull(),
   createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
 });
+
+/**
+ * The link between an account and its identity at an OpenID Connect provider: (issuer, subject),
+ * the only stable identifier OIDC Core §5.7 guarantees (never the username or e-mail, which the
+ * provider may reassign). Personal data: exported, and erased with the account (cascade).
+ */
+export const oidcIdentities = pgTable(
+  "oidc_identities",
+  {
+    issuer: text("issuer").notNull(),
+    subject: text("subject").notNull(),
+    userId: uuid("user_id")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
+    linkedAt: timestamp("linked_at", { withTimezone: true }).notNull().defaultNow(),
+    lastSignInAt: timestamp("last_sign_in_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.issuer, t.subject] }),
+    // One identity per provider per account: a second subject can never be linked beside the first.
+    uniqueIndex("oidc_identities_user_issuer_idx").on(t.userId, t.issuer),
+  ],
+);
+
+/**
+ * One-time sign-in codes: what an OIDC sign-in hands the client instead of tokens (never tokens in
+ * a URL). Stored as SHA-256 hashes, single use, valid 60 s, bound to the client's PKCE challenge
+ * when the flow had one.
+ */
+export const oidcSignInCodes = pgTable(
+  "oidc_sign_in_codes",
+  {
+    codeHash: text("code_hash").primaryKey(),
+    userId: uuid("user_id")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
+    /** base64url SHA-256 of the client's code_verifier (RFC 7636 S256), or null (device flow). */
+    codeChallenge: text("code_challenge"),
+    expiresAt: timestamp("expires_at", { withTimezone: true }).notNull(),
+  },
+  (t) => [index("oidc_sign_in_codes_user_idx").on(t.userId)],
+);
+
+/** `jti`s of accepted back-channel logout tokens, kept until the token's replay window ends. */
+export const oidcLogoutTokens = pgTable(
+  "oidc_logout_tokens",
+  {
+    issuer: text("issuer").notNull(),
+    jti: text("jti").notNull(),
+    expiresAt: timestamp("expires_at", { withTimezone: true }).notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.issuer, t.jti] })],
+);

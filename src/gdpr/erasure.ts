@@ -3,7 +3,16 @@ import { and, count, eq, inArray, isNull, sql } from "drizzle-orm";
 import type Redis from "ioredis";
 import type { AuditTrail } from "../audit/types.ts";
 import { type Db, rowsOf } from "../db/index.ts";
-import { accounts, devices, erasures, groupMembers, groups, refreshTokens } from "../db/schema.ts";
+import {
+  accounts,
+  devices,
+  erasures,
+  groupMembers,
+  groups,
+  oidcIdentities,
+  oidcSignInCodes,
+  refreshTokens,
+} from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import type { EnvelopeLog } from "../messaging/envelope-log.ts";
 import type { OfflineQueue } from "../messaging/offline-queue.ts";
@@ -294,6 +303,14 @@ export class ErasureService {
         .select({ n: count() })
         .from(refreshTokens)
         .where(eq(refreshTokens.userId, userId));
+      const [{ n: identityCount }] = await tx
+        .select({ n: count() })
+        .from(oidcIdentities)
+        .where(eq(oidcIdentities.userId, userId));
+      const [{ n: signInCodeCount }] = await tx
+        .select({ n: count() })
+        .from(oidcSignInCodes)
+        .where(eq(oidcSignInCodes.userId, userId));
       const memberships = await tx
         .select({ groupId: groupMembers.groupId })
         .from(groupMembers)
@@ -305,7 +322,8 @@ export class ErasureService {
              + (select count(*) from one_time_pre_keys where user_id = ${userId})
              + (select count(*) from one_time_kyber_pre_keys where user_id = ${userId}) as n`);
       const keyCount = Number(rowsOf<{ n: unknown }>(keyRows)[0]?.n ?? 0);
-      // Devices, keys, refresh tokens and memberships (admin roles included) go by cascade.
+      // Devices, keys, refresh tokens, memberships (admin roles included), the identity provider
+      // links (iss, sub) and unspent sign-in codes go by cascade.
       const deleted = await tx.delete(accounts).where(eq(accounts.id, userId)).returning({ id: accounts.id });
       // Groups the user was the last member of are left with nobody: remove them too.
       const groupIds = memberships.map((m) => m.groupId);
@@ -326,10 +344,18 @@ export class ErasureService {
           emptyGroups = orphaned.length;
         }
       }
-      const removed = deleted.length + deviceCount + tokenCount + keyCount + memberships.length + emptyGroups;
+      const removed =
+        deleted.length +
+        deviceCount +
+        tokenCount +
+        keyCount +
+        memberships.length +
+        emptyGroups +
+        identityCount +
+        signInCodeCount;
       return {
         removed,
-        what: `account (${deleted.length}), devices (${deviceCount}), public keys (${keyCount}), refresh tokens (${tokenCount}), group memberships and roles (${memberships.length}), emptied groups (${emptyGroups})`,
+        what: `account (${deleted.length}), devices (${deviceCount}), public keys (${keyCount}), refresh tokens (${tokenCount}), group memberships and roles (${memberships.length}), emptied groups (${emptyGroups}), identity provider links (${identityCount}), sign-in codes (${signInCodeCount})`,
       };
     });
   }

@@ -9,6 +9,7 @@ import {
   groups,
   identityKeys,
   kyberLastResortKeys,
+  oidcIdentities,
   oneTimeKyberPreKeys,
   oneTimePreKeys,
   signedPreKeys,
@@ -39,7 +40,9 @@ export function processingInformation(config: Config) {
     },
     recipients:
       "none: the server shares nothing with third parties; message contents are end-to-end encrypted and unreadable to the server",
-    source: "you and your devices",
+    source: config.oidc
+      ? `you and your devices; and the identity provider ${config.oidc.issuer}, when you sign in with it (your subject identifier and the username claim, ${config.oidc.usernameClaim})`
+      : "you and your devices",
     automatedDecisionMaking: "none",
     rights:
       "access and portability (this export), erasure (DELETE /v1/me), rectification, restriction and objection (contact the operator), complaint to a supervisory authority",
@@ -109,11 +112,19 @@ export class ExportService {
       .from(groupMembers)
       .innerJoin(groups, eq(groups.id, groupMembers.groupId))
       .where(eq(groupMembers.userId, userId));
+    const identities = await db.select().from(oidcIdentities).where(eq(oidcIdentities.userId, userId));
     const [state] = await presence.states([userId]);
     const archive = {
       format: "clearbox-export/1",
       generatedAt: new Date().toISOString(),
       account: { ...account, createdAt: account.createdAt.toISOString() },
+      // The identity provider's stable identifier of you (iss, sub): how your sign-ins are recognised.
+      identityProviderLinks: identities.map((i) => ({
+        issuer: i.issuer,
+        subject: i.subject,
+        linkedAt: i.linkedAt.toISOString(),
+        lastSignInAt: i.lastSignInAt.toISOString(),
+      })),
       devices: deviceRows.map((d) => ({
         deviceId: d.deviceId,
         name: d.name,

@@ -11,10 +11,31 @@ import { ReceiptSigner } from "./receipts.ts";
 
 const Uuid = t.String({ format: "uuid" });
 
+/**
+ * What `DELETE /v1/me` accepts instead of a password from an account that has none: a sign-in
+ * code of a fresh sign-in at the identity provider (`OidcService.reauthenticate`).
+ */
+export interface SignInReauthentication {
+  reauthenticate(userId: string, code: string, codeVerifier?: string): Promise<void>;
+}
+
+/** `DELETE /v1/me`: the password again, or a fresh sign-in code from the identity provider. */
+const EraseSelf = t.Union([
+  t.Object({ password: AccountModel.password }, { additionalProperties: false }),
+  t.Object(
+    {
+      signInCode: t.String({ minLength: 1, maxLength: 256 }),
+      codeVerifier: t.Optional(t.String({ minLength: 43, maxLength: 128 })),
+    },
+    { additionalProperties: false },
+  ),
+]);
+
 /** The public GDPR routes: export, erasure of oneself, erasure status and the receipt signing key. */
 export function gdprRoutes(deps: {
   sessions: SessionService;
   accounts: AccountService;
+  oidc?: SignInReauthentication;
   erasures: ErasureService;
   exports: ExportService;
   signer: ReceiptSigner;
@@ -25,13 +46,19 @@ export function gdprRoutes(deps: {
     .delete(
       "/v1/me",
       async ({ principal, body, set }) => {
-        // Re-checking the password: a stolen access token alone cannot erase an account.
-        await deps.accounts.checkPasswordOf(principal.userId, body.password);
+        // Re-checking who it is: a stolen access token alone cannot erase an account.
+        if ("password" in body) {
+          await deps.accounts.checkPasswordOf(principal.userId, body.password);
+        } else if (deps.oidc) {
+          await deps.oidc.reauthenticate(principal.userId, body.signInCode, body.codeVerifier);
+        } else {
+          throw new DomainError("invalid", "signInCode: sign-in with an identity provider is not configured");
+        }
         const erasureId = await deps.erasures.start(principal.userId, "self");
         set.status = 202;
         return { erasureId };
       },
-      { auth: true, body: t.Object({ password: AccountModel.password }, { additionalProperties: false }) },
+      { auth: true, body: EraseSelf },
     )
     .get("/v1/erasures/signing-key", () => ({
       algorithm: "Ed25519",
@@ -81,7 +108,12 @@ export interface Gdpr {
 
 /** Builds erasure, export and receipt signing (the signing key is loaded or created once). */
 export async function createGdpr(
-  deps: Omit<ErasureDeps, "signer"> & { config: Config; sessions: SessionService; accounts: AccountService },
+  deps: Omit<ErasureDeps, "signer"> & {
+    config: Config;
+    sessions: SessionService;
+    accounts: AccountService;
+    oidc?: SignInReauthentication;
+  },
 ): Promise<Gdpr> {
   const signer = await ReceiptSigner.load(deps.db);
   const erasures = new ErasureService({ ...deps, signer });
@@ -90,7 +122,14 @@ export async function createGdpr(
     erasures,
     exports,
     signer,
-    routes: gdprRoutes({ sessions: deps.sessions, accounts: deps.accounts, erasures, exports, signer }),
+    routes: gdprRoutes({
+      sessions: deps.sessions,
+      accounts: deps.accounts,
+      oidc: deps.oidc,
+      erasures,
+      exports,
+      signer,
+    }),
     adminRoutes: gdprAdminRoutes({ erasures, exports }),
     async start() {
       const resumed = await erasures.resumePending();

@@ -11,6 +11,7 @@ import { keyRoutes } from "../keys/index.ts";
 import type { KeyService } from "../keys/service.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { Metrics } from "../observability/metrics.ts";
+import { type OidcService, oidcRoutes } from "../oidc/index.ts";
 import { sessionRoutes } from "../sessions/index.ts";
 import type { SessionService } from "../sessions/service.ts";
 import { DomainError, errorReply, frameworkRefusal } from "./errors.ts";
@@ -33,6 +34,8 @@ export interface AppDeps {
   gateway: Gateway;
   /** The GDPR routes (export, erasure, receipts), built with their services in src/gdpr. */
   gdpr: GdprRoutes;
+  /** Sign-in with the identity provider; unset when OIDC_ISSUER is not (its routes then answer 404). */
+  oidc?: OidcService;
   logger: Logger;
   metrics: Metrics;
   readiness: ReadinessCheck[];
@@ -98,6 +101,7 @@ export function createApp(deps: AppDeps) {
     })
     .use(accountRoutes(deps.accounts))
     .use(sessionRoutes(deps.sessions))
+    .use(oidcRoutes(deps.oidc))
     .use(deviceRoutes(deps.devices, deps.sessions))
     .use(keyRoutes(deps.keys, deps.sessions))
     .use(groupRoutes(deps.groups, deps.sessions))

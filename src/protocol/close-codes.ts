@@ -8,6 +8,8 @@ export const CloseCode = {
   goingAway: 1001,
   /** A frame over 1 MiB: Bun closes the socket. */
   messageTooBig: 1009,
+  /** The device's tokens were revoked (the identity provider or an admin signed the user out): sign in again. */
+  revoked: 4401,
   /** The device was removed from its account. */
   deviceRemoved: 4404,
   /** Another socket for the same device replaced this one. */

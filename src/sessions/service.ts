@@ -34,6 +34,13 @@ export interface SessionDevices {
   revokeTokens(userId: string, deviceId: number): Promise<void>;
 }
 
+/** Which device a session is for: an existing one by id, or a new one (registrationId required). */
+export interface DeviceChoice {
+  deviceId?: number;
+  registrationId?: number;
+  deviceName?: string;
+}
+
 /** The authenticated caller of a request. */
 export interface Principal {
   userId: string;
@@ -76,12 +83,25 @@ export class SessionService {
       }
       throw error;
     }
-    let deviceId = input.deviceId;
+    return this.startSession(userId, input);
+  }
+
+  /**
+   * Opens a session for a user whose identity was already established (a password, or a sign-in at
+   * the identity provider): reuses `deviceId` or creates a device (`registrationId` required), and
+   * issues tokens for it. `not_found` for an unknown device, `conflict` for a 128th.
+   */
+  async startSession(
+    userId: string,
+    device: DeviceChoice,
+    method: "password" | "oidc" = "password",
+  ): Promise<SessionTokens> {
+    let deviceId = device.deviceId;
     if (deviceId === undefined) {
-      if (input.registrationId === undefined) {
+      if (device.registrationId === undefined) {
         throw new DomainError("invalid", "registrationId is required to create a new device");
       }
-      deviceId = await this.devices.create(userId, input.registrationId, input.deviceName ?? null);
+      deviceId = await this.devices.create(userId, device.registrationId, device.deviceName ?? null);
     } else if ((await this.devices.tokenGeneration(userId, deviceId)) === undefined) {
       throw new DomainError("not_found", `device ${deviceId} does not exist`);
     }
@@ -91,7 +111,11 @@ export class SessionService {
       action: "session.login",
       actor: { user: userId },
       subject: userId,
-      details: { deviceId, newDevice: input.deviceId === undefined },
+      details: {
+        deviceId,
+        newDevice: device.deviceId === undefined,
+        ...(method === "password" ? {} : { method }),
+      },
     });
     return tokens;
   }
