@@ -9,6 +9,8 @@ usage: bun run cli -- <command> [options]
 commands:
   register <username>        create an account, log this device in, upload keys
   login <username>           log in (this store's device, or a new one) and upload keys if needed
+  signin                     sign in with the organisation's identity provider: open the printed
+                             address on any device and enter the code (OAuth device grant)
   whoami                     show the account and device of this store
   keys [--replenish]         one-time keys left on the server; top them up when low
   send <userId> <text...>    encrypt for every device of the user and send (needs the messaging gateway)
@@ -65,6 +67,17 @@ async function main(argv: string[]): Promise<number> {
         if (command === "register") await client.register(username, password(), values["device-name"]);
         else await client.login(username, password(), values["device-name"]);
         console.log(`logged in as ${username}: user ${client.userId}, device ${client.deviceId}`);
+        return 0;
+      }
+      case "signin": {
+        await client.signInWithDeviceCode({
+          deviceName: values["device-name"],
+          onPrompt: (prompt) =>
+            console.log(
+              `to sign in, open ${prompt.verificationUriComplete ?? prompt.verificationUri} on any device and enter the code ${prompt.userCode} (valid ${Math.round(prompt.expiresIn / 60)} minutes)`,
+            ),
+        });
+        console.log(`signed in: user ${client.userId}, device ${client.deviceId}`);
         return 0;
       }
       case "whoami":

@@ -1,3 +1,4 @@
+import { createHash, randomBytes } from "node:crypto";
 import {
   CiphertextMessageType,
   KEMPublicKey,
@@ -16,7 +17,13 @@ import {
   groupEncrypt as signalGroupEncrypt,
 } from "@signalapp/libsignal-client";
 import type { GroupSend } from "../protocol/index.ts";
-import { ClearBoxHttp, type DeviceBundle, type SessionTokens } from "./http.ts";
+import {
+  ClearBoxApiError,
+  ClearBoxHttp,
+  type DeviceBundle,
+  type DeviceSignInPrompt,
+  type SessionTokens,
+} from "./http.ts";
 import {
   currentSignedKeys,
   generateFullUpload,
@@ -31,6 +38,22 @@ type Bytes = Uint8Array<ArrayBuffer>;
 const fromBase64 = (value: string): Bytes => new Uint8Array(Buffer.from(value, "base64"));
 const toBase64 = (value: Uint8Array) => Buffer.from(value).toString("base64");
 const encoder = new TextEncoder();
+
+/** Waits `ms`, or rejects as soon as `signal` aborts. */
+function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
+  signal?.throwIfAborted();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(timer);
+        reject(signal.reason);
+      },
+      { once: true },
+    );
+  });
+}
 const asBytes = (message: Uint8Array | string): Bytes =>
   typeof message === "string" ? encoder.encode(message) : new Uint8Array(message);
 
@@ -124,6 +147,69 @@ export class ClearBoxClient {
       ...(known === undefined ? { registrationId, deviceName } : { deviceId: known }),
     });
     this.store.set("username", username);
+    this.store.set("userId", tokens.userId);
+    this.store.set("deviceId", tokens.deviceId);
+    if (!this.store.get<boolean>("keysUploaded")) await this.bootstrapKeys();
+  }
+
+  /**
+   * Native sign-in with the organisation's identity provider, needing no browser on this machine
+   * (OAuth 2.0 device authorization grant, RFC 8628): `onPrompt` is told where the user signs in
+   * (on any device) and which code to enter; the server is polled at the interval it asks for
+   * until the user approved (then this device is signed in and its keys uploaded), denied, or the
+   * code expired (a `ClearBoxApiError` 401). `signal` aborts the wait.
+   */
+  async signInWithDeviceCode(options: {
+    onPrompt: (prompt: DeviceSignInPrompt) => void | Promise<void>;
+    deviceName?: string;
+    signal?: AbortSignal;
+  }): Promise<void> {
+    const prompt = await this.http.oidcDeviceStart();
+    await options.onPrompt(prompt);
+    let interval = prompt.interval;
+    const deadline = Date.now() + prompt.expiresIn * 1000;
+    while (Date.now() < deadline) {
+      await abortableSleep(interval * 1000, options.signal);
+      const poll = await this.http.oidcDevicePoll(prompt.deviceCode, interval);
+      if (poll.status === "done") return this.completeSignIn(poll.code, { deviceName: options.deviceName });
+      interval = poll.interval;
+    }
+    throw new ClearBoxApiError(401, "unauthorized", "the sign-in code expired before it was approved");
+  }
+
+  /**
+   * A browser sign-in for a client that can open a browser and receive its return (e.g. on a
+   * loopback listener, RFC 8252): the URL to open and the PKCE verifier to keep. When the browser
+   * comes back to `returnUri?code=…`, call `completeSignIn(code, { codeVerifier })`.
+   */
+  beginBrowserSignIn(returnUri: string): { url: string; codeVerifier: string } {
+    const codeVerifier = randomBytes(32).toString("base64url");
+    const url = new URL("/v1/oidc/authorize", this.serverUrl);
+    url.searchParams.set("redirect_uri", returnUri);
+    url.searchParams.set("code_challenge", createHash("sha256").update(codeVerifier).digest("base64url"));
+    url.searchParams.set("code_challenge_method", "S256");
+    return { url: url.href, codeVerifier };
+  }
+
+  /**
+   * Spends a one-time sign-in code (browser or device flow) for a session: as this store's device
+   * when the store already holds the account (a code of another account is refused), else as a new
+   * device with a fresh identity. Uploads keys if this device has not yet done so.
+   */
+  async completeSignIn(
+    code: string,
+    options: { codeVerifier?: string; deviceName?: string } = {},
+  ): Promise<void> {
+    const { registrationId } = this.store.identity.ensureIdentity();
+    const userId = this.store.get<string>("userId");
+    const deviceId = this.store.get<number>("deviceId");
+    const tokens = await this.http.oidcSession({
+      code,
+      codeVerifier: options.codeVerifier,
+      ...(userId && deviceId !== undefined
+        ? { userId, deviceId }
+        : { registrationId, deviceName: options.deviceName }),
+    });
     this.store.set("userId", tokens.userId);
     this.store.set("deviceId", tokens.deviceId);
     if (!this.store.get<boolean>("keysUploaded")) await this.bootstrapKeys();

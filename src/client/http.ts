@@ -26,6 +26,9 @@ export type DeviceInfo = DataOf<Api["v1"]["devices"]["get"]>["devices"][number];
 /** A group as a member sees it (`GET /v1/groups/:groupId`). */
 export type GroupInfo = DataOf<ReturnType<Api["v1"]["groups"]>["get"]>;
 
+/** What to tell the user in a device sign-in (`POST /v1/oidc/device`, RFC 8628 §3.2). */
+export type DeviceSignInPrompt = DataOf<Api["v1"]["oidc"]["device"]["post"]>;
+
 /** A refusal from the server: its HTTP status and protocol error code. */
 export class ClearBoxApiError extends Error {
   override name = "ClearBoxApiError";
@@ -105,6 +108,30 @@ export class ClearBoxHttp {
     deviceName?: string;
   }): Promise<SessionTokens> {
     const tokens = await unwrap(this.api.v1.sessions.post(input));
+    this.adopt(tokens);
+    return tokens;
+  }
+
+  /** Starts a native sign-in at the identity provider (device authorization grant). */
+  async oidcDeviceStart(): Promise<DeviceSignInPrompt> {
+    return unwrap(this.api.v1.oidc.device.post({}));
+  }
+
+  /** Polls a device sign-in once: pending (wait `interval` s) or done with a one-time sign-in code. */
+  async oidcDevicePoll(deviceCode: string, interval: number) {
+    return unwrap(this.api.v1.oidc.device.poll.post({ deviceCode, interval }));
+  }
+
+  /** Exchanges a one-time sign-in code for a session (a device reused or created). Stores the tokens. */
+  async oidcSession(input: {
+    code: string;
+    codeVerifier?: string;
+    userId?: string;
+    deviceId?: number;
+    registrationId?: number;
+    deviceName?: string;
+  }): Promise<SessionTokens> {
+    const tokens = await unwrap(this.api.v1.oidc.sessions.post(input));
     this.adopt(tokens);
     return tokens;
   }

@@ -1,5 +1,5 @@
 import { type Static, t } from "elysia";
-import { DeviceId, RegistrationId } from "../protocol/ids.ts";
+import { DeviceId, RegistrationId, Uuid } from "../protocol/ids.ts";
 
 export namespace OidcModel {
   /** `GET /v1/oidc/authorize`: OAuth-style names, since a browser app builds this URL. */
@@ -15,6 +15,8 @@ export namespace OidcModel {
     {
       code: t.String({ minLength: 1, maxLength: 256 }),
       codeVerifier: t.Optional(t.String({ minLength: 43, maxLength: 128 })),
+      /** The account this client already holds: a code of another account is refused (401). */
+      userId: t.Optional(Uuid),
       deviceId: t.Optional(DeviceId),
       registrationId: t.Optional(RegistrationId),
       deviceName: t.Optional(t.String({ minLength: 1, maxLength: 64 })),

@@ -142,10 +142,17 @@ export class OidcService {
   /**
    * Exchanges a one-time sign-in code for a ClearBox session, as `POST /v1/sessions` does after a
    * password: `deviceId` reuses a device, else one is created (`registrationId` required).
-   * `unauthorized` for an unknown, spent, expired code or a verifier that does not match.
+   * `unauthorized` for an unknown, spent, expired code, a verifier that does not match, or a code
+   * of another account than `userId` (a client that holds an account already names it, so that its
+   * `deviceId` can never be taken for another account's device of the same id).
    */
-  async exchange(input: { code: string; codeVerifier?: string } & DeviceChoice): Promise<SessionTokens> {
+  async exchange(
+    input: { code: string; codeVerifier?: string; userId?: string } & DeviceChoice,
+  ): Promise<SessionTokens> {
     const userId = await this.consumeSignInCode(input.code, input.codeVerifier);
+    if (input.userId !== undefined && input.userId.toLowerCase() !== userId) {
+      throw new DomainError("unauthorized", "the sign-in was for another account than this client's");
+    }
     return this.deps.sessions.startSession(userId, input, "oidc");
   }
 
