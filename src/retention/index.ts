@@ -1,7 +1,7 @@
 import { lt } from "drizzle-orm";
 import type { AuditPruneResult } from "../audit/service.ts";
 import type { Db } from "../db/index.ts";
-import { refreshTokens } from "../db/schema.ts";
+import { oidcLogoutTokens, oidcSignInCodes, refreshTokens } from "../db/schema.ts";
 import type { EnvelopeLog } from "../messaging/envelope-log.ts";
 import type { Logger } from "../observability/logger.ts";
 
@@ -13,6 +13,9 @@ const FIRST_RUN_MAX_MS = 60_000;
 export interface RetentionReport {
   envelopes: number;
   refreshTokens: number;
+  /** Expired one-time sign-in codes (identity provider), and logout-token ids past their replay window. */
+  oidcSignInCodes: number;
+  oidcLogoutTokens: number;
   auditEntries: number;
   cutoffs: { envelopes: string; refreshTokens: string; audit: string };
   ms: number;
@@ -31,7 +34,8 @@ export interface RetentionDeps {
 
 /**
  * Storage limitation (GDPR Art. 5(1)(e)) on one node: every interval, removes envelopes older than
- * RETENTION_DAYS, expired refresh tokens, and audit entries older than AUDIT_RETENTION_DAYS.
+ * RETENTION_DAYS, expired refresh tokens and sign-in codes, logout-token ids past their replay
+ * window, and audit entries older than AUDIT_RETENTION_DAYS.
  * Every step is a plain conditional delete (the audit prune is serialised by the chain lock),
  * so several nodes running it at once only split the work. RabbitMQ and MongoDB expire on their
  * own (x-message-ttl / x-expires, TTL index).
@@ -71,10 +75,21 @@ export class RetentionJob {
       .delete(refreshTokens)
       .where(lt(refreshTokens.expiresAt, new Date(now)))
       .returning({ tokenHash: refreshTokens.tokenHash });
+    // Also swept whenever new ones are written; this pass catches what a quiet server leaves behind.
+    const codes = await this.deps.db
+      .delete(oidcSignInCodes)
+      .where(lt(oidcSignInCodes.expiresAt, new Date(now)))
+      .returning({ codeHash: oidcSignInCodes.codeHash });
+    const jtis = await this.deps.db
+      .delete(oidcLogoutTokens)
+      .where(lt(oidcLogoutTokens.expiresAt, new Date(now)))
+      .returning({ jti: oidcLogoutTokens.jti });
     const audit = await this.deps.audit.prune(auditBefore);
     const report: RetentionReport = {
       envelopes,
       refreshTokens: tokens.length,
+      oidcSignInCodes: codes.length,
+      oidcLogoutTokens: jtis.length,
       auditEntries: audit.removed,
       cutoffs: {
         envelopes: new Date(envelopesBefore).toISOString(),

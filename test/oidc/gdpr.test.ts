@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
 import { eq } from "drizzle-orm";
-import { oidcIdentities, oidcSignInCodes } from "../../src/db/schema.ts";
+import { oidcIdentities, oidcLogoutTokens, oidcSignInCodes } from "../../src/db/schema.ts";
 import { type SignedReceipt, verifyReceipt } from "../../src/gdpr/receipts.ts";
 import { type Api, api, registerAndLogin, uniqueUsername } from "../support/http.ts";
 import { ADMIN_TOKEN, BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
@@ -110,6 +110,24 @@ describe.each(BACKENDS)("the identity provider link as personal data on %s", (ba
     // The subject signing in again is a new person to ClearBox: a new account, not the erased one.
     const again = await signIn(sub);
     expect(again.userId).not.toBe(session.userId);
+  });
+
+  test("the retention job removes expired sign-in codes and logout-token ids, and keeps live ones", async () => {
+    const session = await signIn(`sub_${randomUUID().slice(0, 8)}`);
+    const { db } = node.database;
+    const now = Date.now();
+    await db.insert(oidcSignInCodes).values([
+      { codeHash: `expired-${randomUUID()}`, userId: session.userId, expiresAt: new Date(now - 1000) },
+      { codeHash: `live-${randomUUID()}`, userId: session.userId, expiresAt: new Date(now + 60_000) },
+    ]);
+    await db.insert(oidcLogoutTokens).values([
+      { issuer: provider.issuer, jti: `expired-${randomUUID()}`, expiresAt: new Date(now - 1000) },
+      { issuer: provider.issuer, jti: `live-${randomUUID()}`, expiresAt: new Date(now + 60_000) },
+    ]);
+    const report = await node.retention.runOnce();
+    expect(report).toMatchObject({ oidcSignInCodes: 1, oidcLogoutTokens: 1 });
+    const codes = await db.select().from(oidcSignInCodes).where(eq(oidcSignInCodes.userId, session.userId));
+    expect(codes.map((c) => c.codeHash.split("-")[0])).toEqual(["live"]);
   });
 
   test("no log line holds a sign-in code, verifier, state, token, user code or claim value", async () => {

@@ -47,6 +47,7 @@ export class TestProvider {
   private provider!: Provider;
   private handler!: ReturnType<Provider["callback"]>;
   private keys: JWK[] = [];
+  private clientJwks: JWK[] | undefined;
 
   private constructor(
     readonly issuer: string,
@@ -56,7 +57,8 @@ export class TestProvider {
     private readonly server: Server,
   ) {}
 
-  static async start(clearboxUrl: string): Promise<TestProvider> {
+  /** `clientJwks`: the client authenticates with private_key_jwt by these public keys, not a secret. */
+  static async start(clearboxUrl: string, options: { clientJwks?: JWK[] } = {}): Promise<TestProvider> {
     const port = await freePort();
     const server = createServer();
     const provider = new TestProvider(
@@ -66,6 +68,7 @@ export class TestProvider {
       clearboxUrl,
       server,
     );
+    provider.clientJwks = options.clientJwks;
     provider.keys = [await signingKey()];
     provider.build();
     server.on("request", (req, res) => provider.handle(req, res));
@@ -78,11 +81,12 @@ export class TestProvider {
       clients: [
         {
           client_id: this.clientId,
-          client_secret: this.clientSecret,
+          ...(this.clientJwks
+            ? { token_endpoint_auth_method: "private_key_jwt", jwks: { keys: this.clientJwks } }
+            : { client_secret: this.clientSecret, token_endpoint_auth_method: "client_secret_basic" }),
           redirect_uris: [`${this.clearboxUrl}/v1/oidc/callback`],
           grant_types: ["authorization_code", "urn:ietf:params:oauth:grant-type:device_code"],
           response_types: ["code"],
-          token_endpoint_auth_method: "client_secret_basic",
           backchannel_logout_uri: `${this.clearboxUrl}/v1/oidc/backchannel-logout`,
           backchannel_logout_session_required: true,
         },
