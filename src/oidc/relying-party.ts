@@ -50,6 +50,8 @@ export const LOGOUT_TOKEN_MAX_AGE_SECONDS = 300;
 /** Clock skew tolerated between ClearBox and the provider, seconds. */
 const CLOCK_TOLERANCE_SECONDS = 30;
 const DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code";
+/** jose's codes for a key set that could not be fetched (as opposed to a token that does not verify). */
+const KEY_FETCH_FAILURES = new Set(["ERR_JWKS_TIMEOUT", "ERR_JOSE_GENERIC", "ERR_JWKS_INVALID"]);
 /** Asymmetric JWS algorithms only: a logout token signed with `none` or an HMAC of the client secret is refused. */
 const ASYMMETRIC_ALG = /^(RS|PS|ES)(256|384|512)$|^EdDSA$|^Ed25519$/;
 
@@ -275,8 +277,9 @@ export class RelyingParty {
         { step: "logout_token", errorCode: typeof code === "string" ? code : (error as Error)?.name },
         "oidc step failed",
       );
-      if (code === "ERR_JWKS_TIMEOUT") {
-        throw new DomainError("unavailable", "the identity provider's keys could not be fetched");
+      // Our failure to fetch the keys is not the token's fault: 503 lets the provider retry (§2.8).
+      if (typeof code !== "string" || !code.startsWith("ERR_J") || KEY_FETCH_FAILURES.has(code)) {
+        throw new DomainError("unavailable", "the identity provider's keys could not be fetched; try again");
       }
       throw new DomainError("invalid", "logout_token did not verify");
     }

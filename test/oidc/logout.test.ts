@@ -200,3 +200,50 @@ describe.each(BACKENDS)("deprovisioning on %s", (backend) => {
     });
   });
 });
+
+describe("back-channel logout while the provider's keys cannot be fetched", () => {
+  let node: TestNode;
+  let provider: TestProvider;
+
+  beforeAll(async () => {
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    provider = await TestProvider.start(url);
+    node = await startTestNode("pglite", { env: { PORT: String(port), ...oidcEnv(provider, url) } });
+  });
+  afterAll(async () => {
+    await node?.teardown();
+  });
+
+  test("is answered 503, so the provider retries, and revokes nothing", async () => {
+    const client = api(node.url);
+    const sub = `sub_${randomUUID().slice(0, 8)}`;
+    const browser = await browserSignIn(node, sub);
+    const session = await client.post("/v1/oidc/sessions", {
+      code: browser.code,
+      codeVerifier: browser.verifier,
+      registrationId: 8,
+    });
+    const now = Math.floor(Date.now() / 1000);
+    const token = await provider.sign(
+      {
+        iss: provider.issuer,
+        aud: provider.clientId,
+        iat: now,
+        exp: now + 60,
+        jti: randomUUID(),
+        events: { [EVENT]: {} },
+        sub,
+      },
+      { typ: "logout+jwt" },
+    );
+    await provider.close();
+    const response = await fetch(new URL("/v1/oidc/backchannel-logout", node.url), {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ logout_token: token }),
+    });
+    expect(response.status).toBe(503);
+    expect((await client.get("/v1/devices", session.body.accessToken)).status).toBe(200);
+  });
+});
