@@ -19,6 +19,9 @@ export type {
   ServerFrame,
 } from "../protocol/index.ts";
 
+/** Times a send answered `busy` is tried again before the SDK hands the `busy` to the caller. */
+const BUSY_RETRIES = 40;
+
 type Handlers = { [K in ServerFrame["type"]]: ((frame: Extract<ServerFrame, { type: K }>) => void)[] } & {
   close: ((code: number, reason: string) => void)[];
 };
@@ -110,11 +113,19 @@ export class ClearBoxSocket {
     this.socket.close(code);
   }
 
-  private answered(id: string, frame: ClientFrame): Promise<AcceptedFrame | RejectedFrame> {
-    return new Promise((resolve) => {
-      this.pending.set(id, resolve);
-      this.send(frame);
-    });
+  /**
+   * Sends and resolves with the answer. A `rejected busy` (the server stored nothing) is sent again
+   * with the same id after its `retryAfterMs`, up to BUSY_RETRIES times; then the `busy` is returned.
+   */
+  private async answered(id: string, frame: ClientFrame): Promise<AcceptedFrame | RejectedFrame> {
+    for (let attempt = 1; ; attempt++) {
+      const answer = await new Promise<AcceptedFrame | RejectedFrame>((resolve) => {
+        this.pending.set(id, resolve);
+        this.send(frame);
+      });
+      if (answer.type !== "rejected" || answer.code !== "busy" || attempt >= BUSY_RETRIES) return answer;
+      await new Promise((wake) => setTimeout(wake, answer.retryAfterMs ?? 25));
+    }
   }
 
   private dispatch(data: string): void {

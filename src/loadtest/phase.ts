@@ -150,6 +150,17 @@ export function summarise(
     ...(server ? { server } : {}),
     harnessCpuPercent,
   };
+  // Cost per message: the nodes' CPU time, and with it the backing services' (machine-wide).
+  if (server && counts.delivered > 0 && Number.isFinite(server.cpuSeconds)) {
+    const per1000 = (seconds: number) => Math.round((seconds / counts.delivered) * 1000 * 1000) / 1000;
+    result.extra = {
+      ...result.extra,
+      cpuSecondsPer1000: per1000(server.cpuSeconds),
+      ...(ctx.options.stack === "services"
+        ? { withServicesCpuSecondsPer1000: per1000(server.cpuSeconds + server.servicesCpuSeconds) }
+        : {}),
+    };
+  }
   ctx.progress.note(
     `${ctx.system.name} ${phase}: sent ${counts.sent} accepted ${counts.accepted} delivered ${counts.delivered} ` +
       `lost ${counts.lost} dup ${counts.duplicated} → ${result.msgsPerSec} msgs/s, ` +

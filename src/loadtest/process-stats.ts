@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 
 /** One reading of a server process: resident memory and CPU time consumed so far. */
 export interface ProcessReading {
@@ -66,6 +66,40 @@ export interface ResourceSummary {
   peakRssMb: number;
   /** Average CPU use over the phase, in percent of one core (200 = both cores of this machine). */
   cpuPercent: number;
+  /** CPU time the probed (ClearBox) processes used over the phase, in seconds. */
+  cpuSeconds: number;
+  /**
+   * CPU time every PostgreSQL, RabbitMQ (beam.smp) and Redis process on this machine used over
+   * the phase, in seconds: the services the services stack runs on. Machine-wide, so other users
+   * of the same servers are counted too.
+   */
+  servicesCpuSeconds: number;
+}
+
+/** Names (`comm`) of the backing services' processes, whose CPU time a phase also reports. */
+const SERVICE_COMMS = new Set(["postgres", "beam.smp", "redis-server"]);
+
+/** Total CPU seconds of every process named in SERVICE_COMMS, from /proc (0 when unreadable). */
+export function servicesCpuSeconds(): number {
+  let ticks = 0;
+  let pids: string[] = [];
+  try {
+    pids = readdirSync("/proc").filter((name) => /^\d+$/.test(name));
+  } catch {
+    return 0;
+  }
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      if (!SERVICE_COMMS.has(comm)) continue;
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      ticks += Number(fields[11]) + Number(fields[12]);
+    } catch {
+      // The process ended between the listing and the read.
+    }
+  }
+  return ticks / CLOCK_TICKS;
 }
 
 /** Samples several processes (one per node) every `intervalMs` and summarises a phase. */
@@ -74,6 +108,7 @@ export class ResourceSampler {
   private first: (ProcessReading | undefined)[] = [];
   private last: (ProcessReading | undefined)[] = [];
   private peakRss = 0;
+  private servicesAtStart = 0;
 
   constructor(private readonly probes: ProcessProbe[]) {}
 
@@ -85,6 +120,7 @@ export class ResourceSampler {
   async start(intervalMs = 500): Promise<void> {
     this.stop();
     this.first = await this.readAll();
+    this.servicesAtStart = servicesCpuSeconds();
     this.last = this.first;
     this.peakRss = this.totalRss(this.first);
     this.timer = setInterval(() => void this.sample(), intervalMs);
@@ -115,12 +151,14 @@ export class ResourceSampler {
     if (!this.available) return undefined;
     await this.sample();
     let cpu = 0;
+    let cpuSeconds = 0;
     let anyCpu = false;
     for (let i = 0; i < this.probes.length; i++) {
       const a = this.first[i];
       const b = this.last[i];
       if (!a || !b || b.at <= a.at || Number.isNaN(b.cpuSeconds)) continue;
       cpu += ((b.cpuSeconds - a.cpuSeconds) / ((b.at - a.at) / 1000)) * 100;
+      cpuSeconds += b.cpuSeconds - a.cpuSeconds;
       anyCpu = true;
     }
     const rss = this.totalRss(this.last);
@@ -129,6 +167,8 @@ export class ResourceSampler {
       rssMb: mb(rss),
       peakRssMb: mb(this.peakRss),
       cpuPercent: anyCpu ? Math.round(cpu) : Number.NaN,
+      cpuSeconds: anyCpu ? Math.round(cpuSeconds * 100) / 100 : Number.NaN,
+      servicesCpuSeconds: Math.round((servicesCpuSeconds() - this.servicesAtStart) * 100) / 100,
     };
   }
 

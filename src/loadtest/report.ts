@@ -8,6 +8,8 @@ export interface JsonSummary {
   sent: number;
   accepted: number;
   rejected: number;
+  /** `busy` answers, each sent again (flow control). */
+  busy: number;
   errors: number;
   delivered: number;
   lost: number;
@@ -72,6 +74,7 @@ export function jsonSummary(run: RunResult): JsonSummary {
     sent: sum("sent"),
     accepted: sum("accepted"),
     rejected: sum("rejected"),
+    busy: sum("busy"),
     errors: sum("errors"),
     delivered: sum("delivered"),
     lost: sum("lost"),
@@ -136,9 +139,10 @@ export function textReport(run: RunResult): string {
       p.server ? `${p.server.rssMb} (peak ${p.server.peakRssMb})` : "unavailable",
       fmt(p.server?.cpuPercent),
       fmt(p.harnessCpuPercent),
-      Object.entries(p.extra ?? {})
-        .map(([k, v]) => `${k}=${v}`)
-        .join(" "),
+      [
+        ...(p.busy > 0 ? [`busy=${p.busy}`] : []),
+        ...Object.entries(p.extra ?? {}).map(([k, v]) => `${k}=${v}`),
+      ].join(" "),
     ];
   };
   const rows = [header, ...run.baseline.map(row), ...run.phases.map(row)];

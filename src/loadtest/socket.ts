@@ -24,6 +24,8 @@ export class LoadSocket {
   /** The close code and reason the server gave, when it closed the socket. */
   closedWith: string | undefined;
   private readonly seen = new Set<string>();
+  /** Send frames not answered yet, by id: a `busy` answer is sent again after its retryAfterMs. */
+  private readonly unanswered = new Map<string, string>();
   private acks: string[] = [];
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -86,6 +88,8 @@ export class LoadSocket {
   /** Sends a `send` frame already serialised; the caller told the tracker (and may have taken the window slot). */
   send(text: string, slotTaken = false): void {
     if (!slotTaken) this.inFlight++;
+    const id = /"id":"([^"]+)"/.exec(text)?.[1];
+    if (id) this.unanswered.set(id, text);
     this.ws.send(text);
   }
 
@@ -99,15 +103,28 @@ export class LoadSocket {
     const tracker = this.current;
     switch (frame.type) {
       case "accepted":
+        this.unanswered.delete(frame.id);
         this.inFlight--;
         tracker?.acceptedOne(frame.id);
         this.onAnswer?.();
         break;
-      case "rejected":
+      case "rejected": {
+        const text = this.unanswered.get(frame.id);
+        // Busy: nothing was stored; the same frame goes again later and keeps its window slot
+        // and its send time (the wait counts in its latency).
+        if (frame.code === "busy" && text !== undefined && !this.closed) {
+          tracker?.busyOne();
+          setTimeout(() => {
+            if (!this.closed) this.ws.send(text);
+          }, frame.retryAfterMs ?? 25);
+          break;
+        }
+        this.unanswered.delete(frame.id);
         this.inFlight--;
         tracker?.rejectedOne(frame.id, frame.code);
         this.onAnswer?.();
         break;
+      }
       case "message": {
         const { id } = frame;
         this.ack(id);

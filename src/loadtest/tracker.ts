@@ -14,6 +14,8 @@ export interface PhaseCounts {
   sent: number;
   accepted: number;
   rejected: number;
+  /** `busy` answers (each was sent again after its retryAfterMs; not counted in `rejected`). */
+  busy: number;
   errors: number;
   delivered: number;
   expectedDeliveries: number;
@@ -36,6 +38,7 @@ export class Tracker {
   sent = 0;
   accepted = 0;
   rejected = 0;
+  busy = 0;
   errors = 0;
   delivered = 0;
   duplicated = 0;
@@ -82,6 +85,10 @@ export class Tracker {
     this.expectedDeliveries -= o.expected;
     this.open.delete(id);
     this.waiting--;
+  }
+
+  busyOne(): void {
+    this.busy++;
   }
 
   errorOne(): void {
@@ -140,6 +147,7 @@ export class Tracker {
       sent: this.sent,
       accepted: this.accepted,
       rejected: this.rejected,
+      busy: this.busy,
       errors: this.errors,
       delivered: this.delivered,
       expectedDeliveries: this.expectedDeliveries,

@@ -1,5 +1,11 @@
 import { eq } from "drizzle-orm";
-import { type ActorRefs, type GroupSendResult, groupKey, userKey } from "../../actors/index.ts";
+import {
+  type ActorRefs,
+  type GroupSendResult,
+  groupKey,
+  MailboxFullError,
+  userKey,
+} from "../../actors/index.ts";
 import type { Db } from "../db/index.ts";
 import { accounts, devices } from "../db/schema.ts";
 import type { AcceptedFrame, DirectSend, GroupSend, RejectedFrame } from "../protocol/index.ts";
@@ -21,12 +27,37 @@ const DEVICE_LIST_FRESH_MS = 500;
 /** ...and until this age it is still used while a re-read runs in the background; older, a send waits for the read. */
 const DEVICE_LIST_TTL_MS = 1000;
 
+/** Flow control of one node's sends (docs/MESSAGING.md, "Flow control"). */
+export interface FlowControl {
+  /**
+   * Sends this node may have handed to actors without hearing back (1:1 delivers to user actors,
+   * group sends to group actors); past it, new sends are `rejected busy` before anything is stored.
+   */
+  window: number;
+  /** What a `busy` reply tells the sender to wait before sending the same frame again (ms). */
+  retryAfterMs: number;
+  /** How long `accepted` waits for the recipient's actor to take a deliver; past it, accepted all the same (ms). */
+  handOverTimeoutMs: number;
+}
+
+export const DEFAULT_FLOW_CONTROL: FlowControl = { window: 4096, retryAfterMs: 25, handOverTimeoutMs: 5000 };
+
+/** Tries of a deliver refused by a full local mailbox, 10 ms apart, before leaving it to the log. */
+const MAILBOX_FULL_TRIES = 100;
+
 /**
  * Sends, acks and device connections, between the gateway and the actors. A 1:1 envelope is
- * appended to the durable log (group commit) before its sender hears `accepted`; only then is it
- * handed to the recipient's user actor for delivery.
+ * appended to the durable log (group commit), then handed to the recipient's user actor, and its
+ * sender hears `accepted` once that actor has taken it: a sender whose recipients' actors, the
+ * transport between nodes or the offline flushes fall behind is slowed by its own window of
+ * unanswered sends, and past this node's window it is told `busy` (nothing stored) instead of the
+ * delivery lag growing without bound.
  */
 export class MessagingService {
+  /** Sends handed to actors and not yet answered (the flow-control gauge). */
+  private inFlight = 0;
+  /** Sends refused `busy` since start (metrics). */
+  busyReplies = 0;
   /** userId → device ids (undefined: no such user), read at `at`. Bounded: cleared when it grows past 50k. */
   private readonly deviceLists = new Map<string, { devices: number[] | undefined; at: number }>();
   /** Device-list reads in flight, so a user's concurrent sends share one query. */
@@ -39,7 +70,44 @@ export class MessagingService {
     private readonly log: EnvelopeLog,
     private readonly actors: ActorRefs,
     private readonly now: () => number = Date.now,
+    private readonly flow: FlowControl = DEFAULT_FLOW_CONTROL,
   ) {}
+
+  /** Sends handed to actors whose answer this node still waits for. */
+  get sendsInFlight(): number {
+    return this.inFlight;
+  }
+
+  private busy(id: string): SendOutcome {
+    this.busyReplies++;
+    return { type: "rejected", id, code: "busy", retryAfterMs: this.flow.retryAfterMs };
+  }
+
+  /**
+   * Hands durable envelopes to the recipient's user actor and resolves once it took them (or after
+   * `handOverTimeoutMs`). Any failure still leaves them in the log, which a new activation reads.
+   */
+  private async handOver(userId: string, envelopes: StoredEnvelope[]): Promise<void> {
+    this.inFlight++;
+    try {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await this.actors.ask(
+            userKey(userId),
+            { type: "deliver", envelopes },
+            { timeoutMs: this.flow.handOverTimeoutMs },
+          );
+          return;
+        } catch (error) {
+          // A full local mailbox is the actor falling behind: wait for it (the sender waits too).
+          if (!(error instanceof MailboxFullError) || attempt >= MAILBOX_FULL_TRIES) return;
+          await Bun.sleep(10);
+        }
+      }
+    } finally {
+      this.inFlight--;
+    }
+  }
 
   /** Forgets a user's cached device list (a device of theirs was added or removed on this node). */
   devicesChanged(userId: string): void {
@@ -118,6 +186,7 @@ export class MessagingService {
     const missing = [...expected].filter((d) => !named.includes(d)).sort((a, b) => a - b);
     const extra = named.filter((d) => !expected.has(d)).sort((a, b) => a - b);
     if (missing.length > 0 || extra.length > 0) return reject({ code: "mismatched_devices", missing, extra });
+    if (this.inFlight >= this.flow.window) return { outcome: Promise.resolve(this.busy(frame.id)) };
     const ts = this.now();
     const envelopes: StoredEnvelope[] = frame.messages.map((m) => ({
       id: frame.id,
@@ -130,12 +199,11 @@ export class MessagingService {
       type: m.type,
       body: m.body,
     }));
-    const outcome = this.log.append(envelopes).then((fresh): SendOutcome => {
+    const outcome = this.log.append(envelopes).then(async (fresh): Promise<SendOutcome> => {
       const toDeliver = envelopes.filter((_, i) => fresh[i]);
       // Durable now: a failure to reach the actor is recovered from the log, so it does not un-accept.
-      if (toDeliver.length > 0) {
-        this.actors.tell(userKey(frame.to.user), { type: "deliver", envelopes: toDeliver }).catch(() => {});
-      }
+      // Handed over in commit order (the ask leaves before any await), so per-sender order holds.
+      if (toDeliver.length > 0) await this.handOver(frame.to.user, toDeliver);
       return { type: "accepted", id: frame.id, ts };
     });
     return { outcome };
@@ -143,12 +211,23 @@ export class MessagingService {
 
   /** A group send: the group's actor authorises the sender and fans the ciphertext out. */
   async sendGroup(from: Principal, frame: GroupSend): Promise<SendOutcome> {
-    const reply = await this.actors.ask<GroupSendResult>(groupKey(frame.to.group), {
-      type: "send",
-      id: frame.id,
-      from: { user: from.userId, device: from.deviceId },
-      ciphertext: frame.message,
-    });
+    if (this.inFlight >= this.flow.window) return this.busy(frame.id);
+    this.inFlight++;
+    let reply: GroupSendResult;
+    try {
+      reply = await this.actors.ask<GroupSendResult>(groupKey(frame.to.group), {
+        type: "send",
+        id: frame.id,
+        from: { user: from.userId, device: from.deviceId },
+        ciphertext: frame.message,
+      });
+    } catch (error) {
+      // The group's actor is behind (its mailbox is full): nothing was stored, the sender may retry.
+      if (error instanceof MailboxFullError) return this.busy(frame.id);
+      throw error;
+    } finally {
+      this.inFlight--;
+    }
     if (!reply.ok) return { type: "rejected", id: frame.id, code: reply.code };
     return { type: "accepted", id: frame.id, ts: reply.ts };
   }

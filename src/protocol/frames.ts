@@ -91,7 +91,8 @@ export type RejectCode =
   | "unknown_recipient"
   | "rate_limited"
   | "too_large"
-  | "invalid";
+  | "invalid"
+  | "busy";
 
 /** Codes of `error` frames: the frame was malformed or refused, or the send failed and may be retried. */
 export type ErrorFrameCode = "invalid" | "too_large" | "rate_limited" | "internal";
@@ -112,6 +113,8 @@ export interface RejectedFrame {
   extra?: number[];
   /** For `invalid`: which field is wrong. */
   message?: string;
+  /** For `busy`: wait this long (ms), then send the same frame again (nothing was stored). */
+  retryAfterMs?: number;
 }
 
 /** A message for this device; redelivered with the same `id` until acked. */
