@@ -36,11 +36,21 @@ export interface FlowControl {
   window: number;
   /** What a `busy` reply tells the sender to wait before sending the same frame again (ms). */
   retryAfterMs: number;
-  /** How long `accepted` waits for the recipient's actor to take a deliver; past it, accepted all the same (ms). */
+  /**
+   * How long `accepted` waits for the recipient's actor to take a deliver; past it the sender hears
+   * `accepted` all the same (it is durable), while the hand-over still counts against `window` (ms).
+   */
+  acceptWaitMs: number;
+  /** How long a hand-over is waited for at all before the log is left to recover it (ms). */
   handOverTimeoutMs: number;
 }
 
-export const DEFAULT_FLOW_CONTROL: FlowControl = { window: 4096, retryAfterMs: 25, handOverTimeoutMs: 5000 };
+export const DEFAULT_FLOW_CONTROL: FlowControl = {
+  window: 4096,
+  retryAfterMs: 25,
+  acceptWaitMs: 1000,
+  handOverTimeoutMs: 10_000,
+};
 
 /** Tries of a deliver refused by a full local mailbox, 10 ms apart, before leaving it to the log. */
 const MAILBOX_FULL_TRIES = 100;
@@ -84,28 +94,38 @@ export class MessagingService {
   }
 
   /**
-   * Hands durable envelopes to the recipient's user actor and resolves once it took them (or after
-   * `handOverTimeoutMs`). Any failure still leaves them in the log, which a new activation reads.
+   * Hands durable envelopes to the recipient's user actor; resolves once it took them, or after
+   * `acceptWaitMs` (a ring change or a busy machine must not hold `accepted` for seconds), while the
+   * hand-over counts in the window until it settles. Any failure leaves them in the log, which a
+   * new activation reads.
    */
-  private async handOver(userId: string, envelopes: StoredEnvelope[]): Promise<void> {
+  private handOver(userId: string, envelopes: StoredEnvelope[]): Promise<void> {
     this.inFlight++;
-    try {
-      for (let attempt = 1; ; attempt++) {
-        try {
-          await this.actors.ask(
-            userKey(userId),
-            { type: "deliver", envelopes },
-            { timeoutMs: this.flow.handOverTimeoutMs },
-          );
-          return;
-        } catch (error) {
-          // A full local mailbox is the actor falling behind: wait for it (the sender waits too).
-          if (!(error instanceof MailboxFullError) || attempt >= MAILBOX_FULL_TRIES) return;
-          await Bun.sleep(10);
-        }
-      }
-    } finally {
+    const taken = this.deliver(userId, envelopes).finally(() => {
       this.inFlight--;
+    });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const waited = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, this.flow.acceptWaitMs);
+    });
+    return Promise.race([taken, waited]).finally(() => clearTimeout(timer));
+  }
+
+  /** One hand-over: the ask, tried again while a local mailbox is full; failures are left to the log. */
+  private async deliver(userId: string, envelopes: StoredEnvelope[]): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.actors.ask(
+          userKey(userId),
+          { type: "deliver", envelopes },
+          { timeoutMs: this.flow.handOverTimeoutMs },
+        );
+        return;
+      } catch (error) {
+        // A full local mailbox is the actor falling behind: wait for it (the sender waits too).
+        if (!(error instanceof MailboxFullError) || attempt >= MAILBOX_FULL_TRIES) return;
+        await Bun.sleep(10);
+      }
     }
   }
 

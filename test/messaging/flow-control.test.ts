@@ -54,6 +54,7 @@ describe("flow control of sends", () => {
     messaging = new MessagingService(database.db, log, actors, Date.now, {
       window: 2,
       retryAfterMs: 40,
+      acceptWaitMs: 10_000,
       handOverTimeoutMs: 10_000,
     });
   });
@@ -122,5 +123,51 @@ describe("flow control of sends", () => {
     gate.open();
     expect(await running).toMatchObject({ type: "accepted" });
     await queued;
+  });
+});
+
+describe("flow control when the recipient's actor is slow to answer", () => {
+  test("accepted comes after acceptWaitMs, and the hand-over keeps counting in the window until it settles", async () => {
+    const database = await openDatabase({ dataDir: null });
+    const log = await SqliteEnvelopeLog.open(null);
+    const actors = createActorNode({ nodeId: "solo" });
+    let release = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    actors.register(USER_KIND, () => ({
+      async receive() {
+        await held;
+        return { devices: 1 };
+      },
+    }));
+    await actors.start();
+    try {
+      const [from, to] = [randomUUID(), randomUUID()];
+      for (const id of [from, to]) {
+        await database.db.insert(accounts).values({ id, username: `u${id}`, passwordHash: "x" });
+        await database.db.insert(devices).values({ userId: id, deviceId: 1, registrationId: 1 });
+      }
+      const messaging = new MessagingService(database.db, log, actors, Date.now, {
+        window: 10,
+        retryAfterMs: 25,
+        acceptWaitMs: 100,
+        handOverTimeoutMs: 10_000,
+      });
+      const id = randomUUID();
+      const { outcome } = await messaging.submitDirect(
+        { userId: from, deviceId: 1 },
+        { type: "send", id, to: { user: to }, messages: [{ deviceId: 1, type: 3, body: "AAAA" }] },
+      );
+      expect(await outcome).toMatchObject({ type: "accepted", id });
+      expect(messaging.sendsInFlight).toBe(1);
+      release();
+      while (messaging.sendsInFlight > 0) await Bun.sleep(5);
+    } finally {
+      release();
+      await actors.stop();
+      await log.close();
+      await database.close();
+    }
   });
 });
