@@ -71,7 +71,7 @@ export interface ResourceSummary {
   /**
    * CPU time every PostgreSQL, RabbitMQ (beam.smp) and Redis process on this machine used over
    * the phase, in seconds: the services the services stack runs on. Machine-wide, so other users
-   * of the same servers are counted too.
+   * of the same servers are counted too; processes that started or ended during the phase are not.
    */
   servicesCpuSeconds: number;
 }
@@ -79,14 +79,14 @@ export interface ResourceSummary {
 /** Names (`comm`) of the backing services' processes, whose CPU time a phase also reports. */
 const SERVICE_COMMS = new Set(["postgres", "beam.smp", "redis-server"]);
 
-/** Total CPU seconds of every process named in SERVICE_COMMS, from /proc (0 when unreadable). */
-export function servicesCpuSeconds(): number {
-  let ticks = 0;
+/** CPU seconds so far of every process named in SERVICE_COMMS, by pid, from /proc (empty when unreadable). */
+export function servicesCpuSeconds(): Map<string, number> {
+  const seconds = new Map<string, number>();
   let pids: string[] = [];
   try {
     pids = readdirSync("/proc").filter((name) => /^\d+$/.test(name));
   } catch {
-    return 0;
+    return seconds;
   }
   for (const pid of pids) {
     try {
@@ -94,12 +94,22 @@ export function servicesCpuSeconds(): number {
       const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
       if (!SERVICE_COMMS.has(comm)) continue;
       const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      ticks += Number(fields[11]) + Number(fields[12]);
+      seconds.set(pid, (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS);
     } catch {
       // The process ended between the listing and the read.
     }
   }
-  return ticks / CLOCK_TICKS;
+  return seconds;
+}
+
+/** CPU seconds the service processes alive at both readings used between them (a process that came or went is left out). */
+function servicesDelta(before: Map<string, number>, after: Map<string, number>): number {
+  let delta = 0;
+  for (const [pid, seconds] of after) {
+    const start = before.get(pid);
+    if (start !== undefined && seconds >= start) delta += seconds - start;
+  }
+  return delta;
 }
 
 /** Samples several processes (one per node) every `intervalMs` and summarises a phase. */
@@ -108,7 +118,7 @@ export class ResourceSampler {
   private first: (ProcessReading | undefined)[] = [];
   private last: (ProcessReading | undefined)[] = [];
   private peakRss = 0;
-  private servicesAtStart = 0;
+  private servicesAtStart = new Map<string, number>();
 
   constructor(private readonly probes: ProcessProbe[]) {}
 
@@ -168,7 +178,7 @@ export class ResourceSampler {
       peakRssMb: mb(this.peakRss),
       cpuPercent: anyCpu ? Math.round(cpu) : Number.NaN,
       cpuSeconds: anyCpu ? Math.round(cpuSeconds * 100) / 100 : Number.NaN,
-      servicesCpuSeconds: Math.round((servicesCpuSeconds() - this.servicesAtStart) * 100) / 100,
+      servicesCpuSeconds: Math.round(servicesDelta(this.servicesAtStart, servicesCpuSeconds()) * 100) / 100,
     };
   }
 
