@@ -19,6 +19,8 @@ export interface Envelope {
   stop?: string;
   /** Set for envelopes that came over the transport: called once processed or passed on. */
   settle?: () => void;
+  /** Only for an existing activation: without one, answered `undefined` and nothing is activated. */
+  ifActive?: boolean;
 }
 
 /** What {@link Router} needs from the node it routes for. */
@@ -117,6 +119,7 @@ export class Router {
                 hops: frame.hops,
                 reply: frame.reply,
                 stop: frame.stop,
+                ifActive: frame.ifActive,
               }),
             );
           }
@@ -155,6 +158,10 @@ export class Router {
     if (envelope.stop !== undefined) {
       const stopped = actor ? actor.stop(envelope.stop) : RESOLVED;
       stopped.then(() => this.complete(envelope, undefined, undefined));
+      return RESOLVED;
+    }
+    if (!actor && envelope.ifActive) {
+      this.complete(envelope, undefined, undefined);
       return RESOLVED;
     }
     if (!actor) {
@@ -208,6 +215,7 @@ export class Router {
     };
     if (envelope.reply) frame.reply = envelope.reply;
     if (envelope.stop !== undefined) frame.stop = envelope.stop;
+    if (envelope.ifActive) frame.ifActive = true;
     this.forwarded++;
     return this.options.outbox.send(owner, frame).then(
       () => envelope.settle?.(),

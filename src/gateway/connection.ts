@@ -21,8 +21,9 @@ export class DeviceConnection {
   chain: Promise<void> = Promise.resolve();
   drain: QueueDrain | undefined;
   /** Acks on their way to the log and the user actor; the disconnect waits for them. */
-  readonly acking = new Set<Promise<void>>();
-  readonly watching = new Set<string>();
+  acking: Set<Promise<void>> | undefined;
+  /** Users this socket watches (presence.watch); allocated on the first watch, as most sockets never watch. */
+  watching: Set<string> | undefined;
 
   constructor(
     readonly ws: DeviceSocket,
