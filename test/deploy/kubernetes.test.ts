@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomUUID } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { Deployment } from "kubernetes-models/apps/v1";
@@ -217,12 +218,23 @@ describe("the Deployment's pre-stop hook, run against two real nodes (services s
   });
 
   test("drains the node through its admin RPC and exits 0 once its user actors are on the other node", async () => {
-    // Twenty connected users: their actors activate on whichever node owns them.
+    // Twenty connected users, each sent a message: their actors activate on whichever node owns
+    // them (a connection alone activates none).
     const client = api(b.url);
     const sockets: TestSocket[] = [];
+    const sender = await TestSocket.open(b.url, (await registerAndLogin(client)).accessToken);
+    sockets.push(sender);
     for (let i = 0; i < 20; i++) {
       const user = await registerAndLogin(client);
       sockets.push(await TestSocket.open(b.url, user.accessToken));
+      const id = randomUUID();
+      sender.send({
+        type: "send",
+        id,
+        to: { user: user.userId },
+        messages: [{ deviceId: 1, type: 3, body: Buffer.from("wake").toString("base64") }],
+      });
+      expect((await sender.reply(id)).type).toBe("accepted");
     }
     const userKeys = (node: TestNode) => node.actors.activeKeys().filter((key) => key.startsWith("user:"));
     const deadline = Date.now() + 5000;
