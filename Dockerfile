@@ -13,6 +13,7 @@ COPY package.json tsconfig.json ./
 COPY src ./src
 COPY actors ./actors
 COPY drizzle ./drizzle
+COPY drizzle-sqlite ./drizzle-sqlite
 RUN mkdir -p /data && chown bun:bun /data
 USER bun
 VOLUME ["/data"]
