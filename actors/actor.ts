@@ -15,16 +15,6 @@ export interface ActorRefs {
   tellMany(keys: readonly string[], message: unknown): Promise<void>;
   /** Request/reply: resolves with the value the actor's `receive` returned. */
   ask<R = unknown>(key: string, message: unknown, options?: { timeoutMs?: number }): Promise<R>;
-  /**
-   * Like `ask`, but only an activation that exists (on whichever node owns the key) gets the
-   * message; otherwise it resolves `undefined` and nothing is activated (a message that only
-   * matters to a live actor, e.g. a socket opening, need not activate one).
-   */
-  askIfActive<R = unknown>(
-    key: string,
-    message: unknown,
-    options?: { timeoutMs?: number },
-  ): Promise<R | undefined>;
   /** Stops the actor wherever it lives, without passivation (erasure uses this). */
   stopActor(key: string, reason?: string): Promise<void>;
 }

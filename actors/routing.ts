@@ -19,8 +19,6 @@ export interface Envelope {
   stop?: string;
   /** Set for envelopes that came over the transport: called once processed or passed on. */
   settle?: () => void;
-  /** Only for an existing activation: without one, answered `undefined` and nothing is activated. */
-  ifActive?: boolean;
 }
 
 /** What {@link Router} needs from the node it routes for. */
@@ -119,7 +117,6 @@ export class Router {
                 hops: frame.hops,
                 reply: frame.reply,
                 stop: frame.stop,
-                ifActive: frame.ifActive,
               }),
             );
           }
@@ -158,10 +155,6 @@ export class Router {
     if (envelope.stop !== undefined) {
       const stopped = actor ? actor.stop(envelope.stop) : RESOLVED;
       stopped.then(() => this.complete(envelope, undefined, undefined));
-      return RESOLVED;
-    }
-    if (!actor && envelope.ifActive) {
-      this.complete(envelope, undefined, undefined);
       return RESOLVED;
     }
     if (!actor) {
@@ -215,7 +208,6 @@ export class Router {
     };
     if (envelope.reply) frame.reply = envelope.reply;
     if (envelope.stop !== undefined) frame.stop = envelope.stop;
-    if (envelope.ifActive) frame.ifActive = true;
     this.forwarded++;
     return this.options.outbox.send(owner, frame).then(
       () => envelope.settle?.(),

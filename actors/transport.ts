@@ -14,8 +14,6 @@ export interface EnvelopeFrame {
   reply?: ReplyTo;
   /** Set when this is a stop command (erasure) rather than a message. */
   stop?: string;
-  /** Only for an activation that exists: otherwise answered `undefined` without activating. */
-  ifActive?: true;
 }
 
 /** The answer to an `ask`. */

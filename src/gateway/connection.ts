@@ -21,9 +21,8 @@ export class DeviceConnection {
   chain: Promise<void> = Promise.resolve();
   drain: QueueDrain | undefined;
   /** Acks on their way to the log and the user actor; the disconnect waits for them. */
-  acking: Set<Promise<void>> | undefined;
-  /** Users this socket watches (presence.watch); allocated on the first watch, as most sockets never watch. */
-  watching: Set<string> | undefined;
+  readonly acking = new Set<Promise<void>>();
+  readonly watching = new Set<string>();
 
   constructor(
     readonly ws: DeviceSocket,

@@ -118,8 +118,7 @@ export class FrameHandler {
         this.deps.logger.error({ err: error, user: conn.principal.userId }, "ack failed");
       }
     })();
-    conn.acking ??= new Set();
     conn.acking.add(acking);
-    void acking.finally(() => conn.acking?.delete(acking));
+    void acking.finally(() => conn.acking.delete(acking));
   }
 }

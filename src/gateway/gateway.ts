@@ -172,19 +172,11 @@ export class Gateway {
     if (conn.isClosed()) return;
     conn.state = "draining";
     conn.drain = await offline.drain(principal.userId, principal.deviceId);
-    let drained = 0;
     for (;;) {
       if (conn.isClosed()) return;
       const batch = await conn.drain.next(DRAIN_CHUNK);
       if (batch.length === 0) break;
-      drained += batch.length;
       conn.deliver(batch);
-    }
-    // Nothing was queued: no acks will come for the drain, so an idle socket does not keep it.
-    if (drained === 0) {
-      const empty = conn.drain;
-      conn.drain = undefined;
-      await empty.release();
     }
     if (conn.isClosed()) return;
     await messaging.deviceDrained(principal, nodeId, conn.connectionId);
@@ -201,7 +193,7 @@ export class Gateway {
     // After whatever the connection was doing: its envelopes in flight must reach the actor first.
     // Acks sent just before the close go first: otherwise the actor would flush those envelopes
     // to the offline queue and the device would get them again on its next connection.
-    const bookkeeping = Promise.all([conn.chain, ...(conn.acking ?? [])]).then(async () => {
+    const bookkeeping = Promise.all([conn.chain, ...conn.acking]).then(async () => {
       try {
         await conn.drain?.release();
         await presence.disconnected(this.ref(conn));

@@ -19,10 +19,8 @@ export class PresenceWatchers {
   /** Replaces the socket's watch list and answers at once with every named user's state. */
   async watch(conn: DeviceConnection, users: string[]): Promise<void> {
     this.unwatch(conn);
-    const watching = new Set<string>();
-    conn.watching = watching;
     for (const user of users) {
-      watching.add(user);
+      conn.watching.add(user);
       let set = this.watchers.get(user);
       if (!set) {
         set = new Set();
@@ -38,14 +36,8 @@ export class PresenceWatchers {
 
   /** Drops the socket's watch list (a new list, or the socket closed). */
   unwatch(conn: DeviceConnection): void {
-    if (!conn.watching) return;
-    for (const user of conn.watching) {
-      const set = this.watchers.get(user);
-      set?.delete(conn);
-      // Watch sets of users nobody watches any more would pile up on a long-running node.
-      if (set?.size === 0) this.watchers.delete(user);
-    }
-    conn.watching = undefined;
+    for (const user of conn.watching) this.watchers.get(user)?.delete(conn);
+    conn.watching.clear();
   }
 
   /** A user's presence changed (from any node): tell the watchers here, if it is news. */

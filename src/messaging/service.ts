@@ -252,29 +252,19 @@ export class MessagingService {
     return { type: "accepted", id: frame.id, ts: reply.ts };
   }
 
-  /**
-   * A device's socket opened on `gatewayNode`: its user actor, if it is active, holds live
-   * envelopes until the device has drained its queue. An inactive actor is not activated for it
-   * (an idle connection costs no actor): the activation a later deliver causes finds the socket in
-   * presence and asks its gateway whether it is live. Only when the log holds envelopes still
-   * pending for the device (an actor passivated or lost in a crash before they were delivered) is
-   * the actor activated now, so they come without waiting for another message.
-   */
+  /** A device's socket opened on `gatewayNode`: its user actor holds live envelopes until it has drained its queue. */
   async deviceConnected(device: Principal, gatewayNode: string, connectionId: string): Promise<void> {
-    const message = { type: "device.connect", deviceId: device.deviceId, gatewayNode, connectionId };
-    const stranded = await this.log.undelivered(device.userId, {
-      device: device.deviceId,
-      state: "pending",
-      limit: 1,
+    await this.actors.ask(userKey(device.userId), {
+      type: "device.connect",
+      deviceId: device.deviceId,
+      gatewayNode,
+      connectionId,
     });
-    if (stranded.length > 0) await this.actors.ask(userKey(device.userId), message);
-    else await this.actors.askIfActive(userKey(device.userId), message);
   }
 
   /** The device drained its offline queue: live delivery starts. */
   async deviceDrained(device: Principal, gatewayNode: string, connectionId: string): Promise<void> {
-    // An actor activated meanwhile asked the gateway already; an inactive one has nothing to push.
-    await this.actors.askIfActive(userKey(device.userId), {
+    await this.actors.ask(userKey(device.userId), {
       type: "device.drained",
       deviceId: device.deviceId,
       gatewayNode,
@@ -284,8 +274,7 @@ export class MessagingService {
 
   /** The device's socket on `gatewayNode` closed: what it has not acked goes to its offline queue. */
   async deviceDisconnected(device: Principal, gatewayNode: string, connectionId: string): Promise<void> {
-    // An inactive actor holds nothing to flush; what the log still has pending waits for the next connect.
-    await this.actors.askIfActive(userKey(device.userId), {
+    await this.actors.ask(userKey(device.userId), {
       type: "device.disconnect",
       deviceId: device.deviceId,
       gatewayNode,

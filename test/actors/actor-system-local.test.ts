@@ -72,24 +72,6 @@ describe("Actor on a single embedded node", () => {
     console.log(`1M in-order messages in ${Math.round(performance.now() - started)} ms`);
   }, 60_000);
 
-  test("askIfActive reaches an existing activation and answers undefined without activating one", async () => {
-    let activations = 0;
-    const system = await singleNode((s) =>
-      s.register("echo", () => ({
-        onActivate() {
-          activations++;
-        },
-        receive: (message: unknown) => `got ${message}`,
-      })),
-    );
-    expect(await system.askIfActive("echo:1", "a")).toBeUndefined();
-    expect(activations).toBe(0);
-    expect(system.isActive("echo:1")).toBe(false);
-    expect(await system.ask("echo:1", "b")).toBe("got b");
-    expect(await system.askIfActive("echo:1", "c")).toBe("got c");
-    expect(activations).toBe(1);
-  });
-
   test("a throwing handler does not stop the actor's next message, and the failure is reported", async () => {
     const seen: string[] = [];
     const failures: string[] = [];
