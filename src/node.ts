@@ -31,7 +31,7 @@ import { clusterPrefix, openMessagingStores } from "./messaging/stores.ts";
 import { createLogger, type Logger } from "./observability/logger.ts";
 import { Metrics } from "./observability/metrics.ts";
 import { OidcService, oidcAdminRoutes, RelyingParty } from "./oidc/index.ts";
-import { CloseCode } from "./protocol/index.ts";
+import { CloseCode, MAX_BODY_BYTES } from "./protocol/index.ts";
 import { MemoryRateLimiter, type RateLimiter, RedisRateLimiter } from "./ratelimit/index.ts";
 import { RetentionJob } from "./retention/index.ts";
 import { SessionService } from "./sessions/service.ts";
@@ -280,11 +280,17 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   app.listen({
     port: config.port,
     hostname: config.publicHost,
-    maxRequestBodySize: 1 << 20,
+    maxRequestBodySize: MAX_BODY_BYTES,
     tls: listenerTls(config.tls),
     websocket: gateway.websocket,
   });
-  admin.listen({ port: config.adminPort, hostname: config.adminHost, tls: listenerTls(config.adminTls) });
+  admin.listen({
+    port: config.adminPort,
+    hostname: config.adminHost,
+    // Bun's default is 128 MiB; the admin RPC takes small JSON bodies only.
+    maxRequestBodySize: MAX_BODY_BYTES,
+    tls: listenerTls(config.adminTls),
+  });
   await gdpr.start();
   retention.start();
   const url = listenerUrl(config.publicHost, Number(app.server?.port), Boolean(config.tls));

@@ -2,6 +2,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { type AnyElysia, Elysia } from "elysia";
 import type { AuditEvent, AuditTrail } from "../audit/types.ts";
 import { DomainError, errorReply, frameworkRefusal } from "../http/errors.ts";
+import { jsonBodyGate } from "../http/json-body.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import { bearerToken } from "../sessions/auth.ts";
@@ -36,7 +37,9 @@ export function createAdminApp(deps: {
   };
   const call = (method: string, route: string | undefined, status: number) =>
     audit({ action: "admin.call", actor: "admin", details: { method, route: route || "unmatched", status } });
+  const bodies = jsonBodyGate();
   const app = new Elysia({ name: "clearbox.admin" })
+    .use(bodies.plugin)
     .onError(async ({ code, error, set, request, route }) => {
       let failure = frameworkRefusal(code, error);
       if (!failure) {
@@ -80,5 +83,6 @@ export function createAdminApp(deps: {
       return deps.metrics.registry.metrics();
     });
   for (const routes of deps.routes ?? []) app.use(routes);
+  bodies.index(app.routes);
   return app;
 }

@@ -1,9 +1,9 @@
 import { Elysia, t } from "elysia";
 import { DomainError } from "../errors/index.ts";
+import { canonicalUuid } from "../protocol/ids.ts";
 import type { Ropa } from "./ropa.ts";
 import type { AuditQuery, PostgresAuditTrail } from "./service.ts";
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const DEFAULT_LIMIT = 100;
 const MAX_LIMIT = 1000;
 
@@ -32,8 +32,9 @@ function instant(value: string): Date {
 export function parseAuditQuery(query: Record<string, string | undefined>): AuditQuery {
   const parsed: AuditQuery = { limit: DEFAULT_LIMIT };
   if (query.subject !== undefined) {
-    if (!UUID.test(query.subject)) throw new DomainError("invalid", "subject: expected a user id (UUID)");
-    parsed.subject = query.subject;
+    const subject = canonicalUuid(query.subject);
+    if (!subject) throw new DomainError("invalid", "subject: expected a user id (UUID)");
+    parsed.subject = subject;
   }
   if (query.since !== undefined) parsed.since = instant(query.since);
   if (query.after !== undefined) parsed.after = integer(query.after, "after", 0, Number.MAX_SAFE_INTEGER);

@@ -8,6 +8,7 @@ import {
   checkPresenceWatch,
   firstProblem,
   MAX_FRAME_BYTES,
+  readJson,
 } from "../protocol/index.ts";
 import type { DeviceConnection } from "./connection.ts";
 import type { PresenceWatchers } from "./presence-watch.ts";
@@ -32,13 +33,13 @@ export class FrameHandler {
       conn.send({ type: "error", code: "too_large", message: `frames are at most ${MAX_FRAME_BYTES} bytes` });
       return;
     }
-    let frame: unknown;
-    try {
-      frame = JSON.parse(message);
-    } catch {
-      this.invalid(conn, "frame is not valid JSON");
+    // Linear in the frame's length: nesting and text are checked before anything parses or walks it.
+    const reading = readJson(message);
+    if (!reading.ok) {
+      this.invalid(conn, `frame ${reading.problem}`);
       return;
     }
+    const frame = reading.value;
     const type = (frame as { type?: unknown } | null)?.type;
     const id = (frame as { id?: unknown } | null)?.id;
     if (!conn.bucket.take()) {
@@ -52,11 +53,13 @@ export class FrameHandler {
         this.send(conn, frame, typeof id === "string" ? id : undefined);
         break;
       case "ack":
-        if (checkAck.Check(frame)) this.ack(conn, frame.ids);
+        // Decode: ids in their canonical (lower-case) form.
+        if (checkAck.Check(frame)) this.ack(conn, checkAck.Decode(frame).ids);
         else this.invalid(conn, firstProblem(checkAck, frame));
         break;
       case "presence.watch":
-        if (checkPresenceWatch.Check(frame)) void this.deps.watchers.watch(conn, frame.users);
+        if (checkPresenceWatch.Check(frame))
+          void this.deps.watchers.watch(conn, checkPresenceWatch.Decode(frame).users);
         else this.invalid(conn, firstProblem(checkPresenceWatch, frame));
         break;
       case "ping":
@@ -76,9 +79,13 @@ export class FrameHandler {
     const { messaging, logger } = this.deps;
     let submit: () => Promise<SubmittedSend>;
     const isGroup = checkGroupSend.Check(frame);
-    if (checkDirectSend.Check(frame)) submit = () => messaging.submitDirect(conn.principal, frame);
-    else if (isGroup) submit = async () => ({ outcome: messaging.sendGroup(conn.principal, frame) });
-    else {
+    if (checkDirectSend.Check(frame)) {
+      const send = checkDirectSend.Decode(frame);
+      submit = () => messaging.submitDirect(conn.principal, send);
+    } else if (isGroup) {
+      const send = checkGroupSend.Decode(frame);
+      submit = async () => ({ outcome: messaging.sendGroup(conn.principal, send) });
+    } else {
       const to = (frame as { to?: { group?: unknown } }).to;
       const check = to && typeof to === "object" && "group" in to ? checkGroupSend : checkDirectSend;
       const problem = firstProblem(check, frame);

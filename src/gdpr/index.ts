@@ -3,13 +3,12 @@ import { AccountModel } from "../accounts/model.ts";
 import type { AccountService } from "../accounts/service.ts";
 import type { Config } from "../config/index.ts";
 import { DomainError } from "../errors/index.ts";
+import { Uuid } from "../protocol/ids.ts";
 import { authPlugin } from "../sessions/auth.ts";
 import type { SessionService } from "../sessions/service.ts";
 import { type ErasureDeps, ErasureService } from "./erasure.ts";
 import { ExportService } from "./export.ts";
 import { ReceiptSigner } from "./receipts.ts";
-
-const Uuid = t.String({ format: "uuid" });
 
 /**
  * What `DELETE /v1/me` accepts instead of a password from an account that has none: a sign-in

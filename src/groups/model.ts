@@ -1,10 +1,11 @@
 import { t } from "elysia";
+import { Uuid } from "../protocol/ids.ts";
 
 /** Largest group: the fan-out benchmark's 10,000 members. */
 export const MAX_GROUP_MEMBERS = 10_000;
 
 export namespace GroupModel {
-  const userId = t.String({ format: "uuid" });
+  const userId = Uuid;
 
   export const create = t.Object(
     {
@@ -16,8 +17,8 @@ export namespace GroupModel {
 
   export const created = t.Object({ groupId: t.String() });
 
-  export const groupParams = t.Object({ groupId: t.String({ format: "uuid" }) });
-  export const memberParams = t.Object({ groupId: t.String({ format: "uuid" }), userId });
+  export const groupParams = t.Object({ groupId: Uuid });
+  export const memberParams = t.Object({ groupId: Uuid, userId });
 
   export const addMember = t.Object({ userId }, { additionalProperties: false });
 

@@ -15,6 +15,7 @@ import { type OidcService, oidcRoutes } from "../oidc/index.ts";
 import { sessionRoutes } from "../sessions/index.ts";
 import type { SessionService } from "../sessions/service.ts";
 import { DomainError, errorReply, frameworkRefusal } from "./errors.ts";
+import { jsonBodyGate } from "./json-body.ts";
 
 type GdprRoutes = ReturnType<typeof gdprRoutes>;
 
@@ -41,7 +42,10 @@ export interface AppDeps {
   readiness: ReadinessCheck[];
 }
 
-/** Turns a TypeBox validation failure into one short line: where and what, never the whole schema. */
+/**
+ * Turns a TypeBox validation failure of a path parameter or query value into one short line: where
+ * and what, never the value or the schema. (Bodies never get here: the JSON body gate checks them.)
+ */
 function describeValidation(error: unknown): string {
   const first = (error as { all?: { path?: string; message?: string; summary?: string }[] }).all?.[0];
   if (!first) return "request does not match the schema";
@@ -54,7 +58,9 @@ function describeValidation(error: unknown): string {
 export function createApp(deps: AppDeps) {
   const { logger, metrics } = deps;
   const started = new WeakMap<Request, number>();
-  return new Elysia({ name: "clearbox.public", normalize: false })
+  const bodies = jsonBodyGate();
+  const app = new Elysia({ name: "clearbox.public", normalize: false })
+    .use(bodies.plugin)
     .onRequest(({ request }) => {
       started.set(request, performance.now());
     })
@@ -107,6 +113,8 @@ export function createApp(deps: AppDeps) {
     .use(groupRoutes(deps.groups, deps.sessions))
     .use(deps.gateway.routes())
     .use(deps.gdpr);
+  bodies.index(app.routes);
+  return app;
 }
 
 export type App = ReturnType<typeof createApp>;

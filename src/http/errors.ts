@@ -1,9 +1,9 @@
 import { DomainError } from "../errors/index.ts";
-import { ERROR_STATUS, type ErrorBody } from "../protocol/errors.ts";
+import { ERROR_STATUS, type ErrorBody, type ErrorStatus } from "../protocol/errors.ts";
 
 /** An HTTP error reply: status, protocol body and headers (`Retry-After` for `rate_limited`). */
 export interface ErrorReply {
-  status: number;
+  status: ErrorStatus;
   body: ErrorBody;
   headers: Record<string, string>;
 }
@@ -13,7 +13,7 @@ export function errorReply(error: DomainError): ErrorReply {
   const headers: Record<string, string> = {};
   if (error.retryAfterSeconds !== undefined) headers["retry-after"] = String(error.retryAfterSeconds);
   return {
-    status: ERROR_STATUS[error.code],
+    status: error.status ?? ERROR_STATUS[error.code],
     body: { error: { code: error.code, message: error.message } },
     headers,
   };
@@ -33,7 +33,11 @@ export function frameworkRefusal(
 ): DomainError | undefined {
   if (error instanceof DomainError) return error;
   if (code === "VALIDATION") return new DomainError("invalid", describeValidation(error));
-  if (code === "PARSE") return new DomainError("invalid", "body is not valid JSON");
+  // The body gate (json-body.ts) refuses inside Elysia's parse step, which wraps what it throws.
+  if (code === "PARSE") {
+    const cause = (error as { cause?: unknown }).cause;
+    return cause instanceof DomainError ? cause : new DomainError("invalid", "body is not valid JSON");
+  }
   if (code === "NOT_FOUND") return new DomainError("not_found", "no such route");
   if (code === "INVALID_COOKIE_SIGNATURE") return new DomainError("invalid", "bad cookie");
   return undefined;

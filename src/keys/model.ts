@@ -1,5 +1,6 @@
 import { Type } from "@sinclair/typebox";
 import { type Static, t } from "elysia";
+import { Uuid } from "../protocol/ids.ts";
 
 /** Most one-time keys of each kind in one upload (docs/PROTOCOL.md). */
 export const MAX_KEYS_PER_UPLOAD = 100;
@@ -45,7 +46,7 @@ export namespace KeysModel {
 
   export const count = t.Object({ preKeys: t.Integer(), kyberPreKeys: t.Integer() });
 
-  export const userParams = t.Object({ userId: t.String({ format: "uuid" }) });
+  export const userParams = t.Object({ userId: Uuid });
 
   const signedKey = t.Object({ keyId: t.Integer(), publicKey: t.String(), signature: t.String() });
   export const bundle = t.Object({

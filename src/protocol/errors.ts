@@ -18,6 +18,15 @@ export const ERROR_STATUS = {
 /** One of the protocol's error codes. */
 export type ErrorCode = keyof typeof ERROR_STATUS;
 
+/**
+ * The one status a code travels with besides its own: `invalid` is answered 415 (Unsupported Media
+ * Type) when a body is not `application/json`.
+ */
+export const UNSUPPORTED_MEDIA_TYPE = 415;
+
+/** Every HTTP status an error reply may have. */
+export type ErrorStatus = (typeof ERROR_STATUS)[ErrorCode] | typeof UNSUPPORTED_MEDIA_TYPE;
+
 /** The body of every HTTP error reply: `{"error": {"code", "message"}}`. */
 export interface ErrorBody {
   error: { code: ErrorCode; message: string };

@@ -1,12 +1,24 @@
 import { Type as T } from "@sinclair/typebox";
 
+/** A UUID in either case, as a client may write it. */
+const UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+const UUID_REGEXP = new RegExp(UUID_PATTERN);
+
 /**
- * A UUID as the protocol writes ids (users, groups, messages, erasures). A pattern rather than
+ * A UUID as the protocol writes ids (users, groups, messages, erasures): accepted in either case
+ * and decoded to lower case, the one form the server keys anything by, so the same user can never
+ * get two actors, presence entries or rate-limit counters. The one id schema of every frame, body
+ * and path (Elysia decodes it for routes; frame checks call `Decode`). A pattern rather than
  * `format: "uuid"`, so a check does not depend on a format registered elsewhere.
  */
-export const Uuid = T.String({
-  pattern: "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
-});
+export const Uuid = T.Transform(T.String({ pattern: UUID_PATTERN }))
+  .Decode((id) => id.toLowerCase())
+  .Encode((id) => id);
+
+/** A UUID in its canonical (lower-case) form, or undefined when `text` is not a UUID (query values). */
+export function canonicalUuid(text: string): string | undefined {
+  return UUID_REGEXP.test(text) ? text.toLowerCase() : undefined;
+}
 
 /** libsignal's `ProtocolAddress` takes device ids 1-127, so an account has at most 127 devices. */
 export const MAX_DEVICE_ID = 127;
