@@ -232,6 +232,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     link,
     rateLimit: { perSecond: config.deviceRateLimit, burst: config.deviceRateLimit * 2 },
     presenceLeaseMs: config.presenceLeaseSeconds * 1000,
+    watchLimit: config.presenceWatchesPerNode,
   });
   const clock = { now: Date.now };
   actors

@@ -102,6 +102,12 @@ const EnvSchema = T.Object({
     default: 60,
     description: "seconds a connected device stays online without renewal, 2-3600",
   }),
+  PRESENCE_WATCHES_PER_NODE: T.Integer({
+    minimum: 1000,
+    maximum: 100_000_000,
+    default: 500_000,
+    description: "presence watch entries (socket × watched user) one node holds at most, 1000-100000000",
+  }),
   PASSWORD_HASH_MEMORY_KIB: T.Integer({
     minimum: 64,
     maximum: 4_194_304,
@@ -190,6 +196,8 @@ export interface Config {
   clusterHeartbeatMs: number;
   deviceRateLimit: number;
   presenceLeaseSeconds: number;
+  /** Presence watch entries (socket × watched user) one node holds at most. */
+  presenceWatchesPerNode: number;
   /** argon2id cost for new password hashes; a stored hash carries its own, so changing it never locks anyone out. */
   passwordHash: { memoryCost: number; timeCost: number };
   /** Who may create accounts, and whether passwords are accepted at all (REGISTRATION). */
@@ -207,6 +215,7 @@ const INTEGER_VARS = new Set([
   "CLUSTER_HEARTBEAT_MS",
   "DEVICE_RATE_LIMIT",
   "PRESENCE_LEASE_SECONDS",
+  "PRESENCE_WATCHES_PER_NODE",
   "PORT",
   "ADMIN_PORT",
   "RETENTION_DAYS",
@@ -307,6 +316,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     clusterHeartbeatMs: env.CLUSTER_HEARTBEAT_MS,
     deviceRateLimit: env.DEVICE_RATE_LIMIT,
     presenceLeaseSeconds: env.PRESENCE_LEASE_SECONDS,
+    presenceWatchesPerNode: env.PRESENCE_WATCHES_PER_NODE,
     passwordHash: { memoryCost: env.PASSWORD_HASH_MEMORY_KIB, timeCost: env.PASSWORD_HASH_TIME_COST },
     registration: env.REGISTRATION,
     oidc,

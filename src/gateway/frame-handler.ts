@@ -13,6 +13,19 @@ import {
 import type { DeviceConnection } from "./connection.ts";
 import type { PresenceWatchers } from "./presence-watch.ts";
 
+/** Users a `presence.watch` may name per token of the device's bucket. */
+const WATCHED_USERS_PER_TOKEN = 100;
+
+/**
+ * Tokens a frame takes from the device's bucket: one, and a `presence.watch` one more per 100 users
+ * it names, since each named user costs a presence read (docs/PROTOCOL.md).
+ */
+function frameCost(frame: unknown): number {
+  const users = (frame as { type?: unknown; users?: unknown } | null)?.users;
+  if ((frame as { type?: unknown } | null)?.type !== "presence.watch" || !Array.isArray(users)) return 1;
+  return 1 + Math.floor(users.length / WATCHED_USERS_PER_TOKEN);
+}
+
 /**
  * The frame side of the gateway: one client frame in, checked against the protocol's schemas
  * (docs/PROTOCOL.md), the device's token bucket and the 256 KiB limit, then dispatched. Sends go to
@@ -42,7 +55,7 @@ export class FrameHandler {
     const frame = reading.value;
     const type = (frame as { type?: unknown } | null)?.type;
     const id = (frame as { id?: unknown } | null)?.id;
-    if (!conn.bucket.take()) {
+    if (!conn.bucket.take(frameCost(frame))) {
       if (type === "send" && typeof id === "string")
         conn.send({ type: "rejected", id, code: "rate_limited" });
       else conn.send({ type: "error", code: "rate_limited", message: "too many frames; slow down" });
@@ -58,8 +71,7 @@ export class FrameHandler {
         else this.invalid(conn, firstProblem(checkAck, frame));
         break;
       case "presence.watch":
-        if (checkPresenceWatch.Check(frame))
-          void this.deps.watchers.watch(conn, checkPresenceWatch.Decode(frame).users);
+        if (checkPresenceWatch.Check(frame)) this.watch(conn, checkPresenceWatch.Decode(frame).users);
         else this.invalid(conn, firstProblem(checkPresenceWatch, frame));
         break;
       case "ping":
@@ -69,6 +81,21 @@ export class FrameHandler {
       default:
         this.invalid(conn, "unknown frame type");
     }
+  }
+
+  private watch(conn: DeviceConnection, users: string[]): void {
+    this.deps.watchers.watch(conn, users).then(
+      (watching) => {
+        if (!watching) {
+          conn.send({
+            type: "error",
+            code: "rate_limited",
+            message: "this node watches too many users; the previous watch list stays, try again later",
+          });
+        }
+      },
+      (error) => this.deps.logger.warn({ err: error, user: conn.principal.userId }, "presence watch failed"),
+    );
   }
 
   private invalid(conn: DeviceConnection, message: string): void {

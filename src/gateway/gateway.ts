@@ -12,7 +12,7 @@ import type { SessionService } from "../sessions/service.ts";
 import { DeviceConnection, type DeviceSocket, type SocketData } from "./connection.ts";
 import { FrameHandler } from "./frame-handler.ts";
 import type { NodeLink } from "./node-link.ts";
-import { PresenceWatchers } from "./presence-watch.ts";
+import { PresenceWatchers, type WatchStats } from "./presence-watch.ts";
 import type { SocketRegistry } from "./socket-registry.ts";
 import { TokenBucket } from "./token-bucket.ts";
 
@@ -31,6 +31,8 @@ export interface GatewayOptions {
   rateLimit?: { perSecond: number; burst: number };
   /** How long a socket's presence lease lasts without renewal (ms). */
   presenceLeaseMs?: number;
+  /** Watch entries (socket, watched user) this node holds at most (PRESENCE_WATCHES_PER_NODE). */
+  watchLimit?: number;
 }
 
 /** Envelopes taken from the offline queue per read while a device drains it. */
@@ -58,7 +60,7 @@ export class Gateway {
 
   constructor(private readonly options: GatewayOptions) {
     this.rate = options.rateLimit ?? { perSecond: 100, burst: 200 };
-    this.watchers = new PresenceWatchers(options.presence);
+    this.watchers = new PresenceWatchers(options.presence, options.watchLimit);
     this.frames = new FrameHandler({
       messaging: options.messaging,
       watchers: this.watchers,
@@ -73,6 +75,11 @@ export class Gateway {
   /** Open sockets on this node. */
   get connections(): number {
     return this.options.registry.size;
+  }
+
+  /** How much the presence watch lists of this node's sockets hold. */
+  watchStats(): WatchStats {
+    return this.watchers.stats();
   }
 
   /**

@@ -26,6 +26,8 @@ export interface SubmittedSend {
 const DEVICE_LIST_FRESH_MS = 500;
 /** ...and until this age it is still used while a re-read runs in the background; older, a send waits for the read. */
 const DEVICE_LIST_TTL_MS = 1000;
+/** Cached device lists at most (users sent to within the last second, in practice). */
+const DEVICE_LIST_CACHE_SIZE = 50_000;
 
 /** Flow control of one node's sends (docs/MESSAGING.md, "Flow control"). */
 export interface FlowControl {
@@ -68,7 +70,11 @@ export class MessagingService {
   private inFlight = 0;
   /** Sends refused `busy` since start (metrics). */
   busyReplies = 0;
-  /** userId → device ids (undefined: no such user), read at `at`. Bounded: cleared when it grows past 50k. */
+  /**
+   * userId → device ids (undefined: no such user), read at `at`, oldest first. Bounded: past
+   * DEVICE_LIST_CACHE_SIZE the oldest lists go (sends to random ids fill it with `undefined`s that
+   * would otherwise push out every live list at once).
+   */
   private readonly deviceLists = new Map<string, { devices: number[] | undefined; at: number }>();
   /** Device-list reads in flight, so a user's concurrent sends share one query. */
   private readonly readingDevices = new Map<string, Promise<number[] | undefined>>();
@@ -161,10 +167,7 @@ export class MessagingService {
       const changesBefore = this.deviceChanges;
       const read: Promise<number[] | undefined> = this.readDevices(userId)
         .then((devices) => {
-          if (this.deviceChanges === changesBefore) {
-            if (this.deviceLists.size > 50_000) this.deviceLists.clear();
-            this.deviceLists.set(userId, { devices, at: this.now() });
-          }
+          if (this.deviceChanges === changesBefore) this.rememberDevices(userId, devices);
           return devices;
         })
         .finally(() => {
@@ -174,6 +177,18 @@ export class MessagingService {
       reading = read;
     }
     return reading;
+  }
+
+  /** Caches a list, keeping the map in order of age, and drops the stale and the oldest beyond the bound. */
+  private rememberDevices(userId: string, devices: number[] | undefined): void {
+    const now = this.now();
+    this.deviceLists.delete(userId);
+    this.deviceLists.set(userId, { devices, at: now });
+    if (this.deviceLists.size <= DEVICE_LIST_CACHE_SIZE) return;
+    for (const [id, cached] of this.deviceLists) {
+      if (this.deviceLists.size <= DEVICE_LIST_CACHE_SIZE && now - cached.at < DEVICE_LIST_TTL_MS) break;
+      this.deviceLists.delete(id);
+    }
   }
 
   private async readDevices(userId: string): Promise<number[] | undefined> {
