@@ -7,6 +7,7 @@ import {
   USER_KIND,
   userActorFactory,
 } from "../actors/index.ts";
+import { PasswordThrottle } from "./accounts/password-throttle.ts";
 import { AccountService } from "./accounts/service.ts";
 import { createAdminApp } from "./admin/app.ts";
 import { auditAdminRoutes, buildRopa } from "./audit/index.ts";
@@ -32,7 +33,7 @@ import { createLogger, type Logger } from "./observability/logger.ts";
 import { Metrics } from "./observability/metrics.ts";
 import { OidcService, oidcAdminRoutes, RelyingParty } from "./oidc/index.ts";
 import { CloseCode, MAX_BODY_BYTES } from "./protocol/index.ts";
-import { MemoryRateLimiter, type RateLimiter, RedisRateLimiter } from "./ratelimit/index.ts";
+import { ClientAddresses, MemoryRateLimiter, type RateLimiter, RedisRateLimiter } from "./ratelimit/index.ts";
 import { RetentionJob } from "./retention/index.ts";
 import { SessionService } from "./sessions/service.ts";
 import { TokenIssuer } from "./sessions/tokens.ts";
@@ -152,7 +153,9 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   });
 
   // 3. Services.
-  const accounts = new AccountService(db, config.passwordHash, config.registration !== "oidc-only");
+  const addresses = new ClientAddresses(config.trustedProxies);
+  const logins = new PasswordThrottle(rateLimiter, config.loginLimits);
+  const accounts = new AccountService(db, logins, config.passwordHash, config.registration !== "oidc-only");
   const devices = new DeviceService(db, audit);
   const tokens = new TokenIssuer(config.jwtSecret, config.accessTokenTtlSeconds);
   const sessions = new SessionService(
@@ -162,7 +165,6 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     tokens,
     config.refreshTokenTtlDays,
     audit,
-    rateLimiter,
   );
   // Deprovisioning closes sockets through the node link, built with the gateway in step 4.
   let deviceSockets: NodeLink | undefined;
@@ -188,7 +190,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     offline,
     presence,
     live: messaging,
-    logins: sessions,
+    logins,
     audit,
     rateLimiter,
     redis,
@@ -198,6 +200,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     sessions,
     accounts,
     oidc,
+    addresses,
     afterStep: options.afterErasureStep,
   });
   const retention = new RetentionJob({
@@ -262,6 +265,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     logger,
     metrics,
     readiness,
+    addresses,
   });
   const admin = createAdminApp({
     adminToken: config.adminToken,

@@ -3,6 +3,7 @@ import { isUniqueViolation } from "../db/errors.ts";
 import type { Db } from "../db/index.ts";
 import { accounts } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
+import type { PasswordThrottle } from "./password-throttle.ts";
 
 /** argon2id cost of new hashes (KiB, passes); verification reads the cost stored in each hash. */
 export interface PasswordHashCost {
@@ -17,6 +18,8 @@ export const PASSWORDS_DISABLED =
 /**
  * Accounts: creation and password checks. Passwords are hashed with argon2id (Bun.password).
  * Accounts provisioned by the identity provider have no password hash, and no password matches them.
+ * Every password check goes through the `PasswordThrottle` (counted before the hash is compared),
+ * so the only way to test a password is a throttled one.
  */
 export class AccountService {
   /** Compared against when the username is unknown, so a wrong username costs the same time as a wrong password. */
@@ -24,6 +27,7 @@ export class AccountService {
 
   constructor(
     private readonly db: Db,
+    private readonly throttle: PasswordThrottle,
     private readonly cost: PasswordHashCost = { memoryCost: 65_536, timeCost: 2 },
     /** false (REGISTRATION=oidc-only): every password operation is refused with `forbidden`. */
     private readonly passwordsEnabled = true,
@@ -53,9 +57,14 @@ export class AccountService {
     }
   }
 
-  /** The account's id when the password matches, else `unauthorized` (same answer for an unknown username). */
-  async verifyPassword(username: string, password: string): Promise<string> {
+  /**
+   * The account's id when the password matches, else `unauthorized` (same answer for an unknown
+   * username); `rate_limited` before any check when the throttle says so. `address`: the client's
+   * (`ClientAddresses`).
+   */
+  async verifyPassword(username: string, password: string, address: string): Promise<string> {
     this.requirePasswords();
+    await this.throttle.admit(username, address);
     const [row] = await this.db
       .select({ id: accounts.id, passwordHash: accounts.passwordHash })
       .from(accounts)
@@ -64,14 +73,19 @@ export class AccountService {
     // A password-less (identity provider) account is checked against the decoy too: same time, never a match.
     const ok = await Bun.password.verify(password, row?.passwordHash ?? (await this.decoyHash));
     if (!row?.passwordHash || !ok) throw new DomainError("unauthorized", "wrong username or password");
+    await this.throttle.succeeded(username, address);
     return row.id;
   }
 
-  /** The account's id when `password` is the password of `userId` (re-checks before sensitive actions). */
-  async checkPasswordOf(userId: string, password: string): Promise<void> {
+  /**
+   * Resolves when `password` is the password of `userId` (re-checks before sensitive actions:
+   * erasure, password change); `unauthorized` otherwise. Throttled like a login of that account
+   * from `address`, sharing its budgets.
+   */
+  async checkPasswordOf(userId: string, password: string, address: string): Promise<void> {
     this.requirePasswords();
     const [row] = await this.db
-      .select({ passwordHash: accounts.passwordHash })
+      .select({ username: accounts.username, passwordHash: accounts.passwordHash })
       .from(accounts)
       .where(eq(accounts.id, userId));
     if (row && !row.passwordHash) {
@@ -80,9 +94,12 @@ export class AccountService {
         "this account signs in with the identity provider and has no password",
       );
     }
+    const account = row?.username ?? userId;
+    await this.throttle.admit(account, address);
     if (!row?.passwordHash || !(await Bun.password.verify(password, row.passwordHash))) {
       throw new DomainError("unauthorized", "wrong password");
     }
+    await this.throttle.succeeded(account, address);
   }
 
   /** True when the account has a password (false: it signs in with the identity provider only). */

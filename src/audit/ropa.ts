@@ -137,6 +137,22 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
       },
     },
     {
+      category: "abuse prevention",
+      data: [
+        "client IP address (IPv6: its /64) as a rate-limit key",
+        "the username a login or erasure names",
+        "counts of password checks and of account creations",
+      ],
+      purpose:
+        "keep password guessing, credential stuffing and mass sign-ups from harming users and the service",
+      legalBasis: "Art. 6(1)(f) with Recital 49: network and information security",
+      stores: [config.redisUrl ? "Redis" : "node memory"],
+      retention: {
+        days: null,
+        rule: "each counter expires with its window (15 minutes for password checks); the username's counters go at once when the account is erased",
+      },
+    },
+    {
       category: "audit",
       data: [
         "pseudonymised user (HMAC under a per-user key, destroyed on erasure)",

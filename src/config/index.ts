@@ -4,6 +4,7 @@ import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { type Static, Type as T } from "@sinclair/typebox";
 import { Value } from "@sinclair/typebox/value";
+import { parseTrustedProxies } from "../ratelimit/client-address.ts";
 import { type OidcConfig, type OidcEnv, resolveOidc } from "./oidc.ts";
 import { type TlsFiles, tlsFiles, tlsProblems } from "./tls.ts";
 
@@ -108,6 +109,38 @@ const EnvSchema = T.Object({
     default: 500_000,
     description: "presence watch entries (socket × watched user) one node holds at most, 1000-100000000",
   }),
+  TRUSTED_PROXIES: T.Optional(
+    T.String({
+      minLength: 1,
+      description:
+        "comma-separated addresses or CIDR blocks of the proxies whose X-Forwarded-For is believed, e.g. 10.0.0.0/8,::1",
+    }),
+  ),
+  LOGIN_ATTEMPTS_PER_ADDRESS: T.Integer({
+    minimum: 1,
+    maximum: 100_000_000,
+    default: 100,
+    description: "password checks one client address may make per 15 minutes, 1-100000000",
+  }),
+  LOGINS_PER_ACCOUNT: T.Integer({
+    minimum: 1,
+    maximum: 100_000_000,
+    default: 30,
+    description: "successful password checks of one account per 15 minutes, 1-100000000",
+  }),
+  LOGIN_FAILURES_PER_ADDRESS: T.Integer({
+    minimum: 1,
+    maximum: 1_000_000,
+    default: 10,
+    description: "wrong passwords for one account from one address per 15 minutes, 1-1000000",
+  }),
+  LOGIN_FAILURES_PER_ACCOUNT: T.Integer({
+    minimum: 3,
+    maximum: 100_000_000,
+    default: 100,
+    description:
+      "wrong passwords for one account from all addresses per 15 minutes, 3-100000000 (more than twice LOGIN_FAILURES_PER_ADDRESS)",
+  }),
   PASSWORD_HASH_MEMORY_KIB: T.Integer({
     minimum: 64,
     maximum: 4_194_304,
@@ -198,6 +231,15 @@ export interface Config {
   presenceLeaseSeconds: number;
   /** Presence watch entries (socket × watched user) one node holds at most. */
   presenceWatchesPerNode: number;
+  /** Addresses or CIDR blocks whose `X-Forwarded-For` names the client (TRUSTED_PROXIES); empty: none. */
+  trustedProxies: string[];
+  /** Budgets of password checks per 15 minutes (src/accounts/password-throttle.ts). */
+  loginLimits: {
+    attemptsPerAddress: number;
+    successesPerAccount: number;
+    failuresPerAddress: number;
+    failuresPerAccount: number;
+  };
   /** argon2id cost for new password hashes; a stored hash carries its own, so changing it never locks anyone out. */
   passwordHash: { memoryCost: number; timeCost: number };
   /** Who may create accounts, and whether passwords are accepted at all (REGISTRATION). */
@@ -216,6 +258,10 @@ const INTEGER_VARS = new Set([
   "DEVICE_RATE_LIMIT",
   "PRESENCE_LEASE_SECONDS",
   "PRESENCE_WATCHES_PER_NODE",
+  "LOGIN_ATTEMPTS_PER_ADDRESS",
+  "LOGINS_PER_ACCOUNT",
+  "LOGIN_FAILURES_PER_ADDRESS",
+  "LOGIN_FAILURES_PER_ACCOUNT",
   "PORT",
   "ADMIN_PORT",
   "RETENTION_DAYS",
@@ -263,6 +309,9 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     problems.set(variable, `${variable}: expected ${schema?.description ?? e.message}, got ${shown}`);
   }
   for (const [variable, problem] of tlsProblems(candidate as Record<string, unknown>)) {
+    if (!problems.has(variable)) problems.set(variable, problem);
+  }
+  for (const [variable, problem] of abuseProblems(candidate as Partial<Env>)) {
     if (!problems.has(variable)) problems.set(variable, problem);
   }
   const { problems: oidcProblems, oidc } =
@@ -317,10 +366,42 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     deviceRateLimit: env.DEVICE_RATE_LIMIT,
     presenceLeaseSeconds: env.PRESENCE_LEASE_SECONDS,
     presenceWatchesPerNode: env.PRESENCE_WATCHES_PER_NODE,
+    trustedProxies: env.TRUSTED_PROXIES
+      ? (parseTrustedProxies(env.TRUSTED_PROXIES) as { blocks: string[] }).blocks
+      : [],
+    loginLimits: {
+      attemptsPerAddress: env.LOGIN_ATTEMPTS_PER_ADDRESS,
+      successesPerAccount: env.LOGINS_PER_ACCOUNT,
+      failuresPerAddress: env.LOGIN_FAILURES_PER_ADDRESS,
+      failuresPerAccount: env.LOGIN_FAILURES_PER_ACCOUNT,
+    },
     passwordHash: { memoryCost: env.PASSWORD_HASH_MEMORY_KIB, timeCost: env.PASSWORD_HASH_TIME_COST },
     registration: env.REGISTRATION,
     oidc,
   };
+}
+
+/** Problems the schema cannot see: proxy addresses that do not parse, login budgets one address could exhaust. */
+function abuseProblems(env: Partial<Env>): [string, string][] {
+  const problems: [string, string][] = [];
+  if (env.TRUSTED_PROXIES !== undefined) {
+    const parsed = parseTrustedProxies(env.TRUSTED_PROXIES);
+    if (!parsed.ok) {
+      problems.push([
+        "TRUSTED_PROXIES",
+        `TRUSTED_PROXIES: expected addresses or CIDR blocks separated by commas, got ${JSON.stringify(parsed.bad.join(","))}`,
+      ]);
+    }
+  }
+  const { LOGIN_FAILURES_PER_ACCOUNT: perAccount, LOGIN_FAILURES_PER_ADDRESS: perAddress } = env;
+  // Windows of the two budgets need not line up, so one address may land up to twice its budget in one account window.
+  if (typeof perAccount === "number" && typeof perAddress === "number" && perAccount <= 2 * perAddress) {
+    problems.push([
+      "LOGIN_FAILURES_PER_ACCOUNT",
+      `LOGIN_FAILURES_PER_ACCOUNT: expected more than twice LOGIN_FAILURES_PER_ADDRESS (${perAddress}), so one address cannot lock an account out, got ${perAccount}`,
+    ]);
+  }
+  return problems;
 }
 
 /** The embedded default's signing secret: generated on first start, then read back so tokens survive restarts. */

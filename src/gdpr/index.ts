@@ -4,6 +4,7 @@ import type { AccountService } from "../accounts/service.ts";
 import type { Config } from "../config/index.ts";
 import { DomainError } from "../errors/index.ts";
 import { Uuid } from "../protocol/ids.ts";
+import { type ClientAddresses, clientAddressPlugin } from "../ratelimit/index.ts";
 import { authPlugin } from "../sessions/auth.ts";
 import type { SessionService } from "../sessions/service.ts";
 import { type ErasureDeps, ErasureService } from "./erasure.ts";
@@ -38,16 +39,18 @@ export function gdprRoutes(deps: {
   erasures: ErasureService;
   exports: ExportService;
   signer: ReceiptSigner;
+  addresses: ClientAddresses;
 }) {
   return new Elysia({ name: "clearbox.gdpr", normalize: false })
     .use(authPlugin(deps.sessions))
+    .use(clientAddressPlugin(deps.addresses))
     .get("/v1/me/export", ({ principal }) => deps.exports.export(principal.userId, "self"), { auth: true })
     .delete(
       "/v1/me",
-      async ({ principal, body, set }) => {
+      async ({ principal, body, set, clientAddress }) => {
         // Re-checking who it is: a stolen access token alone cannot erase an account.
         if ("password" in body) {
-          await deps.accounts.checkPasswordOf(principal.userId, body.password);
+          await deps.accounts.checkPasswordOf(principal.userId, body.password, clientAddress);
         } else if (deps.oidc) {
           await deps.oidc.reauthenticate(principal.userId, body.signInCode, body.codeVerifier);
         } else {
@@ -57,7 +60,7 @@ export function gdprRoutes(deps: {
         set.status = 202;
         return { erasureId };
       },
-      { auth: true, body: EraseSelf },
+      { auth: true, clientAddress: true, body: EraseSelf },
     )
     .get("/v1/erasures/signing-key", () => ({
       algorithm: "Ed25519",
@@ -112,6 +115,7 @@ export async function createGdpr(
     sessions: SessionService;
     accounts: AccountService;
     oidc?: SignInReauthentication;
+    addresses: ClientAddresses;
   },
 ): Promise<Gdpr> {
   const signer = await ReceiptSigner.load(deps.db);
@@ -128,6 +132,7 @@ export async function createGdpr(
       erasures,
       exports,
       signer,
+      addresses: deps.addresses,
     }),
     adminRoutes: gdprAdminRoutes({ erasures, exports }),
     async start() {

@@ -12,6 +12,7 @@ import type { KeyService } from "../keys/service.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import { type OidcService, oidcRoutes } from "../oidc/index.ts";
+import type { ClientAddresses } from "../ratelimit/index.ts";
 import { sessionRoutes } from "../sessions/index.ts";
 import type { SessionService } from "../sessions/service.ts";
 import { DomainError, errorReply, frameworkRefusal } from "./errors.ts";
@@ -40,6 +41,8 @@ export interface AppDeps {
   logger: Logger;
   metrics: Metrics;
   readiness: ReadinessCheck[];
+  /** Who a request comes from, for rate limits (TRUSTED_PROXIES). */
+  addresses: ClientAddresses;
 }
 
 /**
@@ -106,7 +109,7 @@ export function createApp(deps: AppDeps) {
       return { status: ready ? "ok" : "unavailable", services: Object.fromEntries(results) };
     })
     .use(accountRoutes(deps.accounts))
-    .use(sessionRoutes(deps.sessions))
+    .use(sessionRoutes(deps.sessions, deps.addresses))
     .use(oidcRoutes(deps.oidc))
     .use(deviceRoutes(deps.devices, deps.sessions))
     .use(keyRoutes(deps.keys, deps.sessions))

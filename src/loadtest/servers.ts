@@ -211,6 +211,8 @@ export async function spawnNode(
       // measured phases never hash a password, so the spawned nodes use a low cost.
       PASSWORD_HASH_MEMORY_KIB: "1024",
       PASSWORD_HASH_TIME_COST: "1",
+      // Every virtual user logs in from this machine's one address.
+      LOGIN_ATTEMPTS_PER_ADDRESS: "100000000",
       NODE_ID: `load-${index}-${randomBytes(3).toString("hex")}`,
       ...shared,
     },

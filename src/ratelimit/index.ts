@@ -1,3 +1,9 @@
+export {
+  ClientAddresses,
+  clientAddressPlugin,
+  parseTrustedProxies,
+  UNKNOWN_ADDRESS,
+} from "./client-address.ts";
 export { MemoryRateLimiter } from "./memory.ts";
 export { RedisRateLimiter } from "./redis.ts";
 export type { RateLimitDecision, RateLimiter, RateLimitRule } from "./types.ts";

@@ -23,6 +23,11 @@ export class MemoryRateLimiter implements RateLimiter {
     return { allowed: false, retryAfterMs: window.resetAt - now };
   }
 
+  async release(rule: RateLimitRule, key: string): Promise<void> {
+    const window = this.windows.get(`${rule.name}:${key}`);
+    if (window && window.resetAt > this.now() && window.count > 0) window.count--;
+  }
+
   async reset(rule: RateLimitRule, key: string): Promise<number> {
     return this.windows.delete(`${rule.name}:${key}`) ? 1 : 0;
   }

@@ -10,6 +10,12 @@ local ttl = redis.call("PTTL", KEYS[1])
 if ttl < 0 then redis.call("PEXPIRE", KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
 return {count, ttl}`;
 
+/** DECR a live counter that is above zero (never creates one, never goes negative). */
+const RELEASE_SCRIPT = `
+local count = tonumber(redis.call("GET", KEYS[1]) or "0")
+if count > 0 then redis.call("DECR", KEYS[1]) end
+return count`;
+
 /** Counters in Redis, shared by every node of a cluster. Keys: `<prefix>rl:<rule>:<key>`. */
 export class RedisRateLimiter implements RateLimiter {
   constructor(
@@ -26,6 +32,10 @@ export class RedisRateLimiter implements RateLimiter {
     )) as [number, number];
     if (count <= rule.limit) return { allowed: true };
     return { allowed: false, retryAfterMs: ttl };
+  }
+
+  async release(rule: RateLimitRule, key: string): Promise<void> {
+    await this.redis.eval(RELEASE_SCRIPT, 1, `${this.prefix}rl:${rule.name}:${key}`);
   }
 
   reset(rule: RateLimitRule, key: string): Promise<number> {

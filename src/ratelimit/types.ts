@@ -14,6 +14,8 @@ export type RateLimitDecision = { allowed: true } | { allowed: false; retryAfter
  */
 export interface RateLimiter {
   hit(rule: RateLimitRule, key: string): Promise<RateLimitDecision>;
+  /** Gives one hit back to the key's current window (an attempt counted in advance that turned out fine). */
+  release(rule: RateLimitRule, key: string): Promise<void>;
   /** Drops one key's counter (erasure of the person it names); returns how many were dropped. */
   reset(rule: RateLimitRule, key: string): Promise<number>;
   /** Whether the next hit would be allowed, without counting one. */

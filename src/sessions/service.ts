@@ -4,11 +4,7 @@ import type { AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
 import { refreshTokens } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
-import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
 import { type AccessClaims, TokenIssuer } from "./tokens.ts";
-
-/** Wrong passwords allowed per username before logins to it are refused for the rest of the window. */
-export const LOGIN_FAILURES: RateLimitRule = { name: "login-failures", limit: 10, windowMs: 15 * 60_000 };
 
 /** What a successful login or refresh returns (docs/PROTOCOL.md, POST /v1/sessions). */
 export interface SessionTokens {
@@ -56,33 +52,23 @@ export class SessionService {
     private readonly tokens: TokenIssuer,
     private readonly refreshTtlDays: number,
     private readonly audit?: AuditTrail,
-    private readonly limiter?: RateLimiter,
   ) {}
 
-  /** Checks the password, then reuses `deviceId` or creates a new device, and issues tokens for it. */
-  async login(input: {
-    username: string;
-    password: string;
-    deviceId?: number;
-    registrationId?: number;
-    deviceName?: string;
-  }): Promise<SessionTokens> {
-    // Password guessing: after 10 wrong passwords for a username, that username waits out the window.
-    const blocked = await this.limiter?.peek(LOGIN_FAILURES, input.username);
-    if (blocked && !blocked.allowed) {
-      throw new DomainError("rate_limited", "too many failed logins for this account, retry later", {
-        retryAfterSeconds: Math.max(1, Math.ceil(blocked.retryAfterMs / 1000)),
-      });
-    }
-    let userId: string;
-    try {
-      userId = await this.accounts.verifyPassword(input.username, input.password);
-    } catch (error) {
-      if (error instanceof DomainError && error.code === "unauthorized") {
-        await this.limiter?.hit(LOGIN_FAILURES, input.username);
-      }
-      throw error;
-    }
+  /**
+   * Checks the password (throttled per client address and per account, `PasswordThrottle`), then
+   * reuses `deviceId` or creates a new device, and issues tokens for it. `address`: the client's.
+   */
+  async login(
+    input: {
+      username: string;
+      password: string;
+      deviceId?: number;
+      registrationId?: number;
+      deviceName?: string;
+    },
+    address: string,
+  ): Promise<SessionTokens> {
+    const userId = await this.accounts.verifyPassword(input.username, input.password, address);
     return this.startSession(userId, input);
   }
 
@@ -149,11 +135,6 @@ export class SessionService {
     const generation = await this.devices.tokenGeneration(claims.userId, claims.deviceId);
     if (generation !== claims.generation) throw new DomainError("unauthorized", "access token was revoked");
     return { userId: claims.userId, deviceId: claims.deviceId };
-  }
-
-  /** Forgets the failed-login counter of a username (erasure of its owner); returns how many counters went. */
-  async forgetFailedLogins(username: string): Promise<number> {
-    return (await this.limiter?.reset(LOGIN_FAILURES, username)) ?? 0;
   }
 
   /** Revokes every access and refresh token of the device. */

@@ -11,6 +11,7 @@ const CATEGORIES = [
   "groups",
   "envelope metadata and ciphertext",
   "presence",
+  "abuse prevention",
   "audit",
 ];
 
@@ -87,6 +88,8 @@ describe("record of processing built from a clustered configuration", () => {
     expect(envelopes?.retention.rule).toContain("TTL index");
     expect(ropa.categories.find((c) => c.category === "audit")?.retention.days).toBe(365);
     expect(ropa.categories.find((c) => c.category === "presence")?.stores).toEqual(["Redis"]);
+    // Rate-limit counters keyed by client address live where the limiter keeps them.
+    expect(ropa.categories.find((c) => c.category === "abuse prevention")?.stores).toEqual(["Redis"]);
     expect(ropa.securityMeasures.join("\n")).toContain("bound to 0.0.0.0 (not loopback)");
     expect(ropa.securityMeasures.join("\n")).toContain("terminated by the reverse proxy");
     const native = buildRopa({

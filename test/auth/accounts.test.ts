@@ -150,7 +150,7 @@ describe.each(BACKENDS)("accounts and sessions on %s", (backend) => {
     expect(row.passwordHash).not.toContain(me.password);
   });
 
-  test("after 10 wrong passwords an account's logins are refused with 429 for the window; others are not", async () => {
+  test("after 10 wrong passwords from one address an account's logins from there are refused with 429 for the window; others are not", async () => {
     const me = await registerAndLogin(client);
     const other = await registerAndLogin(client);
     for (let i = 0; i < 10; i++) {

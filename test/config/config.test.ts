@@ -88,10 +88,44 @@ describe("configuration", () => {
     ["NODE_ID", "has space", "NODE_ID: expected 1-64 of"],
     ["PASSWORD_HASH_MEMORY_KIB", "8", "PASSWORD_HASH_MEMORY_KIB: expected argon2id memory cost in KiB"],
     ["PASSWORD_HASH_TIME_COST", "0", "PASSWORD_HASH_TIME_COST: expected argon2id passes, 1-100"],
+    ["PRESENCE_WATCHES_PER_NODE", "10", "PRESENCE_WATCHES_PER_NODE: expected presence watch entries"],
+    ["TRUSTED_PROXIES", "10.0.0.0/33", "TRUSTED_PROXIES: expected addresses or CIDR blocks"],
+    ["TRUSTED_PROXIES", "proxy.local", "TRUSTED_PROXIES: expected addresses or CIDR blocks"],
+    [
+      "LOGIN_ATTEMPTS_PER_ADDRESS",
+      "0",
+      "LOGIN_ATTEMPTS_PER_ADDRESS: expected password checks one client address",
+    ],
+    ["LOGINS_PER_ACCOUNT", "x", "LOGINS_PER_ACCOUNT: expected successful password checks"],
+    ["LOGIN_FAILURES_PER_ADDRESS", "0", "LOGIN_FAILURES_PER_ADDRESS: expected wrong passwords"],
+    // One address may land twice its budget in one account window: 20 is not more than twice 10.
+    [
+      "LOGIN_FAILURES_PER_ACCOUNT",
+      "20",
+      "LOGIN_FAILURES_PER_ACCOUNT: expected more than twice LOGIN_FAILURES_PER_ADDRESS",
+    ],
   ])("%s=%s is refused with a message naming the variable", (name, value, message) => {
     expect(() =>
       loadConfig({ DATA_DIR: "/tmp/clearbox-config-unused", JWT_SECRET: "x".repeat(32), [name]: value }),
     ).toThrow(message);
+  });
+
+  test("abuse limits: defaults, trusted proxies parsed, IPv4 and IPv6 blocks", () => {
+    const defaults = loadConfig({ DATA_DIR: "/tmp/x", JWT_SECRET: "x".repeat(32) });
+    expect(defaults.trustedProxies).toEqual([]);
+    expect(defaults.presenceWatchesPerNode).toBe(500_000);
+    expect(defaults.loginLimits).toEqual({
+      attemptsPerAddress: 100,
+      successesPerAccount: 30,
+      failuresPerAddress: 10,
+      failuresPerAccount: 100,
+    });
+    const set = loadConfig({
+      DATA_DIR: "/tmp/x",
+      JWT_SECRET: "x".repeat(32),
+      TRUSTED_PROXIES: " 10.0.0.0/8, 127.0.0.1 ,fd00::/8,::1",
+    });
+    expect(set.trustedProxies).toEqual(["10.0.0.0/8", "127.0.0.1", "fd00::/8", "::1"]);
   });
 
   test("secrets in a refused value are not echoed back", () => {

@@ -64,6 +64,9 @@ export async function startTestNode(
     // Suites make hundreds of accounts; the default argon2id cost (64 MiB) only slows them down.
     PASSWORD_HASH_MEMORY_KIB: "1024",
     PASSWORD_HASH_TIME_COST: "1",
+    // Every test client comes from 127.0.0.1, and suites log in hundreds of users: the per-address
+    // budget is lifted (tests of the throttle set their own).
+    LOGIN_ATTEMPTS_PER_ADDRESS: "1000000",
     ...(database ? { DATABASE_URL: database.url } : {}),
     ...options.env,
   });
