@@ -7,7 +7,9 @@ import {
   USER_KIND,
   userActorFactory,
 } from "../actors/index.ts";
+import { registrationAdminRoutes } from "./accounts/index.ts";
 import { PasswordThrottle } from "./accounts/password-throttle.ts";
+import { RegistrationGate, RegistrationTokens } from "./accounts/registration.ts";
 import { AccountService } from "./accounts/service.ts";
 import { createAdminApp } from "./admin/app.ts";
 import { auditAdminRoutes, buildRopa } from "./audit/index.ts";
@@ -155,7 +157,17 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   // 3. Services.
   const addresses = new ClientAddresses(config.trustedProxies);
   const logins = new PasswordThrottle(rateLimiter, config.loginLimits);
-  const accounts = new AccountService(db, logins, config.passwordHash, config.registration !== "oidc-only");
+  const registrationTokens = new RegistrationTokens(db);
+  const accounts = new AccountService(db, {
+    throttle: logins,
+    registration: new RegistrationGate(
+      config.registration,
+      registrationTokens,
+      rateLimiter,
+      config.registrationsPerAddress,
+    ),
+    cost: config.passwordHash,
+  });
   const devices = new DeviceService(db, audit);
   const tokens = new TokenIssuer(config.jwtSecret, config.accessTokenTtlSeconds);
   const sessions = new SessionService(
@@ -274,6 +286,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     routes: [
       clusterAdminRoutes(actors),
       gdpr.adminRoutes,
+      registrationAdminRoutes(registrationTokens),
       auditAdminRoutes({ audit, ropa: () => buildRopa(config) }),
       ...(oidc ? [oidcAdminRoutes(oidc)] : []),
     ],

@@ -1,11 +1,34 @@
+import { Type } from "@sinclair/typebox";
 import { type Static, t } from "elysia";
 
 export namespace AccountModel {
   export const username = t.String({ minLength: 3, maxLength: 32, pattern: "^[a-z0-9_.-]+$" });
   export const password = t.String({ minLength: 8, maxLength: 256 });
 
-  export const register = t.Object({ username, password }, { additionalProperties: false });
+  /** An invite token (`REGISTRATION=invite`), as the admin RPC issued it. */
+  export const registrationToken = t.String({ minLength: 1, maxLength: 64, pattern: "^[A-Za-z0-9._~-]+$" });
+
+  export const register = t.Object(
+    { username, password, registrationToken: t.Optional(registrationToken) },
+    { additionalProperties: false },
+  );
   export type Register = Static<typeof register>;
 
   export const registered = t.Object({ userId: t.String() });
+
+  /** `POST /admin/v1/registration-tokens`: the token (else a random one), its uses (null: no limit) and expiry (Unix ms; null: never). */
+  export const createToken = t.Object(
+    {
+      token: t.Optional(registrationToken),
+      usesAllowed: t.Optional(t.Union([Type.Integer({ minimum: 1, maximum: 1_000_000_000 }), t.Null()])),
+      expiresAt: t.Optional(
+        t.Union([Type.Integer({ minimum: 0, maximum: 8_640_000_000_000_000 }), t.Null()]),
+      ),
+    },
+    { additionalProperties: false },
+  );
+
+  export const tokenParams = t.Object({ token: registrationToken });
+
+  export const listQuery = t.Object({ valid: t.Optional(t.Union([t.Literal("true"), t.Literal("false")])) });
 }

@@ -4,6 +4,7 @@ import type { Db } from "../db/index.ts";
 import { accounts } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import type { PasswordThrottle } from "./password-throttle.ts";
+import type { RegistrationGate } from "./registration.ts";
 
 /** argon2id cost of new hashes (KiB, passes); verification reads the cost stored in each hash. */
 export interface PasswordHashCost {
@@ -18,39 +19,60 @@ export const PASSWORDS_DISABLED =
 /**
  * Accounts: creation and password checks. Passwords are hashed with argon2id (Bun.password).
  * Accounts provisioned by the identity provider have no password hash, and no password matches them.
- * Every password check goes through the `PasswordThrottle` (counted before the hash is compared),
- * so the only way to test a password is a throttled one.
+ * Creation goes through the `RegistrationGate` (per-address budget, `REGISTRATION` mode, invite
+ * tokens) before anything is hashed; every password check goes through the `PasswordThrottle`
+ * (counted before the hash is compared), so the only way to test a password is a throttled one.
  */
 export class AccountService {
   /** Compared against when the username is unknown, so a wrong username costs the same time as a wrong password. */
   private decoyHash: Promise<string> | undefined;
 
+  private readonly throttle: PasswordThrottle;
+  private readonly registration: RegistrationGate;
+  private readonly cost: PasswordHashCost;
+
   constructor(
     private readonly db: Db,
-    private readonly throttle: PasswordThrottle,
-    private readonly cost: PasswordHashCost = { memoryCost: 65_536, timeCost: 2 },
-    /** false (REGISTRATION=oidc-only): every password operation is refused with `forbidden`. */
-    private readonly passwordsEnabled = true,
-  ) {}
+    deps: { throttle: PasswordThrottle; registration: RegistrationGate; cost?: PasswordHashCost },
+  ) {
+    this.throttle = deps.throttle;
+    this.registration = deps.registration;
+    this.cost = deps.cost ?? { memoryCost: 65_536, timeCost: 2 };
+  }
 
+  /** REGISTRATION=oidc-only: every password operation is refused with `forbidden`. */
   private requirePasswords(): void {
-    if (!this.passwordsEnabled) throw new DomainError("forbidden", PASSWORDS_DISABLED);
+    if (this.registration.mode === "oidc-only") throw new DomainError("forbidden", PASSWORDS_DISABLED);
   }
 
   private hash(password: string): Promise<string> {
     return Bun.password.hash(password, { algorithm: "argon2id", ...this.cost });
   }
 
-  /** Creates an account; `conflict` when the username is taken. */
-  async register(username: string, password: string): Promise<{ userId: string }> {
+  /**
+   * Creates an account for a client at `address` (`ClientAddresses`): `rate_limited` past the
+   * address's sign-up budget, `forbidden` when the registration mode refuses it (closed; invite
+   * without a usable token; oidc-only), `conflict` when the username is taken. A refused sign-up
+   * spends no token use.
+   */
+  async register(
+    username: string,
+    password: string,
+    client: { address: string; registrationToken?: string },
+  ): Promise<{ userId: string }> {
     this.requirePasswords();
+    const spendToken = await this.registration.admit(client.address, client.registrationToken);
     const passwordHash = await this.hash(password);
     try {
-      const [row] = await this.db
-        .insert(accounts)
-        .values({ username, passwordHash })
-        .returning({ id: accounts.id });
-      return { userId: row.id };
+      const userId = await this.db.transaction(async (tx) => {
+        await spendToken?.(tx);
+        const [row] = await tx
+          .insert(accounts)
+          .values({ username, passwordHash })
+          .returning({ id: accounts.id });
+        return row.id;
+      });
+      return { userId };
     } catch (error) {
       if (isUniqueViolation(error)) throw new DomainError("conflict", "username is taken");
       throw error;

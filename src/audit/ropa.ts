@@ -19,6 +19,7 @@ export type RopaConfig = Pick<
   | "dpoContact"
   | "oidc"
   | "registration"
+  | "registrationsPerAddress"
 >;
 
 /** One category of personal data: what it is, why, where it lives and how long. */
@@ -38,6 +39,8 @@ export interface Ropa {
   record: string;
   generatedAt: string;
   controller: { name: string; dpoContact: string };
+  /** How people become data subjects here: the `REGISTRATION` mode and what it means. */
+  registration: { mode: Config["registration"]; rule: string };
   purposes: string[];
   dataSubjects: string[];
   categories: RopaCategory[];
@@ -48,6 +51,25 @@ export interface Ropa {
 }
 
 const UNSET = (variable: string) => `not configured (set ${variable})`;
+
+/** What each registration mode means for who becomes a data subject. */
+const REGISTRATION_RULES: Record<Config["registration"], (perAddress: number) => string> = {
+  open: (n) => `anyone may create an account (at most ${n} per client address per hour)`,
+  invite: (n) =>
+    `only holders of a registration token issued over the admin RPC may create an account (at most ${n} per client address per hour)`,
+  closed: () => "no new accounts are created",
+  "oidc-only": () =>
+    "accounts are created only by a first sign-in with the organisation's identity provider; password registration is disabled",
+};
+
+/** Who the data subjects are, by registration mode. */
+const DATA_SUBJECTS: Record<Config["registration"], string> = {
+  open: "registered users of this server (anyone may sign up)",
+  invite: "registered users of this server (people the operator invited with a registration token)",
+  closed: "registered users of this server (registration is closed: existing accounts only)",
+  "oidc-only":
+    "members of the organisation's identity provider who signed in to this server (password registration disabled)",
+};
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
 
 /** Generates the record from the running configuration: its stores, periods and admin binding. */
@@ -149,7 +171,7 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
       stores: [config.redisUrl ? "Redis" : "node memory"],
       retention: {
         days: null,
-        rule: "each counter expires with its window (15 minutes for password checks); the username's counters go at once when the account is erased",
+        rule: "each counter expires with its window (15 minutes for password checks, an hour for account creations); the username's counters go at once when the account is erased",
       },
     },
     {
@@ -193,6 +215,10 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
   const admin = LOOPBACK.test(config.adminHost)
     ? `admin RPC on a separate listener bound to loopback (${config.adminHost}), bearer token compared in constant time`
     : `admin RPC on a separate listener bound to ${config.adminHost} (not loopback), bearer token compared in constant time`;
+  const registration = {
+    mode: config.registration,
+    rule: REGISTRATION_RULES[config.registration](config.registrationsPerAddress),
+  };
   return {
     record: "GDPR Art. 30(1) record of processing activities",
     generatedAt: now.toISOString(),
@@ -200,6 +226,7 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
       name: config.controllerName ?? UNSET("CONTROLLER_NAME"),
       dpoContact: config.dpoContact ?? UNSET("DPO_CONTACT"),
     },
+    registration,
     purposes: [
       "provide end-to-end-encrypted 1:1 and group messaging",
       "authenticate users and their devices",
@@ -209,9 +236,7 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
       "answer data-subject requests (export, erasure)",
     ],
     dataSubjects: [
-      config.registration === "oidc-only"
-        ? "members of the organisation's identity provider who signed in to this server (password registration disabled)"
-        : "registered users of this server",
+      DATA_SUBJECTS[config.registration],
     ],
     categories,
     recipients: [],

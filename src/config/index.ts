@@ -11,12 +11,14 @@ import { type TlsFiles, tlsFiles, tlsProblems } from "./tls.ts";
 export type { OidcConfig, TlsFiles };
 
 /**
- * Who may create accounts. `open`: anyone, with a password (and, when OIDC_ISSUER is set, by
- * signing in with the identity provider). `oidc-only`: passwords are disabled entirely: accounts
- * come only from the identity provider, and password registration, login, change and checks are
- * refused. (The abuse issue's `invite` and `closed` modes extend this list.)
+ * Who may create accounts (`REGISTRATION`). `open`: anyone, with a password (and, when OIDC_ISSUER
+ * is set, by signing in with the identity provider). `invite`: password sign-up needs a
+ * registration token issued over the admin RPC. `closed`: no password sign-up. `oidc-only`:
+ * passwords are disabled entirely: accounts come only from the identity provider, and password
+ * registration, login, change and checks are refused. A new mode is one more literal here and one
+ * more case in `RegistrationGate.admit` (src/accounts), which the compiler then insists on.
  */
-export const REGISTRATION_MODES = ["open", "oidc-only"] as const;
+export const REGISTRATION_MODES = ["open", "invite", "closed", "oidc-only"] as const;
 export type RegistrationMode = (typeof REGISTRATION_MODES)[number];
 
 /** What each environment variable must look like; `description` is what the start-up error tells the operator. */
@@ -116,6 +118,12 @@ const EnvSchema = T.Object({
         "comma-separated addresses or CIDR blocks of the proxies whose X-Forwarded-For is believed, e.g. 10.0.0.0/8,::1",
     }),
   ),
+  REGISTRATIONS_PER_ADDRESS: T.Integer({
+    minimum: 1,
+    maximum: 100_000_000,
+    default: 10,
+    description: "accounts one client address may create per hour, 1-100000000",
+  }),
   LOGIN_ATTEMPTS_PER_ADDRESS: T.Integer({
     minimum: 1,
     maximum: 100_000_000,
@@ -155,7 +163,11 @@ const EnvSchema = T.Object({
   }),
   REGISTRATION: T.Union(
     REGISTRATION_MODES.map((m) => T.Literal(m)),
-    { default: "open", description: `one of ${REGISTRATION_MODES.join(", ")}` },
+    {
+      default: "open",
+      description:
+        "open (anyone), invite (with a token from the admin RPC), closed, or oidc-only (no passwords)",
+    },
   ),
   OIDC_ISSUER: T.Optional(T.String({ minLength: 1, description: "the identity provider's issuer URL" })),
   OIDC_CLIENT_ID: T.Optional(
@@ -231,6 +243,8 @@ export interface Config {
   presenceLeaseSeconds: number;
   /** Presence watch entries (socket × watched user) one node holds at most. */
   presenceWatchesPerNode: number;
+  /** Accounts one client address may create per hour. */
+  registrationsPerAddress: number;
   /** Addresses or CIDR blocks whose `X-Forwarded-For` names the client (TRUSTED_PROXIES); empty: none. */
   trustedProxies: string[];
   /** Budgets of password checks per 15 minutes (src/accounts/password-throttle.ts). */
@@ -258,6 +272,7 @@ const INTEGER_VARS = new Set([
   "DEVICE_RATE_LIMIT",
   "PRESENCE_LEASE_SECONDS",
   "PRESENCE_WATCHES_PER_NODE",
+  "REGISTRATIONS_PER_ADDRESS",
   "LOGIN_ATTEMPTS_PER_ADDRESS",
   "LOGINS_PER_ACCOUNT",
   "LOGIN_FAILURES_PER_ADDRESS",
@@ -366,6 +381,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     deviceRateLimit: env.DEVICE_RATE_LIMIT,
     presenceLeaseSeconds: env.PRESENCE_LEASE_SECONDS,
     presenceWatchesPerNode: env.PRESENCE_WATCHES_PER_NODE,
+    registrationsPerAddress: env.REGISTRATIONS_PER_ADDRESS,
     trustedProxies: env.TRUSTED_PROXIES
       ? (parseTrustedProxies(env.TRUSTED_PROXIES) as { blocks: string[] }).blocks
       : [],

@@ -301,3 +301,19 @@ export const oidcLogoutTokens = pgTable(
   },
   (t) => [primaryKey({ columns: [t.issuer, t.jti] })],
 );
+
+/**
+ * Invite tokens for `REGISTRATION=invite`, issued over the admin RPC (after Synapse's registration
+ * tokens). Each account creation with a token spends one use, in the same transaction as the
+ * insert; who used a token is not recorded.
+ */
+export const registrationTokens = pgTable("registration_tokens", {
+  token: text("token").primaryKey(),
+  /** Accounts the token may create; null: no limit. */
+  usesAllowed: integer("uses_allowed"),
+  /** Accounts created with it so far. */
+  completed: integer("completed").notNull().default(0),
+  /** After this the token is refused; null: never expires. */
+  expiresAt: timestamp("expires_at", { withTimezone: true }),
+  createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+});

@@ -108,7 +108,7 @@ export function createApp(deps: AppDeps) {
       if (!ready) set.status = 503;
       return { status: ready ? "ok" : "unavailable", services: Object.fromEntries(results) };
     })
-    .use(accountRoutes(deps.accounts))
+    .use(accountRoutes(deps.accounts, deps.addresses))
     .use(sessionRoutes(deps.sessions, deps.addresses))
     .use(oidcRoutes(deps.oidc))
     .use(deviceRoutes(deps.devices, deps.sessions))

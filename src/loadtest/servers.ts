@@ -213,6 +213,7 @@ export async function spawnNode(
       PASSWORD_HASH_TIME_COST: "1",
       // Every virtual user logs in from this machine's one address.
       LOGIN_ATTEMPTS_PER_ADDRESS: "100000000",
+      REGISTRATIONS_PER_ADDRESS: "100000000",
       NODE_ID: `load-${index}-${randomBytes(3).toString("hex")}`,
       ...shared,
     },

@@ -90,6 +90,13 @@ describe("record of processing built from a clustered configuration", () => {
     expect(ropa.categories.find((c) => c.category === "presence")?.stores).toEqual(["Redis"]);
     // Rate-limit counters keyed by client address live where the limiter keeps them.
     expect(ropa.categories.find((c) => c.category === "abuse prevention")?.stores).toEqual(["Redis"]);
+    expect(ropa.registration).toEqual({
+      mode: "open",
+      rule: "anyone may create an account (at most 10 per client address per hour)",
+    });
+    expect(buildRopa({ ...config, registration: "invite" }).registration.rule).toContain(
+      "registration token",
+    );
     expect(ropa.securityMeasures.join("\n")).toContain("bound to 0.0.0.0 (not loopback)");
     expect(ropa.securityMeasures.join("\n")).toContain("terminated by the reverse proxy");
     const native = buildRopa({

@@ -88,6 +88,8 @@ describe("configuration", () => {
     ["NODE_ID", "has space", "NODE_ID: expected 1-64 of"],
     ["PASSWORD_HASH_MEMORY_KIB", "8", "PASSWORD_HASH_MEMORY_KIB: expected argon2id memory cost in KiB"],
     ["PASSWORD_HASH_TIME_COST", "0", "PASSWORD_HASH_TIME_COST: expected argon2id passes, 1-100"],
+    ["REGISTRATION", "oidc", "REGISTRATION: expected open (anyone), invite"],
+    ["REGISTRATIONS_PER_ADDRESS", "0", "REGISTRATIONS_PER_ADDRESS: expected accounts one client address"],
     ["PRESENCE_WATCHES_PER_NODE", "10", "PRESENCE_WATCHES_PER_NODE: expected presence watch entries"],
     ["TRUSTED_PROXIES", "10.0.0.0/33", "TRUSTED_PROXIES: expected addresses or CIDR blocks"],
     ["TRUSTED_PROXIES", "proxy.local", "TRUSTED_PROXIES: expected addresses or CIDR blocks"],

@@ -67,6 +67,7 @@ export async function startTestNode(
     // Every test client comes from 127.0.0.1, and suites log in hundreds of users: the per-address
     // budget is lifted (tests of the throttle set their own).
     LOGIN_ATTEMPTS_PER_ADDRESS: "1000000",
+    REGISTRATIONS_PER_ADDRESS: "1000000",
     ...(database ? { DATABASE_URL: database.url } : {}),
     ...options.env,
   });
