@@ -12,6 +12,7 @@ import { PasswordThrottle } from "./accounts/password-throttle.ts";
 import { RegistrationGate, RegistrationTokens } from "./accounts/registration.ts";
 import { AccountService } from "./accounts/service.ts";
 import { createAdminApp } from "./admin/app.ts";
+import { AdminRefusals } from "./admin/refusals.ts";
 import { auditAdminRoutes, buildRopa } from "./audit/index.ts";
 import { PostgresAuditTrail } from "./audit/service.ts";
 import type { AuditTrail } from "./audit/types.ts";
@@ -62,6 +63,8 @@ export interface ClearBoxNode {
   gateway: Gateway;
   /** The hash-chained, pseudonymised audit trail. */
   audit: AuditTrail;
+  /** Refused admin calls: per-address budget and one audit entry per window (`flush()` closes it). */
+  adminRefusals: AdminRefusals;
   /** Erasure, export and receipt signing. */
   gdpr: Gdpr;
   /** Storage limitation: the periodic retention job (src/retention). */
@@ -279,10 +282,13 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     readiness,
     addresses,
   });
+  const adminRefusals = new AdminRefusals({ audit, limiter: rateLimiter, logger });
   const admin = createAdminApp({
     adminToken: config.adminToken,
     metrics,
     logger,
+    refusals: adminRefusals,
+    addresses,
     routes: [
       clusterAdminRoutes(actors),
       gdpr.adminRoutes,
@@ -344,6 +350,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     messaging,
     gateway: openGateway,
     audit,
+    adminRefusals,
     gdpr,
     retention,
     url,
@@ -354,6 +361,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       await openGateway.stop();
       await app.stop(true);
       await admin.stop(true);
+      await adminRefusals.stop();
       await gdpr.stop();
       await actors.stop();
       await stores.close();

@@ -5,7 +5,9 @@ import { DomainError, errorReply, frameworkRefusal } from "../http/errors.ts";
 import { jsonBodyGate } from "../http/json-body.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { Metrics } from "../observability/metrics.ts";
+import type { ClientAddresses } from "../ratelimit/index.ts";
 import { bearerToken } from "../sessions/auth.ts";
+import type { AdminRefusals, RefusalReason } from "./refusals.ts";
 
 /** Compares tokens in constant time (hashing first so the lengths are equal too). */
 function tokenMatches(given: string, expected: string): boolean {
@@ -16,15 +18,20 @@ function tokenMatches(given: string, expected: string): boolean {
 
 /**
  * The admin RPC listener's app: every route needs `Authorization: Bearer $ADMIN_TOKEN`.
- * Without a configured token it refuses every call.
+ * Without a configured token it refuses every call. Refused calls are counted per client address
+ * and audited in aggregate (`AdminRefusals`), so a flood of bad tokens cannot flood the audit chain.
  */
 export function createAdminApp(deps: {
   adminToken?: string;
   metrics: Metrics;
   logger: Logger;
   routes?: AnyElysia[];
-  /** Records `admin.call` (method, route pattern, status) for every call and `admin.refused` for bad tokens. */
+  /** Records `admin.call` (method, route pattern, status) for every accepted call. */
   audit?: AuditTrail;
+  /** Refused calls: per-address budget (429 beyond it) and one `admin.refused` entry per window. */
+  refusals: AdminRefusals;
+  /** Who a call comes from (the peer, or X-Forwarded-For of a trusted proxy). */
+  addresses: ClientAddresses;
 }) {
   const refused = new WeakSet<Request>();
   // Route patterns and statuses only: never the URL (it may hold a user id), a body or a token.
@@ -53,9 +60,9 @@ export function createAdminApp(deps: {
       return reply.body;
     })
     // onRequest, not onBeforeHandle, so unknown paths are refused too and reveal nothing without a token.
-    .onRequest(async ({ request }) => {
+    .onRequest(async ({ request, server }) => {
       const token = bearerToken(request.headers.get("authorization") ?? undefined);
-      const reason = !deps.adminToken
+      const reason: RefusalReason | undefined = !deps.adminToken
         ? "admin_disabled"
         : !token
           ? "missing_token"
@@ -64,15 +71,15 @@ export function createAdminApp(deps: {
             : undefined;
       if (!reason) return;
       refused.add(request);
-      // Who was refused is unknown, so the server itself is the actor.
-      await audit({
-        action: "admin.refused",
-        actor: "system",
-        details: { method: request.method, reason, status: 401 },
-      });
+      // Counted, not written: the window's one entry (and log line) carries the count.
+      const retryAfterSeconds = await deps.refusals.refused(deps.addresses.of(request, server), reason);
+      if (retryAfterSeconds !== undefined) {
+        throw new DomainError("rate_limited", "too many refused admin calls from this address, retry later", {
+          retryAfterSeconds,
+        });
+      }
       if (!deps.adminToken)
         throw new DomainError("unauthorized", "admin RPC is disabled: ADMIN_TOKEN is not set");
-      deps.logger.warn({ path: new URL(request.url).pathname }, "admin call refused: bad token");
       throw new DomainError("unauthorized", "missing or wrong admin token");
     })
     .onAfterHandle({ as: "global" }, async ({ request, route, set }) => {
