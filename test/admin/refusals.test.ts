@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { AdminRefusals } from "../../src/admin/refusals.ts";
-import { PostgresAuditTrail } from "../../src/audit/service.ts";
+import type { PostgresAuditTrail } from "../../src/audit/service.ts";
 import { type Api, api } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 
