@@ -1,6 +1,14 @@
 import { parseArgs } from "node:util";
 
-export const SCENARIOS = ["smoke", "one-to-one", "offline", "fanout", "connections", "cluster"] as const;
+export const SCENARIOS = [
+  "smoke",
+  "one-to-one",
+  "offline",
+  "fanout",
+  "connections",
+  "cluster",
+  "abuse",
+] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 
 /** Which stores a spawned node uses: the embedded default, or PostgreSQL + Redis + RabbitMQ. */
@@ -43,6 +51,8 @@ export interface LoadtestOptions {
   settleS: number;
   /** Milliseconds a device gathers received ids before acking them in one frame. */
   ackDelayMs: number;
+  /** HTTP loops of the abuse scenario's attacker, each with one hostile request in flight. */
+  abusers: number;
   /** Directory for CPU profiles of spawned nodes (`bun --cpu-prof`), written when they stop. */
   profileDir?: string;
   progress: boolean;
@@ -68,6 +78,7 @@ const DEFAULTS: Record<ScenarioName, Partial<LoadtestOptions>> = {
     nodes: 3,
     stack: "services",
   },
+  abuse: { users: 20, messages: 2_000_000, durationS: 10, window: 16, rate: 200, baseline: false },
 };
 
 export const USAGE = `usage: npm run loadtest -- <scenario> [options]
@@ -84,6 +95,7 @@ scenarios: ${SCENARIOS.join(", ")}
   --size <bytes>                    payload size
   --group-sizes 100,1000,10000      fan-out group sizes  --group-messages <n>
   --connections <n>                 idle connections for the connection storm
+  --abusers <n>                     abuse: HTTP loops sending hostile requests (default 4)
   --e2ee                            real Signal sessions (1:1 and smoke) instead of plain payloads
   --baseline / --no-baseline        also measure the raw Bun relay in the same run
   --concurrency <n>                 account creations in flight
@@ -125,6 +137,7 @@ export function parseOptions(argv: string[]): LoadtestOptions {
       "group-sizes": { type: "string" },
       "group-messages": { type: "string" },
       connections: { type: "string" },
+      abusers: { type: "string" },
       e2ee: { type: "boolean" },
       json: { type: "boolean" },
       baseline: { type: "boolean" },
@@ -176,6 +189,7 @@ export function parseOptions(argv: string[]): LoadtestOptions {
     groupSizes,
     groupMessages: int("group-messages", values["group-messages"], d.groupMessages ?? 20, 1),
     connections: int("connections", values.connections, d.connections ?? 1000, 1),
+    abusers: int("abusers", values.abusers, 4, 0),
     e2ee: values.e2ee ?? false,
     json: values.json ?? false,
     baseline: values.baseline ?? d.baseline ?? false,

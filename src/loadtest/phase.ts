@@ -13,6 +13,8 @@ export interface System {
   name: "clearbox" | "relay";
   target: Target;
   sampler: ResourceSampler;
+  /** The admin listener of the (first) node, when known: the abuse scenario sends it wrong tokens. */
+  adminUrl?: string;
 }
 
 /** What a scenario gets: options, the progress line, and the system it measures. */

@@ -3,6 +3,7 @@ import type { LoadtestOptions, ScenarioName } from "./options.ts";
 import type { PhaseResult, ScenarioContext, System } from "./phase.ts";
 import { metricsProbe, procProbe, ResourceSampler } from "./process-stats.ts";
 import { Progress } from "./progress.ts";
+import { abuse } from "./scenarios/abuse.ts";
 import { connections } from "./scenarios/connections.ts";
 import { fanout } from "./scenarios/fanout.ts";
 import { offline } from "./scenarios/offline.ts";
@@ -20,6 +21,7 @@ const SCENARIOS: Record<ScenarioName, Scenario> = {
   fanout,
   connections,
   cluster: oneToOne,
+  abuse,
 };
 
 /** The relay has no offline queue, so the offline backlog has no ceiling to compare with. */
@@ -30,6 +32,8 @@ const HAS_BASELINE: Record<ScenarioName, boolean> = {
   fanout: true,
   connections: true,
   cluster: true,
+  // The relay refuses nothing: there is no attack to compare.
+  abuse: false,
 };
 
 /** Everything a run measured, ready for the report. */
@@ -92,7 +96,12 @@ export async function runLoadtest(options: LoadtestOptions): Promise<RunResult> 
         options.adminUrl && options.adminToken ? [metricsProbe(options.adminUrl, options.adminToken)] : [];
       sampler = new ResourceSampler(probes);
     }
-    const system: System = { name: "clearbox", target: clearboxTarget(urls, options.concurrency), sampler };
+    const system: System = {
+      name: "clearbox",
+      target: clearboxTarget(urls, options.concurrency),
+      sampler,
+      adminUrl: spawned[0]?.adminUrl ?? options.adminUrl,
+    };
     phases = await scenario({ options, progress, system });
   } finally {
     for (const s of spawned) {
