@@ -74,3 +74,5 @@ async function main() {
 }
 
 await main();
+
+export {};

@@ -36,6 +36,15 @@ const HAS_BASELINE: Record<ScenarioName, boolean> = {
   abuse: false,
 };
 
+/**
+ * Settings a scenario's spawned nodes need besides the harness's own (`spawnNode`). The abuse
+ * scenario keeps the production default device rate limit: the attacker's frames are what it
+ * limits, and its legitimate senders stay well under it.
+ */
+const SCENARIO_ENV: Partial<Record<ScenarioName, Record<string, string>>> = {
+  abuse: { DEVICE_RATE_LIMIT: "100" },
+};
+
 /** Everything a run measured, ready for the report. */
 export interface RunResult {
   scenario: ScenarioName;
@@ -86,7 +95,10 @@ export async function runLoadtest(options: LoadtestOptions): Promise<RunResult> 
       const stack = await prepareStack(options.stack);
       cleanup = stack.cleanup;
       progress.note(`starting ${options.nodes} ClearBox node(s) on the ${options.stack} stack`);
-      for (let i = 0; i < options.nodes; i++) spawned.push(await spawnNode(stack.env, i, options.profileDir));
+      for (let i = 0; i < options.nodes; i++)
+        spawned.push(
+          await spawnNode({ ...stack.env, ...SCENARIO_ENV[options.scenario] }, i, options.profileDir),
+        );
       urls = spawned.map((s) => s.url);
       sampler = new ResourceSampler(spawned.map((s) => procProbe(s.pid)));
       // Nodes of a cluster must see each other in the ring before users arrive.
