@@ -50,10 +50,12 @@ export interface AppDeps {
  * and what, never the value or the schema. (Bodies never get here: the JSON body gate checks them.)
  */
 function describeValidation(error: unknown): string {
-  const first = (error as { all?: { path?: string; message?: string; summary?: string }[] }).all?.[0];
+  // The first TypeBox error Elysia already found: its message names the rule, never the value
+  // (Elysia's `summary` may end in "but found: <value>", so it is not used).
+  const first = (error as { valueError?: { path?: string; message?: string } }).valueError;
   if (!first) return "request does not match the schema";
   const where = first.path ? first.path.replace(/^\//, "").replaceAll("/", ".") : "";
-  const what = first.summary ?? first.message ?? "is not valid";
+  const what = first.message ?? "is not valid";
   return where ? `${where}: ${what}` : what;
 }
 
