@@ -173,14 +173,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   });
   const devices = new DeviceService(db, audit);
   const tokens = new TokenIssuer(config.jwtSecret, config.accessTokenTtlSeconds);
-  const sessions = new SessionService(
-    db,
-    accounts,
-    devices,
-    tokens,
-    config.refreshTokenTtlDays,
-    audit,
-  );
+  const sessions = new SessionService(db, accounts, devices, tokens, config.refreshTokenTtlDays, audit);
   // Deprovisioning closes sockets through the node link, built with the gateway in step 4.
   let deviceSockets: NodeLink | undefined;
   const oidc = config.oidc

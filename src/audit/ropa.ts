@@ -235,9 +235,7 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
       "keep a pseudonymised audit trail for security and accountability",
       "answer data-subject requests (export, erasure)",
     ],
-    dataSubjects: [
-      DATA_SUBJECTS[config.registration],
-    ],
+    dataSubjects: [DATA_SUBJECTS[config.registration]],
     categories,
     recipients: [],
     processors,

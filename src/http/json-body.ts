@@ -3,6 +3,7 @@ import { type TypeCheck, TypeCompiler } from "@sinclair/typebox/compiler";
 import { Elysia } from "elysia";
 import { DomainError } from "../errors/index.ts";
 import {
+  FORM_MEDIA_TYPE,
   firstProblem,
   isStorableText,
   MAX_BODY_BYTES,
@@ -21,6 +22,27 @@ interface RouteShape {
 
 /** `application/json`, optionally with `charset=utf-8` (RFC 8259 §8.1 allows no other encoding). */
 const JSON_MEDIA_TYPE = /^application\/json\s*(?:;\s*charset\s*=\s*"?utf-8"?\s*)?$/i;
+/** A form, optionally with `charset=utf-8`, for the routes whose schema asks for one. */
+const FORM_TYPE = /^application\/x-www-form-urlencoded\s*(?:;\s*charset\s*=\s*"?utf-8"?\s*)?$/i;
+
+/** How a route's body is read and checked. */
+interface BodyRule {
+  check: TypeCheck<TSchema>;
+  /** The schema asked for a form (`mediaType: FORM_MEDIA_TYPE`) instead of JSON. */
+  form: boolean;
+}
+
+/** A form's fields as an object of strings (the last of a repeated name wins), every key and value storable. */
+function readForm(
+  text: string,
+): { ok: true; value: Record<string, string> } | { ok: false; problem: string } {
+  const value: Record<string, string> = {};
+  for (const [key, field] of new URLSearchParams(text)) {
+    if (!isStorableText(key) || !isStorableText(field)) return { ok: false, problem: UNSTORABLE_TEXT };
+    value[key] = field;
+  }
+  return { ok: true, value };
+}
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
@@ -32,35 +54,39 @@ const utf8 = new TextDecoder("utf-8", { fatal: true });
  * field). All of it runs in Elysia's parse step, before Elysia's own validation, whose error
  * serialises the rejected value with indentation (quadratic in the nesting): with the schema
  * already checked here, that error is never built for a body. Bodies sent to routes that take none
- * are not read. Path parameters and query values get the same text rule.
+ * are not read. A route whose schema has `mediaType: FORM_MEDIA_TYPE` (OIDC back-channel logout)
+ * takes a form instead, held to the same size and text rules. Path parameters and query values get
+ * the same text rule.
  *
  * Use `plugin` first on the app, then call `index(app.routes)` once every route is registered.
  */
 export function jsonBodyGate(limits: { maxBytes?: number; maxDepth?: number } = {}) {
   const maxBytes = limits.maxBytes ?? MAX_BODY_BYTES;
   const maxDepth = limits.maxDepth ?? MAX_JSON_DEPTH;
-  /** `METHOD /route/:pattern` → the compiled check of its body schema. */
-  const checks = new Map<string, TypeCheck<TSchema>>();
+  /** `METHOD /route/:pattern` → how its body is read and checked. */
+  const rules = new Map<string, BodyRule>();
 
-  async function read(request: Request, check: TypeCheck<TSchema>): Promise<unknown> {
+  async function read(request: Request, { check, form }: BodyRule): Promise<unknown> {
     const tooLarge = () => new DomainError("too_large", `bodies are at most ${maxBytes} bytes`);
+    const required = `a ${form ? "form" : "JSON"} body is required`;
     const declared = Number(request.headers.get("content-length") ?? Number.NaN);
     if (declared > maxBytes) throw tooLarge();
     // The media type first, so a form or multipart body is refused without being read.
-    if (!JSON_MEDIA_TYPE.test(request.headers.get("content-type") ?? "")) {
-      if (declared === 0) throw new DomainError("invalid", "a JSON body is required");
-      throw new DomainError("invalid", "bodies must be application/json", { status: UNSUPPORTED_MEDIA_TYPE });
+    if (!(form ? FORM_TYPE : JSON_MEDIA_TYPE).test(request.headers.get("content-type") ?? "")) {
+      if (declared === 0) throw new DomainError("invalid", required);
+      const wanted = form ? FORM_MEDIA_TYPE : "application/json";
+      throw new DomainError("invalid", `bodies must be ${wanted}`, { status: UNSUPPORTED_MEDIA_TYPE });
     }
     const bytes = new Uint8Array(await request.arrayBuffer());
     if (bytes.byteLength > maxBytes) throw tooLarge();
-    if (bytes.byteLength === 0) throw new DomainError("invalid", "a JSON body is required");
+    if (bytes.byteLength === 0) throw new DomainError("invalid", required);
     let text: string;
     try {
       text = utf8.decode(bytes);
     } catch {
       throw new DomainError("invalid", "body is not valid UTF-8");
     }
-    const reading = readJson(text, maxDepth);
+    const reading = form ? readForm(text) : readJson(text, maxDepth);
     if (!reading.ok) {
       throw new DomainError(
         "invalid",
@@ -73,11 +99,11 @@ export function jsonBodyGate(limits: { maxBytes?: number; maxDepth?: number } = 
 
   const plugin = new Elysia()
     .onParse({ as: "global" }, ({ request, route }) => {
-      const check = checks.get(`${request.method} ${route}`);
+      const rule = rules.get(`${request.method} ${route}`);
       // A route without a body schema takes no body: returning a value keeps Elysia's own parsers
       // (forms, multipart) from reading it.
-      if (!check) return null;
-      return read(request, check);
+      if (!rule) return null;
+      return read(request, rule);
     })
     .onTransform({ as: "global" }, ({ params, query }) => {
       for (const [name, value] of [...Object.entries(params ?? {}), ...Object.entries(query ?? {})]) {
@@ -100,7 +126,11 @@ export function jsonBodyGate(limits: { maxBytes?: number; maxDepth?: number } = 
         if (typeof body !== "object" || body === null) {
           throw new Error(`${route.method} ${route.path}: give the body schema itself, not a model name`);
         }
-        checks.set(`${route.method} ${route.path}`, TypeCompiler.Compile(body as TSchema));
+        const schema = body as TSchema;
+        rules.set(`${route.method} ${route.path}`, {
+          check: TypeCompiler.Compile(schema),
+          form: schema.mediaType === FORM_MEDIA_TYPE,
+        });
       }
     },
   };

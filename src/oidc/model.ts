@@ -1,5 +1,6 @@
 import { type Static, t } from "elysia";
 import { DeviceId, RegistrationId, Uuid } from "../protocol/ids.ts";
+import { FORM_MEDIA_TYPE } from "../protocol/json.ts";
 
 export namespace OidcModel {
   /** `GET /v1/oidc/authorize`: OAuth-style names, since a browser app builds this URL. */
@@ -49,7 +50,10 @@ export namespace OidcModel {
   ]);
 
   /** Back-Channel Logout 1.0 §2.5: a form with `logout_token`; other fields are ignored. */
-  export const backChannelLogout = t.Object({ logout_token: t.String({ minLength: 1, maxLength: 16_384 }) });
+  export const backChannelLogout = t.Object(
+    { logout_token: t.String({ minLength: 1, maxLength: 16_384 }) },
+    { mediaType: FORM_MEDIA_TYPE },
+  );
 
   export const adminLogout = t.Object(
     { subject: t.String({ minLength: 1, maxLength: 255 }) },

@@ -8,6 +8,13 @@
 /** Deepest nesting of arrays and objects a body or frame may have (the protocol needs 4). */
 export const MAX_JSON_DEPTH = 32;
 
+/**
+ * The one kind of request body that is not JSON: a form, which OpenID Connect Back-Channel Logout
+ * 1.0 §2.5 prescribes for the provider's logout call. A route opts in by giving its body schema the
+ * option `{ mediaType: FORM_MEDIA_TYPE }`; every other body must be `application/json`.
+ */
+export const FORM_MEDIA_TYPE = "application/x-www-form-urlencoded";
+
 /** Largest HTTP request body, in bytes; larger bodies are refused with 413 before they are read. */
 export const MAX_BODY_BYTES = 1024 * 1024;
 

@@ -123,7 +123,10 @@ describe("OIDC configuration", () => {
       "OIDC_PRIVATE_KEY_FILE: expected a PEM private key file, got /nonexistent/key.pem (no such file)",
     ],
     [{ REGISTRATION: "oidc-only" }, "REGISTRATION: oidc-only needs OIDC_ISSUER"],
-    [{ REGISTRATION: "sometimes" }, "REGISTRATION: expected open (anyone), invite (with a token from the admin RPC), closed, or oidc-only"],
+    [
+      { REGISTRATION: "sometimes" },
+      "REGISTRATION: expected open (anyone), invite (with a token from the admin RPC), closed, or oidc-only",
+    ],
   ])("case %# is refused: %s", (env, message) => {
     const defined = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined)) as Record<
       string,

@@ -128,6 +128,24 @@ describe.each(BACKENDS)("hostile request bodies on %s", (backend) => {
     expect(ok.status).toBe(201);
   });
 
+  test("the one form route (OIDC back-channel logout) takes a form only, under the same text rule", async () => {
+    const path = `${node.url}/v1/oidc/backchannel-logout`;
+    const json = await fetch(path, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ logout_token: "x" }),
+    });
+    expect(json.status).toBe(415);
+    const nul = await fetch(path, { method: "POST", body: new URLSearchParams({ logout_token: "x\u0000" }) });
+    expect(nul.status).toBe(400);
+    expect(((await nul.json()) as { error: { message: string } }).error.message).toContain(
+      "cannot be stored",
+    );
+    // A well-formed form reaches the route: this node has no identity provider, hence 404.
+    const form = await fetch(path, { method: "POST", body: new URLSearchParams({ logout_token: "x" }) });
+    expect(form.status).toBe(404);
+  });
+
   test("a body sent to a route that takes none is not read, and an empty body where one is needed is 400", async () => {
     const res = await client.call("POST", "/v1/accounts", { raw: "" });
     expect(res.status).toBe(400);
