@@ -57,7 +57,7 @@ const REGISTRATION_RULES: Record<Config["registration"], (perAddress: number) =>
   open: (n) => `anyone may create an account (at most ${n} per client address per hour)`,
   invite: (n) =>
     `only holders of a registration token issued over the admin RPC may create an account (at most ${n} per client address per hour)`,
-  closed: () => "no new accounts are created",
+  closed: () => "no account is created with a password",
   "oidc-only": () =>
     "accounts are created only by a first sign-in with the organisation's identity provider; password registration is disabled",
 };
@@ -217,7 +217,12 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
     : `admin RPC on a separate listener bound to ${config.adminHost} (not loopback), bearer token compared in constant time`;
   const registration = {
     mode: config.registration,
-    rule: REGISTRATION_RULES[config.registration](config.registrationsPerAddress),
+    rule:
+      REGISTRATION_RULES[config.registration](config.registrationsPerAddress) +
+      // The identity provider provisions accounts at a first sign-in whatever the password mode.
+      (config.oidc && config.registration !== "oidc-only"
+        ? `; a first sign-in with the identity provider ${config.oidc.issuer} also creates an account`
+        : ""),
   };
   return {
     record: "GDPR Art. 30(1) record of processing activities",

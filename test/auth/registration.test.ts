@@ -97,7 +97,7 @@ describe("REGISTRATION=closed", () => {
     }
     expect(await accountCount(node)).toBe(0);
     const ropa = await api(node.adminUrl).get("/admin/v1/ropa", ADMIN_TOKEN);
-    expect(ropa.body.registration).toEqual({ mode: "closed", rule: "no new accounts are created" });
+    expect(ropa.body.registration).toEqual({ mode: "closed", rule: "no account is created with a password" });
   });
 });
 
