@@ -72,6 +72,7 @@ export async function abuse(ctx: ScenarioContext): Promise<PhaseResult[]> {
     results.push({
       ...underAttack,
       extra: {
+        ...underAttack.extra,
         hostileRequests: report.requests,
         hostileFrames: report.frames,
         hostilePerSec: report.perSecond,
