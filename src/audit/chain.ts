@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import canonicalize from "canonicalize";
 
 /** The prevHash of the very first entry of a chain that was never pruned. */
 export const GENESIS_HASH = "0".repeat(64);
@@ -12,26 +13,19 @@ export interface ChainContent {
   details: Record<string, unknown>;
 }
 
-/** JSON with object keys sorted at every level, so jsonb's own key order never changes a hash. */
-export function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map((v) => canonicalJson(v ?? null)).join(",")}]`;
-  if (value !== null && typeof value === "object") {
-    const entries = Object.entries(value as Record<string, unknown>)
-      .filter(([, v]) => v !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
-  }
-  return JSON.stringify(value);
-}
-
-/** hash = hex SHA-256 of `prevHash + "\n" + canonical content`. */
+/**
+ * hash = hex SHA-256 of the UTF-8 bytes of `prevHash + "\n" + JCS({at, action, actor, subject, details})`,
+ * JCS being RFC 8785 (sorted keys, no whitespace, ECMAScript numbers), so jsonb's own key order
+ * never changes a hash and anyone can recompute one with any JCS implementation.
+ * Throws on what JCS refuses (NaN, Infinity, lone surrogates): such an entry could not be verified.
+ */
 export function chainHash(prevHash: string, content: ChainContent): string {
-  const canonical = canonicalJson({
+  const canonical = canonicalize({
     at: content.at,
     action: content.action,
     actor: content.actor,
     subject: content.subject,
     details: content.details,
-  });
+  }) as string; // an object always serialises
   return createHash("sha256").update(`${prevHash}\n${canonical}`).digest("hex");
 }

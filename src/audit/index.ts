@@ -1,4 +1,4 @@
-export { canonicalJson, chainHash, GENESIS_HASH } from "./chain.ts";
+export { chainHash, GENESIS_HASH } from "./chain.ts";
 export { buildRopa, type Ropa, type RopaConfig } from "./ropa.ts";
 export { auditAdminRoutes, parseAuditQuery } from "./routes.ts";
 export {

@@ -20,7 +20,8 @@ import type { Presence } from "../messaging/presence.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { RateLimiter } from "../ratelimit/index.ts";
 import { deleteMatching, globLiteral } from "../redis/delete-matching.ts";
-import type { ReceiptSigner, SignedReceipt } from "./receipts.ts";
+import type { SignedReceipt } from "./receipt-format.ts";
+import type { ReceiptSigner } from "./receipts.ts";
 
 /** What one step removed, as the receipt states it. */
 export interface StepResult {

@@ -1,35 +1,8 @@
-import {
-  createPrivateKey,
-  createPublicKey,
-  generateKeyPairSync,
-  type KeyObject,
-  sign,
-  verify,
-} from "node:crypto";
+import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, sign } from "node:crypto";
 import { eq } from "drizzle-orm";
 import type { Db } from "../db/index.ts";
 import { serverSecrets } from "../db/schema.ts";
-import { canonicalJson } from "./canonical-json.ts";
-
-/** What an erasure receipt attests (GDPR Art. 17): which subject, when, and what each store removed. */
-export interface ReceiptPayload {
-  erasureId: string;
-  /** The subject's audit pseudonym: the receipt names nobody. */
-  subject: string;
-  requestedAt: string;
-  completedAt: string;
-  stores: Record<string, { removed: number; what: string }>;
-}
-
-/** A receipt: the payload, an Ed25519 signature over its canonical JSON, and the key to check it with. */
-export interface SignedReceipt {
-  payload: ReceiptPayload;
-  algorithm: "Ed25519";
-  /** Base64 of the signature over canonicalJson(payload). */
-  signature: string;
-  /** The server's public key, SPKI DER in base64 (also at GET /v1/erasures/signing-key). */
-  publicKey: string;
-}
+import { type ReceiptPayload, receiptSigningInput, type SignedReceipt } from "./receipt-format.ts";
 
 const SECRET_NAME = "erasure-receipt-ed25519";
 
@@ -54,23 +27,9 @@ export class ReceiptSigner {
     return new ReceiptSigner(key, publicKey);
   }
 
+  /** Signs the RFC 8785 bytes of the payload (see `receiptSigningInput`). */
   sign(payload: ReceiptPayload): SignedReceipt {
-    const signature = sign(null, Buffer.from(canonicalJson(payload)), this.privateKey).toString("base64");
+    const signature = sign(null, receiptSigningInput(payload), this.privateKey).toString("base64");
     return { payload, algorithm: "Ed25519", signature, publicKey: this.publicKeyDer };
-  }
-}
-
-/** Checks a receipt against a public key (SPKI DER, base64) — what anyone holding a receipt can do. */
-export function verifyReceipt(receipt: SignedReceipt, publicKeyDer: string = receipt.publicKey): boolean {
-  try {
-    const key = createPublicKey({ key: Buffer.from(publicKeyDer, "base64"), format: "der", type: "spki" });
-    return verify(
-      null,
-      Buffer.from(canonicalJson(receipt.payload)),
-      key,
-      Buffer.from(receipt.signature, "base64"),
-    );
-  } catch {
-    return false;
   }
 }

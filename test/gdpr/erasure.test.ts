@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { sql } from "drizzle-orm";
 import { Redis } from "ioredis";
 import { ClearBoxClient } from "../../src/client/index.ts";
-import { type SignedReceipt, verifyReceipt } from "../../src/gdpr/receipts.ts";
+import { type SignedReceipt, verifyReceipt } from "../../src/gdpr/receipt-format.ts";
 import { SqliteEnvelopeLog } from "../../src/messaging/sqlite-envelope-log.ts";
 import { REDIS_URL, runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, uniqueUsername } from "../support/http.ts";
