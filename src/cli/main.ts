@@ -1,6 +1,8 @@
 import { readFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
-import { ClearBoxApiError, ClearBoxClient } from "../client/index.ts";
+import { ClearBoxApiError, ClearBoxClient, ClearBoxHttp } from "../client/index.ts";
+import { checkReceipt } from "../protocol/erasure-receipt.ts";
 
 const USAGE = `ClearBox CLI
 
@@ -15,6 +17,13 @@ commands:
   keys [--replenish]         one-time keys left on the server; top them up when low
   send <userId> <text...>    encrypt for every device of the user and send (needs the messaging gateway)
   listen                     print incoming messages as they arrive (needs the messaging gateway)
+  verify-receipt <file> --server <url> [--ca <file>]
+                             check an erasure receipt (the receipt JSON, or the whole answer of
+                             GET /v1/erasures/<id>) against the key <url> publishes: its public key
+                             must be the server's, and its Ed25519 signature must verify over the
+                             RFC 8785 bytes of its payload. Needs no account; touches no store.
+                             Exit 0 valid, 1 invalid (names the failed check), 2 bad usage, an
+                             unreadable file, or a server that cannot be asked
 
 options:
   --server <url>             ClearBox node (default: the one saved in the store, else http://127.0.0.1:8080)
@@ -32,8 +41,8 @@ function password(): string {
   return typed;
 }
 
-async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+function parseCommandLine(argv: string[]) {
+  return parseArgs({
     args: argv,
     allowPositionals: true,
     options: {
@@ -45,11 +54,25 @@ async function main(argv: string[]): Promise<number> {
       help: { type: "boolean", short: "h", default: false },
     },
   });
+}
+
+async function main(argv: string[]): Promise<number> {
+  let parsed: ReturnType<typeof parseCommandLine>;
+  try {
+    parsed = parseCommandLine(argv);
+  } catch (error) {
+    // An unknown or incomplete option is a usage error (2), like an unknown command.
+    console.error(`${(error as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
   const [command, ...args] = positionals;
   if (values.help || !command) {
     console.log(USAGE);
     return command || values.help ? 0 : 2;
   }
+  // Before the store is opened: checking a receipt needs no account, and must not create a store file.
+  if (command === "verify-receipt") return verifyReceiptFile(args[0], values.server, values.ca);
   const storePath = values.store as string;
   const ca = values.ca ? readFileSync(values.ca, "utf8") : undefined;
   let client: ClearBoxClient;
@@ -105,6 +128,68 @@ async function main(argv: string[]): Promise<number> {
   } finally {
     if (command !== "listen") client.close();
   }
+}
+
+/** `verify-receipt`: exit 0 valid, 1 invalid, 2 usage, file or network error. */
+async function verifyReceiptFile(
+  file: string | undefined,
+  server: string | undefined,
+  caPath: string | undefined,
+): Promise<number> {
+  if (!file || !server) {
+    console.error("usage: verify-receipt <file> --server <url> [--ca <file>]");
+    return 2;
+  }
+  let text: string;
+  let ca: string | undefined;
+  try {
+    text = await readFile(file, "utf8");
+    ca = caPath === undefined ? undefined : await readFile(caPath, "utf8");
+  } catch (error) {
+    console.error(
+      `error: cannot read ${(error as { path?: string }).path ?? file}: ${(error as Error).message}`,
+    );
+    return 2;
+  }
+  let publishedKey: unknown;
+  try {
+    publishedKey = (await new ClearBoxHttp(server, undefined, ca).erasureSigningKey())?.publicKey;
+  } catch (error) {
+    const reason =
+      error instanceof ClearBoxApiError ? `HTTP ${error.status} ${error.code}` : (error as Error).message;
+    console.error(`error: cannot fetch the signing key from ${server}: ${reason}`);
+    return 2;
+  }
+  if (typeof publishedKey !== "string") {
+    console.error(`error: ${server}/v1/erasures/signing-key answered without a publicKey`);
+    return 2;
+  }
+  let receipt: unknown;
+  try {
+    receipt = JSON.parse(text);
+  } catch {
+    console.log(`invalid: format check failed: ${file} is not JSON`);
+    return 1;
+  }
+  // The status answer of GET /v1/erasures/<id> carries the receipt in its `receipt` field.
+  if (receipt && typeof receipt === "object" && "receipt" in receipt && !("payload" in receipt)) {
+    receipt = receipt.receipt;
+  }
+  let check: ReturnType<typeof checkReceipt>;
+  try {
+    check = checkReceipt(receipt, publishedKey);
+  } catch (error) {
+    console.error(`error: ${server} publishes an unusable key: ${(error as Error).message}`);
+    return 2;
+  }
+  if (!check.valid) {
+    console.log(`invalid: ${check.failed} check failed: ${check.reason}`);
+    return 1;
+  }
+  console.log(
+    `valid: the receipt of erasure ${check.erasureId} is signed with the key ${server} publishes (Ed25519 over the RFC 8785 bytes of its payload)`,
+  );
+  return 0;
 }
 
 async function send(client: ClearBoxClient, userId: string | undefined, text: string): Promise<number> {

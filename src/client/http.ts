@@ -25,6 +25,8 @@ export type DeviceBundle = UserBundle["devices"][number];
 export type DeviceInfo = DataOf<Api["v1"]["devices"]["get"]>["devices"][number];
 /** A group as a member sees it (`GET /v1/groups/:groupId`). */
 export type GroupInfo = DataOf<ReturnType<Api["v1"]["groups"]>["get"]>;
+/** The key erasure receipts are signed with (`GET /v1/erasures/signing-key`): SPKI DER in base64. */
+export type ErasureSigningKey = DataOf<Api["v1"]["erasures"]["signing-key"]["get"]>;
 
 /** What to tell the user in a device sign-in (`POST /v1/oidc/device`, RFC 8628 §3.2). */
 export type DeviceSignInPrompt = DataOf<Api["v1"]["oidc"]["device"]["post"]>;
@@ -46,6 +48,17 @@ export class ClearBoxApiError extends Error {
 export interface TokenHolder {
   tokens(): SessionTokens | undefined;
   setTokens(tokens: SessionTokens): void;
+}
+
+/** Keeps tokens in memory only: for a client that makes unauthenticated calls, or need not survive a restart. */
+function tokensInMemory(): TokenHolder {
+  let held: SessionTokens | undefined;
+  return {
+    tokens: () => held,
+    setTokens: (tokens) => {
+      held = tokens;
+    },
+  };
 }
 
 /** Refresh the access token this long before it expires. */
@@ -76,7 +89,8 @@ async function unwrap<T>(call: Promise<EdenReply<T>>): Promise<NonNullable<T>> {
 
 /**
  * Typed client of the ClearBox HTTP API. Bearer calls refresh the access token shortly before it
- * expires, and once more on a 401, persisting each rotated refresh token through `holder`.
+ * expires, and once more on a 401, persisting each rotated refresh token through `holder`
+ * (by default held in memory only: enough for calls that need no login).
  */
 export class ClearBoxHttp {
   private accessExpiresAt = 0;
@@ -84,7 +98,7 @@ export class ClearBoxHttp {
 
   constructor(
     readonly baseUrl: string,
-    private readonly holder: TokenHolder,
+    private readonly holder: TokenHolder = tokensInMemory(),
     /** PEM CA certificates to trust for an https server instead of the system's (a private CA). */
     ca?: string,
   ) {
@@ -191,6 +205,14 @@ export class ClearBoxHttp {
     await this.authed((headers) =>
       this.api.v1.groups({ groupId }).members({ userId }).delete(undefined, { headers }),
     );
+  }
+
+  /**
+   * The key this server signs erasure receipts with (`GET /v1/erasures/signing-key`, no login).
+   * Throws ClearBoxApiError on an HTTP error, TypeError when the server cannot be reached.
+   */
+  async erasureSigningKey(): Promise<ErasureSigningKey> {
+    return unwrap(this.api.v1.erasures["signing-key"].get());
   }
 
   private adopt(tokens: SessionTokens): void {

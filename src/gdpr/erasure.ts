@@ -18,9 +18,9 @@ import type { EnvelopeLog } from "../messaging/envelope-log.ts";
 import type { OfflineQueue } from "../messaging/offline-queue.ts";
 import type { Presence } from "../messaging/presence.ts";
 import type { Logger } from "../observability/logger.ts";
+import type { SignedReceipt } from "../protocol/erasure-receipt.ts";
 import type { RateLimiter } from "../ratelimit/index.ts";
 import { deleteMatching, globLiteral } from "../redis/delete-matching.ts";
-import type { SignedReceipt } from "./receipt-format.ts";
 import type { ReceiptSigner } from "./receipts.ts";
 
 /** What one step removed, as the receipt states it. */

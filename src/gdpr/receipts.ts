@@ -2,7 +2,7 @@ import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject,
 import { eq } from "drizzle-orm";
 import type { Db } from "../db/index.ts";
 import { serverSecrets } from "../db/schema.ts";
-import { type ReceiptPayload, receiptSigningInput, type SignedReceipt } from "./receipt-format.ts";
+import { type ReceiptPayload, receiptSigningInput, type SignedReceipt } from "../protocol/erasure-receipt.ts";
 
 const SECRET_NAME = "erasure-receipt-ed25519";
 

@@ -9,7 +9,7 @@ import {
   receiptSigningInput,
   type SignedReceipt,
   verifyReceipt,
-} from "../../src/gdpr/receipt-format.ts";
+} from "../../src/protocol/erasure-receipt.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
 const GDPR_DOC = readFileSync(join(ROOT, "docs/GDPR.md"), "utf8");

@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { rmSync } from "node:fs";
 import { SimulatedCrash } from "../../src/gdpr/erasure.ts";
-import { verifyReceipt } from "../../src/gdpr/receipt-format.ts";
+import { verifyReceipt } from "../../src/protocol/erasure-receipt.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { startTestNode } from "../support/node.ts";
 import { createTestDatabase } from "../support/postgres.ts";

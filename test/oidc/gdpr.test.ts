@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
 import { eq } from "drizzle-orm";
 import { oidcIdentities, oidcLogoutTokens, oidcSignInCodes } from "../../src/db/schema.ts";
-import { type SignedReceipt, verifyReceipt } from "../../src/gdpr/receipt-format.ts";
+import { type SignedReceipt, verifyReceipt } from "../../src/protocol/erasure-receipt.ts";
 import { type Api, api, registerAndLogin, uniqueUsername } from "../support/http.ts";
 import { ADMIN_TOKEN, BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
 import { freePort, TestProvider } from "../support/oidc-provider.ts";

@@ -1,7 +1,7 @@
 /**
- * The erasure receipt as anyone holding one sees it: its shape, the bytes its signature covers,
- * and the checks. Only node:crypto and the RFC 8785 serialiser: the CLI imports this module, and
- * it must not pull in the server (database, actors).
+ * The erasure receipt (docs/GDPR.md) as anyone holding one sees it: its shape, the bytes its
+ * signature covers, and the checks. Part of the wire contract: the server's signer and the CLI's
+ * `verify-receipt` share it, and like the rest of src/protocol/ it imports nothing of the project.
  */
 import { createPublicKey, type KeyObject, verify } from "node:crypto";
 import canonicalize from "canonicalize";
