@@ -14,6 +14,7 @@ const COMMON = {
   ackDelayMs: 5,
   profileDir: undefined,
   progress: true,
+  abusers: 4,
 };
 
 describe("load-test option parsing: defaults", () => {
@@ -170,7 +171,7 @@ describe("load-test option parsing: bad values are refused with a message naming
   };
 
   test("no scenario, or an unknown one", () => {
-    refused([], "expected a scenario (smoke, one-to-one, offline, fanout, connections, cluster), got none");
+    refused([], `expected a scenario (${SCENARIOS.join(", ")}), got none`);
     refused(["storm"], "got storm");
   });
 
