@@ -34,9 +34,45 @@ export interface Database {
 export const MIGRATIONS = resolve(import.meta.dir, "../../drizzle");
 
 /**
+ * The PostgreSQL advisory lock key (a bigint in the database-wide advisory key space) that
+ * serialises migrations across nodes: each node takes it on one dedicated connection before
+ * applying the migrations and releases it after, so nodes starting together on an empty database
+ * apply each migration once instead of racing on `CREATE TABLE`. The value is arbitrary, fixed:
+ * the ASCII bytes of "CBmigrat" read as a big-endian 64-bit integer.
+ * Source: PostgreSQL manual, "Advisory Lock Functions" (`pg_advisory_lock(bigint)`).
+ */
+export const MIGRATION_LOCK_KEY = 0x43426d6967726174n;
+
+/**
+ * Applies the drizzle migrations to the PostgreSQL at `url` while holding {@link MIGRATION_LOCK_KEY}
+ * on a single dedicated connection (session-level lock, released on unlock or when the connection
+ * ends, so a node that dies mid-migration never leaves it held). Waits for as long as another node
+ * holds the lock. Rejects with the driver's error when the database cannot be reached or a migration fails.
+ */
+export async function migratePostgresLocked(url: string): Promise<void> {
+  // max 1: the lock, every migration statement and the unlock run on the same session.
+  const client = postgres(url, {
+    max: 1,
+    onnotice: () => {},
+    connection: { application_name: "clearbox-migrate" },
+  });
+  try {
+    await client`select pg_advisory_lock(${MIGRATION_LOCK_KEY.toString()}::bigint)`;
+    try {
+      await migratePostgres(drizzlePostgres(client), { migrationsFolder: MIGRATIONS });
+    } finally {
+      await client`select pg_advisory_unlock(${MIGRATION_LOCK_KEY.toString()}::bigint)`.catch(() => {});
+    }
+  } finally {
+    await client.end({ timeout: 5 });
+  }
+}
+
+/**
  * Opens PostgreSQL when a URL is given, else the embedded PGlite in `dataDir/pglite`
  * (or in memory for `dataDir: null`; a fresh one loaded from src/db/pglite-template.tar.gz when it
- * matches the installed PGlite), and applies the drizzle migrations.
+ * matches the installed PGlite), and applies the drizzle migrations (on PostgreSQL under
+ * {@link MIGRATION_LOCK_KEY}, so several nodes may start together).
  */
 export async function openDatabase(options: {
   databaseUrl?: string;
@@ -51,7 +87,12 @@ export async function openDatabase(options: {
       connection: { application_name: "clearbox" },
     });
     const db = drizzlePostgres(client, { schema }) as unknown as Db;
-    await migratePostgres(drizzlePostgres(client), { migrationsFolder: MIGRATIONS });
+    try {
+      await migratePostgresLocked(options.databaseUrl);
+    } catch (error) {
+      await client.end({ timeout: 1 }).catch(() => {});
+      throw error;
+    }
     return {
       db,
       kind: "postgres",
