@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { and, count, eq, inArray, isNull, sql } from "drizzle-orm";
+import { and, count, eq, sql } from "drizzle-orm";
 import type Redis from "ioredis";
 import type { AuditTrail } from "../audit/types.ts";
 import { type Db, rowsOf } from "../db/index.ts";
@@ -8,12 +8,13 @@ import {
   devices,
   erasures,
   groupMembers,
-  groups,
   oidcIdentities,
   oidcSignInCodes,
   refreshTokens,
 } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
+import { successionEvents } from "../groups/service.ts";
+import { keepAnAdmin, lockGroups, type Succession } from "../groups/succession.ts";
 import type { EnvelopeLog } from "../messaging/envelope-log.ts";
 import type { OfflineQueue } from "../messaging/offline-queue.ts";
 import type { Presence } from "../messaging/presence.ts";
@@ -294,8 +295,8 @@ export class ErasureService {
   }
 
   private async erasePostgres(userId: string): Promise<StepResult> {
-    const { db } = this.deps;
-    return db.transaction(async (tx) => {
+    const { db, audit } = this.deps;
+    const result = await db.transaction(async (tx) => {
       const [{ n: deviceCount }] = await tx
         .select({ n: count() })
         .from(devices)
@@ -323,28 +324,18 @@ export class ErasureService {
              + (select count(*) from one_time_pre_keys where user_id = ${userId})
              + (select count(*) from one_time_kyber_pre_keys where user_id = ${userId}) as n`);
       const keyCount = Number(rowsOf<{ n: unknown }>(keyRows)[0]?.n ?? 0);
+      // The groups stay locked until commit: a member leaving meanwhile cannot leave them adminless.
+      const groupIds = memberships.map((m) => m.groupId);
+      await lockGroups(tx, groupIds);
       // Devices, keys, refresh tokens, memberships (admin roles included), the identity provider
       // links (iss, sub) and unspent sign-in codes go by cascade.
       const deleted = await tx.delete(accounts).where(eq(accounts.id, userId)).returning({ id: accounts.id });
-      // Groups the user was the last member of are left with nobody: remove them too.
-      const groupIds = memberships.map((m) => m.groupId);
-      let emptyGroups = 0;
-      if (groupIds.length > 0) {
-        const orphaned = await tx
-          .select({ id: groups.id })
-          .from(groups)
-          .leftJoin(groupMembers, eq(groupMembers.groupId, groups.id))
-          .where(and(inArray(groups.id, groupIds), isNull(groupMembers.userId)));
-        if (orphaned.length > 0) {
-          await tx.delete(groups).where(
-            inArray(
-              groups.id,
-              orphaned.map((g) => g.id),
-            ),
-          );
-          emptyGroups = orphaned.length;
-        }
-      }
+      // A group the user was the last admin of gets its longest-standing member as admin; one they
+      // were the last member of is removed (issue 13 item 11).
+      const successions: Succession[] = [];
+      for (const groupId of groupIds) successions.push(await keepAnAdmin(tx, groupId));
+      const emptyGroups = successions.filter((s) => s.outcome === "deleted").length;
+      const promoted = successions.filter((s) => s.outcome === "promoted").length;
       const removed =
         deleted.length +
         deviceCount +
@@ -356,9 +347,17 @@ export class ErasureService {
         signInCodeCount;
       return {
         removed,
-        what: `account (${deleted.length}), devices (${deviceCount}), public keys (${keyCount}), refresh tokens (${tokenCount}), group memberships and roles (${memberships.length}), emptied groups (${emptyGroups}), identity provider links (${identityCount}), sign-in codes (${signInCodeCount})`,
+        what: `account (${deleted.length}), devices (${deviceCount}), public keys (${keyCount}), refresh tokens (${tokenCount}), group memberships and roles (${memberships.length}), emptied groups (${emptyGroups}), groups given a new admin (${promoted}), identity provider links (${identityCount}), sign-in codes (${signInCodeCount})`,
+        successions,
       };
     });
+    // Not personal data of the erased user: which member now administers which group.
+    const events = successionEvents(result.successions);
+    if (events.length > 0) {
+      if (audit.recordAll) await audit.recordAll(events);
+      else for (const event of events) await audit.record(event);
+    }
+    return { removed: result.removed, what: result.what };
   }
 }
 

@@ -4,6 +4,7 @@ import type { Db } from "../db/index.ts";
 import { accounts, groupMembers, groups } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import { MAX_GROUP_MEMBERS } from "./model.ts";
+import { keepAnAdmin, lockGroups, type Succession } from "./succession.ts";
 
 export interface GroupInfo {
   groupId: string;
@@ -122,19 +123,49 @@ export class GroupService {
     ]);
   }
 
-  /** Removes a member; admins may remove anyone, anyone may leave. */
+  /**
+   * Removes a member; admins may remove anyone, anyone may leave. When the last admin goes, the
+   * longest-standing member becomes admin; when the last member goes, the group is deleted
+   * (`keepAnAdmin`). `not_found` when the user is not a member.
+   */
   async removeMember(groupId: string, caller: string, userId: string): Promise<void> {
     const callerRole = await this.roleOf(groupId, caller);
     if (caller !== userId && callerRole !== "admin") {
       throw new DomainError("forbidden", "only a group admin can remove other members");
     }
-    const removed = await this.db
-      .delete(groupMembers)
-      .where(and(eq(groupMembers.groupId, groupId), eq(groupMembers.userId, userId)))
-      .returning({ userId: groupMembers.userId });
-    if (removed.length === 0) throw new DomainError("not_found", "not a member of this group");
+    const succession = await this.db.transaction(async (tx) => {
+      await lockGroups(tx, [groupId]);
+      const removed = await tx
+        .delete(groupMembers)
+        .where(and(eq(groupMembers.groupId, groupId), eq(groupMembers.userId, userId)))
+        .returning({ userId: groupMembers.userId });
+      if (removed.length === 0) throw new DomainError("not_found", "not a member of this group");
+      return keepAnAdmin(tx, groupId);
+    });
     await this.audited([
       { action: "group.member.remove", actor: { user: caller }, subject: userId, details: { groupId } },
+      ...successionEvents([succession]),
     ]);
   }
+}
+
+/** The audit entries of what `keepAnAdmin` did (nothing when the group kept an admin). */
+export function successionEvents(successions: Succession[]): AuditEvent[] {
+  const events: AuditEvent[] = [];
+  for (const s of successions) {
+    if (s.outcome === "promoted")
+      events.push({
+        action: "group.admin.promote",
+        actor: "system",
+        subject: s.userId,
+        details: { groupId: s.groupId, reason: "last admin left" },
+      });
+    else if (s.outcome === "deleted")
+      events.push({
+        action: "group.delete",
+        actor: "system",
+        details: { groupId: s.groupId, reason: "empty" },
+      });
+  }
+  return events;
 }
