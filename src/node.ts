@@ -243,6 +243,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     link,
     rateLimit: { perSecond: config.deviceRateLimit, burst: config.deviceRateLimit * 2 },
     presenceLeaseMs: config.presenceLeaseSeconds * 1000,
+    pingIntervalMs: config.wsPingIntervalMs,
     watchLimit: config.presenceWatchesPerNode,
   });
   const clock = { now: Date.now };

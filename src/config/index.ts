@@ -105,6 +105,13 @@ const EnvSchema = T.Object({
     default: 60,
     description: "seconds a connected device stays online without renewal, 2-3600",
   }),
+  WS_PING_INTERVAL_MS: T.Integer({
+    minimum: 100,
+    maximum: 600_000,
+    default: 15_000,
+    description:
+      "milliseconds between WebSocket pings to every socket, 100-600000 (a socket that has not answered the previous ping is closed)",
+  }),
   PRESENCE_WATCHES_PER_NODE: T.Integer({
     minimum: 1000,
     maximum: 100_000_000,
@@ -241,6 +248,8 @@ export interface Config {
   clusterHeartbeatMs: number;
   deviceRateLimit: number;
   presenceLeaseSeconds: number;
+  /** How often every socket is pinged; one unanswered ping closes it (WS_PING_INTERVAL_MS). */
+  wsPingIntervalMs: number;
   /** Presence watch entries (socket × watched user) one node holds at most. */
   presenceWatchesPerNode: number;
   /** Accounts one client address may create per hour. */
@@ -271,6 +280,7 @@ const INTEGER_VARS = new Set([
   "CLUSTER_HEARTBEAT_MS",
   "DEVICE_RATE_LIMIT",
   "PRESENCE_LEASE_SECONDS",
+  "WS_PING_INTERVAL_MS",
   "PRESENCE_WATCHES_PER_NODE",
   "REGISTRATIONS_PER_ADDRESS",
   "LOGIN_ATTEMPTS_PER_ADDRESS",
@@ -380,6 +390,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     clusterHeartbeatMs: env.CLUSTER_HEARTBEAT_MS,
     deviceRateLimit: env.DEVICE_RATE_LIMIT,
     presenceLeaseSeconds: env.PRESENCE_LEASE_SECONDS,
+    wsPingIntervalMs: env.WS_PING_INTERVAL_MS,
     presenceWatchesPerNode: env.PRESENCE_WATCHES_PER_NODE,
     registrationsPerAddress: env.REGISTRATIONS_PER_ADDRESS,
     trustedProxies: env.TRUSTED_PROXIES

@@ -23,6 +23,8 @@ export class DeviceConnection {
   /** Acks on their way to the log and the user actor; the disconnect waits for them. */
   readonly acking = new Set<Promise<void>>();
   readonly watching = new Set<string>();
+  /** Pinged by the gateway's schedule and no pong since: the next tick closes the socket. */
+  awaitingPong = false;
 
   constructor(
     readonly ws: DeviceSocket,

@@ -33,6 +33,11 @@ export interface GatewayOptions {
   presenceLeaseMs?: number;
   /** Watch entries (socket, watched user) this node holds at most (PRESENCE_WATCHES_PER_NODE). */
   watchLimit?: number;
+  /**
+   * How often every socket is pinged (ms, WS_PING_INTERVAL_MS, default 15 s); a socket that has not
+   * answered the previous ping when the next is due is closed.
+   */
+  pingIntervalMs?: number;
 }
 
 /** Envelopes taken from the offline queue per read while a device drains it. */
@@ -56,6 +61,9 @@ export class Gateway {
   private readonly closing = new Set<Promise<void>>();
   private readonly unsubscribe: () => void;
   private readonly renewTimer: ReturnType<typeof setInterval>;
+  private readonly pingTimer: ReturnType<typeof setInterval>;
+  /** Sockets closed because they missed a pong, since start. */
+  deadPeers = 0;
   private readonly rate: { perSecond: number; burst: number };
 
   constructor(private readonly options: GatewayOptions) {
@@ -70,6 +78,8 @@ export class Gateway {
     const leaseMs = options.presenceLeaseMs ?? 60_000;
     this.renewTimer = setInterval(() => void this.renew(), Math.max(100, Math.floor(leaseMs / 3)));
     this.renewTimer.unref?.();
+    this.pingTimer = setInterval(() => this.pingAll(), options.pingIntervalMs ?? 15_000);
+    this.pingTimer.unref?.();
   }
 
   /** Open sockets on this node. */
@@ -92,9 +102,17 @@ export class Gateway {
     // A reader this far behind is disconnected; what it has not acked goes to its offline queue.
     backpressureLimit: 4 * 1024 * 1024,
     closeOnBackpressureLimit: true,
+    // Bun's own keep-alive pings only a socket that has been idle (no frame either way) for most of
+    // idleTimeout: a peer that stopped reading while the server keeps writing to it (half-open TCP,
+    // the kernel buffers the data) is never idle, so it is never pinged. `pingAll` pings every socket
+    // on a schedule instead; Bun's idle timeout stays as a backstop.
     idleTimeout: 120,
     sendPings: true,
     open: (ws) => this.open(ws),
+    pong: (ws) => {
+      const conn = this.byWs.get(ws);
+      if (conn) conn.awaitingPong = false;
+    },
     message: (ws, message) => {
       const conn = this.byWs.get(ws);
       if (conn && !conn.isClosed()) this.frames.handle(conn, message);
@@ -213,6 +231,30 @@ export class Gateway {
     void bookkeeping.finally(() => this.closing.delete(bookkeeping));
   }
 
+  /**
+   * Pings every socket, whatever its traffic; one that has not answered the previous ping (RFC 6455
+   * §5.5.2: a peer answers a ping with a pong as soon as it reads it) is taken for dead and closed
+   * at once (`terminate`: a dead peer would never complete a close handshake). Its close runs the
+   * usual bookkeeping, so what it had not acked goes to its offline queue and comes again on its
+   * next connection: the duplicates are what reached the peer unacked in the last two intervals.
+   */
+  private pingAll(): void {
+    for (const conn of this.options.registry.values()) {
+      if (conn.isClosed()) continue;
+      if (conn.awaitingPong) {
+        this.deadPeers++;
+        this.options.logger.info(
+          { connectionId: conn.connectionId, deviceId: conn.principal.deviceId },
+          "closing a socket that missed a pong",
+        );
+        conn.ws.terminate();
+        continue;
+      }
+      conn.awaitingPong = true;
+      conn.ws.ping();
+    }
+  }
+
   /** Renews presence leases of every local socket, and re-reads watched users (a crashed node's leases expire). */
   private async renew() {
     try {
@@ -226,6 +268,7 @@ export class Gateway {
   /** Closes every socket (shutdown): clients reconnect, possibly to another node. */
   async stop(): Promise<void> {
     clearInterval(this.renewTimer);
+    clearInterval(this.pingTimer);
     this.unsubscribe();
     const { registry } = this.options;
     for (const conn of registry.values()) conn.close(CloseCode.goingAway, "server shutting down");
