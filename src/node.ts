@@ -173,9 +173,19 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   });
   const devices = new DeviceService(db, audit);
   const tokens = new TokenIssuer(config.jwtSecret, config.accessTokenTtlSeconds);
-  const sessions = new SessionService(db, accounts, devices, tokens, config.refreshTokenTtlDays, audit);
-  // Deprovisioning closes sockets through the node link, built with the gateway in step 4.
+  // Every revocation closes the device's sockets on any node through the node link (4401), built
+  // with the gateway in step 4: the one revocation port.
   let deviceSockets: NodeLink | undefined;
+  const sessions = new SessionService(
+    db,
+    accounts,
+    devices,
+    tokens,
+    config.refreshTokenTtlDays,
+    audit,
+    async (userId, deviceId) =>
+      deviceSockets?.close({ userId, deviceId }, CloseCode.revoked, "tokens revoked"),
+  );
   const oidc = config.oidc
     ? new OidcService({
         db,
@@ -185,8 +195,6 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
         audit,
         secret: config.jwtSecret,
         logger,
-        closeSockets: async (userId, deviceId) =>
-          deviceSockets?.close({ userId, deviceId }, CloseCode.revoked, "signed out"),
       })
     : undefined;
   const keys = new KeyService(db, rateLimiter, KEY_FETCH_LIMITS, audit);

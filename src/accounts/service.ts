@@ -124,6 +124,17 @@ export class AccountService {
     await this.throttle.succeeded(account, address);
   }
 
+  /**
+   * Replaces the password of `userId` after checking `currentPassword` (`checkPasswordOf`: throttled,
+   * `unauthorized` when wrong, `forbidden` for an account without a password). The new password is
+   * hashed with the current cost.
+   */
+  async changePassword(userId: string, currentPassword: string, newPassword: string, address: string) {
+    await this.checkPasswordOf(userId, currentPassword, address);
+    const passwordHash = await this.hash(newPassword);
+    await this.db.update(accounts).set({ passwordHash }).where(eq(accounts.id, userId));
+  }
+
   /** True when the account has a password (false: it signs in with the identity provider only). */
   async hasPassword(userId: string): Promise<boolean> {
     const [row] = await this.db

@@ -5,9 +5,14 @@ import { messageFrame, type ServerFrame } from "../protocol/index.ts";
 import type { Principal } from "../sessions/service.ts";
 import type { TokenBucket } from "./token-bucket.ts";
 
-/** What the gateway keeps on a Bun socket (`ws.data`): who it is, set at the upgrade. */
+/**
+ * What the gateway keeps on a Bun socket (`ws.data`), set at the upgrade: who it is, the device's
+ * token generation its access token names, and when that token expires (Unix ms).
+ */
 export interface SocketData {
   principal: Principal;
+  generation: number;
+  expiresAt: number;
 }
 
 /** The Bun socket type the gateway serves. */
@@ -25,6 +30,11 @@ export class DeviceConnection {
   readonly watching = new Set<string>();
   /** Pinged by the gateway's schedule and no pong since: the next tick closes the socket. */
   awaitingPong = false;
+  /**
+   * Set by `close`: the server has closed (or is closing) this socket, e.g. on a revocation. Frames
+   * arriving meanwhile are dropped, and sends not yet submitted are never accepted.
+   */
+  closing = false;
 
   constructor(
     readonly ws: DeviceSocket,
@@ -59,8 +69,10 @@ export class DeviceConnection {
     return ok;
   }
 
+  /** Closes the socket with `code`; from now on its frames are ignored. */
   close(code: number, reason: string): void {
     if (this.state === "closed") return;
+    this.closing = true;
     this.ws.close(code, reason);
   }
 }

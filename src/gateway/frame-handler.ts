@@ -132,6 +132,8 @@ export class FrameHandler {
     // in the order sent; the chain waits for the queueing, not for the commit. A group send waits
     // for its answer (its group actor orders it against other members' sends).
     conn.chain = conn.chain.then(async () => {
+      // Closed by the server since the frame arrived (a revocation): the send is not accepted.
+      if (conn.closing) return;
       try {
         const { outcome } = await submit();
         const reply = outcome.then((answer) => void conn.send(answer), failed);

@@ -115,7 +115,8 @@ export class Gateway {
     },
     message: (ws, message) => {
       const conn = this.byWs.get(ws);
-      if (conn && !conn.isClosed()) this.frames.handle(conn, message);
+      // A socket the server is closing (revoked, expired, replaced) takes no frame any more.
+      if (conn && !conn.isClosed() && !conn.closing) this.frames.handle(conn, message);
     },
     close: (ws) => this.closed(ws),
   };
@@ -134,7 +135,7 @@ export class Gateway {
           typeof query.token === "string" ? query.token : undefined,
         );
         if (!token) throw new DomainError("unauthorized", "missing bearer token");
-        const data: SocketData = { principal: await sessions.authenticate(token) };
+        const data: SocketData = await sessions.authenticateSession(token);
         if (!server?.upgrade(request, { data }))
           throw new DomainError("invalid", "expected a WebSocket upgrade request");
         return undefined;
@@ -175,9 +176,15 @@ export class Gateway {
 
   /** Presence, replacing a socket of the same device on another node, offline queue, then live. */
   private async bringOnline(conn: DeviceConnection): Promise<void> {
-    const { presence, messaging, offline, nodeId, link } = this.options;
+    const { presence, messaging, offline, nodeId, link, sessions } = this.options;
     const { principal } = conn;
     await presence.connected([this.ref(conn)]);
+    // A revocation between the upgrade's check and the lease just written would not have found this
+    // socket: it bumps the generation before it reads the leases, so one of the two sees the other.
+    if (!(await sessions.isCurrent(principal, conn.ws.data.generation))) {
+      conn.close(CloseCode.revoked, "tokens revoked");
+      return;
+    }
     for (const other of await presence.sockets(principal.userId)) {
       if (other.deviceId !== principal.deviceId || other.connectionId === conn.connectionId) continue;
       if (other.nodeId === nodeId) continue;

@@ -23,9 +23,6 @@ const CODE_CHALLENGE = /^[A-Za-z0-9_-]{43}$/;
 const sha256Hex = (value: string) => createHash("sha256").update(value).digest("hex");
 const s256 = (verifier: string) => createHash("sha256").update(verifier).digest("base64url");
 
-/** What deprovisioning reaches besides tokens: the device's live sockets, on whichever node. */
-export type CloseDeviceSockets = (userId: string, deviceId: number) => Promise<void>;
-
 /** Everything the OIDC feature needs, built once per node. */
 export interface OidcServiceDeps {
   db: Db;
@@ -36,7 +33,6 @@ export interface OidcServiceDeps {
   /** The node's JWT secret: the browser-flow cookie key is derived from it. */
   secret: string;
   logger: Logger;
-  closeSockets: CloseDeviceSockets;
 }
 
 /** The device flow's start, as the client shows it to the user (docs/PROTOCOL.md). */
@@ -330,13 +326,13 @@ export class OidcService {
     return row.userId;
   }
 
-  /** Revokes every device's tokens, then closes its sockets wherever they are; returns how many devices. */
+  /**
+   * Revokes every device's tokens; `SessionService.revokeDevice` closes its sockets wherever they are
+   * (4401). Returns how many devices.
+   */
   private async revokeEverywhere(userId: string): Promise<number> {
     const devices = await this.deps.devices.list(userId);
-    for (const { deviceId } of devices) {
-      await this.deps.sessions.revokeDevice(userId, deviceId);
-      await this.deps.closeSockets(userId, deviceId);
-    }
+    for (const { deviceId } of devices) await this.deps.sessions.revokeDevice(userId, deviceId);
     this.deps.logger.info({ devices: devices.length }, "oidc logout revoked every device of a user");
     return devices.length;
   }

@@ -1,12 +1,14 @@
 import { Elysia } from "elysia";
 import { type ClientAddresses, clientAddressPlugin } from "../ratelimit/index.ts";
+import { authPlugin } from "./auth.ts";
 import { SessionModel } from "./model.ts";
 import type { SessionService } from "./service.ts";
 
-/** POST /v1/sessions (login) and POST /v1/sessions/refresh. */
+/** POST /v1/sessions (login), POST /v1/sessions/refresh and POST /v1/me/password. */
 export function sessionRoutes(sessions: SessionService, addresses: ClientAddresses) {
   return new Elysia({ name: "clearbox.sessions", normalize: false })
     .use(clientAddressPlugin(addresses))
+    .use(authPlugin(sessions))
     .post(
       "/v1/sessions",
       async ({ body, set, clientAddress }) => {
@@ -22,5 +24,13 @@ export function sessionRoutes(sessions: SessionService, addresses: ClientAddress
         return sessions.refresh(body.refreshToken);
       },
       { body: SessionModel.refresh, response: { 201: SessionModel.tokens } },
+    )
+    .post(
+      "/v1/me/password",
+      async ({ principal, body, set, clientAddress }) => {
+        await sessions.changePassword(principal, body, clientAddress);
+        set.status = 204;
+      },
+      { auth: true, clientAddress: true, body: SessionModel.changePassword },
     );
 }

@@ -21,6 +21,16 @@ export namespace SessionModel {
     { additionalProperties: false },
   );
 
+  /** `POST /v1/me/password`: `logoutDevices` (default true) revokes every other device of the account. */
+  export const changePassword = t.Object(
+    {
+      currentPassword: AccountModel.password,
+      newPassword: AccountModel.password,
+      logoutDevices: t.Optional(t.Boolean()),
+    },
+    { additionalProperties: false },
+  );
+
   export const tokens = t.Object({
     userId: t.String(),
     deviceId: t.Integer(),

@@ -4,7 +4,7 @@ import type { AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
 import { refreshTokens } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
-import { type AccessClaims, TokenIssuer } from "./tokens.ts";
+import { TokenIssuer } from "./tokens.ts";
 
 /** What a successful login or refresh returns (docs/PROTOCOL.md, POST /v1/sessions). */
 export interface SessionTokens {
@@ -28,7 +28,17 @@ export interface SessionDevices {
   touch(userId: string, deviceId: number): Promise<void>;
   /** Invalidates every access token issued to the device so far. */
   revokeTokens(userId: string, deviceId: number): Promise<void>;
+  /** The account's devices. */
+  list(userId: string): Promise<{ deviceId: number }[]>;
 }
+
+/**
+ * The one revocation port: closes a device's open sockets on whichever node holds them, with close
+ * code 4401 (`CloseCode.revoked`). The node wires it to `NodeLink.close`; every revocation (refresh
+ * token reuse, password change, the identity provider's logout) goes through `revokeDevice`, which
+ * calls it after the tokens are invalid.
+ */
+export type CloseDeviceSockets = (userId: string, deviceId: number) => Promise<void>;
 
 /** Which device a session is for: an existing one by id, or a new one (registrationId required). */
 export interface DeviceChoice {
@@ -52,6 +62,7 @@ export class SessionService {
     private readonly tokens: TokenIssuer,
     private readonly refreshTtlDays: number,
     private readonly audit?: AuditTrail,
+    private readonly closeSockets?: CloseDeviceSockets,
   ) {}
 
   /**
@@ -119,7 +130,15 @@ export class SessionService {
       .returning();
     if (!spent) {
       const [reused] = await this.db.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, hash));
-      if (reused) await this.revokeDevice(reused.userId, reused.deviceId);
+      if (reused) {
+        await this.revokeDevice(reused.userId, reused.deviceId);
+        await this.audit?.record({
+          action: "session.refresh_reused",
+          actor: "system",
+          subject: reused.userId,
+          details: { deviceId: reused.deviceId },
+        });
+      }
       throw new DomainError("unauthorized", "refresh token is not valid");
     }
     if (spent.expiresAt.getTime() <= Date.now()) {
@@ -130,19 +149,74 @@ export class SessionService {
 
   /** The principal named by a valid access token whose device still exists and was not revoked. */
   async authenticate(accessToken: string): Promise<Principal> {
-    const claims: AccessClaims | undefined = await this.tokens.verify(accessToken);
+    return (await this.authenticateSession(accessToken)).principal;
+  }
+
+  /**
+   * `authenticate`, with what a socket keeps of its token: the device's token generation it names
+   * and when it expires (Unix ms). `unauthorized` for a missing, malformed, expired or revoked token.
+   */
+  async authenticateSession(
+    accessToken: string,
+  ): Promise<{ principal: Principal; generation: number; expiresAt: number }> {
+    const claims = await this.tokens.verify(accessToken);
     if (!claims) throw new DomainError("unauthorized", "access token is missing, malformed or expired");
     const generation = await this.devices.tokenGeneration(claims.userId, claims.deviceId);
     if (generation !== claims.generation) throw new DomainError("unauthorized", "access token was revoked");
-    return { userId: claims.userId, deviceId: claims.deviceId };
+    return {
+      principal: { userId: claims.userId, deviceId: claims.deviceId },
+      generation,
+      expiresAt: claims.expiresAt,
+    };
   }
 
-  /** Revokes every access and refresh token of the device. */
+  /** True while the device exists and its tokens of `generation` were not revoked since. */
+  async isCurrent(principal: Principal, generation: number): Promise<boolean> {
+    return (await this.devices.tokenGeneration(principal.userId, principal.deviceId)) === generation;
+  }
+
+  /**
+   * Revokes every access and refresh token of the device, then closes its sockets on every node
+   * (4401). The tokens go first: a socket opening meanwhile re-checks its token's generation once
+   * its presence lease is written, so it either is found by the close or sees the revocation.
+   */
   async revokeDevice(userId: string, deviceId: number): Promise<void> {
     await this.db
       .delete(refreshTokens)
       .where(and(eq(refreshTokens.userId, userId), eq(refreshTokens.deviceId, deviceId)));
     await this.devices.revokeTokens(userId, deviceId);
+    await this.closeSockets?.(userId, deviceId);
+  }
+
+  /**
+   * `POST /v1/me/password`: checks `currentPassword` (throttled like a login of the account from
+   * `address`, `PasswordThrottle`), stores the new one, and — unless `logoutDevices` is false —
+   * revokes every other device of the account (tokens, and their sockets on every node, 4401). The
+   * calling device keeps its session. `unauthorized` for a wrong password, `forbidden` for an account
+   * without one (identity provider) or with passwords disabled, `rate_limited` past a budget.
+   * Returns the ids of the devices revoked.
+   */
+  async changePassword(
+    principal: Principal,
+    input: { currentPassword: string; newPassword: string; logoutDevices?: boolean },
+    address: string,
+  ): Promise<number[]> {
+    await this.accounts.changePassword(principal.userId, input.currentPassword, input.newPassword, address);
+    const revoked: number[] = [];
+    if (input.logoutDevices !== false) {
+      for (const { deviceId } of await this.devices.list(principal.userId)) {
+        if (deviceId === principal.deviceId) continue;
+        await this.revokeDevice(principal.userId, deviceId);
+        revoked.push(deviceId);
+      }
+    }
+    await this.audit?.record({
+      action: "account.password_changed",
+      actor: { user: principal.userId },
+      subject: principal.userId,
+      details: { deviceId: principal.deviceId, revokedDevices: revoked.length },
+    });
+    return revoked;
   }
 
   private async issue(userId: string, deviceId: number): Promise<SessionTokens> {

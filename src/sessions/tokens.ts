@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { jwt } from "@elysiajs/jwt";
+import { jwtVerify, SignJWT } from "jose";
 
 /** What an access token says: who, which device, and the device's token generation when it was issued. */
 export interface AccessClaims {
@@ -8,35 +8,54 @@ export interface AccessClaims {
   generation: number;
 }
 
-/** Signs and verifies access tokens (HS256 JWT via @elysiajs/jwt) and mints opaque refresh tokens. */
+/** A verified access token's claims and when it expires (Unix ms). */
+export interface VerifiedAccess extends AccessClaims {
+  expiresAt: number;
+}
+
+/**
+ * Signs and verifies access tokens (HS256 JWT, RFC 7519, with jose) and mints opaque refresh tokens.
+ * A token's `exp` is the issue time rounded up to the second plus the TTL, so a token lives at least
+ * `accessTtlSeconds` (the `expiresIn` clients are told), at most one second more.
+ */
 export class TokenIssuer {
-  private readonly jwt;
+  private readonly key: Uint8Array;
 
   constructor(
     secret: string,
     readonly accessTtlSeconds: number,
   ) {
-    this.jwt = jwt({ name: "jwt", secret, alg: "HS256" }).decorator.jwt;
+    this.key = new TextEncoder().encode(secret);
   }
 
-  /** A signed access token that expires after the configured TTL. */
-  sign(claims: AccessClaims): Promise<string> {
-    return this.jwt.sign({
-      sub: claims.userId,
-      dev: claims.deviceId,
-      gen: claims.generation,
-      exp: `${this.accessTtlSeconds}s`,
-    });
+  /** When a token issued at `issuedAtMs` (Unix ms) expires, Unix ms (a whole second). */
+  expiresAt(issuedAtMs: number): number {
+    return (Math.ceil(issuedAtMs / 1000) + this.accessTtlSeconds) * 1000;
   }
 
-  /** The claims of a valid, unexpired token signed with our secret, else undefined. */
-  async verify(token: string): Promise<AccessClaims | undefined> {
-    const payload = await this.jwt.verify(token).catch(() => false as const);
+  /**
+   * A signed access token issued at `issuedAtMs` (default now). The same claims and issue time give
+   * the same token (HS256 is deterministic): the refresh grace window re-issues a successor by it.
+   */
+  sign(claims: AccessClaims, issuedAtMs = Date.now()): Promise<string> {
+    return new SignJWT({ sub: claims.userId, dev: claims.deviceId, gen: claims.generation })
+      .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+      .setIssuedAt(Math.floor(issuedAtMs / 1000))
+      .setExpirationTime(this.expiresAt(issuedAtMs) / 1000)
+      .sign(this.key);
+  }
+
+  /** The claims of a valid, unexpired HS256 token signed with our secret, else undefined. */
+  async verify(token: string): Promise<VerifiedAccess | undefined> {
+    const payload = await jwtVerify(token, this.key, { algorithms: ["HS256"] }).then(
+      (verified) => verified.payload as Record<string, unknown>,
+      () => undefined,
+    );
     if (!payload) return undefined;
-    const { sub, dev, gen, exp } = payload as Record<string, unknown>;
+    const { sub, dev, gen, exp } = payload;
     if (typeof sub !== "string" || typeof exp !== "number") return undefined;
     if (!Number.isInteger(dev) || !Number.isInteger(gen)) return undefined;
-    return { userId: sub, deviceId: dev as number, generation: gen as number };
+    return { userId: sub, deviceId: dev as number, generation: gen as number, expiresAt: exp * 1000 };
   }
 
   /** A new opaque refresh token and the hash under which it is stored. */
