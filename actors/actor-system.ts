@@ -2,7 +2,7 @@ import { Activations } from "./activations.ts";
 import type { ActorFactory, ActorHost, ActorRefs, Actor as ActorType } from "./actor.ts";
 import { UnknownNodeError } from "./actor-error.ts";
 import { PendingAsks } from "./asks.ts";
-import { errorSummary, type Logger, silentLogger } from "./logger.ts";
+import { type Logger, silentLogger } from "./logger.ts";
 import type { Membership } from "./membership.ts";
 import { Outbox } from "./outbox.ts";
 import { Placement } from "./placement.ts";
@@ -300,10 +300,7 @@ export class ActorSystem implements ActorRefs, ActorHost {
     phase: "activate" | "receive" | "passivate" | "stop",
   ): void {
     this.failures++;
-    this.logger.warn(
-      { nodeId: this.nodeId, key: actor.key, phase, err: errorSummary(error) },
-      "actor failure",
-    );
+    this.logger.warn({ nodeId: this.nodeId, key: actor.key, phase, err: error }, "actor failure");
     try {
       this.onFailure?.(actor.key, error, phase);
     } catch {
@@ -317,10 +314,7 @@ export class ActorSystem implements ActorRefs, ActorHost {
 
   private onTransportFatal(error: unknown): void {
     if (this.state !== "running") return;
-    this.logger.error(
-      { nodeId: this.nodeId, err: errorSummary(error) },
-      "transport lost; leaving the cluster",
-    );
+    this.logger.error({ nodeId: this.nodeId, err: error }, "transport lost; leaving the cluster");
     void this.abort();
   }
 }

@@ -1,6 +1,6 @@
 import { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage, connect } from "amqplib";
 import { UnroutableError } from "./actor-error.ts";
-import { errorSummary, type Logger, silentLogger } from "./logger.ts";
+import { type Logger, silentLogger } from "./logger.ts";
 import type { Frame, FrameHandler, Transport } from "./transport.ts";
 
 /** Options for {@link AmqpTransport}. */
@@ -72,9 +72,7 @@ export class AmqpTransport implements Transport {
   async start(handler: FrameHandler, onFatal: (error: unknown) => void): Promise<void> {
     const connection = await connect(this.url);
     this.connection = connection;
-    connection.on("error", (error) =>
-      this.logger.warn({ err: errorSummary(error) }, "amqp connection error"),
-    );
+    connection.on("error", (error) => this.logger.warn({ err: error }, "amqp connection error"));
     connection.on("close", (error?: Error) => {
       if (!this.closing) onFatal(error ?? new Error("amqp connection closed"));
     });
@@ -83,13 +81,9 @@ export class AmqpTransport implements Transport {
       const id = message.properties.messageId;
       if (typeof id === "string") this.returned.add(id);
     });
-    this.publisher.on("error", (error) =>
-      this.logger.warn({ err: errorSummary(error) }, "amqp publisher error"),
-    );
+    this.publisher.on("error", (error) => this.logger.warn({ err: error }, "amqp publisher error"));
     this.consumer = await connection.createChannel();
-    this.consumer.on("error", (error) =>
-      this.logger.warn({ err: errorSummary(error) }, "amqp consumer error"),
-    );
+    this.consumer.on("error", (error) => this.logger.warn({ err: error }, "amqp consumer error"));
     await this.consumer.prefetch(this.prefetch);
     const queue = this.queueOf(this.nodeId);
     await this.consumer.assertQueue(queue, { durable: true });
@@ -197,7 +191,7 @@ export class AmqpTransport implements Transport {
       frames = JSON.parse(message.content.toString("utf8")) as Frame[];
       if (!Array.isArray(frames)) throw new Error("transfer is not a frame list");
     } catch (error) {
-      this.logger.error({ err: errorSummary(error) }, "dropping malformed transfer");
+      this.logger.error({ err: error }, "dropping malformed transfer");
       channel.ack(message);
       return;
     }
@@ -213,7 +207,7 @@ export class AmqpTransport implements Transport {
       },
       (error: unknown) => {
         inFlight.count--;
-        this.logger.warn({ err: errorSummary(error) }, "transfer failed, returning it to the inbox");
+        this.logger.warn({ err: error }, "transfer failed, returning it to the inbox");
         try {
           channel.nack(message, false, true);
         } catch {

@@ -1,4 +1,9 @@
-/** The subset of pino's logger the actor runtime uses; pass a pino instance or child. */
+/**
+ * The subset of pino's logger the actor runtime uses; pass a pino instance or child. Errors are
+ * passed as they are, under `err`: the logger's error serializer decides what of them is written
+ * (ClearBox's, `src/observability/error-serializer.ts`, keeps class, code and constraint and drops
+ * messages, which may hold a message payload or a failed query's parameters).
+ */
 export interface Logger {
   debug(obj: object, msg?: string): void;
   info(obj: object, msg?: string): void;
@@ -14,7 +19,10 @@ export const silentLogger: Logger = {
   error() {},
 };
 
-/** Plain error summary for logs: never the message payload, which may hold ciphertext. */
+/**
+ * An error's name, code and message, for an ask's failed reply to its caller (never for a log
+ * line: logs get the error itself, see `Logger`).
+ */
 export function errorSummary(error: unknown): { name: string; code?: string; message: string } {
   if (error instanceof Error) {
     const code = (error as { code?: unknown }).code;

@@ -1,6 +1,6 @@
 import type { Activations } from "./activations.ts";
 import { HandoffGate, type HeldEnvelope } from "./handoff-gate.ts";
-import { errorSummary, type Logger } from "./logger.ts";
+import type { Logger } from "./logger.ts";
 import type { MemberInfo, MemberStats, Membership } from "./membership.ts";
 import type { Outbox } from "./outbox.ts";
 import type { Clock } from "./ports.ts";
@@ -144,7 +144,7 @@ export class Placement {
       try {
         actors.activate(key);
       } catch (error) {
-        logger.warn({ key, err: errorSummary(error) }, "could not reactivate handed-off actor");
+        logger.warn({ key, err: error }, "could not reactivate handed-off actor");
       }
     }
   }
@@ -185,7 +185,7 @@ export class Placement {
       this.options.logger.info({ nodeId: this.nodeId, ring: next.members }, "ring changed");
       this.handoffs = this.handoffs
         .then(() => this.handOff(next, alive))
-        .catch((error: unknown) => this.options.logger.error({ err: errorSummary(error) }, "handoff failed"));
+        .catch((error: unknown) => this.options.logger.error({ err: error }, "handoff failed"));
       this.markReady();
     }
     this.adoptDeadNodes();
@@ -237,7 +237,7 @@ export class Placement {
           await this.membership.forget(dead);
           logger.info({ nodeId: this.nodeId, dead }, "adopted and removed a dead node's inbox");
         })
-        .catch((error: unknown) => logger.warn({ dead, err: errorSummary(error) }, "adoption failed"))
+        .catch((error: unknown) => logger.warn({ dead, err: error }, "adoption failed"))
         .finally(() => this.adopting.delete(dead));
     }
   }

@@ -1,5 +1,5 @@
 import { Redis } from "ioredis";
-import { errorSummary, type Logger, silentLogger } from "./logger.ts";
+import { type Logger, silentLogger } from "./logger.ts";
 import {
   type MemberInfo,
   type MemberStats,
@@ -201,7 +201,6 @@ export class RedisMembership implements Membership {
   }
 
   private readonly logFailure = (error: unknown): void => {
-    if (!this.closed)
-      this.logger.warn({ err: errorSummary(error), nodeId: this.self }, "membership refresh failed");
+    if (!this.closed) this.logger.warn({ err: error, nodeId: this.self }, "membership refresh failed");
   };
 }

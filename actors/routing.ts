@@ -2,7 +2,7 @@ import type { Activations } from "./activations.ts";
 import type { DeliveryDone } from "./actor.ts";
 import { MailboxFullError, NodeStoppedError, UnknownNodeError, UnroutableError } from "./actor-error.ts";
 import type { PendingAsks } from "./asks.ts";
-import { errorSummary, type Logger } from "./logger.ts";
+import type { Logger } from "./logger.ts";
 import type { Membership } from "./membership.ts";
 import type { Outbox } from "./outbox.ts";
 import type { Placement } from "./placement.ts";
@@ -130,9 +130,7 @@ export class Router {
         case "drain":
           // A drain addressed to a dead node reaches its adopter: it is not for us.
           if (frame.node === this.options.nodeId) {
-            this.options
-              .drain()
-              .catch((error: unknown) => logger.error({ err: errorSummary(error) }, "drain failed"));
+            this.options.drain().catch((error: unknown) => logger.error({ err: error }, "drain failed"));
           }
           break;
       }
@@ -237,7 +235,7 @@ export class Router {
         // A stopped node leaves the transfer unacknowledged so the broker gives it to a survivor.
         if (this.options.isClosed()) return;
         this.options.logger.warn(
-          { nodeId: this.options.nodeId, key: envelope.key, err: errorSummary(error) },
+          { nodeId: this.options.nodeId, key: envelope.key, err: error },
           "envelope refused",
         );
         if (envelope.reply) this.options.asks.reply(envelope.reply, error, undefined);
