@@ -40,6 +40,7 @@ import { ClientAddresses, MemoryRateLimiter, type RateLimiter, RedisRateLimiter 
 import { RetentionJob } from "./retention/index.ts";
 import { SessionService } from "./sessions/service.ts";
 import { TokenIssuer } from "./sessions/tokens.ts";
+import { UserDirectory } from "./users/index.ts";
 
 /** A running ClearBox node: its listeners, its stores, and how to stop it. */
 export interface ClearBoxNode {
@@ -199,6 +200,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     : undefined;
   const keys = new KeyService(db, rateLimiter, KEY_FETCH_LIMITS, audit);
   const groups = new GroupService(db, audit);
+  const users = new UserDirectory(db, rateLimiter);
   const messaging = new MessagingService(db, log, actors);
   const gdpr = await createGdpr({
     db,
@@ -276,6 +278,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     sessions,
     keys,
     groups,
+    users,
     gateway,
     gdpr: gdpr.routes,
     oidc,

@@ -1,6 +1,8 @@
 import { createHash, randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
 import {
   CiphertextMessageType,
+  Fingerprint,
   KEMPublicKey,
   PreKeyBundle,
   PreKeySignalMessage,
@@ -23,6 +25,7 @@ import {
   type DeviceBundle,
   type DeviceSignInPrompt,
   type SessionTokens,
+  type UserInfo,
 } from "./http.ts";
 import {
   currentSignedKeys,
@@ -57,6 +60,11 @@ function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
 const asBytes = (message: Uint8Array | string): Bytes =>
   typeof message === "string" ? encoder.encode(message) : new Uint8Array(message);
 
+/** Signal's safety-number parameters (libsignal `Fingerprint`, as Signal-Android and Desktop use them). */
+const SAFETY_NUMBER_VERSION = 2;
+const SAFETY_NUMBER_ITERATIONS = 5200;
+const uuidBytes = (uuid: string): Bytes => new Uint8Array(Buffer.from(uuid.replaceAll("-", ""), "hex"));
+
 /** Replenish one-time keys when fewer than this many of a kind remain on the server. */
 export const REPLENISH_THRESHOLD = 20;
 
@@ -87,32 +95,71 @@ export class ClearBoxClient {
   readonly http: ClearBoxHttp;
   /** Tail of the queue that runs protocol operations one at a time (see `serialized`). */
   private tail: Promise<unknown> = Promise.resolve();
+  private current: AccountStore;
 
   private constructor(
-    readonly store: AccountStore,
+    store: AccountStore,
     readonly serverUrl: string,
-    private readonly ca?: string,
+    /** PEM CA certificates trusted for an https server (not saved in the store). */
+    readonly ca?: string,
+    /** The file this store is written to once a registration or login succeeds (see `open`). */
+    private pendingPath?: string,
   ) {
+    this.current = store;
     this.http = new ClearBoxHttp(
       serverUrl,
       {
-        tokens: () => store.get<SessionTokens>("tokens"),
-        setTokens: (tokens) => store.set("tokens", tokens),
+        tokens: () => this.store.get<SessionTokens>("tokens"),
+        setTokens: (tokens) => this.store.set("tokens", tokens),
       },
       ca,
     );
   }
 
-  /** Opens (or creates) the account store; the server URL is remembered in it. */
+  /** The account's local state (SQLite): in memory until the first successful sign-in when the file did not exist. */
+  get store(): AccountStore {
+    return this.current;
+  }
+
+  /**
+   * Opens the account store; the server URL is remembered in it. A store file that does not exist
+   * yet is not created here: the state is kept in memory and written to `storePath` only when a
+   * registration, login or sign-in succeeds, so a failed attempt leaves no file behind.
+   */
   static open(options: ClearBoxClientOptions): ClearBoxClient {
-    const store = new AccountStore(options.storePath);
+    const deferred = options.storePath !== ":memory:" && !existsSync(options.storePath);
+    const store = new AccountStore(deferred ? ":memory:" : options.storePath);
     const serverUrl = options.serverUrl ?? store.get<string>("serverUrl");
     if (!serverUrl) {
       store.close();
       throw new Error("no server URL given and none saved in the store");
     }
     store.set("serverUrl", serverUrl);
-    return new ClearBoxClient(store, serverUrl, options.ca);
+    return new ClearBoxClient(store, serverUrl, options.ca, deferred ? options.storePath : undefined);
+  }
+
+  /** Whether the store is still held in memory only (no successful sign-in yet for a new file). */
+  get persisted(): boolean {
+    return this.pendingPath === undefined;
+  }
+
+  /** Writes an in-memory store to its file (SQLite `VACUUM INTO`) and continues on the file. */
+  private persist(): void {
+    const path = this.pendingPath;
+    if (path === undefined) return;
+    this.current.db.query("vacuum into ?").run(path);
+    const file = new AccountStore(path);
+    this.current.close();
+    this.current = file;
+    this.pendingPath = undefined;
+    for (const listener of this.persistListeners) listener(file);
+  }
+
+  private readonly persistListeners: ((store: AccountStore) => void)[] = [];
+
+  /** Called when the in-memory store moved to its file (its `AccountStore` object changed). */
+  onStoreReplaced(listener: (store: AccountStore) => void): void {
+    this.persistListeners.push(listener);
   }
 
   get userId(): string {
@@ -149,7 +196,9 @@ export class ClearBoxClient {
     this.store.set("username", username);
     this.store.set("userId", tokens.userId);
     this.store.set("deviceId", tokens.deviceId);
+    this.rememberUser({ userId: tokens.userId, username });
     if (!this.store.get<boolean>("keysUploaded")) await this.bootstrapKeys();
+    this.persist();
   }
 
   /**
@@ -213,6 +262,7 @@ export class ClearBoxClient {
     this.store.set("userId", tokens.userId);
     this.store.set("deviceId", tokens.deviceId);
     if (!this.store.get<boolean>("keysUploaded")) await this.bootstrapKeys();
+    this.persist();
   }
 
   /** Uploads identity, a signed prekey, a last-resort Kyber key and 100 one-time keys of each kind. */
@@ -390,6 +440,88 @@ export class ClearBoxClient {
     const result = this.tail.then(operation);
     this.tail = result.catch(() => undefined);
     return result;
+  }
+
+  /**
+   * The user named exactly `username`, from the local contact list or else the server
+   * (`GET /v1/users?username=`, rate-limited per device); the answer is kept as a contact.
+   * Throws ClearBoxApiError 404 `not_found` when no such user, 400 `invalid` for a malformed name.
+   */
+  async findUser(username: string): Promise<UserInfo> {
+    const known = this.store.db
+      .query<{ user_id: string }, [string]>("select user_id from contacts where username = ?")
+      .get(username);
+    if (known) return { userId: known.user_id, username };
+    const found = await this.http.lookupUser(username);
+    this.rememberUser(found);
+    return found;
+  }
+
+  /** The username of `userId`, from the contact list or else the server (`GET /v1/users/:userId`). */
+  async usernameOf(userId: string): Promise<string> {
+    const known = this.store.db
+      .query<{ username: string }, [string]>("select username from contacts where user_id = ?")
+      .get(userId);
+    if (known) return known.username;
+    const found = await this.http.user(userId);
+    this.rememberUser(found);
+    return found.username;
+  }
+
+  /** Every user this store knows by name (looked up, or who wrote to us). */
+  contacts(): UserInfo[] {
+    return this.store.db
+      .query<{ user_id: string; username: string }, []>(
+        "select user_id, username from contacts order by username",
+      )
+      .all()
+      .map((row) => ({ userId: row.user_id, username: row.username }));
+  }
+
+  private rememberUser(user: UserInfo): void {
+    this.store.db
+      .query(
+        `insert into contacts (user_id, username) values (?, ?)
+         on conflict (user_id) do update set username = excluded.username`,
+      )
+      .run(user.userId, user.username);
+  }
+
+  /**
+   * The safety numbers with each device of `userId` whose identity key this store holds (after a
+   * session was started either way): libsignal's `Fingerprint` (version 2, 5200 iterations, the
+   * 16-byte user UUIDs as identifiers, as Signal computes them), 60 digits that both sides see
+   * alike, shown in 12 groups of 5. `verified`: the key is the one the user last verified;
+   * `changed`: the key changed since then (or since first use) — ask the user to compare again.
+   */
+  safetyNumbers(
+    userId: string,
+  ): { deviceId: number; safetyNumber: string; verified: boolean; changed: boolean }[] {
+    const { identity } = this.store.identity.ensureIdentity();
+    const changed = new Set(this.store.identity.changedDevices(userId));
+    return this.store.identity.identitiesOf(userId).map(({ deviceId, publicKey }) => {
+      const digits = Fingerprint.new(
+        SAFETY_NUMBER_ITERATIONS,
+        SAFETY_NUMBER_VERSION,
+        uuidBytes(this.userId),
+        identity.publicKey,
+        uuidBytes(userId),
+        publicKey,
+      )
+        .displayableFingerprint()
+        .toString();
+      return {
+        deviceId,
+        safetyNumber: digits.match(/.{5}/g)?.join(" ") ?? digits,
+        verified: this.store.identity.isVerified(userId, deviceId, publicKey),
+        changed: changed.has(deviceId),
+      };
+    });
+  }
+
+  /** The user compared the safety numbers out of band: trust the keys now held for `userId`. */
+  markVerified(userId: string): void {
+    this.store.identity.markVerified(userId);
   }
 
   /** Opens this device's WebSocket (the messaging gateway). */

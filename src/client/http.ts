@@ -23,6 +23,8 @@ export type UserBundle = DataOf<ReturnType<Api["v1"]["keys"]>["get"]>;
 export type DeviceBundle = UserBundle["devices"][number];
 /** One device of the account (`GET /v1/devices`). */
 export type DeviceInfo = DataOf<Api["v1"]["devices"]["get"]>["devices"][number];
+/** A user found by exact username or by id (`GET /v1/users`). */
+export type UserInfo = DataOf<Api["v1"]["users"]["get"]>;
 /** A group as a member sees it (`GET /v1/groups/:groupId`). */
 export type GroupInfo = DataOf<ReturnType<Api["v1"]["groups"]>["get"]>;
 /** The key erasure receipts are signed with (`GET /v1/erasures/signing-key`): SPKI DER in base64. */
@@ -74,6 +76,9 @@ interface EdenReply<T> {
 /** The reply's data, or the server's refusal as a `ClearBoxApiError`. */
 async function unwrap<T>(call: Promise<EdenReply<T>>): Promise<NonNullable<T>> {
   const { data, error, response } = await call;
+  // Eden answers a request that never reached the server (refused, reset) without a response.
+  if (error && !response)
+    throw new TypeError(`cannot reach the server: ${String(error.value ?? "network error")}`);
   if (error) {
     const body = (error.value as { error?: { code?: string; message?: string } } | null)?.error;
     const retryAfter = response.headers.get("retry-after");
@@ -186,6 +191,19 @@ export class ClearBoxHttp {
   /** One prekey bundle per device of `userId`; consumes one-time keys on the server. */
   async fetchBundle(userId: string): Promise<UserBundle> {
     return this.authed((headers) => this.api.v1.keys({ userId }).get({ headers }));
+  }
+
+  /**
+   * The user named exactly `username` (`GET /v1/users?username=`): `{userId, username}`;
+   * ClearBoxApiError 404 `not_found` when none, 429 `rate_limited` past the device's lookup budget.
+   */
+  async lookupUser(username: string): Promise<UserInfo> {
+    return this.authed((headers) => this.api.v1.users.get({ query: { username }, headers }));
+  }
+
+  /** The username of `userId` (`GET /v1/users/:userId`); 404 `not_found` when no such account. */
+  async user(userId: string): Promise<UserInfo> {
+    return this.authed((headers) => this.api.v1.users({ userId }).get({ headers }));
   }
 
   /** Creates a group with this account as its admin. */

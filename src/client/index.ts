@@ -12,5 +12,6 @@ export {
   generateSignedPreKey,
   ONE_TIME_KEY_BATCH,
 } from "./keys.ts";
+export { type BackoffOptions, type ChatMessage, Messenger, type MessengerEvents } from "./messenger.ts";
 export * from "./socket.ts";
 export { AccountStore } from "./store.ts";

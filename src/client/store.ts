@@ -36,6 +36,18 @@ create table if not exists kyber_last_resort_uses (kyber_id integer not null, si
   base_key blob not null, primary key (kyber_id, signed_id, base_key));
 create table if not exists sender_keys (name text not null, device_id integer not null, distribution_id text not null,
   record blob not null, primary key (name, device_id, distribution_id));
+create table if not exists contacts (user_id text primary key, username text not null);
+create table if not exists verified_identities (name text not null, device_id integer not null, public_key blob not null,
+  primary key (name, device_id));
+create table if not exists identity_changes (name text not null, device_id integer not null, changed_at integer not null,
+  primary key (name, device_id));
+create table if not exists outbox (seq integer primary key autoincrement, id text not null unique, kind text not null,
+  target text not null, payload text not null, created_at integer not null);
+create table if not exists group_keys (group_id text primary key, distribution_id text not null, shared_with text not null);
+create table if not exists history (id text primary key, conversation text not null, sender text not null,
+  sender_device integer not null, outgoing integer not null, text text not null, ts integer not null, state text not null);
+create table if not exists received (id text primary key, at integer not null);
+create index if not exists history_by_conversation on history (conversation, ts);
 `;
 
 /**
@@ -142,9 +154,73 @@ export class SqliteIdentityStore extends IdentityKeyStore {
          on conflict (name, device_id) do update set public_key = excluded.public_key`,
       )
       .run(name.name(), name.deviceId(), key.serialize());
-    return existing && !existing.equals(key)
-      ? IdentityChange.ReplacedExisting
-      : IdentityChange.NewOrUnchanged;
+    if (existing && !existing.equals(key)) {
+      this.store.db
+        .query(
+          `insert into identity_changes (name, device_id, changed_at) values (?, ?, ?)
+           on conflict (name, device_id) do update set changed_at = excluded.changed_at`,
+        )
+        .run(name.name(), name.deviceId(), Date.now());
+      for (const listener of this.changeListeners) listener(name.name(), name.deviceId());
+      return IdentityChange.ReplacedExisting;
+    }
+    return IdentityChange.NewOrUnchanged;
+  }
+
+  private readonly changeListeners: ((userId: string, deviceId: number) => void)[] = [];
+
+  /**
+   * Calls `listener(userId, deviceId)` whenever a device's identity key is replaced by a different
+   * one (a reinstall, or a server substituting keys); the change stays recorded (`changedDevices`)
+   * until the user verifies the new safety number (`markVerified`). Returns an unsubscribe function.
+   */
+  onIdentityChange(listener: (userId: string, deviceId: number) => void): () => void {
+    this.changeListeners.push(listener);
+    return () => void this.changeListeners.splice(this.changeListeners.indexOf(listener), 1);
+  }
+
+  /** Every identity key held for `userId`'s devices, by device id. */
+  identitiesOf(userId: string): { deviceId: number; publicKey: PublicKey }[] {
+    return this.store.db
+      .query<{ device_id: number; public_key: Uint8Array }, [string]>(
+        "select device_id, public_key from identities where name = ? order by device_id",
+      )
+      .all(userId)
+      .map((row) => ({ deviceId: row.device_id, publicKey: PublicKey.deserialize(bytes(row.public_key)) }));
+  }
+
+  /** Device ids of `userId` whose identity key changed since the user last verified them. */
+  changedDevices(userId: string): number[] {
+    return this.store.db
+      .query<{ device_id: number }, [string]>(
+        "select device_id from identity_changes where name = ? order by device_id",
+      )
+      .all(userId)
+      .map((row) => row.device_id);
+  }
+
+  /** Whether the key now held for (userId, deviceId) is the one the user verified. */
+  isVerified(userId: string, deviceId: number, key: PublicKey): boolean {
+    const row = this.store.db
+      .query<{ public_key: Uint8Array }, [string, number]>(
+        "select public_key from verified_identities where name = ? and device_id = ?",
+      )
+      .get(userId, deviceId);
+    return row !== null && PublicKey.deserialize(bytes(row.public_key)).equals(key);
+  }
+
+  /** Records the keys now held for every device of `userId` as verified, and clears their change warnings. */
+  markVerified(userId: string): void {
+    const db = this.store.db;
+    db.transaction(() => {
+      for (const { deviceId, publicKey } of this.identitiesOf(userId)) {
+        db.query(
+          `insert into verified_identities (name, device_id, public_key) values (?, ?, ?)
+           on conflict (name, device_id) do update set public_key = excluded.public_key`,
+        ).run(userId, deviceId, publicKey.serialize());
+      }
+      db.query("delete from identity_changes where name = ?").run(userId);
+    })();
   }
 
   /** TOFU: a device that re-keyed is trusted again; `saveIdentity` reports the change. */

@@ -15,6 +15,7 @@ import { type OidcService, oidcRoutes } from "../oidc/index.ts";
 import type { ClientAddresses } from "../ratelimit/index.ts";
 import { sessionRoutes } from "../sessions/index.ts";
 import type { SessionService } from "../sessions/service.ts";
+import { type UserDirectory, userRoutes } from "../users/index.ts";
 import { DomainError, errorReply, frameworkRefusal } from "./errors.ts";
 import { jsonBodyGate } from "./json-body.ts";
 
@@ -33,6 +34,8 @@ export interface AppDeps {
   sessions: SessionService;
   keys: KeyService;
   groups: GroupService;
+  /** Exact user lookups by username or id (`GET /v1/users`). */
+  users: UserDirectory;
   gateway: Gateway;
   /** The GDPR routes (export, erasure, receipts), built with their services in src/gdpr. */
   gdpr: GdprRoutes;
@@ -116,6 +119,7 @@ export function createApp(deps: AppDeps) {
     .use(deviceRoutes(deps.devices, deps.sessions))
     .use(keyRoutes(deps.keys, deps.sessions))
     .use(groupRoutes(deps.groups, deps.sessions))
+    .use(userRoutes(deps.users, deps.sessions))
     .use(deps.gateway.routes())
     .use(deps.gdpr);
   bodies.index(app.routes);

@@ -1,0 +1,567 @@
+import { EventEmitter } from "node:events";
+import ReconnectingWebSocket from "partysocket/ws";
+import type { AcceptedFrame, ClientFrame, RejectedFrame, ServerFrame } from "../protocol/index.ts";
+import { CloseCode } from "../protocol/index.ts";
+import type { ClearBoxClient } from "./client.ts";
+import { ClearBoxApiError } from "./http.ts";
+
+/** A text message as the user sees it: names, not ids. `conversation` is a user id or `group:<id>`. */
+export interface ChatMessage {
+  id: string;
+  conversation: string;
+  from: { userId: string; username: string; deviceId: number };
+  /** Set for a group message. */
+  group?: string;
+  outgoing: boolean;
+  text: string;
+  /** Server time the message was accepted (Unix ms); for a queued outgoing message, when it was queued. */
+  ts: number;
+  /** Outgoing only: `queued` until the server accepted it (`sent`), or `failed` with the refusal. */
+  state: "queued" | "sent" | "failed" | "received";
+}
+
+/** The events a Messenger emits (EventEmitter names and argument shapes). */
+export interface MessengerEvents {
+  /** A decrypted incoming message, or one of ours whose state changed. */
+  message: [ChatMessage];
+  /** The socket is up (`online`), down and being retried (`offline`), or stopped for good (`stopped`). */
+  status: ["online" | "offline" | "stopped", { code?: number; reason?: string }];
+  presence: [{ userId: string; username?: string; online: boolean; lastSeen: number }];
+  /**
+   * A contact's device now has a different identity key than before (reinstall, or a server
+   * substituting keys): the user should compare safety numbers again before trusting it.
+   */
+  identityChanged: [{ userId: string; username?: string; deviceId: number }];
+  /** A message that could not be decrypted or processed (it is acknowledged and dropped). */
+  undecryptable: [{ id: string; from: { user: string; device: number }; reason: string }];
+}
+
+/** Backoff of reconnects: the first wait is drawn in [minDelayMs/2, 3·minDelayMs/2), then ×1.5 each time, at most maxDelayMs. */
+export interface BackoffOptions {
+  minDelayMs?: number;
+  maxDelayMs?: number;
+}
+
+/** Close codes after which reconnecting cannot help (docs/PROTOCOL.md, close codes). */
+const FINAL_CLOSE_CODES = new Set<number>([
+  CloseCode.revoked,
+  CloseCode.deviceRemoved,
+  CloseCode.replaced,
+  CloseCode.erased,
+]);
+
+/** What travels inside the end-to-end encryption (never seen by the server). */
+type Payload =
+  | { v: 1; t: "text"; text: string }
+  /** This device's sender key for a group, sent 1:1 to each member before its first group message. */
+  | { v: 1; t: "sk"; group: string; dist: string };
+
+const encodePayload = (payload: Payload) => JSON.stringify(payload);
+
+function decodePayload(bytes: Uint8Array): Payload {
+  const value = JSON.parse(new TextDecoder().decode(bytes)) as Payload;
+  if (value?.v !== 1 || (value.t !== "text" && value.t !== "sk")) throw new Error("unknown payload");
+  if (value.t === "text" && typeof value.text !== "string") throw new Error("text payload without text");
+  if (value.t === "sk" && (typeof value.group !== "string" || typeof value.dist !== "string")) {
+    throw new Error("sender-key payload without group or key");
+  }
+  return value;
+}
+
+interface OutboxRow {
+  seq: number;
+  id: string;
+  kind: "user" | "group";
+  target: string;
+  payload: string;
+  created_at: number;
+}
+
+/** How long an answer to a `send` may take before the send is tried again on a new socket. */
+const ANSWER_TIMEOUT_MS = 30_000;
+
+/**
+ * One device's chat session on top of a `ClearBoxClient`: a single WebSocket for sending and
+ * receiving, reopened after any drop with exponential backoff and jitter (partysocket's
+ * ReconnectingWebSocket, with a fresh access token for each attempt), an outbox that keeps sends
+ * made while offline in the store and sends each with its id until the server answers (the server
+ * delivers an id once, docs/PROTOCOL.md), decryption in arrival order, acks after the message is
+ * stored in the local history, usernames instead of ids, presence of contacts, and group messages
+ * with sender keys (distributed to members 1:1, replaced when a member left).
+ *
+ * Events: see `MessengerEvents`. Stops for good on close codes 4401, 4404, 4409 and 4410.
+ */
+export class Messenger extends EventEmitter<MessengerEvents> {
+  private socket?: ReconnectingWebSocket;
+  private token = "";
+  private online = false;
+  private stopped = false;
+  private flushing = false;
+  private readonly pending = new Map<string, (answer: AcceptedFrame | RejectedFrame | undefined) => void>();
+  private inbound: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly client: ClearBoxClient,
+    private readonly options: BackoffOptions & { connectionTimeoutMs?: number } = {},
+  ) {
+    super();
+    const listen = () =>
+      client.store.identity.onIdentityChange((userId, deviceId) => this.identityChanged(userId, deviceId));
+    listen();
+    client.onStoreReplaced(listen);
+  }
+
+  /** Opens the socket (and keeps it open) and sends whatever the outbox holds. */
+  start(): void {
+    if (this.socket) return;
+    const client = this.client;
+    const holder = this;
+    const ca = client.ca;
+    const url = new URL("/v1/ws", client.serverUrl);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    // Bun's WebSocket takes headers: the token goes in Authorization, never in the URL.
+    class AuthorizedWebSocket extends WebSocket {
+      constructor(address: string | URL) {
+        super(address, {
+          headers: { authorization: `Bearer ${holder.token}` },
+          ...(ca ? { tls: { ca } } : {}),
+        });
+      }
+    }
+    const min = this.options.minDelayMs ?? 500;
+    const socket = new ReconnectingWebSocket(
+      async () => {
+        try {
+          this.token = await client.http.accessToken();
+        } catch (error) {
+          if (error instanceof ClearBoxApiError && error.status === 401) {
+            this.stop({ code: CloseCode.revoked, reason: "signed out: log in again" });
+          }
+          throw error;
+        }
+        return url.href;
+      },
+      undefined,
+      {
+        WebSocket: AuthorizedWebSocket,
+        // partysocket reads the options at every attempt: a getter draws new jitter each time.
+        get minReconnectionDelay() {
+          return min / 2 + Math.random() * min;
+        },
+        reconnectionDelayGrowFactor: 1.5,
+        maxReconnectionDelay: this.options.maxDelayMs ?? 30_000,
+        connectionTimeout: this.options.connectionTimeoutMs ?? 10_000,
+        minUptime: 2_000,
+        maxEnqueuedMessages: 0,
+        shouldReconnectOnClose: (event) => !FINAL_CLOSE_CODES.has(event.code),
+      },
+    );
+    this.socket = socket;
+    socket.addEventListener("open", () => {
+      this.online = true;
+      this.emit("status", "online", {});
+      const contacts = client.contacts().map((c) => c.userId);
+      if (contacts.length > 0) this.send({ type: "presence.watch", users: contacts.slice(0, 1000) });
+      void this.flush();
+    });
+    socket.addEventListener("close", (event) => {
+      this.online = false;
+      for (const resolve of this.pending.values()) resolve(undefined);
+      this.pending.clear();
+      if (FINAL_CLOSE_CODES.has(event.code)) this.stop({ code: event.code, reason: event.reason });
+      else if (!this.stopped) this.emit("status", "offline", { code: event.code, reason: event.reason });
+    });
+    socket.addEventListener("message", (event) => this.dispatch(String(event.data)));
+  }
+
+  /** Closes the socket for good (no reconnect); queued sends stay in the outbox for the next start. */
+  stop(detail: { code?: number; reason?: string } = {}): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.online = false;
+    this.socket?.close(1000);
+    for (const resolve of this.pending.values()) resolve(undefined);
+    this.pending.clear();
+    this.emit("status", "stopped", detail);
+  }
+
+  /** Whether the socket is open now. */
+  get isOnline(): boolean {
+    return this.online;
+  }
+
+  /**
+   * Queues a text message to a user (by username or user id) and returns it as `queued`; it is sent
+   * as soon as the socket is open, and a `message` event reports `sent` or `failed`.
+   * Throws ClearBoxApiError 404 when no user has that name.
+   */
+  async sendText(to: string, text: string): Promise<ChatMessage> {
+    const userId = UUID.test(to) ? to.toLowerCase() : (await this.client.findUser(to)).userId;
+    return this.enqueue("user", userId, userId, { v: 1, t: "text", text });
+  }
+
+  /** Queues a text message to a group (its members get it through this device's sender key). */
+  async sendGroupText(groupId: string, text: string): Promise<ChatMessage> {
+    return this.enqueue("group", groupId, `group:${groupId}`, { v: 1, t: "text", text });
+  }
+
+  /** Creates a group of this user and the named users (usernames or ids); returns its id. */
+  async createGroup(name: string, members: string[]): Promise<string> {
+    const ids: string[] = [];
+    for (const member of members) {
+      ids.push(UUID.test(member) ? member.toLowerCase() : (await this.client.findUser(member)).userId);
+    }
+    const { groupId } = await this.client.http.createGroup({ name, members: ids });
+    return groupId;
+  }
+
+  /** Watches the presence of these users (and every contact): presence events follow. */
+  watch(userIds: string[]): void {
+    const all = new Set([...this.client.contacts().map((c) => c.userId), ...userIds]);
+    if (this.online) this.send({ type: "presence.watch", users: [...all].slice(0, 1000) });
+  }
+
+  /** The local history of one conversation (a user id, or `group:<id>`), oldest first, at most `limit`. */
+  history(conversation: string, limit = 200): ChatMessage[] {
+    const rows = this.client.store.db
+      .query<
+        {
+          id: string;
+          conversation: string;
+          sender: string;
+          sender_device: number;
+          outgoing: number;
+          text: string;
+          ts: number;
+          state: ChatMessage["state"];
+        },
+        [string, number]
+      >("select * from (select * from history where conversation = ? order by ts desc limit ?) order by ts")
+      .all(conversation, limit);
+    return rows.map((row) => ({
+      id: row.id,
+      conversation: row.conversation,
+      from: { userId: row.sender, username: this.knownName(row.sender), deviceId: row.sender_device },
+      ...(row.conversation.startsWith("group:") ? { group: row.conversation.slice(6) } : {}),
+      outgoing: row.outgoing === 1,
+      text: row.text,
+      ts: row.ts,
+      state: row.state,
+    }));
+  }
+
+  /** Conversations with a message, newest first. */
+  conversations(): { conversation: string; lastTs: number }[] {
+    return this.client.store.db
+      .query<{ conversation: string; last_ts: number }, []>(
+        "select conversation, max(ts) as last_ts from history group by conversation order by last_ts desc",
+      )
+      .all()
+      .map((row) => ({ conversation: row.conversation, lastTs: row.last_ts }));
+  }
+
+  /** Messages still waiting in the outbox. */
+  get queued(): number {
+    return this.client.store.db.query<{ n: number }, []>("select count(*) as n from outbox").get()?.n ?? 0;
+  }
+
+  private knownName(userId: string): string {
+    return (
+      this.client.store.db
+        .query<{ username: string }, [string]>("select username from contacts where user_id = ?")
+        .get(userId)?.username ?? userId
+    );
+  }
+
+  private enqueue(
+    kind: "user" | "group",
+    target: string,
+    conversation: string,
+    payload: Payload,
+  ): ChatMessage {
+    const id = crypto.randomUUID();
+    const now = Date.now();
+    const db = this.client.store.db;
+    db.transaction(() => {
+      db.query("insert into outbox (id, kind, target, payload, created_at) values (?, ?, ?, ?, ?)").run(
+        id,
+        kind,
+        target,
+        encodePayload(payload),
+        now,
+      );
+      this.record({
+        id,
+        conversation,
+        from: {
+          userId: this.client.userId,
+          username: this.client.username ?? "",
+          deviceId: this.client.deviceId,
+        },
+        ...(kind === "group" ? { group: target } : {}),
+        outgoing: true,
+        text: payload.t === "text" ? payload.text : "",
+        ts: now,
+        state: "queued",
+      });
+    })();
+    void this.flush();
+    return this.history(conversation).find((m) => m.id === id) as ChatMessage;
+  }
+
+  private record(message: ChatMessage): void {
+    this.client.store.db
+      .query(
+        `insert into history (id, conversation, sender, sender_device, outgoing, text, ts, state)
+         values (?, ?, ?, ?, ?, ?, ?, ?) on conflict (id) do update set ts = excluded.ts, state = excluded.state`,
+      )
+      .run(
+        message.id,
+        message.conversation,
+        message.from.userId,
+        message.from.deviceId,
+        message.outgoing ? 1 : 0,
+        message.text,
+        message.ts,
+        message.state,
+      );
+  }
+
+  private settle(id: string, state: "sent" | "failed", ts?: number): void {
+    const db = this.client.store.db;
+    db.query("delete from outbox where id = ?").run(id);
+    if (ts === undefined) db.query("update history set state = ? where id = ?").run(state, id);
+    else db.query("update history set state = ?, ts = ? where id = ?").run(state, ts, id);
+    const row = db
+      .query<{ conversation: string }, [string]>("select conversation from history where id = ?")
+      .get(id);
+    const message = row ? this.history(row.conversation).find((m) => m.id === id) : undefined;
+    if (message) this.emit("message", message);
+  }
+
+  /** Sends the outbox in order, one send at a time, while the socket is open. */
+  private async flush(): Promise<void> {
+    if (this.flushing || !this.online) return;
+    this.flushing = true;
+    try {
+      const db = this.client.store.db;
+      while (this.online && !this.stopped) {
+        const next = db.query<OutboxRow, []>("select * from outbox order by seq limit 1").get();
+        if (!next) break;
+        const outcome = await this.deliver(next);
+        if (outcome === "retry") break; // the socket dropped: the same id goes again after reconnecting
+      }
+    } catch (error) {
+      // A network error of an HTTP call (bundles, group info): try again on the next open.
+      this.emit("status", "offline", { reason: (error as Error).message });
+    } finally {
+      this.flushing = false;
+    }
+  }
+
+  /** One outbox entry to the server: settled (sent or failed), or `retry` when the socket went away. */
+  private async deliver(row: OutboxRow): Promise<"settled" | "retry"> {
+    const payload = JSON.parse(row.payload) as Payload;
+    if (row.kind === "user") {
+      const answer = await this.sendDirect(row.id, row.target, row.payload);
+      if (!answer) return "retry";
+      if (answer.type === "accepted") this.settle(row.id, "sent", answer.ts);
+      else this.settle(row.id, "failed");
+      return "settled";
+    }
+    let groupInfo: Awaited<ReturnType<ClearBoxClient["http"]["group"]>>;
+    try {
+      groupInfo = await this.client.http.group(row.target);
+    } catch (error) {
+      if (error instanceof ClearBoxApiError && error.status < 500) {
+        this.settle(row.id, "failed");
+        return "settled";
+      }
+      throw error;
+    }
+    const distributionId = await this.shareSenderKey(row.target, groupInfo.members);
+    if (!distributionId) return "retry";
+    const message = await this.client.groupEncrypt(distributionId, encodePayload(payload));
+    const answer = await this.answered(row.id, {
+      type: "send",
+      id: row.id,
+      to: { group: row.target },
+      message,
+    });
+    if (!answer) return "retry";
+    if (answer.type === "accepted") this.settle(row.id, "sent", answer.ts);
+    else this.settle(row.id, "failed");
+    return "settled";
+  }
+
+  /**
+   * Makes sure every member has this device's current sender key for the group: a member who left
+   * since the last share makes a new key (distribution id) that goes to all remaining members, so
+   * the one who left cannot read what follows. Returns the distribution id, or undefined when the
+   * socket dropped meanwhile.
+   */
+  private async shareSenderKey(groupId: string, members: string[]): Promise<string | undefined> {
+    const db = this.client.store.db;
+    const row = db
+      .query<{ distribution_id: string; shared_with: string }, [string]>(
+        "select distribution_id, shared_with from group_keys where group_id = ?",
+      )
+      .get(groupId);
+    let distributionId = row?.distribution_id ?? crypto.randomUUID();
+    let sharedWith = new Set<string>(row ? (JSON.parse(row.shared_with) as string[]) : []);
+    const current = new Set(members);
+    if ([...sharedWith].some((member) => !current.has(member))) {
+      distributionId = crypto.randomUUID();
+      sharedWith = new Set();
+    }
+    const save = () =>
+      db
+        .query(
+          `insert into group_keys (group_id, distribution_id, shared_with) values (?, ?, ?)
+           on conflict (group_id) do update set distribution_id = excluded.distribution_id, shared_with = excluded.shared_with`,
+        )
+        .run(groupId, distributionId, JSON.stringify([...sharedWith]));
+    save();
+    const distribution = Buffer.from(await this.client.groupDistribution(distributionId)).toString("base64");
+    for (const member of members) {
+      if (sharedWith.has(member) || member === this.client.userId) continue;
+      const answer = await this.sendDirect(
+        crypto.randomUUID(),
+        member,
+        encodePayload({ v: 1, t: "sk", group: groupId, dist: distribution }),
+      );
+      if (!answer) return undefined;
+      sharedWith.add(member);
+      save();
+    }
+    return distributionId;
+  }
+
+  /**
+   * Encrypts for every device of `userId` and sends with `id`; on `mismatched_devices` fetches the
+   * user's devices again and re-encrypts (same id: the server stored nothing). Undefined when the
+   * socket dropped before an answer.
+   */
+  private async sendDirect(
+    id: string,
+    userId: string,
+    payload: string,
+  ): Promise<AcceptedFrame | RejectedFrame | undefined> {
+    let refreshDevices = false;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const messages = await this.client.encrypt(userId, payload, { refreshDevices });
+      const answer = await this.answered(id, { type: "send", id, to: { user: userId }, messages });
+      if (!answer || answer.type === "accepted" || answer.code !== "mismatched_devices") return answer;
+      refreshDevices = true;
+    }
+    return { type: "rejected", id, code: "mismatched_devices" } as RejectedFrame;
+  }
+
+  /** Sends a frame and waits for its answer; `busy` and `rate_limited` wait and go again with the same id. */
+  private async answered(id: string, frame: ClientFrame): Promise<AcceptedFrame | RejectedFrame | undefined> {
+    for (;;) {
+      if (!this.online) return undefined;
+      const answer = await new Promise<AcceptedFrame | RejectedFrame | undefined>((resolve) => {
+        const timer = setTimeout(() => {
+          this.pending.delete(id);
+          resolve(undefined);
+        }, ANSWER_TIMEOUT_MS);
+        this.pending.set(id, (value) => {
+          clearTimeout(timer);
+          resolve(value);
+        });
+        this.send(frame);
+      });
+      if (answer?.type === "rejected" && (answer.code === "busy" || answer.code === "rate_limited")) {
+        await new Promise((wake) => setTimeout(wake, answer.retryAfterMs ?? 1000));
+        continue;
+      }
+      return answer;
+    }
+  }
+
+  private send(frame: ClientFrame): void {
+    if (this.online) this.socket?.send(JSON.stringify(frame));
+  }
+
+  private dispatch(data: string): void {
+    let frame: ServerFrame;
+    try {
+      frame = JSON.parse(data) as ServerFrame;
+    } catch {
+      return;
+    }
+    switch (frame.type) {
+      case "accepted":
+      case "rejected":
+        this.pending.get(frame.id)?.(frame);
+        this.pending.delete(frame.id);
+        return;
+      case "message": {
+        // In arrival order, one at a time: the server delivers a device's queue oldest first.
+        this.inbound = this.inbound.then(() => this.receive(frame));
+        return;
+      }
+      case "presence":
+        void this.client.usernameOf(frame.user).then(
+          (username) =>
+            this.emit("presence", {
+              userId: frame.user,
+              username,
+              online: frame.online,
+              lastSeen: frame.lastSeen,
+            }),
+          () => this.emit("presence", { userId: frame.user, online: frame.online, lastSeen: frame.lastSeen }),
+        );
+        return;
+      default:
+        return;
+    }
+  }
+
+  private async receive(frame: Extract<ServerFrame, { type: "message" }>): Promise<void> {
+    const db = this.client.store.db;
+    const seen = db.query<{ id: string }, [string]>("select id from received where id = ?").get(frame.id);
+    if (!seen) {
+      try {
+        const plaintext = await this.client.decrypt({ from: frame.from, envelope: frame.envelope });
+        const payload = decodePayload(plaintext);
+        if (payload.t === "sk") {
+          await this.client.processGroupDistribution(frame.from, Buffer.from(payload.dist, "base64"));
+        } else {
+          let username = frame.from.user;
+          try {
+            username = await this.client.usernameOf(frame.from.user);
+          } catch {
+            // Shown by id until the directory answers.
+          }
+          const message: ChatMessage = {
+            id: frame.id,
+            conversation: frame.group ? `group:${frame.group}` : frame.from.user,
+            from: { userId: frame.from.user, username, deviceId: frame.from.device },
+            ...(frame.group ? { group: frame.group } : {}),
+            outgoing: false,
+            text: payload.text,
+            ts: frame.ts,
+            state: "received",
+          };
+          this.record(message);
+          this.emit("message", message);
+        }
+      } catch (error) {
+        this.emit("undecryptable", { id: frame.id, from: frame.from, reason: (error as Error).message });
+      }
+      db.query("insert or ignore into received (id, at) values (?, ?)").run(frame.id, Date.now());
+    }
+    this.send({ type: "ack", ids: [frame.id] });
+  }
+
+  private identityChanged(userId: string, deviceId: number): void {
+    const username = this.client.store.db
+      .query<{ username: string }, [string]>("select username from contacts where user_id = ?")
+      .get(userId)?.username;
+    this.emit("identityChanged", { userId, username, deviceId });
+  }
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;

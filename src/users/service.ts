@@ -1,0 +1,65 @@
+import { eq } from "drizzle-orm";
+import type { Db } from "../db/index.ts";
+import { accounts } from "../db/schema.ts";
+import { DomainError } from "../errors/index.ts";
+import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
+import type { Principal } from "../sessions/service.ts";
+
+/**
+ * Lookup budget per requesting device. A person adds a contact or opens a chat with a stranger a
+ * few times a day; 30 lookups a minute leaves room for a client that resolves the senders of a
+ * backlog, and walking the directory at that pace (1,800 names an hour, misses counted too) is
+ * slow and visible. Signal-Server limits username lookups per account in the same spirit
+ * (its `usernameLookup` limiter).
+ */
+export const USER_LOOKUP_LIMIT = {
+  name: "users.lookup",
+  limit: 30,
+  windowMs: 60_000,
+} satisfies RateLimitRule;
+
+/**
+ * The user directory: exact lookups only — a username to its user id, a user id to its username.
+ * No prefix search and no listing. Every lookup, a miss included, spends one of the requesting
+ * device's budget first, so enumeration costs the same per guess whatever the answer.
+ */
+export class UserDirectory {
+  constructor(
+    private readonly db: Db,
+    private readonly limiter: RateLimiter,
+    private readonly rule: RateLimitRule = USER_LOOKUP_LIMIT,
+  ) {}
+
+  /** The account named exactly `username`; `not_found` (404) if none; `rate_limited` (429) past the budget. */
+  async byUsername(requester: Principal, username: string): Promise<{ userId: string; username: string }> {
+    await this.spend(requester);
+    const [row] = await this.db
+      .select({ userId: accounts.id, username: accounts.username })
+      .from(accounts)
+      .where(eq(accounts.username, username))
+      .limit(1);
+    if (!row) throw new DomainError("not_found", "no user with that username");
+    return row;
+  }
+
+  /** The username of `userId` (a lower-case UUID); `not_found` if no such account; `rate_limited` past the budget. */
+  async byId(requester: Principal, userId: string): Promise<{ userId: string; username: string }> {
+    await this.spend(requester);
+    const [row] = await this.db
+      .select({ userId: accounts.id, username: accounts.username })
+      .from(accounts)
+      .where(eq(accounts.id, userId))
+      .limit(1);
+    if (!row) throw new DomainError("not_found", "no such user");
+    return row;
+  }
+
+  private async spend(requester: Principal): Promise<void> {
+    const decision = await this.limiter.hit(this.rule, `${requester.userId}:${requester.deviceId}`);
+    if (!decision.allowed) {
+      throw new DomainError("rate_limited", "too many user lookups, retry later", {
+        retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
+      });
+    }
+  }
+}

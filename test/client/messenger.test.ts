@@ -1,0 +1,287 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { IdentityKeyPair } from "@signalapp/libsignal-client";
+import { type ChatMessage, ClearBoxApiError, ClearBoxClient, Messenger } from "../../src/client/index.ts";
+import { USER_LOOKUP_LIMIT } from "../../src/users/index.ts";
+import { uniqueUsername } from "../support/http.ts";
+import { startTestNode, type TestNode } from "../support/node.ts";
+import { startTcpProxy } from "../support/tcp-proxy.ts";
+
+const password = "correct horse battery";
+
+/** Resolves once `predicate` holds (checked every 20 ms); fails the test after `ms`. */
+async function until(predicate: () => boolean, what: string, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(20);
+  }
+}
+
+async function apiError(promise: Promise<unknown>): Promise<ClearBoxApiError> {
+  try {
+    await promise;
+  } catch (error) {
+    if (error instanceof ClearBoxApiError) return error;
+    throw error;
+  }
+  throw new Error("expected a ClearBoxApiError");
+}
+
+/** A registered user with a Messenger that records what it receives. */
+async function chatter(url: string, prefix: string, options: { storePath?: string } = {}) {
+  const client = ClearBoxClient.open({ serverUrl: url, storePath: options.storePath ?? ":memory:" });
+  const username = uniqueUsername(prefix);
+  await client.register(username, password);
+  const messenger = new Messenger(client, { minDelayMs: 50, maxDelayMs: 500 });
+  const received: ChatMessage[] = [];
+  const changes: { userId: string; username?: string; deviceId: number }[] = [];
+  const statuses: string[] = [];
+  messenger.on("message", (m) => {
+    if (!m.outgoing) received.push(m);
+  });
+  messenger.on("identityChanged", (change) => changes.push(change));
+  messenger.on("status", (status) => statuses.push(status));
+  return { client, messenger, username, received, changes, statuses };
+}
+
+describe("chat SDK: user directory, messenger, safety numbers", () => {
+  let node: TestNode;
+  let dir: string;
+
+  beforeAll(async () => {
+    node = await startTestNode("pglite");
+    dir = mkdtempSync(join(tmpdir(), "clearbox-messenger-"));
+  });
+  afterAll(async () => {
+    await node?.teardown();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("GET /v1/users finds an exact username only, and answers ids with names", async () => {
+    const alice = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
+    await alice.register(uniqueUsername("alice"), password);
+    const bobName = uniqueUsername("bob");
+    const bob = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
+    await bob.register(bobName, password);
+
+    expect(await alice.http.lookupUser(bobName)).toEqual({ userId: bob.userId, username: bobName });
+    expect(await alice.http.user(bob.userId)).toEqual({ userId: bob.userId, username: bobName });
+    // No prefix search: a name that merely starts another is unknown.
+    expect((await apiError(alice.http.lookupUser(bobName.slice(0, -1)))).status).toBe(404);
+    expect((await apiError(alice.http.user(crypto.randomUUID()))).status).toBe(404);
+    // Malformed names and ids are refused before any lookup.
+    expect((await apiError(alice.http.lookupUser("NotAName!"))).code).toBe("invalid");
+    const raw = await fetch(`${node.url}/v1/users?username=${bobName}`);
+    expect(raw.status).toBe(401);
+    alice.close();
+    bob.close();
+  });
+
+  test("lookups are rate-limited per device: misses count, another device keeps its own budget", async () => {
+    const username = uniqueUsername("prober");
+    const phone = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
+    await phone.register(username, password);
+    for (let i = 0; i < USER_LOOKUP_LIMIT.limit; i++) {
+      expect((await apiError(phone.http.lookupUser(uniqueUsername("nobody")))).status).toBe(404);
+    }
+    const refused = await apiError(phone.http.lookupUser(uniqueUsername("nobody")));
+    expect(refused.status).toBe(429);
+    expect(refused.retryAfterSeconds).toBeGreaterThan(0);
+    // Refused even for a name that exists: the budget is spent before the directory is read.
+    expect((await apiError(phone.http.lookupUser(username))).status).toBe(429);
+    const laptop = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
+    await laptop.login(username, password, "laptop");
+    expect((await laptop.http.lookupUser(username)).username).toBe(username);
+    phone.close();
+    laptop.close();
+  });
+
+  test("a store file is written only once a registration or login succeeded", async () => {
+    const path = join(dir, "deferred.db");
+    const failing = ClearBoxClient.open({ serverUrl: node.url, storePath: path });
+    const refused = await apiError(failing.login(uniqueUsername("ghost"), password));
+    expect(refused.status).toBe(401);
+    failing.close();
+    expect(existsSync(path)).toBe(false);
+
+    const username = uniqueUsername("carol");
+    const client = ClearBoxClient.open({ serverUrl: node.url, storePath: path });
+    await client.register(username, password);
+    expect(existsSync(path)).toBe(true);
+    const { userId, deviceId } = client;
+    client.close();
+    const reopened = ClearBoxClient.open({ storePath: path });
+    expect({ userId: reopened.userId, deviceId: reopened.deviceId, username: reopened.username }).toEqual({
+      userId,
+      deviceId,
+      username,
+    });
+    expect(reopened.serverUrl).toBe(node.url);
+    reopened.close();
+  });
+
+  test("two users chat by username both ways on one socket each; names, not ids, on messages", async () => {
+    const a = await chatter(node.url, "alice");
+    const b = await chatter(node.url, "bob");
+    a.messenger.start();
+    b.messenger.start();
+    await until(() => a.messenger.isOnline && b.messenger.isOnline, "both online");
+    await a.messenger.sendText(b.username, "hi bob");
+    await until(() => b.received.length === 1, "bob's message");
+    expect(b.received[0]).toMatchObject({
+      text: "hi bob",
+      from: { userId: a.client.userId, username: a.username },
+      conversation: a.client.userId,
+    });
+    await b.messenger.sendText(a.username, "hi alice");
+    await until(() => a.received.length === 1, "alice's message");
+    expect(a.received[0].from.username).toBe(b.username);
+    // Both sides' histories hold both messages, ours marked sent.
+    const history = a.messenger.history(b.client.userId);
+    expect(history.map((m) => [m.text, m.state])).toEqual([
+      ["hi bob", "sent"],
+      ["hi alice", "received"],
+    ]);
+    a.messenger.stop();
+    b.messenger.stop();
+    a.client.close();
+    b.client.close();
+  });
+
+  test("sends made offline are queued, survive a restart of the client, and arrive in order", async () => {
+    const storePath = join(dir, "queued-alice.db");
+    const a = await chatter(node.url, "alice", { storePath });
+    const b = await chatter(node.url, "bob");
+    // Alice is offline (never started): her sends wait in the outbox.
+    for (const text of ["one", "two", "three"]) await a.messenger.sendText(b.username, text);
+    expect(a.messenger.queued).toBe(3);
+    a.messenger.stop();
+    a.client.close();
+
+    // Her client restarts from the store; Bob comes online only later: both sides catch up in order.
+    const client = ClearBoxClient.open({ storePath });
+    const messenger = new Messenger(client, { minDelayMs: 50, maxDelayMs: 500 });
+    expect(messenger.queued).toBe(3);
+    messenger.start();
+    await until(() => messenger.queued === 0, "the outbox to drain");
+    b.messenger.start();
+    await until(() => b.received.length === 3, "three messages");
+    expect(b.received.map((m) => m.text)).toEqual(["one", "two", "three"]);
+    messenger.stop();
+    b.messenger.stop();
+    client.close();
+    b.client.close();
+  });
+
+  test("after the network drops, the socket reconnects by itself and messages flow again", async () => {
+    const proxy = await startTcpProxy(node.url);
+    try {
+      const a = await chatter(proxy.url, "alice");
+      const b = await chatter(node.url, "bob");
+      a.messenger.start();
+      b.messenger.start();
+      await until(() => a.messenger.isOnline && b.messenger.isOnline, "both online");
+      await a.client.findUser(b.username); // a contact known before the network goes
+
+      proxy.refuse(true);
+      proxy.cut();
+      await until(() => !a.messenger.isOnline, "alice to notice the drop");
+      await a.messenger.sendText(b.username, "sent while down");
+      await b.messenger.sendText(a.username, "waiting for you");
+      await Bun.sleep(0);
+      expect(a.messenger.queued).toBe(1);
+      proxy.refuse(false);
+      await until(
+        () => b.received.length === 1 && a.received.length === 1,
+        "both messages after reconnecting",
+      );
+      expect(b.received[0].text).toBe("sent while down");
+      expect(a.received[0].text).toBe("waiting for you");
+      expect(a.statuses.filter((s) => s === "online").length).toBeGreaterThanOrEqual(2);
+      a.messenger.stop();
+      b.messenger.stop();
+      a.client.close();
+      b.client.close();
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  test("safety numbers match on both sides; a changed identity key raises identityChanged until verified", async () => {
+    const a = await chatter(node.url, "alice");
+    const b = await chatter(node.url, "bob");
+    a.messenger.start();
+    b.messenger.start();
+    await until(() => a.messenger.isOnline && b.messenger.isOnline, "both online");
+    await a.messenger.sendText(b.username, "hello");
+    await until(() => b.received.length === 1, "first message");
+
+    const aSide = a.client.safetyNumbers(b.client.userId);
+    const bSide = b.client.safetyNumbers(a.client.userId);
+    expect(aSide).toHaveLength(1);
+    expect(aSide[0].safetyNumber).toMatch(/^(\d{5} ){11}\d{5}$/);
+    expect(aSide[0].safetyNumber).toBe(bSide[0].safetyNumber);
+    expect(aSide[0]).toMatchObject({ verified: false, changed: false });
+    a.client.markVerified(b.client.userId);
+    expect(a.client.safetyNumbers(b.client.userId)[0]).toMatchObject({ verified: true, changed: false });
+
+    // Bob's device gets a new identity key (a reinstall, or a server swapping keys): new key pair,
+    // sessions dropped, keys uploaded again under the same device.
+    b.messenger.stop();
+    const store = b.client.store;
+    store.set("identityKeyPair", Buffer.from(IdentityKeyPair.generate().serialize()).toString("base64"));
+    store.db.exec("delete from sessions");
+    await b.client.bootstrapKeys(5);
+    const b2 = new Messenger(b.client, { minDelayMs: 50 });
+    b2.start();
+    await until(() => b2.isOnline, "bob back");
+    await b2.sendText(a.username, "new phone who dis");
+    await until(() => a.received.length === 1, "bob's message under the new key");
+    expect(a.changes).toEqual([
+      { userId: b.client.userId, username: b.username, deviceId: b.client.deviceId },
+    ]);
+    const after = a.client.safetyNumbers(b.client.userId)[0];
+    expect(after).toMatchObject({ verified: false, changed: true });
+    expect(after.safetyNumber).not.toBe(aSide[0].safetyNumber);
+    expect(after.safetyNumber).toBe(b.client.safetyNumbers(a.client.userId)[0].safetyNumber);
+    a.client.markVerified(b.client.userId);
+    expect(a.client.safetyNumbers(b.client.userId)[0]).toMatchObject({ verified: true, changed: false });
+    a.messenger.stop();
+    b2.stop();
+    a.client.close();
+    b.client.close();
+  });
+
+  test("a group of three exchanges messages; a member who left cannot read what follows", async () => {
+    const a = await chatter(node.url, "alice");
+    const b = await chatter(node.url, "bob");
+    const c = await chatter(node.url, "carol");
+    for (const x of [a, b, c]) x.messenger.start();
+    await until(() => [a, b, c].every((x) => x.messenger.isOnline), "all online");
+    const groupId = await a.messenger.createGroup("trio", [b.username, c.username]);
+    await a.messenger.sendGroupText(groupId, "hello group");
+    await until(() => b.received.length === 1 && c.received.length === 1, "group message");
+    expect(b.received[0]).toMatchObject({
+      group: groupId,
+      text: "hello group",
+      from: { username: a.username },
+    });
+    await c.messenger.sendGroupText(groupId, "carol here");
+    await until(() => a.received.length === 1 && b.received.length === 2, "carol's group message");
+    expect(a.received[0]).toMatchObject({ group: groupId, from: { username: c.username } });
+
+    // Carol is removed: Alice's next group message goes out under a new sender key she never got.
+    await a.client.http.removeGroupMember(groupId, c.client.userId);
+    await a.messenger.sendGroupText(groupId, "without carol");
+    await until(() => b.received.length === 3, "the message after carol left");
+    expect(b.received[2].text).toBe("without carol");
+    expect(c.received.map((m) => m.text)).toEqual(["hello group"]);
+    for (const x of [a, b, c]) {
+      x.messenger.stop();
+      x.client.close();
+    }
+  });
+});
