@@ -231,7 +231,10 @@ export const erasures = pgTable("erasures", {
   id: uuid("id").primaryKey(),
   /** The user being erased; cleared when the job is done so the job row names nobody. */
   userId: uuid("user_id"),
-  /** The subject's audit pseudonym, computed before the key is destroyed. */
+  /**
+   * The receipt's subject: 128 random bits (hex) drawn for this job, written nowhere else (jobs
+   * started before issue 12 hold the audit pseudonym here).
+   */
   subject: text("subject").notNull(),
   requestedBy: text("requested_by", { enum: ["self", "admin"] }).notNull(),
   status: text("status", { enum: ["pending", "done"] }).notNull(),

@@ -1,4 +1,4 @@
-import { randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { and, count, eq, sql } from "drizzle-orm";
 import type Redis from "ioredis";
 import type { AuditTrail } from "../audit/types.ts";
@@ -102,7 +102,10 @@ export class ErasureService {
     const [account] = await db.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId));
     if (!account) throw new DomainError("not_found", "no such user");
     const id = randomUUID();
-    const subject = await audit.pseudonym(userId);
+    // The receipt's subject: random, and written nowhere but in the job and its receipt. The audit
+    // pseudonym would link the receipt (readable by anyone with the erasure id) to the person's
+    // entries left in the audit log, and through other people's exports to what they did.
+    const subject = randomBytes(16).toString("hex");
     await db.insert(erasures).values({ id, userId, subject, requestedBy, status: "pending", steps: {} });
     await audit.record({
       action: "erasure.requested",
@@ -179,7 +182,7 @@ export class ErasureService {
     }
     for (const step of STEPS) {
       if (steps[step]) continue;
-      const result = await this.step(step, userId, job.subject, steps.plan);
+      const result = await this.step(step, userId, id, steps.plan);
       await this.saveStep(id, step, result);
       steps[step] = result;
       logger.info({ erasureId: id, step, removed: result.removed }, "erasure step done");
@@ -235,7 +238,7 @@ export class ErasureService {
     };
   }
 
-  private async step(step: StepName, userId: string, subject: string, plan: Plan): Promise<StepResult> {
+  private async step(step: StepName, userId: string, erasureId: string, plan: Plan): Promise<StepResult> {
     switch (step) {
       case "postgres":
         return this.erasePostgres(userId);
@@ -246,7 +249,7 @@ export class ErasureService {
       case "live": {
         const sockets = (await this.deps.presence.sockets(userId)).length;
         // The actor closes the user's sockets (4410) wherever they are, then stops.
-        await this.deps.live.eraseUser(userId, subject);
+        await this.deps.live.eraseUser(userId, erasureId);
         return { removed: sockets, what: "open sockets closed, user actor stopped" };
       }
       case "offline_queues": {

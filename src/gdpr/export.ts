@@ -141,7 +141,7 @@ export class ExportService {
         queued: await log.undelivered(userId),
       },
       presence: state ?? { user: userId, online: false, lastSeen: 0 },
-      audit: await audit.entriesAbout(userId),
+      audit: await this.auditEntries(userId),
       processing: processingInformation(config),
     };
     await audit.record({
@@ -152,4 +152,23 @@ export class ExportService {
     });
     return archive;
   }
+
+  /**
+   * The audit entries about the user, as they show in the export: the user's own pseudonym stays
+   * (it is theirs), another person's (the actor who added them to a group, the member they added)
+   * becomes `OTHER_USER`. A pseudonym is the same in every entry about its person, so showing it
+   * would let whoever holds this export link that person's entries, and keep linking them after
+   * the person's erasure, which must make their entries unlinkable.
+   */
+  private async auditEntries(userId: string) {
+    const entries = await this.deps.audit.entriesAbout(userId);
+    if (entries.length === 0) return entries;
+    const own = await this.deps.audit.pseudonym(userId);
+    const shown = (who: string | null) =>
+      who === null || who === own || who === "admin" || who === "system" ? who : OTHER_USER;
+    return entries.map((e) => ({ ...e, actor: shown(e.actor) as string, subject: shown(e.subject) }));
+  }
 }
+
+/** How an export names another person in an audit entry (never by their pseudonym). */
+export const OTHER_USER = "another user";

@@ -9,7 +9,11 @@ import canonicalize from "canonicalize";
 /** What an erasure receipt attests (GDPR Art. 17): which subject, when, and what each store removed. */
 export interface ReceiptPayload {
   erasureId: string;
-  /** The subject's audit pseudonym: the receipt names nobody. */
+  /**
+   * An identifier drawn at random for this erasure (32 hex digits) that appears nowhere else: not
+   * the audit pseudonym, which would link the receipt to the person's remaining audit entries. The
+   * receipt names nobody.
+   */
   subject: string;
   /** ISO-8601 UTC. */
   requestedAt: string;
