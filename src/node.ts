@@ -177,16 +177,13 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   // Every revocation closes the device's sockets on any node through the node link (4401), built
   // with the gateway in step 4: the one revocation port.
   let deviceSockets: NodeLink | undefined;
-  const sessions = new SessionService(
-    db,
-    accounts,
-    devices,
-    tokens,
-    config.refreshTokenTtlDays,
+  const sessions = new SessionService(db, accounts, devices, tokens, {
+    refreshTtlDays: config.refreshTokenTtlDays,
+    refreshGraceSeconds: config.refreshGraceSeconds,
     audit,
-    async (userId, deviceId) =>
+    closeSockets: async (userId, deviceId) =>
       deviceSockets?.close({ userId, deviceId }, CloseCode.revoked, "tokens revoked"),
-  );
+  });
   const oidc = config.oidc
     ? new OidcService({
         db,

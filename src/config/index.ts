@@ -76,16 +76,22 @@ const EnvSchema = T.Object({
     T.String({ minLength: 1, maxLength: 200, description: "the DPO's contact, 1-200 characters" }),
   ),
   ACCESS_TOKEN_TTL_SECONDS: T.Integer({
-    minimum: 30,
+    minimum: 2,
     maximum: 86400,
     default: 900,
-    description: "seconds, 30-86400",
+    description: "seconds, 2-86400",
   }),
   REFRESH_TOKEN_TTL_DAYS: T.Integer({
     minimum: 1,
     maximum: 365,
     default: 30,
     description: "whole days, 1-365",
+  }),
+  REFRESH_GRACE_SECONDS: T.Integer({
+    minimum: 0,
+    maximum: 300,
+    default: 10,
+    description: "seconds, 0-300 (0: every second presentation of a refresh token revokes the device)",
   }),
   CLUSTER_HEARTBEAT_MS: T.Integer({
     minimum: 50,
@@ -243,6 +249,8 @@ export interface Config {
   dpoContact?: string;
   accessTokenTtlSeconds: number;
   refreshTokenTtlDays: number;
+  /** A spent refresh token presented again within this many seconds gets the same successor (0: never). */
+  refreshGraceSeconds: number;
   logLevel: Env["LOG_LEVEL"];
   logFormat: Env["LOG_FORMAT"];
   clusterHeartbeatMs: number;
@@ -294,6 +302,7 @@ const INTEGER_VARS = new Set([
   "RETENTION_INTERVAL_SECONDS",
   "ACCESS_TOKEN_TTL_SECONDS",
   "REFRESH_TOKEN_TTL_DAYS",
+  "REFRESH_GRACE_SECONDS",
   "PASSWORD_HASH_MEMORY_KIB",
   "PASSWORD_HASH_TIME_COST",
 ]);
@@ -385,6 +394,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     dpoContact: env.DPO_CONTACT,
     accessTokenTtlSeconds: env.ACCESS_TOKEN_TTL_SECONDS,
     refreshTokenTtlDays: env.REFRESH_TOKEN_TTL_DAYS,
+    refreshGraceSeconds: env.REFRESH_GRACE_SECONDS,
     logLevel: env.LOG_LEVEL,
     logFormat: env.LOG_FORMAT,
     clusterHeartbeatMs: env.CLUSTER_HEARTBEAT_MS,

@@ -2,7 +2,7 @@ import { and, eq, isNull } from "drizzle-orm";
 import type { AccountService } from "../accounts/service.ts";
 import type { AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
-import { refreshTokens } from "../db/schema.ts";
+import { devices, refreshTokens } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import { TokenIssuer } from "./tokens.ts";
 
@@ -53,17 +53,49 @@ export interface Principal {
   deviceId: number;
 }
 
+/** How sessions are kept, from the configuration, and the ports they report to. */
+export interface SessionOptions {
+  /** Lifetime of a refresh token, days (`REFRESH_TOKEN_TTL_DAYS`). */
+  refreshTtlDays: number;
+  /** A spent refresh token presented again within this many seconds gets the same successor (`REFRESH_GRACE_SECONDS`; 0: never). */
+  refreshGraceSeconds?: number;
+  audit?: AuditTrail;
+  closeSockets?: CloseDeviceSockets;
+}
+
+/** What the refresh transaction decided; the revocation of a reuse runs after it committed. */
+type RefreshOutcome =
+  | {
+      kind: "issued";
+      userId: string;
+      deviceId: number;
+      generation: number;
+      issuedAt: number;
+      refreshToken: string;
+    }
+  | { kind: "expired" }
+  | { kind: "unknown" }
+  | { kind: "reused"; userId: string; deviceId: number };
+
 /** Login, refresh with rotation and reuse detection, and authentication of access tokens. */
 export class SessionService {
+  private readonly refreshTtlDays: number;
+  private readonly refreshGraceMs: number;
+  private readonly audit?: AuditTrail;
+  private readonly closeSockets?: CloseDeviceSockets;
+
   constructor(
     private readonly db: Db,
     private readonly accounts: AccountService,
     private readonly devices: SessionDevices,
     private readonly tokens: TokenIssuer,
-    private readonly refreshTtlDays: number,
-    private readonly audit?: AuditTrail,
-    private readonly closeSockets?: CloseDeviceSockets,
-  ) {}
+    options: SessionOptions,
+  ) {
+    this.refreshTtlDays = options.refreshTtlDays;
+    this.refreshGraceMs = (options.refreshGraceSeconds ?? 0) * 1000;
+    this.audit = options.audit;
+    this.closeSockets = options.closeSockets;
+  }
 
   /**
    * Checks the password (throttled per client address and per account, `PasswordThrottle`), then
@@ -118,33 +150,104 @@ export class SessionService {
   }
 
   /**
-   * Spends a refresh token and issues a new pair. A token presented a second time means it was
-   * copied: every token of that device is revoked and the caller must log in again.
+   * Spends a refresh token and issues a new pair (rotation). A token presented a second time means
+   * it was copied: every token of that device is revoked, its sockets are closed (4401), and the
+   * caller must log in again — except within the grace window (`refreshGraceSeconds` after it was
+   * spent), where it gets the same successor pair again, so a client whose two refreshes crossed
+   * does not sign itself out; once that successor is spent too, or the window is over, the rule
+   * holds again. `unauthorized` for an unknown, reused or expired token.
+   *
+   * Race-safe on PostgreSQL: the spend is one conditional UPDATE, so of concurrent presentations
+   * exactly one spends the row and the others wait for its transaction (row lock), then find it
+   * spent, with its successor committed; PGlite runs transactions one at a time.
    */
   async refresh(refreshToken: string): Promise<SessionTokens> {
     const hash = TokenIssuer.hashRefreshToken(refreshToken);
-    const [spent] = await this.db
-      .update(refreshTokens)
-      .set({ spentAt: new Date() })
-      .where(and(eq(refreshTokens.tokenHash, hash), isNull(refreshTokens.spentAt)))
-      .returning();
-    if (!spent) {
-      const [reused] = await this.db.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, hash));
-      if (reused) {
-        await this.revokeDevice(reused.userId, reused.deviceId);
+    const successor = this.tokens.successorOf(refreshToken);
+    const outcome = await this.db.transaction(async (tx): Promise<RefreshOutcome> => {
+      const now = Date.now();
+      const [spent] = await tx
+        .update(refreshTokens)
+        .set({ spentAt: new Date(now) })
+        .where(and(eq(refreshTokens.tokenHash, hash), isNull(refreshTokens.spentAt)))
+        .returning();
+      if (spent) {
+        if (spent.expiresAt.getTime() <= now) return { kind: "expired" };
+        const { userId, deviceId } = spent;
+        const [device] = await tx
+          .select({ generation: devices.tokenGeneration })
+          .from(devices)
+          .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)));
+        if (!device) return { kind: "unknown" };
+        await tx.insert(refreshTokens).values({
+          tokenHash: successor.hash,
+          userId,
+          deviceId,
+          createdAt: new Date(now),
+          expiresAt: new Date(now + this.refreshTtlDays * 86_400_000),
+        });
+        return {
+          kind: "issued",
+          userId,
+          deviceId,
+          generation: device.generation,
+          issuedAt: now,
+          refreshToken: successor.token,
+        };
+      }
+      const [reused] = await tx.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, hash));
+      if (!reused) return { kind: "unknown" };
+      const { userId, deviceId } = reused;
+      if (reused.spentAt && now - reused.spentAt.getTime() <= this.refreshGraceMs) {
+        // Within the window: the successor again, if it is still the device's live token.
+        const [next] = await tx
+          .select({ createdAt: refreshTokens.createdAt, generation: devices.tokenGeneration })
+          .from(refreshTokens)
+          .innerJoin(
+            devices,
+            and(eq(devices.userId, refreshTokens.userId), eq(devices.deviceId, refreshTokens.deviceId)),
+          )
+          .where(and(eq(refreshTokens.tokenHash, successor.hash), isNull(refreshTokens.spentAt)));
+        if (next) {
+          const issuedAt = next.createdAt.getTime();
+          return {
+            kind: "issued",
+            userId,
+            deviceId,
+            generation: next.generation,
+            issuedAt,
+            refreshToken: successor.token,
+          };
+        }
+      }
+      return { kind: "reused", userId, deviceId };
+    });
+    switch (outcome.kind) {
+      case "issued": {
+        const { userId, deviceId, generation, issuedAt, refreshToken: next } = outcome;
+        return {
+          userId,
+          deviceId,
+          // The same claims and issue time: a presentation within the grace window gets the same token.
+          accessToken: await this.tokens.sign({ userId, deviceId, generation }, issuedAt),
+          refreshToken: next,
+          expiresIn: this.tokens.accessTtlSeconds,
+        };
+      }
+      case "expired":
+        throw new DomainError("unauthorized", "refresh token has expired");
+      case "unknown":
+        throw new DomainError("unauthorized", "refresh token is not valid");
+      case "reused":
+        await this.revokeDevice(outcome.userId, outcome.deviceId);
         await this.audit?.record({
           action: "session.refresh_reused",
           actor: "system",
-          subject: reused.userId,
-          details: { deviceId: reused.deviceId },
+          subject: outcome.userId,
+          details: { deviceId: outcome.deviceId },
         });
-      }
-      throw new DomainError("unauthorized", "refresh token is not valid");
+        throw new DomainError("unauthorized", "refresh token is not valid");
     }
-    if (spent.expiresAt.getTime() <= Date.now()) {
-      throw new DomainError("unauthorized", "refresh token has expired");
-    }
-    return this.issue(spent.userId, spent.deviceId);
   }
 
   /** The principal named by a valid access token whose device still exists and was not revoked. */

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from "node:crypto";
+import { createHash, createHmac, hkdfSync, randomBytes } from "node:crypto";
 import { jwtVerify, SignJWT } from "jose";
 
 /** What an access token says: who, which device, and the device's token generation when it was issued. */
@@ -20,12 +20,15 @@ export interface VerifiedAccess extends AccessClaims {
  */
 export class TokenIssuer {
   private readonly key: Uint8Array;
+  /** HMAC key of refresh-token successors, derived from the secret (HKDF-SHA256, RFC 5869). */
+  private readonly successorKey: Buffer;
 
   constructor(
     secret: string,
     readonly accessTtlSeconds: number,
   ) {
     this.key = new TextEncoder().encode(secret);
+    this.successorKey = Buffer.from(hkdfSync("sha256", secret, "", "clearbox refresh-token successor", 32));
   }
 
   /** When a token issued at `issuedAtMs` (Unix ms) expires, Unix ms (a whole second). */
@@ -61,6 +64,17 @@ export class TokenIssuer {
   /** A new opaque refresh token and the hash under which it is stored. */
   static mintRefreshToken(): { token: string; hash: string } {
     const token = randomBytes(32).toString("base64url");
+    return { token, hash: TokenIssuer.hashRefreshToken(token) };
+  }
+
+  /**
+   * The refresh token that succeeds `refreshToken` when it is spent: HMAC-SHA256 of it under a key
+   * derived from the secret, base64url (as random as a minted one to anyone without both). Derived
+   * rather than stored, so that a second presentation within the grace window can be given the same
+   * successor while the database still holds hashes only.
+   */
+  successorOf(refreshToken: string): { token: string; hash: string } {
+    const token = createHmac("sha256", this.successorKey).update(refreshToken).digest("base64url");
     return { token, hash: TokenIssuer.hashRefreshToken(token) };
   }
 

@@ -13,7 +13,9 @@ describe.each(BACKENDS)("access and refresh tokens on %s", (backend) => {
   let client: Api;
 
   beforeAll(async () => {
-    node = await startTestNode(backend);
+    // No grace window: a second presentation of a refresh token is always the theft signal here
+    // (test/sessions/refresh-grace.test.ts covers the window).
+    node = await startTestNode(backend, { env: { REFRESH_GRACE_SECONDS: "0" } });
     client = api(node.url);
   });
   afterAll(() => node?.teardown());

@@ -31,6 +31,8 @@ describe("revocation across three nodes on PostgreSQL, Redis and RabbitMQ", () =
     const env = {
       ...stackEnv("services", prefix),
       JWT_SECRET: "test-jwt-secret-that-is-long-enough-0123456789",
+      // No grace window: a second presentation of a refresh token is always the theft signal here.
+      REFRESH_GRACE_SECONDS: "0",
     };
     nodes = [];
     for (const id of ["rev-1", "rev-2", "rev-3"]) {

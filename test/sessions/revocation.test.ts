@@ -34,7 +34,8 @@ describe.each(STACKS)("revocation reaches live sockets on the %s stack", (stack)
   const backend: Backend = stack === "embedded" ? "pglite" : "postgres";
 
   beforeAll(async () => {
-    node = await startTestNode(backend, { env: stackEnv(stack, prefix) });
+    // No grace window: a second presentation of a refresh token is always the theft signal here.
+    node = await startTestNode(backend, { env: { ...stackEnv(stack, prefix), REFRESH_GRACE_SECONDS: "0" } });
     client = api(node.url);
   });
   afterAll(() => node?.teardown());
