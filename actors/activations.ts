@@ -32,6 +32,26 @@ export class Activations {
     return this.startedCount;
   }
 
+  /**
+   * Activations per kind (the key's part before ":"), and the messages waiting in their mailboxes:
+   * in total and in the fullest one. O(activations): for a metrics scrape, not a hot path.
+   */
+  census(): { byKind: Map<string, number>; queued: number; maxQueued: number } {
+    const byKind = new Map<string, number>();
+    for (const kind of this.kinds.keys()) byKind.set(kind, 0);
+    let queued = 0;
+    let maxQueued = 0;
+    for (const [key, actor] of this.table) {
+      const colon = key.indexOf(":");
+      const kind = colon < 0 ? key : key.slice(0, colon);
+      byKind.set(kind, (byKind.get(kind) ?? 0) + 1);
+      const waiting = actor.queued;
+      queued += waiting;
+      if (waiting > maxQueued) maxQueued = waiting;
+    }
+    return { byKind, queued, maxQueued };
+  }
+
   get(key: string): Actor | undefined {
     return this.table.get(key);
   }

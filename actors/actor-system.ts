@@ -52,13 +52,35 @@ export interface ClusterView {
   ring: { vnodes: number; vnodesPerMember: number; members: readonly string[] };
 }
 
-/** Counters for metrics and benchmarks. */
+/** Counters for metrics and benchmarks; every count is since the node started. */
 export interface ActorSystemStats {
   actors: number;
   processed: number;
   forwarded: number;
   failures: number;
   activations: number;
+  /** Actors this node handed to a new owner after ring changes. */
+  handedOff: number;
+  /** Members of this node's current ring. */
+  ringMembers: number;
+  /** Node-to-node transport: transfers sent (and their frames), confirmed, failed; received. */
+  transport: {
+    transfersSent: number;
+    framesSent: number;
+    transfersConfirmed: number;
+    transfersFailed: number;
+    transfersReceived: number;
+    framesReceived: number;
+  };
+}
+
+/** Active actors by kind and their mailboxes, counted when asked ({@link ActorSystem.census}). */
+export interface ActorCensus {
+  byKind: Map<string, number>;
+  /** Messages waiting in every mailbox of this node. */
+  queued: number;
+  /** Messages waiting in the fullest mailbox. */
+  maxQueued: number;
 }
 
 type NodeState = "new" | "running" | "stopping" | "stopped" | "aborted";
@@ -211,13 +233,29 @@ export class ActorSystem implements ActorRefs, ActorHost {
   }
 
   stats(): ActorSystemStats {
+    const sent = this.outbox.counts;
     return {
       actors: this.actors.size,
       processed: this.router.processed,
       forwarded: this.router.forwarded,
       failures: this.failures,
       activations: this.actors.started,
+      handedOff: this.placement.handedOff,
+      ringMembers: this.placement.ring.members.length,
+      transport: {
+        transfersSent: sent.transfers,
+        framesSent: sent.frames,
+        transfersConfirmed: sent.confirmed,
+        transfersFailed: sent.failed,
+        transfersReceived: this.router.transfersReceived,
+        framesReceived: this.router.framesReceived,
+      },
     };
+  }
+
+  /** Active actors by kind (every registered kind, zeros included) and mailbox depths; O(actors). */
+  census(): ActorCensus {
+    return this.actors.census();
   }
 
   /** Members, their counts and the ring, for `GET /admin/v1/cluster`. */

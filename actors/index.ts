@@ -19,6 +19,7 @@ export {
   UnroutableError,
 } from "./actor-error.ts";
 export {
+  type ActorCensus,
   ActorSystem,
   type ActorSystemOptions,
   type ActorSystemStats,

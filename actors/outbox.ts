@@ -18,6 +18,8 @@ const MAX_FRAMES_PER_TRANSFER = 512;
 export class Outbox {
   private readonly batches = new Map<string, Batch>();
   private scheduled = false;
+  /** Transfers handed to the transport, their frames, and how those transfers ended (metrics). */
+  readonly counts = { transfers: 0, frames: 0, confirmed: 0, failed: 0 };
 
   constructor(private readonly transport: Transport) {}
 
@@ -61,6 +63,18 @@ export class Outbox {
   };
 
   private transmit(nodeId: string, batch: Batch): void {
-    this.transport.send(nodeId, batch.frames).then(batch.resolve, batch.reject);
+    const counts = this.counts;
+    counts.transfers++;
+    counts.frames += batch.frames.length;
+    this.transport.send(nodeId, batch.frames).then(
+      () => {
+        counts.confirmed++;
+        batch.resolve();
+      },
+      (error: unknown) => {
+        counts.failed++;
+        batch.reject(error);
+      },
+    );
   }
 }

@@ -57,6 +57,8 @@ export class Placement {
     this.markReady = resolve;
   });
   private handoffs: Promise<void> = RESOLVED;
+  /** Actors this node passivated and handed to a new owner after a ring change, since start (metrics). */
+  handedOff = 0;
   private maintenance: ReturnType<typeof setInterval> | undefined;
   private unsubscribe: (() => void) | undefined;
 
@@ -197,6 +199,7 @@ export class Placement {
       (actor) => this.pinnedNode(actor.key) === undefined && next.ownerOf(actor.key) !== this.nodeId,
     );
     await Promise.all(moving.map((actor) => actor.passivate("handoff")));
+    this.handedOff += moving.length;
     const keysByOwner = new Map<string, string[]>();
     for (const actor of moving) {
       const owner = next.ownerOf(actor.key);

@@ -56,6 +56,9 @@ export class Router {
   processed = 0;
   /** Envelopes passed on to another node. */
   forwarded = 0;
+  /** Transfers taken from this node's inbox (or an adopted one), and the frames they held. */
+  transfersReceived = 0;
+  framesReceived = 0;
 
   constructor(private readonly options: RouterOptions) {}
 
@@ -104,6 +107,8 @@ export class Router {
   /** Processes one transfer from this node's inbox (or an adopted one); resolves when it may be acked. */
   readonly receive = async (frames: Frame[]): Promise<void> => {
     const { placement, asks, logger } = this.options;
+    this.transfersReceived++;
+    this.framesReceived += frames.length;
     await placement.ready;
     const pending: Promise<void>[] = [];
     for (const frame of frames) {

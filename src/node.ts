@@ -36,7 +36,13 @@ import { createLogger, type Logger } from "./observability/logger.ts";
 import { Metrics } from "./observability/metrics.ts";
 import { OidcService, oidcAdminRoutes, RelyingParty } from "./oidc/index.ts";
 import { CloseCode, MAX_BODY_BYTES } from "./protocol/index.ts";
-import { ClientAddresses, MemoryRateLimiter, type RateLimiter, RedisRateLimiter } from "./ratelimit/index.ts";
+import {
+  ClientAddresses,
+  CountingRateLimiter,
+  MemoryRateLimiter,
+  type RateLimiter,
+  RedisRateLimiter,
+} from "./ratelimit/index.ts";
 import { RetentionJob } from "./retention/index.ts";
 import { SessionService } from "./sessions/service.ts";
 import { TokenIssuer } from "./sessions/tokens.ts";
@@ -136,12 +142,16 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     database,
     redis,
     options.pgliteDir === undefined ? config.dataDir : options.pgliteDir,
+    metrics.commit,
   );
   readiness.push(...stores.readiness);
   const { log, offline, presence } = stores;
-  const rateLimiter: RateLimiter = redis
-    ? new RedisRateLimiter(redis, config.redisPrefix)
-    : new MemoryRateLimiter();
+  metrics.commitOperations(log.commitOperations ?? []);
+  // Every refusal is counted by its rule's name for /metrics.
+  const rateLimiter: RateLimiter = new CountingRateLimiter(
+    redis ? new RedisRateLimiter(redis, config.redisPrefix) : new MemoryRateLimiter(),
+    (rule) => metrics.tallies.refuse(rule),
+  );
   const audit = new PostgresAuditTrail(db);
 
   // 2. Actor system (kinds are registered in step 4, before it starts).
@@ -217,6 +227,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     oidc,
     addresses,
     afterStep: options.afterErasureStep,
+    onCompleted: () => metrics.erasuresCompleted.inc(),
   });
   const retention = new RetentionJob({
     db,
@@ -226,6 +237,13 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     auditRetentionDays: config.auditRetentionDays,
     intervalMs: config.retentionIntervalSeconds * 1000,
     logger,
+    onReport: (report) => {
+      metrics.retentionRemovals.inc({ store: "envelopes" }, report.envelopes);
+      metrics.retentionRemovals.inc({ store: "refresh_tokens" }, report.refreshTokens);
+      metrics.retentionRemovals.inc({ store: "oidc_sign_in_codes" }, report.oidcSignInCodes);
+      metrics.retentionRemovals.inc({ store: "oidc_logout_tokens" }, report.oidcLogoutTokens);
+      metrics.retentionRemovals.inc({ store: "audit_entries" }, report.auditEntries);
+    },
   });
 
   // 4. Gateway, and the actor kinds with their ports.
@@ -252,12 +270,32 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     presenceLeaseMs: config.presenceLeaseSeconds * 1000,
     pingIntervalMs: config.wsPingIntervalMs,
     watchLimit: config.presenceWatchesPerNode,
+    tallies: metrics.tallies,
+  });
+  const openGateway = gateway;
+  metrics.observe({
+    actors,
+    connections: () => openGateway.connections,
+    erasures: () => gdpr.erasures.jobStats(),
   });
   const clock = { now: Date.now };
   actors
     .register(
       USER_KIND,
-      userActorFactory({ log, offline, sockets: link, clock, recoveryMs: config.clusterHeartbeatMs * 9 }),
+      userActorFactory({
+        log,
+        // The actors' flushes to offline queues are counted here (the gateway counts the drains).
+        offline: {
+          flush: async (userId, deviceId, envelopes) => {
+            await offline.flush(userId, deviceId, envelopes);
+            metrics.tallies.queuedOffline += envelopes.length;
+          },
+          purge: (userId, deviceId) => offline.purge(userId, deviceId),
+        },
+        sockets: link,
+        clock,
+        recoveryMs: config.clusterHeartbeatMs * 9,
+      }),
     )
     .register(GROUP_KIND, groupActorFactory({ directory: new PostgresGroupDirectory(db), log, clock }))
     .registerPinned(GATEWAY_KIND, link.actorFactory);
@@ -337,7 +375,6 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     "clearbox node started",
   );
 
-  const openGateway = gateway;
   return {
     config,
     database,

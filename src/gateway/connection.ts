@@ -1,6 +1,7 @@
 import type { ServerWebSocket } from "bun";
 import type { StoredEnvelope } from "../messaging/envelope.ts";
 import type { QueueDrain } from "../messaging/offline-queue.ts";
+import type { DeliveryPath, MessageTallies } from "../observability/metrics.ts";
 import { messageFrame, type ServerFrame } from "../protocol/index.ts";
 import type { Principal } from "../sessions/service.ts";
 import type { TokenBucket } from "./token-bucket.ts";
@@ -42,6 +43,8 @@ export class DeviceConnection {
     readonly bucket: TokenBucket,
     /** Unique per socket, so a late close of a replaced socket is not taken for the new one's. */
     readonly connectionId: string,
+    /** The node's messaging counts: deliveries and their latency are tallied here. */
+    private readonly tallies: MessageTallies,
   ) {}
 
   /** A method, not a field test: the state changes across awaits (the socket may close meanwhile). */
@@ -59,13 +62,18 @@ export class DeviceConnection {
     return this.ws.send(JSON.stringify(frame)) !== 0;
   }
 
-  /** Delivers envelopes, oldest first, in one corked write. */
-  deliver(envelopes: readonly StoredEnvelope[]): boolean {
+  /**
+   * Delivers envelopes, oldest first, in one corked write; `path` says whether they were pushed live
+   * or read from the offline queue (metrics: delivered count and acceptance → push latency).
+   */
+  deliver(envelopes: readonly StoredEnvelope[], path: DeliveryPath): boolean {
     if (this.state === "closed") return false;
     let ok = true;
     this.ws.cork(() => {
       for (const envelope of envelopes) ok = this.ws.send(JSON.stringify(messageFrame(envelope))) !== 0 && ok;
     });
+    const now = Date.now();
+    for (const envelope of envelopes) this.tallies.delivered(path, envelope.ts, now);
     return ok;
   }
 

@@ -1,5 +1,6 @@
 import type { MessagingService, SubmittedSend } from "../messaging/service.ts";
 import type { Logger } from "../observability/logger.ts";
+import type { MessageTallies } from "../observability/metrics.ts";
 import {
   checkAck,
   checkDirectSend,
@@ -33,7 +34,13 @@ function frameCost(frame: unknown): number {
  */
 export class FrameHandler {
   constructor(
-    private readonly deps: { messaging: MessagingService; watchers: PresenceWatchers; logger: Logger },
+    private readonly deps: {
+      messaging: MessagingService;
+      watchers: PresenceWatchers;
+      logger: Logger;
+      /** Sends accepted and refused, and rate-limit refusals, are counted here (metrics). */
+      tallies: MessageTallies;
+    },
   ) {}
 
   /** Handles one frame of an open connection. */
@@ -56,9 +63,11 @@ export class FrameHandler {
     const type = (frame as { type?: unknown } | null)?.type;
     const id = (frame as { id?: unknown } | null)?.id;
     if (!conn.bucket.take(frameCost(frame))) {
-      if (type === "send" && typeof id === "string")
+      this.deps.tallies.refuse("device_frames");
+      if (type === "send" && typeof id === "string") {
+        this.deps.tallies.reject("rate_limited");
         conn.send({ type: "rejected", id, code: "rate_limited" });
-      else conn.send({ type: "error", code: "rate_limited", message: "too many frames; slow down" });
+      } else conn.send({ type: "error", code: "rate_limited", message: "too many frames; slow down" });
       return;
     }
     switch (type) {
@@ -87,6 +96,7 @@ export class FrameHandler {
     this.deps.watchers.watch(conn, users).then(
       (watching) => {
         if (!watching) {
+          this.deps.tallies.refuse("presence_watches");
           conn.send({
             type: "error",
             code: "rate_limited",
@@ -103,7 +113,7 @@ export class FrameHandler {
   }
 
   private send(conn: DeviceConnection, frame: unknown, id: string | undefined): void {
-    const { messaging, logger } = this.deps;
+    const { messaging, logger, tallies } = this.deps;
     let submit: () => Promise<SubmittedSend>;
     const isGroup = checkGroupSend.Check(frame);
     if (checkDirectSend.Check(frame)) {
@@ -117,10 +127,14 @@ export class FrameHandler {
       const check = to && typeof to === "object" && "group" in to ? checkGroupSend : checkDirectSend;
       const problem = firstProblem(check, frame);
       if (id === undefined) this.invalid(conn, problem);
-      else conn.send({ type: "rejected", id, code: "invalid", message: problem });
+      else {
+        tallies.reject("invalid");
+        conn.send({ type: "rejected", id, code: "invalid", message: problem });
+      }
       return;
     }
     const failed = (error: unknown) => {
+      tallies.reject("internal");
       logger.error({ err: error, user: conn.principal.userId }, "send failed");
       conn.send({
         type: "error",
@@ -136,7 +150,11 @@ export class FrameHandler {
       if (conn.closing) return;
       try {
         const { outcome } = await submit();
-        const reply = outcome.then((answer) => void conn.send(answer), failed);
+        const reply = outcome.then((answer) => {
+          if (answer.type === "accepted") tallies.accepted++;
+          else tallies.reject(answer.code);
+          conn.send(answer);
+        }, failed);
         if (isGroup) await reply;
       } catch (error) {
         failed(error);

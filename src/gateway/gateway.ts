@@ -6,6 +6,7 @@ import type { OfflineQueue } from "../messaging/offline-queue.ts";
 import type { DeviceSocketRef, Presence } from "../messaging/presence.ts";
 import type { MessagingService } from "../messaging/service.ts";
 import type { Logger } from "../observability/logger.ts";
+import type { MessageTallies } from "../observability/metrics.ts";
 import { CloseCode } from "../protocol/index.ts";
 import { bearerToken } from "../sessions/auth.ts";
 import type { SessionService } from "../sessions/service.ts";
@@ -38,6 +39,8 @@ export interface GatewayOptions {
    * answered the previous ping when the next is due is closed.
    */
   pingIntervalMs?: number;
+  /** The node's messaging counts (src/observability/metrics.ts), read by /metrics. */
+  tallies: MessageTallies;
 }
 
 /** Envelopes taken from the offline queue per read while a device drains it. */
@@ -73,6 +76,7 @@ export class Gateway {
       messaging: options.messaging,
       watchers: this.watchers,
       logger: options.logger,
+      tallies: options.tallies,
     });
     this.unsubscribe = options.presence.subscribe((state) => this.watchers.changed(state));
     const leaseMs = options.presenceLeaseMs ?? 60_000;
@@ -149,6 +153,7 @@ export class Gateway {
       ws.data.principal,
       new TokenBucket(this.rate.perSecond, this.rate.burst),
       randomUUID(),
+      this.options.tallies,
     );
     this.byWs.set(ws, conn);
     this.options.registry
@@ -208,7 +213,7 @@ export class Gateway {
       if (conn.isClosed()) return;
       const batch = await conn.drain.next(DRAIN_CHUNK);
       if (batch.length === 0) break;
-      conn.deliver(batch);
+      conn.deliver(batch, "offline");
     }
     if (conn.isClosed()) return;
     await messaging.deviceDrained(principal, nodeId, conn.connectionId);

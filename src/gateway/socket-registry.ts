@@ -74,7 +74,7 @@ export class SocketRegistry {
   ): boolean {
     const conn = this.get(userId, deviceId);
     if (!conn || conn.connectionId !== connectionId || conn.isClosed()) return false;
-    return conn.deliver(envelopes);
+    return conn.deliver(envelopes, "live");
   }
 
   /** Closes the sockets the target names with `code`; true when there was at least one. */

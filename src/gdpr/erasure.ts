@@ -71,6 +71,8 @@ export interface ErasureDeps {
   logger: Logger;
   /** Tests: called after each completed step; a throw stops the job there, as a crash would. */
   afterStep?: (step: string) => void;
+  /** Called when this node completed a job (metrics). */
+  onCompleted?: () => void;
 }
 
 /** The view of a job that `GET /v1/erasures/:id` serves. */
@@ -210,6 +212,26 @@ export class ErasureService {
       })
       .where(and(eq(erasures.id, id), eq(erasures.status, "pending")));
     logger.info({ erasureId: id }, "erasure done");
+    this.deps.onCompleted?.();
+  }
+
+  /**
+   * Jobs by state in the database (every node's), and the age in seconds of the oldest pending one
+   * (0 when none): what the erasure metrics and the "erasure stuck" alert read.
+   */
+  async jobStats(): Promise<{ pending: number; done: number; oldestPendingSeconds: number }> {
+    const [row] = rowsOf<{ pending: number; done: number; oldest: number | null }>(
+      await this.deps.db.execute(sql`
+        select count(*) filter (where status = 'pending')::int as pending,
+               count(*) filter (where status = 'done')::int as done,
+               extract(epoch from now() - min(created_at) filter (where status = 'pending'))::float8 as oldest
+        from ${erasures}`),
+    );
+    return {
+      pending: Number(row?.pending ?? 0),
+      done: Number(row?.done ?? 0),
+      oldestPendingSeconds: Math.max(0, Number(row?.oldest ?? 0)),
+    };
   }
 
   /** Records a finished step unless another runner recorded it first (first result wins). */

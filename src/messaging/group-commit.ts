@@ -1,3 +1,20 @@
+/** Told after every write of a group commit: how many items it carried and how long it took (seconds). */
+export type CommitObserver = (items: number, seconds: number) => void;
+
+/**
+ * What a log tells about its group commits, by the write they carry (`append`, `ack`, `mark_queued`;
+ * `write` for the embedded log, whose single writer commits every kind together).
+ */
+export type CommitListener = (operation: string, items: number, seconds: number) => void;
+
+/** The per-operation observer of `listener` (created once per GroupCommit, not per write). */
+export function commitObserver(
+  listener: CommitListener | undefined,
+  operation: string,
+): CommitObserver | undefined {
+  return listener && ((items, seconds) => listener(operation, items, seconds));
+}
+
 interface Waiting<T, R> {
   items: T[];
   resolve: (results: R[]) => void;
@@ -17,6 +34,7 @@ export class GroupCommit<T, R> {
   constructor(
     private readonly write: (items: T[]) => Promise<R[]>,
     private readonly maxBatch = 1000,
+    private readonly observe?: CommitObserver,
   ) {}
 
   /** Resolves with one result per item once the write that carried them has committed. */
@@ -44,8 +62,10 @@ export class GroupCommit<T, R> {
         count += next.items.length;
       }
       this.waitingItems -= count;
+      const started = performance.now();
       try {
         const results = await this.write(batch.flatMap((w) => w.items));
+        this.observe?.(count, (performance.now() - started) / 1000);
         let offset = 0;
         for (const w of batch) {
           w.resolve(results.slice(offset, offset + w.items.length));

@@ -1,7 +1,7 @@
 import { type Collection, MongoBulkWriteError, MongoClient, type Db as MongoDb } from "mongodb";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState } from "./envelope-log.ts";
-import { GroupCommit } from "./group-commit.ts";
+import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
 
 /** A stored envelope as MongoDB keeps it: binary ciphertext (null once acked), order and state. */
 interface EnvelopeDoc extends Omit<StoredEnvelope, "body"> {
@@ -16,20 +16,26 @@ interface EnvelopeDoc extends Omit<StoredEnvelope, "body"> {
 /** The envelope log in MongoDB (official driver): journaled writes, a TTL index for retention. */
 export class MongoEnvelopeLog implements EnvelopeLog {
   readonly kind = "mongodb";
+  readonly commitOperations = ["append"] as const;
   private readonly commit: GroupCommit<StoredEnvelope, boolean>;
 
   private constructor(
     private readonly client: MongoClient,
     private readonly envelopes: Collection<EnvelopeDoc>,
     private readonly counters: Collection<{ _id: string; value: number }>,
+    onCommit?: CommitListener,
   ) {
-    this.commit = new GroupCommit((batch) => this.insert(batch));
+    this.commit = new GroupCommit(
+      (batch) => this.insert(batch),
+      undefined,
+      commitObserver(onCommit, "append"),
+    );
   }
 
   /** Connects, and creates the indexes (TTL = retention) when missing. */
   static async open(
     url: string,
-    options: { retentionDays: number; database?: string },
+    options: { retentionDays: number; database?: string; onCommit?: CommitListener },
   ): Promise<MongoEnvelopeLog> {
     // promoteBuffers: ciphertexts come back as Buffers rather than BSON Binary.
     const client = await MongoClient.connect(url, {
@@ -43,7 +49,7 @@ export class MongoEnvelopeLog implements EnvelopeLog {
       { key: { senderUser: 1 } },
       { key: { acceptedAt: 1 }, expireAfterSeconds: options.retentionDays * 86_400, name: "retention" },
     ]);
-    return new MongoEnvelopeLog(client, envelopes, db.collection("counters"));
+    return new MongoEnvelopeLog(client, envelopes, db.collection("counters"), options.onCommit);
   }
 
   append(batch: StoredEnvelope[]): Promise<boolean[]> {

@@ -3,7 +3,7 @@ import { type Db, rowsOf } from "../db/index.ts";
 import { envelopes } from "../db/schema.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState } from "./envelope-log.ts";
-import { GroupCommit } from "./group-commit.ts";
+import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
 
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
@@ -53,14 +53,27 @@ function arrayLiteral(values: readonly (string | number)[]): string {
 /** The envelope log in PostgreSQL or PGlite (drizzle), appending and acking with group commit. */
 export class PostgresEnvelopeLog implements EnvelopeLog {
   readonly kind = "postgres";
+  readonly commitOperations = ["append", "ack", "mark_queued"] as const;
   private readonly commit: GroupCommit<StoredEnvelope, boolean>;
   private readonly acks: GroupCommit<AckRequest, number>;
   private readonly queued: GroupCommit<AckRequest, undefined>;
 
-  constructor(private readonly db: Db) {
-    this.commit = new GroupCommit((batch) => this.insert(batch));
-    this.acks = new GroupCommit((batch) => this.ackBatch(batch));
-    this.queued = new GroupCommit((batch) => this.queuedBatch(batch));
+  /** `onCommit` hears each group-committed write (metrics). */
+  constructor(
+    private readonly db: Db,
+    onCommit?: CommitListener,
+  ) {
+    this.commit = new GroupCommit(
+      (batch) => this.insert(batch),
+      undefined,
+      commitObserver(onCommit, "append"),
+    );
+    this.acks = new GroupCommit((batch) => this.ackBatch(batch), undefined, commitObserver(onCommit, "ack"));
+    this.queued = new GroupCommit(
+      (batch) => this.queuedBatch(batch),
+      undefined,
+      commitObserver(onCommit, "mark_queued"),
+    );
   }
 
   append(batch: StoredEnvelope[]): Promise<boolean[]> {

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState } from "./envelope-log.ts";
-import { GroupCommit } from "./group-commit.ts";
+import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
 import type { LogWorkerReply, LogWorkerRequest, LogWrite } from "./sqlite-log-protocol.ts";
 
 interface EnvelopeRow {
@@ -51,6 +51,7 @@ const COLUMNS =
  */
 export class SqliteEnvelopeLog implements EnvelopeLog {
   readonly kind = "sqlite";
+  readonly commitOperations = ["write"] as const;
   private readonly writes: GroupCommit<LogWrite, unknown>;
   private readonly pending = new Map<number, { resolve(r: unknown[]): void; reject(e: Error): void }>();
   private nextSeq = 0;
@@ -62,8 +63,13 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
     private readonly worker: Worker,
     readonly path: string,
     private readonly temporaryDir: string | undefined,
+    onCommit?: CommitListener,
   ) {
-    this.writes = new GroupCommit((ops) => this.request({ kind: "write", seq: 0, ops }));
+    this.writes = new GroupCommit(
+      (ops) => this.request({ kind: "write", seq: 0, ops }),
+      undefined,
+      commitObserver(onCommit, "write"),
+    );
     worker.onmessage = (event: MessageEvent<LogWorkerReply>) => {
       const reply = event.data;
       const waiter = this.pending.get(reply.seq);
@@ -83,11 +89,11 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
    * Opens (creating and migrating) the log at `path`, e.g. `DATA_DIR/envelopes.db`; `null` keeps
    * it in a temporary directory removed on close (tests).
    */
-  static async open(path: string | null): Promise<SqliteEnvelopeLog> {
+  static async open(path: string | null, onCommit?: CommitListener): Promise<SqliteEnvelopeLog> {
     const temporaryDir = path === null ? mkdtempSync(join(tmpdir(), "clearbox-log-")) : undefined;
     const file = path ?? join(temporaryDir as string, "envelopes.db");
     const worker = new Worker(new URL("./sqlite-log-worker.ts", import.meta.url).href);
-    const log = new SqliteEnvelopeLog(worker, file, temporaryDir);
+    const log = new SqliteEnvelopeLog(worker, file, temporaryDir, onCommit);
     try {
       await log.request({ kind: "open", seq: 0, path: file });
       log.reader = new Database(file, { strict: true });

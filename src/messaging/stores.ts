@@ -5,6 +5,7 @@ import type { Db } from "../db/index.ts";
 import { adoptPgliteLog } from "./adopt-pglite-log.ts";
 import { AmqpOfflineQueue } from "./amqp-offline-queue.ts";
 import type { EnvelopeLog } from "./envelope-log.ts";
+import type { CommitListener } from "./group-commit.ts";
 import { LogOfflineQueue } from "./log-offline-queue.ts";
 import { MemoryPresence } from "./memory-presence.ts";
 import { MongoEnvelopeLog } from "./mongo-envelope-log.ts";
@@ -37,18 +38,23 @@ export async function openMessagingStores(
   database: { db: Db; kind: "postgres" | "pglite" },
   redis?: Redis,
   embeddedDir: string | null = config.dataDir,
+  /** Hears each group-committed write of the log (metrics). */
+  onCommit?: CommitListener,
 ): Promise<MessagingStores> {
   const prefix = clusterPrefix(config);
   const mongo = config.mongodbUrl
-    ? await MongoEnvelopeLog.open(config.mongodbUrl, { retentionDays: config.retentionDays })
+    ? await MongoEnvelopeLog.open(config.mongodbUrl, { retentionDays: config.retentionDays, onCommit })
     : undefined;
   let log: EnvelopeLog;
   if (mongo) log = mongo;
   else if (database.kind === "pglite") {
-    log = await SqliteEnvelopeLog.open(embeddedDir === null ? null : join(embeddedDir, "envelopes.db"));
+    log = await SqliteEnvelopeLog.open(
+      embeddedDir === null ? null : join(embeddedDir, "envelopes.db"),
+      onCommit,
+    );
     // A data directory from before the log moved to SQLite: bring its undelivered envelopes along.
     await adoptPgliteLog(database.db, log);
-  } else log = new PostgresEnvelopeLog(database.db);
+  } else log = new PostgresEnvelopeLog(database.db, onCommit);
   const offline: OfflineQueue = config.amqpUrl
     ? await AmqpOfflineQueue.open(config.amqpUrl, { prefix, retentionDays: config.retentionDays })
     : new LogOfflineQueue(log);

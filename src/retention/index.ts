@@ -30,6 +30,8 @@ export interface RetentionDeps {
   intervalMs: number;
   logger: Logger;
   clock?: () => number;
+  /** Hears every finished pass (metrics). */
+  onReport?: (report: RetentionReport) => void;
 }
 
 /**
@@ -99,6 +101,7 @@ export class RetentionJob {
       ms: Math.round(performance.now() - started),
     };
     this.deps.logger.info({ retention: report }, "retention run");
+    this.deps.onReport?.(report);
     return report;
   }
 

@@ -1,6 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import Redis from "ioredis";
-import { MemoryRateLimiter, type RateLimiter, RedisRateLimiter } from "../../src/ratelimit/index.ts";
+import {
+  type CountingRateLimiter,
+  MemoryRateLimiter,
+  type RateLimiter,
+  RedisRateLimiter,
+} from "../../src/ratelimit/index.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
 import { deleteRedisPrefix, TEST_REDIS_URL, uniqueRedisPrefix } from "../support/redis.ts";
@@ -107,7 +112,7 @@ describe("a node with REDIS_URL", () => {
     const ready = await client.get("/readyz");
     expect(ready.status).toBe(200);
     expect(ready.body.services.redis).toBe("ok");
-    expect(node.rateLimiter).toBeInstanceOf(RedisRateLimiter);
+    expect((node.rateLimiter as CountingRateLimiter).inner).toBeInstanceOf(RedisRateLimiter);
 
     const target = await registerAndLogin(client);
     expect((await client.put("/v1/keys", (await validUpload(1)).upload, target.accessToken)).status).toBe(
