@@ -1,42 +1,99 @@
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
-import { ClearBoxApiError, ClearBoxClient, ClearBoxHttp } from "../client/index.ts";
+import { read } from "read";
+import { ClearBoxApiError, ClearBoxClient, ClearBoxHttp, Messenger } from "../client/index.ts";
 import { checkReceipt } from "../protocol/erasure-receipt.ts";
+import { CHAT_HELP, chat } from "./chat.ts";
 
 const USAGE = `ClearBox CLI
 
-usage: bun run cli -- <command> [options]
+usage: npm run cli -- <command> [options]     (or: bun run src/cli/main.ts <command> [options])
 
 commands:
   register <username>        create an account, log this device in, upload keys
   login <username>           log in (this store's device, or a new one) and upload keys if needed
   signin                     sign in with the organisation's identity provider: open the printed
                              address on any device and enter the code (OAuth device grant)
+  chat                       interactive chat: /to <username>, /group, /invite, /verify, /quit ...
   whoami                     show the account and device of this store
   keys [--replenish]         one-time keys left on the server; top them up when low
-  send <userId> <text...>    encrypt for every device of the user and send (needs the messaging gateway)
-  listen                     print incoming messages as they arrive (needs the messaging gateway)
+  send <username> <text...>  send one message (queued until the server has it) and exit
+  listen                     print incoming messages as they arrive; reconnects by itself
   verify-receipt <file> --server <url> [--ca <file>]
-                             check an erasure receipt (the receipt JSON, or the whole answer of
-                             GET /v1/erasures/<id>) against the key <url> publishes: its public key
-                             must be the server's, and its Ed25519 signature must verify over the
-                             RFC 8785 bytes of its payload. Needs no account; touches no store.
-                             Exit 0 valid, 1 invalid (names the failed check), 2 bad usage, an
-                             unreadable file, or a server that cannot be asked
+                             check an erasure receipt against the key <url> publishes
+  <command> --help           what a command does and its options
 
 options:
   --server <url>             ClearBox node (default: the one saved in the store, else http://127.0.0.1:8080)
-  --store <path>             this account's key store (default: ./clearbox.db)
+  --store <path>             this account's key store (default: ./clearbox.db); a new file is
+                             written only once register, login or signin succeeded
   --device-name <name>       name of a newly created device
   --ca <file>                PEM CA certificate(s) to trust for an https server, instead of the
                              system's (or NODE_EXTRA_CA_CERTS=<file> to add to the system's)
-  password: $CLEARBOX_PASSWORD, else asked on the terminal`;
+  password: $CLEARBOX_PASSWORD, else asked on the terminal without echo`;
 
-function password(): string {
+const STORE_OPTIONS = `  --store <path>             the account's key store (default: ./clearbox.db)
+  --server <url>             ClearBox node (default: the one saved in the store)
+  --ca <file>                PEM CA certificate(s) to trust for an https server`;
+
+/** `<command> --help`: each command's own usage. */
+const COMMAND_HELP: Record<string, string> = {
+  register: `usage: npm run cli -- register <username> [--server <url>] [--store <path>] [--device-name <name>]
+
+Creates the account <username> (3-32 of a-z 0-9 _ . -), logs this device in and uploads its keys.
+The password is read without echo (or from $CLEARBOX_PASSWORD). The store file is written only
+once this succeeded.
+${STORE_OPTIONS}`,
+  login: `usage: npm run cli -- login <username> [--server <url>] [--store <path>] [--device-name <name>]
+
+Logs in as this store's device, or as a new device with a fresh identity when the store holds none
+of <username>. The password is read without echo (or from $CLEARBOX_PASSWORD).
+${STORE_OPTIONS}`,
+  signin: `usage: npm run cli -- signin [--server <url>] [--store <path>] [--device-name <name>]
+
+Signs in with the organisation's identity provider: open the printed address on any device and
+enter the code shown (OAuth 2.0 device authorization grant, RFC 8628).
+${STORE_OPTIONS}`,
+  chat: `usage: npm run cli -- chat [--store <path>]
+
+An interactive session of this store's account: messages arrive while you type, sends made while
+the connection is down are queued and go out when it is back.
+
+${"CHAT_HELP"}
+${STORE_OPTIONS}`,
+  whoami: `usage: npm run cli -- whoami [--store <path>]
+
+Shows the username, user id, device and server of this store.`,
+  keys: `usage: npm run cli -- keys [--replenish] [--store <path>]
+
+Shows how many one-time prekeys (EC and Kyber) the server still holds for this device; with
+--replenish, uploads a fresh batch of a kind that fell under 20.
+${STORE_OPTIONS}`,
+  send: `usage: npm run cli -- send <username> <text...> [--store <path>]
+
+Encrypts <text> for every device of <username>, sends it, and exits once the server accepted it
+(exit 1 if it was refused).
+${STORE_OPTIONS}`,
+  listen: `usage: npm run cli -- listen [--store <path>]
+
+Prints incoming messages (sender's username, group, time) as they arrive, until Ctrl-C. Reconnects
+by itself after a network drop or a server restart.
+${STORE_OPTIONS}`,
+  "verify-receipt": `usage: npm run cli -- verify-receipt <file> --server <url> [--ca <file>]
+
+Checks an erasure receipt (the receipt JSON, or the whole answer of GET /v1/erasures/<id>) against
+the key <url> publishes: its public key must be the server's, and its Ed25519 signature must verify
+over the RFC 8785 bytes of its payload. Needs no account; touches no store.
+Exit 0 valid, 1 invalid (names the failed check), 2 bad usage, an unreadable file, or a server that
+cannot be asked.`,
+};
+
+/** The password: $CLEARBOX_PASSWORD, else asked on the terminal without echo. */
+async function password(): Promise<string> {
   const fromEnv = process.env.CLEARBOX_PASSWORD;
   if (fromEnv) return fromEnv;
-  const typed = prompt("password:");
+  const typed = await read({ prompt: "password: ", silent: true, replace: "", output: process.stderr });
   if (!typed) throw new Error("a password is required");
   return typed;
 }
@@ -67,14 +124,29 @@ async function main(argv: string[]): Promise<number> {
   }
   const { values, positionals } = parsed;
   const [command, ...args] = positionals;
+  if (values.help && command && COMMAND_HELP[command]) {
+    console.log(COMMAND_HELP[command].replace("CHAT_HELP", CHAT_HELP));
+    return 0;
+  }
   if (values.help || !command) {
     console.log(USAGE);
     return command || values.help ? 0 : 2;
+  }
+  if (!COMMAND_HELP[command]) {
+    console.error(`unknown command ${command}\n\n${USAGE}`);
+    return 2;
   }
   // Before the store is opened: checking a receipt needs no account, and must not create a store file.
   if (command === "verify-receipt") return verifyReceiptFile(args[0], values.server, values.ca);
   const storePath = values.store as string;
   const ca = values.ca ? readFileSync(values.ca, "utf8") : undefined;
+  const signingIn = command === "register" || command === "login" || command === "signin";
+  if (!signingIn && !existsSync(storePath)) {
+    console.error(
+      `error: no account in ${storePath}: run register or login first (--store <path> for another file)`,
+    );
+    return 1;
+  }
   let client: ClearBoxClient;
   try {
     client = ClearBoxClient.open({ storePath, serverUrl: values.server, ca });
@@ -87,8 +159,9 @@ async function main(argv: string[]): Promise<number> {
       case "login": {
         const username = args[0];
         if (!username) throw new Error(`usage: ${command} <username>`);
-        if (command === "register") await client.register(username, password(), values["device-name"]);
-        else await client.login(username, password(), values["device-name"]);
+        const secret = await password();
+        if (command === "register") await client.register(username, secret, values["device-name"]);
+        else await client.login(username, secret, values["device-name"]);
         console.log(`logged in as ${username}: user ${client.userId}, device ${client.deviceId}`);
         return 0;
       }
@@ -121,12 +194,14 @@ async function main(argv: string[]): Promise<number> {
         return await send(client, args[0], args.slice(1).join(" "));
       case "listen":
         return await listen(client);
+      case "chat":
+        return await chat(client, { input: process.stdin, output: process.stdout });
       default:
         console.error(`unknown command ${command}\n\n${USAGE}`);
         return 2;
     }
   } finally {
-    if (command !== "listen") client.close();
+    client.close();
   }
 }
 
@@ -192,57 +267,60 @@ async function verifyReceiptFile(
   return 0;
 }
 
-async function send(client: ClearBoxClient, userId: string | undefined, text: string): Promise<number> {
-  if (!userId || !text) throw new Error("usage: send <userId> <text...>");
-  const socket = await client.connect();
-  try {
-    let refreshDevices = false;
-    for (let attempt = 0; attempt < 2; attempt++) {
-      const messages = await client.encrypt(userId, text, { refreshDevices });
-      const answer = await socket.sendToUser(crypto.randomUUID(), userId, messages);
-      if (answer.type === "accepted") {
-        console.log(`accepted at ${new Date(answer.ts).toISOString()}`);
-        return 0;
+/** `send`: one message through a Messenger; exits once the server answered it. */
+async function send(client: ClearBoxClient, to: string | undefined, text: string): Promise<number> {
+  if (!to || !text) throw new Error("usage: send <username> <text...>");
+  const messenger = new Messenger(client);
+  const queued = await messenger.sendText(to.includes("-") && to.length === 36 ? to : to.toLowerCase(), text);
+  return new Promise((resolve) => {
+    messenger.on("message", (m) => {
+      if (m.id !== queued.id) return;
+      if (m.state === "sent") console.log(`accepted at ${new Date(m.ts).toISOString()}`);
+      else console.error("rejected by the server");
+      messenger.stop();
+      resolve(m.state === "sent" ? 0 : 1);
+    });
+    messenger.on("status", (status, detail) => {
+      if (status === "stopped" && detail.code) {
+        console.error(`disconnected (${detail.code} ${detail.reason ?? ""})`);
+        resolve(1);
       }
-      if (answer.code !== "mismatched_devices") {
-        console.error(`rejected: ${answer.code}`);
-        return 1;
-      }
-      refreshDevices = true; // the user added or removed a device: fetch their bundles again
-    }
-    console.error("rejected: the recipient's devices keep changing");
-    return 1;
-  } finally {
-    socket.close();
-  }
+    });
+    messenger.start();
+  });
 }
 
+/** `listen`: prints incoming messages until Ctrl-C; reconnects by itself. */
 async function listen(client: ClearBoxClient): Promise<number> {
-  const socket = await client.connect();
-  console.log(`listening as user ${client.userId} device ${client.deviceId}; Ctrl-C to stop`);
-  // One message at a time: libsignal session state must not be updated by two decryptions at once.
-  let previous = Promise.resolve();
-  socket.on("message", (frame) => {
-    previous = previous.then(async () => {
-      try {
-        const text = await client.decryptText({ from: frame.from, envelope: frame.envelope });
-        const where = frame.group ? ` in group ${frame.group}` : "";
-        console.log(
-          `[${new Date(frame.ts).toISOString()}] ${frame.from.user}.${frame.from.device}${where}: ${text}`,
-        );
-      } catch (error) {
-        console.error(`cannot decrypt ${frame.id} from ${frame.from.user}: ${(error as Error).message}`);
-      }
-      socket.ack([frame.id]);
-    });
+  const messenger = new Messenger(client);
+  messenger.on("message", (m) => {
+    if (m.outgoing) return;
+    const where = m.group ? ` in group ${m.group}` : "";
+    console.log(`[${new Date(m.ts).toISOString()}] ${m.from.username}${where}: ${m.text}`);
   });
+  messenger.on("identityChanged", (c) =>
+    console.log(
+      `! the safety number with ${c.username ?? c.userId} changed (device ${c.deviceId}): verify it again`,
+    ),
+  );
+  messenger.on("undecryptable", (u) =>
+    console.error(`cannot decrypt ${u.id} from ${u.from.user}: ${u.reason}`),
+  );
   return new Promise((resolve) => {
-    socket.on("close", (code, reason) => {
-      console.error(`disconnected (${code}${reason ? ` ${reason}` : ""})`);
-      client.close();
-      resolve(code === 1000 ? 0 : 1);
+    messenger.on("status", (status, detail) => {
+      if (status === "online")
+        console.log(
+          `listening as ${client.username ?? client.userId} device ${client.deviceId}; Ctrl-C to stop`,
+        );
+      if (status === "offline") console.error("connection lost; reconnecting");
+      if (status === "stopped") {
+        if (detail.code)
+          console.error(`disconnected (${detail.code}${detail.reason ? ` ${detail.reason}` : ""})`);
+        resolve(detail.code ? 1 : 0);
+      }
     });
-    process.once("SIGINT", () => socket.close());
+    process.once("SIGINT", () => messenger.stop());
+    messenger.start();
   });
 }
 

@@ -155,14 +155,29 @@ export class ClearBoxHttp {
     return tokens;
   }
 
-  /** Spends the stored refresh token for a new pair. */
-  async refresh(): Promise<SessionTokens> {
-    const current = this.holder.tokens();
-    if (!current) throw new ClearBoxApiError(401, "unauthorized", "not logged in");
-    const tokens = await unwrap(this.api.v1.sessions.refresh.post({ refreshToken: current.refreshToken }));
-    this.adopt(tokens);
-    return tokens;
+  /**
+   * Spends the stored refresh token for a new pair. Concurrent callers share one request: a refresh
+   * token is single-use, and the server takes a second use of one as theft (every token of the
+   * device revoked, docs/PROTOCOL.md).
+   */
+  refresh(): Promise<SessionTokens> {
+    this.refreshing ??= (async () => {
+      try {
+        const current = this.holder.tokens();
+        if (!current) throw new ClearBoxApiError(401, "unauthorized", "not logged in");
+        const tokens = await unwrap(
+          this.api.v1.sessions.refresh.post({ refreshToken: current.refreshToken }),
+        );
+        this.adopt(tokens);
+        return tokens;
+      } finally {
+        this.refreshing = undefined;
+      }
+    })();
+    return this.refreshing;
   }
+
+  private refreshing: Promise<SessionTokens> | undefined;
 
   /** A valid access token, refreshed first when it is about to expire (e.g. after a restart). */
   async accessToken(): Promise<string> {

@@ -99,6 +99,17 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     laptop.close();
   });
 
+  test("concurrent token refreshes share one request, so a single-use refresh token is not replayed", async () => {
+    const client = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
+    await client.register(uniqueUsername("racer"), password);
+    const [first, second] = await Promise.all([client.http.refresh(), client.http.refresh()]);
+    expect(first.refreshToken).toBe(second.refreshToken);
+    // Had the old token been spent twice, the server would have revoked the device.
+    expect((await client.http.devices()).length).toBe(1);
+    expect((await client.http.refresh()).refreshToken).not.toBe(first.refreshToken);
+    client.close();
+  });
+
   test("a store file is written only once a registration or login succeeded", async () => {
     const path = join(dir, "deferred.db");
     const failing = ClearBoxClient.open({ serverUrl: node.url, storePath: path });

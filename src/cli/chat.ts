@@ -1,0 +1,270 @@
+import { createInterface, type Interface } from "node:readline";
+import { type ChatMessage, ClearBoxApiError, type ClearBoxClient, Messenger } from "../client/index.ts";
+
+export const CHAT_HELP = `commands in chat (anything else is a message to the current conversation):
+  /to <username>               talk to this user
+  /group new <name> <user...>  create a group with these users and talk in it
+  /group <name>                talk in a group you are in
+  /group leave                 leave the current group
+  /groups                      the groups you know
+  /invite <username>           add a user to the current group (you must be its admin)
+  /accept                      join a group you were invited to (needs server invitations)
+  /who                         your contacts, with presence
+  /devices                     this account's devices
+  /verify <username> [confirm] show the safety numbers with a user; with confirm, mark them verified
+                               after comparing them with the other person (in person or by a call)
+  /history                     the last messages of the current conversation
+  /help                        this list
+  /quit                        leave (Ctrl-D too)`;
+
+const time = (ts: number) => new Date(ts).toTimeString().slice(0, 5);
+
+/**
+ * The interactive `chat` command: one Messenger (one socket, reconnecting) and a readline prompt.
+ * Incoming messages, presence changes and safety-number warnings are printed above the line being
+ * typed, which is redrawn as it was. Resolves with the exit code when the user quits or the
+ * session ends for good (signed out, device removed, replaced by another socket, account erased).
+ */
+export async function chat(
+  client: ClearBoxClient,
+  io: { input: NodeJS.ReadableStream; output: NodeJS.WritableStream },
+): Promise<number> {
+  const messenger = new Messenger(client);
+  const groups = new Map<string, { groupId: string; name: string }>(); // by lower-case name
+  const presence = new Map<string, boolean>();
+  let current:
+    | { kind: "user"; userId: string; username: string }
+    | { kind: "group"; groupId: string; name: string }
+    | undefined;
+
+  const rl: Interface = createInterface({
+    input: io.input,
+    output: io.output,
+    terminal: (io.output as { isTTY?: boolean }).isTTY === true,
+  });
+  const promptText = () =>
+    current ? (current.kind === "user" ? `[${current.username}]> ` : `[#${current.name}]> `) : "> ";
+  const print = (line: string) => {
+    if ((io.output as { isTTY?: boolean }).isTTY) {
+      io.output.write("\r\x1b[K");
+      io.output.write(`${line}\n`);
+      rl.setPrompt(promptText());
+      rl.prompt(true);
+    } else {
+      io.output.write(`${line}\n`);
+    }
+  };
+
+  /** Prints a line and answers `true` (keep going), for the command handlers' early returns. */
+  const say = (line: string) => {
+    print(line);
+    return true;
+  };
+
+  const groupName = async (groupId: string): Promise<string> => {
+    for (const g of groups.values()) if (g.groupId === groupId) return g.name;
+    try {
+      const info = await client.http.group(groupId);
+      groups.set(info.name.toLowerCase(), { groupId, name: info.name });
+      return info.name;
+    } catch {
+      return groupId.slice(0, 8);
+    }
+  };
+
+  messenger.on("message", async (m: ChatMessage) => {
+    if (m.outgoing) {
+      if (m.state === "failed") print(`! not delivered: "${m.text}"`);
+      return;
+    }
+    const where = m.group ? ` #${await groupName(m.group)}` : "";
+    print(`[${time(m.ts)}]${where} ${m.from.username}: ${m.text}`);
+  });
+  messenger.on("presence", (p) => {
+    const before = presence.get(p.userId);
+    presence.set(p.userId, p.online);
+    if (before !== undefined && before !== p.online)
+      print(`* ${p.username ?? p.userId} is ${p.online ? "online" : "offline"}`);
+  });
+  messenger.on("identityChanged", (change) => {
+    print(
+      `! the safety number with ${change.username ?? change.userId} changed (device ${change.deviceId}): their key is new. ` +
+        `Compare it again with /verify ${change.username ?? change.userId} before trusting it.`,
+    );
+  });
+  messenger.on("undecryptable", (u) =>
+    print(`! a message from ${u.from.user} could not be decrypted (${u.reason})`),
+  );
+  let announcedOffline = false;
+  messenger.on("status", (status) => {
+    if (status === "online") {
+      if (announcedOffline) print("* reconnected");
+      announcedOffline = false;
+    } else if (status === "offline" && !announcedOffline) {
+      announcedOffline = true;
+      print("* connection lost; reconnecting (messages you send are queued)");
+    }
+  });
+
+  const run = async (line: string): Promise<boolean> => {
+    const [command, ...args] = line.trim().split(/\s+/);
+    switch (command) {
+      case "/quit":
+      case "/exit":
+        return false;
+      case "/help":
+        print(CHAT_HELP);
+        return true;
+      case "/to": {
+        if (!args[0]) return say("usage: /to <username>");
+        const user = await client.findUser(args[0].toLowerCase());
+        current = { kind: "user", ...user };
+        messenger.watch([user.userId]);
+        print(`* talking to ${user.username}`);
+        return true;
+      }
+      case "/groups": {
+        if (groups.size === 0) print("* no groups yet: /group new <name> <user...>");
+        for (const g of groups.values()) print(`  #${g.name}`);
+        return true;
+      }
+      case "/group": {
+        if (args[0] === "new") {
+          const [name, ...members] = args.slice(1);
+          if (!name) return say("usage: /group new <name> <user...>");
+          const groupId = await messenger.createGroup(
+            name,
+            members.map((m) => m.toLowerCase()),
+          );
+          groups.set(name.toLowerCase(), { groupId, name });
+          current = { kind: "group", groupId, name };
+          print(`* created #${name} with ${members.length ? members.join(", ") : "nobody else yet"}`);
+          return true;
+        }
+        if (args[0] === "leave") {
+          if (current?.kind !== "group") return say("* not in a group conversation");
+          await client.http.removeGroupMember(current.groupId, client.userId);
+          groups.delete(current.name.toLowerCase());
+          print(`* left #${current.name}`);
+          current = undefined;
+          return true;
+        }
+        const group = args[0] ? groups.get(args[0].replace(/^#/, "").toLowerCase()) : undefined;
+        if (!group)
+          return say(args[0] ? `* no group named ${args[0]} (see /groups)` : "usage: /group <name>");
+        current = { kind: "group", ...group };
+        print(`* talking in #${group.name}`);
+        return true;
+      }
+      case "/invite": {
+        if (current?.kind !== "group" || !args[0]) return say("usage (in a group): /invite <username>");
+        const user = await client.findUser(args[0].toLowerCase());
+        await client.http.addGroupMember(current.groupId, user.userId);
+        print(`* added ${user.username} to #${current.name}`);
+        return true;
+      }
+      case "/accept":
+        print("* this server adds members directly (no invitations to accept yet)");
+        return true;
+      case "/who": {
+        const contacts = client.contacts().filter((c) => c.userId !== client.userId);
+        if (contacts.length === 0) print("* no contacts yet: /to <username>");
+        for (const c of contacts) {
+          const state = presence.get(c.userId);
+          print(`  ${state === undefined ? "?" : state ? "●" : "○"} ${c.username}`);
+        }
+        return true;
+      }
+      case "/devices": {
+        for (const d of await client.http.devices()) {
+          const self = d.deviceId === client.deviceId ? " (this one)" : "";
+          print(`  device ${d.deviceId}${d.name ? ` ${d.name}` : ""}${self}`);
+        }
+        return true;
+      }
+      case "/verify": {
+        if (!args[0]) return say("usage: /verify <username> [confirm]");
+        const user = await client.findUser(args[0].toLowerCase());
+        const numbers = client.safetyNumbers(user.userId);
+        if (numbers.length === 0)
+          return say(`* no session with ${user.username} yet: exchange a message first`);
+        if (args[1] === "confirm") {
+          client.markVerified(user.userId);
+          print(`* ${user.username} marked verified`);
+          return true;
+        }
+        for (const n of numbers) {
+          const state = n.changed ? "CHANGED, not verified" : n.verified ? "verified" : "not verified";
+          print(`  ${user.username} device ${n.deviceId}: ${n.safetyNumber}  (${state})`);
+        }
+        print(`* compare with ${user.username}'s screen; if they match: /verify ${user.username} confirm`);
+        return true;
+      }
+      case "/history": {
+        if (!current) return say("* no conversation: /to <username>");
+        const conversation = current.kind === "user" ? current.userId : `group:${current.groupId}`;
+        for (const m of messenger.history(conversation, 20))
+          print(`  [${time(m.ts)}] ${m.from.username}: ${m.text}${m.state === "queued" ? " (queued)" : ""}`);
+        return true;
+      }
+      default: {
+        if (command.startsWith("/")) return say(`* unknown command ${command}: /help`);
+        if (!current) return say("* to whom? /to <username> first");
+        const text = line.trim();
+        if (current.kind === "user") await messenger.sendText(current.userId, text);
+        else await messenger.sendGroupText(current.groupId, text);
+        return true;
+      }
+    }
+  };
+
+  print(`signed in as ${client.username ?? client.userId} (device ${client.deviceId}); /help for commands`);
+  messenger.start();
+  rl.setPrompt(promptText());
+  rl.prompt();
+  return new Promise<number>((resolve) => {
+    let finished = false;
+    const finish = (code: number) => {
+      if (finished) return;
+      finished = true;
+      messenger.stop();
+      rl.close();
+      resolve(code);
+    };
+    messenger.on("status", (status, detail) => {
+      if (status !== "stopped" || finished) return;
+      print(`* session ended (${detail.code ?? ""} ${detail.reason ?? ""})`.replace("( ", "("));
+      finish(1);
+    });
+    // Lines are handled one at a time, in order, even when one waits for the server.
+    let chain = Promise.resolve(true);
+    rl.on("line", (line) => {
+      chain = chain.then(async (going) => {
+        if (!going || finished) return false;
+        if (line.trim() === "") {
+          rl.prompt();
+          return true;
+        }
+        try {
+          const more = await run(line);
+          if (!more) {
+            finish(0);
+            return false;
+          }
+        } catch (error) {
+          const message =
+            error instanceof ClearBoxApiError
+              ? error.status === 404
+                ? "no such user or group"
+                : `${error.code}: ${error.message}`
+              : (error as Error).message;
+          print(`! ${message}`);
+        }
+        rl.setPrompt(promptText());
+        rl.prompt();
+        return true;
+      });
+    });
+    rl.on("close", () => void chain.then(() => finish(0)));
+  });
+}

@@ -1,0 +1,190 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { Subprocess } from "bun";
+import { uniqueUsername } from "../support/http.ts";
+import { startTestNode, type TestNode } from "../support/node.ts";
+
+const CLI = resolve(import.meta.dir, "../../src/cli/main.ts");
+const password = "correct horse battery";
+
+/** Runs one CLI command to its end. */
+async function run(args: string[], env: Record<string, string> = { CLEARBOX_PASSWORD: password }) {
+  const proc = Bun.spawn([process.execPath, "run", CLI, ...args], {
+    env: { ...process.env, ...env },
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [out, err, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  return { out, err, code };
+}
+
+/** An interactive CLI process: lines typed into its stdin, its output searched as it comes. */
+class Terminal {
+  output = "";
+  private readonly proc: Subprocess<"pipe", "pipe", "pipe">;
+
+  constructor(command: string[], env: Record<string, string | undefined> = { CLEARBOX_PASSWORD: password }) {
+    this.proc = Bun.spawn(command, {
+      env: { ...process.env, ...env },
+      stdin: "pipe",
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    for (const stream of [this.proc.stdout, this.proc.stderr]) {
+      void (async () => {
+        const decoder = new TextDecoder();
+        for await (const chunk of stream) this.output += decoder.decode(chunk);
+      })();
+    }
+  }
+
+  type(line: string): void {
+    this.proc.stdin.write(`${line}\n`);
+    this.proc.stdin.flush();
+  }
+
+  /** Waits until the output (after `from`) matches; returns the index after the match. */
+  async expect(pattern: RegExp, from = 0, ms = 30_000): Promise<number> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const match = pattern.exec(this.output.slice(from));
+      if (match) return from + match.index + match[0].length;
+      if (Date.now() > deadline) throw new Error(`no ${pattern} in output:\n${this.output}`);
+      await Bun.sleep(25);
+    }
+  }
+
+  get exited(): Promise<number> {
+    return this.proc.exited;
+  }
+
+  end(): void {
+    this.proc.stdin.end();
+  }
+}
+
+describe("CLI chat", () => {
+  let node: TestNode;
+  let dir: string;
+
+  beforeAll(async () => {
+    node = await startTestNode("pglite");
+    dir = mkdtempSync(join(tmpdir(), "clearbox-cli-chat-"));
+  });
+  afterAll(async () => {
+    await node?.teardown();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("every command answers --help with its own usage", async () => {
+    for (const command of [
+      "register",
+      "login",
+      "signin",
+      "chat",
+      "whoami",
+      "keys",
+      "send",
+      "listen",
+      "verify-receipt",
+    ]) {
+      const { out, code } = await run([command, "--help"]);
+      expect(code).toBe(0);
+      expect(out).toContain(`usage: npm run cli -- ${command}`);
+    }
+    const chat = await run(["chat", "--help"]);
+    expect(chat.out).toContain("/verify <username>");
+  });
+
+  test("a failed login and a command without an account write no store file", async () => {
+    const storePath = join(dir, "never.db");
+    const login = await run(["login", uniqueUsername("ghost"), "--server", node.url, "--store", storePath]);
+    expect(login.code).toBe(1);
+    expect(login.err).toContain("unauthorized");
+    expect(existsSync(storePath)).toBe(false);
+    const chat = await run(["chat", "--store", storePath]);
+    expect(chat.code).toBe(1);
+    expect(chat.err).toContain("run register or login first");
+    expect(existsSync(storePath)).toBe(false);
+  });
+
+  test("the password prompt does not echo what is typed", async () => {
+    const storePath = join(dir, "echo.db");
+    const secret = "typed-but-never-shown-42";
+    const username = uniqueUsername("echo");
+    // `script` gives the CLI a real terminal, whose echo the prompt must switch off.
+    const tty = new Terminal(
+      [
+        "script",
+        "-qec",
+        `${process.execPath} run ${CLI} register ${username} --server ${node.url} --store ${storePath}`,
+        "/dev/null",
+      ],
+      { CLEARBOX_PASSWORD: undefined },
+    );
+    await tty.expect(/password: /);
+    tty.type(secret);
+    await tty.expect(/logged in as/);
+    tty.end();
+    await tty.exited;
+    expect(tty.output).not.toContain(secret);
+    expect(existsSync(storePath)).toBe(true);
+  });
+
+  test("two users chat in two terminals: messages arrive while typing, by username both ways", async () => {
+    const alice = { name: uniqueUsername("alice"), store: join(dir, "alice.db") };
+    const bob = { name: uniqueUsername("bob"), store: join(dir, "bob.db") };
+    const carol = { name: uniqueUsername("carol"), store: join(dir, "carol.db") };
+    for (const u of [alice, bob, carol]) {
+      const r = await run(["register", u.name, "--server", node.url, "--store", u.store]);
+      expect(r.code).toBe(0);
+    }
+    const chat = (store: string) => new Terminal([process.execPath, "run", CLI, "chat", "--store", store]);
+    const a = chat(alice.store);
+    const b = chat(bob.store);
+    const c = chat(carol.store);
+    for (const t of [a, b, c]) await t.expect(/signed in as/);
+
+    a.type(`/to ${bob.name}`);
+    await a.expect(new RegExp(`talking to ${bob.name}`));
+    a.type("hello bob");
+    await b.expect(new RegExp(`${alice.name}: hello bob`));
+    b.type(`/to ${alice.name}`);
+    b.type("hi alice, bob here");
+    await a.expect(new RegExp(`${bob.name}: hi alice, bob here`));
+
+    // Safety numbers: both see the same digits.
+    a.type(`/verify ${bob.name}`);
+    const aAt = await a.expect(/device \d+: ((\d{5} ){11}\d{5})/);
+    b.type(`/verify ${alice.name}`);
+    await b.expect(/device \d+: ((\d{5} ){11}\d{5})/);
+    const digits = (out: string) => out.match(/device \d+: ((?:\d{5} ){11}\d{5})/)?.[1];
+    expect(digits(a.output.slice(0, aAt))).toBe(digits(b.output));
+
+    // A group of three.
+    a.type(`/group new trio ${bob.name} ${carol.name}`);
+    await a.expect(/created #trio/);
+    a.type("hello trio");
+    await b.expect(new RegExp(`#trio ${alice.name}: hello trio`));
+    await c.expect(new RegExp(`#trio ${alice.name}: hello trio`));
+    c.type("/group trio");
+    await c.expect(/talking in #trio/);
+    c.type("carol in trio");
+    await a.expect(new RegExp(`#trio ${carol.name}: carol in trio`));
+    await b.expect(new RegExp(`#trio ${carol.name}: carol in trio`));
+
+    a.type("/devices");
+    await a.expect(/device 1 .*\(this one\)|device 1 \(this one\)/);
+    for (const t of [a, b, c]) t.type("/quit");
+    expect(await a.exited).toBe(0);
+    expect(await b.exited).toBe(0);
+    expect(await c.exited).toBe(0);
+  });
+});
