@@ -53,7 +53,7 @@ export class GroupActor implements ActorBehavior<GroupMessage, unknown> {
 
   private async send(message: GroupSendMessage, ctx: ActorContext): Promise<GroupSendResult> {
     // Read on every send, so a membership change needs no message to this actor.
-    const members = await this.ports.directory.recipients(this.groupId);
+    const members = await this.ports.directory.recipients(this.groupId, message.from.user);
     if (!members) return { ok: false, code: "unknown_recipient" };
     if (!members.has(message.from.user)) return { ok: false, code: "not_member" };
     const ts = this.ports.clock.now();

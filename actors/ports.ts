@@ -81,6 +81,9 @@ export interface DeviceSockets {
 
 /** Group membership and member devices as stored by the edges (PostgreSQL). */
 export interface GroupDirectory {
-  /** Each member's device ids, or undefined when the group does not exist. */
-  recipients(groupId: string): Promise<Map<string, number[]> | undefined>;
+  /**
+   * Each member's device ids, or undefined when the group does not exist. With `sender`, a member
+   * who blocks the sender is listed with no devices (still a member, sent nothing).
+   */
+  recipients(groupId: string, sender?: string): Promise<Map<string, number[]> | undefined>;
 }

@@ -16,6 +16,7 @@ import { AdminRefusals } from "./admin/refusals.ts";
 import { auditAdminRoutes, buildRopa } from "./audit/index.ts";
 import { PostgresAuditTrail } from "./audit/service.ts";
 import type { AuditTrail } from "./audit/types.ts";
+import { BlockService } from "./blocks/service.ts";
 import { clusterAdminRoutes } from "./cluster/index.ts";
 import type { Config } from "./config/index.ts";
 import { type Database, openDatabase } from "./db/index.ts";
@@ -208,6 +209,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   const keys = new KeyService(db, rateLimiter, KEY_FETCH_LIMITS, audit);
   const groups = new GroupService(db, audit);
   const users = new UserDirectory(db, rateLimiter);
+  const blocks = new BlockService(db);
   const messaging = new MessagingService(db, log, actors);
   const gdpr = await createGdpr({
     db,
@@ -300,6 +302,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     .register(GROUP_KIND, groupActorFactory({ directory: new PostgresGroupDirectory(db), log, clock }))
     .registerPinned(GATEWAY_KIND, link.actorFactory);
   devices.onAdded((userId) => messaging.devicesChanged(userId));
+  blocks.onChanged((blocker, blocked) => messaging.blocksChanged(blocker, blocked));
   devices.onRemoved(async (userId, deviceId) => {
     await messaging.deviceRemoved(userId, deviceId);
     await log.eraseDevice(userId, deviceId);
@@ -314,6 +317,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     keys,
     groups,
     users,
+    blocks,
     gateway,
     gdpr: gdpr.routes,
     oidc,

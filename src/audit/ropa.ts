@@ -137,6 +137,25 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
       retention: { days: null, rule: "membership until the member leaves, is removed or is erased" },
     },
     {
+      category: "group invitations",
+      data: ["group id", "invitee user id", "inviting user id", "time of the invitation"],
+      purpose: "ask a user's consent before they join a group",
+      legalBasis: contract,
+      stores: [database],
+      retention: {
+        days: null,
+        rule: "until the invitee accepts or declines, an admin withdraws it, the group is deleted, or either user is erased",
+      },
+    },
+    {
+      category: "blocks",
+      data: ["blocking user id", "blocked user id", "time of the block"],
+      purpose: "keep a blocked user's messages and invitations away from the blocker",
+      legalBasis: contract,
+      stores: [database],
+      retention: { days: null, rule: "until the blocker lifts it or either user is erased" },
+    },
+    {
       category: "envelope metadata and ciphertext",
       data: ["sender and recipient user and device ids", "group id", "timestamp", "end-to-end ciphertext"],
       purpose: "deliver messages, including to offline devices",

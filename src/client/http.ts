@@ -27,6 +27,10 @@ export type DeviceInfo = DataOf<Api["v1"]["devices"]["get"]>["devices"][number];
 export type UserInfo = DataOf<Api["v1"]["users"]["get"]>;
 /** A group as a member sees it (`GET /v1/groups/:groupId`). */
 export type GroupInfo = DataOf<ReturnType<Api["v1"]["groups"]>["get"]>;
+/** A pending invitation to a group (`GET /v1/invitations`); `invitedAt` in Unix ms. */
+export type Invitation = DataOf<Api["v1"]["invitations"]["get"]>["invitations"][number];
+/** One user this account blocks (`GET /v1/blocks`); `blockedAt` in Unix ms. */
+export type BlockEntry = DataOf<Api["v1"]["blocks"]["get"]>["blocks"][number];
 /** The key erasure receipts are signed with (`GET /v1/erasures/signing-key`): SPKI DER in base64. */
 export type ErasureSigningKey = DataOf<Api["v1"]["erasures"]["signing-key"]["get"]>;
 
@@ -221,7 +225,11 @@ export class ClearBoxHttp {
     return this.authed((headers) => this.api.v1.users({ userId }).get({ headers }));
   }
 
-  /** Creates a group with this account as its admin. */
+  /**
+   * Creates a group with this account as its admin and only member; each of `members` is invited
+   * and becomes a member once they accept (`acceptInvitation`). Throws ClearBoxApiError `not_found`
+   * when one of them does not exist.
+   */
   async createGroup(input: { name: string; members: string[] }): Promise<{ groupId: string }> {
     return this.authed((headers) => this.api.v1.groups.post(input, { headers }));
   }
@@ -230,14 +238,52 @@ export class ClearBoxHttp {
     return this.authed((headers) => this.api.v1.groups({ groupId }).get({ headers }));
   }
 
+  /**
+   * Invites `userId` to the group (admins only): they become a member once they accept. Inviting a
+   * member, someone already invited, or someone who blocks this account succeeds and changes nothing.
+   */
   async addGroupMember(groupId: string, userId: string): Promise<void> {
     await this.authed((headers) => this.api.v1.groups({ groupId }).members.post({ userId }, { headers }));
   }
 
+  /** Removes a member or withdraws an invitation (admins; anyone for themselves: leaving). */
   async removeGroupMember(groupId: string, userId: string): Promise<void> {
     await this.authed((headers) =>
       this.api.v1.groups({ groupId }).members({ userId }).delete(undefined, { headers }),
     );
+  }
+
+  /** This account's pending group invitations, oldest first. */
+  async invitations(): Promise<Invitation[]> {
+    return (await this.authed((headers) => this.api.v1.invitations.get({ headers }))).invitations;
+  }
+
+  /** Accepts an invitation: this account becomes a member. ClearBoxApiError `not_found` without one. */
+  async acceptInvitation(groupId: string): Promise<void> {
+    await this.authed((headers) => this.api.v1.invitations({ groupId }).accept.post(undefined, { headers }));
+  }
+
+  /** Declines an invitation (it is deleted). ClearBoxApiError `not_found` without one. */
+  async declineInvitation(groupId: string): Promise<void> {
+    await this.authed((headers) => this.api.v1.invitations({ groupId }).decline.post(undefined, { headers }));
+  }
+
+  /**
+   * Blocks a user: they can no longer message this account (their sends are dropped, and they are
+   * not told), invite it to groups, or see its presence. Idempotent.
+   */
+  async block(userId: string): Promise<void> {
+    await this.authed((headers) => this.api.v1.blocks({ userId }).post(undefined, { headers }));
+  }
+
+  /** Lifts a block. Idempotent. */
+  async unblock(userId: string): Promise<void> {
+    await this.authed((headers) => this.api.v1.blocks({ userId }).delete(undefined, { headers }));
+  }
+
+  /** The users this account blocks, oldest block first. */
+  async blocks(): Promise<BlockEntry[]> {
+    return (await this.authed((headers) => this.api.v1.blocks.get({ headers }))).blocks;
   }
 
   /**

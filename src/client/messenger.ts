@@ -205,7 +205,10 @@ export class Messenger extends EventEmitter<MessengerEvents> {
     return this.enqueue("group", groupId, `group:${groupId}`, { v: 1, t: "text", text });
   }
 
-  /** Creates a group of this user and the named users (usernames or ids); returns its id. */
+  /**
+   * Creates a group of this user and invites the named users (usernames or ids); each becomes a
+   * member once they accept (`ClearBoxHttp.acceptInvitation`). Returns the group's id.
+   */
   async createGroup(name: string, members: string[]): Promise<string> {
     const ids: string[] = [];
     for (const member of members) {

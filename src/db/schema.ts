@@ -165,6 +165,55 @@ export const groupMembers = pgTable(
 );
 
 /**
+ * A pending invitation to a group (issue 13 item 7): membership needs the invitee's consent. Until
+ * they accept, the invitee is not a member: no group messages, not listed, not in the fan-out.
+ * Personal data of both the invitee and the inviter: exported, and erased with either (cascade).
+ */
+export const groupInvitations = pgTable(
+  "group_invitations",
+  {
+    groupId: uuid("group_id")
+      .notNull()
+      .references(() => groups.id, { onDelete: "cascade" }),
+    /** The invitee. */
+    userId: uuid("user_id")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
+    invitedBy: uuid("invited_by")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
+    invitedAt: timestamp("invited_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.groupId, t.userId] }),
+    index("group_invitations_user_idx").on(t.userId),
+    index("group_invitations_invited_by_idx").on(t.invitedBy),
+  ],
+);
+
+/**
+ * Who blocked whom (issue 13 item 7): a blocked user cannot message, invite or watch the presence
+ * of the blocker. Personal data of both: the blocker's export lists it; erased with either (cascade).
+ */
+export const blocks = pgTable(
+  "blocks",
+  {
+    /** The blocker. */
+    userId: uuid("user_id")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
+    blockedUserId: uuid("blocked_user_id")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.userId, t.blockedUserId] }),
+    index("blocks_blocked_user_idx").on(t.blockedUserId),
+  ],
+);
+
+/**
  * The durable envelope log: one row per recipient device, written before the sender hears
  * `accepted`. Acked rows keep only metadata (body null) until retention removes them.
  */

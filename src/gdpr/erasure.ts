@@ -1,12 +1,14 @@
 import { randomBytes, randomUUID } from "node:crypto";
-import { and, count, eq, sql } from "drizzle-orm";
+import { and, count, eq, or, sql } from "drizzle-orm";
 import type Redis from "ioredis";
 import type { AuditTrail } from "../audit/types.ts";
 import { type Db, rowsOf } from "../db/index.ts";
 import {
   accounts,
+  blocks,
   devices,
   erasures,
+  groupInvitations,
   groupMembers,
   oidcIdentities,
   oidcSignInCodes,
@@ -342,6 +344,14 @@ export class ErasureService {
         .select({ groupId: groupMembers.groupId })
         .from(groupMembers)
         .where(eq(groupMembers.userId, userId));
+      const [{ n: invitationCount }] = await tx
+        .select({ n: count() })
+        .from(groupInvitations)
+        .where(or(eq(groupInvitations.userId, userId), eq(groupInvitations.invitedBy, userId)));
+      const [{ n: blockCount }] = await tx
+        .select({ n: count() })
+        .from(blocks)
+        .where(or(eq(blocks.userId, userId), eq(blocks.blockedUserId, userId)));
       const keyRows = await tx.execute(sql`
         select (select count(*) from identity_keys where user_id = ${userId})
              + (select count(*) from signed_pre_keys where user_id = ${userId})
@@ -352,8 +362,9 @@ export class ErasureService {
       // The groups stay locked until commit: a member leaving meanwhile cannot leave them adminless.
       const groupIds = memberships.map((m) => m.groupId);
       await lockGroups(tx, groupIds);
-      // Devices, keys, refresh tokens, memberships (admin roles included), the identity provider
-      // links (iss, sub) and unspent sign-in codes go by cascade.
+      // Devices, keys, refresh tokens, memberships (admin roles included), group invitations to and
+      // from the user, blocks by and of the user, the identity provider links (iss, sub) and
+      // unspent sign-in codes go by cascade.
       const deleted = await tx.delete(accounts).where(eq(accounts.id, userId)).returning({ id: accounts.id });
       // A group the user was the last admin of gets its longest-standing member as admin; one they
       // were the last member of is removed (issue 13 item 11).
@@ -368,11 +379,13 @@ export class ErasureService {
         keyCount +
         memberships.length +
         emptyGroups +
+        invitationCount +
+        blockCount +
         identityCount +
         signInCodeCount;
       return {
         removed,
-        what: `account (${deleted.length}), devices (${deviceCount}), public keys (${keyCount}), refresh tokens (${tokenCount}), group memberships and roles (${memberships.length}), emptied groups (${emptyGroups}), groups given a new admin (${promoted}), identity provider links (${identityCount}), sign-in codes (${signInCodeCount})`,
+        what: `account (${deleted.length}), devices (${deviceCount}), public keys (${keyCount}), refresh tokens (${tokenCount}), group memberships and roles (${memberships.length}), emptied groups (${emptyGroups}), groups given a new admin (${promoted}), group invitations to or from the user (${invitationCount}), blocks by or of the user (${blockCount}), identity provider links (${identityCount}), sign-in codes (${signInCodeCount})`,
         successions,
       };
     });

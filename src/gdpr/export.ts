@@ -4,7 +4,9 @@ import type { Config } from "../config/index.ts";
 import type { Db } from "../db/index.ts";
 import {
   accounts,
+  blocks,
   devices,
+  groupInvitations,
   groupMembers,
   groups,
   identityKeys,
@@ -112,6 +114,31 @@ export class ExportService {
       .from(groupMembers)
       .innerJoin(groups, eq(groups.id, groupMembers.groupId))
       .where(eq(groupMembers.userId, userId));
+    const invitationsReceived = await db
+      .select({
+        groupId: groupInvitations.groupId,
+        name: groups.name,
+        invitedBy: groupInvitations.invitedBy,
+        invitedAt: groupInvitations.invitedAt,
+      })
+      .from(groupInvitations)
+      .innerJoin(groups, eq(groups.id, groupInvitations.groupId))
+      .where(eq(groupInvitations.userId, userId))
+      .orderBy(asc(groupInvitations.invitedAt));
+    const invitationsSent = await db
+      .select({
+        groupId: groupInvitations.groupId,
+        invitee: groupInvitations.userId,
+        invitedAt: groupInvitations.invitedAt,
+      })
+      .from(groupInvitations)
+      .where(eq(groupInvitations.invitedBy, userId))
+      .orderBy(asc(groupInvitations.invitedAt));
+    const blockRows = await db
+      .select({ userId: blocks.blockedUserId, createdAt: blocks.createdAt })
+      .from(blocks)
+      .where(eq(blocks.userId, userId))
+      .orderBy(asc(blocks.createdAt));
     const identities = await db.select().from(oidcIdentities).where(eq(oidcIdentities.userId, userId));
     const [state] = await presence.states([userId]);
     const archive = {
@@ -134,6 +161,13 @@ export class ExportService {
       })),
       publicKeys: keys,
       groups: memberships.map((m) => ({ ...m, addedAt: m.addedAt.toISOString() })),
+      // Pending invitations: to you (accept or decline them), and the ones you sent.
+      invitations: {
+        received: invitationsReceived.map((i) => ({ ...i, invitedAt: i.invitedAt.toISOString() })),
+        sent: invitationsSent.map((i) => ({ ...i, invitedAt: i.invitedAt.toISOString() })),
+      },
+      // The users you block. Who blocks you is theirs to know (Art. 15(4)) and is not listed.
+      blocks: blockRows.map((b) => ({ userId: b.userId, blockedAt: b.createdAt.toISOString() })),
       messages: {
         note: "metadata of envelopes sent by or to you; contents are end-to-end encrypted and kept only until delivered",
         metadata: await log.metadataOf(userId),
@@ -148,7 +182,12 @@ export class ExportService {
       action: "export",
       actor: requestedBy === "self" ? { user: userId } : "admin",
       subject: userId,
-      details: { devices: deviceRows.length, groups: memberships.length },
+      details: {
+        devices: deviceRows.length,
+        groups: memberships.length,
+        invitations: invitationsReceived.length + invitationsSent.length,
+        blocks: blockRows.length,
+      },
     });
     return archive;
   }

@@ -4,7 +4,7 @@ import type { SessionService } from "../sessions/service.ts";
 import { GroupModel } from "./model.ts";
 import type { GroupService } from "./service.ts";
 
-/** The /v1/groups routes of docs/PROTOCOL.md. */
+/** The /v1/groups and /v1/invitations routes of docs/PROTOCOL.md. */
 export function groupRoutes(groups: GroupService, sessions: SessionService) {
   return new Elysia({ name: "clearbox.groups", normalize: false })
     .use(authPlugin(sessions))
@@ -36,5 +36,26 @@ export function groupRoutes(groups: GroupService, sessions: SessionService) {
         set.status = 204;
       },
       { auth: true, params: GroupModel.memberParams },
+    )
+    .get(
+      "/v1/invitations",
+      async ({ principal }) => ({ invitations: await groups.invitations(principal.userId) }),
+      { auth: true, response: GroupModel.invitations },
+    )
+    .post(
+      "/v1/invitations/:groupId/accept",
+      async ({ principal, params, set }) => {
+        await groups.accept(params.groupId, principal.userId);
+        set.status = 204;
+      },
+      { auth: true, params: GroupModel.groupParams },
+    )
+    .post(
+      "/v1/invitations/:groupId/decline",
+      async ({ principal, params, set }) => {
+        await groups.decline(params.groupId, principal.userId);
+        set.status = 204;
+      },
+      { auth: true, params: GroupModel.groupParams },
     );
 }

@@ -4,6 +4,9 @@ import { Uuid } from "../protocol/ids.ts";
 /** Largest group: the fan-out benchmark's 10,000 members. */
 export const MAX_GROUP_MEMBERS = 10_000;
 
+/** Pending invitations one user may hold at most: an inviter cannot flood someone's list. */
+export const MAX_PENDING_INVITATIONS = 1_000;
+
 export namespace GroupModel {
   const userId = Uuid;
 
@@ -27,5 +30,11 @@ export namespace GroupModel {
     name: t.String(),
     members: t.Array(t.String()),
     admins: t.Array(t.String()),
+  });
+
+  export const invitations = t.Object({
+    invitations: t.Array(
+      t.Object({ groupId: t.String(), name: t.String(), invitedBy: t.String(), invitedAt: t.Number() }),
+    ),
   });
 }

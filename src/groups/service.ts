@@ -1,27 +1,44 @@
-import { and, asc, count, eq, inArray } from "drizzle-orm";
+import { and, asc, count, eq, inArray, sql } from "drizzle-orm";
 import type { AuditEvent, AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
-import { accounts, groupMembers, groups } from "../db/schema.ts";
+import { accounts, blocks, groupInvitations, groupMembers, groups } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
-import { MAX_GROUP_MEMBERS } from "./model.ts";
-import { keepAnAdmin, lockGroups, type Succession } from "./succession.ts";
+import { MAX_GROUP_MEMBERS, MAX_PENDING_INVITATIONS } from "./model.ts";
+import { keepAnAdmin, lockGroups, type Succession, type Tx } from "./succession.ts";
 
 export interface GroupInfo {
   groupId: string;
   name: string;
+  /** Members who accepted (or created the group); pending invitees are never listed. */
   members: string[];
   admins: string[];
 }
 
-/** Groups: creation, membership and admin roles, kept in PostgreSQL. */
+/** A pending invitation as the invitee sees it (`GET /v1/invitations`). */
+export interface Invitation {
+  groupId: string;
+  name: string;
+  invitedBy: string;
+  /** Unix ms. */
+  invitedAt: number;
+}
+
+/**
+ * Groups: creation, consent-based membership (invitations the invitee accepts or declines) and
+ * admin roles, kept in PostgreSQL. A pending invitee is not a member: no group messages, not listed
+ * to members, not in the fan-out, unrelated for presence. An invitation to someone who blocked the
+ * inviter is dropped silently (the inviter sees the same answer as for any invitation not yet
+ * accepted).
+ */
 export class GroupService {
   constructor(
     private readonly db: Db,
     private readonly audit?: AuditTrail,
   ) {}
 
-  /** Audits membership changes in one append when the trail can batch (a new group may have 10,000 members). */
+  /** Audits membership changes in one append when the trail can batch (a new group may invite 9,999). */
   private async audited(events: AuditEvent[]) {
+    if (events.length === 0) return;
     if (this.audit?.recordAll) await this.audit.recordAll(events);
     else for (const event of events) await this.audit?.record(event);
   }
@@ -39,34 +56,87 @@ export class GroupService {
     }
   }
 
-  /** Creates a group; the creator becomes its admin and a member. */
+  /**
+   * Invites `invitees` to `groupId` on behalf of `inviter`, inside `tx` (the group locked): skips
+   * members, users already invited and users who blocked the inviter, and refuses with `conflict`
+   * when members and invitations would pass MAX_GROUP_MEMBERS or an invitee would hold more than
+   * MAX_PENDING_INVITATIONS. Returns who was invited.
+   */
+  private async invite(tx: Tx, groupId: string, inviter: string, invitees: string[]): Promise<string[]> {
+    if (invitees.length === 0) return [];
+    const present = await tx
+      .select({ userId: groupMembers.userId })
+      .from(groupMembers)
+      .where(and(eq(groupMembers.groupId, groupId), inArray(groupMembers.userId, invitees)));
+    const invited = await tx
+      .select({ userId: groupInvitations.userId })
+      .from(groupInvitations)
+      .where(and(eq(groupInvitations.groupId, groupId), inArray(groupInvitations.userId, invitees)));
+    const blockers = await tx
+      .select({ userId: blocks.userId })
+      .from(blocks)
+      .where(and(eq(blocks.blockedUserId, inviter), inArray(blocks.userId, invitees)));
+    const skip = new Set([...present, ...invited, ...blockers].map((r) => r.userId));
+    const fresh = invitees.filter((u) => !skip.has(u));
+    if (fresh.length === 0) return [];
+    const [{ members }] = await tx
+      .select({ members: count() })
+      .from(groupMembers)
+      .where(eq(groupMembers.groupId, groupId));
+    const [{ pending }] = await tx
+      .select({ pending: count() })
+      .from(groupInvitations)
+      .where(eq(groupInvitations.groupId, groupId));
+    const n = members + pending;
+    if (n + fresh.length > MAX_GROUP_MEMBERS)
+      throw new DomainError(
+        "conflict",
+        `a group has at most ${MAX_GROUP_MEMBERS} members and pending invitations together`,
+      );
+    const crowded = await tx
+      .select({ userId: groupInvitations.userId, n: count() })
+      .from(groupInvitations)
+      .where(inArray(groupInvitations.userId, fresh))
+      .groupBy(groupInvitations.userId)
+      .having(sql`count(*) >= ${MAX_PENDING_INVITATIONS}`);
+    if (crowded.length > 0)
+      throw new DomainError(
+        "conflict",
+        `a user holds at most ${MAX_PENDING_INVITATIONS} pending invitations; they must accept or decline some first`,
+      );
+    await tx
+      .insert(groupInvitations)
+      .values(fresh.map((userId) => ({ groupId, userId, invitedBy: inviter })))
+      .onConflictDoNothing();
+    return fresh;
+  }
+
+  /**
+   * Creates a group; the creator becomes its admin and only member, and every user of `members` is
+   * invited (docs/PROTOCOL.md, invitations). `not_found` when one of them does not exist.
+   */
   async create(creator: string, name: string, members: string[]): Promise<string> {
     const others = [...new Set(members.filter((m) => m !== creator))];
     await this.assertUsersExist(others);
-    const groupId = await this.db.transaction(async (tx) => {
+    const { groupId, invited } = await this.db.transaction(async (tx) => {
       const [group] = await tx.insert(groups).values({ name }).returning({ id: groups.id });
-      await tx
-        .insert(groupMembers)
-        .values([
-          { groupId: group.id, userId: creator, role: "admin" },
-          ...others.map((userId) => ({ groupId: group.id, userId, role: "member" as const })),
-        ]);
-      return group.id;
+      await tx.insert(groupMembers).values({ groupId: group.id, userId: creator, role: "admin" });
+      return { groupId: group.id, invited: await this.invite(tx, group.id, creator, others) };
     });
     const actor = { user: creator };
     await this.audited([
       { action: "group.create", actor, subject: creator, details: { groupId } },
-      ...others.map((member) => ({
-        action: "group.member.add",
+      ...invited.map((invitee) => ({
+        action: "group.member.invite",
         actor,
-        subject: member,
+        subject: invitee,
         details: { groupId },
       })),
     ]);
     return groupId;
   }
 
-  /** The group as a member sees it; `not_found` when it does not exist, `forbidden` for non-members. */
+  /** The group as a member sees it; `not_found` when it does not exist, `forbidden` for non-members (invitees included). */
   async get(groupId: string, caller: string): Promise<GroupInfo> {
     const [group] = await this.db.select().from(groups).where(eq(groups.id, groupId));
     if (!group) throw new DomainError("not_found", "no such group");
@@ -100,51 +170,118 @@ export class GroupService {
     return row?.role;
   }
 
-  /** Adds a member; only admins may. Adding a current member changes nothing. */
+  /**
+   * Invites a user to the group; only admins may. Inviting a member or someone already invited
+   * changes nothing; so does inviting someone who blocked the caller (silently: the answer is the
+   * same). `not_found` for an unknown user or group, `conflict` past the limits of `invite`.
+   */
   async addMember(groupId: string, caller: string, userId: string): Promise<void> {
     if ((await this.roleOf(groupId, caller)) !== "admin") {
-      throw new DomainError("forbidden", "only a group admin can add members");
+      throw new DomainError("forbidden", "only a group admin can invite members");
     }
     await this.assertUsersExist([userId]);
-    const [{ n }] = await this.db
-      .select({ n: count() })
-      .from(groupMembers)
-      .where(eq(groupMembers.groupId, groupId));
-    if (n >= MAX_GROUP_MEMBERS)
-      throw new DomainError("conflict", `a group has at most ${MAX_GROUP_MEMBERS} members`);
-    const added = await this.db
-      .insert(groupMembers)
-      .values({ groupId, userId, role: "member" })
-      .onConflictDoNothing()
-      .returning({ userId: groupMembers.userId });
-    if (added.length === 0) return;
+    const invited = await this.db.transaction(async (tx) => {
+      await lockGroups(tx, [groupId]);
+      return this.invite(tx, groupId, caller, [userId]);
+    });
+    await this.audited(
+      invited.map((invitee) => ({
+        action: "group.member.invite",
+        actor: { user: caller },
+        subject: invitee,
+        details: { groupId },
+      })),
+    );
+  }
+
+  /** The caller's pending invitations, oldest first. */
+  async invitations(userId: string): Promise<Invitation[]> {
+    const rows = await this.db
+      .select({
+        groupId: groupInvitations.groupId,
+        name: groups.name,
+        invitedBy: groupInvitations.invitedBy,
+        invitedAt: groupInvitations.invitedAt,
+      })
+      .from(groupInvitations)
+      .innerJoin(groups, eq(groups.id, groupInvitations.groupId))
+      .where(eq(groupInvitations.userId, userId))
+      .orderBy(asc(groupInvitations.invitedAt), asc(groupInvitations.groupId));
+    return rows.map((r) => ({ ...r, invitedAt: r.invitedAt.getTime() }));
+  }
+
+  /**
+   * Accepts an invitation: the caller becomes a member (joined now, for admin succession).
+   * `not_found` when there is no such invitation, `conflict` when the group is full.
+   */
+  async accept(groupId: string, userId: string): Promise<void> {
+    await this.db.transaction(async (tx) => {
+      await lockGroups(tx, [groupId]);
+      const taken = await tx
+        .delete(groupInvitations)
+        .where(and(eq(groupInvitations.groupId, groupId), eq(groupInvitations.userId, userId)))
+        .returning({ userId: groupInvitations.userId });
+      if (taken.length === 0) throw new DomainError("not_found", "no invitation to this group");
+      const [{ n }] = await tx
+        .select({ n: count() })
+        .from(groupMembers)
+        .where(eq(groupMembers.groupId, groupId));
+      if (n >= MAX_GROUP_MEMBERS)
+        throw new DomainError("conflict", `a group has at most ${MAX_GROUP_MEMBERS} members`);
+      await tx.insert(groupMembers).values({ groupId, userId, role: "member" }).onConflictDoNothing();
+    });
     await this.audited([
-      { action: "group.member.add", actor: { user: caller }, subject: userId, details: { groupId } },
+      { action: "group.member.join", actor: { user: userId }, subject: userId, details: { groupId } },
+    ]);
+  }
+
+  /** Declines an invitation; `not_found` when there is no such invitation. */
+  async decline(groupId: string, userId: string): Promise<void> {
+    const removed = await this.db
+      .delete(groupInvitations)
+      .where(and(eq(groupInvitations.groupId, groupId), eq(groupInvitations.userId, userId)))
+      .returning({ userId: groupInvitations.userId });
+    if (removed.length === 0) throw new DomainError("not_found", "no invitation to this group");
+    await this.audited([
+      { action: "group.invitation.decline", actor: { user: userId }, subject: userId, details: { groupId } },
     ]);
   }
 
   /**
-   * Removes a member; admins may remove anyone, anyone may leave. When the last admin goes, the
-   * longest-standing member becomes admin; when the last member goes, the group is deleted
-   * (`keepAnAdmin`). `not_found` when the user is not a member.
+   * Removes a member or withdraws a pending invitation; admins may remove anyone, anyone may leave
+   * (or decline). When the last admin goes, the longest-standing member becomes admin; when the
+   * last member goes, the group is deleted (`keepAnAdmin`). `not_found` when the user is neither a
+   * member nor invited.
    */
   async removeMember(groupId: string, caller: string, userId: string): Promise<void> {
     const callerRole = await this.roleOf(groupId, caller);
     if (caller !== userId && callerRole !== "admin") {
       throw new DomainError("forbidden", "only a group admin can remove other members");
     }
-    const succession = await this.db.transaction(async (tx) => {
+    const outcome = await this.db.transaction(async (tx) => {
       await lockGroups(tx, [groupId]);
       const removed = await tx
         .delete(groupMembers)
         .where(and(eq(groupMembers.groupId, groupId), eq(groupMembers.userId, userId)))
         .returning({ userId: groupMembers.userId });
-      if (removed.length === 0) throw new DomainError("not_found", "not a member of this group");
-      return keepAnAdmin(tx, groupId);
+      if (removed.length > 0) return { succession: await keepAnAdmin(tx, groupId) };
+      const withdrawn = await tx
+        .delete(groupInvitations)
+        .where(and(eq(groupInvitations.groupId, groupId), eq(groupInvitations.userId, userId)))
+        .returning({ userId: groupInvitations.userId });
+      if (withdrawn.length === 0) throw new DomainError("not_found", "not a member of this group");
+      return { withdrawn: true };
     });
+    const actor = { user: caller };
+    if ("withdrawn" in outcome) {
+      await this.audited([
+        { action: "group.invitation.withdraw", actor, subject: userId, details: { groupId } },
+      ]);
+      return;
+    }
     await this.audited([
-      { action: "group.member.remove", actor: { user: caller }, subject: userId, details: { groupId } },
-      ...successionEvents([succession]),
+      { action: "group.member.remove", actor, subject: userId, details: { groupId } },
+      ...successionEvents([outcome.succession]),
     ]);
   }
 }

@@ -1,6 +1,8 @@
 import { Elysia } from "elysia";
 import { accountRoutes } from "../accounts/index.ts";
 import type { AccountService } from "../accounts/service.ts";
+import { blockRoutes } from "../blocks/index.ts";
+import type { BlockService } from "../blocks/service.ts";
 import { deviceRoutes } from "../devices/index.ts";
 import type { DeviceService } from "../devices/service.ts";
 import type { Gateway } from "../gateway/index.ts";
@@ -36,6 +38,7 @@ export interface AppDeps {
   groups: GroupService;
   /** Exact user lookups by username or id (`GET /v1/users`). */
   users: UserDirectory;
+  blocks: BlockService;
   gateway: Gateway;
   /** The GDPR routes (export, erasure, receipts), built with their services in src/gdpr. */
   gdpr: GdprRoutes;
@@ -120,6 +123,7 @@ export function createApp(deps: AppDeps) {
     .use(keyRoutes(deps.keys, deps.sessions))
     .use(groupRoutes(deps.groups, deps.sessions))
     .use(userRoutes(deps.users, deps.sessions))
+    .use(blockRoutes(deps.blocks, deps.sessions))
     .use(deps.gateway.routes())
     .use(deps.gdpr);
   bodies.index(app.routes);

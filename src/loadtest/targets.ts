@@ -110,12 +110,21 @@ export function clearboxTarget(urls: string[], concurrency: number): Target {
       return inPool(count, concurrency, (i) => login(pick(i), names[i % accounts] as string, i), onProgress);
     },
     async createGroup(owner, members) {
+      // Members are invited, and each accepts once (one device per account speaks for it).
+      const invitees = new Map<string, VirtualDevice>();
+      for (const m of members)
+        if (m.userId !== owner.userId && !invitees.has(m.userId)) invitees.set(m.userId, m);
       const { groupId } = await post<{ groupId: string }>(
         owner.url,
         "/v1/groups",
-        { name: "loadtest", members: members.map((m) => m.userId).filter((id) => id !== owner.userId) },
+        { name: "loadtest", members: [...invitees.keys()] },
         owner.token,
       );
+      const accepting = [...invitees.values()];
+      await inPool(accepting.length, concurrency, (i) => {
+        const m = accepting[i] as VirtualDevice;
+        return post(m.url, `/v1/invitations/${groupId}/accept`, undefined, m.token);
+      });
       return groupId;
     },
     socket(device) {

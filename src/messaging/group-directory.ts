@@ -1,13 +1,16 @@
-import { eq } from "drizzle-orm";
+import { and, eq } from "drizzle-orm";
 import type { GroupDirectory } from "../../actors/index.ts";
 import type { Db } from "../db/index.ts";
-import { devices, groupMembers, groups } from "../db/schema.ts";
+import { blocks, devices, groupMembers, groups } from "../db/schema.ts";
 
-/** Group members and their devices, read from PostgreSQL for every group send. */
+/**
+ * Group members (accepted ones: pending invitations live in another table) and their devices, read
+ * from PostgreSQL for every group send; members who block the sender get no devices.
+ */
 export class PostgresGroupDirectory implements GroupDirectory {
   constructor(private readonly db: Db) {}
 
-  async recipients(groupId: string): Promise<Map<string, number[]> | undefined> {
+  async recipients(groupId: string, sender?: string): Promise<Map<string, number[]> | undefined> {
     const rows = await this.db
       .select({ userId: groupMembers.userId, deviceId: devices.deviceId })
       .from(groupMembers)
@@ -25,6 +28,17 @@ export class PostgresGroupDirectory implements GroupDirectory {
         members.set(userId, list);
       }
       if (deviceId !== null) list.push(deviceId);
+    }
+    if (sender !== undefined) {
+      const blockers = await this.db
+        .select({ userId: blocks.userId })
+        .from(blocks)
+        .innerJoin(
+          groupMembers,
+          and(eq(groupMembers.userId, blocks.userId), eq(groupMembers.groupId, groupId)),
+        )
+        .where(eq(blocks.blockedUserId, sender));
+      for (const { userId } of blockers) if (members.has(userId)) members.set(userId, []);
     }
     return members;
   }

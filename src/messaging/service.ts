@@ -1,4 +1,4 @@
-import { eq } from "drizzle-orm";
+import { and, eq } from "drizzle-orm";
 import {
   type ActorRefs,
   type GroupSendResult,
@@ -7,7 +7,7 @@ import {
   userKey,
 } from "../../actors/index.ts";
 import type { Db } from "../db/index.ts";
-import { accounts, devices } from "../db/schema.ts";
+import { accounts, blocks, devices } from "../db/schema.ts";
 import type { AcceptedFrame, DirectSend, GroupSend, RejectedFrame } from "../protocol/index.ts";
 import type { Principal } from "../sessions/service.ts";
 import type { StoredEnvelope } from "./envelope.ts";
@@ -80,6 +80,13 @@ export class MessagingService {
   private readonly readingDevices = new Map<string, Promise<number[] | undefined>>();
   /** Bumped by every device change here: a read that started before one is not cached. */
   private deviceChanges = 0;
+  /**
+   * `recipient|sender` → whether the recipient blocks the sender, read at `at`, oldest first;
+   * bounded like the device lists, and as fresh (a block made on another node holds within a second).
+   */
+  private readonly blockVerdicts = new Map<string, { blocked: boolean; at: number }>();
+  /** Bumped by every block change here: a read that started before one is not cached. */
+  private blockChanges = 0;
 
   constructor(
     private readonly db: Db,
@@ -140,6 +147,38 @@ export class MessagingService {
     this.deviceLists.delete(userId);
     this.readingDevices.delete(userId);
     this.deviceChanges++;
+  }
+
+  /** A block was added or lifted on this node: forget the cached verdict. */
+  blocksChanged(blocker: string, blocked: string): void {
+    this.blockVerdicts.delete(`${blocker}|${blocked}`);
+    this.blockChanges++;
+  }
+
+  /** Whether `recipient` blocks `sender`: cached for at most DEVICE_LIST_FRESH_MS, like device lists. */
+  private async blocks(recipient: string, sender: string): Promise<boolean> {
+    if (recipient === sender) return false;
+    const key = `${recipient}|${sender}`;
+    const cached = this.blockVerdicts.get(key);
+    const now = this.now();
+    if (cached && now - cached.at < DEVICE_LIST_FRESH_MS) return cached.blocked;
+    const changesBefore = this.blockChanges;
+    const rows = await this.db
+      .select({ userId: blocks.userId })
+      .from(blocks)
+      .where(and(eq(blocks.userId, recipient), eq(blocks.blockedUserId, sender)));
+    const blocked = rows.length > 0;
+    if (this.blockChanges === changesBefore) {
+      this.blockVerdicts.delete(key);
+      this.blockVerdicts.set(key, { blocked, at: now });
+      if (this.blockVerdicts.size > DEVICE_LIST_CACHE_SIZE) {
+        for (const [k, v] of this.blockVerdicts) {
+          if (this.blockVerdicts.size <= DEVICE_LIST_CACHE_SIZE && now - v.at < DEVICE_LIST_FRESH_MS) break;
+          this.blockVerdicts.delete(k);
+        }
+      }
+    }
+    return blocked;
   }
 
   /**
@@ -203,7 +242,7 @@ export class MessagingService {
 
   /**
    * Checks a 1:1 send (the device list must name exactly the recipient's devices, less the sending
-   * one) and queues its envelopes for the next group commit, resolving as soon as they
+   * one; a recipient who blocks the sender gets nothing, and the sender hears `accepted`) and queues its envelopes for the next group commit, resolving as soon as they
    * are queued: a device's next send can be checked while this one commits. Commits happen in
    * submission order, so `accepted` and the hand-off to the actor keep the order of the sends.
    */
@@ -223,6 +262,10 @@ export class MessagingService {
     if (missing.length > 0 || extra.length > 0) return reject({ code: "mismatched_devices", missing, extra });
     if (this.inFlight >= this.flow.window) return { outcome: Promise.resolve(this.busy(frame.id)) };
     const ts = this.now();
+    // A recipient who blocks the sender: answered as any send (Signal's server cannot tell either;
+    // the blocker's client drops it there), stored nowhere, delivered to nobody (docs/PROTOCOL.md, Blocks).
+    if (await this.blocks(frame.to.user, from.userId))
+      return { outcome: Promise.resolve<SendOutcome>({ type: "accepted", id: frame.id, ts }) };
     const envelopes: StoredEnvelope[] = frame.messages.map((m) => ({
       id: frame.id,
       senderUser: from.userId,

@@ -37,6 +37,9 @@ describe.each(BACKENDS)("audit trail on %s", (backend) => {
     );
     expect(created.status).toBe(201);
     const groupId = created.body.groupId;
+    expect((await client.post(`/v1/invitations/${groupId}/accept`, undefined, bob.accessToken)).status).toBe(
+      204,
+    );
     const path = `/v1/groups/${groupId}/members`;
     expect((await client.post(path, { userId: carol.userId }, alice.accessToken)).status).toBe(204);
     expect((await client.delete(`${path}/${bob.userId}`, alice.accessToken)).status).toBe(204);
@@ -55,8 +58,8 @@ describe.each(BACKENDS)("audit trail on %s", (backend) => {
       "session.login",
       "keys.upload",
       "group.create",
-      "group.member.add",
-      "group.member.add",
+      "group.member.invite",
+      "group.member.invite",
       "group.member.remove",
       "session.login",
       "device.remove",
@@ -68,9 +71,14 @@ describe.each(BACKENDS)("audit trail on %s", (backend) => {
     expect(mine[7].details).toEqual({ deviceId: 2 });
     // Alice acted on Bob and Carol: those entries name them as subject, her as actor.
     const bobs = await trail.entriesAbout(bob.userId);
-    expect(actions(bobs)).toEqual(["session.login", "group.member.add", "group.member.remove"]);
+    expect(actions(bobs)).toEqual([
+      "session.login",
+      "group.member.invite",
+      "group.member.join",
+      "group.member.remove",
+    ]);
     expect(bobs[1]).toMatchObject({ actor: pseudonym, subject: await trail.pseudonym(bob.userId) });
-    expect(actions(await trail.entriesAbout(carol.userId))).toEqual(["session.login", "group.member.add"]);
+    expect(actions(await trail.entriesAbout(carol.userId))).toEqual(["session.login", "group.member.invite"]);
 
     const stored = JSON.stringify(await auditRows(node.database.db));
     for (const secret of [alice, bob, carol].flatMap((u) => [

@@ -9,6 +9,8 @@ const CATEGORIES = [
   "devices",
   "public keys",
   "groups",
+  "group invitations",
+  "blocks",
   "envelope metadata and ciphertext",
   "presence",
   "abuse prevention",

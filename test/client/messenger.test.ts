@@ -273,6 +273,8 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     for (const x of [a, b, c]) x.messenger.start();
     await until(() => [a, b, c].every((x) => x.messenger.isOnline), "all online");
     const groupId = await a.messenger.createGroup("trio", [b.username, c.username]);
+    // Membership takes consent: both accept the invitation first.
+    for (const x of [b, c]) await x.client.http.acceptInvitation(groupId);
     await a.messenger.sendGroupText(groupId, "hello group");
     await until(() => b.received.length === 1 && c.received.length === 1, "group message");
     expect(b.received[0]).toMatchObject({

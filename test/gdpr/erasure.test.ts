@@ -111,6 +111,11 @@ describe.each(STACKS)("erasure on the %s stack", (stack) => {
       name: "friend's",
       members: [victim.userId, other.userId],
     });
+    for (const member of [friend, other]) await member.client.http.acceptInvitation(own.groupId);
+    for (const member of [victim, other]) await member.client.http.acceptInvitation(theirs.groupId);
+    // Pending invitations both ways (blocks both ways are made below): erasure removes them too.
+    const pending = await other.client.http.createGroup({ name: "other's", members: [victim.userId] });
+    await victim.client.http.createGroup({ name: "unanswered", members: [other.userId] });
 
     // Messages: queued for the offline friend from the victim, and from `other` (must survive);
     // queued for the victim from the friend; one delivered live to the victim.
@@ -179,6 +184,9 @@ describe.each(STACKS)("erasure on the %s stack", (stack) => {
     await liveVictim.messages(1);
     await victim.client.http.accessToken();
 
+    // Blocks by and of the victim (made after the messages above, which they would have stopped).
+    await victim.client.http.block(other.userId);
+    await friend.client.http.block(victim.userId);
     // A wrong password leaves a login-failure counter keyed by username: erasure must remove it too.
     expect(
       (await http.post("/v1/sessions", { username: victim.username, password: "wrong guess 1" })).status,
@@ -249,6 +257,11 @@ describe.each(STACKS)("erasure on the %s stack", (stack) => {
     expect(theirsNow.members.sort()).toEqual([friend.userId, other.userId].sort());
     const ownNow = await friend.client.http.group(own.groupId);
     expect(ownNow.members).not.toContain(victim.userId);
+    // The victim was the only admin of their group: the longest-standing member took over.
+    expect(ownNow.admins).toEqual([friend.userId]);
+    expect(await other.client.http.invitations()).toEqual([]);
+    expect(await friend.client.http.blocks()).toEqual([]);
+    expect((await other.client.http.group(pending.groupId)).members).toEqual([other.userId]);
     // The erased account cannot log in, and its old token is dead.
     expect((await http.post("/v1/sessions", { username: victim.username, password: PASSWORD })).status).toBe(
       401,

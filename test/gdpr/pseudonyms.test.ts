@@ -33,7 +33,7 @@ describe.each(BACKENDS)("erased pseudonyms stay unlinkable on %s", (backend) => 
     const http = api(node.url);
     const a = await registerAndLogin(http);
     const b = await registerAndLogin(http);
-    // B adds A (B is the actor of an entry about A); A adds B (B is the subject of A's entry).
+    // B invites A (B is the actor of an entry about A); A invites B (B is the subject of A's entry).
     expect((await http.post("/v1/groups", { name: "b's", members: [a.userId] }, b.accessToken)).status).toBe(
       201,
     );
@@ -47,7 +47,7 @@ describe.each(BACKENDS)("erased pseudonyms stay unlinkable on %s", (backend) => 
 
     const exportA = async () => (await http.get("/v1/me/export", a.accessToken)).body;
     const archive = await exportA();
-    const adds = archive.audit.filter((e: { action: string }) => e.action === "group.member.add");
+    const adds = archive.audit.filter((e: { action: string }) => e.action === "group.member.invite");
     expect(adds.length).toBe(2);
     // Each kind of place another person's pseudonym sat: actor (B added A) and subject (A added B).
     expect(adds.map((e: { actor: string; subject: string }) => [e.actor, e.subject]).sort()).toEqual(

@@ -17,7 +17,7 @@ describe("group succession", () => {
   });
   afterAll(() => node?.teardown());
 
-  /** The admin brings `member` in (one at a time: join times differ). */
+  /** The admin invites `member`, who accepts (one at a time: join times differ). */
   async function join(groupId: string, admin: Person, member: Person) {
     const added = await client.post(
       `/v1/groups/${groupId}/members`,
@@ -25,6 +25,8 @@ describe("group succession", () => {
       admin.accessToken,
     );
     expect(added.status).toBe(204);
+    const accepted = await client.post(`/v1/invitations/${groupId}/accept`, undefined, member.accessToken);
+    expect(accepted.status).toBe(204);
   }
 
   async function groupWith(admin: Person, ...members: Person[]) {

@@ -295,6 +295,17 @@ describe("ids are canonical at the edge", () => {
       creator.accessToken,
     );
     expect(created.status).toBe(201);
+    const accepted = await client.post(
+      `/v1/invitations/${created.body.groupId.toUpperCase()}/accept`,
+      undefined,
+      other.accessToken,
+    );
+    expect(accepted.status).toBe(204);
+    // A second accept finds no invitation: the case variant did not make two.
+    expect(
+      (await client.post(`/v1/invitations/${created.body.groupId}/accept`, undefined, other.accessToken))
+        .status,
+    ).toBe(404);
     const group = await client.get(`/v1/groups/${created.body.groupId.toUpperCase()}`, creator.accessToken);
     expect(group.status).toBe(200);
     expect(group.body.groupId).toBe(created.body.groupId);

@@ -93,6 +93,7 @@ describe.each(STACKS)("Signal-encrypted chat through the gateway on the %s stack
       name: "e2ee",
       members: [bob.userId, carol.userId],
     });
+    for (const member of [bob, carol]) await member.client.http.acceptInvitation(created.groupId);
     const distributionId = randomUUID();
     const distribution = Buffer.from(await alice.client.groupDistribution(distributionId)).toString("base64");
     for (const member of [bob, carol]) {

@@ -29,12 +29,21 @@ describe("group routes", () => {
     );
     expect(created.status).toBe(201);
     const { groupId } = created.body;
+    // Invited, not yet a member: the group is not shown to Bob, nor Bob to its members.
+    expect((await client.get(`/v1/groups/${groupId}`, bob.accessToken)).status).toBe(403);
+    expect((await client.get(`/v1/groups/${groupId}`, alice.accessToken)).body.members).toEqual([
+      alice.userId,
+    ]);
+    expect((await client.post(`/v1/invitations/${groupId}/accept`, undefined, bob.accessToken)).status).toBe(
+      204,
+    );
     const seen = await client.get(`/v1/groups/${groupId}`, bob.accessToken);
     expect(seen.status).toBe(200);
     expect(seen.body).toEqual({
       groupId,
       name: "team",
-      members: [alice.userId, bob.userId].sort(),
+      // Oldest member first: Bob joined when he accepted.
+      members: [alice.userId, bob.userId],
       admins: [alice.userId],
     });
     expect(seen.body.members.sort()).toEqual([alice.userId, bob.userId].sort());
@@ -49,12 +58,18 @@ describe("group routes", () => {
     const { groupId } = (
       await client.post("/v1/groups", { name: "g", members: [bob.userId] }, alice.accessToken)
     ).body;
+    expect((await client.post(`/v1/invitations/${groupId}/accept`, undefined, bob.accessToken)).status).toBe(
+      204,
+    );
     expect(
       (await client.post(`/v1/groups/${groupId}/members`, { userId: carol.userId }, bob.accessToken)).status,
     ).toBe(403);
     expect(
       (await client.post(`/v1/groups/${groupId}/members`, { userId: carol.userId }, alice.accessToken))
         .status,
+    ).toBe(204);
+    expect(
+      (await client.post(`/v1/invitations/${groupId}/accept`, undefined, carol.accessToken)).status,
     ).toBe(204);
     expect(
       (await client.delete(`/v1/groups/${groupId}/members/${alice.userId}`, bob.accessToken)).status,
@@ -74,7 +89,8 @@ describe("group routes", () => {
     const count = async () =>
       (
         (await node.database.db.execute(
-          sql`select (select count(*) from groups)::int as g, (select count(*) from group_members)::int as m`,
+          sql`select (select count(*) from groups)::int as g, (select count(*) from group_members)::int as m,
+                     (select count(*) from group_invitations)::int as i`,
         )) as any
       ).rows?.[0];
     const before = await count();
@@ -127,6 +143,9 @@ describe.each(STACKS)("group delivery on the %s stack", (stack) => {
         sender.accessToken,
       )
     ).body;
+    await Promise.all(
+      others.map((m) => client.post(`/v1/invitations/${groupId}/accept`, undefined, m.accessToken)),
+    );
     const sockets = await Promise.all(
       [...others.map((m) => m.accessToken), senderSecond.accessToken].map((t) =>
         TestSocket.open(node.url, t),
@@ -193,6 +212,9 @@ describe.each(STACKS)("group delivery on the %s stack", (stack) => {
     const { groupId } = (
       await client.post("/v1/groups", { name: "later", members: [bob.userId] }, alice.accessToken)
     ).body;
+    expect((await client.post(`/v1/invitations/${groupId}/accept`, undefined, bob.accessToken)).status).toBe(
+      204,
+    );
     const a = await TestSocket.open(node.url, alice.accessToken);
     const id = randomUUID();
     a.send({ type: "send", id, to: { group: groupId }, message: { type: 7, body: b64("while away") } });
