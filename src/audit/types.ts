@@ -3,7 +3,7 @@ export type AuditActor = { user: string } | "admin" | "system";
 
 /** One thing worth recording: logins, key uploads, group changes, exports, erasures, admin calls. */
 export interface AuditEvent {
-  /** Dotted name, e.g. `session.login`, `keys.upload`, `group.member.add`, `erasure.done`, `admin.call`. */
+  /** Dotted name, e.g. `session.login`, `keys.upload`, `group.member.invite`, `erasure.done`, `admin.call`. */
   action: string;
   actor: AuditActor;
   /** The user the entry is about (pseudonymised when written). */
