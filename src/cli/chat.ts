@@ -3,12 +3,13 @@ import { type ChatMessage, ClearBoxApiError, type ClearBoxClient, Messenger } fr
 
 export const CHAT_HELP = `commands in chat (anything else is a message to the current conversation):
   /to <username>               talk to this user
-  /group new <name> <user...>  create a group with these users and talk in it
+  /group new <name> <user...>  create a group and invite these users; talk in it
   /group <name>                talk in a group you are in
   /group leave                 leave the current group
   /groups                      the groups you know
-  /invite <username>           add a user to the current group (you must be its admin)
-  /accept                      join a group you were invited to (needs server invitations)
+  /invite <username>           invite a user to the current group (you must be its admin)
+  /accept [<name>]             your invitations; with a group's name, join it
+  /decline <name>              decline the invitation to that group
   /who                         your contacts, with presence
   /devices                     this account's devices
   /verify <username> [confirm] show the safety numbers with a user; with confirm, mark them verified
@@ -138,7 +139,9 @@ export async function chat(
           );
           groups.set(name.toLowerCase(), { groupId, name });
           current = { kind: "group", groupId, name };
-          print(`* created #${name} with ${members.length ? members.join(", ") : "nobody else yet"}`);
+          print(
+            `* created #${name}; ${members.length ? `invited ${members.join(", ")} (members once they /accept)` : "nobody else yet"}`,
+          );
           return true;
         }
         if (args[0] === "leave") {
@@ -160,12 +163,31 @@ export async function chat(
         if (current?.kind !== "group" || !args[0]) return say("usage (in a group): /invite <username>");
         const user = await client.findUser(args[0].toLowerCase());
         await client.http.addGroupMember(current.groupId, user.userId);
-        print(`* added ${user.username} to #${current.name}`);
+        print(`* invited ${user.username} to #${current.name} (a member once they /accept)`);
         return true;
       }
       case "/accept":
-        print("* this server adds members directly (no invitations to accept yet)");
+      case "/decline": {
+        const invitations = await client.http.invitations();
+        if (!args[0]) {
+          if (invitations.length === 0) print("* no invitations");
+          for (const i of invitations) print(`  #${i.name} (/accept ${i.name} or /decline ${i.name})`);
+          return true;
+        }
+        const wanted = args[0].replace(/^#/, "").toLowerCase();
+        const invitation = invitations.find((i) => i.name.toLowerCase() === wanted);
+        if (!invitation) return say(`* no invitation to a group named ${args[0]} (see /accept)`);
+        if (command === "/decline") {
+          await client.http.declineInvitation(invitation.groupId);
+          print(`* declined #${invitation.name}`);
+          return true;
+        }
+        await client.http.acceptInvitation(invitation.groupId);
+        groups.set(invitation.name.toLowerCase(), { groupId: invitation.groupId, name: invitation.name });
+        current = { kind: "group", groupId: invitation.groupId, name: invitation.name };
+        print(`* joined #${invitation.name}`);
         return true;
+      }
       case "/who": {
         const contacts = client.contacts().filter((c) => c.userId !== client.userId);
         if (contacts.length === 0) print("* no contacts yet: /to <username>");

@@ -171,6 +171,13 @@ describe("CLI chat", () => {
     // A group of three.
     a.type(`/group new trio ${bob.name} ${carol.name}`);
     await a.expect(/created #trio/);
+    // Invited, not yet members: each accepts the invitation (one lists it first).
+    b.type("/accept");
+    await b.expect(/#trio \(\/accept trio/);
+    for (const t of [b, c]) {
+      t.type("/accept trio");
+      await t.expect(/joined #trio/);
+    }
     a.type("hello trio");
     await b.expect(new RegExp(`#trio ${alice.name}: hello trio`));
     await c.expect(new RegExp(`#trio ${alice.name}: hello trio`));
