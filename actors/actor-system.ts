@@ -227,6 +227,11 @@ export class ActorSystem implements ActorRefs, ActorHost {
     return [...this.actors.keys()];
   }
 
+  /** False while the node-to-node transport has lost its broker (readiness); it reconnects by itself. */
+  get transportConnected(): boolean {
+    return this.transport.connected ?? true;
+  }
+
   /** Members of the current ring, sorted. */
   ringMembers(): readonly string[] {
     return this.placement.ring.members;

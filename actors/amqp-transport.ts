@@ -1,5 +1,6 @@
-import { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage, connect } from "amqplib";
+import type { AsyncMessage, Channel, Connection, Consumer, Publisher } from "rabbitmq-client";
 import { UnroutableError } from "./actor-error.ts";
+import { amqpCode, closeQuietly, openAmqpConnection, withChannel } from "./amqp-connect.ts";
 import { type Logger, silentLogger } from "./logger.ts";
 import type { Frame, FrameHandler, Transport } from "./transport.ts";
 
@@ -14,8 +15,17 @@ export interface AmqpTransportOptions {
   prefetch?: number;
   /** How long an adopted inbox must stay empty before it is deleted. Default 1000 ms. */
   adoptGraceMs?: number;
+  /** How long `start` waits for the broker before it rejects. Default 60 s. */
+  startupWaitMs?: number;
   logger?: Logger;
 }
+
+/**
+ * Attempts per transfer: a publish whose channel died (broker crash, connection reset) before its
+ * confirm came is published again on the next channel, each attempt waiting up to the connection's
+ * acquire timeout (5 s) for the broker. 60 attempts ride out a broker outage of about 5 minutes.
+ */
+const PUBLISH_ATTEMPTS = 60;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -35,6 +45,13 @@ class InFlight {
  * publisher confirms (`send` resolves on the broker's ack) and `mandatory` publishing, so a transfer
  * to a deleted inbox comes back as UnroutableError instead of vanishing. Consumers acknowledge a
  * transfer only after every envelope in it was processed or re-forwarded and confirmed.
+ *
+ * The connection heals itself (rabbitmq-client: reconnect with exponential backoff and jitter, the
+ * inbox consumer re-declared and re-subscribed on every new connection). A transfer whose confirm
+ * was outstanding when the connection died is published again (PUBLISH_ATTEMPTS), and transfers
+ * sent while the broker is away wait for it; unacknowledged deliveries go back to the inbox and
+ * come again (receivers are idempotent per envelope id). `connected` says whether the broker is
+ * reachable now (readiness).
  */
 export class AmqpTransport implements Transport {
   readonly nodeId: string;
@@ -42,11 +59,11 @@ export class AmqpTransport implements Transport {
   private readonly prefix: string;
   private readonly prefetch: number;
   private readonly adoptGraceMs: number;
+  private readonly startupWaitMs: number;
   private readonly logger: Logger;
-  private connection: ChannelModel | undefined;
-  private publisher: ConfirmChannel | undefined;
-  private consumer: Channel | undefined;
-  private consumerTag: string | undefined;
+  private rabbit: Connection | undefined;
+  private publisher: Publisher | undefined;
+  private consumer: Consumer | undefined;
   private readonly inFlight = new InFlight();
   private readonly returned = new Set<string>();
   private sequence = 0;
@@ -61,6 +78,7 @@ export class AmqpTransport implements Transport {
     this.prefix = options.prefix;
     this.prefetch = options.prefetch ?? 256;
     this.adoptGraceMs = options.adoptGraceMs ?? 1000;
+    this.startupWaitMs = options.startupWaitMs ?? 60_000;
     this.logger = options.logger ?? silentLogger;
   }
 
@@ -69,29 +87,54 @@ export class AmqpTransport implements Transport {
     return `${this.prefix}.node.${nodeId}`;
   }
 
-  async start(handler: FrameHandler, onFatal: (error: unknown) => void): Promise<void> {
-    const connection = await connect(this.url);
-    this.connection = connection;
-    connection.on("error", (error) => this.logger.warn({ err: error }, "amqp connection error"));
-    connection.on("close", (error?: Error) => {
-      if (!this.closing) onFatal(error ?? new Error("amqp connection closed"));
+  /** True while the connection to the broker is up (false during an outage and before start). */
+  get connected(): boolean {
+    return this.rabbit?.ready ?? false;
+  }
+
+  /**
+   * Connects (waiting up to `startupWaitMs` for the broker, BrokerUnreachableError after), declares
+   * this node's inbox and starts consuming it. A lost connection is re-established, never fatal:
+   * `_onFatal` is not called by this transport.
+   */
+  async start(handler: FrameHandler, _onFatal: (error: unknown) => void): Promise<void> {
+    const rabbit = await openAmqpConnection({
+      url: this.url,
+      name: `transport ${this.nodeId}`,
+      startupWaitMs: this.startupWaitMs,
+      logger: this.logger,
     });
-    this.publisher = await connection.createConfirmChannel();
-    this.publisher.on("return", (message) => {
-      const id = message.properties.messageId;
-      if (typeof id === "string") this.returned.add(id);
+    this.rabbit = rabbit;
+    this.publisher = rabbit.createPublisher({
+      confirm: true,
+      maxAttempts: PUBLISH_ATTEMPTS,
+      onReturn: (message) => {
+        if (typeof message.messageId === "string") this.returned.add(message.messageId);
+      },
     });
-    this.publisher.on("error", (error) => this.logger.warn({ err: error }, "amqp publisher error"));
-    this.consumer = await connection.createChannel();
-    this.consumer.on("error", (error) => this.logger.warn({ err: error }, "amqp consumer error"));
-    await this.consumer.prefetch(this.prefetch);
-    const queue = this.queueOf(this.nodeId);
-    await this.consumer.assertQueue(queue, { durable: true });
-    const channel = this.consumer;
-    const reply = await channel.consume(queue, (message) =>
-      this.onDelivery(channel, message, handler, this.inFlight),
+    this.publisher.on("retry", (error) =>
+      this.logger.debug({ err: error }, "transfer not confirmed; publishing it again"),
     );
-    this.consumerTag = reply.consumerTag;
+    const queue = this.queueOf(this.nodeId);
+    const consumer = rabbit.createConsumer(
+      {
+        queue,
+        queueOptions: { durable: true },
+        qos: { prefetchCount: this.prefetch },
+        concurrency: this.prefetch,
+        requeue: true,
+      },
+      (message) => this.onDelivery(message, handler, this.inFlight),
+    );
+    this.consumer = consumer;
+    consumer.on("error", (error) =>
+      this.logger.warn(
+        { err: error },
+        "transfer failed or inbox consumer reset; it is delivered again",
+      ),
+    );
+    // The inbox exists and is consumed before the node joins the ring.
+    await new Promise<void>((resolve) => consumer.once("ready", () => resolve()));
   }
 
   send(nodeId: string, frames: Frame[]): Promise<void> {
@@ -99,42 +142,44 @@ export class AmqpTransport implements Transport {
     if (!publisher) return Promise.reject(new Error("AmqpTransport.send before start"));
     const messageId = `${this.nodeId}:${++this.sequence}`;
     const body = Buffer.from(JSON.stringify(frames));
-    return new Promise((resolve, reject) => {
-      try {
-        publisher.publish(
-          "",
-          this.queueOf(nodeId),
-          body,
-          { persistent: true, mandatory: true, messageId, contentType: "application/json" },
-          (error) => {
-            // The broker sends basic.return before the ack of the same unroutable message.
-            if (this.returned.delete(messageId)) reject(new UnroutableError(nodeId));
-            else if (error) reject(error instanceof Error ? error : new Error(String(error)));
-            else resolve();
-          },
-        );
-      } catch (error) {
-        reject(error);
-      }
-    });
+    return publisher
+      .send(
+        {
+          routingKey: this.queueOf(nodeId),
+          durable: true,
+          mandatory: true,
+          messageId,
+          contentType: "application/json",
+        },
+        body,
+      )
+      .then(
+        () => {
+          // The broker sends basic.return before the ack of the same unroutable message.
+          if (this.returned.delete(messageId)) throw new UnroutableError(nodeId);
+        },
+        (error: unknown) => {
+          this.returned.delete(messageId);
+          throw error instanceof Error ? error : new Error(String(error));
+        },
+      );
   }
 
   async adopt(nodeId: string, handler: FrameHandler, shouldStop: () => boolean): Promise<boolean> {
-    const connection = this.connection;
-    if (!connection || this.closing) return false;
+    const rabbit = this.rabbit;
+    if (!rabbit || this.closing) return false;
     const queue = this.queueOf(nodeId);
     while (!this.closing) {
       if (!(await this.queueExists(queue))) return true;
       if (shouldStop()) return false;
-      const channel = await connection.createChannel();
-      channel.on("error", () => undefined);
+      const channel = await rabbit.acquire();
       const inFlight = new InFlight();
       inFlight.lastDelivery = Date.now();
       try {
-        await channel.prefetch(this.prefetch);
-        const { consumerTag } = await channel.consume(queue, (message) =>
-          this.onDelivery(channel, message, handler, inFlight),
-        );
+        await channel.basicQos({ prefetchCount: this.prefetch });
+        const { consumerTag } = await channel.basicConsume({ queue }, (message) => {
+          void this.deliverOn(channel, message, handler, inFlight);
+        });
         let stopped = false;
         for (;;) {
           await sleep(100);
@@ -147,7 +192,7 @@ export class AmqpTransport implements Transport {
           if (ready === 0 && inFlight.count === 0 && Date.now() - inFlight.lastDelivery > this.adoptGraceMs)
             break;
         }
-        await channel.cancel(consumerTag);
+        await channel.basicCancel({ consumerTag });
         await inFlight.settled();
         if (stopped) return false;
         if (await this.deleteIfIdle(queue)) return true;
@@ -163,71 +208,89 @@ export class AmqpTransport implements Transport {
     this.closing = true;
     let deleted = false;
     try {
-      if (this.consumer && this.consumerTag) await this.consumer.cancel(this.consumerTag);
+      // Stops consuming and waits for the transfers being handled (their acks go out first).
+      await this.consumer?.close().catch(() => undefined);
       await this.inFlight.settled();
       deleted = await this.deleteIfIdle(this.queueOf(this.nodeId));
+      await this.publisher?.close().catch(() => undefined);
     } finally {
-      await this.connection?.close().catch(() => undefined);
+      if (this.rabbit) await closeQuietly(this.rabbit);
     }
     return deleted;
   }
 
   async abort(): Promise<void> {
     this.closing = true;
-    // Closing without acknowledging returns every unacknowledged transfer to the inbox, as a crash would.
-    await this.connection?.close().catch(() => undefined);
+    // Dropping the connection without acknowledging returns every unacknowledged transfer to the
+    // inbox, as a crash would.
+    this.rabbit?.unsafeDestroy();
   }
 
-  private onDelivery(
+  /** The inbox consumer's handler: resolves to ack, throws to return the transfer to the inbox. */
+  private async onDelivery(message: AsyncMessage, handler: FrameHandler, inFlight: InFlight): Promise<void> {
+    inFlight.lastDelivery = Date.now();
+    const frames = this.decode(message);
+    if (frames === undefined) return; // acknowledged: a malformed transfer never gets better
+    inFlight.count++;
+    try {
+      await handler(frames);
+    } finally {
+      inFlight.count--;
+    }
+  }
+
+  /** Delivery on an adoption channel: ack after the handler, nack (requeue) when it failed. */
+  private async deliverOn(
     channel: Channel,
-    message: ConsumeMessage | null,
+    message: AsyncMessage,
     handler: FrameHandler,
     inFlight: InFlight,
-  ): void {
-    if (message === null) return;
-    inFlight.lastDelivery = Date.now();
-    let frames: Frame[];
+  ): Promise<void> {
     try {
-      frames = JSON.parse(message.content.toString("utf8")) as Frame[];
-      if (!Array.isArray(frames)) throw new Error("transfer is not a frame list");
+      await this.onDelivery(message, handler, inFlight);
     } catch (error) {
-      this.logger.error({ err: error }, "dropping malformed transfer");
-      channel.ack(message);
+      this.logger.warn({ err: error }, "transfer failed, returning it to the inbox");
+      try {
+        channel.basicNack({ deliveryTag: message.deliveryTag, requeue: true });
+      } catch {
+        // A dead channel already returned it to the inbox.
+      }
       return;
     }
-    inFlight.count++;
-    handler(frames).then(
-      () => {
-        inFlight.count--;
-        try {
-          channel.ack(message);
-        } catch {
-          // The channel died; the broker already returned this transfer to the inbox.
-        }
-      },
-      (error: unknown) => {
-        inFlight.count--;
-        this.logger.warn({ err: error }, "transfer failed, returning it to the inbox");
-        try {
-          channel.nack(message, false, true);
-        } catch {
-          // As above: the broker requeued it when the channel closed.
-        }
-      },
-    );
+    try {
+      channel.basicAck({ deliveryTag: message.deliveryTag });
+    } catch {
+      // As above: the broker requeued it when the channel closed.
+    }
+  }
+
+  /** The frames of a transfer, or undefined (logged) when it is not a JSON frame list. */
+  private decode(message: AsyncMessage): Frame[] | undefined {
+    try {
+      // rabbitmq-client parses `application/json` bodies itself; anything else arrives as bytes.
+      const body: unknown = message.body;
+      const frames = Buffer.isBuffer(body)
+        ? JSON.parse(body.toString("utf8"))
+        : typeof body === "string"
+          ? JSON.parse(body)
+          : body;
+      if (!Array.isArray(frames)) throw new Error("transfer is not a frame list");
+      return frames as Frame[];
+    } catch (error) {
+      this.logger.error({ err: error }, "dropping malformed transfer");
+      return undefined;
+    }
   }
 
   /** Ready (not unacknowledged) messages in a queue, or undefined when the queue is gone. */
   private async readyCount(queue: string): Promise<number | undefined> {
-    const connection = this.connection as ChannelModel;
-    const probe = await connection.createChannel();
-    probe.on("error", () => undefined);
+    const rabbit = this.rabbit as Connection;
     try {
-      return (await probe.checkQueue(queue)).messageCount;
-    } catch {
-      return undefined;
-    } finally {
-      await probe.close().catch(() => undefined);
+      return (await withChannel(rabbit, (channel) => channel.queueDeclare({ queue, passive: true })))
+        .messageCount;
+    } catch (error) {
+      if (amqpCode(error) === "NOT_FOUND") return undefined;
+      throw error;
     }
   }
 
@@ -237,16 +300,13 @@ export class AmqpTransport implements Transport {
 
   /** Deletes a queue only if nothing is in it and nobody consumes it; the broker checks both atomically. */
   private async deleteIfIdle(queue: string): Promise<boolean> {
-    const connection = this.connection as ChannelModel;
-    const channel = await connection.createChannel();
-    channel.on("error", () => undefined);
+    const rabbit = this.rabbit;
+    if (!rabbit) return false;
     try {
-      await channel.deleteQueue(queue, { ifEmpty: true, ifUnused: true });
+      await withChannel(rabbit, (channel) => channel.queueDelete({ queue, ifEmpty: true, ifUnused: true }));
       return true;
     } catch {
       return false;
-    } finally {
-      await channel.close().catch(() => undefined);
     }
   }
 }

@@ -17,6 +17,8 @@ export interface ActorNodeOptions extends Omit<ActorSystemOptions, "membership" 
   heartbeatMs?: number;
   ttlMs?: number;
   prefetch?: number;
+  /** How long start-up waits for RabbitMQ before `start` rejects (BrokerUnreachableError). Default 60 s. */
+  startupWaitMs?: number;
   /** Overrides, e.g. an in-memory hub shared by several nodes in one test. */
   membership?: Membership;
   transport?: Transport;
@@ -28,7 +30,7 @@ export interface ActorNodeOptions extends Omit<ActorSystemOptions, "membership" 
  * registering the actor kinds.
  */
 export function createActorNode(options: ActorNodeOptions): ActorSystem {
-  const { redisUrl, amqpUrl, prefix, heartbeatMs, ttlMs, prefetch, ...system } = options;
+  const { redisUrl, amqpUrl, prefix, heartbeatMs, ttlMs, prefetch, startupWaitMs, ...system } = options;
   if (redisUrl && !amqpUrl && !options.transport) {
     throw new Error("a clustered node (REDIS_URL set) needs AMQP_URL for the node-to-node transport");
   }
@@ -52,6 +54,7 @@ export function createActorNode(options: ActorNodeOptions): ActorSystem {
           url: amqpUrl,
           prefix: prefix ?? "clearbox",
           prefetch,
+          startupWaitMs,
           logger: system.logger,
         })
       : new InMemoryTransport(system.nodeId));

@@ -26,6 +26,16 @@ export {
   type ClusterNodeView,
   type ClusterView,
 } from "./actor-system.ts";
+export {
+  AMQP_HEARTBEAT_SECONDS,
+  AMQP_RETRY_HIGH_MS,
+  AMQP_RETRY_LOW_MS,
+  amqpCode,
+  BrokerUnreachableError,
+  closeQuietly,
+  openAmqpConnection,
+  withChannel,
+} from "./amqp-connect.ts";
 export { AmqpTransport, type AmqpTransportOptions } from "./amqp-transport.ts";
 export { type ActorNodeOptions, createActorNode } from "./create-actor-node.ts";
 export {

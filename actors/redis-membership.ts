@@ -64,6 +64,8 @@ export class RedisMembership implements Membership {
     this.logger = options.logger ?? silentLogger;
     if (typeof options.redis === "string") {
       this.redis = new Redis(options.redis, { lazyConnect: false, maxRetriesPerRequest: 2 });
+      // Without a listener ioredis prints "Unhandled error event" on every failed reconnect.
+      this.redis.on("error", (error) => this.logFailure(error));
       this.ownsRedis = true;
     } else {
       this.redis = options.redis;

@@ -55,6 +55,8 @@ export type FrameHandler = (frames: Frame[]) => Promise<void>;
  */
 export interface Transport {
   readonly nodeId: string;
+  /** False while the transport cannot reach its broker (it reconnects by itself); absent: always reachable. */
+  readonly connected?: boolean;
   /** Creates this node's inbox and starts consuming it. `onFatal`: the transport can no longer receive. */
   start(handler: FrameHandler, onFatal: (error: unknown) => void): Promise<void>;
   /** One transfer of many frames to one node. */

@@ -1,7 +1,12 @@
-import { ConfigError, loadConfig } from "./config/index.ts";
+import { ConfigError, EXIT_CONFIG, EXIT_UNAVAILABLE, loadConfig, StartupError } from "./config/index.ts";
 import { createNode } from "./node.ts";
 
-/** Starts one ClearBox node from the environment and stops it cleanly on SIGINT/SIGTERM. */
+/**
+ * Starts one ClearBox node from the environment and stops it cleanly on SIGINT/SIGTERM.
+ * Exit codes (README, "Configuration"): 0 stopped by a signal; 78 (`EX_CONFIG`) a variable is
+ * invalid; 69 (`EX_UNAVAILABLE`) a configured service did not answer at start-up or a port is in use;
+ * 1 anything else. The first two print one line naming the variable, never a stack.
+ */
 async function main() {
   let config: ReturnType<typeof loadConfig>;
   try {
@@ -9,17 +14,31 @@ async function main() {
   } catch (error) {
     if (error instanceof ConfigError) {
       console.error(`clearbox: ${error.message}`);
-      process.exit(78); // EX_CONFIG
+      process.exit(EXIT_CONFIG);
     }
     throw error;
   }
-  const node = await createNode(config, { processMetrics: true });
+  let node: Awaited<ReturnType<typeof createNode>>;
+  try {
+    node = await createNode(config, { processMetrics: true });
+  } catch (error) {
+    if (error instanceof StartupError) {
+      console.error(`clearbox: ${error.message}`);
+      process.exit(EXIT_UNAVAILABLE);
+    }
+    throw error;
+  }
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     node.logger.info({ signal }, "shutting down");
-    await node.stop();
+    try {
+      await node.stop();
+    } catch (error) {
+      node.logger.error({ err: error }, "shutdown failed");
+      process.exit(1);
+    }
     process.exit(0);
   };
   process.on("SIGINT", () => void shutdown("SIGINT"));

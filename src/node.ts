@@ -1,6 +1,7 @@
 import Redis from "ioredis";
 import {
   type ActorSystem,
+  BrokerUnreachableError,
   createActorNode,
   GROUP_KIND,
   groupActorFactory,
@@ -18,7 +19,7 @@ import { PostgresAuditTrail } from "./audit/service.ts";
 import type { AuditTrail } from "./audit/types.ts";
 import { BlockService } from "./blocks/service.ts";
 import { clusterAdminRoutes } from "./cluster/index.ts";
-import type { Config } from "./config/index.ts";
+import { type Config, reasonOf, StartupError } from "./config/index.ts";
 import { type Database, openDatabase } from "./db/index.ts";
 import { DeviceService } from "./devices/service.ts";
 import { GATEWAY_KIND, Gateway, NodeLink, SocketRegistry } from "./gateway/index.ts";
@@ -86,6 +87,19 @@ export interface ClearBoxNode {
   abort(): Promise<void>;
 }
 
+/** Runs `listen`, turning "address in use" into a StartupError naming the port's variable. */
+function listenOrExplain(variable: string, port: number, listen: () => unknown): void {
+  try {
+    listen();
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    if (code === "EADDRINUSE" || /in use/i.test(String((error as Error)?.message))) {
+      throw new StartupError(variable, `port ${port} is already in use by another process`);
+    }
+    throw error;
+  }
+}
+
 /** Options tests use to embed a node: no process metrics, in-memory PGlite, captured logs. */
 export interface NodeOptions {
   /** `null` keeps PGlite in memory (tests); default is config.dataDir. */
@@ -121,19 +135,29 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   const database = await openDatabase({
     databaseUrl: config.databaseUrl,
     dataDir: options.pgliteDir === undefined ? config.dataDir : options.pgliteDir,
+  }).catch((error: unknown) => {
+    if (!config.databaseUrl) throw error;
+    throw new StartupError(
+      "DATABASE_URL",
+      `could not open PostgreSQL and apply the migrations: ${reasonOf(error)}`,
+    );
   });
   const { db } = database;
   const readiness: ReadinessCheck[] = [{ name: database.kind, check: () => database.ping() }];
   let redis: Redis | undefined;
   if (config.redisUrl) {
     redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 2 });
-    redis.on("error", (err) => logger.warn({ err }, "redis connection error"));
+    let lastRedisError: unknown;
+    redis.on("error", (err) => {
+      lastRedisError = err;
+      logger.warn({ err }, "redis connection error");
+    });
     try {
       await redis.connect();
     } catch (error) {
       redis.disconnect();
       await database.close();
-      throw error;
+      throw new StartupError("REDIS_URL", `could not connect to Redis: ${reasonOf(lastRedisError ?? error)}`);
     }
     const client = redis;
     readiness.push({ name: "redis", check: async () => void (await client.ping()) });
@@ -144,7 +168,16 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     redis,
     options.pgliteDir === undefined ? config.dataDir : options.pgliteDir,
     metrics.commit,
-  );
+    logger,
+  ).catch(async (error: unknown) => {
+    redis?.disconnect();
+    await database.close().catch(() => {});
+    if (error instanceof BrokerUnreachableError) throw new StartupError("AMQP_URL", error.message);
+    if (config.mongodbUrl && /mongo/i.test(String((error as Error)?.name))) {
+      throw new StartupError("MONGODB_URL", `could not connect to MongoDB: ${reasonOf(error)}`);
+    }
+    throw error;
+  });
   readiness.push(...stores.readiness);
   const { log, offline, presence } = stores;
   metrics.commitOperations(log.commitOperations ?? []);
@@ -165,9 +198,19 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     prefix: clusterPrefix(config),
     heartbeatMs: config.clusterHeartbeatMs,
     ttlMs: config.clusterHeartbeatMs * 3,
+    startupWaitMs: config.startupWaitMs,
     connections: () => gateway?.connections ?? 0,
     logger,
   });
+
+  if (config.amqpUrl && redis) {
+    readiness.push({
+      name: "rabbitmq-transport",
+      check: async () => {
+        if (!actors.transportConnected) throw new Error("node-to-node transport lost its broker");
+      },
+    });
+  }
 
   // 3. Services.
   const addresses = new ClientAddresses(config.trustedProxies);
@@ -344,21 +387,42 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   });
 
   // 6. Start.
-  await actors.start();
-  app.listen({
-    port: config.port,
-    hostname: config.publicHost,
-    maxRequestBodySize: MAX_BODY_BYTES,
-    tls: listenerTls(config.tls),
-    websocket: gateway.websocket,
-  });
-  admin.listen({
-    port: config.adminPort,
-    hostname: config.adminHost,
-    // Bun's default is 128 MiB; the admin RPC takes small JSON bodies only.
-    maxRequestBodySize: MAX_BODY_BYTES,
-    tls: listenerTls(config.adminTls),
-  });
+  try {
+    await actors.start();
+  } catch (error) {
+    if (error instanceof BrokerUnreachableError) throw new StartupError("AMQP_URL", error.message);
+    // The membership's Redis commands fail after their retries while Redis is away.
+    if (
+      config.redisUrl &&
+      /redis|MaxRetriesPerRequest|ECONNREFUSED/i.test(
+        `${(error as Error)?.name} ${(error as Error)?.message}`,
+      )
+    ) {
+      throw new StartupError("REDIS_URL", `could not join the cluster through Redis: ${reasonOf(error)}`);
+    }
+    throw error;
+  }
+  // reusePort off (Elysia turns it on): a second node on a port in use must fail, not share it.
+  listenOrExplain("PORT", config.port, () =>
+    app.listen({
+      port: config.port,
+      hostname: config.publicHost,
+      maxRequestBodySize: MAX_BODY_BYTES,
+      tls: listenerTls(config.tls),
+      websocket: gateway.websocket,
+      reusePort: false,
+    }),
+  );
+  listenOrExplain("ADMIN_PORT", config.adminPort, () =>
+    admin.listen({
+      port: config.adminPort,
+      hostname: config.adminHost,
+      // Bun's default is 128 MiB; the admin RPC takes small JSON bodies only.
+      maxRequestBodySize: MAX_BODY_BYTES,
+      tls: listenerTls(config.adminTls),
+      reusePort: false,
+    }),
+  );
   await gdpr.start();
   retention.start();
   const url = listenerUrl(config.publicHost, Number(app.server?.port), Boolean(config.tls));
@@ -399,18 +463,34 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     url,
     adminUrl,
     async stop() {
-      await retention.stop();
+      // Each step runs even when one before it failed (a service down at shutdown, e.g. Redis
+      // answering MaxRetriesPerRequestError): the failure is logged and the rest still closes.
+      const failed: string[] = [];
+      const step = async (name: string, run: () => Promise<unknown> | unknown) => {
+        try {
+          await run();
+        } catch (error) {
+          failed.push(name);
+          logger.warn({ err: error, step: name }, "shutdown step failed");
+        }
+      };
+      await step("retention", () => retention.stop());
       // Sockets first, so every device's unacked envelopes reach its offline queue before the stores close.
-      await openGateway.stop();
-      await app.stop(true);
-      await admin.stop(true);
-      await adminRefusals.stop();
-      await gdpr.stop();
-      await actors.stop();
-      await stores.close();
-      await redis?.quit();
-      await database.close();
-      logger.info("clearbox node stopped");
+      await step("gateway", () => openGateway.stop());
+      await step("public listener", () => app.stop(true));
+      await step("admin listener", () => admin.stop(true));
+      await step("admin refusals", () => adminRefusals.stop());
+      await step("gdpr", () => gdpr.stop());
+      await step("actors", () => actors.stop());
+      await step("stores", () => stores.close());
+      // quit() waits for Redis to answer; while it is away, drop the connection instead.
+      await step("redis", async () => {
+        if (redis?.status === "ready") await redis.quit();
+        else redis?.disconnect();
+      });
+      await step("database", () => database.close());
+      if (failed.length > 0) logger.warn({ failed }, "clearbox node stopped; some steps failed");
+      else logger.info("clearbox node stopped");
     },
     async abort() {
       await retention.stop();

@@ -99,6 +99,12 @@ const EnvSchema = T.Object({
     default: 1000,
     description: "milliseconds between ring heartbeats, 50-60000 (a node is dropped after 3 missed)",
   }),
+  STARTUP_WAIT_SECONDS: T.Integer({
+    minimum: 1,
+    maximum: 3600,
+    default: 60,
+    description: "seconds start-up waits for RabbitMQ to accept a connection, 1-3600",
+  }),
   DEVICE_RATE_LIMIT: T.Integer({
     minimum: 1,
     maximum: 1_000_000,
@@ -254,6 +260,8 @@ export interface Config {
   logLevel: Env["LOG_LEVEL"];
   logFormat: Env["LOG_FORMAT"];
   clusterHeartbeatMs: number;
+  /** How long start-up waits for RabbitMQ (STARTUP_WAIT_SECONDS), in milliseconds. */
+  startupWaitMs: number;
   deviceRateLimit: number;
   presenceLeaseSeconds: number;
   /** How often every socket is pinged; one unanswered ping closes it (WS_PING_INTERVAL_MS). */
@@ -284,8 +292,38 @@ export class ConfigError extends Error {
   override name = "ConfigError";
 }
 
+/**
+ * A configured service or port could not be used at start-up: the database, Redis or RabbitMQ did
+ * not answer, or the port is taken. The message is one line naming the variable and what failed
+ * (never the URL, which may hold a password). `src/main.ts` prints it and exits with
+ * {@link EXIT_UNAVAILABLE}.
+ */
+export class StartupError extends Error {
+  override name = "StartupError";
+  constructor(
+    readonly variable: string,
+    what: string,
+  ) {
+    super(`${variable}: ${what}`);
+  }
+}
+
+/** Exit code of a configuration error (sysexits.h `EX_CONFIG`). */
+export const EXIT_CONFIG = 78;
+/** Exit code of a service or port unavailable at start-up (sysexits.h `EX_UNAVAILABLE`). */
+export const EXIT_UNAVAILABLE = 69;
+
+/** A one-line reason from a driver error, without stack or source excerpt: its code and message. */
+export function reasonOf(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  const code = (error as { code?: unknown }).code;
+  const message = error.message.split("\n")[0] ?? "";
+  return typeof code === "string" && !message.includes(code) ? `${code} ${message}` : message;
+}
+
 const INTEGER_VARS = new Set([
   "CLUSTER_HEARTBEAT_MS",
+  "STARTUP_WAIT_SECONDS",
   "DEVICE_RATE_LIMIT",
   "PRESENCE_LEASE_SECONDS",
   "WS_PING_INTERVAL_MS",
@@ -345,6 +383,14 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   for (const [variable, problem] of tlsProblems(candidate as Record<string, unknown>)) {
     if (!problems.has(variable)) problems.set(variable, problem);
   }
+  const partial = candidate as Partial<Env>;
+  if (partial.REDIS_URL !== undefined && partial.AMQP_URL === undefined && !problems.has("AMQP_URL")) {
+    // A cluster (REDIS_URL) needs the node-to-node transport; without it nodes could not reach each other.
+    problems.set(
+      "AMQP_URL",
+      "AMQP_URL: expected an amqp:// or amqps:// URL when REDIS_URL is set (a cluster's nodes talk over RabbitMQ), got nothing",
+    );
+  }
   for (const [variable, problem] of abuseProblems(candidate as Partial<Env>)) {
     if (!problems.has(variable)) problems.set(variable, problem);
   }
@@ -398,6 +444,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     logLevel: env.LOG_LEVEL,
     logFormat: env.LOG_FORMAT,
     clusterHeartbeatMs: env.CLUSTER_HEARTBEAT_MS,
+    startupWaitMs: env.STARTUP_WAIT_SECONDS * 1000,
     deviceRateLimit: env.DEVICE_RATE_LIMIT,
     presenceLeaseSeconds: env.PRESENCE_LEASE_SECONDS,
     wsPingIntervalMs: env.WS_PING_INTERVAL_MS,

@@ -1,5 +1,12 @@
-import type { Channel, ChannelModel, ConfirmChannel, GetMessage } from "amqplib";
-import { connect } from "amqplib";
+import type { Channel, Connection, Publisher, SyncMessage } from "rabbitmq-client";
+import {
+  amqpCode,
+  closeQuietly,
+  type Logger,
+  openAmqpConnection,
+  silentLogger,
+  withChannel,
+} from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { OfflineQueue, QueueDrain } from "./offline-queue.ts";
 
@@ -7,24 +14,49 @@ function encode(envelope: StoredEnvelope): Buffer {
   return Buffer.from(JSON.stringify(envelope));
 }
 
-function decode(content: Buffer): StoredEnvelope {
-  return JSON.parse(content.toString()) as StoredEnvelope;
+/** rabbitmq-client parses `application/json` bodies itself; older or foreign ones arrive as bytes. */
+function decode(body: unknown): StoredEnvelope {
+  if (Buffer.isBuffer(body)) return JSON.parse(body.toString()) as StoredEnvelope;
+  if (typeof body === "string") return JSON.parse(body) as StoredEnvelope;
+  return body as StoredEnvelope;
 }
 
-/** Dedicated connections for drain channels at most; each carries up to the broker's channel_max. */
+/** Dedicated connections for drain channels at most; each carries up to CHANNELS_PER_CONNECTION. */
 const MAX_DRAIN_CONNECTIONS = 8;
 
+/**
+ * Drain channels per connection: RabbitMQ's default `channel_max` (2047) less a few for the
+ * connection's own use. A broker configured lower refuses the extra channels (the drain fails and
+ * the device reconnects).
+ */
+const CHANNELS_PER_CONNECTION = 2047 - 8;
+
+/**
+ * Publish attempts per offline envelope: one whose confirm was outstanding when the connection died
+ * is published again on the next channel (each attempt waits up to 5 s for the broker). A flush that
+ * still fails leaves the envelopes pending in the log and the actor (delivered when the device connects).
+ */
+const FLUSH_ATTEMPTS = 3;
+
 interface DrainConnection {
-  model: ChannelModel;
+  rabbit: Connection;
   limit: number;
   inUse: number;
+}
+
+interface OpenOptions {
+  url: string;
+  /** How long connecting waits for the broker (start-up: the node's wait; drain connections: 5 s). */
+  startupWaitMs: number;
+  logger: Logger;
 }
 
 /**
  * Channels for drains. Unacked messages belong to the channel that took them, so a device with a
  * backlog out holds one; RabbitMQ allows channel_max (2047 by default) per connection. The pool
  * spreads channels over up to MAX_DRAIN_CONNECTIONS connections and, when all are full, makes
- * further drains wait for a channel instead of failing.
+ * further drains wait for a channel instead of failing. Each connection reconnects by itself; a
+ * channel that died with it fails its drain (what it had taken goes back to the queue).
  */
 class DrainChannels {
   private readonly connections: DrainConnection[] = [];
@@ -32,7 +64,7 @@ class DrainChannels {
   private readonly waiting: (() => void)[] = [];
   private closed = false;
 
-  constructor(private readonly url: string) {}
+  constructor(private readonly options: OpenOptions) {}
 
   get connectionCount(): number {
     return this.connections.length;
@@ -55,7 +87,8 @@ class DrainChannels {
       connection.inUse++;
       let channel: Channel;
       try {
-        channel = await connection.model.createChannel();
+        // Waits for a reconnect for at most the connection's acquire timeout (5 s).
+        channel = await connection.rabbit.acquire();
       } catch (error) {
         connection.inUse--;
         this.waiting.shift()?.();
@@ -79,9 +112,12 @@ class DrainChannels {
   private connect(): Promise<DrainConnection> {
     this.connecting ??= (async () => {
       try {
-        const model = await connect(this.url);
-        const channelMax = (model as unknown as { connection: { channelMax: number } }).connection.channelMax;
-        const entry = { model, limit: Math.max(1, Math.min(channelMax, 65_535) - 8), inUse: 0 };
+        const rabbit = await openAmqpConnection({
+          ...this.options,
+          name: `offline-queue drains ${this.connections.length + 1}`,
+          startupWaitMs: 5_000,
+        });
+        const entry = { rabbit, limit: CHANNELS_PER_CONNECTION, inUse: 0 };
         this.connections.push(entry);
         for (const wake of this.waiting.splice(0)) wake();
         return entry;
@@ -95,7 +131,7 @@ class DrainChannels {
   async close(): Promise<void> {
     this.closed = true;
     for (const wake of this.waiting.splice(0)) wake();
-    for (const c of this.connections) await c.model.close().catch(() => {});
+    for (const c of this.connections) await closeQuietly(c.rabbit);
   }
 }
 
@@ -106,36 +142,43 @@ class DrainChannels {
  *
  * A drain holds a channel (DrainChannels) only while it has messages out: an empty queue, the
  * common reconnect, opens one, reads nothing and gives it back.
+ *
+ * Connections heal themselves (rabbitmq-client; see actors/amqp-connect.ts). While the broker is
+ * away, operations wait up to 5 s for it and then reject; `ping` rejects at once (readiness).
  */
 export class AmqpOfflineQueue implements OfflineQueue {
   readonly kind = "rabbitmq";
   private readonly declared = new Set<string>();
   private readonly drains: DrainChannels;
+  private readonly publisher: Publisher;
 
   private constructor(
-    url: string,
-    private readonly connection: ChannelModel,
-    private readonly publisher: ConfirmChannel,
+    private readonly rabbit: Connection,
+    options: OpenOptions,
     private readonly prefix: string,
     private readonly retentionMs: number,
   ) {
-    this.drains = new DrainChannels(url);
+    this.drains = new DrainChannels(options);
+    this.publisher = rabbit.createPublisher({ confirm: true, maxAttempts: FLUSH_ATTEMPTS });
+    // A broker that lost its state (a new node, a wiped volume) lost the queues too: declare again.
+    rabbit.on("connection", () => this.declared.clear());
   }
 
-  /** Connects; `prefix` names the queues (`<prefix>.dev.<user>.<device>`), tests pass a random one. */
+  /**
+   * Connects, waiting up to `startupWaitMs` (default 60 s) for the broker (BrokerUnreachableError
+   * after); `prefix` names the queues (`<prefix>.dev.<user>.<device>`), tests pass a random one.
+   */
   static async open(
     url: string,
-    options: { prefix: string; retentionDays: number },
+    options: { prefix: string; retentionDays: number; startupWaitMs?: number; logger?: Logger },
   ): Promise<AmqpOfflineQueue> {
-    const connection = await connect(url);
-    const publisher = await connection.createConfirmChannel();
-    return new AmqpOfflineQueue(
+    const open: OpenOptions = {
       url,
-      connection,
-      publisher,
-      options.prefix,
-      options.retentionDays * 86_400_000,
-    );
+      startupWaitMs: options.startupWaitMs ?? 60_000,
+      logger: options.logger ?? silentLogger,
+    };
+    const rabbit = await openAmqpConnection({ ...open, name: "offline-queue" });
+    return new AmqpOfflineQueue(rabbit, open, options.prefix, options.retentionDays * 86_400_000);
   }
 
   /** Connections open for drain channels. */
@@ -153,36 +196,40 @@ export class AmqpOfflineQueue implements OfflineQueue {
     return `${this.prefix}.dev.${userId}.${deviceId}`;
   }
 
-  private async declare(channel: Channel, name: string): Promise<void> {
+  private async declare(name: string): Promise<void> {
     if (this.declared.has(name)) return;
-    await channel.assertQueue(name, {
-      durable: true,
-      arguments: {
-        "x-queue-type": "classic",
-        "x-message-ttl": this.retentionMs,
-        "x-expires": this.retentionMs,
-      },
-    });
+    await withChannel(this.rabbit, (channel) =>
+      channel.queueDeclare({
+        queue: name,
+        durable: true,
+        arguments: {
+          "x-queue-type": "classic",
+          "x-message-ttl": this.retentionMs,
+          "x-expires": this.retentionMs,
+        },
+      }),
+    );
     this.declared.add(name);
   }
 
   async flush(userId: string, deviceId: number, envelopes: readonly StoredEnvelope[]): Promise<void> {
     if (envelopes.length === 0) return;
     const name = this.queueName(userId, deviceId);
-    await this.declare(this.publisher, name);
-    for (const envelope of envelopes) {
-      this.publisher.sendToQueue(name, encode(envelope), {
-        persistent: true,
-        messageId: envelope.id,
-        contentType: "application/json",
-      });
-    }
-    await this.publisher.waitForConfirms();
+    await this.declare(name);
+    // Published in order on one channel; resolves once the broker confirmed every one.
+    await Promise.all(
+      envelopes.map((envelope) =>
+        this.publisher.send(
+          { routingKey: name, durable: true, messageId: envelope.id, contentType: "application/json" },
+          encode(envelope),
+        ),
+      ),
+    );
   }
 
   async drain(userId: string, deviceId: number): Promise<QueueDrain> {
     const name = this.queueName(userId, deviceId);
-    const taken = new Map<string, GetMessage[]>();
+    const taken = new Map<string, SyncMessage[]>();
     let channel: Channel | undefined;
     let giveBack: (() => Promise<void>) | undefined;
     /** The queue answered empty (or does not exist): nothing more to take. */
@@ -200,8 +247,6 @@ export class AmqpOfflineQueue implements OfflineQueue {
         if (!open || exhausted) return out;
         if (!channel) {
           const fresh = await this.drains.acquire();
-          // A queue that was never declared answers 404 and closes the channel: it is empty.
-          fresh.channel.on("error", () => {});
           if (!open) {
             await fresh.release();
             return out;
@@ -211,19 +256,20 @@ export class AmqpOfflineQueue implements OfflineQueue {
         }
         const current = channel;
         while (open && out.length < max) {
-          let message: GetMessage | false;
+          let message: SyncMessage | undefined;
           try {
-            message = await current.get(name, { noAck: false });
+            message = await current.basicGet({ queue: name, noAck: false });
           } catch (error) {
             if (!open) return []; // released meanwhile: what was taken went back to the queue
-            if ((error as { code?: unknown }).code !== 404) throw error;
-            message = false;
+            // A queue that was never declared answers 404 (and closes the channel): it is empty.
+            if (amqpCode(error) !== "NOT_FOUND") throw error;
+            message = undefined;
           }
-          if (message === false) {
+          if (message === undefined) {
             exhausted = true;
             break;
           }
-          const envelope = decode(message.content);
+          const envelope = decode(message.body);
           const held = taken.get(envelope.id);
           if (held) held.push(message);
           else taken.set(envelope.id, [message]);
@@ -236,7 +282,10 @@ export class AmqpOfflineQueue implements OfflineQueue {
         const current = channel;
         if (!current) return;
         for (const id of ids) {
-          for (const message of taken.get(id) ?? []) current.ack(message);
+          for (const message of taken.get(id) ?? []) {
+            // A channel that died with its connection already returned these to the queue.
+            if (current.active) current.basicAck({ deliveryTag: message.deliveryTag });
+          }
           taken.delete(id);
         }
         if (exhausted && taken.size === 0) await closeChannel();
@@ -251,68 +300,76 @@ export class AmqpOfflineQueue implements OfflineQueue {
 
   /** Messages waiting in the device's queue; 0 when it has none (the queue is not created to count it). */
   async depth(userId: string, deviceId: number): Promise<number> {
-    const channel = await this.connection.createChannel();
-    // A queue that does not exist answers 404 and closes the channel.
-    channel.on("error", () => {});
     try {
-      return (await channel.checkQueue(this.queueName(userId, deviceId))).messageCount;
+      const queue = this.queueName(userId, deviceId);
+      return (await withChannel(this.rabbit, (channel) => channel.queueDeclare({ queue, passive: true })))
+        .messageCount;
     } catch (error) {
-      if ((error as { code?: unknown }).code === 404) return 0;
+      if (amqpCode(error) === "NOT_FOUND") return 0;
       throw error;
-    } finally {
-      await channel.close().catch(() => {});
     }
   }
 
   async purge(userId: string, deviceId: number): Promise<number> {
     const name = this.queueName(userId, deviceId);
-    const channel = await this.connection.createChannel();
+    const { messageCount } = await withChannel(this.rabbit, (channel) =>
+      channel.queueDelete({ queue: name }),
+    );
+    this.declared.delete(name);
+    return messageCount;
+  }
+
+  async dropFrom(userId: string, deviceId: number, senderUser: string): Promise<number> {
+    const name = this.queueName(userId, deviceId);
+    const channel = await this.rabbit.acquire();
     try {
-      const { messageCount } = await channel.deleteQueue(name);
-      this.declared.delete(name);
-      return messageCount;
+      await channel.confirmSelect();
+      const { messageCount } = await channel.queueDeclare({ queue: name, passive: true });
+      const taken: SyncMessage[] = [];
+      const kept: Promise<void>[] = [];
+      let dropped = 0;
+      // One pass over what is there now: keep others' messages by re-publishing them behind, in order.
+      for (let i = 0; i < messageCount; i++) {
+        const message = await channel.basicGet({ queue: name, noAck: false });
+        if (message === undefined) break;
+        taken.push(message);
+        const envelope = decode(message.body);
+        if (envelope.senderUser === senderUser) dropped++;
+        else
+          kept.push(
+            channel.basicPublish(
+              {
+                routingKey: name,
+                durable: true,
+                messageId: message.messageId,
+                contentType: "application/json",
+              },
+              encode(envelope),
+            ),
+          );
+      }
+      // Only once the kept copies are confirmed do the originals go.
+      await Promise.all(kept);
+      for (const message of taken) channel.basicAck({ deliveryTag: message.deliveryTag });
+      return dropped;
+    } catch (error) {
+      if (amqpCode(error) === "NOT_FOUND") return 0;
+      throw error;
     } finally {
       await channel.close().catch(() => {});
     }
   }
 
-  async dropFrom(userId: string, deviceId: number, senderUser: string): Promise<number> {
-    const name = this.queueName(userId, deviceId);
-    const channel = await this.connection.createConfirmChannel();
-    // A queue that does not exist closes the channel with 404: nothing to drop.
-    channel.on("error", () => {});
-    try {
-      const { messageCount } = await channel.checkQueue(name);
-      const taken: GetMessage[] = [];
-      let dropped = 0;
-      // One pass over what is there now: keep others' messages by re-publishing them behind, in order.
-      for (let i = 0; i < messageCount; i++) {
-        const message = await channel.get(name, { noAck: false });
-        if (message === false) break;
-        taken.push(message);
-        if (decode(message.content).senderUser === senderUser) dropped++;
-        else channel.sendToQueue(name, message.content, { ...message.properties, persistent: true });
-      }
-      // Only once the kept copies are confirmed do the originals go.
-      await channel.waitForConfirms();
-      for (const message of taken) channel.ack(message);
-      await channel.close();
-      return dropped;
-    } catch (error) {
-      await channel.close().catch(() => {});
-      if ((error as { code?: unknown }).code === 404) return 0;
-      throw error;
-    }
-  }
-
+  /** Rejects at once while the connection to the broker is down (readiness), else opens and closes a channel. */
   async ping(): Promise<void> {
-    const channel = await this.connection.createChannel();
+    if (!this.rabbit.ready) throw new Error("rabbitmq connection is down");
+    const channel = await this.rabbit.acquire();
     await channel.close();
   }
 
   async close(): Promise<void> {
     await this.publisher.close().catch(() => {});
     await this.drains.close();
-    await this.connection.close().catch(() => {});
+    await closeQuietly(this.rabbit);
   }
 }

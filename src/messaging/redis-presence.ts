@@ -97,6 +97,9 @@ export class RedisPresence implements Presence {
     if (!this.subscriber) {
       const subscriber = this.redis.duplicate();
       this.subscriber = subscriber;
+      // Errors are logged by the node's own connection (src/node.ts); without a listener ioredis
+      // prints "Unhandled error event" for every failed reconnect of this duplicate.
+      subscriber.on("error", () => {});
       subscriber.on("message", (_channel: string, text: string) => {
         let state: PresenceState;
         try {
@@ -106,7 +109,8 @@ export class RedisPresence implements Presence {
         }
         for (const l of this.listeners) l(state);
       });
-      void subscriber.subscribe(this.channel);
+      // ioredis re-subscribes by itself after a reconnect; a failure now is retried the same way.
+      subscriber.subscribe(this.channel).catch(() => {});
     }
     return () => this.listeners.delete(listener);
   }

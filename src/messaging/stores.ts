@@ -2,6 +2,7 @@ import { join } from "node:path";
 import type Redis from "ioredis";
 import type { Config } from "../config/index.ts";
 import type { Db } from "../db/index.ts";
+import type { Logger } from "../observability/logger.ts";
 import { adoptPgliteLog } from "./adopt-pglite-log.ts";
 import { AmqpOfflineQueue } from "./amqp-offline-queue.ts";
 import type { EnvelopeLog } from "./envelope-log.ts";
@@ -40,6 +41,7 @@ export async function openMessagingStores(
   embeddedDir: string | null = config.dataDir,
   /** Hears each group-committed write of the log (metrics). */
   onCommit?: CommitListener,
+  logger?: Logger,
 ): Promise<MessagingStores> {
   const prefix = clusterPrefix(config);
   const mongo = config.mongodbUrl
@@ -56,7 +58,12 @@ export async function openMessagingStores(
     await adoptPgliteLog(database.db, log);
   } else log = new PostgresEnvelopeLog(database.db, onCommit);
   const offline: OfflineQueue = config.amqpUrl
-    ? await AmqpOfflineQueue.open(config.amqpUrl, { prefix, retentionDays: config.retentionDays })
+    ? await AmqpOfflineQueue.open(config.amqpUrl, {
+        prefix,
+        retentionDays: config.retentionDays,
+        startupWaitMs: config.startupWaitMs,
+        logger,
+      })
     : new LogOfflineQueue(log);
   const leaseMs = config.presenceLeaseSeconds * 1000;
   const presence: Presence = redis

@@ -26,6 +26,23 @@ describe("configuration", () => {
     rmSync(dir, { recursive: true });
   });
 
+  test("REDIS_URL without AMQP_URL is a configuration error naming AMQP_URL, not a crash at start-up", () => {
+    const dir = tempDir();
+    expect(() => loadConfig({ DATA_DIR: dir, REDIS_URL: "redis://127.0.0.1:6379" })).toThrow(ConfigError);
+    expect(() => loadConfig({ DATA_DIR: dir, REDIS_URL: "redis://127.0.0.1:6379" })).toThrow(
+      /AMQP_URL: expected an amqp:\/\/ or amqps:\/\/ URL when REDIS_URL is set/,
+    );
+    // Both set, or neither: fine. AMQP_URL alone (offline queues in RabbitMQ, one node) stays allowed.
+    expect(
+      loadConfig({ DATA_DIR: dir, REDIS_URL: "redis://127.0.0.1:6379", AMQP_URL: "amqp://127.0.0.1" })
+        .amqpUrl,
+    ).toBe("amqp://127.0.0.1");
+    expect(loadConfig({ DATA_DIR: dir, AMQP_URL: "amqp://127.0.0.1" }).redisUrl).toBeUndefined();
+    expect(loadConfig({ DATA_DIR: dir }).startupWaitMs).toBe(60_000);
+    expect(loadConfig({ DATA_DIR: dir, STARTUP_WAIT_SECONDS: "5" }).startupWaitMs).toBe(5_000);
+    rmSync(dir, { recursive: true });
+  });
+
   test("the development JWT secret is generated once into DATA_DIR and reused", () => {
     const dir = tempDir();
     const first = loadConfig({ DATA_DIR: dir });
@@ -91,6 +108,8 @@ describe("configuration", () => {
     ["REGISTRATION", "oidc", "REGISTRATION: expected open (anyone), invite"],
     ["REGISTRATIONS_PER_ADDRESS", "0", "REGISTRATIONS_PER_ADDRESS: expected accounts one client address"],
     ["PRESENCE_WATCHES_PER_NODE", "10", "PRESENCE_WATCHES_PER_NODE: expected presence watch entries"],
+    ["STARTUP_WAIT_SECONDS", "0", "STARTUP_WAIT_SECONDS: expected seconds start-up waits for RabbitMQ"],
+    ["STARTUP_WAIT_SECONDS", "soon", "STARTUP_WAIT_SECONDS: expected seconds start-up waits for RabbitMQ"],
     ["TRUSTED_PROXIES", "10.0.0.0/33", "TRUSTED_PROXIES: expected addresses or CIDR blocks"],
     ["TRUSTED_PROXIES", "proxy.local", "TRUSTED_PROXIES: expected addresses or CIDR blocks"],
     [

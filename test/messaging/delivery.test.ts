@@ -290,7 +290,9 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     const id = randomUUID();
     a.send(direct(id, bob.userId, { 1: "one", 2: "two" }));
     expect((await a.reply(id)).type).toBe("accepted");
-    await Bun.sleep(200);
+    // The offline device's copy reaches its queue after `accepted` (the actor flushes it): wait for it.
+    const deadline = Date.now() + 10_000;
+    while ((await node.offline.depth(bob.userId, 2)) === 0 && Date.now() < deadline) await Bun.sleep(20);
     expect(await node.offline.depth(bob.userId, 2)).toBe(1);
     const second = await connect(bob.sessions[1].accessToken);
     await second.messages(1);

@@ -1,0 +1,238 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { AMQP_URL, runPrefix } from "../support/cluster-env.ts";
+import { freePort } from "../support/own-rabbitmq.ts";
+import { deleteRedisPrefix } from "../support/redis.ts";
+
+// Issue 14 item 6: start-up and shutdown rough edges. Each case runs src/main.ts (or `npm start`)
+// as its own process and looks at its exit code and what it printed.
+
+const ROOT = resolve(import.meta.dir, "../..");
+const BUN = process.execPath;
+const dirs: string[] = [];
+
+afterAll(() => {
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+});
+
+function dataDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "cb-startup-"));
+  dirs.push(dir);
+  return dir;
+}
+
+function baseEnv(extra: Record<string, string>): Record<string, string> {
+  return {
+    PATH: process.env.PATH ?? "/usr/bin:/bin",
+    HOME: process.env.HOME ?? "/tmp",
+    NODE_ENV: "test",
+    DATA_DIR: dataDir(),
+    PORT: "0",
+    ADMIN_PORT: "0",
+    LOG_LEVEL: "info",
+    ...extra,
+  };
+}
+
+interface Ran {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs src/main.ts to its end (it must exit by itself within `timeoutMs`). */
+async function runToExit(env: Record<string, string>, timeoutMs = 60_000): Promise<Ran> {
+  const proc = Bun.spawn([BUN, "run", "src/main.ts"], { cwd: ROOT, env, stdout: "pipe", stderr: "pipe" });
+  const timer = setTimeout(() => proc.kill(9), timeoutMs);
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  clearTimeout(timer);
+  return { code, stdout, stderr };
+}
+
+/** The one-line start-up refusal: `clearbox: <VARIABLE>: …`, no stack trace or source excerpt. */
+function expectOneLine(ran: Ran, variable: string, code: number): void {
+  const lines = ran.stderr.trim().split("\n");
+  expect({ code: ran.code, lines }).toMatchObject({
+    code,
+    lines: [expect.stringMatching(new RegExp(`^clearbox: ${variable}: `))],
+  });
+  expect(ran.stderr).not.toContain("    at ");
+  expect(ran.stdout).not.toContain("Unhandled error event");
+}
+
+/** Starts a process and resolves once a line of its stdout contains `marker` (rejects if it exits first). */
+function startUntil(
+  command: string[],
+  env: Record<string, string>,
+  marker: string,
+): Promise<{ child: ChildProcess; lines: string[] }> {
+  const [file, ...args] = command as [string, ...string[]];
+  const child = spawn(file, args, { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
+  const lines: string[] = [];
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no "${marker}" in 60 s:\n${lines.join("\n")}`)), 60_000);
+    const take = (chunk: Buffer) => {
+      for (const line of chunk.toString().split("\n")) {
+        if (!line) continue;
+        lines.push(line);
+        if (line.includes(marker)) {
+          clearTimeout(timer);
+          resolve({ child, lines });
+        }
+      }
+    };
+    child.stdout?.on("data", take);
+    child.stderr?.on("data", take);
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`exited ${code} before "${marker}":\n${lines.join("\n")}`));
+    });
+  });
+}
+
+function exited(child: ChildProcess): Promise<number | null> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.exitCode);
+  return new Promise((resolve) => child.once("exit", (code) => resolve(code)));
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe("start-up refusals name the variable in one line", () => {
+  test("DATABASE_URL unreachable: exit 69", async () => {
+    const port = await freePort();
+    const ran = await runToExit(baseEnv({ DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/nothing` }));
+    expectOneLine(ran, "DATABASE_URL", 69);
+    expect(ran.stderr).toContain("ECONNREFUSED");
+  });
+
+  test("REDIS_URL unreachable: exit 69, no ioredis 'Unhandled error event'", async () => {
+    const port = await freePort();
+    const ran = await runToExit(
+      baseEnv({ REDIS_URL: `redis://127.0.0.1:${port}`, AMQP_URL, REDIS_PREFIX: `${runPrefix()}:` }),
+    );
+    expectOneLine(ran, "REDIS_URL", 69);
+    expect(ran.stderr).toContain("ECONNREFUSED");
+  });
+
+  test("AMQP_URL unreachable: waits STARTUP_WAIT_SECONDS with progress logged, then exit 69", async () => {
+    const port = await freePort();
+    const ran = await runToExit(
+      baseEnv({ AMQP_URL: `amqp://guest:guest@127.0.0.1:${port}`, STARTUP_WAIT_SECONDS: "6" }),
+    );
+    expectOneLine(ran, "AMQP_URL", 69);
+    expect(ran.stderr).toContain("within 6 s");
+    expect(ran.stdout).toContain('"msg":"waiting for rabbitmq"');
+    // The password in the URL is never printed.
+    expect(ran.stdout + ran.stderr).not.toContain("guest:guest");
+  });
+
+  test("REDIS_URL without AMQP_URL: a configuration error, exit 78", async () => {
+    const ran = await runToExit(baseEnv({ REDIS_URL: "redis://127.0.0.1:6379" }));
+    expect(ran.code).toBe(78);
+    expect(ran.stderr).toContain("AMQP_URL: expected an amqp:// or amqps:// URL when REDIS_URL is set");
+    expect(ran.stderr).not.toContain("    at ");
+  });
+
+  test("a second node on a port in use fails with PORT named (exit 69) instead of sharing the port", async () => {
+    const port = await freePort();
+    const first = await startUntil(
+      [BUN, "run", "src/main.ts"],
+      baseEnv({ PORT: String(port) }),
+      "clearbox node started",
+    );
+    try {
+      const second = await runToExit(baseEnv({ PORT: String(port) }));
+      expectOneLine(second, "PORT", 69);
+      expect(second.stderr).toContain(`port ${port} is already in use`);
+      // The first node still serves alone.
+      expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+    } finally {
+      first.child.kill("SIGTERM");
+      await exited(first.child);
+    }
+  });
+});
+
+describe("shutdown", () => {
+  test("kill -TERM of `npm start` stops the bun process too", async () => {
+    const npm = await startUntil(["npm", "start"], baseEnv({}), "clearbox node started");
+    const npmPid = npm.child.pid as number;
+    // npm runs the script through `sh -c`; `exec` in the script makes bun npm's own child.
+    const children = Bun.spawnSync(["pgrep", "-P", String(npmPid)])
+      .stdout.toString()
+      .trim()
+      .split("\n");
+    const bunPid = Number(children[0]);
+    expect(bunPid).toBeGreaterThan(0);
+    process.kill(npmPid, "SIGTERM");
+    await exited(npm.child);
+    const deadline = Date.now() + 30_000;
+    while (alive(bunPid) && Date.now() < deadline) await Bun.sleep(50);
+    expect(alive(bunPid)).toBe(false);
+    expect(npm.lines.join("\n")).toContain('"msg":"clearbox node stopped"');
+  });
+
+  test("SIGTERM during a Redis outage stops the node cleanly (no MaxRetriesPerRequestError crash)", async () => {
+    const port = await freePort();
+    const redisDir = dataDir();
+    const redis = spawn(
+      "redis-server",
+      ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", redisDir],
+      {
+        stdio: "ignore",
+      },
+    );
+    const prefix = `${runPrefix()}:`;
+    try {
+      const until = Date.now() + 10_000;
+      for (;;) {
+        const probe = Bun.spawnSync(["redis-cli", "-p", String(port), "ping"]);
+        if (probe.stdout.toString().includes("PONG")) break;
+        if (Date.now() > until) throw new Error("own redis-server did not start");
+        await Bun.sleep(50);
+      }
+      const node = await startUntil(
+        [BUN, "run", "src/main.ts"],
+        baseEnv({
+          REDIS_URL: `redis://127.0.0.1:${port}`,
+          AMQP_URL,
+          REDIS_PREFIX: prefix,
+          CLUSTER_HEARTBEAT_MS: "250",
+        }),
+        "clearbox node started",
+      );
+      redis.kill("SIGKILL");
+      await exited(redis);
+      // Let the node notice (heartbeats fail) before it is asked to stop.
+      await Bun.sleep(1_000);
+      node.child.kill("SIGTERM");
+      const code = await Promise.race([exited(node.child), Bun.sleep(45_000).then(() => "hung" as const)]);
+      if (code === "hung") node.child.kill("SIGKILL");
+      const output = node.lines.join("\n");
+      expect({ code, crashed: /MaxRetriesPerRequestError[^"]*\n\s+at /.test(output) }).toEqual({
+        code: 0,
+        crashed: false,
+      });
+      expect(output).toContain('"msg":"shutting down"');
+      expect(output).not.toContain("Unhandled error event");
+    } finally {
+      if (redis.exitCode === null && redis.signalCode === null) redis.kill("SIGKILL");
+      // The queues of this node live on the shared RabbitMQ under the prefix; Redis keys died with the server.
+      await deleteRedisPrefix(prefix).catch(() => 0);
+    }
+  }, 90_000);
+});
