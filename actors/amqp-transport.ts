@@ -128,10 +128,7 @@ export class AmqpTransport implements Transport {
     );
     this.consumer = consumer;
     consumer.on("error", (error) =>
-      this.logger.warn(
-        { err: error },
-        "transfer failed or inbox consumer reset; it is delivered again",
-      ),
+      this.logger.warn({ err: error }, "transfer failed or inbox consumer reset; it is delivered again"),
     );
     // The inbox exists and is consumed before the node joins the ring.
     await new Promise<void>((resolve) => consumer.once("ready", () => resolve()));
