@@ -38,7 +38,10 @@ module.exports = {
       severity: "error",
       comment:
         "Features throw DomainError and export services and models; only the edges (http, admin, gateway) and the composition root know HTTP and sockets.",
-      from: { path: "^src/", pathNot: "^src/(http|admin|gateway|node\\.ts|main\\.ts|loadtest|cli|client)" },
+      from: {
+        path: "^src/",
+        pathNot: "^src/(http|admin|gateway|node\\.ts|main\\.ts|loadtest|cli|client|webclient)",
+      },
       to: { path: "^src/(http|admin|gateway)/|^src/node\\.ts$|^src/main\\.ts$" },
     },
     {
@@ -46,10 +49,10 @@ module.exports = {
       severity: "error",
       comment:
         "The SDK and CLI run without the server: they import the protocol, each other and server types only.",
-      from: { path: "^src/(client|cli)/" },
+      from: { path: "^src/(client|cli|webclient)/" },
       to: {
         path: "^(src|actors)/",
-        pathNot: "^src/(client|cli|protocol)/",
+        pathNot: "^src/(client|cli|webclient|protocol)/",
         dependencyTypesNot: ["type-only"],
       },
     },

@@ -286,6 +286,24 @@ export class ClearBoxHttp {
     return (await this.authed((headers) => this.api.v1.blocks.get({ headers }))).blocks;
   }
 
+  /** This account's data as the server holds it (`GET /v1/me/export`, GDPR Art. 15 and 20). */
+  async exportMe(): Promise<unknown> {
+    return this.authed((headers) => this.api.v1.me.export.get({ headers }));
+  }
+
+  /**
+   * Starts the erasure of this account (`DELETE /v1/me`), proven by the password again; returns the
+   * erasure id whose status and signed receipt `erasure` reads (no login needed: the account goes).
+   */
+  async eraseMe(password: string): Promise<{ erasureId: string }> {
+    return this.authed((headers) => this.api.v1.me.delete({ password }, { headers }));
+  }
+
+  /** An erasure's status, with the signed receipt once it is done (`GET /v1/erasures/:erasureId`). */
+  async erasure(erasureId: string) {
+    return unwrap(this.api.v1.erasures({ erasureId }).get());
+  }
+
   /**
    * The key this server signs erasure receipts with (`GET /v1/erasures/signing-key`, no login).
    * Throws ClearBoxApiError on an HTTP error, TypeError when the server cannot be reached.

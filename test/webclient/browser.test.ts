@@ -1,0 +1,222 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { IdentityKeyPair } from "@signalapp/libsignal-client";
+import type { Subprocess } from "bun";
+import { type Browser, chromium, type Page } from "playwright-core";
+import { ClearBoxClient } from "../../src/client/index.ts";
+import { ensureBuilt } from "../../src/webclient/build.ts";
+import { uniqueUsername } from "../support/http.ts";
+import { startTestNode, type TestNode } from "../support/node.ts";
+
+const MAIN = resolve(import.meta.dir, "../../src/webclient/main.ts");
+const CHROMIUM = "/usr/bin/chromium";
+const password = "correct horse battery";
+/** Where the screens are saved as PNG when set (docs/screenshots is made from this test). */
+const SCREENSHOTS = process.env.CLEARBOX_SCREENSHOTS;
+
+/** One `npm run client:web` process: its URL (with the secret) read from its first line. */
+class WebClientProcess {
+  url = "";
+  private proc?: Subprocess<"ignore", "pipe", "pipe">;
+  output = "";
+
+  constructor(
+    readonly storePath: string,
+    readonly serverUrl: string,
+  ) {}
+
+  async start(): Promise<string> {
+    const proc = Bun.spawn(
+      [process.execPath, "run", MAIN, "--store", this.storePath, "--server", this.serverUrl],
+      {
+        stdin: "ignore",
+        stdout: "pipe",
+        stderr: "pipe",
+      },
+    );
+    this.proc = proc;
+    void new Response(proc.stderr).text().then((text) => {
+      this.output += text;
+    });
+    const reader = proc.stdout.getReader();
+    const decoder = new TextDecoder();
+    let out = "";
+    const deadline = Date.now() + 60_000;
+    while (!/open (http\S+)/.test(out)) {
+      const { value, done } = await reader.read();
+      if (done || Date.now() > deadline) throw new Error(`client:web did not start: ${out}${this.output}`);
+      out += decoder.decode(value);
+    }
+    reader.releaseLock();
+    this.url = /open (http\S+)/.exec(out)?.[1] ?? "";
+    return this.url;
+  }
+
+  async stop(): Promise<void> {
+    this.proc?.kill("SIGTERM");
+    await this.proc?.exited;
+  }
+}
+
+async function signUp(page: Page, url: string, username: string): Promise<void> {
+  await page.goto(url);
+  await page.getByLabel("username").fill(username);
+  await page.getByLabel("password", { exact: true }).fill(password);
+  await page.getByRole("button", { name: "Create account" }).click();
+  await page.getByTestId("me").waitFor();
+}
+
+async function shot(page: Page, name: string): Promise<void> {
+  if (!SCREENSHOTS) return;
+  mkdirSync(SCREENSHOTS, { recursive: true });
+  await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`) });
+}
+
+const texts = (page: Page) => page.getByTestId("message").locator(".text").allTextContents();
+
+describe.skipIf(!existsSync(CHROMIUM) && !process.env.CI)("browser sample client (React) in Chromium", () => {
+  let node: TestNode;
+  let dir: string;
+  let browser: Browser;
+  const processes: WebClientProcess[] = [];
+
+  beforeAll(async () => {
+    await ensureBuilt({ quiet: true });
+    node = await startTestNode("pglite");
+    dir = mkdtempSync(join(tmpdir(), "clearbox-web-"));
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+      ],
+    });
+  });
+  afterAll(async () => {
+    await browser?.close();
+    for (const p of processes) await p.stop();
+    await node?.teardown();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("the local process refuses calls without its secret, from another host name, and serves the page", async () => {
+    const web = new WebClientProcess(join(dir, "guard.db"), node.url);
+    processes.push(web);
+    const url = new URL(await web.start());
+    const base = `${url.protocol}//${url.host}`;
+    expect((await fetch(`${base}/api/state`)).status).toBe(401);
+    const secret = url.searchParams.get("secret") ?? "";
+    expect(
+      (await fetch(`${base}/api/state`, { headers: { "x-clearbox-secret": `${secret}x` } })).status,
+    ).toBe(401);
+    const ok = await fetch(`${base}/api/state`, { headers: { "x-clearbox-secret": secret } });
+    expect(await ok.json()).toEqual({ account: null, status: "signed-out" });
+    const rebound = await fetch(`${base}/api/state`, {
+      headers: { "x-clearbox-secret": secret, host: "evil.example" },
+    });
+    expect(rebound.status).toBe(421);
+    expect(await (await fetch(`${base}/`)).text()).toContain('<div id="root">');
+    // Nothing is written before a sign-up succeeded.
+    expect(existsSync(web.storePath)).toBe(false);
+    await web.stop();
+  });
+
+  test("two people chat both ways, see presence and unread counts; offline messages arrive in order; a key change warns; erasure shows a verified receipt", async () => {
+    const alice = {
+      name: uniqueUsername("alice"),
+      web: new WebClientProcess(join(dir, "alice.db"), node.url),
+    };
+    const bob = { name: uniqueUsername("bob"), web: new WebClientProcess(join(dir, "bob.db"), node.url) };
+    processes.push(alice.web, bob.web);
+    const a = await browser.newPage({ viewport: { width: 1100, height: 700 } });
+    const b = await browser.newPage({ viewport: { width: 1100, height: 700 } });
+    // A page error (React unmounts the app on one) fails the test instead of a later timeout.
+    const pageErrors: string[] = [];
+    for (const page of [a, b]) page.on("pageerror", (error) => pageErrors.push(error.message));
+    await a.goto(await alice.web.start());
+    await shot(a, "sign-in");
+    await signUp(a, alice.web.url, alice.name);
+    await signUp(b, await bob.web.start(), bob.name);
+
+    // Alice adds Bob by username and writes; Bob sees an unread count, then the message.
+    await a.getByLabel("add contact").fill(bob.name);
+    await a.getByRole("button", { name: "Add" }).click();
+    await a.getByTestId("conversation-title").filter({ hasText: bob.name }).waitFor();
+    await a.getByLabel("message").fill("hi bob, it's alice");
+    await a.getByRole("button", { name: "Send" }).click();
+    await b.getByTestId(`unread-${alice.name}`).filter({ hasText: "1" }).waitFor();
+    await b.getByTestId(`contact-${alice.name}`).click();
+    await b.getByText("hi bob, it's alice").waitFor();
+    await b.getByLabel("message").fill("hello alice");
+    await b.getByRole("button", { name: "Send" }).click();
+    await a.getByText("hello alice").waitFor();
+    expect(await texts(a)).toEqual(["hi bob, it's alice", "hello alice"]);
+    await a.locator(`[data-testid="presence-${bob.name}"][data-online="true"]`).waitFor();
+    await shot(a, "chat");
+
+    // Safety numbers: the same digits on both screens.
+    await a.getByRole("button", { name: "Safety number" }).click();
+    const aDigits = await a.getByTestId("safety-number").textContent();
+    await b.getByRole("button", { name: "Safety number" }).click();
+    expect(await b.getByTestId("safety-number").textContent()).toBe(aDigits);
+    expect(aDigits).toMatch(/^(\d{5} ){11}\d{5}$/);
+    await shot(a, "safety-number");
+    await a.getByRole("button", { name: "Mark as verified" }).click();
+    await a.getByTestId("conversation-title").waitFor();
+
+    // Bob's client is closed; Alice writes three messages; he comes back and reads them in order.
+    await b.close();
+    await bob.web.stop();
+    await a.locator(`[data-testid="presence-${bob.name}"][data-online="false"]`).waitFor();
+    for (const text of ["one", "two", "three"]) {
+      await a.getByLabel("message").fill(text);
+      await a.getByRole("button", { name: "Send" }).click();
+      await a.getByText(text, { exact: true }).waitFor();
+    }
+    const b2 = await browser.newPage({ viewport: { width: 1100, height: 700 } });
+    await b2.goto(await bob.web.start());
+    await b2.getByTestId(`unread-${alice.name}`).filter({ hasText: "3" }).waitFor();
+    await b2.getByTestId(`contact-${alice.name}`).click();
+    await b2.getByText("three", { exact: true }).waitFor();
+    expect(await texts(b2)).toEqual(["hi bob, it's alice", "hello alice", "one", "two", "three"]);
+
+    // Bob's device gets a new identity key (a reinstall, or a server swapping keys): Alice is warned.
+    await b2.close();
+    await bob.web.stop();
+    const reinstalled = ClearBoxClient.open({ storePath: bob.web.storePath });
+    reinstalled.store.set(
+      "identityKeyPair",
+      Buffer.from(IdentityKeyPair.generate().serialize()).toString("base64"),
+    );
+    reinstalled.store.db.exec("delete from sessions");
+    await reinstalled.bootstrapKeys(5);
+    reinstalled.close();
+    const b3 = await browser.newPage({ viewport: { width: 1100, height: 700 } });
+    await b3.goto(await bob.web.start());
+    await b3.getByTestId(`contact-${alice.name}`).click();
+    await b3.getByLabel("message").fill("new phone, same bob");
+    await b3.getByRole("button", { name: "Send" }).click();
+    await a.getByText("new phone, same bob").waitFor();
+    await a.getByTestId("key-change-warning").waitFor();
+    await shot(a, "key-change-warning");
+    await a.getByTestId("key-change-warning").getByRole("button", { name: "Verify" }).click();
+    await a.getByRole("button", { name: "Mark as verified" }).click();
+    await a.getByTestId("conversation-title").waitFor();
+    expect(await a.getByTestId("key-change-warning").count()).toBe(0);
+
+    // Alice erases her account and sees the receipt, checked against the server's published key.
+    await a.getByTestId("account-settings").click();
+    await a.getByLabel("erase password").fill(password);
+    await a.getByRole("button", { name: "Erase" }).click();
+    await a.getByTestId("receipt-check").waitFor({ timeout: 60_000 });
+    expect(await a.getByTestId("receipt-check").textContent()).toContain("Receipt verified");
+    await shot(a, "erasure-receipt");
+    expect(pageErrors).toEqual([]);
+  });
+});

@@ -1,0 +1,548 @@
+import { type FormEvent, useCallback, useEffect, useRef, useState } from "react";
+import {
+  type Account,
+  api,
+  type Contact,
+  events,
+  type Group,
+  type Message,
+  type SafetyNumber,
+} from "./api.ts";
+
+type View =
+  | { kind: "chat"; conversation: string }
+  | { kind: "safety"; userId: string }
+  | { kind: "devices" }
+  | { kind: "account" }
+  | { kind: "none" };
+
+export function App() {
+  const [account, setAccount] = useState<Account | null | undefined>(undefined);
+  useEffect(() => {
+    api<{ account: Account | null }>("GET", "/api/state").then(
+      (state) => setAccount(state.account),
+      () => setAccount(null),
+    );
+  }, []);
+  if (account === undefined) return <p className="empty">Loading…</p>;
+  if (!account) return <SignIn onSignedIn={setAccount} />;
+  return <Chat account={account} onSignedOut={() => setAccount(null)} />;
+}
+
+function SignIn({ onSignedIn }: { onSignedIn: (account: Account) => void }) {
+  const [username, setUsername] = useState("");
+  const [password, setPassword] = useState("");
+  const [serverUrl, setServerUrl] = useState("");
+  const [error, setError] = useState("");
+  const [busy, setBusy] = useState(false);
+  const submit = async (register: boolean) => {
+    setBusy(true);
+    setError("");
+    try {
+      const { account } = await api<{ account: Account }>("POST", register ? "/api/register" : "/api/login", {
+        username,
+        password,
+        ...(serverUrl ? { serverUrl } : {}),
+      });
+      onSignedIn(account);
+    } catch (e) {
+      setError((e as Error).message);
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <form
+      className="auth"
+      onSubmit={(event) => {
+        event.preventDefault();
+        void submit(false);
+      }}
+    >
+      <h1>ClearBox</h1>
+      <input
+        aria-label="username"
+        placeholder="username"
+        value={username}
+        onChange={(e) => setUsername(e.target.value)}
+      />
+      <input
+        aria-label="password"
+        placeholder="password"
+        type="password"
+        value={password}
+        onChange={(e) => setPassword(e.target.value)}
+      />
+      <input
+        aria-label="server"
+        placeholder="server (default: the saved one, else http://127.0.0.1:8080)"
+        value={serverUrl}
+        onChange={(e) => setServerUrl(e.target.value)}
+      />
+      {error && (
+        <p className="error" role="alert">
+          {error}
+        </p>
+      )}
+      <button className="primary" type="submit" disabled={busy}>
+        Sign in
+      </button>
+      <button type="button" disabled={busy} onClick={() => void submit(true)}>
+        Create account
+      </button>
+    </form>
+  );
+}
+
+function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => void }) {
+  const [contacts, setContacts] = useState<Contact[]>([]);
+  const [groups, setGroups] = useState<Group[]>([]);
+  const [view, setView] = useState<View>({ kind: "none" });
+  const [messages, setMessages] = useState<Message[]>([]);
+  const [status, setStatus] = useState("connecting");
+  const [error, setError] = useState("");
+  const viewRef = useRef(view);
+  viewRef.current = view;
+
+  const refresh = useCallback(async () => {
+    const list = await api<{ contacts: Contact[]; groups: Group[] }>("GET", "/api/contacts");
+    setContacts(list.contacts);
+    setGroups(list.groups);
+  }, []);
+
+  const openConversation = useCallback(
+    async (conversation: string) => {
+      setView({ kind: "chat", conversation });
+      const { messages } = await api<{ messages: Message[] }>(
+        "GET",
+        `/api/conversations/${encodeURIComponent(conversation)}`,
+      );
+      setMessages(messages);
+      await api("POST", `/api/conversations/${encodeURIComponent(conversation)}/read`, {});
+      await refresh();
+    },
+    [refresh],
+  );
+
+  useEffect(() => {
+    void refresh();
+    return events((event) => {
+      if (event.type === "status") {
+        setStatus(event.status);
+        if (event.status === "stopped" && event.code)
+          setError(`Session ended (${event.code}${event.reason ? `: ${event.reason}` : ""})`);
+        return;
+      }
+      if (event.type === "message") {
+        const current = viewRef.current;
+        if (current.kind === "chat" && current.conversation === event.message.conversation) {
+          setMessages((list) => [...list.filter((m) => m.id !== event.message.id), event.message]);
+          if (!event.message.outgoing)
+            void api("POST", `/api/conversations/${encodeURIComponent(current.conversation)}/read`, {});
+        }
+      }
+      void refresh();
+    });
+  }, [refresh]);
+
+  const conversationName = (conversation: string) => {
+    if (conversation.startsWith("group:")) {
+      return `#${groups.find((g) => `group:${g.groupId}` === conversation)?.name ?? "group"}`;
+    }
+    return contacts.find((c) => c.userId === conversation)?.username ?? conversation;
+  };
+
+  return (
+    <div className="app">
+      <aside className="sidebar">
+        <header>
+          <strong data-testid="me">{account.username}</strong>
+          <div className="status" data-testid="status">
+            device {account.deviceId} · {status}
+          </div>
+        </header>
+        <AddContact
+          onAdded={async (userId) => {
+            await refresh();
+            await openConversation(userId);
+          }}
+          onError={setError}
+        />
+        <h2>Contacts</h2>
+        {contacts.map((c) => (
+          <button
+            type="button"
+            key={c.userId}
+            className={`item ${view.kind === "chat" && view.conversation === c.userId ? "active" : ""}`}
+            data-testid={`contact-${c.username}`}
+            onClick={() => void openConversation(c.userId)}
+          >
+            <span
+              className={`dot ${c.online ? "online" : ""}`}
+              data-testid={`presence-${c.username}`}
+              data-online={c.online}
+            />
+            <span>{c.username}</span>
+            {c.changed && (
+              <span className="warn-icon" title="safety number changed">
+                ⚠
+              </span>
+            )}
+            {c.verified && !c.changed && <span title="verified">✔</span>}
+            {c.unread > 0 && (
+              <span className="badge" data-testid={`unread-${c.username}`}>
+                {c.unread}
+              </span>
+            )}
+          </button>
+        ))}
+        <h2>Groups</h2>
+        {groups.map((g) => (
+          <button
+            type="button"
+            key={g.groupId}
+            className={`item ${view.kind === "chat" && view.conversation === `group:${g.groupId}` ? "active" : ""}`}
+            data-testid={`group-${g.name}`}
+            onClick={() => void openConversation(`group:${g.groupId}`)}
+          >
+            <span>#{g.name}</span>
+            {g.unread > 0 && <span className="badge">{g.unread}</span>}
+          </button>
+        ))}
+        <NewGroup
+          onCreated={async (groupId) => {
+            await refresh();
+            await openConversation(`group:${groupId}`);
+          }}
+          onError={setError}
+        />
+        <h2>Settings</h2>
+        <button type="button" className="item" onClick={() => setView({ kind: "devices" })}>
+          Devices
+        </button>
+        <button
+          type="button"
+          className="item"
+          data-testid="account-settings"
+          onClick={() => setView({ kind: "account" })}
+        >
+          Export and erasure
+        </button>
+      </aside>
+      <main className="main">
+        {error && (
+          <div className="banner error" role="alert">
+            {error}
+            <button type="button" onClick={() => setError("")}>
+              Dismiss
+            </button>
+          </div>
+        )}
+        {view.kind === "chat" && (
+          <Conversation
+            name={conversationName(view.conversation)}
+            conversation={view.conversation}
+            contact={contacts.find((c) => c.userId === view.conversation)}
+            messages={messages}
+            onVerify={(userId) => setView({ kind: "safety", userId })}
+            onError={setError}
+          />
+        )}
+        {view.kind === "safety" && (
+          <Safety
+            contact={contacts.find((c) => c.userId === view.userId)}
+            userId={view.userId}
+            onDone={async () => {
+              await refresh();
+              await openConversation(view.userId);
+            }}
+          />
+        )}
+        {view.kind === "devices" && <Devices />}
+        {view.kind === "account" && <AccountPanel onErased={onSignedOut} />}
+        {view.kind === "none" && <p className="empty">Add a contact by username to start chatting.</p>}
+      </main>
+    </div>
+  );
+}
+
+function AddContact({
+  onAdded,
+  onError,
+}: {
+  onAdded: (userId: string) => Promise<void>;
+  onError: (e: string) => void;
+}) {
+  const [username, setUsername] = useState("");
+  const submit = async (event: FormEvent) => {
+    event.preventDefault();
+    try {
+      const { contact } = await api<{ contact: { userId: string } }>("POST", "/api/contacts", { username });
+      setUsername("");
+      await onAdded(contact.userId);
+    } catch (e) {
+      onError(`${username}: ${(e as Error).message}`);
+    }
+  };
+  return (
+    <form onSubmit={(e) => void submit(e)}>
+      <input
+        className="grow"
+        aria-label="add contact"
+        placeholder="username"
+        value={username}
+        onChange={(e) => setUsername(e.target.value)}
+      />
+      <button type="submit">Add</button>
+    </form>
+  );
+}
+
+function NewGroup({
+  onCreated,
+  onError,
+}: {
+  onCreated: (groupId: string) => Promise<void>;
+  onError: (e: string) => void;
+}) {
+  const [name, setName] = useState("");
+  const [members, setMembers] = useState("");
+  const submit = async (event: FormEvent) => {
+    event.preventDefault();
+    try {
+      const { groupId } = await api<{ groupId: string }>("POST", "/api/groups", {
+        name,
+        members: members.split(/[\s,]+/).filter(Boolean),
+      });
+      setName("");
+      setMembers("");
+      await onCreated(groupId);
+    } catch (e) {
+      onError((e as Error).message);
+    }
+  };
+  return (
+    <form onSubmit={(e) => void submit(e)} style={{ flexDirection: "column" }}>
+      <input
+        aria-label="group name"
+        placeholder="new group name"
+        value={name}
+        onChange={(e) => setName(e.target.value)}
+      />
+      <input
+        aria-label="group members"
+        placeholder="members (usernames)"
+        value={members}
+        onChange={(e) => setMembers(e.target.value)}
+      />
+      <button type="submit">Create group</button>
+    </form>
+  );
+}
+
+function Conversation(props: {
+  name: string;
+  conversation: string;
+  contact?: Contact;
+  messages: Message[];
+  onVerify: (userId: string) => void;
+  onError: (e: string) => void;
+}) {
+  const [text, setText] = useState("");
+  const end = useRef<HTMLDivElement>(null);
+  // biome-ignore lint/correctness/useExhaustiveDependencies: scroll to the newest message whenever one is added
+  useEffect(() => {
+    // Block body: newer browsers return a promise from scrollIntoView, and an effect must not.
+    end.current?.scrollIntoView?.();
+  }, [props.messages.length]);
+  const send = async (event: FormEvent) => {
+    event.preventDefault();
+    if (!text.trim()) return;
+    try {
+      await api("POST", `/api/conversations/${encodeURIComponent(props.conversation)}`, { text });
+      setText("");
+    } catch (e) {
+      props.onError((e as Error).message);
+    }
+  };
+  return (
+    <>
+      <header>
+        <span className="title" data-testid="conversation-title">
+          {props.name}
+        </span>
+        {props.contact && (
+          <button type="button" onClick={() => props.contact && props.onVerify(props.contact.userId)}>
+            Safety number
+          </button>
+        )}
+      </header>
+      {props.contact?.changed && (
+        <div className="banner" role="alert" data-testid="key-change-warning">
+          <span>
+            ⚠ {props.contact.username}'s safety number has changed. They may have reinstalled ClearBox, or
+            someone may be intercepting your messages. Compare the new safety number with them before you
+            trust it.
+          </span>
+          <button type="button" onClick={() => props.contact && props.onVerify(props.contact.userId)}>
+            Verify
+          </button>
+        </div>
+      )}
+      <div className="messages" data-testid="messages">
+        {props.messages.map((m) => (
+          <div key={m.id} className={`bubble ${m.outgoing ? "out" : ""}`} data-testid="message">
+            {!m.outgoing && m.group && <div className="meta">{m.from.username}</div>}
+            <div className="text">{m.text}</div>
+            <div className="meta">
+              {new Date(m.ts).toLocaleTimeString()} {m.outgoing ? `· ${m.state}` : ""}
+            </div>
+          </div>
+        ))}
+        <div ref={end} />
+      </div>
+      <form className="composer" onSubmit={(e) => void send(e)}>
+        <input
+          className="grow"
+          aria-label="message"
+          placeholder="Message"
+          value={text}
+          onChange={(e) => setText(e.target.value)}
+        />
+        <button className="primary" type="submit">
+          Send
+        </button>
+      </form>
+    </>
+  );
+}
+
+function Safety({
+  contact,
+  userId,
+  onDone,
+}: {
+  contact?: Contact;
+  userId: string;
+  onDone: () => Promise<void>;
+}) {
+  const [numbers, setNumbers] = useState<SafetyNumber[] | undefined>();
+  useEffect(() => {
+    void api<{ numbers: SafetyNumber[] }>("GET", `/api/safety/${userId}`).then((r) => setNumbers(r.numbers));
+  }, [userId]);
+  const verify = async () => {
+    const r = await api<{ numbers: SafetyNumber[] }>("POST", `/api/safety/${userId}/verify`, {});
+    setNumbers(r.numbers);
+    await onDone();
+  };
+  return (
+    <div className="panel">
+      <h2>Safety number with {contact?.username ?? userId}</h2>
+      <p>
+        Compare these digits with the ones on {contact?.username ?? "their"} screen, in person or on a call.
+        If they match, your messages are end-to-end encrypted with the right person.
+      </p>
+      {numbers?.length === 0 && <p>No session yet: exchange a message first.</p>}
+      {numbers?.map((n) => (
+        <div key={n.deviceId}>
+          <div className="meta">
+            device {n.deviceId} ·{" "}
+            {n.changed ? "changed, not verified" : n.verified ? "verified" : "not verified"}
+          </div>
+          <div className="digits" data-testid="safety-number">
+            {n.safetyNumber}
+          </div>
+        </div>
+      ))}
+      {numbers && numbers.length > 0 && (
+        <button className="primary" type="button" onClick={() => void verify()}>
+          Mark as verified
+        </button>
+      )}
+    </div>
+  );
+}
+
+function Devices() {
+  const [devices, setDevices] = useState<
+    { deviceId: number; name?: string | null; lastSeen?: number | null }[]
+  >([]);
+  const [self, setSelf] = useState(0);
+  useEffect(() => {
+    void api<{ devices: typeof devices; self: number }>("GET", "/api/devices").then((r) => {
+      setDevices(r.devices);
+      setSelf(r.self);
+    });
+  }, []);
+  return (
+    <div className="panel">
+      <h2>Devices</h2>
+      {devices.map((d) => (
+        <div key={d.deviceId} data-testid="device">
+          Device {d.deviceId} {d.name ? `(${d.name})` : ""} {d.deviceId === self ? "· this browser" : ""}
+        </div>
+      ))}
+    </div>
+  );
+}
+
+function AccountPanel({ onErased }: { onErased: () => void }) {
+  const [password, setPassword] = useState("");
+  const [result, setResult] = useState<{
+    receipt: unknown;
+    check: { valid: boolean; failed?: string; reason?: string };
+  }>();
+  const [error, setError] = useState("");
+  const exportData = async () => {
+    const data = await api("GET", "/api/export");
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([JSON.stringify(data, null, 2)], { type: "application/json" }));
+    link.download = "clearbox-export.json";
+    link.click();
+  };
+  const erase = async (event: FormEvent) => {
+    event.preventDefault();
+    setError("");
+    try {
+      setResult(await api("POST", "/api/erase", { password }));
+    } catch (e) {
+      setError((e as Error).message);
+    }
+  };
+  return (
+    <div className="panel">
+      <h2>Your data</h2>
+      <button type="button" onClick={() => void exportData()}>
+        Download my data (export)
+      </button>
+      <h2>Erase my account</h2>
+      <p>Everything the server holds about you is deleted; you get a receipt signed by the server.</p>
+      <form onSubmit={(e) => void erase(e)} style={{ display: "flex", gap: 8 }}>
+        <input
+          aria-label="erase password"
+          type="password"
+          placeholder="password"
+          value={password}
+          onChange={(e) => setPassword(e.target.value)}
+        />
+        <button className="danger" type="submit">
+          Erase
+        </button>
+      </form>
+      {error && <p className="error">{error}</p>}
+      {result && (
+        <div data-testid="receipt">
+          <p data-testid="receipt-check">
+            {result.check.valid
+              ? "Receipt verified: signed with the key this server publishes."
+              : `Receipt NOT valid: ${result.check.failed} check failed (${result.check.reason})`}
+          </p>
+          <pre>{JSON.stringify(result.receipt, null, 2)}</pre>
+          <button type="button" onClick={onErased}>
+            Done
+          </button>
+        </div>
+      )}
+    </div>
+  );
+}
