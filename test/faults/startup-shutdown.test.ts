@@ -182,7 +182,10 @@ describe("shutdown", () => {
     await exited(npm.child);
     const deadline = Date.now() + 30_000;
     while (alive(bunPid) && Date.now() < deadline) await Bun.sleep(50);
-    expect(alive(bunPid)).toBe(false);
+    const orphaned = alive(bunPid);
+    // Never leave an orphaned node serving after a failed run.
+    if (orphaned) process.kill(bunPid, "SIGKILL");
+    expect(orphaned).toBe(false);
     expect(npm.lines.join("\n")).toContain('"msg":"clearbox node stopped"');
   });
 
