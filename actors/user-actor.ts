@@ -107,6 +107,9 @@ export interface UserActorPorts {
 /** How many finished envelope ids an activation remembers, to ignore late or repeated delivers. */
 const RECENTLY_DONE = 4096;
 
+/** How long a user actor waits before reading the log again after a failed read (ms). */
+const RETRY_MS = 500;
+
 /** Close code for sockets of an erased account. */
 export const ERASED_CLOSE_CODE = 4410;
 
@@ -178,8 +181,16 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         const devices = [...this.recoveryDue];
         this.recoveryDue.clear();
         const fromLog: StoredEnvelope[] = [];
-        for (const device of devices) {
-          fromLog.push(...(await this.ports.log.undelivered(this.userId, { device, state: "pending" })));
+        try {
+          for (const device of devices) {
+            fromLog.push(...(await this.ports.log.undelivered(this.userId, { device, state: "pending" })));
+          }
+        } catch (error) {
+          // The log is unreachable (a database restart): those envelopes are only there, so read
+          // again shortly rather than leave them pending until some later activation.
+          for (const device of devices) this.recoveryDue.add(device);
+          this.tellSelfLater({ type: "recovery.read" }, ctx);
+          throw error;
         }
         return this.take(fromLog, ctx);
       }
@@ -266,7 +277,9 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     envelopes: readonly StoredEnvelope[],
     ctx: ActorContext,
   ): Promise<{ devices: number }> {
-    if (this.ports.clock.now() < this.recoveringUntil) {
+    // A recovery read still to come (one failed and is retried) also has this deliver's older
+    // envelopes: pushing this one first would overtake them.
+    if (this.ports.clock.now() < this.recoveringUntil || this.recoveryDue.size > 0) {
       // Recovering: take the log's order (acceptance order) rather than the order messages arrive
       // in. The read waits behind the delivers already in the mailbox, so a burst costs one read.
       for (const envelope of envelopes) this.recoveryDue.add(envelope.recipientDevice);
@@ -310,6 +323,17 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     if (this.selfTold.has(message.type)) return;
     this.selfTold.add(message.type);
     void ctx.system.tell(ctx.key, message).catch(() => this.selfTold.delete(message.type));
+  }
+
+  /** Like `tellSelf`, after RETRY_MS: for a read that failed because the log was unreachable. */
+  private tellSelfLater(message: RecoveryReadMessage, ctx: ActorContext): void {
+    if (this.selfTold.has(message.type)) return;
+    this.selfTold.add(message.type);
+    const timer = setTimeout(() => {
+      this.selfTold.delete(message.type);
+      this.tellSelf(message, ctx);
+    }, RETRY_MS);
+    timer.unref?.();
   }
 
   /** Moves a device's unacked envelopes to its durable offline queue; returns how many. */

@@ -10,6 +10,7 @@ import {
   firstProblem,
   MAX_FRAME_BYTES,
   readJson,
+  type ServerFrame,
 } from "../protocol/index.ts";
 import type { DeviceConnection } from "./connection.ts";
 import type { PresenceWatchers } from "./presence-watch.ts";
@@ -26,6 +27,14 @@ function frameCost(frame: unknown): number {
   if ((frame as { type?: unknown } | null)?.type !== "presence.watch" || !Array.isArray(users)) return 1;
   return 1 + Math.floor(users.length / WATCHED_USERS_PER_TOKEN);
 }
+
+/**
+ * How long a send may wait for its answer before the sender hears `error internal` with its id
+ * (send it again): a store that hangs (a PostgreSQL restart, a pool waiting on a dead connection)
+ * must not leave a send unanswered or hold the device's later sends behind it for longer.
+ * Re-sending the id is safe: an append that did commit makes the retry a no-op answered `accepted`.
+ */
+export const SEND_DEADLINE_MS = 10_000;
 
 /**
  * The frame side of the gateway: one client frame in, checked against the protocol's schemas
@@ -133,32 +142,54 @@ export class FrameHandler {
       }
       return;
     }
+    let answered = false;
+    const answer = (reply: ServerFrame) => {
+      if (answered) return;
+      answered = true;
+      if (reply.type === "accepted") tallies.accepted++;
+      else if (reply.type === "rejected") tallies.reject(reply.code);
+      else tallies.reject("internal");
+      conn.send(reply);
+    };
+    const notAccepted = (message: string) =>
+      answer({ type: "error", code: "internal", id, message: `message ${id} ${message}; send it again` });
     const failed = (error: unknown) => {
-      tallies.reject("internal");
       logger.error({ err: error, user: conn.principal.userId }, "send failed");
-      conn.send({
-        type: "error",
-        code: "internal",
-        message: `message ${id} was not accepted; send it again`,
-      });
+      notAccepted("was not accepted");
     };
     // A device's sends are checked and queued for commit one after another, so they are accepted
     // in the order sent; the chain waits for the queueing, not for the commit. A group send waits
-    // for its answer (its group actor orders it against other members' sends).
+    // for its answer (its group actor orders it against other members' sends). Neither waits past
+    // the deadline, which runs from the frame's arrival (time behind the device's earlier sends
+    // counts): the sender hears a retryable error and its next sends go on.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const deadline = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        if (!answered && !conn.closing) {
+          logger.warn({ user: conn.principal.userId }, "send not answered in time");
+          notAccepted("was not accepted in time");
+        }
+        resolve();
+      }, SEND_DEADLINE_MS);
+    });
     conn.chain = conn.chain.then(async () => {
       // Closed by the server since the frame arrived (a revocation): the send is not accepted.
-      if (conn.closing) return;
-      try {
-        const { outcome } = await submit();
-        const reply = outcome.then((answer) => {
-          if (answer.type === "accepted") tallies.accepted++;
-          else tallies.reject(answer.code);
-          conn.send(answer);
-        }, failed);
-        if (isGroup) await reply;
-      } catch (error) {
-        failed(error);
+      // Answered already (it waited its whole deadline behind earlier sends): the sender sends it again.
+      if (conn.closing || answered) {
+        clearTimeout(timer);
+        return;
       }
+      const queued = (async () => {
+        try {
+          const { outcome } = await submit();
+          const reply = outcome.then(answer, failed).finally(() => clearTimeout(timer));
+          if (isGroup) await reply;
+        } catch (error) {
+          clearTimeout(timer);
+          failed(error);
+        }
+      })();
+      await Promise.race([queued, deadline]);
     });
   }
 

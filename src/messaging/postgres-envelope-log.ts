@@ -50,6 +50,27 @@ function arrayLiteral(values: readonly (string | number)[]): string {
   return `{${values.join(",")}}`;
 }
 
+/** How long an ack or a `queued` mark is tried again while the database does not answer (ms). */
+const IDEMPOTENT_RETRY_MS = 30_000;
+
+/**
+ * Runs an idempotent write (an ack, a `queued` mark: UPDATEs that only move a row forward) again,
+ * 100 ms then up to 1 s apart, until it succeeds or IDEMPOTENT_RETRY_MS has passed, then throws
+ * its last error. A database restart of a few seconds must not leave acked envelopes `pending`
+ * (they would be delivered again on the next activation and never leave the log).
+ */
+async function retryWhileUnreachable<R>(write: () => Promise<R>): Promise<R> {
+  const deadline = Date.now() + IDEMPOTENT_RETRY_MS;
+  for (let wait = 100; ; wait = Math.min(wait * 2, 1000)) {
+    try {
+      return await write();
+    } catch (error) {
+      if (Date.now() + wait > deadline) throw error;
+      await Bun.sleep(wait);
+    }
+  }
+}
+
 /** The envelope log in PostgreSQL or PGlite (drizzle), appending and acking with group commit. */
 export class PostgresEnvelopeLog implements EnvelopeLog {
   readonly kind = "postgres";
@@ -160,7 +181,7 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
 
   async markQueued(recipientUser: string, recipientDevice: number, ids: string[]): Promise<void> {
     if (ids.length === 0) return;
-    await this.queued.submit([{ recipientUser, recipientDevice, ids }]);
+    await retryWhileUnreachable(() => this.queued.submit([{ recipientUser, recipientDevice, ids }]));
   }
 
   /**
@@ -181,7 +202,9 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
 
   async ack(recipientUser: string, recipientDevice: number, ids: string[]): Promise<number> {
     if (ids.length === 0) return 0;
-    const [acked] = await this.acks.submit([{ recipientUser, recipientDevice, ids }]);
+    const [acked] = await retryWhileUnreachable(() =>
+      this.acks.submit([{ recipientUser, recipientDevice, ids }]),
+    );
     return acked;
   }
 

@@ -140,6 +140,8 @@ export interface ErrorFrame {
   type: "error";
   code: ErrorFrameCode;
   message: string;
+  /** Set on `internal`: the id of the send that was not accepted (send it again with this id). */
+  id?: string;
 }
 
 export interface PongFrame {
