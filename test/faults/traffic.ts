@@ -167,6 +167,11 @@ export class Traffic {
     );
     if (created.status !== 201) throw new Error(`group not created: ${created.status}`);
     const groupId = created.body.groupId as string;
+    // Adding invites: each member accepts.
+    for (const member of members.slice(1)) {
+      const accepted = await http.post(`/v1/invitations/${groupId}/accept`, undefined, member.token);
+      if (accepted.status >= 300) throw new Error(`invitation not accepted: ${accepted.status}`);
+    }
     for (const member of members) {
       traffic.streams.push({
         key: `${member.userId}>${groupId}`,
