@@ -99,6 +99,8 @@ export class Messenger extends EventEmitter<MessengerEvents> {
   private flushing = false;
   private readonly pending = new Map<string, (answer: AcceptedFrame | RejectedFrame | undefined) => void>();
   private inbound: Promise<void> = Promise.resolve();
+  /** Users in the socket's presence watch list; a new correspondent is added to it. */
+  private watched = new Set<string>();
 
   constructor(
     readonly client: ClearBoxClient,
@@ -161,6 +163,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
       this.online = true;
       this.emit("status", "online", {});
       const contacts = client.contacts().map((c) => c.userId);
+      this.watched = new Set(contacts);
       if (contacts.length > 0) this.send({ type: "presence.watch", users: contacts.slice(0, 1000) });
       void this.flush();
     });
@@ -197,6 +200,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
    */
   async sendText(to: string, text: string): Promise<ChatMessage> {
     const userId = UUID.test(to) ? to.toLowerCase() : (await this.client.findUser(to)).userId;
+    if (!this.watched.has(userId)) this.watch([userId]);
     return this.enqueue("user", userId, userId, { v: 1, t: "text", text });
   }
 
@@ -221,6 +225,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
   /** Watches the presence of these users (and every contact): presence events follow. */
   watch(userIds: string[]): void {
     const all = new Set([...this.client.contacts().map((c) => c.userId), ...userIds]);
+    this.watched = all;
     if (this.online) this.send({ type: "presence.watch", users: [...all].slice(0, 1000) });
   }
 
@@ -550,6 +555,9 @@ export class Messenger extends EventEmitter<MessengerEvents> {
           };
           this.record(message);
           this.emit("message", message);
+          if (!this.watched.has(frame.from.user) && frame.from.user !== this.client.userId) {
+            this.watch([frame.from.user]);
+          }
         }
       } catch (error) {
         this.emit("undecryptable", { id: frame.id, from: frame.from, reason: (error as Error).message });

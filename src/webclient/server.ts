@@ -223,6 +223,38 @@ export async function startWebClient(options: WebClientOptions): Promise<WebClie
       rememberGroup(groupId, name);
       return { groupId, name };
     },
+    "GET /api/invitations": async () => {
+      const { client: c } = signedIn();
+      const invitations = await c.http.invitations();
+      return {
+        invitations: await Promise.all(
+          invitations.map(async (i) => ({
+            groupId: i.groupId,
+            name: i.name,
+            invitedBy: await c.usernameOf(i.invitedBy).catch(() => i.invitedBy),
+          })),
+        ),
+      };
+    },
+    "POST /api/invitations/:groupId/accept": async (_body, [groupId]) => {
+      const { client: c } = signedIn();
+      const id = uuid(groupId);
+      await c.http.acceptInvitation(id);
+      const info = await c.http.group(id);
+      rememberGroup(id, info.name);
+      return { groupId: id, name: info.name };
+    },
+    "POST /api/invitations/:groupId/decline": async (_body, [groupId]) => {
+      const { client: c } = signedIn();
+      await c.http.declineInvitation(uuid(groupId));
+      return {};
+    },
+    "POST /api/groups/:groupId/invite": async (body, [groupId]) => {
+      const { client: c } = signedIn();
+      const user = await c.findUser(text(body.username, "username", 64).toLowerCase());
+      await c.http.addGroupMember(uuid(groupId), user.userId);
+      return { invited: user };
+    },
     "GET /api/safety/:userId": (_body, [userId]) => {
       const { client: c } = signedIn();
       return { numbers: c.safetyNumbers(uuid(userId)) };

@@ -7,7 +7,6 @@ import type { Subprocess } from "bun";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { ClearBoxClient } from "../../src/client/index.ts";
 import { ensureBuilt } from "../../src/webclient/build.ts";
-import { uniqueUsername } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
 
 const MAIN = resolve(import.meta.dir, "../../src/webclient/main.ts");
@@ -127,12 +126,58 @@ describe.skipIf(!existsSync(CHROMIUM) && !process.env.CI)("browser sample client
     await web.stop();
   });
 
+  test("a group of three: invitations accepted in the page, then everyone's messages reach the two others", async () => {
+    // A fresh node per run: plain names, as the screenshots in docs/ show them.
+    const people = ["ana", "ben", "cleo"].map((prefix) => ({
+      name: prefix,
+      web: new WebClientProcess(join(dir, `${prefix}-group.db`), node.url),
+    }));
+    processes.push(...people.map((p) => p.web));
+    const pageErrors: string[] = [];
+    const pages: Page[] = [];
+    for (const person of people) {
+      const page = await browser.newPage({ viewport: { width: 1100, height: 700 } });
+      page.on("pageerror", (error) => pageErrors.push(error.message));
+      await signUp(page, await person.web.start(), person.name);
+      pages.push(page);
+    }
+    const [a, b, c] = pages;
+    const group = "trio";
+    await a.getByLabel("group name").fill(group);
+    await a.getByLabel("group members").fill(`${people[1].name} ${people[2].name}`);
+    await a.getByRole("button", { name: "Create group" }).click();
+    await a
+      .getByTestId("conversation-title")
+      .filter({ hasText: `#${group}` })
+      .waitFor();
+    for (const page of [b, c]) {
+      await page.getByTestId(`invitation-${group}`).getByRole("button", { name: "Accept" }).click();
+      await page
+        .getByTestId("conversation-title")
+        .filter({ hasText: `#${group}` })
+        .waitFor();
+    }
+    await a.getByLabel("message").fill("hello trio");
+    await a.getByRole("button", { name: "Send" }).click();
+    await b.getByText("hello trio").waitFor();
+    await c.getByText("hello trio").waitFor();
+    await c.getByLabel("message").fill("carol here");
+    await c.getByRole("button", { name: "Send" }).click();
+    await a.getByText("carol here").waitFor();
+    await b.getByText("carol here").waitFor();
+    // Presence: the members became contacts and are watched; all three are online.
+    for (const other of [people[0], people[2]]) {
+      await b.locator(`[data-testid="presence-${other.name}"][data-online="true"]`).waitFor();
+    }
+    await shot(b, "group");
+    expect(await texts(b)).toEqual(["hello trio", "carol here"]);
+    expect(pageErrors).toEqual([]);
+    for (const person of people) await person.web.stop();
+  });
+
   test("two people chat both ways, see presence and unread counts; offline messages arrive in order; a key change warns; erasure shows a verified receipt", async () => {
-    const alice = {
-      name: uniqueUsername("alice"),
-      web: new WebClientProcess(join(dir, "alice.db"), node.url),
-    };
-    const bob = { name: uniqueUsername("bob"), web: new WebClientProcess(join(dir, "bob.db"), node.url) };
+    const alice = { name: "alice", web: new WebClientProcess(join(dir, "alice.db"), node.url) };
+    const bob = { name: "bob", web: new WebClientProcess(join(dir, "bob.db"), node.url) };
     processes.push(alice.web, bob.web);
     const a = await browser.newPage({ viewport: { width: 1100, height: 700 } });
     const b = await browser.newPage({ viewport: { width: 1100, height: 700 } });

@@ -96,6 +96,12 @@ export interface Group {
   unread: number;
 }
 
+export interface Invitation {
+  groupId: string;
+  name: string;
+  invitedBy: string;
+}
+
 export interface SafetyNumber {
   deviceId: number;
   safetyNumber: string;

@@ -5,6 +5,7 @@ import {
   type Contact,
   events,
   type Group,
+  type Invitation,
   type Message,
   type SafetyNumber,
 } from "./api.ts";
@@ -97,6 +98,7 @@ function SignIn({ onSignedIn }: { onSignedIn: (account: Account) => void }) {
 function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => void }) {
   const [contacts, setContacts] = useState<Contact[]>([]);
   const [groups, setGroups] = useState<Group[]>([]);
+  const [invitations, setInvitations] = useState<Invitation[]>([]);
   const [view, setView] = useState<View>({ kind: "none" });
   const [messages, setMessages] = useState<Message[]>([]);
   const [status, setStatus] = useState("connecting");
@@ -108,6 +110,8 @@ function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => v
     const list = await api<{ contacts: Contact[]; groups: Group[] }>("GET", "/api/contacts");
     setContacts(list.contacts);
     setGroups(list.groups);
+    const pending = await api<{ invitations: Invitation[] }>("GET", "/api/invitations");
+    setInvitations(pending.invitations);
   }, []);
 
   const openConversation = useCallback(
@@ -123,6 +127,12 @@ function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => v
     },
     [refresh],
   );
+
+  useEffect(() => {
+    // Invitations come by HTTP only: look for new ones now and then.
+    const timer = setInterval(() => void refresh().catch(() => undefined), 3000);
+    return () => clearInterval(timer);
+  }, [refresh]);
 
   useEffect(() => {
     void refresh();
@@ -208,6 +218,36 @@ function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => v
             <span>#{g.name}</span>
             {g.unread > 0 && <span className="badge">{g.unread}</span>}
           </button>
+        ))}
+        {invitations.map((i) => (
+          <div key={i.groupId} className="item" data-testid={`invitation-${i.name}`}>
+            <span>
+              #{i.name} from {i.invitedBy}
+            </span>
+            <button
+              type="button"
+              onClick={async () => {
+                const accepted = await api<{ groupId: string }>(
+                  "POST",
+                  `/api/invitations/${i.groupId}/accept`,
+                  {},
+                );
+                await refresh();
+                await openConversation(`group:${accepted.groupId}`);
+              }}
+            >
+              Accept
+            </button>
+            <button
+              type="button"
+              onClick={async () => {
+                await api("POST", `/api/invitations/${i.groupId}/decline`, {});
+                await refresh();
+              }}
+            >
+              Decline
+            </button>
+          </div>
         ))}
         <NewGroup
           onCreated={async (groupId) => {
@@ -376,6 +416,9 @@ function Conversation(props: {
             Safety number
           </button>
         )}
+        {props.conversation.startsWith("group:") && (
+          <InviteToGroup groupId={props.conversation.slice(6)} onError={props.onError} />
+        )}
       </header>
       {props.contact?.changed && (
         <div className="banner" role="alert" data-testid="key-change-warning">
@@ -414,6 +457,33 @@ function Conversation(props: {
         </button>
       </form>
     </>
+  );
+}
+
+function InviteToGroup({ groupId, onError }: { groupId: string; onError: (e: string) => void }) {
+  const [username, setUsername] = useState("");
+  const [done, setDone] = useState("");
+  const submit = async (event: FormEvent) => {
+    event.preventDefault();
+    try {
+      await api("POST", `/api/groups/${groupId}/invite`, { username });
+      setDone(`${username} invited`);
+      setUsername("");
+    } catch (e) {
+      onError(`${username}: ${(e as Error).message}`);
+    }
+  };
+  return (
+    <form onSubmit={(e) => void submit(e)} style={{ display: "flex", gap: 6 }}>
+      <input
+        aria-label="invite"
+        placeholder="invite username"
+        value={username}
+        onChange={(e) => setUsername(e.target.value)}
+      />
+      <button type="submit">Invite</button>
+      {done && <span className="status">{done}</span>}
+    </form>
   );
 }
 
