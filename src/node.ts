@@ -17,13 +17,14 @@ import { AdminRefusals } from "./admin/refusals.ts";
 import { auditAdminRoutes, buildRopa } from "./audit/index.ts";
 import { PostgresAuditTrail } from "./audit/service.ts";
 import type { AuditTrail } from "./audit/types.ts";
+import { BackupService, backupAdminRoutes } from "./backup/index.ts";
 import { BlockService } from "./blocks/service.ts";
 import { clusterAdminRoutes } from "./cluster/index.ts";
 import { type Config, reasonOf, StartupError } from "./config/index.ts";
 import { type Database, openDatabase } from "./db/index.ts";
 import { DeviceService } from "./devices/service.ts";
 import { GATEWAY_KIND, Gateway, NodeLink, SocketRegistry } from "./gateway/index.ts";
-import { createGdpr, type Gdpr } from "./gdpr/index.ts";
+import { createGdpr, ErasureLedger, type Gdpr } from "./gdpr/index.ts";
 import { GroupService } from "./groups/service.ts";
 import { createApp, type ReadinessCheck } from "./http/app.ts";
 import { listenerTls, listenerUrl } from "./http/listener.ts";
@@ -130,6 +131,9 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     options.logger ??
     createLogger({ level: config.logLevel, nodeId: config.nodeId, format: config.logFormat });
   const metrics = new Metrics(config.nodeId, { processMetrics: options.processMetrics });
+  // Read before anything opens: a damaged erasure ledger stops the start here, holding nothing.
+  const ledger = new ErasureLedger(config.erasureLedgerFile);
+  ledger.keys();
 
   // 1. Stores.
   const database = await openDatabase({
@@ -273,6 +277,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     addresses,
     afterStep: options.afterErasureStep,
     onCompleted: () => metrics.erasuresCompleted.inc(),
+    ledger,
   });
   const retention = new RetentionJob({
     db,
@@ -370,6 +375,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     addresses,
   });
   const adminRefusals = new AdminRefusals({ audit, limiter: rateLimiter, logger });
+  const backups = new BackupService({ database, log, dir: config.backupDir, nodeId: config.nodeId, logger });
   const admin = createAdminApp({
     adminToken: config.adminToken,
     metrics,
@@ -381,6 +387,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       gdpr.adminRoutes,
       registrationAdminRoutes(registrationTokens),
       auditAdminRoutes({ audit, ropa: () => buildRopa(config) }),
+      backupAdminRoutes(backups),
       ...(oidc ? [oidcAdminRoutes(oidc)] : []),
     ],
     audit,
@@ -402,6 +409,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     }
     throw error;
   }
+  // Accounts erased after the backup this database was restored from go before anyone can sign in.
+  await gdpr.erasures.replayLedger();
   // reusePort off (Elysia turns it on): a second node on a port in use must fail, not share it.
   listenOrExplain("PORT", config.port, () =>
     app.listen({

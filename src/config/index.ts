@@ -39,6 +39,8 @@ const EnvSchema = T.Object({
   ADMIN_TLS_CERT_FILE: T.Optional(T.String({ minLength: 1, description: "a PEM certificate chain file" })),
   ADMIN_TLS_KEY_FILE: T.Optional(T.String({ minLength: 1, description: "a PEM private key file" })),
   DATA_DIR: T.String({ minLength: 1, default: "./data", description: "a directory path" }),
+  BACKUP_DIR: T.Optional(T.String({ minLength: 1, description: "a directory path" })),
+  ERASURE_LEDGER_FILE: T.Optional(T.String({ minLength: 1, description: "a file path" })),
   DATABASE_URL: T.Optional(
     T.String({ pattern: "^postgres(ql)?://", description: "a postgres:// or postgresql:// URL" }),
   ),
@@ -241,6 +243,13 @@ export interface Config {
   /** Set: the admin listener serves HTTPS, TLS 1.3 only. */
   adminTls?: TlsFiles;
   dataDir: string;
+  /** Where `POST /admin/v1/backups` writes snapshots of the embedded default (BACKUP_DIR). */
+  backupDir: string;
+  /**
+   * The erasure ledger (ERASURE_LEDGER_FILE): one keyed line per requested erasure, replayed at
+   * start-up so a restored backup never brings an erased account back (docs/GDPR.md).
+   */
+  erasureLedgerFile: string;
   databaseUrl?: string;
   redisUrl?: string;
   redisPrefix: string;
@@ -426,6 +435,8 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     adminToken: env.ADMIN_TOKEN,
     adminTls: tlsFiles(env.ADMIN_TLS_CERT_FILE, env.ADMIN_TLS_KEY_FILE),
     dataDir,
+    backupDir: resolve(env.BACKUP_DIR ?? join(dataDir, "backups")),
+    erasureLedgerFile: resolve(env.ERASURE_LEDGER_FILE ?? join(dataDir, "erasure-ledger")),
     databaseUrl: env.DATABASE_URL,
     redisUrl: env.REDIS_URL,
     redisPrefix: env.REDIS_PREFIX,

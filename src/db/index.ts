@@ -27,6 +27,12 @@ export interface Database {
   kind: "postgres" | "pglite";
   /** Resolves when the database answers a trivial query. */
   ping(): Promise<void>;
+  /**
+   * PGlite only: a consistent gzipped tar of the data directory (`PGlite.dumpDataDir`, taken
+   * between queries), which `PGlite.create({ loadDataDir })` loads back. PostgreSQL is backed up
+   * with pg_dump instead.
+   */
+  dumpDataDir?(): Promise<Blob>;
   close(): Promise<void>;
 }
 
@@ -134,6 +140,11 @@ export async function openDatabase(options: {
     db,
     kind: "pglite",
     ping: async () => void (await db.execute(sql`select 1`)),
+    dumpDataDir: async () => {
+      // Flush everything to the data files first, so the copy needs no WAL replay to be complete.
+      await client.exec("checkpoint");
+      return client.dumpDataDir("gzip");
+    },
     close: () => client.close(),
   };
 }

@@ -24,6 +24,7 @@ import type { Logger } from "../observability/logger.ts";
 import type { SignedReceipt } from "../protocol/erasure-receipt.ts";
 import type { RateLimiter } from "../ratelimit/index.ts";
 import { deleteMatching, globLiteral } from "../redis/delete-matching.ts";
+import { ErasureLedger } from "./ledger.ts";
 import type { ReceiptSigner } from "./receipts.ts";
 
 /** What one step removed, as the receipt states it. */
@@ -75,6 +76,8 @@ export interface ErasureDeps {
   afterStep?: (step: string) => void;
   /** Called when this node completed a job (metrics). */
   onCompleted?: () => void;
+  /** Every requested erasure is recorded here before its job starts (restores replay it). */
+  ledger?: ErasureLedger;
 }
 
 /** The view of a job that `GET /v1/erasures/:id` serves. */
@@ -105,6 +108,8 @@ export class ErasureService {
     if (pending) return pending.id;
     const [account] = await db.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId));
     if (!account) throw new DomainError("not_found", "no such user");
+    // Before anything else: from here on no restore may bring the account back.
+    this.deps.ledger?.record(userId);
     const id = randomUUID();
     // The receipt's subject: random, and written nowhere but in the job and its receipt. The audit
     // pseudonym would link the receipt (readable by anyone with the erasure id) to the person's
@@ -119,6 +124,38 @@ export class ErasureService {
     });
     this.launch(id);
     return id;
+  }
+
+  /**
+   * Erases again every account of the database that the erasure ledger lists: accounts a restored
+   * backup brought back. Starts their jobs and waits for them (at most `waitMs`), so the node opens
+   * its listeners without them where it can. Returns how many accounts were found.
+   */
+  async replayLedger(waitMs = 60_000): Promise<number> {
+    const ledger = this.deps.ledger;
+    if (!ledger) return 0;
+    const keys = ledger.keys();
+    if (keys.size === 0) return 0;
+    const rows = await this.deps.db.select({ id: accounts.id }).from(accounts);
+    const back = rows.filter((row) => keys.has(ErasureLedger.key(row.id)));
+    if (back.length === 0) return 0;
+    this.deps.logger.warn(
+      { accounts: back.length },
+      "erased accounts found in the database; erasing them again",
+    );
+    const jobs = await Promise.all(back.map((row) => this.start(row.id, "admin")));
+    const settled = Promise.all(jobs.map((id) => this.settled(id)));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<"late">((resolve) => {
+      timer = setTimeout(() => resolve("late"), waitMs);
+    });
+    if ((await Promise.race([settled, late])) === "late")
+      this.deps.logger.error(
+        { accounts: back.length },
+        "replayed erasures still running; they continue in the background",
+      );
+    clearTimeout(timer);
+    return back.length;
   }
 
   /** Resumes every unfinished job (called at start-up: a node may have died mid-way). */

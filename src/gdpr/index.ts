@@ -96,6 +96,8 @@ export function gdprAdminRoutes(deps: { erasures: ErasureService; exports: Expor
     });
 }
 
+export { ErasureLedger } from "./ledger.ts";
+
 /** The GDPR services of one node, and their routes. */
 export interface Gdpr {
   erasures: ErasureService;

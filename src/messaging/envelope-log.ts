@@ -14,6 +14,8 @@ export type EnvelopeMetadata = Omit<StoredEnvelope, "type" | "body"> & { state: 
  */
 export interface EnvelopeLog extends ActorEnvelopeLog {
   readonly kind: string;
+  /** A consistent copy of the log into a new file at `path`; only logs kept in a local file have it. */
+  backup?(path: string): Promise<void>;
   /** The operations its group commits report to a `CommitListener` (metrics initialise these series). */
   readonly commitOperations?: readonly string[];
   /** Unacked envelopes of a user (one device or all), oldest first, in acceptance order. */

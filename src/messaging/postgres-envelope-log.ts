@@ -276,6 +276,21 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     return removed.length;
   }
 
+  /**
+   * After a restore with empty RabbitMQ queues: every envelope the log says was copied to an
+   * offline queue (`queued`) becomes `pending` again, so its recipient's user actor delivers it or
+   * queues it anew on activation. Run with every node stopped (an active actor would not see it).
+   * Returns how many envelopes were reset.
+   */
+  async requeueQueued(): Promise<number> {
+    const reset = await this.db
+      .update(envelopes)
+      .set({ state: "pending" })
+      .where(eq(envelopes.state, "queued"))
+      .returning({ seq: envelopes.seq });
+    return reset.length;
+  }
+
   async purgeBefore(before: number): Promise<number> {
     const removed = await this.db
       .delete(envelopes)

@@ -116,6 +116,15 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
     });
   }
 
+  /**
+   * Writes a consistent copy of the log to `path` (a file that must not exist), taken by the writer
+   * thread between two group commits with `VACUUM INTO`: every envelope committed before it, none
+   * half-written. For backups of the embedded default (src/backup).
+   */
+  async backup(path: string): Promise<void> {
+    await this.request({ kind: "backup", seq: 0, path });
+  }
+
   private async writeOne<R>(op: LogWrite): Promise<R> {
     const [result] = await this.writes.submit([op]);
     return result as R;

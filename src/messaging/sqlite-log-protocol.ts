@@ -13,6 +13,8 @@ export type LogWrite =
 export type LogWorkerRequest =
   | { kind: "open"; seq: number; path: string }
   | { kind: "write"; seq: number; ops: LogWrite[] }
+  /** A consistent copy of the log into a new file (`VACUUM INTO`), between two write transactions. */
+  | { kind: "backup"; seq: number; path: string }
   | { kind: "close"; seq: number };
 
 /** The writer's answer to one request: one result per write, in order, or why the transaction failed. */

@@ -94,6 +94,12 @@ self.onmessage = (event: MessageEvent<LogWorkerRequest>) => {
     if (request.kind === "open") {
       open(request.path);
       reply = { seq: request.seq, ok: true, results: [] };
+    } else if (request.kind === "backup") {
+      if (!db) throw new Error("envelope log is not open");
+      // One read transaction on the writer's own connection: no write can land half in the copy.
+      // https://www.sqlite.org/lang_vacuum.html#vacuuminto
+      db.run("vacuum into ?", [request.path]);
+      reply = { seq: request.seq, ok: true, results: [] };
     } else if (request.kind === "close") {
       db?.close();
       db = undefined;

@@ -1,0 +1,119 @@
+/**
+ * Operator commands for backups of the embedded default (README, "Backup and restore"):
+ *
+ *   npm run backup -- [--admin-url <url>] [--ca <file>]
+ *     asks a running node for an online snapshot (POST /admin/v1/backups); the admin token comes
+ *     from $ADMIN_TOKEN or the file named by $ADMIN_TOKEN_FILE. Prints the manifest.
+ *   npm run restore -- <backup directory> [--data-dir <dir>]
+ *     with the node stopped: checks the backup's checksums and restores it into an empty DATA_DIR.
+ *   npm run restore -- --requeue [--database-url <url>]
+ *     services stack, after pg_restore into a cluster whose RabbitMQ queues are empty (every node
+ *     stopped): envelopes the log marks as copied to offline queues become pending again, so they
+ *     are delivered or queued anew. The URL defaults to $DATABASE_URL.
+ *
+ * Exit 0 done, 1 refused or failed (the message says why), 2 bad usage.
+ */
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { openDatabase } from "../db/index.ts";
+import { PostgresEnvelopeLog } from "../messaging/postgres-envelope-log.ts";
+import { restoreEmbeddedBackup } from "./index.ts";
+
+const USAGE = `usage:
+  npm run backup -- [--admin-url <url>] [--ca <file>]
+      online snapshot of a running embedded node (token: $ADMIN_TOKEN or $ADMIN_TOKEN_FILE)
+  npm run restore -- <backup directory> [--data-dir <dir>]
+      restore into an empty data directory (default: $DATA_DIR, else ./data), node stopped
+  npm run restore -- --requeue [--database-url <url>]
+      services stack, every node stopped, RabbitMQ queues empty: redeliver what the log says was
+      in offline queues (URL default: $DATABASE_URL)`;
+
+function adminToken(): string | undefined {
+  if (process.env.ADMIN_TOKEN) return process.env.ADMIN_TOKEN;
+  if (process.env.ADMIN_TOKEN_FILE) return readFileSync(process.env.ADMIN_TOKEN_FILE, "utf8").trim();
+  return undefined;
+}
+
+/** Runs one command; resolves with the exit code. Output goes to stdout, problems to stderr. */
+export async function runBackupCli(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  let parsed: ReturnType<typeof parseArgs>;
+  try {
+    parsed = parseArgs({
+      args: rest,
+      allowPositionals: true,
+      options: {
+        "admin-url": { type: "string", default: "http://127.0.0.1:9090" },
+        ca: { type: "string" },
+        "data-dir": { type: "string" },
+        requeue: { type: "boolean", default: false },
+        "database-url": { type: "string" },
+      },
+    });
+  } catch (error) {
+    console.error(`${(error as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (command === "backup" && positionals.length === 0) {
+    const token = adminToken();
+    if (!token) {
+      console.error(`no admin token: set ADMIN_TOKEN or ADMIN_TOKEN_FILE\n${USAGE}`);
+      return 2;
+    }
+    const url = new URL("/admin/v1/backups", String(values["admin-url"]));
+    try {
+      const res = await fetch(url, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}` },
+        ...(values.ca ? { tls: { ca: readFileSync(String(values.ca), "utf8") } } : {}),
+      });
+      const body = await res.text();
+      if (res.status !== 201) {
+        console.error(`backup refused: ${res.status} ${body}`);
+        return 1;
+      }
+      console.log(body);
+      return 0;
+    } catch (error) {
+      console.error(`could not reach ${url.origin}: ${(error as Error).message}`);
+      return 1;
+    }
+  }
+  if (command === "restore" && values.requeue && positionals.length === 0) {
+    const url = values["database-url"] ?? process.env.DATABASE_URL;
+    if (!url) {
+      console.error(`no database: pass --database-url or set DATABASE_URL\n${USAGE}`);
+      return 2;
+    }
+    try {
+      const database = await openDatabase({ databaseUrl: String(url), dataDir: null, poolSize: 1 });
+      try {
+        const requeued = await new PostgresEnvelopeLog(database.db).requeueQueued();
+        console.log(JSON.stringify({ requeued }));
+      } finally {
+        await database.close();
+      }
+      return 0;
+    } catch (error) {
+      console.error(`requeue failed: ${(error as Error).message}`);
+      return 1;
+    }
+  }
+  if (command === "restore" && !values.requeue && positionals.length === 1) {
+    const dataDir = resolve(String(values["data-dir"] ?? process.env.DATA_DIR ?? "./data"));
+    try {
+      const manifest = await restoreEmbeddedBackup(resolve(String(positionals[0])), dataDir);
+      console.log(JSON.stringify({ restored: manifest.name, createdAt: manifest.createdAt, dataDir }));
+      return 0;
+    } catch (error) {
+      console.error(`restore refused: ${(error as Error).message}`);
+      return 1;
+    }
+  }
+  console.error(USAGE);
+  return 2;
+}
+
+if (import.meta.main) process.exit(await runBackupCli(process.argv.slice(2)));

@@ -1,0 +1,186 @@
+import { createHash } from "node:crypto";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+} from "node:fs";
+import { join, resolve } from "node:path";
+import { PGlite } from "@electric-sql/pglite";
+import { Elysia } from "elysia";
+import type { Database } from "../db/index.ts";
+import { installedPgliteVersion } from "../db/pglite-template.ts";
+import { DomainError } from "../errors/index.ts";
+import type { EnvelopeLog } from "../messaging/envelope-log.ts";
+import type { Logger } from "../observability/logger.ts";
+
+/** The version of the backup layout below; `restoreEmbeddedBackup` refuses others. */
+export const BACKUP_FORMAT = 1;
+const PGLITE_FILE = "pglite.tar.gz";
+const LOG_FILE = "envelopes.db";
+const MANIFEST_FILE = "manifest.json";
+
+/** `manifest.json` of a backup directory. */
+export interface BackupManifest {
+  format: typeof BACKUP_FORMAT;
+  /** The backup's directory name, e.g. `clearbox-backup-20261129T161500123Z-node-1`. */
+  name: string;
+  createdAt: string;
+  nodeId: string;
+  /** The PGlite version that wrote the dump (another version may not read its catalog). */
+  pglite: string;
+  /** Each file's size in bytes and SHA-256 (hex), checked before a restore. */
+  files: Record<string, { bytes: number; sha256: string }>;
+}
+
+function sha256(path: string): string {
+  return createHash("sha256").update(readFileSync(path)).digest("hex");
+}
+
+/**
+ * Online backups of the embedded default: a consistent snapshot of PGlite (`dumpDataDir`, between
+ * queries, after a CHECKPOINT) and of the SQLite message log (`VACUUM INTO` on its writer thread,
+ * between group commits), never a copy of live files. Each backup is a new directory under
+ * BACKUP_DIR, written as `<name>.partial` and renamed once complete, with a manifest of checksums.
+ *
+ * The two snapshots are taken one after the other, the log first: the database copy may hold
+ * accounts and devices newer than the log copy, never the reverse; an envelope acked between the
+ * two is delivered again after a restore (clients drop repeated message ids). The services stack
+ * (PostgreSQL) is backed up with pg_dump instead; README, "Backup and restore".
+ */
+export class BackupService {
+  private running: Promise<BackupManifest> | undefined;
+
+  constructor(
+    private readonly deps: {
+      database: Pick<Database, "kind" | "dumpDataDir">;
+      log: Pick<EnvelopeLog, "kind" | "backup">;
+      dir: string;
+      nodeId: string;
+      logger: Logger;
+      clock?: () => Date;
+    },
+  ) {}
+
+  /**
+   * Takes one backup; resolves with its manifest and directory. Refused with `conflict` while
+   * another one runs, and with `invalid` on the services stack (PostgreSQL, MongoDB: pg_dump).
+   */
+  create(): Promise<BackupManifest & { path: string }> {
+    const { database, log } = this.deps;
+    if (!database.dumpDataDir || !log.backup) {
+      throw new DomainError(
+        "invalid",
+        `online snapshots are for the embedded default; this node uses ${database.kind} and the ${log.kind} log: back them up with their own tools (README, Backup and restore)`,
+      );
+    }
+    if (this.running) throw new DomainError("conflict", "a backup is already running on this node");
+    const running = this.take();
+    this.running = running;
+    return running.finally(() => {
+      this.running = undefined;
+    }) as Promise<BackupManifest & { path: string }>;
+  }
+
+  private async take(): Promise<BackupManifest & { path: string }> {
+    const { database, log, dir, nodeId, logger } = this.deps;
+    const started = performance.now();
+    const createdAt = (this.deps.clock ?? (() => new Date()))();
+    const name = `clearbox-backup-${createdAt.toISOString().replace(/[-:.]/g, "")}-${nodeId}`;
+    const path = join(dir, name);
+    const partial = `${path}.partial`;
+    mkdirSync(partial, { recursive: true, mode: 0o700 });
+    try {
+      // The log first: the database copy is then at least as new as every envelope's account.
+      await (log.backup as (path: string) => Promise<void>)(join(partial, LOG_FILE));
+      const dump = await (database.dumpDataDir as () => Promise<Blob>)();
+      await Bun.write(join(partial, PGLITE_FILE), dump);
+      const files: BackupManifest["files"] = {};
+      for (const file of [PGLITE_FILE, LOG_FILE]) {
+        const at = join(partial, file);
+        files[file] = { bytes: statSync(at).size, sha256: sha256(at) };
+      }
+      const manifest: BackupManifest = {
+        format: BACKUP_FORMAT,
+        name,
+        createdAt: createdAt.toISOString(),
+        nodeId,
+        pglite: installedPgliteVersion(),
+        files,
+      };
+      await Bun.write(join(partial, MANIFEST_FILE), `${JSON.stringify(manifest, null, 2)}\n`);
+      renameSync(partial, path);
+      logger.info(
+        {
+          backup: { name, bytes: files[PGLITE_FILE].bytes + files[LOG_FILE].bytes },
+          ms: Math.round(performance.now() - started),
+        },
+        "backup written",
+      );
+      return { ...manifest, path };
+    } catch (error) {
+      rmSync(partial, { recursive: true, force: true });
+      throw error;
+    }
+  }
+}
+
+/** `POST /admin/v1/backups` → 201 with the manifest and the directory it was written to. */
+export function backupAdminRoutes(backups: BackupService) {
+  return new Elysia({ name: "clearbox.backup-admin" }).post("/admin/v1/backups", async ({ set }) => {
+    const manifest = await backups.create();
+    set.status = 201;
+    return manifest;
+  });
+}
+
+/** Reads and checks a backup directory's manifest and checksums; throws naming what is wrong. */
+export function readBackup(backupDir: string): BackupManifest {
+  const manifestPath = join(backupDir, MANIFEST_FILE);
+  if (!existsSync(manifestPath))
+    throw new Error(`${backupDir} has no ${MANIFEST_FILE}: not a complete backup`);
+  const manifest = JSON.parse(readFileSync(manifestPath, "utf8")) as BackupManifest;
+  if (manifest.format !== BACKUP_FORMAT) {
+    throw new Error(`backup format ${manifest.format} is not ${BACKUP_FORMAT}, the one this version reads`);
+  }
+  for (const file of [PGLITE_FILE, LOG_FILE]) {
+    const expected = manifest.files?.[file];
+    const at = join(backupDir, file);
+    if (!expected || !existsSync(at)) throw new Error(`backup file ${file} is missing`);
+    if (statSync(at).size !== expected.bytes || sha256(at) !== expected.sha256) {
+      throw new Error(`backup file ${file} does not match its checksum: damaged or changed`);
+    }
+  }
+  const pglite = installedPgliteVersion();
+  if (manifest.pglite !== pglite) {
+    throw new Error(`the backup was written by PGlite ${manifest.pglite}; this version runs ${pglite}`);
+  }
+  return manifest;
+}
+
+/**
+ * Restores a backup of the embedded default into `dataDir`, with the node stopped: checks the
+ * manifest and checksums, refuses a data directory that already holds a database or a log (move it
+ * away first), loads the PGlite dump into `dataDir/pglite` and copies the log to
+ * `dataDir/envelopes.db`. The node's next start applies newer migrations and replays the erasure
+ * ledger (docs/GDPR.md).
+ */
+export async function restoreEmbeddedBackup(backupDir: string, dataDir: string): Promise<BackupManifest> {
+  const manifest = readBackup(resolve(backupDir));
+  const pgliteDir = join(dataDir, "pglite");
+  const logPath = join(dataDir, LOG_FILE);
+  if ((existsSync(pgliteDir) && readdirSync(pgliteDir).length > 0) || existsSync(logPath)) {
+    throw new Error(`${dataDir} already holds a database or a message log: restore into an empty directory`);
+  }
+  mkdirSync(pgliteDir, { recursive: true, mode: 0o700 });
+  const dump = new Blob([readFileSync(join(backupDir, PGLITE_FILE))]);
+  const client = await PGlite.create(pgliteDir, { loadDataDir: dump });
+  await client.query("select 1");
+  await client.close();
+  copyFileSync(join(backupDir, LOG_FILE), logPath);
+  return manifest;
+}
