@@ -250,7 +250,8 @@ describe("messaging metrics of two nodes on PostgreSQL, Redis and RabbitMQ", () 
     await a.retention.runOnce();
     await Promise.all([aliceSocket.close(), bobSocket.close(), carolSocket.close().catch(() => undefined)]);
     expositions = [await scrape(a), await scrape(b)];
-  });
+    // Two nodes, an erasure and a login throttle: generous under a loaded machine's full suite.
+  }, 180_000);
 
   afterAll(async () => {
     await a?.teardown();
