@@ -137,6 +137,23 @@ class ReconnectingSocket {
     this.stopped = true;
     this.ws?.close(1000, "done");
   }
+
+  /** Goes offline (no reconnect) and resolves once the socket is closed. */
+  async pause(): Promise<void> {
+    this.stopped = true;
+    const ws = this.ws;
+    if (!ws || ws.readyState === WebSocket.CLOSED) return;
+    await new Promise<void>((resolve) => {
+      ws.addEventListener("close", () => resolve(), { once: true });
+      ws.close(1000, "going offline");
+    });
+  }
+
+  /** Comes back online after `pause`. */
+  resume(): Promise<void> {
+    this.stopped = false;
+    return this.start();
+  }
 }
 
 /** One sender's stream of sends: to a user (1:1) or a group, heard by `recipients` (indices). */
@@ -333,6 +350,10 @@ describe("RabbitMQ killed -9 under steady 1:1 and group traffic over three nodes
     await until("traffic before the crash", () => everyStream(3));
     for (const node of nodes) expect(await readyz(node)).toBe(200);
 
+    // One recipient (of a 1:1 stream and a group) goes offline before the crash and comes back
+    // after it: what it is sent meanwhile goes through its offline queue while the broker dies.
+    const offline = recipientSockets[PAIRS - 1] as ReconnectingSocket;
+    await offline.pause();
     await own.crash();
     const crashedAt = Date.now();
     // Degraded: every node says 503 on /readyz while the broker is away.
@@ -350,6 +371,15 @@ describe("RabbitMQ killed -9 under steady 1:1 and group traffic over three nodes
     );
     for (const node of nodes)
       await until(`${node.nodeId} /readyz 200`, async () => (await readyz(node)) === 200, 30_000);
+    await offline.resume();
+    // It drains its queue and then gets live messages again.
+    const offlineState = seen[PAIRS - 1] as (typeof seen)[number];
+    const seenOnResume = offlineState.ids.size;
+    await until(
+      "the offline recipient receives again",
+      () => offlineState.ids.size > seenOnResume + 3,
+      RESUME_BOUND_MS,
+    );
     sending = false;
     const senderSockets = await Promise.all(loops);
 
