@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { read } from "read";
 import { ClearBoxApiError, ClearBoxClient, ClearBoxHttp, Messenger } from "../client/index.ts";
@@ -16,6 +16,8 @@ commands:
   signin                     sign in with the organisation's identity provider: open the printed
                              address on any device and enter the code (OAuth device grant)
   chat                       interactive chat: /to <username>, /group, /invite, /verify, /quit ...
+  export [--out <file>]      write what the server holds about this account to a JSON file
+  erase [--out <file>]       erase the account (asks the password), print and check the receipt
   whoami                     show the account and device of this store
   keys [--replenish]         one-time keys left on the server; top them up when low
   send <username> <text...>  send one message (queued until the server has it) and exit
@@ -80,6 +82,18 @@ ${STORE_OPTIONS}`,
 Prints incoming messages (sender's username, group, time) as they arrive, until Ctrl-C. Reconnects
 by itself after a network drop or a server restart.
 ${STORE_OPTIONS}`,
+  export: `usage: npm run cli -- export [--out <file>] [--store <path>]
+
+Downloads everything the server holds about this account (GET /v1/me/export, GDPR Art. 15 and 20)
+and writes it as JSON to <file> (default: clearbox-export-<username>.json).
+${STORE_OPTIONS}`,
+  erase: `usage: npm run cli -- erase [--out <file>] [--store <path>]
+
+Erases this account on the server (DELETE /v1/me) after asking for its password (without echo),
+waits for the erasure to finish, checks the signed receipt against the key the server publishes,
+prints it and writes it to <file> (default: erasure-receipt-<erasureId>.json), which
+verify-receipt checks again later. The local store is left as it is: delete it yourself.
+${STORE_OPTIONS}`,
   "verify-receipt": `usage: npm run cli -- verify-receipt <file> --server <url> [--ca <file>]
 
 Checks an erasure receipt (the receipt JSON, or the whole answer of GET /v1/erasures/<id>) against
@@ -108,6 +122,7 @@ function parseCommandLine(argv: string[]) {
       "device-name": { type: "string" },
       ca: { type: "string" },
       replenish: { type: "boolean", default: false },
+      out: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -196,6 +211,15 @@ async function main(argv: string[]): Promise<number> {
         return await listen(client);
       case "chat":
         return await chat(client, { input: process.stdin, output: process.stdout });
+      case "export": {
+        const archive = await client.http.exportMe();
+        const out = values.out ?? `clearbox-export-${client.username ?? client.userId}.json`;
+        await writeFile(out, `${JSON.stringify(archive, null, 2)}\n`, { mode: 0o600 });
+        console.log(`wrote what the server holds about ${client.username ?? client.userId} to ${out}`);
+        return 0;
+      }
+      case "erase":
+        return await erase(client, values.out);
       default:
         console.error(`unknown command ${command}\n\n${USAGE}`);
         return 2;
@@ -265,6 +289,38 @@ async function verifyReceiptFile(
     `valid: the receipt of erasure ${check.erasureId} is signed with the key ${server} publishes (Ed25519 over the RFC 8785 bytes of its payload)`,
   );
   return 0;
+}
+
+/** `erase`: DELETE /v1/me, wait for the receipt, check it against the published key, keep it in a file. */
+async function erase(client: ClearBoxClient, outPath: string | undefined): Promise<number> {
+  const { erasureId } = await client.http.eraseMe(await password());
+  console.log(`erasure ${erasureId} started; waiting for its receipt`);
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    const state = await client.http.erasure(erasureId);
+    if (state.status === "done" && state.receipt) {
+      const out = outPath ?? `erasure-receipt-${erasureId}.json`;
+      await writeFile(out, `${JSON.stringify(state.receipt, null, 2)}\n`);
+      const check = checkReceipt(state.receipt, (await client.http.erasureSigningKey()).publicKey);
+      console.log(JSON.stringify(state.receipt, null, 2));
+      console.log(`receipt written to ${out}`);
+      if (!check.valid) {
+        console.log(`invalid: ${check.failed} check failed: ${check.reason}`);
+        return 1;
+      }
+      console.log(
+        `valid: signed with the key ${client.serverUrl} publishes. The local store still holds your keys and history: delete it if you no longer need it.`,
+      );
+      return 0;
+    }
+    if (Date.now() > deadline) {
+      console.error(
+        `the erasure has not finished yet: GET ${client.serverUrl}/v1/erasures/${erasureId} later`,
+      );
+      return 1;
+    }
+    await Bun.sleep(250);
+  }
 }
 
 /** `send`: one message through a Messenger; exits once the server answered it. */

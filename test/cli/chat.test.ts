@@ -83,6 +83,38 @@ describe("CLI chat", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  test("export writes the account's data; erase prints a receipt that verify-receipt accepts", async () => {
+    const username = uniqueUsername("leaving");
+    const storePath = join(dir, "leaving.db");
+    expect((await run(["register", username, "--server", node.url, "--store", storePath])).code).toBe(0);
+    const archive = join(dir, "export.json");
+    const exported = await run(["export", "--store", storePath, "--out", archive]);
+    expect(exported.code).toBe(0);
+    expect(await Bun.file(archive).text()).toContain(username);
+    const receiptPath = join(dir, "receipt.json");
+    const erased = await run(["erase", "--store", storePath, "--out", receiptPath]);
+    expect(erased.err).toBe("");
+    expect(erased.code).toBe(0);
+    expect(erased.out).toContain("valid: signed with the key");
+    const checked = await run(["verify-receipt", receiptPath, "--server", node.url]);
+    expect(checked.code).toBe(0);
+    // The account is gone: signing in again fails.
+    expect(
+      (await run(["login", username, "--store", join(dir, "after.db"), "--server", node.url])).code,
+    ).toBe(1);
+  });
+
+  test("README's form works: npm run cli -- <command> --help", async () => {
+    const proc = Bun.spawn(["npm", "run", "--silent", "cli", "--", "chat", "--help"], {
+      cwd: resolve(import.meta.dir, "../.."),
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const [out, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+    expect(code).toBe(0);
+    expect(out).toContain("usage: npm run cli -- chat");
+  });
+
   test("every command answers --help with its own usage", async () => {
     for (const command of [
       "register",
@@ -93,6 +125,8 @@ describe("CLI chat", () => {
       "keys",
       "send",
       "listen",
+      "export",
+      "erase",
       "verify-receipt",
     ]) {
       const { out, code } = await run([command, "--help"]);
