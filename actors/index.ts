@@ -75,6 +75,7 @@ export {
   type DeviceRemovedMessage,
   ERASED_CLOSE_CODE,
   type EraseMessage,
+  type QueueEmptiedMessage,
   UserActor,
   type UserActorPorts,
   type UserMessage,

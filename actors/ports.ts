@@ -51,6 +51,11 @@ export interface OfflineQueue {
   flush(userId: string, deviceId: number, envelopes: readonly StoredEnvelope[]): Promise<void>;
   /** Deletes a device's queue (device removal, erasure). */
   purge(userId: string, deviceId: number): Promise<unknown>;
+  /**
+   * Deletes a device's queue if no message waits in it (`if-empty`); true when it is gone. Messages
+   * a drain took and has not acked do not count, so the caller first checks the log for `queued` ones.
+   */
+  remove(userId: string, deviceId: number): Promise<boolean>;
 }
 
 /** One open socket of a device: the gateway node holding it and that node's id for the connection. */

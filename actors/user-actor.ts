@@ -53,6 +53,16 @@ export interface DeviceRemovedMessage {
   deviceId: number;
 }
 
+/**
+ * A device's offline queue holds nothing for it any more (its drain read it to the end and the
+ * device acked everything, or the idle-queue sweep found it empty): remove the queue unless the
+ * log still has envelopes queued for the device.
+ */
+export interface QueueEmptiedMessage {
+  type: "queue.emptied";
+  deviceId: number;
+}
+
 /** Erasure: close every socket of the user and stop the actor. */
 export interface EraseMessage {
   type: "erase";
@@ -87,6 +97,7 @@ export type UserMessage =
   | DeviceDisconnectMessage
   | DeviceAckMessage
   | DeviceRemovedMessage
+  | QueueEmptiedMessage
   | EraseMessage;
 
 /** Ports a user actor uses; `src/` provides them. */
@@ -244,6 +255,8 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         this.pending.delete(message.deviceId);
         await this.ports.offline.purge(this.userId, message.deviceId);
         return { removed: true };
+      case "queue.emptied":
+        return { removed: await this.removeQueue(message.deviceId) };
       case "erase":
         await this.ports.sockets.closeAll(this.userId, ERASED_CLOSE_CODE, "account erased");
         this.devices.clear();
@@ -350,6 +363,24 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     this.pending.delete(deviceId);
     for (const e of envelopes) this.remember(deviceId, e.id);
     return envelopes.length;
+  }
+
+  /**
+   * Removes the device's offline queue when nothing in it is still owed to the device. Runs in this
+   * actor's mailbox, where no flush to the same queue can run (flushes happen only here), so a
+   * flush and a removal never interleave; `if-empty` refuses a queue that got messages from a
+   * flush of an earlier activation. `if-empty` counts only ready messages, so envelopes another
+   * drain took and has not acked yet (a replaced socket still draining) would be lost with the
+   * queue: the log's `queued` rows, which stay until the device acks, are what keep it.
+   */
+  private async removeQueue(deviceId: number): Promise<boolean> {
+    const owed = await this.ports.log.undelivered(this.userId, {
+      device: deviceId,
+      state: "queued",
+      limit: 1,
+    });
+    if (owed.length > 0) return false;
+    return this.ports.offline.remove(this.userId, deviceId);
   }
 
   /** Records an envelope as done for this activation, forgetting the oldest beyond the bound. */

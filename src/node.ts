@@ -33,6 +33,7 @@ import type { EnvelopeLog } from "./messaging/envelope-log.ts";
 import { PostgresGroupDirectory } from "./messaging/group-directory.ts";
 import type { OfflineQueue } from "./messaging/offline-queue.ts";
 import type { Presence } from "./messaging/presence.ts";
+import { sweepIdleQueues } from "./messaging/queue-sweep.ts";
 import { MessagingService } from "./messaging/service.ts";
 import { clusterPrefix, openMessagingStores } from "./messaging/stores.ts";
 import { createLogger, type Logger } from "./observability/logger.ts";
@@ -294,6 +295,12 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       metrics.retentionRemovals.inc({ store: "oidc_logout_tokens" }, report.oidcLogoutTokens);
       metrics.retentionRemovals.inc({ store: "audit_entries" }, report.auditEntries);
     },
+    ...(offline.kind === "rabbitmq"
+      ? {
+          sweepIdleQueues: (stopped: () => boolean) =>
+            sweepIdleQueues({ db, offline, queueEmptied: (d) => messaging.queueEmptied(d), stopped }),
+        }
+      : {}),
   });
 
   // 4. Gateway, and the actor kinds with their ports.
@@ -341,6 +348,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
             metrics.tallies.queuedOffline += envelopes.length;
           },
           purge: (userId, deviceId) => offline.purge(userId, deviceId),
+          remove: (userId, deviceId) => offline.remove(userId, deviceId),
         },
         sockets: link,
         clock,

@@ -26,6 +26,8 @@ export class DeviceConnection {
   /** Frames that must be handled in arrival order (sends) run one after another on this chain. */
   chain: Promise<void> = Promise.resolve();
   drain: QueueDrain | undefined;
+  /** The user actor was told this connection's drain emptied the offline queue (told once). */
+  private emptiedTold = false;
   /** Acks on their way to the log and the user actor; the disconnect waits for them. */
   readonly acking = new Set<Promise<void>>();
   readonly watching = new Set<string>();
@@ -46,6 +48,13 @@ export class DeviceConnection {
     /** The node's messaging counts: deliveries and their latency are tallied here. */
     private readonly tallies: MessageTallies,
   ) {}
+
+  /** True the first time the drain has emptied the device's offline queue: tell the user actor then. */
+  takeEmptiedQueue(): boolean {
+    if (this.emptiedTold || !this.drain?.emptied) return false;
+    this.emptiedTold = true;
+    return true;
+  }
 
   /** A method, not a field test: the state changes across awaits (the socket may close meanwhile). */
   isClosed(): boolean {

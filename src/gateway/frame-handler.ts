@@ -199,6 +199,8 @@ export class FrameHandler {
         // The user actor is told at once (messaging.ack tells it before any write): a reconnect that
         // overtakes the queue's or the log's commit must not be pushed what was acked here.
         await Promise.all([this.deps.messaging.ack(conn.principal, ids), conn.drain?.ack(ids)]);
+        // After the log recorded the acks: the actor removes the queue only if the log owes nothing.
+        if (conn.takeEmptiedQueue()) await this.deps.messaging.queueEmptied(conn.principal);
       } catch (error) {
         this.deps.logger.error({ err: error, user: conn.principal.userId }, "ack failed");
       }

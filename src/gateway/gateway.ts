@@ -215,6 +215,13 @@ export class Gateway {
       if (batch.length === 0) break;
       conn.deliver(batch, "offline");
     }
+    // An existing queue that held nothing (left by an older version, or emptied before): remove it.
+    if (conn.takeEmptiedQueue()) {
+      // Only housekeeping: a queue left behind is removed at the next drain or by the sweep.
+      await messaging.queueEmptied(principal).catch((error) => {
+        this.options.logger.warn({ err: error, user: principal.userId }, "could not report an emptied queue");
+      });
+    }
     if (conn.isClosed()) return;
     await messaging.deviceDrained(principal, nodeId, conn.connectionId);
     if (!conn.isClosed()) conn.state = "live";

@@ -1,4 +1,4 @@
-import type { Channel, Connection, Publisher, SyncMessage } from "rabbitmq-client";
+import type { Channel, Connection, Publisher, ReturnedMessage, SyncMessage } from "rabbitmq-client";
 import {
   amqpCode,
   closeQuietly,
@@ -8,7 +8,7 @@ import {
   withChannel,
 } from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
-import type { OfflineQueue, QueueDrain } from "./offline-queue.ts";
+import type { DeviceRef, OfflineQueue, QueueDrain } from "./offline-queue.ts";
 
 function encode(envelope: StoredEnvelope): Buffer {
   return Buffer.from(JSON.stringify(envelope));
@@ -136,9 +136,16 @@ class DrainChannels {
 }
 
 /**
- * Offline queues in RabbitMQ: one durable classic queue per device, persistent messages, publisher
- * confirms. Retention is the queue's `x-message-ttl`, and a queue unused for the retention period
- * expires (`x-expires`). A drain takes messages with basic.get and acks each only after the device did.
+ * Offline queues in RabbitMQ: one durable classic queue per device with a backlog, persistent
+ * messages, publisher confirms. Retention is the queue's `x-message-ttl`, and a queue unused for the
+ * retention period expires (`x-expires`). A drain takes messages with basic.get and acks each only
+ * after the device did.
+ *
+ * A queue is declared by the first flush to it and removed (`remove`, `if-empty`) by the device's
+ * user actor once the device drained and acked it all. Flushes publish `mandatory`: a message for a
+ * queue removed since this node declared it comes back (basic.return, before its confirm), and the
+ * flush declares the queue again and re-publishes, so a stale record of a declared queue never
+ * loses a message.
  *
  * A drain holds a channel (DrainChannels) only while it has messages out: an empty queue, the
  * common reconnect, opens one, reads nothing and gives it back.
@@ -151,6 +158,8 @@ export class AmqpOfflineQueue implements OfflineQueue {
   private readonly declared = new Set<string>();
   private readonly drains: DrainChannels;
   private readonly publisher: Publisher;
+  /** Queue name → the message-id sets of flushes in progress, filled by basic.return. */
+  private readonly returned = new Map<string, Set<string>[]>();
 
   private constructor(
     private readonly rabbit: Connection,
@@ -162,6 +171,12 @@ export class AmqpOfflineQueue implements OfflineQueue {
     this.publisher = rabbit.createPublisher({ confirm: true, maxAttempts: FLUSH_ATTEMPTS });
     // A broker that lost its state (a new node, a wiped volume) lost the queues too: declare again.
     rabbit.on("connection", () => this.declared.clear());
+    // The broker sends basic.return before the confirm of an unroutable mandatory message.
+    this.publisher.on("basic.return", (message: ReturnedMessage) => {
+      const id = message.messageId;
+      if (id === undefined) return;
+      for (const ids of this.returned.get(message.routingKey) ?? []) ids.add(id);
+    });
   }
 
   /**
@@ -212,19 +227,47 @@ export class AmqpOfflineQueue implements OfflineQueue {
     this.declared.add(name);
   }
 
+  /**
+   * Publishes to the device's queue, declaring it first unless this node already did; messages that
+   * come back unroutable (the queue was removed meanwhile) are published again after a fresh
+   * declare. Resolves once the broker confirmed all of them; throws if they keep coming back.
+   */
   async flush(userId: string, deviceId: number, envelopes: readonly StoredEnvelope[]): Promise<void> {
-    if (envelopes.length === 0) return;
     const name = this.queueName(userId, deviceId);
-    await this.declare(name);
-    // Published in order on one channel; resolves once the broker confirmed every one.
-    await Promise.all(
-      envelopes.map((envelope) =>
-        this.publisher.send(
-          { routingKey: name, durable: true, messageId: envelope.id, contentType: "application/json" },
-          encode(envelope),
-        ),
-      ),
-    );
+    let left = envelopes;
+    for (let attempt = 1; left.length > 0; attempt++) {
+      if (attempt > FLUSH_ATTEMPTS) throw new Error("offline queue keeps disappearing under its flush");
+      await this.declare(name);
+      const ids = new Set<string>();
+      const watching = this.returned.get(name) ?? [];
+      watching.push(ids);
+      this.returned.set(name, watching);
+      try {
+        // Published in order on one channel; resolves once the broker confirmed every one.
+        await Promise.all(
+          left.map((envelope) =>
+            this.publisher.send(
+              {
+                routingKey: name,
+                durable: true,
+                mandatory: true,
+                messageId: envelope.id,
+                contentType: "application/json",
+              },
+              encode(envelope),
+            ),
+          ),
+        );
+        // rabbitmq-client emits basic.return on the next turn (setImmediate); the return came
+        // before its confirm on the wire, so one turn later every return of these is in `ids`.
+        await new Promise((resolve) => setImmediate(resolve));
+      } finally {
+        watching.splice(watching.indexOf(ids), 1);
+        if (watching.length === 0) this.returned.delete(name);
+      }
+      if (ids.size > 0) this.declared.delete(name);
+      left = left.filter((e) => ids.has(e.id));
+    }
   }
 
   async drain(userId: string, deviceId: number): Promise<QueueDrain> {
@@ -234,6 +277,8 @@ export class AmqpOfflineQueue implements OfflineQueue {
     let giveBack: (() => Promise<void>) | undefined;
     /** The queue answered empty (or does not exist): nothing more to take. */
     let exhausted = false;
+    /** A basic.get found the queue (404 otherwise: there is none to remove). */
+    let existed = false;
     let open = true;
     const closeChannel = async () => {
       const release = giveBack;
@@ -263,8 +308,11 @@ export class AmqpOfflineQueue implements OfflineQueue {
             if (!open) return []; // released meanwhile: what was taken went back to the queue
             // A queue that was never declared answers 404 (and closes the channel): it is empty.
             if (amqpCode(error) !== "NOT_FOUND") throw error;
-            message = undefined;
+            existed = false;
+            exhausted = true;
+            break;
           }
+          existed = true;
           if (message === undefined) {
             exhausted = true;
             break;
@@ -295,6 +343,9 @@ export class AmqpOfflineQueue implements OfflineQueue {
         open = false;
         await closeChannel();
       },
+      get emptied() {
+        return existed && exhausted && taken.size === 0;
+      },
     };
   }
 
@@ -308,6 +359,45 @@ export class AmqpOfflineQueue implements OfflineQueue {
       if (amqpCode(error) === "NOT_FOUND") return 0;
       throw error;
     }
+  }
+
+  async remove(userId: string, deviceId: number): Promise<boolean> {
+    const name = this.queueName(userId, deviceId);
+    try {
+      // Deleting a queue that does not exist is a no-op for RabbitMQ (delete-ok, 0 messages); one
+      // holding ready messages refuses with 406 PRECONDITION_FAILED (on a channel of its own).
+      await withChannel(this.rabbit, (channel) => channel.queueDelete({ queue: name, ifEmpty: true }));
+      this.declared.delete(name);
+      return true;
+    } catch (error) {
+      if (amqpCode(error) === "PRECONDITION_FAILED") return false;
+      throw error;
+    }
+  }
+
+  /**
+   * Passive-declares each device's queue on one channel (a 404 closes it; the next device gets a
+   * fresh one) and returns those that exist with no ready message.
+   */
+  async idleQueues(devices: readonly DeviceRef[]): Promise<DeviceRef[]> {
+    const idle: DeviceRef[] = [];
+    let channel: Channel | undefined;
+    try {
+      for (const device of devices) {
+        channel ??= await this.rabbit.acquire();
+        try {
+          const queue = this.queueName(device.userId, device.deviceId);
+          const { messageCount } = await channel.queueDeclare({ queue, passive: true });
+          if (messageCount === 0) idle.push(device);
+        } catch (error) {
+          if (amqpCode(error) !== "NOT_FOUND") throw error;
+          channel = undefined; // closed by the broker
+        }
+      }
+    } finally {
+      await channel?.close().catch(() => {});
+    }
+    return idle;
   }
 
   async purge(userId: string, deviceId: number): Promise<number> {

@@ -1,6 +1,6 @@
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog } from "./envelope-log.ts";
-import type { OfflineQueue, QueueDrain } from "./offline-queue.ts";
+import type { DeviceRef, OfflineQueue, QueueDrain } from "./offline-queue.ts";
 
 /**
  * The embedded default's offline queue: the envelopes stay in the (PGlite) envelope log, marked
@@ -37,11 +37,22 @@ export class LogOfflineQueue implements OfflineQueue {
         for (const id of ids) handedOut.delete(id);
       },
       release: async () => handedOut.clear(),
+      // The queue is the log: there is no per-device queue to remove.
+      emptied: false,
     };
   }
 
   async depth(userId: string, deviceId: number): Promise<number> {
     return (await this.log.undelivered(userId, { device: deviceId, state: "queued" })).length;
+  }
+
+  /** Nothing to remove: a device's queue is its `queued` rows, gone once acked. */
+  async remove(): Promise<boolean> {
+    return true;
+  }
+
+  async idleQueues(_devices: readonly DeviceRef[]): Promise<DeviceRef[]> {
+    return [];
   }
 
   async purge(userId: string, deviceId: number): Promise<number> {

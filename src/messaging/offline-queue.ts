@@ -8,6 +8,18 @@ export interface QueueDrain {
   ack(ids: string[]): Promise<void>;
   /** Ends the drain; envelopes taken but not acked go back to the queue, in order. */
   release(): Promise<void>;
+  /**
+   * True once the device's queue existed, was read to its end and everything taken from it was
+   * acked: the queue is now an idle one, which the device's user actor may remove
+   * (`OfflineQueue.remove`). Always false for stores that keep no per-device queue.
+   */
+  readonly emptied: boolean;
+}
+
+/** A device whose offline queue is looked at by the idle-queue sweep. */
+export interface DeviceRef {
+  userId: string;
+  deviceId: number;
 }
 
 /**
@@ -22,6 +34,22 @@ export interface OfflineQueue {
   drain(userId: string, deviceId: number): Promise<QueueDrain>;
   /** Messages waiting in the device's queue. */
   depth(userId: string, deviceId: number): Promise<number>;
+  /**
+   * Deletes the device's queue if no message waits in it for delivery; true when it is gone
+   * afterwards (removed now, or there was none), false when it still holds messages.
+   * Messages a drain has taken and not acked do NOT count as waiting (RabbitMQ's `if-empty` looks
+   * at ready messages only), so only the device's user actor calls this, after checking the log for
+   * queued envelopes, in its mailbox where no flush to the same queue can run
+   * (docs/MESSAGING.md, "Queues follow the backlog").
+   */
+  remove(userId: string, deviceId: number): Promise<boolean>;
+  /**
+   * Of `devices`, those that have a queue holding no ready message: idle queues, as every queue
+   * of a device that was ever offline with a message was before queues followed the backlog (kept
+   * until `x-expires`). The sweep asks their user actors
+   * to remove them. Stores without per-device queues return none.
+   */
+  idleQueues(devices: readonly DeviceRef[]): Promise<DeviceRef[]>;
   /** Deletes the device's queue and what it holds (device removal, erasure); returns how many were dropped. */
   purge(userId: string, deviceId: number): Promise<number>;
   /**

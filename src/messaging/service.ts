@@ -340,6 +340,14 @@ export class MessagingService {
     });
   }
 
+  /**
+   * The device drained its offline queue and acked all of it: its user actor removes the queue
+   * (after a check of the log, between its flushes), so queues exist only while devices have a backlog.
+   */
+  async queueEmptied(device: Principal): Promise<void> {
+    await this.actors.tell(userKey(device.userId), { type: "queue.emptied", deviceId: device.deviceId });
+  }
+
   /** A device was removed from its account: its user actor forgets it and drops its offline queue. */
   async deviceRemoved(userId: string, deviceId: number): Promise<void> {
     this.devicesChanged(userId);

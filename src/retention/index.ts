@@ -3,6 +3,7 @@ import type { AuditPruneResult } from "../audit/service.ts";
 import type { Db } from "../db/index.ts";
 import { oidcLogoutTokens, oidcSignInCodes, refreshTokens } from "../db/schema.ts";
 import type { EnvelopeLog } from "../messaging/envelope-log.ts";
+import type { IdleQueueSweep } from "../messaging/queue-sweep.ts";
 import type { Logger } from "../observability/logger.ts";
 
 const DAY_MS = 86_400_000;
@@ -17,6 +18,8 @@ export interface RetentionReport {
   oidcSignInCodes: number;
   oidcLogoutTokens: number;
   auditEntries: number;
+  /** The idle offline-queue sweep, run in the first pass after start-up only (null in later passes). */
+  idleQueues: IdleQueueSweep | null;
   cutoffs: { envelopes: string; refreshTokens: string; audit: string };
   ms: number;
 }
@@ -32,6 +35,11 @@ export interface RetentionDeps {
   clock?: () => number;
   /** Hears every finished pass (metrics). */
   onReport?: (report: RetentionReport) => void;
+  /**
+   * Removes offline queues that exist with nothing in them (queues left by versions before queues
+   * followed the backlog); `stopped` ends it early. Run once, in the first pass after start-up.
+   */
+  sweepIdleQueues?: (stopped: () => boolean) => Promise<IdleQueueSweep>;
 }
 
 /**
@@ -40,12 +48,15 @@ export interface RetentionDeps {
  * window, and audit entries older than AUDIT_RETENTION_DAYS.
  * Every step is a plain conditional delete (the audit prune is serialised by the chain lock),
  * so several nodes running it at once only split the work. RabbitMQ and MongoDB expire on their
- * own (x-message-ttl / x-expires, TTL index).
+ * own (x-message-ttl / x-expires, TTL index). The first pass after start-up also sweeps idle
+ * offline queues (`sweepIdleQueues`): queues that exist with nothing in them, as older versions
+ * left one per device that was ever offline with a message.
  */
 export class RetentionJob {
   private timer?: ReturnType<typeof setTimeout>;
   private running?: Promise<RetentionReport | undefined>;
   private stopped = false;
+  private swept = false;
   private readonly clock: () => number;
 
   constructor(private readonly deps: RetentionDeps) {
@@ -87,12 +98,18 @@ export class RetentionJob {
       .where(lt(oidcLogoutTokens.expiresAt, new Date(now)))
       .returning({ jti: oidcLogoutTokens.jti });
     const audit = await this.deps.audit.prune(auditBefore);
+    let idleQueues: IdleQueueSweep | null = null;
+    if (this.deps.sweepIdleQueues && !this.swept) {
+      this.swept = true;
+      idleQueues = await this.deps.sweepIdleQueues(() => this.stopped);
+    }
     const report: RetentionReport = {
       envelopes,
       refreshTokens: tokens.length,
       oidcSignInCodes: codes.length,
       oidcLogoutTokens: jtis.length,
       auditEntries: audit.removed,
+      idleQueues,
       cutoffs: {
         envelopes: new Date(envelopesBefore).toISOString(),
         refreshTokens: new Date(now).toISOString(),

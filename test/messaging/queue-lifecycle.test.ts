@@ -1,0 +1,343 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomUUID } from "node:crypto";
+import { type ChannelModel, connect } from "amqplib";
+import { userKey } from "../../actors/index.ts";
+import { AmqpOfflineQueue } from "../../src/messaging/amqp-offline-queue.ts";
+import type { StoredEnvelope } from "../../src/messaging/envelope.ts";
+import { sweepIdleQueues } from "../../src/messaging/queue-sweep.ts";
+import { AMQP_URL, runPrefix, stackEnv } from "../support/cluster-env.ts";
+import { type Api, api, registerAndLogin } from "../support/http.ts";
+import { startTestNode, type TestNode } from "../support/node.ts";
+import { type Frame, TestSocket } from "../support/ws.ts";
+
+/** Iterations of each race loop. */
+const RACE_ROUNDS = 50;
+
+const b64 = (text: string) => Buffer.from(text).toString("base64");
+
+function direct(id: string, to: string, text: string) {
+  return { type: "send", id, to: { user: to }, messages: [{ deviceId: 1, type: 3, body: b64(text) }] };
+}
+
+/** Polls `condition` until it holds; fails after `timeoutMs` naming `what`. */
+async function waitFor(condition: () => Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(20);
+  }
+}
+
+/** Whether a queue exists, asked with a passive declare on a channel of its own (404 closes it). */
+async function queueExists(amqp: ChannelModel, name: string): Promise<boolean> {
+  const channel = await amqp.createChannel();
+  channel.on("error", () => {});
+  try {
+    await channel.checkQueue(name);
+    return true;
+  } catch (error) {
+    if ((error as { code?: unknown }).code === 404) return false;
+    throw error;
+  } finally {
+    await channel.close().catch(() => {});
+  }
+}
+
+/** Declares a queue the way versions before this one left it: same arguments, kept while empty. */
+async function declareLegacyQueue(amqp: ChannelModel, name: string): Promise<void> {
+  const channel = await amqp.createChannel();
+  await channel.assertQueue(name, {
+    durable: true,
+    arguments: { "x-queue-type": "classic", "x-message-ttl": 86_400_000, "x-expires": 86_400_000 },
+  });
+  await channel.close();
+}
+
+describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () => {
+  let node: TestNode;
+  let client: Api;
+  let amqp: ChannelModel;
+  let offline: AmqpOfflineQueue;
+  const prefix = runPrefix();
+  const queueNames = new Set<string>();
+
+  beforeAll(async () => {
+    // The race loops send faster than a device's default budget of 100 frames/s.
+    node = await startTestNode("postgres", {
+      env: { ...stackEnv("services", prefix), DEVICE_RATE_LIMIT: "100000" },
+    });
+    client = api(node.url);
+    amqp = await connect(AMQP_URL);
+    offline = node.offline as AmqpOfflineQueue;
+  });
+
+  afterAll(async () => {
+    // Whatever a failed test left behind goes too.
+    for (const name of queueNames) {
+      const channel = await amqp.createChannel();
+      await channel.deleteQueue(name).catch(() => {});
+      await channel.close().catch(() => {});
+    }
+    await amqp?.close();
+    await node?.teardown();
+  });
+
+  async function user() {
+    const session = await registerAndLogin(client);
+    const queue = offline.queueName(session.userId, 1);
+    queueNames.add(queue);
+    return { ...session, queue };
+  }
+
+  const connectAs = (token: string) => TestSocket.open(node.url, token);
+
+  /** Sends `count` messages from `from` to `to` and waits for each `accepted`. */
+  async function send(from: TestSocket, to: string, count: number, label: string): Promise<string[]> {
+    const ids = Array.from({ length: count }, () => randomUUID());
+    for (const [i, id] of ids.entries()) from.send(direct(id, to, `${label} ${i}`));
+    for (const id of ids) expect(await from.reply(id, 15_000)).toMatchObject({ type: "accepted" });
+    return ids;
+  }
+
+  test("a device that drains and acks everything leaves no queue behind; a partial ack keeps the rest", async () => {
+    const alice = await user();
+    const bob = await user();
+    const a = await connectAs(alice.accessToken);
+    expect(await queueExists(amqp, bob.queue)).toBe(false);
+    const ids = await send(a, bob.userId, 3, "offline");
+    // The first flush declared the queue; all three are in it.
+    await waitFor(async () => (await offline.depth(bob.userId, 1)) === 3, "three queued messages");
+
+    const first = await connectAs(bob.accessToken);
+    const drained = await first.messages(3);
+    expect(drained.map((m) => m.id)).toEqual(ids);
+    first.send({ type: "ack", ids: ids.slice(0, 2) });
+    await first.close();
+    // The unacked one went back to the queue, which stayed.
+    await waitFor(async () => (await offline.depth(bob.userId, 1)) === 1, "the unacked message back");
+
+    const second = await connectAs(bob.accessToken);
+    const [left] = await second.messages(1);
+    expect(left?.id).toBe(ids[2]);
+    second.send({ type: "ack", ids: [ids[2]] });
+    await waitFor(async () => !(await queueExists(amqp, bob.queue)), "the drained queue to be removed");
+    // Live delivery goes on without a queue.
+    const [live] = await send(a, bob.userId, 1, "live");
+    const [pushed] = await second.messages(1);
+    expect(pushed?.id).toBe(live);
+    expect(await queueExists(amqp, bob.queue)).toBe(false);
+    await Promise.all([a.close(), second.close()]);
+  }, 60_000);
+
+  test("an empty queue left by an older version goes at the device's next connection", async () => {
+    const carol = await user();
+    await declareLegacyQueue(amqp, carol.queue);
+    const c = await connectAs(carol.accessToken);
+    await waitFor(async () => !(await queueExists(amqp, carol.queue)), "the legacy queue to be removed");
+    await c.close();
+  });
+
+  test("the sweep removes idle queues of devices that stay away and keeps those with a backlog", async () => {
+    const dave = await user();
+    const erin = await user();
+    const alice = await user();
+    await declareLegacyQueue(amqp, dave.queue);
+    const a = await connectAs(alice.accessToken);
+    const [waiting] = await send(a, erin.userId, 1, "for erin");
+    await waitFor(async () => (await offline.depth(erin.userId, 1)) === 1, "erin's queued message");
+    const swept = await sweepIdleQueues({
+      db: node.database.db,
+      offline,
+      queueEmptied: (d) => node.messaging.queueEmptied(d),
+    });
+    expect(swept.devices).toBeGreaterThanOrEqual(3);
+    expect(swept.idle).toBeGreaterThanOrEqual(1);
+    await waitFor(async () => !(await queueExists(amqp, dave.queue)), "dave's idle queue to be removed");
+    expect(await offline.depth(erin.userId, 1)).toBe(1);
+    const e = await connectAs(erin.accessToken);
+    const [got] = await e.messages(1);
+    expect(got?.id).toBe(waiting);
+    await Promise.all([a.close(), e.close()]);
+  });
+
+  test("a queue whose messages another drain holds unacked is kept: if-empty counts only ready ones", async () => {
+    const alice = await user();
+    const frank = await user();
+    const a = await connectAs(alice.accessToken);
+    const [id] = await send(a, frank.userId, 1, "held");
+    await waitFor(async () => (await offline.depth(frank.userId, 1)) === 1, "frank's queued message");
+    const holder = await connectAs(frank.accessToken);
+    await holder.messages(1); // taken from the queue, not acked: 0 ready, 1 unacked
+    expect(await offline.depth(frank.userId, 1)).toBe(0);
+    // As a replaced socket's successor would report it: the queue looks empty to RabbitMQ.
+    await node.messaging.queueEmptied({ userId: frank.userId, deviceId: 1 });
+    // The actor checks the log (the envelope is still `queued` there) and keeps the queue; a later
+    // message in the same mailbox proves the report was handled.
+    await node.actors.ask(userKey(frank.userId), { type: "ack", deviceId: 1, ids: [] });
+    expect(await queueExists(amqp, frank.queue)).toBe(true);
+    await holder.close();
+    const again = await connectAs(frank.accessToken);
+    const [back] = await again.messages(1);
+    expect(back?.id).toBe(id);
+    again.send({ type: "ack", ids: [id] });
+    await waitFor(async () => !(await queueExists(amqp, frank.queue)), "frank's drained queue to be removed");
+    await Promise.all([a.close(), again.close()]);
+  }, 30_000);
+
+  test(`flushes to offline devices racing removal reports in their actors lose nothing (${RACE_ROUNDS} rounds)`, async () => {
+    const alice = await user();
+    const targets = await Promise.all([user(), user(), user()]);
+    const a = await connectAs(alice.accessToken);
+    const sent = new Map<string, string[]>(targets.map((t) => [t.userId, []]));
+    for (let round = 0; round < RACE_ROUNDS; round++) {
+      // Every target is offline: each send is flushed to its queue, while removal reports for the
+      // same queues arrive in between.
+      await Promise.all(
+        targets.map(async (t) => {
+          const sending = send(a, t.userId, 3, `round ${round}`);
+          const reports = Array.from({ length: 3 }, () =>
+            node.messaging.queueEmptied({ userId: t.userId, deviceId: 1 }),
+          );
+          const [ids] = await Promise.all([sending, ...reports]);
+          sent.get(t.userId)?.push(...(ids as string[]));
+        }),
+      );
+    }
+    for (const t of targets) {
+      const ids = sent.get(t.userId) ?? [];
+      await waitFor(async () => (await offline.depth(t.userId, 1)) === ids.length, `${ids.length} queued`);
+      const socket = await connectAs(t.accessToken);
+      const got = await socket.messages(ids.length, 30_000);
+      expect(got.map((m) => m.id)).toEqual(ids);
+      socket.send({ type: "ack", ids });
+      await waitFor(async () => !(await queueExists(amqp, t.queue)), "the drained queue to be removed");
+      await socket.close();
+    }
+    await a.close();
+  }, 180_000);
+
+  test(`sends racing a device's drain, ack, removal and disconnect lose nothing (${RACE_ROUNDS} rounds)`, async () => {
+    const alice = await user();
+    const gina = await user();
+    const a = await connectAs(alice.accessToken);
+    const sent: string[] = [];
+    const received = new Set<string>();
+    const collect = (frames: Frame[], socket: TestSocket) => {
+      const ids = frames.map((f) => f.id as string);
+      for (const id of ids) received.add(id);
+      if (ids.length > 0) socket.send({ type: "ack", ids });
+    };
+    for (let round = 0; round < RACE_ROUNDS; round++) {
+      const g = await connectAs(gina.accessToken);
+      // Sends land before, during and after the drain, the acks that empty the queue and the close.
+      const sending = send(a, gina.userId, 4, `round ${round}`);
+      await Bun.sleep(round % 5);
+      collect(g.pendingMessages(), g);
+      g.frames.splice(0);
+      await g.close();
+      sent.push(...(await sending));
+    }
+    // Whatever was not received live is in the queue now; take it all.
+    const last = await connectAs(gina.accessToken);
+    await waitFor(
+      async () => {
+        collect(
+          last.frames.filter((f) => f.type === "message"),
+          last,
+        );
+        last.frames.splice(0);
+        return sent.every((id) => received.has(id));
+      },
+      `all ${sent.length} messages`,
+      60_000,
+    ).catch(async (error) => {
+      // Where they are, for whoever reads a failure: the queue, the log, the socket, the gateway.
+      const registry = (node.gateway as unknown as { options: { registry: { values(): Iterable<any> } } })
+        .options.registry;
+      const state = {
+        received: received.size,
+        queueDepth: await offline.depth(gina.userId, 1),
+        unackedInLog: (await node.log.undelivered(gina.userId)).length,
+        queuedInLog: (await node.log.undelivered(gina.userId, { state: "queued" })).length,
+        framesOnLastSocket: last.frames.length,
+        connections: [...registry.values()]
+          .filter((c) => c.principal.userId === gina.userId)
+          .map((c) => ({ state: c.state, emptied: c.drain?.emptied })),
+        drainChannels: offline.channelsInUse,
+        warnings: node.logs.filter((l) => /"level":(40|50)/.test(l)).slice(-5),
+      };
+      throw new Error(`${(error as Error).message}: ${JSON.stringify(state)}`);
+    });
+    await waitFor(
+      async () => !(await queueExists(amqp, gina.queue)),
+      "gina's queue removed after the last drain",
+    );
+    await Promise.all([a.close(), last.close()]);
+  }, 180_000);
+});
+
+function envelope(recipientUser: string, n: number): StoredEnvelope {
+  return {
+    id: randomUUID(),
+    senderUser: randomUUID(),
+    senderDevice: 1,
+    recipientUser,
+    recipientDevice: 1,
+    groupId: null,
+    ts: Date.now() + n,
+    type: 3,
+    body: b64(`ciphertext ${n}`),
+  };
+}
+
+describe("a flush after another node removed the queue (RabbitMQ)", () => {
+  const prefix = runPrefix();
+  let flusher: AmqpOfflineQueue;
+  let remover: AmqpOfflineQueue;
+
+  beforeAll(async () => {
+    flusher = await AmqpOfflineQueue.open(AMQP_URL, { prefix, retentionDays: 1 });
+    remover = await AmqpOfflineQueue.open(AMQP_URL, { prefix, retentionDays: 1 });
+  });
+  afterAll(async () => {
+    await remover?.close();
+    await flusher?.close();
+  });
+
+  // A user actor that moved between nodes flushes from a node whose record says the queue exists,
+  // while the node it was on meanwhile removed it. (Removal and flush never run at once: both
+  // happen in the actor's mailbox. A delete racing publishes from another connection can drop
+  // messages the broker already confirmed, which is why the removal is not done elsewhere.)
+  test(`a queue removed since this node declared it is declared again: nothing lost in ${RACE_ROUNDS} rounds`, async () => {
+    const user = randomUUID();
+    try {
+      for (let round = 0; round < RACE_ROUNDS; round++) {
+        const batch = Array.from({ length: 20 }, (_, i) => envelope(user, round * 100 + i));
+        await flusher.flush(user, 1, batch);
+        const drain = await remover.drain(user, 1);
+        const got: StoredEnvelope[] = [];
+        for (let next = await drain.next(100); next.length > 0; next = await drain.next(100))
+          got.push(...next);
+        expect(got.map((e) => e.id)).toEqual(batch.map((e) => e.id));
+        await drain.ack(got.map((e) => e.id));
+        expect(drain.emptied).toBe(true);
+        await drain.release();
+        // Removed by the other node: the flusher still believes it declared the queue.
+        expect(await remover.remove(user, 1)).toBe(true);
+      }
+    } finally {
+      await remover.purge(user, 1);
+    }
+  }, 120_000);
+
+  test("a queue holding messages is not removed", async () => {
+    const user = randomUUID();
+    try {
+      await flusher.flush(user, 1, [envelope(user, 1)]);
+      expect(await remover.remove(user, 1)).toBe(false);
+      expect(await remover.depth(user, 1)).toBe(1);
+    } finally {
+      await remover.purge(user, 1);
+    }
+  });
+});
