@@ -25,6 +25,7 @@ import { type Database, openDatabase } from "./db/index.ts";
 import { DeviceService } from "./devices/service.ts";
 import { GATEWAY_KIND, Gateway, NodeLink, SocketRegistry } from "./gateway/index.ts";
 import { createGdpr, ErasureLedger, type Gdpr } from "./gdpr/index.ts";
+import { PresenceAudience } from "./groups/relations.ts";
 import { GroupService } from "./groups/service.ts";
 import { createApp, type ReadinessCheck } from "./http/app.ts";
 import { listenerTls, listenerUrl } from "./http/listener.ts";
@@ -327,6 +328,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     presenceLeaseMs: config.presenceLeaseSeconds * 1000,
     pingIntervalMs: config.wsPingIntervalMs,
     watchLimit: config.presenceWatchesPerNode,
+    audience: new PresenceAudience(db),
     tallies: metrics.tallies,
   });
   const openGateway = gateway;
@@ -358,7 +360,11 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     .register(GROUP_KIND, groupActorFactory({ directory: new PostgresGroupDirectory(db), log, clock }))
     .registerPinned(GATEWAY_KIND, link.actorFactory);
   devices.onAdded((userId) => messaging.devicesChanged(userId));
-  blocks.onChanged((blocker, blocked) => messaging.blocksChanged(blocker, blocked));
+  blocks.onChanged((blocker, blocked) => {
+    messaging.blocksChanged(blocker, blocked);
+    gateway?.relationsChanged([blocker, blocked]);
+  });
+  groups.onMembershipChanged((users) => gateway?.relationsChanged(users));
   devices.onRemoved(async (userId, deviceId) => {
     await messaging.deviceRemoved(userId, deviceId);
     await log.eraseDevice(userId, deviceId);

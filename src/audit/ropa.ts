@@ -150,7 +150,7 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
     {
       category: "blocks",
       data: ["blocking user id", "blocked user id", "time of the block"],
-      purpose: "keep a blocked user's messages and invitations away from the blocker",
+      purpose: "keep a blocked user's messages, invitations and presence watches away from the blocker",
       legalBasis: contract,
       stores: [database],
       retention: { days: null, rule: "until the blocker lifts it or either user is erased" },
@@ -169,7 +169,8 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
     {
       category: "presence",
       data: ["which devices are connected, and to which node", "last-seen time"],
-      purpose: "show contacts whether a user is online, and route to live sockets",
+      purpose:
+        "show users who share a group with the user (both accepted, neither blocks the other) whether the user is online, and route to live sockets",
       legalBasis: contract,
       stores: [presence],
       retention: {
@@ -255,7 +256,7 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
       "provide end-to-end-encrypted 1:1 and group messaging",
       "authenticate users and their devices",
       "distribute public keys for end-to-end encryption",
-      "show presence to contacts",
+      "show presence to users who share a group",
       "keep a pseudonymised audit trail for security and accountability",
       "answer data-subject requests (export, erasure)",
     ],

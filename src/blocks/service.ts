@@ -17,7 +17,9 @@ export type BlockListener = (blocker: string, blocked: string) => void;
 /**
  * Blocks (issue 13 item 7): a blocked user cannot message the blocker (1:1 sends are answered
  * `accepted` and dropped, group messages skip the blocker's devices), cannot invite them to a group
- * (dropped silently). Nothing tells the blocked user they are blocked; see docs/PROTOCOL.md, "Blocks".
+ * (dropped silently) and cannot see their presence (nor the blocker theirs: presence needs a relation,
+ * `groups/relations.ts`). Nothing tells the blocked user they are blocked; see docs/PROTOCOL.md,
+ * "Groups, invitations and blocks".
  */
 export class BlockService {
   private readonly listeners: BlockListener[] = [];

@@ -30,7 +30,12 @@ export class DeviceConnection {
   private emptiedTold = false;
   /** Acks on their way to the log and the user actor; the disconnect waits for them. */
   readonly acking = new Set<Promise<void>>();
+  /** The users this socket's `presence.watch` list names. */
   readonly watching = new Set<string>();
+  /** Of `watching`, those the device's user may see (PresenceAudience); only these hear changes. */
+  readonly seeing = new Set<string>();
+  /** Bumped by every new watch list: an older list's late answer is not applied. */
+  watchGeneration = 0;
   /** Pinged by the gateway's schedule and no pong since: the next tick closes the socket. */
   awaitingPong = false;
   /**

@@ -13,7 +13,7 @@ import type { SessionService } from "../sessions/service.ts";
 import { DeviceConnection, type DeviceSocket, type SocketData } from "./connection.ts";
 import { FrameHandler } from "./frame-handler.ts";
 import type { NodeLink } from "./node-link.ts";
-import { PresenceWatchers, type WatchStats } from "./presence-watch.ts";
+import { type Audience, PresenceWatchers, type WatchStats } from "./presence-watch.ts";
 import type { SocketRegistry } from "./socket-registry.ts";
 import { TokenBucket } from "./token-bucket.ts";
 
@@ -34,6 +34,8 @@ export interface GatewayOptions {
   presenceLeaseMs?: number;
   /** Watch entries (socket, watched user) this node holds at most (PRESENCE_WATCHES_PER_NODE). */
   watchLimit?: number;
+  /** Who may see whose presence (`PresenceAudience`, docs/PROTOCOL.md "Presence"). */
+  audience: Audience;
   /**
    * How often every socket is pinged (ms, WS_PING_INTERVAL_MS, default 15 s); a socket that has not
    * answered the previous ping when the next is due is closed.
@@ -71,7 +73,7 @@ export class Gateway {
 
   constructor(private readonly options: GatewayOptions) {
     this.rate = options.rateLimit ?? { perSecond: 100, burst: 200 };
-    this.watchers = new PresenceWatchers(options.presence, options.watchLimit);
+    this.watchers = new PresenceWatchers(options.presence, options.watchLimit, options.audience);
     this.frames = new FrameHandler({
       messaging: options.messaging,
       watchers: this.watchers,
@@ -89,6 +91,16 @@ export class Gateway {
   /** Open sockets on this node. */
   get connections(): number {
     return this.options.registry.size;
+  }
+
+  /**
+   * Relations of these users changed on this node (block, group membership): who sees whose
+   * presence is re-evaluated at once for the watch lists here that involve them.
+   */
+  relationsChanged(users: readonly string[]): void {
+    void this.watchers
+      .recheck(users)
+      .catch((error) => this.options.logger.warn({ err: error }, "presence recheck failed"));
   }
 
   /** How much the presence watch lists of this node's sockets hold. */

@@ -19,30 +19,57 @@ export interface WatchStats {
   remembered: number;
 }
 
+/** Who may see whose presence: `groups/relations.ts`'s PresenceAudience. */
+export interface Audience {
+  /** Of `users`, those `watcher` may see. */
+  visibleTo(watcher: string, users: readonly string[]): Promise<Set<string>>;
+}
+
+/** Everyone sees everyone (a node built without the relation rule: tests of the watch mechanics only). */
+const EVERYONE: Audience = { visibleTo: async (_watcher, users) => new Set(users) };
+
+/** How a user the watcher may not see is reported: like an account that was never online. */
+const unseen = (user: string) => ({ type: "presence" as const, user, online: false, lastSeen: 0 });
+
 /**
  * The `presence.watch` lists of this node's sockets: who watches whom, and the last state each
  * watched user was reported in, so that only changes are sent. Bounded: a socket's list is at most
  * the protocol's 1,000 users (the frame schema) and the node holds at most `nodeLimit` entries in
  * all; a user nobody here watches any more is forgotten at once, with its remembered state.
+ *
+ * Presence goes only to related users (`Audience`, docs/PROTOCOL.md "Presence"): a named user the
+ * watcher may not see is answered once as offline and never seen (`lastSeen: 0`, as for an account
+ * that never connected, so the answer does not tell whether the id exists) and their changes are
+ * not sent. The entry still counts against the bounds, as any named user does. Visibility is
+ * re-evaluated by `recheck` (relations changed on this node) and `refresh` (every lease renewal),
+ * so a relation that ends (leaving a group, a block) stops the updates, and one that begins
+ * (accepting an invitation) starts them, without a new watch list.
  */
 export class PresenceWatchers {
   private readonly watchers = new Map<string, Set<DeviceConnection>>();
   private readonly lastPresence = new Map<string, string>();
+  /** Sockets with a watch list, by their user: whose lists a relation change of that user touches. */
+  private readonly byOwner = new Map<string, Set<DeviceConnection>>();
   private entries = 0;
+  private rechecking = false;
 
   constructor(
     private readonly presence: Presence,
     private readonly nodeLimit: number = DEFAULT_NODE_WATCH_LIMIT,
+    private readonly audience: Audience = EVERYONE,
   ) {}
 
   /**
-   * Replaces the socket's watch list and answers at once with every named user's state. Returns
-   * false, keeping the old list, when the new one would take the node past its limit.
+   * Replaces the socket's watch list and answers at once with every named user's state (unseen
+   * users as offline, never seen). Returns false, keeping the old list, when the new one would take
+   * the node past its limit.
    */
   async watch(conn: DeviceConnection, users: readonly string[]): Promise<boolean> {
     const list = new Set(users);
     if (this.entries - conn.watching.size + list.size > this.nodeLimit) return false;
     this.unwatch(conn);
+    const generation = ++conn.watchGeneration;
+    if (list.size === 0) return true;
     for (const user of list) {
       conn.watching.add(user);
       let set = this.watchers.get(user);
@@ -53,12 +80,25 @@ export class PresenceWatchers {
       set.add(conn);
     }
     this.entries += list.size;
-    const states = await this.presence.states([...list]);
+    const owner = conn.principal.userId;
+    let mine = this.byOwner.get(owner);
+    if (!mine) {
+      mine = new Set();
+      this.byOwner.set(owner, mine);
+    }
+    mine.add(conn);
+    const [visible, states] = await Promise.all([
+      this.audience.visibleTo(owner, [...list]),
+      this.presence.states([...list]),
+    ]);
+    const current = conn.watchGeneration === generation;
+    if (current) for (const user of visible) if (conn.watching.has(user)) conn.seeing.add(user);
     for (const state of states) {
       // Meanwhile the socket may have closed or replaced its list: remember and report only what is still watched.
       if (!this.watchers.has(state.user)) continue;
       this.lastPresence.set(state.user, presenceSignature(state));
-      if (conn.watching.has(state.user)) conn.send({ type: "presence", ...state });
+      if (!current || !conn.watching.has(state.user)) continue;
+      conn.send(conn.seeing.has(state.user) ? { type: "presence", ...state } : unseen(state.user));
     }
     return true;
   }
@@ -75,21 +115,77 @@ export class PresenceWatchers {
       }
     }
     conn.watching.clear();
+    conn.seeing.clear();
+    conn.watchGeneration++;
+    const mine = this.byOwner.get(conn.principal.userId);
+    if (mine?.delete(conn) && mine.size === 0) this.byOwner.delete(conn.principal.userId);
   }
 
-  /** A user's presence changed (from any node): tell the watchers here, if it is news. */
+  /** A user's presence changed (from any node): tell the watchers here who may see it, if it is news. */
   changed(state: PresenceState): void {
     const watchers = this.watchers.get(state.user);
     if (!watchers) return;
     const signature = presenceSignature(state);
     if (this.lastPresence.get(state.user) === signature) return;
     this.lastPresence.set(state.user, signature);
-    for (const conn of watchers) conn.send({ type: "presence", ...state });
+    for (const conn of watchers) if (conn.seeing.has(state.user)) conn.send({ type: "presence", ...state });
   }
 
-  /** Re-reads every watched user's state: a crashed node's leases expire without an announcement. */
+  /**
+   * Re-reads every watched user's state (a crashed node's leases expire without an announcement),
+   * then re-evaluates who may see whom for every list here (relations changed on other nodes).
+   */
   async refresh(): Promise<void> {
     for (const state of await this.presence.states([...this.watchers.keys()])) this.changed(state);
+    if (this.rechecking) return;
+    this.rechecking = true;
+    try {
+      const all = new Set<DeviceConnection>();
+      for (const conns of this.byOwner.values()) for (const conn of conns) all.add(conn);
+      // One query per list, one after another: a slow pass delays the next, it never piles up.
+      for (const conn of all) await this.recheckOne(conn);
+    } finally {
+      this.rechecking = false;
+    }
+  }
+
+  /**
+   * Relations of these users changed on this node (a block, leaving or being removed from a group,
+   * accepting an invitation): re-evaluates at once the lists that name them and the lists of their
+   * own sockets here.
+   */
+  async recheck(users: readonly string[]): Promise<void> {
+    const touched = new Set<DeviceConnection>();
+    for (const user of users) {
+      for (const conn of this.watchers.get(user) ?? []) touched.add(conn);
+      for (const conn of this.byOwner.get(user) ?? []) touched.add(conn);
+    }
+    for (const conn of touched) await this.recheckOne(conn);
+  }
+
+  /** Applies the current audience to one socket's list: lost users are reported unseen, gained ones with their state. */
+  private async recheckOne(conn: DeviceConnection): Promise<void> {
+    if (conn.watching.size === 0 || conn.isClosed()) return;
+    const generation = conn.watchGeneration;
+    const visible = await this.audience.visibleTo(conn.principal.userId, [...conn.watching]);
+    if (conn.watchGeneration !== generation) return;
+    const gained: string[] = [];
+    for (const user of conn.seeing) {
+      if (visible.has(user)) continue;
+      conn.seeing.delete(user);
+      conn.send(unseen(user));
+    }
+    for (const user of visible) {
+      if (conn.seeing.has(user) || !conn.watching.has(user)) continue;
+      conn.seeing.add(user);
+      gained.push(user);
+    }
+    if (gained.length === 0) return;
+    const states = await this.presence.states(gained);
+    for (const state of states) {
+      if (conn.watchGeneration === generation && conn.seeing.has(state.user))
+        conn.send({ type: "presence", ...state });
+    }
   }
 
   /** Current sizes, for tests and metrics. */

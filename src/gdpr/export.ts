@@ -30,7 +30,7 @@ export function processingInformation(config: Config) {
     purposes: [
       "delivering your end-to-end-encrypted messages to the devices of the people you write to (contract, Art. 6(1)(b))",
       "keeping your account, devices and public keys so others can start encrypted sessions with you",
-      "showing your online status and last-seen time to people who watch it",
+      "showing your online status and last-seen time to people who share a group with you (both of you accepted, neither blocks the other)",
       "security and accountability: a pseudonymised, tamper-evident audit log (Art. 6(1)(c) and (f))",
     ],
     retention: {

@@ -31,10 +31,24 @@ export interface Invitation {
  * accepted).
  */
 export class GroupService {
+  private readonly listeners: ((users: string[]) => void)[] = [];
+
   constructor(
     private readonly db: Db,
     private readonly audit?: AuditTrail,
   ) {}
+
+  /**
+   * Registers a listener told, after the change, of users whose memberships changed on this node
+   * (accepted an invitation, left or were removed): whose presence they share may have changed.
+   */
+  onMembershipChanged(listener: (users: string[]) => void): void {
+    this.listeners.push(listener);
+  }
+
+  private membershipChanged(users: string[]): void {
+    for (const listener of this.listeners) listener(users);
+  }
 
   /** Audits membership changes in one append when the trail can batch (a new group may invite 9,999). */
   private async audited(events: AuditEvent[]) {
@@ -230,6 +244,7 @@ export class GroupService {
         throw new DomainError("conflict", `a group has at most ${MAX_GROUP_MEMBERS} members`);
       await tx.insert(groupMembers).values({ groupId, userId, role: "member" }).onConflictDoNothing();
     });
+    this.membershipChanged([userId]);
     await this.audited([
       { action: "group.member.join", actor: { user: userId }, subject: userId, details: { groupId } },
     ]);
@@ -279,6 +294,7 @@ export class GroupService {
       ]);
       return;
     }
+    this.membershipChanged([userId]);
     await this.audited([
       { action: "group.member.remove", actor, subject: userId, details: { groupId } },
       ...successionEvents([outcome.succession]),

@@ -1,7 +1,7 @@
 import { heapStats } from "bun:jsc";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
-import { type Api, api, registerAndLogin } from "../support/http.ts";
+import { type Api, api, registerAndLogin, relate } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
 import { TestSocket } from "../support/ws.ts";
 
@@ -113,6 +113,7 @@ describe("presence watch lists are bounded and freed", () => {
   test("a list that would take the node past PRESENCE_WATCHES_PER_NODE is refused and the previous list stays", async () => {
     const alice = await registerAndLogin(client);
     const bob = await registerAndLogin(client);
+    await relate(client, bob, alice);
     const a = await TestSocket.open(node.url, alice.accessToken);
     const b = await TestSocket.open(node.url, bob.accessToken);
     a.send({ type: "presence.watch", users: randomIds(1000) });

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
 import { MAX_JSON_DEPTH } from "../../src/protocol/index.ts";
-import { type Api, api, registerAndLogin, uniqueUsername } from "../support/http.ts";
+import { type Api, api, registerAndLogin, relate, uniqueUsername } from "../support/http.ts";
 import { BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
 import { TestSocket } from "../support/ws.ts";
 
@@ -230,6 +230,7 @@ describe("ids are canonical at the edge", () => {
   test("presence.watch with an upper-case id reports an online user as online", async () => {
     const watcher = await registerAndLogin(client);
     const watched = await registerAndLogin(client);
+    await relate(client, watcher, watched);
     const online = await TestSocket.open(node.url, watched.accessToken);
     online.send({ type: "ping" });
     await online.next((f) => f.type === "pong");

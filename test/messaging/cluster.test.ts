@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import { resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { runPrefix, stackEnv } from "../support/cluster-env.ts";
-import { api, registerAndLogin } from "../support/http.ts";
+import { api, registerAndLogin, relate } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
 import { type Frame, TestSocket } from "../support/ws.ts";
@@ -118,6 +118,7 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
   test("a presence watcher on one node hears a user connect and disconnect on another", async () => {
     const alice = await registerAndLogin(api(a.url));
     const bob = await registerAndLogin(api(a.url));
+    await relate(api(a.url), alice, bob);
     const watcher = await TestSocket.open(a.url, alice.accessToken);
     watcher.send({ type: "presence.watch", users: [bob.userId] });
     expect((await watcher.next((f) => f.type === "presence" && f.user === bob.userId)).online).toBe(false);
@@ -133,7 +134,9 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
     // Carol is connected to the node about to die: watchers must see her go offline when her lease runs out.
     const carol = await registerAndLogin(api(a.url));
     await TestSocket.open(victim.url, carol.accessToken);
-    const carolWatcher = await TestSocket.open(a.url, (await registerAndLogin(api(a.url))).accessToken);
+    const watcherAccount = await registerAndLogin(api(a.url));
+    await relate(api(a.url), watcherAccount, carol);
+    const carolWatcher = await TestSocket.open(a.url, watcherAccount.accessToken);
     carolWatcher.send({ type: "presence.watch", users: [carol.userId] });
     expect((await carolWatcher.next((f) => f.type === "presence" && f.user === carol.userId)).online).toBe(
       true,

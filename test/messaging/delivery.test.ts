@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
-import { type Api, api, registerAndLogin } from "../support/http.ts";
+import { type Api, api, registerAndLogin, relate } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
 import { TestSocket } from "../support/ws.ts";
 
@@ -270,6 +270,8 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
   test("presence watchers hear a user come online and go offline with lastSeen", async () => {
     const alice = await user();
     const bob = await user();
+    // Presence is shared between users who share a group (docs/PROTOCOL.md, "Presence").
+    await relate(client, alice.sessions[0], { userId: bob.userId, accessToken: bob.sessions[0].accessToken });
     const a = await connect(alice.sessions[0].accessToken);
     a.send({ type: "presence.watch", users: [bob.userId] });
     const initial = await a.next((f) => f.type === "presence" && f.user === bob.userId);

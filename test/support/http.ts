@@ -68,3 +68,20 @@ export interface SessionBody {
   refreshToken: string;
   expiresIn: number;
 }
+
+/**
+ * Makes two users related for presence (docs/PROTOCOL.md, "Presence"): `a` creates a group inviting
+ * `b`, who accepts. Returns the group id.
+ */
+export async function relate(
+  client: Api,
+  a: { accessToken: string },
+  b: { userId: string; accessToken: string },
+): Promise<string> {
+  const created = await client.post("/v1/groups", { name: "related", members: [b.userId] }, a.accessToken);
+  if (created.status !== 201) throw new Error(`group creation failed: ${created.status}`);
+  const { groupId } = created.body as { groupId: string };
+  const accepted = await client.post(`/v1/invitations/${groupId}/accept`, undefined, b.accessToken);
+  if (accepted.status !== 204) throw new Error(`accept failed: ${accepted.status}`);
+  return groupId;
+}
