@@ -4,8 +4,10 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { IdentityKeyPair } from "@signalapp/libsignal-client";
 import type { Subprocess } from "bun";
+import { inArray } from "drizzle-orm";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { ClearBoxClient } from "../../src/client/index.ts";
+import { accounts, groupMembers, groups } from "../../src/db/schema.ts";
 import { ensureBuilt } from "../../src/webclient/build.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
 
@@ -188,6 +190,26 @@ describe.skipIf(!existsSync(CHROMIUM) && !process.env.CI)("browser sample client
     await shot(a, "sign-in");
     await signUp(a, alice.web.url, alice.name);
     await signUp(b, await bob.web.start(), bob.name);
+    // Presence is shared by people who share a group both accepted (docs/PROTOCOL.md, "Presence"):
+    // this page has no invitations yet, so the two are put in one group on the server beforehand.
+    const pair = await node.database.db
+      .select({ id: accounts.id })
+      .from(accounts)
+      .where(inArray(accounts.username, [alice.name, bob.name]));
+    expect(pair).toHaveLength(2);
+    const [group] = await node.database.db
+      .insert(groups)
+      .values({ name: "pair" })
+      .returning({ id: groups.id });
+    await node.database.db
+      .insert(groupMembers)
+      .values(
+        pair.map((u, i) => ({
+          groupId: group.id,
+          userId: u.id,
+          role: i === 0 ? ("admin" as const) : ("member" as const),
+        })),
+      );
 
     // Alice adds Bob by username and writes; Bob sees an unread count, then the message.
     await a.getByLabel("add contact").fill(bob.name);
