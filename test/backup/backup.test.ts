@@ -82,7 +82,7 @@ describe("backup and restore of the embedded default", () => {
         to: { user: to },
         messages: [{ deviceId: 1, type: 3, body: b64(text) }],
       });
-      expect((await socket.reply(id)).type).toBe("accepted");
+      expect((await socket.reply(id, 30_000)).type).toBe("accepted");
       return id;
     };
     // Bob is offline: two messages from Alice and one from Carol wait for him.
@@ -163,12 +163,12 @@ describe("backup and restore of the embedded default", () => {
     });
     expect(session.status).toBe(201);
     const bobSocket = await TestSocket.open(node.url, session.body.accessToken);
-    const received = await bobSocket.messages(2);
+    const received = await bobSocket.messages(2, 30_000);
     expect(received.map((m) => m.id)).toEqual(beforeBackup);
     expect(received.map((m) => Buffer.from(m.envelope.body, "base64").toString())).toEqual(["one", "two"]);
     bobSocket.send({ type: "ack", ids: beforeBackup });
     // Nothing else arrives: Carol's message went with her, the post-backup one was never in the backup.
-    const ping = bobSocket.next((f) => f.type === "pong");
+    const ping = bobSocket.next((f) => f.type === "pong", 30_000);
     bobSocket.send({ type: "ping" });
     await ping;
     expect(bobSocket.pendingMessages()).toEqual([]);
@@ -184,7 +184,7 @@ describe("backup and restore of the embedded default", () => {
     expect(aliceAgain.status).toBe(201);
     const aliceSocket2 = await TestSocket.open(node.url, aliceAgain.body.accessToken);
     const id = await send(aliceSocket2, bob.userId, "after restore");
-    expect((await bobSocket.messages(1))[0].id).toBe(id);
+    expect((await bobSocket.messages(1, 30_000))[0].id).toBe(id);
     await Promise.all([aliceSocket2.close(), bobSocket.close()]);
   });
 
@@ -241,7 +241,7 @@ describe("backup and restore of the services stack (pg_dump, pg_restore, a broke
         to: { user: to },
         messages: [{ deviceId: 1, type: 3, body: b64(text) }],
       });
-      expect((await socket.reply(id)).type).toBe("accepted");
+      expect((await socket.reply(id, 30_000)).type).toBe("accepted");
       await socket.close();
       return id;
     };
@@ -297,11 +297,11 @@ describe("backup and restore of the services stack (pg_dump, pg_restore, a broke
     });
     expect(session.status).toBe(201);
     const bobSocket = await TestSocket.open(node.url, session.body.accessToken);
-    const [received] = await bobSocket.messages(1);
+    const [received] = await bobSocket.messages(1, 30_000);
     expect(received.id).toBe(one);
     expect(Buffer.from(received.envelope.body, "base64").toString()).toBe("one");
     bobSocket.send({ type: "ack", ids: [one] });
-    const pong = bobSocket.next((f) => f.type === "pong");
+    const pong = bobSocket.next((f) => f.type === "pong", 30_000);
     bobSocket.send({ type: "ping" });
     await pong;
     expect(bobSocket.pendingMessages()).toEqual([]);

@@ -206,10 +206,10 @@ describe("messaging metrics of two nodes on PostgreSQL, Redis and RabbitMQ", () 
         to: { user: to },
         messages: devices.map((deviceId) => ({ deviceId, type: 3, body: b64("hello") })),
       });
-      return aliceSocket.reply(id);
+      return aliceSocket.reply(id, 30_000);
     };
     expect((await send(bob.userId, [1])).type).toBe("accepted");
-    const [live] = await bobSocket.messages(1);
+    const [live] = await bobSocket.messages(1, 30_000);
     bobSocket.send({ type: "ack", ids: [live.id] });
     expect((await send(carol.userId, [1])).type).toBe("accepted");
     expect(await send(carol.userId, [1, 2])).toMatchObject({ type: "rejected", code: "mismatched_devices" });
@@ -224,7 +224,7 @@ describe("messaging metrics of two nodes on PostgreSQL, Redis and RabbitMQ", () 
       "carol's envelope in her offline queue",
     );
     const carolSocket = await TestSocket.open(b.url, carol.accessToken);
-    const [drained] = await carolSocket.messages(1);
+    const [drained] = await carolSocket.messages(1, 30_000);
     carolSocket.send({ type: "ack", ids: [drained.id] });
     // Wrong passwords until the login throttle refuses (429).
     let throttled = false;
@@ -360,9 +360,9 @@ describe("messaging metrics of the embedded default (PGlite, SQLite log)", () =>
       to: { user: bob.userId },
       messages: [{ deviceId: 1, type: 3, body: b64("hello") }],
     });
-    expect((await socket.reply(id)).type).toBe("accepted");
+    expect((await socket.reply(id, 30_000)).type).toBe("accepted");
     const bobSocket = await TestSocket.open(node.url, bob.accessToken);
-    await bobSocket.messages(1);
+    await bobSocket.messages(1, 30_000);
     const exposition = await scrape(node);
     const exported = families(exposition);
     const used = new Set([...dashboardExpressions(), ...ruleExpressions()].flatMap(metricNames));
