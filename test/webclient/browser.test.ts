@@ -201,15 +201,13 @@ describe.skipIf(!existsSync(CHROMIUM) && !process.env.CI)("browser sample client
       .insert(groups)
       .values({ name: "pair" })
       .returning({ id: groups.id });
-    await node.database.db
-      .insert(groupMembers)
-      .values(
-        pair.map((u, i) => ({
-          groupId: group.id,
-          userId: u.id,
-          role: i === 0 ? ("admin" as const) : ("member" as const),
-        })),
-      );
+    await node.database.db.insert(groupMembers).values(
+      pair.map((u, i) => ({
+        groupId: group.id,
+        userId: u.id,
+        role: i === 0 ? ("admin" as const) : ("member" as const),
+      })),
+    );
 
     // Alice adds Bob by username and writes; Bob sees an unread count, then the message.
     await a.getByLabel("add contact").fill(bob.name);
