@@ -1,9 +1,25 @@
-import { chownSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import postgres from "postgres";
 import { freePort, waitFor } from "./free-port.ts";
+
+/**
+ * A PostgreSQL server binary (`initdb`, `postgres`): on the PATH, else in Debian's
+ * `/usr/lib/postgresql/<version>/bin` (the newest), where the `postgresql` package puts them.
+ */
+function serverBinary(name: string): string {
+  const onPath = Bun.which(name);
+  if (onPath) return onPath;
+  const root = "/usr/lib/postgresql";
+  const versions = existsSync(root) ? readdirSync(root).sort((a, b) => Number(b) - Number(a)) : [];
+  for (const version of versions) {
+    const candidate = join(root, version, "bin", name);
+    if (existsSync(candidate)) return candidate;
+  }
+  throw new Error(`no ${name} found (install PostgreSQL's server package)`);
+}
 
 /** PostgreSQL refuses to run as root: as root, the server runs as this OS user. */
 const OS_USER = "postgres";
@@ -40,7 +56,17 @@ export class OwnPostgres {
       chownSync(dir, uid, gid);
     }
     const init = Bun.spawn(
-      asServerUser(["initdb", "-D", join(dir, "data"), "-U", "postgres", "--auth=trust", "-N", "-E", "UTF8"]),
+      asServerUser([
+        serverBinary("initdb"),
+        "-D",
+        join(dir, "data"),
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-N",
+        "-E",
+        "UTF8",
+      ]),
       { stdout: "ignore", stderr: "pipe" },
     );
     if ((await init.exited) !== 0) {
@@ -93,7 +119,7 @@ export class OwnPostgres {
         if (!this.running) {
           this.proc = Bun.spawn(
             asServerUser([
-              "postgres",
+              serverBinary("postgres"),
               "-D",
               data,
               "-p",
