@@ -48,6 +48,13 @@ export class RedisMembership implements Membership {
   private refreshSeq = 0;
   private appliedSeq = 0;
   private closed = false;
+  /** Set once the connection to Redis was lost after joining: the next `ready` is a reconnect. */
+  private disconnected = false;
+  /**
+   * Until then (ms since epoch), members of the view before a Redis reconnect stay in the view even
+   * when their keys are missing: see `reassert`.
+   */
+  private graceUntil = 0;
 
   constructor(options: RedisMembershipOptions) {
     if (!options.nodeId) throw new Error('RedisMembership requires options "nodeId"');
@@ -96,6 +103,14 @@ export class RedisMembership implements Membership {
       startedAt: Date.now(),
     };
     await this.beat();
+    this.redis.on("close", () => {
+      if (this.info) this.disconnected = true;
+    });
+    this.redis.on("ready", () => {
+      if (!this.disconnected || this.closed) return;
+      this.disconnected = false;
+      void this.reassert().catch(this.logFailure);
+    });
     this.subscriber = this.redis.duplicate();
     this.subscriber.on("message", () => void this.refresh().catch(this.logFailure));
     this.subscriber.on("error", this.logFailure);
@@ -139,8 +154,14 @@ export class RedisMembership implements Membership {
       const raw = values[i];
       if (id === this.self && this.info) view.push(this.selfInfo());
       else if (raw) view.push(JSON.parse(raw) as MemberInfo);
-      else dead.push(id);
+      else if (!this.inGrace(id)) dead.push(id);
     });
+    if (Date.now() < this.graceUntil) {
+      // Redis came back empty a moment ago: members not heard from again yet keep their place.
+      const seen = new Set(view.map((member) => member.nodeId));
+      for (const member of this.view) if (!seen.has(member.nodeId)) view.push(member);
+      if (this.info && !seen.has(this.self)) view.push(this.selfInfo());
+    }
     view.sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
     this.view = view;
     this.dead = dead;
@@ -148,6 +169,29 @@ export class RedisMembership implements Membership {
     if (signature === this.signature) return;
     this.signature = signature;
     for (const listener of this.listeners) listener(view);
+  }
+
+  /** True while `nodeId` was a live member before a Redis reconnect and may not have re-asserted yet. */
+  private inGrace(nodeId: string): boolean {
+    return Date.now() < this.graceUntil && this.view.some((member) => member.nodeId === nodeId);
+  }
+
+  /**
+   * After a reconnect to Redis. A restarted Redis without persistence comes back empty: every
+   * member key, the registry and the subscriptions are gone. This node writes its key and registry
+   * entry again at once (not at its next heartbeat) and announces itself, and for one TTL keeps the
+   * members it saw before in its view even while their keys are missing: every live node writes
+   * its key within a heartbeat of the reconnect, so a member still missing after a TTL is dead, as
+   * it would be without the restart. Without this the first node back saw only itself for up to a
+   * heartbeat, moved every actor to itself and handed them back a moment later, and the rings
+   * disagreed meanwhile. (ioredis subscribes the subscriber again by itself, `autoResubscribe`.)
+   */
+  private async reassert(): Promise<void> {
+    this.graceUntil = Date.now() + this.ttlMs;
+    this.logger.info({ nodeId: this.self }, "redis is back: re-asserting membership");
+    await this.beat();
+    await this.redis.publish(this.channel, `join ${this.self}`);
+    await this.refresh();
   }
 
   onChange(listener: MembershipListener): () => void {

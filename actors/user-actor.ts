@@ -218,7 +218,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       case "device.connect":
         // Already known from this activation's start (same socket): keep what it knows.
         if (this.devices.get(message.deviceId)?.connectionId === message.connectionId) {
-          return { devices: this.devices.size };
+          return { devices: this.devices.size, known: true };
         }
         this.devices.set(message.deviceId, {
           deviceId: message.deviceId,
@@ -226,7 +226,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
           connectionId: message.connectionId,
           live: false,
         });
-        return { devices: this.devices.size };
+        return { devices: this.devices.size, known: false };
       case "device.drained": {
         const device = this.devices.get(message.deviceId);
         if (device?.connectionId !== message.connectionId) return { live: false };

@@ -331,6 +331,24 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     audience: new PresenceAudience(db),
     tallies: metrics.tallies,
   });
+  if (redis) {
+    // Redis without persistence comes back empty: the socket leases go with it (the ring's keys
+    // are the membership's own business, actors/redis-membership.ts).
+    const openGateway = gateway;
+    let redisLost = false;
+    redis.on("close", () => {
+      redisLost = true;
+    });
+    redis.on("ready", () => {
+      if (!redisLost) return;
+      redisLost = false;
+      openGateway
+        .reassertPresence()
+        .catch((error) =>
+          logger.warn({ err: error }, "could not re-assert presence after a redis reconnect"),
+        );
+    });
+  }
   const openGateway = gateway;
   metrics.observe({
     actors,

@@ -193,7 +193,7 @@ export class Gateway {
 
   /** Presence, replacing a socket of the same device on another node, offline queue, then live. */
   private async bringOnline(conn: DeviceConnection): Promise<void> {
-    const { presence, messaging, offline, nodeId, link, sessions } = this.options;
+    const { presence, messaging, nodeId, link, sessions } = this.options;
     const { principal } = conn;
     await presence.connected([this.ref(conn)]);
     // A revocation between the upgrade's check and the lease just written would not have found this
@@ -218,8 +218,16 @@ export class Gateway {
     }
     if (conn.isClosed()) return;
     await messaging.deviceConnected(principal, nodeId, conn.connectionId);
+    await this.drainThenLive(conn);
+  }
+
+  /** Delivers the device's offline queue, oldest first, then tells its actor to push live again. */
+  private async drainThenLive(conn: DeviceConnection): Promise<void> {
+    const { messaging, offline, nodeId } = this.options;
+    const { principal } = conn;
     if (conn.isClosed()) return;
     conn.state = "draining";
+    await conn.drain?.release();
     conn.drain = await offline.drain(principal.userId, principal.deviceId);
     for (;;) {
       if (conn.isClosed()) return;
@@ -284,6 +292,41 @@ export class Gateway {
       conn.awaitingPong = true;
       conn.ws.ping();
     }
+  }
+
+  /**
+   * Redis came back after an outage, possibly empty (no persistence): every socket lease of this
+   * node is written again at once instead of at the next renewal (a third of the lease, 20 s by
+   * default), and each live socket's user actor is asked whether it knows the socket. An actor
+   * activated meanwhile found no lease, took the device for offline and flushed its envelopes to
+   * the offline queue, which a connected device does not read: such a socket drains its queue
+   * again, as on a reconnect, and the actor pushes live from then on. Sockets the actor knows are
+   * left alone. Returns how many sockets drained again.
+   */
+  async reassertPresence(): Promise<number> {
+    const { messaging, nodeId, logger } = this.options;
+    await this.renew();
+    const relearnt = [...this.options.registry.values()]
+      .filter((conn) => conn.state === "live")
+      .map((conn) => {
+        const step = conn.chain.then(async () => {
+          if (conn.isClosed()) return false;
+          if (await messaging.deviceConnected(conn.principal, nodeId, conn.connectionId)) return false;
+          await this.drainThenLive(conn);
+          return true;
+        });
+        conn.chain = step.then(
+          () => undefined,
+          (error) => {
+            logger.error({ err: error, user: conn.principal.userId }, "could not re-assert a socket");
+            conn.close(1011, "internal error");
+          },
+        );
+        return step.catch(() => false);
+      });
+    const drained = (await Promise.all(relearnt)).filter(Boolean).length;
+    logger.info({ sockets: relearnt.length, drained }, "re-asserted presence after a redis reconnect");
+    return drained;
   }
 
   /** Renews presence leases of every local socket, and re-reads watched users (a crashed node's leases expire). */

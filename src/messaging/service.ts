@@ -310,14 +310,19 @@ export class MessagingService {
     return { type: "accepted", id: frame.id, ts: reply.ts };
   }
 
-  /** A device's socket opened on `gatewayNode`: its user actor holds live envelopes until it has drained its queue. */
-  async deviceConnected(device: Principal, gatewayNode: string, connectionId: string): Promise<void> {
-    await this.actors.ask(userKey(device.userId), {
+  /**
+   * A device's socket opened on `gatewayNode`: its user actor holds live envelopes until it has
+   * drained its queue. Resolves true when the actor already knew this very socket (it keeps
+   * pushing to it), false when it learnt it now (the device must drain its queue, then `deviceDrained`).
+   */
+  async deviceConnected(device: Principal, gatewayNode: string, connectionId: string): Promise<boolean> {
+    const reply = await this.actors.ask<{ known?: boolean }>(userKey(device.userId), {
       type: "device.connect",
       deviceId: device.deviceId,
       gatewayNode,
       connectionId,
     });
+    return reply?.known === true;
   }
 
   /** The device drained its offline queue: live delivery starts. */
