@@ -524,9 +524,12 @@ export class ClearBoxClient {
     this.store.identity.markVerified(userId);
   }
 
-  /** Opens this device's WebSocket (the messaging gateway). */
+  /**
+   * Opens this device's WebSocket (the messaging gateway); it renews its access token in-band
+   * (`auth` frames) before the token expires, for as long as it is open.
+   */
   async connect(): Promise<ClearBoxSocket> {
-    return ClearBoxSocket.connect(this.serverUrl, await this.http.accessToken(), this.ca);
+    return ClearBoxSocket.connect(this.serverUrl, await this.http.accessToken(), this.ca, this.http);
   }
 
   /** Closes the store; the client cannot be used afterwards. */

@@ -67,8 +67,14 @@ function tokensInMemory(): TokenHolder {
   };
 }
 
-/** Refresh the access token this long before it expires. */
-const REFRESH_MARGIN_MS = 30_000;
+/**
+ * Refresh the access token this long before it expires: 30 s, or half its lifetime when that is
+ * shorter (a server with a short `ACCESS_TOKEN_TTL_SECONDS`), so a socket's `auth` frame reaches the
+ * server before the token it carries expires.
+ */
+function refreshMarginMs(expiresInSeconds: number): number {
+  return Math.min(30_000, (expiresInSeconds * 1000) / 2);
+}
 
 /** What every Eden call resolves to, reduced to what `unwrap` reads. */
 interface EdenReply<T> {
@@ -102,7 +108,8 @@ async function unwrap<T>(call: Promise<EdenReply<T>>): Promise<NonNullable<T>> {
  * (by default held in memory only: enough for calls that need no login).
  */
 export class ClearBoxHttp {
-  private accessExpiresAt = 0;
+  /** When the access token is to be refreshed (Unix ms, local clock); 0: at the next use. */
+  private refreshAt = 0;
   private readonly api: Api;
 
   constructor(
@@ -181,13 +188,21 @@ export class ClearBoxHttp {
     return this.refreshing;
   }
 
+  /**
+   * When the access token is due for renewal (Unix ms, local clock): `accessToken()` refreshes from
+   * then on. A socket renews in-band at this time (`SocketReauthentication`). 0 before any login.
+   */
+  get renewAt(): number {
+    return this.refreshAt;
+  }
+
   private refreshing: Promise<SessionTokens> | undefined;
 
   /** A valid access token, refreshed first when it is about to expire (e.g. after a restart). */
   async accessToken(): Promise<string> {
     const current = this.holder.tokens();
     if (!current) throw new ClearBoxApiError(401, "unauthorized", "not logged in");
-    if (Date.now() + REFRESH_MARGIN_MS >= this.accessExpiresAt) return (await this.refresh()).accessToken;
+    if (Date.now() >= this.refreshAt) return (await this.refresh()).accessToken;
     return current.accessToken;
   }
 
@@ -313,7 +328,7 @@ export class ClearBoxHttp {
   }
 
   private adopt(tokens: SessionTokens): void {
-    this.accessExpiresAt = Date.now() + tokens.expiresIn * 1000;
+    this.refreshAt = Date.now() + tokens.expiresIn * 1000 - refreshMarginMs(tokens.expiresIn);
     this.holder.setTokens(tokens);
   }
 

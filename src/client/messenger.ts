@@ -4,6 +4,7 @@ import type { AcceptedFrame, ClientFrame, RejectedFrame, ServerFrame } from "../
 import { CloseCode } from "../protocol/index.ts";
 import type { ClearBoxClient } from "./client.ts";
 import { ClearBoxApiError } from "./http.ts";
+import { SocketReauthentication } from "./reauth.ts";
 
 /** A text message as the user sees it: names, not ids. `conversation` is a user id or `group:<id>`. */
 export interface ChatMessage {
@@ -89,6 +90,9 @@ const ANSWER_TIMEOUT_MS = 30_000;
  * stored in the local history, usernames instead of ids, presence of contacts, and group messages
  * with sender keys (distributed to members 1:1, replaced when a member left).
  *
+ * The socket's access token is renewed in-band (`auth` frames) before it expires; a socket closed
+ * with 4440 (token expired, e.g. after the process slept) is reopened with a refreshed token.
+ *
  * Events: see `MessengerEvents`. Stops for good on close codes 4401, 4404, 4409 and 4410.
  */
 export class Messenger extends EventEmitter<MessengerEvents> {
@@ -101,6 +105,8 @@ export class Messenger extends EventEmitter<MessengerEvents> {
   private inbound: Promise<void> = Promise.resolve();
   /** Users in the socket's presence watch list; a new correspondent is added to it. */
   private watched = new Set<string>();
+  /** Renews the open socket's access token in-band before it expires (4440 otherwise). */
+  private reauth?: SocketReauthentication;
 
   constructor(
     readonly client: ClearBoxClient,
@@ -161,6 +167,8 @@ export class Messenger extends EventEmitter<MessengerEvents> {
     this.socket = socket;
     socket.addEventListener("open", () => {
       this.online = true;
+      this.reauth?.stop();
+      this.reauth = new SocketReauthentication(client.http, (frame) => this.send(frame)).start();
       this.emit("status", "online", {});
       const contacts = client.contacts().map((c) => c.userId);
       this.watched = new Set(contacts);
@@ -169,6 +177,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
     });
     socket.addEventListener("close", (event) => {
       this.online = false;
+      this.reauth?.stop();
       for (const resolve of this.pending.values()) resolve(undefined);
       this.pending.clear();
       if (FINAL_CLOSE_CODES.has(event.code)) this.stop({ code: event.code, reason: event.reason });
@@ -182,6 +191,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
     if (this.stopped) return;
     this.stopped = true;
     this.online = false;
+    this.reauth?.stop();
     this.socket?.close(1000);
     for (const resolve of this.pending.values()) resolve(undefined);
     this.pending.clear();

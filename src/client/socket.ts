@@ -6,9 +6,11 @@ import type {
   RejectedFrame,
   ServerFrame,
 } from "../protocol/index.ts";
+import { type AccessTokens, SocketReauthentication } from "./reauth.ts";
 
 export type {
   AcceptedFrame,
+  AuthOkFrame,
   ClientFrame,
   ErrorFrame,
   MessageFrame,
@@ -39,22 +41,37 @@ export class ClearBoxSocket {
     presence: [],
     error: [],
     pong: [],
+    "auth.ok": [],
     close: [],
   };
   private readonly pending = new Map<string, (answer: AcceptedFrame | RejectedFrame) => void>();
 
-  private constructor(private readonly socket: WebSocket) {
+  private readonly reauth: SocketReauthentication | undefined;
+
+  private constructor(
+    private readonly socket: WebSocket,
+    tokens?: AccessTokens,
+  ) {
+    this.reauth = tokens && new SocketReauthentication(tokens, (frame) => this.send(frame)).start();
     socket.addEventListener("message", (event) => this.dispatch(String(event.data)));
     socket.addEventListener("close", (event) => {
+      this.reauth?.stop();
       for (const handler of this.handlers.close) handler(event.code, event.reason);
     });
   }
 
   /**
    * Opens `/v1/ws` on `baseUrl` (wss for an https URL) with the bearer token in the Authorization
-   * header; `ca` (PEM) replaces the system's trusted CAs, for a server with a private CA.
+   * header; `ca` (PEM) replaces the system's trusted CAs, for a server with a private CA. With
+   * `tokens` (the `ClearBoxHttp` the token came from) the socket renews its token in-band before
+   * it expires (`auth` frames); without, the server closes it with 4440 when the token expires.
    */
-  static connect(baseUrl: string, accessToken: string, ca?: string): Promise<ClearBoxSocket> {
+  static connect(
+    baseUrl: string,
+    accessToken: string,
+    ca?: string,
+    tokens?: AccessTokens,
+  ): Promise<ClearBoxSocket> {
     const url = new URL("/v1/ws", baseUrl);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(url, {
@@ -62,7 +79,7 @@ export class ClearBoxSocket {
       ...(ca ? { tls: { ca } } : {}),
     });
     return new Promise((resolve, reject) => {
-      socket.addEventListener("open", () => resolve(new ClearBoxSocket(socket)), { once: true });
+      socket.addEventListener("open", () => resolve(new ClearBoxSocket(socket, tokens)), { once: true });
       socket.addEventListener("error", () => reject(new Error(`cannot open ${url.origin}/v1/ws`)), {
         once: true,
       });

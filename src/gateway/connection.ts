@@ -2,7 +2,7 @@ import type { ServerWebSocket } from "bun";
 import type { StoredEnvelope } from "../messaging/envelope.ts";
 import type { QueueDrain } from "../messaging/offline-queue.ts";
 import type { DeliveryPath, MessageTallies } from "../observability/metrics.ts";
-import { messageFrame, type ServerFrame } from "../protocol/index.ts";
+import { CloseCode, messageFrame, type ServerFrame } from "../protocol/index.ts";
 import type { Principal } from "../sessions/service.ts";
 import type { TokenBucket } from "./token-bucket.ts";
 
@@ -43,6 +43,9 @@ export class DeviceConnection {
    * arriving meanwhile are dropped, and sends not yet submitted are never accepted.
    */
   closing = false;
+  /** `auth` frames are answered one after another, in arrival order. */
+  authChain: Promise<void> = Promise.resolve();
+  private expiry: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     readonly ws: DeviceSocket,
@@ -89,6 +92,25 @@ export class DeviceConnection {
     const now = Date.now();
     for (const envelope of envelopes) this.tallies.delivered(path, envelope.ts, now);
     return ok;
+  }
+
+  /**
+   * The socket's access token expires at `expiresAt` (Unix ms): then the socket is closed with 4440
+   * (`CloseCode.tokenExpired`) unless another call (an `auth` frame's token) moved the expiry first.
+   */
+  expireAt(expiresAt: number): void {
+    clearTimeout(this.expiry);
+    this.ws.data.expiresAt = expiresAt;
+    this.expiry = setTimeout(
+      () => this.close(CloseCode.tokenExpired, "access token expired: refresh it and reconnect"),
+      Math.max(0, expiresAt - Date.now()),
+    );
+  }
+
+  /** Forgets the expiry timer (the socket closed). */
+  stopExpiry(): void {
+    clearTimeout(this.expiry);
+    this.expiry = undefined;
   }
 
   /** Closes the socket with `code`; from now on its frames are ignored. */

@@ -3,6 +3,7 @@ import type { Logger } from "../observability/logger.ts";
 import type { MessageTallies } from "../observability/metrics.ts";
 import {
   checkAck,
+  checkAuth,
   checkDirectSend,
   checkGroupSend,
   checkPing,
@@ -12,6 +13,7 @@ import {
   readJson,
   type ServerFrame,
 } from "../protocol/index.ts";
+import type { SessionService } from "../sessions/service.ts";
 import type { DeviceConnection } from "./connection.ts";
 import type { PresenceWatchers } from "./presence-watch.ts";
 
@@ -45,6 +47,7 @@ export class FrameHandler {
   constructor(
     private readonly deps: {
       messaging: MessagingService;
+      sessions: Pick<SessionService, "authenticateSession">;
       watchers: PresenceWatchers;
       logger: Logger;
       /** Sends accepted and refused, and rate-limit refusals, are counted here (metrics). */
@@ -92,6 +95,10 @@ export class FrameHandler {
         if (checkPresenceWatch.Check(frame)) this.watch(conn, checkPresenceWatch.Decode(frame).users);
         else this.invalid(conn, firstProblem(checkPresenceWatch, frame));
         break;
+      case "auth":
+        if (checkAuth.Check(frame)) this.reauthenticate(conn, frame.token);
+        else this.invalid(conn, firstProblem(checkAuth, frame));
+        break;
       case "ping":
         if (checkPing.Check(frame)) conn.send({ type: "pong" });
         else this.invalid(conn, firstProblem(checkPing, frame));
@@ -115,6 +122,33 @@ export class FrameHandler {
       },
       (error) => this.deps.logger.warn({ err: error, user: conn.principal.userId }, "presence watch failed"),
     );
+  }
+
+  /**
+   * In-band re-authentication: a valid, unrevoked access token of the socket's own user and device
+   * replaces the socket's token and its expiry (`auth.ok`); anything else is `error unauthorized`
+   * and the socket keeps the token it had. Answered in arrival order.
+   */
+  private reauthenticate(conn: DeviceConnection, token: string): void {
+    const refuse = (message: string) => conn.send({ type: "error", code: "unauthorized", message });
+    conn.authChain = conn.authChain.then(async () => {
+      let session: Awaited<ReturnType<SessionService["authenticateSession"]>>;
+      try {
+        session = await this.deps.sessions.authenticateSession(token);
+      } catch {
+        refuse("access token is missing, malformed, expired or revoked; the socket keeps its previous one");
+        return;
+      }
+      if (conn.closing || conn.isClosed()) return;
+      const { principal } = session;
+      if (principal.userId !== conn.principal.userId || principal.deviceId !== conn.principal.deviceId) {
+        refuse("the token names another device; the socket keeps its previous one");
+        return;
+      }
+      conn.ws.data.generation = session.generation;
+      conn.expireAt(session.expiresAt);
+      conn.send({ type: "auth.ok", expiresAt: session.expiresAt });
+    });
   }
 
   private invalid(conn: DeviceConnection, message: string): void {

@@ -76,6 +76,7 @@ export class Gateway {
     this.watchers = new PresenceWatchers(options.presence, options.watchLimit, options.audience);
     this.frames = new FrameHandler({
       messaging: options.messaging,
+      sessions: options.sessions,
       watchers: this.watchers,
       logger: options.logger,
       tallies: options.tallies,
@@ -168,6 +169,8 @@ export class Gateway {
       this.options.tallies,
     );
     this.byWs.set(ws, conn);
+    // The socket lives as long as its access token, unless an `auth` frame renews it.
+    conn.expireAt(ws.data.expiresAt);
     this.options.registry
       .add(conn)
       ?.close(CloseCode.replaced, "replaced by a newer connection of this device");
@@ -251,6 +254,7 @@ export class Gateway {
     const conn = this.byWs.get(ws);
     if (!conn) return;
     conn.state = "closed";
+    conn.stopExpiry();
     this.options.registry.remove(conn);
     this.watchers.unwatch(conn);
     const { presence, messaging, nodeId, logger } = this.options;

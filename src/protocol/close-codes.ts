@@ -16,6 +16,11 @@ export const CloseCode = {
   replaced: 4409,
   /** The account was erased. */
   erased: 4410,
+  /**
+   * The socket's access token expired and was not renewed in-band (an `auth` frame): refresh the
+   * tokens (`POST /v1/sessions/refresh`) and reconnect. Echoes HTTP 440, "login time-out".
+   */
+  tokenExpired: 4440,
 } as const;
 
 export type CloseCodeValue = (typeof CloseCode)[keyof typeof CloseCode];

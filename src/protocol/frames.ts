@@ -60,8 +60,19 @@ export type PresenceWatch = Static<typeof PresenceWatch>;
 export const Ping = T.Object({ type: T.Literal("ping") }, { additionalProperties: false });
 export type Ping = Static<typeof Ping>;
 
+/**
+ * In-band re-authentication: a fresh access token of the same user and device replaces the
+ * socket's token, whose expiry closes the socket (4440) unless renewed. Answered `auth.ok`, or
+ * `error unauthorized` (the socket keeps its previous token and expiry).
+ */
+export const Auth = T.Object(
+  { type: T.Literal("auth"), token: T.String({ minLength: 1, maxLength: 4096 }) },
+  { additionalProperties: false },
+);
+export type Auth = Static<typeof Auth>;
+
 /** Every frame a client may send. */
-export type ClientFrame = DirectSend | GroupSend | Ack | PresenceWatch | Ping;
+export type ClientFrame = DirectSend | GroupSend | Ack | PresenceWatch | Ping | Auth;
 
 /** Compiled checks of the client frames (compiled once, at import). */
 export const checkDirectSend = TypeCompiler.Compile(DirectSend);
@@ -69,6 +80,7 @@ export const checkGroupSend = TypeCompiler.Compile(GroupSend);
 export const checkAck = TypeCompiler.Compile(Ack);
 export const checkPresenceWatch = TypeCompiler.Compile(PresenceWatch);
 export const checkPing = TypeCompiler.Compile(Ping);
+export const checkAuth = TypeCompiler.Compile(Auth);
 
 /** The first validation problem of a value, as one short line (`path: message`) for the client. */
 export function firstProblem(
@@ -94,8 +106,11 @@ export type RejectCode =
   | "invalid"
   | "busy";
 
-/** Codes of `error` frames: the frame was malformed or refused, or the send failed and may be retried. */
-export type ErrorFrameCode = "invalid" | "too_large" | "rate_limited" | "internal";
+/**
+ * Codes of `error` frames: the frame was malformed or refused, the send failed and may be retried,
+ * or (`unauthorized`) an `auth` frame's token was refused.
+ */
+export type ErrorFrameCode = "invalid" | "too_large" | "rate_limited" | "internal" | "unauthorized";
 
 /** The send is durable: it will be delivered. `ts` is the acceptance time (Unix ms). */
 export interface AcceptedFrame {
@@ -148,6 +163,12 @@ export interface PongFrame {
   type: "pong";
 }
 
+/** An `auth` frame's token was taken: the socket now expires at `expiresAt` (Unix ms), that token's expiry. */
+export interface AuthOkFrame {
+  type: "auth.ok";
+  expiresAt: number;
+}
+
 /** Every frame the server sends. */
 export type ServerFrame =
   | AcceptedFrame
@@ -155,7 +176,8 @@ export type ServerFrame =
   | MessageFrame
   | PresenceFrame
   | ErrorFrame
-  | PongFrame;
+  | PongFrame
+  | AuthOkFrame;
 
 /** What `messageFrame` needs of a stored envelope (the actors' `StoredEnvelope` has these fields). */
 export interface EnvelopeFields {
