@@ -1,8 +1,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
 import { sql } from "drizzle-orm";
+import { ClearBoxApiError, ClearBoxClient } from "../../src/client/index.ts";
 import { rowsOf } from "../../src/db/index.ts";
-import { type Api, api, registerAndLogin } from "../support/http.ts";
+import { type Api, api, registerAndLogin, uniqueUsername } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
 import { TestSocket } from "../support/ws.ts";
 
@@ -284,5 +285,83 @@ describe("invitations and blocks", () => {
     ]);
     expect(archive.blocks).toEqual([{ userId: other.userId, blockedAt: expect.any(String) }]);
     expect(JSON.stringify(archive.blocks)).not.toContain(friend.userId);
+  });
+
+  test("the limits: 1,000 pending invitations per invitee, 10,000 members and invitations per group, 10,000 blocks; each refusal is 409 and changes nothing", async () => {
+    const [alice, bob, carol] = await people(3);
+    const db = node.database.db;
+    const tag = randomUUID().slice(0, 8);
+    // Fixtures written straight into the tables: 1,000 invitations for Bob from as many groups,
+    // and 10,000 accounts to fill a group's invitations and Carol's block list.
+    await db.execute(sql`
+      with g as (insert into groups (name) select 'filler' from generate_series(1, 1000) returning id)
+      insert into group_invitations (group_id, user_id, invited_by) select id, ${bob.userId}, ${carol.userId} from g`);
+    await db.execute(sql`
+      insert into accounts (username) select ${`f${tag}_`} || i from generate_series(1, 10000) as i`);
+    const full = await createGroup(alice, []);
+    await db.execute(sql`
+      insert into group_invitations (group_id, user_id, invited_by)
+      select ${full}, id, ${alice.userId} from accounts where username like ${`f${tag}_%`} limit 9999`);
+    await db.execute(sql`
+      insert into blocks (user_id, blocked_user_id)
+      select ${carol.userId}, id from accounts where username like ${`f${tag}_%`}`);
+    const rows = await consentRows();
+    const groupCount = async () =>
+      rowsOf<{ n: number }>(await db.execute(sql`select count(*)::int as n from groups`))[0].n;
+    const groupsBefore = await groupCount();
+    const refusals: [Promise<{ status: number; body: any }>, string][] = [
+      [
+        client.post("/v1/groups", { name: "one more", members: [bob.userId] }, alice.accessToken),
+        "1000 pending",
+      ],
+      [
+        client.post(`/v1/groups/${full}/members`, { userId: carol.userId }, alice.accessToken),
+        "10000 members and pending invitations",
+      ],
+      [client.post(`/v1/blocks/${alice.userId}`, undefined, carol.accessToken), "blocks at most 10000"],
+    ];
+    for (const [call, what] of refusals) {
+      const res = await call;
+      expect({ what, status: res.status, code: res.body.error.code }).toEqual({
+        what,
+        status: 409,
+        code: "conflict",
+      });
+      expect(res.body.error.message.replaceAll(",", "")).toContain(what.split(" ").slice(-2).join(" "));
+    }
+    expect(await consentRows()).toEqual(rows);
+    expect(await groupCount()).toBe(groupsBefore);
+    // At the limit, what changes nothing is still answered as usual: re-blocking, re-inviting.
+    const blocked = rowsOf<{ id: string }>(
+      await db.execute(sql`select blocked_user_id as id from blocks where user_id = ${carol.userId} limit 1`),
+    )[0].id;
+    expect((await client.post(`/v1/blocks/${blocked}`, undefined, carol.accessToken)).status).toBe(204);
+    expect(await consentRows()).toEqual(rows);
+  }, 120_000);
+
+  test("the SDK's invitation and block methods", async () => {
+    const open = async () => {
+      const sdk = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
+      await sdk.register(uniqueUsername("sdk"), "correct horse battery");
+      return sdk;
+    };
+    const [owner, guest] = [await open(), await open()];
+    const first = await owner.http.createGroup({ name: "first", members: [guest.userId as string] });
+    const second = await owner.http.createGroup({ name: "second", members: [] });
+    await owner.http.addGroupMember(second.groupId, guest.userId as string);
+    expect((await guest.http.invitations()).map((i) => i.name)).toEqual(["first", "second"]);
+    await guest.http.acceptInvitation(first.groupId);
+    await guest.http.declineInvitation(second.groupId);
+    expect(await guest.http.invitations()).toEqual([]);
+    expect((await owner.http.group(first.groupId)).members).toEqual([owner.userId, guest.userId]);
+    const refused = await guest.http.acceptInvitation(second.groupId).catch((e) => e);
+    expect(refused).toBeInstanceOf(ClearBoxApiError);
+    expect(refused).toMatchObject({ status: 404, code: "not_found" });
+    await guest.http.block(owner.userId as string);
+    expect((await guest.http.blocks()).map((b) => b.userId)).toEqual([owner.userId]);
+    await guest.http.unblock(owner.userId as string);
+    expect(await guest.http.blocks()).toEqual([]);
+    owner.close();
+    guest.close();
   });
 });
