@@ -75,6 +75,7 @@ export {
   type DeviceRemovedMessage,
   ERASED_CLOSE_CODE,
   type EraseMessage,
+  type ErasePeerMessage,
   type QueueEmptiedMessage,
   UserActor,
   type UserActorPorts,

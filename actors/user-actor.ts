@@ -70,6 +70,15 @@ export interface EraseMessage {
 }
 
 /**
+ * Erasure of another user (the fence, on every node): drop what this actor holds from or to
+ * `userId` (pushed and unacked, or waiting to be flushed); the answer counts what was dropped.
+ */
+export interface ErasePeerMessage {
+  type: "erase.peer";
+  userId: string;
+}
+
+/**
  * Sent by the actor to itself: flush the offline devices' envelopes gathered meanwhile. It queues
  * behind the delivers already in the mailbox, so a burst for an offline device costs one broker
  * confirm and one log update instead of one per message.
@@ -98,7 +107,8 @@ export type UserMessage =
   | DeviceAckMessage
   | DeviceRemovedMessage
   | QueueEmptiedMessage
-  | EraseMessage;
+  | EraseMessage
+  | ErasePeerMessage;
 
 /** Ports a user actor uses; `src/` provides them. */
 export interface UserActorPorts {
@@ -113,6 +123,12 @@ export interface UserActorPorts {
    * About three membership TTLs.
    */
   recoveryMs: number;
+  /**
+   * True for a user whose erasure has started (the erasure fence). Envelopes from them are
+   * neither held, pushed nor flushed; an actor of such a user does nothing but close its sockets
+   * on `erase` and stop, so no late message can re-create its offline queues. Default: nobody.
+   */
+  fenced?: (userId: string) => boolean;
 }
 
 /** How many finished envelope ids an activation remembers, to ignore late or repeated delivers. */
@@ -159,7 +175,13 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     private readonly ports: UserActorPorts,
   ) {}
 
+  private fenced(userId: string): boolean {
+    return this.ports.fenced?.(userId) ?? false;
+  }
+
   async onActivate(ctx: ActorContext): Promise<void> {
+    // Being erased: read nothing, hold nothing (a hold would lead to a flush, which declares queues).
+    if (this.fenced(this.userId)) return;
     this.recoveringUntil = this.ports.clock.now() + this.ports.recoveryMs;
     // A socket still draining its offline queue must not get live envelopes ahead of queued ones.
     for (const socket of await this.ports.sockets.open(this.userId)) {
@@ -173,6 +195,15 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   }
 
   async receive(message: UserMessage, ctx: ActorContext): Promise<unknown> {
+    if (message.type !== "erase" && this.fenced(this.userId)) {
+      // The user is being erased: whatever arrives (a late deliver, disconnect, flush) is dropped.
+      this.devices.clear();
+      this.pending.clear();
+      this.flushDue.clear();
+      this.recoveryDue.clear();
+      ctx.stop("erased");
+      return { erased: true };
+    }
     switch (message.type) {
       case "deliver":
         return this.deliver(message.envelopes, ctx);
@@ -257,6 +288,18 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         return { removed: true };
       case "queue.emptied":
         return { removed: await this.removeQueue(message.deviceId) };
+      case "erase.peer": {
+        let dropped = 0;
+        for (const [deviceId, pending] of this.pending) {
+          for (const [id, envelope] of pending) {
+            if (envelope.senderUser !== message.userId) continue;
+            pending.delete(id);
+            dropped++;
+          }
+          if (pending.size === 0) this.pending.delete(deviceId);
+        }
+        return { dropped };
+      }
       case "erase":
         await this.ports.sockets.closeAll(this.userId, ERASED_CLOSE_CODE, "account erased");
         this.devices.clear();
@@ -272,6 +315,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   private hold(envelopes: readonly StoredEnvelope[]): Map<number, StoredEnvelope[]> {
     const added = new Map<number, StoredEnvelope[]>();
     for (const envelope of envelopes) {
+      if (this.fenced(envelope.senderUser)) continue;
       let pending = this.pending.get(envelope.recipientDevice);
       if (!pending) {
         pending = new Map();
@@ -313,7 +357,8 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
    * Live device: push. Draining: hold. Not connected (or its socket vanished): flush to its queue,
    * after the delivers already waiting in the mailbox (`flush.due`). They are in the log meanwhile.
    */
-  private async dispatch(deviceId: number, envelopes: StoredEnvelope[], ctx: ActorContext): Promise<void> {
+  private async dispatch(deviceId: number, all: StoredEnvelope[], ctx: ActorContext): Promise<void> {
+    const envelopes = all.filter((e) => !this.fenced(e.senderUser));
     if (envelopes.length === 0) return;
     const device = this.devices.get(deviceId);
     if (device && !device.live) return;
@@ -353,7 +398,12 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   private async flush(deviceId: number): Promise<number> {
     const pending = this.pending.get(deviceId);
     if (!pending || pending.size === 0) return 0;
-    const envelopes = [...pending.values()];
+    // A sender fenced since these were held: theirs are not queued (erasure sweeps what was).
+    const envelopes = [...pending.values()].filter((e) => !this.fenced(e.senderUser));
+    if (envelopes.length === 0) {
+      this.pending.delete(deviceId);
+      return 0;
+    }
     await this.ports.offline.flush(this.userId, deviceId, envelopes);
     await this.ports.log.markQueued(
       this.userId,

@@ -23,6 +23,8 @@ import { clusterAdminRoutes } from "./cluster/index.ts";
 import { type Config, reasonOf, StartupError } from "./config/index.ts";
 import { type Database, openDatabase } from "./db/index.ts";
 import { DeviceService } from "./devices/service.ts";
+import { ErasureFence } from "./fence/index.ts";
+import { FENCE_KIND, FenceLink } from "./gateway/fence-link.ts";
 import { GATEWAY_KIND, Gateway, NodeLink, SocketRegistry } from "./gateway/index.ts";
 import { createGdpr, ErasureLedger, type Gdpr } from "./gdpr/index.ts";
 import { PresenceAudience } from "./groups/relations.ts";
@@ -193,6 +195,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     (rule) => metrics.tallies.refuse(rule),
   );
   const audit = new PostgresAuditTrail(db);
+  // Users whose erasure has started (src/fence): shared by every part of this node that must refuse them.
+  const fence = new ErasureFence();
 
   // 2. Actor system (kinds are registered in step 4, before it starts).
   let gateway: Gateway | undefined;
@@ -231,6 +235,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       config.registrationsPerAddress,
     ),
     cost: config.passwordHash,
+    erasing: fence,
   });
   const devices = new DeviceService(db, audit);
   const tokens = new TokenIssuer(config.jwtSecret, config.accessTokenTtlSeconds);
@@ -255,17 +260,30 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
         logger,
       })
     : undefined;
-  const keys = new KeyService(db, rateLimiter, KEY_FETCH_LIMITS, audit);
-  const groups = new GroupService(db, audit);
+  const keys = new KeyService(db, rateLimiter, KEY_FETCH_LIMITS, audit, fence);
+  const groups = new GroupService(db, audit, fence);
   const users = new UserDirectory(db, rateLimiter);
   const blocks = new BlockService(db);
-  const messaging = new MessagingService(db, log, actors);
+  const messaging = new MessagingService(db, log, actors, Date.now, undefined, fence);
+  // The erasure fence across the ring, through the pinned fence actors registered in step 4.
+  const fenceLink = new FenceLink({
+    nodeId: config.nodeId,
+    actors,
+    fence,
+    messaging,
+    gateway: () => gateway,
+    logger,
+  });
   const gdpr = await createGdpr({
     db,
     log,
     offline,
     presence,
-    live: messaging,
+    live: {
+      fence: (userId) => fenceLink.fenceEverywhere(userId),
+      eraseUser: (userId, erasureId) => messaging.eraseUser(userId, erasureId),
+    },
+    fence,
     logins,
     audit,
     rateLimiter,
@@ -330,6 +348,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     watchLimit: config.presenceWatchesPerNode,
     audience: new PresenceAudience(db),
     tallies: metrics.tallies,
+    fence,
   });
   if (redis) {
     // Redis without persistence comes back empty: the socket leases go with it (the ring's keys
@@ -373,10 +392,12 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
         sockets: link,
         clock,
         recoveryMs: config.clusterHeartbeatMs * 9,
+        fenced: (userId) => fence.has(userId),
       }),
     )
-    .register(GROUP_KIND, groupActorFactory({ directory: new PostgresGroupDirectory(db), log, clock }))
-    .registerPinned(GATEWAY_KIND, link.actorFactory);
+    .register(GROUP_KIND, groupActorFactory({ directory: new PostgresGroupDirectory(db, fence), log, clock }))
+    .registerPinned(GATEWAY_KIND, link.actorFactory)
+    .registerPinned(FENCE_KIND, fenceLink.actorFactory);
   devices.onAdded((userId) => messaging.devicesChanged(userId));
   blocks.onChanged((blocker, blocked) => {
     messaging.blocksChanged(blocker, blocked);
@@ -443,6 +464,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   }
   // Accounts erased after the backup this database was restored from go before anyone can sign in.
   await gdpr.erasures.replayLedger();
+  // The fence's durable marks (pending erasures, replayed ones included), before a listener opens.
+  await fence.load(db);
   // reusePort off (Elysia turns it on): a second node on a port in use must fail, not share it.
   listenOrExplain("PORT", config.port, () =>
     app.listen({

@@ -3,6 +3,7 @@ import { isUniqueViolation } from "../db/errors.ts";
 import type { Db } from "../db/index.ts";
 import { accounts } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
+import type { ErasureFence } from "../fence/index.ts";
 import type { PasswordThrottle } from "./password-throttle.ts";
 import type { RegistrationGate } from "./registration.ts";
 
@@ -31,10 +32,19 @@ export class AccountService {
   private readonly registration: RegistrationGate;
   private readonly cost: PasswordHashCost;
 
+  private readonly erasing?: ErasureFence;
+
   constructor(
     private readonly db: Db,
-    deps: { throttle: PasswordThrottle; registration: RegistrationGate; cost?: PasswordHashCost },
+    deps: {
+      throttle: PasswordThrottle;
+      registration: RegistrationGate;
+      cost?: PasswordHashCost;
+      /** Users whose erasure has started: they cannot sign in (`unauthorized`, as a wrong password). */
+      erasing?: ErasureFence;
+    },
   ) {
+    this.erasing = deps.erasing;
     this.throttle = deps.throttle;
     this.registration = deps.registration;
     this.cost = deps.cost ?? { memoryCost: 65_536, timeCost: 2 };
@@ -95,6 +105,7 @@ export class AccountService {
     // A password-less (identity provider) account is checked against the decoy too: same time, never a match.
     const ok = await Bun.password.verify(password, row?.passwordHash ?? (await this.decoyHash));
     if (!row?.passwordHash || !ok) throw new DomainError("unauthorized", "wrong username or password");
+    if (this.erasing?.has(row.id)) throw new DomainError("unauthorized", "wrong username or password");
     await this.throttle.succeeded(username, address);
     return row.id;
   }

@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { WebSocketHandler } from "bun";
 import { Elysia } from "elysia";
 import { DomainError } from "../errors/index.ts";
+import type { ErasureFence } from "../fence/index.ts";
 import type { OfflineQueue } from "../messaging/offline-queue.ts";
 import type { DeviceSocketRef, Presence } from "../messaging/presence.ts";
 import type { MessagingService } from "../messaging/service.ts";
@@ -43,6 +44,8 @@ export interface GatewayOptions {
   pingIntervalMs?: number;
   /** The node's messaging counts (src/observability/metrics.ts), read by /metrics. */
   tallies: MessageTallies;
+  /** Users whose erasure has started: no socket of theirs opens, and nothing is written for them. */
+  fence?: ErasureFence;
 }
 
 /** Envelopes taken from the offline queue per read while a device drains it. */
@@ -153,6 +156,7 @@ export class Gateway {
         );
         if (!token) throw new DomainError("unauthorized", "missing bearer token");
         const data: SocketData = await sessions.authenticateSession(token);
+        if (this.fenced(data.principal.userId)) throw new DomainError("unauthorized", "account erased");
         if (!server?.upgrade(request, { data }))
           throw new DomainError("invalid", "expected a WebSocket upgrade request");
         return undefined;
@@ -194,10 +198,36 @@ export class Gateway {
     };
   }
 
+  private fenced(userId: string): boolean {
+    return this.options.fence?.has(userId) ?? false;
+  }
+
+  /**
+   * The erasure fence on this node: closes the user's sockets here (4410), and drops from every
+   * drain under way here the envelopes from the user it took and the device has not acked (on
+   * release they would go back to the queue and be delivered again). Returns how many it dropped.
+   */
+  async fenceUser(userId: string): Promise<number> {
+    const { registry } = this.options;
+    const theirs = [...registry.values()].filter((c) => c.principal.userId === userId);
+    registry.close({ userId }, CloseCode.erased, "account erased");
+    // What their sockets were doing (a presence lease being written, a drain) finishes first.
+    await Promise.allSettled(theirs.map((c) => c.chain));
+    let dropped = 0;
+    for (const conn of [...registry.values()]) {
+      if (conn.drain) dropped += await conn.drain.dropFrom(userId).catch(() => 0);
+    }
+    return dropped;
+  }
+
   /** Presence, replacing a socket of the same device on another node, offline queue, then live. */
   private async bringOnline(conn: DeviceConnection): Promise<void> {
     const { presence, messaging, nodeId, link, sessions } = this.options;
     const { principal } = conn;
+    if (this.fenced(principal.userId)) {
+      conn.close(CloseCode.erased, "account erased");
+      return;
+    }
     await presence.connected([this.ref(conn)]);
     // A revocation between the upgrade's check and the lease just written would not have found this
     // socket: it bumps the generation before it reads the leases, so one of the two sees the other.
@@ -234,9 +264,13 @@ export class Gateway {
     conn.drain = await offline.drain(principal.userId, principal.deviceId);
     for (;;) {
       if (conn.isClosed()) return;
-      const batch = await conn.drain.next(DRAIN_CHUNK);
-      if (batch.length === 0) break;
-      conn.deliver(batch, "offline");
+      const taken = await conn.drain.next(DRAIN_CHUNK);
+      if (taken.length === 0) break;
+      // From a user being erased: removed from the queue, not delivered.
+      const erased = taken.filter((e) => this.fenced(e.senderUser)).map((e) => e.id);
+      if (erased.length > 0) await conn.drain.ack(erased);
+      const batch = erased.length === 0 ? taken : taken.filter((e) => !this.fenced(e.senderUser));
+      if (batch.length > 0) conn.deliver(batch, "offline");
     }
     // An existing queue that held nothing (left by an older version, or emptied before): remove it.
     if (conn.takeEmptiedQueue()) {
@@ -264,6 +298,8 @@ export class Gateway {
     const bookkeeping = Promise.all([conn.chain, ...conn.acking]).then(async () => {
       try {
         await conn.drain?.release();
+        // Being erased: no last-seen time is written, no actor woken (erasure sweeps both).
+        if (this.fenced(conn.principal.userId)) return;
         await presence.disconnected(this.ref(conn));
         await messaging.deviceDisconnected(conn.principal, nodeId, conn.connectionId);
       } catch (error) {
@@ -336,7 +372,11 @@ export class Gateway {
   /** Renews presence leases of every local socket, and re-reads watched users (a crashed node's leases expire). */
   private async renew() {
     try {
-      await this.options.presence.connected([...this.options.registry.values()].map((c) => this.ref(c)));
+      await this.options.presence.connected(
+        [...this.options.registry.values()]
+          .filter((c) => !this.fenced(c.principal.userId))
+          .map((c) => this.ref(c)),
+      );
       await this.watchers.refresh();
     } catch (error) {
       this.options.logger.warn({ err: error }, "presence renewal failed");

@@ -15,6 +15,7 @@ import {
   refreshTokens,
 } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
+import type { ErasureFence } from "../fence/index.ts";
 import { successionEvents } from "../groups/service.ts";
 import { keepAnAdmin, lockGroups, type Succession } from "../groups/succession.ts";
 import type { EnvelopeLog } from "../messaging/envelope-log.ts";
@@ -44,12 +45,31 @@ interface Plan {
 
 type Steps = Record<string, StepResult> & { plan?: StepResult & Plan };
 
-/** The stores erasure reaches, in order. Account first: its deletion ends every token of the user. */
-const STEPS = ["postgres", "history", "live", "offline_queues", "others_queues", "redis", "audit"] as const;
+/**
+ * The stores erasure reaches, in order. The fence first: nothing may reach a store for the user
+ * while, or after, the rest sweeps. Then the account: its deletion ends every token of the user.
+ */
+const STEPS = [
+  "fence",
+  "postgres",
+  "history",
+  "live",
+  "offline_queues",
+  "others_queues",
+  "redis",
+  "audit",
+] as const;
 type StepName = (typeof STEPS)[number];
 
 /** The live side of erasure: the user's actor and sockets, wherever the ring placed them. */
 export interface LiveErasure {
+  /**
+   * Fences the user on every node of the ring (src/gateway/fence-link.ts): resolves once each one
+   * refuses everything to or from the user, has let the sends already past their checks settle,
+   * closed the user's sockets and dropped the envelopes from the user that its actors and drains
+   * held in memory (`dropped`). Rejects when a node does not answer: the step is retried.
+   */
+  fence(userId: string): Promise<{ nodes: number; dropped: number }>;
   /** Closes every socket of the user (4410) on every node and stops the user's actor. */
   eraseUser(userId: string, erasureId: string): Promise<void>;
 }
@@ -72,6 +92,8 @@ export interface ErasureDeps {
   redis?: Redis;
   redisPrefix: string;
   logger: Logger;
+  /** This node's erasure fence: a started erasure fences the user here at once. */
+  fence?: ErasureFence;
   /** Tests: called after each completed step; a throw stops the job there, as a crash would. */
   afterStep?: (step: string) => void;
   /** Called when this node completed a job (metrics). */
@@ -115,7 +137,9 @@ export class ErasureService {
     // pseudonym would link the receipt (readable by anyone with the erasure id) to the person's
     // entries left in the audit log, and through other people's exports to what they did.
     const subject = randomBytes(16).toString("hex");
+    // The durable mark of the fence: every node loads pending jobs' users when it starts.
     await db.insert(erasures).values({ id, userId, subject, requestedBy, status: "pending", steps: {} });
+    this.deps.fence?.add(userId);
     await audit.record({
       action: "erasure.requested",
       actor: requestedBy === "self" ? { user: userId } : "admin",
@@ -215,15 +239,16 @@ export class ErasureService {
     if (!job || job.status === "done") return;
     const steps = job.steps as Steps;
     const userId = job.userId as string;
-    if (!steps.plan) {
-      const plan = await this.plan(userId);
-      await this.saveStep(id, "plan", { removed: 0, what: "plan", ...plan });
-      steps.plan = { removed: 0, what: "plan", ...plan };
-      this.deps.afterStep?.("plan");
-    }
     for (const step of STEPS) {
       if (steps[step]) continue;
-      const result = await this.step(step, userId, id, steps.plan);
+      // The plan is read once the user is fenced: no envelope of theirs can reach a queue after it.
+      if (step !== "fence" && !steps.plan) {
+        const plan = await this.plan(userId);
+        await this.saveStep(id, "plan", { removed: 0, what: "plan", ...plan });
+        steps.plan = { removed: 0, what: "plan", ...plan };
+        this.deps.afterStep?.("plan");
+      }
+      const result = await this.step(step, userId, id, steps.plan as StepResult & Plan);
       await this.saveStep(id, step, result);
       steps[step] = result;
       logger.info({ erasureId: id, step, removed: result.removed }, "erasure step done");
@@ -301,6 +326,20 @@ export class ErasureService {
 
   private async step(step: StepName, userId: string, erasureId: string, plan: Plan): Promise<StepResult> {
     switch (step) {
+      case "fence": {
+        // Every token of the user is refused from now on, on every node (the generation is read
+        // from the database on each request); the account itself goes in the next step.
+        await this.deps.db
+          .update(devices)
+          .set({ tokenGeneration: sql`${devices.tokenGeneration} + 1` })
+          .where(eq(devices.userId, userId));
+        await this.deps.db.delete(refreshTokens).where(eq(refreshTokens.userId, userId));
+        const { nodes, dropped } = await this.deps.live.fence(userId);
+        return {
+          removed: dropped,
+          what: `account fenced on ${nodes} node(s) before anything was swept (tokens revoked, sockets closed, sends, group adds, key fetches and sign-ins refused); envelopes from the user dropped from actors' memory and from deliveries not yet acked`,
+        };
+      }
       case "postgres":
         return this.erasePostgres(userId);
       case "history": {

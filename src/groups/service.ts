@@ -3,6 +3,7 @@ import type { AuditEvent, AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
 import { accounts, blocks, groupInvitations, groupMembers, groups } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
+import type { ErasureFence } from "../fence/index.ts";
 import { MAX_GROUP_MEMBERS, MAX_PENDING_INVITATIONS } from "./model.ts";
 import { keepAnAdmin, lockGroups, type Succession, type Tx } from "./succession.ts";
 
@@ -36,6 +37,8 @@ export class GroupService {
   constructor(
     private readonly db: Db,
     private readonly audit?: AuditTrail,
+    /** Users whose erasure has started: no group takes them (as if they did not exist). */
+    private readonly erasing?: ErasureFence,
   ) {}
 
   /**
@@ -63,8 +66,9 @@ export class GroupService {
       .select({ id: accounts.id })
       .from(accounts)
       .where(inArray(accounts.id, userIds));
-    if (found.length !== userIds.length) {
-      const known = new Set(found.map((r) => r.id));
+    const live = found.filter((r) => !this.erasing?.has(r.id));
+    if (live.length !== userIds.length) {
+      const known = new Set(live.map((r) => r.id));
       const missing = userIds.filter((id) => !known.has(id));
       throw new DomainError("not_found", `no such user: ${missing.slice(0, 5).join(", ")}`);
     }

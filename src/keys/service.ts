@@ -13,6 +13,7 @@ import {
   signedPreKeys,
 } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
+import type { ErasureFence } from "../fence/index.ts";
 import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
 import type { Principal } from "../sessions/service.ts";
 import type { KeysModel } from "./model.ts";
@@ -138,6 +139,8 @@ export class KeyService {
     private readonly limiter: RateLimiter,
     private readonly limits: typeof KEY_FETCH_LIMITS = KEY_FETCH_LIMITS,
     private readonly audit?: AuditTrail,
+    /** Users whose erasure has started: their keys are not handed out (`not_found`). */
+    private readonly erasing?: ErasureFence,
   ) {}
 
   /**
@@ -221,7 +224,7 @@ export class KeyService {
    */
   async fetchBundle(requester: Principal, userId: string): Promise<KeysModel.Bundle> {
     const who = `${requester.userId}.${requester.deviceId}`;
-    await this.spend(this.limits.perTarget, `${who}:${userId}`);
+    if (this.erasing?.has(userId)) throw new DomainError("not_found", "no such user");
     await this.spend(this.limits.perRequester, who);
 
     const rows = await this.db
@@ -261,6 +264,9 @@ export class KeyService {
         .where(eq(accounts.id, userId));
       if (!account) throw new DomainError("not_found", "no such user");
     }
+    // Counted once the user is known to exist: a counter keyed by an erased (or made-up) id is
+    // never written. Still before any one-time key is taken.
+    await this.spend(this.limits.perTarget, `${who}:${userId}`);
 
     const bundles = await Promise.all(
       rows.map(async (row) => {

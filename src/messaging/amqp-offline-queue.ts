@@ -338,6 +338,23 @@ export class AmqpOfflineQueue implements OfflineQueue {
         }
         if (exhausted && taken.size === 0) await closeChannel();
       },
+      dropFrom: async (senderUser) => {
+        const current = channel;
+        if (!current) return 0;
+        let dropped = 0;
+        for (const [id, messages] of taken) {
+          const from = decode(messages[0].body).senderUser;
+          if (from !== senderUser) continue;
+          for (const message of messages) {
+            // A channel that died with its connection already returned these to the queue.
+            if (current.active) current.basicAck({ deliveryTag: message.deliveryTag });
+          }
+          taken.delete(id);
+          dropped += messages.length;
+        }
+        if (exhausted && taken.size === 0) await closeChannel();
+        return dropped;
+      },
       release: async () => {
         if (!open) return;
         open = false;

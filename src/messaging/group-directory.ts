@@ -2,13 +2,18 @@ import { and, eq } from "drizzle-orm";
 import type { GroupDirectory } from "../../actors/index.ts";
 import type { Db } from "../db/index.ts";
 import { blocks, devices, groupMembers, groups } from "../db/schema.ts";
+import { ErasureFence } from "../fence/index.ts";
 
 /**
  * Group members (accepted ones: pending invitations live in another table) and their devices, read
- * from PostgreSQL for every group send; members who block the sender get no devices.
+ * from PostgreSQL for every group send; members who block the sender get no devices. A member whose
+ * erasure has started (the fence) is left out: no envelope is logged for their devices.
  */
 export class PostgresGroupDirectory implements GroupDirectory {
-  constructor(private readonly db: Db) {}
+  constructor(
+    private readonly db: Db,
+    private readonly fence: ErasureFence = new ErasureFence(),
+  ) {}
 
   async recipients(groupId: string, sender?: string): Promise<Map<string, number[]> | undefined> {
     const rows = await this.db
@@ -22,6 +27,7 @@ export class PostgresGroupDirectory implements GroupDirectory {
     }
     const members = new Map<string, number[]>();
     for (const { userId, deviceId } of rows) {
+      if (this.fence.has(userId)) continue;
       let list = members.get(userId);
       if (!list) {
         list = [];

@@ -20,7 +20,7 @@ export class LogOfflineQueue implements OfflineQueue {
   }
 
   async drain(userId: string, deviceId: number): Promise<QueueDrain> {
-    const handedOut = new Set<string>();
+    const handedOut = new Map<string, string>();
     return {
       next: async (max) => {
         const queued = await this.log.undelivered(userId, {
@@ -29,12 +29,22 @@ export class LogOfflineQueue implements OfflineQueue {
           limit: max + handedOut.size,
         });
         const fresh = queued.filter((e) => !handedOut.has(e.id)).slice(0, max);
-        for (const e of fresh) handedOut.add(e.id);
+        for (const e of fresh) handedOut.set(e.id, e.senderUser);
         return fresh;
       },
       ack: async (ids) => {
         await this.log.ack(userId, deviceId, ids);
         for (const id of ids) handedOut.delete(id);
+      },
+      // The log is the queue here: erasure's history step removes the sender's rows themselves.
+      dropFrom: async (senderUser) => {
+        let dropped = 0;
+        for (const [id, sender] of handedOut) {
+          if (sender !== senderUser) continue;
+          handedOut.delete(id);
+          dropped++;
+        }
+        return dropped;
       },
       release: async () => handedOut.clear(),
       // The queue is the log: there is no per-device queue to remove.

@@ -6,6 +6,11 @@ export interface QueueDrain {
   next(max: number): Promise<StoredEnvelope[]>;
   /** The device has these: remove them from the queue for good. */
   ack(ids: string[]): Promise<void>;
+  /**
+   * Erasure of `senderUser`: the envelopes from them taken by this drain and not yet acked are
+   * removed from the queue for good (they would go back to it on `release`); returns how many.
+   */
+  dropFrom(senderUser: string): Promise<number>;
   /** Ends the drain; envelopes taken but not acked go back to the queue, in order. */
   release(): Promise<void>;
   /**

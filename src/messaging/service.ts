@@ -8,6 +8,7 @@ import {
 } from "../../actors/index.ts";
 import type { Db } from "../db/index.ts";
 import { accounts, blocks, devices } from "../db/schema.ts";
+import { ErasureFence } from "../fence/index.ts";
 import type { AcceptedFrame, DirectSend, GroupSend, RejectedFrame } from "../protocol/index.ts";
 import type { Principal } from "../sessions/service.ts";
 import type { StoredEnvelope } from "./envelope.ts";
@@ -54,6 +55,9 @@ export const DEFAULT_FLOW_CONTROL: FlowControl = {
   handOverTimeoutMs: 10_000,
 };
 
+/** Where group sends are counted in `unsettled`: any of them may be fanning out to a fenced member. */
+const GROUP_SENDS = "*group*";
+
 /** Tries of a deliver refused by a full local mailbox, 10 ms apart, before leaving it to the log. */
 const MAILBOX_FULL_TRIES = 100;
 
@@ -87,6 +91,11 @@ export class MessagingService {
   private readonly blockVerdicts = new Map<string, { blocked: boolean; at: number }>();
   /** Bumped by every block change here: a read that started before one is not cached. */
   private blockChanges = 0;
+  /**
+   * Sends past their checks and not yet settled, by user (sender and 1:1 recipient; group sends
+   * under GROUP_SENDS): the erasure fence waits for a user's before anything is swept.
+   */
+  private readonly unsettled = new Map<string, Set<Promise<unknown>>>();
 
   constructor(
     private readonly db: Db,
@@ -94,7 +103,46 @@ export class MessagingService {
     private readonly actors: ActorRefs,
     private readonly now: () => number = Date.now,
     private readonly flow: FlowControl = DEFAULT_FLOW_CONTROL,
+    private readonly erasing: ErasureFence = new ErasureFence(),
   ) {}
+
+  /** Counts `work` as unsettled for each user until it settles. */
+  private track<T>(users: readonly string[], work: Promise<T>): Promise<T> {
+    const settled = work.then(
+      () => undefined,
+      () => undefined,
+    );
+    for (const user of users) {
+      let set = this.unsettled.get(user);
+      if (!set) {
+        set = new Set();
+        this.unsettled.set(user, set);
+      }
+      set.add(settled);
+    }
+    void settled.then(() => {
+      for (const user of users) {
+        const set = this.unsettled.get(user);
+        set?.delete(settled);
+        if (set?.size === 0) this.unsettled.delete(user);
+      }
+    });
+    return work;
+  }
+
+  /**
+   * The erasure fence on this node, once the user is in `ErasureFence`: forgets their cached device
+   * list, then resolves when every send to or from them (and every group send) that passed its
+   * checks before the fence has settled, so nothing of theirs reaches the log after this.
+   */
+  async fenced(userId: string): Promise<void> {
+    this.devicesChanged(userId);
+    for (;;) {
+      const pending = [...(this.unsettled.get(userId) ?? []), ...(this.unsettled.get(GROUP_SENDS) ?? [])];
+      if (pending.length === 0) return;
+      await Promise.all(pending);
+    }
+  }
 
   /** Sends handed to actors whose answer this node still waits for. */
   get sendsInFlight(): number {
@@ -252,6 +300,9 @@ export class MessagingService {
     });
     const named = frame.messages.map((m) => m.deviceId);
     if (new Set(named).size !== named.length) return reject({ code: "invalid" });
+    // Being erased, either side: as if the recipient did not exist (the sender's sockets are closing).
+    if (this.erasing.has(frame.to.user) || this.erasing.has(from.userId))
+      return reject({ code: "unknown_recipient" });
     const current = await this.devicesOf(frame.to.user);
     if (current === undefined) return reject({ code: "unknown_recipient" });
     const expected = new Set(
@@ -266,6 +317,10 @@ export class MessagingService {
     // the blocker's client drops it there), stored nowhere, delivered to nobody (docs/PROTOCOL.md, Blocks).
     if (await this.blocks(frame.to.user, from.userId))
       return { outcome: Promise.resolve<SendOutcome>({ type: "accepted", id: frame.id, ts }) };
+    // Again after the last await: from here to `track` nothing yields, so the fence either refused
+    // this send or waits for it.
+    if (this.erasing.has(frame.to.user) || this.erasing.has(from.userId))
+      return reject({ code: "unknown_recipient" });
     const envelopes: StoredEnvelope[] = frame.messages.map((m) => ({
       id: frame.id,
       senderUser: from.userId,
@@ -277,28 +332,34 @@ export class MessagingService {
       type: m.type,
       body: m.body,
     }));
-    const outcome = this.log.append(envelopes).then(async (fresh): Promise<SendOutcome> => {
-      const toDeliver = envelopes.filter((_, i) => fresh[i]);
-      // Durable now: a failure to reach the actor is recovered from the log, so it does not un-accept.
-      // Handed over in commit order (the ask leaves before any await), so per-sender order holds.
-      if (toDeliver.length > 0) await this.handOver(frame.to.user, toDeliver);
-      return { type: "accepted", id: frame.id, ts };
-    });
+    const outcome = this.track([from.userId, frame.to.user], this.log.append(envelopes)).then(
+      async (fresh): Promise<SendOutcome> => {
+        const toDeliver = envelopes.filter((_, i) => fresh[i]);
+        // Durable now: a failure to reach the actor is recovered from the log, so it does not un-accept.
+        // Handed over in commit order (the ask leaves before any await), so per-sender order holds.
+        if (toDeliver.length > 0) await this.handOver(frame.to.user, toDeliver);
+        return { type: "accepted", id: frame.id, ts };
+      },
+    );
     return { outcome };
   }
 
   /** A group send: the group's actor authorises the sender and fans the ciphertext out. */
   async sendGroup(from: Principal, frame: GroupSend): Promise<SendOutcome> {
+    if (this.erasing.has(from.userId)) return { type: "rejected", id: frame.id, code: "not_member" };
     if (this.inFlight >= this.flow.window) return this.busy(frame.id);
     this.inFlight++;
     let reply: GroupSendResult;
     try {
-      reply = await this.actors.ask<GroupSendResult>(groupKey(frame.to.group), {
-        type: "send",
-        id: frame.id,
-        from: { user: from.userId, device: from.deviceId },
-        ciphertext: frame.message,
-      });
+      reply = await this.track(
+        [from.userId, GROUP_SENDS],
+        this.actors.ask<GroupSendResult>(groupKey(frame.to.group), {
+          type: "send",
+          id: frame.id,
+          from: { user: from.userId, device: from.deviceId },
+          ciphertext: frame.message,
+        }),
+      );
     } catch (error) {
       // The group's actor is behind (its mailbox is full): nothing was stored, the sender may retry.
       if (error instanceof MailboxFullError) return this.busy(frame.id);

@@ -213,7 +213,7 @@ describe.each(STACKS)("erasure on the %s stack", (stack) => {
     expect(verifyReceipt({ ...receipt, payload: { ...receipt.payload, stores: {} } }, key)).toBe(false);
     expect(receipt.payload.erasureId).toBe(erasureId);
     expect(Object.keys(receipt.payload.stores).sort()).toEqual(
-      ["audit", "history", "live", "offline_queues", "others_queues", "postgres", "redis"].sort(),
+      ["audit", "fence", "history", "live", "offline_queues", "others_queues", "postgres", "redis"].sort(),
     );
     expect(receipt.payload.stores.postgres.removed).toBeGreaterThan(3);
     expect(receipt.payload.stores.history.removed).toBeGreaterThan(0);
