@@ -105,7 +105,7 @@ describe.each(STACKS)("the erasure fence on the %s stack", (stack) => {
       // One accepted before the erasure: there is something of A's to sweep in every run.
       const first = sendFrame(a, "before");
       bSocket.send(first.frame);
-      expect((await bSocket.reply(first.id)).type).toBe("accepted");
+      expect((await bSocket.reply(first.id, 30_000)).type).toBe("accepted");
 
       const erasing = http.call("DELETE", "/v1/me", { token: a.accessToken, body: { password: a.password } });
       const ids: string[] = [];
@@ -125,7 +125,10 @@ describe.each(STACKS)("the erasure fence on the %s stack", (stack) => {
       // Once the fence is up, a send to A is refused.
       const late = sendFrame(a, "late");
       bSocket.send(late.frame);
-      expect(await bSocket.reply(late.id)).toMatchObject({ type: "rejected", code: "unknown_recipient" });
+      expect(await bSocket.reply(late.id, 30_000)).toMatchObject({
+        type: "rejected",
+        code: "unknown_recipient",
+      });
       await bSocket.close();
       await expectNothingOf(node, stack, prefix, a);
     }
@@ -170,8 +173,8 @@ describe.each(STACKS)("the erasure fence on the %s stack", (stack) => {
     const aSocket = await TestSocket.open(node.url, a.accessToken);
     const fromA = sendFrame(b, "from a, never acked");
     aSocket.send(fromA.frame);
-    expect((await aSocket.reply(fromA.id)).type).toBe("accepted");
-    expect((await bSocket.messages(1))[0].id).toBe(fromA.id);
+    expect((await aSocket.reply(fromA.id, 30_000)).type).toBe("accepted");
+    expect((await bSocket.messages(1, 30_000))[0].id).toBe(fromA.id);
 
     const started = await http.call("DELETE", "/v1/me", {
       token: a.accessToken,
@@ -195,11 +198,11 @@ describe.each(STACKS)("the erasure fence on the %s stack", (stack) => {
     // B is offline: A's message goes to B's offline queue.
     const fromA = sendFrame(b, "from a, queued");
     aSocket.send(fromA.frame);
-    expect((await aSocket.reply(fromA.id)).type).toBe("accepted");
+    expect((await aSocket.reply(fromA.id, 30_000)).type).toBe("accepted");
     await waitFor(async () => ((await node.offline.depth(b.userId, b.deviceId)) >= 1 ? true : undefined));
     // B connects: the drain hands it over, B does not ack.
     const bSocket = await TestSocket.open(node.url, b.accessToken);
-    expect((await bSocket.messages(1))[0].id).toBe(fromA.id);
+    expect((await bSocket.messages(1, 30_000))[0].id).toBe(fromA.id);
 
     const started = await http.call("DELETE", "/v1/me", {
       token: a.accessToken,
@@ -226,10 +229,10 @@ describe.each(STACKS)("the erasure fence on the %s stack", (stack) => {
     const cSocket = await TestSocket.open(node.url, c.accessToken);
     const marker = sendFrame(b, "marker");
     cSocket.send(marker.frame);
-    expect((await cSocket.reply(marker.id)).type).toBe("accepted");
+    expect((await cSocket.reply(marker.id, 30_000)).type).toBe("accepted");
     const seen: string[] = [];
     for (;;) {
-      const [message] = await bAgain.messages(1, 15_000);
+      const [message] = await bAgain.messages(1, 30_000);
       seen.push(message.id);
       bAgain.send({ type: "ack", ids: [message.id] });
       if (message.id === marker.id) break;
@@ -275,7 +278,7 @@ describe("the erasure fence across three nodes on PostgreSQL, Redis and RabbitMQ
       const bSocket = await TestSocket.open(three.url, b.accessToken);
       const first = sendFrame(a, "before");
       bSocket.send(first.frame);
-      expect((await bSocket.reply(first.id)).type).toBe("accepted");
+      expect((await bSocket.reply(first.id, 30_000)).type).toBe("accepted");
       await waitFor(async () => (two.actors.isActive(`user:${a.userId}`) ? true : undefined));
 
       const erasing = fetch(`${one.adminUrl}/admin/v1/users/${a.userId}/erase`, {
