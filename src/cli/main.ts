@@ -328,6 +328,12 @@ async function send(client: ClearBoxClient, to: string | undefined, text: string
   if (!to || !text) throw new Error("usage: send <username> <text...>");
   const messenger = new Messenger(client);
   const queued = await messenger.sendText(to.includes("-") && to.length === 36 ? to : to.toLowerCase(), text);
+  const owner = Messenger.socketOwner(client);
+  if (owner !== undefined) {
+    // One socket per device: the running chat, listen or browser client of this store sends it.
+    console.log(`queued: the ClearBox process ${owner} using this store sends it`);
+    return 0;
+  }
   return new Promise((resolve) => {
     messenger.on("message", (m) => {
       if (m.id !== queued.id) return;

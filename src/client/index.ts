@@ -12,6 +12,12 @@ export {
   generateSignedPreKey,
   ONE_TIME_KEY_BATCH,
 } from "./keys.ts";
-export { type BackoffOptions, type ChatMessage, Messenger, type MessengerEvents } from "./messenger.ts";
+export {
+  type BackoffOptions,
+  type ChatMessage,
+  Messenger,
+  type MessengerEvents,
+  StoreInUseError,
+} from "./messenger.ts";
 export * from "./socket.ts";
 export { AccountStore } from "./store.ts";

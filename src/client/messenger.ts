@@ -78,6 +78,20 @@ interface OutboxRow {
   created_at: number;
 }
 
+/** How often the socket's holder renews its lease on the store, and when a lease not renewed lapses. */
+const LEASE_RENEW_MS = 1_000;
+const LEASE_TTL_MS = 5_000;
+
+/** Thrown by `Messenger.start` when another live process holds the store's socket. */
+export class StoreInUseError extends Error {
+  override name = "StoreInUseError";
+  constructor(readonly pid: number) {
+    super(
+      `this store is in use by another ClearBox process (pid ${pid}); its sends can be queued, not sent, here`,
+    );
+  }
+}
+
 /** How long an answer to a `send` may take before the send is tried again on a new socket. */
 const ANSWER_TIMEOUT_MS = 30_000;
 
@@ -122,6 +136,14 @@ export class Messenger extends EventEmitter<MessengerEvents> {
   /** Opens the socket (and keeps it open) and sends whatever the outbox holds. */
   start(): void {
     if (this.socket) return;
+    const owner = Messenger.socketOwner(this.client);
+    if (owner !== undefined) throw new StoreInUseError(owner);
+    this.takeLease();
+    this.leaseTimer = setInterval(() => {
+      this.takeLease();
+      // Sends queued by another process on this store (`send` while `chat` runs) go out here.
+      if (this.online && !this.flushing && this.queued > 0) void this.flush();
+    }, LEASE_RENEW_MS);
     const client = this.client;
     const holder = this;
     const ca = client.ca;
@@ -192,10 +214,48 @@ export class Messenger extends EventEmitter<MessengerEvents> {
     this.stopped = true;
     this.online = false;
     this.reauth?.stop();
+    if (this.leaseTimer) {
+      clearInterval(this.leaseTimer);
+      this.leaseTimer = undefined;
+      try {
+        this.client.store.db.query("delete from socket_lease where pid = ?").run(process.pid);
+      } catch {
+        // The store was closed first.
+      }
+    }
     this.socket?.close(1000);
     for (const resolve of this.pending.values()) resolve(undefined);
     this.pending.clear();
     this.emit("status", "stopped", detail);
+  }
+
+  /**
+   * The process id of another live process holding this store's socket (a running `chat`, `listen`
+   * or browser client), or undefined. The server allows one socket per device (a second closes the
+   * first, 4409), so a second process on the same store queues its sends in the store's outbox
+   * instead, and the holder sends them.
+   */
+  static socketOwner(client: ClearBoxClient): number | undefined {
+    const row = client.store.db
+      .query<{ pid: number; heartbeat: number }, []>("select pid, heartbeat from socket_lease limit 1")
+      .get();
+    if (!row || row.pid === process.pid || Date.now() - row.heartbeat > LEASE_TTL_MS) return undefined;
+    try {
+      process.kill(row.pid, 0);
+      return row.pid;
+    } catch {
+      return undefined; // That process is gone.
+    }
+  }
+
+  private leaseTimer?: ReturnType<typeof setInterval>;
+
+  private takeLease(): void {
+    const db = this.client.store.db;
+    db.transaction(() => {
+      db.query("delete from socket_lease").run();
+      db.query("insert into socket_lease (pid, heartbeat) values (?, ?)").run(process.pid, Date.now());
+    })();
   }
 
   /** Whether the socket is open now. */

@@ -47,6 +47,7 @@ create table if not exists group_keys (group_id text primary key, distribution_i
 create table if not exists history (id text primary key, conversation text not null, sender text not null,
   sender_device integer not null, outgoing integer not null, text text not null, ts integer not null, state text not null);
 create table if not exists received (id text primary key, at integer not null);
+create table if not exists socket_lease (pid integer not null, heartbeat integer not null);
 create index if not exists history_by_conversation on history (conversation, ts);
 `;
 

@@ -40,13 +40,19 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const assetsDir = await ensureBuilt({ force: values.rebuild, quiet: true });
-  const client = await startWebClient({
-    storePath: values.store,
-    serverUrl: values.server,
-    port,
-    assetsDir,
-    ca: values.ca ? readFileSync(values.ca, "utf8") : undefined,
-  });
+  let client: Awaited<ReturnType<typeof startWebClient>>;
+  try {
+    client = await startWebClient({
+      storePath: values.store,
+      serverUrl: values.server,
+      port,
+      assetsDir,
+      ca: values.ca ? readFileSync(values.ca, "utf8") : undefined,
+    });
+  } catch (error) {
+    console.error(`error: ${(error as Error).message}`);
+    process.exit(1);
+  }
   console.log(`ClearBox client for ${values.store}: open ${client.url}`);
   const stop = () => void client.stop().then(() => process.exit(0));
   process.once("SIGINT", stop);

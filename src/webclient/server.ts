@@ -2,7 +2,13 @@ import { randomBytes, timingSafeEqual } from "node:crypto";
 import { existsSync, statSync } from "node:fs";
 import { join, normalize, resolve } from "node:path";
 import type { ServerWebSocket } from "bun";
-import { type ChatMessage, ClearBoxApiError, ClearBoxClient, Messenger } from "../client/index.ts";
+import {
+  type ChatMessage,
+  ClearBoxApiError,
+  ClearBoxClient,
+  Messenger,
+  StoreInUseError,
+} from "../client/index.ts";
 import { checkReceipt } from "../protocol/erasure-receipt.ts";
 
 /** Largest request body the page sends (a message, a password): 64 KiB. */
@@ -57,6 +63,13 @@ export async function startWebClient(options: WebClientOptions): Promise<WebClie
   let client: ClearBoxClient | undefined = existsSync(options.storePath)
     ? ClearBoxClient.open({ storePath: options.storePath, serverUrl: options.serverUrl, ca: options.ca })
     : undefined;
+  if (client) {
+    const owner = Messenger.socketOwner(client);
+    if (owner !== undefined) {
+      client.close();
+      throw new StoreInUseError(owner);
+    }
+  }
   let messenger: Messenger | undefined;
   let status: "online" | "offline" | "stopped" | "signed-out" = "signed-out";
   const presence = new Map<string, { online: boolean; lastSeen: number }>();

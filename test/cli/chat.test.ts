@@ -221,6 +221,15 @@ describe("CLI chat", () => {
     await a.expect(new RegExp(`#trio ${carol.name}: carol in trio`));
     await b.expect(new RegExp(`#trio ${carol.name}: carol in trio`));
 
+    // One socket per device: `send` beside a running chat of the same store hands its message to
+    // the chat's socket instead of opening a second one (which would close the first, 4409).
+    const beside = await run(["send", bob.name, "sent beside the chat", "--store", alice.store]);
+    expect(beside.code).toBe(0);
+    expect(beside.out).toContain("queued: the ClearBox process");
+    await b.expect(new RegExp(`${alice.name}: sent beside the chat`));
+    const second = await run(["chat", "--store", alice.store]);
+    expect(second.code).toBe(1);
+    expect(second.err).toContain("in use by another ClearBox process");
     a.type("/devices");
     await a.expect(/device 1 .*\(this one\)|device 1 \(this one\)/);
     for (const t of [a, b, c]) t.type("/quit");

@@ -76,6 +76,21 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     expect((await apiError(alice.http.lookupUser("NotAName!"))).code).toBe("invalid");
     const raw = await fetch(`${node.url}/v1/users?username=${bobName}`);
     expect(raw.status).toBe(401);
+    // A refused value is named by its rule, never echoed; no log line holds a looked-up name.
+    const marker = "Refused-Value-Marker";
+    for (const path of [
+      `/v1/users?username=${marker}`,
+      `/v1/users/${marker}`,
+      `/v1/users?username=a&x=${marker}`,
+    ]) {
+      const res = await fetch(`${node.url}${path}`, {
+        headers: { authorization: `Bearer ${await alice.http.accessToken()}` },
+      });
+      expect({ path, status: res.status }).toEqual({ path, status: 400 });
+      expect(await res.text()).not.toContain(marker);
+    }
+    expect(node.logs.join("")).not.toContain(bobName);
+    expect(node.logs.join("")).not.toContain(marker);
     alice.close();
     bob.close();
   });
