@@ -161,6 +161,13 @@ describe.each(STACKS)("the erasure fence on the %s stack", (stack) => {
     expect((await http.post("/v1/groups", { name: "without a", members: [] }, b.accessToken)).status).toBe(
       201,
     );
+    // After the sweep: refusals write nothing that names A (a key fetch's per-target rate-limit
+    // counter is keyed by the target; a presence watch of A).
+    expect((await http.get(`/v1/keys/${a.userId}`, b.accessToken)).status).toBe(404);
+    const watcher = await TestSocket.open(node.url, b.accessToken);
+    watcher.send({ type: "presence.watch", users: [a.userId] });
+    await watcher.next((f) => f.type === "presence" && f.user === a.userId, 5_000).catch(() => undefined);
+    await watcher.close();
     await expectNothingOf(node, stack, prefix, a);
   });
 
