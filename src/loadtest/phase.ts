@@ -15,6 +15,11 @@ export interface System {
   sampler: ResourceSampler;
   /** The admin listener of the (first) node, when known: the abuse scenario sends it wrong tokens. */
   adminUrl?: string;
+  /**
+   * The RabbitMQ queue prefix of spawned services-stack nodes: the offline scenario reads the
+   * broker's queue count and memory for it (`src/loadtest/broker.ts`).
+   */
+  queuePrefix?: string;
 }
 
 /** What a scenario gets: options, the progress line, and the system it measures. */

@@ -91,9 +91,11 @@ export async function runLoadtest(options: LoadtestOptions): Promise<RunResult> 
   let phases: PhaseResult[] = [];
   try {
     let sampler: ResourceSampler;
+    let queuePrefix: string | undefined;
     if (urls.length === 0) {
       const stack = await prepareStack(options.stack);
       cleanup = stack.cleanup;
+      queuePrefix = stack.queuePrefix;
       progress.note(`starting ${options.nodes} ClearBox node(s) on the ${options.stack} stack`);
       for (let i = 0; i < options.nodes; i++)
         spawned.push(
@@ -113,6 +115,7 @@ export async function runLoadtest(options: LoadtestOptions): Promise<RunResult> 
       target: clearboxTarget(urls, options.concurrency),
       sampler,
       adminUrl: spawned[0]?.adminUrl ?? options.adminUrl,
+      queuePrefix,
     };
     phases = await scenario({ options, progress, system });
   } finally {

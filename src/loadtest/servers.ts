@@ -108,6 +108,8 @@ const AMQP_URL = process.env.AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672";
 /** Shared settings of the nodes of one run: stores, and a prefix that keeps the run's keys and queues apart. */
 export interface ClusterEnv {
   env: Record<string, string>;
+  /** The RabbitMQ queue prefix of the run (services stack). */
+  queuePrefix?: string;
   cleanup(): Promise<void>;
 }
 
@@ -124,6 +126,7 @@ export async function prepareStack(stack: Stack): Promise<ClusterEnv> {
   const url = new URL(POSTGRES_URL);
   url.pathname = `/${name}`;
   return {
+    queuePrefix: name,
     env: {
       DATABASE_URL: url.toString(),
       REDIS_URL,

@@ -1,3 +1,4 @@
+import { type BrokerSnapshot, brokerSnapshot } from "../broker.ts";
 import { directFrame, drive, plainBody } from "../load.ts";
 import {
   connectAll,
@@ -15,6 +16,11 @@ import { Tracker } from "../tracker.ts";
  * Offline backlog: users/2 senders queue `--messages` for recipients that are not connected; then
  * the recipients connect and the harness measures how fast the backlog drains (first connect to
  * last delivery). Send → delivered latency here includes the time spent offline, by design.
+ *
+ * On the services stack with spawned nodes it also reads the broker (`broker.ts`) before sending,
+ * at the peak (every accepted message flushed to its queue) and after the drain (once the queue
+ * count stops falling): offline queues and ready messages of the run, and the broker's memory.
+ * `--window w --messages w·users/2` gives every recipient exactly w messages.
  */
 export async function offline(ctx: ScenarioContext): Promise<PhaseResult[]> {
   const { options, system, progress } = ctx;
@@ -27,6 +33,8 @@ export async function offline(ctx: ScenarioContext): Promise<PhaseResult[]> {
   const body = plainBody(options.size);
   const tracker = new Tracker();
   for (const s of senders) s.tracker = tracker;
+  const broker = system.queuePrefix ? brokerReadings(system.queuePrefix) : undefined;
+  if (broker) broker.before = await broker.read();
   const cpu = selfCpu();
   await system.sampler.start();
   progress.start(`${system.name} queue`, trackerStatus(tracker));
@@ -52,6 +60,11 @@ export async function offline(ctx: ScenarioContext): Promise<PhaseResult[]> {
   progress.stop();
   const queuedRate = Math.round(tracker.accepted / (queueMs / 1000));
   progress.note(`${system.name}: ${tracker.accepted} messages queued for offline devices at ${queuedRate}/s`);
+  if (broker) {
+    // Accepted means the recipient's actor took it; the flush to the queue follows.
+    broker.peak = await broker.until((b) => b.offlineMessages >= tracker.accepted, options.drainTimeoutS);
+    progress.note(`${system.name}: broker at the peak ${describe(broker.peak)}`);
+  }
 
   progress.start(`${system.name} drain`, trackerStatus(tracker));
   const drainStart = performance.now();
@@ -66,12 +79,80 @@ export async function offline(ctx: ScenarioContext): Promise<PhaseResult[]> {
   const drainMs =
     (Number.isNaN(tracker.lastDeliveryAt) ? performance.now() : tracker.lastDeliveryAt) - drainStart;
   const server = await system.sampler.finish();
+  if (broker) {
+    broker.after = await broker.settled(options.drainTimeoutS);
+    progress.note(`${system.name}: broker after the drain ${describe(broker.after)}`);
+  }
   const result = summarise(ctx, "drain", tracker, queueMs, server, cpu());
   result.msgsPerSec = drainMs > 0 ? Math.round(tracker.delivered / (drainMs / 1000)) : 0;
-  result.extra = { queuedPerSec: queuedRate, drainMs: Math.round(drainMs), backlog: tracker.accepted };
+  result.extra = {
+    queuedPerSec: queuedRate,
+    drainMs: Math.round(drainMs),
+    backlog: tracker.accepted,
+    ...(broker ? broker.figures() : {}),
+  };
   progress.note(
     `${system.name}: drained ${tracker.delivered} in ${Math.round(drainMs)} ms → ${result.msgsPerSec}/s`,
   );
   await Promise.all([...senders, ...inbox].map((s) => s.close()));
   return [result];
+}
+
+const MB = 1024 * 1024;
+
+function describe(b: BrokerSnapshot): string {
+  return `${b.offlineQueues} offline queues, ${b.offlineMessages} messages, queue processes ${(b.queueProcsBytes / MB).toFixed(1)} MB, total ${(b.totalBytes / MB).toFixed(1)} MB`;
+}
+
+/** Broker readings of one run: before, at the peak, after; `until`/`settled` poll (a reading takes a second or two). */
+function brokerReadings(prefix: string) {
+  const readings: {
+    before?: BrokerSnapshot;
+    peak?: BrokerSnapshot;
+    after?: BrokerSnapshot;
+    read: () => Promise<BrokerSnapshot>;
+    until: (done: (b: BrokerSnapshot) => boolean, timeoutS: number) => Promise<BrokerSnapshot>;
+    settled: (timeoutS: number) => Promise<BrokerSnapshot>;
+    figures: () => Record<string, number>;
+  } = {
+    read: () => brokerSnapshot(prefix),
+    async until(done, timeoutS) {
+      const deadline = performance.now() + timeoutS * 1000;
+      let b = await readings.read();
+      while (!done(b) && performance.now() < deadline) {
+        await Bun.sleep(500);
+        b = await readings.read();
+      }
+      return b;
+    },
+    /** Reads until the queue count is 0 or has not fallen across three readings. */
+    async settled(timeoutS) {
+      const deadline = performance.now() + timeoutS * 1000;
+      let b = await readings.read();
+      let unchanged = 0;
+      while (b.offlineQueues > 0 && unchanged < 3 && performance.now() < deadline) {
+        await Bun.sleep(500);
+        const next = await readings.read();
+        unchanged = next.offlineQueues < b.offlineQueues ? 0 : unchanged + 1;
+        b = next;
+      }
+      return b;
+    },
+    figures() {
+      const out: Record<string, number> = {};
+      for (const [when, b] of [
+        ["Before", readings.before],
+        ["Peak", readings.peak],
+        ["After", readings.after],
+      ] as const) {
+        if (!b) continue;
+        out[`queues${when}`] = b.offlineQueues;
+        out[`queuedMessages${when}`] = b.offlineMessages;
+        out[`brokerQueueProcsMB${when}`] = Math.round((b.queueProcsBytes / MB) * 10) / 10;
+        out[`brokerTotalMB${when}`] = Math.round((b.totalBytes / MB) * 10) / 10;
+      }
+      return out;
+    },
+  };
+  return readings;
 }
