@@ -4,10 +4,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { IdentityKeyPair } from "@signalapp/libsignal-client";
 import type { Subprocess } from "bun";
-import { inArray } from "drizzle-orm";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { ClearBoxClient } from "../../src/client/index.ts";
-import { accounts, groupMembers, groups } from "../../src/db/schema.ts";
 import { ensureBuilt } from "../../src/webclient/build.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
 
@@ -191,23 +189,13 @@ describe.skipIf(!existsSync(CHROMIUM) && !process.env.CI)("browser sample client
     await signUp(a, alice.web.url, alice.name);
     await signUp(b, await bob.web.start(), bob.name);
     // Presence is shared by people who share a group both accepted (docs/PROTOCOL.md, "Presence"):
-    // this page has no invitations yet, so the two are put in one group on the server beforehand.
-    const pair = await node.database.db
-      .select({ id: accounts.id })
-      .from(accounts)
-      .where(inArray(accounts.username, [alice.name, bob.name]));
-    expect(pair).toHaveLength(2);
-    const [group] = await node.database.db
-      .insert(groups)
-      .values({ name: "pair" })
-      .returning({ id: groups.id });
-    await node.database.db.insert(groupMembers).values(
-      pair.map((u, i) => ({
-        groupId: group.id,
-        userId: u.id,
-        role: i === 0 ? ("admin" as const) : ("member" as const),
-      })),
-    );
+    // Alice makes a group with Bob in the page, and Bob accepts the invitation in his.
+    await a.getByLabel("group name").fill("pair");
+    await a.getByLabel("group members").fill(bob.name);
+    await a.getByRole("button", { name: "Create group" }).click();
+    await a.getByTestId("conversation-title").filter({ hasText: "#pair" }).waitFor();
+    await b.getByTestId("invitation-pair").getByRole("button", { name: "Accept" }).click();
+    await b.getByTestId("conversation-title").filter({ hasText: "#pair" }).waitFor();
 
     // Alice adds Bob by username and writes; Bob sees an unread count, then the message.
     await a.getByLabel("add contact").fill(bob.name);
