@@ -1,11 +1,12 @@
 /**
  * `npm run loadtest -- <scenario> [options]`: the load-test harness. Prints a table of the run on
  * stdout (and with `--json` one JSON object as the last line); exits 1 when a message was lost or
- * duplicated, 2 on bad options.
+ * duplicated (chaos: also unanswered, out of order, or a node exited), 2 on bad options.
  */
 import { parseOptions, USAGE } from "./options.ts";
 import { jsonSummary, textReport } from "./report.ts";
 import { runLoadtest } from "./run.ts";
+import { chaosClean, chaosReport, runChaos } from "./scenarios/chaos.ts";
 
 async function main(): Promise<number> {
   let options: ReturnType<typeof parseOptions>;
@@ -15,6 +16,12 @@ async function main(): Promise<number> {
     const message = error instanceof Error ? error.message : String(error);
     console.error(`loadtest: ${message}\n\n${USAGE}`);
     return 2;
+  }
+  if (options.scenario === "chaos") {
+    const chaos = await runChaos(options);
+    console.log(chaosReport(chaos));
+    if (options.json) console.log(JSON.stringify(chaos));
+    return chaosClean(chaos) ? 0 : 1;
   }
   const run = await runLoadtest(options);
   const summary = jsonSummary(run);

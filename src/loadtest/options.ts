@@ -8,8 +8,13 @@ export const SCENARIOS = [
   "connections",
   "cluster",
   "abuse",
+  "chaos",
 ] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
+
+/** The backing services the chaos scenario can kill (`all`: one after the other). */
+export const CHAOS_SERVICES = ["rabbitmq", "redis", "postgres", "all"] as const;
+export type ChaosService = (typeof CHAOS_SERVICES)[number];
 
 /** Which stores a spawned node uses: the embedded default, or PostgreSQL + Redis + RabbitMQ. */
 export type Stack = "embedded" | "services";
@@ -53,6 +58,10 @@ export interface LoadtestOptions {
   ackDelayMs: number;
   /** HTTP loops of the abuse scenario's attacker, each with one hostile request in flight. */
   abusers: number;
+  /** Chaos: the service to kill -9 (`all`: RabbitMQ, then Redis, then PostgreSQL). */
+  service: ChaosService;
+  /** Chaos: seconds a killed service stays down before it is started again. */
+  downS: number;
   /** Directory for CPU profiles of spawned nodes (`bun --cpu-prof`), written when they stop. */
   profileDir?: string;
   progress: boolean;
@@ -79,6 +88,16 @@ const DEFAULTS: Record<ScenarioName, Partial<LoadtestOptions>> = {
     stack: "services",
   },
   abuse: { users: 20, messages: 2_000_000, durationS: 10, window: 16, rate: 200, baseline: false },
+  chaos: {
+    users: 30,
+    messages: 2_000_000,
+    durationS: 10,
+    rate: 100,
+    nodes: 3,
+    stack: "services",
+    baseline: false,
+    drainTimeoutS: 90,
+  },
 };
 
 export const USAGE = `usage: npm run loadtest -- <scenario> [options]
@@ -96,6 +115,10 @@ scenarios: ${SCENARIOS.join(", ")}
   --group-sizes 100,1000,10000      fan-out group sizes  --group-messages <n>
   --connections <n>                 idle connections for the connection storm
   --abusers <n>                     abuse: HTTP loops sending hostile requests (default 4)
+  --service rabbitmq|redis|postgres|all  chaos: the service to kill -9 (default all, one after another)
+  --down <s>                        chaos: seconds the killed service stays down (default 5); the
+                                    chaos run sends at --rate for --duration s before the kill and
+                                    again after the restart, on private service instances
   --e2ee                            real Signal sessions (1:1 and smoke) instead of plain payloads
   --baseline / --no-baseline        also measure the raw Bun relay in the same run
   --concurrency <n>                 account creations in flight
@@ -138,6 +161,8 @@ export function parseOptions(argv: string[]): LoadtestOptions {
       "group-messages": { type: "string" },
       connections: { type: "string" },
       abusers: { type: "string" },
+      service: { type: "string" },
+      down: { type: "string" },
       e2ee: { type: "boolean" },
       json: { type: "boolean" },
       baseline: { type: "boolean" },
@@ -162,6 +187,15 @@ export function parseOptions(argv: string[]): LoadtestOptions {
   if (values.rate === "half") rate = "half";
   else if (values.rate === "max") rate = undefined;
   else if (values.rate !== undefined) rate = int("rate", values.rate, 0, 1);
+  const service = (values.service ?? "all") as ChaosService;
+  if (!CHAOS_SERVICES.includes(service)) {
+    throw new OptionsError(`--service expects ${CHAOS_SERVICES.join(", ")}, got ${values.service}`);
+  }
+  if (scenario === "chaos" && (values.url || stack !== "services" || rate === undefined || rate === "half")) {
+    throw new OptionsError(
+      "chaos spawns its own nodes on the services stack at a fixed --rate: no --url, --stack embedded, or --rate half/max",
+    );
+  }
   const urls = values.spawn ? [] : (values.url ?? "").split(",").filter(Boolean);
   for (const url of urls) {
     if (!/^https?:\/\//.test(url)) throw new OptionsError(`--url expects http(s)://host:port, got ${url}`);
@@ -190,11 +224,13 @@ export function parseOptions(argv: string[]): LoadtestOptions {
     groupMessages: int("group-messages", values["group-messages"], d.groupMessages ?? 20, 1),
     connections: int("connections", values.connections, d.connections ?? 1000, 1),
     abusers: int("abusers", values.abusers, 4, 0),
+    service,
+    downS: int("down", values.down, 5, 0),
     e2ee: values.e2ee ?? false,
     json: values.json ?? false,
     baseline: values.baseline ?? d.baseline ?? false,
     concurrency: int("concurrency", values.concurrency, 8, 1),
-    drainTimeoutS: int("drain-timeout", values["drain-timeout"], 15, 1),
+    drainTimeoutS: int("drain-timeout", values["drain-timeout"], d.drainTimeoutS ?? 15, 1),
     settleS: int("settle", values.settle, d.settleS ?? 10, 0),
     ackDelayMs: int("ack-delay", values["ack-delay"], 5, 0),
     profileDir: values.profile,

@@ -14,7 +14,10 @@ import { clearboxTarget, relayTarget } from "./targets.ts";
 
 type Scenario = (ctx: ScenarioContext) => Promise<PhaseResult[]>;
 
-const SCENARIOS: Record<ScenarioName, Scenario> = {
+/** The scenarios `runLoadtest` runs (chaos has its own runner, scenarios/chaos.ts). */
+type PhasedScenario = Exclude<ScenarioName, "chaos">;
+
+const SCENARIOS: Record<PhasedScenario, Scenario> = {
   smoke: oneToOne,
   "one-to-one": oneToOne,
   offline,
@@ -25,7 +28,7 @@ const SCENARIOS: Record<ScenarioName, Scenario> = {
 };
 
 /** The relay has no offline queue, so the offline backlog has no ceiling to compare with. */
-const HAS_BASELINE: Record<ScenarioName, boolean> = {
+const HAS_BASELINE: Record<PhasedScenario, boolean> = {
   smoke: true,
   "one-to-one": true,
   offline: false,
@@ -61,6 +64,7 @@ export interface RunResult {
 
 /** Runs one scenario: the relay baseline first (when asked), then ClearBox; stops what it started. */
 export async function runLoadtest(options: LoadtestOptions): Promise<RunResult> {
+  if (options.scenario === "chaos") throw new Error("the chaos scenario runs through runChaos");
   const started = performance.now();
   const startedAt = new Date().toISOString();
   const loadBefore = loadavg();

@@ -17,6 +17,8 @@ export interface SpawnedServer {
   adminToken?: string;
   /** Log lines at warn level or above (pino levels ≥ 40), for the report. */
   problems: string[];
+  /** Resolves with the exit code (or signal name) when the process ends, for whatever reason. */
+  exited: Promise<number | string>;
   stop(): Promise<void>;
 }
 
@@ -80,6 +82,7 @@ async function spawnProcess(
     line,
     pid: child.pid,
     problems,
+    exited: child.exited.then((code) => child.signalCode ?? code),
     async stop() {
       child.kill("SIGTERM");
       // A profiled node writes its profile on exit: give it time to finish a graceful stop.
@@ -98,7 +101,7 @@ async function spawnProcess(
 /** Starts the raw relay baseline. */
 export async function spawnRelay(): Promise<SpawnedServer> {
   const p = await spawnProcess("src/loadtest/relay.ts", { PORT: "0" }, "relay started");
-  return { pid: p.pid, url: String(p.line.url), problems: p.problems, stop: p.stop };
+  return { pid: p.pid, url: String(p.line.url), problems: p.problems, exited: p.exited, stop: p.stop };
 }
 
 const POSTGRES_URL = process.env.LOADTEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
@@ -231,6 +234,7 @@ export async function spawnNode(
     adminUrl: typeof p.line.adminUrl === "string" ? p.line.adminUrl : undefined,
     adminToken,
     problems: p.problems,
+    exited: p.exited,
     stop: p.stop,
   };
 }

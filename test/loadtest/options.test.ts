@@ -15,6 +15,8 @@ const COMMON = {
   profileDir: undefined,
   progress: true,
   abusers: 4,
+  service: "all" as const,
+  downS: 5,
 };
 
 describe("load-test option parsing: defaults", () => {
@@ -211,5 +213,33 @@ describe("load-test option parsing: bad values are refused with a message naming
     expect(() => parseOptions(["smoke", "--userz", "4"])).toThrow("--userz");
     expect(() => parseOptions(["smoke", "--users"])).toThrow("--users");
     expect(() => parseOptions(["smoke", "--duration", "-5"])).toThrow("--duration");
+  });
+});
+
+describe("load-test option parsing: chaos", () => {
+  test("defaults: three nodes on the services stack, every service, 5 s down, 100 msgs/s", () => {
+    expect(parseOptions(["chaos"])).toMatchObject({
+      scenario: "chaos",
+      stack: "services",
+      nodes: 3,
+      service: "all",
+      downS: 5,
+      rate: 100,
+      users: 30,
+    });
+  });
+
+  test("--service and --down", () => {
+    expect(parseOptions(["chaos", "--service", "redis", "--down", "8"])).toMatchObject({
+      service: "redis",
+      downS: 8,
+    });
+  });
+
+  test("an unknown service, an embedded stack or no fixed rate are refused", () => {
+    expect(() => parseOptions(["chaos", "--service", "mongodb"])).toThrow(OptionsError);
+    expect(() => parseOptions(["chaos", "--stack", "embedded"])).toThrow(OptionsError);
+    expect(() => parseOptions(["chaos", "--rate", "max"])).toThrow(OptionsError);
+    expect(() => parseOptions(["chaos", "--url", "http://127.0.0.1:1"])).toThrow(OptionsError);
   });
 });
