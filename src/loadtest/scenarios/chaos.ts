@@ -20,10 +20,16 @@ export interface FaultResult {
   downS: number;
   /** kill -9 → the restarted service answers again (includes its boot: RabbitMQ takes long). */
   outageMs: number;
-  /** kill → the first delivery of a message first sent after the kill. */
+  /**
+   * kill → deliveries resumed: the end of the longest stretch without any delivery between the
+   * kill and the end of sending (a few in-flight messages may still arrive just after the kill, so
+   * the first delivery after it says little). `null`: nothing was delivered after the kill.
+   */
   recoveryFromKillMs: number | null;
-  /** Service back → the first delivery of a message first sent after it was back. */
+  /** Service back → deliveries resumed (as above); negative when they resumed before it was back. */
   recoveryFromBackMs: number | null;
+  /** kill → the first delivery of a message first sent after the kill (any path). */
+  firstNewDeliveryMs: number | null;
   /** The longest time without any delivery at all, from the kill until sending stopped. */
   longestDeliveryGapMs: number;
   /** Stop sending → every send answered and every accepted message delivered (or the drain timeout). */
@@ -72,6 +78,8 @@ export interface ChaosResult {
    * its first 50 lines, so counts are a floor); lines that are not JSON count under `unparsed`.
    */
   serverProblems: Record<string, number>;
+  /** The first few node output lines that were not JSON log lines (stack traces, runtime warnings). */
+  unparsedSamples: string[];
   machine: { cpus: number; loadavg: number[]; bun: string };
   startedAt: string;
   runS: number;
@@ -324,6 +332,11 @@ export async function runChaos(options: LoadtestOptions): Promise<ChaosResult> {
       durationS: options.durationS,
       faults,
       serverProblems: countProblems(nodes.flatMap((n) => n.problems)),
+      unparsedSamples: nodes
+        .flatMap((n) => n.problems)
+        .filter((line) => !line.startsWith("{"))
+        .slice(0, 5)
+        .map((line) => line.slice(0, 200)),
       machine: { cpus: cpus().length, loadavg: load, bun: Bun.version },
       startedAt,
       runS: Math.round(performance.now() - t0) / 1000,
@@ -382,8 +395,7 @@ function summarise(input: {
   const rejected: Record<string, number> = {};
   let accepted = 0;
   let lost = 0;
-  let recoveryFromKill = Number.POSITIVE_INFINITY;
-  let recoveryFromBack = Number.POSITIVE_INFINITY;
+  let firstNew = Number.POSITIVE_INFINITY;
   const deliveries: number[] = [];
   const latency = new LatencyHistogram();
   for (const m of messages) {
@@ -395,13 +407,22 @@ function summarise(input: {
     if (m.deliveredAt === undefined) continue;
     deliveries.push(m.deliveredAt);
     latency.record(m.deliveredAt - m.at);
-    if (m.at >= killAt) recoveryFromKill = Math.min(recoveryFromKill, m.deliveredAt - killAt);
-    if (m.at >= backAt) recoveryFromBack = Math.min(recoveryFromBack, m.deliveredAt - backAt);
+    if (m.at >= killAt) firstNew = Math.min(firstNew, m.deliveredAt - killAt);
   }
   // The longest stretch without a delivery while messages were being sent after the kill.
-  const marks = [killAt, ...deliveries.filter((t) => t > killAt && t < stopAt).sort((a, b) => a - b), stopAt];
+  const after = deliveries.filter((t) => t > killAt).sort((a, b) => a - b);
+  const marks = [killAt, ...after.filter((t) => t < stopAt), stopAt];
   let gap = 0;
-  for (let i = 1; i < marks.length; i++) gap = Math.max(gap, (marks[i] as number) - (marks[i - 1] as number));
+  let resumedAt = Number.NaN;
+  for (let i = 1; i < marks.length; i++) {
+    const length = (marks[i] as number) - (marks[i - 1] as number);
+    if (length > gap) {
+      gap = length;
+      resumedAt = marks[i] as number;
+    }
+  }
+  // The longest gap ran to the end of sending: deliveries resumed with the first one after it, if any.
+  if (resumedAt === stopAt) resumedAt = after.find((t) => t >= stopAt) ?? Number.NaN;
   // Out of order: an arrival whose acceptance came before one that arrived earlier on its stream.
   let outOfOrder = 0;
   let outOfOrderStreams = 0;
@@ -425,8 +446,9 @@ function summarise(input: {
     service: input.service,
     downS: input.downS,
     outageMs: Math.round(backAt - killAt),
-    recoveryFromKillMs: ms(recoveryFromKill),
-    recoveryFromBackMs: ms(recoveryFromBack),
+    recoveryFromKillMs: ms(resumedAt - killAt),
+    recoveryFromBackMs: ms(resumedAt - backAt),
+    firstNewDeliveryMs: ms(firstNew),
     longestDeliveryGapMs: Math.round(gap),
     drainMs: Math.round(input.drainMs),
     sent: messages.length,
@@ -453,8 +475,9 @@ export function chaosReport(run: ChaosResult): string {
   const rows: [string, (f: FaultResult) => string | number][] = [
     ["down (s, --down)", (f) => f.downS],
     ["kill → service answers again (ms)", (f) => f.outageMs],
-    ["kill → delivery again (ms)", (f) => f.recoveryFromKillMs ?? "never"],
-    ["service back → delivery again (ms)", (f) => f.recoveryFromBackMs ?? "never"],
+    ["kill → deliveries resumed (ms)", (f) => f.recoveryFromKillMs ?? "never"],
+    ["service back → deliveries resumed (ms)", (f) => f.recoveryFromBackMs ?? "never"],
+    ["kill → first delivery of a later send (ms)", (f) => f.firstNewDeliveryMs ?? "never"],
     ["longest gap without deliveries (ms)", (f) => f.longestDeliveryGapMs],
     ["drain after sending stopped (ms)", (f) => f.drainMs],
     ["sent", (f) => f.sent],
@@ -490,6 +513,7 @@ export function chaosReport(run: ChaosResult): string {
           "",
           "node log lines at warn or above (first 50 per node), by message:",
           ...Object.entries(run.serverProblems).map(([msg, n]) => `  ${n} × ${msg}`),
+          ...run.unparsedSamples.map((line) => `  unparsed: ${line}`),
         ]
       : []),
   ].join("\n");

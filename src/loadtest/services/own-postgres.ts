@@ -35,9 +35,9 @@ function asServerUser(cmd: string[]): string[] {
 }
 
 /**
- * A PostgreSQL cluster of the test's own: `initdb` into a temporary directory, then `postgres` on a
+ * A private PostgreSQL cluster (fault tests, the chaos load test): `initdb` into a temporary directory, then `postgres` on a
  * free port of 127.0.0.1 (trust authentication, fsync off: a fault test, not a durability test).
- * The test kills the postmaster with SIGKILL and starts it again on the same data directory (crash
+ * The caller kills the postmaster with SIGKILL and starts it again on the same data directory (crash
  * recovery runs, as after a real crash); the machine's shared server is never touched.
  */
 export class OwnPostgres {

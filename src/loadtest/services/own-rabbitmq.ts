@@ -10,7 +10,7 @@ import { freePort } from "./free-port.ts";
 const SERVER = process.env.TEST_RABBITMQ_SERVER ?? "/usr/lib/rabbitmq/bin/rabbitmq-server";
 
 /**
- * A private RabbitMQ node for fault injection: its own node name (`cbtest-<random>@localhost`),
+ * A private RabbitMQ node for fault injection (fault tests, the chaos load test): its own node name (`cbtest-<random>@localhost`),
  * AMQP and distribution ports, Mnesia and log directories and configuration (no management plugin,
  * no plugins at all), so killing it touches nothing else on the machine. Data survives `kill()` +
  * `start()` like a real crash and restart of the broker.

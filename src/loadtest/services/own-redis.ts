@@ -3,8 +3,8 @@ import Redis from "ioredis";
 import { freePort, waitFor } from "./free-port.ts";
 
 /**
- * A redis-server of the test's own on a free port, without persistence (`--save ""`,
- * `--appendonly no`), so a restart comes back empty as a crashed cache would. Fault tests kill it
+ * A private redis-server (fault tests, the chaos load test) on a free port, without persistence (`--save ""`,
+ * `--appendonly no`), so a restart comes back empty as a crashed cache would. Fault tests and the chaos scenario kill it
  * with SIGKILL and start it again on the same port; the machine's shared Redis is never touched.
  */
 export class OwnRedis {
