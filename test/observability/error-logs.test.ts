@@ -5,6 +5,7 @@ import { sql } from "drizzle-orm";
 import { ActorSystem, InMemoryMembership, InMemoryTransport } from "../../actors/index.ts";
 import { serializeError } from "../../src/observability/error-serializer.ts";
 import { createLogger, type LogFormat } from "../../src/observability/logger.ts";
+import { validUpload } from "../keys/fixtures.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
 import { TestSocket } from "../support/ws.ts";
@@ -96,6 +97,27 @@ describe.each(BACKENDS)("a failed store write on %s logs no value", (backend) =>
     expect(res.status).toBe(500);
     const text = linesSince(from, "unhandled");
     for (const secret of [name, member.userId, "insert into", "params"]) expect(text).not.toContain(secret);
+  });
+
+  test("a key upload: not the public keys nor the signature, in any encoding", async () => {
+    const owner = await registerAndLogin(api(node.url));
+    const { upload } = await validUpload(2);
+    // This owner's signed prekey is refused (after the identity key was written, in the same transaction).
+    await node.database.db.execute(
+      sql.raw(
+        `alter table signed_pre_keys add constraint t_no_blocked_key check (user_id <> '${owner.userId}')`,
+      ),
+    );
+    const from = node.logs.length;
+    const res = await api(node.url).put("/v1/keys", upload, owner.accessToken);
+    expect(res.status).toBe(500);
+    const text = linesSince(from, "unhandled");
+    const b64 = [upload.identityKey, upload.signedPreKey.publicKey, upload.signedPreKey.signature];
+    for (const value of b64) {
+      expect(text).not.toContain(value);
+      expect(text).not.toContain(Buffer.from(value, "base64").toString("hex"));
+    }
+    for (const secret of ["insert into", "params"]) expect(text).not.toContain(secret);
   });
 
   if (backend === "postgres") {
