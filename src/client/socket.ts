@@ -1,6 +1,7 @@
 import type {
   AcceptedFrame,
   ClientFrame,
+  ErrorFrame,
   GroupSend,
   OutgoingMessage,
   RejectedFrame,
@@ -23,6 +24,12 @@ export type {
 
 /** Times a send answered `busy` is tried again before the SDK hands the `busy` to the caller. */
 const BUSY_RETRIES = 40;
+/**
+ * Times a send answered `error internal` (the server could not store it, e.g. its database was
+ * restarting) is tried again, 250 ms doubling up to 2 s apart (about 20 s in all), before the
+ * send rejects.
+ */
+const ERROR_RETRIES = 12;
 
 type Handlers = { [K in ServerFrame["type"]]: ((frame: Extract<ServerFrame, { type: K }>) => void)[] } & {
   close: ((code: number, reason: string) => void)[];
@@ -44,7 +51,11 @@ export class ClearBoxSocket {
     "auth.ok": [],
     close: [],
   };
-  private readonly pending = new Map<string, (answer: AcceptedFrame | RejectedFrame) => void>();
+  /** Sends waiting for their answer, by id; a close rejects them all. */
+  private readonly pending = new Map<
+    string,
+    { resolve: (answer: AcceptedFrame | RejectedFrame | ErrorFrame) => void; reject: (error: Error) => void }
+  >();
 
   private readonly reauth: SocketReauthentication | undefined;
 
@@ -56,6 +67,10 @@ export class ClearBoxSocket {
     socket.addEventListener("message", (event) => this.dispatch(String(event.data)));
     socket.addEventListener("close", (event) => {
       this.reauth?.stop();
+      // No answer comes on a closed socket: the caller sends again on its next connection.
+      for (const { reject } of this.pending.values())
+        reject(new Error(`socket closed (${event.code}) before the answer`));
+      this.pending.clear();
       for (const handler of this.handlers.close) handler(event.code, event.reason);
     });
   }
@@ -133,14 +148,25 @@ export class ClearBoxSocket {
   /**
    * Sends and resolves with the answer. A `rejected busy` (the server stored nothing) is sent again
    * with the same id after its `retryAfterMs`, up to BUSY_RETRIES times; then the `busy` is returned.
+   * An `error internal` naming the send (it was not accepted: a store failed or did not answer in
+   * time) is sent again with the same id, up to ERROR_RETRIES times with a growing pause; then the
+   * returned promise rejects with the server's message. Re-sending an id never stores it twice.
+   * The promise also rejects when the socket closes before the answer.
    */
   private async answered(id: string, frame: ClientFrame): Promise<AcceptedFrame | RejectedFrame> {
-    for (let attempt = 1; ; attempt++) {
-      const answer = await new Promise<AcceptedFrame | RejectedFrame>((resolve) => {
-        this.pending.set(id, resolve);
+    let busy = 0;
+    let failed = 0;
+    for (;;) {
+      const answer = await new Promise<AcceptedFrame | RejectedFrame | ErrorFrame>((resolve, reject) => {
+        this.pending.set(id, { resolve, reject });
         this.send(frame);
       });
-      if (answer.type !== "rejected" || answer.code !== "busy" || attempt >= BUSY_RETRIES) return answer;
+      if (answer.type === "error") {
+        if (++failed > ERROR_RETRIES) throw new Error(answer.message);
+        await new Promise((wake) => setTimeout(wake, Math.min(250 * 2 ** (failed - 1), 2000)));
+        continue;
+      }
+      if (answer.type !== "rejected" || answer.code !== "busy" || ++busy >= BUSY_RETRIES) return answer;
       await new Promise((wake) => setTimeout(wake, answer.retryAfterMs ?? 25));
     }
   }
@@ -152,9 +178,10 @@ export class ClearBoxSocket {
     } catch {
       return;
     }
-    if (frame.type === "accepted" || frame.type === "rejected") {
-      this.pending.get(frame.id)?.(frame);
-      this.pending.delete(frame.id);
+    if (frame.type === "accepted" || frame.type === "rejected" || (frame.type === "error" && frame.id)) {
+      const id = frame.id as string;
+      this.pending.get(id)?.resolve(frame);
+      this.pending.delete(id);
     }
     const list = this.handlers[frame.type] as ((f: ServerFrame) => void)[] | undefined;
     for (const handler of list ?? []) handler(frame);

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
+import { ClearBoxSocket } from "../../src/client/socket.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import type { TestNode } from "../support/node.ts";
 import { OwnPostgres } from "../support/own-postgres.ts";
@@ -33,7 +34,25 @@ test("PostgreSQL killed and restarted: every send answered, every accepted messa
   expect(traffic.accepted).toBeGreaterThanOrEqual(100);
 
   const someone = await registerAndLogin(api(nodes[0].url));
+  // An SDK client sending while the database is down: its send is answered `error internal` with
+  // its id, and the SDK sends it again until it is accepted.
+  const sdkSender = await registerAndLogin(api(nodes[0].url));
+  const sdkRecipient = await registerAndLogin(api(nodes[0].url));
+  const sdk = await ClearBoxSocket.connect(nodes[2].url, sdkSender.accessToken);
+  const sdkInbox = await TestSocket.open(nodes[1].url, sdkRecipient.accessToken);
+  // Online (a send is answered only after the socket's bring-online, which reads the database).
+  const warmUp = crypto.randomUUID();
+  const body = (text: string) => Buffer.from(text).toString("base64");
+  expect(
+    (await sdk.sendToUser(warmUp, sdkRecipient.userId, [{ deviceId: 1, type: 3, body: body("hi") }])).type,
+  ).toBe("accepted");
+  expect((await sdkInbox.messages(1))[0].id).toBe(warmUp);
+  sdkInbox.send({ type: "ack", ids: [warmUp] });
   await pg.kill();
+  const sdkId = crypto.randomUUID();
+  const sdkSend = sdk.sendToUser(sdkId, sdkRecipient.userId, [
+    { deviceId: 1, type: 3, body: body("sent while the database was down") },
+  ]);
   const downAt = Date.now();
   // An upgrade while the database is down completes or fails; it does not hang.
   const upgrade = await Promise.race([
@@ -57,6 +76,11 @@ test("PostgreSQL killed and restarted: every send answered, every accepted messa
   console.log(`accepted again ${recoveredMs} ms after PostgreSQL was back`);
   expect(traffic.accepted).toBeGreaterThanOrEqual(before + 100);
   await traffic.stop();
+  expect((await sdkSend).type).toBe("accepted");
+  expect((await sdkInbox.messages(1, 15_000))[0].id).toBe(sdkId);
+  sdkInbox.send({ type: "ack", ids: [sdkId] });
+  sdk.close();
+  await sdkInbox.close();
 
   const report = await traffic.settle();
   if (report.missing > 0 || report.outOfOrder.length > 0 || report.unanswered > 0)
