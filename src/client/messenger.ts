@@ -1,4 +1,5 @@
 import { EventEmitter } from "node:events";
+import { CiphertextMessageType } from "@signalapp/libsignal-client";
 import ReconnectingWebSocket from "partysocket/ws";
 import type { AcceptedFrame, ClientFrame, RejectedFrame, ServerFrame } from "../protocol/index.ts";
 import { CloseCode } from "../protocol/index.ts";
@@ -55,17 +56,25 @@ const FINAL_CLOSE_CODES = new Set<number>([
 type Payload =
   | { v: 1; t: "text"; text: string }
   /** This device's sender key for a group, sent 1:1 to each member before its first group message. */
-  | { v: 1; t: "sk"; group: string; dist: string };
+  | { v: 1; t: "sk"; group: string; dist: string }
+  /**
+   * "I cannot read your group messages": sent 1:1 by a member device without the sender's key (a
+   * device added later, or state lost); a member's sender answers with "sk".
+   */
+  | { v: 1; t: "sk-req"; group: string };
 
 const encodePayload = (payload: Payload) => JSON.stringify(payload);
 
 function decodePayload(bytes: Uint8Array): Payload {
   const value = JSON.parse(new TextDecoder().decode(bytes)) as Payload;
-  if (value?.v !== 1 || (value.t !== "text" && value.t !== "sk")) throw new Error("unknown payload");
+  if (value?.v !== 1 || (value.t !== "text" && value.t !== "sk" && value.t !== "sk-req")) {
+    throw new Error("unknown payload");
+  }
   if (value.t === "text" && typeof value.text !== "string") throw new Error("text payload without text");
   if (value.t === "sk" && (typeof value.group !== "string" || typeof value.dist !== "string")) {
     throw new Error("sender-key payload without group or key");
   }
+  if (value.t === "sk-req" && typeof value.group !== "string") throw new Error("key request without group");
   return value;
 }
 
@@ -91,6 +100,9 @@ export class StoreInUseError extends Error {
     );
   }
 }
+
+/** A device asks one sender for one group's key at most this often. */
+const KEY_REQUEST_INTERVAL_MS = 60_000;
 
 /** How long an answer to a `send` may take before the send is tried again on a new socket. */
 const ANSWER_TIMEOUT_MS = 30_000;
@@ -606,6 +618,8 @@ export class Messenger extends EventEmitter<MessengerEvents> {
         const payload = decodePayload(plaintext);
         if (payload.t === "sk") {
           await this.client.processGroupDistribution(frame.from, Buffer.from(payload.dist, "base64"));
+        } else if (payload.t === "sk-req") {
+          void this.answerKeyRequest(frame.from.user, payload.group).catch(() => undefined);
         } else {
           let username = frame.from.user;
           try {
@@ -631,10 +645,48 @@ export class Messenger extends EventEmitter<MessengerEvents> {
         }
       } catch (error) {
         this.emit("undecryptable", { id: frame.id, from: frame.from, reason: (error as Error).message });
+        // A group message without the sender's key: ask the sender for it, so what follows is readable.
+        if (frame.group && frame.envelope.type === CiphertextMessageType.SenderKey)
+          this.requestKey(frame.from.user, frame.group);
       }
       db.query("insert or ignore into received (id, at) values (?, ?)").run(frame.id, Date.now());
     }
     this.send({ type: "ack", ids: [frame.id] });
+  }
+
+  /** When each (sender, group) key was last asked for: at most once a minute each. */
+  private readonly keyRequests = new Map<string, number>();
+
+  private requestKey(sender: string, groupId: string): void {
+    const key = `${sender}:${groupId}`;
+    const last = this.keyRequests.get(key) ?? 0;
+    if (Date.now() - last < KEY_REQUEST_INTERVAL_MS) return;
+    this.keyRequests.set(key, Date.now());
+    void this.sendDirect(
+      crypto.randomUUID(),
+      sender,
+      encodePayload({ v: 1, t: "sk-req", group: groupId }),
+    ).catch(() => this.keyRequests.delete(key));
+  }
+
+  /** Sends this device's current sender key of `groupId` to `requester`, if both are its members. */
+  private async answerKeyRequest(requester: string, groupId: string): Promise<void> {
+    const row = this.client.store.db
+      .query<{ distribution_id: string }, [string]>(
+        "select distribution_id from group_keys where group_id = ?",
+      )
+      .get(groupId);
+    if (!row) return; // We never sent to that group: there is no key to give.
+    const { members } = await this.client.http.group(groupId); // 404 unless we are a member
+    if (!members.includes(requester)) return;
+    const distribution = Buffer.from(await this.client.groupDistribution(row.distribution_id)).toString(
+      "base64",
+    );
+    await this.sendDirect(
+      crypto.randomUUID(),
+      requester,
+      encodePayload({ v: 1, t: "sk", group: groupId, dist: distribution }),
+    );
   }
 
   private identityChanged(userId: string, deviceId: number): void {

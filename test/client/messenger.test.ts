@@ -281,6 +281,34 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     b.client.close();
   });
 
+  test("a member device without the sender's key asks the sender for it and reads what follows", async () => {
+    const a = await chatter(node.url, "alice");
+    const b = await chatter(node.url, "bob");
+    const unreadable: string[] = [];
+    b.messenger.on("undecryptable", (u) => unreadable.push(u.id));
+    for (const x of [a, b]) x.messenger.start();
+    await until(() => a.messenger.isOnline && b.messenger.isOnline, "both online");
+    const groupId = await a.messenger.createGroup("pair", [b.username]);
+    await b.client.http.acceptInvitation(groupId);
+    await a.messenger.sendGroupText(groupId, "first");
+    await until(() => b.received.length === 1, "the first group message");
+
+    // Bob's device loses the sender keys it held (as a device added later has none).
+    b.client.store.db.exec("delete from sender_keys");
+    await a.messenger.sendGroupText(groupId, "unreadable");
+    await until(() => unreadable.length === 1, "the message Bob cannot read");
+    const keys = () =>
+      b.client.store.db.query<{ n: number }, []>("select count(*) as n from sender_keys").get()?.n ?? 0;
+    await until(() => keys() > 0, "Alice's answer with her sender key");
+    await a.messenger.sendGroupText(groupId, "after the request");
+    await until(() => b.received.length === 2, "the message after the key came");
+    expect(b.received.map((m) => m.text)).toEqual(["first", "after the request"]);
+    for (const x of [a, b]) {
+      x.messenger.stop();
+      x.client.close();
+    }
+  });
+
   test("a group of three exchanges messages; a member who left cannot read what follows", async () => {
     const a = await chatter(node.url, "alice");
     const b = await chatter(node.url, "bob");
