@@ -168,6 +168,26 @@ describe("retention schedule", () => {
     const line = JSON.parse(node.logs.find((l) => l.includes('"msg":"retention run"')) as string);
     expect(line.retention).toMatchObject({ envelopes: 0, refreshTokens: 0, auditEntries: 0 });
   });
+
+  test("sweeps idle offline queues in its first pass only, and reports what the sweep saw", async () => {
+    let sweeps = 0;
+    const job = new RetentionJob({
+      db: node.database.db,
+      log: node.log,
+      audit: new PostgresAuditTrail(node.database.db),
+      retentionDays: 30,
+      auditRetentionDays: 365,
+      intervalMs: 3_600_000,
+      logger: node.logger,
+      sweepIdleQueues: async () => {
+        sweeps++;
+        return { devices: 7, idle: 2 };
+      },
+    });
+    expect((await job.runOnce()).idleQueues).toEqual({ devices: 7, idle: 2 });
+    expect((await job.runOnce()).idleQueues).toBeNull();
+    expect(sweeps).toBe(1);
+  });
 });
 
 describe("retention configuration", () => {
