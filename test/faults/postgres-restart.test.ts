@@ -94,6 +94,7 @@ test("PostgreSQL killed and restarted: every send answered, every accepted messa
   expect(report.outOfOrder).toEqual([]);
   expect(report.closedSockets).toEqual([]);
   expect(await traffic.unackedInLog()).toBe(0);
+  expect(await traffic.leftInOfflineQueues()).toBe(0);
   expect(await allAlive(nodes)).toBe(true);
   // The failed queries' errors were logged: none of them may carry a ciphertext.
   const leaks = nodes.flatMap((node) => node.logs.filter((line) => line.includes(BODY_MARK_BASE64)));

@@ -71,6 +71,7 @@ test("Redis killed and restarted empty: the ring and the leases come back, every
   expect(report.outOfOrder).toEqual([]);
   expect(report.closedSockets).toEqual([]);
   expect(await traffic.unackedInLog()).toBe(0);
+  expect(await traffic.leftInOfflineQueues()).toBe(0);
   expect(await allAlive(nodes)).toBe(true);
   const someone = await registerAndLogin(api(nodes[0].url));
   await upgradesWork(nodes, someone.accessToken);

@@ -307,6 +307,13 @@ export class Traffic {
     }
   }
 
+  /** Messages left in the test users' offline queues (RabbitMQ): all were delivered live or drained. */
+  async leftInOfflineQueues(): Promise<number> {
+    let left = 0;
+    for (const client of this.clients) left += await this.nodes[0].offline.depth(client.userId, 1);
+    return left;
+  }
+
   /** Closes every socket. */
   close(): void {
     for (const client of this.clients) if (!client.closed) client.ws.close(1000, "done");
