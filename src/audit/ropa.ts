@@ -20,6 +20,7 @@ export type RopaConfig = Pick<
   | "oidc"
   | "registration"
   | "registrationsPerAddress"
+  | "erasureLedgerFile"
 >;
 
 /** One category of personal data: what it is, why, where it lives and how long. */
@@ -209,6 +210,21 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
       retention: {
         days: config.auditRetentionDays,
         rule: `entries older than ${config.auditRetentionDays} days are removed from the head of the hash chain; entries about an erased user become anonymous at once`,
+      },
+    },
+    {
+      category: "erasure ledger",
+      data: [
+        "SHA-256 of each erased account's id (a random UUID: not reversible, and linked to nobody once the account is gone)",
+        "time of the erasure request",
+      ],
+      purpose:
+        "keep erased accounts erased when a backup is restored: each node erases again, at start-up, every account the ledger lists",
+      legalBasis: "Art. 6(1)(c) with Art. 17 and Art. 5(2): erasure, and being able to show it lasts",
+      stores: [`file ${config.erasureLedgerFile} (kept outside the backups)`],
+      retention: {
+        days: null,
+        rule: `as long as a backup older than the erasure may be restored (backups kept at most ${config.retentionDays} days); the operator removes older lines, ClearBox does not prune the file`,
       },
     },
   ];

@@ -15,6 +15,7 @@ const CATEGORIES = [
   "presence",
   "abuse prevention",
   "audit",
+  "erasure ledger",
 ];
 
 describe.each(BACKENDS)("GET /admin/v1/ropa on %s", (backend) => {
@@ -46,6 +47,11 @@ describe.each(BACKENDS)("GET /admin/v1/ropa on %s", (backend) => {
     expect(byName.audit.retention.days).toBe(200);
     expect(byName.devices.retention.days).toBe(9);
     expect(byName.accounts.retention.days).toBeNull();
+    // The ledger names its file (outside the backups) and the backup horizon it must outlive.
+    expect(byName["erasure ledger"].stores).toEqual([
+      `file ${node.dataDir}/erasure-ledger (kept outside the backups)`,
+    ]);
+    expect(byName["erasure ledger"].retention.rule).toContain("at most 14 days");
     const database = backend === "postgres" ? "PostgreSQL" : "PGlite (embedded PostgreSQL)";
     expect(ropa.processors.map((p: { kind: string }) => p.kind)).toEqual([database]);
     expect(byName.accounts.stores).toEqual([database]);
