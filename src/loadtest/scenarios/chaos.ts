@@ -94,7 +94,7 @@ export interface ChaosResult {
 }
 
 /** One message as the run follows it. */
-interface Sent {
+export interface Sent {
   fault: number;
   stream: number;
   /** When it was due (performance.now()). */
@@ -106,7 +106,7 @@ interface Sent {
 }
 
 /** A sender → recipient pair: the recipient is the next user, connected to the next node. */
-interface Stream {
+export interface Stream {
   sender: number;
   recipient: number;
   accepted: number;
@@ -309,7 +309,7 @@ export async function runChaos(options: LoadtestOptions): Promise<ChaosResult> {
       const drainMs = performance.now() - stopAt;
       progress.stop();
       faults.push(
-        summarise({
+        summariseFault({
           service,
           downS: options.downS,
           messages: mine(),
@@ -389,7 +389,12 @@ function counters(c: ReconnectingClient) {
   };
 }
 
-function summarise(input: {
+/**
+ * The figures of one fault from what the run recorded: `messages` are the fault's sends (times are
+ * performance.now() ms), `streams` every stream with its recipient's arrivals in order, `sentIds`
+ * every send of the run by id, `clients`/`before` the client counters now and at the fault's start.
+ */
+export function summariseFault(input: {
   service: FaultService;
   downS: number;
   messages: Sent[];
