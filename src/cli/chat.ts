@@ -10,7 +10,8 @@ export const CHAT_HELP = `commands in chat (anything else is a message to the cu
   /invite <username>           invite a user to the current group (you must be its admin)
   /accept [<name>]             your invitations; with a group's name, join it
   /decline <name>              decline the invitation to that group
-  /who                         your contacts, with presence
+  /who                         your contacts, with presence (shown for people you share a group
+                               with; anyone else shows offline)
   /devices                     this account's devices
   /verify <username> [confirm] show the safety numbers with a user; with confirm, mark them verified
                                after comparing them with the other person (in person or by a call)

@@ -8,7 +8,7 @@ import { CHAT_HELP, chat } from "./chat.ts";
 
 const USAGE = `ClearBox CLI
 
-usage: npm run cli -- <command> [options]     (or: bun run src/cli/main.ts <command> [options])
+usage: npm run cli -- <command> [options]     (or: npx bun run src/cli/main.ts <command> [options])
 
 commands:
   register <username>        create an account, log this device in, upload keys

@@ -83,12 +83,20 @@ interface EdenReply<T> {
   response: Response;
 }
 
-/** The reply's data, or the server's refusal as a `ClearBoxApiError`. */
-async function unwrap<T>(call: Promise<EdenReply<T>>): Promise<NonNullable<T>> {
+/**
+ * The reply's data, or the server's refusal as a `ClearBoxApiError`. A request that never reached
+ * the server throws a `TypeError` naming `baseUrl` and the network's reason (e.g. "cannot reach the
+ * server at http://127.0.0.1:8080: ECONNREFUSED: Unable to connect…"), so the user sees which
+ * address was tried.
+ */
+async function unwrap<T>(call: Promise<EdenReply<T>>, baseUrl: string): Promise<NonNullable<T>> {
   const { data, error, response } = await call;
   // Eden answers a request that never reached the server (refused, reset) without a response.
-  if (error && !response)
-    throw new TypeError(`cannot reach the server: ${String(error.value ?? "network error")}`);
+  if (error && !response) {
+    const reason =
+      error.value instanceof Error ? error.value.message : String(error.value ?? "network error");
+    throw new TypeError(`cannot reach the server at ${baseUrl}: ${reason}`);
+  }
   if (error) {
     const body = (error.value as { error?: { code?: string; message?: string } } | null)?.error;
     const retryAfter = response.headers.get("retry-after");
@@ -126,7 +134,7 @@ export class ClearBoxHttp {
   }
 
   async register(username: string, password: string): Promise<{ userId: string }> {
-    return unwrap(this.api.v1.accounts.post({ username, password }));
+    return unwrap(this.api.v1.accounts.post({ username, password }), this.baseUrl);
   }
 
   /** Logs in; without `deviceId` a new device is created for `registrationId`. Stores the tokens. */
@@ -137,19 +145,19 @@ export class ClearBoxHttp {
     registrationId?: number;
     deviceName?: string;
   }): Promise<SessionTokens> {
-    const tokens = await unwrap(this.api.v1.sessions.post(input));
+    const tokens = await unwrap(this.api.v1.sessions.post(input), this.baseUrl);
     this.adopt(tokens);
     return tokens;
   }
 
   /** Starts a native sign-in at the identity provider (device authorization grant). */
   async oidcDeviceStart(): Promise<DeviceSignInPrompt> {
-    return unwrap(this.api.v1.oidc.device.post({}));
+    return unwrap(this.api.v1.oidc.device.post({}), this.baseUrl);
   }
 
   /** Polls a device sign-in once: pending (wait `interval` s) or done with a one-time sign-in code. */
   async oidcDevicePoll(deviceCode: string, interval: number) {
-    return unwrap(this.api.v1.oidc.device.poll.post({ deviceCode, interval }));
+    return unwrap(this.api.v1.oidc.device.poll.post({ deviceCode, interval }), this.baseUrl);
   }
 
   /** Exchanges a one-time sign-in code for a session (a device reused or created). Stores the tokens. */
@@ -161,7 +169,7 @@ export class ClearBoxHttp {
     registrationId?: number;
     deviceName?: string;
   }): Promise<SessionTokens> {
-    const tokens = await unwrap(this.api.v1.oidc.sessions.post(input));
+    const tokens = await unwrap(this.api.v1.oidc.sessions.post(input), this.baseUrl);
     this.adopt(tokens);
     return tokens;
   }
@@ -178,6 +186,7 @@ export class ClearBoxHttp {
         if (!current) throw new ClearBoxApiError(401, "unauthorized", "not logged in");
         const tokens = await unwrap(
           this.api.v1.sessions.refresh.post({ refreshToken: current.refreshToken }),
+          this.baseUrl,
         );
         this.adopt(tokens);
         return tokens;
@@ -316,7 +325,7 @@ export class ClearBoxHttp {
 
   /** An erasure's status, with the signed receipt once it is done (`GET /v1/erasures/:erasureId`). */
   async erasure(erasureId: string) {
-    return unwrap(this.api.v1.erasures({ erasureId }).get());
+    return unwrap(this.api.v1.erasures({ erasureId }).get(), this.baseUrl);
   }
 
   /**
@@ -324,7 +333,7 @@ export class ClearBoxHttp {
    * Throws ClearBoxApiError on an HTTP error, TypeError when the server cannot be reached.
    */
   async erasureSigningKey(): Promise<ErasureSigningKey> {
-    return unwrap(this.api.v1.erasures["signing-key"].get());
+    return unwrap(this.api.v1.erasures["signing-key"].get(), this.baseUrl);
   }
 
   private adopt(tokens: SessionTokens): void {
@@ -336,11 +345,11 @@ export class ClearBoxHttp {
   private async authed<T>(call: (headers: { authorization: string }) => Promise<EdenReply<T>>) {
     const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
     try {
-      return await unwrap(call(bearer(await this.accessToken())));
+      return await unwrap(call(bearer(await this.accessToken())), this.baseUrl);
     } catch (error) {
       if (!(error instanceof ClearBoxApiError) || error.status !== 401) throw error;
       const { accessToken } = await this.refresh();
-      return unwrap(call(bearer(accessToken)));
+      return unwrap(call(bearer(accessToken)), this.baseUrl);
     }
   }
 }

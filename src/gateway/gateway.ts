@@ -185,7 +185,7 @@ export class Gateway {
           { err: error, user: conn.principal.userId },
           "could not bring a device online",
         );
-        conn.close(1011, "internal error");
+        conn.close(CloseCode.internalError, "internal error");
       });
   }
 
@@ -359,7 +359,7 @@ export class Gateway {
           () => undefined,
           (error) => {
             logger.error({ err: error, user: conn.principal.userId }, "could not re-assert a socket");
-            conn.close(1011, "internal error");
+            conn.close(CloseCode.internalError, "internal error");
           },
         );
         return step.catch(() => false);

@@ -1,7 +1,8 @@
 /**
  * `npm run loadtest -- <scenario> [options]`: the load-test harness. Prints a table of the run on
  * stdout (and with `--json` one JSON object as the last line); exits 1 when a message was lost or
- * duplicated (chaos: also unanswered, out of order, or a node exited), 2 on bad options.
+ * duplicated (chaos: also unanswered, out of order, or a node exited), 2 on bad options; `--help`
+ * prints the usage and exits 0.
  */
 import { parseOptions, USAGE } from "./options.ts";
 import { jsonSummary, textReport } from "./report.ts";
@@ -9,9 +10,14 @@ import { runLoadtest } from "./run.ts";
 import { chaosClean, chaosReport, runChaos } from "./scenarios/chaos.ts";
 
 async function main(): Promise<number> {
+  const argv = process.argv.slice(2);
+  if (argv.includes("--help") || argv.includes("-h")) {
+    console.log(USAGE);
+    return 0;
+  }
   let options: ReturnType<typeof parseOptions>;
   try {
-    options = parseOptions(process.argv.slice(2));
+    options = parseOptions(argv);
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     console.error(`loadtest: ${message}\n\n${USAGE}`);

@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { resolve } from "node:path";
 import { type LoadtestOptions, OptionsError, parseOptions, SCENARIOS } from "../../src/loadtest/options.ts";
 
 /** What every scenario gets when a flag is not given and the scenario sets nothing of its own. */
@@ -241,5 +242,37 @@ describe("load-test option parsing: chaos", () => {
     expect(() => parseOptions(["chaos", "--stack", "embedded"])).toThrow(OptionsError);
     expect(() => parseOptions(["chaos", "--rate", "max"])).toThrow(OptionsError);
     expect(() => parseOptions(["chaos", "--url", "http://127.0.0.1:1"])).toThrow(OptionsError);
+  });
+});
+
+describe("npm run loadtest -- --help", () => {
+  const main = resolve(import.meta.dir, "../../src/loadtest/main.ts");
+  const run = async (args: string[]) => {
+    const proc = Bun.spawn(["bun", "run", main, ...args], { stdout: "pipe", stderr: "pipe" });
+    const [out, err, code] = await Promise.all([
+      new Response(proc.stdout).text(),
+      new Response(proc.stderr).text(),
+      proc.exited,
+    ]);
+    return { out, err, code };
+  };
+
+  test("--help and -h print the usage on stdout and exit 0, with or without a scenario; no run starts", async () => {
+    for (const args of [["--help"], ["-h"], ["smoke", "--help"]]) {
+      const { out, err, code } = await run(args);
+      expect(code).toBe(0);
+      expect(out).toContain("usage: npm run loadtest -- <scenario> [options]");
+      expect(out).toContain(`scenarios: ${SCENARIOS.join(", ")}`);
+      expect(out).not.toContain("scenario smoke:");
+      expect(err).toBe("");
+    }
+  });
+
+  test("no scenario is still a usage error (exit 2, the reason and the usage on stderr)", async () => {
+    const { out, err, code } = await run([]);
+    expect(code).toBe(2);
+    expect(out).toBe("");
+    expect(err).toContain("expected a scenario");
+    expect(err).toContain("usage: npm run loadtest");
   });
 });
