@@ -1,5 +1,5 @@
 import { randomBytes, timingSafeEqual } from "node:crypto";
-import { existsSync, statSync } from "node:fs";
+import { existsSync, rmSync, statSync } from "node:fs";
 import { join, normalize, resolve } from "node:path";
 import type { ServerWebSocket } from "bun";
 import {
@@ -296,6 +296,13 @@ export async function startWebClient(options: WebClientOptions): Promise<WebClie
         if (state.status === "done" && state.receipt) {
           const published = (await c.http.erasureSigningKey()).publicKey;
           const check = checkReceipt(state.receipt, published);
+          // The account is gone: so are its keys, sessions and history on this device. The page
+          // keeps showing the receipt, for the user to save.
+          c.close();
+          client = undefined;
+          messenger = undefined;
+          status = "signed-out";
+          for (const suffix of ["", "-wal", "-shm"]) rmSync(`${options.storePath}${suffix}`, { force: true });
           return { erasureId, receipt: state.receipt, check };
         }
         if (Date.now() > deadline)

@@ -270,6 +270,10 @@ describe.skipIf(!existsSync(CHROMIUM) && !process.env.CI)("browser sample client
     await a.getByTestId("receipt-check").waitFor({ timeout: 60_000 });
     expect(await a.getByTestId("receipt-check").textContent()).toContain("Receipt verified");
     await shot(a, "erasure-receipt");
+    // The device's store went with the account; the page is back at sign-in.
+    expect(existsSync(alice.web.storePath)).toBe(false);
+    await a.getByRole("button", { name: "Done" }).click();
+    await a.getByRole("button", { name: "Create account" }).waitFor();
     expect(pageErrors).toEqual([]);
   });
 });

@@ -586,7 +586,10 @@ function AccountPanel({ onErased }: { onErased: () => void }) {
         Download my data (export)
       </button>
       <h2>Erase my account</h2>
-      <p>Everything the server holds about you is deleted; you get a receipt signed by the server.</p>
+      <p>
+        Everything the server holds about you is deleted, and this device's keys and history with it; you get
+        a receipt signed by the server. Save it if you want to keep it.
+      </p>
       <form onSubmit={(e) => void erase(e)} style={{ display: "flex", gap: 8 }}>
         <input
           aria-label="erase password"
