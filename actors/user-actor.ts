@@ -137,6 +137,27 @@ const RECENTLY_DONE = 4096;
 /** How long a user actor waits before reading the log again after a failed read (ms). */
 const RETRY_MS = 500;
 
+/** How long an activation keeps trying a read of the presence leases or the log that fails (ms). */
+const ACTIVATION_RETRY_MS = 10_000;
+
+/**
+ * Runs a read again, RETRY_MS apart, while it fails, for up to ACTIVATION_RETRY_MS, then throws its
+ * last error. An activation that failed at once during a restart of Redis or the database would
+ * refuse its mail and leave the envelopes that woke it `pending` in the log until some later
+ * message or reconnect activates the user again; waiting out a short outage delivers them.
+ */
+async function whileUnreachable<R>(read: () => Promise<R>): Promise<R> {
+  const deadline = Date.now() + ACTIVATION_RETRY_MS;
+  for (;;) {
+    try {
+      return await read();
+    } catch (error) {
+      if (Date.now() + RETRY_MS > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+    }
+  }
+}
+
 /** Close code for sockets of an erased account. */
 export const ERASED_CLOSE_CODE = 4410;
 
@@ -184,11 +205,13 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     if (this.fenced(this.userId)) return;
     this.recoveringUntil = this.ports.clock.now() + this.ports.recoveryMs;
     // A socket still draining its offline queue must not get live envelopes ahead of queued ones.
-    for (const socket of await this.ports.sockets.open(this.userId)) {
+    for (const socket of await whileUnreachable(() => this.ports.sockets.open(this.userId))) {
       const status = await this.ports.sockets.status(socket, this.userId).catch(() => "gone" as const);
       if (status !== "gone") this.devices.set(socket.deviceId, { ...socket, live: status === "live" });
     }
-    const undelivered = await this.ports.log.undelivered(this.userId, { state: "pending" });
+    const undelivered = await whileUnreachable(() =>
+      this.ports.log.undelivered(this.userId, { state: "pending" }),
+    );
     const touched = this.hold(undelivered);
     for (const deviceId of touched.keys())
       await this.dispatch(deviceId, [...(this.pending.get(deviceId)?.values() ?? [])], ctx);
