@@ -262,6 +262,14 @@ export async function startWebClient(options: WebClientOptions): Promise<WebClie
       await c.http.declineInvitation(uuid(groupId));
       return {};
     },
+    "POST /api/groups/:groupId/leave": async (_body, [groupId]) => {
+      const { client: c } = signedIn();
+      const id = uuid(groupId);
+      await c.http.removeGroupMember(id, c.userId);
+      const { [id]: _left, ...rest } = groupNames();
+      client?.store.set("web.groups", rest);
+      return {};
+    },
     "POST /api/groups/:groupId/invite": async (body, [groupId]) => {
       const { client: c } = signedIn();
       const user = await c.findUser(text(body.username, "username", 64).toLowerCase());

@@ -171,6 +171,14 @@ describe.skipIf(!existsSync(CHROMIUM) && !process.env.CI)("browser sample client
     }
     await shot(b, "group");
     expect(await texts(b)).toEqual(["hello trio", "carol here"]);
+
+    // Cleo leaves; Ana's next message reaches Ben under a new sender key, and not Cleo.
+    await c.getByRole("button", { name: "Leave" }).click();
+    await c.getByTestId(`group-${group}`).waitFor({ state: "detached" });
+    await a.getByLabel("message").fill("just the two of us");
+    await a.getByRole("button", { name: "Send" }).click();
+    await b.getByText("just the two of us").waitFor();
+    expect(await c.getByText("just the two of us").count()).toBe(0);
     expect(pageErrors).toEqual([]);
     for (const person of people) await person.web.stop();
   });

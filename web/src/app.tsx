@@ -285,6 +285,10 @@ function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => v
             contact={contacts.find((c) => c.userId === view.conversation)}
             messages={messages}
             onVerify={(userId) => setView({ kind: "safety", userId })}
+            onLeft={() => {
+              setView({ kind: "none" });
+              void refresh();
+            }}
             onError={setError}
           />
         )}
@@ -387,6 +391,7 @@ function Conversation(props: {
   messages: Message[];
   onVerify: (userId: string) => void;
   onError: (e: string) => void;
+  onLeft: () => void;
 }) {
   const [text, setText] = useState("");
   const end = useRef<HTMLDivElement>(null);
@@ -417,7 +422,22 @@ function Conversation(props: {
           </button>
         )}
         {props.conversation.startsWith("group:") && (
-          <InviteToGroup groupId={props.conversation.slice(6)} onError={props.onError} />
+          <>
+            <InviteToGroup groupId={props.conversation.slice(6)} onError={props.onError} />
+            <button
+              type="button"
+              onClick={async () => {
+                try {
+                  await api("POST", `/api/groups/${props.conversation.slice(6)}/leave`, {});
+                  props.onLeft();
+                } catch (e) {
+                  props.onError((e as Error).message);
+                }
+              }}
+            >
+              Leave
+            </button>
+          </>
         )}
       </header>
       {props.contact?.changed && (
