@@ -87,6 +87,12 @@ export interface ClearBoxNode {
   url: string;
   /** Base URL of the admin listener. */
   adminUrl: string;
+  /**
+   * Every route each listener serves, as `"<METHOD> <path>"` with Elysia's path patterns
+   * (e.g. `"GET /v1/keys/:userId"`; the WebSocket upgrade is `"GET /v1/ws"`). Read by the test
+   * that holds docs/PROTOCOL.md to the code.
+   */
+  routes: { public: string[]; admin: string[] };
   stop(): Promise<void>;
   /** Crash simulation for tests: drops sockets and listeners, no handoff, no offline flush. */
   abort(): Promise<void>;
@@ -103,6 +109,14 @@ function listenOrExplain(variable: string, port: number, listen: () => unknown):
     }
     throw error;
   }
+}
+
+/** `"<METHOD> <path>"` of each of an Elysia app's routes, sorted; Elysia's WebSocket routes (method `WS`) are the GET upgrade they answer. */
+function routeList(routes: readonly { method: string; path: string }[]): string[] {
+  const list = routes.map(
+    ({ method, path }) => `${method.toUpperCase() === "WS" ? "GET" : method.toUpperCase()} ${path}`,
+  );
+  return [...new Set(list)].sort();
 }
 
 /** Options tests use to embed a node: no process metrics, in-memory PGlite, captured logs. */
@@ -526,6 +540,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     retention,
     url,
     adminUrl,
+    routes: { public: routeList(app.routes), admin: routeList(admin.routes) },
     async stop() {
       // Each step runs even when one before it failed (a service down at shutdown, e.g. Redis
       // answering MaxRetriesPerRequestError): the failure is logged and the rest still closes.

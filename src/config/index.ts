@@ -330,6 +330,9 @@ export function reasonOf(error: unknown): string {
   return typeof code === "string" && !message.includes(code) ? `${code} ${message}` : message;
 }
 
+/** The name of every environment variable the configuration reads (README's configuration table lists each). */
+export const ENV_VARIABLES: readonly string[] = Object.keys(EnvSchema.properties);
+
 const INTEGER_VARS = new Set([
   "CLUSTER_HEARTBEAT_MS",
   "STARTUP_WAIT_SECONDS",
