@@ -587,6 +587,16 @@ export class Messenger extends EventEmitter<MessengerEvents> {
         this.pending.get(frame.id)?.(frame);
         this.pending.delete(frame.id);
         return;
+      case "error": {
+        // `internal` names a send the server did not accept: it goes again with the same id, as a
+        // `busy` would (docs/PROTOCOL.md); other errors concern frames without an answer.
+        const resolve = frame.code === "internal" && frame.id ? this.pending.get(frame.id) : undefined;
+        if (resolve && frame.id) {
+          this.pending.delete(frame.id);
+          resolve({ type: "rejected", id: frame.id, code: "busy", retryAfterMs: 250 });
+        }
+        return;
+      }
       case "message": {
         // In arrival order, one at a time: the server delivers a device's queue oldest first.
         this.inbound = this.inbound.then(() => this.receive(frame));
