@@ -29,6 +29,10 @@ const DEVICE_LIST_FRESH_MS = 500;
 const DEVICE_LIST_TTL_MS = 1000;
 /** Cached device lists at most (users sent to within the last second, in practice). */
 const DEVICE_LIST_CACHE_SIZE = 50_000;
+/** Blocks of a recipient cached as a list at most; a longer list is asked per sender. */
+const BLOCKS_CACHED = 64;
+/** How long a recipient's cached block list is used before it is read again (ms). */
+const BLOCK_LIST_TTL_MS = 5000;
 
 /** Flow control of one node's sends (docs/MESSAGING.md, "Flow control"). */
 export interface FlowControl {
@@ -82,11 +86,17 @@ export class MessagingService {
   private readonly deviceLists = new Map<string, { devices: number[] | undefined; at: number }>();
   /** Device-list reads in flight, so a user's concurrent sends share one query. */
   private readonly readingDevices = new Map<string, Promise<number[] | undefined>>();
+  /**
+   * userId → the users they block (undefined: more than BLOCKS_CACHED, asked per sender), read at
+   * `at`, oldest first; bounded like the device lists.
+   */
+  private readonly blockLists = new Map<string, { blocked: ReadonlySet<string> | undefined; at: number }>();
   /** Bumped by every device change here: a read that started before one is not cached. */
   private deviceChanges = 0;
   /**
-   * `recipient|sender` → whether the recipient blocks the sender, read at `at`, oldest first;
-   * bounded like the device lists, and as fresh (a block made on another node holds within a second).
+   * `recipient|sender` → whether the recipient blocks the sender, for recipients who block more
+   * than BLOCKS_CACHED users (their lists are not cached), read at `at`, oldest first; bounded like
+   * the device lists, and as fresh.
    */
   private readonly blockVerdicts = new Map<string, { blocked: boolean; at: number }>();
   /** Bumped by every block change here: a read that started before one is not cached. */
@@ -197,15 +207,15 @@ export class MessagingService {
     this.deviceChanges++;
   }
 
-  /** A block was added or lifted on this node: forget the cached verdict. */
+  /** A block was added or lifted on this node: forget what is cached of the blocker's blocks. */
   blocksChanged(blocker: string, blocked: string): void {
+    this.blockLists.delete(blocker);
     this.blockVerdicts.delete(`${blocker}|${blocked}`);
     this.blockChanges++;
   }
 
-  /** Whether `recipient` blocks `sender`: cached for at most DEVICE_LIST_FRESH_MS, like device lists. */
+  /** Whether `recipient` blocks `sender` (a long block list): cached for at most DEVICE_LIST_FRESH_MS. */
   private async blocks(recipient: string, sender: string): Promise<boolean> {
-    if (recipient === sender) return false;
     const key = `${recipient}|${sender}`;
     const cached = this.blockVerdicts.get(key);
     const now = this.now();
@@ -289,9 +299,45 @@ export class MessagingService {
   }
 
   /**
+   * Whether `recipient` blocks `sender`. The recipient's block list (up to BLOCKS_CACHED users) is
+   * cached for BLOCK_LIST_TTL_MS: a 1:1 send reads nothing more than its device list, and blocks
+   * change rarely (a block made on this node is seen at once, on another within BLOCK_LIST_TTL_MS).
+   * A longer list is asked per (recipient, sender) pair, cached like a device list.
+   */
+  private async isBlocked(recipient: string, sender: string): Promise<boolean> {
+    if (recipient === sender) return false;
+    const now = this.now();
+    let cached = this.blockLists.get(recipient);
+    if (!cached || now - cached.at >= BLOCK_LIST_TTL_MS) {
+      const changesBefore = this.blockChanges;
+      const rows = await this.db
+        .select({ userId: blocks.blockedUserId })
+        .from(blocks)
+        .where(eq(blocks.userId, recipient))
+        .limit(BLOCKS_CACHED + 1);
+      cached = {
+        blocked: rows.length > BLOCKS_CACHED ? undefined : new Set(rows.map((r) => r.userId)),
+        at: now,
+      };
+      if (this.blockChanges === changesBefore) {
+        this.blockLists.delete(recipient);
+        this.blockLists.set(recipient, cached);
+        if (this.blockLists.size > DEVICE_LIST_CACHE_SIZE) {
+          for (const [id, entry] of this.blockLists) {
+            if (this.blockLists.size <= DEVICE_LIST_CACHE_SIZE && now - entry.at < BLOCK_LIST_TTL_MS) break;
+            this.blockLists.delete(id);
+          }
+        }
+      }
+    }
+    if (cached.blocked) return cached.blocked.has(sender);
+    return this.blocks(recipient, sender);
+  }
+
+  /**
    * Checks a 1:1 send (the device list must name exactly the recipient's devices, less the sending
-   * one; a recipient who blocks the sender gets nothing, and the sender hears `accepted`) and queues its envelopes for the next group commit, resolving as soon as they
-   * are queued: a device's next send can be checked while this one commits. Commits happen in
+   * one; a recipient who blocks the sender gets nothing, and the sender hears `accepted`) and queues
+   * its envelopes for the next group commit, resolving as soon as they are queued: a device's next send can be checked while this one commits. Commits happen in
    * submission order, so `accepted` and the hand-off to the actor keep the order of the sends.
    */
   async submitDirect(from: Principal, frame: DirectSend): Promise<SubmittedSend> {
@@ -315,7 +361,7 @@ export class MessagingService {
     const ts = this.now();
     // A recipient who blocks the sender: answered as any send (Signal's server cannot tell either;
     // the blocker's client drops it there), stored nowhere, delivered to nobody (docs/PROTOCOL.md, Blocks).
-    if (await this.blocks(frame.to.user, from.userId))
+    if (await this.isBlocked(frame.to.user, from.userId))
       return { outcome: Promise.resolve<SendOutcome>({ type: "accepted", id: frame.id, ts }) };
     // Again after the last await: from here to `track` nothing yields, so the fence either refused
     // this send or waits for it.

@@ -205,6 +205,37 @@ describe("invitations and blocks", () => {
     await Promise.all([a, b, c].map((s) => s.close()));
   });
 
+  test("a recipient who blocks more users than are cached with their devices still drops the blocked sender's sends", async () => {
+    const [dave, alice, erin] = await people(3);
+    const tag = randomUUID().slice(0, 8);
+    // 65 blocks (one more than the 64 cached with the device list), then Alice through the API.
+    await node.database.db.execute(sql`
+      insert into accounts (username) select ${`b${tag}_`} || i from generate_series(1, 65) as i`);
+    await node.database.db.execute(sql`
+      insert into blocks (user_id, blocked_user_id)
+      select ${dave.userId}, id from accounts where username like ${`b${tag}_%`}`);
+    expect((await client.post(`/v1/blocks/${alice.userId}`, undefined, dave.accessToken)).status).toBe(204);
+    const [a, d, e] = await Promise.all(
+      [alice, dave, erin].map((p) => TestSocket.open(node.url, p.accessToken)),
+    );
+    const to = (id: string) => ({
+      type: "send",
+      id,
+      to: { user: dave.userId },
+      messages: [{ deviceId: 1, type: 3, body: b64(id) }],
+    });
+    const dropped = randomUUID();
+    a.send(to(dropped));
+    expect((await a.reply(dropped)).type).toBe("accepted");
+    const delivered = randomUUID();
+    e.send(to(delivered));
+    expect((await e.reply(delivered)).type).toBe("accepted");
+    expect((await d.messages(1))[0]).toMatchObject({ id: delivered });
+    expect(d.pendingMessages()).toEqual([]);
+    expect(await logged(dave.userId, dropped)).toBe(false);
+    await Promise.all([a, d, e].map((s) => s.close()));
+  });
+
   test("a blocked user cannot invite the blocker (silently), loses pending invitations to them, and their group messages skip the blocker", async () => {
     const [alice, bob, carol] = await people(3);
     const earlier = await createGroup(alice, [bob], "before the block");
