@@ -236,6 +236,35 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     }
   });
 
+  test("a listener survives a restart of the server: it reconnects and gets what was sent meanwhile", async () => {
+    // A node of its own, restarted on the same port and data directory.
+    const first = await startTestNode("pglite", { keepData: true });
+    const port = new URL(first.url).port;
+    const a = await chatter(first.url, "alice");
+    const b = await chatter(first.url, "bob");
+    let restarted: TestNode | undefined;
+    try {
+      a.messenger.start();
+      b.messenger.start();
+      await until(() => a.messenger.isOnline && b.messenger.isOnline, "both online");
+      await a.client.findUser(b.username);
+      await first.stop();
+      await until(() => !b.messenger.isOnline && !a.messenger.isOnline, "both to see the node go");
+      await a.messenger.sendText(b.username, "sent while the server was down");
+      restarted = await startTestNode("pglite", { dataDir: first.dataDir, env: { PORT: port } });
+      await until(() => b.received.length === 1, "the message after the restart");
+      expect(b.received[0].text).toBe("sent while the server was down");
+      expect(b.statuses.filter((s) => s === "online").length).toBeGreaterThanOrEqual(2);
+    } finally {
+      a.messenger.stop();
+      b.messenger.stop();
+      a.client.close();
+      b.client.close();
+      await restarted?.teardown();
+      rmSync(first.dataDir, { recursive: true, force: true });
+    }
+  });
+
   test("safety numbers match on both sides; a changed identity key raises identityChanged until verified", async () => {
     const a = await chatter(node.url, "alice");
     const b = await chatter(node.url, "bob");
