@@ -4,7 +4,7 @@ import type { SessionService } from "../sessions/service.ts";
 import { UserModel } from "./model.ts";
 import type { UserDirectory } from "./service.ts";
 
-export { USER_LOOKUP_LIMIT, UserDirectory } from "./service.ts";
+export { USER_LOOKUP_ACCOUNT_LIMIT, USER_LOOKUP_LIMIT, UserDirectory } from "./service.ts";
 
 /** GET /v1/users?username= and GET /v1/users/:userId (docs/PROTOCOL.md): exact lookups, rate-limited per device. */
 export function userRoutes(directory: UserDirectory, sessions: SessionService) {

@@ -19,15 +19,29 @@ export const USER_LOOKUP_LIMIT = {
 } satisfies RateLimitRule;
 
 /**
+ * Lookup budget per account, over all its devices: four devices' worth. A device costs only a
+ * login and an account may have 127, so the budget per device alone would let one account walk
+ * the directory at 127 × 30 names a minute. Signal-Server keys its `usernameLookup` limiter on the
+ * account for the same reason.
+ */
+export const USER_LOOKUP_ACCOUNT_LIMIT = {
+  name: "users.lookup.account",
+  limit: 4 * USER_LOOKUP_LIMIT.limit,
+  windowMs: 60_000,
+} satisfies RateLimitRule;
+
+/**
  * The user directory: exact lookups only — a username to its user id, a user id to its username.
  * No prefix search and no listing. Every lookup, a miss included, spends one of the requesting
- * device's budget first, so enumeration costs the same per guess whatever the answer.
+ * device's budget and one of its account's first, so enumeration costs the same per guess whatever
+ * the answer, and more devices do not buy more guesses past the account's budget.
  */
 export class UserDirectory {
   constructor(
     private readonly db: Db,
     private readonly limiter: RateLimiter,
     private readonly rule: RateLimitRule = USER_LOOKUP_LIMIT,
+    private readonly accountRule: RateLimitRule = USER_LOOKUP_ACCOUNT_LIMIT,
   ) {}
 
   /** The account named exactly `username`; `not_found` (404) if none; `rate_limited` (429) past the budget. */
@@ -54,12 +68,23 @@ export class UserDirectory {
     return row;
   }
 
+  /**
+   * Spends one lookup of the requesting device's budget, then one of its account's (devices
+   * together); `rate_limited` with `retryAfterSeconds` when either is spent. A device refused spends
+   * nothing of the account's budget, so one device at its limit does not eat into the others'.
+   */
   private async spend(requester: Principal): Promise<void> {
-    const decision = await this.limiter.hit(this.rule, `${requester.userId}:${requester.deviceId}`);
-    if (!decision.allowed) {
-      throw new DomainError("rate_limited", "too many user lookups, retry later", {
-        retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
-      });
+    const checks: [RateLimitRule, string][] = [
+      [this.rule, `${requester.userId}:${requester.deviceId}`],
+      [this.accountRule, requester.userId],
+    ];
+    for (const [rule, key] of checks) {
+      const decision = await this.limiter.hit(rule, key);
+      if (!decision.allowed) {
+        throw new DomainError("rate_limited", "too many user lookups, retry later", {
+          retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
+        });
+      }
     }
   }
 }
