@@ -139,17 +139,18 @@ async function main(argv: string[]): Promise<number> {
   }
   const { values, positionals } = parsed;
   const [command, ...args] = positionals;
-  if (values.help && command && COMMAND_HELP[command]) {
-    console.log(COMMAND_HELP[command].replace("CHAT_HELP", CHAT_HELP));
-    return 0;
-  }
-  if (values.help || !command) {
-    console.log(USAGE);
-    return command || values.help ? 0 : 2;
-  }
-  if (!COMMAND_HELP[command]) {
+  // Before --help: `npm run cli -- regster --help` is a typo to point out, not a request for the usage.
+  if (command && !Object.hasOwn(COMMAND_HELP, command)) {
     console.error(`unknown command ${command}\n\n${USAGE}`);
     return 2;
+  }
+  if (values.help && command) {
+    console.log((COMMAND_HELP[command] as string).replace("CHAT_HELP", CHAT_HELP));
+    return 0;
+  }
+  if (!command) {
+    console.log(USAGE);
+    return values.help ? 0 : 2;
   }
   // Before the store is opened: checking a receipt needs no account, and must not create a store file.
   if (command === "verify-receipt") return verifyReceiptFile(args[0], values.server, values.ca);

@@ -177,7 +177,10 @@ export class Messenger extends EventEmitter<MessengerEvents> {
           this.token = await client.http.accessToken();
         } catch (error) {
           if (error instanceof ClearBoxApiError && error.status === 401) {
-            this.stop({ code: CloseCode.revoked, reason: "signed out: log in again" });
+            this.stop({
+              code: CloseCode.revoked,
+              reason: "signed out (this device's tokens were revoked, or the account erased): log in again",
+            });
           }
           throw error;
         }
