@@ -38,7 +38,8 @@ export interface ClientEvents {
  * backoff and jitter (partysocket's ReconnectingWebSocket), and every send not answered yet is sent
  * again with the same id after a reconnect, after a retryable answer (`rejected busy`,
  * `error internal`) or after RESEND_AFTER_MS without an answer; the server delivers an id once
- * (docs/PROTOCOL.md), so resending is safe. Deliveries are deduped by id, strictly: every copy after
+ * (docs/PROTOCOL.md), so resending is safe. Sends wait in an outbox while the socket is down, and
+ * `window` of them are in flight at once (default 1). Deliveries are deduped by id, strictly: every copy after
  * the first counts in `duplicates`, whether it came on the same socket or after a reconnect. Every
  * delivery is acked at once.
  */
@@ -58,7 +59,10 @@ export class ReconnectingClient {
   private opened = 0;
   private stopped = false;
   private readonly ws: ReconnectingWebSocket;
+  /** Sends written and waiting for a final answer (at most `window`). */
   private readonly unanswered = new Map<string, Unanswered>();
+  /** Sends not written yet, in order: the client's outbox. */
+  private readonly outbox: { id: string; text: string }[] = [];
   private readonly seen = new Set<string>();
   private readonly timer: ReturnType<typeof setInterval>;
 
@@ -66,6 +70,13 @@ export class ReconnectingClient {
     readonly device: VirtualDevice,
     target: Target,
     private readonly events: ClientEvents,
+    /**
+     * Sends in flight at once. 1 (the default) sends the next message only after the previous one
+     * got its final answer, as the SDK's outbox does: acceptance order is then the order of sending,
+     * and "out of order" means the server reordered. More than 1 pipelines sends; a retried send
+     * may then be accepted after a later one, so order is only meaningful per acceptance.
+     */
+    private readonly window = 1,
   ) {
     const { url, headers } = target.socket(device);
     // Bun's WebSocket takes headers as a second argument: the token goes in Authorization.
@@ -92,6 +103,7 @@ export class ReconnectingClient {
       if (this.opened++ > 0) this.reconnects++;
       // Whatever was written to the old socket and not answered may never have arrived.
       for (const [id, send] of this.unanswered) this.write(id, send, true);
+      this.pump();
     });
     this.ws.addEventListener("close", (event) => {
       this.lastClose = `${event.code}${event.reason ? ` ${event.reason}` : ""}`;
@@ -123,16 +135,28 @@ export class ReconnectingClient {
     return this.ws.readyState === WebSocket.OPEN;
   }
 
-  /** Sends not answered with `accepted` or a final `rejected` yet. */
+  /** Sends not answered with `accepted` or a final `rejected` yet (in flight or in the outbox). */
   get pending(): number {
-    return this.unanswered.size;
+    return this.unanswered.size + this.outbox.length;
   }
 
-  /** Sends a serialised `send` frame with message id `id`, now if the socket is open, else on the next open. */
+  /**
+   * Queues a serialised `send` frame with message id `id`; it is written once the socket is open
+   * and fewer than `window` sends are in flight.
+   */
   send(id: string, text: string): void {
-    const send: Unanswered = { text, lastSentAt: Number.NEGATIVE_INFINITY };
-    this.unanswered.set(id, send);
-    if (this.isOpen) this.write(id, send, false);
+    this.outbox.push({ id, text });
+    this.pump();
+  }
+
+  /** Writes queued sends while the socket is open and the window has room. */
+  private pump() {
+    while (this.isOpen && !this.stopped && this.unanswered.size < this.window && this.outbox.length > 0) {
+      const { id, text } = this.outbox.shift() as { id: string; text: string };
+      const send: Unanswered = { text, lastSentAt: Number.NEGATIVE_INFINITY };
+      this.unanswered.set(id, send);
+      this.write(id, send, false);
+    }
   }
 
   private write(_id: string, send: Unanswered, again: boolean) {
@@ -161,13 +185,19 @@ export class ReconnectingClient {
     const now = performance.now();
     switch (frame.type) {
       case "accepted":
-        if (this.unanswered.delete(frame.id)) this.events.accepted(frame.id, now);
+        if (this.unanswered.delete(frame.id)) {
+          this.events.accepted(frame.id, now);
+          this.pump();
+        }
         break;
       case "rejected":
         if (frame.code === "busy") {
           this.busy++;
           this.retryLater(frame.id, frame.retryAfterMs ?? 25);
-        } else if (this.unanswered.delete(frame.id)) this.events.rejected(frame.id, frame.code);
+        } else if (this.unanswered.delete(frame.id)) {
+          this.events.rejected(frame.id, frame.code);
+          this.pump();
+        }
         break;
       case "error":
         if (frame.id && this.unanswered.has(frame.id)) {

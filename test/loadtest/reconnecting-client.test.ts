@@ -54,7 +54,7 @@ describe("load harness: reconnecting client", () => {
     await node?.teardown();
   });
 
-  test("sends made while the connection is down go out on reconnect with their ids, each accepted and delivered once", async () => {
+  test("sends cut off or made while the connection is down go out on reconnect with their ids, each accepted and delivered once, in order", async () => {
     const target = clearboxTarget([node.url], 1);
     const out = recorder();
     const into = recorder();
@@ -66,15 +66,22 @@ describe("load harness: reconnecting client", () => {
     const first = randomUUID();
     from.send(first, directFrame(first, recipient.userId, recipient.deviceId, "AAAA"));
     await until("the first delivery", () => into.delivered.length === 1);
+    // Its ack stored before the cut, so a redelivery would be a duplicate the server should not make.
+    for (let left = 1; left > 0; ) {
+      left = (await node.log.undelivered(recipient.userId)).length;
+      if (left > 0) await Bun.sleep(20);
+    }
 
     // Both sides lose their connection; new connections are refused for a while.
     senderProxy.refuse(true);
     recipientProxy.refuse(true);
     senderProxy.cut();
     recipientProxy.cut();
-    await until("both sockets to notice", () => !from.isOpen && !to.isOpen);
+    // The client has not seen the cut yet: the first send is written into the dead connection and
+    // never reaches the server; the next ones wait in the outbox behind it.
     const during = [randomUUID(), randomUUID(), randomUUID()];
     for (const id of during) from.send(id, directFrame(id, recipient.userId, recipient.deviceId, "AAAA"));
+    await until("both sockets to notice", () => !from.isOpen && !to.isOpen);
     expect(from.pending).toBe(3);
     senderProxy.refuse(false);
     recipientProxy.refuse(false);
@@ -86,7 +93,8 @@ describe("load harness: reconnecting client", () => {
     expect(into.delivered).toEqual([first, ...during]);
     expect(from.reconnects).toBeGreaterThanOrEqual(1);
     expect(to.reconnects).toBeGreaterThanOrEqual(1);
-    expect(from.resends).toBeGreaterThanOrEqual(3);
+    // The one written into the dead connection went again with its id after the reconnect.
+    expect(from.resends).toBeGreaterThanOrEqual(1);
     expect(from.pending).toBe(0);
     expect(to.duplicates).toBe(0);
     from.close();
@@ -94,6 +102,13 @@ describe("load harness: reconnecting client", () => {
   });
 
   test("the same id sent twice is stored once: the recipient gets one copy and the sender one acceptance", async () => {
+    // Users of its own: the first test's last messages may be redelivered to its recipient (acks
+    // still in flight at its close), which is right but not what this test counts.
+    const http = api(node.url);
+    const a = await registerAndLogin(http);
+    const b = await registerAndLogin(http);
+    const sender = { userId: a.userId, deviceId: a.deviceId, url: node.url, token: a.accessToken };
+    const recipient = { userId: b.userId, deviceId: b.deviceId, url: node.url, token: b.accessToken };
     const target = clearboxTarget([node.url], 1);
     const out = recorder();
     const into = recorder();
