@@ -149,13 +149,11 @@ export async function startWebClient(options: WebClientOptions): Promise<WebClie
       .contacts()
       .filter((contact) => contact.userId !== c.userId)
       .map((contact) => {
-        const numbers = c.safetyNumbers(contact.userId);
         return {
           ...contact,
           online: presence.get(contact.userId)?.online ?? false,
           unread: counts[contact.userId] ?? 0,
-          verified: numbers.length > 0 && numbers.every((n) => n.verified),
-          changed: numbers.some((n) => n.changed),
+          ...c.trustOf(contact.userId),
         };
       });
   };

@@ -282,6 +282,7 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     expect(aSide[0]).toMatchObject({ verified: false, changed: false });
     a.client.markVerified(b.client.userId);
     expect(a.client.safetyNumbers(b.client.userId)[0]).toMatchObject({ verified: true, changed: false });
+    expect(a.client.trustOf(b.client.userId)).toEqual({ verified: true, changed: false });
 
     // Bob's device gets a new identity key (a reinstall, or a server swapping keys): new key pair,
     // sessions dropped, keys uploaded again under the same device.
@@ -300,6 +301,7 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     ]);
     const after = a.client.safetyNumbers(b.client.userId)[0];
     expect(after).toMatchObject({ verified: false, changed: true });
+    expect(a.client.trustOf(b.client.userId)).toEqual({ verified: false, changed: true });
     expect(after.safetyNumber).not.toBe(aSide[0].safetyNumber);
     expect(after.safetyNumber).toBe(b.client.safetyNumbers(a.client.userId)[0].safetyNumber);
     a.client.markVerified(b.client.userId);
