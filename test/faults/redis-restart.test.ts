@@ -112,10 +112,35 @@ test("users whose actors were stopped before Redis went down get the messages se
   // The other half at once: each actor is activated right as the leases come back.
   for (let i = 3; i < 6; i++) sendTo(i, `after ${i}`);
   for (const id of ids) expect((await senderSocket.reply(id, 15_000)).type).toBe("accepted");
+  const arrived = await Promise.all(
+    recipients.map(({ socket }) =>
+      socket.messages(1, 15_000).then(
+        ([message]) => message.id as string,
+        () => undefined,
+      ),
+    ),
+  );
+  if (arrived.some((id, i) => id !== ids[i])) {
+    console.log(
+      "arrived",
+      JSON.stringify(arrived.map((id, i) => id === ids[i])),
+      "closed",
+      JSON.stringify(recipients.map(({ socket }) => socket.closed ?? null)),
+    );
+    for (const node of nodes)
+      for (const line of node.logs)
+        if (/re-assert|redis is back|"level":(40|50)/.test(line) && !line.includes("ECONNREFUSED"))
+          console.log(line.slice(0, 400));
+    for (const [i, { userId }] of recipients.entries())
+      console.log(
+        i,
+        JSON.stringify(await nodes[0].log.undelivered(userId)).slice(0, 200),
+        await nodes[0].offline.depth(userId, 1),
+      );
+  }
+  expect(arrived).toEqual(ids);
   for (const [i, { socket }] of recipients.entries()) {
-    const [message] = await socket.messages(1, 15_000);
-    expect(message.id).toBe(ids[i]);
-    socket.send({ type: "ack", ids: [message.id] });
+    socket.send({ type: "ack", ids: [ids[i]] });
     expect(socket.closed).toBeUndefined();
   }
   await Promise.all([senderSocket.close(), ...recipients.map(({ socket }) => socket.close())]);
