@@ -155,7 +155,8 @@ export class SessionService {
    * caller must log in again — except within the grace window (`refreshGraceSeconds` after it was
    * spent), where it gets the same successor pair again, so a client whose two refreshes crossed
    * does not sign itself out; once that successor is spent too, or the window is over, the rule
-   * holds again. `unauthorized` for an unknown, reused or expired token.
+   * holds again. `unauthorized` for an unknown, reused or expired token; an expired one is deleted,
+   * so presenting it again is never taken for a copy.
    *
    * Race-safe on PostgreSQL: the spend is one conditional UPDATE, so of concurrent presentations
    * exactly one spends the row and the others wait for its transaction (row lock), then find it
@@ -172,7 +173,12 @@ export class SessionService {
         .where(and(eq(refreshTokens.tokenHash, hash), isNull(refreshTokens.spentAt)))
         .returning();
       if (spent) {
-        if (spent.expiresAt.getTime() <= now) return { kind: "expired" };
+        if (spent.expiresAt.getTime() <= now) {
+          // Gone rather than spent: presented again (a retry, another process of the same client),
+          // it is unknown, not a reuse that would revoke a device since signed in again.
+          await tx.delete(refreshTokens).where(eq(refreshTokens.tokenHash, hash));
+          return { kind: "expired" };
+        }
         const { userId, deviceId } = spent;
         const [device] = await tx
           .select({ generation: devices.tokenGeneration })

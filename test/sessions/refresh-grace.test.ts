@@ -1,5 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { eq } from "drizzle-orm";
+import { refreshTokens } from "../../src/db/schema.ts";
 import { CloseCode } from "../../src/protocol/index.ts";
+import { TokenIssuer } from "../../src/sessions/tokens.ts";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { type Api, api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
@@ -75,5 +78,33 @@ describe.each(STACKS)("the refresh grace window on the %s stack", (stack) => {
     expect((await refresh(me.refreshToken)).status).toBe(401);
     expect((await client.get("/v1/devices", second.body.accessToken)).status).toBe(401);
     expect((await refresh(second.body.refreshToken)).status).toBe(401);
+  });
+
+  test("an expired refresh token presented again is 401, never theft: the device signed in again keeps its session", async () => {
+    const me = await registerAndLogin(client);
+    await node.database.db
+      .update(refreshTokens)
+      .set({ expiresAt: new Date(Date.now() - 1000) })
+      .where(eq(refreshTokens.tokenHash, TokenIssuer.hashRefreshToken(me.refreshToken)));
+    const expired = await refresh(me.refreshToken);
+    expect(expired.status).toBe(401);
+    expect(expired.body.error.code).toBe("unauthorized");
+    // The client signs in again on the same device, and a retry of the old token (another
+    // process of the same client, a resent request) comes in after.
+    const again = await client.post("/v1/sessions", {
+      username: me.username,
+      password: me.password,
+      deviceId: me.deviceId,
+    });
+    expect(again.status).toBe(201);
+    const socket = await TestSocket.open(node.url, again.body.accessToken);
+    for (let i = 0; i < 2; i++) expect((await refresh(me.refreshToken)).status).toBe(401);
+    expect((await client.get("/v1/devices", again.body.accessToken)).status).toBe(200);
+    const next = await refresh(again.body.refreshToken);
+    expect(next.status).toBe(201);
+    socket.send({ type: "ping" });
+    expect((await socket.next((f) => f.type === "pong", 10_000)).type).toBe("pong");
+    expect(socket.closed).toBeUndefined();
+    socket.ws.close();
   });
 });
