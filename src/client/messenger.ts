@@ -101,6 +101,9 @@ export class StoreInUseError extends Error {
   }
 }
 
+/** How long the ids of handled messages are kept to drop redeliveries (far past the default 30-day retention). */
+const RECEIVED_IDS_KEPT_MS = 400 * 24 * 3600_000;
+
 /** A device asks one sender for one group's key at most this often. */
 const KEY_REQUEST_INTERVAL_MS = 60_000;
 
@@ -151,6 +154,9 @@ export class Messenger extends EventEmitter<MessengerEvents> {
     const owner = Messenger.socketOwner(this.client);
     if (owner !== undefined) throw new StoreInUseError(owner);
     this.takeLease();
+    // Ids of messages handled long ago cannot come back: the server redelivers only what was not
+    // acknowledged, and keeps nothing past its retention.
+    this.client.store.db.query("delete from received where at < ?").run(Date.now() - RECEIVED_IDS_KEPT_MS);
     this.leaseTimer = setInterval(() => {
       this.takeLease();
       // Sends queued by another process on this store (`send` while `chat` runs) go out here.

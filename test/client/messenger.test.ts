@@ -152,8 +152,15 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
   test("two users chat by username both ways on one socket each; names, not ids, on messages", async () => {
     const a = await chatter(node.url, "alice");
     const b = await chatter(node.url, "bob");
+    // Ids of messages handled more than 400 days ago are forgotten at start; recent ones are kept.
+    const received = b.client.store.db;
+    received
+      .query("insert into received (id, at) values (?, ?), (?, ?)")
+      .run("ancient", 0, "recent", Date.now());
     a.messenger.start();
     b.messenger.start();
+    const ids = received.query<{ id: string }, []>("select id from received order by id").all();
+    expect(ids.map((r) => r.id)).toEqual(["recent"]);
     await until(() => a.messenger.isOnline && b.messenger.isOnline, "both online");
     await a.messenger.sendText(b.username, "hi bob");
     await until(() => b.received.length === 1, "bob's message");
