@@ -66,6 +66,10 @@ export class AccountStore {
 
   constructor(path: string) {
     this.db = new Database(path, { create: true, strict: true });
+    // A store is shared by a running session and short commands beside it (`send` queues into its
+    // outbox, a second `chat` reads its lease): wait up to 5 s for the other's write instead of
+    // failing at once with SQLITE_BUSY "database is locked" (https://sqlite.org/c3ref/busy_timeout.html).
+    this.db.exec("pragma busy_timeout = 5000;");
     this.db.exec("pragma journal_mode = wal;");
     this.db.exec(SCHEMA);
     this.identity = new SqliteIdentityStore(this);
