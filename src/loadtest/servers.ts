@@ -23,6 +23,24 @@ export interface SpawnedServer {
 }
 
 /**
+ * A log line for the report, at most 400 characters: a long JSON line (an error with its stack) is
+ * cut down to its level, time, node, `msg` and the error's type and code, so its message survives
+ * (pino writes `msg` last, where a plain cut would lose it).
+ */
+function shortProblem(line: string, parsed: Record<string, unknown> | undefined): string {
+  if (line.length <= 400 || !parsed) return line.slice(0, 400);
+  const err = parsed.err as { type?: unknown; code?: unknown } | undefined;
+  const { level, time, node, msg } = parsed;
+  return JSON.stringify({
+    level,
+    time,
+    node,
+    msg,
+    ...(err ? { err: { type: err.type, code: err.code } } : {}),
+  }).slice(0, 400);
+}
+
+/**
  * Starts `bun run <script>` and waits for the JSON log line whose `msg` is `readyMsg`; keeps
  * reading its output afterwards, so the child never blocks on a full pipe.
  */
@@ -60,7 +78,7 @@ async function spawnProcess(
         } catch {}
         if (parsed?.msg === readyMsg) ready(parsed);
         else if (!parsed || (typeof parsed.level === "number" && parsed.level >= 40)) {
-          if (problems.length < 50 && line.trim()) problems.push(line.slice(0, 400));
+          if (problems.length < 50 && line.trim()) problems.push(shortProblem(line, parsed));
         }
       }
     }
