@@ -241,8 +241,9 @@ export async function chat(
     }
   };
 
-  print(`signed in as ${client.username ?? client.userId} (device ${client.deviceId}); /help for commands`);
+  // First: a store in use by another process is refused (StoreInUseError) before anything says "signed in".
   messenger.start();
+  print(`signed in as ${client.username ?? client.userId} (device ${client.deviceId}); /help for commands`);
   rl.setPrompt(promptText());
   rl.prompt();
   return new Promise<number>((resolve) => {

@@ -230,6 +230,7 @@ describe("CLI chat", () => {
     const second = await run(["chat", "--store", alice.store]);
     expect(second.code).toBe(1);
     expect(second.err).toContain("in use by another ClearBox process");
+    expect(second.out).not.toContain("signed in as");
     a.type("/devices");
     await a.expect(/device 1 .*\(this one\)|device 1 \(this one\)/);
     for (const t of [a, b, c]) t.type("/quit");
