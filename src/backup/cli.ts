@@ -11,7 +11,7 @@
  *     stopped): envelopes the log marks as copied to offline queues become pending again, so they
  *     are delivered or queued anew. The URL defaults to $DATABASE_URL.
  *
- * Exit 0 done, 1 refused or failed (the message says why), 2 bad usage.
+ * Exit 0 done (or `--help`: the usage on stdout), 1 refused or failed (the message says why), 2 bad usage.
  */
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
@@ -37,6 +37,10 @@ function adminToken(): string | undefined {
 
 /** Runs one command; resolves with the exit code. Output goes to stdout, problems to stderr. */
 export async function runBackupCli(argv: string[]): Promise<number> {
+  if (argv.includes("--help") || argv.includes("-h")) {
+    console.log(USAGE);
+    return 0;
+  }
   const [command, ...rest] = argv;
   let parsed: ReturnType<typeof parseArgs>;
   try {
