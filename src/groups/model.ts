@@ -7,6 +7,12 @@ export const MAX_GROUP_MEMBERS = 10_000;
 /** Pending invitations one user may hold at most: an inviter cannot flood someone's list. */
 export const MAX_PENDING_INVITATIONS = 1_000;
 
+/**
+ * Groups one user may be a member of at most, made or joined: what an account can make the server
+ * store through `POST /v1/groups` is bounded (a loop on it otherwise grew the database without end).
+ */
+export const MAX_GROUPS_PER_USER = 1_000;
+
 export namespace GroupModel {
   const userId = Uuid;
 

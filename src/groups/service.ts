@@ -4,7 +4,7 @@ import type { Db } from "../db/index.ts";
 import { accounts, blocks, groupInvitations, groupMembers, groups } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import type { ErasureFence } from "../fence/index.ts";
-import { MAX_GROUP_MEMBERS, MAX_PENDING_INVITATIONS } from "./model.ts";
+import { MAX_GROUP_MEMBERS, MAX_GROUPS_PER_USER, MAX_PENDING_INVITATIONS } from "./model.ts";
 import { keepAnAdmin, lockGroups, type Succession, type Tx } from "./succession.ts";
 
 export interface GroupInfo {
@@ -75,6 +75,21 @@ export class GroupService {
   }
 
   /**
+   * Refuses with `conflict` when `userId` is already a member of MAX_GROUPS_PER_USER groups. Locks
+   * the account's row first (inside `tx`), so two creations or acceptances at once cannot both pass.
+   */
+  private async assertRoomForAnotherGroup(tx: Tx, userId: string): Promise<void> {
+    await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId)).for("update");
+    const [{ n }] = await tx.select({ n: count() }).from(groupMembers).where(eq(groupMembers.userId, userId));
+    if (n >= MAX_GROUPS_PER_USER) {
+      throw new DomainError(
+        "conflict",
+        `an account is a member of at most ${MAX_GROUPS_PER_USER.toLocaleString("en")} groups; leave one first`,
+      );
+    }
+  }
+
+  /**
    * Invites `invitees` to `groupId` on behalf of `inviter`, inside `tx` (the group locked): skips
    * members, users already invited and users who blocked the inviter, and refuses with `conflict`
    * when members and invitations would pass MAX_GROUP_MEMBERS or an invitee would hold more than
@@ -131,12 +146,14 @@ export class GroupService {
 
   /**
    * Creates a group; the creator becomes its admin and only member, and every user of `members` is
-   * invited (docs/PROTOCOL.md, invitations). `not_found` when one of them does not exist.
+   * invited (docs/PROTOCOL.md, invitations). `not_found` when one of them does not exist, `conflict`
+   * when the creator is a member of MAX_GROUPS_PER_USER groups already or past the limits of `invite`.
    */
   async create(creator: string, name: string, members: string[]): Promise<string> {
     const others = [...new Set(members.filter((m) => m !== creator))];
     await this.assertUsersExist(others);
     const { groupId, invited } = await this.db.transaction(async (tx) => {
+      await this.assertRoomForAnotherGroup(tx, creator);
       const [group] = await tx.insert(groups).values({ name }).returning({ id: groups.id });
       await tx.insert(groupMembers).values({ groupId: group.id, userId: creator, role: "admin" });
       return { groupId: group.id, invited: await this.invite(tx, group.id, creator, others) };
@@ -230,7 +247,8 @@ export class GroupService {
 
   /**
    * Accepts an invitation: the caller becomes a member (joined now, for admin succession).
-   * `not_found` when there is no such invitation, `conflict` when the group is full.
+   * `not_found` when there is no such invitation, `conflict` when the group is full or the caller
+   * is a member of MAX_GROUPS_PER_USER groups already (the invitation stays).
    */
   async accept(groupId: string, userId: string): Promise<void> {
     await this.db.transaction(async (tx) => {
@@ -246,6 +264,7 @@ export class GroupService {
         .where(eq(groupMembers.groupId, groupId));
       if (n >= MAX_GROUP_MEMBERS)
         throw new DomainError("conflict", `a group has at most ${MAX_GROUP_MEMBERS} members`);
+      await this.assertRoomForAnotherGroup(tx, userId);
       await tx.insert(groupMembers).values({ groupId, userId, role: "member" }).onConflictDoNothing();
     });
     this.membershipChanged([userId]);
