@@ -5,6 +5,11 @@ import { randomUUID } from "node:crypto";
 import { connect } from "amqplib";
 import { Redis } from "ioredis";
 import { type ActorSystem, createActorNode, MailboxFullError, Ring } from "../../actors/index.ts";
+import { exitOnHelp } from "./bench-usage.ts";
+
+exitOnHelp(
+  "usage: npm run bench:actors\n\nActor runtime benchmark: local actors, the ring and, with Redis and RabbitMQ (REDIS_URL, AMQP_URL;\nlocal defaults), cross-node tells and asks. No options.",
+);
 
 const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const AMQP_URL = process.env.AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672";

@@ -15,7 +15,11 @@ import type { StoredEnvelope } from "../messaging/envelope.ts";
 import type { EnvelopeLog } from "../messaging/envelope-log.ts";
 import { PostgresEnvelopeLog } from "../messaging/postgres-envelope-log.ts";
 import { SqliteEnvelopeLog } from "../messaging/sqlite-envelope-log.ts";
+import { exitOnHelp } from "./bench-usage.ts";
 
+exitOnHelp(
+  `usage: npm run bench:log [-- --messages N --senders S]\n\nThe embedded envelope log on each engine: N envelopes (at least 100, default 20000) appended by\nS senders (default 100), acked and read; rows/s per operation and the longest event-loop block.`,
+);
 const { values } = parseArgs({
   options: { messages: { type: "string", default: "20000" }, senders: { type: "string", default: "100" } },
 });

@@ -8,8 +8,12 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { exitOnHelp } from "./bench-usage.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
+exitOnHelp(
+  `usage: npm run bench:startup [-- --runs N]\n\nSpawns the embedded default N times (1-50, default 5) on a fresh DATA_DIR and again after a\ngraceful stop; prints each time to its first /healthz 200, the median and the load average.`,
+);
 const { values } = parseArgs({ options: { runs: { type: "string", default: "5" } } });
 const runs = Number(values.runs);
 if (!Number.isInteger(runs) || runs < 1 || runs > 50) {

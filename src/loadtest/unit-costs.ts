@@ -21,12 +21,16 @@ import type { StoredEnvelope } from "../messaging/envelope.ts";
 import { PostgresEnvelopeLog } from "../messaging/postgres-envelope-log.ts";
 import { RedisPresence } from "../messaging/redis-presence.ts";
 import { deleteMatching, globLiteral } from "../redis/delete-matching.ts";
+import { exitOnHelp } from "./bench-usage.ts";
 import { brokerMemory } from "./broker.ts";
 
 const AMQP_URL = process.env.AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672";
 const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const POSTGRES_URL = process.env.LOADTEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
 
+exitOnHelp(
+  `usage: npm run bench:costs [-- --queues N --messages N --rows N --group-size N --group-messages N\n                              --leases N --members N --size BYTES --json]\n\nCost per unit of work against AMQP_URL, REDIS_URL and LOADTEST_POSTGRES_URL (docs/SCALING.md);\neverything it creates is under a random prefix and removed at the end.`,
+);
 const { values } = parseArgs({
   options: {
     queues: { type: "string", default: "2000" },
