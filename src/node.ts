@@ -53,7 +53,7 @@ import {
 import { RetentionJob } from "./retention/index.ts";
 import { SessionService } from "./sessions/service.ts";
 import { TokenIssuer } from "./sessions/tokens.ts";
-import { UserDirectory } from "./users/index.ts";
+import { USER_LOOKUP_ACCOUNT_LIMIT, USER_LOOKUP_LIMIT, UserDirectory } from "./users/index.ts";
 
 /** A running ClearBox node: its listeners, its stores, and how to stop it. */
 export interface ClearBoxNode {
@@ -276,7 +276,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     : undefined;
   const keys = new KeyService(db, rateLimiter, KEY_FETCH_LIMITS, audit, fence);
   const groups = new GroupService(db, audit, fence);
-  const users = new UserDirectory(db, rateLimiter);
+  const users = new UserDirectory(db, rateLimiter, USER_LOOKUP_LIMIT, USER_LOOKUP_ACCOUNT_LIMIT, fence);
   const blocks = new BlockService(db);
   const messaging = new MessagingService(db, log, actors, Date.now, undefined, fence);
   // The erasure fence across the ring, through the pinned fence actors registered in step 4.

@@ -2,6 +2,7 @@ import { eq } from "drizzle-orm";
 import type { Db } from "../db/index.ts";
 import { accounts } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
+import type { ErasureFence } from "../fence/index.ts";
 import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
 import type { Principal } from "../sessions/service.ts";
 
@@ -42,9 +43,14 @@ export class UserDirectory {
     private readonly limiter: RateLimiter,
     private readonly rule: RateLimitRule = USER_LOOKUP_LIMIT,
     private readonly accountRule: RateLimitRule = USER_LOOKUP_ACCOUNT_LIMIT,
+    /** Users whose erasure has started: not found, as if they did not exist (their row goes next). */
+    private readonly erasing?: ErasureFence,
   ) {}
 
-  /** The account named exactly `username`; `not_found` (404) if none; `rate_limited` (429) past the budget. */
+  /**
+   * The account named exactly `username`; `not_found` (404) if none or its erasure has started;
+   * `rate_limited` (429) past the budget.
+   */
   async byUsername(requester: Principal, username: string): Promise<{ userId: string; username: string }> {
     await this.spend(requester);
     const [row] = await this.db
@@ -52,11 +58,15 @@ export class UserDirectory {
       .from(accounts)
       .where(eq(accounts.username, username))
       .limit(1);
-    if (!row) throw new DomainError("not_found", "no user with that username");
+    if (!row || this.erasing?.has(row.userId))
+      throw new DomainError("not_found", "no user with that username");
     return row;
   }
 
-  /** The username of `userId` (a lower-case UUID); `not_found` if no such account; `rate_limited` past the budget. */
+  /**
+   * The username of `userId` (a lower-case UUID); `not_found` if no such account or its erasure has
+   * started; `rate_limited` past the budget.
+   */
   async byId(requester: Principal, userId: string): Promise<{ userId: string; username: string }> {
     await this.spend(requester);
     const [row] = await this.db
@@ -64,7 +74,7 @@ export class UserDirectory {
       .from(accounts)
       .where(eq(accounts.id, userId))
       .limit(1);
-    if (!row) throw new DomainError("not_found", "no such user");
+    if (!row || this.erasing?.has(row.userId)) throw new DomainError("not_found", "no such user");
     return row;
   }
 
