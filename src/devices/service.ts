@@ -1,9 +1,13 @@
+import { randomInt } from "node:crypto";
 import { and, asc, eq, sql } from "drizzle-orm";
 import type { AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
 import { accounts, devices } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import { MAX_DEVICE_ID } from "../protocol/ids.ts";
+
+/** A new device's first token generation is below this (2^30): far from the int column's 2^31 - 1. */
+const FIRST_GENERATION_BOUND = 2 ** 30;
 
 export interface DeviceInfo {
   deviceId: number;
@@ -35,7 +39,12 @@ export class DeviceService {
     this.removedListeners.push(listener);
   }
 
-  /** Creates a device with the smallest free id; `conflict` when all 127 are taken. */
+  /**
+   * Creates a device with the smallest free id; `conflict` when all 127 are taken. Its token
+   * generation starts at a random number (1 to 2^30, room for a billion revocations in the int
+   * column): ids are reused, and a removed device's access tokens, still unexpired, name the id and
+   * the generation it had; had the new device started at 0 as well, they would be valid for it.
+   */
   async create(userId: string, registrationId: number, name: string | null): Promise<number> {
     return this.db
       .transaction(async (tx) => {
@@ -54,7 +63,8 @@ export class DeviceService {
         if (deviceId > MAX_DEVICE_ID) {
           throw new DomainError("conflict", `an account can have at most ${MAX_DEVICE_ID} devices`);
         }
-        await tx.insert(devices).values({ userId, deviceId, registrationId, name });
+        const tokenGeneration = randomInt(1, FIRST_GENERATION_BOUND);
+        await tx.insert(devices).values({ userId, deviceId, registrationId, name, tokenGeneration });
         return deviceId;
       })
       .then((deviceId) => {
