@@ -70,7 +70,14 @@ export class RedisMembership implements Membership {
     }
     this.logger = options.logger ?? silentLogger;
     if (typeof options.redis === "string") {
-      this.redis = new Redis(options.redis, { lazyConnect: false, maxRetriesPerRequest: 2 });
+      // Reconnect attempts at most a heartbeat apart (ioredis waits up to 2 s by default): after a
+      // Redis restart every node is back within a heartbeat, inside the others' grace (`reassert`).
+      const heartbeatMs = this.heartbeatMs;
+      this.redis = new Redis(options.redis, {
+        lazyConnect: false,
+        maxRetriesPerRequest: 2,
+        retryStrategy: (times) => Math.min(times * 50, heartbeatMs),
+      });
       // Without a listener ioredis prints "Unhandled error event" on every failed reconnect.
       this.redis.on("error", (error) => this.logFailure(error));
       this.ownsRedis = true;
@@ -187,7 +194,8 @@ export class RedisMembership implements Membership {
    * disagreed meanwhile. (ioredis subscribes the subscriber again by itself, `autoResubscribe`.)
    */
   private async reassert(): Promise<void> {
-    this.graceUntil = Date.now() + this.ttlMs;
+    // A TTL, plus a heartbeat for the others' reconnect attempts (at most a heartbeat apart).
+    this.graceUntil = Date.now() + this.ttlMs + this.heartbeatMs;
     this.logger.info({ nodeId: this.self }, "redis is back: re-asserting membership");
     await this.beat();
     await this.redis.publish(this.channel, `join ${this.self}`);

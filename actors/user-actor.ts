@@ -265,7 +265,9 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         for (const deviceId of [...this.flushDue]) {
           this.flushDue.delete(deviceId);
           // Connected meanwhile: its pending envelopes are pushed once it has drained its queue.
-          if (!this.devices.has(deviceId)) flushed += await this.flush(deviceId);
+          if (this.devices.has(deviceId)) continue;
+          if (await this.relearn(deviceId)) continue;
+          flushed += await this.flush(deviceId);
         }
         return { flushed };
       }
@@ -415,6 +417,30 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       this.tellSelf(message, ctx);
     }, RETRY_MS);
     timer.unref?.();
+  }
+
+  /**
+   * Looks the device's socket up in the presence leases once more before its envelopes go to the
+   * offline queue, which a connected device reads only when it connects: an activation in the
+   * moment between a Redis restart and the leases being written again found none. A live socket
+   * is pushed to (true); one still draining its queue is held for (true, pushed at its
+   * `device.drained`); none, or a push that fails, is false and the flush goes ahead.
+   */
+  private async relearn(deviceId: number): Promise<boolean> {
+    const sockets = await this.ports.sockets.open(this.userId).catch(() => []);
+    for (const socket of sockets) {
+      if (socket.deviceId !== deviceId) continue;
+      const status = await this.ports.sockets.status(socket, this.userId).catch(() => "gone" as const);
+      if (status === "gone") continue;
+      const device: Connected = { ...socket, live: status === "live" };
+      this.devices.set(deviceId, device);
+      if (!device.live) return true;
+      const pending = [...(this.pending.get(deviceId)?.values() ?? [])];
+      if (pending.length === 0) return true;
+      if (await this.ports.sockets.push(device, this.userId, pending).catch(() => false)) return true;
+      if (this.devices.get(deviceId) === device) this.devices.delete(deviceId);
+    }
+    return false;
   }
 
   /** Moves a device's unacked envelopes to its durable offline queue; returns how many. */

@@ -168,7 +168,13 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   const readiness: ReadinessCheck[] = [{ name: database.kind, check: () => database.ping() }];
   let redis: Redis | undefined;
   if (config.redisUrl) {
-    redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 2 });
+    // Reconnect attempts at most 500 ms apart (ioredis's default grows to 2 s): socket leases and
+    // rate limits are back soon after Redis is.
+    redis = new Redis(config.redisUrl, {
+      lazyConnect: true,
+      maxRetriesPerRequest: 2,
+      retryStrategy: (times) => Math.min(times * 50, 500),
+    });
     let lastRedisError: unknown;
     redis.on("error", (err) => {
       lastRedisError = err;
