@@ -129,7 +129,10 @@ test("users whose actors were stopped before Redis went down get the messages se
     );
     for (const node of nodes)
       for (const line of node.logs)
-        if (/re-assert|redis is back|"level":(40|50)/.test(line) && !line.includes("ECONNREFUSED"))
+        if (
+          /re-assert|redis is back|ring changed|"level":(40|50)/.test(line) &&
+          !line.includes("ECONNREFUSED")
+        )
           console.log(line.slice(0, 400));
     for (const [i, { userId }] of recipients.entries())
       console.log(
