@@ -32,10 +32,19 @@ function text(value: unknown): string | undefined {
   return undefined;
 }
 
-/** The stack's `at …` frames: every line before the first frame belongs to the message. */
-function frames(stack: unknown): string | undefined {
+/**
+ * The stack's `at …` frames: every line before the first frame belongs to the message. The
+ * message is cut off first where the stack repeats it (`Name: message` heads a stack): a value in
+ * it (a failed query's params hold client text) may itself contain a line that looks like a frame.
+ */
+function frames(stack: unknown, message: unknown): string | undefined {
   if (typeof stack !== "string") return undefined;
-  const lines = stack.split("\n");
+  let rest = stack;
+  if (typeof message === "string" && message.length > 0) {
+    const at = stack.indexOf(message);
+    if (at >= 0) rest = stack.slice(at + message.length);
+  }
+  const lines = rest.split("\n");
   const first = lines.findIndex((line) => /^\s+at\s/.test(line));
   if (first < 0) return undefined;
   return lines.slice(first).join("\n");
@@ -71,7 +80,7 @@ export function serializeError(error: unknown, depth = 0): SerializedError {
   if (table) out.table = table;
   const column = name(e.column_name) ?? name(e.column);
   if (column) out.column = column;
-  const stack = frames(e.stack);
+  const stack = frames(e.stack, e.message);
   if (stack) out.stack = stack;
   if (e.cause !== undefined && depth < MAX_CAUSES) out.cause = serializeError(e.cause, depth + 1);
   produced.add(out);

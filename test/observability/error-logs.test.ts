@@ -196,6 +196,16 @@ describe("the one error serializer", () => {
     expect(serializeError("secret-string")).toEqual({ type: "NonError(string)" });
   });
 
+  test("a value in the message that looks like a stack frame is not taken for one", () => {
+    // A client-chosen text (a group name: any 128 characters) among a failed query's params.
+    const error = new Error(
+      "Failed query: insert into groups (name) values ($1)\nparams: x\n    at secret-name (secret-param)",
+    );
+    const out = serializeError(error);
+    expect(out.stack).toContain("at ");
+    expect(JSON.stringify(out)).not.toContain("secret");
+  });
+
   test.each(["json", "ecs"] as LogFormat[])(
     "every logger of the process in %s: under err, under another key, and from the actor system",
     async (format) => {
