@@ -95,8 +95,7 @@ export class TestProvider {
       // oidc-provider gives its outgoing requests (the back-channel logout POST) 2.5 s; on a loaded
       // test machine with a busy shared PostgreSQL the revocation behind it took longer, so the
       // provider gave up and the test failed on the provider's clock rather than on ClearBox.
-      fetch: (url, options) =>
-        globalThis.fetch(url, { ...options, signal: AbortSignal.timeout(15_000) }),
+      fetch: (url, options) => globalThis.fetch(url, { ...options, signal: AbortSignal.timeout(15_000) }),
       features: {
         devInteractions: { enabled: true },
         deviceFlow: { enabled: true },
