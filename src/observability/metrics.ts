@@ -8,6 +8,7 @@ import {
   type MetricValueWithName,
   Registry,
 } from "prom-client";
+import type { ActorCensus, ActorSystemStats } from "../../actors/index.ts";
 
 /**
  * Codes a send is refused with: the `rejected` codes of docs/PROTOCOL.md, and `internal` for a send
@@ -151,19 +152,8 @@ class BucketHistogram {
 export interface MetricSources {
   /** The actor system's counters and its census (src: `ActorSystem.stats()` / `census()`). */
   actors?: {
-    stats(): {
-      handedOff: number;
-      ringMembers: number;
-      transport: {
-        transfersSent: number;
-        framesSent: number;
-        transfersConfirmed: number;
-        transfersFailed: number;
-        transfersReceived: number;
-        framesReceived: number;
-      };
-    };
-    census(): { byKind: Map<string, number>; queued: number; maxQueued: number };
+    stats(): Pick<ActorSystemStats, "handedOff" | "ringMembers" | "transport">;
+    census(): ActorCensus;
   };
   /** Open WebSocket connections on this node. */
   connections?: () => number;
