@@ -48,6 +48,9 @@ export interface GatewayOptions {
   fence?: ErasureFence;
 }
 
+/** How long a new socket's drain waits for the same device's previous socket here to finish closing. */
+const PREVIOUS_DRAIN_WAIT_MS = 5_000;
+
 /** Envelopes taken from the offline queue per read while a device drains it. */
 const DRAIN_CHUNK = 256;
 
@@ -67,6 +70,8 @@ export class Gateway {
   private readonly watchers: PresenceWatchers;
   /** Disconnect bookkeeping still running (presence, offline flush), awaited by stop(). */
   private readonly closing = new Set<Promise<void>>();
+  /** The latest closing socket's bookkeeping per device (`user.device`), until it is done. */
+  private readonly closingDevices = new Map<string, Promise<void>>();
   private readonly unsubscribe: () => void;
   private readonly renewTimer: ReturnType<typeof setInterval>;
   private readonly pingTimer: ReturnType<typeof setInterval>;
@@ -261,6 +266,13 @@ export class Gateway {
     if (conn.isClosed()) return;
     conn.state = "draining";
     await conn.drain?.release();
+    // A socket of this device that closed here a moment ago may still hold messages its drain took
+    // and did not ack: RabbitMQ returns them to the queue only when that drain ends. Reading the
+    // queue before then finds it empty and goes live past them (they would wait for the device's
+    // next connection). Bounded, so a stuck bookkeeping (a store down) does not hold this socket.
+    const previous = this.closingDevices.get(conn.key);
+    if (previous) await Promise.race([previous, Bun.sleep(PREVIOUS_DRAIN_WAIT_MS)]);
+    if (conn.isClosed()) return;
     conn.drain = await offline.drain(principal.userId, principal.deviceId);
     for (;;) {
       if (conn.isClosed()) return;
@@ -307,7 +319,11 @@ export class Gateway {
       }
     });
     this.closing.add(bookkeeping);
-    void bookkeeping.finally(() => this.closing.delete(bookkeeping));
+    this.closingDevices.set(conn.key, bookkeeping);
+    void bookkeeping.finally(() => {
+      this.closing.delete(bookkeeping);
+      if (this.closingDevices.get(conn.key) === bookkeeping) this.closingDevices.delete(conn.key);
+    });
   }
 
   /**
