@@ -1,6 +1,8 @@
+import { expect } from "bun:test";
 import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
 import { TestSocket } from "../support/ws.ts";
+import type { Traffic } from "./traffic.ts";
 
 /**
  * Three nodes in this process on PostgreSQL at `databaseUrl`, Redis at `redisUrl` and the shared
@@ -63,4 +65,26 @@ export function warnings(nodes: TestNode[], limit = 40): string {
     .slice(-limit)
     .map((line) => line.slice(0, 300))
     .join("\n");
+}
+
+/**
+ * Waits for `traffic` to settle, then checks the outcome every fault test wants: every send
+ * answered, none rejected, every accepted message delivered once and in order per sender, no
+ * socket closed, nothing unacked in the log or left in an offline queue, every node alive.
+ */
+export async function expectSettledClean(traffic: Traffic, nodes: TestNode[]): Promise<void> {
+  const report = await traffic.settle();
+  if (report.missing > 0 || report.outOfOrder.length > 0 || report.unanswered > 0)
+    console.log(JSON.stringify(report), "\n", warnings(nodes));
+  console.log(
+    `sends ${report.sends}, accepted ${report.accepted}, retryable errors ${report.retryableErrors}, busy ${report.busy}, duplicates ${report.duplicates}`,
+  );
+  expect(report.unanswered).toBe(0);
+  expect(report.rejected).toEqual([]);
+  expect(report.missing).toBe(0);
+  expect(report.outOfOrder).toEqual([]);
+  expect(report.closedSockets).toEqual([]);
+  expect(await traffic.unackedInLog()).toBe(0);
+  expect(await traffic.leftInOfflineQueues()).toBe(0);
+  expect(await allAlive(nodes)).toBe(true);
 }

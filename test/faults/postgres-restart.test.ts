@@ -4,7 +4,7 @@ import { api, registerAndLogin } from "../support/http.ts";
 import type { TestNode } from "../support/node.ts";
 import { OwnPostgres } from "../support/own-postgres.ts";
 import { TestSocket } from "../support/ws.ts";
-import { allAlive, startCluster, upgradesWork, warnings } from "./cluster.ts";
+import { expectSettledClean, startCluster, upgradesWork } from "./cluster.ts";
 import { BODY_MARK_BASE64, Traffic } from "./traffic.ts";
 
 // kill -9 of PostgreSQL under a steady stream of 1:1 and group traffic over three nodes, restarted
@@ -82,20 +82,7 @@ test("PostgreSQL killed and restarted: every send answered, every accepted messa
   sdk.close();
   await sdkInbox.close();
 
-  const report = await traffic.settle();
-  if (report.missing > 0 || report.outOfOrder.length > 0 || report.unanswered > 0)
-    console.log(JSON.stringify(report), "\n", warnings(nodes));
-  console.log(
-    `sends ${report.sends}, accepted ${report.accepted}, retryable errors ${report.retryableErrors}, busy ${report.busy}, duplicates ${report.duplicates}`,
-  );
-  expect(report.unanswered).toBe(0);
-  expect(report.rejected).toEqual([]);
-  expect(report.missing).toBe(0);
-  expect(report.outOfOrder).toEqual([]);
-  expect(report.closedSockets).toEqual([]);
-  expect(await traffic.unackedInLog()).toBe(0);
-  expect(await traffic.leftInOfflineQueues()).toBe(0);
-  expect(await allAlive(nodes)).toBe(true);
+  await expectSettledClean(traffic, nodes);
   // The failed queries' errors were logged: none of them may carry a ciphertext.
   const leaks = nodes.flatMap((node) => node.logs.filter((line) => line.includes(BODY_MARK_BASE64)));
   expect(leaks.map((line) => line.slice(0, 200))).toEqual([]);

@@ -4,7 +4,7 @@ import type { TestNode } from "../support/node.ts";
 import { OwnRedis } from "../support/own-redis.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
 import { TestSocket } from "../support/ws.ts";
-import { allAlive, startCluster, upgradesWork, warnings } from "./cluster.ts";
+import { expectSettledClean, startCluster, upgradesWork } from "./cluster.ts";
 import { Traffic } from "./traffic.ts";
 
 // kill -9 of Redis (ring membership, presence leases, rate limits; no persistence, so it comes
@@ -59,20 +59,7 @@ test("Redis killed and restarted empty: the ring and the leases come back, every
   expect(nodes.map((node) => node.actors.ringMembers().length)).toEqual([3, 3, 3]);
   await traffic.stop();
 
-  const report = await traffic.settle();
-  if (report.missing > 0 || report.outOfOrder.length > 0 || report.unanswered > 0)
-    console.log(JSON.stringify(report), "\n", warnings(nodes));
-  console.log(
-    `sends ${report.sends}, accepted ${report.accepted}, retryable errors ${report.retryableErrors}, busy ${report.busy}, duplicates ${report.duplicates}`,
-  );
-  expect(report.unanswered).toBe(0);
-  expect(report.rejected).toEqual([]);
-  expect(report.missing).toBe(0);
-  expect(report.outOfOrder).toEqual([]);
-  expect(report.closedSockets).toEqual([]);
-  expect(await traffic.unackedInLog()).toBe(0);
-  expect(await traffic.leftInOfflineQueues()).toBe(0);
-  expect(await allAlive(nodes)).toBe(true);
+  await expectSettledClean(traffic, nodes);
   const someone = await registerAndLogin(api(nodes[0].url));
   await upgradesWork(nodes, someone.accessToken);
 }, 120_000);
