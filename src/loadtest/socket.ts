@@ -5,6 +5,12 @@ import type { Tracker } from "./tracker.ts";
 /** Acks gathered before one `ack` frame goes out (the protocol allows 1000). */
 const ACK_BATCH = 500;
 const OPEN_TIMEOUT_MS = 15_000;
+/**
+ * Times a send answered `error internal` goes again with the same id, 250 ms doubling up to 2 s
+ * apart, before it counts as answered and not accepted: the SDK's ERROR_RETRIES (src/client/socket.ts),
+ * so the harness sees what a client of ours sees.
+ */
+const ERROR_RETRIES = 12;
 
 type MessageFrame = Extract<ServerFrame, { type: "message" }>;
 
@@ -26,6 +32,8 @@ export class LoadSocket {
   private readonly seen = new Set<string>();
   /** Send frames not answered yet, by id: a `busy` answer is sent again after its retryAfterMs. */
   private readonly unanswered = new Map<string, string>();
+  /** `error internal` answers so far, by id of a send not answered otherwise yet. */
+  private readonly failures = new Map<string, number>();
   private acks: string[] = [];
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -104,6 +112,7 @@ export class LoadSocket {
     switch (frame.type) {
       case "accepted":
         this.unanswered.delete(frame.id);
+        this.failures.delete(frame.id);
         this.inFlight--;
         tracker?.acceptedOne(frame.id);
         this.onAnswer?.();
@@ -120,6 +129,7 @@ export class LoadSocket {
           break;
         }
         this.unanswered.delete(frame.id);
+        this.failures.delete(frame.id);
         this.inFlight--;
         tracker?.rejectedOne(frame.id, frame.code);
         this.onAnswer?.();
@@ -140,14 +150,32 @@ export class LoadSocket {
         }
         break;
       }
-      case "error":
-        // An `internal` error means a send was not accepted: it counts as answered, not as lost.
-        if (frame.code === "internal") {
-          this.inFlight--;
-          this.onAnswer?.();
-        }
+      case "error": {
         tracker?.errorOne();
+        if (frame.code !== "internal") break;
+        // An `internal` error names a send that was not accepted (a store failed or did not answer
+        // in time): as the SDK does, it goes again with the same id, keeping its window slot and
+        // send time; after ERROR_RETRIES it counts as answered, not as lost.
+        const text = frame.id === undefined ? undefined : this.unanswered.get(frame.id);
+        const failed = frame.id === undefined ? 0 : (this.failures.get(frame.id) ?? 0) + 1;
+        if (frame.id !== undefined && text !== undefined && failed <= ERROR_RETRIES && !this.closed) {
+          this.failures.set(frame.id, failed);
+          setTimeout(
+            () => {
+              if (!this.closed) this.ws.send(text);
+            },
+            Math.min(250 * 2 ** (failed - 1), 2000),
+          );
+          break;
+        }
+        if (frame.id !== undefined) {
+          this.unanswered.delete(frame.id);
+          this.failures.delete(frame.id);
+        }
+        this.inFlight--;
+        this.onAnswer?.();
         break;
+      }
     }
   }
 

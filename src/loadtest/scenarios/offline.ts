@@ -21,6 +21,10 @@ import { Tracker } from "../tracker.ts";
  * at the peak (every accepted message flushed to its queue) and after the drain (once the queue
  * count stops falling): offline queues and ready messages of the run, and the broker's memory.
  * `--window w --messages w·users/2` gives every recipient exactly w messages.
+ *
+ * The senders close once their sends are answered, before the recipients connect, and the
+ * recipients open 64 at a time: at N = 10,000 recipients the harness and the node then hold
+ * N sockets at a time, not 2N, under the open-file limit of 20,000 per process.
  */
 export async function offline(ctx: ScenarioContext): Promise<PhaseResult[]> {
   const { options, system, progress } = ctx;
@@ -58,6 +62,8 @@ export async function offline(ctx: ScenarioContext): Promise<PhaseResult[]> {
   while (tracker.unanswered > 0 && performance.now() < answerDeadline) await Bun.sleep(20);
   const queueMs = performance.now() - queueStart;
   progress.stop();
+  // The senders' part is over: their sockets would only count against the open-file limits.
+  await Promise.all(senders.map((s) => s.close()));
   const queuedRate = Math.round(tracker.accepted / (queueMs / 1000));
   progress.note(`${system.name}: ${tracker.accepted} messages queued for offline devices at ${queuedRate}/s`);
   if (broker) {
@@ -66,11 +72,13 @@ export async function offline(ctx: ScenarioContext): Promise<PhaseResult[]> {
     progress.note(`${system.name}: broker at the peak ${describe(broker.peak)}`);
   }
 
-  progress.start(`${system.name} drain`, trackerStatus(tracker));
   const drainStart = performance.now();
   let inbox: LoadSocket[] = [];
   try {
-    inbox = await Promise.all(recipients.map((d) => LoadSocket.open(system.target, d, tracker)));
+    inbox = await connectAll(ctx, recipients, "recipients", (d) =>
+      LoadSocket.open(system.target, d, tracker),
+    );
+    progress.start(`${system.name} drain`, trackerStatus(tracker));
     const deadline = performance.now() + Math.max(options.drainTimeoutS, 60) * 1000;
     while (!tracker.settled && performance.now() < deadline) await Bun.sleep(10);
   } finally {
@@ -94,7 +102,7 @@ export async function offline(ctx: ScenarioContext): Promise<PhaseResult[]> {
   progress.note(
     `${system.name}: drained ${tracker.delivered} in ${Math.round(drainMs)} ms → ${result.msgsPerSec}/s`,
   );
-  await Promise.all([...senders, ...inbox].map((s) => s.close()));
+  await Promise.all(inbox.map((s) => s.close()));
   return [result];
 }
 
@@ -125,15 +133,18 @@ function brokerReadings(prefix: string) {
       }
       return b;
     },
-    /** Reads until the queue count is 0 or has not fallen across three readings. */
+    /**
+     * Reads until the queue count is 0 or has not fallen for 30 s (a reading of 10,000 queues takes
+     * seconds, so a count of readings would stop while removals are still under way).
+     */
     async settled(timeoutS) {
       const deadline = performance.now() + timeoutS * 1000;
       let b = await readings.read();
-      let unchanged = 0;
-      while (b.offlineQueues > 0 && unchanged < 3 && performance.now() < deadline) {
+      let fellAt = performance.now();
+      while (b.offlineQueues > 0 && performance.now() - fellAt < 30_000 && performance.now() < deadline) {
         await Bun.sleep(500);
         const next = await readings.read();
-        unchanged = next.offlineQueues < b.offlineQueues ? 0 : unchanged + 1;
+        if (next.offlineQueues < b.offlineQueues) fellAt = performance.now();
         b = next;
       }
       return b;
