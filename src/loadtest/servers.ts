@@ -7,6 +7,13 @@ import { deleteMatching, globLiteral } from "../redis/delete-matching.ts";
 import type { Stack } from "./options.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "../..");
+/**
+ * When LOADTEST_SERVER_LOG names a file, every output line of the spawned servers goes to it (for
+ * diagnosis; buffered, so the harness's event loop is not held up by a write per line).
+ */
+const serverLog = process.env.LOADTEST_SERVER_LOG
+  ? Bun.file(process.env.LOADTEST_SERVER_LOG).writer()
+  : undefined;
 const START_TIMEOUT_MS = 60_000;
 
 /** A server process the harness started: where it listens, its pid, and the warnings it logged. */
@@ -72,6 +79,7 @@ async function spawnProcess(
         const line = buffered.slice(0, newline);
         buffered = buffered.slice(newline + 1);
         newline = buffered.indexOf("\n");
+        serverLog?.write(`${line}\n`);
         let parsed: Record<string, unknown> | undefined;
         try {
           parsed = JSON.parse(line);
@@ -111,6 +119,7 @@ async function spawnProcess(
       }, graceMs);
       await child.exited;
       clearTimeout(killer);
+      await serverLog?.flush();
       await onExit?.();
     },
   };

@@ -129,6 +129,30 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     await Promise.all([a.close(), second.close()]);
   }, 60_000);
 
+  test("acks of one drain sent in separate frames, all at once, still remove the queue (10 devices)", async () => {
+    // Each ack frame writes to the log on its own; the queue may go only once every one of them has
+    // committed, or the user actor finds `queued` rows, keeps the queue, and nobody asks again.
+    const alice = await user();
+    const a = await connectAs(alice.accessToken);
+    const devices = await Promise.all(Array.from({ length: 10 }, () => user()));
+    const sent = await Promise.all(devices.map((d) => send(a, d.userId, 12, "separate acks")));
+    await Promise.all(
+      devices.map((d) => waitFor(async () => (await offline.depth(d.userId, 1)) === 12, "twelve queued")),
+    );
+    const sockets = await Promise.all(devices.map((d) => connectAs(d.accessToken)));
+    await Promise.all(
+      sockets.map(async (socket, i) => {
+        const drained = await socket.messages(12);
+        expect(drained.map((m) => m.id)).toEqual(sent[i] as string[]);
+        for (const m of drained) socket.send({ type: "ack", ids: [m.id] });
+      }),
+    );
+    await Promise.all(
+      devices.map((d) => waitFor(async () => !(await queueExists(amqp, d.queue)), "the drained queue to go")),
+    );
+    await Promise.all([a.close(), ...sockets.map((s) => s.close())]);
+  }, 60_000);
+
   test("an empty queue left by an older version goes at the device's next connection", async () => {
     const carol = await user();
     await declareLegacyQueue(amqp, carol.queue);
