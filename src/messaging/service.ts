@@ -99,6 +99,11 @@ export class MessagingService {
    * the device lists, and as fresh.
    */
   private readonly blockVerdicts = new Map<string, { blocked: boolean; at: number }>();
+  /** Block-list reads in flight, so concurrent sends to one recipient share one query. */
+  private readonly readingBlocks = new Map<
+    string,
+    Promise<{ blocked: ReadonlySet<string> | undefined; at: number }>
+  >();
   /** Bumped by every block change here: a read that started before one is not cached. */
   private blockChanges = 0;
   /**
@@ -210,6 +215,7 @@ export class MessagingService {
   /** A block was added or lifted on this node: forget what is cached of the blocker's blocks. */
   blocksChanged(blocker: string, blocked: string): void {
     this.blockLists.delete(blocker);
+    this.readingBlocks.delete(blocker);
     this.blockVerdicts.delete(`${blocker}|${blocked}`);
     this.blockChanges++;
   }
@@ -306,22 +312,39 @@ export class MessagingService {
    */
   private async isBlocked(recipient: string, sender: string): Promise<boolean> {
     if (recipient === sender) return false;
-    const now = this.now();
-    let cached = this.blockLists.get(recipient);
-    if (!cached || now - cached.at >= BLOCK_LIST_TTL_MS) {
-      const changesBefore = this.blockChanges;
+    const cached = this.blockLists.get(recipient);
+    const list =
+      cached && this.now() - cached.at < BLOCK_LIST_TTL_MS ? cached : await this.readBlockList(recipient);
+    if (list.blocked) return list.blocked.has(sender);
+    return this.blocks(recipient, sender);
+  }
+
+  /**
+   * Reads (and caches) a recipient's block list. Concurrent sends to the same recipient share one
+   * query: a burst to many cold recipients, and the senders' retries of sends that timed out
+   * meanwhile, otherwise queue one read per send for the same list behind each other.
+   */
+  private readBlockList(
+    recipient: string,
+  ): Promise<{ blocked: ReadonlySet<string> | undefined; at: number }> {
+    const inFlight = this.readingBlocks.get(recipient);
+    if (inFlight) return inFlight;
+    const changesBefore = this.blockChanges;
+    const startedAt = this.now();
+    const read = (async () => {
       const rows = await this.db
         .select({ userId: blocks.blockedUserId })
         .from(blocks)
         .where(eq(blocks.userId, recipient))
         .limit(BLOCKS_CACHED + 1);
-      cached = {
+      const now = this.now();
+      const list = {
         blocked: rows.length > BLOCKS_CACHED ? undefined : new Set(rows.map((r) => r.userId)),
-        at: now,
+        at: startedAt,
       };
       if (this.blockChanges === changesBefore) {
         this.blockLists.delete(recipient);
-        this.blockLists.set(recipient, cached);
+        this.blockLists.set(recipient, list);
         if (this.blockLists.size > DEVICE_LIST_CACHE_SIZE) {
           for (const [id, entry] of this.blockLists) {
             if (this.blockLists.size <= DEVICE_LIST_CACHE_SIZE && now - entry.at < BLOCK_LIST_TTL_MS) break;
@@ -329,9 +352,12 @@ export class MessagingService {
           }
         }
       }
-    }
-    if (cached.blocked) return cached.blocked.has(sender);
-    return this.blocks(recipient, sender);
+      return list;
+    })().finally(() => {
+      if (this.readingBlocks.get(recipient) === read) this.readingBlocks.delete(recipient);
+    });
+    this.readingBlocks.set(recipient, read);
+    return read;
   }
 
   /**
