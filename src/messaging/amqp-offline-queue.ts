@@ -1,3 +1,4 @@
+import pLimit from "p-limit";
 import type { Channel, Connection, Publisher, ReturnedMessage, SyncMessage } from "rabbitmq-client";
 import {
   amqpCode,
@@ -37,6 +38,14 @@ const CHANNELS_PER_CONNECTION = 2047 - 8;
  * still fails leaves the envelopes pending in the log and the actor (delivered when the device connects).
  */
 const FLUSH_ATTEMPTS = 3;
+
+/**
+ * Channels open at once on the node's main connection for one-off operations (declare, remove,
+ * purge, depth, drop): each opens a channel of its own, because a refusal (404, 406) closes it.
+ * rabbitmq-client throws past the connection's `channel_max` (RabbitMQ's default 2047), which a burst
+ * of first flushes or removals for thousands of devices reached; past this bound they wait instead.
+ */
+const ONE_OFF_CHANNELS = 64;
 
 interface DrainConnection {
   rabbit: Connection;
@@ -156,6 +165,8 @@ class DrainChannels {
 export class AmqpOfflineQueue implements OfflineQueue {
   readonly kind = "rabbitmq";
   private readonly declared = new Set<string>();
+  /** Bounds the one-off channels open at once (ONE_OFF_CHANNELS). */
+  private readonly oneOff = pLimit(ONE_OFF_CHANNELS);
   private readonly drains: DrainChannels;
   private readonly publisher: Publisher;
   /** Queue name → the message-id sets of flushes in progress, filled by basic.return. */
@@ -206,6 +217,11 @@ export class AmqpOfflineQueue implements OfflineQueue {
     return this.drains.inUse;
   }
 
+  /** Runs `use` on a channel of its own from the main connection, at most ONE_OFF_CHANNELS at once. */
+  private channel<T>(use: (channel: Channel) => Promise<T>): Promise<T> {
+    return this.oneOff(() => withChannel(this.rabbit, use));
+  }
+
   /** The queue that holds a device's offline envelopes. */
   queueName(userId: string, deviceId: number): string {
     return `${this.prefix}.dev.${userId}.${deviceId}`;
@@ -213,7 +229,7 @@ export class AmqpOfflineQueue implements OfflineQueue {
 
   private async declare(name: string): Promise<void> {
     if (this.declared.has(name)) return;
-    await withChannel(this.rabbit, (channel) =>
+    await this.channel((channel) =>
       channel.queueDeclare({
         queue: name,
         durable: true,
@@ -370,8 +386,7 @@ export class AmqpOfflineQueue implements OfflineQueue {
   async depth(userId: string, deviceId: number): Promise<number> {
     try {
       const queue = this.queueName(userId, deviceId);
-      return (await withChannel(this.rabbit, (channel) => channel.queueDeclare({ queue, passive: true })))
-        .messageCount;
+      return (await this.channel((channel) => channel.queueDeclare({ queue, passive: true }))).messageCount;
     } catch (error) {
       if (amqpCode(error) === "NOT_FOUND") return 0;
       throw error;
@@ -383,7 +398,7 @@ export class AmqpOfflineQueue implements OfflineQueue {
     try {
       // Deleting a queue that does not exist is a no-op for RabbitMQ (delete-ok, 0 messages); one
       // holding ready messages refuses with 406 PRECONDITION_FAILED (on a channel of its own).
-      await withChannel(this.rabbit, (channel) => channel.queueDelete({ queue: name, ifEmpty: true }));
+      await this.channel((channel) => channel.queueDelete({ queue: name, ifEmpty: true }));
       this.declared.delete(name);
       return true;
     } catch (error) {
@@ -419,9 +434,7 @@ export class AmqpOfflineQueue implements OfflineQueue {
 
   async purge(userId: string, deviceId: number): Promise<number> {
     const name = this.queueName(userId, deviceId);
-    const { messageCount } = await withChannel(this.rabbit, (channel) =>
-      channel.queueDelete({ queue: name }),
-    );
+    const { messageCount } = await this.channel((channel) => channel.queueDelete({ queue: name }));
     this.declared.delete(name);
     return messageCount;
   }
