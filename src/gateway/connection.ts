@@ -57,9 +57,20 @@ export class DeviceConnection {
     private readonly tallies: MessageTallies,
   ) {}
 
-  /** True the first time the drain has emptied the device's offline queue: tell the user actor then. */
+  /**
+   * Acks of this socket whose writes (log and queue) have not finished. The queue may be reported
+   * emptied only when none is left: the drain counts an ack as done when it was sent to the broker,
+   * the user actor checks the log, and an ack still committing there would make it keep the queue
+   * with nobody to ask again.
+   */
+  acksInFlight = 0;
+
+  /**
+   * True the first time the drain has emptied the device's offline queue and no ack of it is still
+   * being written: tell the user actor then (the last ack to finish, or the drain's end, does).
+   */
   takeEmptiedQueue(): boolean {
-    if (this.emptiedTold || !this.drain?.emptied) return false;
+    if (this.emptiedTold || this.acksInFlight > 0 || !this.drain?.emptied) return false;
     this.emptiedTold = true;
     return true;
   }

@@ -228,12 +228,18 @@ export class FrameHandler {
   }
 
   private ack(conn: DeviceConnection, ids: string[]): void {
+    conn.acksInFlight++;
     const acking = (async () => {
       try {
-        // The user actor is told at once (messaging.ack tells it before any write): a reconnect that
-        // overtakes the queue's or the log's commit must not be pushed what was acked here.
-        await Promise.all([this.deps.messaging.ack(conn.principal, ids), conn.drain?.ack(ids)]);
-        // After the log recorded the acks: the actor removes the queue only if the log owes nothing.
+        try {
+          // The user actor is told at once (messaging.ack tells it before any write): a reconnect that
+          // overtakes the queue's or the log's commit must not be pushed what was acked here.
+          await Promise.all([this.deps.messaging.ack(conn.principal, ids), conn.drain?.ack(ids)]);
+        } finally {
+          conn.acksInFlight--;
+        }
+        // After the log recorded these acks and every earlier one: the actor removes the queue only
+        // if the log owes nothing.
         if (conn.takeEmptiedQueue()) await this.deps.messaging.queueEmptied(conn.principal);
       } catch (error) {
         this.deps.logger.error({ err: error, user: conn.principal.userId }, "ack failed");

@@ -354,6 +354,22 @@ describe("a flush after another node removed the queue (RabbitMQ)", () => {
     }
   }, 120_000);
 
+  // One channel per declare or removal: past the connection's channel_max (2047) rabbitmq-client
+  // throws, which 10,000 devices coming back at once reached in the offline load test.
+  test("2,200 devices' queues declared, refused removal and purged all at once: every one succeeds", async () => {
+    const users = Array.from({ length: 2200 }, () => randomUUID());
+    try {
+      await Promise.all(users.map((user) => flusher.flush(user, 1, [envelope(user, 1)])));
+      // Each holds a message: if-empty refuses (406 on the operation's own channel).
+      const removed = await Promise.all(users.map((user) => remover.remove(user, 1)));
+      expect(removed.filter(Boolean)).toHaveLength(0);
+      const purged = await Promise.all(users.map((user) => remover.purge(user, 1)));
+      expect(purged.every((n) => n === 1)).toBe(true);
+    } finally {
+      await Promise.all(users.map((user) => remover.purge(user, 1).catch(() => 0)));
+    }
+  }, 120_000);
+
   test("a queue holding messages is not removed", async () => {
     const user = randomUUID();
     try {
