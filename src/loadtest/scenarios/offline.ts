@@ -20,7 +20,8 @@ import { Tracker } from "../tracker.ts";
  * On the services stack with spawned nodes it also reads the broker (`broker.ts`) before sending,
  * at the peak (every accepted message flushed to its queue) and after the drain (once the queue
  * count stops falling): offline queues and ready messages of the run, and the broker's memory.
- * `--window w --messages w·users/2` gives every recipient exactly w messages.
+ * `--window w --messages w·users/2` gives every recipient exactly w messages; `--rate r` paces the
+ * sends at r/s (set `--duration` long enough for all of them).
  *
  * The senders close once their sends are answered, before the recipients connect, and the
  * recipients open 64 at a time: at N = 10,000 recipients the harness and the node then hold
@@ -57,6 +58,8 @@ export async function offline(ctx: ScenarioContext): Promise<PhaseResult[]> {
     window: options.window,
     maxMessages: options.messages,
     durationMs: options.durationS * 1000,
+    // `--rate` paces the queueing phase; without it every sender fires its window at once.
+    rate: typeof options.rate === "number" ? options.rate : undefined,
   });
   const answerDeadline = performance.now() + options.drainTimeoutS * 1000;
   while (tracker.unanswered > 0 && performance.now() < answerDeadline) await Bun.sleep(20);
