@@ -1,4 +1,5 @@
 import type { MessagingService, SubmittedSend } from "../messaging/service.ts";
+import { LogSummary } from "../observability/log-summary.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { MessageTallies } from "../observability/metrics.ts";
 import {
@@ -44,6 +45,11 @@ export const SEND_DEADLINE_MS = 10_000;
  * the messaging service in arrival order; a malformed frame gets an `error` and the socket stays.
  */
 export class FrameHandler {
+  /** Sends that missed SEND_DEADLINE_MS: one line per burst (a retrying crowd repeats them). */
+  private readonly lateSends: LogSummary;
+  /** Sends a store failed: one line per burst (during an outage every send fails). */
+  private readonly failedSends: LogSummary;
+
   constructor(
     private readonly deps: {
       messaging: MessagingService;
@@ -53,7 +59,10 @@ export class FrameHandler {
       /** Sends accepted and refused, and rate-limit refusals, are counted here (metrics). */
       tallies: MessageTallies;
     },
-  ) {}
+  ) {
+    this.lateSends = new LogSummary(deps.logger, "warn", "send not answered in time");
+    this.failedSends = new LogSummary(deps.logger, "error", "send failed");
+  }
 
   /** Handles one frame of an open connection. */
   handle(conn: DeviceConnection, message: string | Buffer): void {
@@ -156,7 +165,7 @@ export class FrameHandler {
   }
 
   private send(conn: DeviceConnection, frame: unknown, id: string | undefined): void {
-    const { messaging, logger, tallies } = this.deps;
+    const { messaging, tallies } = this.deps;
     let submit: () => Promise<SubmittedSend>;
     const isGroup = checkGroupSend.Check(frame);
     if (checkDirectSend.Check(frame)) {
@@ -188,7 +197,7 @@ export class FrameHandler {
     const notAccepted = (message: string) =>
       answer({ type: "error", code: "internal", id, message: `message ${id} ${message}; send it again` });
     const failed = (error: unknown) => {
-      logger.error({ err: error, user: conn.principal.userId }, "send failed");
+      this.failedSends.note({ err: error, user: conn.principal.userId });
       notAccepted("was not accepted");
     };
     // A device's sends are checked and queued for commit one after another, so they are accepted
@@ -200,7 +209,7 @@ export class FrameHandler {
     const deadline = new Promise<void>((resolve) => {
       timer = setTimeout(() => {
         if (!answered && !conn.closing) {
-          logger.warn({ user: conn.principal.userId }, "send not answered in time");
+          this.lateSends.note({ user: conn.principal.userId });
           notAccepted("was not accepted in time");
         }
         resolve();
