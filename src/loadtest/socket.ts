@@ -4,7 +4,8 @@ import type { Tracker } from "./tracker.ts";
 
 /** Acks gathered before one `ack` frame goes out (the protocol allows 1000). */
 const ACK_BATCH = 500;
-const OPEN_TIMEOUT_MS = 15_000;
+/** How long an upgrade may take (`LOADTEST_OPEN_TIMEOUT_MS`; a loaded node drained by thousands of devices needs longer). */
+const OPEN_TIMEOUT_MS = Number(process.env.LOADTEST_OPEN_TIMEOUT_MS) || 15_000;
 /**
  * Times a send answered `error internal` goes again with the same id, 250 ms doubling up to 2 s
  * apart, before it counts as answered and not accepted: the SDK's ERROR_RETRIES (src/client/socket.ts),
