@@ -1,7 +1,7 @@
 import type { ActorBehavior, ActorContext } from "./actor.ts";
 import { ActorError } from "./actor-error.ts";
 import { userKey } from "./keys.ts";
-import type { Clock, EnvelopeLog, GroupDirectory, StoredEnvelope } from "./ports.ts";
+import type { Clock, EnvelopeLog, GroupDirectory, GroupEnvelope } from "./ports.ts";
 import type { DeliverGroupMessage, EraseMessage } from "./user-actor.ts";
 
 /** A group send: one sender-key ciphertext to fan out to every other member device. */
@@ -28,8 +28,8 @@ export interface GroupActorPorts {
 }
 
 /**
- * The actor of one group: authorises the sender, logs one envelope per member device (group
- * commit) before answering, then fans out to the member user actors with `tellMany`, which sends
+ * The actor of one group: authorises the sender, stores the send once in the log (group commit;
+ * the per-device rows are written off this path) before answering, then fans out to the member user actors with `tellMany`, which sends
  * one transfer per owning node, not one per member. Sends of a group are serialised here, so
  * every member sees them in the order they were accepted.
  */
@@ -57,7 +57,7 @@ export class GroupActor implements ActorBehavior<GroupMessage, unknown> {
     if (!members) return { ok: false, code: "unknown_recipient" };
     if (!members.has(message.from.user)) return { ok: false, code: "not_member" };
     const ts = this.ports.clock.now();
-    const template: DeliverGroupMessage["envelope"] = {
+    const envelope: GroupEnvelope = {
       id: message.id,
       senderUser: message.from.user,
       senderDevice: message.from.device,
@@ -66,28 +66,24 @@ export class GroupActor implements ActorBehavior<GroupMessage, unknown> {
       type: message.ciphertext.type,
       body: message.ciphertext.body,
     };
-    const envelopes: StoredEnvelope[] = [];
-    for (const [userId, devices] of members) {
-      for (const deviceId of devices) {
-        if (userId === message.from.user && deviceId === message.from.device) continue;
-        envelopes.push({ ...template, recipientUser: userId, recipientDevice: deviceId });
-      }
-    }
-    const fresh = await this.ports.log.append(envelopes);
+    // Every member device but the sending one; members with none (blockers, no device) are left out.
     const devices: Record<string, number[]> = {};
-    envelopes.forEach((envelope, i) => {
-      if (!fresh[i]) return;
-      const list = devices[envelope.recipientUser];
-      if (list) list.push(envelope.recipientDevice);
-      else devices[envelope.recipientUser] = [envelope.recipientDevice];
-    });
-    const users = Object.keys(devices);
-    if (users.length > 0) {
-      const deliver: DeliverGroupMessage = { type: "deliver.group", envelope: template, devices };
-      // Durable already: a user actor that misses this rebuilds from the log when it next activates.
-      await ctx.system.tellMany(users.map(userKey), deliver).catch(() => {});
+    let recipients = 0;
+    for (const [userId, list] of members) {
+      const to =
+        userId === message.from.user ? list.filter((deviceId) => deviceId !== message.from.device) : list;
+      if (to.length === 0) continue;
+      devices[userId] = [...to];
+      recipients += to.length;
     }
-    return { ok: true, ts, recipients: envelopes.length };
+    if (recipients === 0) return { ok: true, ts, recipients };
+    // One durable row for the whole send; its per-device rows are written off this path.
+    if (await this.ports.log.appendGroup(envelope, devices)) {
+      const deliver: DeliverGroupMessage = { type: "deliver.group", envelope, devices };
+      // Durable already: a user actor that misses this rebuilds from the log when it next activates.
+      await ctx.system.tellMany(Object.keys(devices).map(userKey), deliver).catch(() => {});
+    }
+    return { ok: true, ts, recipients };
   }
 }
 

@@ -57,6 +57,7 @@ export type {
   DeviceSockets,
   EnvelopeLog,
   GroupDirectory,
+  GroupEnvelope,
   OfflineQueue,
   SocketRef,
   StoredEnvelope,

@@ -29,6 +29,9 @@ export interface StoredEnvelope {
   body: string;
 }
 
+/** A group send as the log stores it once: one envelope without a recipient. */
+export type GroupEnvelope = Omit<StoredEnvelope, "recipientUser" | "recipientDevice"> & { groupId: string };
+
 /**
  * The part of the durable envelope log the actors use (group commit happens behind `append`).
  * Shaped so `src/messaging`'s EnvelopeLog satisfies it as is.
@@ -36,6 +39,13 @@ export interface StoredEnvelope {
 export interface EnvelopeLog {
   /** Appends durably; per envelope, whether it was new (false: an idempotent re-send). */
   append(envelopes: StoredEnvelope[]): Promise<boolean[]>;
+  /**
+   * Stores a group send durably, once, with the devices it is for (userId → device ids, fixed at
+   * send time); the per-device rows are written later, off the sender's path (docs/MESSAGING.md,
+   * "Group messages are stored once"). False when the same sender device sent this id before
+   * (an idempotent re-send: nothing stored, nothing to deliver).
+   */
+  appendGroup(message: GroupEnvelope, recipients: Record<string, number[]>): Promise<boolean>;
   /** Accepted, not acked envelopes of a user, oldest first: what a new owner rebuilds its pending set from. */
   undelivered(
     recipientUser: string,

@@ -7,6 +7,7 @@ import {
   groupActorFactory,
   USER_KIND,
   userActorFactory,
+  userKey,
 } from "../actors/index.ts";
 import { registrationAdminRoutes } from "./accounts/index.ts";
 import { PasswordThrottle } from "./accounts/password-throttle.ts";
@@ -34,6 +35,7 @@ import { listenerTls, listenerUrl } from "./http/listener.ts";
 import { KEY_FETCH_LIMITS, KeyService } from "./keys/service.ts";
 import type { EnvelopeLog } from "./messaging/envelope-log.ts";
 import { PostgresGroupDirectory } from "./messaging/group-directory.ts";
+import { GroupExpansionSweep } from "./messaging/group-expansion-sweep.ts";
 import type { OfflineQueue } from "./messaging/offline-queue.ts";
 import type { Presence } from "./messaging/presence.ts";
 import { sweepIdleQueues } from "./messaging/queue-sweep.ts";
@@ -127,6 +129,11 @@ export interface NodeOptions {
   processMetrics?: boolean;
   /** Tests: called after each erasure step; a throw stops the job there, as a crash would. */
   afterErasureStep?: (step: string) => void;
+  /**
+   * Tests: false makes the node leave its group messages unexpanded (no background expansion, no
+   * sweep), as a node that dies right after `accepted` would; acks, marks and reads still expand.
+   */
+  expandGroups?: boolean;
 }
 
 /**
@@ -197,6 +204,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     options.pgliteDir === undefined ? config.dataDir : options.pgliteDir,
     metrics.commit,
     logger,
+    options.expandGroups ?? true,
   ).catch(async (error: unknown) => {
     redis?.disconnect();
     await database.close().catch(() => {});
@@ -395,6 +403,11 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     erasures: () => gdpr.erasures.jobStats(),
   });
   const clock = { now: Date.now };
+  const groupSweep = new GroupExpansionSweep({
+    log,
+    tell: (userIds, message) => actors.tellMany(userIds.map(userKey), message),
+    logger,
+  });
   actors
     .register(
       USER_KIND,
@@ -509,6 +522,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   );
   await gdpr.start();
   retention.start();
+  if (options.expandGroups ?? true) groupSweep.start();
   const url = listenerUrl(config.publicHost, Number(app.server?.port), Boolean(config.tls));
   const adminUrl = listenerUrl(config.adminHost, Number(admin.server?.port), Boolean(config.adminTls));
   logger.info(
@@ -560,6 +574,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
         }
       };
       await step("retention", () => retention.stop());
+      await step("group sweep", () => groupSweep.stop());
       // Sockets first, so every device's unacked envelopes reach its offline queue before the stores close.
       await step("gateway", () => openGateway.stop());
       await step("public listener", () => app.stop(true));
@@ -579,6 +594,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     },
     async abort() {
       await retention.stop();
+      await groupSweep.stop();
       await gdpr.stop();
       await actors.abort();
       await stores.close();

@@ -38,3 +38,24 @@ export const envelopes = sqliteTable(
     index("envelopes_ts_idx").on(t.ts),
   ],
 );
+
+/** Group sends, one row each, as in PostgreSQL's `group_messages` (src/db/schema.ts); `recipients` is JSON text. */
+export const groupMessages = sqliteTable(
+  "group_messages",
+  {
+    seq: integer("seq").primaryKey({ autoIncrement: true }),
+    id: text("id").notNull(),
+    senderUser: text("sender_user").notNull(),
+    senderDevice: integer("sender_device").notNull(),
+    groupId: text("group_id").notNull(),
+    ts: integer("ts").notNull(),
+    type: integer("type").notNull(),
+    body: blob("body", { mode: "buffer" }),
+    recipients: text("recipients"),
+  },
+  (t) => [
+    uniqueIndex("group_messages_identity_idx").on(t.senderUser, t.senderDevice, t.id),
+    index("group_messages_unexpanded_idx").on(t.seq).where(sql`${t.recipients} is not null`),
+    index("group_messages_ts_idx").on(t.ts),
+  ],
+);

@@ -246,6 +246,35 @@ export const envelopes = pgTable(
 );
 
 /**
+ * Group sends, one row each (docs/MESSAGING.md, "Group messages are stored once"): written before
+ * the sender hears `accepted`, with the member devices fixed at send time (`recipients`, userId →
+ * device ids). An expansion writes the per-device `envelopes` rows off the sender's path and then
+ * clears `body` and `recipients` in the same transaction; the row stays, without them, so a
+ * re-sent id is still recognised, until retention removes it.
+ */
+export const groupMessages = pgTable(
+  "group_messages",
+  {
+    seq: bigint("seq", { mode: "number" }).generatedAlwaysAsIdentity(),
+    id: uuid("id").notNull(),
+    senderUser: uuid("sender_user").notNull(),
+    senderDevice: integer("sender_device").notNull(),
+    groupId: uuid("group_id").notNull(),
+    ts: bigint("ts", { mode: "number" }).notNull(),
+    type: smallint("type").notNull(),
+    body: bytea("body"),
+    recipients: jsonb("recipients").$type<Record<string, number[]>>(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.senderUser, t.senderDevice, t.id] }),
+    // Rows still to expand only: expansions take them oldest first; acks find them by id.
+    index("group_messages_unexpanded_idx").on(t.seq).where(sql`${t.recipients} is not null`),
+    index("group_messages_unexpanded_id_idx").on(t.id).where(sql`${t.recipients} is not null`),
+    index("group_messages_ts_idx").on(t.ts),
+  ],
+);
+
+/**
  * The audit log: append-only and hash-chained (hash = SHA-256 of prev_hash and the row's canonical
  * content). Subjects and actors are pseudonyms (HMAC of the user id under a per-subject key kept in
  * audit_subject_keys); a trigger refuses UPDATE and DELETE (see drizzle/0004_audit_append_only.sql).

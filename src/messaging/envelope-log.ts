@@ -1,4 +1,4 @@
-import type { EnvelopeLog as ActorEnvelopeLog } from "../../actors/index.ts";
+import type { EnvelopeLog as ActorEnvelopeLog, GroupEnvelope } from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 
 /** Where an undelivered envelope is: waiting in the log for a live device, or copied to the device's offline queue. */
@@ -6,6 +6,12 @@ export type EnvelopeState = "pending" | "queued";
 
 /** Metadata of an envelope, without its ciphertext or type (export, audits). */
 export type EnvelopeMetadata = Omit<StoredEnvelope, "type" | "body"> & { state: EnvelopeState | "acked" };
+
+/** A group message an expansion wrote rows for, and the devices (userId → ids) it wrote them for. */
+export interface ExpandedGroupMessage {
+  envelope: GroupEnvelope;
+  devices: Record<string, number[]>;
+}
 
 /**
  * The durable envelope log: every accepted envelope is here before its sender hears `accepted`,
@@ -23,6 +29,14 @@ export interface EnvelopeLog extends ActorEnvelopeLog {
     recipientUser: string,
     options?: { device?: number; state?: EnvelopeState; limit?: number },
   ): Promise<StoredEnvelope[]>;
+  /**
+   * Writes the per-device rows of the group messages (`appendGroup`) accepted at least
+   * `olderThanMs` ago and not expanded yet (a node died between accepting and expanding them), with
+   * every unexpanded one accepted before them; returns, per message, the devices whose row this
+   * call wrote (their user actors may never have been told). Logs that write group messages' rows
+   * at once (MongoDB) return nothing.
+   */
+  expandStale(olderThanMs: number): Promise<ExpandedGroupMessage[]>;
   /** Metadata of envelopes sent by or to the user (export). */
   metadataOf(userId: string, limit?: number): Promise<EnvelopeMetadata[]>;
   /**

@@ -1,6 +1,7 @@
 import { type Collection, MongoBulkWriteError, MongoClient, type Db as MongoDb } from "mongodb";
+import type { GroupEnvelope } from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
-import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState } from "./envelope-log.ts";
+import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState, ExpandedGroupMessage } from "./envelope-log.ts";
 import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
 
 /** A stored envelope as MongoDB keeps it: binary ciphertext (null once acked), order and state. */
@@ -13,7 +14,12 @@ interface EnvelopeDoc extends Omit<StoredEnvelope, "body"> {
   state: EnvelopeState | "acked";
 }
 
-/** The envelope log in MongoDB (official driver): journaled writes, a TTL index for retention. */
+/**
+ * The envelope log in MongoDB (official driver): journaled writes, a TTL index for retention.
+ * A group send is written as one document per member device before `accepted` (the eager way the
+ * other logs replaced with one row per send and a later expansion: docs/MESSAGING.md), so there is
+ * never anything to expand.
+ */
 export class MongoEnvelopeLog implements EnvelopeLog {
   readonly kind = "mongodb";
   readonly commitOperations = ["append"] as const;
@@ -54,6 +60,21 @@ export class MongoEnvelopeLog implements EnvelopeLog {
 
   append(batch: StoredEnvelope[]): Promise<boolean[]> {
     return this.commit.submit(batch);
+  }
+
+  /** One document per recipient device, through the group commit; new when any of them was. */
+  async appendGroup(message: GroupEnvelope, recipients: Record<string, number[]>): Promise<boolean> {
+    const envelopes: StoredEnvelope[] = [];
+    for (const [recipientUser, devices] of Object.entries(recipients)) {
+      for (const recipientDevice of devices) envelopes.push({ ...message, recipientUser, recipientDevice });
+    }
+    const fresh = await this.commit.submit(envelopes);
+    return fresh.some((isNew) => isNew);
+  }
+
+  /** Group messages are written whole by `appendGroup`: nothing is ever left to expand. */
+  async expandStale(_olderThanMs: number): Promise<ExpandedGroupMessage[]> {
+    return [];
   }
 
   private async insert(batch: StoredEnvelope[]): Promise<boolean[]> {

@@ -1,8 +1,9 @@
-import { and, asc, eq, inArray, lt, or, sql } from "drizzle-orm";
+import { and, asc, eq, inArray, lt, or, type SQL, sql } from "drizzle-orm";
+import type { GroupEnvelope } from "../../actors/index.ts";
 import { type Db, rowsOf } from "../db/index.ts";
 import { envelopes } from "../db/schema.ts";
 import type { StoredEnvelope } from "./envelope.ts";
-import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState } from "./envelope-log.ts";
+import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState, ExpandedGroupMessage } from "./envelope-log.ts";
 import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
 
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -71,19 +72,81 @@ async function retryWhileUnreachable<R>(write: () => Promise<R>): Promise<R> {
   }
 }
 
-/** The envelope log in PostgreSQL or PGlite (drizzle), appending and acking with group commit. */
+/** One group send as `appendGroup` takes it. */
+interface GroupAppend {
+  message: GroupEnvelope;
+  recipients: Record<string, number[]>;
+}
+
+/** A row of an expansion that returns what it wrote (the sweep). */
+interface ExpandedRow {
+  seq: string | number;
+  id: string;
+  sender_user: string;
+  sender_device: number;
+  group_id: string;
+  ts: string | number;
+  type: number;
+  body: Uint8Array;
+  recipient_user: string;
+  recipient_device: number;
+}
+
+/** The expansions one write may carry: a send to 10,000 devices is 10,000 rows. */
+const EXPANSION_BATCH = 16;
+
+/** Options of the PostgreSQL log. */
+export interface PostgresLogOptions {
+  /**
+   * Expand each group message right after it is stored (default). False leaves that to acks,
+   * `queued` marks, reads and the sweep, as a node that died right after `accepted` would (tests).
+   */
+  expandInBackground?: boolean;
+}
+
+/**
+ * The envelope log in PostgreSQL or PGlite (drizzle), appending and acking with group commit.
+ *
+ * A group send is one `group_messages` row (`appendGroup`); its per-device `envelopes` rows are
+ * written by an expansion, which also clears the row's body and recipients, in one statement.
+ * Every expansion locks the unexpanded rows it takes (`FOR UPDATE`, oldest first, waiting for
+ * another expansion that holds them) and takes every unexpanded row older than its target too,
+ * so the rows of one group keep the group's order whichever node expands them. Expansions run in
+ * the background after each send, and first thing in every write or read that must see a
+ * device's rows: an ack or `queued` mark naming a group message, `undelivered`, `metadataOf`.
+ * Erasure and retention delete or rewrite `group_messages` rows before they delete envelopes:
+ * an expansion holding a row makes them wait until its rows are committed, which they then see.
+ */
 export class PostgresEnvelopeLog implements EnvelopeLog {
   readonly kind = "postgres";
-  readonly commitOperations = ["append", "ack", "mark_queued"] as const;
+  readonly commitOperations = ["append", "append_group", "expand", "ack", "mark_queued"] as const;
   private readonly commit: GroupCommit<StoredEnvelope, boolean>;
+  private readonly groups: GroupCommit<GroupAppend, number | null>;
+  private readonly expansions: GroupCommit<number, undefined>;
   private readonly acks: GroupCommit<AckRequest, number>;
   private readonly queued: GroupCommit<AckRequest, undefined>;
+  private readonly expandInBackground: boolean;
 
   /** `onCommit` hears each group-committed write (metrics). */
   constructor(
     private readonly db: Db,
     onCommit?: CommitListener,
+    options: PostgresLogOptions = {},
   ) {
+    this.expandInBackground = options.expandInBackground ?? true;
+    this.groups = new GroupCommit(
+      (batch) => this.insertGroups(batch),
+      undefined,
+      commitObserver(onCommit, "append_group"),
+    );
+    this.expansions = new GroupCommit(
+      async (seqs) => {
+        await this.expand(sql`seq <= ${Math.max(...seqs)}`);
+        return seqs.map(() => undefined);
+      },
+      EXPANSION_BATCH,
+      commitObserver(onCommit, "expand"),
+    );
     this.commit = new GroupCommit(
       (batch) => this.insert(batch),
       undefined,
@@ -148,10 +211,124 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     });
   }
 
+  async appendGroup(message: GroupEnvelope, recipients: Record<string, number[]>): Promise<boolean> {
+    const [seq] = await this.groups.submit([{ message, recipients }]);
+    if (seq === null || seq === undefined) return false;
+    // Not awaited: the sender's `accepted` does not wait for it. Should it fail, the next ack, read
+    // or sweep that needs the rows writes them.
+    if (this.expandInBackground) void this.expansions.submit([seq]).catch(() => {});
+    return true;
+  }
+
+  /** Every group send waiting for the database in one INSERT; per send, its new row's seq or null (a re-send). */
+  private async insertGroups(batch: GroupAppend[]): Promise<(number | null)[]> {
+    const rows = batch.map(({ message: m, recipients }) => {
+      if (!BASE64.test(m.body) || !UUID.test(m.id)) throw new Error("envelope id or body is malformed");
+      return sql`(${m.id}::uuid, ${m.senderUser}::uuid, ${m.senderDevice}::int, ${m.groupId}::uuid,
+        ${m.ts}::bigint, ${m.type}::smallint, decode(${m.body}, 'base64'), ${JSON.stringify(recipients)}::jsonb)`;
+    });
+    const result = await this.db.execute(sql`
+      insert into group_messages (id, sender_user, sender_device, group_id, ts, type, body, recipients)
+      values ${sql.join(rows, sql`, `)}
+      on conflict do nothing
+      returning seq, id, sender_user as "senderUser", sender_device as "senderDevice"`);
+    const inserted = new Map<string, number>();
+    for (const r of rowsOf<{ seq: string | number; id: string; senderUser: string; senderDevice: number }>(
+      result,
+    )) {
+      inserted.set(`${r.senderUser}/${r.senderDevice}/${r.id}`, Number(r.seq));
+    }
+    // The same send twice in one batch: only its first occurrence is new.
+    return batch.map(({ message: m }) => {
+      const key = `${m.senderUser}/${m.senderDevice}/${m.id}`;
+      const seq = inserted.get(key);
+      inserted.delete(key);
+      return seq ?? null;
+    });
+  }
+
+  /**
+   * Expands every unexpanded group message matching `through` (a condition on `group_messages`)
+   * and every unexpanded one older than the newest of them, in one statement: locks them oldest
+   * first (waiting for an expansion that holds one; a row it expanded meanwhile is skipped),
+   * inserts one `pending` row per recipient device (one an ack or a `queued` mark wrote already is
+   * left as it is), and clears their body and recipients. With `report`, returns the rows written.
+   */
+  private async expand(through?: SQL, report = false): Promise<ExpandedRow[]> {
+    const bound = through
+      ? sql`and seq <= (select max(seq) from group_messages where recipients is not null and (${through}))`
+      : sql``;
+    const result = await this.db.execute(sql`
+      with claimed as materialized (
+        select seq, id, sender_user, sender_device, group_id, ts, type, body, recipients
+        from group_messages
+        where recipients is not null ${bound}
+        order by seq
+        for update
+      ),
+      marked as (
+        update group_messages as g set recipients = null, body = null
+        from claimed as c
+        where g.sender_user = c.sender_user and g.sender_device = c.sender_device and g.id = c.id
+      ),
+      inserted as (
+        insert into envelopes
+          (id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body, state)
+        select c.id, c.sender_user, c.sender_device, r.key::uuid, d.value::int, c.group_id, c.ts, c.type,
+          c.body, 'pending'
+        from claimed as c
+          cross join lateral jsonb_each(c.recipients) as r
+          cross join lateral jsonb_array_elements_text(r.value) as d
+        order by c.seq
+        on conflict do nothing
+        returning sender_user, sender_device, id, recipient_user, recipient_device
+      )
+      ${
+        report
+          ? sql`select c.seq, c.id, c.sender_user, c.sender_device, c.group_id, c.ts, c.type, c.body,
+              i.recipient_user, i.recipient_device
+            from inserted as i join claimed as c
+              on c.sender_user = i.sender_user and c.sender_device = i.sender_device and c.id = i.id
+            order by c.seq`
+          : sql`select count(*)::int as n from inserted`
+      }`);
+    return report ? rowsOf<ExpandedRow>(result) : [];
+  }
+
+  async expandStale(olderThanMs: number): Promise<ExpandedGroupMessage[]> {
+    const rows = await this.expand(sql`ts < ${Date.now() - olderThanMs}`, true);
+    const messages = new Map<string, ExpandedGroupMessage>();
+    for (const r of rows) {
+      const key = String(r.seq);
+      let message = messages.get(key);
+      if (!message) {
+        message = {
+          envelope: {
+            id: r.id,
+            senderUser: r.sender_user,
+            senderDevice: r.sender_device,
+            groupId: r.group_id,
+            ts: Number(r.ts),
+            type: r.type,
+            body: Buffer.from(r.body).toString("base64"),
+          },
+          devices: {},
+        };
+        messages.set(key, message);
+      }
+      const list = message.devices[r.recipient_user];
+      if (list) list.push(r.recipient_device);
+      else message.devices[r.recipient_user] = [r.recipient_device];
+    }
+    return [...messages.values()];
+  }
+
   async undelivered(
     recipientUser: string,
     options: { device?: number; state?: EnvelopeState; limit?: number } = {},
   ): Promise<StoredEnvelope[]> {
+    // `queued` rows exist only once expanded; `pending` ones may still be in `group_messages`.
+    if (options.state !== "queued") await this.expand();
     const rows = await this.db
       .select()
       .from(envelopes)
@@ -191,6 +368,8 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
    */
   private async queuedBatch(batch: AckRequest[]): Promise<undefined[]> {
     const { users, devices, ids } = flatten(batch);
+    // A group message not expanded yet has no rows to mark: write them first (committed before the UPDATE reads).
+    await this.expand(sql`id = any(${arrayLiteral(ids)}::uuid[])`);
     await this.db.execute(sql`
       update envelopes as e set state = 'queued'
       from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[])
@@ -211,6 +390,8 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
   /** Every ack waiting for the database in one UPDATE: one commit instead of one per ack frame. */
   private async ackBatch(batch: AckRequest[]): Promise<number[]> {
     const { users, devices, ids } = flatten(batch);
+    // As for `queued` marks: an ack overtaking the expansion writes the rows first, then acks its own.
+    await this.expand(sql`id = any(${arrayLiteral(ids)}::uuid[])`);
     const result = await this.db.execute(sql`
       update envelopes as e set state = 'acked', body = null
       from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[])
@@ -234,6 +415,7 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
   }
 
   async metadataOf(userId: string, limit = 100_000): Promise<EnvelopeMetadata[]> {
+    await this.expand();
     const rows = await this.db
       .select({
         id: envelopes.id,
@@ -260,15 +442,32 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     return rows.filter((row) => row.userId !== senderUser);
   }
 
+  /**
+   * Group messages first, each statement after the last: one an expansion holds is waited for, and
+   * the envelopes it wrote are then deleted with the rest; none expanded later names the user.
+   */
   async eraseUser(userId: string): Promise<number> {
+    const sent = await this.db.execute(sql`
+      delete from group_messages where sender_user = ${userId}::uuid returning seq`);
+    await this.db.execute(sql`
+      update group_messages set recipients = recipients - ${userId}::text
+      where recipients is not null and jsonb_exists(recipients, ${userId}::text)`);
     const removed = await this.db
       .delete(envelopes)
       .where(or(eq(envelopes.senderUser, userId), eq(envelopes.recipientUser, userId)))
       .returning({ id: envelopes.id });
-    return removed.length;
+    return removed.length + rowsOf(sent).length;
   }
 
+  /** The device leaves the recipients of unexpanded group messages first (see eraseUser), then its rows go. */
   async eraseDevice(userId: string, deviceId: number): Promise<number> {
+    await this.db.execute(sql`
+      update group_messages
+      set recipients = jsonb_set(recipients, array[${userId}::text], coalesce(
+        (select jsonb_agg(d) from jsonb_array_elements(recipients -> ${userId}::text) as d
+         where d <> to_jsonb(${deviceId}::int)),
+        '[]'::jsonb))
+      where recipients is not null and jsonb_exists(recipients, ${userId}::text)`);
     const removed = await this.db
       .delete(envelopes)
       .where(and(eq(envelopes.recipientUser, userId), eq(envelopes.recipientDevice, deviceId)))
@@ -291,12 +490,15 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     return reset.length;
   }
 
+  /** Group messages first (see eraseUser), then envelopes; returns the rows removed from both. */
   async purgeBefore(before: number): Promise<number> {
+    const groups = await this.db.execute(sql`
+      delete from group_messages where ts < ${before}::bigint returning seq`);
     const removed = await this.db
       .delete(envelopes)
       .where(lt(envelopes.ts, before))
       .returning({ seq: envelopes.seq });
-    return removed.length;
+    return removed.length + rowsOf(groups).length;
   }
 
   async close(): Promise<void> {}

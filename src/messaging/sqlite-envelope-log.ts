@@ -2,8 +2,9 @@ import { Database, type Statement } from "bun:sqlite";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { GroupEnvelope } from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
-import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState } from "./envelope-log.ts";
+import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState, ExpandedGroupMessage } from "./envelope-log.ts";
 import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
 import type { LogWorkerReply, LogWorkerRequest, LogWrite } from "./sqlite-log-protocol.ts";
 
@@ -48,6 +49,11 @@ const COLUMNS =
  * (WAL readers do not wait for the writer) and see every write whose promise has resolved.
  * Chosen over PGlite for the hot path because PGlite runs its WebAssembly on the server's event loop
  * (docs/BENCHMARKS.md, "Embedded engine").
+ *
+ * A group send is one `group_messages` row; the writer expands it into per-device rows in a later
+ * transaction (queued right after the send), and first thing whenever an ack or a `queued` mark
+ * is written. Reads that must see a device's rows ask for that expansion first while a group
+ * message may be unexpanded.
  */
 export class SqliteEnvelopeLog implements EnvelopeLog {
   readonly kind = "sqlite";
@@ -58,12 +64,17 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
   private failure: Error | undefined;
   private reader!: Database;
   private readonly statements = new Map<string, Statement<EnvelopeRow>>();
+  /** Group sends stored by this process (a count): an expansion that began after the last one covers them all. */
+  private groupAppends = 0;
+  /** Whether a group message may be unexpanded (true at open: a crash may have left some). */
+  private unexpanded = true;
 
   private constructor(
     private readonly worker: Worker,
     readonly path: string,
     private readonly temporaryDir: string | undefined,
     onCommit?: CommitListener,
+    private readonly expandInBackground = true,
   ) {
     this.writes = new GroupCommit(
       (ops) => this.request({ kind: "write", seq: 0, ops }),
@@ -87,13 +98,24 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
 
   /**
    * Opens (creating and migrating) the log at `path`, e.g. `DATA_DIR/envelopes.db`; `null` keeps
-   * it in a temporary directory removed on close (tests).
+   * it in a temporary directory removed on close (tests). `expandInBackground: false` leaves group
+   * messages unexpanded until an ack, a mark, a read or the sweep needs them (tests).
    */
-  static async open(path: string | null, onCommit?: CommitListener): Promise<SqliteEnvelopeLog> {
+  static async open(
+    path: string | null,
+    onCommit?: CommitListener,
+    options: { expandInBackground?: boolean } = {},
+  ): Promise<SqliteEnvelopeLog> {
     const temporaryDir = path === null ? mkdtempSync(join(tmpdir(), "clearbox-log-")) : undefined;
     const file = path ?? join(temporaryDir as string, "envelopes.db");
     const worker = new Worker(new URL("./sqlite-log-worker.ts", import.meta.url).href);
-    const log = new SqliteEnvelopeLog(worker, file, temporaryDir, onCommit);
+    const log = new SqliteEnvelopeLog(
+      worker,
+      file,
+      temporaryDir,
+      onCommit,
+      options.expandInBackground ?? true,
+    );
     try {
       await log.request({ kind: "open", seq: 0, path: file });
       log.reader = new Database(file, { strict: true });
@@ -144,10 +166,38 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
     return this.writeOne<boolean[]>({ op: "append", envelopes: batch });
   }
 
+  async appendGroup(message: GroupEnvelope, recipients: Record<string, number[]>): Promise<boolean> {
+    this.groupAppends++;
+    this.unexpanded = true;
+    const fresh = await this.writeOne<boolean>({ op: "appendGroup", message, recipients });
+    // Not awaited: the sender's `accepted` does not wait for it (a failure leaves it to the next need).
+    if (fresh && this.expandInBackground) void this.expandAll().catch(() => {});
+    return fresh;
+  }
+
+  /** Expands every unexpanded group message (in the writer's next transaction). */
+  private async expandAll(): Promise<void> {
+    const appends = this.groupAppends;
+    await this.writeOne({ op: "expand" });
+    if (this.groupAppends === appends) this.unexpanded = false;
+  }
+
+  async expandStale(olderThanMs: number): Promise<ExpandedGroupMessage[]> {
+    if (!this.unexpanded) return [];
+    return this.writeOne<ExpandedGroupMessage[]>({ op: "expand", olderThan: Date.now() - olderThanMs });
+  }
+
+  /** Before a read that must see every device's rows: a group message may still be one row. */
+  private async expanded(): Promise<void> {
+    if (this.unexpanded) await this.expandAll();
+  }
+
   async undelivered(
     recipientUser: string,
     options: { device?: number; state?: EnvelopeState; limit?: number } = {},
   ): Promise<StoredEnvelope[]> {
+    // `queued` rows exist only once expanded.
+    if (options.state !== "queued") await this.expanded();
     const byDevice = options.device !== undefined;
     const byState = options.state !== undefined;
     // `state <> 'acked'` in every variant: SQLite uses the partial index only when the query repeats its condition.
@@ -176,6 +226,7 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
   }
 
   async metadataOf(userId: string, limit = 100_000): Promise<EnvelopeMetadata[]> {
+    await this.expanded();
     const rows = this.statement(
       "metadata",
       `select ${COLUMNS} from envelopes where sender_user = ? or recipient_user = ? order by seq limit ?`,

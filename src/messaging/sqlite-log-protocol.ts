@@ -1,8 +1,16 @@
+import type { GroupEnvelope } from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 
 /** One write the embedded log's writer thread applies; a batch of them is one transaction. */
 export type LogWrite =
   | { op: "append"; envelopes: StoredEnvelope[] }
+  /** One group send, stored once; `recipients` is userId → device ids. Answers whether it was new. */
+  | { op: "appendGroup"; message: GroupEnvelope; recipients: Record<string, number[]> }
+  /**
+   * Writes the per-device rows of every unexpanded group message; with `olderThan` (Unix ms) only
+   * when one accepted before then is among them, answering what was written (ExpandedGroupMessage[]).
+   */
+  | { op: "expand"; olderThan?: number }
   | { op: "ack"; recipientUser: string; recipientDevice: number; ids: string[] }
   | { op: "queued"; recipientUser: string; recipientDevice: number; ids: string[] }
   | { op: "eraseUser"; userId: string }

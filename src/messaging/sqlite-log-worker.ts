@@ -8,7 +8,20 @@ import { Database } from "bun:sqlite";
 import { resolve } from "node:path";
 import { drizzle } from "drizzle-orm/bun-sqlite";
 import { migrate } from "drizzle-orm/bun-sqlite/migrator";
+import type { ExpandedGroupMessage } from "./envelope-log.ts";
 import type { LogWorkerReply, LogWorkerRequest, LogWrite } from "./sqlite-log-protocol.ts";
+
+interface GroupRow {
+  seq: number;
+  id: string;
+  sender_user: string;
+  sender_device: number;
+  group_id: string;
+  ts: number;
+  type: number;
+  body: Uint8Array;
+  recipients: string;
+}
 
 declare const self: Worker;
 
@@ -42,8 +55,104 @@ function open(path: string): void {
   const eraseUser = db.prepare("delete from envelopes where sender_user = ? or recipient_user = ?");
   const eraseDevice = db.prepare("delete from envelopes where recipient_user = ? and recipient_device = ?");
   const purgeBefore = db.prepare("delete from envelopes where ts < ?");
+  const insertGroup = db.prepare(
+    `insert into group_messages (id, sender_user, sender_device, group_id, ts, type, body, recipients)
+     values (?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing`,
+  );
+  const unexpanded = db.prepare<GroupRow, []>(
+    `select seq, id, sender_user, sender_device, group_id, ts, type, body, recipients
+     from group_messages where recipients is not null order by seq`,
+  );
+  const oldestUnexpanded = db.prepare<{ ts: number | null }, []>(
+    "select min(ts) as ts from group_messages where recipients is not null",
+  );
+  const markExpanded = db.prepare("update group_messages set recipients = null, body = null where seq = ?");
+  const setRecipients = db.prepare("update group_messages set recipients = ? where seq = ?");
+  const eraseSent = db.prepare("delete from group_messages where sender_user = ?");
+  const purgeGroups = db.prepare("delete from group_messages where ts < ?");
+  /**
+   * Writes the rows of every unexpanded group message, oldest first (this thread is the only
+   * writer, so no other write comes between), leaving rows an ack or a `queued` mark wrote as they
+   * are; returns what it wrote when asked to.
+   */
+  const expandAll = (report: boolean): ExpandedGroupMessage[] => {
+    const written: ExpandedGroupMessage[] = [];
+    for (const row of unexpanded.all()) {
+      const recipients = JSON.parse(row.recipients) as Record<string, number[]>;
+      const devices: Record<string, number[]> = {};
+      for (const [user, list] of Object.entries(recipients)) {
+        for (const device of list) {
+          const fresh =
+            insert.run(
+              row.id,
+              row.sender_user,
+              row.sender_device,
+              user,
+              device,
+              row.group_id,
+              row.ts,
+              row.type,
+              row.body,
+            ).changes === 1;
+          if (!fresh || !report) continue;
+          const written = devices[user];
+          if (written) written.push(device);
+          else devices[user] = [device];
+        }
+      }
+      markExpanded.run(row.seq);
+      if (report && Object.keys(devices).length > 0) {
+        written.push({
+          envelope: {
+            id: row.id,
+            senderUser: row.sender_user,
+            senderDevice: row.sender_device,
+            groupId: row.group_id,
+            ts: row.ts,
+            type: row.type,
+            body: Buffer.from(row.body).toString("base64"),
+          },
+          devices,
+        });
+      }
+    }
+    return written;
+  };
+  /** Rewrites the recipients of unexpanded group messages that name `user` (erasure, device removal). */
+  const rewriteRecipients = (user: string, change: (devices: number[]) => number[] | undefined): void => {
+    for (const row of unexpanded.all()) {
+      const recipients = JSON.parse(row.recipients) as Record<string, number[]>;
+      const devices = recipients[user];
+      if (!devices) continue;
+      const next = change(devices);
+      if (next === undefined) delete recipients[user];
+      else recipients[user] = next;
+      setRecipients.run(JSON.stringify(recipients), row.seq);
+    }
+  };
   const handle = (op: LogWrite): unknown => {
     switch (op.op) {
+      case "appendGroup": {
+        const m = op.message;
+        return (
+          insertGroup.run(
+            m.id,
+            m.senderUser,
+            m.senderDevice,
+            m.groupId,
+            m.ts,
+            m.type,
+            Buffer.from(m.body, "base64"),
+            JSON.stringify(op.recipients),
+          ).changes === 1
+        );
+      }
+      case "expand": {
+        if (op.olderThan === undefined) return expandAll(false).length;
+        const oldest = oldestUnexpanded.get()?.ts;
+        if (oldest === null || oldest === undefined || oldest >= op.olderThan) return [];
+        return expandAll(true);
+      }
       case "append":
         return op.envelopes.map(
           (e) =>
@@ -60,19 +169,27 @@ function open(path: string): void {
             ).changes === 1,
         );
       case "ack": {
+        // A group message not expanded yet has no row to ack: write its rows first.
+        expandAll(false);
         let count = 0;
         for (const id of op.ids) count += ack.run(op.recipientUser, op.recipientDevice, id).changes;
         return count;
       }
       case "queued":
+        expandAll(false);
         for (const id of op.ids) queued.run(op.recipientUser, op.recipientDevice, id);
         return undefined;
-      case "eraseUser":
-        return eraseUser.run(op.userId, op.userId).changes;
+      case "eraseUser": {
+        // Group messages first: none expanded after this names the user.
+        const sent = eraseSent.run(op.userId).changes;
+        rewriteRecipients(op.userId, () => undefined);
+        return sent + eraseUser.run(op.userId, op.userId).changes;
+      }
       case "eraseDevice":
+        rewriteRecipients(op.userId, (devices) => devices.filter((d) => d !== op.deviceId));
         return eraseDevice.run(op.userId, op.deviceId).changes;
       case "purgeBefore":
-        return purgeBefore.run(op.before).changes;
+        return purgeGroups.run(op.before).changes + purgeBefore.run(op.before).changes;
     }
   };
   const batch = db.transaction((ops: LogWrite[]) => ops.map(handle));

@@ -42,6 +42,8 @@ export async function openMessagingStores(
   /** Hears each group-committed write of the log (metrics). */
   onCommit?: CommitListener,
   logger?: Logger,
+  /** False: group messages are expanded only when something needs their rows (tests; see NodeOptions). */
+  expandGroupsInBackground = true,
 ): Promise<MessagingStores> {
   const prefix = clusterPrefix(config);
   const mongo = config.mongodbUrl
@@ -53,10 +55,12 @@ export async function openMessagingStores(
     log = await SqliteEnvelopeLog.open(
       embeddedDir === null ? null : join(embeddedDir, "envelopes.db"),
       onCommit,
+      { expandInBackground: expandGroupsInBackground },
     );
     // A data directory from before the log moved to SQLite: bring its undelivered envelopes along.
     await adoptPgliteLog(database.db, log);
-  } else log = new PostgresEnvelopeLog(database.db, onCommit);
+  } else
+    log = new PostgresEnvelopeLog(database.db, onCommit, { expandInBackground: expandGroupsInBackground });
   const offline: OfflineQueue = config.amqpUrl
     ? await AmqpOfflineQueue.open(config.amqpUrl, {
         prefix,

@@ -6,16 +6,16 @@ import { SqliteEnvelopeLog } from "../../src/messaging/sqlite-envelope-log.ts";
 import { createTestDatabase } from "../support/postgres.ts";
 import { describeEnvelopeLog } from "./envelope-log.conformance.ts";
 
-describeEnvelopeLog("PGlite", async () => {
+describeEnvelopeLog("PGlite", async (options) => {
   const database = await openDatabase({ dataDir: null });
-  return { log: new PostgresEnvelopeLog(database.db), dispose: () => database.close() };
+  return { log: new PostgresEnvelopeLog(database.db, undefined, options), dispose: () => database.close() };
 });
 
-describeEnvelopeLog("PostgreSQL", async () => {
+describeEnvelopeLog("PostgreSQL", async (options) => {
   const testDb = await createTestDatabase();
   const database = await openDatabase({ databaseUrl: testDb.url, dataDir: null });
   return {
-    log: new PostgresEnvelopeLog(database.db),
+    log: new PostgresEnvelopeLog(database.db, undefined, options),
     dispose: async () => {
       await database.close();
       await testDb.drop();
@@ -39,10 +39,10 @@ if (mongoUrl) {
         await log.close();
       },
     };
-  });
+  }, { expandsAtOnce: true });
 }
 
-describeEnvelopeLog("SQLite (embedded)", async () => {
-  const log = await SqliteEnvelopeLog.open(null);
+describeEnvelopeLog("SQLite (embedded)", async (options) => {
+  const log = await SqliteEnvelopeLog.open(null, undefined, options);
   return { log, dispose: () => log.close() };
 });
