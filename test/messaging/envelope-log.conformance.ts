@@ -128,24 +128,27 @@ export function describeEnvelopeLog(
       expect((await log.undelivered(a)).map((e) => e.id)).toEqual(messages.slice(0, 2).map((m) => m.id));
     });
 
-    test.skipIf(expandsAtOnce)("the sweep's expansion reports each device it wrote a row for, once", async () => {
-      const [a, b] = [randomUUID(), randomUUID()];
-      const message = groupMessage({ ts: Date.now() - 60_000 });
-      await log.appendGroup(message, { [a]: [1], [b]: [3, 4] });
-      await log.ack(b, 3, [message.id]);
-      // The ack expanded it already: nothing left for the sweep.
-      expect(await log.expandStale(10_000)).toEqual([]);
-      const later = groupMessage({ ts: Date.now() - 60_000 });
-      await log.appendGroup(later, { [a]: [1], [b]: [3, 4] });
-      const recent = groupMessage();
-      await log.appendGroup(recent, { [a]: [2] });
-      const swept = await log.expandStale(10_000);
-      const mine = swept.filter((x) => x.envelope.id === later.id || x.envelope.id === recent.id);
-      expect(mine[0]?.envelope).toEqual(later);
-      expect(mine[0]?.devices).toEqual({ [a]: [1], [b]: [3, 4] });
-      expect(await log.expandStale(10_000)).toEqual([]);
-      expect((await log.undelivered(a)).map((e) => e.id)).toContain(later.id);
-    });
+    test.skipIf(expandsAtOnce)(
+      "the sweep's expansion reports each device it wrote a row for, once",
+      async () => {
+        const [a, b] = [randomUUID(), randomUUID()];
+        const message = groupMessage({ ts: Date.now() - 60_000 });
+        await log.appendGroup(message, { [a]: [1], [b]: [3, 4] });
+        await log.ack(b, 3, [message.id]);
+        // The ack expanded it already: nothing left for the sweep.
+        expect(await log.expandStale(10_000)).toEqual([]);
+        const later = groupMessage({ ts: Date.now() - 60_000 });
+        await log.appendGroup(later, { [a]: [1], [b]: [3, 4] });
+        const recent = groupMessage();
+        await log.appendGroup(recent, { [a]: [2] });
+        const swept = await log.expandStale(10_000);
+        const mine = swept.filter((x) => x.envelope.id === later.id || x.envelope.id === recent.id);
+        expect(mine[0]?.envelope).toEqual(later);
+        expect(mine[0]?.devices).toEqual({ [a]: [1], [b]: [3, 4] });
+        expect(await log.expandStale(10_000)).toEqual([]);
+        expect((await log.undelivered(a)).map((e) => e.id)).toContain(later.id);
+      },
+    );
 
     test("erasing a group sender with an expansion pending leaves nothing of theirs, now or after", async () => {
       const sender = randomUUID();

@@ -26,20 +26,24 @@ describeEnvelopeLog("PostgreSQL", async (options) => {
 // No MongoDB server can run on our machines: this suite runs wherever MONGODB_URL points at one.
 const mongoUrl = process.env.MONGODB_URL;
 if (mongoUrl) {
-  describeEnvelopeLog("MongoDB", async () => {
-    const database = `clearbox_test_${randomBytes(6).toString("hex")}`;
-    const log = await MongoEnvelopeLog.open(mongoUrl, { retentionDays: 30, database });
-    return {
-      log,
-      dispose: async () => {
-        const { MongoClient } = await import("mongodb");
-        const client = await MongoClient.connect(mongoUrl);
-        await client.db(database).dropDatabase();
-        await client.close();
-        await log.close();
-      },
-    };
-  }, { expandsAtOnce: true });
+  describeEnvelopeLog(
+    "MongoDB",
+    async () => {
+      const database = `clearbox_test_${randomBytes(6).toString("hex")}`;
+      const log = await MongoEnvelopeLog.open(mongoUrl, { retentionDays: 30, database });
+      return {
+        log,
+        dispose: async () => {
+          const { MongoClient } = await import("mongodb");
+          const client = await MongoClient.connect(mongoUrl);
+          await client.db(database).dropDatabase();
+          await client.close();
+          await log.close();
+        },
+      };
+    },
+    { expandsAtOnce: true },
+  );
 }
 
 describeEnvelopeLog("SQLite (embedded)", async (options) => {

@@ -46,6 +46,8 @@ export async function startTestNode(
     database?: TestDatabase;
     /** Called after each erasure step; a throw stops the job there, as a crash would. */
     afterErasureStep?: (step: string) => void;
+    /** False: the node leaves group messages unexpanded (NodeOptions.expandGroups). */
+    expandGroups?: boolean;
   } = {},
 ): Promise<TestNode & { testDatabase?: TestDatabase }> {
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "clearbox-test-"));
@@ -87,6 +89,7 @@ export async function startTestNode(
   const node = await createNode(config, {
     logger,
     afterErasureStep: options.afterErasureStep,
+    expandGroups: options.expandGroups,
   });
   return Object.assign(node, {
     logs,
