@@ -258,7 +258,18 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     const bound = through
       ? sql`and seq <= (select max(seq) from group_messages where recipients is not null and (${through}))`
       : sql``;
-    const result = await this.db.execute(sql`
+    // Nothing to expand, the usual case for acks and reads: one index probe, and no write.
+    const [waiting] = rowsOf<{ any: boolean }>(
+      await this.db.execute(
+        sql`select exists (select 1 from group_messages where recipients is not null ${through ? sql`and (${through})` : sql``}) as any`,
+      ),
+    );
+    if (!waiting?.any) return [];
+    // The planner guesses 100 rows per jsonb_each, so millions for a few messages, and would JIT-
+    // compile the statement: about a second on a busy machine for what takes milliseconds.
+    const result = await this.db.transaction(async (tx) => {
+      await tx.execute(sql`set local jit = off`);
+      return tx.execute(sql`
       with claimed as materialized (
         select seq, id, sender_user, sender_device, group_id, ts, type, body, recipients
         from group_messages
@@ -292,6 +303,7 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
             order by c.seq`
           : sql`select count(*)::int as n from inserted`
       }`);
+    });
     return report ? rowsOf<ExpandedRow>(result) : [];
   }
 
