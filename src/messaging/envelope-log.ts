@@ -14,8 +14,9 @@ export interface ExpandedGroupMessage {
 }
 
 /**
- * The durable envelope log: every accepted envelope is here before its sender hears `accepted`,
- * and stays until the recipient device acks it (then only metadata remains) or retention ends.
+ * The durable envelope log: every accepted envelope is here before its sender hears `accepted`
+ * (a group send as one row, whose per-device rows an expansion writes after), and stays until the
+ * recipient device acks it (then only metadata remains) or retention ends.
  * One conformance suite (test/messaging/envelope-log.conformance.ts) runs against every implementation.
  */
 export interface EnvelopeLog extends ActorEnvelopeLog {

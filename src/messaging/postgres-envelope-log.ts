@@ -251,8 +251,9 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
    * Expands every unexpanded group message matching `through` (a condition on `group_messages`)
    * and every unexpanded one older than the newest of them, in one statement: locks them oldest
    * first (waiting for an expansion that holds one; a row it expanded meanwhile is skipped),
-   * inserts one `pending` row per recipient device (one an ack or a `queued` mark wrote already is
-   * left as it is), and clears their body and recipients. With `report`, returns the rows written.
+   * inserts one `pending` row per recipient device (`ON CONFLICT DO NOTHING`: a row already there
+   * keeps its state), and clears their body and recipients, in one transaction. With `report`,
+   * returns the rows written (the sweep tells their actors).
    */
   private async expand(through?: SQL, report = false): Promise<ExpandedRow[]> {
     const bound = through
