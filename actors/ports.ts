@@ -86,6 +86,9 @@ export interface DeviceSockets {
   /**
    * Where a socket stands, asked by a new activation: `live` (its offline queue is drained: push),
    * `pending` (still opening or draining: it will announce itself), `gone` (closed, or no answer).
+   * A socket answers `live` from before its `device.drained` is sent, so an activation that read
+   * `pending` was registered before the notice and gets it in its mailbox (the notice goes with
+   * `askIfActive`, which no activation registered by then would miss).
    */
   status(socket: SocketRef, userId: string): Promise<"live" | "pending" | "gone">;
   /** Closes every socket of a user (erasure), wherever they are. */

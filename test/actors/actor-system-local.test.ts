@@ -198,6 +198,80 @@ describe("Actor on a single embedded node", () => {
     expect(system.isActive("victim:1")).toBe(false);
   });
 
+  test("askIfActive answers undefined without activating, and reaches an activation that exists", async () => {
+    let activations = 0;
+    const system = await singleNode((s) =>
+      s.register("echo", () => ({
+        onActivate() {
+          activations++;
+        },
+        receive: (message: unknown) => `got ${message}`,
+      })),
+    );
+    expect(await system.askIfActive("echo:1", "a")).toBeUndefined();
+    expect(activations).toBe(0);
+    expect(system.isActive("echo:1")).toBe(false);
+    expect(await system.ask("echo:1", "b")).toBe("got b");
+    expect(await system.askIfActive("echo:1", "c")).toBe("got c");
+    expect(activations).toBe(1);
+  });
+
+  test("askIfActive during onActivate waits in the mailbox and is answered after it", async () => {
+    const events: string[] = [];
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const system = await singleNode((s) =>
+      s.register("slow", () => ({
+        async onActivate() {
+          await gate;
+          events.push("activated");
+        },
+        receive: (message: unknown) => {
+          events.push(`got:${message}`);
+          return message;
+        },
+      })),
+    );
+    // The tell starts the activation; it is registered (activating) before onActivate resolves.
+    await system.tell("slow:1", "wake");
+    const answered = system.askIfActive("slow:1", "notice");
+    release();
+    expect(await answered).toBe("notice");
+    expect(events).toEqual(["activated", "got:wake", "got:notice"]);
+  });
+
+  test("askIfActive to a passivating activation is routed again once it has gone, and answered undefined", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let activations = 0;
+    const system = await singleNode(
+      (s) =>
+        s.register("leaving", () => ({
+          onActivate() {
+            activations++;
+          },
+          receive: (message: unknown) => message,
+          async onPassivate() {
+            await gate;
+          },
+        })),
+      { idleTimeoutMs: 50 },
+    );
+    expect(await system.ask("leaving:1", "hello")).toBe("hello");
+    // Idle: the sweep passivates it, and onPassivate holds it in `passivating`.
+    const internals = system as unknown as { actors: { get(key: string): { status: string } | undefined } };
+    await until(() => internals.actors.get("leaving:1")?.status === "passivating", 3000);
+    const answered = system.askIfActive("leaving:1", "late notice");
+    release();
+    expect(await answered).toBeUndefined();
+    expect(activations).toBe(1);
+    expect(system.isActive("leaving:1")).toBe(false);
+  });
+
   test("a message for an unregistered kind is refused with UnknownActorKindError", async () => {
     const system = await singleNode(() => {});
     await expect(system.tell("nobody:1", "x")).rejects.toBeInstanceOf(UnknownActorKindError);
