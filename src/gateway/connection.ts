@@ -75,6 +75,17 @@ export class DeviceConnection {
     return true;
   }
 
+  /**
+   * Lets go of the drain once it holds nothing (the queue read to its end, everything taken from it
+   * acked): an idle socket keeps no drain. Called after the drain and after acks.
+   */
+  dropSpentDrain(): void {
+    const drain = this.drain;
+    if (!drain || drain.holding) return;
+    this.drain = undefined;
+    void drain.release().catch(() => {});
+  }
+
   /** A method, not a field test: the state changes across awaits (the socket may close meanwhile). */
   isClosed(): boolean {
     return this.state === "closed";

@@ -250,6 +250,7 @@ export class FrameHandler {
         // After the log recorded these acks and every earlier one: the actor removes the queue only
         // if the log owes nothing.
         if (conn.takeEmptiedQueue()) await this.deps.messaging.queueEmptied(conn.principal);
+        conn.dropSpentDrain();
       } catch (error) {
         this.deps.logger.error({ err: error, user: conn.principal.userId }, "ack failed");
       }

@@ -379,6 +379,9 @@ export class AmqpOfflineQueue implements OfflineQueue {
       get emptied() {
         return existed && exhausted && taken.size === 0;
       },
+      get holding() {
+        return open && (!exhausted || taken.size > 0);
+      },
     };
   }
 
