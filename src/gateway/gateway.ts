@@ -183,15 +183,17 @@ export class Gateway {
     this.options.registry
       .add(conn)
       ?.close(CloseCode.replaced, "replaced by a newer connection of this device");
-    conn.chain = conn.chain
-      .then(() => this.bringOnline(conn))
-      .catch((error) => {
+    void conn.enqueue(async () => {
+      try {
+        await this.bringOnline(conn);
+      } catch (error) {
         this.options.logger.error(
           { err: error, user: conn.principal.userId },
           "could not bring a device online",
         );
         conn.close(CloseCode.internalError, "internal error");
-      });
+      }
+    });
   }
 
   private ref(conn: DeviceConnection): DeviceSocketRef {
@@ -317,7 +319,7 @@ export class Gateway {
     // After whatever the connection was doing: its envelopes in flight must reach the actor first.
     // Acks sent just before the close go first: otherwise the actor would flush those envelopes
     // to the offline queue and the device would get them again on its next connection.
-    const bookkeeping = Promise.all([conn.chain, ...conn.acking]).then(async () => {
+    const bookkeeping = Promise.all([conn.chain, ...(conn.acking ?? [])]).then(async () => {
       try {
         await conn.drain?.release();
         // Being erased: no last-seen time is written, no actor woken (erasure sweeps both).
