@@ -242,14 +242,14 @@ export class Gateway {
       conn.close(CloseCode.revoked, "tokens revoked");
       return;
     }
-    // A socket of this device on another node is being replaced: its lease may outlive this moment,
-    // and an activation that found both could not tell which one is current. Told with activation,
-    // the actor learns this socket for certain; otherwise an inactive actor is left alone.
+    // Another socket of this device (being replaced, here or on another node) may keep its lease a
+    // moment longer, and an activation that found both could not tell which one is current. Told
+    // with activation, the actor learns this socket for certain; otherwise an inactive actor is left alone.
     let replacing = false;
     for (const other of await presence.sockets(principal.userId)) {
       if (other.deviceId !== principal.deviceId || other.connectionId === conn.connectionId) continue;
-      if (other.nodeId === nodeId) continue;
       replacing = true;
+      if (other.nodeId === nodeId) continue;
       await link
         .send(other.nodeId, {
           type: "close",

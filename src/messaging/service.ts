@@ -448,8 +448,8 @@ export class MessagingService {
    * holds live envelopes for it until it has drained its queue. An inactive one is not activated
    * (`askIfActive`: an idle connection costs no actor); an activation that starts later finds the
    * socket in the leases and asks its gateway where it stands. With `activate` the actor is
-   * activated if need be: the socket replaces one of the same device on another node, whose lease a
-   * later activation would also find, and only this notice tells which of the two is current.
+   * activated if need be: the socket replaces another of the same device, whose lease a later
+   * activation would also find, and only this notice tells which of the two is current.
    * Resolves true when the actor already knew this very socket (it keeps pushing to it), false when
    * it learnt it now or there is no actor (the device drains its queue, then `deviceDrained`).
    */
