@@ -84,11 +84,14 @@ export class DeviceConnection {
 
   /**
    * Lets go of the drain once it holds nothing (the queue read to its end, everything taken from it
-   * acked): an idle socket keeps no drain. Called after the drain and after acks.
+   * acked) and owes no report: an idle socket keeps no drain. Called after `takeEmptiedQueue`, at the
+   * drain's end and after each ack; while an ack is still being written, or the emptied queue is
+   * not reported yet, the drain stays for the last ack to report it.
    */
   dropSpentDrain(): void {
     const drain = this.drain;
-    if (!drain || drain.holding) return;
+    if (!drain || drain.holding || this.acksInFlight > 0) return;
+    if (drain.emptied && !this.emptiedTold) return;
     this.drain = undefined;
     void drain.release().catch(() => {});
   }
