@@ -119,7 +119,7 @@ export class NodeLink implements DeviceSockets {
    * cluster member. Never an ask: a user actor waiting in `onActivate` for a reply from another node
    * holds the transfers that woke it unacknowledged, and under load every transfer the inbox may
    * have out (its prefetch) can be waiting on such actors while the replies queue behind them (the
-   * asks timed out, the sockets were taken for gone and live devices' messages went to offline queues).
+   * asks time out, the sockets are taken for gone and live devices' messages go to offline queues).
    */
   async status(socket: SocketRef, userId: string): Promise<SocketStatus> {
     const { deviceId, connectionId } = socket;
