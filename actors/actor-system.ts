@@ -205,16 +205,6 @@ export class ActorSystem implements ActorRefs, ActorHost {
     );
   }
 
-  askIfActive<R = unknown>(
-    key: string,
-    message: unknown,
-    options?: { timeoutMs?: number },
-  ): Promise<R | undefined> {
-    return this.asks.request<R | undefined>(key, options?.timeoutMs ?? this.askTimeoutMs, (reply) =>
-      this.router.route({ key, message, hops: 0, reply, ifActive: true }),
-    );
-  }
-
   stopActor(key: string, reason = "stopped"): Promise<void> {
     return this.asks.request<void>(key, this.askTimeoutMs, (reply) =>
       this.router.route({ key, message: undefined, hops: 0, stop: reason, reply }),

@@ -15,22 +15,6 @@ export interface ActorRefs {
   tellMany(keys: readonly string[], message: unknown): Promise<void>;
   /** Request/reply: resolves with the value the actor's `receive` returned. */
   ask<R = unknown>(key: string, message: unknown, options?: { timeoutMs?: number }): Promise<R>;
-  /**
-   * Like `ask`, but only for an activation that exists: when the node that owns `key` (decided there,
-   * after any handoff wait) has no activation of it, neither active nor activating, nothing is
-   * activated and the ask resolves `undefined`. One that is passivating or stopping gets the
-   * message routed again once it has gone, so it reaches a successor or resolves `undefined`.
-   *
-   * For a notice that only matters to a live actor (a socket opened, drained, closed). Sound only
-   * when the sender made the notice's effect readable before sending it (a presence lease, a
-   * socket's status): an activation that starts after the notice was dropped is registered after
-   * that, and reads the effect itself.
-   */
-  askIfActive<R = unknown>(
-    key: string,
-    message: unknown,
-    options?: { timeoutMs?: number },
-  ): Promise<R | undefined>;
   /** Stops the actor wherever it lives, without passivation (erasure uses this). */
   stopActor(key: string, reason?: string): Promise<void>;
 }

@@ -84,14 +84,8 @@ export interface DeviceSockets {
    */
   push(socket: SocketRef, userId: string, envelopes: readonly StoredEnvelope[]): Promise<boolean>;
   /**
-   * Where a socket stands, asked by a new activation (and before a flush): `live` (its offline queue
-   * is drained: push), `pending` (it will announce itself: `device.drained` once live, or
-   * `device.disconnect` if it is gone), `gone` (closed, or its node is not a member). Must not wait
-   * on another node (an actor waiting in `onActivate` holds the transfers that woke it): for a
-   * socket elsewhere it answers `pending` and has that node's gateway announce the socket's state.
-   * A socket answers `live` from before its `device.drained` is sent, so an activation that saw it
-   * `pending` was registered before the notice and gets it in its mailbox (the notice goes with
-   * `askIfActive`, which no activation registered by then would miss).
+   * Where a socket stands, asked by a new activation: `live` (its offline queue is drained: push),
+   * `pending` (still opening or draining: it will announce itself), `gone` (closed, or no answer).
    */
   status(socket: SocketRef, userId: string): Promise<"live" | "pending" | "gone">;
   /** Closes every socket of a user (erasure), wherever they are. */

@@ -19,11 +19,6 @@ export interface Envelope {
   stop?: string;
   /** Set for envelopes that came over the transport: called once processed or passed on. */
   settle?: () => void;
-  /**
-   * `askIfActive`: the owner delivers it only to an activation it has (active or activating);
-   * without one it is answered `undefined` and nothing is activated.
-   */
-  ifActive?: boolean;
 }
 
 /** What {@link Router} needs from the node it routes for. */
@@ -127,7 +122,6 @@ export class Router {
                 hops: frame.hops,
                 reply: frame.reply,
                 stop: frame.stop,
-                ifActive: frame.ifActive,
               }),
             );
           }
@@ -164,14 +158,6 @@ export class Router {
     if (envelope.stop !== undefined) {
       const stopped = actor ? actor.stop(envelope.stop) : RESOLVED;
       stopped.then(() => this.complete(envelope, undefined, undefined));
-      return RESOLVED;
-    }
-    if (!actor && envelope.ifActive) {
-      // Decided here, on the owner, after any handoff wait: an activation that starts later is
-      // registered after this, so the reads it starts from see what the sender did before sending.
-      // Answered, not counted as processed: no actor saw it.
-      if (envelope.reply) this.options.asks.reply(envelope.reply, undefined, undefined);
-      envelope.settle?.();
       return RESOLVED;
     }
     if (!actor) {
@@ -225,7 +211,6 @@ export class Router {
     };
     if (envelope.reply) frame.reply = envelope.reply;
     if (envelope.stop !== undefined) frame.stop = envelope.stop;
-    if (envelope.ifActive) frame.ifActive = true;
     this.forwarded++;
     return this.options.outbox.send(owner, frame).then(
       () => envelope.settle?.(),

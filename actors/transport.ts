@@ -14,8 +14,6 @@ export interface EnvelopeFrame {
   reply?: ReplyTo;
   /** Set when this is a stop command (erasure) rather than a message. */
   stop?: string;
-  /** `askIfActive`: only for an existing activation on the owner; otherwise answered `undefined`. */
-  ifActive?: true;
 }
 
 /** The answer to an `ask`. */

@@ -16,9 +16,6 @@ export interface SocketData {
   expiresAt: number;
 }
 
-/** A settled promise shared by every connection's chains until they have work (one less object per socket). */
-const SETTLED: Promise<void> = Promise.resolve();
-
 /** The Bun socket type the gateway serves. */
 export type DeviceSocket = ServerWebSocket<SocketData>;
 
@@ -27,20 +24,16 @@ export class DeviceConnection {
   /** `draining`: the offline queue is being delivered, live envelopes wait in the user actor. */
   state: "opening" | "draining" | "live" | "closed" = "opening";
   /** Frames that must be handled in arrival order (sends) run one after another on this chain. */
-  chain: Promise<void> = SETTLED;
+  chain: Promise<void> = Promise.resolve();
   drain: QueueDrain | undefined;
   /** The user actor was told this connection's drain emptied the offline queue (told once). */
   private emptiedTold = false;
-  /**
-   * Acks on their way to the log and the user actor; the disconnect waits for them. Like the watch
-   * sets, made on first use and dropped when empty: most sockets sit idle, and an empty Set per
-   * socket is memory for nothing.
-   */
-  acking: Set<Promise<void>> | undefined;
-  /** The users this socket's `presence.watch` list names (PresenceWatchers sets it; none: no list). */
-  watching: Set<string> | undefined;
+  /** Acks on their way to the log and the user actor; the disconnect waits for them. */
+  readonly acking = new Set<Promise<void>>();
+  /** The users this socket's `presence.watch` list names. */
+  readonly watching = new Set<string>();
   /** Of `watching`, those the device's user may see (PresenceAudience); only these hear changes. */
-  seeing: Set<string> | undefined;
+  readonly seeing = new Set<string>();
   /** Bumped by every new watch list: an older list's late answer is not applied. */
   watchGeneration = 0;
   /** Pinged by the gateway's schedule and no pong since: the next tick closes the socket. */
@@ -51,7 +44,7 @@ export class DeviceConnection {
    */
   closing = false;
   /** `auth` frames are answered one after another, in arrival order. */
-  authChain: Promise<void> = SETTLED;
+  authChain: Promise<void> = Promise.resolve();
   private expiry: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
@@ -80,38 +73,6 @@ export class DeviceConnection {
     if (this.emptiedTold || this.acksInFlight > 0 || !this.drain?.emptied) return false;
     this.emptiedTold = true;
     return true;
-  }
-
-  /**
-   * Lets go of the drain once it holds nothing (the queue read to its end, everything taken from it
-   * acked) and owes no report: an idle socket keeps no drain. Called after `takeEmptiedQueue`, at the
-   * drain's end and after each ack; while an ack is still being written, or the emptied queue is
-   * not reported yet, the drain stays for the last ack to report it.
-   */
-  dropSpentDrain(): void {
-    const drain = this.drain;
-    if (!drain || drain.holding || this.acksInFlight > 0) return;
-    if (drain.emptied && !this.emptiedTold) return;
-    this.drain = undefined;
-    void drain.release().catch(() => {});
-  }
-
-  /**
-   * Runs `step` on the chain (after what is on it); once the chain is idle again it is the shared
-   * settled promise, so an idle socket keeps no promise of its own. Returns the step's promise.
-   */
-  enqueue(step: () => Promise<void>): Promise<void> {
-    const next = this.chain.then(step);
-    this.chain = next;
-    void next.then(
-      () => this.idle(next),
-      () => this.idle(next),
-    );
-    return next;
-  }
-
-  private idle(step: Promise<void>): void {
-    if (this.chain === step) this.chain = SETTLED;
   }
 
   /** A method, not a field test: the state changes across awaits (the socket may close meanwhile). */

@@ -250,17 +250,11 @@ export class FrameHandler {
         // After the log recorded these acks and every earlier one: the actor removes the queue only
         // if the log owes nothing.
         if (conn.takeEmptiedQueue()) await this.deps.messaging.queueEmptied(conn.principal);
-        conn.dropSpentDrain();
       } catch (error) {
         this.deps.logger.error({ err: error, user: conn.principal.userId }, "ack failed");
       }
     })();
-    conn.acking ??= new Set();
-    const acks = conn.acking;
-    acks.add(acking);
-    void acking.finally(() => {
-      acks.delete(acking);
-      if (acks.size === 0 && conn.acking === acks) conn.acking = undefined;
-    });
+    conn.acking.add(acking);
+    void acking.finally(() => conn.acking.delete(acking));
   }
 }

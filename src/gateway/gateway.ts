@@ -183,17 +183,15 @@ export class Gateway {
     this.options.registry
       .add(conn)
       ?.close(CloseCode.replaced, "replaced by a newer connection of this device");
-    void conn.enqueue(async () => {
-      try {
-        await this.bringOnline(conn);
-      } catch (error) {
+    conn.chain = conn.chain
+      .then(() => this.bringOnline(conn))
+      .catch((error) => {
         this.options.logger.error(
           { err: error, user: conn.principal.userId },
           "could not bring a device online",
         );
         conn.close(CloseCode.internalError, "internal error");
-      }
-    });
+      });
   }
 
   private ref(conn: DeviceConnection): DeviceSocketRef {
@@ -242,13 +240,8 @@ export class Gateway {
       conn.close(CloseCode.revoked, "tokens revoked");
       return;
     }
-    // Another socket of this device (being replaced, here or on another node) may keep its lease a
-    // moment longer, and an activation that found both could not tell which one is current. Told
-    // with activation, the actor learns this socket for certain; otherwise an inactive actor is left alone.
-    let replacing = false;
     for (const other of await presence.sockets(principal.userId)) {
       if (other.deviceId !== principal.deviceId || other.connectionId === conn.connectionId) continue;
-      replacing = true;
       if (other.nodeId === nodeId) continue;
       await link
         .send(other.nodeId, {
@@ -262,7 +255,7 @@ export class Gateway {
         .catch(() => false);
     }
     if (conn.isClosed()) return;
-    await messaging.deviceConnected(principal, nodeId, conn.connectionId, { activate: replacing });
+    await messaging.deviceConnected(principal, nodeId, conn.connectionId);
     await this.drainThenLive(conn);
   }
 
@@ -280,16 +273,14 @@ export class Gateway {
     const previous = this.closingDevices.get(conn.key);
     if (previous) await Promise.race([previous, Bun.sleep(PREVIOUS_DRAIN_WAIT_MS)]);
     if (conn.isClosed()) return;
-    // Held here too: an ack may let go of `conn.drain` once it holds nothing.
-    const drain = await offline.drain(principal.userId, principal.deviceId);
-    conn.drain = drain;
+    conn.drain = await offline.drain(principal.userId, principal.deviceId);
     for (;;) {
       if (conn.isClosed()) return;
-      const taken = await drain.next(DRAIN_CHUNK);
+      const taken = await conn.drain.next(DRAIN_CHUNK);
       if (taken.length === 0) break;
       // From a user being erased: removed from the queue, not delivered.
       const erased = taken.filter((e) => this.fenced(e.senderUser)).map((e) => e.id);
-      if (erased.length > 0) await drain.ack(erased);
+      if (erased.length > 0) await conn.drain.ack(erased);
       const batch = erased.length === 0 ? taken : taken.filter((e) => !this.fenced(e.senderUser));
       if (batch.length > 0) conn.deliver(batch, "offline");
     }
@@ -300,12 +291,9 @@ export class Gateway {
         this.options.logger.warn({ err: error, user: principal.userId }, "could not report an emptied queue");
       });
     }
-    conn.dropSpentDrain();
     if (conn.isClosed()) return;
-    // Live before the notice: an actor activated from now on reads `live` and pushes; one that read
-    // `pending` was registered before the notice is sent, so the notice reaches it (askIfActive).
-    conn.state = "live";
     await messaging.deviceDrained(principal, nodeId, conn.connectionId);
+    if (!conn.isClosed()) conn.state = "live";
   }
 
   private closed(ws: DeviceSocket) {
@@ -319,7 +307,7 @@ export class Gateway {
     // After whatever the connection was doing: its envelopes in flight must reach the actor first.
     // Acks sent just before the close go first: otherwise the actor would flush those envelopes
     // to the offline queue and the device would get them again on its next connection.
-    const bookkeeping = Promise.all([conn.chain, ...(conn.acking ?? [])]).then(async () => {
+    const bookkeeping = Promise.all([conn.chain, ...conn.acking]).then(async () => {
       try {
         await conn.drain?.release();
         // Being erased: no last-seen time is written, no actor woken (erasure sweeps both).
@@ -369,8 +357,7 @@ export class Gateway {
    * activated meanwhile found no lease, took the device for offline and flushed its envelopes to
    * the offline queue, which a connected device does not read: such a socket drains its queue
    * again, as on a reconnect, and the actor pushes live from then on. Sockets the actor knows are
-   * left alone; a socket whose user has no active actor (none is activated to answer) drains again
-   * too. Returns how many sockets drained again.
+   * left alone. Returns how many sockets drained again.
    */
   async reassertPresence(): Promise<number> {
     const { messaging, nodeId, logger } = this.options;
@@ -380,8 +367,6 @@ export class Gateway {
       .map((conn) => {
         const step = conn.chain.then(async () => {
           if (conn.isClosed()) return false;
-          // No actor (none is activated for this): one that came and went during the outage may
-          // have flushed to the queue too, so the socket drains again as well.
           if (await messaging.deviceConnected(conn.principal, nodeId, conn.connectionId)) return false;
           await this.drainThenLive(conn);
           return true;

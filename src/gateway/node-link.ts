@@ -1,10 +1,4 @@
-import {
-  type ActorFactory,
-  type ActorRefs,
-  type DeviceSockets,
-  type SocketRef,
-  userKey,
-} from "../../actors/index.ts";
+import type { ActorFactory, ActorRefs, DeviceSockets, SocketRef } from "../../actors/index.ts";
 import type { StoredEnvelope } from "../messaging/envelope.ts";
 import type { Presence } from "../messaging/presence.ts";
 import type { Logger } from "../observability/logger.ts";
@@ -17,8 +11,7 @@ export const GATEWAY_KIND = "gateway";
 export type GatewayCommand =
   | { type: "push"; userId: string; deviceId: number; connectionId: string; envelopes: StoredEnvelope[] }
   | ({ type: "close"; code: number; reason: string } & SocketTarget)
-  | { type: "status"; userId: string; deviceId: number; connectionId: string }
-  | { type: "announce"; userId: string; deviceId: number; connectionId: string };
+  | { type: "status"; userId: string; deviceId: number; connectionId: string };
 
 /** What a node link needs besides the actors: who to tell when a pushed-to socket has vanished. */
 export interface NodeLinkDeps {
@@ -47,15 +40,13 @@ export class NodeLink implements DeviceSockets {
 
   /**
    * Runs a command against this node's sockets: for push and close, whether a socket here took it;
-   * for status, the socket's status; for announce, the status it told the user actor.
+   * for status, the socket's status.
    */
   handle(command: GatewayCommand): boolean | SocketStatus {
     const { registry } = this.deps;
     switch (command.type) {
       case "status":
         return registry.status(command.userId, command.deviceId, command.connectionId);
-      case "announce":
-        return this.announce(command);
       case "close":
         return registry.close(command, command.code, command.reason);
       case "push": {
@@ -113,44 +104,13 @@ export class NodeLink implements DeviceSockets {
     });
   }
 
-  /**
-   * A socket on this node: its status at once. On another node: `pending`, after telling that node's
-   * gateway to announce the socket to the user actor (`announce`), or `gone` when the node is not a
-   * cluster member. Never an ask: a user actor waiting in `onActivate` for a reply from another node
-   * holds the transfers that woke it unacknowledged, and under load every transfer the inbox may
-   * have out (its prefetch) can be waiting on such actors while the replies queue behind them (the
-   * asks time out, the sockets are taken for gone and live devices' messages go to offline queues).
-   */
   async status(socket: SocketRef, userId: string): Promise<SocketStatus> {
     const { deviceId, connectionId } = socket;
     if (socket.nodeId === this.deps.nodeId) return this.deps.registry.status(userId, deviceId, connectionId);
-    const told = await this.send(socket.nodeId, { type: "announce", userId, deviceId, connectionId });
-    return told ? "pending" : "gone";
-  }
-
-  /**
-   * Tells the user actor where one of this node's sockets stands, as the socket's own notices would:
-   * `device.drained` when it is live, `device.disconnect` when it is gone, nothing while it opens or
-   * drains (it tells `device.drained` itself once drained). Not awaited: the pinned gateway actor
-   * must not wait on a reply; `askIfActive`, so an actor that went away meanwhile is not re-created
-   * (its successor reads the leases and asks again). Returns the status told.
-   */
-  private announce(command: Extract<GatewayCommand, { type: "announce" }>): SocketStatus {
-    const { userId, deviceId, connectionId } = command;
-    const status = this.deps.registry.status(userId, deviceId, connectionId);
-    if (status === "pending") return status;
-    const notice = {
-      type: status === "live" ? "device.drained" : "device.disconnect",
-      deviceId,
-      gatewayNode: this.deps.nodeId,
-      connectionId,
-    };
-    void this.deps.actors
-      .askIfActive(userKey(userId), notice)
-      .catch((error) =>
-        this.deps.logger.warn({ err: error }, "could not announce a socket to its user actor"),
-      );
-    return status;
+    const command: GatewayCommand = { type: "status", userId, deviceId, connectionId };
+    return this.deps.actors
+      .ask<SocketStatus>(`${GATEWAY_KIND}:${socket.nodeId}`, command, { timeoutMs: 3000 })
+      .catch(() => "gone" as const);
   }
 
   closeAll(userId: string, code: number, reason: string): Promise<void> {

@@ -66,15 +66,12 @@ export class PresenceWatchers {
    */
   async watch(conn: DeviceConnection, users: readonly string[]): Promise<boolean> {
     const list = new Set(users);
-    if (this.entries - (conn.watching?.size ?? 0) + list.size > this.nodeLimit) return false;
+    if (this.entries - conn.watching.size + list.size > this.nodeLimit) return false;
     this.unwatch(conn);
     const generation = ++conn.watchGeneration;
     if (list.size === 0) return true;
-    // The list itself is the socket's `watching` (this method's own Set, not the caller's array).
-    const seeing = new Set<string>();
-    conn.watching = list;
-    conn.seeing = seeing;
     for (const user of list) {
+      conn.watching.add(user);
       let set = this.watchers.get(user);
       if (!set) {
         set = new Set();
@@ -94,22 +91,21 @@ export class PresenceWatchers {
       this.audience.visibleTo(owner, [...list]),
       this.presence.states([...list]),
     ]);
-    // Meanwhile the socket may have closed or replaced its list (a new generation, new sets).
     const current = conn.watchGeneration === generation;
-    if (current) for (const user of visible) if (list.has(user)) seeing.add(user);
+    if (current) for (const user of visible) if (conn.watching.has(user)) conn.seeing.add(user);
     for (const state of states) {
-      // Remember and report only what is still watched.
+      // Meanwhile the socket may have closed or replaced its list: remember and report only what is still watched.
       if (!this.watchers.has(state.user)) continue;
       this.lastPresence.set(state.user, presenceSignature(state));
-      if (!current || !list.has(state.user)) continue;
-      conn.send(seeing.has(state.user) ? { type: "presence", ...state } : unseen(state.user));
+      if (!current || !conn.watching.has(state.user)) continue;
+      conn.send(conn.seeing.has(state.user) ? { type: "presence", ...state } : unseen(state.user));
     }
     return true;
   }
 
   /** Drops the socket's watch list (a new list, or the socket closed), and every user nobody watches any more. */
   unwatch(conn: DeviceConnection): void {
-    for (const user of conn.watching ?? []) {
+    for (const user of conn.watching) {
       const set = this.watchers.get(user);
       if (!set?.delete(conn)) continue;
       this.entries--;
@@ -118,8 +114,8 @@ export class PresenceWatchers {
         this.lastPresence.delete(user);
       }
     }
-    conn.watching = undefined;
-    conn.seeing = undefined;
+    conn.watching.clear();
+    conn.seeing.clear();
     conn.watchGeneration++;
     const mine = this.byOwner.get(conn.principal.userId);
     if (mine?.delete(conn) && mine.size === 0) this.byOwner.delete(conn.principal.userId);
@@ -132,7 +128,7 @@ export class PresenceWatchers {
     const signature = presenceSignature(state);
     if (this.lastPresence.get(state.user) === signature) return;
     this.lastPresence.set(state.user, signature);
-    for (const conn of watchers) if (conn.seeing?.has(state.user)) conn.send({ type: "presence", ...state });
+    for (const conn of watchers) if (conn.seeing.has(state.user)) conn.send({ type: "presence", ...state });
   }
 
   /**
@@ -169,27 +165,25 @@ export class PresenceWatchers {
 
   /** Applies the current audience to one socket's list: lost users are reported unseen, gained ones with their state. */
   private async recheckOne(conn: DeviceConnection): Promise<void> {
-    const { watching, seeing } = conn;
-    if (!watching || !seeing || watching.size === 0 || conn.isClosed()) return;
+    if (conn.watching.size === 0 || conn.isClosed()) return;
     const generation = conn.watchGeneration;
-    const visible = await this.audience.visibleTo(conn.principal.userId, [...watching]);
-    // Same generation: the same list and sets (a new list or an unwatch makes a new generation).
+    const visible = await this.audience.visibleTo(conn.principal.userId, [...conn.watching]);
     if (conn.watchGeneration !== generation) return;
     const gained: string[] = [];
-    for (const user of seeing) {
+    for (const user of conn.seeing) {
       if (visible.has(user)) continue;
-      seeing.delete(user);
+      conn.seeing.delete(user);
       conn.send(unseen(user));
     }
     for (const user of visible) {
-      if (seeing.has(user) || !watching.has(user)) continue;
-      seeing.add(user);
+      if (conn.seeing.has(user) || !conn.watching.has(user)) continue;
+      conn.seeing.add(user);
       gained.push(user);
     }
     if (gained.length === 0) return;
     const states = await this.presence.states(gained);
     for (const state of states) {
-      if (conn.watchGeneration === generation && seeing.has(state.user))
+      if (conn.watchGeneration === generation && conn.seeing.has(state.user))
         conn.send({ type: "presence", ...state });
     }
   }

@@ -1,6 +1,3 @@
-/** The default clock, shared: a default-parameter arrow would be one closure per bucket (per socket). */
-const monotonicMs = () => performance.now();
-
 /** A token bucket: `rate` tokens a second, at most `burst` saved up. */
 export class TokenBucket {
   private tokens: number;
@@ -9,7 +6,7 @@ export class TokenBucket {
   constructor(
     private readonly rate: number,
     private readonly burst: number,
-    private readonly now: () => number = monotonicMs,
+    private readonly now: () => number = () => performance.now(),
   ) {
     this.tokens = burst;
     this.updated = now();

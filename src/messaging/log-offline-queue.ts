@@ -49,11 +49,6 @@ export class LogOfflineQueue implements OfflineQueue {
       release: async () => handedOut.clear(),
       // The queue is the log: there is no per-device queue to remove.
       emptied: false,
-      // Read on after a `next` that came back empty, the log gives what was queued meanwhile; the
-      // gateway asks this only once its reads came back empty.
-      get holding() {
-        return handedOut.size > 0;
-      },
     };
   }
 

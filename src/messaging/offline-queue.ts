@@ -19,12 +19,6 @@ export interface QueueDrain {
    * (`OfflineQueue.remove`). Always false for stores that keep no per-device queue.
    */
   readonly emptied: boolean;
-  /**
-   * True while the drain still matters: the queue has not been read to its end yet, or envelopes
-   * taken from it wait for the device's ack. False once neither: the gateway lets go of the drain
-   * (an idle socket keeps nothing of it).
-   */
-  readonly holding: boolean;
 }
 
 /** A device whose offline queue is looked at by the idle-queue sweep. */

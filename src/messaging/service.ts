@@ -444,57 +444,33 @@ export class MessagingService {
   }
 
   /**
-   * A device's socket opened on `gatewayNode` (its presence lease is written): an active user actor
-   * holds live envelopes for it until it has drained its queue. An inactive one is not activated
-   * (`askIfActive`: an idle connection costs no actor); an activation that starts later finds the
-   * socket in the leases and asks its gateway where it stands. With `activate` the actor is
-   * activated if need be: the socket replaces another of the same device, whose lease a later
-   * activation would also find, and only this notice tells which of the two is current.
-   * Resolves true when the actor already knew this very socket (it keeps pushing to it), false when
-   * it learnt it now or there is no actor (the device drains its queue, then `deviceDrained`).
+   * A device's socket opened on `gatewayNode`: its user actor holds live envelopes until it has
+   * drained its queue. Resolves true when the actor already knew this very socket (it keeps
+   * pushing to it), false when it learnt it now (the device must drain its queue, then `deviceDrained`).
    */
-  async deviceConnected(
-    device: Principal,
-    gatewayNode: string,
-    connectionId: string,
-    options: { activate?: boolean } = {},
-  ): Promise<boolean> {
-    const message = { type: "device.connect", deviceId: device.deviceId, gatewayNode, connectionId };
-    const key = userKey(device.userId);
-    const reply = options.activate
-      ? await this.actors.ask<{ known?: boolean }>(key, message)
-      : await this.actors.askIfActive<{ known?: boolean }>(key, message);
+  async deviceConnected(device: Principal, gatewayNode: string, connectionId: string): Promise<boolean> {
+    const reply = await this.actors.ask<{ known?: boolean }>(userKey(device.userId), {
+      type: "device.connect",
+      deviceId: device.deviceId,
+      gatewayNode,
+      connectionId,
+    });
     return reply?.known === true;
   }
 
-  /**
-   * The device drained its offline queue and its socket answers `live` to status questions: live
-   * delivery starts. An active user actor pushes what it held. Without one, the log is asked
-   * whether it holds envelopes still `pending` for the device (an activation pushed them and went
-   * away unacked — idle, a handoff, a crash — or a hand-over failed): only then is the actor
-   * activated, and it pushes them; otherwise nothing is owed and no actor is activated.
-   */
+  /** The device drained its offline queue: live delivery starts. */
   async deviceDrained(device: Principal, gatewayNode: string, connectionId: string): Promise<void> {
-    const message = { type: "device.drained", deviceId: device.deviceId, gatewayNode, connectionId };
-    const key = userKey(device.userId);
-    if ((await this.actors.askIfActive(key, message)) !== undefined) return;
-    // After the notice found no actor: an envelope appended after this read activates one by its
-    // deliver, and that activation finds the socket live.
-    const owed = await this.log.undelivered(device.userId, {
-      device: device.deviceId,
-      state: "pending",
-      limit: 1,
+    await this.actors.ask(userKey(device.userId), {
+      type: "device.drained",
+      deviceId: device.deviceId,
+      gatewayNode,
+      connectionId,
     });
-    if (owed.length > 0) await this.actors.ask(key, message);
   }
 
-  /**
-   * The device's socket on `gatewayNode` closed (its lease is gone): an active user actor flushes
-   * what the device has not acked to its offline queue. An inactive one is not activated: what the
-   * log still has `pending` for the device waits there for its next `deviceDrained`.
-   */
+  /** The device's socket on `gatewayNode` closed: what it has not acked goes to its offline queue. */
   async deviceDisconnected(device: Principal, gatewayNode: string, connectionId: string): Promise<void> {
-    await this.actors.askIfActive(userKey(device.userId), {
+    await this.actors.ask(userKey(device.userId), {
       type: "device.disconnect",
       deviceId: device.deviceId,
       gatewayNode,

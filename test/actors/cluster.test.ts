@@ -40,24 +40,6 @@ describe("three nodes over real Redis and RabbitMQ", () => {
     expect(owners.size).toBe(3);
   });
 
-  test("askIfActive from any node activates nothing on the owner, and reaches an activation there", async () => {
-    const keys = Array.from({ length: 30 }, (_, i) => `rec:ifactive${i}`);
-    for (const [index, key] of keys.entries()) {
-      const sender = [a, b, c][index % 3];
-      expect(await sender.askIfActive(key, { seq: -1000 - index })).toBeUndefined();
-      expect(cluster.whereActive(key)).toEqual([]);
-    }
-    for (const [index, key] of keys.entries()) {
-      await [a, b, c][(index + 1) % 3].ask(key, { seq: -2000 - index });
-      // The actor answers with the node it runs on: the flag crossed the transport with the message.
-      expect(await [a, b, c][index % 3].askIfActive<string>(key, { seq: -3000 - index })).toBe(
-        a.ownerOf(key),
-      );
-    }
-    const owners = new Set(keys.map((key) => a.ownerOf(key)));
-    expect(owners.size).toBe(3);
-  });
-
   test("tellMany sends one transfer per owning node, not one per actor", async () => {
     const fanOut = Array.from({ length: 300 }, (_, i) => `rec:fan${i}`);
     counting.transfers.clear();
