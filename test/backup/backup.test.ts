@@ -19,6 +19,7 @@ import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
+import { type Finished, runToEnd } from "../support/process.ts";
 import { TestSocket } from "../support/ws.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
@@ -28,22 +29,11 @@ const b64 = (text: string) => Buffer.from(text).toString("base64");
  * Runs the backup CLI (`npm run backup` / `npm run restore`) in its own process, without blocking
  * this one (the node it calls runs in this process).
  */
-async function cli(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const proc = Bun.spawn([process.execPath, "run", "src/backup/cli.ts", ...args], {
+async function cli(args: string[], env: Record<string, string> = {}): Promise<Finished> {
+  return runToEnd([process.execPath, "run", "src/backup/cli.ts", ...args], {
     cwd: ROOT,
     env: { ...process.env, ...env },
-    stdout: "pipe",
-    stderr: "pipe",
   });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
-  return { code, stdout, stderr };
 }
 
 async function waitFor<T>(read: () => Promise<T | undefined>, what: string, timeoutMs = 20_000): Promise<T> {

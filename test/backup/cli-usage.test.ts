@@ -5,20 +5,18 @@
  */
 import { describe, expect, test } from "bun:test";
 import { resolve } from "node:path";
+import { runToEnd } from "../support/process.ts";
 
 const CLI = resolve(import.meta.dir, "../../src/backup/cli.ts");
 
 async function run(args: string[]) {
-  const proc = Bun.spawn(["bun", "run", CLI, ...args], {
+  const {
+    stdout: out,
+    stderr: err,
+    code,
+  } = await runToEnd(["bun", "run", CLI, ...args], {
     env: { ...process.env, ADMIN_TOKEN: "", ADMIN_TOKEN_FILE: "", DATABASE_URL: "" },
-    stdout: "pipe",
-    stderr: "pipe",
   });
-  const [out, err, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
   return { out, err, code };
 }
 

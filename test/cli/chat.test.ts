@@ -5,23 +5,20 @@ import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { uniqueUsername } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
+import { runToEnd } from "../support/process.ts";
 
 const CLI = resolve(import.meta.dir, "../../src/cli/main.ts");
 const password = "correct horse battery";
 
 /** Runs one CLI command to its end. */
 async function run(args: string[], env: Record<string, string> = { CLEARBOX_PASSWORD: password }) {
-  const proc = Bun.spawn([process.execPath, "run", CLI, ...args], {
+  const {
+    stdout: out,
+    stderr: err,
+    code,
+  } = await runToEnd([process.execPath, "run", CLI, ...args], {
     env: { ...process.env, ...env },
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
   });
-  const [out, err, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
   return { out, err, code };
 }
 
@@ -105,12 +102,9 @@ describe("CLI chat", () => {
   });
 
   test("README's form works: npm run cli -- <command> --help", async () => {
-    const proc = Bun.spawn(["npm", "run", "--silent", "cli", "--", "chat", "--help"], {
+    const { stdout: out, code } = await runToEnd(["npm", "run", "--silent", "cli", "--", "chat", "--help"], {
       cwd: resolve(import.meta.dir, "../.."),
-      stdout: "pipe",
-      stderr: "pipe",
     });
-    const [out, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
     expect(code).toBe(0);
     expect(out).toContain("usage: npm run cli -- chat");
   });

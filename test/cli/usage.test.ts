@@ -8,16 +8,12 @@ import { describe, expect, test } from "bun:test";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { runToEnd } from "../support/process.ts";
 
 const MAIN = resolve(import.meta.dir, "../../src/cli/main.ts");
 
 async function cli(cwd: string, args: string[]) {
-  const proc = Bun.spawn(["bun", "run", MAIN, ...args], { cwd, stdout: "pipe", stderr: "pipe" });
-  const [out, err, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
+  const { stdout: out, stderr: err, code } = await runToEnd(["bun", "run", MAIN, ...args], { cwd });
   return { out, err, code };
 }
 

@@ -5,6 +5,7 @@ import { join, resolve } from "node:path";
 import { ClearBoxClient } from "../../src/client/index.ts";
 import { uniqueUsername } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
+import { runToEnd } from "../support/process.ts";
 
 const password = "correct horse battery";
 const CLI = resolve(import.meta.dir, "../../src/cli/main.ts");
@@ -71,16 +72,13 @@ describe("client SDK and CLI", () => {
     const storePath = join(dir, "cli.db");
     const username = uniqueUsername("cli");
     const run = async (...args: string[]) => {
-      const proc = Bun.spawn([process.execPath, "run", CLI, ...args, "--store", storePath], {
+      const {
+        stdout: out,
+        stderr: err,
+        code,
+      } = await runToEnd([process.execPath, "run", CLI, ...args, "--store", storePath], {
         env: { ...process.env, CLEARBOX_PASSWORD: password },
-        stdout: "pipe",
-        stderr: "pipe",
       });
-      const [out, err, code] = await Promise.all([
-        new Response(proc.stdout).text(),
-        new Response(proc.stderr).text(),
-        proc.exited,
-      ]);
       return { out, err, code };
     };
     const registered = await run("register", username, "--server", node.url);

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { AMQP_URL, runPrefix } from "../support/cluster-env.ts";
 import { freePort } from "../support/own-rabbitmq.ts";
+import { type Finished, runToEnd } from "../support/process.ts";
 import { deleteRedisPrefix } from "../support/redis.ts";
 
 // Issue 14 item 6: start-up and shutdown rough edges. Each case runs src/main.ts (or `npm start`)
@@ -37,27 +38,13 @@ function baseEnv(extra: Record<string, string>): Record<string, string> {
   };
 }
 
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 /** Runs src/main.ts to its end (it must exit by itself within `timeoutMs`). */
-async function runToExit(env: Record<string, string>, timeoutMs = 60_000): Promise<Ran> {
-  const proc = Bun.spawn([BUN, "run", "src/main.ts"], { cwd: ROOT, env, stdout: "pipe", stderr: "pipe" });
-  const timer = setTimeout(() => proc.kill(9), timeoutMs);
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
-  clearTimeout(timer);
-  return { code, stdout, stderr };
+function runToExit(env: Record<string, string>, timeoutMs = 60_000): Promise<Finished> {
+  return runToEnd([BUN, "run", "src/main.ts"], { cwd: ROOT, env, timeoutMs });
 }
 
 /** The one-line start-up refusal: `clearbox: <VARIABLE>: …`, no stack trace or source excerpt. */
-function expectOneLine(ran: Ran, variable: string, code: number): void {
+function expectOneLine(ran: Finished, variable: string, code: number): void {
   const lines = ran.stderr.trim().split("\n");
   expect({ code: ran.code, lines }).toMatchObject({
     code,

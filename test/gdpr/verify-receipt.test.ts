@@ -10,23 +10,13 @@ import { join, resolve } from "node:path";
 import { receiptSigningInput, type SignedReceipt } from "../../src/protocol/erasure-receipt.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
+import { runToEnd } from "../support/process.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
 const CLI = join(ROOT, "src/cli/main.ts");
 
-/**
- * Runs a command to its end; its exit code and output. Asynchronous on purpose: the node under
- * test serves from this process, so a blocking spawnSync would leave the child's requests unanswered.
- */
-async function run(command: string[], options: { cwd: string; env?: Record<string, string | undefined> }) {
-  const child = Bun.spawn(command, { ...options, stdout: "pipe", stderr: "pipe" });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(child.stdout).text(),
-    new Response(child.stderr).text(),
-    child.exited,
-  ]);
-  return { code, stdout, stderr };
-}
+/** Runs a command to its end (runToEnd: the node under test serves from this process). */
+const run = runToEnd;
 
 /** `bun src/cli/main.ts ...` in `cwd`, as `bun run cli -- ...` runs it. */
 function cli(cwd: string, args: string[]) {

@@ -5,6 +5,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { resolve } from "node:path";
+import { runToEnd } from "../support/process.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
 
@@ -17,15 +18,11 @@ describe("benchmark scripts answer --help", () => {
   ] as const) {
     test(`${script} -- --help (and -h): the usage only, exit 0`, async () => {
       for (const flag of ["--help", "-h"]) {
-        const proc = Bun.spawn(["bun", "run", resolve(ROOT, "src/loadtest", file), flag], {
-          stdout: "pipe",
-          stderr: "pipe",
-        });
-        const [out, err, code] = await Promise.all([
-          new Response(proc.stdout).text(),
-          new Response(proc.stderr).text(),
-          proc.exited,
-        ]);
+        const {
+          stdout: out,
+          stderr: err,
+          code,
+        } = await runToEnd(["bun", "run", resolve(ROOT, "src/loadtest", file), flag]);
         expect(code).toBe(0);
         expect(out).toStartWith(`usage: npm run ${script}`);
         expect(err).toBe("");

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { resolve } from "node:path";
 import { type LoadtestOptions, OptionsError, parseOptions, SCENARIOS } from "../../src/loadtest/options.ts";
+import { runToEnd } from "../support/process.ts";
 
 /** What every scenario gets when a flag is not given and the scenario sets nothing of its own. */
 const COMMON = {
@@ -248,12 +249,7 @@ describe("load-test option parsing: chaos", () => {
 describe("npm run loadtest -- --help", () => {
   const main = resolve(import.meta.dir, "../../src/loadtest/main.ts");
   const run = async (args: string[]) => {
-    const proc = Bun.spawn(["bun", "run", main, ...args], { stdout: "pipe", stderr: "pipe" });
-    const [out, err, code] = await Promise.all([
-      new Response(proc.stdout).text(),
-      new Response(proc.stderr).text(),
-      proc.exited,
-    ]);
+    const { stdout: out, stderr: err, code } = await runToEnd(["bun", "run", main, ...args]);
     return { out, err, code };
   };
 

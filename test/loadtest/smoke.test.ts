@@ -1,21 +1,12 @@
 import { expect, test } from "bun:test";
 import { resolve } from "node:path";
+import { runToEnd } from "../support/process.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
 
 /** Runs the harness CLI as a user would; returns its exit code and output. */
-async function loadtest(args: string[]) {
-  const child = Bun.spawn([process.execPath, "run", "src/loadtest/main.ts", ...args], {
-    cwd: ROOT,
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(child.stdout).text(),
-    new Response(child.stderr).text(),
-    child.exited,
-  ]);
-  return { code, stdout, stderr };
+function loadtest(args: string[]) {
+  return runToEnd([process.execPath, "run", "src/loadtest/main.ts", ...args], { cwd: ROOT });
 }
 
 test("the smoke scenario against a node it spawns loses nothing, duplicates nothing, and ends with one JSON line", async () => {

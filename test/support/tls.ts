@@ -1,6 +1,7 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { runToEnd } from "./process.ts";
 
 /** A throwaway certificate authority and one server certificate it signed, in a temporary directory. */
 export interface TestPki {
@@ -88,16 +89,7 @@ export async function handshake(
   host = "127.0.0.1",
 ): Promise<Handshake> {
   const args = `s_client -connect ${host}:${port} -${version} -servername localhost -verify_return_error -brief`;
-  const proc = Bun.spawn(["openssl", ...args.split(" "), "-CAfile", caFile], {
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
+  const { stdout, stderr, code } = await runToEnd(["openssl", ...args.split(" "), "-CAfile", caFile]);
   const output = `${stdout}${stderr}`;
   const protocol = /Protocol version: (\S+)/.exec(output)?.[1];
   return { established: code === 0 && protocol !== undefined, protocol, output };
