@@ -29,7 +29,12 @@ const BUSY_RETRIES = 40;
  * restarting) is tried again, 250 ms doubling up to 2 s apart (about 20 s in all), before the
  * send rejects.
  */
-const ERROR_RETRIES = 12;
+export const ERROR_RETRIES = 12;
+
+/** The pause before the `failed`-th resend of a send answered `error internal` (ms): 250 doubling, at most 2,000. */
+export function errorRetryDelayMs(failed: number): number {
+  return Math.min(250 * 2 ** (failed - 1), 2000);
+}
 
 type Handlers = { [K in ServerFrame["type"]]: ((frame: Extract<ServerFrame, { type: K }>) => void)[] } & {
   close: ((code: number, reason: string) => void)[];
@@ -163,7 +168,7 @@ export class ClearBoxSocket {
       });
       if (answer.type === "error") {
         if (++failed > ERROR_RETRIES) throw new Error(answer.message);
-        await new Promise((wake) => setTimeout(wake, Math.min(250 * 2 ** (failed - 1), 2000)));
+        await new Promise((wake) => setTimeout(wake, errorRetryDelayMs(failed)));
         continue;
       }
       if (answer.type !== "rejected" || answer.code !== "busy" || ++busy >= BUSY_RETRIES) return answer;

@@ -1,3 +1,4 @@
+import { ERROR_RETRIES, errorRetryDelayMs } from "../client/socket.ts";
 import type { ServerFrame } from "../protocol/index.ts";
 import type { Target, VirtualDevice } from "./targets.ts";
 import type { Tracker } from "./tracker.ts";
@@ -6,12 +7,6 @@ import type { Tracker } from "./tracker.ts";
 const ACK_BATCH = 500;
 /** How long an upgrade may take (`LOADTEST_OPEN_TIMEOUT_MS`; a loaded node drained by thousands of devices needs longer). */
 const OPEN_TIMEOUT_MS = Number(process.env.LOADTEST_OPEN_TIMEOUT_MS) || 15_000;
-/**
- * Times a send answered `error internal` goes again with the same id, 250 ms doubling up to 2 s
- * apart, before it counts as answered and not accepted: the SDK's ERROR_RETRIES (src/client/socket.ts),
- * so the harness sees what a client of ours sees.
- */
-const ERROR_RETRIES = 12;
 
 type MessageFrame = Extract<ServerFrame, { type: "message" }>;
 
@@ -155,18 +150,15 @@ export class LoadSocket {
         tracker?.errorOne();
         if (frame.code !== "internal") break;
         // An `internal` error names a send that was not accepted (a store failed or did not answer
-        // in time): as the SDK does, it goes again with the same id, keeping its window slot and
-        // send time; after ERROR_RETRIES it counts as answered, not as lost.
+        // in time): with the SDK's retry policy (ERROR_RETRIES, errorRetryDelayMs) it goes again with
+        // the same id, keeping its window slot and send time; after that it counts as answered, not lost.
         const text = frame.id === undefined ? undefined : this.unanswered.get(frame.id);
         const failed = frame.id === undefined ? 0 : (this.failures.get(frame.id) ?? 0) + 1;
         if (frame.id !== undefined && text !== undefined && failed <= ERROR_RETRIES && !this.closed) {
           this.failures.set(frame.id, failed);
-          setTimeout(
-            () => {
-              if (!this.closed) this.ws.send(text);
-            },
-            Math.min(250 * 2 ** (failed - 1), 2000),
-          );
+          setTimeout(() => {
+            if (!this.closed) this.ws.send(text);
+          }, errorRetryDelayMs(failed));
           break;
         }
         if (frame.id !== undefined) {
