@@ -48,9 +48,8 @@ describe("pinned actor kinds", () => {
 
   test("a pinned key for a node that is not a member fails at once instead of waiting", async () => {
     const [a] = await threeNodes();
-    const started = performance.now();
-    await expect(a.ask("here:nowhere", "x", { timeoutMs: 5000 })).rejects.toBeInstanceOf(UnknownNodeError);
-    expect(performance.now() - started).toBeLessThan(1000);
+    // Waiting would end in the ask's timeout error instead; how long it took is not asserted.
+    await expect(a.ask("here:nowhere", "x", { timeoutMs: 30_000 })).rejects.toBeInstanceOf(UnknownNodeError);
   });
 
   test("a drain moves ring-placed actors but leaves pinned ones on their node", async () => {
