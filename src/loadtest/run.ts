@@ -62,7 +62,63 @@ export interface RunResult {
   durationS: number;
 }
 
-/** Runs one scenario: the relay baseline first (when asked), then ClearBox; stops what it started. */
+/**
+ * What a run has started and must undo, newest first: spawned processes to stop, the run's
+ * database, Redis keys and RabbitMQ queues to delete. An interrupt (SIGINT, SIGTERM) runs them all
+ * before the harness exits, so a run stopped with Ctrl-C leaves nothing on the shared services
+ * (left there, a few hundred interrupted runs' queues once exhausted RabbitMQ's file descriptors).
+ */
+class Teardown {
+  private readonly steps: { label: string; run: () => Promise<unknown> }[] = [];
+  private interrupted: NodeJS.Signals | undefined;
+
+  /** Registers `run` (idempotent: it may run from the signal handler and from a `finally`). */
+  add(label: string, run: () => Promise<unknown>): () => Promise<void> {
+    let done: Promise<void> | undefined;
+    const once = () => {
+      done ??= run().then(
+        () => undefined,
+        (error: unknown) => {
+          process.stderr.write(
+            `loadtest: ${label} failed: ${error instanceof Error ? error.message : error}\n`,
+          );
+        },
+      );
+      return done;
+    };
+    this.steps.push({ label, run: once });
+    return once;
+  }
+
+  /** Installs the signal handlers until `release`; a second signal exits at once. */
+  watch(progress: Progress): () => void {
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (this.interrupted) process.exit(signal === "SIGINT" ? 130 : 143);
+      this.interrupted = signal;
+      process.stderr.write(`loadtest: ${signal}: stopping what the run started (again to exit at once)\n`);
+      progress.stop();
+      void (async () => {
+        for (const step of [...this.steps].reverse()) {
+          process.stderr.write(`loadtest: ${step.label}\n`);
+          await step.run();
+        }
+        process.exit(signal === "SIGINT" ? 130 : 143);
+      })();
+    };
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+    return () => {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+    };
+  }
+}
+
+/**
+ * Runs one scenario: the relay baseline first (when asked), then ClearBox; stops what it started,
+ * also when interrupted (SIGINT/SIGTERM: exit code 130/143 once the run's nodes are stopped and its
+ * database, keys and queues deleted).
+ */
 export async function runLoadtest(options: LoadtestOptions): Promise<RunResult> {
   if (options.scenario === "chaos") throw new Error("the chaos scenario runs through runChaos");
   const started = performance.now();
@@ -70,12 +126,41 @@ export async function runLoadtest(options: LoadtestOptions): Promise<RunResult> 
   const loadBefore = loadavg();
   const progress = new Progress(options.progress);
   LoadSocket.ackDelayMs = options.ackDelayMs;
-  const scenario = SCENARIOS[options.scenario];
   const serverProblems: string[] = [];
+  const teardown = new Teardown();
+  const release = teardown.watch(progress);
+  try {
+    const phased = { scenario: SCENARIOS[options.scenario], baseline: HAS_BASELINE[options.scenario] };
+    return await runWithTeardown(
+      options,
+      phased,
+      progress,
+      teardown,
+      serverProblems,
+      started,
+      startedAt,
+      loadBefore,
+    );
+  } finally {
+    release();
+  }
+}
 
+async function runWithTeardown(
+  options: LoadtestOptions,
+  phased: { scenario: Scenario; baseline: boolean },
+  progress: Progress,
+  teardown: Teardown,
+  serverProblems: string[],
+  started: number,
+  startedAt: string,
+  loadBefore: number[],
+): Promise<RunResult> {
+  const { scenario } = phased;
   let baseline: PhaseResult[] = [];
-  if (options.baseline && HAS_BASELINE[options.scenario]) {
+  if (options.baseline && phased.baseline) {
     const relay = await spawnRelay();
+    const stopRelay = teardown.add("stopping the relay", () => relay.stop());
     try {
       const system: System = {
         name: "relay",
@@ -84,12 +169,13 @@ export async function runLoadtest(options: LoadtestOptions): Promise<RunResult> 
       };
       baseline = await scenario({ options, progress, system });
     } finally {
-      await relay.stop();
+      await stopRelay();
       serverProblems.push(...relay.problems);
     }
   }
 
   const spawned: SpawnedServer[] = [];
+  const stops: (() => Promise<void>)[] = [];
   let cleanup = async () => {};
   let urls = options.urls;
   let phases: PhaseResult[] = [];
@@ -98,13 +184,22 @@ export async function runLoadtest(options: LoadtestOptions): Promise<RunResult> 
     let queuePrefix: string | undefined;
     if (urls.length === 0) {
       const stack = await prepareStack(options.stack);
-      cleanup = stack.cleanup;
+      cleanup = teardown.add("deleting the run's database, Redis keys and RabbitMQ queues", stack.cleanup);
+      if (stack.queuePrefix)
+        progress.note(
+          `run ${stack.queuePrefix}: its database, Redis keys and RabbitMQ queues are deleted at the end`,
+        );
       queuePrefix = stack.queuePrefix;
       progress.note(`starting ${options.nodes} ClearBox node(s) on the ${options.stack} stack`);
-      for (let i = 0; i < options.nodes; i++)
-        spawned.push(
-          await spawnNode({ ...stack.env, ...SCENARIO_ENV[options.scenario] }, i, options.profileDir),
+      for (let i = 0; i < options.nodes; i++) {
+        const node = await spawnNode(
+          { ...stack.env, ...SCENARIO_ENV[options.scenario] },
+          i,
+          options.profileDir,
         );
+        spawned.push(node);
+        stops.push(teardown.add(`stopping node ${i}`, () => node.stop()));
+      }
       urls = spawned.map((s) => s.url);
       sampler = new ResourceSampler(spawned.map((s) => procProbe(s.pid)));
       // Nodes of a cluster must see each other in the ring before users arrive.
@@ -123,8 +218,8 @@ export async function runLoadtest(options: LoadtestOptions): Promise<RunResult> 
     };
     phases = await scenario({ options, progress, system });
   } finally {
-    for (const s of spawned) {
-      await s.stop();
+    for (const [i, s] of spawned.entries()) {
+      await stops[i]();
       serverProblems.push(...s.problems);
     }
     await cleanup();
