@@ -374,6 +374,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     presenceLeaseMs: config.presenceLeaseSeconds * 1000,
     pingIntervalMs: config.wsPingIntervalMs,
     watchLimit: config.presenceWatchesPerNode,
+    accountWatchLimit: config.presenceWatchesPerAccount,
     audience: new PresenceAudience(db),
     tallies: metrics.tallies,
     fence,

@@ -132,6 +132,13 @@ const EnvSchema = T.Object({
     default: 500_000,
     description: "presence watch entries (socket × watched user) one node holds at most, 1000-100000000",
   }),
+  PRESENCE_WATCHES_PER_ACCOUNT: T.Integer({
+    minimum: 1000,
+    maximum: 100_000_000,
+    default: 5000,
+    description:
+      "presence watch entries one account's sockets hold on one node at most (the sum of its devices' lists), 1000-100000000",
+  }),
   TRUSTED_PROXIES: T.Optional(
     T.String({
       minLength: 1,
@@ -277,6 +284,8 @@ export interface Config {
   wsPingIntervalMs: number;
   /** Presence watch entries (socket × watched user) one node holds at most. */
   presenceWatchesPerNode: number;
+  /** PRESENCE_WATCHES_PER_ACCOUNT: watch entries one account's sockets hold on one node at most. */
+  presenceWatchesPerAccount: number;
   /** Accounts one client address may create per hour. */
   registrationsPerAddress: number;
   /** Addresses or CIDR blocks whose `X-Forwarded-For` names the client (TRUSTED_PROXIES); empty: none. */
@@ -340,6 +349,7 @@ const INTEGER_VARS = new Set([
   "PRESENCE_LEASE_SECONDS",
   "WS_PING_INTERVAL_MS",
   "PRESENCE_WATCHES_PER_NODE",
+  "PRESENCE_WATCHES_PER_ACCOUNT",
   "REGISTRATIONS_PER_ADDRESS",
   "LOGIN_ATTEMPTS_PER_ADDRESS",
   "LOGINS_PER_ACCOUNT",
@@ -463,6 +473,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     presenceLeaseSeconds: env.PRESENCE_LEASE_SECONDS,
     wsPingIntervalMs: env.WS_PING_INTERVAL_MS,
     presenceWatchesPerNode: env.PRESENCE_WATCHES_PER_NODE,
+    presenceWatchesPerAccount: env.PRESENCE_WATCHES_PER_ACCOUNT,
     registrationsPerAddress: env.REGISTRATIONS_PER_ADDRESS,
     trustedProxies: env.TRUSTED_PROXIES
       ? (parseTrustedProxies(env.TRUSTED_PROXIES) as { blocks: string[] }).blocks

@@ -119,13 +119,21 @@ export class FrameHandler {
 
   private watch(conn: DeviceConnection, users: string[]): void {
     this.deps.watchers.watch(conn, users).then(
-      (watching) => {
-        if (!watching) {
+      (refused) => {
+        if (refused === "node") {
           this.deps.tallies.refuse("presence_watches");
           conn.send({
             type: "error",
             code: "rate_limited",
             message: "this node watches too many users; the previous watch list stays, try again later",
+          });
+        } else if (refused === "account") {
+          this.deps.tallies.refuse("presence_watches_account");
+          conn.send({
+            type: "error",
+            code: "rate_limited",
+            message:
+              "your devices on this node watch too many users; the previous watch list stays, shorten another device's list",
           });
         }
       },

@@ -35,6 +35,8 @@ export interface GatewayOptions {
   presenceLeaseMs?: number;
   /** Watch entries (socket, watched user) this node holds at most (PRESENCE_WATCHES_PER_NODE). */
   watchLimit?: number;
+  /** Watch entries one account's sockets hold on this node at most (PRESENCE_WATCHES_PER_ACCOUNT). */
+  accountWatchLimit?: number;
   /** Who may see whose presence (`PresenceAudience`, docs/PROTOCOL.md "Presence"). */
   audience: Audience;
   /**
@@ -81,7 +83,12 @@ export class Gateway {
 
   constructor(private readonly options: GatewayOptions) {
     this.rate = options.rateLimit ?? { perSecond: 100, burst: 200 };
-    this.watchers = new PresenceWatchers(options.presence, options.watchLimit, options.audience);
+    this.watchers = new PresenceWatchers(
+      options.presence,
+      options.watchLimit,
+      options.audience,
+      options.accountWatchLimit,
+    );
     this.frames = new FrameHandler({
       messaging: options.messaging,
       sessions: options.sessions,

@@ -9,6 +9,16 @@ function presenceSignature(state: PresenceState): string {
 /** Watch entries (socket, watched user) this node holds at most, unless configured otherwise. */
 export const DEFAULT_NODE_WATCH_LIMIT = 500_000;
 
+/**
+ * Watch entries one account's sockets hold on one node at most, unless configured otherwise: five
+ * devices' full lists. Without it one account (up to 127 devices, each list up to 1,000 users) could
+ * take a quarter of the node's entries, and four accounts all of them, refusing everyone else's.
+ */
+export const DEFAULT_ACCOUNT_WATCH_LIMIT = 5_000;
+
+/** Why a watch list was refused: it would pass the node's bound or the account's share of it. */
+export type WatchRefusal = "node" | "account";
+
 /** How much of this node's memory the watch lists take. */
 export interface WatchStats {
   /** Users watched by at least one socket here. */
@@ -34,8 +44,8 @@ const unseen = (user: string) => ({ type: "presence" as const, user, online: fal
 /**
  * The `presence.watch` lists of this node's sockets: who watches whom, and the last state each
  * watched user was reported in, so that only changes are sent. Bounded: a socket's list is at most
- * the protocol's 1,000 users (the frame schema) and the node holds at most `nodeLimit` entries in
- * all; a user nobody here watches any more is forgotten at once, with its remembered state.
+ * the protocol's 1,000 users (the frame schema), one account's sockets hold at most `accountLimit`
+ * entries here, and the node holds at most `nodeLimit` entries in all; a user nobody here watches any more is forgotten at once, with its remembered state.
  *
  * Presence goes only to related users (`Audience`, docs/PROTOCOL.md "Presence"): a named user the
  * watcher may not see is answered once as offline and never seen (`lastSeen: 0`, as for an account
@@ -50,6 +60,8 @@ export class PresenceWatchers {
   private readonly lastPresence = new Map<string, string>();
   /** Sockets with a watch list, by their user: whose lists a relation change of that user touches. */
   private readonly byOwner = new Map<string, Set<DeviceConnection>>();
+  /** Entries per account (the sum of its sockets' lists here), for the account bound. */
+  private readonly ownerEntries = new Map<string, number>();
   private entries = 0;
   private rechecking = false;
 
@@ -57,19 +69,24 @@ export class PresenceWatchers {
     private readonly presence: Presence,
     private readonly nodeLimit: number = DEFAULT_NODE_WATCH_LIMIT,
     private readonly audience: Audience = EVERYONE,
+    private readonly accountLimit: number = DEFAULT_ACCOUNT_WATCH_LIMIT,
   ) {}
 
   /**
    * Replaces the socket's watch list and answers at once with every named user's state (unseen
-   * users as offline, never seen). Returns false, keeping the old list, when the new one would take
-   * the node past its limit.
+   * users as offline, never seen). Resolves undefined when the list was taken; "node" or "account",
+   * keeping the old list, when the new one would take the node past `nodeLimit` entries or the
+   * socket's account past `accountLimit` entries on this node.
    */
-  async watch(conn: DeviceConnection, users: readonly string[]): Promise<boolean> {
+  async watch(conn: DeviceConnection, users: readonly string[]): Promise<WatchRefusal | undefined> {
     const list = new Set(users);
-    if (this.entries - conn.watching.size + list.size > this.nodeLimit) return false;
+    const owner = conn.principal.userId;
+    if (this.entries - conn.watching.size + list.size > this.nodeLimit) return "node";
+    if ((this.ownerEntries.get(owner) ?? 0) - conn.watching.size + list.size > this.accountLimit)
+      return "account";
     this.unwatch(conn);
     const generation = ++conn.watchGeneration;
-    if (list.size === 0) return true;
+    if (list.size === 0) return undefined;
     for (const user of list) {
       conn.watching.add(user);
       let set = this.watchers.get(user);
@@ -80,7 +97,7 @@ export class PresenceWatchers {
       set.add(conn);
     }
     this.entries += list.size;
-    const owner = conn.principal.userId;
+    this.ownerEntries.set(owner, (this.ownerEntries.get(owner) ?? 0) + list.size);
     let mine = this.byOwner.get(owner);
     if (!mine) {
       mine = new Set();
@@ -100,15 +117,17 @@ export class PresenceWatchers {
       if (!current || !conn.watching.has(state.user)) continue;
       conn.send(conn.seeing.has(state.user) ? { type: "presence", ...state } : unseen(state.user));
     }
-    return true;
+    return undefined;
   }
 
   /** Drops the socket's watch list (a new list, or the socket closed), and every user nobody watches any more. */
   unwatch(conn: DeviceConnection): void {
+    let removed = 0;
     for (const user of conn.watching) {
       const set = this.watchers.get(user);
       if (!set?.delete(conn)) continue;
       this.entries--;
+      removed++;
       if (set.size === 0) {
         this.watchers.delete(user);
         this.lastPresence.delete(user);
@@ -117,6 +136,10 @@ export class PresenceWatchers {
     conn.watching.clear();
     conn.seeing.clear();
     conn.watchGeneration++;
+    const owner = conn.principal.userId;
+    const left = (this.ownerEntries.get(owner) ?? 0) - removed;
+    if (left > 0) this.ownerEntries.set(owner, left);
+    else this.ownerEntries.delete(owner);
     const mine = this.byOwner.get(conn.principal.userId);
     if (mine?.delete(conn) && mine.size === 0) this.byOwner.delete(conn.principal.userId);
   }

@@ -27,7 +27,7 @@ export const SEND_OUTCOME_CODES = [
 ] as const;
 
 /** Rate limits a node refuses by itself, besides the named rules of the rate limiter (src/ratelimit). */
-export const NODE_LIMITS = ["device_frames", "presence_watches"] as const;
+export const NODE_LIMITS = ["device_frames", "presence_watches", "presence_watches_account"] as const;
 
 /** Upper bounds (seconds) of the delivery latency histogram: from 1 ms (live push) to a day (offline). */
 export const DELIVERY_LATENCY_BUCKETS = [

@@ -78,7 +78,11 @@ describe("presence watch lists are bounded and freed", () => {
 
   beforeAll(async () => {
     node = await startTestNode("pglite", {
-      env: { DEVICE_RATE_LIMIT: "1000000", PRESENCE_WATCHES_PER_NODE: "1500" },
+      env: {
+        DEVICE_RATE_LIMIT: "1000000",
+        PRESENCE_WATCHES_PER_NODE: "1500",
+        PRESENCE_WATCHES_PER_ACCOUNT: "1000",
+      },
     });
     client = api(node.url);
   });
@@ -109,6 +113,48 @@ describe("presence watch lists are bounded and freed", () => {
     // 300,000 remembered ids would be tens of MiB (the issue saw 330 MB → 1 GB); noise is a few.
     expect(grownMiB).toBeLessThan(8);
   }, 120_000);
+
+  test("one account's devices together hold at most PRESENCE_WATCHES_PER_ACCOUNT entries; other accounts keep their share", async () => {
+    const alice = await registerAndLogin(client);
+    const second = await client.post("/v1/sessions", {
+      username: alice.username,
+      password: alice.password,
+      registrationId: 4243,
+    });
+    expect(second.status).toBe(201);
+    const aliceTwo = second.body as { deviceId: number; accessToken: string };
+    expect(aliceTwo.deviceId).not.toBe(alice.deviceId);
+    const one = await TestSocket.open(node.url, alice.accessToken);
+    const two = await TestSocket.open(node.url, aliceTwo.accessToken);
+    one.send({ type: "presence.watch", users: randomIds(800) });
+    await eventually(() => node.gateway.watchStats().entries === 800);
+    // 800 + 300 > 1,000: refused for the account, though the node (1,500) has room; the list stays.
+    const first = randomIds(100);
+    two.send({ type: "presence.watch", users: first });
+    await eventually(() => node.gateway.watchStats().entries === 900);
+    two.send({ type: "presence.watch", users: randomIds(300) });
+    const refused = await two.next((f) => f.type === "error");
+    expect(refused.code).toBe("rate_limited");
+    expect(String(refused.message)).toContain("your devices");
+    expect(node.gateway.watchStats().entries).toBe(900);
+    // Replacing a list counts the new one instead of the old: 800 + 200 = 1,000 is taken.
+    two.send({ type: "presence.watch", users: randomIds(200) });
+    await eventually(() => node.gateway.watchStats().entries === 1000);
+    // Another account's list fits in the node's room the first account could not take.
+    const bob = await registerAndLogin(client);
+    const b = await TestSocket.open(node.url, bob.accessToken);
+    b.send({ type: "presence.watch", users: randomIds(500) });
+    await eventually(() => node.gateway.watchStats().entries === 1500);
+    // A closed device gives its share back to the account.
+    await one.close();
+    await eventually(() => node.gateway.watchStats().entries === 700);
+    await b.close();
+    await eventually(() => node.gateway.watchStats().entries === 200);
+    two.send({ type: "presence.watch", users: randomIds(1000) });
+    await eventually(() => node.gateway.watchStats().entries === 1000);
+    await two.close();
+    await eventually(() => node.gateway.watchStats().entries === 0);
+  }, 60_000);
 
   test("a list that would take the node past PRESENCE_WATCHES_PER_NODE is refused and the previous list stays", async () => {
     const alice = await registerAndLogin(client);
