@@ -75,6 +75,8 @@ export interface ClearBoxNode {
   actors: ActorSystem;
   /** Sends, acks and device connections, between the gateway and the actors. */
   messaging: MessagingService;
+  /** Logins, refresh-token rotation, revocation and authentication of access tokens. */
+  sessions: SessionService;
   /** The WebSocket gateway of this node. */
   gateway: Gateway;
   /** The hash-chained, pseudonymised audit trail. */
@@ -554,6 +556,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     presence,
     actors,
     messaging,
+    sessions,
     gateway: openGateway,
     audit,
     adminRefusals,

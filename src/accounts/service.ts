@@ -90,11 +90,16 @@ export class AccountService {
   }
 
   /**
-   * The account's id when the password matches, else `unauthorized` (same answer for an unknown
-   * username); `rate_limited` before any check when the throttle says so. `address`: the client's
-   * (`ClientAddresses`).
+   * The account's id and the stored hash the password matched, else `unauthorized` (same answer
+   * for an unknown username); `rate_limited` before any check when the throttle says so. `address`:
+   * the client's (`ClientAddresses`). The hash lets a login issue its tokens only while it is still
+   * the account's (`SessionService.login`): a password change may land between check and issue.
    */
-  async verifyPassword(username: string, password: string, address: string): Promise<string> {
+  async verifyPassword(
+    username: string,
+    password: string,
+    address: string,
+  ): Promise<{ userId: string; passwordHash: string }> {
     this.requirePasswords();
     await this.throttle.admit(username, address);
     const [row] = await this.db
@@ -107,7 +112,7 @@ export class AccountService {
     if (!row?.passwordHash || !ok) throw new DomainError("unauthorized", "wrong username or password");
     if (this.erasing?.has(row.id)) throw new DomainError("unauthorized", "wrong username or password");
     await this.throttle.succeeded(username, address);
-    return row.id;
+    return { userId: row.id, passwordHash: row.passwordHash };
   }
 
   /**

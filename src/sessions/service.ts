@@ -1,8 +1,8 @@
-import { and, eq, isNull } from "drizzle-orm";
+import { and, eq, isNull, sql } from "drizzle-orm";
 import type { AccountService } from "../accounts/service.ts";
 import type { AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
-import { devices, refreshTokens } from "../db/schema.ts";
+import { accounts, devices, refreshTokens } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import { TokenIssuer } from "./tokens.ts";
 
@@ -111,19 +111,23 @@ export class SessionService {
     },
     address: string,
   ): Promise<SessionTokens> {
-    const userId = await this.accounts.verifyPassword(input.username, input.password, address);
-    return this.startSession(userId, input);
+    const { userId, passwordHash } = await this.accounts.verifyPassword(input.username, input.password, address);
+    return this.startSession(userId, input, "password", passwordHash);
   }
 
   /**
    * Opens a session for a user whose identity was already established (a password, or a sign-in at
    * the identity provider): reuses `deviceId` or creates a device (`registrationId` required), and
    * issues tokens for it. `not_found` for an unknown device, `conflict` for a 128th.
+   * `verifiedHash`: the password hash a login checked; tokens are issued only if it is still the
+   * account's (else `unauthorized`), so a login racing a password change gets nothing that
+   * outlives the change.
    */
   async startSession(
     userId: string,
     device: DeviceChoice,
     method: "password" | "oidc" = "password",
+    verifiedHash?: string,
   ): Promise<SessionTokens> {
     let deviceId = device.deviceId;
     if (deviceId === undefined) {
@@ -135,7 +139,7 @@ export class SessionService {
       throw new DomainError("not_found", `device ${deviceId} does not exist`);
     }
     await this.devices.touch(userId, deviceId);
-    const tokens = await this.issue(userId, deviceId);
+    const tokens = await this.issue(userId, deviceId, verifiedHash);
     await this.audit?.record({
       action: "session.login",
       actor: { user: userId },
@@ -166,6 +170,18 @@ export class SessionService {
     const hash = TokenIssuer.hashRefreshToken(refreshToken);
     const successor = this.tokens.successorOf(refreshToken);
     const outcome = await this.db.transaction(async (tx): Promise<RefreshOutcome> => {
+      // The device row first (as `revokeDevice` takes it): a revocation runs wholly before this
+      // (the token is gone) or after (it deletes the successor written here).
+      const [owner] = await tx
+        .select({ userId: refreshTokens.userId, deviceId: refreshTokens.deviceId })
+        .from(refreshTokens)
+        .where(eq(refreshTokens.tokenHash, hash));
+      if (!owner) return { kind: "unknown" };
+      await tx
+        .select({ generation: devices.tokenGeneration })
+        .from(devices)
+        .where(and(eq(devices.userId, owner.userId), eq(devices.deviceId, owner.deviceId)))
+        .for("share");
       const now = Date.now();
       const [spent] = await tx
         .update(refreshTokens)
@@ -290,10 +306,21 @@ export class SessionService {
    * its presence lease is written, so it either is found by the close or sees the revocation.
    */
   async revokeDevice(userId: string, deviceId: number): Promise<void> {
-    await this.db
-      .delete(refreshTokens)
-      .where(and(eq(refreshTokens.userId, userId), eq(refreshTokens.deviceId, deviceId)));
-    await this.devices.revokeTokens(userId, deviceId);
+    // One transaction, the device row first. A refresh or login issuing for this device holds that
+    // row (FOR SHARE, `refresh` and `issue`) until it commits: either it committed before this
+    // UPDATE got the row, and the DELETE (a statement started after) sees and deletes its token, or
+    // it waits for this commit and then finds its refresh token gone or the account's password
+    // changed. As two autocommit statements, a successor committed between them outlived the
+    // revocation (test/sessions/issuance-race.test.ts).
+    await this.db.transaction(async (tx) => {
+      await tx
+        .update(devices)
+        .set({ tokenGeneration: sql`${devices.tokenGeneration} + 1` })
+        .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)));
+      await tx
+        .delete(refreshTokens)
+        .where(and(eq(refreshTokens.userId, userId), eq(refreshTokens.deviceId, deviceId)));
+    });
     await this.closeSockets?.(userId, deviceId);
   }
 
@@ -328,15 +355,33 @@ export class SessionService {
     return revoked;
   }
 
-  private async issue(userId: string, deviceId: number): Promise<SessionTokens> {
-    const generation = await this.devices.tokenGeneration(userId, deviceId);
-    if (generation === undefined) throw new DomainError("not_found", `device ${deviceId} does not exist`);
+  private async issue(userId: string, deviceId: number, verifiedHash?: string): Promise<SessionTokens> {
     const { token, hash } = TokenIssuer.mintRefreshToken();
-    await this.db.insert(refreshTokens).values({
-      tokenHash: hash,
-      userId,
-      deviceId,
-      expiresAt: new Date(Date.now() + this.refreshTtlDays * 86_400_000),
+    const generation = await this.db.transaction(async (tx) => {
+      if (verifiedHash !== undefined) {
+        // A password change (an UPDATE of this row) waits for this transaction, or committed before it.
+        const [account] = await tx
+          .select({ passwordHash: accounts.passwordHash })
+          .from(accounts)
+          .where(eq(accounts.id, userId))
+          .for("share");
+        if (account?.passwordHash !== verifiedHash)
+          throw new DomainError("unauthorized", "wrong username or password");
+      }
+      // Held until commit: a revocation of this device (`revokeDevice`) runs wholly before or after.
+      const [device] = await tx
+        .select({ generation: devices.tokenGeneration })
+        .from(devices)
+        .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)))
+        .for("share");
+      if (!device) throw new DomainError("not_found", `device ${deviceId} does not exist`);
+      await tx.insert(refreshTokens).values({
+        tokenHash: hash,
+        userId,
+        deviceId,
+        expiresAt: new Date(Date.now() + this.refreshTtlDays * 86_400_000),
+      });
+      return device.generation;
     });
     return {
       userId,
