@@ -111,7 +111,11 @@ export class SessionService {
     },
     address: string,
   ): Promise<SessionTokens> {
-    const { userId, passwordHash } = await this.accounts.verifyPassword(input.username, input.password, address);
+    const { userId, passwordHash } = await this.accounts.verifyPassword(
+      input.username,
+      input.password,
+      address,
+    );
     return this.startSession(userId, input, "password", passwordHash);
   }
 
