@@ -88,6 +88,12 @@ export interface DeviceSockets {
    * `pending` (still opening or draining: it will announce itself), `gone` (closed, or no answer).
    */
   status(socket: SocketRef, userId: string): Promise<"live" | "pending" | "gone">;
+  /**
+   * Tells one connection to read its device's offline queue again, then report `device.drained`
+   * once more (envelopes went back to the queue after it had read it). False when the socket is
+   * known to be gone; a remote node that no longer holds it reports a `device.disconnect`.
+   */
+  drainAgain(socket: SocketRef, userId: string): Promise<boolean>;
   /** Closes every socket of a user (erasure), wherever they are. */
   closeAll(userId: string, code: number, reason: string): Promise<void>;
   /** The user's open sockets, from the presence leases: what a new activation starts from. */

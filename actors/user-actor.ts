@@ -24,7 +24,10 @@ export interface DeviceConnectMessage {
   connectionId: string;
 }
 
-/** The device drained its offline queue: deliver live from now on. */
+/**
+ * The device drained its offline queue: deliver live from now on. Answered `{ live, again }`:
+ * `again` asks the gateway to read the queue once more first (something went back to it meanwhile).
+ */
 export interface DeviceDrainedMessage {
   type: "device.drained";
   deviceId: number;
@@ -38,6 +41,11 @@ export interface DeviceDisconnectMessage {
   deviceId: number;
   gatewayNode: string;
   connectionId: string;
+  /**
+   * Envelopes the socket's drain had taken from the offline queue, not acked, and gave back to it
+   * when it ended (before this message was sent). Absent: none (a vanished push, an older node).
+   */
+  requeued?: number;
 }
 
 /** A device acknowledged envelopes (already recorded in the log by the gateway). */
@@ -164,6 +172,13 @@ export const ERASED_CLOSE_CODE = 4410;
 interface Connected extends SocketRef {
   /** False while the device drains its offline queue: live envelopes wait. */
   live: boolean;
+  /**
+   * The queue got envelopes back while this socket was draining it (a replaced socket's drain
+   * ended): its `device.drained` is answered `again`, and it reads the queue once more first.
+   */
+  recheck?: boolean;
+  /** Envelopes pushed live to this socket before it was sent to drain again: not pushed twice. */
+  pushed?: Set<string>;
 }
 
 /**
@@ -286,15 +301,29 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       case "device.drained": {
         const device = this.devices.get(message.deviceId);
         if (device?.connectionId !== message.connectionId) return { live: false };
+        // Envelopes went back to the queue while it drained: it reads the queue again first.
+        if (device.recheck) {
+          device.recheck = false;
+          return { live: false, again: true };
+        }
         // Pushed already (the activation found it live): pushing the pending set again would repeat it.
         if (device.live) return { live: true };
         device.live = true;
-        await this.dispatch(message.deviceId, [...(this.pending.get(message.deviceId)?.values() ?? [])], ctx);
+        const pushed = device.pushed;
+        device.pushed = undefined;
+        const held = [...(this.pending.get(message.deviceId)?.values() ?? [])];
+        await this.dispatch(message.deviceId, pushed ? held.filter((e) => !pushed.has(e.id)) : held, ctx);
         return { live: true };
       }
       case "device.disconnect": {
-        // A reconnect may have overtaken this disconnect: only forget the socket it names.
-        if (this.devices.get(message.deviceId)?.connectionId !== message.connectionId) return { flushed: 0 };
+        const current = this.devices.get(message.deviceId);
+        // A reconnect may have overtaken this disconnect: only forget the socket it names. The
+        // closed socket's drain gave back what it held to the queue just now, which the current
+        // socket may have read past already: it reads the queue again.
+        if (current?.connectionId !== message.connectionId) {
+          if (current && (message.requeued ?? 0) > 0) await this.drainAgain(message.deviceId, current, ctx);
+          return { flushed: 0 };
+        }
         this.devices.delete(message.deviceId);
         return { flushed: await this.flush(message.deviceId) };
       }
@@ -441,6 +470,29 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       if (this.devices.get(deviceId) === device) this.devices.delete(deviceId);
     }
     return false;
+  }
+
+  /**
+   * The device's offline queue got envelopes back (a replaced socket's drain ended) after its
+   * current socket may have read it: a live device must not stay live with envelopes waiting in a
+   * queue it reads only when it connects (docs/MESSAGING.md, "A drain that ends after another
+   * began"). A socket still draining reads the queue again before its `device.drained` is taken; a
+   * live one is held (new envelopes wait, as during a first drain) and told to drain again, and
+   * what it was pushed already is not pushed again when it reports drained. A socket that is gone
+   * meanwhile: its pending envelopes go to the queue like any offline device's.
+   */
+  private async drainAgain(deviceId: number, device: Connected, ctx: ActorContext): Promise<void> {
+    if (!device.live) {
+      device.recheck = true;
+      return;
+    }
+    device.live = false;
+    device.pushed = new Set(this.pending.get(deviceId)?.keys() ?? []);
+    if (await this.ports.sockets.drainAgain(device, this.userId).catch(() => false)) return;
+    if (this.devices.get(deviceId) !== device) return;
+    this.devices.delete(deviceId);
+    this.flushDue.add(deviceId);
+    this.tellSelf({ type: "flush.due" }, ctx);
   }
 
   /** Moves a device's unacked envelopes to its durable offline queue; returns how many. */

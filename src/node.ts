@@ -360,6 +360,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     registry,
     presence,
     onVanished: (device, connectionId) => messaging.deviceDisconnected(device, config.nodeId, connectionId),
+    drainAgain: (userId, deviceId, connectionId) =>
+      gateway?.drainAgain(userId, deviceId, connectionId) ?? false,
     logger,
   });
   deviceSockets = link;

@@ -75,6 +75,15 @@ export class DeviceConnection {
     return true;
   }
 
+  /**
+   * Reads the offline queue again with the drain this socket holds (the user actor asked: envelopes
+   * went back to the queue after the drain had read it); the emptied queue may be reported again.
+   */
+  rewindDrain(): void {
+    this.drain?.rewind();
+    this.emptiedTold = false;
+  }
+
   /** A method, not a field test: the state changes across awaits (the socket may close meanwhile). */
   isClosed(): boolean {
     return this.state === "closed";

@@ -266,41 +266,79 @@ export class Gateway {
     await this.drainThenLive(conn);
   }
 
-  /** Delivers the device's offline queue, oldest first, then tells its actor to push live again. */
-  private async drainThenLive(conn: DeviceConnection): Promise<void> {
+  /**
+   * Delivers the device's offline queue, oldest first, then tells its actor to push live again.
+   * The actor may answer that envelopes went back to the queue meanwhile (a replaced socket's drain
+   * ended): the queue is read again, with the same drain, before the socket goes live. `again`: the
+   * socket has read the queue before and its user actor asked it to read it once more (it holds the
+   * device's live envelopes until this drain reports drained).
+   */
+  private async drainThenLive(conn: DeviceConnection, again = false): Promise<void> {
     const { messaging, offline, nodeId } = this.options;
     const { principal } = conn;
     if (conn.isClosed()) return;
     conn.state = "draining";
-    await conn.drain?.release();
-    // A socket of this device that closed here a moment ago may still hold messages its drain took
-    // and did not ack: RabbitMQ returns them to the queue only when that drain ends. Reading the
-    // queue before then finds it empty and goes live past them (they would wait for the device's
-    // next connection). Bounded, so a stuck bookkeeping (a store down) does not hold this socket.
-    const previous = this.closingDevices.get(conn.key);
-    if (previous) await Promise.race([previous, Bun.sleep(PREVIOUS_DRAIN_WAIT_MS)]);
-    if (conn.isClosed()) return;
-    conn.drain = await offline.drain(principal.userId, principal.deviceId);
-    for (;;) {
+    if (again && conn.drain) {
+      // The drain keeps what it took and the device has not acked: only what is ready is read.
+      conn.rewindDrain();
+    } else {
+      await conn.drain?.release();
+      // A socket of this device that closed here a moment ago may still hold messages its drain
+      // took and did not ack: RabbitMQ returns them to the queue only when that drain ends. Waiting
+      // for it saves reading the queue twice (the actor would send this socket to read it again).
+      // Bounded, so a stuck bookkeeping (a store down) does not hold this socket.
+      const previous = this.closingDevices.get(conn.key);
+      if (previous) await Promise.race([previous, Bun.sleep(PREVIOUS_DRAIN_WAIT_MS)]);
       if (conn.isClosed()) return;
-      const taken = await conn.drain.next(DRAIN_CHUNK);
-      if (taken.length === 0) break;
-      // From a user being erased: removed from the queue, not delivered.
-      const erased = taken.filter((e) => this.fenced(e.senderUser)).map((e) => e.id);
-      if (erased.length > 0) await conn.drain.ack(erased);
-      const batch = erased.length === 0 ? taken : taken.filter((e) => !this.fenced(e.senderUser));
-      if (batch.length > 0) conn.deliver(batch, "offline");
+      conn.drain = await offline.drain(principal.userId, principal.deviceId);
     }
-    // An existing queue that held nothing (left by an older version, or emptied before): remove it.
-    if (conn.takeEmptiedQueue()) {
-      // Only housekeeping: a queue left behind is removed at the next drain or by the sweep.
-      await messaging.queueEmptied(principal).catch((error) => {
-        this.options.logger.warn({ err: error, user: principal.userId }, "could not report an emptied queue");
-      });
+    const drain = conn.drain;
+    for (;;) {
+      for (;;) {
+        if (conn.isClosed()) return;
+        const taken = await drain.next(DRAIN_CHUNK);
+        if (taken.length === 0) break;
+        // From a user being erased: removed from the queue, not delivered.
+        const erased = taken.filter((e) => this.fenced(e.senderUser)).map((e) => e.id);
+        if (erased.length > 0) await drain.ack(erased);
+        const batch = erased.length === 0 ? taken : taken.filter((e) => !this.fenced(e.senderUser));
+        if (batch.length > 0) conn.deliver(batch, "offline");
+      }
+      // An existing queue that held nothing (left by an older version, or emptied before): remove it.
+      if (conn.takeEmptiedQueue()) {
+        // Only housekeeping: a queue left behind is removed at the next drain or by the sweep.
+        await messaging.queueEmptied(principal).catch((error) => {
+          this.options.logger.warn(
+            { err: error, user: principal.userId },
+            "could not report an emptied queue",
+          );
+        });
+      }
+      if (conn.isClosed()) return;
+      if (!(await messaging.deviceDrained(principal, nodeId, conn.connectionId))) break;
+      conn.rewindDrain();
     }
-    if (conn.isClosed()) return;
-    await messaging.deviceDrained(principal, nodeId, conn.connectionId);
     if (!conn.isClosed()) conn.state = "live";
+  }
+
+  /**
+   * A user actor asks this node's socket of a device to read its offline queue again and report
+   * drained again: envelopes went back to the queue (a replaced socket's drain ended) after the
+   * socket had read it, and a live socket must not stay live while its envelopes wait in the queue
+   * (docs/MESSAGING.md, "A drain that ends after another began"). Runs after what the socket is
+   * doing (its chain); the actor holds the device's live envelopes meanwhile. False when that
+   * connection is not open here.
+   */
+  drainAgain(userId: string, deviceId: number, connectionId: string): boolean {
+    const conn = this.options.registry.get(userId, deviceId);
+    if (!conn || conn.connectionId !== connectionId || conn.isClosed()) return false;
+    conn.chain = conn.chain
+      .then(() => this.drainThenLive(conn, true))
+      .catch((error) => {
+        this.options.logger.error({ err: error, user: userId }, "could not drain a queue again");
+        conn.close(CloseCode.internalError, "internal error");
+      });
+    return true;
   }
 
   private closed(ws: DeviceSocket) {
@@ -316,11 +354,13 @@ export class Gateway {
     // to the offline queue and the device would get them again on its next connection.
     const bookkeeping = Promise.all([conn.chain, ...conn.acking]).then(async () => {
       try {
-        await conn.drain?.release();
+        // What its drain held goes back to the queue now: a newer socket of the device that read
+        // the queue before is sent to read it again by the actor (`requeued`).
+        const requeued = (await conn.drain?.release()) ?? 0;
         // Being erased: no last-seen time is written, no actor woken (erasure sweeps both).
         if (this.fenced(conn.principal.userId)) return;
         await presence.disconnected(this.ref(conn));
-        await messaging.deviceDisconnected(conn.principal, nodeId, conn.connectionId);
+        await messaging.deviceDisconnected(conn.principal, nodeId, conn.connectionId, requeued);
       } catch (error) {
         logger.error({ err: error, user: conn.principal.userId }, "disconnect bookkeeping failed");
       }

@@ -11,7 +11,8 @@ export const GATEWAY_KIND = "gateway";
 export type GatewayCommand =
   | { type: "push"; userId: string; deviceId: number; connectionId: string; envelopes: StoredEnvelope[] }
   | ({ type: "close"; code: number; reason: string } & SocketTarget)
-  | { type: "status"; userId: string; deviceId: number; connectionId: string };
+  | { type: "status"; userId: string; deviceId: number; connectionId: string }
+  | { type: "drain"; userId: string; deviceId: number; connectionId: string };
 
 /** What a node link needs besides the actors: who to tell when a pushed-to socket has vanished. */
 export interface NodeLinkDeps {
@@ -22,6 +23,11 @@ export interface NodeLinkDeps {
   presence: Presence;
   /** A push found no socket here: the user actor must queue those envelopes for the device. */
   onVanished(device: { userId: string; deviceId: number }, connectionId: string): Promise<void>;
+  /**
+   * A user actor asks this node's socket to read its offline queue again (`Gateway.drainAgain`);
+   * false when the connection is not open here.
+   */
+  drainAgain(userId: string, deviceId: number, connectionId: string): boolean;
   logger: Logger;
 }
 
@@ -39,8 +45,8 @@ export class NodeLink implements DeviceSockets {
   });
 
   /**
-   * Runs a command against this node's sockets: for push and close, whether a socket here took it;
-   * for status, the socket's status.
+   * Runs a command against this node's sockets: for push, close and drain, whether a socket here
+   * took it; for status, the socket's status.
    */
   handle(command: GatewayCommand): boolean | SocketStatus {
     const { registry } = this.deps;
@@ -56,15 +62,24 @@ export class NodeLink implements DeviceSockets {
           command.connectionId,
           command.envelopes,
         );
-        if (!pushed) {
-          const device = { userId: command.userId, deviceId: command.deviceId };
-          void this.deps
-            .onVanished(device, command.connectionId)
-            .catch((error) => this.deps.logger.warn({ err: error }, "could not report a vanished socket"));
-        }
+        if (!pushed) this.vanished(command);
         return pushed;
       }
+      case "drain": {
+        const taken = this.deps.drainAgain(command.userId, command.deviceId, command.connectionId);
+        // Held by its user actor until it reports drained: a socket gone meanwhile must say so.
+        if (!taken) this.vanished(command);
+        return taken;
+      }
     }
+  }
+
+  /** Reports to the device's user actor that a command found its connection gone here. */
+  private vanished(command: { userId: string; deviceId: number; connectionId: string }): void {
+    const device = { userId: command.userId, deviceId: command.deviceId };
+    void this.deps
+      .onVanished(device, command.connectionId)
+      .catch((error) => this.deps.logger.warn({ err: error }, "could not report a vanished socket"));
   }
 
   /**
@@ -101,6 +116,15 @@ export class NodeLink implements DeviceSockets {
       deviceId: socket.deviceId,
       connectionId: socket.connectionId,
       envelopes: [...envelopes],
+    });
+  }
+
+  drainAgain(socket: SocketRef, userId: string): Promise<boolean> {
+    return this.send(socket.nodeId, {
+      type: "drain",
+      userId,
+      deviceId: socket.deviceId,
+      connectionId: socket.connectionId,
     });
   }
 

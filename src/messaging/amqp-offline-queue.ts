@@ -404,10 +404,19 @@ export class AmqpOfflineQueue implements OfflineQueue {
         if (exhausted && taken.size === 0) await closeChannel();
         return dropped;
       },
+      rewind: () => {
+        // Messages another channel gave back are ready again; those this channel holds are not.
+        exhausted = false;
+      },
       release: async () => {
-        if (!open) return;
+        if (!open) return 0;
         open = false;
+        let requeued = 0;
+        for (const messages of taken.values()) requeued += messages.length;
+        // Closing the channel returns the unacked messages; RabbitMQ has requeued them (notify_down,
+        // a synchronous call from the channel to the queue) by the time close-ok arrives.
         await closeChannel();
+        return requeued;
       },
       get emptied() {
         return existed && exhausted && taken.size === 0;

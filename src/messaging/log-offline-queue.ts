@@ -46,7 +46,13 @@ export class LogOfflineQueue implements OfflineQueue {
         }
         return dropped;
       },
-      release: async () => handedOut.clear(),
+      // Every `next` reads the log afresh: there is nothing to rewind.
+      rewind: () => {},
+      // Taken rows never leave the log (they stay `queued` until acked): none goes back.
+      release: async () => {
+        handedOut.clear();
+        return 0;
+      },
       // The queue is the log: there is no per-device queue to remove.
       emptied: false,
     };

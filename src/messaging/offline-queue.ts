@@ -11,8 +11,19 @@ export interface QueueDrain {
    * removed from the queue for good (they would go back to it on `release`); returns how many.
    */
   dropFrom(senderUser: string): Promise<number>;
-  /** Ends the drain; envelopes taken but not acked go back to the queue, in order. */
-  release(): Promise<void>;
+  /**
+   * Reads the queue again from its head: the next `next` takes what came into it since it was
+   * found empty (envelopes another drain of the device gave back when it ended), and none of those
+   * this drain holds. Nothing for stores whose `next` always reads the queue afresh.
+   */
+  rewind(): void;
+  /**
+   * Ends the drain; envelopes taken but not acked go back to the queue, in order. Resolves with how
+   * many went back (0 for stores where nothing leaves the queue while taken): a socket of the same
+   * device whose drain read the queue before then has not seen them (docs/MESSAGING.md, "A drain
+   * that ends after another began").
+   */
+  release(): Promise<number>;
   /**
    * True once the device's queue existed, was read to its end and everything taken from it was
    * acked: the queue is now an idle one, which the device's user actor may remove

@@ -458,23 +458,38 @@ export class MessagingService {
     return reply?.known === true;
   }
 
-  /** The device drained its offline queue: live delivery starts. */
-  async deviceDrained(device: Principal, gatewayNode: string, connectionId: string): Promise<void> {
-    await this.actors.ask(userKey(device.userId), {
+  /**
+   * The device drained its offline queue: live delivery starts. Resolves true when the user actor
+   * asks for the queue to be read once more first (envelopes went back to it meanwhile, given back
+   * by a replaced socket's drain): the gateway reads it again and reports drained again.
+   */
+  async deviceDrained(device: Principal, gatewayNode: string, connectionId: string): Promise<boolean> {
+    const reply = await this.actors.ask<{ again?: boolean }>(userKey(device.userId), {
       type: "device.drained",
       deviceId: device.deviceId,
       gatewayNode,
       connectionId,
     });
+    return reply?.again === true;
   }
 
-  /** The device's socket on `gatewayNode` closed: what it has not acked goes to its offline queue. */
-  async deviceDisconnected(device: Principal, gatewayNode: string, connectionId: string): Promise<void> {
+  /**
+   * The device's socket on `gatewayNode` closed: what it has not acked goes to its offline queue.
+   * `requeued`: envelopes its drain had taken from the offline queue and gave back when it ended
+   * (the device's newer socket, if any, reads the queue again).
+   */
+  async deviceDisconnected(
+    device: Principal,
+    gatewayNode: string,
+    connectionId: string,
+    requeued = 0,
+  ): Promise<void> {
     await this.actors.ask(userKey(device.userId), {
       type: "device.disconnect",
       deviceId: device.deviceId,
       gatewayNode,
       connectionId,
+      requeued,
     });
   }
 
