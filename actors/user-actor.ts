@@ -22,6 +22,11 @@ export interface DeviceConnectMessage {
   deviceId: number;
   gatewayNode: string;
   connectionId: string;
+  /**
+   * The socket's gateway reads the queue again when asked (`device.drained` answered `again`, the
+   * `drain` command). Absent from nodes of earlier versions, which would ignore both.
+   */
+  drainAgain?: boolean;
 }
 
 /**
@@ -33,6 +38,8 @@ export interface DeviceDrainedMessage {
   deviceId: number;
   gatewayNode: string;
   connectionId: string;
+  /** As in `DeviceConnectMessage`: absent from nodes of earlier versions. */
+  drainAgain?: boolean;
 }
 
 /** A device's socket closed. */
@@ -179,6 +186,12 @@ interface Connected extends SocketRef {
   recheck?: boolean;
   /** Envelopes pushed live to this socket before it was sent to drain again: not pushed twice. */
   pushed?: Set<string>;
+  /**
+   * Its gateway reads the queue again when asked. False for a socket on a node of an earlier
+   * version (during a rolling restart), which would ignore the request and stay held: such a
+   * socket is left as before. A socket found by an activation is taken to be able to.
+   */
+  canDrainAgain: boolean;
 }
 
 /**
@@ -222,7 +235,8 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     // A socket still draining its offline queue must not get live envelopes ahead of queued ones.
     for (const socket of await whileUnreachable(() => this.ports.sockets.open(this.userId))) {
       const status = await this.ports.sockets.status(socket, this.userId).catch(() => "gone" as const);
-      if (status !== "gone") this.devices.set(socket.deviceId, { ...socket, live: status === "live" });
+      if (status !== "gone")
+        this.devices.set(socket.deviceId, { ...socket, live: status === "live", canDrainAgain: true });
     }
     const undelivered = await whileUnreachable(() =>
       this.ports.log.undelivered(this.userId, { state: "pending" }),
@@ -296,13 +310,15 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
           nodeId: message.gatewayNode,
           connectionId: message.connectionId,
           live: false,
+          canDrainAgain: message.drainAgain === true,
         });
         return { devices: this.devices.size, known: false };
       case "device.drained": {
         const device = this.devices.get(message.deviceId);
         if (device?.connectionId !== message.connectionId) return { live: false };
+        device.canDrainAgain = message.drainAgain === true;
         // Envelopes went back to the queue while it drained: it reads the queue again first.
-        if (device.recheck) {
+        if (device.recheck && device.canDrainAgain) {
           device.recheck = false;
           return { live: false, again: true };
         }
@@ -461,7 +477,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       if (socket.deviceId !== deviceId) continue;
       const status = await this.ports.sockets.status(socket, this.userId).catch(() => "gone" as const);
       if (status === "gone") continue;
-      const device: Connected = { ...socket, live: status === "live" };
+      const device: Connected = { ...socket, live: status === "live", canDrainAgain: true };
       this.devices.set(deviceId, device);
       if (!device.live) return true;
       const pending = [...(this.pending.get(deviceId)?.values() ?? [])];
@@ -482,6 +498,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
    * meanwhile: its pending envelopes go to the queue like any offline device's.
    */
   private async drainAgain(deviceId: number, device: Connected, ctx: ActorContext): Promise<void> {
+    if (!device.canDrainAgain) return;
     if (!device.live) {
       device.recheck = true;
       return;

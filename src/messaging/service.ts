@@ -454,6 +454,7 @@ export class MessagingService {
       deviceId: device.deviceId,
       gatewayNode,
       connectionId,
+      drainAgain: true,
     });
     return reply?.known === true;
   }
@@ -469,6 +470,7 @@ export class MessagingService {
       deviceId: device.deviceId,
       gatewayNode,
       connectionId,
+      drainAgain: true,
     });
     return reply?.again === true;
   }

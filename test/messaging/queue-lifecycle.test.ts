@@ -387,7 +387,55 @@ describe("a flush after another node removed the queue (RabbitMQ)", () => {
   });
 });
 
-describe("a reconnect to another node while the old socket's drain holds messages (two nodes)", () => {
+/**
+ * Makes the drains `node` opens for `userId` end (`release`, when RabbitMQ gets back what they
+ * took and did not ack) only once `until` resolves: a node slow to finish a closed socket's
+ * bookkeeping, held for as long as the test needs. The broker and the queue are the real ones.
+ */
+function holdDrainEnds(node: TestNode, userId: string, until: () => Promise<void>): void {
+  const offline = node.offline as AmqpOfflineQueue;
+  const open = offline.drain.bind(offline);
+  offline.drain = async (user, device) => {
+    const drain = await open(user, device);
+    if (user !== userId) return drain;
+    const release = drain.release.bind(drain);
+    drain.release = async () => {
+      await until();
+      return release();
+    };
+    return drain;
+  };
+}
+
+/**
+ * Calls `seen` with the drain's number (1 for the first `node` opened for `userId` from now on)
+ * whenever one of those drains finds the queue empty.
+ */
+function watchEmptyReads(node: TestNode, userId: string, seen: (drain: number) => void): void {
+  const offline = node.offline as AmqpOfflineQueue;
+  const open = offline.drain.bind(offline);
+  let opened = 0;
+  offline.drain = async (user, device) => {
+    const drain = await open(user, device);
+    if (user !== userId) return drain;
+    const number = ++opened;
+    const next = drain.next.bind(drain);
+    drain.next = async (max) => {
+      const taken = await next(max);
+      if (taken.length === 0) seen(number);
+      return taken;
+    };
+    return drain;
+  };
+}
+
+/** The state of `userId`'s device 1 socket on `node`, as its gateway sees it. */
+function socketState(node: TestNode, userId: string): string | undefined {
+  const registry = (node.gateway as unknown as { options: { registry: SocketRegistry } }).options.registry;
+  return registry.get(userId, 1)?.state;
+}
+
+describe("a reconnect while the old socket's drain holds the messages (two nodes)", () => {
   const prefix = runPrefix();
   let database: TestDatabase;
   let a: TestNode;
@@ -412,49 +460,6 @@ describe("a reconnect to another node while the old socket's drain holds message
     await b?.teardown();
     await database?.drop();
   });
-
-  /**
-   * Makes the drains `node` opens for `userId` end (`release`, when RabbitMQ gets back what they
-   * took and did not ack) only once `until` resolves: a node slow to finish a closed socket's
-   * bookkeeping, held for as long as the test needs. The broker and the queue are the real ones.
-   */
-  function holdDrainEnds(node: TestNode, userId: string, until: () => Promise<void>): void {
-    const offline = node.offline as AmqpOfflineQueue;
-    const open = offline.drain.bind(offline);
-    offline.drain = async (user, device) => {
-      const drain = await open(user, device);
-      if (user !== userId) return drain;
-      const release = drain.release.bind(drain);
-      drain.release = async () => {
-        await until();
-        return release();
-      };
-      return drain;
-    };
-  }
-
-  /** Calls `seen` whenever a drain `node` opens for `userId` finds the queue empty. */
-  function watchEmptyReads(node: TestNode, userId: string, seen: () => void): void {
-    const offline = node.offline as AmqpOfflineQueue;
-    const open = offline.drain.bind(offline);
-    offline.drain = async (user, device) => {
-      const drain = await open(user, device);
-      if (user !== userId) return drain;
-      const next = drain.next.bind(drain);
-      drain.next = async (max) => {
-        const taken = await next(max);
-        if (taken.length === 0) seen();
-        return taken;
-      };
-      return drain;
-    };
-  }
-
-  /** The state of `userId`'s device 1 socket on `node`, as its gateway sees it. */
-  function socketState(node: TestNode, userId: string): string | undefined {
-    const registry = (node.gateway as unknown as { options: { registry: SocketRegistry } }).options.registry;
-    return registry.get(userId, 1)?.state;
-  }
 
   // The socket on node A took the queued messages (basic.get, not acked) when the device connects
   // again on node B. B replaces A's socket, but B's drain can read the queue before A's drain ends
@@ -509,4 +514,53 @@ describe("a reconnect to another node while the old socket's drain holds message
       await amqp.close();
     }
   }, 240_000);
+
+  // The same on one node, where the new socket's drain first waits for the old socket's bookkeeping:
+  // when that takes longer than the wait (5 s; here the old drain's end is held until the new drain
+  // has read the queue), the new drain reads the queue before the messages are back in it.
+  test("messages an old socket on the same node held come to the new socket when its drain ends past the wait", async () => {
+    const client = api(a.url);
+    const alice = await registerAndLogin(client);
+    const hana = await registerAndLogin(client);
+    const offline = a.offline as AmqpOfflineQueue;
+    let emptyRead = Promise.withResolvers<void>();
+    // Two drains a round, the old socket's then the new one's: only the new one's empty read counts.
+    watchEmptyReads(a, hana.userId, (drain) => {
+      if (drain % 2 === 0) emptyRead.resolve();
+    });
+    holdDrainEnds(a, hana.userId, () => emptyRead.promise);
+    const sender = await TestSocket.open(a.url, alice.accessToken);
+    try {
+      for (let round = 0; round < 2; round++) {
+        emptyRead = Promise.withResolvers<void>();
+        const ids = Array.from({ length: 5 }, () => randomUUID());
+        for (const [i, id] of ids.entries()) sender.send(direct(id, hana.userId, `round ${round} ${i}`));
+        for (const id of ids) expect(await sender.reply(id, 15_000)).toMatchObject({ type: "accepted" });
+        await waitFor(async () => (await offline.depth(hana.userId, 1)) === 5, "five queued messages");
+        const old = await TestSocket.open(a.url, hana.accessToken);
+        expect((await old.messages(5)).map((m) => m.id)).toEqual(ids);
+        const fresh = await TestSocket.open(a.url, hana.accessToken);
+        expect((await old.whenClosed()).code).toBe(4409);
+        const got = await fresh.messages(5, 15_000).catch(async (error) => {
+          const state = {
+            round,
+            newSocket: socketState(a, hana.userId),
+            queueDepth: await offline.depth(hana.userId, 1),
+            queuedInLog: (await a.log.undelivered(hana.userId, { state: "queued" })).length,
+          };
+          throw new Error(`${(error as Error).message}: ${JSON.stringify(state)}`);
+        });
+        expect(got.map((m) => m.id)).toEqual(ids);
+        fresh.send({ type: "ack", ids });
+        await waitFor(async () => (await a.log.undelivered(hana.userId)).length === 0, "the acks in the log");
+        await fresh.close();
+      }
+    } finally {
+      await sender.close();
+      const amqp = await connect(AMQP_URL);
+      const channel = await amqp.createChannel();
+      await channel.deleteQueue(offline.queueName(hana.userId, 1)).catch(() => {});
+      await amqp.close();
+    }
+  }, 120_000);
 });
