@@ -119,6 +119,7 @@ export class NodeLink implements DeviceSockets {
     });
   }
 
+  /** Sends a `drain` command to the socket's node (see `DeviceSockets.drainAgain`). */
   drainAgain(socket: SocketRef, userId: string): Promise<boolean> {
     return this.send(socket.nodeId, {
       type: "drain",
