@@ -21,7 +21,7 @@ import type { AuditTrail } from "./audit/types.ts";
 import { BackupService, backupAdminRoutes } from "./backup/index.ts";
 import { BlockService } from "./blocks/service.ts";
 import { clusterAdminRoutes } from "./cluster/index.ts";
-import { type Config, reasonOf, StartupError } from "./config/index.ts";
+import { type Config, makePrivateDir, reasonOf, StartupError } from "./config/index.ts";
 import { type Database, openDatabase } from "./db/index.ts";
 import { DeviceService } from "./devices/service.ts";
 import { ErasureFence } from "./fence/index.ts";
@@ -158,6 +158,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     options.logger ??
     createLogger({ level: config.logLevel, nodeId: config.nodeId, format: config.logFormat });
   const metrics = new Metrics(config.nodeId, { processMetrics: options.processMetrics });
+  // Before anything writes there: the data directory is the owner's alone (0700).
+  makePrivateDir(config.dataDir);
   // Read before anything opens: a damaged erasure ledger stops the start here, holding nothing.
   const ledger = new ErasureLedger(config.erasureLedgerFile);
   ledger.keys();

@@ -1,4 +1,5 @@
 import { Database } from "bun:sqlite";
+import { chmodSync, closeSync, openSync, statSync } from "node:fs";
 import {
   type Direction,
   IdentityChange,
@@ -64,7 +65,16 @@ export class AccountStore {
   readonly kyberPreKeys: SqliteKyberPreKeyStore;
   readonly senderKeys: SqliteSenderKeyStore;
 
+  /**
+   * Opens (creating) the store at `path`. The file holds the identity private key, sessions and
+   * history: it is made readable by its owner only (0600, also when an earlier version left it
+   * 0644); SQLite gives its -wal and -shm files the main file's mode.
+   */
   constructor(path: string) {
+    if (path !== ":memory:") {
+      closeSync(openSync(path, "a", 0o600));
+      if ((statSync(path).mode & 0o077) !== 0) chmodSync(path, 0o600);
+    }
     this.db = new Database(path, { create: true, strict: true });
     // A store is shared by a running session and short commands beside it (`send` queues into its
     // outbox, a second `chat` reads its lease): wait up to 5 s for the other's write instead of

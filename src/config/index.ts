@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { type Static, Type as T } from "@sinclair/typebox";
@@ -513,11 +513,22 @@ function abuseProblems(env: Partial<Env>): [string, string][] {
   return problems;
 }
 
+/**
+ * Makes `dir` (DATA_DIR: PGlite's files with the password hashes and the receipt signing key, the
+ * envelope log, the erasure ledger, the signing secret) reachable by its owner only: created
+ * 0700, and an existing one with group or other permission bits set to 0700. The directory's mode
+ * guards every file under it, whatever the umask gave those files.
+ */
+export function makePrivateDir(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if ((statSync(dir).mode & 0o077) !== 0) chmodSync(dir, 0o700);
+}
+
 /** The embedded default's signing secret: generated on first start, then read back so tokens survive restarts. */
 function developmentSecret(dataDir: string): string {
   const file = join(dataDir, "jwt-secret");
   if (existsSync(file)) return readFileSync(file, "utf8").trim();
-  mkdirSync(dataDir, { recursive: true });
+  makePrivateDir(dataDir);
   const secret = randomBytes(48).toString("base64url");
   writeFileSync(file, secret, { mode: 0o600 });
   return secret;

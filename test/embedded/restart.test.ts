@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { installedPgliteVersion, templateVersion } from "../../src/db/pglite-template.ts";
@@ -49,6 +49,25 @@ async function startServer(dataDir: string) {
 describe("embedded default (no DATABASE_URL)", () => {
   const dataDir = mkdtempSync(join(tmpdir(), "clearbox-embedded-"));
   afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
+
+  test("the data directory is its owner's alone: a new one is made 0700, an open one closed to 0700", async () => {
+    const fresh = join(dataDir, "fresh", "data");
+    const open = join(dataDir, "open");
+    mkdirSync(open);
+    chmodSync(open, 0o755);
+    expect(statSync(open).mode & 0o777).toBe(0o755);
+    for (const dir of [fresh, open]) {
+      const server = await startServer(dir);
+      try {
+        expect(server.health.status).toBe(200);
+        // Password hashes, the receipt signing key, the envelope log and the signing secret are in there.
+        expect(statSync(dir).mode & 0o777).toBe(0o700);
+      } finally {
+        server.proc.kill("SIGTERM");
+        await server.proc.exited;
+      }
+    }
+  }, 90_000);
 
   test("starts with no services, answers /healthz, and keeps accounts across a restart", async () => {
     const first = await startServer(dataDir);
