@@ -1,7 +1,7 @@
 import type { ActorBehavior, ActorContext } from "./actor.ts";
 import { ActorError } from "./actor-error.ts";
 import { userKey } from "./keys.ts";
-import type { Clock, EnvelopeLog, GroupDirectory, GroupEnvelope } from "./ports.ts";
+import type { Clock, EnvelopeLog, GroupDirectory, GroupEnvelope, GroupMembersCache } from "./ports.ts";
 import type { DeliverGroupMessage, EraseMessage } from "./user-actor.ts";
 
 /** A group send: one sender-key ciphertext to fan out to every other member device. */
@@ -34,6 +34,9 @@ export interface GroupActorPorts {
  * every member sees them in the order they were accepted.
  */
 export class GroupActor implements ActorBehavior<GroupMessage, unknown> {
+  /** The members as last read, kept for this activation; the directory checks it is current. */
+  private readonly members: GroupMembersCache = { blockers: new Map() };
+
   constructor(
     readonly groupId: string,
     private readonly ports: GroupActorPorts,
@@ -52,8 +55,9 @@ export class GroupActor implements ActorBehavior<GroupMessage, unknown> {
   }
 
   private async send(message: GroupSendMessage, ctx: ActorContext): Promise<GroupSendResult> {
-    // Read on every send, so a membership change needs no message to this actor.
-    const members = await this.ports.directory.recipients(this.groupId, message.from.user);
+    // Checked on every send (one version read; the members are read again only when they changed),
+    // so a membership change needs no message to this actor.
+    const members = await this.ports.directory.recipients(this.groupId, message.from.user, this.members);
     if (!members) return { ok: false, code: "unknown_recipient" };
     if (!members.has(message.from.user)) return { ok: false, code: "not_member" };
     const ts = this.ports.clock.now();

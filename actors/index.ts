@@ -58,6 +58,7 @@ export type {
   EnvelopeLog,
   GroupDirectory,
   GroupEnvelope,
+  GroupMembersCache,
   OfflineQueue,
   SocketRef,
   StoredEnvelope,

@@ -100,11 +100,28 @@ export interface DeviceSockets {
   open(userId: string): Promise<SocketRef[]>;
 }
 
+/**
+ * What a group actor keeps of its members between sends, filled and checked by the directory:
+ * the members and their devices as read at `version`, and per sender the members who block them.
+ */
+export interface GroupMembersCache {
+  version?: number;
+  members?: ReadonlyMap<string, readonly number[]>;
+  blockers: Map<string, ReadonlySet<string>>;
+}
+
 /** Group membership and member devices as stored by the edges (PostgreSQL). */
 export interface GroupDirectory {
   /**
    * Each member's device ids, or undefined when the group does not exist. With `sender`, a member
-   * who blocks the sender is listed with no devices (still a member, sent nothing).
+   * who blocks the sender is listed with no devices (still a member, sent nothing). With `cache`,
+   * what it holds is reused while the group's membership is unchanged since it was read, and
+   * refreshed otherwise; the answer is always that of a fresh read (the next send after a
+   * committed change sees it).
    */
-  recipients(groupId: string, sender?: string): Promise<Map<string, number[]> | undefined>;
+  recipients(
+    groupId: string,
+    sender?: string,
+    cache?: GroupMembersCache,
+  ): Promise<Map<string, readonly number[]> | undefined>;
 }

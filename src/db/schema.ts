@@ -146,6 +146,13 @@ export const groups = pgTable("groups", {
   id: uuid("id").primaryKey().defaultRandom(),
   name: text("name").notNull(),
   createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+  /**
+   * Bumped by triggers (migration 0010) in the same transaction as any change to who a group send
+   * reaches: a member added or removed, a member's device added or removed, a block set or lifted
+   * by a member. The group actor caches the members and their devices and re-reads them only when
+   * this differs from the version it read them at (docs/MESSAGING.md, "The member directory cache").
+   */
+  membersVersion: bigint("members_version", { mode: "number" }).notNull().default(0),
 });
 
 /** Membership of a group, with the member's role; leaves with the account or the group. */

@@ -1,13 +1,20 @@
 import { and, eq } from "drizzle-orm";
-import type { GroupDirectory } from "../../actors/index.ts";
+import type { GroupDirectory, GroupMembersCache } from "../../actors/index.ts";
 import type { Db } from "../db/index.ts";
 import { blocks, devices, groupMembers, groups } from "../db/schema.ts";
 import { ErasureFence } from "../fence/index.ts";
 
 /**
  * Group members (accepted ones: pending invitations live in another table) and their devices, read
- * from PostgreSQL for every group send; members who block the sender get no devices. A member whose
- * erasure has started (the fence) is left out: no envelope is logged for their devices.
+ * from PostgreSQL; members who block the sender get no devices. A member whose erasure has started
+ * (the fence) is left out: no envelope is logged for their devices.
+ *
+ * With a cache (the group actor's), each call reads only the group's `members_version` (one
+ * primary-key row) and reads the members, their devices and the sender's blockers again only when
+ * that version moved since they were cached. Triggers (migration 0010) bump it in the same
+ * transaction as every change to group_members, devices or blocks that concerns the group, so the
+ * first call after such a change commits reads the new members. The fence is applied on every
+ * call, never cached: an erasure fences a user before it deletes any row.
  */
 export class PostgresGroupDirectory implements GroupDirectory {
   constructor(
@@ -15,19 +22,53 @@ export class PostgresGroupDirectory implements GroupDirectory {
     private readonly fence: ErasureFence = new ErasureFence(),
   ) {}
 
-  async recipients(groupId: string, sender?: string): Promise<Map<string, number[]> | undefined> {
+  async recipients(
+    groupId: string,
+    sender?: string,
+    cache: GroupMembersCache = { blockers: new Map() },
+  ): Promise<Map<string, readonly number[]> | undefined> {
+    // The version before the members: a change committed between the two reads leaves the cache
+    // at the older version with the newer members, and the next call reads them again.
+    const [group] = await this.db
+      .select({ version: groups.membersVersion })
+      .from(groups)
+      .where(eq(groups.id, groupId));
+    if (!group) {
+      cache.version = undefined;
+      cache.members = undefined;
+      cache.blockers.clear();
+      return undefined;
+    }
+    if (cache.members === undefined || cache.version !== group.version) {
+      cache.members = await this.members(groupId);
+      cache.blockers.clear();
+      cache.version = group.version;
+    }
+    let blockers: ReadonlySet<string> | undefined;
+    if (sender !== undefined) {
+      blockers = cache.blockers.get(sender);
+      if (!blockers) {
+        blockers = await this.blockersOf(groupId, sender);
+        cache.blockers.set(sender, blockers);
+      }
+    }
+    const members = new Map<string, readonly number[]>();
+    for (const [userId, list] of cache.members) {
+      if (this.fence.has(userId)) continue;
+      members.set(userId, blockers?.has(userId) ? [] : list);
+    }
+    return members;
+  }
+
+  /** Every member of the group with its device ids (none: an empty list). */
+  private async members(groupId: string): Promise<Map<string, readonly number[]>> {
     const rows = await this.db
       .select({ userId: groupMembers.userId, deviceId: devices.deviceId })
       .from(groupMembers)
       .leftJoin(devices, eq(devices.userId, groupMembers.userId))
       .where(eq(groupMembers.groupId, groupId));
-    if (rows.length === 0) {
-      const [group] = await this.db.select({ id: groups.id }).from(groups).where(eq(groups.id, groupId));
-      return group ? new Map() : undefined;
-    }
     const members = new Map<string, number[]>();
     for (const { userId, deviceId } of rows) {
-      if (this.fence.has(userId)) continue;
       let list = members.get(userId);
       if (!list) {
         list = [];
@@ -35,17 +76,16 @@ export class PostgresGroupDirectory implements GroupDirectory {
       }
       if (deviceId !== null) list.push(deviceId);
     }
-    if (sender !== undefined) {
-      const blockers = await this.db
-        .select({ userId: blocks.userId })
-        .from(blocks)
-        .innerJoin(
-          groupMembers,
-          and(eq(groupMembers.userId, blocks.userId), eq(groupMembers.groupId, groupId)),
-        )
-        .where(eq(blocks.blockedUserId, sender));
-      for (const { userId } of blockers) if (members.has(userId)) members.set(userId, []);
-    }
     return members;
+  }
+
+  /** The members of the group who block `sender`. */
+  private async blockersOf(groupId: string, sender: string): Promise<Set<string>> {
+    const rows = await this.db
+      .select({ userId: blocks.userId })
+      .from(blocks)
+      .innerJoin(groupMembers, and(eq(groupMembers.userId, blocks.userId), eq(groupMembers.groupId, groupId)))
+      .where(eq(blocks.blockedUserId, sender));
+    return new Set(rows.map((row) => row.userId));
   }
 }

@@ -206,6 +206,80 @@ describe.each(STACKS)("group delivery on the %s stack", (stack) => {
     await socket.close();
   });
 
+  test("the group actor's member cache never hides a change: the very next send sees a member added or removed, a device added, a block set or lifted", async () => {
+    const [alice, bob, carol] = await Promise.all([1, 2, 3].map(() => registerAndLogin(client)));
+    const accept = async (groupId: string, token: string) =>
+      expect((await client.post(`/v1/invitations/${groupId}/accept`, undefined, token)).status).toBe(204);
+    const { groupId } = (
+      await client.post("/v1/groups", { name: "g", members: [bob.userId] }, alice.accessToken)
+    ).body;
+    await accept(groupId, bob.accessToken);
+    // A second group, whose messages are sentinels: a member's next message from it shows that a
+    // group message sent before it (and accepted before it was sent) did not reach that member.
+    const sentinels = (
+      await client.post("/v1/groups", { name: "s", members: [bob.userId, carol.userId] }, alice.accessToken)
+    ).body.groupId as string;
+    await Promise.all([accept(sentinels, bob.accessToken), accept(sentinels, carol.accessToken)]);
+    const [a, b, c] = await Promise.all(
+      [alice, bob, carol].map((u) => TestSocket.open(node.url, u.accessToken)),
+    );
+    const send = async (socket: TestSocket, to: string, text: string) => {
+      const id = randomUUID();
+      socket.send({ type: "send", id, to: { group: to }, message: { type: 7, body: b64(text) } });
+      expect((await socket.reply(id)).type).toBe("accepted");
+      return id;
+    };
+    const next = async (socket: TestSocket) => (await socket.messages(1))[0]?.id;
+
+    // Cached from here on (the group actor has read the members once).
+    const m1 = await send(a, groupId, "m1");
+    expect(await next(b)).toBe(m1);
+
+    // A member added: the next send reaches them.
+    expect(
+      (await client.post(`/v1/groups/${groupId}/members`, { userId: carol.userId }, alice.accessToken))
+        .status,
+    ).toBe(204);
+    await accept(groupId, carol.accessToken);
+    const m2 = await send(a, groupId, "m2");
+    expect(await next(b)).toBe(m2);
+    expect(await next(c)).toBe(m2);
+
+    // A device added to a member: the next send reaches it.
+    const bobSecond = (
+      await client.post("/v1/sessions", { username: bob.username, password: bob.password, registrationId: 2 })
+    ).body;
+    const b2 = await TestSocket.open(node.url, bobSecond.accessToken);
+    const m3 = await send(a, groupId, "m3");
+    expect(await next(b)).toBe(m3);
+    expect(await next(b2)).toBe(m3);
+    expect(await next(c)).toBe(m3);
+
+    // A member removed: the next send does not reach them.
+    expect(
+      (await client.delete(`/v1/groups/${groupId}/members/${carol.userId}`, alice.accessToken)).status,
+    ).toBe(204);
+    const m4 = await send(a, groupId, "m4");
+    expect(await next(b)).toBe(m4);
+    expect(await next(b2)).toBe(m4);
+    const s1 = await send(a, sentinels, "s1");
+    expect(await next(c)).toBe(s1);
+    expect(await next(b)).toBe(s1);
+    expect(await next(b2)).toBe(s1);
+
+    // A member blocks the sender: the next send reaches none of their devices; lifted, it does again.
+    expect((await client.post(`/v1/blocks/${alice.userId}`, undefined, bob.accessToken)).status).toBe(204);
+    await send(a, groupId, "m5");
+    const s2 = await send(c, sentinels, "s2");
+    expect(await next(b)).toBe(s2);
+    expect(await next(b2)).toBe(s2);
+    expect((await client.delete(`/v1/blocks/${alice.userId}`, bob.accessToken)).status).toBe(204);
+    const m6 = await send(a, groupId, "m6");
+    expect(await next(b)).toBe(m6);
+    expect(await next(b2)).toBe(m6);
+    await Promise.all([a, b, b2, c].map((s) => s.close()));
+  });
+
   test("offline members get the group message on reconnect", async () => {
     const alice = await registerAndLogin(client);
     const bob = await registerAndLogin(client);
