@@ -117,11 +117,12 @@ export interface GroupDirectory {
    * who blocks the sender is listed with no devices (still a member, sent nothing). With `cache`,
    * what it holds is reused while the group's membership is unchanged since it was read, and
    * refreshed otherwise; the answer is always that of a fresh read (the next send after a
-   * committed change sees it).
+   * committed change sees it), and is the very same map as the previous answer while nothing
+   * changed (callers may key what they derive from it on its identity; never mutate it).
    */
   recipients(
     groupId: string,
     sender?: string,
     cache?: GroupMembersCache,
-  ): Promise<Map<string, readonly number[]> | undefined>;
+  ): Promise<ReadonlyMap<string, readonly number[]> | undefined>;
 }

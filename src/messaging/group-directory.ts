@@ -26,7 +26,7 @@ export class PostgresGroupDirectory implements GroupDirectory {
     groupId: string,
     sender?: string,
     cache: GroupMembersCache = { blockers: new Map() },
-  ): Promise<Map<string, readonly number[]> | undefined> {
+  ): Promise<ReadonlyMap<string, readonly number[]> | undefined> {
     // The version before the members: a change committed between the two reads leaves the cache
     // at the older version with the newer members, and the next call reads them again.
     const [group] = await this.db
@@ -52,6 +52,11 @@ export class PostgresGroupDirectory implements GroupDirectory {
         cache.blockers.set(sender, blockers);
       }
     }
+    // The usual case (no member blocks the sender, none is being erased): the cached map itself,
+    // not a copy, so the caller can tell an unchanged answer by its identity.
+    let filter = blockers !== undefined && blockers.size > 0;
+    if (!filter) for (const userId of cache.members.keys()) if ((filter = this.fence.has(userId))) break;
+    if (!filter) return cache.members;
     const members = new Map<string, readonly number[]>();
     for (const [userId, list] of cache.members) {
       if (this.fence.has(userId)) continue;
