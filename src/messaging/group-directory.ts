@@ -54,8 +54,7 @@ export class PostgresGroupDirectory implements GroupDirectory {
     }
     // The usual case (no member blocks the sender, none is being erased): the cached map itself,
     // not a copy, so the caller can tell an unchanged answer by its identity.
-    let filter = blockers !== undefined && blockers.size > 0;
-    if (!filter) for (const userId of cache.members.keys()) if ((filter = this.fence.has(userId))) break;
+    const filter = (blockers !== undefined && blockers.size > 0) || this.anyFenced(cache.members);
     if (!filter) return cache.members;
     const members = new Map<string, readonly number[]>();
     for (const [userId, list] of cache.members) {
@@ -63,6 +62,12 @@ export class PostgresGroupDirectory implements GroupDirectory {
       members.set(userId, blockers?.has(userId) ? [] : list);
     }
     return members;
+  }
+
+  /** True when the erasure fence holds one of `members`. */
+  private anyFenced(members: ReadonlyMap<string, unknown>): boolean {
+    for (const userId of members.keys()) if (this.fence.has(userId)) return true;
+    return false;
   }
 
   /** Every member of the group with its device ids (none: an empty list). */
