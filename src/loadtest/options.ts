@@ -103,7 +103,7 @@ const DEFAULTS: Record<ScenarioName, Partial<LoadtestOptions>> = {
 export const USAGE = `usage: npm run loadtest -- <scenario> [options]
 scenarios: ${SCENARIOS.join(", ")}
   --url <base-url>[,<base-url>...]  running node(s) to test; omitted → the harness spawns its own
-  --spawn                           spawn nodes even if --url is given (ignored)
+  --spawn                           spawn nodes even if --url is given (the --url is then ignored)
   --stack embedded|services         spawned nodes: PGlite + SQLite log (default) or PostgreSQL+Redis+RabbitMQ
   --nodes <n>                       nodes to spawn (cluster: 3)
   --admin-url <url> --admin-token <t>  read RSS/CPU of a remote node from /metrics
