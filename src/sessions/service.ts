@@ -30,6 +30,8 @@ export interface SessionDevices {
   revokeTokens(userId: string, deviceId: number): Promise<void>;
   /** The account's devices. */
   list(userId: string): Promise<{ deviceId: number }[]>;
+  /** Removes a device (its keys and refresh tokens go with it); `not_found` when it does not exist. */
+  remove(userId: string, deviceId: number): Promise<void>;
 }
 
 /**
@@ -125,7 +127,7 @@ export class SessionService {
    * issues tokens for it. `not_found` for an unknown device, `conflict` for a 128th.
    * `verifiedHash`: the password hash a login checked; tokens are issued only if it is still the
    * account's (else `unauthorized`), so a login racing a password change gets nothing that
-   * outlives the change.
+   * outlives the change; a device created for it is then removed again.
    */
   async startSession(
     userId: string,
@@ -134,6 +136,7 @@ export class SessionService {
     verifiedHash?: string,
   ): Promise<SessionTokens> {
     let deviceId = device.deviceId;
+    const created = deviceId === undefined;
     if (deviceId === undefined) {
       if (device.registrationId === undefined) {
         throw new DomainError("invalid", "registrationId is required to create a new device");
@@ -142,8 +145,16 @@ export class SessionService {
     } else if ((await this.devices.tokenGeneration(userId, deviceId)) === undefined) {
       throw new DomainError("not_found", `device ${deviceId} does not exist`);
     }
-    await this.devices.touch(userId, deviceId);
-    const tokens = await this.issue(userId, deviceId, verifiedHash);
+    let tokens: SessionTokens;
+    try {
+      await this.devices.touch(userId, deviceId);
+      tokens = await this.issue(userId, deviceId, verifiedHash);
+    } catch (error) {
+      // A device created for this login and refused its tokens (the password changed since it was
+      // checked) would stay without a session, holding one of the account's 127 ids: it goes.
+      if (created) await this.devices.remove(userId, deviceId).catch(() => undefined);
+      throw error;
+    }
     await this.audit?.record({
       action: "session.login",
       actor: { user: userId },

