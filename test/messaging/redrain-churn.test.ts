@@ -1,0 +1,122 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomUUID } from "node:crypto";
+import { connect } from "amqplib";
+import type { AmqpOfflineQueue } from "../../src/messaging/amqp-offline-queue.ts";
+import { AMQP_URL, runPrefix, stackEnv } from "../support/cluster-env.ts";
+import { api, registerAndLogin } from "../support/http.ts";
+import { startTestNode, type TestNode } from "../support/node.ts";
+import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
+import { TestSocket } from "../support/ws.ts";
+
+const b64 = (text: string) => Buffer.from(text).toString("base64");
+
+/** Counts the queue reads (`next` calls) of the drains `node` opens for `userId`. */
+function countReads(node: TestNode, userId: string): { drains: number; reads: number } {
+  const counts = { drains: 0, reads: 0 };
+  const offline = node.offline as AmqpOfflineQueue;
+  const open = offline.drain.bind(offline);
+  offline.drain = async (user, device) => {
+    const drain = await open(user, device);
+    if (user !== userId) return drain;
+    counts.drains++;
+    const next = drain.next.bind(drain);
+    drain.next = async (max) => {
+      counts.reads++;
+      return next(max);
+    };
+    return drain;
+  };
+  return counts;
+}
+
+/**
+ * A device that reconnects in a tight loop, alternating between two nodes and acking nothing,
+ * while five messages wait in its offline queue: every replaced socket's drain gives them back and
+ * its disconnect sends the current socket to read the queue again. The last socket must get each
+ * message once, the work must stop once the churn does (no re-drain loop), and nothing may be lost.
+ */
+describe("a device reconnecting in a tight loop across two nodes, never acking", () => {
+  const prefix = runPrefix();
+  let database: TestDatabase;
+  let a: TestNode;
+  let b: TestNode;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    const env = {
+      ...stackEnv("services", prefix),
+      JWT_SECRET: "test-jwt-secret-that-is-long-enough-0123456789",
+    };
+    a = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "churn-a" } });
+    b = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "churn-b" } });
+    const until = Date.now() + 10_000;
+    while (a.actors.ringMembers().length < 2 || b.actors.ringMembers().length < 2) {
+      if (Date.now() > until) throw new Error("the two nodes never saw each other");
+      await Bun.sleep(50);
+    }
+  });
+  afterAll(async () => {
+    await a?.teardown();
+    await b?.teardown();
+    await database?.drop();
+  });
+
+  test("the last of 12 sockets gets every message once; reads stop when the reconnects do", async () => {
+    const client = api(a.url);
+    const alice = await registerAndLogin(client);
+    const gina = await registerAndLogin(client);
+    const offline = a.offline as AmqpOfflineQueue;
+    const onA = countReads(a, gina.userId);
+    const onB = countReads(b, gina.userId);
+    const sender = await TestSocket.open(a.url, alice.accessToken);
+    const sockets: TestSocket[] = [];
+    try {
+      const ids = Array.from({ length: 5 }, () => randomUUID());
+      for (const [i, id] of ids.entries())
+        sender.send({
+          type: "send",
+          id,
+          to: { user: gina.userId },
+          messages: [{ deviceId: 1, type: 3, body: b64(`churn ${i}`) }],
+        });
+      for (const id of ids) expect(await sender.reply(id, 15_000)).toMatchObject({ type: "accepted" });
+      const pattern = [a, a, b, a, b, b, a, b, a, a, b, b];
+      // Even rounds: the next socket opens at once. Odd rounds: once this one got the five (held by
+      // its drain, not acked), so the next socket's drain finds them taken.
+      for (const [i, node] of pattern.entries()) {
+        const socket = await TestSocket.open(node.url, gina.accessToken);
+        sockets.push(socket);
+        if (i % 2 === 1 && i < pattern.length - 1) await socket.messages(5, 20_000);
+      }
+      const last = sockets[sockets.length - 1];
+      const got = await last.messages(5, 20_000);
+      expect(got.map((m) => m.id).sort()).toEqual([...ids].sort());
+      // Settle: the replaced sockets' bookkeeping ends, any re-drain it asks for runs.
+      for (const s of sockets.slice(0, -1)) await s.whenClosed(10_000).catch(() => undefined);
+      await Bun.sleep(3_000);
+      const settled = { a: { ...onA }, b: { ...onB } };
+      await Bun.sleep(3_000);
+      // No read after the churn stopped (a loop of re-drains would keep reading).
+      expect({ a: { ...onA }, b: { ...onB } }).toEqual(settled);
+      // Each message once on the last socket: a second copy on one socket is beyond at-least-once.
+      expect(last.pendingMessages().map((m) => m.id)).toEqual([]);
+      expect(last.closed).toBeUndefined();
+      last.send({ type: "ack", ids });
+      const deadline = Date.now() + 15_000;
+      while ((await a.log.undelivered(gina.userId)).length > 0) {
+        if (Date.now() > deadline) throw new Error("acks never reached the log");
+        await Bun.sleep(20);
+      }
+      console.log(
+        `drains opened a=${onA.drains} b=${onB.drains}, queue reads a=${onA.reads} b=${onB.reads} for 12 sockets`,
+      );
+    } finally {
+      for (const s of sockets) if (!s.closed) await s.close().catch(() => undefined);
+      await sender.close();
+      const amqp = await connect(AMQP_URL);
+      const channel = await amqp.createChannel();
+      await channel.deleteQueue(offline.queueName(gina.userId, 1)).catch(() => {});
+      await amqp.close();
+    }
+  }, 120_000);
+});
