@@ -113,7 +113,11 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
       if (i === 5)
         changing = client.post(
           "/v1/me/password",
-          { currentPassword: alice.password, newPassword: "another brand new passphrase", logoutDevices: false },
+          {
+            currentPassword: alice.password,
+            newPassword: "another brand new passphrase",
+            logoutDevices: false,
+          },
           alice.accessToken,
         );
       await Bun.sleep(i % 3);
@@ -126,5 +130,24 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
     // The device that changed the password, and one per login that got a session: no device
     // without a session (it would hold one of the account's 127 slots until removed by hand).
     expect(listed.body.devices.length).toBe(1 + issued);
+  }, 60_000);
+
+  // Known fault, not fixed yet (the test fails today; run it with `bun test --todo`): a login may name an existing device id, and a password change keeps the calling device's session, so a session someone else opened on that device id keeps working; the server cannot tell the caller's refresh token from theirs (a fix changes the protocol: revoke the device and hand the caller new tokens).
+  test.todo("a session logged in to the caller's own device id does not outlive the caller's password change", async () => {
+    const alice = await registerAndLogin(client);
+    // Someone who has the password logs in naming alice's device (a login may reuse a device id).
+    const intruder = await client.post("/v1/sessions", {
+      username: alice.username,
+      password: alice.password,
+      deviceId: alice.deviceId,
+    });
+    expect(intruder.status).toBe(201);
+    const changed = await client.post(
+      "/v1/me/password",
+      { currentPassword: alice.password, newPassword: "alice took her account back" },
+      alice.accessToken,
+    );
+    expect(changed.status).toBe(204);
+    expect(await alive(intruder.body)).toEqual({ access: 401, refresh: 401 });
   }, 60_000);
 });
