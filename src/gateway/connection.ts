@@ -16,6 +16,14 @@ export interface SocketData {
   expiresAt: number;
 }
 
+/** A settled promise shared by every connection's chains until they have work (one less object per socket). */
+const SETTLED: Promise<void> = Promise.resolve();
+
+/** Closes a connection whose access token expired (one function for all: no closure per socket). */
+function expire(conn: DeviceConnection): void {
+  conn.close(CloseCode.tokenExpired, "access token expired: refresh it and reconnect");
+}
+
 /** The Bun socket type the gateway serves. */
 export type DeviceSocket = ServerWebSocket<SocketData>;
 
@@ -24,16 +32,20 @@ export class DeviceConnection {
   /** `draining`: the offline queue is being delivered, live envelopes wait in the user actor. */
   state: "opening" | "draining" | "live" | "closed" = "opening";
   /** Frames that must be handled in arrival order (sends) run one after another on this chain. */
-  chain: Promise<void> = Promise.resolve();
+  chain: Promise<void> = SETTLED;
   drain: QueueDrain | undefined;
   /** The user actor was told this connection's drain emptied the offline queue (told once). */
   private emptiedTold = false;
-  /** Acks on their way to the log and the user actor; the disconnect waits for them. */
-  readonly acking = new Set<Promise<void>>();
-  /** The users this socket's `presence.watch` list names. */
-  readonly watching = new Set<string>();
+  /**
+   * Acks on their way to the log and the user actor; the disconnect waits for them. Like the watch
+   * sets, made on first use and dropped when empty: most sockets sit idle, and an empty Set per
+   * socket is memory for nothing.
+   */
+  acking: Set<Promise<void>> | undefined;
+  /** The users this socket's `presence.watch` list names (PresenceWatchers sets it; none: no list). */
+  watching: Set<string> | undefined;
   /** Of `watching`, those the device's user may see (PresenceAudience); only these hear changes. */
-  readonly seeing = new Set<string>();
+  seeing: Set<string> | undefined;
   /** Bumped by every new watch list: an older list's late answer is not applied. */
   watchGeneration = 0;
   /** Pinged by the gateway's schedule and no pong since: the next tick closes the socket. */
@@ -44,13 +56,19 @@ export class DeviceConnection {
    */
   closing = false;
   /** `auth` frames are answered one after another, in arrival order. */
-  authChain: Promise<void> = Promise.resolve();
+  authChain: Promise<void> = SETTLED;
   private expiry: ReturnType<typeof setTimeout> | undefined;
+  private frameBucket: TokenBucket | undefined;
 
   constructor(
     readonly ws: DeviceSocket,
     readonly principal: Principal,
-    readonly bucket: TokenBucket,
+    /**
+     * Makes the socket's token bucket (frames a second, and a burst). Called at the first frame,
+     * not at the open: a bucket starts full and never holds more than its burst, so one made later
+     * takes exactly what one made at the open would, and an idle socket keeps none.
+     */
+    private readonly newBucket: () => TokenBucket,
     /** Unique per socket, so a late close of a replaced socket is not taken for the new one's. */
     readonly connectionId: string,
     /** The node's messaging counts: deliveries and their latency are tallied here. */
@@ -77,11 +95,50 @@ export class DeviceConnection {
 
   /**
    * Reads the offline queue again with the drain this socket holds (the user actor asked: envelopes
-   * went back to the queue after the drain had read it); the emptied queue may be reported again.
+   * went back to the queue after the drain had read it, or the drain is a new one in place of one
+   * that took nothing and was released); the emptied queue may be reported again.
    */
   rewindDrain(): void {
     this.drain?.rewind();
     this.emptiedTold = false;
+  }
+
+  /**
+   * Takes the drain off this connection when it is of no further use: it took nothing from the
+   * queue (`tookAny` false: the usual connect of a device without a backlog, so there is nothing
+   * to ack, drop or give back) and owes no report of an emptied queue (none to make, or made).
+   * Returns it for the caller to release; an idle socket then keeps no drain (its closures, map
+   * and queue name). Undefined when the drain stays.
+   */
+  takeUnusedDrain(tookAny: boolean): QueueDrain | undefined {
+    const drain = this.drain;
+    if (!drain || tookAny || (drain.emptied && !this.emptiedTold)) return undefined;
+    this.drain = undefined;
+    return drain;
+  }
+
+  /**
+   * Runs `step` on the chain (after what is on it); once the chain is idle again it is the shared
+   * settled promise, so an idle socket keeps no promise of its own. Returns the step's promise.
+   */
+  enqueue(step: () => Promise<void>): Promise<void> {
+    const next = this.chain.then(step);
+    this.chain = next;
+    void next.then(
+      () => this.idle(next),
+      () => this.idle(next),
+    );
+    return next;
+  }
+
+  private idle(step: Promise<void>): void {
+    if (this.chain === step) this.chain = SETTLED;
+  }
+
+  /** The socket's token bucket: frames it may send (made at first use, see `newBucket`). */
+  get bucket(): TokenBucket {
+    this.frameBucket ??= this.newBucket();
+    return this.frameBucket;
   }
 
   /** A method, not a field test: the state changes across awaits (the socket may close meanwhile). */
@@ -121,10 +178,7 @@ export class DeviceConnection {
   expireAt(expiresAt: number): void {
     clearTimeout(this.expiry);
     this.ws.data.expiresAt = expiresAt;
-    this.expiry = setTimeout(
-      () => this.close(CloseCode.tokenExpired, "access token expired: refresh it and reconnect"),
-      Math.max(0, expiresAt - Date.now()),
-    );
+    this.expiry = setTimeout(expire, Math.max(0, expiresAt - Date.now()), this);
   }
 
   /** Forgets the expiry timer (the socket closed). */

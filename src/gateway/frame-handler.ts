@@ -262,7 +262,12 @@ export class FrameHandler {
         this.deps.logger.error({ err: error, user: conn.principal.userId }, "ack failed");
       }
     })();
-    conn.acking.add(acking);
-    void acking.finally(() => conn.acking.delete(acking));
+    conn.acking ??= new Set();
+    const acks = conn.acking;
+    acks.add(acking);
+    void acking.finally(() => {
+      acks.delete(acking);
+      if (acks.size === 0 && conn.acking === acks) conn.acking = undefined;
+    });
   }
 }

@@ -79,10 +79,12 @@ export class Gateway {
   private readonly pingTimer: ReturnType<typeof setInterval>;
   /** Sockets closed because they missed a pong, since start. */
   deadPeers = 0;
-  private readonly rate: { perSecond: number; burst: number };
+  /** Makes a socket's token bucket (DEVICE_RATE_LIMIT), one function shared by every socket. */
+  private readonly newBucket: () => TokenBucket;
 
   constructor(private readonly options: GatewayOptions) {
-    this.rate = options.rateLimit ?? { perSecond: 100, burst: 200 };
+    const rate = options.rateLimit ?? { perSecond: 100, burst: 200 };
+    this.newBucket = () => new TokenBucket(rate.perSecond, rate.burst);
     this.watchers = new PresenceWatchers(
       options.presence,
       options.watchLimit,
@@ -180,7 +182,7 @@ export class Gateway {
     const conn = new DeviceConnection(
       ws,
       ws.data.principal,
-      new TokenBucket(this.rate.perSecond, this.rate.burst),
+      this.newBucket,
       randomUUID(),
       this.options.tallies,
     );
@@ -190,15 +192,17 @@ export class Gateway {
     this.options.registry
       .add(conn)
       ?.close(CloseCode.replaced, "replaced by a newer connection of this device");
-    conn.chain = conn.chain
-      .then(() => this.bringOnline(conn))
-      .catch((error) => {
+    void conn.enqueue(async () => {
+      try {
+        await this.bringOnline(conn);
+      } catch (error) {
         this.options.logger.error(
           { err: error, user: conn.principal.userId },
           "could not bring a device online",
         );
         conn.close(CloseCode.internalError, "internal error");
-      });
+      }
+    });
   }
 
   private ref(conn: DeviceConnection): DeviceSocketRef {
@@ -271,15 +275,27 @@ export class Gateway {
    * The actor may answer that envelopes went back to the queue meanwhile (a replaced socket's drain
    * ended): the queue is read again, with the same drain, before the socket goes live. `again`: the
    * socket has read the queue before and its user actor asked it to read it once more (it holds the
-   * device's live envelopes until this drain reports drained).
+   * device's live envelopes until this drain reports drained): with the drain the socket kept, or
+   * a new one when its drain took nothing and was released after the earlier read.
    */
   private async drainThenLive(conn: DeviceConnection, again = false): Promise<void> {
     const { messaging, offline, nodeId } = this.options;
     const { principal } = conn;
     if (conn.isClosed()) return;
     conn.state = "draining";
+    // Whether this read took anything from the queue: a drain that took nothing is released at
+    // the end (an idle socket keeps none). A drain this socket kept from an earlier read took
+    // envelopes the device may not have acked all of: it stays.
+    let tookAny = false;
     if (again && conn.drain) {
       // The drain keeps what it took and the device has not acked: only what is ready is read.
+      conn.rewindDrain();
+      tookAny = true;
+    } else if (again) {
+      // The socket's earlier drain took nothing and was released after its read: a new one reads
+      // the queue. No wait for a closing socket's drain: the actor asks only once one has ended
+      // and given envelopes back.
+      conn.drain = await offline.drain(principal.userId, principal.deviceId);
       conn.rewindDrain();
     } else {
       await conn.drain?.release();
@@ -298,6 +314,7 @@ export class Gateway {
         if (conn.isClosed()) return;
         const taken = await drain.next(DRAIN_CHUNK);
         if (taken.length === 0) break;
+        tookAny = true;
         // From a user being erased: removed from the queue, not delivered.
         const erased = taken.filter((e) => this.fenced(e.senderUser)).map((e) => e.id);
         if (erased.length > 0) await drain.ack(erased);
@@ -318,6 +335,9 @@ export class Gateway {
       if (!(await messaging.deviceDrained(principal, nodeId, conn.connectionId))) break;
       conn.rewindDrain();
     }
+    // A drain that took nothing holds nothing: released now, an idle socket does not keep it (a
+    // later `drain again` opens a new one).
+    await conn.takeUnusedDrain(tookAny)?.release();
     if (!conn.isClosed()) conn.state = "live";
   }
 
@@ -332,12 +352,14 @@ export class Gateway {
   drainAgain(userId: string, deviceId: number, connectionId: string): boolean {
     const conn = this.options.registry.get(userId, deviceId);
     if (!conn || conn.connectionId !== connectionId || conn.isClosed()) return false;
-    conn.chain = conn.chain
-      .then(() => this.drainThenLive(conn, true))
-      .catch((error) => {
+    void conn.enqueue(async () => {
+      try {
+        await this.drainThenLive(conn, true);
+      } catch (error) {
         this.options.logger.error({ err: error, user: userId }, "could not drain a queue again");
         conn.close(CloseCode.internalError, "internal error");
-      });
+      }
+    });
     return true;
   }
 
@@ -352,7 +374,7 @@ export class Gateway {
     // After whatever the connection was doing: its envelopes in flight must reach the actor first.
     // Acks sent just before the close go first: otherwise the actor would flush those envelopes
     // to the offline queue and the device would get them again on its next connection.
-    const bookkeeping = Promise.all([conn.chain, ...conn.acking]).then(async () => {
+    const bookkeeping = Promise.all([conn.chain, ...(conn.acking ?? [])]).then(async () => {
       try {
         // What its drain held goes back to the queue now: a newer socket of the device that read
         // the queue before is sent to read it again by the actor (`requeued`).

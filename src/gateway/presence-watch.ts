@@ -81,14 +81,18 @@ export class PresenceWatchers {
   async watch(conn: DeviceConnection, users: readonly string[]): Promise<WatchRefusal | undefined> {
     const list = new Set(users);
     const owner = conn.principal.userId;
-    if (this.entries - conn.watching.size + list.size > this.nodeLimit) return "node";
-    if ((this.ownerEntries.get(owner) ?? 0) - conn.watching.size + list.size > this.accountLimit)
-      return "account";
+    // No list yet: the socket has no `watching` set (made at its first list).
+    const held = conn.watching?.size ?? 0;
+    if (this.entries - held + list.size > this.nodeLimit) return "node";
+    if ((this.ownerEntries.get(owner) ?? 0) - held + list.size > this.accountLimit) return "account";
     this.unwatch(conn);
     const generation = ++conn.watchGeneration;
     if (list.size === 0) return undefined;
+    // The list itself is the socket's `watching` (this method's own Set, not the caller's array).
+    const seeing = new Set<string>();
+    conn.watching = list;
+    conn.seeing = seeing;
     for (const user of list) {
-      conn.watching.add(user);
       let set = this.watchers.get(user);
       if (!set) {
         set = new Set();
@@ -108,14 +112,15 @@ export class PresenceWatchers {
       this.audience.visibleTo(owner, [...list]),
       this.presence.states([...list]),
     ]);
+    // Meanwhile the socket may have closed or replaced its list (a new generation, new sets).
     const current = conn.watchGeneration === generation;
-    if (current) for (const user of visible) if (conn.watching.has(user)) conn.seeing.add(user);
+    if (current) for (const user of visible) if (list.has(user)) seeing.add(user);
     for (const state of states) {
-      // Meanwhile the socket may have closed or replaced its list: remember and report only what is still watched.
+      // Remember and report only what is still watched.
       if (!this.watchers.has(state.user)) continue;
       this.lastPresence.set(state.user, presenceSignature(state));
-      if (!current || !conn.watching.has(state.user)) continue;
-      conn.send(conn.seeing.has(state.user) ? { type: "presence", ...state } : unseen(state.user));
+      if (!current || !list.has(state.user)) continue;
+      conn.send(seeing.has(state.user) ? { type: "presence", ...state } : unseen(state.user));
     }
     return undefined;
   }
@@ -123,7 +128,7 @@ export class PresenceWatchers {
   /** Drops the socket's watch list (a new list, or the socket closed), and every user nobody watches any more. */
   unwatch(conn: DeviceConnection): void {
     let removed = 0;
-    for (const user of conn.watching) {
+    for (const user of conn.watching ?? []) {
       const set = this.watchers.get(user);
       if (!set?.delete(conn)) continue;
       this.entries--;
@@ -133,8 +138,8 @@ export class PresenceWatchers {
         this.lastPresence.delete(user);
       }
     }
-    conn.watching.clear();
-    conn.seeing.clear();
+    conn.watching = undefined;
+    conn.seeing = undefined;
     conn.watchGeneration++;
     const owner = conn.principal.userId;
     const left = (this.ownerEntries.get(owner) ?? 0) - removed;
@@ -151,7 +156,7 @@ export class PresenceWatchers {
     const signature = presenceSignature(state);
     if (this.lastPresence.get(state.user) === signature) return;
     this.lastPresence.set(state.user, signature);
-    for (const conn of watchers) if (conn.seeing.has(state.user)) conn.send({ type: "presence", ...state });
+    for (const conn of watchers) if (conn.seeing?.has(state.user)) conn.send({ type: "presence", ...state });
   }
 
   /**
@@ -188,25 +193,27 @@ export class PresenceWatchers {
 
   /** Applies the current audience to one socket's list: lost users are reported unseen, gained ones with their state. */
   private async recheckOne(conn: DeviceConnection): Promise<void> {
-    if (conn.watching.size === 0 || conn.isClosed()) return;
+    const { watching, seeing } = conn;
+    if (!watching || !seeing || watching.size === 0 || conn.isClosed()) return;
     const generation = conn.watchGeneration;
-    const visible = await this.audience.visibleTo(conn.principal.userId, [...conn.watching]);
+    const visible = await this.audience.visibleTo(conn.principal.userId, [...watching]);
+    // Same generation: the same list and sets (a new list or an unwatch makes a new generation).
     if (conn.watchGeneration !== generation) return;
     const gained: string[] = [];
-    for (const user of conn.seeing) {
+    for (const user of seeing) {
       if (visible.has(user)) continue;
-      conn.seeing.delete(user);
+      seeing.delete(user);
       conn.send(unseen(user));
     }
     for (const user of visible) {
-      if (conn.seeing.has(user) || !conn.watching.has(user)) continue;
-      conn.seeing.add(user);
+      if (seeing.has(user) || !watching.has(user)) continue;
+      seeing.add(user);
       gained.push(user);
     }
     if (gained.length === 0) return;
     const states = await this.presence.states(gained);
     for (const state of states) {
-      if (conn.watchGeneration === generation && conn.seeing.has(state.user))
+      if (conn.watchGeneration === generation && seeing.has(state.user))
         conn.send({ type: "presence", ...state });
     }
   }

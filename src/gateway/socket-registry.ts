@@ -12,11 +12,18 @@ export interface SocketTarget {
 }
 
 /**
+ * One user's sockets on this node: the socket itself while it is the user's only one here (the
+ * common case; a Map per user would be a few hundred bytes per idle connection), a map by device
+ * once there are more.
+ */
+type UserSockets = DeviceConnection | Map<number, DeviceConnection>;
+
+/**
  * The sockets open on this node, at most one per device, indexed by user: where pushes, closes and
  * status questions from the actors land (directly on this node, through `NodeLink` from others).
  */
 export class SocketRegistry {
-  private readonly byUser = new Map<string, Map<number, DeviceConnection>>();
+  private readonly byUser = new Map<string, UserSockets>();
   private count = 0;
 
   /** Open sockets on this node. */
@@ -26,24 +33,45 @@ export class SocketRegistry {
 
   /** Every socket on this node. */
   *values(): IterableIterator<DeviceConnection> {
-    for (const devices of this.byUser.values()) yield* devices.values();
+    for (const sockets of this.byUser.values()) {
+      if (sockets instanceof Map) yield* sockets.values();
+      else yield sockets;
+    }
   }
 
   /** The socket of one device, if it is on this node. */
   get(userId: string, deviceId: number): DeviceConnection | undefined {
-    return this.byUser.get(userId)?.get(deviceId);
+    const sockets = this.byUser.get(userId);
+    if (sockets instanceof Map) return sockets.get(deviceId);
+    return sockets?.principal.deviceId === deviceId ? sockets : undefined;
   }
 
   /** Registers a new socket for its device; returns the socket it replaces, if any. */
   add(conn: DeviceConnection): DeviceConnection | undefined {
     const { userId, deviceId } = conn.principal;
-    let devices = this.byUser.get(userId);
-    if (!devices) {
-      devices = new Map();
-      this.byUser.set(userId, devices);
+    const sockets = this.byUser.get(userId);
+    if (sockets === undefined) {
+      this.byUser.set(userId, conn);
+      this.count++;
+      return undefined;
     }
-    const previous = devices.get(deviceId);
-    devices.set(deviceId, conn);
+    if (!(sockets instanceof Map)) {
+      if (sockets.principal.deviceId === deviceId) {
+        this.byUser.set(userId, conn);
+        return sockets;
+      }
+      this.byUser.set(
+        userId,
+        new Map([
+          [sockets.principal.deviceId, sockets],
+          [deviceId, conn],
+        ]),
+      );
+      this.count++;
+      return undefined;
+    }
+    const previous = sockets.get(deviceId);
+    sockets.set(deviceId, conn);
     if (!previous) this.count++;
     return previous;
   }
@@ -51,11 +79,17 @@ export class SocketRegistry {
   /** Forgets a closed socket, unless a newer socket of the device has replaced it already. */
   remove(conn: DeviceConnection): void {
     const { userId, deviceId } = conn.principal;
-    const devices = this.byUser.get(userId);
-    if (devices?.get(deviceId) !== conn) return;
-    devices.delete(deviceId);
+    const sockets = this.byUser.get(userId);
+    if (sockets === conn) {
+      this.byUser.delete(userId);
+      this.count--;
+      return;
+    }
+    if (!(sockets instanceof Map) || sockets.get(deviceId) !== conn) return;
+    sockets.delete(deviceId);
     this.count--;
-    if (devices.size === 0) this.byUser.delete(userId);
+    if (sockets.size === 0) this.byUser.delete(userId);
+    else if (sockets.size === 1) this.byUser.set(userId, sockets.values().next().value as DeviceConnection);
   }
 
   /** Where one connection stands; `gone` when it is not open here. */
@@ -79,10 +113,10 @@ export class SocketRegistry {
 
   /** Closes the sockets the target names with `code`; true when there was at least one. */
   close(target: SocketTarget, code: number, reason: string): boolean {
-    const devices = this.byUser.get(target.userId);
-    if (!devices) return false;
+    const sockets = this.byUser.get(target.userId);
+    if (!sockets) return false;
     let closed = false;
-    for (const conn of [...devices.values()]) {
+    for (const conn of sockets instanceof Map ? [...sockets.values()] : [sockets]) {
       if (target.deviceId !== undefined && conn.principal.deviceId !== target.deviceId) continue;
       if (target.connectionId !== undefined && conn.connectionId !== target.connectionId) continue;
       conn.close(code, reason);

@@ -1,3 +1,6 @@
+/** The default clock, shared: a default-parameter arrow would be one closure per bucket (per socket). */
+const monotonicMs = () => performance.now();
+
 /** A token bucket: `rate` tokens a second, at most `burst` saved up. */
 export class TokenBucket {
   private tokens: number;
@@ -6,7 +9,7 @@ export class TokenBucket {
   constructor(
     private readonly rate: number,
     private readonly burst: number,
-    private readonly now: () => number = () => performance.now(),
+    private readonly now: () => number = monotonicMs,
   ) {
     this.tokens = burst;
     this.updated = now();
