@@ -203,21 +203,50 @@ interface Connected extends SocketRef {
 export class UserActor implements ActorBehavior<UserMessage, unknown> {
   /** deviceId → its open socket. */
   readonly devices = new Map<number, Connected>();
+  // The collections below are made on first use: an activation kept by an idle socket (connect,
+  // drain, nothing sent) never fills them, and five empty ones per user were memory for nothing at
+  // tens of thousands of sockets. Each getter makes its collection; paths that only read go through
+  // the field (`?.`), so they allocate nothing.
+  private pendingByDevice: Map<number, Map<string, StoredEnvelope>> | undefined;
+  private doneIds: Set<string> | undefined;
+  private flushDueDevices: Set<number> | undefined;
+  private recoveryDueDevices: Set<number> | undefined;
+  private selfToldTypes: Set<(FlushDueMessage | RecoveryReadMessage)["type"]> | undefined;
+  /** Until then (clock ms), delivers are wake-ups and the log is read; see UserActorPorts.recoveryMs. */
+  private recoveringUntil = 0;
+
   /** deviceId → unacked envelopes by id, in acceptance order. */
-  private readonly pending = new Map<number, Map<string, StoredEnvelope>>();
+  private get pending(): Map<number, Map<string, StoredEnvelope>> {
+    this.pendingByDevice ??= new Map();
+    return this.pendingByDevice;
+  }
+
   /**
    * Envelopes this activation already pushed and saw acked, or handed to an offline queue
    * (`<device>/<id>`, bounded): a late or repeated deliver must not send them again.
    */
-  private readonly done = new Set<string>();
-  /** Until then (clock ms), delivers are wake-ups and the log is read; see UserActorPorts.recoveryMs. */
-  private recoveringUntil = 0;
+  private get done(): Set<string> {
+    this.doneIds ??= new Set();
+    return this.doneIds;
+  }
+
   /** Devices with envelopes to flush to their offline queue when `flush.due` comes round. */
-  private readonly flushDue = new Set<number>();
+  private get flushDue(): Set<number> {
+    this.flushDueDevices ??= new Set();
+    return this.flushDueDevices;
+  }
+
   /** Devices whose delivers arrived during recovery, read from the log at `recovery.read`. */
-  private readonly recoveryDue = new Set<number>();
+  private get recoveryDue(): Set<number> {
+    this.recoveryDueDevices ??= new Set();
+    return this.recoveryDueDevices;
+  }
+
   /** Messages this actor has told itself and not yet handled (at most one of each). */
-  private readonly selfTold = new Set<(FlushDueMessage | RecoveryReadMessage)["type"]>();
+  private get selfTold(): Set<(FlushDueMessage | RecoveryReadMessage)["type"]> {
+    this.selfToldTypes ??= new Set();
+    return this.selfToldTypes;
+  }
 
   constructor(
     readonly userId: string,
@@ -250,9 +279,9 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     if (message.type !== "erase" && this.fenced(this.userId)) {
       // The user is being erased: whatever arrives (a late deliver, disconnect, flush) is dropped.
       this.devices.clear();
-      this.pending.clear();
-      this.flushDue.clear();
-      this.recoveryDue.clear();
+      this.pendingByDevice?.clear();
+      this.flushDueDevices?.clear();
+      this.recoveryDueDevices?.clear();
       ctx.stop("erased");
       return { erased: true };
     }
@@ -327,7 +356,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         device.live = true;
         const pushed = device.pushed;
         device.pushed = undefined;
-        const held = [...(this.pending.get(message.deviceId)?.values() ?? [])];
+        const held = [...(this.pendingByDevice?.get(message.deviceId)?.values() ?? [])];
         await this.dispatch(message.deviceId, pushed ? held.filter((e) => !pushed.has(e.id)) : held, ctx);
         return { live: true };
       }
@@ -344,36 +373,36 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         return { flushed: await this.flush(message.deviceId) };
       }
       case "ack": {
-        const pending = this.pending.get(message.deviceId);
+        const pending = this.pendingByDevice?.get(message.deviceId);
         for (const id of message.ids) {
           if (pending?.delete(id)) this.remember(message.deviceId, id);
         }
-        if (pending?.size === 0) this.pending.delete(message.deviceId);
+        if (pending?.size === 0) this.pendingByDevice?.delete(message.deviceId);
         return { pending: pending?.size ?? 0 };
       }
       case "device.removed":
         this.devices.delete(message.deviceId);
-        this.pending.delete(message.deviceId);
+        this.pendingByDevice?.delete(message.deviceId);
         await this.ports.offline.purge(this.userId, message.deviceId);
         return { removed: true };
       case "queue.emptied":
         return { removed: await this.removeQueue(message.deviceId) };
       case "erase.peer": {
         let dropped = 0;
-        for (const [deviceId, pending] of this.pending) {
+        for (const [deviceId, pending] of this.pendingByDevice ?? []) {
           for (const [id, envelope] of pending) {
             if (envelope.senderUser !== message.userId) continue;
             pending.delete(id);
             dropped++;
           }
-          if (pending.size === 0) this.pending.delete(deviceId);
+          if (pending.size === 0) this.pendingByDevice?.delete(deviceId);
         }
         return { dropped };
       }
       case "erase":
         await this.ports.sockets.closeAll(this.userId, ERASED_CLOSE_CODE, "account erased");
         this.devices.clear();
-        this.pending.clear();
+        this.pendingByDevice?.clear();
         ctx.stop("erased");
         return { erased: true };
       default:
@@ -391,7 +420,8 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         pending = new Map();
         this.pending.set(envelope.recipientDevice, pending);
       }
-      if (pending.has(envelope.id) || this.done.has(`${envelope.recipientDevice}/${envelope.id}`)) continue;
+      if (pending.has(envelope.id) || this.doneIds?.has(`${envelope.recipientDevice}/${envelope.id}`))
+        continue;
       pending.set(envelope.id, envelope);
       const list = added.get(envelope.recipientDevice);
       if (list) list.push(envelope);
@@ -406,7 +436,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   ): Promise<{ devices: number }> {
     // A recovery read still to come (one failed and is retried) also has this deliver's older
     // envelopes: pushing this one first would overtake them.
-    if (this.ports.clock.now() < this.recoveringUntil || this.recoveryDue.size > 0) {
+    if (this.ports.clock.now() < this.recoveringUntil || (this.recoveryDueDevices?.size ?? 0) > 0) {
       // Recovering: take the log's order (acceptance order) rather than the order messages arrive
       // in. The read waits behind the delivers already in the mailbox, so a burst costs one read.
       for (const envelope of envelopes) this.recoveryDue.add(envelope.recipientDevice);
@@ -448,7 +478,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
    * activation, wherever it is, rebuilds them.
    */
   private tellSelf(message: FlushDueMessage | RecoveryReadMessage, ctx: ActorContext): void {
-    if (this.selfTold.has(message.type)) return;
+    if (this.selfToldTypes?.has(message.type)) return;
     this.selfTold.add(message.type);
     void ctx.system.tell(ctx.key, message).catch(() => this.selfTold.delete(message.type));
   }
@@ -480,7 +510,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       const device: Connected = { ...socket, live: status === "live", canDrainAgain: true };
       this.devices.set(deviceId, device);
       if (!device.live) return true;
-      const pending = [...(this.pending.get(deviceId)?.values() ?? [])];
+      const pending = [...(this.pendingByDevice?.get(deviceId)?.values() ?? [])];
       if (pending.length === 0) return true;
       if (await this.ports.sockets.push(device, this.userId, pending).catch(() => false)) return true;
       if (this.devices.get(deviceId) === device) this.devices.delete(deviceId);
@@ -504,7 +534,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       return;
     }
     device.live = false;
-    device.pushed = new Set(this.pending.get(deviceId)?.keys() ?? []);
+    device.pushed = new Set(this.pendingByDevice?.get(deviceId)?.keys() ?? []);
     if (await this.ports.sockets.drainAgain(device, this.userId).catch(() => false)) return;
     if (this.devices.get(deviceId) !== device) return;
     this.devices.delete(deviceId);
@@ -514,7 +544,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
 
   /** Moves a device's unacked envelopes to its durable offline queue; returns how many. */
   private async flush(deviceId: number): Promise<number> {
-    const pending = this.pending.get(deviceId);
+    const pending = this.pendingByDevice?.get(deviceId);
     if (!pending || pending.size === 0) return 0;
     // A sender fenced since these were held: theirs are not queued (erasure sweeps what was).
     const envelopes = [...pending.values()].filter((e) => !this.fenced(e.senderUser));
