@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { WebSocketHandler } from "bun";
 import { Elysia } from "elysia";
 import { DomainError } from "../errors/index.ts";
@@ -183,7 +182,9 @@ export class Gateway {
       ws,
       ws.data.principal,
       this.newBucket,
-      randomUUID(),
+      // UUIDv7: ids sort in the order their sockets opened (across nodes up to clock skew), which
+      // decides which of two sockets of one device on two nodes stays (`bringOnline`).
+      Bun.randomUUIDv7(),
       this.options.tallies,
     );
     this.byWs.set(ws, conn);
@@ -254,6 +255,15 @@ export class Gateway {
     for (const other of await presence.sockets(principal.userId)) {
       if (other.deviceId !== principal.deviceId || other.connectionId === conn.connectionId) continue;
       if (other.nodeId === nodeId) continue;
+      // Two sockets of one device on two nodes, each closing the other it finds here, would both
+      // close (4409, "do not reconnect"). The one opened later (the larger UUIDv7 id) stays, as each
+      // side decides alike: this one gives way to a newer one that is still there (a lease left by
+      // a dead node is not).
+      if (other.connectionId > conn.connectionId) {
+        if ((await link.status(other, principal.userId)) === "gone") continue;
+        conn.close(CloseCode.replaced, "replaced by a newer connection of this device");
+        return;
+      }
       await link
         .send(other.nodeId, {
           type: "close",
