@@ -2,14 +2,12 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
 import { type ChannelModel, connect } from "amqplib";
 import { userKey } from "../../actors/index.ts";
-import type { SocketRegistry } from "../../src/gateway/socket-registry.ts";
 import { AmqpOfflineQueue } from "../../src/messaging/amqp-offline-queue.ts";
 import type { StoredEnvelope } from "../../src/messaging/envelope.ts";
 import { sweepIdleQueues } from "../../src/messaging/queue-sweep.ts";
 import { AMQP_URL, runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { type Api, api, registerAndLogin } from "../support/http.ts";
-import { startTestNode, type TestNode } from "../support/node.ts";
-import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
+import { socketState, startTestNode, startTwoNodes, type TestNode } from "../support/node.ts";
 import { type Frame, TestSocket } from "../support/ws.ts";
 
 /** Iterations of each race loop (RACE_ROUNDS in the environment: more, to chase a rare ordering). */
@@ -429,37 +427,16 @@ function watchEmptyReads(node: TestNode, userId: string, seen: (drain: number) =
   };
 }
 
-/** The state of `userId`'s device 1 socket on `node`, as its gateway sees it. */
-function socketState(node: TestNode, userId: string): string | undefined {
-  const registry = (node.gateway as unknown as { options: { registry: SocketRegistry } }).options.registry;
-  return registry.get(userId, 1)?.state;
-}
-
 describe("a reconnect while the old socket's drain holds the messages (two nodes)", () => {
-  const prefix = runPrefix();
-  let database: TestDatabase;
   let a: TestNode;
   let b: TestNode;
+  let cluster: Awaited<ReturnType<typeof startTwoNodes>> | undefined;
 
   beforeAll(async () => {
-    database = await createTestDatabase();
-    const env = {
-      ...stackEnv("services", prefix),
-      JWT_SECRET: "test-jwt-secret-that-is-long-enough-0123456789",
-    };
-    a = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "drain-a" } });
-    b = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "drain-b" } });
-    const until = Date.now() + 10_000;
-    while (a.actors.ringMembers().length < 2 || b.actors.ringMembers().length < 2) {
-      if (Date.now() > until) throw new Error("the two nodes never saw each other");
-      await Bun.sleep(50);
-    }
+    cluster = await startTwoNodes("drain");
+    ({ a, b } = cluster);
   });
-  afterAll(async () => {
-    await a?.teardown();
-    await b?.teardown();
-    await database?.drop();
-  });
+  afterAll(() => cluster?.teardown());
 
   // The socket on node A took the queued messages (basic.get, not acked) when the device connects
   // again on node B. B replaces A's socket, but B's drain can read the queue before A's drain ends

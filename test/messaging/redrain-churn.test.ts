@@ -1,12 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
 import { connect } from "amqplib";
-import type { SocketRegistry } from "../../src/gateway/socket-registry.ts";
 import type { AmqpOfflineQueue } from "../../src/messaging/amqp-offline-queue.ts";
-import { AMQP_URL, runPrefix, stackEnv } from "../support/cluster-env.ts";
+import { AMQP_URL } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
-import { startTestNode, type TestNode } from "../support/node.ts";
-import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
+import { socketState, startTwoNodes, type TestNode } from "../support/node.ts";
 import { TestSocket } from "../support/ws.ts";
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
@@ -30,12 +28,6 @@ function countReads(node: TestNode, userId: string): { drains: number; reads: nu
   return counts;
 }
 
-/** The state of `userId`'s device 1 socket on `node`, as its gateway sees it. */
-function socketState(node: TestNode, userId: string): string | undefined {
-  const registry = (node.gateway as unknown as { options: { registry: SocketRegistry } }).options.registry;
-  return registry.get(userId, 1)?.state;
-}
-
 /**
  * A device that reconnects in a tight loop, alternating between two nodes and acking nothing,
  * while five messages wait in its offline queue: every replaced socket's drain gives them back and
@@ -43,30 +35,15 @@ function socketState(node: TestNode, userId: string): string | undefined {
  * message once, the work must stop once the churn does (no re-drain loop), and nothing may be lost.
  */
 describe("a device reconnecting in a tight loop across two nodes, never acking", () => {
-  const prefix = runPrefix();
-  let database: TestDatabase;
   let a: TestNode;
   let b: TestNode;
+  let cluster: Awaited<ReturnType<typeof startTwoNodes>> | undefined;
 
   beforeAll(async () => {
-    database = await createTestDatabase();
-    const env = {
-      ...stackEnv("services", prefix),
-      JWT_SECRET: "test-jwt-secret-that-is-long-enough-0123456789",
-    };
-    a = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "churn-a" } });
-    b = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "churn-b" } });
-    const until = Date.now() + 10_000;
-    while (a.actors.ringMembers().length < 2 || b.actors.ringMembers().length < 2) {
-      if (Date.now() > until) throw new Error("the two nodes never saw each other");
-      await Bun.sleep(50);
-    }
+    cluster = await startTwoNodes("churn");
+    ({ a, b } = cluster);
   });
-  afterAll(async () => {
-    await a?.teardown();
-    await b?.teardown();
-    await database?.drop();
-  });
+  afterAll(() => cluster?.teardown());
 
   test("the last of 12 sockets gets every message once; reads stop when the reconnects do", async () => {
     const client = api(a.url);

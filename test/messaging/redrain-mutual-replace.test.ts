@@ -1,8 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
-import { startTestNode, type TestNode } from "../support/node.ts";
-import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
+import { startTwoNodes, type TestNode } from "../support/node.ts";
 import { TestSocket } from "../support/ws.ts";
 
 /** Rounds of two sockets of one device opened at once, one on each node (more to chase it). */
@@ -17,30 +15,15 @@ const ROUNDS = Number(process.env.MUTUAL_ROUNDS ?? 20);
  * docs/PROTOCOL.md). One of the two must stay open.
  */
 describe("two sockets of one device opened at once on two nodes", () => {
-  const prefix = runPrefix();
-  let database: TestDatabase;
   let a: TestNode;
   let b: TestNode;
+  let cluster: Awaited<ReturnType<typeof startTwoNodes>> | undefined;
 
   beforeAll(async () => {
-    database = await createTestDatabase();
-    const env = {
-      ...stackEnv("services", prefix),
-      JWT_SECRET: "test-jwt-secret-that-is-long-enough-0123456789",
-    };
-    a = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "mutual-a" } });
-    b = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "mutual-b" } });
-    const until = Date.now() + 10_000;
-    while (a.actors.ringMembers().length < 2 || b.actors.ringMembers().length < 2) {
-      if (Date.now() > until) throw new Error("the two nodes never saw each other");
-      await Bun.sleep(50);
-    }
+    cluster = await startTwoNodes("mutual");
+    ({ a, b } = cluster);
   });
-  afterAll(async () => {
-    await a?.teardown();
-    await b?.teardown();
-    await database?.drop();
-  });
+  afterAll(() => cluster?.teardown());
 
   // Before connection ids were ordered (UUIDv7), each socket closed the other: both 4409 in 20 of 20 rounds.
   test(`one of the two stays open (${ROUNDS} rounds)`, async () => {

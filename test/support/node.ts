@@ -3,9 +3,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { loadConfig } from "../../src/config/index.ts";
+import type { SocketRegistry } from "../../src/gateway/socket-registry.ts";
 import { type ClearBoxNode, createNode } from "../../src/node.ts";
 import { createLogger } from "../../src/observability/logger.ts";
 import { deleteMatching, globLiteral } from "../../src/redis/delete-matching.ts";
+import { runPrefix, stackEnv } from "./cluster-env.ts";
 import { createTestDatabase, type TestDatabase } from "./postgres.ts";
 
 /** Deletes every Redis key under `prefix` (SCAN + UNLINK). */
@@ -112,4 +114,43 @@ export async function startTestNode(
       if (!options.keepData) rmSync(dataDir, { recursive: true, force: true });
     },
   });
+}
+
+/**
+ * Two nodes of one cluster on the services stack (PostgreSQL, Redis, RabbitMQ under a fresh run
+ * prefix) sharing a fresh database, named `<name>-a` and `<name>-b`; resolves once each sees the
+ * other in its ring (throws after 10 s). `teardown` stops both and drops the database.
+ */
+export async function startTwoNodes(name: string): Promise<{
+  a: TestNode;
+  b: TestNode;
+  teardown(): Promise<void>;
+}> {
+  const database = await createTestDatabase();
+  const env = {
+    ...stackEnv("services", runPrefix()),
+    JWT_SECRET: "test-jwt-secret-that-is-long-enough-0123456789",
+  };
+  const a = await startTestNode("postgres", { database, env: { ...env, NODE_ID: `${name}-a` } });
+  const b = await startTestNode("postgres", { database, env: { ...env, NODE_ID: `${name}-b` } });
+  const until = Date.now() + 10_000;
+  while (a.actors.ringMembers().length < 2 || b.actors.ringMembers().length < 2) {
+    if (Date.now() > until) throw new Error("the two nodes never saw each other");
+    await Bun.sleep(50);
+  }
+  return {
+    a,
+    b,
+    async teardown() {
+      await a.teardown();
+      await b.teardown();
+      await database.drop();
+    },
+  };
+}
+
+/** The state of `userId`'s device socket on `node` (`pending`, `draining`, `live`…), as its gateway sees it. */
+export function socketState(node: TestNode, userId: string, deviceId = 1): string | undefined {
+  const registry = (node.gateway as unknown as { options: { registry: SocketRegistry } }).options.registry;
+  return registry.get(userId, deviceId)?.state;
 }
