@@ -485,10 +485,7 @@ describe("a reconnect while the old socket's drain holds the messages (two nodes
       }
     } finally {
       await sender.close();
-      const amqp = await connect(AMQP_URL);
-      const channel = await amqp.createChannel();
-      await channel.deleteQueue(offline.queueName(gina.userId, 1)).catch(() => {});
-      await amqp.close();
+      await offline.purge(gina.userId, 1).catch(() => 0);
     }
   }, 240_000);
 
@@ -534,10 +531,7 @@ describe("a reconnect while the old socket's drain holds the messages (two nodes
       }
     } finally {
       await sender.close();
-      const amqp = await connect(AMQP_URL);
-      const channel = await amqp.createChannel();
-      await channel.deleteQueue(offline.queueName(hana.userId, 1)).catch(() => {});
-      await amqp.close();
+      await offline.purge(hana.userId, 1).catch(() => 0);
     }
   }, 120_000);
 });

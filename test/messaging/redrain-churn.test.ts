@@ -1,8 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
-import { connect } from "amqplib";
 import type { AmqpOfflineQueue } from "../../src/messaging/amqp-offline-queue.ts";
-import { AMQP_URL } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { socketState, startTwoNodes, type TestNode } from "../support/node.ts";
 import { TestSocket } from "../support/ws.ts";
@@ -119,10 +117,7 @@ describe("a device reconnecting in a tight loop across two nodes, never acking",
     } finally {
       for (const s of sockets) if (!s.closed) await s.close().catch(() => undefined);
       await sender.close();
-      const amqp = await connect(AMQP_URL);
-      const channel = await amqp.createChannel();
-      await channel.deleteQueue(offline.queueName(gina.userId, 1)).catch(() => {});
-      await amqp.close();
+      await offline.purge(gina.userId, 1).catch(() => 0);
     }
   }, 120_000);
 });

@@ -1,11 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
 import { resolve } from "node:path";
-import { connect } from "amqplib";
 import type { Subprocess } from "bun";
 import type { SocketRegistry } from "../../src/gateway/socket-registry.ts";
 import type { AmqpOfflineQueue } from "../../src/messaging/amqp-offline-queue.ts";
-import { AMQP_URL, runPrefix, stackEnv } from "../support/cluster-env.ts";
+import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
@@ -134,10 +133,7 @@ describe("the node holding a replaced socket's drain is killed (-9)", () => {
       await old.whenClosed(1).catch(() => undefined);
     } finally {
       await sender.close();
-      const amqp = await connect(AMQP_URL);
-      const channel = await amqp.createChannel();
-      await channel.deleteQueue(offline.queueName(gina.userId, 1)).catch(() => {});
-      await amqp.close();
+      await offline.purge(gina.userId, 1).catch(() => 0);
     }
   }, 120_000);
 });
