@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { type Api, api, registerAndLogin, type SessionBody } from "../support/http.ts";
+import { type Api, api, registerAndLogin, type SessionBody, sessionState } from "../support/http.ts";
 import { BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
 
 /**
@@ -19,13 +19,6 @@ describe.each(BACKENDS)("sessions issued during a revocation do not outlive it (
     client = api(node.url);
   });
   afterAll(() => node?.teardown());
-
-  /** Whether a session still works: its access token on an authenticated route, its refresh token. */
-  async function alive(session: { accessToken: string; refreshToken: string }) {
-    const access = await client.get("/v1/devices", session.accessToken);
-    const refresh = await client.post("/v1/sessions/refresh", { refreshToken: session.refreshToken });
-    return { access: access.status, refresh: refresh.status };
-  }
 
   test("logins with the old password racing a password change: none yields a working session", async () => {
     const alice = await registerAndLogin(client);
@@ -56,7 +49,7 @@ describe.each(BACKENDS)("sessions issued during a revocation do not outlive it (
     for (const r of results) expect([201, 401, 429]).toContain(r.status);
     const survivors: number[] = [];
     for (const session of issued) {
-      const state = await alive(session);
+      const state = await sessionState(client, session);
       if (state.access === 200 || state.refresh === 201) survivors.push(session.deviceId);
     }
     expect(survivors).toEqual([]);
@@ -106,7 +99,7 @@ describe.each(BACKENDS)("sessions issued during a revocation do not outlive it (
       await Promise.all(chains);
       const survivors: number[] = [];
       for (const [deviceId, session] of last) {
-        const state = await alive(session);
+        const state = await sessionState(client, session);
         if (state.access === 200 || state.refresh === 201) survivors.push(deviceId);
       }
       expect(survivors).toEqual([]);

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { type Api, api, registerAndLogin, type SessionBody } from "../support/http.ts";
+import { type Api, api, registerAndLogin, type SessionBody, sessionState } from "../support/http.ts";
 import { BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
 
 /**
@@ -19,12 +19,6 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
     client = api(node.url);
   });
   afterAll(() => node?.teardown());
-
-  async function alive(session: { accessToken: string; refreshToken: string }) {
-    const access = await client.get("/v1/devices", session.accessToken);
-    const refresh = await client.post("/v1/sessions/refresh", { refreshToken: session.refreshToken });
-    return { access: access.status, refresh: refresh.status };
-  }
 
   test("20 concurrent refreshes of one token within the grace window all get the same successor", async () => {
     const alice = await registerAndLogin(client);
@@ -63,7 +57,7 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
     expect(results.map((r) => r.status).filter((s) => ![201, 401, 429].includes(s))).toEqual([]);
     const survivors: number[] = [];
     for (const r of results.filter((r) => r.status === 201)) {
-      const state = await alive(r.body);
+      const state = await sessionState(client, r.body);
       if (state.access === 200 || state.refresh === 201) survivors.push(r.body.deviceId);
     }
     expect(survivors).toEqual([]);
@@ -94,7 +88,7 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
     removed = true;
     await chain;
     expect(statuses.filter((s) => s !== 201 && s !== 401)).toEqual([]);
-    const state = await alive(last);
+    const state = await sessionState(client, last);
     expect(state).toEqual({ access: 401, refresh: 401 });
   }, 60_000);
 
@@ -148,6 +142,6 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
       alice.accessToken,
     );
     expect(changed.status).toBe(204);
-    expect(await alive(intruder.body)).toEqual({ access: 401, refresh: 401 });
+    expect(await sessionState(client, intruder.body)).toEqual({ access: 401, refresh: 401 });
   }, 60_000);
 });

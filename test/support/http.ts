@@ -85,3 +85,14 @@ export async function relate(
   if (accepted.status !== 204) throw new Error(`accept failed: ${accepted.status}`);
   return groupId;
 }
+
+/**
+ * Whether a session still works, as HTTP statuses: its access token on an authenticated route
+ * (`GET /v1/devices`: 200 when it works) and its refresh token (`POST /v1/sessions/refresh`: 201
+ * when it works; a working refresh token is spent by this call).
+ */
+export async function sessionState(client: Api, session: { accessToken: string; refreshToken: string }) {
+  const access = await client.get("/v1/devices", session.accessToken);
+  const refresh = await client.post("/v1/sessions/refresh", { refreshToken: session.refreshToken });
+  return { access: access.status, refresh: refresh.status };
+}
