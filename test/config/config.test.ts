@@ -108,6 +108,16 @@ describe("configuration", () => {
     ["REGISTRATION", "oidc", "REGISTRATION: expected open (anyone), invite"],
     ["REGISTRATIONS_PER_ADDRESS", "0", "REGISTRATIONS_PER_ADDRESS: expected accounts one client address"],
     ["PRESENCE_WATCHES_PER_NODE", "10", "PRESENCE_WATCHES_PER_NODE: expected presence watch entries"],
+    [
+      "PRESENCE_WATCHES_PER_ACCOUNT",
+      "10",
+      "PRESENCE_WATCHES_PER_ACCOUNT: expected presence watch entries one account",
+    ],
+    [
+      "PRESENCE_WATCHES_PER_ACCOUNT",
+      "many",
+      "PRESENCE_WATCHES_PER_ACCOUNT: expected presence watch entries one account",
+    ],
     ["STARTUP_WAIT_SECONDS", "0", "STARTUP_WAIT_SECONDS: expected seconds start-up waits for RabbitMQ"],
     ["STARTUP_WAIT_SECONDS", "soon", "STARTUP_WAIT_SECONDS: expected seconds start-up waits for RabbitMQ"],
     ["TRUSTED_PROXIES", "10.0.0.0/33", "TRUSTED_PROXIES: expected addresses or CIDR blocks"],
