@@ -74,6 +74,14 @@ export interface ActorSystemStats {
   };
 }
 
+/** Nodes that went away without leaving, as one membership change showed ({@link ActorSystem.onNodesGone}). */
+export interface NodesGone {
+  /** Newly among the dead: registered, heartbeat key expired. */
+  expired: readonly string[];
+  /** Off the dead list: a survivor adopted and deleted the inbox, the broker had dropped the node's connection. */
+  forgotten: readonly string[];
+}
+
 /** Active actors by kind and their mailboxes, counted when asked ({@link ActorSystem.census}). */
 export interface ActorCensus {
   byKind: Map<string, number>;
@@ -230,6 +238,37 @@ export class ActorSystem implements ActorRefs, ActorHost {
   /** False while the node-to-node transport has lost its broker (readiness); it reconnects by itself. */
   get transportConnected(): boolean {
     return this.transport.connected ?? true;
+  }
+
+  /**
+   * Tells `listener` about nodes that went away without leaving, twice per crashed node: `expired`
+   * when it turns up among the dead (its heartbeat key ran out while it stayed registered: a crash,
+   * a freeze, a partition from Redis), `forgotten` when it leaves the dead list (a survivor adopted
+   * its inbox and deleted it, which RabbitMQ allows only once no consumer of that node is left on
+   * it: the broker has closed the node's connection and given back what it held unacked). A node
+   * that leaves gracefully and takes itself off the registry is never reported. Only the nodes of
+   * one membership change are passed (never this node), and a node off the dead list is reported
+   * only by a node that saw it there. A listener's throw is contained. Returns the unsubscribe
+   * function.
+   */
+  onNodesGone(listener: (gone: NodesGone) => void): () => void {
+    let dead: ReadonlySet<string> = new Set();
+    return this.membership.onChange((members) => {
+      const nowDead = new Set(this.membership.deadNodes());
+      const expired = [...nowDead].filter((nodeId) => !dead.has(nodeId) && nodeId !== this.nodeId);
+      // Off the dead list and not back among the members.
+      const forgotten = [...dead].filter(
+        (nodeId) =>
+          !nowDead.has(nodeId) && nodeId !== this.nodeId && !members.some((m) => m.nodeId === nodeId),
+      );
+      dead = nowDead;
+      if (expired.length === 0 && forgotten.length === 0) return;
+      try {
+        listener({ expired, forgotten });
+      } catch (error) {
+        this.logger.warn({ nodeId: this.nodeId, err: error }, "a gone-nodes listener failed");
+      }
+    });
   }
 
   /** Members of the current ring, sorted. */

@@ -25,6 +25,7 @@ export {
   type ActorSystemStats,
   type ClusterNodeView,
   type ClusterView,
+  type NodesGone,
 } from "./actor-system.ts";
 export {
   AMQP_HEARTBEAT_SECONDS,

@@ -58,6 +58,14 @@ describe("kill -9 of an actor's owner", () => {
     await ready(child.stdout as ReadableStream<Uint8Array>);
     await cluster.converged(["node-a", "node-b", "node-v"]);
 
+    // What each survivor is told about nodes gone without leaving (ActorSystem.onNodesGone).
+    const gone = { a: [] as string[], b: [] as string[] };
+    a.onNodesGone(({ expired, forgotten }) =>
+      gone.a.push(...expired.map((id) => `expired ${id}`), ...forgotten.map((id) => `forgotten ${id}`)),
+    );
+    b.onNodesGone(({ expired, forgotten }) =>
+      gone.b.push(...expired.map((id) => `expired ${id}`), ...forgotten.map((id) => `forgotten ${id}`)),
+    );
     const victimKeys = KEYS.filter((key) => a.ownerOf(key) === "node-v");
     expect(victimKeys.length).toBeGreaterThan(5);
     const load = new Load([a, b], victimKeys, 10);
@@ -102,5 +110,10 @@ describe("kill -9 of an actor's owner", () => {
       10_000,
       "the dead node to be forgotten",
     );
+    // Both survivors heard of it twice: when its key expired, and when it was forgotten (its inbox
+    // deleted, which the broker allows only once its connection is gone).
+    await until(() => gone.a.length >= 2 && gone.b.length >= 2, 10_000, "both reports on both survivors");
+    const reports = ["expired node-v", "forgotten node-v"];
+    expect(gone).toEqual({ a: reports, b: reports });
   }, 60_000);
 });
