@@ -53,6 +53,13 @@ export interface DeviceDisconnectMessage {
    * when it ended (before this message was sent). Absent: none (a vanished push, an older node).
    */
   requeued?: number;
+  /**
+   * Sent by a surviving node on behalf of a socket whose node went away without this disconnect
+   * (killed, frozen, cut off): what that socket's drain held went back to the queue when the broker
+   * dropped the node's connection, how many is not known. Taken as `requeued` > 0. Absent from
+   * nodes of earlier versions.
+   */
+  nodeGone?: boolean;
 }
 
 /** A device acknowledged envelopes (already recorded in the log by the gateway). */
@@ -363,10 +370,12 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       case "device.disconnect": {
         const current = this.devices.get(message.deviceId);
         // A reconnect may have overtaken this disconnect: only forget the socket it names. The
-        // closed socket's drain gave back what it held to the queue just now, which the current
-        // socket may have read past already: it reads the queue again.
+        // closed socket's drain gave back what it held to the queue just now (or, its node gone,
+        // when the broker dropped that node's connection), which the current socket may have read
+        // past already: it reads the queue again.
         if (current?.connectionId !== message.connectionId) {
-          if (current && (message.requeued ?? 0) > 0) await this.drainAgain(message.deviceId, current, ctx);
+          const requeued = (message.requeued ?? 0) > 0 || message.nodeGone === true;
+          if (current && requeued) await this.drainAgain(message.deviceId, current, ctx);
           return { flushed: 0 };
         }
         this.devices.delete(message.deviceId);

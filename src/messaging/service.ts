@@ -478,13 +478,17 @@ export class MessagingService {
   /**
    * The device's socket on `gatewayNode` closed: what it has not acked goes to its offline queue.
    * `requeued`: envelopes its drain had taken from the offline queue and gave back when it ended
-   * (the device's newer socket, if any, reads the queue again).
+   * (the device's newer socket, if any, reads the queue again). `nodeGone`: told by a surviving
+   * node for a socket whose node went away without telling (`Gateway.nodesGone`); its drain may
+   * have held envelopes the broker gave back, how many is not known, and the newer socket reads
+   * the queue again as for `requeued` > 0.
    */
   async deviceDisconnected(
     device: Principal,
     gatewayNode: string,
     connectionId: string,
     requeued = 0,
+    nodeGone = false,
   ): Promise<void> {
     await this.actors.ask(userKey(device.userId), {
       type: "device.disconnect",
@@ -492,6 +496,7 @@ export class MessagingService {
       gatewayNode,
       connectionId,
       requeued,
+      ...(nodeGone ? { nodeGone } : {}),
     });
   }
 
