@@ -527,6 +527,12 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       reusePort: false,
     }),
   );
+  // A node that went away without telling (killed, frozen, cut off) sent no disconnect for its
+  // sockets: sockets here that replaced one of them read their offline queue again.
+  const unwatchGone = actors.onNodesGone((gone) => {
+    const sockets = openGateway.nodesGone(gone);
+    if (sockets > 0) logger.info({ ...gone, sockets }, "sockets re-read their queue after nodes went away");
+  });
   await gdpr.start();
   retention.start();
   if (options.expandGroups ?? true) groupSweep.start();
@@ -581,6 +587,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
           logger.warn({ err: error, step: name }, "shutdown step failed");
         }
       };
+      unwatchGone();
       await step("retention", () => retention.stop());
       await step("group sweep", () => groupSweep.stop());
       // Sockets first, so every device's unacked envelopes reach its offline queue before the stores close.
@@ -601,6 +608,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       else logger.info("clearbox node stopped");
     },
     async abort() {
+      unwatchGone();
       await retention.stop();
       await groupSweep.stop();
       await gdpr.stop();

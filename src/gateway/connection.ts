@@ -1,6 +1,7 @@
 import type { ServerWebSocket } from "bun";
 import type { StoredEnvelope } from "../messaging/envelope.ts";
 import type { QueueDrain } from "../messaging/offline-queue.ts";
+import type { DeviceSocketRef } from "../messaging/presence.ts";
 import type { DeliveryPath, MessageTallies } from "../observability/metrics.ts";
 import { CloseCode, messageFrame, type ServerFrame } from "../protocol/index.ts";
 import type { Principal } from "../sessions/service.ts";
@@ -55,6 +56,14 @@ export class DeviceConnection {
    * arriving meanwhile are dropped, and sends not yet submitted are never accepted.
    */
   closing = false;
+  /**
+   * Sockets of the same device on other nodes whose leases this one found when it came online (the
+   * ones it replaced, or found gone): should such a node go away without their disconnect, this
+   * socket reads the offline queue again (`Gateway.nodesGone`), and forgets them once that node is
+   * forgotten. Made only when there are some (a device moving between nodes); an idle socket keeps
+   * none.
+   */
+  previousSockets: DeviceSocketRef[] | undefined;
   /** `auth` frames are answered one after another, in arrival order. */
   authChain: Promise<void> = SETTLED;
   private expiry: ReturnType<typeof setTimeout> | undefined;

@@ -1,5 +1,6 @@
 import type { WebSocketHandler } from "bun";
 import { Elysia } from "elysia";
+import type { NodesGone } from "../../actors/index.ts";
 import { DomainError } from "../errors/index.ts";
 import type { ErasureFence } from "../fence/index.ts";
 import type { OfflineQueue } from "../messaging/offline-queue.ts";
@@ -255,6 +256,9 @@ export class Gateway {
     for (const other of await presence.sockets(principal.userId)) {
       if (other.deviceId !== principal.deviceId || other.connectionId === conn.connectionId) continue;
       if (other.nodeId === nodeId) continue;
+      // Its node may go away before that socket's disconnect, with messages its drain holds.
+      conn.previousSockets ??= [];
+      conn.previousSockets.push(other);
       // Two sockets of one device on two nodes, each closing the other it finds here, would both
       // close (4409, "do not reconnect"). The one opened later (the larger UUIDv7 id) stays, as each
       // side decides alike: this one gives way to a newer one that is still there (a lease left by
@@ -371,6 +375,50 @@ export class Gateway {
       }
     });
     return true;
+  }
+
+  /**
+   * Nodes went away without telling (`ActorSystem.onNodesGone`: their heartbeat expired, then they
+   * were forgotten once a survivor deleted their inbox). A replaced socket of a device on such a
+   * node never sends its disconnect, and what its drain took and the device had not acked goes back
+   * to the queue only when the broker drops that node's connection, possibly after this node's
+   * socket of the device read the queue and went live: the envelopes would wait there for the
+   * device's next connection. So each socket here that found a socket of its device on one of those
+   * nodes (`previousSockets`) tells the device's user actor that disconnect, marked `nodeGone`, and
+   * the actor sends the socket to read the queue again (docs/MESSAGING.md, "A drain that ends after
+   * another began"); a queue that holds nothing costs one `basic.get`. Each runs on its socket's
+   * chain, after what the socket is doing. A forgotten node is forgotten here too: its sockets
+   * leave `previousSockets`. One pass over this node's sockets per call; returns how many sockets
+   * told their actor.
+   */
+  nodesGone(gone: NodesGone): number {
+    const { messaging, logger } = this.options;
+    const nodes = new Set([...gone.expired, ...gone.forgotten]);
+    const forgotten = new Set(gone.forgotten);
+    let told = 0;
+    for (const conn of this.options.registry.values()) {
+      const previous = conn.previousSockets;
+      if (!previous || conn.isClosed()) continue;
+      const lost = previous.filter((socket) => nodes.has(socket.nodeId));
+      if (lost.length === 0) continue;
+      if (forgotten.size > 0) {
+        const kept = previous.filter((socket) => !forgotten.has(socket.nodeId));
+        conn.previousSockets = kept.length > 0 ? kept : undefined;
+      }
+      told++;
+      void conn.enqueue(async () => {
+        try {
+          for (const socket of lost) {
+            if (conn.isClosed()) return;
+            await messaging.deviceDisconnected(conn.principal, socket.nodeId, socket.connectionId, 0, true);
+          }
+        } catch (error) {
+          // After an `expired` report, the `forgotten` one tries again.
+          logger.warn({ err: error, user: conn.principal.userId }, "could not report a gone node's socket");
+        }
+      });
+    }
+    return told;
   }
 
   private closed(ws: DeviceSocket) {

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
 import { resolve } from "node:path";
 import type { Subprocess } from "bun";
+import { userKey } from "../../actors/index.ts";
 import type { SocketRegistry } from "../../src/gateway/socket-registry.ts";
 import type { AmqpOfflineQueue } from "../../src/messaging/amqp-offline-queue.ts";
 import { runPrefix, stackEnv } from "../support/cluster-env.ts";
@@ -53,29 +54,28 @@ async function spawnNode(env: Record<string, string>): Promise<{ proc: Subproces
  * while they were held, then the old node is killed (-9) and RabbitMQ gives them back with no
  * `device.disconnect` (and no requeued count) ever sent. A's socket is live: it must still get them
  * without the device connecting again (docs/MESSAGING.md: a live socket does not stay live while
- * its envelopes wait in the queue).
+ * its envelopes wait in the queue). Node A learns from the membership that the old node went away
+ * (`ActorSystem.onNodesGone`), and its socket, which found the old one's lease when it came online,
+ * reads the queue again.
  */
 describe("the node holding a replaced socket's drain is killed (-9)", () => {
   const prefix = runPrefix();
   let database: TestDatabase;
   let a: TestNode;
   let victim: Awaited<ReturnType<typeof spawnNode>> | undefined;
+  let env: Record<string, string>;
 
   beforeAll(async () => {
     database = await createTestDatabase();
-    const env = {
+    env = {
       ...stackEnv("services", prefix),
       JWT_SECRET: "test-jwt-secret-that-is-long-enough-0123456789",
-      // Short leases: the dead node's socket is known gone within seconds, not a minute.
-      PRESENCE_LEASE_SECONDS: "3",
+      // A's new socket learns where the old one was from its lease, which must still be there when
+      // it connects (after the victim's ring membership ran out, in the second test): leases far
+      // outlive the membership, as with the defaults (60 s against 3 s).
+      PRESENCE_LEASE_SECONDS: "30",
     };
     a = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "death-a" } });
-    victim = await spawnNode({ ...env, DATABASE_URL: database.url, ADMIN_TOKEN });
-    const until = Date.now() + 10_000;
-    while (a.actors.ringMembers().length < 2) {
-      if (Date.now() > until) throw new Error("the two nodes never saw each other");
-      await Bun.sleep(50);
-    }
   });
   afterAll(async () => {
     victim?.proc.kill(9);
@@ -83,57 +83,100 @@ describe("the node holding a replaced socket's drain is killed (-9)", () => {
     await database?.drop();
   });
 
-  // Known fault, not fixed yet (the test fails today; run it with `bun test --todo`): no disconnect (with its requeued count) ever comes from a node killed while it held a replaced socket's drain, so nothing tells the live socket to read the queue again; the messages wait for its next connection.
-  test.todo("the live socket on the surviving node gets the messages the dead node held", async () => {
-    if (!victim) throw new Error("no victim");
+  /** Starts a victim node (a process of its own) and waits until A's ring has it. */
+  async function startVictim(): Promise<NonNullable<typeof victim>> {
+    const started = await spawnNode({ ...env, DATABASE_URL: database.url, ADMIN_TOKEN });
+    victim = started;
+    const until = Date.now() + 10_000;
+    while (a.actors.ringMembers().length < 2) {
+      if (Date.now() > until) throw new Error("the two nodes never saw each other");
+      await Bun.sleep(50);
+    }
+    return started;
+  }
+
+  /** A new user whose user actor the ring places on `owner` ("a" or the victim). */
+  async function userWithActorOn(owner: "a" | "victim") {
     const client = api(a.url);
-    const alice = await registerAndLogin(client);
-    const gina = await registerAndLogin(client);
+    for (let tries = 0; tries < 64; tries++) {
+      const user = await registerAndLogin(client);
+      const onA = a.actors.ownerOf(userKey(user.userId)) === a.actors.nodeId;
+      if (onA === (owner === "a")) return user;
+    }
+    throw new Error(`no user's actor landed on ${owner} in 64 tries`);
+  }
+
+  /**
+   * Five messages for gina queued, read (not acked) by her socket on the victim; the victim frozen
+   * (SIGSTOP: it neither closes that socket nor ends its drain, and its broker connection stays up),
+   * gina's socket on A opened and live, then the victim killed (-9). Returns A's socket, what it
+   * must get, and what to clean up.
+   */
+  async function replaceOnADuringVictimDrain(actorOn: "a" | "victim") {
+    const node = await startVictim();
+    const alice = await registerAndLogin(api(a.url));
+    const gina = await userWithActorOn(actorOn);
     const offline = a.offline as AmqpOfflineQueue;
     const sender = await TestSocket.open(a.url, alice.accessToken);
-    try {
-      const ids = Array.from({ length: 5 }, () => randomUUID());
-      for (const [i, id] of ids.entries())
-        sender.send({
-          type: "send",
-          id,
-          to: { user: gina.userId },
-          messages: [{ deviceId: 1, type: 3, body: b64(`held ${i}`) }],
-        });
-      for (const id of ids) expect(await sender.reply(id, 15_000)).toMatchObject({ type: "accepted" });
-      const deadline = Date.now() + 15_000;
-      while ((await offline.depth(gina.userId, 1)) !== 5) {
-        if (Date.now() > deadline) throw new Error("five messages never queued");
-        await Bun.sleep(20);
-      }
-      const old = await TestSocket.open(victim.url, gina.accessToken);
-      expect((await old.messages(5)).map((m) => m.id)).toEqual(ids);
-      // Not acked: the victim's drain holds all five. Frozen, it neither closes the socket nor
-      // ends the drain when node A replaces it; its broker connection stays up.
-      victim.proc.kill("SIGSTOP");
-      const fresh = await TestSocket.open(a.url, gina.accessToken);
-      const registry = (a.gateway as unknown as { options: { registry: SocketRegistry } }).options.registry;
-      const liveBy = Date.now() + 30_000;
-      while (registry.get(gina.userId, 1)?.state !== "live") {
-        if (Date.now() > liveBy) throw new Error("A's socket never went live");
-        await Bun.sleep(20);
-      }
-      victim.proc.kill(9);
-      await victim.proc.exited;
-      victim = undefined;
-      const got = await fresh.messages(5, 20_000).catch(async (error) => {
-        const state = {
-          newSocket: registry.get(gina.userId, 1)?.state,
-          queueDepth: await offline.depth(gina.userId, 1),
-        };
-        throw new Error(`${(error as Error).message}: ${JSON.stringify(state)}`);
+    const ids = Array.from({ length: 5 }, () => randomUUID());
+    for (const [i, id] of ids.entries())
+      sender.send({
+        type: "send",
+        id,
+        to: { user: gina.userId },
+        messages: [{ deviceId: 1, type: 3, body: b64(`held ${i}`) }],
       });
-      expect(got.map((m) => m.id).sort()).toEqual([...ids].sort());
-      await fresh.close();
-      await old.whenClosed(1).catch(() => undefined);
-    } finally {
-      await sender.close();
-      await offline.purge(gina.userId, 1).catch(() => 0);
+    for (const id of ids) expect(await sender.reply(id, 15_000)).toMatchObject({ type: "accepted" });
+    await sender.close();
+    const deadline = Date.now() + 15_000;
+    while ((await offline.depth(gina.userId, 1)) !== 5) {
+      if (Date.now() > deadline) throw new Error("five messages never queued");
+      await Bun.sleep(20);
     }
+    const old = await TestSocket.open(node.url, gina.accessToken);
+    expect((await old.messages(5)).map((m) => m.id)).toEqual(ids);
+    // Not acked: the victim's drain holds all five.
+    node.proc.kill("SIGSTOP");
+    if (actorOn === "victim") {
+      // Gina's actor must move to A first: an ask to the frozen victim would only time out.
+      const movedBy = Date.now() + 15_000;
+      while (a.actors.ringMembers().length > 1) {
+        if (Date.now() > movedBy) throw new Error("A never dropped the frozen victim from its ring");
+        await Bun.sleep(20);
+      }
+    }
+    const fresh = await TestSocket.open(a.url, gina.accessToken);
+    const registry = (a.gateway as unknown as { options: { registry: SocketRegistry } }).options.registry;
+    const liveBy = Date.now() + 30_000;
+    while (registry.get(gina.userId, 1)?.state !== "live") {
+      if (Date.now() > liveBy)
+        throw new Error(`A's socket never went live (closed: ${JSON.stringify(fresh.closed)})`);
+      await Bun.sleep(20);
+    }
+    // A's socket read the queue and found nothing ready: the five are still the victim's.
+    expect(await offline.depth(gina.userId, 1)).toBe(0);
+    node.proc.kill(9);
+    await node.proc.exited;
+    victim = undefined;
+    const got = await fresh.messages(5, 20_000).catch(async (error) => {
+      const state = {
+        newSocket: registry.get(gina.userId, 1)?.state,
+        queueDepth: await offline.depth(gina.userId, 1),
+      };
+      throw new Error(`${(error as Error).message}: ${JSON.stringify(state)}`);
+    });
+    expect(got.map((m) => m.id).sort()).toEqual([...ids].sort());
+    expect(fresh.closed).toBeUndefined();
+    await fresh.close();
+    await old.whenClosed(1).catch(() => undefined);
+    await offline.purge(gina.userId, 1).catch(() => 0);
+  }
+
+  test("the live socket on the surviving node gets the messages the dead node held (user actor on the survivor)", async () => {
+    await replaceOnADuringVictimDrain("a");
+  }, 120_000);
+
+  test("the live socket on the surviving node gets the messages the dead node held (user actor on the dead node)", async () => {
+    await replaceOnADuringVictimDrain("victim");
   }, 120_000);
 });
