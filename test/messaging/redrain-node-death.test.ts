@@ -109,8 +109,8 @@ describe("the node holding a replaced socket's drain is killed (-9)", () => {
   /**
    * Five messages for gina queued, read (not acked) by her socket on the victim; the victim frozen
    * (SIGSTOP: it neither closes that socket nor ends its drain, and its broker connection stays up),
-   * gina's socket on A opened and live, then the victim killed (-9). Returns A's socket, what it
-   * must get, and what to clean up.
+   * gina's socket on A opened and live, then the victim killed (-9): A's socket, still open, must
+   * get the five (A's teardown purges what a failed run leaves in the queue).
    */
   async function replaceOnADuringVictimDrain(actorOn: "a" | "victim") {
     const node = await startVictim();
