@@ -34,7 +34,18 @@ describe("RabbitMQ offline queue drains", () => {
   // under a loaded machine outlasted the hook's timeout and left the run's queues on the broker.
   afterAll(async () => {
     await queue.close();
-    const rabbit = new Connection({ url: AMQP_URL, retryLow: 100, retryHigh: 1000 });
+    // A broker slow to take one more connection (a loaded machine) is waited for, not failed on:
+    // the client retries by itself and reports each failed try as an 'error' event, which with no
+    // listener was thrown as an uncaught exception (a CI run's "1 error", between tests). A
+    // cleanup that still cannot get a channel throws below, from acquire().
+    const rabbit = new Connection({
+      url: AMQP_URL,
+      retryLow: 100,
+      retryHigh: 1000,
+      connectionTimeout: 30_000,
+      acquireTimeout: 120_000,
+    });
+    rabbit.on("error", () => {});
     try {
       const channel = await rabbit.acquire();
       await Promise.all(users.map((u) => channel.queueDelete({ queue: queue.queueName(u, 1) })));
