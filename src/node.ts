@@ -278,8 +278,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     refreshTtlDays: config.refreshTokenTtlDays,
     refreshGraceSeconds: config.refreshGraceSeconds,
     audit,
-    closeSockets: async (userId, deviceId) =>
-      deviceSockets?.close({ userId, deviceId }, CloseCode.revoked, "tokens revoked"),
+    closeSockets: async (userId, deviceId, generationBelow) =>
+      deviceSockets?.close({ userId, deviceId, generationBelow }, CloseCode.revoked, "tokens revoked"),
   });
   const oidc = config.oidc
     ? new OidcService({

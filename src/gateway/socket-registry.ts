@@ -4,11 +4,16 @@ import type { DeviceConnection } from "./connection.ts";
 /** Where one socket stands (see `DeviceSockets.status` in actors): `live` takes pushes. */
 export type SocketStatus = "live" | "pending" | "gone";
 
-/** Which sockets a close names: all of a user's, one device's, or one connection. */
+/**
+ * Which sockets a close names: all of a user's, one device's, or one connection; with
+ * `generationBelow`, only those authenticated with a token of an older generation than it (a
+ * revocation's: a socket opened or re-authenticated with a token issued after it is spared).
+ */
 export interface SocketTarget {
   userId: string;
   deviceId?: number;
   connectionId?: string;
+  generationBelow?: number;
 }
 
 /**
@@ -119,6 +124,7 @@ export class SocketRegistry {
     for (const conn of sockets instanceof Map ? [...sockets.values()] : [sockets]) {
       if (target.deviceId !== undefined && conn.principal.deviceId !== target.deviceId) continue;
       if (target.connectionId !== undefined && conn.connectionId !== target.connectionId) continue;
+      if (target.generationBelow !== undefined && conn.ws.data.generation >= target.generationBelow) continue;
       conn.close(code, reason);
       closed = true;
     }

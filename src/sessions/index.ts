@@ -27,10 +27,13 @@ export function sessionRoutes(sessions: SessionService, addresses: ClientAddress
     )
     .post(
       "/v1/me/password",
-      async ({ principal, body, set, clientAddress }) => {
-        await sessions.changePassword(principal, body, clientAddress);
-        set.status = 204;
+      async ({ principal, body, clientAddress }) =>
+        (await sessions.changePassword(principal, body, clientAddress)).tokens,
+      {
+        auth: true,
+        clientAddress: true,
+        body: SessionModel.changePassword,
+        response: { 200: SessionModel.tokens },
       },
-      { auth: true, clientAddress: true, body: SessionModel.changePassword },
     );
 }

@@ -21,7 +21,10 @@ export namespace SessionModel {
     { additionalProperties: false },
   );
 
-  /** `POST /v1/me/password`: `logoutDevices` (default true) revokes every other device of the account. */
+  /**
+   * `POST /v1/me/password`: `logoutDevices` (default true) revokes every other device of the account;
+   * the calling device is re-keyed either way, and the answer is its new session (`tokens`).
+   */
   export const changePassword = t.Object(
     {
       currentPassword: AccountModel.password,

@@ -37,10 +37,13 @@ export interface SessionDevices {
 /**
  * The one revocation port: closes a device's open sockets on whichever node holds them, with close
  * code 4401 (`CloseCode.revoked`). The node wires it to `NodeLink.close`; every revocation (refresh
- * token reuse, password change, the identity provider's logout) goes through `revokeDevice`, which
- * calls it after the tokens are invalid.
+ * token reuse, password change, the identity provider's logout) goes through `revokeDevice` (or the
+ * password change's re-keying of the calling device), which calls it after the tokens are invalid.
+ * `generationBelow`: only sockets authenticated with a token of an older generation than this (the
+ * device's generation after the revocation) are closed, so a close that reaches another node late
+ * spares a socket already opened with a token issued after the revocation.
  */
-export type CloseDeviceSockets = (userId: string, deviceId: number) => Promise<void>;
+export type CloseDeviceSockets = (userId: string, deviceId: number, generationBelow?: number) => Promise<void>;
 
 /** Which device a session is for: an existing one by id, or a new one (registrationId required). */
 export interface DeviceChoice {
@@ -327,31 +330,37 @@ export class SessionService {
     // it waits for this commit and then finds its refresh token gone or the account's password
     // changed. As two autocommit statements, a successor committed between them outlived the
     // revocation (test/sessions/issuance-race.test.ts).
-    await this.db.transaction(async (tx) => {
-      await tx
+    const generation = await this.db.transaction(async (tx) => {
+      const [bumped] = await tx
         .update(devices)
         .set({ tokenGeneration: sql`${devices.tokenGeneration} + 1` })
-        .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)));
+        .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)))
+        .returning({ generation: devices.tokenGeneration });
       await tx
         .delete(refreshTokens)
         .where(and(eq(refreshTokens.userId, userId), eq(refreshTokens.deviceId, deviceId)));
+      return bumped?.generation;
     });
-    await this.closeSockets?.(userId, deviceId);
+    await this.closeSockets?.(userId, deviceId, generation);
   }
 
   /**
    * `POST /v1/me/password`: checks `currentPassword` (throttled like a login of the account from
    * `address`, `PasswordThrottle`), stores the new one, and — unless `logoutDevices` is false —
-   * revokes every other device of the account (tokens, and their sockets on every node, 4401). The
-   * calling device keeps its session. `unauthorized` for a wrong password, `forbidden` for an account
-   * without one (identity provider) or with passwords disabled, `rate_limited` past a budget.
-   * Returns the ids of the devices revoked.
+   * revokes every other device of the account (tokens, and their sockets on every node, 4401).
+   * The calling device is always re-keyed (`rekey`): a login may name an existing device id, so
+   * another session on the caller's device id cannot be told from the caller's; every token of
+   * that device issued before is refused, its sockets are closed (4401), and the caller gets the
+   * one new session returned (`SessionTokens`, as a login's). `unauthorized` for a wrong password,
+   * `forbidden` for an account without one (identity provider) or with passwords disabled,
+   * `rate_limited` past a budget; none of them changes anything. `revoked`: the ids of the other
+   * devices revoked.
    */
   async changePassword(
     principal: Principal,
     input: { currentPassword: string; newPassword: string; logoutDevices?: boolean },
     address: string,
-  ): Promise<number[]> {
+  ): Promise<{ tokens: SessionTokens; revoked: number[] }> {
     await this.accounts.changePassword(principal.userId, input.currentPassword, input.newPassword, address);
     const revoked: number[] = [];
     if (input.logoutDevices !== false) {
@@ -361,13 +370,54 @@ export class SessionService {
         revoked.push(deviceId);
       }
     }
+    // The caller's device last: should a revocation above fail, the caller still holds its tokens.
+    const tokens = await this.rekey(principal.userId, principal.deviceId);
     await this.audit?.record({
       action: "account.password_changed",
       actor: { user: principal.userId },
       subject: principal.userId,
       details: { deviceId: principal.deviceId, revokedDevices: revoked.length },
     });
-    return revoked;
+    return { tokens, revoked };
+  }
+
+  /**
+   * Revokes every token of the device (as `revokeDevice`) and issues its one new session, in one
+   * transaction, then closes the device's sockets opened with the revoked tokens on every node
+   * (4401). The device row is updated first, as in `revokeDevice`: a refresh or login issuing for
+   * it (FOR SHARE on the row, `refresh` and `issue`) committed before, and its refresh token is
+   * deleted here, or it waits for this commit and finds its token gone (a refresh) or the password
+   * changed (a login). The new refresh token is written after the DELETE, so it is the device's only
+   * one. `not_found` when the device is gone (removed meanwhile): nothing is issued.
+   */
+  private async rekey(userId: string, deviceId: number): Promise<SessionTokens> {
+    const { token, hash } = TokenIssuer.mintRefreshToken();
+    const generation = await this.db.transaction(async (tx) => {
+      const [bumped] = await tx
+        .update(devices)
+        .set({ tokenGeneration: sql`${devices.tokenGeneration} + 1` })
+        .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)))
+        .returning({ generation: devices.tokenGeneration });
+      if (!bumped) throw new DomainError("not_found", `device ${deviceId} does not exist`);
+      await tx
+        .delete(refreshTokens)
+        .where(and(eq(refreshTokens.userId, userId), eq(refreshTokens.deviceId, deviceId)));
+      await tx.insert(refreshTokens).values({
+        tokenHash: hash,
+        userId,
+        deviceId,
+        expiresAt: new Date(Date.now() + this.refreshTtlDays * 86_400_000),
+      });
+      return bumped.generation;
+    });
+    await this.closeSockets?.(userId, deviceId, generation);
+    return {
+      userId,
+      deviceId,
+      accessToken: await this.tokens.sign({ userId, deviceId, generation }),
+      refreshToken: token,
+      expiresIn: this.tokens.accessTtlSeconds,
+    };
   }
 
   private async issue(userId: string, deviceId: number, verifiedHash?: string): Promise<SessionTokens> {

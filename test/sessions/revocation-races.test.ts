@@ -1,12 +1,15 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { CloseCode } from "../../src/protocol/index.ts";
 import { type Api, api, registerAndLogin, type SessionBody, sessionState } from "../support/http.ts";
 import { BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
+import { TestSocket } from "../support/ws.ts";
 
 /**
  * More races of the row-locked issuance (test/sessions/issuance-race.test.ts): refreshes of one
  * token crossing within the grace window, logins racing the account's erasure, refreshes racing a
- * device's removal, and what a login refused by a password change leaves behind. Each answers with
- * a status the protocol names (never 500, never a hang), and nothing issued outlives its revocation.
+ * device's removal, what a login refused by a password change leaves behind, and sessions on the
+ * caller's own device id at a password change. Each answers with a status the protocol names (never
+ * 500, never a hang), and nothing issued outlives its revocation.
  */
 describe.each(BACKENDS)("revocation races (%s)", (backend) => {
   let node: TestNode;
@@ -95,7 +98,7 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
   test("a login refused because the password changed under it leaves no device behind", async () => {
     const alice = await registerAndLogin(client);
     const logins: Promise<{ status: number }>[] = [];
-    let changing: Promise<{ status: number }> | undefined;
+    let changing: Promise<{ status: number; body: SessionBody }> | undefined;
     for (let i = 0; i < 30; i++) {
       logins.push(
         client.post("/v1/sessions", {
@@ -116,18 +119,22 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
         );
       await Bun.sleep(i % 3);
     }
-    expect((await changing)?.status).toBe(204);
+    const changed = await changing;
+    expect(changed?.status).toBe(200);
     const results = await Promise.all(logins);
     const issued = results.filter((r) => r.status === 201).length;
-    const listed = await client.get("/v1/devices", alice.accessToken);
+    // The caller's device was re-keyed: its new access token, not the one it called with.
+    const listed = await client.get("/v1/devices", changed?.body.accessToken);
     expect(listed.status).toBe(200);
     // The device that changed the password, and one per login that got a session: no device
     // without a session (it would hold one of the account's 127 slots until removed by hand).
     expect(listed.body.devices.length).toBe(1 + issued);
   }, 60_000);
 
-  // Known fault, not fixed yet (the test fails today; run it with `bun test --todo`): a login may name an existing device id, and a password change keeps the calling device's session, so a session someone else opened on that device id keeps working; the server cannot tell the caller's refresh token from theirs (a fix changes the protocol: revoke the device and hand the caller new tokens).
-  test.todo("a session logged in to the caller's own device id does not outlive the caller's password change", async () => {
+  // A login may name an existing device id, so a session someone else opened on the caller's device
+  // id cannot be told from the caller's: the password change re-keys the calling device (its tokens
+  // refused, its sockets closed 4401) and answers with the caller's new session.
+  test("a session logged in to the caller's own device id does not outlive the caller's password change", async () => {
     const alice = await registerAndLogin(client);
     // Someone who has the password logs in naming alice's device (a login may reuse a device id).
     const intruder = await client.post("/v1/sessions", {
@@ -141,7 +148,89 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
       { currentPassword: alice.password, newPassword: "alice took her account back" },
       alice.accessToken,
     );
-    expect(changed.status).toBe(204);
+    expect(changed.status).toBe(200);
     expect(await sessionState(client, intruder.body)).toEqual({ access: 401, refresh: 401 });
+    // Alice's own tokens from before are refused too; the session the change answered with works.
+    expect(await sessionState(client, alice)).toEqual({ access: 401, refresh: 401 });
+    expect(Object.keys(changed.body).sort()).toEqual(
+      ["accessToken", "deviceId", "expiresIn", "refreshToken", "userId"].sort(),
+    );
+    expect(changed.body.userId).toBe(alice.userId);
+    expect(changed.body.deviceId).toBe(alice.deviceId);
+    expect(await sessionState(client, changed.body)).toEqual({ access: 200, refresh: 201 });
+  }, 60_000);
+
+  test("logoutDevices: false still re-keys the caller's device: a successor held by someone else is refused, a socket on the old token closes (4401), the new token opens one that stays", async () => {
+    const alice = await registerAndLogin(client);
+    const other = await client.post("/v1/sessions", {
+      username: alice.username,
+      password: alice.password,
+      registrationId: 6000,
+    });
+    expect(other.status).toBe(201);
+    // Someone logs in on alice's device id and rotates once: they hold a refresh token of that
+    // device issued after alice's own.
+    const intruder = await client.post("/v1/sessions", {
+      username: alice.username,
+      password: alice.password,
+      deviceId: alice.deviceId,
+    });
+    expect(intruder.status).toBe(201);
+    const rotated = await client.post("/v1/sessions/refresh", { refreshToken: intruder.body.refreshToken });
+    expect(rotated.status).toBe(201);
+    const socket = await TestSocket.open(node.url, rotated.body.accessToken);
+    socket.send({ type: "ping" });
+    await socket.next((f) => f.type === "pong");
+    const changed = await client.post(
+      "/v1/me/password",
+      { currentPassword: alice.password, newPassword: "alice took her account back", logoutDevices: false },
+      alice.accessToken,
+    );
+    expect(changed.status).toBe(200);
+    expect((await socket.whenClosed(10_000)).code).toBe(CloseCode.revoked);
+    expect(await sessionState(client, rotated.body)).toEqual({ access: 401, refresh: 401 });
+    await expect(TestSocket.open(node.url, rotated.body.accessToken)).rejects.toThrow();
+    // The caller's new session opens a socket that answers, and the other device kept its session.
+    const fresh = await TestSocket.open(node.url, changed.body.accessToken);
+    fresh.send({ type: "ping" });
+    await fresh.next((f) => f.type === "pong");
+    expect(fresh.closed).toBeUndefined();
+    expect((await client.get("/v1/devices", other.body.accessToken)).status).toBe(200);
+    await fresh.close();
+  }, 60_000);
+
+  test("refreshes on the caller's device id racing the password change: no successor outlives it, the caller's new session works", async () => {
+    const alice = await registerAndLogin(client);
+    const intruder = await client.post("/v1/sessions", {
+      username: alice.username,
+      password: alice.password,
+      deviceId: alice.deviceId,
+    });
+    expect(intruder.status).toBe(201);
+    // The intruder rotates in a loop, each successor spent at once, until refused, while alice
+    // changes the password.
+    let last: { accessToken: string; refreshToken: string } = intruder.body;
+    let changedAt = 0;
+    const statuses: number[] = [];
+    const chain = (async () => {
+      while (changedAt === 0) {
+        const r = await client.post("/v1/sessions/refresh", { refreshToken: last.refreshToken });
+        statuses.push(r.status);
+        if (r.status !== 201) return;
+        last = r.body;
+      }
+    })();
+    await Bun.sleep(30);
+    const changed = await client.post(
+      "/v1/me/password",
+      { currentPassword: alice.password, newPassword: "alice took her account back" },
+      alice.accessToken,
+    );
+    changedAt = Date.now();
+    expect(changed.status).toBe(200);
+    await chain;
+    expect(statuses.filter((s) => s !== 201 && s !== 401)).toEqual([]);
+    expect(await sessionState(client, last)).toEqual({ access: 401, refresh: 401 });
+    expect(await sessionState(client, changed.body)).toEqual({ access: 200, refresh: 201 });
   }, 60_000);
 });
