@@ -43,7 +43,11 @@ export interface SessionDevices {
  * device's generation after the revocation) are closed, so a close that reaches another node late
  * spares a socket already opened with a token issued after the revocation.
  */
-export type CloseDeviceSockets = (userId: string, deviceId: number, generationBelow?: number) => Promise<void>;
+export type CloseDeviceSockets = (
+  userId: string,
+  deviceId: number,
+  generationBelow?: number,
+) => Promise<void>;
 
 /** Which device a session is for: an existing one by id, or a new one (registrationId required). */
 export interface DeviceChoice {

@@ -122,7 +122,9 @@ describe.each(STACKS)("revocation reaches live sockets on the %s stack", (stack)
     for (const socket of sockets) expect((await socket.whenClosed(10_000)).code).toBe(CloseCode.revoked);
     for (const old of alice.sessions) {
       expect((await client.get("/v1/devices", old.accessToken)).status).toBe(401);
-      expect((await client.post("/v1/sessions/refresh", { refreshToken: old.refreshToken })).status).toBe(401);
+      expect((await client.post("/v1/sessions/refresh", { refreshToken: old.refreshToken })).status).toBe(
+        401,
+      );
     }
     const caller = await TestSocket.open(node.url, changed.body.accessToken);
     const send = direct(bob.userId, "the caller goes on with its new session");
