@@ -50,6 +50,13 @@ export class ClearBoxApiError extends Error {
   }
 }
 
+/** A password change (`POST /v1/me/password`): `logoutDevices` defaults to true. */
+export interface PasswordChange {
+  currentPassword: string;
+  newPassword: string;
+  logoutDevices?: boolean;
+}
+
 /** Where the client keeps its tokens; the SDK persists them in the account store. */
 export interface TokenHolder {
   tokens(): SessionTokens | undefined;
@@ -177,17 +184,22 @@ export class ClearBoxHttp {
   /**
    * Spends the stored refresh token for a new pair. Concurrent callers share one request: a refresh
    * token is single-use, and the server takes a second use of one as theft (every token of the
-   * device revoked, docs/PROTOCOL.md).
+   * device revoked, docs/PROTOCOL.md). A password change in flight (`changePassword`) is waited for
+   * first, and a pair answered after a password change re-keyed the device is not stored (the
+   * change revoked it): the change's tokens are returned instead.
    */
   refresh(): Promise<SessionTokens> {
     this.refreshing ??= (async () => {
       try {
+        await this.rekeying?.catch(() => undefined);
         const current = this.holder.tokens();
         if (!current) throw new ClearBoxApiError(401, "unauthorized", "not logged in");
+        const rekeys = this.rekeys;
         const tokens = await unwrap(
           this.api.v1.sessions.refresh.post({ refreshToken: current.refreshToken }),
           this.baseUrl,
         );
+        if (rekeys !== this.rekeys) return this.holder.tokens() ?? tokens;
         this.adopt(tokens);
         return tokens;
       } finally {
@@ -195,6 +207,53 @@ export class ClearBoxHttp {
       }
     })();
     return this.refreshing;
+  }
+
+  /** A password change under way (`changePassword`): refreshes wait for it. */
+  private rekeying: Promise<unknown> | undefined;
+  /** Password changes answered so far: a refresh answered after one does not store its pair. */
+  private rekeys = 0;
+
+  /**
+   * Changes the account's password (`POST /v1/me/password`). The server re-keys this device: every
+   * token it held before is refused from then on and its sockets are closed (4401); the new session
+   * the server answers with (the shape of a login's) is stored and returned, so later calls go on
+   * with it (a `Messenger` reconnects its socket, see `Messenger.changePassword`). With
+   * `logoutDevices` (default true) the account's other devices are signed out too.
+   * Not retried after a 401 (a wrong `currentPassword` is a 401, and each try spends the account's
+   * password-check budget): ClearBoxApiError 401 `unauthorized` for a wrong password or a revoked
+   * session, 403 `forbidden` for an account without a password, 429 `rate_limited`, 400 `invalid`
+   * for a new password outside 8–256 characters. Should the answer be lost (the network dropped it
+   * after the server changed the password), this device's tokens are revoked and it must log in again.
+   */
+  changePassword(input: PasswordChange): Promise<SessionTokens> {
+    // One change at a time: each one's token is the one the change before it answered with.
+    const run = this.changes.then(() => this.changePasswordNow(input));
+    this.changes = run.catch(() => undefined);
+    return run;
+  }
+
+  private changes: Promise<unknown> = Promise.resolve();
+
+  private async changePasswordNow(input: PasswordChange): Promise<SessionTokens> {
+    // A refresh in flight answers first, and the token sent is a current one (refreshed if due);
+    // refreshes started from here on wait for the change (`rekeying`, set with no await between).
+    await this.refreshing?.catch(() => undefined);
+    const accessToken = await this.accessToken();
+    const change = unwrap(
+      this.api.v1.me.password.post(input, { headers: { authorization: `Bearer ${accessToken}` } }),
+      this.baseUrl,
+    ).then((tokens) => {
+      this.rekeys++;
+      this.adopt(tokens);
+      return tokens;
+    });
+    this.rekeying = change;
+    try {
+      return await change;
+    } finally {
+      if (this.rekeying === change) this.rekeying = undefined;
+    }
   }
 
   /**

@@ -4,7 +4,7 @@ import ReconnectingWebSocket from "partysocket/ws";
 import type { AcceptedFrame, ClientFrame, RejectedFrame, ServerFrame } from "../protocol/index.ts";
 import { CloseCode } from "../protocol/index.ts";
 import type { ClearBoxClient } from "./client.ts";
-import { ClearBoxApiError } from "./http.ts";
+import { ClearBoxApiError, type PasswordChange } from "./http.ts";
 import { SocketReauthentication } from "./reauth.ts";
 
 /** A text message as the user sees it: names, not ids. `conversation` is a user id or `group:<id>`. */
@@ -204,6 +204,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
         connectionTimeout: this.options.connectionTimeoutMs ?? 10_000,
         minUptime: 2_000,
         maxEnqueuedMessages: 0,
+        // A 4401 during a password change is reconnected by `changePassword`, with the new token.
         shouldReconnectOnClose: (event) => !FINAL_CLOSE_CODES.has(event.code),
       },
     );
@@ -223,10 +224,44 @@ export class Messenger extends EventEmitter<MessengerEvents> {
       this.reauth?.stop();
       for (const resolve of this.pending.values()) resolve(undefined);
       this.pending.clear();
-      if (FINAL_CLOSE_CODES.has(event.code)) this.stop({ code: event.code, reason: event.reason });
+      if (event.code === CloseCode.revoked && this.rekeying > 0) {
+        // Expected: the password change re-keys this device and closes its sockets. It reconnects
+        // with the new token once the change answered (`changePassword`).
+        this.revokedWhileRekeying = { code: event.code, reason: event.reason };
+        this.emit("status", "offline", { code: event.code, reason: event.reason });
+      } else if (FINAL_CLOSE_CODES.has(event.code)) this.stop({ code: event.code, reason: event.reason });
       else if (!this.stopped) this.emit("status", "offline", { code: event.code, reason: event.reason });
     });
     socket.addEventListener("message", (event) => this.dispatch(String(event.data)));
+  }
+
+  /** Password changes under way (`changePassword`): a 4401 close meanwhile is theirs. */
+  private rekeying = 0;
+  /** A 4401 close that came while a password change was under way. */
+  private revokedWhileRekeying?: { code: number; reason: string };
+
+  /**
+   * Changes the account's password (`ClearBoxHttp.changePassword`, `POST /v1/me/password`) and
+   * stores the new session the server answers with. The server re-keys this device and closes its
+   * socket (4401): that close does not stop the Messenger, which reconnects with the new token once
+   * the change answered (a socket still open on the old token is closed and reopened). Queued and
+   * unanswered sends go out again on the new socket. When the change fails, the socket is left as
+   * it was, unless a 4401 came meanwhile: then the Messenger stops, as on any revocation.
+   * `logoutDevices` (default true) signs the account's other devices out.
+   */
+  async changePassword(input: PasswordChange): Promise<void> {
+    this.rekeying++;
+    let changed = false;
+    try {
+      await this.client.http.changePassword(input);
+      changed = true;
+    } finally {
+      this.rekeying--;
+      const revoked = this.revokedWhileRekeying;
+      if (this.rekeying === 0) this.revokedWhileRekeying = undefined;
+      if (changed && this.socket && !this.stopped) this.socket.reconnect();
+      else if (!changed && revoked && this.rekeying === 0) this.stop(revoked);
+    }
   }
 
   /** Closes the socket for good (no reconnect); queued sends stay in the outbox for the next start. */

@@ -3,7 +3,14 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { IdentityKeyPair } from "@signalapp/libsignal-client";
-import { type ChatMessage, ClearBoxApiError, ClearBoxClient, Messenger } from "../../src/client/index.ts";
+import {
+  type ChatMessage,
+  ClearBoxApiError,
+  ClearBoxClient,
+  ClearBoxHttp,
+  Messenger,
+  type SessionTokens,
+} from "../../src/client/index.ts";
 import { USER_LOOKUP_LIMIT } from "../../src/users/index.ts";
 import { uniqueUsername } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
@@ -123,6 +130,115 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     expect((await client.http.devices()).length).toBe(1);
     expect((await client.http.refresh()).refreshToken).not.toBe(first.refreshToken);
     client.close();
+  });
+
+  test("a password change and a refresh crossing: the client keeps the change's session, whichever starts first", async () => {
+    for (const first of ["change", "refresh"] as const) {
+      // Between client and node, a proxy that makes the two cross the bad way when they are sent
+      // together: the change reaches the node only after the refresh was answered (the refresh's
+      // successor is then revoked by the change), and the refresh's answer reaches the client only
+      // after it stored the change's session. Each hold gives up after 500 ms: a client that sends
+      // the two one after the other (as it must) is only slowed down.
+      let client: ClearBoxClient | undefined;
+      let changeTokens: string | undefined;
+      let refreshAnswered = false;
+      const until500 = async (done: () => boolean) => {
+        for (const end = Date.now() + 500; !done() && Date.now() < end; ) await Bun.sleep(5);
+      };
+      const proxy = Bun.serve({
+        port: 0,
+        async fetch(request) {
+          const { pathname, search } = new URL(request.url);
+          if (pathname === "/v1/me/password") await until500(() => refreshAnswered);
+          const answer = await fetch(`${node.url}${pathname}${search}`, {
+            method: request.method,
+            headers: request.headers,
+            body: request.method === "GET" ? undefined : await request.arrayBuffer(),
+          });
+          const body = await answer.arrayBuffer();
+          if (pathname === "/v1/me/password" && answer.status === 200)
+            changeTokens = (JSON.parse(new TextDecoder().decode(body)) as SessionTokens).refreshToken;
+          if (pathname === "/v1/sessions/refresh") {
+            refreshAnswered = true;
+            await until500(
+              () =>
+                changeTokens !== undefined &&
+                client?.store.get<SessionTokens>("tokens")?.refreshToken === changeTokens,
+            );
+          }
+          return new Response(body, { status: answer.status, headers: answer.headers });
+        },
+      });
+      try {
+        client = ClearBoxClient.open({ serverUrl: `http://127.0.0.1:${proxy.port}`, storePath: ":memory:" });
+        await client.register(uniqueUsername("rekey"), password);
+        const before = client.store.get<SessionTokens>("tokens");
+        const change = () =>
+          client?.http.changePassword({ currentPassword: password, newPassword: "a new passphrase" });
+        if (first === "change") await Promise.all([change(), client.http.refresh()]);
+        else await Promise.all([client.http.refresh(), change()]);
+        const stored = client.store.get<SessionTokens>("tokens");
+        expect(stored?.refreshToken).not.toBe(before?.refreshToken);
+        // What is stored is a live session (checked without the SDK's refresh-and-retry on a 401).
+        const devices = await fetch(`${node.url}/v1/devices`, {
+          headers: { authorization: `Bearer ${stored?.accessToken}` },
+        });
+        expect(devices.status).toBe(200);
+        const refreshed = await fetch(`${node.url}/v1/sessions/refresh`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ refreshToken: stored?.refreshToken }),
+        });
+        expect(refreshed.status).toBe(201);
+      } finally {
+        client?.close();
+        proxy.stop(true);
+      }
+    }
+  });
+
+  test("a password change through the Messenger: it reconnects with the new session and sends; the old tokens and another session on this device id are refused", async () => {
+    const storePath = join(dir, "rekey-alice.db");
+    const a = await chatter(node.url, "alice", { storePath });
+    const b = await chatter(node.url, "bob");
+    a.messenger.start();
+    b.messenger.start();
+    await until(() => a.messenger.isOnline && b.messenger.isOnline, "both online");
+    // Someone with the password logs in on alice's device id.
+    const intruder = new ClearBoxHttp(node.url);
+    const theirs = await intruder.login({ username: a.username, password, deviceId: a.client.deviceId });
+    const before = a.client.store.get<SessionTokens>("tokens");
+    // A wrong current password changes nothing: no close, the socket stays.
+    const wrong = await apiError(
+      a.messenger.changePassword({ currentPassword: "not the password", newPassword: "a new passphrase" }),
+    );
+    expect(wrong.status).toBe(401);
+    expect(a.client.store.get<SessionTokens>("tokens")).toEqual(before);
+    a.statuses.length = 0;
+    await a.messenger.changePassword({ currentPassword: password, newPassword: "a new passphrase" });
+    const after = a.client.store.get<SessionTokens>("tokens");
+    expect(after?.accessToken).not.toBe(before?.accessToken);
+    expect(after?.deviceId).toBe(before?.deviceId);
+    await until(() => a.statuses.includes("online"), "alice back online");
+    expect(a.statuses).not.toContain("stopped");
+    await a.messenger.sendText(b.username, "after the change");
+    await until(() => b.received.length === 1, "bob's message");
+    expect(b.received[0].text).toBe("after the change");
+    for (const token of [before?.accessToken, theirs.accessToken]) {
+      const refused = await fetch(`${node.url}/v1/devices`, {
+        headers: { authorization: `Bearer ${token}` },
+      });
+      expect(refused.status).toBe(401);
+    }
+    expect((await apiError(intruder.devices())).status).toBe(401);
+    a.messenger.stop();
+    a.client.close();
+    // The store holds the new session.
+    const reopened = ClearBoxClient.open({ storePath });
+    expect((await reopened.http.devices()).length).toBe(1);
+    reopened.close();
+    b.messenger.stop();
+    b.client.close();
   });
 
   test("a store file is written only once a registration or login succeeded", async () => {
