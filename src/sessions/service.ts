@@ -324,7 +324,8 @@ export class SessionService {
 
   /**
    * Revokes every access and refresh token of the device, then closes its sockets on every node
-   * (4401). The tokens go first: a socket opening meanwhile re-checks its token's generation once
+   * (4401), those authenticated with a token from before the revocation (`CloseDeviceSockets`,
+   * `generationBelow`: the device's generation after the bump). The tokens go first: a socket opening meanwhile re-checks its token's generation once
    * its presence lease is written, so it either is found by the close or sees the revocation.
    */
   async revokeDevice(userId: string, deviceId: number): Promise<void> {
