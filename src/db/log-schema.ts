@@ -22,18 +22,19 @@ export const envelopes = sqliteTable(
     state: text("state", { enum: ["pending", "queued", "acked"] }).notNull(),
   },
   (t) => [
+    // The identity (a re-sent id is a no-op), led by the recipient device and id so that it also
+    // serves acks, `queued` marks and device erasure, as the PostgreSQL primary key does.
     uniqueIndex("envelopes_identity_idx").on(
-      t.senderUser,
-      t.senderDevice,
-      t.id,
       t.recipientUser,
       t.recipientDevice,
+      t.id,
+      t.senderUser,
+      t.senderDevice,
     ),
     // Unacked envelopes only: acked rows (metadata kept until retention) must not slow delivery reads.
     index("envelopes_recipient_idx")
       .on(t.recipientUser, t.recipientDevice, t.seq)
       .where(sql`${t.state} <> 'acked'`),
-    index("envelopes_recipient_id_idx").on(t.recipientUser, t.recipientDevice, t.id),
     index("envelopes_sender_idx").on(t.senderUser),
     index("envelopes_ts_idx").on(t.ts),
   ],

@@ -240,14 +240,19 @@ export const envelopes = pgTable(
     state: text("state", { enum: ["pending", "queued", "acked"] }).notNull(),
   },
   (t) => [
-    primaryKey({ columns: [t.senderUser, t.senderDevice, t.id, t.recipientUser, t.recipientDevice] }),
+    // The identity (a re-sent id is a no-op: ON CONFLICT DO NOTHING), led by the recipient device
+    // and id so the same index serves acks and `queued` marks (by recipient device and id), device
+    // erasure and the recipient half of export and user erasure: one index entry fewer per row
+    // written and per ack than a separate (recipient_user, recipient_device, id) index (migration
+    // 0011, docs/BENCHMARKS.md "Fewer index entries per 1:1 message").
+    primaryKey({ columns: [t.recipientUser, t.recipientDevice, t.id, t.senderUser, t.senderDevice] }),
     // Unacked envelopes only: acked rows (metadata kept until retention) must not slow delivery reads.
     index("envelopes_recipient_idx")
       .on(t.recipientUser, t.recipientDevice, t.seq)
       .where(sql`${t.state} <> 'acked'`),
-    // Acks and markQueued name envelopes by recipient device and id.
-    index("envelopes_recipient_id_idx").on(t.recipientUser, t.recipientDevice, t.id),
+    // The sender half of export and user erasure; `queuedRecipientsOf`.
     index("envelopes_sender_idx").on(t.senderUser),
+    // Retention (`ts < cutoff`).
     index("envelopes_ts_idx").on(t.ts),
   ],
 );
