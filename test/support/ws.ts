@@ -50,8 +50,13 @@ export class TestSocket {
     this.ws.send(typeof frame === "string" ? frame : JSON.stringify(frame));
   }
 
-  /** The first frame (already received or coming) that matches, within `timeoutMs`. */
-  next(match: (f: Frame) => boolean, timeoutMs = 5000, what = "a matching frame"): Promise<Frame> {
+  /**
+   * The first frame (already received or coming) that matches, within `timeoutMs`. The defaults
+   * here bound a wait for something that should come, not how fast it comes: at 5 s a group send's
+   * reply missed them on a machine at load 7, so they are generous (a test meaning "nothing comes"
+   * passes its own short timeout).
+   */
+  next(match: (f: Frame) => boolean, timeoutMs = 15_000, what = "a matching frame"): Promise<Frame> {
     const seen = this.frames.find(match);
     if (seen) {
       this.frames.splice(this.frames.indexOf(seen), 1);
@@ -80,7 +85,7 @@ export class TestSocket {
   }
 
   /** The reply to the send with this id (`accepted` or `rejected`). */
-  reply(id: string, timeoutMs = 5000): Promise<Frame> {
+  reply(id: string, timeoutMs = 15_000): Promise<Frame> {
     return this.next(
       (f) => (f.type === "accepted" || f.type === "rejected") && f.id === id,
       timeoutMs,
@@ -89,7 +94,7 @@ export class TestSocket {
   }
 
   /** Waits until `count` message frames have arrived (and takes them), oldest first. */
-  async messages(count: number, timeoutMs = 10_000): Promise<Frame[]> {
+  async messages(count: number, timeoutMs = 30_000): Promise<Frame[]> {
     const out: Frame[] = [];
     const deadline = Date.now() + timeoutMs;
     while (out.length < count) {
@@ -110,7 +115,7 @@ export class TestSocket {
   }
 
   /** Resolves with the close code and reason. */
-  whenClosed(timeoutMs = 5000): Promise<{ code: number; reason: string }> {
+  whenClosed(timeoutMs = 15_000): Promise<{ code: number; reason: string }> {
     if (this.closed) return Promise.resolve(this.closed);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error("socket did not close")), timeoutMs);
