@@ -9,6 +9,9 @@ import type { ClientAddresses } from "../ratelimit/index.ts";
 import { bearerToken } from "../sessions/auth.ts";
 import type { AdminRefusals, RefusalReason } from "./refusals.ts";
 
+/** The Prometheus scrape endpoint on the admin listener (text exposition format). */
+const METRICS_ROUTE = "/metrics";
+
 /** Compares tokens in constant time (hashing first so the lengths are equal too). */
 function tokenMatches(given: string, expected: string): boolean {
   const a = createHash("sha256").update(given).digest();
@@ -83,9 +86,14 @@ export function createAdminApp(deps: {
       throw new DomainError("unauthorized", "missing or wrong admin token");
     })
     .onAfterHandle({ as: "global" }, async ({ request, route, set }) => {
-      await call(request.method, route, typeof set.status === "number" ? set.status : 200);
+      const status = typeof set.status === "number" ? set.status : 200;
+      // A metrics scrape (Prometheus: every 15 s by default, per node) reads counters that name
+      // nobody; an entry for each would be thousands a day in the chain, none of them about
+      // personal data. A scrape that fails is still recorded.
+      if (route === METRICS_ROUTE && status < 400) return;
+      await call(request.method, route, status);
     })
-    .get("/metrics", async ({ set }) => {
+    .get(METRICS_ROUTE, async ({ set }) => {
       set.headers["content-type"] = deps.metrics.registry.contentType;
       return deps.metrics.registry.metrics();
     });
