@@ -233,6 +233,22 @@ export function describeEnvelopeLog(
       expect(await log.undelivered(first.recipientUser)).toHaveLength(2);
     });
 
+    // The identity leads with the recipient (PostgreSQL primary key, SQLite unique index) but still
+    // names the sender: another sender, or another device of the same sender, picking the same id
+    // for the same recipient device is a new envelope, not a re-send that would be dropped.
+    test("the same id for the same recipient device from another sender or sender device is new; each re-send is not", async () => {
+      const first = envelope();
+      const otherSender = { ...first, senderUser: randomUUID() };
+      const otherDevice = { ...first, senderDevice: 2 };
+      expect(await log.append([first, otherSender, otherDevice])).toEqual([true, true, true]);
+      expect(await log.append([first, otherSender, otherDevice])).toEqual([false, false, false]);
+      const stored = await log.undelivered(first.recipientUser);
+      expect(stored.map((e) => `${e.senderUser}/${e.senderDevice}`).sort()).toEqual(
+        [first, otherSender, otherDevice].map((e) => `${e.senderUser}/${e.senderDevice}`).sort(),
+      );
+      expect(new Set(stored.map((e) => e.body))).toEqual(new Set([first.body]));
+    });
+
     test("a group send to 10,000 member devices is one append: all new, in order, and idempotent", async () => {
       const message = envelope({ groupId: randomUUID(), type: 7 });
       const members = Array.from({ length: 10_000 }, (_, i) => ({
@@ -327,6 +343,15 @@ export function describeEnvelopeLog(
       await log.append([e, twin]);
       await log.ack(e.recipientUser, 2, [e.id]);
       expect((await log.undelivered(e.recipientUser)).map((x) => x.recipientDevice)).toEqual([1]);
+    });
+
+    test("an ack naming another user's envelope ids, on any device id, acknowledges nothing of theirs", async () => {
+      const e = envelope({ recipientDevice: 3 });
+      await log.append([e]);
+      const stranger = randomUUID();
+      expect(await log.ack(stranger, 3, [e.id])).toBe(0);
+      expect(await log.ack(e.senderUser, e.senderDevice, [e.id])).toBe(0);
+      expect((await log.undelivered(e.recipientUser)).map((x) => x.body)).toEqual([e.body]);
     });
 
     test("metadataOf lists envelopes sent by and to the user, without ciphertext", async () => {
