@@ -1,4 +1,4 @@
-import { eq } from "drizzle-orm";
+import { and, eq } from "drizzle-orm";
 import { isUniqueViolation } from "../db/errors.ts";
 import type { Db } from "../db/index.ts";
 import { accounts } from "../db/schema.ts";
@@ -116,11 +116,11 @@ export class AccountService {
   }
 
   /**
-   * Resolves when `password` is the password of `userId` (re-checks before sensitive actions:
-   * erasure, password change); `unauthorized` otherwise. Throttled like a login of that account
-   * from `address`, sharing its budgets.
+   * Resolves with the stored hash `password` matched when it is the password of `userId` (re-checks
+   * before sensitive actions: erasure, password change); `unauthorized` otherwise. Throttled like a
+   * login of that account from `address`, sharing its budgets.
    */
-  async checkPasswordOf(userId: string, password: string, address: string): Promise<void> {
+  async checkPasswordOf(userId: string, password: string, address: string): Promise<string> {
     this.requirePasswords();
     const [row] = await this.db
       .select({ username: accounts.username, passwordHash: accounts.passwordHash })
@@ -138,17 +138,42 @@ export class AccountService {
       throw new DomainError("unauthorized", "wrong password");
     }
     await this.throttle.succeeded(account, address);
+    return row.passwordHash;
   }
 
   /**
-   * Replaces the password of `userId` after checking `currentPassword` (`checkPasswordOf`: throttled,
-   * `unauthorized` when wrong, `forbidden` for an account without a password). The new password is
-   * hashed with the current cost.
+   * The first half of a password change of `userId`: checks `currentPassword` (`checkPasswordOf`:
+   * throttled, `unauthorized` when wrong, `forbidden` for an account without a password) and hashes
+   * `newPassword` with the current cost; writes nothing. `currentHash`: the stored hash the current
+   * password matched, `newHash`: the one to store. The caller stores it with `storePasswordChange`
+   * in its own transaction (`SessionService.changePassword`).
    */
-  async changePassword(userId: string, currentPassword: string, newPassword: string, address: string) {
-    await this.checkPasswordOf(userId, currentPassword, address);
-    const passwordHash = await this.hash(newPassword);
-    await this.db.update(accounts).set({ passwordHash }).where(eq(accounts.id, userId));
+  async preparePasswordChange(
+    userId: string,
+    currentPassword: string,
+    newPassword: string,
+    address: string,
+  ): Promise<{ currentHash: string; newHash: string }> {
+    const currentHash = await this.checkPasswordOf(userId, currentPassword, address);
+    return { currentHash, newHash: await this.hash(newPassword) };
+  }
+
+  /**
+   * The second half: replaces the account's password hash with `change.newHash`, in `tx`, only if it
+   * is still `change.currentHash` (a change that checked the same password and stored first wins; a
+   * row lock makes the other wait for its commit). `unauthorized` otherwise, and nothing is written.
+   */
+  async storePasswordChange(
+    tx: Pick<Db, "update">,
+    userId: string,
+    change: { currentHash: string; newHash: string },
+  ): Promise<void> {
+    const [stored] = await tx
+      .update(accounts)
+      .set({ passwordHash: change.newHash })
+      .where(and(eq(accounts.id, userId), eq(accounts.passwordHash, change.currentHash)))
+      .returning({ id: accounts.id });
+    if (!stored) throw new DomainError("unauthorized", "wrong password");
   }
 
   /** True when the account has a password (false: it signs in with the identity provider only). */

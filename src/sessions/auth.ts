@@ -10,15 +10,17 @@ export function bearerToken(authorization: string | undefined, queryToken?: stri
 
 /**
  * Adds the `auth` route option to a feature's routes: the route runs only for a valid access token
- * and receives `principal`; otherwise `unauthorized` (401).
+ * and receives `principal` and `tokenGeneration` (the device's token generation the token names,
+ * which a route that issues tokens checks again when it writes); otherwise `unauthorized` (401).
  */
 export function authPlugin(sessions: SessionService) {
   return new Elysia({ name: "clearbox.auth" }).macro({
     auth: {
-      async resolve({ headers }): Promise<{ principal: Principal }> {
+      async resolve({ headers }): Promise<{ principal: Principal; tokenGeneration: number }> {
         const token = bearerToken(headers.authorization);
         if (!token) throw new DomainError("unauthorized", "missing bearer token");
-        return { principal: await sessions.authenticate(token) };
+        const { principal, generation } = await sessions.authenticateSession(token);
+        return { principal, tokenGeneration: generation };
       },
     },
   });

@@ -27,8 +27,8 @@ export function sessionRoutes(sessions: SessionService, addresses: ClientAddress
     )
     .post(
       "/v1/me/password",
-      async ({ principal, body, clientAddress }) =>
-        (await sessions.changePassword(principal, body, clientAddress)).tokens,
+      async ({ principal, tokenGeneration, body, clientAddress }) =>
+        (await sessions.changePassword(principal, tokenGeneration, body, clientAddress)).tokens,
       {
         auth: true,
         clientAddress: true,

@@ -351,22 +351,40 @@ export class SessionService {
 
   /**
    * `POST /v1/me/password`: checks `currentPassword` (throttled like a login of the account from
-   * `address`, `PasswordThrottle`), stores the new one, and — unless `logoutDevices` is false —
-   * revokes every other device of the account (tokens, and their sockets on every node, 4401).
-   * The calling device is always re-keyed (`rekey`): a login may name an existing device id, so
-   * another session on the caller's device id cannot be told from the caller's; every token of
-   * that device issued before is refused, its sockets are closed (4401), and the caller gets the
-   * one new session returned (`SessionTokens`, as a login's). `unauthorized` for a wrong password,
-   * `forbidden` for an account without one (identity provider) or with passwords disabled,
-   * `rate_limited` past a budget; none of them changes anything. `revoked`: the ids of the other
-   * devices revoked.
+   * `address`, `PasswordThrottle`), then in one transaction stores the new password and re-keys the
+   * calling device, and — unless `logoutDevices` is false — then revokes every other device of the
+   * account (tokens, and their sockets on every node, 4401). `generation`: the token generation of
+   * the access token the request was authenticated with (`authenticateSession`).
+   * The calling device is always re-keyed: a login may name an existing device id, so another
+   * session on the caller's device id cannot be told from the caller's; every token of that device
+   * issued before is refused, its sockets are closed (4401), and the caller gets the one new session
+   * returned (`SessionTokens`, as a login's).
+   * The transaction writes only if the password is still the one checked and the device is still at
+   * `generation`: of two changes that checked the same password, the second to store is refused
+   * (each would otherwise revoke the other's device, both callers keep a session, the password is
+   * one of theirs), and a change whose device was removed or revoked since the request was
+   * authenticated (a refresh token's reuse, the identity provider's logout) changes nothing.
+   * `unauthorized` for a wrong password, a password changed meanwhile, or a device removed or revoked
+   * meanwhile; `forbidden` for an account without a password (identity provider) or with passwords
+   * disabled; `rate_limited` past a budget; none of them changes anything. `revoked`: the ids of the
+   * other devices revoked. Should a revocation of another device fail (the database), the password
+   * and the caller's device have changed already: the caller signs in with the new password.
    */
   async changePassword(
     principal: Principal,
+    generation: number,
     input: { currentPassword: string; newPassword: string; logoutDevices?: boolean },
     address: string,
   ): Promise<{ tokens: SessionTokens; revoked: number[] }> {
-    await this.accounts.changePassword(principal.userId, input.currentPassword, input.newPassword, address);
+    const change = await this.accounts.preparePasswordChange(
+      principal.userId,
+      input.currentPassword,
+      input.newPassword,
+      address,
+    );
+    const tokens = await this.rekey(principal.userId, principal.deviceId, generation, (tx) =>
+      this.accounts.storePasswordChange(tx, principal.userId, change),
+    );
     const revoked: number[] = [];
     if (input.logoutDevices !== false) {
       for (const { deviceId } of await this.devices.list(principal.userId)) {
@@ -375,8 +393,6 @@ export class SessionService {
         revoked.push(deviceId);
       }
     }
-    // The caller's device last: should a revocation above fail, the caller still holds its tokens.
-    const tokens = await this.rekey(principal.userId, principal.deviceId);
     await this.audit?.record({
       action: "account.password_changed",
       actor: { user: principal.userId },
@@ -387,23 +403,37 @@ export class SessionService {
   }
 
   /**
-   * Revokes every token of the device (as `revokeDevice`) and issues its one new session, in one
-   * transaction, then closes the device's sockets opened with the revoked tokens on every node
-   * (4401). The device row is updated first, as in `revokeDevice`: a refresh or login issuing for
-   * it (FOR SHARE on the row, `refresh` and `issue`) committed before, and its refresh token is
-   * deleted here, or it waits for this commit and finds its token gone (a refresh) or the password
-   * changed (a login). The new refresh token is written after the DELETE, so it is the device's only
-   * one. `not_found` when the device is gone (removed meanwhile): nothing is issued.
+   * Runs `first` (the password change's write, which takes the account row first, as a login's
+   * `issue` does), then revokes every token of the device (as `revokeDevice`) and issues its one new
+   * session, all in one transaction, then closes the device's sockets opened with the revoked tokens
+   * on every node (4401). The device row is updated only while it is at `generation`: a refresh or
+   * login issuing for it (FOR SHARE on the row, `refresh` and `issue`) committed before, and its
+   * refresh token is deleted here, or it waits for this commit and finds its token gone (a refresh)
+   * or the password changed (a login). The new refresh token is written after the DELETE, so it is
+   * the device's only one. `unauthorized` when the device is gone (removed meanwhile) or was revoked
+   * since its token of `generation` was checked: nothing is written, nothing is issued.
    */
-  private async rekey(userId: string, deviceId: number): Promise<SessionTokens> {
+  private async rekey(
+    userId: string,
+    deviceId: number,
+    generation: number,
+    first: (tx: Pick<Db, "update">) => Promise<void>,
+  ): Promise<SessionTokens> {
     const { token, hash } = TokenIssuer.mintRefreshToken();
-    const generation = await this.db.transaction(async (tx) => {
+    const next = await this.db.transaction(async (tx) => {
+      await first(tx);
       const [bumped] = await tx
         .update(devices)
         .set({ tokenGeneration: sql`${devices.tokenGeneration} + 1` })
-        .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)))
+        .where(
+          and(
+            eq(devices.userId, userId),
+            eq(devices.deviceId, deviceId),
+            eq(devices.tokenGeneration, generation),
+          ),
+        )
         .returning({ generation: devices.tokenGeneration });
-      if (!bumped) throw new DomainError("not_found", `device ${deviceId} does not exist`);
+      if (!bumped) throw new DomainError("unauthorized", "access token was revoked");
       await tx
         .delete(refreshTokens)
         .where(and(eq(refreshTokens.userId, userId), eq(refreshTokens.deviceId, deviceId)));
@@ -415,11 +445,11 @@ export class SessionService {
       });
       return bumped.generation;
     });
-    await this.closeSockets?.(userId, deviceId, generation);
+    await this.closeSockets?.(userId, deviceId, next);
     return {
       userId,
       deviceId,
-      accessToken: await this.tokens.sign({ userId, deviceId, generation }),
+      accessToken: await this.tokens.sign({ userId, deviceId, generation: next }),
       refreshToken: token,
       expiresIn: this.tokens.accessTtlSeconds,
     };
