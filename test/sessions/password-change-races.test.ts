@@ -14,7 +14,16 @@ describe.each(BACKENDS)("password changes racing (%s)", (backend) => {
   let client: Api;
 
   beforeAll(async () => {
-    node = await startTestNode(backend, { env: { LOGINS_PER_ACCOUNT: "1000000" } });
+    // Each round logs in with wrong passwords on purpose: the failure budgets (10 per address by
+    // default) would answer 429 where the test waits for 401.
+    node = await startTestNode(backend, {
+      env: {
+        LOGINS_PER_ACCOUNT: "1000000",
+        LOGIN_ATTEMPTS_PER_ADDRESS: "1000000",
+        LOGIN_FAILURES_PER_ADDRESS: "1000",
+        LOGIN_FAILURES_PER_ACCOUNT: "1000000",
+      },
+    });
     client = api(node.url);
   });
   afterAll(() => node?.teardown());
