@@ -66,7 +66,16 @@ export class Outbox {
     const counts = this.counts;
     counts.transfers++;
     counts.frames += batch.frames.length;
-    this.transport.send(nodeId, batch.frames).then(
+    let sending: Promise<void>;
+    try {
+      sending = this.transport.send(nodeId, batch.frames);
+    } catch (error) {
+      // A transport that throws instead of rejecting (AmqpTransport's JSON encoding of a frame it
+      // cannot encode) would throw out of the end-of-turn flush: an uncaught exception, the batch
+      // never settled. Its senders get the error instead.
+      sending = Promise.reject(error);
+    }
+    sending.then(
       () => {
         counts.confirmed++;
         batch.resolve();

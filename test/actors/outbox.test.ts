@@ -1,7 +1,9 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { UnroutableError } from "../../actors/actor-error.ts";
+import { AmqpTransport } from "../../actors/amqp-transport.ts";
 import { Outbox } from "../../actors/outbox.ts";
 import type { EnvelopeFrame, Frame, FrameHandler, Transport } from "../../actors/transport.ts";
+import { AMQP_URL, runPrefix } from "../support/cluster-env.ts";
 
 interface Transfer {
   nodeId: string;
@@ -146,5 +148,29 @@ describe("Outbox", () => {
     }
     expect(transport.to("gone")).toHaveLength(1);
     expect(unhandled).toEqual([]);
+  });
+});
+
+describe("Outbox over RabbitMQ", () => {
+  test("a frame the transport cannot encode rejects its senders instead of throwing from the flush", async () => {
+    const rabbit = new AmqpTransport({ nodeId: "outbox-a", url: AMQP_URL, prefix: runPrefix() });
+    await rabbit.start(async () => {}, () => {});
+    const errors: unknown[] = [];
+    const record = (reason: unknown) => errors.push(reason);
+    process.on("uncaughtException", record);
+    process.on("unhandledRejection", record);
+    try {
+      const amqpOutbox = new Outbox(rabbit);
+      // JSON has no BigInt: the transport's encoding throws before anything reaches the broker.
+      const sent = outcome(amqpOutbox.send("outbox-b", { t: "env", keys: ["user:1"], msg: 1n, hops: 1 }));
+      const result = await sent;
+      await nextTurn();
+      expect(result).toBeInstanceOf(TypeError);
+      expect(errors).toEqual([]);
+    } finally {
+      process.off("uncaughtException", record);
+      process.off("unhandledRejection", record);
+      await rabbit.stop();
+    }
   });
 });
