@@ -497,18 +497,22 @@ export class AmqpOfflineQueue implements OfflineQueue {
         taken.push(message);
         const envelope = decode(message.body);
         if (envelope.senderUser === senderUser) dropped++;
-        else
-          kept.push(
-            channel.basicPublish(
-              {
-                routingKey: name,
-                durable: true,
-                messageId: message.messageId,
-                contentType: "application/json",
-              },
-              encode(envelope),
-            ),
+        else {
+          const publish = channel.basicPublish(
+            {
+              routingKey: name,
+              durable: true,
+              messageId: message.messageId,
+              contentType: "application/json",
+            },
+            encode(envelope),
           );
+          // Observed at once: should the pass fail before `Promise.all(kept)` (a basic.get refused,
+          // a body that does not decode), closing the channel rejects the unconfirmed ones, and
+          // nobody would be listening. The pass's own error is what the caller hears.
+          publish.catch(() => undefined);
+          kept.push(publish);
+        }
       }
       // Only once the kept copies are confirmed do the originals go.
       await Promise.all(kept);

@@ -89,3 +89,43 @@ describe("RabbitMQ offline queue drains", () => {
     await again.release();
   }, 60_000);
 });
+
+describe("RabbitMQ offline queue dropFrom", () => {
+  test("a pass that fails part-way leaves no re-publish unobserved (its rejection reaches the caller)", async () => {
+    const queue = await AmqpOfflineQueue.open(AMQP_URL, { prefix: runPrefix(), retentionDays: 1 });
+    const rabbit = new Connection({ url: AMQP_URL, retryLow: 100, retryHigh: 1000 });
+    const users: string[] = [];
+    const errors: unknown[] = [];
+    const record = (reason: unknown) => errors.push(reason);
+    process.on("unhandledRejection", record);
+    try {
+      // Another sender's messages are kept (re-published behind) before the pass reaches one it
+      // cannot read; the pass fails there and closes its channel, rejecting the re-publishes whose
+      // confirms had not come yet. Whether any had not is up to the broker: five rounds.
+      for (let round = 0; round < 5; round++) {
+        const user = randomUUID();
+        users.push(user);
+        await queue.flush(user, 1, [envelope(user, 1), envelope(user, 2), envelope(user, 3)]);
+        const channel = await rabbit.acquire();
+        await channel.basicPublish(
+          { routingKey: queue.queueName(user, 1), durable: true },
+          Buffer.from("not json"),
+        );
+        await channel.close();
+        const failed = await queue.dropFrom(user, 1, randomUUID()).then(
+          () => undefined,
+          (error: unknown) => error,
+        );
+        expect(failed).toBeInstanceOf(SyntaxError);
+      }
+      // Rejections of the closed channels' unconfirmed publishes surface within a few turns.
+      for (let i = 0; i < 5; i++) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(errors).toEqual([]);
+    } finally {
+      process.off("unhandledRejection", record);
+      for (const user of users) await queue.purge(user, 1).catch(() => 0);
+      await queue.close();
+      await rabbit.close();
+    }
+  });
+});
