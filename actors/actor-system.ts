@@ -347,19 +347,37 @@ export class ActorSystem implements ActorRefs, ActorHost {
     await this.placement.leaveRing();
   }
 
-  /** Graceful shutdown: drain, passivate what is left, delete the inbox if empty, leave. */
+  /**
+   * Graceful shutdown: drain, passivate what is left, delete the inbox if empty, leave. Rejects with
+   * the first step's error when one fails (the drain while Redis is away: the actors were not handed
+   * off); the node is stopped all the same, its inbox consumer, membership and connections closed,
+   * so nothing of it keeps running (a heartbeat re-registering a stopped node, a consumer taking
+   * transfers for it).
+   */
   async stop(): Promise<void> {
     if (this.state !== "running") return;
     this.state = "stopping";
     this.placement.stopMaintenance();
-    await this.drain();
+    let failure: unknown;
+    const attempt = async (step: () => Promise<unknown>) => {
+      try {
+        await step();
+      } catch (error) {
+        failure ??= error;
+      }
+    };
+    await attempt(() => this.drain());
     await Promise.all([...this.actors.values()].map((actor) => actor.passivate("shutdown")));
-    const deleted = await this.transport.stop();
+    let deleted = false;
+    await attempt(async () => {
+      deleted = await this.transport.stop();
+    });
     this.state = "stopped";
     this.placement.unwatch();
-    await this.membership.leave({ forget: deleted });
+    await attempt(() => this.membership.leave({ forget: deleted }));
     this.placement.releaseHeld();
     this.asks.rejectAll();
+    if (failure !== undefined) throw failure;
   }
 
   /** Abrupt stop, as a crash: no handoff, no passivation, no goodbye; peers notice by TTL. */

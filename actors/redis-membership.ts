@@ -207,16 +207,31 @@ export class RedisMembership implements Membership {
     return () => this.listeners.delete(listener);
   }
 
+  /**
+   * Deletes this node's key (and its registry entry with `forget`), announces the leave and closes
+   * the connections. Rejects with Redis's error when the key could not be deleted (Redis away): the
+   * membership is closed all the same (no heartbeat, no re-assert on a reconnect, connections
+   * dropped), and the key expires by its TTL, as a crashed node's would.
+   */
   async leave(options?: { forget?: boolean }): Promise<void> {
     if (this.closed) return;
     this.stopTimer();
-    const tx = this.redis.multi().del(this.memberKey(this.self));
-    if (options?.forget) tx.srem(this.nodesKey, this.self);
-    await tx.exec();
-    await this.redis.publish(this.channel, `leave ${this.self}`);
-    this.closed = true;
-    await this.subscriber?.quit().catch(() => undefined);
-    if (this.ownsRedis) await this.redis.quit().catch(() => undefined);
+    try {
+      const tx = this.redis.multi().del(this.memberKey(this.self));
+      if (options?.forget) tx.srem(this.nodesKey, this.self);
+      await tx.exec();
+      await this.redis.publish(this.channel, `leave ${this.self}`);
+    } finally {
+      this.closed = true;
+      const subscriber = this.subscriber;
+      if (subscriber?.status === "ready") await subscriber.quit().catch(() => undefined);
+      else subscriber?.disconnect();
+      if (this.ownsRedis) {
+        // quit() waits for an answer; while Redis is away it would wait for the reconnect.
+        if (this.redis.status === "ready") await this.redis.quit().catch(() => undefined);
+        else this.redis.disconnect();
+      }
+    }
   }
 
   async abort(): Promise<void> {
