@@ -154,7 +154,10 @@ describe("Outbox", () => {
 describe("Outbox over RabbitMQ", () => {
   test("a frame the transport cannot encode rejects its senders instead of throwing from the flush", async () => {
     const rabbit = new AmqpTransport({ nodeId: "outbox-a", url: AMQP_URL, prefix: runPrefix() });
-    await rabbit.start(async () => {}, () => {});
+    await rabbit.start(
+      async () => {},
+      () => {},
+    );
     const errors: unknown[] = [];
     const record = (reason: unknown) => errors.push(reason);
     process.on("uncaughtException", record);

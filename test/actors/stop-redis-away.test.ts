@@ -32,7 +32,11 @@ describe("ActorSystem.stop while Redis is away", () => {
       heartbeatMs: HEARTBEAT_MS,
       ttlMs: HEARTBEAT_MS * 3,
     });
-    const system = new ActorSystem({ nodeId: "away-a", membership, transport: new InMemoryTransport("away-a") });
+    const system = new ActorSystem({
+      nodeId: "away-a",
+      membership,
+      transport: new InMemoryTransport("away-a"),
+    });
     system.register("echo", () => ({ receive: (message) => message }));
     await system.start();
     expect(await system.ask("echo:1", "hello")).toBe("hello");
