@@ -486,56 +486,86 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     audit,
   });
 
-  // 6. Start.
+  // 6. Start. A step that fails releases what the steps before it opened (the actor system's
+  // broker and Redis connections, the stores, a listener already bound) before the error goes up:
+  // an embedding process (tests) goes on without them, and nothing of a node that never started
+  // keeps reconnecting or serving.
+  let unwatchGone = () => {};
+  const releaseAfterFailedStart = async () => {
+    const quietly = async (name: string, run: () => Promise<unknown> | unknown) => {
+      try {
+        await run();
+      } catch (error) {
+        logger.warn({ err: error, step: name }, "release after a failed start: step failed");
+      }
+    };
+    unwatchGone();
+    await quietly("retention", () => retention.stop());
+    await quietly("group sweep", () => groupSweep.stop());
+    // Its presence-renewal and ping timers run from its construction (step 4).
+    await quietly("gateway", () => openGateway.stop());
+    await quietly("public listener", () => app.server && app.stop(true));
+    await quietly("admin listener", () => admin.server && admin.stop(true));
+    await quietly("gdpr", () => gdpr.stop());
+    await quietly("actors", () => actors.stop());
+    await quietly("stores", () => stores.close());
+    redis?.disconnect();
+    await quietly("database", () => database.close());
+  };
   try {
-    await actors.start();
-  } catch (error) {
-    if (error instanceof BrokerUnreachableError) throw new StartupError("AMQP_URL", error.message);
-    // The membership's Redis commands fail after their retries while Redis is away.
-    if (
-      config.redisUrl &&
-      /redis|MaxRetriesPerRequest|ECONNREFUSED/i.test(
-        `${(error as Error)?.name} ${(error as Error)?.message}`,
-      )
-    ) {
-      throw new StartupError("REDIS_URL", `could not join the cluster through Redis: ${reasonOf(error)}`);
+    try {
+      await actors.start();
+    } catch (error) {
+      if (error instanceof BrokerUnreachableError) throw new StartupError("AMQP_URL", error.message);
+      // The membership's Redis commands fail after their retries while Redis is away.
+      if (
+        config.redisUrl &&
+        /redis|MaxRetriesPerRequest|ECONNREFUSED/i.test(
+          `${(error as Error)?.name} ${(error as Error)?.message}`,
+        )
+      ) {
+        throw new StartupError("REDIS_URL", `could not join the cluster through Redis: ${reasonOf(error)}`);
+      }
+      throw error;
     }
+    // Accounts erased after the backup this database was restored from go before anyone can sign in.
+    await gdpr.erasures.replayLedger();
+    // The fence's durable marks (pending erasures, replayed ones included), before a listener opens.
+    await fence.load(db);
+    // reusePort off (Elysia turns it on): a second node on a port in use must fail, not share it.
+    listenOrExplain("PORT", config.port, () =>
+      app.listen({
+        port: config.port,
+        hostname: config.publicHost,
+        maxRequestBodySize: MAX_BODY_BYTES,
+        tls: listenerTls(config.tls),
+        websocket: gateway.websocket,
+        reusePort: false,
+      }),
+    );
+    listenOrExplain("ADMIN_PORT", config.adminPort, () =>
+      admin.listen({
+        port: config.adminPort,
+        hostname: config.adminHost,
+        // Bun's default is 128 MiB; the admin RPC takes small JSON bodies only.
+        maxRequestBodySize: MAX_BODY_BYTES,
+        tls: listenerTls(config.adminTls),
+        reusePort: false,
+      }),
+    );
+    // A node that went away without telling (killed, frozen, cut off) sent no disconnect for its
+    // sockets: sockets here that replaced one of them read their offline queue again.
+    unwatchGone = actors.onNodesGone((gone) => {
+      const sockets = openGateway.nodesGone(gone);
+      if (sockets > 0) logger.info({ ...gone, sockets }, "sockets re-read their queue after nodes went away");
+    });
+    await gdpr.start();
+    retention.start();
+    if (options.expandGroups ?? true) groupSweep.start();
+  } catch (error) {
+    await releaseAfterFailedStart();
     throw error;
   }
-  // Accounts erased after the backup this database was restored from go before anyone can sign in.
-  await gdpr.erasures.replayLedger();
-  // The fence's durable marks (pending erasures, replayed ones included), before a listener opens.
-  await fence.load(db);
-  // reusePort off (Elysia turns it on): a second node on a port in use must fail, not share it.
-  listenOrExplain("PORT", config.port, () =>
-    app.listen({
-      port: config.port,
-      hostname: config.publicHost,
-      maxRequestBodySize: MAX_BODY_BYTES,
-      tls: listenerTls(config.tls),
-      websocket: gateway.websocket,
-      reusePort: false,
-    }),
-  );
-  listenOrExplain("ADMIN_PORT", config.adminPort, () =>
-    admin.listen({
-      port: config.adminPort,
-      hostname: config.adminHost,
-      // Bun's default is 128 MiB; the admin RPC takes small JSON bodies only.
-      maxRequestBodySize: MAX_BODY_BYTES,
-      tls: listenerTls(config.adminTls),
-      reusePort: false,
-    }),
-  );
-  // A node that went away without telling (killed, frozen, cut off) sent no disconnect for its
-  // sockets: sockets here that replaced one of them read their offline queue again.
-  const unwatchGone = actors.onNodesGone((gone) => {
-    const sockets = openGateway.nodesGone(gone);
-    if (sockets > 0) logger.info({ ...gone, sockets }, "sockets re-read their queue after nodes went away");
-  });
-  await gdpr.start();
-  retention.start();
-  if (options.expandGroups ?? true) groupSweep.start();
   const url = listenerUrl(config.publicHost, Number(app.server?.port), Boolean(config.tls));
   const adminUrl = listenerUrl(config.adminHost, Number(admin.server?.port), Boolean(config.adminTls));
   logger.info(
