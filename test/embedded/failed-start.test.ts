@@ -2,8 +2,8 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freePort } from "../support/own-rabbitmq.ts";
 import { startTestNode } from "../support/node.ts";
+import { freePort } from "../support/own-rabbitmq.ts";
 
 // A start that fails late (here: the admin port is taken, after the public listener is bound and
 // the actor system and stores are open) must release what it opened: a process embedding the node
