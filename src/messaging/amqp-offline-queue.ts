@@ -159,6 +159,12 @@ class DrainChannels {
           name: `offline-queue drains ${this.connections.length + 1}`,
           startupWaitMs: 5_000,
         });
+        // Closed while it connected: close() did not see it, so it goes here (it would reconnect
+        // for ever after the node stopped).
+        if (this.closed) {
+          await closeQuietly(rabbit);
+          throw new Error("offline queue is closed");
+        }
         const entry = { rabbit, limit: CHANNELS_PER_CONNECTION, inUse: 0 };
         this.connections.push(entry);
         for (const wake of this.waiting.splice(0)) wake();
@@ -173,6 +179,8 @@ class DrainChannels {
   async close(): Promise<void> {
     this.closed = true;
     for (const wake of this.waiting.splice(0)) wake();
+    // A connection being opened now closes itself when it is up (connect); wait for that.
+    await this.connecting?.catch(() => undefined);
     for (const c of this.connections) await closeQuietly(c.rabbit);
   }
 }

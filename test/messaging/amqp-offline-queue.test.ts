@@ -129,3 +129,18 @@ describe("RabbitMQ offline queue dropFrom", () => {
     }
   });
 });
+
+describe("RabbitMQ offline queue close", () => {
+  test("a drain connection still connecting when the queue closes is closed too, not kept", async () => {
+    const queue = await AmqpOfflineQueue.open(AMQP_URL, { prefix: runPrefix(), retentionDays: 1 });
+    // The first drain opens the first drain connection; the queue closes while it connects.
+    const drain = await queue.drain(randomUUID(), 1);
+    const reading = drain.next(10).then(
+      () => "read",
+      (error: unknown) => (error as Error).message,
+    );
+    await queue.close();
+    expect(await reading).toBe("offline queue is closed");
+    expect(queue.connectionCount).toBe(0);
+  });
+});
