@@ -34,7 +34,11 @@ export interface MessengerEvents {
    * substituting keys): the user should compare safety numbers again before trusting it.
    */
   identityChanged: [{ userId: string; username?: string; deviceId: number }];
-  /** A message that could not be decrypted or processed (it is acknowledged and dropped). */
+  /**
+   * A message that could not be decrypted or processed: it is acknowledged and dropped, unless it
+   * failed after its decryption (its store write, a `message` listener that threw), then it comes
+   * again on the next connection.
+   */
   undecryptable: [{ id: string; from: { user: string; device: number }; reason: string }];
 }
 
@@ -643,7 +647,24 @@ export class Messenger extends EventEmitter<MessengerEvents> {
       }
       case "message": {
         // In arrival order, one at a time: the server delivers a device's queue oldest first.
-        this.inbound = this.inbound.then(() => this.receive(frame));
+        // A receive that fails outside its decryption (the store closed under it: the client was
+        // closed with messages still queued here; a `message` listener that threw) leaves the
+        // message unacknowledged, so the server delivers it again on the next connection. It must
+        // neither reject with nobody listening nor break the chain for the messages behind it.
+        this.inbound = this.inbound
+          .then(() => this.receive(frame))
+          .catch((error: unknown) => {
+            if (this.stopped) return;
+            try {
+              this.emit("undecryptable", {
+                id: frame.id,
+                from: frame.from,
+                reason: (error as Error)?.message,
+              });
+            } catch {
+              // A listener of this event threw too: nothing more to tell.
+            }
+          });
         return;
       }
       case "presence":

@@ -325,6 +325,35 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     b.client.close();
   });
 
+  test("a client closed while messages are still being received raises no unhandled rejection", async () => {
+    const a = await chatter(node.url, "alice");
+    const b = await chatter(node.url, "bob");
+    // Bob is offline: five messages wait for him, and reach him in one drain.
+    a.messenger.start();
+    for (const text of ["1", "2", "3", "4", "5"]) await a.messenger.sendText(b.username, text);
+    await until(() => a.messenger.queued === 0, "alice's sends");
+    const errors: unknown[] = [];
+    const record = (reason: unknown) => errors.push(reason);
+    process.on("unhandledRejection", record);
+    try {
+      // He signs out as the first one is shown: the store closes with the others still queued
+      // behind it for decryption.
+      b.messenger.on("message", () => {
+        b.messenger.stop();
+        b.client.close();
+      });
+      b.messenger.start();
+      await until(() => b.received.length > 0, "bob's first message");
+      await Bun.sleep(200);
+      expect(b.received.map((m) => m.text)).toEqual(["1"]);
+      expect(errors).toEqual([]);
+    } finally {
+      process.off("unhandledRejection", record);
+      a.messenger.stop();
+      a.client.close();
+    }
+  });
+
   test("after the network drops, the socket reconnects by itself and messages flow again", async () => {
     const proxy = await startTcpProxy(node.url);
     try {
