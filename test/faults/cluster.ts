@@ -23,17 +23,24 @@ export async function startCluster(options: {
   };
   const database = { url: options.databaseUrl, drop: async () => {} };
   const nodes: TestNode[] = [];
-  for (const name of ["a", "b", "c"]) {
-    nodes.push(
-      await startTestNode("postgres", { database, env: { ...env, NODE_ID: `fault-${prefix}-${name}` } }),
-    );
+  try {
+    for (const name of ["a", "b", "c"]) {
+      nodes.push(
+        await startTestNode("postgres", { database, env: { ...env, NODE_ID: `fault-${prefix}-${name}` } }),
+      );
+    }
+    const until = Date.now() + 15_000;
+    while (nodes.some((node) => node.actors.ringMembers().length < 3)) {
+      if (Date.now() > until) throw new Error("the three nodes never saw each other");
+      await Bun.sleep(50);
+    }
+    return nodes;
+  } catch (error) {
+    // The caller never gets the nodes that did start: they stop here, or they would run on (timers,
+    // connections) into the files after this one.
+    for (const node of nodes) await node.teardown().catch(() => undefined);
+    throw error;
   }
-  const until = Date.now() + 15_000;
-  while (nodes.some((node) => node.actors.ringMembers().length < 3)) {
-    if (Date.now() > until) throw new Error("the three nodes never saw each other");
-    await Bun.sleep(50);
-  }
-  return nodes;
 }
 
 /** Opens and closes a socket on every node: new WebSocket upgrades complete. */

@@ -131,22 +131,33 @@ export async function startTwoNodes(name: string): Promise<{
     ...stackEnv("services", runPrefix()),
     JWT_SECRET: "test-jwt-secret-that-is-long-enough-0123456789",
   };
-  const a = await startTestNode("postgres", { database, env: { ...env, NODE_ID: `${name}-a` } });
-  const b = await startTestNode("postgres", { database, env: { ...env, NODE_ID: `${name}-b` } });
-  const until = Date.now() + 10_000;
-  while (a.actors.ringMembers().length < 2 || b.actors.ringMembers().length < 2) {
-    if (Date.now() > until) throw new Error("the two nodes never saw each other");
-    await Bun.sleep(50);
-  }
-  return {
-    a,
-    b,
-    async teardown() {
-      await a.teardown();
-      await b.teardown();
-      await database.drop();
-    },
+  const started: TestNode[] = [];
+  // Both stop and the database goes even when one of them fails to: a node left running would
+  // keep its timers and connections into the files that run after this one.
+  const teardown = async () => {
+    let failure: unknown;
+    for (const node of started) {
+      await node.teardown().catch((error: unknown) => {
+        failure ??= error;
+      });
+    }
+    await database.drop();
+    if (failure !== undefined) throw failure;
   };
+  try {
+    started.push(await startTestNode("postgres", { database, env: { ...env, NODE_ID: `${name}-a` } }));
+    started.push(await startTestNode("postgres", { database, env: { ...env, NODE_ID: `${name}-b` } }));
+    const [a, b] = started as [TestNode, TestNode];
+    const until = Date.now() + 10_000;
+    while (a.actors.ringMembers().length < 2 || b.actors.ringMembers().length < 2) {
+      if (Date.now() > until) throw new Error("the two nodes never saw each other");
+      await Bun.sleep(50);
+    }
+    return { a, b, teardown };
+  } catch (error) {
+    await teardown().catch(() => undefined);
+    throw error;
+  }
 }
 
 /** The state of `userId`'s device socket on `node` (`pending`, `draining`, `live`…), as its gateway sees it. */
