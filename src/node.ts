@@ -507,7 +507,10 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     await quietly("public listener", () => app.server && app.stop(true));
     await quietly("admin listener", () => admin.server && admin.stop(true));
     await quietly("gdpr", () => gdpr.stop());
-    await quietly("actors", () => actors.stop());
+    // Dropped as a crash would (what its inbox held stays there), not stopped: a graceful stop
+    // waits for transfers being handled, and one that arrived before the first ring waits for it
+    // for ever when the join failed.
+    await quietly("actors", () => actors.abort());
     await quietly("stores", () => stores.close());
     redis?.disconnect();
     await quietly("database", () => database.close());
