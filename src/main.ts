@@ -1,11 +1,19 @@
-import { ConfigError, EXIT_CONFIG, EXIT_UNAVAILABLE, loadConfig, StartupError } from "./config/index.ts";
+import {
+  ConfigError,
+  EXIT_CONFIG,
+  EXIT_SOFTWARE,
+  EXIT_UNAVAILABLE,
+  loadConfig,
+  StartupError,
+} from "./config/index.ts";
 import { createNode } from "./node.ts";
+import { exitOnUncaught } from "./observability/fatal.ts";
 
 /**
  * Starts one ClearBox node from the environment and stops it cleanly on SIGINT/SIGTERM.
  * Exit codes (README, "Configuration"): 0 stopped by a signal; 78 (`EX_CONFIG`) a variable is
  * invalid; 69 (`EX_UNAVAILABLE`) a configured service did not answer at start-up or a port is in use;
- * 1 anything else. The first two print one line naming the variable, never a stack.
+ * 70 (`EX_SOFTWARE`) an error nobody caught while the node ran (`exitOnUncaught`); 1 anything else. The first two print one line naming the variable, never a stack.
  */
 async function main() {
   let config: ReturnType<typeof loadConfig>;
@@ -28,6 +36,7 @@ async function main() {
     }
     throw error;
   }
+  exitOnUncaught(node.logger, EXIT_SOFTWARE);
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;

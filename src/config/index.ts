@@ -330,6 +330,8 @@ export class StartupError extends Error {
 export const EXIT_CONFIG = 78;
 /** Exit code of a service or port unavailable at start-up (sysexits.h `EX_UNAVAILABLE`). */
 export const EXIT_UNAVAILABLE = 69;
+/** Exit code of an error no code path caught, raised while the node ran (sysexits.h `EX_SOFTWARE`). */
+export const EXIT_SOFTWARE = 70;
 
 /** A one-line reason from a driver error, without stack or source excerpt: its code and message. */
 export function reasonOf(error: unknown): string {
