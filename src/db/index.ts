@@ -16,6 +16,9 @@ export { schema };
 /** The drizzle handle every store uses; the same type whether PostgreSQL or PGlite is underneath. */
 export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
 
+/** A transaction handle of `Db.transaction`. */
+export type Tx = Parameters<Parameters<Db["transaction"]>[0]>[0];
+
 /** Rows of `db.execute(sql…)`: postgres-js returns an array, PGlite an object with `rows`. */
 export function rowsOf<T>(result: unknown): T[] {
   return ((result as { rows?: T[] }).rows ?? (result as T[])) as T[];

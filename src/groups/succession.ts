@@ -1,9 +1,8 @@
 import { and, asc, eq, inArray } from "drizzle-orm";
-import type { Db } from "../db/index.ts";
+import type { Tx } from "../db/index.ts";
 import { groupMembers, groups } from "../db/schema.ts";
 
-/** A transaction handle of `Db.transaction`. */
-export type Tx = Parameters<Parameters<Db["transaction"]>[0]>[0];
+export type { Tx };
 
 /** What `keepAnAdmin` did to one group. */
 export type Succession =

@@ -1,7 +1,7 @@
 import { and, eq, isNull, sql } from "drizzle-orm";
 import type { AccountService } from "../accounts/service.ts";
 import type { AuditTrail } from "../audit/types.ts";
-import type { Db } from "../db/index.ts";
+import type { Db, Tx } from "../db/index.ts";
 import { accounts, devices, refreshTokens } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import { TokenIssuer } from "./tokens.ts";
@@ -223,13 +223,7 @@ export class SessionService {
           .from(devices)
           .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)));
         if (!device) return { kind: "unknown" };
-        await tx.insert(refreshTokens).values({
-          tokenHash: successor.hash,
-          userId,
-          deviceId,
-          createdAt: new Date(now),
-          expiresAt: new Date(now + this.refreshTtlDays * 86_400_000),
-        });
+        await this.storeRefreshToken(tx, successor.hash, userId, deviceId, now, new Date(now));
         return {
           kind: "issued",
           userId,
@@ -269,14 +263,8 @@ export class SessionService {
     switch (outcome.kind) {
       case "issued": {
         const { userId, deviceId, generation, issuedAt, refreshToken: next } = outcome;
-        return {
-          userId,
-          deviceId,
-          // The same claims and issue time: a presentation within the grace window gets the same token.
-          accessToken: await this.tokens.sign({ userId, deviceId, generation }, issuedAt),
-          refreshToken: next,
-          expiresIn: this.tokens.accessTtlSeconds,
-        };
+        // The same claims and issue time: a presentation within the grace window gets the same token.
+        return this.sessionTokens(userId, deviceId, generation, next, issuedAt);
       }
       case "expired":
         throw new DomainError("unauthorized", "refresh token has expired");
@@ -335,17 +323,7 @@ export class SessionService {
     // it waits for this commit and then finds its refresh token gone or the account's password
     // changed. As two autocommit statements, a successor committed between them outlived the
     // revocation (test/sessions/issuance-race.test.ts).
-    const generation = await this.db.transaction(async (tx) => {
-      const [bumped] = await tx
-        .update(devices)
-        .set({ tokenGeneration: sql`${devices.tokenGeneration} + 1` })
-        .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)))
-        .returning({ generation: devices.tokenGeneration });
-      await tx
-        .delete(refreshTokens)
-        .where(and(eq(refreshTokens.userId, userId), eq(refreshTokens.deviceId, deviceId)));
-      return bumped?.generation;
-    });
+    const generation = await this.db.transaction((tx) => this.revokeTokens(tx, userId, deviceId));
     await this.closeSockets?.(userId, deviceId, generation);
   }
 
@@ -422,35 +400,78 @@ export class SessionService {
     const { token, hash } = TokenIssuer.mintRefreshToken();
     const next = await this.db.transaction(async (tx) => {
       await first(tx);
-      const [bumped] = await tx
-        .update(devices)
-        .set({ tokenGeneration: sql`${devices.tokenGeneration} + 1` })
-        .where(
-          and(
-            eq(devices.userId, userId),
-            eq(devices.deviceId, deviceId),
-            eq(devices.tokenGeneration, generation),
-          ),
-        )
-        .returning({ generation: devices.tokenGeneration });
-      if (!bumped) throw new DomainError("unauthorized", "access token was revoked");
-      await tx
-        .delete(refreshTokens)
-        .where(and(eq(refreshTokens.userId, userId), eq(refreshTokens.deviceId, deviceId)));
-      await tx.insert(refreshTokens).values({
-        tokenHash: hash,
-        userId,
-        deviceId,
-        expiresAt: new Date(Date.now() + this.refreshTtlDays * 86_400_000),
-      });
-      return bumped.generation;
+      const bumped = await this.revokeTokens(tx, userId, deviceId, generation);
+      if (bumped === undefined) throw new DomainError("unauthorized", "access token was revoked");
+      await this.storeRefreshToken(tx, hash, userId, deviceId, Date.now());
+      return bumped;
     });
     await this.closeSockets?.(userId, deviceId, next);
+    return this.sessionTokens(userId, deviceId, next, token);
+  }
+
+  /**
+   * In `tx`: bumps the device's token generation (every access token issued before is refused) and
+   * deletes its refresh tokens, the device row first (see `revokeDevice` for why the order). With
+   * `onlyAt`, only while the device is still at that generation. Returns the new generation, or
+   * undefined when no row was bumped (the device is gone, or past `onlyAt`); the refresh tokens are
+   * deleted either way, so a caller that needs the bump throws and rolls both back (`rekey`).
+   */
+  private async revokeTokens(
+    tx: Tx,
+    userId: string,
+    deviceId: number,
+    onlyAt?: number,
+  ): Promise<number | undefined> {
+    const device = and(eq(devices.userId, userId), eq(devices.deviceId, deviceId));
+    const [bumped] = await tx
+      .update(devices)
+      .set({ tokenGeneration: sql`${devices.tokenGeneration} + 1` })
+      .where(onlyAt === undefined ? device : and(device, eq(devices.tokenGeneration, onlyAt)))
+      .returning({ generation: devices.tokenGeneration });
+    await tx
+      .delete(refreshTokens)
+      .where(and(eq(refreshTokens.userId, userId), eq(refreshTokens.deviceId, deviceId)));
+    return bumped?.generation;
+  }
+
+  /**
+   * In `tx`: stores a refresh token of the device by its hash (`TokenIssuer.mintRefreshToken`),
+   * expiring `REFRESH_TOKEN_TTL_DAYS` after `now` (Unix ms); `createdAt` defaults to the database's
+   * clock.
+   */
+  private async storeRefreshToken(
+    tx: Tx,
+    tokenHash: string,
+    userId: string,
+    deviceId: number,
+    now: number,
+    createdAt?: Date,
+  ): Promise<void> {
+    await tx.insert(refreshTokens).values({
+      tokenHash,
+      userId,
+      deviceId,
+      ...(createdAt ? { createdAt } : {}),
+      expiresAt: new Date(now + this.refreshTtlDays * 86_400_000),
+    });
+  }
+
+  /**
+   * A session's answer (`POST /v1/sessions`'s shape): an access token with the device's `generation`,
+   * signed as of `issuedAt` (Unix ms; now if absent), beside the refresh token in clear.
+   */
+  private async sessionTokens(
+    userId: string,
+    deviceId: number,
+    generation: number,
+    refreshToken: string,
+    issuedAt?: number,
+  ): Promise<SessionTokens> {
     return {
       userId,
       deviceId,
-      accessToken: await this.tokens.sign({ userId, deviceId, generation: next }),
-      refreshToken: token,
+      accessToken: await this.tokens.sign({ userId, deviceId, generation }, issuedAt),
+      refreshToken,
       expiresIn: this.tokens.accessTtlSeconds,
     };
   }
@@ -475,20 +496,9 @@ export class SessionService {
         .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)))
         .for("share");
       if (!device) throw new DomainError("not_found", `device ${deviceId} does not exist`);
-      await tx.insert(refreshTokens).values({
-        tokenHash: hash,
-        userId,
-        deviceId,
-        expiresAt: new Date(Date.now() + this.refreshTtlDays * 86_400_000),
-      });
+      await this.storeRefreshToken(tx, hash, userId, deviceId, Date.now());
       return device.generation;
     });
-    return {
-      userId,
-      deviceId,
-      accessToken: await this.tokens.sign({ userId, deviceId, generation }),
-      refreshToken: token,
-      expiresIn: this.tokens.accessTtlSeconds,
-    };
+    return this.sessionTokens(userId, deviceId, generation, token);
   }
 }
