@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { type Api, api, registerAndLogin, type SessionBody, sessionState } from "../support/http.ts";
+import { type Api, api, loginNewDevice, registerAndLogin, sessionState } from "../support/http.ts";
 import { BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
 
 /**
@@ -28,23 +28,13 @@ describe.each(BACKENDS)("password changes racing (%s)", (backend) => {
   });
   afterAll(() => node?.teardown());
 
-  async function secondDevice(alice: { username: string; password: string }): Promise<SessionBody> {
-    const more = await client.post("/v1/sessions", {
-      username: alice.username,
-      password: alice.password,
-      registrationId: 4242,
-    });
-    expect(more.status).toBe(201);
-    return more.body;
-  }
-
   const login = (username: string, password: string) =>
     client.post("/v1/sessions", { username, password, registrationId: 7 }).then((r) => r.status);
 
   test("two devices changing the password from the same current one: one wins, the other is refused and signed out", async () => {
     for (let round = 0; round < 3; round++) {
       const alice = await registerAndLogin(client);
-      const phone = await secondDevice(alice);
+      const phone = await loginNewDevice(client, alice);
       const [fromLaptop, fromPhone] = await Promise.all([
         client.post(
           "/v1/me/password",
@@ -76,7 +66,7 @@ describe.each(BACKENDS)("password changes racing (%s)", (backend) => {
   test("a password change whose device is removed meanwhile either answers 200 or changes nothing", async () => {
     for (let round = 0; round < 3; round++) {
       const alice = await registerAndLogin(client);
-      const phone = await secondDevice(alice);
+      const phone = await loginNewDevice(client, alice);
       const changing = client.post(
         "/v1/me/password",
         { currentPassword: alice.password, newPassword: "a passphrase nobody saw set" },

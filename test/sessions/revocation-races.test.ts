@@ -1,6 +1,13 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { CloseCode } from "../../src/protocol/index.ts";
-import { type Api, api, registerAndLogin, type SessionBody, sessionState } from "../support/http.ts";
+import {
+  type Api,
+  api,
+  loginNewDevice,
+  registerAndLogin,
+  type SessionBody,
+  sessionState,
+} from "../support/http.ts";
 import { BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
 import { TestSocket } from "../support/ws.ts";
 
@@ -68,14 +75,9 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
 
   test("refreshes racing the removal of their device: no 500, no successor outlives the removal", async () => {
     const alice = await registerAndLogin(client);
-    const other = await client.post("/v1/sessions", {
-      username: alice.username,
-      password: alice.password,
-      registrationId: 4000,
-    });
-    expect(other.status).toBe(201);
+    const other = await loginNewDevice(client, alice, 4000);
     const statuses: number[] = [];
-    let last: { accessToken: string; refreshToken: string } = other.body;
+    let last: { accessToken: string; refreshToken: string } = other;
     let removed = false;
     const chain = (async () => {
       while (!removed) {
@@ -86,7 +88,7 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
       }
     })();
     await Bun.sleep(30);
-    const removal = await client.delete(`/v1/devices/${other.body.deviceId}`, alice.accessToken);
+    const removal = await client.delete(`/v1/devices/${other.deviceId}`, alice.accessToken);
     expect(removal.status).toBe(204);
     removed = true;
     await chain;
@@ -162,12 +164,7 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
 
   test("logoutDevices: false still re-keys the caller's device: a successor held by someone else is refused, a socket on the old token closes (4401), the new token opens one that stays", async () => {
     const alice = await registerAndLogin(client);
-    const other = await client.post("/v1/sessions", {
-      username: alice.username,
-      password: alice.password,
-      registrationId: 6000,
-    });
-    expect(other.status).toBe(201);
+    const other = await loginNewDevice(client, alice, 6000);
     // Someone logs in on alice's device id and rotates once: they hold a refresh token of that
     // device issued after alice's own.
     const intruder = await client.post("/v1/sessions", {
@@ -195,7 +192,7 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
     fresh.send({ type: "ping" });
     await fresh.next((f) => f.type === "pong");
     expect(fresh.closed).toBeUndefined();
-    expect((await client.get("/v1/devices", other.body.accessToken)).status).toBe(200);
+    expect((await client.get("/v1/devices", other.accessToken)).status).toBe(200);
     await fresh.close();
   }, 60_000);
 

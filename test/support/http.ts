@@ -61,6 +61,25 @@ export async function registerAndLogin(client: Api, password = "correct horse ba
   return { username, password, ...(session.body as SessionBody) };
 }
 
+/**
+ * Logs `user` in once more as a new device (`registrationId` as libsignal's, 1–16380) and returns its
+ * session; throws with the status and body unless the login answers 201.
+ */
+export async function loginNewDevice(
+  client: Api,
+  user: { username: string; password: string },
+  registrationId = 4242,
+): Promise<SessionBody> {
+  const session = await client.post("/v1/sessions", {
+    username: user.username,
+    password: user.password,
+    registrationId,
+  });
+  if (session.status !== 201)
+    throw new Error(`login failed: ${session.status} ${JSON.stringify(session.body)}`);
+  return session.body as SessionBody;
+}
+
 export interface SessionBody {
   userId: string;
   deviceId: number;
