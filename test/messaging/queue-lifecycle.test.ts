@@ -8,7 +8,7 @@ import { sweepIdleQueues } from "../../src/messaging/queue-sweep.ts";
 import { AMQP_URL, runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { type Api, api, registerAndLogin } from "../support/http.ts";
 import { socketState, startTestNode, startTwoNodes, type TestNode } from "../support/node.ts";
-import { type Frame, TestSocket } from "../support/ws.ts";
+import { type Frame, sendDirect, TestSocket, waitUntil } from "../support/ws.ts";
 
 /** Iterations of each race loop (RACE_ROUNDS in the environment: more, to chase a rare ordering). */
 const RACE_ROUNDS = Number(process.env.RACE_ROUNDS ?? 50);
@@ -17,19 +17,6 @@ const RACE_ROUNDS = Number(process.env.RACE_ROUNDS ?? 50);
 const RECONNECT_ROUNDS = Number(process.env.RECONNECT_ROUNDS ?? 10);
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
-
-function direct(id: string, to: string, text: string) {
-  return { type: "send", id, to: { user: to }, messages: [{ deviceId: 1, type: 3, body: b64(text) }] };
-}
-
-/** Polls `condition` until it holds; fails after `timeoutMs` naming `what`. */
-async function waitFor(condition: () => Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(20);
-  }
-}
 
 /** Whether a queue exists, asked with a passive declare on a channel of its own (404 closes it). */
 async function queueExists(amqp: ChannelModel, name: string): Promise<boolean> {
@@ -94,22 +81,14 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
 
   const connectAs = (token: string) => TestSocket.open(node.url, token);
 
-  /** Sends `count` messages from `from` to `to` and waits for each `accepted`. */
-  async function send(from: TestSocket, to: string, count: number, label: string): Promise<string[]> {
-    const ids = Array.from({ length: count }, () => randomUUID());
-    for (const [i, id] of ids.entries()) from.send(direct(id, to, `${label} ${i}`));
-    for (const id of ids) expect(await from.reply(id, 15_000)).toMatchObject({ type: "accepted" });
-    return ids;
-  }
-
   test("a device that drains and acks everything leaves no queue behind; a partial ack keeps the rest", async () => {
     const alice = await user();
     const bob = await user();
     const a = await connectAs(alice.accessToken);
     expect(await queueExists(amqp, bob.queue)).toBe(false);
-    const ids = await send(a, bob.userId, 3, "offline");
+    const ids = await sendDirect(a, bob.userId, 3, "offline");
     // The first flush declared the queue; all three are in it.
-    await waitFor(async () => (await offline.depth(bob.userId, 1)) === 3, "three queued messages");
+    await waitUntil(async () => (await offline.depth(bob.userId, 1)) === 3, "three queued messages");
 
     const first = await connectAs(bob.accessToken);
     const drained = await first.messages(3);
@@ -117,15 +96,15 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     first.send({ type: "ack", ids: ids.slice(0, 2) });
     await first.close();
     // The unacked one went back to the queue, which stayed.
-    await waitFor(async () => (await offline.depth(bob.userId, 1)) === 1, "the unacked message back");
+    await waitUntil(async () => (await offline.depth(bob.userId, 1)) === 1, "the unacked message back");
 
     const second = await connectAs(bob.accessToken);
     const [left] = await second.messages(1);
     expect(left?.id).toBe(ids[2]);
     second.send({ type: "ack", ids: [ids[2]] });
-    await waitFor(async () => !(await queueExists(amqp, bob.queue)), "the drained queue to be removed");
+    await waitUntil(async () => !(await queueExists(amqp, bob.queue)), "the drained queue to be removed");
     // Live delivery goes on without a queue.
-    const [live] = await send(a, bob.userId, 1, "live");
+    const [live] = await sendDirect(a, bob.userId, 1, "live");
     const [pushed] = await second.messages(1);
     expect(pushed?.id).toBe(live);
     expect(await queueExists(amqp, bob.queue)).toBe(false);
@@ -138,9 +117,9 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     const alice = await user();
     const a = await connectAs(alice.accessToken);
     const devices = await Promise.all(Array.from({ length: 10 }, () => user()));
-    const sent = await Promise.all(devices.map((d) => send(a, d.userId, 12, "separate acks")));
+    const sent = await Promise.all(devices.map((d) => sendDirect(a, d.userId, 12, "separate acks")));
     await Promise.all(
-      devices.map((d) => waitFor(async () => (await offline.depth(d.userId, 1)) === 12, "twelve queued")),
+      devices.map((d) => waitUntil(async () => (await offline.depth(d.userId, 1)) === 12, "twelve queued")),
     );
     const sockets = await Promise.all(devices.map((d) => connectAs(d.accessToken)));
     await Promise.all(
@@ -151,7 +130,9 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
       }),
     );
     await Promise.all(
-      devices.map((d) => waitFor(async () => !(await queueExists(amqp, d.queue)), "the drained queue to go")),
+      devices.map((d) =>
+        waitUntil(async () => !(await queueExists(amqp, d.queue)), "the drained queue to go"),
+      ),
     );
     await Promise.all([a.close(), ...sockets.map((s) => s.close())]);
   }, 60_000);
@@ -160,7 +141,7 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     const carol = await user();
     await declareLegacyQueue(amqp, carol.queue);
     const c = await connectAs(carol.accessToken);
-    await waitFor(async () => !(await queueExists(amqp, carol.queue)), "the legacy queue to be removed");
+    await waitUntil(async () => !(await queueExists(amqp, carol.queue)), "the legacy queue to be removed");
     await c.close();
   });
 
@@ -170,8 +151,8 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     const alice = await user();
     await declareLegacyQueue(amqp, dave.queue);
     const a = await connectAs(alice.accessToken);
-    const [waiting] = await send(a, erin.userId, 1, "for erin");
-    await waitFor(async () => (await offline.depth(erin.userId, 1)) === 1, "erin's queued message");
+    const [waiting] = await sendDirect(a, erin.userId, 1, "for erin");
+    await waitUntil(async () => (await offline.depth(erin.userId, 1)) === 1, "erin's queued message");
     const swept = await sweepIdleQueues({
       db: node.database.db,
       offline,
@@ -179,7 +160,7 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     });
     expect(swept.devices).toBeGreaterThanOrEqual(3);
     expect(swept.idle).toBeGreaterThanOrEqual(1);
-    await waitFor(async () => !(await queueExists(amqp, dave.queue)), "dave's idle queue to be removed");
+    await waitUntil(async () => !(await queueExists(amqp, dave.queue)), "dave's idle queue to be removed");
     expect(await offline.depth(erin.userId, 1)).toBe(1);
     const e = await connectAs(erin.accessToken);
     const [got] = await e.messages(1);
@@ -191,8 +172,8 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     const alice = await user();
     const frank = await user();
     const a = await connectAs(alice.accessToken);
-    const [id] = await send(a, frank.userId, 1, "held");
-    await waitFor(async () => (await offline.depth(frank.userId, 1)) === 1, "frank's queued message");
+    const [id] = await sendDirect(a, frank.userId, 1, "held");
+    await waitUntil(async () => (await offline.depth(frank.userId, 1)) === 1, "frank's queued message");
     const holder = await connectAs(frank.accessToken);
     await holder.messages(1); // taken from the queue, not acked: 0 ready, 1 unacked
     expect(await offline.depth(frank.userId, 1)).toBe(0);
@@ -207,7 +188,10 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     const [back] = await again.messages(1);
     expect(back?.id).toBe(id);
     again.send({ type: "ack", ids: [id] });
-    await waitFor(async () => !(await queueExists(amqp, frank.queue)), "frank's drained queue to be removed");
+    await waitUntil(
+      async () => !(await queueExists(amqp, frank.queue)),
+      "frank's drained queue to be removed",
+    );
     await Promise.all([a.close(), again.close()]);
   }, 30_000);
 
@@ -221,7 +205,7 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
       // same queues arrive in between.
       await Promise.all(
         targets.map(async (t) => {
-          const sending = send(a, t.userId, 3, `round ${round}`);
+          const sending = sendDirect(a, t.userId, 3, `round ${round}`);
           const reports = Array.from({ length: 3 }, () =>
             node.messaging.queueEmptied({ userId: t.userId, deviceId: 1 }),
           );
@@ -232,12 +216,12 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     }
     for (const t of targets) {
       const ids = sent.get(t.userId) ?? [];
-      await waitFor(async () => (await offline.depth(t.userId, 1)) === ids.length, `${ids.length} queued`);
+      await waitUntil(async () => (await offline.depth(t.userId, 1)) === ids.length, `${ids.length} queued`);
       const socket = await connectAs(t.accessToken);
       const got = await socket.messages(ids.length, 30_000);
       expect(got.map((m) => m.id)).toEqual(ids);
       socket.send({ type: "ack", ids });
-      await waitFor(async () => !(await queueExists(amqp, t.queue)), "the drained queue to be removed");
+      await waitUntil(async () => !(await queueExists(amqp, t.queue)), "the drained queue to be removed");
       await socket.close();
     }
     await a.close();
@@ -257,7 +241,7 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     for (let round = 0; round < RACE_ROUNDS; round++) {
       const g = await connectAs(gina.accessToken);
       // Sends land before, during and after the drain, the acks that empty the queue and the close.
-      const sending = send(a, gina.userId, 4, `round ${round}`);
+      const sending = sendDirect(a, gina.userId, 4, `round ${round}`);
       await Bun.sleep(round % 5);
       collect(g.pendingMessages(), g);
       g.frames.splice(0);
@@ -266,7 +250,7 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     }
     // Whatever was not received live is in the queue now; take it all.
     const last = await connectAs(gina.accessToken);
-    await waitFor(
+    await waitUntil(
       async () => {
         collect(
           last.frames.filter((f) => f.type === "message"),
@@ -295,7 +279,7 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
       };
       throw new Error(`${(error as Error).message}: ${JSON.stringify(state)}`);
     });
-    await waitFor(
+    await waitUntil(
       async () => !(await queueExists(amqp, gina.queue)),
       "gina's queue removed after the last drain",
     );
@@ -454,16 +438,14 @@ describe("a reconnect while the old socket's drain holds the messages (two nodes
     watchEmptyReads(b, gina.userId, () => emptyReadOnB.resolve());
     holdDrainEnds(a, gina.userId, async () => {
       if (round % 2 === 0) await emptyReadOnB.promise;
-      else await waitFor(async () => socketState(b, gina.userId) === "live", "B's socket live");
+      else await waitUntil(async () => socketState(b, gina.userId) === "live", "B's socket live");
     });
     const sender = await TestSocket.open(a.url, alice.accessToken);
     try {
       for (; round < RECONNECT_ROUNDS; round++) {
         emptyReadOnB = Promise.withResolvers<void>();
-        const ids = Array.from({ length: 5 }, () => randomUUID());
-        for (const [i, id] of ids.entries()) sender.send(direct(id, gina.userId, `round ${round} ${i}`));
-        for (const id of ids) expect(await sender.reply(id, 15_000)).toMatchObject({ type: "accepted" });
-        await waitFor(async () => (await offline.depth(gina.userId, 1)) === 5, "five queued messages");
+        const ids = await sendDirect(sender, gina.userId, 5, `round ${round}`);
+        await waitUntil(async () => (await offline.depth(gina.userId, 1)) === 5, "five queued messages");
         const old = await TestSocket.open(a.url, gina.accessToken);
         expect((await old.messages(5)).map((m) => m.id)).toEqual(ids);
         // Not acked: node A's drain holds all five when node B replaces the socket.
@@ -480,7 +462,10 @@ describe("a reconnect while the old socket's drain holds the messages (two nodes
         });
         expect(got.map((m) => m.id)).toEqual(ids);
         fresh.send({ type: "ack", ids });
-        await waitFor(async () => (await a.log.undelivered(gina.userId)).length === 0, "the acks in the log");
+        await waitUntil(
+          async () => (await a.log.undelivered(gina.userId)).length === 0,
+          "the acks in the log",
+        );
         await fresh.close();
       }
     } finally {
@@ -507,10 +492,8 @@ describe("a reconnect while the old socket's drain holds the messages (two nodes
     try {
       for (let round = 0; round < 2; round++) {
         emptyRead = Promise.withResolvers<void>();
-        const ids = Array.from({ length: 5 }, () => randomUUID());
-        for (const [i, id] of ids.entries()) sender.send(direct(id, hana.userId, `round ${round} ${i}`));
-        for (const id of ids) expect(await sender.reply(id, 15_000)).toMatchObject({ type: "accepted" });
-        await waitFor(async () => (await offline.depth(hana.userId, 1)) === 5, "five queued messages");
+        const ids = await sendDirect(sender, hana.userId, 5, `round ${round}`);
+        await waitUntil(async () => (await offline.depth(hana.userId, 1)) === 5, "five queued messages");
         const old = await TestSocket.open(a.url, hana.accessToken);
         expect((await old.messages(5)).map((m) => m.id)).toEqual(ids);
         const fresh = await TestSocket.open(a.url, hana.accessToken);
@@ -526,7 +509,10 @@ describe("a reconnect while the old socket's drain holds the messages (two nodes
         });
         expect(got.map((m) => m.id)).toEqual(ids);
         fresh.send({ type: "ack", ids });
-        await waitFor(async () => (await a.log.undelivered(hana.userId)).length === 0, "the acks in the log");
+        await waitUntil(
+          async () => (await a.log.undelivered(hana.userId)).length === 0,
+          "the acks in the log",
+        );
         await fresh.close();
       }
     } finally {

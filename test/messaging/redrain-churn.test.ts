@@ -1,11 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { randomUUID } from "node:crypto";
 import type { AmqpOfflineQueue } from "../../src/messaging/amqp-offline-queue.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { socketState, startTwoNodes, type TestNode } from "../support/node.ts";
-import { TestSocket } from "../support/ws.ts";
-
-const b64 = (text: string) => Buffer.from(text).toString("base64");
+import { sendDirect, TestSocket, waitUntil } from "../support/ws.ts";
 
 /** Counts the queue reads (`next` calls) of the drains `node` opens for `userId`. */
 function countReads(node: TestNode, userId: string): { drains: number; reads: number } {
@@ -53,15 +50,7 @@ describe("a device reconnecting in a tight loop across two nodes, never acking",
     const sender = await TestSocket.open(a.url, alice.accessToken);
     const sockets: TestSocket[] = [];
     try {
-      const ids = Array.from({ length: 5 }, () => randomUUID());
-      for (const [i, id] of ids.entries())
-        sender.send({
-          type: "send",
-          id,
-          to: { user: gina.userId },
-          messages: [{ deviceId: 1, type: 3, body: b64(`churn ${i}`) }],
-        });
-      for (const id of ids) expect(await sender.reply(id, 15_000)).toMatchObject({ type: "accepted" });
+      const ids = await sendDirect(sender, gina.userId, 5, "churn");
       const pattern = [a, a, b, a, b, b, a, b, a, a, b, b];
       /** Rethrows a socket's wait with where things stand: which socket, both nodes' view, the queue. */
       const explain = (i: number) => async (error: unknown) => {
@@ -106,11 +95,7 @@ describe("a device reconnecting in a tight loop across two nodes, never acking",
       expect(last.pendingMessages().map((m) => m.id)).toEqual([]);
       expect(last.closed).toBeUndefined();
       last.send({ type: "ack", ids });
-      const deadline = Date.now() + 15_000;
-      while ((await a.log.undelivered(gina.userId)).length > 0) {
-        if (Date.now() > deadline) throw new Error("acks never reached the log");
-        await Bun.sleep(20);
-      }
+      await waitUntil(async () => (await a.log.undelivered(gina.userId)).length === 0, "the acks in the log");
       console.log(
         `drains opened a=${onA.drains} b=${onB.drains}, queue reads a=${onA.reads} b=${onB.reads} for 12 sockets`,
       );

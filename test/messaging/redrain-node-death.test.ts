@@ -9,11 +9,9 @@ import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
-import { TestSocket } from "../support/ws.ts";
+import { sendDirect, TestSocket, waitUntil } from "../support/ws.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
-const b64 = (text: string) => Buffer.from(text).toString("base64");
-
 /** A ClearBox node in a process of its own, so the test can stop and kill -9 it. */
 async function spawnNode(env: Record<string, string>): Promise<{ proc: Subprocess; url: string }> {
   const proc = Bun.spawn([process.execPath, "run", "src/main.ts"], {
@@ -87,11 +85,7 @@ describe("the node holding a replaced socket's drain is killed (-9)", () => {
   async function startVictim(): Promise<NonNullable<typeof victim>> {
     const started = await spawnNode({ ...env, DATABASE_URL: database.url, ADMIN_TOKEN });
     victim = started;
-    const until = Date.now() + 10_000;
-    while (a.actors.ringMembers().length < 2) {
-      if (Date.now() > until) throw new Error("the two nodes never saw each other");
-      await Bun.sleep(50);
-    }
+    await waitUntil(() => a.actors.ringMembers().length >= 2, "the two nodes to see each other", 10_000);
     return started;
   }
 
@@ -118,41 +112,24 @@ describe("the node holding a replaced socket's drain is killed (-9)", () => {
     const gina = await userWithActorOn(actorOn);
     const offline = a.offline as AmqpOfflineQueue;
     const sender = await TestSocket.open(a.url, alice.accessToken);
-    const ids = Array.from({ length: 5 }, () => randomUUID());
-    for (const [i, id] of ids.entries())
-      sender.send({
-        type: "send",
-        id,
-        to: { user: gina.userId },
-        messages: [{ deviceId: 1, type: 3, body: b64(`held ${i}`) }],
-      });
-    for (const id of ids) expect(await sender.reply(id, 15_000)).toMatchObject({ type: "accepted" });
+    const ids = await sendDirect(sender, gina.userId, 5, "held");
     await sender.close();
-    const deadline = Date.now() + 15_000;
-    while ((await offline.depth(gina.userId, 1)) !== 5) {
-      if (Date.now() > deadline) throw new Error("five messages never queued");
-      await Bun.sleep(20);
-    }
+    await waitUntil(async () => (await offline.depth(gina.userId, 1)) === 5, "five queued messages");
     const old = await TestSocket.open(node.url, gina.accessToken);
     expect((await old.messages(5)).map((m) => m.id)).toEqual(ids);
     // Not acked: the victim's drain holds all five.
     node.proc.kill("SIGSTOP");
     if (actorOn === "victim") {
       // Gina's actor must move to A first: an ask to the frozen victim would only time out.
-      const movedBy = Date.now() + 15_000;
-      while (a.actors.ringMembers().length > 1) {
-        if (Date.now() > movedBy) throw new Error("A never dropped the frozen victim from its ring");
-        await Bun.sleep(20);
-      }
+      await waitUntil(() => a.actors.ringMembers().length <= 1, "A to drop the frozen victim from its ring");
     }
     const fresh = await TestSocket.open(a.url, gina.accessToken);
     const registry = (a.gateway as unknown as { options: { registry: SocketRegistry } }).options.registry;
-    const liveBy = Date.now() + 30_000;
-    while (registry.get(gina.userId, 1)?.state !== "live") {
-      if (Date.now() > liveBy)
-        throw new Error(`A's socket never went live (closed: ${JSON.stringify(fresh.closed)})`);
-      await Bun.sleep(20);
-    }
+    await waitUntil(
+      () => registry.get(gina.userId, 1)?.state === "live",
+      () => `A's socket to go live (closed: ${JSON.stringify(fresh.closed)})`,
+      30_000,
+    );
     // A's socket read the queue and found nothing ready: the five are still the victim's.
     expect(await offline.depth(gina.userId, 1)).toBe(0);
     node.proc.kill(9);

@@ -1,3 +1,6 @@
+import { expect } from "bun:test";
+import { randomUUID } from "node:crypto";
+
 /** A server frame as tests look at it. */
 export type Frame = Record<string, any> & { type: string };
 
@@ -129,5 +132,45 @@ export class TestSocket {
   close(): Promise<{ code: number; reason: string }> {
     this.ws.close(1000, "done");
     return this.whenClosed();
+  }
+}
+
+/**
+ * Sends `count` 1:1 messages from `from` to user `to`'s device 1 (type 3, bodies "`label` 0", "`label`
+ * 1", … in base64), then waits for each one's `accepted` (15 s each; a `rejected` fails the test).
+ * Returns their ids in send order.
+ */
+export async function sendDirect(
+  from: TestSocket,
+  to: string,
+  count: number,
+  label: string,
+): Promise<string[]> {
+  const ids = Array.from({ length: count }, () => randomUUID());
+  for (const [i, id] of ids.entries())
+    from.send({
+      type: "send",
+      id,
+      to: { user: to },
+      messages: [{ deviceId: 1, type: 3, body: Buffer.from(`${label} ${i}`).toString("base64") }],
+    });
+  for (const id of ids) expect(await from.reply(id, 15_000)).toMatchObject({ type: "accepted" });
+  return ids;
+}
+
+/**
+ * Polls `condition` every 20 ms until it holds; throws after `timeoutMs` with "timed out waiting
+ * for `what`" (`what` may be a function, read at that moment, to say where things stand).
+ */
+export async function waitUntil(
+  condition: () => boolean | Promise<boolean>,
+  what: string | (() => string),
+  timeoutMs = 15_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline)
+      throw new Error(`timed out waiting for ${typeof what === "function" ? what() : what}`);
+    await Bun.sleep(20);
   }
 }
