@@ -491,29 +491,42 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   // an embedding process (tests) goes on without them, and nothing of a node that never started
   // keeps reconnecting or serving.
   let unwatchGone = () => {};
-  const releaseAfterFailedStart = async () => {
-    const quietly = async (name: string, run: () => Promise<unknown> | unknown) => {
+  /**
+   * Closes what steps 1–6 opened, in order, each step even when one before it failed (a service
+   * down, e.g. Redis answering MaxRetriesPerRequestError): the failure is logged under `failing`
+   * and the rest still closes. `stopActors`: a graceful `actors.stop()` (handoff) for a node that
+   * ran, `actors.abort()` after a failed start. Returns the names of the steps that failed.
+   */
+  const closeAll = async (stopActors: () => Promise<unknown>, failing: string): Promise<string[]> => {
+    const failed: string[] = [];
+    const step = async (name: string, run: () => Promise<unknown> | unknown) => {
       try {
         await run();
       } catch (error) {
-        logger.warn({ err: error, step: name }, "release after a failed start: step failed");
+        failed.push(name);
+        logger.warn({ err: error, step: name }, failing);
       }
     };
     unwatchGone();
-    await quietly("retention", () => retention.stop());
-    await quietly("group sweep", () => groupSweep.stop());
-    // Its presence-renewal and ping timers run from its construction (step 4).
-    await quietly("gateway", () => openGateway.stop());
-    await quietly("public listener", () => app.server && app.stop(true));
-    await quietly("admin listener", () => admin.server && admin.stop(true));
-    await quietly("gdpr", () => gdpr.stop());
-    // Dropped as a crash would (what its inbox held stays there), not stopped: a graceful stop
-    // waits for transfers being handled, and one that arrived before the first ring waits for it
-    // for ever when the join failed.
-    await quietly("actors", () => actors.abort());
-    await quietly("stores", () => stores.close());
-    redis?.disconnect();
-    await quietly("database", () => database.close());
+    await step("retention", () => retention.stop());
+    await step("group sweep", () => groupSweep.stop());
+    // Sockets first, so every device's unacked envelopes reach its offline queue before the stores
+    // close. Its presence-renewal and ping timers run from its construction (step 4).
+    await step("gateway", () => openGateway.stop());
+    // A start that failed early had not bound them.
+    await step("public listener", () => app.server && app.stop(true));
+    await step("admin listener", () => admin.server && admin.stop(true));
+    await step("admin refusals", () => adminRefusals.stop());
+    await step("gdpr", () => gdpr.stop());
+    await step("actors", stopActors);
+    await step("stores", () => stores.close());
+    // quit() waits for Redis to answer; while it is away, drop the connection instead.
+    await step("redis", async () => {
+      if (redis?.status === "ready") await redis.quit();
+      else redis?.disconnect();
+    });
+    await step("database", () => database.close());
+    return failed;
   };
   try {
     try {
@@ -566,7 +579,10 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     retention.start();
     if (options.expandGroups ?? true) groupSweep.start();
   } catch (error) {
-    await releaseAfterFailedStart();
+    // The actors dropped as a crash would (what the inbox held stays there), not stopped: a
+    // graceful stop waits for transfers being handled, and one that arrived before the first ring
+    // waits for it for ever when the join failed.
+    await closeAll(() => actors.abort(), "release after a failed start: step failed");
     throw error;
   }
   const url = listenerUrl(config.publicHost, Number(app.server?.port), Boolean(config.tls));
@@ -609,34 +625,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     adminUrl,
     routes: { public: routeList(app.routes), admin: routeList(admin.routes) },
     async stop() {
-      // Each step runs even when one before it failed (a service down at shutdown, e.g. Redis
-      // answering MaxRetriesPerRequestError): the failure is logged and the rest still closes.
-      const failed: string[] = [];
-      const step = async (name: string, run: () => Promise<unknown> | unknown) => {
-        try {
-          await run();
-        } catch (error) {
-          failed.push(name);
-          logger.warn({ err: error, step: name }, "shutdown step failed");
-        }
-      };
-      unwatchGone();
-      await step("retention", () => retention.stop());
-      await step("group sweep", () => groupSweep.stop());
-      // Sockets first, so every device's unacked envelopes reach its offline queue before the stores close.
-      await step("gateway", () => openGateway.stop());
-      await step("public listener", () => app.stop(true));
-      await step("admin listener", () => admin.stop(true));
-      await step("admin refusals", () => adminRefusals.stop());
-      await step("gdpr", () => gdpr.stop());
-      await step("actors", () => actors.stop());
-      await step("stores", () => stores.close());
-      // quit() waits for Redis to answer; while it is away, drop the connection instead.
-      await step("redis", async () => {
-        if (redis?.status === "ready") await redis.quit();
-        else redis?.disconnect();
-      });
-      await step("database", () => database.close());
+      const failed = await closeAll(() => actors.stop(), "shutdown step failed");
       if (failed.length > 0) logger.warn({ failed }, "clearbox node stopped; some steps failed");
       else logger.info("clearbox node stopped");
     },
