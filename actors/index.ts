@@ -65,7 +65,7 @@ export type {
   StoredEnvelope,
 } from "./ports.ts";
 export { systemClock } from "./ports.ts";
-export { RedisMembership, type RedisMembershipOptions } from "./redis-membership.ts";
+export { closeRedis, RedisMembership, type RedisMembershipOptions } from "./redis-membership.ts";
 export { DEFAULT_VNODES, Ring } from "./ring.ts";
 export type { Frame, FrameHandler, Transport } from "./transport.ts";
 export {

@@ -24,6 +24,16 @@ export interface RedisMembershipOptions {
 }
 
 /**
+ * Closes an ioredis client: `quit()` (waits for Redis to answer, so queued commands go first) while
+ * it is connected, else `disconnect()` at once (quit() would wait for a reconnect while Redis is
+ * away). Rejects as quit() does; nothing to do for `undefined`.
+ */
+export async function closeRedis(client: Redis | undefined): Promise<void> {
+  if (client?.status === "ready") await client.quit();
+  else client?.disconnect();
+}
+
+/**
  * Membership in Redis: each node keeps `<prefix>:member:<id>` alive with a TTL (PX), registers in
  * the `<prefix>:nodes` set, and announces joins, leaves and status changes on `<prefix>:events`.
  * Everyone re-reads the view on each heartbeat and on each announcement, so an announced change
@@ -223,14 +233,8 @@ export class RedisMembership implements Membership {
       await this.redis.publish(this.channel, `leave ${this.self}`);
     } finally {
       this.closed = true;
-      const subscriber = this.subscriber;
-      if (subscriber?.status === "ready") await subscriber.quit().catch(() => undefined);
-      else subscriber?.disconnect();
-      if (this.ownsRedis) {
-        // quit() waits for an answer; while Redis is away it would wait for the reconnect.
-        if (this.redis.status === "ready") await this.redis.quit().catch(() => undefined);
-        else this.redis.disconnect();
-      }
+      await closeRedis(this.subscriber).catch(() => undefined);
+      if (this.ownsRedis) await closeRedis(this.redis).catch(() => undefined);
     }
   }
 

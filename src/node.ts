@@ -2,6 +2,7 @@ import Redis from "ioredis";
 import {
   type ActorSystem,
   BrokerUnreachableError,
+  closeRedis,
   createActorNode,
   GROUP_KIND,
   groupActorFactory,
@@ -520,11 +521,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     await step("gdpr", () => gdpr.stop());
     await step("actors", stopActors);
     await step("stores", () => stores.close());
-    // quit() waits for Redis to answer; while it is away, drop the connection instead.
-    await step("redis", async () => {
-      if (redis?.status === "ready") await redis.quit();
-      else redis?.disconnect();
-    });
+    await step("redis", () => closeRedis(redis));
     await step("database", () => database.close());
     return failed;
   };
