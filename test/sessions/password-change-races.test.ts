@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { type Api, api, loginNewDevice, registerAndLogin, sessionState } from "../support/http.ts";
+import { type Api, api, loginDevice, registerAndLogin, sessionState } from "../support/http.ts";
 import { BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
 
 /**
@@ -34,7 +34,7 @@ describe.each(BACKENDS)("password changes racing (%s)", (backend) => {
   test("two devices changing the password from the same current one: one wins, the other is refused and signed out", async () => {
     for (let round = 0; round < 3; round++) {
       const alice = await registerAndLogin(client);
-      const phone = await loginNewDevice(client, alice);
+      const phone = await loginDevice(client, alice);
       const [fromLaptop, fromPhone] = await Promise.all([
         client.post(
           "/v1/me/password",
@@ -66,7 +66,7 @@ describe.each(BACKENDS)("password changes racing (%s)", (backend) => {
   test("a password change whose device is removed meanwhile either answers 200 or changes nothing", async () => {
     for (let round = 0; round < 3; round++) {
       const alice = await registerAndLogin(client);
-      const phone = await loginNewDevice(client, alice);
+      const phone = await loginDevice(client, alice);
       const changing = client.post(
         "/v1/me/password",
         { currentPassword: alice.password, newPassword: "a passphrase nobody saw set" },

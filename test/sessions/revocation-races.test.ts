@@ -3,7 +3,7 @@ import { CloseCode } from "../../src/protocol/index.ts";
 import {
   type Api,
   api,
-  loginNewDevice,
+  loginDevice,
   registerAndLogin,
   type SessionBody,
   sessionState,
@@ -75,7 +75,7 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
 
   test("refreshes racing the removal of their device: no 500, no successor outlives the removal", async () => {
     const alice = await registerAndLogin(client);
-    const other = await loginNewDevice(client, alice, 4000);
+    const other = await loginDevice(client, alice, { registrationId: 4000 });
     const statuses: number[] = [];
     let last: { accessToken: string; refreshToken: string } = other;
     let removed = false;
@@ -139,19 +139,14 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
   test("a session logged in to the caller's own device id does not outlive the caller's password change", async () => {
     const alice = await registerAndLogin(client);
     // Someone who has the password logs in naming alice's device (a login may reuse a device id).
-    const intruder = await client.post("/v1/sessions", {
-      username: alice.username,
-      password: alice.password,
-      deviceId: alice.deviceId,
-    });
-    expect(intruder.status).toBe(201);
+    const intruder = await loginDevice(client, alice, { deviceId: alice.deviceId });
     const changed = await client.post(
       "/v1/me/password",
       { currentPassword: alice.password, newPassword: "alice took her account back" },
       alice.accessToken,
     );
     expect(changed.status).toBe(200);
-    expect(await sessionState(client, intruder.body)).toEqual({ access: 401, refresh: 401 });
+    expect(await sessionState(client, intruder)).toEqual({ access: 401, refresh: 401 });
     // Alice's own tokens from before are refused too; the session the change answered with works.
     expect(await sessionState(client, alice)).toEqual({ access: 401, refresh: 401 });
     expect(Object.keys(changed.body).sort()).toEqual(
@@ -164,16 +159,11 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
 
   test("logoutDevices: false still re-keys the caller's device: a successor held by someone else is refused, a socket on the old token closes (4401), the new token opens one that stays", async () => {
     const alice = await registerAndLogin(client);
-    const other = await loginNewDevice(client, alice, 6000);
+    const other = await loginDevice(client, alice, { registrationId: 6000 });
     // Someone logs in on alice's device id and rotates once: they hold a refresh token of that
     // device issued after alice's own.
-    const intruder = await client.post("/v1/sessions", {
-      username: alice.username,
-      password: alice.password,
-      deviceId: alice.deviceId,
-    });
-    expect(intruder.status).toBe(201);
-    const rotated = await client.post("/v1/sessions/refresh", { refreshToken: intruder.body.refreshToken });
+    const intruder = await loginDevice(client, alice, { deviceId: alice.deviceId });
+    const rotated = await client.post("/v1/sessions/refresh", { refreshToken: intruder.refreshToken });
     expect(rotated.status).toBe(201);
     const socket = await TestSocket.open(node.url, rotated.body.accessToken);
     socket.send({ type: "ping" });
@@ -198,15 +188,10 @@ describe.each(BACKENDS)("revocation races (%s)", (backend) => {
 
   test("refreshes on the caller's device id racing the password change: no successor outlives it, the caller's new session works", async () => {
     const alice = await registerAndLogin(client);
-    const intruder = await client.post("/v1/sessions", {
-      username: alice.username,
-      password: alice.password,
-      deviceId: alice.deviceId,
-    });
-    expect(intruder.status).toBe(201);
+    const intruder = await loginDevice(client, alice, { deviceId: alice.deviceId });
     // The intruder rotates in a loop, each successor spent at once, until refused, while alice
     // changes the password.
-    let last: { accessToken: string; refreshToken: string } = intruder.body;
+    let last: { accessToken: string; refreshToken: string } = intruder;
     let changedAt = 0;
     const statuses: number[] = [];
     const chain = (async () => {

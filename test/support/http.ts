@@ -62,18 +62,19 @@ export async function registerAndLogin(client: Api, password = "correct horse ba
 }
 
 /**
- * Logs `user` in once more as a new device (`registrationId` as libsignal's, 1–16380) and returns its
- * session; throws with the status and body unless the login answers 201.
+ * Logs `user` in once more and returns the session: as a new device (`registrationId` as libsignal's,
+ * 1–16380; the default) or on an existing one (`deviceId`, which a login may name). Throws with the
+ * status and body unless the login answers 201.
  */
-export async function loginNewDevice(
+export async function loginDevice(
   client: Api,
   user: { username: string; password: string },
-  registrationId = 4242,
+  device: { registrationId: number } | { deviceId: number } = { registrationId: 4242 },
 ): Promise<SessionBody> {
   const session = await client.post("/v1/sessions", {
     username: user.username,
     password: user.password,
-    registrationId,
+    ...device,
   });
   if (session.status !== 201)
     throw new Error(`login failed: ${session.status} ${JSON.stringify(session.body)}`);
