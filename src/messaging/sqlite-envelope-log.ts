@@ -62,6 +62,7 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
   private readonly pending = new Map<number, { resolve(r: unknown[]): void; reject(e: Error): void }>();
   private nextSeq = 0;
   private failure: Error | undefined;
+  private closed = false;
   private reader!: Database;
   private readonly statements = new Map<string, Statement<EnvelopeRow>>();
   /** Group sends stored by this process (a count): an expansion that began after the last one covers them all. */
@@ -153,6 +154,7 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
   }
 
   private statement(key: string, sql: string): Statement<EnvelopeRow> {
+    if (this.closed) throw new Error("envelope log is closed");
     let statement = this.statements.get(key);
     if (!statement) {
       statement = this.reader.prepare<EnvelopeRow, never>(sql) as unknown as Statement<EnvelopeRow>;
@@ -271,12 +273,24 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
     return this.writes.backlog;
   }
 
+  /**
+   * Closes the reader, lets the writer thread finish what it was sent (the worker answers in order,
+   * so every write submitted before this call settles first) and stops it. Idempotent. Afterwards
+   * every request is rejected at once with "envelope log is closed", and any still unanswered when
+   * the worker stops is rejected with it: none is left pending for ever.
+   */
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     for (const statement of this.statements.values()) statement.finalize();
     this.statements.clear();
     this.reader?.close();
     if (!this.failure) await this.request({ kind: "close", seq: 0 }).catch(() => undefined);
+    const closed = new Error("envelope log is closed");
+    this.failure ??= closed;
     this.worker.terminate();
+    for (const waiter of this.pending.values()) waiter.reject(closed);
+    this.pending.clear();
     if (this.temporaryDir) rmSync(this.temporaryDir, { recursive: true, force: true });
   }
 }

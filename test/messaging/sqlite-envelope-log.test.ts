@@ -65,6 +65,24 @@ describe("the embedded SQLite envelope log", () => {
     await log.close();
   });
 
+  test("after close every request fails at once, saying the log is closed, and a second close is harmless", async () => {
+    const log = await SqliteEnvelopeLog.open(join(dir, "closed.db"));
+    const recipient = randomUUID();
+    const first = envelope(recipient);
+    // Submitted before close: committed, not dropped.
+    const appending = log.append([first]);
+    await log.close();
+    expect(await appending).toEqual([true]);
+    await expect(log.append([envelope(recipient)])).rejects.toThrow("envelope log is closed");
+    await expect(log.ack(recipient, 1, [first.id])).rejects.toThrow("envelope log is closed");
+    await expect(log.markQueued(recipient, 1, [first.id])).rejects.toThrow("envelope log is closed");
+    await expect(log.undelivered(recipient)).rejects.toThrow("envelope log is closed");
+    await log.close();
+    const reopened = await SqliteEnvelopeLog.open(join(dir, "closed.db"));
+    expect((await reopened.undelivered(recipient)).map((e) => e.id)).toEqual([first.id]);
+    await reopened.close();
+  });
+
   test("a file that is not a database fails to open, saying so", async () => {
     const path = join(dir, "not-a-database.db");
     await Bun.write(path, "this is not SQLite ".repeat(100));
