@@ -57,18 +57,25 @@ export async function openMessagingStores(
       onCommit,
       { expandInBackground: expandGroupsInBackground },
     );
-    // A data directory from before the log moved to SQLite: bring its undelivered envelopes along.
-    await adoptPgliteLog(database.db, log);
   } else
     log = new PostgresEnvelopeLog(database.db, onCommit, { expandInBackground: expandGroupsInBackground });
-  const offline: OfflineQueue = config.amqpUrl
-    ? await AmqpOfflineQueue.open(config.amqpUrl, {
-        prefix,
-        retentionDays: config.retentionDays,
-        startupWaitMs: config.startupWaitMs,
-        logger,
-      })
-    : new LogOfflineQueue(log);
+  let offline: OfflineQueue;
+  try {
+    // A data directory from before the log moved to SQLite: bring its undelivered envelopes along.
+    if (database.kind === "pglite" && !mongo) await adoptPgliteLog(database.db, log);
+    offline = config.amqpUrl
+      ? await AmqpOfflineQueue.open(config.amqpUrl, {
+          prefix,
+          retentionDays: config.retentionDays,
+          startupWaitMs: config.startupWaitMs,
+          logger,
+        })
+      : new LogOfflineQueue(log);
+  } catch (error) {
+    // Opened but not handed to anyone: close the log (its writer thread, MongoDB's connection) here.
+    await log.close().catch(() => undefined);
+    throw error;
+  }
   const leaseMs = config.presenceLeaseSeconds * 1000;
   const presence: Presence = redis
     ? new RedisPresence(redis, config.redisPrefix, leaseMs)
