@@ -132,6 +132,8 @@ export interface NodeOptions {
   processMetrics?: boolean;
   /** Tests: called after each erasure step; a throw stops the job there, as a crash would. */
   afterErasureStep?: (step: string) => void;
+  /** Tests: delay before a failed erasure job's first retry, in ms (ErasureDeps.retryBaseMs). */
+  erasureRetryBaseMs?: number;
   /**
    * Tests: false makes the node leave its group messages unexpanded (no background expansion, no
    * sweep), as a node that dies right after `accepted` would; acks, marks and reads still expand.
@@ -329,6 +331,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     oidc,
     addresses,
     afterStep: options.afterErasureStep,
+    retryBaseMs: options.erasureRetryBaseMs,
     onCompleted: () => metrics.erasuresCompleted.inc(),
     ledger,
   });

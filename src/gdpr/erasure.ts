@@ -1,4 +1,5 @@
 import { randomBytes, randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import { and, count, eq, or, sql } from "drizzle-orm";
 import type Redis from "ioredis";
 import type { AuditTrail } from "../audit/types.ts";
@@ -96,6 +97,8 @@ export interface ErasureDeps {
   fence?: ErasureFence;
   /** Tests: called after each completed step; a throw stops the job there, as a crash would. */
   afterStep?: (step: string) => void;
+  /** Delay before a failed job's first retry, in ms (default 1,000); each next one doubles, up to 60,000. */
+  retryBaseMs?: number;
   /** Called when this node completed a job (metrics). */
   onCompleted?: () => void;
   /** Every requested erasure is recorded here before its job starts (restores replay it). */
@@ -117,6 +120,8 @@ export interface ErasureStatus {
 export class ErasureService {
   private readonly running = new Map<string, Promise<void>>();
   private stopped = false;
+  /** Aborted by `stop()`: ends the retry backoffs in progress at once. */
+  private readonly stopping = new AbortController();
 
   constructor(private readonly deps: ErasureDeps) {}
 
@@ -207,9 +212,13 @@ export class ErasureService {
     await this.running.get(erasureId);
   }
 
-  /** Stops retrying (node shutdown); unfinished jobs resume on the next start. */
+  /**
+   * Stops retrying (node shutdown): a job waiting out its retry backoff ends at once, a job in the
+   * middle of a step ends after that step; unfinished jobs resume on the next start.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.stopping.abort();
     await Promise.allSettled(this.running.values());
   }
 
@@ -227,7 +236,8 @@ export class ErasureService {
       } catch (error) {
         this.deps.logger.error({ err: error, erasureId: id, attempt }, "erasure step failed; will retry");
         if (error instanceof SimulatedCrash) return;
-        await Bun.sleep(Math.min(60_000, 1000 * 2 ** attempt));
+        const delay = Math.min(60_000, (this.deps.retryBaseMs ?? 1000) * 2 ** attempt);
+        await sleep(delay, undefined, { signal: this.stopping.signal }).catch(() => undefined);
       }
     }
   }

@@ -48,6 +48,8 @@ export async function startTestNode(
     database?: TestDatabase;
     /** Called after each erasure step; a throw stops the job there, as a crash would. */
     afterErasureStep?: (step: string) => void;
+    /** Delay before a failed erasure job's first retry, in ms (NodeOptions.erasureRetryBaseMs). */
+    erasureRetryBaseMs?: number;
     /** False: the node leaves group messages unexpanded (NodeOptions.expandGroups). */
     expandGroups?: boolean;
   } = {},
@@ -91,6 +93,7 @@ export async function startTestNode(
   const node = await createNode(config, {
     logger,
     afterErasureStep: options.afterErasureStep,
+    erasureRetryBaseMs: options.erasureRetryBaseMs,
     expandGroups: options.expandGroups,
   });
   return Object.assign(node, {
