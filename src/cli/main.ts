@@ -178,7 +178,8 @@ async function main(argv: string[]): Promise<number> {
         const secret = await password();
         if (command === "register") await client.register(username, secret, values["device-name"]);
         else await client.login(username, secret, values["device-name"]);
-        console.log(`logged in as ${username}: user ${client.userId}, device ${client.deviceId}`);
+        const done = command === "register" ? "registered and logged in as" : "logged in as";
+        console.log(`${done} ${username}: user ${client.userId}, device ${client.deviceId}`);
         return 0;
       }
       case "signin": {

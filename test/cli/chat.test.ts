@@ -159,7 +159,7 @@ describe("CLI chat", () => {
     );
     await tty.expect(/password: /);
     tty.type(secret);
-    await tty.expect(/logged in as/);
+    await tty.expect(/registered and logged in as/);
     tty.end();
     await tty.exited;
     expect(tty.output).not.toContain(secret);

@@ -83,11 +83,11 @@ describe("client SDK and CLI", () => {
     };
     const registered = await run("register", username, "--server", node.url);
     expect(registered).toMatchObject({ code: 0, err: "" });
-    expect(registered.out).toMatch(/logged in as .* device 1/);
+    expect(registered.out).toMatch(/^registered and logged in as .* device 1$/m);
     const keys = await run("keys");
     expect(keys.out).toContain("100 EC, 100 Kyber");
     const again = await run("login", username);
-    expect(again.out).toMatch(/device 1$/m);
+    expect(again.out).toMatch(/^logged in as .* device 1$/m);
     const whoami = await run("whoami");
     expect(whoami.out).toContain(node.url);
     const wrong = await run("nonsense");
