@@ -8,6 +8,12 @@ export const MAX_GROUP_MEMBERS = 10_000;
 export const MAX_PENDING_INVITATIONS = 1_000;
 
 /**
+ * Pending invitations one user may hold from the same inviter: without it one account with a
+ * thousand groups filled someone's MAX_PENDING_INVITATIONS, after which nobody could invite them.
+ */
+export const MAX_PENDING_INVITATIONS_PER_INVITER = 20;
+
+/**
  * Groups one user may be a member of at most, made or joined: what an account can make the server
  * store through `POST /v1/groups` is bounded (a loop on it otherwise grew the database without end).
  */

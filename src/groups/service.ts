@@ -4,7 +4,12 @@ import type { Db } from "../db/index.ts";
 import { accounts, blocks, groupInvitations, groupMembers, groups } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import type { ErasureFence } from "../fence/index.ts";
-import { MAX_GROUP_MEMBERS, MAX_GROUPS_PER_USER, MAX_PENDING_INVITATIONS } from "./model.ts";
+import {
+  MAX_GROUP_MEMBERS,
+  MAX_GROUPS_PER_USER,
+  MAX_PENDING_INVITATIONS,
+  MAX_PENDING_INVITATIONS_PER_INVITER,
+} from "./model.ts";
 import { keepAnAdmin, lockGroups, type Succession, type Tx } from "./succession.ts";
 
 export interface GroupInfo {
@@ -92,8 +97,9 @@ export class GroupService {
   /**
    * Invites `invitees` to `groupId` on behalf of `inviter`, inside `tx` (the group locked): skips
    * members, users already invited and users who blocked the inviter, and refuses with `conflict`
-   * when members and invitations would pass MAX_GROUP_MEMBERS or an invitee would hold more than
-   * MAX_PENDING_INVITATIONS. Returns who was invited.
+   * when members and invitations would pass MAX_GROUP_MEMBERS, an invitee would hold more than
+   * MAX_PENDING_INVITATIONS, or more than MAX_PENDING_INVITATIONS_PER_INVITER from `inviter`.
+   * Returns who was invited.
    */
   private async invite(tx: Tx, groupId: string, inviter: string, invitees: string[]): Promise<string[]> {
     if (invitees.length === 0) return [];
@@ -136,6 +142,17 @@ export class GroupService {
       throw new DomainError(
         "conflict",
         `a user holds at most ${MAX_PENDING_INVITATIONS} pending invitations; they must accept or decline some first`,
+      );
+    const repeated = await tx
+      .select({ userId: groupInvitations.userId })
+      .from(groupInvitations)
+      .where(and(eq(groupInvitations.invitedBy, inviter), inArray(groupInvitations.userId, fresh)))
+      .groupBy(groupInvitations.userId)
+      .having(sql`count(*) >= ${MAX_PENDING_INVITATIONS_PER_INVITER}`);
+    if (repeated.length > 0)
+      throw new DomainError(
+        "conflict",
+        `a user holds at most ${MAX_PENDING_INVITATIONS_PER_INVITER} pending invitations from the same inviter; wait until they accept or decline yours`,
       );
     await tx
       .insert(groupInvitations)

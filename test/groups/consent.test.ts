@@ -370,6 +370,37 @@ describe("invitations and blocks", () => {
     expect(await consentRows()).toEqual(rows);
   }, 120_000);
 
+  test("one inviter holds at most 20 of someone's pending invitations, by creating groups or by inviting; others still can invite them", async () => {
+    const [mallory, victim, friend] = await people(3);
+    // 20 groups of Mallory's, each inviting the victim, through the API.
+    const groups: string[] = [];
+    for (let i = 0; i < 20; i++) groups.push(await createGroup(mallory, [victim], `spam ${i}`));
+    expect(await invitations(victim)).toHaveLength(20);
+    const rows = await consentRows();
+    const spare = await createGroup(mallory, []);
+    const refusals = [
+      await client.post("/v1/groups", { name: "one more", members: [victim.userId] }, mallory.accessToken),
+      await client.post(`/v1/groups/${spare}/members`, { userId: victim.userId }, mallory.accessToken),
+    ];
+    for (const res of refusals) {
+      expect({ status: res.status, code: res.body.error.code }).toEqual({ status: 409, code: "conflict" });
+      expect(res.body.error.message).toContain("20 pending invitations from the same inviter");
+    }
+    // The refused creation made no group; nothing else changed.
+    expect(await consentRows()).toEqual({ ...rows, members: rows.members + 1 });
+    expect(await invitations(victim)).toHaveLength(20);
+    // Someone else still can; and once the victim declines one of Mallory's, Mallory can again.
+    await createGroup(friend, [victim]);
+    expect((await decline(groups[0] as string, victim)).status).toBe(204);
+    const again = await client.post(
+      `/v1/groups/${spare}/members`,
+      { userId: victim.userId },
+      mallory.accessToken,
+    );
+    expect(again.status).toBe(204);
+    expect(await invitations(victim)).toHaveLength(21);
+  });
+
   test("the SDK's invitation and block methods", async () => {
     const open = async () => {
       const sdk = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
