@@ -81,6 +81,8 @@ type RefreshOutcome =
       generation: number;
       issuedAt: number;
       refreshToken: string;
+      /** The token was spent already: its successor handed out again within the grace window. */
+      replayed?: boolean;
     }
   | { kind: "expired" }
   | { kind: "unknown" }
@@ -255,6 +257,7 @@ export class SessionService {
             generation: next.generation,
             issuedAt,
             refreshToken: successor.token,
+            replayed: true,
           };
         }
       }
@@ -263,6 +266,15 @@ export class SessionService {
     switch (outcome.kind) {
       case "issued": {
         const { userId, deviceId, generation, issuedAt, refreshToken: next } = outcome;
+        // A spent token honoured within the grace window: most likely the client's own crossing
+        // refreshes, but also what a copied token presented soon after the owner's would look like.
+        if (outcome.replayed)
+          await this.audit?.record({
+            action: "session.refresh_replayed",
+            actor: "system",
+            subject: userId,
+            details: { deviceId },
+          });
         // The same claims and issue time: a presentation within the grace window gets the same token.
         return this.sessionTokens(userId, deviceId, generation, next, issuedAt);
       }

@@ -49,6 +49,13 @@ describe.each(STACKS)("the refresh grace window on the %s stack", (stack) => {
     expect(retry.status).toBe(201);
     expect(retry.body).toEqual(replies[0].body);
     expect((await client.get("/v1/devices", retry.body.accessToken)).status).toBe(200);
+    // Each presentation after the first is in the audit log: within the window a copied token
+    // presented after the owner's looks the same, so the DPO can see how often it happens.
+    const replays = (await node.audit.entriesAbout(me.userId)).filter(
+      (e) => e.action === "session.refresh_replayed",
+    );
+    expect(replays).toHaveLength(8);
+    expect(replays[0]).toMatchObject({ actor: "system", details: { deviceId: 1 } });
   });
 
   test("a reuse after the window is theft: 401, every token of the device revoked, its socket closed", async () => {
