@@ -283,13 +283,13 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     audit,
     closeSockets: async (userId, deviceId, generationBelow) =>
       deviceSockets?.close({ userId, deviceId, generationBelow }, CloseCode.revoked, "tokens revoked"),
+    logger,
   });
   const oidc = config.oidc
     ? new OidcService({
         db,
         rp: new RelyingParty(config.oidc, logger),
         sessions,
-        devices,
         audit,
         secret: config.jwtSecret,
         logger,
@@ -383,6 +383,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     rateLimit: { perSecond: config.deviceRateLimit, burst: config.deviceRateLimit * 2 },
     presenceLeaseMs: config.presenceLeaseSeconds * 1000,
     pingIntervalMs: config.wsPingIntervalMs,
+    revalidateIntervalMs: config.wsRevalidateIntervalMs,
     watchLimit: config.presenceWatchesPerNode,
     accountWatchLimit: config.presenceWatchesPerAccount,
     audience: new PresenceAudience(db),
@@ -405,6 +406,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
         .catch((error) =>
           logger.warn({ err: error }, "could not re-assert presence after a redis reconnect"),
         );
+      // Closes sent while this node's leases were missing or its Redis away never reached it.
+      void openGateway.revalidate();
     });
   }
   const openGateway = gateway;

@@ -126,6 +126,13 @@ const EnvSchema = T.Object({
     description:
       "milliseconds between WebSocket pings to every socket, 100-600000 (a socket that has not answered the previous ping is closed)",
   }),
+  WS_REVALIDATE_INTERVAL_SECONDS: T.Integer({
+    minimum: 1,
+    maximum: 3600,
+    default: 30,
+    description:
+      "seconds between checks of every open socket's token against the database, 1-3600 (a revoked socket whose close was lost is closed within this)",
+  }),
   PRESENCE_WATCHES_PER_NODE: T.Integer({
     minimum: 1000,
     maximum: 100_000_000,
@@ -282,6 +289,11 @@ export interface Config {
   presenceLeaseSeconds: number;
   /** How often every socket is pinged; one unanswered ping closes it (WS_PING_INTERVAL_MS). */
   wsPingIntervalMs: number;
+  /**
+   * How often every open socket's token generation is compared with the database, ms
+   * (WS_REVALIDATE_INTERVAL_SECONDS): the bound on a revoked socket whose close was lost.
+   */
+  wsRevalidateIntervalMs: number;
   /** Presence watch entries (socket × watched user) one node holds at most. */
   presenceWatchesPerNode: number;
   /** PRESENCE_WATCHES_PER_ACCOUNT: watch entries one account's sockets hold on one node at most. */
@@ -350,6 +362,7 @@ const INTEGER_VARS = new Set([
   "DEVICE_RATE_LIMIT",
   "PRESENCE_LEASE_SECONDS",
   "WS_PING_INTERVAL_MS",
+  "WS_REVALIDATE_INTERVAL_SECONDS",
   "PRESENCE_WATCHES_PER_NODE",
   "PRESENCE_WATCHES_PER_ACCOUNT",
   "REGISTRATIONS_PER_ADDRESS",
@@ -474,6 +487,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     deviceRateLimit: env.DEVICE_RATE_LIMIT,
     presenceLeaseSeconds: env.PRESENCE_LEASE_SECONDS,
     wsPingIntervalMs: env.WS_PING_INTERVAL_MS,
+    wsRevalidateIntervalMs: env.WS_REVALIDATE_INTERVAL_SECONDS * 1000,
     presenceWatchesPerNode: env.PRESENCE_WATCHES_PER_NODE,
     presenceWatchesPerAccount: env.PRESENCE_WATCHES_PER_ACCOUNT,
     registrationsPerAddress: env.REGISTRATIONS_PER_ADDRESS,

@@ -1,5 +1,5 @@
 import { randomInt } from "node:crypto";
-import { and, asc, eq, sql } from "drizzle-orm";
+import { and, asc, eq, inArray, sql } from "drizzle-orm";
 import type { AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
 import { accounts, devices } from "../db/schema.ts";
@@ -80,6 +80,21 @@ export class DeviceService {
       .from(devices)
       .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)));
     return row?.generation;
+  }
+
+  /**
+   * The token generation of every device of these users, in one query (`user_id IN (...)`, the
+   * primary key's first column): what `SocketRevalidation` compares its sockets with. A device that
+   * does not exist has no row. At most a few thousand users per call (one bind parameter each).
+   */
+  async tokenGenerations(
+    userIds: readonly string[],
+  ): Promise<{ userId: string; deviceId: number; generation: number }[]> {
+    if (userIds.length === 0) return [];
+    return this.db
+      .select({ userId: devices.userId, deviceId: devices.deviceId, generation: devices.tokenGeneration })
+      .from(devices)
+      .where(inArray(devices.userId, [...userIds]));
   }
 
   /** Marks the device as seen now. */

@@ -16,6 +16,7 @@ import { FrameHandler } from "./frame-handler.ts";
 import type { NodeLink } from "./node-link.ts";
 import { type Audience, PresenceWatchers, type WatchStats } from "./presence-watch.ts";
 import type { SocketRegistry } from "./socket-registry.ts";
+import { type RevalidationReport, SocketRevalidation } from "./socket-revalidation.ts";
 import { TokenBucket } from "./token-bucket.ts";
 
 export interface GatewayOptions {
@@ -44,6 +45,12 @@ export interface GatewayOptions {
    * answered the previous ping when the next is due is closed.
    */
   pingIntervalMs?: number;
+  /**
+   * How often every socket's token generation is compared with its device's in the database (ms,
+   * WS_REVALIDATE_INTERVAL_SECONDS, default 30 s): a revoked socket whose close was lost is closed
+   * within this (`SocketRevalidation`).
+   */
+  revalidateIntervalMs?: number;
   /** The node's messaging counts (src/observability/metrics.ts), read by /metrics. */
   tallies: MessageTallies;
   /** Users whose erasure has started: no socket of theirs opens, and nothing is written for them. */
@@ -77,6 +84,14 @@ export class Gateway {
   private readonly unsubscribe: () => void;
   private readonly renewTimer: ReturnType<typeof setInterval>;
   private readonly pingTimer: ReturnType<typeof setInterval>;
+  private readonly revalidation: SocketRevalidation;
+  private readonly revalidateTimer: ReturnType<typeof setInterval>;
+  /** The revalidation pass under way, if any: passes never overlap. */
+  private revalidating: Promise<RevalidationReport> | undefined;
+  /** A pass was asked for while one ran: it runs once that one is done. */
+  private revalidateAgain = false;
+  /** Sockets the revalidation closed (revoked, removed or erased), since start. */
+  revalidationClosed = 0;
   /** Sockets closed because they missed a pong, since start. */
   deadPeers = 0;
   /** Makes a socket's token bucket (DEVICE_RATE_LIMIT), one function shared by every socket. */
@@ -104,6 +119,46 @@ export class Gateway {
     this.renewTimer.unref?.();
     this.pingTimer = setInterval(() => this.pingAll(), options.pingIntervalMs ?? 15_000);
     this.pingTimer.unref?.();
+    this.revalidation = new SocketRevalidation({
+      registry: options.registry,
+      generations: (userIds) => options.sessions.deviceGenerations(userIds),
+      fenced: (userId) => this.fenced(userId),
+      logger: options.logger,
+    });
+    this.revalidateTimer = setInterval(() => {
+      if (!this.revalidating) void this.revalidate();
+    }, options.revalidateIntervalMs ?? 30_000);
+    this.revalidateTimer.unref?.();
+  }
+
+  /**
+   * Compares every socket of this node with its device's token generation now and closes the stale
+   * ones (`SocketRevalidation`); run on the WS_REVALIDATE_INTERVAL_SECONDS schedule and when the node
+   * regains contact (Redis back). Asked while a pass runs, one more pass follows it (a pass started
+   * before contact came back may have missed). Resolves with what the pass found; never rejects.
+   */
+  revalidate(): Promise<RevalidationReport> {
+    if (this.revalidating) {
+      this.revalidateAgain = true;
+      return this.revalidating;
+    }
+    const pass = async (): Promise<RevalidationReport> => {
+      let report: RevalidationReport = { checked: 0, closed: 0 };
+      do {
+        this.revalidateAgain = false;
+        report = await this.revalidation.run().catch((error: unknown) => {
+          this.options.logger.warn({ err: error }, "socket revalidation failed");
+          return { checked: 0, closed: 0 };
+        });
+        this.revalidationClosed += report.closed;
+      } while (this.revalidateAgain);
+      return report;
+    };
+    const running = pass().finally(() => {
+      this.revalidating = undefined;
+    });
+    this.revalidating = running;
+    return running;
   }
 
   /** Open sockets on this node. */
@@ -530,6 +585,7 @@ export class Gateway {
   async stop(): Promise<void> {
     clearInterval(this.renewTimer);
     clearInterval(this.pingTimer);
+    clearInterval(this.revalidateTimer);
     this.unsubscribe();
     const { registry } = this.options;
     for (const conn of registry.values()) conn.close(CloseCode.goingAway, "server shutting down");
@@ -537,6 +593,7 @@ export class Gateway {
     // so unacked envelopes reach the offline queues before the stores close.
     const deadline = Date.now() + 5000;
     while (registry.size > 0 && Date.now() < deadline) await Bun.sleep(10);
+    await this.revalidating;
     await Promise.all(this.closing);
   }
 }

@@ -27,8 +27,7 @@ const s256 = (verifier: string) => createHash("sha256").update(verifier).digest(
 export interface OidcServiceDeps {
   db: Db;
   rp: RelyingParty;
-  sessions: Pick<SessionService, "startSession" | "revokeDevice">;
-  devices: { list(userId: string): Promise<{ deviceId: number }[]> };
+  sessions: Pick<SessionService, "startSession" | "revokeAccount">;
   audit?: AuditTrail;
   /** The node's JWT secret: the browser-flow cookie key is derived from it. */
   secret: string;
@@ -327,12 +326,11 @@ export class OidcService {
   }
 
   /**
-   * Revokes every device's tokens; `SessionService.revokeDevice` closes its sockets wherever they are
-   * (4401). Returns how many devices.
+   * Revokes every device's tokens in one transaction; `SessionService.revokeAccount` then closes
+   * their sockets wherever they are (4401). Returns how many devices.
    */
   private async revokeEverywhere(userId: string): Promise<number> {
-    const devices = await this.deps.devices.list(userId);
-    for (const { deviceId } of devices) await this.deps.sessions.revokeDevice(userId, deviceId);
+    const devices = await this.deps.sessions.revokeAccount(userId);
     this.deps.logger.info({ devices: devices.length }, "oidc logout revoked every device of a user");
     return devices.length;
   }

@@ -1,9 +1,10 @@
-import { and, eq, isNull, sql } from "drizzle-orm";
+import { and, eq, isNull, ne, sql } from "drizzle-orm";
 import type { AccountService } from "../accounts/service.ts";
 import type { AuditTrail } from "../audit/types.ts";
 import type { Db, Tx } from "../db/index.ts";
 import { accounts, devices, refreshTokens } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
+import type { Logger } from "../observability/logger.ts";
 import { TokenIssuer } from "./tokens.ts";
 
 /** What a successful login or refresh returns (docs/PROTOCOL.md, POST /v1/sessions). */
@@ -30,6 +31,10 @@ export interface SessionDevices {
   revokeTokens(userId: string, deviceId: number): Promise<void>;
   /** The account's devices. */
   list(userId: string): Promise<{ deviceId: number }[]>;
+  /** The token generation of every device of these users, in one query; a missing device has no row. */
+  tokenGenerations(
+    userIds: readonly string[],
+  ): Promise<{ userId: string; deviceId: number; generation: number }[]>;
   /** Removes a device (its keys and refresh tokens go with it); `not_found` when it does not exist. */
   remove(userId: string, deviceId: number): Promise<void>;
 }
@@ -37,8 +42,10 @@ export interface SessionDevices {
 /**
  * The one revocation port: closes a device's open sockets on whichever node holds them, with close
  * code 4401 (`CloseCode.revoked`). The node wires it to `NodeLink.close`; every revocation (refresh
- * token reuse, password change, the identity provider's logout) goes through `revokeDevice` (or the
- * password change's re-keying of the calling device), which calls it after the tokens are invalid.
+ * token reuse, password change, the identity provider's logout) calls it after the transaction that
+ * made the tokens invalid has committed (`revokeDevice`, `revokeAccount`, `changePassword`). A close
+ * may be lost (a node cut off from the others) or fail (Redis away): the revocation stands, and each
+ * node's `SocketRevalidation` closes the socket within its period (WS_REVALIDATE_INTERVAL_SECONDS).
  * `generationBelow`: only sockets authenticated with a token of an older generation than this (the
  * device's generation after the revocation) are closed, so a close that reaches another node late
  * spares a socket already opened with a token issued after the revocation.
@@ -70,7 +77,22 @@ export interface SessionOptions {
   refreshGraceSeconds?: number;
   audit?: AuditTrail;
   closeSockets?: CloseDeviceSockets;
+  /** Where a failed close of a revoked device's sockets is reported (it is not thrown). */
+  logger?: Pick<Logger, "warn">;
 }
+
+/** A revoked device whose sockets are to be closed: those older than `generationBelow` (all if absent). */
+interface RevokedDevice {
+  deviceId: number;
+  generationBelow?: number;
+}
+
+/**
+ * How long a revocation's answer waits for its socket closes. A close to a node behind a broker
+ * outage can wait for the broker for many seconds; it goes on after the answer, and a lost one is
+ * bounded by the revalidation (`SocketRevalidation`).
+ */
+const CLOSE_WAIT_MS = 3_000;
 
 /** What the refresh transaction decided; the revocation of a reuse runs after it committed. */
 type RefreshOutcome =
@@ -94,6 +116,7 @@ export class SessionService {
   private readonly refreshGraceMs: number;
   private readonly audit?: AuditTrail;
   private readonly closeSockets?: CloseDeviceSockets;
+  private readonly logger?: Pick<Logger, "warn">;
 
   constructor(
     private readonly db: Db,
@@ -106,6 +129,7 @@ export class SessionService {
     this.refreshGraceMs = (options.refreshGraceSeconds ?? 0) * 1000;
     this.audit = options.audit;
     this.closeSockets = options.closeSockets;
+    this.logger = options.logger;
   }
 
   /**
@@ -317,6 +341,16 @@ export class SessionService {
     };
   }
 
+  /**
+   * The current token generation of every device of these users (`userId.deviceId` → generation),
+   * in one query: a socket whose token names another generation, or a device with no entry
+   * (removed), was revoked (`SocketRevalidation`).
+   */
+  async deviceGenerations(userIds: readonly string[]): Promise<Map<string, number>> {
+    const rows = await this.devices.tokenGenerations(userIds);
+    return new Map(rows.map((row) => [`${row.userId}.${row.deviceId}`, row.generation]));
+  }
+
   /** True while the device exists and its tokens of `generation` were not revoked since. */
   async isCurrent(principal: Principal, generation: number): Promise<boolean> {
     return (await this.devices.tokenGeneration(principal.userId, principal.deviceId)) === generation;
@@ -325,8 +359,10 @@ export class SessionService {
   /**
    * Revokes every access and refresh token of the device, then closes its sockets on every node
    * (4401), those authenticated with a token from before the revocation (`CloseDeviceSockets`,
-   * `generationBelow`: the device's generation after the bump). The tokens go first: a socket opening meanwhile re-checks its token's generation once
-   * its presence lease is written, so it either is found by the close or sees the revocation.
+   * `generationBelow`: the device's generation after the bump). The tokens go first: a socket opening
+   * meanwhile re-checks its token's generation once its presence lease is written, so it either is
+   * found by the close or sees the revocation. A close that fails is logged, not thrown: the tokens
+   * are revoked, and the revalidation (`SocketRevalidation`) closes what the close missed.
    */
   async revokeDevice(userId: string, deviceId: number): Promise<void> {
     // One transaction, the device row first. A refresh or login issuing for this device holds that
@@ -336,15 +372,33 @@ export class SessionService {
     // changed. As two autocommit statements, a successor committed between them outlived the
     // revocation (test/sessions/issuance-race.test.ts).
     const generation = await this.db.transaction((tx) => this.revokeTokens(tx, userId, deviceId));
-    await this.closeSockets?.(userId, deviceId, generation);
+    await this.closeRevoked(userId, [{ deviceId, generationBelow: generation }]);
+  }
+
+  /**
+   * Revokes every access and refresh token of every device of the account in one transaction (the
+   * account row first, as a password change takes it), then closes their sockets on every node
+   * (4401) as `revokeDevice` does. Returns the ids of the devices revoked (none for an unknown user).
+   */
+  async revokeAccount(userId: string): Promise<number[]> {
+    const revoked = await this.db.transaction(async (tx) => {
+      await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId)).for("update");
+      return this.revokeDevicesOf(tx, userId);
+    });
+    await this.closeRevoked(
+      userId,
+      revoked.map(({ deviceId, generation }) => ({ deviceId, generationBelow: generation })),
+    );
+    return revoked.map((device) => device.deviceId);
   }
 
   /**
    * `POST /v1/me/password`: checks `currentPassword` (throttled like a login of the account from
-   * `address`, `PasswordThrottle`), then in one transaction stores the new password and re-keys the
-   * calling device, and — unless `logoutDevices` is false — then revokes every other device of the
-   * account (tokens, and their sockets on every node, 4401). `generation`: the token generation of
-   * the access token the request was authenticated with (`authenticateSession`).
+   * `address`, `PasswordThrottle`), then in one transaction stores the new password, re-keys the
+   * calling device and — unless `logoutDevices` is false — revokes every token of every other device
+   * of the account; after the commit, the revoked devices' sockets are closed on every node (4401).
+   * `generation`: the token generation of the access token the request was authenticated with
+   * (`authenticateSession`).
    * The calling device is always re-keyed: a login may name an existing device id, so another
    * session on the caller's device id cannot be told from the caller's; every token of that device
    * issued before is refused, its sockets are closed (4401), and the caller gets the one new session
@@ -357,8 +411,9 @@ export class SessionService {
    * `unauthorized` for a wrong password, a password changed meanwhile, or a device removed or revoked
    * meanwhile; `forbidden` for an account without a password (identity provider) or with passwords
    * disabled; `rate_limited` past a budget; none of them changes anything. `revoked`: the ids of the
-   * other devices revoked. Should a revocation of another device fail (the database), the password
-   * and the caller's device have changed already: the caller signs in with the new password.
+   * other devices revoked. The password and every revocation commit together or not at all; a close
+   * that fails afterwards (a node cut off, Redis away) is logged, and the revalidation
+   * (`SocketRevalidation`) closes those sockets within its period.
    */
   async changePassword(
     principal: Principal,
@@ -372,17 +427,18 @@ export class SessionService {
       input.newPassword,
       address,
     );
-    const tokens = await this.rekey(principal.userId, principal.deviceId, generation, (tx) =>
-      this.accounts.storePasswordChange(tx, principal.userId, change),
+    const { tokens, others } = await this.rekey(
+      principal.userId,
+      principal.deviceId,
+      generation,
+      (tx) => this.accounts.storePasswordChange(tx, principal.userId, change),
+      input.logoutDevices !== false,
     );
-    const revoked: number[] = [];
-    if (input.logoutDevices !== false) {
-      for (const { deviceId } of await this.devices.list(principal.userId)) {
-        if (deviceId === principal.deviceId) continue;
-        await this.revokeDevice(principal.userId, deviceId);
-        revoked.push(deviceId);
-      }
-    }
+    await this.closeRevoked(
+      principal.userId,
+      others.map(({ deviceId, generation }) => ({ deviceId, generationBelow: generation })),
+    );
+    const revoked = others.map((device) => device.deviceId);
     await this.audit?.record({
       action: "account.password_changed",
       actor: { user: principal.userId },
@@ -394,9 +450,11 @@ export class SessionService {
 
   /**
    * Runs `first` (the password change's write, which takes the account row first, as a login's
-   * `issue` does), then revokes every token of the device (as `revokeDevice`) and issues its one new
-   * session, all in one transaction, then closes the device's sockets opened with the revoked tokens
-   * on every node (4401). The device row is updated only while it is at `generation`: a refresh or
+   * `issue` does), then revokes every token of the device (as `revokeDevice`), with `revokeOthers`
+   * every token of the account's other devices too (returned as `others`, with their new
+   * generations), and issues the device's one new session, all in one transaction; then closes the
+   * device's sockets opened with the revoked tokens on every node (4401); the other devices' sockets
+   * are the caller's to close. The device row is updated only while it is at `generation`: a refresh or
    * login issuing for it (FOR SHARE on the row, `refresh` and `issue`) committed before, and its
    * refresh token is deleted here, or it waits for this commit and finds its token gone (a refresh)
    * or the password changed (a login). The new refresh token is written after the DELETE, so it is
@@ -408,17 +466,74 @@ export class SessionService {
     deviceId: number,
     generation: number,
     first: (tx: Pick<Db, "update">) => Promise<void>,
-  ): Promise<SessionTokens> {
+    revokeOthers = false,
+  ): Promise<{ tokens: SessionTokens; others: { deviceId: number; generation: number }[] }> {
     const { token, hash } = TokenIssuer.mintRefreshToken();
-    const next = await this.db.transaction(async (tx) => {
+    const { next, others } = await this.db.transaction(async (tx) => {
       await first(tx);
       const bumped = await this.revokeTokens(tx, userId, deviceId, generation);
       if (bumped === undefined) throw new DomainError("unauthorized", "access token was revoked");
+      const others = revokeOthers ? await this.revokeDevicesOf(tx, userId, deviceId) : [];
       await this.storeRefreshToken(tx, hash, userId, deviceId, Date.now());
-      return bumped;
+      return { next: bumped, others };
     });
-    await this.closeSockets?.(userId, deviceId, next);
-    return this.sessionTokens(userId, deviceId, next, token);
+    await this.closeRevoked(userId, [{ deviceId, generationBelow: next }]);
+    return { tokens: await this.sessionTokens(userId, deviceId, next, token), others };
+  }
+
+  /**
+   * In `tx`: bumps the token generation of every device of the account but `exceptDeviceId`, and
+   * deletes their refresh tokens, devices first (as `revokeTokens`). Returns each device revoked
+   * with its new generation.
+   */
+  private async revokeDevicesOf(
+    tx: Tx,
+    userId: string,
+    exceptDeviceId?: number,
+  ): Promise<{ deviceId: number; generation: number }[]> {
+    const bumped = await tx
+      .update(devices)
+      .set({ tokenGeneration: sql`${devices.tokenGeneration} + 1` })
+      .where(
+        exceptDeviceId === undefined
+          ? eq(devices.userId, userId)
+          : and(eq(devices.userId, userId), ne(devices.deviceId, exceptDeviceId)),
+      )
+      .returning({ deviceId: devices.deviceId, generation: devices.tokenGeneration });
+    await tx
+      .delete(refreshTokens)
+      .where(
+        exceptDeviceId === undefined
+          ? eq(refreshTokens.userId, userId)
+          : and(eq(refreshTokens.userId, userId), ne(refreshTokens.deviceId, exceptDeviceId)),
+      );
+    return bumped.sort((a, b) => a.deviceId - b.deviceId);
+  }
+
+  /**
+   * After a revocation committed: closes the revoked devices' sockets on every node
+   * (`CloseDeviceSockets`), waiting for the closes at most `CLOSE_WAIT_MS`. A close that fails is
+   * logged, not thrown: the revocation stands, and the revalidation closes the sockets it missed.
+   */
+  private async closeRevoked(userId: string, revoked: readonly RevokedDevice[]): Promise<void> {
+    const close = this.closeSockets;
+    if (!close || revoked.length === 0) return;
+    const closing = Promise.allSettled(
+      revoked.map(({ deviceId, generationBelow }) => close(userId, deviceId, generationBelow)),
+    ).then((results) => {
+      const failed = results.filter((r): r is PromiseRejectedResult => r.status === "rejected");
+      if (failed.length === 0) return;
+      this.logger?.warn(
+        { err: failed[0]?.reason, devices: failed.length },
+        "could not close a revoked device's sockets; the socket revalidation closes them",
+      );
+    });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const waited = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, CLOSE_WAIT_MS);
+    });
+    await Promise.race([closing, waited]);
+    clearTimeout(timer);
   }
 
   /**
