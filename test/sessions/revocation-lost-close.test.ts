@@ -3,7 +3,7 @@ import { userKey } from "../../actors/index.ts";
 import { CloseCode } from "../../src/protocol/index.ts";
 import { AMQP_URL, runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { api, loginDevice, registerAndLogin } from "../support/http.ts";
-import { startTestNode, type TestNode } from "../support/node.ts";
+import { socketState, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.ts";
 import { TestSocket, waitUntil } from "../support/ws.ts";
@@ -50,9 +50,20 @@ describe("a revoked socket on a node cut off from the node links is closed all t
     await database?.drop();
   });
 
-  /** Opens the session's socket on node B and waits until node A can see its lease. */
-  async function socketOnB(session: { userId: string; accessToken: string }): Promise<TestSocket> {
+  /**
+   * Opens the session's socket on node B and waits until it is live there (its offline queue read,
+   * its user actor told: nothing of its opening still needs the broker) and node A sees its lease.
+   */
+  async function socketOnB(session: {
+    userId: string;
+    deviceId: number;
+    accessToken: string;
+  }): Promise<TestSocket> {
     const socket = await TestSocket.open(b.url, session.accessToken);
+    await waitUntil(
+      () => socketState(b, session.userId, session.deviceId) === "live",
+      "the socket to go live on node B",
+    );
     await waitUntil(
       async () => (await a.presence.sockets(session.userId)).some((s) => s.nodeId === "lost-b"),
       "the socket's lease on node B",
