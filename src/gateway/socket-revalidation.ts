@@ -48,7 +48,8 @@ export class SocketRevalidation {
   }
 
   /**
-   * One pass over the sockets open now, one query per batch, one batch after another. A batch
+   * One pass over the sockets open now, one query per batch, one batch after another with a turn
+   * of the event loop between them (docs/BENCHMARKS.md, "Socket revalidation"). A batch
    * whose query fails is skipped (logged once per pass) and checked again at the next pass.
    */
   async run(): Promise<RevalidationReport> {
@@ -56,6 +57,9 @@ export class SocketRevalidation {
     const report: RevalidationReport = { checked: 0, closed: 0 };
     let failure: unknown;
     for (let start = 0; start < sockets.length; start += this.batchSize) {
+      // Between batches, the event loop serves sockets: PGlite answers on this thread, and without a
+      // turn of the loop a whole pass over 15,000 sockets held it for hundreds of ms.
+      if (start > 0) await new Promise<void>((resolve) => setImmediate(resolve));
       const batch = sockets.slice(start, start + this.batchSize).filter((c) => !c.isClosed() && !c.closing);
       if (batch.length === 0) continue;
       const taken = batch.map((conn) => conn.ws.data.generation);
