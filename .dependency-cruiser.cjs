@@ -61,7 +61,10 @@ module.exports = {
       severity: "error",
       comment:
         "The load harness drives servers from outside: besides the SDK it may use the actor system (its micro-benchmark) and clean up its Redis keys; the envelope-log micro-benchmark (log-bench.ts) opens the logs themselves, the unit-cost benchmark (unit-costs.ts, docs/SCALING.md) measures the store adapters themselves, and the socket revalidation benchmark (revalidation-bench.ts) runs the gateway's revalidation over its own registry.",
-      from: { path: "^src/loadtest/", pathNot: "^src/loadtest/(log-bench|unit-costs|revalidation-bench)\\.ts$" },
+      from: {
+        path: "^src/loadtest/",
+        pathNot: "^src/loadtest/(log-bench|unit-costs|revalidation-bench)\\.ts$",
+      },
       to: {
         path: "^(src|actors)/",
         pathNot: "^src/(client|loadtest|protocol|redis)/|^actors/",
