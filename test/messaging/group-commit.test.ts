@@ -132,4 +132,115 @@ describe("GroupCommit", () => {
     w.succeed(1);
     expect(await second).toEqual([4]);
   });
+
+  describe("with two writes in flight and a key per item", () => {
+    // Items are numbers; the key is the tens digit (11, 12 → "1"; 21 → "2"), standing in for the sender.
+    const options = { maxInFlight: 2, keyOf: (n: number) => String(Math.floor(n / 10)) };
+
+    test("a submission of another key is written while the first write is in flight; one of the same key waits for it", async () => {
+      const w = manualWrite();
+      const commit = new GroupCommit(w.write, undefined, undefined, options);
+      const a1 = commit.submit([11]);
+      const b1 = commit.submit([21]);
+      expect(w.batches()).toEqual([[11], [21]]);
+      const a2 = commit.submit([12]);
+      const b2 = commit.submit([22]);
+      await settle();
+      expect(w.batches()).toEqual([[11], [21]]); // two in flight: the rest gather
+      expect(commit.backlog).toBe(2);
+
+      // The second write commits first: key 2's next goes, key 1's still waits for the first.
+      w.succeed(1);
+      expect(await b1).toEqual([42]);
+      await settle();
+      expect(w.batches()).toEqual([[11], [21], [22]]);
+
+      w.succeed(0);
+      expect(await a1).toEqual([22]);
+      await settle();
+      expect(w.batches()).toEqual([[11], [21], [22], [12]]);
+      w.succeed(2);
+      w.succeed(3);
+      expect(await a2).toEqual([24]);
+      expect(await b2).toEqual([44]);
+    });
+
+    test("a key is never in two writes at once, and each key's items are written in submission order", async () => {
+      const w = manualWrite();
+      const open = new Set<number>();
+      let overlaps = 0;
+      let mostAtOnce = 0;
+      // Wraps the manual write: counts writes that start with a key a write in flight still carries.
+      const write = (items: number[]) => {
+        const index = w.calls.length;
+        const busy = [...open].flatMap((i) => (w.calls[i]?.items ?? []).map(options.keyOf));
+        if (items.some((n) => busy.includes(options.keyOf(n)))) overlaps++;
+        open.add(index);
+        mostAtOnce = Math.max(mostAtOnce, open.size);
+        return w.write(items).finally(() => open.delete(index));
+      };
+      const commit = new GroupCommit(write, undefined, undefined, options);
+      const all = [11, 21, 12, 31, 13, 22, 32, 14].map((n) => commit.submit([n]));
+      // Settle the oldest write still open, one at a time, until every submission is answered.
+      for (let next = 0; next < 8 && (open.size > 0 || next < w.calls.length); next++) {
+        await settle();
+        if (next < w.calls.length) w.succeed(next);
+      }
+      await Promise.all(all);
+      expect(overlaps).toBe(0);
+      expect(mostAtOnce).toBe(2);
+      const written = w.batches().flat();
+      for (const key of ["1", "2", "3"]) {
+        const mine = written.filter((n) => options.keyOf(n) === key);
+        expect(mine).toEqual([...mine].sort((x, y) => x - y));
+      }
+      expect(written.sort()).toEqual([11, 12, 13, 14, 21, 22, 31, 32]);
+    });
+
+    test("a submission held behind a key keeps its other keys: a later one of those keys does not overtake it", async () => {
+      const w = manualWrite();
+      const commit = new GroupCommit(w.write, undefined, undefined, options);
+      void commit.submit([11]);
+      void commit.submit([21]);
+      // Both slots taken; then 12 + 31 (keys 1 and 3) and 32 (key 3 only) gather.
+      const held = commit.submit([12, 31]);
+      const later = commit.submit([32]);
+      w.succeed(1); // key 2's write ends; key 1 is still in flight
+      await settle();
+      // 12+31 must wait for key 1, and 32 (key 3, free) must wait behind 31: nothing is written.
+      expect(w.batches()).toEqual([[11], [21]]);
+      w.succeed(0);
+      await settle();
+      // Then both go, in order, in one write.
+      expect(w.batches()).toEqual([[11], [21], [12, 31, 32]]);
+      w.succeed(2);
+      expect(await held).toEqual([24, 62]);
+      expect(await later).toEqual([64]);
+    });
+
+    test("a failed write rejects only its own submissions; the other write and later ones go on", async () => {
+      const w = manualWrite();
+      const commit = new GroupCommit(w.write, undefined, undefined, options);
+      const a1 = commit.submit([11]);
+      const b1 = commit.submit([21]);
+      const a2 = commit.submit([12]);
+      w.fail(0, new Error("database went away"));
+      await expect(a1).rejects.toThrow("database went away");
+      await settle();
+      expect(w.batches()).toEqual([[11], [21], [12]]);
+      w.succeed(1);
+      w.succeed(2);
+      expect(await b1).toEqual([42]);
+      expect(await a2).toEqual([24]);
+    });
+
+    test("without a key, writes stay one at a time whatever maxInFlight says", async () => {
+      const w = manualWrite();
+      const commit = new GroupCommit(w.write, undefined, undefined, { maxInFlight: 4 });
+      void commit.submit([1]);
+      void commit.submit([2]);
+      await settle();
+      expect(w.batches()).toEqual([[1]]);
+    });
+  });
 });
