@@ -92,12 +92,6 @@ interface ExpandedRow {
   recipient_device: number;
 }
 
-/**
- * Append writes in flight at once (`GroupCommit.maxInFlight`): with one, a send that arrives while
- * a write is in flight waits for that whole write before its own starts.
- */
-const APPENDS_IN_FLIGHT = 2;
-
 /** The expansions one write may carry: a send to 10,000 devices is 10,000 rows. */
 const EXPANSION_BATCH = 16;
 
@@ -153,13 +147,10 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       EXPANSION_BATCH,
       commitObserver(onCommit, "expand"),
     );
-    // Two appends in flight: the next batch is inserted while the one before commits, with
-    // disjoint senders, so each sender's envelopes still commit (and get their seq) in order.
     this.commit = new GroupCommit(
       (batch) => this.insert(batch),
       undefined,
       commitObserver(onCommit, "append"),
-      { maxInFlight: APPENDS_IN_FLIGHT, keyOf: (e) => e.senderUser },
     );
     this.acks = new GroupCommit((batch) => this.ackBatch(batch), undefined, commitObserver(onCommit, "ack"));
     this.queued = new GroupCommit(
