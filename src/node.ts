@@ -299,7 +299,16 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   const groups = new GroupService(db, audit, fence);
   const users = new UserDirectory(db, rateLimiter, USER_LOOKUP_LIMIT, USER_LOOKUP_ACCOUNT_LIMIT, fence);
   const blocks = new BlockService(db);
-  const messaging = new MessagingService(db, log, actors, Date.now, undefined, fence);
+  // PGlite is in this process: every device and block change goes through the services here.
+  const messaging = new MessagingService(
+    db,
+    log,
+    actors,
+    Date.now,
+    undefined,
+    fence,
+    database.kind === "pglite",
+  );
   // The erasure fence across the ring, through the pinned fence actors registered in step 4.
   const fenceLink = new FenceLink({
     nodeId: config.nodeId,

@@ -112,6 +112,12 @@ export class MessagingService {
    */
   private readonly unsettled = new Map<string, Set<Promise<unknown>>>();
 
+  /**
+   * `changesSeenHere`: every change to devices and blocks is made through this node's services and
+   * so reaches `devicesChanged` / `blocksChanged` (true for the embedded node: PGlite lives in this
+   * process and no other node can write it). The cached device and block lists are then kept until
+   * such a change instead of being read again every half second to catch another node's changes.
+   */
   constructor(
     private readonly db: Db,
     private readonly log: EnvelopeLog,
@@ -119,6 +125,7 @@ export class MessagingService {
     private readonly now: () => number = Date.now,
     private readonly flow: FlowControl = DEFAULT_FLOW_CONTROL,
     private readonly erasing: ErasureFence = new ErasureFence(),
+    private readonly changesSeenHere = false,
   ) {}
 
   /** Counts `work` as unsettled for each user until it settles. */
@@ -152,6 +159,7 @@ export class MessagingService {
    */
   async fenced(userId: string): Promise<void> {
     this.devicesChanged(userId);
+    this.blockLists.delete(userId);
     for (;;) {
       const pending = [...(this.unsettled.get(userId) ?? []), ...(this.unsettled.get(GROUP_SENDS) ?? [])];
       if (pending.length === 0) return;
@@ -220,12 +228,15 @@ export class MessagingService {
     this.blockChanges++;
   }
 
-  /** Whether `recipient` blocks `sender` (a long block list): cached for at most DEVICE_LIST_FRESH_MS. */
+  /**
+   * Whether `recipient` blocks `sender` (a long block list): cached for at most DEVICE_LIST_FRESH_MS,
+   * or until a block change here when `changesSeenHere`.
+   */
   private async blocks(recipient: string, sender: string): Promise<boolean> {
     const key = `${recipient}|${sender}`;
     const cached = this.blockVerdicts.get(key);
     const now = this.now();
-    if (cached && now - cached.at < DEVICE_LIST_FRESH_MS) return cached.blocked;
+    if (cached && (this.changesSeenHere || now - cached.at < DEVICE_LIST_FRESH_MS)) return cached.blocked;
     const changesBefore = this.blockChanges;
     const rows = await this.db
       .select({ userId: blocks.userId })
@@ -237,7 +248,11 @@ export class MessagingService {
       this.blockVerdicts.set(key, { blocked, at: now });
       if (this.blockVerdicts.size > DEVICE_LIST_CACHE_SIZE) {
         for (const [k, v] of this.blockVerdicts) {
-          if (this.blockVerdicts.size <= DEVICE_LIST_CACHE_SIZE && now - v.at < DEVICE_LIST_FRESH_MS) break;
+          if (
+            this.blockVerdicts.size <= DEVICE_LIST_CACHE_SIZE &&
+            !this.stale(now - v.at, DEVICE_LIST_FRESH_MS)
+          )
+            break;
           this.blockVerdicts.delete(k);
         }
       }
@@ -246,15 +261,26 @@ export class MessagingService {
   }
 
   /**
+   * Whether a cached entry `age` ms old is past `limit`: never when `changesSeenHere` (every change
+   * drops its entry, `devicesChanged` / `blocksChanged`).
+   */
+  private stale(age: number, limit: number): boolean {
+    return !this.changesSeenHere && age >= limit;
+  }
+
+  /**
    * The recipient's current device ids, or undefined when there is no such user. Cached for at most
    * a second: a device added on another node may be missed for that long (the sender then learns
    * of it with its next send's `mismatched_devices`); changes on this node are seen at once. Past
    * half a second the list is re-read in the background while sends go on using it: a send that
    * waited for the re-read was most of the 1:1 p99 at a fixed 8,500/s (76 ms accepted; 35 ms with
-   * the lists never re-read).
+   * the lists never re-read). With `changesSeenHere` (the embedded node: no other node writes its
+   * database) a user's list is kept until a change here drops it; "no such user" is still re-read
+   * after a second, as account creation does not tell this cache.
    */
   private async devicesOf(userId: string): Promise<number[] | undefined> {
     const cached = this.deviceLists.get(userId);
+    if (this.changesSeenHere && cached?.devices !== undefined) return cached.devices;
     const age = cached ? this.now() - cached.at : Number.POSITIVE_INFINITY;
     if (cached && age < DEVICE_LIST_FRESH_MS) return cached.devices;
     if (cached && age < DEVICE_LIST_TTL_MS) {
@@ -289,7 +315,11 @@ export class MessagingService {
     this.deviceLists.set(userId, { devices, at: now });
     if (this.deviceLists.size <= DEVICE_LIST_CACHE_SIZE) return;
     for (const [id, cached] of this.deviceLists) {
-      if (this.deviceLists.size <= DEVICE_LIST_CACHE_SIZE && now - cached.at < DEVICE_LIST_TTL_MS) break;
+      const kept =
+        cached.devices !== undefined
+          ? !this.stale(now - cached.at, DEVICE_LIST_TTL_MS)
+          : now - cached.at < DEVICE_LIST_TTL_MS;
+      if (this.deviceLists.size <= DEVICE_LIST_CACHE_SIZE && kept) break;
       this.deviceLists.delete(id);
     }
   }
@@ -306,15 +336,18 @@ export class MessagingService {
 
   /**
    * Whether `recipient` blocks `sender`. The recipient's block list (up to BLOCKS_CACHED users) is
-   * cached for BLOCK_LIST_TTL_MS: a 1:1 send reads nothing more than its device list, and blocks
-   * change rarely (a block made on this node is seen at once, on another within BLOCK_LIST_TTL_MS).
-   * A longer list is asked per (recipient, sender) pair, cached like a device list.
+   * cached for BLOCK_LIST_TTL_MS (until a block change here when `changesSeenHere`): a 1:1 send
+   * reads nothing more than its device list, and blocks change rarely (a block made on this node is
+   * seen at once, on another within BLOCK_LIST_TTL_MS). A longer list is asked per (recipient,
+   * sender) pair, cached like a device list.
    */
   private async isBlocked(recipient: string, sender: string): Promise<boolean> {
     if (recipient === sender) return false;
     const cached = this.blockLists.get(recipient);
     const list =
-      cached && this.now() - cached.at < BLOCK_LIST_TTL_MS ? cached : await this.readBlockList(recipient);
+      cached && !this.stale(this.now() - cached.at, BLOCK_LIST_TTL_MS)
+        ? cached
+        : await this.readBlockList(recipient);
     if (list.blocked) return list.blocked.has(sender);
     return this.blocks(recipient, sender);
   }
@@ -347,7 +380,11 @@ export class MessagingService {
         this.blockLists.set(recipient, list);
         if (this.blockLists.size > DEVICE_LIST_CACHE_SIZE) {
           for (const [id, entry] of this.blockLists) {
-            if (this.blockLists.size <= DEVICE_LIST_CACHE_SIZE && now - entry.at < BLOCK_LIST_TTL_MS) break;
+            if (
+              this.blockLists.size <= DEVICE_LIST_CACHE_SIZE &&
+              !this.stale(now - entry.at, BLOCK_LIST_TTL_MS)
+            )
+              break;
             this.blockLists.delete(id);
           }
         }
