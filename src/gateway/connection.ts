@@ -67,10 +67,7 @@ export class DeviceConnection {
   /** `auth` frames are answered one after another, in arrival order. */
   authChain: Promise<void> = SETTLED;
   private expiry: ReturnType<typeof setTimeout> | undefined;
-  /**
-   * Frames held for the write at the loop's check phase (`send`); set (maybe empty) from a turn's
-   * first write until then, undefined otherwise, as on most sockets.
-   */
+  /** Frames queued for the next write (`send`); undefined when none, as on most sockets. */
   private outbox: string[] | undefined;
   private frameBucket: TokenBucket | undefined;
 
@@ -165,11 +162,11 @@ export class DeviceConnection {
   }
 
   /**
-   * Writes one server frame; false when the socket is closed. The first frame of a turn of the
-   * event loop is written at once; frames after it in the same turn go out together in one corked
-   * write (`flush`, at the loop's check phase): flat out, a sender's window of `accepted` and a
-   * device's deliveries come in the same turn, and a write per frame was a system call per frame
-   * (gathering in a microtask gathered none: every frame left alone). Order
+   * Queues one server frame for this socket's next write; false when the socket is closed. Frames
+   * queued in the same turn of the event loop go out together in one corked write (`flush`, at the
+   * loop's next check phase): flat out, a sender's window of `accepted` and a device's deliveries
+   * come in the same turn, and a write per frame was a system call per frame (microtasks did not
+   * gather any: every frame left alone). Order
    * is kept; `close` writes what is queued first. A frame dropped because the socket closed before
    * the write is like one written and never acked: the disconnect hands what was not acked to
    * the offline queue.
@@ -198,10 +195,7 @@ export class DeviceConnection {
       this.outbox.push(text);
       return;
     }
-    // The first frame goes out at once (a lone frame waits for nothing); the ones after it in
-    // this turn are gathered until the loop's check phase.
-    this.ws.send(text);
-    this.outbox = [];
+    this.outbox = [text];
     setImmediate(() => this.flush());
   }
 
@@ -209,7 +203,7 @@ export class DeviceConnection {
   private flush(): void {
     const frames = this.outbox;
     this.outbox = undefined;
-    if (!frames || frames.length === 0 || this.state === "closed") return;
+    if (!frames || this.state === "closed") return;
     if (frames.length === 1) this.ws.send(frames[0] as string);
     else
       this.ws.cork(() => {

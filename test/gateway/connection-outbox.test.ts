@@ -52,38 +52,39 @@ const envelope = (id: string): StoredEnvelope => ({
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 describe("DeviceConnection writes", () => {
-  test("a turn's first frame is written at once, the ones after it in one corked write, in order", async () => {
+  test("frames queued in one turn go out in one corked write, in the order queued", async () => {
     const { conn, writes } = connection();
-    const ids = (write: string[] | undefined) =>
-      write?.map((text) => JSON.parse(text).id ?? JSON.parse(text).type);
     expect(conn.send({ type: "accepted", id: "a", ts: 1 })).toBe(true);
     expect(conn.deliver([envelope("m1"), envelope("m2")], "live")).toBe(true);
     conn.send({ type: "pong" });
-    expect(writes.map(ids)).toEqual([["a"]]);
+    expect(writes).toEqual([]);
     await nextTurn();
-    expect(writes.map(ids)).toEqual([["a"], ["m1", "m2", "pong"]]);
-    // A lone frame in a later turn waits for nothing.
-    await nextTurn();
+    expect(writes).toHaveLength(1);
+    expect(writes[0]?.map((text) => JSON.parse(text).id ?? JSON.parse(text).type)).toEqual([
+      "a",
+      "m1",
+      "m2",
+      "pong",
+    ]);
     conn.send({ type: "pong" });
-    expect(writes).toHaveLength(3);
+    await nextTurn();
+    expect(writes).toHaveLength(2);
   });
 
   test("a server close writes what is queued before the close frame", () => {
     const { conn, events } = connection();
-    conn.send({ type: "pong" });
     conn.send({ type: "error", code: "invalid", message: "bad" });
     conn.close(4400, "bye");
-    expect(events).toEqual(["send", "send", "close 4400"]);
+    expect(events).toEqual(["send", "close 4400"]);
   });
 
   test("nothing is written once the socket has closed", async () => {
     const { conn, writes } = connection();
     conn.send({ type: "pong" });
-    conn.send({ type: "pong" });
     conn.state = "closed";
     expect(conn.send({ type: "pong" })).toBe(false);
     expect(conn.deliver([envelope("m1")], "live")).toBe(false);
     await nextTurn();
-    expect(writes).toHaveLength(1);
+    expect(writes).toEqual([]);
   });
 });
