@@ -67,8 +67,6 @@ export class DeviceConnection {
   /** `auth` frames are answered one after another, in arrival order. */
   authChain: Promise<void> = SETTLED;
   private expiry: ReturnType<typeof setTimeout> | undefined;
-  /** Frames queued for the next write (`send`); undefined when none, as on most sockets. */
-  private outbox: string[] | undefined;
   private frameBucket: TokenBucket | undefined;
 
   constructor(
@@ -161,54 +159,25 @@ export class DeviceConnection {
     return `${this.principal.userId}.${this.principal.deviceId}`;
   }
 
-  /**
-   * Queues one server frame for this socket's next write; false when the socket is closed. Frames
-   * queued in the same turn of the event loop go out together in one corked write (`flush`, at the
-   * loop's next check phase): flat out, a sender's window of `accepted` and a device's deliveries
-   * come in the same turn, and a write per frame was a system call per frame (microtasks did not
-   * gather any: every frame left alone). Order
-   * is kept; `close` writes what is queued first. A frame dropped because the socket closed before
-   * the write is like one written and never acked: the disconnect hands what was not acked to
-   * the offline queue.
-   */
+  /** Sends one server frame; false when the socket is closed. */
   send(frame: ServerFrame): boolean {
     if (this.state === "closed") return false;
-    this.write(JSON.stringify(frame));
-    return true;
+    return this.ws.send(JSON.stringify(frame)) !== 0;
   }
 
   /**
-   * Delivers envelopes, oldest first, in the socket's next write (as `send`); `path` says whether
-   * they were pushed live or read from the offline queue (metrics: delivered count and acceptance
-   * → push latency).
+   * Delivers envelopes, oldest first, in one corked write; `path` says whether they were pushed live
+   * or read from the offline queue (metrics: delivered count and acceptance → push latency).
    */
   deliver(envelopes: readonly StoredEnvelope[], path: DeliveryPath): boolean {
     if (this.state === "closed") return false;
-    for (const envelope of envelopes) this.write(JSON.stringify(messageFrame(envelope)));
+    let ok = true;
+    this.ws.cork(() => {
+      for (const envelope of envelopes) ok = this.ws.send(JSON.stringify(messageFrame(envelope))) !== 0 && ok;
+    });
     const now = Date.now();
     for (const envelope of envelopes) this.tallies.delivered(path, envelope.ts, now);
-    return true;
-  }
-
-  private write(text: string): void {
-    if (this.outbox) {
-      this.outbox.push(text);
-      return;
-    }
-    this.outbox = [text];
-    setImmediate(() => this.flush());
-  }
-
-  /** Writes the queued frames, corked into one write when there are several. */
-  private flush(): void {
-    const frames = this.outbox;
-    this.outbox = undefined;
-    if (!frames || this.state === "closed") return;
-    if (frames.length === 1) this.ws.send(frames[0] as string);
-    else
-      this.ws.cork(() => {
-        for (const text of frames) this.ws.send(text);
-      });
+    return ok;
   }
 
   /**
@@ -231,7 +200,6 @@ export class DeviceConnection {
   close(code: number, reason: string): void {
     if (this.state === "closed") return;
     this.closing = true;
-    this.flush();
     this.ws.close(code, reason);
   }
 }
