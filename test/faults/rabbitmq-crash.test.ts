@@ -101,7 +101,7 @@ class ReconnectingSocket {
     return new Promise((resolveOpen) => {
       const attempt = () => {
         if (this.stopped) return resolveOpen();
-        const ws = new WebSocket(this.url.replace(/^http/, "ws") + "/v1/ws", {
+        const ws = new WebSocket(`${this.url.replace(/^http/, "ws")}/v1/ws`, {
           headers: { authorization: `Bearer ${this.token}` },
         } as unknown as string[]);
         this.ws = ws;
