@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import { sql } from "drizzle-orm";
@@ -8,7 +8,7 @@ import { migrate as migratePglite } from "drizzle-orm/pglite/migrator";
 import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
 import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
 import postgres from "postgres";
-import { usablePgliteTemplate } from "./pglite-template.ts";
+import { extractPgliteTemplate, holdsPgliteDatabase, usablePgliteTemplate } from "./pglite-template.ts";
 import * as schema from "./schema.ts";
 
 export { schema };
@@ -109,8 +109,8 @@ export async function migratePostgresLocked(url: string): Promise<void> {
 
 /**
  * Opens PostgreSQL when a URL is given, else the embedded PGlite in `dataDir/pglite`
- * (or in memory for `dataDir: null`; a fresh one loaded from src/db/pglite-template.tar.gz when it
- * matches the installed PGlite), and applies the drizzle migrations (on PostgreSQL under
+ * (or in memory for `dataDir: null`; a fresh one starts from src/db/pglite-template.tar.gz when it
+ * matches the installed PGlite, see {@link extractPgliteTemplate}), and applies the drizzle migrations (on PostgreSQL under
  * {@link MIGRATION_LOCK_KEY}, so several nodes may start together).
  */
 export async function openDatabase(options: {
@@ -140,14 +140,16 @@ export async function openDatabase(options: {
       close: () => client.end({ timeout: 5 }),
     };
   }
+  // A fresh directory (or memory) starts from the pre-initialised template instead of running initdb:
+  // on disk extracted before PGlite opens it, in memory loaded by PGlite.
   let dir: string | undefined;
-  if (options.dataDir !== null) {
+  let template: Blob | undefined;
+  if (options.dataDir === null) template = usablePgliteTemplate();
+  else {
+    mkdirSync(options.dataDir, { recursive: true });
     dir = join(options.dataDir, "pglite");
-    mkdirSync(dir, { recursive: true });
+    if (!holdsPgliteDatabase(dir)) await extractPgliteTemplate(dir);
   }
-  // A fresh directory (or memory) starts from the pre-initialised template instead of running initdb.
-  const fresh = dir === undefined || !existsSync(join(dir, "PG_VERSION"));
-  const template = fresh ? usablePgliteTemplate() : undefined;
   const client = await PGlite.create(dir, {
     ...(template ? { loadDataDir: template } : {}),
     // On the command line, not in postgresql.conf: nothing is written to the data directory.

@@ -1,0 +1,89 @@
+import { afterEach, expect, test } from "bun:test";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { sql } from "drizzle-orm";
+import { openDatabase, rowsOf } from "../../src/db/index.ts";
+import { extractPgliteTemplate, PGLITE_TEMPLATE } from "../../src/db/pglite-template.ts";
+
+// Issue 15 (start-up): a fresh embedded data directory is the template extracted natively and
+// renamed into place, where PGlite's loadDataDir wrote it file by file through Emscripten.
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+function scratch(): string {
+  const dir = mkdtempSync(join(tmpdir(), "clearbox-template-"));
+  dirs.push(dir);
+  return dir;
+}
+
+/** Every regular file of the template, by its path in the data directory. */
+async function templateFiles(): Promise<Map<string, Uint8Array>> {
+  const files = await new Bun.Archive(await Bun.file(PGLITE_TEMPLATE).bytes()).files();
+  const byPath = new Map<string, Uint8Array>();
+  for (const [path, file] of files) byPath.set(path.replace(/^\/+/, ""), await file.bytes());
+  return byPath;
+}
+
+/** Every regular file under `dir`, as paths relative to it. */
+function filesUnder(dir: string, prefix = ""): string[] {
+  return readdirSync(join(dir, prefix), { withFileTypes: true }).flatMap((entry) => {
+    const path = prefix ? `${prefix}/${entry.name}` : entry.name;
+    return entry.isDirectory() ? filesUnder(dir, path) : [path];
+  });
+}
+
+async function userTables(dataDir: string): Promise<string[]> {
+  const database = await openDatabase({ dataDir });
+  try {
+    const rows = rowsOf<{ tablename: string }>(
+      await database.db.execute(sql`select tablename from pg_tables where schemaname = 'public' order by 1`),
+    );
+    return rows.map((r) => r.tablename);
+  } finally {
+    await database.close();
+  }
+}
+
+test("a fresh data directory holds exactly the template's files, byte for byte", async () => {
+  const dir = join(scratch(), "pglite");
+  expect(await extractPgliteTemplate(dir)).toBe(true);
+  const expected = await templateFiles();
+  expect(filesUnder(dir).sort()).toEqual([...expected.keys()].sort());
+  for (const [path, bytes] of expected) {
+    expect(Buffer.from(readFileSync(join(dir, path))).equals(Buffer.from(bytes))).toBe(true);
+  }
+  expect(existsSync(`${dir}.partial`)).toBe(false);
+  await expect(extractPgliteTemplate(dir)).rejects.toThrow("already holds a database");
+});
+
+test("an extraction a crash interrupted is discarded: the next start opens a whole database", async () => {
+  const dataDir = scratch();
+  // What a start killed mid-extraction leaves: the staging directory, partly written, and no pglite/.
+  const partial = join(dataDir, "pglite.partial");
+  mkdirSync(join(partial, "base"), { recursive: true });
+  writeFileSync(join(partial, "PG_VERSION"), "18\n");
+  writeFileSync(join(partial, "base", "stray"), "half written");
+  expect(await userTables(dataDir)).toContain("accounts");
+  expect(existsSync(partial)).toBe(false);
+  expect(existsSync(join(dataDir, "pglite", "base", "stray"))).toBe(false);
+  expect(existsSync(join(dataDir, "pglite", "global", "pg_control"))).toBe(true);
+});
+
+test("a pglite directory holding files but no database is written over, as loadDataDir did", async () => {
+  const dataDir = scratch();
+  mkdirSync(join(dataDir, "pglite", "base"), { recursive: true });
+  writeFileSync(join(dataDir, "pglite", "stray"), "left by an earlier start");
+  expect(await userTables(dataDir)).toContain("accounts");
+});
