@@ -32,7 +32,7 @@ function scratch(): string {
 async function templateFiles(): Promise<Map<string, Uint8Array>> {
   const files = await new Bun.Archive(await Bun.file(PGLITE_TEMPLATE).bytes()).files();
   const byPath = new Map<string, Uint8Array>();
-  for (const [path, file] of files) byPath.set(path.replace(/^\/+/, ""), await file.bytes());
+  for (const [path, file] of files) byPath.set(path.replace(/^\.?\/+/, ""), await file.bytes());
   return byPath;
 }
 
@@ -66,6 +66,16 @@ test("a fresh data directory holds exactly the template's files, byte for byte",
   }
   expect(existsSync(`${dir}.partial`)).toBe(false);
   await expect(extractPgliteTemplate(dir)).rejects.toThrow("already holds a database");
+});
+
+test("the template is a cleanly shut down cluster, so a fresh node opens it without crash recovery", async () => {
+  const control = (await templateFiles()).get("global/pg_control");
+  if (!control) throw new Error("the template has no global/pg_control");
+  // ControlFileData (PostgreSQL src/include/catalog/pg_control.h): system_identifier (8 bytes),
+  // pg_control_version (4), catalog_version_no (4), then state, a DBState: 1 = DB_SHUTDOWNED,
+  // 6 = DB_IN_PRODUCTION (a copy of a running cluster, replayed from its last checkpoint on open).
+  const state = new DataView(control.buffer, control.byteOffset, control.byteLength).getInt32(16, true);
+  expect(state).toBe(1);
 });
 
 test("an extraction a crash interrupted is discarded: the next start opens a whole database", async () => {
