@@ -9,7 +9,6 @@ import type { EnvelopeLog } from "./envelope-log.ts";
 import type { CommitListener } from "./group-commit.ts";
 import { LogOfflineQueue } from "./log-offline-queue.ts";
 import { MemoryPresence } from "./memory-presence.ts";
-import { MongoEnvelopeLog } from "./mongo-envelope-log.ts";
 import type { OfflineQueue } from "./offline-queue.ts";
 import { PostgresEnvelopeLog } from "./postgres-envelope-log.ts";
 import type { Presence } from "./presence.ts";
@@ -46,8 +45,12 @@ export async function openMessagingStores(
   expandGroupsInBackground = true,
 ): Promise<MessagingStores> {
   const prefix = clusterPrefix(config);
+  // Imported only when configured: the MongoDB driver is the heaviest module of the server's graph.
   const mongo = config.mongodbUrl
-    ? await MongoEnvelopeLog.open(config.mongodbUrl, { retentionDays: config.retentionDays, onCommit })
+    ? await (await import("./mongo-envelope-log.ts")).MongoEnvelopeLog.open(config.mongodbUrl, {
+        retentionDays: config.retentionDays,
+        onCommit,
+      })
     : undefined;
   let log: EnvelopeLog;
   if (mongo) log = mongo;
