@@ -4,9 +4,10 @@ import {
   EXIT_SOFTWARE,
   EXIT_UNAVAILABLE,
   loadConfig,
+  makePrivateDir,
   StartupError,
 } from "./config/index.ts";
-import { createNode } from "./node.ts";
+import { preparePglite } from "./db/pglite-prepare.ts";
 import { exitOnUncaught } from "./observability/fatal.ts";
 
 /**
@@ -26,9 +27,17 @@ async function main() {
     }
     throw error;
   }
+  // The embedded database's WebAssembly compiles and a fresh data directory is written off the event
+  // loop while the server's modules load (node.ts is imported after, not before, this line).
+  let pglite: ReturnType<typeof preparePglite> | undefined;
+  if (!config.databaseUrl) {
+    makePrivateDir(config.dataDir);
+    pglite = preparePglite(config.dataDir);
+  }
+  const { createNode } = await import("./node.ts");
   let node: Awaited<ReturnType<typeof createNode>>;
   try {
-    node = await createNode(config, { processMetrics: true });
+    node = await createNode(config, { processMetrics: true, pglite });
   } catch (error) {
     if (error instanceof StartupError) {
       console.error(`clearbox: ${error.message}`);

@@ -24,6 +24,7 @@ import { BlockService } from "./blocks/service.ts";
 import { clusterAdminRoutes } from "./cluster/index.ts";
 import { type Config, makePrivateDir, reasonOf, StartupError } from "./config/index.ts";
 import { type Database, openDatabase } from "./db/index.ts";
+import type { PglitePreparation } from "./db/pglite-prepare.ts";
 import { DeviceService } from "./devices/service.ts";
 import { ErasureFence } from "./fence/index.ts";
 import { FENCE_KIND, FenceLink } from "./gateway/fence-link.ts";
@@ -41,7 +42,7 @@ import type { OfflineQueue } from "./messaging/offline-queue.ts";
 import type { Presence } from "./messaging/presence.ts";
 import { sweepIdleQueues } from "./messaging/queue-sweep.ts";
 import { MessagingService } from "./messaging/service.ts";
-import { clusterPrefix, openMessagingStores } from "./messaging/stores.ts";
+import { clusterPrefix, openEmbeddedLog, openMessagingStores } from "./messaging/stores.ts";
 import { createLogger, type Logger } from "./observability/logger.ts";
 import { Metrics } from "./observability/metrics.ts";
 import { OidcService, oidcAdminRoutes, RelyingParty } from "./oidc/index.ts";
@@ -128,6 +129,8 @@ function routeList(routes: readonly { method: string; path: string }[]): string[
 export interface NodeOptions {
   /** `null` keeps PGlite in memory (tests); default is config.dataDir. */
   pgliteDir?: string | null;
+  /** The embedded database's preparation for config.dataDir, begun before this was called (src/main.ts). */
+  pglite?: PglitePreparation;
   logger?: Logger;
   processMetrics?: boolean;
   /** Tests: called after each erasure step; a throw stops the job there, as a crash would. */
@@ -168,10 +171,22 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   ledger.keys();
 
   // 1. Stores.
+  const embeddedDir = options.pgliteDir === undefined ? config.dataDir : options.pgliteDir;
+  // The embedded log's writer thread starts and migrates on its own thread while PGlite opens on this one.
+  const embeddedLog =
+    config.databaseUrl || config.mongodbUrl
+      ? undefined
+      : openEmbeddedLog(embeddedDir, metrics.commit, options.expandGroups ?? true);
+  // Its failure surfaces where openMessagingStores awaits it, not as an unhandled rejection meanwhile.
+  embeddedLog?.catch(() => {});
+  // Closes the embedded log when a step fails before openMessagingStores has taken it.
+  const dropEmbeddedLog = () => embeddedLog?.then((log) => log.close()).catch(() => {});
   const database = await openDatabase({
     databaseUrl: config.databaseUrl,
-    dataDir: options.pgliteDir === undefined ? config.dataDir : options.pgliteDir,
-  }).catch((error: unknown) => {
+    dataDir: embeddedDir,
+    pglite: options.pglite,
+  }).catch(async (error: unknown) => {
+    await dropEmbeddedLog();
     if (!config.databaseUrl) throw error;
     throw new StartupError(
       "DATABASE_URL",
@@ -198,6 +213,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       await redis.connect();
     } catch (error) {
       redis.disconnect();
+      await dropEmbeddedLog();
       await database.close();
       throw new StartupError("REDIS_URL", `could not connect to Redis: ${reasonOf(lastRedisError ?? error)}`);
     }
@@ -208,10 +224,11 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     config,
     database,
     redis,
-    options.pgliteDir === undefined ? config.dataDir : options.pgliteDir,
+    embeddedDir,
     metrics.commit,
     logger,
     options.expandGroups ?? true,
+    embeddedLog,
   ).catch(async (error: unknown) => {
     redis?.disconnect();
     await database.close().catch(() => {});

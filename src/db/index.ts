@@ -8,7 +8,8 @@ import { migrate as migratePglite } from "drizzle-orm/pglite/migrator";
 import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
 import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
 import postgres from "postgres";
-import { extractPgliteTemplate, holdsPgliteDatabase, usablePgliteTemplate } from "./pglite-template.ts";
+import { type PglitePreparation, preparePglite } from "./pglite-prepare.ts";
+import { usablePgliteTemplate } from "./pglite-template.ts";
 import * as schema from "./schema.ts";
 
 export { schema };
@@ -110,7 +111,7 @@ export async function migratePostgresLocked(url: string): Promise<void> {
 /**
  * Opens PostgreSQL when a URL is given, else the embedded PGlite in `dataDir/pglite`
  * (or in memory for `dataDir: null`; a fresh one starts from src/db/pglite-template.tar.gz when it
- * matches the installed PGlite, see {@link extractPgliteTemplate}), and applies the drizzle migrations (on PostgreSQL under
+ * matches the installed PGlite, see src/db/pglite-prepare.ts), and applies the drizzle migrations (on PostgreSQL under
  * {@link MIGRATION_LOCK_KEY}, so several nodes may start together).
  */
 export async function openDatabase(options: {
@@ -118,6 +119,8 @@ export async function openDatabase(options: {
   dataDir: string | null;
   /** Connections in the PostgreSQL pool. */
   poolSize?: number;
+  /** PGlite only: its preparation for `dataDir`, begun earlier (src/main.ts); default begins it here. */
+  pglite?: PglitePreparation;
 }): Promise<Database> {
   if (options.databaseUrl) {
     const client = postgres(options.databaseUrl, {
@@ -141,17 +144,15 @@ export async function openDatabase(options: {
     };
   }
   // A fresh directory (or memory) starts from the pre-initialised template instead of running initdb:
-  // on disk extracted before PGlite opens it, in memory loaded by PGlite.
-  let dir: string | undefined;
-  let template: Blob | undefined;
-  if (options.dataDir === null) template = usablePgliteTemplate();
-  else {
-    mkdirSync(options.dataDir, { recursive: true });
-    dir = join(options.dataDir, "pglite");
-    if (!holdsPgliteDatabase(dir)) await extractPgliteTemplate(dir);
-  }
+  // on disk extracted before PGlite opens it (preparePglite), in memory loaded by PGlite.
+  if (options.dataDir !== null) mkdirSync(options.dataDir, { recursive: true });
+  const preparation = options.pglite ?? preparePglite(options.dataDir);
+  const dir = options.dataDir === null ? undefined : join(options.dataDir, "pglite");
+  const template = dir === undefined ? usablePgliteTemplate() : undefined;
+  await preparation.dataDir;
   const client = await PGlite.create(dir, {
     ...(template ? { loadDataDir: template } : {}),
+    pgliteWasmModule: await preparation.wasmModule,
     // On the command line, not in postgresql.conf: nothing is written to the data directory.
     startParams: [...PGlite.defaultStartParams, "-c", `shared_buffers=${PGLITE_SHARED_BUFFERS}`],
   });

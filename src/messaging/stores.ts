@@ -27,6 +27,22 @@ export interface MessagingStores {
 }
 
 /**
+ * Opens the embedded default's envelope log: SQLite in `embeddedDir/envelopes.db`, or in a
+ * temporary directory for `null`. It shares nothing with PGlite until {@link openMessagingStores}
+ * adopts an older PGlite log into it, so createNode starts it while PGlite opens: its writer
+ * thread loads and migrates on its own thread meanwhile.
+ */
+export function openEmbeddedLog(
+  embeddedDir: string | null,
+  onCommit?: CommitListener,
+  expandGroupsInBackground = true,
+): Promise<SqliteEnvelopeLog> {
+  return SqliteEnvelopeLog.open(embeddedDir === null ? null : join(embeddedDir, "envelopes.db"), onCommit, {
+    expandInBackground: expandGroupsInBackground,
+  });
+}
+
+/**
  * Opens the envelope log (MongoDB when `MONGODB_URL` is set; else the node's PostgreSQL, or on the
  * embedded default SQLite in `DATA_DIR/envelopes.db`), the offline queue (RabbitMQ when `AMQP_URL`
  * is set, else the log itself) and presence (Redis when the node has a Redis connection, else in
@@ -43,6 +59,8 @@ export async function openMessagingStores(
   logger?: Logger,
   /** False: group messages are expanded only when something needs their rows (tests; see NodeOptions). */
   expandGroupsInBackground = true,
+  /** The embedded log, already opening ({@link openEmbeddedLog}); default opens it here. */
+  embeddedLog?: Promise<SqliteEnvelopeLog>,
 ): Promise<MessagingStores> {
   const prefix = clusterPrefix(config);
   // Imported only when configured: the MongoDB driver is the heaviest module of the server's graph.
@@ -55,11 +73,7 @@ export async function openMessagingStores(
   let log: EnvelopeLog;
   if (mongo) log = mongo;
   else if (database.kind === "pglite") {
-    log = await SqliteEnvelopeLog.open(
-      embeddedDir === null ? null : join(embeddedDir, "envelopes.db"),
-      onCommit,
-      { expandInBackground: expandGroupsInBackground },
-    );
+    log = await (embeddedLog ?? openEmbeddedLog(embeddedDir, onCommit, expandGroupsInBackground));
   } else
     log = new PostgresEnvelopeLog(database.db, onCommit, { expandInBackground: expandGroupsInBackground });
   let offline: OfflineQueue;
