@@ -5,9 +5,6 @@ import { sql } from "drizzle-orm";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
 import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
 import { migrate as migratePglite } from "drizzle-orm/pglite/migrator";
-import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
-import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
-import postgres from "postgres";
 import { type PglitePreparation, preparePglite } from "./pglite-prepare.ts";
 import { usablePgliteTemplate } from "./pglite-template.ts";
 import * as schema from "./schema.ts";
@@ -84,12 +81,26 @@ export const MIGRATIONS = resolve(import.meta.dir, "../../drizzle");
 export const MIGRATION_LOCK_KEY = 0x43426d6967726174n;
 
 /**
+ * The PostgreSQL driver (postgres.js) and its drizzle adapter and migrator, imported when a
+ * PostgreSQL is opened: the embedded default never loads them (docs/BENCHMARKS.md, "Start-up, stop 25").
+ */
+async function postgresDriver() {
+  const [{ default: postgres }, { drizzle }, { migrate }] = await Promise.all([
+    import("postgres"),
+    import("drizzle-orm/postgres-js"),
+    import("drizzle-orm/postgres-js/migrator"),
+  ]);
+  return { postgres, drizzle, migrate };
+}
+
+/**
  * Applies the drizzle migrations to the PostgreSQL at `url` while holding {@link MIGRATION_LOCK_KEY}
  * on a single dedicated connection (session-level lock, released on unlock or when the connection
  * ends, so a node that dies mid-migration never leaves it held). Waits for as long as another node
  * holds the lock. Rejects with the driver's error when the database cannot be reached or a migration fails.
  */
 export async function migratePostgresLocked(url: string): Promise<void> {
+  const { postgres, drizzle: drizzlePostgres, migrate: migratePostgres } = await postgresDriver();
   // max 1: the lock, every migration statement and the unlock run on the same session.
   const client = postgres(url, {
     max: 1,
@@ -123,6 +134,7 @@ export async function openDatabase(options: {
   pglite?: PglitePreparation;
 }): Promise<Database> {
   if (options.databaseUrl) {
+    const { postgres, drizzle: drizzlePostgres } = await postgresDriver();
     const client = postgres(options.databaseUrl, {
       max: options.poolSize ?? 10,
       onnotice: () => {},
