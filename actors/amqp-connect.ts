@@ -1,4 +1,4 @@
-import { type Channel, Connection } from "rabbitmq-client";
+import type { Channel, Connection } from "rabbitmq-client";
 import type { Logger } from "./logger.ts";
 
 /**
@@ -42,6 +42,8 @@ export async function openAmqpConnection(options: {
   logger: Logger;
 }): Promise<Connection> {
   const { url, name, startupWaitMs, logger } = options;
+  // Imported here, not at the top: a node without AMQP_URL (the embedded default) never loads it.
+  const { Connection } = await import("rabbitmq-client");
   const rabbit = new Connection({
     url,
     connectionName: `clearbox ${name}`,

@@ -1,4 +1,4 @@
-import { Redis } from "ioredis";
+import type { Redis } from "ioredis";
 import { type Logger, silentLogger } from "./logger.ts";
 import {
   type MemberInfo,
@@ -83,6 +83,9 @@ export class RedisMembership implements Membership {
       // Reconnect attempts at most a heartbeat apart (ioredis waits up to 2 s by default): after a
       // Redis restart every node is back within a heartbeat, inside the others' grace (`reassert`).
       const heartbeatMs = this.heartbeatMs;
+      // Required here, not imported at the top: a node without REDIS_URL (the embedded default)
+      // never loads ioredis, and this constructor is synchronous.
+      const { Redis } = require("ioredis") as typeof import("ioredis");
       this.redis = new Redis(options.redis, {
         lazyConnect: false,
         maxRetriesPerRequest: 2,

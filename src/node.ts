@@ -1,4 +1,4 @@
-import Redis from "ioredis";
+import type Redis from "ioredis";
 import {
   type ActorSystem,
   BrokerUnreachableError,
@@ -199,6 +199,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   if (config.redisUrl) {
     // Reconnect attempts at most 500 ms apart (ioredis's default grows to 2 s): socket leases and
     // rate limits are back soon after Redis is.
+    // Imported here, not at the top: the embedded default (no REDIS_URL) never loads ioredis.
+    const { default: Redis } = await import("ioredis");
     redis = new Redis(config.redisUrl, {
       lazyConnect: true,
       maxRetriesPerRequest: 2,
