@@ -3,7 +3,8 @@
  * data directory) and its version file. Run after upgrading PGlite, or to fold new migrations in.
  * The database is closed before it is archived, so the template is a cleanly shut down cluster:
  * a fresh node opens it without crash recovery (a `dumpDataDir` of an open database made every
- * cold start replay about 1 MB of WAL, 0.5 s at load 9; docs/BENCHMARKS.md "Start-up, stop 25").
+ * cold start replay about 1 MB of WAL and checkpoint, about 1 s at load 9; docs/BENCHMARKS.md
+ * "Start-up, stop 25").
  * Needs `tar` on the PATH (GNU or BSD).
  */
 import { chmodSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";

@@ -3,9 +3,9 @@ import { extractPgliteTemplate, holdsPgliteDatabase } from "./pglite-template.ts
 
 /**
  * The parts of an embedded PGlite start that need no PGlite instance, begun ahead of it: both run
- * off the event loop (JavaScriptCore compiles WebAssembly on its own threads, `Bun.Archive` extracts
- * on Bun's), so `src/main.ts` starts them before it loads the server's modules and the two overlap
- * (docs/BENCHMARKS.md, "Start-up, stop 25").
+ * mostly off the event loop (JavaScriptCore compiles WebAssembly on its own threads, `Bun.Archive`
+ * extracts on Bun's; a 1 ms timer kept ticking through both), so `src/main.ts` starts them before
+ * it loads the server's modules and they overlap (docs/BENCHMARKS.md, "Start-up, stop 25").
  */
 export interface PglitePreparation {
   /** PGlite's WebAssembly (`pglite.wasm`, 9 MB) compiled, for `PGlite.create({ pgliteWasmModule })`. */

@@ -39,9 +39,9 @@ export function holdsPgliteDatabase(dir: string): boolean {
 
 /**
  * Writes the template into `dir` as a fresh PGlite data directory, with Bun's native tar reader
- * (`Bun.Archive`, off the event loop) instead of PGlite's `loadDataDir`, which writes the 41 MB
- * file by file through Emscripten's file system on the event loop (6 s of a 10 s cold start at
- * load 8, docs/BENCHMARKS.md "Start-up, stop 25"). The files are the tar's, byte for byte; PGlite
+ * (`Bun.Archive`, mostly off the event loop) instead of PGlite's `loadDataDir`, which writes the
+ * 41 MB file by file through Emscripten's file system on the event loop (4–12 s of a cold start at
+ * load 5–13, docs/BENCHMARKS.md "Start-up, stop 25"). The files are the tar's, byte for byte; PGlite
  * then opens `dir` as an existing database. It is extracted into `<dir>.partial` and renamed into
  * place, so a start interrupted meanwhile leaves no half-written database for the next one to open
  * (a leftover `.partial` is removed first). A `dir` that already holds files but no PG_VERSION
