@@ -12,6 +12,9 @@ bun test --timeout 60000 "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 summary=$(awk '
   function reset() { n = 0 }
+  # bun lists the failed tests again in its closing summary, after the last file: already printed.
+  /^[0-9]+ tests? failed:$/ { summary = 1 }
+  summary { next }
   /^test\/.*\.test\.(ts|tsx):$/ { file = $0; reset(); next }
   /^# Unhandled error between tests/ { inblock = 1; dashes = 0; print "\n== " file; print; next }
   inblock { print; if ($0 ~ /^-+$/ && ++dashes == 2) inblock = 0; next }
