@@ -480,9 +480,15 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   });
   groups.onMembershipChanged((users) => gateway?.relationsChanged(users));
   devices.onRemoved(async (userId, deviceId) => {
-    await messaging.deviceRemoved(userId, deviceId);
-    await log.eraseDevice(userId, deviceId);
-    await link.close({ userId, deviceId }, CloseCode.deviceRemoved, "device removed");
+    // The row is gone already and a retry of the removal answers 404: each step runs, in this
+    // order, even when one before it failed (the user actor's node unreachable must not keep the
+    // device's envelopes in the log or its sockets open); the first failure is thrown at the end.
+    const failures: unknown[] = [];
+    const step = (work: () => Promise<unknown>) => work().catch((error: unknown) => failures.push(error));
+    await step(() => messaging.deviceRemoved(userId, deviceId));
+    await step(() => log.eraseDevice(userId, deviceId));
+    await step(() => link.close({ userId, deviceId }, CloseCode.deviceRemoved, "device removed"));
+    if (failures.length > 0) throw failures[0];
   });
 
   // 5. Routes.

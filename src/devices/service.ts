@@ -135,12 +135,14 @@ export class DeviceService {
       .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)))
       .returning({ deviceId: devices.deviceId });
     if (removed.length === 0) throw new DomainError("not_found", `device ${deviceId} does not exist`);
-    for (const listener of this.removedListeners) await listener(userId, deviceId);
+    // Recorded once the row is gone, before the follow-ups: should one of them fail (the request
+    // then answers 500 and a retry 404), the removal itself still happened and is in the trail.
     await this.audit?.record({
       action: "device.remove",
       actor: { user: userId },
       subject: userId,
       details: { deviceId },
     });
+    for (const listener of this.removedListeners) await listener(userId, deviceId);
   }
 }

@@ -144,4 +144,38 @@ describe("a revoked socket on a node cut off from the node links is closed all t
     }
     await keptSocket.close();
   }, 90_000);
+
+  test("a device removed while its account's actor is on the cut-off node: the log forgets its envelopes and the removal is audited", async () => {
+    const client = api(a.url);
+    let alice = await registerAndLogin(client);
+    while (a.actors.ownerOf(userKey(alice.userId)) !== "lost-b") alice = await registerAndLogin(client);
+    const phone = await loginDevice(client, alice, { registrationId: 313 });
+    const waiting = {
+      id: crypto.randomUUID(),
+      senderUser: alice.userId,
+      senderDevice: alice.deviceId,
+      recipientUser: alice.userId,
+      recipientDevice: phone.deviceId,
+      groupId: null,
+      ts: Date.now(),
+      type: 1,
+      body: Buffer.from("ciphertext for the phone").toString("base64"),
+    };
+    expect(await a.log.append([waiting])).toEqual([true]);
+    await cutB();
+    try {
+      // The user actor on B does not answer: the removal reports it (500) after doing the rest.
+      expect((await client.delete(`/v1/devices/${phone.deviceId}`, alice.accessToken)).status).toBe(500);
+      expect((await client.get("/v1/devices", alice.accessToken)).body.devices).toHaveLength(1);
+      expect(await a.log.undelivered(alice.userId, { device: phone.deviceId })).toEqual([]);
+      const entries = await a.audit.entriesAbout(alice.userId);
+      expect(entries.filter((e) => e.action === "device.remove")).toMatchObject([
+        { details: { deviceId: phone.deviceId } },
+      ]);
+      // Asked again, the device is gone.
+      expect((await client.delete(`/v1/devices/${phone.deviceId}`, alice.accessToken)).status).toBe(404);
+    } finally {
+      await heal();
+    }
+  }, 90_000);
 });
