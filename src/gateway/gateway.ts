@@ -90,8 +90,6 @@ export class Gateway {
   private revalidating: Promise<RevalidationReport> | undefined;
   /** A pass was asked for while one ran: it runs once that one is done. */
   private revalidateAgain = false;
-  /** Sockets the revalidation closed (revoked, removed or erased), since start. */
-  revalidationClosed = 0;
   /** Sockets closed because they missed a pong, since start. */
   deadPeers = 0;
   /** Makes a socket's token bucket (DEVICE_RATE_LIMIT), one function shared by every socket. */
@@ -150,7 +148,6 @@ export class Gateway {
           this.options.logger.warn({ err: error }, "socket revalidation failed");
           return { checked: 0, closed: 0 };
         });
-        this.revalidationClosed += report.closed;
       } while (this.revalidateAgain);
       return report;
     };
