@@ -491,22 +491,17 @@ export class SessionService {
     userId: string,
     exceptDeviceId?: number,
   ): Promise<{ deviceId: number; generation: number }[]> {
+    // `and` drops an undefined condition: without `exceptDeviceId`, every device of the account.
+    const except = <T extends typeof devices.deviceId | typeof refreshTokens.deviceId>(column: T) =>
+      exceptDeviceId === undefined ? undefined : ne(column, exceptDeviceId);
     const bumped = await tx
       .update(devices)
       .set({ tokenGeneration: sql`${devices.tokenGeneration} + 1` })
-      .where(
-        exceptDeviceId === undefined
-          ? eq(devices.userId, userId)
-          : and(eq(devices.userId, userId), ne(devices.deviceId, exceptDeviceId)),
-      )
+      .where(and(eq(devices.userId, userId), except(devices.deviceId)))
       .returning({ deviceId: devices.deviceId, generation: devices.tokenGeneration });
     await tx
       .delete(refreshTokens)
-      .where(
-        exceptDeviceId === undefined
-          ? eq(refreshTokens.userId, userId)
-          : and(eq(refreshTokens.userId, userId), ne(refreshTokens.deviceId, exceptDeviceId)),
-      );
+      .where(and(eq(refreshTokens.userId, userId), except(refreshTokens.deviceId)));
     return bumped.sort((a, b) => a.deviceId - b.deviceId);
   }
 
