@@ -483,12 +483,12 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     // The row is gone already and a retry of the removal answers 404: each step runs, in this
     // order, even when one before it failed (the user actor's node unreachable must not keep the
     // device's envelopes in the log or its sockets open); the first failure is thrown at the end.
-    const failures: unknown[] = [];
-    const step = (work: () => Promise<unknown>) => work().catch((error: unknown) => failures.push(error));
-    await step(() => messaging.deviceRemoved(userId, deviceId));
-    await step(() => log.eraseDevice(userId, deviceId));
-    await step(() => link.close({ userId, deviceId }, CloseCode.deviceRemoved, "device removed"));
-    if (failures.length > 0) throw failures[0];
+    const [failure] = await runEach([
+      ["user actor", () => messaging.deviceRemoved(userId, deviceId)],
+      ["log", () => log.eraseDevice(userId, deviceId)],
+      ["sockets", () => link.close({ userId, deviceId }, CloseCode.deviceRemoved, "device removed")],
+    ]);
+    if (failure) throw failure.error;
   });
 
   // 5. Routes.
@@ -539,31 +539,27 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
    * ran, `actors.abort()` after a failed start. Returns the names of the steps that failed.
    */
   const closeAll = async (stopActors: () => Promise<unknown>, failing: string): Promise<string[]> => {
-    const failed: string[] = [];
-    const step = async (name: string, run: () => Promise<unknown> | unknown) => {
-      try {
-        await run();
-      } catch (error) {
-        failed.push(name);
-        logger.warn({ err: error, step: name }, failing);
-      }
-    };
     unwatchGone();
-    await step("retention", () => retention.stop());
-    await step("group sweep", () => groupSweep.stop());
-    // Sockets first, so every device's unacked envelopes reach its offline queue before the stores
-    // close. Its presence-renewal and ping timers run from its construction (step 4).
-    await step("gateway", () => openGateway.stop());
-    // A start that failed early had not bound them.
-    await step("public listener", () => app.server && app.stop(true));
-    await step("admin listener", () => admin.server && admin.stop(true));
-    await step("admin refusals", () => adminRefusals.stop());
-    await step("gdpr", () => gdpr.stop());
-    await step("actors", stopActors);
-    await step("stores", () => stores.close());
-    await step("redis", () => closeRedis(redis));
-    await step("database", () => database.close());
-    return failed;
+    const failures = await runEach(
+      [
+        ["retention", () => retention.stop()],
+        ["group sweep", () => groupSweep.stop()],
+        // Sockets first, so every device's unacked envelopes reach its offline queue before the stores
+        // close. Its presence-renewal and ping timers run from its construction (step 4).
+        ["gateway", () => openGateway.stop()],
+        // A start that failed early had not bound them.
+        ["public listener", () => app.server && app.stop(true)],
+        ["admin listener", () => admin.server && admin.stop(true)],
+        ["admin refusals", () => adminRefusals.stop()],
+        ["gdpr", () => gdpr.stop()],
+        ["actors", stopActors],
+        ["stores", () => stores.close()],
+        ["redis", () => closeRedis(redis)],
+        ["database", () => database.close()],
+      ],
+      ({ step, error }) => logger.warn({ err: error, step }, failing),
+    );
+    return failures.map((f) => f.step);
   };
   try {
     try {
@@ -680,4 +676,25 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       logger.warn("clearbox node aborted");
     },
   };
+}
+
+/**
+ * Runs `steps` one after another, each even when one before it failed (threw or rejected), and
+ * returns the failures in step order; `onFailure` hears each as it happens. For work whose parts
+ * must all be attempted: a node's shutdown, a removed device's follow-ups.
+ */
+async function runEach(
+  steps: [step: string, run: () => unknown][],
+  onFailure?: (failure: { step: string; error: unknown }) => void,
+): Promise<{ step: string; error: unknown }[]> {
+  const failures: { step: string; error: unknown }[] = [];
+  for (const [step, run] of steps) {
+    try {
+      await run();
+    } catch (error) {
+      failures.push({ step, error });
+      onFailure?.({ step, error });
+    }
+  }
+  return failures;
 }
