@@ -169,6 +169,17 @@ describe("configuration", () => {
     }
   });
 
+  test("WS_REVALIDATE_INTERVAL_SECONDS: 30 s by default, whole seconds 1-3600, anything else refused naming it", () => {
+    const base = { DATA_DIR: "/tmp/x", JWT_SECRET: "x".repeat(32) };
+    expect(loadConfig(base).wsRevalidateIntervalMs).toBe(30_000);
+    expect(loadConfig({ ...base, WS_REVALIDATE_INTERVAL_SECONDS: "45" }).wsRevalidateIntervalMs).toBe(45_000);
+    for (const bad of ["0", "3601", "1.5", "abc", "-1"]) {
+      expect(() => loadConfig({ ...base, WS_REVALIDATE_INTERVAL_SECONDS: bad })).toThrow(
+        /WS_REVALIDATE_INTERVAL_SECONDS: expected seconds .*1-3600/,
+      );
+    }
+  });
+
   test("every bad variable is reported at once", () => {
     expect(() =>
       loadConfig({ PORT: "x", ADMIN_PORT: "y", DATA_DIR: "/tmp/x", JWT_SECRET: "x".repeat(32) }),
