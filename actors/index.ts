@@ -57,6 +57,7 @@ export type {
   Clock,
   DeviceSockets,
   EnvelopeLog,
+  EnvelopeRef,
   GroupDirectory,
   GroupEnvelope,
   GroupMembersCache,
@@ -64,7 +65,7 @@ export type {
   SocketRef,
   StoredEnvelope,
 } from "./ports.ts";
-export { systemClock } from "./ports.ts";
+export { envelopeKey, systemClock } from "./ports.ts";
 export { closeRedis, RedisMembership, type RedisMembershipOptions } from "./redis-membership.ts";
 export { DEFAULT_VNODES, Ring } from "./ring.ts";
 export type { Frame, FrameHandler, Transport } from "./transport.ts";

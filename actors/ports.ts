@@ -29,6 +29,18 @@ export interface StoredEnvelope {
   body: string;
 }
 
+/**
+ * What names one envelope of a recipient device: its id together with its sender device. Ids are
+ * chosen by senders (docs/PROTOCOL.md), so another sender may use the same id for the same
+ * recipient device; an ack, a `queued` mark or a dedupe by id alone would reach their envelope too.
+ */
+export type EnvelopeRef = Pick<StoredEnvelope, "id" | "senderUser" | "senderDevice">;
+
+/** `senderUser/senderDevice/id`: the key of an envelope among one recipient device's envelopes. */
+export function envelopeKey(e: EnvelopeRef): string {
+  return `${e.senderUser}/${e.senderDevice}/${e.id}`;
+}
+
 /** A group send as the log stores it once: one envelope without a recipient. */
 export type GroupEnvelope = Omit<StoredEnvelope, "recipientUser" | "recipientDevice"> & { groupId: string };
 
@@ -51,8 +63,14 @@ export interface EnvelopeLog {
     recipientUser: string,
     options?: { device?: number; state?: "pending" | "queued"; limit?: number },
   ): Promise<StoredEnvelope[]>;
-  markQueued(recipientUser: string, recipientDevice: number, ids: string[]): Promise<void>;
-  ack(recipientUser: string, recipientDevice: number, ids: string[]): Promise<number>;
+  /** Marks these envelopes of one device `queued` (flushed to its offline queue) if still `pending`. */
+  markQueued(
+    recipientUser: string,
+    recipientDevice: number,
+    envelopes: readonly EnvelopeRef[],
+  ): Promise<void>;
+  /** Acks these envelopes of one device (ciphertext dropped); returns how many were not acked before. */
+  ack(recipientUser: string, recipientDevice: number, envelopes: readonly EnvelopeRef[]): Promise<number>;
 }
 
 /** Per-device durable offline queue (RabbitMQ in production). */

@@ -1,6 +1,15 @@
 import type { ActorBehavior, ActorContext } from "./actor.ts";
 import { ActorError } from "./actor-error.ts";
-import type { Clock, DeviceSockets, EnvelopeLog, OfflineQueue, SocketRef, StoredEnvelope } from "./ports.ts";
+import {
+  type Clock,
+  type DeviceSockets,
+  type EnvelopeLog,
+  type EnvelopeRef,
+  envelopeKey,
+  type OfflineQueue,
+  type SocketRef,
+  type StoredEnvelope,
+} from "./ports.ts";
 
 /** Envelopes already durable in the log, for this user's devices. */
 export interface DeliverMessage {
@@ -62,11 +71,11 @@ export interface DeviceDisconnectMessage {
   nodeGone?: boolean;
 }
 
-/** A device acknowledged envelopes (already recorded in the log by the gateway). */
+/** A device acknowledged envelopes (already recorded in the log by the gateway), each by id and sender device. */
 export interface DeviceAckMessage {
   type: "ack";
   deviceId: number;
-  ids: string[];
+  envelopes: EnvelopeRef[];
 }
 
 /** A device was removed from the account: forget it and drop its queue. */
@@ -153,7 +162,7 @@ export interface UserActorPorts {
   fenced?: (userId: string) => boolean;
 }
 
-/** How many finished envelope ids an activation remembers, to ignore late or repeated delivers. */
+/** How many finished envelopes an activation remembers, to ignore late or repeated delivers. */
 const RECENTLY_DONE = 4096;
 
 /** How long a user actor waits before reading the log again after a failed read (ms). */
@@ -191,7 +200,7 @@ interface Connected extends SocketRef {
    * ended): its `device.drained` is answered `again`, and it reads the queue once more first.
    */
   recheck?: boolean;
-  /** Envelopes pushed live to this socket before it was sent to drain again: not pushed twice. */
+  /** Envelopes (`envelopeKey`) pushed live to this socket before it was sent to drain again: not pushed twice. */
   pushed?: Set<string>;
   /**
    * Its gateway reads the queue again when asked. False for a socket on a node of an earlier
@@ -222,7 +231,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   /** Until then (clock ms), delivers are wake-ups and the log is read; see UserActorPorts.recoveryMs. */
   private recoveringUntil = 0;
 
-  /** deviceId → unacked envelopes by id, in acceptance order. */
+  /** deviceId → unacked envelopes by `envelopeKey` (id and sender device), in acceptance order. */
   private get pending(): Map<number, Map<string, StoredEnvelope>> {
     this.pendingByDevice ??= new Map();
     return this.pendingByDevice;
@@ -364,7 +373,11 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         const pushed = device.pushed;
         device.pushed = undefined;
         const held = [...(this.pendingByDevice?.get(message.deviceId)?.values() ?? [])];
-        await this.dispatch(message.deviceId, pushed ? held.filter((e) => !pushed.has(e.id)) : held, ctx);
+        await this.dispatch(
+          message.deviceId,
+          pushed ? held.filter((e) => !pushed.has(envelopeKey(e))) : held,
+          ctx,
+        );
         return { live: true };
       }
       case "device.disconnect": {
@@ -383,8 +396,9 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       }
       case "ack": {
         const pending = this.pendingByDevice?.get(message.deviceId);
-        for (const id of message.ids) {
-          if (pending?.delete(id)) this.remember(message.deviceId, id);
+        for (const acked of message.envelopes) {
+          const key = envelopeKey(acked);
+          if (pending?.delete(key)) this.remember(message.deviceId, key);
         }
         if (pending?.size === 0) this.pendingByDevice?.delete(message.deviceId);
         return { pending: pending?.size ?? 0 };
@@ -399,9 +413,9 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       case "erase.peer": {
         let dropped = 0;
         for (const [deviceId, pending] of this.pendingByDevice ?? []) {
-          for (const [id, envelope] of pending) {
+          for (const [key, envelope] of pending) {
             if (envelope.senderUser !== message.userId) continue;
-            pending.delete(id);
+            pending.delete(key);
             dropped++;
           }
           if (pending.size === 0) this.pendingByDevice?.delete(deviceId);
@@ -419,7 +433,10 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     }
   }
 
-  /** Adds envelopes to the pending sets, skipping ids already held; returns the new ones per device. */
+  /**
+   * Adds envelopes to the pending sets, skipping those already held or done (by id and sender
+   * device: another sender's envelope with the same id is another envelope); returns the new ones per device.
+   */
   private hold(envelopes: readonly StoredEnvelope[]): Map<number, StoredEnvelope[]> {
     const added = new Map<number, StoredEnvelope[]>();
     for (const envelope of envelopes) {
@@ -429,9 +446,9 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         pending = new Map();
         this.pending.set(envelope.recipientDevice, pending);
       }
-      if (pending.has(envelope.id) || this.doneIds?.has(`${envelope.recipientDevice}/${envelope.id}`))
-        continue;
-      pending.set(envelope.id, envelope);
+      const key = envelopeKey(envelope);
+      if (pending.has(key) || this.doneIds?.has(`${envelope.recipientDevice}/${key}`)) continue;
+      pending.set(key, envelope);
       const list = added.get(envelope.recipientDevice);
       if (list) list.push(envelope);
       else added.set(envelope.recipientDevice, [envelope]);
@@ -562,13 +579,9 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       return 0;
     }
     await this.ports.offline.flush(this.userId, deviceId, envelopes);
-    await this.ports.log.markQueued(
-      this.userId,
-      deviceId,
-      envelopes.map((e) => e.id),
-    );
+    await this.ports.log.markQueued(this.userId, deviceId, envelopes);
     this.pending.delete(deviceId);
-    for (const e of envelopes) this.remember(deviceId, e.id);
+    for (const e of envelopes) this.remember(deviceId, envelopeKey(e));
     return envelopes.length;
   }
 
@@ -590,13 +603,13 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     return this.ports.offline.remove(this.userId, deviceId);
   }
 
-  /** Records an envelope as done for this activation, forgetting the oldest beyond the bound. */
-  private remember(deviceId: number, id: string): void {
-    this.done.add(`${deviceId}/${id}`);
+  /** Records an envelope (`envelopeKey`) as done for this activation, forgetting the oldest beyond the bound. */
+  private remember(deviceId: number, key: string): void {
+    this.done.add(`${deviceId}/${key}`);
     // Sets iterate in insertion order: the first entries are the oldest.
-    for (const key of this.done) {
+    for (const oldest of this.done) {
       if (this.done.size <= RECENTLY_DONE) break;
-      this.done.delete(key);
+      this.done.delete(oldest);
     }
   }
 }

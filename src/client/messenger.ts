@@ -105,6 +105,15 @@ export class StoreInUseError extends Error {
   }
 }
 
+/**
+ * What names a received message in the local store: `senderUser/senderDevice/id`. The id alone
+ * does not: senders choose ids, and anyone who learned one (a group message both received) could
+ * send another message with it.
+ */
+function receivedKey(frame: { id: string; from: { user: string; device: number } }): string {
+  return `${frame.from.user}/${frame.from.device}/${frame.id}`;
+}
+
 /** How long the ids of handled messages are kept to drop redeliveries (far past the default 30-day retention). */
 const RECEIVED_IDS_KEPT_MS = 400 * 24 * 3600_000;
 
@@ -377,7 +386,8 @@ export class Messenger extends EventEmitter<MessengerEvents> {
       >("select * from (select * from history where conversation = ? order by ts desc limit ?) order by ts")
       .all(conversation, limit);
     return rows.map((row) => ({
-      id: row.id,
+      // A received message's row is keyed `sender/device/id` (`receivedKey`); its id is the last part.
+      id: row.outgoing === 1 ? row.id : row.id.slice(row.id.lastIndexOf("/") + 1),
       conversation: row.conversation,
       from: { userId: row.sender, username: this.knownName(row.sender), deviceId: row.sender_device },
       ...(row.conversation.startsWith("group:") ? { group: row.conversation.slice(6) } : {}),
@@ -447,14 +457,15 @@ export class Messenger extends EventEmitter<MessengerEvents> {
     return this.history(conversation).find((m) => m.id === id) as ChatMessage;
   }
 
-  private record(message: ChatMessage): void {
+  /** Stores a message in the history under `rowId` (its id; a received one's `receivedKey`). */
+  private record(message: ChatMessage, rowId = message.id): void {
     this.client.store.db
       .query(
         `insert into history (id, conversation, sender, sender_device, outgoing, text, ts, state)
          values (?, ?, ?, ?, ?, ?, ?, ?) on conflict (id) do update set ts = excluded.ts, state = excluded.state`,
       )
       .run(
-        message.id,
+        rowId,
         message.conversation,
         message.from.userId,
         message.from.deviceId,
@@ -686,7 +697,10 @@ export class Messenger extends EventEmitter<MessengerEvents> {
 
   private async receive(frame: Extract<ServerFrame, { type: "message" }>): Promise<void> {
     const db = this.client.store.db;
-    const seen = db.query<{ id: string }, [string]>("select id from received where id = ?").get(frame.id);
+    // A message is its id with its sender device: ids are chosen by senders, and another sender may
+    // send one this device has seen (docs/PROTOCOL.md), which must neither hide this message nor replace it.
+    const key = receivedKey(frame);
+    const seen = db.query<{ id: string }, [string]>("select id from received where id = ?").get(key);
     if (!seen) {
       try {
         const plaintext = await this.client.decrypt({ from: frame.from, envelope: frame.envelope });
@@ -712,7 +726,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
             ts: frame.ts,
             state: "received",
           };
-          this.record(message);
+          this.record(message, key);
           this.emit("message", message);
           if (!this.watched.has(frame.from.user) && frame.from.user !== this.client.userId) {
             this.watch([frame.from.user]);
@@ -724,9 +738,9 @@ export class Messenger extends EventEmitter<MessengerEvents> {
         if (frame.group && frame.envelope.type === CiphertextMessageType.SenderKey)
           this.requestKey(frame.from.user, frame.group);
       }
-      db.query("insert or ignore into received (id, at) values (?, ?)").run(frame.id, Date.now());
+      db.query("insert or ignore into received (id, at) values (?, ?)").run(key, Date.now());
     }
-    this.send({ type: "ack", ids: [frame.id] });
+    this.send({ type: "ack", messages: [{ id: frame.id, from: frame.from }] });
   }
 
   /** When each (sender, group) key was last asked for: at most once a minute each. */

@@ -3,6 +3,7 @@ import type {
   ClientFrame,
   ErrorFrame,
   GroupSend,
+  MessageFrame,
   OutgoingMessage,
   RejectedFrame,
   ServerFrame,
@@ -134,8 +135,12 @@ export class ClearBoxSocket {
     return this.answered(id, { type: "send", id, to: { group: groupId }, message });
   }
 
-  ack(ids: string[]): void {
-    this.send({ type: "ack", ids });
+  /**
+   * Tells the server these messages are stored (1-1000), each named as its `message` frame named it:
+   * by `id` and `from` (ids are chosen by senders, so two senders' messages may share one).
+   */
+  ack(messages: readonly Pick<MessageFrame, "id" | "from">[]): void {
+    this.send({ type: "ack", messages: messages.map(({ id, from }) => ({ id, from })) });
   }
 
   watchPresence(users: string[]): void {

@@ -1,3 +1,4 @@
+import type { EnvelopeRef } from "../../actors/index.ts";
 import type { MessagingService, SubmittedSend } from "../messaging/service.ts";
 import { LogSummary } from "../observability/log-summary.ts";
 import type { Logger } from "../observability/logger.ts";
@@ -97,8 +98,14 @@ export class FrameHandler {
         break;
       case "ack":
         // Decode: ids in their canonical (lower-case) form.
-        if (checkAck.Check(frame)) this.ack(conn, checkAck.Decode(frame).ids);
-        else this.invalid(conn, firstProblem(checkAck, frame));
+        if (checkAck.Check(frame)) {
+          this.ack(
+            conn,
+            checkAck
+              .Decode(frame)
+              .messages.map((m) => ({ id: m.id, senderUser: m.from.user, senderDevice: m.from.device })),
+          );
+        } else this.invalid(conn, firstProblem(checkAck, frame));
         break;
       case "presence.watch":
         if (checkPresenceWatch.Check(frame)) this.watch(conn, checkPresenceWatch.Decode(frame).users);
@@ -244,14 +251,14 @@ export class FrameHandler {
     });
   }
 
-  private ack(conn: DeviceConnection, ids: string[]): void {
+  private ack(conn: DeviceConnection, acked: EnvelopeRef[]): void {
     conn.acksInFlight++;
     const acking = (async () => {
       try {
         try {
           // The user actor is told at once (messaging.ack tells it before any write): a reconnect that
           // overtakes the queue's or the log's commit must not be pushed what was acked here.
-          await Promise.all([this.deps.messaging.ack(conn.principal, ids), conn.drain?.ack(ids)]);
+          await Promise.all([this.deps.messaging.ack(conn.principal, acked), conn.drain?.ack(acked)]);
         } finally {
           conn.acksInFlight--;
         }

@@ -382,7 +382,7 @@ export class Gateway {
         if (taken.length === 0) break;
         tookAny = true;
         // From a user being erased: removed from the queue, not delivered.
-        const erased = taken.filter((e) => this.fenced(e.senderUser)).map((e) => e.id);
+        const erased = taken.filter((e) => this.fenced(e.senderUser));
         if (erased.length > 0) await drain.ack(erased);
         const batch = erased.length === 0 ? taken : taken.filter((e) => !this.fenced(e.senderUser));
         if (batch.length > 0) conn.deliver(batch, "offline");

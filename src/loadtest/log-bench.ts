@@ -81,7 +81,7 @@ async function measure(name: string, log: EnvelopeLog) {
   t = performance.now();
   await Promise.all(
     recipients.map(async (recipientUser, s) => {
-      for (const e of sent[s] ?? []) await log.ack(recipientUser, 1, [e.id]);
+      for (const e of sent[s] ?? []) await log.ack(recipientUser, 1, [e]);
     }),
   );
   const ackS = (performance.now() - t) / 1000;

@@ -206,7 +206,7 @@ export class ReconnectingClient {
         }
         break;
       case "message":
-        this.ws.send(JSON.stringify({ type: "ack", ids: [frame.id] }));
+        this.ws.send(JSON.stringify({ type: "ack", messages: [{ id: frame.id, from: frame.from }] }));
         if (this.seen.has(frame.id)) this.duplicates++;
         else {
           this.seen.add(frame.id);

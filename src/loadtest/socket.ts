@@ -30,7 +30,7 @@ export class LoadSocket {
   private readonly unanswered = new Map<string, string>();
   /** `error internal` answers so far, by id of a send not answered otherwise yet. */
   private readonly failures = new Map<string, number>();
-  private acks: string[] = [];
+  private acks: { id: string; from: { user: string; device: number } }[] = [];
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
 
   private constructor(
@@ -133,7 +133,7 @@ export class LoadSocket {
       }
       case "message": {
         const { id } = frame;
-        this.ack(id);
+        this.ack({ id, from: frame.from });
         if (this.seen.has(id)) {
           tracker?.duplicateOne();
           return;
@@ -172,8 +172,8 @@ export class LoadSocket {
     }
   }
 
-  private ack(id: string) {
-    this.acks.push(id);
+  private ack(message: { id: string; from: { user: string; device: number } }) {
+    this.acks.push(message);
     if (this.acks.length >= ACK_BATCH) this.flushAcks();
     else this.ackTimer ??= setTimeout(() => this.flushAcks(), LoadSocket.ackDelayMs);
   }
@@ -182,7 +182,7 @@ export class LoadSocket {
     if (this.ackTimer) clearTimeout(this.ackTimer);
     this.ackTimer = undefined;
     if (this.acks.length === 0 || this.closed) return;
-    this.ws.send(JSON.stringify({ type: "ack", ids: this.acks }));
+    this.ws.send(JSON.stringify({ type: "ack", messages: this.acks }));
     this.acks = [];
   }
 

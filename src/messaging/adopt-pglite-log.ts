@@ -1,4 +1,5 @@
 import { asc, inArray } from "drizzle-orm";
+import type { EnvelopeRef } from "../../actors/index.ts";
 import type { Db } from "../db/index.ts";
 import { envelopes } from "../db/schema.ts";
 import type { StoredEnvelope } from "./envelope.ts";
@@ -30,17 +31,22 @@ export async function adoptPgliteLog(db: Db, log: EnvelopeLog): Promise<number> 
     }));
     await log.append(batch);
     for (const state of ["queued", "acked"] as const) {
-      const byDevice = new Map<string, { user: string; device: number; ids: string[] }>();
+      // Each row by id and sender device: another sender's row with the same id keeps its own state.
+      const byDevice = new Map<string, { user: string; device: number; envelopes: EnvelopeRef[] }>();
       for (const r of rows) {
         if (r.state !== state) continue;
         const key = `${r.recipientUser}/${r.recipientDevice}`;
-        const entry = byDevice.get(key) ?? { user: r.recipientUser, device: r.recipientDevice, ids: [] };
-        entry.ids.push(r.id);
+        const entry = byDevice.get(key) ?? {
+          user: r.recipientUser,
+          device: r.recipientDevice,
+          envelopes: [],
+        };
+        entry.envelopes.push({ id: r.id, senderUser: r.senderUser, senderDevice: r.senderDevice });
         byDevice.set(key, entry);
       }
-      for (const { user, device, ids } of byDevice.values()) {
-        if (state === "queued") await log.markQueued(user, device, ids);
-        else await log.ack(user, device, ids);
+      for (const { user, device, envelopes: refs } of byDevice.values()) {
+        if (state === "queued") await log.markQueued(user, device, refs);
+        else await log.ack(user, device, refs);
       }
     }
     await db.delete(envelopes).where(

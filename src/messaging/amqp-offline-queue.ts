@@ -3,6 +3,7 @@ import type { Channel, Connection, Publisher, ReturnedMessage, SyncMessage } fro
 import {
   amqpCode,
   closeQuietly,
+  envelopeKey,
   type Logger,
   openAmqpConnection,
   silentLogger,
@@ -210,7 +211,7 @@ export class AmqpOfflineQueue implements OfflineQueue {
   private readonly oneOff = pLimit(ONE_OFF_CHANNELS);
   private readonly drains: DrainChannels;
   private readonly publisher: Publisher;
-  /** Queue name → the message-id sets of flushes in progress, filled by basic.return. */
+  /** Queue name → the message-id sets (`envelopeKey`s) of flushes in progress, filled by basic.return. */
   private readonly returned = new Map<string, Set<string>[]>();
 
   private constructor(
@@ -308,7 +309,8 @@ export class AmqpOfflineQueue implements OfflineQueue {
                 routingKey: name,
                 durable: true,
                 mandatory: true,
-                messageId: envelope.id,
+                // The envelope's key, not its id alone: another sender's envelope may have the same id.
+                messageId: envelopeKey(envelope),
                 contentType: "application/json",
               },
               encode(envelope),
@@ -323,12 +325,14 @@ export class AmqpOfflineQueue implements OfflineQueue {
         if (watching.length === 0) this.returned.delete(name);
       }
       if (ids.size > 0) this.declared.delete(name);
-      left = left.filter((e) => ids.has(e.id));
+      left = left.filter((e) => ids.has(envelopeKey(e)));
     }
   }
 
   async drain(userId: string, deviceId: number): Promise<QueueDrain> {
     const name = this.queueName(userId, deviceId);
+    // envelopeKey → the deliveries of that envelope this drain holds (a flush repeated after a
+    // failure may have queued it twice).
     const taken = new Map<string, SyncMessage[]>();
     let channel: Channel | undefined;
     let giveBack: (() => Promise<void>) | undefined;
@@ -375,23 +379,25 @@ export class AmqpOfflineQueue implements OfflineQueue {
             break;
           }
           const envelope = decode(message.body);
-          const held = taken.get(envelope.id);
+          const key = envelopeKey(envelope);
+          const held = taken.get(key);
           if (held) held.push(message);
-          else taken.set(envelope.id, [message]);
+          else taken.set(key, [message]);
           out.push(envelope);
         }
         if (exhausted && taken.size === 0) await closeChannel();
         return out;
       },
-      ack: async (ids) => {
+      ack: async (refs) => {
         const current = channel;
         if (!current) return;
-        for (const id of ids) {
-          for (const message of taken.get(id) ?? []) {
+        for (const ref of refs) {
+          const key = envelopeKey(ref);
+          for (const message of taken.get(key) ?? []) {
             // A channel that died with its connection already returned these to the queue.
             if (current.active) current.basicAck({ deliveryTag: message.deliveryTag });
           }
-          taken.delete(id);
+          taken.delete(key);
         }
         if (exhausted && taken.size === 0) await closeChannel();
       },
@@ -399,14 +405,14 @@ export class AmqpOfflineQueue implements OfflineQueue {
         const current = channel;
         if (!current) return 0;
         let dropped = 0;
-        for (const [id, messages] of taken) {
+        for (const [key, messages] of taken) {
           const from = decode(messages[0].body).senderUser;
           if (from !== senderUser) continue;
           for (const message of messages) {
             // A channel that died with its connection already returned these to the queue.
             if (current.active) current.basicAck({ deliveryTag: message.deliveryTag });
           }
-          taken.delete(id);
+          taken.delete(key);
           dropped += messages.length;
         }
         if (exhausted && taken.size === 0) await closeChannel();

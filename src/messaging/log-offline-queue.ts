@@ -1,3 +1,4 @@
+import { envelopeKey } from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog } from "./envelope-log.ts";
 import type { DeviceRef, OfflineQueue, QueueDrain } from "./offline-queue.ts";
@@ -12,14 +13,11 @@ export class LogOfflineQueue implements OfflineQueue {
   constructor(private readonly log: EnvelopeLog) {}
 
   async flush(userId: string, deviceId: number, envelopes: readonly StoredEnvelope[]): Promise<void> {
-    await this.log.markQueued(
-      userId,
-      deviceId,
-      envelopes.map((e) => e.id),
-    );
+    await this.log.markQueued(userId, deviceId, envelopes);
   }
 
   async drain(userId: string, deviceId: number): Promise<QueueDrain> {
+    // envelopeKey → sender user: ids alone do not name an envelope (another sender may reuse one).
     const handedOut = new Map<string, string>();
     return {
       next: async (max) => {
@@ -28,20 +26,20 @@ export class LogOfflineQueue implements OfflineQueue {
           state: "queued",
           limit: max + handedOut.size,
         });
-        const fresh = queued.filter((e) => !handedOut.has(e.id)).slice(0, max);
-        for (const e of fresh) handedOut.set(e.id, e.senderUser);
+        const fresh = queued.filter((e) => !handedOut.has(envelopeKey(e))).slice(0, max);
+        for (const e of fresh) handedOut.set(envelopeKey(e), e.senderUser);
         return fresh;
       },
-      ack: async (ids) => {
-        await this.log.ack(userId, deviceId, ids);
-        for (const id of ids) handedOut.delete(id);
+      ack: async (refs) => {
+        await this.log.ack(userId, deviceId, refs);
+        for (const ref of refs) handedOut.delete(envelopeKey(ref));
       },
       // The log is the queue here: erasure's history step removes the sender's rows themselves.
       dropFrom: async (senderUser) => {
         let dropped = 0;
-        for (const [id, sender] of handedOut) {
+        for (const [key, sender] of handedOut) {
           if (sender !== senderUser) continue;
-          handedOut.delete(id);
+          handedOut.delete(key);
           dropped++;
         }
         return dropped;
@@ -73,18 +71,14 @@ export class LogOfflineQueue implements OfflineQueue {
 
   async purge(userId: string, deviceId: number): Promise<number> {
     const queued = await this.log.undelivered(userId, { device: deviceId, state: "queued" });
-    await this.log.ack(
-      userId,
-      deviceId,
-      queued.map((e) => e.id),
-    );
+    await this.log.ack(userId, deviceId, queued);
     return queued.length;
   }
 
   async dropFrom(userId: string, deviceId: number, senderUser: string): Promise<number> {
     // The queue is the log: what the sender's erasure left in it is exactly what to remove.
     const queued = await this.log.undelivered(userId, { device: deviceId, state: "queued" });
-    const fromSender = queued.filter((e) => e.senderUser === senderUser).map((e) => e.id);
+    const fromSender = queued.filter((e) => e.senderUser === senderUser);
     await this.log.ack(userId, deviceId, fromSender);
     return fromSender.length;
   }

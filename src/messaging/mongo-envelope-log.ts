@@ -1,5 +1,5 @@
 import { type Collection, MongoBulkWriteError, MongoClient, type Db as MongoDb } from "mongodb";
-import type { GroupEnvelope } from "../../actors/index.ts";
+import { type EnvelopeRef, envelopeKey, type GroupEnvelope } from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState, ExpandedGroupMessage } from "./envelope-log.ts";
 import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
@@ -12,6 +12,16 @@ interface EnvelopeDoc extends Omit<StoredEnvelope, "body"> {
   acceptedAt: Date;
   body: Buffer | null;
   state: EnvelopeState | "acked";
+}
+
+/** A document's `_id`: the envelope's identity, sender device and id then recipient device. */
+function documentId(e: EnvelopeRef, recipientUser: string, recipientDevice: number): string {
+  return `${envelopeKey(e)}/${recipientUser}/${recipientDevice}`;
+}
+
+/** The `_id`s of these envelopes of one recipient device: an ack or mark reaches exactly them. */
+function documentIds(recipientUser: string, recipientDevice: number, refs: readonly EnvelopeRef[]): string[] {
+  return refs.map((e) => documentId(e, recipientUser, recipientDevice));
 }
 
 /**
@@ -86,7 +96,7 @@ export class MongoEnvelopeLog implements EnvelopeLog {
     );
     const first = (counter?.value ?? batch.length) - batch.length;
     const docs: EnvelopeDoc[] = batch.map((e, i) => ({
-      _id: `${e.senderUser}/${e.senderDevice}/${e.id}/${e.recipientUser}/${e.recipientDevice}`,
+      _id: documentId(e, e.recipientUser, e.recipientDevice),
       seq: first + i,
       id: e.id,
       senderUser: e.senderUser,
@@ -140,18 +150,22 @@ export class MongoEnvelopeLog implements EnvelopeLog {
     }));
   }
 
-  async markQueued(recipientUser: string, recipientDevice: number, ids: string[]): Promise<void> {
-    if (ids.length === 0) return;
+  async markQueued(
+    recipientUser: string,
+    recipientDevice: number,
+    refs: readonly EnvelopeRef[],
+  ): Promise<void> {
+    if (refs.length === 0) return;
     await this.envelopes.updateMany(
-      { recipientUser, recipientDevice, id: { $in: ids }, state: "pending" },
+      { _id: { $in: documentIds(recipientUser, recipientDevice, refs) }, state: "pending" },
       { $set: { state: "queued" } },
     );
   }
 
-  async ack(recipientUser: string, recipientDevice: number, ids: string[]): Promise<number> {
-    if (ids.length === 0) return 0;
+  async ack(recipientUser: string, recipientDevice: number, refs: readonly EnvelopeRef[]): Promise<number> {
+    if (refs.length === 0) return 0;
     const result = await this.envelopes.updateMany(
-      { recipientUser, recipientDevice, id: { $in: ids }, state: { $ne: "acked" } },
+      { _id: { $in: documentIds(recipientUser, recipientDevice, refs) }, state: { $ne: "acked" } },
       { $set: { state: "acked", body: null } },
     );
     return result.modifiedCount;

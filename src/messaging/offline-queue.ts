@@ -1,11 +1,12 @@
+import type { EnvelopeRef } from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 
 /** Envelopes taken from a device's offline queue, held until the device acks them. */
 export interface QueueDrain {
   /** The next envelopes in queue order (at most `max`); empty once the queue is drained. */
   next(max: number): Promise<StoredEnvelope[]>;
-  /** The device has these: remove them from the queue for good. */
-  ack(ids: string[]): Promise<void>;
+  /** The device has these (each named by id and sender device): remove them from the queue for good. */
+  ack(envelopes: readonly EnvelopeRef[]): Promise<void>;
   /**
    * Erasure of `senderUser`: the envelopes from them taken by this drain and not yet acked are
    * removed from the queue for good (they would go back to it on `release`); returns how many.

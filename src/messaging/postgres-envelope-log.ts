@@ -1,5 +1,5 @@
 import { and, asc, eq, inArray, lt, or, type SQL, sql } from "drizzle-orm";
-import type { GroupEnvelope } from "../../actors/index.ts";
+import type { EnvelopeRef, GroupEnvelope } from "../../actors/index.ts";
 import { type Db, rowsOf } from "../db/index.ts";
 import { envelopes } from "../db/schema.ts";
 import type { StoredEnvelope } from "./envelope.ts";
@@ -20,27 +20,33 @@ function identity(e: {
   return `${e.senderUser}/${e.senderDevice}/${e.id}/${e.recipientUser}/${e.recipientDevice}`;
 }
 
-/** Envelopes of one recipient device named by id (an ack, or a flush to the offline queue). */
+/** Envelopes of one recipient device named by id and sender device (an ack, or a flush to the offline queue). */
 interface AckRequest {
   recipientUser: string;
   recipientDevice: number;
-  ids: string[];
+  envelopes: readonly EnvelopeRef[];
 }
 
-/** Parallel arrays (one entry per id) for an UPDATE … FROM unnest(…). */
+/** Parallel arrays (one entry per envelope) for an UPDATE … FROM unnest(…). */
 function flatten(batch: readonly AckRequest[]) {
   const users: string[] = [];
   const devices: number[] = [];
   const ids: string[] = [];
+  const senders: string[] = [];
+  const senderDevices: number[] = [];
   for (const request of batch) {
-    for (const id of request.ids) {
-      if (!UUID.test(id)) throw new Error("envelope id is malformed");
+    for (const e of request.envelopes) {
+      if (!UUID.test(e.id) || !UUID.test(e.senderUser) || !Number.isInteger(e.senderDevice)) {
+        throw new Error("envelope reference is malformed");
+      }
       users.push(request.recipientUser);
       devices.push(request.recipientDevice);
-      ids.push(id);
+      ids.push(e.id);
+      senders.push(e.senderUser);
+      senderDevices.push(e.senderDevice);
     }
   }
-  return { users, devices, ids };
+  return { users, devices, ids, senders, senderDevices };
 }
 
 /**
@@ -369,9 +375,15 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     }));
   }
 
-  async markQueued(recipientUser: string, recipientDevice: number, ids: string[]): Promise<void> {
-    if (ids.length === 0) return;
-    await retryWhileUnreachable(() => this.queued.submit([{ recipientUser, recipientDevice, ids }]));
+  async markQueued(
+    recipientUser: string,
+    recipientDevice: number,
+    refs: readonly EnvelopeRef[],
+  ): Promise<void> {
+    if (refs.length === 0) return;
+    await retryWhileUnreachable(() =>
+      this.queued.submit([{ recipientUser, recipientDevice, envelopes: refs }]),
+    );
   }
 
   /**
@@ -380,37 +392,41 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
    * the pool for longer than the disconnects may take.
    */
   private async queuedBatch(batch: AckRequest[]): Promise<undefined[]> {
-    const { users, devices, ids } = flatten(batch);
+    const { users, devices, ids, senders, senderDevices } = flatten(batch);
     // A group message not expanded yet has no rows to mark: write them first (committed before the UPDATE reads).
     await this.expand(sql`id = any(${arrayLiteral(ids)}::uuid[])`);
     await this.db.execute(sql`
       update envelopes as e set state = 'queued'
-      from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[])
-        as q(recipient_user, recipient_device, id)
+      from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[],
+          ${arrayLiteral(senders)}::uuid[], ${arrayLiteral(senderDevices)}::int[])
+        as q(recipient_user, recipient_device, id, sender_user, sender_device)
       where e.recipient_user = q.recipient_user and e.recipient_device = q.recipient_device
-        and e.id = q.id and e.state = 'pending'`);
+        and e.id = q.id and e.sender_user = q.sender_user and e.sender_device = q.sender_device
+        and e.state = 'pending'`);
     return batch.map(() => undefined);
   }
 
-  async ack(recipientUser: string, recipientDevice: number, ids: string[]): Promise<number> {
-    if (ids.length === 0) return 0;
+  async ack(recipientUser: string, recipientDevice: number, refs: readonly EnvelopeRef[]): Promise<number> {
+    if (refs.length === 0) return 0;
     const [acked] = await retryWhileUnreachable(() =>
-      this.acks.submit([{ recipientUser, recipientDevice, ids }]),
+      this.acks.submit([{ recipientUser, recipientDevice, envelopes: refs }]),
     );
     return acked;
   }
 
   /** Every ack waiting for the database in one UPDATE: one commit instead of one per ack frame. */
   private async ackBatch(batch: AckRequest[]): Promise<number[]> {
-    const { users, devices, ids } = flatten(batch);
+    const { users, devices, ids, senders, senderDevices } = flatten(batch);
     // As for `queued` marks: an ack overtaking the expansion writes the rows first, then acks its own.
     await this.expand(sql`id = any(${arrayLiteral(ids)}::uuid[])`);
     const result = await this.db.execute(sql`
       update envelopes as e set state = 'acked', body = null
-      from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[])
-        as a(recipient_user, recipient_device, id)
+      from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[],
+          ${arrayLiteral(senders)}::uuid[], ${arrayLiteral(senderDevices)}::int[])
+        as a(recipient_user, recipient_device, id, sender_user, sender_device)
       where e.recipient_user = a.recipient_user and e.recipient_device = a.recipient_device
-        and e.id = a.id and e.body is not null
+        and e.id = a.id and e.sender_user = a.sender_user and e.sender_device = a.sender_device
+        and e.body is not null
       returning e.recipient_user, e.recipient_device, e.id`);
     const rows = rowsOf<{ recipient_user: string; recipient_device: number; id: string }>(result);
     const acked = new Map<string, number>();

@@ -1,6 +1,7 @@
 import { and, eq } from "drizzle-orm";
 import {
   type ActorRefs,
+  type EnvelopeRef,
   type GroupSendResult,
   groupKey,
   MailboxFullError,
@@ -560,11 +561,18 @@ export class MessagingService {
     await this.actors.stopActor(userKey(userId), "erased");
   }
 
-  /** The device has these envelopes: the log forgets their ciphertext and the actor stops redelivering. */
-  async ack(device: Principal, ids: string[]): Promise<void> {
+  /**
+   * The device has these envelopes (each named by id and sender device: ids are the senders' and
+   * may repeat across senders): the log forgets their ciphertext and the actor stops redelivering.
+   */
+  async ack(device: Principal, envelopes: EnvelopeRef[]): Promise<void> {
     // The actor first: a reconnect that overtakes the log's commit must not be pushed these again.
     // Should the log's write then fail, they stay pending there and come back once (clients dedupe).
-    const told = this.actors.tell(userKey(device.userId), { type: "ack", deviceId: device.deviceId, ids });
-    await Promise.all([this.log.ack(device.userId, device.deviceId, ids), told]);
+    const told = this.actors.tell(userKey(device.userId), {
+      type: "ack",
+      deviceId: device.deviceId,
+      envelopes,
+    });
+    await Promise.all([this.log.ack(device.userId, device.deviceId, envelopes), told]);
   }
 }

@@ -2,7 +2,7 @@ import { Database, type Statement } from "bun:sqlite";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { GroupEnvelope } from "../../actors/index.ts";
+import type { EnvelopeRef, GroupEnvelope } from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState, ExpandedGroupMessage } from "./envelope-log.ts";
 import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
@@ -34,6 +34,11 @@ function toEnvelope(r: EnvelopeRow): StoredEnvelope {
     type: r.type,
     body: r.body ? Buffer.from(r.body).toString("base64") : "",
   };
+}
+
+/** Only what names each envelope: callers may pass whole envelopes, whose ciphertext the worker need not copy. */
+function plainRefs(refs: readonly EnvelopeRef[]): EnvelopeRef[] {
+  return refs.map(({ id, senderUser, senderDevice }) => ({ id, senderUser, senderDevice }));
 }
 
 const COLUMNS =
@@ -217,14 +222,14 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
     return statement.all(...params).map(toEnvelope);
   }
 
-  markQueued(recipientUser: string, recipientDevice: number, ids: string[]): Promise<void> {
-    if (ids.length === 0) return Promise.resolve();
-    return this.writeOne<void>({ op: "queued", recipientUser, recipientDevice, ids });
+  markQueued(recipientUser: string, recipientDevice: number, refs: readonly EnvelopeRef[]): Promise<void> {
+    if (refs.length === 0) return Promise.resolve();
+    return this.writeOne<void>({ op: "queued", recipientUser, recipientDevice, envelopes: plainRefs(refs) });
   }
 
-  ack(recipientUser: string, recipientDevice: number, ids: string[]): Promise<number> {
-    if (ids.length === 0) return Promise.resolve(0);
-    return this.writeOne<number>({ op: "ack", recipientUser, recipientDevice, ids });
+  ack(recipientUser: string, recipientDevice: number, refs: readonly EnvelopeRef[]): Promise<number> {
+    if (refs.length === 0) return Promise.resolve(0);
+    return this.writeOne<number>({ op: "ack", recipientUser, recipientDevice, envelopes: plainRefs(refs) });
   }
 
   async metadataOf(userId: string, limit = 100_000): Promise<EnvelopeMetadata[]> {

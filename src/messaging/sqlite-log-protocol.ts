@@ -1,4 +1,4 @@
-import type { GroupEnvelope } from "../../actors/index.ts";
+import type { EnvelopeRef, GroupEnvelope } from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 
 /** One write the embedded log's writer thread applies; a batch of them is one transaction. */
@@ -11,8 +11,8 @@ export type LogWrite =
    * when one accepted before then is among them, answering what was written (ExpandedGroupMessage[]).
    */
   | { op: "expand"; olderThan?: number }
-  | { op: "ack"; recipientUser: string; recipientDevice: number; ids: string[] }
-  | { op: "queued"; recipientUser: string; recipientDevice: number; ids: string[] }
+  | { op: "ack"; recipientUser: string; recipientDevice: number; envelopes: readonly EnvelopeRef[] }
+  | { op: "queued"; recipientUser: string; recipientDevice: number; envelopes: readonly EnvelopeRef[] }
   | { op: "eraseUser"; userId: string }
   | { op: "eraseDevice"; userId: string; deviceId: number }
   | { op: "purgeBefore"; before: number };

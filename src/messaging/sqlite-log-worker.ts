@@ -46,11 +46,13 @@ function open(path: string): void {
   );
   const ack = db.prepare(
     `update envelopes set state = 'acked', body = null
-     where recipient_user = ? and recipient_device = ? and id = ? and body is not null`,
+     where recipient_user = ? and recipient_device = ? and id = ? and sender_user = ? and sender_device = ?
+       and body is not null`,
   );
   const queued = db.prepare(
     `update envelopes set state = 'queued'
-     where recipient_user = ? and recipient_device = ? and id = ? and state = 'pending'`,
+     where recipient_user = ? and recipient_device = ? and id = ? and sender_user = ? and sender_device = ?
+       and state = 'pending'`,
   );
   const eraseUser = db.prepare("delete from envelopes where sender_user = ? or recipient_user = ?");
   const eraseDevice = db.prepare("delete from envelopes where recipient_user = ? and recipient_device = ?");
@@ -172,12 +174,16 @@ function open(path: string): void {
         // A group message not expanded yet has no row to ack: write its rows first.
         expandAll(false);
         let count = 0;
-        for (const id of op.ids) count += ack.run(op.recipientUser, op.recipientDevice, id).changes;
+        for (const e of op.envelopes) {
+          count += ack.run(op.recipientUser, op.recipientDevice, e.id, e.senderUser, e.senderDevice).changes;
+        }
         return count;
       }
       case "queued":
         expandAll(false);
-        for (const id of op.ids) queued.run(op.recipientUser, op.recipientDevice, id);
+        for (const e of op.envelopes) {
+          queued.run(op.recipientUser, op.recipientDevice, e.id, e.senderUser, e.senderDevice);
+        }
         return undefined;
       case "eraseUser": {
         // Group messages first: none expanded after this names the user.

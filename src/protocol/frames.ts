@@ -43,9 +43,22 @@ export const GroupSend = T.Object(
 );
 export type GroupSend = Static<typeof GroupSend>;
 
-/** The device has stored these messages; the server may forget them. */
+/**
+ * One received message as an ack names it: its `id` and `from`, as the `message` frame gave them.
+ * Ids are chosen by senders, so only the id with its sender device names one message.
+ */
+export const AckedMessage = T.Object(
+  {
+    id: Uuid,
+    from: T.Object({ user: Uuid, device: DeviceId }, { additionalProperties: false }),
+  },
+  { additionalProperties: false },
+);
+export type AckedMessage = Static<typeof AckedMessage>;
+
+/** The device has stored these messages (1-1000); the server may forget them. */
 export const Ack = T.Object(
-  { type: T.Literal("ack"), ids: T.Array(Uuid, { minItems: 1, maxItems: 1000 }) },
+  { type: T.Literal("ack"), messages: T.Array(AckedMessage, { minItems: 1, maxItems: 1000 }) },
   { additionalProperties: false },
 );
 export type Ack = Static<typeof Ack>;

@@ -20,7 +20,7 @@ import { api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
 import { type Finished, runToEnd } from "../support/process.ts";
-import { TestSocket } from "../support/ws.ts";
+import { ackOf, TestSocket } from "../support/ws.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
 const b64 = (text: string) => Buffer.from(text).toString("base64");
@@ -156,7 +156,7 @@ describe("backup and restore of the embedded default", () => {
     const received = await bobSocket.messages(2, 30_000);
     expect(received.map((m) => m.id)).toEqual(beforeBackup);
     expect(received.map((m) => Buffer.from(m.envelope.body, "base64").toString())).toEqual(["one", "two"]);
-    bobSocket.send({ type: "ack", ids: beforeBackup });
+    bobSocket.send(ackOf(received));
     // Nothing else arrives: Carol's message went with her, the post-backup one was never in the backup.
     const ping = bobSocket.next((f) => f.type === "pong", 30_000);
     bobSocket.send({ type: "ping" });
@@ -290,7 +290,7 @@ describe("backup and restore of the services stack (pg_dump, pg_restore, a broke
     const [received] = await bobSocket.messages(1, 30_000);
     expect(received.id).toBe(one);
     expect(Buffer.from(received.envelope.body, "base64").toString()).toBe("one");
-    bobSocket.send({ type: "ack", ids: [one] });
+    bobSocket.send(ackOf([received]));
     const pong = bobSocket.next((f) => f.type === "pong", 30_000);
     bobSocket.send({ type: "ping" });
     await pong;

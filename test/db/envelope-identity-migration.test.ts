@@ -73,7 +73,7 @@ test("PostgreSQL: a log written before migration 0011 keeps dedupe, order and ac
     // The rows as the log wrote them before: PostgresEnvelopeLog's statements name no index.
     const oldLog = new PostgresEnvelopeLog(drizzlePostgres(old) as never);
     expect(await oldLog.append(written)).toEqual(written.map(() => true));
-    expect(await oldLog.ack(recipient, 1, [written[0]?.id as string])).toBe(1);
+    expect(await oldLog.ack(recipient, 1, [written[0] as StoredEnvelope])).toBe(1);
   } finally {
     await old.end();
   }
@@ -87,10 +87,10 @@ test("PostgreSQL: a log written before migration 0011 keeps dedupe, order and ac
     expect((await log.undelivered(recipient, { device: 1 })).map((e) => e.id)).toEqual(
       device1.slice(1).map((e) => e.id),
     );
-    expect(await log.ack(recipient, 1, [device1[1]?.id as string, device1[2]?.id as string])).toBe(2);
+    expect(await log.ack(recipient, 1, [device1[1] as StoredEnvelope, device1[2] as StoredEnvelope])).toBe(2);
     expect(await log.undelivered(recipient, { device: 1 })).toEqual([]);
     // An ack sent again finds nothing left to ack; the other device's rows are untouched.
-    expect(await log.ack(recipient, 1, [device1[1]?.id as string])).toBe(0);
+    expect(await log.ack(recipient, 1, [device1[1] as StoredEnvelope])).toBe(0);
     expect((await log.undelivered(recipient, { device: 2 })).length).toBe(3);
 
     const sql = postgres(testDb.url, { max: 1, onnotice: () => {} });
@@ -157,13 +157,7 @@ test("SQLite: a log written before drizzle-sqlite 0002 keeps dedupe, order and a
     expect((await log.undelivered(recipient, { device: 1 })).map((e) => e.id)).toEqual(
       device1.map((e) => e.id),
     );
-    expect(
-      await log.ack(
-        recipient,
-        1,
-        device1.map((e) => e.id),
-      ),
-    ).toBe(device1.length);
+    expect(await log.ack(recipient, 1, device1)).toBe(device1.length);
     expect(await log.undelivered(recipient, { device: 1 })).toEqual([]);
     expect((await log.undelivered(recipient, { device: 2 })).length).toBe(3);
   } finally {

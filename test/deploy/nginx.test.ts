@@ -97,7 +97,7 @@ describe.skipIf(!nginx)("deploy/nginx/clearbox.conf in front of two ClearBox nod
       const toBob = new Promise<string>((resolve, reject) => {
         bobSocket.on("message", (frame) => {
           bob.decryptText({ from: frame.from, envelope: frame.envelope }).then(resolve, reject);
-          bobSocket.ack([frame.id]);
+          bobSocket.ack([frame]);
         });
       });
       const sent = await aliceSocket.sendToUser(
@@ -111,7 +111,7 @@ describe.skipIf(!nginx)("deploy/nginx/clearbox.conf in front of two ClearBox nod
       const toAlice = new Promise<string>((resolve, reject) => {
         aliceSocket.on("message", (frame) => {
           alice.decryptText({ from: frame.from, envelope: frame.envelope }).then(resolve, reject);
-          aliceSocket.ack([frame.id]);
+          aliceSocket.ack([frame]);
         });
       });
       const reply = await bobSocket.sendToUser(

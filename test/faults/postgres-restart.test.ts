@@ -3,7 +3,7 @@ import { ClearBoxSocket } from "../../src/client/socket.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import type { TestNode } from "../support/node.ts";
 import { OwnPostgres } from "../support/own-postgres.ts";
-import { TestSocket } from "../support/ws.ts";
+import { ackOf, TestSocket } from "../support/ws.ts";
 import { expectSettledClean, startCluster, upgradesWork } from "./cluster.ts";
 import { BODY_MARK_BASE64, Traffic } from "./traffic.ts";
 
@@ -46,8 +46,9 @@ test("PostgreSQL killed and restarted: every send answered, every accepted messa
   expect(
     (await sdk.sendToUser(warmUp, sdkRecipient.userId, [{ deviceId: 1, type: 3, body: body("hi") }])).type,
   ).toBe("accepted");
-  expect((await sdkInbox.messages(1))[0].id).toBe(warmUp);
-  sdkInbox.send({ type: "ack", ids: [warmUp] });
+  const warmUpFrames = await sdkInbox.messages(1);
+  expect(warmUpFrames[0].id).toBe(warmUp);
+  sdkInbox.send(ackOf(warmUpFrames));
   await pg.kill();
   const sdkId = crypto.randomUUID();
   const sdkSend = sdk.sendToUser(sdkId, sdkRecipient.userId, [
@@ -77,8 +78,9 @@ test("PostgreSQL killed and restarted: every send answered, every accepted messa
   expect(traffic.accepted).toBeGreaterThanOrEqual(before + 100);
   await traffic.stop();
   expect((await sdkSend).type).toBe("accepted");
-  expect((await sdkInbox.messages(1, 15_000))[0].id).toBe(sdkId);
-  sdkInbox.send({ type: "ack", ids: [sdkId] });
+  const sdkFrames = await sdkInbox.messages(1, 15_000);
+  expect(sdkFrames[0].id).toBe(sdkId);
+  sdkInbox.send(ackOf(sdkFrames));
   sdk.close();
   await sdkInbox.close();
 

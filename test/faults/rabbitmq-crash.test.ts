@@ -8,6 +8,7 @@ import { ADMIN_TOKEN } from "../support/node.ts";
 import { OwnRabbitMq } from "../support/own-rabbitmq.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
 import { deleteRedisPrefix } from "../support/redis.ts";
+import { ackOf, type Frame } from "../support/ws.ts";
 
 // Issue 14 item 1: kill -9 of RabbitMQ under a steady stream of 1:1 and group messages between users on three
 // node processes. No node exits, every send is answered, every accepted message arrives exactly
@@ -273,7 +274,7 @@ describe("RabbitMQ killed -9 under steady 1:1 and group traffic over three nodes
             state.ids.add(frame.id);
             state.order.push(frame.id);
           }
-          socket.send({ type: "ack", ids: [frame.id] });
+          socket.send(ackOf([frame as Frame]));
         },
       );
       return socket;

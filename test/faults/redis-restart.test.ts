@@ -3,7 +3,7 @@ import { api, registerAndLogin } from "../support/http.ts";
 import type { TestNode } from "../support/node.ts";
 import { OwnRedis } from "../support/own-redis.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
-import { TestSocket } from "../support/ws.ts";
+import { ackFrom, TestSocket } from "../support/ws.ts";
 import { expectSettledClean, startCluster, upgradesWork } from "./cluster.ts";
 import { Traffic } from "./traffic.ts";
 
@@ -130,7 +130,7 @@ test("users whose actors were stopped before Redis went down get the messages se
   }
   expect(arrived).toEqual(ids);
   for (const [i, { socket }] of recipients.entries()) {
-    socket.send({ type: "ack", ids: [ids[i]] });
+    socket.send(ackFrom({ user: sender.userId, device: sender.deviceId }, [ids[i] as string]));
     expect(socket.closed).toBeUndefined();
   }
   await Promise.all([senderSocket.close(), ...recipients.map(({ socket }) => socket.close())]);

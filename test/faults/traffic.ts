@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { api, registerAndLogin } from "../support/http.ts";
 import type { TestNode } from "../support/node.ts";
-import type { Frame } from "../support/ws.ts";
+import { ackOf, type Frame } from "../support/ws.ts";
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
 
@@ -54,7 +54,7 @@ class FaultClient {
         if (list) list.push(frame.id);
         else this.arrivals.set(stream, [frame.id]);
       }
-      this.ws.send(JSON.stringify({ type: "ack", ids: [frame.id] }));
+      this.ws.send(JSON.stringify(ackOf([frame])));
       return;
     }
     if ((frame.type === "accepted" || frame.type === "rejected" || frame.type === "error") && frame.id) {

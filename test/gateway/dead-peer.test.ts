@@ -4,7 +4,7 @@ import { connect, type Socket } from "node:net";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
-import { type Frame, TestSocket } from "../support/ws.ts";
+import { ackOf, type Frame, TestSocket } from "../support/ws.ts";
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
 
@@ -96,7 +96,7 @@ describe.each(STACKS)("dead peers on the %s stack", (stack) => {
       const frame = JSON.parse(String(event.data)) as Frame;
       if (frame.type !== "message") return;
       received.push(frame.id);
-      bobSocket.send({ type: "ack", ids: [frame.id] });
+      bobSocket.send(ackOf([frame]));
     });
     const deadline = Date.now() + 30_000;
     while (new Set(received).size < accepted.length && Date.now() < deadline) await Bun.sleep(20);

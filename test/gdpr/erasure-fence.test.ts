@@ -7,7 +7,7 @@ import { AMQP_URL, REDIS_URL, runPrefix, STACKS, type Stack, stackEnv } from "..
 import { api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN, type Backend, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
-import { type Frame, TestSocket } from "../support/ws.ts";
+import { ackOf, type Frame, TestSocket } from "../support/ws.ts";
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
 
@@ -241,7 +241,7 @@ describe.each(STACKS)("the erasure fence on the %s stack", (stack) => {
     for (;;) {
       const [message] = await bAgain.messages(1, 30_000);
       seen.push(message.id);
-      bAgain.send({ type: "ack", ids: [message.id] });
+      bAgain.send(ackOf([message]));
       if (message.id === marker.id) break;
     }
     expect(seen).not.toContain(erasedId);

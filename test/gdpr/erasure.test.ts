@@ -245,7 +245,7 @@ describe.each(STACKS)("erasure on the %s stack", (stack) => {
     const after: { id: string; from: string }[] = [];
     friendAfter.on("message", (f) => {
       after.push({ id: f.id, from: f.from.user });
-      friendAfter.ack([f.id]);
+      friendAfter.ack([f]);
     });
     await waitFor(async () => (after.some((m) => m.id === laterFromOther) ? true : undefined));
     await Bun.sleep(300);

@@ -3,7 +3,7 @@ import { sql } from "drizzle-orm";
 import { MAX_JSON_DEPTH } from "../../src/protocol/index.ts";
 import { type Api, api, registerAndLogin, relate, uniqueUsername } from "../support/http.ts";
 import { BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
-import { TestSocket } from "../support/ws.ts";
+import { ackFrom, TestSocket } from "../support/ws.ts";
 
 const nestedObjects = (depth: number) => `${'{"a":'.repeat(depth)}1${"}".repeat(depth)}`;
 const nestedArrays = (depth: number) => `${"[".repeat(depth)}${"]".repeat(depth)}`;
@@ -263,7 +263,7 @@ describe("ids are canonical at the edge", () => {
     const [message] = await recipient.messages(1);
     expect(message.id).toBe(id.toLowerCase());
     expect(message.from.user).toBe(alice.userId);
-    recipient.send({ type: "ack", ids: [id] });
+    recipient.send(ackFrom({ user: alice.userId.toUpperCase(), device: 1 }, [id]));
     await recipient.close();
     // Acked in upper case: nothing is redelivered on the next connection.
     const again = await TestSocket.open(node.url, bob.accessToken);

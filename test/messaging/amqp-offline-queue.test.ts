@@ -78,8 +78,8 @@ describe("RabbitMQ offline queue drains", () => {
     expect(queue.connectionCount).toBeGreaterThan(1);
     // Every device but the first acks only its first message, then goes away: the second goes back.
     const [first, ...rest] = drains;
-    await first?.ack((batches[0] ?? []).map((e) => e.id));
-    await Promise.all(rest.map((d, i) => d.ack([(batches[i + 1] ?? [])[0]?.id as string])));
+    await first?.ack(batches[0] ?? []);
+    await Promise.all(rest.map((d, i) => d.ack([(batches[i + 1] ?? [])[0] as StoredEnvelope])));
     await Promise.all(drains.map((d) => d.release()));
     expect(queue.channelsInUse).toBe(0);
     expect(await queue.depth(users[0] as string, 1)).toBe(0);

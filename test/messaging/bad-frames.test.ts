@@ -56,8 +56,28 @@ describe("WebSocket gateway against bad input", () => {
       ["null", "error"],
       [{ type: "no-such-type" }, "error"],
       [{ type: "ack" }, "error"],
-      [{ type: "ack", ids: ["not-a-uuid"] }, "error"],
-      [{ type: "ack", ids: [] }, "error"],
+      // The ids-only form: an id alone does not name a message (another sender may use it).
+      [{ type: "ack", ids: [randomUUID()] }, "error"],
+      [{ type: "ack", messages: [] }, "error"],
+      [{ type: "ack", messages: [{ id: "not-a-uuid", from: { user: randomUUID(), device: 1 } }] }, "error"],
+      [{ type: "ack", messages: [{ id: randomUUID() }] }, "error"],
+      [{ type: "ack", messages: [{ id: randomUUID(), from: { user: "me", device: 1 } }] }, "error"],
+      [{ type: "ack", messages: [{ id: randomUUID(), from: { user: randomUUID(), device: 0 } }] }, "error"],
+      [{ type: "ack", messages: [{ id: randomUUID(), from: { user: randomUUID(), device: 1.5 } }] }, "error"],
+      [
+        { type: "ack", messages: [{ id: randomUUID(), from: { user: randomUUID(), device: 1, x: 1 } }] },
+        "error",
+      ],
+      [
+        {
+          type: "ack",
+          messages: Array.from({ length: 1001 }, () => ({
+            id: randomUUID(),
+            from: { user: randomUUID(), device: 1 },
+          })),
+        },
+        "error",
+      ],
       [{ type: "presence.watch", users: "everyone" }, "error"],
       [{ type: "ping", extra: true }, "error"],
       [{ type: "send" }, "error"],

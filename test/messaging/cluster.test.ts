@@ -6,7 +6,7 @@ import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin, relate } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
-import { type Frame, TestSocket } from "../support/ws.ts";
+import { ackOf, type Frame, TestSocket } from "../support/ws.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
 const b64 = (text: string) => Buffer.from(text).toString("base64");
@@ -110,8 +110,9 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
       messages: [{ deviceId: 1, type: 3, body: b64("hi") }],
     });
     expect((await aliceSocket.reply(id)).type).toBe("accepted");
-    expect((await bobSocket.messages(1))[0]).toMatchObject({ id, from: { user: alice.userId } });
-    bobSocket.send({ type: "ack", ids: [id] });
+    const got = await bobSocket.messages(1);
+    expect(got[0]).toMatchObject({ id, from: { user: alice.userId } });
+    bobSocket.send(ackOf(got));
     await Promise.all([aliceSocket.close(), bobSocket.close()]);
   });
 
@@ -159,7 +160,7 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
         seen.add(frame.id);
         order.push(frame.id);
       }
-      bobSocket.send({ type: "ack", ids: [frame.id] });
+      bobSocket.send(ackOf([frame]));
     });
 
     const accepted: string[] = [];

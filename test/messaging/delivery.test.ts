@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { type Api, api, registerAndLogin, relate } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
-import { TestSocket } from "../support/ws.ts";
+import { ackOf, TestSocket } from "../support/ws.ts";
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
 
@@ -66,8 +66,8 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
       envelope: { type: 3, body: b64("for device 1") },
     });
     expect(m2.envelope.body).toBe(b64("for device 2"));
-    b1.send({ type: "ack", ids: [id] });
-    b2.send({ type: "ack", ids: [id] });
+    b1.send(ackOf([m1]));
+    b2.send(ackOf([m2]));
     await Bun.sleep(200);
     expect(b1.pendingMessages()).toHaveLength(0);
     await Promise.all([a.close(), b1.close(), b2.close()]);
@@ -146,6 +146,65 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     await Promise.all([a.close(), b.close()]);
   });
 
+  // Ids are chosen by senders: Mallory, who learned the id of Alice's message to Bob (a group
+  // message all three received), sends Bob her own message with it. Each must reach Bob, and
+  // Bob's ack of one must not acknowledge the other (docs/PROTOCOL.md, `ack`).
+  test("another sender's message with the same id neither hides a live message nor is acked with it", async () => {
+    const [alice, bob, mallory] = [await user(), await user(), await user()];
+    const b = await connect(bob.sessions[0].accessToken);
+    const a = await connect(alice.sessions[0].accessToken);
+    const m = await connect(mallory.sessions[0].accessToken);
+    const id = randomUUID();
+    m.send(direct(id, bob.userId, { 1: "from mallory" }));
+    expect((await m.reply(id)).type).toBe("accepted");
+    const [fromMallory] = await b.messages(1);
+    a.send(direct(id, bob.userId, { 1: "from alice" }));
+    expect((await a.reply(id)).type).toBe("accepted");
+    const [fromAlice] = await b.messages(1, 10_000);
+    expect(fromAlice).toMatchObject({
+      id,
+      from: { user: alice.userId, device: 1 },
+      envelope: { body: b64("from alice") },
+    });
+    // Bob has Mallory's only: his ack names hers, and Alice's comes again on his next connection.
+    b.send(ackOf([fromMallory]));
+    await b.close();
+    const again = await connect(bob.sessions[0].accessToken);
+    const [redelivered] = await again.messages(1, 10_000);
+    expect(redelivered).toMatchObject({
+      id,
+      from: { user: alice.userId },
+      envelope: { body: b64("from alice") },
+    });
+    again.send(ackOf([redelivered]));
+    await Bun.sleep(300);
+    expect(again.pendingMessages()).toHaveLength(0);
+    await Promise.all([a.close(), m.close(), again.close()]);
+  });
+
+  test("another sender's message with the same id, queued first for an offline device, does not hide the other", async () => {
+    const [alice, bob, mallory] = [await user(), await user(), await user()];
+    const a = await connect(alice.sessions[0].accessToken);
+    const m = await connect(mallory.sessions[0].accessToken);
+    const id = randomUUID();
+    m.send(direct(id, bob.userId, { 1: "from mallory" }));
+    expect((await m.reply(id)).type).toBe("accepted");
+    a.send(direct(id, bob.userId, { 1: "from alice" }));
+    expect((await a.reply(id)).type).toBe("accepted");
+    const b = await connect(bob.sessions[0].accessToken);
+    const got = await b.messages(2, 10_000);
+    expect(got.map((f) => [f.from.user, Buffer.from(f.envelope.body, "base64").toString()])).toEqual([
+      [mallory.userId, "from mallory"],
+      [alice.userId, "from alice"],
+    ]);
+    b.send(ackOf(got));
+    await b.close();
+    const again = await connect(bob.sessions[0].accessToken);
+    await Bun.sleep(500);
+    expect(again.pendingMessages()).toHaveLength(0);
+    await Promise.all([a.close(), m.close(), again.close()]);
+  });
+
   test("messages for an offline device wait and arrive in order on reconnect, then live ones follow", async () => {
     const alice = await user();
     const bob = await user();
@@ -164,7 +223,7 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     a.send(direct(live, bob.userId, { 1: "live" }));
     const [next] = await b.messages(1);
     expect(next.id).toBe(live);
-    b.send({ type: "ack", ids: [...ids, live] });
+    b.send(ackOf([...queued, next]));
     await Bun.sleep(300);
     await b.close();
     const again = await connect(bob.sessions[0].accessToken);
@@ -208,7 +267,7 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     }
     const got = await b.messages(3);
     expect(got.map((m) => m.id)).toEqual(ids);
-    b.send({ type: "ack", ids: [ids[0]] });
+    b.send(ackOf(got.slice(0, 1)));
     await Bun.sleep(200);
     await b.close();
     const again = await connect(bob.sessions[0].accessToken);
@@ -228,9 +287,10 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     const ids = Array.from({ length: 20 }, () => randomUUID());
     for (const id of ids) a.send(direct(id, bob.userId, { 1: id }));
     for (const id of ids) await a.reply(id);
-    expect((await b.messages(20)).map((m) => m.id)).toEqual(ids);
+    const got = await b.messages(20);
+    expect(got.map((m) => m.id)).toEqual(ids);
     // The ack and the close leave together, as a client that acks on its way out does.
-    b.send({ type: "ack", ids });
+    b.send(ackOf(got));
     await b.close();
     const again = await connect(bob.sessions[0].accessToken);
     // Queued envelopes are delivered before live ones: if any acked one came back, it would be first.

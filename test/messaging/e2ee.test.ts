@@ -15,7 +15,7 @@ async function person(node: TestNode) {
   const waiters: (() => void)[] = [];
   socket.on("message", (frame) => {
     inbox.push(frame);
-    socket.ack([frame.id]);
+    socket.ack([frame]);
     for (const w of waiters.splice(0)) w();
   });
   const next = async (timeoutMs = 10_000): Promise<MessageFrame> => {
@@ -76,7 +76,7 @@ describe.each(STACKS)("Signal-encrypted chat through the gateway on the %s stack
     const received: string[] = [];
     back.on("message", async (frame) => {
       received.push(await bob.client.decryptText(frame));
-      back.ack([frame.id]);
+      back.ack([frame]);
     });
     const deadline = Date.now() + 10_000;
     while (received.length < 3 && Date.now() < deadline) await Bun.sleep(50);

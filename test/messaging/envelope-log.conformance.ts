@@ -85,7 +85,7 @@ export function describeEnvelopeLog(
       expect(await log.appendGroup(message, recipients)).toBe(true);
       const last = users[4_999] as string;
       expect(await log.undelivered(last)).toEqual([copyFor(message, last, 1), copyFor(message, last, 2)]);
-      expect(await log.ack(last, 2, [message.id])).toBe(1);
+      expect(await log.ack(last, 2, [message])).toBe(1);
       expect(await log.undelivered(last)).toEqual([copyFor(message, last, 1)]);
     }, 30_000);
 
@@ -93,15 +93,15 @@ export function describeEnvelopeLog(
       const [a, b] = [randomUUID(), randomUUID()];
       const message = groupMessage();
       await log.appendGroup(message, { [a]: [1], [b]: [1] });
-      expect(await log.ack(a, 1, [message.id])).toBe(1);
-      expect(await log.ack(a, 1, [message.id])).toBe(0);
+      expect(await log.ack(a, 1, [message])).toBe(1);
+      expect(await log.ack(a, 1, [message])).toBe(0);
       expect(await log.expandStale(0)).toEqual([]);
       expect(await log.undelivered(a)).toEqual([]);
       expect(await log.undelivered(b)).toEqual([copyFor(message, b, 1)]);
       const [meta] = await log.metadataOf(a);
       expect(meta).toMatchObject({ id: message.id, state: "acked", groupId: message.groupId });
       // A `queued` mark after the ack does not move it back.
-      await log.markQueued(a, 1, [message.id]);
+      await log.markQueued(a, 1, [message]);
       expect(await log.undelivered(a)).toEqual([]);
     });
 
@@ -109,11 +109,11 @@ export function describeEnvelopeLog(
       const a = randomUUID();
       const message = groupMessage();
       await log.appendGroup(message, { [a]: [1, 2] });
-      await log.markQueued(a, 1, [message.id]);
+      await log.markQueued(a, 1, [message]);
       expect(await log.undelivered(a, { state: "queued" })).toEqual([copyFor(message, a, 1)]);
       expect(await log.undelivered(a, { state: "pending" })).toEqual([copyFor(message, a, 2)]);
-      expect(await log.ack(a, 1, [message.id])).toBe(1);
-      await log.markQueued(a, 1, [message.id]);
+      expect(await log.ack(a, 1, [message])).toBe(1);
+      await log.markQueued(a, 1, [message]);
       expect(await log.undelivered(a, { device: 1 })).toEqual([]);
     });
 
@@ -123,7 +123,7 @@ export function describeEnvelopeLog(
       const messages = [1, 2, 3].map((n) => groupMessage({ groupId, ts: 1_000 + n }));
       for (const message of messages) await log.appendGroup(message, { [a]: [1], [b]: [1] });
       // A's ack of the last one comes first: B's copies must still come back oldest first.
-      await log.ack(a, 1, [(messages[2] as GroupEnvelope).id]);
+      await log.ack(a, 1, [messages[2] as GroupEnvelope]);
       expect((await log.undelivered(b)).map((e) => e.id)).toEqual(messages.map((m) => m.id));
       expect((await log.undelivered(a)).map((e) => e.id)).toEqual(messages.slice(0, 2).map((m) => m.id));
     });
@@ -134,7 +134,7 @@ export function describeEnvelopeLog(
         const [a, b] = [randomUUID(), randomUUID()];
         const message = groupMessage({ ts: Date.now() - 60_000 });
         await log.appendGroup(message, { [a]: [1], [b]: [3, 4] });
-        await log.ack(b, 3, [message.id]);
+        await log.ack(b, 3, [message]);
         // The ack expanded it already: nothing left for the sweep.
         expect(await log.expandStale(10_000)).toEqual([]);
         const later = groupMessage({ ts: Date.now() - 60_000 });
@@ -290,7 +290,7 @@ export function describeEnvelopeLog(
       const b = envelope({ recipientUser, recipientDevice: 2 });
       const c = envelope({ recipientUser, recipientDevice: 2 });
       await log.append([a, b, c]);
-      await log.markQueued(recipientUser, 2, [b.id]);
+      await log.markQueued(recipientUser, 2, [b]);
       expect((await log.undelivered(recipientUser, { device: 2 })).map((e) => e.id)).toEqual([b.id, c.id]);
       expect((await log.undelivered(recipientUser, { state: "queued" })).map((e) => e.id)).toEqual([b.id]);
       expect((await log.undelivered(recipientUser, { state: "pending" })).map((e) => e.id)).toEqual([
@@ -309,10 +309,10 @@ export function describeEnvelopeLog(
       ]);
       await log.append(held.flat());
       // The first of each is acked, the second flushed to the offline queue, the third left pending.
-      await Promise.all(held.map(([a]) => log.ack(a?.recipientUser as string, 1, [a?.id as string])));
+      await Promise.all(held.map(([a]) => log.ack(a?.recipientUser as string, 1, [a as StoredEnvelope])));
       await Promise.all(
         held.map(([a, b]) =>
-          log.markQueued(b?.recipientUser as string, 1, [a?.id as string, b?.id as string]),
+          log.markQueued(b?.recipientUser as string, 1, [a as StoredEnvelope, b as StoredEnvelope]),
         ),
       );
       for (const [a, b, c] of held) {
@@ -329,8 +329,8 @@ export function describeEnvelopeLog(
     test("ack drops the ciphertext, removes the envelope from undelivered, and counts only new acks", async () => {
       const e = envelope();
       await log.append([e]);
-      expect(await log.ack(e.recipientUser, e.recipientDevice, [e.id])).toBe(1);
-      expect(await log.ack(e.recipientUser, e.recipientDevice, [e.id])).toBe(0);
+      expect(await log.ack(e.recipientUser, e.recipientDevice, [e])).toBe(1);
+      expect(await log.ack(e.recipientUser, e.recipientDevice, [e])).toBe(0);
       expect(await log.undelivered(e.recipientUser)).toEqual([]);
       const [meta] = await log.metadataOf(e.recipientUser);
       expect(meta).toMatchObject({ id: e.id, state: "acked", senderUser: e.senderUser });
@@ -341,7 +341,7 @@ export function describeEnvelopeLog(
       const e = envelope({ recipientDevice: 1 });
       const twin = { ...e, recipientDevice: 2 };
       await log.append([e, twin]);
-      await log.ack(e.recipientUser, 2, [e.id]);
+      await log.ack(e.recipientUser, 2, [e]);
       expect((await log.undelivered(e.recipientUser)).map((x) => x.recipientDevice)).toEqual([1]);
     });
 
@@ -349,9 +349,56 @@ export function describeEnvelopeLog(
       const e = envelope({ recipientDevice: 3 });
       await log.append([e]);
       const stranger = randomUUID();
-      expect(await log.ack(stranger, 3, [e.id])).toBe(0);
-      expect(await log.ack(e.senderUser, e.senderDevice, [e.id])).toBe(0);
+      expect(await log.ack(stranger, 3, [e])).toBe(0);
+      expect(await log.ack(e.senderUser, e.senderDevice, [e])).toBe(0);
       expect((await log.undelivered(e.recipientUser)).map((x) => x.body)).toEqual([e.body]);
+    });
+
+    // Ids are chosen by senders (docs/PROTOCOL.md): one who learned another sender's id (a group
+    // message both received) can send the same recipient device a message with it. Acks and
+    // `queued` marks name an envelope by id and sender device, so neither reaches the other's.
+    test("an ack names one envelope by id and sender device: the same id from another sender or sender device stays unacked", async () => {
+      const first = envelope();
+      const otherSender = {
+        ...first,
+        senderUser: randomUUID(),
+        body: Buffer.from("other").toString("base64"),
+      };
+      const otherDevice = { ...first, senderDevice: 2, body: Buffer.from("device 2").toString("base64") };
+      await log.append([first, otherSender, otherDevice]);
+      expect(await log.ack(first.recipientUser, 1, [otherSender])).toBe(1);
+      expect(await log.undelivered(first.recipientUser)).toEqual([first, otherDevice]);
+      expect(await log.ack(first.recipientUser, 1, [first])).toBe(1);
+      expect(await log.undelivered(first.recipientUser)).toEqual([otherDevice]);
+      // An ack naming the id with a sender that never sent it acknowledges nothing.
+      expect(await log.ack(first.recipientUser, 1, [{ ...first, senderUser: randomUUID() }])).toBe(0);
+      expect(await log.undelivered(first.recipientUser)).toEqual([otherDevice]);
+    });
+
+    test("a queued mark names one envelope by id and sender device: the same id from another sender stays pending", async () => {
+      const first = envelope();
+      const otherSender = { ...first, senderUser: randomUUID() };
+      await log.append([first, otherSender]);
+      await log.markQueued(first.recipientUser, 1, [first]);
+      expect(await log.undelivered(first.recipientUser, { state: "queued" })).toEqual([first]);
+      expect(await log.undelivered(first.recipientUser, { state: "pending" })).toEqual([otherSender]);
+    });
+
+    test("a group message and another sender's 1:1 envelope with its id: acking one leaves the other", async () => {
+      const bob = randomUUID();
+      const message = groupMessage();
+      await log.appendGroup(message, { [bob]: [1] });
+      // Not expanded yet (expandInBackground off): the ack must still find only the group's row.
+      const copied = envelope({ id: message.id, recipientUser: bob, recipientDevice: 1 });
+      await log.append([copied]);
+      expect(await log.ack(bob, 1, [copied])).toBe(1);
+      expect(await log.undelivered(bob)).toEqual([copyFor(message, bob, 1)]);
+      const second = groupMessage();
+      await log.appendGroup(second, { [bob]: [1] });
+      const decoy = envelope({ id: second.id, recipientUser: bob, recipientDevice: 1 });
+      await log.append([decoy]);
+      expect(await log.ack(bob, 1, [second])).toBe(1);
+      expect(await log.undelivered(bob)).toEqual([copyFor(message, bob, 1), decoy]);
     });
 
     test("metadataOf lists envelopes sent by and to the user, without ciphertext", async () => {

@@ -83,9 +83,11 @@ describe("group messages on PostgreSQL, written from two nodes at once", () => {
         // Users 0-9 ack on the sender's node, 10-19 ack on the other, 20-29 are flushed to their
         // queue on the other and then ack there, 30-39 do nothing: all while the expansion runs.
         for (const [i, user] of users.entries()) {
-          if (i < 10) writes.push(sender.ack(user, 1, [id]));
-          else if (i < 20) writes.push(other.ack(user, 1, [id]));
-          else if (i < 30) writes.push(other.markQueued(user, 1, [id]).then(() => other.ack(user, 1, [id])));
+          if (i < 10) writes.push(sender.ack(user, 1, [message]));
+          else if (i < 20) writes.push(other.ack(user, 1, [message]));
+          else if (i < 30) {
+            writes.push(other.markQueued(user, 1, [message]).then(() => other.ack(user, 1, [message])));
+          }
         }
       }
       await Promise.all(writes);

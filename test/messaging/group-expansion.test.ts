@@ -12,7 +12,7 @@ import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { type Api, api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase } from "../support/postgres.ts";
-import { TestSocket } from "../support/ws.ts";
+import { ackOf, type Frame, TestSocket } from "../support/ws.ts";
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
 
@@ -60,8 +60,9 @@ async function warmUp(node: TestNode, sender: TestSocket, groupId: string, recei
   sender.send({ type: "send", id, to: { group: groupId }, message: { type: 7, body: b64("warm-up") } });
   expect((await sender.reply(id)).type).toBe("accepted");
   for (const receiver of receivers) {
-    expect((await receiver.messages(1))[0]).toMatchObject({ id });
-    receiver.send({ type: "ack", ids: [id] });
+    const got = await receiver.messages(1);
+    expect(got[0]).toMatchObject({ id });
+    receiver.send(ackOf(got));
   }
   for (let i = 0; i < 100 && (await unexpanded(node)) > 0; i++) await Bun.sleep(100);
   expect(await unexpanded(node)).toBe(0);
@@ -86,9 +87,10 @@ describe.each(STACKS)("group messages stored once, on the %s stack", (stack) => 
       const id = randomUUID();
       a.send({ type: "send", id, to: { group: groupId }, message: { type: 7, body: b64("hello") } });
       expect((await a.reply(id)).type).toBe("accepted");
-      expect((await b.messages(1))[0]).toMatchObject({ id, group: groupId });
+      const got = await b.messages(1);
+      expect(got[0]).toMatchObject({ id, group: groupId });
       expect(await unexpanded(node)).toBe(1);
-      b.send({ type: "ack", ids: [id] });
+      b.send(ackOf(got));
       // The ack's write expands the message first (polled: the ack is group-committed).
       for (let i = 0; i < 100 && (await unexpanded(node)) > 0; i++) await Bun.sleep(100);
       expect(await unexpanded(node)).toBe(0);
@@ -149,7 +151,7 @@ describe.each(STACKS)("group messages stored once, on the %s stack", (stack) => 
         const [got] = await socket.messages(1, 30_000);
         expect(got).toMatchObject({ id, group: groupId, from: { user: alice.userId, device: 1 } });
         expect(Buffer.from(got?.envelope.body, "base64").toString()).toBe("before the crash");
-        socket.send({ type: "ack", ids: [id] });
+        socket.send(ackOf([got as Frame]));
         await Bun.sleep(300);
         await socket.close();
       }

@@ -8,7 +8,7 @@ import { sweepIdleQueues } from "../../src/messaging/queue-sweep.ts";
 import { AMQP_URL, runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { type Api, api, registerAndLogin } from "../support/http.ts";
 import { socketState, startTestNode, startTwoNodes, type TestNode } from "../support/node.ts";
-import { type Frame, sendDirect, TestSocket, waitUntil } from "../support/ws.ts";
+import { ackOf, type Frame, sendDirect, TestSocket, waitUntil } from "../support/ws.ts";
 
 /** Iterations of each race loop (RACE_ROUNDS in the environment: more, to chase a rare ordering). */
 const RACE_ROUNDS = Number(process.env.RACE_ROUNDS ?? 50);
@@ -93,7 +93,7 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     const first = await connectAs(bob.accessToken);
     const drained = await first.messages(3);
     expect(drained.map((m) => m.id)).toEqual(ids);
-    first.send({ type: "ack", ids: ids.slice(0, 2) });
+    first.send(ackOf(drained.slice(0, 2)));
     await first.close();
     // The unacked one went back to the queue, which stayed.
     await waitUntil(async () => (await offline.depth(bob.userId, 1)) === 1, "the unacked message back");
@@ -101,7 +101,7 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     const second = await connectAs(bob.accessToken);
     const [left] = await second.messages(1);
     expect(left?.id).toBe(ids[2]);
-    second.send({ type: "ack", ids: [ids[2]] });
+    second.send(ackOf([left as Frame]));
     await waitUntil(async () => !(await queueExists(amqp, bob.queue)), "the drained queue to be removed");
     // Live delivery goes on without a queue.
     const [live] = await sendDirect(a, bob.userId, 1, "live");
@@ -126,7 +126,7 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
       sockets.map(async (socket, i) => {
         const drained = await socket.messages(12);
         expect(drained.map((m) => m.id)).toEqual(sent[i] as string[]);
-        for (const m of drained) socket.send({ type: "ack", ids: [m.id] });
+        for (const m of drained) socket.send(ackOf([m]));
       }),
     );
     await Promise.all(
@@ -181,13 +181,13 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     await node.messaging.queueEmptied({ userId: frank.userId, deviceId: 1 });
     // The actor checks the log (the envelope is still `queued` there) and keeps the queue; a later
     // message in the same mailbox proves the report was handled.
-    await node.actors.ask(userKey(frank.userId), { type: "ack", deviceId: 1, ids: [] });
+    await node.actors.ask(userKey(frank.userId), { type: "ack", deviceId: 1, envelopes: [] });
     expect(await queueExists(amqp, frank.queue)).toBe(true);
     await holder.close();
     const again = await connectAs(frank.accessToken);
     const [back] = await again.messages(1);
     expect(back?.id).toBe(id);
-    again.send({ type: "ack", ids: [id] });
+    again.send(ackOf([back as Frame]));
     await waitUntil(
       async () => !(await queueExists(amqp, frank.queue)),
       "frank's drained queue to be removed",
@@ -220,7 +220,7 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
       const socket = await connectAs(t.accessToken);
       const got = await socket.messages(ids.length, 30_000);
       expect(got.map((m) => m.id)).toEqual(ids);
-      socket.send({ type: "ack", ids });
+      socket.send(ackOf(got));
       await waitUntil(async () => !(await queueExists(amqp, t.queue)), "the drained queue to be removed");
       await socket.close();
     }
@@ -236,7 +236,7 @@ describe("offline queues follow the backlog (PostgreSQL, Redis, RabbitMQ)", () =
     const collect = (frames: Frame[], socket: TestSocket) => {
       const ids = frames.map((f) => f.id as string);
       for (const id of ids) received.add(id);
-      if (ids.length > 0) socket.send({ type: "ack", ids });
+      if (ids.length > 0) socket.send(ackOf(frames));
     };
     for (let round = 0; round < RACE_ROUNDS; round++) {
       const g = await connectAs(gina.accessToken);
@@ -330,7 +330,7 @@ describe("a flush after another node removed the queue (RabbitMQ)", () => {
         for (let next = await drain.next(100); next.length > 0; next = await drain.next(100))
           got.push(...next);
         expect(got.map((e) => e.id)).toEqual(batch.map((e) => e.id));
-        await drain.ack(got.map((e) => e.id));
+        await drain.ack(got);
         expect(drain.emptied).toBe(true);
         await drain.release();
         // Removed by the other node: the flusher still believes it declared the queue.
@@ -461,7 +461,7 @@ describe("a reconnect while the old socket's drain holds the messages (two nodes
           throw new Error(`${(error as Error).message}: ${JSON.stringify(state)}`);
         });
         expect(got.map((m) => m.id)).toEqual(ids);
-        fresh.send({ type: "ack", ids });
+        fresh.send(ackOf(got));
         await waitUntil(
           async () => (await a.log.undelivered(gina.userId)).length === 0,
           "the acks in the log",
@@ -508,7 +508,7 @@ describe("a reconnect while the old socket's drain holds the messages (two nodes
           throw new Error(`${(error as Error).message}: ${JSON.stringify(state)}`);
         });
         expect(got.map((m) => m.id)).toEqual(ids);
-        fresh.send({ type: "ack", ids });
+        fresh.send(ackOf(got));
         await waitUntil(
           async () => (await a.log.undelivered(hana.userId)).length === 0,
           "the acks in the log",

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { AmqpOfflineQueue } from "../../src/messaging/amqp-offline-queue.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { socketState, startTwoNodes, type TestNode } from "../support/node.ts";
-import { sendDirect, TestSocket, waitUntil } from "../support/ws.ts";
+import { ackOf, sendDirect, TestSocket, waitUntil } from "../support/ws.ts";
 
 /** Counts the queue reads (`next` calls) of the drains `node` opens for `userId`. */
 function countReads(node: TestNode, userId: string): { drains: number; reads: number } {
@@ -94,7 +94,7 @@ describe("a device reconnecting in a tight loop across two nodes, never acking",
       // Each message once on the last socket: a second copy on one socket is beyond at-least-once.
       expect(last.pendingMessages().map((m) => m.id)).toEqual([]);
       expect(last.closed).toBeUndefined();
-      last.send({ type: "ack", ids });
+      last.send(ackOf(got));
       await waitUntil(async () => (await a.log.undelivered(gina.userId)).length === 0, "the acks in the log");
       console.log(
         `drains opened a=${onA.drains} b=${onB.drains}, queue reads a=${onA.reads} b=${onB.reads} for 12 sockets`,

@@ -5,7 +5,7 @@ import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode } from "../support/node.ts";
 import { createTestDatabase } from "../support/postgres.ts";
-import { TestSocket } from "../support/ws.ts";
+import { ackOf, TestSocket } from "../support/ws.ts";
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
 
@@ -50,7 +50,7 @@ describe.each(STACKS)("a server restart on the %s stack", (stack) => {
       expect(got.map((m) => Buffer.from(m.envelope.body, "base64").toString())).toEqual(
         ids.map((_, i) => `#${i}`),
       );
-      again.send({ type: "ack", ids });
+      again.send(ackOf(got));
       await Bun.sleep(300);
       await again.close();
       const third = await TestSocket.open(second.url, bob.accessToken);

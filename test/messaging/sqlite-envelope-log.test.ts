@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openDatabase } from "../../src/db/index.ts";
 import { adoptPgliteLog } from "../../src/messaging/adopt-pglite-log.ts";
+import type { StoredEnvelope } from "../../src/messaging/envelope.ts";
 import { PostgresEnvelopeLog } from "../../src/messaging/postgres-envelope-log.ts";
 import { SqliteEnvelopeLog } from "../../src/messaging/sqlite-envelope-log.ts";
 
@@ -54,8 +55,8 @@ describe("the embedded SQLite envelope log", () => {
     await log.append([a, b]);
     const [appended, acked, queued] = await Promise.all([
       log.append([c]),
-      log.ack(recipient, 1, [a.id, randomUUID()]),
-      log.markQueued(recipient, 1, [b.id]),
+      log.ack(recipient, 1, [a, { ...a, id: randomUUID() }]),
+      log.markQueued(recipient, 1, [b]),
     ]);
     expect(appended).toEqual([true]);
     expect(acked).toBe(1);
@@ -74,8 +75,8 @@ describe("the embedded SQLite envelope log", () => {
     await log.close();
     expect(await appending).toEqual([true]);
     await expect(log.append([envelope(recipient)])).rejects.toThrow("envelope log is closed");
-    await expect(log.ack(recipient, 1, [first.id])).rejects.toThrow("envelope log is closed");
-    await expect(log.markQueued(recipient, 1, [first.id])).rejects.toThrow("envelope log is closed");
+    await expect(log.ack(recipient, 1, [first])).rejects.toThrow("envelope log is closed");
+    await expect(log.markQueued(recipient, 1, [first])).rejects.toThrow("envelope log is closed");
     await expect(log.undelivered(recipient)).rejects.toThrow("envelope log is closed");
     await log.close();
     const reopened = await SqliteEnvelopeLog.open(join(dir, "closed.db"));
@@ -110,17 +111,21 @@ describe("an embedded data directory from before the log moved to SQLite", () =>
         type: 3,
         body: Buffer.from(`old ${i}`).toString("base64"),
       }));
+      // Ids are the senders': rows 4 and 5 reuse the acked row 3's and the queued row 1's ids, from
+      // other senders, and keep their own state (pending) through the move.
+      Object.assign(rows[4] as StoredEnvelope, { id: rows[3]?.id });
+      Object.assign(rows[5] as StoredEnvelope, { id: rows[1]?.id });
       await old.append(rows);
-      await old.markQueued(recipient, 1, [rows[1]?.id as string, rows[2]?.id as string]);
-      await old.ack(recipient, 1, [rows[3]?.id as string]);
+      await old.markQueued(recipient, 1, [rows[1] as StoredEnvelope, rows[2] as StoredEnvelope]);
+      await old.ack(recipient, 1, [rows[3] as StoredEnvelope]);
 
       expect(await adoptPgliteLog(database.db, log)).toBe(7);
       const pending = await log.undelivered(recipient, { state: "pending" });
       const queued = await log.undelivered(recipient, { state: "queued" });
-      expect(pending.map((e) => e.id)).toEqual([0, 4, 5, 6].map((i) => rows[i]?.id));
-      expect(queued.map((e) => e.id)).toEqual([1, 2].map((i) => rows[i]?.id));
-      expect(pending[0]).toEqual(rows[0] as (typeof pending)[0]);
-      expect((await log.metadataOf(recipient)).find((m) => m.id === rows[3]?.id)?.state).toBe("acked");
+      expect(pending).toEqual([0, 4, 5, 6].map((i) => rows[i] as StoredEnvelope));
+      expect(queued).toEqual([1, 2].map((i) => rows[i] as StoredEnvelope));
+      const acked = (await log.metadataOf(recipient)).filter((m) => m.state === "acked");
+      expect(acked.map((m) => `${m.senderUser}/${m.id}`)).toEqual([`${rows[3]?.senderUser}/${rows[3]?.id}`]);
       expect(await old.metadataOf(recipient)).toEqual([]);
       // Nothing left to move: a second start moves nothing.
       expect(await adoptPgliteLog(database.db, log)).toBe(0);

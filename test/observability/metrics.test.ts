@@ -7,7 +7,7 @@ import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
-import { TestSocket } from "../support/ws.ts";
+import { ackOf, TestSocket } from "../support/ws.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
 const RULES = join(ROOT, "deploy/prometheus/clearbox-alerts.yml");
@@ -210,7 +210,7 @@ describe("messaging metrics of two nodes on PostgreSQL, Redis and RabbitMQ", () 
     };
     expect((await send(bob.userId, [1])).type).toBe("accepted");
     const [live] = await bobSocket.messages(1, 30_000);
-    bobSocket.send({ type: "ack", ids: [live.id] });
+    bobSocket.send(ackOf([live]));
     expect((await send(carol.userId, [1])).type).toBe("accepted");
     expect(await send(carol.userId, [1, 2])).toMatchObject({ type: "rejected", code: "mismatched_devices" });
     // Carol was offline: her envelope reaches her queue (once the actor flushed it), then her socket.
@@ -225,7 +225,7 @@ describe("messaging metrics of two nodes on PostgreSQL, Redis and RabbitMQ", () 
     );
     const carolSocket = await TestSocket.open(b.url, carol.accessToken);
     const [drained] = await carolSocket.messages(1, 30_000);
-    carolSocket.send({ type: "ack", ids: [drained.id] });
+    carolSocket.send(ackOf([drained]));
     // Wrong passwords until the login throttle refuses (429).
     let throttled = false;
     for (let i = 0; i < 20 && !throttled; i++) {

@@ -135,6 +135,16 @@ export class TestSocket {
   }
 }
 
+/** An `ack` frame for these received `message` frames: each named by its `id` and `from` (docs/PROTOCOL.md). */
+export function ackOf(messages: readonly Frame[]): Frame {
+  return { type: "ack", messages: messages.map((m) => ({ id: m.id, from: m.from })) };
+}
+
+/** An `ack` frame for messages with these ids, all sent by one device (`user`, `device`). */
+export function ackFrom(from: { user: string; device: number }, ids: readonly string[]): Frame {
+  return { type: "ack", messages: ids.map((id) => ({ id, from })) };
+}
+
 /**
  * Sends `count` 1:1 messages from `from` to user `to`'s device 1 (type 3, bodies "`label` 0", "`label`
  * 1", … in base64), then waits for each one's `accepted` (15 s each; a `rejected` fails the test).

@@ -101,7 +101,7 @@ describe("native TLS on the public and admin listeners", () => {
         const received = new Promise<string>((resolve, reject) => {
           bobSocket.on("message", (frame) => {
             bob.decryptText({ from: frame.from, envelope: frame.envelope }).then(resolve, reject);
-            bobSocket.ack([frame.id]);
+            bobSocket.ack([frame]);
           });
         });
         const answer = await aliceSocket.sendToUser(
