@@ -12,6 +12,21 @@ import {
 } from "./model.ts";
 import { keepAnAdmin, lockGroups, type Succession, type Tx } from "./succession.ts";
 
+/**
+ * Advisory lock class (the two-key form of `pg_advisory_xact_lock`, PostgreSQL manual, "Advisory
+ * Lock Functions") under which invitations to a user are serialised: their caps count the
+ * invitee's pending invitations, and two transactions counting at once would each see room for one.
+ */
+const INVITEE_LOCK_CLASS = 0x696e_7669; // "invi"
+
+/** Invitees share this many locks (by user id): a creation inviting 9,999 takes at most this many. */
+const INVITEE_LOCK_BUCKETS = 256;
+
+/** The lock bucket of a user id (a server-made UUID: its first 32 bits are random). */
+function inviteeBucket(userId: string): number {
+  return Number.parseInt(userId.slice(0, 8), 16) % INVITEE_LOCK_BUCKETS;
+}
+
 export interface GroupInfo {
   groupId: string;
   name: string;
@@ -84,7 +99,10 @@ export class GroupService {
    * the account's row first (inside `tx`), so two creations or acceptances at once cannot both pass.
    */
   private async assertRoomForAnotherGroup(tx: Tx, userId: string): Promise<void> {
-    await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId)).for("update");
+    // NO KEY UPDATE: serialises this user's creations and joins, and still lets another transaction
+    // insert an invitation naming them (its foreign key check takes KEY SHARE on this row) while
+    // it holds their invitee lock, which this transaction may wait for next (`lockInvitees`).
+    await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId)).for("no key update");
     const [{ n }] = await tx.select({ n: count() }).from(groupMembers).where(eq(groupMembers.userId, userId));
     if (n >= MAX_GROUPS_PER_USER) {
       throw new DomainError(
@@ -118,6 +136,7 @@ export class GroupService {
     const skip = new Set([...present, ...invited, ...blockers].map((r) => r.userId));
     const fresh = invitees.filter((u) => !skip.has(u));
     if (fresh.length === 0) return [];
+    await this.lockInvitees(tx, fresh);
     const [{ members }] = await tx
       .select({ members: count() })
       .from(groupMembers)
@@ -159,6 +178,19 @@ export class GroupService {
       .values(fresh.map((userId) => ({ groupId, userId, invitedBy: inviter })))
       .onConflictDoNothing();
     return fresh;
+  }
+
+  /**
+   * Serialises invitations to these users until `tx` ends, so the caps `invite` counts hold under
+   * concurrent invitations (from other groups, which their own group locks do not exclude). The
+   * buckets are taken in ascending order in one statement, so two transactions never wait on each other.
+   */
+  private async lockInvitees(tx: Tx, invitees: readonly string[]): Promise<void> {
+    const buckets = [...new Set(invitees.map(inviteeBucket))].sort((a, b) => a - b);
+    await tx.execute(
+      sql`select pg_advisory_xact_lock(${sql.raw(String(INVITEE_LOCK_CLASS))}, b)
+        from unnest(${sql.raw(`'{${buckets.join(",")}}'`)}::int[]) as b`,
+    );
   }
 
   /**
