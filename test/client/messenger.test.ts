@@ -300,6 +300,53 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     b.client.close();
   });
 
+  // Ids are chosen by senders: Mallory, having learned the id of a message of Alice's (a group
+  // message all three received), sends Bob a message with it first, readable or not. Bob's
+  // Messenger must still show Alice's, and keep both apart in its history.
+  test("another sender's message with the same id, readable or not, hides nothing of the first sender's", async () => {
+    const a = await chatter(node.url, "alice");
+    const b = await chatter(node.url, "bob");
+    const m = await chatter(node.url, "mallory");
+    const undecryptable: string[] = [];
+    b.messenger.on("undecryptable", (u) => undecryptable.push(u.from.user));
+    b.messenger.start();
+    await until(() => b.messenger.isOnline, "bob online");
+    const [aliceSocket, mallorySocket] = await Promise.all([a.client.connect(), m.client.connect()]);
+    const text = (t: string) => JSON.stringify({ v: 1, t: "text", text: t });
+    const [readable, unreadable] = [crypto.randomUUID(), crypto.randomUUID()];
+    // Mallory first: a message Bob can read, and one he cannot (not a Signal message at all).
+    const fromMallory = await m.client.encrypt(b.client.userId, text("mallory's, same id"));
+    expect((await mallorySocket.sendToUser(readable, b.client.userId, fromMallory)).type).toBe("accepted");
+    const junk = [{ deviceId: 1, type: 3 as const, body: Buffer.from("not signal").toString("base64") }];
+    expect((await mallorySocket.sendToUser(unreadable, b.client.userId, junk)).type).toBe("accepted");
+    await until(() => b.received.length === 1 && undecryptable.length === 1, "mallory's two messages");
+    // Then Alice, with the same two ids.
+    for (const [id, t] of [
+      [readable, "alice's first"],
+      [unreadable, "alice's second"],
+    ] as const) {
+      const messages = await a.client.encrypt(b.client.userId, text(t));
+      expect((await aliceSocket.sendToUser(id, b.client.userId, messages)).type).toBe("accepted");
+    }
+    await until(() => b.received.length === 3, "alice's two messages");
+    expect(b.received.map((r) => [r.id, r.from.userId, r.text])).toEqual([
+      [readable, m.client.userId, "mallory's, same id"],
+      [readable, a.client.userId, "alice's first"],
+      [unreadable, a.client.userId, "alice's second"],
+    ]);
+    expect(b.messenger.history(a.client.userId).map((r) => [r.id, r.text])).toEqual([
+      [readable, "alice's first"],
+      [unreadable, "alice's second"],
+    ]);
+    expect(b.messenger.history(m.client.userId).map((r) => [r.id, r.text])).toEqual([
+      [readable, "mallory's, same id"],
+    ]);
+    b.messenger.stop();
+    aliceSocket.close();
+    mallorySocket.close();
+    for (const c of [a, b, m]) c.client.close();
+  });
+
   test("sends made offline are queued, survive a restart of the client, and arrive in order", async () => {
     const storePath = join(dir, "queued-alice.db");
     const a = await chatter(node.url, "alice", { storePath });
