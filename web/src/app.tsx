@@ -10,6 +10,14 @@ import {
   type SafetyNumber,
 } from "./api.ts";
 
+/**
+ * Identifies a message in a conversation: ids are chosen by senders, so two senders' messages may
+ * share one; the sender's user and device make it unique (docs/PROTOCOL.md, the `ack` frame).
+ */
+function messageKey(m: Message): string {
+  return `${m.from.userId}/${m.from.deviceId}/${m.id}`;
+}
+
 type View =
   | { kind: "chat"; conversation: string }
   | { kind: "safety"; userId: string }
@@ -146,7 +154,8 @@ function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => v
       if (event.type === "message") {
         const current = viewRef.current;
         if (current.kind === "chat" && current.conversation === event.message.conversation) {
-          setMessages((list) => [...list.filter((m) => m.id !== event.message.id), event.message]);
+          const key = messageKey(event.message);
+          setMessages((list) => [...list.filter((m) => messageKey(m) !== key), event.message]);
           if (!event.message.outgoing)
             void api("POST", `/api/conversations/${encodeURIComponent(current.conversation)}/read`, {});
         }
@@ -454,7 +463,7 @@ function Conversation(props: {
       )}
       <div className="messages" data-testid="messages">
         {props.messages.map((m) => (
-          <div key={m.id} className={`bubble ${m.outgoing ? "out" : ""}`} data-testid="message">
+          <div key={messageKey(m)} className={`bubble ${m.outgoing ? "out" : ""}`} data-testid="message">
             {!m.outgoing && m.group && <div className="meta">{m.from.username}</div>}
             <div className="text">{m.text}</div>
             <div className="meta">
