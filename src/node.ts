@@ -38,10 +38,11 @@ import { KEY_FETCH_LIMITS, KeyService } from "./keys/service.ts";
 import type { EnvelopeLog } from "./messaging/envelope-log.ts";
 import { PostgresGroupDirectory } from "./messaging/group-directory.ts";
 import { GroupExpansionSweep } from "./messaging/group-expansion-sweep.ts";
+import { ListChangeChannel } from "./messaging/list-changes.ts";
 import type { OfflineQueue } from "./messaging/offline-queue.ts";
 import type { Presence } from "./messaging/presence.ts";
 import { sweepIdleQueues } from "./messaging/queue-sweep.ts";
-import { MessagingService } from "./messaging/service.ts";
+import { LISTS_KEPT_MS, MessagingService } from "./messaging/service.ts";
 import { clusterPrefix, openEmbeddedLog, openMessagingStores } from "./messaging/stores.ts";
 import { createLogger, type Logger } from "./observability/logger.ts";
 import { Metrics } from "./observability/metrics.ts";
@@ -77,6 +78,8 @@ export interface ClearBoxNode {
   actors: ActorSystem;
   /** Sends, acks and device connections, between the gateway and the actors. */
   messaging: MessagingService;
+  /** Device and block changes from and to other nodes (Redis with a shared database; else undefined). */
+  listChanges?: ListChangeChannel;
   /** Logins, refresh-token rotation, revocation and authentication of access tokens. */
   sessions: SessionService;
   /** The WebSocket gateway of this node. */
@@ -318,7 +321,9 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   const groups = new GroupService(db, audit, fence);
   const users = new UserDirectory(db, rateLimiter, USER_LOOKUP_LIMIT, USER_LOOKUP_ACCOUNT_LIMIT, fence);
   const blocks = new BlockService(db);
-  // PGlite is in this process: every device and block change goes through the services here.
+  // PGlite is in this process: every device and block change goes through the services here. On a
+  // shared database the other nodes publish theirs over Redis: lists are kept while that is live.
+  let listChanges: ListChangeChannel | undefined;
   const messaging = new MessagingService(
     db,
     log,
@@ -326,8 +331,13 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     Date.now,
     undefined,
     fence,
-    database.kind === "pglite",
+    database.kind === "pglite"
+      ? () => Number.POSITIVE_INFINITY
+      : () => (listChanges?.live ? LISTS_KEPT_MS : 0),
   );
+  if (redis && database.kind !== "pglite") {
+    listChanges = new ListChangeChannel(redis, config.redisPrefix, config.nodeId, messaging, logger);
+  }
   // The erasure fence across the ring, through the pinned fence actors registered in step 4.
   const fenceLink = new FenceLink({
     nodeId: config.nodeId,
@@ -473,13 +483,19 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     .register(GROUP_KIND, groupActorFactory({ directory: new PostgresGroupDirectory(db, fence), log, clock }))
     .registerPinned(GATEWAY_KIND, link.actorFactory)
     .registerPinned(FENCE_KIND, fenceLink.actorFactory);
-  devices.onAdded((userId) => messaging.devicesChanged(userId));
-  blocks.onChanged((blocker, blocked) => {
+  // Other nodes are told before the change's HTTP reply (bounded wait, src/messaging/list-changes.ts).
+  devices.onAdded(async (userId) => {
+    messaging.devicesChanged(userId);
+    await listChanges?.publishDevices(userId);
+  });
+  blocks.onChanged(async (blocker, blocked) => {
     messaging.blocksChanged(blocker, blocked);
     gateway?.relationsChanged([blocker, blocked]);
+    await listChanges?.publishBlocks(blocker, blocked);
   });
   groups.onMembershipChanged((users) => gateway?.relationsChanged(users));
   devices.onRemoved(async (userId, deviceId) => {
+    await listChanges?.publishDevices(userId);
     // The row is gone already and a retry of the removal answers 404: each step runs, in this
     // order, even when one before it failed (the user actor's node unreachable must not keep the
     // device's envelopes in the log or its sockets open); the first failure is thrown at the end.
@@ -554,6 +570,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
         ["gdpr", () => gdpr.stop()],
         ["actors", stopActors],
         ["stores", () => stores.close()],
+        ["list changes", () => listChanges?.close()],
         ["redis", () => closeRedis(redis)],
         ["database", () => database.close()],
       ],
@@ -577,6 +594,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       }
       throw error;
     }
+    await listChanges?.start();
     // Accounts erased after the backup this database was restored from go before anyone can sign in.
     await gdpr.erasures.replayLedger();
     // The fence's durable marks (pending erasures, replayed ones included), before a listener opens.
@@ -648,6 +666,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     presence,
     actors,
     messaging,
+    listChanges,
     sessions,
     gateway: openGateway,
     audit,

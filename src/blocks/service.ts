@@ -12,7 +12,8 @@ export interface BlockEntry {
 }
 
 /** Told when a block is added or lifted on this node (caches of other nodes expire within a second). */
-export type BlockListener = (blocker: string, blocked: string) => void;
+/** Told after a block is made or lifted; the change's reply waits for what it returns. */
+export type BlockListener = (blocker: string, blocked: string) => Promise<void> | void;
 
 /**
  * Blocks (issue 13 item 7): a blocked user cannot message the blocker (1:1 sends are answered
@@ -31,8 +32,8 @@ export class BlockService {
     this.listeners.push(listener);
   }
 
-  private changed(blocker: string, blocked: string): void {
-    for (const listener of this.listeners) listener(blocker, blocked);
+  private async changed(blocker: string, blocked: string): Promise<void> {
+    for (const listener of this.listeners) await listener(blocker, blocked);
   }
 
   /**
@@ -56,13 +57,13 @@ export class BlockService {
         .delete(groupInvitations)
         .where(and(eq(groupInvitations.userId, userId), eq(groupInvitations.invitedBy, target)));
     });
-    this.changed(userId, target);
+    await this.changed(userId, target);
   }
 
   /** Lifts a block; idempotent (204 whether or not there was one). */
   async unblock(userId: string, target: string): Promise<void> {
     await this.db.delete(blocks).where(and(eq(blocks.userId, userId), eq(blocks.blockedUserId, target)));
-    this.changed(userId, target);
+    await this.changed(userId, target);
   }
 
   /** The users `userId` blocks, oldest block first. */

@@ -22,15 +22,15 @@ export type DeviceRemovedListener = (userId: string, deviceId: number) => Promis
 /** Devices of an account: allocation of ids, listing, removal, and token revocation by generation. */
 export class DeviceService {
   private readonly removedListeners: DeviceRemovedListener[] = [];
-  private readonly addedListeners: ((userId: string, deviceId: number) => void)[] = [];
+  private readonly addedListeners: ((userId: string, deviceId: number) => Promise<void> | void)[] = [];
 
   constructor(
     private readonly db: Db,
     private readonly audit?: AuditTrail,
   ) {}
 
-  /** Registers a listener run after every new device. */
-  onAdded(listener: (userId: string, deviceId: number) => void): void {
+  /** Registers a listener run after every new device; `create` resolves once it has. */
+  onAdded(listener: (userId: string, deviceId: number) => Promise<void> | void): void {
     this.addedListeners.push(listener);
   }
 
@@ -67,8 +67,8 @@ export class DeviceService {
         await tx.insert(devices).values({ userId, deviceId, registrationId, name, tokenGeneration });
         return deviceId;
       })
-      .then((deviceId) => {
-        for (const listener of this.addedListeners) listener(userId, deviceId);
+      .then(async (deviceId) => {
+        for (const listener of this.addedListeners) await listener(userId, deviceId);
         return deviceId;
       });
   }

@@ -34,6 +34,13 @@ const DEVICE_LIST_CACHE_SIZE = 50_000;
 const BLOCKS_CACHED = 64;
 /** How long a recipient's cached block list is used before it is read again (ms). */
 const BLOCK_LIST_TTL_MS = 5000;
+/**
+ * How long a node whose list-change channel is live (src/messaging/list-changes.ts) keeps a cached
+ * device or block list without a re-read (ms): a change whose publication was lost (the changing
+ * node could not reach Redis while this one could) is seen within this long. Device lists are
+ * re-read in the background from half of it, so no send waits for that read.
+ */
+export const LISTS_KEPT_MS = 10_000;
 
 /** Flow control of one node's sends (docs/MESSAGING.md, "Flow control"). */
 export interface FlowControl {
@@ -114,10 +121,11 @@ export class MessagingService {
   private readonly unsettled = new Map<string, Set<Promise<unknown>>>();
 
   /**
-   * `changesSeenHere`: every change to devices and blocks is made through this node's services and
-   * so reaches `devicesChanged` / `blocksChanged` (true for the embedded node: PGlite lives in this
-   * process and no other node can write it). The cached device and block lists are then kept until
-   * such a change instead of being read again every half second to catch another node's changes.
+   * `keptFor`: how long a cached device or block list may be used now without a re-read (ms), for
+   * as long as every change to devices and blocks reaches `devicesChanged` / `blocksChanged`:
+   * Infinity on the embedded node (PGlite lives in this process and no other node can write it),
+   * LISTS_KEPT_MS on a shared database while the list-change channel is live, 0 otherwise (lists
+   * are then re-read on the TTLs above to catch another node's changes). Read at every use.
    */
   constructor(
     private readonly db: Db,
@@ -126,7 +134,7 @@ export class MessagingService {
     private readonly now: () => number = Date.now,
     private readonly flow: FlowControl = DEFAULT_FLOW_CONTROL,
     private readonly erasing: ErasureFence = new ErasureFence(),
-    private readonly changesSeenHere = false,
+    private readonly keptFor: () => number = () => 0,
   ) {}
 
   /** Counts `work` as unsettled for each user until it settles. */
@@ -214,14 +222,28 @@ export class MessagingService {
     }
   }
 
-  /** Forgets a user's cached device list (a device of theirs was added or removed on this node). */
+  /** Forgets a user's cached device list (a device of theirs was added or removed, here or on another node). */
   devicesChanged(userId: string): void {
     this.deviceLists.delete(userId);
     this.readingDevices.delete(userId);
     this.deviceChanges++;
   }
 
-  /** A block was added or lifted on this node: forget what is cached of the blocker's blocks. */
+  /**
+   * Forgets every cached device and block list (changes may have been missed: the list-change
+   * channel was away); reads in flight are not cached either.
+   */
+  forgetLists(): void {
+    this.deviceLists.clear();
+    this.readingDevices.clear();
+    this.blockLists.clear();
+    this.readingBlocks.clear();
+    this.blockVerdicts.clear();
+    this.deviceChanges++;
+    this.blockChanges++;
+  }
+
+  /** A block was added or lifted (on this node, or told by another): forget what is cached of the blocker's blocks. */
   blocksChanged(blocker: string, blocked: string): void {
     this.blockLists.delete(blocker);
     this.readingBlocks.delete(blocker);
@@ -231,13 +253,13 @@ export class MessagingService {
 
   /**
    * Whether `recipient` blocks `sender` (a long block list): cached for at most DEVICE_LIST_FRESH_MS,
-   * or until a block change here when `changesSeenHere`.
+   * or `keptFor` when longer.
    */
   private async blocks(recipient: string, sender: string): Promise<boolean> {
     const key = `${recipient}|${sender}`;
     const cached = this.blockVerdicts.get(key);
     const now = this.now();
-    if (cached && (this.changesSeenHere || now - cached.at < DEVICE_LIST_FRESH_MS)) return cached.blocked;
+    if (cached && !this.stale(now - cached.at, DEVICE_LIST_FRESH_MS)) return cached.blocked;
     const changesBefore = this.blockChanges;
     const rows = await this.db
       .select({ userId: blocks.userId })
@@ -262,11 +284,11 @@ export class MessagingService {
   }
 
   /**
-   * Whether a cached entry `age` ms old is past `limit`: never when `changesSeenHere` (every change
-   * drops its entry, `devicesChanged` / `blocksChanged`).
+   * Whether a cached entry `age` ms old is past `limit`, or past `keptFor` when that is longer
+   * (every change then drops its entry, `devicesChanged` / `blocksChanged`).
    */
   private stale(age: number, limit: number): boolean {
-    return !this.changesSeenHere && age >= limit;
+    return age >= Math.max(limit, this.keptFor());
   }
 
   /**
@@ -275,14 +297,20 @@ export class MessagingService {
    * of it with its next send's `mismatched_devices`); changes on this node are seen at once. Past
    * half a second the list is re-read in the background while sends go on using it: a send that
    * waited for the re-read was most of the 1:1 p99 at a fixed 8,500/s (76 ms accepted; 35 ms with
-   * the lists never re-read). With `changesSeenHere` (the embedded node: no other node writes its
-   * database) a user's list is kept until a change here drops it; "no such user" is still re-read
-   * after a second, as account creation does not tell this cache.
+   * the lists never re-read). While `keptFor` is longer (every change reaches this node), a user's
+   * list is kept until a change drops it or for `keptFor`, re-read in the background from half of
+   * it; "no such user" is still re-read after a second, as account creation does not tell this cache.
    */
   private async devicesOf(userId: string): Promise<number[] | undefined> {
     const cached = this.deviceLists.get(userId);
-    if (this.changesSeenHere && cached?.devices !== undefined) return cached.devices;
     const age = cached ? this.now() - cached.at : Number.POSITIVE_INFINITY;
+    if (cached?.devices !== undefined) {
+      const kept = this.keptFor();
+      if (age < kept) {
+        if (age >= kept / 2) void this.rereadDevices(userId).catch(() => {});
+        return cached.devices;
+      }
+    }
     if (cached && age < DEVICE_LIST_FRESH_MS) return cached.devices;
     if (cached && age < DEVICE_LIST_TTL_MS) {
       void this.rereadDevices(userId).catch(() => {});
@@ -337,7 +365,7 @@ export class MessagingService {
 
   /**
    * Whether `recipient` blocks `sender`. The recipient's block list (up to BLOCKS_CACHED users) is
-   * cached for BLOCK_LIST_TTL_MS (until a block change here when `changesSeenHere`): a 1:1 send
+   * cached for BLOCK_LIST_TTL_MS (or `keptFor` when longer, dropped by a block change): a 1:1 send
    * reads nothing more than its device list, and blocks change rarely (a block made on this node is
    * seen at once, on another within BLOCK_LIST_TTL_MS). A longer list is asked per (recipient,
    * sender) pair, cached like a device list.
