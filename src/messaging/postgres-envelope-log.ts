@@ -27,7 +27,17 @@ interface AckRequest {
   envelopes: readonly EnvelopeRef[];
 }
 
+/** A row an ack's UPDATE changed: which device's envelope, from which sender device. */
+interface AckedRow {
+  recipient_user: string;
+  recipient_device: number;
+  id: string;
+  sender_user: string;
+  sender_device: number;
+}
+
 /** Parallel arrays (one entry per envelope) for an UPDATE … FROM unnest(…). */
+
 function flatten(batch: readonly AckRequest[]) {
   const users: string[] = [];
   const devices: number[] = [];
@@ -414,11 +424,66 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     return acked;
   }
 
-  /** Every ack waiting for the database in one UPDATE: one commit instead of one per ack frame. */
+  /**
+   * Every ack waiting for the database in one UPDATE: one commit instead of one per ack frame. Rows
+   * are acked first; only when some id matched no row (a group message's ack that overtook its
+   * expansion, or an id acked before) is the expansion run and those ids acked again, so a 1:1 ack
+   * is one statement, not an expansion probe and an UPDATE.
+   */
   private async ackBatch(batch: AckRequest[]): Promise<number[]> {
     const { users, devices, ids, senders, senderDevices } = flatten(batch);
-    // As for `queued` marks: an ack overtaking the expansion writes the rows first, then acks its own.
-    await this.expand(sql`id = any(${arrayLiteral(ids)}::uuid[])`);
+    const first = await this.ackRows(users, devices, ids, senders, senderDevices);
+    const acked = new Map<string, number>();
+    const matched = new Set<string>();
+    const count = (rows: AckedRow[]) => {
+      for (const row of rows) {
+        const key = `${row.recipient_user}/${row.recipient_device}`;
+        acked.set(key, (acked.get(key) ?? 0) + 1);
+        matched.add(`${key}/${row.sender_user}/${row.sender_device}/${row.id}`);
+      }
+    };
+    count(first);
+    if (first.length < ids.length) {
+      const rest = {
+        users: [] as string[],
+        devices: [] as number[],
+        ids: [] as string[],
+        senders: [] as string[],
+        senderDevices: [] as number[],
+      };
+      for (let i = 0; i < ids.length; i++) {
+        // PostgreSQL returns uuids in lower case; a client may have sent them in upper.
+        const key = `${users[i]?.toLowerCase()}/${devices[i]}/${senders[i]?.toLowerCase()}/${senderDevices[i]}/${ids[i]?.toLowerCase()}`;
+        if (matched.has(key)) continue;
+        rest.users.push(users[i] as string);
+        rest.devices.push(devices[i] as number);
+        rest.ids.push(ids[i] as string);
+        rest.senders.push(senders[i] as string);
+        rest.senderDevices.push(senderDevices[i] as number);
+      }
+      if (rest.ids.length > 0) {
+        // As for `queued` marks: an ack overtaking the expansion writes the rows first, then acks its own.
+        await this.expand(sql`id = any(${arrayLiteral(rest.ids)}::uuid[])`);
+        count(await this.ackRows(rest.users, rest.devices, rest.ids, rest.senders, rest.senderDevices));
+      }
+    }
+    // Two requests for one device in a batch share its count: give it to the first, once.
+    return batch.map((request) => {
+      const key = `${request.recipientUser}/${request.recipientDevice}`;
+      const n = acked.get(key) ?? 0;
+      acked.delete(key);
+      return n;
+    });
+  }
+
+  /** Acks the named rows (recipient device, sender device and id) still holding a body; returns those it changed. */
+  private async ackRows(
+    users: string[],
+    devices: number[],
+    ids: string[],
+    senders: string[],
+    senderDevices: number[],
+  ): Promise<AckedRow[]> {
     const result = await this.db.execute(sql`
       update envelopes as e set state = 'acked', body = null
       from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[],
@@ -427,20 +492,8 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       where e.recipient_user = a.recipient_user and e.recipient_device = a.recipient_device
         and e.id = a.id and e.sender_user = a.sender_user and e.sender_device = a.sender_device
         and e.body is not null
-      returning e.recipient_user, e.recipient_device, e.id`);
-    const rows = rowsOf<{ recipient_user: string; recipient_device: number; id: string }>(result);
-    const acked = new Map<string, number>();
-    for (const row of rows) {
-      const key = `${row.recipient_user}/${row.recipient_device}`;
-      acked.set(key, (acked.get(key) ?? 0) + 1);
-    }
-    // Two requests for one device in a batch share its count: give it to the first, once.
-    return batch.map((request) => {
-      const key = `${request.recipientUser}/${request.recipientDevice}`;
-      const count = acked.get(key) ?? 0;
-      acked.delete(key);
-      return count;
-    });
+      returning e.recipient_user, e.recipient_device, e.id, e.sender_user, e.sender_device`);
+    return rowsOf<AckedRow>(result);
   }
 
   async metadataOf(userId: string, limit = 100_000): Promise<EnvelopeMetadata[]> {
