@@ -690,6 +690,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       await stores.close();
       await app.stop(true);
       await admin.stop(true);
+      await listChanges?.close();
       redis?.disconnect();
       await database.close().catch(() => {});
       logger.warn("clearbox node aborted");

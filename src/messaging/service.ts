@@ -292,9 +292,10 @@ export class MessagingService {
   }
 
   /**
-   * The recipient's current device ids, or undefined when there is no such user. Cached for at most
-   * a second: a device added on another node may be missed for that long (the sender then learns
-   * of it with its next send's `mismatched_devices`); changes on this node are seen at once. Past
+   * The recipient's current device ids, or undefined when there is no such user. Changes on this
+   * node, and on others while the list-change channel is live, are seen at once. Otherwise cached
+   * for at most a second: a device added on another node may be missed for that long (the sender
+   * then learns of it with its next send's `mismatched_devices`). Past
    * half a second the list is re-read in the background while sends go on using it: a send that
    * waited for the re-read was most of the 1:1 p99 at a fixed 8,500/s (76 ms accepted; 35 ms with
    * the lists never re-read). While `keptFor` is longer (every change reaches this node), a user's
@@ -367,8 +368,8 @@ export class MessagingService {
    * Whether `recipient` blocks `sender`. The recipient's block list (up to BLOCKS_CACHED users) is
    * cached for BLOCK_LIST_TTL_MS (or `keptFor` when longer, dropped by a block change): a 1:1 send
    * reads nothing more than its device list, and blocks change rarely (a block made on this node is
-   * seen at once, on another within BLOCK_LIST_TTL_MS). A longer list is asked per (recipient,
-   * sender) pair, cached like a device list.
+   * seen at once; on another at once through the list-change channel, within BLOCK_LIST_TTL_MS while
+   * that is down). A longer list is asked per (recipient, sender) pair, cached like a device list.
    */
   private async isBlocked(recipient: string, sender: string): Promise<boolean> {
     if (recipient === sender) return false;
