@@ -87,8 +87,8 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
       undefined,
       commitObserver(onCommit, "write"),
     );
-    worker.onmessage = (event: MessageEvent<LogWorkerReply>) => {
-      const reply = event.data;
+    worker.onmessage = (event: MessageEvent<string>) => {
+      const reply = JSON.parse(event.data) as LogWorkerReply;
       const waiter = this.pending.get(reply.seq);
       if (!waiter) return;
       this.pending.delete(reply.seq);
@@ -135,12 +135,16 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
     return log;
   }
 
+  /**
+   * Sends one request to the writer thread as JSON text (see sqlite-log-protocol.ts for why text)
+   * and resolves with its results, or rejects with the writer's error.
+   */
   private request(message: LogWorkerRequest): Promise<unknown[]> {
     if (this.failure) return Promise.reject(this.failure);
     const seq = ++this.nextSeq;
     return new Promise((resolve, reject) => {
       this.pending.set(seq, { resolve, reject });
-      this.worker.postMessage({ ...message, seq });
+      this.worker.postMessage(JSON.stringify({ ...message, seq }));
     });
   }
 
@@ -224,7 +228,13 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
 
   markQueued(recipientUser: string, recipientDevice: number, refs: readonly EnvelopeRef[]): Promise<void> {
     if (refs.length === 0) return Promise.resolve();
-    return this.writeOne<void>({ op: "queued", recipientUser, recipientDevice, envelopes: plainRefs(refs) });
+    // Its result crosses from the writer as JSON `null`: resolve with nothing, as the port says.
+    return this.writeOne<null>({
+      op: "queued",
+      recipientUser,
+      recipientDevice,
+      envelopes: plainRefs(refs),
+    }).then(() => undefined);
   }
 
   ack(recipientUser: string, recipientDevice: number, refs: readonly EnvelopeRef[]): Promise<number> {

@@ -17,7 +17,14 @@ export type LogWrite =
   | { op: "eraseDevice"; userId: string; deviceId: number }
   | { op: "purgeBefore"; before: number };
 
-/** Messages from the server's thread to the writer (sqlite-log-worker.ts). */
+/**
+ * Messages from the server's thread to the writer (sqlite-log-worker.ts). Both directions travel
+ * as JSON text (`JSON.stringify`, then `postMessage` of the string): a string is copied as one
+ * block, where the structured clone of a group commit's batch walks every envelope object, and
+ * the post of each commit was 9 % of the embedded node's flat-out profile (docs/BENCHMARKS.md,
+ * "Embedded 1:1, stop 26"). Every value here is JSON-safe (strings, numbers, booleans, null,
+ * arrays, plain objects); a write whose result is `undefined` arrives as `null`.
+ */
 export type LogWorkerRequest =
   | { kind: "open"; seq: number; path: string }
   | { kind: "write"; seq: number; ops: LogWrite[] }
@@ -25,7 +32,10 @@ export type LogWorkerRequest =
   | { kind: "backup"; seq: number; path: string }
   | { kind: "close"; seq: number };
 
-/** The writer's answer to one request: one result per write, in order, or why the transaction failed. */
+/**
+ * The writer's answer to one request (as JSON text): one result per write, in order, or why the
+ * transaction failed. An answer with `seq` 0 is to a request that could not be parsed.
+ */
 export type LogWorkerReply =
   | { seq: number; ok: true; results: unknown[] }
   | { seq: number; ok: false; error: string };

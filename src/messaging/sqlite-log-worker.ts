@@ -210,10 +210,12 @@ function open(path: string): void {
   };
 }
 
-self.onmessage = (event: MessageEvent<LogWorkerRequest>) => {
-  const request = event.data;
+self.onmessage = (event: MessageEvent<string>) => {
   let reply: LogWorkerReply;
+  let seq = 0;
   try {
+    const request = JSON.parse(event.data) as LogWorkerRequest;
+    seq = request.seq;
     if (request.kind === "open") {
       open(request.path);
       reply = { seq: request.seq, ok: true, results: [] };
@@ -233,7 +235,7 @@ self.onmessage = (event: MessageEvent<LogWorkerRequest>) => {
       reply = { seq: request.seq, ok: true, results: write(request.ops) };
     }
   } catch (error) {
-    reply = { seq: request.seq, ok: false, error: error instanceof Error ? error.message : String(error) };
+    reply = { seq, ok: false, error: error instanceof Error ? error.message : String(error) };
   }
-  self.postMessage(reply);
+  self.postMessage(JSON.stringify(reply));
 };
