@@ -10,6 +10,8 @@ import {
   checkGroupSend,
   checkPing,
   checkPresenceWatch,
+  decodeCheckedAck,
+  decodeCheckedDirectSend,
   firstProblem,
   MAX_FRAME_BYTES,
   readJson,
@@ -97,15 +99,9 @@ export class FrameHandler {
         this.send(conn, frame, typeof id === "string" ? id : undefined);
         break;
       case "ack":
-        // Decode: ids in their canonical (lower-case) form.
-        if (checkAck.Check(frame)) {
-          this.ack(
-            conn,
-            checkAck
-              .Decode(frame)
-              .messages.map((m) => ({ id: m.id, senderUser: m.from.user, senderDevice: m.from.device })),
-          );
-        } else this.invalid(conn, firstProblem(checkAck, frame));
+        // Ids in their canonical (lower-case) form.
+        if (checkAck.Check(frame)) this.ack(conn, decodeCheckedAck(frame));
+        else this.invalid(conn, firstProblem(checkAck, frame));
         break;
       case "presence.watch":
         if (checkPresenceWatch.Check(frame)) this.watch(conn, checkPresenceWatch.Decode(frame).users);
@@ -182,11 +178,13 @@ export class FrameHandler {
   private send(conn: DeviceConnection, frame: unknown, id: string | undefined): void {
     const { messaging, tallies } = this.deps;
     let submit: () => Promise<SubmittedSend>;
-    const isGroup = checkGroupSend.Check(frame);
+    // 1:1 sends first: the common case is then checked once.
+    let isGroup = false;
     if (checkDirectSend.Check(frame)) {
-      const send = checkDirectSend.Decode(frame);
+      const send = decodeCheckedDirectSend(frame);
       submit = () => messaging.submitDirect(conn.principal, send);
-    } else if (isGroup) {
+    } else if (checkGroupSend.Check(frame)) {
+      isGroup = true;
       const send = checkGroupSend.Decode(frame);
       submit = async () => ({ outcome: messaging.sendGroup(conn.principal, send) });
     } else {

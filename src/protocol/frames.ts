@@ -95,6 +95,30 @@ export const checkPresenceWatch = TypeCompiler.Compile(PresenceWatch);
 export const checkPing = TypeCompiler.Compile(Ping);
 export const checkAuth = TypeCompiler.Compile(Auth);
 
+/**
+ * `checkDirectSend.Decode` of a frame that `checkDirectSend.Check` passed: the same value, its `id`
+ * and `to.user` in lower case (its only `Uuid`s, the schema's only transforms), without Decode's
+ * second Check and its walk of the schema, which together cost more than the Check itself on the
+ * send path (docs/BENCHMARKS.md, "Embedded 1:1, stop 26"). `messages` is the frame's own array.
+ * test/protocol/frames.test.ts holds it equal to Decode.
+ */
+export function decodeCheckedDirectSend(frame: DirectSend): DirectSend {
+  return { ...frame, id: frame.id.toLowerCase(), to: { user: frame.to.user.toLowerCase() } };
+}
+
+/**
+ * The messages a frame that `checkAck.Check` passed names, each by id and sender (user, device),
+ * the Uuids in lower case: `checkAck.Decode(frame).messages` mapped, without Decode's second Check
+ * and walk (see above). test/protocol/frames.test.ts holds it equal to Decode.
+ */
+export function decodeCheckedAck(frame: Ack): { id: string; senderUser: string; senderDevice: number }[] {
+  return frame.messages.map((m) => ({
+    id: m.id.toLowerCase(),
+    senderUser: m.from.user.toLowerCase(),
+    senderDevice: m.from.device,
+  }));
+}
+
 /** The first validation problem of a value, as one short line (`path: message`) for the client. */
 export function firstProblem(
   check: { Errors(value: unknown): Iterable<{ path: string; message: string }> },

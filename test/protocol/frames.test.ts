@@ -1,0 +1,58 @@
+import { describe, expect, test } from "bun:test";
+import {
+  checkAck,
+  checkDirectSend,
+  decodeCheckedAck,
+  decodeCheckedDirectSend,
+} from "../../src/protocol/index.ts";
+
+const upper = "0A1B2C3D-4E5F-4A6B-8C7D-9E0F1A2B3C4D";
+const lower = "5f0e1d2c-3b4a-4968-8776-a5b4c3d2e1f0";
+const mixed = "aBcDeF01-2345-4678-9AbC-DeF012345678";
+
+describe("decoding a checked frame without TypeBox's Decode", () => {
+  test("a 1:1 send decodes to exactly what checkDirectSend.Decode gives, ids in lower case", () => {
+    const frames = [
+      { type: "send", id: upper, to: { user: mixed }, messages: [{ deviceId: 1, type: 3, body: "AAAA" }] },
+      {
+        type: "send",
+        id: lower,
+        to: { user: lower },
+        messages: [
+          { deviceId: 2, type: 2, body: "YWJjZA==" },
+          { deviceId: 127, type: 3, body: "YWJj" },
+        ],
+      },
+    ];
+    for (const frame of frames) {
+      expect(checkDirectSend.Check(frame)).toBe(true);
+      if (!checkDirectSend.Check(frame)) continue;
+      const fast = decodeCheckedDirectSend(frame);
+      expect(fast).toEqual(checkDirectSend.Decode(frame));
+      expect(fast.id).toBe(frame.id.toLowerCase());
+      expect(fast.to.user).toBe(frame.to.user.toLowerCase());
+    }
+  });
+
+  test("an ack's messages decode to what checkAck.Decode gives, ids and senders in lower case, in order", () => {
+    const frame = {
+      type: "ack",
+      messages: [
+        { id: upper, from: { user: mixed, device: 1 } },
+        { id: lower, from: { user: upper, device: 127 } },
+        { id: mixed, from: { user: lower, device: 2 } },
+      ],
+    };
+    expect(checkAck.Check(frame)).toBe(true);
+    if (!checkAck.Check(frame)) return;
+    const decoded = checkAck
+      .Decode(frame)
+      .messages.map((m) => ({ id: m.id, senderUser: m.from.user, senderDevice: m.from.device }));
+    expect(decodeCheckedAck(frame)).toEqual(decoded);
+    expect(decodeCheckedAck(frame)).toEqual([
+      { id: upper.toLowerCase(), senderUser: mixed.toLowerCase(), senderDevice: 1 },
+      { id: lower, senderUser: upper.toLowerCase(), senderDevice: 127 },
+      { id: mixed.toLowerCase(), senderUser: lower, senderDevice: 2 },
+    ]);
+  });
+});
