@@ -1,4 +1,5 @@
 import type { EnvelopeRef } from "../../actors/index.ts";
+import { type Deadline, FixedDeadlines } from "../messaging/deadlines.ts";
 import type { MessagingService, SubmittedSend } from "../messaging/service.ts";
 import { LogSummary } from "../observability/log-summary.ts";
 import type { Logger } from "../observability/logger.ts";
@@ -52,6 +53,8 @@ export class FrameHandler {
   private readonly lateSends: LogSummary;
   /** Sends a store failed: one line per burst (during an outage every send fails). */
   private readonly failedSends: LogSummary;
+  /** Every send's SEND_DEADLINE_MS, one timer for all. */
+  private readonly deadlines = new FixedDeadlines(SEND_DEADLINE_MS);
 
   constructor(
     private readonly deps: {
@@ -218,30 +221,31 @@ export class FrameHandler {
     // for its answer (its group actor orders it against other members' sends). Neither waits past
     // the deadline, which runs from the frame's arrival (time behind the device's earlier sends
     // counts): the sender hears a retryable error and its next sends go on.
-    let timer: ReturnType<typeof setTimeout> | undefined;
+    let timer: Deadline | undefined;
     const deadline = new Promise<void>((resolve) => {
-      timer = setTimeout(() => {
+      timer = this.deadlines.add(() => {
         if (!answered && !conn.closing) {
           this.lateSends.note({ user: conn.principal.userId });
           notAccepted("was not accepted in time");
         }
         resolve();
-      }, SEND_DEADLINE_MS);
+      });
     });
+    const stopTimer = () => timer?.cancel();
     conn.chain = conn.chain.then(async () => {
       // Closed by the server since the frame arrived (a revocation): the send is not accepted.
       // Answered already (it waited its whole deadline behind earlier sends): the sender sends it again.
       if (conn.closing || answered) {
-        clearTimeout(timer);
+        stopTimer();
         return;
       }
       const queued = (async () => {
         try {
           const { outcome } = await submit();
-          const reply = outcome.then(answer, failed).finally(() => clearTimeout(timer));
+          const reply = outcome.then(answer, failed).finally(stopTimer);
           if (isGroup) await reply;
         } catch (error) {
-          clearTimeout(timer);
+          stopTimer();
           failed(error);
         }
       })();

@@ -12,6 +12,7 @@ import { accounts, blocks, devices } from "../db/schema.ts";
 import { ErasureFence } from "../fence/index.ts";
 import type { AcceptedFrame, DirectSend, GroupSend, RejectedFrame } from "../protocol/index.ts";
 import type { Principal } from "../sessions/service.ts";
+import { FixedDeadlines } from "./deadlines.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog } from "./envelope-log.ts";
 
@@ -119,6 +120,8 @@ export class MessagingService {
    * under GROUP_SENDS): the erasure fence waits for a user's before anything is swept.
    */
   private readonly unsettled = new Map<string, Set<Promise<unknown>>>();
+  /** `accepted`'s wait for the recipient's actor (FlowControl.acceptWaitMs), one timer for all. */
+  private readonly acceptWaits: FixedDeadlines;
 
   /**
    * `keptFor`: how long a cached device or block list may be used now without a re-read (ms), for
@@ -135,7 +138,9 @@ export class MessagingService {
     private readonly flow: FlowControl = DEFAULT_FLOW_CONTROL,
     private readonly erasing: ErasureFence = new ErasureFence(),
     private readonly keptFor: () => number = () => 0,
-  ) {}
+  ) {
+    this.acceptWaits = new FixedDeadlines(flow.acceptWaitMs);
+  }
 
   /** Counts `work` as unsettled for each user until it settles. */
   private track<T>(users: readonly string[], work: Promise<T>): Promise<T> {
@@ -194,14 +199,16 @@ export class MessagingService {
    */
   private handOver(userId: string, envelopes: StoredEnvelope[]): Promise<void> {
     this.inFlight++;
-    const taken = this.deliver(userId, envelopes).finally(() => {
-      this.inFlight--;
+    const taken = this.deliver(userId, envelopes);
+    return new Promise<void>((resolve) => {
+      const waited = this.acceptWaits.add(resolve);
+      const done = () => {
+        this.inFlight--;
+        waited.cancel();
+        resolve();
+      };
+      taken.then(done, done);
     });
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const waited = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, this.flow.acceptWaitMs);
-    });
-    return Promise.race([taken, waited]).finally(() => clearTimeout(timer));
   }
 
   /** One hand-over: the ask, tried again while a local mailbox is full; failures are left to the log. */
