@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { AskTimeoutError, NodeStoppedError, RemoteActorError } from "./actor-error.ts";
+import { type Deadline, FixedDeadlines } from "./deadlines.ts";
 import { errorSummary } from "./logger.ts";
 import type { Outbox } from "./outbox.ts";
 import type { ReplyFrame, ReplyTo } from "./transport.ts";
@@ -7,8 +8,11 @@ import type { ReplyFrame, ReplyTo } from "./transport.ts";
 interface PendingAsk {
   resolve: (value: unknown) => void;
   reject: (error: unknown) => void;
-  timer: ReturnType<typeof setTimeout>;
+  timer: Deadline;
 }
+
+/** Distinct ask timeouts given one shared timer each; an ask with yet another length gets its own timer. */
+const SHARED_TIMEOUTS = 16;
 
 /**
  * The request/reply side of one node: the asks it is waiting on (`ask`, `stopActor`), their
@@ -20,6 +24,8 @@ export class PendingAsks {
   /** Request ids are unique across restarts, so a late reply for a previous run is ignored. */
   private readonly idPrefix = randomUUID();
   private sequence = 0;
+  /** One timer per timeout length for all asks of that length (FixedDeadlines), not one per ask. */
+  private readonly timeouts = new Map<number, FixedDeadlines>();
 
   constructor(
     private readonly nodeId: string,
@@ -34,13 +40,25 @@ export class PendingAsks {
   request<R>(key: string, timeoutMs: number, send: (replyTo: ReplyTo) => Promise<void>): Promise<R> {
     return new Promise<R>((resolve, reject) => {
       const id = `${this.idPrefix}:${++this.sequence}`;
-      const timer = setTimeout(() => {
+      const timer = this.deadline(timeoutMs, () => {
         this.pending.delete(id);
         reject(new AskTimeoutError(key, timeoutMs));
-      }, timeoutMs);
+      });
       this.pending.set(id, { resolve: resolve as (value: unknown) => void, reject, timer });
       send({ node: this.nodeId, id }).catch((error: unknown) => this.settle(id, error, undefined));
     });
+  }
+
+  /** Runs `fire` after `ms` unless cancelled: on the shared timer of that length when there is one. */
+  private deadline(ms: number, fire: () => void): Deadline {
+    let shared = this.timeouts.get(ms);
+    if (!shared && this.timeouts.size < SHARED_TIMEOUTS) {
+      shared = new FixedDeadlines(ms);
+      this.timeouts.set(ms, shared);
+    }
+    if (shared) return shared.add(fire);
+    const timer = setTimeout(fire, ms);
+    return { cancel: () => clearTimeout(timer) };
   }
 
   /** Settles the ask `id` of this node; an unknown id (timed out, or settled already) is ignored. */
@@ -48,7 +66,7 @@ export class PendingAsks {
     const pending = this.pending.get(id);
     if (!pending) return;
     this.pending.delete(id);
-    clearTimeout(pending.timer);
+    pending.timer.cancel();
     if (error !== undefined) pending.reject(error);
     else pending.resolve(value);
   }
@@ -79,7 +97,7 @@ export class PendingAsks {
   /** Rejects every open ask with NodeStoppedError: this node stopped and no reply can reach it. */
   rejectAll(): void {
     for (const [id, pending] of this.pending) {
-      clearTimeout(pending.timer);
+      pending.timer.cancel();
       this.pending.delete(id);
       pending.reject(new NodeStoppedError(this.nodeId));
     }

@@ -1,5 +1,4 @@
-import type { EnvelopeRef } from "../../actors/index.ts";
-import { type Deadline, FixedDeadlines } from "../messaging/deadlines.ts";
+import { type Deadline, type EnvelopeRef, FixedDeadlines } from "../../actors/index.ts";
 import type { MessagingService, SubmittedSend } from "../messaging/service.ts";
 import { LogSummary } from "../observability/log-summary.ts";
 import type { Logger } from "../observability/logger.ts";

@@ -2,6 +2,7 @@ import { and, eq } from "drizzle-orm";
 import {
   type ActorRefs,
   type EnvelopeRef,
+  FixedDeadlines,
   type GroupSendResult,
   groupKey,
   MailboxFullError,
@@ -12,7 +13,6 @@ import { accounts, blocks, devices } from "../db/schema.ts";
 import { ErasureFence } from "../fence/index.ts";
 import type { AcceptedFrame, DirectSend, GroupSend, RejectedFrame } from "../protocol/index.ts";
 import type { Principal } from "../sessions/service.ts";
-import { FixedDeadlines } from "./deadlines.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog } from "./envelope-log.ts";
 

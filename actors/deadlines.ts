@@ -13,8 +13,9 @@ interface Entry extends Deadline {
 /**
  * Deadlines that all last the same `ms` milliseconds, so they fall due in the order they were set:
  * a FIFO with one timer for the earliest live one, instead of a `setTimeout` and a `clearTimeout`
- * per deadline (two per 1:1 send before this: the send's deadline and `accepted`'s wait, about
- * 4 % of the embedded node's flat-out profile; docs/BENCHMARKS.md, "Embedded 1:1, stop 26").
+ * per deadline (three per 1:1 send before this: the send's deadline, `accepted`'s wait and the
+ * deliver's ask timeout, about 4 % of the embedded node's flat-out profile; docs/BENCHMARKS.md,
+ * "Embedded 1:1, stop 26").
  * Cancelling drops the entry, and every cancelled one before the first live one, at once, so what
  * is kept is bounded by the oldest deadline still running. A deadline fires no earlier than `ms`
  * after it was set, and like a timer of its own may fire later when the event loop is busy.

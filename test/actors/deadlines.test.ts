@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { FixedDeadlines } from "../../src/messaging/deadlines.ts";
+import { FixedDeadlines } from "../../actors/deadlines.ts";
 
 describe("FixedDeadlines", () => {
   test("deadlines fire in the order they were set, each no earlier than its length after it was set", async () => {
