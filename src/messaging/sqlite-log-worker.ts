@@ -29,9 +29,17 @@ const MIGRATIONS = resolve(import.meta.dir, "../../drizzle-sqlite");
 
 let db: Database | undefined;
 let write: ((ops: LogWrite[]) => unknown[]) | undefined;
+/**
+ * False once an expansion has left no group message unexpanded, until the next group send is
+ * stored: the acks and `queued` marks, each of which expands first, then skip the query (one per
+ * ack frame on the 1:1 path before). True at open (a crash may have left some) and after a failed
+ * transaction (its expansion was rolled back).
+ */
+let mayBeUnexpanded = true;
 
 /** Opens the file, sets durability and secure deletion, migrates, and prepares the statements. */
 function open(path: string): void {
+  mayBeUnexpanded = true;
   db = new Database(path, { create: true, strict: true });
   db.run("pragma journal_mode = wal");
   // FULL: a commit returns only after the WAL is fsynced, so `accepted` means on disk.
@@ -79,6 +87,7 @@ function open(path: string): void {
    */
   const expandAll = (report: boolean): ExpandedGroupMessage[] => {
     const written: ExpandedGroupMessage[] = [];
+    if (!mayBeUnexpanded) return written;
     for (const row of unexpanded.all()) {
       const recipients = JSON.parse(row.recipients) as Record<string, number[]>;
       const devices: Record<string, number[]> = {};
@@ -118,6 +127,7 @@ function open(path: string): void {
         });
       }
     }
+    mayBeUnexpanded = false;
     return written;
   };
   /** Rewrites the recipients of unexpanded group messages that name `user` (erasure, device removal). */
@@ -136,7 +146,7 @@ function open(path: string): void {
     switch (op.op) {
       case "appendGroup": {
         const m = op.message;
-        return (
+        const fresh =
           insertGroup.run(
             m.id,
             m.senderUser,
@@ -146,11 +156,13 @@ function open(path: string): void {
             m.type,
             Buffer.from(m.body, "base64"),
             JSON.stringify(op.recipients),
-          ).changes === 1
-        );
+          ).changes === 1;
+        if (fresh) mayBeUnexpanded = true;
+        return fresh;
       }
       case "expand": {
         if (op.olderThan === undefined) return expandAll(false).length;
+        if (!mayBeUnexpanded) return [];
         const oldest = oldestUnexpanded.get()?.ts;
         if (oldest === null || oldest === undefined || oldest >= op.olderThan) return [];
         return expandAll(true);
@@ -200,7 +212,13 @@ function open(path: string): void {
   };
   const batch = db.transaction((ops: LogWrite[]) => ops.map(handle));
   write = (ops) => {
-    const results = batch(ops);
+    let results: unknown[];
+    try {
+      results = batch(ops);
+    } catch (error) {
+      mayBeUnexpanded = true;
+      throw error;
+    }
     // Erasure: move the WAL's copies of the removed pages into the file and empty it (best effort:
     // a reader in the middle of a query lets the checkpoint finish only partly).
     if (ops.some((op) => op.op === "eraseUser" || op.op === "eraseDevice")) {
