@@ -252,11 +252,8 @@ export const envelopes = pgTable(
       .where(sql`${t.state} <> 'acked'`),
     // The sender half of export and user erasure; `queuedRecipientsOf`.
     index("envelopes_sender_idx").on(t.senderUser),
-    // Retention (`ts < cutoff`), a daily range delete of the oldest rows. BRIN (a summary per 128
-    // pages, rows come in nearly in `ts` order): one B-tree entry fewer per envelope row written
-    // (10,000 per group send's expansion) and per ack, whose UPDATE is not HOT (migration 0012,
-    // docs/BENCHMARKS.md "Fan-out, stop 26").
-    index("envelopes_ts_idx").using("brin", t.ts),
+    // Retention (`ts < cutoff`).
+    index("envelopes_ts_idx").on(t.ts),
   ],
 );
 
