@@ -126,10 +126,22 @@ export interface RecoveryReadMessage {
   type: "recovery.read";
 }
 
+/**
+ * Sent by the actor to itself when a push it did not wait for failed (the socket's node is not a
+ * member, or the transfer was refused): that connection is taken as gone and the device's pending
+ * envelopes go to its offline queue, as when a push fails while the actor waits for it.
+ */
+export interface PushFailedMessage {
+  type: "push.failed";
+  deviceId: number;
+  connectionId: string;
+}
+
 /** Everything a user actor handles. */
 export type UserMessage =
   | FlushDueMessage
   | RecoveryReadMessage
+  | PushFailedMessage
   | DeliverMessage
   | DeliverGroupMessage
   | DeviceConnectMessage
@@ -164,6 +176,15 @@ export interface UserActorPorts {
 
 /** How many finished envelopes an activation remembers, to ignore late or repeated delivers. */
 const RECENTLY_DONE = 4096;
+
+/**
+ * Pushes an activation hands to the transport without waiting for their confirms; past this many
+ * unconfirmed, a deliver waits for the oldest. Waiting for every push's confirm before the next
+ * deliver capped a user's delivery rate at one broker confirm per message (docs/BENCHMARKS.md
+ * "Three nodes, stop 26"); the bound keeps what a slow broker leaves in a node's memory at this many
+ * transfers' worth per actor, and slows the actor (hence its senders' `accepted`) when it is reached.
+ */
+const PUSHES_IN_FLIGHT = 32;
 
 /** How long a user actor waits before reading the log again after a failed read (ms). */
 const RETRY_MS = 500;
@@ -228,6 +249,8 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   private flushDueDevices: Set<number> | undefined;
   private recoveryDueDevices: Set<number> | undefined;
   private selfToldTypes: Set<(FlushDueMessage | RecoveryReadMessage)["type"]> | undefined;
+  /** Pushes handed to the transport and not confirmed yet, oldest first (see PUSHES_IN_FLIGHT). */
+  private unconfirmedPushes: Promise<void>[] | undefined;
   /** Until then (clock ms), delivers are wake-ups and the log is read; see UserActorPorts.recoveryMs. */
   private recoveringUntil = 0;
 
@@ -291,6 +314,15 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       await this.dispatch(deviceId, [...(this.pending.get(deviceId)?.values() ?? [])], ctx);
   }
 
+  /**
+   * Leaves once its pushes are confirmed: a handoff's next owner pushes the same pending envelopes,
+   * and they must not overtake this activation's. A failed one is left to the log (the next
+   * activation pushes or flushes what is still pending).
+   */
+  async onPassivate(): Promise<void> {
+    if (this.unconfirmedPushes) await Promise.all(this.unconfirmedPushes);
+  }
+
   async receive(message: UserMessage, ctx: ActorContext): Promise<unknown> {
     if (message.type !== "erase" && this.fenced(this.userId)) {
       // The user is being erased: whatever arrives (a late deliver, disconnect, flush) is dropped.
@@ -344,6 +376,14 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
           flushed += await this.flush(deviceId);
         }
         return { flushed };
+      }
+      case "push.failed": {
+        const device = this.devices.get(message.deviceId);
+        if (device?.connectionId === message.connectionId) this.devices.delete(message.deviceId);
+        // Connected again meanwhile: `flush.due` leaves it to that socket's drain and pushes.
+        this.flushDue.add(message.deviceId);
+        this.tellSelf({ type: "flush.due" }, ctx);
+        return { flushed: 0 };
       }
       case "device.connect":
         // Already known from this activation's start (same socket): keep what it knows.
@@ -482,6 +522,11 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   /**
    * Live device: push. Draining: hold. Not connected (or its socket vanished): flush to its queue,
    * after the delivers already waiting in the mailbox (`flush.due`). They are in the log meanwhile.
+   *
+   * A push is not waited for (up to PUSHES_IN_FLIGHT of them): pushes to one socket leave through
+   * the outbox in the order they were made, and one that fails comes back as `push.failed`, which
+   * takes the connection as gone and flushes the device's pending envelopes, as a failure seen here
+   * would. The envelopes stay pending (in this actor and in the log) until the device acks them.
    */
   private async dispatch(deviceId: number, all: StoredEnvelope[], ctx: ActorContext): Promise<void> {
     const envelopes = all.filter((e) => !this.fenced(e.senderUser));
@@ -489,12 +534,38 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     const device = this.devices.get(deviceId);
     if (device && !device.live) return;
     if (device) {
-      const pushed = await this.ports.sockets.push(device, this.userId, envelopes).catch(() => false);
-      if (pushed) return;
-      if (this.devices.get(deviceId) === device) this.devices.delete(deviceId);
+      await this.push(device, envelopes, ctx);
+      return;
     }
     this.flushDue.add(deviceId);
     this.tellSelf({ type: "flush.due" }, ctx);
+  }
+
+  /**
+   * Hands a push to the transport without waiting for its confirm, unless PUSHES_IN_FLIGHT are
+   * unconfirmed already: then waits for the oldest. A push that fails is told back as `push.failed`.
+   */
+  private async push(device: Connected, envelopes: StoredEnvelope[], ctx: ActorContext): Promise<void> {
+    const { deviceId, connectionId } = device;
+    const failed: PushFailedMessage = { type: "push.failed", deviceId, connectionId };
+    this.unconfirmedPushes ??= [];
+    const unconfirmed = this.unconfirmedPushes;
+    const push = this.ports.sockets.push(device, this.userId, envelopes).then(
+      (pushed) => (pushed ? undefined : this.tellFailed(failed, ctx)),
+      () => this.tellFailed(failed, ctx),
+    );
+    unconfirmed.push(push);
+    void push.then(() => {
+      unconfirmed.splice(unconfirmed.indexOf(push), 1);
+      if (unconfirmed.length === 0 && this.unconfirmedPushes === unconfirmed)
+        this.unconfirmedPushes = undefined;
+    });
+    if (unconfirmed.length > PUSHES_IN_FLIGHT) await unconfirmed[0];
+  }
+
+  /** Refused (the node is stopping): the envelopes stay pending in the log for the next activation. */
+  private tellFailed(message: PushFailedMessage, ctx: ActorContext): void {
+    void ctx.system.tell(ctx.key, message).catch(() => undefined);
   }
 
   /**

@@ -131,6 +131,80 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
     await watcher.close();
   });
 
+  test("kill -9 of the node holding the recipient's socket during 400 sends, pushes not waited for: every accepted message arrives once, in order, on the next connection", async () => {
+    // A node of its own to kill: the other victim may be dead already, depending on test order.
+    const gateway = await spawnNode({ ...env, DATABASE_URL: database.url, ADMIN_TOKEN });
+    try {
+      const until = Date.now() + 10_000;
+      while (!a.actors.ringMembers().includes(gateway.nodeId)) {
+        if (Date.now() > until) throw new Error("node-a never saw the new node");
+        await Bun.sleep(50);
+      }
+      const alice = await registerAndLogin(api(a.url));
+      // Bob's actor stays on node-a throughout. Its pushes are not waited for: those in flight to the
+      // dead node (or refused once the ring dropped it) must still reach Bob, from the actor's
+      // pending set and the log, when he connects again.
+      const bob = await userOwnedBy("node-a");
+      const seen = new Set<string>();
+      const order: string[] = [];
+      let duplicatesOnWire = 0;
+      const listen = (socket: TestSocket) =>
+        socket.ws.addEventListener("message", (event) => {
+          const frame = JSON.parse(String(event.data)) as Frame;
+          if (frame.type !== "message") return;
+          if (seen.has(frame.id)) duplicatesOnWire++;
+          else {
+            seen.add(frame.id);
+            order.push(frame.id);
+          }
+          socket.send({ type: "ack", ids: [frame.id] });
+        });
+      listen(await TestSocket.open(gateway.url, bob.accessToken));
+      const aliceSocket = await TestSocket.open(a.url, alice.accessToken);
+
+      const accepted: string[] = [];
+      const sent: string[] = [];
+      for (let i = 0; i < 400; i++) {
+        const id = randomUUID();
+        sent.push(id);
+        aliceSocket.send({
+          type: "send",
+          id,
+          to: { user: bob.userId },
+          messages: [{ deviceId: 1, type: 3, body: b64(`n${i}`) }],
+        });
+        if (i % 20 === 19) {
+          const replies = await Promise.all(
+            sent.slice(i - 19, i + 1).map((x) => aliceSocket.reply(x, 30_000)),
+          );
+          for (const r of replies) if (r.type === "accepted") accepted.push(r.id);
+        }
+        if (i === 100) gateway.proc.kill(9);
+        // Keep sending while the ring drops the dead node, so later pushes fail at once.
+        if (i === 200) {
+          const ringDeadline = Date.now() + 10_000;
+          while (a.actors.ringMembers().includes(gateway.nodeId) && Date.now() < ringDeadline)
+            await Bun.sleep(50);
+        }
+      }
+      expect(accepted.length).toBe(400);
+      expect(seen.size).toBeLessThan(400);
+      expect(a.actors.ringMembers()).not.toContain(gateway.nodeId);
+
+      // Bob's client reconnects (to node-b): his offline queue, then live pushes.
+      const bobAgain = await TestSocket.open(b.url, bob.accessToken);
+      listen(bobAgain);
+      const deadline = Date.now() + 30_000;
+      while (seen.size < accepted.length && Date.now() < deadline) await Bun.sleep(50);
+      expect(accepted.filter((id) => !seen.has(id))).toEqual([]);
+      expect(order).toEqual(accepted);
+      console.log(`gateway kill -9 run: 400 accepted, ${duplicatesOnWire} duplicates on the wire`);
+      await Promise.all([aliceSocket.close(), bobAgain.close()]);
+    } finally {
+      gateway.proc.kill(9);
+    }
+  });
+
   test("kill -9 of the recipient's actor owner during 1,000 sends: every accepted message arrives once, in order", async () => {
     // Carol is connected to the node about to die: watchers must see her go offline when her lease runs out.
     const carol = await registerAndLogin(api(a.url));
