@@ -157,7 +157,7 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
             seen.add(frame.id);
             order.push(frame.id);
           }
-          socket.send({ type: "ack", ids: [frame.id] });
+          socket.send(ackOf([frame]));
         });
       listen(await TestSocket.open(gateway.url, bob.accessToken));
       const aliceSocket = await TestSocket.open(a.url, alice.accessToken);
