@@ -1,4 +1,5 @@
 import type { Channel, Connection } from "rabbitmq-client";
+import { settledWithin } from "./deadlines.ts";
 import type { Logger } from "./logger.ts";
 
 /**
@@ -95,15 +96,8 @@ export async function openAmqpConnection(options: {
 
 /** Closes a connection without waiting on the broker for long: gives up after 2 s and destroys it. */
 export async function closeQuietly(rabbit: Connection): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const gaveUp = new Promise<void>((resolve) => {
-    timer = setTimeout(() => {
-      rabbit.unsafeDestroy();
-      resolve();
-    }, 2_000);
-  });
-  await Promise.race([rabbit.close().catch(() => {}), gaveUp]);
-  clearTimeout(timer);
+  const closed = rabbit.close().catch(() => {});
+  if (!(await settledWithin(closed, 2_000))) rabbit.unsafeDestroy();
 }
 
 /** The AMQP reply code of a failed channel operation, e.g. `NOT_FOUND` (404) for a missing queue. */

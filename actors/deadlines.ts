@@ -103,3 +103,22 @@ export class FixedDeadlines {
     }
   };
 }
+
+/**
+ * Waits for `work`, but at most `ms` milliseconds: resolves true once it fulfilled in time, false
+ * when the wait ran out first (`work` goes on; its outcome is then nobody's here), and rejects with
+ * `work`'s error when it rejected in time. The timer is cleared either way. For the waits that
+ * must not hold a reply or a stop for long (a publish, revoked sockets' closes, a broker's close,
+ * replayed erasures).
+ */
+export async function settledWithin(work: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([work.then(() => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -39,7 +39,7 @@ export {
 } from "./amqp-connect.ts";
 export { AmqpTransport, type AmqpTransportOptions } from "./amqp-transport.ts";
 export { type ActorNodeOptions, createActorNode } from "./create-actor-node.ts";
-export { type Deadline, FixedDeadlines } from "./deadlines.ts";
+export { type Deadline, FixedDeadlines, settledWithin } from "./deadlines.ts";
 export {
   GroupActor,
   type GroupActorPorts,

@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { and, count, eq, or, sql } from "drizzle-orm";
 import type Redis from "ioredis";
+import { settledWithin } from "../../actors/index.ts";
 import type { AuditTrail } from "../audit/types.ts";
 import { type Db, rowsOf } from "../db/index.ts";
 import {
@@ -174,16 +175,11 @@ export class ErasureService {
     );
     const jobs = await Promise.all(back.map((row) => this.start(row.id, "admin")));
     const settled = Promise.all(jobs.map((id) => this.settled(id)));
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const late = new Promise<"late">((resolve) => {
-      timer = setTimeout(() => resolve("late"), waitMs);
-    });
-    if ((await Promise.race([settled, late])) === "late")
+    if (!(await settledWithin(settled, waitMs)))
       this.deps.logger.error(
         { accounts: back.length },
         "replayed erasures still running; they continue in the background",
       );
-    clearTimeout(timer);
     return back.length;
   }
 

@@ -1,4 +1,5 @@
 import type Redis from "ioredis";
+import { settledWithin } from "../../actors/index.ts";
 import type { Logger } from "../observability/logger.ts";
 
 /** What the channel tells this node's cached lists (src/messaging/service.ts). */
@@ -108,8 +109,7 @@ export class ListChangeChannel {
     return this.publish(`b ${this.nodeId} ${blocker} ${blocked}`);
   }
 
-  private publish(message: string): Promise<void> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
+  private async publish(message: string): Promise<void> {
     const sent = this.redis.publish(this.channel, message).then(
       () => undefined,
       (error: unknown) => {
@@ -117,10 +117,7 @@ export class ListChangeChannel {
         this.logger.warn({ err: error, kind: message[0] }, "could not publish a device or block change");
       },
     );
-    const waited = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, PUBLISH_WAIT_MS);
-    });
-    return Promise.race([sent, waited]).finally(() => clearTimeout(timer));
+    await settledWithin(sent, PUBLISH_WAIT_MS);
   }
 
   /** Stops the heartbeat and closes the subscription. */

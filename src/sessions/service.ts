@@ -1,4 +1,5 @@
 import { and, eq, isNull, ne, sql } from "drizzle-orm";
+import { settledWithin } from "../../actors/index.ts";
 import type { AccountService } from "../accounts/service.ts";
 import type { AuditTrail } from "../audit/types.ts";
 import type { Db, Tx } from "../db/index.ts";
@@ -523,12 +524,7 @@ export class SessionService {
         "could not close a revoked device's sockets; the socket revalidation closes them",
       );
     });
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const waited = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, CLOSE_WAIT_MS);
-    });
-    await Promise.race([closing, waited]);
-    clearTimeout(timer);
+    await settledWithin(closing, CLOSE_WAIT_MS);
   }
 
   /**

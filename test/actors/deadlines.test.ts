@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { FixedDeadlines } from "../../actors/deadlines.ts";
+import { FixedDeadlines, settledWithin } from "../../actors/deadlines.ts";
 
 describe("FixedDeadlines", () => {
   test("deadlines fire in the order they were set, each no earlier than its length after it was set", async () => {
@@ -55,5 +55,13 @@ describe("FixedDeadlines", () => {
     all[0]?.cancel();
     expect(deadlines.size).toBe(0);
     deadlines.clear();
+  });
+});
+
+describe("settledWithin", () => {
+  test("true when the work fulfils in time, false when the wait runs out first, the work's error when it rejects in time", async () => {
+    expect(await settledWithin(Promise.resolve("done"), 1_000)).toBe(true);
+    expect(await settledWithin(new Promise(() => {}), 5)).toBe(false);
+    await expect(settledWithin(Promise.reject(new Error("broken")), 1_000)).rejects.toThrow("broken");
   });
 });
