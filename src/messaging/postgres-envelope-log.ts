@@ -1,5 +1,5 @@
 import { and, asc, eq, inArray, lt, or, type SQL, sql } from "drizzle-orm";
-import type { EnvelopeRef, GroupEnvelope } from "../../actors/index.ts";
+import { type EnvelopeRef, envelopeKey, type GroupEnvelope } from "../../actors/index.ts";
 import { type Db, rowsOf } from "../db/index.ts";
 import { envelopes } from "../db/schema.ts";
 import type { StoredEnvelope } from "./envelope.ts";
@@ -17,7 +17,7 @@ function identity(e: {
   recipientUser: string;
   recipientDevice: number;
 }): string {
-  return `${e.senderUser}/${e.senderDevice}/${e.id}/${e.recipientUser}/${e.recipientDevice}`;
+  return `${envelopeKey(e)}/${e.recipientUser}/${e.recipientDevice}`;
 }
 
 /** Envelopes of one recipient device named by id and sender device (an ack, or a flush to the offline queue). */
@@ -37,6 +37,9 @@ interface AckedRow {
 }
 
 /** Parallel arrays (one entry per envelope) for an UPDATE … FROM unnest(…). */
+
+/** What `flatten` returns. */
+type FlatRefs = ReturnType<typeof flatten>;
 
 function flatten(batch: readonly AckRequest[]) {
   const users: string[] = [];
@@ -252,11 +255,11 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     for (const r of rowsOf<{ seq: string | number; id: string; senderUser: string; senderDevice: number }>(
       result,
     )) {
-      inserted.set(`${r.senderUser}/${r.senderDevice}/${r.id}`, Number(r.seq));
+      inserted.set(envelopeKey(r), Number(r.seq));
     }
     // The same send twice in one batch: only its first occurrence is new.
     return batch.map(({ message: m }) => {
-      const key = `${m.senderUser}/${m.senderDevice}/${m.id}`;
+      const key = envelopeKey(m);
       const seq = inserted.get(key);
       inserted.delete(key);
       return seq ?? null;
@@ -431,40 +434,32 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
    * is one statement, not an expansion probe and an UPDATE.
    */
   private async ackBatch(batch: AckRequest[]): Promise<number[]> {
-    const { users, devices, ids, senders, senderDevices } = flatten(batch);
-    const first = await this.ackRows(users, devices, ids, senders, senderDevices);
     const acked = new Map<string, number>();
     const matched = new Set<string>();
     const count = (rows: AckedRow[]) => {
       for (const row of rows) {
-        const key = `${row.recipient_user}/${row.recipient_device}`;
-        acked.set(key, (acked.get(key) ?? 0) + 1);
-        matched.add(`${key}/${row.sender_user}/${row.sender_device}/${row.id}`);
+        const device = `${row.recipient_user}/${row.recipient_device}`;
+        acked.set(device, (acked.get(device) ?? 0) + 1);
+        matched.add(
+          `${device}/${envelopeKey({ senderUser: row.sender_user, senderDevice: row.sender_device, id: row.id })}`,
+        );
       }
     };
-    count(first);
-    if (first.length < ids.length) {
-      const rest = {
-        users: [] as string[],
-        devices: [] as number[],
-        ids: [] as string[],
-        senders: [] as string[],
-        senderDevices: [] as number[],
-      };
-      for (let i = 0; i < ids.length; i++) {
-        // PostgreSQL returns uuids in lower case; a client may have sent them in upper.
-        const key = `${users[i]?.toLowerCase()}/${devices[i]}/${senders[i]?.toLowerCase()}/${senderDevices[i]}/${ids[i]?.toLowerCase()}`;
-        if (matched.has(key)) continue;
-        rest.users.push(users[i] as string);
-        rest.devices.push(devices[i] as number);
-        rest.ids.push(ids[i] as string);
-        rest.senders.push(senders[i] as string);
-        rest.senderDevices.push(senderDevices[i] as number);
-      }
+    const all = flatten(batch);
+    count(await this.ackRows(all));
+    if (matched.size < all.ids.length) {
+      // PostgreSQL returns uuids in lower case; a client may have sent them in upper.
+      const rest = flatten(
+        batch.map((request) => {
+          const device = `${request.recipientUser.toLowerCase()}/${request.recipientDevice}`;
+          const unmatched = (e: EnvelopeRef) => !matched.has(`${device}/${envelopeKey(e).toLowerCase()}`);
+          return { ...request, envelopes: request.envelopes.filter(unmatched) };
+        }),
+      );
       if (rest.ids.length > 0) {
         // As for `queued` marks: an ack overtaking the expansion writes the rows first, then acks its own.
         await this.expand(sql`id = any(${arrayLiteral(rest.ids)}::uuid[])`);
-        count(await this.ackRows(rest.users, rest.devices, rest.ids, rest.senders, rest.senderDevices));
+        count(await this.ackRows(rest));
       }
     }
     // Two requests for one device in a batch share its count: give it to the first, once.
@@ -477,13 +472,7 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
   }
 
   /** Acks the named rows (recipient device, sender device and id) still holding a body; returns those it changed. */
-  private async ackRows(
-    users: string[],
-    devices: number[],
-    ids: string[],
-    senders: string[],
-    senderDevices: number[],
-  ): Promise<AckedRow[]> {
+  private async ackRows({ users, devices, ids, senders, senderDevices }: FlatRefs): Promise<AckedRow[]> {
     const result = await this.db.execute(sql`
       update envelopes as e set state = 'acked', body = null
       from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[],
