@@ -388,6 +388,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       metrics.retentionRemovals.inc({ store: "oidc_logout_tokens" }, report.oidcLogoutTokens);
       metrics.retentionRemovals.inc({ store: "audit_entries" }, report.auditEntries);
     },
+    finishDeviceRemovals: () => devices.finishRemovals(),
     ...(offline.kind === "rabbitmq"
       ? {
           sweepIdleQueues: (stopped: () => boolean) =>
@@ -498,7 +499,9 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     await listChanges?.publishDevices(userId);
     // The row is gone already and a retry of the removal answers 404: each step runs, in this
     // order, even when one before it failed (the user actor's node unreachable must not keep the
-    // device's envelopes in the log or its sockets open); the first failure is thrown at the end.
+    // device's envelopes in the log or its sockets open); the first failure is thrown at the end,
+    // and the retention job runs every step again later (DeviceService.finishRemovals). Each step
+    // is idempotent.
     const [failure] = await runEach([
       ["user actor", () => messaging.deviceRemoved(userId, deviceId)],
       ["log", () => log.eraseDevice(userId, deviceId)],

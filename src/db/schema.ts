@@ -45,6 +45,24 @@ export const devices = pgTable(
   (t) => [primaryKey({ columns: [t.userId, t.deviceId] })],
 );
 
+/**
+ * A device removed whose follow-ups (its user actor and offline queue, its log rows, its sockets)
+ * have not all finished: written in the removal's transaction, deleted once they have. Its id is not
+ * given to a new device meanwhile, so a late follow-up cannot reach a device that reused the id; the
+ * retention job finishes rows a node left behind (it died, or a backing service was away).
+ */
+export const deviceRemovals = pgTable(
+  "device_removals",
+  {
+    userId: uuid("user_id")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
+    deviceId: integer("device_id").notNull(),
+    removedAt: timestamp("removed_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.userId, t.deviceId] })],
+);
+
 /** Refresh tokens, stored as SHA-256 hashes; a spent one presented again revokes its device's tokens. */
 export const refreshTokens = pgTable(
   "refresh_tokens",

@@ -1,8 +1,9 @@
 import { randomInt } from "node:crypto";
-import { and, asc, eq, inArray, sql } from "drizzle-orm";
+import { and, asc, eq, inArray, lt, sql } from "drizzle-orm";
+import { union } from "drizzle-orm/pg-core";
 import type { AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
-import { accounts, devices } from "../db/schema.ts";
+import { accounts, deviceRemovals, devices } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import { MAX_DEVICE_ID } from "../protocol/ids.ts";
 
@@ -50,11 +51,16 @@ export class DeviceService {
       .transaction(async (tx) => {
         // Serialises concurrent logins of one account so two devices never pick the same free id.
         await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId)).for("update");
-        const taken = await tx
-          .select({ deviceId: devices.deviceId })
-          .from(devices)
-          .where(eq(devices.userId, userId))
-          .orderBy(asc(devices.deviceId));
+        // Ids of removals still finishing are taken too (`deviceRemovals`). One statement, so one
+        // snapshot: a removal committing between two reads could not make its id look free.
+        const taken = await union(
+          tx.select({ deviceId: devices.deviceId }).from(devices).where(eq(devices.userId, userId)),
+          tx
+            .select({ deviceId: deviceRemovals.deviceId })
+            .from(deviceRemovals)
+            .where(eq(deviceRemovals.userId, userId)),
+        );
+        taken.sort((a, b) => a.deviceId - b.deviceId);
         let deviceId = 1;
         for (const row of taken) {
           if (row.deviceId !== deviceId) break;
@@ -128,21 +134,69 @@ export class DeviceService {
     }));
   }
 
-  /** Removes the device and, by cascade, its refresh tokens; `not_found` when there is no such device. */
+  /**
+   * Removes the device and, by cascade, its refresh tokens; `not_found` when there is no such device.
+   * The removal is durable first: its `device_removals` row is written in the same transaction as
+   * the delete, and deleted once every listener has run (then the id is free again). Should a
+   * listener throw, the row stays, the error is thrown (the request answers 500, a retry 404), and
+   * `finishRemovals` runs the listeners again later; so does it when the node dies in between.
+   */
   async remove(userId: string, deviceId: number): Promise<void> {
-    const removed = await this.db
-      .delete(devices)
-      .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)))
-      .returning({ deviceId: devices.deviceId });
-    if (removed.length === 0) throw new DomainError("not_found", `device ${deviceId} does not exist`);
-    // Recorded once the row is gone, before the follow-ups: should one of them fail (the request
-    // then answers 500 and a retry 404), the removal itself still happened and is in the trail.
+    const removed = await this.db.transaction(async (tx) => {
+      const rows = await tx
+        .delete(devices)
+        .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)))
+        .returning({ deviceId: devices.deviceId });
+      if (rows.length > 0) await tx.insert(deviceRemovals).values({ userId, deviceId });
+      return rows.length > 0;
+    });
+    if (!removed) throw new DomainError("not_found", `device ${deviceId} does not exist`);
+    // Recorded once the row is gone, before the follow-ups: should one of them fail, the removal
+    // itself still happened and is in the trail.
     await this.audit?.record({
       action: "device.remove",
       actor: { user: userId },
       subject: userId,
       details: { deviceId },
     });
+    await this.followUp(userId, deviceId);
+  }
+
+  /**
+   * Runs the listeners again for removals whose follow-ups did not all finish (a listener threw, or
+   * the node died before the end) and that are older than `olderThanMs` (default 60 s: a removal in
+   * progress on another node is left to it; running a follow-up twice is harmless, each listener
+   * is idempotent). At most `limit` (default 100) per call, oldest first. Returns how many finished
+   * and how many failed again (those stay for the next call). Called by the retention job.
+   */
+  async finishRemovals(options: { olderThanMs?: number; limit?: number } = {}): Promise<{
+    finished: number;
+    failed: number;
+  }> {
+    const olderThanMs = options.olderThanMs ?? 60_000;
+    const rows = await this.db
+      .select({ userId: deviceRemovals.userId, deviceId: deviceRemovals.deviceId })
+      .from(deviceRemovals)
+      .where(lt(deviceRemovals.removedAt, sql`now() - make_interval(secs => ${olderThanMs / 1000})`))
+      .orderBy(asc(deviceRemovals.removedAt))
+      .limit(options.limit ?? 100);
+    const report = { finished: 0, failed: 0 };
+    for (const row of rows) {
+      try {
+        await this.followUp(row.userId, row.deviceId);
+        report.finished++;
+      } catch {
+        report.failed++;
+      }
+    }
+    return report;
+  }
+
+  /** The listeners, in order; then the `device_removals` row goes and the id is free again. */
+  private async followUp(userId: string, deviceId: number): Promise<void> {
     for (const listener of this.removedListeners) await listener(userId, deviceId);
+    await this.db
+      .delete(deviceRemovals)
+      .where(and(eq(deviceRemovals.userId, userId), eq(deviceRemovals.deviceId, deviceId)));
   }
 }

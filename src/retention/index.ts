@@ -18,6 +18,8 @@ export interface RetentionReport {
   oidcSignInCodes: number;
   oidcLogoutTokens: number;
   auditEntries: number;
+  /** Device removals whose follow-ups were finished by this pass, and those that failed again (null without `finishDeviceRemovals`). */
+  deviceRemovals: { finished: number; failed: number } | null;
   /** The idle offline-queue sweep, run in the first pass after start-up only (null in later passes). */
   idleQueues: IdleQueueSweep | null;
   cutoffs: { envelopes: string; refreshTokens: string; audit: string };
@@ -40,6 +42,11 @@ export interface RetentionDeps {
    * followed the backlog); `stopped` ends it early. Run once, in the first pass after start-up.
    */
   sweepIdleQueues?: (stopped: () => boolean) => Promise<IdleQueueSweep>;
+  /**
+   * Runs again the follow-ups of device removals left unfinished (a node died or a backing service
+   * was away mid-removal: the device's log rows, queue and sockets; DeviceService.finishRemovals).
+   */
+  finishDeviceRemovals?: () => Promise<{ finished: number; failed: number }>;
 }
 
 /**
@@ -98,6 +105,7 @@ export class RetentionJob {
       .where(lt(oidcLogoutTokens.expiresAt, new Date(now)))
       .returning({ jti: oidcLogoutTokens.jti });
     const audit = await this.deps.audit.prune(auditBefore);
+    const deviceRemovals = (await this.deps.finishDeviceRemovals?.()) ?? null;
     let idleQueues: IdleQueueSweep | null = null;
     if (this.deps.sweepIdleQueues && !this.swept) {
       this.swept = true;
@@ -109,6 +117,7 @@ export class RetentionJob {
       oidcSignInCodes: codes.length,
       oidcLogoutTokens: jtis.length,
       auditEntries: audit.removed,
+      deviceRemovals,
       idleQueues,
       cutoffs: {
         envelopes: new Date(envelopesBefore).toISOString(),

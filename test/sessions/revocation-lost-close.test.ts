@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { eq, sql } from "drizzle-orm";
 import { userKey } from "../../actors/index.ts";
+import { deviceRemovals } from "../../src/db/schema.ts";
 import { CloseCode } from "../../src/protocol/index.ts";
 import { AMQP_URL, runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { api, loginDevice, registerAndLogin } from "../support/http.ts";
@@ -174,8 +176,18 @@ describe("a revoked socket on a node cut off from the node links is closed all t
       ]);
       // Asked again, the device is gone.
       expect((await client.delete(`/v1/devices/${phone.deviceId}`, alice.accessToken)).status).toBe(404);
+      // Its id is not given to a new device while the removal is unfinished.
+      expect((await loginDevice(client, alice, { registrationId: 314 })).deviceId).not.toBe(phone.deviceId);
     } finally {
       await heal();
     }
+    // Once B answers again, the retention pass (of any node) finishes the removal: the actor on B
+    // lets go of the device and its queue; then the id is free.
+    await a.database.db
+      .update(deviceRemovals)
+      .set({ removedAt: sql`now() - interval '2 minutes'` })
+      .where(eq(deviceRemovals.userId, alice.userId));
+    expect((await a.retention.runOnce()).deviceRemovals).toEqual({ finished: 1, failed: 0 });
+    expect((await loginDevice(client, alice, { registrationId: 315 })).deviceId).toBe(phone.deviceId);
   }, 90_000);
 });

@@ -1,0 +1,108 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomUUID } from "node:crypto";
+import { and, eq, sql } from "drizzle-orm";
+import { deviceRemovals } from "../../src/db/schema.ts";
+import { DeviceService } from "../../src/devices/service.ts";
+import type { StoredEnvelope } from "../../src/messaging/envelope.ts";
+import { type Api, api, loginDevice, registerAndLogin } from "../support/http.ts";
+import { BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
+
+function envelopeFor(userId: string, deviceId: number, senderUser: string): StoredEnvelope {
+  return {
+    id: randomUUID(),
+    senderUser,
+    senderDevice: 1,
+    recipientUser: userId,
+    recipientDevice: deviceId,
+    groupId: null,
+    ts: Date.now(),
+    type: 1,
+    body: Buffer.from("ciphertext for the removed device").toString("base64"),
+  };
+}
+
+/**
+ * A device removal is durable before its follow-ups (the user actor and offline queue, the log's
+ * rows, the sockets) run: its `device_removals` row keeps the id from a new device until they have
+ * all finished, and the retention pass finishes a removal a node left half done.
+ */
+describe.each(BACKENDS)("device removal on %s", (backend) => {
+  let node: TestNode;
+  let client: Api;
+
+  beforeAll(async () => {
+    node = await startTestNode(backend);
+    client = api(node.url);
+  });
+  afterAll(() => node?.teardown());
+
+  test("a removed device's id is not given to a new device while the removal's follow-ups run", async () => {
+    const alice = await registerAndLogin(client);
+    const phone = await loginDevice(client, alice, { registrationId: 101 });
+    expect(phone.deviceId).toBe(2);
+    // A removal whose follow-up is still running (the account's actor slow to answer, say).
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let followUpStarted!: () => void;
+    const started = new Promise<void>((resolve) => {
+      followUpStarted = resolve;
+    });
+    const devices = new DeviceService(node.database.db);
+    devices.onRemoved(async () => {
+      followUpStarted();
+      await held;
+    });
+    const removal = devices.remove(alice.userId, phone.deviceId);
+    await started;
+    // Before the fix the smallest free id, 2, was handed out here, and the removal's follow-ups
+    // then erased the new device's envelopes and closed its sockets.
+    const tablet = await loginDevice(client, alice, { registrationId: 102 });
+    expect(tablet.deviceId).toBe(3);
+    release();
+    await removal;
+    const rows = await node.database.db
+      .select()
+      .from(deviceRemovals)
+      .where(eq(deviceRemovals.userId, alice.userId));
+    expect(rows).toEqual([]);
+    // Finished: the id is free again.
+    expect((await loginDevice(client, alice, { registrationId: 103 })).deviceId).toBe(2);
+  });
+
+  test("a removal left unfinished (a node died after the delete) is finished by the retention pass", async () => {
+    const alice = await registerAndLogin(client);
+    const bob = await registerAndLogin(client);
+    const phone = await loginDevice(client, alice, { registrationId: 201 });
+    const waiting = envelopeFor(alice.userId, phone.deviceId, bob.userId);
+    const queued = envelopeFor(alice.userId, phone.deviceId, bob.userId);
+    expect(await node.log.append([waiting, queued])).toEqual([true, true]);
+    await node.offline.flush(alice.userId, phone.deviceId, [queued]);
+    await node.log.markQueued(alice.userId, phone.deviceId, [queued]);
+    expect(await node.offline.depth(alice.userId, phone.deviceId)).toBe(1);
+    try {
+      // The node's own listeners never ran: this service has one that fails, as a dead node's would.
+      const devices = new DeviceService(node.database.db);
+      devices.onRemoved(() => {
+        throw new Error("the node died here");
+      });
+      await expect(devices.remove(alice.userId, phone.deviceId)).rejects.toThrow("the node died here");
+      expect((await client.get("/v1/devices", alice.accessToken)).body.devices).toHaveLength(1);
+      expect(await node.log.undelivered(alice.userId, { device: phone.deviceId })).toHaveLength(2);
+      // A recent removal is left to the node doing it; an old one is finished.
+      expect((await node.retention.runOnce()).deviceRemovals).toEqual({ finished: 0, failed: 0 });
+      await node.database.db
+        .update(deviceRemovals)
+        .set({ removedAt: sql`now() - interval '2 minutes'` })
+        .where(and(eq(deviceRemovals.userId, alice.userId), eq(deviceRemovals.deviceId, phone.deviceId)));
+      expect((await node.retention.runOnce()).deviceRemovals).toEqual({ finished: 1, failed: 0 });
+      expect(await node.log.undelivered(alice.userId, { device: phone.deviceId })).toEqual([]);
+      expect(await node.offline.depth(alice.userId, phone.deviceId)).toBe(0);
+      expect((await node.retention.runOnce()).deviceRemovals).toEqual({ finished: 0, failed: 0 });
+      expect((await loginDevice(client, alice, { registrationId: 202 })).deviceId).toBe(phone.deviceId);
+    } finally {
+      await node.offline.purge(alice.userId, phone.deviceId).catch(() => 0);
+    }
+  });
+});
