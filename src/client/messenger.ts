@@ -699,8 +699,13 @@ export class Messenger extends EventEmitter<MessengerEvents> {
     const db = this.client.store.db;
     // A message is its id with its sender device: ids are chosen by senders, and another sender may
     // send one this device has seen (docs/PROTOCOL.md), which must neither hide this message nor replace it.
+    // A store from before keys named the sender holds bare ids: a message handled then and redelivered
+    // now (its ack lost) is seen too, not decrypted again (its message keys are spent, so it would
+    // come out undecryptable). New rows always hold a `/`, so a bare id matches legacy rows only.
     const key = receivedKey(frame);
-    const seen = db.query<{ id: string }, [string]>("select id from received where id = ?").get(key);
+    const seen = db
+      .query<{ id: string }, [string, string]>("select id from received where id in (?, ?)")
+      .get(key, frame.id);
     if (!seen) {
       try {
         const plaintext = await this.client.decrypt({ from: frame.from, envelope: frame.envelope });

@@ -347,6 +347,44 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     for (const c of [a, b, m]) c.client.close();
   });
 
+  test("a message handled before the store keyed ids by sender, and redelivered after, is acked and not handled again", async () => {
+    const a = await chatter(node.url, "alice");
+    const b = await chatter(node.url, "bob");
+    const undecryptable: string[] = [];
+    b.messenger.on("undecryptable", (u) => undecryptable.push(u.id));
+    const text = (t: string) => JSON.stringify({ v: 1, t: "text", text: t });
+    const [handledBefore, fresh] = [crypto.randomUUID(), crypto.randomUUID()];
+    // Bob's store as the version before left it: the bare id of a message it handled, whose ack
+    // never reached the server.
+    b.client.store.db.query("insert into received (id, at) values (?, ?)").run(handledBefore, Date.now());
+    const aliceSocket = await a.client.connect();
+    for (const [id, t] of [
+      [handledBefore, "handled before the upgrade"],
+      [fresh, "new"],
+    ] as const) {
+      const messages = await a.client.encrypt(b.client.userId, text(t));
+      expect((await aliceSocket.sendToUser(id, b.client.userId, messages)).type).toBe("accepted");
+    }
+    b.messenger.start();
+    await until(() => b.received.length === 1, "alice's new message");
+    expect(b.received.map((r) => [r.id, r.text])).toEqual([[fresh, "new"]]);
+    expect(undecryptable).toEqual([]);
+    // Both were acked: a new socket is given neither again.
+    b.messenger.stop();
+    await until(() => !b.messenger.isOnline, "bob offline");
+    const bobSocket = await b.client.connect();
+    const got: string[] = [];
+    bobSocket.on("message", (m: { id: string }) => got.push(m.id));
+    const probe = crypto.randomUUID();
+    const messages = await a.client.encrypt(b.client.userId, text("probe"));
+    expect((await aliceSocket.sendToUser(probe, b.client.userId, messages)).type).toBe("accepted");
+    await until(() => got.includes(probe), "the probe");
+    expect(got).toEqual([probe]);
+    bobSocket.close();
+    aliceSocket.close();
+    for (const c of [a, b]) c.client.close();
+  });
+
   test("sends made offline are queued, survive a restart of the client, and arrive in order", async () => {
     const storePath = join(dir, "queued-alice.db");
     const a = await chatter(node.url, "alice", { storePath });
