@@ -46,10 +46,15 @@ export class OwnPostgres {
   private constructor(
     readonly port: number,
     private readonly dir: string,
+    private readonly settings: Readonly<Record<string, string>>,
   ) {}
 
-  /** Creates the cluster (initdb, a few seconds) and starts it; resolves once it takes connections. */
-  static async start(): Promise<OwnPostgres> {
+  /**
+   * Creates the cluster (initdb, a few seconds) and starts it; resolves once it takes connections.
+   * `settings` are server parameters (`-c name=value`) over the defaults above, kept across restarts:
+   * e.g. `{ fsync: "on" }` for a test that counts WAL flushes.
+   */
+  static async start(settings: Readonly<Record<string, string>> = {}): Promise<OwnPostgres> {
     const dir = mkdtempSync(join(tmpdir(), "clearbox-pg-"));
     if (userInfo().uid === 0) {
       const { uid, gid } = userInfoOf(OS_USER);
@@ -74,7 +79,7 @@ export class OwnPostgres {
       rmSync(dir, { recursive: true, force: true });
       throw new Error(`initdb failed: ${stderr.slice(0, 500)}`);
     }
-    const pg = new OwnPostgres(await freePort(), dir);
+    const pg = new OwnPostgres(await freePort(), dir, settings);
     await pg.restart();
     return pg;
   }
@@ -132,6 +137,7 @@ export class OwnPostgres {
               "fsync=off",
               "-c",
               "max_connections=200",
+              ...Object.entries(this.settings).flatMap(([name, value]) => ["-c", `${name}=${value}`]),
             ]),
             { stdout: "ignore", stderr: "ignore" },
           );
