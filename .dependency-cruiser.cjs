@@ -60,14 +60,14 @@ module.exports = {
       name: "harness-stays-a-client",
       severity: "error",
       comment:
-        "The load harness drives servers from outside: besides the SDK it may use the actor system (its micro-benchmark) and clean up its Redis keys; the envelope-log micro-benchmark (log-bench.ts) opens the logs themselves, the unit-cost benchmark (unit-costs.ts, docs/SCALING.md) measures the store adapters themselves, and the socket revalidation benchmark (revalidation-bench.ts) runs the gateway's revalidation over its own registry.",
+        "The load harness drives servers from outside: besides the SDK it may use the actor system (its micro-benchmark), clean up its Redis keys and stamp the stage trace its nodes stamp too (observability/stage-trace.ts); the envelope-log micro-benchmark (log-bench.ts) opens the logs themselves, the unit-cost benchmark (unit-costs.ts, docs/SCALING.md) measures the store adapters themselves, and the socket revalidation benchmark (revalidation-bench.ts) runs the gateway's revalidation over its own registry.",
       from: {
         path: "^src/loadtest/",
         pathNot: "^src/loadtest/(log-bench|unit-costs|revalidation-bench)\\.ts$",
       },
       to: {
         path: "^(src|actors)/",
-        pathNot: "^src/(client|loadtest|protocol|redis)/|^actors/",
+        pathNot: "^src/(client|loadtest|protocol|redis)/|^actors/|^src/observability/stage-trace\\.ts$",
         dependencyTypesNot: ["type-only"],
       },
     },

@@ -3,6 +3,7 @@ import type { MessagingService, SubmittedSend } from "../messaging/service.ts";
 import { LogSummary } from "../observability/log-summary.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { MessageTallies } from "../observability/metrics.ts";
+import { stamp } from "../observability/stage-trace.ts";
 import {
   checkAck,
   checkAuth,
@@ -179,6 +180,7 @@ export class FrameHandler {
 
   private send(conn: DeviceConnection, frame: unknown, id: string | undefined): void {
     const { messaging, tallies } = this.deps;
+    if (id) stamp(id, "rx");
     let submit: () => Promise<SubmittedSend>;
     // 1:1 sends first: the common case is then checked once.
     let isGroup = false;
@@ -204,8 +206,10 @@ export class FrameHandler {
     const answer = (reply: ServerFrame) => {
       if (answered) return;
       answered = true;
-      if (reply.type === "accepted") tallies.accepted++;
-      else if (reply.type === "rejected") tallies.reject(reply.code);
+      if (reply.type === "accepted") {
+        tallies.accepted++;
+        stamp(reply.id, "acc");
+      } else if (reply.type === "rejected") tallies.reject(reply.code);
       else tallies.reject("internal");
       conn.send(reply);
     };
@@ -238,6 +242,7 @@ export class FrameHandler {
         stopTimer();
         return;
       }
+      if (id) stamp(id, "chain");
       const queued = (async () => {
         try {
           const { outcome } = await submit();

@@ -1,4 +1,5 @@
 import type { StoredEnvelope } from "../messaging/envelope.ts";
+import { stageTraceOn, stamp } from "../observability/stage-trace.ts";
 import type { DeviceConnection } from "./connection.ts";
 
 /** Where one socket stands (see `DeviceSockets.status` in actors): `live` takes pushes. */
@@ -113,6 +114,7 @@ export class SocketRegistry {
   ): boolean {
     const conn = this.get(userId, deviceId);
     if (!conn || conn.connectionId !== connectionId || conn.isClosed()) return false;
+    if (stageTraceOn) for (const e of envelopes) stamp(e.id, "push");
     return conn.deliver(envelopes, "live");
   }
 

@@ -1,4 +1,5 @@
 import { randomBytes, randomUUID } from "node:crypto";
+import { stamp } from "../observability/stage-trace.ts";
 import type { LoadSocket } from "./socket.ts";
 import type { Tracker } from "./tracker.ts";
 
@@ -41,6 +42,7 @@ const building = new WeakMap<Route, Promise<unknown>>();
 function fire(route: Route, tracker: Tracker, at?: number) {
   const id = randomUUID();
   tracker.sentOne(id, route.expected, at);
+  stamp(id, "due", at);
   const previous = building.get(route);
   const frame = previous ? previous.then(() => route.frame(id)) : route.frame(id);
   if (typeof frame === "string") return route.sender.send(frame);

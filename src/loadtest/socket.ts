@@ -1,4 +1,5 @@
 import { ERROR_RETRIES, errorRetryDelayMs } from "../client/socket.ts";
+import { stamp } from "../observability/stage-trace.ts";
 import type { ServerFrame } from "../protocol/index.ts";
 import type { Target, VirtualDevice } from "./targets.ts";
 import type { Tracker } from "./tracker.ts";
@@ -94,6 +95,7 @@ export class LoadSocket {
     if (!slotTaken) this.inFlight++;
     const id = /"id":"([^"]+)"/.exec(text)?.[1];
     if (id) this.unanswered.set(id, text);
+    if (id) stamp(id, "sent");
     this.ws.send(text);
   }
 
@@ -111,6 +113,7 @@ export class LoadSocket {
         this.failures.delete(frame.id);
         this.inFlight--;
         tracker?.acceptedOne(frame.id);
+        stamp(frame.id, "hacc");
         this.onAnswer?.();
         break;
       case "rejected": {
@@ -133,6 +136,7 @@ export class LoadSocket {
       }
       case "message": {
         const { id } = frame;
+        stamp(id, "dlv");
         this.ack({ id, from: frame.from });
         if (this.seen.has(id)) {
           tracker?.duplicateOne();

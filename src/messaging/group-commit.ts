@@ -1,3 +1,5 @@
+import { stageTraceOn, traceEvent } from "../observability/stage-trace.ts";
+
 /** Told after every write of a group commit: how many items it carried and how long it took (seconds). */
 export type CommitObserver = (items: number, seconds: number) => void;
 
@@ -7,11 +9,20 @@ export type CommitObserver = (items: number, seconds: number) => void;
  */
 export type CommitListener = (operation: string, items: number, seconds: number) => void;
 
-/** The per-operation observer of `listener` (created once per GroupCommit, not per write). */
+/**
+ * The per-operation observer of `listener` (created once per GroupCommit, not per write). With the
+ * stage trace on, every write is also traced as `<operation> <items>` and `<operation>ms <ms>`.
+ */
 export function commitObserver(
   listener: CommitListener | undefined,
   operation: string,
 ): CommitObserver | undefined {
+  if (stageTraceOn)
+    return (items, seconds) => {
+      traceEvent(operation, items);
+      traceEvent(`${operation}ms`, seconds * 1000);
+      listener?.(operation, items, seconds);
+    };
   return listener && ((items, seconds) => listener(operation, items, seconds));
 }
 

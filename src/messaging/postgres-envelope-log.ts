@@ -2,6 +2,7 @@ import { and, asc, eq, inArray, lt, or, type SQL, sql } from "drizzle-orm";
 import { type EnvelopeRef, envelopeKey, type GroupEnvelope } from "../../actors/index.ts";
 import { type Db, rowsOf } from "../db/index.ts";
 import { envelopes } from "../db/schema.ts";
+import { stamp } from "../observability/stage-trace.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState, ExpandedGroupMessage } from "./envelope-log.ts";
 import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
@@ -192,6 +193,7 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     // The gateway validated these; checked again because they are spliced into array literals.
     for (const e of batch) {
       if (!BASE64.test(e.body) || !UUID.test(e.id)) throw new Error("envelope id or body is malformed");
+      stamp(e.id, "wstart");
     }
     const result = await this.db.execute(sql`
       insert into envelopes

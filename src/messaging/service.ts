@@ -11,6 +11,7 @@ import {
 import type { Db } from "../db/index.ts";
 import { accounts, blocks, devices } from "../db/schema.ts";
 import { ErasureFence } from "../fence/index.ts";
+import { stamp } from "../observability/stage-trace.ts";
 import type { AcceptedFrame, DirectSend, GroupSend, RejectedFrame } from "../protocol/index.ts";
 import type { Principal } from "../sessions/service.ts";
 import type { StoredEnvelope } from "./envelope.ts";
@@ -478,8 +479,10 @@ export class MessagingService {
       type: m.type,
       body: m.body,
     }));
+    stamp(frame.id, "queued");
     const outcome = this.track([from.userId, frame.to.user], this.log.append(envelopes)).then(
       async (fresh): Promise<SendOutcome> => {
+        stamp(frame.id, "commit");
         const toDeliver = envelopes.filter((_, i) => fresh[i]);
         // Durable now: a failure to reach the actor is recovered from the log, so it does not un-accept.
         // Handed over in commit order (the ask leaves before any await), so per-sender order holds.

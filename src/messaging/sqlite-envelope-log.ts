@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { EnvelopeRef, GroupEnvelope } from "../../actors/index.ts";
+import { stageTraceOn, stamp } from "../observability/stage-trace.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState, ExpandedGroupMessage } from "./envelope-log.ts";
 import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
@@ -83,7 +84,11 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
     private readonly expandInBackground = true,
   ) {
     this.writes = new GroupCommit(
-      (ops) => this.request({ kind: "write", seq: 0, ops }),
+      (ops) => {
+        if (stageTraceOn)
+          for (const op of ops) if (op.op === "append") for (const e of op.envelopes) stamp(e.id, "wstart");
+        return this.request({ kind: "write", seq: 0, ops });
+      },
       undefined,
       commitObserver(onCommit, "write"),
     );
