@@ -473,25 +473,13 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     });
   }
 
-  /**
-   * Acks the named rows (recipient device, sender device and id) still holding a body; returns those
-   * it changed. The statement's transaction commits asynchronously (`synchronous_commit = off` for
-   * it alone, set by `set_config(…, true)` in its FROM list): the commit does not wait for its WAL
-   * flush, which the next append's commit (or the WAL writer, within 3 × `wal_writer_delay`) does.
-   * A server crash can thus forget the last acks (never an append or a `queued` mark, which still
-   * wait for their flush): a `pending` one is delivered again, which the protocol allows (at least
-   * once on the wire; clients dedupe by sender device and id); a `queued` one, whose RabbitMQ
-   * message was acked, keeps its ciphertext until retention removes the row. Before,
-   * every ack batch waited for an fsync of its own beside the appends' (pg_stat_wal: one WAL flush
-   * per commit; test/messaging/postgres-ack-commit.test.ts).
-   */
+  /** Acks the named rows (recipient device, sender device and id) still holding a body; returns those it changed. */
   private async ackRows({ users, devices, ids, senders, senderDevices }: FlatRefs): Promise<AckedRow[]> {
     const result = await this.db.execute(sql`
       update envelopes as e set state = 'acked', body = null
       from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[],
           ${arrayLiteral(senders)}::uuid[], ${arrayLiteral(senderDevices)}::int[])
-        as a(recipient_user, recipient_device, id, sender_user, sender_device),
-        (select set_config('synchronous_commit', 'off', true)) as async_commit(setting)
+        as a(recipient_user, recipient_device, id, sender_user, sender_device)
       where e.recipient_user = a.recipient_user and e.recipient_device = a.recipient_device
         and e.id = a.id and e.sender_user = a.sender_user and e.sender_device = a.sender_device
         and e.body is not null
