@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
 import { resolve } from "node:path";
 import type { Subprocess } from "bun";
+import postgres from "postgres";
 import { REDIS_URL, runPrefix } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN } from "../support/node.ts";
@@ -23,6 +24,27 @@ const GROUPS = 3;
 const ANSWER_BOUND_MS = 20_000;
 /** Delivery must resume within this long after the broker accepts connections again. */
 const RESUME_BOUND_MS = 30_000;
+
+/** Log rows (recipient user, device and state) of these envelope ids, for the failure output. */
+async function rowStates(url: string, ids: string[]): Promise<Map<string, string[]>> {
+  const byId = new Map<string, string[]>();
+  if (ids.length === 0) return byId;
+  const sql = postgres(url, { max: 1, onnotice: () => {} });
+  try {
+    const rows = await sql<{ id: string; recipient_device: number; state: string }[]>`
+      select id, recipient_device, state from envelopes where id in ${sql(ids)}`;
+    for (const row of rows)
+      byId.set(row.id, [...(byId.get(row.id) ?? []), `${row.recipient_device}:${row.state}`]);
+    // A group send not expanded yet has no envelope rows, only its group_messages row.
+    const groups = await sql<{ id: string; expanded: boolean }[]>`
+      select id, recipients is null as expanded from group_messages where id in ${sql(ids)}`;
+    for (const row of groups)
+      byId.set(row.id, [...(byId.get(row.id) ?? []), row.expanded ? "group:expanded" : "group:unexpanded"]);
+  } finally {
+    await sql.end();
+  }
+  return byId;
+}
 
 interface NodeProcess {
   proc: Subprocess;
@@ -392,7 +414,40 @@ describe("RabbitMQ killed -9 under steady 1:1 and group traffic over three nodes
           (acceptedIds[k] as string[]).every((id) => (seen[r] as (typeof seen)[number]).ids.has(id)),
         ),
       );
-    await until("every accepted message delivered", delivered, RESUME_BOUND_MS);
+    await until("every accepted message delivered", delivered, RESUME_BOUND_MS).catch(async (error) => {
+      // Which accepted messages are missing, and where they sit: the log row's state, the stream,
+      // when it was accepted against the crash, and the recipient socket's reconnects. Ids only.
+      const missing = streams.flatMap((stream, k) =>
+        stream.recipients.flatMap((r) =>
+          (sent[k] as Sent[])
+            .filter((s) => s.acceptedAt !== undefined && !(seen[r] as (typeof seen)[number]).ids.has(s.id))
+            .map((s) => ({
+              stream: k,
+              recipient: r,
+              seq: s.seq,
+              id: s.id,
+              acceptedAfterCrashMs: (s.acceptedAt as number) - crashedAt,
+              acceptedAfterBackMs: (s.acceptedAt as number) - backAt,
+              recipientReconnects: (recipientSockets[r] as ReconnectingSocket).reconnects,
+            })),
+        ),
+      );
+      const rows = await rowStates(
+        (database as TestDatabase).url,
+        missing.map((m) => m.id),
+      );
+      const notes = nodes.flatMap((n) =>
+        n.output
+          .filter((line) => /"level":(40|50|60)|ring changed|handed actors off|adopted/.test(line))
+          .slice(-25)
+          .map((l) => `${n.nodeId} ${l}`),
+      );
+      throw new Error(
+        `${(error as Error).message}\nmissing: ${JSON.stringify(
+          missing.map((m) => ({ ...m, rows: rows.get(m.id) ?? [] })),
+        )}\nwarnings:\n${notes.join("\n")}`,
+      );
+    });
     const resumedMs = Math.max(...seen.map((s) => s.lastAt)) - backAt;
 
     for (const node of nodes) {
@@ -434,6 +489,7 @@ describe("RabbitMQ killed -9 under steady 1:1 and group traffic over three nodes
         distinct: seen.reduce((n, s) => n + s.ids.size, 0),
         lastDeliveryAfterBrokerBackMs: resumedMs,
         reconnects: [...senderSockets, ...recipientSockets].reduce((n, s) => n + s.reconnects, 0),
+        ringChanges: output.split("ring changed").length - 1,
       }),
     );
     for (const s of [...senderSockets, ...recipientSockets]) s.close();
