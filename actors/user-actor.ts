@@ -189,6 +189,12 @@ const PUSHES_IN_FLIGHT = 32;
 /** How long a user actor waits before reading the log again after a failed read (ms). */
 const RETRY_MS = 500;
 
+/**
+ * How long a user actor waits before looking again for a device's socket that a presence lease
+ * names but that did not answer (ms): its node unreachable for a moment, or the socket closing.
+ */
+const RELEARN_RETRY_MS = 1_000;
+
 /** How long an activation keeps trying a read of the presence leases or the log that fails (ms). */
 const ACTIVATION_RETRY_MS = 10_000;
 
@@ -253,6 +259,9 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   private unconfirmedPushes: Promise<void>[] | undefined;
   /** Until then (clock ms), delivers are wake-ups and the log is read; see UserActorPorts.recoveryMs. */
   private recoveringUntil = 0;
+  /** Devices whose socket a lease names but did not answer, looked for again when the timer fires. */
+  private relearnDue: Set<number> | undefined;
+  private relearnTimer: ReturnType<typeof setTimeout> | undefined;
 
   /** deviceId → unacked envelopes by `envelopeKey` (id and sender device), in acceptance order. */
   private get pending(): Map<number, Map<string, StoredEnvelope>> {
@@ -372,7 +381,14 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
           this.flushDue.delete(deviceId);
           // Connected meanwhile: its pending envelopes are pushed once it has drained its queue.
           if (this.devices.has(deviceId)) continue;
-          if (await this.relearn(deviceId)) continue;
+          const found = await this.relearn(deviceId);
+          if (found === "held") continue;
+          // A lease names a socket that did not answer: it may be open, and would never read a
+          // queue flushed now. Held here (and pending in the log) until it answers or its lease goes.
+          if (found === "unreachable") {
+            this.relearnLater(deviceId, ctx);
+            continue;
+          }
           flushed += await this.flush(deviceId);
         }
         return { flushed };
@@ -594,25 +610,68 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
   /**
    * Looks the device's socket up in the presence leases once more before its envelopes go to the
    * offline queue, which a connected device reads only when it connects: an activation in the
-   * moment between a Redis restart and the leases being written again found none. A live socket
-   * is pushed to (true); one still draining its queue is held for (true, pushed at its
-   * `device.drained`); none, or a push that fails, is false and the flush goes ahead.
+   * moment between a Redis restart and the leases being written again found none, and a push that
+   * failed took an open socket for gone. A socket found is held for (`held`): one still draining
+   * its queue is pushed to at its `device.drained`. A live one is pushed the pending envelopes,
+   * unless the log has envelopes `queued` for the device (flushed while no activation knew the
+   * socket, or unread by the log's answer): then it is sent to read its queue again first and
+   * reports drained like a draining one, so they are not left in a queue a live socket never
+   * reads again, nor overtaken. `unreachable`: a lease names a socket that did not answer, or did
+   * not take the push or drain command. `none`: no lease for the device.
    */
-  private async relearn(deviceId: number): Promise<boolean> {
+  private async relearn(deviceId: number): Promise<"held" | "unreachable" | "none"> {
     const sockets = await this.ports.sockets.open(this.userId).catch(() => []);
+    let unanswered = false;
     for (const socket of sockets) {
       if (socket.deviceId !== deviceId) continue;
       const status = await this.ports.sockets.status(socket, this.userId).catch(() => "gone" as const);
-      if (status === "gone") continue;
-      const device: Connected = { ...socket, live: status === "live", canDrainAgain: true };
+      if (status === "gone") {
+        unanswered = true;
+        continue;
+      }
+      const device: Connected = { ...socket, live: false, canDrainAgain: true };
       this.devices.set(deviceId, device);
-      if (!device.live) return true;
-      const pending = [...(this.pendingByDevice?.get(deviceId)?.values() ?? [])];
-      if (pending.length === 0) return true;
-      if (await this.ports.sockets.push(device, this.userId, pending).catch(() => false)) return true;
+      if (status === "pending") return "held";
+      if (await this.takenBack(device)) return "held";
       if (this.devices.get(deviceId) === device) this.devices.delete(deviceId);
+      unanswered = true;
     }
-    return false;
+    return unanswered ? "unreachable" : "none";
+  }
+
+  /**
+   * A live socket this activation did not know (`relearn`): pushed the device's pending envelopes
+   * when its queue owes it nothing, else sent to read the queue again (held until it reports
+   * drained). False when the socket did not take the push or the drain command.
+   */
+  private async takenBack(device: Connected): Promise<boolean> {
+    const { deviceId } = device;
+    const queued = await this.ports.log
+      .undelivered(this.userId, { device: deviceId, state: "queued", limit: 1 })
+      .catch(() => undefined);
+    if (queued?.length !== 0) return this.ports.sockets.drainAgain(device, this.userId).catch(() => false);
+    device.live = true;
+    const pending = [...(this.pendingByDevice?.get(deviceId)?.values() ?? [])];
+    if (pending.length === 0) return true;
+    return this.ports.sockets.push(device, this.userId, pending).catch(() => false);
+  }
+
+  /**
+   * Looks for the device's socket again after RELEARN_RETRY_MS (`flush.due`), one timer per
+   * activation for every such device. The tell activates the user again if this activation has
+   * gone meanwhile; the next one rebuilds the envelopes from the log.
+   */
+  private relearnLater(deviceId: number, ctx: ActorContext): void {
+    this.relearnDue ??= new Set();
+    this.relearnDue.add(deviceId);
+    if (this.relearnTimer) return;
+    this.relearnTimer = setTimeout(() => {
+      this.relearnTimer = undefined;
+      for (const device of this.relearnDue ?? []) this.flushDue.add(device);
+      this.relearnDue = undefined;
+      this.tellSelf({ type: "flush.due" }, ctx);
+    }, RELEARN_RETRY_MS);
+    this.relearnTimer.unref?.();
   }
 
   /**

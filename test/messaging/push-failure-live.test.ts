@@ -1,0 +1,110 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { userKey } from "../../actors/index.ts";
+import type { NodeLink } from "../../src/gateway/node-link.ts";
+import { api, registerAndLogin } from "../support/http.ts";
+import { socketState, startTwoNodes, type TestNode } from "../support/node.ts";
+import { ackOf, sendDirect, TestSocket, waitUntil } from "../support/ws.ts";
+
+/** The node link a node's user actors reach sockets through (their `DeviceSockets` port). */
+function linkOf(node: TestNode): NodeLink {
+  return (node.gateway as unknown as { options: { link: NodeLink } }).options.link;
+}
+
+/**
+ * Makes `link` fail the next `times` calls of `method` for `userId` as an unreachable gateway node
+ * does (a push or drain command not taken: false; a status question unanswered: `gone`; the
+ * presence leases unreadable or not rewritten yet: none), then behave as before.
+ */
+function failNext(link: NodeLink, method: "push" | "status" | "open", userId: string, times = 1): void {
+  const real = link[method].bind(link) as (...args: unknown[]) => Promise<unknown>;
+  const failed = { push: false, status: "gone", open: [] }[method];
+  let left = times;
+  (link as unknown as Record<string, unknown>)[method] = (...args: unknown[]) => {
+    const forUser = method === "open" ? args[0] === userId : args[1] === userId;
+    if (forUser && left > 0) {
+      left--;
+      return Promise.resolve(failed);
+    }
+    return real(...args);
+  };
+}
+
+/**
+ * A push to a live socket on another node fails (its node was unreachable for a moment: a
+ * transfer refused, a heartbeat missed) while the socket stays open. The user actor must not leave
+ * the message where that socket never looks again (its offline queue, read only on connect): the
+ * message reaches the socket without the device reconnecting (docs/MESSAGING.md, "A push that
+ * fails while the socket is open").
+ */
+describe("a push that fails while the recipient's socket stays open", () => {
+  let a: TestNode;
+  let b: TestNode;
+  let cluster: Awaited<ReturnType<typeof startTwoNodes>> | undefined;
+
+  beforeAll(async () => {
+    cluster = await startTwoNodes("pushfail");
+    ({ a, b } = cluster);
+  });
+  afterAll(() => cluster?.teardown());
+
+  /** A sender and a recipient whose actor lives on one node and whose socket is live on the other. */
+  async function recipientAcross() {
+    const client = api(a.url);
+    const alice = await registerAndLogin(client);
+    const gina = await registerAndLogin(client);
+    const owner = a.actors.ownerOf(userKey(gina.userId)) === a.config.nodeId ? a : b;
+    const gateway = owner === a ? b : a;
+    const sender = await TestSocket.open(owner.url, alice.accessToken);
+    const socket = await TestSocket.open(gateway.url, gina.accessToken);
+    await waitUntil(() => socketState(gateway, gina.userId) === "live", "the recipient's socket live");
+    return { owner, gateway, alice, gina, sender, socket };
+  }
+
+  test("its socket unanswered once more: the message still arrives, without a reconnect", async () => {
+    const { owner, gina, sender, socket } = await recipientAcross();
+    try {
+      failNext(linkOf(owner), "push", gina.userId);
+      failNext(linkOf(owner), "status", gina.userId);
+      const [id] = await sendDirect(sender, gina.userId, 1, "unreachable once");
+      const [got] = await socket.messages(1, 20_000);
+      expect(got?.id).toBe(id);
+      expect(socket.closed).toBeUndefined();
+      socket.send(ackOf([got as NonNullable<typeof got>]));
+      await waitUntil(
+        async () => (await owner.log.undelivered(gina.userId)).length === 0,
+        "the ack in the log",
+      );
+    } finally {
+      await sender.close();
+      await socket.close();
+      await owner.offline.purge(gina.userId, 1).catch(() => 0);
+    }
+  }, 60_000);
+
+  test("flushed to its queue while its lease was unreadable: it arrives with the next message, in order", async () => {
+    const { owner, gina, sender, socket } = await recipientAcross();
+    try {
+      failNext(linkOf(owner), "push", gina.userId);
+      failNext(linkOf(owner), "open", gina.userId);
+      const [first] = await sendDirect(sender, gina.userId, 1, "flushed");
+      // Gone to the offline queue (the log says so), while the socket stays open and live.
+      await waitUntil(
+        async () => (await owner.log.undelivered(gina.userId, { state: "queued" })).length === 1,
+        "the first message queued",
+      );
+      const [second] = await sendDirect(sender, gina.userId, 1, "next");
+      const got = await socket.messages(2, 20_000);
+      expect(got.map((m) => m.id)).toEqual([first, second]);
+      expect(socket.closed).toBeUndefined();
+      socket.send(ackOf(got));
+      await waitUntil(
+        async () => (await owner.log.undelivered(gina.userId)).length === 0,
+        "the acks in the log",
+      );
+    } finally {
+      await sender.close();
+      await socket.close();
+      await owner.offline.purge(gina.userId, 1).catch(() => 0);
+    }
+  }, 60_000);
+});
