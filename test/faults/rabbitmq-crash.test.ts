@@ -490,6 +490,7 @@ describe("RabbitMQ killed -9 under steady 1:1 and group traffic over three nodes
         lastDeliveryAfterBrokerBackMs: resumedMs,
         reconnects: [...senderSockets, ...recipientSockets].reduce((n, s) => n + s.reconnects, 0),
         ringChanges: output.split("ring changed").length - 1,
+        refused: output.split("envelope refused").length - 1,
       }),
     );
     for (const s of [...senderSockets, ...recipientSockets]) s.close();
