@@ -128,8 +128,9 @@ export interface RecoveryReadMessage {
 
 /**
  * Sent by the actor to itself when a push it did not wait for failed (the socket's node is not a
- * member, or the transfer was refused): that connection is taken as gone and the device's pending
- * envelopes go to its offline queue, as when a push fails while the actor waits for it.
+ * member, or the transfer was refused): that connection is taken as gone, and the device's socket
+ * is looked up again (`relearn`) before its pending envelopes go to its offline queue: the node
+ * may have been unreachable only for a moment, with the socket still open.
  */
 export interface PushFailedMessage {
   type: "push.failed";
@@ -541,8 +542,9 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
    *
    * A push is not waited for (up to PUSHES_IN_FLIGHT of them): pushes to one socket leave through
    * the outbox in the order they were made, and one that fails comes back as `push.failed`, which
-   * takes the connection as gone and flushes the device's pending envelopes, as a failure seen here
-   * would. The envelopes stay pending (in this actor and in the log) until the device acks them.
+   * takes the connection as gone and, unless the socket is found again, flushes the device's
+   * pending envelopes. The envelopes stay pending (in this actor and in the log) until the device
+   * acks them.
    */
   private async dispatch(deviceId: number, all: StoredEnvelope[], ctx: ActorContext): Promise<void> {
     const envelopes = all.filter((e) => !this.fenced(e.senderUser));
