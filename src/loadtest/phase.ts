@@ -2,7 +2,7 @@ import { drive, type LoadPlan, settle } from "./load.ts";
 import type { LoadtestOptions } from "./options.ts";
 import { inPool } from "./pool.ts";
 import type { ResourceSampler, ResourceSummary } from "./process-stats.ts";
-import { selfCpu } from "./process-stats.ts";
+import { selfCpu, type TransportCounts, transportCounts } from "./process-stats.ts";
 import type { Progress } from "./progress.ts";
 import type { LoadSocket } from "./socket.ts";
 import type { Target, VirtualDevice } from "./targets.ts";
@@ -20,6 +20,11 @@ export interface System {
    * broker's queue count and memory for it (`src/loadtest/broker.ts`).
    */
   queuePrefix?: string;
+  /**
+   * Every spawned node's admin listener: with more than one node, each phase also reports what
+   * crossed the node transport (transfers and frames per 1,000 delivered, frames per transfer).
+   */
+  admins?: { adminUrl: string; adminToken: string }[];
 }
 
 /** What a scenario gets: options, the progress line, and the system it measures. */
@@ -118,6 +123,8 @@ export async function measure(
 ): Promise<PhaseResult> {
   const tracker = new Tracker();
   for (const s of sockets) s.tracker = tracker;
+  const admins = ctx.system.admins ?? [];
+  const transportBefore = admins.length > 1 ? await transportCounts(admins) : undefined;
   await ctx.system.sampler.start();
   const cpu = selfCpu();
   ctx.progress.start(`${ctx.system.name} ${phase}`, trackerStatus(tracker));
@@ -130,7 +137,27 @@ export async function measure(
   }
   const harnessCpuPercent = cpu();
   const server = await ctx.system.sampler.finish();
-  return summarise(ctx, phase, tracker, sendingMs, server, harnessCpuPercent, plan.rate);
+  const result = summarise(ctx, phase, tracker, sendingMs, server, harnessCpuPercent, plan.rate);
+  const transportAfter = transportBefore ? await transportCounts(admins) : undefined;
+  if (transportBefore && transportAfter) addTransport(result, transportBefore, transportAfter);
+  return result;
+}
+
+/**
+ * Adds what crossed the node transport during the phase: transfers and frames per 1,000 delivered
+ * messages, and frames per transfer (read from the nodes' counters, so they survive load).
+ */
+function addTransport(result: PhaseResult, before: TransportCounts, after: TransportCounts): void {
+  const transfers = after.transfers - before.transfers;
+  const frames = after.frames - before.frames;
+  if (result.delivered <= 0) return;
+  const per1000 = (n: number) => Math.round((n / result.delivered) * 1000 * 10) / 10;
+  result.extra = {
+    ...result.extra,
+    transfersPer1000: per1000(transfers),
+    framesPer1000: per1000(frames),
+    ...(transfers > 0 ? { framesPerTransfer: Math.round((frames / transfers) * 10) / 10 } : {}),
+  };
 }
 
 /** Turns a finished tracker into a phase result. */

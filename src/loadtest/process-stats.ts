@@ -59,6 +59,48 @@ export function metricsProbe(adminUrl: string, token: string): ProcessProbe {
   };
 }
 
+/** What every node sent to the others over the node transport (RabbitMQ), summed over the nodes. */
+export interface TransportCounts {
+  transfers: number;
+  frames: number;
+}
+
+/**
+ * Reads `clearbox_transport_transfers_sent_total` and `…_frames_sent_total` from each node's admin
+ * listener and sums them; undefined when a node did not answer (its counts would be missing).
+ */
+export async function transportCounts(
+  admins: readonly { adminUrl: string; adminToken: string }[],
+): Promise<TransportCounts | undefined> {
+  const read = async ({ adminUrl, adminToken }: { adminUrl: string; adminToken: string }) => {
+    const res = await fetch(new URL("/metrics", adminUrl), {
+      headers: { authorization: `Bearer ${adminToken}` },
+      signal: AbortSignal.timeout(2000),
+    });
+    if (!res.ok) return undefined;
+    const text = await res.text();
+    const value = (name: string) =>
+      Number(new RegExp(`^${name}(?:\\{[^}]*\\})? ([\\d.e+]+)`, "m").exec(text)?.[1] ?? Number.NaN);
+    return {
+      transfers: value("clearbox_transport_transfers_sent_total"),
+      frames: value("clearbox_transport_frames_sent_total"),
+    };
+  };
+  try {
+    const counts = await Promise.all(admins.map(read));
+    let transfers = 0;
+    let frames = 0;
+    for (const c of counts) {
+      if (!c || Number.isNaN(c.transfers) || Number.isNaN(c.frames)) return undefined;
+      transfers += c.transfers;
+      frames += c.frames;
+    }
+    return { transfers, frames };
+  } catch {
+    return undefined;
+  }
+}
+
 /** Server resources over one measured phase. */
 export interface ResourceSummary {
   /** Resident memory at the end of the phase, and the highest seen during it (MB). */
@@ -71,7 +113,9 @@ export interface ResourceSummary {
   /**
    * CPU time every PostgreSQL, RabbitMQ (beam.smp) and Redis process on this machine used over
    * the phase, in seconds: the services the services stack runs on. Machine-wide, so other users
-   * of the same servers are counted too; processes that started or ended during the phase are not.
+   * of the same servers are counted too. A process that started during the phase (a PostgreSQL
+   * backend for a pool connection opened under load) counts with all of its CPU time; one that
+   * ended during it is not counted.
    */
   servicesCpuSeconds: number;
 }
@@ -79,9 +123,18 @@ export interface ResourceSummary {
 /** Names (`comm`) of the backing services' processes, whose CPU time a phase also reports. */
 const SERVICE_COMMS = new Set(["postgres", "beam.smp", "redis-server"]);
 
-/** CPU seconds so far of every process named in SERVICE_COMMS, by pid, from /proc (empty when unreadable). */
-export function servicesCpuSeconds(): Map<string, number> {
-  const seconds = new Map<string, number>();
+/** One service process in a reading: its CPU seconds so far and its parent's pid. */
+export interface ServiceProcess {
+  seconds: number;
+  parent: string;
+}
+
+/**
+ * CPU seconds so far of every process named in SERVICE_COMMS, keyed by pid and start time (so a
+ * reused pid is another process), from /proc (empty when unreadable).
+ */
+export function servicesCpuSeconds(): Map<string, ServiceProcess> {
+  const seconds = new Map<string, ServiceProcess>();
   let pids: string[] = [];
   try {
     pids = readdirSync("/proc").filter((name) => /^\d+$/.test(name));
@@ -94,7 +147,11 @@ export function servicesCpuSeconds(): Map<string, number> {
       const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
       if (!SERVICE_COMMS.has(comm)) continue;
       const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      seconds.set(pid, (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS);
+      // ppid (4th field), utime and stime (14th, 15th) and starttime (22nd).
+      seconds.set(`${pid}@${fields[19]}`, {
+        seconds: (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS,
+        parent: fields[1] as string,
+      });
     } catch {
       // The process ended between the listing and the read.
     }
@@ -102,11 +159,21 @@ export function servicesCpuSeconds(): Map<string, number> {
   return seconds;
 }
 
-/** CPU seconds the service processes alive at both readings used between them (a process that came or went is left out). */
-function servicesDelta(before: Map<string, number>, after: Map<string, number>): number {
+/**
+ * CPU seconds the service processes used between two readings: the difference for a process in
+ * both, and all of it for one that a process of the first reading started in between (a
+ * PostgreSQL backend forked for a pool connection opened under load; left out, they made the
+ * services' share look smaller the more connections a phase opened). A service started from
+ * elsewhere in between (another session's own broker) is left out, and one that ended is lost.
+ */
+export function servicesDelta(
+  before: Map<string, ServiceProcess>,
+  after: Map<string, ServiceProcess>,
+): number {
+  const parents = new Set([...before.keys()].map((key) => key.slice(0, key.indexOf("@"))));
   let delta = 0;
-  for (const [pid, seconds] of after) {
-    const start = before.get(pid);
+  for (const [key, { seconds, parent }] of after) {
+    const start = before.get(key)?.seconds ?? (parents.has(parent) ? 0 : undefined);
     if (start !== undefined && seconds >= start) delta += seconds - start;
   }
   return delta;
@@ -118,7 +185,7 @@ export class ResourceSampler {
   private first: (ProcessReading | undefined)[] = [];
   private last: (ProcessReading | undefined)[] = [];
   private peakRss = 0;
-  private servicesAtStart = new Map<string, number>();
+  private servicesAtStart = new Map<string, ServiceProcess>();
 
   constructor(private readonly probes: ProcessProbe[]) {}
 

@@ -215,6 +215,9 @@ async function runWithTeardown(
       sampler,
       adminUrl: spawned[0]?.adminUrl ?? options.adminUrl,
       queuePrefix,
+      admins: spawned.flatMap((s) =>
+        s.adminUrl && s.adminToken ? [{ adminUrl: s.adminUrl, adminToken: s.adminToken }] : [],
+      ),
     };
     phases = await scenario({ options, progress, system });
   } finally {
