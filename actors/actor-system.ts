@@ -213,15 +213,6 @@ export class ActorSystem implements ActorRefs, ActorHost {
     );
   }
 
-  askIfLocal<R = unknown>(
-    key: string,
-    message: unknown,
-    options?: { timeoutMs?: number },
-  ): Promise<R | undefined> {
-    if (this.placement.ownerOf(key) === this.nodeId) return this.ask<R>(key, message, options);
-    return this.tell(key, message).then(() => undefined);
-  }
-
   stopActor(key: string, reason = "stopped"): Promise<void> {
     return this.asks.request<void>(key, this.askTimeoutMs, (reply) =>
       this.router.route({ key, message: undefined, hops: 0, stop: reason, reply }),

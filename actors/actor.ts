@@ -15,17 +15,6 @@ export interface ActorRefs {
   tellMany(keys: readonly string[], message: unknown): Promise<void>;
   /** Request/reply: resolves with the value the actor's `receive` returned. */
   ask<R = unknown>(key: string, message: unknown, options?: { timeoutMs?: number }): Promise<R>;
-  /**
-   * An `ask` when this node owns `key`; otherwise a `tell`, resolving with undefined once the
-   * owner's durable inbox holds the message (its answer is not sent back: no `reply` frame, and no
-   * transfer for it). For work whose sender needs "taken", not the actor's answer, from a remote
-   * owner (the 1:1 hand-over, docs/MESSAGING.md "Flow control").
-   */
-  askIfLocal<R = unknown>(
-    key: string,
-    message: unknown,
-    options?: { timeoutMs?: number },
-  ): Promise<R | undefined>;
   /** Stops the actor wherever it lives, without passivation (erasure uses this). */
   stopActor(key: string, reason?: string): Promise<void>;
 }

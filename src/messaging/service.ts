@@ -193,8 +193,7 @@ export class MessagingService {
   }
 
   /**
-   * Hands durable envelopes to the recipient's user actor; resolves once it took them (a local
-   * actor handled the deliver; another node's inbox durably holds it, `askIfLocal`), or after
+   * Hands durable envelopes to the recipient's user actor; resolves once it took them, or after
    * `acceptWaitMs` (a ring change or a busy machine must not hold `accepted` for seconds), while the
    * hand-over counts in the window until it settles. Any failure leaves them in the log, which a
    * new activation reads.
@@ -213,15 +212,11 @@ export class MessagingService {
     });
   }
 
-  /**
-   * One hand-over: an ask to a local actor, tried again while its mailbox is full; to another
-   * node's actor a tell, confirmed into that node's durable inbox, with no reply frame coming back
-   * (docs/MESSAGING.md "Flow control"). Failures are left to the log.
-   */
+  /** One hand-over: the ask, tried again while a local mailbox is full; failures are left to the log. */
   private async deliver(userId: string, envelopes: StoredEnvelope[]): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.actors.askIfLocal(
+        await this.actors.ask(
           userKey(userId),
           { type: "deliver", envelopes },
           { timeoutMs: this.flow.handOverTimeoutMs },

@@ -40,28 +40,6 @@ describe("three nodes over real Redis and RabbitMQ", () => {
     expect(owners.size).toBe(3);
   });
 
-  test("askIfLocal answers like an ask on the owner's node, and to another node's actor sends no reply frame back", async () => {
-    const owned = (node: string) => KEYS.find((key) => a.ownerOf(key) === node) as string;
-    const local = owned("node-a");
-    const remote = owned("node-b");
-    const marker = KEYS.filter((key) => a.ownerOf(key) === "node-b")[1] as string;
-    // The recording actor answers with the node it runs on.
-    expect(await a.askIfLocal<string>(local, { seq: -100 })).toBe("node-a");
-    const received = () => a.stats().transport.framesReceived;
-    const before = received();
-    const processed = cluster.processed.length;
-    expect(await a.askIfLocal<string>(remote, { seq: -101 })).toBeUndefined();
-    await until(
-      () => cluster.processed.slice(processed).some((p) => p.seq === -101),
-      5000,
-      "the remote tell",
-    );
-    // A later ask's reply leaves node-b behind any reply to the first one (one outbox, one queue),
-    // so once it is back, only it came back.
-    expect(await a.ask<string>(marker, { seq: -102 })).toBe("node-b");
-    expect(received() - before).toBe(1);
-  });
-
   test("tellMany sends one transfer per owning node, not one per actor", async () => {
     const fanOut = Array.from({ length: 300 }, (_, i) => `rec:fan${i}`);
     counting.transfers.clear();
