@@ -1,3 +1,4 @@
+import type { HeapReading } from "./gc-hook.ts";
 import { drive, type LoadPlan, settle } from "./load.ts";
 import type { LoadtestOptions } from "./options.ts";
 import { inPool } from "./pool.ts";
@@ -25,6 +26,12 @@ export interface System {
    * crossed the node transport (transfers and frames per 1,000 delivered, frames per transfer).
    */
   admins?: { adminUrl: string; adminToken: string }[];
+  /**
+   * Has every process the sampler measures run a full garbage collection and returns their JS heaps
+   * afterwards (gc-hook.ts, via `SpawnedServer.collectGarbage`); absent when the servers are not
+   * the harness's own (`--url`), whose memory is then read as it is.
+   */
+  collectGarbage?: () => Promise<HeapReading[]>;
 }
 
 /** What a scenario gets: options, the progress line, and the system it measures. */

@@ -166,6 +166,7 @@ async function runWithTeardown(
         name: "relay",
         target: relayTarget(relay.url),
         sampler: new ResourceSampler([procProbe(relay.pid)]),
+        collectGarbage: async () => [await relay.collectGarbage()],
       };
       baseline = await scenario({ options, progress, system });
     } finally {
@@ -218,6 +219,9 @@ async function runWithTeardown(
       admins: spawned.flatMap((s) =>
         s.adminUrl && s.adminToken ? [{ adminUrl: s.adminUrl, adminToken: s.adminToken }] : [],
       ),
+      ...(spawned.length > 0
+        ? { collectGarbage: () => Promise.all(spawned.map((s) => s.collectGarbage())) }
+        : {}),
     };
     phases = await scenario({ options, progress, system });
   } finally {

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import postgres from "postgres";
 import { deleteMatching, globLiteral } from "../redis/delete-matching.ts";
+import { GC_HOOK_MSG, type HeapReading } from "./gc-hook.ts";
 import type { Stack } from "./options.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "../..");
@@ -15,6 +16,9 @@ const serverLog = process.env.LOADTEST_SERVER_LOG
   ? Bun.file(process.env.LOADTEST_SERVER_LOG).writer()
   : undefined;
 const START_TIMEOUT_MS = 60_000;
+/** Every spawned server preloads the bench-only collection hook (gc-hook.ts: SIGUSR2, full collection). */
+const GC_HOOK = resolve(import.meta.dir, "gc-hook.ts");
+const GC_TIMEOUT_MS = 30_000;
 
 /** A server process the harness started: where it listens, its pid, and the warnings it logged. */
 export interface SpawnedServer {
@@ -26,6 +30,11 @@ export interface SpawnedServer {
   problems: string[];
   /** Resolves with the exit code (or signal name) when the process ends, for whatever reason. */
   exited: Promise<number | string>;
+  /**
+   * Has the process run a full garbage collection (SIGUSR2 to the preloaded gc-hook.ts) and
+   * resolves with its JS heap afterwards. Rejects when no answer comes within 30 s.
+   */
+  collectGarbage(): Promise<HeapReading>;
   stop(): Promise<void>;
 }
 
@@ -58,14 +67,16 @@ async function spawnProcess(
   onExit?: () => Promise<void>,
   runtimeFlags: string[] = [],
 ) {
-  const child = Bun.spawn([process.execPath, ...runtimeFlags, "run", script], {
+  const child = Bun.spawn([process.execPath, `--preload=${GC_HOOK}`, ...runtimeFlags, "run", script], {
     cwd: REPO_ROOT,
-    env: { ...process.env, ...env },
+    env: { ...process.env, ...env, CLEARBOX_BENCH_GC_HOOK: "1" },
     stdout: "pipe",
     stderr: "pipe",
   });
   const problems: string[] = [];
   let ready: (line: Record<string, unknown>) => void = () => {};
+  // Collections asked for and not answered yet, oldest first (the hook answers in order).
+  const collecting: ((reading: HeapReading) => void)[] = [];
   const started = new Promise<Record<string, unknown>>((res) => {
     ready = res;
   });
@@ -85,6 +96,7 @@ async function spawnProcess(
           parsed = JSON.parse(line);
         } catch {}
         if (parsed?.msg === readyMsg) ready(parsed);
+        else if (parsed?.msg === GC_HOOK_MSG) collecting.shift()?.(parsed as unknown as HeapReading);
         else if (!parsed || (typeof parsed.level === "number" && parsed.level >= 40)) {
           if (problems.length < 50 && line.trim()) problems.push(shortProblem(line, parsed));
         }
@@ -109,6 +121,21 @@ async function spawnProcess(
     pid: child.pid,
     problems,
     exited: child.exited.then((code) => child.signalCode ?? code),
+    collectGarbage() {
+      return new Promise<HeapReading>((resolveReading, reject) => {
+        const timer = setTimeout(() => {
+          const at = collecting.indexOf(answer);
+          if (at >= 0) collecting.splice(at, 1);
+          reject(new Error(`${script} did not answer a collection request within ${GC_TIMEOUT_MS} ms`));
+        }, GC_TIMEOUT_MS);
+        const answer = (reading: HeapReading) => {
+          clearTimeout(timer);
+          resolveReading(reading);
+        };
+        collecting.push(answer);
+        child.kill("SIGUSR2");
+      });
+    },
     async stop() {
       child.kill("SIGTERM");
       // A profiled node writes its profile on exit: give it time to finish a graceful stop.
@@ -128,7 +155,14 @@ async function spawnProcess(
 /** Starts the raw relay baseline. */
 export async function spawnRelay(): Promise<SpawnedServer> {
   const p = await spawnProcess("src/loadtest/relay.ts", { PORT: "0" }, "relay started");
-  return { pid: p.pid, url: String(p.line.url), problems: p.problems, exited: p.exited, stop: p.stop };
+  return {
+    pid: p.pid,
+    url: String(p.line.url),
+    problems: p.problems,
+    exited: p.exited,
+    collectGarbage: p.collectGarbage,
+    stop: p.stop,
+  };
 }
 
 const POSTGRES_URL = process.env.LOADTEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
@@ -262,6 +296,7 @@ export async function spawnNode(
     adminToken,
     problems: p.problems,
     exited: p.exited,
+    collectGarbage: p.collectGarbage,
     stop: p.stop,
   };
 }

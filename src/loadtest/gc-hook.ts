@@ -1,0 +1,54 @@
+/**
+ * Bench-only hook, preloaded (`bun --preload`) into the server processes the load harness spawns
+ * (ClearBox nodes and the relay; `spawnProcess` in servers.ts), never part of `src/main.ts`: on
+ * SIGUSR2 the process runs a full, synchronous garbage collection (`Bun.gc(true)`) and prints one
+ * JSON line, `{"msg":"bench gc", ...}` (a `HeapReading`), which the harness waits for.
+ *
+ * Why a signal: only the harness's own user (or root) can send it, and only a process started with
+ * this preload listens for it, so no client, token holder or network peer can make a node collect
+ * (a full collection of a node holding 15,000 sockets stops its event loop for tens of ms). A
+ * production node has no SIGUSR2 handler at all (the signal's default action, terminate, is
+ * unchanged there).
+ */
+import { heapStats } from "bun:jsc";
+
+/** What the hook prints after a collection: the JS heap's live size and objects, from `bun:jsc` `heapStats()`. */
+export interface HeapReading {
+  /** Bytes of live JS objects on the JSC heap after the collection. */
+  heapBytes: number;
+  /** Bytes the JSC heap has reserved (live objects plus free cells in its blocks). */
+  heapCapacityBytes: number;
+  /** Bytes outside the heap that JS objects reported owning (array buffers, strings' external buffers). */
+  extraBytes: number;
+  /** Live JS objects after the collection. */
+  objects: number;
+  /** Live objects by JSC type name (`Object`, `string`, `Promise`, `ServerWebSocket`...). */
+  types: Record<string, number>;
+  /** How long the collection took, in ms (the pause the hook caused). */
+  gcMs: number;
+}
+
+/** The `msg` of the hook's output line. */
+export const GC_HOOK_MSG = "bench gc";
+
+/** Collects fully and measures the heap (also usable in-process, e.g. by scripts/idle-heap.ts). */
+export function collectAndMeasure(): HeapReading {
+  const started = performance.now();
+  Bun.gc(true);
+  const gcMs = performance.now() - started;
+  const s = heapStats();
+  return {
+    heapBytes: s.heapSize,
+    heapCapacityBytes: s.heapCapacity,
+    extraBytes: s.extraMemorySize,
+    objects: s.objectCount,
+    types: { ...s.objectTypeCounts },
+    gcMs: Math.round(gcMs * 10) / 10,
+  };
+}
+
+if (process.env.CLEARBOX_BENCH_GC_HOOK === "1") {
+  process.on("SIGUSR2", () => {
+    console.log(JSON.stringify({ msg: GC_HOOK_MSG, ...collectAndMeasure() }));
+  });
+}
