@@ -222,6 +222,12 @@ export class ResourceSampler {
     return this.totalRss(this.last);
   }
 
+  /** CPU seconds all probed processes have used so far (NaN when a probe cannot say). */
+  async cpuSecondsNow(): Promise<number> {
+    await this.sample();
+    return this.last.reduce((sum, r) => sum + (r?.cpuSeconds ?? Number.NaN), 0);
+  }
+
   /** Ends a phase and summarises it; undefined when nothing could be read. */
   async finish(): Promise<ResourceSummary | undefined> {
     this.stop();

@@ -15,6 +15,34 @@ const RSS_STEADY_READINGS = 4;
 const RSS_STEADY_BYTES = 256 * 1024;
 const RSS_SETTLE_LIMIT_MS = 15_000;
 
+/**
+ * Before a reading the server must have finished bringing the sockets online (each connect's drain,
+ * presence lease and actor activation run after the socket opened): it counts as done once it used
+ * at most QUIET_CPU_S of CPU in each of QUIET_WINDOWS windows of QUIET_WINDOW_MS in a row.
+ */
+const QUIET_WINDOW_MS = 1000;
+const QUIET_WINDOWS = 2;
+const QUIET_CPU_S = 0.05;
+const QUIET_LIMIT_MS = 120_000;
+
+/**
+ * Waits until the server processes are quiet (see QUIET_CPU_S) or QUIET_LIMIT_MS passed; returns
+ * the seconds waited. Returns at once when their CPU time cannot be read.
+ */
+async function waitForQuiet(system: System): Promise<number> {
+  const started = performance.now();
+  let quietWindows = 0;
+  let used = await system.sampler.cpuSecondsNow();
+  while (quietWindows < QUIET_WINDOWS && performance.now() - started < QUIET_LIMIT_MS) {
+    if (Number.isNaN(used)) break;
+    await Bun.sleep(QUIET_WINDOW_MS);
+    const now = await system.sampler.cpuSecondsNow();
+    quietWindows = now - used <= QUIET_CPU_S ? quietWindows + 1 : 0;
+    used = now;
+  }
+  return Math.round((performance.now() - started) / 100) / 10;
+}
+
 /** The server's memory at one point of the ramp. */
 interface MemoryReading {
   /** RSS as found, before any collection asked for by the harness (bytes). */
@@ -26,6 +54,8 @@ interface MemoryReading {
   objects?: number;
   types?: Record<string, number>;
   gcMs?: number;
+  /** Seconds waited for the server to go quiet before the reading. */
+  quietWaitS: number;
 }
 
 /**
@@ -35,8 +65,9 @@ interface MemoryReading {
  * allocators hand freed pages back a little after the collection) or RSS_SETTLE_LIMIT_MS passed.
  */
 async function readMemory(system: System): Promise<MemoryReading> {
+  const quietWaitS = await waitForQuiet(system);
   const uncollectedRss = await system.sampler.rssNow();
-  if (!system.collectGarbage) return { uncollectedRss, rss: uncollectedRss };
+  if (!system.collectGarbage) return { uncollectedRss, rss: uncollectedRss, quietWaitS };
   const heaps = await system.collectGarbage();
   const recent: number[] = [];
   const deadline = performance.now() + RSS_SETTLE_LIMIT_MS;
@@ -58,6 +89,7 @@ async function readMemory(system: System): Promise<MemoryReading> {
     objects: heaps.reduce((sum, h) => sum + h.objects, 0),
     types,
     gcMs: Math.max(...heaps.map((h) => h.gcMs)),
+    quietWaitS,
   };
 }
 
@@ -79,8 +111,9 @@ const megabytes = (bytes: number) => Math.round((bytes / 1048576) * 10) / 10;
 /**
  * Connection storm: ramp to N idle sockets (one user — and so one user actor — per socket unless
  * `--users` is smaller), then memory per connection = (RSS with N − RSS with 0) / N, and the
- * marginal figure = (RSS with N − RSS with N/2) / (N/2). Each RSS reading follows a full
- * collection in the server processes and waits for RSS to settle (`readMemory`), so the figures
+ * marginal figure = (RSS with N − RSS with N/2) / (N/2). Each RSS reading waits for the server to go
+ * quiet (`waitForQuiet`), then follows a full collection in the server processes and waits for RSS
+ * to settle (`readMemory`), so the figures
  * count what the server holds; the same figures read without the collection are reported as
  * `…BeforeGc`, and the JS heap's share as `heap…` (the rest is native: sockets' buffers, allocators).
  */
@@ -185,6 +218,8 @@ export async function connections(ctx: ScenarioContext): Promise<PhaseResult[]> 
             : Math.round(((after.objects - before.objects) / n) * 10) / 10,
         heapAfterMb: after.heapBytes === undefined ? undefined : megabytes(after.heapBytes),
         gcMsAtN: after.gcMs,
+        quietWaitHalfS: atHalf.quietWaitS,
+        quietWaitAtNS: after.quietWaitS,
       }
     : {};
   for (const [key, value] of Object.entries(optional)) if (value !== undefined) result.extra[key] = value;
