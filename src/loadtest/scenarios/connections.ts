@@ -51,6 +51,8 @@ interface MemoryReading {
   rss: number;
   /** Live JS heap bytes and objects after the collection, and objects by type; absent without one. */
   heapBytes?: number;
+  /** Bytes the JSC heap keeps reserved after the collection (live objects and the free cells beside them). */
+  heapCapacityBytes?: number;
   objects?: number;
   types?: Record<string, number>;
   gcMs?: number;
@@ -86,6 +88,7 @@ async function readMemory(system: System): Promise<MemoryReading> {
     uncollectedRss,
     rss: recent[recent.length - 1] as number,
     heapBytes: heaps.reduce((sum, h) => sum + h.heapBytes, 0),
+    heapCapacityBytes: heaps.reduce((sum, h) => sum + h.heapCapacityBytes, 0),
     objects: heaps.reduce((sum, h) => sum + h.objects, 0),
     types,
     gcMs: Math.max(...heaps.map((h) => h.gcMs)),
@@ -212,11 +215,20 @@ export async function connections(ctx: ScenarioContext): Promise<PhaseResult[]> 
         ),
         heapBytesPerConnection: perConnection(before.heapBytes, after.heapBytes, n),
         heapMarginalBytesPerConnection: perConnection(atHalf.heapBytes, after.heapBytes, n - half),
+        heapCapacityMarginalBytesPerConnection: perConnection(
+          atHalf.heapCapacityBytes,
+          after.heapCapacityBytes,
+          n - half,
+        ),
         objectsPerConnection:
           before.objects === undefined || after.objects === undefined
             ? undefined
             : Math.round(((after.objects - before.objects) / n) * 10) / 10,
         heapAfterMb: after.heapBytes === undefined ? undefined : megabytes(after.heapBytes),
+        heapCapacityHalfMb:
+          atHalf.heapCapacityBytes === undefined ? undefined : megabytes(atHalf.heapCapacityBytes),
+        heapCapacityAfterMb:
+          after.heapCapacityBytes === undefined ? undefined : megabytes(after.heapCapacityBytes),
         gcMsAtN: after.gcMs,
         quietWaitHalfS: atHalf.quietWaitS,
         quietWaitAtNS: after.quietWaitS,
