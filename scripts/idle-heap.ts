@@ -7,8 +7,8 @@
  *
  *   bun run scripts/idle-heap.ts [N=3000]
  *
- * Output: JSON with heap bytes and objects per socket, the object types that grew most (count per
- * socket), and RSS before/after (bytes per socket). The run's database, keys and queues are removed.
+ * Output: JSON with heap bytes and objects per socket, the object types (`heapStats`) and class
+ * names (a heap snapshot's) that grew most (count per socket), and RSS before/after (bytes per socket). The run's database, keys and queues are removed.
  */
 import { heapStats } from "bun:jsc";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -53,6 +53,20 @@ if (process.argv[2] === "--client") {
   process.exit(0);
 }
 
+/**
+ * Live objects by class name (`DeviceConnection`, `UserActor`, `Promise`, `string`...) from a JSC
+ * heap snapshot (`Bun.generateHeapSnapshot()`: nodes are [id, size, class name index, flags]).
+ */
+function classCounts(): Record<string, number> {
+  const snap = Bun.generateHeapSnapshot() as unknown as { nodes: number[]; nodeClassNames: string[] };
+  const counts: Record<string, number> = {};
+  for (let i = 0; i < snap.nodes.length; i += 4) {
+    const name = snap.nodeClassNames[snap.nodes[i + 2] as number] ?? "?";
+    counts[name] = (counts[name] ?? 0) + 1;
+  }
+  return counts;
+}
+
 function snapshot() {
   Bun.gc(true);
   Bun.gc(true);
@@ -61,6 +75,7 @@ function snapshot() {
     heapSize: s.heapSize,
     objectCount: s.objectCount,
     types: { ...s.objectTypeCounts },
+    classes: classCounts(),
     rss: process.memoryUsage().rss,
   };
 }
@@ -126,6 +141,11 @@ try {
     .filter(([, d]) => d >= n / 2)
     .sort((a, b) => b[1] - a[1])
     .map(([type, d]) => `${type} ${(d / n).toFixed(2)}`);
+  const grownClasses = Object.entries(after.classes)
+    .map(([name, count]) => [name, count - (before.classes[name] ?? 0)] as const)
+    .filter(([, d]) => d >= n / 2)
+    .sort((a, b) => b[1] - a[1])
+    .map(([name, d]) => `${name} ${(d / n).toFixed(2)}`);
   console.log(
     JSON.stringify(
       {
@@ -136,6 +156,7 @@ try {
         rssBytesPerSocket: Math.round((after.rss - before.rss) / n),
         rssMb: [Math.round(before.rss / 1048576), Math.round(after.rss / 1048576)],
         grownTypesPerSocket: grown,
+        grownClassesPerSocket: grownClasses,
       },
       null,
       2,
