@@ -220,15 +220,6 @@ export async function connections(ctx: ScenarioContext): Promise<PhaseResult[]> 
           after.heapCapacityBytes,
           n - half,
         ),
-        // RSS outside the JSC heap's reserved blocks: sockets (uWS), strings' characters, hash tables, allocators.
-        nativeMarginalBytesPerConnection:
-          atHalf.heapCapacityBytes === undefined || after.heapCapacityBytes === undefined
-            ? undefined
-            : perConnection(
-                atHalf.rss - atHalf.heapCapacityBytes,
-                after.rss - after.heapCapacityBytes,
-                n - half,
-              ),
         objectsPerConnection:
           before.objects === undefined || after.objects === undefined
             ? undefined
