@@ -51,7 +51,7 @@ interface MemoryReading {
   rss: number;
   /** Live JS heap bytes and objects after the collection, and objects by type; absent without one. */
   heapBytes?: number;
-  /** Bytes the JSC heap keeps reserved after the collection (live objects and the free cells beside them). */
+  /** Bytes the JSC heap keeps reserved after the collection (live objects, free cells beside them; not all resident). */
   heapCapacityBytes?: number;
   objects?: number;
   types?: Record<string, number>;
@@ -118,7 +118,9 @@ const megabytes = (bytes: number) => Math.round((bytes / 1048576) * 10) / 10;
  * quiet (`waitForQuiet`), then follows a full collection in the server processes and waits for RSS
  * to settle (`readMemory`), so the figures
  * count what the server holds; the same figures read without the collection are reported as
- * `…BeforeGc`, and the JS heap's share as `heap…` (the rest is native: sockets' buffers, allocators).
+ * `…BeforeGc`, and the JS heap's live bytes and reserved size (`heapCapacity…`, not all of it
+ * resident) as `heap…`. RSS still keeps what the allocators reserved during the ramp's churn, so the
+ * RSS figures vary between runs of the same code (docs/BENCHMARKS.md); the live heap does not.
  */
 export async function connections(ctx: ScenarioContext): Promise<PhaseResult[]> {
   const { options, system, progress } = ctx;
