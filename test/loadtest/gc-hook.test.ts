@@ -45,6 +45,8 @@ test("the connections scenario reports RSS and the JS heap per connection read a
   }
   // Both servers' heaps, read after full collections, hold one ServerWebSocket per open socket.
   for (const system of ["relay", "clearbox"]) {
-    expect(run.stderr).toMatch(new RegExp(`${system}: JS heap .* grown per connection: .*ServerWebSocket 1\\.0`));
+    expect(run.stderr).toMatch(
+      new RegExp(`${system}: JS heap .* grown per connection: .*ServerWebSocket 1\\.0`),
+    );
   }
 }, 120_000);
