@@ -61,7 +61,13 @@ if (process.env.CLEARBOX_BENCH_GC_HOOK === "1") {
     const first = collectAndMeasure();
     setTimeout(() => {
       const second = collectAndMeasure();
-      console.log(JSON.stringify({ msg: GC_HOOK_MSG, ...second, gcMs: first.gcMs + second.gcMs }));
+      console.log(
+        JSON.stringify({
+          msg: GC_HOOK_MSG,
+          ...second,
+          gcMs: Math.round((first.gcMs + second.gcMs) * 10) / 10,
+        }),
+      );
     }, PURGE_WAIT_MS);
   });
 }
