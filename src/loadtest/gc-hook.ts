@@ -52,7 +52,8 @@ export function collectAndMeasure(): HeapReading {
  * Between the two collections of one request (ms). `Bun.gc` also has mimalloc collect, but mimalloc
  * (v3 in Bun 1.4) hands freed pages back to the OS only `purge_delay` (100 ms) after they were freed,
  * and only when it next runs: an idle server may never run it, and its RSS then keeps the pages
- * freed by the first collection. The second collection, after this wait, purges them.
+ * freed by the first collection. The second collection, after this wait, lets it purge them (not
+ * shown to narrow the runs' spread: docs/BENCHMARKS.md, "Idle connections after a full collection").
  */
 const PURGE_WAIT_MS = 250;
 
