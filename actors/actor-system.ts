@@ -167,6 +167,7 @@ export class ActorSystem implements ActorRefs, ActorHost {
       logger: this.logger,
       isClosed: () => this.state === "stopped" || this.state === "aborted",
       drain: () => this.drain(),
+      orphaned: (key, message) => this.orphaned(key, message),
     });
   }
 
@@ -180,11 +181,35 @@ export class ActorSystem implements ActorRefs, ActorHost {
    * Registers a pinned kind: `<kind>:<nodeId>` lives on node `nodeId` and is never handed off, so
    * other nodes can address a node itself (e.g. the gateway holding a device's socket). Sending to
    * a node that is not a live member fails with UnknownNodeError instead of waiting for it.
+   *
+   * `orphaned` hears each tell for `<kind>:<nodeId>` that reached this node while `nodeId` is not a
+   * member, and is dropped: sent while it was one, it waited in its inbox, which this node adopted
+   * when it took the node for dead (a heartbeat that lapsed under load, a crash). The sender was
+   * told the transfer was confirmed and will not hear otherwise. Called with the message as sent;
+   * a throw is logged and contained.
    */
-  registerPinned(kind: string, factory: ActorFactory): this {
+  registerPinned(
+    kind: string,
+    factory: ActorFactory,
+    options: { orphaned?: (message: unknown, nodeId: string) => void } = {},
+  ): this {
     this.register(kind, factory);
     this.placement.pin(kind);
+    if (options.orphaned) this.orphanListeners.set(kind, options.orphaned);
     return this;
+  }
+
+  private readonly orphanListeners = new Map<string, (message: unknown, nodeId: string) => void>();
+
+  private orphaned(key: string, message: unknown): void {
+    const colon = key.indexOf(":");
+    const listener = this.orphanListeners.get(key.slice(0, colon));
+    if (!listener) return;
+    try {
+      listener(message, key.slice(colon + 1));
+    } catch (error) {
+      this.logger.warn({ nodeId: this.nodeId, err: error }, "an orphaned-message listener failed");
+    }
   }
 
   /** Opens this node's inbox, joins the membership, and waits for the first ring. */

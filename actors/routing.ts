@@ -34,6 +34,12 @@ export interface RouterOptions {
   isClosed: () => boolean;
   /** Drains this node (a `drain` frame addressed to it arrived). */
   drain: () => Promise<void>;
+  /**
+   * Hears a tell for a pinned actor of a node that is not a member, which reached this node (an
+   * inbox adopted from a node taken for dead) and is dropped (ActorSystem.registerPinned's
+   * `orphaned`). Asks are answered UnknownNodeError instead.
+   */
+  orphaned?: (key: string, message: unknown) => void;
 }
 
 const RESOLVED: Promise<void> = Promise.resolve();
@@ -244,6 +250,7 @@ export class Router {
           "envelope refused",
         );
         if (envelope.reply) this.options.asks.reply(envelope.reply, error, undefined);
+        else if (error instanceof UnknownNodeError) this.options.orphaned?.(envelope.key, envelope.message);
         resolve();
       });
     });

@@ -28,7 +28,7 @@ import type { PglitePreparation } from "./db/pglite-prepare.ts";
 import { DeviceService } from "./devices/service.ts";
 import { ErasureFence } from "./fence/index.ts";
 import { FENCE_KIND, FenceLink } from "./gateway/fence-link.ts";
-import { GATEWAY_KIND, Gateway, NodeLink, SocketRegistry } from "./gateway/index.ts";
+import { GATEWAY_KIND, Gateway, type GatewayCommand, NodeLink, SocketRegistry } from "./gateway/index.ts";
 import { createGdpr, ErasureLedger, type Gdpr } from "./gdpr/index.ts";
 import { PresenceAudience } from "./groups/relations.ts";
 import { GroupService } from "./groups/service.ts";
@@ -407,6 +407,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     onVanished: (device, connectionId) => messaging.deviceDisconnected(device, config.nodeId, connectionId),
     drainAgain: (userId, deviceId, connectionId) =>
       gateway?.drainAgain(userId, deviceId, connectionId) ?? false,
+    onPushLost: (device, connectionId) => messaging.pushLost(device, connectionId),
     logger,
   });
   deviceSockets = link;
@@ -482,7 +483,9 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       }),
     )
     .register(GROUP_KIND, groupActorFactory({ directory: new PostgresGroupDirectory(db, fence), log, clock }))
-    .registerPinned(GATEWAY_KIND, link.actorFactory)
+    .registerPinned(GATEWAY_KIND, link.actorFactory, {
+      orphaned: (command) => link.orphaned(command as GatewayCommand),
+    })
     .registerPinned(FENCE_KIND, fenceLink.actorFactory);
   // Other nodes are told before the change's HTTP reply (bounded wait, src/messaging/list-changes.ts).
   devices.onAdded(async (userId) => {

@@ -28,6 +28,12 @@ export interface NodeLinkDeps {
    * false when the connection is not open here.
    */
   drainAgain(userId: string, deviceId: number, connectionId: string): boolean;
+  /**
+   * A push or drain command for a socket on a node taken for dead was dropped by the node that
+   * adopted its inbox (`orphaned`): the device's user actor must look for the socket again
+   * (`push.failed`), which may still be open (MessagingService.pushLost).
+   */
+  onPushLost?(device: { userId: string; deviceId: number }, connectionId: string): Promise<void>;
   logger: Logger;
 }
 
@@ -72,6 +78,22 @@ export class NodeLink implements DeviceSockets {
         return taken;
       }
     }
+  }
+
+  /**
+   * A command for a socket on another node that this node's actor system dropped: it waited in that
+   * node's inbox, which this node adopted when it took the node for dead (ActorSystem.registerPinned's
+   * `orphaned`). The node may be alive after all (a heartbeat that lapsed under load), its socket
+   * open: a lost push or drain is told to the device's user actor, which looks for the socket again
+   * before it queues the envelopes. A lost close is left to the socket's node's revalidation; a
+   * status ask was answered with the error already.
+   */
+  orphaned(command: GatewayCommand): void {
+    if (command.type !== "push" && command.type !== "drain") return;
+    const device = { userId: command.userId, deviceId: command.deviceId };
+    void this.deps
+      .onPushLost?.(device, command.connectionId)
+      .catch((error) => this.deps.logger.warn({ err: error }, "could not report a lost push"));
   }
 
   /** Reports to the device's user actor that a command found its connection gone here. */

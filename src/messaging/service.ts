@@ -560,6 +560,19 @@ export class MessagingService {
    * have held envelopes the broker gave back, how many is not known, and the newer socket reads
    * the queue again as for `requeued` > 0.
    */
+  /**
+   * A push (or drain command) to the device's socket on another node was lost on its way (that
+   * node's inbox adopted while it was taken for dead): the user actor handles it as a failed push
+   * (`push.failed`: the socket is looked up again before its envelopes go to the offline queue).
+   */
+  async pushLost(device: Principal, connectionId: string): Promise<void> {
+    await this.actors.tell(userKey(device.userId), {
+      type: "push.failed",
+      deviceId: device.deviceId,
+      connectionId,
+    });
+  }
+
   async deviceDisconnected(
     device: Principal,
     gatewayNode: string,

@@ -52,6 +52,34 @@ describe("pinned actor kinds", () => {
     await expect(a.ask("here:nowhere", "x", { timeoutMs: 30_000 })).rejects.toBeInstanceOf(UnknownNodeError);
   });
 
+  test("a tell for a pinned actor of a non-member that reaches a node's inbox is heard by its `orphaned` listener; an ask is answered instead", async () => {
+    // What an adopted inbox holds when its node was taken for dead: tells sent to it meanwhile.
+    const membershipHub = new MembershipHub();
+    const transportHub = new TransportHub();
+    const orphans: { message: unknown; nodeId: string }[] = [];
+    const c = createActorNode({
+      nodeId: "c",
+      membership: new InMemoryMembership("c", membershipHub),
+      transport: new InMemoryTransport("c", transportHub),
+    });
+    c.registerPinned("here", (id) => ({ receive: () => ({ id, ranOn: "c" }) }), {
+      orphaned: (message, nodeId) => orphans.push({ message, nodeId }),
+    });
+    await c.start();
+    systems.push(c);
+    const sender = new InMemoryTransport("x", transportHub);
+    await sender.send("c", [
+      { t: "env", keys: ["here:ghost"], msg: { type: "push", n: 1 }, hops: 1 },
+      { t: "env", keys: ["here:c"], msg: "for c itself", hops: 1 },
+    ]);
+    const deadline = Date.now() + 10_000;
+    while (orphans.length === 0 && Date.now() < deadline) await Bun.sleep(10);
+    expect(orphans).toEqual([{ message: { type: "push", n: 1 }, nodeId: "ghost" }]);
+    // A pinned actor of a member is not orphaned, and an ask for a non-member fails as before.
+    await expect(c.ask("here:ghost", "x", { timeoutMs: 30_000 })).rejects.toBeInstanceOf(UnknownNodeError);
+    expect(orphans).toHaveLength(1);
+  });
+
   test("a drain moves ring-placed actors but leaves pinned ones on their node", async () => {
     const [a, b] = await threeNodes();
     await a.ask("here:b", "wake");

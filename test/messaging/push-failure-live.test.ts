@@ -81,6 +81,47 @@ describe("a push that fails while the recipient's socket stays open", () => {
     }
   }, 60_000);
 
+  test("a push dropped by a node that took the socket's node for dead: the message still arrives, without a reconnect", async () => {
+    const { owner, gateway, gina, sender, socket } = await recipientAcross();
+    try {
+      // The push's transfer is confirmed into the gateway node's inbox, but a node that took that
+      // node for dead adopted the inbox and dropped it (routing: a pinned key of a non-member).
+      const link = linkOf(owner);
+      const real = link.push.bind(link);
+      let lost: Parameters<NodeLink["push"]> | undefined;
+      link.push = (ref, userId, envelopes) => {
+        if (userId !== gina.userId || lost) return real(ref, userId, envelopes);
+        lost = [ref, userId, envelopes];
+        return Promise.resolve(true);
+      };
+      const [id] = await sendDirect(sender, gina.userId, 1, "lost on the way");
+      await waitUntil(() => lost !== undefined, "the push taken");
+      const [ref, , envelopes] = lost as Parameters<NodeLink["push"]>;
+      // What the adopting node's actor system does with it (ActorSystem.registerPinned's `orphaned`).
+      const orphaned = (owner.actors as unknown as { orphaned(key: string, message: unknown): void })
+        .orphaned;
+      orphaned.call(owner.actors, `gateway:${gateway.config.nodeId}`, {
+        type: "push",
+        userId: gina.userId,
+        deviceId: ref.deviceId,
+        connectionId: ref.connectionId,
+        envelopes,
+      });
+      const [got] = await socket.messages(1, 20_000);
+      expect(got?.id).toBe(id);
+      expect(socket.closed).toBeUndefined();
+      socket.send(ackOf([got as NonNullable<typeof got>]));
+      await waitUntil(
+        async () => (await owner.log.undelivered(gina.userId)).length === 0,
+        "the ack in the log",
+      );
+    } finally {
+      await sender.close();
+      await socket.close();
+      await owner.offline.purge(gina.userId, 1).catch(() => 0);
+    }
+  }, 60_000);
+
   test("flushed to its queue while its lease was unreadable: it arrives with the next message, in order", async () => {
     const { owner, gina, sender, socket } = await recipientAcross();
     try {
