@@ -50,6 +50,8 @@ export const devices = pgTable(
  * have not all finished: written in the removal's transaction, deleted once they have. Its id is not
  * given to a new device meanwhile, so a late follow-up cannot reach a device that reused the id; the
  * retention job finishes rows a node left behind (it died, or a backing service was away).
+ * `removed_at` is when the removal, or the last attempt to finish it, started: an attempt claims the
+ * row by setting it, and deletes the row only if it still holds that value (DeviceService).
  */
 export const deviceRemovals = pgTable(
   "device_removals",

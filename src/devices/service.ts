@@ -142,15 +142,19 @@ export class DeviceService {
    * `finishRemovals` runs the listeners again later; so does it when the node dies in between.
    */
   async remove(userId: string, deviceId: number): Promise<void> {
-    const removed = await this.db.transaction(async (tx) => {
+    const claim = await this.db.transaction(async (tx) => {
       const rows = await tx
         .delete(devices)
         .where(and(eq(devices.userId, userId), eq(devices.deviceId, deviceId)))
         .returning({ deviceId: devices.deviceId });
-      if (rows.length > 0) await tx.insert(deviceRemovals).values({ userId, deviceId });
-      return rows.length > 0;
+      if (rows.length === 0) return undefined;
+      const [row] = await tx
+        .insert(deviceRemovals)
+        .values({ userId, deviceId })
+        .returning({ claim: sql<string>`${deviceRemovals.removedAt}::text` });
+      return row?.claim;
     });
-    if (!removed) throw new DomainError("not_found", `device ${deviceId} does not exist`);
+    if (claim === undefined) throw new DomainError("not_found", `device ${deviceId} does not exist`);
     // Recorded once the row is gone, before the follow-ups: should one of them fail, the removal
     // itself still happened and is in the trail.
     await this.audit?.record({
@@ -159,44 +163,78 @@ export class DeviceService {
       subject: userId,
       details: { deviceId },
     });
-    await this.followUp(userId, deviceId);
+    await this.followUp(userId, deviceId, claim);
   }
 
   /**
    * Runs the listeners again for removals whose follow-ups did not all finish (a listener threw, or
-   * the node died before the end) and that are older than `olderThanMs` (default 60 s: a removal in
-   * progress on another node is left to it; running a follow-up twice is harmless, each listener
-   * is idempotent). At most `limit` (default 100) per call, oldest first. Returns how many finished
-   * and how many failed again (those stay for the next call). Called by the retention job.
+   * the node died before the end) and whose last attempt started more than `olderThanMs` ago
+   * (default 60 s: a removal in progress, here or on another node, is left to it). Each one is
+   * claimed first (`removed_at` set to now, compare-and-set on its old value), so of two passes
+   * (two nodes' retention jobs) only one runs it, and only the last claimant frees the id: a pass
+   * whose follow-up ended after a later claim leaves the row to that claim. A follow-up not done
+   * within `timeoutMs` (default 30 s, below `olderThanMs`) counts as failed and the pass moves on
+   * (a hanging listener must not hang the retention pass or node stop); should it finish later
+   * under its claim, it frees the id then. At most `limit` (default 100) per call, oldest first.
+   * Returns how many finished and how many failed again (those stay for a later call). Called by
+   * the retention job. Each listener is idempotent.
    */
-  async finishRemovals(options: { olderThanMs?: number; limit?: number } = {}): Promise<{
+  async finishRemovals(options: { olderThanMs?: number; limit?: number; timeoutMs?: number } = {}): Promise<{
     finished: number;
     failed: number;
   }> {
     const olderThanMs = options.olderThanMs ?? 60_000;
+    const timeoutMs = options.timeoutMs ?? 30_000;
+    const stale = () =>
+      lt(deviceRemovals.removedAt, sql`now() - make_interval(secs => ${olderThanMs / 1000})`);
     const rows = await this.db
       .select({ userId: deviceRemovals.userId, deviceId: deviceRemovals.deviceId })
       .from(deviceRemovals)
-      .where(lt(deviceRemovals.removedAt, sql`now() - make_interval(secs => ${olderThanMs / 1000})`))
+      .where(stale())
       .orderBy(asc(deviceRemovals.removedAt))
       .limit(options.limit ?? 100);
     const report = { finished: 0, failed: 0 };
     for (const row of rows) {
+      // The claim: only a row still stale (no other pass claimed it since the select) is taken.
+      const [claimed] = await this.db
+        .update(deviceRemovals)
+        .set({ removedAt: sql`clock_timestamp()` })
+        .where(and(eq(deviceRemovals.userId, row.userId), eq(deviceRemovals.deviceId, row.deviceId), stale()))
+        .returning({ claim: sql<string>`${deviceRemovals.removedAt}::text` });
+      if (!claimed) continue;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timedOut = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error("device removal follow-up timed out")), timeoutMs);
+      });
+      const followUp = this.followUp(row.userId, row.deviceId, claimed.claim);
+      followUp.catch(() => {});
       try {
-        await this.followUp(row.userId, row.deviceId);
+        await Promise.race([followUp, timedOut]);
         report.finished++;
       } catch {
         report.failed++;
+      } finally {
+        clearTimeout(timer);
       }
     }
     return report;
   }
 
-  /** The listeners, in order; then the `device_removals` row goes and the id is free again. */
-  private async followUp(userId: string, deviceId: number): Promise<void> {
+  /**
+   * The listeners, in order; then the `device_removals` row goes and the id is free again, unless
+   * another attempt claimed the row meanwhile (`claim`, the row's `removed_at` as text, no longer
+   * matches): that attempt's follow-up may still be running, and it frees the id when done.
+   */
+  private async followUp(userId: string, deviceId: number, claim: string): Promise<void> {
     for (const listener of this.removedListeners) await listener(userId, deviceId);
     await this.db
       .delete(deviceRemovals)
-      .where(and(eq(deviceRemovals.userId, userId), eq(deviceRemovals.deviceId, deviceId)));
+      .where(
+        and(
+          eq(deviceRemovals.userId, userId),
+          eq(deviceRemovals.deviceId, deviceId),
+          eq(deviceRemovals.removedAt, sql`${claim}::timestamptz`),
+        ),
+      );
   }
 }

@@ -105,4 +105,87 @@ describe.each(BACKENDS)("device removal on %s", (backend) => {
       await node.offline.purge(alice.userId, phone.deviceId).catch(() => 0);
     }
   });
+  /** A removal whose follow-ups failed once (its node died after the delete), its row made stale. */
+  async function leftUnfinished(userId: string, deviceId: number): Promise<void> {
+    const dying = new DeviceService(node.database.db);
+    dying.onRemoved(() => {
+      throw new Error("the node died here");
+    });
+    await expect(dying.remove(userId, deviceId)).rejects.toThrow("the node died here");
+    await node.database.db
+      .update(deviceRemovals)
+      .set({ removedAt: sql`now() - interval '2 minutes'` })
+      .where(and(eq(deviceRemovals.userId, userId), eq(deviceRemovals.deviceId, deviceId)));
+  }
+
+  test("of two retention passes finishing one removal at once, one runs it and the id stays taken until it is done", async () => {
+    const alice = await registerAndLogin(client);
+    const phone = await loginDevice(client, alice, { registrationId: 301 });
+    await leftUnfinished(alice.userId, phone.deviceId);
+    // Node A's pass is slow in the follow-ups (the actor's node slow to answer, say).
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let followUpStarted!: () => void;
+    const started = new Promise<void>((resolve) => {
+      followUpStarted = resolve;
+    });
+    const nodeA = new DeviceService(node.database.db);
+    nodeA.onRemoved(async () => {
+      followUpStarted();
+      await held;
+    });
+    const nodeB = new DeviceService(node.database.db);
+    const ranOnB: number[] = [];
+    nodeB.onRemoved((_, deviceId) => {
+      ranOnB.push(deviceId);
+    });
+    const passA = nodeA.finishRemovals();
+    await started;
+    // Before the fix B ran the same follow-ups and freed the id while A's were still running; a
+    // login then got the id, and A's late steps (log erase, queue purge, socket close) reached it.
+    expect(await nodeB.finishRemovals()).toEqual({ finished: 0, failed: 0 });
+    expect(ranOnB).toEqual([]);
+    expect((await loginDevice(client, alice, { registrationId: 302 })).deviceId).not.toBe(phone.deviceId);
+    release();
+    expect(await passA).toEqual({ finished: 1, failed: 0 });
+    expect((await loginDevice(client, alice, { registrationId: 303 })).deviceId).toBe(phone.deviceId);
+  });
+
+  test("a follow-up that hangs does not hang the retention pass, and keeps the id until it ends", async () => {
+    const alice = await registerAndLogin(client);
+    const phone = await loginDevice(client, alice, { registrationId: 401 });
+    await leftUnfinished(alice.userId, phone.deviceId);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let ended!: () => void;
+    const done = new Promise<void>((resolve) => {
+      ended = resolve;
+    });
+    const hanging = new DeviceService(node.database.db);
+    hanging.onRemoved(async () => {
+      await held;
+    });
+    hanging.onRemoved(() => ended());
+    // Before the fix this never returned (nor did the retention pass, nor the node's stop).
+    expect(await hanging.finishRemovals({ timeoutMs: 100 })).toEqual({ finished: 0, failed: 1 });
+    // Claimed just now: the next pass leaves it to the attempt still running.
+    expect(await hanging.finishRemovals()).toEqual({ finished: 0, failed: 0 });
+    expect((await loginDevice(client, alice, { registrationId: 402 })).deviceId).not.toBe(phone.deviceId);
+    // The attempt ends after all and frees the id under its claim.
+    release();
+    await done;
+    let rows = [{}];
+    while (rows.length > 0) {
+      rows = await node.database.db
+        .select()
+        .from(deviceRemovals)
+        .where(eq(deviceRemovals.userId, alice.userId));
+      await Bun.sleep(10);
+    }
+    expect((await loginDevice(client, alice, { registrationId: 403 })).deviceId).toBe(phone.deviceId);
+  });
 });
