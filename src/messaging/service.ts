@@ -553,14 +553,6 @@ export class MessagingService {
   }
 
   /**
-   * The device's socket on `gatewayNode` closed: what it has not acked goes to its offline queue.
-   * `requeued`: envelopes its drain had taken from the offline queue and gave back when it ended
-   * (the device's newer socket, if any, reads the queue again). `nodeGone`: told by a surviving
-   * node for a socket whose node went away without telling (`Gateway.nodesGone`); its drain may
-   * have held envelopes the broker gave back, how many is not known, and the newer socket reads
-   * the queue again as for `requeued` > 0.
-   */
-  /**
    * A push (or drain command) to the device's socket on another node was lost on its way (that
    * node's inbox adopted while it was taken for dead): the user actor handles it as a failed push
    * (`push.failed`: the socket is looked up again before its envelopes go to the offline queue).
@@ -573,6 +565,14 @@ export class MessagingService {
     });
   }
 
+  /**
+   * The device's socket on `gatewayNode` closed: what it has not acked goes to its offline queue.
+   * `requeued`: envelopes its drain had taken from the offline queue and gave back when it ended
+   * (the device's newer socket, if any, reads the queue again). `nodeGone`: told by a surviving
+   * node for a socket whose node went away without telling (`Gateway.nodesGone`); its drain may
+   * have held envelopes the broker gave back, how many is not known, and the newer socket reads
+   * the queue again as for `requeued` > 0.
+   */
   async deviceDisconnected(
     device: Principal,
     gatewayNode: string,
