@@ -643,7 +643,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
 
   /**
    * A live socket this activation did not know (`relearn`): pushed the device's pending envelopes
-   * when its queue owes it nothing, else sent to read the queue again (held until it reports
+   * (but those of a sender fenced meanwhile, an erasure started) when its queue owes it nothing, else sent to read the queue again (held until it reports
    * drained). False when the socket did not take the push or the drain command.
    */
   private async takenBack(device: Connected): Promise<boolean> {
@@ -653,7 +653,10 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       .catch(() => undefined);
     if (queued?.length !== 0) return this.ports.sockets.drainAgain(device, this.userId).catch(() => false);
     device.live = true;
-    const pending = [...(this.pendingByDevice?.get(deviceId)?.values() ?? [])];
+    // A sender fenced since these were held is skipped, as in `dispatch` and `flush`.
+    const pending = [...(this.pendingByDevice?.get(deviceId)?.values() ?? [])].filter(
+      (e) => !this.fenced(e.senderUser),
+    );
     if (pending.length === 0) return true;
     return this.ports.sockets.push(device, this.userId, pending).catch(() => false);
   }

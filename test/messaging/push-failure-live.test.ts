@@ -148,4 +148,43 @@ describe("a push that fails while the recipient's socket stays open", () => {
       await owner.offline.purge(gina.userId, 1).catch(() => 0);
     }
   }, 60_000);
+  test("a sender erased while its message is held for an unanswered socket: not pushed when the socket answers again", async () => {
+    const { owner, alice, gina, sender, socket } = await recipientAcross();
+    const bob = await registerAndLogin(api(owner.url));
+    const other = await TestSocket.open(owner.url, bob.accessToken);
+    const link = linkOf(owner);
+    const status = link.status;
+    let unanswered = 0;
+    let answering = false;
+    try {
+      // The push fails and the socket does not answer: the message is held by gina's actor, which
+      // looks for the socket again each second.
+      failNext(link, "push", gina.userId);
+      link.status = (ref, userId) => {
+        if (userId !== gina.userId || answering) return status.call(link, ref, userId);
+        unanswered++;
+        return Promise.resolve("gone");
+      };
+      const [held] = await sendDirect(sender, gina.userId, 1, "held, then its sender erased");
+      await waitUntil(() => unanswered >= 2, "the socket looked for again");
+      // Alice's erasure starts: the fence on the node of gina's actor (erasure's first step).
+      (owner.messaging as unknown as { erasing: { add(userId: string): boolean } }).erasing.add(alice.userId);
+      answering = true;
+      const [later] = await sendDirect(other, gina.userId, 1, "from a sender not erased");
+      const got: string[] = [];
+      while (!got.includes(later as string)) {
+        const [frame] = await socket.messages(1, 20_000);
+        got.push(frame?.id as string);
+      }
+      // Before the fix the held message was pushed with it: flushes and pushes skipped a fenced
+      // sender's envelopes, the push to a socket found again did not.
+      expect(got).not.toContain(held);
+    } finally {
+      link.status = status;
+      await sender.close();
+      await other.close();
+      await socket.close();
+      await owner.offline.purge(gina.userId, 1).catch(() => 0);
+    }
+  }, 60_000);
 });
