@@ -643,8 +643,9 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
 
   /**
    * A live socket this activation did not know (`relearn`): pushed the device's pending envelopes
-   * (but those of a sender fenced meanwhile, an erasure started) when its queue owes it nothing, else sent to read the queue again (held until it reports
-   * drained). False when the socket did not take the push or the drain command.
+   * (but those of a sender fenced meanwhile, an erasure started) when its queue owes it nothing,
+   * else sent to read the queue again (held until it reports drained). False when the socket did
+   * not take the push or the drain command.
    */
   private async takenBack(device: Connected): Promise<boolean> {
     const { deviceId } = device;
