@@ -60,29 +60,49 @@ describe("a push that fails while the recipient's socket stays open", () => {
     return { owner, gateway, alice, gina, sender, socket };
   }
 
+  /**
+   * The socket gets the messages `ids`, in that order, without having been closed; it acks them
+   * and the log has nothing left undelivered for the recipient.
+   */
+  async function arriveLive(
+    { owner, gina, socket }: Awaited<ReturnType<typeof recipientAcross>>,
+    ids: (string | undefined)[],
+  ): Promise<void> {
+    const got = await socket.messages(ids.length, 20_000);
+    expect(got.map((m) => m.id)).toEqual(ids as string[]);
+    expect(socket.closed).toBeUndefined();
+    socket.send(ackOf(got));
+    await waitUntil(
+      async () => (await owner.log.undelivered(gina.userId)).length === 0,
+      "the acks in the log",
+    );
+  }
+
+  /** Closes the test's sockets and deletes the recipient's queue. */
+  async function closeAll(
+    { owner, gina }: Awaited<ReturnType<typeof recipientAcross>>,
+    ...sockets: TestSocket[]
+  ): Promise<void> {
+    for (const socket of sockets) await socket.close();
+    await owner.offline.purge(gina.userId, 1).catch(() => 0);
+  }
+
   test("its socket unanswered once more: the message still arrives, without a reconnect", async () => {
-    const { owner, gina, sender, socket } = await recipientAcross();
+    const across = await recipientAcross();
+    const { owner, gina, sender, socket } = across;
     try {
       failNext(linkOf(owner), "push", gina.userId);
       failNext(linkOf(owner), "status", gina.userId);
       const [id] = await sendDirect(sender, gina.userId, 1, "unreachable once");
-      const [got] = await socket.messages(1, 20_000);
-      expect(got?.id).toBe(id);
-      expect(socket.closed).toBeUndefined();
-      socket.send(ackOf([got as NonNullable<typeof got>]));
-      await waitUntil(
-        async () => (await owner.log.undelivered(gina.userId)).length === 0,
-        "the ack in the log",
-      );
+      await arriveLive(across, [id]);
     } finally {
-      await sender.close();
-      await socket.close();
-      await owner.offline.purge(gina.userId, 1).catch(() => 0);
+      await closeAll(across, sender, socket);
     }
   }, 60_000);
 
   test("a push dropped by a node that took the socket's node for dead: the message still arrives, without a reconnect", async () => {
-    const { owner, gateway, gina, sender, socket } = await recipientAcross();
+    const across = await recipientAcross();
+    const { owner, gateway, gina, sender, socket } = across;
     try {
       // The push's transfer is confirmed into the gateway node's inbox, but a node that took that
       // node for dead adopted the inbox and dropped it (routing: a pinned key of a non-member).
@@ -107,23 +127,15 @@ describe("a push that fails while the recipient's socket stays open", () => {
         connectionId: ref.connectionId,
         envelopes,
       });
-      const [got] = await socket.messages(1, 20_000);
-      expect(got?.id).toBe(id);
-      expect(socket.closed).toBeUndefined();
-      socket.send(ackOf([got as NonNullable<typeof got>]));
-      await waitUntil(
-        async () => (await owner.log.undelivered(gina.userId)).length === 0,
-        "the ack in the log",
-      );
+      await arriveLive(across, [id]);
     } finally {
-      await sender.close();
-      await socket.close();
-      await owner.offline.purge(gina.userId, 1).catch(() => 0);
+      await closeAll(across, sender, socket);
     }
   }, 60_000);
 
   test("flushed to its queue while its lease was unreadable: it arrives with the next message, in order", async () => {
-    const { owner, gina, sender, socket } = await recipientAcross();
+    const across = await recipientAcross();
+    const { owner, gina, sender, socket } = across;
     try {
       failNext(linkOf(owner), "push", gina.userId);
       failNext(linkOf(owner), "open", gina.userId);
@@ -134,22 +146,15 @@ describe("a push that fails while the recipient's socket stays open", () => {
         "the first message queued",
       );
       const [second] = await sendDirect(sender, gina.userId, 1, "next");
-      const got = await socket.messages(2, 20_000);
-      expect(got.map((m) => m.id)).toEqual([first, second]);
-      expect(socket.closed).toBeUndefined();
-      socket.send(ackOf(got));
-      await waitUntil(
-        async () => (await owner.log.undelivered(gina.userId)).length === 0,
-        "the acks in the log",
-      );
+      await arriveLive(across, [first, second]);
     } finally {
-      await sender.close();
-      await socket.close();
-      await owner.offline.purge(gina.userId, 1).catch(() => 0);
+      await closeAll(across, sender, socket);
     }
   }, 60_000);
+
   test("a sender erased while its message is held for an unanswered socket: not pushed when the socket answers again", async () => {
-    const { owner, alice, gina, sender, socket } = await recipientAcross();
+    const across = await recipientAcross();
+    const { owner, alice, gina, sender, socket } = across;
     const bob = await registerAndLogin(api(owner.url));
     const other = await TestSocket.open(owner.url, bob.accessToken);
     const link = linkOf(owner);
@@ -181,10 +186,7 @@ describe("a push that fails while the recipient's socket stays open", () => {
       expect(got).not.toContain(held);
     } finally {
       link.status = status;
-      await sender.close();
-      await other.close();
-      await socket.close();
-      await owner.offline.purge(gina.userId, 1).catch(() => 0);
+      await closeAll(across, sender, other, socket);
     }
   }, 60_000);
 });

@@ -41,14 +41,8 @@ describe.each(BACKENDS)("device removal on %s", (backend) => {
     const phone = await loginDevice(client, alice, { registrationId: 101 });
     expect(phone.deviceId).toBe(2);
     // A removal whose follow-up is still running (the account's actor slow to answer, say).
-    let release!: () => void;
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    let followUpStarted!: () => void;
-    const started = new Promise<void>((resolve) => {
-      followUpStarted = resolve;
-    });
+    const { promise: held, resolve: release } = Promise.withResolvers<void>();
+    const { promise: started, resolve: followUpStarted } = Promise.withResolvers<void>();
     const devices = new DeviceService(node.database.db);
     devices.onRemoved(async () => {
       followUpStarted();
@@ -123,14 +117,8 @@ describe.each(BACKENDS)("device removal on %s", (backend) => {
     const phone = await loginDevice(client, alice, { registrationId: 301 });
     await leftUnfinished(alice.userId, phone.deviceId);
     // Node A's pass is slow in the follow-ups (the actor's node slow to answer, say).
-    let release!: () => void;
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    let followUpStarted!: () => void;
-    const started = new Promise<void>((resolve) => {
-      followUpStarted = resolve;
-    });
+    const { promise: held, resolve: release } = Promise.withResolvers<void>();
+    const { promise: started, resolve: followUpStarted } = Promise.withResolvers<void>();
     const nodeA = new DeviceService(node.database.db);
     nodeA.onRemoved(async () => {
       followUpStarted();
@@ -157,14 +145,8 @@ describe.each(BACKENDS)("device removal on %s", (backend) => {
     const alice = await registerAndLogin(client);
     const phone = await loginDevice(client, alice, { registrationId: 401 });
     await leftUnfinished(alice.userId, phone.deviceId);
-    let release!: () => void;
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    let ended!: () => void;
-    const done = new Promise<void>((resolve) => {
-      ended = resolve;
-    });
+    const { promise: held, resolve: release } = Promise.withResolvers<void>();
+    const { promise: done, resolve: ended } = Promise.withResolvers<void>();
     const hanging = new DeviceService(node.database.db);
     hanging.onRemoved(async () => {
       await held;
