@@ -103,9 +103,11 @@ export interface DeviceSockets {
   push(socket: SocketRef, userId: string, envelopes: readonly StoredEnvelope[]): Promise<boolean>;
   /**
    * Where a socket stands, asked by a new activation: `live` (its offline queue is drained: push),
-   * `pending` (still opening or draining: it will announce itself), `gone` (closed, or no answer).
+   * `pending` (still opening or draining: it will announce itself), `gone` (its node answered that
+   * it is not open there), `unreachable` (its node did not answer: not a member, the ask refused or
+   * timed out; the socket may be open).
    */
-  status(socket: SocketRef, userId: string): Promise<"live" | "pending" | "gone">;
+  status(socket: SocketRef, userId: string): Promise<"live" | "pending" | "gone" | "unreachable">;
   /**
    * Tells one connection to read its device's offline queue again, then report `device.drained`
    * once more (envelopes went back to the queue after it had read it). False when the socket is

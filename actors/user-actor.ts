@@ -312,8 +312,8 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     this.recoveringUntil = this.ports.clock.now() + this.ports.recoveryMs;
     // A socket still draining its offline queue must not get live envelopes ahead of queued ones.
     for (const socket of await whileUnreachable(() => this.ports.sockets.open(this.userId))) {
-      const status = await this.ports.sockets.status(socket, this.userId).catch(() => "gone" as const);
-      if (status !== "gone")
+      const status = await this.ports.sockets.status(socket, this.userId).catch(() => "unreachable" as const);
+      if (status === "live" || status === "pending")
         this.devices.set(socket.deviceId, { ...socket, live: status === "live", canDrainAgain: true });
     }
     const undelivered = await whileUnreachable(() =>
@@ -618,16 +618,19 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
    * unless the log has envelopes `queued` for the device (flushed while no activation knew the
    * socket, or unread by the log's answer): then it is sent to read its queue again first and
    * reports drained like a draining one, so they are not left in a queue a live socket never
-   * reads again, nor overtaken. `unreachable`: a lease names a socket that did not answer, or did
-   * not take the push or drain command. `none`: no lease for the device.
+   * reads again, nor overtaken. `unreachable`: a lease names a socket whose node did not answer,
+   * or that did not take the push or drain command. `none`: no lease for the device, or only
+   * leases of sockets their node answered are closed (a lease its disconnect failed to delete).
    */
   private async relearn(deviceId: number): Promise<"held" | "unreachable" | "none"> {
     const sockets = await this.ports.sockets.open(this.userId).catch(() => []);
     let unanswered = false;
     for (const socket of sockets) {
       if (socket.deviceId !== deviceId) continue;
-      const status = await this.ports.sockets.status(socket, this.userId).catch(() => "gone" as const);
-      if (status === "gone") {
+      const status = await this.ports.sockets.status(socket, this.userId).catch(() => "unreachable" as const);
+      // Its node says it is closed: a lease its disconnect did not delete (nothing to wait for).
+      if (status === "gone") continue;
+      if (status === "unreachable") {
         unanswered = true;
         continue;
       }

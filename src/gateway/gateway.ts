@@ -316,7 +316,8 @@ export class Gateway {
       // side decides alike: this one gives way to a newer one that is still there (a lease left by
       // a dead node is not).
       if (other.connectionId > conn.connectionId) {
-        if ((await link.status(other, principal.userId)) === "gone") continue;
+        const status = await link.status(other, principal.userId);
+        if (status === "gone" || status === "unreachable") continue;
         conn.close(CloseCode.replaced, "replaced by a newer connection of this device");
         return;
       }

@@ -151,13 +151,18 @@ export class NodeLink implements DeviceSockets {
     });
   }
 
-  async status(socket: SocketRef, userId: string): Promise<SocketStatus> {
+  /**
+   * Where a socket stands (`DeviceSockets.status`): this node's registry answers for its own
+   * sockets; another node's gateway is asked (3 s). `unreachable` when that ask fails (the node not
+   * a member, the ask refused or timed out), unlike `gone`, which the socket's node answered.
+   */
+  async status(socket: SocketRef, userId: string): Promise<SocketStatus | "unreachable"> {
     const { deviceId, connectionId } = socket;
     if (socket.nodeId === this.deps.nodeId) return this.deps.registry.status(userId, deviceId, connectionId);
     const command: GatewayCommand = { type: "status", userId, deviceId, connectionId };
     return this.deps.actors
       .ask<SocketStatus>(`${GATEWAY_KIND}:${socket.nodeId}`, command, { timeoutMs: 3000 })
-      .catch(() => "gone" as const);
+      .catch(() => "unreachable" as const);
   }
 
   closeAll(userId: string, code: number, reason: string): Promise<void> {

@@ -12,12 +12,12 @@ function linkOf(node: TestNode): NodeLink {
 
 /**
  * Makes `link` fail the next `times` calls of `method` for `userId` as an unreachable gateway node
- * does (a push or drain command not taken: false; a status question unanswered: `gone`; the
+ * does (a push or drain command not taken: false; a status question unanswered: `unreachable`; the
  * presence leases unreadable or not rewritten yet: none), then behave as before.
  */
 function failNext(link: NodeLink, method: "push" | "status" | "open", userId: string, times = 1): void {
   const real = link[method].bind(link) as (...args: unknown[]) => Promise<unknown>;
-  const failed = { push: false, status: "gone", open: [] }[method];
+  const failed = { push: false, status: "unreachable", open: [] }[method];
   let left = times;
   (link as unknown as Record<string, unknown>)[method] = (...args: unknown[]) => {
     const forUser = method === "open" ? args[0] === userId : args[1] === userId;
@@ -133,6 +133,37 @@ describe("a push that fails while the recipient's socket stays open", () => {
     }
   }, 60_000);
 
+  test("a lease of a socket its node says is closed: the message goes to the queue at once, not held, and arrives with the next", async () => {
+    const across = await recipientAcross();
+    const { owner, gina, sender, socket } = across;
+    const link = linkOf(owner);
+    const status = link.status;
+    let asked = 0;
+    try {
+      // The push fails, and the socket's node answers that the connection is not open there (as it
+      // does for a socket whose disconnect did not delete its lease).
+      failNext(link, "push", gina.userId);
+      link.status = (ref, userId) => {
+        if (userId !== gina.userId || asked > 0) return status.call(link, ref, userId);
+        asked++;
+        return Promise.resolve("gone");
+      };
+      const [first] = await sendDirect(sender, gina.userId, 1, "its socket said closed");
+      // Before, "closed" and "no answer" were one answer: the message was held and looked for again
+      // each second until the lease expired (PRESENCE_LEASE_SECONDS), queued only then.
+      await waitUntil(
+        async () => (await owner.log.undelivered(gina.userId, { state: "queued" })).length === 1,
+        "the message queued",
+        10_000,
+      );
+      const [second] = await sendDirect(sender, gina.userId, 1, "next");
+      await arriveLive(across, [first, second]);
+    } finally {
+      link.status = status;
+      await closeAll(across, sender, socket);
+    }
+  }, 60_000);
+
   test("flushed to its queue while its lease was unreadable: it arrives with the next message, in order", async () => {
     const across = await recipientAcross();
     const { owner, gina, sender, socket } = across;
@@ -168,7 +199,7 @@ describe("a push that fails while the recipient's socket stays open", () => {
       link.status = (ref, userId) => {
         if (userId !== gina.userId || answering) return status.call(link, ref, userId);
         unanswered++;
-        return Promise.resolve("gone");
+        return Promise.resolve("unreachable");
       };
       const [held] = await sendDirect(sender, gina.userId, 1, "held, then its sender erased");
       await waitUntil(() => unanswered >= 2, "the socket looked for again");
