@@ -547,7 +547,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
    * acks them.
    */
   private async dispatch(deviceId: number, all: StoredEnvelope[], ctx: ActorContext): Promise<void> {
-    const envelopes = all.filter((e) => !this.fenced(e.senderUser));
+    const envelopes = this.unfenced(all);
     if (envelopes.length === 0) return;
     const device = this.devices.get(deviceId);
     if (device && !device.live) return;
@@ -658,9 +658,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     if (queued?.length !== 0) return this.ports.sockets.drainAgain(device, this.userId).catch(() => false);
     device.live = true;
     // A sender fenced since these were held is skipped, as in `dispatch` and `flush`.
-    const pending = [...(this.pendingByDevice?.get(deviceId)?.values() ?? [])].filter(
-      (e) => !this.fenced(e.senderUser),
-    );
+    const pending = this.unfenced(this.pendingByDevice?.get(deviceId)?.values() ?? []);
     if (pending.length === 0) return true;
     return this.ports.sockets.push(device, this.userId, pending).catch(() => false);
   }
@@ -707,12 +705,19 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     this.tellSelf({ type: "flush.due" }, ctx);
   }
 
+  /** The envelopes whose sender is not fenced (an erasure of theirs started), in their order. */
+  private unfenced(envelopes: Iterable<StoredEnvelope>): StoredEnvelope[] {
+    const kept: StoredEnvelope[] = [];
+    for (const e of envelopes) if (!this.fenced(e.senderUser)) kept.push(e);
+    return kept;
+  }
+
   /** Moves a device's unacked envelopes to its durable offline queue; returns how many. */
   private async flush(deviceId: number): Promise<number> {
     const pending = this.pendingByDevice?.get(deviceId);
     if (!pending || pending.size === 0) return 0;
     // A sender fenced since these were held: theirs are not queued (erasure sweeps what was).
-    const envelopes = [...pending.values()].filter((e) => !this.fenced(e.senderUser));
+    const envelopes = this.unfenced(pending.values());
     if (envelopes.length === 0) {
       this.pending.delete(deviceId);
       return 0;
