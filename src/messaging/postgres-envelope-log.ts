@@ -443,7 +443,13 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
         const device = `${row.recipient_user}/${row.recipient_device}`;
         acked.set(device, (acked.get(device) ?? 0) + 1);
         matched.add(
-          `${device}/${envelopeKey({ senderUser: row.sender_user, senderDevice: row.sender_device, id: row.id })}`,
+          identity({
+            senderUser: row.sender_user,
+            senderDevice: row.sender_device,
+            id: row.id,
+            recipientUser: row.recipient_user,
+            recipientDevice: row.recipient_device,
+          }),
         );
       }
     };
@@ -453,8 +459,9 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       // PostgreSQL returns uuids in lower case; a client may have sent them in upper.
       const rest = flatten(
         batch.map((request) => {
-          const device = `${request.recipientUser.toLowerCase()}/${request.recipientDevice}`;
-          const unmatched = (e: EnvelopeRef) => !matched.has(`${device}/${envelopeKey(e).toLowerCase()}`);
+          const { recipientUser, recipientDevice } = request;
+          const unmatched = (e: EnvelopeRef) =>
+            !matched.has(identity({ ...e, recipientUser, recipientDevice }).toLowerCase());
           return { ...request, envelopes: request.envelopes.filter(unmatched) };
         }),
       );
