@@ -11,7 +11,6 @@ export interface BlockEntry {
   blockedAt: number;
 }
 
-/** Told when a block is added or lifted on this node (caches of other nodes expire within a second). */
 /** Told after a block is made or lifted; the change's reply waits for what it returns. */
 export type BlockListener = (blocker: string, blocked: string) => Promise<void> | void;
 
