@@ -11,6 +11,63 @@ import { ackOf, type Frame, TestSocket } from "../support/ws.ts";
 const ROOT = resolve(import.meta.dir, "../..");
 const b64 = (text: string) => Buffer.from(text).toString("base64");
 
+/**
+ * A recipient's client across reconnects: dedupes by id (exactly-once as the client sees it), keeps
+ * first arrivals in order, counts duplicates on the wire, and acks every message frame.
+ */
+class Receiver {
+  readonly seen = new Set<string>();
+  readonly order: string[] = [];
+  duplicatesOnWire = 0;
+
+  listen(socket: TestSocket): void {
+    socket.ws.addEventListener("message", (event) => {
+      const frame = JSON.parse(String(event.data)) as Frame;
+      if (frame.type !== "message") return;
+      if (this.seen.has(frame.id)) this.duplicatesOnWire++;
+      else {
+        this.seen.add(frame.id);
+        this.order.push(frame.id);
+      }
+      socket.send(ackOf([frame]));
+    });
+  }
+}
+
+/**
+ * Sends `count` 1:1 messages from `socket` to device 1 of `to`, `window` in flight: after every
+ * `window` sends it waits for their replies. `after(i, accepted)` runs after send `i` (and its
+ * window's replies, when it closed one). Returns the ids sent and the ids accepted, in order.
+ */
+async function sendWindowed(
+  socket: TestSocket,
+  to: string,
+  count: number,
+  window: number,
+  after: (i: number, accepted: string[]) => Promise<void> | void,
+): Promise<{ sent: string[]; accepted: string[] }> {
+  const sent: string[] = [];
+  const accepted: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const id = randomUUID();
+    sent.push(id);
+    socket.send({
+      type: "send",
+      id,
+      to: { user: to },
+      messages: [{ deviceId: 1, type: 3, body: b64(`n${i}`) }],
+    });
+    if (i % window === window - 1) {
+      const replies = await Promise.all(
+        sent.slice(i - window + 1, i + 1).map((x) => socket.reply(x, 30_000)),
+      );
+      for (const r of replies) if (r.type === "accepted") accepted.push(r.id);
+    }
+    await after(i, accepted);
+  }
+  return { sent, accepted };
+}
+
 /** A ClearBox node in a process of its own, so the test can kill -9 it. */
 async function spawnNode(
   env: Record<string, string>,
@@ -145,40 +202,12 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
       // dead node (or refused once the ring dropped it) must still reach Bob, from the actor's
       // pending set and the log, when he connects again.
       const bob = await userOwnedBy("node-a");
-      const seen = new Set<string>();
-      const order: string[] = [];
-      let duplicatesOnWire = 0;
-      const listen = (socket: TestSocket) =>
-        socket.ws.addEventListener("message", (event) => {
-          const frame = JSON.parse(String(event.data)) as Frame;
-          if (frame.type !== "message") return;
-          if (seen.has(frame.id)) duplicatesOnWire++;
-          else {
-            seen.add(frame.id);
-            order.push(frame.id);
-          }
-          socket.send(ackOf([frame]));
-        });
-      listen(await TestSocket.open(gateway.url, bob.accessToken));
+      const bobClient = new Receiver();
+      const { seen, order } = bobClient;
+      bobClient.listen(await TestSocket.open(gateway.url, bob.accessToken));
       const aliceSocket = await TestSocket.open(a.url, alice.accessToken);
 
-      const accepted: string[] = [];
-      const sent: string[] = [];
-      for (let i = 0; i < 400; i++) {
-        const id = randomUUID();
-        sent.push(id);
-        aliceSocket.send({
-          type: "send",
-          id,
-          to: { user: bob.userId },
-          messages: [{ deviceId: 1, type: 3, body: b64(`n${i}`) }],
-        });
-        if (i % 20 === 19) {
-          const replies = await Promise.all(
-            sent.slice(i - 19, i + 1).map((x) => aliceSocket.reply(x, 30_000)),
-          );
-          for (const r of replies) if (r.type === "accepted") accepted.push(r.id);
-        }
+      const { accepted } = await sendWindowed(aliceSocket, bob.userId, 400, 20, async (i) => {
         if (i === 100) gateway.proc.kill(9);
         // Keep sending while the ring drops the dead node, so later pushes fail at once.
         if (i === 200) {
@@ -186,19 +215,19 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
           while (a.actors.ringMembers().includes(gateway.nodeId) && Date.now() < ringDeadline)
             await Bun.sleep(50);
         }
-      }
+      });
       expect(accepted.length).toBe(400);
       expect(seen.size).toBeLessThan(400);
       expect(a.actors.ringMembers()).not.toContain(gateway.nodeId);
 
       // Bob's client reconnects (to node-b): his offline queue, then live pushes.
       const bobAgain = await TestSocket.open(b.url, bob.accessToken);
-      listen(bobAgain);
+      bobClient.listen(bobAgain);
       const deadline = Date.now() + 30_000;
       while (seen.size < accepted.length && Date.now() < deadline) await Bun.sleep(50);
       expect(accepted.filter((id) => !seen.has(id))).toEqual([]);
       expect(order).toEqual(accepted);
-      console.log(`gateway kill -9 run: 400 accepted, ${duplicatesOnWire} duplicates on the wire`);
+      console.log(`gateway kill -9 run: 400 accepted, ${bobClient.duplicatesOnWire} duplicates on the wire`);
       await Promise.all([aliceSocket.close(), bobAgain.close()]);
     } finally {
       gateway.proc.kill(9);
@@ -222,43 +251,19 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
     const bobSocket = await TestSocket.open(b.url, bob.accessToken);
     const aliceSocket = await TestSocket.open(a.url, alice.accessToken);
 
-    // Bob's client: dedupes by id (exactly-once as the client sees it) and acks in batches.
-    const seen = new Set<string>();
-    const order: string[] = [];
-    let duplicatesOnWire = 0;
-    bobSocket.ws.addEventListener("message", (event) => {
-      const frame = JSON.parse(String(event.data)) as Frame;
-      if (frame.type !== "message") return;
-      if (seen.has(frame.id)) duplicatesOnWire++;
-      else {
-        seen.add(frame.id);
-        order.push(frame.id);
-      }
-      bobSocket.send(ackOf([frame]));
-    });
+    // Bob's client: dedupes by id (exactly-once as the client sees it) and acks each message.
+    const bobClient = new Receiver();
+    const { seen, order } = bobClient;
+    bobClient.listen(bobSocket);
 
-    const accepted: string[] = [];
-    const sent: string[] = [];
     let killedAt = -1;
-    for (let i = 0; i < 1000; i++) {
-      const id = randomUUID();
-      sent.push(id);
-      aliceSocket.send({
-        type: "send",
-        id,
-        to: { user: bob.userId },
-        messages: [{ deviceId: 1, type: 3, body: b64(`n${i}`) }],
-      });
-      if (i % 50 === 49) {
-        // A window of 50 in flight: wait for this batch's replies before sending more.
-        const replies = await Promise.all(sent.slice(i - 49, i + 1).map((x) => aliceSocket.reply(x, 30_000)));
-        for (const r of replies) if (r.type === "accepted") accepted.push(r.id);
-      }
+    // A window of 50 in flight: each batch's replies are waited for before sending more.
+    const { sent, accepted } = await sendWindowed(aliceSocket, bob.userId, 1000, 50, (i, acceptedSoFar) => {
       if (i === 300) {
         victim.proc.kill(9);
-        killedAt = accepted.length;
+        killedAt = acceptedSoFar.length;
       }
-    }
+    });
     expect(killedAt).toBeGreaterThan(0);
     expect(accepted.length).toBe(1000);
 
@@ -282,7 +287,7 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
     }
     expect(a.actors.ownerOf(`user:${bob.userId}`)).not.toBe(victim.nodeId);
     console.log(
-      `kill -9 run: 1000 accepted, ${seen.size} distinct delivered, ${duplicatesOnWire} duplicates on the wire`,
+      `kill -9 run: 1000 accepted, ${seen.size} distinct delivered, ${bobClient.duplicatesOnWire} duplicates on the wire`,
     );
     // The dead node never said goodbye: Carol's lease (3 s in tests) expires and her watcher hears it.
     const gone = await carolWatcher.next(
