@@ -1,11 +1,22 @@
 import type { RateLimitDecision, RateLimiter, RateLimitRule } from "./types.ts";
 
-/** Hard cap on tracked keys, so a flood of distinct keys cannot grow memory without bound. */
-const MAX_KEYS = 100_000;
+/**
+ * Hard cap on tracked keys, so a flood of distinct keys cannot grow memory without bound. When it is
+ * reached with every window still live, half of them are dropped: those furthest from their limit.
+ */
+export const MEMORY_RATE_LIMIT_KEYS = 100_000;
+const MAX_KEYS = MEMORY_RATE_LIMIT_KEYS;
+
+/** One key's fixed window: hits so far, when it ends (Unix ms), and its rule's limit (for eviction). */
+interface Window {
+  count: number;
+  resetAt: number;
+  limit: number;
+}
 
 /** The embedded default: counters in this process, right for a single node. */
 export class MemoryRateLimiter implements RateLimiter {
-  private readonly windows = new Map<string, { count: number; resetAt: number }>();
+  private readonly windows = new Map<string, Window>();
 
   constructor(private readonly now: () => number = Date.now) {}
 
@@ -15,7 +26,7 @@ export class MemoryRateLimiter implements RateLimiter {
     let window = this.windows.get(id);
     if (!window || window.resetAt <= now) {
       if (this.windows.size >= MAX_KEYS) this.sweep(now);
-      window = { count: 0, resetAt: now + rule.windowMs };
+      window = { count: 0, resetAt: now + rule.windowMs, limit: rule.limit };
       this.windows.set(id, window);
     }
     window.count++;
@@ -47,14 +58,24 @@ export class MemoryRateLimiter implements RateLimiter {
     return removed;
   }
 
-  /** Drops expired windows; if every window is live, drops the oldest half rather than grow. */
+  /**
+   * Drops expired windows; if that leaves the map full, drops the half that is furthest from its
+   * limit (fewest hits for its budget; the oldest first among equals). A flood of distinct keys
+   * (key fetches of many users from many devices, logins from many IPv6 networks) makes windows of
+   * one or two hits, so it evicts its own: a window near or past its limit (a password guesser's
+   * failures, an address that is refused) stays and keeps counting. Dropping the oldest half, as
+   * before, let such a flood reset every budget older than it.
+   */
   private sweep(now: number): void {
     for (const [id, window] of this.windows) if (window.resetAt <= now) this.windows.delete(id);
     if (this.windows.size < MAX_KEYS) return;
-    let drop = this.windows.size / 2;
-    for (const id of this.windows.keys()) {
-      if (drop-- <= 0) break;
-      this.windows.delete(id);
-    }
+    const ranked = [...this.windows].map(([id, window]) => ({
+      id,
+      fill: window.limit > 0 ? window.count / window.limit : Number.POSITIVE_INFINITY,
+    }));
+    // Array.prototype.sort is stable: among equal fills, insertion (window start) order stays.
+    ranked.sort((a, b) => a.fill - b.fill);
+    const drop = Math.floor(ranked.length / 2);
+    for (let i = 0; i < drop; i++) this.windows.delete(ranked[i].id);
   }
 }

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import Redis from "ioredis";
 import {
   type CountingRateLimiter,
+  MEMORY_RATE_LIMIT_KEYS,
   MemoryRateLimiter,
   type RateLimiter,
   RedisRateLimiter,
@@ -80,6 +81,33 @@ describe.each(limiters)("%s rate limiter", (_kind, make) => {
     const rule = { name: `t${Math.random()}`, limit: 20, windowMs: 60_000 };
     const decisions = await Promise.all(Array.from({ length: 50 }, () => limiter.hit(rule, "a")));
     expect(decisions.filter((d) => d.allowed)).toHaveLength(20);
+  });
+});
+
+describe("memory limiter at its cap of tracked keys", () => {
+  // The embedded default's only limiter. A flood of distinct keys (key fetches of many users from
+  // many devices, or logins from many IPv6 networks) fills it; what it drops then must not be the
+  // counters that are refusing, or the flood resets a password guesser's budget.
+  test("a flood of new keys does not drop a window at its limit", async () => {
+    const limiter = new MemoryRateLimiter();
+    const failures = { name: "login-failures", limit: 10, windowMs: 60_000 };
+    for (let i = 0; i < 10; i++) await limiter.hit(failures, "victim");
+    expect((await limiter.peek(failures, "victim")).allowed).toBe(false);
+    const fetches = { name: "keys.target", limit: 20, windowMs: 60_000 };
+    for (let i = 0; i < MEMORY_RATE_LIMIT_KEYS + 10; i++) await limiter.hit(fetches, `device:${i}`);
+    expect((await limiter.peek(failures, "victim")).allowed).toBe(false);
+    expect((await limiter.hit(failures, "victim")).allowed).toBe(false);
+  });
+
+  test("a window close to its limit outlives the flood's fresh ones", async () => {
+    const limiter = new MemoryRateLimiter();
+    const failures = { name: "login-failures", limit: 10, windowMs: 60_000 };
+    for (let i = 0; i < 9; i++) await limiter.hit(failures, "victim");
+    const fetches = { name: "keys.target", limit: 20, windowMs: 60_000 };
+    for (let i = 0; i < 2 * MEMORY_RATE_LIMIT_KEYS; i++) await limiter.hit(fetches, `device:${i}`);
+    // The tenth failure is still the last one allowed.
+    expect((await limiter.hit(failures, "victim")).allowed).toBe(true);
+    expect((await limiter.hit(failures, "victim")).allowed).toBe(false);
   });
 });
 
