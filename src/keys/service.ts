@@ -31,11 +31,16 @@ const TEN_MINUTES = 10 * 60_000;
  * Bundle fetch budgets. A real client fetches a given user's bundle when it first talks to them or
  * sees a new device of theirs: a handful of times a day. 20 per 10 minutes per requesting device and
  * target (Signal-Server allows 6) leaves room for retries; draining someone's one-time keys or walking
- * the directory hits one of the two limits within seconds.
+ * the directory hits one of the two limits within seconds. The account's devices together get four
+ * devices' worth of each: a device costs only a login and an account may have 127, so budgets per
+ * device alone let one account take 127 × 20 of a user's one-time keys every 10 minutes (as the user
+ * lookups' `USER_LOOKUP_ACCOUNT_LIMIT`).
  */
 export const KEY_FETCH_LIMITS = {
   perTarget: { name: "keys.target", limit: 20, windowMs: TEN_MINUTES },
   perRequester: { name: "keys.requester", limit: 600, windowMs: TEN_MINUTES },
+  perAccountTarget: { name: "keys.target.account", limit: 4 * 20, windowMs: TEN_MINUTES },
+  perAccount: { name: "keys.requester.account", limit: 4 * 600, windowMs: TEN_MINUTES },
 } satisfies Record<string, RateLimitRule>;
 
 interface SignedKey {
@@ -220,12 +225,14 @@ export class KeyService {
   /**
    * One prekey bundle per device of `userId` that has published keys. Each call consumes one one-time
    * EC key and one one-time Kyber key per device (the last-resort Kyber key when none are left).
-   * Rate-limited per requesting device, per target and overall.
+   * Rate-limited per requesting device and its account (the device's budget first: a device refused
+   * spends nothing of its account's), overall and per target (`KEY_FETCH_LIMITS`).
    */
   async fetchBundle(requester: Principal, userId: string): Promise<KeysModel.Bundle> {
     const who = `${requester.userId}.${requester.deviceId}`;
     if (this.erasing?.has(userId)) throw new DomainError("not_found", "no such user");
     await this.spend(this.limits.perRequester, who);
+    await this.spend(this.limits.perAccount, requester.userId);
 
     const rows = await this.db
       .select({
@@ -267,6 +274,7 @@ export class KeyService {
     // Counted once the user is known to exist: a counter keyed by an erased (or made-up) id is
     // never written. Still before any one-time key is taken.
     await this.spend(this.limits.perTarget, `${who}:${userId}`);
+    await this.spend(this.limits.perAccountTarget, `${requester.userId}:${userId}`);
 
     const bundles = await Promise.all(
       rows.map(async (row) => {

@@ -239,6 +239,29 @@ describe.each(BACKENDS)("key directory on %s", (backend) => {
     expect((await client.get(`/v1/keys/${target.userId}`, other.accessToken)).status).toBe(200);
   });
 
+  test("an account's devices together fetch one user's bundle at most 80 times in 10 minutes", async () => {
+    const target = await registerAndLogin(client);
+    const { upload } = await validUpload(100);
+    expect((await client.put("/v1/keys", upload, target.accessToken)).status).toBe(204);
+    // Five devices of one account, each within its own budget of 20: a device costs only a login.
+    const first = await requester();
+    const devices = [first, ...(await Promise.all(Array.from({ length: 4 }, () => anotherDevice(first))))];
+    const statuses: number[] = [];
+    for (const device of devices) {
+      for (let i = 0; i < 20; i++) {
+        statuses.push((await client.get(`/v1/keys/${target.userId}`, device.accessToken)).status);
+      }
+    }
+    expect(statuses.filter((s) => s === 200)).toHaveLength(80);
+    expect(statuses.filter((s) => s === 429)).toHaveLength(20);
+    // The refused fetches took no key: 20 of each kind are left for everyone else.
+    expect((await client.get("/v1/keys/count", target.accessToken)).body).toEqual({
+      preKeys: 20,
+      kyberPreKeys: 20,
+    });
+    expect((await client.get(`/v1/keys/${target.userId}`, (await requester()).accessToken)).status).toBe(200);
+  });
+
   test("a fetch lists every device with keys, one bundle each, and skips devices without keys", async () => {
     const me = await registerAndLogin(client);
     const second = await anotherDevice(me);
