@@ -19,6 +19,7 @@ import {
 import { DomainError } from "../errors/index.ts";
 import type { EnvelopeLog } from "../messaging/envelope-log.ts";
 import type { Presence } from "../messaging/presence.ts";
+import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
 
 const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64");
 
@@ -51,6 +52,21 @@ export function processingInformation(config: Config) {
   };
 }
 
+/**
+ * Exports an account may ask for itself (`GET /v1/me/export`) per hour. An export reads everything
+ * the account holds, its queued ciphertexts included (up to 10,000 of up to 256 KiB each), and
+ * builds the archive on the node's event loop: one of 1,500 queued 150 KB messages took 1.6-2.7
+ * CPU-seconds and held `/healthz` for seconds (docs/BENCHMARKS.md, "Exports"), and nothing stopped a
+ * client from asking again at once, or many times in parallel. A person asks for their data a
+ * few times at most; repeated requests are "excessive" under GDPR Art. 12(5). The admin twin is
+ * not limited.
+ */
+export const SELF_EXPORT_LIMIT = {
+  name: "export",
+  limit: 5,
+  windowMs: 60 * 60_000,
+} satisfies RateLimitRule;
+
 /** Builds the machine-readable archive of everything held about one user (GDPR Art. 15 and 20). */
 export class ExportService {
   constructor(
@@ -60,10 +76,25 @@ export class ExportService {
       presence: Presence;
       audit: AuditTrail;
       config: Config;
+      /** Counts the exports a user asks for themself (`SELF_EXPORT_LIMIT`); none: not limited. */
+      rateLimiter?: RateLimiter;
     },
   ) {}
 
+  /**
+   * The archive of `userId` (docs/GDPR.md). `requestedBy: "self"` spends one of the account's
+   * `SELF_EXPORT_LIMIT` first: `rate_limited` (with `retryAfterSeconds`) past it, before anything
+   * is read or audited. `not_found` when the account does not exist.
+   */
   async export(userId: string, requestedBy: "self" | "admin") {
+    if (requestedBy === "self" && this.deps.rateLimiter) {
+      const decision = await this.deps.rateLimiter.hit(SELF_EXPORT_LIMIT, userId);
+      if (!decision.allowed) {
+        throw new DomainError("rate_limited", "too many exports of this account, retry later", {
+          retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
+        });
+      }
+    }
     const { db, log, presence, audit, config } = this.deps;
     const [account] = await db
       .select({ userId: accounts.id, username: accounts.username, createdAt: accounts.createdAt })

@@ -77,6 +77,26 @@ describe.each(STACKS)("export on the %s stack", (stack) => {
     ).toBeGreaterThanOrEqual(1);
   });
 
+  test("an account gets 5 exports an hour: the 6th is 429 with Retry-After and reads and audits nothing; the admin twin still answers", async () => {
+    const client = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
+    await client.register(uniqueUsername("exp"), "correct horse battery");
+    const token = await client.http.accessToken();
+    const http = api(node.url);
+    for (let i = 0; i < 5; i++) expect((await http.get("/v1/me/export", token)).status).toBe(200);
+    const refused = await http.get("/v1/me/export", token);
+    expect(refused.status).toBe(429);
+    expect(refused.body.error.code).toBe("rate_limited");
+    expect(Number(refused.headers.get("retry-after"))).toBeGreaterThan(60);
+    const twin = await fetch(`${node.adminUrl}/admin/v1/users/${client.userId}/export`, {
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
+    expect(twin.status).toBe(200);
+    const archive = (await twin.json()) as { audit: { action: string; actor: unknown }[] };
+    // Five self exports recorded (the refused one none), and the admin's own is recorded after this read.
+    expect(archive.audit.filter((e) => e.action === "export")).toHaveLength(5);
+    client.close();
+  });
+
   test("another user's export is not reachable with one's own token, and unknown users are 404 to the admin", async () => {
     const res = await api(node.url).get(`/v1/me/export`);
     expect(res.status).toBe(401);
