@@ -315,6 +315,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
         audit,
         secret: config.jwtSecret,
         logger,
+        limiter: rateLimiter,
       })
     : undefined;
   const keys = new KeyService(db, rateLimiter, KEY_FETCH_LIMITS, audit, fence);

@@ -118,7 +118,7 @@ export function createApp(deps: AppDeps) {
     })
     .use(accountRoutes(deps.accounts, deps.addresses))
     .use(sessionRoutes(deps.sessions, deps.addresses))
-    .use(oidcRoutes(deps.oidc))
+    .use(oidcRoutes(deps.oidc, deps.addresses))
     .use(deviceRoutes(deps.devices, deps.sessions))
     .use(keyRoutes(deps.keys, deps.sessions))
     .use(groupRoutes(deps.groups, deps.sessions))

@@ -1,5 +1,6 @@
 import { Elysia } from "elysia";
 import { DomainError } from "../errors/index.ts";
+import { type ClientAddresses, clientAddressPlugin } from "../ratelimit/index.ts";
 import { SessionModel } from "../sessions/model.ts";
 import { cookieValue, FLOW_COOKIE, FLOW_TTL_SECONDS } from "./flow-cookie.ts";
 import { OidcModel } from "./model.ts";
@@ -28,9 +29,10 @@ function flowCookie(service: OidcService, value: string, maxAge: number): string
  * `GET /v1/oidc/authorize`, `GET /v1/oidc/callback`, `POST /v1/oidc/sessions`,
  * `POST /v1/oidc/device`, `POST /v1/oidc/device/poll`, `POST /v1/oidc/backchannel-logout`.
  */
-export function oidcRoutes(oidc: OidcService | undefined) {
+export function oidcRoutes(oidc: OidcService | undefined, addresses: ClientAddresses) {
   const service = () => configured(oidc);
   return new Elysia({ name: "clearbox.oidc", normalize: false })
+    .use(clientAddressPlugin(addresses))
     .get(
       "/v1/oidc/authorize",
       async ({ query, set }) => {
@@ -70,19 +72,19 @@ export function oidcRoutes(oidc: OidcService | undefined) {
     )
     .post(
       "/v1/oidc/device",
-      async ({ set }) => {
+      async ({ set, clientAddress }) => {
         set.headers["cache-control"] = "no-store";
-        return service().beginDeviceSignIn();
+        return service().beginDeviceSignIn(clientAddress);
       },
-      { response: OidcModel.deviceStart },
+      { clientAddress: true, response: OidcModel.deviceStart },
     )
     .post(
       "/v1/oidc/device/poll",
-      async ({ body, set }) => {
+      async ({ body, set, clientAddress }) => {
         set.headers["cache-control"] = "no-store";
-        return service().pollDeviceSignIn(body.deviceCode, body.interval);
+        return service().pollDeviceSignIn(body.deviceCode, body.interval ?? 5, clientAddress);
       },
-      { body: OidcModel.devicePoll, response: OidcModel.devicePolled },
+      { clientAddress: true, body: OidcModel.devicePoll, response: OidcModel.devicePolled },
     )
     .post(
       "/v1/oidc/backchannel-logout",

@@ -9,6 +9,7 @@ import type { Db } from "../db/index.ts";
 import { accounts, oidcIdentities, oidcLogoutTokens, oidcSignInCodes } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import type { Logger } from "../observability/logger.ts";
+import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
 import type { DeviceChoice, SessionService, SessionTokens } from "../sessions/service.ts";
 import { type BrowserFlow, FlowSealer } from "./flow-cookie.ts";
 import type { DeviceAuthorization, RelyingParty, VerifiedIdentity } from "./relying-party.ts";
@@ -23,6 +24,21 @@ const CODE_CHALLENGE = /^[A-Za-z0-9_-]{43}$/;
 const sha256Hex = (value: string) => createHash("sha256").update(value).digest("hex");
 const s256 = (verifier: string) => createHash("sha256").update(verifier).digest("base64url");
 
+/**
+ * Budgets of the native flow's calls per client address (`ClientAddresses`). Each start and each
+ * poll is a request from this server to the provider with its client credentials, made for anyone
+ * who asks: unbounded, one client could have the provider throttle ClearBox's client id (and so
+ * every user's sign-in) and keep the node's connections to it busy. A sign-in is one start and a
+ * poll every `interval` (5 s) for up to the code's lifetime (commonly 10 minutes: 120 polls), so 30
+ * starts and 1,800 polls per 15 minutes leave room for a building of people behind one address.
+ * Past the start budget: 429 `rate_limited`; past the poll budget the poll is answered `slow_down`
+ * without asking the provider, as RFC 8628 §3.5 lets a client that polls too fast be told.
+ */
+export const DEVICE_FLOW_LIMITS = {
+  starts: { name: "oidc-device-start", limit: 30, windowMs: 15 * 60_000 },
+  polls: { name: "oidc-device-poll", limit: 1_800, windowMs: 15 * 60_000 },
+} satisfies Record<string, RateLimitRule>;
+
 /** Everything the OIDC feature needs, built once per node. */
 export interface OidcServiceDeps {
   db: Db;
@@ -32,6 +48,8 @@ export interface OidcServiceDeps {
   /** The node's JWT secret: the browser-flow cookie key is derived from it. */
   secret: string;
   logger: Logger;
+  /** Counts the native flow's calls per client address (`DEVICE_FLOW_LIMITS`); none: not limited. */
+  limiter?: RateLimiter;
 }
 
 /** The device flow's start, as the client shows it to the user (docs/PROTOCOL.md). */
@@ -115,19 +133,34 @@ export class OidcService {
     return { location: location.href };
   }
 
-  /** Begins a native sign-in with the device authorization grant (RFC 8628): what to show the user. */
-  beginDeviceSignIn(): Promise<DeviceSignIn> {
+  /**
+   * Begins a native sign-in with the device authorization grant (RFC 8628): what to show the user.
+   * `address`: the client's (`ClientAddresses`); `rate_limited` past its `DEVICE_FLOW_LIMITS.starts`,
+   * before the provider is asked.
+   */
+  async beginDeviceSignIn(address: string): Promise<DeviceSignIn> {
+    const decision = await this.deps.limiter?.hit(DEVICE_FLOW_LIMITS.starts, address);
+    if (decision && !decision.allowed) {
+      throw new DomainError("rate_limited", "too many device sign-ins from this address, retry later", {
+        retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
+      });
+    }
     return this.deps.rp.startDeviceAuthorization();
   }
 
   /**
    * Polls a device sign-in once: pending (wait `interval` seconds), or done with a one-time sign-in
    * code (the account found by (iss, sub) or provisioned). `unauthorized` when denied or expired.
+   * `address`: the client's; past its `DEVICE_FLOW_LIMITS.polls` the answer is `slow_down` (wait
+   * `interval` + 5 s) and the provider is not asked.
    */
   async pollDeviceSignIn(
     deviceCode: string,
-    interval = 5,
+    interval: number,
+    address: string,
   ): Promise<{ status: "pending" | "slow_down"; interval: number } | { status: "done"; code: string }> {
+    const decision = await this.deps.limiter?.hit(DEVICE_FLOW_LIMITS.polls, address);
+    if (decision && !decision.allowed) return { status: "slow_down", interval: Math.min(interval + 5, 600) };
     const poll = await this.deps.rp.pollDeviceAuthorization(deviceCode, interval);
     if (poll.status !== "done") return poll;
     const userId = await this.accountFor(poll.identity);
