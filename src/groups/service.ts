@@ -244,10 +244,15 @@ export class GroupService {
       .orderBy(asc(groupMembers.addedAt), asc(groupMembers.userId));
   }
 
-  private async roleOf(groupId: string, userId: string) {
-    const [group] = await this.db.select({ id: groups.id }).from(groups).where(eq(groups.id, groupId));
+  /**
+   * `userId`'s role in the group (undefined: not a member); `not_found` when the group does not
+   * exist. Read through `db` (a transaction holding the group's lock, `lockGroups`, to decide on a
+   * change: a role read before the lock may be gone by the time the change is written).
+   */
+  private async roleOf(groupId: string, userId: string, db: Pick<Db, "select"> = this.db) {
+    const [group] = await db.select({ id: groups.id }).from(groups).where(eq(groups.id, groupId));
     if (!group) throw new DomainError("not_found", "no such group");
-    const [row] = await this.db
+    const [row] = await db
       .select({ role: groupMembers.role })
       .from(groupMembers)
       .where(and(eq(groupMembers.groupId, groupId), eq(groupMembers.userId, userId)));
@@ -257,7 +262,9 @@ export class GroupService {
   /**
    * Invites a user to the group; only admins may. Inviting a member or someone already invited
    * changes nothing; so does inviting someone who blocked the caller (silently: the answer is the
-   * same). `not_found` for an unknown user or group, `conflict` past the limits of `invite`.
+   * same). `not_found` for an unknown user or group, `conflict` past the limits of `invite`,
+   * `forbidden` when the caller is not an admin, checked again under the group's lock (an admin who
+   * left or was removed while the call ran invites nobody).
    */
   async addMember(groupId: string, caller: string, userId: string): Promise<void> {
     if ((await this.roleOf(groupId, caller)) !== "admin") {
@@ -266,6 +273,11 @@ export class GroupService {
     await this.assertUsersExist([userId]);
     const invited = await this.db.transaction(async (tx) => {
       await lockGroups(tx, [groupId]);
+      // Again under the group's lock: the caller may have left or been removed since the check
+      // above (their other device, another admin), and must not invite as a non-member.
+      if ((await this.roleOf(groupId, caller, tx)) !== "admin") {
+        throw new DomainError("forbidden", "only a group admin can invite members");
+      }
       return this.invite(tx, groupId, caller, [userId]);
     });
     await this.audited(
@@ -338,7 +350,8 @@ export class GroupService {
    * Removes a member or withdraws a pending invitation; admins may remove anyone, anyone may leave
    * (or decline). When the last admin goes, the longest-standing member becomes admin; when the
    * last member goes, the group is deleted (`keepAnAdmin`). `not_found` when the user is neither a
-   * member nor invited.
+   * member nor invited; `forbidden` when the caller removes someone else without being an admin,
+   * checked again under the group's lock (an admin removed while the call ran removes nobody).
    */
   async removeMember(groupId: string, caller: string, userId: string): Promise<void> {
     const callerRole = await this.roleOf(groupId, caller);
@@ -347,6 +360,10 @@ export class GroupService {
     }
     const outcome = await this.db.transaction(async (tx) => {
       await lockGroups(tx, [groupId]);
+      // Again under the group's lock: an admin removed meanwhile removes nobody.
+      if (caller !== userId && (await this.roleOf(groupId, caller, tx)) !== "admin") {
+        throw new DomainError("forbidden", "only a group admin can remove other members");
+      }
       const removed = await tx
         .delete(groupMembers)
         .where(and(eq(groupMembers.groupId, groupId), eq(groupMembers.userId, userId)))
