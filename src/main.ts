@@ -1,10 +1,10 @@
 import {
   ConfigError,
+  checkWritablePaths,
   EXIT_CONFIG,
   EXIT_SOFTWARE,
   EXIT_UNAVAILABLE,
   loadConfig,
-  makePrivateDir,
   StartupError,
 } from "./config/index.ts";
 import { preparePglite } from "./db/pglite-prepare.ts";
@@ -14,12 +14,14 @@ import { exitOnUncaught } from "./observability/fatal.ts";
  * Starts one ClearBox node from the environment and stops it cleanly on SIGINT/SIGTERM.
  * Exit codes (README, "Configuration"): 0 stopped by a signal; 78 (`EX_CONFIG`) a variable is
  * invalid; 69 (`EX_UNAVAILABLE`) a configured service did not answer at start-up or a port is in use;
- * 70 (`EX_SOFTWARE`) an error nobody caught while the node ran (`exitOnUncaught`); 1 anything else. The first two print one line naming the variable, never a stack.
+ * 70 (`EX_SOFTWARE`) an error nobody caught while the node ran (`exitOnUncaught`); 1 anything else. The first two print one line naming the variable, never a stack
+ * (78 also when DATA_DIR or ERASURE_LEDGER_FILE cannot be written: `checkWritablePaths`).
  */
 async function main() {
   let config: ReturnType<typeof loadConfig>;
   try {
     config = loadConfig();
+    checkWritablePaths(config);
   } catch (error) {
     if (error instanceof ConfigError) {
       console.error(`clearbox: ${error.message}`);
@@ -30,10 +32,7 @@ async function main() {
   // The embedded database's WebAssembly compiles and a fresh data directory is written off the event
   // loop while the server's modules load (node.ts is imported after, not before, this line).
   let pglite: ReturnType<typeof preparePglite> | undefined;
-  if (!config.databaseUrl) {
-    makePrivateDir(config.dataDir);
-    pglite = preparePglite(config.dataDir);
-  }
+  if (!config.databaseUrl) pglite = preparePglite(config.dataDir);
   const { createNode } = await import("./node.ts");
   let node: Awaited<ReturnType<typeof createNode>>;
   try {

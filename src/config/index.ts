@@ -1,7 +1,16 @@
 import { randomBytes } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { hostname } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { type Static, Type as T } from "@sinclair/typebox";
 import { Value } from "@sinclair/typebox/value";
 import { parseTrustedProxies } from "../ratelimit/client-address.ts";
@@ -540,12 +549,42 @@ export function makePrivateDir(dir: string): void {
   if ((statSync(dir).mode & 0o077) !== 0) chmodSync(dir, 0o700);
 }
 
+/**
+ * Checks, before anything opens, that the node can write where its configuration points: DATA_DIR
+ * is made private ({@link makePrivateDir}) and the erasure ledger (ERASURE_LEDGER_FILE) is opened
+ * for appending, its directory and an empty file (0600) created when missing, as
+ * `ErasureLedger.record` will. Throws a {@link ConfigError} whose one line names the variable, the
+ * path and the system's reason (e.g. `EACCES: permission denied, mkdir '/srv/clearbox'`), which
+ * `src/main.ts` prints before exiting 78: without it a DATA_DIR the node cannot create ended in a
+ * stack trace, and a ledger it cannot write let the node start and fail the first erasure request.
+ */
+export function checkWritablePaths(config: Pick<Config, "dataDir" | "erasureLedgerFile">): void {
+  asConfigError("DATA_DIR", () => makePrivateDir(config.dataDir));
+  asConfigError("ERASURE_LEDGER_FILE", () => {
+    mkdirSync(dirname(config.erasureLedgerFile), { recursive: true });
+    closeSync(openSync(config.erasureLedgerFile, "a", 0o600));
+  });
+}
+
+/** Runs a file-system step, turning its failure into a one-line {@link ConfigError} naming `variable`. */
+function asConfigError(variable: string, step: () => void): void {
+  try {
+    step();
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === undefined) throw error;
+    throw new ConfigError(`${variable}: cannot write there: ${(error as Error).message}`);
+  }
+}
+
 /** The embedded default's signing secret: generated on first start, then read back so tokens survive restarts. */
 function developmentSecret(dataDir: string): string {
   const file = join(dataDir, "jwt-secret");
   if (existsSync(file)) return readFileSync(file, "utf8").trim();
-  makePrivateDir(dataDir);
   const secret = randomBytes(48).toString("base64url");
-  writeFileSync(file, secret, { mode: 0o600 });
+  asConfigError("DATA_DIR", () => {
+    makePrivateDir(dataDir);
+    writeFileSync(file, secret, { mode: 0o600 });
+  });
   return secret;
 }

@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { AMQP_URL, runPrefix } from "../support/cluster-env.ts";
@@ -132,6 +132,35 @@ describe("start-up refusals name the variable in one line", () => {
     expect(ran.code).toBe(78);
     expect(ran.stderr).toContain("AMQP_URL: expected an amqp:// or amqps:// URL when REDIS_URL is set");
     expect(ran.stderr).not.toContain("    at ");
+  });
+
+  // A path the node cannot write: a regular file where a directory must be (ENOTDIR/EEXIST even for root,
+  // whom permission bits do not stop). Before: a stack trace and exit 1, or, for the ledger, a node that
+  // started and failed the first erasure request.
+  function aFile(): string {
+    const file = join(dataDir(), "a-file");
+    writeFileSync(file, "");
+    return file;
+  }
+
+  test("DATA_DIR that cannot be made a directory: exit 78, one line naming DATA_DIR", async () => {
+    const file = aFile();
+    // Without JWT_SECRET the generated secret is the first write; with it, the data directory itself.
+    for (const extra of [{}, { JWT_SECRET: "x".repeat(32) }] as Record<string, string>[]) {
+      const ran = await runToExit(baseEnv({ DATA_DIR: file, ...extra }));
+      expectOneLine(ran, "DATA_DIR", 78);
+      expect(ran.stderr).toContain(file);
+    }
+  });
+
+  test("ERASURE_LEDGER_FILE that cannot be written: exit 78 before listening, naming it", async () => {
+    const ledger = join(aFile(), "erasure-ledger");
+    const dir = dataDir();
+    const ran = await runToExit(baseEnv({ DATA_DIR: dir, ERASURE_LEDGER_FILE: ledger }));
+    expectOneLine(ran, "ERASURE_LEDGER_FILE", 78);
+    expect(ran.stdout).not.toContain("clearbox node started");
+    // Refused before anything was opened: no database was written into the data directory.
+    expect(existsSync(join(dir, "pglite"))).toBe(false);
   });
 
   test("a second node on a port in use fails with PORT named (exit 69) instead of sharing the port", async () => {
