@@ -29,9 +29,19 @@ const USAGE = `usage:
       services stack, every node stopped, RabbitMQ queues empty: redeliver what the log says was
       in offline queues (URL default: $DATABASE_URL)`;
 
+/** A file the command was told to read; throws one line naming where it was named (`what`) and why it failed. */
+function readNamed(what: string, path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (error) {
+    throw new Error(`${what}: cannot read it: ${(error as Error).message}`);
+  }
+}
+
+/** The admin token: $ADMIN_TOKEN, else the trimmed content of $ADMIN_TOKEN_FILE; throws if that file cannot be read. */
 function adminToken(): string | undefined {
   if (process.env.ADMIN_TOKEN) return process.env.ADMIN_TOKEN;
-  if (process.env.ADMIN_TOKEN_FILE) return readFileSync(process.env.ADMIN_TOKEN_FILE, "utf8").trim();
+  if (process.env.ADMIN_TOKEN_FILE) return readNamed("ADMIN_TOKEN_FILE", process.env.ADMIN_TOKEN_FILE).trim();
   return undefined;
 }
 
@@ -61,7 +71,16 @@ export async function runBackupCli(argv: string[]): Promise<number> {
   }
   const { values, positionals } = parsed;
   if (command === "backup" && positionals.length === 0) {
-    const token = adminToken();
+    // Files first, so a missing one is named as such, not reported as a server that could not be reached.
+    let token: string | undefined;
+    let ca: string | undefined;
+    try {
+      token = adminToken();
+      ca = values.ca ? readNamed("--ca", String(values.ca)) : undefined;
+    } catch (error) {
+      console.error((error as Error).message);
+      return 2;
+    }
     if (!token) {
       console.error(`no admin token: set ADMIN_TOKEN or ADMIN_TOKEN_FILE\n${USAGE}`);
       return 2;
@@ -71,7 +90,7 @@ export async function runBackupCli(argv: string[]): Promise<number> {
       const res = await fetch(url, {
         method: "POST",
         headers: { authorization: `Bearer ${token}` },
-        ...(values.ca ? { tls: { ca: readFileSync(String(values.ca), "utf8") } } : {}),
+        ...(ca ? { tls: { ca } } : {}),
       });
       const body = await res.text();
       if (res.status !== 201) {

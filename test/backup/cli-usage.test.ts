@@ -9,13 +9,13 @@ import { runToEnd } from "../support/process.ts";
 
 const CLI = resolve(import.meta.dir, "../../src/backup/cli.ts");
 
-async function run(args: string[]) {
+async function run(args: string[], env: Record<string, string> = {}) {
   const {
     stdout: out,
     stderr: err,
     code,
   } = await runToEnd(["bun", "run", CLI, ...args], {
-    env: { ...process.env, ADMIN_TOKEN: "", ADMIN_TOKEN_FILE: "", DATABASE_URL: "" },
+    env: { ...process.env, ADMIN_TOKEN: "", ADMIN_TOKEN_FILE: "", DATABASE_URL: "", ...env },
   });
   return { out, err, code };
 }
@@ -39,5 +39,26 @@ describe("backup and restore usage", () => {
     const noToken = await run(["backup"]);
     expect(noToken.code).toBe(2);
     expect(noToken.err).toContain("no admin token");
+  });
+
+  test("an ADMIN_TOKEN_FILE or --ca file that cannot be read exits 2 naming it, no stack trace, nothing sent", async () => {
+    const missing = "/nonexistent/clearbox-admin-token";
+    // No node listens on the admin URL: reaching the fetch would print "could not reach", not the file.
+    const url = "http://127.0.0.1:9/";
+    const tokenFile = await run(["backup", "--admin-url", url], { ADMIN_TOKEN_FILE: missing });
+    const caFile = await run(["backup", "--admin-url", url, "--ca", missing], {
+      ADMIN_TOKEN: "x".repeat(24),
+    });
+    for (const [ran, name] of [
+      [tokenFile, "ADMIN_TOKEN_FILE"],
+      [caFile, "--ca"],
+    ] as const) {
+      expect({ code: ran.code, first: ran.err.split("\n")[0] }).toEqual({
+        code: 2,
+        first: expect.stringMatching(new RegExp(`^${name}: cannot read .*ENOENT.*${missing}`)),
+      });
+      expect(ran.err).not.toContain("    at ");
+      expect(ran.err).not.toContain("could not reach");
+    }
   });
 });
