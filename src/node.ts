@@ -58,7 +58,12 @@ import {
 import { RetentionJob } from "./retention/index.ts";
 import { SessionService } from "./sessions/service.ts";
 import { TokenIssuer } from "./sessions/tokens.ts";
-import { USER_LOOKUP_ACCOUNT_LIMIT, USER_LOOKUP_LIMIT, UserDirectory } from "./users/index.ts";
+import {
+  USER_LOOKUP_ACCOUNT_LIMIT,
+  USER_LOOKUP_LIMIT,
+  UserDirectory,
+  userAdminRoutes,
+} from "./users/index.ts";
 
 /** A running ClearBox node: its listeners, its stores, and how to stop it. */
 export interface ClearBoxNode {
@@ -542,6 +547,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     routes: [
       clusterAdminRoutes(actors),
       gdpr.adminRoutes,
+      userAdminRoutes(users),
       registrationAdminRoutes(registrationTokens),
       auditAdminRoutes({ audit, ropa: () => buildRopa(config) }),
       backupAdminRoutes(backups),

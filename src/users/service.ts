@@ -53,6 +53,15 @@ export class UserDirectory {
    */
   async byUsername(requester: Principal, username: string): Promise<{ userId: string; username: string }> {
     await this.spend(requester);
+    return this.findForAdmin(username);
+  }
+
+  /**
+   * The account named exactly `username`, for the operator (admin RPC `GET /admin/v1/users?username=`):
+   * the id a data-protection request's export or erasure is made with. No budget (the admin token
+   * already reaches every account); `not_found` if none or its erasure has started.
+   */
+  async findForAdmin(username: string): Promise<{ userId: string; username: string }> {
     const [row] = await this.db
       .select({ userId: accounts.id, username: accounts.username })
       .from(accounts)

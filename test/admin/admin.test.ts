@@ -40,6 +40,34 @@ describe("admin listener", () => {
     }
   });
 
+  test("GET /admin/v1/users?username= gives the operator the id export and erasure take; the name stays out of logs and audit", async () => {
+    const me = await registerAndLogin(api(node.url));
+    const admin = api(node.adminUrl);
+    const found = await admin.get(`/admin/v1/users?username=${me.username}`, ADMIN_TOKEN);
+    expect({ status: found.status, body: found.body }).toEqual({
+      status: 200,
+      body: { userId: me.userId, username: me.username },
+    });
+    // The id it gave is the one the export route takes.
+    const exported = await admin.get(`/admin/v1/users/${found.body.userId}/export`, ADMIN_TOKEN);
+    expect(exported.body.account.username).toBe(me.username);
+    const statuses = await Promise.all(
+      [`?username=${me.username.slice(0, -1)}`, "?username=No%20Such", ""].map(
+        async (query) => (await admin.get(`/admin/v1/users${query}`, ADMIN_TOKEN)).status,
+      ),
+    );
+    expect(statuses).toEqual([404, 400, 400]);
+    expect((await admin.get(`/admin/v1/users?username=${me.username}`)).status).toBe(401);
+    const audit = await admin.get("/admin/v1/audit?limit=1000", ADMIN_TOKEN);
+    const calls = audit.body.entries.filter(
+      (entry: { action: string; details: { route?: string } }) =>
+        entry.action === "admin.call" && entry.details.route === "/admin/v1/users",
+    );
+    expect(calls.length).toBeGreaterThanOrEqual(1);
+    expect(JSON.stringify(audit.body)).not.toContain(me.username);
+    expect(node.logs.join("")).not.toContain(me.username);
+  });
+
   test("listens on the loopback address by default", () => {
     expect(new URL(node.adminUrl).hostname).toBe("127.0.0.1");
   });
