@@ -112,14 +112,37 @@ export interface ClearBoxNode {
   abort(): Promise<void>;
 }
 
-/** Runs `listen`, turning "address in use" into a StartupError naming the port's variable. */
-function listenOrExplain(variable: string, port: number, listen: () => unknown): void {
+/**
+ * Runs `listen`, turning a bind failure into a one-line StartupError naming the variable to fix:
+ * the port's when it is in use (by another process, or by this node's public listener when
+ * `publicPort` equals it) or privileged (EACCES), the host's when it is not an address of this
+ * machine (EADDRNOTAVAIL, or a name that resolves to none). Anything else is thrown as it came.
+ */
+function listenOrExplain(
+  listener: { portVariable: string; port: number; hostVariable: string; host: string; publicPort?: number },
+  listen: () => unknown,
+): void {
+  const { portVariable, port, hostVariable, host, publicPort } = listener;
   try {
     listen();
   } catch (error) {
     const code = (error as { code?: unknown }).code;
     if (code === "EADDRINUSE" || /in use/i.test(String((error as Error)?.message))) {
-      throw new StartupError(variable, `port ${port} is already in use by another process`);
+      const by =
+        port !== 0 && port === publicPort
+          ? "is PORT too: this node's public listener holds it"
+          : "is already in use by another process";
+      throw new StartupError(portVariable, `port ${port} ${by}`);
+    }
+    if (code === "EACCES") {
+      throw new StartupError(
+        portVariable,
+        `port ${port} needs a privilege this process lacks (EACCES): use a port above 1023 behind a proxy, or grant CAP_NET_BIND_SERVICE`,
+      );
+    }
+    // Bun reports a host name that resolves to nothing as ENOENT from listen.
+    if (code === "EADDRNOTAVAIL" || code === "ENOENT" || code === "ENOTFOUND") {
+      throw new StartupError(hostVariable, `${host} is not an address of this machine (${code})`);
     }
     throw error;
   }
@@ -613,17 +636,26 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     // The fence's durable marks (pending erasures, replayed ones included), before a listener opens.
     await fence.load(db);
     // reusePort off (Elysia turns it on): a second node on a port in use must fail, not share it.
-    listenOrExplain("PORT", config.port, () =>
-      app.listen({
-        port: config.port,
-        hostname: config.publicHost,
-        maxRequestBodySize: MAX_BODY_BYTES,
-        tls: listenerTls(config.tls),
-        websocket: gateway.websocket,
-        reusePort: false,
-      }),
+    listenOrExplain(
+      { portVariable: "PORT", port: config.port, hostVariable: "PUBLIC_HOST", host: config.publicHost },
+      () =>
+        app.listen({
+          port: config.port,
+          hostname: config.publicHost,
+          maxRequestBodySize: MAX_BODY_BYTES,
+          tls: listenerTls(config.tls),
+          websocket: gateway.websocket,
+          reusePort: false,
+        }),
     );
-    listenOrExplain("ADMIN_PORT", config.adminPort, () =>
+    const adminListener = {
+      portVariable: "ADMIN_PORT",
+      port: config.adminPort,
+      hostVariable: "ADMIN_HOST",
+      host: config.adminHost,
+      publicPort: config.port,
+    };
+    listenOrExplain(adminListener, () =>
       admin.listen({
         port: config.adminPort,
         hostname: config.adminHost,

@@ -163,6 +163,27 @@ describe("start-up refusals name the variable in one line", () => {
     expect(existsSync(join(dir, "pglite"))).toBe(false);
   });
 
+  test("a PUBLIC_HOST or ADMIN_HOST the node cannot bind: exit 69, one line naming the variable", async () => {
+    // 192.0.2.1 (TEST-NET-1) is never an address of this machine; `.invalid` never resolves (RFC 6761).
+    const cases = [
+      ["PUBLIC_HOST", "192.0.2.1", "is not an address of this machine"],
+      ["PUBLIC_HOST", "nonsense.invalid", "is not an address of this machine"],
+      ["ADMIN_HOST", "192.0.2.1", "is not an address of this machine"],
+    ] as const;
+    for (const [variable, host, what] of cases) {
+      const ran = await runToExit(baseEnv({ [variable]: host }));
+      expectOneLine(ran, variable, 69);
+      expect(ran.stderr).toContain(`${host} ${what}`);
+    }
+  });
+
+  test("ADMIN_PORT equal to PORT: exit 69 saying the node's own public listener holds it", async () => {
+    const port = String(await freePort());
+    const ran = await runToExit(baseEnv({ PORT: port, ADMIN_PORT: port }));
+    expectOneLine(ran, "ADMIN_PORT", 69);
+    expect(ran.stderr).toContain(`port ${port} is PORT too: this node's public listener holds it`);
+  });
+
   test("a second node on a port in use fails with PORT named (exit 69) instead of sharing the port", async () => {
     const port = await freePort();
     const first = await startUntil(
