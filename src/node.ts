@@ -126,7 +126,7 @@ function listenOrExplain(
   try {
     listen();
   } catch (error) {
-    const code = (error as { code?: unknown }).code;
+    const { code, syscall } = error as { code?: unknown; syscall?: unknown };
     if (code === "EADDRINUSE" || /in use/i.test(String((error as Error)?.message))) {
       const by =
         port !== 0 && port === publicPort
@@ -134,6 +134,8 @@ function listenOrExplain(
           : "is already in use by another process";
       throw new StartupError(portVariable, `port ${port} ${by}`);
     }
+    // Only the bind's own errors: reading a TLS file in `listen` fails with syscall "open".
+    if (syscall !== "listen") throw error;
     if (code === "EACCES") {
       throw new StartupError(
         portVariable,
