@@ -700,6 +700,12 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     },
     "clearbox node started",
   );
+  // A first `npm start` has no ADMIN_TOKEN: say so at start, not when the operator's first backup is refused.
+  if (!config.adminToken) {
+    logger.warn(
+      "ADMIN_TOKEN is not set: the admin RPC refuses every call (metrics, backups, the operator's export and erasure)",
+    );
+  }
 
   return {
     config,

@@ -81,6 +81,18 @@ describe("admin listener without ADMIN_TOKEN", () => {
   });
   afterAll(() => node?.teardown());
 
+  test("says at start that the admin RPC is off; a node with the token does not", async () => {
+    const warning = '"msg":"ADMIN_TOKEN is not set: the admin RPC refuses every call';
+    expect(node.logs.join("")).toContain(warning);
+    const withToken = await startTestNode("pglite");
+    try {
+      expect(withToken.logs.join("")).toContain("clearbox node started");
+      expect(withToken.logs.join("")).not.toContain(warning);
+    } finally {
+      await withToken.teardown();
+    }
+  });
+
   test("refuses every call, whatever token is sent", async () => {
     for (const token of [undefined, ADMIN_TOKEN, "anything-at-all-123"]) {
       const res = await api(node.adminUrl).get("/metrics", token);
