@@ -1,2 +1,2 @@
 // The starters of private service instances live beside the load harness, which uses them too.
-export { freePort, waitFor } from "../../src/loadtest/services/free-port.ts";
+export { freePort, type PortSource, waitFor } from "../../src/loadtest/services/free-port.ts";

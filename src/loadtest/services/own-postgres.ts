@@ -3,7 +3,7 @@ import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import postgres from "postgres";
-import { freePort, waitFor } from "./free-port.ts";
+import { BootExited, bootOnFreePorts, type PortSource, waitFor } from "./free-port.ts";
 
 /**
  * A PostgreSQL server binary (`initdb`, `postgres`): on the PATH, else in Debian's
@@ -39,6 +39,9 @@ function asServerUser(cmd: string[]): string[] {
  * free port of 127.0.0.1 (trust authentication, fsync off: a fault test, not a durability test).
  * The caller kills the postmaster with SIGKILL and starts it again on the same data directory (crash
  * recovery runs, as after a real crash); the machine's shared server is never touched.
+ * The port is chosen free a moment before the postmaster binds it: a first boot whose postmaster
+ * exits (the port taken meanwhile) is retried on a fresh port, and a boot counts only when the
+ * server that answers is this one (its data directory), never another holding the port.
  */
 export class OwnPostgres {
   private proc: Subprocess | undefined;
@@ -52,9 +55,14 @@ export class OwnPostgres {
   /**
    * Creates the cluster (initdb, a few seconds) and starts it; resolves once it takes connections.
    * `settings` are server parameters (`-c name=value`) over the defaults above, kept across restarts:
-   * e.g. `{ fsync: "on" }` for a test that counts WAL flushes.
+   * e.g. `{ fsync: "on" }` for a test that counts WAL flushes. A postmaster that exits during its
+   * first boot (its port taken meanwhile) is started again on a fresh port, up to BOOT_ATTEMPTS;
+   * `ports` is where ports come from (default `freePort`; tests hand out a taken one first).
    */
-  static async start(settings: Readonly<Record<string, string>> = {}): Promise<OwnPostgres> {
+  static async start(
+    settings: Readonly<Record<string, string>> = {},
+    options: { ports?: PortSource } = {},
+  ): Promise<OwnPostgres> {
     const dir = mkdtempSync(join(tmpdir(), "clearbox-pg-"));
     if (userInfo().uid === 0) {
       const { uid, gid } = userInfoOf(OS_USER);
@@ -79,9 +87,21 @@ export class OwnPostgres {
       rmSync(dir, { recursive: true, force: true });
       throw new Error(`initdb failed: ${stderr.slice(0, 500)}`);
     }
-    const pg = new OwnPostgres(await freePort(), dir, settings);
-    await pg.restart();
-    return pg;
+    try {
+      return await bootOnFreePorts(async (ports) => {
+        const pg = new OwnPostgres(await ports(), dir, settings);
+        try {
+          await pg.boot(true);
+        } catch (error) {
+          await pg.kill();
+          throw error;
+        }
+        return pg;
+      }, options.ports);
+    } catch (error) {
+      rmSync(dir, { recursive: true, force: true });
+      throw error;
+    }
   }
 
   /** A URL for `database` on this cluster (the `postgres` superuser, trust). */
@@ -113,14 +133,28 @@ export class OwnPostgres {
     await proc.exited;
   }
 
-  /** Starts the server (again) on the same port and data directory; resolves once it takes connections. */
+  /**
+   * Starts the server (again) on the same port and data directory; resolves once it (not another
+   * server on the port) takes connections.
+   */
   async restart(): Promise<void> {
+    await this.boot(false);
+  }
+
+  /**
+   * Spawns the postmaster and waits until it answers with this cluster's data directory. After a
+   * kill, the backends of the killed postmaster may hold its shared memory for a moment, so a
+   * postmaster that exits is started again until the 60 s are up; on a first boot (`first`: a new
+   * cluster, nothing held) one that exits throws `BootExited` at once (its port is taken).
+   */
+  private async boot(first: boolean): Promise<void> {
     if (this.running) throw new Error("postgres is already running");
     const data = join(this.dir, "data");
-    // The backends of a killed postmaster may hold its shared memory for a moment: retry the start.
     await waitFor(
       "postgres",
       async () => {
+        if (first && this.proc && !this.running)
+          throw new BootExited(`postgres on port ${this.port} exited during its first boot`);
         if (!this.running) {
           this.proc = Bun.spawn(
             asServerUser([
@@ -144,7 +178,9 @@ export class OwnPostgres {
         }
         const sql = postgres(this.url(), { max: 1, connect_timeout: 2, onnotice: () => {} });
         try {
-          await sql`select 1`;
+          const [row] = await sql<{ data_directory: string }[]>`show data_directory`;
+          // Another server holds the port (ours failed to bind it and is exiting): not booted.
+          if (row?.data_directory !== data) throw new Error(`port ${this.port} answered by another server`);
         } finally {
           await sql.end({ timeout: 1 }).catch(() => {});
         }

@@ -4,7 +4,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect } from "amqplib";
-import { freePort } from "./free-port.ts";
+import { BootExited, bootOnFreePorts, type PortSource } from "./free-port.ts";
 
 /** The RabbitMQ server script run directly (the /usr/sbin wrapper switches to the rabbitmq user). */
 const SERVER = process.env.TEST_RABBITMQ_SERVER ?? "/usr/lib/rabbitmq/bin/rabbitmq-server";
@@ -14,9 +14,16 @@ const SERVER = process.env.TEST_RABBITMQ_SERVER ?? "/usr/lib/rabbitmq/bin/rabbit
  * AMQP and distribution ports, Mnesia and log directories and configuration (no management plugin,
  * no plugins at all), so killing it touches nothing else on the machine. Data survives `kill()` +
  * `start()` like a real crash and restart of the broker.
+ *
+ * Its ports are chosen free a moment before the node binds them; another process may take one in
+ * between. A first boot whose node exits is retried on fresh ports (`bootOnFreePorts`), and a boot
+ * succeeds only when the node that answers AMQP is this one (its `cluster_name`), never another
+ * broker that holds the port.
  */
 export class OwnRabbitMq {
-  readonly nodeName = `cbtest-${randomBytes(4).toString("hex")}@localhost`;
+  /** Also the node's `cluster_name`, which its AMQP handshake reports: how a boot knows it reached this node. */
+  readonly clusterName = `cbtest-${randomBytes(4).toString("hex")}`;
+  readonly nodeName = `${this.clusterName}@localhost`;
   readonly dir = mkdtempSync(join(tmpdir(), "cb-rabbit-"));
   private process: ChildProcess | undefined;
   private output: string[] = [];
@@ -32,6 +39,7 @@ export class OwnRabbitMq {
       join(this.dir, "rabbitmq.conf"),
       [
         `listeners.tcp.default = 127.0.0.1:${port}`,
+        `cluster_name = ${this.clusterName}`,
         "loopback_users = none",
         "log.console = true",
         "log.console.level = warning",
@@ -43,11 +51,27 @@ export class OwnRabbitMq {
     writeFileSync(join(this.dir, "enabled_plugins"), "[].\n");
   }
 
-  /** Picks free ports and starts the node; resolves when it accepts AMQP connections. */
-  static async start(bootTimeoutMs = 90_000): Promise<OwnRabbitMq> {
-    const broker = new OwnRabbitMq(await freePort(), await freePort());
-    await broker.start(bootTimeoutMs);
-    return broker;
+  /**
+   * Picks free ports (AMQP and distribution) and starts a node on them; resolves when it accepts
+   * AMQP connections. A node that exits during boot (a port taken meanwhile) is removed and
+   * another started on fresh ports, up to BOOT_ATTEMPTS; a node that does not answer within
+   * `bootTimeoutMs` (ms) is killed and its error thrown. `ports` is where the ports come from
+   * (default `freePort`; tests hand out a taken one first).
+   */
+  static async start(options: { bootTimeoutMs?: number; ports?: PortSource } = {}): Promise<OwnRabbitMq> {
+    return bootOnFreePorts(async (ports) => {
+      const port = await ports();
+      let distPort = await ports();
+      while (distPort === port) distPort = await ports();
+      const broker = new OwnRabbitMq(port, distPort);
+      try {
+        await broker.start(options.bootTimeoutMs);
+      } catch (error) {
+        await broker.destroy();
+        throw error;
+      }
+      return broker;
+    }, options.ports);
   }
 
   /** `amqp://guest:guest@127.0.0.1:<port>` */
@@ -59,7 +83,11 @@ export class OwnRabbitMq {
     return this.process !== undefined && this.process.exitCode === null && this.process.signalCode === null;
   }
 
-  /** (Re)starts the node on the same ports and data; resolves once AMQP connections succeed. */
+  /**
+   * (Re)starts the node on the same ports and data; resolves once this node (not another holding
+   * the port) accepts AMQP connections. Throws `BootExited` when the node exits during boot, and an
+   * Error after `bootTimeoutMs` (ms) without an answer (the node is killed then).
+   */
   async start(bootTimeoutMs = 90_000): Promise<void> {
     if (this.running) return;
     this.output = [];
@@ -91,11 +119,15 @@ export class OwnRabbitMq {
     this.process = child;
     const deadline = Date.now() + bootTimeoutMs;
     for (;;) {
-      if (!this.running) throw new Error(`rabbitmq-server exited during boot:\n${this.output.join("")}`);
+      if (!this.running) throw new BootExited(`rabbitmq-server exited during boot:\n${this.output.join("")}`);
       try {
-        const connection = await connect(this.url);
+        // A port held by something that accepts and never answers would hang the handshake: bounded.
+        const connection = await connect(this.url, { timeout: 5_000 });
         connection.on("error", () => {});
+        const answered = connection.connection.serverProperties.cluster_name;
         await connection.close();
+        // Another broker holds the port (ours failed to bind it and is exiting): not booted.
+        if (answered !== this.clusterName) throw new Error(`port ${this.port} answered by ${answered}`);
         return;
       } catch {
         if (Date.now() > deadline) {

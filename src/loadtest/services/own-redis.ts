@@ -1,22 +1,36 @@
 import type { Subprocess } from "bun";
 import Redis from "ioredis";
-import { freePort, waitFor } from "./free-port.ts";
+import { BootExited, bootOnFreePorts, type PortSource, waitFor } from "./free-port.ts";
 
 /**
  * A private redis-server (fault tests, the chaos load test) on a free port, without persistence (`--save ""`,
  * `--appendonly no`), so a restart comes back empty as a crashed cache would. Fault tests and the chaos scenario kill it
  * with SIGKILL and start it again on the same port; the machine's shared Redis is never touched.
+ * The port is chosen free a moment before the server binds it: a first boot whose server exits (the
+ * port taken meanwhile) is retried on a fresh port, and a boot counts only when the server that
+ * answers is this one (its pid), never another holding the port.
  */
 export class OwnRedis {
   private proc: Subprocess | undefined;
 
   private constructor(readonly port: number) {}
 
-  /** Starts a server on a free port and waits until it answers PING. */
-  static async start(): Promise<OwnRedis> {
-    const redis = new OwnRedis(await freePort());
-    await redis.restart();
-    return redis;
+  /**
+   * Starts a server on a free port and waits until it answers PING; a server that exits during
+   * boot (its port taken meanwhile) is replaced by one on a fresh port, up to BOOT_ATTEMPTS. `ports`
+   * is where ports come from (default `freePort`; tests hand out a taken one first).
+   */
+  static async start(options: { ports?: PortSource } = {}): Promise<OwnRedis> {
+    return bootOnFreePorts(async (ports) => {
+      const redis = new OwnRedis(await ports());
+      try {
+        await redis.restart();
+      } catch (error) {
+        await redis.kill();
+        throw error;
+      }
+      return redis;
+    }, options.ports);
   }
 
   get url(): string {
@@ -37,7 +51,10 @@ export class OwnRedis {
     await proc.exited;
   }
 
-  /** Starts the server (again) on the same port, empty, and waits until it answers PING. */
+  /**
+   * Starts the server (again) on the same port, empty, and waits until it (not another server on
+   * the port) answers PING. Throws `BootExited` when the server exits during boot.
+   */
   async restart(): Promise<void> {
     if (this.running) throw new Error("redis-server is already running");
     this.proc = Bun.spawn(
@@ -56,7 +73,10 @@ export class OwnRedis {
       ],
       { stdout: "ignore", stderr: "ignore" },
     );
+    const proc = this.proc;
     await waitFor("redis-server", async () => {
+      if (proc.exitCode !== null || proc.signalCode !== null)
+        throw new BootExited(`redis-server on port ${this.port} exited during boot`);
       const client = new Redis(this.url, {
         lazyConnect: true,
         maxRetriesPerRequest: 0,
@@ -65,7 +85,10 @@ export class OwnRedis {
       client.on("error", () => {});
       try {
         await client.connect();
-        await client.ping();
+        const info = await client.info("server");
+        // Another server holds the port (ours failed to bind it and is exiting): not booted.
+        if (!info.includes(`process_id:${proc.pid}\r\n`))
+          throw new Error(`port ${this.port} answered by another server`);
       } finally {
         client.disconnect();
       }
