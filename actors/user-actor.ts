@@ -1,3 +1,4 @@
+import pLimit from "p-limit";
 import type { ActorBehavior, ActorContext } from "./actor.ts";
 import { ActorError } from "./actor-error.ts";
 import {
@@ -196,6 +197,15 @@ const RETRY_MS = 500;
  */
 const RELEARN_RETRY_MS = 1_000;
 
+/**
+ * How many sockets' status (`DeviceSockets.status`, each up to the node link's ask timeout) one
+ * activation or one `flush.due` asks at once. Asked one at a time, a frozen node that is still a
+ * ring member held the actor (and every message in its mailbox) one ask timeout per lease naming it.
+ */
+const STATUS_ASKS_AT_ONCE = 16;
+
+type SocketStatus = Awaited<ReturnType<DeviceSockets["status"]>>;
+
 /** How long an activation keeps trying a read of the presence leases or the log that fails (ms). */
 const ACTIVATION_RETRY_MS = 10_000;
 
@@ -311,8 +321,8 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
     if (this.fenced(this.userId)) return;
     this.recoveringUntil = this.ports.clock.now() + this.ports.recoveryMs;
     // A socket still draining its offline queue must not get live envelopes ahead of queued ones.
-    for (const socket of await whileUnreachable(() => this.ports.sockets.open(this.userId))) {
-      const status = await this.ports.sockets.status(socket, this.userId).catch(() => "unreachable" as const);
+    const sockets = await whileUnreachable(() => this.ports.sockets.open(this.userId));
+    for (const [socket, status] of await this.statuses(sockets)) {
       if (status === "live" || status === "pending")
         this.devices.set(socket.deviceId, { ...socket, live: status === "live", canDrainAgain: true });
     }
@@ -340,6 +350,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       this.pendingByDevice?.clear();
       this.flushDueDevices?.clear();
       this.recoveryDueDevices?.clear();
+      this.forgetRelearn();
       ctx.stop("erased");
       return { erased: true };
     }
@@ -378,11 +389,13 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       case "flush.due": {
         this.selfTold.delete(message.type);
         let flushed = 0;
-        for (const deviceId of [...this.flushDue]) {
-          this.flushDue.delete(deviceId);
-          // Connected meanwhile: its pending envelopes are pushed once it has drained its queue.
-          if (this.devices.has(deviceId)) continue;
-          const found = await this.relearn(deviceId);
+        const due = [...this.flushDue];
+        for (const deviceId of due) this.flushDue.delete(deviceId);
+        // Connected meanwhile: its pending envelopes are pushed once it has drained its queue.
+        const unknown = due.filter((deviceId) => !this.devices.has(deviceId));
+        const leased = await this.leasedStatuses(unknown);
+        for (const deviceId of unknown) {
+          const found = await this.relearn(deviceId, leased.get(deviceId) ?? []);
           if (found === "held") continue;
           // A lease names a socket that did not answer: it may be open, and would never read a
           // queue flushed now. Held here (and pending in the log) until it answers or its lease goes.
@@ -463,6 +476,8 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       case "device.removed":
         this.devices.delete(message.deviceId);
         this.pendingByDevice?.delete(message.deviceId);
+        this.flushDueDevices?.delete(message.deviceId);
+        this.forgetRelearn(message.deviceId);
         await this.ports.offline.purge(this.userId, message.deviceId);
         return { removed: true };
       case "queue.emptied":
@@ -480,6 +495,7 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
         return { dropped };
       }
       case "erase":
+        this.forgetRelearn();
         await this.ports.sockets.closeAll(this.userId, ERASED_CLOSE_CODE, "account erased");
         this.devices.clear();
         this.pendingByDevice?.clear();
@@ -621,13 +637,15 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
    * reads again, nor overtaken. `unreachable`: a lease names a socket whose node did not answer,
    * or that did not take the push or drain command. `none`: no lease for the device, or only
    * leases of sockets their node answered are closed (a lease its disconnect failed to delete).
+   * `leased`: the device's leased sockets with their status, asked beforehand (`leasedStatuses`),
+   * taken in the leases' order.
    */
-  private async relearn(deviceId: number): Promise<"held" | "unreachable" | "none"> {
-    const sockets = await this.ports.sockets.open(this.userId).catch(() => []);
+  private async relearn(
+    deviceId: number,
+    leased: readonly (readonly [SocketRef, SocketStatus])[],
+  ): Promise<"held" | "unreachable" | "none"> {
     let unanswered = false;
-    for (const socket of sockets) {
-      if (socket.deviceId !== deviceId) continue;
-      const status = await this.ports.sockets.status(socket, this.userId).catch(() => "unreachable" as const);
+    for (const [socket, status] of leased) {
       // Its node says it is closed: a lease its disconnect did not delete (nothing to wait for).
       if (status === "gone") continue;
       if (status === "unreachable") {
@@ -642,6 +660,55 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
       unanswered = true;
     }
     return unanswered ? "unreachable" : "none";
+  }
+
+  /**
+   * Reads the presence leases once and asks the status of every leased socket of `deviceIds` at
+   * once (STATUS_ASKS_AT_ONCE at a time), so sockets on a frozen node cost one ask timeout per
+   * round, not one per socket. Per device: its sockets with their status, in the leases' order. An
+   * unreadable lease set is none (as before: the device counts as not connected).
+   */
+  private async leasedStatuses(
+    deviceIds: readonly number[],
+  ): Promise<Map<number, [SocketRef, SocketStatus][]>> {
+    const byDevice = new Map<number, [SocketRef, SocketStatus][]>();
+    if (deviceIds.length === 0) return byDevice;
+    const wanted = new Set(deviceIds);
+    const sockets = await this.ports.sockets.open(this.userId).catch(() => [] as SocketRef[]);
+    for (const [socket, status] of await this.statuses(sockets.filter((s) => wanted.has(s.deviceId)))) {
+      const list = byDevice.get(socket.deviceId);
+      if (list) list.push([socket, status]);
+      else byDevice.set(socket.deviceId, [[socket, status]]);
+    }
+    return byDevice;
+  }
+
+  /**
+   * Asks each socket's status, STATUS_ASKS_AT_ONCE at a time; returns them paired, in the order
+   * given. An ask that fails is `unreachable`.
+   */
+  private async statuses(sockets: readonly SocketRef[]): Promise<[SocketRef, SocketStatus][]> {
+    const ask = (socket: SocketRef) =>
+      this.ports.sockets.status(socket, this.userId).catch(() => "unreachable" as const);
+    if (sockets.length <= 1) return Promise.all(sockets.map(async (s) => [s, await ask(s)]));
+    const limit = pLimit(STATUS_ASKS_AT_ONCE);
+    return Promise.all(
+      sockets.map((s) => limit(async (): Promise<[SocketRef, SocketStatus]> => [s, await ask(s)])),
+    );
+  }
+
+  /**
+   * Drops a device (or, without one, every device) from the next relearn round, and stops the
+   * retry timer when no device is left for it: a removed device or an erased user must not be
+   * looked for (nor an actor told) again.
+   */
+  private forgetRelearn(deviceId?: number): void {
+    if (deviceId === undefined) this.relearnDue = undefined;
+    else this.relearnDue?.delete(deviceId);
+    if (this.relearnDue?.size) return;
+    this.relearnDue = undefined;
+    if (this.relearnTimer) clearTimeout(this.relearnTimer);
+    this.relearnTimer = undefined;
   }
 
   /**

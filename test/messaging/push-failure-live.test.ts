@@ -183,6 +183,73 @@ describe("a push that fails while the recipient's socket stays open", () => {
     }
   }, 60_000);
 
+  test("leases of sockets on a node that does not answer: their status is asked at once, not one ask timeout after another", async () => {
+    const across = await recipientAcross();
+    const { owner, gina, sender, socket } = across;
+    const link = linkOf(owner);
+    const { open, status } = link;
+    // Three leases a frozen node's sockets left for the device (that node still a ring member: each
+    // ask waits out the link's timeout), listed before the live socket's.
+    const frozen = ["c1", "c2", "c3"].map((connectionId) => ({
+      deviceId: 1,
+      nodeId: "frozen",
+      connectionId,
+    }));
+    let inFlight = 0;
+    let mostAtOnce = 0;
+    try {
+      failNext(link, "push", gina.userId);
+      link.open = async (userId) => {
+        const real = await open.call(link, userId);
+        return userId === gina.userId ? [...frozen, ...real] : real;
+      };
+      link.status = async (ref, userId) => {
+        if (ref.nodeId !== "frozen") return status.call(link, ref, userId);
+        inFlight++;
+        mostAtOnce = Math.max(mostAtOnce, inFlight);
+        await Bun.sleep(200);
+        inFlight--;
+        return "unreachable";
+      };
+      const [id] = await sendDirect(sender, gina.userId, 1, "past a frozen node's leases");
+      await arriveLive(across, [id]);
+      // One at a time before: a round took one ask timeout (3 s) per lease of the frozen node.
+      expect(mostAtOnce).toBe(frozen.length);
+    } finally {
+      link.open = open;
+      link.status = status;
+      await closeAll(across, sender, socket);
+    }
+  }, 60_000);
+
+  test("a device removed while its socket is looked for again: its retry timer is stopped", async () => {
+    const across = await recipientAcross();
+    const { owner, gina, sender, socket } = across;
+    const link = linkOf(owner);
+    const status = link.status;
+    const key = userKey(gina.userId);
+    const activation = () =>
+      (
+        owner.actors as unknown as {
+          actors: { get(key: string): { behavior: { relearnTimer?: unknown } } | undefined };
+        }
+      ).actors.get(key)?.behavior;
+    try {
+      // The push fails and the socket does not answer: held, and looked for again each second.
+      failNext(link, "push", gina.userId);
+      link.status = (ref, userId) =>
+        userId === gina.userId ? Promise.resolve("unreachable") : status.call(link, ref, userId);
+      await sendDirect(sender, gina.userId, 1, "held for an unanswered socket");
+      await waitUntil(() => activation()?.relearnTimer !== undefined, "the retry timer set");
+      await owner.actors.ask(key, { type: "device.removed", deviceId: 1 });
+      // Before, it kept firing: the actor looked for a removed device's socket every second.
+      expect(activation()?.relearnTimer).toBeUndefined();
+    } finally {
+      link.status = status;
+      await closeAll(across, sender, socket);
+    }
+  }, 60_000);
+
   test("a sender erased while its message is held for an unanswered socket: not pushed when the socket answers again", async () => {
     const across = await recipientAcross();
     const { owner, alice, gina, sender, socket } = across;
