@@ -310,7 +310,9 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
     this.closed = true;
     for (const statement of this.statements.values()) statement.finalize();
     this.statements.clear();
-    this.reader?.close();
+    // For real (its statements are finalized just above): the writer must be the last connection,
+    // which checkpoints the WAL into the file and deletes it as it closes.
+    this.reader?.close(true);
     if (!this.failure) await this.request({ kind: "close", seq: 0 }).catch(() => undefined);
     const closed = new Error("envelope log is closed");
     this.failure ??= closed;

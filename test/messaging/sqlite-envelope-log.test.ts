@@ -1,7 +1,7 @@
 import { Database } from "bun:sqlite";
 import { afterAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openDatabase } from "../../src/db/index.ts";
@@ -45,6 +45,28 @@ describe("the embedded SQLite envelope log", () => {
     const second = envelope(recipient);
     await reopened.append([second]);
     expect((await reopened.undelivered(recipient)).map((e) => e.id)).toEqual([first.id, second.id]);
+    await reopened.close();
+  });
+
+  test("close checkpoints the WAL and removes it: the file alone holds every row, and a reopen sees them", async () => {
+    const path = join(dir, "checkpointed.db");
+    const recipient = randomUUID();
+    const log = await SqliteEnvelopeLog.open(path);
+    const sent = [envelope(recipient), envelope(recipient), envelope(recipient)];
+    await log.append(sent.slice(0, 2));
+    await log.markQueued(recipient, 1, [sent[0] as StoredEnvelope]);
+    await log.append(sent.slice(2));
+    expect(await log.undelivered(recipient)).toHaveLength(3);
+    await log.close();
+    // Before, the writer's statements were never finalized: its close was deferred, so the last
+    // connection never checkpointed and the -wal (with every row since the last checkpoint) stayed.
+    expect(existsSync(`${path}-wal`) ? statSync(`${path}-wal`).size : 0).toBe(0);
+
+    const reopened = await SqliteEnvelopeLog.open(path);
+    const ids = async (state: "pending" | "queued") =>
+      (await reopened.undelivered(recipient, { state })).map((e) => e.id);
+    expect(await ids("queued")).toEqual([sent[0]?.id]);
+    expect(await ids("pending")).toEqual([sent[1]?.id, sent[2]?.id]);
     await reopened.close();
   });
 
