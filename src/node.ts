@@ -324,7 +324,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     cost: config.passwordHash,
     erasing: fence,
   });
-  const devices = new DeviceService(db, audit);
+  const devices = new DeviceService(db, audit, logger);
   const tokens = new TokenIssuer(config.jwtSecret, config.accessTokenTtlSeconds);
   // Every revocation closes the device's sockets on any node through the node link (4401), built
   // with the gateway in step 4: the one revocation port.
@@ -486,6 +486,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     actors,
     connections: () => openGateway.connections,
     erasures: () => gdpr.erasures.jobStats(),
+    deviceRemovals: () => devices.removalStats(),
   });
   const clock = { now: Date.now };
   const groupSweep = new GroupExpansionSweep({

@@ -52,6 +52,9 @@ export const devices = pgTable(
  * retention job finishes rows a node left behind (it died, or a backing service was away).
  * `removed_at` is when the removal, or the last attempt to finish it, started: an attempt claims the
  * row by setting it, and deletes the row only if it still holds that value (DeviceService).
+ * `attempts`: how many times its follow-ups were started (the removal's own run, then one per
+ * retention pass that claimed it); a row whose count keeps rising holds its device id for good
+ * (`clearbox_device_removal_attempts_max`, an error log line per failed pass).
  */
 export const deviceRemovals = pgTable(
   "device_removals",
@@ -61,6 +64,7 @@ export const deviceRemovals = pgTable(
       .references(() => accounts.id, { onDelete: "cascade" }),
     deviceId: integer("device_id").notNull(),
     removedAt: timestamp("removed_at", { withTimezone: true }).notNull().defaultNow(),
+    attempts: integer("attempts").notNull().default(1),
   },
   (t) => [primaryKey({ columns: [t.userId, t.deviceId] })],
 );

@@ -6,6 +6,7 @@ import type { AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
 import { accounts, deviceRemovals, devices } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
+import type { Logger } from "../observability/logger.ts";
 import { MAX_DEVICE_ID } from "../protocol/ids.ts";
 
 /** A new device's first token generation is below this (2^30): far from the int column's 2^31 - 1. */
@@ -26,9 +27,11 @@ export class DeviceService {
   private readonly removedListeners: DeviceRemovedListener[] = [];
   private readonly addedListeners: ((userId: string, deviceId: number) => Promise<void> | void)[] = [];
 
+  /** `logger` hears removals whose follow-ups failed again in `finishRemovals` (error level). */
   constructor(
     private readonly db: Db,
     private readonly audit?: AuditTrail,
+    private readonly logger?: Logger,
   ) {}
 
   /** Registers a listener run after every new device; `create` resolves once it has. */
@@ -177,8 +180,11 @@ export class DeviceService {
    * within `timeoutMs` (default 30 s, below `olderThanMs`) counts as failed and the pass moves on
    * (a hanging listener must not hang the retention pass or node stop); should it finish later
    * under its claim, it frees the id then. At most `limit` (default 100) per call, oldest first.
-   * Returns how many finished and how many failed again (those stay for a later call). Called by
-   * the retention job. Each listener is idempotent.
+   * Returns how many finished and how many failed again (those stay for a later call). Each claim
+   * counts an attempt (`attempts`); each failed one is an error log line with the user id, device id,
+   * attempts so far and the error's class (or that it did not finish in time): the row keeps the
+   * device id from new devices until its follow-ups succeed, so an operator must see one that never
+   * does (also `removalStats`, the metric). Called by the retention job. Each listener is idempotent.
    */
   async finishRemovals(options: { olderThanMs?: number; limit?: number; timeoutMs?: number } = {}): Promise<{
     finished: number;
@@ -199,18 +205,54 @@ export class DeviceService {
       // The claim: only a row still stale (no other pass claimed it since the select) is taken.
       const [claimed] = await this.db
         .update(deviceRemovals)
-        .set({ removedAt: sql`clock_timestamp()` })
+        .set({ removedAt: sql`clock_timestamp()`, attempts: sql`${deviceRemovals.attempts} + 1` })
         .where(and(eq(deviceRemovals.userId, row.userId), eq(deviceRemovals.deviceId, row.deviceId), stale()))
-        .returning({ claim: sql<string>`${deviceRemovals.removedAt}::text` });
+        .returning({
+          claim: sql<string>`${deviceRemovals.removedAt}::text`,
+          attempts: deviceRemovals.attempts,
+        });
       if (!claimed) continue;
       const followUp = this.followUp(row.userId, row.deviceId, claimed.claim);
       // Late, it goes on; a later failure of it is nobody's here (the row stays for a later pass).
       followUp.catch(() => undefined);
-      const done = await settledWithin(followUp, timeoutMs).catch(() => false);
-      if (done) report.finished++;
-      else report.failed++;
+      let failure: unknown;
+      const done = await settledWithin(followUp, timeoutMs).catch((error: unknown) => {
+        failure = error;
+        return false;
+      });
+      if (done) {
+        report.finished++;
+        continue;
+      }
+      report.failed++;
+      this.logger?.error(
+        {
+          user: row.userId,
+          deviceId: row.deviceId,
+          attempts: claimed.attempts,
+          ...(failure === undefined ? { timeoutMs } : { err: failure }),
+        },
+        failure === undefined
+          ? "a device removal's follow-ups did not finish in time again: its device id stays blocked"
+          : "a device removal's follow-ups failed again: its device id stays blocked",
+      );
     }
     return report;
+  }
+
+  /**
+   * Removals whose follow-ups have not all finished (rows of `device_removals`, every node's), and
+   * the most attempts any of them has had (0 when none): what `clearbox_device_removals_unfinished`
+   * and `clearbox_device_removal_attempts_max` report. One aggregate query.
+   */
+  async removalStats(): Promise<{ unfinished: number; maxAttempts: number }> {
+    const [row] = await this.db
+      .select({
+        unfinished: sql<number>`count(*)::int`,
+        maxAttempts: sql<number>`coalesce(max(${deviceRemovals.attempts}), 0)::int`,
+      })
+      .from(deviceRemovals);
+    return { unfinished: Number(row?.unfinished ?? 0), maxAttempts: Number(row?.maxAttempts ?? 0) };
   }
 
   /**

@@ -159,6 +159,8 @@ export interface MetricSources {
   connections?: () => number;
   /** Erasure jobs by state, and the age (seconds) of the oldest unfinished one (0 when none). */
   erasures?: () => Promise<{ pending: number; done: number; oldestPendingSeconds: number }>;
+  /** Device removals not finished yet, shared by every node (src: `DeviceService.removalStats()`). */
+  deviceRemovals?: () => Promise<{ unfinished: number; maxAttempts: number }>;
 }
 
 type ActorStats = ReturnType<NonNullable<MetricSources["actors"]>["stats"]>;
@@ -368,6 +370,39 @@ export class Metrics {
       name: "clearbox_erasure_oldest_pending_seconds",
       help: "Age of the oldest unfinished erasure job (0 when none)",
       registers,
+    });
+    // A removal keeps its device id from new devices until its follow-ups succeed: one whose
+    // attempts keep rising (a retention pass each) holds the id for good and needs an operator.
+    // Both gauges come from one query per scrape (the registry collects every metric at once).
+    let removalsRead: Promise<{ unfinished: number; maxAttempts: number } | undefined> | undefined;
+    const readRemovals = () => {
+      const read = this.sources.deviceRemovals;
+      if (!read) return Promise.resolve(undefined);
+      removalsRead ??= read()
+        // The database is down: leave the last values; readiness and the error rate say why.
+        .catch(() => undefined)
+        .finally(() => {
+          removalsRead = undefined;
+        });
+      return removalsRead;
+    };
+    const removalsUnfinished = new Gauge({
+      name: "clearbox_device_removals_unfinished",
+      help: "Device removals whose follow-ups have not all finished; each keeps its device id blocked (shared by every node)",
+      registers,
+      collect: async () => {
+        const stats = await readRemovals();
+        if (stats) removalsUnfinished.set(stats.unfinished);
+      },
+    });
+    const removalAttemptsMax = new Gauge({
+      name: "clearbox_device_removal_attempts_max",
+      help: "Most follow-up attempts of any unfinished device removal (0 when none; shared by every node)",
+      registers,
+      collect: async () => {
+        const stats = await readRemovals();
+        if (stats) removalAttemptsMax.set(stats.maxAttempts);
+      },
     });
     this.erasuresCompleted = new Counter({
       name: "clearbox_erasures_completed_total",

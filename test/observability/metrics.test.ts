@@ -160,7 +160,7 @@ describe("alert rules and the Prometheus configuration", () => {
   test("the dashboard and the rules name metrics (the extraction finds them)", () => {
     const fromDashboard = dashboardExpressions().flatMap(metricNames);
     const fromRules = ruleExpressions().flatMap(metricNames);
-    expect(ruleExpressions()).toHaveLength(7);
+    expect(ruleExpressions()).toHaveLength(8);
     expect(fromRules).toContain("clearbox_delivery_latency_seconds");
     expect(fromRules).toContain("clearbox_erasure_oldest_pending_seconds");
     expect(fromRules).toContain("up");

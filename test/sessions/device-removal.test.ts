@@ -1,9 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
+import { Writable } from "node:stream";
 import { and, eq, sql } from "drizzle-orm";
 import { deviceRemovals } from "../../src/db/schema.ts";
 import { DeviceService } from "../../src/devices/service.ts";
 import type { StoredEnvelope } from "../../src/messaging/envelope.ts";
+import { createLogger } from "../../src/observability/logger.ts";
 import { type Api, api, loginDevice, registerAndLogin } from "../support/http.ts";
 import { BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
 
@@ -169,5 +171,63 @@ describe.each(BACKENDS)("device removal on %s", (backend) => {
       await Bun.sleep(10);
     }
     expect((await loginDevice(client, alice, { registrationId: 403 })).deviceId).toBe(phone.deviceId);
+  });
+
+  test("a removal whose follow-ups fail every time keeps its id and says so: an error line per failed pass with its attempts, and the metrics", async () => {
+    const alice = await registerAndLogin(client);
+    const phone = await loginDevice(client, alice, { registrationId: 501 });
+    const lines: string[] = [];
+    const destination = new Writable({
+      write(chunk, _encoding, done) {
+        lines.push(String(chunk));
+        done();
+      },
+    });
+    const logger = createLogger({ level: "info", nodeId: "test", destination });
+    const failing = new DeviceService(node.database.db, undefined, logger);
+    failing.onRemoved(() => {
+      throw new Error("the queue's broker refuses, every time");
+    });
+    await expect(failing.remove(alice.userId, phone.deviceId)).rejects.toThrow("every time");
+    const row = () =>
+      and(eq(deviceRemovals.userId, alice.userId), eq(deviceRemovals.deviceId, phone.deviceId));
+    for (const pass of [1, 2]) {
+      await node.database.db
+        .update(deviceRemovals)
+        .set({ removedAt: sql`now() - interval '2 minutes'` })
+        .where(row());
+      expect(await failing.finishRemovals()).toEqual({ finished: 0, failed: 1 });
+      expect(lines).toHaveLength(pass);
+    }
+    // The removal's own run, then one per pass.
+    const [stored] = await node.database.db.select().from(deviceRemovals).where(row());
+    expect(stored?.attempts).toBe(3);
+    // Before, a failed pass was silent (the error swallowed, nothing counted): the id stayed
+    // blocked for ever with nothing telling an operator.
+    const logged = lines.map((line) => JSON.parse(line));
+    expect(logged.map((l) => [l.level, l.user, l.deviceId, l.attempts])).toEqual([
+      [50, alice.userId, phone.deviceId, 2],
+      [50, alice.userId, phone.deviceId, 3],
+    ]);
+    expect(logged[0].err.type).toBe("Error");
+    // Never the error's message (it may hold what a driver put in it).
+    expect(lines.join("")).not.toContain("every time");
+    const stats = await failing.removalStats();
+    expect(stats.unfinished).toBeGreaterThanOrEqual(1);
+    expect(stats.maxAttempts).toBeGreaterThanOrEqual(3);
+    const exposition = await node.metrics.registry.metrics();
+    const sample = (name: string) =>
+      Number(
+        exposition
+          .split("\n")
+          .find((line) => line.startsWith(`${name}{`))
+          ?.split(" ")
+          .pop(),
+      );
+    expect(sample("clearbox_device_removals_unfinished")).toBe(stats.unfinished);
+    expect(sample("clearbox_device_removal_attempts_max")).toBe(stats.maxAttempts);
+    // The id stays blocked meanwhile.
+    expect((await loginDevice(client, alice, { registrationId: 502 })).deviceId).not.toBe(phone.deviceId);
+    await node.database.db.delete(deviceRemovals).where(row());
   });
 });

@@ -1,0 +1,1 @@
+ALTER TABLE "device_removals" ADD COLUMN "attempts" integer DEFAULT 1 NOT NULL;
