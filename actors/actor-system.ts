@@ -74,10 +74,15 @@ export interface ActorSystemStats {
   };
 }
 
-/** Nodes that went away without leaving, as one membership change showed ({@link ActorSystem.onNodesGone}). */
+/** Nodes that went away, as one membership change showed ({@link ActorSystem.onNodesGone}). */
 export interface NodesGone {
-  /** Newly among the dead: registered, heartbeat key expired. */
+  /** Newly among the dead without a leave heard: registered, heartbeat key expired (a crash, a freeze, a partition). */
   expired: readonly string[];
+  /**
+   * Newly among the dead after announcing a graceful leave: stopped, but still registered because
+   * their inbox was not empty (`Membership.leftNodes`). Not a death; their sockets were closed.
+   */
+  left: readonly string[];
   /** Off the dead list: a survivor adopted and deleted the inbox, the broker had dropped the node's connection. */
   forgotten: readonly string[];
 }
@@ -273,8 +278,9 @@ export class ActorSystem implements ActorRefs, ActorHost {
    * it: the broker has closed the node's connection and given back what it held unacked). A node
    * that leaves gracefully and takes itself off the registry is not reported; one that stops but
    * stays registered is (its inbox held survivors' handoff notices sent after it stopped consuming,
-   * so RabbitMQ refused to delete it: seen in 10 of 12 runs of a four-node stop), which costs each
-   * socket that had replaced one there a queue read it did not need. Only the nodes of
+   * so RabbitMQ refused to delete it: seen in 10 of 12 runs of a four-node stop), under `left`, not
+   * `expired`, when its leave announcement was heard (it was reported as expired, a death, before).
+   * Only the nodes of
    * one membership change are passed (never this node), and a node off the dead list is reported
    * only by a node that saw it there. A listener's throw is contained. Returns the unsubscribe
    * function.
@@ -283,16 +289,19 @@ export class ActorSystem implements ActorRefs, ActorHost {
     let dead: ReadonlySet<string> = new Set();
     return this.membership.onChange((members) => {
       const nowDead = new Set(this.membership.deadNodes());
-      const expired = [...nowDead].filter((nodeId) => !dead.has(nodeId) && nodeId !== this.nodeId);
+      const newlyDead = [...nowDead].filter((nodeId) => !dead.has(nodeId) && nodeId !== this.nodeId);
+      const leftGracefully = newlyDead.length > 0 ? new Set(this.membership.leftNodes()) : new Set<string>();
+      const expired = newlyDead.filter((nodeId) => !leftGracefully.has(nodeId));
+      const left = newlyDead.filter((nodeId) => leftGracefully.has(nodeId));
       // Off the dead list and not back among the members.
       const forgotten = [...dead].filter(
         (nodeId) =>
           !nowDead.has(nodeId) && nodeId !== this.nodeId && !members.some((m) => m.nodeId === nodeId),
       );
       dead = nowDead;
-      if (expired.length === 0 && forgotten.length === 0) return;
+      if (newlyDead.length === 0 && forgotten.length === 0) return;
       try {
-        listener({ expired, forgotten });
+        listener({ expired, left, forgotten });
       } catch (error) {
         this.logger.warn({ nodeId: this.nodeId, err: error }, "a gone-nodes listener failed");
       }

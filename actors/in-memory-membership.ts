@@ -9,6 +9,8 @@ interface HubEntry {
 export class MembershipHub {
   readonly entries = new Map<string, HubEntry>();
   readonly known = new Set<string>();
+  /** Nodes that left gracefully and stay known (`Membership.leftNodes`). */
+  readonly left = new Set<string>();
   readonly listeners = new Set<() => void>();
 
   notify(): void {
@@ -40,6 +42,7 @@ export class InMemoryMembership implements Membership {
     };
     this.hub.entries.set(this.self, { info: member, stats });
     this.hub.known.add(this.self);
+    this.hub.left.delete(this.self);
     this.hub.listeners.add(this.emit);
     this.joined = true;
     this.hub.notify();
@@ -61,8 +64,14 @@ export class InMemoryMembership implements Membership {
     return [...this.hub.known].filter((id) => !this.hub.entries.has(id));
   }
 
+  leftNodes(): readonly string[] {
+    return this.deadNodes().filter((id) => this.hub.left.has(id));
+  }
+
   async forget(nodeId: string): Promise<void> {
-    if (!this.hub.entries.has(nodeId)) this.hub.known.delete(nodeId);
+    if (this.hub.entries.has(nodeId)) return;
+    this.hub.known.delete(nodeId);
+    this.hub.left.delete(nodeId);
   }
 
   async refresh(): Promise<void> {
@@ -77,6 +86,7 @@ export class InMemoryMembership implements Membership {
   async leave(options?: { forget?: boolean }): Promise<void> {
     this.detach();
     if (options?.forget) this.hub.known.delete(this.self);
+    else this.hub.left.add(this.self);
     this.hub.notify();
   }
 

@@ -37,6 +37,13 @@ export interface Membership {
   members(): readonly MemberInfo[];
   /** Nodes that registered but are no longer alive and not yet forgotten. */
   deadNodes(): readonly string[];
+  /**
+   * The dead nodes (of `deadNodes`) that announced a graceful `leave`: they handed their actors off
+   * and stopped, but stay registered because their inbox was not empty (messages sent to them after
+   * they stopped consuming) until a survivor adopts it. Not crashed: operators are told "left".
+   * A node whose announcement was missed (this node's subscription was down) counts as dead.
+   */
+  leftNodes(): readonly string[];
   /** Drops a dead node from the registry once its leftovers (its queue) are dealt with. */
   forget(nodeId: string): Promise<void>;
   /** Re-reads the membership now instead of waiting for the next heartbeat. */

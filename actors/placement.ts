@@ -232,13 +232,20 @@ export class Placement {
       if (dead === this.nodeId || this.adopting.has(dead)) continue;
       if (this.currentRing.ownerOf(`node:${dead}`) !== this.nodeId) continue;
       this.adopting.add(dead);
+      // A graceful stop whose inbox was not empty, or a crash: said apart in the log.
+      const left = this.membership.leftNodes().includes(dead);
       const cameBack = () => !isRunning() || this.isMember(dead);
       this.options.transport
         .adopt(dead, this.options.inbound, cameBack)
         .then(async (deleted) => {
           if (!deleted) return;
           await this.membership.forget(dead);
-          logger.info({ nodeId: this.nodeId, dead }, "adopted and removed a dead node's inbox");
+          if (left)
+            logger.info(
+              { nodeId: this.nodeId, left: dead },
+              "adopted and removed the inbox a node that left kept",
+            );
+          else logger.info({ nodeId: this.nodeId, dead }, "adopted and removed a dead node's inbox");
         })
         .catch((error: unknown) => logger.warn({ dead, err: error }, "adoption failed"))
         .finally(() => this.adopting.delete(dead));

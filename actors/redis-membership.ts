@@ -53,6 +53,11 @@ export class RedisMembership implements Membership {
   private stats: () => MemberStats = () => ({ actors: 0, connections: 0 });
   private view: MemberInfo[] = [];
   private dead: string[] = [];
+  /**
+   * Nodes whose `leave` announcement this node heard, until they join again or leave the registry
+   * (forgotten): `leftNodes` tells those among the dead from crashed ones.
+   */
+  private readonly departed = new Set<string>();
   private signature = "";
   private timer: ReturnType<typeof setInterval> | undefined;
   private refreshSeq = 0;
@@ -132,7 +137,10 @@ export class RedisMembership implements Membership {
       void this.reassert().catch(this.logFailure);
     });
     this.subscriber = this.redis.duplicate();
-    this.subscriber.on("message", () => void this.refresh().catch(this.logFailure));
+    this.subscriber.on("message", (_channel: string, message: string) => {
+      this.heard(message);
+      void this.refresh().catch(this.logFailure);
+    });
     this.subscriber.on("error", this.logFailure);
     await this.subscriber.subscribe(this.channel);
     await this.redis.publish(this.channel, `join ${this.self}`);
@@ -154,6 +162,18 @@ export class RedisMembership implements Membership {
 
   deadNodes(): readonly string[] {
     return this.dead;
+  }
+
+  leftNodes(): readonly string[] {
+    return this.departed.size === 0 ? [] : this.dead.filter((id) => this.departed.has(id));
+  }
+
+  /** Notes a `leave <id>` announcement (a graceful stop), and forgets it at that node's `join <id>`. */
+  private heard(message: string): void {
+    const [kind, nodeId] = message.split(" ");
+    if (!nodeId || nodeId === this.self) return;
+    if (kind === "leave") this.departed.add(nodeId);
+    else if (kind === "join") this.departed.delete(nodeId);
   }
 
   async forget(nodeId: string): Promise<void> {
@@ -185,6 +205,9 @@ export class RedisMembership implements Membership {
     view.sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
     this.view = view;
     this.dead = dead;
+    // Off the registry (forgotten after its inbox was adopted, or it left with `forget`): done.
+    if (this.departed.size > 0)
+      for (const id of this.departed) if (!ids.includes(id)) this.departed.delete(id);
     const signature = viewSignature(view, dead);
     if (signature === this.signature) return;
     this.signature = signature;

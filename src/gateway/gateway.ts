@@ -441,8 +441,11 @@ export class Gateway {
    * the actor sends the socket to read the queue again (docs/MESSAGING.md, "A drain that ends after
    * another began"); a queue that holds nothing costs one `basic.get`. Each runs on its socket's
    * chain, after what the socket is doing. A forgotten node is forgotten here too: its sockets
-   * leave `previousSockets`. One pass over this node's sockets per call; returns how many sockets
-   * told their actor.
+   * leave `previousSockets`. A node that `left` (a graceful stop; it told its sockets' actors of
+   * their disconnects as it closed them) is not read for until it is forgotten: then what its
+   * connection held has gone back to the queues, and the one read covers a disconnect it failed to
+   * tell (two reads per socket before, the first needless). One pass over this node's sockets per
+   * call; returns how many sockets told their actor.
    */
   nodesGone(gone: NodesGone): number {
     const { messaging, logger } = this.options;
