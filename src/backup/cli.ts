@@ -22,7 +22,8 @@ import { restoreEmbeddedBackup } from "./index.ts";
 
 const USAGE = `usage:
   npm run backup -- [--admin-url <url>] [--ca <file>]
-      online snapshot of a running embedded node (token: $ADMIN_TOKEN or $ADMIN_TOKEN_FILE)
+      online snapshot of a running embedded node (token: $ADMIN_TOKEN or $ADMIN_TOKEN_FILE;
+      URL default: from $ADMIN_HOST/$ADMIN_PORT/$ADMIN_TLS_CERT_FILE, else http://127.0.0.1:9090)
   npm run restore -- <backup directory> [--data-dir <dir>]
       restore into an empty data directory (default: $DATA_DIR, else ./data), node stopped
   npm run restore -- --requeue [--database-url <url>]
@@ -45,6 +46,24 @@ function adminToken(): string | undefined {
   return undefined;
 }
 
+/**
+ * Where `npm run backup` finds the admin RPC without `--admin-url`: the listener the node's own
+ * variables name (`ADMIN_HOST`, default 127.0.0.1, a wildcard address read as 127.0.0.1;
+ * `ADMIN_PORT`, default 9090; https when `ADMIN_TLS_CERT_FILE` is set), so an operator who moved
+ * the admin port does not have to repeat it.
+ */
+export function defaultAdminUrl(env: NodeJS.ProcessEnv = process.env): string {
+  const named = env.ADMIN_HOST;
+  const host =
+    !named || named === "0.0.0.0" || named === "::"
+      ? "127.0.0.1"
+      : named.includes(":")
+        ? `[${named}]`
+        : named;
+  const scheme = env.ADMIN_TLS_CERT_FILE ? "https" : "http";
+  return `${scheme}://${host}:${env.ADMIN_PORT || "9090"}`;
+}
+
 /** Runs one command; resolves with the exit code. Output goes to stdout, problems to stderr. */
 export async function runBackupCli(argv: string[]): Promise<number> {
   if (argv.includes("--help") || argv.includes("-h")) {
@@ -58,7 +77,7 @@ export async function runBackupCli(argv: string[]): Promise<number> {
       args: rest,
       allowPositionals: true,
       options: {
-        "admin-url": { type: "string", default: "http://127.0.0.1:9090" },
+        "admin-url": { type: "string", default: defaultAdminUrl() },
         ca: { type: "string" },
         "data-dir": { type: "string" },
         requeue: { type: "boolean", default: false },

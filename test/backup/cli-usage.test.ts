@@ -61,4 +61,19 @@ describe("backup and restore usage", () => {
       expect(ran.err).not.toContain("could not reach");
     }
   });
+
+  test("without --admin-url, backup asks the listener ADMIN_HOST/ADMIN_PORT name, not always 127.0.0.1:9090", async () => {
+    // Nothing listens on port 9 (discard, never served here): the refusal names the URL it tried.
+    const moved = await run(["backup"], {
+      ADMIN_TOKEN: "x".repeat(24),
+      ADMIN_PORT: "9",
+      ADMIN_HOST: "0.0.0.0",
+    });
+    expect({ code: moved.code, err: moved.err.split("\n")[0] }).toEqual({
+      code: 1,
+      err: expect.stringMatching(/^could not reach http:\/\/127\.0\.0\.1:9: /),
+    });
+    const v6 = await run(["backup"], { ADMIN_TOKEN: "x".repeat(24), ADMIN_PORT: "9", ADMIN_HOST: "::1" });
+    expect(v6.err.split("\n")[0]).toMatch(/^could not reach http:\/\/\[::1\]:9: /);
+  });
 });
