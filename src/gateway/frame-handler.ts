@@ -26,13 +26,44 @@ import type { PresenceWatchers } from "./presence-watch.ts";
 const WATCHED_USERS_PER_TOKEN = 100;
 
 /**
- * Tokens a frame takes from the device's bucket: one, and a `presence.watch` one more per 100 users
- * it names, since each named user costs a presence read (docs/PROTOCOL.md).
+ * A frame's length (UTF-16 code units of a text frame, bytes of a binary one) per token it takes
+ * beyond its first: reading a frame costs time in proportion to its length, so a 256 KiB frame takes
+ * 17 tokens and a ping one (docs/PROTOCOL.md).
+ */
+export const FRAME_LENGTH_PER_TOKEN = 16 * 1024;
+
+/**
+ * Tokens a frame takes from the device's bucket before anything reads it: one, and one more per
+ * FRAME_LENGTH_PER_TOKEN of its length; never more than the bucket's `burst`, so any frame within
+ * the size limit can pass on a rested socket however small DEVICE_RATE_LIMIT is.
+ */
+function lengthCost(message: string | Buffer, burst: number): number {
+  return Math.min(burst, 1 + Math.floor(message.length / FRAME_LENGTH_PER_TOKEN));
+}
+
+/**
+ * Tokens a parsed frame costs in all: one, and a `presence.watch` one more per 100 users it names,
+ * since each named user costs a presence read (docs/PROTOCOL.md). What its length already took
+ * counts towards it.
  */
 function frameCost(frame: unknown): number {
   const users = (frame as { type?: unknown; users?: unknown } | null)?.users;
   if ((frame as { type?: unknown } | null)?.type !== "presence.watch" || !Array.isArray(users)) return 1;
   return 1 + Math.floor(users.length / WATCHED_USERS_PER_TOKEN);
+}
+
+/**
+ * The id of a frame refused before it was read, when its first characters say it is a send (the
+ * SDK writes `{"type":"send","id":"<uuid>",…}`): a refused send is answered `rejected rate_limited`
+ * with its id, so the sender can retry it. Looks at a bounded prefix only, so it costs the same for
+ * any frame; a frame that only looks like a send is answered as one, which changes nothing.
+ */
+const SEND_PREFIX =
+  /^\s*\{\s*(?:"type"\s*:\s*"send"\s*,\s*"id"\s*:\s*"([0-9A-Fa-f-]{36})"|"id"\s*:\s*"([0-9A-Fa-f-]{36})"\s*,\s*"type"\s*:\s*"send")/;
+function peekSendId(message: string | Buffer): string | undefined {
+  if (typeof message !== "string") return undefined;
+  const match = SEND_PREFIX.exec(message.length > 160 ? message.slice(0, 160) : message);
+  return match ? (match[1] ?? match[2]) : undefined;
 }
 
 /**
@@ -70,8 +101,18 @@ export class FrameHandler {
     this.failedSends = new LogSummary(deps.logger, "error", "send failed");
   }
 
-  /** Handles one frame of an open connection. */
+  /**
+   * Handles one frame of an open connection. Every frame first takes its length's tokens from the
+   * device's bucket (`lengthCost`), before it is read: one over budget is answered `rate_limited`
+   * without being parsed, so a flood of large or malformed frames costs the server no parsing.
+   */
   handle(conn: DeviceConnection, message: string | Buffer): void {
+    const bucket = conn.bucket;
+    const paid = lengthCost(message, bucket.burst);
+    if (!bucket.take(paid)) {
+      this.rateLimited(conn, peekSendId(message));
+      return;
+    }
     if (typeof message !== "string") {
       this.invalid(conn, "frames are JSON text");
       return;
@@ -89,12 +130,10 @@ export class FrameHandler {
     const frame = reading.value;
     const type = (frame as { type?: unknown } | null)?.type;
     const id = (frame as { id?: unknown } | null)?.id;
-    if (!conn.bucket.take(frameCost(frame))) {
-      this.deps.tallies.refuse("device_frames");
-      if (type === "send" && typeof id === "string") {
-        this.deps.tallies.reject("rate_limited");
-        conn.send({ type: "rejected", id, code: "rate_limited" });
-      } else conn.send({ type: "error", code: "rate_limited", message: "too many frames; slow down" });
+    // A presence.watch naming many users costs more than its length paid.
+    const owed = frameCost(frame) - paid;
+    if (owed > 0 && !bucket.take(owed)) {
+      this.rateLimited(conn, undefined);
       return;
     }
     switch (type) {
@@ -172,6 +211,15 @@ export class FrameHandler {
       conn.expireAt(session.expiresAt);
       conn.send({ type: "auth.ok", expiresAt: session.expiresAt });
     });
+  }
+
+  /** A frame over the device's budget: `rejected rate_limited` for a send with an id, else `error rate_limited`. */
+  private rateLimited(conn: DeviceConnection, sendId: string | undefined): void {
+    this.deps.tallies.refuse("device_frames");
+    if (sendId !== undefined) {
+      this.deps.tallies.reject("rate_limited");
+      conn.send({ type: "rejected", id: sendId, code: "rate_limited" });
+    } else conn.send({ type: "error", code: "rate_limited", message: "too many frames; slow down" });
   }
 
   private invalid(conn: DeviceConnection, message: string): void {

@@ -8,7 +8,8 @@ export class TokenBucket {
 
   constructor(
     private readonly rate: number,
-    private readonly burst: number,
+    /** The most tokens the bucket holds (a take of more never succeeds). */
+    readonly burst: number,
     private readonly now: () => number = monotonicMs,
   ) {
     this.tokens = burst;

@@ -197,3 +197,58 @@ describe("WebSocket gateway against bad input", () => {
     }
   });
 });
+
+describe("the frame budget is spent before a frame is read", () => {
+  /** The answers to the next `count` frames (each frame gets one: a pong or an error), in order. */
+  async function answers(socket: TestSocket, count: number) {
+    const seen: string[] = [];
+    for (let i = 0; i < count; i++) {
+      const f = await socket.next((f) => f.type === "pong" || f.type === "error");
+      seen.push(f.type === "pong" ? "pong" : String(f.code));
+    }
+    return seen;
+  }
+
+  test("unparseable frames spend tokens: a flood of them is answered rate_limited, not parsed", async () => {
+    // 1 frame/s, bursts of 2: however slowly a loaded machine reads 40 frames, most are over budget.
+    const strict = await startTestNode("pglite", { env: { DEVICE_RATE_LIMIT: "1" } });
+    try {
+      const me = await registerAndLogin(api(strict.url));
+      const socket = await TestSocket.open(strict.url, me.accessToken);
+      const garbage = `{${"x".repeat(200 * 1024)}`;
+      for (let i = 0; i < 40; i++) socket.send(garbage);
+      const seen = await answers(socket, 40);
+      expect(seen[0]).toBe("invalid");
+      expect(seen.filter((code) => code === "rate_limited").length).toBeGreaterThan(20);
+      await socket.close();
+    } finally {
+      await strict.teardown();
+    }
+  });
+
+  test("a frame costs a token per 16 KiB, never more than the burst", async () => {
+    // 20 frames/s, bursts of 40: 40 pings fit the burst at one token each, but not at 13.
+    const node = await startTestNode("pglite", { env: { DEVICE_RATE_LIMIT: "20" } });
+    const tiny = await startTestNode("pglite", { env: { DEVICE_RATE_LIMIT: "1" } });
+    try {
+      const me = await registerAndLogin(api(node.url));
+      const socket = await TestSocket.open(node.url, me.accessToken);
+      // Whitespace after the value is valid JSON: a ping of 200 KiB.
+      const bigPing = `{"type":"ping"}${" ".repeat(200 * 1024)}`;
+      for (let i = 0; i < 40; i++) socket.send(bigPing);
+      const seen = await answers(socket, 40);
+      expect(seen.filter((code) => code === "rate_limited").length).toBeGreaterThan(10);
+      expect(seen.filter((code) => code !== "pong" && code !== "rate_limited")).toEqual([]);
+      await socket.close();
+
+      // A budget of 2 tokens still lets a rested socket send a 200 KiB frame (it costs the burst).
+      const you = await registerAndLogin(api(tiny.url));
+      const small = await TestSocket.open(tiny.url, you.accessToken);
+      small.send(bigPing);
+      expect(await answers(small, 1)).toEqual(["pong"]);
+      await small.close();
+    } finally {
+      await Promise.all([node.teardown(), tiny.teardown()]);
+    }
+  });
+});
