@@ -336,6 +336,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     closeSockets: async (userId, deviceId, generationBelow) =>
       deviceSockets?.close({ userId, deviceId, generationBelow }, CloseCode.revoked, "tokens revoked"),
     logger,
+    erasing: fence,
   });
   const oidc = config.oidc
     ? new OidcService({

@@ -5,6 +5,7 @@ import type { AuditTrail } from "../audit/types.ts";
 import type { Db, Tx } from "../db/index.ts";
 import { accounts, devices, refreshTokens } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
+import type { ErasureFence } from "../fence/index.ts";
 import type { Logger } from "../observability/logger.ts";
 import { TokenIssuer } from "./tokens.ts";
 
@@ -80,7 +81,15 @@ export interface SessionOptions {
   closeSockets?: CloseDeviceSockets;
   /** Where a failed close of a revoked device's sockets is reported (it is not thrown). */
   logger?: Pick<Logger, "warn">;
+  /**
+   * Users whose erasure has started (src/fence): no session starts or refreshes for them and their
+   * access tokens are refused (`unauthorized`, "account erased", as the WebSocket upgrade answers).
+   */
+  erasing?: ErasureFence;
 }
+
+/** The refusal of a user whose erasure has started, wherever a session would start or be used. */
+const ERASED = "account erased";
 
 /** A revoked device whose sockets are to be closed: those older than `generationBelow` (all if absent). */
 interface RevokedDevice {
@@ -109,6 +118,7 @@ type RefreshOutcome =
     }
   | { kind: "expired" }
   | { kind: "unknown" }
+  | { kind: "erased" }
   | { kind: "reused"; userId: string; deviceId: number };
 
 /** Login, refresh with rotation and reuse detection, and authentication of access tokens. */
@@ -118,6 +128,7 @@ export class SessionService {
   private readonly audit?: AuditTrail;
   private readonly closeSockets?: CloseDeviceSockets;
   private readonly logger?: Pick<Logger, "warn">;
+  private readonly erasing?: ErasureFence;
 
   constructor(
     private readonly db: Db,
@@ -131,6 +142,12 @@ export class SessionService {
     this.audit = options.audit;
     this.closeSockets = options.closeSockets;
     this.logger = options.logger;
+    this.erasing = options.erasing;
+  }
+
+  /** `unauthorized` when the user's erasure has started (the erasure fence). */
+  private refuseErased(userId: string): void {
+    if (this.erasing?.has(userId)) throw new DomainError("unauthorized", ERASED);
   }
 
   /**
@@ -158,7 +175,8 @@ export class SessionService {
   /**
    * Opens a session for a user whose identity was already established (a password, or a sign-in at
    * the identity provider): reuses `deviceId` or creates a device (`registrationId` required), and
-   * issues tokens for it. `not_found` for an unknown device, `conflict` for a 128th.
+   * issues tokens for it. `not_found` for an unknown device, `conflict` for a 128th, `unauthorized`
+   * ("account erased") once the user's erasure has started, before anything is written.
    * `verifiedHash`: the password hash a login checked; tokens are issued only if it is still the
    * account's (else `unauthorized`), so a login racing a password change gets nothing that
    * outlives the change; a device created for it is then removed again.
@@ -169,6 +187,7 @@ export class SessionService {
     method: "password" | "oidc" = "password",
     verifiedHash?: string,
   ): Promise<SessionTokens> {
+    this.refuseErased(userId);
     let deviceId = device.deviceId;
     const created = deviceId === undefined;
     if (deviceId === undefined) {
@@ -208,8 +227,9 @@ export class SessionService {
    * caller must log in again — except within the grace window (`refreshGraceSeconds` after it was
    * spent), where it gets the same successor pair again, so a client whose two refreshes crossed
    * does not sign itself out; once that successor is spent too, or the window is over, the rule
-   * holds again. `unauthorized` for an unknown, reused or expired token; an expired one is deleted,
-   * so presenting it again is never taken for a copy.
+   * holds again. `unauthorized` for an unknown, reused or expired token, or one of a user whose
+   * erasure has started (nothing is spent then); an expired one is deleted, so presenting it again
+   * is never taken for a copy.
    *
    * Race-safe on PostgreSQL: the spend is one conditional UPDATE, so of concurrent presentations
    * exactly one spends the row and the others wait for its transaction (row lock), then find it
@@ -226,6 +246,7 @@ export class SessionService {
         .from(refreshTokens)
         .where(eq(refreshTokens.tokenHash, hash));
       if (!owner) return { kind: "unknown" };
+      if (this.erasing?.has(owner.userId)) return { kind: "erased" };
       await tx
         .select({ generation: devices.tokenGeneration })
         .from(devices)
@@ -307,6 +328,8 @@ export class SessionService {
         throw new DomainError("unauthorized", "refresh token has expired");
       case "unknown":
         throw new DomainError("unauthorized", "refresh token is not valid");
+      case "erased":
+        throw new DomainError("unauthorized", ERASED);
       case "reused":
         await this.revokeDevice(outcome.userId, outcome.deviceId);
         await this.audit?.record({
@@ -326,13 +349,15 @@ export class SessionService {
 
   /**
    * `authenticate`, with what a socket keeps of its token: the device's token generation it names
-   * and when it expires (Unix ms). `unauthorized` for a missing, malformed, expired or revoked token.
+   * and when it expires (Unix ms). `unauthorized` for a missing, malformed, expired or revoked token,
+   * or one of a user whose erasure has started (HTTP routes, the WebSocket upgrade, `auth` frames).
    */
   async authenticateSession(
     accessToken: string,
   ): Promise<{ principal: Principal; generation: number; expiresAt: number }> {
     const claims = await this.tokens.verify(accessToken);
     if (!claims) throw new DomainError("unauthorized", "access token is missing, malformed or expired");
+    this.refuseErased(claims.userId);
     const generation = await this.devices.tokenGeneration(claims.userId, claims.deviceId);
     if (generation !== claims.generation) throw new DomainError("unauthorized", "access token was revoked");
     return {
