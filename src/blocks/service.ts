@@ -1,8 +1,22 @@
-import { and, asc, count, eq } from "drizzle-orm";
+import { and, asc, count, eq, sql } from "drizzle-orm";
 import type { Db } from "../db/index.ts";
 import { accounts, blocks, groupInvitations } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import { MAX_BLOCKS } from "./model.ts";
+
+/**
+ * Advisory lock class (the two-key form of `pg_advisory_xact_lock`, PostgreSQL manual, "Advisory
+ * Lock Functions") under which one user's blocks are serialised: MAX_BLOCKS is counted and then a
+ * block inserted, and two transactions counting at once would each see room for one. Not the
+ * account's row: an `accept` holds an invitation row of the user and then locks that row, and a
+ * block deletes invitations, so the two would deadlock.
+ */
+const BLOCKER_LOCK_CLASS = 0x626c_6f6b; // "blok"
+
+/** The lock key of a user id: the first 32 bits of a server-made UUID (random), as a signed int4. */
+function blockerKey(userId: string): number {
+  return Number.parseInt(userId.slice(0, 8), 16) | 0;
+}
 
 /** One entry of a user's block list (`GET /v1/blocks`). */
 export interface BlockEntry {
@@ -37,13 +51,18 @@ export class BlockService {
 
   /**
    * `userId` blocks `target`: idempotent; pending invitations from `target` to `userId` are dropped.
-   * `invalid` for oneself, `not_found` for an unknown user, `conflict` past MAX_BLOCKS.
+   * `invalid` for oneself, `not_found` for an unknown user, `conflict` past MAX_BLOCKS (counted under
+   * the user's block lock, so concurrent blocks cannot pass it; nothing is written then).
    */
   async block(userId: string, target: string): Promise<void> {
     if (userId === target) throw new DomainError("invalid", "userId: you cannot block yourself");
     const [account] = await this.db.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, target));
     if (!account) throw new DomainError("not_found", "no such user");
     await this.db.transaction(async (tx) => {
+      // The count below holds until commit: this user's other blocks wait here.
+      await tx.execute(
+        sql`select pg_advisory_xact_lock(${sql.raw(String(BLOCKER_LOCK_CLASS))}, ${sql.raw(String(blockerKey(userId)))})`,
+      );
       const [{ n }] = await tx.select({ n: count() }).from(blocks).where(eq(blocks.userId, userId));
       const inserted = await tx
         .insert(blocks)

@@ -1,0 +1,56 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomUUID } from "node:crypto";
+import { sql } from "drizzle-orm";
+import { MAX_BLOCKS } from "../../src/blocks/model.ts";
+import { rowsOf } from "../../src/db/index.ts";
+import { type Api, api, registerAndLogin } from "../support/http.ts";
+import { startTestNode, type TestNode } from "../support/node.ts";
+
+/**
+ * MAX_BLOCKS is counted and then a block inserted: on PostgreSQL, transactions counting at once
+ * each saw room for one more, so concurrent blocks passed the cap. PGlite runs one transaction at a
+ * time, so this runs on a PostgreSQL node.
+ */
+describe("the block cap under concurrent blocks (PostgreSQL)", () => {
+  let node: TestNode;
+  let client: Api;
+
+  beforeAll(async () => {
+    node = await startTestNode("postgres");
+    client = api(node.url);
+  });
+  afterAll(() => node?.teardown());
+
+  const blocksOf = async (userId: string) =>
+    rowsOf<{ n: number }>(
+      await node.database.db.execute(sql`select count(*)::int as n from blocks where user_id = ${userId}`),
+    )[0]?.n;
+
+  test("a user 5 short of the cap blocking 40 users at once blocks exactly 5; the rest are 409", async () => {
+    const blocker = await registerAndLogin(client);
+    const tag = randomUUID().slice(0, 8);
+    // The cap less 5, filled directly: accounts to block, and the blocks.
+    await node.database.db.execute(sql`
+      with a as (
+        insert into accounts (username, password_hash)
+        select ${`cap${tag}_`} || i, null from generate_series(1, ${MAX_BLOCKS - 5}) as i
+        returning id)
+      insert into blocks (user_id, blocked_user_id) select ${blocker.userId}, id from a`);
+    expect(await blocksOf(blocker.userId)).toBe(MAX_BLOCKS - 5);
+    const targets = await Promise.all(Array.from({ length: 40 }, () => registerAndLogin(client)));
+
+    const answers = await Promise.all(
+      targets.map((t) => client.post(`/v1/blocks/${t.userId}`, undefined, blocker.accessToken)),
+    );
+    const statuses = answers.map((a) => a.status);
+    expect(statuses.filter((s) => s === 204)).toHaveLength(5);
+    expect(statuses.filter((s) => s === 409)).toHaveLength(35);
+    expect(await blocksOf(blocker.userId)).toBe(MAX_BLOCKS);
+    // Idempotent at the cap: blocking someone already blocked is still 204 and adds nothing.
+    const blocked = targets[statuses.indexOf(204)];
+    expect((await client.post(`/v1/blocks/${blocked?.userId}`, undefined, blocker.accessToken)).status).toBe(
+      204,
+    );
+    expect(await blocksOf(blocker.userId)).toBe(MAX_BLOCKS);
+  }, 120_000);
+});
