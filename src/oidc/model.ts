@@ -1,6 +1,7 @@
 import { type Static, t } from "elysia";
 import { DeviceId, RegistrationId, Uuid } from "../protocol/ids.ts";
 import { FORM_MEDIA_TYPE } from "../protocol/json.ts";
+import { POLL_INTERVAL_SECONDS } from "./relying-party.ts";
 
 export namespace OidcModel {
   /** `GET /v1/oidc/authorize`: OAuth-style names, since a browser app builds this URL. */
@@ -38,8 +39,10 @@ export namespace OidcModel {
   export const devicePoll = t.Object(
     {
       deviceCode: t.String({ minLength: 1, maxLength: 2048 }),
-      /** The interval the client waits now (seconds): `slow_down` adds 5 to it (RFC 8628 §3.5). */
-      interval: t.Optional(t.Integer({ minimum: 1, maximum: 600 })),
+      /** The interval the client waits now (seconds): `slow_down` adds 5 to it (RFC 8628 §3.5), up to 600. */
+      interval: t.Optional(
+        t.Integer({ minimum: POLL_INTERVAL_SECONDS.min, maximum: POLL_INTERVAL_SECONDS.max }),
+      ),
     },
     { additionalProperties: false },
   );

@@ -50,6 +50,19 @@ export const LOGOUT_TOKEN_MAX_AGE_SECONDS = 300;
 /** Clock skew tolerated between ClearBox and the provider, seconds. */
 const CLOCK_TOLERANCE_SECONDS = 30;
 const DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code";
+/**
+ * The range of a device sign-in's poll interval, seconds, that ClearBox hands to clients and takes
+ * back from them (`POST /v1/oidc/device/poll`). RFC 8628 §3.5 has a `slow_down` add 5 s for every
+ * later poll without a ceiling; past the ceiling the client's next poll would be refused, so the
+ * interval stays at it. A poll every 10 minutes still finishes within any device code's lifetime
+ * worth waiting for.
+ */
+export const POLL_INTERVAL_SECONDS = { min: 1, max: 600 } as const;
+
+/** `seconds` (an integer the provider sent, or one it made larger) within POLL_INTERVAL_SECONDS. */
+export function pollInterval(seconds: number): number {
+  return Math.min(POLL_INTERVAL_SECONDS.max, Math.max(POLL_INTERVAL_SECONDS.min, Math.trunc(seconds)));
+}
 /** jose's codes for a key set that could not be fetched (as opposed to a token that does not verify). */
 const KEY_FETCH_FAILURES = new Set(["ERR_JWKS_TIMEOUT", "ERR_JOSE_GENERIC", "ERR_JWKS_INVALID"]);
 /** Asymmetric JWS algorithms only: a logout token signed with `none` or an HMAC of the client secret is refused. */
@@ -212,7 +225,7 @@ export class RelyingParty {
         verificationUri: response.verification_uri,
         verificationUriComplete: response.verification_uri_complete,
         expiresIn: response.expires_in,
-        interval: response.interval ?? 5,
+        interval: pollInterval(response.interval ?? 5),
       };
     } catch (error) {
       throw refusal(error, this.logger, "device_authorization");
@@ -221,8 +234,8 @@ export class RelyingParty {
 
   /**
    * One token request of the device authorization grant (RFC 8628 §3.4-3.5): still pending, slow
-   * down, or done with a verified ID token (signature, iss, aud, exp, iat). A denied or expired
-   * grant is `unauthorized`.
+   * down (`interval` + 5 s, at most POLL_INTERVAL_SECONDS.max), or done with a verified ID token
+   * (signature, iss, aud, exp, iat). A denied or expired grant is `unauthorized`.
    */
   async pollDeviceAuthorization(deviceCode: string, interval: number): Promise<DevicePoll> {
     const configuration = await this.configuration();
@@ -234,7 +247,7 @@ export class RelyingParty {
     } catch (error) {
       if (error instanceof client.ResponseBodyError) {
         if (error.error === "authorization_pending") return { status: "pending", interval };
-        if (error.error === "slow_down") return { status: "slow_down", interval: interval + 5 };
+        if (error.error === "slow_down") return { status: "slow_down", interval: pollInterval(interval + 5) };
       }
       throw refusal(error, this.logger, "device_code");
     }

@@ -12,7 +12,12 @@ import type { Logger } from "../observability/logger.ts";
 import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
 import type { DeviceChoice, SessionService, SessionTokens } from "../sessions/service.ts";
 import { type BrowserFlow, FlowSealer } from "./flow-cookie.ts";
-import type { DeviceAuthorization, RelyingParty, VerifiedIdentity } from "./relying-party.ts";
+import {
+  type DeviceAuthorization,
+  pollInterval,
+  type RelyingParty,
+  type VerifiedIdentity,
+} from "./relying-party.ts";
 
 /** How long a sign-in code may wait for its exchange, seconds. */
 export const SIGN_IN_CODE_TTL_SECONDS = 60;
@@ -152,7 +157,7 @@ export class OidcService {
    * Polls a device sign-in once: pending (wait `interval` seconds), or done with a one-time sign-in
    * code (the account found by (iss, sub) or provisioned). `unauthorized` when denied or expired.
    * `address`: the client's; past its `DEVICE_FLOW_LIMITS.polls` the answer is `slow_down` (wait
-   * `interval` + 5 s) and the provider is not asked.
+   * `interval` + 5 s, at most 600) and the provider is not asked.
    */
   async pollDeviceSignIn(
     deviceCode: string,
@@ -160,7 +165,7 @@ export class OidcService {
     address: string,
   ): Promise<{ status: "pending" | "slow_down"; interval: number } | { status: "done"; code: string }> {
     const decision = await this.deps.limiter?.hit(DEVICE_FLOW_LIMITS.polls, address);
-    if (decision && !decision.allowed) return { status: "slow_down", interval: Math.min(interval + 5, 600) };
+    if (decision && !decision.allowed) return { status: "slow_down", interval: pollInterval(interval + 5) };
     const poll = await this.deps.rp.pollDeviceAuthorization(deviceCode, interval);
     if (poll.status !== "done") return poll;
     const userId = await this.accountFor(poll.identity);

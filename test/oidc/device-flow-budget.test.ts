@@ -61,4 +61,32 @@ describe("the native sign-in flow's budgets per client address", () => {
       (await from("203.0.113.31", "/v1/oidc/device/poll", { deviceCode: "made-up", interval: 5 })).status,
     ).toBe(401);
   });
+
+  test("the provider's own slow_down adds 5 s up to 600 s, so the client's next poll with it is still accepted", async () => {
+    const started = await from("203.0.113.40", "/v1/oidc/device", {});
+    expect(started.status).toBe(200);
+    const { deviceCode } = started.body;
+    // The user has not approved yet: the provider answers authorization_pending, turned into its slow_down.
+    provider.tamperErrors = (body) =>
+      body.error === "authorization_pending" ? { ...body, error: "slow_down" } : body;
+    try {
+      const intervals: number[] = [];
+      let interval = 590;
+      for (let i = 0; i < 4; i++) {
+        const polled = await from("203.0.113.40", "/v1/oidc/device/poll", { deviceCode, interval });
+        expect({ status: polled.status, answer: polled.body.status }).toEqual({
+          status: 200,
+          answer: "slow_down",
+        });
+        interval = polled.body.interval;
+        intervals.push(interval);
+      }
+      expect(intervals).toEqual([595, 600, 600, 600]);
+    } finally {
+      provider.tamperErrors = undefined;
+    }
+    // Untouched, the provider's answer is pending again, with the interval as the client sent it.
+    const pending = await from("203.0.113.40", "/v1/oidc/device/poll", { deviceCode, interval: 600 });
+    expect(pending.body).toEqual({ status: "pending", interval: 600 });
+  });
 });

@@ -35,11 +35,17 @@ export type ProviderClaims = Record<string, unknown>;
  *
  * Between ClearBox and the provider sits nothing but this process's HTTP server; `tamperTokens`
  * lets a test rewrite what the token endpoint answers (to show ClearBox refusing a bad ID token),
- * and `rotateKeys` replaces the provider's signing key.
+ * `tamperErrors` its error answers, and `rotateKeys` replaces the provider's signing key.
  */
 export class TestProvider {
   /** Rewrites the token endpoint's JSON body before ClearBox sees it; unset: untouched. */
   tamperTokens: ((body: Record<string, unknown>) => Promise<Record<string, unknown>>) | undefined;
+  /**
+   * Rewrites the token endpoint's error bodies (`{error, error_description}`, status kept) before
+   * ClearBox sees them, e.g. to answer `slow_down` (RFC 8628 §3.5), which `oidc-provider` never
+   * sends; unset: untouched.
+   */
+  tamperErrors: ((body: Record<string, unknown>) => Record<string, unknown>) | undefined;
   /** `kid`s of the ID tokens the token endpoint sent, in order. */
   readonly idTokenKids: string[] = [];
   /** Claims per `sub`; a `sub` not listed gets `preferred_username` = the `sub`. */
@@ -144,6 +150,8 @@ export class TestProvider {
     } catch {
       return text;
     }
+    if (typeof body.error === "string")
+      return this.tamperErrors ? JSON.stringify(this.tamperErrors(body)) : text;
     if (typeof body.id_token !== "string") return text;
     this.idTokenKids.push(String(decodeProtectedHeader(body.id_token).kid));
     if (!this.tamperTokens) return text;
