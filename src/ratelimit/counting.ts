@@ -12,14 +12,14 @@ export class CountingRateLimiter implements RateLimiter {
     private readonly onRefused: (ruleName: string) => void,
   ) {}
 
-  async hit(rule: RateLimitRule, key: string): Promise<RateLimitDecision> {
-    const decision = await this.inner.hit(rule, key);
+  async hit(rule: RateLimitRule, key: string, cost?: number): Promise<RateLimitDecision> {
+    const decision = await this.inner.hit(rule, key, cost);
     if (!decision.allowed) this.onRefused(rule.name);
     return decision;
   }
 
-  release(rule: RateLimitRule, key: string): Promise<void> {
-    return this.inner.release(rule, key);
+  release(rule: RateLimitRule, key: string, cost?: number): Promise<void> {
+    return this.inner.release(rule, key, cost);
   }
 
   reset(rule: RateLimitRule, key: string): Promise<number> {

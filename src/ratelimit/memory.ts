@@ -20,7 +20,7 @@ export class MemoryRateLimiter implements RateLimiter {
 
   constructor(private readonly now: () => number = Date.now) {}
 
-  async hit(rule: RateLimitRule, key: string): Promise<RateLimitDecision> {
+  async hit(rule: RateLimitRule, key: string, cost = 1): Promise<RateLimitDecision> {
     const now = this.now();
     const id = `${rule.name}:${key}`;
     let window = this.windows.get(id);
@@ -29,14 +29,14 @@ export class MemoryRateLimiter implements RateLimiter {
       window = { count: 0, resetAt: now + rule.windowMs, limit: rule.limit };
       this.windows.set(id, window);
     }
-    window.count++;
+    window.count += cost;
     if (window.count <= rule.limit) return { allowed: true };
     return { allowed: false, retryAfterMs: window.resetAt - now };
   }
 
-  async release(rule: RateLimitRule, key: string): Promise<void> {
+  async release(rule: RateLimitRule, key: string, cost = 1): Promise<void> {
     const window = this.windows.get(`${rule.name}:${key}`);
-    if (window && window.resetAt > this.now() && window.count > 0) window.count--;
+    if (window && window.resetAt > this.now()) window.count = Math.max(0, window.count - cost);
   }
 
   async reset(rule: RateLimitRule, key: string): Promise<number> {

@@ -1,4 +1,7 @@
-/** A budget: at most `limit` hits per `windowMs` for one key. `name` keeps budgets apart in storage. */
+/**
+ * A budget: at most `limit` hits per `windowMs` for one key. `name` keeps budgets apart in storage.
+ * A hit may weigh more than one (`cost`): a budget of bytes counts each send's bytes.
+ */
 export interface RateLimitRule {
   name: string;
   limit: number;
@@ -13,9 +16,16 @@ export type RateLimitDecision = { allowed: true } | { allowed: false; retryAfter
  * hammering stays refused until the window ends.
  */
 export interface RateLimiter {
-  hit(rule: RateLimitRule, key: string): Promise<RateLimitDecision>;
-  /** Gives one hit back to the key's current window (an attempt counted in advance that turned out fine). */
-  release(rule: RateLimitRule, key: string): Promise<void>;
+  /**
+   * Counts `cost` (a positive integer, 1 by default) against the key's window and answers whether
+   * the window's total is still within `rule.limit`.
+   */
+  hit(rule: RateLimitRule, key: string, cost?: number): Promise<RateLimitDecision>;
+  /**
+   * Gives `cost` (1 by default) back to the key's current window (an attempt counted in advance
+   * that turned out fine, or one refused that stored nothing); never below zero, never a new window.
+   */
+  release(rule: RateLimitRule, key: string, cost?: number): Promise<void>;
   /** Drops one key's counter (erasure of the person it names); returns how many were dropped. */
   reset(rule: RateLimitRule, key: string): Promise<number>;
   /** Whether the next hit would be allowed, without counting one. */
