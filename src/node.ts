@@ -43,6 +43,7 @@ import type { OfflineQueue } from "./messaging/offline-queue.ts";
 import type { Presence } from "./messaging/presence.ts";
 import { sweepIdleQueues } from "./messaging/queue-sweep.ts";
 import { LISTS_KEPT_MS, MessagingService } from "./messaging/service.ts";
+import { StorageQuota } from "./messaging/storage-quota.ts";
 import { clusterPrefix, openEmbeddedLog, openMessagingStores } from "./messaging/stores.ts";
 import { createLogger, type Logger } from "./observability/logger.ts";
 import { Metrics } from "./observability/metrics.ts";
@@ -366,6 +367,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     database.kind === "pglite"
       ? () => Number.POSITIVE_INFINITY
       : () => (listChanges?.live ? LISTS_KEPT_MS : 0),
+    new StorageQuota(rateLimiter, config.storedBytesPerAccountPerDay, logger),
   );
   if (redis && database.kind !== "pglite") {
     listChanges = new ListChangeChannel(redis, config.redisPrefix, config.nodeId, messaging, logger);

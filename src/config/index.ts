@@ -155,6 +155,17 @@ const EnvSchema = T.Object({
     description:
       "presence watch entries one account's sockets hold on one node at most (the sum of its devices' lists), 1000-100000000",
   }),
+  // 256 MiB: a heavy day of text is about 10 MB (1,000 sends × 5 recipient devices × 2 KB, a PQXDH
+  // prekey message); with no attachment store a photo travels inline (about 150 KB a ciphertext), and
+  // 256 MiB still holds about 190 of them to 9 devices. The most one account can make the server
+  // hold is about this × (RETENTION_DAYS + 1): docs/SCALING.md, "Storage per account".
+  STORED_BYTES_PER_ACCOUNT_PER_DAY: T.Integer({
+    minimum: 1024,
+    maximum: 1_000_000_000_000,
+    default: 256 * 1024 * 1024,
+    description:
+      "ciphertext bytes one account's sends may make the server store per day (each recipient device's body of a 1:1 send, a group send's body once), 1024-1000000000000",
+  }),
   TRUSTED_PROXIES: T.Optional(
     T.String({
       minLength: 1,
@@ -307,6 +318,11 @@ export interface Config {
   presenceWatchesPerNode: number;
   /** PRESENCE_WATCHES_PER_ACCOUNT: watch entries one account's sockets hold on one node at most. */
   presenceWatchesPerAccount: number;
+  /**
+   * STORED_BYTES_PER_ACCOUNT_PER_DAY: decoded ciphertext bytes one account's sends may store per
+   * day (src/messaging/storage-quota.ts); past it sends are `rejected rate_limited`.
+   */
+  storedBytesPerAccountPerDay: number;
   /** Accounts one client address may create per hour. */
   registrationsPerAddress: number;
   /** Addresses or CIDR blocks whose `X-Forwarded-For` names the client (TRUSTED_PROXIES); empty: none. */
@@ -374,6 +390,7 @@ const INTEGER_VARS = new Set([
   "WS_REVALIDATE_INTERVAL_SECONDS",
   "PRESENCE_WATCHES_PER_NODE",
   "PRESENCE_WATCHES_PER_ACCOUNT",
+  "STORED_BYTES_PER_ACCOUNT_PER_DAY",
   "REGISTRATIONS_PER_ADDRESS",
   "LOGIN_ATTEMPTS_PER_ADDRESS",
   "LOGINS_PER_ACCOUNT",
@@ -499,6 +516,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     wsRevalidateIntervalMs: env.WS_REVALIDATE_INTERVAL_SECONDS * 1000,
     presenceWatchesPerNode: env.PRESENCE_WATCHES_PER_NODE,
     presenceWatchesPerAccount: env.PRESENCE_WATCHES_PER_ACCOUNT,
+    storedBytesPerAccountPerDay: env.STORED_BYTES_PER_ACCOUNT_PER_DAY,
     registrationsPerAddress: env.REGISTRATIONS_PER_ADDRESS,
     trustedProxies: env.TRUSTED_PROXIES
       ? (parseTrustedProxies(env.TRUSTED_PROXIES) as { blocks: string[] }).blocks

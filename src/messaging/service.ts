@@ -16,6 +16,7 @@ import type { AcceptedFrame, DirectSend, GroupSend, RejectedFrame } from "../pro
 import type { Principal } from "../sessions/service.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog } from "./envelope-log.ts";
+import { decodedLength, type StorageQuota } from "./storage-quota.ts";
 
 /** What the sender hears about one send (docs/PROTOCOL.md, `accepted` / `rejected`). */
 export type SendOutcome = AcceptedFrame | RejectedFrame;
@@ -130,6 +131,8 @@ export class MessagingService {
    * Infinity on the embedded node (PGlite lives in this process and no other node can write it),
    * LISTS_KEPT_MS on a shared database while the list-change channel is live, 0 otherwise (lists
    * are then re-read on the TTLs above to catch another node's changes). Read at every use.
+   * `quota`: the per-account budget of stored ciphertext bytes (none: unbounded, for tests of
+   * other things).
    */
   constructor(
     private readonly db: Db,
@@ -139,6 +142,7 @@ export class MessagingService {
     private readonly flow: FlowControl = DEFAULT_FLOW_CONTROL,
     private readonly erasing: ErasureFence = new ErasureFence(),
     private readonly keptFor: () => number = () => 0,
+    private readonly quota?: StorageQuota,
   ) {
     this.acceptWaits = new FixedDeadlines(flow.acceptWaitMs);
   }
@@ -464,10 +468,19 @@ export class MessagingService {
     // the blocker's client drops it there), stored nowhere, delivered to nobody (docs/PROTOCOL.md, Blocks).
     if (await this.isBlocked(frame.to.user, from.userId))
       return { outcome: Promise.resolve<SendOutcome>({ type: "accepted", id: frame.id, ts }) };
+    // The sender's storage quota, last of the checks: only a send that will be stored spends it.
+    let bytes = 0;
+    if (this.quota) {
+      for (const m of frame.messages) bytes += decodedLength(m.body);
+      const charged = await this.quota.charge(from.userId, bytes);
+      if (!charged.allowed) return reject({ code: "rate_limited", retryAfterMs: charged.retryAfterMs });
+    }
     // Again after the last await: from here to `track` nothing yields, so the fence either refused
     // this send or waits for it.
-    if (this.erasing.has(frame.to.user) || this.erasing.has(from.userId))
+    if (this.erasing.has(frame.to.user) || this.erasing.has(from.userId)) {
+      if (bytes > 0) void this.quota?.refund(from.userId, bytes);
       return reject({ code: "unknown_recipient" });
+    }
     const envelopes: StoredEnvelope[] = frame.messages.map((m) => ({
       id: frame.id,
       senderUser: from.userId,
@@ -484,19 +497,46 @@ export class MessagingService {
       async (fresh): Promise<SendOutcome> => {
         stamp(frame.id, "commit");
         const toDeliver = envelopes.filter((_, i) => fresh[i]);
+        // A re-sent id stored nothing new: its bytes go back to the quota.
+        if (bytes > 0 && toDeliver.length < envelopes.length) {
+          const again = envelopes.reduce((sum, e, i) => (fresh[i] ? sum : sum + decodedLength(e.body)), 0);
+          void this.quota?.refund(from.userId, again);
+        }
         // Durable now: a failure to reach the actor is recovered from the log, so it does not un-accept.
         // Handed over in commit order (the ask leaves before any await), so per-sender order holds.
         if (toDeliver.length > 0) await this.handOver(frame.to.user, toDeliver);
         return { type: "accepted", id: frame.id, ts };
       },
+      (error: unknown) => {
+        // Not stored: the sender sends it again, and is not charged twice.
+        if (bytes > 0) void this.quota?.refund(from.userId, bytes);
+        throw error;
+      },
     );
     return { outcome };
   }
 
-  /** A group send: the group's actor authorises the sender and fans the ciphertext out. */
+  /**
+   * A group send: the group's actor authorises the sender and fans the ciphertext out. The sender's
+   * storage quota is charged the one body the log stores, and refunded when the actor refuses.
+   */
   async sendGroup(from: Principal, frame: GroupSend): Promise<SendOutcome> {
     if (this.erasing.has(from.userId)) return { type: "rejected", id: frame.id, code: "not_member" };
     if (this.inFlight >= this.flow.window) return this.busy(frame.id);
+    const bytes = this.quota ? decodedLength(frame.message.body) : 0;
+    if (this.quota) {
+      const charged = await this.quota.charge(from.userId, bytes);
+      if (!charged.allowed)
+        return { type: "rejected", id: frame.id, code: "rate_limited", retryAfterMs: charged.retryAfterMs };
+      // Again after the await: from here to `track` nothing yields.
+      if (this.erasing.has(from.userId)) {
+        void this.quota.refund(from.userId, bytes);
+        return { type: "rejected", id: frame.id, code: "not_member" };
+      }
+    }
+    const refund = () => {
+      if (bytes > 0) void this.quota?.refund(from.userId, bytes);
+    };
     this.inFlight++;
     let reply: GroupSendResult;
     try {
@@ -511,12 +551,16 @@ export class MessagingService {
       );
     } catch (error) {
       // The group's actor is behind (its mailbox is full): nothing was stored, the sender may retry.
+      refund();
       if (error instanceof MailboxFullError) return this.busy(frame.id);
       throw error;
     } finally {
       this.inFlight--;
     }
-    if (!reply.ok) return { type: "rejected", id: frame.id, code: reply.code };
+    if (!reply.ok) {
+      refund();
+      return { type: "rejected", id: frame.id, code: reply.code };
+    }
     return { type: "accepted", id: frame.id, ts: reply.ts };
   }
 

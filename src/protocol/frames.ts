@@ -165,7 +165,10 @@ export interface RejectedFrame {
   extra?: number[];
   /** For `invalid`: which field is wrong. */
   message?: string;
-  /** For `busy`: wait this long (ms), then send the same frame again (nothing was stored). */
+  /**
+   * For `busy`: wait this long (ms), then send the same frame again (nothing was stored). For
+   * `rate_limited` past the account's daily storage quota: the ms until the quota's window ends.
+   */
   retryAfterMs?: number;
 }
 
