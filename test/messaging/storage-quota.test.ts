@@ -1,0 +1,241 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomUUID } from "node:crypto";
+import Redis from "ioredis";
+import { decodedLength, StorageQuota } from "../../src/messaging/storage-quota.ts";
+import { createLogger } from "../../src/observability/logger.ts";
+import { MemoryRateLimiter, type RateLimiter, RedisRateLimiter } from "../../src/ratelimit/index.ts";
+import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
+import { freePort } from "../support/free-port.ts";
+import { type Api, api, loginDevice, registerAndLogin } from "../support/http.ts";
+import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
+import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
+import { deleteRedisPrefix, TEST_REDIS_URL, uniqueRedisPrefix } from "../support/redis.ts";
+import { type Frame, TestSocket } from "../support/ws.ts";
+
+/** A base64 body that decodes to `bytes` bytes (what the quota counts). */
+const body = (bytes: number, fill = "x") => Buffer.from(fill.repeat(bytes)).toString("base64");
+const DAY_MS = 24 * 60 * 60 * 1000;
+const quiet = createLogger({ level: "fatal", nodeId: "test", format: "json" });
+
+test("decodedLength counts the bytes a base64 body stores", () => {
+  for (const n of [0, 1, 2, 3, 4, 5, 1000, 1001, 1002]) expect(decodedLength(body(n))).toBe(n);
+});
+
+describe("storage quota over each limiter", () => {
+  const prefix = uniqueRedisPrefix();
+  let redis: Redis;
+  beforeAll(() => {
+    redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 2 });
+  });
+  afterAll(async () => {
+    redis?.disconnect();
+    await deleteRedisPrefix(prefix);
+  });
+  const limiters: [string, () => RateLimiter][] = [
+    ["memory", () => new MemoryRateLimiter()],
+    ["redis", () => new RedisRateLimiter(redis, prefix)],
+  ];
+
+  describe.each(limiters)("%s", (_kind, make) => {
+    test("allows bytes up to the budget, then refuses with the window's time left and keeps nothing of the refusal", async () => {
+      const quota = new StorageQuota(make(), 3000, quiet, 60_000);
+      const user = randomUUID();
+      expect(await quota.charge(user, 2000)).toEqual({ allowed: true });
+      const refused = await quota.charge(user, 1001);
+      expect(refused.allowed).toBe(false);
+      if (!refused.allowed) {
+        expect(refused.retryAfterMs).toBeGreaterThan(0);
+        expect(refused.retryAfterMs).toBeLessThanOrEqual(60_000);
+      }
+      // The refused 1001 bytes were not kept: exactly the 1000 left still fit, then nothing.
+      expect(await quota.charge(user, 1000)).toEqual({ allowed: true });
+      expect((await quota.charge(user, 1)).allowed).toBe(false);
+      // Another account has a budget of its own.
+      expect(await quota.charge(randomUUID(), 3000)).toEqual({ allowed: true });
+    });
+
+    test("a refund gives bytes back; the budget starts again once the window has passed", async () => {
+      const quota = new StorageQuota(make(), 1000, quiet, 300);
+      const user = randomUUID();
+      expect(await quota.charge(user, 1000)).toEqual({ allowed: true });
+      expect((await quota.charge(user, 400)).allowed).toBe(false);
+      await quota.refund(user, 400);
+      expect(await quota.charge(user, 400)).toEqual({ allowed: true });
+      expect((await quota.charge(user, 1)).allowed).toBe(false);
+      await Bun.sleep(400);
+      expect(await quota.charge(user, 1000)).toEqual({ allowed: true });
+    });
+  });
+
+  test("with Redis unreachable, sends are let through (the quota does not take messaging down)", async () => {
+    const port = await freePort();
+    const down = new Redis(`redis://127.0.0.1:${port}`, {
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+      lazyConnect: true,
+    });
+    down.on("error", () => {});
+    try {
+      const quota = new StorageQuota(new RedisRateLimiter(down, prefix), 10, quiet, 60_000);
+      expect(await quota.charge(randomUUID(), 1000)).toEqual({ allowed: true });
+    } finally {
+      down.disconnect();
+    }
+  });
+});
+
+describe.each(STACKS)("storage quota of sends on the %s stack", (stack) => {
+  const BUDGET = 4096;
+  let node: TestNode;
+  let client: Api;
+  const prefix = runPrefix();
+  const backend: Backend = stack === "embedded" ? "pglite" : "postgres";
+
+  beforeAll(async () => {
+    node = await startTestNode(backend, {
+      env: { ...stackEnv(stack, prefix), STORED_BYTES_PER_ACCOUNT_PER_DAY: String(BUDGET) },
+    });
+    client = api(node.url);
+  });
+  afterAll(() => node?.teardown());
+
+  const direct = (to: string, deviceIds: number[], bytes: number) => ({
+    type: "send",
+    id: randomUUID(),
+    to: { user: to },
+    messages: deviceIds.map((deviceId) => ({ deviceId, type: 3, body: body(bytes) })),
+  });
+  const sent = async (socket: TestSocket, frame: Frame) => {
+    socket.send(frame);
+    return socket.reply(frame.id);
+  };
+  const storedIds = async (userId: string) => (await node.log.metadataOf(userId)).map((m) => m.id);
+
+  test("to one's own device that never connects: past the budget rejected rate_limited, nothing stored; other accounts unaffected", async () => {
+    const alice = await registerAndLogin(client);
+    await loginDevice(client, alice, { registrationId: 2 }); // device 2: never connects
+    const bob = await registerAndLogin(client);
+    const aliceSocket = await TestSocket.open(node.url, alice.accessToken);
+    const bobSocket = await TestSocket.open(node.url, bob.accessToken);
+
+    // Four bodies of 1000 bytes fit in 4096; the fifth does not.
+    const accepted: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const frame = direct(alice.userId, [2], 1000);
+      expect(await sent(aliceSocket, frame)).toMatchObject({ type: "accepted" });
+      accepted.push(frame.id);
+    }
+    const over = direct(alice.userId, [2], 1000);
+    const refused = await sent(aliceSocket, over);
+    expect(refused).toMatchObject({ type: "rejected", id: over.id, code: "rate_limited" });
+    expect(refused.retryAfterMs).toBeGreaterThan(DAY_MS - 10 * 60_000);
+    expect(refused.retryAfterMs).toBeLessThanOrEqual(DAY_MS);
+    expect((await storedIds(alice.userId)).sort()).toEqual([...accepted].sort());
+    // A send to Bob is refused too: the budget is the sender's, whoever receives.
+    const toBob = direct(bob.userId, [1], 200);
+    expect(await sent(aliceSocket, toBob)).toMatchObject({ type: "rejected", code: "rate_limited" });
+    expect(await storedIds(bob.userId)).toEqual([]);
+
+    // Bob's budget is his own: he still sends to Alice, and she gets it.
+    const fromBob = direct(alice.userId, [1, 2], 1000);
+    expect(await sent(bobSocket, fromBob)).toMatchObject({ type: "accepted" });
+    const [message] = await aliceSocket.messages(1);
+    expect(message).toMatchObject({ id: fromBob.id, from: { user: bob.userId } });
+    // The refused bytes were not kept: the 96 left still fit.
+    expect(await sent(aliceSocket, direct(alice.userId, [2], 96))).toMatchObject({ type: "accepted" });
+    await Promise.all([aliceSocket.close(), bobSocket.close()]);
+  });
+
+  test("a 1:1 send counts each recipient device's body; a re-sent id is not counted twice", async () => {
+    const alice = await registerAndLogin(client);
+    const bob = await registerAndLogin(client);
+    await loginDevice(client, bob, { registrationId: 2 });
+    await loginDevice(client, bob, { registrationId: 3 });
+    const socket = await TestSocket.open(node.url, alice.accessToken);
+    // 3 devices × 600 bytes = 1800 of 4096. The same id again is charged until its commit shows
+    // it stored nothing new, then given back.
+    const first = direct(bob.userId, [1, 2, 3], 600);
+    expect(await sent(socket, first)).toMatchObject({ type: "accepted" });
+    expect(await sent(socket, first)).toMatchObject({ type: "accepted", id: first.id });
+    // 2296 are left: 3 × 766 = 2298 do not fit, 3 × 765 = 2295 do.
+    expect(await sent(socket, direct(bob.userId, [1, 2, 3], 766))).toMatchObject({
+      type: "rejected",
+      code: "rate_limited",
+    });
+    expect(await sent(socket, direct(bob.userId, [1, 2, 3], 765))).toMatchObject({ type: "accepted" });
+    await socket.close();
+  });
+
+  test("a group send is counted once, whatever the number of members; other members keep sending", async () => {
+    const alice = await registerAndLogin(client);
+    const members = await Promise.all(Array.from({ length: 5 }, () => registerAndLogin(client)));
+    const created = await client.post(
+      "/v1/groups",
+      { name: "quota", members: members.map((m) => m.userId) },
+      alice.accessToken,
+    );
+    const { groupId } = created.body as { groupId: string };
+    for (const m of members)
+      expect((await client.post(`/v1/invitations/${groupId}/accept`, undefined, m.accessToken)).status).toBe(
+        204,
+      );
+    const aliceSocket = await TestSocket.open(node.url, alice.accessToken);
+    const group = (bytes: number) => ({
+      type: "send",
+      id: randomUUID(),
+      to: { group: groupId },
+      message: { type: 7, body: body(bytes) },
+    });
+    // 2 × 2000 = 4000 of 4096, fanned out to 5 members (counted per member it would be 20,000).
+    expect(await sent(aliceSocket, group(2000))).toMatchObject({ type: "accepted" });
+    expect(await sent(aliceSocket, group(2000))).toMatchObject({ type: "accepted" });
+    const over = group(200);
+    expect(await sent(aliceSocket, over)).toMatchObject({ type: "rejected", code: "rate_limited" });
+    expect(await storedIds(alice.userId)).not.toContain(over.id);
+    const memberSocket = await TestSocket.open(node.url, members[0].accessToken);
+    expect(await sent(memberSocket, group(2000))).toMatchObject({ type: "accepted" });
+    await Promise.all([aliceSocket.close(), memberSocket.close()]);
+  });
+});
+
+describe("storage quota across the nodes of a cluster", () => {
+  let database: TestDatabase;
+  const nodes: TestNode[] = [];
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    const env = { ...stackEnv("services", runPrefix()), STORED_BYTES_PER_ACCOUNT_PER_DAY: "4096" };
+    for (const name of ["quota-a", "quota-b"])
+      nodes.push(await startTestNode("postgres", { database, env: { ...env, NODE_ID: name } }));
+  });
+  afterAll(async () => {
+    for (const node of nodes) await node.teardown().catch(() => undefined);
+    await database?.drop();
+  });
+
+  test("one account's sockets on two nodes share one budget (Redis)", async () => {
+    const [a, b] = nodes as [TestNode, TestNode];
+    const client = api(a.url);
+    const alice = await registerAndLogin(client);
+    const second = await loginDevice(client, alice, { registrationId: 2 });
+    await loginDevice(client, alice, { registrationId: 3 }); // never connects
+    const onA = await TestSocket.open(a.url, alice.accessToken);
+    const onB = await TestSocket.open(b.url, second.accessToken);
+    const send = (socket: TestSocket, bytes: number) => {
+      const frame = {
+        type: "send",
+        id: randomUUID(),
+        to: { user: alice.userId },
+        messages: [1, 2, 3]
+          .filter((d) => d !== (socket === onA ? 1 : 2))
+          .map((deviceId) => ({ deviceId, type: 3, body: body(bytes) })),
+      };
+      socket.send(frame);
+      return socket.reply(frame.id);
+    };
+    // 2 devices × 1500 = 3000 through node a; node b's 2 × 600 = 1200 more would pass 4096.
+    expect(await send(onA, 1500)).toMatchObject({ type: "accepted" });
+    expect(await send(onB, 600)).toMatchObject({ type: "rejected", code: "rate_limited" });
+    expect(await send(onB, 500)).toMatchObject({ type: "accepted" });
+    await Promise.all([onA.close(), onB.close()]);
+  });
+});
