@@ -122,6 +122,11 @@ const KEY_REQUEST_INTERVAL_MS = 60_000;
 
 /** How long an answer to a `send` may take before the send is tried again on a new socket. */
 const ANSWER_TIMEOUT_MS = 30_000;
+/**
+ * The longest `rate_limited` wait a send sits out before going again (ms): the device's frame
+ * budget refills within a second; a longer `retryAfterMs` is the account's daily storage quota.
+ */
+const RATE_LIMIT_WAIT_MS = 60_000;
 
 /**
  * One device's chat session on top of a `ClearBoxClient`: a single WebSocket for sending and
@@ -606,7 +611,11 @@ export class Messenger extends EventEmitter<MessengerEvents> {
     return { type: "rejected", id, code: "mismatched_devices" } as RejectedFrame;
   }
 
-  /** Sends a frame and waits for its answer; `busy` and `rate_limited` wait and go again with the same id. */
+  /**
+   * Sends a frame and waits for its answer; `busy` and `rate_limited` wait and go again with the
+   * same id, unless a `rate_limited` says to wait longer than RATE_LIMIT_WAIT_MS (the account's
+   * daily storage quota is spent): that rejection is returned, and the message fails.
+   */
   private async answered(id: string, frame: ClientFrame): Promise<AcceptedFrame | RejectedFrame | undefined> {
     for (;;) {
       if (!this.online) return undefined;
@@ -621,7 +630,11 @@ export class Messenger extends EventEmitter<MessengerEvents> {
         });
         this.send(frame);
       });
-      if (answer?.type === "rejected" && (answer.code === "busy" || answer.code === "rate_limited")) {
+      const waits =
+        answer?.type === "rejected" &&
+        (answer.code === "busy" ||
+          (answer.code === "rate_limited" && (answer.retryAfterMs ?? 0) <= RATE_LIMIT_WAIT_MS));
+      if (answer?.type === "rejected" && waits) {
         await new Promise((wake) => setTimeout(wake, answer.retryAfterMs ?? 1000));
         continue;
       }

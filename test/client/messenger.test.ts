@@ -609,3 +609,28 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     }
   });
 });
+
+describe("messenger past the account's daily storage quota", () => {
+  let node: TestNode;
+  beforeAll(async () => {
+    // 1 KiB: less than one PQXDH prekey message, so the first send is past it.
+    node = await startTestNode("pglite", { env: { STORED_BYTES_PER_ACCOUNT_PER_DAY: "1024" } });
+  });
+  afterAll(() => node?.teardown());
+
+  test("a send refused rate_limited for the rest of the day fails at once instead of waiting a day", async () => {
+    const a = await chatter(node.url, "alice");
+    const b = await chatter(node.url, "bob");
+    a.messenger.start();
+    await until(() => a.messenger.isOnline, "alice online");
+    await a.messenger.sendText(b.username, "x".repeat(2000));
+    await until(
+      () => a.messenger.history(b.client.userId).some((m) => m.state === "failed"),
+      "the message to fail",
+    );
+    expect(a.messenger.history(b.client.userId).map((m) => m.state)).toEqual(["failed"]);
+    a.messenger.stop();
+    a.client.close();
+    b.client.close();
+  });
+});
