@@ -185,7 +185,7 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
         "client IP address (IPv6: its /64) as a rate-limit key",
         "the username a login or erasure names",
         "counts of password checks and of account creations",
-        "counts of an account's key fetches, user lookups and own exports (by its user id)",
+        "counts of an account's key fetches, user lookups and own exports, and the ciphertext bytes its sends stored today (by its user id)",
       ],
       purpose:
         "keep password guessing, credential stuffing and mass sign-ups from harming users and the service",
@@ -193,7 +193,7 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
       stores: [config.redisUrl ? "Redis" : "node memory"],
       retention: {
         days: null,
-        rule: "each counter expires with its window (15 minutes for password checks, an hour for account creations and exports, 10 minutes for key fetches, a minute for user lookups); the username's and the user id's counters go at once when the account is erased",
+        rule: "each counter expires with its window (15 minutes for password checks, an hour for account creations and exports, 10 minutes for key fetches, a minute for user lookups, a day for stored bytes); the username's and the user id's counters go at once when the account is erased",
       },
     },
     {
