@@ -357,6 +357,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   // PGlite is in this process: every device and block change goes through the services here. On a
   // shared database the other nodes publish theirs over Redis: lists are kept while that is live.
   let listChanges: ListChangeChannel | undefined;
+  // Sends spend it from leases of the shared counter; given back at stop (below).
+  const quota = new StorageQuota(rateLimiter, config.storedBytesPerAccountPerDay, logger);
   const messaging = new MessagingService(
     db,
     log,
@@ -367,7 +369,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     database.kind === "pglite"
       ? () => Number.POSITIVE_INFINITY
       : () => (listChanges?.live ? LISTS_KEPT_MS : 0),
-    new StorageQuota(rateLimiter, config.storedBytesPerAccountPerDay, logger),
+    quota,
   );
   if (redis && database.kind !== "pglite") {
     listChanges = new ListChangeChannel(redis, config.redisPrefix, config.nodeId, messaging, logger);
@@ -605,6 +607,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
         // Sockets first, so every device's unacked envelopes reach its offline queue before the stores
         // close. Its presence-renewal and ping timers run from its construction (step 4).
         ["gateway", () => openGateway.stop()],
+        // No send comes after the sockets: what this node leased of each account's quota goes back.
+        ["storage quota", () => quota.close()],
         // A start that failed early had not bound them.
         ["public listener", () => app.server && app.stop(true)],
         ["admin listener", () => admin.server && admin.stop(true)],
@@ -743,6 +747,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       await retention.stop();
       await groupSweep.stop();
       await gdpr.stop();
+      quota.abort();
       await actors.abort();
       await stores.close();
       await app.stop(true);

@@ -653,6 +653,7 @@ export class MessagingService {
    * user (4410) and stops.
    */
   async eraseUser(userId: string, erasureId: string): Promise<void> {
+    this.quota?.forget(userId);
     await this.actors.ask(userKey(userId), { type: "erase", erasureId });
     await this.actors.stopActor(userKey(userId), "erased");
   }

@@ -8,6 +8,15 @@ export const STORAGE_QUOTA_WINDOW_MS = 24 * 60 * 60 * 1000;
 /** The rule's name: the limiter's key space (`rl:stored-bytes:<userId>` in Redis) and the refusal metric. */
 export const STORAGE_QUOTA_RULE = "stored-bytes";
 
+/** A lease is this fraction of the budget: 256 KiB of the default 256 MiB. */
+const LEASE_FRACTION = 1024;
+
+/** Below this a lease would save few round trips: budgets under 4 MiB are counted send by send. */
+const MIN_LEASE_BYTES = 4096;
+
+/** A lease unused this long (ms) goes back to the shared counter, and its entry is dropped. */
+export const LEASE_IDLE_MS = 60_000;
+
 /**
  * Bytes a base64 ciphertext (as frames carry it) takes once decoded, as the envelope log stores it
  * (bytea): three per four characters, less the padding.
@@ -17,38 +26,94 @@ export function decodedLength(base64: string): number {
   return Math.floor((base64.length * 3) / 4) - padding;
 }
 
+/** Options of a StorageQuota; the defaults are the node's, tests shorten them. */
+export interface StorageQuotaOptions {
+  /** The window (ms); a day but in tests. */
+  windowMs?: number;
+  /** Idle time (ms) after which a lease goes back (LEASE_IDLE_MS). */
+  leaseIdleMs?: number;
+  /** The clock (Unix ms). */
+  now?: () => number;
+}
+
 /**
  * A per-account budget of the ciphertext bytes sends make the server store (docs/PROTOCOL.md,
  * "Sends"; docs/SCALING.md): each recipient device's body of a 1:1 send, a group send's one body.
  * Counted by the node's rate limiter (memory on the embedded node, Redis shared by every node on
- * services), in fixed windows of `windowMs` per account. A send past the budget is refused before
- * anything is stored and its bytes are given back, so a smaller send may still fit. Should the
- * limiter fail (Redis unreachable), sends are let through (one warning per burst): the quota bounds
- * abuse, it must not take messaging down with Redis.
+ * services), in fixed windows of `windowMs` per account.
+ *
+ * Leases, so that a send costs no round trip to Redis: a node takes an account's bytes from the
+ * shared counter a lease at a time (1/1024 of the budget, at least 4 KiB; none below a 4 MiB budget)
+ * and spends it locally; an unused lease goes back after `leaseIdleMs`, on `close`, or when the
+ * shared counter refuses a new one. Near the budget a node gives back what it holds and counts the
+ * send exactly, so on one node the quota is exact; with k nodes the others may hold up to a lease
+ * each, so an account may be refused up to (k − 1) leases early, or, a lease taken at the end of a
+ * window being spent in the next, store up to k leases more in a window (0.1 % of the budget per
+ * node). The same scheme as a token-leasing quota service (Google's Doorman, Envoy's quota leases).
+ *
+ * A send past the budget is refused before anything is stored and its bytes are given back, so a
+ * smaller send may still fit. Should the limiter fail (Redis unreachable), sends are let through
+ * (one warning per burst): the quota bounds abuse, it must not take messaging down with Redis.
  */
 export class StorageQuota {
   private readonly rule: RateLimitRule;
   private readonly failures: LogSummary;
+  private readonly leaseBytes: number;
+  private readonly leaseIdleMs: number;
+  private readonly now: () => number;
+  /** Bytes this node took from the shared counter and has not spent, per account, and when last used. */
+  private readonly leases = new Map<string, { bytes: number; usedAt: number }>();
+  private readonly sweeper: ReturnType<typeof setInterval> | undefined;
 
   constructor(
     private readonly limiter: RateLimiter,
     /** Bytes one account's sends may store per window (positive). */
     bytesPerWindow: number,
     logger: Pick<Logger, "warn" | "error">,
-    /** The window (ms); a day but in tests. */
-    windowMs: number = STORAGE_QUOTA_WINDOW_MS,
+    options: StorageQuotaOptions = {},
   ) {
-    this.rule = { name: STORAGE_QUOTA_RULE, limit: bytesPerWindow, windowMs };
+    this.rule = {
+      name: STORAGE_QUOTA_RULE,
+      limit: bytesPerWindow,
+      windowMs: options.windowMs ?? STORAGE_QUOTA_WINDOW_MS,
+    };
     this.failures = new LogSummary(logger, "warn", "storage quota unavailable; sends let through");
+    const lease = Math.floor(bytesPerWindow / LEASE_FRACTION);
+    this.leaseBytes = lease >= MIN_LEASE_BYTES ? lease : 0;
+    this.leaseIdleMs = options.leaseIdleMs ?? LEASE_IDLE_MS;
+    this.now = options.now ?? Date.now;
+    if (this.leaseBytes > 0) {
+      this.sweeper = setInterval(() => void this.giveBackIdle(), this.leaseIdleMs);
+      this.sweeper.unref?.();
+    }
   }
 
   /**
    * Charges `bytes` (decoded ciphertext bytes, > 0) to `userId`'s window. Allowed, or refused with
-   * the ms until the window ends (the refused bytes are not kept). One limiter round trip when
-   * allowed, two when refused. Never rejects: a limiter failure allows.
+   * the ms until the window ends (the refused bytes are not kept). No round trip while this node's
+   * lease covers it; otherwise one to take a new lease, and near the budget up to three more
+   * (refuse the lease, give back what is held, count exactly). Never rejects: a limiter failure allows.
    */
   async charge(userId: string, bytes: number): Promise<RateLimitDecision> {
+    const held = this.leases.get(userId);
+    if (held && held.bytes >= bytes) {
+      held.bytes -= bytes;
+      held.usedAt = this.now();
+      return { allowed: true };
+    }
     try {
+      if (this.leaseBytes > 0) {
+        const want = bytes + this.leaseBytes;
+        if ((await this.limiter.hit(this.rule, userId, want)).allowed) {
+          this.hold(userId, this.leaseBytes);
+          return { allowed: true };
+        }
+        await this.limiter.release(this.rule, userId, want);
+        // Near the budget: what this node holds goes back, and this send is counted exactly.
+        const left = this.leases.get(userId);
+        this.leases.delete(userId);
+        if (left && left.bytes > 0) await this.limiter.release(this.rule, userId, left.bytes);
+      }
       const decision = await this.limiter.hit(this.rule, userId, bytes);
       if (!decision.allowed) await this.limiter.release(this.rule, userId, bytes);
       return decision;
@@ -58,8 +123,67 @@ export class StorageQuota {
     }
   }
 
-  /** Gives back bytes charged for a send that then stored nothing (a group send refused by its actor). */
+  /** Gives back bytes charged for a send that then stored nothing (a group send refused by its actor, a re-sent id). */
   async refund(userId: string, bytes: number): Promise<void> {
+    // Charged already: with leases they join this node's lease, which goes back when idle.
+    if (this.leaseBytes > 0) {
+      this.hold(userId, bytes);
+      return;
+    }
+    await this.limiter
+      .release(this.rule, userId, bytes)
+      .catch((error: unknown) => this.failures.note({ err: error }));
+  }
+
+  /** Forgets `userId`'s lease without giving it back (erasure: the shared counter is dropped too). */
+  forget(userId: string): void {
+    this.leases.delete(userId);
+  }
+
+  /** Gives every lease back (node stop); resolves when the limiter has them or failed. */
+  async close(): Promise<void> {
+    if (this.sweeper) clearInterval(this.sweeper);
+    const leases = [...this.leases];
+    this.leases.clear();
+    await Promise.all(leases.map(([userId, lease]) => this.giveBack(userId, lease.bytes)));
+  }
+
+  /** Drops every lease without giving it back (a node aborted as if killed: the leases are lost, as they would be). */
+  abort(): void {
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.leases.clear();
+  }
+
+  /** How many accounts this node holds a lease for (tests, bounded-memory checks). */
+  get leasedAccounts(): number {
+    return this.leases.size;
+  }
+
+  /**
+   * Gives back the leases unused for `leaseIdleMs` (the map holds only accounts that sent lately);
+   * resolves when the limiter has them or failed.
+   */
+  async giveBackIdle(): Promise<void> {
+    const before = this.now() - this.leaseIdleMs;
+    const idle: Promise<void>[] = [];
+    for (const [userId, lease] of this.leases) {
+      if (lease.usedAt > before) continue;
+      this.leases.delete(userId);
+      idle.push(this.giveBack(userId, lease.bytes));
+    }
+    await Promise.all(idle);
+  }
+
+  private hold(userId: string, bytes: number): void {
+    const lease = this.leases.get(userId);
+    if (lease) {
+      lease.bytes += bytes;
+      lease.usedAt = this.now();
+    } else this.leases.set(userId, { bytes, usedAt: this.now() });
+  }
+
+  private async giveBack(userId: string, bytes: number): Promise<void> {
+    if (bytes <= 0) return;
     await this.limiter
       .release(this.rule, userId, bytes)
       .catch((error: unknown) => this.failures.note({ err: error }));

@@ -38,7 +38,7 @@ describe("storage quota over each limiter", () => {
 
   describe.each(limiters)("%s", (_kind, make) => {
     test("allows bytes up to the budget, then refuses with the window's time left and keeps nothing of the refusal", async () => {
-      const quota = new StorageQuota(make(), 3000, quiet, 60_000);
+      const quota = new StorageQuota(make(), 3000, quiet, { windowMs: 60_000 });
       const user = randomUUID();
       expect(await quota.charge(user, 2000)).toEqual({ allowed: true });
       const refused = await quota.charge(user, 1001);
@@ -55,7 +55,7 @@ describe("storage quota over each limiter", () => {
     });
 
     test("a refund gives bytes back; the budget starts again once the window has passed", async () => {
-      const quota = new StorageQuota(make(), 1000, quiet, 300);
+      const quota = new StorageQuota(make(), 1000, quiet, { windowMs: 300 });
       const user = randomUUID();
       expect(await quota.charge(user, 1000)).toEqual({ allowed: true });
       expect((await quota.charge(user, 400)).allowed).toBe(false);
@@ -64,6 +64,87 @@ describe("storage quota over each limiter", () => {
       expect((await quota.charge(user, 1)).allowed).toBe(false);
       await Bun.sleep(400);
       expect(await quota.charge(user, 1000)).toEqual({ allowed: true });
+    });
+  });
+
+  describe.each(limiters)("%s, with leases (budgets of 4 MiB and more)", (_kind, make) => {
+    /** The limiter, counting the hits that reach it (a hit is a Redis round trip on services). */
+    const counted = () => {
+      const inner = make();
+      const calls = { hits: 0 };
+      const limiter: RateLimiter = {
+        hit: (rule, key, cost) => {
+          calls.hits++;
+          return inner.hit(rule, key, cost);
+        },
+        release: (rule, key, cost) => inner.release(rule, key, cost),
+        reset: (rule, key) => inner.reset(rule, key),
+        peek: (rule, key) => inner.peek(rule, key),
+        forget: (fragment) => inner.forget(fragment),
+      };
+      return { limiter, calls };
+    };
+    const MIB4 = 4 * 1024 * 1024;
+
+    test("small sends are spent from a lease: 1,000 of them reach the shared counter a few times, not 1,000", async () => {
+      const { limiter, calls } = counted();
+      const quota = new StorageQuota(limiter, 2 * MIB4, quiet, { windowMs: 60_000 });
+      const user = randomUUID();
+      for (let i = 0; i < 1000; i++) expect(await quota.charge(user, 100)).toEqual({ allowed: true });
+      // 100,000 bytes in leases of 8 KiB (1/1024 of the budget): 13 hits.
+      expect(calls.hits).toBeLessThanOrEqual(15);
+      await quota.close();
+    });
+
+    test("on one node the budget is exact: a lease is given back before a send near the budget is counted", async () => {
+      const quota = new StorageQuota(make(), MIB4, quiet, { windowMs: 60_000 });
+      const user = randomUUID();
+      let allowed = 0;
+      while ((await quota.charge(user, 1000)).allowed) allowed += 1000;
+      expect(allowed).toBe(Math.floor(MIB4 / 1000) * 1000);
+      await quota.close();
+    });
+
+    test("two nodes on one counter: never past the budget, refused at most the other's lease early", async () => {
+      const shared = make();
+      const a = new StorageQuota(shared, MIB4, quiet, { windowMs: 60_000 });
+      const b = new StorageQuota(shared, MIB4, quiet, { windowMs: 60_000 });
+      const user = randomUUID();
+      let allowed = 0;
+      let refusals = 0;
+      for (let i = 0; refusals < 2; i++) {
+        if ((await (i % 2 === 0 ? a : b).charge(user, 1000)).allowed) allowed += 1000;
+        else refusals++;
+      }
+      expect(allowed).toBeLessThanOrEqual(MIB4);
+      expect(allowed).toBeGreaterThanOrEqual(MIB4 - MIB4 / 1024 - 1000);
+      await Promise.all([a.close(), b.close()]);
+    });
+
+    test("an idle lease, and every lease at close, goes back to the shared counter", async () => {
+      const shared = make();
+      for (const giveBack of ["idle", "close"] as const) {
+        let clock = 1_000_000;
+        const quota = new StorageQuota(shared, MIB4, quiet, {
+          windowMs: 60_000,
+          leaseIdleMs: 50,
+          now: () => clock,
+        });
+        const user = randomUUID();
+        expect(await quota.charge(user, 100)).toEqual({ allowed: true });
+        expect(quota.leasedAccounts).toBe(1);
+        if (giveBack === "idle") {
+          clock += 51;
+          await quota.giveBackIdle();
+        } else await quota.close();
+        expect(quota.leasedAccounts).toBe(0);
+        // Another node may now spend all but the 100 bytes sent: nothing of the lease is still held.
+        const other = new StorageQuota(shared, MIB4, quiet, { windowMs: 60_000 });
+        expect(await other.charge(user, MIB4 - 100)).toEqual({ allowed: true });
+        expect((await other.charge(user, 1)).allowed).toBe(false);
+        await other.close();
+        quota.abort();
+      }
     });
   });
 
@@ -76,7 +157,7 @@ describe("storage quota over each limiter", () => {
     });
     down.on("error", () => {});
     try {
-      const quota = new StorageQuota(new RedisRateLimiter(down, prefix), 10, quiet, 60_000);
+      const quota = new StorageQuota(new RedisRateLimiter(down, prefix), 10, quiet, { windowMs: 60_000 });
       expect(await quota.charge(randomUUID(), 1000)).toEqual({ allowed: true });
     } finally {
       down.disconnect();
