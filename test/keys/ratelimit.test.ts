@@ -109,6 +109,39 @@ describe("memory limiter at its cap of tracked keys", () => {
     expect((await limiter.hit(failures, "victim")).allowed).toBe(true);
     expect((await limiter.hit(failures, "victim")).allowed).toBe(false);
   });
+
+  test("windows pushed past a cheap rule's limit do not evict another rule's refusing window", async () => {
+    // Refused sign-ups cost nothing to send and keep counting: 11 from each of many IPv6 /64s make
+    // windows past their limit (fill 1.1). Ranked against every rule's windows, they outranked a
+    // password guesser's account-wide failure count (fill 1.0), which was dropped: 100 more guesses.
+    const limiter = new MemoryRateLimiter(Date.now, 1_000);
+    const failures = { name: "login-failures", limit: 100, windowMs: 60_000 };
+    for (let i = 0; i < 100; i++) await limiter.hit(failures, "victim");
+    expect((await limiter.peek(failures, "victim")).allowed).toBe(false);
+    const registrations = { name: "registrations", limit: 10, windowMs: 60_000 };
+    for (let net = 0; net < 2_000; net++)
+      for (let i = 0; i < 11; i++) await limiter.hit(registrations, `2001:db8:${net}::/64`);
+    expect((await limiter.peek(failures, "victim")).allowed).toBe(false);
+  });
+
+  test("a sweep that finds only a few windows expired still makes room for many new keys", async () => {
+    // Each sweep scans every window. Returning as soon as one expired window was dropped left the
+    // map full, and every following new key paid a whole scan again; now a sweep that frees less
+    // than a quarter of the cap drops live windows down to half (the oldest of equal fill first).
+    let now = 0;
+    const limiter = new MemoryRateLimiter(() => now, 1_000);
+    const long = { name: "long", limit: 1, windowMs: 60_000 };
+    const short = { name: "short", limit: 1, windowMs: 10 };
+    for (let i = 0; i < 998; i++) await limiter.hit(long, `l${i}`);
+    await limiter.hit(short, "s0");
+    await limiter.hit(short, "s1");
+    expect((await limiter.peek(long, "l0")).allowed).toBe(false);
+    now = 20; // the two short windows have ended; the map is still full
+    await limiter.hit(long, "new");
+    expect((await limiter.peek(long, "l0")).allowed).toBe(true);
+    expect((await limiter.peek(long, "l997")).allowed).toBe(false);
+    expect((await limiter.peek(long, "new")).allowed).toBe(false);
+  });
 });
 
 test("Redis limiter keys carry REDIS_PREFIX and expire with their window", async () => {
