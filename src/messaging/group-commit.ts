@@ -41,6 +41,7 @@ export class GroupCommit<T, R> {
   private waiting: Waiting<T, R>[] = [];
   private waitingItems = 0;
   private writing = false;
+  private idle: (() => void)[] = [];
 
   constructor(
     private readonly write: (items: T[]) => Promise<R[]>,
@@ -87,6 +88,16 @@ export class GroupCommit<T, R> {
       }
     }
     this.writing = false;
+    for (const resolve of this.idle.splice(0)) resolve();
+  }
+
+  /**
+   * Resolves once nothing is waiting or being written: every item submitted before the call (and
+   * while it waits) has been written or has failed. At once when idle. Never rejects.
+   */
+  settled(): Promise<void> {
+    if (!this.writing && this.waiting.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idle.push(resolve));
   }
 
   /** Items waiting for the next write (for metrics). */

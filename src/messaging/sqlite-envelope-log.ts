@@ -166,6 +166,7 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
   }
 
   private async writeOne<R>(op: LogWrite): Promise<R> {
+    if (this.closed) throw new Error("envelope log is closed");
     const [result] = await this.writes.submit([op]);
     return result as R;
   }
@@ -300,10 +301,11 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
   }
 
   /**
-   * Closes the reader, lets the writer thread finish what it was sent (the worker answers in order,
-   * so every write submitted before this call settles first) and stops it. Idempotent. Afterwards
-   * every request is rejected at once with "envelope log is closed", and any still unanswered when
-   * the worker stops is rejected with it: none is left pending for ever.
+   * Closes the reader, lets the writer thread finish every write submitted before this call (the
+   * one in flight and those gathered behind it for the next group commit) and stops it. Idempotent.
+   * Afterwards (and while it waits) every request is rejected at once with "envelope log is
+   * closed", and any still unanswered when the worker stops is rejected with it: none is left
+   * pending for ever.
    */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -313,6 +315,9 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
     // For real (its statements are finalized just above): the writer must be the last connection,
     // which checkpoints the WAL into the file and deletes it as it closes.
     this.reader?.close(true);
+    // Writes gathered behind the one in flight are sent when it commits: posted after the worker's
+    // close, they were refused ("not open"), though submitted before this call.
+    await this.writes.settled();
     if (!this.failure) await this.request({ kind: "close", seq: 0 }).catch(() => undefined);
     const closed = new Error("envelope log is closed");
     this.failure ??= closed;

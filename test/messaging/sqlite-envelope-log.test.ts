@@ -88,6 +88,22 @@ describe("the embedded SQLite envelope log", () => {
     await log.close();
   });
 
+  test("close commits the writes gathered behind the one in flight before it stops the writer", async () => {
+    const log = await SqliteEnvelopeLog.open(join(dir, "gathered.db"));
+    const recipient = randomUUID();
+    const envelopes = Array.from({ length: 5 }, () => envelope(recipient));
+    // The first goes to the writer at once; the other four wait for the next group commit, which
+    // started after the writer had taken its close: they were refused, though submitted before it.
+    const appending = envelopes.map((e) => log.append([e]));
+    await log.close();
+    expect(await Promise.all(appending)).toEqual(envelopes.map(() => [true]));
+    const reopened = await SqliteEnvelopeLog.open(join(dir, "gathered.db"));
+    expect((await reopened.undelivered(recipient)).map((e) => e.id).sort()).toEqual(
+      envelopes.map((e) => e.id).sort(),
+    );
+    await reopened.close();
+  });
+
   test("after close every request fails at once, saying the log is closed, and a second close is harmless", async () => {
     const log = await SqliteEnvelopeLog.open(join(dir, "closed.db"));
     const recipient = randomUUID();
