@@ -84,17 +84,31 @@ export class ExportService {
   /**
    * The archive of `userId` (docs/GDPR.md). `requestedBy: "self"` spends one of the account's
    * `SELF_EXPORT_LIMIT` first: `rate_limited` (with `retryAfterSeconds`) past it, before anything
-   * is read or audited. `not_found` when the account does not exist.
+   * is read or audited; an export that fails (a store unreachable: the error is thrown on) gives
+   * it back, since the person got nothing. `not_found` when the account does not exist.
    */
   async export(userId: string, requestedBy: "self" | "admin") {
-    if (requestedBy === "self" && this.deps.rateLimiter) {
-      const decision = await this.deps.rateLimiter.hit(SELF_EXPORT_LIMIT, userId);
+    const limiter = requestedBy === "self" ? this.deps.rateLimiter : undefined;
+    if (limiter) {
+      const decision = await limiter.hit(SELF_EXPORT_LIMIT, userId);
       if (!decision.allowed) {
         throw new DomainError("rate_limited", "too many exports of this account, retry later", {
           retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
         });
       }
     }
+    try {
+      return await this.archive(userId, requestedBy);
+    } catch (error) {
+      // Five failures in an hour (the database or the log down) locked the person out of their
+      // own data for the rest of it, without one archive given.
+      if (limiter) await limiter.release(SELF_EXPORT_LIMIT, userId).catch(() => {});
+      throw error;
+    }
+  }
+
+  /** Reads and audits the archive of `userId` (`export`, without the budget). */
+  private async archive(userId: string, requestedBy: "self" | "admin") {
     const { db, log, presence, audit, config } = this.deps;
     const [account] = await db
       .select({ userId: accounts.id, username: accounts.username, createdAt: accounts.createdAt })
