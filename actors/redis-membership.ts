@@ -54,10 +54,12 @@ export class RedisMembership implements Membership {
   private view: MemberInfo[] = [];
   private dead: string[] = [];
   /**
-   * Nodes whose `leave` announcement this node heard, until they join again or leave the registry
-   * (forgotten): `leftNodes` tells those among the dead from crashed ones.
+   * Nodes whose `leave` announcement this node heard, until they join again (heard, or seen alive by
+   * a read that began after the leave was heard: a `join` missed while this node's subscription was
+   * down) or leave the registry (forgotten): `leftNodes` tells those among the dead from crashed
+   * ones. The value: `refreshSeq` when the leave was heard.
    */
-  private readonly departed = new Set<string>();
+  private readonly departed = new Map<string, number>();
   private signature = "";
   private timer: ReturnType<typeof setInterval> | undefined;
   private refreshSeq = 0;
@@ -172,7 +174,7 @@ export class RedisMembership implements Membership {
   private heard(message: string): void {
     const [kind, nodeId] = message.split(" ");
     if (!nodeId || nodeId === this.self) return;
-    if (kind === "leave") this.departed.add(nodeId);
+    if (kind === "leave") this.departed.set(nodeId, this.refreshSeq);
     else if (kind === "join") this.departed.delete(nodeId);
   }
 
@@ -193,8 +195,13 @@ export class RedisMembership implements Membership {
     ids.forEach((id, i) => {
       const raw = values[i];
       if (id === this.self && this.info) view.push(this.selfInfo());
-      else if (raw) view.push(JSON.parse(raw) as MemberInfo);
-      else if (!this.inGrace(id)) dead.push(id);
+      else if (raw) {
+        view.push(JSON.parse(raw) as MemberInfo);
+        // Alive in a read begun after its leave was heard: it joined again (its `join` missed), and
+        // a later death is a death, not that old leave.
+        const heardAt = this.departed.get(id);
+        if (heardAt !== undefined && seq > heardAt) this.departed.delete(id);
+      } else if (!this.inGrace(id)) dead.push(id);
     });
     if (Date.now() < this.graceUntil) {
       // Redis came back empty a moment ago: members not heard from again yet keep their place.
@@ -207,7 +214,7 @@ export class RedisMembership implements Membership {
     this.dead = dead;
     // Off the registry (forgotten after its inbox was adopted, or it left with `forget`): done.
     if (this.departed.size > 0)
-      for (const id of this.departed) if (!ids.includes(id)) this.departed.delete(id);
+      for (const id of this.departed.keys()) if (!ids.includes(id)) this.departed.delete(id);
     const signature = viewSignature(view, dead);
     if (signature === this.signature) return;
     this.signature = signature;
