@@ -80,7 +80,7 @@ export class MemoryRateLimiter implements RateLimiter {
    *
    * A quarter at least, because a sweep scans every window: when each sweep found only a window or
    * two expired (windows of different lengths expiring as new keys come, a map held full by steady
-   * traffic), every new key paid a scan of the whole map (0.7 ms of CPU per key at 100,000).
+   * traffic), every new key paid a scan of the whole map (0.6 ms of CPU per key at 100,000, docs/BENCHMARKS.md).
    */
   private sweep(now: number): void {
     for (const [id, window] of this.windows) if (window.resetAt <= now) this.windows.delete(id);
