@@ -348,6 +348,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
         secret: config.jwtSecret,
         logger,
         limiter: rateLimiter,
+        deviceSignInsPerAddress: config.oidcDeviceSignInsPerAddress,
       })
     : undefined;
   const keys = new KeyService(db, rateLimiter, KEY_FETCH_LIMITS, audit, fence);

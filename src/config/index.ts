@@ -204,6 +204,13 @@ const EnvSchema = T.Object({
     description:
       "wrong passwords for one account from all addresses per 15 minutes, 3-100000000 (more than twice LOGIN_FAILURES_PER_ADDRESS)",
   }),
+  OIDC_DEVICE_SIGN_INS_PER_ADDRESS: T.Integer({
+    minimum: 1,
+    maximum: 100_000_000,
+    default: 30,
+    description:
+      "device sign-ins (POST /v1/oidc/device) one client address may start per 15 minutes, 1-100000000",
+  }),
   PASSWORD_HASH_MEMORY_KIB: T.Integer({
     minimum: 64,
     maximum: 4_194_304,
@@ -334,6 +341,11 @@ export interface Config {
     failuresPerAddress: number;
     failuresPerAccount: number;
   };
+  /**
+   * Device sign-ins (`POST /v1/oidc/device`) one client address may start per 15 minutes
+   * (OIDC_DEVICE_SIGN_INS_PER_ADDRESS); their polls' backstop per address follows it (src/oidc/service.ts).
+   */
+  oidcDeviceSignInsPerAddress: number;
   /** argon2id cost for new password hashes; a stored hash carries its own, so changing it never locks anyone out. */
   passwordHash: { memoryCost: number; timeCost: number };
   /** Who may create accounts, and whether passwords are accepted at all (REGISTRATION). */
@@ -396,6 +408,7 @@ const INTEGER_VARS = new Set([
   "LOGINS_PER_ACCOUNT",
   "LOGIN_FAILURES_PER_ADDRESS",
   "LOGIN_FAILURES_PER_ACCOUNT",
+  "OIDC_DEVICE_SIGN_INS_PER_ADDRESS",
   "PORT",
   "ADMIN_PORT",
   "RETENTION_DAYS",
@@ -527,6 +540,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
       failuresPerAddress: env.LOGIN_FAILURES_PER_ADDRESS,
       failuresPerAccount: env.LOGIN_FAILURES_PER_ACCOUNT,
     },
+    oidcDeviceSignInsPerAddress: env.OIDC_DEVICE_SIGN_INS_PER_ADDRESS,
     passwordHash: { memoryCost: env.PASSWORD_HASH_MEMORY_KIB, timeCost: env.PASSWORD_HASH_TIME_COST },
     registration: env.REGISTRATION,
     oidc,

@@ -38,7 +38,8 @@ export namespace OidcModel {
 
   export const devicePoll = t.Object(
     {
-      deviceCode: t.String({ minLength: 1, maxLength: 2048 }),
+      /** As `POST /v1/oidc/device` gave it: the provider's code sealed by this server. */
+      deviceCode: t.String({ minLength: 1, maxLength: 4096 }),
       /** The interval the client waits now (seconds): `slow_down` adds 5 to it (RFC 8628 §3.5), up to 600. */
       interval: t.Optional(
         t.Integer({ minimum: POLL_INTERVAL_SECONDS.min, maximum: POLL_INTERVAL_SECONDS.max }),

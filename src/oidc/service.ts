@@ -11,6 +11,7 @@ import { DomainError } from "../errors/index.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
 import type { DeviceChoice, SessionService, SessionTokens } from "../sessions/service.ts";
+import { DeviceCodeSealer } from "./device-code.ts";
 import { type BrowserFlow, FlowSealer } from "./flow-cookie.ts";
 import {
   type DeviceAuthorization,
@@ -29,20 +30,46 @@ const CODE_CHALLENGE = /^[A-Za-z0-9_-]{43}$/;
 const sha256Hex = (value: string) => createHash("sha256").update(value).digest("hex");
 const s256 = (verifier: string) => createHash("sha256").update(verifier).digest("base64url");
 
+/** Default of OIDC_DEVICE_SIGN_INS_PER_ADDRESS: device sign-ins one client address may start per 15 minutes. */
+export const DEFAULT_DEVICE_SIGN_INS_PER_ADDRESS = 30;
+
 /**
- * Budgets of the native flow's calls per client address (`ClientAddresses`). Each start and each
- * poll is a request from this server to the provider with its client credentials, made for anyone
- * who asks: unbounded, one client could have the provider throttle ClearBox's client id (and so
- * every user's sign-in) and keep the node's connections to it busy. A sign-in is one start and a
- * poll every `interval` (5 s) for up to the code's lifetime (commonly 10 minutes: 120 polls), so 30
- * starts and 1,800 polls per 15 minutes leave room for a building of people behind one address.
- * Past the start budget: 429 `rate_limited`; past the poll budget the poll is answered `slow_down`
- * without asking the provider, as RFC 8628 §3.5 lets a client that polls too fast be told.
+ * Budgets of the native flow's calls. Each start and each poll is a request from this server to
+ * the provider with its client credentials, made for anyone who asks: unbounded, one client could
+ * have the provider throttle ClearBox's client id (and so every user's sign-in) and keep the node's
+ * connections to it busy.
+ *
+ * - `starts`, per client address (`ClientAddresses`): OIDC_DEVICE_SIGN_INS_PER_ADDRESS (default 30)
+ *   per 15 minutes, then 429 `rate_limited`.
+ * - `pollsPerCode`, per issued device code: the code handed out is sealed (`DeviceCodeSealer`), so
+ *   a poll with a code this server did not issue is refused before any budget or the provider is
+ *   reached, and one client's polls cannot spend another's. A sign-in polls every `interval` (5 s)
+ *   for up to the code's lifetime (commonly 10 minutes: 120 polls); 300 per 15 minutes is a poll
+ *   every 3 s. Past it the poll is answered `slow_down` without asking the provider, as RFC 8628
+ *   §3.5 lets a client that polls too fast be told.
+ * - `pollsPerAddress`: a backstop, every code of one address together, `slow_down` past it:
+ *   `starts` × `pollsPerCode` (default 9,000 per 15 minutes): room for every code an address may
+ *   start in a window to use its whole budget, against a flood of real codes (some started in an
+ *   earlier window) from one address.
+ *
+ * `limit` of `starts` and `pollsPerAddress` here are the defaults; the service's own follow the
+ * configured start budget (`deviceFlowLimits`).
  */
-export const DEVICE_FLOW_LIMITS = {
-  starts: { name: "oidc-device-start", limit: 30, windowMs: 15 * 60_000 },
-  polls: { name: "oidc-device-poll", limit: 1_800, windowMs: 15 * 60_000 },
-} satisfies Record<string, RateLimitRule>;
+export const DEVICE_FLOW_LIMITS = deviceFlowLimits(DEFAULT_DEVICE_SIGN_INS_PER_ADDRESS);
+
+/** `DEVICE_FLOW_LIMITS` for a start budget of `startsPerAddress` per client address per 15 minutes. */
+export function deviceFlowLimits(startsPerAddress: number) {
+  const pollsPerCode = 300;
+  return {
+    starts: { name: "oidc-device-start", limit: startsPerAddress, windowMs: 15 * 60_000 },
+    pollsPerCode: { name: "oidc-device-poll-code", limit: pollsPerCode, windowMs: 15 * 60_000 },
+    pollsPerAddress: {
+      name: "oidc-device-poll",
+      limit: startsPerAddress * pollsPerCode,
+      windowMs: 15 * 60_000,
+    },
+  } satisfies Record<string, RateLimitRule>;
+}
 
 /** Everything the OIDC feature needs, built once per node. */
 export interface OidcServiceDeps {
@@ -50,11 +77,13 @@ export interface OidcServiceDeps {
   rp: RelyingParty;
   sessions: Pick<SessionService, "startSession" | "revokeAccount">;
   audit?: AuditTrail;
-  /** The node's JWT secret: the browser-flow cookie key is derived from it. */
+  /** The node's JWT secret: the browser-flow cookie's and the device code's keys are derived from it. */
   secret: string;
   logger: Logger;
-  /** Counts the native flow's calls per client address (`DEVICE_FLOW_LIMITS`); none: not limited. */
+  /** Counts the native flow's calls (`DEVICE_FLOW_LIMITS`); none: not limited. */
   limiter?: RateLimiter;
+  /** Device sign-ins one client address may start per 15 minutes (OIDC_DEVICE_SIGN_INS_PER_ADDRESS; default 30). */
+  deviceSignInsPerAddress?: number;
 }
 
 /** The device flow's start, as the client shows it to the user (docs/PROTOCOL.md). */
@@ -68,10 +97,14 @@ export type DeviceSignIn = DeviceAuthorization;
  */
 export class OidcService {
   private readonly sealer: FlowSealer;
+  private readonly deviceCodes: DeviceCodeSealer;
+  private readonly deviceLimits: ReturnType<typeof deviceFlowLimits>;
   readonly config: OidcConfig;
 
   constructor(private readonly deps: OidcServiceDeps) {
     this.sealer = new FlowSealer(deps.secret);
+    this.deviceCodes = new DeviceCodeSealer(deps.secret);
+    this.deviceLimits = deviceFlowLimits(deps.deviceSignInsPerAddress ?? DEFAULT_DEVICE_SIGN_INS_PER_ADDRESS);
     this.config = deps.rp.config;
   }
 
@@ -140,23 +173,28 @@ export class OidcService {
 
   /**
    * Begins a native sign-in with the device authorization grant (RFC 8628): what to show the user.
-   * `address`: the client's (`ClientAddresses`); `rate_limited` past its `DEVICE_FLOW_LIMITS.starts`,
-   * before the provider is asked.
+   * The `deviceCode` returned is the provider's sealed (`DeviceCodeSealer`), opaque to the client,
+   * good until the provider's `expiresIn`. `address`: the client's (`ClientAddresses`);
+   * `rate_limited` past its `starts` budget (OIDC_DEVICE_SIGN_INS_PER_ADDRESS), before the provider
+   * is asked.
    */
   async beginDeviceSignIn(address: string): Promise<DeviceSignIn> {
-    const decision = await this.deps.limiter?.hit(DEVICE_FLOW_LIMITS.starts, address);
+    const decision = await this.deps.limiter?.hit(this.deviceLimits.starts, address);
     if (decision && !decision.allowed) {
       throw new DomainError("rate_limited", "too many device sign-ins from this address, retry later", {
         retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
       });
     }
-    return this.deps.rp.startDeviceAuthorization();
+    const started = await this.deps.rp.startDeviceAuthorization();
+    return { ...started, deviceCode: await this.deviceCodes.seal(started.deviceCode, started.expiresIn) };
   }
 
   /**
    * Polls a device sign-in once: pending (wait `interval` seconds), or done with a one-time sign-in
-   * code (the account found by (iss, sub) or provisioned). `unauthorized` when denied or expired.
-   * `address`: the client's; past its `DEVICE_FLOW_LIMITS.polls` the answer is `slow_down` (wait
+   * code (the account found by (iss, sub) or provisioned). `unauthorized` when denied or expired,
+   * and at once, without asking the provider or spending a budget, for a `deviceCode` this server
+   * did not issue (forged, altered, or past its `expiresIn`). Past the code's `pollsPerCode`, or
+   * the backstop `pollsPerAddress` of `address` (the client's), the answer is `slow_down` (wait
    * `interval` + 5 s, at most 600) and the provider is not asked.
    */
   async pollDeviceSignIn(
@@ -164,9 +202,19 @@ export class OidcService {
     interval: number,
     address: string,
   ): Promise<{ status: "pending" | "slow_down"; interval: number } | { status: "done"; code: string }> {
-    const decision = await this.deps.limiter?.hit(DEVICE_FLOW_LIMITS.polls, address);
-    if (decision && !decision.allowed) return { status: "slow_down", interval: pollInterval(interval + 5) };
-    const poll = await this.deps.rp.pollDeviceAuthorization(deviceCode, interval);
+    const issued = await this.deviceCodes.open(deviceCode);
+    if (!issued) {
+      throw new DomainError(
+        "unauthorized",
+        "deviceCode is not one this server issued, or it has expired; start a new sign-in",
+      );
+    }
+    const { limiter } = this.deps;
+    const slowDown = { status: "slow_down", interval: pollInterval(interval + 5) } as const;
+    // Per code first: polls past a code's own budget do not spend its neighbours' address budget.
+    if (limiter && !(await limiter.hit(this.deviceLimits.pollsPerCode, issued.id)).allowed) return slowDown;
+    if (limiter && !(await limiter.hit(this.deviceLimits.pollsPerAddress, address)).allowed) return slowDown;
+    const poll = await this.deps.rp.pollDeviceAuthorization(issued.deviceCode, interval);
     if (poll.status !== "done") return poll;
     const userId = await this.accountFor(poll.identity);
     return { status: "done", code: await this.mintSignInCode(userId, null) };

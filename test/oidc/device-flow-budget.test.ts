@@ -1,14 +1,19 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { DeviceCodeSealer } from "../../src/oidc/device-code.ts";
 import { DEVICE_FLOW_LIMITS } from "../../src/oidc/service.ts";
 import { type Api, api } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
-import { freePort, TestProvider } from "../support/oidc-provider.ts";
+import { freePort, TestBrowser, TestProvider } from "../support/oidc-provider.ts";
 import { oidcEnv } from "./support.ts";
 
 // Every start and poll of the native flow is a request from ClearBox to the provider, made for
-// anyone who asks: without a budget per address, one client could make the provider throttle
-// ClearBox's client id for every user.
-describe("the native sign-in flow's budgets per client address", () => {
+// anyone who asks: without budgets, one client could make the provider throttle ClearBox's client
+// id for every user. The budgets must not let one client behind a shared address (a school's NAT,
+// an IPv6 /64) lock its neighbours out either: the device code handed out is sealed, so made-up
+// codes are refused before any budget, and polls are counted per code.
+describe("the native sign-in flow's budgets", () => {
+  /** OIDC_DEVICE_SIGN_INS_PER_ADDRESS of the node: not the default, to see the setting obeyed. */
+  const STARTS = 5;
   let node: TestNode;
   let provider: TestProvider;
   let client: Api;
@@ -18,7 +23,12 @@ describe("the native sign-in flow's budgets per client address", () => {
     const url = `http://127.0.0.1:${port}`;
     provider = await TestProvider.start(url);
     node = await startTestNode("pglite", {
-      env: { PORT: String(port), TRUSTED_PROXIES: "127.0.0.1,::1", ...oidcEnv(provider, url) },
+      env: {
+        PORT: String(port),
+        TRUSTED_PROXIES: "127.0.0.1,::1",
+        OIDC_DEVICE_SIGN_INS_PER_ADDRESS: String(STARTS),
+        ...oidcEnv(provider, url),
+      },
     });
     client = api(node.url);
   });
@@ -31,10 +41,24 @@ describe("the native sign-in flow's budgets per client address", () => {
   const from = (address: string, path: string, body: unknown) =>
     client.call("POST", path, { body, headers: { "x-forwarded-for": address } });
 
-  test("past 30 starts in 15 minutes an address is answered 429 without asking the provider; another address is not", async () => {
-    const { limit } = DEVICE_FLOW_LIMITS.starts;
+  /** `count` polls of `deviceCode` from `address`, 100 at a time; their answers' HTTP statuses and bodies. */
+  async function pollMany(address: string, deviceCode: string, count: number) {
+    const replies: { status: number; body: any }[] = [];
+    for (let sent = 0; sent < count; sent += 100) {
+      const batch = await Promise.all(
+        Array.from({ length: Math.min(100, count - sent) }, () =>
+          from(address, "/v1/oidc/device/poll", { deviceCode, interval: 5 }),
+        ),
+      );
+      replies.push(...batch.map(({ status, body }) => ({ status, body })));
+    }
+    return replies;
+  }
+
+  test("past OIDC_DEVICE_SIGN_INS_PER_ADDRESS starts in 15 minutes an address is answered 429 without asking the provider; another address is not", async () => {
     const statuses: number[] = [];
-    for (let i = 0; i < limit; i++) statuses.push((await from("203.0.113.20", "/v1/oidc/device", {})).status);
+    for (let i = 0; i < STARTS; i++)
+      statuses.push((await from("203.0.113.20", "/v1/oidc/device", {})).status);
     expect(statuses.every((status) => status === 200)).toBe(true);
     const refused = await from("203.0.113.20", "/v1/oidc/device", {});
     expect(refused.status).toBe(429);
@@ -43,23 +67,58 @@ describe("the native sign-in flow's budgets per client address", () => {
     expect((await from("203.0.113.21", "/v1/oidc/device", {})).status).toBe(200);
   });
 
-  test("past 1,800 polls in 15 minutes an address is told slow_down without the provider being asked", async () => {
-    const { limit } = DEVICE_FLOW_LIMITS.polls;
-    const poll = () => from("203.0.113.30", "/v1/oidc/device/poll", { deviceCode: "made-up", interval: 5 });
-    let unknown = 0;
-    for (let sent = 0; sent < limit; sent += 100) {
-      const batch = await Promise.all(Array.from({ length: Math.min(100, limit - sent) }, poll));
-      unknown += batch.filter((reply) => reply.status === 401).length;
-    }
-    // The provider did not know the made-up code each time it was asked.
-    expect(unknown).toBe(limit);
-    const slowed = await poll();
+  test("a device code this server did not issue is refused 401 without the provider being asked, and thousands of them do not hold up a real sign-in from the same address", async () => {
+    const address = "203.0.113.30";
+    const started = await from(address, "/v1/oidc/device", {});
+    expect(started.status).toBe(200);
+    const { deviceCode, userCode, verificationUri, interval } = started.body;
+    const altered = `${deviceCode.slice(0, -2)}${deviceCode.endsWith("AA") ? "BB" : "AA"}`;
+    const foreign = await new DeviceCodeSealer("another node's secret, not this cluster's").seal("x", 600);
+    const asked = provider.tokenRequests;
+    // More made-up polls than the whole address was allowed before (1,800 per 15 minutes).
+    const forged = [
+      ...(await pollMany(address, "made-up", 1_900)),
+      ...(await pollMany(address, altered, 50)),
+      ...(await pollMany(address, foreign, 50)),
+    ];
+    expect(forged.filter((reply) => reply.status === 401)).toHaveLength(2_000);
+    expect(forged[0].body.error.code).toBe("unauthorized");
+    expect(provider.tokenRequests).toBe(asked);
+
+    // The classmate's sign-in, from the same address, still reaches the provider and completes.
+    const pending = await from(address, "/v1/oidc/device/poll", { deviceCode, interval });
+    expect(pending.body).toEqual({ status: "pending", interval });
+    expect(provider.tokenRequests).toBe(asked + 1);
+    await new TestBrowser().walk(verificationUri, { login: "classmate", userCode, stop: () => false });
+    const done = await from(address, "/v1/oidc/device/poll", { deviceCode, interval });
+    expect(done.status).toBe(200);
+    expect(done.body.status).toBe("done");
+    const session = await from(address, "/v1/oidc/sessions", { code: done.body.code, registrationId: 1 });
+    expect(session.status).toBe(201);
+  });
+
+  test("past its own budget a device code is told slow_down without the provider being asked; another code from the same address is not", async () => {
+    const address = "203.0.113.50";
+    const { limit } = DEVICE_FLOW_LIMITS.pollsPerCode;
+    const first = await from(address, "/v1/oidc/device", {});
+    const second = await from(address, "/v1/oidc/device", {});
+    expect([first.status, second.status]).toEqual([200, 200]);
+    const polled = await pollMany(address, first.body.deviceCode, limit);
+    expect(polled.filter((reply) => reply.body.status === "pending")).toHaveLength(limit);
+    const asked = provider.tokenRequests;
+    const slowed = await from(address, "/v1/oidc/device/poll", {
+      deviceCode: first.body.deviceCode,
+      interval: 5,
+    });
     expect(slowed.status).toBe(200);
     expect(slowed.body).toEqual({ status: "slow_down", interval: 10 });
-    // Another address's poll still reaches the provider.
-    expect(
-      (await from("203.0.113.31", "/v1/oidc/device/poll", { deviceCode: "made-up", interval: 5 })).status,
-    ).toBe(401);
+    expect(provider.tokenRequests).toBe(asked);
+    const other = await from(address, "/v1/oidc/device/poll", {
+      deviceCode: second.body.deviceCode,
+      interval: 5,
+    });
+    expect(other.body).toEqual({ status: "pending", interval: 5 });
+    expect(provider.tokenRequests).toBe(asked + 1);
   });
 
   test("the provider's own slow_down adds 5 s up to 600 s, so the client's next poll with it is still accepted", async () => {

@@ -46,6 +46,8 @@ export class TestProvider {
    * sends; unset: untouched.
    */
   tamperErrors: ((body: Record<string, unknown>) => Record<string, unknown>) | undefined;
+  /** Requests the token endpoint has had (a device sign-in's polls among them). */
+  tokenRequests = 0;
   /** `kid`s of the ID tokens the token endpoint sent, in order. */
   readonly idTokenKids: string[] = [];
   /** Claims per `sub`; a `sub` not listed gets `preferred_username` = the `sub`. */
@@ -122,6 +124,7 @@ export class TestProvider {
   /** Serves the provider; token endpoint answers go through `tamperTokens` when it is set. */
   private handle(req: IncomingMessage, res: ServerResponse): void {
     if (req.url?.startsWith("/token")) {
+      this.tokenRequests++;
       const end = res.end.bind(res);
       const chunks: Buffer[] = [];
       const write = (chunk: unknown) => {
