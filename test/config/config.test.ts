@@ -128,6 +128,16 @@ describe("configuration", () => {
       "LOGIN_ATTEMPTS_PER_ADDRESS: expected password checks one client address",
     ],
     ["LOGINS_PER_ACCOUNT", "x", "LOGINS_PER_ACCOUNT: expected successful password checks"],
+    [
+      "OIDC_DEVICE_SIGN_INS_PER_ADDRESS",
+      "0",
+      "OIDC_DEVICE_SIGN_INS_PER_ADDRESS: expected device sign-ins (POST /v1/oidc/device) one client address",
+    ],
+    [
+      "OIDC_DEVICE_SIGN_INS_PER_ADDRESS",
+      "1.5",
+      "OIDC_DEVICE_SIGN_INS_PER_ADDRESS: expected device sign-ins (POST /v1/oidc/device) one client address",
+    ],
     ["LOGIN_FAILURES_PER_ADDRESS", "0", "LOGIN_FAILURES_PER_ADDRESS: expected wrong passwords"],
     // One address may land twice its budget in one account window: 20 is not more than twice 10.
     [
@@ -151,6 +161,11 @@ describe("configuration", () => {
       failuresPerAddress: 10,
       failuresPerAccount: 100,
     });
+    expect(defaults.oidcDeviceSignInsPerAddress).toBe(30);
+    expect(
+      loadConfig({ DATA_DIR: "/tmp/x", JWT_SECRET: "x".repeat(32), OIDC_DEVICE_SIGN_INS_PER_ADDRESS: "500" })
+        .oidcDeviceSignInsPerAddress,
+    ).toBe(500);
     const set = loadConfig({
       DATA_DIR: "/tmp/x",
       JWT_SECRET: "x".repeat(32),
