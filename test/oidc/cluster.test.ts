@@ -65,4 +65,12 @@ describe("back-channel logout in a two-node cluster on PostgreSQL, Redis and Rab
     expect((await onA.whenClosed(5000)).code).toBe(CloseCode.revoked);
     expect((await api(b.url).get("/v1/devices", first.body.accessToken)).status).toBe(401);
   });
+
+  test("a device code sealed by node A is polled on node B (the key comes from the shared JWT_SECRET)", async () => {
+    const started = await api(a.url).post("/v1/oidc/device", {});
+    expect(started.status).toBe(200);
+    const { deviceCode, interval } = started.body;
+    const polled = await api(b.url).post("/v1/oidc/device/poll", { deviceCode, interval });
+    expect(polled.body).toEqual({ status: "pending", interval });
+  });
 });
