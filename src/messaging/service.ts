@@ -469,11 +469,14 @@ export class MessagingService {
     if (await this.isBlocked(frame.to.user, from.userId))
       return { outcome: Promise.resolve<SendOutcome>({ type: "accepted", id: frame.id, ts }) };
     // The sender's storage quota, last of the checks: only a send that will be stored spends it.
+    // `bytes`: what the quota counted (0 if it let the send through uncounted), all a refund may give back.
     let bytes = 0;
     if (this.quota) {
-      for (const m of frame.messages) bytes += decodedLength(m.body);
-      const charged = await this.quota.charge(from.userId, bytes);
+      let size = 0;
+      for (const m of frame.messages) size += decodedLength(m.body);
+      const charged = await this.quota.charge(from.userId, size);
       if (!charged.allowed) return reject({ code: "rate_limited", retryAfterMs: charged.retryAfterMs });
+      bytes = charged.charged;
     }
     // Again after the last await: from here to `track` nothing yields, so the fence either refused
     // this send or waits for it.
@@ -500,7 +503,7 @@ export class MessagingService {
         // A re-sent id stored nothing new: its bytes go back to the quota.
         if (bytes > 0 && toDeliver.length < envelopes.length) {
           const again = envelopes.reduce((sum, e, i) => (fresh[i] ? sum : sum + decodedLength(e.body)), 0);
-          void this.quota?.refund(from.userId, again);
+          void this.quota?.refund(from.userId, Math.min(again, bytes));
         }
         // Durable now: a failure to reach the actor is recovered from the log, so it does not un-accept.
         // Handed over in commit order (the ask leaves before any await), so per-sender order holds.
@@ -523,11 +526,13 @@ export class MessagingService {
   async sendGroup(from: Principal, frame: GroupSend): Promise<SendOutcome> {
     if (this.erasing.has(from.userId)) return { type: "rejected", id: frame.id, code: "not_member" };
     if (this.inFlight >= this.flow.window) return this.busy(frame.id);
-    const bytes = this.quota ? decodedLength(frame.message.body) : 0;
+    // `bytes`: what the quota counted (0 if it let the send through uncounted), all a refund may give back.
+    let bytes = 0;
     if (this.quota) {
-      const charged = await this.quota.charge(from.userId, bytes);
+      const charged = await this.quota.charge(from.userId, decodedLength(frame.message.body));
       if (!charged.allowed)
         return { type: "rejected", id: frame.id, code: "rate_limited", retryAfterMs: charged.retryAfterMs };
+      bytes = charged.charged;
       // Again after the await: from here to `track` nothing yields.
       if (this.erasing.has(from.userId)) {
         void this.quota.refund(from.userId, bytes);

@@ -26,6 +26,15 @@ export function decodedLength(base64: string): number {
   return Math.floor((base64.length * 3) / 4) - padding;
 }
 
+/**
+ * A `charge`'s answer: allowed with the bytes it counted against the budget (`charged`: what a
+ * refund may give back; 0 when the limiter failed and the send was let through uncounted), or
+ * refused with the ms until the window ends.
+ */
+export type QuotaDecision =
+  | { allowed: true; charged: number }
+  | Extract<RateLimitDecision, { allowed: false }>;
+
 /** Options of a StorageQuota; the defaults are the node's, tests shorten them. */
 export interface StorageQuotaOptions {
   /** The window (ms); a day but in tests. */
@@ -89,24 +98,27 @@ export class StorageQuota {
   }
 
   /**
-   * Charges `bytes` (decoded ciphertext bytes, > 0) to `userId`'s window. Allowed, or refused with
-   * the ms until the window ends (the refused bytes are not kept). No round trip while this node's
-   * lease covers it; otherwise one to take a new lease, and near the budget up to three more
-   * (refuse the lease, give back what is held, count exactly). Never rejects: a limiter failure allows.
+   * Charges `bytes` (decoded ciphertext bytes, > 0) to `userId`'s window. Allowed with the bytes
+   * counted (`charged`: `bytes`, or 0 when the limiter failed and the send was let through
+   * uncounted), or refused with the ms until the window ends (the refused bytes are not kept). A
+   * caller refunds at most `charged`, never the bytes it asked for: a refund of bytes the limiter
+   * never counted would add budget. No round trip while this node's lease covers it; otherwise one
+   * to take a new lease, and near the budget up to three more (refuse the lease, give back what is
+   * held, count exactly). Never rejects: a limiter failure allows.
    */
-  async charge(userId: string, bytes: number): Promise<RateLimitDecision> {
+  async charge(userId: string, bytes: number): Promise<QuotaDecision> {
     const held = this.leases.get(userId);
     if (held && held.bytes >= bytes) {
       held.bytes -= bytes;
       held.usedAt = this.now();
-      return { allowed: true };
+      return { allowed: true, charged: bytes };
     }
     try {
       if (this.leaseBytes > 0) {
         const want = bytes + this.leaseBytes;
         if ((await this.limiter.hit(this.rule, userId, want)).allowed) {
           this.hold(userId, this.leaseBytes);
-          return { allowed: true };
+          return { allowed: true, charged: bytes };
         }
         await this.limiter.release(this.rule, userId, want);
         // Near the budget: what this node holds goes back, and this send is counted exactly.
@@ -115,16 +127,22 @@ export class StorageQuota {
         if (left && left.bytes > 0) await this.limiter.release(this.rule, userId, left.bytes);
       }
       const decision = await this.limiter.hit(this.rule, userId, bytes);
-      if (!decision.allowed) await this.limiter.release(this.rule, userId, bytes);
+      if (decision.allowed) return { allowed: true, charged: bytes };
+      await this.limiter.release(this.rule, userId, bytes);
       return decision;
     } catch (error) {
+      // Let through uncounted: nothing to refund should the send store nothing.
       this.failures.note({ err: error });
-      return { allowed: true };
+      return { allowed: true, charged: 0 };
     }
   }
 
-  /** Gives back bytes charged for a send that then stored nothing (a group send refused by its actor, a re-sent id). */
+  /**
+   * Gives back bytes a `charge` counted (its `charged`, at most) for a send that then stored nothing
+   * (a group send refused by its actor, a re-sent id, a failed append). Nothing for 0 or less.
+   */
   async refund(userId: string, bytes: number): Promise<void> {
+    if (!(bytes > 0)) return;
     // Charged already: with leases they join this node's lease, which goes back when idle.
     if (this.leaseBytes > 0) {
       this.hold(userId, bytes);

@@ -40,7 +40,7 @@ describe("storage quota over each limiter", () => {
     test("allows bytes up to the budget, then refuses with the window's time left and keeps nothing of the refusal", async () => {
       const quota = new StorageQuota(make(), 3000, quiet, { windowMs: 60_000 });
       const user = randomUUID();
-      expect(await quota.charge(user, 2000)).toEqual({ allowed: true });
+      expect(await quota.charge(user, 2000)).toMatchObject({ allowed: true });
       const refused = await quota.charge(user, 1001);
       expect(refused.allowed).toBe(false);
       if (!refused.allowed) {
@@ -48,22 +48,22 @@ describe("storage quota over each limiter", () => {
         expect(refused.retryAfterMs).toBeLessThanOrEqual(60_000);
       }
       // The refused 1001 bytes were not kept: exactly the 1000 left still fit, then nothing.
-      expect(await quota.charge(user, 1000)).toEqual({ allowed: true });
+      expect(await quota.charge(user, 1000)).toMatchObject({ allowed: true });
       expect((await quota.charge(user, 1)).allowed).toBe(false);
       // Another account has a budget of its own.
-      expect(await quota.charge(randomUUID(), 3000)).toEqual({ allowed: true });
+      expect(await quota.charge(randomUUID(), 3000)).toMatchObject({ allowed: true });
     });
 
     test("a refund gives bytes back; the budget starts again once the window has passed", async () => {
       const quota = new StorageQuota(make(), 1000, quiet, { windowMs: 300 });
       const user = randomUUID();
-      expect(await quota.charge(user, 1000)).toEqual({ allowed: true });
+      expect(await quota.charge(user, 1000)).toMatchObject({ allowed: true });
       expect((await quota.charge(user, 400)).allowed).toBe(false);
       await quota.refund(user, 400);
-      expect(await quota.charge(user, 400)).toEqual({ allowed: true });
+      expect(await quota.charge(user, 400)).toMatchObject({ allowed: true });
       expect((await quota.charge(user, 1)).allowed).toBe(false);
       await Bun.sleep(400);
-      expect(await quota.charge(user, 1000)).toEqual({ allowed: true });
+      expect(await quota.charge(user, 1000)).toMatchObject({ allowed: true });
     });
   });
 
@@ -90,7 +90,7 @@ describe("storage quota over each limiter", () => {
       const { limiter, calls } = counted();
       const quota = new StorageQuota(limiter, 2 * MIB4, quiet, { windowMs: 60_000 });
       const user = randomUUID();
-      for (let i = 0; i < 1000; i++) expect(await quota.charge(user, 100)).toEqual({ allowed: true });
+      for (let i = 0; i < 1000; i++) expect(await quota.charge(user, 100)).toMatchObject({ allowed: true });
       // 100,000 bytes in leases of 8 KiB (1/1024 of the budget): 13 hits.
       expect(calls.hits).toBeLessThanOrEqual(15);
       await quota.close();
@@ -131,7 +131,7 @@ describe("storage quota over each limiter", () => {
           now: () => clock,
         });
         const user = randomUUID();
-        expect(await quota.charge(user, 100)).toEqual({ allowed: true });
+        expect(await quota.charge(user, 100)).toMatchObject({ allowed: true });
         expect(quota.leasedAccounts).toBe(1);
         if (giveBack === "idle") {
           clock += 51;
@@ -140,12 +140,51 @@ describe("storage quota over each limiter", () => {
         expect(quota.leasedAccounts).toBe(0);
         // Another node may now spend all but the 100 bytes sent: nothing of the lease is still held.
         const other = new StorageQuota(shared, MIB4, quiet, { windowMs: 60_000 });
-        expect(await other.charge(user, MIB4 - 100)).toEqual({ allowed: true });
+        expect(await other.charge(user, MIB4 - 100)).toMatchObject({ allowed: true });
         expect((await other.charge(user, 1)).allowed).toBe(false);
         await other.close();
         quota.abort();
       }
     });
+  });
+
+  test("a send let through while Redis was unreachable counted nothing: refunding what its charge counted mints no budget", async () => {
+    const MIB4 = 4 * 1024 * 1024;
+    const link = new Redis(TEST_REDIS_URL, {
+      maxRetriesPerRequest: 0,
+      enableOfflineQueue: false,
+      lazyConnect: true,
+      retryStrategy: () => null,
+    });
+    link.on("error", () => {});
+    await link.connect();
+    try {
+      const quota = new StorageQuota(new RedisRateLimiter(link, prefix), MIB4, quiet, { windowMs: 60_000 });
+      const user = randomUUID();
+      // The link drops: three sends go through uncounted, and each turns out to store nothing (a
+      // re-sent id, a group send its actor refused), so the service refunds what each charge counted.
+      const ended = new Promise((resolve) => link.once("end", resolve));
+      link.disconnect();
+      await ended;
+      const during = await Promise.all([1, 2, 3].map(() => quota.charge(user, 200_000)));
+      for (const decision of during) {
+        expect(decision.allowed).toBe(true);
+        expect(decision.allowed && decision.charged).toBe(0);
+        if (decision.allowed) await quota.refund(user, decision.charged);
+      }
+      // The link is back: this node may store the budget, and not a byte more.
+      await link.connect();
+      let allowed = 0;
+      for (;;) {
+        const decision = await quota.charge(user, 100_000);
+        if (!decision.allowed) break;
+        allowed += 100_000;
+      }
+      expect(allowed).toBeLessThanOrEqual(MIB4);
+      await quota.close();
+    } finally {
+      link.disconnect();
+    }
   });
 
   test("with Redis unreachable, sends are let through (the quota does not take messaging down)", async () => {
@@ -158,7 +197,7 @@ describe("storage quota over each limiter", () => {
     down.on("error", () => {});
     try {
       const quota = new StorageQuota(new RedisRateLimiter(down, prefix), 10, quiet, { windowMs: 60_000 });
-      expect(await quota.charge(randomUUID(), 1000)).toEqual({ allowed: true });
+      expect(await quota.charge(randomUUID(), 1000)).toMatchObject({ allowed: true });
     } finally {
       down.disconnect();
     }
