@@ -73,6 +73,8 @@ export class StorageQuota {
   /** Bytes this node took from the shared counter and has not spent, per account, and when last used. */
   private readonly leases = new Map<string, { bytes: number; usedAt: number }>();
   private readonly sweeper: ReturnType<typeof setInterval> | undefined;
+  /** Accounts whose lease this node is taking now (a round trip in flight), settled when it ends. */
+  private readonly taking = new Map<string, Promise<void>>();
 
   constructor(
     private readonly limiter: RateLimiter,
@@ -104,14 +106,28 @@ export class StorageQuota {
    * caller refunds at most `charged`, never the bytes it asked for: a refund of bytes the limiter
    * never counted would add budget. No round trip while this node's lease covers it; otherwise one
    * to take a new lease, and near the budget up to three more (refuse the lease, give back what is
-   * held, count exactly). Never rejects: a limiter failure allows.
+   * held, count exactly); concurrent charges of one account that outrun the lease wait for the one
+   * lease being taken before taking another. Never rejects: a limiter failure allows.
    */
   async charge(userId: string, bytes: number): Promise<QuotaDecision> {
-    const held = this.leases.get(userId);
-    if (held && held.bytes >= bytes) {
-      held.bytes -= bytes;
-      held.usedAt = this.now();
-      return { allowed: true, charged: bytes };
+    if (this.spend(userId, bytes)) return { allowed: true, charged: bytes };
+    // A lease being taken for this account: wait for it once and spend from it if it covers this
+    // send. Without this, concurrent sends that outran the lease each took a lease of their own
+    // (128 devices: 128 leases held), refusing the account on other nodes that much early.
+    const taking = this.taking.get(userId);
+    if (taking) {
+      await taking;
+      if (this.spend(userId, bytes)) return { allowed: true, charged: bytes };
+    }
+    let taken = () => {};
+    if (this.leaseBytes > 0 && !this.taking.has(userId)) {
+      const take = new Promise<void>((resolve) => {
+        taken = () => {
+          if (this.taking.get(userId) === take) this.taking.delete(userId);
+          resolve();
+        };
+      });
+      this.taking.set(userId, take);
     }
     try {
       if (this.leaseBytes > 0) {
@@ -134,7 +150,18 @@ export class StorageQuota {
       // Let through uncounted: nothing to refund should the send store nothing.
       this.failures.note({ err: error });
       return { allowed: true, charged: 0 };
+    } finally {
+      taken();
     }
+  }
+
+  /** Spends `bytes` from this node's lease of `userId` if it holds that many; false otherwise. */
+  private spend(userId: string, bytes: number): boolean {
+    const held = this.leases.get(userId);
+    if (!held || held.bytes < bytes) return false;
+    held.bytes -= bytes;
+    held.usedAt = this.now();
+    return true;
   }
 
   /**

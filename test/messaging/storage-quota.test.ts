@@ -121,6 +121,25 @@ describe("storage quota over each limiter", () => {
       await Promise.all([a.close(), b.close()]);
     });
 
+    test("concurrent sends of one account that outrun the lease take one new lease, not one each", async () => {
+      // 128 sends at once (the account's devices on one node) with no lease left: each taking a
+      // lease of its own held 128 leases (32 MiB of the default budget), and another node was
+      // refused that much early.
+      const shared = make();
+      const budget = 64 * MIB4;
+      const lease = budget / 1024;
+      const a = new StorageQuota(shared, budget, quiet, { windowMs: 60_000 });
+      const b = new StorageQuota(shared, budget, quiet, { windowMs: 60_000 });
+      const user = randomUUID();
+      const first = await Promise.all(Array.from({ length: 128 }, () => a.charge(user, 1000)));
+      expect(first.every((d) => d.allowed)).toBe(true);
+      let allowed = 0;
+      while ((await b.charge(user, 64 * 1024)).allowed) allowed += 64 * 1024;
+      // b is refused at most a's one lease (and its own last partial send) early.
+      expect(allowed).toBeGreaterThanOrEqual(budget - 128 * 1000 - lease - 64 * 1024);
+      await Promise.all([a.close(), b.close()]);
+    });
+
     test("an idle lease, and every lease at close, goes back to the shared counter", async () => {
       const shared = make();
       for (const giveBack of ["idle", "close"] as const) {
