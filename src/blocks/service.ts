@@ -2,6 +2,7 @@ import { and, asc, count, eq, sql } from "drizzle-orm";
 import type { Db } from "../db/index.ts";
 import { accounts, blocks, groupInvitations } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
+import { lockInvitees } from "../groups/invitee-lock.ts";
 import { MAX_BLOCKS } from "./model.ts";
 
 /**
@@ -71,6 +72,9 @@ export class BlockService {
         .returning({ userId: blocks.userId });
       if (inserted.length > 0 && n >= MAX_BLOCKS)
         throw new DomainError("conflict", `an account blocks at most ${MAX_BLOCKS} users`);
+      // Invitations to this user wait (or are waited for): one from `target` in flight reads this
+      // block once it may, or is written before and deleted below.
+      await lockInvitees(tx, [userId]);
       await tx
         .delete(groupInvitations)
         .where(and(eq(groupInvitations.userId, userId), eq(groupInvitations.invitedBy, target)));

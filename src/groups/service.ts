@@ -4,6 +4,7 @@ import type { Db } from "../db/index.ts";
 import { accounts, blocks, groupInvitations, groupMembers, groups } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import type { ErasureFence } from "../fence/index.ts";
+import { lockInvitees } from "./invitee-lock.ts";
 import {
   MAX_GROUP_MEMBERS,
   MAX_GROUPS_PER_USER,
@@ -11,21 +12,6 @@ import {
   MAX_PENDING_INVITATIONS_PER_INVITER,
 } from "./model.ts";
 import { keepAnAdmin, lockGroups, type Succession, type Tx } from "./succession.ts";
-
-/**
- * Advisory lock class (the two-key form of `pg_advisory_xact_lock`, PostgreSQL manual, "Advisory
- * Lock Functions") under which invitations to a user are serialised: their caps count the
- * invitee's pending invitations, and two transactions counting at once would each see room for one.
- */
-const INVITEE_LOCK_CLASS = 0x696e_7669; // "invi"
-
-/** Invitees share this many locks (by user id): a creation inviting 9,999 takes at most this many. */
-const INVITEE_LOCK_BUCKETS = 256;
-
-/** The lock bucket of a user id (a server-made UUID: its first 32 bits are random). */
-function inviteeBucket(userId: string): number {
-  return Number.parseInt(userId.slice(0, 8), 16) % INVITEE_LOCK_BUCKETS;
-}
 
 export interface GroupInfo {
   groupId: string;
@@ -129,14 +115,20 @@ export class GroupService {
       .select({ userId: groupInvitations.userId })
       .from(groupInvitations)
       .where(and(eq(groupInvitations.groupId, groupId), inArray(groupInvitations.userId, invitees)));
+    const skip = new Set([...present, ...invited].map((r) => r.userId));
+    const named = invitees.filter((u) => !skip.has(u));
+    if (named.length === 0) return [];
+    await this.lockInvitees(tx, named);
+    // Blocks are read under the invitees' locks, which a block takes too (`lockInvitees` of the
+    // blocker): read before, a block committed meanwhile deleted no invitation (this one was not
+    // written yet) and this one was written after it, an invitation from someone the invitee blocks.
     const blockers = await tx
       .select({ userId: blocks.userId })
       .from(blocks)
-      .where(and(eq(blocks.blockedUserId, inviter), inArray(blocks.userId, invitees)));
-    const skip = new Set([...present, ...invited, ...blockers].map((r) => r.userId));
-    const fresh = invitees.filter((u) => !skip.has(u));
+      .where(and(eq(blocks.blockedUserId, inviter), inArray(blocks.userId, named)));
+    const blocking = new Set(blockers.map((r) => r.userId));
+    const fresh = named.filter((u) => !blocking.has(u));
     if (fresh.length === 0) return [];
-    await this.lockInvitees(tx, fresh);
     const [{ members }] = await tx
       .select({ members: count() })
       .from(groupMembers)
@@ -186,11 +178,7 @@ export class GroupService {
    * buckets are taken in ascending order in one statement, so two transactions never wait on each other.
    */
   private async lockInvitees(tx: Tx, invitees: readonly string[]): Promise<void> {
-    const buckets = [...new Set(invitees.map(inviteeBucket))].sort((a, b) => a - b);
-    await tx.execute(
-      sql`select pg_advisory_xact_lock(${sql.raw(String(INVITEE_LOCK_CLASS))}, b)
-        from unnest(${sql.raw(`'{${buckets.join(",")}}'`)}::int[]) as b`,
-    );
+    await lockInvitees(tx, invitees);
   }
 
   /**

@@ -53,4 +53,36 @@ describe("the block cap under concurrent blocks (PostgreSQL)", () => {
     );
     expect(await blocksOf(blocker.userId)).toBe(MAX_BLOCKS);
   }, 120_000);
+
+  test("a block racing invitations from the one blocked and an accept: none of theirs is left pending, nothing fails", async () => {
+    const fromBlocked = async (blocker: string, blocked: string) =>
+      rowsOf<{ n: number }>(
+        await node.database.db.execute(
+          sql`select count(*)::int as n from group_invitations where user_id = ${blocker} and invited_by = ${blocked}`,
+        ),
+      )[0]?.n;
+    const statuses = new Set<number>();
+    let left = 0;
+    for (let round = 0; round < 20; round++) {
+      const inviter = await registerAndLogin(client);
+      const invitee = await registerAndLogin(client);
+      const created = await client.post(
+        "/v1/groups",
+        { name: "g", members: [invitee.userId] },
+        inviter.accessToken,
+      );
+      const answers = await Promise.all([
+        client.post(`/v1/blocks/${inviter.userId}`, undefined, invitee.accessToken),
+        client.post(`/v1/invitations/${created.body.groupId}/accept`, undefined, invitee.accessToken),
+        ...Array.from({ length: 5 }, () =>
+          client.post("/v1/groups", { name: "g", members: [invitee.userId] }, inviter.accessToken),
+        ),
+      ]);
+      for (const a of answers) statuses.add(a.status);
+      left += (await fromBlocked(invitee.userId, inviter.userId)) ?? 0;
+    }
+    // Read before the block committed, an invitation was written after its delete (27 of 30 rounds).
+    expect(left).toBe(0);
+    expect([...statuses].every((s) => s < 500)).toBe(true);
+  }, 300_000);
 });
