@@ -474,9 +474,13 @@ export class MessagingService {
     if (this.quota) {
       let size = 0;
       for (const m of frame.messages) size += decodedLength(m.body);
-      const charged = await this.quota.charge(from.userId, size);
-      if (!charged.allowed) return reject({ code: "rate_limited", retryAfterMs: charged.retryAfterMs });
-      bytes = charged.charged;
+      // The lease covers the usual send without an await; past it, the shared counter is asked.
+      if (this.quota.spend(from.userId, size)) bytes = size;
+      else {
+        const charged = await this.quota.charge(from.userId, size);
+        if (!charged.allowed) return reject({ code: "rate_limited", retryAfterMs: charged.retryAfterMs });
+        bytes = charged.charged;
+      }
     }
     // Again after the last await: from here to `track` nothing yields, so the fence either refused
     // this send or waits for it.
@@ -529,11 +533,15 @@ export class MessagingService {
     // `bytes`: what the quota counted (0 if it let the send through uncounted), all a refund may give back.
     let bytes = 0;
     if (this.quota) {
-      const charged = await this.quota.charge(from.userId, decodedLength(frame.message.body));
-      if (!charged.allowed)
-        return { type: "rejected", id: frame.id, code: "rate_limited", retryAfterMs: charged.retryAfterMs };
-      bytes = charged.charged;
-      // Again after the await: from here to `track` nothing yields.
+      const size = decodedLength(frame.message.body);
+      if (this.quota.spend(from.userId, size)) bytes = size;
+      else {
+        const charged = await this.quota.charge(from.userId, size);
+        if (!charged.allowed)
+          return { type: "rejected", id: frame.id, code: "rate_limited", retryAfterMs: charged.retryAfterMs };
+        bytes = charged.charged;
+      }
+      // Again after a possible await: from here to `track` nothing yields.
       if (this.erasing.has(from.userId)) {
         void this.quota.refund(from.userId, bytes);
         return { type: "rejected", id: frame.id, code: "not_member" };

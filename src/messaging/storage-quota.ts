@@ -155,8 +155,12 @@ export class StorageQuota {
     }
   }
 
-  /** Spends `bytes` from this node's lease of `userId` if it holds that many; false otherwise. */
-  private spend(userId: string, bytes: number): boolean {
+  /**
+   * Spends `bytes` from this node's lease of `userId` if it holds that many (true: counted, as a
+   * `charge` allowing `bytes`); false otherwise, and the caller `charge`s. Synchronous: the usual
+   * send, covered by the lease, costs its caller no await.
+   */
+  spend(userId: string, bytes: number): boolean {
     const held = this.leases.get(userId);
     if (!held || held.bytes < bytes) return false;
     held.bytes -= bytes;
