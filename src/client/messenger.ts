@@ -659,6 +659,9 @@ export class Messenger extends EventEmitter<MessengerEvents> {
         this.pending.get(frame.id)?.(frame);
         this.pending.delete(frame.id);
         return;
+      case "auth.ok":
+        this.reauth?.acknowledged();
+        return;
       case "error": {
         // `internal` names a send the server did not accept: it goes again with the same id, as a
         // `busy` would (docs/PROTOCOL.md); other errors concern frames without an answer.

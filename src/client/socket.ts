@@ -71,6 +71,7 @@ export class ClearBoxSocket {
   ) {
     this.reauth = tokens && new SocketReauthentication(tokens, (frame) => this.send(frame)).start();
     socket.addEventListener("message", (event) => this.dispatch(String(event.data)));
+    this.on("auth.ok", () => this.reauth?.acknowledged());
     socket.addEventListener("close", (event) => {
       this.reauth?.stop();
       // No answer comes on a closed socket: the caller sends again on its next connection.
