@@ -474,18 +474,16 @@ export class MessagingService {
     if (this.quota) {
       let size = 0;
       for (const m of frame.messages) size += decodedLength(m.body);
-      // The lease covers the usual send without an await; past it, the shared counter is asked.
-      if (this.quota.spend(from.userId, size)) bytes = size;
-      else {
-        const charged = await this.quota.charge(from.userId, size);
-        if (!charged.allowed) return reject({ code: "rate_limited", retryAfterMs: charged.retryAfterMs });
-        bytes = charged.charged;
-      }
+      // Synchronous while the node's lease covers it; past it, the shared counter is asked.
+      let charged = this.quota.charge(from.userId, size);
+      if (charged instanceof Promise) charged = await charged;
+      if (!charged.allowed) return reject({ code: "rate_limited", retryAfterMs: charged.retryAfterMs });
+      bytes = charged.charged;
     }
     // Again after the last await: from here to `track` nothing yields, so the fence either refused
     // this send or waits for it.
     if (this.erasing.has(frame.to.user) || this.erasing.has(from.userId)) {
-      if (bytes > 0) void this.quota?.refund(from.userId, bytes);
+      void this.quota?.refund(from.userId, bytes);
       return reject({ code: "unknown_recipient" });
     }
     const envelopes: StoredEnvelope[] = frame.messages.map((m) => ({
@@ -516,7 +514,7 @@ export class MessagingService {
       },
       (error: unknown) => {
         // Not stored: the sender sends it again, and is not charged twice.
-        if (bytes > 0) void this.quota?.refund(from.userId, bytes);
+        void this.quota?.refund(from.userId, bytes);
         throw error;
       },
     );
@@ -532,24 +530,19 @@ export class MessagingService {
     if (this.inFlight >= this.flow.window) return this.busy(frame.id);
     // `bytes`: what the quota counted (0 if it let the send through uncounted), all a refund may give back.
     let bytes = 0;
+    const refund = () => void this.quota?.refund(from.userId, bytes);
     if (this.quota) {
-      const size = decodedLength(frame.message.body);
-      if (this.quota.spend(from.userId, size)) bytes = size;
-      else {
-        const charged = await this.quota.charge(from.userId, size);
-        if (!charged.allowed)
-          return { type: "rejected", id: frame.id, code: "rate_limited", retryAfterMs: charged.retryAfterMs };
-        bytes = charged.charged;
-      }
+      let charged = this.quota.charge(from.userId, decodedLength(frame.message.body));
+      if (charged instanceof Promise) charged = await charged;
+      if (!charged.allowed)
+        return { type: "rejected", id: frame.id, code: "rate_limited", retryAfterMs: charged.retryAfterMs };
+      bytes = charged.charged;
       // Again after a possible await: from here to `track` nothing yields.
       if (this.erasing.has(from.userId)) {
-        void this.quota.refund(from.userId, bytes);
+        refund();
         return { type: "rejected", id: frame.id, code: "not_member" };
       }
     }
-    const refund = () => {
-      if (bytes > 0) void this.quota?.refund(from.userId, bytes);
-    };
     this.inFlight++;
     let reply: GroupSendResult;
     try {

@@ -107,10 +107,17 @@ export class StorageQuota {
    * never counted would add budget. No round trip while this node's lease covers it; otherwise one
    * to take a new lease, and near the budget up to three more (refuse the lease, give back what is
    * held, count exactly); concurrent charges of one account that outrun the lease wait for the one
-   * lease being taken before taking another. Never rejects: a limiter failure allows.
+   * lease being taken before taking another. Never rejects: a limiter failure allows. Answers
+   * synchronously (no promise) when this node's lease covers the send, so the usual send costs its
+   * caller no await.
    */
-  async charge(userId: string, bytes: number): Promise<QuotaDecision> {
+  charge(userId: string, bytes: number): QuotaDecision | Promise<QuotaDecision> {
     if (this.spend(userId, bytes)) return { allowed: true, charged: bytes };
+    return this.chargeShared(userId, bytes);
+  }
+
+  /** `charge` past this node's lease: from the shared counter. */
+  private async chargeShared(userId: string, bytes: number): Promise<QuotaDecision> {
     // A lease being taken for this account: wait for it once and spend from it if it covers this
     // send. Without this, concurrent sends that outran the lease each took a lease of their own
     // (128 devices: 128 leases held), refusing the account on other nodes that much early.
@@ -155,12 +162,8 @@ export class StorageQuota {
     }
   }
 
-  /**
-   * Spends `bytes` from this node's lease of `userId` if it holds that many (true: counted, as a
-   * `charge` allowing `bytes`); false otherwise, and the caller `charge`s. Synchronous: the usual
-   * send, covered by the lease, costs its caller no await.
-   */
-  spend(userId: string, bytes: number): boolean {
+  /** Spends `bytes` from this node's lease of `userId` if it holds that many; false otherwise. */
+  private spend(userId: string, bytes: number): boolean {
     const held = this.leases.get(userId);
     if (!held || held.bytes < bytes) return false;
     held.bytes -= bytes;
@@ -179,9 +182,7 @@ export class StorageQuota {
       this.hold(userId, bytes);
       return;
     }
-    await this.limiter
-      .release(this.rule, userId, bytes)
-      .catch((error: unknown) => this.failures.note({ err: error }));
+    await this.giveBack(userId, bytes);
   }
 
   /** Forgets `userId`'s lease without giving it back (erasure: the shared counter is dropped too). */
