@@ -1,23 +1,9 @@
-import { and, asc, count, eq, sql } from "drizzle-orm";
+import { and, asc, count, eq } from "drizzle-orm";
 import type { Db } from "../db/index.ts";
 import { accounts, blocks, groupInvitations } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
-import { lockInvitees } from "../groups/invitee-lock.ts";
+import { lockBlocker, lockInvitees } from "../groups/invitee-lock.ts";
 import { MAX_BLOCKS } from "./model.ts";
-
-/**
- * Advisory lock class (the two-key form of `pg_advisory_xact_lock`, PostgreSQL manual, "Advisory
- * Lock Functions") under which one user's blocks are serialised: MAX_BLOCKS is counted and then a
- * block inserted, and two transactions counting at once would each see room for one. Not the
- * account's row: an `accept` holds an invitation row of the user and then locks that row, and a
- * block deletes invitations, so the two would deadlock.
- */
-const BLOCKER_LOCK_CLASS = 0x626c_6f6b; // "blok"
-
-/** The lock key of a user id: the first 32 bits of a server-made UUID (random), as a signed int4. */
-function blockerKey(userId: string): number {
-  return Number.parseInt(userId.slice(0, 8), 16) | 0;
-}
 
 /** One entry of a user's block list (`GET /v1/blocks`). */
 export interface BlockEntry {
@@ -61,9 +47,7 @@ export class BlockService {
     if (!account) throw new DomainError("not_found", "no such user");
     await this.db.transaction(async (tx) => {
       // The count below holds until commit: this user's other blocks wait here.
-      await tx.execute(
-        sql`select pg_advisory_xact_lock(${sql.raw(String(BLOCKER_LOCK_CLASS))}, ${sql.raw(String(blockerKey(userId)))})`,
-      );
+      await lockBlocker(tx, userId);
       const [{ n }] = await tx.select({ n: count() }).from(blocks).where(eq(blocks.userId, userId));
       const inserted = await tx
         .insert(blocks)

@@ -13,9 +13,32 @@ const INVITEE_LOCK_CLASS = 0x696e_7669; // "invi"
 /** Invitees share this many locks (by user id): a creation inviting 9,999 takes at most this many. */
 const INVITEE_LOCK_BUCKETS = 256;
 
-/** The lock bucket of a user id (a server-made UUID: its first 32 bits are random). */
+/**
+ * Advisory lock class under which one user's blocks are serialised: MAX_BLOCKS is counted and then
+ * a block inserted, and two transactions counting at once would each see room for one. Not the
+ * account's row: an `accept` holds an invitation row of the user and then locks that row, and a
+ * block deletes invitations, so the two would deadlock (src/blocks/service.ts).
+ */
+const BLOCKER_LOCK_CLASS = 0x626c_6f6b; // "blok"
+
+/** The first 32 bits of a user id (a server-made UUID: they are random), as a non-negative number. */
+function idBits(userId: string): number {
+  return Number.parseInt(userId.slice(0, 8), 16);
+}
+
+/** The lock bucket of a user id. */
 function inviteeBucket(userId: string): number {
-  return Number.parseInt(userId.slice(0, 8), 16) % INVITEE_LOCK_BUCKETS;
+  return idBits(userId) % INVITEE_LOCK_BUCKETS;
+}
+
+/**
+ * Serialises `userId`'s blocks until `tx` ends (its own lock, as a signed int4 key). Taken before
+ * the invitee locks (`lockInvitees`), which a block takes last.
+ */
+export async function lockBlocker(tx: Tx, userId: string): Promise<void> {
+  await tx.execute(
+    sql`select pg_advisory_xact_lock(${sql.raw(String(BLOCKER_LOCK_CLASS))}, ${sql.raw(String(idBits(userId) | 0))})`,
+  );
 }
 
 /**

@@ -118,7 +118,9 @@ export class GroupService {
     const skip = new Set([...present, ...invited].map((r) => r.userId));
     const named = invitees.filter((u) => !skip.has(u));
     if (named.length === 0) return [];
-    await this.lockInvitees(tx, named);
+    // The caps below hold under concurrent invitations (from other groups, which their own group
+    // locks do not exclude).
+    await lockInvitees(tx, named);
     // Blocks are read under the invitees' locks, which a block takes too (`lockInvitees` of the
     // blocker): read before, a block committed meanwhile deleted no invitation (this one was not
     // written yet) and this one was written after it, an invitation from someone the invitee blocks.
@@ -170,15 +172,6 @@ export class GroupService {
       .values(fresh.map((userId) => ({ groupId, userId, invitedBy: inviter })))
       .onConflictDoNothing();
     return fresh;
-  }
-
-  /**
-   * Serialises invitations to these users until `tx` ends, so the caps `invite` counts hold under
-   * concurrent invitations (from other groups, which their own group locks do not exclude). The
-   * buckets are taken in ascending order in one statement, so two transactions never wait on each other.
-   */
-  private async lockInvitees(tx: Tx, invitees: readonly string[]): Promise<void> {
-    await lockInvitees(tx, invitees);
   }
 
   /**
