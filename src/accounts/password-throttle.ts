@@ -1,5 +1,10 @@
-import { DomainError } from "../errors/index.ts";
-import type { RateLimitDecision, RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
+import type { DomainError } from "../errors/index.ts";
+import {
+  type RateLimitDecision,
+  type RateLimiter,
+  type RateLimitRule,
+  rateLimitedError,
+} from "../ratelimit/index.ts";
 
 /** Every login budget counts over this window (fixed, from the first attempt it counts). */
 export const LOGIN_WINDOW_MS = 15 * 60_000;
@@ -32,10 +37,7 @@ export const DEFAULT_LOGIN_LIMITS: LoginLimits = {
 };
 
 function refusal(decision: RateLimitDecision, message: string): DomainError | undefined {
-  if (decision.allowed) return undefined;
-  return new DomainError("rate_limited", message, {
-    retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
-  });
+  return decision.allowed ? undefined : rateLimitedError(decision.retryAfterMs, message);
 }
 
 /**

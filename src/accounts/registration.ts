@@ -5,7 +5,7 @@ import { isUniqueViolation } from "../db/errors.ts";
 import type { Db } from "../db/index.ts";
 import { registrationTokens } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
-import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
+import { type RateLimiter, type RateLimitRule, spendOrRefuse } from "../ratelimit/index.ts";
 
 /** Accounts one client address may create per hour, unless configured (`REGISTRATIONS_PER_ADDRESS`). */
 export const DEFAULT_REGISTRATIONS_PER_ADDRESS = 10;
@@ -147,12 +147,12 @@ export class RegistrationGate {
     address: string,
     token: string | undefined,
   ): Promise<((writer: Writer) => Promise<void>) | undefined> {
-    const decision = await this.limiter.hit(this.perAddress, address);
-    if (!decision.allowed) {
-      throw new DomainError("rate_limited", "too many accounts created from this address, retry later", {
-        retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
-      });
-    }
+    await spendOrRefuse(
+      this.limiter,
+      this.perAddress,
+      address,
+      "too many accounts created from this address, retry later",
+    );
     switch (this.mode) {
       case "open":
         return undefined;

@@ -19,7 +19,7 @@ import {
 import { DomainError } from "../errors/index.ts";
 import type { EnvelopeLog } from "../messaging/envelope-log.ts";
 import type { Presence } from "../messaging/presence.ts";
-import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
+import { type RateLimiter, type RateLimitRule, spendOrRefuse } from "../ratelimit/index.ts";
 
 const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64");
 
@@ -89,14 +89,13 @@ export class ExportService {
    */
   async export(userId: string, requestedBy: "self" | "admin") {
     const limiter = requestedBy === "self" ? this.deps.rateLimiter : undefined;
-    if (limiter) {
-      const decision = await limiter.hit(SELF_EXPORT_LIMIT, userId);
-      if (!decision.allowed) {
-        throw new DomainError("rate_limited", "too many exports of this account, retry later", {
-          retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
-        });
-      }
-    }
+    if (limiter)
+      await spendOrRefuse(
+        limiter,
+        SELF_EXPORT_LIMIT,
+        userId,
+        "too many exports of this account, retry later",
+      );
     try {
       return await this.archive(userId, requestedBy);
     } catch (error) {

@@ -14,7 +14,7 @@ import {
 } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import type { ErasureFence } from "../fence/index.ts";
-import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
+import { type RateLimiter, type RateLimitRule, spendOrRefuse } from "../ratelimit/index.ts";
 import type { Principal } from "../sessions/service.ts";
 import type { KeysModel } from "./model.ts";
 
@@ -308,13 +308,8 @@ export class KeyService {
     return { userId, devices: bundles };
   }
 
-  private async spend(rule: RateLimitRule, key: string): Promise<void> {
-    const decision = await this.limiter.hit(rule, key);
-    if (!decision.allowed) {
-      throw new DomainError("rate_limited", "too many key fetches, retry later", {
-        retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
-      });
-    }
+  private spend(rule: RateLimitRule, key: string): Promise<void> {
+    return spendOrRefuse(this.limiter, rule, key, "too many key fetches, retry later");
   }
 
   /**

@@ -9,7 +9,7 @@ import type { Db } from "../db/index.ts";
 import { accounts, oidcIdentities, oidcLogoutTokens, oidcSignInCodes } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import type { Logger } from "../observability/logger.ts";
-import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
+import { type RateLimiter, type RateLimitRule, spendOrRefuse } from "../ratelimit/index.ts";
 import type { DeviceChoice, SessionService, SessionTokens } from "../sessions/service.ts";
 import { DeviceCodeSealer } from "./device-code.ts";
 import { type BrowserFlow, FlowSealer } from "./flow-cookie.ts";
@@ -179,11 +179,13 @@ export class OidcService {
    * is asked.
    */
   async beginDeviceSignIn(address: string): Promise<DeviceSignIn> {
-    const decision = await this.deps.limiter?.hit(this.deviceLimits.starts, address);
-    if (decision && !decision.allowed) {
-      throw new DomainError("rate_limited", "too many device sign-ins from this address, retry later", {
-        retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
-      });
+    if (this.deps.limiter) {
+      await spendOrRefuse(
+        this.deps.limiter,
+        this.deviceLimits.starts,
+        address,
+        "too many device sign-ins from this address, retry later",
+      );
     }
     const started = await this.deps.rp.startDeviceAuthorization();
     return { ...started, deviceCode: await this.deviceCodes.seal(started.deviceCode, started.expiresIn) };

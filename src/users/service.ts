@@ -3,7 +3,7 @@ import type { Db } from "../db/index.ts";
 import { accounts } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import type { ErasureFence } from "../fence/index.ts";
-import type { RateLimiter, RateLimitRule } from "../ratelimit/index.ts";
+import { type RateLimiter, type RateLimitRule, spendOrRefuse } from "../ratelimit/index.ts";
 import type { Principal } from "../sessions/service.ts";
 
 /**
@@ -97,13 +97,7 @@ export class UserDirectory {
       [this.rule, `${requester.userId}:${requester.deviceId}`],
       [this.accountRule, requester.userId],
     ];
-    for (const [rule, key] of checks) {
-      const decision = await this.limiter.hit(rule, key);
-      if (!decision.allowed) {
-        throw new DomainError("rate_limited", "too many user lookups, retry later", {
-          retryAfterSeconds: Math.max(1, Math.ceil(decision.retryAfterMs / 1000)),
-        });
-      }
-    }
+    for (const [rule, key] of checks)
+      await spendOrRefuse(this.limiter, rule, key, "too many user lookups, retry later");
   }
 }

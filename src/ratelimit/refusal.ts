@@ -1,0 +1,23 @@
+import { DomainError } from "../errors/index.ts";
+import type { RateLimiter, RateLimitRule } from "./types.ts";
+
+/**
+ * The `rate_limited` DomainError of a refused hit: HTTP 429 with `Retry-After` in whole seconds,
+ * at least 1 (`retryAfterMs` is the window's time left, ms).
+ */
+export function rateLimitedError(retryAfterMs: number, message: string): DomainError {
+  return new DomainError("rate_limited", message, {
+    retryAfterSeconds: Math.max(1, Math.ceil(retryAfterMs / 1000)),
+  });
+}
+
+/** Counts one hit of `rule` for `key`; throws `rateLimitedError(…, message)` when the window is spent. */
+export async function spendOrRefuse(
+  limiter: RateLimiter,
+  rule: RateLimitRule,
+  key: string,
+  message: string,
+): Promise<void> {
+  const decision = await limiter.hit(rule, key);
+  if (!decision.allowed) throw rateLimitedError(decision.retryAfterMs, message);
+}
