@@ -1,32 +1,17 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import Redis from "ioredis";
 import {
   type CountingRateLimiter,
   MEMORY_RATE_LIMIT_KEYS,
   MemoryRateLimiter,
-  type RateLimiter,
   RedisRateLimiter,
 } from "../../src/ratelimit/index.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
+import { limitersUnderTest } from "../support/ratelimit.ts";
 import { deleteRedisPrefix, TEST_REDIS_URL, uniqueRedisPrefix } from "../support/redis.ts";
 import { validUpload } from "./fixtures.ts";
 
-const prefix = uniqueRedisPrefix();
-let redis: Redis;
-
-beforeAll(() => {
-  redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 2 });
-});
-afterAll(async () => {
-  redis?.disconnect();
-  await deleteRedisPrefix(prefix);
-});
-
-const limiters: [string, () => RateLimiter][] = [
-  ["memory", () => new MemoryRateLimiter()],
-  ["redis", () => new RedisRateLimiter(redis, prefix)],
-];
+const { limiters, redis, prefix } = limitersUnderTest();
 
 describe.each(limiters)("%s rate limiter", (_kind, make) => {
   test("allows `limit` hits per key, then refuses with the time left in the window", async () => {
@@ -145,9 +130,9 @@ describe("memory limiter at its cap of tracked keys", () => {
 });
 
 test("Redis limiter keys carry REDIS_PREFIX and expire with their window", async () => {
-  const limiter = new RedisRateLimiter(redis, prefix);
+  const limiter = new RedisRateLimiter(redis(), prefix);
   await limiter.hit({ name: "ttl", limit: 5, windowMs: 30_000 }, "k");
-  const ttl = await redis.pttl(`${prefix}rl:ttl:k`);
+  const ttl = await redis().pttl(`${prefix}rl:ttl:k`);
   expect(ttl).toBeGreaterThan(25_000);
   expect(ttl).toBeLessThanOrEqual(30_000);
 });
@@ -186,7 +171,7 @@ describe("a node with REDIS_URL", () => {
     const refused = await client.get(`/v1/keys/${target.userId}`, reader.accessToken);
     expect(refused.status).toBe(429);
     expect(Number(refused.headers.get("retry-after"))).toBeGreaterThan(0);
-    const counter = await redis.get(
+    const counter = await redis().get(
       `${nodePrefix}rl:keys.target:${reader.userId}.${reader.deviceId}:${target.userId}`,
     );
     expect(Number(counter)).toBe(21);

@@ -3,13 +3,14 @@ import { randomUUID } from "node:crypto";
 import Redis from "ioredis";
 import { decodedLength, StorageQuota } from "../../src/messaging/storage-quota.ts";
 import { createLogger } from "../../src/observability/logger.ts";
-import { MemoryRateLimiter, type RateLimiter, RedisRateLimiter } from "../../src/ratelimit/index.ts";
+import { type RateLimiter, RedisRateLimiter } from "../../src/ratelimit/index.ts";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { freePort } from "../support/free-port.ts";
 import { type Api, api, loginDevice, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
-import { deleteRedisPrefix, TEST_REDIS_URL, uniqueRedisPrefix } from "../support/redis.ts";
+import { limitersUnderTest } from "../support/ratelimit.ts";
+import { TEST_REDIS_URL } from "../support/redis.ts";
 import { type Frame, TestSocket } from "../support/ws.ts";
 
 /** A base64 body that decodes to `bytes` bytes (what the quota counts). */
@@ -22,19 +23,7 @@ test("decodedLength counts the bytes a base64 body stores", () => {
 });
 
 describe("storage quota over each limiter", () => {
-  const prefix = uniqueRedisPrefix();
-  let redis: Redis;
-  beforeAll(() => {
-    redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 2 });
-  });
-  afterAll(async () => {
-    redis?.disconnect();
-    await deleteRedisPrefix(prefix);
-  });
-  const limiters: [string, () => RateLimiter][] = [
-    ["memory", () => new MemoryRateLimiter()],
-    ["redis", () => new RedisRateLimiter(redis, prefix)],
-  ];
+  const { limiters, prefix } = limitersUnderTest();
 
   describe.each(limiters)("%s", (_kind, make) => {
     test("allows bytes up to the budget, then refuses with the window's time left and keeps nothing of the refusal", async () => {
