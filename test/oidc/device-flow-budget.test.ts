@@ -2,9 +2,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { DeviceCodeSealer } from "../../src/oidc/device-code.ts";
 import { DEVICE_FLOW_LIMITS } from "../../src/oidc/service.ts";
 import { type Api, api } from "../support/http.ts";
-import { startTestNode, type TestNode } from "../support/node.ts";
-import { freePort, TestBrowser, TestProvider } from "../support/oidc-provider.ts";
-import { oidcEnv } from "./support.ts";
+import type { TestNode } from "../support/node.ts";
+import { TestBrowser, type TestProvider } from "../support/oidc-provider.ts";
+import { startWithProvider } from "./support.ts";
 
 // Every start and poll of the native flow is a request from ClearBox to the provider, made for
 // anyone who asks: without budgets, one client could make the provider throttle ClearBox's client
@@ -19,17 +19,9 @@ describe("the native sign-in flow's budgets", () => {
   let client: Api;
 
   beforeAll(async () => {
-    const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
-    provider = await TestProvider.start(url);
-    node = await startTestNode("pglite", {
-      env: {
-        PORT: String(port),
-        TRUSTED_PROXIES: "127.0.0.1,::1",
-        OIDC_DEVICE_SIGN_INS_PER_ADDRESS: String(STARTS),
-        ...oidcEnv(provider, url),
-      },
-    });
+    ({ node, provider } = await startWithProvider("pglite", {
+      env: { TRUSTED_PROXIES: "127.0.0.1,::1", OIDC_DEVICE_SIGN_INS_PER_ADDRESS: String(STARTS) },
+    }));
     client = api(node.url);
   });
   afterAll(async () => {

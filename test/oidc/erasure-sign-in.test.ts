@@ -11,10 +11,10 @@ import { MemoryRateLimiter } from "../../src/ratelimit/index.ts";
 import { SessionService } from "../../src/sessions/service.ts";
 import { TokenIssuer } from "../../src/sessions/tokens.ts";
 import { type Api, api, registerAndLogin, sessionState } from "../support/http.ts";
-import { ADMIN_TOKEN, BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
-import { freePort, TestProvider } from "../support/oidc-provider.ts";
+import { ADMIN_TOKEN, BACKENDS, type TestNode } from "../support/node.ts";
+import type { TestProvider } from "../support/oidc-provider.ts";
 import { TestSocket } from "../support/ws.ts";
-import { browserSignIn, deviceSignIn, oidcEnv } from "./support.ts";
+import { browserSignIn, deviceSignIn, startWithProvider } from "./support.ts";
 
 /**
  * Between an erasure's `fence` step and its `postgres` step the account's rows still exist: no
@@ -29,15 +29,11 @@ describe.each(BACKENDS)("sign-ins of a user whose erasure has started (%s)", (ba
   let client: Api;
 
   beforeAll(async () => {
-    const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
-    provider = await TestProvider.start(url);
-    node = await startTestNode(backend, {
-      env: { PORT: String(port), ...oidcEnv(provider, url) },
+    ({ node, provider } = await startWithProvider(backend, {
       afterErasureStep: (step) => {
         if (step === "fence") throw new SimulatedCrash(`stopped after ${step}`);
       },
-    });
+    }));
     client = api(node.url);
   });
   afterAll(async () => {

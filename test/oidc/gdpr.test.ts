@@ -4,10 +4,10 @@ import { eq } from "drizzle-orm";
 import { oidcIdentities, oidcLogoutTokens, oidcSignInCodes } from "../../src/db/schema.ts";
 import { type SignedReceipt, verifyReceipt } from "../../src/protocol/erasure-receipt.ts";
 import { type Api, api, registerAndLogin, uniqueUsername } from "../support/http.ts";
-import { ADMIN_TOKEN, BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
-import { freePort, TestProvider } from "../support/oidc-provider.ts";
+import { ADMIN_TOKEN, BACKENDS, type TestNode } from "../support/node.ts";
+import type { TestProvider } from "../support/oidc-provider.ts";
 import { TestSocket } from "../support/ws.ts";
-import { browserSignIn, deviceSignIn, oidcEnv } from "./support.ts";
+import { browserSignIn, deviceSignIn, startWithProvider } from "./support.ts";
 
 /** Secrets and claim values a test saw; no log line may hold any of them. */
 const seen = new Set<string>();
@@ -28,10 +28,7 @@ describe.each(BACKENDS)("the identity provider link as personal data on %s", (ba
   let client: Api;
 
   beforeAll(async () => {
-    const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
-    provider = await TestProvider.start(url);
-    node = await startTestNode(backend, { env: { PORT: String(port), ...oidcEnv(provider, url) } });
+    ({ node, provider } = await startWithProvider(backend));
     client = api(node.url);
   });
   afterAll(async () => {
@@ -157,12 +154,7 @@ describe("REGISTRATION=oidc-only", () => {
   let client: Api;
 
   beforeAll(async () => {
-    const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
-    provider = await TestProvider.start(url);
-    node = await startTestNode("pglite", {
-      env: { PORT: String(port), REGISTRATION: "oidc-only", ...oidcEnv(provider, url) },
-    });
+    ({ node, provider } = await startWithProvider("pglite", { env: { REGISTRATION: "oidc-only" } }));
     client = api(node.url);
   });
   afterAll(async () => {

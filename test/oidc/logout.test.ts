@@ -3,10 +3,10 @@ import { randomUUID } from "node:crypto";
 import { generateKeyPair, SignJWT } from "jose";
 import { CloseCode } from "../../src/protocol/index.ts";
 import { type Api, api } from "../support/http.ts";
-import { ADMIN_TOKEN, BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
-import { freePort, TestProvider } from "../support/oidc-provider.ts";
+import { ADMIN_TOKEN, BACKENDS, type TestNode } from "../support/node.ts";
+import type { TestProvider } from "../support/oidc-provider.ts";
 import { TestSocket } from "../support/ws.ts";
-import { browserSignIn, deviceSignIn, oidcEnv } from "./support.ts";
+import { browserSignIn, deviceSignIn, startWithProvider } from "./support.ts";
 
 const EVENT = "http://schemas.openid.net/event/backchannel-logout";
 
@@ -16,10 +16,7 @@ describe.each(BACKENDS)("deprovisioning on %s", (backend) => {
   let client: Api;
 
   beforeAll(async () => {
-    const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
-    provider = await TestProvider.start(url);
-    node = await startTestNode(backend, { env: { PORT: String(port), ...oidcEnv(provider, url) } });
+    ({ node, provider } = await startWithProvider(backend));
     client = api(node.url);
   });
   afterAll(async () => {
@@ -206,10 +203,7 @@ describe("back-channel logout while the provider's keys cannot be fetched", () =
   let provider: TestProvider;
 
   beforeAll(async () => {
-    const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
-    provider = await TestProvider.start(url);
-    node = await startTestNode("pglite", { env: { PORT: String(port), ...oidcEnv(provider, url) } });
+    ({ node, provider } = await startWithProvider("pglite"));
   });
   afterAll(async () => {
     await node?.teardown();

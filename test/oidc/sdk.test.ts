@@ -4,9 +4,9 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { ClearBoxApiError, ClearBoxClient } from "../../src/client/index.ts";
-import { startTestNode, type TestNode } from "../support/node.ts";
-import { freePort, TestBrowser, TestProvider } from "../support/oidc-provider.ts";
-import { oidcEnv } from "./support.ts";
+import type { TestNode } from "../support/node.ts";
+import { TestBrowser, type TestProvider } from "../support/oidc-provider.ts";
+import { startWithProvider } from "./support.ts";
 
 const CLI = resolve(import.meta.dir, "../../src/cli/main.ts");
 
@@ -31,10 +31,7 @@ describe("SDK and CLI sign-in with the identity provider", () => {
   let dir: string;
 
   beforeAll(async () => {
-    const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
-    provider = await TestProvider.start(url);
-    node = await startTestNode("pglite", { env: { PORT: String(port), ...oidcEnv(provider, url) } });
+    ({ node, provider } = await startWithProvider("pglite"));
     dir = mkdtempSync(join(tmpdir(), "clearbox-oidc-sdk-"));
   });
   afterAll(async () => {

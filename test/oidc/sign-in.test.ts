@@ -4,9 +4,16 @@ import { and, eq } from "drizzle-orm";
 import { decodeJwt } from "jose";
 import { accounts, oidcIdentities } from "../../src/db/schema.ts";
 import { type Api, api, uniqueUsername } from "../support/http.ts";
-import { BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
-import { freePort, TestProvider } from "../support/oidc-provider.ts";
-import { browserSignIn, browserToCallback, deviceSignIn, oidcEnv, pkce, traces } from "./support.ts";
+import { BACKENDS, type TestNode } from "../support/node.ts";
+import type { TestProvider } from "../support/oidc-provider.ts";
+import {
+  browserSignIn,
+  browserToCallback,
+  deviceSignIn,
+  pkce,
+  startWithProvider,
+  traces,
+} from "./support.ts";
 
 /** A subject (the login typed at the provider) no other test uses; the username claim is the same by default. */
 const newSubject = () => `sub_${randomUUID().slice(0, 8)}`;
@@ -17,10 +24,7 @@ describe.each(BACKENDS)("sign-in with the identity provider on %s", (backend) =>
   let client: Api;
 
   beforeAll(async () => {
-    const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
-    provider = await TestProvider.start(url);
-    node = await startTestNode(backend, { env: { PORT: String(port), ...oidcEnv(provider, url) } });
+    ({ node, provider } = await startWithProvider(backend));
     client = api(node.url);
   });
   afterAll(async () => {

@@ -1,9 +1,10 @@
 import { createHash, randomBytes } from "node:crypto";
 import { eq, sql } from "drizzle-orm";
 import { accounts, oidcIdentities } from "../../src/db/schema.ts";
+import { freePort } from "../support/free-port.ts";
 import type { Api } from "../support/http.ts";
-import type { TestNode } from "../support/node.ts";
-import { TestBrowser, type TestProvider } from "../support/oidc-provider.ts";
+import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
+import { TestBrowser, TestProvider } from "../support/oidc-provider.ts";
 
 /** Where the tests' browser app lives: registered in OIDC_CLIENT_REDIRECT_URIS, never fetched. */
 export const APP_RETURN_URI = "https://app.example/signed-in";
@@ -23,6 +24,30 @@ export function oidcEnv(provider: TestProvider, clearboxUrl: string): Record<str
     OIDC_REDIRECT_URI: `${clearboxUrl}/v1/oidc/callback`,
     OIDC_CLIENT_REDIRECT_URIS: APP_RETURN_URI,
   };
+}
+
+/**
+ * A test identity provider and a node that is its relying party, on the port the provider was told
+ * (its redirect URI): `options` go to `startTestNode`, `options.env` over `oidcEnv`'s. The caller
+ * tears both down.
+ */
+export async function startWithProvider(
+  backend: Backend,
+  options: Parameters<typeof startTestNode>[1] = {},
+): Promise<{ node: TestNode; provider: TestProvider }> {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const provider = await TestProvider.start(url);
+  try {
+    const node = await startTestNode(backend, {
+      ...options,
+      env: { PORT: String(port), ...oidcEnv(provider, url), ...options.env },
+    });
+    return { node, provider };
+  } catch (error) {
+    await provider.close();
+    throw error;
+  }
 }
 
 /** The browser flow up to the provider's redirect back to ClearBox's callback (not yet followed). */
