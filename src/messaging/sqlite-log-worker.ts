@@ -4,7 +4,7 @@
  * transaction. SQLite's commit with `synchronous=FULL` waits for fsync; doing it here keeps that
  * wait off the server's event loop, which meanwhile gathers the next batch (group commit).
  */
-import { Database, type SQLQueryBindings, type Statement } from "bun:sqlite";
+import { Database } from "bun:sqlite";
 import { resolve } from "node:path";
 import { drizzle } from "drizzle-orm/bun-sqlite";
 import { migrate } from "drizzle-orm/bun-sqlite/migrator";
@@ -28,8 +28,6 @@ declare const self: Worker;
 const MIGRATIONS = resolve(import.meta.dir, "../../drizzle-sqlite");
 
 let db: Database | undefined;
-/** Every statement `open` prepared: finalized at close, so the connection really closes (see `close`). */
-let prepared: Statement[] = [];
 let write: ((ops: LogWrite[]) => unknown[]) | undefined;
 /**
  * False once an expansion has left no group message unexpanded, until the next group send is
@@ -50,44 +48,38 @@ function open(path: string): void {
   db.run("pragma secure_delete = on");
   db.run("pragma busy_timeout = 5000");
   migrate(drizzle({ client: db }), { migrationsFolder: MIGRATIONS });
-  const connection = db;
-  const prepare = <Row = unknown, Params extends SQLQueryBindings[] = SQLQueryBindings[]>(sql: string) => {
-    const statement = connection.prepare<Row, Params>(sql);
-    prepared.push(statement as unknown as Statement);
-    return statement;
-  };
-  const insert = prepare(
+  const insert = db.prepare(
     `insert into envelopes (id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body, state)
      values (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending') on conflict do nothing`,
   );
-  const ack = prepare(
+  const ack = db.prepare(
     `update envelopes set state = 'acked', body = null
      where recipient_user = ? and recipient_device = ? and id = ? and sender_user = ? and sender_device = ?
        and body is not null`,
   );
-  const queued = prepare(
+  const queued = db.prepare(
     `update envelopes set state = 'queued'
      where recipient_user = ? and recipient_device = ? and id = ? and sender_user = ? and sender_device = ?
        and state = 'pending'`,
   );
-  const eraseUser = prepare("delete from envelopes where sender_user = ? or recipient_user = ?");
-  const eraseDevice = prepare("delete from envelopes where recipient_user = ? and recipient_device = ?");
-  const purgeBefore = prepare("delete from envelopes where ts < ?");
-  const insertGroup = prepare(
+  const eraseUser = db.prepare("delete from envelopes where sender_user = ? or recipient_user = ?");
+  const eraseDevice = db.prepare("delete from envelopes where recipient_user = ? and recipient_device = ?");
+  const purgeBefore = db.prepare("delete from envelopes where ts < ?");
+  const insertGroup = db.prepare(
     `insert into group_messages (id, sender_user, sender_device, group_id, ts, type, body, recipients)
      values (?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing`,
   );
-  const unexpanded = prepare<GroupRow, []>(
+  const unexpanded = db.prepare<GroupRow, []>(
     `select seq, id, sender_user, sender_device, group_id, ts, type, body, recipients
      from group_messages where recipients is not null order by seq`,
   );
-  const oldestUnexpanded = prepare<{ ts: number | null }, []>(
+  const oldestUnexpanded = db.prepare<{ ts: number | null }, []>(
     "select min(ts) as ts from group_messages where recipients is not null",
   );
-  const markExpanded = prepare("update group_messages set recipients = null, body = null where seq = ?");
-  const setRecipients = prepare("update group_messages set recipients = ? where seq = ?");
-  const eraseSent = prepare("delete from group_messages where sender_user = ?");
-  const purgeGroups = prepare("delete from group_messages where ts < ?");
+  const markExpanded = db.prepare("update group_messages set recipients = null, body = null where seq = ?");
+  const setRecipients = db.prepare("update group_messages set recipients = ? where seq = ?");
+  const eraseSent = db.prepare("delete from group_messages where sender_user = ?");
+  const purgeGroups = db.prepare("delete from group_messages where ts < ?");
   /**
    * Writes the rows of every unexpanded group message, oldest first (this thread is the only
    * writer, so no other write comes between), leaving rows an ack or a `queued` mark wrote as they
@@ -237,15 +229,14 @@ function open(path: string): void {
 }
 
 /**
- * Finalizes the prepared statements and closes the connection for real: `close()` alone defers the
- * close while a `prepare`d statement lives (`sqlite3_close_v2`), so the last connection never
- * closed, never checkpointed, and the `-wal` file (with every row since the last checkpoint) stayed
- * beside the database after shutdown. `close(true)` also finalizes any statement left (drizzle's
- * migrator, the transaction's BEGIN/COMMIT) and throws when SQLite cannot close the file.
+ * Closes the connection for real: `close()` alone defers the close while a `prepare`d statement
+ * lives (`sqlite3_close_v2`), so the last connection never closed, never checkpointed, and the
+ * `-wal` file (with every row since the last checkpoint) stayed beside the database after shutdown.
+ * `close(true)` finalizes every statement left (this file's, drizzle's migrator's, the
+ * transaction's BEGIN/COMMIT) and throws when SQLite cannot close the file
+ * (test/messaging/sqlite-envelope-log.test.ts checks the `-wal` is gone).
  */
 function close(): void {
-  for (const statement of prepared) statement.finalize();
-  prepared = [];
   write = undefined;
   const connection = db;
   db = undefined;
