@@ -346,23 +346,20 @@ export class Metrics {
       actorStat((s) => s.transport.framesReceived),
     );
 
-    // GDPR and storage limitation.
+    // GDPR and storage limitation. The registry collects every metric at once (prom-client's
+    // Promise.all), so a gauge set from another gauge's collect is read before that collect's query
+    // returns and lags one scrape: each pair of gauges shares one read per scrape instead.
+    const readErasures = sharedRead(() => this.sources.erasures);
     const erasureJobs = new Gauge({
       name: "clearbox_erasure_jobs",
       help: "Erasure jobs in the database, by state (shared by every node)",
       labelNames: ["state"],
       registers,
       collect: async () => {
-        const read = this.sources.erasures;
-        if (!read) return;
-        try {
-          const jobs = await read();
-          erasureJobs.set({ state: "pending" }, jobs.pending);
-          erasureJobs.set({ state: "done" }, jobs.done);
-          oldestPending.set(jobs.oldestPendingSeconds);
-        } catch {
-          // The database is down: leave the last values; readiness and the error rate say why.
-        }
+        const jobs = await readErasures();
+        if (!jobs) return;
+        erasureJobs.set({ state: "pending" }, jobs.pending);
+        erasureJobs.set({ state: "done" }, jobs.done);
       },
     });
     for (const state of ["pending", "done"]) erasureJobs.set({ state }, 0);
@@ -370,22 +367,14 @@ export class Metrics {
       name: "clearbox_erasure_oldest_pending_seconds",
       help: "Age of the oldest unfinished erasure job (0 when none)",
       registers,
+      collect: async () => {
+        const jobs = await readErasures();
+        if (jobs) oldestPending.set(jobs.oldestPendingSeconds);
+      },
     });
     // A removal keeps its device id from new devices until its follow-ups succeed: one whose
     // attempts keep rising (a retention pass each) holds the id for good and needs an operator.
-    // Both gauges come from one query per scrape (the registry collects every metric at once).
-    let removalsRead: Promise<{ unfinished: number; maxAttempts: number } | undefined> | undefined;
-    const readRemovals = () => {
-      const read = this.sources.deviceRemovals;
-      if (!read) return Promise.resolve(undefined);
-      removalsRead ??= read()
-        // The database is down: leave the last values; readiness and the error rate say why.
-        .catch(() => undefined)
-        .finally(() => {
-          removalsRead = undefined;
-        });
-      return removalsRead;
-    };
+    const readRemovals = sharedRead(() => this.sources.deviceRemovals);
     const removalsUnfinished = new Gauge({
       name: "clearbox_device_removals_unfinished",
       help: "Device removals whose follow-ups have not all finished; each keeps its device id blocked (shared by every node)",
@@ -474,6 +463,26 @@ export class Metrics {
     });
     for (const value of read().keys()) counter.inc({ [label]: value }, 0);
   }
+}
+
+/**
+ * One call of the source `source()` returns (when wired) shared by every caller while it runs: the
+ * gauges that read it in one scrape (collected concurrently) all see the same result. Resolves to
+ * undefined when no source is wired or the read fails (the database is down: the gauges keep their
+ * last values; readiness and the error rate say why).
+ */
+function sharedRead<T>(source: () => (() => Promise<T>) | undefined): () => Promise<T | undefined> {
+  let running: Promise<T | undefined> | undefined;
+  return () => {
+    const read = source();
+    if (!read) return Promise.resolve(undefined);
+    running ??= read()
+      .catch(() => undefined)
+      .finally(() => {
+        running = undefined;
+      });
+    return running;
+  };
 }
 
 /** Stores the retention job prunes (the `store` label of clearbox_retention_removals_total). */

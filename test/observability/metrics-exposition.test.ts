@@ -76,4 +76,24 @@ describe("Metrics: the hot path's tallies as Prometheus series", () => {
     expect(line(text, 'clearbox_connections{node="n1"}')).toBe(0);
     expect(line(text, 'clearbox_erasure_jobs{state="pending",node="n1"}')).toBe(0);
   });
+
+  test("a scrape right after a change shows both erasure gauges from the same read, one read per scrape", async () => {
+    const metrics = new Metrics("n1");
+    let jobs = { pending: 0, done: 0, oldestPendingSeconds: 0 };
+    let reads = 0;
+    metrics.observe({
+      erasures: async () => {
+        reads++;
+        await Bun.sleep(1);
+        return jobs;
+      },
+    });
+    await metrics.registry.metrics();
+    jobs = { pending: 2, done: 5, oldestPendingSeconds: 90 };
+    const text = await metrics.registry.metrics();
+    expect(line(text, 'clearbox_erasure_jobs{state="pending",node="n1"}')).toBe(2);
+    expect(line(text, 'clearbox_erasure_jobs{state="done",node="n1"}')).toBe(5);
+    expect(line(text, 'clearbox_erasure_oldest_pending_seconds{node="n1"}')).toBe(90);
+    expect(reads).toBe(2);
+  });
 });
