@@ -33,7 +33,7 @@ import { createGdpr, ErasureLedger, type Gdpr } from "./gdpr/index.ts";
 import { PresenceAudience } from "./groups/relations.ts";
 import { GroupService } from "./groups/service.ts";
 import { createApp, type ReadinessCheck } from "./http/app.ts";
-import { listenerTls, listenerUrl } from "./http/listener.ts";
+import { advertisedAddress, listenerTls, listenerUrl } from "./http/listener.ts";
 import { KEY_FETCH_LIMITS, KeyService } from "./keys/service.ts";
 import type { EnvelopeLog } from "./messaging/envelope-log.ts";
 import { PostgresGroupDirectory } from "./messaging/group-directory.ts";
@@ -290,7 +290,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   let gateway: Gateway | undefined;
   const actors = createActorNode({
     nodeId: config.nodeId,
-    address: `${config.publicHost}:${config.port}`,
+    address: advertisedAddress(config.publicHost, config.port),
     redisUrl: redis ? config.redisUrl : undefined,
     amqpUrl: config.amqpUrl,
     prefix: clusterPrefix(config),
