@@ -1,4 +1,15 @@
-import { existsSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmdirSync,
+  rmSync,
+} from "node:fs";
+import { open } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -42,10 +53,16 @@ export function holdsPgliteDatabase(dir: string): boolean {
  * (`Bun.Archive`, mostly off the event loop) instead of PGlite's `loadDataDir`, which writes the
  * 41 MB file by file through Emscripten's file system on the event loop (4–12 s of a cold start at
  * load 5–13, docs/BENCHMARKS.md "Start-up, stop 25"). The files are the tar's, byte for byte; PGlite
- * then opens `dir` as an existing database. It is extracted into `<dir>.partial` and renamed into
- * place, so a start interrupted meanwhile leaves no half-written database for the next one to open
- * (a leftover `.partial` is removed first). A `dir` that already holds files but no PG_VERSION
- * (written by a start before this one) is written over in place, as `loadDataDir` did.
+ * then opens `dir` as an existing database.
+ *
+ * PG_VERSION is what marks `dir` a database (`holdsPgliteDatabase`, PGlite's own test), so it must
+ * appear only once every other file is whole on disk: the template is extracted into
+ * `<dir>.partial` (a leftover one is removed first), every file and directory of it is fsynced,
+ * and only then is it renamed into place and the parent directory fsynced. A start interrupted
+ * (killed, or the machine lost power) before that leaves no PG_VERSION, and the next start
+ * extracts again. A `dir` that already holds files but no PG_VERSION (written by a start before
+ * this one) is written over: each of the template's top-level entries replaces the one of that
+ * name, PG_VERSION last, then `dir` is fsynced; other entries are left.
  * Resolves false, writing nothing, when the template does not match the installed PGlite (the
  * caller lets PGlite run initdb instead). Rejects with the file system's error (disk full, no
  * permission) or when `dir` already holds a database.
@@ -54,17 +71,71 @@ export async function extractPgliteTemplate(dir: string): Promise<boolean> {
   if (templateVersion() !== installedPgliteVersion()) return false;
   if (holdsPgliteDatabase(dir)) throw new Error(`${dir} already holds a database`);
   const archive = new Bun.Archive(await Bun.file(PGLITE_TEMPLATE).bytes());
-  const occupied = existsSync(dir) && readdirSync(dir).length > 0;
-  if (occupied) {
-    await archive.extract(dir);
-    return true;
-  }
   const staging = `${dir}.partial`;
   rmSync(staging, { recursive: true, force: true });
   await archive.extract(staging);
-  if (existsSync(dir)) rmdirSync(dir);
-  renameSync(staging, dir);
+  await fsyncTree(staging);
+  const occupied = existsSync(dir) && readdirSync(dir).length > 0;
+  if (occupied) {
+    const move = (entry: string) => {
+      rmSync(join(dir, entry), { recursive: true, force: true });
+      renameSync(join(staging, entry), join(dir, entry));
+    };
+    for (const entry of readdirSync(staging)) if (entry !== "PG_VERSION") move(entry);
+    // Every other entry's rename is durable before the marker's is made.
+    fsyncPath(dir);
+    move("PG_VERSION");
+    fsyncPath(dir);
+    rmdirSync(staging);
+  } else {
+    if (existsSync(dir)) rmdirSync(dir);
+    renameSync(staging, dir);
+  }
+  fsyncPath(dirname(dir));
   return true;
+}
+
+/** fsync(2) of one file or directory (a directory's fsync makes its entries' creation durable). */
+function fsyncPath(path: string): void {
+  const fd = openSync(path, "r");
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * fsyncs every regular file under `root`, then every directory (deepest first, `root` last), 16 at
+ * a time on libuv's thread pool rather than one by one on the event loop.
+ */
+async function fsyncTree(root: string): Promise<void> {
+  const files: string[] = [];
+  const dirs: string[] = [root];
+  for (let i = 0; i < dirs.length; i++) {
+    for (const entry of readdirSync(dirs[i], { withFileTypes: true })) {
+      const path = join(dirs[i], entry.name);
+      if (entry.isDirectory()) dirs.push(path);
+      else if (entry.isFile()) files.push(path);
+    }
+  }
+  const sync = async (path: string) => {
+    const handle = await open(path, "r");
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  };
+  const inParallel = async (paths: string[]) => {
+    let next = 0;
+    const worker = async () => {
+      while (next < paths.length) await sync(paths[next++]);
+    };
+    await Promise.all(Array.from({ length: Math.min(16, paths.length) }, worker));
+  };
+  await inParallel(files);
+  await inParallel(dirs.reverse());
 }
 
 /** Where `npm run db:template` writes the version the template was made with. */

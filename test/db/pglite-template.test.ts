@@ -97,3 +97,22 @@ test("a pglite directory holding files but no database is written over, as loadD
   writeFileSync(join(dataDir, "pglite", "stray"), "left by an earlier start");
   expect(await userTables(dataDir)).toContain("accounts");
 });
+
+test("an extraction over files that stop it midway never leaves PG_VERSION without the rest: the directory is whole", async () => {
+  // The template's fourth entry is PG_VERSION and its fifth global/: written in place, a regular
+  // file named global (left by an earlier start) failed the extraction after the marker was
+  // written, and the next start took the directory for a database without global/pg_control.
+  const dataDir = scratch();
+  const dir = join(dataDir, "pglite");
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "global"), "a file where the template has a directory");
+  await extractPgliteTemplate(dir).catch(() => undefined);
+  if (existsSync(join(dir, "PG_VERSION"))) {
+    expect(existsSync(join(dir, "global", "pg_control"))).toBe(true);
+    expect(filesUnder(dir).filter((path) => path !== "global").sort()).toEqual(
+      [...(await templateFiles()).keys()].sort(),
+    );
+  }
+  expect(existsSync(`${dir}.partial`)).toBe(false);
+  expect(await userTables(dataDir)).toContain("accounts");
+});
