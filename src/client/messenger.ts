@@ -6,6 +6,7 @@ import { CloseCode } from "../protocol/index.ts";
 import type { ClearBoxClient } from "./client.ts";
 import { ClearBoxApiError, type PasswordChange } from "./http.ts";
 import { SocketReauthentication } from "./reauth.ts";
+import { RATE_LIMIT_WAIT_MS } from "./socket.ts";
 
 /** A text message as the user sees it: names, not ids. `conversation` is a user id or `group:<id>`. */
 export interface ChatMessage {
@@ -122,11 +123,6 @@ const KEY_REQUEST_INTERVAL_MS = 60_000;
 
 /** How long an answer to a `send` may take before the send is tried again on a new socket. */
 const ANSWER_TIMEOUT_MS = 30_000;
-/**
- * The longest `rate_limited` wait a send sits out before going again (ms): the device's frame
- * budget refills within a second; a longer `retryAfterMs` is the account's daily storage quota.
- */
-const RATE_LIMIT_WAIT_MS = 60_000;
 
 /**
  * One device's chat session on top of a `ClearBoxClient`: a single WebSocket for sending and

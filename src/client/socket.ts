@@ -26,6 +26,19 @@ export type {
 /** Times a send answered `busy` is tried again before the SDK hands the `busy` to the caller. */
 const BUSY_RETRIES = 40;
 /**
+ * Times a send answered `rejected rate_limited` for a short while (no `retryAfterMs`: the device's
+ * frame budget, which refills within a second; or one of at most RATE_LIMIT_WAIT_MS) is tried
+ * again before the SDK hands the `rate_limited` to the caller.
+ */
+export const RATE_LIMIT_RETRIES = 30;
+/**
+ * The longest `rate_limited` wait (ms) a send sits out before going again, as the Messenger's: a
+ * longer `retryAfterMs` is the account's daily storage quota, returned to the caller at once.
+ */
+export const RATE_LIMIT_WAIT_MS = 60_000;
+/** The pause before resending a send refused by the frame budget, which names no wait (ms). */
+const FRAME_BUDGET_WAIT_MS = 1_000;
+/**
  * Times a send answered `error internal` (the server could not store it, e.g. its database was
  * restarting) is tried again, 250 ms doubling up to 2 s apart (about 20 s in all), before the
  * send rejects.
@@ -159,6 +172,10 @@ export class ClearBoxSocket {
   /**
    * Sends and resolves with the answer. A `rejected busy` (the server stored nothing) is sent again
    * with the same id after its `retryAfterMs`, up to BUSY_RETRIES times; then the `busy` is returned.
+   * A `rejected rate_limited` (nothing stored) without `retryAfterMs` (the device's frame budget,
+   * `DEVICE_RATE_LIMIT`; sent again after 1 s, when the budget has refilled) or with one of at most
+   * RATE_LIMIT_WAIT_MS is sent again likewise, up to RATE_LIMIT_RETRIES times; a longer one (the
+   * account's daily storage quota) is returned at once, as is the last refusal.
    * An `error internal` naming the send (it was not accepted: a store failed or did not answer in
    * time) is sent again with the same id, up to ERROR_RETRIES times with a growing pause; then the
    * returned promise rejects with the server's message. Re-sending an id never stores it twice.
@@ -166,6 +183,7 @@ export class ClearBoxSocket {
    */
   private async answered(id: string, frame: ClientFrame): Promise<AcceptedFrame | RejectedFrame> {
     let busy = 0;
+    let limited = 0;
     let failed = 0;
     for (;;) {
       const answer = await new Promise<AcceptedFrame | RejectedFrame | ErrorFrame>((resolve, reject) => {
@@ -177,8 +195,17 @@ export class ClearBoxSocket {
         await new Promise((wake) => setTimeout(wake, errorRetryDelayMs(failed)));
         continue;
       }
-      if (answer.type !== "rejected" || answer.code !== "busy" || ++busy >= BUSY_RETRIES) return answer;
-      await new Promise((wake) => setTimeout(wake, answer.retryAfterMs ?? 25));
+      if (answer.type !== "rejected") return answer;
+      if (answer.code === "busy" && ++busy < BUSY_RETRIES) {
+        await new Promise((wake) => setTimeout(wake, answer.retryAfterMs ?? 25));
+        continue;
+      }
+      const wait = answer.retryAfterMs ?? FRAME_BUDGET_WAIT_MS;
+      if (answer.code === "rate_limited" && wait <= RATE_LIMIT_WAIT_MS && ++limited <= RATE_LIMIT_RETRIES) {
+        await new Promise((wake) => setTimeout(wake, wait));
+        continue;
+      }
+      return answer;
     }
   }
 
