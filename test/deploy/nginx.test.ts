@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ClearBoxClient } from "../../src/client/index.ts";
 import { runPrefix, stackEnv } from "../support/cluster-env.ts";
+import { takenFirst } from "../support/free-port.ts";
 import { uniqueUsername } from "../support/http.ts";
 import { findNginx, startNginx, type TestProxy } from "../support/nginx.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
@@ -238,4 +239,33 @@ describe.skipIf(!nginx)("deploy/nginx/clearbox.conf: what a node receives", () =
     expect(first.upgrade?.toLowerCase()).toBe("websocket");
     expect(first.connection?.toLowerCase()).toBe("upgrade");
   });
+
+  test("an nginx whose port another server took meanwhile boots on a fresh port, never taking that server for itself", async () => {
+    // The other server answers TLS with the same certificate on the port handed out first: while
+    // nginx retries its bind there, a health check alone would take it for the proxy.
+    const other = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      tls: { cert: readFileSync(pki.certFile, "utf8"), key: readFileSync(pki.keyFile, "utf8") },
+      fetch: () => new Response("not the proxy"),
+    });
+    let second: TestProxy | undefined;
+    try {
+      const upstream = `127.0.0.1:${echo.port}`;
+      second = await startNginx({
+        nginx: nginx as string,
+        upstreams: [upstream, upstream],
+        certFile: pki.certFile,
+        keyFile: pki.keyFile,
+        ca: pki.ca,
+        ports: takenFirst(Number(other.port)),
+      });
+      expect(second.port).not.toBe(Number(other.port));
+      const response = await fetch(`${second.url}/v1/accounts`, { tls: { ca: pki.ca } });
+      expect(((await response.json()) as { path: string }).path).toBe("/v1/accounts");
+    } finally {
+      await second?.stop();
+      other.stop(true);
+    }
+  }, 60_000);
 });

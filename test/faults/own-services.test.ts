@@ -1,6 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { createServer, type Server, type Socket } from "node:net";
-import { freePort, type PortSource } from "../support/free-port.ts";
+import { holdPort, takenFirst } from "../support/free-port.ts";
 import { OwnPostgres } from "../support/own-postgres.ts";
 import { OwnRabbitMq } from "../support/own-rabbitmq.ts";
 import { OwnRedis } from "../support/own-redis.ts";
@@ -12,37 +11,6 @@ import { OwnRedis } from "../support/own-redis.ts";
  * ones. The helper must boot its own server on another port, and never take the other server that
  * holds the port for its own.
  */
-
-/** Hands out `taken` first, then ports free a moment ago. */
-function takenFirst(taken: number): PortSource {
-  let handedOut = false;
-  return async () => {
-    if (handedOut) return freePort();
-    handedOut = true;
-    return taken;
-  };
-}
-
-/**
- * A plain TCP listener on a free port that accepts and never answers: a port some other program
- * holds. `release` closes it and the connections it accepted.
- */
-async function holdPort(): Promise<{ port: number; release(): Promise<void> }> {
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((socket) => {
-    socket.on("error", () => {});
-    sockets.add(socket);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    port: (server.address() as { port: number }).port,
-    release: () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  };
-}
 
 describe("private servers booted on a port another process took meanwhile", () => {
   const cleanups: (() => Promise<unknown>)[] = [];

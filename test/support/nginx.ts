@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import {
   chownSync,
   copyFileSync,
@@ -11,6 +12,7 @@ import {
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
+import { BootExited, bootOnFreePorts, type PortSource } from "./free-port.ts";
 
 /** The repository's proxy configuration, the file docker-compose.yml mounts. */
 export const NGINX_CONF = resolve(import.meta.dir, "../../deploy/nginx/clearbox.conf");
@@ -54,14 +56,6 @@ export function localiseConfig(text: string, site: ProxySite): string {
   return replaceExactly(conf, /\/var\/log\/nginx\/access\.log/g, 1, () => site.accessLog);
 }
 
-/** A free TCP port on 127.0.0.1 (asked of the kernel, then released). */
-export function freePort(): number {
-  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = probe.port;
-  probe.stop(true);
-  return port;
-}
-
 /** An nginx master and worker of this test's own: own prefix, config, pid, logs and port. */
 export interface TestProxy {
   /** https://127.0.0.1:<port> */
@@ -79,6 +73,11 @@ const NOBODY = 65534;
  * port of 127.0.0.1, in the foreground (`daemon off`) so the test owns the process. When the test
  * runs as root, nginx runs as `nobody` (setpriv), so it never has more rights than a user's nginx.
  * Never the system service: its own prefix, pid file, logs and temp paths in a temporary directory.
+ * The port is chosen free a moment before nginx binds it: an nginx that cannot bind it (taken
+ * meanwhile: "Address already in use") is replaced by one on a fresh port (`bootOnFreePorts`), and
+ * a boot counts only when the answer to its health check is in this nginx's own access log, never
+ * another server's on the port. `ports` is where ports come from (default `freePort`; tests hand
+ * out a taken one first). Rejects when nginx exits for another reason or does not answer in 10 s.
  */
 export async function startNginx(options: {
   nginx: string;
@@ -87,13 +86,21 @@ export async function startNginx(options: {
   keyFile: string;
   /** PEM CA to trust when waiting for the proxy to answer. */
   ca: string;
+  ports?: PortSource;
 }): Promise<TestProxy> {
+  return bootOnFreePorts(async (ports) => bootNginx(options, await ports()), options.ports);
+}
+
+/** One nginx on `port`: throws `BootExited` when it exits because the port is taken. */
+async function bootNginx(
+  options: { nginx: string; upstreams: [string, string]; certFile: string; keyFile: string; ca: string },
+  port: number,
+): Promise<TestProxy> {
   const dir = mkdtempSync(join(tmpdir(), "clearbox-nginx-"));
   for (const temp of ["body", "proxy", "fastcgi", "uwsgi", "scgi"])
     mkdirSync(join(dir, "temp", temp), { recursive: true });
   copyFileSync(options.certFile, join(dir, "cert.pem"));
   copyFileSync(options.keyFile, join(dir, "key.pem"));
-  const port = freePort();
   writeFileSync(
     join(dir, "clearbox.conf"),
     localiseConfig(readFileSync(NGINX_CONF, "utf8"), {
@@ -138,30 +145,43 @@ export async function startNginx(options: {
   });
   const errorLog = () =>
     existsSync(join(dir, "error.log")) ? readFileSync(join(dir, "error.log"), "utf8") : "";
+  const accessLog = () =>
+    existsSync(join(dir, "access.log")) ? readFileSync(join(dir, "access.log"), "utf8") : "";
   const url = `https://127.0.0.1:${port}`;
   const deadline = Date.now() + 10_000;
-  for (;;) {
+  const marker = randomUUID();
+  for (let probe = 0; ; probe++) {
     if (proc.exitCode !== null) {
       const stderr = await new Response(proc.stderr as ReadableStream).text();
       rmSync(dir, { recursive: true, force: true });
-      throw new Error(`nginx exited with ${proc.exitCode}: ${stderr}`);
+      const message = `nginx exited with ${proc.exitCode}: ${stderr}`;
+      throw /Address already in use/.test(stderr) ? new BootExited(message) : new Error(message);
     }
-    const answered = await fetch(`${url}/healthz`, { tls: { ca: options.ca } }).then(
+    // A path of its own, so the access log shows this nginx answered it (clearbox.conf logs each
+    // request's path at once, no buffer; any answer counts, a 404 from the upstreams included); a
+    // server holding the port that never answers is given up on after a second.
+    const path = `/test-nginx-boot/${marker}/${probe}`;
+    const answered = await fetch(`${url}${path}`, {
+      tls: { ca: options.ca },
+      signal: AbortSignal.timeout(1_000),
+    }).then(
       () => true,
       () => false,
     );
-    if (answered) break;
+    if (answered && accessLog().includes(`GET ${path} `)) break;
     if (Date.now() > deadline) {
+      const message = `nginx did not answer on ${url}: ${errorLog()}`;
       proc.kill("SIGKILL");
-      throw new Error(`nginx did not answer on ${url}: ${errorLog()}`);
+      await proc.exited;
+      rmSync(dir, { recursive: true, force: true });
+      throw new Error(message);
     }
     await Bun.sleep(50);
   }
   return {
     url,
     port,
-    accessLog: () =>
-      existsSync(join(dir, "access.log")) ? readFileSync(join(dir, "access.log"), "utf8") : "",
+    accessLog,
     errorLog,
     async stop() {
       proc.kill("SIGTERM");
