@@ -60,6 +60,6 @@ describe("GET /admin/v1/cluster of a node bound to every interface (PUBLIC_HOST=
       .filter((info) => !info.internal)
       .map((info) => info.address);
     // A machine with no external interface advertises its host name.
-    expect(external.length > 0 ? external : [hostname()]).toContain(host);
+    expect(external.length > 0 ? external : [hostname()]).toContain(String(host));
   });
 });
