@@ -46,7 +46,9 @@ describe("ClearBoxSocket and rate_limited refusals", () => {
       // Twenty at once: the burst of ten passes, the rest are refused and must go again.
       const answers = await Promise.all(sends.map((s) => socket.sendToUser(s.id, alice.userId, s.messages)));
       expect(refusals.filter((r) => r.code === "rate_limited").length).toBeGreaterThan(0);
-      expect(answers.map((a) => (a.type === "rejected" ? a.code : a.type))).toEqual(sends.map(() => "accepted"));
+      expect(answers.map((a) => (a.type === "rejected" ? a.code : a.type))).toEqual(
+        sends.map(() => "accepted"),
+      );
       await until(() => received.length >= 20, "alice's twenty messages");
       await Bun.sleep(200);
       expect(received.map((m) => m.id).sort()).toEqual(sends.map((s) => s.id).sort());

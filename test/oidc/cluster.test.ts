@@ -4,10 +4,10 @@ import { CloseCode } from "../../src/protocol/index.ts";
 import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { api } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
-import { freePort, TestProvider } from "../support/oidc-provider.ts";
+import type { TestProvider } from "../support/oidc-provider.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
 import { TestSocket } from "../support/ws.ts";
-import { browserSignIn, deviceSignIn, oidcEnv } from "./support.ts";
+import { browserSignIn, deviceSignIn, oidcEnv, startWithProvider } from "./support.ts";
 
 describe("back-channel logout in a two-node cluster on PostgreSQL, Redis and RabbitMQ", () => {
   const prefix = runPrefix();
@@ -18,17 +18,19 @@ describe("back-channel logout in a two-node cluster on PostgreSQL, Redis and Rab
 
   beforeAll(async () => {
     database = await createTestDatabase();
-    const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
-    provider = await TestProvider.start(url);
     // One public URL for the provider (node A's); node B shares its database, Redis and RabbitMQ.
     const env = {
       ...stackEnv("services", prefix),
       JWT_SECRET: "test-jwt-secret-that-is-long-enough-0123456789",
-      ...oidcEnv(provider, url),
     };
-    a = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "oidc-a", PORT: String(port) } });
-    b = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "oidc-b" } });
+    ({ node: a, provider } = await startWithProvider("postgres", {
+      database,
+      env: { ...env, NODE_ID: "oidc-a" },
+    }));
+    b = await startTestNode("postgres", {
+      database,
+      env: { ...env, ...oidcEnv(provider, a.url), NODE_ID: "oidc-b" },
+    });
   });
   afterAll(async () => {
     await a?.teardown();

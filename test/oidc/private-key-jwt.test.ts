@@ -4,9 +4,9 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Api, api } from "../support/http.ts";
-import { startTestNode, type TestNode } from "../support/node.ts";
-import { freePort, TestProvider } from "../support/oidc-provider.ts";
-import { browserSignIn, deviceSignIn, oidcEnv } from "./support.ts";
+import type { TestNode } from "../support/node.ts";
+import type { TestProvider } from "../support/oidc-provider.ts";
+import { browserSignIn, deviceSignIn, startWithProvider } from "./support.ts";
 
 // Client authentication is between ClearBox and the provider only: one backend is enough.
 describe("private_key_jwt client authentication", () => {
@@ -20,15 +20,10 @@ describe("private_key_jwt client authentication", () => {
     const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
     const keyFile = join(dir, "client.pem");
     writeFileSync(keyFile, privateKey.export({ type: "pkcs8", format: "pem" }));
-    const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
-    provider = await TestProvider.start(url, {
+    ({ node, provider } = await startWithProvider("pglite", {
       clientJwks: [{ ...publicKey.export({ format: "jwk" }), kid: "clearbox-1", alg: "ES256", use: "sig" }],
-    });
-    const { OIDC_CLIENT_SECRET: _, ...env } = oidcEnv(provider, url);
-    node = await startTestNode("pglite", {
-      env: { PORT: String(port), ...env, OIDC_PRIVATE_KEY_FILE: keyFile, OIDC_PRIVATE_KEY_ID: "clearbox-1" },
-    });
+      env: { OIDC_PRIVATE_KEY_FILE: keyFile, OIDC_PRIVATE_KEY_ID: "clearbox-1" },
+    }));
     client = api(node.url);
   });
   afterAll(async () => {

@@ -1,7 +1,9 @@
 import { createHash, randomBytes } from "node:crypto";
 import { eq, sql } from "drizzle-orm";
+import type { JWK } from "jose";
+import { StartupError } from "../../src/config/index.ts";
 import { accounts, oidcIdentities } from "../../src/db/schema.ts";
-import { freePort } from "../support/free-port.ts";
+import { BootExited, bootOnFreePorts, type PortSource } from "../support/free-port.ts";
 import type { Api } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
 import { TestBrowser, TestProvider } from "../support/oidc-provider.ts";
@@ -28,26 +30,45 @@ export function oidcEnv(provider: TestProvider, clearboxUrl: string): Record<str
 
 /**
  * A test identity provider and a node that is its relying party, on the port the provider was told
- * (its redirect URI): `options` go to `startTestNode`, `options.env` over `oidcEnv`'s. The caller
+ * (its redirect URI): `options` go to `startTestNode`, `options.env` over `oidcEnv`'s (a function
+ * of the provider when it needs the provider's values); with `clientJwks` the client authenticates
+ * with private_key_jwt by those keys and the node gets no client secret. The node's port is chosen
+ * before the node binds it (the provider must know it first): a node refused because another
+ * process took the port meanwhile (`PORT: … already in use`) is replaced, with a new provider, on a
+ * fresh port (`bootOnFreePorts`; `ports` is where ports come from, default `freePort`). The caller
  * tears both down.
  */
 export async function startWithProvider(
   backend: Backend,
-  options: Parameters<typeof startTestNode>[1] = {},
+  options: Omit<NonNullable<Parameters<typeof startTestNode>[1]>, "env"> & {
+    env?: Record<string, string> | ((provider: TestProvider) => Record<string, string>);
+    clientJwks?: JWK[];
+    ports?: PortSource;
+  } = {},
 ): Promise<{ node: TestNode; provider: TestProvider }> {
-  const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const provider = await TestProvider.start(url);
-  try {
-    const node = await startTestNode(backend, {
-      ...options,
-      env: { PORT: String(port), ...oidcEnv(provider, url), ...options.env },
-    });
-    return { node, provider };
-  } catch (error) {
-    await provider.close();
-    throw error;
-  }
+  const { env, clientJwks, ports, ...nodeOptions } = options;
+  return bootOnFreePorts(async (next) => {
+    const port = await next();
+    const url = `http://127.0.0.1:${port}`;
+    const provider = await TestProvider.start(url, { clientJwks });
+    try {
+      const { OIDC_CLIENT_SECRET, ...withoutSecret } = oidcEnv(provider, url);
+      const node = await startTestNode(backend, {
+        ...nodeOptions,
+        env: {
+          PORT: String(port),
+          ...(clientJwks ? withoutSecret : { ...withoutSecret, OIDC_CLIENT_SECRET }),
+          ...(typeof env === "function" ? env(provider) : env),
+        },
+      });
+      return { node, provider };
+    } catch (error) {
+      await provider.close();
+      if (error instanceof StartupError && error.variable === "PORT" && /already in use/.test(error.message))
+        throw new BootExited(error.message);
+      throw error;
+    }
+  }, ports);
 }
 
 /** The browser flow up to the provider's redirect back to ClearBox's callback (not yet followed). */

@@ -90,12 +90,20 @@ export async function startTestNode(
     format: config.logFormat,
     destination,
   });
-  const node = await createNode(config, {
-    logger,
-    afterErasureStep: options.afterErasureStep,
-    erasureRetryBaseMs: options.erasureRetryBaseMs,
-    expandGroups: options.expandGroups,
-  });
+  let node: ClearBoxNode;
+  try {
+    node = await createNode(config, {
+      logger,
+      afterErasureStep: options.afterErasureStep,
+      erasureRetryBaseMs: options.erasureRetryBaseMs,
+      expandGroups: options.expandGroups,
+    });
+  } catch (error) {
+    // A start that failed (e.g. PORT taken, retried by the caller) leaves no database or directory behind.
+    if (ownsDatabase) await database?.drop().catch(() => {});
+    if (!options.dataDir && !options.keepData) rmSync(dataDir, { recursive: true, force: true });
+    throw error;
+  }
   return Object.assign(node, {
     logs,
     dataDir,

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
 import {
   decodeJwt,
   decodeProtectedHeader,
@@ -10,14 +11,6 @@ import {
   SignJWT,
 } from "jose";
 import Provider from "oidc-provider";
-
-/** A port free on 127.0.0.1 right now (for a server whose URL must be known before it starts). */
-export async function freePort(): Promise<number> {
-  const probe = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() });
-  const port = Number(probe.port);
-  await probe.stop(true);
-  return port;
-}
 
 /** A private RS256 signing key in JWK form, as the provider is configured with it. */
 async function signingKey(): Promise<JWK> {
@@ -67,8 +60,13 @@ export class TestProvider {
 
   /** `clientJwks`: the client authenticates with private_key_jwt by these public keys, not a secret. */
   static async start(clearboxUrl: string, options: { clientJwks?: JWK[] } = {}): Promise<TestProvider> {
-    const port = await freePort();
+    // Bound before the issuer URL is made from its port: no other process can take the port between.
     const server = createServer();
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(0, "127.0.0.1", resolve);
+    });
+    const port = (server.address() as AddressInfo).port;
     const provider = new TestProvider(
       `http://127.0.0.1:${port}`,
       "clearbox",
@@ -80,7 +78,6 @@ export class TestProvider {
     provider.keys = [await signingKey()];
     provider.build();
     server.on("request", (req, res) => provider.handle(req, res));
-    await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
     return provider;
   }
 
