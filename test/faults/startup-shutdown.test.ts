@@ -4,7 +4,8 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { AMQP_URL, runPrefix } from "../support/cluster-env.ts";
-import { freePort } from "../support/own-rabbitmq.ts";
+import { BootExited, bootOnFreePorts, freePort } from "../support/free-port.ts";
+import { OwnRedis } from "../support/own-redis.ts";
 import { type Finished, runToEnd } from "../support/process.ts";
 import { deleteRedisPrefix } from "../support/redis.ts";
 
@@ -81,6 +82,29 @@ function startUntil(
       clearTimeout(timer);
       reject(new Error(`exited ${code} before "${marker}":\n${lines.join("\n")}`));
     });
+  });
+}
+
+/** What a node prints when its PORT was taken by another process. */
+const PORT_TAKEN = /clearbox: PORT: port \d+ is already in use/;
+
+/**
+ * Runs `attempt` with a port free a moment ago for the node's PORT, again with a fresh one (up to
+ * BOOT_ATTEMPTS in all) when another process took it before the node bound it: `attempt` threw
+ * saying so, or `taken` of its result says so.
+ */
+function onFreePort<T>(attempt: (port: number) => Promise<T>, taken: (result: T) => boolean = () => false) {
+  return bootOnFreePorts(async (ports) => {
+    const port = await ports();
+    let result: T;
+    try {
+      result = await attempt(port);
+    } catch (error) {
+      if (PORT_TAKEN.test(String((error as Error)?.message))) throw new BootExited(String(error));
+      throw error;
+    }
+    if (taken(result)) throw new BootExited(`port ${port} taken before the node bound it`);
+    return { port, result };
   });
 }
 
@@ -178,18 +202,17 @@ describe("start-up refusals name the variable in one line", () => {
   });
 
   test("ADMIN_PORT equal to PORT: exit 69 saying the node's own public listener holds it", async () => {
-    const port = String(await freePort());
-    const ran = await runToExit(baseEnv({ PORT: port, ADMIN_PORT: port }));
+    const { port, result: ran } = await onFreePort(
+      (port) => runToExit(baseEnv({ PORT: String(port), ADMIN_PORT: String(port) })),
+      (ran) => PORT_TAKEN.test(ran.stderr),
+    );
     expectOneLine(ran, "ADMIN_PORT", 69);
     expect(ran.stderr).toContain(`port ${port} is PORT too: this node's public listener holds it`);
   });
 
   test("a second node on a port in use fails with PORT named (exit 69) instead of sharing the port", async () => {
-    const port = await freePort();
-    const first = await startUntil(
-      [BUN, "run", "src/main.ts"],
-      baseEnv({ PORT: String(port) }),
-      "clearbox node started",
+    const { port, result: first } = await onFreePort((port) =>
+      startUntil([BUN, "run", "src/main.ts"], baseEnv({ PORT: String(port) }), "clearbox node started"),
     );
     try {
       const second = await runToExit(baseEnv({ PORT: String(port) }));
@@ -227,36 +250,22 @@ describe("shutdown", () => {
   });
 
   test("SIGTERM during a Redis outage stops the node cleanly (no MaxRetriesPerRequestError crash)", async () => {
-    const port = await freePort();
-    const redisDir = dataDir();
-    const redis = spawn(
-      "redis-server",
-      ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", redisDir],
-      {
-        stdio: "ignore",
-      },
-    );
+    // Its own server on a fresh port, and the one answering is this one (OwnRedis: retried when the
+    // port was taken meanwhile, the answer checked against its pid).
+    const redis = await OwnRedis.start();
     const prefix = `${runPrefix()}:`;
     try {
-      const until = Date.now() + 10_000;
-      for (;;) {
-        const probe = Bun.spawnSync(["redis-cli", "-p", String(port), "ping"]);
-        if (probe.stdout.toString().includes("PONG")) break;
-        if (Date.now() > until) throw new Error("own redis-server did not start");
-        await Bun.sleep(50);
-      }
       const node = await startUntil(
         [BUN, "run", "src/main.ts"],
         baseEnv({
-          REDIS_URL: `redis://127.0.0.1:${port}`,
+          REDIS_URL: redis.url,
           AMQP_URL,
           REDIS_PREFIX: prefix,
           CLUSTER_HEARTBEAT_MS: "250",
         }),
         "clearbox node started",
       );
-      redis.kill("SIGKILL");
-      await exited(redis);
+      await redis.kill();
       // Let the node notice (heartbeats fail) before it is asked to stop.
       await Bun.sleep(1_000);
       node.child.kill("SIGTERM");
@@ -270,7 +279,7 @@ describe("shutdown", () => {
       expect(output).toContain('"msg":"shutting down"');
       expect(output).not.toContain("Unhandled error event");
     } finally {
-      if (redis.exitCode === null && redis.signalCode === null) redis.kill("SIGKILL");
+      await redis.stop();
       // The queues of this node live on the shared RabbitMQ under the prefix; Redis keys died with the server.
       await deleteRedisPrefix(prefix).catch(() => 0);
     }
