@@ -1,5 +1,6 @@
 import { createInterface, type Interface } from "node:readline";
 import { type ChatMessage, ClearBoxApiError, type ClearBoxClient, Messenger } from "../client/index.ts";
+import { printable } from "./terminal.ts";
 
 export const CHAT_HELP = `commands in chat (anything else is a message to the current conversation):
   /to <username>               talk to this user
@@ -45,8 +46,18 @@ export async function chat(
     terminal: (io.output as { isTTY?: boolean }).isTTY === true,
   });
   const promptText = () =>
-    current ? (current.kind === "user" ? `[${current.username}]> ` : `[#${current.name}]> `) : "> ";
-  const print = (line: string) => {
+    current
+      ? current.kind === "user"
+        ? `[${printable(current.username)}]> `
+        : `[#${printable(current.name)}]> `
+      : "> ";
+  /**
+   * Prints lines above the prompt. Whatever a peer, the server or the network chose goes through
+   * printable() where it is interpolated (so even its line breaks show as `\n`); the line is passed
+   * through it once more, line by line, so no escape sequence, CR or BEL reaches the terminal.
+   */
+  const print = (text: string) => {
+    const line = text.split("\n").map(printable).join("\n");
     if ((io.output as { isTTY?: boolean }).isTTY) {
       io.output.write("\r\x1b[K");
       io.output.write(`${line}\n`);
@@ -76,26 +87,26 @@ export async function chat(
 
   messenger.on("message", async (m: ChatMessage) => {
     if (m.outgoing) {
-      if (m.state === "failed") print(`! not delivered: "${m.text}"`);
+      if (m.state === "failed") print(`! not delivered: "${printable(m.text)}"`);
       return;
     }
-    const where = m.group ? ` #${await groupName(m.group)}` : "";
-    print(`[${time(m.ts)}]${where} ${m.from.username}: ${m.text}`);
+    const where = m.group ? ` #${printable(await groupName(m.group))}` : "";
+    print(`[${time(m.ts)}]${where} ${printable(m.from.username)}: ${printable(m.text)}`);
   });
   messenger.on("presence", (p) => {
     const before = presence.get(p.userId);
     presence.set(p.userId, p.online);
     if (before !== undefined && before !== p.online)
-      print(`* ${p.username ?? p.userId} is ${p.online ? "online" : "offline"}`);
+      print(`* ${printable(p.username ?? p.userId)} is ${p.online ? "online" : "offline"}`);
   });
   messenger.on("identityChanged", (change) => {
     print(
-      `! the safety number with ${change.username ?? change.userId} changed (device ${change.deviceId}): their key is new. ` +
-        `Compare it again with /verify ${change.username ?? change.userId} before trusting it.`,
+      `! the safety number with ${printable(change.username ?? change.userId)} changed (device ${change.deviceId}): their key is new. ` +
+        `Compare it again with /verify ${printable(change.username ?? change.userId)} before trusting it.`,
     );
   });
   messenger.on("undecryptable", (u) =>
-    print(`! a message from ${u.from.user} could not be decrypted (${u.reason})`),
+    print(`! a message from ${printable(u.from.user)} could not be decrypted (${printable(u.reason)})`),
   );
   let announcedOffline = false;
   messenger.on("status", (status) => {
@@ -122,12 +133,12 @@ export async function chat(
         const user = await client.findUser(args[0].toLowerCase());
         current = { kind: "user", ...user };
         messenger.watch([user.userId]);
-        print(`* talking to ${user.username}`);
+        print(`* talking to ${printable(user.username)}`);
         return true;
       }
       case "/groups": {
         if (groups.size === 0) print("* no groups yet: /group new <name> <user...>");
-        for (const g of groups.values()) print(`  #${g.name}`);
+        for (const g of groups.values()) print(`  #${printable(g.name)}`);
         return true;
       }
       case "/group": {
@@ -149,7 +160,7 @@ export async function chat(
           if (current?.kind !== "group") return say("* not in a group conversation");
           await client.http.removeGroupMember(current.groupId, client.userId);
           groups.delete(current.name.toLowerCase());
-          print(`* left #${current.name}`);
+          print(`* left #${printable(current.name)}`);
           current = undefined;
           return true;
         }
@@ -157,14 +168,16 @@ export async function chat(
         if (!group)
           return say(args[0] ? `* no group named ${args[0]} (see /groups)` : "usage: /group <name>");
         current = { kind: "group", ...group };
-        print(`* talking in #${group.name}`);
+        print(`* talking in #${printable(group.name)}`);
         return true;
       }
       case "/invite": {
         if (current?.kind !== "group" || !args[0]) return say("usage (in a group): /invite <username>");
         const user = await client.findUser(args[0].toLowerCase());
         await client.http.addGroupMember(current.groupId, user.userId);
-        print(`* invited ${user.username} to #${current.name} (a member once they /accept)`);
+        print(
+          `* invited ${printable(user.username)} to #${printable(current.name)} (a member once they /accept)`,
+        );
         return true;
       }
       case "/accept":
@@ -172,7 +185,10 @@ export async function chat(
         const invitations = await client.http.invitations();
         if (!args[0]) {
           if (invitations.length === 0) print("* no invitations");
-          for (const i of invitations) print(`  #${i.name} (/accept ${i.name} or /decline ${i.name})`);
+          for (const i of invitations) {
+            const name = printable(i.name);
+            print(`  #${name} (/accept ${name} or /decline ${name})`);
+          }
           return true;
         }
         const wanted = args[0].replace(/^#/, "").toLowerCase();
@@ -180,13 +196,13 @@ export async function chat(
         if (!invitation) return say(`* no invitation to a group named ${args[0]} (see /accept)`);
         if (command === "/decline") {
           await client.http.declineInvitation(invitation.groupId);
-          print(`* declined #${invitation.name}`);
+          print(`* declined #${printable(invitation.name)}`);
           return true;
         }
         await client.http.acceptInvitation(invitation.groupId);
         groups.set(invitation.name.toLowerCase(), { groupId: invitation.groupId, name: invitation.name });
         current = { kind: "group", groupId: invitation.groupId, name: invitation.name };
-        print(`* joined #${invitation.name}`);
+        print(`* joined #${printable(invitation.name)}`);
         return true;
       }
       case "/who": {
@@ -194,40 +210,42 @@ export async function chat(
         if (contacts.length === 0) print("* no contacts yet: /to <username>");
         for (const c of contacts) {
           const state = presence.get(c.userId);
-          print(`  ${state === undefined ? "?" : state ? "●" : "○"} ${c.username}`);
+          print(`  ${state === undefined ? "?" : state ? "●" : "○"} ${printable(c.username)}`);
         }
         return true;
       }
       case "/devices": {
         for (const d of await client.http.devices()) {
           const self = d.deviceId === client.deviceId ? " (this one)" : "";
-          print(`  device ${d.deviceId}${d.name ? ` ${d.name}` : ""}${self}`);
+          print(`  device ${d.deviceId}${d.name ? ` ${printable(d.name)}` : ""}${self}`);
         }
         return true;
       }
       case "/verify": {
         if (!args[0]) return say("usage: /verify <username> [confirm]");
         const user = await client.findUser(args[0].toLowerCase());
+        const username = printable(user.username);
         const numbers = client.safetyNumbers(user.userId);
-        if (numbers.length === 0)
-          return say(`* no session with ${user.username} yet: exchange a message first`);
+        if (numbers.length === 0) return say(`* no session with ${username} yet: exchange a message first`);
         if (args[1] === "confirm") {
           client.markVerified(user.userId);
-          print(`* ${user.username} marked verified`);
+          print(`* ${username} marked verified`);
           return true;
         }
         for (const n of numbers) {
           const state = n.changed ? "CHANGED, not verified" : n.verified ? "verified" : "not verified";
-          print(`  ${user.username} device ${n.deviceId}: ${n.safetyNumber}  (${state})`);
+          print(`  ${username} device ${n.deviceId}: ${n.safetyNumber}  (${state})`);
         }
-        print(`* compare with ${user.username}'s screen; if they match: /verify ${user.username} confirm`);
+        print(`* compare with ${username}'s screen; if they match: /verify ${username} confirm`);
         return true;
       }
       case "/history": {
         if (!current) return say("* no conversation: /to <username>");
         const conversation = current.kind === "user" ? current.userId : `group:${current.groupId}`;
         for (const m of messenger.history(conversation, 20))
-          print(`  [${time(m.ts)}] ${m.from.username}: ${m.text}${m.state === "queued" ? " (queued)" : ""}`);
+          print(
+            `  [${time(m.ts)}] ${printable(m.from.username)}: ${printable(m.text)}${m.state === "queued" ? " (queued)" : ""}`,
+          );
         return true;
       }
       default: {
@@ -257,7 +275,7 @@ export async function chat(
     };
     messenger.on("status", (status, detail) => {
       if (status !== "stopped" || finished) return;
-      print(`* session ended (${detail.code ?? ""} ${detail.reason ?? ""})`.replace("( ", "("));
+      print(`* session ended (${detail.code ?? ""} ${printable(detail.reason ?? "")})`.replace("( ", "("));
       finish(1);
     });
     // Lines are handled one at a time, in order, even when one waits for the server.
@@ -282,7 +300,7 @@ export async function chat(
                 ? "no such user or group"
                 : `${error.code}: ${error.message}`
               : (error as Error).message;
-          print(`! ${message}`);
+          print(`! ${printable(message)}`);
         }
         rl.setPrompt(promptText());
         rl.prompt();

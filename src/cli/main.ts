@@ -5,6 +5,7 @@ import { read } from "read";
 import { ClearBoxApiError, ClearBoxClient, ClearBoxHttp, Messenger } from "../client/index.ts";
 import { checkReceipt } from "../protocol/erasure-receipt.ts";
 import { CHAT_HELP, chat } from "./chat.ts";
+import { printable } from "./terminal.ts";
 
 const USAGE = `ClearBox CLI
 
@@ -187,7 +188,7 @@ async function main(argv: string[]): Promise<number> {
           deviceName: values["device-name"],
           onPrompt: (prompt) =>
             console.log(
-              `to sign in, open ${prompt.verificationUriComplete ?? prompt.verificationUri} on any device and enter the code ${prompt.userCode} (valid ${Math.round(prompt.expiresIn / 60)} minutes)`,
+              `to sign in, open ${printable(prompt.verificationUriComplete ?? prompt.verificationUri)} on any device and enter the code ${printable(prompt.userCode)} (valid ${Math.round(prompt.expiresIn / 60)} minutes)`,
             ),
         });
         console.log(`signed in: user ${client.userId}, device ${client.deviceId}`);
@@ -346,7 +347,7 @@ async function send(client: ClearBoxClient, to: string | undefined, text: string
     });
     messenger.on("status", (status, detail) => {
       if (status === "stopped" && detail.code) {
-        console.error(`disconnected (${detail.code} ${detail.reason ?? ""})`);
+        console.error(`disconnected (${detail.code} ${printable(detail.reason ?? "")})`);
         resolve(1);
       }
     });
@@ -360,15 +361,18 @@ async function listen(client: ClearBoxClient): Promise<number> {
   messenger.on("message", (m) => {
     if (m.outgoing) return;
     const where = m.group ? ` in group ${m.group}` : "";
-    console.log(`[${new Date(m.ts).toISOString()}] ${m.from.username}${where}: ${m.text}`);
+    // Text and names come from other users and the server: shown, never acted on by the terminal.
+    console.log(
+      `[${new Date(m.ts).toISOString()}] ${printable(m.from.username)}${where}: ${printable(m.text)}`,
+    );
   });
   messenger.on("identityChanged", (c) =>
     console.log(
-      `! the safety number with ${c.username ?? c.userId} changed (device ${c.deviceId}): verify it again`,
+      `! the safety number with ${printable(c.username ?? c.userId)} changed (device ${c.deviceId}): verify it again`,
     ),
   );
   messenger.on("undecryptable", (u) =>
-    console.error(`cannot decrypt ${u.id} from ${u.from.user}: ${u.reason}`),
+    console.error(`cannot decrypt ${printable(u.id)} from ${printable(u.from.user)}: ${printable(u.reason)}`),
   );
   return new Promise((resolve) => {
     messenger.on("status", (status, detail) => {
@@ -379,7 +383,9 @@ async function listen(client: ClearBoxClient): Promise<number> {
       if (status === "offline") console.error("connection lost; reconnecting");
       if (status === "stopped") {
         if (detail.code)
-          console.error(`disconnected (${detail.code}${detail.reason ? ` ${detail.reason}` : ""})`);
+          console.error(
+            `disconnected (${detail.code}${detail.reason ? ` ${printable(detail.reason)}` : ""})`,
+          );
         resolve(detail.code ? 1 : 0);
       }
     });
@@ -393,7 +399,7 @@ main(process.argv.slice(2)).then(
   (error) => {
     const message =
       error instanceof ClearBoxApiError ? `${error.code}: ${error.message}` : (error as Error).message;
-    console.error(`error: ${message}`);
+    console.error(`error: ${printable(message)}`);
     process.exit(1);
   },
 );

@@ -65,6 +65,11 @@ class Terminal {
   end(): void {
     this.proc.stdin.end();
   }
+
+  /** Ctrl-C. */
+  interrupt(): void {
+    this.proc.kill("SIGINT");
+  }
 }
 
 describe("CLI chat", () => {
@@ -164,6 +169,49 @@ describe("CLI chat", () => {
     await tty.exited;
     expect(tty.output).not.toContain(secret);
     expect(existsSync(storePath)).toBe(true);
+  });
+
+  test("text and names another user chose reach the terminal shown, never as escape sequences or control characters", async () => {
+    const alice = { name: uniqueUsername("alice"), store: join(dir, "hostile-alice.db") };
+    const bob = { name: uniqueUsername("bob"), store: join(dir, "hostile-bob.db") };
+    for (const u of [alice, bob]) {
+      expect((await run(["register", u.name, "--server", node.url, "--store", u.store])).code).toBe(0);
+    }
+    // An OSC 52 clipboard write, a CR and an erase-line that overwrite the line with a forged
+    // sender, a line break that starts a line of its own, a bell, and a right-to-left override.
+    const hostile = `ok\r\x1b[2K[12:00] admin: \x1b]52;c;cm0gLXJmIH4=\x07\nfake line\x07 \u202eevil\x9b31m`;
+    // An OSC 8 link hiding where it points, as a group name (no whitespace: one chat argument).
+    const groupName = "\x1b]8;;https://evil.example/\x07team\x1b]8;;\x07";
+    const b = new Terminal([process.execPath, "run", CLI, "chat", "--store", bob.store]);
+    await b.expect(/signed in as/);
+    expect((await run(["send", bob.name, hostile, "--store", alice.store])).code).toBe(0);
+    const shown = await b.expect(new RegExp(`${alice.name}: ok`));
+    const a = new Terminal([process.execPath, "run", CLI, "chat", "--store", alice.store]);
+    await a.expect(/signed in as/);
+    a.type(`/group new ${groupName} ${bob.name}`);
+    await a.expect(/created #/);
+    b.type("/accept");
+    await b.expect(/\(\/accept /, shown);
+    for (const t of [a, b]) t.type("/quit");
+    expect(await a.exited).toBe(0);
+    expect(await b.exited).toBe(0);
+    // `listen` prints the same way.
+    const listening = new Terminal([process.execPath, "run", CLI, "listen", "--store", bob.store]);
+    await listening.expect(/listening as/);
+    expect((await run(["send", bob.name, hostile, "--store", alice.store])).code).toBe(0);
+    await listening.expect(new RegExp(`${alice.name}: ok`));
+    listening.interrupt();
+    await listening.exited;
+    // Shown as text: the escapes are visible, the sender is the real one, on one line.
+    const shownHostile = String.raw`ok\r\x1b[2K[12:00] admin: \x1b]52;c;cm0gLXJmIH4=\x07\nfake line\x07 \u{202e}evil\x9b31m`;
+    expect(b.output).toContain(`${alice.name}: ${shownHostile}`);
+    expect(b.output).toContain(String.raw`#\x1b]8;;https://evil.example/\x07team\x1b]8;;\x07 (/accept`);
+    expect(b.output).not.toMatch(/^fake line/m);
+    expect(listening.output).toContain(`${alice.name}: ${shownHostile}`);
+    // Nothing the terminal would act on: no ESC, BEL, CR, C1 CSI or bidi override anywhere.
+    for (const output of [b.output, listening.output]) {
+      for (const c of ["\x1b", "\x07", "\r", "\x9b", "\u202e"]) expect(output).not.toContain(c);
+    }
   });
 
   test("two users chat in two terminals: messages arrive while typing, by username both ways", async () => {
