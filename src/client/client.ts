@@ -478,13 +478,22 @@ export class ClearBoxClient {
       .map((row) => ({ userId: row.user_id, username: row.username }));
   }
 
+  /**
+   * Keeps `user` as a contact, as the server just named them. A username names one account at a
+   * time: another contact still held under this name is an account that was erased and whose name
+   * was registered again, and is forgotten here (its history shows by user id), so `findUser` and
+   * the safety numbers of that name follow the account now writing under it instead of the erased
+   * one's, possibly verified, keys.
+   */
   private rememberUser(user: UserInfo): void {
-    this.store.db
-      .query(
+    const db = this.store.db;
+    db.transaction(() => {
+      db.query("delete from contacts where username = ? and user_id <> ?").run(user.username, user.userId);
+      db.query(
         `insert into contacts (user_id, username) values (?, ?)
          on conflict (user_id) do update set username = excluded.username`,
-      )
-      .run(user.userId, user.username);
+      ).run(user.userId, user.username);
+    })();
   }
 
   /**

@@ -68,6 +68,36 @@ describe("client SDK and CLI", () => {
     for (const c of [phone, laptop, alice]) c.close();
   });
 
+  test("a username taken again after its account was erased names the new account, never the erased one's verified keys", async () => {
+    const name = uniqueUsername("bob");
+    const alice = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
+    await alice.register(uniqueUsername("alice"), password);
+    const bob = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
+    await bob.register(name, password);
+    // Alice writes to bob and verifies his safety number.
+    const [hello] = await alice.encrypt((await alice.findUser(name)).userId, "hello bob");
+    await bob.decryptText({ from: { user: alice.userId, device: alice.deviceId }, envelope: hello });
+    alice.markVerified(bob.userId);
+    expect(alice.trustOf(bob.userId)).toEqual({ verified: true, changed: false });
+    // Bob erases his account; someone else registers his username.
+    const { erasureId } = await bob.http.eraseMe(password);
+    while ((await bob.http.erasure(erasureId)).status !== "done") await Bun.sleep(50);
+    bob.close();
+    const mallory = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
+    await mallory.register(name, password);
+    // Mallory writes to alice: alice's Messenger names the sender with usernameOf.
+    expect(await alice.usernameOf(mallory.userId)).toBe(name);
+    // The name now resolves to the account writing under it, whose keys alice never verified.
+    const found = await alice.findUser(name);
+    expect(found.userId).toBe(mallory.userId);
+    expect(alice.trustOf(found.userId).verified).toBe(false);
+    expect(alice.contacts().filter((c) => c.username === name)).toEqual([
+      { userId: mallory.userId, username: name },
+    ]);
+    alice.close();
+    mallory.close();
+  });
+
   test("the CLI registers, shows the account and key count, and logs in again as the same device", async () => {
     const storePath = join(dir, "cli.db");
     const username = uniqueUsername("cli");
