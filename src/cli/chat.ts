@@ -5,7 +5,8 @@ import { printable } from "./terminal.ts";
 export const CHAT_HELP = `commands in chat (anything else is a message to the current conversation):
   /to <username>               talk to this user
   /group new <name> <user...>  create a group and invite these users; talk in it
-  /group <name>                talk in a group you are in
+  /group <name>                talk in a group you are in (groups that share a name show, and are
+                               typed, as <name>~<first 8 of the group id>)
   /group leave                 leave the current group
   /groups                      the groups you know
   /invite <username>           invite a user to the current group (you must be its admin)
@@ -22,6 +23,37 @@ export const CHAT_HELP = `commands in chat (anything else is a message to the cu
 
 const time = (ts: number) => new Date(ts).toTimeString().slice(0, 5);
 
+type Group = { groupId: string; name: string };
+
+/**
+ * How a group is shown and typed: its name, or `<name>~<first 8 hex of its id>` when another group
+ * of `among` has the same name (case-insensitive). Group names are not unique: anyone can make a
+ * group named like one you are in and invite you.
+ */
+export function groupLabel(group: Group, among: Iterable<Group>): string {
+  const name = group.name.toLowerCase();
+  for (const other of among) {
+    if (other.groupId !== group.groupId && other.name.toLowerCase() === name) {
+      return `${group.name}~${group.groupId.slice(0, 8)}`;
+    }
+  }
+  return group.name;
+}
+
+/**
+ * The group of `candidates` that `typed` (with or without `#`) names by its label (`groupLabel`
+ * among `among`) or, when only one candidate has it, by its name; else every candidate with that
+ * name: none, or several when the name is shared, which the caller refuses (listing their labels)
+ * rather than guess.
+ */
+export function pickGroup(typed: string, candidates: Group[], among: Group[] = candidates): Group | Group[] {
+  const wanted = typed.replace(/^#/, "").toLowerCase();
+  const labelled = candidates.filter((g) => groupLabel(g, among).toLowerCase() === wanted);
+  if (labelled.length === 1) return labelled[0];
+  const named = candidates.filter((g) => g.name.toLowerCase() === wanted);
+  return named.length === 1 ? named[0] : named;
+}
+
 /**
  * The interactive `chat` command: one Messenger (one socket, reconnecting) and a readline prompt.
  * Incoming messages, presence changes and safety-number warnings are printed above the line being
@@ -33,7 +65,15 @@ export async function chat(
   io: { input: NodeJS.ReadableStream; output: NodeJS.WritableStream },
 ): Promise<number> {
   const messenger = new Messenger(client);
-  const groups = new Map<string, { groupId: string; name: string }>(); // by lower-case name
+  const groups = new Map<string, Group>(); // by group id
+  const label = (group: Group) => printable(groupLabel(group, groups.values()));
+  /** The known group `typed` names, or a line saying why none is (unknown, or a shared name). */
+  const knownGroup = (typed: string): Group | string => {
+    const found = pickGroup(typed, [...groups.values()]);
+    if (!Array.isArray(found)) return found;
+    if (found.length === 0) return `* no group named ${typed} (see /groups)`;
+    return `* ${found.length} groups are named ${typed}: ${found.map((g) => `/group ${label(g)}`).join(" or ")}`;
+  };
   const presence = new Map<string, boolean>();
   let current:
     | { kind: "user"; userId: string; username: string }
@@ -49,7 +89,7 @@ export async function chat(
     current
       ? current.kind === "user"
         ? `[${printable(current.username)}]> `
-        : `[#${printable(current.name)}]> `
+        : `[#${label(current)}]> `
       : "> ";
   /**
    * Prints lines above the prompt. Whatever a peer, the server or the network chose goes through
@@ -74,12 +114,15 @@ export async function chat(
     return true;
   };
 
+  /** How a group is shown (`label`), asking the server for its name the first time. */
   const groupName = async (groupId: string): Promise<string> => {
-    for (const g of groups.values()) if (g.groupId === groupId) return g.name;
+    const known = groups.get(groupId);
+    if (known) return label(known);
     try {
       const info = await client.http.group(groupId);
-      groups.set(info.name.toLowerCase(), { groupId, name: info.name });
-      return info.name;
+      const group = { groupId, name: info.name };
+      groups.set(groupId, group);
+      return label(group);
     } catch {
       return groupId.slice(0, 8);
     }
@@ -90,7 +133,7 @@ export async function chat(
       if (m.state === "failed") print(`! not delivered: "${printable(m.text)}"`);
       return;
     }
-    const where = m.group ? ` #${printable(await groupName(m.group))}` : "";
+    const where = m.group ? ` #${await groupName(m.group)}` : "";
     print(`[${time(m.ts)}]${where} ${printable(m.from.username)}: ${printable(m.text)}`);
   });
   messenger.on("presence", (p) => {
@@ -138,7 +181,7 @@ export async function chat(
       }
       case "/groups": {
         if (groups.size === 0) print("* no groups yet: /group new <name> <user...>");
-        for (const g of groups.values()) print(`  #${printable(g.name)}`);
+        for (const g of groups.values()) print(`  #${label(g)}`);
         return true;
       }
       case "/group": {
@@ -149,60 +192,66 @@ export async function chat(
             name,
             members.map((m) => m.toLowerCase()),
           );
-          groups.set(name.toLowerCase(), { groupId, name });
+          groups.set(groupId, { groupId, name });
           current = { kind: "group", groupId, name };
           print(
-            `* created #${name}; ${members.length ? `invited ${members.join(", ")} (members once they /accept)` : "nobody else yet"}`,
+            `* created #${label(current)}; ${members.length ? `invited ${members.join(", ")} (members once they /accept)` : "nobody else yet"}`,
           );
           return true;
         }
         if (args[0] === "leave") {
           if (current?.kind !== "group") return say("* not in a group conversation");
           await client.http.removeGroupMember(current.groupId, client.userId);
-          groups.delete(current.name.toLowerCase());
-          print(`* left #${printable(current.name)}`);
+          print(`* left #${label(current)}`);
+          groups.delete(current.groupId);
           current = undefined;
           return true;
         }
-        const group = args[0] ? groups.get(args[0].replace(/^#/, "").toLowerCase()) : undefined;
-        if (!group)
-          return say(args[0] ? `* no group named ${args[0]} (see /groups)` : "usage: /group <name>");
+        if (!args[0]) return say("usage: /group <name>");
+        const group = knownGroup(args[0]);
+        if (typeof group === "string") return say(group);
         current = { kind: "group", ...group };
-        print(`* talking in #${printable(group.name)}`);
+        print(`* talking in #${label(group)}`);
         return true;
       }
       case "/invite": {
         if (current?.kind !== "group" || !args[0]) return say("usage (in a group): /invite <username>");
         const user = await client.findUser(args[0].toLowerCase());
         await client.http.addGroupMember(current.groupId, user.userId);
-        print(
-          `* invited ${printable(user.username)} to #${printable(current.name)} (a member once they /accept)`,
-        );
+        print(`* invited ${printable(user.username)} to #${label(current)} (a member once they /accept)`);
         return true;
       }
       case "/accept":
       case "/decline": {
-        const invitations = await client.http.invitations();
+        const invitations = (await client.http.invitations()).map((i) => ({
+          groupId: i.groupId,
+          name: i.name,
+        }));
+        // Labelled among the groups known too: an invitation to a second "team" shows as team~<id>.
+        const among = [...groups.values(), ...invitations];
+        const shown = (g: Group) => printable(groupLabel(g, among));
         if (!args[0]) {
           if (invitations.length === 0) print("* no invitations");
-          for (const i of invitations) {
-            const name = printable(i.name);
-            print(`  #${name} (/accept ${name} or /decline ${name})`);
-          }
+          for (const i of invitations) print(`  #${shown(i)} (/accept ${shown(i)} or /decline ${shown(i)})`);
           return true;
         }
-        const wanted = args[0].replace(/^#/, "").toLowerCase();
-        const invitation = invitations.find((i) => i.name.toLowerCase() === wanted);
-        if (!invitation) return say(`* no invitation to a group named ${args[0]} (see /accept)`);
+        const found = pickGroup(args[0], invitations, among);
+        if (Array.isArray(found)) {
+          return say(
+            found.length === 0
+              ? `* no invitation to a group named ${args[0]} (see /accept)`
+              : `* ${found.length} invitations are to groups named ${args[0]}: ${found.map((g) => `${command} ${shown(g)}`).join(" or ")}`,
+          );
+        }
         if (command === "/decline") {
-          await client.http.declineInvitation(invitation.groupId);
-          print(`* declined #${printable(invitation.name)}`);
+          await client.http.declineInvitation(found.groupId);
+          print(`* declined #${shown(found)}`);
           return true;
         }
-        await client.http.acceptInvitation(invitation.groupId);
-        groups.set(invitation.name.toLowerCase(), { groupId: invitation.groupId, name: invitation.name });
-        current = { kind: "group", groupId: invitation.groupId, name: invitation.name };
-        print(`* joined #${printable(invitation.name)}`);
+        await client.http.acceptInvitation(found.groupId);
+        groups.set(found.groupId, found);
+        current = { kind: "group", ...found };
+        print(`* joined #${label(found)}`);
         return true;
       }
       case "/who": {

@@ -214,6 +214,51 @@ describe("CLI chat", () => {
     }
   });
 
+  test("two groups with the same name are told apart: a bare name that two share is refused, never resolved to the newest", async () => {
+    const alice = { name: uniqueUsername("alice"), store: join(dir, "namesake-alice.db") };
+    const bob = { name: uniqueUsername("bob"), store: join(dir, "namesake-bob.db") };
+    const mallory = { name: uniqueUsername("mallory"), store: join(dir, "namesake-mallory.db") };
+    for (const u of [alice, bob, mallory]) {
+      expect((await run(["register", u.name, "--server", node.url, "--store", u.store])).code).toBe(0);
+    }
+    const chat = (store: string) => new Terminal([process.execPath, "run", CLI, "chat", "--store", store]);
+    const a = chat(alice.store);
+    const b = chat(bob.store);
+    const m = chat(mallory.store);
+    for (const t of [a, b, m]) await t.expect(/signed in as/);
+    // Bob is in alice's "team"; mallory makes a group of the same name and invites him too.
+    a.type(`/group new team ${bob.name}`);
+    await a.expect(/created #team/);
+    b.type("/accept team");
+    let at = await b.expect(/joined #team/);
+    m.type(`/group new team ${bob.name}`);
+    await m.expect(/created #team/);
+    b.type("/accept");
+    at = await b.expect(/#team~([0-9a-f]{8}) \(\/accept team~\1 /, at);
+    b.type("/accept team");
+    at = await b.expect(/joined #team~[0-9a-f]{8}/, at);
+    // Each group's messages are labelled with its own group; mallory's group speaks last.
+    a.type("from alice's team");
+    const fromAlice = new RegExp(`#(team~[0-9a-f]{8}) ${alice.name}: from alice's team`);
+    await b.expect(fromAlice, at);
+    const aliceTeam = fromAlice.exec(b.output.slice(at))?.[1] as string;
+    m.type("from mallory's team");
+    const fromMallory = new RegExp(`#(team~[0-9a-f]{8}) ${mallory.name}: from mallory's team`);
+    at = await b.expect(fromMallory, at);
+    expect(fromMallory.exec(b.output)?.[1]).not.toBe(aliceTeam);
+    // "team" names two groups: refused with the labels that tell them apart (it was the group that
+    // spoke last, mallory's, which then got what bob wrote for the team).
+    b.type("/group team");
+    at = await b.expect(/2 groups are named team: \/group team~[0-9a-f]{8} or \/group team~[0-9a-f]{8}/, at);
+    b.type(`/group ${aliceTeam}`);
+    await b.expect(new RegExp(`talking in #${aliceTeam}`), at);
+    b.type("for alice's team only");
+    await a.expect(new RegExp(`#team ${bob.name}: for alice's team only`));
+    for (const t of [a, b, m]) t.type("/quit");
+    for (const t of [a, b, m]) expect(await t.exited).toBe(0);
+    expect(m.output).not.toContain("for alice's team only");
+  });
+
   test("two users chat in two terminals: messages arrive while typing, by username both ways", async () => {
     const alice = { name: uniqueUsername("alice"), store: join(dir, "alice.db") };
     const bob = { name: uniqueUsername("bob"), store: join(dir, "bob.db") };
