@@ -59,7 +59,13 @@ const FINAL_CLOSE_CODES = new Set<number>([
 
 /** What travels inside the end-to-end encryption (never seen by the server). */
 type Payload =
-  | { v: 1; t: "text"; text: string }
+  /**
+   * `group`: the group it was sent in, `null` for a 1:1 message. The `group` of a delivery is the
+   * server's, outside the encryption; this one is what the message is shown in, so a server cannot
+   * move a message to another group, or a 1:1 message into a group. Messages of earlier versions
+   * lack it and are shown where the server says.
+   */
+  | { v: 1; t: "text"; text: string; group?: string | null }
   /** This device's sender key for a group, sent 1:1 to each member before its first group message. */
   | { v: 1; t: "sk"; group: string; dist: string }
   /**
@@ -76,6 +82,14 @@ function decodePayload(bytes: Uint8Array): Payload {
     throw new Error("unknown payload");
   }
   if (value.t === "text" && typeof value.text !== "string") throw new Error("text payload without text");
+  if (
+    value.t === "text" &&
+    value.group !== undefined &&
+    value.group !== null &&
+    typeof value.group !== "string"
+  ) {
+    throw new Error("text payload with a malformed group");
+  }
   if (value.t === "sk" && (typeof value.group !== "string" || typeof value.dist !== "string")) {
     throw new Error("sender-key payload without group or key");
   }
@@ -341,12 +355,12 @@ export class Messenger extends EventEmitter<MessengerEvents> {
   async sendText(to: string, text: string): Promise<ChatMessage> {
     const userId = UUID.test(to) ? to.toLowerCase() : (await this.client.findUser(to)).userId;
     if (!this.watched.has(userId)) this.watch([userId]);
-    return this.enqueue("user", userId, userId, { v: 1, t: "text", text });
+    return this.enqueue("user", userId, userId, { v: 1, t: "text", text, group: null });
   }
 
   /** Queues a text message to a group (its members get it through this device's sender key). */
   async sendGroupText(groupId: string, text: string): Promise<ChatMessage> {
-    return this.enqueue("group", groupId, `group:${groupId}`, { v: 1, t: "text", text });
+    return this.enqueue("group", groupId, `group:${groupId}`, { v: 1, t: "text", text, group: groupId });
   }
 
   /**
@@ -727,6 +741,9 @@ export class Messenger extends EventEmitter<MessengerEvents> {
         } else if (payload.t === "sk-req") {
           void this.answerKeyRequest(frame.from.user, payload.group).catch(() => undefined);
         } else {
+          if (payload.group !== undefined && payload.group?.toLowerCase() !== frame.group?.toLowerCase()) {
+            throw new Error("the message names another conversation than the one it was delivered in");
+          }
           let username = frame.from.user;
           try {
             username = await this.client.usernameOf(frame.from.user);
