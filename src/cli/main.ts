@@ -50,8 +50,9 @@ once this succeeded.
 ${STORE_OPTIONS}`,
   login: `usage: npm run cli -- login <username> [--server <url>] [--store <path>] [--device-name <name>]
 
-Logs in as this store's device, or as a new device with a fresh identity when the store holds none
-of <username>. The password is read without echo (or from $CLEARBOX_PASSWORD).
+Logs in as this store's device, or as a new device with a fresh identity when the store holds no
+account yet; a store of another account is refused (one account per store: use another --store).
+The password is read without echo (or from $CLEARBOX_PASSWORD).
 ${STORE_OPTIONS}`,
   signin: `usage: npm run cli -- signin [--server <url>] [--store <path>] [--device-name <name>]
 

@@ -174,17 +174,24 @@ export class ClearBoxClient {
     return this.store.get<string>("username");
   }
 
-  /** Creates the account, logs this device in and uploads its keys. */
+  /**
+   * Creates the account, logs this device in and uploads its keys. Throws, before asking the server,
+   * when the store holds another account (`assertStoreIsFor`).
+   */
   async register(username: string, password: string, deviceName?: string): Promise<void> {
+    this.assertStoreIsFor(username);
     await this.http.register(username, password);
     await this.login(username, password, deviceName);
   }
 
   /**
-   * Logs in: as the device saved in this store when it belongs to `username`, else as a new device
-   * with a fresh identity. Uploads keys if this device has not yet done so.
+   * Logs in: as the device saved in this store when it belongs to `username`, else (a store that
+   * holds no account yet) as a new device with a fresh identity. Uploads keys if this device has
+   * not yet done so. Throws, before asking the server, when the store holds another account
+   * (`assertStoreIsFor`).
    */
   async login(username: string, password: string, deviceName?: string): Promise<void> {
+    this.assertStoreIsFor(username);
     const { registrationId } = this.store.identity.ensureIdentity();
     const known =
       this.store.get<string>("username") === username ? this.store.get<number>("deviceId") : undefined;
@@ -199,6 +206,25 @@ export class ClearBoxClient {
     this.rememberUser({ userId: tokens.userId, username });
     if (!this.store.get<boolean>("keysUploaded")) await this.bootstrapKeys();
     this.persist();
+  }
+
+  /**
+   * A store holds one account: its identity key, sessions, sender keys and history. Signing another
+   * account in on it made a new device of that account with the first one's identity key and,
+   * since the store's keys counted as uploaded, no keys on the server (a device nobody could write
+   * to), and mixed the two accounts' sessions and history. Throws an Error naming the account the
+   * store holds; nothing is sent.
+   */
+  private assertStoreIsFor(username: string): void {
+    const userId = this.store.get<string>("userId");
+    if (userId === undefined) return;
+    const held = this.store.get<string>("username");
+    if (held === username) return;
+    throw new Error(
+      held === undefined
+        ? `this store holds the account ${userId}, signed in with the identity provider: sign in again with signin, or use another store for ${username}`
+        : `this store holds the account ${held}: use another store for ${username}`,
+    );
   }
 
   /**

@@ -8,6 +8,16 @@ import { startTestNode, type TestNode } from "../support/node.ts";
 import { runToEnd } from "../support/process.ts";
 
 const password = "correct horse battery";
+
+/** The HTTP status a call was refused with. */
+async function apiStatus(call: Promise<unknown>): Promise<number | undefined> {
+  try {
+    await call;
+  } catch (error) {
+    return (error as { status?: number }).status;
+  }
+  return undefined;
+}
 const CLI = resolve(import.meta.dir, "../../src/cli/main.ts");
 
 // The SDK talks HTTP only, so one backend is enough here; the key directory suites cover both.
@@ -96,6 +106,32 @@ describe("client SDK and CLI", () => {
     ]);
     alice.close();
     mallory.close();
+  });
+
+  test("a store holding one account refuses to sign another in, before asking the server", async () => {
+    const bobName = uniqueUsername("bob");
+    const bob = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
+    await bob.register(bobName, password);
+    const storePath = join(dir, "one-account.db");
+    const alice = ClearBoxClient.open({ serverUrl: node.url, storePath });
+    const aliceName = uniqueUsername("alice");
+    await alice.register(aliceName, password);
+    const aliceId = alice.userId;
+    // Logging bob in here made his device 2 with alice's identity key and no keys on the server.
+    await expect(alice.login(bobName, password)).rejects.toThrow(
+      `this store holds the account ${aliceName}: use another store for ${bobName}`,
+    );
+    expect((await bob.http.devices()).map((d) => d.deviceId)).toEqual([bob.deviceId]);
+    // Registering another account here created it on the server first.
+    const carolName = uniqueUsername("carol");
+    await expect(alice.register(carolName, password)).rejects.toThrow(`use another store for ${carolName}`);
+    expect(await apiStatus(bob.http.lookupUser(carolName))).toBe(404);
+    // The store is alice's as it was, and logs her in again as the same device.
+    expect(alice.userId).toBe(aliceId);
+    await alice.login(aliceName, password);
+    expect([alice.userId, alice.deviceId]).toEqual([aliceId, 1]);
+    alice.close();
+    bob.close();
   });
 
   test("the CLI registers, shows the account and key count, and logs in again as the same device", async () => {
