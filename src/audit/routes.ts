@@ -2,7 +2,7 @@ import { Elysia, t } from "elysia";
 import { DomainError } from "../errors/index.ts";
 import { canonicalUuid } from "../protocol/ids.ts";
 import type { Ropa } from "./ropa.ts";
-import type { AuditQuery, PostgresAuditTrail } from "./service.ts";
+import type { AuditHead, AuditQuery, PostgresAuditTrail } from "./service.ts";
 
 const DEFAULT_LIMIT = 100;
 const MAX_LIMIT = 1000;
@@ -43,6 +43,24 @@ export function parseAuditQuery(query: Record<string, string | undefined>): Audi
 }
 
 /**
+ * The `seq` and `hash` of `GET /admin/v1/audit/verify`: both (a `head` an earlier verification
+ * answered, kept outside the database) or neither; anything else is `invalid`.
+ */
+export function parseKnownHead(query: Record<string, string | undefined>): AuditHead | undefined {
+  if (query.seq === undefined && query.hash === undefined) return undefined;
+  if (query.seq === undefined || query.hash === undefined) {
+    throw new DomainError(
+      "invalid",
+      "seq and hash: give both (a head an earlier verification answered), or neither",
+    );
+  }
+  const seq = integer(query.seq, "seq", 1, Number.MAX_SAFE_INTEGER);
+  if (!/^[0-9a-f]{64}$/.test(query.hash))
+    throw new DomainError("invalid", "hash: expected 64 lower-case hex digits");
+  return { seq, hash: query.hash };
+}
+
+/**
  * Admin routes for the audit trail and the Art. 30 record: `GET /admin/v1/audit`,
  * `GET /admin/v1/audit/verify`, `GET /admin/v1/ropa`. Mounted inside the admin listener, which
  * authenticates and audits every call.
@@ -60,6 +78,8 @@ export function auditAdminRoutes(deps: { audit: PostgresAuditTrail; ropa: () => 
       },
       { query: t.Object({ subject: optional, since: optional, after: optional, limit: optional }) },
     )
-    .get("/admin/v1/audit/verify", () => deps.audit.verify())
+    .get("/admin/v1/audit/verify", ({ query }) => deps.audit.verify(parseKnownHead(query)), {
+      query: t.Object({ seq: optional, hash: optional }),
+    })
     .get("/admin/v1/ropa", () => deps.ropa());
 }

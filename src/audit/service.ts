@@ -29,13 +29,24 @@ const entryColumns = {
   hash: auditLog.hash,
 };
 
+/** An entry as kept outside the database to check the chain against later: its seq and hash. */
+export interface AuditHead {
+  seq: number;
+  hash: string;
+}
+
 /** What `verify()` found. */
 export interface AuditVerification {
   ok: boolean;
   /** Entries whose link was checked (up to and including the broken one). */
   entries: number;
-  /** seq of the first entry whose prevHash or hash does not match. */
+  /**
+   * seq of the first entry whose prevHash or hash does not match, or of the `known` entry when it
+   * is missing or holds another hash.
+   */
   brokenAt?: number;
+  /** When ok and the chain is not empty: its last entry, to keep outside the database. */
+  head?: AuditHead;
 }
 
 /** What one retention pass removed from the head of the chain. */
@@ -186,10 +197,15 @@ export class PostgresAuditTrail implements AuditTrail {
    * Walks the chain in seq order, a page at a time, recomputing every hash. The first remaining
    * entry's prevHash is the anchor: the genesis hash, or the last hash removed by retention, which
    * an `audit.pruned` entry must name.
+   *
+   * The walk alone cannot see the last entries deleted, or the last one rewritten with its hash (no
+   * later entry links to them). `known`, a `head` an earlier verification answered and kept outside
+   * the database, closes that: the chain must still hold that entry with that hash (unless
+   * retention removed it from the head), else it is broken at `known.seq`.
    */
-  async verify(): Promise<AuditVerification> {
+  async verify(known?: AuditHead): Promise<AuditVerification> {
     for (let attempt = 0; ; attempt++) {
-      const result = await this.walk();
+      const result = await this.walk(known);
       // A prune that ran during the walk makes the next page look detached; walk again.
       if (result.ok || attempt >= 2 || !(await this.prunedPast(result.lastGood))) return result.verification;
     }
@@ -271,10 +287,18 @@ export class PostgresAuditTrail implements AuditTrail {
     }
   }
 
-  private async walk(): Promise<{ ok: boolean; lastGood: number; verification: AuditVerification }> {
+  private async walk(
+    known?: AuditHead,
+  ): Promise<{ ok: boolean; lastGood: number; verification: AuditVerification }> {
     let checked = 0;
     let lastGood = 0;
     let expected: string | undefined;
+    let knownFound = false;
+    const broken = (seq: number) => ({
+      ok: false,
+      lastGood,
+      verification: { ok: false, entries: checked, brokenAt: seq },
+    });
     for (;;) {
       const page = await this.db
         .select(entryColumns)
@@ -286,17 +310,34 @@ export class PostgresAuditTrail implements AuditTrail {
         checked++;
         if (expected === undefined) {
           expected = row.prevHash;
-          if (expected !== GENESIS_HASH && !(await this.anchorExplained(expected))) {
-            return { ok: false, lastGood, verification: { ok: false, entries: checked, brokenAt: row.seq } };
+          if (expected !== GENESIS_HASH && !(await this.anchorExplained(expected))) return broken(row.seq);
+          if (known && row.seq > known.seq) {
+            // Before the head: removed by retention when a prune explains the anchor (it only ever
+            // explains the successor of what it removed); a chain that starts over from the genesis
+            // hash after it was deleted whole.
+            if (expected === GENESIS_HASH) return broken(known.seq);
+            knownFound = true;
           }
         }
-        if (row.prevHash !== expected || chainHash(row.prevHash, row) !== row.hash) {
-          return { ok: false, lastGood, verification: { ok: false, entries: checked, brokenAt: row.seq } };
+        if (row.prevHash !== expected || chainHash(row.prevHash, row) !== row.hash) return broken(row.seq);
+        if (known && !knownFound && row.seq >= known.seq) {
+          // Rewritten, hash and all; or deleted, and entries appended after the cut.
+          if (row.seq > known.seq || row.hash !== known.hash) return broken(known.seq);
+          knownFound = true;
         }
         expected = row.hash;
         lastGood = row.seq;
       }
-      if (page.length < PAGE) return { ok: true, lastGood, verification: { ok: true, entries: checked } };
+      if (page.length < PAGE) {
+        // The chain ends before the kept entry: its tail was deleted.
+        if (known && !knownFound) return broken(known.seq);
+        const head = expected === undefined ? undefined : { seq: lastGood, hash: expected };
+        return {
+          ok: true,
+          lastGood,
+          verification: { ok: true, entries: checked, ...(head ? { head } : {}) },
+        };
+      }
     }
   }
 

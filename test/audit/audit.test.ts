@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
-import { GENESIS_HASH } from "../../src/audit/chain.ts";
+import { chainHash, GENESIS_HASH } from "../../src/audit/chain.ts";
 import { PostgresAuditTrail } from "../../src/audit/service.ts";
 import type { AuditEntry } from "../../src/audit/types.ts";
 import { validUpload } from "../keys/fixtures.ts";
@@ -260,6 +260,54 @@ describe.each(BACKENDS)("audit trail on %s", (backend) => {
     }
   });
 
+  test("the tail deleted or rewritten behind the chain's back is found against a head kept outside the database", async () => {
+    await registerAndLogin(client);
+    const verified = await admin.get("/admin/v1/audit/verify", ADMIN_TOKEN);
+    expect(verified.body.ok).toBe(true);
+    const head = verified.body.head as { seq: number; hash: string };
+    const [last] = (await trail.list({ after: head.seq - 1, limit: 1 })) as AuditEntry[];
+    expect(head).toEqual({ seq: last.seq, hash: last.hash });
+    const against = (known: { seq: number; hash: string }) =>
+      admin.get(`/admin/v1/audit/verify?seq=${known.seq}&hash=${known.hash}`, ADMIN_TOKEN);
+    expect((await against(head)).body).toMatchObject({ ok: true });
+    // Entries after the kept head verify against it too.
+    await registerAndLogin(client);
+    expect((await against(head)).body).toMatchObject({ ok: true });
+    // The last entries deleted (no later hash to rewrite): the walk alone cannot tell, the kept head can.
+    await asSuperuser(node.database.db, sql`delete from audit_log where seq >= ${head.seq}`);
+    expect((await trail.verify()).ok).toBe(true);
+    expect((await against(head)).body).toEqual({
+      ok: false,
+      entries: expect.any(Number),
+      brokenAt: head.seq,
+    });
+    // Appending again after the cut does not hide it.
+    await registerAndLogin(client);
+    expect((await against(head)).body).toMatchObject({ ok: false, brokenAt: head.seq });
+    // The last entry rewritten, hash and all (read without the admin RPC, whose own call is
+    // audited after it answers).
+    const latest = (await trail.verify()).head as { seq: number; hash: string };
+    const [entry] = await trail.list({ after: latest.seq - 1, limit: 1 });
+    const forged = chainHash(entry.prevHash, { ...entry, details: { ...entry.details, forged: true } });
+    await asSuperuser(
+      node.database.db,
+      sql`update audit_log set details = ${JSON.stringify({ ...entry.details, forged: true })}::jsonb, hash = ${forged} where seq = ${latest.seq}`,
+    );
+    expect((await trail.verify()).ok).toBe(true);
+    expect((await against(latest)).body).toMatchObject({ ok: false, brokenAt: latest.seq });
+    // The whole chain deleted and started again from the genesis hash.
+    const whole = (await trail.verify()).head as { seq: number; hash: string };
+    await asSuperuser(node.database.db, sql`delete from audit_log`);
+    await registerAndLogin(client);
+    expect((await trail.verify()).ok).toBe(true);
+    expect(await trail.verify(whole)).toMatchObject({ ok: false, brokenAt: whole.seq });
+    // Bad parameters are refused before anything is read.
+    for (const query of ["seq=1", `hash=${latest.hash}`, `seq=x&hash=${latest.hash}`, "seq=1&hash=xyz"]) {
+      const refused = await admin.get(`/admin/v1/audit/verify?${query}`, ADMIN_TOKEN);
+      expect({ query, status: refused.status }).toEqual({ query, status: 400 });
+    }
+  });
+
   test("deleting the head of the chain behind its back is detected: the anchor is no prune's", async () => {
     expect((await trail.verify()).ok).toBe(true);
     const [first, second] = await trail.list({ limit: 2 });
@@ -305,7 +353,12 @@ describe("audit chain shared by two nodes on one PostgreSQL", () => {
     expect(rows.length).toBe(2 + 120 + 10);
     const prevHashes = rows.map((r) => (r as unknown as { prev_hash: string }).prev_hash);
     expect(new Set(prevHashes).size).toBe(rows.length);
-    expect(await trails[1].verify()).toEqual({ ok: true, entries: rows.length });
+    const last = rows[rows.length - 1] as unknown as { seq: number | string; hash: string };
+    expect(await trails[1].verify()).toEqual({
+      ok: true,
+      entries: rows.length,
+      head: { seq: Number(last.seq), hash: last.hash },
+    });
     expect((await api(a.adminUrl).get("/admin/v1/audit/verify", ADMIN_TOKEN)).body.ok).toBe(true);
   });
 });
