@@ -32,7 +32,9 @@ export interface MessengerEvents {
   presence: [{ userId: string; username?: string; online: boolean; lastSeen: number }];
   /**
    * A contact's device now has a different identity key than before (reinstall, or a server
-   * substituting keys): the user should compare safety numbers again before trusting it.
+   * substituting keys), or a contact whose keys the user verified has a device not seen before (a
+   * new login, or a server adding a device): the user should compare safety numbers again before
+   * trusting it.
    */
   identityChanged: [{ userId: string; username?: string; deviceId: number }];
   /**

@@ -161,15 +161,26 @@ export class SqliteIdentityStore extends IdentityKeyStore {
     return id;
   }
 
+  /**
+   * Stores a device's identity key. A key that replaces a different one, and a device new to a user
+   * whose keys the user verified (each device has a key of its own here, so a server that adds a
+   * device to a verified contact's account would otherwise read what follows unannounced), are
+   * recorded as changes (`changedDevices`) and reported to `onIdentityChange` listeners.
+   */
   async saveIdentity(name: ProtocolAddress, key: PublicKey): Promise<IdentityChange> {
     const existing = await this.getIdentity(name);
+    const newToVerifiedUser =
+      !existing &&
+      this.store.db
+        .query<{ one: number }, [string]>("select 1 as one from verified_identities where name = ? limit 1")
+        .get(name.name()) !== null;
     this.store.db
       .query(
         `insert into identities (name, device_id, public_key) values (?, ?, ?)
          on conflict (name, device_id) do update set public_key = excluded.public_key`,
       )
       .run(name.name(), name.deviceId(), key.serialize());
-    if (existing && !existing.equals(key)) {
+    if ((existing && !existing.equals(key)) || newToVerifiedUser) {
       this.store.db
         .query(
           `insert into identity_changes (name, device_id, changed_at) values (?, ?, ?)
@@ -177,7 +188,7 @@ export class SqliteIdentityStore extends IdentityKeyStore {
         )
         .run(name.name(), name.deviceId(), Date.now());
       for (const listener of this.changeListeners) listener(name.name(), name.deviceId());
-      return IdentityChange.ReplacedExisting;
+      return existing ? IdentityChange.ReplacedExisting : IdentityChange.NewOrUnchanged;
     }
     return IdentityChange.NewOrUnchanged;
   }
@@ -186,8 +197,10 @@ export class SqliteIdentityStore extends IdentityKeyStore {
 
   /**
    * Calls `listener(userId, deviceId)` whenever a device's identity key is replaced by a different
-   * one (a reinstall, or a server substituting keys); the change stays recorded (`changedDevices`)
-   * until the user verifies the new safety number (`markVerified`). Returns an unsubscribe function.
+   * one (a reinstall, or a server substituting keys), or a verified user has a device not seen
+   * before (a new login, or a server adding a device); the change stays recorded
+   * (`changedDevices`) until the user verifies the new safety number (`markVerified`). Returns an
+   * unsubscribe function.
    */
   onIdentityChange(listener: (userId: string, deviceId: number) => void): () => void {
     this.changeListeners.push(listener);

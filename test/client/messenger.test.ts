@@ -549,6 +549,48 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     b.client.close();
   });
 
+  test("a device new to a verified contact (a new login, or one a server added) raises identityChanged until verified", async () => {
+    const a = await chatter(node.url, "alice");
+    const b = await chatter(node.url, "bob");
+    a.messenger.start();
+    b.messenger.start();
+    await until(() => a.messenger.isOnline && b.messenger.isOnline, "both online");
+    await a.messenger.sendText(b.username, "hello");
+    await until(() => b.received.length === 1, "first message");
+    a.client.markVerified(b.client.userId);
+    expect(a.client.trustOf(b.client.userId)).toEqual({ verified: true, changed: false });
+    // Bob's account gets a second device, with a key of its own that alice never compared.
+    const laptop = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
+    await laptop.login(b.username, password, "laptop");
+    const sent = await a.messenger.sendText(b.username, "to both devices");
+    await until(
+      () => a.messenger.history(b.client.userId).some((m) => m.id === sent.id && m.state === "sent"),
+      "sent",
+    );
+    expect(a.changes).toEqual([{ userId: b.client.userId, username: b.username, deviceId: laptop.deviceId }]);
+    expect(a.client.trustOf(b.client.userId)).toEqual({ verified: false, changed: true });
+    expect(a.client.safetyNumbers(b.client.userId).map((n) => [n.deviceId, n.verified, n.changed])).toEqual([
+      [b.client.deviceId, true, false],
+      [laptop.deviceId, false, true],
+    ]);
+    a.client.markVerified(b.client.userId);
+    expect(a.client.trustOf(b.client.userId)).toEqual({ verified: true, changed: false });
+    // A contact never verified: a new device of theirs is just a device (nothing was vouched for).
+    const c = await chatter(node.url, "carol");
+    await a.messenger.sendText(c.username, "hi carol");
+    const carolLaptop = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
+    await carolLaptop.login(c.username, password, "laptop");
+    const toCarol = await a.messenger.sendText(c.username, "to carol's devices");
+    await until(
+      () => a.messenger.history(c.client.userId).some((m) => m.id === toCarol.id && m.state === "sent"),
+      "sent to carol",
+    );
+    expect(a.changes).toHaveLength(1);
+    a.messenger.stop();
+    b.messenger.stop();
+    for (const x of [a.client, b.client, c.client, laptop, carolLaptop]) x.close();
+  });
+
   test("a member device without the sender's key asks the sender for it and reads what follows", async () => {
     const a = await chatter(node.url, "alice");
     const b = await chatter(node.url, "bob");
