@@ -6,7 +6,7 @@ import { CloseCode } from "../protocol/index.ts";
 import type { ClearBoxClient } from "./client.ts";
 import { ClearBoxApiError, type PasswordChange } from "./http.ts";
 import { SocketReauthentication } from "./reauth.ts";
-import { RATE_LIMIT_WAIT_MS } from "./socket.ts";
+import { RATE_LIMIT_WAIT_MS, retryWaitMs } from "./socket.ts";
 
 /** A text message as the user sees it: names, not ids. `conversation` is a user id or `group:<id>`. */
 export interface ChatMessage {
@@ -647,7 +647,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
         (answer.code === "busy" ||
           (answer.code === "rate_limited" && (answer.retryAfterMs ?? 0) <= RATE_LIMIT_WAIT_MS));
       if (answer?.type === "rejected" && waits) {
-        await new Promise((wake) => setTimeout(wake, answer.retryAfterMs ?? 1000));
+        await new Promise((wake) => setTimeout(wake, retryWaitMs(answer.retryAfterMs, 1000)));
         continue;
       }
       return answer;

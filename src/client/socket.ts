@@ -38,6 +38,20 @@ export const RATE_LIMIT_RETRIES = 30;
 export const RATE_LIMIT_WAIT_MS = 60_000;
 /** The pause before resending a send refused by the frame budget, which names no wait (ms). */
 const FRAME_BUDGET_WAIT_MS = 1_000;
+/** The shortest pause before a resend (ms): the server's own `busy` wait (DEFAULT_FLOW_CONTROL). */
+export const MIN_RETRY_WAIT_MS = 25;
+
+/**
+ * The pause (ms) before sending again a send the server refused with `retryAfterMs`: that wait,
+ * held within [MIN_RETRY_WAIT_MS, RATE_LIMIT_WAIT_MS]; `fallbackMs` when the server named none or
+ * something that is not a finite number. The server's figure is not trusted as given: a negative,
+ * zero or fractional wait would resend at once in a loop, and one past 2^31 - 1 ms fires at once
+ * too (timers hold a signed 32-bit delay), so a broken or hostile server could make a client flood it.
+ */
+export function retryWaitMs(retryAfterMs: unknown, fallbackMs: number): number {
+  const wait = typeof retryAfterMs === "number" && Number.isFinite(retryAfterMs) ? retryAfterMs : fallbackMs;
+  return Math.min(RATE_LIMIT_WAIT_MS, Math.max(MIN_RETRY_WAIT_MS, Math.round(wait)));
+}
 /**
  * Times a send answered `error internal` (the server could not store it, e.g. its database was
  * restarting) is tried again, 250 ms doubling up to 2 s apart (about 20 s in all), before the
@@ -197,12 +211,12 @@ export class ClearBoxSocket {
       }
       if (answer.type !== "rejected") return answer;
       if (answer.code === "busy" && ++busy < BUSY_RETRIES) {
-        await new Promise((wake) => setTimeout(wake, answer.retryAfterMs ?? 25));
+        await new Promise((wake) => setTimeout(wake, retryWaitMs(answer.retryAfterMs, MIN_RETRY_WAIT_MS)));
         continue;
       }
       const wait = answer.retryAfterMs ?? FRAME_BUDGET_WAIT_MS;
       if (answer.code === "rate_limited" && wait <= RATE_LIMIT_WAIT_MS && ++limited <= RATE_LIMIT_RETRIES) {
-        await new Promise((wake) => setTimeout(wake, wait));
+        await new Promise((wake) => setTimeout(wake, retryWaitMs(wait, FRAME_BUDGET_WAIT_MS)));
         continue;
       }
       return answer;
