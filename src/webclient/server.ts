@@ -456,7 +456,13 @@ const TYPES: Record<string, string> = {
 };
 
 function serveAsset(dir: string, pathname: string): Response {
-  const relative = normalize(decodeURIComponent(pathname)).replace(/^(\.\.[/\\])+/, "");
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(pathname);
+  } catch {
+    return new Response("malformed path", { status: 400 });
+  }
+  const relative = normalize(decoded).replace(/^(\.\.[/\\])+/, "");
   let file = join(dir, relative === "/" ? "index.html" : relative);
   if (!file.startsWith(dir) || !existsSync(file) || !statSync(file).isFile()) file = join(dir, "index.html");
   const type = TYPES[file.slice(file.lastIndexOf("."))] ?? "application/octet-stream";
@@ -464,7 +470,10 @@ function serveAsset(dir: string, pathname: string): Response {
     headers: {
       "content-type": type,
       "content-security-policy":
-        "default-src 'self'; connect-src 'self' ws://127.0.0.1:* ws://localhost:*; style-src 'self' 'unsafe-inline'",
+        "default-src 'self'; connect-src 'self' ws://127.0.0.1:* ws://localhost:*; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+      // No other page may frame this one (clickjacking: a click on "Erase my account" lured through a
+      // transparent frame); `frame-ancestors` for current browsers, X-Frame-Options for older ones.
+      "x-frame-options": "DENY",
       "x-content-type-options": "nosniff",
       "referrer-policy": "no-referrer",
     },

@@ -120,7 +120,12 @@ describe.skipIf(!existsSync(CHROMIUM) && !process.env.CI)("browser sample client
       headers: { "x-clearbox-secret": secret, host: "evil.example" },
     });
     expect(rebound.status).toBe(421);
-    expect(await (await fetch(`${base}/`)).text()).toContain('<div id="root">');
+    const page = await fetch(`${base}/`);
+    expect(await page.text()).toContain('<div id="root">');
+    // No other site may frame the page (clickjacking), and a malformed path is a 400, not a 500.
+    expect(page.headers.get("content-security-policy")).toContain("frame-ancestors 'none'");
+    expect(page.headers.get("x-frame-options")).toBe("DENY");
+    expect((await fetch(`${base}/%E0%A4%A`)).status).toBe(400);
     // Nothing is written before a sign-up succeeded.
     expect(existsSync(web.storePath)).toBe(false);
     await web.stop();
