@@ -1,5 +1,5 @@
 import { t } from "elysia";
-import { Uuid } from "../protocol/ids.ts";
+import { DisplayName, Uuid } from "../protocol/ids.ts";
 
 /** Largest group: the fan-out benchmark's 10,000 members. */
 export const MAX_GROUP_MEMBERS = 10_000;
@@ -24,7 +24,7 @@ export namespace GroupModel {
 
   export const create = t.Object(
     {
-      name: t.String({ minLength: 1, maxLength: 128 }),
+      name: DisplayName(128),
       members: t.Array(userId, { maxItems: MAX_GROUP_MEMBERS - 1, uniqueItems: true }),
     },
     { additionalProperties: false },

@@ -1,5 +1,5 @@
 import { type Static, t } from "elysia";
-import { DeviceId, RegistrationId, Uuid } from "../protocol/ids.ts";
+import { DeviceId, DisplayName, RegistrationId, Uuid } from "../protocol/ids.ts";
 import { FORM_MEDIA_TYPE } from "../protocol/json.ts";
 import { POLL_INTERVAL_SECONDS } from "./relying-party.ts";
 
@@ -21,7 +21,7 @@ export namespace OidcModel {
       userId: t.Optional(Uuid),
       deviceId: t.Optional(DeviceId),
       registrationId: t.Optional(RegistrationId),
-      deviceName: t.Optional(t.String({ minLength: 1, maxLength: 64 })),
+      deviceName: t.Optional(DisplayName(64)),
     },
     { additionalProperties: false },
   );

@@ -20,6 +20,22 @@ export function canonicalUuid(text: string): string | undefined {
   return UUID_REGEXP.test(text) ? text.toLowerCase() : undefined;
 }
 
+/**
+ * A name a person gives and others are shown (group names, device names): 1 to `maxLength`
+ * characters with no control characters (C0, DEL, C1), line or paragraph separators (U+2028,
+ * U+2029) or bidirectional embedding, override and isolate controls (U+202A–U+202E,
+ * U+2066–U+2069). Those make a name rewrite what a terminal or page shows around it (escape
+ * sequences, a forged line, text reversed: the "Trojan Source" trick, CVE-2021-42574); clients
+ * escape what they show all the same, and the server refuses them so no client has to be right.
+ */
+export function DisplayName(maxLength: number) {
+  return T.String({
+    minLength: 1,
+    maxLength,
+    pattern: "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069]+$",
+  });
+}
+
 /** libsignal's `ProtocolAddress` takes device ids 1-127, so an account has at most 127 devices. */
 export const MAX_DEVICE_ID = 127;
 

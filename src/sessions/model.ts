@@ -1,6 +1,6 @@
 import { type Static, t } from "elysia";
 import { AccountModel } from "../accounts/model.ts";
-import { DeviceId, RegistrationId } from "../protocol/ids.ts";
+import { DeviceId, DisplayName, RegistrationId } from "../protocol/ids.ts";
 
 export namespace SessionModel {
   export const login = t.Object(
@@ -10,7 +10,7 @@ export namespace SessionModel {
       // TypeBox's own Integer (src/protocol): Elysia's t.Integer would also accept "7" in a JSON body.
       deviceId: t.Optional(DeviceId),
       registrationId: t.Optional(RegistrationId),
-      deviceName: t.Optional(t.String({ minLength: 1, maxLength: 64 })),
+      deviceName: t.Optional(DisplayName(64)),
     },
     { additionalProperties: false },
   );

@@ -199,6 +199,39 @@ describe.each(BACKENDS)("hostile request bodies on %s", (backend) => {
     expect(emoji.status).toBe(201);
   });
 
+  test("names with control, line-separator or bidirectional characters are 400 invalid and nothing is stored", async () => {
+    const before = await snapshot(node);
+    const login = { username: me.username, password: me.password, registrationId: 7 };
+    // An OSC 52 clipboard write, a carriage return forging a line, a C1 CSI, a line separator, a
+    // right-to-left override and a bidi isolate (Trojan Source, CVE-2021-42574).
+    const names = [
+      "team\u001b]52;c;ZXZpbA==\u0007",
+      "ok\r[12:00] admin: hi",
+      "a\u009b2J",
+      "a\u2028b",
+      "abc\u202edcba",
+      "x\u2066y",
+    ];
+    for (const name of names) {
+      for (const [path, body, token] of [
+        ["/v1/groups", { name, members: [] }, me.accessToken],
+        ["/v1/sessions", { ...login, deviceName: name }, undefined],
+      ] as const) {
+        const res = await client.post(path, body, token);
+        expect({ path, name, status: res.status, code: res.body.error?.code }).toEqual({
+          path,
+          name,
+          status: 400,
+          code: "invalid",
+        });
+      }
+    }
+    expect(await snapshot(node)).toEqual(before);
+    // Letters of any script, emoji and a tab-free space are names like any other.
+    const ok = await client.post("/v1/groups", { name: "Équipe 東京 📱 – ok", members: [] }, me.accessToken);
+    expect(ok.status).toBe(201);
+  });
+
   test("no reply or log line holds a refused value", async () => {
     const marker = "refused-value-marker";
     await client.call("POST", "/v1/accounts", { raw: `{"username":"${marker}\\u0000","password":"x"}` });
