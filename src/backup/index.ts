@@ -1,10 +1,14 @@
 import { createHash } from "node:crypto";
 import {
+  closeSync,
   copyFileSync,
   existsSync,
+  lstatSync,
   mkdirSync,
+  openSync,
   readdirSync,
   readFileSync,
+  readSync,
   renameSync,
   rmSync,
   statSync,
@@ -37,8 +41,17 @@ export interface BackupManifest {
   files: Record<string, { bytes: number; sha256: string }>;
 }
 
+/** SHA-256 (hex) of the file at `path`, read 1 MiB at a time (a backup may be larger than memory allows). */
 function sha256(path: string): string {
-  return createHash("sha256").update(readFileSync(path)).digest("hex");
+  const hash = createHash("sha256");
+  const chunk = Buffer.allocUnsafe(1 << 20);
+  const fd = openSync(path, "r");
+  try {
+    for (let n = readSync(fd, chunk); n > 0; n = readSync(fd, chunk)) hash.update(chunk.subarray(0, n));
+  } finally {
+    closeSync(fd);
+  }
+  return hash.digest("hex");
 }
 
 /**
@@ -151,6 +164,9 @@ export function readBackup(backupDir: string): BackupManifest {
     const expected = manifest.files?.[file];
     const at = join(backupDir, file);
     if (!expected || !existsSync(at)) throw new Error(`backup file ${file} is missing`);
+    // A link or a device (a `pglite.tar.gz` pointing at /dev/zero has size 0, and hashing it reads
+    // until memory runs out) is not a file this command wrote.
+    if (!lstatSync(at).isFile()) throw new Error(`backup file ${file} is not a regular file`);
     if (statSync(at).size !== expected.bytes || sha256(at) !== expected.sha256) {
       throw new Error(`backup file ${file} does not match its checksum: damaged or changed`);
     }
@@ -164,7 +180,7 @@ export function readBackup(backupDir: string): BackupManifest {
 
 /**
  * Restores a backup of the embedded default into `dataDir`, with the node stopped: checks the
- * manifest and checksums, refuses a data directory that already holds a database or a log (move it
+ * manifest and checksums (both files must be regular files, not links), refuses a data directory that already holds a database or a log (move it
  * away first), loads the PGlite dump into `dataDir/pglite` and copies the log to
  * `dataDir/envelopes.db`. The node's next start applies newer migrations and replays the erasure
  * ledger (docs/GDPR.md).
