@@ -7,6 +7,17 @@ export type EnvelopeState = "pending" | "queued";
 /** Metadata of an envelope, without its ciphertext or type (export, audits). */
 export type EnvelopeMetadata = Omit<StoredEnvelope, "type" | "body"> & { state: EnvelopeState | "acked" };
 
+/**
+ * One page of a keyset-paginated read of the log: at most the `limit` asked for, in acceptance
+ * order. `next` is the cursor to pass as `after` for the page that follows (the log's own order key,
+ * e.g. its `seq`, of this page's last row: opaque to callers), or null when this page was the last.
+ * A full page gives a cursor even when nothing follows it (the next page is then empty).
+ */
+export interface LogPage<T> {
+  rows: T[];
+  next: number | null;
+}
+
 /** A group message an expansion wrote rows for, and the devices (userId → ids) it wrote them for. */
 export interface ExpandedGroupMessage {
   envelope: GroupEnvelope;
@@ -40,6 +51,20 @@ export interface EnvelopeLog extends ActorEnvelopeLog {
   expandStale(olderThanMs: number): Promise<ExpandedGroupMessage[]>;
   /** Metadata of envelopes sent by or to the user (export). */
   metadataOf(userId: string, limit?: number): Promise<EnvelopeMetadata[]>;
+  /**
+   * One page of `undelivered(recipientUser)` (every device, pending and queued): up to `limit`
+   * envelopes accepted after the cursor `after` (null: from the oldest), oldest first. Keyset
+   * pagination: each page is one bounded read whatever the queue's size, and pages that follow
+   * each other list every envelope once (an envelope acked between two pages is in neither if
+   * it was not yet read). For reads too large for one answer (export).
+   */
+  undeliveredPage(
+    recipientUser: string,
+    after: number | null,
+    limit: number,
+  ): Promise<LogPage<StoredEnvelope>>;
+  /** One page of `metadataOf(userId)`, after the cursor `after` (null: from the oldest), as `undeliveredPage`. */
+  metadataPage(userId: string, after: number | null, limit: number): Promise<LogPage<EnvelopeMetadata>>;
   /**
    * Other users' devices holding envelopes from `senderUser` in their offline queues (state
    * `queued`): where erasure must look besides the sender's own stores.

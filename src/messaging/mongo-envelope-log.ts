@@ -1,7 +1,13 @@
 import { type Collection, MongoBulkWriteError, MongoClient, type Db as MongoDb } from "mongodb";
 import { type EnvelopeRef, envelopeKey, type GroupEnvelope } from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
-import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState, ExpandedGroupMessage } from "./envelope-log.ts";
+import type {
+  EnvelopeLog,
+  EnvelopeMetadata,
+  EnvelopeState,
+  ExpandedGroupMessage,
+  LogPage,
+} from "./envelope-log.ts";
 import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
 
 /** A stored envelope as MongoDB keeps it: binary ciphertext (null once acked), order and state. */
@@ -22,6 +28,27 @@ function documentId(e: EnvelopeRef, recipientUser: string, recipientDevice: numb
 /** The `_id`s of these envelopes of one recipient device: an ack or mark reaches exactly them. */
 function documentIds(recipientUser: string, recipientDevice: number, refs: readonly EnvelopeRef[]): string[] {
   return refs.map((e) => documentId(e, recipientUser, recipientDevice));
+}
+
+/** A document as `undelivered` answers it: base64 ciphertext ("" once acked). */
+function toEnvelope(d: EnvelopeDoc): StoredEnvelope {
+  return {
+    id: d.id,
+    senderUser: d.senderUser,
+    senderDevice: d.senderDevice,
+    recipientUser: d.recipientUser,
+    recipientDevice: d.recipientDevice,
+    groupId: d.groupId,
+    ts: d.ts,
+    type: d.type,
+    body: d.body ? d.body.toString("base64") : "",
+  };
+}
+
+/** A document (read without its `body`) as `metadataOf` answers it. */
+function toMetadata(d: Omit<EnvelopeDoc, "body"> | EnvelopeDoc): EnvelopeMetadata {
+  const { id, senderUser, senderDevice, recipientUser, recipientDevice, groupId, ts, state } = d;
+  return { id, senderUser, senderDevice, recipientUser, recipientDevice, groupId, ts, state };
 }
 
 /**
@@ -137,17 +164,7 @@ export class MongoEnvelopeLog implements EnvelopeLog {
       .sort({ seq: 1 })
       .limit(options.limit ?? 10_000)
       .toArray();
-    return docs.map((d) => ({
-      id: d.id,
-      senderUser: d.senderUser,
-      senderDevice: d.senderDevice,
-      recipientUser: d.recipientUser,
-      recipientDevice: d.recipientDevice,
-      groupId: d.groupId,
-      ts: d.ts,
-      type: d.type,
-      body: d.body ? d.body.toString("base64") : "",
-    }));
+    return docs.map(toEnvelope);
   }
 
   async markQueued(
@@ -177,18 +194,49 @@ export class MongoEnvelopeLog implements EnvelopeLog {
       .sort({ seq: 1 })
       .limit(limit)
       .toArray();
-    return docs.map(
-      ({ id, senderUser, senderDevice, recipientUser, recipientDevice, groupId, ts, state }) => ({
-        id,
-        senderUser,
-        senderDevice,
+    return docs.map(toMetadata);
+  }
+
+  async undeliveredPage(
+    recipientUser: string,
+    after: number | null,
+    limit: number,
+  ): Promise<LogPage<StoredEnvelope>> {
+    const docs = await this.envelopes
+      .find({
         recipientUser,
-        recipientDevice,
-        groupId,
-        ts,
-        state,
-      }),
-    );
+        state: { $in: ["pending", "queued"] },
+        ...(after === null ? {} : { seq: { $gt: after } }),
+      })
+      .sort({ seq: 1 })
+      .limit(limit)
+      .toArray();
+    return {
+      rows: docs.map(toEnvelope),
+      next: docs.length >= limit ? (docs.at(-1)?.seq ?? null) : null,
+    };
+  }
+
+  async metadataPage(
+    userId: string,
+    after: number | null,
+    limit: number,
+  ): Promise<LogPage<EnvelopeMetadata>> {
+    const docs = await this.envelopes
+      .find(
+        {
+          $or: [{ senderUser: userId }, { recipientUser: userId }],
+          ...(after === null ? {} : { seq: { $gt: after } }),
+        },
+        { projection: { body: 0 } },
+      )
+      .sort({ seq: 1 })
+      .limit(limit)
+      .toArray();
+    return {
+      rows: docs.map(toMetadata),
+      next: docs.length >= limit ? (docs.at(-1)?.seq ?? null) : null,
+    };
   }
 
   async queuedRecipientsOf(senderUser: string): Promise<{ userId: string; deviceId: number }[]> {

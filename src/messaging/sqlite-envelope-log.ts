@@ -5,7 +5,13 @@ import { join } from "node:path";
 import type { EnvelopeRef, GroupEnvelope } from "../../actors/index.ts";
 import { stageTraceOn, stamp } from "../observability/stage-trace.ts";
 import type { StoredEnvelope } from "./envelope.ts";
-import type { EnvelopeLog, EnvelopeMetadata, EnvelopeState, ExpandedGroupMessage } from "./envelope-log.ts";
+import type {
+  EnvelopeLog,
+  EnvelopeMetadata,
+  EnvelopeState,
+  ExpandedGroupMessage,
+  LogPage,
+} from "./envelope-log.ts";
 import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
 import type { LogWorkerReply, LogWorkerRequest, LogWrite } from "./sqlite-log-protocol.ts";
 
@@ -35,6 +41,25 @@ function toEnvelope(r: EnvelopeRow): StoredEnvelope {
     type: r.type,
     body: r.body ? Buffer.from(r.body).toString("base64") : "",
   };
+}
+
+function toMetadata(r: EnvelopeRow): EnvelopeMetadata {
+  return {
+    id: r.id,
+    senderUser: r.sender_user,
+    senderDevice: r.sender_device,
+    recipientUser: r.recipient_user,
+    recipientDevice: r.recipient_device,
+    groupId: r.group_id,
+    ts: r.ts,
+    state: r.state,
+  };
+}
+
+/** A page of `rows` read with `limit`: the cursor after the last one when the page is full. */
+function pageOf<T>(rows: EnvelopeRow[], limit: number, map: (r: EnvelopeRow) => T): LogPage<T> {
+  const last = rows.at(-1);
+  return { rows: rows.map(map), next: rows.length >= limit && last ? last.seq : null };
 }
 
 /** Only what names each envelope: callers may pass whole envelopes, whose ciphertext the worker need not copy. */
@@ -260,16 +285,46 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
       "metadata",
       `select ${METADATA_COLUMNS} from envelopes where sender_user = ? or recipient_user = ? order by seq limit ?`,
     ).all(userId, userId, limit);
-    return rows.map((r) => ({
-      id: r.id,
-      senderUser: r.sender_user,
-      senderDevice: r.sender_device,
-      recipientUser: r.recipient_user,
-      recipientDevice: r.recipient_device,
-      groupId: r.group_id,
-      ts: r.ts,
-      state: r.state,
-    }));
+    return rows.map(toMetadata);
+  }
+
+  /**
+   * The page's keys first, from the indexes alone (the recipient index holds `seq`; every SQLite
+   * index entry ends with the rowid, which `seq` is), then only those rows: sorting the user's
+   * rows themselves to find the page would read every queued ciphertext of the user, up to
+   * gigabytes, for each page.
+   */
+  async undeliveredPage(
+    recipientUser: string,
+    after: number | null,
+    limit: number,
+  ): Promise<LogPage<StoredEnvelope>> {
+    if (after === null) await this.expanded();
+    const rows = this.statement(
+      "undelivered-page",
+      `select ${COLUMNS} from envelopes where seq in (
+         select seq from envelopes where recipient_user = ? and state <> 'acked' and seq > ? order by seq limit ?
+       ) order by seq`,
+    ).all(recipientUser, after ?? -1, limit);
+    return pageOf(rows, limit, toEnvelope);
+  }
+
+  async metadataPage(
+    userId: string,
+    after: number | null,
+    limit: number,
+  ): Promise<LogPage<EnvelopeMetadata>> {
+    if (after === null) await this.expanded();
+    const rows = this.statement(
+      "metadata-page",
+      `select ${METADATA_COLUMNS} from envelopes where seq in (
+         select seq from envelopes where sender_user = ? and seq > ?
+         union
+         select seq from envelopes where recipient_user = ? and seq > ?
+         order by seq limit ?
+       ) order by seq`,
+    ).all(userId, after ?? -1, userId, after ?? -1, limit);
+    return pageOf(rows, limit, toMetadata);
   }
 
   async queuedRecipientsOf(senderUser: string): Promise<{ userId: string; deviceId: number }[]> {

@@ -411,6 +411,43 @@ export function describeEnvelopeLog(
       expect(meta.every((m) => !("body" in m))).toBe(true);
     });
 
+    test("undeliveredPage and metadataPage read in keyset pages: all of it once, oldest first, none longer than asked", async () => {
+      const user = randomUUID();
+      const other = randomUUID();
+      const received = Array.from({ length: 7 }, (_, i) =>
+        envelope({ recipientUser: user, recipientDevice: 1 + (i % 2), senderUser: other }),
+      );
+      const sent = Array.from({ length: 3 }, () => envelope({ senderUser: user, recipientUser: other }));
+      for (const [i, e] of [...received, ...sent].entries()) {
+        await log.append([e]);
+        if (i === 1) await log.append([envelope(), envelope({ recipientUser: other })]);
+      }
+      const acked = received[2] as StoredEnvelope;
+      expect(await log.ack(user, acked.recipientDevice, [acked])).toBe(1);
+      const readAll = async <T>(
+        read: (after: number | null) => Promise<{ rows: T[]; next: number | null }>,
+      ): Promise<T[][]> => {
+        const pages: T[][] = [];
+        let after: number | null = null;
+        do {
+          const page: { rows: T[]; next: number | null } = await read(after);
+          pages.push(page.rows);
+          after = page.next;
+        } while (after !== null);
+        return pages;
+      };
+      const queued = await readAll((after) => log.undeliveredPage(user, after, 2));
+      expect(queued.map((page) => page.length)).toEqual([2, 2, 2, 0]);
+      expect(queued.flat()).toEqual(await log.undelivered(user));
+      expect(queued.flat().map((e) => e.id)).toEqual(received.filter((e) => e !== acked).map((e) => e.id));
+      const metadata = await readAll((after) => log.metadataPage(user, after, 3));
+      expect(metadata.map((page) => page.length)).toEqual([3, 3, 3, 1]);
+      expect(metadata.flat()).toEqual(await log.metadataOf(user));
+      expect(metadata.flat().map((m) => m.id)).toEqual([...received, ...sent].map((e) => e.id));
+      expect(metadata.flat().every((m) => !("body" in m))).toBe(true);
+      expect(await log.undeliveredPage(randomUUID(), null, 5)).toEqual({ rows: [], next: null });
+    });
+
     test("eraseUser removes what the user sent and received, and nothing of others", async () => {
       const user = randomUUID();
       const bystander = envelope();
