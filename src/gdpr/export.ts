@@ -17,8 +17,9 @@ import {
   signedPreKeys,
 } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
-import type { EnvelopeLog } from "../messaging/envelope-log.ts";
+import type { EnvelopeLog, LogPage } from "../messaging/envelope-log.ts";
 import type { Presence } from "../messaging/presence.ts";
+import type { Logger } from "../observability/logger.ts";
 import { type RateLimiter, type RateLimitRule, spendOrRefuse } from "../ratelimit/index.ts";
 
 const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64");
@@ -67,7 +68,30 @@ export const SELF_EXPORT_LIMIT = {
   windowMs: 60 * 60_000,
 } satisfies RateLimitRule;
 
-/** Builds the machine-readable archive of everything held about one user (GDPR Art. 15 and 20). */
+/**
+ * Rows of the envelope log an export reads per page: a page is what an export holds in memory
+ * (besides the account's other rows, which are bounded), whatever the archive's size. Queued
+ * ciphertexts are up to 256 KiB each (342 KiB in base64), so 16 of them are at most about 5.5 MB
+ * of JSON; a metadata row is about 300 bytes of it.
+ */
+export const EXPORT_PAGE_ROWS = { metadata: 1_000, queued: 16 } as const;
+
+/** The export's JSON around its two long lists, and the first page of the first one. */
+interface ArchiveFrame {
+  /** From `{"format":…` to `"messages":{"note":…,"metadata":[`. */
+  head: string;
+  /** From the end of `queued` to the document's end: `]},"presence":…}`. */
+  tail: string;
+  firstMetadata: LogPage<unknown>;
+}
+
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/**
+ * Builds the machine-readable archive of everything held about one user (GDPR Art. 15 and 20)
+ * and streams it: the envelope log is read in pages as the client takes the bytes, so a node
+ * holds about one page of it (`EXPORT_PAGE_ROWS`) whatever the archive's size.
+ */
 export class ExportService {
   constructor(
     private readonly deps: {
@@ -78,16 +102,25 @@ export class ExportService {
       config: Config;
       /** Counts the exports a user asks for themself (`SELF_EXPORT_LIMIT`); none: not limited. */
       rateLimiter?: RateLimiter;
+      /** Hears of an export that failed mid-stream (never the user, only the error's class). */
+      logger?: Pick<Logger, "warn">;
+      /** Rows per page of the log (tests make them small); `EXPORT_PAGE_ROWS` by default. */
+      pageRows?: { metadata: number; queued: number };
     },
   ) {}
 
   /**
-   * The archive of `userId` (docs/GDPR.md). `requestedBy: "self"` spends one of the account's
-   * `SELF_EXPORT_LIMIT` first: `rate_limited` (with `retryAfterSeconds`) past it, before anything
-   * is read or audited; an export that fails (a store unreachable: the error is thrown on) gives
-   * it back, since the person got nothing. `not_found` when the account does not exist.
+   * The archive of `userId` (docs/GDPR.md) as UTF-8 JSON bytes, read as they are pulled:
+   * `JSON.parse` of the whole stream is the `clearbox-export/1` document. `requestedBy: "self"`
+   * spends one of the account's `SELF_EXPORT_LIMIT` first: `rate_limited` (with
+   * `retryAfterSeconds`) past it, before anything is read or audited. Everything but the envelope
+   * log's two lists, and the first page of the first, is read (and the export audited) before this
+   * resolves: `not_found` when the account does not exist, and a store that cannot be read throws
+   * here. A failure after that (the log lost mid-way) errors the stream, so the document is cut off
+   * and never valid JSON (the HTTP response is aborted). Both kinds of failure give the budget's
+   * hit back, since the person got no archive; a client that stops reading (cancels) does not.
    */
-  async export(userId: string, requestedBy: "self" | "admin") {
+  async export(userId: string, requestedBy: "self" | "admin"): Promise<ReadableStream<Uint8Array>> {
     const limiter = requestedBy === "self" ? this.deps.rateLimiter : undefined;
     if (limiter)
       await spendOrRefuse(
@@ -96,18 +129,86 @@ export class ExportService {
         userId,
         "too many exports of this account, retry later",
       );
+    // Five failures in an hour (the database or the log down) locked the person out of their
+    // own data for the rest of it, without one archive given.
+    const giveBack = () => limiter?.release(SELF_EXPORT_LIMIT, userId).catch(() => {});
+    let frame: ArchiveFrame;
     try {
-      return await this.archive(userId, requestedBy);
+      frame = await this.frame(userId, requestedBy);
     } catch (error) {
-      // Five failures in an hour (the database or the log down) locked the person out of their
-      // own data for the rest of it, without one archive given.
-      if (limiter) await limiter.release(SELF_EXPORT_LIMIT, userId).catch(() => {});
+      await giveBack();
       throw error;
     }
+    const chunks = this.chunks(userId, frame);
+    const encoder = new TextEncoder();
+    return new ReadableStream<Uint8Array>(
+      {
+        pull: async (controller) => {
+          try {
+            const { value, done } = await chunks.next();
+            if (done) controller.close();
+            else controller.enqueue(encoder.encode(value));
+          } catch (error) {
+            this.deps.logger?.warn(
+              { requestedBy, failure: error instanceof Error ? error.name : typeof error },
+              "export failed mid-stream; response aborted",
+            );
+            await giveBack();
+            // Not the error itself: the server prints a stream's error, and a store's error may
+            // quote its query's parameters (a user id).
+            controller.error(new Error("export failed mid-stream"));
+          }
+        },
+        cancel: async () => {
+          await chunks.return(undefined);
+        },
+      },
+      // One chunk (one page) ahead of the client at most.
+      { highWaterMark: 1 },
+    );
   }
 
-  /** Reads and audits the archive of `userId` (`export`, without the budget). */
-  private async archive(userId: string, requestedBy: "self" | "admin") {
+  /**
+   * The document's text in pieces: the head, the pages of `messages.metadata` and then of
+   * `messages.queued`, the tail. Each page is read on a later turn of the event loop than the one
+   * before (the embedded log reads synchronously), so other requests run between pages.
+   */
+  private async *chunks(userId: string, frame: ArchiveFrame): AsyncGenerator<string, void, undefined> {
+    const { log } = this.deps;
+    const rows = this.deps.pageRows ?? EXPORT_PAGE_ROWS;
+    const list = async function* <T>(
+      first: LogPage<T> | null,
+      read: (after: number | null) => Promise<LogPage<T>>,
+    ): AsyncGenerator<string, void, undefined> {
+      let page = first ?? (await read(null));
+      let separator = "";
+      for (;;) {
+        if (page.rows.length > 0) {
+          yield separator + page.rows.map((row) => JSON.stringify(row)).join(",");
+          separator = ",";
+        }
+        if (page.next === null) return;
+        const after: number = page.next;
+        await nextTurn();
+        page = await read(after);
+      }
+    };
+    yield frame.head;
+    yield* list(frame.firstMetadata, (after) => log.metadataPage(userId, after, rows.metadata));
+    yield '],"queued":[';
+    await nextTurn();
+    yield* list(null, (after) => log.undeliveredPage(userId, after, rows.queued));
+    yield frame.tail;
+  }
+
+  /**
+   * Reads everything of the archive but the log's two lists (bounded: a few rows per device, group,
+   * invitation, block and audit entry), and the first page of the metadata, then audits the export:
+   * a store that is down fails here, before a byte is sent. The audit entry is written before the
+   * stream starts, as the data is about to be disclosed: an export cut off mid-way (or whose client
+   * left) was still partly disclosed, so it stays audited.
+   */
+  private async frame(userId: string, requestedBy: "self" | "admin"): Promise<ArchiveFrame> {
     const { db, log, presence, audit, config } = this.deps;
     const [account] = await db
       .select({ userId: accounts.id, username: accounts.username, createdAt: accounts.createdAt })
@@ -185,7 +286,16 @@ export class ExportService {
       .orderBy(asc(blocks.createdAt));
     const identities = await db.select().from(oidcIdentities).where(eq(oidcIdentities.userId, userId));
     const [state] = await presence.states([userId]);
-    const archive = {
+    const auditEntries = await this.auditEntries(userId);
+    const firstMetadata = await log.metadataPage(
+      userId,
+      null,
+      (this.deps.pageRows ?? EXPORT_PAGE_ROWS).metadata,
+    );
+    // The same document, key for key, as JSON.stringify of the whole archive gave when it was built
+    // at once: the object before `messages` without its closing brace, the two lists streamed, and
+    // the object after them without its opening one.
+    const before = {
       format: "clearbox-export/1",
       generatedAt: new Date().toISOString(),
       account: { ...account, createdAt: account.createdAt.toISOString() },
@@ -212,14 +322,14 @@ export class ExportService {
       },
       // The users you block. Who blocks you is theirs to know (Art. 15(4)) and is not listed.
       blocks: blockRows.map((b) => ({ userId: b.userId, blockedAt: b.createdAt.toISOString() })),
-      messages: {
-        note: "metadata of envelopes sent by or to you; contents are end-to-end encrypted and kept only until delivered",
-        metadata: await log.metadataOf(userId),
-        // Ciphertexts still waiting for one of your devices (the server cannot read them).
-        queued: await log.undelivered(userId),
-      },
+    };
+    // `messages.metadata`: every envelope sent by or to the user; `messages.queued`: ciphertexts
+    // still waiting for one of the user's devices (the server cannot read them).
+    const note =
+      "metadata of envelopes sent by or to you; contents are end-to-end encrypted and kept only until delivered";
+    const after = {
       presence: state ?? { user: userId, online: false, lastSeen: 0 },
-      audit: await this.auditEntries(userId),
+      audit: auditEntries,
       processing: processingInformation(config),
     };
     await audit.record({
@@ -233,7 +343,11 @@ export class ExportService {
         blocks: blockRows.length,
       },
     });
-    return archive;
+    return {
+      head: `${JSON.stringify(before).slice(0, -1)},"messages":{"note":${JSON.stringify(note)},"metadata":[`,
+      tail: `]},${JSON.stringify(after).slice(1)}`,
+      firstMetadata,
+    };
   }
 
   /**
@@ -251,6 +365,17 @@ export class ExportService {
       who === null || who === own || who === "admin" || who === "system" ? who : OTHER_USER;
     return entries.map((e) => ({ ...e, actor: shown(e.actor) as string, subject: shown(e.subject) }));
   }
+}
+
+/**
+ * The HTTP answer for an export stream: 200, JSON, sent as it is read (chunked). A stream that
+ * fails mid-way aborts the response (the connection is closed before its last chunk), so a client
+ * sees a failed download, never a shorter document that parses.
+ */
+export function exportResponse(archive: ReadableStream<Uint8Array>): Response {
+  return new Response(archive, {
+    headers: { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" },
+  });
 }
 
 /** How an export names another person in an audit entry (never by their pseudonym). */

@@ -8,7 +8,7 @@ import { type ClientAddresses, clientAddressPlugin } from "../ratelimit/index.ts
 import { authPlugin } from "../sessions/auth.ts";
 import type { SessionService } from "../sessions/service.ts";
 import { type ErasureDeps, ErasureService } from "./erasure.ts";
-import { ExportService } from "./export.ts";
+import { ExportService, exportResponse } from "./export.ts";
 import { ReceiptSigner } from "./receipts.ts";
 
 /**
@@ -44,7 +44,11 @@ export function gdprRoutes(deps: {
   return new Elysia({ name: "clearbox.gdpr", normalize: false })
     .use(authPlugin(deps.sessions))
     .use(clientAddressPlugin(deps.addresses))
-    .get("/v1/me/export", ({ principal }) => deps.exports.export(principal.userId, "self"), { auth: true })
+    .get(
+      "/v1/me/export",
+      async ({ principal }) => exportResponse(await deps.exports.export(principal.userId, "self")),
+      { auth: true },
+    )
     .delete(
       "/v1/me",
       async ({ principal, body, set, clientAddress }) => {
@@ -91,9 +95,11 @@ export function gdprAdminRoutes(deps: { erasures: ErasureService; exports: Expor
       },
       { params },
     )
-    .get("/admin/v1/users/:userId/export", ({ params }) => deps.exports.export(params.userId, "admin"), {
-      params,
-    });
+    .get(
+      "/admin/v1/users/:userId/export",
+      async ({ params }) => exportResponse(await deps.exports.export(params.userId, "admin")),
+      { params },
+    );
 }
 
 export { ErasureLedger } from "./ledger.ts";
