@@ -56,9 +56,10 @@ export function processingInformation(config: Config) {
 /**
  * Exports an account may ask for itself (`GET /v1/me/export`) per hour. An export reads everything
  * the account holds, its queued ciphertexts included (up to 10,000 of up to 256 KiB each), and
- * builds the archive on the node's event loop: one of 1,500 queued 150 KB messages took 1.6-2.7
- * CPU-seconds and held `/healthz` for seconds (docs/BENCHMARKS.md, "Exports"), and nothing stopped a
- * client from asking again at once, or many times in parallel. A person asks for their data a
+ * built the archive whole on the node's event loop: one of 1,500 queued 150 KB messages took
+ * 1.6-2.7 CPU-seconds and held `/healthz` for seconds (docs/BENCHMARKS.md, "Exports"; streamed
+ * since, it still reads and sends every byte), and nothing stopped a client from asking again at
+ * once, or many times in parallel. A person asks for their data a
  * few times at most; repeated requests are "excessive" under GDPR Art. 12(5). The admin twin is
  * not limited.
  */
