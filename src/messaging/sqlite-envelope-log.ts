@@ -39,7 +39,8 @@ function toEnvelope(r: EnvelopeRow): StoredEnvelope {
     groupId: r.group_id,
     ts: r.ts,
     type: r.type,
-    body: r.body ? Buffer.from(r.body).toString("base64") : "",
+    // A view of the row's bytes, not a copy (Buffer.from of a Uint8Array copies it).
+    body: r.body ? Buffer.from(r.body.buffer, r.body.byteOffset, r.body.byteLength).toString("base64") : "",
   };
 }
 
