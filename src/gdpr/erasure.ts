@@ -406,6 +406,14 @@ export class ErasureService {
   private async erasePostgres(userId: string): Promise<StepResult> {
     const { db, audit } = this.deps;
     const result = await db.transaction(async (tx) => {
+      // The account's row before anything is read: a group creation or an invitation's acceptance
+      // holds it (FOR NO KEY UPDATE, `GroupService`) until its membership is committed, so the
+      // memberships below include it, and its group gets the succession below. Read before, such a
+      // membership committed meanwhile went by cascade, and a group the user had just made was left
+      // with no member and no admin, its invitations pending. NO KEY UPDATE, as theirs: a foreign
+      // key check (KEY SHARE) of a transaction holding one of the user's groups, an admin's
+      // invitation, does not wait for it, so the group lock below cannot wait for that transaction.
+      await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId)).for("no key update");
       const [{ n: deviceCount }] = await tx
         .select({ n: count() })
         .from(devices)

@@ -13,6 +13,9 @@ import {
 } from "./model.ts";
 import { keepAnAdmin, lockGroups, type Succession, type Tx } from "./succession.ts";
 
+/** The refusal of a caller whose erasure has started (as `SessionService` words it). */
+const ERASED = "account erased";
+
 export interface GroupInfo {
   groupId: string;
   name: string;
@@ -66,6 +69,11 @@ export class GroupService {
     else for (const event of events) await this.audit?.record(event);
   }
 
+  /** `unauthorized` ("account erased", as sessions answer) when the caller's erasure has started. */
+  private refuseErased(userId: string): void {
+    if (this.erasing?.has(userId)) throw new DomainError("unauthorized", ERASED);
+  }
+
   private async assertUsersExist(userIds: string[]) {
     if (userIds.length === 0) return;
     const found = await this.db
@@ -82,13 +90,22 @@ export class GroupService {
 
   /**
    * Refuses with `conflict` when `userId` is already a member of MAX_GROUPS_PER_USER groups. Locks
-   * the account's row first (inside `tx`), so two creations or acceptances at once cannot both pass.
+   * the account's row first (inside `tx`), so two creations or acceptances at once cannot both pass,
+   * and an erasure of the user (which takes the row the same way before it reads their memberships)
+   * sees the membership this transaction writes, or comes first: then `unauthorized` ("account
+   * erased"), nothing written.
    */
   private async assertRoomForAnotherGroup(tx: Tx, userId: string): Promise<void> {
     // NO KEY UPDATE: serialises this user's creations and joins, and still lets another transaction
     // insert an invitation naming them (its foreign key check takes KEY SHARE on this row) while
     // it holds their invitee lock, which this transaction may wait for next (`lockInvitees`).
-    await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId)).for("no key update");
+    const [account] = await tx
+      .select({ id: accounts.id })
+      .from(accounts)
+      .where(eq(accounts.id, userId))
+      .for("no key update");
+    // Erased while this call ran (it waited for the erasure's lock on the row): nothing is written.
+    if (!account) throw new DomainError("unauthorized", ERASED);
     const [{ n }] = await tx.select({ n: count() }).from(groupMembers).where(eq(groupMembers.userId, userId));
     if (n >= MAX_GROUPS_PER_USER) {
       throw new DomainError(
@@ -177,9 +194,11 @@ export class GroupService {
   /**
    * Creates a group; the creator becomes its admin and only member, and every user of `members` is
    * invited (docs/PROTOCOL.md, invitations). `not_found` when one of them does not exist, `conflict`
-   * when the creator is a member of MAX_GROUPS_PER_USER groups already or past the limits of `invite`.
+   * when the creator is a member of MAX_GROUPS_PER_USER groups already or past the limits of `invite`,
+   * `unauthorized` ("account erased") once the creator's erasure has started.
    */
   async create(creator: string, name: string, members: string[]): Promise<string> {
+    this.refuseErased(creator);
     const others = [...new Set(members.filter((m) => m !== creator))];
     await this.assertUsersExist(others);
     const { groupId, invited } = await this.db.transaction(async (tx) => {
@@ -290,9 +309,11 @@ export class GroupService {
   /**
    * Accepts an invitation: the caller becomes a member (joined now, for admin succession).
    * `not_found` when there is no such invitation, `conflict` when the group is full or the caller
-   * is a member of MAX_GROUPS_PER_USER groups already (the invitation stays).
+   * is a member of MAX_GROUPS_PER_USER groups already (the invitation stays), `unauthorized`
+   * ("account erased") once the caller's erasure has started.
    */
   async accept(groupId: string, userId: string): Promise<void> {
+    this.refuseErased(userId);
     await this.db.transaction(async (tx) => {
       await lockGroups(tx, [groupId]);
       const taken = await tx
