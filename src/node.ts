@@ -386,6 +386,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   });
   const gdpr = await createGdpr({
     db,
+    nodeId: config.nodeId,
+    liveNodes: () => actors.ringMembers(),
     log,
     offline,
     presence,
@@ -426,6 +428,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       metrics.retentionRemovals.inc({ store: "audit_entries" }, report.auditEntries);
     },
     finishDeviceRemovals: () => devices.finishRemovals(),
+    resumeErasures: () => gdpr.erasures.resumePending(),
     ...(offline.kind === "rabbitmq"
       ? {
           sweepIdleQueues: (stopped: () => boolean) =>
@@ -681,6 +684,13 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     unwatchGone = actors.onNodesGone((gone) => {
       const sockets = openGateway.nodesGone(gone);
       if (sockets > 0) logger.info({ ...gone, sockets }, "sockets re-read their queue after nodes went away");
+      // Erasures a dead node was running are taken over by one survivor (a claim in the database).
+      if (gone.expired.length > 0 || gone.left.length > 0)
+        void gdpr.erasures
+          .resumePending()
+          .catch((error: unknown) =>
+            logger.warn({ err: error }, "could not take over erasures of gone nodes"),
+          );
     });
     await gdpr.start();
     retention.start();

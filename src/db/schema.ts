@@ -355,6 +355,12 @@ export const erasures = pgTable("erasures", {
   /** Per store: what was removed and how many, filled in as each step completes. */
   steps: jsonb("steps").$type<Record<string, { removed: number; what: string }>>().notNull(),
   receipt: jsonb("receipt").$type<Record<string, unknown>>(),
+  /**
+   * The node running a pending job (its NODE_ID). Another node takes the job over only once this
+   * one is no longer a live member of the ring (it died or left mid-way); null: nobody (jobs from
+   * before claims, and done jobs).
+   */
+  claimedBy: text("claimed_by"),
   createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
   completedAt: timestamp("completed_at", { withTimezone: true }),
 });

@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import { and, count, eq, or, sql } from "drizzle-orm";
+import { and, count, eq, isNull, or, sql } from "drizzle-orm";
 import type Redis from "ioredis";
 import { settledWithin } from "../../actors/index.ts";
 import type { AuditTrail } from "../audit/types.ts";
@@ -83,6 +83,13 @@ export interface LoginThrottle {
 
 export interface ErasureDeps {
   db: Db;
+  /** This node's id (NODE_ID): the jobs it runs are claimed under it (`erasures.claimed_by`). */
+  nodeId: string;
+  /**
+   * The nodes of the ring now (`ActorSystem.ringMembers`): a pending job claimed by a node not among
+   * them is taken over (`resumePending`).
+   */
+  liveNodes: () => readonly string[];
   log: EnvelopeLog;
   offline: OfflineQueue;
   presence: Presence;
@@ -144,7 +151,15 @@ export class ErasureService {
     // entries left in the audit log, and through other people's exports to what they did.
     const subject = randomBytes(16).toString("hex");
     // The durable mark of the fence: every node loads pending jobs' users when it starts.
-    await db.insert(erasures).values({ id, userId, subject, requestedBy, status: "pending", steps: {} });
+    await db.insert(erasures).values({
+      id,
+      userId,
+      subject,
+      requestedBy,
+      status: "pending",
+      steps: {},
+      claimedBy: this.deps.nodeId,
+    });
     this.deps.fence?.add(userId);
     await audit.record({
       action: "erasure.requested",
@@ -183,14 +198,44 @@ export class ErasureService {
     return back.length;
   }
 
-  /** Resumes every unfinished job (called at start-up: a node may have died mid-way). */
+  /**
+   * Takes over and runs here the pending jobs no live node runs: unclaimed ones, this node's own (a
+   * job of its previous run under the same NODE_ID, or one it stopped at shutdown) and those claimed
+   * by a node no longer in the ring (`liveNodes`: killed, or stopped mid-way). Each is claimed by a
+   * compare-and-set on the claim it was read with, so of survivors adopting at once one runs it.
+   * Called at start-up, when nodes went away (`ActorSystem.onNodesGone`) and by every retention
+   * pass; before, only a node's start resumed a job, and one whose node died stayed pending, the
+   * user fenced and their data kept, until some node restarted. Returns how many it launched.
+   */
   async resumePending(): Promise<number> {
-    const rows = await this.deps.db
-      .select({ id: erasures.id })
+    const { db, nodeId, logger } = this.deps;
+    const live = new Set(this.deps.liveNodes());
+    const rows = await db
+      .select({ id: erasures.id, claimedBy: erasures.claimedBy })
       .from(erasures)
       .where(eq(erasures.status, "pending"));
-    for (const row of rows) this.launch(row.id);
-    return rows.length;
+    let launched = 0;
+    for (const { id, claimedBy } of rows) {
+      if (this.running.has(id) || this.stopped) continue;
+      if (claimedBy !== null && claimedBy !== nodeId && live.has(claimedBy)) continue;
+      const [claimed] = await db
+        .update(erasures)
+        .set({ claimedBy: nodeId })
+        .where(
+          and(
+            eq(erasures.id, id),
+            eq(erasures.status, "pending"),
+            claimedBy === null ? isNull(erasures.claimedBy) : eq(erasures.claimedBy, claimedBy),
+          ),
+        )
+        .returning({ id: erasures.id });
+      if (!claimed) continue;
+      if (claimedBy !== null && claimedBy !== nodeId)
+        logger.warn({ erasureId: id, from: claimedBy }, "taking over an erasure whose node is gone");
+      this.launch(id);
+      launched++;
+    }
+    return launched;
   }
 
   async status(erasureId: string): Promise<ErasureStatus | undefined> {
@@ -230,6 +275,10 @@ export class ErasureService {
         await this.run(id);
         return;
       } catch (error) {
+        if (error instanceof ClaimLost) {
+          this.deps.logger.warn({ erasureId: id }, "another node took this erasure over; stopping here");
+          return;
+        }
         this.deps.logger.error({ err: error, erasureId: id, attempt }, "erasure step failed; will retry");
         if (error instanceof SimulatedCrash) return;
         const delay = Math.min(60_000, (this.deps.retryBaseMs ?? 1000) * 2 ** attempt);
@@ -279,6 +328,7 @@ export class ErasureService {
         steps: stores,
         receipt: receipt as unknown as Record<string, unknown>,
         completedAt,
+        claimedBy: null,
       })
       .where(and(eq(erasures.id, id), eq(erasures.status, "pending")));
     logger.info({ erasureId: id }, "erasure done");
@@ -304,12 +354,21 @@ export class ErasureService {
     };
   }
 
-  /** Records a finished step unless another runner recorded it first (first result wins). */
+  /**
+   * Records a finished step unless another runner recorded it first (first result wins), while the
+   * job is still claimed by this node; `ClaimLost` when another node took it over meanwhile (this
+   * one was out of its ring for a while): the job stops here, the other runs it.
+   */
   private async saveStep(id: string, step: string, result: StepResult) {
-    await this.deps.db
+    const [held] = await this.deps.db
       .update(erasures)
-      .set({ steps: sql`${erasures.steps} || ${JSON.stringify({ [step]: result })}::jsonb` })
-      .where(and(eq(erasures.id, id), sql`not (${erasures.steps} ? ${step})`));
+      .set({
+        steps: sql`case when ${erasures.steps} ? ${step} then ${erasures.steps}
+          else ${erasures.steps} || ${JSON.stringify({ [step]: result })}::jsonb end`,
+      })
+      .where(and(eq(erasures.id, id), eq(erasures.claimedBy, this.deps.nodeId)))
+      .returning({ id: erasures.id });
+    if (!held) throw new ClaimLost(id);
   }
 
   private async plan(userId: string): Promise<Plan> {
@@ -486,6 +545,14 @@ export class ErasureService {
       else for (const event of events) await audit.record(event);
     }
     return { removed: result.removed, what: result.what };
+  }
+}
+
+/** A job this node ran was claimed by another node since (`resumePending` there): it stops here. */
+class ClaimLost extends Error {
+  override name = "ClaimLost";
+  constructor(erasureId: string) {
+    super(`erasure ${erasureId} is claimed by another node`);
   }
 }
 

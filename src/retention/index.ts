@@ -22,6 +22,8 @@ export interface RetentionReport {
   deviceRemovals: { finished: number; failed: number } | null;
   /** The idle offline-queue sweep, run in the first pass after start-up only (null in later passes). */
   idleQueues: IdleQueueSweep | null;
+  /** Pending erasures whose node is gone, taken over by this pass (null without `resumeErasures`). */
+  erasuresResumed: number | null;
   cutoffs: { envelopes: string; refreshTokens: string; audit: string };
   ms: number;
 }
@@ -47,12 +49,18 @@ export interface RetentionDeps {
    * was away mid-removal: the device's log rows, queue and sockets; DeviceService.finishRemovals).
    */
   finishDeviceRemovals?: () => Promise<{ finished: number; failed: number }>;
+  /**
+   * Takes over pending erasures no live node runs (`ErasureService.resumePending`): a node that left
+   * the ring gracefully mid-job is reported to nobody, so this pass is what finds its jobs.
+   */
+  resumeErasures?: () => Promise<number>;
 }
 
 /**
  * Storage limitation (GDPR Art. 5(1)(e)) on one node: every interval, removes envelopes older than
  * RETENTION_DAYS, expired refresh tokens and sign-in codes, logout-token ids past their replay
- * window, and audit entries older than AUDIT_RETENTION_DAYS.
+ * window, and audit entries older than AUDIT_RETENTION_DAYS; finishes device removals and takes over
+ * erasures that a node gone mid-way left unfinished.
  * Every step is a plain conditional delete (the audit prune is serialised by the chain lock),
  * so several nodes running it at once only split the work. RabbitMQ and MongoDB expire on their
  * own (x-message-ttl / x-expires, TTL index). The first pass after start-up also sweeps idle
@@ -106,6 +114,7 @@ export class RetentionJob {
       .returning({ jti: oidcLogoutTokens.jti });
     const audit = await this.deps.audit.prune(auditBefore);
     const deviceRemovals = (await this.deps.finishDeviceRemovals?.()) ?? null;
+    const erasuresResumed = (await this.deps.resumeErasures?.()) ?? null;
     let idleQueues: IdleQueueSweep | null = null;
     if (this.deps.sweepIdleQueues && !this.swept) {
       this.swept = true;
@@ -119,6 +128,7 @@ export class RetentionJob {
       auditEntries: audit.removed,
       deviceRemovals,
       idleQueues,
+      erasuresResumed,
       cutoffs: {
         envelopes: new Date(envelopesBefore).toISOString(),
         refreshTokens: new Date(now).toISOString(),
