@@ -45,6 +45,13 @@ const BLOCK_LIST_TTL_MS = 5000;
  */
 export const LISTS_KEPT_MS = 10_000;
 
+/**
+ * How long a user's device change is remembered for the 1:1 sends under way (`deviceChangeSeqs`):
+ * far beyond a send's deadline (SEND_DEADLINE_MS, 10 s), so only an append that hung for longer
+ * could commit a row for a device removed meanwhile and not see it.
+ */
+const DEVICE_CHANGES_KEPT_MS = 120_000;
+
 /** Flow control of one node's sends (docs/MESSAGING.md, "Flow control"). */
 export interface FlowControl {
   /**
@@ -104,6 +111,14 @@ export class MessagingService {
   private readonly blockLists = new Map<string, { blocked: ReadonlySet<string> | undefined; at: number }>();
   /** Bumped by every device change here: a read that started before one is not cached. */
   private deviceChanges = 0;
+  /**
+   * userId → `deviceChanges` right after that user's latest device change here (added, removed, or
+   * told by another node), for changes of the last DEVICE_CHANGES_KEPT_MS, oldest first: a 1:1 send
+   * whose append committed after a change of its recipient's devices checks what it stored
+   * (`dropRemovedDevices`). `allDevicesChanged`: the same for `forgetLists`, which names nobody.
+   */
+  private readonly deviceChangeSeqs = new Map<string, { seq: number; at: number }>();
+  private allDevicesChanged = 0;
   /**
    * `recipient|sender` → whether the recipient blocks the sender, for recipients who block more
    * than BLOCKS_CACHED users (their lists are not cached), read at `at`, oldest first; bounded like
@@ -239,6 +254,39 @@ export class MessagingService {
     this.deviceLists.delete(userId);
     this.readingDevices.delete(userId);
     this.deviceChanges++;
+    const now = this.now();
+    this.deviceChangeSeqs.delete(userId);
+    this.deviceChangeSeqs.set(userId, { seq: this.deviceChanges, at: now });
+    for (const [id, change] of this.deviceChangeSeqs) {
+      if (now - change.at < DEVICE_CHANGES_KEPT_MS) break;
+      this.deviceChangeSeqs.delete(id);
+    }
+  }
+
+  /** True when `userId`'s devices may have changed here since `deviceChanges` was `seq`. */
+  private devicesChangedSince(userId: string, seq: number): boolean {
+    if (this.deviceChanges === seq) return false;
+    return this.allDevicesChanged > seq || (this.deviceChangeSeqs.get(userId)?.seq ?? 0) > seq;
+  }
+
+  /**
+   * Of a 1:1 send's envelopes just stored, those for devices of the recipient that still exist; the
+   * others' rows are erased again from the log. A send checks the recipient's devices before its
+   * append, and a device removed in between (`DeviceService.remove`: its follow-up erases the
+   * device's rows, `eraseDevice`) would otherwise keep the ciphertext of a commit that came after
+   * that erasure in the log, handed to the next device given its id. Called only when the
+   * recipient's devices changed since the check (`devicesChangedSince`); the removal tells this node
+   * (`devicesChanged`, here or over the list-change channel) before it erases, so either its erasure
+   * comes after this commit or this sees the change.
+   */
+  private async dropRemovedDevices(userId: string, stored: StoredEnvelope[]): Promise<StoredEnvelope[]> {
+    const current = await this.devicesOf(userId);
+    // No such user any more: its erasure sweeps the log.
+    if (current === undefined) return stored;
+    const gone = [...new Set(stored.map((e) => e.recipientDevice))].filter((d) => !current.includes(d));
+    if (gone.length === 0) return stored;
+    for (const deviceId of gone) await this.log.eraseDevice(userId, deviceId);
+    return stored.filter((e) => !gone.includes(e.recipientDevice));
   }
 
   /**
@@ -252,6 +300,7 @@ export class MessagingService {
     this.readingBlocks.clear();
     this.blockVerdicts.clear();
     this.deviceChanges++;
+    this.allDevicesChanged = this.deviceChanges;
     this.blockChanges++;
   }
 
@@ -454,6 +503,8 @@ export class MessagingService {
     // Being erased, either side: as if the recipient did not exist (the sender's sockets are closing).
     if (this.erasing.has(frame.to.user) || this.erasing.has(from.userId))
       return reject({ code: "unknown_recipient" });
+    // Before the list is read: a change of the recipient's devices from here on is seen after the append.
+    const devicesAt = this.deviceChanges;
     const current = await this.devicesOf(frame.to.user);
     if (current === undefined) return reject({ code: "unknown_recipient" });
     const expected = new Set(
@@ -501,7 +552,10 @@ export class MessagingService {
     const outcome = this.track([from.userId, frame.to.user], this.log.append(envelopes)).then(
       async (fresh): Promise<SendOutcome> => {
         stamp(frame.id, "commit");
-        const toDeliver = envelopes.filter((_, i) => fresh[i]);
+        let toDeliver = envelopes.filter((_, i) => fresh[i]);
+        // A recipient device removed since the check: what was stored for it goes again.
+        if (toDeliver.length > 0 && this.devicesChangedSince(frame.to.user, devicesAt))
+          toDeliver = await this.dropRemovedDevices(frame.to.user, toDeliver);
         // A re-sent id stored nothing new: its bytes go back to the quota.
         if (bytes > 0 && toDeliver.length < envelopes.length) {
           const again = envelopes.reduce((sum, e, i) => (fresh[i] ? sum : sum + decodedLength(e.body)), 0);

@@ -1,0 +1,93 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomUUID } from "node:crypto";
+import { sql } from "drizzle-orm";
+import { rowsOf } from "../../src/db/index.ts";
+import { type Api, api, loginDevice, registerAndLogin } from "../support/http.ts";
+import { startTestNode, type TestNode } from "../support/node.ts";
+import { TestSocket } from "../support/ws.ts";
+
+const b64 = (text: string) => Buffer.from(text).toString("base64");
+
+/**
+ * A send to a device that is removed while the send is on its way to the log. The send passed the
+ * device check before the removal, its append committed after the removal had erased the device's
+ * rows: the removal answered 204 and the ciphertext for the removed device stayed in the log (until
+ * retention, 30 days by default), where the next device given that id would be handed it. The test
+ * makes the append wait, in the log, for a row its own transaction holds uncommitted under the same
+ * key (ON CONFLICT waits for it), removes the device meanwhile, and rolls back. PostgreSQL: PGlite
+ * runs one transaction at a time.
+ */
+describe("a send racing the removal of a recipient device (PostgreSQL)", () => {
+  let node: TestNode;
+  let client: Api;
+
+  beforeAll(async () => {
+    node = await startTestNode("postgres");
+    client = api(node.url);
+  });
+  afterAll(() => node?.teardown());
+
+  /** Statements of this database waiting for a lock. */
+  async function waiting(): Promise<number> {
+    const [row] = rowsOf<{ n: number }>(
+      await node.database.db.execute(
+        sql`select count(*)::int as n from pg_stat_activity
+            where wait_event_type = 'Lock' and datname = current_database()`,
+      ),
+    );
+    return row?.n ?? 0;
+  }
+
+  /** Envelope rows for one device of a user. */
+  async function rowsFor(userId: string, deviceId: number): Promise<number> {
+    const [row] = rowsOf<{ n: number }>(
+      await node.database.db.execute(
+        sql`select count(*)::int as n from envelopes
+            where recipient_user = ${userId} and recipient_device = ${deviceId}`,
+      ),
+    );
+    return row?.n ?? 0;
+  }
+
+  test("leaves no envelope for the removed device once both have answered", async () => {
+    const alice = await registerAndLogin(client);
+    const bob = await registerAndLogin(client);
+    const phone = await loginDevice(client, bob, { registrationId: 202 });
+    expect(phone.deviceId).toBe(2);
+    const socket = await TestSocket.open(node.url, alice.accessToken);
+    const id = randomUUID();
+    let removed = 0;
+    await node.database.db
+      .transaction(async (tx) => {
+        // The same key as the send's row for the phone: its insert waits for this transaction.
+        await tx.execute(sql`
+        insert into envelopes (id, sender_user, sender_device, recipient_user, recipient_device, ts, type, body, state)
+        values (${id}, ${alice.userId}, ${alice.deviceId}, ${bob.userId}, ${phone.deviceId}, 0, 1, null, 'pending')`);
+        socket.send({
+          type: "send",
+          id,
+          to: { user: bob.userId },
+          messages: [1, phone.deviceId].map((deviceId) => ({
+            deviceId,
+            type: 3,
+            body: b64("for the phone"),
+          })),
+        });
+        for (let i = 0; i < 400 && (await waiting()) === 0; i++) await Bun.sleep(25);
+        expect(await waiting()).toBeGreaterThan(0);
+        removed = (await client.delete(`/v1/devices/${phone.deviceId}`, bob.accessToken)).status;
+        throw new Rollback();
+      })
+      .catch((error: unknown) => {
+        if (!(error instanceof Rollback)) throw error;
+      });
+    expect(removed).toBe(204);
+    const reply = await socket.reply(id);
+    // Either answer is fine (the send crossed the removal); what it leaves behind is not.
+    expect(["accepted", "rejected"]).toContain(reply.type);
+    socket.close();
+    expect(await rowsFor(bob.userId, phone.deviceId)).toBe(0);
+  });
+});
+
+class Rollback extends Error {}
