@@ -30,6 +30,17 @@ import { deleteMatching, globLiteral } from "../redis/delete-matching.ts";
 import { ErasureLedger } from "./ledger.ts";
 import type { ReceiptSigner } from "./receipts.ts";
 
+/**
+ * Advisory lock class (two-key `pg_advisory_xact_lock`) under which one user's erasure requests
+ * look for a pending job and insert one (`ErasureService.start`).
+ */
+const ERASURE_START_LOCK_CLASS = 0x6572_6173; // "eras"
+
+/** The first 32 bits of a user id (a server-made UUID), as a signed int4 key; users sharing one only wait for each other. */
+function idBits(userId: string): number {
+  return Number.parseInt(userId.replaceAll("-", "").slice(0, 8), 16) | 0;
+}
+
 /** What one step removed, as the receipt states it. */
 export interface StepResult {
   removed: number;
@@ -133,33 +144,47 @@ export class ErasureService {
 
   constructor(private readonly deps: ErasureDeps) {}
 
-  /** Starts (or returns the pending) erasure of a user; `not_found` when there is no such account. */
+  /**
+   * Starts (or returns the pending) erasure of a user; `not_found` when there is no such account.
+   * Requests made at once (a client's retry, the person and an operator) get one job: each looks for
+   * the pending one and inserts it in one transaction holding the user's erasure lock
+   * (`ERASURE_START_LOCK_CLASS`), so the second waits for the first and finds its job. Not the
+   * account's row: a group creation holds that while it waits for its invitees' locks.
+   */
   async start(userId: string, requestedBy: "self" | "admin"): Promise<string> {
     const { db, audit } = this.deps;
-    const [pending] = await db
-      .select({ id: erasures.id })
-      .from(erasures)
-      .where(and(eq(erasures.userId, userId), eq(erasures.status, "pending")));
-    if (pending) return pending.id;
-    const [account] = await db.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId));
-    if (!account) throw new DomainError("not_found", "no such user");
-    // Before anything else: from here on no restore may bring the account back.
-    this.deps.ledger?.record(userId);
-    const id = randomUUID();
-    // The receipt's subject: random, and written nowhere but in the job and its receipt. The audit
-    // pseudonym would link the receipt (readable by anyone with the erasure id) to the person's
-    // entries left in the audit log, and through other people's exports to what they did.
-    const subject = randomBytes(16).toString("hex");
-    // The durable mark of the fence: every node loads pending jobs' users when it starts.
-    await db.insert(erasures).values({
-      id,
-      userId,
-      subject,
-      requestedBy,
-      status: "pending",
-      steps: {},
-      claimedBy: this.deps.nodeId,
+    const started = await db.transaction(async (tx) => {
+      await tx.execute(
+        sql`select pg_advisory_xact_lock(${sql.raw(String(ERASURE_START_LOCK_CLASS))}, ${sql.raw(String(idBits(userId)))})`,
+      );
+      const [pending] = await tx
+        .select({ id: erasures.id })
+        .from(erasures)
+        .where(and(eq(erasures.userId, userId), eq(erasures.status, "pending")));
+      if (pending) return { id: pending.id, fresh: false };
+      const [account] = await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId));
+      if (!account) throw new DomainError("not_found", "no such user");
+      // Before anything else: from here on no restore may bring the account back.
+      this.deps.ledger?.record(userId);
+      const id = randomUUID();
+      // The receipt's subject: random, and written nowhere but in the job and its receipt. The audit
+      // pseudonym would link the receipt (readable by anyone with the erasure id) to the person's
+      // entries left in the audit log, and through other people's exports to what they did.
+      const subject = randomBytes(16).toString("hex");
+      // The durable mark of the fence: every node loads pending jobs' users when it starts.
+      await tx.insert(erasures).values({
+        id,
+        userId,
+        subject,
+        requestedBy,
+        status: "pending",
+        steps: {},
+        claimedBy: this.deps.nodeId,
+      });
+      return { id, fresh: true };
     });
+    const { id } = started;
+    if (!started.fresh) return id;
     this.deps.fence?.add(userId);
     await audit.record({
       action: "erasure.requested",
