@@ -1,10 +1,46 @@
-import { afterAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { resolve } from "node:path";
+import type { Subprocess } from "bun";
+import { sql } from "drizzle-orm";
+import { rowsOf } from "../../src/db/index.ts";
 import { SimulatedCrash } from "../../src/gdpr/erasure.ts";
 import { verifyReceipt } from "../../src/protocol/erasure-receipt.ts";
 import { runPrefix, stackEnv } from "../support/cluster-env.ts";
-import { api, registerAndLogin } from "../support/http.ts";
-import { startTestNode, type TestNode } from "../support/node.ts";
+import { type Api, api, registerAndLogin } from "../support/http.ts";
+import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
+import { waitUntil } from "../support/ws.ts";
+
+const ROOT = resolve(import.meta.dir, "../..");
+
+/** A ClearBox node in a process of its own, so the test can kill -9 it; resolves once it started. */
+async function spawnNode(
+  env: Record<string, string>,
+): Promise<{ proc: Subprocess; url: string; adminUrl: string }> {
+  const proc = Bun.spawn([process.execPath, "run", "src/main.ts"], {
+    cwd: ROOT,
+    env: { ...process.env, ...env, PORT: "0", ADMIN_PORT: "0", LOG_LEVEL: "info", NODE_ENV: "test" },
+    stdout: "pipe",
+    stderr: "inherit",
+  });
+  const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader();
+  let text = "";
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += new TextDecoder().decode(value);
+    const line = text.split("\n").find((l) => l.includes('"clearbox node started"'));
+    if (line) {
+      reader.releaseLock();
+      void (proc.stdout as ReadableStream<Uint8Array>).pipeTo(new WritableStream());
+      const { url, adminUrl } = JSON.parse(line);
+      return { proc, url, adminUrl };
+    }
+  }
+  proc.kill(9);
+  throw new Error("the spawned node did not start");
+}
 
 /**
  * An erasure whose node dies mid-way, in a cluster whose other nodes keep running. Only a node's
@@ -12,23 +48,48 @@ import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
  * their history, queues and Redis keys kept, the receipt never signed) until some node restarted,
  * which in a cluster that replaces a dead node by a new one may be never. Now the job is claimed by
  * the node running it, and a survivor takes it over once that node has left the ring; while it is
- * alive, nobody else runs it. Node A stops its job after the `postgres` step (as a crash would,
- * `SimulatedCrash`), then is aborted (no graceful leave); node B, up all along, must finish it.
+ * alive, nobody else runs it. Node B is up all along and must finish the jobs of the nodes that die.
  */
 describe("an erasure whose node dies in a running cluster", () => {
   let database: TestDatabase;
+  let env: Record<string, string>;
+  let b: TestNode;
+  let http: Api;
   const started: TestNode[] = [];
+  let spawned: Subprocess | undefined;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    env = {
+      ...stackEnv("services", runPrefix()),
+      JWT_SECRET: "test-jwt-secret-that-is-long-enough-0123456789",
+    };
+    b = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "takeover-b" } });
+    started.push(b);
+    http = api(b.url);
+  });
   afterAll(async () => {
+    spawned?.kill(9);
     for (const node of started) await node.teardown().catch(() => undefined);
     await database?.drop();
   });
 
-  test("is finished by a surviving node, not left pending until a restart", async () => {
-    database = await createTestDatabase();
-    const env = {
-      ...stackEnv("services", runPrefix()),
-      JWT_SECRET: "test-jwt-secret-that-is-long-enough-0123456789",
-    };
+  /** The erasure's answer once it is done (fails the test after 20 s). */
+  async function finished(erasureId: string) {
+    const deadline = Date.now() + 20_000;
+    let status = (await http.get(`/v1/erasures/${erasureId}`)).body;
+    while (status.status !== "done" && Date.now() < deadline) {
+      await Bun.sleep(100);
+      status = (await http.get(`/v1/erasures/${erasureId}`)).body;
+    }
+    expect(status.status).toBe("done");
+    expect(verifyReceipt(status.receipt)).toBe(true);
+    expect(status.receipt.payload.stores.postgres.removed).toBeGreaterThan(0);
+    expect(status.receipt.payload.stores.audit.removed).toBe(1);
+    return status;
+  }
+
+  test("stopped after a step and its node aborted: a survivor finishes it, not a restart", async () => {
     const a = await startTestNode("postgres", {
       database,
       env: { ...env, NODE_ID: "takeover-a" },
@@ -37,14 +98,7 @@ describe("an erasure whose node dies in a running cluster", () => {
       },
     });
     started.push(a);
-    const b = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "takeover-b" } });
-    started.push(b);
-    const until = Date.now() + 10_000;
-    while (a.actors.ringMembers().length < 2 || b.actors.ringMembers().length < 2) {
-      if (Date.now() > until) throw new Error("the two nodes never saw each other");
-      await Bun.sleep(50);
-    }
-    const http = api(b.url);
+    await waitUntil(() => b.actors.ringMembers().length === 2, "the two nodes to see each other", 10_000);
     const victim = await registerAndLogin(api(a.url));
     const bystander = await registerAndLogin(http);
 
@@ -56,17 +110,42 @@ describe("an erasure whose node dies in a running cluster", () => {
     expect((await http.get(`/v1/erasures/${erasureId}`)).body.status).toBe("pending");
 
     await a.abort();
-    const deadline = Date.now() + 20_000;
-    let status = (await http.get(`/v1/erasures/${erasureId}`)).body;
-    while (status.status !== "done" && Date.now() < deadline) {
-      await Bun.sleep(100);
-      status = (await http.get(`/v1/erasures/${erasureId}`)).body;
-    }
-    expect(status.status).toBe("done");
-    expect(verifyReceipt(status.receipt)).toBe(true);
-    // The step A finished keeps its count; B ran the rest.
-    expect(status.receipt.payload.stores.postgres.removed).toBeGreaterThan(0);
-    expect(status.receipt.payload.stores.audit.removed).toBe(1);
+    await finished(erasureId);
     expect((await http.get("/v1/devices", bystander.accessToken)).status).toBe(200);
+  });
+
+  test("its node killed (-9) in the middle of a step: a survivor finishes it", async () => {
+    const node = await spawnNode({ ...env, NODE_ID: "takeover-v", DATABASE_URL: database.url, ADMIN_TOKEN });
+    spawned = node.proc;
+    await waitUntil(() => b.actors.ringMembers().length === 2, "the two nodes to see each other", 10_000);
+    const victim = await registerAndLogin(api(node.url));
+    let erasureId = "";
+    // The test holds the account's row (FOR SHARE): the job's `postgres` step waits for it, and the
+    // node is killed there.
+    await b.database.db.transaction(async (tx) => {
+      await tx.execute(sql`select id from accounts where id = ${victim.userId} for share`);
+      const answer = await fetch(`${node.adminUrl}/admin/v1/users/${victim.userId}/erase`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      });
+      expect(answer.status).toBe(202);
+      erasureId = ((await answer.json()) as { erasureId: string }).erasureId;
+      await waitUntil(
+        async () => {
+          const [row] = rowsOf<{ n: number }>(
+            await b.database.db.execute(
+              sql`select count(*)::int as n from pg_stat_activity
+                  where wait_event_type = 'Lock' and datname = current_database()`,
+            ),
+          );
+          return (row?.n ?? 0) > 0;
+        },
+        "the erasure to wait for the account's row",
+        10_000,
+      );
+      node.proc.kill(9);
+      await node.proc.exited;
+    });
+    await finished(erasureId);
   });
 });
