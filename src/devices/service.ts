@@ -45,7 +45,8 @@ export class DeviceService {
   }
 
   /**
-   * Creates a device with the smallest free id; `conflict` when all 127 are taken. Its token
+   * Creates a device with the smallest free id; `conflict` when all 127 are taken, `unauthorized`
+   * ("account erased") when the account is gone (erased meanwhile), nothing written. Its token
    * generation starts at a random number (1 to 2^30, room for a billion revocations in the int
    * column): ids are reused, and a removed device's access tokens, still unexpired, name the id and
    * the generation it had; had the new device started at 0 as well, they would be valid for it.
@@ -54,7 +55,13 @@ export class DeviceService {
     return this.db
       .transaction(async (tx) => {
         // Serialises concurrent logins of one account so two devices never pick the same free id.
-        await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId)).for("update");
+        const [account] = await tx
+          .select({ id: accounts.id })
+          .from(accounts)
+          .where(eq(accounts.id, userId))
+          .for("update");
+        // Erased while this waited for the row (the foreign key would refuse the device: a 500).
+        if (!account) throw new DomainError("unauthorized", "account erased");
         // Ids of removals still finishing are taken too (`deviceRemovals`). One statement, so one
         // snapshot: a removal committing between two reads could not make its id look free.
         const taken = await union(

@@ -23,7 +23,7 @@ export interface SessionTokens {
  * sessions never import the devices feature, whose routes import sessions' auth.
  */
 export interface SessionDevices {
-  /** Creates a device with the smallest free id (1-127); `conflict` when none is left. */
+  /** Creates a device with the smallest free id (1-127); `conflict` when none is left, `unauthorized` when the account is gone. */
   create(userId: string, registrationId: number, name: string | null): Promise<number>;
   /** The device's token generation, or undefined when it does not exist. */
   tokenGeneration(userId: string, deviceId: number): Promise<number | undefined>;
