@@ -92,8 +92,11 @@ export class GroupActor implements ActorBehavior<GroupMessage, unknown> {
 
   private async send(message: GroupSendMessage, ctx: ActorContext): Promise<GroupSendResult> {
     // Checked on every send (one version read; the members are read again only when they changed),
-    // so a membership change needs no message to this actor.
-    const members = await this.ports.directory.recipients(this.groupId, message.from.user, this.members);
+    // so a membership change needs no message to this actor. The device changes count first: a
+    // device removed from here on is looked for once the send is stored.
+    const { directory } = this.ports;
+    const since = directory.changeSeq?.();
+    const members = await directory.recipients(this.groupId, message.from.user, this.members);
     if (!members) return { ok: false, code: "unknown_recipient" };
     if (!members.has(message.from.user)) return { ok: false, code: "not_member" };
     const ts = this.ports.clock.now();
@@ -110,9 +113,16 @@ export class GroupActor implements ActorBehavior<GroupMessage, unknown> {
     if (recipients === 0) return { ok: true, ts, recipients };
     // One durable row for the whole send; its per-device rows are written off this path.
     if (await this.ports.log.appendGroup(envelope, devices)) {
-      const deliver: DeliverGroupMessage = { type: "deliver.group", envelope, devices };
+      let to = devices;
+      let toKeys = keys;
+      // A member device removed since its members were read: what was stored for it goes again.
+      if (since !== undefined && directory.keepExisting) {
+        to = await directory.keepExisting(devices, since);
+        if (to !== devices) toKeys = Object.keys(to).map(userKey);
+      }
+      const deliver: DeliverGroupMessage = { type: "deliver.group", envelope, devices: to };
       // Durable already: a user actor that misses this rebuilds from the log when it next activates.
-      await ctx.system.tellMany(keys, deliver).catch(() => {});
+      await ctx.system.tellMany(toKeys, deliver).catch(() => {});
     }
     return { ok: true, ts, recipients };
   }

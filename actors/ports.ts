@@ -145,4 +145,17 @@ export interface GroupDirectory {
     sender?: string,
     cache?: GroupMembersCache,
   ): Promise<ReadonlyMap<string, readonly number[]> | undefined>;
+  /**
+   * Optional: a count of member device changes heard of, read before `recipients` for a send, so
+   * that `keepExisting` can tell afterwards whether a device it named may have gone since.
+   */
+  changeSeq?(): number;
+  /**
+   * Optional: after a send was stored for `devices` (user → device ids, as `recipients` answered
+   * when `changeSeq` was `since`), erases from the log what it holds for a device removed since,
+   * and returns the devices that still exist; the very same object when none of them changed. A
+   * device removed between the members' read and the append would otherwise keep this send's
+   * ciphertext (its removal erased the device's rows before the append committed).
+   */
+  keepExisting?(devices: Record<string, number[]>, since: number): Promise<Record<string, number[]>>;
 }

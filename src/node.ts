@@ -523,7 +523,22 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
         fenced: (userId) => fence.has(userId),
       }),
     )
-    .register(GROUP_KIND, groupActorFactory({ directory: new PostgresGroupDirectory(db, fence), log, clock }))
+    .register(
+      GROUP_KIND,
+      groupActorFactory({
+        // Device changes as messaging hears of them (here, and other nodes' over the list-change
+        // channel): a group send checks again, once stored, a member device removed meanwhile.
+        directory: new PostgresGroupDirectory(db, fence, {
+          get deviceChangeSeq() {
+            return messaging.deviceChangeSeq;
+          },
+          devicesChangedSince: (userId, seq) => messaging.devicesChangedSince(userId, seq),
+          eraseDevice: (userId, deviceId) => log.eraseDevice(userId, deviceId),
+        }),
+        log,
+        clock,
+      }),
+    )
     .registerPinned(GATEWAY_KIND, link.actorFactory, {
       orphaned: (command) => link.orphaned(command as GatewayCommand),
     })

@@ -1,8 +1,18 @@
-import { and, eq } from "drizzle-orm";
+import { and, eq, inArray } from "drizzle-orm";
 import type { GroupDirectory, GroupMembersCache } from "../../actors/index.ts";
 import type { Db } from "../db/index.ts";
 import { blocks, devices, groupMembers, groups } from "../db/schema.ts";
 import { ErasureFence } from "../fence/index.ts";
+
+/**
+ * Where the directory hears of device changes (`MessagingService`: this node's, and other nodes'
+ * over the list-change channel) and erases a removed device's rows (the envelope log).
+ */
+export interface DeviceChangeWatch {
+  deviceChangeSeq: number;
+  devicesChangedSince(userId: string, seq: number): boolean;
+  eraseDevice(userId: string, deviceId: number): Promise<number>;
+}
 
 /**
  * Group members (accepted ones: pending invitations live in another table) and their devices, read
@@ -20,7 +30,45 @@ export class PostgresGroupDirectory implements GroupDirectory {
   constructor(
     private readonly db: Db,
     private readonly fence: ErasureFence = new ErasureFence(),
+    /** Where device changes are heard of; without it no send is checked again (tests of the members alone). */
+    private readonly watch?: DeviceChangeWatch,
   ) {}
+
+  /** The device changes heard of so far (`DeviceChangeWatch.deviceChangeSeq`; 0 without a watch). */
+  changeSeq(): number {
+    return this.watch?.deviceChangeSeq ?? 0;
+  }
+
+  /**
+   * Of `stored` (user → device ids) a group send was just stored for, those that still exist: for
+   * each member whose devices changed since `since`, their devices are read again, and what the log
+   * holds for one that is gone is erased (`eraseDevice`, idempotent: the removal's own erasure may
+   * come before or after). The same object when no member's devices changed (the usual case: no
+   * query).
+   */
+  async keepExisting(stored: Record<string, number[]>, since: number): Promise<Record<string, number[]>> {
+    const watch = this.watch;
+    if (!watch || watch.deviceChangeSeq === since) return stored;
+    const changed = Object.keys(stored).filter((userId) => watch.devicesChangedSince(userId, since));
+    if (changed.length === 0) return stored;
+    const rows = await this.db
+      .select({ userId: devices.userId, deviceId: devices.deviceId })
+      .from(devices)
+      .where(inArray(devices.userId, changed));
+    const existing = new Set(rows.map((row) => `${row.userId}.${row.deviceId}`));
+    let kept: Record<string, number[]> | undefined;
+    for (const userId of changed) {
+      const list = stored[userId] ?? [];
+      const gone = list.filter((deviceId) => !existing.has(`${userId}.${deviceId}`));
+      if (gone.length === 0) continue;
+      for (const deviceId of gone) await watch.eraseDevice(userId, deviceId);
+      kept ??= { ...stored };
+      const left = list.filter((deviceId) => !gone.includes(deviceId));
+      if (left.length > 0) kept[userId] = left;
+      else delete kept[userId];
+    }
+    return kept ?? stored;
+  }
 
   async recipients(
     groupId: string,

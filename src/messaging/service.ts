@@ -263,8 +263,20 @@ export class MessagingService {
     }
   }
 
-  /** True when `userId`'s devices may have changed here since `deviceChanges` was `seq`. */
-  private devicesChangedSince(userId: string, seq: number): boolean {
+  /**
+   * A count of the device changes this node has heard of (`devicesChanged`, `forgetLists`): read
+   * before a send's recipients are, it tells afterwards whether one of theirs may have changed
+   * since (`devicesChangedSince`).
+   */
+  get deviceChangeSeq(): number {
+    return this.deviceChanges;
+  }
+
+  /**
+   * True when `userId`'s devices may have changed here since `deviceChangeSeq` was `seq` (a change
+   * of the last DEVICE_CHANGES_KEPT_MS; `forgetLists` counts as a change of everyone's).
+   */
+  devicesChangedSince(userId: string, seq: number): boolean {
     if (this.deviceChanges === seq) return false;
     return this.allDevicesChanged > seq || (this.deviceChangeSeqs.get(userId)?.seq ?? 0) > seq;
   }

@@ -88,6 +88,48 @@ describe("a send racing the removal of a recipient device (PostgreSQL)", () => {
     socket.close();
     expect(await rowsFor(bob.userId, phone.deviceId)).toBe(0);
   });
+
+  test("a group send leaves no envelope for the removed device once both have answered", async () => {
+    const alice = await registerAndLogin(client);
+    const bob = await registerAndLogin(client);
+    const made = await client.post("/v1/groups", { name: "race", members: [bob.userId] }, alice.accessToken);
+    const { groupId } = made.body;
+    expect((await client.post(`/v1/invitations/${groupId}/accept`, {}, bob.accessToken)).status).toBe(204);
+    const phone = await loginDevice(client, bob, { registrationId: 203 });
+    expect(phone.deviceId).toBe(2);
+    const socket = await TestSocket.open(node.url, alice.accessToken);
+    const id = randomUUID();
+    let removed = 0;
+    await node.database.db
+      .transaction(async (tx) => {
+        // The same key as the send's group_messages row: its insert waits for this transaction.
+        await tx.execute(sql`
+          insert into group_messages (id, sender_user, sender_device, group_id, ts, type, body, recipients)
+          values (${id}, ${alice.userId}, ${alice.deviceId}, ${groupId}, 0, 7, null, null)`);
+        socket.send({
+          type: "send",
+          id,
+          to: { group: groupId },
+          message: { type: 7, body: b64("for the phone") },
+        });
+        for (let i = 0; i < 400 && (await waiting()) === 0; i++) await Bun.sleep(25);
+        expect(await waiting()).toBeGreaterThan(0);
+        removed = (await client.delete(`/v1/devices/${phone.deviceId}`, bob.accessToken)).status;
+        throw new Rollback();
+      })
+      .catch((error: unknown) => {
+        if (!(error instanceof Rollback)) throw error;
+      });
+    expect(removed).toBe(204);
+    expect((await socket.reply(id)).type).toBe("accepted");
+    socket.close();
+    expect(await rowsFor(bob.userId, phone.deviceId)).toBe(0);
+    // Nor does the stored send name it for a later expansion.
+    const [row] = rowsOf<{ recipients: Record<string, number[]> | null }>(
+      await node.database.db.execute(sql`select recipients from group_messages where id = ${id}`),
+    );
+    expect(row?.recipients?.[bob.userId] ?? []).not.toContain(phone.deviceId);
+  });
 });
 
 class Rollback extends Error {}
