@@ -702,7 +702,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       // Erasures a dead node was running are taken over by one survivor (a claim in the database).
       if (gone.expired.length > 0 || gone.left.length > 0)
         void gdpr.erasures
-          .resumePending()
+          .resumePending([...gone.expired, ...gone.left])
           .catch((error: unknown) =>
             logger.warn({ err: error }, "could not take over erasures of gone nodes"),
           );

@@ -230,11 +230,13 @@ export class ErasureService {
    * compare-and-set on the claim it was read with, so of survivors adopting at once one runs it.
    * Called at start-up, when nodes went away (`ActorSystem.onNodesGone`) and by every retention
    * pass; before, only a node's start resumed a job, and one whose node died stayed pending, the
-   * user fenced and their data kept, until some node restarted. Returns how many it launched.
+   * user fenced and their data kept, until some node restarted. `gone`: nodes the caller knows are
+   * gone though the ring may not show it yet (`onNodesGone`'s). Returns how many it launched.
    */
-  async resumePending(): Promise<number> {
+  async resumePending(gone: readonly string[] = []): Promise<number> {
     const { db, nodeId, logger } = this.deps;
     const live = new Set(this.deps.liveNodes());
+    for (const node of gone) live.delete(node);
     const rows = await db
       .select({ id: erasures.id, claimedBy: erasures.claimedBy })
       .from(erasures)
