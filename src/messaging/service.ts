@@ -287,9 +287,11 @@ export class MessagingService {
    * append, and a device removed in between (`DeviceService.remove`: its follow-up erases the
    * device's rows, `eraseDevice`) would otherwise keep the ciphertext of a commit that came after
    * that erasure in the log, handed to the next device given its id. Called only when the
-   * recipient's devices changed since the check (`devicesChangedSince`); the removal tells this node
-   * (`devicesChanged`, here or over the list-change channel) before it erases, so either its erasure
-   * comes after this commit or this sees the change.
+   * recipient's devices changed since the check (`devicesChangedSince`). A removal on this node
+   * tells it (`devicesChanged`) before it erases, so either its erasure comes after this commit or
+   * this sees the change. One on another node publishes the change on the list-change channel
+   * before it erases: a send here whose commit and check both fall within that message's transit,
+   * or any while the channel is down, can still miss it (then the row stays until retention).
    */
   private async dropRemovedDevices(userId: string, stored: StoredEnvelope[]): Promise<StoredEnvelope[]> {
     const current = await this.devicesOf(userId);
