@@ -1,5 +1,6 @@
 import { and, asc, count, eq, inArray, sql } from "drizzle-orm";
 import type { AuditEvent, AuditTrail } from "../audit/types.ts";
+import { pgErrorCode } from "../db/errors.ts";
 import type { Db } from "../db/index.ts";
 import { accounts, blocks, groupInvitations, groupMembers, groups } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
@@ -12,6 +13,9 @@ import {
   MAX_PENDING_INVITATIONS_PER_INVITER,
 } from "./model.ts";
 import { keepAnAdmin, lockGroups, type Succession, type Tx } from "./succession.ts";
+
+/** PostgreSQL's SQLSTATE for a foreign key violation. */
+const FOREIGN_KEY_VIOLATION = "23503";
 
 /** The refusal of a caller whose erasure has started (as `SessionService` words it). */
 const ERASED = "account erased";
@@ -119,7 +123,8 @@ export class GroupService {
    * Invites `invitees` to `groupId` on behalf of `inviter`, inside `tx` (the group locked): skips
    * members, users already invited and users who blocked the inviter, and refuses with `conflict`
    * when members and invitations would pass MAX_GROUP_MEMBERS, an invitee would hold more than
-   * MAX_PENDING_INVITATIONS, or more than MAX_PENDING_INVITATIONS_PER_INVITER from `inviter`.
+   * MAX_PENDING_INVITATIONS, or more than MAX_PENDING_INVITATIONS_PER_INVITER from `inviter`, and
+   * with `not_found` when an invitee was erased since it was checked (nothing written).
    * Returns who was invited.
    */
   private async invite(tx: Tx, groupId: string, inviter: string, invitees: string[]): Promise<string[]> {
@@ -184,10 +189,16 @@ export class GroupService {
         "conflict",
         `a user holds at most ${MAX_PENDING_INVITATIONS_PER_INVITER} pending invitations from the same inviter; wait until they accept or decline yours`,
       );
-    await tx
-      .insert(groupInvitations)
-      .values(fresh.map((userId) => ({ groupId, userId, invitedBy: inviter })))
-      .onConflictDoNothing();
+    try {
+      await tx
+        .insert(groupInvitations)
+        .values(fresh.map((userId) => ({ groupId, userId, invitedBy: inviter })))
+        .onConflictDoNothing();
+    } catch (error) {
+      // An invitee erased since `assertUsersExist` (its account's row is gone): as if unknown.
+      if (pgErrorCode(error) === FOREIGN_KEY_VIOLATION) throw new DomainError("not_found", "no such user");
+      throw error;
+    }
     return fresh;
   }
 

@@ -16,9 +16,11 @@ const INVITEE_LOCK_BUCKETS = 256;
  * A group made that way was left with no member and no admin, its invitations pending: whoever
  * accepted one joined a group nobody administers. The test holds the invitee's invitation lock in
  * its own transaction, so the creation waits there holding the creator's row, starts the erasure,
- * waits until the erasure waits too, and commits. PostgreSQL: PGlite runs one transaction at a time.
+ * waits until the erasure waits too, and commits. And an invitation whose invitee is erased after
+ * it checked they exist hit the foreign key: a 500, now a 404 as for any unknown user. PostgreSQL:
+ * PGlite runs one transaction at a time.
  */
-describe("a group made while its creator is erased (PostgreSQL)", () => {
+describe("groups and an erasure racing (PostgreSQL)", () => {
   let node: TestNode;
   let client: Api;
 
@@ -88,5 +90,22 @@ describe("a group made while its creator is erased (PostgreSQL)", () => {
     );
     expect(joined.status).toBe(404);
     expect(await adminless()).toEqual([]);
+  });
+
+  test("an invitation to a user erased while it waited for the group is 404, not a 500", async () => {
+    const [admin, invitee] = await Promise.all([registerAndLogin(client), registerAndLogin(client)]);
+    const made = await client.post("/v1/groups", { name: "late", members: [] }, admin.accessToken);
+    const { groupId } = made.body;
+    let inviting: Promise<Reply> | undefined;
+    await node.database.db.transaction(async (tx) => {
+      await tx.execute(sql`select id from groups where id = ${groupId} for update`);
+      inviting = client.post(`/v1/groups/${groupId}/members`, { userId: invitee.userId }, admin.accessToken);
+      await untilWaiting(1);
+      // As the erasure's `postgres` step would, after the invitation checked the user exists.
+      await tx.execute(sql`delete from accounts where id = ${invitee.userId}`);
+    });
+    const answer = await (inviting as Promise<Reply>);
+    expect(answer.status).toBe(404);
+    expect(answer.body.error.code).toBe("not_found");
   });
 });
