@@ -284,7 +284,11 @@ export class SessionService {
       const [reused] = await tx.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, hash));
       if (!reused) return { kind: "unknown" };
       const { userId, deviceId } = reused;
-      if (reused.spentAt && now - reused.spentAt.getTime() <= this.refreshGraceMs) {
+      // The clock again: `now` was read before the spend above waited for another presentation's
+      // row lock, and may come before that presentation's spend. Read then, a spend 0 ms (or less)
+      // ago counted as within even a 0 s window, and two presentations at once were both honoured.
+      const spentAgo = reused.spentAt ? Date.now() - reused.spentAt.getTime() : Number.POSITIVE_INFINITY;
+      if (this.refreshGraceMs > 0 && spentAgo <= this.refreshGraceMs) {
         // Within the window: the successor again, if it is still the device's live token.
         const [next] = await tx
           .select({ createdAt: refreshTokens.createdAt, generation: devices.tokenGeneration })
