@@ -1,8 +1,8 @@
 import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
-import { sql } from "drizzle-orm";
-import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
+import { type SQL, sql } from "drizzle-orm";
+import { type PgDatabase, PgDialect, type PgQueryResultHKT } from "drizzle-orm/pg-core";
 import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
 import { migrate as migratePglite } from "drizzle-orm/pglite/migrator";
 import { type PglitePreparation, preparePglite } from "./pglite-prepare.ts";
@@ -20,6 +20,24 @@ export type Tx = Parameters<Parameters<Db["transaction"]>[0]>[0];
 /** Rows of `db.execute(sql…)`: postgres-js returns an array, PGlite an object with `rows`. */
 export function rowsOf<T>(result: unknown): T[] {
   return ((result as { rows?: T[] }).rows ?? (result as T[])) as T[];
+}
+
+/** Builds a statement's text and parameters from drizzle's `sql` (the same dialect `db.execute` uses). */
+const dialect = new PgDialect();
+
+/**
+ * `db.execute(query)` as a prepared statement: resolves with what `db.execute` would (rows of it
+ * through `rowsOf`), and rejects with the database's error as it would. drizzle's `db.execute` and
+ * query builders hand postgres.js `prepare: false` unless given a name (drizzle-orm#6096), and an
+ * unprepared statement with parameters costs two round trips on postgres.js: Parse and Describe to
+ * learn the parameters' types, then Bind and Execute (its "describe first"); prepared, postgres.js
+ * keeps the statement per connection, keyed by its text and parameter types, and every later run
+ * is one Bind and Execute, one write and one round trip, with no parse. For hot statements of
+ * fixed text only: every distinct text stays prepared on each pooled connection until it closes.
+ * `name` is drizzle's switch to prepare (postgres.js names statements itself; PGlite ignores it).
+ */
+export function executePrepared(db: Db, name: string, query: SQL): Promise<unknown> {
+  return db._.session.prepareQuery(dialect.sqlToQuery(query), undefined, name, false).execute();
 }
 
 /** An open database with its migrations applied. */

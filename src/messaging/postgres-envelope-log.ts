@@ -1,6 +1,6 @@
 import { and, asc, eq, gt, inArray, lt, or, type SQL, sql } from "drizzle-orm";
 import { type EnvelopeRef, envelopeKey, type GroupEnvelope } from "../../actors/index.ts";
-import { type Db, rowsOf } from "../db/index.ts";
+import { type Db, executePrepared, rowsOf } from "../db/index.ts";
 import { envelopes } from "../db/schema.ts";
 import { stamp } from "../observability/stage-trace.ts";
 import type { StoredEnvelope } from "./envelope.ts";
@@ -201,7 +201,10 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       if (!BASE64.test(e.body) || !UUID.test(e.id)) throw new Error("envelope id or body is malformed");
       stamp(e.id, "wstart");
     }
-    const result = await this.db.execute(sql`
+    const result = await executePrepared(
+      this.db,
+      "envelopes_append",
+      sql`
       insert into envelopes
         (id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body, state)
       select id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type,
@@ -219,7 +222,8 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       ) as v(id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body)
       on conflict do nothing
       returning id, sender_user as "senderUser", sender_device as "senderDevice",
-        recipient_user as "recipientUser", recipient_device as "recipientDevice"`);
+        recipient_user as "recipientUser", recipient_device as "recipientDevice"`,
+    );
     const inserted = rowsOf<{
       id: string;
       senderUser: string;
@@ -416,14 +420,18 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     const { users, devices, ids, senders, senderDevices } = flatten(batch);
     // A group message not expanded yet has no rows to mark: write them first (committed before the UPDATE reads).
     await this.expand(sql`id = any(${arrayLiteral(ids)}::uuid[])`);
-    await this.db.execute(sql`
+    await executePrepared(
+      this.db,
+      "envelopes_mark_queued",
+      sql`
       update envelopes as e set state = 'queued'
       from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[],
           ${arrayLiteral(senders)}::uuid[], ${arrayLiteral(senderDevices)}::int[])
         as q(recipient_user, recipient_device, id, sender_user, sender_device)
       where e.recipient_user = q.recipient_user and e.recipient_device = q.recipient_device
         and e.id = q.id and e.sender_user = q.sender_user and e.sender_device = q.sender_device
-        and e.state = 'pending'`);
+        and e.state = 'pending'`,
+    );
     return batch.map(() => undefined);
   }
 
@@ -488,7 +496,10 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
 
   /** Acks the named rows (recipient device, sender device and id) still holding a body; returns those it changed. */
   private async ackRows({ users, devices, ids, senders, senderDevices }: FlatRefs): Promise<AckedRow[]> {
-    const result = await this.db.execute(sql`
+    const result = await executePrepared(
+      this.db,
+      "envelopes_ack",
+      sql`
       update envelopes as e set state = 'acked', body = null
       from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[],
           ${arrayLiteral(senders)}::uuid[], ${arrayLiteral(senderDevices)}::int[])
@@ -496,7 +507,8 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       where e.recipient_user = a.recipient_user and e.recipient_device = a.recipient_device
         and e.id = a.id and e.sender_user = a.sender_user and e.sender_device = a.sender_device
         and e.body is not null
-      returning e.recipient_user, e.recipient_device, e.id, e.sender_user, e.sender_device`);
+      returning e.recipient_user, e.recipient_device, e.id, e.sender_user, e.sender_device`,
+    );
     return rowsOf<AckedRow>(result);
   }
 

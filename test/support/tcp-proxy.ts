@@ -14,10 +14,18 @@ export interface TcpProxy {
   close(): Promise<void>;
 }
 
-export async function startTcpProxy(target: string): Promise<TcpProxy> {
+/**
+ * `onClientData`: hears every chunk a client sends towards `target`, with the client connection's
+ * number (0, 1, … in order of accept), before it is forwarded (tests that read a wire protocol).
+ */
+export async function startTcpProxy(
+  target: string,
+  options: { onClientData?: (chunk: Buffer, connection: number) => void } = {},
+): Promise<TcpProxy> {
   const { hostname, port: targetPort, protocol } = new URL(target);
   const open = new Set<Socket>();
   let refusing = false;
+  let accepted = 0;
   const server: Server = createServer((client) => {
     if (refusing) {
       client.destroy();
@@ -26,6 +34,11 @@ export async function startTcpProxy(target: string): Promise<TcpProxy> {
     const upstream = createConnection({ host: hostname, port: Number(targetPort) });
     open.add(client);
     open.add(upstream);
+    const { onClientData } = options;
+    if (onClientData) {
+      const connection = accepted++;
+      client.on("data", (chunk: Buffer) => onClientData(chunk, connection));
+    }
     client.pipe(upstream);
     upstream.pipe(client);
     const drop = () => {
