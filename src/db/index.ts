@@ -33,7 +33,9 @@ const dialect = new PgDialect();
  * learn the parameters' types, then Bind and Execute (its "describe first"); prepared, postgres.js
  * keeps the statement per connection, keyed by its text and parameter types, and every later run
  * is one Bind and Execute, one write and one round trip, with no parse. For hot statements of
- * fixed text only: every distinct text stays prepared on each pooled connection until it closes.
+ * fixed text only: every distinct text stays prepared on each pooled connection until it closes
+ * (a reconnect prepares it again). A statement a migration invalidated while the node ran ("cached
+ * plan must not change result type") is prepared again and run once more by postgres.js itself.
  * `name` is drizzle's switch to prepare (postgres.js names statements itself; PGlite ignores it).
  */
 export function executePrepared(db: Db, name: string, query: SQL): Promise<unknown> {
