@@ -137,6 +137,9 @@ export async function chat(
     print(`[${time(m.ts)}]${where} ${printable(m.from.username)}: ${printable(m.text)}`);
   });
   messenger.on("presence", (p) => {
+    // The server answers a user's own presence too (docs/PROTOCOL.md, "Presence"), and the store
+    // keeps the account among its contacts: "* <me> is online" would announce this very session.
+    if (p.userId === client.userId) return;
     const before = presence.get(p.userId);
     presence.set(p.userId, p.online);
     if (before !== undefined && before !== p.online)
@@ -313,6 +316,17 @@ export async function chat(
   print(`signed in as ${client.username ?? client.userId} (device ${client.deviceId}); /help for commands`);
   rl.setPrompt(promptText());
   rl.prompt();
+  // Invitations are not pushed (docs/PROTOCOL.md, "Groups, invitations and blocks"): without this,
+  // someone invited while away would not know until they typed /accept.
+  void client.http.invitations().then(
+    (invitations) => {
+      if (invitations.length === 0) return;
+      const among = invitations.map((i) => ({ groupId: i.groupId, name: i.name }));
+      const shown = among.map((g) => printable(groupLabel(g, among)));
+      print(`* invited to ${shown.map((s) => `#${s}`).join(", ")}: /accept <name> to join, /decline <name>`);
+    },
+    () => undefined, // the listing is a courtesy: /accept asks again
+  );
   return new Promise<number>((resolve) => {
     let finished = false;
     const finish = (code: number) => {

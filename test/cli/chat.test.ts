@@ -259,6 +259,32 @@ describe("CLI chat", () => {
     expect(m.output).not.toContain("for alice's team only");
   });
 
+  test("an invitation made while the invitee was away is shown when their chat starts", async () => {
+    const alice = { name: uniqueUsername("inviter"), store: join(dir, "inviter.db") };
+    const bob = { name: uniqueUsername("invitee"), store: join(dir, "invitee.db") };
+    for (const u of [alice, bob]) {
+      expect((await run(["register", u.name, "--server", node.url, "--store", u.store])).code).toBe(0);
+    }
+    const a = new Terminal([process.execPath, "run", CLI, "chat", "--store", alice.store]);
+    await a.expect(/signed in as/);
+    a.type(`/group new weekend ${bob.name}`);
+    await a.expect(/created #weekend/);
+    // Bob was not running a chat: nothing told him. His chat says so when it starts.
+    const b = new Terminal([process.execPath, "run", CLI, "chat", "--store", bob.store]);
+    const at = await b.expect(/signed in as/);
+    await b.expect(/\* invited to #weekend: \/accept <name> to join/, at);
+    b.type("/accept weekend");
+    await b.expect(/joined #weekend/);
+    a.type("see you saturday");
+    await b.expect(new RegExp(`#weekend ${alice.name}: see you saturday`));
+    // The account's own presence is never announced as a contact's.
+    expect(b.output).not.toContain(`${bob.name} is online`);
+    expect(a.output).not.toContain(`${alice.name} is online`);
+    for (const t of [a, b]) t.type("/quit");
+    expect(await a.exited).toBe(0);
+    expect(await b.exited).toBe(0);
+  });
+
   test("two users chat in two terminals: messages arrive while typing, by username both ways", async () => {
     const alice = { name: uniqueUsername("alice"), store: join(dir, "alice.db") };
     const bob = { name: uniqueUsername("bob"), store: join(dir, "bob.db") };
