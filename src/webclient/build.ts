@@ -18,11 +18,16 @@ function newest(dir: string): number {
  * Builds the page with Vite (`web/` → `web/dist`) when there is no build yet or a source file
  * is newer than it; returns the directory to serve. The build is not committed: a fresh clone
  * builds on its first `npm run client:web` (a few seconds), CI in the test that starts one.
+ * `onBuild` is called once before a build starts (not when the build is current), so a caller
+ * can say why nothing else shows for those seconds.
  */
-export async function ensureBuilt(options: { force?: boolean; quiet?: boolean } = {}): Promise<string> {
+export async function ensureBuilt(
+  options: { force?: boolean; quiet?: boolean; onBuild?: () => void } = {},
+): Promise<string> {
   const index = join(WEB_DIST, "index.html");
   const sources = Math.max(newest(join(WEB_ROOT, "src")), statSync(join(WEB_ROOT, "index.html")).mtimeMs);
   if (!options.force && existsSync(index) && statSync(index).mtimeMs >= sources) return WEB_DIST;
+  options.onBuild?.();
   const { build } = await import("vite");
   await build({
     root: WEB_ROOT,

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { ensureBuilt } from "./build.ts";
+import { ensureBuilt, WEB_DIST } from "./build.ts";
 import { startWebClient } from "./server.ts";
 
 const USAGE = `ClearBox browser client
@@ -39,7 +39,15 @@ async function main(): Promise<void> {
     console.error("--port: a port number 0-65535");
     process.exit(2);
   }
-  const assetsDir = await ensureBuilt({ force: values.rebuild, quiet: true });
+  const assetsDir = await ensureBuilt({
+    force: values.rebuild,
+    quiet: true,
+    // On stderr: stdout keeps the one line a script reads, the address to open.
+    onBuild: () =>
+      console.error(
+        `building the page into ${WEB_DIST} with Vite (first start or --rebuild: a few seconds)…`,
+      ),
+  });
   let client: Awaited<ReturnType<typeof startWebClient>>;
   try {
     client = await startWebClient({
