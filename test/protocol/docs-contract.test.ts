@@ -2,11 +2,12 @@
  * docs/PROTOCOL.md and README's configuration table held to the code, both ways: every route a
  * node serves is documented and every documented route is served (on a real embedded node), every
  * close code, error code and client frame type of the page is the one `src/protocol/` defines, and
- * every environment variable the configuration reads is in README's table and no other.
+ * every environment variable the configuration reads is in README's table and no other, and
+ * README's list of audit actions is exactly the actions the code writes.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
+import { readdirSync, readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { ENV_VARIABLES } from "../../src/config/index.ts";
 import { CloseCode } from "../../src/protocol/close-codes.ts";
 import { ERROR_STATUS, UNSUPPORTED_MEDIA_TYPE } from "../../src/protocol/errors.ts";
@@ -121,5 +122,36 @@ describe("README's configuration table against src/config", () => {
         names.add(name as string);
     }
     expect([...names].sort()).toEqual([...ENV_VARIABLES].sort());
+  });
+});
+
+/** Every `.ts` file under `dir`, recursively. */
+function sources(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((entry) =>
+    entry.isDirectory()
+      ? sources(join(dir, entry.name))
+      : entry.name.endsWith(".ts")
+        ? [join(dir, entry.name)]
+        : [],
+  );
+}
+
+describe("README's audit actions against src/", () => {
+  // A DPO searches the audit log by these names: one the code never writes finds nothing, and one
+  // it writes that README does not name is an entry nobody knows to look for.
+  test("the audit paragraph names every action an entry is written with, and no other", () => {
+    const written = new Set<string>();
+    for (const file of sources(resolve(ROOT, "src"))) {
+      for (const [, action] of readFileSync(file, "utf8").matchAll(/\baction: "([a-z_.]+)"/g))
+        written.add(action as string);
+    }
+    const start = readme.indexOf("**Audit log**");
+    const paragraph = readme.slice(start, readme.indexOf("- *Pseudonyms*", start));
+    const named = new Set<string>();
+    for (const [, name] of paragraph.matchAll(/`([a-z_]+(?:\.[a-z_]+)*)`/g)) {
+      if (written.has(name as string) || /\./.test(name as string)) named.add(name as string);
+    }
+    expect(written.size).toBeGreaterThan(10);
+    expect([...named].sort()).toEqual([...written].sort());
   });
 });
