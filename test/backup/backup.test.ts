@@ -110,6 +110,17 @@ describe("backup and restore of the embedded default", () => {
     }, "Carol's erasure");
     expect(readFileSync(ledgerFile, "utf8")).toContain(ErasureLedger.key(carol.userId));
     expect(readFileSync(ledgerFile, "utf8")).not.toContain(carol.userId);
+    // docs/GDPR.md, "What a receipt proves": an operator checks the ledger from the user id in a shell.
+    const recipe = await runToEnd([
+      "sh",
+      "-c",
+      `printf 'clearbox-erased-account:%s' ${carol.userId} | sha256sum`,
+    ]);
+    expect(
+      readFileSync(ledgerFile, "utf8")
+        .split("\n")
+        .map((line) => line.split(" ")[0]),
+    ).toContain(recipe.stdout.split(" ")[0]);
     await Promise.all([aliceSocket.close(), carolSocket.close().catch(() => undefined)]);
     await original.stop();
     nodes.splice(nodes.indexOf(original), 1);
