@@ -740,6 +740,18 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       "ADMIN_TOKEN is not set: the admin RPC refuses every call (metrics, backups, the operator's export and erasure)",
     );
   }
+  // The Art. 30 record names its controller from the configuration: a production node without it
+  // serves a record naming nobody, which the DPO learned only by reading GET /admin/v1/ropa.
+  const unnamed = [
+    ...(config.controllerName ? [] : ["CONTROLLER_NAME"]),
+    ...(config.dpoContact ? [] : ["DPO_CONTACT"]),
+  ];
+  if (config.env === "production" && unnamed.length > 0) {
+    logger.warn(
+      { unset: unnamed },
+      "the record of processing (GET /admin/v1/ropa) names no controller or DPO contact: set CONTROLLER_NAME and DPO_CONTACT",
+    );
+  }
 
   return {
     config,

@@ -114,3 +114,34 @@ describe("record of processing built from a clustered configuration", () => {
     expect(native.securityMeasures).toContain("TLS 1.3 only on the public listener (native)");
   });
 });
+
+describe("a production node without CONTROLLER_NAME or DPO_CONTACT", () => {
+  test("says so at start; one with both does not", async () => {
+    const warning = '"msg":"the record of processing (GET /admin/v1/ropa) names no controller or DPO contact';
+    const production = {
+      NODE_ENV: "production",
+      ADMIN_TOKEN,
+      PASSWORD_HASH_MEMORY_KIB: "19456",
+      PASSWORD_HASH_TIME_COST: "2",
+    };
+    const unnamed = await startTestNode("pglite", {
+      env: { ...production, DPO_CONTACT: "dpo@acme.example" },
+    });
+    try {
+      const logs = unnamed.logs.join("");
+      expect(logs).toContain(warning);
+      expect(logs).toContain('"unset":["CONTROLLER_NAME"]');
+    } finally {
+      await unnamed.teardown();
+    }
+    const named = await startTestNode("pglite", {
+      env: { ...production, CONTROLLER_NAME: "Acme School", DPO_CONTACT: "dpo@acme.example" },
+    });
+    try {
+      expect(named.logs.join("")).toContain("clearbox node started");
+      expect(named.logs.join("")).not.toContain(warning);
+    } finally {
+      await named.teardown();
+    }
+  });
+});
