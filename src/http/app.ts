@@ -51,20 +51,6 @@ export interface AppDeps {
   addresses: ClientAddresses;
 }
 
-/**
- * Turns a TypeBox validation failure of a path parameter or query value into one short line: where
- * and what, never the value or the schema. (Bodies never get here: the JSON body gate checks them.)
- */
-function describeValidation(error: unknown): string {
-  // The first TypeBox error Elysia already found: its message names the rule, never the value
-  // (Elysia's `summary` may end in "but found: <value>", so it is not used).
-  const first = (error as { valueError?: { path?: string; message?: string } }).valueError;
-  if (!first) return "request does not match the schema";
-  const where = first.path ? first.path.replace(/^\//, "").replaceAll("/", ".") : "";
-  const what = first.message ?? "is not valid";
-  return where ? `${where}: ${what}` : what;
-}
-
 /** The public listener's Elysia app: protocol routes, protocol errors, request metrics. */
 export function createApp(deps: AppDeps) {
   const { logger, metrics } = deps;
@@ -86,7 +72,7 @@ export function createApp(deps: AppDeps) {
       logger.debug({ ...label, status, ms: Math.round(seconds * 1000) }, "request");
     })
     .onError({ as: "global" }, ({ code, error, set, request }) => {
-      let failure = frameworkRefusal(code, error, describeValidation);
+      let failure = frameworkRefusal(code, error);
       if (!failure) {
         logger.error(
           { err: error, method: request.method, path: new URL(request.url).pathname },

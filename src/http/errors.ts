@@ -22,15 +22,27 @@ export function errorReply(error: DomainError): ErrorReply {
 export { DomainError };
 
 /**
+ * Turns a TypeBox validation failure of a path parameter or query value into one short line: where
+ * and what, never the value or the schema. (Bodies never get here: the JSON body gate checks them.)
+ * Both listeners use it, so the admin RPC names the parameter it refuses as the public API does.
+ */
+export function describeValidation(error: unknown): string {
+  // The first TypeBox error Elysia already found: its message names the rule, never the value
+  // (Elysia's `summary` may end in "but found: <value>", so it is not used).
+  const first = (error as { valueError?: { path?: string; message?: string } }).valueError;
+  if (!first) return "request does not match the schema";
+  const where = first.path ? first.path.replace(/^\//, "").replaceAll("/", ".") : "";
+  const what = first.message ?? "is not valid";
+  return where ? `${where}: ${what}` : what;
+}
+
+/**
  * The domain refusal for an error Elysia raised before or around a handler (its `onError` code),
  * or undefined when the error is unexpected (the caller logs it and answers `internal`).
- * `describeValidation` turns a TypeBox failure into one line; the rejected value is never echoed.
+ * A TypeBox failure becomes one line naming the parameter (`describeValidation`); the rejected value
+ * is never echoed.
  */
-export function frameworkRefusal(
-  code: unknown,
-  error: unknown,
-  describeValidation: (error: unknown) => string = () => "request does not match the schema",
-): DomainError | undefined {
+export function frameworkRefusal(code: unknown, error: unknown): DomainError | undefined {
   if (error instanceof DomainError) return error;
   if (code === "VALIDATION") return new DomainError("invalid", describeValidation(error));
   // The body gate (json-body.ts) refuses inside Elysia's parse step, which wraps what it throws.

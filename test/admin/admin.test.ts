@@ -68,6 +68,28 @@ describe("admin listener", () => {
     expect(node.logs.join("")).not.toContain(me.username);
   });
 
+  test("a refused parameter is named in the 400, as on the public listener, and its value is not echoed", async () => {
+    const admin = api(node.adminUrl);
+    // A DPO pasting a name as the person wrote it (upper case) or a wrong id learns what was wrong.
+    const refusals = [
+      ["/admin/v1/users?username=SomeOne", "username: "],
+      ["/admin/v1/users/not-a-user-id/export", "userId: "],
+    ] as const;
+    for (const [path, field] of refusals) {
+      const res = await admin.get(path, ADMIN_TOKEN);
+      expect(res.status).toBe(400);
+      expect(res.body.error.code).toBe("invalid");
+      expect(res.body.error.message.startsWith(field)).toBe(true);
+      expect(res.body.error.message).not.toMatch(/SomeOne|not-a-user-id/);
+    }
+    const erase = await fetch(`${node.adminUrl}/admin/v1/users/not-a-user-id/erase`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
+    expect(erase.status).toBe(400);
+    expect(((await erase.json()) as { error: { message: string } }).error.message).toStartWith("userId: ");
+  });
+
   test("listens on the loopback address by default", () => {
     expect(new URL(node.adminUrl).hostname).toBe("127.0.0.1");
   });
