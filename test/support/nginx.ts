@@ -149,7 +149,8 @@ async function bootNginx(
     existsSync(join(dir, "access.log")) ? readFileSync(join(dir, "access.log"), "utf8") : "";
   const url = `https://127.0.0.1:${port}`;
   const deadline = Date.now() + 10_000;
-  const marker = randomUUID();
+  // Not UUID-shaped: clearbox.conf logs a UUID in a path as ":id".
+  const marker = randomUUID().replaceAll("-", "");
   for (let probe = 0; ; probe++) {
     if (proc.exitCode !== null) {
       const stderr = await new Response(proc.stderr as ReadableStream).text();
