@@ -121,12 +121,18 @@ export function decodeCheckedAck(frame: Ack): { id: string; senderUser: string; 
 
 /** The first validation problem of a value, as one short line (`path: message`) for the client. */
 export function firstProblem(
-  check: { Errors(value: unknown): Iterable<{ path: string; message: string }> },
+  check: {
+    Errors(value: unknown): Iterable<{ path: string; message: string; schema?: object }>;
+  },
   value: unknown,
 ): string {
   for (const error of check.Errors(value)) {
     const where = error.path.replace(/^\//, "").replaceAll("/", ".");
-    return where ? `${where}: ${error.message}` : error.message;
+    // A schema may say what it wants in words (`errorMessage`, as ajv-errors has it) where
+    // TypeBox's own message would quote a pattern (`DisplayName`).
+    const custom = (error.schema as { errorMessage?: unknown } | undefined)?.errorMessage;
+    const what = typeof custom === "string" ? custom : error.message;
+    return where ? `${where}: ${what}` : what;
   }
   return "frame does not match the protocol";
 }

@@ -33,6 +33,7 @@ export function DisplayName(maxLength: number) {
     minLength: 1,
     maxLength,
     pattern: "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069]+$",
+    errorMessage: `must be 1 to ${maxLength} characters without control characters, line breaks or bidirectional controls`,
   });
 }
 

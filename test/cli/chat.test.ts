@@ -3,6 +3,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
+import { sql } from "drizzle-orm";
 import { uniqueUsername } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
 import { runToEnd } from "../support/process.ts";
@@ -180,8 +181,11 @@ describe("CLI chat", () => {
     // An OSC 52 clipboard write, a CR and an erase-line that overwrite the line with a forged
     // sender, a line break that starts a line of its own, a bell, and a right-to-left override.
     const hostile = `ok\r\x1b[2K[12:00] admin: \x1b]52;c;cm0gLXJmIH4=\x07\nfake line\x07 \u202eevil\x9b31m`;
-    // An OSC 8 link hiding where it points, as a group name (no whitespace: one chat argument).
+    // An OSC 8 link hiding where it points, as a group name (no whitespace: one chat argument). The
+    // server refuses such names now (DisplayName), so one stored before that (or by a hostile server)
+    // is made by renaming a group in the database behind the server's back.
     const groupName = "\x1b]8;;https://evil.example/\x07team\x1b]8;;\x07";
+    const placeholder = `plain${Date.now()}`;
     const b = new Terminal([process.execPath, "run", CLI, "chat", "--store", bob.store]);
     await b.expect(/signed in as/);
     expect((await run(["send", bob.name, hostile, "--store", alice.store])).code).toBe(0);
@@ -189,7 +193,11 @@ describe("CLI chat", () => {
     const a = new Terminal([process.execPath, "run", CLI, "chat", "--store", alice.store]);
     await a.expect(/signed in as/);
     a.type(`/group new ${groupName} ${bob.name}`);
+    // Refused by the server, in words: neither the pattern nor the name's escapes reach the terminal.
+    await a.expect(/without control characters/);
+    a.type(`/group new ${placeholder} ${bob.name}`);
     await a.expect(/created #/);
+    await node.database.db.execute(sql`update groups set name = ${groupName} where name = ${placeholder}`);
     b.type("/accept");
     await b.expect(/\(\/accept /, shown);
     for (const t of [a, b]) t.type("/quit");
@@ -209,7 +217,8 @@ describe("CLI chat", () => {
     expect(b.output).not.toMatch(/^fake line/m);
     expect(listening.output).toContain(`${alice.name}: ${shownHostile}`);
     // Nothing the terminal would act on: no ESC, BEL, CR, C1 CSI or bidi override anywhere.
-    for (const output of [b.output, listening.output]) {
+    expect(a.output).not.toContain("\\u0000");
+    for (const output of [a.output, b.output, listening.output]) {
       for (const c of ["\x1b", "\x07", "\r", "\x9b", "\u202e"]) expect(output).not.toContain(c);
     }
   });

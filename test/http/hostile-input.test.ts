@@ -224,6 +224,9 @@ describe.each(BACKENDS)("hostile request bodies on %s", (backend) => {
           status: 400,
           code: "invalid",
         });
+        // Said in words, not as the pattern.
+        expect(res.body.error.message).toContain("without control characters");
+        expect(res.body.error.message).not.toContain("\\u");
       }
     }
     expect(await snapshot(node)).toEqual(before);
