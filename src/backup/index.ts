@@ -27,6 +27,8 @@ export const BACKUP_FORMAT = 1;
 const PGLITE_FILE = "pglite.tar.gz";
 const LOG_FILE = "envelopes.db";
 const MANIFEST_FILE = "manifest.json";
+/** The largest manifest `readBackup` reads: the backup command writes well under 1 KiB. */
+const MAX_MANIFEST_BYTES = 64 * 1024;
 
 /** `manifest.json` of a backup directory. */
 export interface BackupManifest {
@@ -156,7 +158,20 @@ export function readBackup(backupDir: string): BackupManifest {
   const manifestPath = join(backupDir, MANIFEST_FILE);
   if (!existsSync(manifestPath))
     throw new Error(`${backupDir} has no ${MANIFEST_FILE}: not a complete backup`);
-  const manifest = JSON.parse(readFileSync(manifestPath, "utf8")) as BackupManifest;
+  // As for the backup's files: a manifest linked to /dev/zero was read until memory ran out (and a
+  // FIFO blocked the restore for good). The backup command writes a few hundred bytes.
+  const stat = lstatSync(manifestPath);
+  if (!stat.isFile()) throw new Error(`${MANIFEST_FILE} is not a regular file`);
+  if (stat.size > MAX_MANIFEST_BYTES) throw new Error(`${MANIFEST_FILE} is larger than a manifest`);
+  let manifest: BackupManifest;
+  try {
+    manifest = JSON.parse(readFileSync(manifestPath, "utf8")) as BackupManifest;
+  } catch {
+    throw new Error(`${MANIFEST_FILE} is not JSON: damaged or not a backup`);
+  }
+  if (typeof manifest !== "object" || manifest === null) {
+    throw new Error(`${MANIFEST_FILE} is not a manifest: damaged or not a backup`);
+  }
   if (manifest.format !== BACKUP_FORMAT) {
     throw new Error(`backup format ${manifest.format} is not ${BACKUP_FORMAT}, the one this version reads`);
   }
@@ -180,7 +195,7 @@ export function readBackup(backupDir: string): BackupManifest {
 
 /**
  * Restores a backup of the embedded default into `dataDir`, with the node stopped: checks the
- * manifest and checksums (both files must be regular files, not links), refuses a data directory that already holds a database or a log (move it
+ * manifest and checksums (the manifest and both files must be regular files, not links), refuses a data directory that already holds a database or a log (move it
  * away first), loads the PGlite dump into `dataDir/pglite` and copies the log to
  * `dataDir/envelopes.db`. The node's next start applies newer migrations and replays the erasure
  * ledger (docs/GDPR.md).
