@@ -26,14 +26,30 @@ const time = (ts: number) => new Date(ts).toTimeString().slice(0, 5);
 type Group = { groupId: string; name: string };
 
 /**
+ * What two names are compared by, so that names a terminal shows alike are the same name: NFKC
+ * (full-width and compatibility forms become the plain letters), without default-ignorable code
+ * points (zero-width space and joiners, U+FEFF, soft hyphen, Hangul fillers, variation selectors:
+ * nothing on screen), white space, or format and control characters, lower-cased. A name
+ * "team\u200b" or "team " showed as `#team` beside your own `#team`, without the `~<id>` that
+ * tells them apart. Look-alike letters of other scripts (Cyrillic "е") are not folded here.
+ */
+export function nameKey(name: string): string {
+  return name
+    .normalize("NFKC")
+    .replace(/[\p{Default_Ignorable_Code_Point}\p{White_Space}\p{Cc}\p{Cf}]/gu, "")
+    .toLowerCase();
+}
+
+/**
  * How a group is shown and typed: its name, or `<name>~<first 8 hex of its id>` when another group
- * of `among` has the same name (case-insensitive). Group names are not unique: anyone can make a
- * group named like one you are in and invite you.
+ * of `among` has the same name (compared by `nameKey`: case, invisible characters and compatibility
+ * forms aside). Group names are not unique: anyone can make a group named like one you are in and
+ * invite you.
  */
 export function groupLabel(group: Group, among: Iterable<Group>): string {
-  const name = group.name.toLowerCase();
+  const name = nameKey(group.name);
   for (const other of among) {
-    if (other.groupId !== group.groupId && other.name.toLowerCase() === name) {
+    if (other.groupId !== group.groupId && nameKey(other.name) === name) {
       return `${group.name}~${group.groupId.slice(0, 8)}`;
     }
   }
@@ -47,10 +63,12 @@ export function groupLabel(group: Group, among: Iterable<Group>): string {
  * rather than guess.
  */
 export function pickGroup(typed: string, candidates: Group[], among: Group[] = candidates): Group | Group[] {
-  const wanted = typed.replace(/^#/, "").toLowerCase();
-  const labelled = candidates.filter((g) => groupLabel(g, among).toLowerCase() === wanted);
+  // Compared by nameKey, as labels are made: what is typed is what the screen showed, without the
+  // invisible characters a name may hold.
+  const wanted = nameKey(typed.replace(/^#/, ""));
+  const labelled = candidates.filter((g) => nameKey(groupLabel(g, among)) === wanted);
   if (labelled.length === 1) return labelled[0];
-  const named = candidates.filter((g) => g.name.toLowerCase() === wanted);
+  const named = candidates.filter((g) => nameKey(g.name) === wanted);
   return named.length === 1 ? named[0] : named;
 }
 
