@@ -56,13 +56,17 @@ export function holdsPgliteDatabase(dir: string): boolean {
  * then opens `dir` as an existing database.
  *
  * PG_VERSION is what marks `dir` a database (`holdsPgliteDatabase`, PGlite's own test), so it must
- * appear only once every other file is whole on disk: the template is extracted into
- * `<dir>.partial` (a leftover one is removed first), every file and directory of it is fsynced,
- * and only then is it renamed into place and the parent directory fsynced. A start interrupted
- * (killed, or the machine lost power) before that leaves no PG_VERSION, and the next start
- * extracts again. A `dir` that already holds files but no PG_VERSION (written by a start before
- * this one) is written over: each of the template's top-level entries replaces the one of that
- * name, PG_VERSION last, then `dir` is fsynced; other entries are left.
+ * appear only once every other file is whole on disk: the template is extracted into a staging
+ * directory (a leftover one is removed first), every file and directory of it is fsynced, and only
+ * then is it moved into place and the parent directory fsynced. A start interrupted (killed, or the
+ * machine lost power) before that leaves no PG_VERSION, and the next start extracts again.
+ * When `dir` does not exist, the staging directory is `<dir>.partial`, renamed to `dir`. When it
+ * does (empty, holding files but no PG_VERSION written by a start before this one, a link to a
+ * directory, a mount point), `dir` itself is kept and the staging directory is
+ * `<dir>/.clearbox-template.partial`, on the same file system as what `dir` holds (a rename from
+ * `<dir>.partial` into a `dir` linked or mounted from another volume fails with EXDEV): each of the
+ * template's top-level entries replaces the one of that name, PG_VERSION last, then `dir` is
+ * fsynced; other entries are left.
  * Resolves false, writing nothing, when the template does not match the installed PGlite (the
  * caller lets PGlite run initdb instead). Rejects with the file system's error (disk full, no
  * permission) or when `dir` already holds a database.
@@ -71,12 +75,15 @@ export async function extractPgliteTemplate(dir: string): Promise<boolean> {
   if (templateVersion() !== installedPgliteVersion()) return false;
   if (holdsPgliteDatabase(dir)) throw new Error(`${dir} already holds a database`);
   const archive = new Bun.Archive(await Bun.file(PGLITE_TEMPLATE).bytes());
-  const staging = `${dir}.partial`;
+  // An existing `dir` is kept and filled from inside: it may be a link to, or a mount point of,
+  // another file system (an empty one cannot be removed, and no rename crosses into it).
+  const inPlace = existsSync(dir);
+  const staging = inPlace ? join(dir, IN_PLACE_STAGING) : `${dir}.partial`;
+  rmSync(`${dir}.partial`, { recursive: true, force: true });
   rmSync(staging, { recursive: true, force: true });
   await archive.extract(staging);
   await fsyncTree(staging);
-  const occupied = existsSync(dir) && readdirSync(dir).length > 0;
-  if (occupied) {
+  if (inPlace) {
     const move = (entry: string) => {
       rmSync(join(dir, entry), { recursive: true, force: true });
       renameSync(join(staging, entry), join(dir, entry));
@@ -85,15 +92,17 @@ export async function extractPgliteTemplate(dir: string): Promise<boolean> {
     // Every other entry's rename is durable before the marker's is made.
     fsyncPath(dir);
     move("PG_VERSION");
-    fsyncPath(dir);
     rmdirSync(staging);
+    fsyncPath(dir);
   } else {
-    if (existsSync(dir)) rmdirSync(dir);
     renameSync(staging, dir);
   }
   fsyncPath(dirname(dir));
   return true;
 }
+
+/** Where the template is staged inside an existing data directory before its entries are moved up. */
+const IN_PLACE_STAGING = ".clearbox-template.partial";
 
 /** fsync(2) of one file or directory (a directory's fsync makes its entries' creation durable). */
 function fsyncPath(path: string): void {

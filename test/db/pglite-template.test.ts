@@ -114,3 +114,69 @@ test("an extraction over files that stop it midway never leaves PG_VERSION witho
   expect(existsSync(`${dir}.partial`)).toBe(false);
   expect(await userTables(dataDir)).toContain("accounts");
 });
+
+/**
+ * In a private mount namespace (unshare: no privilege needed, nothing mounted outside it, gone when
+ * it exits), `dataDir/pglite` is made the mount point of a fresh tmpfs, holding `lost+found` as a
+ * new ext4 volume does or nothing, and a child opens the data directory there. Returns what the
+ * child saw (the mount is gone once it exits).
+ */
+async function openOnOwnVolume(dataDir: string, stray: string | null) {
+  const mountPoint = join(dataDir, "pglite");
+  mkdirSync(mountPoint);
+  const child = `
+    const { existsSync, readdirSync, statSync } = require("node:fs");
+    const { join } = require("node:path");
+    const { sql } = require("drizzle-orm");
+    const { openDatabase, rowsOf } = require(${JSON.stringify(join(import.meta.dir, "../../src/db/index.ts"))});
+    const [dataDir] = process.argv.slice(-1);
+    const dir = join(dataDir, "pglite");
+    const ownVolume = statSync(dir).dev !== statSync(dataDir).dev;
+    let result;
+    try {
+      const database = await openDatabase({ dataDir });
+      const rows = rowsOf(await database.db.execute(sql\`select tablename from pg_tables where schemaname = 'public'\`));
+      await database.close();
+      result = { ownVolume, tables: rows.map((r) => r.tablename), pgControl: existsSync(join(dir, "global", "pg_control")), entries: readdirSync(dir), sibling: existsSync(dir + ".partial") };
+    } catch (error) {
+      result = { ownVolume, failed: String(error?.message ?? error) };
+    }
+    console.log(JSON.stringify(result));
+  `;
+  const script = [
+    `mount -t tmpfs tmpfs "$1"`,
+    stray ? `mkdir "$1/${stray}"` : "true",
+    `exec "${process.execPath}" -e "$2" "$3"`,
+  ].join(" && ");
+  const proc = Bun.spawn(
+    ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", mountPoint, child, dataDir],
+    { stdout: "pipe", stderr: "pipe", cwd: join(import.meta.dir, "../..") },
+  );
+  const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+  await proc.exited;
+  const line = out.trim().split("\n").at(-1);
+  if (!line?.startsWith("{")) throw new Error(`the child answered nothing: ${err.slice(-2000)}`);
+  return JSON.parse(line) as {
+    ownVolume: boolean;
+    failed?: string;
+    tables?: string[];
+    pgControl?: boolean;
+    entries?: string[];
+    sibling?: boolean;
+  };
+}
+
+test("a pglite directory that is its own volume's mount point, holding lost+found or nothing, is filled in place and opens", async () => {
+  // An operator gives the database a volume of its own, mounted at DATA_DIR/pglite. A rename from
+  // DATA_DIR/pglite.partial into it failed with EXDEV (lost+found made it "occupied"), and rmdir of
+  // the empty mount point with EBUSY: the node could not start on it at all.
+  for (const stray of ["lost+found", null]) {
+    const seen = await openOnOwnVolume(scratch(), stray);
+    expect(seen.ownVolume).toBe(true);
+    expect(seen.failed).toBeUndefined();
+    expect(seen.tables).toContain("accounts");
+    expect(seen.pgControl).toBe(true);
+    expect(seen.entries?.filter((entry) => entry.endsWith(".partial"))).toEqual([]);
+    expect(seen.sibling).toBe(false);
+  }
+}, 60_000);
