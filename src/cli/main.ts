@@ -361,7 +361,8 @@ async function listen(client: ClearBoxClient): Promise<number> {
   const messenger = new Messenger(client);
   messenger.on("message", (m) => {
     if (m.outgoing) return;
-    const where = m.group ? ` in group ${m.group}` : "";
+    // The group is the server's label, unchecked for a message of an earlier client (none inside).
+    const where = m.group ? ` in group ${printable(m.group)}` : "";
     // Text and names come from other users and the server: shown, never acted on by the terminal.
     console.log(
       `[${new Date(m.ts).toISOString()}] ${printable(m.from.username)}${where}: ${printable(m.text)}`,

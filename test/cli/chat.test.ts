@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { sql } from "drizzle-orm";
+import { ClearBoxClient } from "../../src/client/index.ts";
 import { uniqueUsername } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
 import { runToEnd } from "../support/process.ts";
@@ -221,6 +222,49 @@ describe("CLI chat", () => {
     for (const output of [a.output, b.output, listening.output]) {
       for (const c of ["\x1b", "\x07", "\r", "\x9b", "\u202e"]) expect(output).not.toContain(c);
     }
+  });
+
+  test("a group id the server made up (an earlier client's message carries none to check) reaches listen shown, never as escapes", async () => {
+    // A message of an earlier client version names no group inside its encryption, so it is shown
+    // in whatever group the server's delivery says; a hostile server (here: a row written into the
+    // node's own log) can make that an escape sequence, which `listen` printed as it was.
+    const alice = { name: uniqueUsername("alice"), store: join(dir, "old-alice.db") };
+    const bob = { name: uniqueUsername("bob"), store: join(dir, "old-bob.db") };
+    for (const u of [alice, bob]) {
+      expect((await run(["register", u.name, "--server", node.url, "--store", u.store])).code).toBe(0);
+    }
+    const sender = ClearBoxClient.open({ serverUrl: node.url, storePath: alice.store });
+    try {
+      const recipient = await sender.findUser(bob.name);
+      const [message] = await sender.encrypt(
+        recipient.userId,
+        JSON.stringify({ v: 1, t: "text", text: "from before" }),
+      );
+      if (!message || !sender.userId || !sender.deviceId) throw new Error("alice could not encrypt to bob");
+      await node.log.append([
+        {
+          id: crypto.randomUUID(),
+          senderUser: sender.userId,
+          senderDevice: sender.deviceId,
+          recipientUser: recipient.userId,
+          recipientDevice: message.deviceId,
+          groupId: "\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2K\u202e",
+          ts: Date.now(),
+          type: message.type,
+          body: message.body,
+        },
+      ]);
+    } finally {
+      sender.close();
+    }
+    const listening = new Terminal([process.execPath, "run", CLI, "listen", "--store", bob.store]);
+    await listening.expect(new RegExp(`${alice.name} in group .*: from before`));
+    listening.interrupt();
+    await listening.exited;
+    expect(listening.output).toContain(
+      String.raw`in group \x1b]52;c;cm0gLXJmIH4=\x07\x1b[2K\u{202e}: from before`,
+    );
+    for (const c of ["\x1b", "\x07", "\u202e"]) expect(listening.output).not.toContain(c);
   });
 
   test("two groups with the same name are told apart: a bare name that two share is refused, never resolved to the newest", async () => {
