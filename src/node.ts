@@ -282,7 +282,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     redis ? new RedisRateLimiter(redis, config.redisPrefix) : new MemoryRateLimiter(),
     (rule) => metrics.tallies.refuse(rule),
   );
-  const audit = new PostgresAuditTrail(db);
+  const audit = new PostgresAuditTrail(db, undefined, { retentionDays: config.auditRetentionDays });
   // Users whose erasure has started (src/fence): shared by every part of this node that must refuse them.
   const fence = new ErasureFence();
 

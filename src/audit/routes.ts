@@ -16,14 +16,14 @@ function integer(value: string, name: string, min: number, max: number): number 
 }
 
 /** `since` as Unix milliseconds (docs/PROTOCOL.md's times) or an ISO-8601 timestamp. */
-function instant(value: string): Date {
+function instant(value: string, name = "since"): Date {
   const at = /^\d{1,15}$/.test(value)
     ? new Date(Number(value))
     : /^\d{4}-\d{2}-\d{2}(T[\d:.]+(Z|[+-]\d{2}:?\d{2})?)?$/.test(value)
       ? new Date(value)
       : new Date(Number.NaN);
   if (Number.isNaN(at.getTime())) {
-    throw new DomainError("invalid", "since: expected Unix milliseconds or an ISO-8601 timestamp");
+    throw new DomainError("invalid", `${name}: expected Unix milliseconds or an ISO-8601 timestamp`);
   }
   return at;
 }
@@ -43,11 +43,15 @@ export function parseAuditQuery(query: Record<string, string | undefined>): Audi
 }
 
 /**
- * The `seq` and `hash` of `GET /admin/v1/audit/verify`: both (a `head` an earlier verification
- * answered, kept outside the database) or neither; anything else is `invalid`.
+ * The `seq`, `hash` and `at` of `GET /admin/v1/audit/verify`: `seq` and `hash` both (a `head` an
+ * earlier verification answered, kept outside the database) or neither, `at` (the head's, ISO-8601
+ * or Unix milliseconds) only with them; anything else is `invalid`.
  */
 export function parseKnownHead(query: Record<string, string | undefined>): AuditHead | undefined {
-  if (query.seq === undefined && query.hash === undefined) return undefined;
+  if (query.seq === undefined && query.hash === undefined) {
+    if (query.at !== undefined) throw new DomainError("invalid", "at: only with seq and hash");
+    return undefined;
+  }
   if (query.seq === undefined || query.hash === undefined) {
     throw new DomainError(
       "invalid",
@@ -57,7 +61,8 @@ export function parseKnownHead(query: Record<string, string | undefined>): Audit
   const seq = integer(query.seq, "seq", 1, Number.MAX_SAFE_INTEGER);
   if (!/^[0-9a-f]{64}$/.test(query.hash))
     throw new DomainError("invalid", "hash: expected 64 lower-case hex digits");
-  return { seq, hash: query.hash };
+  if (query.at === undefined) return { seq, hash: query.hash };
+  return { seq, hash: query.hash, at: instant(query.at, "at").toISOString() };
 }
 
 /**
@@ -79,7 +84,7 @@ export function auditAdminRoutes(deps: { audit: PostgresAuditTrail; ropa: () => 
       { query: t.Object({ subject: optional, since: optional, after: optional, limit: optional }) },
     )
     .get("/admin/v1/audit/verify", ({ query }) => deps.audit.verify(parseKnownHead(query)), {
-      query: t.Object({ seq: optional, hash: optional }),
+      query: t.Object({ seq: optional, hash: optional, at: optional }),
     })
     .get("/admin/v1/ropa", () => deps.ropa());
 }

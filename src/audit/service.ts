@@ -29,11 +29,22 @@ const entryColumns = {
   hash: auditLog.hash,
 };
 
-/** An entry as kept outside the database to check the chain against later: its seq and hash. */
+/**
+ * An entry as kept outside the database to check the chain against later: its seq and hash, and
+ * when it was written (`at`, UTC ISO-8601 as hashed), which tells a head that retention may have
+ * removed from one it cannot have removed yet.
+ */
 export interface AuditHead {
   seq: number;
   hash: string;
+  at?: string;
 }
+
+/**
+ * How far the clocks of the node that pruned and the node that verifies may differ (ms) before a
+ * kept head retention removed is taken for one it could not have removed.
+ */
+const RETENTION_CLOCK_SLACK_MS = 60 * 60_000;
 
 /** What `verify()` found. */
 export interface AuditVerification {
@@ -95,9 +106,15 @@ function cleanDetails(details: Record<string, unknown> | undefined): Record<stri
  * `audit_subject_keys`, destroyed by erasure.
  */
 export class PostgresAuditTrail implements AuditTrail {
+  /**
+   * `retentionDays`: AUDIT_RETENTION_DAYS, the age (whole days) below which retention never removes
+   * an entry; verify takes a kept head younger than it, missing from the chain's start, for a
+   * deleted one. Default 1, the least AUDIT_RETENTION_DAYS allows (never a false alarm).
+   */
   constructor(
     private readonly db: Db,
     private readonly clock: () => Date = () => new Date(),
+    private readonly options: { retentionDays?: number } = {},
   ) {}
 
   async record(event: AuditEvent): Promise<void> {
@@ -201,7 +218,10 @@ export class PostgresAuditTrail implements AuditTrail {
    * The walk alone cannot see the last entries deleted, or the last one rewritten with its hash (no
    * later entry links to them). `known`, a `head` an earlier verification answered and kept outside
    * the database, closes that: the chain must still hold that entry with that hash (unless
-   * retention removed it from the head), else it is broken at `known.seq`.
+   * retention removed it from the head), else it is broken at `known.seq`. Retention's own path
+   * (the `clearbox.audit_prune` setting the append-only trigger lets through, and an `audit.pruned`
+   * entry naming the anchor) is open to anyone who may delete, with any cut-off: with `known.at`,
+   * a kept head younger than `retentionDays` that is gone from the chain's start is broken too.
    */
   async verify(known?: AuditHead): Promise<AuditVerification> {
     for (let attempt = 0; ; attempt++) {
@@ -294,6 +314,7 @@ export class PostgresAuditTrail implements AuditTrail {
     let lastGood = 0;
     let expected: string | undefined;
     let knownFound = false;
+    let lastAt = "";
     const broken = (seq: number) => ({
       ok: false,
       lastGood,
@@ -316,6 +337,10 @@ export class PostgresAuditTrail implements AuditTrail {
             // explains the successor of what it removed); a chain that starts over from the genesis
             // hash after it was deleted whole.
             if (expected === GENESIS_HASH) return broken(known.seq);
+            // Retention removes only entries older than AUDIT_RETENTION_DAYS: a younger kept head
+            // was deleted, through the prune path with a cut-off in the future or by hand.
+            if (known.at !== undefined && Date.parse(known.at) >= this.oldestPrunable())
+              return broken(known.seq);
             knownFound = true;
           }
         }
@@ -327,11 +352,12 @@ export class PostgresAuditTrail implements AuditTrail {
         }
         expected = row.hash;
         lastGood = row.seq;
+        lastAt = row.at;
       }
       if (page.length < PAGE) {
         // The chain ends before the kept entry: its tail was deleted.
         if (known && !knownFound) return broken(known.seq);
-        const head = expected === undefined ? undefined : { seq: lastGood, hash: expected };
+        const head = expected === undefined ? undefined : { seq: lastGood, hash: expected, at: lastAt };
         return {
           ok: true,
           lastGood,
@@ -339,6 +365,12 @@ export class PostgresAuditTrail implements AuditTrail {
         };
       }
     }
+  }
+
+  /** The newest `at` (ms) retention can have removed by now, less the clock slack between nodes. */
+  private oldestPrunable(): number {
+    const days = this.options.retentionDays ?? 1;
+    return this.clock().getTime() - days * 86_400_000 + RETENTION_CLOCK_SLACK_MS;
   }
 
   private async anchorExplained(anchor: string): Promise<boolean> {

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
 import { chainHash, GENESIS_HASH } from "../../src/audit/chain.ts";
-import { PostgresAuditTrail } from "../../src/audit/service.ts";
+import { type AuditHead, PostgresAuditTrail } from "../../src/audit/service.ts";
 import type { AuditEntry } from "../../src/audit/types.ts";
 import { validUpload } from "../keys/fixtures.ts";
 import { type Api, api, registerAndLogin } from "../support/http.ts";
@@ -264,9 +264,9 @@ describe.each(BACKENDS)("audit trail on %s", (backend) => {
     await registerAndLogin(client);
     const verified = await admin.get("/admin/v1/audit/verify", ADMIN_TOKEN);
     expect(verified.body.ok).toBe(true);
-    const head = verified.body.head as { seq: number; hash: string };
+    const head = verified.body.head as AuditHead;
     const [last] = (await trail.list({ after: head.seq - 1, limit: 1 })) as AuditEntry[];
-    expect(head).toEqual({ seq: last.seq, hash: last.hash });
+    expect(head).toEqual({ seq: last.seq, hash: last.hash, at: last.at });
     const against = (known: { seq: number; hash: string }) =>
       admin.get(`/admin/v1/audit/verify?seq=${known.seq}&hash=${known.hash}`, ADMIN_TOKEN);
     expect((await against(head)).body).toMatchObject({ ok: true });
@@ -317,6 +317,50 @@ describe.each(BACKENDS)("audit trail on %s", (backend) => {
   });
 });
 
+describe("a kept head against retention's own path", () => {
+  let node: TestNode;
+  let trail: PostgresAuditTrail;
+
+  beforeAll(async () => {
+    node = await startTestNode("pglite");
+    trail = new PostgresAuditTrail(node.database.db);
+  });
+  afterAll(() => node?.teardown());
+
+  test("a head younger than the retention period, removed through the prune path, is found missing", async () => {
+    await registerAndLogin(api(node.url));
+    const admin = api(node.adminUrl);
+    const head = (await admin.get("/admin/v1/audit/verify", ADMIN_TOKEN)).body.head as AuditHead;
+    // The head entry's own time, as the chain hashed it (verify answers it as `head.at`).
+    const [entry] = await trail.list({ after: head.seq - 1, limit: 1 });
+    const kept: AuditHead = { seq: head.seq, hash: head.hash, at: entry.at };
+    // What anyone who may delete from audit_log can do without a superuser or a trigger disabled:
+    // retention's own path (SET LOCAL clearbox.audit_prune) with a cut-off in the future, which
+    // removes the whole chain, the kept head with it, and appends an audit.pruned naming the anchor.
+    await trail.prune(new Date(Date.now() + 60_000));
+    expect((await trail.verify()).ok).toBe(true);
+    // Without its `at`, the kept head cannot tell this from retention, as before.
+    expect((await trail.verify({ seq: kept.seq, hash: kept.hash })).ok).toBe(true);
+    // With it: retention (AUDIT_RETENTION_DAYS, 365 by default) cannot have removed a head of today.
+    const query = `seq=${kept.seq}&hash=${kept.hash}&at=${encodeURIComponent(kept.at as string)}`;
+    expect((await admin.get(`/admin/v1/audit/verify?${query}`, ADMIN_TOKEN)).body).toMatchObject({
+      ok: false,
+      brokenAt: kept.seq,
+    });
+    expect(await trail.verify(kept)).toMatchObject({ ok: false, brokenAt: kept.seq });
+    // Two days on, with one day's retention, the same removal is what retention does: no alarm.
+    const later = new PostgresAuditTrail(node.database.db, () => new Date(Date.now() + 2 * 86_400_000), {
+      retentionDays: 1,
+    });
+    expect((await later.verify(kept)).ok).toBe(true);
+    expect(head.at).toBe(entry.at);
+    // A bad `at`, or one without seq and hash, is refused before anything is read.
+    for (const bad of [`seq=${kept.seq}&hash=${kept.hash}&at=yesterday`, `at=${Date.now()}`]) {
+      expect((await admin.get(`/admin/v1/audit/verify?${bad}`, ADMIN_TOKEN)).status).toBe(400);
+    }
+  });
+});
+
 describe("audit chain shared by two nodes on one PostgreSQL", () => {
   let a: Awaited<ReturnType<typeof startTestNode>>;
   let b: TestNode;
@@ -357,7 +401,7 @@ describe("audit chain shared by two nodes on one PostgreSQL", () => {
     expect(await trails[1].verify()).toEqual({
       ok: true,
       entries: rows.length,
-      head: { seq: Number(last.seq), hash: last.hash },
+      head: { seq: Number(last.seq), hash: last.hash, at: expect.any(String) },
     });
     expect((await api(a.adminUrl).get("/admin/v1/audit/verify", ADMIN_TOKEN)).body.ok).toBe(true);
   });

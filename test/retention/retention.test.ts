@@ -101,7 +101,7 @@ describe.each(BACKENDS)("retention on %s", (backend) => {
     expect(verify.body).toEqual({
       ok: true,
       entries: all.length,
-      head: { seq: newest.seq, hash: newest.hash },
+      head: { seq: newest.seq, hash: newest.hash, at: newest.at },
     });
 
     const line = node.logs.map((l) => JSON.parse(l)).find((l) => l.msg === "retention run");
@@ -155,7 +155,7 @@ describe.each(BACKENDS)("retention on %s", (backend) => {
     expect(await trail.verify()).toEqual({
       ok: true,
       entries: 1,
-      head: { seq: left[0].seq, hash: left[0].hash },
+      head: { seq: left[0].seq, hash: left[0].hash, at: left[0].at },
     });
     // A head kept from before the prune is gone with it, which the prune explains.
     expect((await trail.verify({ seq: last.seq, hash: last.hash })).ok).toBe(true);
