@@ -15,8 +15,9 @@ export const CHAT_HELP = `commands in chat (anything else is a message to the cu
   /who                         your contacts, with presence (shown for people you share a group
                                with; anyone else shows offline)
   /devices                     this account's devices
-  /verify <username> [confirm] show the safety numbers with a user; with confirm, mark them verified
-                               after comparing them with the other person (in person or by a call)
+  /verify <username> [confirm] show the safety numbers with a user; with confirm, mark those shown
+                               verified, after comparing them with the other person (in person or
+                               by a call)
   /history                     the last messages of the current conversation
   /help                        this list
   /quit                        leave (Ctrl-D too)`;
@@ -93,6 +94,8 @@ export async function chat(
     return `* ${found.length} groups are named ${typed}: ${found.map((g) => `/group ${label(g)}`).join(" or ")}`;
   };
   const presence = new Map<string, boolean>();
+  /** The safety numbers `/verify <user>` last showed, by user id: what `/verify <user> confirm` vouches for. */
+  const shownNumbers = new Map<string, { deviceId: number; safetyNumber: string }[]>();
   let current:
     | { kind: "user"; userId: string; username: string }
     | { kind: "group"; groupId: string; name: string }
@@ -298,10 +301,19 @@ export async function chat(
         const numbers = client.safetyNumbers(user.userId);
         if (numbers.length === 0) return say(`* no session with ${username} yet: exchange a message first`);
         if (args[1] === "confirm") {
-          client.markVerified(user.userId);
-          print(`* ${username} marked verified`);
+          // Only what was shown and compared: a device the server added meanwhile was never seen.
+          const compared = shownNumbers.get(user.userId);
+          if (!compared) return say(`* compare the numbers first: /verify ${username}`);
+          const left = client.markVerified(user.userId, compared);
+          print(`* ${username} marked verified${left.length ? " (the devices compared)" : ""}`);
+          if (left.length) {
+            print(
+              `! ${username} device ${left.join(", ")}: not among the numbers you compared (new or changed since): /verify ${username} again`,
+            );
+          }
           return true;
         }
+        shownNumbers.set(user.userId, numbers);
         for (const n of numbers) {
           const state = n.changed ? "CHANGED, not verified" : n.verified ? "verified" : "not verified";
           print(`  ${username} device ${n.deviceId}: ${n.safetyNumber}  (${state})`);

@@ -567,9 +567,32 @@ export class ClearBoxClient {
     };
   }
 
-  /** The user compared the safety numbers out of band: trust the keys now held for `userId`. */
-  markVerified(userId: string): void {
-    this.store.identity.markVerified(userId);
+  /**
+   * The user compared the safety numbers out of band: trust the keys now held for `userId`. With
+   * `compared` (the `safetyNumbers` entries the user was shown and compared), only the devices
+   * whose number is still the one compared are trusted: a device added, or a key changed, after
+   * the numbers were shown (a server adding a device while the user compares) is not vouched for
+   * by a comparison that never saw it, and stays `changed`. Returns the device ids held for
+   * `userId` that are left unverified (none without `compared`).
+   */
+  markVerified(userId: string, compared?: readonly { deviceId: number; safetyNumber: string }[]): number[] {
+    if (!compared) {
+      this.store.identity.markVerified(userId);
+      return [];
+    }
+    const now = this.safetyNumbers(userId);
+    const keys = new Map(this.store.identity.identitiesOf(userId).map((k) => [k.deviceId, k.publicKey]));
+    const matching = now.filter((n) =>
+      compared.some((c) => c.deviceId === n.deviceId && c.safetyNumber === n.safetyNumber),
+    );
+    this.store.identity.markVerified(
+      userId,
+      matching.flatMap((n) => {
+        const publicKey = keys.get(n.deviceId);
+        return publicKey ? [{ deviceId: n.deviceId, publicKey }] : [];
+      }),
+    );
+    return now.filter((n) => !matching.includes(n)).map((n) => n.deviceId);
   }
 
   /**

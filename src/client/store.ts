@@ -237,18 +237,38 @@ export class SqliteIdentityStore extends IdentityKeyStore {
     return row !== null && PublicKey.deserialize(bytes(row.public_key)).equals(key);
   }
 
-  /** Records the keys now held for every device of `userId` as verified, and clears their change warnings. */
-  markVerified(userId: string): void {
+  /**
+   * Records the keys now held for the devices of `userId` as verified, and clears their change
+   * warnings: every device's, or with `only`, those of the devices it lists whose key held is
+   * still the one given (what the user compared). With `only`, a device held but not among them
+   * whose key is not the verified one is recorded as a change (`changedDevices`, listeners told),
+   * as `saveIdentity` records a device new to a verified user: the user now vouches for this
+   * user, and that device's key was never compared.
+   */
+  markVerified(userId: string, only?: readonly { deviceId: number; publicKey: PublicKey }[]): void {
     const db = this.store.db;
+    const held = this.identitiesOf(userId);
+    const compared = (h: { deviceId: number; publicKey: PublicKey }) =>
+      !only || only.some((o) => o.deviceId === h.deviceId && o.publicKey.equals(h.publicKey));
+    const chosen = held.filter(compared);
+    const unseen = held.filter((h) => !compared(h) && !this.isVerified(userId, h.deviceId, h.publicKey));
     db.transaction(() => {
-      for (const { deviceId, publicKey } of this.identitiesOf(userId)) {
+      for (const { deviceId, publicKey } of chosen) {
         db.query(
           `insert into verified_identities (name, device_id, public_key) values (?, ?, ?)
            on conflict (name, device_id) do update set public_key = excluded.public_key`,
         ).run(userId, deviceId, publicKey.serialize());
+        db.query("delete from identity_changes where name = ? and device_id = ?").run(userId, deviceId);
       }
-      db.query("delete from identity_changes where name = ?").run(userId);
+      for (const { deviceId } of unseen) {
+        db.query(
+          `insert into identity_changes (name, device_id, changed_at) values (?, ?, ?)
+           on conflict (name, device_id) do nothing`,
+        ).run(userId, deviceId, Date.now());
+      }
     })();
+    for (const { deviceId } of unseen)
+      for (const listener of this.changeListeners) listener(userId, deviceId);
   }
 
   /** TOFU: a device that re-keyed is trusted again; `saveIdentity` reports the change. */

@@ -338,6 +338,49 @@ describe("CLI chat", () => {
     expect(await b.exited).toBe(0);
   });
 
+  test("/verify confirm vouches for the numbers shown: not blindly, and not for a device added since", async () => {
+    const alice = { name: uniqueUsername("alice"), store: join(dir, "verify-alice.db") };
+    const bob = { name: uniqueUsername("bob"), store: join(dir, "verify-bob.db") };
+    for (const u of [alice, bob]) {
+      expect((await run(["register", u.name, "--server", node.url, "--store", u.store])).code).toBe(0);
+    }
+    const a = new Terminal([process.execPath, "run", CLI, "chat", "--store", alice.store]);
+    await a.expect(/signed in as/);
+    a.type(`/to ${bob.name}`);
+    a.type("hello");
+    let at = await a.expect(/talking to/);
+    // Sent (not queued): alice has a session with bob's device, and numbers to compare.
+    for (let i = 0; ; i++) {
+      a.type("/history");
+      at = await a.expect(/: hello(?: \(queued\))?\n/, at);
+      if (!a.output.slice(0, at).endsWith("(queued)\n")) break;
+      if (i > 50) throw new Error("hello stayed queued");
+      await Bun.sleep(200);
+    }
+    a.type(`/verify ${bob.name} confirm`);
+    at = await a.expect(new RegExp(`compare the numbers first: /verify ${bob.name}`), at);
+    a.type(`/verify ${bob.name}`);
+    at = await a.expect(new RegExp(`${bob.name} device 1: [0-9 ]{71}`), at);
+    // While alice compares, a second device joins bob's account; her next message reaches it.
+    const laptop = join(dir, "verify-bob-laptop.db");
+    expect((await run(["login", bob.name, "--server", node.url, "--store", laptop])).code).toBe(0);
+    a.type("meanwhile");
+    for (let i = 0; ; i++) {
+      a.type("/history");
+      at = await a.expect(/: meanwhile(?: \(queued\))?\n/, at);
+      if (!a.output.slice(0, at).endsWith("(queued)\n")) break;
+      if (i > 50) throw new Error("the second message stayed queued");
+      await Bun.sleep(200);
+    }
+    a.type(`/verify ${bob.name} confirm`);
+    at = await a.expect(/marked verified \(the devices compared\)/, at);
+    await a.expect(new RegExp(`${bob.name} device 2: not among the numbers you compared`), at);
+    a.type(`/verify ${bob.name}`);
+    await a.expect(new RegExp(`${bob.name} device 2: [0-9 ]{71}  \\(CHANGED, not verified\\)`), at);
+    a.type("/quit");
+    expect(await a.exited).toBe(0);
+  });
+
   test("two users chat in two terminals: messages arrive while typing, by username both ways", async () => {
     const alice = { name: uniqueUsername("alice"), store: join(dir, "alice.db") };
     const bob = { name: uniqueUsername("bob"), store: join(dir, "bob.db") };

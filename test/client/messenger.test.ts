@@ -591,6 +591,45 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     for (const x of [a.client, b.client, c.client, laptop, carolLaptop]) x.close();
   });
 
+  test("confirming the numbers compared vouches for those devices only, not for one added while they were compared", async () => {
+    const a = await chatter(node.url, "alice");
+    const b = await chatter(node.url, "bob");
+    a.messenger.start();
+    b.messenger.start();
+    await until(() => a.messenger.isOnline && b.messenger.isOnline, "both online");
+    await a.messenger.sendText(b.username, "hello");
+    await until(() => b.received.length === 1, "first message");
+    // Alice is shown bob's number and compares it with him...
+    const shown = a.client.safetyNumbers(b.client.userId);
+    expect(shown.map((n) => n.deviceId)).toEqual([b.client.deviceId]);
+    // ...while a device is added to bob's account (a server can), which her next send learns of.
+    const added = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
+    await added.login(b.username, password, "added");
+    const sent = await a.messenger.sendText(b.username, "meanwhile");
+    await until(
+      () => a.messenger.history(b.client.userId).some((m) => m.id === sent.id && m.state === "sent"),
+      "sent",
+    );
+    // Bob was not verified yet: a device of his is just a device, nothing to warn of.
+    expect(a.changes).toEqual([]);
+    // Her confirmation vouches for the number she compared, not for the device she never saw, which
+    // is now a change to compare (she vouches for bob from here on), as for a device added later.
+    const left = a.client.markVerified(b.client.userId, shown);
+    expect(a.client.safetyNumbers(b.client.userId).map((n) => [n.deviceId, n.verified, n.changed])).toEqual([
+      [b.client.deviceId, true, false],
+      [added.deviceId, false, true],
+    ]);
+    expect(left).toEqual([added.deviceId]);
+    expect(a.changes.map((c) => c.deviceId)).toEqual([added.deviceId]);
+    expect(a.client.trustOf(b.client.userId)).toEqual({ verified: false, changed: true });
+    // Compared again, all of them: verified.
+    expect(a.client.markVerified(b.client.userId, a.client.safetyNumbers(b.client.userId))).toEqual([]);
+    expect(a.client.trustOf(b.client.userId)).toEqual({ verified: true, changed: false });
+    a.messenger.stop();
+    b.messenger.stop();
+    for (const x of [a.client, b.client, added]) x.close();
+  });
+
   test("a member device without the sender's key asks the sender for it and reads what follows", async () => {
     const a = await chatter(node.url, "alice");
     const b = await chatter(node.url, "bob");
