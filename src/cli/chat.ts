@@ -73,6 +73,45 @@ export function pickGroup(typed: string, candidates: Group[], among: Group[] = c
   return named.length === 1 ? named[0] : named;
 }
 
+/** The store's setting that keeps the groups the CLI has known, `{ [groupId]: name }`. */
+const KNOWN_GROUPS = "cli.groups";
+
+/**
+ * The groups this store has known (`KNOWN_GROUPS`), and those of its message history not among
+ * them (a store from before they were kept), whose names are asked of the server (groups it no
+ * longer shows, having been left, are skipped). Saved back when the history added any.
+ */
+async function knownGroups(client: ClearBoxClient): Promise<Map<string, Group>> {
+  const groups = new Map<string, Group>();
+  for (const [groupId, name] of Object.entries(
+    client.store.get<Record<string, string>>(KNOWN_GROUPS) ?? {},
+  )) {
+    if (typeof name === "string") groups.set(groupId, { groupId, name });
+  }
+  const fromHistory = client.store.db
+    .query<{ conversation: string }, []>(
+      "select distinct conversation from history where conversation like 'group:%'",
+    )
+    .all()
+    .map((row) => row.conversation.slice("group:".length))
+    .filter((groupId) => !groups.has(groupId));
+  const found = await Promise.all(
+    fromHistory.map((groupId) =>
+      client.http.group(groupId).then(
+        (info) => ({ groupId, name: info.name }),
+        () => undefined,
+      ),
+    ),
+  );
+  for (const group of found) if (group) groups.set(group.groupId, group);
+  if (found.some(Boolean)) saveKnownGroups(client, groups);
+  return groups;
+}
+
+function saveKnownGroups(client: ClearBoxClient, groups: Map<string, Group>): void {
+  client.store.set(KNOWN_GROUPS, Object.fromEntries([...groups.values()].map((g) => [g.groupId, g.name])));
+}
+
 /**
  * The interactive `chat` command: one Messenger (one socket, reconnecting) and a readline prompt.
  * Incoming messages, presence changes and safety-number warnings are printed above the line being
@@ -84,7 +123,18 @@ export async function chat(
   io: { input: NodeJS.ReadableStream; output: NodeJS.WritableStream },
 ): Promise<number> {
   const messenger = new Messenger(client);
-  const groups = new Map<string, Group>(); // by group id
+  // By group id; every group this store has known, kept in it: a session that knew only the groups
+  // it had seen itself showed a same-named group that spoke first as #<name>, and /group <name>
+  // took it, so what was meant for your group went to the one anyone could invite you to.
+  const groups = await knownGroups(client);
+  const remember = (group: Group) => {
+    groups.set(group.groupId, { groupId: group.groupId, name: group.name });
+    saveKnownGroups(client, groups);
+  };
+  const forget = (groupId: string) => {
+    groups.delete(groupId);
+    saveKnownGroups(client, groups);
+  };
   const label = (group: Group) => printable(groupLabel(group, groups.values()));
   /** The known group `typed` names, or a line saying why none is (unknown, or a shared name). */
   const knownGroup = (typed: string): Group | string => {
@@ -142,7 +192,7 @@ export async function chat(
     try {
       const info = await client.http.group(groupId);
       const group = { groupId, name: info.name };
-      groups.set(groupId, group);
+      remember(group);
       return label(group);
     } catch {
       return groupId.slice(0, 8);
@@ -216,7 +266,7 @@ export async function chat(
             name,
             members.map((m) => m.toLowerCase()),
           );
-          groups.set(groupId, { groupId, name });
+          remember({ groupId, name });
           current = { kind: "group", groupId, name };
           print(
             `* created #${label(current)}; ${members.length ? `invited ${members.join(", ")} (members once they /accept)` : "nobody else yet"}`,
@@ -227,7 +277,7 @@ export async function chat(
           if (current?.kind !== "group") return say("* not in a group conversation");
           await client.http.removeGroupMember(current.groupId, client.userId);
           print(`* left #${label(current)}`);
-          groups.delete(current.groupId);
+          forget(current.groupId);
           current = undefined;
           return true;
         }
@@ -273,7 +323,7 @@ export async function chat(
           return true;
         }
         await client.http.acceptInvitation(found.groupId);
-        groups.set(found.groupId, found);
+        remember(found);
         current = { kind: "group", ...found };
         print(`* joined #${label(found)}`);
         return true;

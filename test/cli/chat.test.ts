@@ -1,3 +1,4 @@
+import { Database } from "bun:sqlite";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -379,6 +380,56 @@ describe("CLI chat", () => {
     await a.expect(new RegExp(`${bob.name} device 2: [0-9 ]{71}  \\(CHANGED, not verified\\)`), at);
     a.type("/quit");
     expect(await a.exited).toBe(0);
+  test("a new chat session still tells two same-named groups apart: the one that speaks first does not take the name", async () => {
+    const alice = { name: uniqueUsername("alice"), store: join(dir, "session-alice.db") };
+    const bob = { name: uniqueUsername("bob"), store: join(dir, "session-bob.db") };
+    const mallory = { name: uniqueUsername("mallory"), store: join(dir, "session-mallory.db") };
+    for (const u of [alice, bob, mallory]) {
+      expect((await run(["register", u.name, "--server", node.url, "--store", u.store])).code).toBe(0);
+    }
+    const chat = (store: string) => new Terminal([process.execPath, "run", CLI, "chat", "--store", store]);
+    // Yesterday: bob joined alice's "team", then accepted mallory's "team" too.
+    const a = chat(alice.store);
+    const m = chat(mallory.store);
+    let b = chat(bob.store);
+    for (const t of [a, b, m]) await t.expect(/signed in as/);
+    a.type(`/group new team ${bob.name}`);
+    await a.expect(/created #team/);
+    b.type("/accept team");
+    await b.expect(/joined #team/);
+    m.type(`/group new team ${bob.name}`);
+    await m.expect(/created #team/);
+    b.type("/accept");
+    const invitation = await b.expect(/#team~[0-9a-f]{8} \(\/accept /);
+    const malloryTeam = /#(team~[0-9a-f]{8}) \(\/accept /.exec(b.output)?.[1] as string;
+    b.type(`/accept ${malloryTeam}`);
+    let at = await b.expect(/joined #team~/, invitation);
+    a.type("hello from alice's team");
+    at = await b.expect(new RegExp(`${alice.name}: hello from alice's team`), at);
+    m.type("hello from mallory's team");
+    await b.expect(new RegExp(`${mallory.name}: hello from mallory's team`), at);
+    b.type("/quit");
+    expect(await b.exited).toBe(0);
+    // Today, a new session: mallory's group speaks first. It is not "#team", and "/group team" is
+    // refused, not resolved to the only "team" this session had seen (bob's words went to mallory).
+    // Then again with a store from before the CLI kept its groups: they come from its history.
+    for (const olderStore of [false, true]) {
+      if (olderStore) {
+        const db = new Database(bob.store);
+        db.query("delete from meta where key = 'cli.groups'").run();
+        db.close();
+      }
+      b = chat(bob.store);
+      await b.expect(/signed in as/);
+      m.type(`from mallory's team ${olderStore}`);
+      at = await b.expect(new RegExp(`#${malloryTeam} ${mallory.name}: from mallory's team ${olderStore}`));
+      b.type("/group team");
+      await b.expect(/2 groups are named team: \/group team~[0-9a-f]{8} or \/group team~[0-9a-f]{8}/, at);
+      b.type("/quit");
+      expect(await b.exited).toBe(0);
+    }
+    for (const t of [a, m]) t.type("/quit");
+    for (const t of [a, m]) expect(await t.exited).toBe(0);
   });
 
   test("two users chat in two terminals: messages arrive while typing, by username both ways", async () => {
