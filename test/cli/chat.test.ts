@@ -380,6 +380,8 @@ describe("CLI chat", () => {
     await a.expect(new RegExp(`${bob.name} device 2: [0-9 ]{71}  \\(CHANGED, not verified\\)`), at);
     a.type("/quit");
     expect(await a.exited).toBe(0);
+  });
+
   test("a new chat session still tells two same-named groups apart: the one that speaks first does not take the name", async () => {
     const alice = { name: uniqueUsername("alice"), store: join(dir, "session-alice.db") };
     const bob = { name: uniqueUsername("bob"), store: join(dir, "session-bob.db") };
