@@ -570,10 +570,12 @@ export class MessagingService {
         // A recipient device removed since the check: what was stored for it goes again.
         if (toDeliver.length > 0 && this.devicesChangedSince(frame.to.user, devicesAt))
           toDeliver = await this.dropRemovedDevices(frame.to.user, toDeliver);
-        // A re-sent id stored nothing new: its bytes go back to the quota.
+        // What is not kept goes back to the quota: a re-sent id's bodies (stored nothing new), and
+        // those stored for a device removed meanwhile and erased again (`dropRemovedDevices`).
         if (bytes > 0 && toDeliver.length < envelopes.length) {
-          const again = envelopes.reduce((sum, e, i) => (fresh[i] ? sum : sum + decodedLength(e.body)), 0);
-          void this.quota?.refund(from.userId, Math.min(again, bytes));
+          const kept = new Set(toDeliver);
+          const unkept = envelopes.reduce((sum, e) => (kept.has(e) ? sum : sum + decodedLength(e.body)), 0);
+          void this.quota?.refund(from.userId, Math.min(unkept, bytes));
         }
         // Durable now: a failure to reach the actor is recovered from the log, so it does not un-accept.
         // Handed over in commit order (the ask leaves before any await), so per-sender order holds.

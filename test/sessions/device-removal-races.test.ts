@@ -132,4 +132,82 @@ describe("a send racing the removal of a recipient device (PostgreSQL)", () => {
   });
 });
 
+/**
+ * The same race, with the sender's storage quota on: the send is charged both bodies, the one for
+ * the removed device is erased again once the append commits (`dropRemovedDevices`), and its bytes
+ * must go back to the sender's budget; before, they stayed charged for the rest of the day.
+ */
+describe("a send racing the removal of a recipient device, with a storage quota (PostgreSQL)", () => {
+  const BUDGET = 4096;
+  let node: TestNode;
+  let client: Api;
+
+  beforeAll(async () => {
+    node = await startTestNode("postgres", { env: { STORED_BYTES_PER_ACCOUNT_PER_DAY: String(BUDGET) } });
+    client = api(node.url);
+  });
+  afterAll(() => node?.teardown());
+
+  test("the bytes stored for the removed device and erased again are refunded to the sender", async () => {
+    const alice = await registerAndLogin(client);
+    const bob = await registerAndLogin(client);
+    const phone = await loginDevice(client, bob, { registrationId: 204 });
+    expect(phone.deviceId).toBe(2);
+    const socket = await TestSocket.open(node.url, alice.accessToken);
+    const body = Buffer.from("x".repeat(2000)).toString("base64"); // 2000 bytes decoded
+    const id = randomUUID();
+    let removed = 0;
+    await node.database.db
+      .transaction(async (tx) => {
+        // The same key as the send's row for the phone: its insert waits for this transaction.
+        await tx.execute(sql`
+        insert into envelopes (id, sender_user, sender_device, recipient_user, recipient_device, ts, type, body, state)
+        values (${id}, ${alice.userId}, ${alice.deviceId}, ${bob.userId}, ${phone.deviceId}, 0, 1, null, 'pending')`);
+        // 2 × 2000 = 4000 of the 4096 bytes charged, then the append waits.
+        socket.send({
+          type: "send",
+          id,
+          to: { user: bob.userId },
+          messages: [1, phone.deviceId].map((deviceId) => ({ deviceId, type: 3, body })),
+        });
+        for (let i = 0; i < 400 && (await waitingFor(node)) === 0; i++) await Bun.sleep(25);
+        expect(await waitingFor(node)).toBeGreaterThan(0);
+        removed = (await client.delete(`/v1/devices/${phone.deviceId}`, bob.accessToken)).status;
+        throw new Rollback();
+      })
+      .catch((error: unknown) => {
+        if (!(error instanceof Rollback)) throw error;
+      });
+    expect(removed).toBe(204);
+    expect(await socket.reply(id)).toMatchObject({ type: "accepted", id });
+    const [left] = rowsOf<{ n: number }>(
+      await node.database.db.execute(
+        sql`select count(*)::int as n from envelopes where recipient_user = ${bob.userId}`,
+      ),
+    );
+    expect(left?.n).toBe(1); // the phone's body was erased again, the other device's kept
+    // Only the 2000 bytes kept are charged: another 2000 fit the 4096 (6000 would not).
+    const again = {
+      type: "send",
+      id: randomUUID(),
+      to: { user: bob.userId },
+      messages: [{ deviceId: 1, type: 3, body }],
+    };
+    socket.send(again);
+    expect(await socket.reply(again.id)).toMatchObject({ type: "accepted", id: again.id });
+    socket.close();
+  });
+});
+
+/** Statements of the node's database waiting for a lock. */
+async function waitingFor(node: TestNode): Promise<number> {
+  const [row] = rowsOf<{ n: number }>(
+    await node.database.db.execute(
+      sql`select count(*)::int as n from pg_stat_activity
+          where wait_event_type = 'Lock' and datname = current_database()`,
+    ),
+  );
+  return row?.n ?? 0;
+}
+
 class Rollback extends Error {}
