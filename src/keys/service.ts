@@ -1,8 +1,8 @@
 import { KEMPublicKey, PublicKey } from "@signalapp/libsignal-client";
-import { and, asc, count, eq, sql } from "drizzle-orm";
+import { and, asc, count, eq, inArray, sql } from "drizzle-orm";
 import type { AnyPgColumn } from "drizzle-orm/pg-core";
 import type { AuditTrail } from "../audit/types.ts";
-import type { Db } from "../db/index.ts";
+import type { Db, Tx } from "../db/index.ts";
 import {
   accounts,
   devices,
@@ -227,6 +227,14 @@ export class KeyService {
    * EC key and one one-time Kyber key per device (the last-resort Kyber key when none are left).
    * Rate-limited per requesting device and its account (the device's budget first: a device refused
    * spends nothing of its account's), overall and per target (`KEY_FETCH_LIMITS`).
+   *
+   * One transaction, which first takes the target's device rows FOR SHARE (`upload` takes its
+   * device's row FOR UPDATE), then reads the keys and takes the one-time keys: an upload that
+   * changes the identity key waits for the fetch or comes before all of it, so a bundle never pairs
+   * an identity key with one-time keys of another (read apart, a new identity committed between the
+   * two reads paired the old identity with the new one-time keys: the session failed and the key
+   * was spent). Concurrent fetches share the lock. The lock and the reads are separate statements:
+   * a join that waited for the lock would still return the keys of its older snapshot.
    */
   async fetchBundle(requester: Principal, userId: string): Promise<KeysModel.Bundle> {
     const who = `${requester.userId}.${requester.deviceId}`;
@@ -234,78 +242,95 @@ export class KeyService {
     await this.spend(this.limits.perRequester, who);
     await this.spend(this.limits.perAccount, requester.userId);
 
-    const rows = await this.db
-      .select({
-        deviceId: devices.deviceId,
-        registrationId: devices.registrationId,
-        identityKey: identityKeys.publicKey,
-        signedKeyId: signedPreKeys.keyId,
-        signedPublicKey: signedPreKeys.publicKey,
-        signedSignature: signedPreKeys.signature,
-        kyberKeyId: kyberLastResortKeys.keyId,
-        kyberPublicKey: kyberLastResortKeys.publicKey,
-        kyberSignature: kyberLastResortKeys.signature,
-      })
-      .from(devices)
-      .innerJoin(
-        identityKeys,
-        and(eq(identityKeys.userId, devices.userId), eq(identityKeys.deviceId, devices.deviceId)),
-      )
-      .innerJoin(
-        signedPreKeys,
-        and(eq(signedPreKeys.userId, devices.userId), eq(signedPreKeys.deviceId, devices.deviceId)),
-      )
-      .innerJoin(
-        kyberLastResortKeys,
-        and(
-          eq(kyberLastResortKeys.userId, devices.userId),
-          eq(kyberLastResortKeys.deviceId, devices.deviceId),
-        ),
-      )
-      .where(eq(devices.userId, userId))
-      .orderBy(asc(devices.deviceId));
-    if (rows.length === 0) {
-      const [account] = await this.db
-        .select({ id: accounts.id })
-        .from(accounts)
-        .where(eq(accounts.id, userId));
-      if (!account) throw new DomainError("not_found", "no such user");
-    }
-    // Counted once the user is known to exist: a counter keyed by an erased (or made-up) id is
-    // never written. Still before any one-time key is taken.
-    await this.spend(this.limits.perTarget, `${who}:${userId}`);
-    await this.spend(this.limits.perAccountTarget, `${requester.userId}:${userId}`);
+    return this.db.transaction(async (tx) => {
+      const locked = await tx
+        .select({ deviceId: devices.deviceId })
+        .from(devices)
+        .where(eq(devices.userId, userId))
+        .for("share");
+      const rows =
+        locked.length === 0
+          ? []
+          : await tx
+              .select({
+                deviceId: devices.deviceId,
+                registrationId: devices.registrationId,
+                identityKey: identityKeys.publicKey,
+                signedKeyId: signedPreKeys.keyId,
+                signedPublicKey: signedPreKeys.publicKey,
+                signedSignature: signedPreKeys.signature,
+                kyberKeyId: kyberLastResortKeys.keyId,
+                kyberPublicKey: kyberLastResortKeys.publicKey,
+                kyberSignature: kyberLastResortKeys.signature,
+              })
+              .from(devices)
+              .innerJoin(
+                identityKeys,
+                and(eq(identityKeys.userId, devices.userId), eq(identityKeys.deviceId, devices.deviceId)),
+              )
+              .innerJoin(
+                signedPreKeys,
+                and(eq(signedPreKeys.userId, devices.userId), eq(signedPreKeys.deviceId, devices.deviceId)),
+              )
+              .innerJoin(
+                kyberLastResortKeys,
+                and(
+                  eq(kyberLastResortKeys.userId, devices.userId),
+                  eq(kyberLastResortKeys.deviceId, devices.deviceId),
+                ),
+              )
+              // Only the devices locked: one added since (unlocked) could change keys meanwhile.
+              .where(
+                and(
+                  eq(devices.userId, userId),
+                  inArray(
+                    devices.deviceId,
+                    locked.map((d) => d.deviceId),
+                  ),
+                ),
+              )
+              .orderBy(asc(devices.deviceId));
+      if (rows.length === 0) {
+        const [account] = await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId));
+        if (!account) throw new DomainError("not_found", "no such user");
+      }
+      // Counted once the user is known to exist: a counter keyed by an erased (or made-up) id is
+      // never written. Still before any one-time key is taken (a refusal rolls back the lock only).
+      await this.spend(this.limits.perTarget, `${who}:${userId}`);
+      await this.spend(this.limits.perAccountTarget, `${requester.userId}:${userId}`);
 
-    const bundles = await Promise.all(
-      rows.map(async (row) => {
-        const [preKey, kyberOneTime] = await Promise.all([
-          this.takePreKey(userId, row.deviceId),
-          this.takeKyberPreKey(userId, row.deviceId),
-        ]);
-        const kyber = kyberOneTime ?? {
-          keyId: row.kyberKeyId,
-          publicKey: row.kyberPublicKey,
-          signature: row.kyberSignature,
-        };
-        return {
-          deviceId: row.deviceId,
-          registrationId: row.registrationId,
-          identityKey: toBase64(row.identityKey),
-          signedPreKey: {
-            keyId: row.signedKeyId,
-            publicKey: toBase64(row.signedPublicKey),
-            signature: toBase64(row.signedSignature),
-          },
-          kyberPreKey: {
-            keyId: kyber.keyId,
-            publicKey: toBase64(kyber.publicKey),
-            signature: toBase64(kyber.signature),
-          },
-          preKey: preKey ? { keyId: preKey.keyId, publicKey: toBase64(preKey.publicKey) } : null,
-        };
-      }),
-    );
-    return { userId, devices: bundles };
+      // On the transaction's one connection: postgres.js pipelines them, PGlite runs them in turn.
+      const bundles = await Promise.all(
+        rows.map(async (row) => {
+          const [preKey, kyberOneTime] = await Promise.all([
+            this.takePreKey(tx, userId, row.deviceId),
+            this.takeKyberPreKey(tx, userId, row.deviceId),
+          ]);
+          const kyber = kyberOneTime ?? {
+            keyId: row.kyberKeyId,
+            publicKey: row.kyberPublicKey,
+            signature: row.kyberSignature,
+          };
+          return {
+            deviceId: row.deviceId,
+            registrationId: row.registrationId,
+            identityKey: toBase64(row.identityKey),
+            signedPreKey: {
+              keyId: row.signedKeyId,
+              publicKey: toBase64(row.signedPublicKey),
+              signature: toBase64(row.signedSignature),
+            },
+            kyberPreKey: {
+              keyId: kyber.keyId,
+              publicKey: toBase64(kyber.publicKey),
+              signature: toBase64(kyber.signature),
+            },
+            preKey: preKey ? { keyId: preKey.keyId, publicKey: toBase64(preKey.publicKey) } : null,
+          };
+        }),
+      );
+      return { userId, devices: bundles };
+    });
   }
 
   private spend(rule: RateLimitRule, key: string): Promise<void> {
@@ -313,19 +338,19 @@ export class KeyService {
   }
 
   /**
-   * Deletes and returns one one-time EC key. The row is picked with FOR UPDATE SKIP LOCKED, so
+   * Deletes and returns one one-time EC key, inside `tx` (the fetch's). The row is picked with FOR UPDATE SKIP LOCKED, so
    * concurrent fetchers each take a different key instead of waiting for, then losing, the same one.
    */
-  private async takePreKey(userId: string, deviceId: number) {
+  private async takePreKey(tx: Tx, userId: string, deviceId: number) {
     const ofDevice = and(eq(oneTimePreKeys.userId, userId), eq(oneTimePreKeys.deviceId, deviceId));
-    const pick = this.db
+    const pick = tx
       .select({ keyId: oneTimePreKeys.keyId })
       .from(oneTimePreKeys)
       .where(ofDevice)
       .orderBy(asc(oneTimePreKeys.keyId))
       .limit(1)
       .for("update", { skipLocked: true });
-    const [taken] = await this.db
+    const [taken] = await tx
       .delete(oneTimePreKeys)
       .where(and(ofDevice, sql`${oneTimePreKeys.keyId} = (${pick})`))
       .returning({ keyId: oneTimePreKeys.keyId, publicKey: oneTimePreKeys.publicKey });
@@ -333,16 +358,16 @@ export class KeyService {
   }
 
   /** Deletes and returns one one-time Kyber key, as takePreKey does for EC keys. */
-  private async takeKyberPreKey(userId: string, deviceId: number) {
+  private async takeKyberPreKey(tx: Tx, userId: string, deviceId: number) {
     const ofDevice = and(eq(oneTimeKyberPreKeys.userId, userId), eq(oneTimeKyberPreKeys.deviceId, deviceId));
-    const pick = this.db
+    const pick = tx
       .select({ keyId: oneTimeKyberPreKeys.keyId })
       .from(oneTimeKyberPreKeys)
       .where(ofDevice)
       .orderBy(asc(oneTimeKyberPreKeys.keyId))
       .limit(1)
       .for("update", { skipLocked: true });
-    const [taken] = await this.db
+    const [taken] = await tx
       .delete(oneTimeKyberPreKeys)
       .where(and(ofDevice, sql`${oneTimeKyberPreKeys.keyId} = (${pick})`))
       .returning({
