@@ -1,6 +1,6 @@
 import { createHmac, randomBytes } from "node:crypto";
 import { and, asc, desc, eq, gt, gte, inArray, lt, lte, or, type SQL, sql } from "drizzle-orm";
-import type { Db } from "../db/index.ts";
+import type { Db, Tx } from "../db/index.ts";
 import { auditLog, auditSubjectKeys } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import { type ChainContent, chainHash, GENESIS_HASH } from "./chain.ts";
@@ -124,35 +124,57 @@ export class PostgresAuditTrail implements AuditTrail {
   /** Appends several entries in one transaction, in order (e.g. every member of a new group). */
   async recordAll(events: AuditEvent[]): Promise<void> {
     if (events.length === 0) return;
+    const contents = await this.contents(this.db, events);
+    await this.db.transaction((tx) => this.append(tx, contents));
+  }
+
+  /**
+   * Appends the entries, in order, inside the caller's transaction `tx` (on this trail's database):
+   * the pseudonym keys it creates and the entries commit or roll back with the change they record.
+   * Call it last in `tx`: the chain's lock is held from here to the commit. Throws on details that
+   * carry a credential or content, and what the write throws.
+   */
+  async recordIn(tx: Tx, events: AuditEvent[]): Promise<void> {
+    if (events.length === 0) return;
+    await this.append(tx, await this.contents(tx, events));
+  }
+
+  /** The entries' chained content: users replaced by their pseudonyms (read and created through `db`). */
+  private async contents(db: Db, events: AuditEvent[]): Promise<Omit<ChainContent, "at">[]> {
     const users = events.flatMap((e) => [
       ...(typeof e.actor === "string" ? [] : [e.actor.user]),
       ...(e.subject === undefined ? [] : [e.subject]),
     ]);
-    const pseudonyms = await this.pseudonyms(users);
-    const contents = events.map((e) => ({
+    // Checked before anything is written: a forbidden key throws with nothing created.
+    const details = events.map((e) => cleanDetails(e.details));
+    const pseudonyms = await this.pseudonyms(users, db);
+    return events.map((e, i) => ({
       action: e.action,
       actor: typeof e.actor === "string" ? e.actor : (pseudonyms.get(e.actor.user) as string),
       subject: e.subject === undefined ? null : (pseudonyms.get(e.subject) as string),
-      details: cleanDetails(e.details),
+      details: details[i] as Record<string, unknown>,
     }));
-    await this.db.transaction((tx) => this.append(tx, contents));
   }
 
   async pseudonym(userId: string): Promise<string> {
     return (await this.pseudonyms([userId])).get(userId) as string;
   }
 
-  /** Pseudonyms keyed by the ids as given; keys are created on first use. */
-  private async pseudonyms(userIds: string[]): Promise<Map<string, string>> {
-    const ids = [...new Set(userIds.map(assertUserId))];
+  /**
+   * Pseudonyms keyed by the ids as given; keys are created on first use, through `db` (this trail's
+   * database, or a transaction on it). Ids are taken in sorted order: two transactions creating
+   * keys for the same users wait for each other's rows in one order, never in a cycle.
+   */
+  private async pseudonyms(userIds: string[], db: Db = this.db): Promise<Map<string, string>> {
+    const ids = [...new Set(userIds.map(assertUserId))].sort();
     const keys = new Map<string, Uint8Array>();
     for (let i = 0; i < ids.length; i += INSERT_CHUNK) {
       const chunk = ids.slice(i, i + INSERT_CHUNK);
-      await this.db
+      await db
         .insert(auditSubjectKeys)
         .values(chunk.map((userId) => ({ userId, key: randomBytes(32) })))
         .onConflictDoNothing();
-      const rows = await this.db
+      const rows = await db
         .select({ userId: auditSubjectKeys.userId, key: auditSubjectKeys.key })
         .from(auditSubjectKeys)
         .where(inArray(auditSubjectKeys.userId, chunk));
@@ -160,7 +182,7 @@ export class PostgresAuditTrail implements AuditTrail {
     }
     // Erased between the insert and the read: try again, so the new pseudonym links to nothing old.
     const lost = ids.filter((id) => !keys.has(id));
-    const retried = lost.length > 0 ? await this.pseudonyms(lost) : new Map<string, string>();
+    const retried = lost.length > 0 ? await this.pseudonyms(lost, db) : new Map<string, string>();
     return new Map(
       userIds.map((given) => {
         const id = given.toLowerCase();

@@ -1,3 +1,5 @@
+import type { Tx } from "../db/index.ts";
+
 /** Who did something: a user (pseudonymised when written), the admin RPC, or the server itself. */
 export type AuditActor = { user: string } | "admin" | "system";
 
@@ -39,4 +41,12 @@ export interface AuditTrail {
   entriesAbout(userId: string): Promise<AuditEntry[]>;
   /** Appends several entries in order in one transaction (optional: callers fall back to `record`). */
   recordAll?(events: AuditEvent[]): Promise<void>;
+  /**
+   * Appends the entries, in order, inside `tx`: a transaction on the trail's own database, which
+   * records the change they are about. They commit with that change or roll back with it, so a node
+   * dying between the two cannot leave a change without its entry. Called as the transaction's
+   * last step: the chain's lock it takes is held until the commit. Throws what the write throws
+   * (the caller's transaction then rolls back). Optional: callers without it record after the commit.
+   */
+  recordIn?(tx: Tx, events: AuditEvent[]): Promise<void>;
 }

@@ -2,7 +2,7 @@ import { randomInt } from "node:crypto";
 import { and, asc, eq, inArray, lt, sql } from "drizzle-orm";
 import { union } from "drizzle-orm/pg-core";
 import { settledWithin } from "../../actors/index.ts";
-import type { AuditTrail } from "../audit/types.ts";
+import type { AuditEvent, AuditTrail } from "../audit/types.ts";
 import type { Db } from "../db/index.ts";
 import { accounts, deviceRemovals, devices } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
@@ -147,12 +147,20 @@ export class DeviceService {
 
   /**
    * Removes the device and, by cascade, its refresh tokens; `not_found` when there is no such device.
-   * The removal is durable first: its `device_removals` row is written in the same transaction as
-   * the delete, and deleted once every listener has run (then the id is free again). Should a
+   * The removal is durable first: its `device_removals` row and its `device.remove` audit entry are
+   * written in the same transaction as the delete (an audit write that fails rolls the removal
+   * back); the row is deleted once every listener has run (then the id is free again). Should a
    * listener throw, the row stays, the error is thrown (the request answers 500, a retry 404), and
    * `finishRemovals` runs the listeners again later; so does it when the node dies in between.
    */
   async remove(userId: string, deviceId: number): Promise<void> {
+    const event: AuditEvent = {
+      action: "device.remove",
+      actor: { user: userId },
+      subject: userId,
+      details: { deviceId },
+    };
+    let audited = false;
     const claim = await this.db.transaction(async (tx) => {
       const rows = await tx
         .delete(devices)
@@ -163,17 +171,19 @@ export class DeviceService {
         .insert(deviceRemovals)
         .values({ userId, deviceId })
         .returning({ claim: sql<string>`${deviceRemovals.removedAt}::text` });
+      // In the removal's own transaction, last (the chain's lock is held to the commit): the
+      // removal and its entry commit together, or neither does (a node dying right after the
+      // commit cannot leave the removal unaudited).
+      if (this.audit?.recordIn) {
+        await this.audit.recordIn(tx, [event]);
+        audited = true;
+      }
       return row?.claim;
     });
     if (claim === undefined) throw new DomainError("not_found", `device ${deviceId} does not exist`);
-    // Recorded once the row is gone, before the follow-ups: should one of them fail, the removal
-    // itself still happened and is in the trail.
-    await this.audit?.record({
-      action: "device.remove",
-      actor: { user: userId },
-      subject: userId,
-      details: { deviceId },
-    });
+    // A trail that cannot write inside the transaction: recorded once the row is gone, before the
+    // follow-ups (should one of them fail, the removal itself still happened and is in the trail).
+    if (!audited) await this.audit?.record(event);
     await this.followUp(userId, deviceId, claim);
   }
 

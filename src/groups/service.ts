@@ -66,7 +66,20 @@ export class GroupService {
     for (const listener of this.listeners) listener(users);
   }
 
-  /** Audits membership changes in one append when the trail can batch (a new group may invite 9,999). */
+  /**
+   * Audits a change inside its own transaction `tx`, as its last step (`AuditTrail.recordIn`): the
+   * entries commit with the change or not at all, so a node that dies after the commit leaves no
+   * change unaudited. Returns the events a trail without `recordIn` could not take, for `audited`
+   * after the commit.
+   */
+  private async auditIn(tx: Tx, events: AuditEvent[]): Promise<AuditEvent[]> {
+    if (events.length === 0 || !this.audit) return [];
+    if (!this.audit.recordIn) return events;
+    await this.audit.recordIn(tx, events);
+    return [];
+  }
+
+  /** After the commit (a trail without `recordIn`): in one append when the trail can batch (a new group may invite 9,999). */
   private async audited(events: AuditEvent[]) {
     if (events.length === 0) return;
     if (this.audit?.recordAll) await this.audit.recordAll(events);
@@ -212,22 +225,20 @@ export class GroupService {
     this.refuseErased(creator);
     const others = [...new Set(members.filter((m) => m !== creator))];
     await this.assertUsersExist(others);
-    const { groupId, invited } = await this.db.transaction(async (tx) => {
+    const { groupId, unaudited } = await this.db.transaction(async (tx) => {
       await this.assertRoomForAnotherGroup(tx, creator);
       const [group] = await tx.insert(groups).values({ name }).returning({ id: groups.id });
       await tx.insert(groupMembers).values({ groupId: group.id, userId: creator, role: "admin" });
-      return { groupId: group.id, invited: await this.invite(tx, group.id, creator, others) };
+      const invited = await this.invite(tx, group.id, creator, others);
+      const actor = { user: creator };
+      const details = { groupId: group.id };
+      const events: AuditEvent[] = [
+        { action: "group.create", actor, subject: creator, details },
+        ...invited.map((invitee) => ({ action: "group.member.invite", actor, subject: invitee, details })),
+      ];
+      return { groupId: group.id, unaudited: await this.auditIn(tx, events) };
     });
-    const actor = { user: creator };
-    await this.audited([
-      { action: "group.create", actor, subject: creator, details: { groupId } },
-      ...invited.map((invitee) => ({
-        action: "group.member.invite",
-        actor,
-        subject: invitee,
-        details: { groupId },
-      })),
-    ]);
+    await this.audited(unaudited);
     return groupId;
   }
 
@@ -282,23 +293,25 @@ export class GroupService {
       throw new DomainError("forbidden", "only a group admin can invite members");
     }
     await this.assertUsersExist([userId]);
-    const invited = await this.db.transaction(async (tx) => {
+    const unaudited = await this.db.transaction(async (tx) => {
       await lockGroups(tx, [groupId]);
       // Again under the group's lock: the caller may have left or been removed since the check
       // above (their other device, another admin), and must not invite as a non-member.
       if ((await this.roleOf(groupId, caller, tx)) !== "admin") {
         throw new DomainError("forbidden", "only a group admin can invite members");
       }
-      return this.invite(tx, groupId, caller, [userId]);
+      const invited = await this.invite(tx, groupId, caller, [userId]);
+      return this.auditIn(
+        tx,
+        invited.map((invitee) => ({
+          action: "group.member.invite",
+          actor: { user: caller },
+          subject: invitee,
+          details: { groupId },
+        })),
+      );
     });
-    await this.audited(
-      invited.map((invitee) => ({
-        action: "group.member.invite",
-        actor: { user: caller },
-        subject: invitee,
-        details: { groupId },
-      })),
-    );
+    await this.audited(unaudited);
   }
 
   /** The caller's pending invitations, oldest first. */
@@ -325,7 +338,7 @@ export class GroupService {
    */
   async accept(groupId: string, userId: string): Promise<void> {
     this.refuseErased(userId);
-    await this.db.transaction(async (tx) => {
+    const unaudited = await this.db.transaction(async (tx) => {
       await lockGroups(tx, [groupId]);
       const taken = await tx
         .delete(groupInvitations)
@@ -340,23 +353,32 @@ export class GroupService {
         throw new DomainError("conflict", `a group has at most ${MAX_GROUP_MEMBERS} members`);
       await this.assertRoomForAnotherGroup(tx, userId);
       await tx.insert(groupMembers).values({ groupId, userId, role: "member" }).onConflictDoNothing();
+      return this.auditIn(tx, [
+        { action: "group.member.join", actor: { user: userId }, subject: userId, details: { groupId } },
+      ]);
     });
     this.membershipChanged([userId]);
-    await this.audited([
-      { action: "group.member.join", actor: { user: userId }, subject: userId, details: { groupId } },
-    ]);
+    await this.audited(unaudited);
   }
 
   /** Declines an invitation; `not_found` when there is no such invitation. */
   async decline(groupId: string, userId: string): Promise<void> {
-    const removed = await this.db
-      .delete(groupInvitations)
-      .where(and(eq(groupInvitations.groupId, groupId), eq(groupInvitations.userId, userId)))
-      .returning({ userId: groupInvitations.userId });
-    if (removed.length === 0) throw new DomainError("not_found", "no invitation to this group");
-    await this.audited([
-      { action: "group.invitation.decline", actor: { user: userId }, subject: userId, details: { groupId } },
-    ]);
+    const unaudited = await this.db.transaction(async (tx) => {
+      const removed = await tx
+        .delete(groupInvitations)
+        .where(and(eq(groupInvitations.groupId, groupId), eq(groupInvitations.userId, userId)))
+        .returning({ userId: groupInvitations.userId });
+      if (removed.length === 0) throw new DomainError("not_found", "no invitation to this group");
+      return this.auditIn(tx, [
+        {
+          action: "group.invitation.decline",
+          actor: { user: userId },
+          subject: userId,
+          details: { groupId },
+        },
+      ]);
+    });
+    await this.audited(unaudited);
   }
 
   /**
@@ -377,30 +399,31 @@ export class GroupService {
       if (caller !== userId && (await this.roleOf(groupId, caller, tx)) !== "admin") {
         throw new DomainError("forbidden", "only a group admin can remove other members");
       }
+      const actor = { user: caller };
       const removed = await tx
         .delete(groupMembers)
         .where(and(eq(groupMembers.groupId, groupId), eq(groupMembers.userId, userId)))
         .returning({ userId: groupMembers.userId });
-      if (removed.length > 0) return { succession: await keepAnAdmin(tx, groupId) };
+      if (removed.length > 0) {
+        const succession = await keepAnAdmin(tx, groupId);
+        const unaudited = await this.auditIn(tx, [
+          { action: "group.member.remove", actor, subject: userId, details: { groupId } },
+          ...successionEvents([succession]),
+        ]);
+        return { membershipChanged: true, unaudited };
+      }
       const withdrawn = await tx
         .delete(groupInvitations)
         .where(and(eq(groupInvitations.groupId, groupId), eq(groupInvitations.userId, userId)))
         .returning({ userId: groupInvitations.userId });
       if (withdrawn.length === 0) throw new DomainError("not_found", "not a member of this group");
-      return { withdrawn: true };
-    });
-    const actor = { user: caller };
-    if ("withdrawn" in outcome) {
-      await this.audited([
+      const unaudited = await this.auditIn(tx, [
         { action: "group.invitation.withdraw", actor, subject: userId, details: { groupId } },
       ]);
-      return;
-    }
-    this.membershipChanged([userId]);
-    await this.audited([
-      { action: "group.member.remove", actor, subject: userId, details: { groupId } },
-      ...successionEvents([outcome.succession]),
-    ]);
+      return { membershipChanged: false, unaudited };
+    });
+    if (outcome.membershipChanged) this.membershipChanged([userId]);
+    await this.audited(outcome.unaudited);
   }
 }
 

@@ -1,7 +1,7 @@
 import { KEMPublicKey, PublicKey } from "@signalapp/libsignal-client";
 import { and, asc, count, eq, inArray, sql } from "drizzle-orm";
 import type { AnyPgColumn } from "drizzle-orm/pg-core";
-import type { AuditTrail } from "../audit/types.ts";
+import type { AuditEvent, AuditTrail } from "../audit/types.ts";
 import type { Db, Tx } from "../db/index.ts";
 import {
   accounts,
@@ -152,11 +152,20 @@ export class KeyService {
    * Stores the caller's keys. The signed prekey and last-resort Kyber key replace the current ones;
    * a list of one-time keys, when given, replaces that kind's remaining one-time keys (as Signal-Server
    * does). A new identity key discards every one-time key signed by or issued under the old one.
+   * The `keys.upload` audit entry is written in the same transaction (a failed audit write stores
+   * nothing).
    */
   async upload(principal: Principal, body: KeysModel.Upload): Promise<void> {
     const keys = checkUpload(body);
     const { userId, deviceId } = principal;
     const owner = { userId, deviceId };
+    const event: AuditEvent = {
+      action: "keys.upload",
+      actor: { user: userId },
+      subject: userId,
+      details: { deviceId, preKeys: keys.preKeys?.length ?? 0, kyberPreKeys: keys.kyberPreKeys?.length ?? 0 },
+    };
+    let audited = false;
     await this.db.transaction(async (tx) => {
       // Serialises concurrent uploads of one device; the device may have been removed since the token was issued.
       const [device] = await tx
@@ -197,13 +206,14 @@ export class KeyService {
       if (keys.kyberPreKeys?.length) {
         await tx.insert(oneTimeKyberPreKeys).values(keys.kyberPreKeys.map((k) => ({ ...owner, ...k })));
       }
+      // Last in the upload's own transaction: the keys and their entry commit together, or neither.
+      if (this.audit?.recordIn) {
+        await this.audit.recordIn(tx, [event]);
+        audited = true;
+      }
     });
-    await this.audit?.record({
-      action: "keys.upload",
-      actor: { user: userId },
-      subject: userId,
-      details: { deviceId, preKeys: keys.preKeys?.length ?? 0, kyberPreKeys: keys.kyberPreKeys?.length ?? 0 },
-    });
+    // A trail that cannot write inside the transaction: recorded after the commit.
+    if (!audited) await this.audit?.record(event);
   }
 
   /** How many one-time keys of each kind the caller's device has left. */

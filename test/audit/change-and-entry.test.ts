@@ -1,0 +1,153 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { sql } from "drizzle-orm";
+import { rowsOf } from "../../src/db/index.ts";
+import { validUpload } from "../keys/fixtures.ts";
+import { type Api, api, loginDevice, registerAndLogin } from "../support/http.ts";
+import { BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
+
+/**
+ * Group, device and key changes and their audit entries: both or neither. They were audited after
+ * their transaction had committed, so a node that died in between (or an audit write that failed)
+ * left a change the tamper-evident log never heard of. Here the audit write fails for real: a
+ * trigger on `audit_log` refuses the actions named in a table, and each change must then be
+ * refused whole (500, nothing changed); once the trigger lets it through, the change and its entry
+ * are both there.
+ */
+describe.each(BACKENDS)("a change and its audit entry on %s", (backend) => {
+  let node: TestNode;
+  let client: Api;
+
+  beforeAll(async () => {
+    node = await startTestNode(backend);
+    client = api(node.url);
+    await node.database.db.execute(sql`create table cbt_auditx_refused (action text primary key)`);
+    await node.database.db.execute(sql`
+      create function cbt_auditx_refuse() returns trigger language plpgsql as $$
+      begin
+        if exists (select 1 from cbt_auditx_refused where action = new.action) then
+          raise exception 'audit write refused by the test';
+        end if;
+        return new;
+      end $$`);
+    await node.database.db.execute(sql`
+      create trigger cbt_auditx_refuse before insert on audit_log
+      for each row execute function cbt_auditx_refuse()`);
+  });
+  afterAll(() => node?.teardown());
+
+  async function refuse(action: string | undefined): Promise<void> {
+    await node.database.db.execute(sql`delete from cbt_auditx_refused`);
+    if (action) await node.database.db.execute(sql`insert into cbt_auditx_refused values (${action})`);
+  }
+
+  async function count(query: ReturnType<typeof sql>): Promise<number> {
+    const [row] = rowsOf<{ n: number }>(await node.database.db.execute(query));
+    return Number(row?.n ?? 0);
+  }
+
+  const entries = (action: string) =>
+    count(sql`select count(*)::int as n from audit_log where action = ${action}`);
+  const memberships = (userId: string) =>
+    count(sql`select count(*)::int as n from group_members where user_id = ${userId}`);
+  const invitations = (userId: string) =>
+    count(sql`select count(*)::int as n from group_invitations where user_id = ${userId}`);
+
+  test("group.create: a refused entry creates no group and invites nobody", async () => {
+    const alice = await registerAndLogin(client);
+    const bob = await registerAndLogin(client);
+    const before = await entries("group.create");
+    await refuse("group.member.invite"); // the second of the two entries
+    const refused = await client.post("/v1/groups", { name: "t", members: [bob.userId] }, alice.accessToken);
+    expect(refused.status).toBe(500);
+    expect(await memberships(alice.userId)).toBe(0);
+    expect(await invitations(bob.userId)).toBe(0);
+    expect(await entries("group.create")).toBe(before);
+
+    await refuse(undefined);
+    const made = await client.post("/v1/groups", { name: "t", members: [bob.userId] }, alice.accessToken);
+    expect(made.status).toBe(201);
+    expect(await memberships(alice.userId)).toBe(1);
+    expect(await invitations(bob.userId)).toBe(1);
+    expect(await entries("group.create")).toBe(before + 1);
+  });
+
+  test("invite, accept, remove, withdraw and decline: a refused entry changes nothing", async () => {
+    const alice = await registerAndLogin(client);
+    const bob = await registerAndLogin(client);
+    const carol = await registerAndLogin(client);
+    await refuse(undefined);
+    const { groupId } = (
+      await client.post("/v1/groups", { name: "t", members: [bob.userId] }, alice.accessToken)
+    ).body;
+    const members = `/v1/groups/${groupId}/members`;
+
+    await refuse("group.member.invite");
+    expect((await client.post(members, { userId: carol.userId }, alice.accessToken)).status).toBe(500);
+    expect(await invitations(carol.userId)).toBe(0);
+
+    await refuse("group.member.join");
+    expect((await client.post(`/v1/invitations/${groupId}/accept`, undefined, bob.accessToken)).status).toBe(
+      500,
+    );
+    expect(await memberships(bob.userId)).toBe(0);
+    expect(await invitations(bob.userId)).toBe(1);
+    await refuse(undefined);
+    expect((await client.post(`/v1/invitations/${groupId}/accept`, undefined, bob.accessToken)).status).toBe(
+      204,
+    );
+    expect(await memberships(bob.userId)).toBe(1);
+
+    await refuse("group.member.remove");
+    expect((await client.delete(`${members}/${bob.userId}`, alice.accessToken)).status).toBe(500);
+    expect(await memberships(bob.userId)).toBe(1);
+
+    await refuse(undefined);
+    expect((await client.post(members, { userId: carol.userId }, alice.accessToken)).status).toBe(204);
+    await refuse("group.invitation.withdraw");
+    expect((await client.delete(`${members}/${carol.userId}`, alice.accessToken)).status).toBe(500);
+    expect(await invitations(carol.userId)).toBe(1);
+
+    await refuse("group.invitation.decline");
+    expect(
+      (await client.post(`/v1/invitations/${groupId}/decline`, undefined, carol.accessToken)).status,
+    ).toBe(500);
+    expect(await invitations(carol.userId)).toBe(1);
+    await refuse(undefined);
+    const declines = await entries("group.invitation.decline");
+    expect(
+      (await client.post(`/v1/invitations/${groupId}/decline`, undefined, carol.accessToken)).status,
+    ).toBe(204);
+    expect(await invitations(carol.userId)).toBe(0);
+    expect(await entries("group.invitation.decline")).toBe(declines + 1);
+  });
+
+  test("device.remove: a refused entry removes no device", async () => {
+    const alice = await registerAndLogin(client);
+    const phone = await loginDevice(client, alice, { registrationId: 31 });
+    await refuse("device.remove");
+    expect((await client.delete(`/v1/devices/${phone.deviceId}`, alice.accessToken)).status).toBe(500);
+    const listed = (await client.get("/v1/devices", alice.accessToken)).body.devices.map(
+      (d: { deviceId: number }) => d.deviceId,
+    );
+    expect(listed).toContain(phone.deviceId);
+    expect(
+      await count(sql`select count(*)::int as n from device_removals where user_id = ${alice.userId}`),
+    ).toBe(0);
+
+    await refuse(undefined);
+    const removals = await entries("device.remove");
+    expect((await client.delete(`/v1/devices/${phone.deviceId}`, alice.accessToken)).status).toBe(204);
+    expect(await entries("device.remove")).toBe(removals + 1);
+  });
+
+  test("keys.upload: a refused entry stores no keys", async () => {
+    const alice = await registerAndLogin(client);
+    const { upload } = await validUpload(3);
+    await refuse("keys.upload");
+    expect((await client.put("/v1/keys", upload, alice.accessToken)).status).toBe(500);
+    expect(
+      await count(sql`select count(*)::int as n from identity_keys where user_id = ${alice.userId}`),
+    ).toBe(0);
+    await refuse(undefined);
+  });
+});
