@@ -559,14 +559,22 @@ export class ErasureService {
         blockCount +
         identityCount +
         signInCodeCount;
+      // Not personal data of the erased user: which member now administers which group. In this
+      // transaction, last: a node dying after the commit cannot leave a succession unaudited (a
+      // retry of this step finds no membership left, so it would never write it).
+      let unaudited = successionEvents(successions);
+      if (audit.recordIn) {
+        await audit.recordIn(tx, unaudited);
+        unaudited = [];
+      }
       return {
+        unaudited,
         removed,
         what: `account (${deleted.length}), devices (${deviceCount}), public keys (${keyCount}), refresh tokens (${tokenCount}), group memberships and roles (${memberships.length}), emptied groups (${emptyGroups}), groups given a new admin (${promoted}), group invitations to or from the user (${invitationCount}), blocks by or of the user (${blockCount}), identity provider links (${identityCount}), sign-in codes (${signInCodeCount})`,
-        successions,
       };
     });
-    // Not personal data of the erased user: which member now administers which group.
-    const events = successionEvents(result.successions);
+    // A trail that cannot write inside the transaction: after the commit.
+    const events = result.unaudited;
     if (events.length > 0) {
       if (audit.recordAll) await audit.recordAll(events);
       else for (const event of events) await audit.record(event);

@@ -3,7 +3,7 @@ import { sql } from "drizzle-orm";
 import { rowsOf } from "../../src/db/index.ts";
 import { validUpload } from "../keys/fixtures.ts";
 import { type Api, api, loginDevice, registerAndLogin } from "../support/http.ts";
-import { BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
+import { ADMIN_TOKEN, BACKENDS, startTestNode, type TestNode } from "../support/node.ts";
 
 /**
  * Group, device and key changes and their audit entries: both or neither. They were audited after
@@ -18,13 +18,16 @@ describe.each(BACKENDS)("a change and its audit entry on %s", (backend) => {
   let client: Api;
 
   beforeAll(async () => {
-    node = await startTestNode(backend);
+    // A failed erasure step is retried 50 ms later (the erasure test below).
+    node = await startTestNode(backend, { erasureRetryBaseMs: 50 });
     client = api(node.url);
     await node.database.db.execute(sql`create table cbt_auditx_refused (action text primary key)`);
+    await node.database.db.execute(sql`create sequence cbt_auditx_refusals`);
     await node.database.db.execute(sql`
       create function cbt_auditx_refuse() returns trigger language plpgsql as $$
       begin
         if exists (select 1 from cbt_auditx_refused where action = new.action) then
+          perform nextval('cbt_auditx_refusals'); -- not rolled back: the test counts refusals
           raise exception 'audit write refused by the test';
         end if;
         return new;
@@ -138,6 +141,47 @@ describe.each(BACKENDS)("a change and its audit entry on %s", (backend) => {
     const removals = await entries("device.remove");
     expect((await client.delete(`/v1/devices/${phone.deviceId}`, alice.accessToken)).status).toBe(204);
     expect(await entries("device.remove")).toBe(removals + 1);
+  });
+
+  test("erasure: a refused succession entry erases nothing until it is written, then both are there", async () => {
+    const [dave, erin] = await Promise.all([1, 2].map(() => registerAndLogin(client)));
+    await refuse(undefined);
+    const { groupId } = (
+      await client.post("/v1/groups", { name: "s", members: [erin.userId] }, dave.accessToken)
+    ).body;
+    expect((await client.post(`/v1/invitations/${groupId}/accept`, undefined, erin.accessToken)).status).toBe(
+      204,
+    );
+    const promotions = await entries("group.admin.promote");
+    const refusals = async () =>
+      count(sql`select case when is_called then last_value else 0 end as n from cbt_auditx_refusals`);
+    const refusedBefore = await refusals();
+    await refuse("group.admin.promote");
+    const res = await fetch(`${node.adminUrl}/admin/v1/users/${dave.userId}/erase`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
+    expect(res.status).toBe(202);
+    const { erasureId } = (await res.json()) as { erasureId: string };
+    for (let i = 0; i < 600 && (await refusals()) === refusedBefore; i++) await Bun.sleep(25);
+    expect(await refusals()).toBeGreaterThan(refusedBefore);
+    // The step whose entry was refused rolled back whole: Dave's account and admin role are still there.
+    expect(await count(sql`select count(*)::int as n from accounts where id = ${dave.userId}`)).toBe(1);
+    expect(
+      await count(
+        sql`select count(*)::int as n from group_members where group_id = ${groupId} and role = 'admin' and user_id = ${dave.userId}`,
+      ),
+    ).toBe(1);
+
+    // Let it through: the retried step erases Dave, promotes Erin, and the promotion is in the trail.
+    await refuse(undefined);
+    await node.gdpr.erasures.settled(erasureId);
+    for (let i = 0; i < 600 && (await client.get(`/v1/erasures/${erasureId}`)).body.status !== "done"; i++)
+      await Bun.sleep(50);
+    expect((await client.get(`/v1/erasures/${erasureId}`)).body.status).toBe("done");
+    expect(await count(sql`select count(*)::int as n from accounts where id = ${dave.userId}`)).toBe(0);
+    expect((await client.get(`/v1/groups/${groupId}`, erin.accessToken)).body.admins).toEqual([erin.userId]);
+    expect(await entries("group.admin.promote")).toBe(promotions + 1);
   });
 
   test("keys.upload: a refused entry stores no keys", async () => {
