@@ -469,6 +469,8 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     audience: new PresenceAudience(db),
     tallies: metrics.tallies,
     fence,
+    connectLimiter: rateLimiter,
+    connectsPerDevice: config.wsConnectsPerDevice,
   });
   if (redis) {
     // Redis without persistence comes back empty: the socket leases go with it (the ring's keys

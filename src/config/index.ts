@@ -142,6 +142,13 @@ const EnvSchema = T.Object({
     description:
       "seconds between checks of every open socket's token against the database, 1-3600 (a revoked socket whose close was lost is closed within this)",
   }),
+  WS_CONNECTS_PER_DEVICE: T.Integer({
+    minimum: 1,
+    maximum: 1_000_000,
+    default: 60,
+    description:
+      "WebSocket upgrades one device may make per minute, 1-1000000 (its account ten times that over all its devices)",
+  }),
   PRESENCE_WATCHES_PER_NODE: T.Integer({
     minimum: 1000,
     maximum: 100_000_000,
@@ -321,6 +328,11 @@ export interface Config {
    * (WS_REVALIDATE_INTERVAL_SECONDS): the bound on a revoked socket whose close was lost.
    */
   wsRevalidateIntervalMs: number;
+  /**
+   * WS_CONNECTS_PER_DEVICE: WebSocket upgrades one device may make per minute; its account's devices
+   * together ten times that (`connectBudgets`, src/gateway/gateway.ts). Past either, 429.
+   */
+  wsConnectsPerDevice: number;
   /** Presence watch entries (socket × watched user) one node holds at most. */
   presenceWatchesPerNode: number;
   /** PRESENCE_WATCHES_PER_ACCOUNT: watch entries one account's sockets hold on one node at most. */
@@ -400,6 +412,7 @@ const INTEGER_VARS = new Set([
   "PRESENCE_LEASE_SECONDS",
   "WS_PING_INTERVAL_MS",
   "WS_REVALIDATE_INTERVAL_SECONDS",
+  "WS_CONNECTS_PER_DEVICE",
   "PRESENCE_WATCHES_PER_NODE",
   "PRESENCE_WATCHES_PER_ACCOUNT",
   "STORED_BYTES_PER_ACCOUNT_PER_DAY",
@@ -527,6 +540,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     presenceLeaseSeconds: env.PRESENCE_LEASE_SECONDS,
     wsPingIntervalMs: env.WS_PING_INTERVAL_MS,
     wsRevalidateIntervalMs: env.WS_REVALIDATE_INTERVAL_SECONDS * 1000,
+    wsConnectsPerDevice: env.WS_CONNECTS_PER_DEVICE,
     presenceWatchesPerNode: env.PRESENCE_WATCHES_PER_NODE,
     presenceWatchesPerAccount: env.PRESENCE_WATCHES_PER_ACCOUNT,
     storedBytesPerAccountPerDay: env.STORED_BYTES_PER_ACCOUNT_PER_DAY,

@@ -9,8 +9,9 @@ import type { MessagingService } from "../messaging/service.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { MessageTallies } from "../observability/metrics.ts";
 import { CloseCode } from "../protocol/index.ts";
+import { type RateLimiter, type RateLimitRule, spendOrRefuse } from "../ratelimit/index.ts";
 import { bearerToken } from "../sessions/auth.ts";
-import type { SessionService } from "../sessions/service.ts";
+import type { Principal, SessionService } from "../sessions/service.ts";
 import { DeviceConnection, type DeviceSocket, type SocketData } from "./connection.ts";
 import { FrameHandler } from "./frame-handler.ts";
 import type { NodeLink } from "./node-link.ts";
@@ -55,6 +56,33 @@ export interface GatewayOptions {
   tallies: MessageTallies;
   /** Users whose erasure has started: no socket of theirs opens, and nothing is written for them. */
   fence?: ErasureFence;
+  /**
+   * Counts upgrades against the connect budgets (`connectBudgets`), the node's rate limiter (Redis:
+   * shared by every node). Unset: upgrades are not budgeted (unit tests of the gateway alone).
+   */
+  connectLimiter?: RateLimiter;
+  /** Upgrades one device may make per minute (WS_CONNECTS_PER_DEVICE, default 60); its account ten times that. */
+  connectsPerDevice?: number;
+}
+
+/** Default of WS_CONNECTS_PER_DEVICE: upgrades one device may make per minute. */
+export const DEFAULT_CONNECTS_PER_DEVICE = 60;
+
+/**
+ * The upgrade budgets of `GET /v1/ws`, per minute: `perDevice` upgrades of one device, and ten
+ * devices' worth for all the devices of one account (an account may have 127, each a login away).
+ * A connect costs the node far more than a frame (the token's device read, the presence lease, the
+ * user actor told, the offline queue opened and read, and the same bookkeeping again at the close:
+ * about 2.75 CPU-ms on the embedded default), and frames are budgeted while connects were not: one
+ * account's eight devices opening and closing sockets in a loop took 0.8 of a core (docs/PROTOCOL.md,
+ * "Connect budget"). A reconnecting client backs off from 0.5 s (the SDK's Messenger), so 60 a
+ * minute is never reached by one device that is only flapping.
+ */
+export function connectBudgets(perDevice: number): { device: RateLimitRule; account: RateLimitRule } {
+  return {
+    device: { name: "ws-connects-device", limit: perDevice, windowMs: 60_000 },
+    account: { name: "ws-connects-account", limit: perDevice * 10, windowMs: 60_000 },
+  };
 }
 
 /** How long a new socket's drain waits for the same device's previous socket here to finish closing. */
@@ -94,10 +122,26 @@ export class Gateway {
   deadPeers = 0;
   /** Makes a socket's token bucket (DEVICE_RATE_LIMIT), one function shared by every socket. */
   private readonly newBucket: () => TokenBucket;
+  /** Spends one upgrade of the device's and the account's connect budgets; undefined: none. */
+  private readonly admitConnect: ((principal: Principal) => Promise<void>) | undefined;
 
   constructor(private readonly options: GatewayOptions) {
     const rate = options.rateLimit ?? { perSecond: 100, burst: 200 };
     this.newBucket = () => new TokenBucket(rate.perSecond, rate.burst);
+    const limiter = options.connectLimiter;
+    if (limiter) {
+      const budgets = connectBudgets(options.connectsPerDevice ?? DEFAULT_CONNECTS_PER_DEVICE);
+      this.admitConnect = async ({ userId, deviceId }) => {
+        // The device's first: a device refused spends nothing of its account's budget.
+        await spendOrRefuse(
+          limiter,
+          budgets.device,
+          `${userId}.${deviceId}`,
+          "this device connects too often, retry later",
+        );
+        await spendOrRefuse(limiter, budgets.account, userId, "your devices connect too often, retry later");
+      };
+    }
     this.watchers = new PresenceWatchers(
       options.presence,
       options.watchLimit,
@@ -208,8 +252,10 @@ export class Gateway {
   };
 
   /**
-   * The Elysia plugin serving `GET /v1/ws`: authenticates before the upgrade (401 otherwise), then
-   * hands the socket to Bun, whose events reach `websocket`.
+   * The Elysia plugin serving `GET /v1/ws`: authenticates before the upgrade (401 otherwise), spends
+   * one of the device's and its account's connect budgets once the token's signature is checked and
+   * before anything is read or written (429 `rate_limited` with Retry-After past either,
+   * `connectBudgets`), then hands the socket to Bun, whose events reach `websocket`.
    */
   routes() {
     const { sessions } = this.options;
@@ -221,7 +267,7 @@ export class Gateway {
           typeof query.token === "string" ? query.token : undefined,
         );
         if (!token) throw new DomainError("unauthorized", "missing bearer token");
-        const data: SocketData = await sessions.authenticateSession(token);
+        const data: SocketData = await sessions.authenticateSession(token, this.admitConnect);
         if (this.fenced(data.principal.userId)) throw new DomainError("unauthorized", "account erased");
         if (!server?.upgrade(request, { data }))
           throw new DomainError("invalid", "expected a WebSocket upgrade request");

@@ -283,6 +283,8 @@ export async function spawnNode(
       // Every virtual user logs in from this machine's one address.
       LOGIN_ATTEMPTS_PER_ADDRESS: "100000000",
       REGISTRATIONS_PER_ADDRESS: "100000000",
+      // Chaos runs reconnect every client of a killed node, churn scenarios in loops.
+      WS_CONNECTS_PER_DEVICE: "1000000",
       NODE_ID: `load-${index}-${randomBytes(3).toString("hex")}`,
       ...shared,
     },

@@ -355,13 +355,17 @@ export class SessionService {
    * `authenticate`, with what a socket keeps of its token: the device's token generation it names
    * and when it expires (Unix ms). `unauthorized` for a missing, malformed, expired or revoked token,
    * or one of a user whose erasure has started (HTTP routes, the WebSocket upgrade, `auth` frames).
+   * `admit`, when given, runs once the token's signature and expiry are checked and before the
+   * database is read (the upgrade's connect budget, `Gateway`): what it throws is thrown.
    */
   async authenticateSession(
     accessToken: string,
+    admit?: (principal: Principal) => Promise<void>,
   ): Promise<{ principal: Principal; generation: number; expiresAt: number }> {
     const claims = await this.tokens.verify(accessToken);
     if (!claims) throw new DomainError("unauthorized", "access token is missing, malformed or expired");
     this.refuseErased(claims.userId);
+    await admit?.({ userId: claims.userId, deviceId: claims.deviceId });
     const generation = await this.devices.tokenGeneration(claims.userId, claims.deviceId);
     if (generation !== claims.generation) throw new DomainError("unauthorized", "access token was revoked");
     return {

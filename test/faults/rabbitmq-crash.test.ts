@@ -215,6 +215,7 @@ describe("RabbitMQ killed -9 under steady 1:1 and group traffic over three nodes
       PASSWORD_HASH_TIME_COST: "1",
       LOGIN_ATTEMPTS_PER_ADDRESS: "1000000",
       REGISTRATIONS_PER_ADDRESS: "1000000",
+      WS_CONNECTS_PER_DEVICE: "1000000",
     };
     // Three nodes starting together on one empty database (item 5's lock lets them all come up).
     nodes.push(...(await Promise.all(["f1", "f2", "f3"].map((id) => spawnNode(`${prefix}-${id}`, env)))));

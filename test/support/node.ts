@@ -74,6 +74,9 @@ export async function startTestNode(
     // budget is lifted (tests of the throttle set their own).
     LOGIN_ATTEMPTS_PER_ADDRESS: "1000000",
     REGISTRATIONS_PER_ADDRESS: "1000000",
+    // Suites reconnect one device in loops (replacement, churn, faults): the connect budget is
+    // lifted too (its own tests set it).
+    WS_CONNECTS_PER_DEVICE: "1000000",
     ...(database ? { DATABASE_URL: database.url } : {}),
     ...options.env,
   });

@@ -1,0 +1,101 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { type Api, api, loginDevice, registerAndLogin } from "../support/http.ts";
+import { startTestNode, type TestNode } from "../support/node.ts";
+import { TestSocket } from "../support/ws.ts";
+
+/**
+ * The answer to a WebSocket upgrade of `/v1/ws` with `token`, read off the wire: the status line and
+ * headers of a refusal, or 101 for an upgrade (the socket is then closed at once).
+ */
+async function upgradeStatus(
+  baseUrl: string,
+  token: string,
+): Promise<{ status: number; retryAfter?: string }> {
+  const { hostname, port } = new URL(baseUrl);
+  const request = [
+    "GET /v1/ws HTTP/1.1",
+    `Host: ${hostname}:${port}`,
+    "Connection: Upgrade",
+    "Upgrade: websocket",
+    "Sec-WebSocket-Version: 13",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    `Authorization: Bearer ${token}`,
+    "",
+    "",
+  ].join("\r\n");
+  let text = "";
+  const head = await new Promise<string>((resolve, reject) => {
+    void Bun.connect({
+      hostname,
+      port: Number(port),
+      socket: {
+        open: (socket) => {
+          socket.write(request);
+        },
+        data: (socket, chunk) => {
+          text += chunk.toString();
+          if (text.includes("\r\n\r\n")) {
+            socket.end();
+            resolve(text);
+          }
+        },
+        error: (_socket, error) => reject(error),
+        close: () => resolve(text),
+      },
+    }).catch(reject);
+  });
+  const status = Number(head.split(" ")[1]);
+  const retryAfter = /\r\nretry-after:\s*(\d+)/i.exec(head)?.[1];
+  return { status, retryAfter };
+}
+
+/** Opens and closes one socket of the device; resolves once the node has forgotten it. */
+async function connectOnce(node: TestNode, token: string): Promise<void> {
+  const socket = await TestSocket.open(node.url, token);
+  await socket.close();
+  const deadline = Date.now() + 5000;
+  while (node.gateway.connections > 0 && Date.now() < deadline) await Bun.sleep(5);
+}
+
+describe("WebSocket connect budgets (WS_CONNECTS_PER_DEVICE)", () => {
+  let node: TestNode;
+  let client: Api;
+
+  beforeAll(async () => {
+    node = await startTestNode("pglite", { env: { WS_CONNECTS_PER_DEVICE: "3" } });
+    client = api(node.url);
+  });
+  afterAll(() => node?.teardown());
+
+  test("a device's upgrades past its budget in a minute are refused 429 with Retry-After, before the token's device is read", async () => {
+    const me = await registerAndLogin(client);
+    for (let i = 0; i < 3; i++) await connectOnce(node, me.accessToken);
+    const refused = await upgradeStatus(node.url, me.accessToken);
+    expect(refused.status).toBe(429);
+    expect(Number(refused.retryAfter)).toBeGreaterThanOrEqual(1);
+    expect(Number(refused.retryAfter)).toBeLessThanOrEqual(60);
+    expect(node.gateway.connections).toBe(0);
+    // Revoked since: its token is refused by the database read (401) only within the budget. Past it
+    // the answer is still 429: the budget is spent before the database is read.
+    await node.sessions.revokeDevice(me.userId, me.deviceId);
+    expect((await upgradeStatus(node.url, me.accessToken)).status).toBe(429);
+    // Another device of the same account has its own budget.
+    const other = await loginDevice(client, me, { registrationId: 77 });
+    expect((await upgradeStatus(node.url, other.accessToken)).status).toBe(101);
+  });
+
+  test("an account's devices together connect at most ten devices' worth a minute", async () => {
+    const me = await registerAndLogin(client);
+    const tokens = [me.accessToken];
+    for (let i = 0; i < 10; i++)
+      tokens.push((await loginDevice(client, me, { registrationId: 100 + i })).accessToken);
+    // Ten devices spend the account's 30 (3 each); the eleventh device has budget of its own left.
+    for (const token of tokens.slice(0, 10)) for (let i = 0; i < 3; i++) await connectOnce(node, token);
+    const refused = await upgradeStatus(node.url, tokens[10] as string);
+    expect(refused.status).toBe(429);
+    expect(node.gateway.connections).toBe(0);
+    // Another account is not affected.
+    const bob = await registerAndLogin(client);
+    expect((await upgradeStatus(node.url, bob.accessToken)).status).toBe(101);
+  });
+});
