@@ -25,6 +25,16 @@ function expire(conn: DeviceConnection): void {
   conn.close(CloseCode.tokenExpired, "access token expired: refresh it and reconnect");
 }
 
+/**
+ * Bytes a drain of the offline queue lets wait in a socket's send buffer (Bun's, past what the
+ * kernel took) before it waits for the socket's `drain` event, and about the most one corked write
+ * of it adds: a reader slower than the server (a phone on a slow link) is fed at its pace, well
+ * under the gateway's `backpressureLimit` (4 MiB), which closes a socket that passes it. A drain
+ * that wrote its 256 envelopes at once (up to 64 MiB of 256 KiB ones) had such a reader closed
+ * after its first 4 MiB, on every reconnect (test/gateway/slow-reader-drain.test.ts).
+ */
+export const DRAIN_HIGH_WATER_BYTES = 1024 * 1024;
+
 /** The Bun socket type the gateway serves. */
 export type DeviceSocket = ServerWebSocket<SocketData>;
 
@@ -68,6 +78,8 @@ export class DeviceConnection {
   authChain: Promise<void> = SETTLED;
   private expiry: ReturnType<typeof setTimeout> | undefined;
   private frameBucket: TokenBucket | undefined;
+  /** A paced delivery waiting for Bun's `drain` event (or the close), if one is. */
+  private writableWaiter: (() => void) | undefined;
 
   constructor(
     readonly ws: DeviceSocket,
@@ -178,6 +190,53 @@ export class DeviceConnection {
     const now = Date.now();
     for (const envelope of envelopes) this.tallies.delivered(path, envelope.ts, now);
     return ok;
+  }
+
+  /**
+   * Delivers envelopes read from the offline queue, oldest first, at the reader's pace: corked
+   * writes of at most about DRAIN_HIGH_WATER_BYTES each, and before each one a wait until Bun's send
+   * buffer for the socket holds no more than that (`writable`). Resolves once every envelope was
+   * written, or when the socket closes (the rest were not: the drain gives what it took and the
+   * device did not ack back to the queue).
+   */
+  async deliverPaced(envelopes: readonly StoredEnvelope[], path: DeliveryPath): Promise<void> {
+    let next = 0;
+    while (next < envelopes.length) {
+      await this.writable();
+      if (this.state === "closed") return;
+      const first = next;
+      this.ws.cork(() => {
+        let bytes = 0;
+        while (next < envelopes.length && bytes < DRAIN_HIGH_WATER_BYTES) {
+          const text = JSON.stringify(messageFrame(envelopes[next] as StoredEnvelope));
+          bytes += text.length;
+          this.ws.send(text);
+          next++;
+        }
+      });
+      const now = Date.now();
+      for (let i = first; i < next; i++)
+        this.tallies.delivered(path, (envelopes[i] as StoredEnvelope).ts, now);
+    }
+  }
+
+  /** Resolves once the socket's send buffer holds at most DRAIN_HIGH_WATER_BYTES, or it closed. */
+  private async writable(): Promise<void> {
+    while (this.state !== "closed" && this.ws.getBufferedAmount() > DRAIN_HIGH_WATER_BYTES) {
+      await new Promise<void>((resolve) => {
+        this.writableWaiter = resolve;
+      });
+    }
+  }
+
+  /**
+   * Bun's `drain` event (the socket took some of its buffer) or the close: a paced delivery waiting
+   * for room looks again.
+   */
+  wake(): void {
+    const waiter = this.writableWaiter;
+    this.writableWaiter = undefined;
+    waiter?.();
   }
 
   /**

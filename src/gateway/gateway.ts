@@ -248,6 +248,8 @@ export class Gateway {
       // A socket the server is closing (revoked, expired, replaced) takes no frame any more.
       if (conn && !conn.isClosed() && !conn.closing) this.frames.handle(conn, message);
     },
+    // A drain of the offline queue waiting for room in this socket's buffer writes on.
+    drain: (ws) => this.byWs.get(ws)?.wake(),
     close: (ws) => this.closed(ws),
   };
 
@@ -432,7 +434,8 @@ export class Gateway {
         const erased = taken.filter((e) => this.fenced(e.senderUser));
         if (erased.length > 0) await drain.ack(erased);
         const batch = erased.length === 0 ? taken : taken.filter((e) => !this.fenced(e.senderUser));
-        if (batch.length > 0) conn.deliver(batch, "offline");
+        // At the reader's pace: all at once, a slow reader's socket passed the backpressure limit.
+        if (batch.length > 0) await conn.deliverPaced(batch, "offline");
       }
       // An existing queue that held nothing (left by an older version, or emptied before): remove it.
       if (conn.takeEmptiedQueue()) {
@@ -528,6 +531,7 @@ export class Gateway {
     if (!conn) return;
     conn.state = "closed";
     conn.stopExpiry();
+    conn.wake();
     this.options.registry.remove(conn);
     this.watchers.unwatch(conn);
     const { presence, messaging, nodeId, logger } = this.options;
