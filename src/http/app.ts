@@ -51,9 +51,54 @@ export interface AppDeps {
   addresses: ClientAddresses;
 }
 
+/** How long one readiness answer is given again to later `/readyz` requests (ms). */
+export const READINESS_REUSE_MS = 1000;
+
+/** What `/readyz` answers: each backing service's state, and whether all answer. */
+interface Readiness {
+  ready: boolean;
+  services: Record<string, "ok" | "unavailable">;
+}
+
+/**
+ * Runs the readiness checks for `/readyz`, shared: requests arriving while a round of checks is
+ * under way, or within READINESS_REUSE_MS after it ended, get that round's answer. `/readyz` takes
+ * no credentials, and each round is a database query and a Redis round trip: one per request let
+ * anyone queue thousands of them in front of the node's 10 database connections. A probe (the
+ * orchestrator's every few seconds) sees a state at most a second old.
+ */
+function sharedReadiness(checks: readonly ReadinessCheck[], logger: Logger): () => Promise<Readiness> {
+  let round: { answer: Promise<Readiness>; endedAt?: number } | undefined;
+  const run = async (): Promise<Readiness> => {
+    const results = await Promise.all(
+      checks.map(async ({ name, check }) => {
+        try {
+          await check();
+          return [name, "ok"] as const;
+        } catch (error) {
+          logger.warn({ err: error, service: name }, "readiness check failed");
+          return [name, "unavailable"] as const;
+        }
+      }),
+    );
+    return { ready: results.every(([, state]) => state === "ok"), services: Object.fromEntries(results) };
+  };
+  return () => {
+    const now = performance.now();
+    if (round && (round.endedAt === undefined || now - round.endedAt < READINESS_REUSE_MS)) return round.answer;
+    const current: { answer: Promise<Readiness>; endedAt?: number } = { answer: run() };
+    round = current;
+    void current.answer.finally(() => {
+      current.endedAt = performance.now();
+    });
+    return current.answer;
+  };
+}
+
 /** The public listener's Elysia app: protocol routes, protocol errors, request metrics. */
 export function createApp(deps: AppDeps) {
   const { logger, metrics } = deps;
+  const readiness = sharedReadiness(deps.readiness, logger);
   const started = new WeakMap<Request, number>();
   const bodies = jsonBodyGate();
   const app = new Elysia({ name: "clearbox.public", normalize: false })
@@ -87,20 +132,9 @@ export function createApp(deps: AppDeps) {
     })
     .get("/healthz", () => ({ status: "ok" }))
     .get("/readyz", async ({ set }) => {
-      const results = await Promise.all(
-        deps.readiness.map(async ({ name, check }) => {
-          try {
-            await check();
-            return [name, "ok"] as const;
-          } catch (error) {
-            logger.warn({ err: error, service: name }, "readiness check failed");
-            return [name, "unavailable"] as const;
-          }
-        }),
-      );
-      const ready = results.every(([, state]) => state === "ok");
+      const { ready, services } = await readiness();
       if (!ready) set.status = 503;
-      return { status: ready ? "ok" : "unavailable", services: Object.fromEntries(results) };
+      return { status: ready ? "ok" : "unavailable", services };
     })
     .use(accountRoutes(deps.accounts, deps.addresses))
     .use(sessionRoutes(deps.sessions, deps.addresses))
