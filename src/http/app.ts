@@ -85,7 +85,8 @@ function sharedReadiness(checks: readonly ReadinessCheck[], logger: Logger): () 
   };
   return () => {
     const now = performance.now();
-    if (round && (round.endedAt === undefined || now - round.endedAt < READINESS_REUSE_MS)) return round.answer;
+    if (round && (round.endedAt === undefined || now - round.endedAt < READINESS_REUSE_MS))
+      return round.answer;
     const current: { answer: Promise<Readiness>; endedAt?: number } = { answer: run() };
     round = current;
     void current.answer.finally(() => {

@@ -3,8 +3,8 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import { DRAIN_HIGH_WATER_BYTES } from "../../src/gateway/connection.ts";
 import type { SocketRegistry } from "../../src/gateway/socket-registry.ts";
-import { api, registerAndLogin } from "../support/http.ts";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
+import { api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
 import { TestSocket } from "../support/ws.ts";
 
