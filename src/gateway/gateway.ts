@@ -73,8 +73,8 @@ export const DEFAULT_CONNECTS_PER_DEVICE = 60;
  * devices' worth for all the devices of one account (an account may have 127, each a login away).
  * A connect costs the node far more than a frame (the token's device read, the presence lease, the
  * user actor told, the offline queue opened and read, and the same bookkeeping again at the close:
- * about 2.75 CPU-ms on the embedded default), and frames are budgeted while connects were not: one
- * account's eight devices opening and closing sockets in a loop took 0.8 of a core (docs/PROTOCOL.md,
+ * about 2.3 CPU-ms on the embedded default), and frames are budgeted while connects were not: one
+ * account's eight devices opening and closing sockets in a loop took more than a core (docs/PROTOCOL.md,
  * "Connect budget"). A reconnecting client backs off from 0.5 s (the SDK's Messenger), so 60 a
  * minute is never reached by one device that is only flapping.
  */
