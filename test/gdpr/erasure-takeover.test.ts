@@ -2,13 +2,12 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { sql } from "drizzle-orm";
-import { rowsOf } from "../../src/db/index.ts";
 import { SimulatedCrash } from "../../src/gdpr/erasure.ts";
 import { verifyReceipt } from "../../src/protocol/erasure-receipt.ts";
 import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { type Api, api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
-import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
+import { createTestDatabase, lockWaiters, type TestDatabase } from "../support/postgres.ts";
 import { waitUntil } from "../support/ws.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
@@ -131,15 +130,7 @@ describe("an erasure whose node dies in a running cluster", () => {
       expect(answer.status).toBe(202);
       erasureId = ((await answer.json()) as { erasureId: string }).erasureId;
       await waitUntil(
-        async () => {
-          const [row] = rowsOf<{ n: number }>(
-            await b.database.db.execute(
-              sql`select count(*)::int as n from pg_stat_activity
-                  where wait_event_type = 'Lock' and datname = current_database()`,
-            ),
-          );
-          return (row?.n ?? 0) > 0;
-        },
+        async () => (await lockWaiters(b.database.db)) > 0,
         "the erasure to wait for the account's row",
         10_000,
       );

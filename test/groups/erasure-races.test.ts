@@ -3,6 +3,7 @@ import { sql } from "drizzle-orm";
 import { rowsOf } from "../../src/db/index.ts";
 import { type Api, api, type Reply, registerAndLogin } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
+import { untilLockWaiters } from "../support/postgres.ts";
 
 /** The advisory lock class and bucket count of src/groups/invitee-lock.ts (invitations to a user). */
 const INVITEE_LOCK_CLASS = 0x696e_7669;
@@ -30,22 +31,6 @@ describe("groups and an erasure racing (PostgreSQL)", () => {
   });
   afterAll(() => node?.teardown());
 
-  /** Statements of this database waiting for a lock. */
-  async function waiting(): Promise<number> {
-    const [row] = rowsOf<{ n: number }>(
-      await node.database.db.execute(
-        sql`select count(*)::int as n from pg_stat_activity
-            where wait_event_type = 'Lock' and datname = current_database()`,
-      ),
-    );
-    return row?.n ?? 0;
-  }
-
-  async function untilWaiting(n: number): Promise<void> {
-    for (let i = 0; i < 400 && (await waiting()) < n; i++) await Bun.sleep(25);
-    expect(await waiting()).toBeGreaterThanOrEqual(n);
-  }
-
   /** Groups with no admin among their members (a group with no member at all included). */
   async function adminless(): Promise<string[]> {
     const rows = rowsOf<{ id: string }>(
@@ -70,10 +55,10 @@ describe("groups and an erasure racing (PostgreSQL)", () => {
         creator.accessToken,
       );
       // The creation holds the creator's account row and waits for the invitee's lock.
-      await untilWaiting(1);
+      await untilLockWaiters(node.database.db, 1);
       erasureId = await node.gdpr.erasures.start(creator.userId, "admin");
       // The erasure reaches the account and waits for the creation.
-      await untilWaiting(2);
+      await untilLockWaiters(node.database.db, 2);
     });
     const created = await (creating as Promise<Reply>);
     await node.gdpr.erasures.settled(erasureId);
@@ -100,7 +85,7 @@ describe("groups and an erasure racing (PostgreSQL)", () => {
     await node.database.db.transaction(async (tx) => {
       await tx.execute(sql`select id from groups where id = ${groupId} for update`);
       inviting = client.post(`/v1/groups/${groupId}/members`, { userId: invitee.userId }, admin.accessToken);
-      await untilWaiting(1);
+      await untilLockWaiters(node.database.db, 1);
       // As the erasure's `postgres` step would, after the invitation checked the user exists.
       await tx.execute(sql`delete from accounts where id = ${invitee.userId}`);
     });

@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
-import { rowsOf } from "../../src/db/index.ts";
 import { type Api, api, registerAndLogin } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
+import { untilLockWaiters } from "../support/postgres.ts";
 
 type Session = Awaited<ReturnType<typeof registerAndLogin>>;
 
@@ -37,17 +37,6 @@ describe("group admin rights checked under the group's lock (PostgreSQL)", () =>
     return groupId;
   }
 
-  /** Statements of this database waiting for a lock. */
-  async function waiting(): Promise<number> {
-    const [row] = rowsOf<{ n: number }>(
-      await node.database.db.execute(
-        sql`select count(*)::int as n from pg_stat_activity
-            where wait_event_type = 'Lock' and datname = current_database()`,
-      ),
-    );
-    return row?.n ?? 0;
-  }
-
   /**
    * Runs `call` while this test holds the group's row lock, and once `call` waits for it, takes
    * `admin` out of the group (as their leaving would: `other` becomes admin) and commits.
@@ -62,8 +51,7 @@ describe("group admin rights checked under the group's lock (PostgreSQL)", () =>
     await node.database.db.transaction(async (tx) => {
       await tx.execute(sql`select id from groups where id = ${groupId} for update`);
       pending = call();
-      for (let i = 0; i < 200 && (await waiting()) === 0; i++) await Bun.sleep(25);
-      expect(await waiting()).toBeGreaterThan(0);
+      await untilLockWaiters(node.database.db, 1, 200);
       await tx.execute(
         sql`delete from group_members where group_id = ${groupId} and user_id = ${admin.userId}`,
       );

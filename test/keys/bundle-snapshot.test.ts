@@ -1,6 +1,4 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { sql } from "drizzle-orm";
-import { rowsOf } from "../../src/db/index.ts";
 import { KEY_FETCH_LIMITS, KeyService } from "../../src/keys/service.ts";
 import {
   MemoryRateLimiter,
@@ -10,6 +8,7 @@ import {
 } from "../../src/ratelimit/index.ts";
 import { type Api, api, registerAndLogin } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
+import { lockWaiters } from "../support/postgres.ts";
 import { validUpload } from "./fixtures.ts";
 
 /**
@@ -70,16 +69,6 @@ describe("a key fetch crossing an identity change (PostgreSQL)", () => {
   });
   afterAll(() => node?.teardown());
 
-  async function waiting(): Promise<number> {
-    const [row] = rowsOf<{ n: number }>(
-      await node.database.db.execute(
-        sql`select count(*)::int as n from pg_stat_activity
-            where wait_event_type = 'Lock' and datname = current_database()`,
-      ),
-    );
-    return row?.n ?? 0;
-  }
-
   test("the bundle's one-time keys were uploaded under the identity key it hands out", async () => {
     const target = await registerAndLogin(client);
     const requester = await registerAndLogin(client);
@@ -101,7 +90,8 @@ describe("a key fetch crossing an identity change (PostgreSQL)", () => {
       uploaded = true;
       return reply;
     });
-    for (let i = 0; i < 400 && !uploaded && (await waiting()) === 0; i++) await Bun.sleep(25);
+    for (let i = 0; i < 400 && !uploaded && (await lockWaiters(node.database.db)) === 0; i++)
+      await Bun.sleep(25);
     limiter.openGate();
     const bundle = await fetching;
     expect((await uploading).status).toBe(204);

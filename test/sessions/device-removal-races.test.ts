@@ -4,6 +4,7 @@ import { sql } from "drizzle-orm";
 import { rowsOf } from "../../src/db/index.ts";
 import { type Api, api, loginDevice, registerAndLogin } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
+import { untilLockWaiters } from "../support/postgres.ts";
 import { TestSocket } from "../support/ws.ts";
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
@@ -26,17 +27,6 @@ describe("a send racing the removal of a recipient device (PostgreSQL)", () => {
     client = api(node.url);
   });
   afterAll(() => node?.teardown());
-
-  /** Statements of this database waiting for a lock. */
-  async function waiting(): Promise<number> {
-    const [row] = rowsOf<{ n: number }>(
-      await node.database.db.execute(
-        sql`select count(*)::int as n from pg_stat_activity
-            where wait_event_type = 'Lock' and datname = current_database()`,
-      ),
-    );
-    return row?.n ?? 0;
-  }
 
   /** Envelope rows for one device of a user. */
   async function rowsFor(userId: string, deviceId: number): Promise<number> {
@@ -73,8 +63,7 @@ describe("a send racing the removal of a recipient device (PostgreSQL)", () => {
             body: b64("for the phone"),
           })),
         });
-        for (let i = 0; i < 400 && (await waiting()) === 0; i++) await Bun.sleep(25);
-        expect(await waiting()).toBeGreaterThan(0);
+        await untilLockWaiters(node.database.db);
         removed = (await client.delete(`/v1/devices/${phone.deviceId}`, bob.accessToken)).status;
         throw new Rollback();
       })
@@ -112,8 +101,7 @@ describe("a send racing the removal of a recipient device (PostgreSQL)", () => {
           to: { group: groupId },
           message: { type: 7, body: b64("for the phone") },
         });
-        for (let i = 0; i < 400 && (await waiting()) === 0; i++) await Bun.sleep(25);
-        expect(await waiting()).toBeGreaterThan(0);
+        await untilLockWaiters(node.database.db);
         removed = (await client.delete(`/v1/devices/${phone.deviceId}`, bob.accessToken)).status;
         throw new Rollback();
       })
@@ -170,8 +158,7 @@ describe("a send racing the removal of a recipient device, with a storage quota 
           to: { user: bob.userId },
           messages: [1, phone.deviceId].map((deviceId) => ({ deviceId, type: 3, body })),
         });
-        for (let i = 0; i < 400 && (await waitingFor(node)) === 0; i++) await Bun.sleep(25);
-        expect(await waitingFor(node)).toBeGreaterThan(0);
+        await untilLockWaiters(node.database.db);
         removed = (await client.delete(`/v1/devices/${phone.deviceId}`, bob.accessToken)).status;
         throw new Rollback();
       })
@@ -198,16 +185,5 @@ describe("a send racing the removal of a recipient device, with a storage quota 
     socket.close();
   });
 });
-
-/** Statements of the node's database waiting for a lock. */
-async function waitingFor(node: TestNode): Promise<number> {
-  const [row] = rowsOf<{ n: number }>(
-    await node.database.db.execute(
-      sql`select count(*)::int as n from pg_stat_activity
-          where wait_event_type = 'Lock' and datname = current_database()`,
-    ),
-  );
-  return row?.n ?? 0;
-}
 
 class Rollback extends Error {}

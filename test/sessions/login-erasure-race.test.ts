@@ -3,6 +3,7 @@ import { sql } from "drizzle-orm";
 import { rowsOf } from "../../src/db/index.ts";
 import { type Api, api, type Reply, registerAndLogin } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
+import { untilLockWaiters } from "../support/postgres.ts";
 
 /**
  * A login that makes a new device while the account is erased (on another node, whose fence had
@@ -23,16 +24,6 @@ describe("a login racing the erasure of its account (PostgreSQL)", () => {
   });
   afterAll(() => node?.teardown());
 
-  async function waiting(): Promise<number> {
-    const [row] = rowsOf<{ n: number }>(
-      await node.database.db.execute(
-        sql`select count(*)::int as n from pg_stat_activity
-            where wait_event_type = 'Lock' and datname = current_database()`,
-      ),
-    );
-    return row?.n ?? 0;
-  }
-
   test("is refused 401 with nothing written, not a 500", async () => {
     const bob = await registerAndLogin(client);
     let login: Promise<Reply> | undefined;
@@ -43,8 +34,7 @@ describe("a login racing the erasure of its account (PostgreSQL)", () => {
         password: bob.password,
         registrationId: 77,
       });
-      for (let i = 0; i < 400 && (await waiting()) === 0; i++) await Bun.sleep(25);
-      expect(await waiting()).toBeGreaterThan(0);
+      await untilLockWaiters(node.database.db);
       await tx.execute(sql`delete from accounts where id = ${bob.userId}`);
     });
     const answer = await (login as Promise<Reply>);

@@ -1,5 +1,8 @@
+import { expect } from "bun:test";
 import { randomBytes } from "node:crypto";
+import { type SQL, sql } from "drizzle-orm";
 import postgres from "postgres";
+import { rowsOf } from "../../src/db/index.ts";
 
 /** The server tests create their databases on; its own database is never written to. */
 export const TEST_POSTGRES_URL =
@@ -33,4 +36,32 @@ export async function createTestDatabase(): Promise<TestDatabase> {
       }
     },
   };
+}
+
+/** What `lockWaiters` queries: a node's drizzle database (`node.database.db`). */
+interface Executes {
+  execute(query: SQL): Promise<unknown>;
+}
+
+/**
+ * How many statements of `db`'s database wait for a lock now (`pg_stat_activity`, wait event type
+ * `Lock`): how a race test knows the operation it started has reached the lock the test holds.
+ */
+export async function lockWaiters(db: Executes): Promise<number> {
+  const [row] = rowsOf<{ n: number }>(
+    await db.execute(
+      sql`select count(*)::int as n from pg_stat_activity
+          where wait_event_type = 'Lock' and datname = current_database()`,
+    ),
+  );
+  return row?.n ?? 0;
+}
+
+/**
+ * Polls `lockWaiters(db)` every 25 ms until at least `n` statements wait (at most `tries` polls),
+ * then asserts that they do, so a test never goes on before its racing operation is parked.
+ */
+export async function untilLockWaiters(db: Executes, n = 1, tries = 400): Promise<void> {
+  for (let i = 0; i < tries && (await lockWaiters(db)) < n; i++) await Bun.sleep(25);
+  expect(await lockWaiters(db)).toBeGreaterThanOrEqual(n);
 }
