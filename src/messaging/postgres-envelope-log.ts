@@ -130,6 +130,33 @@ export interface PostgresLogOptions {
   expandInBackground?: boolean;
 }
 
+/** What `metadataOf` and `metadataPage` read: every column but the ciphertext. */
+const METADATA_COLUMNS = {
+  id: envelopes.id,
+  senderUser: envelopes.senderUser,
+  senderDevice: envelopes.senderDevice,
+  recipientUser: envelopes.recipientUser,
+  recipientDevice: envelopes.recipientDevice,
+  groupId: envelopes.groupId,
+  ts: envelopes.ts,
+  state: envelopes.state,
+};
+
+/** An `envelopes` row as the log hands it out (`undelivered`, `undeliveredPage`): the body base64. */
+function toStoredEnvelope(r: typeof envelopes.$inferSelect): StoredEnvelope {
+  return {
+    id: r.id,
+    senderUser: r.senderUser,
+    senderDevice: r.senderDevice,
+    recipientUser: r.recipientUser,
+    recipientDevice: r.recipientDevice,
+    groupId: r.groupId,
+    ts: r.ts,
+    type: r.type,
+    body: r.body ? Buffer.from(r.body).toString("base64") : "",
+  };
+}
+
 /**
  * The envelope log in PostgreSQL or PGlite (drizzle), appending and acking with group commit.
  *
@@ -387,17 +414,7 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       )
       .orderBy(asc(envelopes.seq))
       .limit(options.limit ?? 10_000);
-    return rows.map((r) => ({
-      id: r.id,
-      senderUser: r.senderUser,
-      senderDevice: r.senderDevice,
-      recipientUser: r.recipientUser,
-      recipientDevice: r.recipientDevice,
-      groupId: r.groupId,
-      ts: r.ts,
-      type: r.type,
-      body: r.body ? Buffer.from(r.body).toString("base64") : "",
-    }));
+    return rows.map(toStoredEnvelope);
   }
 
   async markQueued(
@@ -515,16 +532,7 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
   async metadataOf(userId: string, limit = 100_000): Promise<EnvelopeMetadata[]> {
     await this.expand();
     const rows = await this.db
-      .select({
-        id: envelopes.id,
-        senderUser: envelopes.senderUser,
-        senderDevice: envelopes.senderDevice,
-        recipientUser: envelopes.recipientUser,
-        recipientDevice: envelopes.recipientDevice,
-        groupId: envelopes.groupId,
-        ts: envelopes.ts,
-        state: envelopes.state,
-      })
+      .select(METADATA_COLUMNS)
       .from(envelopes)
       .where(or(eq(envelopes.senderUser, userId), eq(envelopes.recipientUser, userId)))
       .orderBy(asc(envelopes.seq))
@@ -555,17 +563,7 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       .orderBy(asc(envelopes.seq))
       .limit(limit);
     return {
-      rows: rows.map((r) => ({
-        id: r.id,
-        senderUser: r.senderUser,
-        senderDevice: r.senderDevice,
-        recipientUser: r.recipientUser,
-        recipientDevice: r.recipientDevice,
-        groupId: r.groupId,
-        ts: r.ts,
-        type: r.type,
-        body: r.body ? Buffer.from(r.body).toString("base64") : "",
-      })),
+      rows: rows.map(toStoredEnvelope),
       next: rows.length >= limit ? (rows.at(-1)?.seq ?? null) : null,
     };
   }
@@ -577,17 +575,7 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
   ): Promise<LogPage<EnvelopeMetadata>> {
     if (after === null) await this.expand();
     const rows = await this.db
-      .select({
-        seq: envelopes.seq,
-        id: envelopes.id,
-        senderUser: envelopes.senderUser,
-        senderDevice: envelopes.senderDevice,
-        recipientUser: envelopes.recipientUser,
-        recipientDevice: envelopes.recipientDevice,
-        groupId: envelopes.groupId,
-        ts: envelopes.ts,
-        state: envelopes.state,
-      })
+      .select({ seq: envelopes.seq, ...METADATA_COLUMNS })
       .from(envelopes)
       .where(
         and(
