@@ -4,6 +4,7 @@ import type { Db } from "../db/index.ts";
 import { envelopes } from "../db/schema.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 import type { EnvelopeLog } from "./envelope-log.ts";
+import { toStoredEnvelope } from "./postgres-envelope-log.ts";
 
 const BATCH = 5000;
 
@@ -18,17 +19,7 @@ export async function adoptPgliteLog(db: Db, log: EnvelopeLog): Promise<number> 
   for (;;) {
     const rows = await db.select().from(envelopes).orderBy(asc(envelopes.seq)).limit(BATCH);
     if (rows.length === 0) return moved;
-    const batch: StoredEnvelope[] = rows.map((r) => ({
-      id: r.id,
-      senderUser: r.senderUser,
-      senderDevice: r.senderDevice,
-      recipientUser: r.recipientUser,
-      recipientDevice: r.recipientDevice,
-      groupId: r.groupId,
-      ts: r.ts,
-      type: r.type,
-      body: r.body ? Buffer.from(r.body).toString("base64") : "",
-    }));
+    const batch: StoredEnvelope[] = rows.map(toStoredEnvelope);
     await log.append(batch);
     for (const state of ["queued", "acked"] as const) {
       // Each row by id and sender device: another sender's row with the same id keeps its own state.

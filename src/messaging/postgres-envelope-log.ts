@@ -142,8 +142,8 @@ const METADATA_COLUMNS = {
   state: envelopes.state,
 };
 
-/** An `envelopes` row as the log hands it out (`undelivered`, `undeliveredPage`): the body base64. */
-function toStoredEnvelope(r: typeof envelopes.$inferSelect): StoredEnvelope {
+/** An `envelopes` row as the log hands it out (`undelivered`, `undeliveredPage`, the PGlite log's adoption): the body base64. */
+export function toStoredEnvelope(r: typeof envelopes.$inferSelect): StoredEnvelope {
   return {
     id: r.id,
     senderUser: r.senderUser,
