@@ -2,10 +2,10 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { Value } from "@sinclair/typebox/value";
 import { and, eq, lt, sql } from "drizzle-orm";
 import { AccountModel } from "../accounts/model.ts";
-import type { AuditTrail } from "../audit/types.ts";
+import type { AuditEvent, AuditTrail } from "../audit/types.ts";
 import type { OidcConfig } from "../config/oidc.ts";
 import { isUniqueViolation } from "../db/errors.ts";
-import type { Db } from "../db/index.ts";
+import type { Db, Tx } from "../db/index.ts";
 import { accounts, oidcIdentities, oidcLogoutTokens, oidcSignInCodes } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import type { Logger } from "../observability/logger.ts";
@@ -252,7 +252,9 @@ export class OidcService {
    * Handles a back-channel logout request (OIDC Back-Channel Logout 1.0 §2.5-2.8): validates the
    * logout token, refuses a replayed `jti`, and revokes every device of the user linked to (iss,
    * sub): tokens and live sockets. An unknown subject is a success (nothing to end). `invalid`
-   * (400) for a token that does not validate or is replayed.
+   * (400) for a token that does not validate or is replayed. The `jti`, the revocation and its
+   * `oidc.logout` audit entry commit in one transaction: a failure (the audit write's too) keeps
+   * none of them, so the provider's retry of the same token is not refused as a replay.
    */
   async backChannelLogout(logoutToken: string): Promise<{ devices: number }> {
     const token = await this.deps.rp.verifyLogoutToken(logoutToken);
@@ -262,39 +264,43 @@ export class OidcService {
     }
     const { db } = this.deps;
     await db.delete(oidcLogoutTokens).where(lt(oidcLogoutTokens.expiresAt, new Date()));
-    const fresh = await db
-      .insert(oidcLogoutTokens)
-      .values({ issuer: token.issuer, jti: token.jti, expiresAt: token.replayUntil })
-      .onConflictDoNothing()
-      .returning({ jti: oidcLogoutTokens.jti });
-    if (fresh.length === 0) throw new DomainError("invalid", "logout_token was already used (jti replay)");
+    const spendJti = async (tx: Db) => {
+      const fresh = await tx
+        .insert(oidcLogoutTokens)
+        .values({ issuer: token.issuer, jti: token.jti, expiresAt: token.replayUntil })
+        .onConflictDoNothing()
+        .returning({ jti: oidcLogoutTokens.jti });
+      if (fresh.length === 0) throw new DomainError("invalid", "logout_token was already used (jti replay)");
+    };
     const userId = await this.linkedUser(token.issuer, token.subject);
-    if (!userId) return { devices: 0 };
-    const devices = await this.revokeEverywhere(userId);
-    await this.deps.audit?.record({
+    if (!userId) {
+      await spendJti(db);
+      return { devices: 0 };
+    }
+    const devices = await this.revokeEverywhere(userId, spendJti, (revoked) => ({
       action: "oidc.logout",
       actor: "system",
       subject: userId,
-      details: { via: "backchannel", devices },
-    });
+      details: { via: "backchannel", devices: revoked.length },
+    }));
     return { devices };
   }
 
   /**
    * The admin's deprovisioning call for providers without back-channel logout: revokes every
    * device (tokens and live sockets) of the account linked to `subject` at the configured issuer.
-   * `not_found` when no account is linked to it.
+   * `not_found` when no account is linked to it. The revocation and its `oidc.logout` audit entry
+   * commit together or not at all.
    */
   async logoutSubject(subject: string): Promise<{ userId: string; devices: number }> {
     const userId = await this.linkedUser(this.config.issuer, subject);
     if (!userId) throw new DomainError("not_found", "no account is linked to that subject");
-    const devices = await this.revokeEverywhere(userId);
-    await this.deps.audit?.record({
+    const devices = await this.revokeEverywhere(userId, undefined, (revoked) => ({
       action: "oidc.logout",
       actor: "admin",
       subject: userId,
-      details: { via: "admin", devices },
-    });
+      details: { via: "admin", devices: revoked.length },
+    }));
     return { userId, devices };
   }
 
@@ -322,7 +328,8 @@ export class OidcService {
   /**
    * The account linked to (iss, sub), or a new one provisioned from the username claim. Never
    * links by username or e-mail: a username already taken (by a password account or another
-   * subject) is refused with `conflict`, and nothing is created.
+   * subject) is refused with `conflict`, and nothing is created. The account, its link and its
+   * `oidc.provision` audit entry commit together or not at all.
    */
   private async accountFor(identity: VerifiedIdentity): Promise<string> {
     const { db, audit } = this.deps;
@@ -334,6 +341,12 @@ export class OidcService {
         .where(and(eq(oidcIdentities.issuer, identity.issuer), eq(oidcIdentities.subject, identity.subject)));
       return known;
     }
+    const provisioned = (userId: string): AuditEvent => ({
+      action: "oidc.provision",
+      actor: { user: userId },
+      subject: userId,
+      details: {},
+    });
     const claim = this.config.usernameClaim;
     const username = identity.claims[claim];
     if (typeof username !== "string") {
@@ -348,6 +361,7 @@ export class OidcService {
         `the ${claim} claim does not fit ClearBox's username rule (3-32 of a-z 0-9 _ . -); ask the operator`,
       );
     }
+    let audited = false;
     try {
       const userId = await db.transaction(async (tx) => {
         const [account] = await tx
@@ -357,14 +371,15 @@ export class OidcService {
         await tx
           .insert(oidcIdentities)
           .values({ issuer: identity.issuer, subject: identity.subject, userId: account.id });
+        // Last in the provisioning's own transaction: no account without its entry.
+        if (audit?.recordIn) {
+          await audit.recordIn(tx, [provisioned(account.id)]);
+          audited = true;
+        }
         return account.id;
       });
-      await audit?.record({
-        action: "oidc.provision",
-        actor: { user: userId },
-        subject: userId,
-        details: {},
-      });
+      // A trail that cannot write inside the transaction: recorded after the commit.
+      if (!audited) await audit?.record(provisioned(userId));
       return userId;
     } catch (error) {
       if (!isUniqueViolation(error)) throw error;
@@ -414,11 +429,16 @@ export class OidcService {
   }
 
   /**
-   * Revokes every device's tokens in one transaction; `SessionService.revokeAccount` then closes
-   * their sockets wherever they are (4401). Returns how many devices.
+   * Revokes every device's tokens in one transaction, `first` run first in it and the `audit` entry
+   * written last (`SessionService.revokeAccount`), which then closes their sockets wherever they are
+   * (4401). Returns how many devices.
    */
-  private async revokeEverywhere(userId: string): Promise<number> {
-    const devices = await this.deps.sessions.revokeAccount(userId);
+  private async revokeEverywhere(
+    userId: string,
+    first: ((tx: Tx) => Promise<void>) | undefined,
+    audit: (revoked: number[]) => AuditEvent,
+  ): Promise<number> {
+    const devices = await this.deps.sessions.revokeAccount(userId, { first, audit });
     this.deps.logger.info({ devices: devices.length }, "oidc logout revoked every device of a user");
     return devices.length;
   }

@@ -1,7 +1,7 @@
 import { and, eq, isNull, ne, sql } from "drizzle-orm";
 import { settledWithin } from "../../actors/index.ts";
 import type { AccountService } from "../accounts/service.ts";
-import type { AuditTrail } from "../audit/types.ts";
+import type { AuditEvent, AuditTrail } from "../audit/types.ts";
 import type { Db, Tx } from "../db/index.ts";
 import { accounts, devices, refreshTokens } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
@@ -198,26 +198,29 @@ export class SessionService {
     } else if ((await this.devices.tokenGeneration(userId, deviceId)) === undefined) {
       throw new DomainError("not_found", `device ${deviceId} does not exist`);
     }
+    const event: AuditEvent = {
+      action: "session.login",
+      actor: { user: userId },
+      subject: userId,
+      details: {
+        deviceId,
+        newDevice: created,
+        ...(method === "password" ? {} : { method }),
+      },
+    };
     let tokens: SessionTokens;
+    let audited: boolean;
     try {
       await this.devices.touch(userId, deviceId);
-      tokens = await this.issue(userId, deviceId, verifiedHash);
+      ({ tokens, audited } = await this.issue(userId, deviceId, verifiedHash, event));
     } catch (error) {
       // A device created for this login and refused its tokens (the password changed since it was
       // checked) would stay without a session, holding one of the account's 127 ids: it goes.
       if (created) await this.devices.remove(userId, deviceId).catch(() => undefined);
       throw error;
     }
-    await this.audit?.record({
-      action: "session.login",
-      actor: { user: userId },
-      subject: userId,
-      details: {
-        deviceId,
-        newDevice: device.deviceId === undefined,
-        ...(method === "password" ? {} : { method }),
-      },
-    });
+    // A trail that cannot write inside the transaction: recorded after the commit.
+    if (!audited) await this.audit?.record(event);
     return tokens;
   }
 
@@ -318,6 +321,8 @@ export class SessionService {
         const { userId, deviceId, generation, issuedAt, refreshToken: next } = outcome;
         // A spent token honoured within the grace window: most likely the client's own crossing
         // refreshes, but also what a copied token presented soon after the owner's would look like.
+        // Recorded after the transaction, which wrote nothing (the spend was an earlier one's), and
+        // before the tokens are handed out: a failed write or a node dying here hands out nothing.
         if (outcome.replayed)
           await this.audit?.record({
             action: "session.refresh_replayed",
@@ -335,8 +340,8 @@ export class SessionService {
       case "erased":
         throw new DomainError("unauthorized", ERASED);
       case "reused":
-        await this.revokeDevice(outcome.userId, outcome.deviceId);
-        await this.audit?.record({
+        // The reuse's detection wrote nothing; its revocation and entry commit together.
+        await this.revokeDevice(outcome.userId, outcome.deviceId, {
           action: "session.refresh_reused",
           actor: "system",
           subject: outcome.userId,
@@ -397,15 +402,23 @@ export class SessionService {
    * meanwhile re-checks its token's generation once its presence lease is written, so it either is
    * found by the close or sees the revocation. A close that fails is logged, not thrown: the tokens
    * are revoked, and the revalidation (`SocketRevalidation`) closes what the close missed.
+   * `event`, when given: the audit entry of the revocation, written last in its transaction (a
+   * failed audit write revokes nothing and is thrown).
    */
-  async revokeDevice(userId: string, deviceId: number): Promise<void> {
+  async revokeDevice(userId: string, deviceId: number, event?: AuditEvent): Promise<void> {
     // One transaction, the device row first. A refresh or login issuing for this device holds that
     // row (FOR SHARE, `refresh` and `issue`) until it commits: either it committed before this
     // UPDATE got the row, and the DELETE (a statement started after) sees and deletes its token, or
     // it waits for this commit and then finds its refresh token gone or the account's password
     // changed. As two autocommit statements, a successor committed between them outlived the
     // revocation (test/sessions/issuance-race.test.ts).
-    const generation = await this.db.transaction((tx) => this.revokeTokens(tx, userId, deviceId));
+    let audited = false;
+    const generation = await this.db.transaction(async (tx) => {
+      const bumped = await this.revokeTokens(tx, userId, deviceId);
+      if (event) audited = await this.recordIn(tx, event);
+      return bumped;
+    });
+    if (event && !audited) await this.audit?.record(event);
     await this.closeRevoked(userId, [{ deviceId, generationBelow: generation }]);
   }
 
@@ -413,12 +426,25 @@ export class SessionService {
    * Revokes every access and refresh token of every device of the account in one transaction (the
    * account row first, as a password change takes it), then closes their sockets on every node
    * (4401) as `revokeDevice` does. Returns the ids of the devices revoked (none for an unknown user).
+   * `options.first` runs first in that transaction (what it throws rolls everything back and is
+   * thrown); `options.audit` makes the revocation's audit entry from the ids revoked, written last
+   * in the transaction (a failed audit write revokes nothing and is thrown).
    */
-  async revokeAccount(userId: string): Promise<number[]> {
+  async revokeAccount(
+    userId: string,
+    options: { first?: (tx: Tx) => Promise<void>; audit?: (revoked: number[]) => AuditEvent } = {},
+  ): Promise<number[]> {
+    let event: AuditEvent | undefined;
+    let audited = false;
     const revoked = await this.db.transaction(async (tx) => {
+      await options.first?.(tx);
       await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId)).for("update");
-      return this.revokeDevicesOf(tx, userId);
+      const devicesRevoked = await this.revokeDevicesOf(tx, userId);
+      event = options.audit?.(devicesRevoked.map((device) => device.deviceId));
+      if (event) audited = await this.recordIn(tx, event);
+      return devicesRevoked;
     });
+    if (event && !audited) await this.audit?.record(event);
     await this.closeRevoked(
       userId,
       revoked.map(({ deviceId, generation }) => ({ deviceId, generationBelow: generation })),
@@ -467,19 +493,18 @@ export class SessionService {
       generation,
       (tx) => this.accounts.storePasswordChange(tx, principal.userId, change),
       input.logoutDevices !== false,
+      (revokedOthers) => ({
+        action: "account.password_changed",
+        actor: { user: principal.userId },
+        subject: principal.userId,
+        details: { deviceId: principal.deviceId, revokedDevices: revokedOthers.length },
+      }),
     );
     await this.closeRevoked(
       principal.userId,
       others.map(({ deviceId, generation }) => ({ deviceId, generationBelow: generation })),
     );
-    const revoked = others.map((device) => device.deviceId);
-    await this.audit?.record({
-      action: "account.password_changed",
-      actor: { user: principal.userId },
-      subject: principal.userId,
-      details: { deviceId: principal.deviceId, revokedDevices: revoked.length },
-    });
-    return { tokens, revoked };
+    return { tokens, revoked: others.map((device) => device.deviceId) };
   }
 
   /**
@@ -494,23 +519,31 @@ export class SessionService {
    * or the password changed (a login). The new refresh token is written after the DELETE, so it is
    * the device's only one. `unauthorized` when the device is gone (removed meanwhile) or was revoked
    * since its token of `generation` was checked: nothing is written, nothing is issued.
+   * `audit` makes the change's audit entry from the other devices revoked; it is written last in the
+   * transaction (a failed audit write changes nothing and is thrown), or after the commit by a trail
+   * that cannot write inside it.
    */
   private async rekey(
     userId: string,
     deviceId: number,
     generation: number,
     first: (tx: Pick<Db, "update">) => Promise<void>,
-    revokeOthers = false,
+    revokeOthers: boolean,
+    audit: (others: number[]) => AuditEvent,
   ): Promise<{ tokens: SessionTokens; others: { deviceId: number; generation: number }[] }> {
     const { token, hash } = TokenIssuer.mintRefreshToken();
-    const { next, others } = await this.db.transaction(async (tx) => {
+    let audited = false;
+    const { next, others, event } = await this.db.transaction(async (tx) => {
       await first(tx);
       const bumped = await this.revokeTokens(tx, userId, deviceId, generation);
       if (bumped === undefined) throw new DomainError("unauthorized", "access token was revoked");
       const others = revokeOthers ? await this.revokeDevicesOf(tx, userId, deviceId) : [];
       await this.storeRefreshToken(tx, hash, userId, deviceId, Date.now());
-      return { next: bumped, others };
+      const event = audit(others.map((device) => device.deviceId));
+      audited = await this.recordIn(tx, event);
+      return { next: bumped, others, event };
     });
+    if (!audited) await this.audit?.record(event);
     await this.closeRevoked(userId, [{ deviceId, generationBelow: next }]);
     return { tokens: await this.sessionTokens(userId, deviceId, next, token), others };
   }
@@ -627,8 +660,20 @@ export class SessionService {
     };
   }
 
-  private async issue(userId: string, deviceId: number, verifiedHash?: string): Promise<SessionTokens> {
+  /**
+   * Issues the device's tokens: in one transaction, checks `verifiedHash` (when given) is still the
+   * account's, holds the device row and stores a new refresh token, then writes `event` last (the
+   * session's audit entry: no tokens without it). `audited`: false when the trail cannot write
+   * inside a transaction (the caller records the entry after the commit).
+   */
+  private async issue(
+    userId: string,
+    deviceId: number,
+    verifiedHash: string | undefined,
+    event: AuditEvent,
+  ): Promise<{ tokens: SessionTokens; audited: boolean }> {
     const { token, hash } = TokenIssuer.mintRefreshToken();
+    let audited = false;
     const generation = await this.db.transaction(async (tx) => {
       if (verifiedHash !== undefined) {
         // A password change (an UPDATE of this row) waits for this transaction, or committed before it.
@@ -648,8 +693,21 @@ export class SessionService {
         .for("share");
       if (!device) throw new DomainError("not_found", `device ${deviceId} does not exist`);
       await this.storeRefreshToken(tx, hash, userId, deviceId, Date.now());
+      audited = await this.recordIn(tx, event);
       return device.generation;
     });
-    return this.sessionTokens(userId, deviceId, generation, token);
+    return { tokens: await this.sessionTokens(userId, deviceId, generation, token), audited };
+  }
+
+  /**
+   * Writes `event` inside `tx` (`AuditTrail.recordIn`), as the transaction's last step: the change
+   * and its entry commit together, or neither does (a failed write is thrown and rolls `tx` back).
+   * True when written; false without a trail, or with one that cannot write inside a transaction
+   * (the caller records after the commit then).
+   */
+  private async recordIn(tx: Tx, event: AuditEvent): Promise<boolean> {
+    if (!this.audit?.recordIn) return false;
+    await this.audit.recordIn(tx, [event]);
+    return true;
   }
 }
