@@ -278,10 +278,14 @@ export async function startWebClient(options: WebClientOptions): Promise<WebClie
       const { client: c } = signedIn();
       return { numbers: c.safetyNumbers(uuid(userId)) };
     },
-    "POST /api/safety/:userId/verify": (_body, [userId]) => {
+    // Only what the page showed and the user compared (`compared`, the `numbers` of GET
+    // /api/safety/:userId): a device added or re-keyed since was never seen and stays unverified,
+    // listed in `left` (as the CLI's `/verify <user> confirm`).
+    "POST /api/safety/:userId/verify": (body, [userId]) => {
       const { client: c } = signedIn();
-      c.markVerified(uuid(userId));
-      return { numbers: c.safetyNumbers(uuid(userId)) };
+      const id = uuid(userId);
+      const left = c.markVerified(id, comparedNumbers(body.compared));
+      return { numbers: c.safetyNumbers(id), left };
     },
     "GET /api/devices": async () => {
       const { client: c } = signedIn();
@@ -431,6 +435,26 @@ function text(value: unknown, field: string, max: number): string {
     throw new HttpError(400, `${field}: a non-empty text of at most ${max} characters`);
   }
   return value;
+}
+
+/** A safety number as `ClearBoxClient.safetyNumbers` shows it: 60 digits in groups of five. */
+const SAFETY_NUMBER = /^(\d{5} ){11}\d{5}$/;
+
+/**
+ * `compared` of a verification: the safety numbers the page showed, `{deviceId, safetyNumber}`
+ * each (device ids 1-127, at most 127 entries); 400 for anything else, before anything is marked.
+ */
+function comparedNumbers(value: unknown): { deviceId: number; safetyNumber: string }[] {
+  const refuse = () =>
+    new HttpError(400, "compared: the numbers shown, a list of {deviceId, safetyNumber} (at most 127)");
+  if (!Array.isArray(value) || value.length === 0 || value.length > 127) throw refuse();
+  return value.map((entry: unknown) => {
+    const { deviceId, safetyNumber } = (entry ?? {}) as Record<string, unknown>;
+    if (typeof entry !== "object" || !Number.isInteger(deviceId) || (deviceId as number) < 1) throw refuse();
+    if ((deviceId as number) > 127 || typeof safetyNumber !== "string" || !SAFETY_NUMBER.test(safetyNumber))
+      throw refuse();
+    return { deviceId: deviceId as number, safetyNumber };
+  });
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;

@@ -526,13 +526,19 @@ function Safety({
   onDone: () => Promise<void>;
 }) {
   const [numbers, setNumbers] = useState<SafetyNumber[] | undefined>();
+  const [left, setLeft] = useState<number[]>([]);
   useEffect(() => {
     void api<{ numbers: SafetyNumber[] }>("GET", `/api/safety/${userId}`).then((r) => setNumbers(r.numbers));
   }, [userId]);
   const verify = async () => {
-    const r = await api<{ numbers: SafetyNumber[] }>("POST", `/api/safety/${userId}/verify`, {});
+    // Only the numbers on screen: a device the server added since they were shown stays unverified.
+    const compared = (numbers ?? []).map(({ deviceId, safetyNumber }) => ({ deviceId, safetyNumber }));
+    const r = await api<{ numbers: SafetyNumber[]; left: number[] }>("POST", `/api/safety/${userId}/verify`, {
+      compared,
+    });
     setNumbers(r.numbers);
-    await onDone();
+    setLeft(r.left);
+    if (r.left.length === 0) await onDone();
   };
   return (
     <div className="panel">
@@ -542,6 +548,12 @@ function Safety({
         If they match, your messages are end-to-end encrypted with the right person.
       </p>
       {numbers?.length === 0 && <p>No session yet: exchange a message first.</p>}
+      {left.length > 0 && (
+        <p className="banner" role="alert" data-testid="verify-left">
+          ⚠ Device {left.join(", ")} was not among the numbers you compared (new or changed since): compare
+          the numbers below, then mark them as verified again.
+        </p>
+      )}
       {numbers?.map((n) => (
         <div key={n.deviceId}>
           <div className="meta">
