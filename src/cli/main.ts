@@ -290,14 +290,23 @@ async function verifyReceiptFile(
     return 1;
   }
   console.log(
-    `valid: the receipt of erasure ${check.erasureId} is signed with the key ${server} publishes (Ed25519 over the RFC 8785 bytes of its payload)`,
+    `valid: the receipt of erasure ${printable(check.erasureId)} is signed with the key ${server} publishes (Ed25519 over the RFC 8785 bytes of its payload)`,
   );
   return 0;
 }
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 /** `erase`: DELETE /v1/me, wait for the receipt, check it against the published key, keep it in a file. */
 async function erase(client: ClearBoxClient, outPath: string | undefined): Promise<number> {
   const { erasureId } = await client.http.eraseMe(await password());
+  // The server's answer names the receipt's file and goes into URLs: a UUID, or nothing is used.
+  if (typeof erasureId !== "string" || !UUID.test(erasureId)) {
+    console.error(
+      `error: ${client.serverUrl} answered an erasure id that is not a UUID (${printable(String(erasureId))}); ask its operator for the receipt`,
+    );
+    return 1;
+  }
   console.log(`erasure ${erasureId} started; waiting for its receipt`);
   const deadline = Date.now() + 120_000;
   for (;;) {
@@ -306,7 +315,9 @@ async function erase(client: ClearBoxClient, outPath: string | undefined): Promi
       const out = outPath ?? `erasure-receipt-${erasureId}.json`;
       await writeFile(out, `${JSON.stringify(state.receipt, null, 2)}\n`);
       const check = checkReceipt(state.receipt, (await client.http.erasureSigningKey()).publicKey);
-      console.log(JSON.stringify(state.receipt, null, 2));
+      // The server chose every string in it: C1 and bidirectional controls, which JSON leaves as
+      // they are, are shown escaped (line by line: the layout's own line breaks stay).
+      console.log(JSON.stringify(state.receipt, null, 2).split("\n").map(printable).join("\n"));
       console.log(`receipt written to ${out}`);
       if (!check.valid) {
         console.log(`invalid: ${check.failed} check failed: ${check.reason}`);
