@@ -6,7 +6,7 @@ import { CloseCode } from "../protocol/index.ts";
 import type { ClearBoxClient } from "./client.ts";
 import { ClearBoxApiError, type PasswordChange } from "./http.ts";
 import { SocketReauthentication } from "./reauth.ts";
-import { RATE_LIMIT_WAIT_MS, retryWaitMs } from "./socket.ts";
+import { BUSY_RETRIES, RATE_LIMIT_RETRIES, RATE_LIMIT_WAIT_MS, retryWaitMs } from "./socket.ts";
 
 /** A text message as the user sees it: names, not ids. `conversation` is a user id or `group:<id>`. */
 export interface ChatMessage {
@@ -626,9 +626,16 @@ export class Messenger extends EventEmitter<MessengerEvents> {
   /**
    * Sends a frame and waits for its answer; `busy` and `rate_limited` wait and go again with the
    * same id, unless a `rate_limited` says to wait longer than RATE_LIMIT_WAIT_MS (the account's
-   * daily storage quota is spent): that rejection is returned, and the message fails.
+   * daily storage quota is spent): that rejection is returned, and the message fails. As
+   * ClearBoxSocket's sends, at most BUSY_RETRIES sends are answered `busy` (an `error internal`
+   * naming the send counts as one) and RATE_LIMIT_RETRIES `rate_limited` are sent again: past
+   * either, the last refusal is returned and the message fails, so a server that answers nothing
+   * else cannot keep the client resending it for as long as the socket stays open. Undefined when
+   * the socket dropped before an answer (the message goes again on the next socket, counted anew).
    */
   private async answered(id: string, frame: ClientFrame): Promise<AcceptedFrame | RejectedFrame | undefined> {
+    let busy = 0;
+    let limited = 0;
     for (;;) {
       if (!this.online) return undefined;
       const answer = await new Promise<AcceptedFrame | RejectedFrame | undefined>((resolve) => {
@@ -644,8 +651,10 @@ export class Messenger extends EventEmitter<MessengerEvents> {
       });
       const waits =
         answer?.type === "rejected" &&
-        (answer.code === "busy" ||
-          (answer.code === "rate_limited" && (answer.retryAfterMs ?? 0) <= RATE_LIMIT_WAIT_MS));
+        ((answer.code === "busy" && ++busy < BUSY_RETRIES) ||
+          (answer.code === "rate_limited" &&
+            (answer.retryAfterMs ?? 0) <= RATE_LIMIT_WAIT_MS &&
+            ++limited <= RATE_LIMIT_RETRIES));
       if (answer?.type === "rejected" && waits) {
         await new Promise((wake) => setTimeout(wake, retryWaitMs(answer.retryAfterMs, 1000)));
         continue;

@@ -23,8 +23,12 @@ export type {
   ServerFrame,
 } from "../protocol/index.ts";
 
-/** Times a send answered `busy` is tried again before the SDK hands the `busy` to the caller. */
-const BUSY_RETRIES = 40;
+/**
+ * Sends of one message answered `busy` before the SDK hands the `busy` to the caller (the
+ * Messenger's too: the message then fails): a server that never stops answering `busy` cannot keep
+ * a client resending one message for ever.
+ */
+export const BUSY_RETRIES = 40;
 /**
  * Times a send answered `rejected rate_limited` for a short while (no `retryAfterMs`: the device's
  * frame budget, which refills within a second; or one of at most RATE_LIMIT_WAIT_MS) is tried
