@@ -1,3 +1,4 @@
+import { DataDirLockedError, lockDataDir } from "./config/data-dir-lock.ts";
 import {
   ConfigError,
   checkWritablePaths,
@@ -15,16 +16,24 @@ import { exitOnUncaught } from "./observability/fatal.ts";
  * Exit codes (README, "Configuration"): 0 stopped by a signal; 78 (`EX_CONFIG`) a variable is
  * invalid; 69 (`EX_UNAVAILABLE`) a configured service did not answer at start-up or a port is in use;
  * 70 (`EX_SOFTWARE`) an error nobody caught while the node ran (`exitOnUncaught`); 1 anything else. The first two print one line naming the variable, never a stack
- * (78 also when DATA_DIR or ERASURE_LEDGER_FILE cannot be written: `checkWritablePaths`).
+ * (78 also when DATA_DIR or ERASURE_LEDGER_FILE cannot be written: `checkWritablePaths`, and when
+ * another live process holds DATA_DIR: `lockDataDir`, the line naming the directory and its pid).
  */
 async function main() {
   let config: ReturnType<typeof loadConfig>;
   try {
     config = loadConfig();
     checkWritablePaths(config);
+    // Held until the process ends (the kernel releases it, even after a kill -9): a second process
+    // on this DATA_DIR would open PGlite, the envelope log and the erasure ledger beside this one.
+    lockDataDir(config.dataDir);
   } catch (error) {
     if (error instanceof ConfigError) {
       console.error(`clearbox: ${error.message}`);
+      process.exit(EXIT_CONFIG);
+    }
+    if (error instanceof DataDirLockedError) {
+      console.error(`clearbox: DATA_DIR: ${error.message}`);
       process.exit(EXIT_CONFIG);
     }
     throw error;

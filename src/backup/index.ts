@@ -16,6 +16,7 @@ import {
 import { join, resolve } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import { Elysia } from "elysia";
+import { lockDataDir } from "../config/data-dir-lock.ts";
 import type { Database } from "../db/index.ts";
 import { installedPgliteVersion } from "../db/pglite-template.ts";
 import { DomainError } from "../errors/index.ts";
@@ -196,22 +197,33 @@ export function readBackup(backupDir: string): BackupManifest {
 /**
  * Restores a backup of the embedded default into `dataDir`, with the node stopped: checks the
  * manifest and checksums (the manifest and both files must be regular files, not links), refuses a data directory that already holds a database or a log (move it
- * away first), loads the PGlite dump into `dataDir/pglite` and copies the log to
- * `dataDir/envelopes.db`. The node's next start applies newer migrations and replays the erasure
+ * away first) and one a live process holds (`lockDataDir`: `DataDirLockedError` naming its pid; the
+ * lock is held until the restore ends, so a node started meanwhile is refused), loads the PGlite
+ * dump into `dataDir/pglite` and copies the log to `dataDir/envelopes.db`. The node's next start applies newer migrations and replays the erasure
  * ledger (docs/GDPR.md).
  */
 export async function restoreEmbeddedBackup(backupDir: string, dataDir: string): Promise<BackupManifest> {
   const manifest = readBackup(resolve(backupDir));
-  const pgliteDir = join(dataDir, "pglite");
-  const logPath = join(dataDir, LOG_FILE);
-  if ((existsSync(pgliteDir) && readdirSync(pgliteDir).length > 0) || existsSync(logPath)) {
-    throw new Error(`${dataDir} already holds a database or a message log: restore into an empty directory`);
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  // Held until the restore is done: a node starting on this directory meanwhile is refused, and a
+  // directory a running node holds is refused here, whatever it holds yet.
+  const lock = lockDataDir(dataDir);
+  try {
+    const pgliteDir = join(dataDir, "pglite");
+    const logPath = join(dataDir, LOG_FILE);
+    if ((existsSync(pgliteDir) && readdirSync(pgliteDir).length > 0) || existsSync(logPath)) {
+      throw new Error(
+        `${dataDir} already holds a database or a message log: restore into an empty directory`,
+      );
+    }
+    mkdirSync(pgliteDir, { recursive: true, mode: 0o700 });
+    const dump = new Blob([readFileSync(join(backupDir, PGLITE_FILE))]);
+    const client = await PGlite.create(pgliteDir, { loadDataDir: dump });
+    await client.query("select 1");
+    await client.close();
+    copyFileSync(join(backupDir, LOG_FILE), logPath);
+    return manifest;
+  } finally {
+    lock.release();
   }
-  mkdirSync(pgliteDir, { recursive: true, mode: 0o700 });
-  const dump = new Blob([readFileSync(join(backupDir, PGLITE_FILE))]);
-  const client = await PGlite.create(pgliteDir, { loadDataDir: dump });
-  await client.query("select 1");
-  await client.close();
-  copyFileSync(join(backupDir, LOG_FILE), logPath);
-  return manifest;
 }
