@@ -8,6 +8,7 @@ import { api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN } from "../support/node.ts";
 import { OwnRabbitMq } from "../support/own-rabbitmq.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
+import { scratchDataDir } from "../support/process.ts";
 import { deleteRedisPrefix } from "../support/redis.ts";
 import { ackOf, type Frame } from "../support/ws.ts";
 
@@ -60,6 +61,7 @@ async function spawnNode(nodeId: string, env: Record<string, string>): Promise<N
     env: {
       ...process.env,
       ...env,
+      DATA_DIR: scratchDataDir(),
       NODE_ID: nodeId,
       PORT: "0",
       ADMIN_PORT: "0",

@@ -8,6 +8,7 @@ import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { type Api, api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, lockWaiters, type TestDatabase } from "../support/postgres.ts";
+import { scratchDataDir } from "../support/process.ts";
 import { waitUntil } from "../support/ws.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
@@ -18,7 +19,15 @@ async function spawnNode(
 ): Promise<{ proc: Subprocess; url: string; adminUrl: string }> {
   const proc = Bun.spawn([process.execPath, "run", "src/main.ts"], {
     cwd: ROOT,
-    env: { ...process.env, ...env, PORT: "0", ADMIN_PORT: "0", LOG_LEVEL: "info", NODE_ENV: "test" },
+    env: {
+      ...process.env,
+      ...env,
+      DATA_DIR: scratchDataDir(),
+      PORT: "0",
+      ADMIN_PORT: "0",
+      LOG_LEVEL: "info",
+      NODE_ENV: "test",
+    },
     stdout: "pipe",
     stderr: "inherit",
   });

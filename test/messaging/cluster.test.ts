@@ -6,6 +6,7 @@ import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin, relate } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
+import { scratchDataDir } from "../support/process.ts";
 import { ackOf, type Frame, TestSocket } from "../support/ws.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
@@ -78,6 +79,7 @@ async function spawnNode(
     env: {
       ...process.env,
       ...env,
+      DATA_DIR: scratchDataDir(),
       NODE_ID: nodeId,
       PORT: "0",
       ADMIN_PORT: "0",

@@ -9,6 +9,7 @@ import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
+import { scratchDataDir } from "../support/process.ts";
 import { sendDirect, TestSocket, waitUntil } from "../support/ws.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
@@ -19,6 +20,7 @@ async function spawnNode(env: Record<string, string>): Promise<{ proc: Subproces
     env: {
       ...process.env,
       ...env,
+      DATA_DIR: scratchDataDir(),
       NODE_ID: `victim-${randomUUID().slice(0, 6)}`,
       PORT: "0",
       ADMIN_PORT: "0",

@@ -1,3 +1,7 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
 /** What a finished child process printed, and how it ended. */
 export interface Finished {
   /** Exit code (null when a signal ended it). */
@@ -31,4 +35,20 @@ export async function runToEnd(
   ]);
   clearTimeout(timer);
   return { code, stdout, stderr };
+}
+
+const scratchDirs: string[] = [];
+process.on("exit", () => {
+  for (const dir of scratchDirs) rmSync(dir, { recursive: true, force: true });
+});
+
+/**
+ * A fresh temporary DATA_DIR for one spawned node process, removed when the test process exits.
+ * A node holds its DATA_DIR for its life (`lockDataDir`): node processes spawned without one would
+ * all use `./data` and every one after the first would exit 78.
+ */
+export function scratchDataDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "clearbox-spawned-"));
+  scratchDirs.push(dir);
+  return dir;
 }
