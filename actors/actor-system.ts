@@ -308,6 +308,30 @@ export class ActorSystem implements ActorRefs, ActorHost {
     });
   }
 
+  /**
+   * Tells `listener` about nodes that were in this node's view of the membership and are no longer,
+   * however they went: a graceful leave (`Membership.leave` deletes the node's key, and with
+   * `forget` its registry entry, which {@link onNodesGone} does not report), or a heartbeat key
+   * that expired (reported there too, as `expired`). Each node once per departure (a node that
+   * joins again is reported again when it goes), never this node; only changes after the call are
+   * seen (the members at the call are the baseline). A listener's throw is contained. Returns the
+   * unsubscribe function.
+   */
+  onMembersGone(listener: (nodeIds: readonly string[]) => void): () => void {
+    let known: ReadonlySet<string> = new Set(this.membership.members().map((member) => member.nodeId));
+    return this.membership.onChange((members) => {
+      const now = new Set(members.map((member) => member.nodeId));
+      const gone = [...known].filter((nodeId) => !now.has(nodeId) && nodeId !== this.nodeId);
+      known = now;
+      if (gone.length === 0) return;
+      try {
+        listener(gone);
+      } catch (error) {
+        this.logger.warn({ nodeId: this.nodeId, err: error }, "a gone-members listener failed");
+      }
+    });
+  }
+
   /** Members of the current ring, sorted. */
   ringMembers(): readonly string[] {
     return this.placement.ring.members;

@@ -698,17 +698,23 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     );
     // A node that went away without telling (killed, frozen, cut off) sent no disconnect for its
     // sockets: sockets here that replaced one of them read their offline queue again.
-    unwatchGone = actors.onNodesGone((gone) => {
+    const unwatchNodesGone = actors.onNodesGone((gone) => {
       const sockets = openGateway.nodesGone(gone);
       if (sockets > 0) logger.info({ ...gone, sockets }, "sockets re-read their queue after nodes went away");
-      // Erasures a dead node was running are taken over by one survivor (a claim in the database).
-      if (gone.expired.length > 0 || gone.left.length > 0)
-        void gdpr.erasures
-          .resumePending([...gone.expired, ...gone.left])
-          .catch((error: unknown) =>
-            logger.warn({ err: error }, "could not take over erasures of gone nodes"),
-          );
     });
+    // Erasures a gone node was running are taken over by one survivor (a claim in the database), at
+    // once: a node that died, and one that stopped gracefully (it released its claims before it
+    // left, `ErasureService.stop`). Only deaths were watched, and a clean leave is not one, so its
+    // job waited for the next retention pass (hourly by default) or some node's start.
+    const unwatchMembersGone = actors.onMembersGone((gone) => {
+      void gdpr.erasures
+        .resumePending(gone)
+        .catch((error: unknown) => logger.warn({ err: error }, "could not take over erasures of gone nodes"));
+    });
+    unwatchGone = () => {
+      unwatchNodesGone();
+      unwatchMembersGone();
+    };
     await gdpr.start();
     retention.start();
     if (options.expandGroups ?? true) groupSweep.start();
@@ -786,7 +792,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       unwatchGone();
       await retention.stop();
       await groupSweep.stop();
-      await gdpr.stop();
+      await gdpr.stop({ releaseClaims: false });
       quota.abort();
       await actors.abort();
       await stores.close();

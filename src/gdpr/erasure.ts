@@ -228,10 +228,10 @@ export class ErasureService {
    * job of its previous run under the same NODE_ID, or one it stopped at shutdown) and those claimed
    * by a node no longer in the ring (`liveNodes`: killed, or stopped mid-way). Each is claimed by a
    * compare-and-set on the claim it was read with, so of survivors adopting at once one runs it.
-   * Called at start-up, when nodes went away (`ActorSystem.onNodesGone`) and by every retention
+   * Called at start-up, when nodes left the membership (`ActorSystem.onMembersGone`) and by every retention
    * pass; before, only a node's start resumed a job, and one whose node died stayed pending, the
    * user fenced and their data kept, until some node restarted. `gone`: nodes the caller knows are
-   * gone though the ring may not show it yet (`onNodesGone`'s). Returns how many it launched.
+   * gone though the ring may not show it yet (`onMembersGone`'s). Returns how many it launched.
    */
   async resumePending(gone: readonly string[] = []): Promise<number> {
     const { db, nodeId, logger } = this.deps;
@@ -282,12 +282,29 @@ export class ErasureService {
 
   /**
    * Stops retrying (node shutdown): a job waiting out its retry backoff ends at once, a job in the
-   * middle of a step ends after that step; unfinished jobs resume on the next start.
+   * middle of a step ends after that step. Then this node's claims on unfinished jobs are released
+   * (`claimed_by` set to null), so a survivor adopts them at once (`resumePending`, run when this
+   * node leaves the membership) or, with no other node, the next start here does. A release that
+   * fails (the database away) is logged; the claim is then taken over once this node is out of the
+   * ring, as a dead node's is. `releaseClaims: false` keeps them, as a crash would (`node.abort`).
    */
-  async stop(): Promise<void> {
+  async stop(options: { releaseClaims?: boolean } = {}): Promise<void> {
     this.stopped = true;
     this.stopping.abort();
+    if (this.running.size > 0) this.deps.logger.info({ erasures: this.running.size }, "stopping erasures");
     await Promise.allSettled(this.running.values());
+    if (options.releaseClaims === false) return;
+    const { db, nodeId, logger } = this.deps;
+    try {
+      const released = await db
+        .update(erasures)
+        .set({ claimedBy: null })
+        .where(and(eq(erasures.claimedBy, nodeId), eq(erasures.status, "pending")))
+        .returning({ id: erasures.id });
+      if (released.length > 0) logger.info({ erasures: released.length }, "released unfinished erasures");
+    } catch (error) {
+      logger.warn({ err: error }, "could not release this node's unfinished erasures");
+    }
   }
 
   private launch(id: string): void {
@@ -314,7 +331,10 @@ export class ErasureService {
     }
   }
 
-  /** Runs the job's remaining steps; running a finished job again changes nothing. */
+  /**
+   * Runs the job's remaining steps; running a finished job again changes nothing. Once `stop` was
+   * called it returns before the next step, the job left pending.
+   */
   async run(id: string): Promise<void> {
     const { db, logger } = this.deps;
     const [job] = await db.select().from(erasures).where(eq(erasures.id, id));
@@ -323,6 +343,8 @@ export class ErasureService {
     const userId = job.userId as string;
     for (const step of STEPS) {
       if (steps[step]) continue;
+      // Shutting down: the rest is for the node that adopts the job (its claim is released in `stop`).
+      if (this.stopped) return;
       // The plan is read once the user is fenced: no envelope of theirs can reach a queue after it.
       if (step !== "fence" && !steps.plan) {
         const plan = await this.plan(userId);

@@ -113,7 +113,8 @@ export interface Gdpr {
   adminRoutes: ReturnType<typeof gdprAdminRoutes>;
   /** Resumes the erasures a crash left unfinished; returns how many. */
   start(): Promise<number>;
-  stop(): Promise<void>;
+  /** Stops the erasure jobs running here (`ErasureService.stop`; `releaseClaims: false` as a crash would). */
+  stop(options?: { releaseClaims?: boolean }): Promise<void>;
 }
 
 /** Builds erasure, export and receipt signing (the signing key is loaded or created once). */
@@ -148,6 +149,6 @@ export async function createGdpr(
       if (resumed > 0) deps.logger.info({ resumed }, "resuming unfinished erasures");
       return resumed;
     },
-    stop: () => erasures.stop(),
+    stop: (options) => erasures.stop(options),
   };
 }

@@ -50,8 +50,9 @@ export interface RetentionDeps {
    */
   finishDeviceRemovals?: () => Promise<{ finished: number; failed: number }>;
   /**
-   * Takes over pending erasures no live node runs (`ErasureService.resumePending`): a node that left
-   * the ring gracefully mid-job is reported to nobody, so this pass is what finds its jobs.
+   * Takes over pending erasures no live node runs (`ErasureService.resumePending`): the backstop for
+   * a node whose departure this node's membership did not see (`ActorSystem.onMembersGone` runs it
+   * at once otherwise).
    */
   resumeErasures?: () => Promise<number>;
 }

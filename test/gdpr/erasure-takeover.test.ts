@@ -16,7 +16,7 @@ const ROOT = resolve(import.meta.dir, "../..");
 /** A ClearBox node in a process of its own, so the test can kill -9 it; resolves once it started. */
 async function spawnNode(
   env: Record<string, string>,
-): Promise<{ proc: Subprocess; url: string; adminUrl: string }> {
+): Promise<{ proc: Subprocess; url: string; adminUrl: string; logged: (msg: string) => Promise<void> }> {
   const proc = Bun.spawn([process.execPath, "run", "src/main.ts"], {
     cwd: ROOT,
     env: {
@@ -40,10 +40,18 @@ async function spawnNode(
     text += new TextDecoder().decode(value);
     const line = text.split("\n").find((l) => l.includes('"clearbox node started"'));
     if (line) {
-      reader.releaseLock();
-      void (proc.stdout as ReadableStream<Uint8Array>).pipeTo(new WritableStream());
+      // What it logs from here on, for `logged`.
+      void (async () => {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) return;
+          text += new TextDecoder().decode(value);
+        }
+      })();
       const { url, adminUrl } = JSON.parse(line);
-      return { proc, url, adminUrl };
+      const logged = (msg: string) =>
+        waitUntil(() => text.includes(`"msg":"${msg}"`), `the node to log "${msg}"`, 20_000);
+      return { proc, url, adminUrl, logged };
     }
   }
   proc.kill(9);
@@ -146,6 +154,70 @@ describe("an erasure whose node dies in a running cluster", () => {
       node.proc.kill(9);
       await node.proc.exited;
     });
+    await finished(erasureId);
+  });
+
+  test("its node stopped gracefully while the job waits out a retry: a survivor finishes it at once", async () => {
+    // A step failed once; its retry is ten minutes away. The graceful stop ends that wait. Before,
+    // the job stayed claimed by the stopped node, and a node that leaves cleanly (its inbox deleted,
+    // itself off the registry) is never reported gone: B took it over at its next retention pass
+    // (hourly by default) or at some node's start.
+    let failed = 0;
+    const a = await startTestNode("postgres", {
+      database,
+      env: { ...env, NODE_ID: "takeover-g" },
+      erasureRetryBaseMs: 600_000,
+      afterErasureStep: (step) => {
+        if (step === "postgres" && failed++ === 0) throw new Error("a step failed once");
+      },
+    });
+    started.push(a);
+    await waitUntil(() => b.actors.ringMembers().length === 2, "the two nodes to see each other", 10_000);
+    const victim = await registerAndLogin(api(a.url));
+    const erasureId = await a.gdpr.erasures.start(victim.userId, "admin");
+    await waitUntil(() => failed > 0, "the job's step to fail once", 10_000);
+    expect((await http.get(`/v1/erasures/${erasureId}`)).body.status).toBe("pending");
+    // A is alive and in the ring: its job is not B's to run.
+    expect(await b.gdpr.erasures.resumePending()).toBe(0);
+
+    await a.stop();
+    await finished(erasureId);
+  });
+
+  test("its node stopped by SIGTERM in the middle of a step: it stops after that step and a survivor finishes it", async () => {
+    const node = await spawnNode({ ...env, NODE_ID: "takeover-t", DATABASE_URL: database.url, ADMIN_TOKEN });
+    spawned = node.proc;
+    await waitUntil(() => b.actors.ringMembers().length === 2, "the two nodes to see each other", 10_000);
+    const victim = await registerAndLogin(api(node.url));
+    let erasureId = "";
+    // The job's `postgres` step waits for the account's row, which the test holds until the node's
+    // shutdown has told the job to stop.
+    await b.database.db.transaction(async (tx) => {
+      await tx.execute(sql`select id from accounts where id = ${victim.userId} for share`);
+      const answer = await fetch(`${node.adminUrl}/admin/v1/users/${victim.userId}/erase`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      });
+      expect(answer.status).toBe(202);
+      erasureId = ((await answer.json()) as { erasureId: string }).erasureId;
+      await waitUntil(
+        async () => {
+          const [row] = rowsOf<{ n: number }>(
+            await b.database.db.execute(
+              sql`select count(*)::int as n from pg_stat_activity
+                  where wait_event_type = 'Lock' and datname = current_database()`,
+            ),
+          );
+          return (row?.n ?? 0) > 0;
+        },
+        "the erasure to wait for the account's row",
+        10_000,
+      );
+      node.proc.kill("SIGTERM");
+      await node.logged("stopping erasures");
+    });
+    await node.logged("released unfinished erasures");
+    expect(await node.proc.exited).toBe(0);
     await finished(erasureId);
   });
 });
