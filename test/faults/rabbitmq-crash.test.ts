@@ -8,7 +8,7 @@ import { api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN } from "../support/node.ts";
 import { OwnRabbitMq } from "../support/own-rabbitmq.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
-import { scratchDataDir } from "../support/process.ts";
+import { removeScratchDataDirs, scratchDataDir } from "../support/process.ts";
 import { deleteRedisPrefix } from "../support/redis.ts";
 import { ackOf, type Frame } from "../support/ws.ts";
 
@@ -228,6 +228,7 @@ describe("RabbitMQ killed -9 under steady 1:1 and group traffic over three nodes
     await broker?.destroy();
     await database?.drop().catch(() => {});
     await deleteRedisPrefix(`${prefix}:`).catch(() => 0);
+    removeScratchDataDirs();
   });
 
   test("no node exits; every send is answered; accepted messages arrive once, in order; delivery resumes", async () => {

@@ -8,7 +8,7 @@ import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { type Api, api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, lockWaiters, type TestDatabase } from "../support/postgres.ts";
-import { scratchDataDir } from "../support/process.ts";
+import { removeScratchDataDirs, scratchDataDir } from "../support/process.ts";
 import { waitUntil } from "../support/ws.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
@@ -88,6 +88,7 @@ describe("an erasure whose node dies in a running cluster", () => {
     spawned?.kill(9);
     for (const node of started) await node.teardown().catch(() => undefined);
     await database?.drop();
+    removeScratchDataDirs();
   });
 
   /** The erasure's answer once it is done (fails the test after 20 s). */

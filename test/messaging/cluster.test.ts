@@ -6,7 +6,7 @@ import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin, relate } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
-import { scratchDataDir } from "../support/process.ts";
+import { removeScratchDataDirs, scratchDataDir } from "../support/process.ts";
 import { ackOf, type Frame, TestSocket } from "../support/ws.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
@@ -136,6 +136,7 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
     await a?.teardown();
     await b?.teardown();
     await database?.drop();
+    removeScratchDataDirs();
   });
 
   /** Registers accounts until one's user actor is owned by `nodeId`. */

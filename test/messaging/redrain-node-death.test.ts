@@ -9,7 +9,7 @@ import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
-import { scratchDataDir } from "../support/process.ts";
+import { removeScratchDataDirs, scratchDataDir } from "../support/process.ts";
 import { sendDirect, TestSocket, waitUntil } from "../support/ws.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
@@ -81,6 +81,7 @@ describe("the node holding a replaced socket's drain is killed (-9)", () => {
     victim?.proc.kill(9);
     await a?.teardown();
     await database?.drop();
+    removeScratchDataDirs();
   });
 
   /** Starts a victim node (a process of its own) and waits until A's ring has it. */

@@ -38,17 +38,20 @@ export async function runToEnd(
 }
 
 const scratchDirs: string[] = [];
-process.on("exit", () => {
-  for (const dir of scratchDirs) rmSync(dir, { recursive: true, force: true });
-});
 
 /**
- * A fresh temporary DATA_DIR for one spawned node process, removed when the test process exits.
- * A node holds its DATA_DIR for its life (`lockDataDir`): node processes spawned without one would
- * all use `./data` and every one after the first would exit 78.
+ * A fresh temporary DATA_DIR for one spawned node process; {@link removeScratchDataDirs} (in the
+ * file's `afterAll`, once its processes ended) removes it. A node holds its DATA_DIR for its life
+ * (`lockDataDir`): node processes spawned without one would all use `./data` and every one after
+ * the first would exit 78.
  */
 export function scratchDataDir(): string {
   const dir = mkdtempSync(join(tmpdir(), "clearbox-spawned-"));
   scratchDirs.push(dir);
   return dir;
+}
+
+/** Removes every directory {@link scratchDataDir} made so far (bun's test runner fires no `exit` event). */
+export function removeScratchDataDirs(): void {
+  for (const dir of scratchDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 }
