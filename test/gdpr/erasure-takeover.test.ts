@@ -202,15 +202,7 @@ describe("an erasure whose node dies in a running cluster", () => {
       expect(answer.status).toBe(202);
       erasureId = ((await answer.json()) as { erasureId: string }).erasureId;
       await waitUntil(
-        async () => {
-          const [row] = rowsOf<{ n: number }>(
-            await b.database.db.execute(
-              sql`select count(*)::int as n from pg_stat_activity
-                  where wait_event_type = 'Lock' and datname = current_database()`,
-            ),
-          );
-          return (row?.n ?? 0) > 0;
-        },
+        async () => (await lockWaiters(b.database.db)) > 0,
         "the erasure to wait for the account's row",
         10_000,
       );
