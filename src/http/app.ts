@@ -54,6 +54,28 @@ export interface AppDeps {
 /** How long one readiness answer is given again to later `/readyz` requests (ms). */
 export const READINESS_REUSE_MS = 1000;
 
+/**
+ * How long one readiness check may take before `/readyz` reports its service `unavailable` (ms):
+ * under the Kubernetes probe's `timeoutSeconds` (3, deploy/kubernetes/deployment.yaml). A round's
+ * answer is shared by every request arriving meanwhile, so a check that never settles (a query on a
+ * connection that died without a reset) would otherwise hold every later `/readyz` with it, after
+ * the service answers again too.
+ */
+export const READINESS_CHECK_TIMEOUT_MS = 2000;
+
+/** Rejects after `ms` unless `check` settled first (the check itself runs on, unobserved). */
+async function withinReadinessTimeout(check: Promise<void>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  });
+  try {
+    await Promise.race([check, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** What `/readyz` answers: each backing service's state, and whether all answer. */
 interface Readiness {
   ready: boolean;
@@ -65,7 +87,8 @@ interface Readiness {
  * under way, or within READINESS_REUSE_MS after it ended, get that round's answer. `/readyz` takes
  * no credentials, and each round is a database query and a Redis round trip: one per request let
  * anyone queue thousands of them in front of the node's 10 database connections. A probe (the
- * orchestrator's every few seconds) sees a state at most a second old.
+ * orchestrator's every few seconds) sees a state at most a second old. Each check is given
+ * READINESS_CHECK_TIMEOUT_MS, then counted `unavailable`: a round always ends.
  */
 function sharedReadiness(checks: readonly ReadinessCheck[], logger: Logger): () => Promise<Readiness> {
   let round: { answer: Promise<Readiness>; endedAt?: number } | undefined;
@@ -73,7 +96,7 @@ function sharedReadiness(checks: readonly ReadinessCheck[], logger: Logger): () 
     const results = await Promise.all(
       checks.map(async ({ name, check }) => {
         try {
-          await check();
+          await withinReadinessTimeout(check(), READINESS_CHECK_TIMEOUT_MS);
           return [name, "ok"] as const;
         } catch (error) {
           logger.warn({ err: error, service: name }, "readiness check failed");

@@ -31,3 +31,47 @@ describe("GET /readyz", () => {
     }
   });
 });
+
+describe("GET /readyz with a check that never answers", () => {
+  let node: TestNode;
+
+  beforeAll(async () => {
+    node = await startTestNode("pglite");
+  });
+  afterAll(() => node?.teardown());
+
+  test("a hung round is answered 503 and does not hold later requests once the service answers again", async () => {
+    const database = node.database;
+    const ping = database.ping.bind(database);
+    // The first ping never settles (a query sent on a connection that died without a reset); later
+    // pings answer, as the database does.
+    let hung = false;
+    database.ping = () => {
+      if (!hung) {
+        hung = true;
+        return new Promise<void>(() => {});
+      }
+      return ping();
+    };
+    const readyz = async () => {
+      const reply = await fetch(new URL("/readyz", node.url), { signal: AbortSignal.timeout(15_000) });
+      return { status: reply.status, body: (await reply.json()) as { services: Record<string, string> } };
+    };
+    try {
+      // The round that met the hung ping answers (unavailable) instead of hanging with it.
+      const first = await readyz();
+      expect(first.status).toBe(503);
+      expect(first.body.services.pglite).toBe("unavailable");
+      // A later request is not tied to that ping: once a new round runs, the database answers.
+      let later = await readyz();
+      for (let i = 0; i < 20 && later.status !== 200; i++) {
+        await Bun.sleep(300);
+        later = await readyz();
+      }
+      expect(later.status).toBe(200);
+      expect(hung).toBe(true);
+    } finally {
+      database.ping = ping;
+    }
+  });
+});
