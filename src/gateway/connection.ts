@@ -80,6 +80,10 @@ export class DeviceConnection {
   private frameBucket: TokenBucket | undefined;
   /** A paced delivery waiting for Bun's `drain` event (or the close), if one is. */
   private writableWaiter: (() => void) | undefined;
+  /** Bun's `drain` events (and the close) seen: the reader took something from the socket's buffer. */
+  private wakes = 0;
+  /** `wakes` at the last ping round that found a paced delivery waiting; -1 when none was. */
+  private wakesAtLastLook = -1;
 
   constructor(
     readonly ws: DeviceSocket,
@@ -234,9 +238,28 @@ export class DeviceConnection {
    * for room looks again.
    */
   wake(): void {
+    this.wakes++;
     const waiter = this.writableWaiter;
     this.writableWaiter = undefined;
     waiter?.();
+  }
+
+  /**
+   * Called once per ping round (`Gateway.pingAll`): true when a paced delivery has been waiting for
+   * room since the previous round and the reader took nothing from the socket's buffer in between
+   * (no `drain` event). A pong proves nothing then: the ping sent after the backlog is still in the
+   * buffer, unread, and RFC 6455 lets a peer send pongs unasked. Such a socket would hold its
+   * drain's batch (up to 256 envelopes in the node's memory, unacked at the broker) for as long as
+   * it kept sending pongs and renewing its token (test/gateway/stalled-drain.test.ts).
+   */
+  stalledSinceLastLook(): boolean {
+    if (!this.writableWaiter || this.state === "closed") {
+      this.wakesAtLastLook = -1;
+      return false;
+    }
+    const stalled = this.wakesAtLastLook === this.wakes;
+    this.wakesAtLastLook = this.wakes;
+    return stalled;
   }
 
   /**

@@ -565,6 +565,9 @@ export class Gateway {
    * at once (`terminate`: a dead peer would never complete a close handshake). Its close runs the
    * usual bookkeeping, so what it had not acked goes to its offline queue and comes again on its
    * next connection: the duplicates are what reached the peer unacked in the last two intervals.
+   * So is a socket whose paced drain of the offline queue waited for room across a whole interval
+   * while the reader took nothing from its buffer (`DeviceConnection.stalledSinceLastLook`), pongs
+   * or not.
    */
   private pingAll(): void {
     for (const conn of this.options.registry.values()) {
@@ -574,6 +577,17 @@ export class Gateway {
         this.options.logger.info(
           { connectionId: conn.connectionId, deviceId: conn.principal.deviceId },
           "closing a socket that missed a pong",
+        );
+        conn.ws.terminate();
+        continue;
+      }
+      // A drain waiting for room for a whole ping interval, the reader taking nothing meanwhile:
+      // as dead as a missed pong, whatever pongs it sends (RFC 6455 allows them unasked).
+      if (conn.stalledSinceLastLook()) {
+        this.deadPeers++;
+        this.options.logger.info(
+          { connectionId: conn.connectionId, deviceId: conn.principal.deviceId },
+          "closing a socket that took nothing of its drain for a ping interval",
         );
         conn.ws.terminate();
         continue;

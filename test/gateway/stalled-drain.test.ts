@@ -1,0 +1,114 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomBytes, randomUUID } from "node:crypto";
+import { connect, type Socket } from "node:net";
+import type { SocketRegistry } from "../../src/gateway/socket-registry.ts";
+import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
+import { api, registerAndLogin } from "../support/http.ts";
+import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
+import { ackOf, type Frame, TestSocket } from "../support/ws.ts";
+
+/** A masked pong frame with an empty payload (RFC 6455 §5.5.3: an unsolicited pong is allowed). */
+const PONG = Buffer.from([0x8a, 0x80, 0, 0, 0, 0]);
+
+/**
+ * A client that completes the upgrade, then never reads another byte but sends a pong every
+ * `everyMs` (a heartbeat RFC 6455 allows unasked): to the ping schedule it looks alive, while
+ * nothing the server writes ever leaves its buffer. Stops when `stop` is called.
+ */
+async function pongingNonReader(baseUrl: string, token: string, everyMs: number) {
+  const { hostname, port } = new URL(baseUrl);
+  const socket: Socket = connect(Number(port), hostname);
+  await new Promise<void>((resolve, reject) => {
+    socket.once("connect", resolve);
+    socket.once("error", reject);
+  });
+  socket.write(
+    [
+      "GET /v1/ws HTTP/1.1",
+      `Host: ${hostname}:${port}`,
+      "Upgrade: websocket",
+      "Connection: Upgrade",
+      `Sec-WebSocket-Key: ${randomBytes(16).toString("base64")}`,
+      "Sec-WebSocket-Version: 13",
+      `Authorization: Bearer ${token}`,
+      "",
+      "",
+    ].join("\r\n"),
+  );
+  const head = await new Promise<string>((resolve, reject) => {
+    socket.once("data", (chunk) => resolve(String(chunk)));
+    socket.once("error", reject);
+  });
+  if (!head.startsWith("HTTP/1.1 101")) throw new Error(`upgrade refused: ${head.split("\r\n")[0]}`);
+  socket.pause();
+  socket.on("error", () => {});
+  const beat = setInterval(() => {
+    if (!socket.destroyed) socket.write(PONG);
+  }, everyMs);
+  return {
+    stop() {
+      clearInterval(beat);
+      socket.destroy();
+    },
+  };
+}
+
+describe.each(STACKS)("a device whose socket never takes its offline backlog, %s stack", (stack) => {
+  let node: TestNode;
+
+  beforeAll(async () => {
+    const backend: Backend = stack === "embedded" ? "pglite" : "postgres";
+    node = await startTestNode(backend, {
+      env: { ...stackEnv(stack, runPrefix()), WS_PING_INTERVAL_MS: "300", DEVICE_RATE_LIMIT: "100000" },
+    });
+  });
+  afterAll(() => node?.teardown());
+
+  test("is closed although it sends pongs, and its next connection gets the whole backlog, once each, in order", async () => {
+    const client = api(node.url);
+    const alice = await registerAndLogin(client);
+    const bob = await registerAndLogin(client);
+    const sender = await TestSocket.open(node.url, alice.accessToken);
+    // 40 messages of 240 KiB (base64): 9.4 MiB, more than the kernel buffers of a loopback
+    // connection take, so the paced drain waits for room in the socket's buffer.
+    const body = randomBytes(180 * 1024).toString("base64");
+    const accepted: string[] = [];
+    for (let i = 0; i < 40; i++) {
+      const id = randomUUID();
+      sender.send({
+        type: "send",
+        id,
+        to: { user: bob.userId },
+        messages: [{ deviceId: bob.deviceId, type: 2, body }],
+      });
+      expect((await sender.reply(id)).type).toBe("accepted");
+      accepted.push(id);
+    }
+    const registry = (node.gateway as unknown as { options: { registry: SocketRegistry } }).options.registry;
+    const stalled = await pongingNonReader(node.url, bob.accessToken, 50);
+    try {
+      // Before: the drain waited for a `drain` event that never came, holding its batch (in the
+      // node's memory and unacked at the broker) for as long as the pongs kept coming.
+      let open = true;
+      for (let i = 0; i < 150 && open; i++) {
+        await Bun.sleep(100);
+        open = registry.get(bob.userId, bob.deviceId) !== undefined;
+      }
+      expect(open).toBe(false);
+    } finally {
+      stalled.stop();
+    }
+    const bobSocket = await TestSocket.open(node.url, bob.accessToken);
+    const received: string[] = [];
+    bobSocket.ws.addEventListener("message", (event) => {
+      const frame = JSON.parse(String(event.data)) as Frame;
+      if (frame.type !== "message") return;
+      received.push(frame.id);
+      bobSocket.send(ackOf([frame]));
+    });
+    const deadline = Date.now() + 30_000;
+    while (received.length < accepted.length && Date.now() < deadline) await Bun.sleep(20);
+    expect(received).toEqual(accepted);
+    await Promise.all([sender.close(), bobSocket.close()]);
+  }, 120_000);
+});
