@@ -244,13 +244,23 @@ export class KeyService {
    * an identity key with one-time keys of another (read apart, a new identity committed between the
    * two reads paired the old identity with the new one-time keys: the session failed and the key
    * was spent). Concurrent fetches share the lock. The lock and the reads are separate statements:
-   * a join that waited for the lock would still return the keys of its older snapshot.
+   * a join that waited for the lock would still return the keys of its older snapshot. Every budget
+   * is spent before the transaction: no connection or lock is held while the limiter answers.
    */
   async fetchBundle(requester: Principal, userId: string): Promise<KeysModel.Bundle> {
     const who = `${requester.userId}.${requester.deviceId}`;
     if (this.erasing?.has(userId)) throw new DomainError("not_found", "no such user");
     await this.spend(this.limits.perRequester, who);
     await this.spend(this.limits.perAccount, requester.userId);
+    // Counted once the user is known to exist: a counter keyed by a made-up id is never written.
+    // Before the transaction and its lock: a limiter that is slow (Redis reconnecting) held a pooled
+    // connection (PGlite: the database's one queue) and the target's device rows per waiting fetch,
+    // so the node's database stalled with it (test/keys/slow-limiter.test.ts). Still before any
+    // one-time key is taken.
+    const [target] = await this.db.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId));
+    if (!target) throw new DomainError("not_found", "no such user");
+    await this.spend(this.limits.perTarget, `${who}:${userId}`);
+    await this.spend(this.limits.perAccountTarget, `${requester.userId}:${userId}`);
 
     return this.db.transaction(async (tx) => {
       const locked = await tx
@@ -301,13 +311,10 @@ export class KeyService {
               )
               .orderBy(asc(devices.deviceId));
       if (rows.length === 0) {
+        // Erased since the look-up above.
         const [account] = await tx.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, userId));
         if (!account) throw new DomainError("not_found", "no such user");
       }
-      // Counted once the user is known to exist: a counter keyed by an erased (or made-up) id is
-      // never written. Still before any one-time key is taken (a refusal rolls back the lock only).
-      await this.spend(this.limits.perTarget, `${who}:${userId}`);
-      await this.spend(this.limits.perAccountTarget, `${requester.userId}:${userId}`);
 
       // On the transaction's one connection: postgres.js pipelines them, PGlite runs them in turn.
       const bundles = await Promise.all(
