@@ -406,10 +406,11 @@ export class ErasureService {
   /**
    * Records a finished step unless another runner recorded it first (first result wins), while the
    * job is still claimed by this node; `ClaimLost` when another node took it over meanwhile (this
-   * one was out of its ring for a while): the job stops here, the other runs it.
+   * one was out of its ring for a while): the job stops here, the other runs it. `db`: a
+   * transaction whose changes are the step's (`erasePostgres`), so they commit with their record.
    */
-  private async saveStep(id: string, step: string, result: StepResult) {
-    const [held] = await this.deps.db
+  private async saveStep(id: string, step: string, result: StepResult, db: Db = this.deps.db) {
+    const [held] = await db
       .update(erasures)
       .set({
         steps: sql`case when ${erasures.steps} ? ${step} then ${erasures.steps}
@@ -455,7 +456,7 @@ export class ErasureService {
         };
       }
       case "postgres":
-        return this.erasePostgres(userId);
+        return this.erasePostgres(userId, erasureId);
       case "history": {
         const removed = await this.deps.log.eraseUser(userId);
         return { removed, what: `envelopes sent by or to the user in the ${this.deps.log.kind} history` };
@@ -511,7 +512,15 @@ export class ErasureService {
     }
   }
 
-  private async erasePostgres(userId: string): Promise<StepResult> {
+  /**
+   * The `postgres` step, in one transaction that also records its result on the job (`saveStep`,
+   * while this node still holds the claim): a node taken for gone while it ran the step (slow, not
+   * dead) and the survivor that took the job over both ran it, the second finding nothing left,
+   * and the slow node's result was lost with its claim, so the signed receipt said `account (0)`.
+   * Now a run whose claim was lost rolls back (`ClaimLost`) and the claim holder's run erases and
+   * counts (test/gdpr/erasure-slow-node.test.ts).
+   */
+  private async erasePostgres(userId: string, erasureId: string): Promise<StepResult> {
     const { db, audit } = this.deps;
     const result = await db.transaction(async (tx) => {
       // The account's row before anything is read: a group creation or an invitation's acceptance
@@ -581,6 +590,9 @@ export class ErasureService {
         blockCount +
         identityCount +
         signInCodeCount;
+      const what = `account (${deleted.length}), devices (${deviceCount}), public keys (${keyCount}), refresh tokens (${tokenCount}), group memberships and roles (${memberships.length}), emptied groups (${emptyGroups}), groups given a new admin (${promoted}), group invitations to or from the user (${invitationCount}), blocks by or of the user (${blockCount}), identity provider links (${identityCount}), sign-in codes (${signInCodeCount})`;
+      // Recorded with the changes it counts, under this node's claim (else all of it rolls back).
+      await this.saveStep(erasureId, "postgres", { removed, what }, tx);
       // Not personal data of the erased user: which member now administers which group. In this
       // transaction, last: a node dying after the commit cannot leave a succession unaudited (a
       // retry of this step finds no membership left, so it would never write it).
@@ -589,11 +601,7 @@ export class ErasureService {
         await audit.recordIn(tx, unaudited);
         unaudited = [];
       }
-      return {
-        unaudited,
-        removed,
-        what: `account (${deleted.length}), devices (${deviceCount}), public keys (${keyCount}), refresh tokens (${tokenCount}), group memberships and roles (${memberships.length}), emptied groups (${emptyGroups}), groups given a new admin (${promoted}), group invitations to or from the user (${invitationCount}), blocks by or of the user (${blockCount}), identity provider links (${identityCount}), sign-in codes (${signInCodeCount})`,
-      };
+      return { unaudited, removed, what };
     });
     // A trail that cannot write inside the transaction: after the commit.
     const events = result.unaudited;
