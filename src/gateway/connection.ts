@@ -42,7 +42,11 @@ export type DeviceSocket = ServerWebSocket<SocketData>;
 export class DeviceConnection {
   /** `draining`: the offline queue is being delivered, live envelopes wait in the user actor. */
   state: "opening" | "draining" | "live" | "closed" = "opening";
-  /** Frames that must be handled in arrival order (sends) run one after another on this chain. */
+  /**
+   * What the socket does in order: coming online and its drains of the offline queue, a gone node's
+   * disconnects told (`Gateway.nodesGone`), a re-assertion of its presence. Sends have their own
+   * (`sendChain`).
+   */
   chain: Promise<void> = SETTLED;
   drain: QueueDrain | undefined;
   /** The user actor was told this connection's drain emptied the offline queue (told once). */
@@ -76,6 +80,14 @@ export class DeviceConnection {
   previousSockets: DeviceSocketRef[] | undefined;
   /** `auth` frames are answered one after another, in arrival order. */
   authChain: Promise<void> = SETTLED;
+  /**
+   * The device's sends, checked and queued for commit one after another (so accepted in the order
+   * sent), apart from `chain`: the paced drain of the offline queue runs on `chain` for as long as
+   * the reader takes to read its backlog (minutes on a slow link), and sends queued behind it were
+   * answered only after the whole backlog, or refused once past SEND_DEADLINE_MS
+   * (test/gateway/send-during-drain.test.ts). Use `enqueueSend`.
+   */
+  sendChain: Promise<void> = SETTLED;
   private expiry: ReturnType<typeof setTimeout> | undefined;
   private frameBucket: TokenBucket | undefined;
   /** A paced delivery waiting for Bun's `drain` event (or the close), if one is. */
@@ -154,6 +166,18 @@ export class DeviceConnection {
       () => this.idle(next),
     );
     return next;
+  }
+
+  /**
+   * Runs `step` on the send chain (after the device's earlier sends); once that chain is idle again
+   * it is the shared settled promise. `step` must not reject.
+   */
+  enqueueSend(step: () => Promise<void>): void {
+    const next = this.sendChain.then(step);
+    this.sendChain = next;
+    void next.then(() => {
+      if (this.sendChain === next) this.sendChain = SETTLED;
+    });
   }
 
   private idle(step: Promise<void>): void {

@@ -283,7 +283,9 @@ export class FrameHandler {
       });
     });
     const stopTimer = () => timer?.cancel();
-    conn.chain = conn.chain.then(async () => {
+    // Not on `conn.chain`: a paced drain of the offline queue holds that one for as long as the
+    // reader takes (`DeviceConnection.sendChain`).
+    conn.enqueueSend(async () => {
       // Closed by the server since the frame arrived (a revocation): the send is not accepted.
       // Answered already (it waited its whole deadline behind earlier sends): the sender sends it again.
       if (conn.closing || answered) {

@@ -330,7 +330,7 @@ export class Gateway {
     const theirs = [...registry.values()].filter((c) => c.principal.userId === userId);
     registry.close({ userId }, CloseCode.erased, "account erased");
     // What their sockets were doing (a presence lease being written, a drain) finishes first.
-    await Promise.allSettled(theirs.map((c) => c.chain));
+    await Promise.allSettled(theirs.flatMap((c) => [c.chain, c.sendChain]));
     let dropped = 0;
     for (const conn of [...registry.values()]) {
       if (conn.drain) dropped += await conn.drain.dropFrom(userId).catch(() => 0);
@@ -538,7 +538,7 @@ export class Gateway {
     // After whatever the connection was doing: its envelopes in flight must reach the actor first.
     // Acks sent just before the close go first: otherwise the actor would flush those envelopes
     // to the offline queue and the device would get them again on its next connection.
-    const bookkeeping = Promise.all([conn.chain, ...(conn.acking ?? [])]).then(async () => {
+    const bookkeeping = Promise.all([conn.chain, conn.sendChain, ...(conn.acking ?? [])]).then(async () => {
       try {
         // What its drain held goes back to the queue now: a newer socket of the device that read
         // the queue before is sent to read it again by the actor (`requeued`).
