@@ -1,30 +1,13 @@
-import { dlopen, FFIType } from "bun:ffi";
 import { closeSync, constants, ftruncateSync, openSync, readFileSync, writeSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
+import { flock } from "./libc.ts";
 
 /** The lock file in DATA_DIR: never removed, its content names the last process that held it. */
 export const LOCK_FILE = "clearbox.lock";
 
 const LOCK_EX = 2;
 const LOCK_NB = 4;
-
-/** libc's flock(2) through Bun's FFI, or `null` where no libc could be opened (then the pid check alone). */
-const flock: ((fd: number, operation: number) => number) | null = (() => {
-  const names =
-    process.platform === "darwin"
-      ? ["libc.dylib", "/usr/lib/libSystem.B.dylib"]
-      : ["libc.so.6", `libc.musl-${process.arch === "arm64" ? "aarch64" : "x86_64"}.so.1`];
-  for (const name of names) {
-    try {
-      const lib = dlopen(name, { flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
-      return (fd: number, operation: number) => lib.symbols.flock(fd, operation);
-    } catch {
-      // Not this libc; try the next name.
-    }
-  }
-  return null;
-})();
 
 /** Held by another live process: the message names the directory and that process. */
 export class DataDirLockedError extends Error {
