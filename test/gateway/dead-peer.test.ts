@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { randomBytes, randomUUID } from "node:crypto";
-import { connect, type Socket } from "node:net";
+import { randomUUID } from "node:crypto";
+import type { Socket } from "node:net";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
+import { openRawWebSocket } from "../support/raw-ws.ts";
 import { ackOf, type Frame, TestSocket } from "../support/ws.ts";
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
@@ -14,33 +15,7 @@ const b64 = (text: string) => Buffer.from(text).toString("base64");
  * answered. What a peer behind a half-open TCP connection looks like to the server.
  */
 async function stalledSocket(baseUrl: string, token: string): Promise<Socket> {
-  const { hostname, port } = new URL(baseUrl);
-  const socket = connect(Number(port), hostname);
-  await new Promise<void>((resolve, reject) => {
-    socket.once("connect", resolve);
-    socket.once("error", reject);
-  });
-  socket.write(
-    [
-      "GET /v1/ws HTTP/1.1",
-      `Host: ${hostname}:${port}`,
-      "Upgrade: websocket",
-      "Connection: Upgrade",
-      `Sec-WebSocket-Key: ${randomBytes(16).toString("base64")}`,
-      "Sec-WebSocket-Version: 13",
-      `Authorization: Bearer ${token}`,
-      "",
-      "",
-    ].join("\r\n"),
-  );
-  const head = await new Promise<string>((resolve, reject) => {
-    socket.once("data", (chunk) => resolve(String(chunk)));
-    socket.once("error", reject);
-  });
-  if (!head.startsWith("HTTP/1.1 101")) throw new Error(`upgrade refused: ${head.split("\r\n")[0]}`);
-  socket.pause();
-  socket.on("error", () => {});
-  return socket;
+  return (await openRawWebSocket(baseUrl, token)).socket;
 }
 
 describe.each(STACKS)("dead peers on the %s stack", (stack) => {

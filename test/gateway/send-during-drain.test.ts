@@ -1,54 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes, randomUUID } from "node:crypto";
-import { connect, type Socket } from "node:net";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
+import { frameReader, maskedText, openRawWebSocket, PONG } from "../support/raw-ws.ts";
 import { TestSocket } from "../support/ws.ts";
-
-/**
- * Server → client WebSocket frames (RFC 6455 §5.2, unmasked) out of a byte stream: each complete
- * frame's opcode and payload, the rest kept for the next chunk.
- */
-function frameReader() {
-  let pending = Buffer.alloc(0);
-  return (chunk: Buffer): { opcode: number; payload: Buffer }[] => {
-    pending = Buffer.concat([pending, chunk]);
-    const frames: { opcode: number; payload: Buffer }[] = [];
-    for (;;) {
-      if (pending.length < 2) break;
-      const opcode = (pending[0] as number) & 0x0f;
-      let length = (pending[1] as number) & 0x7f;
-      let offset = 2;
-      if (length === 126) {
-        if (pending.length < 4) break;
-        length = pending.readUInt16BE(2);
-        offset = 4;
-      } else if (length === 127) {
-        if (pending.length < 10) break;
-        length = Number(pending.readBigUInt64BE(2));
-        offset = 10;
-      }
-      if (pending.length < offset + length) break;
-      frames.push({ opcode, payload: pending.subarray(offset, offset + length) });
-      pending = pending.subarray(offset + length);
-    }
-    return frames;
-  };
-}
-
-/** A client → server text frame (RFC 6455 §5.3: masked). */
-function maskedText(text: string): Buffer {
-  const payload = Buffer.from(text);
-  const mask = randomBytes(4);
-  const head =
-    payload.length < 126
-      ? Buffer.from([0x81, 0x80 | payload.length])
-      : Buffer.from([0x81, 0x80 | 126, payload.length >> 8, payload.length & 0xff]);
-  const body = Buffer.alloc(payload.length);
-  for (let i = 0; i < payload.length; i++) body[i] = (payload[i] as number) ^ (mask[i % 4] as number);
-  return Buffer.concat([head, mask, body]);
-}
 
 /**
  * A client on a slow link (at most 256 KiB from the kernel per 50 ms) that sends `frame` right
@@ -56,42 +12,9 @@ function maskedText(text: string): Buffer {
  * came before the answer to its send.
  */
 async function slowSender(baseUrl: string, token: string, frame: unknown, expected: number) {
-  const { hostname, port } = new URL(baseUrl);
-  const socket: Socket = connect(Number(port), hostname);
-  await new Promise<void>((resolve, reject) => {
-    socket.once("connect", resolve);
-    socket.once("error", reject);
-  });
-  socket.pause();
-  socket.on("error", () => {});
-  socket.write(
-    [
-      "GET /v1/ws HTTP/1.1",
-      `Host: ${hostname}:${port}`,
-      "Upgrade: websocket",
-      "Connection: Upgrade",
-      `Sec-WebSocket-Key: ${randomBytes(16).toString("base64")}`,
-      "Sec-WebSocket-Version: 13",
-      `Authorization: Bearer ${token}`,
-      "",
-      "",
-    ].join("\r\n"),
-  );
-  const read = frameReader();
-  let head = "";
   // The upgrade's answer first: the send goes once the socket is a WebSocket.
-  let early: Buffer = Buffer.alloc(0);
-  for (let i = 0; i < 200 && !head.includes("\r\n\r\n"); i++) {
-    const chunk: Buffer | null = socket.read();
-    if (chunk === null) {
-      await Bun.sleep(25);
-      continue;
-    }
-    head += chunk.toString("latin1");
-    const end = head.indexOf("\r\n\r\n");
-    if (end >= 0) early = chunk.subarray(chunk.length - (head.length - end - 4));
-  }
-  if (!head.startsWith("HTTP/1.1 101")) throw new Error(`upgrade refused: ${head.split("\r\n")[0]}`);
+  const { socket, early } = await openRawWebSocket(baseUrl, token);
+  const read = frameReader();
   socket.write(maskedText(JSON.stringify(frame)));
   let messages = 0;
   let answeredAfter: number | undefined;
@@ -99,7 +22,7 @@ async function slowSender(baseUrl: string, token: string, frame: unknown, expect
   const deadline = Date.now() + 60_000;
   const take = (chunk: Buffer) => {
     for (const f of read(chunk)) {
-      if (f.opcode === 9) socket.write(Buffer.from([0x8a, 0x80, 0, 0, 0, 0]));
+      if (f.opcode === 9) socket.write(PONG);
       if (f.opcode !== 1) continue;
       const text = f.payload.toString("utf8");
       if (text.startsWith('{"type":"message"')) messages++;

@@ -1,69 +1,19 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes, randomUUID } from "node:crypto";
-import { connect, type Socket } from "node:net";
 import { DRAIN_HIGH_WATER_BYTES } from "../../src/gateway/connection.ts";
 import type { SocketRegistry } from "../../src/gateway/socket-registry.ts";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
+import { frameReader, openRawWebSocket, PONG } from "../support/raw-ws.ts";
 import { TestSocket } from "../support/ws.ts";
-
-/**
- * Server → client WebSocket frames (RFC 6455 §5.2, unmasked) out of a byte stream: each complete
- * frame's opcode and payload, the rest kept for the next chunk.
- */
-function frameReader() {
-  let pending = Buffer.alloc(0);
-  return (chunk: Buffer): { opcode: number; payload: Buffer }[] => {
-    pending = Buffer.concat([pending, chunk]);
-    const frames: { opcode: number; payload: Buffer }[] = [];
-    for (;;) {
-      if (pending.length < 2) break;
-      const opcode = (pending[0] as number) & 0x0f;
-      let length = (pending[1] as number) & 0x7f;
-      let offset = 2;
-      if (length === 126) {
-        if (pending.length < 4) break;
-        length = pending.readUInt16BE(2);
-        offset = 4;
-      } else if (length === 127) {
-        if (pending.length < 10) break;
-        length = Number(pending.readBigUInt64BE(2));
-        offset = 10;
-      }
-      if (pending.length < offset + length) break;
-      frames.push({ opcode, payload: pending.subarray(offset, offset + length) });
-      pending = pending.subarray(offset + length);
-    }
-    return frames;
-  };
-}
 
 /**
  * A client on a slow link: upgrades, then reads at most `chunkBytes` from the kernel per turn of
  * `pauseMs`. Counts the `message` frames it got until it has `expected` or the server closes it.
  */
 async function slowReader(baseUrl: string, token: string, expected: number) {
-  const { hostname, port } = new URL(baseUrl);
-  const socket: Socket = connect(Number(port), hostname);
-  await new Promise<void>((resolve, reject) => {
-    socket.once("connect", resolve);
-    socket.once("error", reject);
-  });
-  socket.pause();
-  socket.write(
-    [
-      "GET /v1/ws HTTP/1.1",
-      `Host: ${hostname}:${port}`,
-      "Upgrade: websocket",
-      "Connection: Upgrade",
-      `Sec-WebSocket-Key: ${randomBytes(16).toString("base64")}`,
-      "Sec-WebSocket-Version: 13",
-      `Authorization: Bearer ${token}`,
-      "",
-      "",
-    ].join("\r\n"),
-  );
+  const { socket, early } = await openRawWebSocket(baseUrl, token);
   let closedByServer = false;
   socket.on("end", () => {
     closedByServer = true;
@@ -75,8 +25,15 @@ async function slowReader(baseUrl: string, token: string, expected: number) {
     closedByServer = true;
   });
   const read = frameReader();
-  let head = "";
   let messages = 0;
+  const take = (chunk: Buffer) => {
+    for (const frame of read(chunk)) {
+      if (frame.opcode === 1 && frame.payload.toString("utf8", 0, 17) === '{"type":"message"') messages++;
+      // Pings answered (masked pong, empty payload), as every WebSocket library does when it reads.
+      if (frame.opcode === 9) socket.write(PONG);
+    }
+  };
+  take(early);
   const chunkBytes = 256 * 1024;
   const pauseMs = 50;
   while (messages < expected && !closedByServer) {
@@ -85,19 +42,7 @@ async function slowReader(baseUrl: string, token: string, expected: number) {
       const chunk: Buffer | null = socket.read();
       if (chunk === null) break;
       taken += chunk.length;
-      let rest = chunk;
-      if (!head.includes("\r\n\r\n")) {
-        head += chunk.toString("latin1");
-        const end = head.indexOf("\r\n\r\n");
-        if (end < 0) continue;
-        if (!head.startsWith("HTTP/1.1 101")) throw new Error(`upgrade refused: ${head.split("\r\n")[0]}`);
-        rest = chunk.subarray(chunk.length - (head.length - end - 4));
-      }
-      for (const frame of read(rest)) {
-        if (frame.opcode === 1 && frame.payload.toString("utf8", 0, 17) === '{"type":"message"') messages++;
-        // Pings answered (masked pong, empty payload), as every WebSocket library does when it reads.
-        if (frame.opcode === 9) socket.write(Buffer.from([0x8a, 0x80, 0, 0, 0, 0]));
-      }
+      take(chunk);
     }
     await Bun.sleep(pauseMs);
   }

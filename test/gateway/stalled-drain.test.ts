@@ -1,14 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes, randomUUID } from "node:crypto";
-import { connect, type Socket } from "node:net";
 import type { SocketRegistry } from "../../src/gateway/socket-registry.ts";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
+import { openRawWebSocket, PONG } from "../support/raw-ws.ts";
 import { ackOf, type Frame, TestSocket } from "../support/ws.ts";
-
-/** A masked pong frame with an empty payload (RFC 6455 §5.5.3: an unsolicited pong is allowed). */
-const PONG = Buffer.from([0x8a, 0x80, 0, 0, 0, 0]);
 
 /**
  * A client that completes the upgrade, then never reads another byte but sends a pong every
@@ -16,32 +13,7 @@ const PONG = Buffer.from([0x8a, 0x80, 0, 0, 0, 0]);
  * nothing the server writes ever leaves its buffer. Stops when `stop` is called.
  */
 async function pongingNonReader(baseUrl: string, token: string, everyMs: number) {
-  const { hostname, port } = new URL(baseUrl);
-  const socket: Socket = connect(Number(port), hostname);
-  await new Promise<void>((resolve, reject) => {
-    socket.once("connect", resolve);
-    socket.once("error", reject);
-  });
-  socket.write(
-    [
-      "GET /v1/ws HTTP/1.1",
-      `Host: ${hostname}:${port}`,
-      "Upgrade: websocket",
-      "Connection: Upgrade",
-      `Sec-WebSocket-Key: ${randomBytes(16).toString("base64")}`,
-      "Sec-WebSocket-Version: 13",
-      `Authorization: Bearer ${token}`,
-      "",
-      "",
-    ].join("\r\n"),
-  );
-  const head = await new Promise<string>((resolve, reject) => {
-    socket.once("data", (chunk) => resolve(String(chunk)));
-    socket.once("error", reject);
-  });
-  if (!head.startsWith("HTTP/1.1 101")) throw new Error(`upgrade refused: ${head.split("\r\n")[0]}`);
-  socket.pause();
-  socket.on("error", () => {});
+  const { socket } = await openRawWebSocket(baseUrl, token);
   const beat = setInterval(() => {
     if (!socket.destroyed) socket.write(PONG);
   }, everyMs);
