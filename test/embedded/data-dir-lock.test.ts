@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { LOCK_FILE } from "../../src/config/data-dir-lock.ts";
-import { runToEnd } from "../support/process.ts";
+import { runToEnd, type SpawnedNode, spawnNodeProcess } from "../support/process.ts";
 
 // Two processes on one DATA_DIR: before the lock, a second node on a fresh directory crashed in the
 // PGlite template's extraction (ReadError) while the first was writing it, and a second node on an
@@ -39,31 +39,10 @@ function nodeEnv(dataDir: string): Record<string, string> {
 }
 
 /** Spawns `bun run src/main.ts` on `dataDir`; resolves with the process and its URLs once it started. */
-async function spawnNode(dataDir: string): Promise<{ proc: Subprocess; url: string; adminUrl: string }> {
-  const proc = Bun.spawn([process.execPath, "run", "src/main.ts"], {
-    cwd: ROOT,
-    env: nodeEnv(dataDir),
-    stdout: "pipe",
-    stderr: "inherit",
-  });
-  procs.push(proc);
-  const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader();
-  let text = "";
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    text += new TextDecoder().decode(value);
-    const line = text.split("\n").find((l) => l.includes('"clearbox node started"'));
-    if (line) {
-      reader.releaseLock();
-      void (proc.stdout as ReadableStream<Uint8Array>).pipeTo(new WritableStream());
-      const { url, adminUrl } = JSON.parse(line);
-      return { proc, url, adminUrl };
-    }
-  }
-  proc.kill(9);
-  throw new Error(`the node did not start:\n${text}`);
+async function spawnNode(dataDir: string): Promise<SpawnedNode> {
+  const node = await spawnNodeProcess(nodeEnv(dataDir));
+  procs.push(node.proc);
+  return node;
 }
 
 /** Runs a second node on `dataDir` to its end (it must not start). */

@@ -1,5 +1,4 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { sql } from "drizzle-orm";
 import { SimulatedCrash } from "../../src/gdpr/erasure.ts";
@@ -8,54 +7,25 @@ import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { type Api, api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, lockWaiters, type TestDatabase } from "../support/postgres.ts";
-import { removeScratchDataDirs, scratchDataDir } from "../support/process.ts";
+import {
+  removeScratchDataDirs,
+  type SpawnedNode,
+  scratchDataDir,
+  spawnNodeProcess,
+} from "../support/process.ts";
 import { waitUntil } from "../support/ws.ts";
 
-const ROOT = resolve(import.meta.dir, "../..");
-
 /** A ClearBox node in a process of its own, so the test can kill -9 it; resolves once it started. */
-async function spawnNode(
-  env: Record<string, string>,
-): Promise<{ proc: Subprocess; url: string; adminUrl: string; logged: (msg: string) => Promise<void> }> {
-  const proc = Bun.spawn([process.execPath, "run", "src/main.ts"], {
-    cwd: ROOT,
-    env: {
-      ...process.env,
-      ...env,
-      DATA_DIR: scratchDataDir(),
-      PORT: "0",
-      ADMIN_PORT: "0",
-      LOG_LEVEL: "info",
-      NODE_ENV: "test",
-    },
-    stdout: "pipe",
-    stderr: "inherit",
+function spawnNode(env: Record<string, string>): Promise<SpawnedNode> {
+  return spawnNodeProcess({
+    ...process.env,
+    ...env,
+    DATA_DIR: scratchDataDir(),
+    PORT: "0",
+    ADMIN_PORT: "0",
+    LOG_LEVEL: "info",
+    NODE_ENV: "test",
   });
-  const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader();
-  let text = "";
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    text += new TextDecoder().decode(value);
-    const line = text.split("\n").find((l) => l.includes('"clearbox node started"'));
-    if (line) {
-      // What it logs from here on, for `logged`.
-      void (async () => {
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) return;
-          text += new TextDecoder().decode(value);
-        }
-      })();
-      const { url, adminUrl } = JSON.parse(line);
-      const logged = (msg: string) =>
-        waitUntil(() => text.includes(`"msg":"${msg}"`), `the node to log "${msg}"`, 20_000);
-      return { proc, url, adminUrl, logged };
-    }
-  }
-  proc.kill(9);
-  throw new Error("the spawned node did not start");
 }
 
 /**

@@ -1,7 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
-import { resolve } from "node:path";
-import type { Subprocess } from "bun";
 import { userKey } from "../../actors/index.ts";
 import type { SocketRegistry } from "../../src/gateway/socket-registry.ts";
 import type { AmqpOfflineQueue } from "../../src/messaging/amqp-offline-queue.ts";
@@ -9,43 +7,26 @@ import { runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { ADMIN_TOKEN, startTestNode, type TestNode } from "../support/node.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
-import { removeScratchDataDirs, scratchDataDir } from "../support/process.ts";
+import {
+  removeScratchDataDirs,
+  type SpawnedNode,
+  scratchDataDir,
+  spawnNodeProcess,
+} from "../support/process.ts";
 import { sendDirect, TestSocket, waitUntil } from "../support/ws.ts";
 
-const ROOT = resolve(import.meta.dir, "../..");
 /** A ClearBox node in a process of its own, so the test can stop and kill -9 it. */
-async function spawnNode(env: Record<string, string>): Promise<{ proc: Subprocess; url: string }> {
-  const proc = Bun.spawn([process.execPath, "run", "src/main.ts"], {
-    cwd: ROOT,
-    env: {
-      ...process.env,
-      ...env,
-      DATA_DIR: scratchDataDir(),
-      NODE_ID: `victim-${randomUUID().slice(0, 6)}`,
-      PORT: "0",
-      ADMIN_PORT: "0",
-      LOG_LEVEL: "info",
-      NODE_ENV: "test",
-    },
-    stdout: "pipe",
-    stderr: "inherit",
+function spawnNode(env: Record<string, string>): Promise<SpawnedNode> {
+  return spawnNodeProcess({
+    ...process.env,
+    ...env,
+    DATA_DIR: scratchDataDir(),
+    NODE_ID: `victim-${randomUUID().slice(0, 6)}`,
+    PORT: "0",
+    ADMIN_PORT: "0",
+    LOG_LEVEL: "info",
+    NODE_ENV: "test",
   });
-  const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader();
-  let text = "";
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    text += new TextDecoder().decode(value);
-    const line = text.split("\n").find((l) => l.includes('"clearbox node started"'));
-    if (line) {
-      reader.releaseLock();
-      void (proc.stdout as ReadableStream<Uint8Array>).pipeTo(new WritableStream());
-      return { proc, url: JSON.parse(line).url };
-    }
-  }
-  proc.kill(9);
-  throw new Error("victim node did not start");
 }
 
 /**

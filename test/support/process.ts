@@ -1,6 +1,8 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
+import type { Subprocess } from "bun";
+import { waitUntil } from "./ws.ts";
 
 /** What a finished child process printed, and how it ended. */
 export interface Finished {
@@ -54,4 +56,57 @@ export function scratchDataDir(): string {
 /** Removes every directory {@link scratchDataDir} made so far (bun's test runner fires no `exit` event). */
 export function removeScratchDataDirs(): void {
   for (const dir of scratchDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+}
+
+/** The repository's root: where `src/main.ts` is run from. */
+const ROOT = resolve(import.meta.dir, "../..");
+
+/** A node process `spawnNodeProcess` started. */
+export interface SpawnedNode {
+  proc: Subprocess;
+  /** The public and admin listeners' URLs, from its "clearbox node started" line. */
+  url: string;
+  adminUrl: string;
+  /** Resolves once the node has logged a line with `"msg":"<msg>"` (at most `timeoutMs`). */
+  logged(msg: string, timeoutMs?: number): Promise<void>;
+}
+
+/**
+ * Runs `bun run src/main.ts` from the repository's root with exactly `env` (stderr inherited) and
+ * resolves once it logs "clearbox node started" (at most 30 s; otherwise it is killed and this
+ * throws with what it printed). Its stdout is read on to the end, so the child never blocks on a
+ * full pipe and `logged` sees every later line. For tests that stop, SIGSTOP or kill -9 a node:
+ * give each one its own DATA_DIR (`scratchDataDir`).
+ */
+export async function spawnNodeProcess(env: Record<string, string | undefined>): Promise<SpawnedNode> {
+  const proc = Bun.spawn([process.execPath, "run", "src/main.ts"], {
+    cwd: ROOT,
+    env,
+    stdout: "pipe",
+    stderr: "inherit",
+  });
+  const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader();
+  let text = "";
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += new TextDecoder().decode(value);
+    const line = text.split("\n").find((l) => l.includes('"clearbox node started"'));
+    if (line) {
+      void (async () => {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) return;
+          text += new TextDecoder().decode(value);
+        }
+      })();
+      const { url, adminUrl } = JSON.parse(line) as { url: string; adminUrl: string };
+      const logged = (msg: string, timeoutMs = 20_000) =>
+        waitUntil(() => text.includes(`"msg":"${msg}"`), `the node to log "${msg}"`, timeoutMs);
+      return { proc, url, adminUrl, logged };
+    }
+  }
+  proc.kill(9);
+  throw new Error(`the spawned node did not start:\n${text}`);
 }
