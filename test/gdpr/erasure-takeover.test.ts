@@ -101,17 +101,16 @@ describe("an erasure whose node dies in a running cluster", () => {
     expect((await http.get("/v1/devices", bystander.accessToken)).status).toBe(200);
   });
 
-  test("its node killed (-9) in the middle of a step: a survivor finishes it", async () => {
-    const node = await spawnNode({ ...env, NODE_ID: "takeover-v", DATABASE_URL: database.url, ADMIN_TOKEN });
-    spawned = node.proc;
-    await waitUntil(() => b.actors.ringMembers().length === 2, "the two nodes to see each other", 10_000);
-    const victim = await registerAndLogin(api(node.url));
+  /**
+   * Holds `userId`'s account row (FOR SHARE) in B's database, asks `node`'s admin RPC to erase the
+   * user, waits until the job's `postgres` step waits for that row, runs `meanwhile` (the node's
+   * kill or stop) and lets the row go. Resolves the erasure's id.
+   */
+  async function eraseWhileRowHeld(node: SpawnedNode, userId: string, meanwhile: () => Promise<void>) {
     let erasureId = "";
-    // The test holds the account's row (FOR SHARE): the job's `postgres` step waits for it, and the
-    // node is killed there.
     await b.database.db.transaction(async (tx) => {
-      await tx.execute(sql`select id from accounts where id = ${victim.userId} for share`);
-      const answer = await fetch(`${node.adminUrl}/admin/v1/users/${victim.userId}/erase`, {
+      await tx.execute(sql`select id from accounts where id = ${userId} for share`);
+      const answer = await fetch(`${node.adminUrl}/admin/v1/users/${userId}/erase`, {
         method: "POST",
         headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
       });
@@ -122,6 +121,18 @@ describe("an erasure whose node dies in a running cluster", () => {
         "the erasure to wait for the account's row",
         10_000,
       );
+      await meanwhile();
+    });
+    return erasureId;
+  }
+
+  test("its node killed (-9) in the middle of a step: a survivor finishes it", async () => {
+    const node = await spawnNode({ ...env, NODE_ID: "takeover-v", DATABASE_URL: database.url, ADMIN_TOKEN });
+    spawned = node.proc;
+    await waitUntil(() => b.actors.ringMembers().length === 2, "the two nodes to see each other", 10_000);
+    const victim = await registerAndLogin(api(node.url));
+    // The job's `postgres` step waits for the account's row, and the node is killed there.
+    const erasureId = await eraseWhileRowHeld(node, victim.userId, async () => {
       node.proc.kill(9);
       await node.proc.exited;
     });
@@ -160,22 +171,9 @@ describe("an erasure whose node dies in a running cluster", () => {
     spawned = node.proc;
     await waitUntil(() => b.actors.ringMembers().length === 2, "the two nodes to see each other", 10_000);
     const victim = await registerAndLogin(api(node.url));
-    let erasureId = "";
     // The job's `postgres` step waits for the account's row, which the test holds until the node's
     // shutdown has told the job to stop.
-    await b.database.db.transaction(async (tx) => {
-      await tx.execute(sql`select id from accounts where id = ${victim.userId} for share`);
-      const answer = await fetch(`${node.adminUrl}/admin/v1/users/${victim.userId}/erase`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
-      });
-      expect(answer.status).toBe(202);
-      erasureId = ((await answer.json()) as { erasureId: string }).erasureId;
-      await waitUntil(
-        async () => (await lockWaiters(b.database.db)) > 0,
-        "the erasure to wait for the account's row",
-        10_000,
-      );
+    const erasureId = await eraseWhileRowHeld(node, victim.userId, async () => {
       node.proc.kill("SIGTERM");
       await node.logged("stopping erasures");
     });
