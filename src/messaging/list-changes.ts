@@ -19,8 +19,10 @@ const HEARTBEAT_MS = 1000;
  * (ms): a connection that stopped delivering without closing is noticed within it.
  */
 const LIVENESS_MS = 3 * HEARTBEAT_MS;
-/** How long a change's publication is waited for before the caller goes on without it (ms). */
+/** How long a change's publication and its acknowledgements are waited for before the caller goes on without them (ms). */
 const PUBLISH_WAIT_MS = 1000;
+/** A heartbeat's third word: the node acknowledges the changes it applied (`a` messages). */
+const ACKS = "a";
 
 /**
  * Device and block changes between nodes, over Redis pub/sub on `<prefix>lists`. A node that
@@ -32,14 +34,30 @@ const PUBLISH_WAIT_MS = 1000;
  * when the subscription becomes live again after any gap (a reconnect, or heartbeats that stopped),
  * `forgetLists` runs before the first message is acted on, since changes published meanwhile are lost.
  *
- * Messages (space-separated, from nodes only; anything else is ignored): `h <node>` heartbeat,
- * `d <node> <user>` devices changed, `b <node> <blocker> <blocked>` block changed.
+ * Redis taking a message is not another node having read it: that node may handle a WebSocket frame
+ * that arrived after the change's HTTP reply before it reads its subscription. So each node applies
+ * a change and then acknowledges it on the channel, and the publisher waits (at most
+ * PUBLISH_WAIT_MS) for an acknowledgement from every peer whose heartbeat it heard within
+ * LIVENESS_MS: a send on any live node after the change's reply sees the change. A peer that
+ * started within the last heartbeat, or one that stopped answering, is not waited for (or not
+ * beyond PUBLISH_WAIT_MS).
+ *
+ * Messages (space-separated, from nodes only; anything else is ignored): `h <node> a` heartbeat (the
+ * `a`: the node acknowledges changes; a heartbeat without it, from an older node, is not waited
+ * for), `d <node> <user> <nonce>` devices changed, `b <node> <blocker> <blocked> <nonce>` block
+ * changed, `a <node> <publisher> <nonce>` the change `<nonce>` of `<publisher>` applied on `<node>`.
+ * An older node's changes carry no nonce and are not acknowledged.
  */
 export class ListChangeChannel {
   private subscriber: Redis | undefined;
   private heartbeat: ReturnType<typeof setInterval> | undefined;
   /** When this node last heard its own heartbeat (ms, `now()`); -Infinity after a close. */
   private lastHeard = Number.NEGATIVE_INFINITY;
+  /** Peers that acknowledge changes, by node id: when their heartbeat was last heard (ms, `now()`). */
+  private readonly peers = new Map<string, number>();
+  /** This node's changes waiting for acknowledgements, by nonce: the peers not yet heard from. */
+  private readonly unacknowledged = new Map<string, { waiting: Set<string>; done: () => void }>();
+  private nonces = 0;
 
   constructor(
     private readonly redis: Redis,
@@ -59,6 +77,11 @@ export class ListChangeChannel {
     return this.now() - this.lastHeard < LIVENESS_MS;
   }
 
+  /** The peers whose changes' acknowledgements a publication here waits for now (node ids). */
+  get acknowledgingPeers(): string[] {
+    return [...this.livePeers()];
+  }
+
   /**
    * Subscribes (a connection of its own, `redis.duplicate()`; ioredis re-subscribes after a
    * reconnect) and starts the heartbeat. Resolves once subscribed; a failure is logged and retried
@@ -73,51 +96,108 @@ export class ListChangeChannel {
       this.lastHeard = Number.NEGATIVE_INFINITY;
     });
     subscriber.on("message", (_channel: string, text: string) => this.heard(text));
-    this.heartbeat = setInterval(() => void this.publish(`h ${this.nodeId}`), HEARTBEAT_MS);
+    this.heartbeat = setInterval(() => void this.publish(`h ${this.nodeId} ${ACKS}`), HEARTBEAT_MS);
     try {
       await subscriber.subscribe(this.channel);
     } catch (error) {
       this.logger.warn({ err: error }, "could not subscribe to device and block changes");
     }
-    void this.publish(`h ${this.nodeId}`);
+    void this.publish(`h ${this.nodeId} ${ACKS}`);
   }
 
   private heard(text: string): void {
-    const [kind, node, first, second] = text.split(" ");
+    const [kind, node, first, second, third] = text.split(" ");
     if (!this.live) {
       // Anything published while the subscription was away is lost: nothing cached is trusted.
       this.lists.forgetLists();
     }
-    if (kind === "h" && node === this.nodeId) this.lastHeard = this.now();
+    if (node === undefined) return;
+    if (kind === "h") {
+      if (node === this.nodeId) this.lastHeard = this.now();
+      else if (first === ACKS) this.peers.set(node, this.now());
+      return;
+    }
+    if (kind === "a") {
+      if (first === this.nodeId && second !== undefined) this.acknowledged(second, node);
+      return;
+    }
     // Our own changes were applied here before they were published.
     if (node === this.nodeId || first === undefined) return;
-    if (kind === "d") this.lists.devicesChanged(first);
-    else if (kind === "b" && second !== undefined) this.lists.blocksChanged(first, second);
+    let nonce: string | undefined;
+    if (kind === "d") {
+      this.lists.devicesChanged(first);
+      nonce = second;
+    } else if (kind === "b" && second !== undefined) {
+      this.lists.blocksChanged(first, second);
+      nonce = third;
+    } else return;
+    if (nonce !== undefined) void this.publish(`a ${this.nodeId} ${node} ${nonce}`);
+  }
+
+  private acknowledged(nonce: string, by: string): void {
+    const change = this.unacknowledged.get(nonce);
+    if (!change) return;
+    change.waiting.delete(by);
+    if (change.waiting.size === 0) change.done();
+  }
+
+  /** The peers that acknowledge changes and were heard within LIVENESS_MS (the stale are forgotten). */
+  private livePeers(): Set<string> {
+    const now = this.now();
+    const live = new Set<string>();
+    for (const [node, at] of this.peers) {
+      if (now - at < LIVENESS_MS) live.add(node);
+      else this.peers.delete(node);
+    }
+    return live;
   }
 
   /**
-   * Tells every node that `userId`'s devices changed. Resolves once Redis took it (every live
-   * subscriber has it then), or after PUBLISH_WAIT_MS; a failure is logged, never thrown: the
-   * change is committed already, and other nodes re-read their lists within `keptFor` at most.
+   * Tells every node that `userId`'s devices changed. Resolves once Redis took it and every live
+   * peer acknowledged it (see the class comment), or after PUBLISH_WAIT_MS; a failure is logged,
+   * never thrown: the change is committed already, and other nodes re-read their lists within
+   * `keptFor` at most.
    */
   publishDevices(userId: string): Promise<void> {
-    return this.publish(`d ${this.nodeId} ${userId}`);
+    return this.publishChange(`d ${this.nodeId} ${userId}`);
   }
 
   /** Tells every node that `blocker`'s blocks changed (as `publishDevices`). */
   publishBlocks(blocker: string, blocked: string): Promise<void> {
-    return this.publish(`b ${this.nodeId} ${blocker} ${blocked}`);
+    return this.publishChange(`b ${this.nodeId} ${blocker} ${blocked}`);
+  }
+
+  /** Publishes `message` with a nonce appended and waits for the live peers' acknowledgements. */
+  private async publishChange(message: string): Promise<void> {
+    const nonce = String(++this.nonces);
+    // Acknowledgements arrive on the subscription: without it none would be heard.
+    const waiting = this.live ? this.livePeers() : new Set<string>();
+    let done = () => {};
+    const acknowledged = new Promise<void>((resolve) => {
+      done = resolve;
+    });
+    if (waiting.size === 0) done();
+    else this.unacknowledged.set(nonce, { waiting, done });
+    try {
+      await settledWithin(Promise.all([this.send(`${message} ${nonce}`), acknowledged]), PUBLISH_WAIT_MS);
+    } finally {
+      this.unacknowledged.delete(nonce);
+    }
   }
 
   private async publish(message: string): Promise<void> {
-    const sent = this.redis.publish(this.channel, message).then(
+    await settledWithin(this.send(message), PUBLISH_WAIT_MS);
+  }
+
+  /** Publishes `message`; resolves once Redis took it, or failed (logged, never thrown). */
+  private send(message: string): Promise<void> {
+    return this.redis.publish(this.channel, message).then(
       () => undefined,
       (error: unknown) => {
         // The kind only: the message names users.
         this.logger.warn({ err: error, kind: message[0] }, "could not publish a device or block change");
       },
     );
-    await settledWithin(sent, PUBLISH_WAIT_MS);
   }
 
   /** Stops the heartbeat and closes the subscription. */

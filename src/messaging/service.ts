@@ -290,8 +290,11 @@ export class MessagingService {
    * recipient's devices changed since the check (`devicesChangedSince`). A removal on this node
    * tells it (`devicesChanged`) before it erases, so either its erasure comes after this commit or
    * this sees the change. One on another node publishes the change on the list-change channel
-   * before it erases: a send here whose commit and check both fall within that message's transit,
-   * or any while the channel is down, can still miss it (then the row stays until retention).
+   * and waits for every live node's acknowledgement (this node applied it) before it erases: a
+   * send here that committed after that erasure sees the change. One while the channel is down,
+   * or on a node the publisher did not wait for (started within the last heartbeat, or slower to
+   * acknowledge than the publisher's 1 s wait), can still miss it (then the row stays until
+   * retention).
    */
   private async dropRemovedDevices(userId: string, stored: StoredEnvelope[]): Promise<StoredEnvelope[]> {
     const current = await this.devicesOf(userId);

@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import Redis from "ioredis";
 import { ListChangeChannel } from "../../src/messaging/list-changes.ts";
 import { createLogger } from "../../src/observability/logger.ts";
-import { runPrefix, stackEnv } from "../support/cluster-env.ts";
+import { REDIS_URL, runPrefix, stackEnv } from "../support/cluster-env.ts";
 import { type Api, api, loginDevice, registerAndLogin } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
 import { OwnRedis } from "../support/own-redis.ts";
@@ -179,5 +179,60 @@ describe("the list-change channel with its Redis cut", () => {
     expect(after).not.toContain("devices lost");
     await channelA.publishDevices("u4");
     await until("B hearing u4", () => heard.includes("devices u4"));
+  });
+});
+
+/**
+ * Redis taking a publication is not another node having read it. Node B's Redis connection delivers
+ * 150 ms late (a TCP proxy): a publication on A resolves only once B has applied the change and
+ * acknowledged it, so whatever A's caller does next (answer HTTP; a client's next send on B) comes
+ * after B dropped its list.
+ */
+describe("the list-change channel waits for every live peer's acknowledgement", () => {
+  let proxy: TcpProxy;
+  let redisA: Redis;
+  let redisB: Redis;
+  let channelA: ListChangeChannel;
+  let channelB: ListChangeChannel;
+  const heardB: string[] = [];
+  const logger = createLogger({ level: "silent", nodeId: "test" });
+  const prefix = `${runPrefix()}ack:`;
+
+  beforeAll(async () => {
+    proxy = await startTcpProxy(REDIS_URL, { toClientDelayMs: 150 });
+    redisA = new Redis(REDIS_URL);
+    redisB = new Redis(proxy.url);
+    const ignore = { devicesChanged() {}, blocksChanged() {}, forgetLists() {} };
+    channelA = new ListChangeChannel(redisA, prefix, "ack-a", ignore, logger);
+    channelB = new ListChangeChannel(
+      redisB,
+      prefix,
+      "ack-b",
+      {
+        devicesChanged: (user) => void heardB.push(`devices ${user}`),
+        blocksChanged: (blocker, blocked) => void heardB.push(`blocks ${blocker} ${blocked}`),
+        forgetLists: () => {},
+      },
+      logger,
+    );
+    await channelA.start();
+    await channelB.start();
+  });
+  afterAll(async () => {
+    await channelA?.close();
+    await channelB?.close();
+    redisA?.disconnect();
+    redisB?.disconnect();
+    await proxy?.close();
+  });
+
+  test("a device or block change published on A has been applied on B when the publication resolves", async () => {
+    await until("both channels live, and A knowing B", () =>
+      Boolean(channelA.live && channelB.live && channelA.acknowledgingPeers.includes("ack-b")),
+    );
+    await channelA.publishBlocks("u1", "u2");
+    expect(heardB).toEqual(["blocks u1 u2"]);
+    await channelA.publishDevices("u3");
+    expect(heardB).toEqual(["blocks u1 u2", "devices u3"]);
   });
 });

@@ -17,10 +17,12 @@ export interface TcpProxy {
 /**
  * `onClientData`: hears every chunk a client sends towards `target`, with the client connection's
  * number (0, 1, … in order of accept), before it is forwarded (tests that read a wire protocol).
+ * `toClientDelayMs`: every chunk from `target` reaches the client this many ms late, in order (a
+ * slow reader: tests of what must not depend on another process having read something yet).
  */
 export async function startTcpProxy(
   target: string,
-  options: { onClientData?: (chunk: Buffer, connection: number) => void } = {},
+  options: { onClientData?: (chunk: Buffer, connection: number) => void; toClientDelayMs?: number } = {},
 ): Promise<TcpProxy> {
   const { hostname, port: targetPort, protocol } = new URL(target);
   const open = new Set<Socket>();
@@ -40,7 +42,9 @@ export async function startTcpProxy(
       client.on("data", (chunk: Buffer) => onClientData(chunk, connection));
     }
     client.pipe(upstream);
-    upstream.pipe(client);
+    const { toClientDelayMs } = options;
+    if (toClientDelayMs === undefined) upstream.pipe(client);
+    else upstream.on("data", (chunk: Buffer) => void setTimeout(() => client.write(chunk), toClientDelayMs));
     const drop = () => {
       client.destroy();
       upstream.destroy();
