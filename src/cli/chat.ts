@@ -1,6 +1,41 @@
 import { createInterface, type Interface } from "node:readline";
-import { type ChatMessage, ClearBoxApiError, type ClearBoxClient, Messenger } from "../client/index.ts";
+import {
+  type ChatMessage,
+  ClearBoxApiError,
+  type ClearBoxClient,
+  type MessageRefusal,
+  Messenger,
+} from "../client/index.ts";
 import { printable } from "./terminal.ts";
+
+/** What the common refusals of a send mean to the person who sent it (docs/PROTOCOL.md codes). */
+const REFUSAL_MEANING: Record<string, string> = {
+  unknown_recipient: "no such account any more (erased, or never existed)",
+  not_member: "you are not a member of this group",
+  rate_limited: "this account sent too much for now",
+  too_large: "the message is too large",
+  forbidden: "you are not a member of this group",
+  not_found: "the group no longer exists",
+};
+
+/**
+ * One line saying why a send failed: the server's code, what it means, its message and when to try
+ * again, e.g. `unknown_recipient: no such account any more (erased, or never existed)`. What the
+ * server chose is shown escaped (`printable`). `undefined` (an older event without a refusal):
+ * `refused by the server`.
+ */
+export function describeRefusal(refusal: MessageRefusal | undefined): string {
+  if (!refusal) return "refused by the server";
+  const parts = [printable(refusal.code)];
+  const meaning = REFUSAL_MEANING[refusal.code];
+  if (meaning) parts.push(meaning);
+  if (refusal.message && refusal.message !== meaning) parts.push(printable(refusal.message));
+  let line = parts.join(": ");
+  if (refusal.retryAfterMs !== undefined) {
+    line += ` (try again in ${Math.ceil(refusal.retryAfterMs / 60_000)} min)`;
+  }
+  return line;
+}
 
 export const CHAT_HELP = `commands in chat (anything else is a message to the current conversation):
   /to <username>               talk to this user
@@ -201,7 +236,8 @@ export async function chat(
 
   messenger.on("message", async (m: ChatMessage) => {
     if (m.outgoing) {
-      if (m.state === "failed") print(`! not delivered: "${printable(m.text)}"`);
+      if (m.state === "failed")
+        print(`! not delivered: "${printable(m.text)}": ${describeRefusal(m.refusal)}`);
       return;
     }
     const where = m.group ? ` #${await groupName(m.group)}` : "";

@@ -4,7 +4,7 @@ import { parseArgs } from "node:util";
 import { read } from "read";
 import { ClearBoxApiError, ClearBoxClient, ClearBoxHttp, Messenger } from "../client/index.ts";
 import { checkReceipt } from "../protocol/erasure-receipt.ts";
-import { CHAT_HELP, chat } from "./chat.ts";
+import { CHAT_HELP, chat, describeRefusal } from "./chat.ts";
 import { printable } from "./terminal.ts";
 
 const USAGE = `ClearBox CLI
@@ -353,7 +353,7 @@ async function send(client: ClearBoxClient, to: string | undefined, text: string
     messenger.on("message", (m) => {
       if (m.id !== queued.id) return;
       if (m.state === "sent") console.log(`accepted at ${new Date(m.ts).toISOString()}`);
-      else console.error("rejected by the server");
+      else console.error(`not delivered: ${describeRefusal(m.refusal)}`);
       messenger.stop();
       resolve(m.state === "sent" ? 0 : 1);
     });

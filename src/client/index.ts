@@ -15,6 +15,7 @@ export {
 export {
   type BackoffOptions,
   type ChatMessage,
+  type MessageRefusal,
   Messenger,
   type MessengerEvents,
   StoreInUseError,

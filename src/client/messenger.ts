@@ -21,6 +21,29 @@ export interface ChatMessage {
   ts: number;
   /** Outgoing only: `queued` until the server accepted it (`sent`), or `failed` with the refusal. */
   state: "queued" | "sent" | "failed" | "received";
+  /**
+   * On the `message` event that reports a `failed` send only (not kept in the history): why, as
+   * the server said it: the `rejected` frame's code (`unknown_recipient`, `not_member`,
+   * `rate_limited`, …) and message, or the HTTP error's code when the group could not be read.
+   */
+  refusal?: MessageRefusal;
+}
+
+/** Why a send failed: a protocol reject code (docs/PROTOCOL.md) or an HTTP error code, as answered. */
+export interface MessageRefusal {
+  code: string;
+  message?: string;
+  /** For `rate_limited`: the ms until the server takes sends again. */
+  retryAfterMs?: number;
+}
+
+/** The refusal a `rejected` frame carries, for ChatMessage.refusal. */
+function refusalOf(frame: RejectedFrame): MessageRefusal {
+  return {
+    code: frame.code,
+    ...(typeof frame.message === "string" ? { message: frame.message } : {}),
+    ...(typeof frame.retryAfterMs === "number" ? { retryAfterMs: frame.retryAfterMs } : {}),
+  };
 }
 
 /** The events a Messenger emits (EventEmitter names and argument shapes). */
@@ -493,7 +516,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
       );
   }
 
-  private settle(id: string, state: "sent" | "failed", ts?: number): void {
+  private settle(id: string, state: "sent" | "failed", ts?: number, refusal?: MessageRefusal): void {
     const db = this.client.store.db;
     db.query("delete from outbox where id = ?").run(id);
     if (ts === undefined) db.query("update history set state = ? where id = ?").run(state, id);
@@ -502,7 +525,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
       .query<{ conversation: string }, [string]>("select conversation from history where id = ?")
       .get(id);
     const message = row ? this.history(row.conversation).find((m) => m.id === id) : undefined;
-    if (message) this.emit("message", message);
+    if (message) this.emit("message", refusal ? { ...message, refusal } : message);
   }
 
   /** Sends the outbox in order, one send at a time, while the socket is open. */
@@ -532,7 +555,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
       const answer = await this.sendDirect(row.id, row.target, row.payload);
       if (!answer) return "retry";
       if (answer.type === "accepted") this.settle(row.id, "sent", answer.ts);
-      else this.settle(row.id, "failed");
+      else this.settle(row.id, "failed", undefined, refusalOf(answer));
       return "settled";
     }
     let groupInfo: Awaited<ReturnType<ClearBoxClient["http"]["group"]>>;
@@ -540,7 +563,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
       groupInfo = await this.client.http.group(row.target);
     } catch (error) {
       if (error instanceof ClearBoxApiError && error.status < 500) {
-        this.settle(row.id, "failed");
+        this.settle(row.id, "failed", undefined, { code: error.code, message: error.message });
         return "settled";
       }
       throw error;
@@ -556,7 +579,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
     });
     if (!answer) return "retry";
     if (answer.type === "accepted") this.settle(row.id, "sent", answer.ts);
-    else this.settle(row.id, "failed");
+    else this.settle(row.id, "failed", undefined, refusalOf(answer));
     return "settled";
   }
 

@@ -109,6 +109,32 @@ describe("CLI chat", () => {
     ).toBe(1);
   });
 
+  test("a send the server refuses says why: to an account erased since, send and chat name unknown_recipient", async () => {
+    const alice = { name: uniqueUsername("sender"), store: join(dir, "refused-sender.db") };
+    const bob = { name: uniqueUsername("gone"), store: join(dir, "refused-gone.db") };
+    for (const u of [alice, bob]) {
+      expect((await run(["register", u.name, "--server", node.url, "--store", u.store])).code).toBe(0);
+    }
+    // Alice's store learns Bob (his id and session), then Bob erases his account.
+    const first = await run(["send", bob.name, "hello", "--store", alice.store]);
+    expect(first.code).toBe(0);
+    expect(first.out).toContain("accepted at");
+    expect(
+      (await run(["erase", "--store", bob.store, "--out", join(dir, "refused-receipt.json")])).code,
+    ).toBe(0);
+    const refused = await run(["send", bob.name, "still there?", "--store", alice.store]);
+    expect(refused.code).toBe(1);
+    expect(refused.err).toContain("not delivered: unknown_recipient: no such account any more");
+    const a = new Terminal([process.execPath, "run", CLI, "chat", "--store", alice.store]);
+    await a.expect(/signed in as/);
+    a.type(`/to ${bob.name}`);
+    await a.expect(/talking to/);
+    a.type("anyone?");
+    await a.expect(/! not delivered: "anyone\?": unknown_recipient: no such account any more/);
+    a.type("/quit");
+    expect(await a.exited).toBe(0);
+  });
+
   test("README's form works: npm run cli -- <command> --help", async () => {
     const { stdout: out, code } = await runToEnd(["npm", "run", "--silent", "cli", "--", "chat", "--help"], {
       cwd: resolve(import.meta.dir, "../.."),
