@@ -5,6 +5,8 @@ import {
   type ClearBoxClient,
   type MessageRefusal,
   Messenger,
+  readKnownGroups,
+  writeKnownGroups,
 } from "../client/index.ts";
 import { printable } from "./terminal.ts";
 
@@ -108,20 +110,16 @@ export function pickGroup(typed: string, candidates: Group[], among: Group[] = c
   return named.length === 1 ? named[0] : named;
 }
 
-/** The store's setting that keeps the groups the CLI has known, `{ [groupId]: name }`. */
-const KNOWN_GROUPS = "cli.groups";
-
 /**
- * The groups this store has known (`KNOWN_GROUPS`), and those of its message history not among
+ * The groups this store has known (`readKnownGroups`: the list the CLI shares with the browser
+ * client), and those of its message history not among
  * them (a store from before they were kept), whose names are asked of the server (groups it no
  * longer shows, having been left, are skipped). Saved back when the history added any.
  */
 async function knownGroups(client: ClearBoxClient): Promise<Map<string, Group>> {
   const groups = new Map<string, Group>();
-  for (const [groupId, name] of Object.entries(
-    client.store.get<Record<string, string>>(KNOWN_GROUPS) ?? {},
-  )) {
-    if (typeof name === "string") groups.set(groupId, { groupId, name });
+  for (const [groupId, name] of Object.entries(readKnownGroups(client.store))) {
+    groups.set(groupId, { groupId, name });
   }
   const fromHistory = client.store.db
     .query<{ conversation: string }, []>(
@@ -144,7 +142,7 @@ async function knownGroups(client: ClearBoxClient): Promise<Map<string, Group>> 
 }
 
 function saveKnownGroups(client: ClearBoxClient, groups: Map<string, Group>): void {
-  client.store.set(KNOWN_GROUPS, Object.fromEntries([...groups.values()].map((g) => [g.groupId, g.name])));
+  writeKnownGroups(client.store, Object.fromEntries([...groups.values()].map((g) => [g.groupId, g.name])));
 }
 
 /**

@@ -12,6 +12,7 @@ export {
   generateSignedPreKey,
   ONE_TIME_KEY_BATCH,
 } from "./keys.ts";
+export { KNOWN_GROUPS, readKnownGroups, writeKnownGroups } from "./known-groups.ts";
 export {
   type BackoffOptions,
   type ChatMessage,

@@ -7,7 +7,9 @@ import {
   ClearBoxApiError,
   ClearBoxClient,
   Messenger,
+  readKnownGroups,
   StoreInUseError,
+  writeKnownGroups,
 } from "../client/index.ts";
 import { checkReceipt } from "../protocol/erasure-receipt.ts";
 
@@ -81,10 +83,11 @@ export async function startWebClient(options: WebClientOptions): Promise<WebClie
 
   const unread = (): Record<string, number> => client?.store.get<Record<string, number>>("web.unread") ?? {};
   const setUnread = (value: Record<string, number>) => client?.store.set("web.unread", value);
-  const groupNames = (): Record<string, string> =>
-    client?.store.get<Record<string, string>>("web.groups") ?? {};
-  const rememberGroup = (groupId: string, name: string) =>
-    client?.store.set("web.groups", { ...groupNames(), [groupId]: name });
+  // One list with the CLI's chat (readKnownGroups), which may use this store between two runs.
+  const groupNames = (): Record<string, string> => (client ? readKnownGroups(client.store) : {});
+  const rememberGroup = (groupId: string, name: string) => {
+    if (client) writeKnownGroups(client.store, { ...groupNames(), [groupId]: name });
+  };
 
   const startMessenger = () => {
     if (!client || messenger) return;
@@ -265,7 +268,7 @@ export async function startWebClient(options: WebClientOptions): Promise<WebClie
       const id = uuid(groupId);
       await c.http.removeGroupMember(id, c.userId);
       const { [id]: _left, ...rest } = groupNames();
-      client?.store.set("web.groups", rest);
+      writeKnownGroups(c.store, rest);
       return {};
     },
     "POST /api/groups/:groupId/invite": async (body, [groupId]) => {

@@ -6,6 +6,7 @@ import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { sql } from "drizzle-orm";
 import { ClearBoxClient } from "../../src/client/index.ts";
+import { startWebClient } from "../../src/webclient/server.ts";
 import { uniqueUsername } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
 import { runToEnd } from "../support/process.ts";
@@ -133,6 +134,52 @@ describe("CLI chat", () => {
     await a.expect(/! not delivered: "anyone\?": unknown_recipient: no such account any more/);
     a.type("/quit");
     expect(await a.exited).toBe(0);
+  });
+
+  test("chat and the browser client on one store share its groups: each lists the groups the other made", async () => {
+    const alice = { name: uniqueUsername("both"), store: join(dir, "both-clients.db") };
+    const bob = { name: uniqueUsername("invited"), store: join(dir, "both-invited.db") };
+    for (const u of [alice, bob]) {
+      expect((await run(["register", u.name, "--server", node.url, "--store", u.store])).code).toBe(0);
+    }
+    const inChat = `chat${Date.now()}`;
+    const inPage = `page${Date.now()}`;
+    const first = new Terminal([process.execPath, "run", CLI, "chat", "--store", alice.store]);
+    await first.expect(/signed in as/);
+    first.type(`/group new ${inChat} ${bob.name}`);
+    await first.expect(/created #/);
+    first.type("/quit");
+    expect(await first.exited).toBe(0);
+
+    // The browser client's local process (its API only: no page is served here) on the same store.
+    const web = await startWebClient({ storePath: alice.store, serverUrl: node.url, assetsDir: dir });
+    try {
+      const url = new URL(web.url);
+      const call = async (method: string, path: string, body?: unknown) => {
+        const res = await fetch(new URL(path, url), {
+          method,
+          headers: {
+            "x-clearbox-secret": url.searchParams.get("secret") ?? "",
+            ...(body === undefined ? {} : { "content-type": "application/json" }),
+          },
+          body: body === undefined ? undefined : JSON.stringify(body),
+        });
+        expect(res.status).toBe(200);
+        return (await res.json()) as { groups?: { name: string }[] };
+      };
+      expect((await call("GET", "/api/contacts")).groups?.map((g) => g.name)).toEqual([inChat]);
+      await call("POST", "/api/groups", { name: inPage, members: [] });
+    } finally {
+      await web.stop();
+    }
+
+    const second = new Terminal([process.execPath, "run", CLI, "chat", "--store", alice.store]);
+    await second.expect(/signed in as/);
+    second.type("/groups");
+    await second.expect(new RegExp(`#${inPage}`));
+    expect(second.output).toContain(`#${inChat}`);
+    second.type("/quit");
+    expect(await second.exited).toBe(0);
   });
 
   test("README's form works: npm run cli -- <command> --help", async () => {
