@@ -411,6 +411,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     retryBaseMs: options.erasureRetryBaseMs,
     onCompleted: () => metrics.erasuresCompleted.inc(),
     ledger,
+    ledgerCoversDatabase: database.kind === "pglite",
   });
   const retention = new RetentionJob({
     db,

@@ -122,6 +122,12 @@ export interface ErasureDeps {
   onCompleted?: () => void;
   /** Every requested erasure is recorded here before its job starts (restores replay it). */
   ledger?: ErasureLedger;
+  /**
+   * True when this node is the only one starting erasures on its database (the embedded default),
+   * so every erasure job in it was recorded in `ledger` first; in a cluster each node keeps a
+   * ledger of its own and another node's jobs are in another file.
+   */
+  ledgerCoversDatabase?: boolean;
 }
 
 /** The view of a job that `GET /v1/erasures/:id` serves. */
@@ -205,7 +211,10 @@ export class ErasureService {
     const ledger = this.deps.ledger;
     if (!ledger) return 0;
     const keys = ledger.keys();
-    if (keys.size === 0) return 0;
+    if (keys.size === 0) {
+      await this.warnOfLostLedger(ledger);
+      return 0;
+    }
     const rows = await this.deps.db.select({ id: accounts.id }).from(accounts);
     const back = rows.filter((row) => keys.has(ErasureLedger.key(row.id)));
     if (back.length === 0) return 0;
@@ -221,6 +230,25 @@ export class ErasureService {
         "replayed erasures still running; they continue in the background",
       );
     return back.length;
+  }
+
+  /**
+   * An empty ledger beside a database that holds erasure jobs, on a node whose ledger covers its
+   * database (`ledgerCoversDatabase`), cannot be the ledger those jobs were recorded in (each
+   * request appends its line before its job is written): it was lost or replaced, typically a
+   * backup restored into a new DATA_DIR whose default ERASURE_LEDGER_FILE is a new, empty file.
+   * An account erased after that backup then comes back without a word; this says so in an
+   * `error` line (path and job count only) instead, and the node still starts.
+   */
+  private async warnOfLostLedger(ledger: ErasureLedger): Promise<void> {
+    if (!this.deps.ledgerCoversDatabase) return;
+    const [row] = await this.deps.db.select({ jobs: count() }).from(erasures);
+    const jobs = Number(row?.jobs ?? 0);
+    if (jobs === 0) return;
+    this.deps.logger.error(
+      { ledger: ledger.path, erasureJobs: jobs },
+      "the erasure ledger lists no erasure but the database holds erasure jobs: the ledger was lost or replaced (a restore into a new DATA_DIR with the default ERASURE_LEDGER_FILE?), so an account erased after this database's backup is not erased again; stop the node, set ERASURE_LEDGER_FILE to the ledger kept outside the backups, and start it again",
+    );
   }
 
   /**

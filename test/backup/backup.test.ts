@@ -189,6 +189,51 @@ describe("backup and restore of the embedded default", () => {
     await Promise.all([aliceSocket2.close(), bobSocket.close()]);
   });
 
+  test("a start with an empty erasure ledger beside a database that holds erasure jobs says the ledger is lost; with its own ledger it does not", async () => {
+    const kept = join(scratch, "kept-ledger", "erasure-ledger");
+    const first = await startTestNode("pglite", { env: { ERASURE_LEDGER_FILE: kept } });
+    nodes.push(first);
+    const client = api(first.url);
+    const leaving = await registerAndLogin(client);
+    const erasure = await client.call("DELETE", "/v1/me", {
+      token: leaving.accessToken,
+      body: { password: leaving.password },
+    });
+    expect(erasure.status).toBe(202);
+    await waitFor(async () => {
+      const res = await client.get(`/v1/erasures/${erasure.body.erasureId}`);
+      return res.body.status === "done" ? true : undefined;
+    }, "the erasure");
+    await first.stop();
+    nodes.splice(nodes.indexOf(first), 1);
+    const lost = "the erasure ledger lists no erasure but the database holds erasure jobs";
+
+    // The same database with its own ledger: nothing to say.
+    const same = await startTestNode("pglite", {
+      env: { ERASURE_LEDGER_FILE: kept },
+      dataDir: first.dataDir,
+    });
+    nodes.push(same);
+    expect(same.logs.join("")).toContain("clearbox node started");
+    expect(same.logs.join("")).not.toContain(lost);
+    await same.stop();
+    nodes.splice(nodes.indexOf(same), 1);
+
+    // A new, empty ledger (what a restore into a new DATA_DIR with the default path gets): said, once, at error level.
+    const fresh = join(scratch, "fresh-ledger", "erasure-ledger");
+    const node = await startTestNode("pglite", {
+      env: { ERASURE_LEDGER_FILE: fresh },
+      dataDir: first.dataDir,
+    });
+    nodes.push(node);
+    const lines = node.logs
+      .join("")
+      .split("\n")
+      .filter((line) => line.includes(lost))
+      .map((line) => JSON.parse(line) as { level: number; ledger: string; erasureJobs: number });
+    expect(lines).toEqual([expect.objectContaining({ level: 50, ledger: fresh, erasureJobs: 1 })]);
+  });
+
   test("a damaged erasure ledger stops the start (holding nothing open) instead of being half replayed", async () => {
     const ledger = new ErasureLedger(join(scratch, "other-ledger"));
     expect(ledger.keys().size).toBe(0);
