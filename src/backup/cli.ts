@@ -13,8 +13,8 @@
  *
  * Exit 0 done (or `--help`: the usage on stdout), 1 refused or failed (the message says why), 2 bad usage.
  */
-import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
+import { readFileSync, statSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { openDatabase } from "../db/index.ts";
 import { PostgresEnvelopeLog } from "../messaging/postgres-envelope-log.ts";
@@ -62,6 +62,23 @@ export function defaultAdminUrl(env: NodeJS.ProcessEnv = process.env): string {
         : named;
   const scheme = env.ADMIN_TLS_CERT_FILE ? "https" : "http";
   return `${scheme}://${host}:${env.ADMIN_PORT || "9090"}`;
+}
+
+/**
+ * After a restore into `dataDir`: a warning when the erasure ledger a node started there would read
+ * (`$ERASURE_LEDGER_FILE`, else `<dataDir>/erasure-ledger`) is missing or empty, since the node
+ * would then not erase again the accounts erased after the backup; undefined when it holds lines.
+ */
+export function ledgerNote(dataDir: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const path = resolve(env.ERASURE_LEDGER_FILE || join(dataDir, "erasure-ledger"));
+  let size = 0;
+  try {
+    size = statSync(path).size;
+  } catch {
+    // Missing: said below.
+  }
+  if (size > 0) return undefined;
+  return `note: the erasure ledger ${path} is missing or empty. If any account was erased after this backup, start the node with ERASURE_LEDGER_FILE set to the ledger you kept outside the backups (a node that ran with the default has it at <its DATA_DIR>/erasure-ledger), or that account comes back (README, "Backup and restore")`;
 }
 
 /** Runs one command; resolves with the exit code. Output goes to stdout, problems to stderr. */
@@ -148,6 +165,8 @@ export async function runBackupCli(argv: string[]): Promise<number> {
     try {
       const manifest = await restoreEmbeddedBackup(resolve(String(positionals[0])), dataDir);
       console.log(JSON.stringify({ restored: manifest.name, createdAt: manifest.createdAt, dataDir }));
+      const note = ledgerNote(dataDir);
+      if (note) console.error(note);
       return 0;
     } catch (error) {
       console.error(`restore refused: ${(error as Error).message}`);

@@ -135,8 +135,20 @@ describe("backup and restore of the embedded default", () => {
     expect(refusedDamaged.stderr).toContain("envelopes.db does not match its checksum");
     expect(existsSync(join(scratch, "unused", "pglite"))).toBe(false);
 
+    // Without the ledger in place the restore says so (it succeeds: an empty ledger may be right).
+    const unledgered = await cli(["restore", manifest.path, "--data-dir", join(scratch, "unledgered")], {
+      ERASURE_LEDGER_FILE: "",
+    });
+    expect(unledgered.code).toBe(0);
+    expect(unledgered.stderr).toContain(
+      `note: the erasure ledger ${join(scratch, "unledgered", "erasure-ledger")} is missing or empty`,
+    );
+    // README's restore: ERASURE_LEDGER_FILE and DATA_DIR exported for the restore and the start.
     const dataDir = join(scratch, "restored");
-    const restored = await cli(["restore", manifest.path, "--data-dir", dataDir]);
+    const restored = await cli(["restore", manifest.path], {
+      ERASURE_LEDGER_FILE: ledgerFile,
+      DATA_DIR: dataDir,
+    });
     expect(restored.stderr).toBe("");
     expect(restored.code).toBe(0);
     const again = await cli(["restore", manifest.path, "--data-dir", dataDir]);
