@@ -260,13 +260,19 @@ export async function chat(
     print(`! a message from ${printable(u.from.user)} could not be decrypted (${printable(u.reason)})`),
   );
   let announcedOffline = false;
-  messenger.on("status", (status) => {
+  let wasOnline = false;
+  messenger.on("status", (status, detail) => {
     if (status === "online") {
-      if (announcedOffline) print("* reconnected");
+      if (announcedOffline) print(wasOnline ? "* reconnected" : "* connected");
       announcedOffline = false;
+      wasOnline = true;
     } else if (status === "offline" && !announcedOffline) {
       announcedOffline = true;
-      print("* connection lost; reconnecting (messages you send are queued)");
+      if (wasOnline) print("* connection lost; reconnecting (messages you send are queued)");
+      else
+        print(
+          `* not connected: ${printable(detail.reason ?? `cannot reach ${client.serverUrl}`)}; retrying (messages you send are queued)`,
+        );
     }
   });
 

@@ -50,7 +50,12 @@ function refusalOf(frame: RejectedFrame): MessageRefusal {
 export interface MessengerEvents {
   /** A decrypted incoming message, or one of ours whose state changed. */
   message: [ChatMessage];
-  /** The socket is up (`online`), down and being retried (`offline`), or stopped for good (`stopped`). */
+  /**
+   * The socket is up (`online`), down and being retried (`offline`), or stopped for good (`stopped`).
+   * `offline` comes when an open socket closes (with its close `code` and `reason`), and once per
+   * outage when an attempt fails before a socket opened (the server unreachable, a refresh that
+   * failed): then `reason` is the error's message, e.g. `cannot reach the server at <url>: …`.
+   */
   status: ["online" | "offline" | "stopped", { code?: number; reason?: string }];
   presence: [{ userId: string; username?: string; online: boolean; lastSeen: number }];
   /**
@@ -284,6 +289,21 @@ export class Messenger extends EventEmitter<MessengerEvents> {
         this.emit("status", "offline", { code: event.code, reason: event.reason });
       } else if (FINAL_CLOSE_CODES.has(event.code)) this.stop({ code: event.code, reason: event.reason });
       else if (!this.stopped) this.emit("status", "offline", { code: event.code, reason: event.reason });
+    });
+    // A connection attempt that fails before a socket opens (no server there, the token refresh
+    // failed) fires `error` only: said once per outage, or a session started while the server was
+    // down showed nothing at all while it retried.
+    let unreachableSaid = false;
+    socket.addEventListener("open", () => {
+      unreachableSaid = false;
+    });
+    socket.addEventListener("close", () => {
+      unreachableSaid = true;
+    });
+    socket.addEventListener("error", (event) => {
+      if (this.online || this.stopped || unreachableSaid) return;
+      unreachableSaid = true;
+      this.emit("status", "offline", { reason: (event as { message?: string }).message });
     });
     socket.addEventListener("message", (event) => this.dispatch(String(event.data)));
   }

@@ -7,6 +7,7 @@ import type { Subprocess } from "bun";
 import { sql } from "drizzle-orm";
 import { ClearBoxClient } from "../../src/client/index.ts";
 import { startWebClient } from "../../src/webclient/server.ts";
+import { freePort } from "../support/free-port.ts";
 import { uniqueUsername } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
 import { runToEnd } from "../support/process.ts";
@@ -180,6 +181,21 @@ describe("CLI chat", () => {
     expect(second.output).toContain(`#${inChat}`);
     second.type("/quit");
     expect(await second.exited).toBe(0);
+  });
+
+  test("a chat started while its server cannot be reached says so, instead of staying silent while it retries", async () => {
+    const name = uniqueUsername("early");
+    const store = join(dir, "unreachable.db");
+    expect((await run(["register", name, "--server", node.url, "--store", store])).code).toBe(0);
+    // A port nothing listens on (picked free, then closed): the server is down.
+    const down = `http://127.0.0.1:${await freePort()}`;
+    const t = new Terminal([process.execPath, "run", CLI, "chat", "--store", store, "--server", down]);
+    await t.expect(/signed in as/);
+    await t.expect(
+      new RegExp(`\\* not connected: cannot reach the server at ${down.replace(/\./g, "\\.")}.*; retrying`),
+    );
+    t.type("/quit");
+    expect(await t.exited).toBe(0);
   });
 
   test("README's form works: npm run cli -- <command> --help", async () => {
