@@ -45,8 +45,8 @@ const COMMAND_HELP: Record<string, string> = {
   register: `usage: npm run cli -- register <username> [--server <url>] [--store <path>] [--device-name <name>]
 
 Creates the account <username> (3-32 of a-z 0-9 _ . -), logs this device in and uploads its keys.
-The password is read without echo (or from $CLEARBOX_PASSWORD). The store file is written only
-once this succeeded.
+The password is read without echo, twice on a terminal (or from $CLEARBOX_PASSWORD). The store
+file is written only once this succeeded.
 ${STORE_OPTIONS}`,
   login: `usage: npm run cli -- login <username> [--server <url>] [--store <path>] [--device-name <name>]
 
@@ -114,6 +114,24 @@ async function password(): Promise<string> {
   return typed;
 }
 
+/**
+ * A new account's password: as `password()`, and when typed on a terminal, typed a second time
+ * (nothing is shown while typing, and a typo would be the account's password: no reset exists, and
+ * `erase` asks for it). Throws when the two differ, before anything is sent.
+ */
+async function newPassword(): Promise<string> {
+  const first = await password();
+  if (process.env.CLEARBOX_PASSWORD || !process.stdin.isTTY) return first;
+  const again = await read({
+    prompt: "password (again): ",
+    silent: true,
+    replace: "",
+    output: process.stderr,
+  });
+  if (again !== first) throw new Error("the two passwords differ; nothing was sent");
+  return first;
+}
+
 function parseCommandLine(argv: string[]) {
   return parseArgs({
     args: argv,
@@ -177,7 +195,7 @@ async function main(argv: string[]): Promise<number> {
       case "login": {
         const username = args[0];
         if (!username) throw new Error(`usage: ${command} <username>`);
-        const secret = await password();
+        const secret = command === "register" ? await newPassword() : await password();
         if (command === "register") await client.register(username, secret, values["device-name"]);
         else await client.login(username, secret, values["device-name"]);
         const done = command === "register" ? "registered and logged in as" : "logged in as";

@@ -254,13 +254,39 @@ describe("CLI chat", () => {
       ],
       { CLEARBOX_PASSWORD: undefined },
     );
-    await tty.expect(/password: /);
+    const asked = await tty.expect(/password: /);
+    tty.type(secret);
+    await tty.expect(/password \(again\): /, asked);
     tty.type(secret);
     await tty.expect(/registered and logged in as/);
     tty.end();
     await tty.exited;
     expect(tty.output).not.toContain(secret);
     expect(existsSync(storePath)).toBe(true);
+  });
+
+  test("register on a terminal asks the password twice: two that differ are refused before anything is sent", async () => {
+    const storePath = join(dir, "typo.db");
+    const username = uniqueUsername("typo");
+    const tty = new Terminal(
+      [
+        "script",
+        "-qec",
+        `${process.execPath} run ${CLI} register ${username} --server ${node.url} --store ${storePath}`,
+        "/dev/null",
+      ],
+      { CLEARBOX_PASSWORD: undefined },
+    );
+    const asked = await tty.expect(/password: /);
+    tty.type("meant-this-password");
+    await tty.expect(/password \(again\): /, asked);
+    tty.type("meant-this-passwodr");
+    await tty.expect(/the two passwords differ; nothing was sent/);
+    tty.end();
+    await tty.exited;
+    expect(existsSync(storePath)).toBe(false);
+    // No account was made: the name is still free.
+    expect((await run(["register", username, "--server", node.url, "--store", storePath])).code).toBe(0);
   });
 
   test("text and names another user chose reach the terminal shown, never as escape sequences or control characters", async () => {
