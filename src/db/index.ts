@@ -5,6 +5,7 @@ import { type SQL, sql } from "drizzle-orm";
 import { type PgDatabase, PgDialect, type PgQueryResultHKT } from "drizzle-orm/pg-core";
 import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
 import { migrate as migratePglite } from "drizzle-orm/pglite/migrator";
+import { stageTraceOn, traceBlocking } from "../observability/stage-trace.ts";
 import { type PglitePreparation, preparePglite } from "./pglite-prepare.ts";
 import { usablePgliteTemplate } from "./pglite-template.ts";
 import * as schema from "./schema.ts";
@@ -188,6 +189,7 @@ export async function openDatabase(options: {
     // On the command line, not in postgresql.conf: nothing is written to the data directory.
     startParams: [...PGlite.defaultStartParams, "-c", `shared_buffers=${PGLITE_SHARED_BUFFERS}`],
   });
+  if (stageTraceOn) traceBlocking(client, "execProtocolRawSync", "pglite");
   const pg = drizzlePglite(client, { schema });
   await migratePglite(pg, { migrationsFolder: MIGRATIONS });
   const db = pg as unknown as Db;

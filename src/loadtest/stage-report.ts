@@ -141,8 +141,59 @@ function main(): void {
         `process ${pid}: 5 ms timer late > 1 ms ${late.length} times, ${late.reduce((a, b) => a + b, 0).toFixed(0)} ms in all (max ${late.at(-1)?.toFixed(1)}); CPU used over those intervals ${used.toFixed(0)} of ${wall.toFixed(0)} ms`,
       );
     }
+    const ran = inPhase("lagrun");
+    if (ran.length === lag.length && ran.length > 0) {
+      // Where the event-loop thread was over its late intervals (schedstat): on a CPU, waiting
+      // for one, or neither (blocked or asleep); and the intervals in which the JS heap shrank.
+      const waited = inPhase("lagwait");
+      const freed = inPhase("lagfreed");
+      for (const floor of [1, 10]) {
+        let count = 0;
+        let wall = 0;
+        let onCpu = 0;
+        let queued = 0;
+        let gcCount = 0;
+        let gcLate = 0;
+        lag.forEach(([, late], i) => {
+          if (late <= floor) return;
+          count++;
+          wall += late + 5;
+          onCpu += ran[i]?.[1] ?? 0;
+          queued += waited[i]?.[1] ?? 0;
+          if ((freed[i]?.[1] ?? 0) > 0) {
+            gcCount++;
+            gcLate += late;
+          }
+        });
+        if (count === 0) continue;
+        console.log(
+          `process ${pid}: ${count} intervals late > ${floor} ms, ${wall.toFixed(0)} ms long in all: loop thread on a CPU ${onCpu.toFixed(0)}, waiting for one ${queued.toFixed(0)}, neither ${(wall - onCpu - queued).toFixed(0)} ms; the heap shrank in ${gcCount} of them (${gcLate.toFixed(0)} ms late)`,
+        );
+      }
+    }
+    const parts = ["wqueue", "wstatements", "wcommit", "wreply", "wran", "wwaited"];
+    const traced = parts.map((kind) => inPhase(kind).map(([, v]) => v));
+    const total = inPhase("writems").map(([, v]) => v);
+    if ((traced[0]?.length ?? 0) > 0 && traced.every((t) => t.length === total.length)) {
+      // The embedded log's writes, parted (sqlite-log-worker.ts): all of them, and the slowest 1 %.
+      const order = total.map((v, i) => [v, i] as const).sort((a, b) => a[0] - b[0]);
+      const slow = order.slice(Math.floor(order.length * 0.99)).map(([, i]) => i);
+      const row = (pick: number[]) =>
+        parts.map((kind, k) => `${kind} ${mean(pick.map((i) => traced[k]?.[i] ?? 0)).toFixed(2)}`).join(", ");
+      console.log(`process ${pid}: writes, mean ms: ${row(total.map((_, i) => i))}`);
+      console.log(
+        `process ${pid}: slowest 1 % of writes (${slow.length}, ≥ ${order[order.length - slow.length]?.[0].toFixed(1)} ms), mean ms: ${row(slow)}`,
+      );
+    }
+    const blocking = inPhase("pglitems")
+      .map(([, v]) => v)
+      .sort((a, b) => a - b);
+    if (blocking.length > 0)
+      console.log(
+        `process ${pid}: ${blocking.length} PGlite calls on the event loop, ${blocking.reduce((a, b) => a + b, 0).toFixed(1)} ms in all, p99 ${quantile(blocking, 0.99).toFixed(2)}, max ${blocking.at(-1)?.toFixed(2)} ms`,
+      );
     for (const kind of own.keys()) {
-      if (kind === "lag" || kind === "lagcpu" || kind.endsWith("ms")) continue;
+      if (kind.startsWith("lag") || kind.endsWith("ms") || parts.includes(kind)) continue;
       const sizes = inPhase(kind).map(([, v]) => v);
       const took = inPhase(`${kind}ms`)
         .map(([, v]) => v)

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { EnvelopeRef, GroupEnvelope } from "../../actors/index.ts";
-import { stageTraceOn, stamp } from "../observability/stage-trace.ts";
+import { stageTraceOn, stamp, traceEvent } from "../observability/stage-trace.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 import type {
   EnvelopeLog,
@@ -13,7 +13,7 @@ import type {
   LogPage,
 } from "./envelope-log.ts";
 import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
-import type { LogWorkerReply, LogWorkerRequest, LogWrite } from "./sqlite-log-protocol.ts";
+import type { LogWorkerReply, LogWorkerRequest, LogWrite, WriteTrace } from "./sqlite-log-protocol.ts";
 
 interface EnvelopeRow {
   seq: number;
@@ -61,6 +61,16 @@ function toMetadata(r: EnvelopeRow): EnvelopeMetadata {
 function pageOf<T>(rows: EnvelopeRow[], limit: number, map: (r: EnvelopeRow) => T): LogPage<T> {
   const last = rows.at(-1);
   return { rows: rows.map(map), next: rows.length >= limit && last ? last.seq : null };
+}
+
+/** Traces where a write's time went, the writer's parts and the reply's way back (stage trace on). */
+function traceWrite(trace: WriteTrace): void {
+  traceEvent("wqueue", trace.queue);
+  traceEvent("wstatements", trace.statements);
+  traceEvent("wcommit", trace.commit);
+  traceEvent("wran", trace.ran);
+  traceEvent("wwaited", trace.waited);
+  traceEvent("wreply", performance.timeOrigin + performance.now() - trace.doneAt);
 }
 
 /** Only what names each envelope: callers may pass whole envelopes, whose ciphertext the worker need not copy. */
@@ -116,7 +126,11 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
       (ops) => {
         if (stageTraceOn)
           for (const op of ops) if (op.op === "append") for (const e of op.envelopes) stamp(e.id, "wstart");
-        return this.request({ kind: "write", seq: 0, ops });
+        return this.request(
+          stageTraceOn
+            ? { kind: "write", seq: 0, ops, sentAt: performance.timeOrigin + performance.now() }
+            : { kind: "write", seq: 0, ops },
+        );
       },
       undefined,
       commitObserver(onCommit, "write"),
@@ -126,6 +140,7 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
       const waiter = this.pending.get(reply.seq);
       if (!waiter) return;
       this.pending.delete(reply.seq);
+      if (reply.ok && reply.trace) traceWrite(reply.trace);
       if (reply.ok) waiter.resolve(reply.results);
       else waiter.reject(new Error(`envelope log: ${reply.error}`));
     };

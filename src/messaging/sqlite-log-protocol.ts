@@ -27,7 +27,8 @@ export type LogWrite =
  */
 export type LogWorkerRequest =
   | { kind: "open"; seq: number; path: string }
-  | { kind: "write"; seq: number; ops: LogWrite[] }
+  /** `sentAt`: with the stage trace on, when the request was posted (`performance.timeOrigin + now()`, ms). */
+  | { kind: "write"; seq: number; ops: LogWrite[]; sentAt?: number }
   /** A consistent copy of the log into a new file (`VACUUM INTO`), between two write transactions. */
   | { kind: "backup"; seq: number; path: string }
   | { kind: "close"; seq: number };
@@ -37,5 +38,21 @@ export type LogWorkerRequest =
  * transaction failed. An answer with `seq` 0 is to a request that could not be parsed.
  */
 export type LogWorkerReply =
-  | { seq: number; ok: true; results: unknown[] }
+  | { seq: number; ok: true; results: unknown[]; trace?: WriteTrace }
   | { seq: number; ok: false; error: string };
+
+/**
+ * Where one traced write's time went on the writer thread (only when the request carried `sentAt`;
+ * ms): `queue` from posting to the writer starting it, `statements` running its statements, `commit`
+ * the COMMIT (the WAL fsync, and an automatic checkpoint when the commit crossed its threshold), `ran`
+ * / `waited` the writer thread on a CPU / in a run queue over the write (Linux schedstat), and
+ * `doneAt` when it finished, for the reply's own latency.
+ */
+export interface WriteTrace {
+  queue: number;
+  statements: number;
+  commit: number;
+  ran: number;
+  waited: number;
+  doneAt: number;
+}

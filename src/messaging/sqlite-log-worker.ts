@@ -5,11 +5,12 @@
  * wait off the server's event loop, which meanwhile gathers the next batch (group commit).
  */
 import { Database } from "bun:sqlite";
+import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { drizzle } from "drizzle-orm/bun-sqlite";
 import { migrate } from "drizzle-orm/bun-sqlite/migrator";
 import type { ExpandedGroupMessage } from "./envelope-log.ts";
-import type { LogWorkerReply, LogWorkerRequest, LogWrite } from "./sqlite-log-protocol.ts";
+import type { LogWorkerReply, LogWorkerRequest, LogWrite, WriteTrace } from "./sqlite-log-protocol.ts";
 
 interface GroupRow {
   seq: number;
@@ -29,6 +30,20 @@ const MIGRATIONS = resolve(import.meta.dir, "../../drizzle-sqlite");
 
 let db: Database | undefined;
 let write: ((ops: LogWrite[]) => unknown[]) | undefined;
+/** The same write, timed by part for the stage trace (requests that carry `sentAt`). */
+let tracedWrite: ((ops: LogWrite[], sentAt: number) => { results: unknown[]; trace: WriteTrace }) | undefined;
+
+/** This thread's ms on a CPU and in a run queue since it started (Linux schedstat; zeros elsewhere). */
+function threadSchedule(): [number, number] {
+  try {
+    const [run, wait] = readFileSync("/proc/thread-self/schedstat", "utf8").split(" ");
+    return [Number(run) / 1e6, Number(wait) / 1e6];
+  } catch {
+    return [0, 0];
+  }
+}
+
+const clock = () => performance.timeOrigin + performance.now();
 /**
  * False once an expansion has left no group message unexpanded, until the next group send is
  * stored: the acks and `queued` marks, each of which expands first, then skip the query (one per
@@ -211,6 +226,13 @@ function open(path: string): void {
     }
   };
   const batch = db.transaction((ops: LogWrite[]) => ops.map(handle));
+  /** Erasure: move the WAL's copies of the removed pages into the file and empty it (best effort:
+   * a reader in the middle of a query lets the checkpoint finish only partly). */
+  const afterWrite = (ops: LogWrite[]) => {
+    if (ops.some((op) => op.op === "eraseUser" || op.op === "eraseDevice")) {
+      db?.run("pragma wal_checkpoint(truncate)");
+    }
+  };
   write = (ops) => {
     let results: unknown[];
     try {
@@ -219,12 +241,39 @@ function open(path: string): void {
       mayBeUnexpanded = true;
       throw error;
     }
-    // Erasure: move the WAL's copies of the removed pages into the file and empty it (best effort:
-    // a reader in the middle of a query lets the checkpoint finish only partly).
-    if (ops.some((op) => op.op === "eraseUser" || op.op === "eraseDevice")) {
-      db?.run("pragma wal_checkpoint(truncate)");
-    }
+    afterWrite(ops);
     return results;
+  };
+  const connection = db;
+  tracedWrite = (ops, sentAt) => {
+    const start = clock();
+    const [ran0, waited0] = threadSchedule();
+    let results: unknown[];
+    let statementsDone: number;
+    connection.run("begin");
+    try {
+      results = ops.map(handle);
+      statementsDone = clock();
+      connection.run("commit");
+    } catch (error) {
+      mayBeUnexpanded = true;
+      if (connection.inTransaction) connection.run("rollback");
+      throw error;
+    }
+    const doneAt = clock();
+    const [ran1, waited1] = threadSchedule();
+    afterWrite(ops);
+    return {
+      results,
+      trace: {
+        queue: start - sentAt,
+        statements: statementsDone - start,
+        commit: doneAt - statementsDone,
+        ran: ran1 - ran0,
+        waited: waited1 - waited0,
+        doneAt,
+      },
+    };
   };
 }
 
@@ -238,6 +287,7 @@ function open(path: string): void {
  */
 function close(): void {
   write = undefined;
+  tracedWrite = undefined;
   const connection = db;
   db = undefined;
   connection?.close(true);
@@ -262,8 +312,9 @@ self.onmessage = (event: MessageEvent<string>) => {
       close();
       reply = { seq: request.seq, ok: true, results: [] };
     } else {
-      if (!write) throw new Error("envelope log is not open");
-      reply = { seq: request.seq, ok: true, results: write(request.ops) };
+      if (!write || !tracedWrite) throw new Error("envelope log is not open");
+      if (request.sentAt === undefined) reply = { seq: request.seq, ok: true, results: write(request.ops) };
+      else reply = { seq: request.seq, ok: true, ...tracedWrite(request.ops, request.sentAt) };
     }
   } catch (error) {
     reply = { seq, ok: false, error: error instanceof Error ? error.message : String(error) };

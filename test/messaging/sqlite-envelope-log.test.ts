@@ -1,7 +1,7 @@
 import { Database } from "bun:sqlite";
 import { afterAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openDatabase } from "../../src/db/index.ts";
@@ -120,6 +120,39 @@ describe("the embedded SQLite envelope log", () => {
     const reopened = await SqliteEnvelopeLog.open(join(dir, "closed.db"));
     expect((await reopened.undelivered(recipient)).map((e) => e.id)).toEqual([first.id]);
     await reopened.close();
+  });
+
+  test("with the stage trace on, writes commit as without it and each write's parts are traced", async () => {
+    const traceDir = mkdtempSync(join(tmpdir(), "clearbox-stage-trace-"));
+    try {
+      const script = `
+        import { SqliteEnvelopeLog } from ${JSON.stringify(join(import.meta.dir, "../../src/messaging/sqlite-envelope-log.ts"))};
+        const log = await SqliteEnvelopeLog.open(null);
+        const e = (id) => ({ id, senderUser: "s", senderDevice: 1, recipientUser: "r", recipientDevice: 1, groupId: null, ts: Date.now(), type: 1, body: "AAAA" });
+        const appended = await Promise.all([log.append([e("a")]), log.append([e("b")])]);
+        const acked = await log.ack("r", 1, [{ id: "a", senderUser: "s", senderDevice: 1 }]);
+        const left = (await log.undelivered("r")).map((x) => x.id);
+        await log.close();
+        console.log(JSON.stringify({ appended, acked, left }));
+      `;
+      const child = Bun.spawnSync([process.execPath, "-e", script], {
+        env: { ...process.env, CB_STAGE_TRACE: traceDir },
+      });
+      expect(child.exitCode).toBe(0);
+      expect(JSON.parse(child.stdout.toString().trim())).toEqual({
+        appended: [[true], [true]],
+        acked: 1,
+        left: ["b"],
+      });
+      const trace = readdirSync(traceDir)
+        .map((f) => readFileSync(join(traceDir, f), "utf8"))
+        .join("");
+      const kinds = new Set(trace.split("\n").map((line) => line.split(" ")[1]));
+      for (const kind of ["wqueue", "wstatements", "wcommit", "wreply", "wran", "wwaited", "writems"])
+        expect(kinds.has(kind)).toBe(true);
+    } finally {
+      rmSync(traceDir, { recursive: true, force: true });
+    }
   });
 
   test("a file that is not a database fails to open, saying so", async () => {
