@@ -39,8 +39,11 @@ describe("device and block changes across two nodes", () => {
     a = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "lists-a" } });
     b = await startTestNode("postgres", { database, env: { ...env, NODE_ID: "lists-b" } });
     clientA = api(a.url);
+    // And A knowing B as a peer: a change made through A is waited for on B from then on.
     await until("both nodes' list-change channels", () =>
-      Boolean(a.listChanges?.live && b.listChanges?.live),
+      Boolean(
+        a.listChanges?.live && b.listChanges?.live && a.listChanges.acknowledgingPeers.includes("lists-b"),
+      ),
     );
   });
   afterAll(async () => {
