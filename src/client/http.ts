@@ -1,5 +1,6 @@
 import { treaty } from "@elysiajs/eden";
 import type { App } from "../http/app.ts";
+import { MAX_DEVICE_ID } from "../protocol/ids.ts";
 
 /**
  * The typed HTTP API of a ClearBox node: Elysia's Eden treaty over the server's exported app type,
@@ -81,6 +82,28 @@ function tokensInMemory(): TokenHolder {
  */
 function refreshMarginMs(expiresInSeconds: number): number {
   return Math.min(30_000, (expiresInSeconds * 1000) / 2);
+}
+
+/** A UUID in either case: the form of every user, group and erasure id (src/protocol/ids.ts). */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * `value` when it is a UUID (either case), for a URL path segment. Eden puts path parameters into
+ * the URL as they are, so an id a caller or a hostile server chose, such as `../../admin` or
+ * `x?y`, would address another resource: anything else throws a RangeError naming `field` (not
+ * the value) before any request is made.
+ */
+function uuidSegment(field: string, value: unknown): string {
+  if (typeof value !== "string" || !UUID.test(value)) throw new RangeError(`${field} must be a UUID`);
+  return value;
+}
+
+/** `value` when it is a device id (an integer 1-127), else a RangeError before any request is made. */
+function deviceIdSegment(value: unknown): number {
+  if (!Number.isInteger(value) || (value as number) < 1 || (value as number) > MAX_DEVICE_ID) {
+    throw new RangeError(`deviceId must be an integer from 1 to ${MAX_DEVICE_ID}`);
+  }
+  return value as number;
 }
 
 /** What every Eden call resolves to, reduced to what `unwrap` reads. */
@@ -279,7 +302,8 @@ export class ClearBoxHttp {
   }
 
   async removeDevice(deviceId: number): Promise<void> {
-    await this.authed((headers) => this.api.v1.devices({ deviceId }).delete(undefined, { headers }));
+    const id = deviceIdSegment(deviceId);
+    await this.authed((headers) => this.api.v1.devices({ deviceId: id }).delete(undefined, { headers }));
   }
 
   async uploadKeys(upload: KeyUpload): Promise<void> {
@@ -292,7 +316,8 @@ export class ClearBoxHttp {
 
   /** One prekey bundle per device of `userId`; consumes one-time keys on the server. */
   async fetchBundle(userId: string): Promise<UserBundle> {
-    return this.authed((headers) => this.api.v1.keys({ userId }).get({ headers }));
+    const id = uuidSegment("userId", userId);
+    return this.authed((headers) => this.api.v1.keys({ userId: id }).get({ headers }));
   }
 
   /**
@@ -305,7 +330,8 @@ export class ClearBoxHttp {
 
   /** The username of `userId` (`GET /v1/users/:userId`); 404 `not_found` when no such account. */
   async user(userId: string): Promise<UserInfo> {
-    return this.authed((headers) => this.api.v1.users({ userId }).get({ headers }));
+    const id = uuidSegment("userId", userId);
+    return this.authed((headers) => this.api.v1.users({ userId: id }).get({ headers }));
   }
 
   /**
@@ -318,7 +344,8 @@ export class ClearBoxHttp {
   }
 
   async group(groupId: string): Promise<GroupInfo> {
-    return this.authed((headers) => this.api.v1.groups({ groupId }).get({ headers }));
+    const id = uuidSegment("groupId", groupId);
+    return this.authed((headers) => this.api.v1.groups({ groupId: id }).get({ headers }));
   }
 
   /**
@@ -326,13 +353,16 @@ export class ClearBoxHttp {
    * member, someone already invited, or someone who blocks this account succeeds and changes nothing.
    */
   async addGroupMember(groupId: string, userId: string): Promise<void> {
-    await this.authed((headers) => this.api.v1.groups({ groupId }).members.post({ userId }, { headers }));
+    const id = uuidSegment("groupId", groupId);
+    await this.authed((headers) => this.api.v1.groups({ groupId: id }).members.post({ userId }, { headers }));
   }
 
   /** Removes a member or withdraws an invitation (admins; anyone for themselves: leaving). */
   async removeGroupMember(groupId: string, userId: string): Promise<void> {
+    const group = uuidSegment("groupId", groupId);
+    const user = uuidSegment("userId", userId);
     await this.authed((headers) =>
-      this.api.v1.groups({ groupId }).members({ userId }).delete(undefined, { headers }),
+      this.api.v1.groups({ groupId: group }).members({ userId: user }).delete(undefined, { headers }),
     );
   }
 
@@ -343,12 +373,18 @@ export class ClearBoxHttp {
 
   /** Accepts an invitation: this account becomes a member. ClearBoxApiError `not_found` without one. */
   async acceptInvitation(groupId: string): Promise<void> {
-    await this.authed((headers) => this.api.v1.invitations({ groupId }).accept.post(undefined, { headers }));
+    const id = uuidSegment("groupId", groupId);
+    await this.authed((headers) =>
+      this.api.v1.invitations({ groupId: id }).accept.post(undefined, { headers }),
+    );
   }
 
   /** Declines an invitation (it is deleted). ClearBoxApiError `not_found` without one. */
   async declineInvitation(groupId: string): Promise<void> {
-    await this.authed((headers) => this.api.v1.invitations({ groupId }).decline.post(undefined, { headers }));
+    const id = uuidSegment("groupId", groupId);
+    await this.authed((headers) =>
+      this.api.v1.invitations({ groupId: id }).decline.post(undefined, { headers }),
+    );
   }
 
   /**
@@ -356,12 +392,14 @@ export class ClearBoxHttp {
    * not told), invite it to groups, or see its presence. Idempotent.
    */
   async block(userId: string): Promise<void> {
-    await this.authed((headers) => this.api.v1.blocks({ userId }).post(undefined, { headers }));
+    const id = uuidSegment("userId", userId);
+    await this.authed((headers) => this.api.v1.blocks({ userId: id }).post(undefined, { headers }));
   }
 
   /** Lifts a block. Idempotent. */
   async unblock(userId: string): Promise<void> {
-    await this.authed((headers) => this.api.v1.blocks({ userId }).delete(undefined, { headers }));
+    const id = uuidSegment("userId", userId);
+    await this.authed((headers) => this.api.v1.blocks({ userId: id }).delete(undefined, { headers }));
   }
 
   /** The users this account blocks, oldest block first. */
@@ -384,7 +422,8 @@ export class ClearBoxHttp {
 
   /** An erasure's status, with the signed receipt once it is done (`GET /v1/erasures/:erasureId`). */
   async erasure(erasureId: string) {
-    return unwrap(this.api.v1.erasures({ erasureId }).get(), this.baseUrl);
+    const id = uuidSegment("erasureId", erasureId);
+    return unwrap(this.api.v1.erasures({ erasureId: id }).get(), this.baseUrl);
   }
 
   /**

@@ -131,6 +131,44 @@ describe.skipIf(!existsSync(CHROMIUM) && !process.env.CI)("browser sample client
     await web.stop();
   });
 
+  test("an id the server chose goes into the local API's path as one encoded segment, never as a route of its own", async () => {
+    // A hostile server's invitation names a group id that, put into the path as it is, made the
+    // page's Decline a `POST /api/erase?x=/decline` (the browser resolves the `../`). The local
+    // process passes invitations through; here the page's GET of them is answered with that id.
+    const web = new WebClientProcess(join(dir, "hostile-id.db"), node.url);
+    processes.push(web);
+    const page = await browser.newPage({ viewport: { width: 1100, height: 700 } });
+    const hostileId = "../../api/erase?x=";
+    await page.route("**/api/invitations", (route) =>
+      route.request().method() === "GET"
+        ? route.fulfill({
+            json: { invitations: [{ groupId: hostileId, name: "evil", invitedBy: "mallory" }] },
+          })
+        : route.continue(),
+    );
+    const posts: { path: string; status: Promise<number | undefined> }[] = [];
+    page.on("request", (request) => {
+      if (request.method() !== "POST") return;
+      posts.push({
+        path: new URL(request.url()).pathname,
+        status: request.response().then((response) => response?.status()),
+      });
+    });
+    await signUp(page, await web.start(), "hostile-id");
+    await page.getByTestId("invitation-evil").getByRole("button", { name: "Decline" }).click();
+    const deadline = Date.now() + 30_000;
+    while (!posts.some((p) => p.path.includes("decline") || p.path.startsWith("/api/erase"))) {
+      if (Date.now() > deadline) throw new Error(`no decline request: ${posts.map((p) => p.path)}`);
+      await Bun.sleep(50);
+    }
+    const sent = posts.filter((p) => p.path !== "/api/register");
+    expect(sent.map((p) => p.path)).toEqual([`/api/invitations/${encodeURIComponent(hostileId)}/decline`]);
+    // The local process refuses the id (not a UUID) before calling the server.
+    expect(await sent[0].status).toBe(400);
+    await page.close();
+    await web.stop();
+  });
+
   test("a group of three: invitations accepted in the page, then everyone's messages reach the two others", async () => {
     // A fresh node per run: plain names, as the screenshots in docs/ show them.
     const people = ["ana", "ben", "cleo"].map((prefix) => ({

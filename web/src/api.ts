@@ -18,6 +18,19 @@ export class ApiError extends Error {
   }
 }
 
+/**
+ * A local API path with each interpolated value percent-encoded as one path segment
+ * (`encodeURIComponent`): ids come from the ClearBox server through the local process, and one
+ * such as `../../api/erase` or `x?y` must not address another route (`apiPath\`/api/groups/${id}/leave\``).
+ */
+export function apiPath(strings: TemplateStringsArray, ...segments: string[]): string {
+  return strings.reduce(
+    (path, text, i) => path + text + (i < segments.length ? encodeURIComponent(segments[i]) : ""),
+    "",
+  );
+}
+
+/** Calls the local process's API at `path` (built with `apiPath` when it holds an id); throws ApiError when refused. */
 export async function api<T = Record<string, unknown>>(
   method: "GET" | "POST",
   path: string,

@@ -2,6 +2,7 @@ import { type FormEvent, useCallback, useEffect, useRef, useState } from "react"
 import {
   type Account,
   api,
+  apiPath,
   type Contact,
   events,
   type Group,
@@ -127,10 +128,10 @@ function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => v
       setView({ kind: "chat", conversation });
       const { messages } = await api<{ messages: Message[] }>(
         "GET",
-        `/api/conversations/${encodeURIComponent(conversation)}`,
+        apiPath`/api/conversations/${conversation}`,
       );
       setMessages(messages);
-      await api("POST", `/api/conversations/${encodeURIComponent(conversation)}/read`, {});
+      await api("POST", apiPath`/api/conversations/${conversation}/read`, {});
       await refresh();
     },
     [refresh],
@@ -157,7 +158,7 @@ function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => v
           const key = messageKey(event.message);
           setMessages((list) => [...list.filter((m) => messageKey(m) !== key), event.message]);
           if (!event.message.outgoing)
-            void api("POST", `/api/conversations/${encodeURIComponent(current.conversation)}/read`, {});
+            void api("POST", apiPath`/api/conversations/${current.conversation}/read`, {});
         }
       }
       void refresh();
@@ -238,7 +239,7 @@ function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => v
               onClick={async () => {
                 const accepted = await api<{ groupId: string }>(
                   "POST",
-                  `/api/invitations/${i.groupId}/accept`,
+                  apiPath`/api/invitations/${i.groupId}/accept`,
                   {},
                 );
                 await refresh();
@@ -250,7 +251,7 @@ function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => v
             <button
               type="button"
               onClick={async () => {
-                await api("POST", `/api/invitations/${i.groupId}/decline`, {});
+                await api("POST", apiPath`/api/invitations/${i.groupId}/decline`, {});
                 await refresh();
               }}
             >
@@ -413,7 +414,7 @@ function Conversation(props: {
     event.preventDefault();
     if (!text.trim()) return;
     try {
-      await api("POST", `/api/conversations/${encodeURIComponent(props.conversation)}`, { text });
+      await api("POST", apiPath`/api/conversations/${props.conversation}`, { text });
       setText("");
     } catch (e) {
       props.onError((e as Error).message);
@@ -437,7 +438,7 @@ function Conversation(props: {
               type="button"
               onClick={async () => {
                 try {
-                  await api("POST", `/api/groups/${props.conversation.slice(6)}/leave`, {});
+                  await api("POST", apiPath`/api/groups/${props.conversation.slice(6)}/leave`, {});
                   props.onLeft();
                 } catch (e) {
                   props.onError((e as Error).message);
@@ -495,7 +496,7 @@ function InviteToGroup({ groupId, onError }: { groupId: string; onError: (e: str
   const submit = async (event: FormEvent) => {
     event.preventDefault();
     try {
-      await api("POST", `/api/groups/${groupId}/invite`, { username });
+      await api("POST", apiPath`/api/groups/${groupId}/invite`, { username });
       setDone(`${username} invited`);
       setUsername("");
     } catch (e) {
@@ -528,14 +529,20 @@ function Safety({
   const [numbers, setNumbers] = useState<SafetyNumber[] | undefined>();
   const [left, setLeft] = useState<number[]>([]);
   useEffect(() => {
-    void api<{ numbers: SafetyNumber[] }>("GET", `/api/safety/${userId}`).then((r) => setNumbers(r.numbers));
+    void api<{ numbers: SafetyNumber[] }>("GET", apiPath`/api/safety/${userId}`).then((r) =>
+      setNumbers(r.numbers),
+    );
   }, [userId]);
   const verify = async () => {
     // Only the numbers on screen: a device the server added since they were shown stays unverified.
     const compared = (numbers ?? []).map(({ deviceId, safetyNumber }) => ({ deviceId, safetyNumber }));
-    const r = await api<{ numbers: SafetyNumber[]; left: number[] }>("POST", `/api/safety/${userId}/verify`, {
-      compared,
-    });
+    const r = await api<{ numbers: SafetyNumber[]; left: number[] }>(
+      "POST",
+      apiPath`/api/safety/${userId}/verify`,
+      {
+        compared,
+      },
+    );
     setNumbers(r.numbers);
     setLeft(r.left);
     if (r.left.length === 0) await onDone();
