@@ -17,16 +17,19 @@ import { exitOnUncaught } from "./observability/fatal.ts";
  * invalid; 69 (`EX_UNAVAILABLE`) a configured service did not answer at start-up or a port is in use;
  * 70 (`EX_SOFTWARE`) an error nobody caught while the node ran (`exitOnUncaught`); 1 anything else. The first two print one line naming the variable, never a stack
  * (78 also when DATA_DIR or ERASURE_LEDGER_FILE cannot be written: `checkWritablePaths`, and when
- * another live process holds DATA_DIR: `lockDataDir`, the line naming the directory and its pid).
+ * another live process holds DATA_DIR: `lockDataDir`, the line naming the directory and its pid;
+ * such a process writes nothing into DATA_DIR).
  */
 async function main() {
   let config: ReturnType<typeof loadConfig>;
   try {
-    config = loadConfig();
+    // The lock is held until the process ends (the kernel releases it, even after a kill -9): a
+    // second process on this DATA_DIR would open PGlite, the envelope log and the erasure ledger
+    // beside this one. It is taken before anything is written there, the development JWT secret
+    // included: two processes on a fresh directory each wrote their own, and the loser's write
+    // could replace the secret the winner signs with.
+    config = loadConfig(process.env, { beforeDataDirWrites: (dataDir) => lockDataDir(dataDir) });
     checkWritablePaths(config);
-    // Held until the process ends (the kernel releases it, even after a kill -9): a second process
-    // on this DATA_DIR would open PGlite, the envelope log and the erasure ledger beside this one.
-    lockDataDir(config.dataDir);
   } catch (error) {
     if (error instanceof ConfigError) {
       console.error(`clearbox: ${error.message}`);

@@ -455,11 +455,26 @@ function pickEnv(source: Record<string, string | undefined>): Record<string, unk
   return picked;
 }
 
+/** What `loadConfig` does besides reading the environment. */
+export interface LoadConfigOptions {
+  /**
+   * Called with DATA_DIR (absolute, created 0700) once the environment is valid and before anything
+   * is written into it: src/main.ts takes the directory's lock here (`lockDataDir`), so a second
+   * process on a fresh directory cannot write its own development JWT secret over the first's.
+   * What it throws, `loadConfig` throws.
+   */
+  beforeDataDirWrites?: (dataDir: string) => void;
+}
+
 /**
  * Validates the environment once at start-up. Throws ConfigError naming every bad variable.
- * In development and test, a missing JWT secret is generated once and kept in DATA_DIR.
+ * In development and test, a missing JWT secret is generated once and kept in DATA_DIR (after
+ * `options.beforeDataDirWrites`).
  */
-export function loadConfig(source: Record<string, string | undefined> = process.env): Config {
+export function loadConfig(
+  source: Record<string, string | undefined> = process.env,
+  options: LoadConfigOptions = {},
+): Config {
   const candidate = Value.Default(EnvSchema, pickEnv(source));
   const problems = new Map<string, string>();
   for (const e of Value.Errors(EnvSchema, candidate)) {
@@ -504,6 +519,10 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     if (missing.length > 0) {
       throw new ConfigError(`NODE_ENV=production requires ${missing.join(" and ")}`);
     }
+  }
+  if (options.beforeDataDirWrites) {
+    asConfigError("DATA_DIR", () => makePrivateDir(dataDir));
+    options.beforeDataDirWrites(dataDir);
   }
   return {
     env: env.NODE_ENV,

@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
-import { LOCK_FILE } from "../../src/config/data-dir-lock.ts";
+import { LOCK_FILE, lockDataDir } from "../../src/config/data-dir-lock.ts";
 import { runToEnd, type SpawnedNode, spawnNodeProcess } from "../support/process.ts";
 
 // Two processes on one DATA_DIR: before the lock, a second node on a fresh directory crashed in the
@@ -68,6 +68,28 @@ describe("one DATA_DIR, one process", () => {
     expect((await fetch(`${first.url}/healthz`)).status).toBe(200);
     first.proc.kill("SIGTERM");
     expect(await first.proc.exited).toBe(0);
+  });
+
+  test("a node refused a fresh directory another process holds writes nothing into it, the development JWT secret included", async () => {
+    // This test process holds the lock on a fresh directory, as a first node does right after it
+    // took it and before it wrote its JWT secret. The second node generated and wrote its own
+    // secret before it asked for the lock: racing on a fresh directory, its write could replace
+    // the secret the first one signs with.
+    const dataDir = scratch();
+    const held = lockDataDir(dataDir);
+    try {
+      const second = await secondNode(dataDir);
+      expect(second.code).toBe(78);
+      expect(second.stderr).toContain(`is in use by process ${process.pid}`);
+      expect(readdirSync(dataDir)).toEqual([LOCK_FILE]);
+    } finally {
+      held.release();
+    }
+    // Once it is free, a node takes it and writes its secret.
+    const next = await spawnNode(dataDir);
+    expect(readdirSync(dataDir)).toContain("jwt-secret");
+    next.proc.kill("SIGTERM");
+    expect(await next.proc.exited).toBe(0);
   });
 
   test("a kill -9'd holder's stale lock is taken over at the next start", async () => {
