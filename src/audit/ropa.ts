@@ -120,13 +120,19 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
     },
     {
       category: "public keys",
-      data: ["identity key", "signed prekey", "Kyber last-resort key", "one-time EC and Kyber prekeys"],
+      data: [
+        "identity key",
+        "signed prekey",
+        "Kyber last-resort key",
+        "one-time EC and Kyber prekeys",
+        "ids and SHA-256 digests of one-time prekeys handed out",
+      ],
       purpose: "let other users start end-to-end-encrypted sessions",
       legalBasis: contract,
       stores: [database],
       retention: {
         days: null,
-        rule: "replaced on upload; one-time keys deleted when handed out; all removed with the device or account",
+        rule: "replaced on upload; one-time keys deleted when handed out (their id and digest kept so an upload cannot store them again); all removed with the device or account",
       },
     },
     {

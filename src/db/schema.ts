@@ -165,6 +165,23 @@ export const oneTimeKyberPreKeys = pgTable(
   (t) => [primaryKey({ columns: [t.userId, t.deviceId, t.keyId] }), ownedByDevice(t)],
 );
 
+/**
+ * The one-time keys (EC and Kyber) handed out in a bundle: key id and SHA-256 of the public key. An
+ * upload that lists one of them again (a client retrying an upload whose answer it lost, after
+ * fetches took some of its keys) skips it, so a key handed out is never handed out again; the same
+ * id with another key (ids wrap) is a new key and is stored. Goes with the device.
+ */
+export const handedOutPreKeys = pgTable(
+  "handed_out_pre_keys",
+  {
+    ...deviceColumns(),
+    kind: text("kind", { enum: ["ec", "kyber"] }).notNull(),
+    keyId: integer("key_id").notNull(),
+    publicKeySha256: bytea("public_key_sha256").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.userId, t.deviceId, t.kind, t.keyId] }), ownedByDevice(t)],
+);
+
 /** A group chat; its members and admins are in group_members. */
 export const groups = pgTable("groups", {
   id: uuid("id").primaryKey().defaultRandom(),

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { KEMPublicKey, PublicKey } from "@signalapp/libsignal-client";
 import { and, asc, count, eq, inArray, sql } from "drizzle-orm";
 import type { AnyPgColumn } from "drizzle-orm/pg-core";
@@ -6,6 +7,7 @@ import type { Db, Tx } from "../db/index.ts";
 import {
   accounts,
   devices,
+  handedOutPreKeys,
   identityKeys,
   kyberLastResortKeys,
   oneTimeKyberPreKeys,
@@ -59,6 +61,7 @@ interface CheckedUpload {
 }
 
 const toBase64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64");
+const sha256 = (bytes: Uint8Array) => new Uint8Array(createHash("sha256").update(bytes).digest());
 
 function decode(value: string, field: string, bytes: number, typeByte?: number): Uint8Array {
   const decoded = new Uint8Array(Buffer.from(value, "base64"));
@@ -152,7 +155,9 @@ export class KeyService {
    * Stores the caller's keys. The signed prekey and last-resort Kyber key replace the current ones;
    * a list of one-time keys, when given, replaces that kind's remaining one-time keys (as Signal-Server
    * does). A new identity key discards every one-time key signed by or issued under the old one.
-   * The `keys.upload` audit entry is written in the same transaction (a failed audit write stores
+   * A one-time key already handed out in a bundle (same kind, id and public key: `handed_out_pre_keys`)
+   * is skipped: a retried upload of the same list, after fetches took some of it, does not put those
+   * back. The `keys.upload` audit entry is written in the same transaction (a failed audit write stores
    * nothing).
    */
   async upload(principal: Principal, body: KeysModel.Upload): Promise<void> {
@@ -200,11 +205,12 @@ export class KeyService {
           .values({ ...owner, ...key })
           .onConflictDoUpdate({ target: [table.userId, table.deviceId], set: key });
       }
-      if (keys.preKeys?.length) {
-        await tx.insert(oneTimePreKeys).values(keys.preKeys.map((k) => ({ ...owner, ...k })));
-      }
-      if (keys.kyberPreKeys?.length) {
-        await tx.insert(oneTimeKyberPreKeys).values(keys.kyberPreKeys.map((k) => ({ ...owner, ...k })));
+      // Read under the device's lock: a fetch (FOR SHARE on it) that took keys has committed.
+      const preKeys = await this.notHandedOut(tx, owner, "ec", keys.preKeys);
+      if (preKeys.length) await tx.insert(oneTimePreKeys).values(preKeys.map((k) => ({ ...owner, ...k })));
+      const kyberPreKeys = await this.notHandedOut(tx, owner, "kyber", keys.kyberPreKeys);
+      if (kyberPreKeys.length) {
+        await tx.insert(oneTimeKyberPreKeys).values(kyberPreKeys.map((k) => ({ ...owner, ...k })));
       }
       // Last in the upload's own transaction: the keys and their entry commit together, or neither.
       if (this.audit?.recordIn) {
@@ -350,12 +356,62 @@ export class KeyService {
     });
   }
 
+  /** `keys` less those a bundle already handed out (same kind, key id and public key). */
+  private async notHandedOut<K extends { keyId: number; publicKey: Uint8Array }>(
+    tx: Tx,
+    owner: { userId: string; deviceId: number },
+    kind: "ec" | "kyber",
+    keys: K[] | undefined,
+  ): Promise<K[]> {
+    if (!keys?.length) return [];
+    const spent = await tx
+      .select({ keyId: handedOutPreKeys.keyId, digest: handedOutPreKeys.publicKeySha256 })
+      .from(handedOutPreKeys)
+      .where(
+        and(
+          eq(handedOutPreKeys.userId, owner.userId),
+          eq(handedOutPreKeys.deviceId, owner.deviceId),
+          eq(handedOutPreKeys.kind, kind),
+          inArray(
+            handedOutPreKeys.keyId,
+            keys.map((k) => k.keyId),
+          ),
+        ),
+      );
+    if (spent.length === 0) return keys;
+    const digests = new Map(spent.map((r) => [r.keyId, Buffer.from(r.digest)]));
+    return keys.filter((k) => !digests.get(k.keyId)?.equals(sha256(k.publicKey)));
+  }
+
+  /** Records a one-time key as handed out, in the fetch's transaction: `upload` never stores it again. */
+  private async recordHandedOut(
+    tx: Tx,
+    userId: string,
+    deviceId: number,
+    kind: "ec" | "kyber",
+    key: { keyId: number; publicKey: Uint8Array },
+  ): Promise<void> {
+    const publicKeySha256 = sha256(key.publicKey);
+    await tx
+      .insert(handedOutPreKeys)
+      .values({ userId, deviceId, kind, keyId: key.keyId, publicKeySha256 })
+      .onConflictDoUpdate({
+        target: [
+          handedOutPreKeys.userId,
+          handedOutPreKeys.deviceId,
+          handedOutPreKeys.kind,
+          handedOutPreKeys.keyId,
+        ],
+        set: { publicKeySha256 },
+      });
+  }
+
   private spend(rule: RateLimitRule, key: string): Promise<void> {
     return spendOrRefuse(this.limiter, rule, key, "too many key fetches, retry later");
   }
 
   /**
-   * Deletes and returns one one-time EC key, inside `tx` (the fetch's). The row is picked with FOR UPDATE SKIP LOCKED, so
+   * Deletes and returns one one-time EC key, recorded as handed out, inside `tx` (the fetch's). The row is picked with FOR UPDATE SKIP LOCKED, so
    * concurrent fetchers each take a different key instead of waiting for, then losing, the same one.
    */
   private async takePreKey(tx: Tx, userId: string, deviceId: number) {
@@ -371,6 +427,7 @@ export class KeyService {
       .delete(oneTimePreKeys)
       .where(and(ofDevice, sql`${oneTimePreKeys.keyId} = (${pick})`))
       .returning({ keyId: oneTimePreKeys.keyId, publicKey: oneTimePreKeys.publicKey });
+    if (taken) await this.recordHandedOut(tx, userId, deviceId, "ec", taken);
     return taken;
   }
 
@@ -392,6 +449,7 @@ export class KeyService {
         publicKey: oneTimeKyberPreKeys.publicKey,
         signature: oneTimeKyberPreKeys.signature,
       });
+    if (taken) await this.recordHandedOut(tx, userId, deviceId, "kyber", taken);
     return taken;
   }
 }

@@ -316,6 +316,49 @@ describe.each(BACKENDS)("key directory on %s", (backend) => {
     });
   });
 
+  test("a retried upload of the same one-time list does not put back the keys handed out in between", async () => {
+    // A client whose upload's answer was lost sends the same body again; fetches took keys meanwhile.
+    const me = await registerAndLogin(client);
+    const { upload } = await validUpload(5);
+    expect((await client.put("/v1/keys", upload, me.accessToken)).status).toBe(204);
+    const handedOut = { preKeys: new Set<number>(), kyberPreKeys: new Set<number>() };
+    const fetchOne = async () => {
+      const reader = await requester();
+      const bundle = await client.get(`/v1/keys/${me.userId}`, reader.accessToken);
+      expect(bundle.status).toBe(200);
+      const [device] = bundle.body.devices;
+      return device as { preKey: { keyId: number } | null; kyberPreKey: { keyId: number } };
+    };
+    for (let i = 0; i < 2; i++) {
+      const device = await fetchOne();
+      handedOut.preKeys.add(device.preKey?.keyId ?? -1);
+      handedOut.kyberPreKeys.add(device.kyberPreKey.keyId);
+    }
+    expect((await client.put("/v1/keys", upload, me.accessToken)).status).toBe(204);
+    expect((await client.get("/v1/keys/count", me.accessToken)).body).toEqual({
+      preKeys: 3,
+      kyberPreKeys: 3,
+    });
+    // The rest of the list is handed out once each, none of the first two again, then none at all.
+    for (let i = 0; i < 3; i++) {
+      const device = await fetchOne();
+      const preKeyId = device.preKey?.keyId ?? -1;
+      expect(handedOut.preKeys.has(preKeyId)).toBe(false);
+      expect(handedOut.kyberPreKeys.has(device.kyberPreKey.keyId)).toBe(false);
+      handedOut.preKeys.add(preKeyId);
+      handedOut.kyberPreKeys.add(device.kyberPreKey.keyId);
+    }
+    expect(handedOut.preKeys.size).toBe(5);
+    expect((await fetchOne()).preKey).toBeNull();
+    // A new list with fresh keys is stored whole, a key id handed out before included when its key is new.
+    const { upload: fresh } = await validUpload(5);
+    expect((await client.put("/v1/keys", fresh, me.accessToken)).status).toBe(204);
+    expect((await client.get("/v1/keys/count", me.accessToken)).body).toEqual({
+      preKeys: 5,
+      kyberPreKeys: 5,
+    });
+  });
+
   test("an unknown user is 404, a malformed user id 400, and a user without keys an empty list", async () => {
     const reader = await requester();
     const unknown = await client.get(`/v1/keys/${crypto.randomUUID()}`, reader.accessToken);
