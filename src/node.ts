@@ -472,6 +472,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     fence,
     connectLimiter: rateLimiter,
     connectsPerDevice: config.wsConnectsPerDevice,
+    addresses,
   });
   if (redis) {
     // Redis without persistence comes back empty: the socket leases go with it (the ring's keys

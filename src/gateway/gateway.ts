@@ -9,9 +9,16 @@ import type { MessagingService } from "../messaging/service.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { MessageTallies } from "../observability/metrics.ts";
 import { CloseCode } from "../protocol/index.ts";
-import { type RateLimiter, type RateLimitRule, spendOrRefuse } from "../ratelimit/index.ts";
+import {
+  type ClientAddresses,
+  type RateLimiter,
+  type RateLimitRule,
+  rateLimitedError,
+  spendOrRefuse,
+  UNKNOWN_ADDRESS,
+} from "../ratelimit/index.ts";
 import { bearerToken } from "../sessions/auth.ts";
-import type { Principal, SessionService } from "../sessions/service.ts";
+import type { ConnectAdmission, SessionService } from "../sessions/service.ts";
 import { DeviceConnection, type DeviceSocket, type SocketData } from "./connection.ts";
 import { FrameHandler } from "./frame-handler.ts";
 import type { NodeLink } from "./node-link.ts";
@@ -63,6 +70,8 @@ export interface GatewayOptions {
   connectLimiter?: RateLimiter;
   /** Upgrades one device may make per minute (WS_CONNECTS_PER_DEVICE, default 60); its account ten times that. */
   connectsPerDevice?: number;
+  /** Who an upgrade comes from (TRUSTED_PROXIES), for the budget of refused tokens; unset: one key for all. */
+  addresses?: ClientAddresses;
 }
 
 /** Default of WS_CONNECTS_PER_DEVICE: upgrades one device may make per minute. */
@@ -70,7 +79,10 @@ export const DEFAULT_CONNECTS_PER_DEVICE = 60;
 
 /**
  * The upgrade budgets of `GET /v1/ws`, per minute: `perDevice` upgrades of one device, and ten
- * devices' worth for all the devices of one account (an account may have 127, each a login away).
+ * devices' worth for all the devices of one account (an account may have 127, each a login away),
+ * spent only by upgrades whose token is current; and `perDevice` upgrades per client address whose
+ * token was well signed but revoked (or its device removed), each of which cost a database read:
+ * an old token would otherwise spend its device's budget and lock the device out.
  * A connect costs the node far more than a frame (the token's device read, the presence lease, the
  * user actor told, the offline queue opened and read, and the same bookkeeping again at the close:
  * about 2.3 CPU-ms on the embedded default), and frames are budgeted while connects were not: one
@@ -78,10 +90,15 @@ export const DEFAULT_CONNECTS_PER_DEVICE = 60;
  * "Connect budget"). A reconnecting client backs off from 0.5 s (the SDK's Messenger), so 60 a
  * minute is never reached by one device that is only flapping.
  */
-export function connectBudgets(perDevice: number): { device: RateLimitRule; account: RateLimitRule } {
+export function connectBudgets(perDevice: number): {
+  device: RateLimitRule;
+  account: RateLimitRule;
+  refusedPerAddress: RateLimitRule;
+} {
   return {
     device: { name: "ws-connects-device", limit: perDevice, windowMs: 60_000 },
     account: { name: "ws-connects-account", limit: perDevice * 10, windowMs: 60_000 },
+    refusedPerAddress: { name: "ws-connects-refused-address", limit: perDevice, windowMs: 60_000 },
   };
 }
 
@@ -122,8 +139,8 @@ export class Gateway {
   deadPeers = 0;
   /** Makes a socket's token bucket (DEVICE_RATE_LIMIT), one function shared by every socket. */
   private readonly newBucket: () => TokenBucket;
-  /** Spends one upgrade of the device's and the account's connect budgets; undefined: none. */
-  private readonly admitConnect: ((principal: Principal) => Promise<void>) | undefined;
+  /** The connect budgets of an upgrade from one client address (`connectBudgets`); undefined: none. */
+  private readonly admitConnect: ((address: string) => ConnectAdmission) | undefined;
 
   constructor(private readonly options: GatewayOptions) {
     const rate = options.rateLimit ?? { perSecond: 100, burst: 200 };
@@ -131,16 +148,30 @@ export class Gateway {
     const limiter = options.connectLimiter;
     if (limiter) {
       const budgets = connectBudgets(options.connectsPerDevice ?? DEFAULT_CONNECTS_PER_DEVICE);
-      this.admitConnect = async ({ userId, deviceId }) => {
-        // The device's first: a device refused spends nothing of its account's budget.
-        await spendOrRefuse(
-          limiter,
-          budgets.device,
-          `${userId}.${deviceId}`,
-          "this device connects too often, retry later",
-        );
-        await spendOrRefuse(limiter, budgets.account, userId, "your devices connect too often, retry later");
+      const deviceMessage = "this device connects too often, retry later";
+      const accountMessage = "your devices connect too often, retry later";
+      const refusedMessage = "too many refused connects from your address, retry later";
+      const refuseIfSpent = async (rule: RateLimitRule, key: string, message: string) => {
+        const decision = await limiter.peek(rule, key);
+        if (!decision.allowed) throw rateLimitedError(decision.retryAfterMs, message);
       };
+      this.admitConnect = (address) => ({
+        // Before the device is read: a device, account or address already past its budget costs
+        // no read, and nothing is spent yet (the token may be an old one).
+        check: async ({ userId, deviceId }) => {
+          await refuseIfSpent(budgets.refusedPerAddress, address, refusedMessage);
+          await refuseIfSpent(budgets.device, `${userId}.${deviceId}`, deviceMessage);
+          await refuseIfSpent(budgets.account, userId, accountMessage);
+        },
+        refused: async () => {
+          await limiter.hit(budgets.refusedPerAddress, address);
+        },
+        // The token is current. The device's first: a device refused spends nothing of its account's.
+        spend: async ({ userId, deviceId }) => {
+          await spendOrRefuse(limiter, budgets.device, `${userId}.${deviceId}`, deviceMessage);
+          await spendOrRefuse(limiter, budgets.account, userId, accountMessage);
+        },
+      });
     }
     this.watchers = new PresenceWatchers(
       options.presence,
@@ -254,10 +285,12 @@ export class Gateway {
   };
 
   /**
-   * The Elysia plugin serving `GET /v1/ws`: authenticates before the upgrade (401 otherwise), spends
-   * one of the device's and its account's connect budgets once the token's signature is checked and
-   * before anything is read or written (429 `rate_limited` with Retry-After past either,
-   * `connectBudgets`), then hands the socket to Bun, whose events reach `websocket`.
+   * The Elysia plugin serving `GET /v1/ws`: authenticates before the upgrade (401 otherwise), refuses
+   * a device, account or client address already past its connect budget once the token's signature
+   * is checked and before the device is read, spends the device's and its account's once the token
+   * is known current, and the address's refusals when it is revoked (429 `rate_limited` with
+   * Retry-After past any, `connectBudgets`), then hands the socket to Bun, whose events reach
+   * `websocket`.
    */
   routes() {
     const { sessions } = this.options;
@@ -269,7 +302,8 @@ export class Gateway {
           typeof query.token === "string" ? query.token : undefined,
         );
         if (!token) throw new DomainError("unauthorized", "missing bearer token");
-        const data: SocketData = await sessions.authenticateSession(token, this.admitConnect);
+        const address = this.options.addresses?.of(request, server) ?? UNKNOWN_ADDRESS;
+        const data: SocketData = await sessions.authenticateSession(token, this.admitConnect?.(address));
         if (this.fenced(data.principal.userId)) throw new DomainError("unauthorized", "account erased");
         if (!server?.upgrade(request, { data }))
           throw new DomainError("invalid", "expected a WebSocket upgrade request");

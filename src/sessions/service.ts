@@ -121,6 +121,20 @@ type RefreshOutcome =
   | { kind: "erased" }
   | { kind: "reused"; userId: string; deviceId: number };
 
+/**
+ * What `SessionService.authenticateSession` asks of a budget on the way (the WebSocket upgrade's
+ * connect budgets, `Gateway`): only a connect whose token is current spends the device's budget,
+ * so an old token (revoked by a password change or a reuse) cannot lock its device out.
+ */
+export interface ConnectAdmission {
+  /** Before the device is read, spending nothing: throws to refuse one already past a budget. */
+  check(principal: Principal): Promise<void>;
+  /** The token was refused after the device was read (revoked, or its device removed). */
+  refused(principal: Principal): Promise<void>;
+  /** The token is current: spends the budgets; throws to refuse one past them. */
+  spend(principal: Principal): Promise<void>;
+}
+
 /** Login, refresh with rotation and reuse detection, and authentication of access tokens. */
 export class SessionService {
   private readonly refreshTtlDays: number;
@@ -360,19 +374,26 @@ export class SessionService {
    * `authenticate`, with what a socket keeps of its token: the device's token generation it names
    * and when it expires (Unix ms). `unauthorized` for a missing, malformed, expired or revoked token,
    * or one of a user whose erasure has started (HTTP routes, the WebSocket upgrade, `auth` frames).
-   * `admit`, when given, runs once the token's signature and expiry are checked and before the
-   * database is read (the upgrade's connect budget, `Gateway`): what it throws is thrown.
+   * `admit`, when given (the upgrade's connect budgets, `Gateway`), is asked at three points:
+   * `check` once the token's signature and expiry are checked and before the database is read,
+   * `refused` when the read finds the token revoked (or its device gone), and `spend` once the token
+   * is known current; what `check` or `spend` throws is thrown.
    */
   async authenticateSession(
     accessToken: string,
-    admit?: (principal: Principal) => Promise<void>,
+    admit?: ConnectAdmission,
   ): Promise<{ principal: Principal; generation: number; expiresAt: number }> {
     const claims = await this.tokens.verify(accessToken);
     if (!claims) throw new DomainError("unauthorized", "access token is missing, malformed or expired");
     this.refuseErased(claims.userId);
-    await admit?.({ userId: claims.userId, deviceId: claims.deviceId });
+    const principal = { userId: claims.userId, deviceId: claims.deviceId };
+    await admit?.check(principal);
     const generation = await this.devices.tokenGeneration(claims.userId, claims.deviceId);
-    if (generation !== claims.generation) throw new DomainError("unauthorized", "access token was revoked");
+    if (generation !== claims.generation) {
+      await admit?.refused(principal);
+      throw new DomainError("unauthorized", "access token was revoked");
+    }
+    await admit?.spend(principal);
     return {
       principal: { userId: claims.userId, deviceId: claims.deviceId },
       generation,

@@ -10,6 +10,7 @@ import { TestSocket } from "../support/ws.ts";
 async function upgradeStatus(
   baseUrl: string,
   token: string,
+  forwardedFor?: string,
 ): Promise<{ status: number; retryAfter?: string }> {
   const { hostname, port } = new URL(baseUrl);
   const request = [
@@ -20,6 +21,7 @@ async function upgradeStatus(
     "Sec-WebSocket-Version: 13",
     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
     `Authorization: Bearer ${token}`,
+    ...(forwardedFor ? [`X-Forwarded-For: ${forwardedFor}`] : []),
     "",
     "",
   ].join("\r\n");
@@ -62,7 +64,11 @@ describe("WebSocket connect budgets (WS_CONNECTS_PER_DEVICE)", () => {
   let client: Api;
 
   beforeAll(async () => {
-    node = await startTestNode("pglite", { env: { WS_CONNECTS_PER_DEVICE: "3" } });
+    // The test's own address is a trusted proxy: an upgrade naming another in X-Forwarded-For is
+    // counted under that one.
+    node = await startTestNode("pglite", {
+      env: { WS_CONNECTS_PER_DEVICE: "3", TRUSTED_PROXIES: "127.0.0.1" },
+    });
     client = api(node.url);
   });
   afterAll(() => node?.teardown());
@@ -82,6 +88,26 @@ describe("WebSocket connect budgets (WS_CONNECTS_PER_DEVICE)", () => {
     // Another device of the same account has its own budget.
     const other = await loginDevice(client, me, { registrationId: 77 });
     expect((await upgradeStatus(node.url, other.accessToken)).status).toBe(101);
+  });
+
+  test("a revoked token spends nothing of its device's budget: its address's refusals are counted instead", async () => {
+    // Someone kept a token of the device from before a password change (or a refresh reuse)
+    // revoked it; it stays well signed until it expires. Counted against the device, its
+    // upgrades locked the device itself out for the token's whole lifetime.
+    const me = await registerAndLogin(client);
+    const old = me.accessToken;
+    await node.sessions.revokeDevice(me.userId, me.deviceId);
+    const fresh = await loginDevice(client, me, { deviceId: me.deviceId });
+    const attacker = "203.0.113.9";
+    const answers: number[] = [];
+    for (let i = 0; i < 6; i++) answers.push((await upgradeStatus(node.url, old, attacker)).status);
+    expect(answers).toEqual([401, 401, 401, 429, 429, 429]);
+    // Past its refusals the address is refused before the device is read, a current token included.
+    expect((await upgradeStatus(node.url, fresh.accessToken, attacker)).status).toBe(429);
+    // The device, from its own address, has its whole budget.
+    for (let i = 0; i < 3; i++) await connectOnce(node, fresh.accessToken);
+    expect((await upgradeStatus(node.url, fresh.accessToken)).status).toBe(429);
+    expect(node.gateway.connections).toBe(0);
   });
 
   test("an account's devices together connect at most ten devices' worth a minute", async () => {
