@@ -3,7 +3,7 @@ import { and, asc, eq, inArray, lt, sql } from "drizzle-orm";
 import { union } from "drizzle-orm/pg-core";
 import { settledWithin } from "../../actors/index.ts";
 import type { AuditEvent, AuditTrail } from "../audit/types.ts";
-import type { Db } from "../db/index.ts";
+import type { Db, Tx } from "../db/index.ts";
 import { accounts, deviceRemovals, devices } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import type { Logger } from "../observability/logger.ts";
@@ -34,7 +34,7 @@ export class DeviceService {
     private readonly logger?: Logger,
   ) {}
 
-  /** Registers a listener run after every new device; `create` resolves once it has. */
+  /** Registers a listener run after every new device (`added`, which resolves once it has). */
   onAdded(listener: (userId: string, deviceId: number) => Promise<void> | void): void {
     this.addedListeners.push(listener);
   }
@@ -45,49 +45,51 @@ export class DeviceService {
   }
 
   /**
-   * Creates a device with the smallest free id; `conflict` when all 127 are taken, `unauthorized`
-   * ("account erased") when the account is gone (erased meanwhile), nothing written. Its token
-   * generation starts at a random number (1 to 2^30, room for a billion revocations in the int
-   * column): ids are reused, and a removed device's access tokens, still unexpired, name the id and
-   * the generation it had; had the new device started at 0 as well, they would be valid for it.
+   * Creates a device with the smallest free id inside the caller's transaction `tx`, which then
+   * holds the account's row until it ends: a login creates its device, issues its tokens and writes
+   * its audit entry in one transaction, so a refused entry leaves no device behind. `conflict` when
+   * all 127 are taken, `unauthorized` ("account erased") when the account is gone (erased
+   * meanwhile), nothing written. Its token generation starts at a random number (1 to 2^30, room
+   * for a billion revocations in the int column): ids are reused, and a removed device's access
+   * tokens, still unexpired, name the id and the generation it had; had the new device started at
+   * 0 as well, they would be valid for it. Returns the new id; once `tx` has committed the caller
+   * runs `added`.
    */
-  async create(userId: string, registrationId: number, name: string | null): Promise<number> {
-    return this.db
-      .transaction(async (tx) => {
-        // Serialises concurrent logins of one account so two devices never pick the same free id.
-        const [account] = await tx
-          .select({ id: accounts.id })
-          .from(accounts)
-          .where(eq(accounts.id, userId))
-          .for("update");
-        // Erased while this waited for the row (the foreign key would refuse the device: a 500).
-        if (!account) throw new DomainError("unauthorized", "account erased");
-        // Ids of removals still finishing are taken too (`deviceRemovals`). One statement, so one
-        // snapshot: a removal committing between two reads could not make its id look free.
-        const taken = await union(
-          tx.select({ deviceId: devices.deviceId }).from(devices).where(eq(devices.userId, userId)),
-          tx
-            .select({ deviceId: deviceRemovals.deviceId })
-            .from(deviceRemovals)
-            .where(eq(deviceRemovals.userId, userId)),
-        );
-        taken.sort((a, b) => a.deviceId - b.deviceId);
-        let deviceId = 1;
-        for (const row of taken) {
-          if (row.deviceId !== deviceId) break;
-          deviceId++;
-        }
-        if (deviceId > MAX_DEVICE_ID) {
-          throw new DomainError("conflict", `an account can have at most ${MAX_DEVICE_ID} devices`);
-        }
-        const tokenGeneration = randomInt(1, FIRST_GENERATION_BOUND);
-        await tx.insert(devices).values({ userId, deviceId, registrationId, name, tokenGeneration });
-        return deviceId;
-      })
-      .then(async (deviceId) => {
-        for (const listener of this.addedListeners) await listener(userId, deviceId);
-        return deviceId;
-      });
+  async createIn(tx: Tx, userId: string, registrationId: number, name: string | null): Promise<number> {
+    // Serialises concurrent logins of one account so two devices never pick the same free id.
+    const [account] = await tx
+      .select({ id: accounts.id })
+      .from(accounts)
+      .where(eq(accounts.id, userId))
+      .for("update");
+    // Erased while this waited for the row (the foreign key would refuse the device: a 500).
+    if (!account) throw new DomainError("unauthorized", "account erased");
+    // Ids of removals still finishing are taken too (`deviceRemovals`). One statement, so one
+    // snapshot: a removal committing between two reads could not make its id look free.
+    const taken = await union(
+      tx.select({ deviceId: devices.deviceId }).from(devices).where(eq(devices.userId, userId)),
+      tx
+        .select({ deviceId: deviceRemovals.deviceId })
+        .from(deviceRemovals)
+        .where(eq(deviceRemovals.userId, userId)),
+    );
+    taken.sort((a, b) => a.deviceId - b.deviceId);
+    let deviceId = 1;
+    for (const row of taken) {
+      if (row.deviceId !== deviceId) break;
+      deviceId++;
+    }
+    if (deviceId > MAX_DEVICE_ID) {
+      throw new DomainError("conflict", `an account can have at most ${MAX_DEVICE_ID} devices`);
+    }
+    const tokenGeneration = randomInt(1, FIRST_GENERATION_BOUND);
+    await tx.insert(devices).values({ userId, deviceId, registrationId, name, tokenGeneration });
+    return deviceId;
+  }
+
+  /** Runs the `onAdded` listeners for a device `createIn` made, once its transaction has committed. */
+  async added(userId: string, deviceId: number): Promise<void> {
+    for (const listener of this.addedListeners) await listener(userId, deviceId);
   }
 
   /** The device's current token generation, or undefined when it does not exist. */

@@ -23,8 +23,13 @@ export interface SessionTokens {
  * sessions never import the devices feature, whose routes import sessions' auth.
  */
 export interface SessionDevices {
-  /** Creates a device with the smallest free id (1-127); `conflict` when none is left, `unauthorized` when the account is gone. */
-  create(userId: string, registrationId: number, name: string | null): Promise<number>;
+  /**
+   * Creates a device with the smallest free id (1-127) inside `tx`; `conflict` when none is left,
+   * `unauthorized` when the account is gone. `added` runs its listeners once `tx` committed.
+   */
+  createIn(tx: Tx, userId: string, registrationId: number, name: string | null): Promise<number>;
+  /** Tells the node a device `createIn` made exists (its transaction committed). */
+  added(userId: string, deviceId: number): Promise<void>;
   /** The device's token generation, or undefined when it does not exist. */
   tokenGeneration(userId: string, deviceId: number): Promise<number | undefined>;
   /** Marks the device as seen now. */
@@ -193,7 +198,9 @@ export class SessionService {
    * ("account erased") once the user's erasure has started, before anything is written.
    * `verifiedHash`: the password hash a login checked; tokens are issued only if it is still the
    * account's (else `unauthorized`), so a login racing a password change gets nothing that
-   * outlives the change; a device created for it is then removed again.
+   * outlives the change. A new device, its refresh token and the `session.login` entry are written
+   * in one transaction: a refused check or audit write leaves no device behind, and so no
+   * `device.remove` entry for a device the trail never saw created.
    */
   async startSession(
     userId: string,
@@ -202,17 +209,23 @@ export class SessionService {
     verifiedHash?: string,
   ): Promise<SessionTokens> {
     this.refuseErased(userId);
-    let deviceId = device.deviceId;
-    const created = deviceId === undefined;
-    if (deviceId === undefined) {
-      if (device.registrationId === undefined) {
+    const existing = device.deviceId;
+    const created = existing === undefined;
+    let target: number | ((tx: Tx) => Promise<number>);
+    if (existing === undefined) {
+      const { registrationId } = device;
+      if (registrationId === undefined) {
         throw new DomainError("invalid", "registrationId is required to create a new device");
       }
-      deviceId = await this.devices.create(userId, device.registrationId, device.deviceName ?? null);
-    } else if ((await this.devices.tokenGeneration(userId, deviceId)) === undefined) {
-      throw new DomainError("not_found", `device ${deviceId} does not exist`);
+      target = (tx) => this.devices.createIn(tx, userId, registrationId, device.deviceName ?? null);
+    } else {
+      target = existing;
+      if ((await this.devices.tokenGeneration(userId, existing)) === undefined) {
+        throw new DomainError("not_found", `device ${existing} does not exist`);
+      }
+      await this.devices.touch(userId, existing);
     }
-    const event: AuditEvent = {
+    const eventFor = (deviceId: number): AuditEvent => ({
       action: "session.login",
       actor: { user: userId },
       subject: userId,
@@ -221,20 +234,11 @@ export class SessionService {
         newDevice: created,
         ...(method === "password" ? {} : { method }),
       },
-    };
-    let tokens: SessionTokens;
-    let audited: boolean;
-    try {
-      await this.devices.touch(userId, deviceId);
-      ({ tokens, audited } = await this.issue(userId, deviceId, verifiedHash, event));
-    } catch (error) {
-      // A device created for this login and refused its tokens (the password changed since it was
-      // checked) would stay without a session, holding one of the account's 127 ids: it goes.
-      if (created) await this.devices.remove(userId, deviceId).catch(() => undefined);
-      throw error;
-    }
+    });
+    const { tokens, audited } = await this.issue(userId, target, verifiedHash, eventFor);
+    if (created) await this.devices.added(userId, tokens.deviceId);
     // A trail that cannot write inside the transaction: recorded after the commit.
-    if (!audited) await this.audit?.record(event);
+    if (!audited) await this.audit?.record(eventFor(tokens.deviceId));
     return tokens;
   }
 
@@ -683,19 +687,24 @@ export class SessionService {
 
   /**
    * Issues the device's tokens: in one transaction, checks `verifiedHash` (when given) is still the
-   * account's, holds the device row and stores a new refresh token, then writes `event` last (the
-   * session's audit entry: no tokens without it). `audited`: false when the trail cannot write
+   * account's, holds the device row (created first when `target` is a function) and stores a new
+   * refresh token, then writes `eventFor(deviceId)` last (the session's audit entry: no tokens, and
+   * no new device, without it). `audited`: false when the trail cannot write
    * inside a transaction (the caller records the entry after the commit).
    */
   private async issue(
     userId: string,
-    deviceId: number,
+    /** The device's id, or how to create it inside the transaction (before anything else there). */
+    target: number | ((tx: Tx) => Promise<number>),
     verifiedHash: string | undefined,
-    event: AuditEvent,
+    eventFor: (deviceId: number) => AuditEvent,
   ): Promise<{ tokens: SessionTokens; audited: boolean }> {
     const { token, hash } = TokenIssuer.mintRefreshToken();
     let audited = false;
+    let deviceId = typeof target === "number" ? target : 0;
     const generation = await this.db.transaction(async (tx) => {
+      // The account's row FOR UPDATE first (`createIn`), as a login creating a device always took it.
+      if (typeof target !== "number") deviceId = await target(tx);
       if (verifiedHash !== undefined) {
         // A password change (an UPDATE of this row) waits for this transaction, or committed before it.
         const [account] = await tx
@@ -714,7 +723,7 @@ export class SessionService {
         .for("share");
       if (!device) throw new DomainError("not_found", `device ${deviceId} does not exist`);
       await this.storeRefreshToken(tx, hash, userId, deviceId, Date.now());
-      audited = await this.recordIn(tx, event);
+      audited = await this.recordIn(tx, eventFor(deviceId));
       return device.generation;
     });
     return { tokens: await this.sessionTokens(userId, deviceId, generation, token), audited };

@@ -124,6 +124,36 @@ describe.each(BACKENDS)("a change and its audit entry on %s", (backend) => {
     expect(await entries("group.invitation.decline")).toBe(declines + 1);
   });
 
+  test("session.login: a refused entry leaves no device, and no device.remove entry for one never audited", async () => {
+    // The device was created in a transaction of its own and removed again (with a `device.remove`
+    // entry) when the login's entry was refused: the trail said a device was removed whose creation
+    // it never recorded.
+    const alice = await registerAndLogin(client);
+    const devicesOf = () =>
+      count(sql`select count(*)::int as n from devices where user_id = ${alice.userId}`);
+    const logins = await entries("session.login");
+    const removals = await entries("device.remove");
+    await refuse("session.login");
+    const refused = await client.post("/v1/sessions", {
+      username: alice.username,
+      password: alice.password,
+      registrationId: 32,
+    });
+    expect(refused.status).toBe(500);
+    expect(await devicesOf()).toBe(1);
+    expect(await entries("device.remove")).toBe(removals);
+    expect(
+      await count(sql`select count(*)::int as n from device_removals where user_id = ${alice.userId}`),
+    ).toBe(0);
+
+    await refuse(undefined);
+    const phone = await loginDevice(client, alice, { registrationId: 32 });
+    expect(phone.deviceId).toBe(2);
+    expect(await devicesOf()).toBe(2);
+    expect(await entries("session.login")).toBe(logins + 1);
+    expect(await entries("device.remove")).toBe(removals);
+  });
+
   test("device.remove: a refused entry removes no device", async () => {
     const alice = await registerAndLogin(client);
     const phone = await loginDevice(client, alice, { registrationId: 31 });
