@@ -40,13 +40,19 @@ const ACKS = "a";
  * PUBLISH_WAIT_MS) for an acknowledgement from every peer whose heartbeat it heard within
  * LIVENESS_MS: a send on any live node after the change's reply sees the change. A peer that
  * started within the last heartbeat, or one that stopped answering, is not waited for (or not
- * beyond PUBLISH_WAIT_MS).
+ * beyond PUBLISH_WAIT_MS). A node promises acknowledgements (the `a` of its heartbeat) only while
+ * its own subscription is live: one that cannot hear the channel (its subscriber connection down
+ * or refused while its publishing connection works) acknowledges nothing, and its peers, which
+ * heard its heartbeats all the same, made every change wait PUBLISH_WAIT_MS for as long as that
+ * lasted. A heartbeat without the `a`, and the one `close` sends, drop the node from its peers'
+ * waits at once (a node stopping was waited for until its last heartbeat aged out).
  *
  * Messages (space-separated, from nodes only; anything else is ignored): `h <node> a` heartbeat (the
- * `a`: the node acknowledges changes; a heartbeat without it, from an older node, is not waited
- * for), `d <node> <user> <nonce>` devices changed, `b <node> <blocker> <blocked> <nonce>` block
- * changed, `a <node> <publisher> <nonce>` the change `<nonce>` of `<publisher>` applied on `<node>`.
- * An older node's changes carry no nonce and are not acknowledged.
+ * `a`: the node acknowledges changes; a heartbeat without it, from a node not hearing the channel,
+ * stopping, or of an older version, is not waited for), `d <node> <user> <nonce>` devices changed,
+ * `b <node> <blocker> <blocked> <nonce>` block changed, `a <node> <publisher> <nonce>` the change
+ * `<nonce>` of `<publisher>` applied on `<node>`. An older node's changes carry no nonce and are not
+ * acknowledged.
  */
 export class ListChangeChannel {
   private subscriber: Redis | undefined;
@@ -96,13 +102,18 @@ export class ListChangeChannel {
       this.lastHeard = Number.NEGATIVE_INFINITY;
     });
     subscriber.on("message", (_channel: string, text: string) => this.heard(text));
-    this.heartbeat = setInterval(() => void this.publish(`h ${this.nodeId} ${ACKS}`), HEARTBEAT_MS);
+    this.heartbeat = setInterval(() => void this.publish(this.heartbeatMessage()), HEARTBEAT_MS);
     try {
       await subscriber.subscribe(this.channel);
     } catch (error) {
       this.logger.warn({ err: error }, "could not subscribe to device and block changes");
     }
-    void this.publish(`h ${this.nodeId} ${ACKS}`);
+    void this.publish(this.heartbeatMessage());
+  }
+
+  /** `h <node> a` while this node hears the channel (it acknowledges changes), else `h <node>`. */
+  private heartbeatMessage(): string {
+    return this.live ? `h ${this.nodeId} ${ACKS}` : `h ${this.nodeId}`;
   }
 
   private heard(text: string): void {
@@ -115,6 +126,8 @@ export class ListChangeChannel {
     if (kind === "h") {
       if (node === this.nodeId) this.lastHeard = this.now();
       else if (first === ACKS) this.peers.set(node, this.now());
+      // Not hearing the channel, or stopping: it would acknowledge nothing.
+      else this.peers.delete(node);
       return;
     }
     if (kind === "a") {
@@ -200,11 +213,17 @@ export class ListChangeChannel {
     );
   }
 
-  /** Stops the heartbeat and closes the subscription. */
+  /**
+   * Stops the heartbeat, tells the peers this node acknowledges nothing from now on (a heartbeat
+   * without `a`, waited for at most PUBLISH_WAIT_MS; lost, they stop waiting for it after
+   * LIVENESS_MS) and closes the subscription.
+   */
   async close(): Promise<void> {
+    const started = this.heartbeat !== undefined;
     clearInterval(this.heartbeat);
     this.heartbeat = undefined;
     this.lastHeard = Number.NEGATIVE_INFINITY;
+    if (started) await this.publish(this.heartbeatMessage());
     await this.subscriber?.quit().catch(() => {});
     this.subscriber = undefined;
   }

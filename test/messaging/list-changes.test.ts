@@ -239,3 +239,88 @@ describe("the list-change channel waits for every live peer's acknowledgement", 
     expect(heardB).toEqual(["blocks u1 u2", "devices u3"]);
   });
 });
+
+/**
+ * Which peers a publication waits for. Node A's clock is frozen, so a peer it once heard never ages
+ * out of its waits (LIVENESS_MS): only what the peer says on the channel can take it out. A peer
+ * that cannot hear the channel (its subscriber connection refused while its publishing one works)
+ * acknowledges nothing, so it must not promise to: before, its heartbeats carried the `a` all the
+ * same and every change on A waited the full second for it, for as long as that lasted. A peer
+ * that closes its channel says so, where A waited for it until its last heartbeat aged out.
+ */
+describe("the list-change channel waits only for peers that hear it", () => {
+  const prefix = `${runPrefix()}peers:`;
+  const logger = createLogger({ level: "silent", nodeId: "test" });
+  const frozen = Date.now();
+  const heardA: string[] = [];
+  let refusing: TcpProxy;
+  let redisA: Redis;
+  let redisB: Redis;
+  let redisC: Redis;
+  let observer: Redis;
+  let channelA: ListChangeChannel;
+  const observed: string[] = [];
+  const others: ListChangeChannel[] = [];
+  const ignore = { devicesChanged() {}, blocksChanged() {}, forgetLists() {} };
+
+  beforeAll(async () => {
+    refusing = await startTcpProxy(REDIS_URL);
+    refusing.refuse(true);
+    redisA = new Redis(REDIS_URL);
+    redisB = new Redis(REDIS_URL);
+    redisC = new Redis(REDIS_URL);
+    observer = new Redis(REDIS_URL);
+    observer.on("message", (_channel: string, text: string) => void observed.push(text));
+    await observer.subscribe(`${prefix}lists`);
+    channelA = new ListChangeChannel(
+      redisA,
+      prefix,
+      "peers-a",
+      {
+        devicesChanged: (user) => void heardA.push(`devices ${user}`),
+        blocksChanged() {},
+        forgetLists() {},
+      },
+      logger,
+      () => frozen,
+    );
+    await channelA.start();
+    await until("A's channel live", () => channelA.live);
+  });
+  afterAll(async () => {
+    for (const channel of others) await channel.close();
+    await channelA?.close();
+    for (const redis of [redisA, redisB, redisC, observer]) redis?.disconnect();
+    await refusing?.close();
+  });
+
+  /** Resolves once A has read everything published on the channel before this call. */
+  async function aCaughtUp(): Promise<void> {
+    const marker = `marker-${randomUUID()}`;
+    // A change of no node A knows, without a nonce: A applies it and acknowledges nothing.
+    await redisA.publish(`${prefix}lists`, `d peers-marker ${marker}`);
+    await until("A reading the marker", () => heardA.includes(`devices ${marker}`));
+  }
+
+  test("a peer whose subscription cannot connect is not waited for, though A hears its heartbeats", async () => {
+    // B publishes through a working connection; its subscriber's connection is refused.
+    redisB.duplicate = () =>
+      new Redis(refusing.url, { enableOfflineQueue: false, retryStrategy: () => 100, lazyConnect: false });
+    const channelB = new ListChangeChannel(redisB, prefix, "peers-b", ignore, logger);
+    others.push(channelB);
+    await channelB.start();
+    await until("two heartbeats of B", () => observed.filter((m) => m.startsWith("h peers-b")).length >= 2);
+    await aCaughtUp();
+    expect(channelB.live).toBe(false);
+    expect(channelA.acknowledgingPeers).not.toContain("peers-b");
+  });
+
+  test("a peer that closes its channel is no longer waited for", async () => {
+    const channelC = new ListChangeChannel(redisC, prefix, "peers-c", ignore, logger);
+    others.push(channelC);
+    await channelC.start();
+    await until("A waiting for C", () => channelA.acknowledgingPeers.includes("peers-c"));
+    await channelC.close();
+    await until("A no longer waiting for C", () => !channelA.acknowledgingPeers.includes("peers-c"));
+  });
+});
