@@ -124,4 +124,28 @@ describe("WebSocket connect budgets (WS_CONNECTS_PER_DEVICE)", () => {
     const bob = await registerAndLogin(client);
     expect((await upgradeStatus(node.url, bob.accessToken)).status).toBe(101);
   });
+
+  test("revoked tokens spend nothing of the budgets the account's current tokens use", async () => {
+    // Someone holding the tokens of eleven devices (the account's password was theirs): the owner
+    // changes the password and signs every other device out. The old access tokens, unexpired,
+    // spent the re-keyed device's budget (same device id) and, ten of them, the whole account's,
+    // keeping the owner's devices off WebSocket for the tokens' remaining lifetime.
+    const me = await registerAndLogin(client);
+    const revoked = [me.accessToken];
+    for (let i = 0; i < 10; i++)
+      revoked.push((await loginDevice(client, me, { registrationId: 200 + i })).accessToken);
+    const changed = await client.post(
+      "/v1/me/password",
+      { currentPassword: me.password, newPassword: "another horse battery", logoutDevices: true },
+      me.accessToken,
+    );
+    expect(changed.status).toBe(200);
+    const current = (changed.body as { accessToken: string }).accessToken;
+    expect((await upgradeStatus(node.url, me.accessToken)).status).toBe(401);
+    for (const token of revoked)
+      for (let i = 0; i < 4; i++) expect([401, 429]).toContain((await upgradeStatus(node.url, token)).status);
+    expect((await upgradeStatus(node.url, current)).status).toBe(101);
+    const fresh = await loginDevice(client, { username: me.username, password: "another horse battery" });
+    expect((await upgradeStatus(node.url, fresh.accessToken)).status).toBe(101);
+  });
 });
