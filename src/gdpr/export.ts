@@ -152,8 +152,17 @@ export class ExportService {
    * here. A failure after that (the log lost mid-way) errors the stream, so the document is cut off
    * and never valid JSON (the HTTP response is aborted). Both kinds of failure give the budget's
    * hit back, since the person got no archive; a client that stops reading (cancels) does not.
+   * `stillCurrent`, when given, is asked before each later page is read (`self`: whether the
+   * requesting device's access token is still current): once it answers false the stream is
+   * errored as on a failure, the hit kept. A slow reader's export can run for hours, and one whose
+   * device was revoked (or whose erasure started) went on reading the log, rows that arrived
+   * after the revocation included.
    */
-  async export(userId: string, requestedBy: "self" | "admin"): Promise<ReadableStream<Uint8Array>> {
+  async export(
+    userId: string,
+    requestedBy: "self" | "admin",
+    options: { stillCurrent?: () => Promise<boolean> } = {},
+  ): Promise<ReadableStream<Uint8Array>> {
     const limiter = requestedBy === "self" ? this.deps.rateLimiter : undefined;
     if (limiter)
       await spendOrRefuse(
@@ -172,7 +181,7 @@ export class ExportService {
       await giveBack();
       throw error;
     }
-    const chunks = this.chunks(userId, frame);
+    const chunks = this.chunks(userId, frame, options.stillCurrent);
     return new ReadableStream<Uint8Array>(
       {
         pull: async (controller) => {
@@ -181,6 +190,11 @@ export class ExportService {
             if (done) controller.close();
             else controller.enqueue(value);
           } catch (error) {
+            if (error instanceof ExportRevoked) {
+              this.deps.logger?.warn({ requestedBy }, "export stopped mid-stream: its session was revoked");
+              controller.error(new Error("export stopped: session revoked"));
+              return;
+            }
             this.deps.logger?.warn(
               { requestedBy, failure: error instanceof Error ? error.name : typeof error },
               "export failed mid-stream; response aborted",
@@ -205,13 +219,21 @@ export class ExportService {
    * `messages.queued`, the tail. Each page is read on a later turn of the event loop than the one
    * before (the embedded log reads synchronously), so other requests run between pages.
    */
-  private async *chunks(userId: string, frame: ArchiveFrame): AsyncGenerator<Uint8Array, void, undefined> {
+  private async *chunks(
+    userId: string,
+    frame: ArchiveFrame,
+    stillCurrent?: () => Promise<boolean>,
+  ): AsyncGenerator<Uint8Array, void, undefined> {
     const { log } = this.deps;
     const rows = this.deps.pageRows ?? EXPORT_PAGE_ROWS;
+    const check = async () => {
+      if (stillCurrent && !(await stillCurrent())) throw new ExportRevoked();
+    };
     const list = async function* <T>(
       first: LogPage<T> | null,
       read: (after: number | null) => Promise<LogPage<T>>,
     ): AsyncGenerator<Uint8Array, void, undefined> {
+      if (!first) await check();
       let page = first ?? (await read(null));
       let separator = "";
       for (;;) {
@@ -222,6 +244,7 @@ export class ExportService {
         if (page.next === null) return;
         const after: number = page.next;
         await nextTurn();
+        await check();
         page = await read(after);
       }
     };
@@ -412,3 +435,8 @@ export function exportResponse(archive: ReadableStream<Uint8Array>): Response {
 
 /** How an export names another person in an audit entry (never by their pseudonym). */
 export const OTHER_USER = "another user";
+
+/** The export's session ended while it streamed (`stillCurrent` answered false). */
+class ExportRevoked extends Error {
+  override name = "ExportRevoked";
+}

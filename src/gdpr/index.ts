@@ -46,7 +46,13 @@ export function gdprRoutes(deps: {
     .use(clientAddressPlugin(deps.addresses))
     .get(
       "/v1/me/export",
-      async ({ principal }) => exportResponse(await deps.exports.export(principal.userId, "self")),
+      async ({ principal, tokenGeneration }) =>
+        exportResponse(
+          await deps.exports.export(principal.userId, "self", {
+            // Asked before each page: a device revoked (or an erasure started) ends its export.
+            stillCurrent: () => deps.sessions.isCurrent(principal, tokenGeneration),
+          }),
+        ),
       { auth: true },
     )
     .delete(
