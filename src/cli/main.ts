@@ -276,9 +276,10 @@ async function verifyReceiptFile(
   try {
     publishedKey = (await new ClearBoxHttp(server, undefined, ca).erasureSigningKey())?.publicKey;
   } catch (error) {
+    // The error's code is the server's choice, and a receipt is checked because the server is not trusted.
     const reason =
       error instanceof ClearBoxApiError ? `HTTP ${error.status} ${error.code}` : (error as Error).message;
-    console.error(`error: cannot fetch the signing key from ${server}: ${reason}`);
+    console.error(`error: cannot fetch the signing key from ${server}: ${printable(reason)}`);
     return 2;
   }
   if (typeof publishedKey !== "string") {

@@ -29,6 +29,8 @@ describe("CLI erase against a hostile server", () => {
   let store: string;
   let hostile: Server<undefined>;
   let erasureId = ERASURE_ID;
+  /** The signing key's answer: the key, or a refusal whose error code the server chose. */
+  let keyRefusal: string | undefined;
 
   beforeAll(async () => {
     node = await startTestNode("pglite");
@@ -50,7 +52,11 @@ describe("CLI erase against a hostile server", () => {
           );
         }
         if (request.method === "DELETE" && pathname === "/v1/me") return Response.json({ erasureId });
-        if (pathname === "/v1/erasures/signing-key") return Response.json({ publicKey: KEY });
+        if (pathname === "/v1/erasures/signing-key") {
+          if (keyRefusal !== undefined)
+            return Response.json({ error: { code: keyRefusal, message: "no" } }, { status: 503 });
+          return Response.json({ publicKey: KEY });
+        }
         if (pathname.startsWith("/v1/erasures/")) {
           return Response.json({
             erasureId,
@@ -103,6 +109,30 @@ describe("CLI erase against a hostile server", () => {
     expect(out).not.toMatch(/[\u0080-\u009f\u202a-\u202e\u2066-\u2069]/);
     expect(out).toContain("\\x9b2J\\x9b31mall clear \\u{202e}esrever");
     expect(out).toContain("\\x9d8;;https://evil.example\\x9c");
+  });
+
+  test("verify-receipt shows a refusal's error code with terminal controls escaped", async () => {
+    const file = join(dir, "receipt-to-check.json");
+    await Bun.write(
+      file,
+      JSON.stringify({ payload: {}, algorithm: "Ed25519", publicKey: KEY, signature: "x" }),
+    );
+    // An OSC 52 clipboard write, a C1 CSI and a right-to-left override as the error's code.
+    keyRefusal = "\u001b]52;c;ZXZpbA==\u0007\u009b2J\u202eesrever";
+    try {
+      const { out, err, code } = await run([
+        "verify-receipt",
+        file,
+        "--server",
+        `http://127.0.0.1:${hostile.port}`,
+      ]);
+      expect(code).toBe(2);
+      expect(err).toContain("cannot fetch the signing key");
+      for (const c of ["\x1b", "\x07", "\x9b", "\u202e"]) expect(`${out}${err}`).not.toContain(c);
+      expect(err).toContain("HTTP 503 \\x1b]52;c;ZXZpbA==\\x07\\x9b2J\\u{202e}esrever");
+    } finally {
+      keyRefusal = undefined;
+    }
   });
 
   test("an erasure id that is not a UUID names no file and is shown escaped", async () => {
