@@ -169,13 +169,25 @@ const KEY_REQUEST_INTERVAL_MS = 60_000;
 const ANSWER_TIMEOUT_MS = 30_000;
 
 /**
+ * Acks are gathered for this long (ms) and sent in one frame, or at once when a frame is full
+ * (ACKS_PER_FRAME, the protocol's most): each frame spends the device's frame budget
+ * (DEVICE_RATE_LIMIT, default 100 a second, a burst of 200), and a backlog is delivered as fast as
+ * it is read, so an ack per message was refused past the budget (`error rate_limited`) and its
+ * messages were delivered again at every connection.
+ */
+const ACK_GATHER_MS = 100;
+/** Messages one ack frame names at most (docs/PROTOCOL.md: 1-1000). */
+const ACKS_PER_FRAME = 1000;
+
+/**
  * One device's chat session on top of a `ClearBoxClient`: a single WebSocket for sending and
  * receiving, reopened after any drop with exponential backoff and jitter (partysocket's
  * ReconnectingWebSocket, with a fresh access token for each attempt), an outbox that keeps sends
  * made while offline in the store and sends each with its id until the server answers (the server
  * delivers an id once, docs/PROTOCOL.md), decryption in arrival order, acks after the message is
- * stored in the local history, usernames instead of ids, presence of contacts, and group messages
- * with sender keys (distributed to members 1:1, replaced when a member left).
+ * stored in the local history (gathered for ACK_GATHER_MS into one frame), usernames instead of
+ * ids, presence of contacts, and group messages with sender keys (distributed to members 1:1,
+ * replaced when a member left).
  *
  * The socket's access token is renewed in-band (`auth` frames) before it expires; a socket closed
  * with 4440 (token expired, e.g. after the process slept) is reopened with a refreshed token.
@@ -194,6 +206,9 @@ export class Messenger extends EventEmitter<MessengerEvents> {
   private watched = new Set<string>();
   /** Renews the open socket's access token in-band before it expires (4440 otherwise). */
   private reauth?: SocketReauthentication;
+  /** Messages handled and not acked yet (sent within ACK_GATHER_MS, or at the next open). */
+  private acks: { id: string; from: { user: string; device: number } }[] = [];
+  private ackTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     readonly client: ClearBoxClient,
@@ -275,6 +290,8 @@ export class Messenger extends EventEmitter<MessengerEvents> {
       const contacts = client.contacts().map((c) => c.userId);
       this.watched = new Set(contacts);
       if (contacts.length > 0) this.send({ type: "presence.watch", users: contacts.slice(0, 1000) });
+      // Messages handled while the last socket closed: their acks go on this one.
+      this.sendAcks();
       void this.flush();
     });
     socket.addEventListener("close", (event) => {
@@ -340,6 +357,9 @@ export class Messenger extends EventEmitter<MessengerEvents> {
   /** Closes the socket for good (no reconnect); queued sends stay in the outbox for the next start. */
   stop(detail: { code?: number; reason?: string } = {}): void {
     if (this.stopped) return;
+    this.sendAcks();
+    clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
     this.stopped = true;
     this.online = false;
     this.reauth?.stop();
@@ -710,6 +730,21 @@ export class Messenger extends EventEmitter<MessengerEvents> {
     if (this.online) this.socket?.send(JSON.stringify(frame));
   }
 
+  /** Acks a handled message: within ACK_GATHER_MS, with the others handled meanwhile. */
+  private ack(message: { id: string; from: { user: string; device: number } }): void {
+    this.acks.push({ id: message.id, from: message.from });
+    if (this.acks.length >= ACKS_PER_FRAME) this.sendAcks();
+    else this.ackTimer ??= setTimeout(() => this.sendAcks(), ACK_GATHER_MS);
+  }
+
+  /** Sends the gathered acks, ACKS_PER_FRAME a frame; offline, they wait for the next open. */
+  private sendAcks(): void {
+    clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
+    if (!this.online || !this.socket) return;
+    while (this.acks.length > 0) this.send({ type: "ack", messages: this.acks.splice(0, ACKS_PER_FRAME) });
+  }
+
   private dispatch(data: string): void {
     let frame: ServerFrame;
     try {
@@ -828,7 +863,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
       }
       db.query("insert or ignore into received (id, at) values (?, ?)").run(key, Date.now());
     }
-    this.send({ type: "ack", messages: [{ id: frame.id, from: frame.from }] });
+    this.ack(frame);
   }
 
   /** When each (sender, group) key was last asked for: at most once a minute each. */
