@@ -45,7 +45,8 @@ const ACKS = "a";
  * or refused while its publishing connection works) acknowledges nothing, and its peers, which
  * heard its heartbeats all the same, made every change wait PUBLISH_WAIT_MS for as long as that
  * lasted. A heartbeat without the `a`, and the one `close` sends, drop the node from its peers'
- * waits at once (a node stopping was waited for until its last heartbeat aged out).
+ * waits at once (a node stopping was waited for until its last heartbeat aged out); a node whose
+ * subscription is live again publishes a heartbeat with it at once, not a heartbeat later.
  *
  * Messages (space-separated, from nodes only; anything else is ignored): `h <node> a` heartbeat (the
  * `a`: the node acknowledges changes; a heartbeat without it, from a node not hearing the channel,
@@ -117,6 +118,8 @@ export class ListChangeChannel {
   }
 
   private heard(text: string): void {
+    // Closing (`close`): nothing heard now makes this node live again or acknowledge anything.
+    if (this.heartbeat === undefined) return;
     const [kind, node, first, second, third] = text.split(" ");
     if (!this.live) {
       // Anything published while the subscription was away is lost: nothing cached is trusted.
@@ -124,8 +127,13 @@ export class ListChangeChannel {
     }
     if (node === undefined) return;
     if (kind === "h") {
-      if (node === this.nodeId) this.lastHeard = this.now();
-      else if (first === ACKS) this.peers.set(node, this.now());
+      if (node === this.nodeId) {
+        const was = this.live;
+        this.lastHeard = this.now();
+        // Live again: say so at once, not at the next heartbeat, so peers wait for this node's
+        // acknowledgements from now on (its lists are cached again from now on).
+        if (!was) void this.publish(this.heartbeatMessage());
+      } else if (first === ACKS) this.peers.set(node, this.now());
       // Not hearing the channel, or stopping: it would acknowledge nothing.
       else this.peers.delete(node);
       return;
