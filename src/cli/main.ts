@@ -28,7 +28,8 @@ commands:
   <command> --help           what a command does and its options
 
 options:
-  --server <url>             ClearBox node (default: the one saved in the store, else http://127.0.0.1:8080)
+  --server <url>             ClearBox node for this run (default: the one saved in the store, else
+                             http://127.0.0.1:8080); saved in the store by register, login and signin
   --store <path>             this account's key store (default: ./clearbox.db); a new file is
                              written only once register, login or signin succeeded
   --device-name <name>       name of a newly created device
@@ -37,7 +38,8 @@ options:
   password: $CLEARBOX_PASSWORD, else asked on the terminal without echo`;
 
 const STORE_OPTIONS = `  --store <path>             the account's key store (default: ./clearbox.db)
-  --server <url>             ClearBox node (default: the one saved in the store)
+  --server <url>             ClearBox node for this run (default: the one saved in the store by the
+                             last register, login or signin, which save the one they used)
   --ca <file>                PEM CA certificate(s) to trust for an https server`;
 
 /** `<command> --help`: each command's own usage. */

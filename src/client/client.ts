@@ -122,9 +122,12 @@ export class ClearBoxClient {
   }
 
   /**
-   * Opens the account store; the server URL is remembered in it. A store file that does not exist
-   * yet is not created here: the state is kept in memory and written to `storePath` only when a
-   * registration, login or sign-in succeeds, so a failed attempt leaves no file behind.
+   * Opens the account store. `serverUrl` is the server of this client only; the store's saved one is
+   * used when it is not given, and is replaced only when a registration, login or sign-in on
+   * `serverUrl` succeeds (a one-off `--server`, or a typo in it, does not change later runs' server).
+   * A store file that does not exist yet is not created here: the state is kept in memory and
+   * written to `storePath` only when a registration, login or sign-in succeeds, so a failed attempt
+   * leaves no file behind. Throws when no server URL is given and none is saved.
    */
   static open(options: ClearBoxClientOptions): ClearBoxClient {
     const deferred = options.storePath !== ":memory:" && !existsSync(options.storePath);
@@ -134,7 +137,6 @@ export class ClearBoxClient {
       store.close();
       throw new Error("no server URL given and none saved in the store");
     }
-    store.set("serverUrl", serverUrl);
     return new ClearBoxClient(store, serverUrl, options.ca, deferred ? options.storePath : undefined);
   }
 
@@ -203,6 +205,7 @@ export class ClearBoxClient {
     this.store.set("username", username);
     this.store.set("userId", tokens.userId);
     this.store.set("deviceId", tokens.deviceId);
+    this.store.set("serverUrl", this.serverUrl);
     this.rememberUser({ userId: tokens.userId, username });
     if (!this.store.get<boolean>("keysUploaded")) await this.bootstrapKeys();
     this.persist();
@@ -287,6 +290,7 @@ export class ClearBoxClient {
     });
     this.store.set("userId", tokens.userId);
     this.store.set("deviceId", tokens.deviceId);
+    this.store.set("serverUrl", this.serverUrl);
     if (!this.store.get<boolean>("keysUploaded")) await this.bootstrapKeys();
     this.persist();
   }
