@@ -2,7 +2,13 @@ import { Type } from "@sinclair/typebox";
 import { type Static, t } from "elysia";
 
 export namespace AccountModel {
-  export const username = t.String({ minLength: 3, maxLength: 32, pattern: "^[a-z0-9_.-]+$" });
+  /** The username rule (registration, sign-in, OIDC provisioning, lookups); refusals say it in words. */
+  export const username = t.String({
+    minLength: 3,
+    maxLength: 32,
+    pattern: "^[a-z0-9_.-]+$",
+    errorMessage: "must be 3 to 32 characters of a-z, 0-9, '_', '.' and '-' (lower case)",
+  });
   export const password = t.String({ minLength: 8, maxLength: 256 });
 
   /** An invite token (`REGISTRATION=invite`), as the admin RPC issued it. */

@@ -29,10 +29,13 @@ export { DomainError };
 export function describeValidation(error: unknown): string {
   // The first TypeBox error Elysia already found: its message names the rule, never the value
   // (Elysia's `summary` may end in "but found: <value>", so it is not used).
-  const first = (error as { valueError?: { path?: string; message?: string } }).valueError;
+  const first = (error as { valueError?: { path?: string; message?: string; schema?: unknown } }).valueError;
   if (!first) return "request does not match the schema";
   const where = first.path ? first.path.replace(/^\//, "").replaceAll("/", ".") : "";
-  const what = first.message ?? "is not valid";
+  // A schema may say what it wants in words (`errorMessage`, as `firstProblem` reads it) where
+  // TypeBox's own message would quote a pattern.
+  const custom = (first.schema as { errorMessage?: unknown } | undefined)?.errorMessage;
+  const what = typeof custom === "string" ? custom : (first.message ?? "is not valid");
   return where ? `${where}: ${what}` : what;
 }
 

@@ -25,13 +25,22 @@ export function userRoutes(directory: UserDirectory, sessions: SessionService) {
 /**
  * `GET /admin/v1/users?username=` on the admin listener → `{userId, username}`: the account id the
  * admin export and erasure routes take, for an operator handed a request that names a username.
- * 400 `invalid` for a name that breaks the username rule, 404 `not_found` when none (or erasing).
+ * The name is taken in lower case (usernames have no capitals: an operator copying "Alice" from a
+ * request means alice); 400 `invalid`, saying the rule in words, for a name that still breaks the
+ * username rule; 404 `not_found` when none (or erasing).
  * The username travels in the query: the admin audit records the route pattern, never the query.
  */
 export function userAdminRoutes(directory: UserDirectory) {
   return new Elysia({ name: "clearbox.users.admin", normalize: false }).get(
     "/admin/v1/users",
     ({ query }) => directory.findForAdmin(query.username),
-    { query: UserModel.lookupQuery, response: UserModel.user },
+    {
+      // Before validation (Elysia runs transform first).
+      transform({ query }) {
+        if (typeof query.username === "string") query.username = query.username.toLowerCase();
+      },
+      query: UserModel.lookupQuery,
+      response: UserModel.user,
+    },
   );
 }
