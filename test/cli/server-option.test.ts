@@ -30,9 +30,12 @@ describe("CLI --server", () => {
   });
 
   const run = async (args: string[]) => {
-    const { stdout, stderr, code } = await runToEnd([process.execPath, "run", CLI, ...args, "--store", store], {
-      env: { ...process.env, CLEARBOX_PASSWORD: "correct horse battery" },
-    });
+    const { stdout, stderr, code } = await runToEnd(
+      [process.execPath, "run", CLI, ...args, "--store", store],
+      {
+        env: { ...process.env, CLEARBOX_PASSWORD: "correct horse battery" },
+      },
+    );
     return { out: stdout, err: stderr, code };
   };
 
