@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import {
+  chmodSync,
   closeSync,
   copyFileSync,
   existsSync,
@@ -129,6 +130,9 @@ export class BackupService {
         files,
       };
       await Bun.write(join(partial, MANIFEST_FILE), `${JSON.stringify(manifest, null, 2)}\n`);
+      // Every account, key bundle and queued envelope: the owner's only, as the data directory's
+      // files, also once the backup is copied out of its 0700 directory (`cp` keeps the mode).
+      for (const file of [PGLITE_FILE, LOG_FILE, MANIFEST_FILE]) chmodSync(join(partial, file), 0o600);
       renameSync(partial, path);
       logger.info(
         {
@@ -222,6 +226,8 @@ export async function restoreEmbeddedBackup(backupDir: string, dataDir: string):
     await client.query("select 1");
     await client.close();
     copyFileSync(join(backupDir, LOG_FILE), logPath);
+    // copyFile keeps the source's mode: a backup an earlier version wrote 0644 stays out of the data dir.
+    chmodSync(logPath, 0o600);
     return manifest;
   } finally {
     lock.release();

@@ -1,10 +1,11 @@
 import { existsSync, readFileSync } from "node:fs";
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { read } from "read";
 import { ClearBoxApiError, ClearBoxClient, ClearBoxHttp, Messenger } from "../client/index.ts";
 import { checkReceipt } from "../protocol/erasure-receipt.ts";
 import { CHAT_HELP, chat, describeRefusal } from "./chat.ts";
+import { writePrivateFile } from "./private-file.ts";
 import { printable } from "./terminal.ts";
 
 const USAGE = `ClearBox CLI
@@ -238,7 +239,7 @@ async function main(argv: string[]): Promise<number> {
       case "export": {
         const archive = await client.http.exportMe();
         const out = values.out ?? `clearbox-export-${client.username ?? client.userId}.json`;
-        await writeFile(out, `${JSON.stringify(archive, null, 2)}\n`, { mode: 0o600 });
+        writePrivateFile(out, `${JSON.stringify(archive, null, 2)}\n`);
         console.log(`wrote what the server holds about ${client.username ?? client.userId} to ${out}`);
         return 0;
       }
@@ -334,7 +335,8 @@ async function erase(client: ClearBoxClient, outPath: string | undefined): Promi
     const state = await client.http.erasure(erasureId);
     if (state.status === "done" && state.receipt) {
       const out = outPath ?? `erasure-receipt-${erasureId}.json`;
-      await writeFile(out, `${JSON.stringify(state.receipt, null, 2)}\n`);
+      // It names the account's erasure: the owner's only, as the export is.
+      writePrivateFile(out, `${JSON.stringify(state.receipt, null, 2)}\n`);
       const check = checkReceipt(state.receipt, (await client.http.erasureSigningKey()).publicKey);
       // The server chose every string in it: C1 and bidirectional controls, which JSON leaves as
       // they are, are shown escaped (line by line: the layout's own line breaks stay).

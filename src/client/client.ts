@@ -145,11 +145,11 @@ export class ClearBoxClient {
     return this.pendingPath === undefined;
   }
 
-  /** Writes an in-memory store to its file (SQLite `VACUUM INTO`) and continues on the file. */
+  /** Writes an in-memory store to its file (`AccountStore.copyTo`, 0600) and continues on the file. */
   private persist(): void {
     const path = this.pendingPath;
     if (path === undefined) return;
-    this.current.db.query("vacuum into ?").run(path);
+    this.current.copyTo(path);
     const file = new AccountStore(path);
     this.current.close();
     this.current = file;

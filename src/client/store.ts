@@ -90,6 +90,17 @@ export class AccountStore {
     this.senderKeys = new SqliteSenderKeyStore(this.db);
   }
 
+  /**
+   * Writes a copy of the whole store to `path` (SQLite `VACUUM INTO`), a file that must not exist
+   * or be empty. The file is created 0600 first: `VACUUM INTO` would create it with the process's
+   * default mode (0644), the identity private key readable by every local user until the store
+   * reopened on it closed it.
+   */
+  copyTo(path: string): void {
+    closeSync(openSync(path, "a", 0o600));
+    this.db.query("vacuum into ?").run(path);
+  }
+
   /** A JSON setting, or undefined. */
   get<T>(key: string): T | undefined {
     const row = this.db.query<{ value: string }, [string]>("select value from meta where key = ?").get(key);

@@ -2,12 +2,14 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
 import {
   appendFileSync,
+  chmodSync,
   cpSync,
   existsSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
   rmSync,
+  statSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -96,6 +98,10 @@ describe("backup and restore of the embedded default", () => {
     expect(manifest.path.startsWith(join(scratch, "backups"))).toBe(true);
     expect(Object.keys(manifest.files).sort()).toEqual(["envelopes.db", "pglite.tar.gz"]);
     expect(readdirSync(join(scratch, "backups"))).toEqual([manifest.name]);
+    // Every account and queued envelope: the backup's files are the owner's only, as the store's.
+    for (const file of readdirSync(manifest.path)) {
+      expect({ file, mode: statSync(join(manifest.path, file)).mode & 0o777 }).toEqual({ file, mode: 0o600 });
+    }
 
     // After the backup: one more message (not in the backup), and Carol erases herself.
     const afterBackup = await send(aliceSocket, bob.userId, "three");
@@ -145,12 +151,15 @@ describe("backup and restore of the embedded default", () => {
     );
     // README's restore: ERASURE_LEDGER_FILE and DATA_DIR exported for the restore and the start.
     const dataDir = join(scratch, "restored");
+    // A backup an earlier version left 0644: the restored log is still the owner's only.
+    chmodSync(join(manifest.path, "envelopes.db"), 0o644);
     const restored = await cli(["restore", manifest.path], {
       ERASURE_LEDGER_FILE: ledgerFile,
       DATA_DIR: dataDir,
     });
     expect(restored.stderr).toBe("");
     expect(restored.code).toBe(0);
+    expect(statSync(join(dataDir, "envelopes.db")).mode & 0o777).toBe(0o600);
     const again = await cli(["restore", manifest.path, "--data-dir", dataDir]);
     expect(again.code).toBe(1);
     expect(again.stderr).toContain("restore into an empty directory");

@@ -1,6 +1,6 @@
 import { Database } from "bun:sqlite";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
@@ -95,13 +95,20 @@ describe("CLI chat", () => {
     const storePath = join(dir, "leaving.db");
     expect((await run(["register", username, "--server", node.url, "--store", storePath])).code).toBe(0);
     const archive = join(dir, "export.json");
+    // An earlier file of that name, world-readable: what the export writes into it is the owner's only.
+    writeFileSync(archive, "");
+    chmodSync(archive, 0o644);
     const exported = await run(["export", "--store", storePath, "--out", archive]);
     expect(exported.code).toBe(0);
     expect(await Bun.file(archive).text()).toContain(username);
+    expect(statSync(archive).mode & 0o777).toBe(0o600);
+    // The store and the receipt hold personal data too.
+    expect(statSync(storePath).mode & 0o777).toBe(0o600);
     const receiptPath = join(dir, "receipt.json");
     const erased = await run(["erase", "--store", storePath, "--out", receiptPath]);
     expect(erased.err).toBe("");
     expect(erased.code).toBe(0);
+    expect(statSync(receiptPath).mode & 0o777).toBe(0o600);
     expect(erased.out).toContain("valid: signed with the key");
     const checked = await run(["verify-receipt", receiptPath, "--server", node.url]);
     expect(checked.code).toBe(0);

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { generateKeyPairSync } from "node:crypto";
-import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Server } from "bun";
@@ -103,7 +103,11 @@ describe("CLI erase against a hostile server", () => {
 
   test("the receipt is printed with C1 and bidirectional controls escaped", async () => {
     erasureId = ERASURE_ID;
+    // A file of that name already there, world-readable: the receipt in it is the owner's only.
+    writeFileSync(join(dir, "r.json"), "");
+    chmodSync(join(dir, "r.json"), 0o644);
     const { out, code } = await eraseAtHostile();
+    expect(statSync(join(dir, "r.json")).mode & 0o777).toBe(0o600);
     expect(code).toBe(1); // the receipt does not verify
     expect(out).toContain("invalid:");
     expect(out).not.toMatch(/[\u0080-\u009f\u202a-\u202e\u2066-\u2069]/);

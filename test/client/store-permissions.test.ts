@@ -28,3 +28,16 @@ test("a key store an earlier version left world-readable is closed to its owner 
   expect(modeOf(path)).toBe(0o600);
   store.db.close();
 });
+
+test("a store copied to its file (an in-memory store after the first sign-in) is the owner's only from the start", () => {
+  const path = join(dir, "copied.db");
+  const memory = new AccountStore(":memory:");
+  memory.set("k", "v");
+  memory.copyTo(path);
+  // Before any AccountStore opened it (which would close it to its owner): VACUUM INTO made it 0644.
+  expect(modeOf(path)).toBe(0o600);
+  memory.db.close();
+  const reopened = new AccountStore(path);
+  expect(reopened.get<string>("k")).toBe("v");
+  reopened.db.close();
+});
