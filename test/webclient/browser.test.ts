@@ -327,4 +327,41 @@ describe.skipIf(!existsSync(CHROMIUM) && !process.env.CI)("browser sample client
     await a.getByRole("button", { name: "Create account" }).waitFor();
     expect(pageErrors).toEqual([]);
   });
+
+  test("a send the server refuses shows why: to an account erased since, unknown_recipient in words", async () => {
+    const dora = new WebClientProcess(join(dir, "dora.db"), node.url);
+    processes.push(dora);
+    const page = await browser.newPage({ viewport: { width: 1100, height: 700 } });
+    const pageErrors: string[] = [];
+    page.on("pageerror", (error) => pageErrors.push(error.message));
+    await signUp(page, await dora.start(), "dora");
+    // Gus, on the SDK, is written to once (the page learns his device), then erases his account.
+    const gus = ClearBoxClient.open({ storePath: ":memory:", serverUrl: node.url });
+    try {
+      await gus.register("gus", password);
+      await page.getByLabel("add contact").fill("gus");
+      await page.getByRole("button", { name: "Add" }).click();
+      await page.getByTestId("conversation-title").filter({ hasText: "gus" }).waitFor();
+      await page.getByLabel("message").fill("hello gus");
+      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByTestId("message").filter({ hasText: "· sent" }).waitFor();
+      const { erasureId } = await gus.http.eraseMe(password);
+      const deadline = Date.now() + 60_000;
+      while ((await gus.http.erasure(erasureId)).status !== "done") {
+        if (Date.now() > deadline) throw new Error("Gus's erasure did not finish");
+        await Bun.sleep(100);
+      }
+    } finally {
+      gus.close();
+    }
+    await page.getByLabel("message").fill("still there?");
+    await page.getByRole("button", { name: "Send" }).click();
+    const failed = page.getByTestId("message").filter({ hasText: "still there?" });
+    await failed.getByTestId("refusal").waitFor();
+    expect(await failed.locator(".meta").textContent()).toContain(
+      "· failed: unknown_recipient: no such account any more (erased, or never existed)",
+    );
+    expect(pageErrors).toEqual([]);
+    await dora.stop();
+  });
 });

@@ -92,6 +92,16 @@ export interface Message {
   text: string;
   ts: number;
   state: "queued" | "sent" | "failed" | "received";
+  /** On the event of a failed send only (the history keeps no reason): why, as the server said. */
+  refusal?: Refusal;
+}
+
+/** Why a send failed (the SDK's MessageRefusal): a protocol reject code or an HTTP error code. */
+export interface Refusal {
+  code: string;
+  message?: string;
+  /** For `rate_limited`: the ms until the server takes sends again. */
+  retryAfterMs?: number;
 }
 
 export interface Contact {

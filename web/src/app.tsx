@@ -8,8 +8,10 @@ import {
   type Group,
   type Invitation,
   type Message,
+  type Refusal,
   type SafetyNumber,
 } from "./api.ts";
+import { describeRefusal } from "./refusal.ts";
 
 /**
  * Identifies a message in a conversation: ids are chosen by senders, so two senders' messages may
@@ -114,6 +116,13 @@ function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => v
   const [error, setError] = useState("");
   const viewRef = useRef(view);
   viewRef.current = view;
+  // Why sends failed, by message key: the history the local process answers keeps no reason, so a
+  // conversation opened again still shows the one its failure event gave.
+  const refusals = useRef(new Map<string, Refusal>());
+  const withRefusal = useCallback((m: Message): Message => {
+    const refusal = m.state === "failed" ? refusals.current.get(messageKey(m)) : undefined;
+    return refusal && !m.refusal ? { ...m, refusal } : m;
+  }, []);
 
   const refresh = useCallback(async () => {
     const list = await api<{ contacts: Contact[]; groups: Group[] }>("GET", "/api/contacts");
@@ -130,11 +139,11 @@ function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => v
         "GET",
         apiPath`/api/conversations/${conversation}`,
       );
-      setMessages(messages);
+      setMessages(messages.map(withRefusal));
       await api("POST", apiPath`/api/conversations/${conversation}/read`, {});
       await refresh();
     },
-    [refresh],
+    [refresh, withRefusal],
   );
 
   useEffect(() => {
@@ -153,6 +162,7 @@ function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => v
         return;
       }
       if (event.type === "message") {
+        if (event.message.refusal) refusals.current.set(messageKey(event.message), event.message.refusal);
         const current = viewRef.current;
         if (current.kind === "chat" && current.conversation === event.message.conversation) {
           const key = messageKey(event.message);
@@ -469,6 +479,9 @@ function Conversation(props: {
             <div className="text">{m.text}</div>
             <div className="meta">
               {new Date(m.ts).toLocaleTimeString()} {m.outgoing ? `· ${m.state}` : ""}
+              {m.outgoing && m.state === "failed" && (
+                <span data-testid="refusal">: {describeRefusal(m.refusal)}</span>
+              )}
             </div>
           </div>
         ))}
