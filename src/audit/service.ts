@@ -1,5 +1,5 @@
 import { createHmac, randomBytes } from "node:crypto";
-import { and, asc, desc, eq, gt, gte, inArray, lt, lte, or, type SQL, sql } from "drizzle-orm";
+import { and, asc, desc, eq, gt, gte, inArray, lt, lte, max, or, type SQL, sql } from "drizzle-orm";
 import type { Db, Tx } from "../db/index.ts";
 import { auditLog, auditSubjectKeys } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
@@ -74,6 +74,8 @@ export interface AuditQuery {
   since?: Date;
   /** Only entries with a greater seq (paging). */
   after?: number;
+  /** Only entries with this seq or a smaller one. */
+  upTo?: number;
   limit: number;
 }
 
@@ -211,6 +213,18 @@ export class PostgresAuditTrail implements AuditTrail {
     }
   }
 
+  async entriesAboutPage(
+    userId: string,
+    page: { after: number; limit: number; upTo?: number },
+  ): Promise<AuditEntry[]> {
+    return this.list({ subject: userId, ...page });
+  }
+
+  async lastSeq(): Promise<number> {
+    const [row] = await this.db.select({ seq: max(auditLog.seq) }).from(auditLog);
+    return Number(row?.seq ?? 0);
+  }
+
   /** Entries in seq order; a subject without a pseudonym key (never seen, or erased) has none. */
   async list(query: AuditQuery): Promise<AuditEntry[]> {
     const where: SQL[] = [];
@@ -223,6 +237,7 @@ export class PostgresAuditTrail implements AuditTrail {
     }
     if (query.since) where.push(gte(auditLog.at, query.since.toISOString()));
     if (query.after !== undefined) where.push(gt(auditLog.seq, query.after));
+    if (query.upTo !== undefined) where.push(lte(auditLog.seq, query.upTo));
     const rows = await this.db
       .select(entryColumns)
       .from(auditLog)

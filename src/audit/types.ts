@@ -39,6 +39,16 @@ export interface AuditTrail {
   forgetSubject(userId: string): Promise<number>;
   /** Entries whose subject or actor is this user's pseudonym; none once the key is destroyed. */
   entriesAbout(userId: string): Promise<AuditEntry[]>;
+  /**
+   * One page of `entriesAbout` in seq order: at most `limit` entries with `after` < seq <= `upTo`
+   * (`upTo` omitted: no upper bound). Keyset paging: the next page is `after` = the last seq given.
+   */
+  entriesAboutPage(
+    userId: string,
+    page: { after: number; limit: number; upTo?: number },
+  ): Promise<AuditEntry[]>;
+  /** The seq of the newest entry of the chain (0 when it is empty). */
+  lastSeq(): Promise<number>;
   /** Appends several entries in order in one transaction (optional: callers fall back to `record`). */
   recordAll?(events: AuditEvent[]): Promise<void>;
   /**

@@ -1,5 +1,5 @@
 import { asc, eq } from "drizzle-orm";
-import type { AuditTrail } from "../audit/types.ts";
+import type { AuditEntry, AuditTrail } from "../audit/types.ts";
 import type { Config } from "../config/index.ts";
 import type { Db } from "../db/index.ts";
 import {
@@ -75,15 +75,20 @@ export const SELF_EXPORT_LIMIT = {
  * ciphertexts are up to 256 KiB each (342 KiB in base64), so 16 of them are at most about 5.5 MB
  * of JSON; a metadata row is about 300 bytes of it.
  */
-export const EXPORT_PAGE_ROWS = { metadata: 1_000, queued: 16 } as const;
+export const EXPORT_PAGE_ROWS = { metadata: 1_000, queued: 16, audit: 1_000 } as const;
 
-/** The export's JSON around its two long lists, and the first page of the first one. */
+/** The export's JSON around its three long lists, and the first page of the log's and the audit's. */
 interface ArchiveFrame {
   /** From `{"format":…` to `"messages":{"note":…,"metadata":[`. */
   head: string;
-  /** From the end of `queued` to the document's end: `]},"presence":…}`. */
+  /** From the end of `queued` to the start of `audit`: `]},"presence":…,"audit":[`. */
+  middle: string;
+  /** From the end of `audit` to the document's end: `],"processing":…}`. */
   tail: string;
   firstMetadata: LogPage<unknown>;
+  firstAudit: LogPage<unknown>;
+  /** The audit entries listed are those up to this seq: the chain's newest before the export's own. */
+  auditUpTo: number;
 }
 
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -137,8 +142,8 @@ export class ExportService {
       rateLimiter?: RateLimiter;
       /** Hears of an export that failed mid-stream (never the user, only the error's class). */
       logger?: Pick<Logger, "warn">;
-      /** Rows per page of the log (tests make them small); `EXPORT_PAGE_ROWS` by default. */
-      pageRows?: { metadata: number; queued: number };
+      /** Rows per page of the log and the audit (tests make them small); `EXPORT_PAGE_ROWS` by default. */
+      pageRows?: { metadata: number; queued: number; audit: number };
     },
   ) {}
 
@@ -147,8 +152,8 @@ export class ExportService {
    * `JSON.parse` of the whole stream is the `clearbox-export/1` document. `requestedBy: "self"`
    * spends one of the account's `SELF_EXPORT_LIMIT` first: `rate_limited` (with
    * `retryAfterSeconds`) past it, before anything is read or audited. Everything but the envelope
-   * log's two lists, and the first page of the first, is read (and the export audited) before this
-   * resolves: `not_found` when the account does not exist, and a store that cannot be read throws
+   * log's two lists and the audit entries, and the first page of the first and the last, is read
+   * (and the export audited) before this resolves: `not_found` when the account does not exist, and a store that cannot be read throws
    * here. A failure after that (the log lost mid-way) errors the stream, so the document is cut off
    * and never valid JSON (the HTTP response is aborted). Both kinds of failure give the budget's
    * hit back, since the person got no archive; a client that stops reading (cancels) does not.
@@ -216,7 +221,7 @@ export class ExportService {
 
   /**
    * The document's text in pieces: the head, the pages of `messages.metadata` and then of
-   * `messages.queued`, the tail. Each page is read on a later turn of the event loop than the one
+   * `messages.queued`, the middle, the pages of `audit`, the tail. Each page is read on a later turn of the event loop than the one
    * before (the embedded log reads synchronously), so other requests run between pages.
    */
   private async *chunks(
@@ -253,12 +258,17 @@ export class ExportService {
     yield Buffer.from('],"queued":[');
     await nextTurn();
     yield* list(null, (after) => log.undeliveredPage(userId, after, rows.queued));
+    yield Buffer.from(frame.middle);
+    await nextTurn();
+    const auditPage = new AuditPages(this.deps.audit, userId, frame.auditUpTo, rows.audit);
+    yield* list(frame.firstAudit, (after) => auditPage.read(after ?? 0));
     yield Buffer.from(frame.tail);
   }
 
   /**
-   * Reads everything of the archive but the log's two lists (bounded: a few rows per device, group,
-   * invitation, block and audit entry), and the first page of the metadata, then audits the export:
+   * Reads everything of the archive but the log's two lists and the audit entries (bounded: a few
+   * rows per device, group, invitation and block), and the first page of the metadata and of the
+   * audit entries (those up to the chain's newest now, so not the export's own), then audits the export:
    * a store that is down fails here, before a byte is sent. The audit entry is written before the
    * stream starts, as the data is about to be disclosed: an export cut off mid-way (or whose client
    * left) was still partly disclosed, so it stays audited.
@@ -341,12 +351,11 @@ export class ExportService {
       .orderBy(asc(blocks.createdAt));
     const identities = await db.select().from(oidcIdentities).where(eq(oidcIdentities.userId, userId));
     const [state] = await presence.states([userId]);
-    const auditEntries = await this.auditEntries(userId);
-    const firstMetadata = await log.metadataPage(
-      userId,
-      null,
-      (this.deps.pageRows ?? EXPORT_PAGE_ROWS).metadata,
-    );
+    const pageRows = this.deps.pageRows ?? EXPORT_PAGE_ROWS;
+    // Before the export's own entry is written: the archive lists what was recorded until now.
+    const auditUpTo = await audit.lastSeq();
+    const firstAudit = await new AuditPages(audit, userId, auditUpTo, pageRows.audit).read(0);
+    const firstMetadata = await log.metadataPage(userId, null, pageRows.metadata);
     // The same document, key for key, as JSON.stringify of the whole archive gave when it was built
     // at once: the object before `messages` without its closing brace, the two lists streamed, and
     // the object after them without its opening one.
@@ -382,11 +391,9 @@ export class ExportService {
     // still waiting for one of the user's devices (the server cannot read them).
     const note =
       "metadata of envelopes sent by or to you; contents are end-to-end encrypted and kept only until delivered";
-    const after = {
-      presence: state ?? { user: userId, online: false, lastSeen: 0 },
-      audit: auditEntries,
-      processing: processingInformation(config),
-    };
+    // After `messages`: `presence`, then `audit` streamed, then `processing`.
+    const presenceJson = JSON.stringify({ presence: state ?? { user: userId, online: false, lastSeen: 0 } });
+    const processingJson = JSON.stringify({ processing: processingInformation(config) });
     await audit.record({
       action: "export",
       actor: requestedBy === "self" ? { user: userId } : "admin",
@@ -400,25 +407,51 @@ export class ExportService {
     });
     return {
       head: `${JSON.stringify(before).slice(0, -1)},"messages":{"note":${JSON.stringify(note)},"metadata":[`,
-      tail: `]},${JSON.stringify(after).slice(1)}`,
+      middle: `]},${presenceJson.slice(1, -1)},"audit":[`,
+      tail: `],${processingJson.slice(1)}`,
       firstMetadata,
+      firstAudit,
+      auditUpTo,
     };
   }
+}
 
-  /**
-   * The audit entries about the user, as they show in the export: the user's own pseudonym stays
-   * (it is theirs), another person's (the actor who added them to a group, the member they added)
-   * becomes `OTHER_USER`. A pseudonym is the same in every entry about its person, so showing it
-   * would let whoever holds this export link that person's entries, and keep linking them after
-   * the person's erasure, which must make their entries unlinkable.
-   */
-  private async auditEntries(userId: string) {
-    const entries = await this.deps.audit.entriesAbout(userId);
-    if (entries.length === 0) return entries;
-    const own = await this.deps.audit.pseudonym(userId);
+/**
+ * The audit entries about a user, page by page (keyset on seq, up to `upTo`), as they show in the
+ * export: the user's own pseudonym stays (it is theirs), another person's (the actor who added
+ * them to a group, the member they added) becomes `OTHER_USER`. A pseudonym is the same in every
+ * entry about its person, so showing it would let whoever holds this export link that person's
+ * entries, and keep linking them after the person's erasure, which must make their entries
+ * unlinkable. The user's pseudonym is asked for once, at the first entry (asking creates a key).
+ */
+class AuditPages {
+  private own: string | undefined;
+
+  constructor(
+    private readonly audit: AuditTrail,
+    private readonly userId: string,
+    private readonly upTo: number,
+    private readonly limit: number,
+  ) {}
+
+  /** The page after seq `after`; `next` is null once a page came back short. */
+  async read(after: number): Promise<LogPage<AuditEntry>> {
+    const entries = await this.audit.entriesAboutPage(this.userId, {
+      after,
+      limit: this.limit,
+      upTo: this.upTo,
+    });
+    const last = entries.at(-1);
+    const next = last && entries.length === this.limit ? last.seq : null;
+    if (!last) return { rows: [], next };
+    this.own ??= await this.audit.pseudonym(this.userId);
+    const own = this.own;
     const shown = (who: string | null) =>
       who === null || who === own || who === "admin" || who === "system" ? who : OTHER_USER;
-    return entries.map((e) => ({ ...e, actor: shown(e.actor) as string, subject: shown(e.subject) }));
+    return {
+      rows: entries.map((e) => ({ ...e, actor: shown(e.actor) as string, subject: shown(e.subject) })),
+      next,
+    };
   }
 }
 

@@ -5,7 +5,7 @@ import { PostgresAuditTrail } from "../../src/audit/service.ts";
 import { loadConfig } from "../../src/config/index.ts";
 import { type Database, openDatabase } from "../../src/db/index.ts";
 import { accounts } from "../../src/db/schema.ts";
-import { ExportService, exportResponse, SELF_EXPORT_LIMIT } from "../../src/gdpr/export.ts";
+import { ExportService, exportResponse, OTHER_USER, SELF_EXPORT_LIMIT } from "../../src/gdpr/export.ts";
 import type { StoredEnvelope } from "../../src/messaging/envelope.ts";
 import type { EnvelopeLog } from "../../src/messaging/envelope-log.ts";
 import { MemoryPresence } from "../../src/messaging/memory-presence.ts";
@@ -14,7 +14,7 @@ import { createLogger } from "../../src/observability/logger.ts";
 import { MemoryRateLimiter } from "../../src/ratelimit/index.ts";
 
 /** Rows per page in these tests: small, so a few dozen envelopes make many pages. */
-const PAGE_ROWS = { metadata: 4, queued: 3 };
+const PAGE_ROWS = { metadata: 4, queued: 3, audit: 3 };
 
 /** One read of the log the export made: which method, on which turn of the event loop, how many rows. */
 interface Read {
@@ -154,6 +154,48 @@ test("an export streams the archive from pages of the log, one event-loop turn a
   // Other work gets the event loop between two pages (the embedded log reads synchronously).
   for (let i = 1; i < reads.length; i++)
     expect((reads[i] as Read).turn).toBeGreaterThan((reads[i - 1] as Read).turn);
+});
+
+test("the audit entries about the user are read in keyset pages too, never whole, up to the export's own entry", async () => {
+  const trail = new PostgresAuditTrail(database.db);
+  const [friend] = await database.db
+    .insert(accounts)
+    .values({ username: `friend_${randomUUID().slice(0, 8)}` })
+    .returning({ id: accounts.id });
+  for (let i = 0; i < 7; i++) {
+    await trail.record({ action: "session.login", actor: { user: userId }, subject: userId, details: { i } });
+  }
+  await trail.record({
+    action: "group.member.invite",
+    actor: { user: (friend as { id: string }).id },
+    subject: userId,
+  });
+  const calls: { method: string; rows: number }[] = [];
+  const watched = new Proxy(trail, {
+    get(target, property, receiver) {
+      const value = Reflect.get(target, property, receiver);
+      if (typeof value !== "function") return value;
+      return async (...args: unknown[]) => {
+        const result = await value.apply(target, args);
+        calls.push({ method: String(property), rows: Array.isArray(result) ? result.length : 0 });
+        return result;
+      };
+    },
+  });
+  const document = JSON.parse(
+    await new Response(await service(log, { audit: watched }).export(userId, "admin")).text(),
+  );
+
+  // Every entry about the user until the export, in order; the export's own entry came after.
+  const all = await trail.entriesAbout(userId);
+  expect(all.at(-1)?.action).toBe("export");
+  expect(document.audit.map((e: { seq: number }) => e.seq)).toEqual(all.slice(0, -1).map((e) => e.seq));
+  expect(document.audit).toHaveLength(8);
+  expect(document.audit.at(-1).actor).toBe(OTHER_USER);
+  expect(document.audit[0].actor).toBe(await trail.pseudonym(userId));
+  // Pages of at most 3, never the whole list at once.
+  expect(calls.map((c) => c.method)).not.toContain("entriesAbout");
+  expect(calls.filter((c) => c.method === "entriesAboutPage").map((c) => c.rows)).toEqual([3, 3, 2]);
 });
 
 test("a failure mid-stream aborts the HTTP response: the download fails, what came does not parse, the export stays audited and the self budget's hit is given back", async () => {
