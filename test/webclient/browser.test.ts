@@ -361,6 +361,12 @@ describe.skipIf(!existsSync(CHROMIUM) && !process.env.CI)("browser sample client
     expect(await failed.locator(".meta").textContent()).toContain(
       "· failed: unknown_recipient: no such account any more (erased, or never existed)",
     );
+    // Away and back: the history keeps no reason, the page still shows the one it was given.
+    await page.getByTestId("account-settings").click();
+    await page.getByTestId("contact-gus").click();
+    const reopened = page.getByTestId("message").filter({ hasText: "still there?" });
+    await reopened.getByTestId("refusal").waitFor();
+    expect(await reopened.locator(".meta").textContent()).toContain("· failed: unknown_recipient:");
     expect(pageErrors).toEqual([]);
     await dora.stop();
   });
