@@ -44,14 +44,18 @@ describe("storage quota over each limiter", () => {
     });
 
     test("a refund gives bytes back; the budget starts again once the window has passed", async () => {
-      const quota = new StorageQuota(make(), 1000, quiet, { windowMs: 300 });
+      // Long enough for the five charges below to land in one window on a loaded machine (at
+      // 300 ms a stall let one open the next window); waited out from the first charge's answer.
+      const windowMs = 2000;
+      const quota = new StorageQuota(make(), 1000, quiet, { windowMs });
       const user = randomUUID();
       expect(await quota.charge(user, 1000)).toMatchObject({ allowed: true });
+      const windowEnds = Date.now() + windowMs;
       expect((await quota.charge(user, 400)).allowed).toBe(false);
       await quota.refund(user, 400);
       expect(await quota.charge(user, 400)).toMatchObject({ allowed: true });
       expect((await quota.charge(user, 1)).allowed).toBe(false);
-      await Bun.sleep(400);
+      await Bun.sleep(Math.max(0, windowEnds - Date.now()) + 50);
       expect(await quota.charge(user, 1000)).toMatchObject({ allowed: true });
     });
   });
