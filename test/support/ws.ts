@@ -184,3 +184,45 @@ export async function waitUntil(
     await Bun.sleep(20);
   }
 }
+
+/**
+ * How a test says "nothing more came" soundly: sends one 1:1 message from `from` to user `to`, an
+ * envelope for each of `sockets` (the recipient's devices 1, 2, … in that order), waits until each
+ * socket receives it (30 s) and acks it there. Returns, per socket, the message frames that came
+ * before it and were not yet taken. A device gets what its user actor pushes in the order the actor
+ * handles it, and a connecting device its offline queue before any live message, so a duplicate or
+ * redelivery the test rules out would have arrived before this later message; a fixed pause proves
+ * nothing on a loaded machine.
+ */
+export async function messagesBeforeMarker(
+  from: TestSocket,
+  to: string,
+  sockets: readonly TestSocket[],
+): Promise<Frame[][]> {
+  const id = randomUUID();
+  from.send({
+    type: "send",
+    id,
+    to: { user: to },
+    messages: sockets.map((_, i) => ({
+      deviceId: i + 1,
+      type: 3,
+      body: Buffer.from("marker").toString("base64"),
+    })),
+  });
+  expect(await from.reply(id)).toMatchObject({ type: "accepted" });
+  return Promise.all(
+    sockets.map(async (socket) => {
+      const before: Frame[] = [];
+      const deadline = Date.now() + 30_000;
+      for (;;) {
+        const [m] = (await socket.messages(1, Math.max(1, deadline - Date.now()))) as [Frame];
+        if (m.id === id) {
+          socket.send(ackOf([m]));
+          return before;
+        }
+        before.push(m);
+      }
+    }),
+  );
+}
