@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { api, registerAndLogin } from "../support/http.ts";
-import type { TestNode } from "../support/node.ts";
+import { socketState, type TestNode } from "../support/node.ts";
 import { OwnRedis } from "../support/own-redis.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
-import { ackFrom, TestSocket } from "../support/ws.ts";
+import { ackFrom, TestSocket, waitUntil } from "../support/ws.ts";
 import { expectSettledClean, startCluster, upgradesWork } from "./cluster.ts";
 import { Traffic } from "./traffic.ts";
 
@@ -68,19 +68,23 @@ test("users whose actors were stopped before Redis went down get the messages se
   const http = api(nodes[0].url);
   const sender = await registerAndLogin(http);
   const senderSocket = await TestSocket.open(nodes[0].url, sender.accessToken);
-  const recipients: { userId: string; socket: TestSocket }[] = [];
+  const recipients: { userId: string; node: TestNode; socket: TestSocket }[] = [];
   for (let i = 0; i < 6; i++) {
     const account = await registerAndLogin(http);
+    const node = nodes[i % 3] as TestNode;
     recipients.push({
       userId: account.userId,
-      socket: await TestSocket.open(nodes[i % 3].url, account.accessToken),
+      node,
+      socket: await TestSocket.open(node.url, account.accessToken),
     });
   }
-  // Each socket is online (its actor knows it); then the actors go, as idle ones are passivated.
-  const online = Date.now() + 15_000;
-  while (nodes.reduce((sum, node) => sum + node.gateway.connections, 0) < 7 && Date.now() < online)
-    await Bun.sleep(20);
-  await Bun.sleep(200);
+  // Each socket is online (live: its queue read and its actor told it drained; a fixed pause here
+  // let a loaded machine stop an actor before its socket had told it); then the actors go, as idle
+  // ones are passivated.
+  await waitUntil(
+    () => recipients.every(({ node, userId }) => socketState(node, userId) === "live"),
+    "every recipient's socket live",
+  );
   for (const { userId } of recipients) await nodes[0].actors.stopActor(`user:${userId}`);
 
   const ids = recipients.map(() => crypto.randomUUID());
