@@ -4,7 +4,7 @@ import { sql } from "drizzle-orm";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { type Api, api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
-import { TestSocket } from "../support/ws.ts";
+import { type Frame, TestSocket } from "../support/ws.ts";
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
 
@@ -152,6 +152,31 @@ describe.each(STACKS)("group delivery on the %s stack", (stack) => {
       ),
     );
     const senderSocket = await TestSocket.open(node.url, sender.accessToken);
+    /**
+     * Sends one more group message and waits until every socket has it; returns, per socket, the
+     * message frames that came before it. Each member's actor pushes in the order it is told, so
+     * a duplicate of an earlier message would come first (a pause and a look proves nothing).
+     */
+    const beforeNextGroupMessage = async () => {
+      const marker = randomUUID();
+      senderSocket.send({
+        type: "send",
+        id: marker,
+        to: { group: groupId },
+        message: { type: 7, body: b64("marker") },
+      });
+      expect((await senderSocket.reply(marker)).type).toBe("accepted");
+      return Promise.all(
+        sockets.map(async (socket) => {
+          const before: Frame[] = [];
+          for (;;) {
+            const [m] = (await socket.messages(1)) as [Frame];
+            if (m.id === marker) return before;
+            before.push(m);
+          }
+        }),
+      );
+    };
     const id = randomUUID();
     senderSocket.send({
       type: "send",
@@ -170,8 +195,8 @@ describe.each(STACKS)("group delivery on the %s stack", (stack) => {
         envelope: { type: 7 },
       });
     }
-    await Bun.sleep(300);
-    expect(sockets.every((s) => s.pendingMessages().length === 0)).toBe(true);
+    // Once each, and nothing to the sending device: nothing came before a later group message.
+    expect(await beforeNextGroupMessage()).toEqual(sockets.map(() => []));
     expect(senderSocket.pendingMessages()).toHaveLength(0);
     // Re-sending the same id is accepted and delivers nothing new.
     senderSocket.send({
@@ -181,8 +206,8 @@ describe.each(STACKS)("group delivery on the %s stack", (stack) => {
       message: { type: 7, body: b64("sender key ciphertext") },
     });
     expect((await senderSocket.reply(id)).type).toBe("accepted");
-    await Bun.sleep(300);
-    expect(sockets.every((s) => s.pendingMessages().length === 0)).toBe(true);
+    expect(await beforeNextGroupMessage()).toEqual(sockets.map(() => []));
+    expect(senderSocket.pendingMessages()).toHaveLength(0);
     await Promise.all([...sockets, senderSocket].map((s) => s.close()));
   });
 
