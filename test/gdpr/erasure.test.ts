@@ -9,8 +9,8 @@ import { SqliteEnvelopeLog } from "../../src/messaging/sqlite-envelope-log.ts";
 import { type SignedReceipt, verifyReceipt } from "../../src/protocol/erasure-receipt.ts";
 import { REDIS_URL, runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, uniqueUsername } from "../support/http.ts";
-import { ADMIN_TOKEN, type Backend, startTestNode, type TestNode } from "../support/node.ts";
-import { TestSocket } from "../support/ws.ts";
+import { ADMIN_TOKEN, type Backend, socketState, startTestNode, type TestNode } from "../support/node.ts";
+import { TestSocket, waitUntil } from "../support/ws.ts";
 
 const PASSWORD = "correct horse battery";
 
@@ -74,6 +74,17 @@ async function person(node: TestNode) {
   const client = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
   await client.register(username, PASSWORD);
   return { client, username, userId: client.userId as string };
+}
+
+/**
+ * Waits until `userId` has no socket on `node` and no presence lease: a send to them now goes to
+ * their offline queue (a fixed pause after the client's close did not say so on a loaded machine).
+ */
+async function offlineOn(node: TestNode, userId: string): Promise<void> {
+  await waitUntil(
+    async () => socketState(node, userId) === undefined && (await node.presence.sockets(userId)).length === 0,
+    `${userId} offline`,
+  );
 }
 
 async function waitFor<T>(check: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
@@ -146,7 +157,7 @@ describe.each(STACKS)("erasure on the %s stack", (stack) => {
     friendSocket.on("message", (f) => friendInbox.push(f.id));
     await waitFor(async () => (friendInbox.length >= 2 ? true : undefined));
     friendSocket.close();
-    await Bun.sleep(200);
+    await offlineOn(node, friend.userId);
     expect(
       (
         await victimSocket.sendToUser(
@@ -167,7 +178,7 @@ describe.each(STACKS)("erasure on the %s stack", (stack) => {
       ).type,
     ).toBe("accepted");
     victimSocket.close();
-    await Bun.sleep(200);
+    await offlineOn(node, victim.userId);
     const friendSocket2 = await friend.client.connect();
     expect(
       (
@@ -247,8 +258,9 @@ describe.each(STACKS)("erasure on the %s stack", (stack) => {
       after.push({ id: f.id, from: f.from.user });
       friendAfter.ack([f]);
     });
+    // The victim's last message was queued before this one from `other`: had it survived, it
+    // would have come first.
     await waitFor(async () => (after.some((m) => m.id === laterFromOther) ? true : undefined));
-    await Bun.sleep(300);
     expect(after.filter((m) => m.from === victim.userId)).toEqual([]);
     friendAfter.close();
 
