@@ -9,8 +9,8 @@ import { SqliteEnvelopeLog } from "../../src/messaging/sqlite-envelope-log.ts";
 import { type SignedReceipt, verifyReceipt } from "../../src/protocol/erasure-receipt.ts";
 import { REDIS_URL, runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, uniqueUsername } from "../support/http.ts";
-import { ADMIN_TOKEN, type Backend, socketState, startTestNode, type TestNode } from "../support/node.ts";
-import { TestSocket, waitUntil } from "../support/ws.ts";
+import { ADMIN_TOKEN, type Backend, offlineOn, startTestNode, type TestNode } from "../support/node.ts";
+import { TestSocket } from "../support/ws.ts";
 
 const PASSWORD = "correct horse battery";
 
@@ -74,17 +74,6 @@ async function person(node: TestNode) {
   const client = ClearBoxClient.open({ serverUrl: node.url, storePath: ":memory:" });
   await client.register(username, PASSWORD);
   return { client, username, userId: client.userId as string };
-}
-
-/**
- * Waits until `userId` has no socket on `node` and no presence lease: a send to them now goes to
- * their offline queue (a fixed pause after the client's close did not say so on a loaded machine).
- */
-async function offlineOn(node: TestNode, userId: string): Promise<void> {
-  await waitUntil(
-    async () => socketState(node, userId) === undefined && (await node.presence.sockets(userId)).length === 0,
-    `${userId} offline`,
-  );
 }
 
 async function waitFor<T>(check: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {

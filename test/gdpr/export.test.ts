@@ -3,7 +3,8 @@ import { randomUUID } from "node:crypto";
 import { ClearBoxClient } from "../../src/client/index.ts";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, uniqueUsername } from "../support/http.ts";
-import { ADMIN_TOKEN, type Backend, startTestNode, type TestNode } from "../support/node.ts";
+import { ADMIN_TOKEN, type Backend, offlineOn, startTestNode, type TestNode } from "../support/node.ts";
+import { waitUntil } from "../support/ws.ts";
 
 describe.each(STACKS)("export on the %s stack", (stack) => {
   let node: TestNode;
@@ -32,13 +33,14 @@ describe.each(STACKS)("export on the %s stack", (stack) => {
     const friendSocket = await friend.connect();
     const received = randomUUID();
     socket.close();
-    await Bun.sleep(200);
+    await offlineOn(node, me.userId);
     expect(
       (await friendSocket.sendToUser(received, me.userId, await friend.encrypt(me.userId, "while away")))
         .type,
     ).toBe("accepted");
     friendSocket.close();
-    await Bun.sleep(200);
+    // The queued copy is written after `accepted` (the actor flushes it): wait for it, not a pause.
+    await waitUntil(async () => (await node.offline.depth(me.userId, 1)) === 1, "the queued copy");
 
     const res = await api(node.url).get("/v1/me/export", await me.http.accessToken());
     expect(res.status).toBe(200);

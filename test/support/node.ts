@@ -9,6 +9,7 @@ import { createLogger } from "../../src/observability/logger.ts";
 import { deleteMatching, globLiteral } from "../../src/redis/delete-matching.ts";
 import { runPrefix, stackEnv } from "./cluster-env.ts";
 import { createTestDatabase, type TestDatabase } from "./postgres.ts";
+import { waitUntil } from "./ws.ts";
 
 /** Deletes every Redis key under `prefix` (SCAN + UNLINK). */
 async function deleteKeys(url: string, prefix: string): Promise<void> {
@@ -178,4 +179,16 @@ export async function startTwoNodes(name: string): Promise<{
 export function socketState(node: TestNode, userId: string, deviceId = 1): string | undefined {
   const registry = (node.gateway as unknown as { options: { registry: SocketRegistry } }).options.registry;
   return registry.get(userId, deviceId)?.state;
+}
+
+/**
+ * Waits (15 s at most) until `userId` has no socket on `node` and no presence lease: a send to them
+ * now goes to their offline queue. A client's close reaches the node when it does; a fixed pause
+ * after it says nothing on a loaded machine.
+ */
+export async function offlineOn(node: TestNode, userId: string): Promise<void> {
+  await waitUntil(
+    async () => socketState(node, userId) === undefined && (await node.presence.sockets(userId)).length === 0,
+    `${userId} to have no socket and no lease`,
+  );
 }
