@@ -21,7 +21,7 @@ async function singleNode(
   return system;
 }
 
-function until(check: () => boolean, timeoutMs = 5000): Promise<void> {
+function until(check: () => boolean, timeoutMs = 15_000): Promise<void> {
   const started = Date.now();
   return new Promise((resolve, reject) => {
     const poll = () => {
@@ -162,7 +162,7 @@ describe("Actor on a single embedded node", () => {
     expect(await system.ask("tally:a", "+")).toBe(1);
     expect(await system.ask("tally:a", "+")).toBe(2);
     expect(system.isActive("tally:a")).toBe(true);
-    await until(() => !system.isActive("tally:a"), 3000);
+    await until(() => !system.isActive("tally:a"), 15_000);
     expect(saved.get("a")).toBe(2);
     expect(await system.ask("tally:a", "+")).toBe(3);
     expect(events).toEqual(["activate:0", "passivate:idle", "activate:2"]);

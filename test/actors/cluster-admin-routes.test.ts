@@ -66,7 +66,7 @@ describe("cluster admin routes", () => {
       new Request("http://localhost/admin/v1/nodes/node-b/drain", { method: "POST" }),
     );
     expect(response.status).toBe(202);
-    const deadline = Date.now() + 3000;
+    const deadline = Date.now() + 15_000;
     while ((nodes[1].activeKeys().length > 0 || nodes[0].ringMembers().length > 1) && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 10));
     }

@@ -112,7 +112,7 @@ export class TestCluster {
   }
 
   /** Waits until every listed node sees exactly `members` on its ring. */
-  async converged(members: string[], timeoutMs = 5000): Promise<void> {
+  async converged(members: string[], timeoutMs = 15_000): Promise<void> {
     const expected = [...members].sort().join(",");
     await until(
       () => [...this.nodes.values()].every((node) => node.ringMembers().join(",") === expected),

@@ -20,7 +20,7 @@ function keyMovingFrom(previousOwner: string, skip = 0): string {
 const fromB = keyMovingFrom("b");
 const fromC = keyMovingFrom("c");
 
-function until(check: () => boolean, timeoutMs = 5000): Promise<void> {
+function until(check: () => boolean, timeoutMs = 15_000): Promise<void> {
   const started = Date.now();
   return new Promise((resolve, reject) => {
     const poll = () => {

@@ -35,7 +35,7 @@ export async function asSuperuser(db: Db, statement: ReturnType<typeof sql>): Pr
 }
 
 /** Polls until `check` returns a value, for effects that land just after a reply. */
-export async function eventually<T>(check: () => Promise<T | undefined>, timeoutMs = 5000): Promise<T> {
+export async function eventually<T>(check: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();

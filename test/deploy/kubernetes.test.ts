@@ -237,7 +237,7 @@ describe("the Deployment's pre-stop hook, run against two real nodes (services s
       expect((await sender.reply(id)).type).toBe("accepted");
     }
     const userKeys = (node: TestNode) => node.actors.activeKeys().filter((key) => key.startsWith("user:"));
-    const deadline = Date.now() + 5000;
+    const deadline = Date.now() + 15_000;
     while (userKeys(a).length + userKeys(b).length < 20 && Date.now() < deadline) await Bun.sleep(20);
     expect(userKeys(b).length).toBeGreaterThan(0);
 
@@ -259,7 +259,7 @@ describe("the Deployment's pre-stop hook, run against two real nodes (services s
     expect(output).toContain('"status":"drained"');
     // Done means done: the other node no longer has it in its ring, and it holds no user actor.
     expect(userKeys(b)).toEqual([]);
-    const until = Date.now() + 5000;
+    const until = Date.now() + 15_000;
     while (a.actors.ringMembers().includes(b.config.nodeId) && Date.now() < until) await Bun.sleep(20);
     expect(a.actors.ringMembers()).toEqual([a.config.nodeId]);
     for (const socket of sockets) socket.close();

@@ -89,11 +89,11 @@ describe.skipIf(!nginx)("deploy/nginx/clearbox.conf in front of two ClearBox nod
       expect(a.gateway.connections + b.gateway.connections).toBe(0);
       const aliceSocket = await alice.connect();
       sockets.push(aliceSocket);
-      await until(() => a.gateway.connections + b.gateway.connections === 1, 5000, "alice");
+      await until(() => a.gateway.connections + b.gateway.connections === 1, 15_000, "alice");
       // least_conn sends the second WebSocket to the node without one.
       const bobSocket = await bob.connect();
       sockets.push(bobSocket);
-      await until(() => a.gateway.connections + b.gateway.connections === 2, 5000, "bob");
+      await until(() => a.gateway.connections + b.gateway.connections === 2, 15_000, "bob");
       expect([a.gateway.connections, b.gateway.connections]).toEqual([1, 1]);
 
       const toBob = new Promise<string>((resolve, reject) => {
@@ -145,7 +145,7 @@ describe.skipIf(!nginx)("deploy/nginx/clearbox.conf in front of two ClearBox nod
     ]) {
       await (await fetch(`${proxy.url}${path}`, { tls: { ca: pki.ca } })).arrayBuffer();
     }
-    await until(() => proxy.accessLog().includes("GET /v1/erasures/"), 5000, "the access log lines");
+    await until(() => proxy.accessLog().includes("GET /v1/erasures/"), 15_000, "the access log lines");
     const log = proxy.accessLog();
     expect(log).toContain("GET /healthz ");
     expect(log).not.toContain("secret-query-value-93f1");

@@ -57,7 +57,7 @@ async function countingSocket(baseUrl: string, token: string) {
 }
 
 /** Until `check` holds, polling (close bookkeeping runs on a later turn). */
-async function eventually(check: () => boolean, timeoutMs = 5000) {
+async function eventually(check: () => boolean, timeoutMs = 15_000) {
   const deadline = Date.now() + timeoutMs;
   while (!check()) {
     if (Date.now() > deadline) throw new Error("condition not reached in time");

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { type Api, api, loginDevice, registerAndLogin } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
-import { TestSocket } from "../support/ws.ts";
+import { TestSocket, waitUntil } from "../support/ws.ts";
 
 /**
  * The answer to a WebSocket upgrade of `/v1/ws` with `token`, read off the wire: the status line and
@@ -55,8 +55,7 @@ async function upgradeStatus(
 async function connectOnce(node: TestNode, token: string): Promise<void> {
   const socket = await TestSocket.open(node.url, token);
   await socket.close();
-  const deadline = Date.now() + 5000;
-  while (node.gateway.connections > 0 && Date.now() < deadline) await Bun.sleep(5);
+  await waitUntil(() => node.gateway.connections === 0, "the node to forget the socket");
 }
 
 describe("WebSocket connect budgets (WS_CONNECTS_PER_DEVICE)", () => {

@@ -6,7 +6,7 @@ import { TestSocket } from "../support/ws.ts";
 
 const randomIds = (n: number) => Array.from({ length: n }, () => randomUUID());
 
-async function eventually(check: () => boolean, what: string, timeoutMs = 5000) {
+async function eventually(check: () => boolean, what: string, timeoutMs = 15_000) {
   const deadline = Date.now() + timeoutMs;
   while (!check()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);

@@ -51,7 +51,7 @@ describe("group admin rights checked under the group's lock (PostgreSQL)", () =>
     await node.database.db.transaction(async (tx) => {
       await tx.execute(sql`select id from groups where id = ${groupId} for update`);
       pending = call();
-      await untilLockWaiters(node.database.db, 1, 200);
+      await untilLockWaiters(node.database.db, 1);
       await tx.execute(
         sql`delete from group_members where group_id = ${groupId} and user_id = ${admin.userId}`,
       );

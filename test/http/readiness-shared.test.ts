@@ -64,7 +64,8 @@ describe("GET /readyz with a check that never answers", () => {
       expect(first.body.services.pglite).toBe("unavailable");
       // A later request is not tied to that ping: once a new round runs, the database answers.
       let later = await readyz();
-      for (let i = 0; i < 20 && later.status !== 200; i++) {
+      // Polled for up to 30 s (it was 6 s: a deadline, not what is tested, and short when loaded).
+      for (let i = 0; i < 100 && later.status !== 200; i++) {
         await Bun.sleep(300);
         later = await readyz();
       }
