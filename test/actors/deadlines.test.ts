@@ -1,6 +1,18 @@
 import { describe, expect, test } from "bun:test";
 import { FixedDeadlines, settledWithin } from "../../actors/deadlines.ts";
 
+/**
+ * Polls every 5 ms until `condition` holds (15 s at most). A fixed pause a few times a deadline's
+ * length is no wait for its timer on a loaded machine: a stall lets the pause's timer come first.
+ */
+async function until(condition: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(5);
+  }
+}
+
 describe("FixedDeadlines", () => {
   test("deadlines fire in the order they were set, each no earlier than its length after it was set", async () => {
     const deadlines = new FixedDeadlines(30);
@@ -13,7 +25,7 @@ describe("FixedDeadlines", () => {
     await Bun.sleep(5);
     set("b");
     set("c");
-    await Bun.sleep(80);
+    await until(() => fired.length === 3, "three deadlines");
     expect(fired.map((f) => f.name)).toEqual(["a", "b", "c"]);
     for (const f of fired) expect(f.after).toBeGreaterThanOrEqual(29);
     expect(deadlines.size).toBe(0);
@@ -30,7 +42,8 @@ describe("FixedDeadlines", () => {
     a.cancel();
     expect(deadlines.size).toBe(1);
     a.cancel();
-    await Bun.sleep(60);
+    // a and b were due before c: had either fired, it would have by now.
+    await until(() => fired.includes("c"), "c");
     expect(fired).toEqual(["c"]);
   });
 
@@ -43,7 +56,7 @@ describe("FixedDeadlines", () => {
       fired.push("first");
       deadlines.add(() => fired.push("second"));
     });
-    await Bun.sleep(80);
+    await until(() => fired.length === 2, "both deadlines");
     expect(fired).toEqual(["first", "second"]);
   });
 
