@@ -105,7 +105,8 @@ export async function deviceSignIn(client: Api, login: string) {
     throw new Error(`device start: ${started.status} ${JSON.stringify(started.body)}`);
   const { deviceCode, userCode, verificationUri, interval } = started.body;
   const page = await new TestBrowser().walk(verificationUri, { login, userCode, stop: () => false });
-  for (let attempt = 0; attempt < 20; attempt++) {
+  // Polled for up to 15 s (it was 4 s: a bound on the wait, not what is tested).
+  for (let attempt = 0; attempt < 75; attempt++) {
     const polled = await client.post("/v1/oidc/device/poll", { deviceCode, interval });
     if (polled.status !== 200) return { polled, page, userCode, deviceCode };
     if (polled.body.status === "done") return { polled, page, userCode, deviceCode, code: polled.body.code };
