@@ -1,15 +1,29 @@
+import { Database as SqliteDatabase } from "bun:sqlite";
 import { describe, expect, test } from "bun:test";
 import { randomBytes, randomUUID } from "node:crypto";
-import { openDatabase } from "../../src/db/index.ts";
+import { sql } from "drizzle-orm";
+import { type Database, openDatabase, rowsOf } from "../../src/db/index.ts";
 import { MongoEnvelopeLog } from "../../src/messaging/mongo-envelope-log.ts";
 import { PostgresEnvelopeLog } from "../../src/messaging/postgres-envelope-log.ts";
 import { SqliteEnvelopeLog } from "../../src/messaging/sqlite-envelope-log.ts";
 import { createTestDatabase } from "../support/postgres.ts";
 import { describeEnvelopeLog } from "./envelope-log.conformance.ts";
 
+/** Group messages a PostgreSQL/PGlite log holds unexpanded, read beside the log. */
+async function unexpandedRows(db: Database["db"]): Promise<number> {
+  const result = await db.execute(
+    sql`select count(*)::int as n from group_messages where recipients is not null`,
+  );
+  return Number(rowsOf<{ n: number }>(result)[0]?.n ?? 0);
+}
+
 describeEnvelopeLog("PGlite", async (options) => {
   const database = await openDatabase({ dataDir: null });
-  return { log: new PostgresEnvelopeLog(database.db, undefined, options), dispose: () => database.close() };
+  return {
+    log: new PostgresEnvelopeLog(database.db, undefined, options),
+    dispose: () => database.close(),
+    unexpanded: () => unexpandedRows(database.db),
+  };
 });
 
 describeEnvelopeLog("PostgreSQL", async (options) => {
@@ -21,6 +35,7 @@ describeEnvelopeLog("PostgreSQL", async (options) => {
       await database.close();
       await testDb.drop();
     },
+    unexpanded: () => unexpandedRows(database.db),
   };
 });
 
@@ -49,7 +64,19 @@ if (mongoUrl) {
 
 describeEnvelopeLog("SQLite (embedded)", async (options) => {
   const log = await SqliteEnvelopeLog.open(null, undefined, options);
-  return { log, dispose: () => log.close() };
+  return {
+    log,
+    dispose: () => log.close(),
+    unexpanded: async () => {
+      const file = new SqliteDatabase(log.path, { readonly: true });
+      try {
+        const row = file.query("select count(*) as n from group_messages where recipients is not null").get();
+        return (row as { n: number }).n;
+      } finally {
+        file.close();
+      }
+    },
+  };
 });
 
 // Two nodes on one PostgreSQL: each log has its own pool and its own group commits for appends,
