@@ -45,7 +45,7 @@ describe("three nodes over real Redis and RabbitMQ", () => {
     counting.transfers.clear();
     const before = cluster.processed.length;
     await a.tellMany(fanOut, { seq: 0 });
-    await until(() => cluster.processed.length - before >= 300, 5000, "fan-out delivery");
+    await until(() => cluster.processed.length - before >= 300, 15_000, "fan-out delivery");
     expect(counting.transfers.get("node-b")).toBe(1);
     expect(counting.transfers.get("node-c")).toBe(1);
     const reached = new Set(cluster.processed.slice(before).map((p) => p.key));
@@ -53,7 +53,7 @@ describe("three nodes over real Redis and RabbitMQ", () => {
   });
 
   test("the cluster view lists every member with its actor count and the ring size", async () => {
-    await until(() => a.clusterView().nodes.every((n) => n.actors > 0), 3000, "heartbeats with counts");
+    await until(() => a.clusterView().nodes.every((n) => n.actors > 0), 15_000, "heartbeats with counts");
     const view = a.clusterView();
     expect(view.self).toBe("node-a");
     expect(view.nodes.map((n) => n.nodeId)).toEqual(["node-a", "node-b", "node-c"]);
@@ -66,12 +66,12 @@ describe("three nodes over real Redis and RabbitMQ", () => {
     const drainedKeys = b.activeKeys();
     expect(drainedKeys.length).toBeGreaterThan(0);
     const load = new Load([a, c], KEYS, 10);
-    await until(() => load.accepted.size > 300, 5000, "load to flow");
+    await until(() => load.accepted.size > 300, 15_000, "load to flow");
     // Drain through another node, as the admin RPC does.
     await a.drain("node-b");
-    await until(() => b.activeKeys().length === 0 && !a.ringMembers().includes("node-b"), 5000, "drain");
+    await until(() => b.activeKeys().length === 0 && !a.ringMembers().includes("node-b"), 15_000, "drain");
     await cluster.converged(["node-a", "node-c"]);
-    await until(() => load.accepted.size > 3000, 10_000, "load after drain");
+    await until(() => load.accepted.size > 3000, 30_000, "load after drain");
     await load.stop();
     const processedSeqs = new Set(cluster.processed.map((p) => p.seq));
     await until(
@@ -79,7 +79,7 @@ describe("three nodes over real Redis and RabbitMQ", () => {
         for (const seq of cluster.processed) processedSeqs.add(seq.seq);
         return [...load.accepted].every((seq) => processedSeqs.has(seq));
       },
-      10_000,
+      30_000,
       "every accepted message to be processed",
     );
     const missing = [...load.accepted].filter((seq) => !processedSeqs.has(seq));
@@ -89,25 +89,25 @@ describe("three nodes over real Redis and RabbitMQ", () => {
     expect(b.activeKeys()).toEqual([]);
     // Actors that lived on node-b now live on their new owners (reactivated by the handoff).
     for (const key of drainedKeys) {
-      await until(() => cluster.whereActive(key).length === 1, 3000, `${key} reactivated`);
+      await until(() => cluster.whereActive(key).length === 1, 15_000, `${key} reactivated`);
       expect(cluster.whereActive(key)).toEqual([a.ownerOf(key)]);
     }
     expect(a.clusterView().nodes.find((n) => n.nodeId === "node-b")?.status).toBe("draining");
-  }, 30_000);
+  }, 120_000);
 
   test("a joining node takes over its keys with zero loss and never two activations at once", async () => {
     const load = new Load([a, c], KEYS, 10);
-    await until(() => load.accepted.size > 300, 5000, "load to flow");
+    await until(() => load.accepted.size > 300, 15_000, "load to flow");
     const d = await cluster.node("node-d");
     await cluster.converged(["node-a", "node-c", "node-d"]);
-    await until(() => d.activeKeys().length > 0, 5000, "node-d to host actors");
+    await until(() => d.activeKeys().length > 0, 15_000, "node-d to host actors");
     const mark = load.accepted.size;
-    await until(() => load.accepted.size > mark + 2000, 10_000, "load after join");
+    await until(() => load.accepted.size > mark + 2000, 30_000, "load after join");
     await load.stop();
     const seen = () => new Set(cluster.processed.map((p) => p.seq));
-    await until(() => [...load.accepted].every((seq) => seen().has(seq)), 10_000, "every accepted message");
+    await until(() => [...load.accepted].every((seq) => seen().has(seq)), 30_000, "every accepted message");
     expect(cluster.doubleActivations).toEqual([]);
     for (const key of KEYS) expect(cluster.whereActive(key)).toEqual([a.ownerOf(key)]);
     expect(KEYS.some((key) => a.ownerOf(key) === "node-d")).toBe(true);
-  }, 30_000);
+  }, 120_000);
 });

@@ -71,7 +71,7 @@ describe("kill -9 of an actor's owner", () => {
     const load = new Load([a, b], victimKeys, 10);
     const processedBy = async (node: string) =>
       (await redis.lrange(processedKey, 0, -1)).filter((entry) => entry.endsWith(`|${node}`)).length;
-    await until(async () => (await processedBy("node-v")) >= 300, 10_000, "the victim to process messages");
+    await until(async () => (await processedBy("node-v")) >= 300, 30_000, "the victim to process messages");
 
     child.kill(9);
     const killedAt = Date.now();
@@ -84,7 +84,7 @@ describe("kill -9 of an actor's owner", () => {
     );
     const reactivatedAfter = Date.now() - killedAt;
     const mark = load.accepted.size;
-    await until(() => load.accepted.size > mark + 1000, 10_000, "load on the new owners");
+    await until(() => load.accepted.size > mark + 1000, 30_000, "load on the new owners");
     await load.stop();
 
     const processedSeqs = async () =>
@@ -107,13 +107,13 @@ describe("kill -9 of an actor's owner", () => {
     // The survivor that adopted the dead node's inbox emptied it, deleted it and forgot the node.
     await until(
       async () => !(await redis.smembers(`${cluster.prefix}:cluster:nodes`)).includes("node-v"),
-      10_000,
+      30_000,
       "the dead node to be forgotten",
     );
     // Both survivors heard of it twice: when its key expired, and when it was forgotten (its inbox
     // deleted, which the broker allows only once its connection is gone).
-    await until(() => gone.a.length >= 2 && gone.b.length >= 2, 10_000, "both reports on both survivors");
+    await until(() => gone.a.length >= 2 && gone.b.length >= 2, 30_000, "both reports on both survivors");
     const reports = ["expired node-v", "forgotten node-v"];
     expect(gone).toEqual({ a: reports, b: reports });
-  }, 60_000);
+  }, 120_000);
 });
