@@ -134,7 +134,7 @@ export async function startTestNode(
 /**
  * Two nodes of one cluster on the services stack (PostgreSQL, Redis, RabbitMQ under a fresh run
  * prefix) sharing a fresh database, named `<name>-a` and `<name>-b`; resolves once each sees the
- * other in its ring (throws after 10 s). `teardown` stops both and drops the database.
+ * other in its ring (throws after 30 s: heartbeats cross Redis on a machine that may be loaded). `teardown` stops both and drops the database.
  */
 export async function startTwoNodes(name: string): Promise<{
   a: TestNode;
@@ -163,7 +163,7 @@ export async function startTwoNodes(name: string): Promise<{
     started.push(await startTestNode("postgres", { database, env: { ...env, NODE_ID: `${name}-a` } }));
     started.push(await startTestNode("postgres", { database, env: { ...env, NODE_ID: `${name}-b` } }));
     const [a, b] = started as [TestNode, TestNode];
-    const until = Date.now() + 10_000;
+    const until = Date.now() + 30_000;
     while (a.actors.ringMembers().length < 2 || b.actors.ringMembers().length < 2) {
       if (Date.now() > until) throw new Error("the two nodes never saw each other");
       await Bun.sleep(50);
