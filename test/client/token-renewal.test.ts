@@ -4,8 +4,12 @@ import type { MessageFrame } from "../../src/client/socket.ts";
 import { uniqueUsername } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
 
-/** Access-token lifetime of this suite, seconds: the SDK must renew several times during a test. */
-const TTL_SECONDS = 3;
+/**
+ * Access-token lifetime of this suite, seconds: the SDK must renew several times during a test. It
+ * renews half a lifetime before the expiry; at 3 s that left a refresh and its auth frame 1.5 s,
+ * short on a loaded machine.
+ */
+const TTL_SECONDS = 5;
 const password = "correct horse battery";
 
 async function until(check: () => boolean, what: string, timeoutMs = 30_000): Promise<void> {
