@@ -2,8 +2,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { type Api, api, registerAndLogin, relate } from "../support/http.ts";
-import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
-import { ackOf, messagesBeforeMarker, TestSocket } from "../support/ws.ts";
+import { type Backend, socketState, startTestNode, type TestNode } from "../support/node.ts";
+import { ackOf, messagesBeforeMarker, TestSocket, waitUntil } from "../support/ws.ts";
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
 
@@ -279,7 +279,10 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     const b = await connect(bob.sessions[0].accessToken);
     const a = await connect(alice.sessions[0].accessToken);
     // Past the actor's post-activation recovery window (9 heartbeats of 250 ms here), in which
-    // every deliver re-reads the log and an ack can trail the deliveries queued before it.
+    // every deliver re-reads the log and an ack can trail the deliveries queued before it. Counted
+    // from the socket going live (the actor was activated by then), not from the upgrade: on a
+    // loaded machine the activation can come well after it.
+    await waitUntil(() => socketState(node, bob.userId) === "live", "Bob's socket live");
     await Bun.sleep(2500);
     const ids = Array.from({ length: 20 }, () => randomUUID());
     for (const id of ids) a.send(direct(id, bob.userId, { 1: id }));
