@@ -14,7 +14,16 @@ describe.each(BACKENDS)("sessions issued during a revocation do not outlive it (
 
   beforeAll(async () => {
     node = await startTestNode(backend, {
-      env: { REFRESH_GRACE_SECONDS: "0", LOGINS_PER_ACCOUNT: "1000000" },
+      // Each password check is counted as a failure until it matches (PasswordThrottle.admit), so
+      // logins still being hashed count against the account's failures from this address: when
+      // hashing is slow (a loaded machine) ten of them in flight had the password change refused
+      // 429. The failure budgets are lifted with the success budget.
+      env: {
+        REFRESH_GRACE_SECONDS: "0",
+        LOGINS_PER_ACCOUNT: "1000000",
+        LOGIN_FAILURES_PER_ADDRESS: "1000",
+        LOGIN_FAILURES_PER_ACCOUNT: "3000",
+      },
     });
     client = api(node.url);
   });
@@ -45,9 +54,8 @@ describe.each(BACKENDS)("sessions issued during a revocation do not outlive it (
     expect(changed?.status).toBe(200);
     const results = await Promise.all(logins);
     const issued = results.filter((r) => r.status === 201).map((r) => r.body);
-    // Refused: the old password once the change landed, and, past a few of those, the account's
-    // failed-login budget (429).
-    for (const r of results) expect([201, 401, 429]).toContain(r.status);
+    // Refused: the old password once the change landed.
+    for (const r of results) expect([201, 401]).toContain(r.status);
     const survivors: number[] = [];
     for (const session of issued) {
       const state = await sessionState(client, session);
