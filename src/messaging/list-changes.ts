@@ -134,8 +134,11 @@ export class ListChangeChannel {
         // acknowledgements from now on (its lists are cached again from now on).
         if (!was) void this.publish(this.heartbeatMessage());
       } else if (first === ACKS) this.peers.set(node, this.now());
-      // Not hearing the channel, or stopping: it would acknowledge nothing.
-      else this.peers.delete(node);
+      else {
+        // Not hearing the channel, or stopping: it would acknowledge nothing, so nothing waits for it.
+        this.peers.delete(node);
+        for (const nonce of [...this.unacknowledged.keys()]) this.acknowledged(nonce, node);
+      }
       return;
     }
     if (kind === "a") {
