@@ -219,6 +219,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     databaseUrl: config.databaseUrl,
     dataDir: embeddedDir,
     pglite: options.pglite,
+    stallMs: config.databaseStallMs,
   }).catch(async (error: unknown) => {
     await dropEmbeddedLog();
     if (!config.databaseUrl) throw error;

@@ -110,6 +110,13 @@ const EnvSchema = T.Object({
     default: 1000,
     description: "milliseconds between ring heartbeats, 50-60000 (a node is dropped after 3 missed)",
   }),
+  DATABASE_STALL_TIMEOUT_SECONDS: T.Integer({
+    minimum: 1,
+    maximum: 3600,
+    default: 60,
+    description:
+      "seconds a PostgreSQL connection may stay silent while a query waits before it is dropped, 1-3600",
+  }),
   STARTUP_WAIT_SECONDS: T.Integer({
     minimum: 1,
     maximum: 3600,
@@ -317,6 +324,11 @@ export interface Config {
   logLevel: Env["LOG_LEVEL"];
   logFormat: Env["LOG_FORMAT"];
   clusterHeartbeatMs: number;
+  /**
+   * How long a PostgreSQL connection may send nothing while a query waits before it is dropped and
+   * its queries fail (DATABASE_STALL_TIMEOUT_SECONDS), in milliseconds.
+   */
+  databaseStallMs: number;
   /** How long start-up waits for RabbitMQ (STARTUP_WAIT_SECONDS), in milliseconds. */
   startupWaitMs: number;
   deviceRateLimit: number;
@@ -406,6 +418,7 @@ export function reasonOf(error: unknown): string {
 export const ENV_VARIABLES: readonly string[] = Object.keys(EnvSchema.properties);
 
 const INTEGER_VARS = new Set([
+  "DATABASE_STALL_TIMEOUT_SECONDS",
   "CLUSTER_HEARTBEAT_MS",
   "STARTUP_WAIT_SECONDS",
   "DEVICE_RATE_LIMIT",
@@ -554,6 +567,7 @@ export function loadConfig(
     logLevel: env.LOG_LEVEL,
     logFormat: env.LOG_FORMAT,
     clusterHeartbeatMs: env.CLUSTER_HEARTBEAT_MS,
+    databaseStallMs: env.DATABASE_STALL_TIMEOUT_SECONDS * 1000,
     startupWaitMs: env.STARTUP_WAIT_SECONDS * 1000,
     deviceRateLimit: env.DEVICE_RATE_LIMIT,
     presenceLeaseSeconds: env.PRESENCE_LEASE_SECONDS,
