@@ -67,7 +67,12 @@ export type {
   StoredEnvelope,
 } from "./ports.ts";
 export { envelopeKey, systemClock } from "./ports.ts";
-export { closeRedis, RedisMembership, type RedisMembershipOptions } from "./redis-membership.ts";
+export {
+  closeRedis,
+  REDIS_STALL_LIMITS,
+  RedisMembership,
+  type RedisMembershipOptions,
+} from "./redis-membership.ts";
 export { DEFAULT_VNODES, Ring } from "./ring.ts";
 export type { Frame, FrameHandler, Transport } from "./transport.ts";
 export {

@@ -24,6 +24,19 @@ export interface RedisMembershipOptions {
 }
 
 /**
+ * ioredis options that bound a Redis that stops answering without closing the connection (a hung
+ * server, a link dropping every packet while the kernel still acknowledges). ioredis has neither by
+ * default, so every command on such a connection waited for good: logins (their rate limits),
+ * upgrades (the connect budget), heartbeats and a node's stop (`QUIT`) with them. `commandTimeout` rejects a
+ * command unanswered for 5 s ("Command timed out"), so the caller answers with an error;
+ * `socketTimeout` destroys a connection that has received nothing for 5 s while commands wait on
+ * it, so ioredis reconnects (its `retryStrategy`) instead of waiting on the silent one. Redis
+ * answers the commands ClearBox sends in well under a millisecond; none of them blocks.
+ * Options: ioredis `RedisOptions` (6.0).
+ */
+export const REDIS_STALL_LIMITS = { commandTimeout: 5_000, socketTimeout: 5_000 } as const;
+
+/**
  * Closes an ioredis client: `quit()` (waits for Redis to answer, so queued commands go first) while
  * it is connected, else `disconnect()` at once (quit() would wait for a reconnect while Redis is
  * away). Rejects as quit() does; nothing to do for `undefined`.
@@ -97,6 +110,7 @@ export class RedisMembership implements Membership {
         lazyConnect: false,
         maxRetriesPerRequest: 2,
         retryStrategy: (times) => Math.min(times * 50, heartbeatMs),
+        ...REDIS_STALL_LIMITS,
       });
       // Without a listener ioredis prints "Unhandled error event" on every failed reconnect.
       this.redis.on("error", (error) => this.logFailure(error));

@@ -6,6 +6,7 @@ import {
   createActorNode,
   GROUP_KIND,
   groupActorFactory,
+  REDIS_STALL_LIMITS,
   USER_KIND,
   userActorFactory,
   userKey,
@@ -240,6 +241,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       lazyConnect: true,
       maxRetriesPerRequest: 2,
       retryStrategy: (times) => Math.min(times * 50, 500),
+      ...REDIS_STALL_LIMITS,
     });
     let lastRedisError: unknown;
     redis.on("error", (err) => {
