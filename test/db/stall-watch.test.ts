@@ -6,7 +6,7 @@ import { TEST_POSTGRES_URL } from "../support/postgres.ts";
 // The stall watch on real connections to the test server: what it must leave alone (a connection
 // idle, or idle in a transaction, for longer than the limit) and what it drops (a statement that
 // sends nothing for longer, as a hung server would), after which the pool serves again.
-const STALL_MS = 500;
+const STALL_MS = 1500;
 const options = { max: 1, onnotice: () => {}, socket: stallWatchedSocket(STALL_MS) };
 const sql = postgres(TEST_POSTGRES_URL, options);
 
