@@ -66,7 +66,11 @@ export async function startTcpProxy(
     });
     const { toClientDelayMs } = options;
     if (toClientDelayMs === undefined) upstream.on("data", (chunk: Buffer) => forward(link, client, chunk));
-    else upstream.on("data", (chunk: Buffer) => void setTimeout(() => forward(link, client, chunk), toClientDelayMs));
+    else
+      upstream.on(
+        "data",
+        (chunk: Buffer) => void setTimeout(() => forward(link, client, chunk), toClientDelayMs),
+      );
     const drop = () => {
       client.destroy();
       upstream.destroy();
