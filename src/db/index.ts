@@ -9,7 +9,7 @@ import { stageTraceOn, traceBlocking } from "../observability/stage-trace.ts";
 import { type PglitePreparation, preparePglite } from "./pglite-prepare.ts";
 import { usablePgliteTemplate } from "./pglite-template.ts";
 import * as schema from "./schema.ts";
-import { stallWatchedSocket } from "./stall-watch.ts";
+import { pgStatActivityProbe, stallWatchedSocket } from "./stall-watch.ts";
 
 export { schema };
 
@@ -156,9 +156,10 @@ export async function openDatabase(options: {
   /** Connections in the PostgreSQL pool. */
   poolSize?: number;
   /**
-   * PostgreSQL only: how long (ms) a connection may send nothing while a query waits before it is
-   * dropped and its queries fail with `DatabaseStalledError` (src/db/stall-watch.ts); default
-   * {@link DEFAULT_STALL_MS}.
+   * PostgreSQL only: how long (ms) a connection may send nothing while a query waits before the
+   * watch asks `pg_stat_activity` whether its backend is active: if not (or no answer within as
+   * long) it is dropped and its queries fail with `DatabaseStalledError`, if so it is asked again
+   * after as long (src/db/stall-watch.ts); default {@link DEFAULT_STALL_MS}.
    */
   stallMs?: number;
   /** PGlite only: its preparation for `dataDir`, begun earlier (src/main.ts); default begins it here. */
@@ -173,7 +174,10 @@ export async function openDatabase(options: {
       onnotice: () => {},
       connection: { application_name: "clearbox" },
       ...POOL_RECOVERY,
-      socket: stallWatchedSocket(options.stallMs ?? DEFAULT_STALL_MS),
+      socket: stallWatchedSocket(
+        options.stallMs ?? DEFAULT_STALL_MS,
+        pgStatActivityProbe(options.databaseUrl),
+      ),
     };
     const client = postgres(options.databaseUrl, poolOptions);
     const db = drizzlePostgres(client, { schema }) as unknown as Db;
