@@ -115,7 +115,7 @@ const EnvSchema = T.Object({
     maximum: 3600,
     default: 60,
     description:
-      "seconds a PostgreSQL connection may stay silent while a query waits before it is dropped, 1-3600",
+      "seconds a PostgreSQL connection may stay silent while a query waits before it is dropped unless pg_stat_activity shows its backend active, 1-3600",
   }),
   STARTUP_WAIT_SECONDS: T.Integer({
     minimum: 1,
@@ -325,8 +325,9 @@ export interface Config {
   logFormat: Env["LOG_FORMAT"];
   clusterHeartbeatMs: number;
   /**
-   * How long a PostgreSQL connection may send nothing while a query waits before it is dropped and
-   * its queries fail (DATABASE_STALL_TIMEOUT_SECONDS), in milliseconds.
+   * How long a PostgreSQL connection may send nothing while a query waits before pg_stat_activity is
+   * asked whether its backend is active: if not, or no answer within as long, it is dropped and its
+   * queries fail; if so, asked again after as long (DATABASE_STALL_TIMEOUT_SECONDS), in milliseconds.
    */
   databaseStallMs: number;
   /** How long start-up waits for RabbitMQ (STARTUP_WAIT_SECONDS), in milliseconds. */
