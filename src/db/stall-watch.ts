@@ -127,9 +127,9 @@ export function watchForStall(socket: Socket, stallMs: number, probe?: BackendAc
   };
   // Closed without an error, the error emitted from the watch's own `close` listener (added before
   // the driver's): postgres.js then rejects the waiting queries with it and moves the connection to
-  // its closed queue in one go. With `destroy(error)` Bun runs promise callbacks between `error`
-  // and `close`, and a query issued from a rejection's handler went to the dead connection, which
-  // postgres.js closed without answering it: that query waited for good.
+  // its closed queue in one go. With `destroy(error)` Bun runs every promise callback due between
+  // `error` and `close`, so a query issued as soon as the rejection was seen went to the dead
+  // connection, which postgres.js then closed without failing it: that query waited for good.
   let stalledError: DatabaseStalledError | undefined;
   const stalled = () => {
     watching = false;
