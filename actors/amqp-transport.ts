@@ -123,6 +123,10 @@ export class AmqpTransport implements Transport {
         qos: { prefetchCount: this.prefetch },
         concurrency: this.prefetch,
         requeue: true,
+        // The only consumer of its inbox: a survivor that takes this node for dead while it is
+        // alive (a heartbeat that lapsed under load) cannot take transfers meant for it, and this
+        // node cannot come back to an inbox a survivor is still adopting (it retries until then).
+        exclusive: true,
       },
       (message) => this.onDelivery(message, handler, this.inFlight),
     );
@@ -167,16 +171,27 @@ export class AmqpTransport implements Transport {
     if (!rabbit || this.closing) return false;
     const queue = this.queueOf(nodeId);
     while (!this.closing) {
-      if (!(await this.queueExists(queue))) return true;
-      if (shouldStop()) return false;
+      const state = await this.queueState(queue);
+      if (state === undefined) return true;
+      // Its node still consumes it: alive after all (taken for dead while slow, or its key lost),
+      // and what waits there is its own (replies to its asks, handoff notices, its sockets'
+      // commands). Left alone; the next maintenance pass looks again.
+      if (state.consumerCount > 0 || shouldStop()) return false;
       const channel = await rabbit.acquire();
       const inFlight = new InFlight();
       inFlight.lastDelivery = Date.now();
       try {
         await channel.basicQos({ prefetchCount: this.prefetch });
-        const { consumerTag } = await channel.basicConsume({ queue }, (message) => {
-          void this.deliverOn(channel, message, handler, inFlight);
-        });
+        let consumerTag: string;
+        try {
+          ({ consumerTag } = await channel.basicConsume({ queue }, (message) => {
+            void this.deliverOn(channel, message, handler, inFlight);
+          }));
+        } catch (error) {
+          // Its node (an exclusive consumer) came back between the look and the consume.
+          if (amqpCode(error) === "ACCESS_REFUSED") return false;
+          throw error;
+        }
         let stopped = false;
         for (;;) {
           await sleep(100);
@@ -279,20 +294,28 @@ export class AmqpTransport implements Transport {
     }
   }
 
-  /** Ready (not unacknowledged) messages in a queue, or undefined when the queue is gone. */
-  private async readyCount(queue: string): Promise<number | undefined> {
+  /**
+   * A queue's ready (not unacknowledged) messages and its consumers, as the broker counts them
+   * (a passive declare), or undefined when the queue is gone.
+   */
+  private async queueState(
+    queue: string,
+  ): Promise<{ messageCount: number; consumerCount: number } | undefined> {
     const rabbit = this.rabbit as Connection;
     try {
-      return (await withChannel(rabbit, (channel) => channel.queueDeclare({ queue, passive: true })))
-        .messageCount;
+      const { messageCount, consumerCount } = await withChannel(rabbit, (channel) =>
+        channel.queueDeclare({ queue, passive: true }),
+      );
+      return { messageCount, consumerCount };
     } catch (error) {
       if (amqpCode(error) === "NOT_FOUND") return undefined;
       throw error;
     }
   }
 
-  private async queueExists(queue: string): Promise<boolean> {
-    return (await this.readyCount(queue)) !== undefined;
+  /** Ready (not unacknowledged) messages in a queue, or undefined when the queue is gone. */
+  private async readyCount(queue: string): Promise<number | undefined> {
+    return (await this.queueState(queue))?.messageCount;
   }
 
   /** Deletes a queue only if nothing is in it and nobody consumes it; the broker checks both atomically. */

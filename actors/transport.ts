@@ -63,7 +63,10 @@ export interface Transport {
   send(nodeId: string, frames: Frame[]): Promise<void>;
   /**
    * Consumes a dead node's inbox through `handler` until it stays empty, then deletes it.
-   * Resolves true when deleted (or absent), false when `shouldStop` said the node came back.
+   * Resolves true when deleted (or absent), false when `shouldStop` said the node came back or
+   * the inbox still has a consumer (its node alive after all, only taken for dead, or another
+   * adopter): an inbox is never consumed beside its node, whose transfers (replies to its asks,
+   * handoff notices, its sockets' commands) nobody else can handle. The caller tries again later.
    */
   adopt(nodeId: string, handler: FrameHandler, shouldStop: () => boolean): Promise<boolean>;
   /** Graceful stop: no new deliveries, waits for in-flight ones; true when the inbox was empty and deleted. */

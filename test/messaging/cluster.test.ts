@@ -158,6 +158,8 @@ describe("three nodes on PostgreSQL, Redis and RabbitMQ", () => {
         JSON.stringify(a.actors.ringMembers()),
         "b:",
         socketState(b, bob.userId),
+        "closed:",
+        JSON.stringify(bobSocket.closed),
       );
       for (const line of [...a.logs, ...b.logs])
         if (/"level":(40|50|60)/.test(line) || /ring changed|adopt|handoff|drain/.test(line))

@@ -69,6 +69,8 @@ export interface SpawnedNode {
   adminUrl: string;
   /** Resolves once the node has logged a line with `"msg":"<msg>"` (at most `timeoutMs`). */
   logged(msg: string, timeoutMs?: number): Promise<void>;
+  /** Everything the node printed on stdout so far (its JSON log lines). */
+  output(): string;
 }
 
 /**
@@ -104,7 +106,7 @@ export async function spawnNodeProcess(env: Record<string, string | undefined>):
       const { url, adminUrl } = JSON.parse(line) as { url: string; adminUrl: string };
       const logged = (msg: string, timeoutMs = 20_000) =>
         waitUntil(() => text.includes(`"msg":"${msg}"`), `the node to log "${msg}"`, timeoutMs);
-      return { proc, url, adminUrl, logged };
+      return { proc, url, adminUrl, logged, output: () => text };
     }
   }
   proc.kill(9);
