@@ -45,6 +45,8 @@ export class InMemoryTransport implements Transport {
   async adopt(nodeId: string, handler: FrameHandler, shouldStop: () => boolean): Promise<boolean> {
     const inbox = this.inbox(nodeId, false);
     if (!inbox) return true;
+    // Still consumed (its node alive after all, or another adopter): left alone (Transport.adopt).
+    if (inbox.consumer) return false;
     this.attach(inbox, handler);
     while (inbox.ready.length > 0 || inbox.unacked.size > 0) {
       if (shouldStop()) {

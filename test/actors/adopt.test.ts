@@ -1,6 +1,7 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { Connection } from "rabbitmq-client";
 import { AmqpTransport } from "../../actors/amqp-transport.ts";
+import { InMemoryTransport, TransportHub } from "../../actors/in-memory-transport.ts";
 import type { Frame } from "../../actors/transport.ts";
 import { AMQP_URL, runPrefix } from "../support/cluster-env.ts";
 
@@ -116,5 +117,31 @@ describe("AmqpTransport.adopt", () => {
     await waitUntil(() => forBack.length === 1, "the restarted node to get a new transfer");
     expect(forBack).toEqual([frame(99)]);
     expect(adopted.map((f) => (f as { msg: number }).msg)).toEqual([0, 1, 2, 3, 4]);
+  });
+});
+
+describe("InMemoryTransport.adopt", () => {
+  test("an adopter leaves the inbox of a node still consuming it, and takes a dead node's", async () => {
+    const hub = new TransportHub();
+    const forLive: Frame[] = [];
+    const live = new InMemoryTransport("live", hub);
+    await live.start(async (frames) => {
+      forLive.push(...frames);
+    });
+    const survivor = new InMemoryTransport("survivor", hub);
+    await survivor.start(async () => {});
+    const stolen: Frame[] = [];
+    const take = async (frames: Frame[]) => {
+      stolen.push(...frames);
+    };
+    expect(await survivor.adopt("live", take, () => false)).toBe(false);
+    await survivor.send("live", [frame(1)]);
+    await waitUntil(() => forLive.length === 1, "the live node to get its transfer");
+    expect(stolen).toEqual([]);
+    // Once it has died (its consumer gone), its inbox is adopted, emptied and deleted.
+    await live.abort();
+    await survivor.send("live", [frame(2)]);
+    expect(await survivor.adopt("live", take, () => false)).toBe(true);
+    expect(stolen).toEqual([frame(2)]);
   });
 });
