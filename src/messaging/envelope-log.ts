@@ -1,4 +1,4 @@
-import type { EnvelopeLog as ActorEnvelopeLog, GroupEnvelope } from "../../actors/index.ts";
+import type { EnvelopeLog as ActorEnvelopeLog, EnvelopeRef, GroupEnvelope } from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
 
 /** Where an undelivered envelope is: waiting in the log for a live device, or copied to the device's offline queue. */
@@ -17,6 +17,15 @@ export interface LogPage<T> {
   rows: T[];
   next: number | null;
 }
+
+/** A row of a device's offline queue (`queuedAfter`) with its cursor: the log's order key (its `seq`), opaque to callers. */
+export interface QueuedRow {
+  cursor: number;
+  envelope: StoredEnvelope;
+}
+
+/** What names a row of a device's offline queue (`queuedKeys`), with its cursor, as in `QueuedRow`: no ciphertext. */
+export type QueuedKey = EnvelopeRef & { cursor: number };
 
 /** A group message an expansion wrote rows for, and the devices (userId → ids) it wrote them for. */
 export interface ExpandedGroupMessage {
@@ -49,6 +58,23 @@ export interface EnvelopeLog extends ActorEnvelopeLog {
    * at once (MongoDB) return nothing.
    */
   expandStale(olderThanMs: number): Promise<ExpandedGroupMessage[]>;
+  /**
+   * One device's offline queue (its `queued` envelopes) read by keyset, for `LogOfflineQueue`'s
+   * drains: up to `limit` envelopes after the cursor `after` (null: from the oldest), oldest first,
+   * each with its cursor. One bounded read whatever the queue's size: a drain reads each row once.
+   */
+  queuedAfter(
+    recipientUser: string,
+    recipientDevice: number,
+    after: number | null,
+    limit: number,
+  ): Promise<QueuedRow[]>;
+  /**
+   * What names each `queued` envelope of one device at or before the cursor `through`, oldest
+   * first, without ciphertext: where a drain looks for rows that became `queued` behind its cursor
+   * (a `pending` row flushed to the queue late keeps its older place).
+   */
+  queuedKeys(recipientUser: string, recipientDevice: number, through: number): Promise<QueuedKey[]>;
   /** Metadata of envelopes sent by or to the user (export). */
   metadataOf(userId: string, limit?: number): Promise<EnvelopeMetadata[]>;
   /**

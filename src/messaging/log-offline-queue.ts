@@ -1,6 +1,6 @@
 import { envelopeKey } from "../../actors/index.ts";
 import type { StoredEnvelope } from "./envelope.ts";
-import type { EnvelopeLog } from "./envelope-log.ts";
+import type { EnvelopeLog, QueuedKey } from "./envelope-log.ts";
 import type { DeviceRef, OfflineQueue, QueueDrain } from "./offline-queue.ts";
 
 /**
@@ -16,19 +16,56 @@ export class LogOfflineQueue implements OfflineQueue {
     await this.log.markQueued(userId, deviceId, envelopes);
   }
 
+  /**
+   * Reads the device's `queued` rows by keyset: each `next` reads only rows after the last one it
+   * handed out (`EnvelopeLog.queuedAfter`), so a device that reads and never acks does not make
+   * every batch read its whole backlog again. A row can become `queued` behind the cursor (a
+   * `pending` row flushed to the queue late keeps its older `seq`): whenever a read reaches the
+   * queue's end, the drain lists the keys at or before its cursor (`queuedKeys`, no ciphertext)
+   * and hands out, before the newer rows of that batch and oldest first, those it has not handed
+   * out; `next` returns empty only when neither read found anything.
+   */
   async drain(userId: string, deviceId: number): Promise<QueueDrain> {
     // envelopeKey → sender user: ids alone do not name an envelope (another sender may reuse one).
     const handedOut = new Map<string, string>();
+    // The cursor of the newest row this drain read (null: none yet).
+    let cursor: number | null = null;
+    const hand = (e: StoredEnvelope): void => {
+      handedOut.set(envelopeKey(e), e.senderUser);
+    };
+    /** Rows at or before the cursor this drain has not handed out: queued behind it (at most `max`). */
+    const behind = async (through: number, max: number): Promise<StoredEnvelope[]> => {
+      const keys = await this.log.queuedKeys(userId, deviceId, through);
+      const late: StoredEnvelope[] = [];
+      for (let i = 0; i < keys.length && late.length < max; i++) {
+        const key = keys[i] as QueuedKey;
+        if (handedOut.has(envelopeKey(key))) continue;
+        // The row itself, read after the key before it (rare: one small read per late row).
+        const [row] = await this.log.queuedAfter(
+          userId,
+          deviceId,
+          i === 0 ? null : (keys[i - 1] as QueuedKey).cursor,
+          1,
+        );
+        if (!row || row.cursor > through || handedOut.has(envelopeKey(row.envelope))) continue;
+        late.push(row.envelope);
+      }
+      return late;
+    };
     return {
       next: async (max) => {
-        const queued = await this.log.undelivered(userId, {
-          device: deviceId,
-          state: "queued",
-          limit: max + handedOut.size,
-        });
-        const fresh = queued.filter((e) => !handedOut.has(envelopeKey(e))).slice(0, max);
-        for (const e of fresh) handedOut.set(envelopeKey(e), e.senderUser);
-        return fresh;
+        const rows = await this.log.queuedAfter(userId, deviceId, cursor, max);
+        const from = cursor;
+        const fresh: StoredEnvelope[] = [];
+        for (const row of rows) {
+          cursor = row.cursor;
+          if (!handedOut.has(envelopeKey(row.envelope))) fresh.push(row.envelope);
+        }
+        // The queue's end reached: rows may have been queued behind the cursor meanwhile.
+        const late = rows.length < max && from !== null ? await behind(from, max - fresh.length) : [];
+        for (const e of late) hand(e);
+        for (const e of fresh) hand(e);
+        return [...late, ...fresh];
       },
       ack: async (refs) => {
         await this.log.ack(userId, deviceId, refs);
@@ -44,11 +81,12 @@ export class LogOfflineQueue implements OfflineQueue {
         }
         return dropped;
       },
-      // Every `next` reads the log afresh: there is nothing to rewind.
+      // Every read that reaches the queue's end looks behind the cursor: there is nothing to rewind.
       rewind: () => {},
       // Taken rows never leave the log (they stay `queued` until acked): none goes back.
       release: async () => {
         handedOut.clear();
+        cursor = null;
         return 0;
       },
       // The queue is the log: there is no per-device queue to remove.

@@ -7,6 +7,8 @@ import type {
   EnvelopeState,
   ExpandedGroupMessage,
   LogPage,
+  QueuedKey,
+  QueuedRow,
 } from "./envelope-log.ts";
 import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
 
@@ -165,6 +167,41 @@ export class MongoEnvelopeLog implements EnvelopeLog {
       .limit(options.limit ?? 10_000)
       .toArray();
     return docs.map(toEnvelope);
+  }
+
+  async queuedAfter(
+    recipientUser: string,
+    recipientDevice: number,
+    after: number | null,
+    limit: number,
+  ): Promise<QueuedRow[]> {
+    const docs = await this.envelopes
+      .find({
+        recipientUser,
+        recipientDevice,
+        state: "queued",
+        ...(after === null ? {} : { seq: { $gt: after } }),
+      })
+      .sort({ seq: 1 })
+      .limit(limit)
+      .toArray();
+    return docs.map((d) => ({ cursor: d.seq, envelope: toEnvelope(d) }));
+  }
+
+  async queuedKeys(recipientUser: string, recipientDevice: number, through: number): Promise<QueuedKey[]> {
+    const docs = await this.envelopes
+      .find(
+        { recipientUser, recipientDevice, state: "queued", seq: { $lte: through } },
+        { projection: { seq: 1, id: 1, senderUser: 1, senderDevice: 1 } },
+      )
+      .sort({ seq: 1 })
+      .toArray();
+    return docs.map((d) => ({
+      cursor: d.seq,
+      id: d.id,
+      senderUser: d.senderUser,
+      senderDevice: d.senderDevice,
+    }));
   }
 
   async markQueued(

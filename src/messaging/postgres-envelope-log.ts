@@ -1,4 +1,4 @@
-import { and, asc, eq, gt, inArray, lt, or, type SQL, sql } from "drizzle-orm";
+import { and, asc, eq, gt, inArray, lt, lte, or, type SQL, sql } from "drizzle-orm";
 import { type EnvelopeRef, envelopeKey, type GroupEnvelope } from "../../actors/index.ts";
 import { type Db, executePrepared, rowsOf } from "../db/index.ts";
 import { envelopes } from "../db/schema.ts";
@@ -10,6 +10,8 @@ import type {
   EnvelopeState,
   ExpandedGroupMessage,
   LogPage,
+  QueuedKey,
+  QueuedRow,
 } from "./envelope-log.ts";
 import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
 
@@ -415,6 +417,50 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       .orderBy(asc(envelopes.seq))
       .limit(options.limit ?? 10_000);
     return rows.map(toStoredEnvelope);
+  }
+
+  /** `queued` rows exist only once expanded: no expansion first. */
+  async queuedAfter(
+    recipientUser: string,
+    recipientDevice: number,
+    after: number | null,
+    limit: number,
+  ): Promise<QueuedRow[]> {
+    const rows = await this.db
+      .select()
+      .from(envelopes)
+      .where(
+        and(
+          eq(envelopes.recipientUser, recipientUser),
+          eq(envelopes.recipientDevice, recipientDevice),
+          eq(envelopes.state, "queued"),
+          after === null ? undefined : gt(envelopes.seq, after),
+        ),
+      )
+      .orderBy(asc(envelopes.seq))
+      .limit(limit);
+    return rows.map((r) => ({ cursor: Number(r.seq), envelope: toStoredEnvelope(r) }));
+  }
+
+  async queuedKeys(recipientUser: string, recipientDevice: number, through: number): Promise<QueuedKey[]> {
+    const rows = await this.db
+      .select({
+        seq: envelopes.seq,
+        id: envelopes.id,
+        senderUser: envelopes.senderUser,
+        senderDevice: envelopes.senderDevice,
+      })
+      .from(envelopes)
+      .where(
+        and(
+          eq(envelopes.recipientUser, recipientUser),
+          eq(envelopes.recipientDevice, recipientDevice),
+          eq(envelopes.state, "queued"),
+          lte(envelopes.seq, through),
+        ),
+      )
+      .orderBy(asc(envelopes.seq));
+    return rows.map(({ seq, ...ref }) => ({ ...ref, cursor: Number(seq) }));
   }
 
   async markQueued(

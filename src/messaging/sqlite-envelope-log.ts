@@ -11,6 +11,8 @@ import type {
   EnvelopeState,
   ExpandedGroupMessage,
   LogPage,
+  QueuedKey,
+  QueuedRow,
 } from "./envelope-log.ts";
 import { type CommitListener, commitObserver, GroupCommit } from "./group-commit.ts";
 import type { LogWorkerReply, LogWorkerRequest, LogWrite, WriteTrace } from "./sqlite-log-protocol.ts";
@@ -274,6 +276,38 @@ export class SqliteEnvelopeLog implements EnvelopeLog {
     if (byState) params.push(options.state as string);
     params.push(options.limit ?? 10_000);
     return statement.all(...params).map(toEnvelope);
+  }
+
+  /** `queued` rows exist only once expanded, so no expansion first; the keys come from the recipient index. */
+  async queuedAfter(
+    recipientUser: string,
+    recipientDevice: number,
+    after: number | null,
+    limit: number,
+  ): Promise<QueuedRow[]> {
+    // `state <> 'acked'` repeated for the partial index, as in `undelivered`.
+    const rows = this.statement(
+      "queued-after",
+      `select ${COLUMNS} from envelopes
+       where recipient_user = ? and recipient_device = ? and state <> 'acked' and state = 'queued' and seq > ?
+       order by seq limit ?`,
+    ).all(recipientUser, recipientDevice, after ?? -1, limit);
+    return rows.map((r) => ({ cursor: r.seq, envelope: toEnvelope(r) }));
+  }
+
+  async queuedKeys(recipientUser: string, recipientDevice: number, through: number): Promise<QueuedKey[]> {
+    const rows = this.statement(
+      "queued-keys",
+      `select seq, id, sender_user, sender_device from envelopes
+       where recipient_user = ? and recipient_device = ? and state <> 'acked' and state = 'queued' and seq <= ?
+       order by seq`,
+    ).all(recipientUser, recipientDevice, through);
+    return rows.map((r) => ({
+      cursor: r.seq,
+      id: r.id,
+      senderUser: r.sender_user,
+      senderDevice: r.sender_device,
+    }));
   }
 
   markQueued(recipientUser: string, recipientDevice: number, refs: readonly EnvelopeRef[]): Promise<void> {

@@ -457,6 +457,39 @@ export function describeEnvelopeLog(
       expect(await log.undeliveredPage(randomUUID(), null, 5)).toEqual({ rows: [], next: null });
     });
 
+    test("queuedAfter reads one device's queued rows after a cursor; queuedKeys names those at or before one, without ciphertext", async () => {
+      const user = randomUUID();
+      const rows = Array.from({ length: 6 }, () => envelope({ recipientUser: user, recipientDevice: 1 }));
+      const otherDevice = envelope({ recipientUser: user, recipientDevice: 2 });
+      await log.append([...rows, otherDevice]);
+      const [r0, r1, r2, r3, r4, r5] = rows as [StoredEnvelope, ...StoredEnvelope[]] & StoredEnvelope[];
+      // r1 stays pending (queued late below), r3 is acked: neither is in the queue.
+      await log.markQueued(user, 1, [r0, r2, r3, r4, r5] as StoredEnvelope[]);
+      await log.markQueued(user, 2, [otherDevice]);
+      await log.ack(user, 1, [r3 as StoredEnvelope]);
+      const first = await log.queuedAfter(user, 1, null, 2);
+      expect(first.map((r) => r.envelope)).toEqual([r0, r2] as StoredEnvelope[]);
+      const rest = await log.queuedAfter(user, 1, first.at(-1)?.cursor ?? null, 10);
+      expect(rest.map((r) => r.envelope.id)).toEqual([r4?.id, r5?.id]);
+      const cursors = [...first, ...rest].map((r) => r.cursor);
+      expect([...cursors].sort((a, b) => a - b)).toEqual(cursors);
+      expect(new Set(cursors).size).toBe(4);
+      expect(await log.queuedAfter(user, 1, rest.at(-1)?.cursor ?? null, 10)).toEqual([]);
+      // r1 queued late keeps its place: behind r2's cursor, found by queuedKeys, read by the cursor before it.
+      await log.markQueued(user, 1, [r1 as StoredEnvelope]);
+      const through = first[1]?.cursor as number;
+      const keys = await log.queuedKeys(user, 1, through);
+      expect(keys.map(({ id, senderUser, senderDevice }) => ({ id, senderUser, senderDevice }))).toEqual(
+        [r0, r1, r2].map((e) => ({ id: e?.id, senderUser: e?.senderUser, senderDevice: e?.senderDevice })),
+      );
+      expect(keys.every((k) => !("body" in k))).toBe(true);
+      expect(keys[2]?.cursor).toBe(through);
+      expect((await log.queuedAfter(user, 1, keys[0]?.cursor ?? null, 1)).map((r) => r.envelope)).toEqual([
+        r1 as StoredEnvelope,
+      ]);
+      expect(await log.queuedKeys(user, 3, Number.MAX_SAFE_INTEGER)).toEqual([]);
+    });
+
     test("eraseUser removes what the user sent and received, and nothing of others", async () => {
       const user = randomUUID();
       const bystander = envelope();
