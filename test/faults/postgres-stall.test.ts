@@ -3,7 +3,7 @@ import { api, registerAndLogin } from "../support/http.ts";
 import { startTestNode, type TestNode } from "../support/node.ts";
 import { OwnPostgres } from "../support/own-postgres.ts";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.ts";
-import { TestSocket, waitUntil } from "../support/ws.ts";
+import { answered, sendAnswer, TestSocket, waitUntil } from "../support/ws.ts";
 
 // The link to PostgreSQL stalls instead of closing (a hung server, a link dropping every packet
 // while the kernel still acknowledges): the node's pool must notice, answer with an error instead
@@ -30,24 +30,6 @@ afterAll(async () => {
   await proxy?.close();
   await pg?.stop();
 });
-
-/** What a request ended in within 60 s: its status, or "hung" (no answer at all). */
-function answered<T>(request: Promise<T>): Promise<T | "hung"> {
-  return Promise.race([request, Bun.sleep(60_000).then(() => "hung" as const)]);
-}
-
-/** A send's answer frame (accepted, rejected or error), or "hung". */
-async function sendAnswer(socket: TestSocket, to: string, text: string): Promise<string> {
-  const id = crypto.randomUUID();
-  socket.send({
-    type: "send",
-    id,
-    to: { user: to },
-    messages: [{ deviceId: 1, type: 3, body: Buffer.from(text).toString("base64") }],
-  });
-  const frame = await answered(socket.next((f) => f.id === id && f.type !== "message", 60_000));
-  return frame === "hung" ? frame : frame.type;
-}
 
 test("connections gone silent: sends, logins and key fetches are answered, then served on fresh connections", async () => {
   const http = api(node.url);

@@ -5,7 +5,7 @@ import { socketState, startTestNode, type TestNode } from "../support/node.ts";
 import { OwnRedis } from "../support/own-redis.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.ts";
-import { TestSocket, waitUntil } from "../support/ws.ts";
+import { answered, sendAnswer, TestSocket, waitUntil } from "../support/ws.ts";
 
 // The link to Redis stalls instead of closing (a hung server, a link dropping every packet while
 // the kernel still acknowledges): logins (rate limits), sends (presence) and upgrades must be
@@ -33,24 +33,6 @@ afterAll(async () => {
   await redis?.stop();
   await database?.drop();
 });
-
-/** What a request ended in within 60 s, or "hung" (no answer at all). */
-function answered<T>(request: Promise<T>): Promise<T | "hung"> {
-  return Promise.race([request, Bun.sleep(60_000).then(() => "hung" as const)]);
-}
-
-/** A send's answer frame type (accepted, rejected or error), or "hung". */
-async function sendAnswer(socket: TestSocket, to: string, text: string): Promise<string> {
-  const id = crypto.randomUUID();
-  socket.send({
-    type: "send",
-    id,
-    to: { user: to },
-    messages: [{ deviceId: 1, type: 3, body: Buffer.from(text).toString("base64") }],
-  });
-  const frame = await answered(socket.next((f) => f.id === id && f.type !== "message", 60_000));
-  return frame === "hung" ? frame : frame.type;
-}
 
 test("Redis stalled: logins, sends and upgrades are answered meanwhile; everything is served once it flows", async () => {
   const http = api(node.url);

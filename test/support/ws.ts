@@ -226,3 +226,24 @@ export async function messagesBeforeMarker(
     }),
   );
 }
+
+/**
+ * What `request` ended in within 60 s, or "hung" (no answer at all): for fault tests, where a
+ * request that never answers is the fault and must be reported as such, not as a test timeout.
+ */
+export function answered<T>(request: Promise<T>): Promise<T | "hung"> {
+  return Promise.race([request, Bun.sleep(60_000).then(() => "hung" as const)]);
+}
+
+/** Sends one 1:1 message to `to`'s device 1; resolves with its answer frame's type (accepted, rejected or error), or "hung". */
+export async function sendAnswer(socket: TestSocket, to: string, text: string): Promise<string> {
+  const id = randomUUID();
+  socket.send({
+    type: "send",
+    id,
+    to: { user: to },
+    messages: [{ deviceId: 1, type: 3, body: Buffer.from(text).toString("base64") }],
+  });
+  const frame = await answered(socket.next((f) => f.id === id && f.type !== "message", 60_000));
+  return frame === "hung" ? frame : frame.type;
+}
