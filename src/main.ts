@@ -46,20 +46,10 @@ async function main() {
   let pglite: ReturnType<typeof preparePglite> | undefined;
   if (!config.databaseUrl) pglite = preparePglite(config.dataDir);
   const { createNode } = await import("./node.ts");
-  let node: Awaited<ReturnType<typeof createNode>>;
-  try {
-    node = await createNode(config, { processMetrics: true, pglite });
-  } catch (error) {
-    if (error instanceof StartupError) {
-      console.error(`clearbox: ${error.message}`);
-      process.exit(EXIT_UNAVAILABLE);
-    }
-    throw error;
-  }
-  exitOnUncaught(node.logger, EXIT_SOFTWARE);
+  let node: Awaited<ReturnType<typeof createNode>> | undefined;
   let stopping = false;
   const shutdown = async (signal: string) => {
-    if (stopping) return;
+    if (stopping || !node) return;
     stopping = true;
     node.logger.info({ signal }, "shutting down");
     try {
@@ -70,8 +60,33 @@ async function main() {
     }
     process.exit(0);
   };
-  process.on("SIGINT", () => void shutdown("SIGINT"));
-  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  // A signal that came after the start line but before createNode returned: stop once it has.
+  let requested: string | undefined;
+  const onSignal = (signal: string) => {
+    if (node) void shutdown(signal);
+    else requested ??= signal;
+  };
+  try {
+    node = await createNode(config, {
+      processMetrics: true,
+      pglite,
+      // Before the start line, not after createNode returns: whoever waits for that line (a test, a
+      // supervisor) may send SIGTERM at once, and without a handler it killed the node (exit 143).
+      // Until then a signal ends the start as it always did.
+      onListening: () => {
+        process.on("SIGINT", () => onSignal("SIGINT"));
+        process.on("SIGTERM", () => onSignal("SIGTERM"));
+      },
+    });
+  } catch (error) {
+    if (error instanceof StartupError) {
+      console.error(`clearbox: ${error.message}`);
+      process.exit(EXIT_UNAVAILABLE);
+    }
+    throw error;
+  }
+  exitOnUncaught(node.logger, EXIT_SOFTWARE);
+  if (requested) void shutdown(requested);
 }
 
 await main();

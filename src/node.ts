@@ -177,6 +177,11 @@ export interface NodeOptions {
    * sweep), as a node that dies right after `accepted` would; acks, marks and reads still expand.
    */
   expandGroups?: boolean;
+  /**
+   * Called once the node serves, just before its `clearbox node started` line is logged (src/main.ts
+   * installs its signal handlers there: whoever reads that line may stop the node at once).
+   */
+  onListening?: () => void;
 }
 
 /**
@@ -732,6 +737,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   }
   const url = listenerUrl(config.publicHost, Number(app.server?.port), Boolean(config.tls));
   const adminUrl = listenerUrl(config.adminHost, Number(admin.server?.port), Boolean(config.adminTls));
+  options.onListening?.();
   logger.info(
     {
       // What each listener is bound to, as the operator configured it (0.0.0.0 = every interface).
