@@ -4,7 +4,7 @@ import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
 import { frameReader, maskedText, openRawWebSocket, PONG } from "../support/raw-ws.ts";
-import { TestSocket } from "../support/ws.ts";
+import { queueBacklog, TestSocket } from "../support/ws.ts";
 
 /**
  * A client on a slow link (at most 256 KiB from the kernel per 50 ms) that sends `frame` right
@@ -68,16 +68,7 @@ describe.each(STACKS)(
       // 40 messages of 240 KiB (base64): 9.4 MiB queued for Bob's device, paced to his reading.
       const body = randomBytes(180 * 1024).toString("base64");
       const count = 40;
-      for (let i = 0; i < count; i++) {
-        const id = randomUUID();
-        sender.send({
-          type: "send",
-          id,
-          to: { user: bob.userId },
-          messages: [{ deviceId: bob.deviceId, type: 2, body }],
-        });
-        expect((await sender.reply(id)).type).toBe("accepted");
-      }
+      await queueBacklog(sender, bob, count, body);
       const id = randomUUID();
       const reply = {
         type: "send",

@@ -1,12 +1,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { randomBytes, randomUUID } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { DRAIN_HIGH_WATER_BYTES } from "../../src/gateway/connection.ts";
 import type { SocketRegistry } from "../../src/gateway/socket-registry.ts";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
 import { frameReader, openRawWebSocket, PONG } from "../support/raw-ws.ts";
-import { TestSocket } from "../support/ws.ts";
+import { queueBacklog, TestSocket } from "../support/ws.ts";
 
 /**
  * A client on a slow link: upgrades, then reads at most `chunkBytes` from the kernel per turn of
@@ -70,16 +70,7 @@ describe.each(STACKS)("a device with a large offline backlog on a slow link, %s 
     // 4 MiB backpressure limit and what the kernel buffers of a loopback connection take.
     const body = randomBytes(180 * 1024).toString("base64");
     const count = 40;
-    for (let i = 0; i < count; i++) {
-      const id = randomUUID();
-      sender.send({
-        type: "send",
-        id,
-        to: { user: bob.userId },
-        messages: [{ deviceId: bob.deviceId, type: 2, body }],
-      });
-      expect((await sender.reply(id)).type).toBe("accepted");
-    }
+    await queueBacklog(sender, bob, count, body);
     const registry = (node.gateway as unknown as { options: { registry: SocketRegistry } }).options.registry;
     let mostBuffered = 0;
     const sampler = setInterval(() => {

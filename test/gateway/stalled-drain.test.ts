@@ -1,11 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { randomBytes, randomUUID } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import type { SocketRegistry } from "../../src/gateway/socket-registry.ts";
 import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
 import { openRawWebSocket, PONG } from "../support/raw-ws.ts";
-import { ackOf, type Frame, TestSocket } from "../support/ws.ts";
+import { ackOf, type Frame, queueBacklog, TestSocket } from "../support/ws.ts";
 
 /**
  * A client that completes the upgrade, then never reads another byte but sends a pong every
@@ -44,18 +44,7 @@ describe.each(STACKS)("a device whose socket never takes its offline backlog, %s
     // 40 messages of 240 KiB (base64): 9.4 MiB, more than the kernel buffers of a loopback
     // connection take, so the paced drain waits for room in the socket's buffer.
     const body = randomBytes(180 * 1024).toString("base64");
-    const accepted: string[] = [];
-    for (let i = 0; i < 40; i++) {
-      const id = randomUUID();
-      sender.send({
-        type: "send",
-        id,
-        to: { user: bob.userId },
-        messages: [{ deviceId: bob.deviceId, type: 2, body }],
-      });
-      expect((await sender.reply(id)).type).toBe("accepted");
-      accepted.push(id);
-    }
+    const accepted = await queueBacklog(sender, bob, 40, body);
     const registry = (node.gateway as unknown as { options: { registry: SocketRegistry } }).options.registry;
     const stalled = await pongingNonReader(node.url, bob.accessToken, 50);
     try {

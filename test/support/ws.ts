@@ -169,6 +169,31 @@ export async function sendDirect(
 }
 
 /**
+ * Sends `count` messages of `body` (base64) to one device of `to`, one at a time, each answered
+ * `accepted` before the next goes (an offline backlog for the drain tests); returns their ids in order.
+ */
+export async function queueBacklog(
+  from: TestSocket,
+  to: { userId: string; deviceId: number },
+  count: number,
+  body: string,
+): Promise<string[]> {
+  const ids: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const id = randomUUID();
+    from.send({
+      type: "send",
+      id,
+      to: { user: to.userId },
+      messages: [{ deviceId: to.deviceId, type: 2, body }],
+    });
+    expect((await from.reply(id)).type).toBe("accepted");
+    ids.push(id);
+  }
+  return ids;
+}
+
+/**
  * Polls `condition` every 20 ms until it holds; throws after `timeoutMs` with "timed out waiting
  * for `what`" (`what` may be a function, read at that moment, to say where things stand).
  */
