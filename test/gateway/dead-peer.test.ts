@@ -5,7 +5,7 @@ import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
 import { openRawWebSocket } from "../support/raw-ws.ts";
-import { ackOf, type Frame, TestSocket } from "../support/ws.ts";
+import { receiveAcking, TestSocket } from "../support/ws.ts";
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
 
@@ -66,16 +66,7 @@ describe.each(STACKS)("dead peers on the %s stack", (stack) => {
 
     // Bob's next connection gets everything the dead socket was written and what came after it.
     const bobSocket = await TestSocket.open(node.url, bob.accessToken);
-    const received: string[] = [];
-    bobSocket.ws.addEventListener("message", (event) => {
-      const frame = JSON.parse(String(event.data)) as Frame;
-      if (frame.type !== "message") return;
-      received.push(frame.id);
-      bobSocket.send(ackOf([frame]));
-    });
-    const deadline = Date.now() + 30_000;
-    while (new Set(received).size < accepted.length && Date.now() < deadline) await Bun.sleep(20);
-    expect(received).toEqual(accepted);
+    expect(await receiveAcking(bobSocket, accepted.length)).toEqual(accepted);
     await Promise.all([aliceSocket.close(), bobSocket.close()]);
   });
 });

@@ -5,7 +5,7 @@ import { runPrefix, STACKS, stackEnv } from "../support/cluster-env.ts";
 import { api, registerAndLogin } from "../support/http.ts";
 import { type Backend, startTestNode, type TestNode } from "../support/node.ts";
 import { openRawWebSocket, PONG } from "../support/raw-ws.ts";
-import { ackOf, type Frame, queueBacklog, TestSocket } from "../support/ws.ts";
+import { queueBacklog, receiveAcking, TestSocket } from "../support/ws.ts";
 
 /**
  * A client that completes the upgrade, then never reads another byte but sends a pong every
@@ -60,16 +60,7 @@ describe.each(STACKS)("a device whose socket never takes its offline backlog, %s
       stalled.stop();
     }
     const bobSocket = await TestSocket.open(node.url, bob.accessToken);
-    const received: string[] = [];
-    bobSocket.ws.addEventListener("message", (event) => {
-      const frame = JSON.parse(String(event.data)) as Frame;
-      if (frame.type !== "message") return;
-      received.push(frame.id);
-      bobSocket.send(ackOf([frame]));
-    });
-    const deadline = Date.now() + 30_000;
-    while (received.length < accepted.length && Date.now() < deadline) await Bun.sleep(20);
-    expect(received).toEqual(accepted);
+    expect(await receiveAcking(bobSocket, accepted.length)).toEqual(accepted);
     await Promise.all([sender.close(), bobSocket.close()]);
   }, 120_000);
 });

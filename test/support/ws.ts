@@ -194,6 +194,28 @@ export async function queueBacklog(
 }
 
 /**
+ * Acks every message frame `socket` gets, as it comes, and collects their ids in arrival order
+ * until `count` distinct ones came or `timeoutMs` passed (a redelivery is kept, for the caller's
+ * assertion to show).
+ */
+export async function receiveAcking(
+  socket: TestSocket,
+  count: number,
+  timeoutMs = 30_000,
+): Promise<string[]> {
+  const received: string[] = [];
+  socket.ws.addEventListener("message", (event) => {
+    const frame = JSON.parse(String(event.data)) as Frame;
+    if (frame.type !== "message") return;
+    received.push(frame.id);
+    socket.send(ackOf([frame]));
+  });
+  const deadline = Date.now() + timeoutMs;
+  while (new Set(received).size < count && Date.now() < deadline) await Bun.sleep(20);
+  return received;
+}
+
+/**
  * Polls `condition` every 20 ms until it holds; throws after `timeoutMs` with "timed out waiting
  * for `what`" (`what` may be a function, read at that moment, to say where things stand).
  */
