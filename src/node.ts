@@ -421,6 +421,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     ledger,
     ledgerCoversDatabase: database.kind === "pglite",
   });
+  const backups = new BackupService({ database, log, dir: config.backupDir, nodeId: config.nodeId, logger });
   const retention = new RetentionJob({
     db,
     log,
@@ -435,9 +436,14 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       metrics.retentionRemovals.inc({ store: "oidc_sign_in_codes" }, report.oidcSignInCodes);
       metrics.retentionRemovals.inc({ store: "oidc_logout_tokens" }, report.oidcLogoutTokens);
       metrics.retentionRemovals.inc({ store: "audit_entries" }, report.auditEntries);
+      if (report.backups !== null) metrics.retentionRemovals.inc({ store: "backups" }, report.backups);
     },
     finishDeviceRemovals: () => devices.finishRemovals(),
     resumeErasures: () => gdpr.erasures.resumePending(),
+    pruneBackups: (nowMs) => {
+      const pruned = backups.prune(config.backupRetentionDays, nowMs);
+      return pruned.removed.length + pruned.partials.length;
+    },
     ...(offline.kind === "rabbitmq"
       ? {
           sweepIdleQueues: (stopped: () => boolean) =>
@@ -599,7 +605,6 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
     addresses,
   });
   const adminRefusals = new AdminRefusals({ audit, limiter: rateLimiter, logger });
-  const backups = new BackupService({ database, log, dir: config.backupDir, nodeId: config.nodeId, logger });
   const admin = createAdminApp({
     adminToken: config.adminToken,
     metrics,

@@ -10,6 +10,7 @@ export type RopaConfig = Pick<
   | "adminHost"
   | "tls"
   | "retentionDays"
+  | "backupRetentionDays"
   | "auditRetentionDays"
   | "refreshTokenTtlDays"
   | "accessTokenTtlSeconds"
@@ -231,7 +232,7 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
       stores: [`file ${config.erasureLedgerFile} (kept outside the backups)`],
       retention: {
         days: null,
-        rule: `as long as a backup older than the erasure may be restored (backups kept at most ${config.retentionDays} days); the operator removes older lines, ClearBox does not prune the file`,
+        rule: `as long as a backup older than the erasure may be restored (backups kept at most ${config.backupRetentionDays} days in BACKUP_DIR); the operator removes older lines, ClearBox does not prune the file`,
       },
     },
   ];

@@ -31,6 +31,21 @@ const LOG_FILE = "envelopes.db";
 const MANIFEST_FILE = "manifest.json";
 /** The largest manifest `readBackup` reads: the backup command writes well under 1 KiB. */
 const MAX_MANIFEST_BYTES = 64 * 1024;
+const DAY_MS = 86_400_000;
+/** A `.partial` directory older than this, with no backup running, is a crashed backup's remains. */
+const PARTIAL_GRACE_MS = 3_600_000;
+/**
+ * The names `take()` gives: `clearbox-backup-<ISO time without - : .>-<node id>`, `.partial` while
+ * written. Only directories so named are ever removed by `prune`.
+ */
+const BACKUP_NAME =
+  /^clearbox-backup-(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})(\d{3})Z-[A-Za-z0-9_.:-]{1,64}?(\.partial)?$/;
+
+/** What one `BackupService.prune` removed: backup directory names, and crashed backups' `.partial` ones. */
+export interface BackupPruneResult {
+  removed: string[];
+  partials: string[];
+}
 
 /** `manifest.json` of a backup directory. */
 export interface BackupManifest {
@@ -103,6 +118,40 @@ export class BackupService {
     }) as Promise<BackupManifest & { path: string }>;
   }
 
+  /**
+   * Storage limitation for backups (GDPR Art. 5(1)(e)): removes every backup directory in the
+   * backup directory whose name (`clearbox-backup-<time>-<node>`) is more than `retentionDays`
+   * whole days older than `nowMs` (ms since the epoch), and every `.partial` one (a backup that
+   * crashed half-written) older than an hour while no backup runs here. Anything else there (other
+   * names, files, symbolic links) is left alone; a missing directory removes nothing. Logs one line
+   * with the names when it removed any. Called by the retention job (BACKUP_RETENTION_DAYS).
+   * Throws what the file system throws (e.g. EACCES) after removing what it could before.
+   */
+  prune(retentionDays: number, nowMs: number): BackupPruneResult {
+    const { dir, logger } = this.deps;
+    const result: BackupPruneResult = { removed: [], partials: [] };
+    if (!existsSync(dir)) return result;
+    for (const name of readdirSync(dir)) {
+      const named = backupNameTime(name);
+      if (!named) continue;
+      const path = join(dir, name);
+      // lstat: a symbolic link named like a backup is not one this service wrote; never follow it.
+      if (!lstatSync(path).isDirectory()) continue;
+      if (named.partial) {
+        if (this.running || nowMs - named.at < PARTIAL_GRACE_MS) continue;
+        rmSync(path, { recursive: true, force: true });
+        result.partials.push(name);
+      } else if (nowMs - named.at > retentionDays * DAY_MS) {
+        rmSync(path, { recursive: true, force: true });
+        result.removed.push(name);
+      }
+    }
+    if (result.removed.length > 0 || result.partials.length > 0) {
+      logger.info({ backups: { ...result, retentionDays } }, "backups pruned");
+    }
+    return result;
+  }
+
   private async take(): Promise<BackupManifest & { path: string }> {
     const { database, log, dir, nodeId, logger } = this.deps;
     const started = performance.now();
@@ -147,6 +196,19 @@ export class BackupService {
       throw error;
     }
   }
+}
+
+/**
+ * The time a backup directory's name records (when `take()` started it), or undefined when the name
+ * is not one `take()` gives. `name` is a bare directory name, e.g.
+ * `clearbox-backup-20261129T161500123Z-node-1` → 2026-11-29T16:15:00.123Z.
+ */
+export function backupNameTime(name: string): { at: number; partial: boolean } | undefined {
+  const match = BACKUP_NAME.exec(name);
+  if (!match) return undefined;
+  const [, y, mo, d, h, mi, sec, ms, partial] = match;
+  const at = Date.UTC(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(sec), Number(ms));
+  return Number.isNaN(at) ? undefined : { at, partial: partial !== undefined };
 }
 
 /** `POST /admin/v1/backups` → 201 with the manifest and the directory it was written to. */

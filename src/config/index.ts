@@ -68,6 +68,13 @@ const EnvSchema = T.Object({
     T.String({ pattern: "^[A-Za-z0-9_.:-]{1,64}$", description: "1-64 of [A-Za-z0-9_.:-]" }),
   ),
   RETENTION_DAYS: T.Integer({ minimum: 1, maximum: 3650, default: 30, description: "whole days, 1-3650" }),
+  BACKUP_RETENTION_DAYS: T.Optional(
+    T.Integer({
+      minimum: 1,
+      maximum: 3650,
+      description: "whole days a backup in BACKUP_DIR is kept, 1-3650 (default: RETENTION_DAYS)",
+    }),
+  ),
   AUDIT_RETENTION_DAYS: T.Integer({
     minimum: 1,
     maximum: 3650,
@@ -313,6 +320,11 @@ export interface Config {
   jwtSecret: string;
   nodeId: string;
   retentionDays: number;
+  /**
+   * Whole days a backup directory in `backupDir` is kept (BACKUP_RETENTION_DAYS, default
+   * RETENTION_DAYS); the retention job removes older ones (`BackupService.prune`).
+   */
+  backupRetentionDays: number;
   auditRetentionDays: number;
   retentionIntervalSeconds: number;
   controllerName?: string;
@@ -439,6 +451,7 @@ const INTEGER_VARS = new Set([
   "PORT",
   "ADMIN_PORT",
   "RETENTION_DAYS",
+  "BACKUP_RETENTION_DAYS",
   "AUDIT_RETENTION_DAYS",
   "RETENTION_INTERVAL_SECONDS",
   "ACCESS_TOKEN_TTL_SECONDS",
@@ -558,6 +571,7 @@ export function loadConfig(
     jwtSecret: env.JWT_SECRET ?? developmentSecret(dataDir),
     nodeId: env.NODE_ID ?? `${hostname()}-${env.PORT}`,
     retentionDays: env.RETENTION_DAYS,
+    backupRetentionDays: env.BACKUP_RETENTION_DAYS ?? env.RETENTION_DAYS,
     auditRetentionDays: env.AUDIT_RETENTION_DAYS,
     retentionIntervalSeconds: env.RETENTION_INTERVAL_SECONDS,
     controllerName: env.CONTROLLER_NAME,

@@ -24,6 +24,8 @@ export interface RetentionReport {
   idleQueues: IdleQueueSweep | null;
   /** Pending erasures whose node is gone, taken over by this pass (null without `resumeErasures`). */
   erasuresResumed: number | null;
+  /** Backup directories older than BACKUP_RETENTION_DAYS and crashed backups' remains removed (null without `pruneBackups`). */
+  backups: number | null;
   cutoffs: { envelopes: string; refreshTokens: string; audit: string };
   ms: number;
 }
@@ -55,12 +57,18 @@ export interface RetentionDeps {
    * at once otherwise).
    */
   resumeErasures?: () => Promise<number>;
+  /**
+   * Removes backups older than BACKUP_RETENTION_DAYS from BACKUP_DIR (`BackupService.prune`, given
+   * the pass's clock in ms); resolves with how many directories went.
+   */
+  pruneBackups?: (nowMs: number) => number | Promise<number>;
 }
 
 /**
  * Storage limitation (GDPR Art. 5(1)(e)) on one node: every interval, removes envelopes older than
  * RETENTION_DAYS, expired refresh tokens and sign-in codes, logout-token ids past their replay
- * window, and audit entries older than AUDIT_RETENTION_DAYS; finishes device removals and takes over
+ * window, audit entries older than AUDIT_RETENTION_DAYS and backups in BACKUP_DIR older than
+ * BACKUP_RETENTION_DAYS; finishes device removals and takes over
  * erasures that a node gone mid-way left unfinished.
  * Every step is a plain conditional delete (the audit prune is serialised by the chain lock),
  * so several nodes running it at once only split the work. RabbitMQ and MongoDB expire on their
@@ -116,6 +124,7 @@ export class RetentionJob {
     const audit = await this.deps.audit.prune(auditBefore);
     const deviceRemovals = (await this.deps.finishDeviceRemovals?.()) ?? null;
     const erasuresResumed = (await this.deps.resumeErasures?.()) ?? null;
+    const backups = (await this.deps.pruneBackups?.(now)) ?? null;
     let idleQueues: IdleQueueSweep | null = null;
     if (this.deps.sweepIdleQueues && !this.swept) {
       this.swept = true;
@@ -130,6 +139,7 @@ export class RetentionJob {
       deviceRemovals,
       idleQueues,
       erasuresResumed,
+      backups,
       cutoffs: {
         envelopes: new Date(envelopesBefore).toISOString(),
         refreshTokens: new Date(now).toISOString(),
