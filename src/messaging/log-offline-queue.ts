@@ -94,8 +94,9 @@ export class LogOfflineQueue implements OfflineQueue {
     };
   }
 
+  /** How many envelopes the device's queue holds: counted from their keys, no ciphertext read. */
   async depth(userId: string, deviceId: number): Promise<number> {
-    return (await this.log.undelivered(userId, { device: deviceId, state: "queued" })).length;
+    return (await this.queuedKeys(userId, deviceId)).length;
   }
 
   /** Nothing to remove: a device's queue is its `queued` rows, gone once acked. */
@@ -107,18 +108,30 @@ export class LogOfflineQueue implements OfflineQueue {
     return [];
   }
 
+  /** Removes every envelope of the device's queue (erasure); resolves with how many. Reads keys, not ciphertexts. */
   async purge(userId: string, deviceId: number): Promise<number> {
-    const queued = await this.log.undelivered(userId, { device: deviceId, state: "queued" });
+    const queued = await this.queuedKeys(userId, deviceId);
     await this.log.ack(userId, deviceId, queued);
     return queued.length;
   }
 
+  /** Removes the device's queued envelopes from `senderUser` (the sender's erasure); resolves with how many. */
   async dropFrom(userId: string, deviceId: number, senderUser: string): Promise<number> {
     // The queue is the log: what the sender's erasure left in it is exactly what to remove.
-    const queued = await this.log.undelivered(userId, { device: deviceId, state: "queued" });
-    const fromSender = queued.filter((e) => e.senderUser === senderUser);
+    const fromSender = (await this.queuedKeys(userId, deviceId)).filter(
+      (key) => key.senderUser === senderUser,
+    );
     await this.log.ack(userId, deviceId, fromSender);
     return fromSender.length;
+  }
+
+  /**
+   * What names every envelope of the device's queue, oldest first, without its ciphertext: an
+   * erasure's purge of a device with a 10,000-message backlog read every body (up to the frame
+   * limit each) to ack them by id, and `depth` read them all to count them.
+   */
+  private queuedKeys(userId: string, deviceId: number): Promise<QueuedKey[]> {
+    return this.log.queuedKeys(userId, deviceId, Number.MAX_SAFE_INTEGER);
   }
 
   async ping(): Promise<void> {}

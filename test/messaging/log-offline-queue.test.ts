@@ -135,5 +135,32 @@ for (const [name, open] of logs) {
       await next.release();
       expect(await queue.depth(user, 1)).toBe(0);
     });
+
+    test("depth, purge and a sender's dropFrom count and remove the queue without reading a ciphertext", async () => {
+      const { log } = subject;
+      const user = randomUUID();
+      const erased = randomUUID();
+      const backlog = Array.from({ length: 300 }, (_, i) => ({
+        ...envelope(user),
+        ...(i % 3 === 0 ? { senderUser: erased } : {}),
+      }));
+      await log.append(backlog);
+      const queue = new LogOfflineQueue(log);
+      await queue.flush(user, 1, backlog);
+      const reads = countCiphertextReads(log);
+
+      expect(await queue.depth(user, 1)).toBe(300);
+      expect(await queue.dropFrom(user, 1, erased)).toBe(100);
+      expect(await queue.depth(user, 1)).toBe(200);
+      expect(reads.rows).toBe(0);
+      const left = await queue.drain(user, 1);
+      expect((await readToEnd(left, 500)).every((e) => e.senderUser !== erased)).toBe(true);
+      await left.release();
+      reads.rows = 0;
+      expect(await queue.purge(user, 1)).toBe(200);
+      expect(await queue.depth(user, 1)).toBe(0);
+      // Only the drain read bodies; before, each of these calls read the whole queue's.
+      expect(reads.rows).toBe(0);
+    });
   });
 }
