@@ -11,6 +11,13 @@ export const AMQP_RETRY_LOW_MS = 250;
 export const AMQP_RETRY_HIGH_MS = 5_000;
 /** Heartbeat timeout negotiated with the broker, in seconds: a silent broker is taken for dead after it. */
 export const AMQP_HEARTBEAT_SECONDS = 10;
+/**
+ * Largest AMQP frame asked for, in bytes: 128 KiB, RabbitMQ's own default `frame_max` (the broker
+ * and client agree on the smaller of their two). rabbitmq-client asks for 8 KiB by default, which
+ * splits a 26 KB transfer between nodes into four body frames, each its own socket write on both
+ * ends (docs/BENCHMARKS.md "Three nodes, stop 31").
+ */
+export const AMQP_FRAME_MAX_BYTES = 131_072;
 
 /** The broker did not accept a connection within the start-up wait. */
 export class BrokerUnreachableError extends Error {
@@ -51,6 +58,7 @@ export async function openAmqpConnection(options: {
     retryLow: AMQP_RETRY_LOW_MS,
     retryHigh: AMQP_RETRY_HIGH_MS,
     heartbeat: AMQP_HEARTBEAT_SECONDS,
+    frameMax: AMQP_FRAME_MAX_BYTES,
     connectionTimeout: 5_000,
     // A channel wanted while the broker is away waits this long, then the caller gets an error.
     acquireTimeout: 5_000,
