@@ -111,7 +111,10 @@ describe("AmqpTransport.adopt", () => {
     await Bun.sleep(500);
     expect(back).toBeUndefined();
     release();
-    expect(await adoption).toBe(true);
+    // Either the survivor deleted the emptied inbox (true), or the node's retried consume landed
+    // between the survivor's cancel and its delete, and the node consumes its old, empty inbox
+    // (false: left to its node). Seen at load 15. Both lose nothing: the checks below hold for both.
+    await adoption;
     await restart;
     await survivor.send("dead", [frame(99)]);
     await waitUntil(() => forBack.length === 1, "the restarted node to get a new transfer");
