@@ -250,10 +250,19 @@ export class Messenger extends EventEmitter<MessengerEvents> {
       }
     }
     const min = this.options.minDelayMs ?? 500;
+    // The last upgrade was refused 401 (see the `error` listener): the server no longer takes the
+    // access token although it has not expired by this clock (its JWT_SECRET changed, e.g. a
+    // restore into a new DATA_DIR, or the device was revoked while this socket was down). The next
+    // attempt refreshes first: retrying the same token would fail until it expires (up to
+    // ACCESS_TOKEN_TTL_SECONDS), and a revoked device learns it from the refresh's 401.
+    let refreshFirst = false;
     const socket = new ReconnectingWebSocket(
       async () => {
         try {
-          this.token = await client.http.accessToken();
+          this.token = refreshFirst
+            ? (await client.http.refresh()).accessToken
+            : await client.http.accessToken();
+          refreshFirst = false;
         } catch (error) {
           if (error instanceof ClearBoxApiError && error.status === 401) {
             this.stop({
@@ -318,6 +327,9 @@ export class Messenger extends EventEmitter<MessengerEvents> {
       unreachableSaid = true;
     });
     socket.addEventListener("error", (event) => {
+      // Bun's WebSocket names the status of a refused upgrade in its message only:
+      // "… failed: Expected 101 status code: 401".
+      if (/\b101\b.*\b401\b/.test((event as { message?: string }).message ?? "")) refreshFirst = true;
       if (this.online || this.stopped || unreachableSaid) return;
       unreachableSaid = true;
       this.emit("status", "offline", { reason: (event as { message?: string }).message });

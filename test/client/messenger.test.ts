@@ -502,6 +502,41 @@ describe("chat SDK: user directory, messenger, safety numbers", () => {
     }
   });
 
+  test("a listener whose access token the restarted server refuses (a new JWT_SECRET) refreshes it and reconnects", async () => {
+    // A restore into a new DATA_DIR generates a new JWT_SECRET: every access token in circulation
+    // is refused (401 on the upgrade) long before it expires (the default 15 minutes), while the
+    // refresh tokens, in the database, still work. The Messenger must refresh, not retry the
+    // refused token until it expires.
+    const first = await startTestNode("pglite", { keepData: true });
+    const port = new URL(first.url).port;
+    const a = await chatter(first.url, "alice");
+    const b = await chatter(first.url, "bob");
+    let restarted: TestNode | undefined;
+    try {
+      a.messenger.start();
+      b.messenger.start();
+      await until(() => a.messenger.isOnline && b.messenger.isOnline, "both online");
+      await a.client.findUser(b.username);
+      await first.stop();
+      await until(() => !b.messenger.isOnline && !a.messenger.isOnline, "both to see the node go");
+      restarted = await startTestNode("pglite", {
+        dataDir: first.dataDir,
+        env: { PORT: port, JWT_SECRET: "another-jwt-secret-after-a-restore-0123456789" },
+      });
+      await until(() => a.messenger.isOnline && b.messenger.isOnline, "both online again", 60_000);
+      await a.messenger.sendText(b.username, "after the new secret");
+      await until(() => b.received.length === 1, "the message after the restart");
+      expect(b.received[0].text).toBe("after the new secret");
+    } finally {
+      a.messenger.stop();
+      b.messenger.stop();
+      a.client.close();
+      b.client.close();
+      await restarted?.teardown();
+      rmSync(first.dataDir, { recursive: true, force: true });
+    }
+  });
+
   test("safety numbers match on both sides; a changed identity key raises identityChanged until verified", async () => {
     const a = await chatter(node.url, "alice");
     const b = await chatter(node.url, "bob");
