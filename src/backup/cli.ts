@@ -81,6 +81,33 @@ export function ledgerNote(dataDir: string, env: NodeJS.ProcessEnv = process.env
   return `note: the erasure ledger ${path} is missing or empty. If any account was erased after this backup, start the node with ERASURE_LEDGER_FILE set to the ledger you kept outside the backups (a node that ran with the default has it at <its DATA_DIR>/erasure-ledger), or that account comes back (README, "Backup and restore")`;
 }
 
+/**
+ * What `npm run backup` prints when the node answers other than 201: `backup refused: <status>
+ * <code>: <message>` from the admin RPC's error body (docs/PROTOCOL.md, errors; the raw body when it
+ * is not one), then, for a 401, what to do: a node started without `ADMIN_TOKEN` refuses every
+ * admin call (README's first `npm start` has none) and must be restarted with one; otherwise the
+ * token given here is not the node's.
+ */
+export function refusal(status: number, body: string): string {
+  let code: string | undefined;
+  let message: string | undefined;
+  try {
+    const parsed = JSON.parse(body) as { error?: { code?: unknown; message?: unknown } };
+    if (typeof parsed.error?.code === "string") code = parsed.error.code;
+    if (typeof parsed.error?.message === "string") message = parsed.error.message;
+  } catch {
+    // Not the admin RPC's error shape (a proxy's page): shown as it came.
+  }
+  const said = code && message ? `${code}: ${message}` : body;
+  let hint = "";
+  if (status === 401 && message?.includes("ADMIN_TOKEN is not set"))
+    hint =
+      '\nthe node runs without ADMIN_TOKEN, so its admin RPC refuses every call: restart the node with ADMIN_TOKEN set, and give this command the same value (ADMIN_TOKEN or ADMIN_TOKEN_FILE); make one with `openssl rand -hex 24` (README, "Backup and restore")';
+  else if (status === 401)
+    hint = "\nthe token given (ADMIN_TOKEN or ADMIN_TOKEN_FILE) is not the node's ADMIN_TOKEN";
+  return `backup refused: ${status} ${said}${hint}`;
+}
+
 /** Runs one command; resolves with the exit code. Output goes to stdout, problems to stderr. */
 export async function runBackupCli(argv: string[]): Promise<number> {
   if (argv.includes("--help") || argv.includes("-h")) {
@@ -118,7 +145,9 @@ export async function runBackupCli(argv: string[]): Promise<number> {
       return 2;
     }
     if (!token) {
-      console.error(`no admin token: set ADMIN_TOKEN or ADMIN_TOKEN_FILE\n${USAGE}`);
+      console.error(
+        `no admin token: set ADMIN_TOKEN or ADMIN_TOKEN_FILE to the node's ADMIN_TOKEN (a node started without one refuses every admin call: restart it with ADMIN_TOKEN set)\n${USAGE}`,
+      );
       return 2;
     }
     const url = new URL("/admin/v1/backups", String(values["admin-url"]));
@@ -130,7 +159,7 @@ export async function runBackupCli(argv: string[]): Promise<number> {
       });
       const body = await res.text();
       if (res.status !== 201) {
-        console.error(`backup refused: ${res.status} ${body}`);
+        console.error(refusal(res.status, body));
         return 1;
       }
       console.log(body);

@@ -399,3 +399,32 @@ describe("online snapshots on the services stack", () => {
     expect(run.stderr).toContain("no admin token");
   });
 });
+
+describe("the backup command when the node refuses its token", () => {
+  const nodes: TestNode[] = [];
+  afterAll(async () => {
+    for (const node of nodes) await node.teardown();
+  });
+
+  test("says what to do: a node started without ADMIN_TOKEN is restarted with one, a wrong token is named as such", async () => {
+    // `npm start` as README's first command runs without ADMIN_TOKEN; its admin RPC refuses every call.
+    const bare = await startTestNode("pglite", { env: { ADMIN_TOKEN: "" } });
+    nodes.push(bare);
+    const disabled = await cli(["backup", "--admin-url", bare.adminUrl], { ADMIN_TOKEN: "x".repeat(24) });
+    expect(disabled.code).toBe(1);
+    expect(disabled.stderr).toContain("backup refused: 401 unauthorized: admin RPC is disabled");
+    expect(disabled.stderr).toContain(
+      "restart the node with ADMIN_TOKEN set, and give this command the same value",
+    );
+    expect(disabled.stderr).not.toContain('{"error"');
+
+    const keyed = await startTestNode("pglite");
+    nodes.push(keyed);
+    const wrong = await cli(["backup", "--admin-url", keyed.adminUrl], { ADMIN_TOKEN: "y".repeat(24) });
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toContain("backup refused: 401 unauthorized: missing or wrong admin token");
+    expect(wrong.stderr).toContain("is not the node's ADMIN_TOKEN");
+    // Nothing was written: no snapshot directory under either node's BACKUP_DIR.
+    for (const node of [bare, keyed]) expect(existsSync(join(node.dataDir, "backups"))).toBe(false);
+  });
+});
