@@ -3,6 +3,7 @@ import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { read } from "read";
 import { ClearBoxApiError, ClearBoxClient, ClearBoxHttp, Messenger } from "../client/index.ts";
+import { passwordProblem } from "../protocol/accounts.ts";
 import { checkReceipt } from "../protocol/erasure-receipt.ts";
 import { CHAT_HELP, chat, describeRefusal } from "./chat.ts";
 import { writePrivateFile } from "./private-file.ts";
@@ -48,8 +49,8 @@ const COMMAND_HELP: Record<string, string> = {
   register: `usage: npm run cli -- register <username> [--server <url>] [--store <path>] [--device-name <name>]
 
 Creates the account <username> (3-32 of a-z 0-9 _ . -), logs this device in and uploads its keys.
-The password is read without echo, twice on a terminal (or from $CLEARBOX_PASSWORD). The store
-file is written only once this succeeded.
+The password (8-256 characters) is read without echo, twice on a terminal (or from
+$CLEARBOX_PASSWORD). The store file is written only once this succeeded.
 ${STORE_OPTIONS}`,
   login: `usage: npm run cli -- login <username> [--server <url>] [--store <path>] [--device-name <name>]
 
@@ -120,10 +121,14 @@ async function password(): Promise<string> {
 /**
  * A new account's password: as `password()`, and when typed on a terminal, typed a second time
  * (nothing is shown while typing, and a typo would be the account's password: no reset exists, and
- * `erase` asks for it). Throws when the two differ, before anything is sent.
+ * `erase` asks for it). Throws when it breaks the password rule (8 to 256 characters, checked
+ * before it is asked again) or the two differ, before anything is sent.
  */
 async function newPassword(): Promise<string> {
   const first = await password();
+  // Before it is typed again or sent: the server would refuse it only after both.
+  const problem = passwordProblem(first);
+  if (problem) throw new Error(`the password ${problem}; nothing was sent`);
   if (process.env.CLEARBOX_PASSWORD || !process.stdin.isTTY) return first;
   const again = await read({
     prompt: "password (again): ",

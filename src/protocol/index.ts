@@ -4,6 +4,7 @@
  * and the erasure receipt's signed bytes and checks. Imported by the gateway, messaging and the
  * client SDK alike; it imports nothing from the rest of the project.
  */
+export * from "./accounts.ts";
 export * from "./close-codes.ts";
 export * from "./erasure-receipt.ts";
 export * from "./errors.ts";

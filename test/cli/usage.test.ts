@@ -52,3 +52,31 @@ describe("CLI usage errors", () => {
     expect(register.out).toContain("usage: npm run cli -- register <username>");
   });
 });
+
+describe("a new account's password", () => {
+  test("outside 8-256 characters is refused by register naming the rule, before any server is asked, and writes nothing", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "cb-cli-password-"));
+    try {
+      for (const password of ["short", "x".repeat(257)]) {
+        // Nothing listens on port 9: reaching the server would print "cannot reach", not the rule.
+        const { stdout, stderr, code } = await runToEnd(
+          ["bun", "run", MAIN, "register", "alice", "--server", "http://127.0.0.1:9", "--store", "a.db"],
+          { cwd: dir, env: { ...process.env, CLEARBOX_PASSWORD: password } },
+        );
+        expect({ code, stdout, stderr }).toEqual({
+          code: 1,
+          stdout: "",
+          stderr: `error: the password must be 8 to 256 characters (this one has ${password.length}); nothing was sent\n`,
+        });
+      }
+      expect(await readdir(dir)).toEqual([]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("register --help names the password rule", async () => {
+    const register = await cli(tmpdir(), ["register", "--help"]);
+    expect(register.out).toContain("The password (8-256 characters)");
+  });
+});
