@@ -109,11 +109,22 @@ Exit 0 valid, 1 invalid (names the failed check), 2 bad usage, an unreadable fil
 cannot be asked.`,
 };
 
+/**
+ * One line read without echo after `prompt` (on stderr). On a terminal the line is then ended:
+ * `read` mutes the Enter's newline with the rest, so the next prompt overwrote this one and what
+ * came next (the answer, an error) was printed after the prompt on its line.
+ */
+async function readSilently(prompt: string): Promise<string> {
+  const typed = await read({ prompt, silent: true, replace: "", output: process.stderr });
+  if (process.stderr.isTTY) process.stderr.write("\n");
+  return typed;
+}
+
 /** The password: $CLEARBOX_PASSWORD, else asked on the terminal without echo. */
 async function password(): Promise<string> {
   const fromEnv = process.env.CLEARBOX_PASSWORD;
   if (fromEnv) return fromEnv;
-  const typed = await read({ prompt: "password: ", silent: true, replace: "", output: process.stderr });
+  const typed = await readSilently("password: ");
   if (!typed) throw new Error("a password is required");
   return typed;
 }
@@ -130,12 +141,7 @@ async function newPassword(): Promise<string> {
   const problem = passwordProblem(first);
   if (problem) throw new Error(`the password ${problem}; nothing was sent`);
   if (process.env.CLEARBOX_PASSWORD || !process.stdin.isTTY) return first;
-  const again = await read({
-    prompt: "password (again): ",
-    silent: true,
-    replace: "",
-    output: process.stderr,
-  });
+  const again = await readSilently("password (again): ");
   if (again !== first) throw new Error("the two passwords differ; nothing was sent");
   return first;
 }
