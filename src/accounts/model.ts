@@ -1,6 +1,6 @@
 import { Type } from "@sinclair/typebox";
 import { type Static, t } from "elysia";
-import { PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH } from "../protocol/accounts.ts";
+import { PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, PASSWORD_RULE } from "../protocol/accounts.ts";
 
 export namespace AccountModel {
   /** The username rule (registration, sign-in, OIDC provisioning, lookups); refusals say it in words. */
@@ -10,7 +10,12 @@ export namespace AccountModel {
     pattern: "^[a-z0-9_.-]+$",
     errorMessage: "must be 3 to 32 characters of a-z, 0-9, '_', '.' and '-' (lower case)",
   });
-  export const password = t.String({ minLength: PASSWORD_MIN_LENGTH, maxLength: PASSWORD_MAX_LENGTH });
+  /** The password rule (`src/protocol/accounts.ts`); refusals say it in words, as for the username. */
+  export const password = t.String({
+    minLength: PASSWORD_MIN_LENGTH,
+    maxLength: PASSWORD_MAX_LENGTH,
+    errorMessage: PASSWORD_RULE,
+  });
 
   /** An invite token (`REGISTRATION=invite`), as the admin RPC issued it. */
   export const registrationToken = t.String({ minLength: 1, maxLength: 64, pattern: "^[A-Za-z0-9._~-]+$" });

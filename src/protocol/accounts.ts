@@ -6,6 +6,8 @@
  */
 export const PASSWORD_MIN_LENGTH = 8;
 export const PASSWORD_MAX_LENGTH = 256;
+/** The rule in words, as refusals say it after the field's name (`password: must be …`). */
+export const PASSWORD_RULE = `must be ${PASSWORD_MIN_LENGTH} to ${PASSWORD_MAX_LENGTH} characters`;
 
 /**
  * Why `password` cannot be a new account's password (`"must be 8 to 256 characters (this one has
@@ -13,5 +15,5 @@ export const PASSWORD_MAX_LENGTH = 256;
  */
 export function passwordProblem(password: string): string | undefined {
   if (password.length >= PASSWORD_MIN_LENGTH && password.length <= PASSWORD_MAX_LENGTH) return undefined;
-  return `must be ${PASSWORD_MIN_LENGTH} to ${PASSWORD_MAX_LENGTH} characters (this one has ${password.length})`;
+  return `${PASSWORD_RULE} (this one has ${password.length})`;
 }

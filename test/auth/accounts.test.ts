@@ -73,6 +73,17 @@ describe.each(BACKENDS)("accounts and sessions on %s", (backend) => {
     expect((await client.get("/v1/devices", me.accessToken)).body.devices).toHaveLength(1);
   });
 
+  test("a password outside 8-256 characters is 400 invalid saying the rule in words, and creates nothing", async () => {
+    const username = uniqueUsername("shortpw");
+    for (const password of ["short", "x".repeat(257)]) {
+      const res = await client.post("/v1/accounts", { username, password });
+      expect(res.status).toBe(400);
+      expect(res.body.error).toEqual({ code: "invalid", message: "password: must be 8 to 256 characters" });
+    }
+    const login = await client.post("/v1/sessions", { username, password: "long enough now" });
+    expect(login.status).toBe(401);
+  });
+
   test("a new device without registrationId is 400 invalid", async () => {
     const me = await registerAndLogin(client);
     const res = await client.post("/v1/sessions", { username: me.username, password: me.password });
