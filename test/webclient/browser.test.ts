@@ -169,6 +169,41 @@ describe.skipIf(!existsSync(CHROMIUM) && !process.env.CI)("browser sample client
     await web.stop();
   });
 
+  test("creating an account says so on its button while it runs, instead of only greying the buttons out", async () => {
+    // A sign-up takes seconds (keys made, the password hashed with argon2id): the page held the
+    // request here, so what it shows meanwhile is checked without racing it.
+    const web = new WebClientProcess(join(dir, "busy.db"), node.url);
+    processes.push(web);
+    const page = await browser.newPage({ viewport: { width: 1100, height: 700 } });
+    let release = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let arrived = false;
+    await page.route("**/api/register", async (route) => {
+      arrived = true;
+      await held;
+      await route.continue();
+    });
+    await page.goto(await web.start());
+    await page.getByLabel("username").fill(`busy${Date.now() % 100000}`);
+    await page.getByLabel("password", { exact: true }).fill(password);
+    await page.getByRole("button", { name: "Create account" }).click();
+    const deadline = Date.now() + 30_000;
+    while (!arrived) {
+      if (Date.now() > deadline) throw new Error("the page never sent its sign-up");
+      await Bun.sleep(20);
+    }
+    const creating = page.getByRole("button", { name: "Creating account…" });
+    await creating.waitFor();
+    expect(await creating.isDisabled()).toBe(true);
+    expect(await page.getByRole("button", { name: "Sign in" }).isDisabled()).toBe(true);
+    release();
+    await page.getByTestId("me").waitFor();
+    await page.close();
+    await web.stop();
+  });
+
   test("a group of three: invitations accepted in the page, then everyone's messages reach the two others", async () => {
     // A fresh node per run: plain names, as the screenshots in docs/ show them.
     const people = ["ana", "ben", "cleo"].map((prefix) => ({

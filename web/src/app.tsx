@@ -46,9 +46,11 @@ function SignIn({ onSignedIn }: { onSignedIn: (account: Account) => void }) {
   const [password, setPassword] = useState("");
   const [serverUrl, setServerUrl] = useState("");
   const [error, setError] = useState("");
-  const [busy, setBusy] = useState(false);
+  // What is under way, said on its button: creating an account makes this device's keys and the
+  // server hashes the password (argon2id), a few seconds on a loaded machine with nothing else shown.
+  const [busy, setBusy] = useState<"login" | "register" | null>(null);
   const submit = async (register: boolean) => {
-    setBusy(true);
+    setBusy(register ? "register" : "login");
     setError("");
     try {
       const { account } = await api<{ account: Account }>("POST", register ? "/api/register" : "/api/login", {
@@ -60,12 +62,13 @@ function SignIn({ onSignedIn }: { onSignedIn: (account: Account) => void }) {
     } catch (e) {
       setError((e as Error).message);
     } finally {
-      setBusy(false);
+      setBusy(null);
     }
   };
   return (
     <form
       className="auth"
+      aria-busy={busy !== null}
       onSubmit={(event) => {
         event.preventDefault();
         void submit(false);
@@ -96,11 +99,11 @@ function SignIn({ onSignedIn }: { onSignedIn: (account: Account) => void }) {
           {error}
         </p>
       )}
-      <button className="primary" type="submit" disabled={busy}>
-        Sign in
+      <button className="primary" type="submit" disabled={busy !== null}>
+        {busy === "login" ? "Signing in…" : "Sign in"}
       </button>
-      <button type="button" disabled={busy} onClick={() => void submit(true)}>
-        Create account
+      <button type="button" disabled={busy !== null} onClick={() => void submit(true)}>
+        {busy === "register" ? "Creating account…" : "Create account"}
       </button>
     </form>
   );
