@@ -204,6 +204,28 @@ describe.skipIf(!existsSync(CHROMIUM) && !process.env.CI)("browser sample client
     await web.stop();
   });
 
+  test("Download my data saves the server's export as clearbox-export-<username>.json, as the CLI names it", async () => {
+    const web = new WebClientProcess(join(dir, "export.db"), node.url);
+    processes.push(web);
+    const context = await browser.newContext({
+      acceptDownloads: true,
+      viewport: { width: 1100, height: 700 },
+    });
+    const page = await context.newPage();
+    const username = `exporter${Date.now() % 100000}`;
+    await signUp(page, await web.start(), username);
+    await page.getByTestId("account-settings").click();
+    const download = page.waitForEvent("download", { timeout: 30_000 });
+    await page.getByRole("button", { name: "Download my data (export)" }).click();
+    const saved = await download;
+    expect(saved.suggestedFilename()).toBe(`clearbox-export-${username}.json`);
+    const archive = JSON.parse(await Bun.file((await saved.path()) as string).text());
+    expect(archive.format).toBe("clearbox-export/1");
+    expect(JSON.stringify(archive)).toContain(username);
+    await context.close();
+    await web.stop();
+  });
+
   test("a group of three: invitations accepted in the page, then everyone's messages reach the two others", async () => {
     // A fresh node per run: plain names, as the screenshots in docs/ show them.
     const people = ["ana", "ben", "cleo"].map((prefix) => ({

@@ -326,7 +326,7 @@ function Chat({ account, onSignedOut }: { account: Account; onSignedOut: () => v
           />
         )}
         {view.kind === "devices" && <Devices />}
-        {view.kind === "account" && <AccountPanel onErased={onSignedOut} />}
+        {view.kind === "account" && <AccountPanel username={account.username} onErased={onSignedOut} />}
         {view.kind === "none" && <p className="empty">Add a contact by username to start chatting.</p>}
       </main>
     </div>
@@ -620,7 +620,7 @@ function Devices() {
   );
 }
 
-function AccountPanel({ onErased }: { onErased: () => void }) {
+function AccountPanel({ username, onErased }: { username: string; onErased: () => void }) {
   const [password, setPassword] = useState("");
   const [result, setResult] = useState<{
     receipt: unknown;
@@ -628,11 +628,19 @@ function AccountPanel({ onErased }: { onErased: () => void }) {
   }>();
   const [error, setError] = useState("");
   const exportData = async () => {
-    const data = await api("GET", "/api/export");
-    const link = document.createElement("a");
-    link.href = URL.createObjectURL(new Blob([JSON.stringify(data, null, 2)], { type: "application/json" }));
-    link.download = "clearbox-export.json";
-    link.click();
+    setError("");
+    try {
+      const data = await api("GET", "/api/export");
+      const link = document.createElement("a");
+      link.href = URL.createObjectURL(
+        new Blob([JSON.stringify(data, null, 2)], { type: "application/json" }),
+      );
+      // Named as the CLI names it (usernames are a-z 0-9 _ . -): two accounts' exports stay apart.
+      link.download = `clearbox-export-${username}.json`;
+      link.click();
+    } catch (e) {
+      setError((e as Error).message);
+    }
   };
   const erase = async (event: FormEvent) => {
     event.preventDefault();
