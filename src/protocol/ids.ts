@@ -21,19 +21,34 @@ export function canonicalUuid(text: string): string | undefined {
 }
 
 /**
- * A name a person gives and others are shown (group names, device names): 1 to `maxLength`
- * characters with no control characters (C0, DEL, C1), line or paragraph separators (U+2028,
- * U+2029) or bidirectional embedding, override and isolate controls (U+202A–U+202E,
- * U+2066–U+2069). Those make a name rewrite what a terminal or page shows around it (escape
- * sequences, a forged line, text reversed: the "Trojan Source" trick, CVE-2021-42574); clients
- * escape what they show all the same, and the server refuses them so no client has to be right.
+ * What a name others are shown may hold: any character but control characters (`Cc`: C0, DEL,
+ * C1), format characters (`Cf`: the bidirectional marks U+061C, U+200E, U+200F, embeddings,
+ * overrides and isolates U+202A–U+202E and U+2066–U+2069, zero-width space, joiners and word
+ * joiner U+200B–U+200D and U+2060, the byte-order mark U+FEFF, the soft hyphen U+00AD, tags
+ * U+E0000–U+E007F, …), lone surrogates (`Cs`) and the line and paragraph separators (`Zl`, `Zp`).
+ * Those make a name rewrite what a terminal or page shows around it (escape sequences, a forged
+ * line, text reversed: the "Trojan Source" trick, CVE-2021-42574) or look like another name
+ * (invisible characters; UTS #39 §3.1 lists `Cf` as not allowed in identifiers). Two uses of `Cf`
+ * that emoji need are allowed where UTS #51 puts them, and only there: a ZERO WIDTH JOINER between
+ * two pictographs (the first optionally with a skin tone or U+FE0F: 👨‍👩‍👧, 🏳️‍🌈), and the tag
+ * characters of a subdivision flag, after U+1F3F4 and up to its CANCEL TAG (🏴󠁧󠁢󠁳󠁣󠁴󠁿).
+ * Categories as the JavaScript engine's Unicode tables have them (`\p{…}` with the `u` flag).
+ */
+export const DISPLAY_NAME_REGEXP =
+  /^(?:[^\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]|(?<=\p{Extended_Pictographic}(?:\p{Emoji_Modifier}|\uFE0F)?)\u200D(?=\p{Extended_Pictographic})|(?<=\u{1F3F4}[\u{E0020}-\u{E007E}]*)[\u{E0020}-\u{E007E}](?=[\u{E0020}-\u{E007E}]*\u{E007F})|(?<=\u{1F3F4}[\u{E0020}-\u{E007E}]+)\u{E007F})+$/u;
+
+/**
+ * The one schema of every name a person gives and others are shown (group names, device names):
+ * 1 to `maxLength` UTF-16 code units, each character allowed by `DISPLAY_NAME_REGEXP`. The server
+ * refuses the rest (400 `invalid`, the rule said in words) so no client has to be right; clients
+ * escape what they show all the same. A TypeBox `RegExp` type, not a `pattern`: TypeBox compiles a
+ * `pattern` without the `u` flag, which Unicode categories need.
  */
 export function DisplayName(maxLength: number) {
-  return T.String({
+  return T.RegExp(DISPLAY_NAME_REGEXP, {
     minLength: 1,
     maxLength,
-    pattern: "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069]+$",
-    errorMessage: `must be 1 to ${maxLength} characters without control characters, line breaks or bidirectional controls`,
+    errorMessage: `must be 1 to ${maxLength} characters without control characters, line breaks, bidirectional controls or other invisible format characters`,
   });
 }
 

@@ -211,6 +211,16 @@ describe.each(BACKENDS)("hostile request bodies on %s", (backend) => {
       "a\u2028b",
       "abc\u202edcba",
       "x\u2066y",
+      // The bidirectional marks (ALM, LRM, RLM) and other invisible format characters (Cf): a
+      // zero-width space, a joiner outside an emoji, a byte-order mark, a soft hyphen, a tag.
+      "abc\u061cdef",
+      "abc\u200edef",
+      "abc\u200fdef",
+      "ad\u200bmin",
+      "ad\u200dmin",
+      "\ufeffadmin",
+      "ad\u00admin",
+      "admin\u{e0041}",
     ];
     for (const name of names) {
       for (const [path, body, token] of [
@@ -233,6 +243,9 @@ describe.each(BACKENDS)("hostile request bodies on %s", (backend) => {
     // Letters of any script, emoji and a tab-free space are names like any other.
     const ok = await client.post("/v1/groups", { name: "Équipe 東京 📱 – ok", members: [] }, me.accessToken);
     expect(ok.status).toBe(201);
+    // So are emoji whose joiners and tags stand where Unicode puts them (UTS #51).
+    const family = await client.post("/v1/sessions", { ...login, deviceName: "👨‍👩‍👧 🏳️‍🌈 🏴󠁧󠁢󠁳󠁣󠁴󠁿" });
+    expect(family.status).toBe(201);
   });
 
   test("no reply or log line holds a refused value", async () => {
