@@ -362,7 +362,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
   const keys = new KeyService(db, rateLimiter, KEY_FETCH_LIMITS, audit, fence);
   const groups = new GroupService(db, audit, fence);
   const users = new UserDirectory(db, rateLimiter, USER_LOOKUP_LIMIT, USER_LOOKUP_ACCOUNT_LIMIT, fence);
-  const blocks = new BlockService(db);
+  const blocks = new BlockService(db, rateLimiter);
   // PGlite is in this process: every device and block change goes through the services here. On a
   // shared database the other nodes publish theirs over Redis: lists are kept while that is live.
   let listChanges: ListChangeChannel | undefined;

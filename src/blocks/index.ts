@@ -17,7 +17,7 @@ export function blockRoutes(blocks: BlockService, sessions: SessionService) {
     .post(
       "/v1/blocks/:userId",
       async ({ principal, params, set }) => {
-        await blocks.block(principal.userId, params.userId);
+        await blocks.block(principal, params.userId);
         set.status = 204;
       },
       { auth: true, params: BlockModel.userParams },
@@ -25,7 +25,7 @@ export function blockRoutes(blocks: BlockService, sessions: SessionService) {
     .delete(
       "/v1/blocks/:userId",
       async ({ principal, params, set }) => {
-        await blocks.unblock(principal.userId, params.userId);
+        await blocks.unblock(principal, params.userId);
         set.status = 204;
       },
       { auth: true, params: BlockModel.userParams },

@@ -3,7 +3,9 @@ import type { Db } from "../db/index.ts";
 import { accounts, blocks, groupInvitations } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import { lockBlocker, lockInvitees } from "../groups/invitee-lock.ts";
-import { MAX_BLOCKS } from "./model.ts";
+import { type RateLimiter, type RateLimitRule, spendOrRefuse } from "../ratelimit/index.ts";
+import type { Principal } from "../sessions/service.ts";
+import { BLOCK_CHANGE_ACCOUNT_LIMIT, BLOCK_CHANGE_LIMIT, MAX_BLOCKS } from "./model.ts";
 
 /** One entry of a user's block list (`GET /v1/blocks`). */
 export interface BlockEntry {
@@ -25,7 +27,15 @@ export type BlockListener = (blocker: string, blocked: string) => Promise<void> 
 export class BlockService {
   private readonly listeners: BlockListener[] = [];
 
-  constructor(private readonly db: Db) {}
+  constructor(
+    private readonly db: Db,
+    /** Counts block changes against `rules` (the node's limiter: Redis, shared by every node). */
+    private readonly limiter: RateLimiter,
+    private readonly rules: { device: RateLimitRule; account: RateLimitRule } = {
+      device: BLOCK_CHANGE_LIMIT,
+      account: BLOCK_CHANGE_ACCOUNT_LIMIT,
+    },
+  ) {}
 
   /** Registers a listener for block changes made on this node. */
   onChanged(listener: BlockListener): void {
@@ -37,12 +47,26 @@ export class BlockService {
   }
 
   /**
-   * `userId` blocks `target`: idempotent; pending invitations from `target` to `userId` are dropped.
-   * `invalid` for oneself, `not_found` for an unknown user, `conflict` past MAX_BLOCKS (counted under
-   * the user's block lock, so concurrent blocks cannot pass it; nothing is written then).
+   * Spends one block change of the device's budget, then one of its account's (`rules`);
+   * `rate_limited` with `retryAfterSeconds` when either is spent. A device refused spends nothing of
+   * its account's budget. Before any read or write: a refused change costs one limiter round trip.
    */
-  async block(userId: string, target: string): Promise<void> {
+  private async spend(who: Principal): Promise<void> {
+    const message = "too many block changes, retry later";
+    await spendOrRefuse(this.limiter, this.rules.device, `${who.userId}:${who.deviceId}`, message);
+    await spendOrRefuse(this.limiter, this.rules.account, who.userId, message);
+  }
+
+  /**
+   * `who`'s account blocks `target`: idempotent; pending invitations from `target` to it are dropped.
+   * `invalid` for oneself, `rate_limited` past the block-change budgets (`spend`), `not_found` for
+   * an unknown user, `conflict` past MAX_BLOCKS (counted under the user's block lock, so concurrent
+   * blocks cannot pass it). Nothing is written when it throws.
+   */
+  async block(who: Principal, target: string): Promise<void> {
+    const userId = who.userId;
     if (userId === target) throw new DomainError("invalid", "userId: you cannot block yourself");
+    await this.spend(who);
     const [account] = await this.db.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, target));
     if (!account) throw new DomainError("not_found", "no such user");
     await this.db.transaction(async (tx) => {
@@ -66,8 +90,13 @@ export class BlockService {
     await this.changed(userId, target);
   }
 
-  /** Lifts a block; idempotent (204 whether or not there was one). */
-  async unblock(userId: string, target: string): Promise<void> {
+  /**
+   * `who`'s account lifts its block of `target`; idempotent (204 whether or not there was one).
+   * `rate_limited` past the block-change budgets (`spend`), changing nothing.
+   */
+  async unblock(who: Principal, target: string): Promise<void> {
+    const userId = who.userId;
+    await this.spend(who);
     await this.db.delete(blocks).where(and(eq(blocks.userId, userId), eq(blocks.blockedUserId, target)));
     await this.changed(userId, target);
   }
