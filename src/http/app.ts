@@ -77,26 +77,51 @@ async function withinReadinessTimeout(check: Promise<void>, ms: number): Promise
 }
 
 /** What `/readyz` answers: each backing service's state, and whether all answer. */
-interface Readiness {
+export interface Readiness {
   ready: boolean;
   services: Record<string, "ok" | "unavailable">;
 }
 
 /**
  * Runs the readiness checks for `/readyz`, shared: requests arriving while a round of checks is
- * under way, or within READINESS_REUSE_MS after it ended, get that round's answer. `/readyz` takes
- * no credentials, and each round is a database query and a Redis round trip: one per request let
- * anyone queue thousands of them in front of the node's 10 database connections. A probe (the
- * orchestrator's every few seconds) sees a state at most a second old. Each check is given
- * READINESS_CHECK_TIMEOUT_MS, then counted `unavailable`: a round always ends.
+ * under way, or within `reuseMs` (READINESS_REUSE_MS) after it ended, get that round's answer.
+ * `/readyz` takes no credentials, and each round is a database query and a Redis round trip: one
+ * per request let anyone queue thousands of them in front of the node's 10 database connections. A
+ * probe (the orchestrator's every few seconds) sees a state at most a second old. Each check is
+ * given `timeoutMs` (READINESS_CHECK_TIMEOUT_MS), then counted `unavailable`: a round always ends.
+ *
+ * At most one call of each check is in flight: a round that finds the previous call of a check
+ * still running does not start another, it waits for that one (within `timeoutMs`, then
+ * `unavailable`). A check that does not settle (a command queued on a connection that stalled)
+ * was started again by every round, each call holding its query, command or socket, so they
+ * piled up for as long as the service hung (`test/http/readiness-inflight.test.ts`). The checks the
+ * node passes all settle in the end (the database's stall watch, Redis's command timeout), and
+ * the round after that starts a fresh call.
  */
-function sharedReadiness(checks: readonly ReadinessCheck[], logger: Logger): () => Promise<Readiness> {
+export function sharedReadiness(
+  checks: readonly ReadinessCheck[],
+  logger: Logger,
+  timing: { timeoutMs?: number; reuseMs?: number } = {},
+): () => Promise<Readiness> {
+  const timeoutMs = timing.timeoutMs ?? READINESS_CHECK_TIMEOUT_MS;
+  const reuseMs = timing.reuseMs ?? READINESS_REUSE_MS;
+  /** The call of each check still in flight, by its index in `checks`. */
+  const inFlight = new Map<number, Promise<void>>();
+  const call = (index: number, check: () => Promise<void>): Promise<void> => {
+    const running = inFlight.get(index);
+    if (running) return running;
+    const started = (async () => check())().finally(() => {
+      if (inFlight.get(index) === started) inFlight.delete(index);
+    });
+    inFlight.set(index, started);
+    return started;
+  };
   let round: { answer: Promise<Readiness>; endedAt?: number } | undefined;
   const run = async (): Promise<Readiness> => {
     const results = await Promise.all(
-      checks.map(async ({ name, check }) => {
+      checks.map(async ({ name, check }, index) => {
         try {
-          await withinReadinessTimeout(check(), READINESS_CHECK_TIMEOUT_MS);
+          await withinReadinessTimeout(call(index, check), timeoutMs);
           return [name, "ok"] as const;
         } catch (error) {
           logger.warn({ err: error, service: name }, "readiness check failed");
@@ -108,8 +133,7 @@ function sharedReadiness(checks: readonly ReadinessCheck[], logger: Logger): () 
   };
   return () => {
     const now = performance.now();
-    if (round && (round.endedAt === undefined || now - round.endedAt < READINESS_REUSE_MS))
-      return round.answer;
+    if (round && (round.endedAt === undefined || now - round.endedAt < reuseMs)) return round.answer;
     const current: { answer: Promise<Readiness>; endedAt?: number } = { answer: run() };
     round = current;
     void current.answer.finally(() => {
