@@ -435,6 +435,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       metrics.retentionRemovals.inc({ store: "refresh_tokens" }, report.refreshTokens);
       metrics.retentionRemovals.inc({ store: "oidc_sign_in_codes" }, report.oidcSignInCodes);
       metrics.retentionRemovals.inc({ store: "oidc_logout_tokens" }, report.oidcLogoutTokens);
+      metrics.retentionRemovals.inc({ store: "handed_out_pre_keys" }, report.handedOutPreKeys);
       metrics.retentionRemovals.inc({ store: "audit_entries" }, report.auditEntries);
       if (report.backups !== null) metrics.retentionRemovals.inc({ store: "backups" }, report.backups);
     },

@@ -133,7 +133,7 @@ export function buildRopa(config: RopaConfig, now: Date = new Date()): Ropa {
       stores: [database],
       retention: {
         days: null,
-        rule: "replaced on upload; one-time keys deleted when handed out (their id and digest kept so an upload cannot store them again); all removed with the device or account",
+        rule: "replaced on upload; one-time keys deleted when handed out (their id and digest kept for 30 days so an upload cannot store them again); all removed with the device or account",
       },
     },
     {

@@ -169,7 +169,9 @@ export const oneTimeKyberPreKeys = pgTable(
  * The one-time keys (EC and Kyber) handed out in a bundle: key id and SHA-256 of the public key. An
  * upload that lists one of them again (a client retrying an upload whose answer it lost, after
  * fetches took some of its keys) skips it, so a key handed out is never handed out again; the same
- * id with another key (ids wrap) is a new key and is stored. Goes with the device.
+ * id with another key (ids wrap) is a new key and is stored. Goes with the device, or with the
+ * retention pass HANDED_OUT_PRE_KEY_DAYS after `handed_out_at` (migration 0016): a retry comes
+ * within minutes of the upload it repeats, not a month later.
  */
 export const handedOutPreKeys = pgTable(
   "handed_out_pre_keys",
@@ -178,8 +180,14 @@ export const handedOutPreKeys = pgTable(
     kind: text("kind", { enum: ["ec", "kyber"] }).notNull(),
     keyId: integer("key_id").notNull(),
     publicKeySha256: bytea("public_key_sha256").notNull(),
+    /** When the key was last handed out (a fetch); the retention pass prunes by it. */
+    handedOutAt: timestamp("handed_out_at", { withTimezone: true }).notNull().defaultNow(),
   },
-  (t) => [primaryKey({ columns: [t.userId, t.deviceId, t.kind, t.keyId] }), ownedByDevice(t)],
+  (t) => [
+    primaryKey({ columns: [t.userId, t.deviceId, t.kind, t.keyId] }),
+    ownedByDevice(t),
+    index("handed_out_pre_keys_handed_out_at_idx").on(t.handedOutAt),
+  ],
 );
 
 /** A group chat; its members and admins are in group_members. */

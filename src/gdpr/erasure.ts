@@ -12,6 +12,7 @@ import {
   erasures,
   groupInvitations,
   groupMembers,
+  handedOutPreKeys,
   oidcIdentities,
   oidcSignInCodes,
   refreshTokens,
@@ -594,6 +595,12 @@ export class ErasureService {
              + (select count(*) from one_time_pre_keys where user_id = ${userId})
              + (select count(*) from one_time_kyber_pre_keys where user_id = ${userId}) as n`);
       const keyCount = Number(rowsOf<{ n: unknown }>(keyRows)[0]?.n ?? 0);
+      // The id and SHA-256 of each one-time key of the user's handed out lately (src/keys): data
+      // about the user's devices, gone by cascade with them.
+      const [{ n: handedOutCount }] = await tx
+        .select({ n: count() })
+        .from(handedOutPreKeys)
+        .where(eq(handedOutPreKeys.userId, userId));
       // The groups stay locked until commit: a member leaving meanwhile cannot leave them adminless.
       const groupIds = memberships.map((m) => m.groupId);
       await lockGroups(tx, groupIds);
@@ -612,13 +619,14 @@ export class ErasureService {
         deviceCount +
         tokenCount +
         keyCount +
+        handedOutCount +
         memberships.length +
         emptyGroups +
         invitationCount +
         blockCount +
         identityCount +
         signInCodeCount;
-      const what = `account (${deleted.length}), devices (${deviceCount}), public keys (${keyCount}), refresh tokens (${tokenCount}), group memberships and roles (${memberships.length}), emptied groups (${emptyGroups}), groups given a new admin (${promoted}), group invitations to or from the user (${invitationCount}), blocks by or of the user (${blockCount}), identity provider links (${identityCount}), sign-in codes (${signInCodeCount})`;
+      const what = `account (${deleted.length}), devices (${deviceCount}), public keys (${keyCount}), records of one-time keys handed out (${handedOutCount}), refresh tokens (${tokenCount}), group memberships and roles (${memberships.length}), emptied groups (${emptyGroups}), groups given a new admin (${promoted}), group invitations to or from the user (${invitationCount}), blocks by or of the user (${blockCount}), identity provider links (${identityCount}), sign-in codes (${signInCodeCount})`;
       // Recorded with the changes it counts, under this node's claim (else all of it rolls back).
       await this.saveStep(erasureId, "postgres", { removed, what }, tx);
       // Not personal data of the erased user: which member now administers which group. In this

@@ -30,6 +30,16 @@ const KYBER_KEY_TYPE = 0x08;
 const TEN_MINUTES = 10 * 60_000;
 
 /**
+ * Days a handed-out one-time key's record (`handed_out_pre_keys`: its id and SHA-256) is kept after
+ * the fetch that took it; the retention pass removes older ones. The record exists for one case: an
+ * upload sent again because its answer was lost (a client's retry, or a proxy's: PUT is idempotent
+ * to HTTP) after fetches took some of its keys, which would otherwise store them again. Such a retry
+ * comes seconds or minutes after the first attempt (the SDK retries only once, right after a token
+ * refresh); 30 days is far past any. Before, the records grew with every fetch until the device went.
+ */
+export const HANDED_OUT_PRE_KEY_DAYS = 30;
+
+/**
  * Bundle fetch budgets. A real client fetches a given user's bundle when it first talks to them or
  * sees a new device of theirs: a handful of times a day. 20 per 10 minutes per requesting device and
  * target (Signal-Server allows 6) leaves room for retries; draining someone's one-time keys or walking
@@ -402,7 +412,7 @@ export class KeyService {
           handedOutPreKeys.kind,
           handedOutPreKeys.keyId,
         ],
-        set: { publicKeySha256 },
+        set: { publicKeySha256, handedOutAt: sql`now()` },
       });
   }
 

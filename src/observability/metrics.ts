@@ -491,5 +491,6 @@ export const RETENTION_STORES = [
   "refresh_tokens",
   "oidc_sign_in_codes",
   "oidc_logout_tokens",
+  "handed_out_pre_keys",
   "audit_entries",
 ] as const;

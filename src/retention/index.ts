@@ -1,7 +1,8 @@
 import { lt } from "drizzle-orm";
 import type { AuditPruneResult } from "../audit/service.ts";
 import type { Db } from "../db/index.ts";
-import { oidcLogoutTokens, oidcSignInCodes, refreshTokens } from "../db/schema.ts";
+import { handedOutPreKeys, oidcLogoutTokens, oidcSignInCodes, refreshTokens } from "../db/schema.ts";
+import { HANDED_OUT_PRE_KEY_DAYS } from "../keys/service.ts";
 import type { EnvelopeLog } from "../messaging/envelope-log.ts";
 import type { IdleQueueSweep } from "../messaging/queue-sweep.ts";
 import type { Logger } from "../observability/logger.ts";
@@ -17,6 +18,8 @@ export interface RetentionReport {
   /** Expired one-time sign-in codes (identity provider), and logout-token ids past their replay window. */
   oidcSignInCodes: number;
   oidcLogoutTokens: number;
+  /** Records of one-time keys handed out more than HANDED_OUT_PRE_KEY_DAYS ago (`handed_out_pre_keys`). */
+  handedOutPreKeys: number;
   auditEntries: number;
   /** Device removals whose follow-ups were finished by this pass, and those that failed again (null without `finishDeviceRemovals`). */
   deviceRemovals: { finished: number; failed: number } | null;
@@ -67,7 +70,8 @@ export interface RetentionDeps {
 /**
  * Storage limitation (GDPR Art. 5(1)(e)) on one node: every interval, removes envelopes older than
  * RETENTION_DAYS, expired refresh tokens and sign-in codes, logout-token ids past their replay
- * window, audit entries older than AUDIT_RETENTION_DAYS and backups in BACKUP_DIR older than
+ * window, records of one-time keys handed out more than HANDED_OUT_PRE_KEY_DAYS ago, audit
+ * entries older than AUDIT_RETENTION_DAYS and backups in BACKUP_DIR older than
  * BACKUP_RETENTION_DAYS; finishes device removals and takes over
  * erasures that a node gone mid-way left unfinished.
  * Every step is a plain conditional delete (the audit prune is serialised by the chain lock),
@@ -121,6 +125,12 @@ export class RetentionJob {
       .delete(oidcLogoutTokens)
       .where(lt(oidcLogoutTokens.expiresAt, new Date(now)))
       .returning({ jti: oidcLogoutTokens.jti });
+    // What an upload retried after fetches took its keys would be checked against: no retry comes
+    // this late (src/keys/service.ts, HANDED_OUT_PRE_KEY_DAYS).
+    const handedOut = await this.deps.db
+      .delete(handedOutPreKeys)
+      .where(lt(handedOutPreKeys.handedOutAt, new Date(now - HANDED_OUT_PRE_KEY_DAYS * DAY_MS)))
+      .returning({ keyId: handedOutPreKeys.keyId });
     const audit = await this.deps.audit.prune(auditBefore);
     const deviceRemovals = (await this.deps.finishDeviceRemovals?.()) ?? null;
     const erasuresResumed = (await this.deps.resumeErasures?.()) ?? null;
@@ -135,6 +145,7 @@ export class RetentionJob {
       refreshTokens: tokens.length,
       oidcSignInCodes: codes.length,
       oidcLogoutTokens: jtis.length,
+      handedOutPreKeys: handedOut.length,
       auditEntries: audit.removed,
       deviceRemovals,
       idleQueues,

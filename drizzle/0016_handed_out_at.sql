@@ -1,0 +1,2 @@
+ALTER TABLE "handed_out_pre_keys" ADD COLUMN "handed_out_at" timestamp with time zone DEFAULT now() NOT NULL;--> statement-breakpoint
+CREATE INDEX "handed_out_pre_keys_handed_out_at_idx" ON "handed_out_pre_keys" USING btree ("handed_out_at");
