@@ -6,8 +6,8 @@ import { DomainError } from "../errors/index.ts";
 import { type ChainContent, chainHash, GENESIS_HASH } from "./chain.ts";
 import type { AuditEntry, AuditEvent, AuditTrail } from "./types.ts";
 
-/** pg_advisory_xact_lock key of the audit chain: every append and prune on every node takes it. */
-const CHAIN_LOCK = 0x636c_6175_6474; // "claudt", any constant shared by all nodes
+/** pg_advisory_xact_lock key of the audit chain: every append and prune on every node takes it ("claudt", any constant shared by all nodes). */
+export const CHAIN_LOCK = 0x636c_6175_6474;
 const PAGE = 1000;
 /** Rows per multi-row insert (7 parameters each, far below PostgreSQL's 65535). */
 const INSERT_CHUNK = 500;
@@ -194,9 +194,13 @@ export class PostgresAuditTrail implements AuditTrail {
     );
   }
 
-  async forgetSubject(userId: string): Promise<number> {
+  forgetSubject(userId: string): Promise<number> {
+    return this.forgetSubjectIn(this.db, userId);
+  }
+
+  async forgetSubjectIn(tx: Db, userId: string): Promise<number> {
     const id = assertUserId(userId);
-    const removed = await this.db
+    const removed = await tx
       .delete(auditSubjectKeys)
       .where(eq(auditSubjectKeys.userId, id))
       .returning({ userId: auditSubjectKeys.userId });

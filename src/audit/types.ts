@@ -59,4 +59,9 @@ export interface AuditTrail {
    * (the caller's transaction then rolls back). Optional: callers without it record after the commit.
    */
   recordIn?(tx: Tx, events: AuditEvent[]): Promise<void>;
+  /**
+   * `forgetSubject` inside `tx` (a transaction on the trail's own database): the key goes, or stays,
+   * with the rest of `tx`. Optional, as `recordIn`: callers without it forget after the commit.
+   */
+  forgetSubjectIn?(tx: Tx, userId: string): Promise<number>;
 }

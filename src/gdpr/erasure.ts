@@ -3,7 +3,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { and, count, eq, isNull, or, sql } from "drizzle-orm";
 import type Redis from "ioredis";
 import { settledWithin } from "../../actors/index.ts";
-import type { AuditTrail } from "../audit/types.ts";
+import type { AuditEvent, AuditTrail } from "../audit/types.ts";
 import { type Db, rowsOf } from "../db/index.ts";
 import {
   accounts,
@@ -397,8 +397,10 @@ export class ErasureService {
       completedAt: completedAt.toISOString(),
       stores,
     });
-    // The finished job names nobody: the user id and the plan (other users' ids) go.
-    await db
+    // The finished job names nobody: the user id and the plan (other users' ids) go. Only under
+    // this node's claim: a node that lost it after its last step leaves the job to the one that
+    // took it over, whose receipt and completion are the only ones.
+    const [finished] = await db
       .update(erasures)
       .set({
         status: "done",
@@ -408,7 +410,11 @@ export class ErasureService {
         completedAt,
         claimedBy: null,
       })
-      .where(and(eq(erasures.id, id), eq(erasures.status, "pending")));
+      .where(
+        and(eq(erasures.id, id), eq(erasures.status, "pending"), eq(erasures.claimedBy, this.deps.nodeId)),
+      )
+      .returning({ id: erasures.id });
+    if (!finished) throw new ClaimLost(id);
     logger.info({ erasureId: id }, "erasure done");
     this.deps.onCompleted?.();
   }
@@ -525,20 +531,37 @@ export class ErasureService {
             : "in-memory presence and rate limits",
         };
       }
-      case "audit": {
-        await this.deps.audit.record({
-          action: "erasure.completed",
-          actor: "system",
-          subject: userId,
-          details: {},
-        });
-        const removed = await this.deps.audit.forgetSubject(userId);
-        return {
-          removed,
-          what: "audit pseudonym key destroyed: the user's audit entries can no longer be linked to them",
-        };
-      }
+      case "audit":
+        return this.eraseAuditKey(userId, erasureId);
     }
+  }
+
+  /**
+   * The `audit` step: writes `erasure.completed`, then destroys the user's pseudonym key, in one
+   * transaction that also records the step on the job (`saveStep`, while this node still holds the
+   * claim). A slow node whose claim was lost while it waited (for the audit chain's lock, say) and
+   * the node that took the job over both ran the step, each writing its `erasure.completed`; now
+   * the run without the claim rolls back (`ClaimLost`), entry and all, so the chain holds one
+   * (test/gdpr/erasure-completed-once.test.ts). A trail that cannot write inside a transaction
+   * (no `recordIn`) records and forgets, and the step is saved after, as before.
+   */
+  private async eraseAuditKey(userId: string, erasureId: string): Promise<StepResult> {
+    const { db, audit } = this.deps;
+    const event: AuditEvent = { action: "erasure.completed", actor: "system", subject: userId, details: {} };
+    const what = "audit pseudonym key destroyed: the user's audit entries can no longer be linked to them";
+    const { recordIn, forgetSubjectIn } = audit;
+    if (!recordIn || !forgetSubjectIn) {
+      await audit.record(event);
+      return { removed: await audit.forgetSubject(userId), what };
+    }
+    return db.transaction(async (tx) => {
+      // The entry's pseudonym is made from the key, so the key goes after it. The chain's lock,
+      // taken here, is held to the commit: what follows is one delete and one update.
+      await recordIn.call(audit, tx, [event]);
+      const result = { removed: await forgetSubjectIn.call(audit, tx, userId), what };
+      await this.saveStep(erasureId, "audit", result, tx);
+      return result;
+    });
   }
 
   /**
