@@ -104,6 +104,10 @@ class DrainChannels {
         }
       }
       if (!connection || connection.inUse >= connection.limit) {
+        // Filled by the drains that awaited the same connect: open another while allowed. Waiting
+        // here for a channel to be given back stalled every drain past the first connection's
+        // channel_max in a burst (2,100 drains at once on a fresh node) until some device acked.
+        if (connection && this.connections.length < MAX_DRAIN_CONNECTIONS) continue;
         await this.waitForChannel(refused ? CONNECT_RETRY_MS : undefined);
         continue;
       }
