@@ -1,7 +1,14 @@
 import type { ActorBehavior, ActorContext } from "./actor.ts";
 import { ActorError } from "./actor-error.ts";
 import { userKey } from "./keys.ts";
-import type { Clock, EnvelopeLog, GroupDirectory, GroupEnvelope, GroupMembersCache } from "./ports.ts";
+import type {
+  Clock,
+  EnvelopeLog,
+  GroupDirectory,
+  GroupEnvelope,
+  GroupMembersCache,
+  StoredBytesQuota,
+} from "./ports.ts";
 import type { DeliverGroupMessage, EraseMessage } from "./user-actor.ts";
 
 /** A group send: one sender-key ciphertext to fan out to every other member device. */
@@ -18,7 +25,8 @@ export type GroupMessage = GroupSendMessage | EraseMessage;
 /** What `ask(groupKey(id), GroupSendMessage)` answers; `src/messaging` maps it to `accepted`/`rejected`. */
 export type GroupSendResult =
   | { ok: true; ts: number; recipients: number }
-  | { ok: false; code: "not_member" | "unknown_recipient" };
+  | { ok: false; code: "not_member" | "unknown_recipient" }
+  | { ok: false; code: "rate_limited"; retryAfterMs: number };
 
 /** Who one send goes to, derived from the members and the sending device (`GroupActor.fanOut`). */
 interface FanOut {
@@ -35,10 +43,13 @@ export interface GroupActorPorts {
   directory: GroupDirectory;
   log: EnvelopeLog;
   clock: Clock;
+  /** The senders' storage quota, charged per recipient device before a send is stored; none: not counted. */
+  quota?: StoredBytesQuota;
 }
 
 /**
- * The actor of one group: authorises the sender, stores the send once in the log (group commit;
+ * The actor of one group: authorises the sender, charges the sender's storage quota the body once
+ * per recipient device (what the log's per-device rows hold), stores the send once in the log (group commit;
  * the per-device rows are written off this path) before answering, then fans out to the member user actors with `tellMany`, which sends
  * one transfer per owning node, not one per member. Sends of a group are serialised here, so
  * every member sees them in the order they were accepted.
@@ -111,14 +122,41 @@ export class GroupActor implements ActorBehavior<GroupMessage, unknown> {
     };
     const { devices, keys, recipients } = this.fanOut(members, message.from);
     if (recipients === 0) return { ok: true, ts, recipients };
+    // The sender's storage quota, before anything is stored: every recipient device's row holds
+    // the body until that device acks it, so the send costs the body once per recipient device.
+    const { quota } = this.ports;
+    const bodyBytes = quota ? quota.bodyBytes(message.ciphertext.body) : 0;
+    let charged = 0;
+    if (quota) {
+      let decision = quota.charge(message.from.user, bodyBytes * recipients);
+      if (decision instanceof Promise) decision = await decision;
+      if (!decision.allowed) return { ok: false, code: "rate_limited", retryAfterMs: decision.retryAfterMs };
+      charged = decision.charged;
+    }
+    const refund = (bytes: number) => {
+      if (quota && bytes > 0) void quota.refund(message.from.user, Math.min(bytes, charged));
+    };
     // One durable row for the whole send; its per-device rows are written off this path.
-    if (await this.ports.log.appendGroup(envelope, devices)) {
+    let stored: boolean;
+    try {
+      stored = await this.ports.log.appendGroup(envelope, devices);
+    } catch (error) {
+      refund(charged);
+      throw error;
+    }
+    // A re-sent id: its first copy stands and nothing new was stored.
+    if (!stored) refund(charged);
+    else {
       let to = devices;
       let toKeys = keys;
       // A member device removed since its members were read: what was stored for it goes again.
       if (since !== undefined && directory.keepExisting) {
         to = await directory.keepExisting(devices, since);
-        if (to !== devices) toKeys = Object.keys(to).map(userKey);
+        if (to !== devices) {
+          toKeys = Object.keys(to).map(userKey);
+          const kept = Object.values(to).reduce((n, list) => n + list.length, 0);
+          refund((recipients - kept) * bodyBytes);
+        }
       }
       const deliver: DeliverGroupMessage = { type: "deliver.group", envelope, devices: to };
       // Durable already: a user actor that misses this rebuilds from the log when it next activates.

@@ -64,6 +64,7 @@ export type {
   GroupMembersCache,
   OfflineQueue,
   SocketRef,
+  StoredBytesQuota,
   StoredEnvelope,
 } from "./ports.ts";
 export { envelopeKey, systemClock } from "./ports.ts";

@@ -130,6 +130,31 @@ export interface GroupMembersCache {
   blockers: Map<string, ReadonlySet<string>>;
 }
 
+/**
+ * The sender's budget of stored ciphertext bytes (STORED_BYTES_PER_ACCOUNT_PER_DAY,
+ * src/messaging/storage-quota.ts), as a group actor charges it: a group send is stored as one
+ * row per recipient device, each holding the body until that device acks it, so it is charged the
+ * body's bytes once per recipient device before anything is stored.
+ */
+export interface StoredBytesQuota {
+  /** Bytes a base64 ciphertext body takes once stored (decoded). */
+  bodyBytes(body: string): number;
+  /**
+   * Charges `bytes` to `userId`: allowed with what it counted (`charged`, all a refund may give
+   * back; 0 when let through uncounted), or refused with the ms until the budget's window ends.
+   * Never rejects.
+   */
+  charge(
+    userId: string,
+    bytes: number,
+  ):
+    | { allowed: true; charged: number }
+    | { allowed: false; retryAfterMs: number }
+    | Promise<{ allowed: true; charged: number } | { allowed: false; retryAfterMs: number }>;
+  /** Gives back bytes a `charge` counted for copies that were then not stored. Never rejects. */
+  refund(userId: string, bytes: number): Promise<void>;
+}
+
 /** Group membership and member devices as stored by the edges (PostgreSQL). */
 export interface GroupDirectory {
   /**

@@ -44,7 +44,7 @@ import type { OfflineQueue } from "./messaging/offline-queue.ts";
 import type { Presence } from "./messaging/presence.ts";
 import { sweepIdleQueues } from "./messaging/queue-sweep.ts";
 import { LISTS_KEPT_MS, MessagingService } from "./messaging/service.ts";
-import { StorageQuota } from "./messaging/storage-quota.ts";
+import { decodedLength, StorageQuota } from "./messaging/storage-quota.ts";
 import { clusterPrefix, openEmbeddedLog, openMessagingStores } from "./messaging/stores.ts";
 import { createLogger, type Logger } from "./observability/logger.ts";
 import { Metrics } from "./observability/metrics.ts";
@@ -556,6 +556,12 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
         }),
         log,
         clock,
+        // A group send is stored once per recipient device: charged so, by the group's actor.
+        quota: {
+          bodyBytes: decodedLength,
+          charge: (userId, bytes) => quota.charge(userId, bytes),
+          refund: (userId, bytes) => quota.refund(userId, bytes),
+        },
       }),
     )
     .registerPinned(GATEWAY_KIND, link.actorFactory, {

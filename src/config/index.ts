@@ -185,7 +185,7 @@ const EnvSchema = T.Object({
     maximum: 1_000_000_000_000,
     default: 256 * 1024 * 1024,
     description:
-      "ciphertext bytes one account's sends may make the server store per day (each recipient device's body of a 1:1 send, a group send's body once), 1024-1000000000000",
+      "ciphertext bytes one account's sends may make the server store per day (each recipient device's body, of a 1:1 send and of a group send alike), 1024-1000000000000",
   }),
   TRUSTED_PROXIES: T.Optional(
     T.String({

@@ -595,27 +595,14 @@ export class MessagingService {
   }
 
   /**
-   * A group send: the group's actor authorises the sender and fans the ciphertext out. The sender's
-   * storage quota is charged the one body the log stores, and refunded when the actor refuses.
+   * A group send: the group's actor authorises the sender, charges the sender's storage quota
+   * (the body once per recipient device: each device's row holds it until acked; refunded for what
+   * is not stored) and fans the ciphertext out. Past the quota, `rejected rate_limited` with
+   * `retryAfterMs`, nothing stored.
    */
   async sendGroup(from: Principal, frame: GroupSend): Promise<SendOutcome> {
     if (this.erasing.has(from.userId)) return { type: "rejected", id: frame.id, code: "not_member" };
     if (this.inFlight >= this.flow.window) return this.busy(frame.id);
-    // `bytes`: what the quota counted (0 if it let the send through uncounted), all a refund may give back.
-    let bytes = 0;
-    const refund = () => void this.quota?.refund(from.userId, bytes);
-    if (this.quota) {
-      let charged = this.quota.charge(from.userId, decodedLength(frame.message.body));
-      if (charged instanceof Promise) charged = await charged;
-      if (!charged.allowed)
-        return { type: "rejected", id: frame.id, code: "rate_limited", retryAfterMs: charged.retryAfterMs };
-      bytes = charged.charged;
-      // Again after a possible await: from here to `track` nothing yields.
-      if (this.erasing.has(from.userId)) {
-        refund();
-        return { type: "rejected", id: frame.id, code: "not_member" };
-      }
-    }
     this.inFlight++;
     let reply: GroupSendResult;
     try {
@@ -630,14 +617,14 @@ export class MessagingService {
       );
     } catch (error) {
       // The group's actor is behind (its mailbox is full): nothing was stored, the sender may retry.
-      refund();
       if (error instanceof MailboxFullError) return this.busy(frame.id);
       throw error;
     } finally {
       this.inFlight--;
     }
     if (!reply.ok) {
-      refund();
+      if (reply.code === "rate_limited")
+        return { type: "rejected", id: frame.id, code: "rate_limited", retryAfterMs: reply.retryAfterMs };
       return { type: "rejected", id: frame.id, code: reply.code };
     }
     return { type: "accepted", id: frame.id, ts: reply.ts };

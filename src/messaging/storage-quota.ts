@@ -47,7 +47,7 @@ export interface StorageQuotaOptions {
 
 /**
  * A per-account budget of the ciphertext bytes sends make the server store (docs/PROTOCOL.md,
- * "Sends"; docs/SCALING.md): each recipient device's body of a 1:1 send, a group send's one body.
+ * "Sends"; docs/SCALING.md): each recipient device's body of a 1:1 send or a group send (charged by the group's actor).
  * Counted by the node's rate limiter (memory on the embedded node, Redis shared by every node on
  * services), in fixed windows of `windowMs` per account.
  *

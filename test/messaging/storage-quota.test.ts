@@ -298,35 +298,72 @@ describe.each(STACKS)("storage quota of sends on the %s stack", (stack) => {
     await socket.close();
   });
 
-  test("a group send is counted once, whatever the number of members; other members keep sending", async () => {
-    const alice = await registerAndLogin(client);
-    const members = await Promise.all(Array.from({ length: 5 }, () => registerAndLogin(client)));
+  /** A group of `owner` with `members` (each accepted); returns its id. */
+  const groupOf = async (
+    owner: { accessToken: string },
+    members: { userId: string; accessToken: string }[],
+  ) => {
     const created = await client.post(
       "/v1/groups",
       { name: "quota", members: members.map((m) => m.userId) },
-      alice.accessToken,
+      owner.accessToken,
     );
     const { groupId } = created.body as { groupId: string };
     for (const m of members)
       expect((await client.post(`/v1/invitations/${groupId}/accept`, undefined, m.accessToken)).status).toBe(
         204,
       );
+    return groupId;
+  };
+  const groupSend = (groupId: string, bytes: number) => ({
+    type: "send",
+    id: randomUUID(),
+    to: { group: groupId },
+    message: { type: 7, body: body(bytes) },
+  });
+  /** Decoded ciphertext bytes the log holds for `userIds`' devices (what the server stores for them). */
+  const heldFor = async (userIds: string[]) => {
+    let bytes = 0;
+    for (const userId of userIds)
+      for (const e of await node.log.undelivered(userId)) bytes += decodedLength(e.body);
+    return bytes;
+  };
+
+  test("a group send counts its body once per recipient device (each device's row holds it); other members keep sending", async () => {
+    const alice = await registerAndLogin(client);
+    const members = await Promise.all(Array.from({ length: 5 }, () => registerAndLogin(client)));
+    const groupId = await groupOf(alice, members);
     const aliceSocket = await TestSocket.open(node.url, alice.accessToken);
-    const group = (bytes: number) => ({
-      type: "send",
-      id: randomUUID(),
-      to: { group: groupId },
-      message: { type: 7, body: body(bytes) },
-    });
-    // 2 × 2000 = 4000 of 4096, fanned out to 5 members (counted per member it would be 20,000).
-    expect(await sent(aliceSocket, group(2000))).toMatchObject({ type: "accepted" });
-    expect(await sent(aliceSocket, group(2000))).toMatchObject({ type: "accepted" });
-    const over = group(200);
-    expect(await sent(aliceSocket, over)).toMatchObject({ type: "rejected", code: "rate_limited" });
+    // 5 recipient devices × 800 = 4000 of 4096; 5 × 20 more do not fit (counted once, 20 would).
+    const first = groupSend(groupId, 800);
+    expect(await sent(aliceSocket, first)).toMatchObject({ type: "accepted" });
+    const over = groupSend(groupId, 20);
+    const refused = await sent(aliceSocket, over);
+    expect(refused).toMatchObject({ type: "rejected", id: over.id, code: "rate_limited" });
+    expect(refused.retryAfterMs).toBeGreaterThan(DAY_MS - 10 * 60_000);
     expect(await storedIds(alice.userId)).not.toContain(over.id);
+    // What the server holds for the members is what was counted, within the budget.
+    const held = await heldFor(members.map((m) => m.userId));
+    expect(held).toBe(5 * 800);
+    expect(held).toBeLessThanOrEqual(BUDGET);
+    // The budget is the sender's: a member still sends (to Alice and the 4 others: 5 × 800).
     const memberSocket = await TestSocket.open(node.url, members[0].accessToken);
-    expect(await sent(memberSocket, group(2000))).toMatchObject({ type: "accepted" });
+    expect(await sent(memberSocket, groupSend(groupId, 800))).toMatchObject({ type: "accepted" });
     await Promise.all([aliceSocket.close(), memberSocket.close()]);
+  });
+
+  test("a re-sent group id stores nothing new and is not counted twice", async () => {
+    const alice = await registerAndLogin(client);
+    const member = await registerAndLogin(client);
+    const groupId = await groupOf(alice, [member]);
+    const socket = await TestSocket.open(node.url, alice.accessToken);
+    // One recipient device: 2000, the same id again (its answer lost) 0, then 2000 more: 4000 of 4096.
+    const first = groupSend(groupId, 2000);
+    expect(await sent(socket, first)).toMatchObject({ type: "accepted" });
+    expect(await sent(socket, first)).toMatchObject({ type: "accepted", id: first.id });
+    expect(await sent(socket, groupSend(groupId, 2000))).toMatchObject({ type: "accepted" });
+    expect(await heldFor([member.userId])).toBe(4000);
+    await socket.close();
   });
 });
 
