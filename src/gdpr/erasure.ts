@@ -139,6 +139,17 @@ export interface ErasureStatus {
 }
 
 /**
+ * How log lines name an erasure job: the first 8 hex digits of its id, enough to follow one job
+ * through the log and to find its row (`where id::text like '<ref>%'`). Never the whole id: it is
+ * the one secret `GET /v1/erasures/:erasureId` asks for (no token) to answer the job's receipt,
+ * which is why nginx's access log leaves it out too (docs/GDPR.md); the rest of a random UUID
+ * (90 bits) stays unguessable.
+ */
+export function erasureLogRef(erasureId: string): string {
+  return erasureId.slice(0, 8);
+}
+
+/**
  * Erasure (GDPR Art. 17) as a durable job: a row in `erasures` records each completed step, so a
  * job interrupted by a crash resumes where it stopped (every step is idempotent), and a finished
  * one carries a signed receipt of what each store removed.
@@ -287,7 +298,10 @@ export class ErasureService {
         .returning({ id: erasures.id });
       if (!claimed) continue;
       if (claimedBy !== null && claimedBy !== nodeId)
-        logger.warn({ erasureId: id, from: claimedBy }, "taking over an erasure whose node is gone");
+        logger.warn(
+          { erasure: erasureLogRef(id), from: claimedBy },
+          "taking over an erasure whose node is gone",
+        );
       this.launch(id);
       launched++;
     }
@@ -349,10 +363,16 @@ export class ErasureService {
         return;
       } catch (error) {
         if (error instanceof ClaimLost) {
-          this.deps.logger.warn({ erasureId: id }, "another node took this erasure over; stopping here");
+          this.deps.logger.warn(
+            { erasure: erasureLogRef(id) },
+            "another node took this erasure over; stopping here",
+          );
           return;
         }
-        this.deps.logger.error({ err: error, erasureId: id, attempt }, "erasure step failed; will retry");
+        this.deps.logger.error(
+          { err: error, erasure: erasureLogRef(id), attempt },
+          "erasure step failed; will retry",
+        );
         if (error instanceof SimulatedCrash) return;
         const delay = Math.min(60_000, (this.deps.retryBaseMs ?? 1000) * 2 ** attempt);
         await sleep(delay, undefined, { signal: this.stopping.signal }).catch(() => undefined);
@@ -384,7 +404,7 @@ export class ErasureService {
       const result = await this.step(step, userId, id, steps.plan as StepResult & Plan);
       await this.saveStep(id, step, result);
       steps[step] = result;
-      logger.info({ erasureId: id, step, removed: result.removed }, "erasure step done");
+      logger.info({ erasure: erasureLogRef(id), step, removed: result.removed }, "erasure step done");
       this.deps.afterStep?.(step);
     }
     const completedAt = new Date();
@@ -415,7 +435,7 @@ export class ErasureService {
       )
       .returning({ id: erasures.id });
     if (!finished) throw new ClaimLost(id);
-    logger.info({ erasureId: id }, "erasure done");
+    logger.info({ erasure: erasureLogRef(id) }, "erasure done");
     this.deps.onCompleted?.();
   }
 
