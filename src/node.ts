@@ -650,14 +650,15 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
         // Sockets first, so every device's unacked envelopes reach its offline queue before the stores
         // close. Its presence-renewal and ping timers run from its construction (step 4).
         ["gateway", () => openGateway.stop()],
-        // No send comes after the sockets: what this node leased of each account's quota goes back.
-        ["storage quota", () => quota.close()],
         // A start that failed early had not bound them.
         ["public listener", () => app.server && app.stop(true)],
         ["admin listener", () => admin.server && admin.stop(true)],
         ["admin refusals", () => adminRefusals.stop()],
         ["gdpr", () => gdpr.stop()],
         ["actors", stopActors],
+        // No send comes after the sockets and the group actors (which charge group sends, asked from
+        // other nodes too until they are handed off): what this node leased of each account's quota goes back.
+        ["storage quota", () => quota.close()],
         ["stores", () => stores.close()],
         ["list changes", () => listChanges?.close()],
         ["redis", () => closeRedis(redis)],
