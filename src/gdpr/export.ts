@@ -1,4 +1,4 @@
-import { asc, eq } from "drizzle-orm";
+import { asc, count, eq } from "drizzle-orm";
 import type { AuditEntry, AuditTrail } from "../audit/types.ts";
 import type { Config } from "../config/index.ts";
 import type { Db } from "../db/index.ts";
@@ -9,6 +9,7 @@ import {
   groupInvitations,
   groupMembers,
   groups,
+  handedOutPreKeys,
   identityKeys,
   kyberLastResortKeys,
   oidcIdentities,
@@ -285,6 +286,13 @@ export class ExportService {
       .from(devices)
       .where(eq(devices.userId, userId))
       .orderBy(asc(devices.deviceId));
+    // The ids and digests of one-time keys handed out in bundles (the ROPA's "public keys"),
+    // counted per device and kind as the remaining one-time keys are.
+    const handedOutCounts = await db
+      .select({ deviceId: handedOutPreKeys.deviceId, kind: handedOutPreKeys.kind, n: count() })
+      .from(handedOutPreKeys)
+      .where(eq(handedOutPreKeys.userId, userId))
+      .groupBy(handedOutPreKeys.deviceId, handedOutPreKeys.kind);
     const keys = await Promise.all(
       deviceRows.map(async (d) => {
         const where = (table: typeof identityKeys | typeof signedPreKeys | typeof kyberLastResortKeys) =>
@@ -302,6 +310,8 @@ export class ExportService {
         const kyberKeys = byDevice(
           await db.select().from(oneTimeKyberPreKeys).where(eq(oneTimeKyberPreKeys.userId, userId)),
         );
+        const handedOut = handedOutCounts.filter((r) => r.deviceId === d.deviceId);
+        const handedOutOf = (kind: "ec" | "kyber") => handedOut.find((r) => r.kind === kind)?.n ?? 0;
         return {
           deviceId: d.deviceId,
           identityKey: identity ? b64(identity.publicKey) : null,
@@ -311,6 +321,8 @@ export class ExportService {
             : null,
           oneTimePreKeys: preKeys.length,
           oneTimeKyberPreKeys: kyberKeys.length,
+          handedOutPreKeys: handedOutOf("ec"),
+          handedOutKyberPreKeys: handedOutOf("kyber"),
         };
       }),
     );
