@@ -178,6 +178,25 @@ const ANSWER_TIMEOUT_MS = 30_000;
 const ACK_GATHER_MS = 100;
 /** Messages one ack frame names at most (docs/PROTOCOL.md: 1-1000). */
 const ACKS_PER_FRAME = 1000;
+/**
+ * A frame over the device's frame budget other than a send is answered `error rate_limited`, which
+ * names no frame (docs/PROTOCOL.md). The acks and the presence watch sent within this long (ms)
+ * before such an answer are taken for refused and sent again after FRAME_BUDGET_WAIT_MS: an ack
+ * twice is harmless, and a refused watch left the session without presence.
+ */
+const REFUSED_WITHIN_MS = 2_000;
+/**
+ * The pause before frames refused by the frame budget go again (ms): the budget refills within a
+ * second. Doubled for each round refused again within FRAME_BUDGET_CALM_MS of the last (the answer
+ * names no frame, so the resent acks and watch can keep taking each other's room), at most
+ * FRAME_BUDGET_MAX_WAIT_MS; by then the bucket has refilled whole.
+ */
+const FRAME_BUDGET_WAIT_MS = 1_000;
+const FRAME_BUDGET_MAX_WAIT_MS = 30_000;
+const FRAME_BUDGET_CALM_MS = 10_000;
+
+type AckEntry = { id: string; from: { user: string; device: number } };
+const ackKey = (a: AckEntry) => `${a.from.user}/${a.from.device}/${a.id}`;
 
 /**
  * One device's chat session on top of a `ClearBoxClient`: a single WebSocket for sending and
@@ -207,8 +226,14 @@ export class Messenger extends EventEmitter<MessengerEvents> {
   /** Renews the open socket's access token in-band before it expires (4440 otherwise). */
   private reauth?: SocketReauthentication;
   /** Messages handled and not acked yet (sent within ACK_GATHER_MS, or at the next open). */
-  private acks: { id: string; from: { user: string; device: number } }[] = [];
+  private acks: AckEntry[] = [];
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Ack frames sent on this socket within REFUSED_WITHIN_MS, with when (Date.now()). */
+  private sentAcks: { messages: AckEntry[]; at: number }[] = [];
+  /** When the presence watch was last sent on this socket (Date.now()). */
+  private watchSentAt = Number.NEGATIVE_INFINITY;
+  /** Frames refused by the frame budget wait for this before they go again (acks gather meanwhile). */
+  private refusedTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     readonly client: ClearBoxClient,
@@ -298,7 +323,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
       this.emit("status", "online", {});
       const contacts = client.contacts().map((c) => c.userId);
       this.watched = new Set(contacts);
-      if (contacts.length > 0) this.send({ type: "presence.watch", users: contacts.slice(0, 1000) });
+      if (contacts.length > 0) this.sendWatch();
       // Messages handled while the last socket closed: their acks go on this one.
       this.sendAcks();
       void this.flush();
@@ -306,6 +331,12 @@ export class Messenger extends EventEmitter<MessengerEvents> {
     socket.addEventListener("close", (event) => {
       this.online = false;
       this.reauth?.stop();
+      // What this socket sent and may have had refused: the next socket's drain delivers again
+      // whatever was not acked, and it sends its watch list at open.
+      this.sentAcks = [];
+      this.watchSentAt = Number.NEGATIVE_INFINITY;
+      clearTimeout(this.refusedTimer);
+      this.refusedTimer = undefined;
       for (const resolve of this.pending.values()) resolve(undefined);
       this.pending.clear();
       if (event.code === CloseCode.revoked && this.rekeying > 0) {
@@ -369,9 +400,11 @@ export class Messenger extends EventEmitter<MessengerEvents> {
   /** Closes the socket for good (no reconnect); queued sends stay in the outbox for the next start. */
   stop(detail: { code?: number; reason?: string } = {}): void {
     if (this.stopped) return;
-    this.sendAcks();
+    this.sendAcks(true);
     clearTimeout(this.ackTimer);
     this.ackTimer = undefined;
+    clearTimeout(this.refusedTimer);
+    this.refusedTimer = undefined;
     this.stopped = true;
     this.online = false;
     this.reauth?.stop();
@@ -457,7 +490,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
   watch(userIds: string[]): void {
     const all = new Set([...this.client.contacts().map((c) => c.userId), ...userIds]);
     this.watched = all;
-    if (this.online) this.send({ type: "presence.watch", users: [...all].slice(0, 1000) });
+    if (this.online) this.sendWatch();
   }
 
   /** The local history of one conversation (a user id, or `group:<id>`), oldest first, at most `limit`. */
@@ -743,19 +776,81 @@ export class Messenger extends EventEmitter<MessengerEvents> {
   }
 
   /** Acks a handled message: within ACK_GATHER_MS, with the others handled meanwhile. */
-  private ack(message: { id: string; from: { user: string; device: number } }): void {
+  private ack(message: AckEntry): void {
     this.acks.push({ id: message.id, from: message.from });
     if (this.acks.length >= ACKS_PER_FRAME) this.sendAcks();
     else this.ackTimer ??= setTimeout(() => this.sendAcks(), ACK_GATHER_MS);
   }
 
-  /** Sends the gathered acks, ACKS_PER_FRAME a frame; offline, they wait for the next open. */
-  private sendAcks(): void {
+  /**
+   * Sends the gathered acks, ACKS_PER_FRAME a frame; offline, they wait for the next open. While
+   * frames refused by the frame budget wait to go again, they wait with them (`force`: now, the
+   * Messenger is stopping).
+   */
+  private sendAcks(force = false): void {
     clearTimeout(this.ackTimer);
     this.ackTimer = undefined;
-    if (!this.online || !this.socket) return;
-    while (this.acks.length > 0) this.send({ type: "ack", messages: this.acks.splice(0, ACKS_PER_FRAME) });
+    if (!this.online || !this.socket || (this.refusedTimer && !force)) return;
+    const now = Date.now();
+    this.sentAcks = this.sentAcks.filter((f) => now - f.at <= REFUSED_WITHIN_MS);
+    while (this.acks.length > 0) {
+      const messages = this.acks.splice(0, ACKS_PER_FRAME);
+      this.send({ type: "ack", messages });
+      this.sentAcks.push({ messages, at: now });
+    }
   }
+
+  /** Sends the presence watch list (`watched`, the protocol's 1,000 at most). */
+  private sendWatch(): void {
+    this.watchSentAt = Date.now();
+    this.send({ type: "presence.watch", users: [...this.watched].slice(0, 1000) });
+  }
+
+  /**
+   * An `error rate_limited` naming no send: a frame over the device's frame budget was dropped,
+   * and the answer does not say which. The acks and the watch list sent within REFUSED_WITHIN_MS
+   * go again after FRAME_BUDGET_WAIT_MS, doubled per round refused again (one resend for any
+   * number of refusals meanwhile); before,
+   * refused acks were never sent again (their messages came back at every connection) and a
+   * refused watch left the session without presence.
+   */
+  private frameRefused(): void {
+    const now = Date.now();
+    if (now - this.lastRefusedAt > FRAME_BUDGET_CALM_MS) this.refusedRounds = 0;
+    this.lastRefusedAt = now;
+    const refused = this.sentAcks.filter((f) => now - f.at <= REFUSED_WITHIN_MS);
+    this.sentAcks = [];
+    if (refused.length > 0) {
+      const waiting = new Set(this.acks.map(ackKey));
+      for (const frame of refused)
+        for (const entry of frame.messages) {
+          if (waiting.has(ackKey(entry))) continue;
+          waiting.add(ackKey(entry));
+          this.acks.push(entry);
+        }
+    }
+    const rewatch = now - this.watchSentAt <= REFUSED_WITHIN_MS;
+    if (rewatch) this.watchSentAt = Number.NEGATIVE_INFINITY;
+    if ((refused.length === 0 && !rewatch) || this.refusedTimer) {
+      if (rewatch) this.rewatch = true;
+      return;
+    }
+    this.rewatch = rewatch;
+    const wait = Math.min(FRAME_BUDGET_MAX_WAIT_MS, FRAME_BUDGET_WAIT_MS * 2 ** this.refusedRounds++);
+    this.refusedTimer = setTimeout(() => {
+      this.refusedTimer = undefined;
+      if (!this.online) return;
+      if (this.rewatch) this.sendWatch();
+      this.rewatch = false;
+      this.sendAcks();
+    }, wait);
+  }
+
+  /** The watch list goes again when the refused frames do. */
+  private rewatch = false;
+  /** Resend rounds refused in a row (each waits twice as long), and when the last refusal came. */
+  private refusedRounds = 0;
+  private lastRefusedAt = Number.NEGATIVE_INFINITY;
 
   private dispatch(data: string): void {
     let frame: ServerFrame;
@@ -781,6 +876,7 @@ export class Messenger extends EventEmitter<MessengerEvents> {
           this.pending.delete(frame.id);
           resolve({ type: "rejected", id: frame.id, code: "busy", retryAfterMs: 250 });
         }
+        if (frame.code === "rate_limited" && !frame.id) this.frameRefused();
         return;
       }
       case "message": {

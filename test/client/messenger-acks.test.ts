@@ -64,3 +64,72 @@ test("a Messenger acks a backlog larger than its frame budget", async () => {
     client.close();
   }
 });
+
+/**
+ * A frame over the device's frame budget that is not a send is answered `error rate_limited`,
+ * naming no frame. The Messenger sent nothing again: acks refused so were lost (their messages came
+ * back at every connection) and a refused presence watch left the session without presence. Both
+ * now go again after the budget refills (DEVICE_RATE_LIMIT 1: one frame a second, bursts of 2).
+ */
+test("acks and a presence watch refused by the frame budget are sent again", async () => {
+  const tight = await startTestNode("pglite", { env: { DEVICE_RATE_LIMIT: "1" } });
+  const client = ClearBoxClient.open({ serverUrl: tight.url, storePath: ":memory:" });
+  const friend = ClearBoxClient.open({ serverUrl: tight.url, storePath: ":memory:" });
+  try {
+    await client.register(uniqueUsername("tight"), "correct horse battery");
+    await friend.register(uniqueUsername("friend"), "correct horse battery");
+    const userId = client.userId as string;
+    const deviceId = client.deviceId as number;
+    // Presence goes to related users: one group both accepted.
+    const { groupId } = await client.http.createGroup({ name: "tight", members: [friend.userId as string] });
+    await friend.http.acceptInvitation(groupId);
+    const backlog: StoredEnvelope[] = Array.from({ length: 20 }, (_, i) => ({
+      id: randomUUID(),
+      senderUser: randomUUID(),
+      senderDevice: 1,
+      recipientUser: userId,
+      recipientDevice: deviceId,
+      groupId: null,
+      ts: Date.now() + i,
+      type: 3,
+      body: Buffer.from(`not a ciphertext ${i}`).toString("base64"),
+    }));
+    await tight.log.append(backlog);
+    await tight.offline.flush(userId, deviceId, backlog);
+
+    const messenger = new Messenger(client, { minDelayMs: 50, maxDelayMs: 500 });
+    let handled = 0;
+    let friendOnline = false;
+    messenger.on("undecryptable", () => {
+      // As the backlog is handled, the device spends its budget (2 frames): two watches of nobody,
+      // then the one naming the friend (refused), then its acks 100 ms later (refused: a tenth of
+      // a frame refilled).
+      if (++handled !== 1) return;
+      for (let i = 0; i < 2; i++) messenger.watch([randomUUID()]);
+      messenger.watch([friend.userId as string]);
+    });
+    messenger.on("presence", (p) => {
+      if (p.userId === friend.userId && p.online) friendOnline = true;
+    });
+    const friendMessenger = new Messenger(friend, { minDelayMs: 50, maxDelayMs: 500 });
+    friendMessenger.start();
+    messenger.start();
+    try {
+      await until(() => handled === 20, "the backlog handled");
+      // The watch went before the acks: its refusal came first, and so does its resend.
+      await until(() => friendOnline, "the friend's presence", 30_000);
+      await until(
+        async () => (await tight.offline.depth(userId, deviceId)) === 0,
+        "every message acked",
+        30_000,
+      );
+    } finally {
+      messenger.stop();
+      friendMessenger.stop();
+    }
+  } finally {
+    client.close();
+    friend.close();
+    await tight.teardown();
+  }
+}, 120_000);
