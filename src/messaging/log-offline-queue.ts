@@ -37,9 +37,12 @@ export class LogOfflineQueue implements OfflineQueue {
     const behind = async (through: number, max: number): Promise<StoredEnvelope[]> => {
       const keys = await this.log.queuedKeys(userId, deviceId, through);
       const late: StoredEnvelope[] = [];
+      // A row that left the queue after the keys were listed makes the read for its key return
+      // the next row, which its own key reads again: each is taken once.
+      const taken = new Set<string>();
       for (let i = 0; i < keys.length && late.length < max; i++) {
         const key = keys[i] as QueuedKey;
-        if (handedOut.has(envelopeKey(key))) continue;
+        if (handedOut.has(envelopeKey(key)) || taken.has(envelopeKey(key))) continue;
         // The row itself, read after the key before it (rare: one small read per late row).
         const [row] = await this.log.queuedAfter(
           userId,
@@ -47,7 +50,10 @@ export class LogOfflineQueue implements OfflineQueue {
           i === 0 ? null : (keys[i - 1] as QueuedKey).cursor,
           1,
         );
-        if (!row || row.cursor > through || handedOut.has(envelopeKey(row.envelope))) continue;
+        if (!row || row.cursor > through) continue;
+        const rowKey = envelopeKey(row.envelope);
+        if (handedOut.has(rowKey) || taken.has(rowKey)) continue;
+        taken.add(rowKey);
         late.push(row.envelope);
       }
       return late;

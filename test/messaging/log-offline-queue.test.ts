@@ -162,5 +162,39 @@ for (const [name, open] of logs) {
       // Only the drain read bodies; before, each of these calls read the whole queue's.
       expect(reads.rows).toBe(0);
     });
+
+    test("a row behind the cursor that leaves the queue while the drain looks behind does not bring the next one twice", async () => {
+      const { log } = subject;
+      const user = randomUUID();
+      const [a, b, c] = Array.from({ length: 3 }, () => envelope(user)) as [
+        StoredEnvelope,
+        StoredEnvelope,
+        StoredEnvelope,
+      ];
+      await log.append([a, b, c]);
+      const queue = new LogOfflineQueue(log);
+      await queue.flush(user, 1, [c]);
+      const drain = await queue.drain(user, 1);
+      expect((await drain.next(10)).map((x) => x.id)).toEqual([c.id]);
+      // a and b are queued behind the cursor; a leaves the queue (acked on another path, or its
+      // sender's erasure) between the drain's list of keys and its read of a's row.
+      await queue.flush(user, 1, [a, b]);
+      const queuedKeys = log.queuedKeys.bind(log);
+      log.queuedKeys = async (...args) => {
+        const keys = await queuedKeys(...args);
+        log.queuedKeys = queuedKeys;
+        await log.ack(user, 1, [a]);
+        return keys;
+      };
+      try {
+        expect((await drain.next(10)).map((x) => x.id)).toEqual([b.id]);
+        expect(await drain.next(10)).toEqual([]);
+      } finally {
+        log.queuedKeys = queuedKeys;
+      }
+      await drain.ack([b, c]);
+      await drain.release();
+      expect(await queue.depth(user, 1)).toBe(0);
+    });
   });
 }
