@@ -636,8 +636,7 @@ export class ErasureService {
              + (select count(*) from signed_pre_keys where user_id = ${userId})
              + (select count(*) from kyber_last_resort_keys where user_id = ${userId})
              + (select count(*) from one_time_pre_keys where user_id = ${userId})
-             + (select count(*) from one_time_kyber_pre_keys where user_id = ${userId})
-             + (select count(*) from handed_out_pre_keys where user_id = ${userId}) as n`);
+             + (select count(*) from one_time_kyber_pre_keys where user_id = ${userId}) as n`);
       const keyCount = Number(rowsOf<{ n: unknown }>(keyRows)[0]?.n ?? 0);
       // The id and SHA-256 of each one-time key of the user's handed out lately (src/keys): data
       // about the user's devices, gone by cascade with them.
