@@ -223,6 +223,11 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
    * One INSERT … SELECT FROM unnest(arrays): ten parameters whatever the batch size, so a group
    * send to 10,000 member devices stays one statement (one row of values per parameter would pass
    * PostgreSQL's 65,535-parameter limit at about 6,500 rows) and parses once.
+   * The statement answers with one row when every envelope was new (the count of rows written), and
+   * names the rows written only when some were not (a re-sent id, the same envelope twice in the
+   * batch): a row per envelope came back, was decoded and keyed in the node for every write, though
+   * nearly every write stores all it carries (issue 15 part 4, docs/BENCHMARKS.md "Services 1:1,
+   * stop 31").
    */
   private async insert(batch: StoredEnvelope[]): Promise<boolean[]> {
     // The gateway validated these; checked again because they are spliced into array literals.
@@ -234,33 +239,40 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       this.db,
       "envelopes_append",
       sql`
-      insert into envelopes
-        (id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body, state)
-      select id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type,
-        decode(body, 'base64'), 'pending'
-      from unnest(
-        ${arrayLiteral(batch.map((e) => e.id))}::uuid[],
-        ${arrayLiteral(batch.map((e) => e.senderUser))}::uuid[],
-        ${arrayLiteral(batch.map((e) => e.senderDevice))}::int[],
-        ${arrayLiteral(batch.map((e) => e.recipientUser))}::uuid[],
-        ${arrayLiteral(batch.map((e) => e.recipientDevice))}::int[],
-        ${arrayLiteral(batch.map((e) => e.groupId ?? "NULL"))}::uuid[],
-        ${arrayLiteral(batch.map((e) => e.ts))}::bigint[],
-        ${arrayLiteral(batch.map((e) => e.type))}::smallint[],
-        ${arrayLiteral(batch.map((e) => `"${e.body}"`))}::text[]
-      ) as v(id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body)
-      on conflict do nothing
-      returning id, sender_user as "senderUser", sender_device as "senderDevice",
-        recipient_user as "recipientUser", recipient_device as "recipientDevice"`,
+      with written as (
+        insert into envelopes
+          (id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body, state)
+        select id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type,
+          decode(body, 'base64'), 'pending'
+        from unnest(
+          ${arrayLiteral(batch.map((e) => e.id))}::uuid[],
+          ${arrayLiteral(batch.map((e) => e.senderUser))}::uuid[],
+          ${arrayLiteral(batch.map((e) => e.senderDevice))}::int[],
+          ${arrayLiteral(batch.map((e) => e.recipientUser))}::uuid[],
+          ${arrayLiteral(batch.map((e) => e.recipientDevice))}::int[],
+          ${arrayLiteral(batch.map((e) => e.groupId ?? "NULL"))}::uuid[],
+          ${arrayLiteral(batch.map((e) => e.ts))}::bigint[],
+          ${arrayLiteral(batch.map((e) => e.type))}::smallint[],
+          ${arrayLiteral(batch.map((e) => `"${e.body}"`))}::text[]
+        ) as v(id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body)
+        on conflict do nothing
+        returning id, sender_user, sender_device, recipient_user, recipient_device
+      ), total as (select count(*)::int as n from written)
+      select total.n, w.id, w.sender_user as "senderUser", w.sender_device as "senderDevice",
+        w.recipient_user as "recipientUser", w.recipient_device as "recipientDevice"
+      from total left join written as w on total.n < ${batch.length}::int`,
     );
-    const inserted = rowsOf<{
-      id: string;
+    const rows = rowsOf<{
+      n: number;
+      id: string | null;
       senderUser: string;
       senderDevice: number;
       recipientUser: string;
       recipientDevice: number;
     }>(result);
-    const fresh = new Set(inserted.map(identity));
+    // As many rows written as envelopes given: all distinct, all new.
+    if (Number(rows[0]?.n) === batch.length) return batch.map(() => true);
+    const fresh = new Set(rows.flatMap((r) => (r.id === null ? [] : [identity({ ...r, id: r.id })])));
     // The same envelope twice in one batch: only its first occurrence is new.
     const seen = new Set<string>();
     return batch.map((e) => {
@@ -531,8 +543,15 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       }
     };
     const all = flatten(batch);
-    count(await this.ackRows(all));
-    if (matched.size < all.ids.length) {
+    const first = await this.ackRows(all);
+    if (first === "all") {
+      // Every ref matched a row of its own (the key is the primary key): each request acked all it named.
+      for (const request of batch) {
+        const device = `${request.recipientUser}/${request.recipientDevice}`;
+        acked.set(device, (acked.get(device) ?? 0) + request.envelopes.length);
+      }
+    } else count(first);
+    if (first !== "all" && matched.size < all.ids.length) {
       // PostgreSQL returns uuids in lower case; a client may have sent them in upper.
       const rest = flatten(
         batch.map((request) => {
@@ -545,7 +564,13 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       if (rest.ids.length > 0) {
         // As for `queued` marks: an ack overtaking the expansion writes the rows first, then acks its own.
         await this.expand(sql`id = any(${arrayLiteral(rest.ids)}::uuid[])`);
-        count(await this.ackRows(rest));
+        const again = await this.ackRows(rest);
+        if (again === "all") {
+          for (let i = 0; i < rest.ids.length; i++) {
+            const device = `${rest.users[i]}/${rest.devices[i]}`;
+            acked.set(device, (acked.get(device) ?? 0) + 1);
+          }
+        } else count(again);
       }
     }
     // Two requests for one device in a batch share its count: give it to the first, once.
@@ -557,22 +582,38 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     });
   }
 
-  /** Acks the named rows (recipient device, sender device and id) still holding a body; returns those it changed. */
-  private async ackRows({ users, devices, ids, senders, senderDevices }: FlatRefs): Promise<AckedRow[]> {
+  /**
+   * Acks the named rows (recipient device, sender device and id) still holding a body. Returns
+   * "all" when every ref changed a row (one row comes back, the count), else the rows it changed:
+   * a row per acked envelope came back for every ack write before (issue 15 part 4).
+   */
+  private async ackRows({
+    users,
+    devices,
+    ids,
+    senders,
+    senderDevices,
+  }: FlatRefs): Promise<AckedRow[] | "all"> {
     const result = await executePrepared(
       this.db,
       "envelopes_ack",
       sql`
-      update envelopes as e set state = 'acked', body = null
-      from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[],
-          ${arrayLiteral(senders)}::uuid[], ${arrayLiteral(senderDevices)}::int[])
-        as a(recipient_user, recipient_device, id, sender_user, sender_device)
-      where e.recipient_user = a.recipient_user and e.recipient_device = a.recipient_device
-        and e.id = a.id and e.sender_user = a.sender_user and e.sender_device = a.sender_device
-        and e.body is not null
-      returning e.recipient_user, e.recipient_device, e.id, e.sender_user, e.sender_device`,
+      with changed as (
+        update envelopes as e set state = 'acked', body = null
+        from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[],
+            ${arrayLiteral(senders)}::uuid[], ${arrayLiteral(senderDevices)}::int[])
+          as a(recipient_user, recipient_device, id, sender_user, sender_device)
+        where e.recipient_user = a.recipient_user and e.recipient_device = a.recipient_device
+          and e.id = a.id and e.sender_user = a.sender_user and e.sender_device = a.sender_device
+          and e.body is not null
+        returning e.recipient_user, e.recipient_device, e.id, e.sender_user, e.sender_device
+      ), total as (select count(*)::int as n from changed)
+      select total.n, c.recipient_user, c.recipient_device, c.id, c.sender_user, c.sender_device
+      from total left join changed as c on total.n < ${ids.length}::int`,
     );
-    return rowsOf<AckedRow>(result);
+    const rows = rowsOf<AckedRow & { n: number }>(result);
+    if (Number(rows[0]?.n) === ids.length) return "all";
+    return rows.filter((row) => row.id !== null);
   }
 
   async metadataOf(userId: string, limit = 100_000): Promise<EnvelopeMetadata[]> {

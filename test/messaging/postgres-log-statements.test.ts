@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import { type Database, openDatabase } from "../../src/db/index.ts";
 import type { StoredEnvelope } from "../../src/messaging/envelope.ts";
 import { PostgresEnvelopeLog } from "../../src/messaging/postgres-envelope-log.ts";
-import { frontendReader } from "../support/pg-wire.ts";
+import { backendReader, frontendReader } from "../support/pg-wire.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.ts";
 
@@ -22,10 +22,14 @@ let database: Database;
 const parses = { append: 0, ack: 0, queued: 0 };
 let flushes = 0;
 let counting = false;
+/** DataRow messages the server sent while `countingRows` (every connection of the pool). */
+let dataRows = 0;
+let countingRows = false;
 
 beforeAll(async () => {
   testDb = await createTestDatabase();
   const readers = new Map<number, (chunk: Buffer) => void>();
+  const rowReaders = new Map<number, (chunk: Buffer) => void>();
   proxy = await startTcpProxy(testDb.url, {
     onClientData: (chunk, connection) => {
       let read = readers.get(connection);
@@ -37,12 +41,23 @@ beforeAll(async () => {
           if (type !== "P") return;
           const text = statement?.trim() ?? "";
           hot = true;
-          if (text.startsWith("insert into envelopes")) parses.append++;
-          else if (text.startsWith("update envelopes as e set state = 'acked'")) parses.ack++;
+          // The append and the ack are data-modifying CTEs (`with written as (insert …`).
+          if (/^(with written as \(\s*)?insert into envelopes/.test(text)) parses.append++;
+          else if (/^(with changed as \(\s*)?update envelopes as e set state = 'acked'/.test(text)) parses.ack++;
           else if (text.startsWith("update envelopes as e set state = 'queued'")) parses.queued++;
           else hot = false;
         });
         readers.set(connection, read);
+      }
+      read(chunk);
+    },
+    onServerData: (chunk, connection) => {
+      let read = rowReaders.get(connection);
+      if (!read) {
+        read = backendReader((type) => {
+          if (countingRows && type === "D") dataRows++;
+        });
+        rowReaders.set(connection, read);
       }
       read(chunk);
     },
@@ -99,4 +114,33 @@ test("appends, acks and queued marks are parsed once per pooled connection, each
   // The writes did what they say: nothing pending, every queued envelope marked.
   expect(await log.undelivered(recipient, { state: "pending" })).toEqual([]);
   expect((await log.undelivered(recipient, { state: "queued" })).length).toBe(ROUNDS);
+});
+
+test("an append whose envelopes are all new and an ack that acks all it names answer with one row each, not one per envelope", async () => {
+  const log = new PostgresEnvelopeLog(database.db);
+  const recipient = randomUUID();
+  const sender = randomUUID();
+  const batch = Array.from({ length: 20 }, () => envelope(recipient, sender));
+  dataRows = 0;
+  countingRows = true;
+  // One call, one group-commit write: one INSERT, then one ack UPDATE.
+  expect(await log.append(batch)).toEqual(batch.map(() => true));
+  const afterAppend = dataRows;
+  expect(await log.ack(recipient, 1, batch)).toBe(20);
+  countingRows = false;
+  // Each returned a row per envelope (5 columns each, decoded and keyed in the node): 20 and 20.
+  expect(afterAppend).toBe(1);
+  expect(dataRows - afterAppend).toBe(1);
+
+  // Where not all were new or matched, the rows still say which: a re-sent id is not new, the same
+  // envelope twice in one batch is new once, an id acked before is not counted again.
+  const again = envelope(recipient, sender);
+  expect(await log.append([batch[0] as StoredEnvelope, again, again])).toEqual([false, true, false]);
+  expect(await log.append([])).toEqual([]);
+  expect(await log.ack(recipient, 1, [batch[1] as StoredEnvelope, again])).toBe(1);
+  expect(await log.ack(recipient, 1, [again, again])).toBe(0);
+  const upper = envelope(recipient, sender);
+  expect(await log.append([upper])).toEqual([true]);
+  expect(await log.ack(recipient, 1, [{ ...upper, id: upper.id.toUpperCase() }])).toBe(1);
+  expect(await log.undelivered(recipient, { state: "pending" })).toEqual([]);
 });

@@ -36,3 +36,24 @@ export function frontendReader(
     }
   };
 }
+
+/**
+ * Reads the PostgreSQL backend protocol (what the server sends; PostgreSQL docs, "Message
+ * Formats") from a byte stream split anywhere, and reports each message's type byte ('D' DataRow,
+ * 'C' CommandComplete, 'Z' ReadyForQuery, …). For a connection without TLS: every backend message
+ * is typed from the first byte.
+ */
+export function backendReader(onMessage: (type: string) => void): (chunk: Buffer) => void {
+  let pending = Buffer.alloc(0);
+  return (chunk) => {
+    pending = Buffer.concat([pending, chunk]);
+    for (;;) {
+      if (pending.length < 5) return;
+      const length = pending.readInt32BE(1);
+      if (pending.length < 1 + length) return;
+      const type = String.fromCharCode(pending[0] as number);
+      pending = pending.subarray(1 + length);
+      onMessage(type);
+    }
+  };
+}

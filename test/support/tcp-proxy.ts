@@ -30,12 +30,17 @@ interface Link {
 /**
  * `onClientData`: hears every chunk a client sends towards `target`, with the client connection's
  * number (0, 1, … in order of accept), before it is forwarded (tests that read a wire protocol).
+ * `onServerData`: the same for every chunk `target` sends back to a client.
  * `toClientDelayMs`: every chunk from `target` reaches the client this many ms late, in order (a
  * slow reader: tests of what must not depend on another process having read something yet).
  */
 export async function startTcpProxy(
   target: string,
-  options: { onClientData?: (chunk: Buffer, connection: number) => void; toClientDelayMs?: number } = {},
+  options: {
+    onClientData?: (chunk: Buffer, connection: number) => void;
+    onServerData?: (chunk: Buffer, connection: number) => void;
+    toClientDelayMs?: number;
+  } = {},
 ): Promise<TcpProxy> {
   const { hostname, port: targetPort, protocol } = new URL(target);
   const open = new Set<Socket>();
@@ -64,7 +69,8 @@ export async function startTcpProxy(
       onClientData?.(chunk, connection);
       forward(link, upstream, chunk);
     });
-    const { toClientDelayMs } = options;
+    const { toClientDelayMs, onServerData } = options;
+    if (onServerData) upstream.on("data", (chunk: Buffer) => onServerData(chunk, connection));
     if (toClientDelayMs === undefined) upstream.on("data", (chunk: Buffer) => forward(link, client, chunk));
     else
       upstream.on(
