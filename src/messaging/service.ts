@@ -80,6 +80,41 @@ export const DEFAULT_FLOW_CONTROL: FlowControl = {
 /** Where group sends are counted in `unsettled`: any of them may be fanning out to a fenced member. */
 const GROUP_SENDS = "*group*";
 
+/**
+ * Whether two of a send's messages name the same device. Checked on every 1:1 send: a pairwise
+ * scan for the few messages a send has (one per recipient device), a Set only for many.
+ */
+function hasRepeatedDevice(messages: readonly { deviceId: number }[]): boolean {
+  const n = messages.length;
+  if (n > 16) return new Set(messages.map((m) => m.deviceId)).size !== n;
+  for (let i = 1; i < n; i++) {
+    const id = (messages[i] as { deviceId: number }).deviceId;
+    for (let j = 0; j < i; j++) if ((messages[j] as { deviceId: number }).deviceId === id) return true;
+  }
+  return false;
+}
+
+/**
+ * Whether `messages` (distinct device ids, see {@link hasRepeatedDevice}) name exactly the devices
+ * of `current` less `skipped` (the sending device, on a send to one's own other devices), without
+ * building the sets a mismatch report needs. Device ids in `current` are distinct (a primary key).
+ */
+function namesExactly(
+  messages: readonly { deviceId: number }[],
+  current: readonly number[],
+  skipped: number | undefined,
+): boolean {
+  let expected = current.length;
+  if (skipped !== undefined && current.includes(skipped)) expected--;
+  if (messages.length !== expected) return false;
+  // A scan for the few devices a user has, a Set for many (the check stays linear).
+  const has = current.length > 16 ? new Set(current) : undefined;
+  for (const { deviceId } of messages) {
+    if (deviceId === skipped || !(has ? has.has(deviceId) : current.includes(deviceId))) return false;
+  }
+  return true;
+}
+
 /** Tries of a deliver refused by a full local mailbox, 10 ms apart, before leaving it to the log. */
 const MAILBOX_FULL_TRIES = 100;
 
@@ -515,8 +550,7 @@ export class MessagingService {
     const reject = (rejection: Omit<Extract<SendOutcome, { type: "rejected" }>, "type" | "id">) => ({
       outcome: Promise.resolve<SendOutcome>({ type: "rejected", id: frame.id, ...rejection }),
     });
-    const named = frame.messages.map((m) => m.deviceId);
-    if (new Set(named).size !== named.length) return reject({ code: "invalid" });
+    if (hasRepeatedDevice(frame.messages)) return reject({ code: "invalid" });
     // Being erased, either side: as if the recipient did not exist (the sender's sockets are closing).
     if (this.erasing.has(frame.to.user) || this.erasing.has(from.userId))
       return reject({ code: "unknown_recipient" });
@@ -524,12 +558,14 @@ export class MessagingService {
     const devicesAt = this.deviceChanges;
     const current = await this.devicesOf(frame.to.user);
     if (current === undefined) return reject({ code: "unknown_recipient" });
-    const expected = new Set(
-      frame.to.user === from.userId ? current.filter((d) => d !== from.deviceId) : current,
-    );
-    const missing = [...expected].filter((d) => !named.includes(d)).sort((a, b) => a - b);
-    const extra = named.filter((d) => !expected.has(d)).sort((a, b) => a - b);
-    if (missing.length > 0 || extra.length > 0) return reject({ code: "mismatched_devices", missing, extra });
+    const skipped = frame.to.user === from.userId ? from.deviceId : undefined;
+    if (!namesExactly(frame.messages, current, skipped)) {
+      const named = frame.messages.map((m) => m.deviceId);
+      const expected = new Set(skipped === undefined ? current : current.filter((d) => d !== skipped));
+      const missing = [...expected].filter((d) => !named.includes(d)).sort((a, b) => a - b);
+      const extra = named.filter((d) => !expected.has(d)).sort((a, b) => a - b);
+      return reject({ code: "mismatched_devices", missing, extra });
+    }
     if (this.inFlight >= this.flow.window) return { outcome: Promise.resolve(this.busy(frame.id)) };
     const ts = this.now();
     // A recipient who blocks the sender: answered as any send (Signal's server cannot tell either;
@@ -569,7 +605,7 @@ export class MessagingService {
     const outcome = this.track([from.userId, frame.to.user], this.log.append(envelopes)).then(
       async (fresh): Promise<SendOutcome> => {
         stamp(frame.id, "commit");
-        let toDeliver = envelopes.filter((_, i) => fresh[i]);
+        let toDeliver = fresh.every(Boolean) ? envelopes : envelopes.filter((_, i) => fresh[i]);
         // A recipient device removed since the check: what was stored for it goes again.
         if (toDeliver.length > 0 && this.devicesChangedSince(frame.to.user, devicesAt))
           toDeliver = await this.dropRemovedDevices(frame.to.user, toDeliver);

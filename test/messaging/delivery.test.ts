@@ -313,6 +313,30 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
     await Promise.all([d1.close(), d2.close()]);
   });
 
+  test("device lists are checked exactly: the sending device, a device twice, one missing or one extra are refused", async () => {
+    const alice = await user(3);
+    const bob = await user(2);
+    const a = await connect(alice.sessions[0].accessToken);
+    const send = async (to: string, messages: { deviceId: number; type: number; body: string }[]) => {
+      const id = randomUUID();
+      a.send({ type: "send", id, to: { user: to }, messages });
+      return a.reply(id);
+    };
+    const m = (deviceId: number) => ({ deviceId, type: 3, body: b64("x") });
+    // To one's own devices: the sending one (1) is not expected.
+    expect(await send(alice.userId, [m(1), m(2), m(3)])).toMatchObject({
+      type: "rejected",
+      code: "mismatched_devices",
+      missing: [],
+      extra: [1],
+    });
+    expect(await send(alice.userId, [m(2)])).toMatchObject({ code: "mismatched_devices", missing: [3], extra: [] });
+    expect(await send(bob.userId, [m(2), m(2)])).toMatchObject({ type: "rejected", code: "invalid" });
+    expect(await send(bob.userId, [m(1), m(3)])).toMatchObject({ code: "mismatched_devices", missing: [2], extra: [3] });
+    expect(await send(bob.userId, [m(2), m(1)])).toMatchObject({ type: "accepted" });
+    await a.close();
+  });
+
   test("a second socket for the same device closes the first with 4409, and the new one gets messages", async () => {
     const alice = await user();
     const bob = await user();
