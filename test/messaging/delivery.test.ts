@@ -330,9 +330,17 @@ describe.each(STACKS)("1:1 delivery on the %s stack", (stack) => {
       missing: [],
       extra: [1],
     });
-    expect(await send(alice.userId, [m(2)])).toMatchObject({ code: "mismatched_devices", missing: [3], extra: [] });
+    expect(await send(alice.userId, [m(2)])).toMatchObject({
+      code: "mismatched_devices",
+      missing: [3],
+      extra: [],
+    });
     expect(await send(bob.userId, [m(2), m(2)])).toMatchObject({ type: "rejected", code: "invalid" });
-    expect(await send(bob.userId, [m(1), m(3)])).toMatchObject({ code: "mismatched_devices", missing: [2], extra: [3] });
+    expect(await send(bob.userId, [m(1), m(3)])).toMatchObject({
+      code: "mismatched_devices",
+      missing: [2],
+      extra: [3],
+    });
     expect(await send(bob.userId, [m(2), m(1)])).toMatchObject({ type: "accepted" });
     await a.close();
   });

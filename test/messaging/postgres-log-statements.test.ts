@@ -43,7 +43,8 @@ beforeAll(async () => {
           hot = true;
           // The append and the ack are data-modifying CTEs (`with written as (insert …`).
           if (/^(with written as \(\s*)?insert into envelopes/.test(text)) parses.append++;
-          else if (/^(with changed as \(\s*)?update envelopes as e set state = 'acked'/.test(text)) parses.ack++;
+          else if (/^(with changed as \(\s*)?update envelopes as e set state = 'acked'/.test(text))
+            parses.ack++;
           else if (text.startsWith("update envelopes as e set state = 'queued'")) parses.queued++;
           else hot = false;
         });
