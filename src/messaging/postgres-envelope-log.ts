@@ -120,6 +120,15 @@ interface ExpandedRow {
   recipient_device: number;
 }
 
+/**
+ * From this many envelopes (or acked refs) on, the append and the ack answer with their count
+ * rather than a row per envelope. Measured on PostgreSQL 15 here (docs/BENCHMARKS.md "Services 1:1,
+ * stop 31"): at 2 envelopes a write the counting CTE cost the backend about 150 µs more per
+ * statement and saved the node nothing; at 100 it saved the node about 13 µs per envelope and
+ * cost the backend nothing measurable.
+ */
+const COUNTED_FROM = 16;
+
 /** The expansions one write may carry: a send to 10,000 devices is 10,000 rows. */
 const EXPANSION_BATCH = 16;
 
@@ -223,11 +232,12 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
    * One INSERT … SELECT FROM unnest(arrays): ten parameters whatever the batch size, so a group
    * send to 10,000 member devices stays one statement (one row of values per parameter would pass
    * PostgreSQL's 65,535-parameter limit at about 6,500 rows) and parses once.
-   * The statement answers with one row when every envelope was new (the count of rows written), and
-   * names the rows written only when some were not (a re-sent id, the same envelope twice in the
-   * batch): a row per envelope came back, was decoded and keyed in the node for every write, though
-   * nearly every write stores all it carries (issue 15 part 4, docs/BENCHMARKS.md "Services 1:1,
-   * stop 31").
+   * A write of COUNTED_FROM envelopes or more answers with one row when every envelope was new (the
+   * count of rows written), and names the rows written only when some were not (a re-sent id, the
+   * same envelope twice in the batch): a row per envelope came back, was decoded and keyed in the
+   * node for every write, though nearly every write stores all it carries. A smaller write keeps
+   * the plain `returning`: the counting CTE costs PostgreSQL more per statement than a few rows
+   * cost the node (docs/BENCHMARKS.md "Services 1:1, stop 31").
    */
   private async insert(batch: StoredEnvelope[]): Promise<boolean[]> {
     // The gateway validated these; checked again because they are spliced into array literals.
@@ -235,35 +245,45 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       if (!BASE64.test(e.body) || !UUID.test(e.id)) throw new Error("envelope id or body is malformed");
       stamp(e.id, "wstart");
     }
-    const result = await executePrepared(
-      this.db,
-      "envelopes_append",
-      sql`
-      with written as (
-        insert into envelopes
-          (id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body, state)
-        select id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type,
-          decode(body, 'base64'), 'pending'
-        from unnest(
-          ${arrayLiteral(batch.map((e) => e.id))}::uuid[],
-          ${arrayLiteral(batch.map((e) => e.senderUser))}::uuid[],
-          ${arrayLiteral(batch.map((e) => e.senderDevice))}::int[],
-          ${arrayLiteral(batch.map((e) => e.recipientUser))}::uuid[],
-          ${arrayLiteral(batch.map((e) => e.recipientDevice))}::int[],
-          ${arrayLiteral(batch.map((e) => e.groupId ?? "NULL"))}::uuid[],
-          ${arrayLiteral(batch.map((e) => e.ts))}::bigint[],
-          ${arrayLiteral(batch.map((e) => e.type))}::smallint[],
-          ${arrayLiteral(batch.map((e) => `"${e.body}"`))}::text[]
-        ) as v(id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body)
-        on conflict do nothing
+    const insert = sql`
+      insert into envelopes
+        (id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body, state)
+      select id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type,
+        decode(body, 'base64'), 'pending'
+      from unnest(
+        ${arrayLiteral(batch.map((e) => e.id))}::uuid[],
+        ${arrayLiteral(batch.map((e) => e.senderUser))}::uuid[],
+        ${arrayLiteral(batch.map((e) => e.senderDevice))}::int[],
+        ${arrayLiteral(batch.map((e) => e.recipientUser))}::uuid[],
+        ${arrayLiteral(batch.map((e) => e.recipientDevice))}::int[],
+        ${arrayLiteral(batch.map((e) => e.groupId ?? "NULL"))}::uuid[],
+        ${arrayLiteral(batch.map((e) => e.ts))}::bigint[],
+        ${arrayLiteral(batch.map((e) => e.type))}::smallint[],
+        ${arrayLiteral(batch.map((e) => `"${e.body}"`))}::text[]
+      ) as v(id, sender_user, sender_device, recipient_user, recipient_device, group_id, ts, type, body)
+      on conflict do nothing`;
+    const counted = batch.length >= COUNTED_FROM;
+    const result = counted
+      ? await executePrepared(
+          this.db,
+          "envelopes_append_counted",
+          sql`
+      with written as (${insert}
         returning id, sender_user, sender_device, recipient_user, recipient_device
       ), total as (select count(*)::int as n from written)
       select total.n, w.id, w.sender_user as "senderUser", w.sender_device as "senderDevice",
         w.recipient_user as "recipientUser", w.recipient_device as "recipientDevice"
       from total left join written as w on total.n < ${batch.length}::int`,
-    );
+        )
+      : await executePrepared(
+          this.db,
+          "envelopes_append",
+          sql`${insert}
+      returning id, sender_user as "senderUser", sender_device as "senderDevice",
+        recipient_user as "recipientUser", recipient_device as "recipientDevice"`,
+        );
     const rows = rowsOf<{
-      n: number;
+      n?: number;
       id: string | null;
       senderUser: string;
       senderDevice: number;
@@ -271,7 +291,7 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
       recipientDevice: number;
     }>(result);
     // As many rows written as envelopes given: all distinct, all new.
-    if (Number(rows[0]?.n) === batch.length) return batch.map(() => true);
+    if (counted && Number(rows[0]?.n) === batch.length) return batch.map(() => true);
     const fresh = new Set(rows.flatMap((r) => (r.id === null ? [] : [identity({ ...r, id: r.id })])));
     // The same envelope twice in one batch: only its first occurrence is new.
     const seen = new Set<string>();
@@ -583,9 +603,9 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
   }
 
   /**
-   * Acks the named rows (recipient device, sender device and id) still holding a body. Returns
-   * "all" when every ref changed a row (one row comes back, the count), else the rows it changed:
-   * a row per acked envelope came back for every ack write before (issue 15 part 4).
+   * Acks the named rows (recipient device, sender device and id) still holding a body. Returns the
+   * rows it changed, or, for COUNTED_FROM refs or more, "all" when every ref changed a row (one row
+   * comes back, the count; the rows only otherwise): see `insert` for why small writes differ.
    */
   private async ackRows({
     users,
@@ -594,20 +614,22 @@ export class PostgresEnvelopeLog implements EnvelopeLog {
     senders,
     senderDevices,
   }: FlatRefs): Promise<AckedRow[] | "all"> {
+    const update = sql`
+      update envelopes as e set state = 'acked', body = null
+      from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[],
+          ${arrayLiteral(senders)}::uuid[], ${arrayLiteral(senderDevices)}::int[])
+        as a(recipient_user, recipient_device, id, sender_user, sender_device)
+      where e.recipient_user = a.recipient_user and e.recipient_device = a.recipient_device
+        and e.id = a.id and e.sender_user = a.sender_user and e.sender_device = a.sender_device
+        and e.body is not null
+      returning e.recipient_user, e.recipient_device, e.id, e.sender_user, e.sender_device`;
+    if (ids.length < COUNTED_FROM)
+      return rowsOf<AckedRow>(await executePrepared(this.db, "envelopes_ack", update));
     const result = await executePrepared(
       this.db,
-      "envelopes_ack",
+      "envelopes_ack_counted",
       sql`
-      with changed as (
-        update envelopes as e set state = 'acked', body = null
-        from unnest(${arrayLiteral(users)}::uuid[], ${arrayLiteral(devices)}::int[], ${arrayLiteral(ids)}::uuid[],
-            ${arrayLiteral(senders)}::uuid[], ${arrayLiteral(senderDevices)}::int[])
-          as a(recipient_user, recipient_device, id, sender_user, sender_device)
-        where e.recipient_user = a.recipient_user and e.recipient_device = a.recipient_device
-          and e.id = a.id and e.sender_user = a.sender_user and e.sender_device = a.sender_device
-          and e.body is not null
-        returning e.recipient_user, e.recipient_device, e.id, e.sender_user, e.sender_device
-      ), total as (select count(*)::int as n from changed)
+      with changed as (${update}), total as (select count(*)::int as n from changed)
       select total.n, c.recipient_user, c.recipient_device, c.id, c.sender_user, c.sender_device
       from total left join changed as c on total.n < ${ids.length}::int`,
     );

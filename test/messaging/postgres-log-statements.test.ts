@@ -134,14 +134,26 @@ test("an append whose envelopes are all new and an ack that acks all it names an
   expect(dataRows - afterAppend).toBe(1);
 
   // Where not all were new or matched, the rows still say which: a re-sent id is not new, the same
-  // envelope twice in one batch is new once, an id acked before is not counted again.
-  const again = envelope(recipient, sender);
-  expect(await log.append([batch[0] as StoredEnvelope, again, again])).toEqual([false, true, false]);
+  // envelope twice in one batch is new once, an id acked before is not counted again. Large batches
+  // (the counting statement) and small ones (plain `returning`) alike.
+  for (const size of [20, 3]) {
+    const fresh = Array.from({ length: size - 2 }, () => envelope(recipient, sender));
+    const twice = fresh[0] as StoredEnvelope;
+    const resent = batch[0] as StoredEnvelope;
+    expect(await log.append([resent, ...fresh, twice])).toEqual([false, ...fresh.map(() => true), false]);
+    const ackedBefore = batch[1] as StoredEnvelope;
+    expect(await log.ack(recipient, 1, [ackedBefore, ...fresh])).toBe(fresh.length);
+    expect(await log.ack(recipient, 1, [...fresh, twice])).toBe(0);
+  }
   expect(await log.append([])).toEqual([]);
-  expect(await log.ack(recipient, 1, [batch[1] as StoredEnvelope, again])).toBe(1);
-  expect(await log.ack(recipient, 1, [again, again])).toBe(0);
-  const upper = envelope(recipient, sender);
-  expect(await log.append([upper])).toEqual([true]);
-  expect(await log.ack(recipient, 1, [{ ...upper, id: upper.id.toUpperCase() }])).toBe(1);
+  const upper = Array.from({ length: 20 }, () => envelope(recipient, sender));
+  expect(await log.append(upper)).toEqual(upper.map(() => true));
+  expect(
+    await log.ack(
+      recipient,
+      1,
+      upper.map((e) => ({ ...e, id: e.id.toUpperCase() })),
+    ),
+  ).toBe(20);
   expect(await log.undelivered(recipient, { state: "pending" })).toEqual([]);
 });
