@@ -102,6 +102,14 @@ export interface DeviceSockets {
    */
   push(socket: SocketRef, userId: string, envelopes: readonly StoredEnvelope[]): Promise<boolean>;
   /**
+   * `push` for a socket on this node, done before it returns: true when the socket took the
+   * envelopes, false when it is not open here any more (as `push` answers), undefined when the
+   * socket is on another node (use `push`). A group message's fan-out pushes to thousands of local
+   * sockets, and `push`'s promise per socket (and the actor's bookkeeping of it) was work for an
+   * answer already known. Optional: without it every push goes through `push`.
+   */
+  pushHere?(socket: SocketRef, userId: string, envelopes: readonly StoredEnvelope[]): boolean | undefined;
+  /**
    * Where a socket stands, asked by a new activation: `live` (its offline queue is drained: push),
    * `pending` (still opening or draining: it will announce itself), `gone` (its node answered that
    * it is not open there), `unreachable` (its node did not answer: not a member, the ask refused or

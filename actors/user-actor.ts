@@ -581,7 +581,16 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
    */
   private async push(device: Connected, envelopes: StoredEnvelope[], ctx: ActorContext): Promise<void> {
     const { deviceId, connectionId } = device;
+    // A socket on this node takes the push before this returns: nothing to wait for or track. Its
+    // pushes were written at the call before too (the local `push` ran at once, only its answer
+    // came later), so the order of writes to the socket is unchanged.
+    const here = this.ports.sockets.pushHere?.(device, this.userId, envelopes);
+    if (here === true) return;
     const failed: PushFailedMessage = { type: "push.failed", deviceId, connectionId };
+    if (here === false) {
+      this.tellFailed(failed, ctx);
+      return;
+    }
     this.unconfirmedPushes ??= [];
     const unconfirmed = this.unconfirmedPushes;
     const push = this.ports.sockets.push(device, this.userId, envelopes).then(
@@ -816,9 +825,12 @@ export class UserActor implements ActorBehavior<UserMessage, unknown> {
 
   /** Records an envelope (`envelopeKey`) as done for this activation, forgetting the oldest beyond the bound. */
   private remember(deviceId: number, key: string): void {
-    this.done.add(`${deviceId}/${key}`);
+    const done = this.done;
+    done.add(`${deviceId}/${key}`);
+    // Every ack of a fan-out lands here: under the bound, no iterator is made.
+    if (done.size <= RECENTLY_DONE) return;
     // Sets iterate in insertion order: the first entries are the oldest.
-    for (const oldest of this.done) {
+    for (const oldest of done) {
       if (this.done.size <= RECENTLY_DONE) break;
       this.done.delete(oldest);
     }

@@ -3,7 +3,7 @@ import type { StoredEnvelope } from "../messaging/envelope.ts";
 import type { QueueDrain } from "../messaging/offline-queue.ts";
 import type { DeviceSocketRef } from "../messaging/presence.ts";
 import type { DeliveryPath, MessageTallies } from "../observability/metrics.ts";
-import { CloseCode, messageFrame, type ServerFrame } from "../protocol/index.ts";
+import { CloseCode, messageFrameText, type ServerFrame } from "../protocol/index.ts";
 import type { Principal } from "../sessions/service.ts";
 import type { TokenBucket } from "./token-bucket.ts";
 
@@ -213,7 +213,7 @@ export class DeviceConnection {
     if (this.state === "closed") return false;
     let ok = true;
     this.ws.cork(() => {
-      for (const envelope of envelopes) ok = this.ws.send(JSON.stringify(messageFrame(envelope))) !== 0 && ok;
+      for (const envelope of envelopes) ok = this.ws.send(messageFrameText(envelope)) !== 0 && ok;
     });
     const now = Date.now();
     for (const envelope of envelopes) this.tallies.delivered(path, envelope.ts, now);
@@ -236,7 +236,7 @@ export class DeviceConnection {
       this.ws.cork(() => {
         let bytes = 0;
         while (next < envelopes.length && bytes < DRAIN_HIGH_WATER_BYTES) {
-          const text = JSON.stringify(messageFrame(envelopes[next] as StoredEnvelope));
+          const text = messageFrameText(envelopes[next] as StoredEnvelope);
           bytes += text.length;
           this.ws.send(text);
           next++;

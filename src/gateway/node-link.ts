@@ -141,6 +141,18 @@ export class NodeLink implements DeviceSockets {
     });
   }
 
+  /**
+   * `DeviceSockets.pushHere`: pushes to a socket of this node's registry at once (as `push` does
+   * for one, without its promise or command object); undefined for another node's socket.
+   */
+  pushHere(socket: SocketRef, userId: string, envelopes: readonly StoredEnvelope[]): boolean | undefined {
+    if (socket.nodeId !== this.deps.nodeId) return undefined;
+    const { deviceId, connectionId } = socket;
+    const pushed = this.deps.registry.push(userId, deviceId, connectionId, envelopes);
+    if (!pushed) this.vanished({ userId, deviceId, connectionId });
+    return pushed;
+  }
+
   /** Sends a `drain` command to the socket's node (see `DeviceSockets.drainAgain`). */
   drainAgain(socket: SocketRef, userId: string): Promise<boolean> {
     return this.send(socket.nodeId, {

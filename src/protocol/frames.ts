@@ -247,3 +247,35 @@ export function messageFrame(envelope: EnvelopeFields): MessageFrame {
     envelope: { type: envelope.type, body: envelope.body },
   };
 }
+
+/** The fields of the envelope `messageFrameText` serialised last, and its text. */
+let lastFrame: { envelope: EnvelopeFields; text: string } | undefined;
+
+/**
+ * The `message` frame of one envelope as JSON text: `JSON.stringify(messageFrame(envelope))`.
+ * A group message reaches every member device as its own envelope object with the same fields
+ * (only the recipient differs, which the frame does not name), one after another on the event
+ * loop: the text is made once per message and the same string written to every socket, the last
+ * envelope's fields being compared, not trusted (a one-entry memo; equal fields give an equal
+ * frame, anything else is serialised as before).
+ */
+export function messageFrameText(envelope: EnvelopeFields): string {
+  const last = lastFrame;
+  if (
+    last !== undefined &&
+    last.envelope.id === envelope.id &&
+    last.envelope.senderUser === envelope.senderUser &&
+    last.envelope.senderDevice === envelope.senderDevice &&
+    last.envelope.groupId === envelope.groupId &&
+    last.envelope.ts === envelope.ts &&
+    last.envelope.type === envelope.type &&
+    last.envelope.body === envelope.body
+  )
+    return last.text;
+  const text = JSON.stringify(messageFrame(envelope));
+  // The fields copied, not the object kept: a caller that changes its envelope afterwards does not
+  // change what the next one is compared with.
+  const { id, senderUser, senderDevice, groupId, ts, type, body } = envelope;
+  lastFrame = { envelope: { id, senderUser, senderDevice, groupId, ts, type, body }, text };
+  return text;
+}
