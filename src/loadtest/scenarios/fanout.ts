@@ -62,7 +62,8 @@ async function fanoutOnce(ctx: ScenarioContext, size: number): Promise<PhaseResu
   const harnessCpu = cpu();
   const server = await system.sampler.finish();
   const result = summarise(ctx, `fanout ${size}`, tracker, sendingMs, server, harnessCpu);
-  result.extra = { members: size, recipients: size - 1 };
+  // Added to what summarise put there (the CPU-seconds per 1,000 deliveries), not in its place.
+  result.extra = { ...result.extra, members: size, recipients: size - 1 };
   // Throughput while fanning out: deliveries over the time the messages were actually in flight.
   const busyS = (tracker.completeLatency.summary().p50 * options.groupMessages) / 1000;
   if (busyS > 0) result.extra.deliveriesPerBusySec = Math.round(tracker.delivered / busyS);
