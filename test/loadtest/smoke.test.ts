@@ -41,6 +41,25 @@ test("the smoke scenario against a node it spawns loses nothing, duplicates noth
   expect(summary.server.rssMb).toBeGreaterThan(0);
 }, 60_000);
 
+test("a fan-out run reports its CPU-seconds per 1,000 deliveries beside its member counts", async () => {
+  const run = await loadtest([
+    "fanout",
+    "--json",
+    "--no-progress",
+    "--group-sizes",
+    "3",
+    "--group-messages",
+    "2",
+  ]);
+  expect(run.code).toBe(0);
+  const summary = JSON.parse(run.stdout.trim().split("\n").at(-1) ?? "");
+  const [phase] = summary.phases;
+  expect(phase.delivered).toBe(4);
+  expect(phase.extra).toMatchObject({ members: 3, recipients: 2 });
+  // The node's CPU over the deliveries (the scenario's own extra replaced it before).
+  expect(typeof phase.extra.cpuSecondsPer1000).toBe("number");
+}, 120_000);
+
 test("an unknown scenario is refused with the usage and exit code 2", async () => {
   const run = await loadtest(["nonsense"]);
   expect(run.code).toBe(2);
