@@ -250,14 +250,21 @@ export function messageFrame(envelope: EnvelopeFields): MessageFrame {
 
 /** The fields of the envelope `messageFrameText` serialised last, and its text. */
 let lastFrame: { envelope: EnvelopeFields; text: string } | undefined;
+/** A clear of `lastFrame` is scheduled for the end of this turn of the event loop. */
+let clearScheduled = false;
+
+function forgetLastFrame(): void {
+  lastFrame = undefined;
+  clearScheduled = false;
+}
 
 /**
  * The `message` frame of one envelope as JSON text: `JSON.stringify(messageFrame(envelope))`.
  * A group message reaches every member device as its own envelope object with the same fields
  * (only the recipient differs, which the frame does not name), one after another on the event
  * loop: the text is made once per message and the same string written to every socket, the last
- * envelope's fields being compared, not trusted (a one-entry memo; equal fields give an equal
- * frame, anything else is serialised as before).
+ * envelope's fields being compared, not trusted (a one-entry memo, kept until the end of the
+ * event loop's turn; equal fields give an equal frame, anything else is serialised as before).
  */
 export function messageFrameText(envelope: EnvelopeFields): string {
   const last = lastFrame;
@@ -277,5 +284,11 @@ export function messageFrameText(envelope: EnvelopeFields): string {
   // change what the next one is compared with.
   const { id, senderUser, senderDevice, groupId, ts, type, body } = envelope;
   lastFrame = { envelope: { id, senderUser, senderDevice, groupId, ts, type, body }, text };
+  // Kept for this turn of the event loop only (a fan-out's member pushes run in it), so an idle
+  // node does not keep the last ciphertext it delivered, an erased sender's among them.
+  if (!clearScheduled) {
+    clearScheduled = true;
+    setImmediate(forgetLastFrame);
+  }
   return text;
 }
