@@ -109,4 +109,25 @@ describe("a message frame's text (messageFrameText)", () => {
     expect(calls).toBe(1);
     expect(new Set(texts)).toEqual(new Set([stringify(messageFrame(envelopes[0] as (typeof envelopes)[0]))]));
   });
+
+  test("the last frame is not kept past the event loop's turn (an idle node holds no ciphertext for it)", async () => {
+    const envelope = { ...base, id: "8f0e1d2c-3b4a-4968-8776-a5b4c3d2e1f0" };
+    const stringify = JSON.stringify;
+    let calls = 0;
+    JSON.stringify = ((...args: Parameters<typeof stringify>) => {
+      calls++;
+      return stringify(...args);
+    }) as typeof stringify;
+    try {
+      messageFrameText(envelope);
+      messageFrameText({ ...envelope });
+      expect(calls).toBe(1);
+      await new Promise((resolve) => setImmediate(resolve));
+      // Forgotten at the turn's end: the same fields are serialised again.
+      messageFrameText({ ...envelope });
+      expect(calls).toBe(2);
+    } finally {
+      JSON.stringify = stringify;
+    }
+  });
 });
