@@ -360,7 +360,7 @@ export async function createNode(config: Config, options: NodeOptions = {}): Pro
       })
     : undefined;
   const keys = new KeyService(db, rateLimiter, KEY_FETCH_LIMITS, audit, fence);
-  const groups = new GroupService(db, audit, fence);
+  const groups = new GroupService(db, audit, fence, rateLimiter);
   const users = new UserDirectory(db, rateLimiter, USER_LOOKUP_LIMIT, USER_LOOKUP_ACCOUNT_LIMIT, fence);
   const blocks = new BlockService(db, rateLimiter);
   // PGlite is in this process: every device and block change goes through the services here. On a

@@ -4,13 +4,17 @@ import type { SessionService } from "../sessions/service.ts";
 import { GroupModel } from "./model.ts";
 import type { GroupService } from "./service.ts";
 
-/** The /v1/groups and /v1/invitations routes of docs/PROTOCOL.md. */
+/**
+ * The /v1/groups and /v1/invitations routes of docs/PROTOCOL.md. Every change spends the group-change
+ * budget (`GroupService.spendChange`) after its input passed the schema and before anything is read.
+ */
 export function groupRoutes(groups: GroupService, sessions: SessionService) {
   return new Elysia({ name: "clearbox.groups", normalize: false })
     .use(authPlugin(sessions))
     .post(
       "/v1/groups",
       async ({ principal, body, set }) => {
+        await groups.spendChange(principal);
         set.status = 201;
         return { groupId: await groups.create(principal.userId, body.name, body.members) };
       },
@@ -24,6 +28,7 @@ export function groupRoutes(groups: GroupService, sessions: SessionService) {
     .post(
       "/v1/groups/:groupId/members",
       async ({ principal, params, body, set }) => {
+        await groups.spendChange(principal);
         await groups.addMember(params.groupId, principal.userId, body.userId);
         set.status = 204;
       },
@@ -32,6 +37,7 @@ export function groupRoutes(groups: GroupService, sessions: SessionService) {
     .delete(
       "/v1/groups/:groupId/members/:userId",
       async ({ principal, params, set }) => {
+        await groups.spendChange(principal);
         await groups.removeMember(params.groupId, principal.userId, params.userId);
         set.status = 204;
       },
@@ -45,6 +51,7 @@ export function groupRoutes(groups: GroupService, sessions: SessionService) {
     .post(
       "/v1/invitations/:groupId/accept",
       async ({ principal, params, set }) => {
+        await groups.spendChange(principal);
         await groups.accept(params.groupId, principal.userId);
         set.status = 204;
       },
@@ -53,6 +60,7 @@ export function groupRoutes(groups: GroupService, sessions: SessionService) {
     .post(
       "/v1/invitations/:groupId/decline",
       async ({ principal, params, set }) => {
+        await groups.spendChange(principal);
         await groups.decline(params.groupId, principal.userId);
         set.status = 204;
       },

@@ -5,8 +5,11 @@ import type { Db } from "../db/index.ts";
 import { accounts, blocks, groupInvitations, groupMembers, groups } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import type { ErasureFence } from "../fence/index.ts";
+import { type RateLimiter, type RateLimitRule, spendOrRefuse } from "../ratelimit/index.ts";
 import { lockInvitees } from "./invitee-lock.ts";
 import {
+  GROUP_CHANGE_ACCOUNT_LIMIT,
+  GROUP_CHANGE_LIMIT,
   MAX_GROUP_MEMBERS,
   MAX_GROUPS_PER_USER,
   MAX_PENDING_INVITATIONS,
@@ -52,7 +55,26 @@ export class GroupService {
     private readonly audit?: AuditTrail,
     /** Users whose erasure has started: no group takes them (as if they did not exist). */
     private readonly erasing?: ErasureFence,
+    /** Counts group changes against `changeRules` (the node's limiter: Redis, shared by every node). */
+    private readonly limiter?: RateLimiter,
+    private readonly changeRules: { device: RateLimitRule; account: RateLimitRule } = {
+      device: GROUP_CHANGE_LIMIT,
+      account: GROUP_CHANGE_ACCOUNT_LIMIT,
+    },
   ) {}
+
+  /**
+   * Spends one group change of the device's budget, then one of its account's (`changeRules`);
+   * throws `rate_limited` (HTTP 429 with `Retry-After`) when either is spent, and a device refused
+   * spends nothing of its account's. The routes call it before every create, member change, leave,
+   * accept and decline, once their input has passed its schema; without a limiter it spends nothing.
+   */
+  async spendChange(who: { userId: string; deviceId: number }): Promise<void> {
+    if (!this.limiter) return;
+    const message = "too many group changes, retry later";
+    await spendOrRefuse(this.limiter, this.changeRules.device, `${who.userId}:${who.deviceId}`, message);
+    await spendOrRefuse(this.limiter, this.changeRules.account, who.userId, message);
+  }
 
   /**
    * Registers a listener told, after the change, of users whose memberships changed on this node
