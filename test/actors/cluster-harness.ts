@@ -7,6 +7,7 @@ import {
   AmqpTransport,
   createActorNode,
   type Frame,
+  type Logger,
   type Transport,
 } from "../../actors/index.ts";
 
@@ -21,6 +22,17 @@ export interface Processed {
   key: string;
   seq: number;
   node: string;
+  /** Date.now() when the actor received it. */
+  at: number;
+}
+
+/** One line a node logged, kept for a failing test's diagnosis (the nodes are silent otherwise). */
+export interface LoggedEvent {
+  at: number;
+  node: string;
+  level: string;
+  msg: string;
+  fields: Record<string, unknown>;
 }
 
 /** Message the recording actor understands. */
@@ -80,7 +92,27 @@ export class TestCluster {
   readonly activeOn = new Map<string, string>();
   readonly doubleActivations: string[] = [];
   readonly activations: { key: string; node: string; at: number }[] = [];
+  /** What the nodes logged (info and above), oldest first. */
+  readonly events: LoggedEvent[] = [];
   private readonly nodeIds = new Set<string>();
+
+  /** Records a step of the test among the nodes' log lines. */
+  mark(step: string): void {
+    this.events.push({ at: Date.now(), node: "test", level: "info", msg: step, fields: {} });
+  }
+
+  /** A logger that records what `node` logs into {@link events}. */
+  loggerFor(node: string): Logger {
+    const record = (level: string) => (obj: object, msg?: string) => {
+      const fields: Record<string, unknown> = {};
+      for (const [name, value] of Object.entries(obj)) {
+        if (name === "nodeId") continue;
+        fields[name] = value instanceof Error ? `${value.name}: ${value.message}` : value;
+      }
+      this.events.push({ at: Date.now(), node, level, msg: msg ?? "", fields });
+    };
+    return { debug() {}, info: record("info"), warn: record("warn"), error: record("error") };
+  }
 
   /** Starts an in-process node with its own Redis and RabbitMQ connections. */
   async node(
@@ -89,9 +121,11 @@ export class TestCluster {
     recorder?: (key: string, node: string) => ActorBehavior,
   ): Promise<ActorSystem> {
     this.nodeIds.add(nodeId);
-    const amqp = new AmqpTransport({ nodeId, url: AMQP_URL, prefix: this.prefix });
+    const logger = this.loggerFor(nodeId);
+    const amqp = new AmqpTransport({ nodeId, url: AMQP_URL, prefix: this.prefix, logger });
     const system = createActorNode({
       nodeId,
+      logger,
       redisUrl: REDIS_URL,
       prefix: this.prefix,
       heartbeatMs: HEARTBEAT_MS,
@@ -152,7 +186,7 @@ export class TestCluster {
         this.activations.push({ key, node, at: Date.now() });
       },
       receive: (message: unknown) => {
-        this.processed.push({ key, seq: (message as RecordMessage).seq, node });
+        this.processed.push({ key, seq: (message as RecordMessage).seq, node, at: Date.now() });
         return node;
       },
       onPassivate: async () => {
@@ -170,6 +204,8 @@ export class TestCluster {
  */
 export class Load {
   readonly accepted = new Set<number>();
+  /** Per accepted seq: its key, the sending node, the owner that node saw when it sent, when it was accepted. */
+  readonly sent = new Map<number, { key: string; sender: string; owner: string; at: number }>();
   readonly refused: unknown[] = [];
   private seq = 0;
   private running = true;
@@ -185,9 +221,11 @@ export class Load {
     while (this.running) {
       const seq = ++this.seq;
       const key = keys[seq % keys.length];
+      const owner = sender.ownerOf(key);
       try {
         await sender.tell(key, { seq } satisfies RecordMessage);
         this.accepted.add(seq);
+        this.sent.set(seq, { key, sender: sender.nodeId, owner, at: Date.now() });
       } catch (error) {
         this.refused.push(error);
         await sleep(10);
@@ -199,4 +237,59 @@ export class Load {
     this.running = false;
     await Promise.all(this.loops);
   }
+}
+
+/**
+ * Waits until every seq `load` accepted was processed by some node, for as long as they keep
+ * coming: fails when none of the missing ones arrived for `quietMs`, or after `capMs` in all (a
+ * loaded machine makes messages late; a lost one never comes, so the wait ends `quietMs` after the
+ * last arrival). Before failing it looks for `diagnoseMs` more, to tell late from lost, and throws
+ * an error naming each seq missing at the failure: its key, sender, the owner the sender saw, its
+ * owner now on every node, and when and where it arrived late, or "never"; with the nodes' log
+ * lines (times in ms since the wait began).
+ */
+export async function everyAcceptedProcessed(
+  cluster: TestCluster,
+  load: Load,
+  { quietMs = 30_000, capMs = 120_000, diagnoseMs = 30_000 } = {},
+): Promise<void> {
+  const started = Date.now();
+  const seen = new Map<number, Processed>();
+  let read = 0;
+  let waiting = new Set(load.accepted);
+  let lastArrival = started;
+  const look = () => {
+    for (; read < cluster.processed.length; read++) {
+      const p = cluster.processed[read];
+      if (!seen.has(p.seq)) seen.set(p.seq, p);
+      if (waiting.delete(p.seq)) lastArrival = Date.now();
+    }
+    return waiting.size;
+  };
+  while (look() > 0) {
+    const now = Date.now();
+    if (now - lastArrival > quietMs || now - started > capMs) break;
+    await sleep(20);
+  }
+  if (waiting.size === 0) return;
+  const atFailure = [...waiting].sort((x, y) => x - y);
+  const failedAt = Date.now();
+  waiting = new Set(atFailure);
+  while (look() > 0 && Date.now() - failedAt < diagnoseMs) await sleep(50);
+  const rel = (at: number) => `${at - started}ms`;
+  const lines = atFailure.slice(0, 40).map((seq) => {
+    const sent = load.sent.get(seq);
+    const key = sent?.key ?? "?";
+    const now = [...cluster.nodes].map(([id, node]) => `${id}:${node.ownerOf(key)}`).join(",");
+    const late = seen.get(seq);
+    const arrival = late ? `arrived ${rel(late.at)} on ${late.node}` : "never arrived";
+    return `seq ${seq} ${key} sent by ${sent?.sender} at ${sent ? rel(sent.at) : "?"} to owner ${sent?.owner}; owners now ${now}; ${arrival}`;
+  });
+  const log = cluster.events.map(
+    (e) => `${rel(e.at)} ${e.node} ${e.level} ${e.msg} ${JSON.stringify(e.fields)}`,
+  );
+  throw new Error(
+    `${atFailure.length} accepted messages not processed after ${rel(failedAt)} (last arrival at ${rel(lastArrival)}; ` +
+      `${waiting.size} still missing ${diagnoseMs} ms later):\n${lines.join("\n")}\nnode log:\n${log.slice(-150).join("\n")}`,
+  );
 }
