@@ -33,6 +33,8 @@ export interface PlacementOptions {
 const RESOLVED: Promise<void> = Promise.resolve();
 /** How often a dead node's inbox adoption is retried and idle actors are swept. */
 const MAINTENANCE_MS = 1000;
+/** Rings ahead of this node's whose handoff notices it keeps, waiting to reach them. */
+const MAX_EARLY_NOTICES = 8;
 
 /**
  * Where actors live: the ring built from the membership view, who owns a key, the handoff when
@@ -60,6 +62,8 @@ export class Placement {
     this.markReady = resolve;
   });
   private handoffs: Promise<void> = RESOLVED;
+  /** Keys named by handoff notices for a ring this node had not reached, by that ring's fingerprint. */
+  private readonly earlyNotices = new Map<string, string[]>();
   /** Actors this node passivated and handed to a new owner after a ring change, since start (metrics). */
   handedOff = 0;
   private maintenance: ReturnType<typeof setInterval> | undefined;
@@ -144,12 +148,28 @@ export class Placement {
 
   /**
    * A previous owner announced it let go of everything that moved in ring `frame.ring`: release
-   * what waited for it and eagerly reactivate the keys it names that this node now owns.
+   * what waited for it and eagerly reactivate the keys it names that this node owns, now or, for
+   * a notice that came before this node's own view of that ring, once its ring is that one.
    */
   onHandoffNotice(frame: HandoffFrame): void {
-    const { actors, logger } = this.options;
     this.gate.noticeFrom(frame.from, frame.ring);
-    for (const key of frame.keys) {
+    if (frame.ring !== this.currentRing.fingerprint && frame.keys.length > 0) {
+      // Sent for a ring this node has not reached yet (the sender read the membership first): the
+      // keys are not ours yet, so they are reactivated when our ring becomes that one.
+      const keys = this.earlyNotices.get(frame.ring);
+      if (keys) keys.push(...frame.keys);
+      else this.earlyNotices.set(frame.ring, [...frame.keys]);
+      // Notices for rings this node never reaches are dropped, oldest first.
+      if (this.earlyNotices.size > MAX_EARLY_NOTICES)
+        this.earlyNotices.delete(this.earlyNotices.keys().next().value as string);
+    }
+    this.reactivate(frame.keys);
+  }
+
+  /** Activates the handed-off `keys` this node owns and has no activation or held messages for. */
+  private reactivate(keys: readonly string[]): void {
+    const { actors, logger } = this.options;
+    for (const key of keys) {
       if (this.ownerOf(key) !== this.nodeId || actors.has(key) || this.gate.mustHold(key)) continue;
       try {
         actors.activate(key);
@@ -192,6 +212,11 @@ export class Placement {
       this.firstView = false;
       this.currentRing = next;
       this.gate.ringChanged(previous, next, alive);
+      const early = this.earlyNotices.get(next.fingerprint);
+      if (early) {
+        this.earlyNotices.delete(next.fingerprint);
+        this.reactivate(early);
+      }
       this.options.logger.info({ nodeId: this.nodeId, ring: next.members }, "ring changed");
       this.handoffs = this.handoffs
         .then(() => this.handOff(next, alive))
