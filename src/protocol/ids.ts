@@ -31,11 +31,16 @@ export function canonicalUuid(text: string): string | undefined {
  * (invisible characters; UTS #39 §3.1 lists `Cf` as not allowed in identifiers). Two uses of `Cf`
  * that emoji need are allowed where UTS #51 puts them, and only there: a ZERO WIDTH JOINER between
  * two pictographs (the first optionally with a skin tone or U+FE0F: 👨‍👩‍👧, 🏳️‍🌈), and the tag
- * characters of a subdivision flag, after U+1F3F4 and up to its CANCEL TAG (🏴󠁧󠁢󠁳󠁣󠁴󠁿).
+ * characters of a subdivision flag, after U+1F3F4 and up to its CANCEL TAG (🏴󠁧󠁢󠁳󠁣󠁴󠁿). And the
+ * ZERO WIDTH NON-JOINER and JOINER that spelling needs inside words of the scripts that use them
+ * (Persian "می‌خواهم", Devanagari half forms), only between two characters of those scripts
+ * (Arabic, Syriac, N'Ko and the Brahmic scripts of India and Sri Lanka): RFC 5892's CONTEXTJ
+ * allows them in joining and virama contexts for the same reason, and between Latin letters
+ * they would only hide a name's likeness to another.
  * Categories as the JavaScript engine's Unicode tables have them (`\p{…}` with the `u` flag).
  */
 export const DISPLAY_NAME_REGEXP =
-  /^(?:[^\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]|(?<=\p{Extended_Pictographic}(?:\p{Emoji_Modifier}|\uFE0F)?)\u200D(?=\p{Extended_Pictographic})|(?<=\u{1F3F4}[\u{E0020}-\u{E007E}]*)[\u{E0020}-\u{E007E}](?=[\u{E0020}-\u{E007E}]*\u{E007F})|(?<=\u{1F3F4}[\u{E0020}-\u{E007E}]+)\u{E007F})+$/u;
+  /^(?:[^\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]|(?<=[\p{sc=Arab}\p{sc=Syrc}\p{sc=Nkoo}\p{sc=Deva}\p{sc=Beng}\p{sc=Guru}\p{sc=Gujr}\p{sc=Orya}\p{sc=Taml}\p{sc=Telu}\p{sc=Knda}\p{sc=Mlym}\p{sc=Sinh}])[\u200C\u200D](?=[\p{sc=Arab}\p{sc=Syrc}\p{sc=Nkoo}\p{sc=Deva}\p{sc=Beng}\p{sc=Guru}\p{sc=Gujr}\p{sc=Orya}\p{sc=Taml}\p{sc=Telu}\p{sc=Knda}\p{sc=Mlym}\p{sc=Sinh}])|(?<=\p{Extended_Pictographic}(?:\p{Emoji_Modifier}|\uFE0F)?)\u200D(?=\p{Extended_Pictographic})|(?<=\u{1F3F4}[\u{E0020}-\u{E007E}]*)[\u{E0020}-\u{E007E}](?=[\u{E0020}-\u{E007E}]*\u{E007F})|(?<=\u{1F3F4}[\u{E0020}-\u{E007E}]+)\u{E007F})+$/u;
 
 /**
  * The one schema of every name a person gives and others are shown (group names, device names):

@@ -38,6 +38,8 @@ const REFUSED: Record<string, string> = {
   "U+200C ZERO WIDTH NON-JOINER (Cf)": "a\u200cb",
   "U+200D ZERO WIDTH JOINER between letters (Cf)": "a\u200db",
   "U+200D ZERO WIDTH JOINER after a pictograph, before a letter": "👍\u200da",
+  "U+200C ZERO WIDTH NON-JOINER at the end of an Arabic-script word": "می\u200c",
+  "U+200C ZERO WIDTH NON-JOINER between Arabic and Latin": "م\u200ca",
   "U+200E LEFT-TO-RIGHT MARK (Cf)": "a\u200eb",
   "U+200F RIGHT-TO-LEFT MARK (Cf)": "a\u200fb",
   "U+2028 LINE SEPARATOR (Zl)": "a\u2028b",
@@ -60,6 +62,8 @@ const ALLOWED: Record<string, string> = {
   "emoji ZWJ sequence": "👨‍👩‍👧 family",
   "emoji ZWJ sequence after U+FE0F": "🏳️‍🌈",
   "subdivision flag (tag sequence)": "🏴󠁧󠁢󠁳󠁣󠁴󠁿 scots",
+  "Persian with the ZERO WIDTH NON-JOINER its spelling needs": "می\u200cخواهم",
+  "Devanagari half form with a ZERO WIDTH JOINER after the virama": "क्\u200dष",
 };
 
 describe("DisplayName: one rule for every name others are shown", () => {
