@@ -3,7 +3,7 @@ import type { Db } from "../db/index.ts";
 import { accounts, blocks, groupInvitations } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import { lockBlocker, lockInvitees } from "../groups/invitee-lock.ts";
-import { type RateLimiter, type RateLimitRule, spendOrRefuse } from "../ratelimit/index.ts";
+import { type RateLimiter, type RateLimitRule, spendDeviceThenAccount } from "../ratelimit/index.ts";
 import type { Principal } from "../sessions/service.ts";
 import { BLOCK_CHANGE_ACCOUNT_LIMIT, BLOCK_CHANGE_LIMIT, MAX_BLOCKS } from "./model.ts";
 
@@ -52,9 +52,7 @@ export class BlockService {
    * its account's budget. Before any read or write: a refused change costs one limiter round trip.
    */
   private async spend(who: Principal): Promise<void> {
-    const message = "too many block changes, retry later";
-    await spendOrRefuse(this.limiter, this.rules.device, `${who.userId}:${who.deviceId}`, message);
-    await spendOrRefuse(this.limiter, this.rules.account, who.userId, message);
+    await spendDeviceThenAccount(this.limiter, this.rules, who, "too many block changes, retry later");
   }
 
   /**

@@ -5,7 +5,7 @@ import type { Db } from "../db/index.ts";
 import { accounts, blocks, groupInvitations, groupMembers, groups } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import type { ErasureFence } from "../fence/index.ts";
-import { type RateLimiter, type RateLimitRule, spendOrRefuse } from "../ratelimit/index.ts";
+import { type RateLimiter, type RateLimitRule, spendDeviceThenAccount } from "../ratelimit/index.ts";
 import { lockInvitees } from "./invitee-lock.ts";
 import {
   GROUP_CHANGE_ACCOUNT_LIMIT,
@@ -71,9 +71,7 @@ export class GroupService {
    */
   async spendChange(who: { userId: string; deviceId: number }): Promise<void> {
     if (!this.limiter) return;
-    const message = "too many group changes, retry later";
-    await spendOrRefuse(this.limiter, this.changeRules.device, `${who.userId}:${who.deviceId}`, message);
-    await spendOrRefuse(this.limiter, this.changeRules.account, who.userId, message);
+    await spendDeviceThenAccount(this.limiter, this.changeRules, who, "too many group changes, retry later");
   }
 
   /**

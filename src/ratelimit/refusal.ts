@@ -11,6 +11,22 @@ export function rateLimitedError(retryAfterMs: number, message: string): DomainE
   });
 }
 
+/**
+ * Spends one hit of the device's budget (`rules.device`, key `<userId>:<deviceId>`), then one of its
+ * account's (`rules.account`, key `<userId>`: all its devices together); throws
+ * `rateLimitedError(…, message)` at the first one spent, so a device refused spends nothing of its
+ * account's and one device at its limit does not eat into the others'.
+ */
+export async function spendDeviceThenAccount(
+  limiter: RateLimiter,
+  rules: { device: RateLimitRule; account: RateLimitRule },
+  who: { userId: string; deviceId: number },
+  message: string,
+): Promise<void> {
+  await spendOrRefuse(limiter, rules.device, `${who.userId}:${who.deviceId}`, message);
+  await spendOrRefuse(limiter, rules.account, who.userId, message);
+}
+
 /** Counts one hit of `rule` for `key`; throws `rateLimitedError(…, message)` when the window is spent. */
 export async function spendOrRefuse(
   limiter: RateLimiter,

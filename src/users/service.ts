@@ -3,7 +3,7 @@ import type { Db } from "../db/index.ts";
 import { accounts } from "../db/schema.ts";
 import { DomainError } from "../errors/index.ts";
 import type { ErasureFence } from "../fence/index.ts";
-import { type RateLimiter, type RateLimitRule, spendOrRefuse } from "../ratelimit/index.ts";
+import { type RateLimiter, type RateLimitRule, spendDeviceThenAccount } from "../ratelimit/index.ts";
 import type { Principal } from "../sessions/service.ts";
 
 /**
@@ -93,11 +93,11 @@ export class UserDirectory {
    * nothing of the account's budget, so one device at its limit does not eat into the others'.
    */
   private async spend(requester: Principal): Promise<void> {
-    const checks: [RateLimitRule, string][] = [
-      [this.rule, `${requester.userId}:${requester.deviceId}`],
-      [this.accountRule, requester.userId],
-    ];
-    for (const [rule, key] of checks)
-      await spendOrRefuse(this.limiter, rule, key, "too many user lookups, retry later");
+    await spendDeviceThenAccount(
+      this.limiter,
+      { device: this.rule, account: this.accountRule },
+      requester,
+      "too many user lookups, retry later",
+    );
   }
 }
